@@ -1,0 +1,384 @@
+"""A pool of worker processes on this machine, reused by every cell of the kernel.
+
+Each worker is ``python worker.py --serve``: the very file an Azure node runs, talking
+length-prefixed pickles over a private pipe pair (the task's own prints never touch it).
+Workers are separate sessions, so the kernel's Ctrl-C reaches only the kernel, which then
+cancels explicitly. A worker that dies, hangs past its task's timeout or runs a cancelled
+task is killed and replaced; its task is reported for the engine to retry or fail.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import selectors
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .. import worker as wire
+from ..job import NodeInfo
+from .base import EventSink, JobSpec, TaskEvent, TaskSpec
+
+WORKER_SCRIPT = os.path.abspath(wire.__file__)
+_LOST_SHOWN = 8  # lost workers kept in the node list so the panel can show what happened
+
+
+@dataclass
+class _Worker:
+    id: str
+    proc: subprocess.Popen
+    send_fd: int
+    recv_fd: int
+    state: str = "starting"  # starting, idle, running, lost
+    job_id: str | None = None
+    task: TaskSpec | None = None
+    deadline: float | None = None
+    ending: str | None = None  # why we killed it: "timeout" | "cancelled"
+    buffer: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _Job:
+    spec: JobSpec
+    envelope_path: str
+    on_event: EventSink
+
+
+class LocalBackend:
+    """Worker processes on this machine (default: one per core)."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, **_settings):
+        self.size = int(workers or os.cpu_count() or 1)
+        if self.size < 1:
+            raise ValueError("the local pool needs at least one worker")
+        self._lock = threading.RLock()
+        self._workers: dict[str, _Worker] = {}
+        self._lost: collections.deque[NodeInfo] = collections.deque(maxlen=_LOST_SHOWN)
+        self._queue: collections.deque[tuple[str, TaskSpec]] = collections.deque()
+        self._jobs: dict[str, _Job] = {}
+        self._ids = itertools.count(1)
+        self._stage = ""
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ Backend protocol
+
+    def describe(self) -> str:
+        return f"local pool of {self.size} worker process{'es' if self.size != 1 else ''} on this machine"
+
+    def pool_info(self) -> tuple[str, str]:
+        return "local", f"{self.size} worker processes"
+
+    def default_chunk_size(self, n_items: int) -> int:
+        # About four tasks per worker: few enough that per-task overhead vanishes on
+        # trivial loops, enough that uneven iterations still balance across workers.
+        return max(1, -(-n_items // (self.size * 4)))
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            if self._closed:
+                raise RuntimeError("the local pool was closed")
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+            self._stage = tempfile.mkdtemp(prefix="azpar-local-", dir=shm)
+            self._selector = selectors.DefaultSelector()
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_w, False)
+            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+            for _ in range(self.size):
+                self._spawn()
+            self._thread = threading.Thread(target=self._loop, name="azpar-local-pool", daemon=True)
+            self._thread.start()
+
+    def submit(self, job: JobSpec, tasks: Sequence[TaskSpec], on_event: EventSink) -> None:
+        self.start()
+        ns_path = os.path.join(self._stage, job.envelope["namespace"]["file"])
+        if not os.path.exists(ns_path):  # content-addressed: identical captures staged once
+            tmp = f"{ns_path}.{os.getpid()}.part"
+            with open(tmp, "wb") as fh:
+                fh.write(job.namespace)
+            os.replace(tmp, ns_path)
+        envelope_path = os.path.join(self._stage, f"job-{job.job_id}.azpj")
+        with open(envelope_path, "wb") as fh:
+            fh.write(wire.pack(wire.ENVELOPE_MAGIC, job.envelope))
+        with self._lock:
+            self._jobs[job.job_id] = _Job(job, envelope_path, on_event)
+            self._queue.extend((job.job_id, task) for task in tasks)
+        self._wake()
+
+    def resubmit(self, job_id: str, task: TaskSpec) -> None:
+        with self._lock:
+            if job_id in self._jobs:
+                self._queue.append((job_id, task))
+        self._wake()
+
+    def nodes(self) -> list[NodeInfo]:
+        with self._lock:
+            live = [NodeInfo(w.id, w.state, w.task.task_id if w.task else None) for w in self._workers.values()]
+            return list(self._lost) + live
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            dropped = [t for j, t in self._queue if j == job_id]
+            self._queue = collections.deque((j, t) for j, t in self._queue if j != job_id)
+            for w in self._workers.values():
+                if w.job_id == job_id and w.state == "running":
+                    w.ending = "cancelled"
+                    self._kill(w)
+        for task in dropped:
+            job.on_event(TaskEvent(job_id, task.task_id, "failed", error="cancelled before it started",
+                                   failure_kind="cancelled"))
+        self._wake()
+
+    def finish(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+        if job is not None:
+            try:
+                os.unlink(job.envelope_path)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers = list(self._workers.values())
+            self._workers.clear()
+        self._wake()
+        for w in workers:
+            try:
+                os.write(w.send_fd, _frame({"op": "exit"}))
+            except OSError:
+                pass
+        deadline = time.monotonic() + 1.0
+        for w in workers:
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            for fd in (w.send_fd, w.recv_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if self._stage:
+            shutil.rmtree(self._stage, ignore_errors=True)
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn(self) -> _Worker:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        wid = f"worker-{next(self._ids)}"
+        log = open(os.path.join(self._stage, f"{wid}.log"), "ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-u", WORKER_SCRIPT, "--serve", "--fd-in", str(to_child_r),
+                 "--fd-out", str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            )
+        finally:
+            log.close()
+            os.close(to_child_r)
+            os.close(from_child_w)
+        worker = _Worker(wid, proc, to_child_w, from_child_r)
+        self._workers[wid] = worker
+        self._selector.register(from_child_r, selectors.EVENT_READ, wid)
+        return worker
+
+    def worker_log(self, worker_id: str) -> str:
+        try:
+            with open(os.path.join(self._stage, f"{worker_id}.log"), encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def _kill(self, w: _Worker) -> None:
+        try:
+            os.killpg(w.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            try:
+                w.proc.kill()
+            except ProcessLookupError:
+                pass
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    # ------------------------------------------------------------------ dispatcher thread
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                deadlines = [w.deadline for w in self._workers.values() if w.deadline]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            for key, _ in self._selector.select(timeout):
+                if key.data is None:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except OSError:
+                        pass
+                else:
+                    self._on_readable(key.data)
+            self._expire()
+            self._dispatch()
+
+    def _on_readable(self, wid: str) -> None:
+        with self._lock:
+            w = self._workers.get(wid)
+        if w is None:
+            return
+        try:
+            chunk = os.read(w.recv_fd, 1 << 20)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._on_death(w)
+            return
+        w.buffer += chunk
+        while len(w.buffer) >= 8:
+            (size,) = struct.unpack(">Q", w.buffer[:8])
+            if len(w.buffer) < 8 + size:
+                break
+            message = pickle.loads(bytes(w.buffer[8 : 8 + size]))
+            del w.buffer[: 8 + size]
+            self._on_message(w, message)
+
+    def _on_message(self, w: _Worker, message: dict) -> None:
+        if message.get("op") == "ready":
+            with self._lock:
+                w.state = "idle"
+            return
+        with self._lock:
+            job = self._jobs.get(w.job_id or "")
+            task = w.task
+            w.state, w.job_id, w.task, w.deadline = "idle", None, None, None
+        if job is None or task is None or message.get("task") != task.task_id:
+            return
+        if "result" in message:
+            event = TaskEvent(job.spec.job_id, task.task_id, "finished", node=w.id, result=message["result"])
+        else:
+            code = message.get("exit_code")
+            kind = "environment" if code == wire.EXIT_ENVIRONMENT else "infrastructure"
+            event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, error=message.get("error", ""),
+                              retryable=kind == "infrastructure", failure_kind=kind)
+        job.on_event(event)
+
+    def _on_death(self, w: _Worker) -> None:
+        with self._lock:
+            self._selector.unregister(w.recv_fd)
+            self._workers.pop(w.id, None)
+            job = self._jobs.get(w.job_id or "")
+            task = w.task
+            closed = self._closed
+        try:
+            code = w.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._kill(w)
+            code = w.proc.wait()
+        for fd in (w.send_fd, w.recv_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if closed:
+            return
+        with self._lock:
+            self._lost.append(NodeInfo(w.id, "lost", task.task_id if task else None))
+            self._spawn()
+        if job is None or task is None:
+            return
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if w.ending == "timeout":
+            limit = job.spec.timeout
+            event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, failure_kind="timeout",
+                              error=f"the task ran longer than its --timeout of {limit:g} s and was killed")
+        elif w.ending == "cancelled":
+            event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, failure_kind="cancelled",
+                              error="cancelled while running")
+        else:
+            tail = self.worker_log(w.id).strip().splitlines()[-5:]
+            detail = (": " + " | ".join(tail)) if tail else ""
+            event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, retryable=True,
+                              error=f"the worker process ({w.id}) died with {how} while running this task{detail}")
+        job.on_event(event)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for w in self._workers.values():
+                if w.deadline and w.deadline <= now and w.state == "running" and not w.ending:
+                    w.ending = "timeout"
+                    w.deadline = None
+                    self._kill(w)
+
+    def _dispatch(self) -> None:
+        started = []
+        with self._lock:
+            idle = [w for w in self._workers.values() if w.state == "idle"]
+            while idle and self._queue:
+                job_id, task = self._queue.popleft()
+                job = self._jobs.get(job_id)
+                if job is None:
+                    continue
+                w = idle.pop()
+                message = {"op": "task", "task": task.task_id, "envelope": job.envelope_path,
+                           "items_codec": task.items_codec, "items": task.items, "indices": list(task.indices),
+                           "cwd": job.spec.cwd}
+                try:
+                    _write_all(w.send_fd, _frame(message))
+                except OSError:
+                    self._queue.appendleft((job_id, task))  # the death handler replaces it
+                    continue
+                w.state, w.job_id, w.task, w.ending = "running", job_id, task, None
+                w.deadline = time.monotonic() + job.spec.timeout if job.spec.timeout else None
+                started.append((job, task, w.id))
+        for job, task, wid in started:
+            job.on_event(TaskEvent(job.spec.job_id, task.task_id, "started", node=wid))
+
+
+def _frame(message: dict) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return struct.pack(">Q", len(data)) + data
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,454 @@
+"""Capture what a loop body needs from the kernel namespace and seal it in an envelope.
+
+Only names the body (or the notebook code it calls) reads are shipped; everything else in
+the namespace -- IPython's own state, unrelated large objects, unpicklable handles -- stays
+home. Notebook-defined functions, classes, lambdas and closures travel by value (dill);
+modules and objects from installed packages travel by reference, and the distributions
+behind them are recorded so the worker can refuse a mismatched environment up front.
+"""
+
+from __future__ import annotations
+
+import ast
+import dis
+import functools
+import importlib.metadata
+import io
+import os
+import platform
+import re
+import socket
+import sys
+import threading
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import dill
+
+from . import worker as wire
+from .parsing import CELL_FILENAME, ParsedCell
+
+# Never shipped, whatever the body reads: IPython's history and handles, and the shell.
+IPYTHON_NAMES = frozenset({
+    "In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_oh", "_ih", "_dh", "_sh",
+    "exit", "quit", "get_ipython", "display", "__builtins__", "__builtin__", "__name__",
+    "__doc__", "__package__", "__loader__", "__spec__",
+})
+_IPYTHON_HISTORY = re.compile(r"^_(i{1,3}|i?\d+)$")
+
+# Objects that pickle (dill even pickles locks and open files) but mean nothing elsewhere.
+_UNSHIPPABLE: dict[type, str] = {
+    type(threading.Lock()): "a lock only synchronises threads of this process",
+    type(threading.RLock()): "a lock only synchronises threads of this process",
+    threading.Thread: "a thread belongs to this process",
+    socket.socket: "a socket is a connection held by this process",
+    types.GeneratorType: "a generator's paused state cannot be copied",
+    types.CoroutineType: "a coroutine's paused state cannot be copied",
+    types.AsyncGeneratorType: "an async generator's paused state cannot be copied",
+    types.FrameType: "a frame belongs to this process's running code",
+}
+
+
+class CaptureError(ValueError):
+    """A needed object cannot be shipped; the message names it, its type and why."""
+
+
+@dataclass
+class Capture:
+    """The namespace part of a job, ready to stage."""
+
+    names: tuple[str, ...]
+    codec: str
+    data: bytes
+    sha256: str
+    packages: dict[str, str]
+    local_modules: dict[str, str]
+    sources: dict[str, str]
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+def is_ipython_name(name: str) -> bool:
+    return name in IPYTHON_NAMES or bool(_IPYTHON_HISTORY.match(name))
+
+
+# --------------------------------------------------------------------------- free names
+
+
+def _scope_reads(node: ast.AST) -> set[str]:
+    """Global names read anywhere below ``node`` (nested scopes included, their own
+    parameters and assignments excluded)."""
+    reads: set[str] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            local = {a.arg for a in ast.walk(sub.args) if isinstance(a, ast.arg)}
+            body = sub.body if isinstance(sub.body, list) else [sub.body]
+            for stmt in body:
+                for inner in ast.walk(stmt):
+                    if isinstance(inner, ast.Name) and isinstance(inner.ctx, ast.Store):
+                        local.add(inner.id)
+            for stmt in body:
+                for inner in ast.walk(stmt):
+                    if isinstance(inner, ast.Name) and isinstance(inner.ctx, ast.Load) and inner.id not in local:
+                        reads.add(inner.id)
+            for default in [*sub.args.defaults, *sub.args.kw_defaults]:
+                if default is not None:
+                    reads |= _scope_reads(default)
+        elif isinstance(sub, ast.Name) and isinstance(sub.ctx, (ast.Load, ast.Del)):
+            reads.add(sub.id)
+        elif isinstance(sub, ast.AugAssign) and isinstance(sub.target, ast.Name):
+            reads.add(sub.target.id)
+    return reads
+
+
+def _unconditional_bindings(stmt: ast.stmt) -> set[str]:
+    """Names a top-level statement always binds (conditional blocks bind nothing sure)."""
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        if isinstance(stmt, ast.AnnAssign) and stmt.value is None:
+            return set()
+        return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names if a.name != "*"}
+    return set()
+
+
+def free_names(tree: ast.Module, target_names: Iterable[str]) -> set[str]:
+    """Names the body reads before (or without) binding them itself, minus the loop target."""
+    bound = set(target_names)
+    needed: set[str] = set()
+    for stmt in tree.body:
+        needed |= _scope_reads(stmt) - bound
+        bound |= _unconditional_bindings(stmt)
+    return needed
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    mods = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            mods |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            mods.add(node.module)
+    return mods
+
+
+# ------------------------------------------------------------- what captured code reaches
+
+
+def _code_globals(code: types.CodeType) -> tuple[set[str], set[str]]:
+    """(global names loaded, modules imported) by a code object and those nested in it."""
+    names, mods = set(), set()
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            names.add(ins.argval if isinstance(ins.argval, str) else str(ins.argval))
+        elif ins.opname == "IMPORT_NAME":
+            mods.add(ins.argval)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            n, m = _code_globals(const)
+            names |= n
+            mods |= m
+    return names, mods
+
+
+class _Reach:
+    """Walks captured values to find the further notebook names and modules they need."""
+
+    def __init__(self, namespace: Mapping[str, object]):
+        self.namespace = namespace
+        self.main_dict = getattr(sys.modules.get("__main__"), "__dict__", None)
+        self.names: set[str] = set()
+        self.modules: set[str] = set()
+        self.sources: dict[str, str] = {}
+        self._seen: set[int] = set()
+
+    def _is_notebook(self, obj: object) -> bool:
+        return getattr(obj, "__module__", None) == "__main__"
+
+    def visit(self, obj: object, depth: int = 0) -> None:
+        if id(obj) in self._seen or depth > 4:
+            return
+        self._seen.add(id(obj))
+        if isinstance(obj, types.ModuleType):
+            self.modules.add(obj.__name__)
+        elif isinstance(obj, types.MethodType):
+            self.visit(obj.__func__, depth + 1)
+            self.visit(obj.__self__, depth + 1)
+        elif isinstance(obj, types.FunctionType):
+            if self._is_notebook(obj) or "<locals>" in obj.__qualname__ or obj.__name__ == "<lambda>":
+                self._visit_function(obj, depth)
+            else:
+                self.modules.add(obj.__module__ or "")
+        elif isinstance(obj, functools.partial):
+            self.visit(obj.func, depth + 1)
+            for arg in (*obj.args, *obj.keywords.values()):
+                self.visit(arg, depth + 1)
+        elif isinstance(obj, type):
+            if self._is_notebook(obj):
+                for base in obj.__mro__[1:]:
+                    self.visit(base, depth + 1)
+                for member in vars(obj).values():
+                    for fn in (member, getattr(member, "__func__", None), getattr(member, "fget", None),
+                               getattr(member, "fset", None)):
+                        if isinstance(fn, types.FunctionType):
+                            self._visit_function(fn, depth)
+            else:
+                self.modules.add(obj.__module__ or "")
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            if len(obj) <= 1000:
+                for value in obj:
+                    self.visit(value, depth + 1)
+        elif isinstance(obj, dict):
+            if len(obj) <= 1000:
+                for value in obj.values():
+                    self.visit(value, depth + 1)
+        else:
+            cls = type(obj)
+            if self._is_notebook(cls):
+                self.visit(cls, depth + 1)
+                attrs = getattr(obj, "__dict__", None)
+                if isinstance(attrs, dict) and len(attrs) <= 1000:
+                    for value in attrs.values():
+                        self.visit(value, depth + 1)
+            else:
+                self.modules.add(cls.__module__ or "")
+
+    def _visit_function(self, fn: types.FunctionType, depth: int) -> None:
+        names, mods = _code_globals(fn.__code__)
+        self.modules |= mods
+        if fn.__globals__ is self.namespace or fn.__globals__ is self.main_dict:
+            for name in names:
+                if name in self.namespace and not is_ipython_name(name):
+                    self.names.add(name)
+        filename = fn.__code__.co_filename
+        if filename not in self.sources:
+            import linecache
+
+            lines = linecache.getlines(filename)
+            if lines and not os.path.isfile(filename):
+                self.sources[filename] = "".join(lines)
+        for cell in fn.__closure__ or ():
+            try:
+                self.visit(cell.cell_contents, depth + 1)
+            except ValueError:  # an empty cell
+                pass
+        for default in (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()):
+            self.visit(default, depth + 1)
+
+
+def resolve_names(namespace: Mapping[str, object], wanted: Iterable[str],
+                  exclude: Iterable[str] = ()) -> tuple[dict[str, object], _Reach]:
+    """The transitive set of namespace entries the body needs, keyed by name."""
+    exclude = set(exclude)
+    reach = _Reach(namespace)
+    chosen: dict[str, object] = {}
+    pending = [n for n in wanted if n in namespace and n not in exclude and not is_ipython_name(n)]
+    while pending:
+        name = pending.pop()
+        if name in chosen:
+            continue
+        chosen[name] = namespace[name]
+        before = set(reach.names)
+        reach.visit(namespace[name])
+        pending.extend(n for n in reach.names - before if n not in exclude and n not in chosen)
+    return chosen, reach
+
+
+# ---------------------------------------------------------------------- serialisation
+
+
+def _unshippable_reason(obj: object) -> str | None:
+    for cls, why in _UNSHIPPABLE.items():
+        if isinstance(obj, cls):
+            return why
+    if isinstance(obj, io.IOBase) or (hasattr(obj, "fileno") and hasattr(obj, "mode") and hasattr(obj, "closed")):
+        return "an open file is a handle held by this process (ship its path, or its contents, instead)"
+    return None
+
+
+class _Inspector:
+    """Hook given to both picklers: refuses process-bound objects, records packages used."""
+
+    def __init__(self) -> None:
+        self.modules: set[str] = set()
+
+    def __call__(self, obj: object) -> None:
+        why = _unshippable_reason(obj)
+        if why:
+            raise CaptureError(f"{type(obj).__module__}.{type(obj).__qualname__}: {why}")
+        if isinstance(obj, types.ModuleType):
+            self.modules.add(obj.__name__)
+        elif isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+            self.modules.add(getattr(obj, "__module__", None) or "")
+        else:
+            self.modules.add(type(obj).__module__ or "")
+
+
+def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
+    """Serialise the chosen namespace; on failure name the variable, its type and why."""
+    inspector = _Inspector()
+    try:
+        codec, data = wire.dumps(namespace, hook=inspector)
+        return codec, data, inspector.modules
+    except Exception:
+        pass
+    for name, value in namespace.items():  # find the culprit to name it
+        try:
+            wire.dumps(value, hook=_Inspector())
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}"
+            raise CaptureError(
+                f"The loop body needs the variable `{name}` ({type(value).__module__}."
+                f"{type(value).__qualname__}), which cannot be sent to the workers: {reason}. "
+                f"Create it inside the loop body instead, or pass --no-export {name} if the body "
+                "does not really use it. Nothing was submitted."
+            ) from None
+    raise CaptureError("The namespace could not be serialised (no single variable is at fault).")
+
+
+# -------------------------------------------------------------------- package versions
+
+
+@functools.lru_cache(maxsize=1)
+def _module_to_distributions() -> Mapping[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def _stdlib_names() -> frozenset[str]:
+    names = getattr(sys, "stdlib_module_names", None)
+    if names is None:  # Python 3.9 and older do not list them
+        names = sys.builtin_module_names
+    return frozenset(names) | {"__main__", "builtins", "__builtin__", ""}
+
+
+def distributions_for(modules: Iterable[str]) -> dict[str, str]:
+    """name -> version of the installed distributions behind the given modules."""
+    stdlib = _stdlib_names()
+    table = _module_to_distributions()
+    found: dict[str, str] = {}
+    for module in modules:
+        top = module.split(".")[0]
+        if top in stdlib or top.startswith("_") and top[1:] in stdlib:
+            continue
+        for dist in table.get(top, []):
+            try:
+                found[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    found.pop("azpar-magic", None)  # the worker file is shipped; the package is not needed
+    return found
+
+
+# ----------------------------------------------------------------------- local modules
+
+
+def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
+    """Source of modules imported from the notebook's own folder, keyed by relative path.
+
+    They are not installed anywhere the workers could import them from, so they travel
+    with the job (a package folder travels whole)."""
+    folder = os.path.realpath(folder)
+    prefixes = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    files: dict[str, str] = {}
+    for name in sorted({m.split(".")[0] for m in modules}):
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if module is None:
+            candidates = [os.path.join(folder, name + ".py"), os.path.join(folder, name, "__init__.py")]
+            path = next((c for c in candidates if os.path.isfile(c)), None)
+        if not path:
+            continue
+        path = os.path.realpath(path)
+        if not path.startswith(folder + os.sep) or path.startswith(prefixes) or not path.endswith(".py"):
+            continue
+        if os.path.basename(path) == "__init__.py":
+            root = os.path.dirname(path)
+            for dirpath, _dirs, names in os.walk(root):
+                for fname in names:
+                    if fname.endswith(".py"):
+                        full = os.path.join(dirpath, fname)
+                        with open(full, encoding="utf-8") as fh:
+                            files[os.path.relpath(full, folder).replace(os.sep, "/")] = fh.read()
+        else:
+            with open(path, encoding="utf-8") as fh:
+                files[os.path.relpath(path, folder).replace(os.sep, "/")] = fh.read()
+    return files
+
+
+# ---------------------------------------------------------------------------- capture
+
+
+def notebook_classes_of(items: Iterable[object], namespace: Mapping[str, object]) -> set[str]:
+    """Names of notebook classes whose instances are items (or inside tuple items): the
+    worker must have them so items unpickle as instances of the very class the body uses."""
+    found: set[type] = set()
+    for item in items:
+        for obj in (item, *item) if type(item) is tuple else (item,):
+            cls = type(obj)
+            if cls.__module__ == "__main__":
+                found.add(cls)
+    return {cls.__qualname__ for cls in found if namespace.get(cls.__qualname__) is cls}
+
+
+def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterable[str] = (),
+            no_export: Iterable[str] = (), folder: str | None = None, items: Iterable[object] = ()) -> Capture:
+    """Choose, check and serialise what ``cell`` needs from ``namespace``."""
+    export = list(export)
+    missing = [n for n in export if n not in namespace]
+    if missing:
+        raise CaptureError(f"--export names {', '.join(missing)}, which the namespace does not define. "
+                           "Nothing was submitted.")
+    wanted = free_names(cell.body_tree, cell.target_names) | set(export) | notebook_classes_of(items, namespace)
+    chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
+    for name in export:
+        chosen[name] = namespace[name]
+    codec, data, used_modules = serialize(chosen)
+    modules = used_modules | reach.modules | imported_modules(cell.body_tree)
+    folder = folder or os.getcwd()
+    local = local_module_files(modules, folder)
+    local_tops = {path.split("/")[0].removesuffix(".py") for path in local}
+    packages = distributions_for(m for m in modules if m.split(".")[0] not in local_tops)
+    return Capture(
+        names=tuple(sorted(chosen)),
+        codec=codec,
+        data=data,
+        sha256=wire.sha256(data),
+        packages=packages,
+        local_modules=local,
+        sources=reach.sources,
+    )
+
+
+def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (),
+                    seed: int | None = None) -> dict:
+    """The job-level header the worker checks before it touches the namespace bytes."""
+    return {
+        "format": wire.FORMAT_VERSION,
+        "python": platform.python_version(),
+        "dill": dill.__version__,
+        "packages": cap.packages,
+        "source": cell.source,
+        "filename": CELL_FILENAME,
+        "code": cell.code_b64,
+        "namespace": {"sha256": cap.sha256, "size": len(cap.data), "codec": cap.codec,
+                      "file": wire.namespace_file_name(cap.sha256)},
+        "names": list(cap.names),
+        "gather": list(gather),
+        "seed": seed,
+        "local_modules": cap.local_modules,
+        "sources": {**cap.sources, CELL_FILENAME: cell.source},
+    }
+
+
+def serialize_items(items: list) -> tuple[str, bytes]:
+    """Items of one task; notebook classes by reference when the namespace has them."""
+    main = sys.modules.get("__main__")
+
+    def by_reference(obj: object) -> bool:
+        return getattr(main, getattr(obj, "__qualname__", ""), None) is obj
+
+    return wire.dumps(items, by_reference=by_reference)
+

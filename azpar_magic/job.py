@@ -1,0 +1,401 @@
+"""The job handle a user holds, and the immutable snapshots every view renders.
+
+A Job owns the per-iteration record of one run: values, failures and captured output,
+stored compactly (one list slot per iteration, sparse dicts for the rare parts) so a
+million trivial iterations cost little more than their values. The engine and backends
+feed it through ``record_*`` methods from their threads; users and views read it through
+``result()``, ``snapshot()`` and friends, which take the lock and never block on I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import merge
+from .errors import (EnvironmentMismatchError, InfrastructureError, IterationError, JobCancelled,
+                     RemoteException)
+
+# Job states
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+# Task states
+QUEUED, TASK_RUNNING, TASK_SUCCEEDED, TASK_FAILED = "queued", "running", "succeeded", "failed"
+
+_ITER_PENDING, _ITER_OK, _ITER_FAILED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node of a pool (a worker process locally, a VM on Azure)."""
+
+    id: str
+    state: str  # idle, running, starting, lost, or any Batch node state
+    task: str | None = None
+    dedicated: bool = True
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one iteration has no value."""
+
+    index: int
+    error_type: str
+    message: str
+    traceback: str = ""
+    line: int | None = None
+    kind: str = "user"  # user | infrastructure | environment | cancelled
+    exc: Any = None  # the rebuilt exception object, when it could be rebuilt
+
+    @property
+    def summary(self) -> str:
+        short = self.error_type.rsplit(".", 1)[-1]
+        where = f" (line {self.line})" if self.line else ""
+        return f"{short}: {self.message}{where}"
+
+    def as_exception(self) -> BaseException:
+        if isinstance(self.exc, BaseException):
+            return self.exc
+        if self.kind == "infrastructure":
+            return InfrastructureError(self.message)
+        if self.kind == "environment":
+            return EnvironmentMismatchError(self.message)
+        if self.kind == "cancelled":
+            return JobCancelled(self.message)
+        return RemoteException(self.error_type, self.message, self.traceback)
+
+
+@dataclass(frozen=True)
+class FailureView:
+    index: int
+    item: str
+    summary: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """Everything a view shows, frozen at one instant: the same snapshot renders as text,
+    HTML or widget state."""
+
+    job_id: str
+    backend: str
+    pool: str
+    vm_size: str
+    state: str
+    items_total: int
+    items_done: int
+    items_failed: int
+    tasks_total: int
+    tasks_queued: int
+    tasks_running: int
+    tasks_succeeded: int
+    tasks_failed: int
+    nodes: tuple[NodeInfo, ...]
+    elapsed: float
+    eta: float | None
+    throughput: float | None  # iterations per second
+    failures: tuple[FailureView, ...]
+    source_first_line: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def nodes_busy(self) -> int:
+        return sum(1 for n in self.nodes if n.state == "running")
+
+
+@dataclass
+class TaskState:
+    task_id: str
+    indices: Sequence[int]
+    state: str = QUEUED
+    attempts: int = 1
+    node: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class JobOptions:
+    combine: Any = "list"  # a mode name or a callable
+    errors: str = "stop"
+    gather: tuple[str, ...] = ()
+    retries: int = 2
+    timeout: float | None = None
+    chunk_size: int | None = None
+    seed: int | None = None
+    output_name: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Job:
+    """Handle on one run of a loop: poll it, wait for it, cancel it, read its results."""
+
+    def __init__(self, job_id: str, items: list, options: JobOptions, *, backend_name: str,
+                 pool: str = "", vm_size: str = "", source: str = "",
+                 nodes: Callable[[], Sequence[NodeInfo]] | None = None,
+                 cancel: Callable[[], None] | None = None):
+        self.id = job_id
+        self.items = items
+        self.options = options
+        self.backend_name, self.pool, self.vm_size, self.source = backend_name, pool, vm_size, source
+        self._nodes = nodes or (lambda: ())
+        self._cancel_hook = cancel
+        n = len(items)
+        self._values: list = [None] * n
+        self._status = bytearray(n)
+        self._failures: dict[int, Failure] = {}
+        self._outputs: dict[int, list] = {}
+        self._gathered: dict[str, list] = {name: [None] * n for name in options.gather}
+        self._tasks: dict[str, TaskState] = {}
+        self._done = 0
+        self.state = PENDING
+        self.created = time.time()
+        self._started = time.monotonic()
+        self._finished: float | None = None
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._merged: tuple[bool, Any] | None = None
+        self.listeners: list[Callable[[Job], None]] = []
+        self.capture: Any = None  # what was shipped (names, bytes, packages), set by the engine
+
+    # ------------------------------------------------------------------ fed by the engine
+
+    def add_task(self, task_id: str, indices: Sequence[int]) -> None:
+        with self._lock:
+            self._tasks[task_id] = TaskState(task_id, indices)
+
+    def task(self, task_id: str) -> TaskState:
+        return self._tasks[task_id]
+
+    @property
+    def tasks(self) -> dict[str, TaskState]:
+        return self._tasks
+
+    def mark_running(self) -> None:
+        with self._lock:
+            if self.state == PENDING:
+                self.state = RUNNING
+        self._notify()
+
+    def record_task_started(self, task_id: str, node: str | None) -> None:
+        with self._lock:
+            task = self._tasks[task_id]
+            if task.state == QUEUED:
+                task.state, task.node, task.started = TASK_RUNNING, node, time.monotonic()
+        self._notify()
+
+    def record_task_requeued(self, task_id: str, error: str) -> None:
+        with self._lock:
+            task = self._tasks[task_id]
+            task.state, task.node, task.error = QUEUED, None, error
+            task.attempts += 1
+        self._notify()
+
+    def record_values(self, task_id: str, indices: Sequence[int], values: Sequence[Any],
+                      failures: dict[int, Failure], outputs: dict[int, list],
+                      gathered: dict[str, Sequence[Any]] | None) -> None:
+        """Store one finished task's iterations (values aligned with indices)."""
+        with self._lock:
+            for pos, index in enumerate(indices):
+                if self._status[index] != _ITER_PENDING:
+                    continue  # a duplicate delivery (retry raced a late result)
+                if index in failures:
+                    self._failures[index] = failures[index]
+                    self._status[index] = _ITER_FAILED
+                else:
+                    self._values[index] = values[pos]
+                    self._status[index] = _ITER_OK
+                self._done += 1
+                for name, column in (gathered or {}).items():
+                    if name in self._gathered:
+                        self._gathered[name][index] = column[pos]
+            self._outputs.update(outputs)
+            task = self._tasks[task_id]
+            task.state = TASK_FAILED if any(i in failures for i in indices) else TASK_SUCCEEDED
+            task.finished = time.monotonic()
+        self._notify()
+
+    def record_task_failed(self, task_id: str, failure_for: Callable[[int], Failure]) -> None:
+        """The whole task produced nothing: each of its pending iterations gets a failure."""
+        with self._lock:
+            task = self._tasks[task_id]
+            for index in task.indices:
+                if self._status[index] == _ITER_PENDING:
+                    self._failures[index] = failure_for(index)
+                    self._status[index] = _ITER_FAILED
+                    self._done += 1
+            task.state, task.finished = TASK_FAILED, time.monotonic()
+        self._notify()
+
+    def finish(self, state: str) -> None:
+        with self._lock:
+            if self.state in FINAL_STATES:
+                return
+            self.state = state
+            self._finished = time.monotonic()
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+        for listener in list(self.listeners):
+            try:
+                listener(self)
+            except Exception:  # a broken view must never break the job
+                pass
+
+    # ------------------------------------------------------------------ read by users
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ends (or ``timeout`` seconds pass); return whether it ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not self.done:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                # Short waits keep the main thread responsive to KeyboardInterrupt.
+                self._changed.wait(0.2 if remaining is None else min(remaining, 0.2))
+        return True
+
+    def cancel(self) -> None:
+        """Stop the job: queued tasks never start, running ones are stopped; finished
+        iterations stay readable with ``partial_results()``."""
+        if self.done:
+            return
+        if self._cancel_hook is not None:
+            self._cancel_hook()
+
+    def all_pending_iterations_done(self) -> bool:
+        with self._lock:
+            return self._done >= len(self.items)
+
+    def first_failure(self) -> Failure | None:
+        with self._lock:
+            real = [f for f in self._failures.values() if f.kind != "cancelled"]
+            pool = real or list(self._failures.values())
+            return min(pool, key=lambda f: f.index) if pool else None
+
+    @property
+    def failures(self) -> dict[int, Failure]:
+        with self._lock:
+            return dict(self._failures)
+
+    def partial_results(self) -> dict[int, Any]:
+        """Values of the iterations that finished, keyed by iteration index."""
+        with self._lock:
+            return {i: self._values[i] for i in range(len(self.items)) if self._status[i] == _ITER_OK}
+
+    def output(self, index: int | None = None) -> str:
+        """Full captured stdout/stderr text of one iteration, or of all in order."""
+        with self._lock:
+            indices = [index] if index is not None else sorted(self._outputs)
+            parts = []
+            for i in indices:
+                for kind, data in self._outputs.get(i, []):
+                    if kind in ("stdout", "stderr"):
+                        parts.append(data)
+            return "".join(parts)
+
+    @property
+    def outputs(self) -> dict[int, list]:
+        with self._lock:
+            return dict(self._outputs)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait, then return the combined result under the job's error policy. With
+        ``--errors stop`` a failure raises IterationError (finished values stay readable)."""
+        if not self.wait(timeout):
+            raise TimeoutError(f"job {self.id} is still running after {timeout} s")
+        with self._lock:
+            if self._merged is None:
+                try:
+                    self._merged = (True, self._merge())
+                except Exception as exc:
+                    self._merged = (False, exc)
+            ok, value = self._merged
+        if not ok:
+            raise value
+        return value
+
+    def gathered(self) -> dict[str, list]:
+        """``--gather`` variables: name -> list of per-iteration values (policy applied)."""
+        self.wait()
+        with self._lock:
+            failed = {i: f.as_exception() for i, f in self._failures.items()}
+            if self.options.errors == "remove":
+                return {name: [v for i, v in enumerate(col) if i not in failed]
+                        for name, col in self._gathered.items()}
+            return {name: list(col) for name, col in self._gathered.items()}
+
+    def _merge(self) -> Any:
+        if self.state == CANCELLED:
+            done = sum(1 for s in self._status if s == _ITER_OK)
+            raise JobCancelled(f"job {self.id} was cancelled after {done} of {len(self.items)} iterations "
+                               "finished; their values are in job.partial_results()")
+        failed = {i: f for i, f in self._failures.items()}
+        if failed and self.options.errors == "stop":
+            first = self.first_failure()
+            raise IterationError(
+                index=first.index, item_repr=merge._short(self.items[first.index]),
+                error_type=first.error_type, message=first.message, traceback=first.traceback,
+                line=first.line, job_id=self.id, failed_count=len(failed),
+                infrastructure=first.kind != "user")
+        stand_ins = {i: f.as_exception() for i, f in failed.items()}
+        items, values = merge.select(self._values, self.items, stand_ins, self.options.errors)
+        return merge.combine(values, items, self.options.combine)
+
+    # ------------------------------------------------------------------ views
+
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            counts = {QUEUED: 0, TASK_RUNNING: 0, TASK_SUCCEEDED: 0, TASK_FAILED: 0}
+            for task in self._tasks.values():
+                counts[task.state] += 1
+            end = self._finished if self._finished is not None else time.monotonic()
+            elapsed = end - self._started
+            total = len(self.items)
+            done = self._done
+            throughput = done / elapsed if elapsed > 0 and done else None
+            eta = None
+            if throughput and not self.done:
+                eta = (total - done) / throughput
+            firsts = sorted(self._failures.values(), key=lambda f: f.index)[:5]
+            views = tuple(FailureView(f.index, merge._short(self.items[f.index]), f.summary, f.traceback)
+                          for f in firsts)
+            failed = len(self._failures)
+        try:
+            nodes = tuple(self._nodes())
+        except Exception:
+            nodes = ()
+        return JobSnapshot(
+            job_id=self.id, backend=self.backend_name, pool=self.pool, vm_size=self.vm_size,
+            state=self.state, items_total=total, items_done=done, items_failed=failed,
+            tasks_total=len(self._tasks), tasks_queued=counts[QUEUED], tasks_running=counts[TASK_RUNNING],
+            tasks_succeeded=counts[TASK_SUCCEEDED], tasks_failed=counts[TASK_FAILED], nodes=nodes,
+            elapsed=elapsed, eta=eta, throughput=throughput, failures=views,
+            source_first_line=self.source.splitlines()[0] if self.source else "",
+        )
+
+    def __repr__(self) -> str:
+        from .ui.text import format_snapshot
+
+        return f"<azpar Job {format_snapshot(self.snapshot())}>"
+
+    def _repr_html_(self) -> str:
+        from .ui.text import format_html
+
+        return format_html(self.snapshot())

@@ -1,0 +1,301 @@
+"""The IPython surface of azpar: argument parsing, UsageError, display and injection.
+
+Everything that decides *what* happens lives in the engine; this module only translates a
+cell into a RunRequest, waits in a way Ctrl-C can interrupt, shows what the iterations
+printed, and binds the result into the user's namespace.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import publish_display_data
+
+from . import merge, session
+from .engine import RunRequest, SubmitError
+from .errors import IterationError
+from .job import Job, JobOptions
+from .parsing import CellError, parse_cell
+from .ui.text import format_snapshot
+
+DEFAULT_OUTPUT = "azpar_result"
+PROGRESS_DELAY = 1.0  # seconds before the progress line appears (quick cells stay quiet)
+PROGRESS_INTERVAL = 0.5
+SHOWN_OUTPUT_LIMIT = 20_000  # characters of captured output shown after a run
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise UsageError(f"expected comma-separated variable names, got {', '.join(map(repr, bad))}")
+    return names
+
+
+class _Progress:
+    """The one refreshing text line, drawn from the main thread only (a background print
+    would land in whichever cell runs next)."""
+
+    def __init__(self, job: Job, quiet: bool):
+        self.job, self.quiet = job, quiet
+        self.shown = False
+        self.last = 0.0
+        self.width = 0
+
+    def tick(self, force: bool = False) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        snap = self.job.snapshot()
+        if not self.shown and snap.elapsed < PROGRESS_DELAY and not force:
+            return
+        if not force and now - self.last < PROGRESS_INTERVAL:
+            return
+        self.last, self.shown = now, True
+        line = format_snapshot(snap)
+        pad = " " * max(0, self.width - len(line))
+        self.width = len(line)
+        sys.stdout.write("\r" + line + pad)
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            self.tick(force=True)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+@magics_class
+class AzparMagics(Magics):
+    """``%%azpar`` runs loop iterations in parallel; ``%azpar`` manages jobs."""
+
+    def __init__(self, shell=None):
+        super().__init__(shell)
+        self._pending_outputs: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    # ------------------------------------------------------------------ %%azpar
+
+    @magic_arguments()
+    @argument("-o", "--output", metavar="NAME",
+              help=f"variable that receives the combined result (default: {DEFAULT_OUTPUT})")
+    @argument("--combine", default="list", metavar="HOW",
+              help="list (default: values in iteration order), dict (item -> value), sum, concat "
+                   "(lists, strings, numpy arrays, pandas frames), or an expression naming a callable "
+                   "that receives the list of values")
+    @argument("--gather", metavar="A,B", help="also bind A, B, ... to lists of those body variables' "
+                                             "final values, one per iteration")
+    @argument("--errors", default="stop", choices=merge.ERROR_POLICIES,
+              help="stop: raise the first failure (index, item, remote traceback); remove: drop failed "
+                   "iterations; pass: the exception object stands in for the value")
+    @argument("--retries", type=int, default=2, metavar="N",
+              help="attempts after an infrastructure failure (lost worker, killed process); user "
+                   "exceptions are never retried (default: 2)")
+    @argument("--chunk-size", default="auto", metavar="N|auto",
+              help="iterations per task; auto balances overhead and load (default)")
+    @argument("--seed", type=int, metavar="N", help="give each iteration its own reproducible random "
+                                                   "stream (random and numpy.random), whatever the scheduling")
+    @argument("--timeout", type=float, metavar="SECONDS", help="kill a task running longer than this")
+    @argument("--export", metavar="A,B", help="ship these variables even if the body does not name them")
+    @argument("--no-export", metavar="A,B", help="never ship these variables")
+    @argument("--no-wait", action="store_true", help="return a job handle at once; "
+                                                    "%%azpar collect binds the result later")
+    @argument("-q", "--quiet", action="store_true", help="no progress line")
+    @argument("--backend", metavar="NAME", help="backend for this cell (default from configuration: local)")
+    @argument("--workers", type=int, metavar="N", help="size of the local pool (default: one per core)")
+    @cell_magic("azpar")
+    def azpar_cell(self, line: str, cell: str):
+        """Run the iterations of a for loop in parallel.
+
+            %%azpar [options] for TARGET in ITERABLE[:]
+            BODY
+
+        ITERABLE is evaluated once here and its items are materialised. BODY runs once per item
+        with TARGET bound, on a worker; the value of an iteration is the value of the body's last
+        expression statement (None otherwise; ``continue`` ends the iteration with None). The values
+        are combined in iteration order, exactly as a sequential loop collecting them would, and bound
+        to the -o variable. ``break``, ``return`` and ``yield`` are refused before anything runs.
+
+        Only the names the body needs are sent (functions and classes defined in the notebook by
+        value, modules by reference). What iterations print or display is shown after the run. Ctrl-C
+        cancels the job; finished iterations stay available from the job handle.
+        """
+        try:
+            parsed = parse_cell(line, cell)
+        except CellError as exc:
+            raise UsageError(str(exc)) from None
+        args = self._parse_options(parsed.options)
+        options = self._job_options(args)
+        engine = session.engine(args.backend, args.workers) if (args.backend or args.workers) else session.engine()
+        request = RunRequest(parsed, self.shell.user_ns, options, _names(args.export), _names(args.no_export))
+        try:
+            job = engine.submit(request)
+        except SubmitError as exc:
+            raise UsageError(str(exc)) from None
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(f"The job could not be started: {exc}. Nothing was submitted.") from None
+        session.remember(job)
+        if args.no_wait:
+            self._pending_outputs[job.id] = (options.output_name, options.gather)
+            return job
+        self._wait(job, args.quiet)
+        self._show_outputs(job)
+        self._inject(job, options.output_name, options.gather)
+        return None
+
+    def _parse_options(self, text: str):
+        try:
+            return parse_argstring(self.azpar_cell, text)
+        except UsageError:
+            raise
+        except SystemExit:  # argparse's own exit on a bad value
+            raise UsageError(f"invalid %%azpar options: {text!r}; see %%azpar?") from None
+
+    def _job_options(self, args) -> JobOptions:
+        output = args.output or DEFAULT_OUTPUT
+        if not output.isidentifier():
+            raise UsageError(f"-o needs a variable name, got {output!r}")
+        combine = args.combine
+        if combine not in merge.COMBINE_MODES:
+            try:
+                combine = eval(combine, self.shell.user_ns)
+            except Exception as exc:
+                raise UsageError(f"--combine {args.combine!r} is neither one of {', '.join(merge.COMBINE_MODES)} "
+                                 f"nor an expression that evaluates here ({type(exc).__name__}: {exc}).") from None
+            if not callable(combine):
+                raise UsageError(f"--combine {args.combine!r} must name a callable; it is a "
+                                 f"{type(combine).__name__}.")
+        chunk = args.chunk_size
+        if chunk == "auto":
+            chunk_size = None
+        else:
+            try:
+                chunk_size = int(chunk)
+            except ValueError:
+                chunk_size = 0
+            if chunk_size < 1:
+                raise UsageError(f"--chunk-size must be a positive whole number or auto, got {chunk!r}")
+        if args.retries < 0:
+            raise UsageError(f"--retries must be 0 or more, got {args.retries}")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+        if args.workers is not None and args.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {args.workers}")
+        gather = _names(args.gather)
+        clash = [n for n in gather if n == output]
+        if clash:
+            raise UsageError(f"--gather {clash[0]} would overwrite the -o variable of the same name")
+        return JobOptions(combine=combine, errors=args.errors, gather=gather, retries=args.retries,
+                          timeout=args.timeout, chunk_size=chunk_size, seed=args.seed, output_name=output)
+
+    def _wait(self, job: Job, quiet: bool) -> None:
+        progress = _Progress(job, quiet)
+        try:
+            while not job.wait(0.1):
+                progress.tick()
+        except KeyboardInterrupt:
+            job.cancel()
+            job.wait(10)
+            progress.close()
+            snap = job.snapshot()
+            print(f"azpar: job {job.id} cancelled; {snap.items_done - snap.items_failed} of {snap.items_total} "
+                  f"iterations had finished: their values are in azpar_magic.jobs()[-1].partial_results().",
+                  file=sys.stderr)
+            raise
+        progress.close()
+
+    def _show_outputs(self, job: Job) -> None:
+        """Replay what iterations printed or displayed, in iteration order, within a limit."""
+        shown = 0
+        for index in sorted(job.outputs):
+            for kind, data in job.outputs[index]:
+                if shown >= SHOWN_OUTPUT_LIMIT:
+                    print(f"\n[azpar: output truncated after {SHOWN_OUTPUT_LIMIT} characters; full text: "
+                          f"azpar_magic.jobs()[-1].output() or .output(i)]", file=sys.stderr)
+                    return
+                if kind == "display":
+                    publish_display_data(data)
+                    shown += 100
+                    continue
+                text = data[: SHOWN_OUTPUT_LIMIT - shown]
+                shown += len(text)
+                (sys.stdout if kind == "stdout" else sys.stderr).write(text)
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    def _inject(self, job: Job, output: str, gather: tuple[str, ...]) -> None:
+        try:
+            value = job.result()
+        except IterationError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"The results of job {job.id} could not be combined: {exc}. The per-iteration "
+                             "values stay in azpar_magic.jobs()[-1].partial_results().") from None
+        self.shell.user_ns[output] = value
+        if gather:
+            self.shell.user_ns.update(job.gathered())
+
+    # ------------------------------------------------------------------ %azpar
+
+    @line_magic("azpar")
+    def azpar_line(self, line: str):
+        """Manage azpar jobs.
+
+            %azpar collect [JOB] [-o NAME]   wait for a --no-wait job and bind its result
+            %azpar jobs                      list this session's jobs
+            %azpar cancel [JOB]              cancel a job (default: the latest)
+            %azpar pool                      show the pool's nodes
+            %azpar backend                   say which backend cells run on
+
+        JOB is a job id (or its last characters); the latest job when omitted.
+        """
+        words = line.split()
+        if not words:
+            raise UsageError("usage: %azpar collect|jobs|cancel|pool|backend ... (see %azpar?)")
+        command, rest = words[0], words[1:]
+        if command == "collect":
+            return self._collect(rest)
+        if command == "jobs":
+            for job in session.jobs():
+                print(format_snapshot(job.snapshot()))
+            return None
+        if command == "cancel":
+            job = self._find(rest[0] if rest else None)
+            job.cancel()
+            job.wait(10)
+            print(format_snapshot(job.snapshot()))
+            return None
+        if command == "pool":
+            engine = session.engine()
+            nodes = engine.backend.nodes()
+            print(f"{engine.backend.describe()}: " + (", ".join(f"{n.id} {n.state}" for n in nodes) or "not started"))
+            return None
+        if command == "backend":
+            print(session.describe())
+            return None
+        raise UsageError(f"unknown %azpar command {command!r}; expected collect, jobs, cancel, pool or backend")
+
+    def _find(self, job_id: str | None) -> Job:
+        try:
+            return session.find_job(job_id)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+
+    def _collect(self, words: list[str]) -> None:
+        output = None
+        if "-o" in words:
+            at = words.index("-o")
+            if at + 1 >= len(words):
+                raise UsageError("-o needs a variable name")
+            output = words[at + 1]
+            words = words[:at] + words[at + 2 :]
+        job = self._find(words[0] if words else None)
+        default_output, gather = self._pending_outputs.get(job.id, (DEFAULT_OUTPUT, ()))
+        self._wait(job, quiet=False)
+        self._show_outputs(job)
+        self._inject(job, output or default_output or DEFAULT_OUTPUT, gather)

@@ -1,0 +1,219 @@
+"""Parse a ``%%azpar`` cell: the ``for TARGET in ITERABLE`` header and the loop body.
+
+Everything here is pure (no IPython, no I/O) so that every check runs before anything is
+captured or submitted. The body is compiled on the client into one code object whose line
+numbers are the cell's own (the magic line is line 1), so a remote traceback points at the
+line the user sees in the notebook.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import copy
+import io
+import marshal
+import tokenize
+from dataclasses import dataclass
+
+CELL_FILENAME = "<azpar cell>"
+ITEM_NAME = "__azpar_item__"
+VALUE_NAME = "__azpar_value__"
+_ONCE_NAME = "__azpar_once__"
+
+
+class CellError(ValueError):
+    """The cell cannot run: its message is one paragraph meant for the user."""
+
+
+@dataclass(frozen=True)
+class ParsedCell:
+    """A validated cell, ready for capture."""
+
+    options: str  # the text before ``for``, for the argument parser
+    target_source: str  # e.g. "i, row"
+    iterable_source: str  # e.g. "df.iterrows()"
+    target_names: tuple[str, ...]
+    body: str
+    body_tree: ast.Module
+    source: str  # the whole cell as the user sees it: magic line + body
+    code: bytes  # marshal of the compiled runner code
+
+    @property
+    def code_b64(self) -> str:
+        return base64.b64encode(self.code).decode()
+
+
+def split_header(line: str) -> tuple[str, str]:
+    """Split the magic line into (options, ``for ...`` clause) at the first ``for`` token
+    outside quotes; options may not contain a bare word ``for``."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(line).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
+        raise CellError(f"The %%azpar line could not be read: {exc}. Expected: "
+                        "%%azpar [options] for TARGET in ITERABLE") from None
+    for tok in tokens:
+        if tok.type == tokenize.NAME and tok.string == "for":
+            col = tok.start[1]
+            return line[:col].strip(), line[col:].strip()
+    raise CellError(
+        "The %%azpar line needs a loop header: %%azpar [options] for TARGET in ITERABLE, "
+        f"for example `%%azpar -o squares for x in range(10)`. Got: {line.strip()!r}."
+    )
+
+
+def parse_for_clause(clause: str) -> tuple[ast.expr, ast.expr, str, str]:
+    """Parse ``for TARGET in ITERABLE[:]`` and return (target, iter, their sources)."""
+    text = clause.rstrip()
+    if text.endswith(":"):
+        text = text[:-1]
+    try:
+        tree = ast.parse(text + ":\n    pass\n")
+    except SyntaxError as exc:
+        raise CellError(
+            f"The loop header {clause!r} is not valid Python: {exc.msg}. Expected "
+            "`for TARGET in ITERABLE`, for example `for i, row in df.iterrows()`."
+        ) from None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.For) or tree.body[0].orelse:
+        kind = type(tree.body[0]).__name__ if tree.body else "nothing"
+        raise CellError(
+            f"The loop header must be a single `for TARGET in ITERABLE` clause; {clause!r} "
+            f"parsed as {kind}."
+        )
+    node = tree.body[0]
+    return node.target, node.iter, ast.unparse(node.target), ast.unparse(node.iter)
+
+
+def _names_bound_by(target: ast.expr) -> tuple[str, ...]:
+    return tuple(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+
+
+class _BodyChecker(ast.NodeVisitor):
+    """Reject statements that mean something else once iterations run apart."""
+
+    def __init__(self) -> None:
+        self.loop_depth = 0
+        self.problems: list[tuple[int, str]] = []
+
+    def _scope(self, node: ast.AST) -> None:
+        """A nested function or class is its own scope: return/yield/break there are fine."""
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = _scope
+
+    def _loop(self, node: ast.AST) -> None:
+        for field in ("target", "iter", "test"):
+            if hasattr(node, field):
+                self.visit(getattr(node, field))
+        self.loop_depth += 1
+        for stmt in node.body:
+            self.visit(stmt)
+        self.loop_depth -= 1
+        for stmt in node.orelse:
+            self.visit(stmt)
+
+    visit_For = visit_While = visit_AsyncFor = _loop
+
+    def visit_Break(self, node: ast.Break) -> None:
+        if self.loop_depth == 0:
+            self.problems.append((node.lineno, "`break` would stop the whole loop, but iterations run "
+                                  "independently and in parallel; filter the items instead, or use "
+                                  "`continue` to give this iteration the value None"))
+
+    def visit_Return(self, node: ast.Return) -> None:
+        self.problems.append((node.lineno, "`return` is not allowed in the loop body (it is not a "
+                              "function); make the value the last expression of the body instead"))
+
+    def visit_Yield(self, node: ast.AST) -> None:
+        self.problems.append((node.lineno, "`yield` is not allowed in the loop body; the value of "
+                              "an iteration is its last expression"))
+
+    visit_YieldFrom = visit_Yield
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> None:
+        self.problems.append((node.lineno, "`nonlocal` is not allowed at the top of the loop body"))
+
+    def visit_Await(self, node: ast.Await) -> None:
+        self.problems.append((node.lineno, "top-level `await` is not supported in the loop body; "
+                              "wrap the coroutine with asyncio.run(...)"))
+
+    def _async_stmt(self, node: ast.AST) -> None:
+        self.problems.append((node.lineno, "top-level `async for`/`async with` is not supported in "
+                              "the loop body; wrap it in a coroutine run by asyncio.run(...)"))
+
+    visit_AsyncWith = _async_stmt
+
+
+def check_body(tree: ast.Module, line_offset: int) -> None:
+    checker = _BodyChecker()
+    for stmt in tree.body:
+        if isinstance(stmt, ast.AsyncFor):
+            checker._async_stmt(stmt)
+        checker.visit(stmt)
+    if checker.problems:
+        line, why = min(checker.problems)
+        raise CellError(f"Line {line + line_offset} of the cell: {why}. Nothing was submitted.")
+
+
+def build_runner_code(target: ast.expr, body: ast.Module, line_offset: int) -> bytes:
+    """Compile the body into code run once per item in the worker's namespace:
+
+        __azpar_value__ = None
+        for __azpar_once__ in (None,):      # so a top-level `continue` ends the iteration
+            TARGET = __azpar_item__
+            <body, its last expression statement assigned to __azpar_value__>
+    """
+    body = copy.deepcopy(body)  # the caller's tree stays as parsed
+    stmts = list(body.body)
+    if stmts and isinstance(stmts[-1], ast.Expr):
+        last = stmts[-1]
+        stmts[-1] = ast.copy_location(
+            ast.Assign(targets=[ast.Name(VALUE_NAME, ast.Store())], value=last.value), last
+        )
+    first_line = 1  # the synthetic statements sit on the magic line
+    bind = ast.Assign(targets=[copy.deepcopy(target)], value=ast.Name(ITEM_NAME, ast.Load()))
+    loop = ast.For(
+        target=ast.Name(_ONCE_NAME, ast.Store()),
+        iter=ast.Tuple([ast.Constant(None)], ast.Load()),
+        body=[bind, *stmts] if stmts else [bind],
+        orelse=[],
+    )
+    init = ast.Assign(targets=[ast.Name(VALUE_NAME, ast.Store())], value=ast.Constant(None))
+    module = ast.Module(body=[init, loop], type_ignores=[])
+    for node in (init, loop, bind, *ast.walk(bind), *ast.walk(init), loop.iter, *ast.walk(loop.iter), loop.target):
+        node.lineno = node.end_lineno = first_line
+        node.col_offset = node.end_col_offset = 0
+    ast.increment_lineno(ast.Module(body=stmts, type_ignores=[]), line_offset)
+    ast.fix_missing_locations(module)
+    code = compile(module, CELL_FILENAME, "exec", dont_inherit=True)
+    return marshal.dumps(code)
+
+
+def parse_cell(line: str, body: str) -> ParsedCell:
+    """Validate the magic line and body; raise CellError with a user-facing message."""
+    options, clause = split_header(line)
+    target, iterable, target_src, iterable_src = parse_for_clause(clause)
+    if not body.strip():
+        raise CellError("The %%azpar cell has no body: write the loop body on the lines after "
+                        "the %%azpar line.")
+    source = f"%%azpar {line.strip()}\n{body}"
+    line_offset = 1  # the magic line is line 1 of the cell
+    try:
+        tree = ast.parse(body, filename=CELL_FILENAME)
+    except SyntaxError as exc:
+        where = f"line {exc.lineno + line_offset}" if exc.lineno else "the body"
+        hint = ""
+        if exc.text and exc.text.lstrip().startswith(("%", "!")):
+            hint = " IPython magics and shell escapes (% and !) cannot run inside a %%azpar body."
+        raise CellError(f"Syntax error at {where} of the cell: {exc.msg}.{hint} Nothing was submitted.") from None
+    check_body(tree, line_offset)
+    code = build_runner_code(target, tree, line_offset)
+    return ParsedCell(
+        options=options,
+        target_source=target_src,
+        iterable_source=iterable_src,
+        target_names=_names_bound_by(target),
+        body=body,
+        body_tree=tree,
+        source=source,
+        code=code,
+    )

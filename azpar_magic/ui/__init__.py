@@ -1,0 +1,1 @@
+"""Views of job snapshots: pure text/HTML formatters here, widgets in later modules."""

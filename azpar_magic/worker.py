@@ -1,0 +1,700 @@
+"""Run the iterations of one task: the only code that executes on a pool node.
+
+This file must work as a plain script on a machine that has Python and dill and nothing
+else of ours (an Azure Batch node fetches it as a resource file), so it imports only the
+standard library and dill. The package imports *it* (never the reverse) so that the wire
+formats written by the client and read here are defined in exactly one place.
+
+Three ways to run it:
+
+    python worker.py TASK_IN RESULT_OUT     # one task from files (Azure Batch nodes)
+    python worker.py --check ENVELOPE       # environment check only (job preparation)
+    python worker.py --serve --fd-in R --fd-out W   # persistent local pool worker
+
+Exit codes: a task whose iterations raised still exits 0 -- user exceptions are results.
+Only failures of the environment or the infrastructure exit non-zero, each with its own code,
+so a scheduler can tell "your code raised" (never retried) from "the node is broken"
+(retried) from "this node cannot run this payload" (fails fast, never retried).
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import io
+import json
+import linecache
+import marshal
+import os
+import pickle
+import platform
+import random
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+import types
+
+import dill
+
+FORMAT_VERSION = 1
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3  # Python/dill/package mismatch: never retried
+EXIT_BAD_INPUT = 4  # unreadable or corrupt envelope/task input: infrastructure, retried
+EXIT_INTERNAL = 5  # a failure of this script itself: infrastructure, retried
+
+ENVELOPE_MAGIC = b"AZPARJ1\n"
+TASK_MAGIC = b"AZPART1\n"
+RESULT_MAGIC = b"AZPARR1\n"
+
+# Captured output kept per iteration before truncation (the client shows less).
+OUTPUT_LIMIT = 1_000_000
+TRUNCATED_NOTE = "\n[... output truncated by azpar: more than {} characters ...]\n"
+
+# Loaded namespaces kept per worker process, keyed by their sha256.
+NAMESPACE_CACHE_SIZE = 4
+
+
+class EnvironmentMismatch(Exception):
+    """This node cannot run the payload: Python, dill or a package differs from the client."""
+
+
+class BadInput(Exception):
+    """An envelope, namespace or task input is missing, truncated or corrupt."""
+
+
+# ---------------------------------------------------------------------------------------
+# Serialisation shared with the client: the C pickler when it can, dill when it must.
+# ---------------------------------------------------------------------------------------
+
+
+class NeedsDill(Exception):
+    """Raised inside the fast pickler when an object must be shipped by value."""
+
+
+def _is_main_object(obj: object) -> bool:
+    """Functions and classes defined in ``__main__`` (a notebook) cannot go by reference
+    to a process that has not executed the notebook."""
+    return isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) == "__main__"
+
+
+class _FastPickler(pickle.Pickler):
+    def __init__(self, file, hook, by_reference):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._hook = hook
+        self._by_reference = by_reference
+
+    def reducer_override(self, obj):
+        if self._hook is not None:
+            self._hook(obj)
+        if _is_main_object(obj) and not self._by_reference(obj):
+            raise NeedsDill(obj)
+        return NotImplemented
+
+
+class _DillPickler(dill.Pickler):
+    def __init__(self, file, hook, main):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, recurse=False, byref=False)
+        self._hook = hook
+        self._main = main
+
+    def save(self, obj, save_persistent_id=True):
+        if self._hook is not None:
+            self._hook(obj)
+        return super().save(obj, save_persistent_id)
+
+
+class _MainSwapped:
+    """Make ``module`` the process's ``__main__`` for the duration: the C pickler looks
+    notebook classes up there by name when it pickles or unpickles them by reference."""
+
+    def __init__(self, module: types.ModuleType | None):
+        self.module = module
+
+    def __enter__(self):
+        self.previous = sys.modules.get("__main__")
+        if self.module is not None:
+            sys.modules["__main__"] = self.module
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            sys.modules["__main__"] = self.previous
+
+
+def dumps(obj: object, *, main: types.ModuleType | None = None, hook=None, by_reference=None) -> tuple[str, bytes]:
+    """Serialise ``obj``; return (codec, bytes) where codec is "pickle" or "dill".
+
+    The C pickler is tried first because it is an order of magnitude faster and its output
+    loads with the C unpickler. It refuses ``__main__`` functions and classes unless
+    ``by_reference(obj)`` says the receiving side has the very same object by name; those
+    and anything else the C pickler cannot handle (lambdas, closures) go through dill with
+    ``__main__`` globals saved as a reference to the receiver's ``__main__``.
+    ``hook(obj)`` sees every object either pickler visits and may raise to refuse one.
+    """
+    by_reference = by_reference or (lambda _obj: False)
+    with _MainSwapped(main):
+        main = sys.modules["__main__"]
+        buf = io.BytesIO()
+        try:
+            _FastPickler(buf, hook, by_reference).dump(obj)
+            return "pickle", buf.getvalue()
+        except (NeedsDill, pickle.PicklingError, TypeError, AttributeError):
+            pass
+        buf = io.BytesIO()
+        _DillPickler(buf, hook, main).dump(obj)
+        return "dill", buf.getvalue()
+
+
+def loads(codec: str, data: bytes, *, main: types.ModuleType | None = None) -> object:
+    """Inverse of :func:`dumps`; ``main`` is the module that ``__main__`` names bind to."""
+    with _MainSwapped(main):
+        if codec == "pickle":
+            return pickle.loads(data)
+        unpickler = dill.Unpickler(io.BytesIO(data))
+        unpickler._main = sys.modules["__main__"]
+        return unpickler.load()
+
+
+# ---------------------------------------------------------------------------------------
+# File formats: a magic line, a length-prefixed JSON header, then a binary body.
+# ---------------------------------------------------------------------------------------
+
+
+def pack(magic: bytes, header: dict, body: bytes = b"") -> bytes:
+    head = json.dumps(header, sort_keys=True).encode()
+    return magic + struct.pack(">Q", len(head)) + head + body
+
+
+def unpack(magic: bytes, data: bytes) -> tuple[dict, bytes]:
+    if not data.startswith(magic):
+        raise BadInput(f"not an azpar {magic.strip().decode()} file (found {data[:8]!r})")
+    start = len(magic) + 8
+    if len(data) < start:
+        raise BadInput("file truncated inside its header length")
+    (size,) = struct.unpack(">Q", data[len(magic) : start])
+    if len(data) < start + size:
+        raise BadInput("file truncated inside its header")
+    try:
+        header = json.loads(data[start : start + size])
+    except ValueError as exc:
+        raise BadInput(f"corrupt header: {exc}") from None
+    return header, data[start + size :]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def namespace_file_name(digest: str) -> str:
+    """Namespace blobs are content-addressed so identical captures are staged once."""
+    return f"ns-{digest}.bin"
+
+
+# ---------------------------------------------------------------------------------------
+# Environment checks: fail fast, with both versions named, before touching user bytes.
+# ---------------------------------------------------------------------------------------
+
+
+def _installed_version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_environment(envelope: dict) -> None:
+    """Raise EnvironmentMismatch naming what differs between the client and this node."""
+    problems = []
+    fmt = envelope.get("format")
+    if fmt != FORMAT_VERSION:
+        problems.append(f"envelope format {fmt} (this worker reads format {FORMAT_VERSION})")
+    client_py = envelope.get("python", "?")
+    here_py = platform.python_version()
+    if client_py.split(".")[:2] != here_py.split(".")[:2]:
+        problems.append(f"Python {client_py} on the client but Python {here_py} on this node")
+    client_dill = envelope.get("dill", "?")
+    if client_dill != dill.__version__:
+        problems.append(f"dill {client_dill} on the client but dill {dill.__version__} on this node")
+    for name, wanted in sorted(envelope.get("packages", {}).items()):
+        found = _installed_version(name)
+        if found is None:
+            problems.append(f"package {name}=={wanted} is used by the cell but not installed on this node")
+        elif found != wanted:
+            problems.append(f"package {name} is {wanted} on the client but {found} on this node")
+    if problems:
+        raise EnvironmentMismatch(
+            "This node's environment does not match the notebook's: " + "; ".join(problems) + "."
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Loading a job: envelope header + content-addressed namespace -> a runnable Job.
+# ---------------------------------------------------------------------------------------
+
+
+class LoadedNamespace:
+    """A namespace loaded into a private ``__main__`` module, shared by the jobs that ship
+    the same bytes (cached by sha256, so a worker loads a 100 MB capture once)."""
+
+    def __init__(self, envelope: dict, namespace_bytes: bytes, module_dir: str | None):
+        # A fresh module per namespace: functions shipped from the notebook get it as their
+        # globals, so they and the cell body share one global scope, as in the notebook.
+        self.module = types.ModuleType("__main__")
+        self.module.__dict__["__builtins__"] = builtins
+        _install_local_modules(envelope.get("local_modules") or {}, module_dir)
+        namespace = loads(envelope["namespace"]["codec"], namespace_bytes, main=self.module)
+        self.module.__dict__.update(namespace)
+        self.base = dict(self.module.__dict__)
+        self.shipped_ids = {id(v) for v in namespace.values() if _is_main_object(v)}
+
+
+class LoadedJob:
+    """What a task needs: the job's compiled body and options, over a loaded namespace."""
+
+    def __init__(self, envelope: dict, namespace: LoadedNamespace):
+        self.envelope = envelope
+        self.code = marshal.loads(base64.b64decode(envelope["code"]))
+        self.filename = envelope["filename"]
+        self.gather = list(envelope.get("gather") or [])
+        self.seed = envelope.get("seed")
+        self.module, self.base, self.shipped_ids = namespace.module, namespace.base, namespace.shipped_ids
+        for fname, text in (envelope.get("sources") or {}).items():
+            linecache.cache[fname] = (len(text), None, text.splitlines(True), fname)
+
+
+def _install_local_modules(modules: dict, module_dir: str | None) -> None:
+    """Write the notebook folder's own .py modules where imports find them first, and
+    forget any stale copy imported by an earlier job in this process."""
+    if not modules:
+        return
+    digest = sha256(json.dumps(modules, sort_keys=True).encode())[:16]
+    root = os.path.join(module_dir or tempfile.gettempdir(), f"azpar-modules-{digest}")
+    for rel, text in modules.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.exists(path):
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        top = rel.split("/")[0].removesuffix(".py")
+        for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+            del sys.modules[name]
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+
+
+class JobCache:
+    """Per-process caches: jobs by envelope path, namespaces by content (LRU)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, LoadedJob] = {}
+        self.namespaces: dict[str, LoadedNamespace] = {}
+
+    @staticmethod
+    def _remember(table: dict, key: str, value) -> None:
+        table[key] = value
+        while len(table) > NAMESPACE_CACHE_SIZE:
+            table.pop(next(iter(table)))
+
+
+def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
+    """Read, check and load a job; the environment check comes before any user bytes."""
+    if cache is not None and envelope_path in cache.jobs:
+        return cache.jobs[envelope_path]
+    try:
+        with open(envelope_path, "rb") as fh:
+            envelope, _ = unpack(ENVELOPE_MAGIC, fh.read())
+    except OSError as exc:
+        raise BadInput(f"cannot read the job envelope {envelope_path}: {exc}") from None
+    check_environment(envelope)
+    info = envelope["namespace"]
+    ns_key = info["sha256"] + sha256(json.dumps(envelope.get("local_modules") or {}, sort_keys=True).encode())
+    namespace = cache.namespaces.get(ns_key) if cache is not None else None
+    if namespace is None:
+        folder = os.path.dirname(os.path.abspath(envelope_path))
+        ns_path = os.path.join(folder, info["file"])
+        try:
+            with open(ns_path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise BadInput(f"cannot read the namespace {ns_path}: {exc}") from None
+        if sha256(data) != info["sha256"]:
+            raise BadInput(f"namespace {ns_path} is corrupt: its sha256 does not match the envelope")
+        namespace = LoadedNamespace(envelope, data, folder)
+        if cache is not None:
+            cache._remember(cache.namespaces, ns_key, namespace)
+    job = LoadedJob(envelope, namespace)
+    if cache is not None:
+        cache._remember(cache.jobs, envelope_path, job)
+    return job
+
+
+# ---------------------------------------------------------------------------------------
+# Running iterations.
+# ---------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """Collects one iteration's stdout, stderr and display output in the order produced."""
+
+    def __init__(self) -> None:
+        self.events: list[list] = []
+        self.size = 0
+        self.truncated = False
+
+    def add(self, kind: str, data) -> None:
+        if self.truncated:
+            return
+        if isinstance(data, str):
+            if self.size + len(data) > OUTPUT_LIMIT:
+                data = data[: max(0, OUTPUT_LIMIT - self.size)] + TRUNCATED_NOTE.format(OUTPUT_LIMIT)
+                self.truncated = True
+            self.size += len(data)
+            if self.events and self.events[-1][0] == kind:
+                self.events[-1][1] += data
+                return
+        self.events.append([kind, data])
+
+
+class _Stream(io.TextIOBase):
+    def __init__(self, recorder: _Recorder, kind: str):
+        self._recorder, self._kind = recorder, kind
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if text:
+            self._recorder.add(self._kind, text)
+        return len(text)
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+_MIME_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("text/latex", "_repr_latex_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("application/json", "_repr_json_"),
+)
+
+
+def mime_bundle(obj: object) -> dict:
+    """Render an object the way Jupyter would, without IPython: the worker has none."""
+    bundle: dict = {}
+    method = getattr(obj, "_repr_mimebundle_", None)
+    if callable(method):
+        try:
+            result = method()
+            data = result[0] if isinstance(result, tuple) else result
+            bundle.update(data or {})
+        except Exception:  # a broken repr must not fail the iteration
+            pass
+    for mime, name in _MIME_METHODS:
+        method = getattr(obj, name, None)
+        if mime in bundle or not callable(method) or isinstance(obj, type):
+            continue
+        try:
+            value = method()
+        except Exception:
+            continue
+        if isinstance(value, tuple):
+            value = value[0]
+        if value is None:
+            continue
+        if isinstance(value, bytes):
+            value = base64.b64encode(value).decode()
+        bundle[mime] = value
+    if not bundle and hasattr(obj, "savefig") and type(obj).__module__.startswith("matplotlib"):
+        buf = io.BytesIO()
+        obj.savefig(buf, format="png", bbox_inches="tight")
+        bundle["image/png"] = base64.b64encode(buf.getvalue()).decode()
+    bundle.setdefault("text/plain", repr(obj))
+    return bundle
+
+
+def _seed_iteration(seed: int, index: int) -> None:
+    """An independent, reproducible stream per iteration, whatever the scheduling: it
+    depends only on (seed, iteration index), never on which worker or chunk runs it."""
+    random.seed(f"azpar:{seed}:{index}")
+    try:
+        import numpy
+    except ImportError:
+        return
+    sequence = numpy.random.SeedSequence(seed, spawn_key=(index,))
+    numpy.random.seed(sequence.generate_state(4))
+
+
+def _format_user_traceback(exc: BaseException, filename: str) -> str:
+    """The remote traceback from the first frame of the cell on: worker frames are noise."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _cell_line(exc: BaseException, filename: str) -> int | None:
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+class Runner:
+    """Runs iterations of a loaded job and builds the result record of a task."""
+
+    def __init__(self, job: LoadedJob):
+        self.job = job
+
+    def _by_reference(self, obj: object) -> bool:
+        # Notebook classes and functions the client shipped exist on the client under the
+        # same name, so results refer to them by name and unpickle as the user's own class.
+        return id(obj) in self.job.shipped_ids
+
+    def _dump(self, obj: object) -> tuple[str, bytes]:
+        return dumps(obj, main=self.job.module, by_reference=self._by_reference)
+
+    def _error_record(self, exc: BaseException) -> dict:
+        try:
+            exc_blob = self._dump(exc)
+        except Exception:
+            exc_blob = None
+        return {
+            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "message": str(exc),
+            "traceback": _format_user_traceback(exc, self.job.filename),
+            "line": _cell_line(exc, self.job.filename),
+            "exc": exc_blob,
+        }
+
+    def run(self, indices: list[int], items: list) -> dict:
+        """Run each (index, item) and return a result dict (plain data and bytes only)."""
+        job = self.job
+        namespace = job.module.__dict__
+        values: list = []
+        failed: dict = {}
+        outputs: dict = {}
+        gathered: list = []
+        durations: list = []
+        display_list: list = []
+
+        def display(*objs, **_kw):
+            for obj in objs:
+                display_list[0].add("display", mime_bundle(obj))
+
+        saved = sys.stdout, sys.stderr, sys.modules.get("__main__"), builtins.__dict__.get("display")
+        sys.modules["__main__"] = job.module
+        builtins.display = display
+        try:
+            for index, item in zip(indices, items):
+                recorder = _Recorder()
+                display_list[:] = [recorder]
+                namespace.clear()
+                namespace.update(job.base)
+                namespace["__azpar_item__"] = item
+                if job.seed is not None:
+                    _seed_iteration(job.seed, index)
+                sys.stdout, sys.stderr = _Stream(recorder, "stdout"), _Stream(recorder, "stderr")
+                started = time.perf_counter()
+                value = None
+                try:
+                    exec(job.code, namespace)
+                    value = namespace.get("__azpar_value__")
+                except BaseException as exc:  # SystemExit from user code is a user error too
+                    failed[index] = self._error_record(exc)
+                finally:
+                    sys.stdout, sys.stderr = saved[0], saved[1]
+                durations.append(time.perf_counter() - started)
+                values.append(value)
+                if recorder.events:
+                    outputs[index] = recorder.events
+                if job.gather:
+                    gathered.append({name: namespace.get(name) for name in job.gather})
+        finally:
+            sys.stdout, sys.stderr = saved[0], saved[1]
+            if saved[2] is not None:
+                sys.modules["__main__"] = saved[2]
+            if saved[3] is None:
+                builtins.__dict__.pop("display", None)
+            else:
+                builtins.display = saved[3]
+            namespace.clear()
+            namespace.update(job.base)
+        return {
+            "indices": list(indices),
+            "values": self._encode_list(values, indices, failed, "value"),
+            "gathered": self._encode_list(gathered, indices, failed, "gathered variable") if job.gather else None,
+            "failed": failed,
+            "outputs": outputs,
+            "durations": durations,
+        }
+
+    def _encode_list(self, values: list, indices: list, failed: dict, what: str):
+        """One blob for the whole list when possible (fast to load); else one per entry so
+        that a single unserialisable value fails only its own iteration."""
+        try:
+            return ["all", *self._dump(values)]
+        except Exception:
+            pass
+        encoded = []
+        for index, value in zip(indices, values):
+            try:
+                encoded.append(self._dump(value))
+            except Exception as exc:
+                encoded.append(None)
+                if index not in failed:
+                    failed[index] = {
+                        "type": "azpar_magic.SerializationError",
+                        "message": f"the {what} of iteration {index} could not be sent back: "
+                        f"{type(exc).__name__}: {exc}",
+                        "traceback": "",
+                        "line": None,
+                        "exc": None,
+                    }
+        return ["each", encoded]
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points.
+# ---------------------------------------------------------------------------------------
+
+
+def run_task_file(task_path: str, result_path: str, cache: JobCache | None = None) -> int:
+    """Run one task from a task-input file and write its result file; return the exit code."""
+    try:
+        try:
+            with open(task_path, "rb") as fh:
+                header, body = unpack(TASK_MAGIC, fh.read())
+        except OSError as exc:
+            raise BadInput(f"cannot read the task input {task_path}: {exc}") from None
+        envelope_path = header["envelope"]
+        if not os.path.isabs(envelope_path):
+            base = os.environ.get("AZPAR_STAGE_DIR") or os.path.dirname(os.path.abspath(task_path))
+            envelope_path = os.path.join(base, envelope_path)
+        job = load_job(envelope_path, cache)
+        items = loads(header["items_codec"], body, main=job.module)
+        result = Runner(job).run(header["indices"], items)
+        result["task"] = header.get("task")
+        write_result(result_path, result)
+        return EXIT_OK
+    except EnvironmentMismatch as exc:
+        write_result(result_path, {"task": None, "environment_error": str(exc)})
+        print(f"azpar worker: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except BadInput as exc:
+        print(f"azpar worker: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def write_result(path: str, result: dict) -> None:
+    tmp = path + ".part"
+    with open(tmp, "wb") as fh:
+        fh.write(RESULT_MAGIC + pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    os.replace(tmp, path)
+
+
+def read_result(data: bytes) -> dict:
+    if not data.startswith(RESULT_MAGIC):
+        raise BadInput("not an azpar result file")
+    return pickle.loads(data[len(RESULT_MAGIC) :])
+
+
+def _read_frame(stream) -> object:
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError
+    (size,) = struct.unpack(">Q", head)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+def write_frame(stream, message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack(">Q", len(data)) + data)
+    stream.flush()
+
+
+def serve(fd_in: int, fd_out: int) -> int:
+    """Persistent local worker: read task messages, answer each with one result message.
+
+    Cancellation and timeouts kill this process (the pool replaces it), so it ignores
+    SIGINT: a terminal's Ctrl-C is for the kernel, which decides what to cancel.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reader = os.fdopen(fd_in, "rb", buffering=1 << 16)
+    writer = os.fdopen(fd_out, "wb", buffering=1 << 16)
+    cache = JobCache()
+    write_frame(writer, {"op": "ready", "pid": os.getpid()})
+    while True:
+        try:
+            message = _read_frame(reader)
+        except EOFError:
+            return EXIT_OK  # the client went away: nothing left to do
+        if message.get("op") == "exit":
+            return EXIT_OK
+        reply: dict = {"op": "result", "task": message["task"]}
+        try:
+            if message.get("cwd"):
+                os.chdir(message["cwd"])
+            job = load_job(message["envelope"], cache)
+            items = loads(message["items_codec"], message["items"], main=job.module)
+            reply["result"] = Runner(job).run(message["indices"], items)
+        except EnvironmentMismatch as exc:
+            reply.update(error=str(exc), exit_code=EXIT_ENVIRONMENT)
+        except BadInput as exc:
+            reply.update(error=str(exc), exit_code=EXIT_BAD_INPUT)
+        except Exception as exc:
+            reply.update(error="internal worker error: " + "".join(traceback.format_exception(exc)),
+                         exit_code=EXIT_INTERNAL)
+        write_frame(writer, reply)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--serve"]:
+        opts = dict(zip(argv[1::2], argv[2::2]))
+        return serve(int(opts["--fd-in"]), int(opts["--fd-out"]))
+    if argv[:1] == ["--check"] and len(argv) == 2:
+        try:
+            with open(argv[1], "rb") as fh:
+                envelope, _ = unpack(ENVELOPE_MAGIC, fh.read())
+            check_environment(envelope)
+        except EnvironmentMismatch as exc:
+            print(f"azpar worker: {exc}", file=sys.stderr)
+            return EXIT_ENVIRONMENT
+        except (OSError, BadInput) as exc:
+            print(f"azpar worker: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print("azpar worker: environment matches the envelope")
+        return EXIT_OK
+    if len(argv) == 2 and not argv[0].startswith("-"):
+        try:
+            return run_task_file(argv[0], argv[1])
+        except Exception:
+            traceback.print_exc()
+            return EXIT_INTERNAL
+    print(__doc__.split("\n\n")[2], file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
