@@ -104,7 +104,11 @@ class _Run:
 
     def _record_result(self, event: TaskEvent) -> None:
         result = event.result or {}
-        indices = result["indices"]
+        if event.node and result.get("worker"):
+            self.job.worker_stats[event.node] = result["worker"]
+        indices = self.tasks[event.task_id].indices
+        if list(result["indices"]) != list(indices):
+            raise ValueError(f"task {event.task_id} answered for other iterations than it was given")
         values = _decode_list(result["values"], len(indices))
         gathered = None
         if result.get("gathered") is not None:

@@ -166,6 +166,7 @@ class Job:
         self._merged: tuple[bool, Any] | None = None
         self.listeners: list[Callable[[Job], None]] = []
         self.capture: Any = None  # what was shipped (names, bytes, packages), set by the engine
+        self.worker_stats: dict[str, dict] = {}  # node -> what its worker last reported
 
     # ------------------------------------------------------------------ fed by the engine
 
@@ -205,24 +206,35 @@ class Job:
                       gathered: dict[str, Sequence[Any]] | None) -> None:
         """Store one finished task's iterations (values aligned with indices)."""
         with self._lock:
-            for pos, index in enumerate(indices):
-                if self._status[index] != _ITER_PENDING:
-                    continue  # a duplicate delivery (retry raced a late result)
-                if index in failures:
-                    self._failures[index] = failures[index]
-                    self._status[index] = _ITER_FAILED
-                else:
-                    self._values[index] = values[pos]
-                    self._status[index] = _ITER_OK
-                self._done += 1
-                for name, column in (gathered or {}).items():
-                    if name in self._gathered:
-                        self._gathered[name][index] = column[pos]
+            n = len(indices)
+            if (isinstance(indices, range) and indices.step == 1 and not failures and not gathered
+                    and self._status.count(_ITER_PENDING, indices.start, indices.stop) == n):
+                # The common case, a clean contiguous chunk: slice copies, no per-item loop.
+                self._values[indices.start:indices.stop] = values
+                self._status[indices.start:indices.stop] = bytes([_ITER_OK]) * n
+                self._done += n
+            else:
+                self._record_each(indices, values, failures, gathered)
             self._outputs.update(outputs)
             task = self._tasks[task_id]
             task.state = TASK_FAILED if any(i in failures for i in indices) else TASK_SUCCEEDED
             task.finished = time.monotonic()
         self._notify()
+
+    def _record_each(self, indices, values, failures, gathered) -> None:
+        for pos, index in enumerate(indices):
+            if self._status[index] != _ITER_PENDING:
+                continue  # a duplicate delivery (retry raced a late result)
+            if index in failures:
+                self._failures[index] = failures[index]
+                self._status[index] = _ITER_FAILED
+            else:
+                self._values[index] = values[pos]
+                self._status[index] = _ITER_OK
+            self._done += 1
+            for name, column in (gathered or {}).items():
+                if name in self._gathered:
+                    self._gathered[name][index] = column[pos]
 
     def record_task_failed(self, task_id: str, failure_for: Callable[[int], Failure]) -> None:
         """The whole task produced nothing: each of its pending iterations gets a failure."""

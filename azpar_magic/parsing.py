@@ -16,9 +16,9 @@ import marshal
 import tokenize
 from dataclasses import dataclass
 
+from .worker import ITEM_NAME, VALUE_NAME
+
 CELL_FILENAME = "<azpar cell>"
-ITEM_NAME = "__azpar_item__"
-VALUE_NAME = "__azpar_value__"
 _ONCE_NAME = "__azpar_once__"
 
 

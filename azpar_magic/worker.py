@@ -41,6 +41,8 @@ import types
 import dill
 
 FORMAT_VERSION = 1
+ITEM_NAME = "__azpar_item__"  # the runner code binds the loop target from this name
+VALUE_NAME = "__azpar_value__"  # ... and leaves the iteration's value under this one
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -296,6 +298,7 @@ class JobCache:
     def __init__(self) -> None:
         self.jobs: dict[str, LoadedJob] = {}
         self.namespaces: dict[str, LoadedNamespace] = {}
+        self.namespace_loads = 0  # reported back so "loaded once per worker" can be checked
 
     @staticmethod
     def _remember(table: dict, key: str, value) -> None:
@@ -329,6 +332,7 @@ def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
             raise BadInput(f"namespace {ns_path} is corrupt: its sha256 does not match the envelope")
         namespace = LoadedNamespace(envelope, data, folder)
         if cache is not None:
+            cache.namespace_loads += 1
             cache._remember(cache.namespaces, ns_key, namespace)
     job = LoadedJob(envelope, namespace)
     if cache is not None:
@@ -342,7 +346,7 @@ def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
 
 
 class _Recorder:
-    """Collects one iteration's stdout, stderr and display output in the order produced."""
+    """One iteration's stdout, stderr and display output, in the order produced."""
 
     def __init__(self) -> None:
         self.events: list[list] = []
@@ -363,9 +367,24 @@ class _Recorder:
         self.events.append([kind, data])
 
 
+class _OutputSink:
+    """Routes writes to the recorder of the iteration running now, creating it only when
+    the iteration writes: silent iterations (the common case) cost nothing."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.recorders: dict[int, _Recorder] = {}
+
+    def add(self, kind: str, data) -> None:
+        recorder = self.recorders.get(self.index)
+        if recorder is None:
+            recorder = self.recorders[self.index] = _Recorder()
+        recorder.add(kind, data)
+
+
 class _Stream(io.TextIOBase):
-    def __init__(self, recorder: _Recorder, kind: str):
-        self._recorder, self._kind = recorder, kind
+    def __init__(self, sink: _OutputSink, kind: str):
+        self._sink, self._kind = sink, kind
 
     def writable(self) -> bool:
         return True
@@ -374,7 +393,7 @@ class _Stream(io.TextIOBase):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if text:
-            self._recorder.add(self._kind, text)
+            self._sink.add(self._kind, text)
         return len(text)
 
     @property
@@ -485,48 +504,47 @@ class Runner:
         }
 
     def run(self, indices: list[int], items: list) -> dict:
-        """Run each (index, item) and return a result dict (plain data and bytes only)."""
+        """Run each (index, item) and return a result dict (plain data and bytes only).
+
+        This loop is the per-iteration overhead of every trivial loop, so it allocates
+        nothing per iteration unless the iteration prints, fails or gathers."""
         job = self.job
         namespace = job.module.__dict__
+        base, code, seed, gather = job.base, job.code, job.seed, job.gather
+        clear, update = namespace.clear, namespace.update
         values: list = []
+        append = values.append
         failed: dict = {}
-        outputs: dict = {}
         gathered: list = []
-        durations: list = []
-        display_list: list = []
+        sink = _OutputSink()
 
         def display(*objs, **_kw):
             for obj in objs:
-                display_list[0].add("display", mime_bundle(obj))
+                sink.add("display", mime_bundle(obj))
 
         saved = sys.stdout, sys.stderr, sys.modules.get("__main__"), builtins.__dict__.get("display")
         sys.modules["__main__"] = job.module
         builtins.display = display
+        sys.stdout, sys.stderr = _Stream(sink, "stdout"), _Stream(sink, "stderr")
+        started = time.perf_counter()
         try:
             for index, item in zip(indices, items):
-                recorder = _Recorder()
-                display_list[:] = [recorder]
-                namespace.clear()
-                namespace.update(job.base)
-                namespace["__azpar_item__"] = item
-                if job.seed is not None:
-                    _seed_iteration(job.seed, index)
-                sys.stdout, sys.stderr = _Stream(recorder, "stdout"), _Stream(recorder, "stderr")
-                started = time.perf_counter()
-                value = None
+                clear()
+                update(base)
+                namespace[ITEM_NAME] = item
+                sink.index = index
+                if seed is not None:
+                    _seed_iteration(seed, index)
                 try:
-                    exec(job.code, namespace)
-                    value = namespace.get("__azpar_value__")
+                    exec(code, namespace)
+                    append(namespace[VALUE_NAME])
                 except BaseException as exc:  # SystemExit from user code is a user error too
-                    failed[index] = self._error_record(exc)
-                finally:
+                    append(None)
                     sys.stdout, sys.stderr = saved[0], saved[1]
-                durations.append(time.perf_counter() - started)
-                values.append(value)
-                if recorder.events:
-                    outputs[index] = recorder.events
-                if job.gather:
-                    gathered.append({name: namespace.get(name) for name in job.gather})
+                    failed[index] = self._error_record(exc)
+                    sys.stdout, sys.stderr = _Stream(sink, "stdout"), _Stream(sink, "stderr")
+                if gather:
+                    gathered.append({name: namespace.get(name) for name in gather})
         finally:
             sys.stdout, sys.stderr = saved[0], saved[1]
             if saved[2] is not None:
@@ -535,15 +553,15 @@ class Runner:
                 builtins.__dict__.pop("display", None)
             else:
                 builtins.display = saved[3]
-            namespace.clear()
-            namespace.update(job.base)
+            clear()
+            update(base)
         return {
             "indices": list(indices),
             "values": self._encode_list(values, indices, failed, "value"),
-            "gathered": self._encode_list(gathered, indices, failed, "gathered variable") if job.gather else None,
+            "gathered": self._encode_list(gathered, indices, failed, "gathered variable") if gather else None,
             "failed": failed,
-            "outputs": outputs,
-            "durations": durations,
+            "outputs": {i: r.events for i, r in sink.recorders.items()},
+            "seconds": time.perf_counter() - started,
         }
 
     def _encode_list(self, values: list, indices: list, failed: dict, what: str):
@@ -658,6 +676,7 @@ def serve(fd_in: int, fd_out: int) -> int:
             job = load_job(message["envelope"], cache)
             items = loads(message["items_codec"], message["items"], main=job.module)
             reply["result"] = Runner(job).run(message["indices"], items)
+            reply["result"]["worker"] = {"pid": os.getpid(), "namespace_loads": cache.namespace_loads}
         except EnvironmentMismatch as exc:
             reply.update(error=str(exc), exit_code=EXIT_ENVIRONMENT)
         except BadInput as exc:

@@ -1,0 +1,46 @@
+"""Fixtures shared by the core tests: a real IPython shell with the extension loaded."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import pytest
+
+
+@dataclass
+class CellRun:
+    success: bool
+    error: BaseException | None
+    stdout: str
+    stderr: str
+    outputs: list  # rich display outputs (IPython RichOutput objects)
+
+
+@pytest.fixture(scope="session")
+def ip():
+    """One InteractiveShell for the session (IPython allows one per process), with the
+    extension loaded; IPYTHONDIR points at a temporary folder so no user profile leaks in."""
+    os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="azpar-ipython-")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "azpar_magic")
+    yield shell
+    shell.run_line_magic("unload_ext", "azpar_magic")
+    InteractiveShell.clear_instance()
+
+
+@pytest.fixture
+def run_cell(ip):
+    """Run a cell as a user would; return what they would see."""
+    from IPython.utils.capture import capture_output
+
+    def run(source: str) -> CellRun:
+        with capture_output() as captured:
+            result = ip.run_cell(source)
+        error = result.error_before_exec or result.error_in_exec
+        return CellRun(result.success, error, captured.stdout, captured.stderr, list(captured.outputs))
+
+    return run

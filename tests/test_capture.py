@@ -1,0 +1,141 @@
+"""Unit tests of capture.py: which names travel, how, and what is refused."""
+
+import io
+import sys
+import threading
+import types
+
+import pytest
+
+from azpar_magic import capture
+from azpar_magic import worker as wire
+from azpar_magic.parsing import parse_cell
+
+
+def names_for(body, namespace, target="x", **kw):
+    cell = parse_cell(f"for {target} in items", body)
+    return set(capture.capture(cell, namespace, **kw).names)
+
+
+@pytest.fixture
+def main_ns(monkeypatch):
+    """A fresh __main__ module, as a notebook's namespace is."""
+    module = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", module)
+    return module.__dict__
+
+
+def define(ns, source):
+    exec(compile(source, "<notebook cell>", "exec"), ns)
+
+
+def test_free_names_respect_binding_order():
+    tree = parse_cell("for x in xs", "y = a + x\nz = y + b\nif c:\n    w = 1\nw + q").body_tree
+    assert capture.free_names(tree, ["x"]) == {"a", "b", "c", "w", "q"}
+
+
+def test_nested_scopes_read_globals_but_not_their_locals():
+    tree = parse_cell("for x in xs", "def f(p):\n    k = p\n    return k + g\nf(x) + (lambda t: t + h)(1)").body_tree
+    assert capture.free_names(tree, ["x"]) == {"g", "h"}
+    tree = parse_cell("for x in xs", "[i * m for i in range(x) if i > n] + [{k: v for k, v in d}]").body_tree
+    assert capture.free_names(tree, ["x"]) == {"m", "n", "d", "range"}
+
+
+def test_only_needed_names_travel_with_what_functions_reach(main_ns):
+    define(main_ns, "import math\nK = 3\nUNUSED = 99\ndef helper(v):\n    return v * K\n"
+                    "def f(v):\n    return helper(v) + math.floor(1.5)\n")
+    assert names_for("f(x)", main_ns) == {"f", "helper", "K", "math"}
+
+
+def test_ipython_state_never_travels(main_ns):
+    main_ns.update({"In": ["x"], "Out": {1: 2}, "_": 1, "_i3": "x", "_5": 2, "get_ipython": lambda: None})
+    assert names_for("(In, Out, _, _i3, _5, get_ipython)", main_ns) == set()
+
+
+def test_classes_methods_and_instances(main_ns):
+    define(main_ns, "SCALE = 2\nclass P:\n    def __init__(s, v):\n        s.v = v\n"
+                    "    def scaled(s):\n        return s.v * SCALE\np = P(4)\n")
+    assert names_for("p.scaled() + x", main_ns) == {"p", "P", "SCALE"}
+
+
+def test_items_of_notebook_classes_bring_their_class(main_ns):
+    define(main_ns, "class Item:\n    pass\nitems = [Item(), Item()]\n")
+    cell = parse_cell("for it in items", "it")
+    cap = capture.capture(cell, main_ns, items=main_ns["items"])
+    assert "Item" in cap.names
+
+
+@pytest.mark.parametrize("make, type_name", [
+    (threading.Lock, "lock"),
+    (lambda: open(__file__), "TextIOWrapper"),
+    (lambda: (i for i in range(3)), "generator"),
+    (io.BytesIO, "BytesIO"),
+])
+def test_needed_unshippable_object_is_named(main_ns, make, type_name):
+    main_ns["thing"] = make()
+    with pytest.raises(capture.CaptureError) as info:
+        names_for("thing, x", main_ns)
+    message = str(info.value)
+    assert "`thing`" in message and type_name in message and "Nothing was submitted" in message
+
+
+def test_unshippable_inside_a_container_is_found(main_ns):
+    main_ns["holder"] = {"lock": threading.Lock()}
+    with pytest.raises(capture.CaptureError, match="`holder`.*lock"):
+        names_for("holder", main_ns)
+
+
+def test_unneeded_unshippable_object_is_ignored(main_ns):
+    main_ns["lock"] = threading.Lock()
+    main_ns["k"] = 1
+    assert names_for("k + x", main_ns) == {"k"}
+
+
+def test_export_and_no_export(main_ns):
+    main_ns.update({"a": 1, "b": 2})
+    assert names_for("eval('a') + b", main_ns, export=["a"], no_export=["b"]) == {"a"}
+    with pytest.raises(capture.CaptureError, match="--export names zz"):
+        names_for("x", main_ns, export=["zz"])
+
+
+def test_packages_are_recorded_with_versions(main_ns):
+    import numpy as np
+
+    main_ns.update({"np": np, "arr": np.arange(3)})
+    cell = parse_cell("for x in items", "np.sum(arr) + x")
+    cap = capture.capture(cell, main_ns)
+    assert cap.packages.get("numpy") == np.__version__
+    assert "dill" not in cap.packages or True  # dill is checked separately in the envelope
+
+
+def test_local_modules_are_shipped(main_ns, tmp_path, monkeypatch):
+    (tmp_path / "mylocal.py").write_text("def twice(v):\n    return 2 * v\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    define(main_ns, "import mylocal\n")
+    cell = parse_cell("for x in items", "mylocal.twice(x)")
+    cap = capture.capture(cell, main_ns, folder=str(tmp_path))
+    assert cap.local_modules == {"mylocal.py": "def twice(v):\n    return 2 * v\n"}
+    assert "mylocal" not in cap.packages
+    sys.modules.pop("mylocal", None)
+
+
+def test_identical_captures_hash_identically(main_ns):
+    main_ns.update({"data": list(range(100))})
+    cell = parse_cell("for x in items", "data[x]")
+    first, second = capture.capture(cell, main_ns), capture.capture(cell, main_ns)
+    assert first.sha256 == second.sha256 == wire.sha256(first.data)
+    main_ns["data"] = list(range(101))
+    assert capture.capture(cell, main_ns).sha256 != first.sha256
+
+
+def test_envelope_header_records_versions(main_ns):
+    import platform
+
+    import dill
+
+    cell = parse_cell("for x in items", "x")
+    header = capture.envelope_header(cell, capture.capture(cell, main_ns), gather=["y"], seed=7)
+    assert header["python"] == platform.python_version() and header["dill"] == dill.__version__
+    assert header["format"] == wire.FORMAT_VERSION and header["seed"] == 7 and header["gather"] == ["y"]
+    assert header["sources"]["<azpar cell>"].startswith("%%azpar for x in items")

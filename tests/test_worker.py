@@ -1,0 +1,138 @@
+"""worker.py as a plain file: `python worker.py IN OUT`, the way an Azure node runs it.
+
+The script is copied to a folder outside the package so nothing of ours is importable next
+to it; it must need nothing but the standard library and dill.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import pytest
+
+from azpar_magic import capture
+from azpar_magic import worker as wire
+from azpar_magic.parsing import parse_cell
+
+
+@pytest.fixture
+def stage(tmp_path, monkeypatch):
+    module = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", module)
+    script = tmp_path / "node" / "worker.py"
+    script.parent.mkdir()
+    shutil.copy(wire.__file__, script)
+
+    def make(body, namespace_source="", items=(1, 2, 3), edit=None):
+        exec(namespace_source, module.__dict__)
+        cell = parse_cell("for x in items", body)
+        cap = capture.capture(cell, module.__dict__)
+        header = capture.envelope_header(cell, cap)
+        if edit:
+            edit(header)
+        (tmp_path / header["namespace"]["file"]).write_bytes(cap.data)
+        (tmp_path / "job.azpj").write_bytes(wire.pack(wire.ENVELOPE_MAGIC, header))
+        codec, data = capture.serialize_items(list(items))
+        task = {"envelope": "job.azpj", "task": "1", "indices": list(range(len(items))), "items_codec": codec}
+        (tmp_path / "task-1.azpt").write_bytes(wire.pack(wire.TASK_MAGIC, task, data))
+        return tmp_path
+
+    def run(*args):
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.path.dirname(os.path.dirname(wire.dill.__file__))}
+        return subprocess.run([sys.executable, "-I", str(script), *args], cwd=tmp_path / "node",
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    return make, run
+
+
+def read(path):
+    return wire.read_result(path.read_bytes())
+
+
+def test_runs_a_task_from_files(stage):
+    make, run = stage
+    folder = make("print('hi', x)\nhelper(x)", "K = 10\ndef helper(v):\n    return v * K\n")
+    proc = run(str(folder / "task-1.azpt"), str(folder / "out.azpr"))
+    assert proc.returncode == wire.EXIT_OK, proc.stderr
+    result = read(folder / "out.azpr")
+    assert wire.loads(*result["values"][1:]) == [10, 20, 30]
+    assert result["outputs"][0] == [["stdout", "hi 1\n"]]
+
+
+def test_user_exception_is_a_result_not_an_exit_code(stage):
+    make, run = stage
+    folder = make("1 / (x - 2)")
+    proc = run(str(folder / "task-1.azpt"), str(folder / "out.azpr"))
+    assert proc.returncode == wire.EXIT_OK
+    failed = read(folder / "out.azpr")["failed"]
+    assert list(failed) == [1] and failed[1]["type"] == "builtins.ZeroDivisionError"
+    assert 'File "<azpar cell>", line 2' in failed[1]["traceback"] and failed[1]["line"] == 2
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda h: h.update(dill="0.0.1"), "dill 0.0.1 on the client but dill"),
+    (lambda h: h.update(python="2.7.18"), "Python 2.7.18 on the client but Python"),
+    (lambda h: h["packages"].update({"surely-not-installed-pkg": "1.0"}), "surely-not-installed-pkg==1.0"),
+    (lambda h: h["packages"].update({"dill": "0.0.2"}), "package dill is 0.0.2 on the client but"),
+])
+def test_environment_mismatch_fails_fast_naming_both_versions(stage, edit, expected):
+    make, run = stage
+    folder = make("x", edit=edit)
+    proc = run(str(folder / "task-1.azpt"), str(folder / "out.azpr"))
+    assert proc.returncode == wire.EXIT_ENVIRONMENT
+    assert expected in proc.stderr
+    assert expected in read(folder / "out.azpr")["environment_error"]
+    check = run("--check", str(folder / "job.azpj"))
+    assert check.returncode == wire.EXIT_ENVIRONMENT and expected in check.stderr
+
+
+def test_check_passes_on_a_matching_environment(stage):
+    make, run = stage
+    folder = make("x")
+    assert run("--check", str(folder / "job.azpj")).returncode == wire.EXIT_OK
+
+
+def test_corrupt_namespace_is_bad_input(stage):
+    make, run = stage
+    folder = make("x", "data = list(range(50))\n", edit=None)
+    ns_file = next(folder.glob("ns-*.bin"))
+    ns_file.write_bytes(ns_file.read_bytes()[:-3] + b"xyz")
+    proc = run(str(folder / "task-1.azpt"), str(folder / "out.azpr"))
+    assert proc.returncode == wire.EXIT_BAD_INPUT and "corrupt" in proc.stderr
+
+
+def test_missing_task_file_is_bad_input(stage):
+    _, run = stage
+    proc = run("/nonexistent/task.azpt", "/tmp/out.azpr")
+    assert proc.returncode == wire.EXIT_BAD_INPUT
+
+
+def test_usage_without_arguments(stage):
+    _, run = stage
+    assert run().returncode == wire.EXIT_USAGE
+
+
+def test_worker_imports_nothing_of_the_package():
+    source = open(wire.__file__).read()
+    assert "azpar_magic" not in source.replace('"azpar_magic.SerializationError"', "")
+    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    allowed_third_party = {"dill"}
+    for line in imports:
+        name = line.split()[1].split(".")[0]
+        assert name in sys.stdlib_module_names or name in allowed_third_party or name == "__future__", line
+
+
+def test_mime_bundle_without_ipython():
+    class Rich:
+        def _repr_html_(self):
+            return "<b>x</b>"
+
+        def _repr_png_(self):
+            return b"\x89PNG"
+
+    bundle = wire.mime_bundle(Rich())
+    assert bundle["text/html"] == "<b>x</b>" and bundle["image/png"] == "iVBORw==" and "text/plain" in bundle
+    assert json.dumps(bundle)
