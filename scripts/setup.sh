@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up everything the project needs on a fresh machine, idempotently:
+# a virtual environment in .venv with the package (editable) and its test extra,
+# and the pinned npm packages (Azurite) from package-lock.json.
+# Variables: PYTHON (interpreter to build the venv from, default python3),
+#            AZPAR_VENV (default .venv), AZPAR_EXTRAS (default test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${AZPAR_VENV:-.venv}
+EXTRAS=${AZPAR_EXTRAS:-test}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+echo "setup: installing azpar-magic[$EXTRAS] into $VENV"
+"$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -c "import azpar_magic, dill, IPython; print('setup: azpar_magic', azpar_magic.__version__, 'ready')"
+
+if [ -f package-lock.json ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup: npm not found; installing Node.js from Debian's packages"
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  if [ ! -x node_modules/.bin/azurite-blob ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    echo "setup: npm ci (Azurite, pinned by package-lock.json)"
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+fi

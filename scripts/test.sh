@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh machine: set up, then run every test and check the
+# example notebooks with nbval. Extra arguments go to pytest (e.g. -k parsing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+VENV=${AZPAR_VENV:-.venv}
+export IPYTHONDIR="$(mktemp -d)"
+mkdir -p test-artifacts
+status=0
+"$VENV/bin/python" -m pytest tests -p no:cacheprovider --junitxml=test-artifacts/junit.xml "$@" || status=$?
+if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
+  "$VENV/bin/python" -m pytest --nbval notebooks -p no:cacheprovider -q || status=$?
+fi
+# pytest exits 5 when it collected nothing: that is a failure of this script, not a pass.
+exit "$status"
