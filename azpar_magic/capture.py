@@ -22,7 +22,7 @@ import sys
 import threading
 import types
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dill
 
@@ -65,7 +65,7 @@ class Capture:
     packages: dict[str, str]
     local_modules: dict[str, str]
     sources: dict[str, str]
-    sizes: dict[str, int] = field(default_factory=dict)
+    function_mode: bool = False  # the body may run as a function (see function_mode_is_safe)
 
 
 def is_ipython_name(name: str) -> bool:
@@ -161,6 +161,25 @@ def free_names(tree: ast.Module, target_names: Iterable[str]) -> set[str]:
     return needed
 
 
+# Names whose use means the body inspects or changes its own scope.
+_SCOPE_INTROSPECTION = frozenset({"eval", "exec", "globals", "locals", "vars", "dir", "__import__"})
+
+
+def function_mode_is_safe(tree: ast.Module, target_names: Iterable[str], global_reads: set[str]) -> bool:
+    """Whether running the body as a function gives exactly what running it as a
+    notebook cell (module code) gives. In a function the body's assignments are locals;
+    that is only invisible when no code reads those names as globals: not the notebook
+    functions it calls, not the body itself before it binds them, not introspection."""
+    if any(isinstance(node, (ast.Global, ast.Nonlocal)) for node in tree.body):
+        return False
+    if any(isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names) for node in ast.walk(tree)):
+        return False
+    assigned = _stored_names(tree.body) | set(target_names)
+    if assigned & free_names(tree, target_names) or assigned & global_reads:
+        return False
+    return not (_scope_reads(tree) & _SCOPE_INTROSPECTION)
+
+
 def imported_modules(tree: ast.AST) -> set[str]:
     mods = set()
     for node in ast.walk(tree):
@@ -197,6 +216,7 @@ class _Reach:
         self.namespace = namespace
         self.main_dict = getattr(sys.modules.get("__main__"), "__dict__", None)
         self.names: set[str] = set()
+        self.global_reads: set[str] = set()  # every global name reachable notebook code loads
         self.modules: set[str] = set()
         self.sources: dict[str, str] = {}
         self._seen: set[int] = set()
@@ -263,6 +283,7 @@ class _Reach:
     def _visit_function(self, fn: types.FunctionType, depth: int) -> None:
         names, mods = _code_globals(fn.__code__)
         self.modules |= mods
+        self.global_reads |= names
         if fn.__globals__ is self.namespace or fn.__globals__ is self.main_dict:
             for name in names:
                 if name in self.namespace and not is_ipython_name(name):
@@ -455,6 +476,8 @@ def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterab
     local_tops = {path.split("/")[0].removesuffix(".py") for path in local}
     packages = distributions_for(m for m in modules if m.split(".")[0] not in local_tops)
     return Capture(
+        function_mode=bool(cell.function_code) and function_mode_is_safe(
+            cell.body_tree, cell.target_names, reach.global_reads),
         names=tuple(sorted(chosen)),
         codec=codec,
         data=data,
@@ -476,6 +499,8 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         "source": cell.source,
         "filename": CELL_FILENAME,
         "code": cell.code_b64,
+        "mode": "function" if cap.function_mode and not gather else "module",
+        "function_code": cell.function_code_b64,
         "namespace": {"sha256": cap.sha256, "size": len(cap.data), "codec": cap.codec,
                       "file": wire.namespace_file_name(cap.sha256)},
         "names": list(cap.names),

@@ -46,14 +46,29 @@ def user_config_path() -> Path:
     return Path(base) / "azpar" / "config.toml"
 
 
+_parsed: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A config file's content, re-read only when the file changes (settings are looked
+    up on every run, and an edit between two cells must still take effect)."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        st = path.stat()
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read the azpar config file {path}: {exc}") from None
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _parsed.get(path)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the azpar config file {path}: {exc}") from None
+    _parsed[path] = (stamp, data)
+    return data
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
@@ -75,7 +90,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, cwd: str | None
         ("defaults", DEFAULTS),
         (str(system_config_path()), _read_toml(system_config_path())),
         (str(user_config_path()), _read_toml(user_config_path())),
-        (str(Path(cwd or os.getcwd()) / "azpar.toml"), _read_toml(Path(cwd or os.getcwd()) / "azpar.toml")),
+        (str(Path(cwd or ".") / "azpar.toml"), _read_toml(Path(cwd or ".") / "azpar.toml")),
         ("environment", {k[len(_ENV_PREFIX):].lower(): v for k, v in environ.items()
                          if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX):].lower() in DEFAULTS}),
         ("magic options", {k: v for k, v in (overrides or {}).items() if v is not None}),

@@ -49,7 +49,8 @@ def new_job_id() -> str:
 def materialize(cell: ParsedCell, namespace: Mapping[str, Any]) -> list:
     """Evaluate the iterable once in the namespace and take all its items."""
     try:
-        iterable = eval(compile(cell.iterable_source, "<azpar iterable>", "eval"), dict(namespace))
+        scope = namespace if isinstance(namespace, dict) else dict(namespace)
+        iterable = eval(compile(cell.iterable_source, "<azpar iterable>", "eval"), scope)
     except Exception as exc:
         raise SubmitError(f"The iterable `{cell.iterable_source}` could not be evaluated: "
                           f"{type(exc).__name__}: {exc}. Nothing was submitted.") from None
@@ -202,7 +203,7 @@ class Engine:
         size = options.chunk_size or self.backend.default_chunk_size(len(items))
         tasks: dict[str, TaskSpec] = {}
         for number, indices in enumerate(chunk_indices(len(items), size), start=1):
-            codec, data = capture_mod.serialize_items([items[i] for i in indices])
+            codec, data = capture_mod.serialize_items(items[indices.start:indices.stop])
             tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
             job.add_task(str(number), indices)
         spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd(),

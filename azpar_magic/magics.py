@@ -81,7 +81,7 @@ class AzparMagics(Magics):
 
     # ------------------------------------------------------------------ %%azpar
 
-    @magic_arguments()
+    @magic_arguments(name="%azpar")  # usage then reads "%%azpar [-o NAME] ..."
     @argument("-o", "--output", metavar="NAME",
               help=f"variable that receives the combined result (default: {DEFAULT_OUTPUT})")
     @argument("--combine", default="list", metavar="HOW",

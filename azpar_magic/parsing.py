@@ -11,12 +11,13 @@ from __future__ import annotations
 import ast
 import base64
 import copy
+import functools
 import io
 import marshal
 import tokenize
 from dataclasses import dataclass
 
-from .worker import ITEM_NAME, VALUE_NAME
+from .worker import FUNCTION_NAME, ITEM_NAME, VALUE_NAME
 
 CELL_FILENAME = "<azpar cell>"
 _ONCE_NAME = "__azpar_once__"
@@ -37,11 +38,16 @@ class ParsedCell:
     body: str
     body_tree: ast.Module
     source: str  # the whole cell as the user sees it: magic line + body
-    code: bytes  # marshal of the compiled runner code
+    code: bytes  # marshal of the compiled runner code (module mode)
+    function_code: bytes  # marshal of a module defining the same runner as a function
 
     @property
     def code_b64(self) -> str:
         return base64.b64encode(self.code).decode()
+
+    @property
+    def function_code_b64(self) -> str:
+        return base64.b64encode(self.function_code).decode()
 
 
 def split_header(line: str) -> tuple[str, str]:
@@ -154,8 +160,8 @@ def check_body(tree: ast.Module, line_offset: int) -> None:
         raise CellError(f"Line {line + line_offset} of the cell: {why}. Nothing was submitted.")
 
 
-def build_runner_code(target: ast.expr, body: ast.Module, line_offset: int) -> bytes:
-    """Compile the body into code run once per item in the worker's namespace:
+def _runner_statements(target: ast.expr, body: ast.Module, line_offset: int) -> list[ast.stmt]:
+    """The runner, as statements:
 
         __azpar_value__ = None
         for __azpar_once__ in (None,):      # so a top-level `continue` ends the iteration
@@ -169,27 +175,62 @@ def build_runner_code(target: ast.expr, body: ast.Module, line_offset: int) -> b
         stmts[-1] = ast.copy_location(
             ast.Assign(targets=[ast.Name(VALUE_NAME, ast.Store())], value=last.value), last
         )
-    first_line = 1  # the synthetic statements sit on the magic line
     bind = ast.Assign(targets=[copy.deepcopy(target)], value=ast.Name(ITEM_NAME, ast.Load()))
     loop = ast.For(
         target=ast.Name(_ONCE_NAME, ast.Store()),
         iter=ast.Tuple([ast.Constant(None)], ast.Load()),
-        body=[bind, *stmts] if stmts else [bind],
+        body=[bind, *stmts],
         orelse=[],
     )
     init = ast.Assign(targets=[ast.Name(VALUE_NAME, ast.Store())], value=ast.Constant(None))
-    module = ast.Module(body=[init, loop], type_ignores=[])
-    for node in (init, loop, bind, *ast.walk(bind), *ast.walk(init), loop.iter, *ast.walk(loop.iter), loop.target):
-        node.lineno = node.end_lineno = first_line
-        node.col_offset = node.end_col_offset = 0
+    for node in (*ast.walk(init), *ast.walk(bind), loop, loop.target, *ast.walk(loop.iter)):
+        _on_magic_line(node)
     ast.increment_lineno(ast.Module(body=stmts, type_ignores=[]), line_offset)
+    return [init, loop]
+
+
+def _on_magic_line(node: ast.AST) -> None:
+    """Synthetic statements sit on line 1, the %%azpar line."""
+    if "lineno" in node._attributes:
+        node.lineno = node.end_lineno = 1
+        node.col_offset = node.end_col_offset = 0
+
+
+def build_runner_code(target: ast.expr, body: ast.Module, line_offset: int) -> bytes:
+    """Module mode: the runner executes in the worker's global namespace, as a notebook
+    cell does, so the body's assignments are globals that notebook functions can read."""
+    module = ast.Module(body=_runner_statements(target, body, line_offset), type_ignores=[])
     ast.fix_missing_locations(module)
-    code = compile(module, CELL_FILENAME, "exec", dont_inherit=True)
-    return marshal.dumps(code)
+    return marshal.dumps(compile(module, CELL_FILENAME, "exec", dont_inherit=True))
 
 
+def build_function_code(target: ast.expr, body: ast.Module, line_offset: int) -> bytes:
+    """Function mode: the same runner as ``def FUNCTION_NAME(__azpar_item__): ... return
+    __azpar_value__``. A call is cheaper than exec of module code and the globals need no
+    reset between iterations; capture decides when it is equivalent to module mode.
+    Returns b"" when the body cannot live in a function (``import *``)."""
+    stmts = _runner_statements(target, body, line_offset)
+    ret = ast.Return(ast.Name(VALUE_NAME, ast.Load()))
+    args = ast.arguments(posonlyargs=[], args=[ast.arg(ITEM_NAME)], kwonlyargs=[], kw_defaults=[], defaults=[])
+    extra = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}  # Python 3.12+
+    func = ast.FunctionDef(name=FUNCTION_NAME, args=args, body=[*stmts, ret], decorator_list=[], returns=None,
+                           **extra)
+    for node in (func, ret, *ast.walk(ret), args, *args.args):
+        _on_magic_line(node)
+    module = ast.Module(body=[func], type_ignores=[])
+    ast.fix_missing_locations(module)
+    try:
+        return marshal.dumps(compile(module, CELL_FILENAME, "exec", dont_inherit=True))
+    except SyntaxError:
+        return b""
+
+
+@functools.lru_cache(maxsize=64)
 def parse_cell(line: str, body: str) -> ParsedCell:
-    """Validate the magic line and body; raise CellError with a user-facing message."""
+    """Validate the magic line and body; raise CellError with a user-facing message.
+
+    Cached: re-running a cell is the common case and the result is immutable (callers
+    must not modify ``body_tree``)."""
     options, clause = split_header(line)
     target, iterable, target_src, iterable_src = parse_for_clause(clause)
     if not body.strip():
@@ -207,6 +248,7 @@ def parse_cell(line: str, body: str) -> ParsedCell:
         raise CellError(f"Syntax error at {where} of the cell: {exc.msg}.{hint} Nothing was submitted.") from None
     check_body(tree, line_offset)
     code = build_runner_code(target, tree, line_offset)
+    function_code = build_function_code(target, tree, line_offset)
     return ParsedCell(
         options=options,
         target_source=target_src,
@@ -216,4 +258,5 @@ def parse_cell(line: str, body: str) -> ParsedCell:
         body_tree=tree,
         source=source,
         code=code,
+        function_code=function_code,
     )

@@ -43,6 +43,7 @@ import dill
 FORMAT_VERSION = 1
 ITEM_NAME = "__azpar_item__"  # the runner code binds the loop target from this name
 VALUE_NAME = "__azpar_value__"  # ... and leaves the iteration's value under this one
+FUNCTION_NAME = "__azpar_run__"  # the runner compiled as a function (function mode)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -267,6 +268,15 @@ class LoadedJob:
         self.gather = list(envelope.get("gather") or [])
         self.seed = envelope.get("seed")
         self.module, self.base, self.shipped_ids = namespace.module, namespace.base, namespace.shipped_ids
+        # Function mode: the runner as a function whose globals are the namespace, built
+        # from the code object inside the shipped module code (nothing is added to the
+        # namespace itself, which other jobs share).
+        self.function = None
+        if envelope.get("mode") == "function":
+            module_code = marshal.loads(base64.b64decode(envelope["function_code"]))
+            fcode = next(c for c in module_code.co_consts if isinstance(c, types.CodeType)
+                         and c.co_name == FUNCTION_NAME)
+            self.function = types.FunctionType(fcode, self.module.__dict__, FUNCTION_NAME)
         for fname, text in (envelope.get("sources") or {}).items():
             linecache.cache[fname] = (len(text), None, text.splitlines(True), fname)
 
@@ -510,7 +520,7 @@ class Runner:
         nothing per iteration unless the iteration prints, fails or gathers."""
         job = self.job
         namespace = job.module.__dict__
-        base, code, seed, gather = job.base, job.code, job.seed, job.gather
+        base, code, seed, gather, function = job.base, job.code, job.seed, job.gather, job.function
         clear, update = namespace.clear, namespace.update
         values: list = []
         append = values.append
@@ -529,13 +539,16 @@ class Runner:
         started = time.perf_counter()
         try:
             for index, item in zip(indices, items):
-                clear()
-                update(base)
-                namespace[ITEM_NAME] = item
                 sink.index = index
                 if seed is not None:
                     _seed_iteration(seed, index)
                 try:
+                    if function is not None:
+                        append(function(item))
+                        continue
+                    clear()
+                    update(base)
+                    namespace[ITEM_NAME] = item
                     exec(code, namespace)
                     append(namespace[VALUE_NAME])
                 except BaseException as exc:  # SystemExit from user code is a user error too
