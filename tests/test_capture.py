@@ -139,3 +139,20 @@ def test_envelope_header_records_versions(main_ns):
     assert header["python"] == platform.python_version() and header["dill"] == dill.__version__
     assert header["format"] == wire.FORMAT_VERSION and header["seed"] == 7 and header["gather"] == ["y"]
     assert header["sources"]["<azpar cell>"].startswith("%%azpar for x in items")
+
+
+@pytest.mark.parametrize("body, reads, safe", [
+    ("x * x", set(), True),
+    ("y = x + 1\ny * 2", set(), True),
+    ("def g(v):\n    return v + k\nk = 1\ng(x)", set(), False),  # conservative: module mode is always right
+    ("y = x\nf()", {"y"}, False),  # f reads the global y the body assigns
+    ("total = total + x", set(), False),  # reads the kernel's total before binding its own
+    ("if x:\n    z = 1\nz", set(), False),  # z may come from the namespace
+    ("global z\nz = x", set(), False),
+    ("eval('x')", set(), False),
+    ("locals()['x']", set(), False),
+    ("from math import *\nx", set(), False),
+])
+def test_function_mode_only_when_equivalent(body, reads, safe):
+    cell = parse_cell("for x in xs", body)
+    assert capture.function_mode_is_safe(cell.body_tree, cell.target_names, reads) is safe

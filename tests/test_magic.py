@@ -1,0 +1,97 @@
+"""The magic through IPython's InteractiveShell: what a user types, what they get."""
+
+import pytest
+
+import azpar_magic
+
+
+def test_load_ext_says_which_backend(ip):
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as captured:
+        ip.run_line_magic("reload_ext", "azpar_magic")
+    assert "%%azpar runs loops on the local pool of" in captured.stdout
+
+
+def test_help_is_generated_from_the_arguments(ip):
+    doc = ip.find_cell_magic("azpar").__doc__
+    assert doc.lstrip(": \n").startswith("%%azpar [-o NAME]")
+    for option in ("--combine", "--gather", "--errors", "--retries", "--chunk-size", "--seed", "--timeout",
+                   "--export", "--no-export", "--no-wait", "--quiet", "--workers"):
+        assert option in doc
+
+
+def test_body_globals_seen_by_notebook_functions(ip, run_cell):
+    """Module mode: the body's assignments are globals, as in a notebook cell."""
+    ip.run_cell("def reads_y():\n    return y * 10\ny = -1")
+    run = run_cell("%%azpar -q -o out for x in range(4):\ny = x\nreads_y()")
+    assert run.success, run.stderr
+    assert ip.user_ns["out"] == [0, 10, 20, 30]
+    assert ip.user_ns["y"] == -1  # iterations never write back into the kernel
+
+
+def test_iterations_start_from_the_captured_namespace(ip, run_cell):
+    ip.run_cell("acc = [0]")
+    run = run_cell("%%azpar -q -o out --chunk-size 3 for x in range(6):\nacc = acc + [x]\nlen(acc)")
+    assert run.success, run.stderr
+    assert ip.user_ns["out"] == [2] * 6
+
+
+def test_default_output_name(ip, run_cell):
+    run = run_cell("%%azpar -q for x in 'abc':\nx.upper()")
+    assert run.success and ip.user_ns["azpar_result"] == ["A", "B", "C"]
+
+
+def test_display_output_is_replayed_in_order(ip, run_cell):
+    ip.run_cell("class Shown:\n    def __init__(self, v):\n        self.v = v\n"
+                "    def _repr_html_(self):\n        return f'<b>{self.v}</b>'")
+    run = run_cell("%%azpar -q -o out for x in range(3):\nprint('line', x)\ndisplay(Shown(x))\nx")
+    assert run.success, run.stderr
+    assert run.stdout == "line 0\nline 1\nline 2\n"
+    assert [o.data["text/html"] for o in run.outputs] == ["<b>0</b>", "<b>1</b>", "<b>2</b>"]
+
+
+def test_progress_line_for_longer_runs_only(ip, run_cell):
+    quick = run_cell("%%azpar -o out for x in range(3):\nx")
+    assert "azpar [local]" not in quick.stdout
+    slow = run_cell("%%azpar -o out for x in range(4):\nimport time\ntime.sleep(0.6)\nx")
+    assert slow.success
+    assert "azpar [local]" in slow.stdout and "4/4 done" in slow.stdout
+    assert run_cell("%%azpar -q -o out for x in range(4):\nimport time\ntime.sleep(0.6)\nx").stdout == ""
+
+
+def test_python_api_matches_the_magic(ip):
+    ns = {"k": 3}
+    job = azpar_magic.run("for x in range(5)", "x * k", ns, combine="sum")
+    assert job.result() == 30
+    snap = job.snapshot()
+    assert snap.state == "succeeded" and snap.items_done == 5 and snap.final
+    assert "succeeded" in repr(job) and "5/5 done" in repr(job)
+
+
+def test_python_api_rejects_bad_input():
+    with pytest.raises(ValueError, match="loop header"):
+        azpar_magic.run("x in y", "x")
+    with pytest.raises(ValueError, match="errors must be"):
+        azpar_magic.run("for x in []", "x", {}, errors="ignore")
+
+
+def test_workers_report_states(ip, run_cell):
+    run = run_cell("%%azpar -q -o out --workers 2 for x in range(2):\nx")
+    assert run.success
+    nodes = azpar_magic.session.engine(None, 2).backend.nodes()
+    live = [n for n in nodes if n.state != "lost"]
+    assert len(live) == 2 and {n.state for n in live} <= {"idle", "running", "starting"}
+
+
+def test_line_magic_commands(ip, run_cell):
+    run_cell("%%azpar -q -o out for x in range(2):\nx")
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as captured:
+        ip.run_line_magic("azpar", "jobs")
+        ip.run_line_magic("azpar", "backend")
+        ip.run_line_magic("azpar", "pool")
+    assert "succeeded" in captured.stdout and "local pool" in captured.stdout
+    with pytest.raises(Exception, match="unknown %azpar command"):
+        ip.run_line_magic("azpar", "frobnicate")
