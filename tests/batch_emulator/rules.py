@@ -1,0 +1,183 @@
+"""Service rules the OpenAPI document cannot express, checked after schema validation.
+
+Each check raises the service's error code and status (see notes/azure-batch.md): id syntax,
+collection limits, task dependency rules, exit-condition job actions, resource/output file
+shape, container settings against the pool, slots per node, autoscale intervals.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import errors
+from .errors import BatchServiceError
+from .util import ID_PATTERN, parse_duration
+
+MAX_TASKS_PER_COLLECTION = 100
+MAX_COLLECTION_BYTES = 1024 * 1024
+MAX_DEPENDENCY_CHARS = 64000
+
+
+def check_id(prop: str, value: str) -> None:
+    if not ID_PATTERN.match(value or ""):
+        reason = ("The id can contain any combination of alphanumeric characters including hyphens and "
+                  "underscores, and cannot contain more than 64 characters.")
+        raise errors.invalid_value(prop, value, reason)
+
+
+def too_large(limit_desc: str) -> BatchServiceError:
+    return BatchServiceError(413, "RequestBodyTooLarge",
+                             "The request body is too large and exceeds the maximum permissible limit.",
+                             [("MaxLimit", limit_desc)])
+
+
+def check_collection(raw_len: int, body: dict) -> None:
+    if raw_len > MAX_COLLECTION_BYTES:
+        raise too_large(f"{MAX_COLLECTION_BYTES} bytes")
+    if len(body.get("value") or []) > MAX_TASKS_PER_COLLECTION:
+        raise too_large(f"{MAX_TASKS_PER_COLLECTION} tasks")
+
+
+def vcpus(vm_size: str) -> int:
+    """vCPU count from an Azure VM size name (Standard_D4s_v3 -> 4); 1 when not recognisable."""
+    m = re.match(r"(?i)^(?:standard|basic)_[a-z]+?(\d+)", vm_size or "")
+    return max(1, int(m.group(1))) if m else 1
+
+
+def check_resource_files(prop: str, files: list[dict] | None) -> None:
+    for i, rf in enumerate(files or []):
+        sources = [k for k in ("autoStorageContainerName", "storageContainerUrl", "httpUrl") if rf.get(k)]
+        if len(sources) != 1:
+            raise errors.invalid_value(f"{prop}[{i}]", "resourceFile",
+                                       "Exactly one of autoStorageContainerName, storageContainerUrl or httpUrl "
+                                       "must be specified.")
+        if sources[0] == "httpUrl":
+            if not rf.get("filePath"):
+                raise errors.missing_property(f"{prop}[{i}].filePath")
+            if rf.get("blobPrefix"):
+                raise errors.invalid_value(f"{prop}[{i}].blobPrefix", rf["blobPrefix"],
+                                           "blobPrefix is only valid with a container source.")
+        fp = rf.get("filePath") or ""
+        if fp.startswith("/") or ".." in fp.replace("\\", "/").split("/"):
+            raise errors.invalid_value(f"{prop}[{i}].filePath", fp,
+                                       "The path must be relative and must not break out of the working directory.")
+
+
+def check_output_files(prop: str, files: list[dict] | None) -> None:
+    for i, of in enumerate(files or []):
+        if not (of.get("destination") or {}).get("container"):
+            raise errors.missing_property(f"{prop}[{i}].destination.container")
+
+
+def check_pool(body: dict) -> None:
+    check_id("id", body["id"])
+    if not body.get("virtualMachineConfiguration"):
+        raise errors.missing_property("virtualMachineConfiguration")
+    auto = bool(body.get("enableAutoScale"))
+    if auto:
+        if not body.get("autoScaleFormula"):
+            raise errors.missing_property("autoScaleFormula")
+        for k in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+            if k in body:
+                raise errors.invalid_value(k, body[k], f"{k} cannot be specified when enableAutoScale is true.")
+        check_autoscale_interval(body.get("autoScaleEvaluationInterval"))
+    else:
+        if "autoScaleFormula" in body:
+            raise errors.invalid_value("autoScaleFormula", "...", "Only valid when enableAutoScale is true.")
+        if "targetDedicatedNodes" not in body and "targetLowPriorityNodes" not in body:
+            raise errors.missing_property("targetDedicatedNodes")
+    for k in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+        if body.get(k, 0) < 0:
+            raise errors.invalid_value(k, body[k], "must not be negative")
+    check_resize_timeout(body.get("resizeTimeout"))
+    slots = body.get("taskSlotsPerNode", 1)
+    limit = min(4 * vcpus(body["vmSize"]), 256)
+    if slots < 1 or slots > limit:
+        raise errors.invalid_value("taskSlotsPerNode", slots,
+                                   f"taskSlotsPerNode must be between 1 and {limit} (4 x vCPUs, at most 256).")
+    st = body.get("startTask")
+    if st:
+        check_resource_files("startTask.resourceFiles", st.get("resourceFiles"))
+        check_container_settings("startTask.containerSettings", st.get("containerSettings"), body)
+
+
+def check_resize_timeout(value: str | None) -> None:
+    if value is not None and parse_duration(value) < 300:
+        raise errors.invalid_value("resizeTimeout", value, "The minimum value is 5 minutes.")
+
+
+def check_autoscale_interval(value: str | None) -> None:
+    if value is not None and not (300 <= parse_duration(value) <= 168 * 3600):
+        raise errors.invalid_value("autoScaleEvaluationInterval", value,
+                                   "The value must be between 5 minutes and 168 hours.")
+
+
+def check_container_settings(prop: str, cs: dict | None, pool_spec: dict | None) -> None:
+    if not cs:
+        return
+    if not cs.get("imageName"):
+        raise errors.missing_property(f"{prop}.imageName")
+    if pool_spec is not None:
+        cc = (pool_spec.get("virtualMachineConfiguration") or {}).get("containerConfiguration")
+        if not cc:
+            raise errors.invalid_value(prop, cs.get("imageName"),
+                                       "containerSettings requires a pool with containerConfiguration.")
+
+
+def check_job(body: dict) -> None:
+    check_id("id", body["id"])
+    pi = body.get("poolInfo") or {}
+    if not pi.get("poolId") and not pi.get("autoPoolSpecification"):
+        raise errors.missing_property("poolInfo.poolId")
+    if pi.get("poolId") and pi.get("autoPoolSpecification"):
+        raise errors.invalid_value("poolInfo", "both", "Specify poolId or autoPoolSpecification, not both.")
+    for name in ("jobPreparationTask", "jobReleaseTask", "jobManagerTask"):
+        t = body.get(name)
+        if t:
+            if t.get("id"):
+                check_id(f"{name}.id", t["id"])
+            check_resource_files(f"{name}.resourceFiles", t.get("resourceFiles"))
+    if body.get("jobReleaseTask") and not body.get("jobPreparationTask"):
+        raise errors.invalid_value("jobReleaseTask", "...", "A job release task requires a job preparation task.")
+
+
+def check_task(body: dict, job_spec: dict, pool_spec: dict | None, prefix: str = "") -> None:
+    """Task-level rules that depend on the job (and on its pool when it exists)."""
+    check_id(prefix + "id", body["id"])
+    if not body.get("commandLine", "").strip():
+        raise errors.invalid_value(prefix + "commandLine", "", "The command line must not be empty.")
+    deps = body.get("dependsOn")
+    if deps is not None:
+        if not job_spec.get("usesTaskDependencies"):
+            raise BatchServiceError(409, "TaskDependenciesNotSpecifiedOnJob",
+                                    "The task depends on other tasks, but the job does not use task dependencies.")
+        ids = deps.get("taskIds") or []
+        if sum(len(x) for x in ids) > MAX_DEPENDENCY_CHARS:
+            raise BatchServiceError(400, "TaskDependencyListTooLong",
+                                    "The task dependency list is too long to be stored.",
+                                    [("MaxLength", str(MAX_DEPENDENCY_CHARS))])
+        for i, r in enumerate(deps.get("taskIdRanges") or []):
+            if r["start"] > r["end"] or r["start"] < 0:
+                raise errors.invalid_value(f"{prefix}dependsOn.taskIdRanges[{i}]", f"{r['start']}-{r['end']}",
+                                           "start must be non-negative and not greater than end.")
+        if body["id"].lower() in {x.lower() for x in ids}:
+            raise errors.invalid_value(prefix + "dependsOn.taskIds", body["id"], "A task cannot depend on itself.")
+    ec = body.get("exitConditions") or {}
+    if _uses_job_action(ec) and job_spec.get("onTaskFailure", "noaction") != "performexitoptionsjobaction":
+        raise errors.invalid_value(
+            prefix + "exitConditions.jobAction", "terminate/disable",
+            "A jobAction in exitConditions requires the job's onTaskFailure to be performexitoptionsjobaction.")
+    check_resource_files(prefix + "resourceFiles", body.get("resourceFiles"))
+    check_output_files(prefix + "outputFiles", body.get("outputFiles"))
+    check_container_settings(prefix + "containerSettings", body.get("containerSettings"), pool_spec)
+    c = body.get("constraints") or {}
+    if c.get("maxTaskRetryCount", 0) < -1:
+        raise errors.invalid_value(prefix + "constraints.maxTaskRetryCount", c["maxTaskRetryCount"])
+    if body.get("requiredSlots", 1) < 1:
+        raise errors.invalid_value(prefix + "requiredSlots", body["requiredSlots"])
+
+
+def _uses_job_action(ec: dict[str, Any]) -> bool:
+    options = [m.get("exitOptions") or {} for m in (ec.get("exitCodes") or []) + (ec.get("exitCodeRanges") or [])]
+    options += [ec.get(k) or {} for k in ("preProcessingError", "fileUploadError", "default")]
+    return any(o.get("jobAction") not in (None, "none") for o in options)

@@ -1,0 +1,205 @@
+"""The official OpenAPI document, used at runtime for routing and request validation.
+
+Nothing of the spec is copied into the repository: it is read from
+``<repo>/../shared/reference/azure-batch-rest-2025-06-01/BatchService.json`` (the layout CI
+guarantees), or from the path in ``AZPAR_BATCH_SPEC`` when set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from . import errors
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPEC_RELATIVE = Path("shared/reference/azure-batch-rest-2025-06-01/BatchService.json")
+
+_lock = threading.Lock()
+_cached: "Spec | None" = None
+
+
+def spec_path() -> Path:
+    """Where the spec is expected: beside the repository, as ../shared/reference/..."""
+    env = os.environ.get("AZPAR_BATCH_SPEC")
+    return Path(env) if env else REPO_ROOT.parent / SPEC_RELATIVE
+
+
+def examples_dir() -> Path:
+    return spec_path().parent / "examples"
+
+
+def load_spec() -> "Spec":
+    """Load (once per process) the spec; a clear error if the shared/ checkout is missing."""
+    global _cached
+    with _lock:
+        if _cached is None:
+            path = spec_path()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"Batch OpenAPI spec not found at {path}; the emulator expects shared/ beside the "
+                    f"repository (../{SPEC_RELATIVE}) or AZPAR_BATCH_SPEC pointing at BatchService.json")
+            _cached = Spec(json.loads(path.read_text(encoding="utf-8")))
+        return _cached
+
+
+class Route:
+    def __init__(self, method: str, template: str, op: dict) -> None:
+        self.method = method
+        self.template = template
+        self.op = op
+        self.operation_id: str = op["operationId"]
+        self.param_names = re.findall(r"{(\w+)}", template)
+        pattern = re.sub(r"{\w+}", "([^/]+)", template)
+        self.regex = re.compile("^" + pattern + "/?$")
+        self.literal_segments = sum(1 for s in template.split("/") if s and not s.startswith("{"))
+
+
+class Spec:
+    """Routes and schemas from the OpenAPI document, plus a validator for request bodies."""
+
+    def __init__(self, doc: dict) -> None:
+        self.doc = doc
+        self.definitions: dict = doc["definitions"]
+        self.api_version: str = doc["info"]["version"]
+        self.routes: list[Route] = []
+        for template, ops in doc["paths"].items():
+            for method, op in ops.items():
+                if method == "parameters":
+                    continue
+                self.routes.append(Route(method.upper(), template, op))
+        # Literal segments win over parameters (e.g. /pools/{id}/nodes before /pools/{id}/{x}).
+        self.routes.sort(key=lambda r: (-r.template.count("/"), -r.literal_segments))
+        self.by_operation = {r.operation_id: r for r in self.routes}
+        self.ignored: list[str] = []   # unknown body properties seen (dropped, like the service)
+
+    def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        """The route for a request path (percent-encoded as sent) and its decoded path params."""
+        path_matched = False
+        for route in self.routes:
+            m = route.regex.match(raw_path)
+            if not m:
+                continue
+            path_matched = True
+            if route.method != method:
+                continue
+            return route, {n: unquote(v) for n, v in zip(route.param_names, m.groups())}
+        if path_matched:
+            raise errors.BatchServiceError(400, "UnsupportedHttpVerb",
+                                           f"The resource doesn't support the specified HTTP verb {method}.")
+        raise errors.BatchServiceError(404, "InvalidUri", "The requested URI does not represent any resource on the server.")
+
+    def resolve(self, schema: dict) -> dict:
+        while "$ref" in schema:
+            schema = self.definitions[schema["$ref"].split("/")[-1]]
+        return schema
+
+    def body_schema(self, route: Route) -> tuple[dict | None, bool]:
+        for p in route.op.get("parameters", []):
+            if p.get("in") == "body":
+                return p["schema"], bool(p.get("required"))
+        return None, False
+
+    def query_params(self, route: Route) -> dict[str, dict]:
+        out = {}
+        for p in route.op.get("parameters", []):
+            if "$ref" in p:
+                p = self.doc["parameters"][p["$ref"].split("/")[-1]]
+            if p.get("in") == "query":
+                out[p["name"]] = p
+        return out
+
+    # ---- validation -------------------------------------------------------------------
+    def validate(self, schema: dict, value: Any, path: str = "") -> Any:
+        """Check a JSON value against a schema; return it with enum values in the spec's spelling.
+
+        Raises BatchServiceError with the service's codes (MissingRequiredProperty,
+        InvalidPropertyValue); unknown properties are dropped and noted in ``ignored``.
+        """
+        schema = self.resolve(schema)
+        if "allOf" in schema:
+            for sub in schema["allOf"]:
+                value = self.validate(sub, value, path)
+        typ = schema.get("type")
+        if typ is None and "properties" in schema:
+            typ = "object"
+        if value is None:
+            raise errors.invalid_value(path or "body", "null")
+        if typ == "object":
+            if not isinstance(value, dict):
+                raise errors.invalid_value(path or "body", json.dumps(value)[:200], "expected an object")
+            props = self._all_properties(schema)
+            for req in self._all_required(schema):
+                if req not in value:
+                    raise errors.missing_property(f"{path}.{req}" if path else req)
+            out = {}
+            addl = schema.get("additionalProperties")
+            for k, v in value.items():
+                sub_path = f"{path}.{k}" if path else k
+                if k in props:
+                    out[k] = self.validate(props[k], v, sub_path)
+                elif isinstance(addl, dict):
+                    out[k] = self.validate(addl, v, sub_path)
+                else:
+                    # The official examples send properties this api-version no longer defines
+                    # (e.g. targetNodeCommunicationMode); the service ignores them, so do we.
+                    self.ignored.append(sub_path)
+            return out
+        if typ == "array":
+            if not isinstance(value, list):
+                raise errors.invalid_value(path, json.dumps(value)[:200], "expected an array")
+            return [self.validate(schema.get("items", {}), v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if typ == "string":
+            if not isinstance(value, str):
+                raise errors.invalid_value(path, value, "expected a string")
+            if "enum" in schema:
+                for allowed in schema["enum"]:
+                    if allowed.lower() == value.lower():
+                        return allowed
+                raise errors.invalid_value(path, value, "not one of " + ", ".join(schema["enum"]))
+            fmt = schema.get("format")
+            if fmt == "duration":
+                from .util import parse_duration
+                try:
+                    parse_duration(value)
+                except ValueError:
+                    raise errors.invalid_value(path, value, "not an ISO 8601 duration") from None
+            if fmt == "int64":
+                if not re.fullmatch(r"-?\d+", value):
+                    raise errors.invalid_value(path, value, "not an integer")
+            return value
+        if typ == "integer":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise errors.invalid_value(path, value, "expected an integer")
+            if schema.get("format") == "int32" and not (-2**31 <= value < 2**31):
+                raise errors.invalid_value(path, value, "out of range for int32")
+            if "minimum" in schema and value < schema["minimum"]:
+                raise errors.invalid_value(path, value, f"below the minimum {schema['minimum']}")
+            if "maximum" in schema and value > schema["maximum"]:
+                raise errors.invalid_value(path, value, f"above the maximum {schema['maximum']}")
+            return value
+        if typ == "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise errors.invalid_value(path, value, "expected a number")
+            return value
+        if typ == "boolean":
+            if not isinstance(value, bool):
+                raise errors.invalid_value(path, value, "expected a boolean")
+            return value
+        return value
+
+    def _all_properties(self, schema: dict) -> dict:
+        props = dict(schema.get("properties", {}))
+        for sub in schema.get("allOf", []):
+            props.update(self._all_properties(self.resolve(sub)))
+        return props
+
+    def _all_required(self, schema: dict) -> list:
+        req = list(schema.get("required", []))
+        for sub in schema.get("allOf", []):
+            req += self._all_required(self.resolve(sub))
+        return req
