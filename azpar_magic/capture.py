@@ -379,7 +379,27 @@ def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
 
 @functools.lru_cache(maxsize=1)
 def _module_to_distributions() -> Mapping[str, list[str]]:
-    return importlib.metadata.packages_distributions()
+    """Top-level module name -> distributions providing it.
+
+    Python 3.10's packages_distributions() reads only top_level.txt, which wheels built
+    by newer backends (numpy's meson-python, for one) do not have; the installed file list
+    tells the same thing, so it is the fallback here on every version."""
+    table: dict[str, list[str]] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if not name:
+            continue
+        tops = set((dist.read_text("top_level.txt") or "").split())
+        if not tops:
+            for path in dist.files or ():
+                parts = path.parts
+                if not parts or parts[0] in ("..", ".") or parts[0].endswith((".dist-info", ".data")):
+                    continue
+                if len(parts) > 1 or path.suffix in (".py", ".so", ".pyd"):
+                    tops.add(parts[0] if len(parts) > 1 else path.name.split(".")[0])
+        for top in tops:
+            table.setdefault(top, []).append(name)
+    return table
 
 
 def _stdlib_names() -> frozenset[str]:

@@ -12,5 +12,8 @@ status=0
 if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
   "$VENV/bin/python" -m pytest --nbval notebooks -p no:cacheprovider -q || status=$?
 fi
+if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
+  bash scripts/test_pythons.sh || status=$?
+fi
 # pytest exits 5 when it collected nothing: that is a failure of this script, not a pass.
 exit "$status"
