@@ -88,8 +88,9 @@ class JobSnapshot:
     vm_size: str
     state: str
     items_total: int
-    items_done: int
-    items_failed: int
+    items_done: int  # iterations with a final outcome: value, failure or cancelled
+    items_failed: int  # failures of the iteration itself (user, infrastructure, environment)
+    items_cancelled: int
     tasks_total: int
     tasks_queued: int
     tasks_running: int
@@ -105,6 +106,10 @@ class JobSnapshot:
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def items_succeeded(self) -> int:
+        return self.items_done - self.items_failed - self.items_cancelled
 
     @property
     def nodes_busy(self) -> int:
@@ -358,13 +363,14 @@ class Job:
             done = sum(1 for s in self._status if s == _ITER_OK)
             raise JobCancelled(f"job {self.id} was cancelled after {done} of {len(self.items)} iterations "
                                "finished; their values are in job.partial_results()")
-        failed = {i: f for i, f in self._failures.items()}
+        failed = dict(self._failures)
         if failed and self.options.errors == "stop":
             first = self.first_failure()
             raise IterationError(
                 index=first.index, item_repr=merge._short(self.items[first.index]),
                 error_type=first.error_type, message=first.message, traceback=first.traceback,
-                line=first.line, job_id=self.id, failed_count=len(failed),
+                line=first.line, job_id=self.id,
+                failed_count=sum(1 for f in failed.values() if f.kind != "cancelled"),
                 infrastructure=first.kind != "user")
         stand_ins = {i: f.as_exception() for i, f in failed.items()}
         items, values = merge.select(self._values, self.items, stand_ins, self.options.errors)
@@ -381,21 +387,23 @@ class Job:
             elapsed = end - self._started
             total = len(self.items)
             done = self._done
-            throughput = done / elapsed if elapsed > 0 and done else None
+            cancelled = sum(1 for f in self._failures.values() if f.kind == "cancelled")
+            failed = len(self._failures) - cancelled
+            worked = done - cancelled
+            throughput = worked / elapsed if elapsed > 0 and worked else None
             eta = None
             if throughput and not self.done:
                 eta = (total - done) / throughput
-            firsts = sorted(self._failures.values(), key=lambda f: f.index)[:5]
+            firsts = sorted((f for f in self._failures.values() if f.kind != "cancelled"), key=lambda f: f.index)[:5]
             views = tuple(FailureView(f.index, merge._short(self.items[f.index]), f.summary, f.traceback)
                           for f in firsts)
-            failed = len(self._failures)
         try:
             nodes = tuple(self._nodes())
         except Exception:
             nodes = ()
         return JobSnapshot(
             job_id=self.id, backend=self.backend_name, pool=self.pool, vm_size=self.vm_size,
-            state=self.state, items_total=total, items_done=done, items_failed=failed,
+            state=self.state, items_total=total, items_done=done, items_failed=failed, items_cancelled=cancelled,
             tasks_total=len(self._tasks), tasks_queued=counts[QUEUED], tasks_running=counts[TASK_RUNNING],
             tasks_succeeded=counts[TASK_SUCCEEDED], tasks_failed=counts[TASK_FAILED], nodes=nodes,
             elapsed=elapsed, eta=eta, throughput=throughput, failures=views,

@@ -77,7 +77,7 @@ class AzparMagics(Magics):
 
     def __init__(self, shell=None):
         super().__init__(shell)
-        self._pending_outputs: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._pending_outputs: dict[str, tuple[str, tuple[str, ...], bool]] = {}
 
     # ------------------------------------------------------------------ %%azpar
 
@@ -141,7 +141,7 @@ class AzparMagics(Magics):
             raise UsageError(f"The job could not be started: {exc}. Nothing was submitted.") from None
         session.remember(job)
         if args.no_wait:
-            self._pending_outputs[job.id] = (options.output_name, options.gather)
+            self._pending_outputs[job.id] = (options.output_name, options.gather, args.quiet)
             return job
         self._wait(job, args.quiet)
         self._show_outputs(job)
@@ -202,8 +202,9 @@ class AzparMagics(Magics):
             job.cancel()
             job.wait(10)
             progress.close()
+            self._show_outputs(job)  # what the finished iterations printed is not lost either
             snap = job.snapshot()
-            print(f"azpar: job {job.id} cancelled; {snap.items_done - snap.items_failed} of {snap.items_total} "
+            print(f"azpar: job {job.id} cancelled; {snap.items_succeeded} of {snap.items_total} "
                   f"iterations had finished: their values are in azpar_magic.jobs()[-1].partial_results().",
                   file=sys.stderr)
             raise
@@ -271,9 +272,10 @@ class AzparMagics(Magics):
             print(format_snapshot(job.snapshot()))
             return None
         if command == "pool":
-            engine = session.engine()
-            nodes = engine.backend.nodes()
-            print(f"{engine.backend.describe()}: " + (", ".join(f"{n.id} {n.state}" for n in nodes) or "not started"))
+            for engine in session.engines() or [session.engine()]:
+                nodes = engine.backend.nodes()
+                print(f"{engine.backend.describe()}: "
+                      + (", ".join(f"{n.id} {n.state}" for n in nodes) or "not started"))
             return None
         if command == "backend":
             print(session.describe())
@@ -295,7 +297,7 @@ class AzparMagics(Magics):
             output = words[at + 1]
             words = words[:at] + words[at + 2 :]
         job = self._find(words[0] if words else None)
-        default_output, gather = self._pending_outputs.get(job.id, (DEFAULT_OUTPUT, ()))
-        self._wait(job, quiet=False)
+        default_output, gather, quiet = self._pending_outputs.get(job.id, (DEFAULT_OUTPUT, (), False))
+        self._wait(job, quiet=quiet)
         self._show_outputs(job)
         self._inject(job, output or default_output or DEFAULT_OUTPUT, gather)

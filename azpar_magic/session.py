@@ -32,6 +32,12 @@ def engine(backend: str | None = None, workers: int | None = None) -> Engine:
         return _engines[key]
 
 
+def engines() -> list[Engine]:
+    """Every engine (pool) this process has created."""
+    with _lock:
+        return list(_engines.values())
+
+
 def describe() -> str:
     return engine().backend.describe()
 

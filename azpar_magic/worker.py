@@ -276,6 +276,11 @@ class LoadedJob:
             module_code = marshal.loads(base64.b64decode(envelope["function_code"]))
             fcode = next(c for c in module_code.co_consts if isinstance(c, types.CodeType)
                          and c.co_name == FUNCTION_NAME)
+            # Tracebacks name the frame as module mode does: the user wrote no function.
+            names = {"co_name": "<module>"}
+            if hasattr(fcode, "co_qualname"):
+                names["co_qualname"] = "<module>"
+            fcode = fcode.replace(**names)
             self.function = types.FunctionType(fcode, self.module.__dict__, FUNCTION_NAME)
         for fname, text in (envelope.get("sources") or {}).items():
             linecache.cache[fname] = (len(text), None, text.splitlines(True), fname)

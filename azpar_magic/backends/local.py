@@ -85,6 +85,7 @@ class LocalBackend:
         self._lost: collections.deque[NodeInfo] = collections.deque(maxlen=_LOST_SHOWN)
         self._queue: collections.deque[tuple[str, TaskSpec]] = collections.deque()
         self._jobs: dict[str, _Job] = {}
+        self._cancelled: set[str] = set()  # jobs whose tasks must never start again
         self._ids = itertools.count(1)
         self._stage = ""
         self._selector: selectors.BaseSelector | None = None
@@ -151,14 +152,18 @@ class LocalBackend:
             return list(self._lost) + live
 
     def cancel(self, job_id: str) -> None:
+        """Queued tasks are dropped; a worker running one of the job's tasks is killed (with
+        the tasks sent ahead to it); a task of the job waiting behind another job's task on
+        a worker is stopped the moment it would start (see _on_message)."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
                 return
+            self._cancelled.add(job_id)
             dropped = [t for j, t in self._queue if j == job_id]
             self._queue = collections.deque((j, t) for j, t in self._queue if j != job_id)
             for w in self._workers.values():
-                if any(j == job_id for j, _ in w.in_flight):
+                if w.running and w.running[0] == job_id and not w.ending:
                     w.ending = "cancelled"
                     self._kill(w)
         for task in dropped:
@@ -169,6 +174,7 @@ class LocalBackend:
     def finish(self, job_id: str) -> None:
         with self._lock:
             job = self._jobs.pop(job_id, None)
+            self._cancelled.discard(job_id)
         if job is not None:
             try:
                 os.unlink(job.envelope_path)
@@ -308,6 +314,10 @@ class LocalBackend:
             job_id, task = w.in_flight.popleft()
             job = self._jobs.get(job_id)
             following = self._start_next(w)
+            if following is not None and following[0].spec.job_id in self._cancelled:
+                w.ending = "cancelled"  # it was sent ahead before the cancel: stop it now
+                self._kill(w)
+                following = None
         if job is not None:
             if "result" in message:
                 event = TaskEvent(job_id, task.task_id, "finished", node=w.id, result=message["result"])
@@ -337,12 +347,16 @@ class LocalBackend:
             self._workers.pop(w.id, None)
             running = w.running
             waiting = list(w.in_flight)[1:]
-            # Tasks that never started on the dead worker go back to the front of the queue:
-            # they lost nothing, so they do not count as attempts.
+            # Tasks that never started on the dead worker go back to the front of the queue
+            # (they lost nothing, so it is no attempt) unless their job was cancelled.
+            never_started = []
             for entry in reversed(waiting):
-                if entry[0] in self._jobs:
+                if entry[0] in self._cancelled and entry[0] in self._jobs:
+                    never_started.append((self._jobs[entry[0]], entry[1]))
+                elif entry[0] in self._jobs:
                     self._queue.appendleft(entry)
             job = self._jobs.get(running[0]) if running else None
+            cancelled = w.ending == "cancelled" or (running is not None and running[0] in self._cancelled)
             closed = self._closed
         try:
             code = w.proc.wait(timeout=5)
@@ -359,6 +373,9 @@ class LocalBackend:
         with self._lock:
             self._lost.append(NodeInfo(w.id, "lost", running[1].task_id if running else None))
             self._spawn()
+        for waiting_job, waiting_task in never_started:
+            waiting_job.on_event(TaskEvent(waiting_job.spec.job_id, waiting_task.task_id, "failed",
+                                           error="cancelled before it started", failure_kind="cancelled"))
         if job is None or running is None:
             return
         task = running[1]
@@ -367,7 +384,7 @@ class LocalBackend:
             limit = job.spec.timeout
             event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, failure_kind="timeout",
                               error=f"the task ran longer than its --timeout of {limit:g} s and was killed")
-        elif w.ending == "cancelled":
+        elif cancelled:
             event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, failure_kind="cancelled",
                               error="cancelled while running")
         else:

@@ -23,14 +23,16 @@ def format_duration(seconds: float | None) -> str:
 def format_snapshot(s: JobSnapshot) -> str:
     """One line: state, iterations done/failed/total, tasks running, nodes busy, time."""
     parts = [f"{s.job_id} {s.state}",
-             f"{s.items_done - s.items_failed}/{s.items_total} done"]
+             f"{s.items_succeeded}/{s.items_total} done"]
     if s.items_failed:
         parts.append(f"{s.items_failed} failed")
+    if s.items_cancelled:
+        parts.append(f"{s.items_cancelled} cancelled")
     if not s.final:
         parts.append(f"{s.tasks_running} running, {s.tasks_queued} queued")
-    live = [n for n in s.nodes if n.state != "lost"]
-    if live:
-        parts.append(f"{s.nodes_busy}/{len(live)} nodes busy")
+        live = [n for n in s.nodes if n.state != "lost"]
+        if live:  # the pool's state now says nothing about a job that has ended
+            parts.append(f"{s.nodes_busy}/{len(live)} nodes busy")
     parts.append(f"elapsed {format_duration(s.elapsed)}")
     if s.eta is not None and not s.final:
         parts.append(f"ETA {format_duration(s.eta)}")
