@@ -172,6 +172,11 @@ def function_mode_is_safe(tree: ast.Module, target_names: Iterable[str], global_
     functions it calls, not the body itself before it binds them, not introspection."""
     if any(isinstance(node, (ast.Global, ast.Nonlocal)) for node in tree.body):
         return False
+    # Functions and classes defined in a function get "<locals>" qualified names, which
+    # show in reprs and change how they pickle: keep the notebook's names.
+    if any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
+           for node in ast.walk(tree)):
+        return False
     if any(isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names) for node in ast.walk(tree)):
         return False
     assigned = _stored_names(tree.body) | set(target_names)

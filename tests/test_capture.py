@@ -152,6 +152,8 @@ def test_envelope_header_records_versions(main_ns):
     ("eval('x')", set(), False),
     ("locals()['x']", set(), False),
     ("from math import *\nx", set(), False),
+    ("class Local:\n    pass\nLocal()", set(), False),  # qualnames would gain "<locals>"
+    ("sorted(xs, key=lambda v: -v)", set(), False),
 ])
 def test_function_mode_only_when_equivalent(body, reads, safe):
     cell = parse_cell("for x in xs", body)
