@@ -98,13 +98,18 @@ def create_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw
         return _created(f"{svc.url}/pools/{pool.id}", pool.etag, pool.last_modified)
 
 
+def _entity_response(h: dict, q: dict, entity: Any, body: dict) -> Response:
+    """A GET of one pool, job or task: conditional headers, $select, ETag, Last-Modified."""
+    _check_conditions(h, entity.etag, entity.last_modified)
+    return Response(200, odata.apply_select(body, q.get("$select")),
+                    {"ETag": entity.etag, "Last-Modified": http_date(entity.last_modified)})
+
+
 @op("Pools_GetPool")
 def get_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
-        _check_conditions(h, pool.etag, pool.last_modified)
-        return Response(200, odata.apply_select(pool_json(pool, svc.url), q.get("$select")),
-                        {"ETag": pool.etag, "Last-Modified": http_date(pool.last_modified)})
+        return _entity_response(h, q, pool, pool_json(pool, svc.url))
 
 
 @op("Pools_PoolExists")
@@ -439,9 +444,7 @@ def create_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_
 def get_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
-        _check_conditions(h, job.etag, job.last_modified)
-        return Response(200, odata.apply_select(job_json(job, svc.url), q.get("$select")),
-                        {"ETag": job.etag, "Last-Modified": http_date(job.last_modified)})
+        return _entity_response(h, q, job, job_json(job, svc.url))
 
 
 @op("Jobs_ListJobs")
@@ -654,9 +657,7 @@ def get_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len
     with svc.cond:
         job = _job(svc, p["jobId"])
         task = _task(job, p["taskId"])
-        _check_conditions(h, task.etag, task.last_modified)
-        return Response(200, odata.apply_select(task_json(task, job, svc.url), q.get("$select")),
-                        {"ETag": task.etag, "Last-Modified": http_date(task.last_modified)})
+        return _entity_response(h, q, task, task_json(task, job, svc.url))
 
 
 @op("Tasks_TerminateTask")
