@@ -129,6 +129,19 @@ class _MainSwapped:
             sys.modules["__main__"] = self.previous
 
 
+def _surely_needs_dill(obj: object, by_reference) -> bool:
+    """A namespace holding a notebook function or class will fail the C pickler, but only
+    when it reaches that entry, after pickling everything before it (a 100 MB array, say):
+    look at the top-level values first and go to dill in one pass."""
+    if not isinstance(obj, dict):
+        return False
+    return any(_is_main_object(v) and not by_reference(v) or _is_local_function(v) for v in obj.values())
+
+
+def _is_local_function(obj: object) -> bool:
+    return isinstance(obj, types.FunctionType) and ("<locals>" in obj.__qualname__ or obj.__name__ == "<lambda>")
+
+
 def dumps(obj: object, *, main: types.ModuleType | None = None, hook=None, by_reference=None) -> tuple[str, bytes]:
     """Serialise ``obj``; return (codec, bytes) where codec is "pickle" or "dill".
 
@@ -144,6 +157,8 @@ def dumps(obj: object, *, main: types.ModuleType | None = None, hook=None, by_re
         main = sys.modules["__main__"]
         buf = io.BytesIO()
         try:
+            if _surely_needs_dill(obj, by_reference):
+                raise NeedsDill(obj)
             _FastPickler(buf, hook, by_reference).dump(obj)
             return "pickle", buf.getvalue()
         except (NeedsDill, pickle.PicklingError, TypeError, AttributeError):
