@@ -42,15 +42,13 @@ def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, com
         cell = parse_cell(loop, body)
     except CellError as exc:
         raise ValueError(str(exc)) from None
-    if errors not in ("stop", "remove", "pass"):
-        raise ValueError(f"errors must be 'stop', 'remove' or 'pass', not {errors!r}")
     options = JobOptions(combine=combine, errors=errors, gather=tuple(gather), retries=retries, timeout=timeout,
                          chunk_size=chunk_size, seed=seed)
     engine = session.engine(backend, workers)
     try:
         job = engine.submit(RunRequest(cell, namespace, options, tuple(export), tuple(no_export)))
     except SubmitError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(str(exc)) from None  # bad input to a function: ValueError, as usual
     session.remember(job)
     return job
 

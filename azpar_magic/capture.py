@@ -10,9 +10,11 @@ behind them are recorded so the worker can refuse a mismatched environment up fr
 from __future__ import annotations
 
 import ast
+import builtins
 import dis
 import functools
 import importlib.metadata
+import inspect
 import io
 import os
 import platform
@@ -70,6 +72,20 @@ class Capture:
 
 def is_ipython_name(name: str) -> bool:
     return name in IPYTHON_NAMES or bool(_IPYTHON_HISTORY.match(name))
+
+
+def _is_ipython_builtin(name: str, value: object) -> bool:
+    """IPython puts wrappers of some builtins (``open``) into the user namespace, dressed
+    as the builtin (functools.wraps); the worker has the real builtin, and the wrapper
+    would drag IPython's state (sys.stdout, the shell) along."""
+    if not hasattr(builtins, name) or isinstance(value, types.ModuleType):
+        return False
+    if (getattr(value, "__module__", None) or "").startswith("IPython"):
+        return True
+    try:
+        return inspect.unwrap(value) is getattr(builtins, name) and value is not getattr(builtins, name)
+    except ValueError:  # a __wrapped__ cycle
+        return False
 
 
 # --------------------------------------------------------------------------- free names
@@ -291,7 +307,8 @@ class _Reach:
         self.global_reads |= names
         if fn.__globals__ is self.namespace or fn.__globals__ is self.main_dict:
             for name in names:
-                if name in self.namespace and not is_ipython_name(name):
+                if (name in self.namespace and not is_ipython_name(name)
+                        and not _is_ipython_builtin(name, self.namespace[name])):
                     self.names.add(name)
         filename = fn.__code__.co_filename
         if filename not in self.sources:
@@ -315,7 +332,8 @@ def resolve_names(namespace: Mapping[str, object], wanted: Iterable[str],
     exclude = set(exclude)
     reach = _Reach(namespace)
     chosen: dict[str, object] = {}
-    pending = [n for n in wanted if n in namespace and n not in exclude and not is_ipython_name(n)]
+    pending = [n for n in wanted if n in namespace and n not in exclude and not is_ipython_name(n)
+               and not _is_ipython_builtin(n, namespace[n])]
     while pending:
         name = pending.pop()
         if name in chosen:
@@ -436,50 +454,95 @@ def distributions_for(modules: Iterable[str]) -> dict[str, str]:
 
 
 def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
-    """Source of modules imported from the notebook's own folder, keyed by relative path.
+    """Source of modules imported from the notebook's own folder, keyed by relative path,
+    with the local modules those import in turn.
 
     They are not installed anywhere the workers could import them from, so they travel
     with the job (a package folder travels whole)."""
     folder = os.path.realpath(folder)
     prefixes = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
     files: dict[str, str] = {}
-    for name in sorted({m.split(".")[0] for m in modules}):
-        module = sys.modules.get(name)
-        path = getattr(module, "__file__", None)
-        if module is None:
-            candidates = [os.path.join(folder, name + ".py"), os.path.join(folder, name, "__init__.py")]
-            path = next((c for c in candidates if os.path.isfile(c)), None)
-        if not path:
+    pending = sorted({m.split(".")[0] for m in modules})
+    done: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in done:
             continue
-        path = os.path.realpath(path)
-        if not path.startswith(folder + os.sep) or path.startswith(prefixes) or not path.endswith(".py"):
+        done.add(name)
+        path = _local_source(name, folder, prefixes)
+        if path is None:
             continue
         if os.path.basename(path) == "__init__.py":
-            root = os.path.dirname(path)
-            for dirpath, _dirs, names in os.walk(root):
-                for fname in names:
-                    if fname.endswith(".py"):
-                        full = os.path.join(dirpath, fname)
-                        with open(full, encoding="utf-8") as fh:
-                            files[os.path.relpath(full, folder).replace(os.sep, "/")] = fh.read()
+            sources = [os.path.join(d, f) for d, _dirs, names in os.walk(os.path.dirname(path))
+                       for f in names if f.endswith(".py")]
         else:
-            with open(path, encoding="utf-8") as fh:
-                files[os.path.relpath(path, folder).replace(os.sep, "/")] = fh.read()
+            sources = [path]
+        for full in sources:
+            with open(full, encoding="utf-8") as fh:
+                text = fh.read()
+            files[os.path.relpath(full, folder).replace(os.sep, "/")] = text
+            try:
+                pending.extend(m.split(".")[0] for m in imported_modules(ast.parse(text)) if m)
+            except SyntaxError:
+                pass  # the worker's import will report it, as the notebook's did
     return files
+
+
+def _local_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | None:
+    """The .py file (or package __init__.py) of module ``name`` if it lives in ``folder``."""
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if module is None:
+        candidates = [os.path.join(folder, name + ".py"), os.path.join(folder, name, "__init__.py")]
+        path = next((c for c in candidates if os.path.isfile(c)), None)
+    if not path:
+        return None
+    path = os.path.realpath(path)
+    if not path.startswith(folder + os.sep) or path.startswith(prefixes) or not path.endswith(".py"):
+        return None
+    return path
 
 
 # ---------------------------------------------------------------------------- capture
 
 
-def notebook_classes_of(items: Iterable[object], namespace: Mapping[str, object]) -> set[str]:
-    """Names of notebook classes whose instances are items (or inside tuple items): the
-    worker must have them so items unpickle as instances of the very class the body uses."""
+_ATOMIC = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_CONTAINERS = (tuple, list, set, frozenset, dict)
+
+
+def notebook_objects_in(items: Iterable[object], namespace: Mapping[str, object], depth: int = 3) -> set[str]:
+    """Names of notebook functions and classes that items are, contain, or are instances
+    of: the worker must have them under those names, so items unpickle as the very
+    objects the body and the notebook's functions use."""
     items = items if isinstance(items, list) else list(items)
-    found = set(map(type, items))  # C-speed: a million items cost milliseconds
-    if tuple in found:
-        found |= {type(part) for item in items if type(item) is tuple for part in item}
-    found = {cls for cls in found if cls.__module__ == "__main__"}
-    return {cls.__qualname__ for cls in found if namespace.get(cls.__qualname__) is cls}
+    if set(map(type, items)) <= _ATOMIC:  # C-speed: a million ints cost milliseconds
+        return set()
+    found: set[str] = set()
+    seen: set[int] = set()
+    budget = [100_000]  # objects inspected at most, so huge nested items stay cheap
+
+    def visit(obj: object, level: int) -> None:
+        if budget[0] <= 0 or type(obj) in _ATOMIC:
+            return
+        budget[0] -= 1
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        for candidate in (obj, type(obj)):
+            name = getattr(candidate, "__qualname__", None)
+            if (getattr(candidate, "__module__", None) == "__main__" and isinstance(name, str)
+                    and namespace.get(name) is candidate):
+                found.add(name)
+        if level < depth and isinstance(obj, _CONTAINERS):
+            for part in (obj.values() if isinstance(obj, dict) else obj):
+                visit(part, level + 1)
+        elif level < depth and type(obj).__module__ == "__main__":
+            for part in (getattr(obj, "__dict__", None) or {}).values():
+                visit(part, level + 1)
+
+    for item in items:
+        visit(item, 0)
+    return found
 
 
 def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterable[str] = (),
@@ -490,7 +553,7 @@ def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterab
     if missing:
         raise CaptureError(f"--export names {', '.join(missing)}, which the namespace does not define. "
                            "Nothing was submitted.")
-    wanted = free_names(cell.body_tree, cell.target_names) | set(export) | notebook_classes_of(items, namespace)
+    wanted = free_names(cell.body_tree, cell.target_names) | set(export) | notebook_objects_in(items, namespace)
     chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
     for name in export:
         chosen[name] = namespace[name]
@@ -536,12 +599,34 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
     }
 
 
-def serialize_items(items: list) -> tuple[str, bytes]:
-    """Items of one task; notebook classes by reference when the namespace has them."""
-    main = sys.modules.get("__main__")
+def serialize_items(items: list, shipped: Iterable[str], namespace: Mapping[str, object],
+                    first_index: int = 0) -> tuple[str, bytes]:
+    """Items of one task (the iterable's items from ``first_index`` on). Notebook functions
+    and classes the job ships go by name (the worker has them); others by value. An item
+    that cannot travel is named by its index in the iterable."""
+    shipped = set(shipped)
 
     def by_reference(obj: object) -> bool:
-        return getattr(main, getattr(obj, "__qualname__", ""), None) is obj
+        name = getattr(obj, "__qualname__", None)
+        return name in shipped and namespace.get(name) is obj
 
-    return wire.dumps(items, by_reference=by_reference)
+    try:
+        return wire.dumps(items, by_reference=by_reference, hook=_refuse_unshippable)
+    except Exception:
+        pass
+    for position, item in enumerate(items):
+        try:
+            wire.dumps(item, by_reference=by_reference, hook=_refuse_unshippable)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}"
+            raise CaptureError(
+                f"The iterable's item {first_index + position} ({type(item).__module__}."
+                f"{type(item).__qualname__}) cannot be sent to the workers: {reason}. Iterate over something "
+                "that describes the work instead (a path, an index, parameters). Nothing was submitted.") from None
+    raise CaptureError("The items could not be serialised (no single item is at fault). Nothing was submitted.")
 
+
+def _refuse_unshippable(obj: object) -> None:
+    why = _unshippable_reason(obj)
+    if why:
+        raise CaptureError(f"{type(obj).__module__}.{type(obj).__qualname__}: {why}")

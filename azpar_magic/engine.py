@@ -28,6 +28,10 @@ class SubmitError(ValueError):
     """Nothing was submitted; the message says why, in one paragraph."""
 
 
+API_SPELLING = {k: k for k in ("combine", "errors", "chunk_size", "timeout", "retries", "seed", "gather")}
+FLAG_SPELLING = {k: "--" + k.replace("_", "-") for k in API_SPELLING}
+
+
 @dataclass
 class RunRequest:
     """Everything needed to start one run, whoever asked (the magic or the Python API)."""
@@ -39,6 +43,7 @@ class RunRequest:
     no_export: tuple[str, ...] = ()
     folder: str | None = None
     extra: dict = field(default_factory=dict)
+    spelling: dict[str, str] = field(default_factory=lambda: dict(API_SPELLING))  # how errors name options
 
 
 def new_job_id() -> str:
@@ -61,6 +66,33 @@ def materialize(cell: ParsedCell, namespace: Mapping[str, Any]) -> list:
                           "Nothing was submitted.") from None
 
 
+def validate_options(options: JobOptions, spelling: dict[str, str] = API_SPELLING) -> None:
+    """The same rules for the magic and the Python API, checked before any work;
+    ``spelling`` names each option as the caller wrote it (a flag or a keyword)."""
+    combine = options.combine
+    if not callable(combine) and combine not in merge.COMBINE_MODES:
+        raise SubmitError(f"{spelling['combine']} must be one of {', '.join(merge.COMBINE_MODES)} or a callable, "
+                          f"not {combine!r}.")
+    if options.errors not in merge.ERROR_POLICIES:
+        raise SubmitError(f"{spelling['errors']} must be one of {', '.join(merge.ERROR_POLICIES)}, "
+                          f"not {options.errors!r}.")
+    if options.chunk_size is not None and (not isinstance(options.chunk_size, int) or options.chunk_size < 1):
+        raise SubmitError(f"{spelling['chunk_size']} must be a positive whole number (or auto), "
+                          f"not {options.chunk_size!r}.")
+    if options.timeout is not None and not options.timeout > 0:
+        raise SubmitError(f"{spelling['timeout']} must be a positive number of seconds, not {options.timeout!r}.")
+    if not isinstance(options.retries, int) or options.retries < 0:
+        raise SubmitError(f"{spelling['retries']} must be 0 or more, not {options.retries!r}.")
+    if options.seed is not None and (not isinstance(options.seed, int) or options.seed < 0):
+        raise SubmitError(f"{spelling['seed']} must be a non-negative whole number, not {options.seed!r}.")
+    bad = [name for name in options.gather if not str(name).isidentifier()]
+    if bad:
+        raise SubmitError(f"{spelling['gather']} takes variable names; {', '.join(map(repr, bad))} is not one.")
+    if options.output_name is not None and options.output_name in options.gather:
+        raise SubmitError(f"{spelling['gather']} {options.output_name} would overwrite the output variable of "
+                          "the same name.")
+
+
 def chunk_indices(n: int, size: int) -> list[range]:
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
@@ -71,7 +103,7 @@ class _Run:
     def __init__(self, engine: Engine, job: Job, spec: JobSpec, tasks: dict[str, TaskSpec]):
         self.engine, self.job, self.spec, self.tasks = engine, job, spec, tasks
         self.lock = threading.Lock()
-        self.stopping = False
+        self.stopped: set[str] = set()  # tasks cancelled by _stop_early
 
     def on_event(self, event: TaskEvent) -> None:
         try:
@@ -90,7 +122,7 @@ class _Run:
             self._record_result(event)
             return
         task = job.task(event.task_id)
-        if event.retryable and task.attempts <= job.options.retries and not self.stopping:
+        if event.retryable and task.attempts <= job.options.retries and event.task_id not in self.stopped:
             job.record_task_requeued(event.task_id, event.error)
             self.engine.backend.resubmit(job.id, self.tasks[event.task_id])
             return
@@ -121,14 +153,22 @@ class _Run:
             self._stop_early()
 
     def _stop_early(self) -> None:
-        """``--errors stop``: the result will be an error, so stop spending compute."""
+        """``--errors stop``: the result will be an error, so stop spending compute on
+        iterations after the first failure. Tasks with earlier iterations still run: one of
+        them may fail too, and the error reported must be the one a sequential loop meets
+        first, whatever finished first here."""
         if self.job.options.errors != "stop":
             return
+        first = self.job.first_failure()
+        if first is None:
+            return
         with self.lock:
-            if self.stopping:
-                return
-            self.stopping = True
-        threading.Thread(target=self.engine.backend.cancel, args=(self.job.id,), daemon=True).start()
+            doomed = [t.task_id for t in self.job.tasks.values()
+                      if t.state not in (TASK_SUCCEEDED, TASK_FAILED) and min(t.indices) > first.index
+                      and t.task_id not in self.stopped]
+            self.stopped.update(doomed)
+        if doomed:
+            threading.Thread(target=self.engine.backend.cancel, args=(self.job.id, doomed), daemon=True).start()
 
     def _maybe_finish(self) -> None:
         job = self.job
@@ -173,7 +213,8 @@ class Engine:
         self.jobs: dict[str, Job] = {}
 
     def prepare(self, request: RunRequest) -> list:
-        """The checks on the items that can fail on bad input, before anything is submitted."""
+        """The checks that can fail on bad input, before anything is submitted."""
+        validate_options(request.options, request.spelling)
         items = materialize(request.cell, request.namespace)
         if request.options.combine == "dict":
             try:
@@ -183,9 +224,24 @@ class Engine:
         return items
 
     def submit(self, request: RunRequest) -> Job:
+        """Check, capture and cut everything first; only then create and start the job, so
+        bad input leaves nothing behind."""
         options = request.options
         items = self.prepare(request)
         job_id = new_job_id()
+        tasks: dict[str, TaskSpec] = {}
+        cap = None
+        if items:
+            try:
+                cap = capture_mod.capture(request.cell, request.namespace, export=request.export,
+                                          no_export=request.no_export, folder=request.folder, items=items)
+                size = options.chunk_size or self.backend.default_chunk_size(len(items))
+                for number, indices in enumerate(chunk_indices(len(items), size), start=1):
+                    chunk = items[indices.start:indices.stop]
+                    codec, data = capture_mod.serialize_items(chunk, cap.names, request.namespace, indices.start)
+                    tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
+            except capture_mod.CaptureError as exc:
+                raise SubmitError(str(exc)) from None
         pool, vm_size = self.backend.pool_info()
         job = Job(job_id, items, options, backend_name=self.backend.name, pool=pool, vm_size=vm_size,
                   source=request.cell.source, nodes=self.backend.nodes, cancel=lambda: self.cancel(job_id))
@@ -193,19 +249,9 @@ class Engine:
         if not items:
             job.finish(SUCCEEDED)
             return job
-        try:
-            cap = capture_mod.capture(request.cell, request.namespace, export=request.export,
-                                      no_export=request.no_export, folder=request.folder, items=items)
-        except capture_mod.CaptureError as exc:
-            del self.jobs[job_id]
-            raise SubmitError(str(exc)) from None
+        for task in tasks.values():
+            job.add_task(task.task_id, task.indices)
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
-        size = options.chunk_size or self.backend.default_chunk_size(len(items))
-        tasks: dict[str, TaskSpec] = {}
-        for number, indices in enumerate(chunk_indices(len(items), size), start=1):
-            codec, data = capture_mod.serialize_items(items[indices.start:indices.stop])
-            tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
-            job.add_task(str(number), indices)
         spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd(),
                        extra=dict(request.extra))
         run = _Run(self, job, spec, tasks)

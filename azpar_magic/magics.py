@@ -16,7 +16,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import publish_display_data
 
 from . import merge, session
-from .engine import RunRequest, SubmitError
+from .engine import FLAG_SPELLING, RunRequest, SubmitError
 from .errors import IterationError
 from .job import Job, JobOptions
 from .parsing import CellError, parse_cell
@@ -132,7 +132,8 @@ class AzparMagics(Magics):
         args = self._parse_options(parsed.options)
         options = self._job_options(args)
         engine = session.engine(args.backend, args.workers) if (args.backend or args.workers) else session.engine()
-        request = RunRequest(parsed, self.shell.user_ns, options, _names(args.export), _names(args.no_export))
+        request = RunRequest(parsed, self.shell.user_ns, options, _names(args.export), _names(args.no_export),
+                             spelling=FLAG_SPELLING)
         try:
             job = engine.submit(request)
         except SubmitError as exc:
@@ -177,19 +178,10 @@ class AzparMagics(Magics):
             try:
                 chunk_size = int(chunk)
             except ValueError:
-                chunk_size = 0
-            if chunk_size < 1:
-                raise UsageError(f"--chunk-size must be a positive whole number or auto, got {chunk!r}")
-        if args.retries < 0:
-            raise UsageError(f"--retries must be 0 or more, got {args.retries}")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+                raise UsageError(f"--chunk-size must be a positive whole number or auto, got {chunk!r}") from None
         if args.workers is not None and args.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {args.workers}")
         gather = _names(args.gather)
-        clash = [n for n in gather if n == output]
-        if clash:
-            raise UsageError(f"--gather {clash[0]} would overwrite the -o variable of the same name")
         return JobOptions(combine=combine, errors=args.errors, gather=gather, retries=args.retries,
                           timeout=args.timeout, chunk_size=chunk_size, seed=args.seed, output_name=output)
 

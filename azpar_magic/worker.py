@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import base64
 import builtins
+import copyreg
+import functools
 import hashlib
 import io
 import json
@@ -80,10 +82,31 @@ class NeedsDill(Exception):
     """Raised inside the fast pickler when an object must be shipped by value."""
 
 
+_LRU_WRAPPER = functools._lru_cache_wrapper
+
+
 def _is_main_object(obj: object) -> bool:
     """Functions and classes defined in ``__main__`` (a notebook) cannot go by reference
     to a process that has not executed the notebook."""
-    return isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) == "__main__"
+    return (isinstance(obj, (types.FunctionType, type, _LRU_WRAPPER))
+            and getattr(obj, "__module__", None) == "__main__")
+
+
+def _exception_reduce(obj: BaseException) -> tuple | None:
+    """Exceptions pickle as ``cls(*args)``, which breaks when ``__init__`` takes other
+    arguments than it passes on (a common pattern in user code): rebuild them without
+    calling ``__init__``, as ``BaseException.__new__`` plus their attributes."""
+    if type(obj).__module__ == "builtins" or type(obj).__reduce_ex__ is not BaseException.__reduce_ex__:
+        return None
+    return copyreg.__newobj__, (type(obj), *obj.args), (obj.__dict__ or None)
+
+
+def _lru_reduce(obj) -> tuple:
+    """Rebuild an ``@lru_cache`` notebook function around its wrapped function (shipped by
+    value); pickle would otherwise refer to it by name, which the worker cannot resolve."""
+    params = obj.cache_parameters()
+    state = {k: v for k, v in obj.__dict__.items() if k != "cache_parameters"}
+    return _LRU_WRAPPER, (obj.__wrapped__, params["maxsize"], params["typed"], functools._CacheInfo), state
 
 
 class _FastPickler(pickle.Pickler):
@@ -97,18 +120,28 @@ class _FastPickler(pickle.Pickler):
             self._hook(obj)
         if _is_main_object(obj) and not self._by_reference(obj):
             raise NeedsDill(obj)
+        if isinstance(obj, BaseException):
+            return _exception_reduce(obj) or NotImplemented
         return NotImplemented
 
 
 class _DillPickler(dill.Pickler):
-    def __init__(self, file, hook, main):
+    def __init__(self, file, hook, main, by_reference):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, recurse=False, byref=False)
         self._hook = hook
         self._main = main
+        self._by_reference = by_reference
 
     def save(self, obj, save_persistent_id=True):
         if self._hook is not None:
             self._hook(obj)
+        if id(obj) not in self.memo:
+            if type(obj) is _LRU_WRAPPER and _is_main_object(obj) and not self._by_reference(obj):
+                return self.save_reduce(*_lru_reduce(obj), obj=obj)
+            if isinstance(obj, BaseException):
+                reduced = _exception_reduce(obj)
+                if reduced is not None:
+                    return self.save_reduce(*reduced, obj=obj)
         return super().save(obj, save_persistent_id)
 
 
@@ -164,7 +197,7 @@ def dumps(obj: object, *, main: types.ModuleType | None = None, hook=None, by_re
         except (NeedsDill, pickle.PicklingError, TypeError, AttributeError):
             pass
         buf = io.BytesIO()
-        _DillPickler(buf, hook, main).dump(obj)
+        _DillPickler(buf, hook, main, by_reference).dump(obj)
         return "dill", buf.getvalue()
 
 
@@ -267,7 +300,11 @@ class LoadedNamespace:
         self.module = types.ModuleType("__main__")
         self.module.__dict__["__builtins__"] = builtins
         _install_local_modules(envelope.get("local_modules") or {}, module_dir)
-        namespace = loads(envelope["namespace"]["codec"], namespace_bytes, main=self.module)
+        try:
+            namespace = loads(envelope["namespace"]["codec"], namespace_bytes, main=self.module)
+        except Exception as exc:  # the same bytes fail the same way on every retry
+            raise EnvironmentMismatch(f"the captured namespace could not be loaded on this node: "
+                                      f"{type(exc).__name__}: {exc}") from None
         self.module.__dict__.update(namespace)
         self.base = dict(self.module.__dict__)
         self.shipped_ids = {id(v) for v in namespace.values() if _is_main_object(v)}
@@ -312,8 +349,11 @@ def _install_local_modules(modules: dict, module_dir: str | None) -> None:
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if not os.path.exists(path):
-            with open(path, "w", encoding="utf-8") as fh:
+            # Atomic: another worker of the same job may import it the moment it exists.
+            tmp = f"{path}.{os.getpid()}.part"
+            with open(tmp, "w", encoding="utf-8") as fh:
                 fh.write(text)
+            os.replace(tmp, path)
         top = rel.split("/")[0].removesuffix(".py")
         for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
             del sys.modules[name]
@@ -627,6 +667,14 @@ class Runner:
 # ---------------------------------------------------------------------------------------
 
 
+def load_items(codec: str, data: bytes, job: LoadedJob) -> list:
+    try:
+        return loads(codec, data, main=job.module)
+    except Exception as exc:  # deterministic: retrying on another node cannot help
+        raise EnvironmentMismatch(f"the task's items could not be loaded on this node: "
+                                  f"{type(exc).__name__}: {exc}") from None
+
+
 def run_task_file(task_path: str, result_path: str, cache: JobCache | None = None) -> int:
     """Run one task from a task-input file and write its result file; return the exit code."""
     try:
@@ -640,7 +688,7 @@ def run_task_file(task_path: str, result_path: str, cache: JobCache | None = Non
             base = os.environ.get("AZPAR_STAGE_DIR") or os.path.dirname(os.path.abspath(task_path))
             envelope_path = os.path.join(base, envelope_path)
         job = load_job(envelope_path, cache)
-        items = loads(header["items_codec"], body, main=job.module)
+        items = load_items(header["items_codec"], body, job)
         result = Runner(job).run(header["indices"], items)
         result["task"] = header.get("task")
         write_result(result_path, result)
@@ -707,7 +755,7 @@ def serve(fd_in: int, fd_out: int) -> int:
             if message.get("cwd"):
                 os.chdir(message["cwd"])
             job = load_job(message["envelope"], cache)
-            items = loads(message["items_codec"], message["items"], main=job.module)
+            items = load_items(message["items_codec"], message["items"], job)
             reply["result"] = Runner(job).run(message["indices"], items)
             reply["result"]["worker"] = {"pid": os.getpid(), "namespace_loads": cache.namespace_loads}
         except EnvironmentMismatch as exc:

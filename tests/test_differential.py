@@ -44,12 +44,6 @@ def _traceback_shows(text):
     return check
 
 
-LOCAL_SIBLING_BUG = (
-    "BUG: when the body imports a local .py module that itself imports another module of the notebook's folder, "
-    "the iteration fails on the worker with ModuleNotFoundError: capture.local_module_files ships only the modules "
-    "the body's import statements / captured objects name, not the local modules those import (it works only when "
-    "the module object itself is captured from the namespace, because dill then pickles the module's globals)")
-
 CASES = [
     Case("plain_expression", "for x in range(13)", "x * x + 1"),
     Case("header_with_colon", "for x in range(5):", "x - 1"),
@@ -92,19 +86,11 @@ CASES = [
     Case("class_instances_items_and_returned_via_method", "for p in pts", "p.shifted(1)", setup=POINT,
          check=_is_user_class("Point")),
     Case("class_instances_in_nested_tuple_items",
-         "for i, (p, q) in enumerate(zip(pts, pts[::-1]))", "p.x * 10 + q.y + i", setup=POINT,
-         xfail="BUG: items are nested tuples holding notebook-class instances the body does not name; "
-               "capture.notebook_classes_of only looks one tuple level deep, so the class is not shipped and "
-               "the worker cannot unpickle the items (AttributeError: Can't get attribute 'Point')"),
+         "for i, (p, q) in enumerate(zip(pts, pts[::-1]))", "p.x * 10 + q.y + i", setup=POINT),
     Case("class_instances_inside_list_items",
-         "for group in [pts[:2], pts[2:5], pts[5:]]", "sum(p.norm1() for p in group)", setup=POINT,
-         xfail="BUG: list items holding notebook-class instances: capture.notebook_classes_of does not look "
-               "inside lists, the class is not shipped and the items cannot be unpickled on the worker"),
+         "for group in [pts[:2], pts[2:5], pts[5:]]", "sum(p.norm1() for p in group)", setup=POINT),
     Case("notebook_functions_as_items", "for fn in [f1, f2]", "fn(3)",
-         setup="factor = 100\ndef f1(v):\n    return v + factor\ndef f2(v):\n    return v * factor\n",
-         xfail="BUG: notebook functions given as items are pickled by reference (__main__.f1) by "
-               "capture.serialize_items but not shipped (notebook_classes_of only adds classes), so the "
-               "worker cannot unpickle the items (AttributeError: Can't get attribute 'f1')"),
+         setup="factor = 100\ndef f1(v):\n    return v + factor\ndef f2(v):\n    return v * factor\n"),
     Case("body_sets_global_read_by_notebook_function", "for x in range(4)", "mode_ = x * 3\nshow()",
          setup="mode_ = 'notebook'\ndef show():\n    return ('mode', mode_)\n"),
     Case("dataclass_items_and_values",
@@ -128,10 +114,7 @@ CASES = [
     Case("lru_cached_recursion",
          "for x in range(12)", "cfib(x)",
          setup="import functools\n@functools.lru_cache(maxsize=None)\n"
-               "def cfib(n):\n    return n if n < 2 else cfib(n - 1) + cfib(n - 2)\n",
-         xfail="BUG: a functools.lru_cache-decorated notebook function is pickled by reference "
-               "(__main__.cfib) by the fast pickler (worker._is_main_object only considers plain "
-               "functions and classes), so the worker cannot load the namespace"),
+               "def cfib(n):\n    return n if n < 2 else cfib(n - 1) + cfib(n - 2)\n"),
     Case("numpy_arrays_as_values", "for x in range(6)", "np.arange(x, dtype=np.float64) * 2.0",
          setup="import numpy as np\n"),
     Case("numpy_array_captured",
@@ -171,11 +154,7 @@ CASES = [
     Case("errors_stop_reports_the_first_failing_iteration_not_the_fastest", "for x in range(6)",
          "import time\nif x == 0:\n    time.sleep(2)\n    raise ValueError('slow failure')\n"
          "if x == 3:\n    raise ValueError('fast failure')\nx",
-         raise_line=4, options="--chunk-size 1",
-         xfail="BUG: under --errors stop the reported iteration is the first to fail in time, not in iteration "
-               "order: engine._Run._stop_early cancels the whole job at the first failure event, killing the "
-               "still-running lower iterations, so a sequential loop's error (iteration 0) is replaced by a later "
-               "one (iteration 3), depending on timing"),
+         raise_line=4, options="--chunk-size 1"),
     Case("errors_remove", "for x in range(8)", "1 / (x - 3) if x != 6 else int('six')", errors="remove"),
     Case("errors_pass_builtin_exceptions", "for s in ['1', 'x', '3', '', '42']", "int(s) * 2", errors="pass"),
     Case("errors_pass_notebook_exception_class", "for x in range(5)",
@@ -187,10 +166,7 @@ CASES = [
          "if x == 2:\n    raise RangeErr(x, 1)\nx",
          setup="class RangeErr(Exception):\n    def __init__(self, value, limit):\n"
                "        super().__init__(f'{value} is above {limit}')\n        self.value, self.limit = value, limit\n",
-         errors="pass",
-         xfail="BUG: --errors pass stands in a RemoteException (not the user's RangeErr) when the exception "
-               "class has a custom __init__: engine._failure_from_record swallows the unpickling TypeError "
-               "(pickle re-calls RangeErr(*args) with the single message arg)"),
+         errors="pass"),
     Case("combine_dict", "for name in ['a', 'bb', 'ccc', 'dddd']", "len(name) * 3", combine="dict"),
     Case("combine_dict_tuple_keys", "for key in [(1, 'a'), (2, 'b')]", "key[0] * 2", combine="dict"),
     Case("combine_sum", "for x in range(20)", "x ** 2", combine="sum"),
@@ -240,8 +216,7 @@ CASES = [
     Case("local_module_importing_a_sibling_module", "for x in range(4)",
          "import azpar_lmod_d\nazpar_lmod_d.g(x)",
          files={"azpar_lmod_d.py": "from azpar_lmod_e import h\ndef g(v):\n    return h(v) + 1\n",
-                "azpar_lmod_e.py": "def h(v):\n    return v * 100\n"},
-         xfail=LOCAL_SIBLING_BUG),
+                "azpar_lmod_e.py": "def h(v):\n    return v * 100\n"}),
     Case("notebook_imported_local_module_importing_a_sibling", "for x in range(4)", "use_f(x)",
          files={"azpar_lmod_f.py": "import azpar_lmod_g\ndef f(v):\n    return azpar_lmod_g.G * v\n",
                 "azpar_lmod_g.py": "G = 7\n"},
@@ -250,7 +225,7 @@ CASES = [
          "import azpar_lmod_h\nazpar_lmod_h.g(x)",
          files={"azpar_lmod_h.py": "from azpar_lmod_i import h\ndef g(v):\n    return h(v) - 1\n",
                 "azpar_lmod_i.py": "def h(v):\n    return v * 10\n"},
-         setup="import azpar_lmod_h\n", xfail=LOCAL_SIBLING_BUG),
+         setup="import azpar_lmod_h\n"),
     Case("instance_in_namespace_returns_type_self", "for x in range(3)", "origin.moved(x)",
          setup="class Vec:\n    def __init__(self, x):\n        self.x = x\n    def moved(self, d):\n"
                "        return type(self)(self.x + d)\n    def __eq__(self, o):\n"
@@ -271,11 +246,7 @@ CASES = [
     Case("shadowed_builtin_used_by_function", "for x in range(5)", "total(x)",
          setup="def sum(vals):\n    return 'shadowed sum'\ndef total(v):\n    return (sum([v, v]), v)\n"),
     Case("body_calls_open", "for x in range(4)",
-         "with open(f'out-{x}.txt', 'w') as fh:\n    fh.write('line ' * x)\nopen(f'out-{x}.txt').read()",
-         xfail="BUG: a body calling open() fails with a UsageError ('The loop body needs the variable `open` "
-               "(builtins.function) ... an open file is a handle'): IPython >= 8 puts its own `open` wrapper in "
-               "user_ns, capture treats it as a notebook variable (capture.IPYTHON_NAMES / is_ipython_name miss it), "
-               "and dill pickles it by value together with IPython's module globals (sys.stdout...)"),
+         "with open(f'out-{x}.txt', 'w') as fh:\n    fh.write('line ' * x)\nopen(f'out-{x}.txt').read()"),
     Case("imports_inside_body", "for x in range(6)",
          "import math\nfrom fractions import Fraction\nFraction(x, 3) + math.floor(x / 2)"),
     Case("nested_function_reads_target", "for x in range(5)",

@@ -128,11 +128,6 @@ def test_retries_zero_with_sigkilled_worker_fails_that_tasks_iterations(ip, run_
     _assert_next_cell_works(ip, run_cell)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: race in worker._install_local_modules: each worker process checks `os.path.exists(path)` and then "
-    "writes the shipped local module with a plain open(path, 'w'); a second worker starting the same job sees "
-    "the file already there while the first is still writing it and imports a truncated module, so iterations "
-    "fail as *user* errors (AttributeError: module ... has no attribute ...). Non-atomic write, shared folder"))
 @pytest.mark.timeout(120)
 def test_concurrent_workers_never_import_a_half_written_local_module(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -379,10 +374,6 @@ def test_cancelling_one_job_leaves_another_jobs_running_task_alone(run_cell):
         _cancel_for_good(cancelled)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (load balance): with chunk size 1, a task sent ahead into a busy worker's pipe (_IN_FLIGHT=2 in "
-    "backends/local.py) waits behind that worker's long task while the other worker sits idle: iterations "
-    "sleeping [2, 0, 2, 0] s take 4 s on two workers instead of 2 s"))
 @pytest.mark.timeout(60)
 def test_a_slow_iteration_does_not_hold_back_work_an_idle_worker_could_do(run_cell):
     if local_backend().size != 2:

@@ -35,7 +35,7 @@ def stage(tmp_path, monkeypatch):
             edit(header)
         (tmp_path / header["namespace"]["file"]).write_bytes(cap.data)
         (tmp_path / "job.azpj").write_bytes(wire.pack(wire.ENVELOPE_MAGIC, header))
-        codec, data = capture.serialize_items(list(items))
+        codec, data = capture.serialize_items(list(items), cap.names, module.__dict__)
         task = {"envelope": "job.azpj", "task": "1", "indices": list(range(len(items))), "items_codec": codec}
         (tmp_path / "task-1.azpt").write_bytes(wire.pack(wire.TASK_MAGIC, task, data))
         return tmp_path

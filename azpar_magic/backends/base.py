@@ -7,7 +7,7 @@ the same way in pyproject.toml (and found directly when the package is not insta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
 from typing import Protocol, runtime_checkable
@@ -82,8 +82,9 @@ class Backend(Protocol):
     def nodes(self) -> list[NodeInfo]:
         """The pool's nodes now."""
 
-    def cancel(self, job_id: str) -> None:
-        """Queued tasks never start; running ones are stopped; each gets a failed event."""
+    def cancel(self, job_id: str, task_ids: Collection[str] | None = None) -> None:
+        """Stop the job's tasks (all, or those named): queued ones never start, running
+        ones are stopped; each gets a failed event of kind "cancelled"."""
 
     def finish(self, job_id: str) -> None:
         """The engine is done with the job: release what was staged for it."""
