@@ -140,7 +140,8 @@ class _Run:
         if event.node and result.get("worker"):
             self.job.worker_stats[event.node] = result["worker"]
         indices = self.tasks[event.task_id].indices
-        if list(result["indices"]) != list(indices):
+        answered = result["indices"]
+        if len(answered) != len(indices) or (answered and (answered[0], answered[-1]) != (indices[0], indices[-1])):
             raise ValueError(f"task {event.task_id} answered for other iterations than it was given")
         values = _decode_list(result["values"], len(indices))
         gathered = None

@@ -129,6 +129,9 @@ class LocalBackend:
         with self._lock:
             self._jobs[job.job_id] = _Job(job, envelope_path, on_event)
             self._queue.extend((job.job_id, task) for task in tasks)
+        # Hand the first tasks to idle workers from this thread, now: once workers compute on
+        # every core, the dispatcher thread may wait for a CPU before it can write them.
+        self._dispatch()
         self._wake()
 
     def resubmit(self, job_id: str, task: TaskSpec) -> None:
