@@ -488,8 +488,15 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
     return files
 
 
+_NEVER_LOCAL = frozenset({"__main__", __name__.split(".")[0]})  # the notebook/script itself; this package
+
+
 def _local_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | None:
-    """The .py file (or package __init__.py) of module ``name`` if it lives in ``folder``."""
+    """The .py file (or package __init__.py) of module ``name`` if it lives in ``folder``.
+    The notebook or script itself (``__main__``) is captured, not shipped as a module, and
+    this package is never shipped: the worker file is all a node needs of it."""
+    if name in _NEVER_LOCAL:
+        return None
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None)
     if module is None:

@@ -4,6 +4,7 @@ pool) per backend configuration, started on first use and closed at unload or ex
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from typing import Any
 
@@ -24,10 +25,13 @@ def settings(overrides: dict[str, Any] | None = None) -> config.Settings:
 def engine(backend: str | None = None, workers: int | None = None) -> Engine:
     """The engine for this backend configuration, created (not started) on first request."""
     chosen = settings({"backend": backend, "workers": workers})
-    key = (chosen["backend"], chosen["workers"])
+    size = chosen["workers"]
+    if chosen["backend"] == "local":
+        size = size or os.cpu_count() or 1  # "default" and an explicit core count: one pool
+    key = (chosen["backend"], size)
     with _lock:
         if key not in _engines:
-            kwargs = {"workers": chosen["workers"]} if chosen["backend"] == "local" else {}
+            kwargs = {"workers": size} if chosen["backend"] == "local" else {}
             _engines[key] = Engine(create_backend(chosen["backend"], **kwargs))
         return _engines[key]
 

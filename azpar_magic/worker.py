@@ -24,6 +24,7 @@ import builtins
 import copyreg
 import functools
 import hashlib
+import importlib
 import io
 import json
 import linecache
@@ -92,6 +93,13 @@ def _is_main_object(obj: object) -> bool:
             and getattr(obj, "__module__", None) == "__main__")
 
 
+def _module_reduce(module: types.ModuleType) -> tuple:
+    """Modules travel by name, always: dill would pickle a module that is not under
+    sys.prefix (an editable install, a notebook folder's own .py file) by value, with its
+    whole namespace; the worker imports it instead (local modules are shipped as source)."""
+    return importlib.import_module, (module.__name__,)
+
+
 def _is_plain_array(obj: object) -> bool:
     cls = type(obj)
     return (cls.__name__ == "ndarray" and cls.__module__ == "numpy" and not obj.dtype.hasobject
@@ -128,6 +136,8 @@ class _FastPickler(pickle.Pickler):
             raise NeedsDill(obj)
         if isinstance(obj, BaseException):
             return _exception_reduce(obj) or NotImplemented
+        if isinstance(obj, types.ModuleType) and obj.__name__ != "__main__":
+            return _module_reduce(obj)
         return NotImplemented
 
 
@@ -142,6 +152,8 @@ class _DillPickler(dill.Pickler):
         if self._hook is not None:
             self._hook(obj)
         if id(obj) not in self.memo:
+            if isinstance(obj, types.ModuleType) and obj is not self._main and obj.__name__ != "__main__":
+                return self.save_reduce(*_module_reduce(obj), obj=obj)
             if _is_plain_array(obj):
                 # dill's pickler is pure Python (~3 s/GB); the C pickler is ~10x faster and
                 # an array of numbers cannot hold notebook code that would need dill.

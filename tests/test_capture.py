@@ -158,3 +158,20 @@ def test_envelope_header_records_versions(main_ns):
 def test_function_mode_only_when_equivalent(body, reads, safe):
     cell = parse_cell("for x in xs", body)
     assert capture.function_mode_is_safe(cell.body_tree, cell.target_names, reads) is safe
+
+
+def test_the_script_and_this_package_are_never_shipped_as_local_modules(main_ns, monkeypatch):
+    """run() from a script in a folder: __main__ is captured, not shipped as a module, and
+    azpar_magic's own files never travel even when the folder is this repository."""
+    import os
+
+    import azpar_magic
+
+    repo = os.path.dirname(os.path.dirname(azpar_magic.__file__))
+    main_module = sys.modules["__main__"]
+    main_module.__file__ = os.path.join(repo, "a_script.py")
+    define(main_ns, "import azpar_magic\ndef double(v):\n    return 2 * v\n")
+    cell = parse_cell("for x in items", "double(x) + len(azpar_magic.__name__)")
+    cap = capture.capture(cell, main_ns, folder=repo)
+    assert cap.local_modules == {}
+    assert "double" in cap.names
