@@ -42,7 +42,6 @@ class RunRequest:
     export: tuple[str, ...] = ()
     no_export: tuple[str, ...] = ()
     folder: str | None = None
-    extra: dict = field(default_factory=dict)
     spelling: dict[str, str] = field(default_factory=lambda: dict(API_SPELLING))  # how errors name options
 
 
@@ -109,8 +108,9 @@ class _Run:
         try:
             self._handle(event)
         except Exception as exc:  # never let a decoding bug kill the backend's thread
+            message = f"could not read the task's result: {type(exc).__name__}: {exc}"
             self.job.record_task_failed(event.task_id, lambda i: Failure(
-                i, "azpar_magic.InternalError", f"could not read the task's result: {exc}", kind="infrastructure"))
+                i, "azpar_magic.InternalError", message, kind="infrastructure"))
         self._maybe_finish()
 
     def _handle(self, event: TaskEvent) -> None:
@@ -253,8 +253,7 @@ class Engine:
         for task in tasks.values():
             job.add_task(task.task_id, task.indices)
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
-        spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd(),
-                       extra=dict(request.extra))
+        spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd())
         run = _Run(self, job, spec, tasks)
         with self._lock:
             self._runs[job_id] = run

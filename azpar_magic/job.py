@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import merge
@@ -138,7 +138,6 @@ class JobOptions:
     chunk_size: int | None = None
     seed: int | None = None
     output_name: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Job:
@@ -295,10 +294,6 @@ class Job:
             return
         if self._cancel_hook is not None:
             self._cancel_hook()
-
-    def all_pending_iterations_done(self) -> bool:
-        with self._lock:
-            return self._done >= len(self.items)
 
     def first_failure(self) -> Failure | None:
         with self._lock:

@@ -459,7 +459,7 @@ def test_seed_is_independent_of_chunking_and_workers(ip, run_cell):
     # An iteration's stream depends on (seed, index) only, not on how many items there are.
     assert _seeded(run_cell, ip, "--seed 7", n=5) == reference[:5]
     # ...and the same seed gives the same values through the Python API.
-    job = azpar_magic.run(f"for i in range(12)", SEEDED_BODY, dict(ip.user_ns), seed=7, chunk_size=2)
+    job = azpar_magic.run("for i in range(12)", SEEDED_BODY, dict(ip.user_ns), seed=7, chunk_size=2)
     assert job.result(timeout=60) == reference
 
 

@@ -8,7 +8,7 @@ the same way in pyproject.toml (and found directly when the package is not insta
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module, metadata
 from typing import Protocol, runtime_checkable
 
@@ -37,7 +37,6 @@ class JobSpec:
     namespace: bytes
     timeout: float | None = None  # per task, seconds
     cwd: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

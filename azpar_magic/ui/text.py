@@ -41,10 +41,6 @@ def format_snapshot(s: JobSnapshot) -> str:
     return f"azpar [{s.backend}] " + " · ".join(parts)
 
 
-def format_failures(s: JobSnapshot) -> str:
-    return "\n".join(f"  iteration {f.index} (item {f.item}): {f.summary}" for f in s.failures)
-
-
 def format_html(s: JobSnapshot) -> str:
     colour = {"succeeded": "#2e7d32", "failed": "#c62828", "cancelled": "#6d6d6d"}.get(s.state, "#1565c0")
     rows = "".join(f"<li>iteration {f.index} (item <code>{html.escape(f.item)}</code>): "
