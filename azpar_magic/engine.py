@@ -99,8 +99,8 @@ def chunk_indices(n: int, size: int) -> list[range]:
 class _Run:
     """Routes one job's task events to its Job; owns retries and early stop."""
 
-    def __init__(self, engine: Engine, job: Job, spec: JobSpec, tasks: dict[str, TaskSpec]):
-        self.engine, self.job, self.spec, self.tasks = engine, job, spec, tasks
+    def __init__(self, engine: Engine, job: Job, tasks: dict[str, TaskSpec]):
+        self.engine, self.job, self.tasks = engine, job, tasks
         self.lock = threading.Lock()
         self.stopped: set[str] = set()  # tasks cancelled by _stop_early
 
@@ -143,10 +143,10 @@ class _Run:
         answered = result["indices"]
         if len(answered) != len(indices) or (answered and (answered[0], answered[-1]) != (indices[0], indices[-1])):
             raise ValueError(f"task {event.task_id} answered for other iterations than it was given")
-        values = _decode_list(result["values"], len(indices))
+        values = _decode_list(result["values"])
         gathered = None
         if result.get("gathered") is not None:
-            rows = _decode_list(result["gathered"], len(indices))
+            rows = _decode_list(result["gathered"])
             gathered = {name: [(row or {}).get(name) for row in rows] for name in self.job.options.gather}
         failures = {i: _failure_from_record(i, rec) for i, rec in result.get("failed", {}).items()}
         self.job.record_values(event.task_id, indices, values, failures, result.get("outputs", {}), gathered)
@@ -165,7 +165,7 @@ class _Run:
             return
         with self.lock:
             doomed = [t.task_id for t in self.job.tasks.values()
-                      if t.state not in (TASK_SUCCEEDED, TASK_FAILED) and min(t.indices) > first.index
+                      if t.state not in (TASK_SUCCEEDED, TASK_FAILED) and t.indices[0] > first.index
                       and t.task_id not in self.stopped]
             self.stopped.update(doomed)
         if doomed:
@@ -173,7 +173,7 @@ class _Run:
 
     def _maybe_finish(self) -> None:
         job = self.job
-        if job.done or any(t.state not in (TASK_SUCCEEDED, TASK_FAILED) for t in job.tasks.values()):
+        if job.done or job.tasks_final < len(job.tasks):
             return
         if self.engine.cancelled(job.id):
             state = CANCELLED
@@ -185,7 +185,7 @@ class _Run:
         self.engine.forget(job.id)
 
 
-def _decode_list(encoded, n: int) -> list:
+def _decode_list(encoded) -> list:
     mode = encoded[0]
     if mode == "all":
         return list(wire.loads(encoded[1], encoded[2]))
@@ -254,7 +254,7 @@ class Engine:
             job.add_task(task.task_id, task.indices)
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
         spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd())
-        run = _Run(self, job, spec, tasks)
+        run = _Run(self, job, tasks)
         with self._lock:
             self._runs[job_id] = run
         job.capture = cap

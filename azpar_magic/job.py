@@ -160,6 +160,7 @@ class Job:
         self._outputs: dict[int, list] = {}
         self._gathered: dict[str, list] = {name: [None] * n for name in options.gather}
         self._tasks: dict[str, TaskState] = {}
+        self.tasks_final = 0  # tasks succeeded or failed for good (kept, not recounted)
         self._done = 0
         self.state = PENDING
         self.created = time.time()
@@ -221,8 +222,7 @@ class Job:
                 self._record_each(indices, values, failures, gathered)
             self._outputs.update(outputs)
             task = self._tasks[task_id]
-            task.state = TASK_FAILED if any(i in failures for i in indices) else TASK_SUCCEEDED
-            task.finished = time.monotonic()
+            self._finalize(task, TASK_FAILED if any(i in failures for i in indices) else TASK_SUCCEEDED)
         self._notify()
 
     def _record_each(self, indices, values, failures, gathered) -> None:
@@ -249,8 +249,13 @@ class Job:
                     self._failures[index] = failure_for(index)
                     self._status[index] = _ITER_FAILED
                     self._done += 1
-            task.state, task.finished = TASK_FAILED, time.monotonic()
+            self._finalize(task, TASK_FAILED)
         self._notify()
+
+    def _finalize(self, task: TaskState, state: str) -> None:
+        if task.state not in (TASK_SUCCEEDED, TASK_FAILED):
+            self.tasks_final += 1
+        task.state, task.finished = state, time.monotonic()
 
     def finish(self, state: str) -> None:
         with self._lock:
