@@ -44,6 +44,9 @@ import types
 import dill
 
 FORMAT_VERSION = 1
+USAGE = """usage: python worker.py TASK_IN RESULT_OUT     run one task from files
+       python worker.py --check ENVELOPE       check this node's environment against a job
+       python worker.py --serve --fd-in R --fd-out W   serve a local pool over two pipes"""
 ITEM_NAME = "__azpar_item__"  # the runner code binds the loop target from this name
 VALUE_NAME = "__azpar_value__"  # ... and leaves the iteration's value under this one
 FUNCTION_NAME = "__azpar_run__"  # the runner compiled as a function (function mode)
@@ -814,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             traceback.print_exc()
             return EXIT_INTERNAL
-    print(__doc__.split("\n\n")[2], file=sys.stderr)
+    print(USAGE, file=sys.stderr)
     return EXIT_USAGE
 
 
