@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote
 
-from . import autoscale, errors, odata, rules
+from . import errors, odata, rules
 from .errors import BatchServiceError
 from .server import Response
 from .state import Job, Pool, Task, file_json, job_json, node_json, pool_json, task_json

@@ -9,7 +9,7 @@ from azure.core.exceptions import HttpResponseError
 
 from tests.batch_emulator.autoscale import AutoScaleError, FormulaSyntaxError, Metrics, evaluate
 
-from .helpers import new_job, pool_options, task, vm_config, wait_until
+from .helpers import new_job, task, vm_config, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 MONDAY_10 = dt.datetime(2025, 1, 6, 10, 0, tzinfo=dt.timezone.utc)
