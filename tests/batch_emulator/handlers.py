@@ -475,26 +475,24 @@ def _job_update(svc: "BatchEmulator", job: Job, body: dict, replace: bool) -> No
     job.touch()
 
 
-@op("Jobs_UpdateJob")
-def update_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def _patch_or_put_job(svc: "BatchEmulator", p: dict, h: dict, body: dict, replace: bool) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         _check_conditions(h, job.etag, job.last_modified)
-        _job_update(svc, job, body, replace=False)
+        _job_update(svc, job, body, replace=replace)
         svc.engine.tick()   # onAllTasksComplete=terminatejob on a finished job completes it at once
         svc.cond.notify_all()
         return _accepted(f"{svc.url}/jobs/{job.id}", job.etag, job.last_modified, status=200)
 
 
+@op("Jobs_UpdateJob")
+def update_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+    return _patch_or_put_job(svc, p, h, body, replace=False)
+
+
 @op("Jobs_ReplaceJob")
 def replace_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
-    with svc.cond:
-        job = _job(svc, p["jobId"])
-        _check_conditions(h, job.etag, job.last_modified)
-        _job_update(svc, job, body, replace=True)
-        svc.engine.tick()
-        svc.cond.notify_all()
-        return _accepted(f"{svc.url}/jobs/{job.id}", job.etag, job.last_modified, status=200)
+    return _patch_or_put_job(svc, p, h, body, replace=True)
 
 
 @op("Jobs_TerminateJob")
