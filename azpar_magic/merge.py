@@ -88,8 +88,11 @@ def combine(values: list[Any], items: list[Any], mode: str | Callable[[list[Any]
     if mode == "list":
         return values
     if mode == "dict":
-        check_dict_keys(items)
-        return dict(zip(items, values))
+        try:
+            return dict(zip(items, values))
+        except TypeError:  # an unhashable item: name it (the engine checks this before submitting)
+            check_dict_keys(items)
+            raise
     if mode == "sum":
         if not values:
             return 0

@@ -51,3 +51,8 @@ def test_bad_combine():
         combine([1], [0], "product")
     with pytest.raises(CombineError, match="iterable"):
         combine([1, 2], [0, 1], "concat")
+
+
+def test_combine_dict_names_an_unhashable_item():
+    with pytest.raises(CombineError, match="item 1"):
+        combine([1, 2], ["a", ["b"]], "dict")
