@@ -357,6 +357,12 @@ def _unshippable_reason(obj: object) -> str | None:
     return None
 
 
+def _refuse_unshippable(obj: object) -> None:
+    why = _unshippable_reason(obj)
+    if why:
+        raise CaptureError(f"{type(obj).__module__}.{type(obj).__qualname__}: {why}")
+
+
 class _Inspector:
     """Hook given to both picklers: refuses process-bound objects, records packages used."""
 
@@ -364,9 +370,7 @@ class _Inspector:
         self.modules: set[str] = set()
 
     def __call__(self, obj: object) -> None:
-        why = _unshippable_reason(obj)
-        if why:
-            raise CaptureError(f"{type(obj).__module__}.{type(obj).__qualname__}: {why}")
+        _refuse_unshippable(obj)
         if isinstance(obj, types.ModuleType):
             self.modules.add(obj.__name__)
         elif isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
@@ -632,8 +636,3 @@ def serialize_items(items: list, shipped: Iterable[str], namespace: Mapping[str,
                 "that describes the work instead (a path, an index, parameters). Nothing was submitted.") from None
     raise CaptureError("The items could not be serialised (no single item is at fault). Nothing was submitted.")
 
-
-def _refuse_unshippable(obj: object) -> None:
-    why = _unshippable_reason(obj)
-    if why:
-        raise CaptureError(f"{type(obj).__module__}.{type(obj).__qualname__}: {why}")
