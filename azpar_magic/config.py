@@ -7,7 +7,10 @@ Only plain settings live here; secrets never do unless a user saves one on purpo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 DEFAULTS: dict[str, Any] = {"backend": "local", "workers": None, "profile": None}
+PROFILES_TABLE = "profiles"
 _ENV_PREFIX = "AZPAR_"
 _INT_KEYS = {"workers"}
 
@@ -104,3 +108,290 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, cwd: str | None
             values[key] = _coerce(key, value, where)
             sources[key] = where
     return Settings(values, sources)
+
+
+
+# ---------------------------------------------------------------------------------------
+# Profiles: named tables ``[profiles.NAME]`` in any config layer (DESIGN section 8), holding
+# the Azure fields of DESIGN section 5. Layers merge field by field, so an administrator's
+# system file can hold the accounts and a user's file only the pool size.
+# ---------------------------------------------------------------------------------------
+
+AUTH_MODES = ("default", "cli", "managed-identity", "service-principal", "shared-key")
+AUTOSCALE_FORMULAS = ("QUEUE", "QUEUE_AND_RUNNING", "WORKDAY", "WEEKEND", "MAX_CPU")
+
+
+@dataclass(frozen=True)
+class ProfileField:
+    name: str
+    kind: type  # str, int, float, bool or list (of str)
+    default: Any
+    help: str
+    secret: bool = False  # names an environment variable holding a secret, never the secret
+
+
+def _kernel_python_image() -> str:
+    return f"python:{sys.version_info[0]}.{sys.version_info[1]}-slim"
+
+
+PROFILE_FIELDS: dict[str, ProfileField] = {f.name: f for f in (
+    ProfileField("backend", str, "azure", "azure, or local for a profile that only sizes the local pool"),
+    ProfileField("batch_account_url", str, "", "https://ACCOUNT.REGION.batch.azure.com"),
+    ProfileField("storage_account_url", str, "", "https://ACCOUNT.blob.core.windows.net"),
+    ProfileField("auth", str, "default", "default, cli, managed-identity, service-principal or shared-key"),
+    ProfileField("managed_identity_client_id", str, "", "client id of a user-assigned identity (optional)"),
+    ProfileField("batch_key_env", str, "AZPAR_BATCH_KEY",
+                 "environment variable holding the Batch account key (auth = shared-key)", secret=True),
+    ProfileField("storage_key_env", str, "AZPAR_STORAGE_KEY",
+                 "environment variable holding the Storage account key (auth = shared-key)", secret=True),
+    ProfileField("pool_id", str, "azpar", "pool to attach to, created from this profile when missing"),
+    ProfileField("create_pool", bool, True, "create the pool when it does not exist"),
+    ProfileField("vm_size", str, "Standard_D2s_v3", "Azure VM size, e.g. Standard_D4s_v3"),
+    ProfileField("dedicated_nodes", int, 0, "dedicated nodes (fixed size)"),
+    ProfileField("spot_nodes", int, 2, "spot nodes (fixed size)"),
+    ProfileField("autoscale", str, "", f"autoscale formula instead of fixed sizes: {', '.join(AUTOSCALE_FORMULAS)}"),
+    ProfileField("min_nodes", int, 0, "autoscale: fewest nodes"),
+    ProfileField("max_nodes", int, 10, "autoscale: most nodes"),
+    ProfileField("task_slots_per_node", int, 1, "tasks running at once on one node"),
+    ProfileField("image", str, "microsoft-dsvm:ubuntu-hpc:2204", "VM image publisher:offer:sku[:version]"),
+    ProfileField("node_agent_sku", str, "batch.node.ubuntu 22.04", "node agent SKU matching the image"),
+    ProfileField("container_image", str, _kernel_python_image(), "container image tasks run in (needs a tag)"),
+    ProfileField("packages", list, [], "pip requirements installed on every node"),
+    ProfileField("pip_options", list, [], "extra pip options, e.g. an index URL"),
+    ProfileField("start_commands", list, [], "shell commands run once per node before the install"),
+    ProfileField("subnet_id", str, "", "virtual network subnet resource id (optional)"),
+    ProfileField("registry_server", str, "", "container registry server (optional)"),
+    ProfileField("registry_username", str, "", "container registry user"),
+    ProfileField("registry_password_env", str, "AZPAR_REGISTRY_PASSWORD",
+                 "environment variable holding the registry password", secret=True),
+    ProfileField("poll_interval", float, 2.0, "seconds between progress polls"),
+)}
+
+_VM_SIZE = re.compile(r"^(Standard|Basic)_[A-Za-z0-9]+(_[A-Za-z0-9]+)*$")
+_BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SUBNET = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Network/"
+                     r"virtualNetworks/[^/]+/subnets/[^/]+$", re.IGNORECASE)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class Profile:
+    """One named profile after layering: ``values`` has every field, ``sources`` says
+    which layer set each one ("defaults" when none did)."""
+
+    name: str
+    values: dict[str, Any]
+    sources: dict[str, str]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def digest(self) -> str:
+        """Identity of the settings a pool depends on (the engine keeps one per digest)."""
+        return hashlib.sha256(json.dumps(self.values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _layers(cwd: str | None) -> list[tuple[str, Mapping[str, Any]]]:
+    local = Path(cwd or ".") / "azpar.toml"
+    return [(str(path), _read_toml(path)) for path in (system_config_path(), user_config_path(), local)]
+
+
+def profile_names(*, cwd: str | None = None) -> list[str]:
+    names: set[str] = set()
+    for _where, layer in _layers(cwd):
+        table = layer.get(PROFILES_TABLE)
+        if isinstance(table, dict):
+            names.update(k for k, v in table.items() if isinstance(v, dict))
+    return sorted(names)
+
+
+def _coerce_field(spec: ProfileField, value: Any, where: str) -> Any:
+    if spec.kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        raise ConfigError(f"{where}: {spec.name} must be true or false, got {value!r}")
+    if spec.kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {spec.name} must be a number, got {value!r}")
+        try:
+            return spec.kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {spec.name} must be a {'whole ' if spec.kind is int else ''}number, "
+                              f"got {value!r}") from None
+    if spec.kind is list:
+        if isinstance(value, str):  # from the environment: comma or newline separated
+            return [part.strip() for part in re.split(r"[,\n]", value) if part.strip()]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{where}: {spec.name} must be a list of strings, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {spec.name} must be a string, got {value!r}")
+    return value.strip()
+
+
+def load_profile(name: str, *, cwd: str | None = None, environ: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> Profile:
+    """The profile ``name`` merged across layers (system, user, ./azpar.toml), then
+    ``AZPAR_<FIELD>`` environment variables, then ``overrides``. Unknown fields are an
+    error naming the file, so a typo never silently falls back to a default."""
+    environ = os.environ if environ is None else environ
+    values = {k: (list(f.default) if isinstance(f.default, list) else f.default) for k, f in PROFILE_FIELDS.items()}
+    sources = {k: "defaults" for k in PROFILE_FIELDS}
+    found = False
+    for where, layer in _layers(cwd):
+        table = (layer.get(PROFILES_TABLE) or {}).get(name)
+        if not isinstance(table, dict):
+            continue
+        found = True
+        for key, value in table.items():
+            spec = PROFILE_FIELDS.get(key)
+            if spec is None:
+                raise ConfigError(f"{where}: profile {name!r} has an unknown field {key!r}; known fields: "
+                                  f"{', '.join(PROFILE_FIELDS)}")
+            values[key] = _coerce_field(spec, value, where)
+            sources[key] = where
+    if not found:
+        known = profile_names(cwd=cwd)
+        raise ConfigError(f"no profile named {name!r} in {system_config_path()}, {user_config_path()} or "
+                          f"./azpar.toml (known: {', '.join(known) or 'none'}); create one with %azpar config "
+                          "or a [profiles.NAME] table")
+    for key, spec in PROFILE_FIELDS.items():
+        env_name = _ENV_PREFIX + key.upper()
+        if env_name in environ and key not in DEFAULTS:
+            values[key] = _coerce_field(spec, environ[env_name], f"environment variable {env_name}")
+            sources[key] = "environment"
+    for key, value in (overrides or {}).items():
+        if value is not None and key in PROFILE_FIELDS:
+            values[key] = _coerce_field(PROFILE_FIELDS[key], value, "magic options")
+            sources[key] = "magic options"
+    return Profile(name, values, sources)
+
+
+def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
+    """Field -> what is wrong with it (empty when the profile is usable). The config form
+    shows each message next to its field; the backend joins them into one error."""
+    problems: dict[str, str] = {}
+    v = {**{k: f.default for k, f in PROFILE_FIELDS.items()}, **values}
+    if v["backend"] not in ("azure", "local"):
+        problems["backend"] = f"must be azure or local, not {v['backend']!r}"
+    if v["backend"] != "azure":
+        return problems
+    for key, example in (("batch_account_url", "https://ACCOUNT.REGION.batch.azure.com"),
+                         ("storage_account_url", "https://ACCOUNT.blob.core.windows.net")):
+        url = v[key]
+        if not url:
+            problems[key] = f"is missing; set it to the account's URL, like {example}"
+        elif not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", url):
+            problems[key] = f"{url!r} is not a URL like {example}"
+        elif url.startswith("http://") and not re.match(r"^http://(127\.0\.0\.1|localhost)[:/]", url):
+            problems[key] = "must use https (plain http is only accepted for a local test service)"
+    if v["auth"] not in AUTH_MODES:
+        problems["auth"] = f"must be one of {', '.join(AUTH_MODES)}, not {v['auth']!r}"
+    for key in ("batch_key_env", "storage_key_env", "registry_password_env"):
+        if v[key] and not _ENV_NAME.match(v[key]):
+            problems[key] = f"must be the name of an environment variable, not {v[key]!r}"
+    if not _BATCH_ID.match(v["pool_id"] or ""):
+        problems["pool_id"] = ("must be 1 to 64 letters, digits, '-' or '_'" if v["pool_id"]
+                               else "is missing")
+    if not _VM_SIZE.match(v["vm_size"] or ""):
+        problems["vm_size"] = f"{v['vm_size']!r} is not an Azure VM size like Standard_D2s_v3"
+    for key in ("dedicated_nodes", "spot_nodes", "min_nodes", "max_nodes"):
+        if v[key] < 0:
+            problems[key] = f"must be 0 or more, not {v[key]}"
+    if v["autoscale"]:
+        if v["autoscale"].upper() not in AUTOSCALE_FORMULAS:
+            problems["autoscale"] = (f"{v['autoscale']!r} is not a known formula; use one of "
+                                     f"{', '.join(AUTOSCALE_FORMULAS)} (or leave empty for fixed sizes)")
+        if v["min_nodes"] > v["max_nodes"]:
+            problems["min_nodes"] = f"min_nodes ({v['min_nodes']}) is more than max_nodes ({v['max_nodes']})"
+    if not 1 <= v["task_slots_per_node"] <= 256:
+        problems["task_slots_per_node"] = f"must be between 1 and 256, not {v['task_slots_per_node']}"
+    parts = (v["image"] or "").split(":")
+    if len(parts) not in (3, 4) or not all(parts[:3]):
+        problems["image"] = f"{v['image']!r} is not publisher:offer:sku[:version]"
+    image = v["container_image"] or ""
+    last = image.rsplit("/", 1)[-1]
+    if not image:
+        problems["container_image"] = "is missing"
+    elif ":" not in last and "@" not in last:
+        problems["container_image"] = (f"{image!r} has no tag; name one (like {_kernel_python_image()}) so "
+                                       "every node runs the same image")
+    elif last.endswith(":latest"):
+        problems["container_image"] = f"{image!r} uses :latest, which changes under you; pin a version tag"
+    if v["subnet_id"] and not _SUBNET.match(v["subnet_id"]):
+        problems["subnet_id"] = ("must be a subnet resource id like /subscriptions/ID/resourceGroups/RG/providers/"
+                                 "Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET")
+    if v["registry_server"] and not v["registry_username"]:
+        problems["registry_username"] = "is needed when registry_server is set"
+    if not v["poll_interval"] > 0:
+        problems["poll_interval"] = f"must be more than 0 seconds, not {v['poll_interval']}"
+    return problems
+
+
+def check_profile(profile: Profile) -> None:
+    """Raise ConfigError with every problem of the profile in one paragraph."""
+    problems = validate_profile(profile.values)
+    if problems:
+        listed = "; ".join(f"{key} {message} (from {profile.sources.get(key, 'defaults')})"
+                           for key, message in problems.items())
+        raise ConfigError(f"Profile {profile.name!r} cannot be used: {listed}.")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} to a config file")
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """TOML for the shapes config files hold: top-level values and tables of tables."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+
+    def table(prefix: str, body: Mapping[str, Any]) -> None:
+        plain = [(k, v) for k, v in body.items() if not isinstance(v, dict)]
+        if plain:
+            lines.extend(["", f"[{prefix}]"] + [f"{k} = {_toml_value(v)}" for k, v in plain])
+        for k, v in body.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}", v)
+
+    for key, value in data.items():
+        if isinstance(value, dict):
+            table(key, value)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def save_profile(name: str, values: Mapping[str, Any], path: Path | None = None) -> Path:
+    """Write profile ``name`` (only fields that differ from the defaults) into ``path``
+    (default: the user's config file), keeping the file's other settings; mode 0600."""
+    if not _BATCH_ID.match(name):
+        raise ConfigError(f"a profile name must be letters, digits, '-' or '_', not {name!r}")
+    path = Path(path or user_config_path())
+    data = dict(_read_toml(path)) if path.exists() else {}
+    profiles = dict(data.get(PROFILES_TABLE) or {})
+    entry = {}
+    for key, value in values.items():
+        spec = PROFILE_FIELDS.get(key)
+        if spec is None:
+            raise ConfigError(f"unknown profile field {key!r}")
+        value = _coerce_field(spec, value, f"profile {name!r}")
+        if value != spec.default:
+            entry[key] = value
+    profiles[name] = entry
+    data[PROFILES_TABLE] = profiles
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(dump_toml(data))
+    os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return path

@@ -237,42 +237,65 @@ class AzparMagics(Magics):
 
     @line_magic("azpar")
     def azpar_line(self, line: str):
-        """Manage azpar jobs.
+        """Manage azpar jobs and pools: ``%azpar COMMAND [ARGS]``.
 
-            %azpar collect [JOB] [-o NAME]   wait for a --no-wait job and bind its result
-            %azpar jobs                      list this session's jobs
-            %azpar cancel [JOB]              cancel a job (default: the latest)
-            %azpar pool                      show the pool's nodes
-            %azpar backend                   say which backend cells run on
-
-        JOB is a job id (or its last characters); the latest job when omitted.
+        JOB is a job id (or its last characters); the latest job when omitted. Each command
+        says more with ``%azpar help COMMAND``.
         """
         words = line.split()
-        if not words:
-            raise UsageError("usage: %azpar collect|jobs|cancel|pool|backend ... (see %azpar?)")
+        if not words or words[0] in ("help", "-h", "--help"):
+            topic = words[1] if len(words) > 1 else None
+            print(self._help(topic))
+            return None
         command, rest = words[0], words[1:]
-        if command == "collect":
-            return self._collect(rest)
-        if command == "jobs":
-            for job in session.jobs():
-                print(format_snapshot(job.snapshot()))
-            return None
-        if command == "cancel":
-            job = self._find(rest[0] if rest else None)
-            job.cancel()
-            job.wait(10)
+        handler = self._commands().get(command)
+        if handler is None:
+            raise UsageError(f"unknown %azpar command {command!r}; expected one of "
+                             f"{', '.join(sorted(self._commands()))} (see %azpar help)")
+        return handler(rest)
+
+    def _commands(self) -> dict:
+        """Sub-command name -> handler taking the remaining words (one entry per command, so
+        each feature adds its command without touching the others)."""
+        return {
+            "collect": self._collect,
+            "jobs": self._cmd_jobs,
+            "cancel": self._cmd_cancel,
+            "pool": self._cmd_pool,
+            "backend": self._cmd_backend,
+        }
+
+    _COMMAND_HELP = {
+        "collect": "%azpar collect [JOB] [-o NAME]   wait for a --no-wait job and bind its result",
+        "jobs": "%azpar jobs                      list this session's jobs",
+        "cancel": "%azpar cancel [JOB]              cancel a job (default: the latest)",
+        "pool": "%azpar pool                      show the pool's nodes",
+        "backend": "%azpar backend                   say which backend cells run on",
+    }
+
+    def _help(self, topic: str | None) -> str:
+        if topic is not None and topic in self._COMMAND_HELP:
+            return self._COMMAND_HELP[topic]
+        return "\n".join(self._COMMAND_HELP[name] for name in self._commands() if name in self._COMMAND_HELP)
+
+    def _cmd_jobs(self, words: list[str]) -> None:
+        for job in session.jobs():
             print(format_snapshot(job.snapshot()))
-            return None
-        if command == "pool":
-            for engine in session.engines() or [session.engine()]:
-                nodes = engine.backend.nodes()
-                print(f"{engine.backend.describe()}: "
-                      + (", ".join(f"{n.id} {n.state}" for n in nodes) or "not started"))
-            return None
-        if command == "backend":
-            print(session.describe())
-            return None
-        raise UsageError(f"unknown %azpar command {command!r}; expected collect, jobs, cancel, pool or backend")
+
+    def _cmd_cancel(self, words: list[str]) -> None:
+        job = self._find(words[0] if words else None)
+        job.cancel()
+        job.wait(10)
+        print(format_snapshot(job.snapshot()))
+
+    def _cmd_pool(self, words: list[str]) -> None:
+        for engine in session.engines() or [session.engine()]:
+            nodes = engine.backend.nodes()
+            print(f"{engine.backend.describe()}: "
+                  + (", ".join(f"{n.id} {n.state}" for n in nodes) or "not started"))
+
+    def _cmd_backend(self, words: list[str]) -> None:
+        print(session.describe())
 
     def _find(self, job_id: str | None) -> Job:
         try:
