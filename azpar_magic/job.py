@@ -27,6 +27,7 @@ FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 QUEUED, TASK_RUNNING, TASK_SUCCEEDED, TASK_FAILED = "queued", "running", "succeeded", "failed"
 
 _ITER_PENDING, _ITER_OK, _ITER_FAILED = 0, 1, 2
+_FAILURE_OUTPUT_LIMIT = 4_000  # characters of a failed iteration's output carried by a snapshot
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class FailureView:
     item: str
     summary: str
     traceback: str
+    output: str = ""  # what the iteration printed (stdout/stderr), cut to a few thousand characters
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class JobSnapshot:
     throughput: float | None  # iterations per second
     failures: tuple[FailureView, ...]
     source_first_line: str = ""
+    errors: str = "stop"  # the job's --errors policy: views say "done with N failed" under remove/pass
 
     @property
     def final(self) -> bool:
@@ -395,7 +398,8 @@ class Job:
             if throughput and not self.done:
                 eta = (total - done) / throughput
             firsts = sorted((f for f in self._failures.values() if f.kind != "cancelled"), key=lambda f: f.index)[:5]
-            views = tuple(FailureView(f.index, merge._short(self.items[f.index]), f.summary, f.traceback)
+            views = tuple(FailureView(f.index, merge._short(self.items[f.index]), f.summary, f.traceback,
+                                      self._output_text(f.index, _FAILURE_OUTPUT_LIMIT))
                           for f in firsts)
         try:
             nodes = tuple(self._nodes())
@@ -408,7 +412,13 @@ class Job:
             tasks_succeeded=counts[TASK_SUCCEEDED], tasks_failed=counts[TASK_FAILED], nodes=nodes,
             elapsed=elapsed, eta=eta, throughput=throughput, failures=views,
             source_first_line=self.source.splitlines()[0] if self.source else "",
+            errors=self.options.errors,
         )
+
+    def _output_text(self, index: int, limit: int) -> str:
+        """The stdout/stderr text of one iteration, cut at ``limit`` characters (lock held)."""
+        text = "".join(data for kind, data in self._outputs.get(index, ()) if kind in ("stdout", "stderr"))
+        return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters]"
 
     def __repr__(self) -> str:
         from .ui.text import format_snapshot
