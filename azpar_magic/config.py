@@ -137,6 +137,7 @@ def _kernel_python_image() -> str:
 PROFILE_FIELDS: dict[str, ProfileField] = {f.name: f for f in (
     ProfileField("backend", str, "azure", "azure, or local for a profile that only sizes the local pool"),
     ProfileField("batch_account_url", str, "", "https://ACCOUNT.REGION.batch.azure.com"),
+    ProfileField("batch_account_name", str, "", "Batch account name (default: the URL's first label)"),
     ProfileField("storage_account_url", str, "", "https://ACCOUNT.blob.core.windows.net"),
     ProfileField("auth", str, "default", "default, cli, managed-identity, service-principal or shared-key"),
     ProfileField("managed_identity_client_id", str, "", "client id of a user-assigned identity (optional)"),
@@ -165,6 +166,9 @@ PROFILE_FIELDS: dict[str, ProfileField] = {f.name: f for f in (
     ProfileField("registry_password_env", str, "AZPAR_REGISTRY_PASSWORD",
                  "environment variable holding the registry password", secret=True),
     ProfileField("poll_interval", float, 2.0, "seconds between progress polls"),
+    ProfileField("job_timeout", float, 86400.0,
+                 "seconds a job may run (Batch maxWallClockTime); staging SAS tokens expire with it"),
+    ProfileField("keep", bool, False, "keep the Batch job and its containers after a successful run"),
 )}
 
 _VM_SIZE = re.compile(r"^(Standard|Basic)_[A-Za-z0-9]+(_[A-Za-z0-9]+)*$")
@@ -325,6 +329,10 @@ def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
                                  "Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET")
     if v["registry_server"] and not v["registry_username"]:
         problems["registry_username"] = "is needed when registry_server is set"
+    if not v["job_timeout"] >= 60:
+        problems["job_timeout"] = f"must be at least 60 seconds, not {v['job_timeout']}"
+    if v["batch_account_name"] and not re.match(r"^[a-z0-9]{3,24}$", v["batch_account_name"]):
+        problems["batch_account_name"] = "must be 3 to 24 lowercase letters or digits"
     if not v["poll_interval"] > 0:
         problems["poll_interval"] = f"must be more than 0 seconds, not {v['poll_interval']}"
     return problems

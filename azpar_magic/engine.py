@@ -42,6 +42,7 @@ class RunRequest:
     export: tuple[str, ...] = ()
     no_export: tuple[str, ...] = ()
     folder: str | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)  # read by the backend only
     spelling: dict[str, str] = field(default_factory=lambda: dict(API_SPELLING))  # how errors name options
 
 
@@ -253,7 +254,8 @@ class Engine:
         for task in tasks.values():
             job.add_task(task.task_id, task.indices)
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
-        spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd())
+        spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd(),
+                       retries=options.retries, backend_options=dict(request.backend_options))
         run = _Run(self, job, tasks)
         with self._lock:
             self._runs[job_id] = run

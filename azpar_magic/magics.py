@@ -7,6 +7,7 @@ printed, and binds the result into the user's namespace.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -16,6 +17,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import publish_display_data
 
 from . import merge, session
+from .config import ConfigError
 from .engine import FLAG_SPELLING, RunRequest, SubmitError
 from .errors import IterationError
 from .job import Job, JobOptions
@@ -108,6 +110,14 @@ class AzparMagics(Magics):
     @argument("-q", "--quiet", action="store_true", help="no progress line")
     @argument("--backend", metavar="NAME", help="backend for this cell (default from configuration: local)")
     @argument("--workers", type=int, metavar="N", help="size of the local pool (default: one per core)")
+    @argument("--profile", metavar="NAME", help="run with this profile (an Azure pool, see %%azpar config); "
+                                                "default: %%azpar use, then the config files")
+    @argument("--packages", metavar="REQ,REQ", help="Azure: pip requirements installed on each node for this job "
+                                                   "(cached by their hash across jobs)")
+    @argument("--merge", default="client", choices=("client", "cloud"),
+              help="Azure: client (default) downloads results as tasks finish; cloud adds a merge task that "
+                   "writes one merged blob, downloaded once")
+    @argument("--keep", action="store_true", help="Azure: keep the Batch job and its containers after success")
     @cell_magic("azpar")
     def azpar_cell(self, line: str, cell: str):
         """Run the iterations of a for loop in parallel.
@@ -131,8 +141,9 @@ class AzparMagics(Magics):
             raise UsageError(str(exc)) from None
         args = self._parse_options(parsed.options)
         options = self._job_options(args)
-        engine = session.engine(args.backend, args.workers) if (args.backend or args.workers) else session.engine()
+        engine = self._engine(args)
         request = RunRequest(parsed, self.shell.user_ns, options, _names(args.export), _names(args.no_export),
+                             backend_options=self._backend_options(args, engine.backend.name),
                              spelling=FLAG_SPELLING)
         try:
             job = engine.submit(request)
@@ -148,6 +159,28 @@ class AzparMagics(Magics):
         self._show_outputs(job)
         self._inject(job, options.output_name, options.gather)
         return None
+
+    @staticmethod
+    def _engine(args):
+        try:
+            return session.engine(args.backend, args.workers, args.profile)
+        except (ConfigError, ValueError) as exc:
+            raise UsageError(f"{exc}. Nothing was submitted.") from None
+
+    @staticmethod
+    def _backend_options(args, backend: str) -> dict:
+        packages = [p.strip() for p in (args.packages or "").split(",") if p.strip()]
+        if backend != "azure" and (packages or args.merge == "cloud" or args.keep):
+            used = [flag for flag, on in (("--packages", packages), ("--merge cloud", args.merge == "cloud"),
+                                          ("--keep", args.keep)) if on]
+            raise UsageError(f"{', '.join(used)} only apply to the Azure backend; this cell runs on the {backend} "
+                             "backend. Nothing was submitted.")
+        bad = [p for p in packages if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?"
+                                                   r"\s*((==|>=|<=|~=|!=|<|>)\s*[A-Za-z0-9.*+!_-]+\s*,?\s*)*$", p)]
+        if bad:
+            raise UsageError(f"--packages takes pip requirements like numpy==1.26.4; {', '.join(map(repr, bad))} "
+                             "is not one. Nothing was submitted.")
+        return {"packages": packages, "merge": args.merge, "keep": args.keep}
 
     def _parse_options(self, text: str):
         try:
@@ -243,7 +276,10 @@ class AzparMagics(Magics):
         says more with ``%azpar help COMMAND``.
         """
         words = line.split()
-        if not words or words[0] in ("help", "-h", "--help"):
+        if not words:
+            raise UsageError("usage: %azpar COMMAND [ARGS], with COMMAND one of "
+                             f"{', '.join(self._commands())}; %azpar help lists what each does")
+        if words[0] in ("help", "-h", "--help"):
             topic = words[1] if len(words) > 1 else None
             print(self._help(topic))
             return None
@@ -263,14 +299,17 @@ class AzparMagics(Magics):
             "cancel": self._cmd_cancel,
             "pool": self._cmd_pool,
             "backend": self._cmd_backend,
+            "use": self._cmd_use,
         }
 
     _COMMAND_HELP = {
         "collect": "%azpar collect [JOB] [-o NAME]   wait for a --no-wait job and bind its result",
         "jobs": "%azpar jobs                      list this session's jobs",
         "cancel": "%azpar cancel [JOB]              cancel a job (default: the latest)",
-        "pool": "%azpar pool                      show the pool's nodes",
+        "pool": "%azpar pool [status|create|delete|resize D S] [--profile NAME]   the pool's nodes, or manage "
+                "an Azure pool",
         "backend": "%azpar backend                   say which backend cells run on",
+        "use": "%azpar use PROFILE|local         run later cells with this profile (local: the local pool)",
     }
 
     def _help(self, topic: str | None) -> str:
@@ -288,7 +327,51 @@ class AzparMagics(Magics):
         job.wait(10)
         print(format_snapshot(job.snapshot()))
 
+    def _cmd_use(self, words: list[str]) -> None:
+        if len(words) != 1:
+            raise UsageError("usage: %azpar use PROFILE (or %azpar use local)")
+        try:
+            if words[0] == "local":
+                session.use(session.LOCAL)
+                print("azpar: later cells run on the local pool")
+                return
+            profile = session.use(words[0])
+        except (ConfigError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        print(f"azpar: later cells use profile {profile.name} ({profile['backend']} backend)")
+
+    _POOL_USAGE = "usage: %azpar pool [status|create|delete|resize DEDICATED SPOT] [--profile NAME]"
+
     def _cmd_pool(self, words: list[str]) -> None:
+        profile = None
+        if "--profile" in words:
+            at = words.index("--profile")
+            if at + 1 >= len(words):
+                raise UsageError(self._POOL_USAGE)
+            profile = words[at + 1]
+            words = words[:at] + words[at + 2:]
+        if words and words[0] in ("status", "create", "delete", "resize"):
+            action, counts = words[0], words[1:]
+            sizes: list[int] = []
+            if action == "resize":
+                try:
+                    sizes = [int(c) for c in counts]
+                except ValueError:
+                    sizes = []
+                if len(sizes) != 2 or min(sizes) < 0:
+                    raise UsageError("usage: %azpar pool resize DEDICATED SPOT (two whole numbers, 0 or more)")
+            elif counts:
+                raise UsageError(self._POOL_USAGE)
+            try:
+                print(session.pool_action(profile, action, *sizes))
+            except (ConfigError, ValueError, RuntimeError) as exc:
+                raise UsageError(str(exc)) from None
+            except Exception as exc:  # the service's answer, in one line
+                raise UsageError(f"%azpar pool {action} failed: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            return
+        if words:
+            raise UsageError(self._POOL_USAGE)
         for engine in session.engines() or [session.engine()]:
             nodes = engine.backend.nodes()
             print(f"{engine.backend.describe()}: "

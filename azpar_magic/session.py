@@ -22,18 +22,84 @@ def settings(overrides: dict[str, Any] | None = None) -> config.Settings:
     return config.load_settings(overrides)
 
 
-def engine(backend: str | None = None, workers: int | None = None) -> Engine:
-    """The engine for this backend configuration, created (not started) on first request."""
+_active_profile: str | None = None  # set by %azpar use / use(); beats the config files
+LOCAL = ":local"  # use(LOCAL): the local pool, whatever the config files' profile says
+
+
+def use(profile: str | None) -> config.Profile | None:
+    """Make ``profile`` the default for later cells of this process (None: back to the
+    configuration files). The profile is loaded and checked now, so a typo fails here."""
+    global _active_profile
+    if profile is None:
+        _active_profile = None
+        return None
+    if profile == LOCAL:
+        _active_profile = LOCAL
+        return None
+    loaded = config.load_profile(profile)
+    if loaded["backend"] == "azure":
+        config.check_profile(loaded)
+    _active_profile = profile
+    return loaded
+
+
+def active_profile(explicit: str | None = None) -> str | None:
+    return explicit or _active_profile or settings()["profile"]
+
+
+def engine(backend: str | None = None, workers: int | None = None, profile: str | None = None) -> Engine:
+    """The engine for this backend configuration, created (not started) on first request.
+
+    A profile (explicit, then ``use``, then the config files' ``profile``) decides the
+    backend unless ``backend`` is given; Azure engines are keyed by the profile's content,
+    so editing a profile between cells takes effect and an unchanged one reuses its pool."""
     chosen = settings({"backend": backend, "workers": workers})
-    size = chosen["workers"]
-    if chosen["backend"] == "local":
-        size = size or os.cpu_count() or 1  # "default" and an explicit core count: one pool
-    key = (chosen["backend"], size)
+    name = active_profile(profile)
+    loaded = config.load_profile(name) if name and name != LOCAL else None
+    kind = backend or (loaded["backend"] if loaded else chosen["backend"])
+    if kind == "local":
+        size = chosen["workers"] or os.cpu_count() or 1  # "default" and an explicit core count: one pool
+        key: tuple = ("local", size)
+        options: dict[str, Any] = {"workers": size}
+    else:
+        if loaded is None:
+            raise config.ConfigError(f"the {kind} backend needs a profile: pass --profile NAME, run %azpar use NAME, "
+                                     "or set profile = \"NAME\" in a config file (see %azpar config)")
+        key = (kind, loaded.name, loaded.digest())
+        options = {"profile": loaded}
     with _lock:
         if key not in _engines:
-            kwargs = {"workers": size} if chosen["backend"] == "local" else {}
-            _engines[key] = Engine(create_backend(chosen["backend"], **kwargs))
+            _engines[key] = Engine(create_backend(kind, **options))
         return _engines[key]
+
+
+def _azure_backend(profile_name: str | None):
+    eng = engine(profile=profile_name)
+    if eng.backend.name != "azure":
+        raise config.ConfigError(f"profile {active_profile(profile_name)!r} is not an Azure profile")
+    return eng.backend
+
+
+def test_connection(profile_name: str | None = None) -> str:
+    """Reach the profile's Batch and Storage accounts once; a one-line description."""
+    return _azure_backend(profile_name).test_connection()
+
+
+def pool_action(profile_name: str | None, action: str, dedicated: int | None = None, spot: int | None = None) -> str:
+    """create | resize | delete | status for the profile's pool; a one-line outcome."""
+    backend = _azure_backend(profile_name)
+    if action == "create":
+        return backend.pool_create()
+    if action == "resize":
+        if dedicated is None and spot is None:
+            raise ValueError("resize needs a dedicated and/or spot node count")
+        return backend.pool_resize(dedicated or 0, spot or 0)
+    if action == "delete":
+        return backend.pool_delete()
+    if action == "status":
+        found = backend.pool_status()
+        return found.describe() if found else f"pool {backend.profile['pool_id']} does not exist"
+    raise ValueError(f"unknown pool action {action!r}; expected create, resize, delete or status")
 
 
 def engines() -> list[Engine]:

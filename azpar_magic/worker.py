@@ -44,8 +44,10 @@ import types
 import dill
 
 FORMAT_VERSION = 1
-USAGE = """usage: python worker.py TASK_IN RESULT_OUT     run one task from files
+USAGE = """usage: python worker.py TASK_IN RESULT_OUT     run one task from files (TASK_IN may be
+                                               env:NAME: the task file, base64, in a variable)
        python worker.py --check ENVELOPE       check this node's environment against a job
+       python worker.py --merge DIR N OUT      stream DIR/1.azpr .. DIR/N.azpr into one file
        python worker.py --serve --fd-in R --fd-out W   serve a local pool over two pipes"""
 ITEM_NAME = "__azpar_item__"  # the runner code binds the loop target from this name
 VALUE_NAME = "__azpar_value__"  # ... and leaves the iteration's value under this one
@@ -60,6 +62,7 @@ EXIT_INTERNAL = 5  # a failure of this script itself: infrastructure, retried
 ENVELOPE_MAGIC = b"AZPARJ1\n"
 TASK_MAGIC = b"AZPART1\n"
 RESULT_MAGIC = b"AZPARR1\n"
+MERGED_MAGIC = b"AZPARM1\n"
 
 # Captured output kept per iteration before truncation (the client shows less).
 OUTPUT_LIMIT = 1_000_000
@@ -703,11 +706,7 @@ def load_items(codec: str, data: bytes, job: LoadedJob) -> list:
 def run_task_file(task_path: str, result_path: str, cache: JobCache | None = None) -> int:
     """Run one task from a task-input file and write its result file; return the exit code."""
     try:
-        try:
-            with open(task_path, "rb") as fh:
-                header, body = unpack(TASK_MAGIC, fh.read())
-        except OSError as exc:
-            raise BadInput(f"cannot read the task input {task_path}: {exc}") from None
+        header, body = unpack(TASK_MAGIC, _read_task_input(task_path))
         envelope_path = header["envelope"]
         if not os.path.isabs(envelope_path):
             base = os.environ.get("AZPAR_STAGE_DIR") or os.path.dirname(os.path.abspath(task_path))
@@ -725,6 +724,61 @@ def run_task_file(task_path: str, result_path: str, cache: JobCache | None = Non
     except BadInput as exc:
         print(f"azpar worker: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _read_task_input(task_path: str) -> bytes:
+    """The task file's bytes; ``env:NAME`` reads them base64-encoded from a variable (small
+    tasks travel inline in the task definition instead of as one blob each)."""
+    if task_path.startswith("env:"):
+        name = task_path[4:]
+        try:
+            return base64.b64decode(os.environ[name], validate=True)
+        except KeyError:
+            raise BadInput(f"the task input variable {name} is not set") from None
+        except ValueError as exc:
+            raise BadInput(f"the task input variable {name} is not base64: {exc}") from None
+    try:
+        with open(task_path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise BadInput(f"cannot read the task input {task_path}: {exc}") from None
+
+
+def merge_result_files(folder: str, count: int, out_path: str) -> int:
+    """Stream the result files of tasks 1..count, in task order, into one merged file: one
+    result in memory at a time, whatever the job's size. A task whose result file is missing
+    gets an empty record, so the reader knows to look for it elsewhere. Returns how many
+    were missing."""
+    missing = 0
+    tmp = out_path + ".part"
+    with open(tmp, "wb") as out:
+        out.write(MERGED_MAGIC + struct.pack(">Q", count))
+        for number in range(1, count + 1):
+            try:
+                with open(os.path.join(folder, f"{number}.azpr"), "rb") as fh:
+                    data = fh.read()
+            except FileNotFoundError:
+                data = b""
+                missing += 1
+            out.write(struct.pack(">Q", len(data)))
+            out.write(data)
+    os.replace(tmp, out_path)
+    return missing
+
+
+def read_merged(data: bytes):
+    """Yield (task number, result dict or None) from a merged file's bytes."""
+    if not data.startswith(MERGED_MAGIC):
+        raise BadInput("not an azpar merged-results file")
+    offset = len(MERGED_MAGIC)
+    (count,) = struct.unpack_from(">Q", data, offset)
+    offset += 8
+    for number in range(1, count + 1):
+        (size,) = struct.unpack_from(">Q", data, offset)
+        offset += 8
+        chunk = data[offset:offset + size]
+        offset += size
+        yield number, (read_result(chunk) if size else None)
 
 
 def write_result(path: str, result: dict) -> None:
@@ -810,6 +864,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"azpar worker: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         print("azpar worker: environment matches the envelope")
+        return EXIT_OK
+    if argv[:1] == ["--merge"] and len(argv) == 4:
+        missing = merge_result_files(argv[1], int(argv[2]), argv[3])
+        print(f"azpar worker: merged {int(argv[2]) - missing} task results ({missing} missing)")
         return EXIT_OK
     if len(argv) == 2 and not argv[0].startswith("-"):
         try:

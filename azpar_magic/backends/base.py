@@ -15,7 +15,8 @@ from typing import Protocol, runtime_checkable
 from ..job import NodeInfo
 
 ENTRY_POINT_GROUP = "azpar_magic.backends"
-_BUILTIN = {"local": "azpar_magic.backends.local:LocalBackend"}
+_BUILTIN = {"local": "azpar_magic.backends.local:LocalBackend",
+            "azure": "azpar_magic.backends.azure:AzureBackend"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class JobSpec:
     namespace: bytes
     timeout: float | None = None  # per task, seconds
     cwd: str | None = None
+    retries: int = 2  # attempts after an infrastructure failure (a backend may delegate them)
+    backend_options: dict | None = None  # options only some backends read (--packages, --merge, --keep)
 
 
 @dataclass(frozen=True)

@@ -676,6 +676,27 @@ def terminate_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, r
         return _accepted(f"{svc.url}/jobs/{job.id}/tasks/{task.id}", task.etag, task.last_modified, status=204)
 
 
+@op("Tasks_ReactivateTask")
+def reactivate_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+    """A completed, failed task goes back to active with its retry count reset; the service
+    refuses it for a task that did not fail and in a job that is no longer active."""
+    with svc.cond:
+        job = _job(svc, p["jobId"])
+        task = _task(job, p["taskId"])
+        if job.state != "active":
+            raise errors.conflict("JobCompleted" if job.state == "completed" else "JobNotActive",
+                                  f"The job is in the {job.state} state: its tasks cannot be reactivated.")
+        if task.state != "completed" or task.result != "failure":
+            raise errors.conflict("TaskNotFailed" if task.state == "completed" else "TaskNotCompleted",
+                                  "Only a completed task that failed can be reactivated.")
+        task.retry_count = 0
+        task.end_time = task.exit_code = task.failure_info = task.result = None
+        task.dependency_blocked = False
+        task.set_state("active")
+        svc.cond.notify_all()
+        return _accepted(f"{svc.url}/jobs/{job.id}/tasks/{task.id}", task.etag, task.last_modified, status=204)
+
+
 @op("Tasks_DeleteTask")
 def delete_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:

@@ -1,0 +1,216 @@
+"""The Azure Batch backend: the engine's Backend protocol over a Batch pool and a Storage
+account described by a profile (DESIGN section 5).
+
+Clients are built on first use, not at ``%load_ext``, so a notebook that never runs an Azure
+cell never connects. The pool is attached to (or created) once per backend; each cell run
+is an ``AzureRun`` with its own job, containers and threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from azure.core.exceptions import AzureError
+
+from ... import worker as wire
+from ...config import ConfigError, Profile, check_profile
+from ...job import NodeInfo
+from ..base import EventSink, JobSpec, TaskSpec
+from . import auth, autoscale, pool, storage
+from .run import AzureRun
+
+NODE_CACHE_SECONDS = 1.0
+SDK_RETRIES = 3  # the SDK's own retries per call; submission and polling add bounded ones
+
+
+class AzureBackend:
+    """Runs tasks on an Azure Batch pool; stages through Blob storage."""
+
+    name = "azure"
+
+    def __init__(self, profile: Profile, *, environ: dict[str, str] | None = None, **_settings: Any):
+        check_profile(profile)
+        self.profile = profile
+        self._environ = environ
+        self.accounts = auth.accounts(profile)
+        self.poll_interval = float(profile["poll_interval"])
+        self._lock = threading.RLock()
+        self._client: Any = None
+        self._staging: storage.Staging | None = None
+        self._runs: dict[str, AzureRun] = {}
+        self._nodes: tuple[float, list[NodeInfo]] = (0.0, [])
+        self._pool_ready = False
+        self.resized_for_run = False  # an empty autoscale pool was resized for a run
+        with open(wire.__file__, "rb") as fh:
+            self.worker_bytes = fh.read()
+
+    # ------------------------------------------------------------------ clients
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from azure.batch import BatchClient
+
+                self._client = BatchClient(self.accounts.batch_url, auth.batch_credential(self.profile, self._environ),
+                                           retry_total=SDK_RETRIES, retry_backoff_factor=0.2)
+            return self._client
+
+    @property
+    def staging(self) -> storage.Staging:
+        with self._lock:
+            if self._staging is None:
+                self._staging = storage.Staging(self.accounts.storage_url, self.accounts.storage_name,
+                                                auth.storage_credential(self.profile, self._environ))
+            return self._staging
+
+    # ------------------------------------------------------------------ protocol
+
+    def describe(self) -> str:
+        return (f"Azure Batch pool {self.profile['pool_id']} ({self.profile['vm_size']}) of "
+                f"{self.accounts.batch_url} (profile {self.profile.name})")
+
+    def pool_info(self) -> tuple[str, str]:
+        return self.profile["pool_id"], self.profile["vm_size"]
+
+    def default_chunk_size(self, n_items: int) -> int:
+        return 1  # one task per iteration: Batch schedules, retries and reports per task
+
+    def start(self) -> None:
+        with self._lock:
+            if self._pool_ready:
+                return
+            try:
+                pool.ensure(self.client, self.profile, auth.registry_password(self.profile, self._environ))
+            except AzureError as exc:
+                raise RuntimeError(f"the pool {self.profile['pool_id']!r} could not be reached or created: "
+                                   f"{_short(exc)}") from None
+            self._pool_ready = True
+
+    def submit(self, job: JobSpec, tasks: Sequence[TaskSpec], on_event: EventSink) -> None:
+        self.start()
+        run = AzureRun(self, job, tasks, on_event)
+        try:
+            run.stage()
+        except (AzureError, ConfigError) as exc:
+            self._cleanup(run, job_too=True)
+            raise RuntimeError(f"staging the job on Azure failed: {_short(exc)}") from None
+        with self._lock:
+            self._runs[job.job_id] = run
+        run.start()
+
+    def resubmit(self, job_id: str, task: TaskSpec) -> None:
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.reactivate(task.task_id)
+
+    def nodes(self) -> list[NodeInfo]:
+        stamp, cached = self._nodes
+        if time.monotonic() - stamp < NODE_CACHE_SECONDS or self._client is None:
+            return cached
+        try:
+            found = [NodeInfo(n.id, str(n.state), None, bool(n.is_dedicated))
+                     for n in self.client.list_nodes(self.profile["pool_id"], select=["id", "state", "isDedicated"])]
+        except AzureError:
+            found = cached
+        self._nodes = (time.monotonic(), found)
+        return found
+
+    def cancel(self, job_id: str, task_ids: Collection[str] | None = None) -> None:
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.cancel(list(task_ids) if task_ids is not None else None)
+
+    def finish(self, job_id: str) -> None:
+        """Clean up after a run that fully succeeded (unless --keep); keep everything of a run
+        with any failure, so its logs and partial results stay readable."""
+        with self._lock:
+            run = self._runs.pop(job_id, None)
+        if run is None:
+            return
+        run.close()
+        if self.resized_for_run and self.profile["autoscale"]:
+            self.resized_for_run = False
+            threading.Thread(target=self._restore_autoscale, daemon=True).start()
+        if run.failed_any or run.keep:
+            return
+        threading.Thread(target=self._cleanup, args=(run,), kwargs={"job_too": True}, daemon=True).start()
+
+    def _cleanup(self, run: AzureRun, job_too: bool) -> None:
+        if job_too:
+            try:
+                self.client.begin_delete_job(run.job_id, polling_interval=1)
+            except AzureError:
+                pass
+        for container in (run.in_container, run.out_container):
+            try:
+                self.staging.delete_container(container)
+            except AzureError:
+                pass
+
+    def _restore_autoscale(self) -> None:
+        from azure.batch import models
+
+        formula = autoscale.formula(self.profile["autoscale"], min_nodes=self.profile["min_nodes"],
+                                    max_nodes=self.profile["max_nodes"],
+                                    slots_per_node=self.profile["task_slots_per_node"])
+        try:
+            self.client.enable_pool_auto_scale(self.profile["pool_id"], models.BatchPoolEnableAutoScaleOptions(
+                auto_scale_formula=formula,
+                auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M"))
+        except AzureError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            runs = list(self._runs.values())
+            self._runs.clear()
+        for run in runs:
+            run.close()
+        if self._staging is not None:
+            self._staging.close()
+        if self._client is not None:
+            self._client.close()
+
+    # ------------------------------------------------------------------ pool management
+
+    def pool_status(self) -> pool.PoolStatus | None:
+        return pool.status(self.client, self.profile["pool_id"])
+
+    def pool_create(self) -> str:
+        found, created = pool.ensure(self.client, self.profile, auth.registry_password(self.profile, self._environ))
+        return ("created " if created else "already exists: ") + found.describe()
+
+    def pool_resize(self, dedicated: int, spot: int) -> str:
+        pool.resize(self.client, self.profile["pool_id"], dedicated, spot)
+        return f"pool {self.profile['pool_id']} resizing to {dedicated} dedicated + {spot} spot nodes"
+
+    def pool_delete(self) -> str:
+        pool.delete(self.client, self.profile["pool_id"])
+        self._pool_ready = False
+        return f"pool {self.profile['pool_id']} is being deleted"
+
+    def test_connection(self) -> str:
+        """One Batch call and one Storage call with the profile's credentials."""
+        found = pool.status(self.client, self.profile["pool_id"])
+        self.staging.container_exists(storage.CACHE_CONTAINER)
+        where = found.describe() if found else f"pool {self.profile['pool_id']} does not exist yet"
+        return f"connected to {self.accounts.batch_url} and {self.accounts.storage_url}: {where}"
+
+    def run_stats(self, job_id: str) -> dict[str, Any] | None:
+        """REST calls and transfers of a run still known to the backend (for benchmarks)."""
+        run = self._runs.get(job_id)
+        if run is None:
+            return None
+        return {"calls": dict(run.calls), "added_at": run.added_at, "add_report": run.add_report}
+
+
+def _short(exc: BaseException) -> str:
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    message = getattr(error, "message", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    return f"{code}: {message}" if code else message
+

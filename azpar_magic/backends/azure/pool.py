@@ -1,0 +1,166 @@
+"""The Batch pool a profile describes: its definition, and create / attach / resize / delete.
+
+A pool is long-lived and shared by many cells, so it is created once from the profile (or
+attached to when it exists, whoever created it) and only resized explicitly: an interactive
+run that finds no nodes asks for them at once instead of waiting 5+ minutes for autoscale.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import dill
+from azure.batch import models
+from azure.core.exceptions import ResourceNotFoundError
+
+from ...config import Profile
+from . import autoscale, commands
+
+CONTAINER_TYPE = "dockerCompatible"
+RESIZE_TIMEOUT = "PT15M"
+
+
+def container_settings(profile: Profile) -> models.BatchTaskContainerSettings:
+    registry = None
+    if profile["registry_server"]:
+        registry = models.ContainerRegistryReference(registry_server=profile["registry_server"],
+                                                     username=profile["registry_username"])
+    return models.BatchTaskContainerSettings(image_name=profile["container_image"], registry=registry)
+
+
+def _pool_registry(profile: Profile, password: str | None) -> list[models.ContainerRegistryReference] | None:
+    if not profile["registry_server"]:
+        return None
+    return [models.ContainerRegistryReference(registry_server=profile["registry_server"],
+                                              username=profile["registry_username"], password=password)]
+
+
+def pool_definition(profile: Profile, registry_password: str | None = None) -> models.BatchPoolCreateOptions:
+    """The pool a profile asks for: container-capable image with the task image pre-pulled,
+    a start task installing dill and the profile's packages, fixed sizes or a named formula."""
+    publisher, offer, sku, *version = profile["image"].split(":")
+    vm = models.VirtualMachineConfiguration(
+        image_reference=models.BatchVmImageReference(publisher=publisher, offer=offer, sku=sku,
+                                                     version=version[0] if version else "latest"),
+        node_agent_sku_id=profile["node_agent_sku"],
+        container_configuration=models.BatchContainerConfiguration(
+            type=CONTAINER_TYPE, container_image_names=[profile["container_image"]],
+            container_registries=_pool_registry(profile, registry_password)),
+    )
+    start = models.BatchStartTask(
+        command_line=commands.start_task_command(dill.__version__, profile["packages"], profile["pip_options"],
+                                                 profile["start_commands"]),
+        container_settings=container_settings(profile),
+        user_identity=models.UserIdentity(auto_user=models.AutoUserSpecification(scope="pool",
+                                                                                 elevation_level="admin")),
+        max_task_retry_count=2,
+        wait_for_success=True,
+    )
+    options: dict[str, Any] = {}
+    if profile["autoscale"]:
+        options.update(enable_auto_scale=True,
+                       auto_scale_formula=autoscale.formula(profile["autoscale"], min_nodes=profile["min_nodes"],
+                                                            max_nodes=profile["max_nodes"],
+                                                            slots_per_node=profile["task_slots_per_node"]),
+                       auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M")
+    else:
+        options.update(target_dedicated_nodes=profile["dedicated_nodes"],
+                       target_low_priority_nodes=profile["spot_nodes"], resize_timeout=RESIZE_TIMEOUT)
+    network = models.NetworkConfiguration(subnet_id=profile["subnet_id"]) if profile["subnet_id"] else None
+    return models.BatchPoolCreateOptions(
+        id=profile["pool_id"], vm_size=profile["vm_size"], virtual_machine_configuration=vm,
+        task_slots_per_node=profile["task_slots_per_node"],
+        task_scheduling_policy=models.BatchTaskSchedulingPolicy(node_fill_type="spread"),
+        start_task=start, network_configuration=network,
+        metadata=[models.BatchMetadataItem(name="created-by", value="azpar_magic")], **options)
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """What ``%azpar pool status`` and the panel show about a pool."""
+
+    pool_id: str
+    state: str
+    allocation_state: str
+    vm_size: str
+    dedicated: int
+    spot: int
+    target_dedicated: int
+    target_spot: int
+    autoscale: bool
+    slots_per_node: int
+
+    def describe(self) -> str:
+        mode = "autoscale" if self.autoscale else "fixed size"
+        return (f"pool {self.pool_id} ({self.vm_size}, {self.state}, {self.allocation_state}, {mode}): "
+                f"{self.dedicated} dedicated + {self.spot} spot nodes "
+                f"(target {self.target_dedicated} + {self.target_spot}), {self.slots_per_node} task slots per node")
+
+
+def status(client: Any, pool_id: str) -> PoolStatus | None:
+    try:
+        pool = client.get_pool(pool_id)
+    except ResourceNotFoundError:
+        return None
+    return PoolStatus(pool.id, str(pool.state), str(pool.allocation_state), pool.vm_size or "",
+                      pool.current_dedicated_nodes or 0, pool.current_low_priority_nodes or 0,
+                      pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0,
+                      bool(pool.enable_auto_scale), pool.task_slots_per_node or 1)
+
+
+def ensure(client: Any, profile: Profile, registry_password: str | None = None) -> tuple[PoolStatus, bool]:
+    """Attach to the profile's pool, creating it when missing (and allowed); (status, created)."""
+    found = status(client, profile["pool_id"])
+    if found is not None:
+        return found, False
+    if not profile["create_pool"]:
+        raise RuntimeError(f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} and "
+                           "the profile says create_pool = false")
+    client.create_pool(pool_definition(profile, registry_password))
+    created = status(client, profile["pool_id"])
+    assert created is not None
+    return created, True
+
+
+def resize(client: Any, pool_id: str, dedicated: int, spot: int) -> None:
+    """Set fixed targets (turning autoscale off first, as the service requires)."""
+    current = status(client, pool_id)
+    if current is None:
+        raise RuntimeError(f"the pool {pool_id!r} does not exist")
+    if current.autoscale:
+        client.disable_pool_auto_scale(pool_id)
+    if current.allocation_state == "resizing":
+        client.begin_stop_pool_resize(pool_id, polling_interval=0.2).result()
+        _wait_steady(client, pool_id)
+    client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(
+        target_dedicated_nodes=dedicated, target_low_priority_nodes=spot, resize_timeout=RESIZE_TIMEOUT,
+        node_deallocation_option="taskcompletion"), polling_interval=1)
+
+
+def _wait_steady(client: Any, pool_id: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if str(client.get_pool(pool_id).allocation_state) == "steady":
+            return
+        time.sleep(0.2)
+
+
+def nodes_needed(profile: Profile, n_tasks: int) -> tuple[int, int]:
+    """(dedicated, spot) an interactive run of ``n_tasks`` asks for when the pool is empty:
+    the profile's fixed sizes, or, under autoscale, enough slots for the tasks within
+    [min_nodes, max_nodes], spot first as the formulas do."""
+    if not profile["autoscale"]:
+        return profile["dedicated_nodes"], profile["spot_nodes"]
+    slots = profile["task_slots_per_node"]
+    want = max(profile["min_nodes"], min(profile["max_nodes"], -(-n_tasks // slots)))
+    dedicated = min(profile["min_nodes"], want)
+    return dedicated, want - dedicated
+
+
+def delete(client: Any, pool_id: str) -> None:
+    try:
+        client.begin_delete_pool(pool_id, polling_interval=1)
+    except ResourceNotFoundError:
+        pass

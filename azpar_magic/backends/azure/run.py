@@ -1,0 +1,494 @@
+"""One cell run on Azure Batch, from staging to the last result.
+
+Staging and job creation happen in ``stage()`` (the cell is still blocking, so errors reach
+the user at once, and nothing is left behind when they happen). Adding tasks and following
+them happen in two background threads, so the panel shows progress while tasks are still
+being added. Following a job costs one task-counts call per poll while nothing completes;
+tasks are listed only when the counts say something changed, and only the ones that changed
+(completed since the last watermark), and their results are downloaded concurrently.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from azure.batch import models
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+
+from ... import worker as wire
+from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
+from . import commands, storage
+from .pool import container_settings, nodes_needed, resize, status
+from .submission import PendingTask, TaskAdder
+
+if TYPE_CHECKING:
+    from .backend import AzureBackend
+
+INLINE_LIMIT = 6_000  # task inputs up to this many bytes travel in the task definition
+STALL_CHECK_POLLS = 10  # polls without progress before the job preparation status is read
+MERGE_TASK = "merge"
+_TERMINAL_NODE_STATES = ("starttaskfailed", "unusable")
+
+
+def _blob_url(container_sas_url: str, name: str) -> str:
+    base, _, token = container_sas_url.partition("?")
+    return f"{base}/{name}?{token}"
+
+
+def _first_line(source: str | None) -> str:
+    lines = (source or "").strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
+def _terminate_options(reason: str) -> Any:
+    from azure.batch.models._models import BatchJobTerminateOptions  # not exported in 15.1
+
+    return BatchJobTerminateOptions(termination_reason=reason)
+
+
+class AzureRun:
+    """Stages one job, adds its tasks and reports their events."""
+
+    def __init__(self, backend: "AzureBackend", spec: JobSpec, tasks: Sequence[TaskSpec], on_event: EventSink):
+        self.backend, self.spec, self.on_event = backend, spec, on_event
+        self.client, self.staging, self.profile = backend.client, backend.staging, backend.profile
+        self.job_id = spec.job_id
+        self.tasks = {t.task_id: t for t in tasks}
+        opts = spec.backend_options or {}
+        self.packages: list[str] = list(opts.get("packages") or [])
+        self.merge_cloud = opts.get("merge") == "cloud"
+        self.keep = bool(opts.get("keep")) or self.profile["keep"]
+        self.pip_options: list[str] = list(self.profile["pip_options"])
+        self.in_container = storage.input_container(self.job_id)
+        self.out_container = storage.output_container(self.job_id)
+        self.lifetime = self.profile["job_timeout"]
+        self.expiry = storage.Staging.expiry_for(self.lifetime)
+        self._lock = threading.Lock()
+        self._final: set[str] = set()  # tasks whose final event was sent
+        self._started: set[str] = set()
+        self._handling: set[str] = set()  # completed tasks whose results are being fetched
+        self._cancelled: set[str] = set()
+        self._all_cancelled = False
+        self._deferred: list[str] = []  # merge mode: succeeded tasks whose results come merged
+        self.failed_any = False
+        self.added_at: float | None = None  # monotonic time the first task became schedulable
+        self.add_report = None
+        self._stop = threading.Event()
+        self._downloads = ThreadPoolExecutor(8, thread_name_prefix="azpar-results")
+        self.calls: dict[str, int] = {}
+
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.calls[kind] = self.calls.get(kind, 0) + 1
+
+    # ------------------------------------------------------------------ staging
+
+    def stage(self) -> None:
+        """Containers, content-addressed worker and namespace, envelope, and the Batch job."""
+        st, spec = self.staging, self.spec
+        st.ensure_container(storage.CACHE_CONTAINER)
+        st.ensure_container(self.in_container)
+        st.ensure_container(self.out_container)
+        worker_bytes = self.backend.worker_bytes
+        worker_blob = f"worker/{wire.sha256(worker_bytes)}.py"
+        st.upload_once(storage.CACHE_CONTAINER, worker_blob, worker_bytes)
+        ns_name = spec.envelope["namespace"]["file"]
+        st.upload_once(storage.CACHE_CONTAINER, f"ns/{ns_name}", spec.namespace)
+        st.upload(self.in_container, commands.ENVELOPE_FILE, wire.pack(wire.ENVELOPE_MAGIC, spec.envelope))
+        self.read_inputs = st.container_sas_url(self.in_container, "r", self.expiry)
+        self.write_outputs = st.container_sas_url(self.out_container, "cw", self.expiry)
+        prep_files = [
+            models.ResourceFile(http_url=st.blob_sas_url(storage.CACHE_CONTAINER, worker_blob, "r", self.expiry),
+                                file_path=commands.WORKER_FILE),
+            models.ResourceFile(http_url=st.blob_sas_url(storage.CACHE_CONTAINER, f"ns/{ns_name}", "r", self.expiry),
+                                file_path=ns_name),
+            models.ResourceFile(http_url=_blob_url(self.read_inputs, commands.ENVELOPE_FILE),
+                                file_path=commands.ENVELOPE_FILE),
+        ]
+        prep = models.BatchJobPreparationTask(
+            id="jobpreparation",
+            command_line=commands.job_preparation_command(self.packages, self.pip_options),
+            container_settings=container_settings(self.profile), resource_files=prep_files,
+            constraints=models.BatchTaskConstraints(max_task_retry_count=2), wait_for_success=True)
+        self.client.create_job(models.BatchJobCreateOptions(
+            id=self.job_id, pool_info=models.BatchPoolInfo(pool_id=self.profile["pool_id"]),
+            job_preparation_task=prep, all_tasks_complete_mode="noaction",
+            uses_task_dependencies=self.merge_cloud,
+            constraints=models.BatchJobConstraints(max_wall_clock_time=dt.timedelta(seconds=self.lifetime)),
+            metadata=[models.BatchMetadataItem(name="azpar-cell", value=_first_line(spec.envelope.get("source")))]))
+        self._count("create_job")
+
+    # ------------------------------------------------------------------ task definitions
+
+    def _definition(self, task: TaskSpec) -> PendingTask:
+        header = {"envelope": commands.ENVELOPE_FILE, "items_codec": task.items_codec,
+                  "indices": list(task.indices), "task": task.task_id}
+        data = wire.pack(wire.TASK_MAGIC, header, task.items)
+        inline = len(data) <= INLINE_LIMIT
+        env, files, size = None, None, 1500
+        if inline:
+            encoded = base64.b64encode(data).decode("ascii")
+            env = [models.EnvironmentSetting(name=commands.TASK_ENV, value=encoded)]
+            size += len(encoded)
+        else:
+            files = [models.ResourceFile(http_url=_blob_url(self.read_inputs, f"tasks/{task.task_id}.azpt"),
+                                         file_path=commands.TASK_FILE)]
+            size += len(self.read_inputs) + 60
+        constraints = models.BatchTaskConstraints(
+            max_task_retry_count=self.spec.retries,
+            max_wall_clock_time=dt.timedelta(seconds=self.spec.timeout) if self.spec.timeout else None)
+        definition = models.BatchTaskCreateOptions(
+            id=task.task_id, command_line=commands.task_command(self.packages, self.pip_options, inline=inline),
+            resource_files=files, environment_settings=env, output_files=self._outputs(task.task_id),
+            constraints=constraints, container_settings=container_settings(self.profile),
+            exit_conditions=self._exit_conditions())
+        return PendingTask(definition, size + 2 * len(self.write_outputs))
+
+    def _outputs(self, task_id: str) -> list[models.OutputFile]:
+        def out(pattern: str, path: str) -> models.OutputFile:
+            return models.OutputFile(
+                file_pattern=pattern,
+                destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
+                    container_url=self.write_outputs, path=path)),
+                upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))
+
+        return [out(commands.RESULT_FILE, f"results/{task_id}.azpr"), out("../std*.txt", f"logs/{task_id}")]
+
+    def _exit_conditions(self) -> models.ExitConditions | None:
+        if not self.merge_cloud:
+            return None
+        satisfy = models.ExitOptions(dependency_action="satisfy")  # the merge runs whatever failed
+        return models.ExitConditions(default=satisfy, pre_processing_error=satisfy, file_upload_error=satisfy)
+
+    def _large_inputs(self, pending: list[PendingTask]) -> list[tuple[str, bytes]]:
+        out = []
+        for p in pending:
+            if p.definition.resource_files:
+                task = self.tasks[p.definition.id]
+                header = {"envelope": commands.ENVELOPE_FILE, "items_codec": task.items_codec,
+                          "indices": list(task.indices), "task": task.task_id}
+                out.append((f"tasks/{task.task_id}.azpt", wire.pack(wire.TASK_MAGIC, header, task.items)))
+        return out
+
+    # ------------------------------------------------------------------ background work
+
+    def start(self) -> None:
+        threading.Thread(target=self._guard, args=(self._submit,), name=f"azpar-submit-{self.job_id}",
+                         daemon=True).start()
+        threading.Thread(target=self._guard, args=(self._follow,), name=f"azpar-follow-{self.job_id}",
+                         daemon=True).start()
+
+    def _guard(self, target) -> None:
+        try:
+            target()
+        except Exception as exc:  # never leave the cell waiting forever: fail what is left
+            self._fail_remaining(f"the Azure backend lost track of the job: {type(exc).__name__}: {exc}")
+
+    def _submit(self) -> None:
+        pending = [self._definition(t) for t in self.tasks.values()]
+        large = self._large_inputs(pending)
+        if large:
+            self.staging.upload_many(self.in_container, large)
+        self._ensure_nodes(len(pending))
+
+        def added(ids: list[str]) -> None:
+            if self.added_at is None:
+                self.added_at = time.monotonic()
+
+        adder = TaskAdder(self.client, self.job_id, on_added=added, should_stop=self._stop.is_set)
+        self.add_report = report = adder.add(pending)
+        for task_id, why in report.failed.items():
+            self._emit(TaskEvent(self.job_id, task_id, "failed", error=why, failure_kind="infrastructure"))
+        if self._stop.is_set():
+            return
+        if self.merge_cloud and report.added:
+            self._add_merge_task()
+        try:
+            self.client.update_job(self.job_id, models.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob"))
+            self._count("update_job")
+        except HttpResponseError:
+            pass  # the job was cancelled meanwhile; the follower reports the tasks
+
+    def _ensure_nodes(self, n_tasks: int) -> None:
+        """An interactive run on an empty pool asks for nodes now (autoscale lags minutes)."""
+        found = status(self.client, self.profile["pool_id"])
+        if found is None or found.dedicated + found.spot + found.target_dedicated + found.target_spot > 0:
+            return
+        dedicated, spot = nodes_needed(self.profile, n_tasks)
+        if dedicated + spot > 0:
+            resize(self.client, self.profile["pool_id"], dedicated, spot)
+            self.backend.resized_for_run = found.autoscale
+
+    def _add_merge_task(self) -> None:
+        n = len(self.tasks)
+        read_results = self.staging.container_sas_url(self.out_container, "rl", self.expiry)
+        merge = models.BatchTaskCreateOptions(
+            id=MERGE_TASK, command_line=commands.merge_command(self.packages, self.pip_options, n),
+            resource_files=[models.ResourceFile(storage_container_url=read_results, blob_prefix="results/")],
+            output_files=[models.OutputFile(
+                file_pattern=commands.MERGED_FILE,
+                destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
+                    container_url=self.write_outputs, path=commands.MERGED_FILE)),
+                upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))],
+            depends_on=models.BatchTaskDependencies(task_id_ranges=[models.BatchTaskIdRange(start=1, end=n)]),
+            container_settings=container_settings(self.profile),
+            constraints=models.BatchTaskConstraints(max_task_retry_count=2))
+        self.client.create_task(self.job_id, merge)
+        self._count("create_task")
+
+    # ------------------------------------------------------------------ following
+
+    def _follow(self) -> None:
+        interval = self.backend.poll_interval
+        seen_completed = 0
+        last_running = -1
+        watermark: dt.datetime | None = None
+        quiet_polls = 0
+        while not self._stop.is_set():
+            if self._done():
+                return
+            try:
+                counts = self.client.get_job_task_counts(self.job_id).task_counts
+                self._count("get_job_task_counts")
+            except ResourceNotFoundError:
+                self._fail_remaining("the Batch job was deleted while it ran")
+                return
+            except AzureError:
+                self._count("get_job_task_counts_error")
+                self._stop.wait(interval)
+                continue  # a transient error on a poll loses nothing: poll again
+            progressed = False
+            if counts.completed > seen_completed:
+                watermark = self._collect_completed(watermark)
+                seen_completed = counts.completed
+                progressed = True
+            if counts.running != last_running:
+                self._collect_running()
+                last_running = counts.running
+                progressed = True
+            quiet_polls = 0 if progressed else quiet_polls + 1
+            if quiet_polls and quiet_polls % STALL_CHECK_POLLS == 0 and counts.active and not counts.running:
+                self._check_stalled()
+            self._stop.wait(interval)
+
+    def _done(self) -> bool:
+        with self._lock:
+            return len(self._final) >= len(self.tasks)
+
+    def _list(self, filter_text: str, select: list[str]) -> list[Any]:
+        self._count("list_tasks")
+        try:
+            return list(self.client.list_tasks(self.job_id, filter=filter_text, select=select))
+        except AzureError:
+            return []
+
+    def _collect_running(self) -> None:
+        for task in self._list("state eq 'running'", ["id", "nodeInfo"]):
+            if task.id in self.tasks and task.id not in self._started:
+                self._started.add(task.id)
+                node = task.node_info.node_id if task.node_info else None
+                self._emit(TaskEvent(self.job_id, task.id, "started", node=node), final=False)
+
+    def _collect_completed(self, watermark: dt.datetime | None) -> dt.datetime | None:
+        text = "state eq 'completed'"
+        if watermark is not None:
+            # ge with the last time seen: a task completing in the same instant is not missed
+            text += f" and stateTransitionTime ge datetime'{watermark.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
+        newest = watermark
+        merge_done = None
+        for task in self._list(text, ["id", "stateTransitionTime", "executionInfo", "nodeInfo"]):
+            if newest is None or (task.state_transition_time and task.state_transition_time > newest):
+                newest = task.state_transition_time
+            if task.id == MERGE_TASK:
+                merge_done = task
+                continue
+            with self._lock:
+                if task.id not in self.tasks or task.id in self._final or task.id in self._handling:
+                    continue
+                self._handling.add(task.id)
+            self._downloads.submit(self._guard_task, task)
+        if merge_done is not None:
+            self._downloads.submit(self._guard_task, merge_done)
+        return newest
+
+    def _guard_task(self, task: Any) -> None:
+        try:
+            if task.id == MERGE_TASK:
+                self._read_merged(task)
+            else:
+                self._handle_completed(task)
+        except Exception as exc:
+            self._emit(TaskEvent(self.job_id, task.id, "failed", retryable=False,
+                                 error=f"the task's result could not be read: {type(exc).__name__}: {exc}"))
+        finally:
+            with self._lock:
+                self._handling.discard(task.id)
+
+    def _handle_completed(self, task: Any) -> None:
+        info = task.execution_info
+        node = task.node_info.node_id if task.node_info else None
+        if task.id in self._cancelled or self._all_cancelled:
+            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, error="cancelled",
+                                 failure_kind="cancelled"))
+            return
+        failure = info.failure_info if info else None
+        code = getattr(failure, "code", None)
+        if code == "TaskEnded":
+            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, error="the task was terminated",
+                                 failure_kind="cancelled"))
+            return
+        if code == "MaxWallClockTimeExceeded":
+            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, failure_kind="timeout",
+                                 error=f"the task ran longer than its --timeout of {self.spec.timeout:g} s "
+                                       "and was stopped"))
+            return
+        exit_code = getattr(info, "exit_code", None)
+        if failure is not None and code != "FileUploadMiscError" and not str(code).startswith("FileUpload"):
+            retries = getattr(info, "retry_count", 0) or 0
+            tail = self._stderr_tail(task.id)
+            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, retryable=False,
+                                 error=f"the worker failed with {code} (exit code {exit_code}) after "
+                                       f"{retries + 1} attempt(s) on node {node}" + (f": {tail}" if tail else "")))
+            return
+        if self.merge_cloud and failure is None:
+            with self._lock:
+                self._deferred.append(task.id)
+            return
+        self._deliver(task.id, node, self._fetch_result(task.id))
+
+    def _fetch_result(self, task_id: str) -> bytes | None:
+        """The result blob; when its upload failed, the file on the node (nothing is lost
+        while the node keeps the task's folder)."""
+        data = self.staging.download(self.out_container, f"results/{task_id}.azpr")
+        if data is not None:
+            return data
+        try:
+            self._count("download_task_file")
+            return b"".join(self.client.download_task_file(self.job_id, task_id, f"wd/{commands.RESULT_FILE}"))
+        except AzureError:
+            return None
+
+    def _deliver(self, task_id: str, node: str | None, data: bytes | None) -> None:
+        if data is None:
+            self._emit(TaskEvent(self.job_id, task_id, "failed", node=node, retryable=True,
+                                 error="the task finished but its result could not be fetched from storage "
+                                       "or from the node"))
+            return
+        result = wire.read_result(data)
+        if result.get("environment_error"):
+            self._emit(TaskEvent(self.job_id, task_id, "failed", node=node, failure_kind="environment",
+                                 error=result["environment_error"]))
+            return
+        self._emit(TaskEvent(self.job_id, task_id, "finished", node=node, result=result))
+
+    def _read_merged(self, task: Any) -> None:
+        data = self.staging.download(self.out_container, commands.MERGED_FILE)
+        with self._lock:
+            deferred = set(self._deferred)
+        merged = dict(wire.read_merged(data)) if data is not None else {}
+        for task_id in sorted(deferred, key=int):
+            result = merged.get(int(task_id))
+            if result is None:  # missing from the merge: read it on its own
+                self._deliver(task_id, None, self._fetch_result(task_id))
+            elif result.get("environment_error"):
+                self._emit(TaskEvent(self.job_id, task_id, "failed", failure_kind="environment",
+                                     error=result["environment_error"]))
+            else:
+                self._emit(TaskEvent(self.job_id, task_id, "finished", result=result))
+
+    def _stderr_tail(self, task_id: str, limit: int = 600) -> str:
+        data = self.staging.download(self.out_container, f"logs/{task_id}/stderr.txt")
+        if data is None:
+            try:
+                data = b"".join(self.client.download_task_file(self.job_id, task_id, "stderr.txt"))
+            except AzureError:
+                return ""
+        text = data.decode("utf-8", "replace").strip()
+        return text[-limit:]
+
+    def _check_stalled(self) -> None:
+        """Tasks wait and nothing runs: a failed job preparation or start task would keep
+        them waiting forever, so say what failed instead."""
+        try:
+            nodes = list(self.client.list_nodes(self.profile["pool_id"], select=["id", "state", "startTaskInfo"]))
+            self._count("list_nodes")
+        except AzureError:
+            return
+        if nodes and all(str(n.state) in _TERMINAL_NODE_STATES for n in nodes):
+            why = "every node of the pool failed its start task (installing dill and the profile's packages)"
+            info = nodes[0].start_task_info
+            if info is not None and info.failure_info is not None:
+                why += f": {info.failure_info.code}: {info.failure_info.message}"
+            self._fail_remaining(why)
+            return
+        try:
+            statuses = list(self.client.list_job_preparation_and_release_task_status(self.job_id))
+            self._count("list_job_preparation_and_release_task_status")
+        except AzureError:
+            return
+        preps = [s.job_preparation_task_execution_info for s in statuses if s.job_preparation_task_execution_info]
+        failed = [p for p in preps if str(p.result) == "failure"]
+        if failed and len(failed) >= len([n for n in nodes if str(n.state) in ("idle", "running")]):
+            detail = failed[0].failure_info
+            why = ("the job preparation task (installing --packages) failed on every node"
+                   + (f": {detail.code}: {detail.message}" if detail else ""))
+            self._fail_remaining(why)
+
+    # ------------------------------------------------------------------ events and ending
+
+    def _emit(self, event: TaskEvent, final: bool = True) -> None:
+        with self._lock:
+            if event.task_id in self._final:
+                return
+            if final and not event.retryable:
+                self._final.add(event.task_id)
+                if event.kind == "failed":
+                    self.failed_any = True
+        self.on_event(event)
+
+    def reactivate(self, task_id: str) -> None:
+        with self._lock:
+            self._started.discard(task_id)
+        try:
+            self.client.reactivate_task(self.job_id, task_id)
+            self._count("reactivate_task")
+        except HttpResponseError as exc:
+            self._emit(TaskEvent(self.job_id, task_id, "failed", retryable=False,
+                                 error=f"the task could not be run again ({exc.reason or exc.status_code}): the Batch "
+                                       "job had already ended; run the failed iterations with a new cell"))
+
+    def cancel(self, task_ids: Sequence[str] | None) -> None:
+        if task_ids is None:
+            self._all_cancelled = True
+            self._stop.set()
+            try:
+                self.client.begin_terminate_job(self.job_id, options=_terminate_options("cancelled by the user"),
+                                                polling_interval=1)
+                self._count("terminate_job")
+            except AzureError:
+                pass
+            self._fail_remaining("cancelled", kind="cancelled")
+            return
+        with self._lock:
+            self._cancelled.update(task_ids)
+        for task_id in task_ids:
+            try:
+                self.client.terminate_task(self.job_id, task_id)
+                self._count("terminate_task")
+            except AzureError:
+                pass
+
+    def _fail_remaining(self, why: str, kind: str = "infrastructure") -> None:
+        for task_id in self.tasks:
+            self._emit(TaskEvent(self.job_id, task_id, "failed", error=why, failure_kind=kind))
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._downloads.shutdown(wait=False)

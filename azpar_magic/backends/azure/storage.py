@@ -1,0 +1,187 @@
+"""Blob staging for Azure jobs: containers, content-addressed uploads, least-privilege SAS.
+
+Layout, per job ``J`` (DESIGN section 5):
+
+- ``J-in``: what tasks read: the envelope, task inputs too large to inline. Tasks get a
+  read-only SAS on it, so a task can never overwrite its own inputs.
+- ``J-out``: what tasks write: results and stdout/stderr, the merged blob, the manifest.
+  Tasks get a create+write SAS (no read, no list, no delete); the client reads with its own
+  credential.
+- ``azpar-cache``: content-addressed blobs shared by jobs (worker script, namespaces).
+  A job's preparation task gets a read SAS on exactly the blobs it needs, never on the
+  container, so one job's tokens cannot read another job's data.
+
+Every SAS expires with the job (its timeout plus a margin for uploads and clock skew), and
+is signed with the account key only in shared-key mode, otherwise with a user delegation
+key. No key ever leaves this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import (BlobSasPermissions, BlobServiceClient, ContainerSasPermissions,
+                                generate_blob_sas, generate_container_sas)
+
+CACHE_CONTAINER = "azpar-cache"
+SAS_MARGIN = dt.timedelta(minutes=30)  # uploads after the last task, and clock skew between machines
+SAS_START_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass
+class TransferStats:
+    """What the staging did, for benchmarks and tests (calls by kind, bytes sent)."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+    bytes_uploaded: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, kind: str, nbytes: int = 0) -> None:
+        with self.lock:
+            self.calls[kind] = self.calls.get(kind, 0) + 1
+            self.bytes_uploaded += nbytes
+
+
+def input_container(job_id: str) -> str:
+    return f"{job_id.lower()}-in"
+
+
+def output_container(job_id: str) -> str:
+    return f"{job_id.lower()}-out"
+
+
+class Staging:
+    """One storage account as the backend uses it."""
+
+    def __init__(self, account_url: str, account_name: str, credential: Any, *,
+                 connection_verify: Any = True, max_concurrency: int = 8):
+        self.account_url = account_url.rstrip("/")
+        self.account_name = account_name
+        self._key = credential.named_key.key if isinstance(credential, AzureNamedKeyCredential) else None
+        kwargs: dict[str, Any] = {}
+        if connection_verify is not True:
+            kwargs["connection_verify"] = connection_verify
+        self.service = BlobServiceClient(self.account_url, credential=credential, **kwargs)
+        self.stats = TransferStats()
+        self._known: set[tuple[str, str]] = set()  # blobs known to exist (content-addressed)
+        self._containers: set[str] = set()
+        self._delegation: tuple[dt.datetime, Any] | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="azpar-blob")
+
+    # ------------------------------------------------------------------ containers
+
+    def ensure_container(self, name: str) -> None:
+        if name in self._containers:
+            return
+        try:
+            self.service.create_container(name)
+            self.stats.add("create_container")
+        except ResourceExistsError:
+            self.stats.add("create_container")
+        self._containers.add(name)
+
+    def delete_container(self, name: str) -> None:
+        try:
+            self.service.delete_container(name)
+            self.stats.add("delete_container")
+        except ResourceNotFoundError:
+            pass
+        self._containers.discard(name)
+
+    def container_exists(self, name: str) -> bool:
+        try:
+            self.service.get_container_client(name).get_container_properties()
+            return True
+        except ResourceNotFoundError:
+            return False
+
+    # ------------------------------------------------------------------ blobs
+
+    def upload(self, container: str, name: str, data: bytes, *, overwrite: bool = True) -> None:
+        blob = self.service.get_blob_client(container, name)
+        blob.upload_blob(data, overwrite=overwrite, max_concurrency=4)
+        self.stats.add("put_blob", len(data))
+
+    def upload_once(self, container: str, name: str, data: bytes) -> bool:
+        """Upload a content-addressed blob unless it is already there; True if uploaded."""
+        if (container, name) in self._known:
+            return False
+        try:
+            self.upload(container, name, data, overwrite=False)
+            uploaded = True
+        except ResourceExistsError:  # same name means same bytes
+            self.stats.add("put_blob_exists")
+            uploaded = False
+        self._known.add((container, name))
+        return uploaded
+
+    def upload_many(self, container: str, blobs: Iterable[tuple[str, bytes]]) -> None:
+        futures = [self._pool.submit(self.upload, container, name, data) for name, data in blobs]
+        for f in futures:
+            f.result()
+
+    def download(self, container: str, name: str) -> bytes | None:
+        """The blob's bytes, or None when it does not exist."""
+        try:
+            data = self.service.get_blob_client(container, name).download_blob(max_concurrency=4).readall()
+        except ResourceNotFoundError:
+            self.stats.add("get_blob_missing")
+            return None
+        self.stats.add("get_blob")
+        return data
+
+    def download_many(self, container: str, names: list[str]) -> list[bytes | None]:
+        return list(self._pool.map(lambda n: self.download(container, n), names))
+
+    def list_names(self, container: str, prefix: str = "") -> list[str]:
+        self.stats.add("list_blobs")
+        try:
+            return [b.name for b in self.service.get_container_client(container).list_blobs(name_starts_with=prefix)]
+        except ResourceNotFoundError:
+            return []
+
+    # ------------------------------------------------------------------ SAS
+
+    def _signing(self, expiry: dt.datetime) -> dict[str, Any]:
+        if self._key is not None:
+            return {"account_key": self._key}
+        with self._lock:
+            if self._delegation is None or self._delegation[0] < expiry:
+                start = dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW
+                key = self.service.get_user_delegation_key(start, expiry)
+                self._delegation = (expiry, key)
+            return {"user_delegation_key": self._delegation[1]}
+
+    @staticmethod
+    def expiry_for(lifetime: float) -> dt.datetime:
+        """When a token used by a job of this lifetime (seconds) must stop working."""
+        return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=lifetime) + SAS_MARGIN
+
+    def container_url(self, container: str) -> str:
+        return f"{self.account_url}/{container}"
+
+    def container_sas_url(self, container: str, permission: str, expiry: dt.datetime) -> str:
+        token = generate_container_sas(self.account_name, container,
+                                       permission=ContainerSasPermissions.from_string(permission),
+                                       expiry=expiry, start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
+                                       **self._signing(expiry))
+        return f"{self.container_url(container)}?{token}"
+
+    def blob_sas_url(self, container: str, name: str, permission: str, expiry: dt.datetime) -> str:
+        token = generate_blob_sas(self.account_name, container, name,
+                                  permission=BlobSasPermissions.from_string(permission),
+                                  expiry=expiry, start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
+                                  **self._signing(expiry))
+        return f"{self.container_url(container)}/{name}?{token}"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self.service.close()
