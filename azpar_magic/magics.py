@@ -7,14 +7,17 @@ printed, and binds the result into the user's namespace.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import sys
 import time
+from collections import OrderedDict
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import publish_display_data
+from IPython.display import display, publish_display_data
 
 from . import merge, session
 from .config import ConfigError
@@ -22,12 +25,14 @@ from .engine import FLAG_SPELLING, RunRequest, SubmitError
 from .errors import IterationError
 from .job import Job, JobOptions
 from .parsing import CellError, parse_cell
-from .ui.text import format_snapshot
+from .ui.text import format_failures, format_pool_text, format_snapshot
 
 DEFAULT_OUTPUT = "azpar_result"
 PROGRESS_DELAY = 1.0  # seconds before the progress line appears (quick cells stay quiet)
 PROGRESS_INTERVAL = 0.5
 SHOWN_OUTPUT_LIMIT = 20_000  # characters of captured output shown after a run
+DISPLAY_ENV = "AZPAR_DISPLAY"  # auto (default), widget or text
+PANELS_KEPT = 50  # live job panels kept for re-display (collect, the --no-wait handle)
 
 
 def _names(value: str | None) -> tuple[str, ...]:
@@ -70,7 +75,88 @@ class _Progress:
         if self.shown:
             self.tick(force=True)
             sys.stdout.write("\n")
+            snap = self.job.snapshot()
+            if snap.failures and snap.errors != "stop":  # under stop, the raised error says it all
+                sys.stdout.write(format_failures(snap) + "\n")
             sys.stdout.flush()
+
+
+class _PanelProgress:
+    """The widget panel in the text line's place: a background thread draws it, so the
+    waiting loop has nothing to do; ``close`` draws the final state before the cell ends."""
+
+    def __init__(self, panel):
+        self.panel = panel
+
+    def tick(self, force: bool = False) -> None:
+        pass
+
+    def close(self) -> None:
+        self.panel.stop()
+
+
+def _display_mode(shell) -> str:
+    """"widget" or "text" for the current cell.
+
+    Widgets need a kernel with a comm manager (not terminal IPython), ipywidgets, and a
+    frontend that draws them. The kernel cannot ask the frontend, but interactive notebook
+    frontends (JupyterLab, Notebook 7, VS Code) send the cell's id with each execute request
+    while nbclient, nbconvert, papermill, nbval and jupyter_client scripts do not: those
+    runs get the text line, which their saved outputs keep readable. AZPAR_DISPLAY=text
+    forces the text line; AZPAR_DISPLAY=widget forces widgets wherever a kernel can send
+    them (a frontend that sends no cell id but draws widgets, e.g. classic Notebook 6).
+    """
+    forced = os.environ.get(DISPLAY_ENV, "auto").strip().lower()
+    if forced == "text":
+        return "text"
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None or getattr(kernel, "comm_manager", None) is None:
+        return "text"
+    try:
+        from .ui import panel  # noqa: F401  (imports ipywidgets)
+    except ImportError:
+        return "text"
+    if forced == "widget":
+        return "widget"
+    info = getattr(getattr(shell.displayhook, "exec_result", None), "info", None)
+    return "widget" if getattr(info, "cell_id", None) else "text"
+
+
+_PANELS: OrderedDict[str, object] = OrderedDict()
+
+
+def _panel_for(job: Job):
+    """The job's live panel (one per job, so every view of it is the same widget),
+    following the job from a background thread until it ends."""
+    from .ui.panel import JobPanel
+
+    panel = _PANELS.get(job.id)
+    if panel is None:
+        panel = _PANELS[job.id] = JobPanel(job)
+        while len(_PANELS) > PANELS_KEPT:
+            _PANELS.popitem(last=False)
+    panel.start()
+    return panel
+
+
+def _job_mimebundle(job: Job):
+    """A job handle with a live panel displays as that panel (``--no-wait`` cells, the
+    job shown again later); the others fall back to their text and HTML reprs."""
+    panel = _PANELS.get(job.id)
+    return panel.mimebundle(repr(job)) if panel is not None else None
+
+
+def _pool_views() -> list[dict]:
+    """One pool view per engine of this kernel (what ``%azpar status`` draws)."""
+    from .ui.state import pool_view
+
+    views = []
+    for engine in session.engines() or [session.engine()]:
+        backend = engine.backend
+        pool, size = backend.pool_info()
+        active = [job.snapshot() for job in list(engine.jobs.values()) if not job.done]
+        views.append(pool_view(backend.name, backend.describe(), pool, size, backend.nodes(), active))
+    return views
 
 
 @magics_class
@@ -154,6 +240,7 @@ class AzparMagics(Magics):
         session.remember(job)
         if args.no_wait:
             self._pending_outputs[job.id] = (options.output_name, options.gather, args.quiet)
+            self._follow(job, args.quiet)
             return job
         self._wait(job, args.quiet)
         self._show_outputs(job)
@@ -218,8 +305,24 @@ class AzparMagics(Magics):
         return JobOptions(combine=combine, errors=args.errors, gather=gather, retries=args.retries,
                           timeout=args.timeout, chunk_size=chunk_size, seed=args.seed, output_name=output)
 
+    def _live_view(self, job: Job, quiet: bool):
+        """The widget panel where the frontend draws widgets, else the text line."""
+        if not quiet and _display_mode(self.shell) == "widget":
+            panel = _panel_for(job)
+            display(panel.mimebundle(repr(job)), raw=True)
+            return _PanelProgress(panel)
+        return _Progress(job, quiet)
+
+    def _follow(self, job: Job, quiet: bool) -> None:
+        """``--no-wait``: in widget mode the returned handle shows as the live panel, which
+        its thread keeps updating after the cell has returned."""
+        if quiet or _display_mode(self.shell) != "widget":
+            return
+        _panel_for(job)
+        self.shell.display_formatter.mimebundle_formatter.for_type(Job, _job_mimebundle)
+
     def _wait(self, job: Job, quiet: bool) -> None:
-        progress = _Progress(job, quiet)
+        progress = self._live_view(job, quiet)
         try:
             while not job.wait(0.1):
                 progress.tick()
@@ -300,6 +403,8 @@ class AzparMagics(Magics):
             "pool": self._cmd_pool,
             "backend": self._cmd_backend,
             "use": self._cmd_use,
+            "status": self._cmd_status,
+            "config": self._cmd_config,
         }
 
     _COMMAND_HELP = {
@@ -310,6 +415,10 @@ class AzparMagics(Magics):
                 "an Azure pool",
         "backend": "%azpar backend                   say which backend cells run on",
         "use": "%azpar use PROFILE|local         run later cells with this profile (local: the local pool)",
+        "status": "%azpar status                    the pools of this kernel: nodes, states, running tasks, "
+                  "queue (live in a notebook)",
+        "config": "%azpar config [PROFILE] [FIELD=VALUE ...]   edit a profile: a form in a notebook; with "
+                  "FIELD=VALUE, set and save those fields",
     }
 
     def _help(self, topic: str | None) -> str:
@@ -326,6 +435,64 @@ class AzparMagics(Magics):
         job.cancel()
         job.wait(10)
         print(format_snapshot(job.snapshot()))
+
+    def _cmd_status(self, words: list[str]) -> None:
+        if words:
+            raise UsageError("usage: %azpar status")
+        if _display_mode(self.shell) == "widget":
+            from .ui.panel import PoolPanel
+
+            panel = PoolPanel(_pool_views)
+            display(panel.widget)
+            panel.start()
+            return
+        print("\n".join(format_pool_text(view) for view in _pool_views()))
+
+    def _cmd_config(self, words: list[str]) -> None:
+        from .config import save_profile, user_config_path, validate_profile
+        from .ui import profile as prof
+
+        try:
+            words = shlex.split(" ".join(words))
+        except ValueError as exc:
+            raise UsageError(f"%azpar config: {exc}") from None
+        names = [w for w in words if "=" not in w]
+        assignments = [w for w in words if "=" in w]
+        if len(names) > 1:
+            raise UsageError("usage: %azpar config [PROFILE] [FIELD=VALUE ...]")
+        name = names[0] if names else (session.active_profile() or "default")
+        if not prof.valid_name(name):
+            raise UsageError(f"a profile name is letters, digits, '-' or '_', not {name!r}")
+        values, sources, problem = prof.load(name)
+        if problem:
+            raise UsageError(problem)
+        if assignments:
+            loaded = dict(values)
+            for text in assignments:
+                field, _, raw = text.partition("=")
+                try:
+                    values[field.strip()] = prof.parse_value(field.strip(), raw)
+                except ValueError as exc:
+                    raise UsageError(f"%azpar config: {exc}. Nothing was saved.") from None
+            problems = validate_profile(values)
+            if problems:
+                raise UsageError(f"profile {name!r} not saved: " + "; ".join(f"{k} {m}" for k, m in problems.items()))
+            path = user_config_path()
+            try:
+                save_profile(name, prof.to_save(values, loaded, sources, path), path)
+            except ConfigError as exc:
+                raise UsageError(str(exc)) from None
+            print(f"azpar: saved profile {name} to {path}")
+            return
+        if _display_mode(self.shell) == "widget":
+            from .ui.form import ConfigForm
+
+            form = ConfigForm(name, test_connection=getattr(session, "test_connection", None),
+                              pool_action=getattr(session, "pool_action", None))
+            display(form.widget)
+            return
+        print(prof.profile_text(name, values, sources, validate_profile(values)))
+        print(f"(file: {user_config_path()}; set fields with %azpar config {name} FIELD=VALUE ...)")
 
     def _cmd_use(self, words: list[str]) -> None:
         if len(words) != 1:

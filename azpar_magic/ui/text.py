@@ -1,50 +1,132 @@
 """Text and HTML renderings of a JobSnapshot: the fallback wherever widgets cannot render
-(terminal IPython, nbconvert, no ipywidgets) and the ``repr`` of every job handle."""
+(terminal IPython, nbconvert, no ipywidgets) and the ``repr`` of every job handle.
+
+Both draw the view model of ``state.py``, as the widget panel does, so they carry the
+same facts: the one refreshing line has the counts a glance needs, ``format_text`` the
+whole panel (nodes by kind and state, the task bar's counts, the first failures).
+"""
 
 from __future__ import annotations
 
-import html
+from collections.abc import Mapping
+from typing import Any
 
 from ..job import JobSnapshot
+from .html import panel_html, pool_html
+from .state import counts_phrase, format_duration, format_rate, job_view
+
+__all__ = ["format_duration", "format_rate", "format_snapshot", "format_text", "format_html",
+           "format_failures", "format_pool_text", "format_pool_html"]
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds + 0.5), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+def _where(view: Mapping[str, Any]) -> str:
+    """``local``, or ``azure POOL VM_SIZE`` when the pool says more than the backend."""
+    if not view["pool"] or view["pool"] == view["backend"]:
+        return view["backend"]
+    return " ".join(x for x in (view["backend"], view["pool"], view["vm_size"]) if x)
 
 
 def format_snapshot(s: JobSnapshot) -> str:
     """One line: state, iterations done/failed/total, tasks running, nodes busy, time."""
-    parts = [f"{s.job_id} {s.state}",
-             f"{s.items_succeeded}/{s.items_total} done"]
-    if s.items_failed:
-        parts.append(f"{s.items_failed} failed")
-    if s.items_cancelled:
-        parts.append(f"{s.items_cancelled} cancelled")
+    v = job_view(s)
+    items = v["items"]
+    parts = [f"{s.job_id} {v['label']}", f"{items['succeeded']}/{items['total']} done"]
+    if items["failed"] and not v["label"].startswith("done with"):
+        parts.append(f"{items['failed']} failed")
+    if items["cancelled"]:
+        parts.append(f"{items['cancelled']} cancelled")
     if not s.final:
         parts.append(f"{s.tasks_running} running, {s.tasks_queued} queued")
-        live = [n for n in s.nodes if n.state != "lost"]
+        nodes = v["nodes"]
+        live = len(nodes["nodes"])
         if live:  # the pool's state now says nothing about a job that has ended
-            parts.append(f"{s.nodes_busy}/{len(live)} nodes busy")
-    parts.append(f"elapsed {format_duration(s.elapsed)}")
-    if s.eta is not None and not s.final:
-        parts.append(f"ETA {format_duration(s.eta)}")
-    if s.throughput and s.final:
-        parts.append(f"{s.throughput:,.0f} it/s" if s.throughput >= 10 else f"{s.throughput:.2f} it/s")
-    return f"azpar [{s.backend}] " + " · ".join(parts)
+            spot = nodes["counts"]["spot"]["total"]
+            parts.append(f"{nodes['busy']}/{live} nodes busy" + (f" ({spot} spot)" if spot else ""))
+    parts.append(f"elapsed {v['elapsed']}")
+    if v["eta"] is not None:
+        parts.append(f"ETA {v['eta']}")
+    if v["throughput"]:
+        parts.append(v["throughput"])
+    return f"azpar [{_where(v)}] " + " · ".join(parts)
+
+
+def _failure_lines(view: Mapping[str, Any], indent: str) -> list[str]:
+    lines = [f"{indent}iteration {f['index']} (item {f['item']}): {f['summary']}" for f in view["failures"]]
+    if view["failures_more"]:
+        lines.append(f"{indent}and {view['failures_more']} more failed iterations")
+    return lines
+
+
+def _nodes_line(nodes: Mapping[str, Any]) -> str:
+    counts = nodes["counts"]
+    words = [f"dedicated {counts_phrase(counts['dedicated'])}"]
+    if counts["spot"]["total"]:
+        words.append(f"spot {counts_phrase(counts['spot'])}")
+    if nodes["lost"]:
+        words.append(f"{nodes['lost']} lost and replaced")
+    return " · ".join(words)
+
+
+def _tasks_line(tasks: Mapping[str, Any]) -> str:
+    return " · ".join(f"{seg['count']} {seg['name']}" for seg in tasks["segments"]) + f" (of {tasks['total']})"
+
+
+def format_text(s: JobSnapshot) -> str:
+    """The whole panel as text: what the widget shows, line by line."""
+    v = job_view(s)
+    items = v["items"]
+    done = f"{items['succeeded']}/{items['total']} done, {items['failed']} failed"
+    if items["cancelled"]:
+        done += f", {items['cancelled']} cancelled"
+    times = [f"elapsed {v['elapsed']}"]
+    if v["eta"] is not None:
+        times.append(f"ETA {v['eta']}")
+    if v["throughput"]:
+        times.append(f"throughput {v['throughput']}")
+    where = [f"backend {v['backend']}"] + ([f"pool {v['pool']}"] if v["pool"] else []) + (
+        [f"{v['size_label']} {v['vm_size']}"] if v["vm_size"] else [])
+    lines = [f"azpar job {s.job_id}: {v['label']}",
+             f"  iterations  {done}",
+             f"  where       {' · '.join(where)}",
+             f"  time        {' · '.join(times)}",
+             f"  nodes       {_nodes_line(v['nodes'])}",
+             f"  tasks       {_tasks_line(v['tasks'])}"]
+    failures = _failure_lines(v, "    ")
+    if failures:
+        lines += ["  failures"] + failures
+    return "\n".join(lines)
+
+
+def format_failures(s: JobSnapshot) -> str:
+    """The first failures, one line each (empty when there are none)."""
+    return "\n".join(_failure_lines(job_view(s), "  "))
 
 
 def format_html(s: JobSnapshot) -> str:
-    colour = {"succeeded": "#2e7d32", "failed": "#c62828", "cancelled": "#6d6d6d"}.get(s.state, "#1565c0")
-    rows = "".join(f"<li>iteration {f.index} (item <code>{html.escape(f.item)}</code>): "
-                   f"{html.escape(f.summary)}</li>" for f in s.failures)
-    failures = f"<ul>{rows}</ul>" if rows else ""
-    return (f'<div class="azpar-job"><b style="color:{colour}">{html.escape(s.state)}</b> '
-            f"{html.escape(format_snapshot(s))}{failures}</div>")
+    """The job panel as static HTML (the same fragments as the widget)."""
+    return panel_html(job_view(s))
+
+
+def format_pool_text(view: Mapping[str, Any]) -> str:
+    """A pool view (``state.pool_view``) as text, for ``%azpar status`` without widgets."""
+    head = " · ".join([view["title"]] + [f"pool {view['pool']}"] * bool(view["pool"])
+                      + [f"{view['size_label']} {view['vm_size']}"] * bool(view["vm_size"]))
+    lines = [head if view["started"] else head + " · not started",
+             f"  nodes       {_nodes_line(view['nodes'])}"]
+    nodes = view["nodes"]["nodes"]
+    if nodes:
+        lines.append("              " + ", ".join(
+            f"{n['id']} {n['state']}" + (f" ({n['task']})" if n["task"] else "") + (" spot" if n["kind"] == "spot" else "")
+            for n in nodes))
+    running = next(seg["count"] for seg in view["tasks"]["segments"] if seg["name"] == "running")
+    queued = next(seg["count"] for seg in view["tasks"]["segments"] if seg["name"] == "queued")
+    lines.append(f"  tasks       {running} running · {queued} queued")
+    for job in view["jobs"]:
+        lines.append(f"  job         {job['job_id']} {job['label']}: {job['done']}/{job['total']} done, "
+                     f"{job['running']} running, {job['queued']} queued")
+    return "\n".join(lines)
+
+
+def format_pool_html(view: Mapping[str, Any]) -> str:
+    return pool_html(dict(view))
+

@@ -1,0 +1,106 @@
+"""Profile editing without widgets: what the config form and ``%azpar config NAME
+field=value`` share (load a profile or start a new one, parse typed values, decide what
+to write, describe a profile as text).
+
+Secret fields hold the NAME of an environment variable; this module only ever asks
+whether that variable is set, never reads its value, so no view built on it can show one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import config
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what config.save_profile accepts
+
+
+def valid_name(name: str) -> bool:
+    return bool(_PROFILE_NAME.match(name))
+
+
+def default_values() -> dict[str, Any]:
+    return {k: (list(f.default) if isinstance(f.default, list) else f.default) for k, f in config.PROFILE_FIELDS.items()}
+
+
+def load(name: str, *, cwd: str | None = None, environ: Mapping[str, str] | None = None
+         ) -> tuple[dict[str, Any], dict[str, str], str | None]:
+    """(values, sources, problem): the profile as the configuration layer reads it; a name
+    no file has yet starts from the defaults (problem None); an unreadable file gives the
+    defaults and the reason."""
+    defaults = default_values(), {k: "defaults" for k in config.PROFILE_FIELDS}
+    try:
+        if name not in config.profile_names(cwd=cwd):
+            return (*defaults, None)
+        profile = config.load_profile(name, cwd=cwd, environ=environ)
+    except config.ConfigError as exc:
+        return (*defaults, str(exc))
+    return dict(profile.values), dict(profile.sources), None
+
+
+def parse_value(field: str, text: str) -> Any:
+    """A typed value for ``field`` from what a user typed (ValueError says why not)."""
+    spec = config.PROFILE_FIELDS.get(field)
+    if spec is None:
+        raise ValueError(f"unknown profile field {field!r}; known fields: {', '.join(config.PROFILE_FIELDS)}")
+    text = text.strip()
+    if spec.kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{field} must be true or false, not {text!r}")
+    if spec.kind in (int, float):
+        try:
+            return spec.kind(text)
+        except ValueError:
+            raise ValueError(f"{field} must be a {'whole ' if spec.kind is int else ''}number, not {text!r}") from None
+    if spec.kind is list:
+        return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
+    return text
+
+
+def to_save(values: Mapping[str, Any], loaded: Mapping[str, Any], sources: Mapping[str, str],
+            path: Path) -> dict[str, Any]:
+    """The fields to write into ``path``: those the user changed, plus those that file
+    already held (save_profile replaces the profile's table there). Fields that come from
+    an administrator's file, ./azpar.toml or the environment stay where they are."""
+    here = str(path)
+    return {k: v for k, v in values.items()
+            if k in config.PROFILE_FIELDS and (v != loaded.get(k) or sources.get(k) == here)}
+
+
+def secret_status(env_name: str, environ: Mapping[str, str] | None = None) -> str:
+    """Whether the variable a secret field names is set here; never its value."""
+    environ = os.environ if environ is None else environ
+    if not env_name:
+        return "no variable named"
+    return f"{env_name} is set in the kernel's environment" if env_name in environ else f"{env_name} is not set"
+
+
+def looks_like_secret(text: str) -> bool:
+    """A value typed into a secret field that is no variable name and long enough to be a
+    key, a password or a SAS token: the form drops it instead of keeping it in widget state."""
+    return len(text) >= 16 and not _ENV_NAME.match(text)
+
+
+def profile_text(name: str, values: Mapping[str, Any], sources: Mapping[str, str], problems: Mapping[str, str],
+                 environ: Mapping[str, str] | None = None) -> str:
+    """The profile as aligned lines: field, value, where it came from, what is wrong."""
+    width = max(len(k) for k in config.PROFILE_FIELDS)
+    lines = [f"profile {name}"]
+    for key, spec in config.PROFILE_FIELDS.items():
+        value = values.get(key)
+        shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else str(value))
+        extra = f"  [{secret_status(str(value or ''), environ)}]" if spec.secret else ""
+        source = sources.get(key, "defaults")
+        line = f"  {key:<{width}}  {shown}{extra}  ({source})"
+        if key in problems:
+            line += f"\n  {'':<{width}}  ! {key} {problems[key]}"
+        lines.append(line)
+    return "\n".join(lines)
