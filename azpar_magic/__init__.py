@@ -16,11 +16,13 @@ from typing import Any
 from . import session
 from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError,
                      JobCancelled, RemoteException)
-from .job import Job, JobOptions, JobSnapshot
+from .job import FINAL_STATES, Job, JobLost, JobOptions, JobSnapshot
+from .store import JobSummary
 
 __version__ = "0.1.0"
-__all__ = ["run", "jobs", "Job", "JobSnapshot", "AzparError", "IterationError", "RemoteException",
-           "InfrastructureError", "EnvironmentMismatchError", "JobCancelled", "load_ipython_extension",
+__all__ = ["run", "jobs", "attach", "collect", "logs", "cancel", "rerun", "delete", "Job", "JobSnapshot",
+           "JobSummary", "AzparError", "IterationError", "RemoteException", "InfrastructureError",
+           "EnvironmentMismatchError", "JobCancelled", "JobLost", "load_ipython_extension",
            "unload_ipython_extension"]
 
 
@@ -53,9 +55,185 @@ def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, com
     return job
 
 
-def jobs() -> list[Job]:
-    """The jobs started in this process, oldest first."""
-    return session.jobs()
+def jobs(*, stored: bool = False) -> list:
+    """The jobs of this process as Job handles, oldest first; with ``stored=True`` instead one
+    JobSummary per job in the job store (every kernel's, earlier sessions' too, this
+    process's with their live counts): the rows of ``%azpar jobs``. Summaries, not handles,
+    because a handle holds the values and listing must not read them."""
+    if not stored:
+        return session.jobs()
+    from . import store
+
+    rows = {row.id: row for row in store.list_jobs()}
+    for job in session.jobs():
+        if job.owner:  # followed from the store: the store's row is the truth
+            continue
+        rows[job.id] = JobSummary.of(job)
+    return sorted(rows.values(), key=lambda r: (r.created, r.id))
+
+
+def attach(job_id: str | None = None) -> Job:
+    """The handle of job ``job_id`` (the whole id or a unique end of it; default the latest),
+    whichever kernel started it: from this process, or rebuilt from the job store, where a job
+    keeps its items, values, failures and output after its kernel ends. A job another process
+    of this machine still runs is followed until it ends; a local job whose kernel died is in
+    state "lost" with its finished iterations: ``rerun`` completes it.
+
+    Raises KeyError naming the known ids for an unknown one, and store.StoreError when the
+    stored values cannot be rebuilt here (a notebook class they use is not defined yet)."""
+    return session.find_job(job_id)
+
+
+def collect(job_id: str | None = None, timeout: float | None = None) -> Any:
+    """Wait for job ``job_id`` and return its combined result (``attach(job_id).result()``)."""
+    return attach(job_id).result(timeout)
+
+
+def logs(job_id: str | None = None, i: int | None = None) -> str:
+    """What iteration ``i`` of the job printed, and its traceback if it failed (every
+    iteration that printed or failed when ``i`` is None), also after its kernel ended. Reads
+    the store's logs without decoding any value, so it works whatever this kernel defines."""
+    from . import store
+
+    try:
+        job = session.find_job(job_id, stored=False)
+    except KeyError:
+        ids = store.job_ids()
+        found = None
+        if job_id is None:
+            found = store.latest_id() if ids else None
+        else:
+            try:
+                found = store.resolve(job_id)
+            except KeyError as exc:
+                if exc.args and exc.args[0] != job_id:
+                    raise  # ambiguous
+        if found is None:
+            return session.find_job(job_id).logs(i)  # raises the KeyError that names the known ids
+        job = store.load_job(found, values=False)
+    return job.logs(i)
+
+
+def cancel(job_id: str | None = None) -> Job:
+    """Cancel a running job of this process (queued iterations never start, running ones
+    stop, finished ones stay); a job that has ended is returned unchanged. A job another
+    process runs is refused (ValueError): only the process that runs a local job can stop it."""
+    job = session.find_job(job_id)
+    if job.owner:
+        raise ValueError(f"job {job.id} runs in {job.owner}, not in this process: cancel it there")
+    job.cancel()
+    return job
+
+
+def delete(job_id: str) -> None:
+    """Remove the job's results, items, logs and manifest from the job store (and forget it
+    in this process). A job still running is refused (ValueError): cancel it first."""
+    from . import store
+
+    found = _deletable(job_id)
+    store.flush()
+    try:
+        store.delete(found)
+    except KeyError:  # a job the store never got (its writes failed): forgetting it is all
+        pass
+    session.forget(found)
+
+
+def _deletable(job_id: str) -> str:
+    """The whole id of the job ``job_id`` names if it may be deleted now; KeyError (naming
+    the known ids) or ValueError (still running) otherwise."""
+    from . import store
+
+    try:
+        job = session.find_job(job_id, stored=False)
+    except KeyError:
+        job = None
+    if job is not None:
+        if not job.done:
+            raise ValueError(f"job {job.id} is still {job.state}; cancel it before deleting it")
+        return job.id
+    try:
+        found = store.resolve(job_id)
+    except KeyError as exc:
+        if exc.args and exc.args[0] == job_id:
+            session.find_job(job_id)  # unknown: raises the KeyError that names the known ids
+        raise
+    state, where = store.effective_state(store.read_manifest(found))
+    if state not in FINAL_STATES:
+        raise ValueError(f"job {found} is still {state} in {where or 'another process'}; cancel it there before "
+                         "deleting it")
+    return found
+
+
+def rerun(job_id: str | None = None, failed: bool = True, *, namespace: Mapping[str, Any] | None = None,
+          output_name: str | None = None) -> Job:
+    """Run the job's failed or missing iterations again (all of them with ``failed=False``)
+    and return the new Job, whose result holds the earlier values and the new ones merged in
+    iteration order. Its id is new; its manifest names the original (``rerun_of``).
+
+    What runs: the stored items (the iterable is not evaluated again) with the cell's body
+    and loop header from the stored cell source, captured from ``namespace`` as it is now
+    (default: the caller's globals; in IPython the notebook's), so a function or variable
+    fixed since the first run is the fixed one, also in a new kernel. Options (combine,
+    errors, gather, seed, ...) are the original run's; with ``--seed`` iteration i gets the
+    same random stream as before.
+
+    Raises ValueError before anything is submitted when the job is still running, when an
+    item to run cannot be rebuilt here, or when the cell cannot be captured."""
+    if namespace is None:
+        namespace = sys._getframe(1).f_globals
+    return _rerun(job_id, failed, namespace, output_name)
+
+
+def _rerun(job_id: str | None, failed: bool, namespace: Mapping[str, Any], output_name: str | None,
+           spelling: dict[str, str] | None = None) -> Job:
+    import dataclasses
+
+    from . import store
+    from .engine import API_SPELLING, RunRequest, SubmitError
+    from .parsing import CellError, parse_cell
+
+    base = session.find_job(job_id)
+    if not base.done:
+        raise ValueError(f"job {base.id} is still {base.state}; wait for it to end (or cancel it) before a rerun")
+    todo = base.missing_indices() if failed else list(range(len(base.items)))
+    missing_items = [base.items[i] for i in todo if isinstance(base.items[i], store.MissingItem)]
+    if missing_items:
+        first = missing_items[0]
+        raise ValueError(f"item {first.index} of job {base.id} could not be rebuilt in this kernel "
+                         f"({first.reason}); define what it refers to (a notebook class?), then rerun. "
+                         "Nothing was submitted.")
+    missing_combine = getattr(base.options.combine, "missing", None)
+    if missing_combine:
+        raise ValueError(f"{missing_combine} Nothing was submitted.")
+    first_line, _, body = base.source.partition("\n")
+    line = first_line[len("%%azpar"):] if first_line.startswith("%%azpar") else first_line
+    try:
+        cell = parse_cell(line, body)
+    except CellError as exc:
+        raise ValueError(f"the cell of job {base.id} cannot be parsed again: {exc}") from None
+    options = dataclasses.replace(base.options, output_name=output_name or base.options.output_name)
+    manifest = base.manifest or {}
+    request = RunRequest(cell, namespace, options, tuple(manifest.get("export") or ()),
+                         tuple(manifest.get("no_export") or ()), spelling=spelling or dict(API_SPELLING),
+                         items=base.items, indices=todo, base=base)
+    try:
+        job = _engine_for(base).submit(request)
+    except SubmitError as exc:
+        raise ValueError(str(exc)) from None
+    session.remember(job)
+    return job
+
+
+def _engine_for(job: Job):
+    """The engine that ran ``job`` when this process ran it; else one for its backend (the
+    local pool, or the profile its manifest names)."""
+    for engine in session.engines():
+        if job.id in engine.jobs:
+            return engine
+    if job.backend_name == "local":
+        return session.engine(backend="local")
+    return session.engine(profile=(job.manifest or {}).get("profile"))
 
 
 def load_ipython_extension(ipython) -> None:

@@ -12,12 +12,13 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import capture as capture_mod
 from . import merge
+from . import store
 from . import worker as wire
 from .backends.base import Backend, JobSpec, TaskEvent, TaskSpec
 from .job import CANCELLED, FAILED, SUCCEEDED, TASK_FAILED, TASK_SUCCEEDED, Failure, Job, JobOptions
@@ -44,6 +45,12 @@ class RunRequest:
     folder: str | None = None
     backend_options: dict[str, Any] = field(default_factory=dict)  # read by the backend only
     spelling: dict[str, str] = field(default_factory=lambda: dict(API_SPELLING))  # how errors name options
+    # A rerun: the items already materialised (the iterable is not evaluated again), the
+    # iterations to compute (absolute indices; default all), and the earlier job whose other,
+    # finished, iterations the new job keeps so its result is whole and in order.
+    items: list | None = None
+    indices: Sequence[int] | None = None
+    base: Job | None = None
 
 
 def new_job_id() -> str:
@@ -97,11 +104,24 @@ def chunk_indices(n: int, size: int) -> list[range]:
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def chunk_subset(indices: Sequence[int], size: int) -> list[Sequence[int]]:
+    """Chunks of ``size`` of some iterations (a rerun's): a range where a chunk is
+    contiguous (the job's fast path), else the list of its indices."""
+    ordered = sorted(indices)
+    chunks: list[Sequence[int]] = []
+    for start in range(0, len(ordered), size):
+        part = ordered[start:start + size]
+        contiguous = part[-1] - part[0] == len(part) - 1
+        chunks.append(range(part[0], part[-1] + 1) if contiguous else part)
+    return chunks
+
+
 class _Run:
     """Routes one job's task events to its Job; owns retries and early stop."""
 
-    def __init__(self, engine: Engine, job: Job, tasks: dict[str, TaskSpec]):
+    def __init__(self, engine: Engine, job: Job, tasks: dict[str, TaskSpec], recorder: store.JobRecorder):
         self.engine, self.job, self.tasks = engine, job, tasks
+        self.recorder = recorder  # the job store's copy: fed here, written on its own thread
         self.lock = threading.Lock()
         self.stopped: set[str] = set()  # tasks cancelled by _stop_early
 
@@ -112,6 +132,8 @@ class _Run:
             message = f"could not read the task's result: {type(exc).__name__}: {exc}"
             self.job.record_task_failed(event.task_id, lambda i: Failure(
                 i, "azpar_magic.InternalError", message, kind="infrastructure"))
+            self.recorder.task_failed(event.task_id, self.tasks[event.task_id].indices, "azpar_magic.InternalError",
+                                      message, "infrastructure")
         self._maybe_finish()
 
     def _handle(self, event: TaskEvent) -> None:
@@ -133,6 +155,8 @@ class _Run:
         attempts = f" (after {task.attempts} attempts)" if task.attempts > 1 else ""
         job.record_task_failed(event.task_id, lambda i: Failure(
             i, f"azpar_magic.{etype}", event.error + attempts, kind=kind))
+        self.recorder.task_failed(event.task_id, self.tasks[event.task_id].indices, f"azpar_magic.{etype}",
+                                  event.error + attempts, kind)
         if kind != "cancelled":
             self._stop_early()
 
@@ -151,6 +175,7 @@ class _Run:
             gathered = {name: [(row or {}).get(name) for row in rows] for name in self.job.options.gather}
         failures = {i: _failure_from_record(i, rec) for i, rec in result.get("failed", {}).items()}
         self.job.record_values(event.task_id, indices, values, failures, result.get("outputs", {}), gathered)
+        self.recorder.task_result(event.task_id, indices, result)
         if failures:
             self._stop_early()
 
@@ -183,6 +208,7 @@ class _Run:
         else:
             state = SUCCEEDED
         job.finish(state)
+        self.recorder.finish()
         self.engine.forget(job.id)
 
 
@@ -217,7 +243,9 @@ class Engine:
     def prepare(self, request: RunRequest) -> list:
         """The checks that can fail on bad input, before anything is submitted."""
         validate_options(request.options, request.spelling)
-        items = materialize(request.cell, request.namespace)
+        items = request.items if request.items is not None else materialize(request.cell, request.namespace)
+        if request.indices is not None and any(not 0 <= i < len(items) for i in request.indices):
+            raise SubmitError(f"iterations to run must be between 0 and {len(items) - 1}. Nothing was submitted.")
         if request.options.combine == "dict":
             try:
                 merge.check_dict_keys(items)
@@ -233,14 +261,17 @@ class Engine:
         job_id = new_job_id()
         tasks: dict[str, TaskSpec] = {}
         cap = None
-        if items:
+        todo = list(request.indices) if request.indices is not None else None  # None: every iteration
+        if items and todo != []:
             try:
                 cap = capture_mod.capture(request.cell, request.namespace, export=request.export,
                                           no_export=request.no_export, folder=request.folder, items=items)
-                size = options.chunk_size or self.backend.default_chunk_size(len(items))
-                for number, indices in enumerate(chunk_indices(len(items), size), start=1):
-                    chunk = items[indices.start:indices.stop]
-                    codec, data = capture_mod.serialize_items(chunk, cap.names, request.namespace, indices.start)
+                size = options.chunk_size or self.backend.default_chunk_size(len(items) if todo is None else len(todo))
+                chunks = chunk_indices(len(items), size) if todo is None else chunk_subset(todo, size)
+                for number, indices in enumerate(chunks, start=1):
+                    chunk = (items[indices.start:indices.stop] if isinstance(indices, range)
+                             else [items[i] for i in indices])
+                    codec, data = capture_mod.serialize_items(chunk, cap.names, request.namespace, indices[0])
                     tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
             except capture_mod.CaptureError as exc:
                 raise SubmitError(str(exc)) from None
@@ -248,15 +279,25 @@ class Engine:
         job = Job(job_id, items, options, backend_name=self.backend.name, pool=pool, vm_size=vm_size,
                   source=request.cell.source, nodes=self.backend.nodes, cancel=lambda: self.cancel(job_id))
         self.jobs[job_id] = job
-        if not items:
-            job.finish(SUCCEEDED)
+        if request.base is not None:
+            computed = set(todo if todo is not None else range(len(items)))
+            job.adopt(request.base, [i for i in range(len(items)) if i not in computed])
+            job.rerun_of = request.base.id
+        info = getattr(self.backend, "manifest_info", None)  # a backend's own location info (Azure)
+        recorder = store.start_recording(
+            job, items=[(t.indices, t.items_codec, t.items) for t in tasks.values()], tasks=len(tasks),
+            backend_info=info(job_id) if info else None, export=request.export, no_export=request.no_export,
+            cwd=request.folder or os.getcwd(), ran=todo, base_id=request.base.id if request.base else None)
+        if not tasks:
+            job.finish(FAILED if job.failures else SUCCEEDED)
+            recorder.finish()
             return job
         for task in tasks.values():
             job.add_task(task.task_id, task.indices)
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
         spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd(),
                        retries=options.retries, backend_options=dict(request.backend_options))
-        run = _Run(self, job, tasks)
+        run = _Run(self, job, tasks, recorder)
         with self._lock:
             self._runs[job_id] = run
         job.capture = cap

@@ -16,17 +16,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import merge
-from .errors import (EnvironmentMismatchError, InfrastructureError, IterationError, JobCancelled,
+from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError, JobCancelled,
                      RemoteException)
 
-# Job states
+# Job states. LOST: the process that ran the job ended before the job did (a local job dies
+# with its kernel); every iteration that had finished is kept and ``rerun --failed`` completes it.
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
-FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+LOST = "lost"
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED, LOST)
 
 # Task states
 QUEUED, TASK_RUNNING, TASK_SUCCEEDED, TASK_FAILED = "queued", "running", "succeeded", "failed"
 
 _ITER_PENDING, _ITER_OK, _ITER_FAILED = 0, 1, 2
+
+
+class JobLost(AzparError):
+    """The job's process ended before the job did: its finished iterations are kept, the
+    others never ran. ``rerun(job_id)`` runs only the missing ones and merges them in order."""
+
+
 _FAILURE_OUTPUT_LIMIT = 4_000  # characters of a failed iteration's output carried by a snapshot
 
 
@@ -175,6 +184,14 @@ class Job:
         self.listeners: list[Callable[[Job], None]] = []
         self.capture: Any = None  # what was shipped (names, bytes, packages), set by the engine
         self.worker_stats: dict[str, dict] = {}  # node -> what its worker last reported
+        self.rerun_of: str | None = None  # the job whose finished iterations this run kept
+        self.store_error: str | None = None  # why the job store could not keep this job, if it could not
+        # Captured output of iterations kept from an earlier run (rerun): readable through
+        # output(i) and logs(i), but not replayed by ``outputs`` (shown when that run ended).
+        self._base_outputs: dict[int, list] = {}
+        self._adopted = 0  # iterations kept from an earlier run: not work of this run (throughput)
+        self.manifest: dict | None = None  # the job store's manifest, for a job loaded from the store
+        self.owner = ""  # for a stored job another process runs: which one (it cannot be cancelled here)
 
     # ------------------------------------------------------------------ fed by the engine
 
@@ -242,6 +259,54 @@ class Job:
             for name, column in (gathered or {}).items():
                 if name in self._gathered:
                     self._gathered[name][index] = column[pos]
+
+    def adopt(self, base: Job, keep: Sequence[int]) -> None:
+        """Take over the finished iterations ``keep`` of an earlier run of the same items
+        (``rerun --failed``): their values, gathered variables and output. Called before the
+        job starts, so the merged result is in iteration order whichever run computed what."""
+        values, outputs, gathered = base._kept(keep)
+        with self._lock:
+            for index, value in values.items():
+                if self._status[index] == _ITER_PENDING:
+                    self._values[index] = value
+                    self._status[index] = _ITER_OK
+                    self._done += 1
+                    self._adopted += 1
+                    for name, column in self._gathered.items():
+                        if name in gathered:
+                            column[index] = gathered[name].get(index)
+            self._base_outputs.update(outputs)
+        self._notify()
+
+    def _kept(self, keep: Sequence[int]) -> tuple[dict[int, Any], dict[int, list], dict[str, dict[int, Any]]]:
+        with self._lock:
+            ok = [i for i in keep if self._status[i] == _ITER_OK]
+            outputs = {i: self._outputs.get(i) or self._base_outputs.get(i) for i in ok}
+            return ({i: self._values[i] for i in ok}, {i: o for i, o in outputs.items() if o},
+                    {name: {i: col[i] for i in ok} for name, col in self._gathered.items()})
+
+    def restore(self, indices: Sequence[int], values: Sequence[Any], failures: dict[int, Failure],
+                outputs: dict[int, list], gathered: dict[str, Sequence[Any]] | None, *,
+                base: bool = False) -> None:
+        """Replay iterations read back from the job store (no task bookkeeping: the tasks of
+        a stored job are history). ``base``: they come from the earlier run a rerun kept."""
+        with self._lock:
+            before = self._done
+            self._record_each(indices, values, failures, gathered)
+            if base:
+                self._adopted += self._done - before
+                self._base_outputs.update(outputs)
+            else:
+                self._outputs.update(outputs)
+
+    def restore_timing(self, created: float, elapsed: float | None) -> None:
+        """A stored job keeps its creation time and, when it ended, its duration."""
+        with self._lock:
+            self.created = created
+            now = time.monotonic()
+            self._started = now - (elapsed if elapsed is not None else max(0.0, time.time() - created))
+            if elapsed is not None:
+                self._finished = now
 
     def record_task_failed(self, task_id: str, failure_for: Callable[[int], Failure]) -> None:
         """The whole task produced nothing: each of its pending iterations gets a failure."""
@@ -314,6 +379,24 @@ class Job:
         with self._lock:
             return dict(self._failures)
 
+    def elapsed(self) -> float:
+        """Seconds from start to end (or to now, while the job runs)."""
+        with self._lock:
+            end = self._finished if self._finished is not None else time.monotonic()
+            return end - self._started
+
+    def counts(self) -> tuple[int, int, int]:
+        """(succeeded, failed, cancelled) iterations now."""
+        with self._lock:
+            cancelled = sum(1 for f in self._failures.values() if f.kind == "cancelled")
+            return self._done - len(self._failures), len(self._failures) - cancelled, cancelled
+
+    def missing_indices(self) -> list[int]:
+        """Iterations without a value: failed, cancelled, or never run (what ``rerun`` runs)."""
+        with self._lock:
+            status = self._status
+            return [i for i in range(len(status)) if status[i] != _ITER_OK]
+
     def partial_results(self) -> dict[int, Any]:
         """Values of the iterations that finished, keyed by iteration index."""
         with self._lock:
@@ -322,13 +405,49 @@ class Job:
     def output(self, index: int | None = None) -> str:
         """Full captured stdout/stderr text of one iteration, or of all in order."""
         with self._lock:
-            indices = [index] if index is not None else sorted(self._outputs)
+            indices = [index] if index is not None else sorted({*self._outputs, *self._base_outputs})
             parts = []
             for i in indices:
-                for kind, data in self._outputs.get(i, []):
+                for kind, data in self._outputs.get(i) or self._base_outputs.get(i, []):
                     if kind in ("stdout", "stderr"):
                         parts.append(data)
             return "".join(parts)
+
+    def logs(self, index: int | None = None) -> str:
+        """What iteration ``index`` left behind, as text: its state, everything it printed
+        (stdout and stderr in the order written, display output named by type), and its
+        traceback if it failed. Without ``index``: every iteration that printed or failed,
+        in order. The same text whether the job is in memory or read back from the store."""
+        with self._lock:
+            n = len(self._status)
+            if index is not None:
+                if not isinstance(index, int) or not 0 <= index < n:
+                    raise IndexError(f"job {self.id} has iterations 0 to {n - 1}; there is no iteration {index!r}")
+                indices = [index]
+            else:
+                indices = sorted({*self._outputs, *self._base_outputs, *self._failures})
+            blocks = []
+            for i in indices:
+                events = self._outputs.get(i) or self._base_outputs.get(i) or []
+                status = self._status[i]
+                failure = self._failures.get(i)
+                state = ("succeeded" if status == _ITER_OK else "not run" if status == _ITER_PENDING
+                         else "cancelled" if failure is not None and failure.kind == "cancelled" else "failed")
+                lines = [f"--- iteration {i} (item {merge._short(self.items[i])}): {state} ---"]
+                for kind, data in events:
+                    if kind in ("stdout", "stderr"):
+                        lines.append(data if kind == "stdout" else "".join(
+                            f"[stderr] {line}" for line in data.splitlines(keepends=True)))
+                    else:
+                        lines.append(f"[display: {', '.join(sorted(data)) if isinstance(data, dict) else kind}]\n")
+                if not events:
+                    lines.append("(no output)\n")
+                if failure is not None:
+                    lines.append(failure.traceback or f"{failure.error_type}: {failure.message}\n")
+                blocks.append("\n".join(part.rstrip("\n") for part in lines) + "\n")
+            if not blocks:
+                return f"job {self.id}: no iteration printed anything or failed\n"
+            return "".join(blocks)
 
     @property
     def outputs(self) -> dict[int, list]:
@@ -362,6 +481,12 @@ class Job:
             return {name: list(col) for name, col in self._gathered.items()}
 
     def _merge(self) -> Any:
+        if self.state == LOST:
+            done = sum(1 for s in self._status if s == _ITER_OK)
+            raise JobLost(f"job {self.id} was lost: the process running it ended first (a kernel restart or "
+                          f"crash). {done} of {len(self.items)} iterations had finished and are kept: "
+                          f"job.partial_results(). `%azpar rerun {self.id} --failed` (azpar_magic.rerun) "
+                          "runs the others and merges them in order.")
         if self.state == CANCELLED:
             done = sum(1 for s in self._status if s == _ITER_OK)
             raise JobCancelled(f"job {self.id} was cancelled after {done} of {len(self.items)} iterations "
@@ -392,7 +517,7 @@ class Job:
             done = self._done
             cancelled = sum(1 for f in self._failures.values() if f.kind == "cancelled")
             failed = len(self._failures) - cancelled
-            worked = done - cancelled
+            worked = done - cancelled - self._adopted
             throughput = worked / elapsed if elapsed > 0 and worked else None
             eta = None
             if throughput and not self.done:

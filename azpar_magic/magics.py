@@ -23,7 +23,7 @@ from . import merge, session
 from .config import ConfigError
 from .engine import FLAG_SPELLING, RunRequest, SubmitError
 from .errors import IterationError
-from .job import Job, JobOptions
+from .job import LOST, Job, JobOptions
 from .parsing import CellError, parse_cell
 from .ui.text import format_failures, format_pool_text, format_snapshot
 
@@ -33,6 +33,13 @@ PROGRESS_INTERVAL = 0.5
 SHOWN_OUTPUT_LIMIT = 20_000  # characters of captured output shown after a run
 DISPLAY_ENV = "AZPAR_DISPLAY"  # auto (default), widget or text
 PANELS_KEPT = 50  # live job panels kept for re-display (collect, the --no-wait handle)
+
+
+def _lost_message(job: Job) -> str:
+    succeeded, failed, _ = job.counts()
+    return (f"job {job.id} was lost: the kernel running it ended first. {succeeded} of {len(job.items)} iterations "
+            f"had finished and are kept; `%azpar rerun {job.id} --failed` runs the other "
+            f"{len(job.items) - succeeded} and binds the whole result in order.")
 
 
 def _names(value: str | None) -> tuple[str, ...]:
@@ -399,7 +406,11 @@ class AzparMagics(Magics):
         return {
             "collect": self._collect,
             "jobs": self._cmd_jobs,
+            "attach": self._cmd_attach,
+            "logs": self._cmd_logs,
             "cancel": self._cmd_cancel,
+            "rerun": self._cmd_rerun,
+            "delete": self._cmd_delete,
             "pool": self._cmd_pool,
             "backend": self._cmd_backend,
             "use": self._cmd_use,
@@ -408,9 +419,19 @@ class AzparMagics(Magics):
         }
 
     _COMMAND_HELP = {
-        "collect": "%azpar collect [JOB] [-o NAME]   wait for a --no-wait job and bind its result",
-        "jobs": "%azpar jobs                      list this session's jobs",
+        "collect": "%azpar collect [JOB] [-o NAME]   wait for a job (this kernel's or a stored one) and bind its "
+                   "result",
+        "jobs": "%azpar jobs [--all]              the job store's jobs, every kernel's: id, when, backend, state, "
+                "done/failed/total, cell (the latest 30 unless --all)",
+        "attach": "%azpar attach JOB [-o NAME]      show a job's panel, also after a kernel restart; its result is "
+                  "bound now if it ended, else when it ends",
+        "logs": "%azpar logs JOB [ITERATION]      what an iteration printed and its traceback (all that printed or "
+                "failed without ITERATION), also after the job ended or the kernel restarted",
         "cancel": "%azpar cancel [JOB]              cancel a job (default: the latest)",
+        "rerun": "%azpar rerun JOB [--failed|--all] [-o NAME] [--no-wait] [-q]   run the failed or missing "
+                 "iterations again with the notebook's current definitions, merged in order with the earlier "
+                 "results (--all: every iteration)",
+        "delete": "%azpar delete JOB [JOB ...]      remove jobs' results, items and logs from the job store",
         "pool": "%azpar pool [status|create|delete|resize D S] [--profile NAME]   the pool's nodes, or manage "
                 "an Azure pool",
         "backend": "%azpar backend                   say which backend cells run on",
@@ -426,15 +447,187 @@ class AzparMagics(Magics):
             return self._COMMAND_HELP[topic]
         return "\n".join(self._COMMAND_HELP[name] for name in self._commands() if name in self._COMMAND_HELP)
 
+    JOBS_SHOWN = 30  # rows of %azpar jobs without --all
+
     def _cmd_jobs(self, words: list[str]) -> None:
-        for job in session.jobs():
-            print(format_snapshot(job.snapshot()))
+        import azpar_magic
+
+        from .store import store_root
+
+        if words not in ([], ["--all"]):
+            raise UsageError("usage: %azpar jobs [--all]")
+        rows = azpar_magic.jobs(stored=True)
+        if not rows:
+            print(f"azpar: no jobs yet (job store: {store_root()})")
+            return
+        shown = rows if words else rows[-self.JOBS_SHOWN:]
+        table = [("id", "when", "backend", "state", "done/failed/total", "cell")]
+        for r in shown:
+            state = r.state + (f" ({r.where})" if r.where and r.state not in ("lost",) else "")
+            cell = r.first_line if len(r.first_line) <= 60 else r.first_line[:59] + "…"
+            table.append((r.id, r.when, r.backend, state, f"{r.succeeded}/{r.failed}/{r.total}", cell))
+        widths = [max(len(row[c]) for row in table) for c in range(5)]
+        for row in table:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5])
+        if len(shown) < len(rows):
+            print(f"({len(rows) - len(shown)} older jobs: %azpar jobs --all)")
 
     def _cmd_cancel(self, words: list[str]) -> None:
+        if len(words) > 1:
+            raise UsageError("usage: %azpar cancel [JOB]")
         job = self._find(words[0] if words else None)
+        if job.owner:
+            raise UsageError(f"job {job.id} runs in {job.owner}, not in this kernel: cancel it there")
         job.cancel()
         job.wait(10)
         print(format_snapshot(job.snapshot()))
+
+    @staticmethod
+    def _job_and_output(words: list[str], usage: str, *, flags: tuple[str, ...] = ()) -> tuple[list[str], str | None,
+                                                                                               set[str]]:
+        """Split ``[JOB] [-o NAME] [flags]``: (the other words, NAME, the flags given)."""
+        output, given, rest = None, set(), []
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if word == "-o":
+                if i + 1 >= len(words) or not words[i + 1].isidentifier():
+                    raise UsageError(f"-o needs a variable name; {usage}")
+                output = words[i + 1]
+                i += 2
+                continue
+            if word.startswith("-"):
+                if word not in flags:
+                    raise UsageError(f"unknown option {word!r}; {usage}")
+                given.add(word)
+            else:
+                rest.append(word)
+            i += 1
+        return rest, output, given
+
+    def _cmd_attach(self, words: list[str]):
+        usage = "usage: %azpar attach JOB [-o NAME]"
+        rest, output, _ = self._job_and_output(words, usage)
+        if len(rest) > 1:
+            raise UsageError(usage)
+        job = self._find(rest[0] if rest else None)
+        name = output or job.options.output_name or DEFAULT_OUTPUT
+        self._follow(job, quiet=False)
+        if job.state == LOST:
+            display(job)
+            raise UsageError(_lost_message(job))
+        if job.done:
+            self._show_outputs(job)
+            self._inject(job, name, job.options.gather)
+            return job
+        self._inject_when_done(job, name, job.options.gather)
+        print(f"azpar: job {job.id} is {job.state}; {name} will be bound when it ends "
+              f"(%azpar collect {job.id} waits for it)")
+        return job
+
+    def _inject_when_done(self, job: Job, output: str, gather: tuple[str, ...]) -> None:
+        """Bind the result from whichever thread sees the job end (the panel stays live and
+        the kernel free meanwhile). A result that is an error binds nothing: %azpar collect
+        shows the error."""
+        import threading
+
+        lock, fired = threading.Lock(), []
+
+        def listener(j: Job) -> None:
+            if not j.done:
+                return
+            with lock:
+                if fired:
+                    return
+                fired.append(True)
+            try:
+                value = j.result()
+                gathered = j.gathered() if gather else {}
+            except Exception:
+                return
+            self.shell.user_ns[output] = value
+            self.shell.user_ns.update(gathered)
+
+        job.listeners.append(listener)
+        listener(job)  # it may have ended meanwhile
+
+    def _cmd_logs(self, words: list[str]) -> None:
+        import azpar_magic
+
+        from .store import StoreError
+
+        usage = "usage: %azpar logs JOB [ITERATION]"
+        if not 1 <= len(words) <= 2:
+            raise UsageError(usage)
+        index = None
+        if len(words) == 2:
+            try:
+                index = int(words[1])
+            except ValueError:
+                raise UsageError(f"ITERATION is an iteration number (0, 1, ...), not {words[1]!r}; {usage}") from None
+        try:
+            text = azpar_magic.logs(words[0], index)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+        except (IndexError, StoreError) as exc:
+            raise UsageError(str(exc)) from None
+        sys.stdout.write(text)
+
+    def _cmd_rerun(self, words: list[str]):
+        import azpar_magic
+
+        from .store import StoreError
+
+        usage = "usage: %azpar rerun JOB [--failed|--all] [-o NAME] [--no-wait] [-q]"
+        rest, output, given = self._job_and_output(words, usage, flags=("--failed", "--all", "--no-wait", "-q",
+                                                                         "--quiet"))
+        if len(rest) > 1 or {"--failed", "--all"} <= given:
+            raise UsageError(usage)
+        quiet = bool(given & {"-q", "--quiet"})
+        try:
+            job = azpar_magic._rerun(rest[0] if rest else None, "--all" not in given, self.shell.user_ns, output,
+                                     FLAG_SPELLING)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+        except (ValueError, StoreError) as exc:
+            raise UsageError(str(exc)) from None
+        except RuntimeError as exc:
+            raise UsageError(f"The rerun could not be started: {exc}. Nothing was submitted.") from None
+        session.remember(job)
+        count = sum(len(t.indices) for t in job.tasks.values())
+        if not quiet:
+            what = "failed or missing " if "--all" not in given else ""
+            kept = f" and keeps its {len(job.items) - count} finished ones" if "--all" not in given else ""
+            print(f"azpar: job {job.id} runs the {count} {what}iteration{'s' if count != 1 else ''} of job "
+                  f"{job.rerun_of} again{kept}")
+        name = job.options.output_name or DEFAULT_OUTPUT
+        if "--no-wait" in given:
+            self._pending_outputs[job.id] = (name, job.options.gather, quiet)
+            self._follow(job, quiet)
+            return job
+        self._wait(job, quiet)
+        self._show_outputs(job)
+        self._inject(job, name, job.options.gather)
+        return None
+
+    def _cmd_delete(self, words: list[str]) -> None:
+        import azpar_magic
+
+        from .store import StoreError
+
+        if not words:
+            raise UsageError("usage: %azpar delete JOB [JOB ...]")
+        found = []
+        for word in words:  # every id checked before anything is deleted
+            try:
+                found.append(azpar_magic._deletable(word))
+            except KeyError as exc:
+                raise UsageError(f"{exc.args[0]}. Nothing was deleted.") from None
+            except (ValueError, StoreError) as exc:
+                raise UsageError(f"{exc}. Nothing was deleted.") from None
+        for job_id in dict.fromkeys(found):
+            azpar_magic.delete(job_id)
+            print(f"azpar: deleted job {job_id} (its results, items and logs)")
 
     def _cmd_status(self, words: list[str]) -> None:
         if words:
@@ -548,10 +741,14 @@ class AzparMagics(Magics):
         print(session.describe())
 
     def _find(self, job_id: str | None) -> Job:
+        from .store import StoreError
+
         try:
             return session.find_job(job_id)
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
+        except StoreError as exc:
+            raise UsageError(str(exc)) from None
 
     def _collect(self, words: list[str]) -> None:
         output = None
@@ -562,7 +759,10 @@ class AzparMagics(Magics):
             output = words[at + 1]
             words = words[:at] + words[at + 2 :]
         job = self._find(words[0] if words else None)
-        default_output, gather, quiet = self._pending_outputs.get(job.id, (DEFAULT_OUTPUT, (), False))
+        default_output, gather, quiet = self._pending_outputs.get(
+            job.id, (job.options.output_name or DEFAULT_OUTPUT, job.options.gather, False))
+        if job.state == LOST:
+            raise UsageError(_lost_message(job))
         self._wait(job, quiet=quiet)
         self._show_outputs(job)
         self._inject(job, output or default_output or DEFAULT_OUTPUT, gather)

@@ -117,24 +117,66 @@ def remember(job: Job) -> None:
         _jobs[job.id] = job
 
 
+def forget(job_id: str) -> None:
+    """Drop a job from this process's list (after ``delete``)."""
+    with _lock:
+        _jobs.pop(job_id, None)
+
+
 def jobs() -> list[Job]:
-    """Jobs of this process, oldest first."""
+    """Jobs of this process (including those loaded from the store), oldest first."""
     with _lock:
         return sorted(_jobs.values(), key=lambda j: j.created)
 
 
-def find_job(job_id: str | None) -> Job:
+_SHOWN_IDS = 10  # known ids listed in an unknown-id error
+
+
+def find_job(job_id: str | None, *, stored: bool = True) -> Job:
+    """The job ``job_id`` names (the whole id, or a unique start or end of it; the latest
+    when None): one of this process first, else, with ``stored``, one from the job store,
+    started by an earlier kernel or by another one. A job loaded from the store is
+    remembered once it has ended, so later commands reuse it instead of reading it again;
+    one still running elsewhere is followed (see store.load_job) and loaded afresh each time."""
+    from . import store
+
     with _lock:
-        if not _jobs:
-            raise KeyError("no azpar job has run in this session")
-        if job_id is None:
+        if job_id is None and _jobs:
             return max(_jobs.values(), key=lambda j: j.created)
-        if job_id in _jobs:
-            return _jobs[job_id]
-        matches = [j for j in _jobs.values() if j.id.endswith(job_id) or j.id.startswith(job_id)]
-        if len(matches) == 1:
-            return matches[0]
-        raise KeyError(f"no job {job_id!r} in this session (known: {', '.join(sorted(_jobs)) or 'none'})")
+        if job_id is not None:
+            if job_id in _jobs:
+                return _jobs[job_id]
+            matches = [j for j in _jobs.values() if j.id.endswith(job_id) or j.id.startswith(job_id)]
+            if len(matches) == 1:
+                return matches[0]
+            if matches:
+                raise KeyError(f"{job_id!r} matches {len(matches)} jobs of this session "
+                               f"({', '.join(sorted(j.id for j in matches)[:5])}); give more of the id")
+        here = sorted(_jobs)
+    if not stored:
+        raise KeyError(f"no job {job_id!r} in this session (known: {', '.join(here) or 'none'})")
+    stored_ids = store.job_ids()
+    if job_id is None:
+        latest = store.latest_id()
+        if latest is None:
+            raise KeyError(f"no azpar job has run in this session, and the job store {store.store_root()} "
+                           "holds none")
+        found = latest
+    else:
+        try:
+            found = store.resolve(job_id)
+        except KeyError as exc:
+            if exc.args and exc.args[0] != job_id:
+                raise  # ambiguous: the message says so
+            known = sorted(set(here) | set(stored_ids))
+            shown = ", ".join(known[-_SHOWN_IDS:]) or "none"
+            more = f" and {len(known) - _SHOWN_IDS} older ones (%azpar jobs)" if len(known) > _SHOWN_IDS else ""
+            raise KeyError(f"no job {job_id!r} in this session or in the job store {store.store_root()} "
+                           f"(known: {shown}{more})") from None
+    job = store.load_job(found)
+    if job.done:
+        remember(job)
+    return job
 
 
 def close() -> None:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
 import pytest
+
+# Every job is written to the job store (azpar_magic/store.py): tests write theirs to a
+# temporary folder, never to the home folder. XDG_DATA_HOME too, for the kernels and
+# subprocesses that tests start without AZPAR_* variables (test_kernel.py).
+_STORE_BASE = tempfile.mkdtemp(prefix="azpar-test-store-")
+os.environ["AZPAR_JOB_STORE"] = os.path.join(_STORE_BASE, "jobs")
+os.environ["XDG_DATA_HOME"] = os.path.join(_STORE_BASE, "xdg-data")
+atexit.register(shutil.rmtree, _STORE_BASE, True)
 
 
 @dataclass

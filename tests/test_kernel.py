@@ -388,8 +388,8 @@ i''', after=1.5)
 i * i''', timeout=30)
     assert after.elapsed < 5, after.describe()
     assert kernel.value("squares") == repr([i * i for i in range(10)])
-    jobs = kernel.ok("%azpar jobs").stdout
-    assert re.search(r"cancelled · 0/40 done", jobs), jobs
+    jobs = kernel.ok("%azpar jobs").stdout  # columns: id, when, backend, state, done/failed/total, cell
+    assert re.search(r" local +cancelled +0/0/40 ", jobs), jobs
 
 
 @pytest.mark.timeout(180)
@@ -444,7 +444,8 @@ x * 10''')
     assert kernel.value(f"[j.state for j in __import__('azpar_magic').jobs() if j.id == {job_id!r}]") \
         == "['succeeded']"
     listing = kernel.ok("%azpar jobs").stdout
-    assert re.search(rf"{job_id} succeeded · 4/4 done", listing), listing
+    assert re.search(rf"^{job_id} .* local +succeeded +4/0/4 +%%azpar -q --no-wait -o later for x in range\(4\):$",
+                     listing, re.M), listing
 
 
 @pytest.mark.timeout(240)
