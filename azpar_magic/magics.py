@@ -667,15 +667,20 @@ class AzparMagics(Magics):
                     values[field.strip()] = prof.parse_value(field.strip(), raw)
                 except ValueError as exc:
                     raise UsageError(f"%azpar config: {exc}. Nothing was saved.") from None
+            # Fields set here must be valid; others may still be missing (set them later).
             problems = validate_profile(values)
-            if problems:
-                raise UsageError(f"profile {name!r} not saved: " + "; ".join(f"{k} {m}" for k, m in problems.items()))
+            set_here = {text.partition("=")[0].strip() for text in assignments}
+            bad = {k: m for k, m in problems.items() if k in set_here}
+            if bad:
+                raise UsageError(f"profile {name!r} not saved: " + "; ".join(f"{k} {m}" for k, m in bad.items()))
             path = user_config_path()
             try:
                 save_profile(name, prof.to_save(values, loaded, sources, path), path)
             except ConfigError as exc:
                 raise UsageError(str(exc)) from None
             print(f"azpar: saved profile {name} to {path}")
+            for key, message in problems.items():
+                print(f"  still to fix: {key} {message}")
             return
         if _display_mode(self.shell) == "widget":
             from .ui.form import ConfigForm
