@@ -404,8 +404,24 @@ def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
 # -------------------------------------------------------------------- package versions
 
 
-@functools.lru_cache(maxsize=1)
+def _path_stamp() -> tuple:
+    """sys.path entries with their modification times: a ``%pip install`` or a new path
+    entry during the session changes it, so the table below is rebuilt then, not missed."""
+    stamp = []
+    for entry in sys.path:
+        try:
+            stamp.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            stamp.append((entry, None))
+    return tuple(stamp)
+
+
 def _module_to_distributions() -> Mapping[str, list[str]]:
+    return _module_table(_path_stamp())
+
+
+@functools.lru_cache(maxsize=2)
+def _module_table(_stamp: tuple) -> Mapping[str, list[str]]:
     """Top-level module name -> distributions providing it.
 
     Python 3.10's packages_distributions() reads only top_level.txt, which wheels built

@@ -3,14 +3,18 @@ profile pointing at both, written where the configuration layer reads it, and th
 in the environment as a user would provide them."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from azpar_magic import config
 
 
-def write_profile(folder: Path, batch: Any, azurite: Any, name: str = "test", **fields: Any) -> dict[str, str]:
-    """Write ``[profiles.NAME]`` into ``folder/azpar.toml`` and return the environment
+def write_profile_file(path: Path, batch: Any, azurite: Any, name: str = "test", **fields: Any) -> dict[str, str]:
+    """Write ``[profiles.NAME]`` into the config file ``path`` and return the environment
     variables holding the keys (to be set by the caller)."""
     values = {
         "backend": "azure",
@@ -25,5 +29,38 @@ def write_profile(folder: Path, batch: Any, azurite: Any, name: str = "test", **
         "poll_interval": 0.1,
         **fields,
     }
-    config.save_profile(name, values, folder / "azpar.toml")
+    config.save_profile(name, values, path)
     return {"AZPAR_BATCH_KEY": batch.key, "AZPAR_STORAGE_KEY": azurite.account_key}
+
+
+@contextlib.contextmanager
+def azure_profile(tmp: Path, batch: Any, azurite: Any, name: str = "test", **fields: Any) -> Iterator[str]:
+    """A profile ``name`` in a user config folder of its own, its keys in the environment,
+    and ``%azpar use NAME`` in effect; everything undone (and the Azure engines closed) on exit."""
+    from azpar_magic import session
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(tmp))
+        env = write_profile_file(config.user_config_path(), batch, azurite, name, **fields)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        session.use(name)
+        try:
+            yield name
+        finally:
+            session.use(None)
+            close_azure_engines()
+
+
+def close_azure_engines() -> None:
+    from azpar_magic import session
+
+    with session._lock:
+        azure = {k: e for k, e in session._engines.items() if k[0] == "azure"}
+        for key in azure:
+            del session._engines[key]
+    for eng in azure.values():
+        for job in list(eng.jobs.values()):
+            if not job.done:
+                job.cancel()
+        eng.backend.close()

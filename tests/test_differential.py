@@ -309,14 +309,19 @@ def _params():
 @pytest.mark.parametrize("case", list(_params()))
 def test_parallel_equals_sequential(case: Case, ip, run_cell, tmp_path, clean_shell):
     assert len(CASES) >= 30
+    check_case(case, ip, run_cell, tmp_path)
+
+
+def check_case(case: Case, ip, run_cell, tmp_path, extra_options: str = "", one_task_for_files: bool = True) -> None:
+    """Run ``case`` through %%azpar (with ``extra_options``) and sequentially; compare."""
     for name, text in case.files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     if case.setup:
         setup = run_cell(case.setup)
         assert setup.success, setup.error
-    options = case.options
-    if case.files:
+    options = case.options + (" " + extra_options if extra_options else "")
+    if case.files and one_task_for_files:
         # One task, so one worker installs the shipped modules: two workers installing them at
         # once can import a half-written file (the race shown by test_faults'
         # test_concurrent_workers_never_import_a_half_written_local_module).

@@ -44,6 +44,7 @@ class AzureBackend:
         self._nodes: tuple[float, list[NodeInfo]] = (0.0, [])
         self._pool_ready = False
         self.resized_for_run = False  # an empty autoscale pool was resized for a run
+        self._background: list[threading.Thread] = []  # cleanups close() waits for
         with open(wire.__file__, "rb") as fh:
             self.worker_bytes = fh.read()
 
@@ -131,24 +132,32 @@ class AzureBackend:
             run = self._runs.pop(job_id, None)
         if run is None:
             return
-        run.close()
         if self.resized_for_run and self.profile["autoscale"]:
             self.resized_for_run = False
-            threading.Thread(target=self._restore_autoscale, daemon=True).start()
-        if run.failed_any or run.keep:
-            return
-        threading.Thread(target=self._cleanup, args=(run,), kwargs={"job_too": True}, daemon=True).start()
+            self._in_background(self._restore_autoscale)
+        self._in_background(self._end_run, run)
+
+    def _end_run(self, run: AzureRun) -> None:
+        run.close()
+        if not (run.failed_any or run.keep):
+            self._cleanup(run, job_too=True)
+
+    def _in_background(self, target, *args: Any, **kwargs: Any) -> None:
+        thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True, name="azpar-cleanup")
+        thread.start()
+        with self._lock:
+            self._background = [t for t in self._background if t.is_alive()] + [thread]
 
     def _cleanup(self, run: AzureRun, job_too: bool) -> None:
         if job_too:
             try:
-                self.client.begin_delete_job(run.job_id, polling_interval=1)
-            except AzureError:
+                self.client.begin_delete_job(run.job_id, polling_interval=0.5).result(timeout=60)
+            except (AzureError, ValueError):  # ValueError: the client was closed meanwhile
                 pass
         for container in (run.in_container, run.out_container):
             try:
                 self.staging.delete_container(container)
-            except AzureError:
+            except (AzureError, ValueError):
                 pass
 
     def _restore_autoscale(self) -> None:
@@ -165,11 +174,18 @@ class AzureBackend:
             pass
 
     def close(self) -> None:
+        # A job that has just ended may not have been handed to finish() yet (the waiter
+        # wakes first): give it a moment, so its cleanup runs before the clients close.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(r.all_final() for r in list(self._runs.values())):
+            time.sleep(0.05)
         with self._lock:
             runs = list(self._runs.values())
             self._runs.clear()
         for run in runs:
             run.close()
+        for thread in list(self._background):
+            thread.join(timeout=15)
         if self._staging is not None:
             self._staging.close()
         if self._client is not None:

@@ -80,6 +80,7 @@ class AzureRun:
         self.added_at: float | None = None  # monotonic time the first task became schedulable
         self.add_report = None
         self._stop = threading.Event()
+        self._terminating: Any = None  # the terminate poller of a cancelled job
         self._downloads = ThreadPoolExecutor(8, thread_name_prefix="azpar-results")
         self.calls: dict[str, int] = {}
 
@@ -281,6 +282,10 @@ class AzureRun:
         with self._lock:
             return len(self._final) >= len(self.tasks)
 
+    def all_final(self) -> bool:
+        """Every task has had its final event (the engine is about to finish the job)."""
+        return self._done()
+
     def _list(self, filter_text: str, select: list[str]) -> list[Any]:
         self._count("list_tasks")
         try:
@@ -448,8 +453,8 @@ class AzureRun:
                 return
             if final and not event.retryable:
                 self._final.add(event.task_id)
-                if event.kind == "failed":
-                    self.failed_any = True
+                if event.kind == "failed" or (event.result or {}).get("failed"):
+                    self.failed_any = True  # keep the job, its logs and results for inspection
         self.on_event(event)
 
     def reactivate(self, task_id: str) -> None:
@@ -468,8 +473,8 @@ class AzureRun:
             self._all_cancelled = True
             self._stop.set()
             try:
-                self.client.begin_terminate_job(self.job_id, options=_terminate_options("cancelled by the user"),
-                                                polling_interval=1)
+                self._terminating = self.client.begin_terminate_job(
+                    self.job_id, options=_terminate_options("cancelled by the user"), polling_interval=0.5)
                 self._count("terminate_job")
             except AzureError:
                 pass
@@ -491,4 +496,9 @@ class AzureRun:
 
     def close(self) -> None:
         self._stop.set()
+        if self._terminating is not None:
+            try:
+                self._terminating.result(timeout=30)
+            except Exception:  # the job ends by itself anyway; closing must not fail on it
+                pass
         self._downloads.shutdown(wait=False)

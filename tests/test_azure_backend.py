@@ -1,0 +1,411 @@
+"""The Azure backend end to end: ``%%azpar`` cells on the test Batch service with Azurite,
+through the real azure-batch and azure-storage-blob SDKs. Each test gets a fresh service
+(no pools, jobs or recorded requests) and its own profile."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import azpar_magic
+from azpar_magic.backends.azure import commands
+
+from .azure_support import azure_profile
+
+pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
+POOL = "azpar-test"
+
+
+@pytest.fixture
+def azure(batch, azurite, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite) as name:
+        yield name
+
+
+def _wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _last_job():
+    return azpar_magic.jobs()[-1]
+
+
+def _task_bodies(batch) -> list[dict]:
+    bodies = []
+    for rec in batch.requests_for("Tasks_CreateTaskCollection"):
+        bodies.extend(rec.body["value"])
+    return bodies
+
+
+# ------------------------------------------------------------------------------- the basics
+
+
+def test_cell_runs_on_batch_and_cleans_up_after_success(azure, ip, run_cell, batch, batch_client, blob_service):
+    ip.user_ns["K"] = 7
+    run = run_cell("%%azpar -q -o squares for x in range(12):\nx * x + K")
+    assert run.success, run.error
+    assert ip.user_ns["squares"] == [x * x + 7 for x in range(12)]
+    job = _last_job()
+    assert job.backend_name == "azure" and job.pool == POOL
+    # One Batch job with tasks "1".."12", created noaction and switched to terminatejob.
+    created = batch.requests_for("Jobs_CreateJob")[0].body
+    assert created["id"] == job.id and created["onAllTasksComplete"] == "noaction"
+    assert sorted(int(t["id"]) for t in _task_bodies(batch)) == list(range(1, 13))
+    patches = [r.body for r in batch.requests_for("Jobs_UpdateJob")]
+    assert {"onAllTasksComplete": "terminatejob"} in patches
+    # Success: the job and both containers are removed.
+    _wait_until(lambda: job.id.lower() not in batch.jobs, 20, "the job to be deleted")
+    _wait_until(lambda: not {f"{job.id}-in", f"{job.id}-out"} & {c.name for c in blob_service.list_containers()},
+                20, "the job's containers to be deleted")
+    names = {c.name for c in blob_service.list_containers()}
+    assert "azpar-cache" in names  # content-addressed blobs stay for the next job
+
+
+def test_thousand_iterations_one_task_each_all_values_right(azure, ip, run_cell, batch):
+    run = run_cell("%%azpar -q --keep -o out for i in range(1000):\n(i * 7919) % 1009")
+    assert run.success, run.error
+    assert ip.user_ns["out"] == [(i * 7919) % 1009 for i in range(1000)]
+    adds = batch.requests_for("Tasks_CreateTaskCollection")
+    assert len(adds) == 10  # ceil(1000 / 100) add-task-collection calls
+    assert all(len(r.body["value"]) == 100 for r in adds)
+    job = _last_job()
+    with batch.cond:
+        tasks = batch.jobs[job.id.lower()].tasks
+        assert len(tasks) == 1000 and all(t.result == "success" for t in tasks.values())
+
+
+def test_failures_keep_job_logs_and_partial_results(azure, ip, run_cell, batch, blob_service):
+    run = run_cell('%%azpar -q -o kept --errors remove for x in range(6):\n'
+                   'print("out", x)\nif x % 3 == 1:\n    raise ValueError(f"bad {x}")\nx')
+    assert run.success, run.error
+    assert ip.user_ns["kept"] == [0, 2, 3, 5]
+    job = _last_job()
+    assert sorted(job.failures) == [1, 4]
+    assert "bad 4" in job.failures[4].message
+    time.sleep(1.0)  # cleanup would run in the background: it must not
+    names = {c.name for c in blob_service.list_containers()}
+    assert f"{job.id}-out" in names and job.id.lower() in batch.jobs
+    logs = blob_service.get_container_client(f"{job.id}-out")
+    listed = sorted(b.name for b in logs.list_blobs(name_starts_with="logs/"))
+    assert "logs/2/stdout.txt" in listed and "logs/2/stderr.txt" in listed
+    assert sorted(b.name for b in logs.list_blobs(name_starts_with="results/")) == \
+        [f"results/{i}.azpr" for i in range(1, 7)]
+
+
+def test_merge_cloud_downloads_one_merged_blob(azure, ip, run_cell, batch):
+    engine = azpar_magic.session.engine()
+    stats = engine.backend.staging.stats
+    before = dict(stats.calls)
+    run = run_cell("%%azpar -q --merge cloud -o merged for x in range(15):\nstr(x) * 2")
+    assert run.success, run.error
+    assert ip.user_ns["merged"] == [str(x) * 2 for x in range(15)]
+    bodies = _task_bodies(batch) + [r.body for r in batch.requests_for("Tasks_CreateTask")]
+    merge = [b for b in bodies if b["id"] == "merge"]
+    assert merge and merge[0]["dependsOn"]["taskIdRanges"] == [{"start": 1, "end": 15}]
+    assert batch.requests_for("Jobs_CreateJob")[0].body["usesTaskDependencies"] is True
+    downloads = stats.calls.get("get_blob", 0) - before.get("get_blob", 0)
+    assert downloads == 1, f"expected only the merged blob to be downloaded, got {downloads} downloads"
+
+
+def test_large_items_travel_as_blobs_small_ones_inline(azure, ip, run_cell, batch):
+    ip.user_ns["blobs"] = [bytes([i]) * 20_000 for i in range(3)]
+    run = run_cell("%%azpar -q -o sizes for b in blobs + [b'x']:\n(len(b), b[:1])")
+    assert run.success, run.error
+    assert ip.user_ns["sizes"] == [(20_000, bytes([i])) for i in range(3)] + [(1, b"x")]
+    by_id = {t["id"]: t for t in _task_bodies(batch)}
+    assert "resourceFiles" in by_id["1"] and not by_id["1"].get("environmentSettings")
+    assert by_id["4"]["environmentSettings"][0]["name"] == commands.TASK_ENV
+
+
+def test_environment_mismatch_names_both_versions_and_is_not_retried(azure, ip, run_cell, batch, tmp_path,
+                                                                    monkeypatch):
+    site = tmp_path / "client-only-site"
+    (site / "azpar_probe_pkg").mkdir(parents=True)
+    (site / "azpar_probe_pkg" / "__init__.py").write_text("VALUE = 41\n")
+    info = site / "azpar_probe_pkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: azpar-probe-pkg\nVersion: 1.0\n")
+    (info / "RECORD").write_text("azpar_probe_pkg/__init__.py,,\nazpar_probe_pkg-1.0.dist-info/METADATA,,\n")
+    monkeypatch.syspath_prepend(str(site))
+    ip.user_ns["probe"] = __import__("azpar_probe_pkg")
+    run = run_cell("%%azpar -q -o never for x in range(3):\nprobe.VALUE + x")
+    assert not run.success
+    message = str(run.error)
+    assert "azpar-probe-pkg==1.0" in message and "not installed on this node" in message, message
+    with batch.cond:
+        tasks = list(batch.jobs[_last_job().id.lower()].tasks.values())
+    assert all(t.retry_count == 0 and t.requeue_count == 0 for t in tasks)
+
+
+# ------------------------------------------------------------------------------- faults
+
+
+def test_spot_node_preempted_mid_job_loses_nothing(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=0, spot_nodes=2,
+                       task_slots_per_node=1, keep=True):
+        ip.user_ns.pop("pre", None)
+        job = azpar_magic.run("for i in range(8)", "import time\ntime.sleep(0.6)\ni * 10", {})
+        _wait_until(lambda: job.snapshot().tasks_running >= 1, 30, "a running task")
+        time.sleep(0.3)
+        with batch.cond:
+            busy = [n.id for n in batch.pools[POOL.lower()].nodes.values() if n.running]
+        batch.preempt_node(POOL, busy[0])
+        assert job.result(timeout=90) == [i * 10 for i in range(8)]
+        with batch.cond:
+            requeued = sum(t.requeue_count for t in batch.jobs[job.id.lower()].tasks.values())
+        assert requeued >= 1
+
+
+def test_failed_output_uploads_lose_nothing(azure, ip, run_cell, batch):
+    batch.fail_output_uploads(3)
+    run = run_cell("%%azpar -q --keep -o up for x in range(6):\nx + 100")
+    assert run.success, run.error
+    assert ip.user_ns["up"] == [x + 100 for x in range(6)]
+    with batch.cond:
+        failed = [t for t in batch.jobs[_last_job().id.lower()].tasks.values()
+                  if (t.failure_info or {}).get("code", "").startswith("FileUpload")]
+    assert failed, "the fault did not fire"
+
+
+def test_503_on_task_adds_and_count_polls_lose_nothing(azure, ip, run_cell, batch):
+    batch.fail_requests(r"/addtaskcollection", count=4, status=503)
+    batch.fail_requests(r"/taskcounts", count=6, status=503)
+    run = run_cell("%%azpar -q -o ok for x in range(250):\n-x")
+    assert run.success, run.error
+    assert ip.user_ns["ok"] == [-x for x in range(250)]
+    statuses = [r.status for r in batch.requests if r.path.endswith("/addtaskcollection")]
+    assert statuses.count(503) == 4 and statuses.count(200) == 3
+    assert [r.status for r in batch.requests if r.path.endswith("/taskcounts")].count(503) == 6
+
+
+def test_start_task_failing_on_one_node(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1):
+        _start_task_failing_on_one_node(ip, run_cell, batch)
+
+
+def _start_task_failing_on_one_node(ip, run_cell, batch):
+    batch.fail_start_task(POOL, count=3)  # the first node fails its start task and both retries
+    created = run_cell("%azpar pool create")
+    assert created.success, created.error
+    _wait_until(lambda: any(n.state == "starttaskfailed" for n in batch.pools[POOL.lower()].nodes.values()),
+                30, "the first node to fail its start task")
+    run = run_cell("%azpar pool resize 2 0")
+    assert run.success, run.error
+    out = run_cell("%%azpar -q --keep -o fine for x in range(6):\nx * 3")
+    assert out.success, out.error
+    assert ip.user_ns["fine"] == [x * 3 for x in range(6)]
+    with batch.cond:
+        nodes = {n.id: n.state for n in batch.pools[POOL.lower()].nodes.values()}
+        ran_on = {t.node.id for t in batch.jobs[_last_job().id.lower()].tasks.values()}
+    failed = [n for n, s in nodes.items() if s == "starttaskfailed"]
+    assert len(failed) == 1 and failed[0] not in ran_on
+
+
+def test_cancel_terminates_the_batch_job_and_keeps_finished_results(azure, ip, run_cell, batch):
+    job = azpar_magic.run("for i in range(40)", "import time\ntime.sleep(0.4 if i > 3 else 0)\ni", {},
+                          chunk_size=1)
+    _wait_until(lambda: job.snapshot().items_succeeded >= 2, 30, "a few finished iterations")
+    job.cancel()
+    assert job.wait(10)
+    assert job.state == "cancelled"
+    partial = job.partial_results()
+    assert len(partial) >= 2 and all(partial[i] == i for i in partial)
+    _wait_until(lambda: batch.jobs.get(job.id.lower()) is None or batch.jobs[job.id.lower()].state == "completed",
+                20, "the Batch job to end")
+    assert batch.requests_for("Jobs_TerminateJob")
+    after = run_cell("%%azpar -q -o next_cell for x in range(3):\nx")
+    assert after.success and ip.user_ns["next_cell"] == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------- packages
+
+
+def _wheel(folder: Path, name: str, version: str, value: int) -> Path:
+    """A minimal pure-Python wheel (no build tool, no index needed)."""
+    module = name.replace("-", "_")
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    dist = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": f"VALUE = {value}\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: azpar-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{dist}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, text in files.items():
+            zf.writestr(n, text)
+    return path
+
+
+def test_packages_are_installed_once_per_node_by_hash(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "azpar-extra-pkg", "0.3", 1234)
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
+                       pip_options=["--no-index", "--find-links", str(wheels)]):
+        cell = ("%%azpar -q --packages azpar-extra-pkg==0.3 -o with_pkg for x in range(4):\n"
+                "import azpar_extra_pkg\nazpar_extra_pkg.VALUE + x")
+        first = run_cell(cell)
+        assert first.success, first.error
+        assert ip.user_ns["with_pkg"] == [1234 + x for x in range(4)]
+        second = run_cell(cell)
+        assert second.success, second.error
+        with batch.cond:
+            node = next(iter(batch.pools[POOL.lower()].nodes.values()))
+        shared = node.root / "shared" / "azpar"
+        installed = [p.name for p in shared.iterdir() if p.name.startswith("pkgs-")]
+        assert installed == [f"pkgs-{commands.packages_digest(['azpar-extra-pkg==0.3'], ['--no-index', '--find-links', str(wheels)])}"]
+        ids = [j.id for j in azpar_magic.jobs()[-2:]]
+        logs = [node.root / "workitems" / i / "job-1" / "jobpreparation" / "stdout.txt" for i in ids]
+        assert all(p.exists() for p in logs)
+        said = [p.read_text() for p in logs]
+        assert sum("installed azpar-extra-pkg==0.3" in s for s in said) == 1, said
+
+
+def test_bad_packages_are_refused_before_submitting(azure, run_cell, batch):
+    run = run_cell("%%azpar -q --packages 'numpy==1.2;rm -rf /' for x in range(2):\nx")
+    assert not run.success and "--packages" in str(run.error)
+    assert not batch.requests_for("Jobs_CreateJob")
+
+
+# ------------------------------------------------------------------------------- security
+
+
+def test_no_key_in_any_request_and_sas_tokens_are_least_privilege(azure, ip, run_cell, batch, azurite):
+    first = run_cell("%%azpar -q --keep -o a for x in range(3):\nx")
+    second = run_cell("%%azpar -q --keep -o b for x in range(3):\nx + 1")
+    assert first.success and second.success
+    keys = [batch.key, azurite.account_key]
+    variants = set()
+    for key in keys:
+        variants |= {key, urllib.parse.quote(key, safe=""), key.rstrip("=")}
+    for rec in batch.requests:
+        text = repr(rec.body) + repr(rec.headers) + rec.path
+        assert not any(v in text for v in variants), f"an account key is in {rec.operation_id}"
+    assert not any(v in azurite.log for v in variants)
+    jobs = [r.body for r in batch.requests_for("Jobs_CreateJob")]
+    task = _task_bodies(batch)[0]
+    out_url = task["outputFiles"][0]["destination"]["container"]["containerUrl"]
+    in_url = next(f["httpUrl"] for f in jobs[0]["jobPreparationTask"]["resourceFiles"]
+                  if f["filePath"] == commands.ENVELOPE_FILE)
+    other_in = next(f["httpUrl"] for f in jobs[1]["jobPreparationTask"]["resourceFiles"]
+                    if f["filePath"] == commands.ENVELOPE_FILE)
+
+    def status(method, url, data=None):
+        req = urllib.request.Request(url, data=data, method=method)
+        if method == "PUT":
+            req.add_header("x-ms-blob-type", "BlockBlob")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert status("GET", in_url) == 200  # what the token is for works
+    assert status("PUT", in_url, b"overwritten") == 403  # a task cannot write its inputs
+    base, _, token = out_url.partition("?")
+    assert status("GET", f"{base}/results/1.azpr?{token}") == 403  # write-only results token
+    # The first job's read token does not open the second job's container.
+    other_base = other_in.split("?")[0]
+    assert status("GET", f"{other_base}?{in_url.split('?')[1]}") == 403
+    assert status("GET", other_in) == 200
+
+
+def test_sas_lifetime_follows_the_job_timeout(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, job_timeout=3600):
+        assert run_cell("%%azpar -q for x in range(2):\nx").success
+    body = batch.requests_for("Jobs_CreateJob")[0].body
+    assert body["constraints"]["maxWallClockTime"] in ("PT1H", "PT01H00M00S")
+    url = body["jobPreparationTask"]["resourceFiles"][0]["httpUrl"]
+    expiry = re.search(r"se=([^&]+)", url).group(1)
+    import datetime as dt
+    from urllib.parse import unquote
+
+    ends = dt.datetime.fromisoformat(unquote(expiry).replace("Z", "+00:00"))
+    left = (ends - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    assert 3600 < left <= 3600 + 31 * 60, left
+
+
+# ------------------------------------------------------------------------------- profiles and pools
+
+
+def test_profile_errors_are_one_paragraph_before_anything_is_sent(batch, azurite, ip, run_cell, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "azpar.toml").write_text('[profiles.broken]\nbackend = "azure"\nvm_size = "D2"\n'
+                                         'container_image = "python"\nautoscale = "QUEUE"\n'
+                                         'min_nodes = 5\nmax_nodes = 2\n')
+    run = run_cell("%azpar use broken")
+    assert not run.success
+    message = str(run.error)
+    for fragment in ("batch_account_url is missing", "storage_account_url is missing", "'D2' is not an Azure VM size",
+                     "has no tag", "min_nodes (5) is more than max_nodes (2)"):
+        assert fragment in message, message
+    assert "\n" not in message
+    cell = run_cell("%%azpar --profile broken for x in range(2):\nx")
+    assert not cell.success and "cannot be used" in str(cell.error)
+    assert not batch.requests
+
+
+def test_pool_commands_create_status_resize_delete(azure, run_cell, batch):
+    created = run_cell("%azpar pool create")
+    assert created.success, created.error
+    assert "created pool azpar-test" in created.stdout
+    body = batch.requests_for("Pools_CreatePool")[0].body
+    vm = body["virtualMachineConfiguration"]
+    assert vm["containerConfiguration"]["containerImageNames"] == [f"python:{sys.version_info[0]}."
+                                                                     f"{sys.version_info[1]}-slim"]
+    assert "dill==" in body["startTask"]["commandLine"]
+    resized = run_cell("%azpar pool resize 1 3")
+    assert resized.success, resized.error
+    _wait_until(lambda: batch.pools[POOL.lower()].target_low_priority == 3, 10, "the resize")
+    status = run_cell("%azpar pool status")
+    assert "target 1 + 3" in status.stdout, status.stdout
+    bad = run_cell("%azpar pool resize one 3")
+    assert not bad.success and "two whole numbers" in str(bad.error)
+    deleted = run_cell("%azpar pool delete")
+    assert deleted.success and "being deleted" in deleted.stdout
+    _wait_until(lambda: POOL.lower() not in batch.pools, 20, "the pool to go")
+
+
+def test_autoscale_pool_that_is_empty_is_resized_for_an_interactive_run(batch, azurite, ip, run_cell, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, autoscale="QUEUE", min_nodes=0, max_nodes=3,
+                       task_slots_per_node=2):
+        run = run_cell("%%azpar -q -o auto for x in range(5):\nx")
+        assert run.success, run.error
+        assert ip.user_ns["auto"] == list(range(5))
+        resize = batch.requests_for("Pools_ResizePool")[0].body
+        assert resize["targetDedicatedNodes"] + resize["targetLowPriorityNodes"] == 3
+        assert batch.requests_for("Pools_DisablePoolAutoScale")
+        _wait_until(lambda: batch.requests_for("Pools_EnablePoolAutoScale"), 10, "autoscale to be restored")
+
+
+def test_inline_task_payload_is_the_task_file(azure, run_cell, batch):
+    assert run_cell("%%azpar -q --keep for x in ['a', 'b']:\nx").success
+    env = _task_bodies(batch)[1]["environmentSettings"][0]["value"]
+    from azpar_magic import worker
+
+    header, _ = worker.unpack(worker.TASK_MAGIC, base64.b64decode(env))
+    assert header["indices"] == [1] and header["task"] == "2"
+    io.BytesIO()  # keep the import honest for readers: nothing else is decoded here
