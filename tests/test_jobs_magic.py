@@ -1,0 +1,126 @@
+"""The job commands of ``%azpar`` through IPython's InteractiveShell: the table, attach,
+collect of a stored job, rerun, delete, and the UsageErrors of bad input (each before
+anything is submitted or deleted). Restarts with real kernels: test_jobs_kernel.py."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from IPython.core.error import UsageError
+
+import azpar_magic
+from azpar_magic import session, store
+
+
+@pytest.fixture
+def job_store(tmp_path, monkeypatch):
+    root = tmp_path / "store"
+    monkeypatch.setenv(store.STORE_ENV, str(root))
+    return root
+
+
+def _usage_error(run, *fragments: str) -> str:
+    assert not run.success, run.stdout
+    assert isinstance(run.error, UsageError), f"expected a UsageError, got {run.error!r}"
+    message = str(run.error)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def _run_job(run_cell, cell: str) -> str:
+    before = {j.id for j in azpar_magic.jobs()}
+    result = run_cell(cell)
+    assert result.success, result.error
+    new = [j for j in azpar_magic.jobs() if j.id not in before]
+    assert len(new) == 1
+    return new[0].id
+
+
+def test_jobs_table_lists_the_store(ip, run_cell, job_store):
+    assert run_cell("%azpar jobs").stdout == f"azpar: no jobs yet (job store: {job_store})\n"
+    first = _run_job(run_cell, "%%azpar -q -o t1 for x in range(3):\nx")
+    second = _run_job(run_cell, "%%azpar -q --errors remove -o t2 for x in range(4):\n1 / (x - 1)")
+    lines = run_cell("%azpar jobs").stdout.splitlines()
+    assert re.fullmatch(r"id +when +backend +state +done/failed/total +cell", lines[0]), lines
+    assert re.fullmatch(rf"{first}  \d{{4}}-\d\d-\d\d \d\d:\d\d  local    succeeded +3/0/3 +"
+                        r"%%azpar -q -o t1 for x in range\(3\):", lines[1]), lines
+    assert re.fullmatch(rf"{second} .* failed +3/1/4 +%%azpar -q --errors remove -o t2 for x in range\(4\):",
+                        lines[2]), lines
+    _usage_error(run_cell("%azpar jobs everything"), "usage: %azpar jobs [--all]")
+
+
+def test_collect_and_attach_a_job_this_session_no_longer_holds(ip, run_cell, job_store):
+    job_id = _run_job(run_cell, "%%azpar -q -o kept for x in range(5):\nprint('it', x)\nx * 11")
+    ip.user_ns.pop("kept")
+    session.forget(job_id)  # as after a restart: only the store knows it
+    collected = run_cell(f"%azpar collect {job_id[-6:]}")
+    assert collected.success, collected.error
+    assert ip.user_ns["kept"] == [x * 11 for x in range(5)]  # bound under the cell's own -o
+    assert collected.stdout == "".join(f"it {x}\n" for x in range(5))  # the output, replayed
+    session.forget(job_id)
+    attached = run_cell(f"%azpar attach {job_id} -o other")
+    assert attached.success and ip.user_ns["other"] == [x * 11 for x in range(5)]
+
+
+def test_attach_a_running_job_binds_when_it_ends(ip, run_cell, job_store):
+    ip.user_ns.pop("later", None)
+    assert run_cell("%%azpar -q --no-wait -o never for x in range(3):\nimport time\ntime.sleep(0.8)\nx + 5").success
+    job = azpar_magic.jobs()[-1]
+    started = time.monotonic()
+    attached = run_cell(f"%azpar attach {job.id} -o later")
+    assert attached.success and time.monotonic() - started < 0.5  # the kernel is not held
+    assert f"later will be bound when it ends (%azpar collect {job.id} waits for it)" in attached.stdout
+    assert "later" not in ip.user_ns
+    job.wait(30)
+    deadline = time.monotonic() + 5
+    while "later" not in ip.user_ns and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ip.user_ns["later"] == [5, 6, 7]
+    assert "never" not in ip.user_ns
+
+
+def test_rerun_failed_binds_the_whole_result(ip, run_cell, job_store):
+    ip.run_cell("bad = {1, 4}")
+    job_id = _run_job(run_cell, "%%azpar -q --errors remove -o fixed --chunk-size 2 for x in range(6):\n"
+                                "if x in bad:\n    raise ValueError(x)\nx * 2")
+    assert ip.user_ns["fixed"] == [0, 4, 6, 10]
+    _usage_error(run_cell(f"%azpar rerun {job_id} --failed --all"), "usage: %azpar rerun")
+    _usage_error(run_cell(f"%azpar rerun {job_id} --bogus"), "unknown option '--bogus'")
+    _usage_error(run_cell(f"%azpar rerun {job_id} -o 9x"), "-o needs a variable name")
+    ip.run_cell("bad = set()")
+    rerun = run_cell(f"%azpar rerun {job_id} --failed")
+    assert rerun.success, rerun.error
+    assert ip.user_ns["fixed"] == [0, 2, 4, 6, 8, 10]
+    assert "runs the 2 failed or missing iterations" in rerun.stdout and "keeps its 4 finished ones" in rerun.stdout
+    # --no-wait hands back the job; collect binds it under -o.
+    handle = run_cell(f"%azpar rerun {job_id} --all -o again --no-wait -q")
+    assert handle.success and isinstance(ip.last_execution_result.result, azpar_magic.Job)
+    assert run_cell("%azpar collect").success
+    assert ip.user_ns["again"] == [0, 2, 4, 6, 8, 10]
+
+
+def test_commands_refuse_bad_input_before_doing_anything(ip, run_cell, job_store):
+    job_id = _run_job(run_cell, "%%azpar -q -o small for x in range(2):\nx")
+    _usage_error(run_cell("%azpar logs"), "usage: %azpar logs JOB [ITERATION]")
+    _usage_error(run_cell(f"%azpar logs {job_id} first"), "ITERATION is an iteration number", "'first'")
+    _usage_error(run_cell(f"%azpar logs {job_id} 2"), "iterations 0 to 1", "no iteration 2")
+    _usage_error(run_cell("%azpar logs azpar-nope"), "no job 'azpar-nope'", job_id)
+    _usage_error(run_cell("%azpar attach a b"), "usage: %azpar attach JOB [-o NAME]")
+    _usage_error(run_cell("%azpar delete"), "usage: %azpar delete JOB")
+    _usage_error(run_cell(f"%azpar delete {job_id} azpar-nope"), "no job 'azpar-nope'", "Nothing was deleted")
+    assert (job_store / job_id).exists()
+    assert run_cell("%%azpar -q --no-wait for x in range(2):\nimport time\ntime.sleep(1.5)\nx").success
+    running = azpar_magic.jobs()[-1]
+    jobs_before = len(azpar_magic.jobs())
+    _usage_error(run_cell(f"%azpar rerun {running.id}"), "still running", "before a rerun")
+    _usage_error(run_cell(f"%azpar delete {running.id}"), "still running", "Nothing was deleted")
+    assert len(azpar_magic.jobs()) == jobs_before
+    running.wait(30)
+    deleted = run_cell(f"%azpar delete {job_id} {running.id}")
+    assert deleted.success, deleted.error
+    assert not (job_store / job_id).exists() and not (job_store / running.id).exists()
+    assert job_id not in {j.id for j in azpar_magic.jobs()}
+    _usage_error(run_cell(f"%azpar attach {job_id}"), f"no job {job_id!r}")

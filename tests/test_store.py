@@ -1,0 +1,367 @@
+"""The job store (azpar_magic/store.py) with real jobs on the local pool: what is written,
+with which permissions, and what a process that did not run a job gets back from it.
+
+Each test points AZPAR_JOB_STORE at its own folder. "Another process" is a real one: a
+Python subprocess that runs a job and is left to finish, or killed with SIGKILL the way a
+kernel restart kills a kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import azpar_magic
+from azpar_magic import engine as engine_mod
+from azpar_magic import session, store
+from azpar_magic.job import LOST
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def job_store(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "store"
+    monkeypatch.setenv(store.STORE_ENV, str(root))
+    monkeypatch.delenv("JUPYTERHUB_USER", raising=False)
+    return root
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _fails_on_threes(x):
+    if x % 3 == 0:
+        raise ValueError(f"no multiples of three: {x}")
+    print(f"value {x}")
+    return x * 10
+
+
+# ------------------------------------------------------------------------- what is written
+
+
+@pytest.mark.timeout(60)
+def test_every_job_is_written_private_with_its_manifest(job_store, monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_USER", "ada")
+    old_umask = os.umask(0o022)  # what a default account would create: 0755 folders, 0644 files
+    try:
+        job = azpar_magic.run("for x in range(7)", "_fails_on_threes(x)", {"_fails_on_threes": _fails_on_threes},
+                              errors="remove", chunk_size=2, seed=5, workers=2)
+        assert job.result(timeout=30) == [10, 20, 40, 50]
+        assert store.flush(10)
+    finally:
+        os.umask(old_umask)
+    folder = job_store / job.id
+    assert _mode(job_store) == 0o700 and _mode(folder) == 0o700
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == sorted([store.MANIFEST, store.ITEMS, store.RESULTS, store.LOGS])
+    assert all(_mode(folder / name) == 0o600 for name in files)
+
+    manifest = json.loads((folder / store.MANIFEST).read_text())
+    assert manifest["id"] == job.id and manifest["backend"] == "local" and manifest["pool"] == "local"
+    assert manifest["creator"] == "ada"  # JUPYTERHUB_USER beats the OS user
+    assert manifest["items"] == 7 and manifest["tasks"] == 4
+    assert manifest["state"] == "failed"
+    assert manifest["counts"] == {"succeeded": 4, "failed": 3, "cancelled": 0}
+    assert manifest["options"]["errors"] == "remove" and manifest["options"]["seed"] == 5
+    assert manifest["source"] == "%%azpar for x in range(7)\n_fails_on_threes(x)"
+    assert manifest["owner"]["pid"] == os.getpid()
+    assert manifest["location"]["folder"] == str(folder)
+    assert manifest["rerun_of"] is None and manifest["ran"] is None
+
+
+@pytest.mark.timeout(60)
+def test_a_stored_job_rebuilds_values_failures_output_and_gathered(job_store):
+    ns = {"_fails_on_threes": _fails_on_threes}
+    job = azpar_magic.run("for x in range(8)", "y = x + 100\n_fails_on_threes(x)", ns, errors="pass",
+                          gather=["y"], chunk_size=3, workers=2)
+    expected = job.result(timeout=30)
+    loaded = store.load_job(job.id)
+    assert loaded is not job and loaded.state == job.state == "failed"
+    got = loaded.result()
+    assert [v for v in got if not isinstance(v, Exception)] == [v for v in expected if not isinstance(v, Exception)]
+    assert [repr(v) for v in got] == [repr(v) for v in expected]  # exceptions stand in, rebuilt
+    assert loaded.gathered() == job.gathered() == {"y": [x + 100 for x in range(8)]}
+    assert sorted(loaded.failures) == [0, 3, 6]
+    assert loaded.failures[3].traceback == job.failures[3].traceback
+    assert "ValueError: no multiples of three: 3" in loaded.failures[3].traceback
+    assert loaded.output(4) == job.output(4) == "value 4\n"
+    assert loaded.logs() == job.logs()
+    assert loaded.items == list(range(8))
+    assert loaded.snapshot().items_done == 8 and loaded.snapshot().tasks_total == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_torn_last_record_is_ignored(job_store):
+    job = azpar_magic.run("for x in range(6)", "x * 2", {}, chunk_size=2, workers=2)
+    assert job.result(timeout=30) == [0, 2, 4, 6, 8, 10]
+    store.flush()
+    results = job_store / job.id / store.RESULTS
+    whole = results.read_bytes()
+    # A writer killed in the middle of its next record: a header promising more than is there.
+    with open(results, "ab") as fh:
+        fh.write(store._RECORD.pack(10, 1000) + b'{"t":"9"')
+    assert store.load_job(job.id).result() == [0, 2, 4, 6, 8, 10]
+    results.write_bytes(whole[:-5])  # the last real record torn: its two iterations are missing
+    torn = store.load_job(job.id)
+    assert len(torn.partial_results()) == 4
+    assert all(v == i * 2 for i, v in torn.partial_results().items())
+    assert store.summary(job.id).succeeded == 6  # the manifest's final counts, kept apart
+
+
+@pytest.mark.timeout(60)
+def test_a_store_that_cannot_be_written_never_fails_the_job(tmp_path, monkeypatch, capfd):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(store.STORE_ENV, str(blocker / "jobs"))
+    job = azpar_magic.run("for x in range(5)", "x + 1", {}, workers=2)
+    assert job.result(timeout=30) == [1, 2, 3, 4, 5]
+    store.flush()
+    assert job.store_error and "NotADirectoryError" in job.store_error
+    assert "could not keep job" in capfd.readouterr().err
+    assert azpar_magic.attach(job.id) is job  # still there for this session
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to give a folder away")
+def test_a_store_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    root = tmp_path / "theirs"
+    root.mkdir(mode=0o755)
+    os.chown(root, 4242, 4242)
+    monkeypatch.setenv(store.STORE_ENV, str(root))
+    with pytest.raises(store.StoreError, match="belongs to another user"):
+        store.ensure_root()
+    job = azpar_magic.run("for x in range(3)", "x", {}, workers=2)
+    assert job.result(timeout=30) == [0, 1, 2]
+    store.flush()
+    assert "belongs to another user" in (job.store_error or "")
+    assert list(root.iterdir()) == []
+
+
+def test_an_existing_store_is_made_private(job_store):
+    job_store.mkdir(mode=0o755)
+    os.chmod(job_store, 0o755)
+    store._checked_roots.discard(str(job_store))
+    store.ensure_root()
+    assert _mode(job_store) == 0o700
+
+
+def test_bad_input_leaves_nothing_in_the_store(job_store):
+    with pytest.raises(ValueError, match="could not be evaluated"):
+        azpar_magic.run("for x in undefined_name", "x", {}, workers=2)
+    store.flush()
+    assert not job_store.exists() or list(job_store.iterdir()) == []
+
+
+def test_job_ids_are_unguessable_and_unique():
+    ids = {engine_mod.new_job_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(store._valid_id(i) and len(i.rsplit("-", 1)[1]) == 12 for i in ids)  # 48 random bits each
+
+
+# ------------------------------------------------------------------------- lost and found
+
+
+def test_owner_alive_tells_a_reused_pid_from_the_same_process():
+    me = store.owner()
+    assert store.owner_alive(me) is True
+    assert store.owner_alive({**me, "start": "1"}) is False  # the pid now names another process
+    assert store.owner_alive({**me, "boot": "another-boot"}) is False
+    assert store.owner_alive({**me, "host": "elsewhere.example"}) is None  # cannot tell from here
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert store.owner_alive({**me, "pid": int(done.stdout)}) is False
+
+
+_RUNNER = textwrap.dedent('''
+    import sys, time
+    import azpar_magic
+    from azpar_magic import store
+
+    n, delay = int(sys.argv[1]), float(sys.argv[2])
+    FAIL3, POINTS = "fail3" in sys.argv, "points" in sys.argv
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+        def __eq__(self, other):
+            return type(other).__name__ == "Point" and other.x == self.x
+
+    def body_value(x):
+        if x == 3 and FAIL3:
+            raise KeyError(f"iteration {x} fails")
+        print(f"computing {x}")
+        return Point(x) if POINTS else x * x
+
+    # The namespace is this script's globals, as a notebook's would be.
+    job = azpar_magic.run("for x in range(n)", "import time\\ntime.sleep(delay)\\nbody_value(x)",
+                          chunk_size=1, workers=2, errors="remove")
+    print(job.id, flush=True)
+    job.wait()
+    store.flush()
+    print("finished", job.state, flush=True)
+''')
+
+
+def _start_runner(*args: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, *args], stdout=subprocess.PIPE, text=True,
+                            cwd=str(ROOT), env=dict(os.environ))
+    job_id = proc.stdout.readline().strip()
+    assert job_id.startswith("azpar-"), job_id
+    deadline = time.monotonic() + 20
+    while not (store.store_root() / job_id / store.MANIFEST).exists():
+        assert time.monotonic() < deadline, "the job's manifest never appeared"
+        time.sleep(0.02)
+    return proc, job_id
+
+
+@pytest.mark.timeout(120)
+def test_a_job_whose_process_was_killed_is_lost_and_rerun_completes_it(job_store):
+    proc, job_id = _start_runner("16", "0.25")
+    try:
+        deadline = time.monotonic() + 30
+        while store.summary(job_id).succeeded < 4:
+            assert time.monotonic() < deadline, "no iteration finished"
+            time.sleep(0.02)
+        assert store.summary(job_id).state == "running"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    row = store.summary(job_id)
+    assert row.state == LOST and 4 <= row.succeeded < 16 and row.failed == 0
+    lost = azpar_magic.attach(job_id)
+    assert lost.state == LOST and lost.done
+    finished = lost.partial_results()
+    assert len(finished) == row.succeeded and all(v == i * i for i, v in finished.items())
+    with pytest.raises(azpar_magic.JobLost, match=rf"rerun {job_id} --failed"):
+        lost.result()
+
+    again = azpar_magic.rerun(job_id, namespace={"delay": 0.0, "body_value": lambda x: x * x})
+    assert again.result(timeout=60) == [x * x for x in range(16)]
+    assert again.rerun_of == job_id
+    store.flush()
+    manifest = store.read_manifest(again.id)
+    assert manifest["rerun_of"] == job_id
+    assert store._from_runs(manifest["ran"]) == set(range(16)) - set(finished)  # only what was missing
+    # The rerun's own folder is complete: it does not need the lost job any more.
+    azpar_magic.delete(job_id)
+    assert not (job_store / job_id).exists()
+    session.forget(again.id)
+    assert azpar_magic.attach(again.id).result() == [x * x for x in range(16)]
+
+
+@pytest.mark.timeout(120)
+def test_attach_follows_a_job_another_process_runs(job_store):
+    proc, job_id = _start_runner("10", "0.2")
+    try:
+        job = azpar_magic.attach(job_id)
+        assert not job.done and job.owner.startswith("process ")
+        with pytest.raises(ValueError, match="cancel it there"):
+            azpar_magic.cancel(job_id)
+        with pytest.raises(ValueError, match="still running"):
+            azpar_magic.delete(job_id)
+        assert job.result(timeout=60) == [x * x for x in range(10)]
+        assert job.state == "succeeded"
+        assert job.output(7) == "computing 7\n"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.timeout(120)
+def test_logs_need_no_values_and_values_need_their_class(job_store, monkeypatch):
+    proc, job_id = _start_runner("6", "0", "points", "fail3")
+    assert proc.wait(60) == 0
+    # Point was defined in the other process's __main__, not here: logs still read.
+    text = azpar_magic.logs(job_id, 3)
+    assert text.startswith("--- iteration 3 (item 3): failed ---\n")
+    assert "KeyError: 'iteration 3 fails'" in text
+    assert azpar_magic.logs(job_id, 4) == "--- iteration 4 (item 4): succeeded ---\ncomputing 4\n"
+    with pytest.raises(IndexError, match="no iteration 6"):
+        azpar_magic.logs(job_id, 6)
+    with pytest.raises(store.StoreError, match="Point"):
+        store.load_job(job_id)
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    Point.__qualname__ = "Point"
+    monkeypatch.setattr(sys.modules["__main__"], "Point", Point, raising=False)
+    job = store.load_job(job_id)
+    values = job.result()
+    assert [type(v) for v in values] == [Point] * 5 and [v.x for v in values] == [0, 1, 2, 4, 5]
+
+
+# ------------------------------------------------------------------------- rerun and delete
+
+
+@pytest.mark.timeout(60)
+def test_rerun_failed_merges_in_order_and_chains(job_store):
+    ns = {"broken": {2, 5, 6, 9}}
+    body = "if x in broken:\n    raise RuntimeError(x)\nx * 3"
+    first = azpar_magic.run("for x in range(12)", body, ns, errors="remove", chunk_size=4, workers=2)
+    assert first.result(timeout=30) == [x * 3 for x in range(12) if x not in {2, 5, 6, 9}]
+    ns["broken"] = {9}  # fix some of the causes
+    second = azpar_magic.rerun(first.id, namespace=ns)
+    assert second.result(timeout=30) == [x * 3 for x in range(12) if x != 9]
+    assert sorted(second.failures) == [9]
+    ns["broken"] = set()
+    third = azpar_magic.rerun(second.id, namespace=ns)
+    assert third.result(timeout=30) == [x * 3 for x in range(12)]
+    assert sum(len(t.indices) for t in third.tasks.values()) == 1  # only iteration 9 ran
+    store.flush()
+    assert store._from_runs(store.read_manifest(third.id)["ran"]) == {9}
+    assert store.load_job(third.id).result() == [x * 3 for x in range(12)]
+    assert store.summary(third.id).succeeded == 12
+    # Output of iterations kept from earlier runs stays readable in the last one.
+    assert third.logs(9).startswith("--- iteration 9 (item 9): succeeded ---")
+    assert "RuntimeError: 2" in first.logs(2) and "succeeded" in third.logs(2)
+
+
+@pytest.mark.timeout(60)
+def test_rerun_all_and_nothing_to_rerun(job_store):
+    ns = {"k": 2}
+    first = azpar_magic.run("for x in range(5)", "x * k", ns, workers=2)
+    assert first.result(timeout=30) == [0, 2, 4, 6, 8]
+    ns["k"] = 3
+    same = azpar_magic.rerun(first.id, namespace=ns)  # nothing failed: the earlier values, at once
+    assert same.result(timeout=30) == [0, 2, 4, 6, 8] and not same.tasks
+    fresh = azpar_magic.rerun(first.id, failed=False, namespace=ns)
+    assert fresh.result(timeout=30) == [0, 3, 6, 9, 12]
+
+
+def test_rerun_of_a_running_job_is_refused(job_store):
+    job = azpar_magic.run("for x in range(2)", "import time\ntime.sleep(1.5)\nx", {}, workers=2)
+    with pytest.raises(ValueError, match="still running"):
+        azpar_magic.rerun(job.id, namespace={})
+    job.result(timeout=30)
+
+
+def test_chunk_subset_keeps_contiguous_chunks_as_ranges():
+    assert engine_mod.chunk_subset([9, 2, 3, 4, 7], 3) == [range(2, 5), [7, 9]]
+    assert engine_mod.chunk_subset([5], 4) == [range(5, 6)]
+
+
+@pytest.mark.timeout(60)
+def test_unknown_and_ambiguous_ids_name_the_known_ones(job_store):
+    job = azpar_magic.run("for x in range(2)", "x", {}, workers=2)
+    job.result(timeout=30)
+    with pytest.raises(KeyError) as info:
+        azpar_magic.attach("no-such-job")
+    assert "no-such-job" in info.value.args[0] and job.id in info.value.args[0]
+    with pytest.raises(KeyError):
+        azpar_magic.delete("no-such-job")
+    assert (job_store / job.id).exists()
