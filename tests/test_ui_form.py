@@ -224,6 +224,17 @@ def test_buttons_click_through_to_the_actions():
     assert not form.test_button.disabled  # re-enabled after the action
 
 
+@pytest.mark.parametrize("typed, secret", [
+    ("AZPAR_BATCH_KEY", False), ("MY_STORAGE_KEY_2", False), ("batch_key", False), ("MY-KEY", False),
+    (SECRET, True),  # base64 with padding
+    ("c2VjcmV0LXZhbHVlLXRoYXQtbXVzdC1uZXZlci1zaG93", True),  # base64 of letters and digits only
+    ("sv=2024-05-04&ss=b&srt=co&sp=rl&se=2026-01-01&sig=abcdEFGH%2B1234", True),  # a SAS token
+    ("Xy9kQ2pLm4Nv8Rt6Wz1Ab3Cd", True),
+])
+def test_what_counts_as_a_secret_typed_into_a_name_field(typed, secret):
+    assert prof.looks_like_secret(typed) is secret
+
+
 def test_profile_text_and_parse_value():
     assert prof.parse_value("spot_nodes", " 3 ") == 3
     assert prof.parse_value("create_pool", "no") is False

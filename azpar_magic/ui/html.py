@@ -92,7 +92,7 @@ def bar_html(tasks: dict[str, Any]) -> str:
     counts = " · ".join(
         f'<span class="azpar-count" data-name="{s["name"]}" data-count="{s["count"]}">'
         f'<span style="display:inline-block;width:9px;height:9px;background:{s["colour"]};margin-right:3px">'
-        f'</span>{s["count"]} {s["name"]}</span>' for s in tasks["segments"])
+        f'</span>{s["count"]} {s["label"]}</span>' for s in tasks["segments"])
     return (f'<div class="azpar-tasks" data-total="{tasks["total"]}" style="{_FONT}">'
             f'<div class="azpar-bar" style="display:flex;height:12px;max-width:640px;margin:3px 0;'
             f'background:#eceff1;border-radius:3px;overflow:hidden">{segments}</div>'

@@ -84,9 +84,17 @@ def secret_status(env_name: str, environ: Mapping[str, str] | None = None) -> st
 
 
 def looks_like_secret(text: str) -> bool:
-    """A value typed into a secret field that is no variable name and long enough to be a
-    key, a password or a SAS token: the form drops it instead of keeping it in widget state."""
-    return len(text) >= 16 and not _ENV_NAME.match(text)
+    """A value typed into a secret field that is a key, a password or a SAS token rather
+    than a variable's name: the form drops it instead of keeping it in widget state.
+
+    Names are short-ish identifiers, usually with underscores (AZPAR_BATCH_KEY); keys are
+    long, and either contain characters no name has (base64's + / =, a SAS token's & and
+    %) or mix upper case, lower case and digits without a single underscore."""
+    text = text.strip()
+    if len(text) >= 16 and not _ENV_NAME.match(text):
+        return True
+    mixed = any(c.islower() for c in text) and any(c.isupper() for c in text) and any(c.isdigit() for c in text)
+    return len(text) >= 24 and mixed and "_" not in text
 
 
 def profile_text(name: str, values: Mapping[str, Any], sources: Mapping[str, str], problems: Mapping[str, str],

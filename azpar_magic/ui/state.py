@@ -135,10 +135,13 @@ def nodes_view(nodes: Sequence[NodeInfo]) -> dict[str, Any]:
     }
 
 
-def bar_view(queued: int, running: int, succeeded: int, failed: int) -> dict[str, Any]:
+def bar_view(queued: int, running: int, succeeded: int, failed: int, *, cancelled: bool = False) -> dict[str, Any]:
+    """Stacked bar of task counts. A cancelled task ends as a failed one in the counts, so
+    when the job cancelled some, the failed segment says "failed or cancelled"."""
     counts = {"queued": queued, "running": running, "succeeded": succeeded, "failed": failed}
     total = sum(counts.values())
-    segments = [{"name": name, "count": counts[name], "colour": BAR_COLOURS[name],
+    segments = [{"name": name, "label": "failed or cancelled" if name == "failed" and cancelled else name,
+                 "count": counts[name], "colour": BAR_COLOURS[name],
                  "fraction": (counts[name] / total) if total else 0.0} for name in BAR_SEGMENTS]
     return {"total": total, "segments": segments}
 
@@ -165,7 +168,8 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
         "eta": None if s.final or s.eta is None else format_duration(s.eta),
         "throughput": format_rate(s.throughput),
         "nodes": nodes_view(s.nodes),
-        "tasks": bar_view(s.tasks_queued, s.tasks_running, s.tasks_succeeded, s.tasks_failed),
+        "tasks": bar_view(s.tasks_queued, s.tasks_running, s.tasks_succeeded, s.tasks_failed,
+                          cancelled=s.items_cancelled > 0),
         "failures": [{"index": f.index, "item": f.item, "summary": f.summary, "traceback": f.traceback,
                       "output": f.output} for f in s.failures],
         "failures_more": max(0, s.items_failed - len(s.failures)),

@@ -68,7 +68,7 @@ def _nodes_line(nodes: Mapping[str, Any]) -> str:
 
 
 def _tasks_line(tasks: Mapping[str, Any]) -> str:
-    return " · ".join(f"{seg['count']} {seg['name']}" for seg in tasks["segments"]) + f" (of {tasks['total']})"
+    return " · ".join(f"{seg['count']} {seg['label']}" for seg in tasks["segments"]) + f" (of {tasks['total']})"
 
 
 def format_text(s: JobSnapshot) -> str:
