@@ -235,3 +235,11 @@ def test_final_html_has_the_final_style_and_no_eta():
     assert "azpar-success" in root["class"] and root["data-final"] == "true"
     assert not out.with_class("azpar-failures")
     assert "eta" not in {a["data-name"] for a in out.with_class("azpar-fact")}
+
+
+def test_failed_segment_says_cancelled_too_when_the_job_cancelled_some():
+    view = state.job_view(snap(state="failed", items_cancelled=2, tasks_failed=3))
+    failed = next(s for s in view["tasks"]["segments"] if s["name"] == "failed")
+    assert failed["label"] == "failed or cancelled" and failed["count"] == 3
+    assert "3 failed or cancelled" in format_text(snap(state="failed", items_cancelled=2, tasks_failed=3))
+    assert "1 failed ·" in format_text(snap())
