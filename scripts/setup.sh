@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the project needs on a fresh machine, idempotently:
 # a virtual environment in .venv with the package (editable) and its test extra,
-# and the pinned npm packages (Azurite) from package-lock.json.
+# the pinned npm packages (Azurite) from package-lock.json, and Debian's chromium for the
+# JupyterLab browser tests (Playwright drives it; its own browser download is not used).
 # Variables: PYTHON (interpreter to build the venv from, default python3),
 #            AZPAR_VENV (default .venv), AZPAR_EXTRAS (default test).
 set -euo pipefail
@@ -29,4 +30,11 @@ if [ -f package-lock.json ]; then
     echo "setup: npm ci (Azurite, pinned by package-lock.json)"
     npm ci --no-audit --no-fund --loglevel=error
   fi
+fi
+
+if [ ! -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing Debian's chromium (for tests/jupyterlab)"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
