@@ -409,3 +409,15 @@ def test_inline_task_payload_is_the_task_file(azure, run_cell, batch):
     header, _ = worker.unpack(worker.TASK_MAGIC, base64.b64decode(env))
     assert header["indices"] == [1] and header["task"] == "2"
     io.BytesIO()  # keep the import honest for readers: nothing else is decoded here
+
+
+def test_every_node_failing_its_start_task_is_reported_not_waited_for(batch, azurite, ip, run_cell, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1):
+        batch.fail_start_task(POOL, count=3)
+        started = time.monotonic()
+        run = run_cell("%%azpar -q -o never for x in range(3):\nx")
+        assert not run.success
+        assert "failed its start task" in str(run.error), run.error
+        assert time.monotonic() - started < 30

@@ -113,7 +113,7 @@ class AzureBackend:
         if time.monotonic() - stamp < NODE_CACHE_SECONDS or self._client is None:
             return cached
         try:
-            found = [NodeInfo(n.id, str(n.state), None, bool(n.is_dedicated))
+            found = [NodeInfo(n.id, pool.state_name(n.state), None, bool(n.is_dedicated))
                      for n in self.client.list_nodes(self.profile["pool_id"], select=["id", "state", "isDedicated"])]
         except AzureError:
             found = cached

@@ -99,12 +99,18 @@ class PoolStatus:
                 f"(target {self.target_dedicated} + {self.target_spot}), {self.slots_per_node} task slots per node")
 
 
+def state_name(value: Any) -> str:
+    """The service's word for a state ("idle"), from the SDK's enum or a plain string
+    (``str()`` of the enum gives "BatchNodeState.IDLE")."""
+    return str(getattr(value, "value", value) or "")
+
+
 def status(client: Any, pool_id: str) -> PoolStatus | None:
     try:
         pool = client.get_pool(pool_id)
     except ResourceNotFoundError:
         return None
-    return PoolStatus(pool.id, str(pool.state), str(pool.allocation_state), pool.vm_size or "",
+    return PoolStatus(pool.id, state_name(pool.state), state_name(pool.allocation_state), pool.vm_size or "",
                       pool.current_dedicated_nodes or 0, pool.current_low_priority_nodes or 0,
                       pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0,
                       bool(pool.enable_auto_scale), pool.task_slots_per_node or 1)
@@ -142,7 +148,7 @@ def resize(client: Any, pool_id: str, dedicated: int, spot: int) -> None:
 def _wait_steady(client: Any, pool_id: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if str(client.get_pool(pool_id).allocation_state) == "steady":
+        if state_name(client.get_pool(pool_id).allocation_state) == "steady":
             return
         time.sleep(0.2)
 

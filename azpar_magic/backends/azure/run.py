@@ -24,7 +24,7 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoun
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
 from . import commands, storage
-from .pool import container_settings, nodes_needed, resize, status
+from .pool import container_settings, nodes_needed, resize, state_name, status
 from .submission import PendingTask, TaskAdder
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ class AzureRun:
     def _follow(self) -> None:
         interval = self.backend.poll_interval
         seen_completed = 0
-        last_running = -1
+        last_running = 0  # nothing runs yet: no listing until the counts say otherwise
         watermark: dt.datetime | None = None
         quiet_polls = 0
         while not self._stop.is_set():
@@ -425,7 +425,7 @@ class AzureRun:
             self._count("list_nodes")
         except AzureError:
             return
-        if nodes and all(str(n.state) in _TERMINAL_NODE_STATES for n in nodes):
+        if nodes and all(state_name(n.state) in _TERMINAL_NODE_STATES for n in nodes):
             why = "every node of the pool failed its start task (installing dill and the profile's packages)"
             info = nodes[0].start_task_info
             if info is not None and info.failure_info is not None:
@@ -438,8 +438,8 @@ class AzureRun:
         except AzureError:
             return
         preps = [s.job_preparation_task_execution_info for s in statuses if s.job_preparation_task_execution_info]
-        failed = [p for p in preps if str(p.result) == "failure"]
-        if failed and len(failed) >= len([n for n in nodes if str(n.state) in ("idle", "running")]):
+        failed = [p for p in preps if state_name(p.result) == "failure"]
+        if failed and len(failed) >= len([n for n in nodes if state_name(n.state) in ("idle", "running")]):
             detail = failed[0].failure_info
             why = ("the job preparation task (installing --packages) failed on every node"
                    + (f": {detail.code}: {detail.message}" if detail else ""))
@@ -486,7 +486,7 @@ class AzureRun:
             try:
                 self.client.terminate_task(self.job_id, task_id)
                 self._count("terminate_task")
-            except AzureError:
+            except (AzureError, ValueError):  # ValueError: the backend was closed meanwhile
                 pass
 
     def _fail_remaining(self, why: str, kind: str = "infrastructure") -> None:
