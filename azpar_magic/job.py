@@ -508,6 +508,7 @@ class Job:
 
     def snapshot(self) -> JobSnapshot:
         with self._lock:
+            state = self.state  # read with the counts: a final state never comes with stale counts
             counts = {QUEUED: 0, TASK_RUNNING: 0, TASK_SUCCEEDED: 0, TASK_FAILED: 0}
             for task in self._tasks.values():
                 counts[task.state] += 1
@@ -532,7 +533,7 @@ class Job:
             nodes = ()
         return JobSnapshot(
             job_id=self.id, backend=self.backend_name, pool=self.pool, vm_size=self.vm_size,
-            state=self.state, items_total=total, items_done=done, items_failed=failed, items_cancelled=cancelled,
+            state=state, items_total=total, items_done=done, items_failed=failed, items_cancelled=cancelled,
             tasks_total=len(self._tasks), tasks_queued=counts[QUEUED], tasks_running=counts[TASK_RUNNING],
             tasks_succeeded=counts[TASK_SUCCEEDED], tasks_failed=counts[TASK_FAILED], nodes=nodes,
             elapsed=elapsed, eta=eta, throughput=throughput, failures=views,
