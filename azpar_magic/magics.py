@@ -99,7 +99,7 @@ class _PanelProgress:
         pass
 
     def close(self) -> None:
-        self.panel.stop()
+        self.panel.settle()
 
 
 def _display_mode(shell) -> str:
@@ -632,14 +632,18 @@ class AzparMagics(Magics):
     def _cmd_status(self, words: list[str]) -> None:
         if words:
             raise UsageError("usage: %azpar status")
+        try:
+            views = _pool_views()
+        except (ConfigError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
         if _display_mode(self.shell) == "widget":
             from .ui.panel import PoolPanel
 
-            panel = PoolPanel(_pool_views)
+            panel = PoolPanel(_pool_views, first=views)
             display(panel.widget)
             panel.start()
             return
-        print("\n".join(format_pool_text(view) for view in _pool_views()))
+        print("\n".join(format_pool_text(view) for view in views))
 
     def _cmd_config(self, words: list[str]) -> None:
         from .config import save_profile, user_config_path, validate_profile
@@ -653,7 +657,10 @@ class AzparMagics(Magics):
         assignments = [w for w in words if "=" in w]
         if len(names) > 1:
             raise UsageError("usage: %azpar config [PROFILE] [FIELD=VALUE ...]")
-        name = names[0] if names else (session.active_profile() or "default")
+        try:
+            name = names[0] if names else (session.active_profile() or "default")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
         if not prof.valid_name(name):
             raise UsageError(f"a profile name is letters, digits, '-' or '_', not {name!r}")
         values, sources, problem = prof.load(name)

@@ -115,7 +115,7 @@ def _states(messages) -> list[dict]:
 
 SLOW = '''%%azpar -o squares --workers 2 --chunk-size 1 for i in range(8):
 import time
-time.sleep(0.25)
+time.sleep(0.4)
 i * i'''
 
 
@@ -254,7 +254,7 @@ def test_text_fallback_shows_the_panel_facts(ip, run_cell, monkeypatch, tmp_path
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     run = run_cell('''%%azpar -o out --workers 2 --chunk-size 1 --errors remove for x in range(6):
 import time
-time.sleep(0.3)
+time.sleep(0.5)  # 1.5 s in all: the text line appears after a second
 if x == 4:
     raise KeyError(x)
 x''')

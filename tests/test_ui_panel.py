@@ -159,7 +159,7 @@ def test_a_failing_job_ends_in_danger_with_its_error_line():
     job.wait(30)
     panel.stop()
     assert panel.style == "danger"
-    assert panel.final_view["label"] == "done with 1 failed"
+    assert panel.final_view["label"] == "done with 1 failed", (panel.final_view["items"], panel.final_view["state"], job.snapshot())
     assert "iteration 1 (item <code>&#x27;b&#x27;</code>): KeyError: &#x27;b&#x27; (line 4)" in panel.failures.value
     assert "working on b" in panel.failures.value  # the iteration's output, behind the disclosure
 
@@ -194,3 +194,35 @@ def test_pool_panel_redraws_and_a_new_one_replaces_the_old():
     second.stop()
     assert not second.following
     assert threading.active_count() < 50
+
+
+def test_settle_keeps_following_a_job_that_has_not_ended():
+    job = FakeJob(snap())
+    panel = JobPanel(job, min_interval=0.02, tick=0.05)
+    panel.settle()  # e.g. Ctrl-C: the job is still cancelling when the cell gives up waiting
+    assert panel.following and panel.final_view is None
+    job.changed(replace(snap(), state="cancelled"))
+    deadline = time.monotonic() + 2
+    while panel.final_view is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert panel.style == "warning"
+    panel.settle()
+    assert not panel.following and panel._on_change not in job.listeners
+
+
+def test_a_snapshot_reads_its_state_with_its_counts():
+    # The panel latches the first final snapshot it draws, so a final state must never come
+    # with counts from before the end. Here the job ends while snapshot() asks for the nodes
+    # (outside the job's lock): the snapshot must still be the consistent, earlier one.
+    from azpar_magic.job import Job, JobOptions
+
+    job: Job | None = None
+
+    def nodes():
+        job.finish("failed")
+        return ()
+
+    job = Job("j", [1, 2], JobOptions(), backend_name="local", nodes=nodes)
+    s = job.snapshot()
+    assert (s.state, s.items_done) == ("pending", 0)
+    assert job.snapshot().state == "failed"

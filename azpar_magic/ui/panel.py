@@ -167,6 +167,15 @@ class JobPanel:
             pass
         self.render(self.job.snapshot())
 
+    def settle(self) -> None:
+        """The cell stops waiting: draw the state now; stop following only if the job has
+        ended (a job still cancelling after Ctrl-C goes on being followed to its end)."""
+        if self.job.snapshot().final:
+            self.stop()
+        else:
+            self.render(self.job.snapshot())
+            self.start()
+
     @property
     def following(self) -> bool:
         return self._updater.running
@@ -189,7 +198,7 @@ class PoolPanel:
     _current_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, source: Callable[[], Sequence[dict[str, Any]]], *, interval: float = POOL_INTERVAL,
-                 lifetime: float = POOL_LIFETIME):
+                 lifetime: float = POOL_LIFETIME, first: Sequence[dict[str, Any]] | None = None):
         self.source = source
         self.lifetime = lifetime
         self.body = widgets.HTML()
@@ -200,7 +209,7 @@ class PoolPanel:
         self._started = time.monotonic()
         self._updater = Updater(self._step, min_interval=min(interval, MIN_INTERVAL), tick=interval,
                                 name="azpar-pool-panel")
-        self.render(source())
+        self.render(source() if first is None else first)
 
     def render(self, views: Sequence[dict[str, Any]]) -> None:
         value = "".join(html.pool_html(v) for v in views) or "<i>no pool in this kernel yet</i>"
