@@ -5,32 +5,41 @@ Layout, one folder per job named by its id::
 
     $AZPAR_JOB_STORE, else $XDG_DATA_HOME/azpar/jobs, else ~/.local/share/azpar/jobs   (0700)
       azpar-20261125-101112-0123456789ab/                                              (0700)
-        manifest.json   what the job is and where it stands; replaced atomically     (0600)
-        items.azs       the materialised items, one record per task, as shipped      (0600)
-        results.azs     one record per finished task: encoded values, failures        (0600)
-        logs.azs        one record per task that printed or failed: output, tracebacks (0600)
+        manifest.json   what the job is and where it stands (JSON)                    (0600)
+        records.azs     append-only: the items as shipped, then one record per finished
+                        task (encoded values, failures) and per task that printed or failed
+                        (its output and tracebacks)                                    (0600)
 
 Why this shape:
 
-- The root and every job folder are 0700 and every file 0600 whatever the umask, and a root
-  owned by another user is refused: one user's results and cell sources are never readable by
-  another OS user (under JupyterHub, users are usually separate OS users). Job ids carry 48
-  random bits (``engine.new_job_id``), so they cannot be guessed either.
-- The ``.azs`` files are append-only sequences of length-prefixed records (a small JSON
-  header, then a body). A task's record is appended once, when the task finishes, by one
-  background writer thread per process: the engine's event path only puts the worker's
-  result dict, whose values are still the bytes the worker sent, on a queue, so the store
-  costs no re-serialisation and no I/O on the path the benchmark measures. A process killed
-  mid-write leaves at most a torn last record, which readers ignore; records already written
-  survive a killed kernel (they are in the OS's page cache; nothing here calls fsync, so a
-  power cut may lose the last seconds).
-- Headers carry the task's indices and counts, so listing jobs and reading logs never
-  unpickles values; only ``load_job`` (attach, collect, rerun) decodes them.
-- The manifest (JSON, readable by a human and by other tools) is rewritten with
-  write-to-temporary-then-rename on each state change, so a reader never sees half of it.
-- A rerun's files start with a copy of the earlier job's records under an ``import`` header
-  naming the indices the rerun computes again: the rerun's folder is complete on its own
-  (deleting the earlier job loses nothing) and the copy costs no decoding.
+- The root and every job folder are 0700 and every file 0600 (the modes are given at
+  creation, and a umask can only remove bits), and a root owned by another user is refused:
+  one user's results and cell sources are never readable by another OS user (under
+  JupyterHub, users are usually separate OS users). Job ids carry 48 random bits
+  (``engine.new_job_id``), so they cannot be guessed either.
+- ``records.azs`` is a sequence of length-prefixed records, each a small JSON header (kind,
+  task, indices, counts) then a body. Headers let listing jobs and reading logs skip the
+  values without unpickling them (the file is memory-mapped, so skipped bodies are never
+  read from disk); only ``load_job`` (attach, collect, rerun) decodes values. A process
+  killed mid-write leaves at most a torn last record, which readers ignore.
+- One file, not one per kind, because creating files is what a job pays for: on this
+  project's machine each file creation costs about 0.2 ms, as much as a whole trivial
+  10,000-iteration job spends per worker task (bench/local.py, workload a).
+- All writing happens on one background thread per process. The engine's event path only
+  queues the worker's result dict, whose values are still the bytes the worker sent (no
+  re-serialisation, ever). The thread writes what is queued every ``COALESCE`` seconds
+  while there is any (see ``_Writer`` for why it is never woken per event), so a job
+  shorter than that is written once, in three file creations (folder, records, final
+  manifest), and every finished task is on disk within ``COALESCE`` seconds. A kernel
+  killed while a job runs therefore loses at most the tasks of its last ``COALESCE``
+  seconds, which ``rerun --failed`` computes again. Nothing calls fsync: records survive a killed
+  process (they are in the OS's page cache), a power cut may lose the last seconds.
+- The manifest is written once when the job's folder is created and replaced atomically
+  (write a temporary file, rename) when the job ends, so a reader never sees half of a
+  final manifest; a reader that meets a manifest being created retries once.
+- A rerun's records start with a copy of the earlier job's records in one ``import`` record
+  naming the iterations the rerun computes again: the rerun's folder is complete on its
+  own (deleting the earlier job loses nothing) and the copy decodes nothing.
 
 A job whose manifest says it is running, but whose owning process (pid plus that process's
 start time, on the same host and boot) is gone, is reported ``lost``: it died with its kernel.
@@ -47,6 +56,7 @@ import atexit
 import collections
 import getpass
 import json
+import mmap
 import os
 import pickle
 import shutil
@@ -67,10 +77,11 @@ from .job import FINAL_STATES, LOST, RUNNING, Failure, Job, JobOptions
 STORE_ENV = "AZPAR_JOB_STORE"
 FORMAT = 1
 MANIFEST = "manifest.json"
-ITEMS, RESULTS, LOGS = "items.azs", "results.azs", "logs.azs"
+RECORDS = "records.azs"
 FILE_MAGIC = b"AZPARS1\n"
 _RECORD = struct.Struct(">IQ")  # header length, body length
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+COALESCE = 0.05  # seconds the writer waits so that a short job is written once (see above)
 FOLLOW_INTERVAL = 0.3  # seconds between looks at a job another process is running
 
 
@@ -103,17 +114,20 @@ def ensure_root(root: Path | None = None) -> Path:
     group and other permissions away from ours (a store made by hand with the umask's modes)."""
     root = root or store_root()
     key = str(root)
-    if key in _checked_roots and root.is_dir():
+    if key in _checked_roots:  # checked once per process (a stat per job showed in the benchmark)
         return root
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = root.stat()
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
         raise StoreError(f"the job store {root} belongs to another user (uid {info.st_uid}); "
                          f"set {STORE_ENV} to a folder of your own")
-    if stat.S_IMODE(info.st_mode) & 0o077:
+    if stat.S_IMODE(info.st_mode) & 0o077:  # made by hand, or by an older tool, with the umask's modes
         os.chmod(root, 0o700)
     _checked_roots.add(key)
     return root
+
+
+_os_user: list[str] = []  # looked up once: a passwd lookup costs more than the rest of a manifest
 
 
 def creator() -> str:
@@ -122,10 +136,12 @@ def creator() -> str:
     hub = os.environ.get("JUPYTERHUB_USER")
     if hub:
         return hub
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (some containers)
-        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    if not _os_user:
+        try:
+            _os_user.append(getpass.getuser())
+        except Exception:  # no passwd entry (some containers)
+            _os_user.append(str(os.getuid()) if hasattr(os, "getuid") else "unknown")
+    return _os_user[0]
 
 
 def _boot_id() -> str | None:
@@ -234,10 +250,10 @@ def _from_runs(runs: Sequence[Sequence[int]] | None) -> set[int]:
     return {i for start, stop in runs or () for i in range(start, stop)}
 
 
-def _iter_records(data: bytes | memoryview, start: int = 0, *, bodies: bool = True
-                  ) -> Iterator[tuple[dict, memoryview | None, int]]:
+def _iter_records(data: bytes | memoryview | mmap.mmap, start: int = 0) -> Iterator[tuple[dict, memoryview, int]]:
     """(header, body, offset after the record) for each whole record from ``start``; a torn
-    last record (the writer was killed mid-write) ends the sequence."""
+    last record (the writer was killed mid-write) ends the sequence. Bodies are views: a
+    body nobody reads costs nothing."""
     view = memoryview(data)
     offset, end = start, len(view)
     while offset + _RECORD.size <= end:
@@ -251,25 +267,41 @@ def _iter_records(data: bytes | memoryview, start: int = 0, *, bodies: bool = Tr
             header = json.loads(bytes(view[head_at:body_at]))
         except ValueError:
             return  # garbage after a torn write: nothing after it is trustworthy
-        yield header, (view[body_at:stop] if bodies else None), stop
+        yield header, view[body_at:stop], stop
         offset = stop
 
 
-def _read_file(path: Path) -> bytes:
+def _read_file(path: Path) -> bytes | mmap.mmap:
+    """The file's bytes, memory-mapped: records whose bodies a reader skips (values, when
+    only logs or counts are wanted) are never read from disk."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return b""
-    if data and not data.startswith(FILE_MAGIC):
+    try:
+        size = os.fstat(fd).st_size
+        data: bytes | mmap.mmap = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else b""
+    finally:
+        os.close(fd)
+    if data and data[:len(FILE_MAGIC)] != FILE_MAGIC:
         raise StoreError(f"{path} is not an azpar job store file")
     return data
 
 
-def _open_private(path: Path, flags: int) -> int:
-    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
-    os.fchmod(fd, 0o600)  # whatever the umask
-    return fd
+def _create_private(path: Path, data: bytes, *, append: bool = False) -> int | None:
+    """Create ``path`` (it must not exist) 0600 with ``data``; keep it open for appending
+    when asked. The mode is given at creation: a umask can only take bits away."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | (os.O_APPEND if append else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    if append:
+        return fd
+    os.close(fd)
+    return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -278,26 +310,32 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    # One line: json's C encoder is used only without ``indent``, and the pure-Python one
+    # cost more than all of a short job's other store work (``python -m json.tool`` shows it).
+    return json.dumps(manifest, sort_keys=True, default=str).encode() + b"\n"
+
+
 def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
     """Replace the manifest atomically: readers see the old one or the new one, never half."""
     tmp = folder / f".{MANIFEST}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        _write_all(fd, json.dumps(manifest, indent=1, sort_keys=True, default=str).encode())
-    finally:
-        os.close(fd)
+    _create_private(tmp, _manifest_bytes(manifest))
     os.replace(tmp, folder / MANIFEST)
 
 
 def read_manifest(job_id: str) -> dict:
     path = job_folder(job_id) / MANIFEST
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise KeyError(job_id) from None
-    except ValueError as exc:
-        raise StoreError(f"the manifest of job {job_id} ({path}) is unreadable: {exc}") from None
+    for attempt in range(2):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            raise KeyError(job_id) from None
+        except ValueError as exc:
+            if attempt:  # not a manifest being created: a broken one
+                raise StoreError(f"the manifest of job {job_id} ({path}) is unreadable: {exc}") from None
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,47 +344,69 @@ def read_manifest(job_id: str) -> dict:
 
 
 class _Writer:
-    """Does every store write of this process, in the order asked. Keeping file I/O and
-    pickling off the engine's event thread is what keeps the store out of the benchmark."""
+    """Does every store write of this process. Recorders queue what happened and mark
+    themselves dirty; nothing else happens on the engine's threads.
+
+    The thread is woken once when work appears after a quiet spell, then writes everything
+    queued every ``COALESCE`` seconds for as long as there is some, and sleeps again after a
+    tick that found nothing. It is never woken per task or per job: a Python thread that
+    wakes needs the GIL, and every such hand-over is paid by the job's own threads (the
+    first version, woken per event, cost trivial 2,000-iteration jobs 40 extra context
+    switches and a quarter of their time). ``flush`` cuts the wait short."""
 
     def __init__(self) -> None:
-        self._ops: collections.deque[Callable[[], None]] = collections.deque()
-        self._cond = threading.Condition()
+        self._dirty: dict[JobRecorder, None] = {}  # insertion-ordered set
+        self._cond = threading.Condition(threading.Lock())
+        self._ticking = False  # the thread is writing every COALESCE seconds
         self._busy = False
+        self._urgent = 0  # flush() calls waiting
         self._thread: threading.Thread | None = None
 
-    def put(self, op: Callable[[], None]) -> None:
+    def mark(self, recorder: JobRecorder) -> None:
         with self._cond:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="azpar-job-store", daemon=True)
-                self._thread.start()
-            self._ops.append(op)
-            self._cond.notify()
+            self._dirty[recorder] = None
+            if not self._ticking:
+                self._ticking = True
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="azpar-job-store", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until everything asked so far is written; False if ``timeout`` passed first."""
+        """Write everything queued so far, now; False if ``timeout`` passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._ops or self._busy:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining if remaining is not None else 1.0)
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                while self._dirty or self._busy:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(min(remaining, 1.0) if remaining is not None else 1.0)
+            finally:
+                self._urgent -= 1
         return True
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._ops:
+                while not self._ticking:
                     self._cond.wait()
-                batch = list(self._ops)
-                self._ops.clear()
+                deadline = time.monotonic() + COALESCE
+                while not self._urgent:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch = list(self._dirty)
+                self._dirty.clear()
+                if not batch:
+                    self._ticking = False  # quiet: sleep until the next mark
+                    continue
                 self._busy = True
-            for op in batch:
-                try:
-                    op()
-                except Exception:  # each op reports its own errors; never let the thread die
-                    pass
+            for recorder in batch:
+                recorder._drain()
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
@@ -356,7 +416,7 @@ _writer = _Writer()
 
 
 def flush(timeout: float | None = 30.0) -> bool:
-    """Wait for this process's pending store writes (before reading the store back)."""
+    """Write this process's pending store records now (before reading the store back)."""
     return _writer.flush(timeout)
 
 
@@ -366,123 +426,142 @@ _warned: set[str] = set()
 
 
 class JobRecorder:
-    """Writes one job into the store. Its methods are called from the engine's threads and
-    only queue work; the writer thread does it, in order, so a task's record is on disk
-    before the manifest that says the job ended. A write that fails stops recording this
-    job (``job.store_error`` says why, once on stderr too); the job itself runs on."""
+    """Writes one job into the store. The engine's threads call its methods, which only
+    queue what happened; the writer thread encodes and writes it, in order, so a task's
+    record is on disk before the manifest that says the job ended. A write that fails stops
+    recording this job (``job.store_error`` says why, once on stderr too); the job runs on."""
 
     def __init__(self, job: Job, manifest: dict, items: Sequence[tuple[Sequence[int], str, bytes]],
-                 base_id: str | None = None):
+                 root: Path, base_id: str | None = None):
         self.job = job
         self.manifest = manifest
         # Paths are fixed now: the writer runs later, when $AZPAR_JOB_STORE may name another folder.
-        self.root = store_root()
-        self.folder = self.root / job.id
-        self.base = self.root / base_id if base_id and _valid_id(base_id) else None
-        self._fds: dict[str, int] = {}
+        self.root = root
+        self.folder = root / job.id
+        self.base = root / base_id if base_id and _valid_id(base_id) else None
+        self._items = items
+        self._pending: collections.deque[tuple] = collections.deque()
+        self._fd: int | None = None
+        self._created = False
         self._failed = False
-        _writer.put(lambda: self._guard(self._create, items, base_id))
+        self._ended = False
+        self._wrote_final = False  # the manifest written at creation already had the final state
+        _writer.mark(self)
+
+    def __hash__(self) -> int:
+        return id(self)
 
     # -------------------------------------------------------------- called by the engine
 
     def task_result(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> None:
         """A task finished (some iterations may have raised): keep its encoded values."""
-        _writer.put(lambda: self._guard(self._append_result, task_id, indices, result))
+        self._pending.append(("result", task_id, indices, result))
+        _writer.mark(self)
 
     def task_failed(self, task_id: str, indices: Sequence[int], error_type: str, message: str, kind: str) -> None:
         """A task produced nothing (lost worker, timeout, cancelled, environment)."""
-        _writer.put(lambda: self._guard(self._append_failure, task_id, indices, error_type, message, kind))
+        self._pending.append(("fail", task_id, indices,
+                              {"type": error_type, "message": message, "traceback": "", "line": None, "kind": kind}))
+        _writer.mark(self)
 
     def finish(self) -> None:
-        """The job ended: record its final state and counts, close the files."""
+        """The job ended: record its final state and counts."""
         job = self.job
         succeeded, failed, cancelled = job.counts()
-        update = {"state": job.state, "finished": time.time(), "elapsed": job.elapsed(),
-                  "counts": {"succeeded": succeeded, "failed": failed, "cancelled": cancelled}}
-        _writer.put(lambda: self._guard(self._finish, update))
+        self._pending.append(("end", {"state": job.state, "finished": time.time(), "elapsed": job.elapsed(),
+                                      "counts": {"succeeded": succeeded, "failed": failed, "cancelled": cancelled}}))
+        _writer.mark(self)
 
     # -------------------------------------------------------------- on the writer thread
 
-    def _guard(self, step: Callable[..., None], *args: Any) -> None:
+    def _drain(self) -> None:
         if self._failed:
+            self._pending.clear()
             return
         try:
-            step(*args)
+            self._write_pending()
         except Exception as exc:
             self._failed = True
+            self._pending.clear()
             self._close()
             message = f"{type(exc).__name__}: {exc}"
             self.job.store_error = message
-            root = str(store_root())
+            root = str(self.root)
             if root not in _warned:
                 _warned.add(root)
                 print(f"azpar: the job store {root} could not keep job {self.job.id} ({message}); its results "
                       "stay in this session only.", file=sys.stderr)
 
-    def _create(self, items: Sequence[tuple[Sequence[int], str, bytes]], base_id: str | None) -> None:
-        ensure_root(self.root)
-        os.mkdir(self.folder, 0o700)
-        os.chmod(self.folder, 0o700)
-        base = self.base
-        if base is not None and (base / ITEMS).exists():
-            # A rerun runs the same items: the earlier job's copy is complete, ours only a subset.
-            shutil.copyfile(base / ITEMS, self.folder / ITEMS)
-            os.chmod(self.folder / ITEMS, 0o600)
-        else:
-            fd = _open_private(self.folder / ITEMS, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            try:
-                _write_all(fd, FILE_MAGIC + b"".join(
-                    _record({**_indices_header(indices), "codec": codec}, data) for indices, codec, data in items))
-            finally:
-                os.close(fd)
-        ran = self.manifest.get("ran")
-        skip = _runs(_from_runs(ran))
-        keeps_some = ran is not None and len(_from_runs(ran)) < self.manifest["items"]
-        for name in (RESULTS, LOGS):
-            fd = _open_private(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
-            self._fds[name] = fd
-            head = FILE_MAGIC
-            if base is not None and keeps_some:
-                earlier = _read_file(base / name)[len(FILE_MAGIC):]
-                head += _record({"import": base_id, "skip": skip}, earlier)
-            _write_all(fd, head)
-        write_manifest(self.folder, self.manifest)
+    def _write_pending(self) -> None:
+        chunks: list[bytes] = []
+        end = None
+        while self._pending:
+            event = self._pending.popleft()
+            if event[0] == "result":
+                chunks.append(self._result_records(*event[1:]))
+            elif event[0] == "fail":
+                _, task_id, indices, failure = event
+                chunks.append(_record({"k": "fail", "t": task_id, **_indices_header(indices), "failure": failure}))
+            else:
+                end = event[1]
+        data = b"".join(chunks)
+        if not self._created:
+            self._create(data, end)
+        elif data:
+            _write_all(self._fd, data)
+        if end is not None and not self._ended:
+            self._ended = True
+            self._close()
+            if not self._wrote_final:
+                self.manifest.update(end)
+                write_manifest(self.folder, self.manifest)
 
-    def _append_result(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> None:
+    def _create(self, data: bytes, end: dict | None) -> None:
+        ensure_root(self.root)
+        try:
+            os.mkdir(self.folder, 0o700)
+        except FileNotFoundError:  # the store was removed since this process checked it
+            _checked_roots.discard(str(self.root))
+            ensure_root(self.root)
+            os.mkdir(self.folder, 0o700)
+        head = [FILE_MAGIC]
+        ran = self.manifest.get("ran")
+        if self.base is not None and ran is not None and len(_from_runs(ran)) < self.manifest["items"]:
+            # Keep the earlier run's records (its items too): this folder stands on its own.
+            earlier = _read_file(self.base / RECORDS)
+            head.append(_record({"k": "import", "from": self.base.name, "skip": ran}, earlier[len(FILE_MAGIC):]))
+        head.extend(_record({"k": "items", **_indices_header(indices), "codec": codec}, blob)
+                    for indices, codec, blob in self._items)
+        self._items = ()
+        self._fd = _create_private(self.folder / RECORDS, b"".join(head) + data, append=end is None)
+        if end is not None:  # a job that ended before its first write: one manifest, final at once
+            self.manifest.update(end)
+            self._wrote_final = True
+        _create_private(self.folder / MANIFEST, _manifest_bytes(self.manifest))
+        self._created = True
+
+    def _result_records(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> bytes:
         failed = result.get("failed") or {}
+        where = _indices_header(indices)
         body = pickle.dumps({"values": result["values"], "gathered": result.get("gathered"), "failed": failed},
                             protocol=pickle.HIGHEST_PROTOCOL)
-        header = {"t": task_id, **_indices_header(indices), "failed": len(failed)}
-        _write_all(self._fds[RESULTS], _record(header, body))
+        data = _record({"k": "result", "t": task_id, **where, "failed": len(failed)}, body)
         outputs = result.get("outputs") or {}
         if outputs or failed:
             logs = {"outputs": outputs,
                     "failures": {i: {"type": rec.get("type", "Exception"), "message": rec.get("message", ""),
                                      "traceback": rec.get("traceback", ""), "line": rec.get("line"),
                                      "kind": "user"} for i, rec in failed.items()}}
-            _write_all(self._fds[LOGS], _record({"t": task_id, **_indices_header(indices)},
-                                                pickle.dumps(logs, protocol=pickle.HIGHEST_PROTOCOL)))
-
-    def _append_failure(self, task_id: str, indices: Sequence[int], error_type: str, message: str,
-                        kind: str) -> None:
-        failure = {"type": error_type, "message": message, "traceback": "", "line": None, "kind": kind}
-        header = {"t": task_id, **_indices_header(indices), "task_failure": failure}
-        _write_all(self._fds[RESULTS], _record(header))
-        if kind != "cancelled":
-            _write_all(self._fds[LOGS], _record(header))
-
-    def _finish(self, update: dict) -> None:
-        self._close()
-        self.manifest.update(update)
-        write_manifest(self.folder, self.manifest)
+            data += _record({"k": "logs", "t": task_id, **where}, pickle.dumps(logs, protocol=pickle.HIGHEST_PROTOCOL))
+        return data
 
     def _close(self) -> None:
-        for fd in self._fds.values():
+        if self._fd is not None:
             try:
-                os.close(fd)
+                os.close(self._fd)
             except OSError:
                 pass
-        self._fds.clear()
+            self._fd = None
 
 
 def options_to_json(options: JobOptions) -> dict:
@@ -542,7 +621,7 @@ def start_recording(job: Job, *, items: Sequence[tuple[Sequence[int], str, bytes
     ``items``: (indices, codec, bytes) per task, as shipped. ``ran``: the iterations this run
     computes when it is a rerun of ``base_id`` (whose other, finished, iterations it keeps)."""
     info = dict(backend_info or {})
-    folder = job_folder(job.id)
+    root = store_root()
     manifest = {
         "format": FORMAT,
         "id": job.id,
@@ -564,11 +643,11 @@ def start_recording(job: Job, *, items: Sequence[tuple[Sequence[int], str, bytes
         "state": RUNNING,
         "rerun_of": base_id,
         "ran": _runs(ran) if ran is not None else None,
-        "location": {"folder": str(folder), "items": ITEMS, "results": RESULTS, "logs": LOGS},
+        "location": {"folder": os.path.join(root, job.id), "manifest": MANIFEST, "records": RECORDS},
         "backend_info": info,
     }
     job.manifest = manifest  # rerun reads export/no_export from it
-    return JobRecorder(job, manifest, items, base_id)
+    return JobRecorder(job, manifest, items, root, base_id)
 
 
 # ---------------------------------------------------------------------------------------
@@ -624,22 +703,36 @@ def effective_state(manifest: Mapping[str, Any]) -> tuple[str, str]:
     return state, f"process {info.get('pid')}"
 
 
+def _walk(data: bytes | memoryview | mmap.mmap, start: int, skip: frozenset[int] = frozenset(), base: bool = False
+          ) -> Iterator[tuple[dict, memoryview, frozenset[int], bool, int]]:
+    """Every record from ``start``, entering import records (a rerun's copy of the earlier
+    job's records): (header, body, iterations whose old records no longer count, whether it
+    comes from an earlier run, offset after the enclosing top-level record)."""
+    for header, body, offset in _iter_records(data, start):
+        if header.get("k") == "import":
+            inner = skip | frozenset(_from_runs(header.get("skip")))
+            for h, b, sk, _, _ in _walk(body, 0, inner, True):
+                yield h, b, sk, True, offset
+        else:
+            yield header, body, skip, base, offset
+
+
 def _scan_counts(folder: Path, manifest: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(succeeded, failed, cancelled) from the results file's headers: for a job that did not
-    end (its manifest has no final counts). Iterations a rerun kept count as succeeded."""
+    """(succeeded, failed, cancelled) from the record headers: for a job that did not end
+    (its manifest has no final counts). Iterations a rerun kept count as succeeded."""
     total = manifest.get("items", 0)
     ran = _from_runs(manifest.get("ran")) if manifest.get("ran") is not None else None
     kept = total - len(ran) if ran is not None else 0
     seen: set[int] = set()
     succeeded, failed, cancelled = kept, 0, 0
-    for header, _, _ in _iter_records(_read_file(folder / RESULTS), len(FILE_MAGIC), bodies=False):
-        if "import" in header:
+    for header, _, _ in _iter_records(_read_file(folder / RECORDS), len(FILE_MAGIC)):
+        kind = header.get("k")
+        if kind not in ("result", "fail"):
             continue
         indices = [i for i in _indices_of(header) if i not in seen]
         seen.update(indices)
-        task_failure = header.get("task_failure")
-        if task_failure:
-            if task_failure.get("kind") == "cancelled":
+        if kind == "fail":
+            if header["failure"].get("kind") == "cancelled":
                 cancelled += len(indices)
             else:
                 failed += len(indices)
@@ -726,12 +819,14 @@ class MissingItem:
 def load_items(job_id: str, total: int | None = None) -> list:
     """The job's items as it shipped them, rebuilt in this process (notebook classes and
     functions the items refer to by name are looked up in this ``__main__``)."""
-    data = _read_file(job_folder(job_id) / ITEMS)
+    data = _read_file(job_folder(job_id) / RECORDS)
     if total is None:
         total = read_manifest(job_id).get("items", 0)
     items: list = [None] * total
     loaded = bytearray(total)
-    for header, body, _ in _iter_records(data, len(FILE_MAGIC)):
+    for header, body, _, _, _ in _walk(data, len(FILE_MAGIC)):
+        if header.get("k") != "items":
+            continue
         indices = _indices_of(header)
         try:
             chunk = wire.loads(header["codec"], bytes(body))
@@ -761,49 +856,38 @@ def _failure_from_json(index: int, data: Mapping[str, Any]) -> Failure:
                    data.get("line"), data.get("kind", "user"))
 
 
-def _replay_logs(job: Job, data: bytes | memoryview, start: int, skip: set[int], base: bool,
-                 failures: dict[int, Failure]) -> int:
-    """Output (into ``job``) and user failures (into ``failures``) from a logs file's records;
-    ``skip``: iterations a rerun computed again, whose earlier records no longer count."""
+def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, values: bool) -> int:
+    """Replay records from ``start`` into ``job``; return the offset after the last whole one.
+
+    Logs first (output; user failures as text), then results. Without ``values`` result
+    bodies are not even read: finished iterations get None and their failures come from
+    the logs, which is all ``logs`` needs, and it works whatever this kernel defines."""
+    logged: dict[int, Failure] = {}
     offset = start
-    for header, body, offset in _iter_records(data, start):
-        if "import" in header:
-            _replay_logs(job, body, 0, skip | _from_runs(header.get("skip")), True, failures)
+    for header, body, skip, base, offset in _walk(data, start):
+        if header.get("k") != "logs":
             continue
-        if "task_failure" in header:
-            continue  # rebuilt from the results file, which has them all
         record = pickle.loads(body)
         outputs = {int(i): ev for i, ev in (record.get("outputs") or {}).items() if int(i) not in skip}
         with job._lock:
             (job._base_outputs if base else job._outputs).update(outputs)
         for i, data_ in (record.get("failures") or {}).items():
             if int(i) not in skip:
-                failures.setdefault(int(i), _failure_from_json(int(i), data_))
-    return offset
-
-
-def _replay_results(job: Job, data: bytes | memoryview, start: int, skip: set[int], base: bool, *,
-                    values: bool, logged: Mapping[int, Failure]) -> int:
-    """Iterations from a results file's records into ``job``; return the offset reached.
-    Without ``values`` only the headers are read: finished iterations get None as their value
-    and failures come from ``logged`` (the logs file), which is all ``logs`` needs."""
-    decode_list, failure_from_record = _decoders() if values else (None, None)
-    offset = start
-    for header, body, offset in _iter_records(data, start, bodies=values):
-        if "import" in header:
-            _replay_results(job, body, 0, skip | _from_runs(header.get("skip")), True, values=values,
-                            logged=logged)
+                logged.setdefault(int(i), _failure_from_json(int(i), data_))
+    decode_list, failure_from_record = _decoders()
+    for header, body, skip, base, offset in _walk(data, start):
+        kind = header.get("k")
+        if kind not in ("result", "fail"):
             continue
         indices = list(_indices_of(header))
         keep = [pos for pos, i in enumerate(indices) if i not in skip and 0 <= i < len(job.items)]
         kept = [indices[p] for p in keep]
-        task_failure = header.get("task_failure")
-        if task_failure:
-            job.restore(kept, [None] * len(kept), {i: _failure_from_json(i, task_failure) for i in kept}, {},
-                        None, base=base)
+        if kind == "fail":
+            failure = header["failure"]
+            job.restore(kept, [None] * len(kept), {i: _failure_from_json(i, failure) for i in kept}, {}, None,
+                        base=base)
         elif not values:
-            failed = {i: logged[i] for i in kept if i in logged}
-            job.restore(kept, [None] * len(kept), failed, {}, None, base=base)
+            job.restore(kept, [None] * len(kept), {i: logged[i] for i in kept if i in logged}, {}, None, base=base)
         elif kept:
             record = pickle.loads(body)
             all_values = decode_list(record["values"])
@@ -814,9 +898,9 @@ def _replay_results(job: Job, data: bytes | memoryview, start: int, skip: set[in
                 gathered = {name: [(rows[p] or {}).get(name) for p in keep] for name in job.options.gather}
             job.restore(kept, [all_values[p] for p in keep], {i: failed[i] for i in kept if i in failed}, {},
                         gathered, base=base)
-        if not base and "t" in header and header["t"] not in job.tasks:
+        if not base and header.get("t") is not None and header["t"] not in job.tasks:
             job.add_task(header["t"], indices)
-            job._finalize(job.task(header["t"]), "failed" if task_failure or header.get("failed") else "succeeded")
+            job._finalize(job.task(header["t"]), "failed" if kind == "fail" or header.get("failed") else "succeeded")
     return offset
 
 
@@ -839,11 +923,8 @@ def load_job(job_id: str, *, values: bool = True) -> Job:
     job.rerun_of = manifest.get("rerun_of")
     job.manifest = manifest
     state, where = effective_state(manifest)
-    logged: dict[int, Failure] = {}
-    logs_at = _replay_logs(job, _read_file(folder / LOGS), len(FILE_MAGIC), set(), False, logged)
     try:
-        results_at = _replay_results(job, _read_file(folder / RESULTS), len(FILE_MAGIC), set(), False,
-                                     values=values, logged=logged)
+        offset = _replay(job, _read_file(folder / RECORDS), len(FILE_MAGIC), values=values)
     except Exception as exc:
         raise StoreError(f"the results of job {job_id} could not be read back here: {type(exc).__name__}: {exc}. "
                          "Values that are instances of notebook classes need those classes defined in this "
@@ -855,7 +936,7 @@ def load_job(job_id: str, *, values: bool = True) -> Job:
         job.mark_running()
         job.owner = where or "another process"  # job.cancel() does nothing here; the commands say why
         if values:
-            _Follower(job, folder, logs_at, results_at).start()
+            _Follower(job, folder, offset).start()
     return job
 
 
@@ -864,10 +945,9 @@ class _Follower(threading.Thread):
     runs it: new records are replayed as they appear, and the job ends when that process
     writes its final state, or is lost when that process disappears first."""
 
-    def __init__(self, job: Job, folder: Path, logs_at: int, results_at: int):
+    def __init__(self, job: Job, folder: Path, offset: int):
         super().__init__(name=f"azpar-follow-{job.id}", daemon=True)
-        self.job, self.folder = job, folder
-        self.logs_at, self.results_at = logs_at, results_at
+        self.job, self.folder, self.offset = job, folder, offset
 
     def run(self) -> None:
         job = self.job
@@ -876,10 +956,8 @@ class _Follower(threading.Thread):
             try:
                 manifest = read_manifest(job.id)
                 state, _ = effective_state(manifest)
-                logged: dict[int, Failure] = {}
-                self.logs_at = _replay_logs(job, _read_file(self.folder / LOGS), self.logs_at, set(), False, logged)
-                self.results_at = _replay_results(job, _read_file(self.folder / RESULTS), self.results_at, set(),
-                                                  False, values=True, logged=logged)
+                self.offset = max(self.offset, _replay(job, _read_file(self.folder / RECORDS), self.offset,
+                                                       values=True))
             except Exception as exc:  # deleted meanwhile, or unreadable: stop following
                 job.store_error = f"{type(exc).__name__}: {exc}"
                 job.finish(LOST)
@@ -893,7 +971,7 @@ class _Follower(threading.Thread):
 
 
 def delete(job_id: str) -> None:
-    """Remove the job's folder: manifest, items, results and logs."""
+    """Remove the job's folder: its manifest and records (items, results, logs)."""
     folder = job_folder(job_id)
     if not (folder / MANIFEST).exists():
         raise KeyError(job_id)

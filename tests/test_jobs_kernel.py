@@ -161,6 +161,10 @@ def score(x):
     assert first.status == "ok"
     assert kernel.value("scores") == repr([100 - x for x in range(15) if x % 5 != 2])
     job_id = kernel.value("__import__('azpar_magic').jobs()[-1].id").strip("'")
+    # (A job is on disk within milliseconds of its end; a restart in that instant would find
+    # it lost, and rerun would compute everything: not what this test is about.)
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists()
+              and store.read_manifest(job_id)["state"] == "failed", 10, "the job was not stored")
 
     _restart(kernel)
     kernel.ok("def score(x):\n    return 100 - x\n")  # the cause, fixed

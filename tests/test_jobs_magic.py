@@ -39,11 +39,14 @@ def _run_job(run_cell, cell: str) -> str:
     return new[0].id
 
 
-def test_jobs_table_lists_the_store(ip, run_cell, job_store):
+def test_jobs_table_lists_the_store(ip, run_cell, job_store, monkeypatch):
+    monkeypatch.setattr(session, "_jobs", {})  # this process's earlier jobs are listed too: none here
     assert run_cell("%azpar jobs").stdout == f"azpar: no jobs yet (job store: {job_store})\n"
     first = _run_job(run_cell, "%%azpar -q -o t1 for x in range(3):\nx")
     second = _run_job(run_cell, "%%azpar -q --errors remove -o t2 for x in range(4):\n1 / (x - 1)")
+    session.forget(first)  # listed from the store alone
     lines = run_cell("%azpar jobs").stdout.splitlines()
+    assert len(lines) == 3, lines
     assert re.fullmatch(r"id +when +backend +state +done/failed/total +cell", lines[0]), lines
     assert re.fullmatch(rf"{first}  \d{{4}}-\d\d-\d\d \d\d:\d\d  local    succeeded +3/0/3 +"
                         r"%%azpar -q -o t1 for x in range\(3\):", lines[1]), lines

@@ -64,7 +64,7 @@ def test_every_job_is_written_private_with_its_manifest(job_store, monkeypatch):
     folder = job_store / job.id
     assert _mode(job_store) == 0o700 and _mode(folder) == 0o700
     files = sorted(p.name for p in folder.iterdir())
-    assert files == sorted([store.MANIFEST, store.ITEMS, store.RESULTS, store.LOGS])
+    assert files == sorted([store.MANIFEST, store.RECORDS])
     assert all(_mode(folder / name) == 0o600 for name in files)
 
     manifest = json.loads((folder / store.MANIFEST).read_text())
@@ -76,7 +76,7 @@ def test_every_job_is_written_private_with_its_manifest(job_store, monkeypatch):
     assert manifest["options"]["errors"] == "remove" and manifest["options"]["seed"] == 5
     assert manifest["source"] == "%%azpar for x in range(7)\n_fails_on_threes(x)"
     assert manifest["owner"]["pid"] == os.getpid()
-    assert manifest["location"]["folder"] == str(folder)
+    assert manifest["location"] == {"folder": str(folder), "manifest": "manifest.json", "records": "records.azs"}
     assert manifest["rerun_of"] is None and manifest["ran"] is None
 
 
@@ -106,7 +106,7 @@ def test_a_torn_last_record_is_ignored(job_store):
     job = azpar_magic.run("for x in range(6)", "x * 2", {}, chunk_size=2, workers=2)
     assert job.result(timeout=30) == [0, 2, 4, 6, 8, 10]
     store.flush()
-    results = job_store / job.id / store.RESULTS
+    results = job_store / job.id / store.RECORDS
     whole = results.read_bytes()
     # A writer killed in the middle of its next record: a header promising more than is there.
     with open(results, "ab") as fh:
