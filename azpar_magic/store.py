@@ -507,7 +507,7 @@ class JobRecorder:
         data = b"".join(chunks)
         if not self._created:
             self._create(data, end)
-        elif data:
+        elif data and self._fd is not None:  # (a late duplicate after the end is dropped, as the Job drops it)
             _write_all(self._fd, data)
         if end is not None and not self._ended:
             self._ended = True
