@@ -285,7 +285,7 @@ class Engine:
             job.rerun_of = request.base.id
         info = getattr(self.backend, "manifest_info", None)  # a backend's own location info (Azure)
         recorder = store.start_recording(
-            job, items=[(t.indices, t.items_codec, t.items) for t in tasks.values()], tasks=len(tasks),
+            job, items=[(t.task_id, t.indices, t.items_codec, t.items) for t in tasks.values()], tasks=len(tasks),
             backend_info=info(job_id) if info else None, export=request.export, no_export=request.no_export,
             cwd=request.folder or os.getcwd(), ran=todo, base_id=request.base.id if request.base else None)
         if not tasks:

@@ -431,7 +431,7 @@ class JobRecorder:
     record is on disk before the manifest that says the job ended. A write that fails stops
     recording this job (``job.store_error`` says why, once on stderr too); the job runs on."""
 
-    def __init__(self, job: Job, manifest: dict, items: Sequence[tuple[Sequence[int], str, bytes]],
+    def __init__(self, job: Job, manifest: dict, items: Sequence[tuple[str, Sequence[int], str, bytes]],
                  root: Path, base_id: str | None = None):
         self.job = job
         self.manifest = manifest
@@ -530,8 +530,8 @@ class JobRecorder:
             # Keep the earlier run's records (its items too): this folder stands on its own.
             earlier = _read_file(self.base / RECORDS)
             head.append(_record({"k": "import", "from": self.base.name, "skip": ran}, earlier[len(FILE_MAGIC):]))
-        head.extend(_record({"k": "items", **_indices_header(indices), "codec": codec}, blob)
-                    for indices, codec, blob in self._items)
+        head.extend(_record({"k": "items", "t": task_id, **_indices_header(indices), "codec": codec}, blob)
+                    for task_id, indices, codec, blob in self._items)
         self._items = ()
         self._fd = _create_private(self.folder / RECORDS, b"".join(head) + data, append=end is None)
         if end is not None:  # a job that ended before its first write: one manifest, final at once
@@ -612,13 +612,14 @@ def options_from_json(data: Mapping[str, Any]) -> JobOptions:
                       output_name=data.get("output_name"))
 
 
-def start_recording(job: Job, *, items: Sequence[tuple[Sequence[int], str, bytes]],
+def start_recording(job: Job, *, items: Sequence[tuple[str, Sequence[int], str, bytes]],
                     tasks: int, backend_info: Mapping[str, Any] | None = None,
                     export: Sequence[str] = (), no_export: Sequence[str] = (), cwd: str | None = None,
                     ran: Sequence[int] | None = None, base_id: str | None = None) -> JobRecorder:
     """Open the job's folder (on the writer thread) and return what the engine feeds.
 
-    ``items``: (indices, codec, bytes) per task, as shipped. ``ran``: the iterations this run
+    ``items``: (task id, indices, codec, bytes) per task, as shipped (a backend that
+    re-attaches to a job after a restart maps its task ids to iterations with them). ``ran``: the iterations this run
     computes when it is a rerun of ``base_id`` (whose other, finished, iterations it keeps)."""
     info = dict(backend_info or {})
     root = store_root()

@@ -78,6 +78,12 @@ def test_every_job_is_written_private_with_its_manifest(job_store, monkeypatch):
     assert manifest["owner"]["pid"] == os.getpid()
     assert manifest["location"] == {"folder": str(folder), "manifest": "manifest.json", "records": "records.azs"}
     assert manifest["rerun_of"] is None and manifest["ran"] is None
+    # The records: the items per task (with its id), then a result per task, logs where printed.
+    headers = [h for h, _, _ in store._iter_records((folder / store.RECORDS).read_bytes(), len(store.FILE_MAGIC))]
+    items = [(h["t"], h["r"]) for h in headers if h["k"] == "items"]
+    assert items == [("1", [0, 2]), ("2", [2, 4]), ("3", [4, 6]), ("4", [6, 7])]
+    assert sorted(h["t"] for h in headers if h["k"] == "result") == ["1", "2", "3", "4"]
+    assert {h["t"] for h in headers if h["k"] == "logs"} == {"1", "2", "3", "4"}
 
 
 @pytest.mark.timeout(60)
