@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
+from tests.batch_emulator.pytest_plugin import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "jupyterlab"
@@ -51,12 +52,6 @@ def chromium_executable() -> str:
         pytest.fail("Debian's chromium is not installed (no `chromium` on PATH): the JupyterLab browser tests "
                     "need it. scripts/setup.sh installs it (apt-get install -y chromium).", pytrace=False)
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -103,7 +98,7 @@ def lab(tmp_path_factory):
     base = tmp_path_factory.mktemp("jupyterlab")
     root = base / "root"
     root.mkdir()
-    port, token = _free_port(), uuid.uuid4().hex
+    port, token = free_port(), uuid.uuid4().hex
     _write_config(base, root, port, token)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZPAR_", "JUPYTER_"))}
     for name in ("ipython", "xdg-config", "jupyter-data", "jupyter-runtime"):

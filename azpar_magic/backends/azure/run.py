@@ -127,10 +127,15 @@ class AzureRun:
 
     # ------------------------------------------------------------------ task definitions
 
-    def _definition(self, task: TaskSpec) -> PendingTask:
+    @staticmethod
+    def _task_file(task: TaskSpec) -> bytes:
+        """What ``worker.py TASK_IN`` reads, inline or as a blob."""
         header = {"envelope": commands.ENVELOPE_FILE, "items_codec": task.items_codec,
                   "indices": list(task.indices), "task": task.task_id}
-        data = wire.pack(wire.TASK_MAGIC, header, task.items)
+        return wire.pack(wire.TASK_MAGIC, header, task.items)
+
+    def _definition(self, task: TaskSpec) -> PendingTask:
+        data = self._task_file(task)
         inline = len(data) <= INLINE_LIMIT
         env, files, size = None, None, 1500
         if inline:
@@ -151,15 +156,17 @@ class AzureRun:
             exit_conditions=self._exit_conditions())
         return PendingTask(definition, size + 2 * len(self.write_outputs))
 
-    def _outputs(self, task_id: str) -> list[models.OutputFile]:
-        def out(pattern: str, path: str) -> models.OutputFile:
-            return models.OutputFile(
-                file_pattern=pattern,
-                destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
-                    container_url=self.write_outputs, path=path)),
-                upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))
+    def _output(self, pattern: str, path: str) -> models.OutputFile:
+        """A file uploaded through the write-only SAS when the task ends, however it ends."""
+        return models.OutputFile(
+            file_pattern=pattern,
+            destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
+                container_url=self.write_outputs, path=path)),
+            upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))
 
-        return [out(commands.RESULT_FILE, f"results/{task_id}.azpr"), out("../std*.txt", f"logs/{task_id}")]
+    def _outputs(self, task_id: str) -> list[models.OutputFile]:
+        return [self._output(commands.RESULT_FILE, f"results/{task_id}.azpr"),
+                self._output("../std*.txt", f"logs/{task_id}")]
 
     def _exit_conditions(self) -> models.ExitConditions | None:
         if not self.merge_cloud:
@@ -168,14 +175,8 @@ class AzureRun:
         return models.ExitConditions(default=satisfy, pre_processing_error=satisfy, file_upload_error=satisfy)
 
     def _large_inputs(self, pending: list[PendingTask]) -> list[tuple[str, bytes]]:
-        out = []
-        for p in pending:
-            if p.definition.resource_files:
-                task = self.tasks[p.definition.id]
-                header = {"envelope": commands.ENVELOPE_FILE, "items_codec": task.items_codec,
-                          "indices": list(task.indices), "task": task.task_id}
-                out.append((f"tasks/{task.task_id}.azpt", wire.pack(wire.TASK_MAGIC, header, task.items)))
-        return out
+        return [(f"tasks/{p.definition.id}.azpt", self._task_file(self.tasks[p.definition.id]))
+                for p in pending if p.definition.resource_files]
 
     # ------------------------------------------------------------------ background work
 
@@ -232,11 +233,7 @@ class AzureRun:
         merge = models.BatchTaskCreateOptions(
             id=MERGE_TASK, command_line=commands.merge_command(self.packages, self.pip_options, n),
             resource_files=[models.ResourceFile(storage_container_url=read_results, blob_prefix="results/")],
-            output_files=[models.OutputFile(
-                file_pattern=commands.MERGED_FILE,
-                destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
-                    container_url=self.write_outputs, path=commands.MERGED_FILE)),
-                upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))],
+            output_files=[self._output(commands.MERGED_FILE, commands.MERGED_FILE)],
             depends_on=models.BatchTaskDependencies(task_id_ranges=[models.BatchTaskIdRange(start=1, end=n)]),
             container_settings=container_settings(self.profile),
             constraints=models.BatchTaskConstraints(max_task_retry_count=2))
