@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import capture as capture_mod
+from . import identity
 from . import merge
 from . import store
 from . import worker as wire
@@ -54,8 +55,10 @@ class RunRequest:
 
 
 def new_job_id() -> str:
-    """Sortable by time, unguessable, and a valid Batch id (letters, digits, '-')."""
-    return time.strftime("azpar-%Y%m%d-%H%M%S-") + secrets.token_hex(6)
+    """Names its user (``identity.slug``: under JupyterHub, the hub user), sortable by time
+    among that user's jobs, unguessable, and a valid Batch job id and container name stem
+    (lowercase letters, digits, single '-'; at most 55 characters)."""
+    return f"azpar-{identity.slug()}-" + time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(6)
 
 
 def materialize(cell: ParsedCell, namespace: Mapping[str, Any]) -> list:

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import getpass
 import json
 import mmap
 import os
@@ -71,6 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import identity
 from . import worker as wire
 from .job import FINAL_STATES, LOST, RUNNING, Failure, Job, JobOptions
 
@@ -100,10 +100,16 @@ def store_root() -> Path:
     Read on every call, so a test or a notebook can point it elsewhere at any time."""
     explicit = os.environ.get(STORE_ENV)
     if explicit:
-        return Path(explicit).expanduser()
-    data_home = os.environ.get("XDG_DATA_HOME")
-    base = Path(data_home).expanduser() if data_home else Path.home() / ".local" / "share"
-    return base / "azpar" / "jobs"
+        root = Path(explicit).expanduser()
+    else:
+        data_home = os.environ.get("XDG_DATA_HOME")
+        base = Path(data_home).expanduser() if data_home else Path.home() / ".local" / "share"
+        root = base / "azpar" / "jobs"
+    # Under JupyterHub several hub users may share one OS account and home folder (a local
+    # spawner, or every pod running as jovyan on one volume): each gets a folder of their own,
+    # so %azpar jobs, attach and delete only ever see that user's jobs.
+    hub = identity.hub_user()
+    return root / f"hub-{identity.slug(hub)}" if hub else root
 
 
 _checked_roots: set[str] = set()
@@ -116,6 +122,8 @@ def ensure_root(root: Path | None = None) -> Path:
     key = str(root)
     if key in _checked_roots:  # checked once per process (a stat per job showed in the benchmark)
         return root
+    if root.name.startswith("hub-"):  # a hub user's folder: the shared root above it is private too
+        root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = root.stat()
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
@@ -127,21 +135,10 @@ def ensure_root(root: Path | None = None) -> Path:
     return root
 
 
-_os_user: list[str] = []  # looked up once: a passwd lookup costs more than the rest of a manifest
-
-
 def creator() -> str:
     """Who the job is for: the JupyterHub user when there is one (several hub users may map
     to one OS account), else the OS user."""
-    hub = os.environ.get("JUPYTERHUB_USER")
-    if hub:
-        return hub
-    if not _os_user:
-        try:
-            _os_user.append(getpass.getuser())
-        except Exception:  # no passwd entry (some containers)
-            _os_user.append(str(os.getuid()) if hasattr(os, "getuid") else "unknown")
-    return _os_user[0]
+    return identity.user()
 
 
 def _boot_id() -> str | None:

@@ -53,7 +53,7 @@ def _restart(kernel: Kernel) -> None:
 
 def _job_id(reply) -> str:
     text = reply.results[0]["text/plain"] if reply.results else reply.stdout
-    found = re.search(r"azpar-\d{8}-\d{6}-[0-9a-f]{12}", text)
+    found = re.search(r"azpar-[a-z0-9]+-\d{8}-\d{6}-[0-9a-f]{12}", text)
     assert found, reply.describe()
     return found.group(0)
 

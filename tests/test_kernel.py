@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "notebooks" / "01-quickstart.ipynb"
 RUN_NOTEBOOK = ROOT / "scripts" / "run_notebook.py"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_JOB_ID = re.compile(r"azpar-\d{8}-\d{6}-[0-9a-f]+")
+_JOB_ID = re.compile(r"azpar-[a-z0-9]+-\d{8}-\d{6}-[0-9a-f]+")
 
 
 def _isolated_env(base: Path) -> dict[str, str]:

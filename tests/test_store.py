@@ -61,8 +61,8 @@ def test_every_job_is_written_private_with_its_manifest(job_store, monkeypatch):
         assert store.flush(10)
     finally:
         os.umask(old_umask)
-    folder = job_store / job.id
-    assert _mode(job_store) == 0o700 and _mode(folder) == 0o700
+    folder = job_store / "hub-ada" / job.id  # a hub user's jobs go to a folder of their own
+    assert _mode(job_store) == 0o700 and _mode(folder.parent) == 0o700 and _mode(folder) == 0o700
     files = sorted(p.name for p in folder.iterdir())
     assert files == sorted([store.MANIFEST, store.RECORDS])
     assert all(_mode(folder / name) == 0o600 for name in files)
