@@ -3,6 +3,11 @@ variables, ``./azpar.toml``, the user's config file, the system file an administ
 puts under ``{sys.prefix}/etc/azpar/``, and the defaults (the local backend).
 
 Only plain settings live here; secrets never do unless a user saves one on purpose.
+
+The system file may hold an ``[admin]`` table (see ``AdminPolicy``): the fields of its
+profiles users may not change (``locked``, or the complement of ``user_overridable``) and
+whether users may define profiles of their own. A lower layer that sets a locked field is
+refused with a message naming both files, never silently ignored.
 """
 
 from __future__ import annotations
@@ -99,15 +104,111 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, cwd: str | None
                          if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX):].lower() in DEFAULTS}),
         ("magic options", {k: v for k, v in (overrides or {}).items() if v is not None}),
     ]
+    policy = admin_policy()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for where, layer in layers:
         for key, value in layer.items():
             if isinstance(value, dict):
                 continue  # profile tables are read by the backends that use them
+            if key in policy.locked and key in values and sources.get(key) == policy.path:
+                named = f"environment variable {_ENV_PREFIX}{key.upper()}" if where == "environment" else where
+                raise ConfigError(_locked_message(named, key, None, policy, values[key]))
             values[key] = _coerce(key, value, where)
             sources[key] = where
     return Settings(values, sources)
+
+
+# ---------------------------------------------------------------------------------------
+# What the administrator allows (the [admin] table of the system file)
+# ---------------------------------------------------------------------------------------
+
+ADMIN_TABLE = "admin"
+
+
+@dataclass(frozen=True)
+class AdminPolicy:
+    """The system file's ``[admin]`` table:
+
+    - ``locked = [...]``: fields of the system file's profiles (and top-level settings such
+      as ``profile`` or ``backend``) that no other layer may set; ``"*"`` locks them all.
+    - ``user_overridable = [...]``: the other way round, the only fields users may set.
+    - ``allow_user_profiles = false``: only the system file's profiles may be used.
+    """
+
+    path: str
+    locked: frozenset[str] = frozenset()
+    allow_user_profiles: bool = True
+    system_profiles: frozenset[str] = frozenset()
+
+    def locks(self, profile: str | None, key: str) -> bool:
+        """Whether ``key`` of ``profile`` (None: a top-level setting) is the administrator's alone."""
+        if key not in self.locked:
+            return False
+        return profile is None or profile in self.system_profiles
+
+
+def admin_policy() -> AdminPolicy:
+    path = system_config_path()
+    data = _read_toml(path)
+    where = str(path)
+    table = data.get(ADMIN_TABLE) or {}
+    profiles = data.get(PROFILES_TABLE) or {}
+    system_profiles = frozenset(k for k, v in profiles.items() if isinstance(v, dict)) \
+        if isinstance(profiles, dict) else frozenset()
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [{ADMIN_TABLE}] must be a table")
+    unknown = set(table) - {"locked", "user_overridable", "allow_user_profiles"}
+    if unknown:
+        raise ConfigError(f"{where}: [{ADMIN_TABLE}] has unknown keys {', '.join(sorted(unknown))}; known: locked, "
+                          "user_overridable, allow_user_profiles")
+    known = set(PROFILE_FIELDS) | set(DEFAULTS)
+
+    def names(key: str) -> set[str]:
+        value = table.get(key, [])
+        if value == "*":
+            return set(known)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: [{ADMIN_TABLE}] {key} must be a list of field names (or \"*\")")
+        bad = sorted(set(value) - known)
+        if bad:
+            raise ConfigError(f"{where}: [{ADMIN_TABLE}] {key} names unknown fields {', '.join(bad)}")
+        return set(value)
+
+    if "locked" in table and "user_overridable" in table:
+        raise ConfigError(f"{where}: [{ADMIN_TABLE}] takes locked or user_overridable, not both")
+    locked = names("locked") if "locked" in table else (
+        known - names("user_overridable") if "user_overridable" in table else set())
+    allow = table.get("allow_user_profiles", True)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"{where}: [{ADMIN_TABLE}] allow_user_profiles must be true or false")
+    return AdminPolicy(where, frozenset(locked), allow, system_profiles)
+
+
+def _locked_message(where: str, key: str, profile: str | None, policy: AdminPolicy, admin_value: Any) -> str:
+    what = f"{key} of profile {profile!r}" if profile else f"the setting {key}"
+    if where.startswith("environment variable "):
+        fix = f"unset {where[len('environment variable '):]}"
+    elif where in ("environment", "magic options"):
+        fix = f"do not set it in the {where}"
+    else:
+        fix = f"remove {key} from {where}"
+    return (f"{where} sets {what}, which the administrator has locked in {policy.path} ([{ADMIN_TABLE}]); "
+            f"{fix} (the administrator's value is {admin_value!r}).")
+
+
+def layer_name(source: str) -> str:
+    """A short name for where a value came from, for ``%azpar config`` and the form:
+    system / user / project (./azpar.toml) / environment / magic options / defaults."""
+    if source == str(system_config_path()):
+        return "system"
+    if source == str(user_config_path()):
+        return "user"
+    if source.endswith("azpar.toml"):
+        return "project"
+    if source.startswith("environment"):
+        return "environment"
+    return source
 
 
 
@@ -241,9 +342,18 @@ def load_profile(name: str, *, cwd: str | None = None, environ: Mapping[str, str
     ``AZPAR_<FIELD>`` environment variables, then ``overrides``. Unknown fields are an
     error naming the file, so a typo never silently falls back to a default."""
     environ = os.environ if environ is None else environ
+    policy = admin_policy()
     values = {k: (list(f.default) if isinstance(f.default, list) else f.default) for k, f in PROFILE_FIELDS.items()}
     sources = {k: "defaults" for k in PROFILE_FIELDS}
     found = False
+    if not policy.allow_user_profiles and name not in policy.system_profiles:
+        raise ConfigError(f"the administrator allows only the profiles of {policy.path} "
+                          f"({', '.join(sorted(policy.system_profiles)) or 'none'}), not {name!r}")
+
+    def check(key: str, where: str) -> None:
+        if where != policy.path and policy.locks(name, key):
+            raise ConfigError(_locked_message(where, key, name, policy, values[key]))
+
     for where, layer in _layers(cwd):
         table = (layer.get(PROFILES_TABLE) or {}).get(name)
         if not isinstance(table, dict):
@@ -254,6 +364,7 @@ def load_profile(name: str, *, cwd: str | None = None, environ: Mapping[str, str
             if spec is None:
                 raise ConfigError(f"{where}: profile {name!r} has an unknown field {key!r}; known fields: "
                                   f"{', '.join(PROFILE_FIELDS)}")
+            check(key, where)
             values[key] = _coerce_field(spec, value, where)
             sources[key] = where
     if not found:
@@ -264,10 +375,12 @@ def load_profile(name: str, *, cwd: str | None = None, environ: Mapping[str, str
     for key, spec in PROFILE_FIELDS.items():
         env_name = _ENV_PREFIX + key.upper()
         if env_name in environ and key not in DEFAULTS:
+            check(key, f"environment variable {env_name}")
             values[key] = _coerce_field(spec, environ[env_name], f"environment variable {env_name}")
             sources[key] = "environment"
     for key, value in (overrides or {}).items():
         if value is not None and key in PROFILE_FIELDS:
+            check(key, "magic options")
             values[key] = _coerce_field(PROFILE_FIELDS[key], value, "magic options")
             sources[key] = "magic options"
     return Profile(name, values, sources)

@@ -668,8 +668,12 @@ class AzparMagics(Magics):
             raise UsageError(problem)
         if assignments:
             loaded = dict(values)
+            locks = prof.locked(name)
             for text in assignments:
                 field, _, raw = text.partition("=")
+                if field.strip() in locks:
+                    raise UsageError(f"%azpar config: {field.strip()} of profile {name!r} is locked by the administrator "
+                                     f"in {locks[field.strip()]}; ask them to change it. Nothing was saved.")
                 try:
                     values[field.strip()] = prof.parse_value(field.strip(), raw)
                 except ValueError as exc:

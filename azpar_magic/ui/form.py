@@ -184,9 +184,11 @@ class ConfigForm:
             self._loading = False
         self.loaded, self.sources = dict(values), dict(sources)
         self.saved_values = dict(values) if name in self._known_names() else None
+        locks = prof.locked(name)
         for field, control in self.inputs.items():
-            source = sources.get(field, "defaults")
+            source = prof.source_text(sources.get(field, "defaults"), locks.get(field))
             control.tooltip = f"{config.PROFILE_FIELDS[field].help} (now from {source})"
+            control.disabled = field in locks  # the administrator's value: shown, not editable
         self.dedicated.value = int(values.get("dedicated_nodes") or 0)
         self.spot.value = int(values.get("spot_nodes") or 0)
         self.validate()

@@ -43,6 +43,24 @@ def load(name: str, *, cwd: str | None = None, environ: Mapping[str, str] | None
     return dict(profile.values), dict(profile.sources), None
 
 
+def locked(name: str) -> dict[str, str]:
+    """Field -> the administrator's file, for the fields of profile ``name`` that users may
+    not change (empty when nothing is locked, or the system file cannot be read: loading the
+    profile reports that)."""
+    try:
+        policy = config.admin_policy()
+    except config.ConfigError:
+        return {}
+    return {k: policy.path for k in config.PROFILE_FIELDS if policy.locks(name, k)}
+
+
+def source_text(source: str, locked_by: str | None = None) -> str:
+    """Where a value comes from, as shown next to it: the layer's name and its file."""
+    layer = config.layer_name(source)
+    text = source if layer == source else f"{layer}: {source}"
+    return text + (", locked by the administrator" if locked_by else "")
+
+
 def parse_value(field: str, text: str) -> Any:
     """A typed value for ``field`` from what a user typed (ValueError says why not)."""
     spec = config.PROFILE_FIELDS.get(field)
@@ -99,14 +117,16 @@ def looks_like_secret(text: str) -> bool:
 
 def profile_text(name: str, values: Mapping[str, Any], sources: Mapping[str, str], problems: Mapping[str, str],
                  environ: Mapping[str, str] | None = None) -> str:
-    """The profile as aligned lines: field, value, where it came from, what is wrong."""
+    """The profile as aligned lines: field, value, the layer it came from (and whether the
+    administrator locked it), what is wrong."""
     width = max(len(k) for k in config.PROFILE_FIELDS)
+    locks = locked(name)
     lines = [f"profile {name}"]
     for key, spec in config.PROFILE_FIELDS.items():
         value = values.get(key)
         shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else str(value))
         extra = f"  [{secret_status(str(value or ''), environ)}]" if spec.secret else ""
-        source = sources.get(key, "defaults")
+        source = source_text(sources.get(key, "defaults"), locks.get(key))
         line = f"  {key:<{width}}  {shown}{extra}  ({source})"
         if key in problems:
             line += f"\n  {'':<{width}}  ! {key} {problems[key]}"
