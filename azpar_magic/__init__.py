@@ -29,11 +29,14 @@ __all__ = ["run", "jobs", "attach", "collect", "logs", "cancel", "rerun", "delet
 def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, combine: str | Callable = "list",
         errors: str = "stop", gather: Iterable[str] = (), retries: int = 2, timeout: float | None = None,
         chunk_size: int | None = None, seed: int | None = None, export: Iterable[str] = (),
-        no_export: Iterable[str] = (), backend: str | None = None, workers: int | None = None) -> Job:
+        no_export: Iterable[str] = (), backend: str | None = None, workers: int | None = None,
+        inputs: Iterable[str] = (), outputs: Iterable[str] = (), outputs_to: str | None = None) -> Job:
     """Start the loop ``loop`` (``"for x in xs"``) with ``body`` and return its Job at once.
 
     ``namespace`` defaults to the caller's globals; ``job.result()`` waits and returns the
-    combined value exactly as ``%%azpar`` would bind it. Options mean what the magic's do.
+    combined value exactly as ``%%azpar`` would bind it. Options mean what the magic's do
+    (``inputs``/``outputs``/``outputs_to``: ``--inputs``/``--outputs``/``--outputs-to``; the
+    outputs' locations are in ``job.files``).
     """
     from .engine import RunRequest, SubmitError
     from .parsing import CellError, parse_cell
@@ -45,7 +48,8 @@ def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, com
     except CellError as exc:
         raise ValueError(str(exc)) from None
     options = JobOptions(combine=combine, errors=errors, gather=tuple(gather), retries=retries, timeout=timeout,
-                         chunk_size=chunk_size, seed=seed)
+                         chunk_size=chunk_size, seed=seed, inputs=tuple(inputs), outputs=tuple(outputs),
+                         outputs_to=outputs_to)
     engine = session.engine(backend, workers)
     try:
         job = engine.submit(RunRequest(cell, namespace, options, tuple(export), tuple(no_export)))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import capture as capture_mod
+from . import data as data_mod
 from . import identity
 from . import merge
 from . import store
@@ -177,6 +178,8 @@ class _Run:
             rows = _decode_list(result["gathered"])
             gathered = {name: [(row or {}).get(name) for row in rows] for name in self.job.options.gather}
         failures = {i: _failure_from_record(i, rec) for i, rec in result.get("failed", {}).items()}
+        if getattr(self.job, "files", None) is not None:  # --inputs/--outputs: what came back
+            self.job.files.add(result.get("files"))
         self.job.record_values(event.task_id, indices, values, failures, result.get("outputs", {}), gathered)
         self.recorder.task_result(event.task_id, indices, result)
         if failures:
@@ -265,6 +268,7 @@ class Engine:
         tasks: dict[str, TaskSpec] = {}
         cap = None
         todo = list(request.indices) if request.indices is not None else None  # None: every iteration
+        data_plan = self._data_plan(request, items, job_id, todo)
         if items and todo != []:
             try:
                 cap = capture_mod.capture(request.cell, request.namespace, export=request.export,
@@ -282,6 +286,7 @@ class Engine:
         job = Job(job_id, items, options, backend_name=self.backend.name, pool=pool, vm_size=vm_size,
                   source=request.cell.source, nodes=self.backend.nodes, cancel=lambda: self.cancel(job_id))
         self.jobs[job_id] = job
+        job.files = data_mod.FilesReport(data_plan) if data_plan is not None else None
         if request.base is not None:
             computed = set(todo if todo is not None else range(len(items)))
             job.adopt(request.base, [i for i in range(len(items)) if i not in computed])
@@ -299,7 +304,8 @@ class Engine:
             job.add_task(task.task_id, task.indices)
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
         spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd(),
-                       retries=options.retries, backend_options=dict(request.backend_options))
+                       retries=options.retries,
+                       backend_options={**request.backend_options, **({"data": data_plan} if data_plan else {})})
         run = _Run(self, job, tasks, recorder)
         with self._lock:
             self._runs[job_id] = run
@@ -307,6 +313,23 @@ class Engine:
         job.mark_running()
         self.backend.submit(spec, list(tasks.values()), run.on_event)
         return job
+
+    def _data_plan(self, request: RunRequest, items: list, job_id: str,
+                   todo: list[int] | None) -> data_mod.DataPlan | None:
+        """--inputs/--outputs resolved for these items (data.py), or None without them;
+        every path is checked here, before anything is submitted."""
+        options = request.options
+        if not (options.inputs or options.outputs or options.outputs_to):
+            return None
+        try:
+            found = data_mod.plan(options.inputs, options.outputs, options.outputs_to,
+                                  target_source=request.cell.target_source, target_names=request.cell.target_names,
+                                  items=items, folder=request.folder or os.getcwd(), indices=todo,
+                                  blobs_ok=bool(getattr(self.backend, "blob_inputs", False)), backend=self.backend.name)
+        except data_mod.DataError as exc:
+            raise SubmitError(str(exc)) from None
+        found.job_id = job_id
+        return found
 
     def cancel(self, job_id: str) -> None:
         with self._lock:

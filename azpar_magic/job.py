@@ -150,6 +150,9 @@ class JobOptions:
     chunk_size: int | None = None
     seed: int | None = None
     output_name: str | None = None
+    inputs: tuple[str, ...] = ()  # --inputs specs (data.py)
+    outputs: tuple[str, ...] = ()  # --outputs globs
+    outputs_to: str | None = None  # --outputs-to folder or az:// path
 
 
 class Job:
@@ -192,6 +195,7 @@ class Job:
         self._adopted = 0  # iterations kept from an earlier run: not work of this run (throughput)
         self.manifest: dict | None = None  # the job store's manifest, for a job loaded from the store
         self.owner = ""  # for a stored job another process runs: which one (it cannot be cancelled here)
+        self.files = None  # data.FilesReport of a job with --inputs/--outputs: outputs per iteration, warnings
 
     # ------------------------------------------------------------------ fed by the engine
 

@@ -52,6 +52,14 @@ def _names(value: str | None) -> tuple[str, ...]:
     return names
 
 
+def _unquote(text: str) -> str:
+    """IPython's option splitter keeps the quotes around a value (``'data/{i}.csv'``),
+    which are needed to protect globs and braces; the path is what is inside them."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
 class _Progress:
     """The one refreshing text line, drawn from the main thread only (a background print
     would land in whichever cell runs next)."""
@@ -211,6 +219,15 @@ class AzparMagics(Magics):
               help="Azure: client (default) downloads results as tasks finish; cloud adds a merge task that "
                    "writes one merged blob, downloaded once")
     @argument("--keep", action="store_true", help="Azure: keep the Batch job and its containers after success")
+    @argument("--inputs", action="append", metavar="SPEC",
+              help="files every iteration reads, under inputs/ in its working directory: a local file, folder or "
+                   "glob, or az://container/path; with {target} placeholders, each iteration gets its own "
+                   "(e.g. 'data/part-{i}.csv'); repeatable")
+    @argument("--outputs", action="append", metavar="GLOB",
+              help="files an iteration writes in its working directory that come back to "
+                   "azpar_outputs/<job id>/<iteration>/; repeatable")
+    @argument("--outputs-to", metavar="DEST", help="where --outputs go instead of azpar_outputs: a folder or "
+                                                   "az://container/prefix (Azure)")
     @cell_magic("azpar")
     def azpar_cell(self, line: str, cell: str):
         """Run the iterations of a for loop in parallel.
@@ -251,6 +268,7 @@ class AzparMagics(Magics):
             return job
         self._wait(job, args.quiet)
         self._show_outputs(job)
+        self._show_files(job, args.quiet)
         self._inject(job, options.output_name, options.gather)
         return None
 
@@ -310,7 +328,10 @@ class AzparMagics(Magics):
             raise UsageError(f"--workers must be at least 1, got {args.workers}")
         gather = _names(args.gather)
         return JobOptions(combine=combine, errors=args.errors, gather=gather, retries=args.retries,
-                          timeout=args.timeout, chunk_size=chunk_size, seed=args.seed, output_name=output)
+                          timeout=args.timeout, chunk_size=chunk_size, seed=args.seed, output_name=output,
+                          inputs=tuple(map(_unquote, args.inputs or ())),
+                          outputs=tuple(map(_unquote, args.outputs or ())),
+                          outputs_to=_unquote(args.outputs_to) if args.outputs_to else None)
 
     def _live_view(self, job: Job, quiet: bool):
         """The widget panel where the frontend draws widgets, else the text line."""
@@ -363,6 +384,18 @@ class AzparMagics(Magics):
                 (sys.stdout if kind == "stdout" else sys.stderr).write(text)
         sys.stdout.flush()
         sys.stderr.flush()
+
+    @staticmethod
+    def _show_files(job: Job, quiet: bool) -> None:
+        """--outputs: where they went, and each pattern that matched nothing (once)."""
+        report = getattr(job, "files", None)
+        if report is None or not report.plan.outputs:
+            return
+        for line in report.warnings():
+            print(f"azpar: warning: {line}", file=sys.stderr)
+        if not quiet:
+            count = len(report.produced)
+            print(f"azpar: outputs of {count} iteration{'s' if count != 1 else ''} in {report.location}")
 
     def _inject(self, job: Job, output: str, gather: tuple[str, ...]) -> None:
         try:
@@ -781,4 +814,5 @@ class AzparMagics(Magics):
             raise UsageError(_lost_message(job))
         self._wait(job, quiet=quiet)
         self._show_outputs(job)
+        self._show_files(job, quiet)
         self._inject(job, output or default_output or DEFAULT_OUTPUT, gather)

@@ -23,6 +23,7 @@ import base64
 import builtins
 import copyreg
 import functools
+import glob
 import hashlib
 import importlib
 import io
@@ -33,6 +34,7 @@ import os
 import pickle
 import platform
 import random
+import shutil
 import signal
 import struct
 import sys
@@ -574,6 +576,116 @@ def _cell_line(exc: BaseException, filename: str) -> int | None:
     return line
 
 
+INPUTS_DIR = "inputs"  # where an iteration finds its --inputs, in its working directory
+FILE_ATTEMPTS = 3  # moves of an output file before the iteration is reported as failed
+
+
+def _resolve_root(path: str) -> str:
+    """A root named in a task's data spec: variables expanded (``$AZPAR_STAGE_DIR``),
+    relative to the task's working directory."""
+    return os.path.abspath(os.path.expandvars(path))
+
+
+class IterationFiles:
+    """``--inputs``/``--outputs`` on the node: each iteration runs in its own empty working
+    directory ``<work>/<index>``, finds its inputs under ``inputs/`` there (symbolic links to
+    the job's shared inputs and to its own, never copies), and the files matching the output
+    patterns are moved to ``<collect>/<index>/<same path>`` when it ends, so iterations of
+    one task (``--chunk-size``) never overwrite each other's files.
+
+    ``job_spec`` (from the envelope): ``shared`` -- paths under ``inputs/`` every iteration
+    sees, ``outputs`` -- glob patterns. ``task_spec`` (per task): ``roots`` -- ``shared``,
+    ``items``, ``work`` and ``collect`` folders; ``items`` -- {index: [paths]} of inputs only
+    that iteration sees."""
+
+    def __init__(self, job_spec: dict, task_spec: dict):
+        roots = task_spec.get("roots") or {}
+        self.shared = list(job_spec.get("shared") or [])
+        self.patterns = list(job_spec.get("outputs") or [])
+        self.items = {int(k): v for k, v in (task_spec.get("items") or {}).items()}
+        self.shared_root = _resolve_root(roots.get("shared") or "azpar-in")
+        self.item_root = _resolve_root(roots.get("items") or "azpar-in")
+        self.work_root = _resolve_root(roots.get("work") or "azpar-work")
+        self.collect_root = _resolve_root(roots.get("collect") or "azpar-out")
+        self.produced: dict[int, list[str]] = {}
+        self.unmatched: dict[int, list[str]] = {}
+        self._previous: str | None = None
+
+    def enter(self, index: int) -> None:
+        folder = os.path.join(self.work_root, str(index))
+        if os.path.lexists(folder):  # an earlier attempt of this task
+            shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        own = self.items.get(index)
+        inputs = os.path.join(folder, INPUTS_DIR)
+        if own:
+            for rel, root in [(r, self.shared_root) for r in self.shared] + [(r, self.item_root) for r in own]:
+                link = os.path.join(inputs, rel)
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                if not os.path.lexists(link):
+                    os.symlink(os.path.join(root, rel), link)
+        elif self.shared:
+            os.symlink(self.shared_root, inputs)  # one link for the whole shared tree
+        self._previous = os.getcwd()
+        os.chdir(folder)
+
+    def leave(self, index: int, failed: bool) -> str | None:
+        """Back to the task's directory; outputs moved out; the iteration's folder removed.
+        Returns why an output could not be kept (the iteration then fails), else None."""
+        if self._previous is not None:
+            os.chdir(self._previous)
+            self._previous = None
+        folder = os.path.join(self.work_root, str(index))
+        found: dict[str, None] = {}
+        for pattern in self.patterns:
+            matches = [m for m in sorted(glob.glob(pattern, root_dir=folder, recursive=True))
+                       if os.path.isfile(os.path.join(folder, m))
+                       and m.replace(os.sep, "/").split("/")[0] != INPUTS_DIR]
+            if not matches and not failed:
+                self.unmatched.setdefault(index, []).append(pattern)
+            found.update(dict.fromkeys(m.replace(os.sep, "/") for m in matches))
+        problem = None
+        kept = []
+        for rel in found:
+            target = os.path.join(self.collect_root, str(index), rel)
+            error = None
+            for attempt in range(FILE_ATTEMPTS):
+                try:
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.move(os.path.join(folder, rel), target)
+                    error = None
+                    break
+                except OSError as exc:
+                    error = exc
+                    time.sleep(0.05 * 2 ** attempt)
+            if error is None:
+                kept.append(rel)
+            elif problem is None:
+                problem = (f"output file {rel} of iteration {index} could not be moved to {target} after "
+                           f"{FILE_ATTEMPTS} attempts: {type(error).__name__}: {error}")
+        if kept:
+            self.produced[index] = kept
+        shutil.rmtree(folder, ignore_errors=True)
+        return problem
+
+    def restore_cwd(self) -> None:
+        """Back to the task's directory if an iteration left us in its own (a failure
+        between enter and leave); a no-op otherwise."""
+        if self._previous is not None:
+            os.chdir(self._previous)
+            self._previous = None
+
+    def report(self) -> dict:
+        return {"produced": self.produced, "unmatched": self.unmatched}
+
+
+def iteration_files(envelope: dict, task_spec: dict | None) -> IterationFiles | None:
+    job_spec = envelope.get("data")
+    if not job_spec:
+        return None
+    return IterationFiles(job_spec, task_spec or {})
+
+
 class Runner:
     """Runs iterations of a loaded job and builds the result record of a task."""
 
@@ -601,8 +713,9 @@ class Runner:
             "exc": exc_blob,
         }
 
-    def run(self, indices: list[int], items: list) -> dict:
-        """Run each (index, item) and return a result dict (plain data and bytes only).
+    def run(self, indices: list[int], items: list, files: IterationFiles | None = None) -> dict:
+        """Run each (index, item) and return a result dict (plain data and bytes only);
+        ``files``: run each iteration in its own folder with its inputs and outputs.
 
         This loop is the per-iteration overhead of every trivial loop, so it allocates
         nothing per iteration unless the iteration prints, fails or gathers."""
@@ -630,24 +743,33 @@ class Runner:
                 sink.index = index
                 if seed is not None:
                     _seed_iteration(seed, index)
+                if files is not None:
+                    files.enter(index)
                 try:
                     if function is not None:
                         append(function(item))
-                        continue
-                    clear()
-                    update(base)
-                    namespace[ITEM_NAME] = item
-                    exec(code, namespace)
-                    append(namespace[VALUE_NAME])
+                    else:
+                        clear()
+                        update(base)
+                        namespace[ITEM_NAME] = item
+                        exec(code, namespace)
+                        append(namespace[VALUE_NAME])
                 except BaseException as exc:  # SystemExit from user code is a user error too
                     append(None)
                     sys.stdout, sys.stderr = saved[0], saved[1]
                     failed[index] = self._error_record(exc)
                     sys.stdout, sys.stderr = _Stream(sink, "stdout"), _Stream(sink, "stderr")
+                if files is not None:
+                    problem = files.leave(index, index in failed)
+                    if problem is not None and index not in failed:
+                        failed[index] = {"type": "azpar_magic.TransferError", "message": problem,
+                                         "traceback": "", "line": None, "exc": None}
                 if gather:
                     gathered.append({name: namespace.get(name) for name in gather})
         finally:
             sys.stdout, sys.stderr = saved[0], saved[1]
+            if files is not None:
+                files.restore_cwd()
             if saved[2] is not None:
                 sys.modules["__main__"] = saved[2]
             if saved[3] is None:
@@ -658,6 +780,7 @@ class Runner:
             update(base)
         return {
             "indices": list(indices),
+            "files": files.report() if files is not None else None,
             "values": self._encode_list(values, indices, failed, "value"),
             "gathered": self._encode_list(gathered, indices, failed, "gathered variable") if gather else None,
             "failed": failed,
@@ -713,7 +836,7 @@ def run_task_file(task_path: str, result_path: str, cache: JobCache | None = Non
             envelope_path = os.path.join(base, envelope_path)
         job = load_job(envelope_path, cache)
         items = load_items(header["items_codec"], body, job)
-        result = Runner(job).run(header["indices"], items)
+        result = Runner(job).run(header["indices"], items, iteration_files(job.envelope, header.get("data")))
         result["task"] = header.get("task")
         write_result(result_path, result)
         return EXIT_OK
@@ -835,7 +958,8 @@ def serve(fd_in: int, fd_out: int) -> int:
                 os.chdir(message["cwd"])
             job = load_job(message["envelope"], cache)
             items = load_items(message["items_codec"], message["items"], job)
-            reply["result"] = Runner(job).run(message["indices"], items)
+            reply["result"] = Runner(job).run(message["indices"], items,
+                                              iteration_files(job.envelope, message.get("data")))
             reply["result"]["worker"] = {"pid": os.getpid(), "namespace_loads": cache.namespace_loads}
         except EnvironmentMismatch as exc:
             reply.update(error=str(exc), exit_code=EXIT_ENVIRONMENT)

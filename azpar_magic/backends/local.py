@@ -61,6 +61,8 @@ class _Job:
     envelope_path: str
     on_event: EventSink
     cancelled_tasks: set = field(default_factory=set)  # task ids that must never start
+    data: dict | None = None  # --inputs/--outputs: the worker's roots, and per-iteration inputs
+    scratch: list = field(default_factory=list)  # folders removed when the job ends
 
 
 class LocalBackend:
@@ -124,15 +126,40 @@ class LocalBackend:
                 fh.write(job.namespace)
             os.replace(tmp, ns_path)
         envelope_path = os.path.join(self._stage, f"job-{job.job_id}.azpj")
+        envelope, data, scratch = job.envelope, None, []
+        plan = (job.backend_options or {}).get("data")
+        if plan is not None:
+            envelope, data, scratch = self._stage_data(job, plan)
         with open(envelope_path, "wb") as fh:
-            fh.write(wire.pack(wire.ENVELOPE_MAGIC, job.envelope))
+            fh.write(wire.pack(wire.ENVELOPE_MAGIC, envelope))
         with self._lock:
-            self._jobs[job.job_id] = _Job(job, envelope_path, on_event)
+            self._jobs[job.job_id] = _Job(job, envelope_path, on_event, data=data, scratch=scratch)
             self._queue.extend((job.job_id, task) for task in tasks)
         # Hand the first tasks to idle workers from this thread, now: once workers compute on
         # every core, the dispatcher thread may wait for a CPU before it can write them.
         self._dispatch()
         self._wake()
+
+    def _stage_data(self, job: JobSpec, plan) -> tuple[dict, dict, list]:
+        """--inputs are read in place: one tree of symbolic links to the original files per
+        job (nothing is copied, whatever their size). Iterations work in folders beside the
+        output destination, so their outputs are renamed into it, not copied."""
+        tree = os.path.join(self._stage, f"in-{job.job_id}")
+        files = list(plan.shared_files) + [f for fs in plan.item_files.values() for f in fs]
+        for f in files:
+            link = os.path.join(tree, f.rel)
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            if not os.path.lexists(link):
+                os.symlink(f.path, link)
+        if plan.outputs:
+            os.makedirs(plan.dest, exist_ok=True)
+            work = tempfile.mkdtemp(prefix=f".azpar-work-{job.job_id}-", dir=plan.dest)
+        else:
+            work = tempfile.mkdtemp(prefix=f"azpar-work-{job.job_id}-")
+        envelope = dict(job.envelope, data=plan.worker_spec([f.rel for f in plan.shared_files]))
+        roots = {"shared": tree, "items": tree, "work": work, "collect": plan.local_dest()}
+        items = {i: [f.rel for f in fs] for i, fs in plan.item_files.items()}
+        return envelope, {"roots": roots, "items": items}, [tree, work]
 
     def resubmit(self, job_id: str, task: TaskSpec) -> None:
         with self._lock:
@@ -181,6 +208,8 @@ class LocalBackend:
                 os.unlink(job.envelope_path)
             except OSError:
                 pass
+            for folder in job.scratch:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
         with self._lock:
@@ -392,6 +421,10 @@ class LocalBackend:
                 message = {"op": "task", "task": task.task_id, "envelope": job.envelope_path,
                            "items_codec": task.items_codec, "items": task.items,
                            "indices": list(task.indices), "cwd": job.spec.cwd}
+                if job.data is not None:
+                    own = job.data["items"]
+                    message["data"] = {"roots": job.data["roots"],
+                                       "items": {i: own[i] for i in task.indices if i in own}}
                 try:
                     _write_all(w.send_fd, _frame(message))
                 except OSError:

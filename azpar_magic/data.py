@@ -1,0 +1,396 @@
+"""Files in and out of iterations: ``--inputs``, ``--outputs`` and ``--outputs-to``.
+
+Backend-neutral: this module turns the user's specs into a plan (which local files and
+which blob paths every iteration sees, and where outputs go) before anything is submitted,
+and keeps the per-iteration report of what came back. Backends decide how the bytes move:
+the local pool links the original files in place, Azure stages them as Batch resource files.
+
+Semantics (also in the README):
+
+- Every iteration runs in its own empty working directory when ``--inputs`` or
+  ``--outputs`` is given. Inputs appear under ``inputs/`` in it, with the layout they were
+  given in: a path relative to the notebook's folder keeps that relative path
+  (``data/part-1.csv`` -> ``inputs/data/part-1.csv``), an absolute path outside it keeps its
+  path without the leading slash, and ``az://container/path`` becomes
+  ``inputs/container/path``. A folder brings every file below it; globs (``*``, ``?``,
+  ``[..]``, ``**``) bring their matches.
+- A spec holding ``{name}`` placeholders is per-iteration: ``name`` must be a loop target
+  name (``for a, b in ...`` gives ``{a}`` and ``{b}``), the item is formatted in
+  (``str.format`` rules: ``{row[0]}``, ``{x:03d}``), and each iteration gets only its own
+  files.
+- ``--outputs GLOB``: files matching GLOB in an iteration's working directory (never those
+  under ``inputs/``) come back to ``<dest>/<job id>/<iteration>/<path>``, where ``dest`` is
+  ``azpar_outputs`` beside the notebook unless ``--outputs-to`` names another folder or an
+  ``az://container/prefix``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import string
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+BLOB_SCHEME = "az://"
+INPUTS_DIR = "inputs"  # where inputs appear in an iteration's working directory
+DEFAULT_DEST = "azpar_outputs"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+
+class DataError(ValueError):
+    """A spec cannot be used; the message is one paragraph for the user."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A local file an iteration reads: ``rel`` under ``inputs/``, ``path`` on this machine."""
+
+    rel: str
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BlobSpec:
+    """An ``az://container/path`` input, listed by the Azure backend (it holds the
+    credentials): an exact blob, a folder (every blob below ``path/``) or a glob."""
+
+    text: str
+    container: str
+    path: str
+
+    def matches(self, names: Sequence[str]) -> list[str]:
+        """The blob names of ``names`` this spec selects."""
+        if _GLOB_CHARS.search(self.path):
+            rx = glob_regex(self.path)
+            return [n for n in names if rx.fullmatch(n)]
+        if self.path in names:
+            return [self.path]
+        folder = self.path.rstrip("/") + "/" if self.path else ""
+        return [n for n in names if n.startswith(folder)]
+
+    @property
+    def list_prefix(self) -> str:
+        """The fixed part of ``path``, for a listing call."""
+        m = _GLOB_CHARS.search(self.path)
+        return self.path[: m.start()] if m else self.path
+
+
+@dataclass
+class DataPlan:
+    """What a job's iterations read and write; built by :func:`plan` before submission."""
+
+    shared_files: list[LocalFile] = field(default_factory=list)
+    shared_blobs: list[BlobSpec] = field(default_factory=list)
+    item_files: dict[int, list[LocalFile]] = field(default_factory=dict)
+    item_blobs: dict[int, list[BlobSpec]] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+    dest: str = ""  # absolute local folder, or az://container/prefix
+    job_id: str = ""
+
+    @property
+    def dest_is_blob(self) -> bool:
+        return self.dest.startswith(BLOB_SCHEME)
+
+    @property
+    def has_blobs(self) -> bool:
+        return bool(self.shared_blobs or any(self.item_blobs.values()))
+
+    def local_dest(self, index: int | None = None) -> str:
+        """``<dest>/<job id>`` (or one iteration's folder in it), on this machine."""
+        base = os.path.join(self.dest, self.job_id)
+        return base if index is None else os.path.join(base, str(index))
+
+    def worker_spec(self, shared_rels: Sequence[str]) -> dict:
+        """The job-level part the worker reads from the envelope."""
+        return {"shared": sorted(set(shared_rels)), "outputs": list(self.outputs)}
+
+
+def blob_path(text: str) -> tuple[str, str]:
+    """Split ``az://container/path`` into (container, path); DataError when malformed."""
+    rest = text[len(BLOB_SCHEME):]
+    container, _, path = rest.partition("/")
+    if not _CONTAINER.match(container or ""):
+        raise DataError(f"{text!r} does not name a blob container: expected az://CONTAINER/PATH with a container "
+                        "name of 3-63 lowercase letters, digits and single hyphens.")
+    return container, path
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """``*`` and ``?`` within one path segment, ``**`` across segments, ``[..]`` classes."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1:end]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))
+
+
+# --------------------------------------------------------------------------- placeholders
+
+
+def placeholders(text: str) -> list[str]:
+    """The root names of ``text``'s format fields (``{row[0]:>3}`` -> ``row``); [] when none."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise DataError(f"--inputs {text!r} has unbalanced braces ({exc}); write {{{{ and }}}} for literal "
+                        "braces.") from None
+    roots = []
+    for _literal, name, _spec, _conv in parsed:
+        if name is None:
+            continue
+        m = re.match(r"[A-Za-z_]\w*", name)
+        roots.append(m.group(0) if m else name)
+    return roots
+
+
+class _Binder:
+    """Binds the loop target to an item as the loop would (``for a, (b, c) in ...``)."""
+
+    def __init__(self, target_source: str):
+        self.code = compile(f"{target_source} = __azpar_item__", "<azpar target>", "exec")
+
+    def __call__(self, item: Any) -> dict:
+        scope: dict = {"__azpar_item__": item, "__builtins__": {}}
+        exec(self.code, scope)
+        scope.pop("__azpar_item__", None)
+        scope.pop("__builtins__", None)
+        return scope
+
+
+# --------------------------------------------------------------------------- local files
+
+
+def _rel_for(path: str, folder: str) -> str:
+    """Where a local file appears under ``inputs/``: relative to the notebook's folder
+    when inside it, else its absolute path without the leading slash."""
+    absolute = os.path.abspath(path)
+    try:
+        rel = os.path.relpath(absolute, folder)
+    except ValueError:  # another drive (Windows)
+        rel = ".."
+    if rel == ".." or rel.startswith(".." + os.sep):
+        rel = os.path.splitdrive(absolute)[1].lstrip(os.sep)
+    return rel.replace(os.sep, "/")
+
+
+def _walk(folder: str) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        found.extend(os.path.join(root, name) for name in sorted(files))
+    return found
+
+
+def resolve_local(text: str, folder: str, label: str | None = None) -> list[LocalFile]:
+    """The files a local spec names (a file, a folder, a glob); DataError when none.
+    ``label`` names the spec in messages (default ``--inputs 'TEXT'``)."""
+    label = label or f"--inputs {text!r}"
+    expanded = os.path.expanduser(text)
+    full = expanded if os.path.isabs(expanded) else os.path.join(folder, expanded)
+    if _GLOB_CHARS.search(expanded):
+        hits = sorted(glob.glob(full, recursive=True))
+    else:
+        hits = [full] if os.path.exists(full) else []
+    files: list[str] = []
+    for hit in hits:
+        files.extend(_walk(hit) if os.path.isdir(hit) else [hit])
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        kind = "matches no file" if _GLOB_CHARS.search(expanded) else (
+            "is an empty folder" if os.path.isdir(full) else "does not exist")
+        raise DataError(f"{label} {kind} (looked for {full}). Nothing was submitted.")
+    out = []
+    for f in files:
+        try:
+            size = os.path.getsize(f)
+        except OSError as exc:
+            raise DataError(f"{label}: {f} cannot be read: {exc}. Nothing was submitted.") from None
+        if not os.access(f, os.R_OK):
+            raise DataError(f"{label}: {f} is not readable. Nothing was submitted.")
+        out.append(LocalFile(_rel_for(f, folder), os.path.abspath(f), size))
+    return out
+
+
+def _check_unique(files: list[LocalFile], where: str) -> list[LocalFile]:
+    seen: dict[str, LocalFile] = {}
+    for f in files:
+        other = seen.get(f.rel)
+        if other is not None and other.path != f.path:
+            raise DataError(f"--inputs: {other.path} and {f.path} would both appear as {INPUTS_DIR}/{f.rel}{where}.")
+        seen[f.rel] = f
+    return list(seen.values())
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def check_output_pattern(pattern: str) -> None:
+    norm = pattern.replace("\\", "/")
+    if not norm or norm.startswith("/") or ".." in norm.split("/") or norm.startswith(BLOB_SCHEME):
+        raise DataError(f"--outputs {pattern!r} must be a relative path or glob inside the iteration's working "
+                        "directory (like *.png or results/*.csv); --outputs-to says where outputs go.")
+    if norm.split("/")[0] == INPUTS_DIR:
+        raise DataError(f"--outputs {pattern!r} points into {INPUTS_DIR}/, where inputs appear: outputs are the "
+                        "files the body writes.")
+
+
+def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, *, target_source: str,
+         target_names: Sequence[str], items: Sequence[Any], folder: str, indices: Sequence[int] | None = None,
+         blobs_ok: bool = False, backend: str = "") -> DataPlan:
+    """Check and resolve the specs for ``items`` (only ``indices`` when given): every local
+    path exists, placeholders are loop target names, per-iteration specs format for every
+    item. Raises DataError naming the spec (and the iteration) at the first problem."""
+    result = DataPlan(outputs=tuple(outputs))
+    for pattern in outputs:
+        check_output_pattern(pattern)
+    dest = outputs_to or DEFAULT_DEST
+    if dest.startswith(BLOB_SCHEME):
+        blob_path(dest)
+        if not blobs_ok:
+            raise DataError(f"--outputs-to {dest!r}: az:// destinations need the Azure backend (a profile); this "
+                            f"cell runs on the {backend} backend.")
+        result.dest = dest.rstrip("/")
+    else:
+        expanded = os.path.expanduser(dest)
+        result.dest = os.path.abspath(expanded if os.path.isabs(expanded) else os.path.join(folder, expanded))
+    if outputs_to and not outputs:
+        raise DataError("--outputs-to says where outputs go; give --outputs GLOB to say which files.")
+    shared_files: list[LocalFile] = []
+    per_item: list[str] = []
+    for text in inputs:
+        names = placeholders(text)
+        if names:
+            unknown = [n for n in names if n not in target_names]
+            if unknown:
+                allowed = ", ".join("{" + n + "}" for n in target_names) or "none (the loop target binds no name)"
+                raise DataError(f"--inputs {text!r} uses {', '.join('{' + n + '}' for n in unknown)}, which is not a "
+                                f"loop target name; placeholders can be {allowed}.")
+            per_item.append(text)
+            continue
+        if text.startswith(BLOB_SCHEME):
+            if not blobs_ok:
+                raise DataError(f"--inputs {text!r}: az:// inputs need the Azure backend (a profile); this cell "
+                                f"runs on the {backend} backend.")
+            result.shared_blobs.append(BlobSpec(text, *blob_path(text)))
+        else:
+            shared_files.extend(resolve_local(text, folder))
+    result.shared_files = _check_unique(shared_files, "")
+    if per_item:
+        binder = _Binder(target_source)
+        todo = range(len(items)) if indices is None else indices
+        for index in todo:
+            try:
+                bound = binder(items[index])
+            except Exception as exc:
+                raise DataError(f"--inputs {per_item[0]!r}: iteration {index} cannot bind the loop target "
+                                f"`{target_source}` to its item {_short_repr(items[index])} "
+                                f"({type(exc).__name__}: {exc}).") from None
+            files: list[LocalFile] = []
+            blobs: list[BlobSpec] = []
+            for text in per_item:
+                try:
+                    formatted = text.format_map(bound)
+                except Exception as exc:
+                    raise DataError(f"--inputs {text!r} cannot be formatted for iteration {index} (item "
+                                    f"{_short_repr(items[index])}): {type(exc).__name__}: {exc}.") from None
+                if formatted.startswith(BLOB_SCHEME):
+                    if not blobs_ok:
+                        raise DataError(f"--inputs {text!r}: az:// inputs need the Azure backend (a profile); this "
+                                        f"cell runs on the {backend} backend.")
+                    blobs.append(BlobSpec(formatted, *blob_path(formatted)))
+                    continue
+                files.extend(resolve_local(formatted, folder,
+                                           f"--inputs {text!r} for iteration {index} ({formatted!r})"))
+            if files:
+                result.item_files[index] = _check_unique(files, f" in iteration {index}")
+            if blobs:
+                result.item_blobs[index] = blobs
+    return result
+
+
+def _short_repr(obj: Any, limit: int = 60) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- the report
+
+
+class FilesReport:
+    """What came back per iteration, fed by the engine from each task's result: the files
+    each iteration produced, and the output patterns that matched nothing (warned about
+    once per pattern, not once per iteration)."""
+
+    def __init__(self, data_plan: DataPlan):
+        self.plan = data_plan
+        self.produced: dict[int, list[str]] = {}
+        self.unmatched: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def add(self, record: Mapping[str, Any] | None) -> None:
+        if not record:
+            return
+        with self._lock:
+            for index, rels in (record.get("produced") or {}).items():
+                self.produced[int(index)] = list(rels)
+            for index, patterns in (record.get("unmatched") or {}).items():
+                for pattern in patterns:
+                    found = self.unmatched.setdefault(pattern, [])
+                    if int(index) not in found:
+                        found.append(int(index))
+
+    @property
+    def location(self) -> str:
+        return (f"{self.plan.dest}/{self.plan.job_id}" if self.plan.dest_is_blob
+                else self.plan.local_dest())
+
+    def files(self, index: int) -> list[str]:
+        """Where iteration ``index``'s outputs are (local paths, or az:// paths)."""
+        with self._lock:
+            rels = list(self.produced.get(index, ()))
+        if self.plan.dest_is_blob:
+            return [f"{self.plan.dest}/{self.plan.job_id}/{index}/{rel}" for rel in rels]
+        return [os.path.join(self.plan.local_dest(index), rel) for rel in rels]
+
+    def warnings(self, *, new_only: bool = True) -> list[str]:
+        """One line per output pattern that matched nothing in some iterations; with
+        ``new_only`` each pattern is reported once per job, however often it is asked."""
+        lines = []
+        with self._lock:
+            for pattern, indices in self.unmatched.items():
+                if new_only and pattern in self._warned:
+                    continue
+                self._warned.add(pattern)
+                shown = ", ".join(map(str, sorted(indices)[:10])) + (", ..." if len(indices) > 10 else "")
+                lines.append(f"--outputs {pattern!r} matched no file in {len(indices)} iteration"
+                             f"{'s' if len(indices) != 1 else ''} ({shown})")
+        return lines

@@ -1,0 +1,175 @@
+"""--inputs / --outputs on the local pool, through the magic: per-iteration inputs read in
+place, outputs back under their iteration, and the errors refused before submission."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+
+import azpar_magic
+
+from .data_support import BODY, N_PARTS, check_outputs, make_parts
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_parts(tmp_path)
+    return tmp_path
+
+
+def _job_root(folder: Path) -> Path:
+    return folder / "azpar_outputs" / azpar_magic.jobs()[-1].id
+
+
+@pytest.mark.parametrize("chunk", ["1", "3"])
+def test_csv_parts_in_png_and_csv_out_per_iteration(ip, run_cell, folder, chunk):
+    run = run_cell(f"%%azpar -q -o made --chunk-size {chunk} --inputs 'parts/part-{{i}}.csv' --inputs scale.txt "
+                   f"--outputs '*.png' --outputs '*.csv' for i in range({N_PARTS}):\n{BODY}")
+    assert run.success, run.error
+    check_outputs(_job_root(folder), ip.user_ns["made"])
+    job = azpar_magic.jobs()[-1]
+    assert job.files.files(2) == [str(_job_root(folder) / "2" / n) for n in ("plot.png", "summary.csv")]
+    assert not run.stderr  # every pattern matched in every iteration: no warning
+    # the iterations' working folders are gone once the job has ended
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(list((folder / "azpar_outputs").iterdir())) > 1:
+        time.sleep(0.05)
+    assert [p.name for p in (folder / "azpar_outputs").iterdir()] == [job.id]
+
+
+def test_inputs_are_read_in_place_and_only_each_iterations_own(ip, run_cell, folder):
+    body = ("import os\n"
+            "(sorted(os.listdir('inputs/parts')), os.path.realpath(f'inputs/parts/part-{i}.csv'),\n"
+            " os.path.islink('inputs/scale.txt') or os.path.islink('inputs'), os.path.basename(os.getcwd()))")
+    run = run_cell(f"%%azpar -q -o seen --chunk-size 2 --inputs 'parts/part-{{i}}.csv' --inputs scale.txt "
+                   f"for i in range(4):\n{body}")
+    assert run.success, run.error
+    for i, (listed, real, linked, cwd) in enumerate(ip.user_ns["seen"]):
+        assert listed == [f"part-{i}.csv"]  # only its own part
+        assert real == str((folder / "parts" / f"part-{i}.csv").resolve())  # the original, not a copy
+        assert linked and cwd == str(i)  # its own working folder, named by its iteration
+
+
+def test_tuple_targets_folders_and_globs(ip, run_cell, folder):
+    ip.user_ns["pairs"] = [(0, "a"), (3, "b")]
+    (folder / "refs" / "deep").mkdir(parents=True)
+    (folder / "refs" / "deep" / "r.txt").write_text("R")
+    (folder / "refs" / "top.txt").write_text("T")
+    body = ("import os\n"
+            "sorted(os.path.join(r, f)[len('inputs/'):] for r, _, fs in os.walk('inputs', followlinks=True) "
+            "for f in fs)")
+    run = run_cell("%%azpar -q -o seen --inputs 'parts/part-{n}.csv' --inputs refs --inputs 'parts/part-[12].csv' "
+                   "for n, tag in pairs:\n" + body)
+    assert run.success, run.error
+    common = ["parts/part-1.csv", "parts/part-2.csv", "refs/deep/r.txt", "refs/top.txt"]
+    assert ip.user_ns["seen"] == [sorted(common + ["parts/part-0.csv"]), sorted(common + ["parts/part-3.csv"])]
+
+
+def test_an_absolute_path_outside_the_folder_keeps_its_path(ip, run_cell, folder, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere") / "lookup.txt"
+    outside.write_text("far")
+    run = run_cell(f"%%azpar -q -o seen --inputs {outside} for i in range(2):\n"
+                   f"open('inputs/{str(outside).lstrip('/')}').read()")
+    assert run.success, run.error
+    assert ip.user_ns["seen"] == ["far", "far"]
+
+
+def test_pattern_matching_nothing_warns_once_per_pattern(ip, run_cell, folder):
+    run = run_cell("%%azpar -o out --outputs '*.png' --outputs 'keep-*.txt' for i in range(6):\n"
+                   "if i % 2:\n    open(f'keep-{i}.txt', 'w').write(str(i))\ni")
+    assert run.success, run.error
+    warnings = [line for line in run.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2, run.stderr
+    assert "'*.png' matched no file in 6 iterations (0, 1, 2, 3, 4, 5)" in warnings[0]
+    assert "'keep-*.txt' matched no file in 3 iterations (0, 2, 4)" in warnings[1]
+    assert "outputs of 3 iterations in" in run.stdout
+    root = _job_root(folder)
+    assert sorted(os.listdir(root)) == ["1", "3", "5"]
+    assert (root / "3" / "keep-3.txt").read_text() == "3"
+    assert azpar_magic.jobs()[-1].files.warnings() == []  # shown once
+
+
+def test_a_failed_output_move_fails_its_iteration_only(ip, run_cell, folder):
+    # Iteration 2 puts a file where its output folder must go (its job id is in its working
+    # folder's name): the move fails, is retried, and is reported with the iteration.
+    body = ("import os\nopen('out.csv', 'w').write(str(i))\n"
+            "if i == 2:\n"
+            "    work = os.path.basename(os.path.dirname(os.getcwd()))\n"
+            "    job = work[len('.azpar-work-'):].rsplit('-', 1)[0]\n"
+            "    dest = os.path.join(os.path.dirname(os.path.dirname(os.getcwd())), job)\n"
+            "    os.makedirs(dest, exist_ok=True)\n"
+            "    open(os.path.join(dest, '2'), 'w').close()\n"
+            "i")
+    run = run_cell(f"%%azpar -q -o out --errors pass --outputs out.csv for i in range(4):\n{body}")
+    assert run.success, run.error
+    out = ip.user_ns["out"]
+    assert out[:2] == [0, 1] and out[3] == 3
+    failure = azpar_magic.jobs()[-1].failures[2]
+    assert failure.error_type == "azpar_magic.TransferError"
+    assert "output file out.csv of iteration 2 could not be moved" in failure.message
+    assert "after 3 attempts" in failure.message
+    assert (_job_root(folder) / "3" / "out.csv").read_text() == "3"
+
+
+def test_python_api_takes_the_same_options(folder):
+    job = azpar_magic.run("for i in range(3)", "open('o.txt', 'w').write(open(f'inputs/parts/part-{i}.csv').read())",
+                          inputs=["parts/part-{i}.csv"], outputs=["o.txt"], outputs_to="elsewhere")
+    assert job.result() == [len((folder / "parts" / f"part-{i}.csv").read_text()) for i in range(3)]
+    for i in range(3):
+        assert Path(job.files.files(i)[0]).read_text() == (folder / "parts" / f"part-{i}.csv").read_text()
+        assert job.files.files(i)[0] == str(folder / "elsewhere" / job.id / str(i) / "o.txt")
+
+
+# ------------------------------------------------------------------------- refused before submission
+
+
+def _refused(ip, run_cell, folder, cell: str, *fragments: str) -> str:
+    before = len(azpar_magic.jobs())
+    ip.user_ns.pop("r", None)
+    run = run_cell(cell)
+    assert not run.success and isinstance(run.error, UsageError), run.error
+    message = str(run.error)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert len(azpar_magic.jobs()) == before and "r" not in ip.user_ns
+    assert not (folder / "azpar_outputs").exists()
+    return message
+
+
+def test_missing_input_is_named(ip, run_cell, folder):
+    _refused(ip, run_cell, folder, "%%azpar -o r --inputs data/missing.csv for i in range(2):\ni",
+             "--inputs 'data/missing.csv' does not exist", str(folder / "data" / "missing.csv"))
+    _refused(ip, run_cell, folder, "%%azpar -o r --inputs 'nope/*.csv' for i in range(2):\ni", "matches no file")
+
+
+def test_missing_per_iteration_input_names_the_iteration(ip, run_cell, folder):
+    _refused(ip, run_cell, folder, f"%%azpar -o r --inputs 'parts/part-{{i}}.csv' for i in range({N_PARTS + 2}):\ni",
+             f"for iteration {N_PARTS} ('parts/part-{N_PARTS}.csv') does not exist")
+
+
+def test_wrong_placeholder_lists_the_loop_targets(ip, run_cell, folder):
+    _refused(ip, run_cell, folder, "%%azpar -o r --inputs 'parts/part-{j}.csv' for i, k in [(0, 1)]:\ni",
+             "{j}, which is not a loop target name", "{i}, {k}")
+    _refused(ip, run_cell, folder, "%%azpar -o r --inputs 'parts/part-{i[5]}.csv' for i in [(0, 1)]:\ni",
+             "cannot be formatted for iteration 0", "IndexError")
+    _refused(ip, run_cell, folder, "%%azpar -o r --inputs 'parts/part-{i.csv' for i in range(2):\ni",
+             "unbalanced braces")
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ("--inputs az://data/parts", "az:// inputs need the Azure backend"),
+    ("--outputs x.png --outputs-to az://results/run", "az:// destinations need the Azure backend"),
+    ("--outputs ../escape.txt", "must be a relative path"),
+    ("--outputs /abs/*.png", "must be a relative path"),
+    ("--outputs 'inputs/*.csv'", "points into inputs/"),
+    ("--outputs-to elsewhere", "give --outputs GLOB"),
+])
+def test_bad_specs_are_refused(ip, run_cell, folder, options, fragment):
+    _refused(ip, run_cell, folder, f"%%azpar -o r {options} for i in range(2):\ni", fragment)
