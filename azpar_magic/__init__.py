@@ -131,11 +131,19 @@ def cancel(job_id: str | None = None) -> Job:
 
 def delete(job_id: str) -> None:
     """Remove the job's results, items, logs and manifest from the job store (and forget it
-    in this process). A job still running is refused (ValueError): cancel it first."""
+    in this process); for an Azure job first its Batch job and containers (logs, result
+    blobs), through the profile that ran it. A job still running is refused (ValueError):
+    cancel it first. When Azure refuses, the local copy stays, so deleting can be retried."""
     from . import store
 
     found = _deletable(job_id)
     store.flush()
+    try:
+        manifest = store.read_manifest(found)
+    except KeyError:
+        manifest = {}
+    if (manifest.get("backend_info") or {}).get("batch_job_id"):
+        session.engine_for_stored(manifest).backend.delete_job(manifest["backend_info"]["batch_job_id"])
     try:
         store.delete(found)
     except KeyError:  # a job the store never got (its writes failed): forgetting it is all
@@ -235,9 +243,7 @@ def _engine_for(job: Job):
     for engine in session.engines():
         if job.id in engine.jobs:
             return engine
-    if job.backend_name == "local":
-        return session.engine(backend="local")
-    return session.engine(profile=(job.manifest or {}).get("profile"))
+    return session.engine_for_stored(job.manifest or {"backend": job.backend_name})
 
 
 def load_ipython_extension(ipython) -> None:

@@ -294,7 +294,8 @@ class Engine:
         info = getattr(self.backend, "manifest_info", None)  # a backend's own location info (Azure)
         recorder = store.start_recording(
             job, items=[(t.task_id, t.indices, t.items_codec, t.items) for t in tasks.values()], tasks=len(tasks),
-            backend_info=info(job_id) if info else None, export=request.export, no_export=request.no_export,
+            backend_info=info(job_id, dict(request.backend_options)) if info else None,
+            export=request.export, no_export=request.no_export,
             cwd=request.folder or os.getcwd(), ran=todo, base_id=request.base.id if request.base else None)
         if not tasks:
             job.finish(FAILED if job.failures else SUCCEEDED)
@@ -305,13 +306,47 @@ class Engine:
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
         spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd(),
                        retries=options.retries,
-                       backend_options={**request.backend_options, **({"data": data_plan} if data_plan else {})})
+                       backend_options={**request.backend_options, **({"data": data_plan} if data_plan else {})},
+                       manifest=recorder.manifest)
         run = _Run(self, job, tasks, recorder)
         with self._lock:
             self._runs[job_id] = run
         job.capture = cap
         job.mark_running()
         self.backend.submit(spec, list(tasks.values()), run.on_event)
+        return job
+
+    def resume(self, job: Job) -> Job:
+        """Take over a stored job that ran on without its kernel (Azure Batch): its tasks
+        that had not ended are followed from this process (and those the dead kernel had
+        not yet added are added), and their results are appended to the job's store folder.
+        The job then ends, and cleans up, as if this process had started it."""
+        reattach = getattr(self.backend, "reattach", None)
+        if reattach is None:
+            raise store.StoreError(f"the {self.backend.name} backend cannot take over job {job.id}")
+        specs = [TaskSpec(task_id, indices, codec, data) for task_id, indices, codec, data in store.stored_tasks(job.id)]
+        remaining = {t.task_id: t for t in specs if t.task_id not in job.tasks}
+        for task in remaining.values():
+            job.add_task(task.task_id, task.indices)
+        job._nodes = self.backend.nodes
+        job._cancel_hook = lambda: self.cancel(job.id)
+        job.reattach = False
+        recorder = store.resume_recording(job)
+        run = _Run(self, job, remaining, recorder)
+        self.jobs[job.id] = job
+        with self._lock:
+            self._runs[job.id] = run
+        if remaining:
+            try:
+                reattach(job.id, job.manifest, list(remaining.values()), run.on_event)
+            except BaseException:
+                recorder.abandon()
+                with self._lock:
+                    self._runs.pop(job.id, None)
+                self.jobs.pop(job.id, None)
+                raise
+        recorder.claim()
+        run._maybe_finish()  # every task had a record: only the final state was never written
         return job
 
     def _data_plan(self, request: RunRequest, items: list, job_id: str,

@@ -196,6 +196,7 @@ class Job:
         self.manifest: dict | None = None  # the job store's manifest, for a job loaded from the store
         self.owner = ""  # for a stored job another process runs: which one (it cannot be cancelled here)
         self.files = None  # data.FilesReport of a job with --inputs/--outputs: outputs per iteration, warnings
+        self.reattach = False  # loaded from the store, running on a backend that outlived its kernel: take it over
 
     # ------------------------------------------------------------------ fed by the engine
 

@@ -464,7 +464,8 @@ class AzparMagics(Magics):
         "rerun": "%azpar rerun JOB [--failed|--all] [-o NAME] [--no-wait] [-q]   run the failed or missing "
                  "iterations again with the notebook's current definitions, merged in order with the earlier "
                  "results (--all: every iteration)",
-        "delete": "%azpar delete JOB [JOB ...]      remove jobs' results, items and logs from the job store",
+        "delete": "%azpar delete JOB [JOB ...]      remove jobs' results, items and logs from the job store (an "
+                  "Azure job's Batch job and containers too)",
         "pool": "%azpar pool [status|create|delete|resize D S] [--profile NAME]   the pool's nodes, or manage "
                 "an Azure pool",
         "backend": "%azpar backend                   say which backend cells run on",
@@ -659,7 +660,10 @@ class AzparMagics(Magics):
             except (ValueError, StoreError) as exc:
                 raise UsageError(f"{exc}. Nothing was deleted.") from None
         for job_id in dict.fromkeys(found):
-            azpar_magic.delete(job_id)
+            try:
+                azpar_magic.delete(job_id)
+            except (RuntimeError, ConfigError) as exc:
+                raise UsageError(f"job {job_id} was not deleted: {exc}. Its local copy is kept; try again.") from None
             print(f"azpar: deleted job {job_id} (its results, items and logs)")
 
     def _cmd_status(self, words: list[str]) -> None:

@@ -174,20 +174,44 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
             raise KeyError(f"no job {job_id!r} in this session or in the job store {store.store_root()} "
                            f"(known: {shown}{more})") from None
     job = store.load_job(found)
-    if job.done:
+    if job.reattach:  # its kernel is gone but its backend ran on (Azure): follow it from here
+        manifest = job.manifest or {}
+        try:
+            job = engine_for_stored(manifest).resume(job)
+        except (config.ConfigError, RuntimeError, OSError) as exc:
+            raise store.StoreError(
+                f"job {job.id} runs on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}) without "
+                f"its kernel, but this kernel cannot follow it: {exc}") from None
+    if job.done or job.id in _engine_jobs():
         remember(job)
     return job
 
 
+def engine_for_stored(manifest: dict[str, Any]) -> Engine:
+    """The engine for a stored job's backend: the local pool, or the profile its manifest
+    names (which must still exist in this kernel's configuration; the active one when the
+    manifest names none)."""
+    if manifest.get("backend", "local") == "local":
+        return engine(backend="local")
+    return engine(profile=manifest.get("profile") or (manifest.get("backend_info") or {}).get("profile"))
+
+
+def _engine_jobs() -> set[str]:
+    with _lock:
+        return {job_id for eng in _engines.values() for job_id in eng.jobs}
+
+
 def close() -> None:
-    """Stop every pool: running jobs are cancelled, worker processes end."""
+    """Stop every pool: running local jobs are cancelled, worker processes end. Jobs of a
+    backend that outlives the kernel (Azure Batch) run on; ``attach`` takes them over later."""
     with _lock:
         engines = list(_engines.values())
         _engines.clear()
     for eng in engines:
-        for job in list(eng.jobs.values()):
-            if not job.done:
-                job.cancel()
+        if not getattr(eng.backend, "outlives_kernel", False):  # Azure jobs run on; attach follows them later
+            for job in list(eng.jobs.values()):
+                if not job.done:
+                    job.cancel()
         eng.backend.close()
 
 

@@ -429,7 +429,7 @@ class JobRecorder:
     recording this job (``job.store_error`` says why, once on stderr too); the job runs on."""
 
     def __init__(self, job: Job, manifest: dict, items: Sequence[tuple[str, Sequence[int], str, bytes]],
-                 root: Path, base_id: str | None = None):
+                 root: Path, base_id: str | None = None, append_fd: int | None = None):
         self.job = job
         self.manifest = manifest
         # Paths are fixed now: the writer runs later, when $AZPAR_JOB_STORE may name another folder.
@@ -438,8 +438,8 @@ class JobRecorder:
         self.base = root / base_id if base_id and _valid_id(base_id) else None
         self._items = items
         self._pending: collections.deque[tuple] = collections.deque()
-        self._fd: int | None = None
-        self._created = False
+        self._fd: int | None = append_fd  # given: the folder exists (a job resumed by this process)
+        self._created = append_fd is not None
         self._failed = False
         self._ended = False
         self._wrote_final = False  # the manifest written at creation already had the final state
@@ -447,6 +447,15 @@ class JobRecorder:
 
     def __hash__(self) -> int:
         return id(self)
+
+    def claim(self) -> None:
+        """Write the manifest now (a resumed job: it names this process as the owner)."""
+        write_manifest(self.folder, self.manifest)
+
+    def abandon(self) -> None:
+        """Stop recording without writing anything more (a resumed job that could not be followed)."""
+        self._failed = True
+        self._close()
 
     # -------------------------------------------------------------- called by the engine
 
@@ -646,6 +655,41 @@ def start_recording(job: Job, *, items: Sequence[tuple[str, Sequence[int], str, 
     }
     job.manifest = manifest  # rerun reads export/no_export from it
     return JobRecorder(job, manifest, items, root, base_id)
+
+
+def resume_recording(job: Job) -> JobRecorder:
+    """Go on writing a stored job from this process (a backend's job that ran on after its
+    kernel ended, now followed here): records are appended to its file. ``claim()`` then
+    names this process as the owner in its manifest, so other kernels follow it instead of
+    taking it over; ``abandon()`` if following it failed to start."""
+    root = store_root()
+    manifest = dict(job.manifest or read_manifest(job.id))
+    manifest["owner"] = owner()
+    manifest["resumed"] = time.time()
+    fd = os.open(root / job.id / RECORDS, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+    job.manifest = manifest
+    return JobRecorder(job, manifest, (), root, append_fd=fd)
+
+
+def stored_tasks(job_id: str) -> list[tuple[str, Sequence[int], str, bytes]]:
+    """The tasks the job shipped, as (task id, indices, items codec, items bytes), from its
+    own items records (not those an earlier run's import brought): what a backend needs to
+    add tasks a dead kernel had not added yet."""
+    found = []
+    for header, body, _ in _iter_records(_read_file(job_folder(job_id) / RECORDS), len(FILE_MAGIC)):
+        if header.get("k") == "items" and header.get("t") is not None:
+            found.append((str(header["t"]), _indices_of(header), header["codec"], bytes(body)))
+    return found
+
+
+def reattachable(manifest: Mapping[str, Any]) -> bool:
+    """A job that runs on without its kernel (``outlives_kernel``), has not ended, and whose
+    kernel is gone or on another machine: a process that attaches to it takes it over."""
+    if manifest.get("state") in FINAL_STATES:
+        return False
+    if not (manifest.get("backend_info") or {}).get("outlives_kernel"):
+        return False
+    return owner_alive(manifest.get("owner") or {}) is not True
 
 
 # ---------------------------------------------------------------------------------------
@@ -930,6 +974,9 @@ def load_job(job_id: str, *, values: bool = True) -> Job:
     job.restore_timing(manifest.get("created", time.time()), manifest.get("elapsed"))
     if state in FINAL_STATES:
         job.finish(state)
+    elif values and reattachable(manifest):
+        job.mark_running()
+        job.reattach = True  # the caller hands it to its backend's engine (Engine.resume)
     else:
         job.mark_running()
         job.owner = where or "another process"  # job.cancel() does nothing here; the commands say why

@@ -40,6 +40,7 @@ class JobSpec:
     cwd: str | None = None
     retries: int = 2  # attempts after an infrastructure failure (a backend may delegate them)
     backend_options: dict | None = None  # options only some backends read (--packages, --merge, --keep)
+    manifest: dict | None = None  # the job store's manifest (a backend may keep a copy beside the job)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ...config import ConfigError, Profile, check_profile
 from ...job import NodeInfo
 from ..base import EventSink, JobSpec, TaskSpec
 from . import auth, autoscale, pool, storage
-from .run import AzureRun
+from .run import MANIFEST_BLOB, AzureRun
 
 NODE_CACHE_SECONDS = 1.0
 SDK_RETRIES = 3  # the SDK's own retries per call; submission and polling add bounded ones
@@ -30,6 +30,7 @@ class AzureBackend:
     """Runs tasks on an Azure Batch pool; stages through Blob storage."""
 
     name = "azure"
+    outlives_kernel = True  # a Batch job runs on when the kernel ends; attach takes it over later
 
     def __init__(self, profile: Profile, *, environ: dict[str, str] | None = None, **_settings: Any):
         check_profile(profile)
@@ -103,6 +104,60 @@ class AzureBackend:
             self._runs[job.job_id] = run
         run.start()
 
+    def manifest_info(self, job_id: str, backend_options: dict[str, Any]) -> dict[str, Any]:
+        """Where the job lives on Azure, for the job store's manifest: enough for a later
+        kernel to find and follow it (never a key or a SAS token)."""
+        return {
+            "outlives_kernel": True,
+            "profile": self.profile.name,
+            "batch_account_url": self.accounts.batch_url,
+            "batch_job_id": job_id,
+            "pool_id": self.profile["pool_id"],
+            "storage_account_url": self.accounts.storage_url,
+            "containers": {"inputs": storage.input_container(job_id), "outputs": storage.output_container(job_id),
+                           "cache": storage.CACHE_CONTAINER},
+            "manifest_blob": f"{storage.input_container(job_id)}/{MANIFEST_BLOB}",
+            "packages": list(backend_options.get("packages") or []),
+            "merge": backend_options.get("merge") or "client",
+            "keep": bool(backend_options.get("keep")) or bool(self.profile["keep"]),
+        }
+
+    def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink) -> None:
+        """Follow a job an earlier kernel submitted (``tasks``: those without a final record
+        in the job store), adding the ones that kernel had not added before it ended."""
+        info = manifest.get("backend_info") or {}
+        if info.get("batch_account_url") not in (None, self.accounts.batch_url):
+            raise RuntimeError(f"job {job_id} ran on {info['batch_account_url']}, but profile {self.profile.name!r} "
+                               f"now points at {self.accounts.batch_url}; restore the profile's account to follow it")
+        options = manifest.get("options") or {}
+        spec = JobSpec(job_id, {}, b"", timeout=options.get("timeout"), cwd=manifest.get("cwd"),
+                       retries=int(options.get("retries", 2)),
+                       backend_options={"packages": info.get("packages") or [], "keep": info.get("keep")},
+                       manifest=manifest)
+        try:
+            run = AzureRun(self, spec, tasks, on_event)
+            run.resume()
+        except AzureError as exc:
+            raise RuntimeError(f"the job's storage could not be reached: {_short(exc)}") from None
+        with self._lock:
+            self._runs[job_id] = run
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove a stored job's Batch job and its two containers (already gone: fine)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.client.begin_delete_job(job_id, polling_interval=0.5).result(timeout=120)
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise RuntimeError(f"the Batch job {job_id} could not be deleted: {_short(exc)}") from None
+        for container in (storage.input_container(job_id), storage.output_container(job_id)):
+            try:
+                self.staging.delete_container(container)
+            except AzureError as exc:
+                raise RuntimeError(f"the container {container} could not be deleted: {_short(exc)}") from None
+
     def resubmit(self, job_id: str, task: TaskSpec) -> None:
         run = self._runs.get(job_id)
         if run is not None:
@@ -141,6 +196,8 @@ class AzureBackend:
         run.close()
         if not (run.failed_any or run.keep):
             self._cleanup(run, job_too=True)
+        else:  # kept: its copy of the manifest says how it ended
+            run.save_manifest(final=True)
 
     def _in_background(self, target, *args: Any, **kwargs: Any) -> None:
         thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True, name="azpar-cleanup")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from azure.batch import models
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
+from ... import store
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
 from . import commands, storage
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 INLINE_LIMIT = 6_000  # task inputs up to this many bytes travel in the task definition
 STALL_CHECK_POLLS = 10  # polls without progress before the job preparation status is read
 MERGE_TASK = "merge"
+MANIFEST_BLOB = "manifest.json"  # the job store's manifest, also beside the job (in its inputs container)
 _TERMINAL_NODE_STATES = ("starttaskfailed", "unusable")
 
 
@@ -102,6 +105,7 @@ class AzureRun:
         ns_name = spec.envelope["namespace"]["file"]
         st.upload_once(storage.CACHE_CONTAINER, f"ns/{ns_name}", spec.namespace)
         st.upload(self.in_container, commands.ENVELOPE_FILE, wire.pack(wire.ENVELOPE_MAGIC, spec.envelope))
+        self.save_manifest()
         self.read_inputs = st.container_sas_url(self.in_container, "r", self.expiry)
         self.write_outputs = st.container_sas_url(self.out_container, "cw", self.expiry)
         prep_files = [
@@ -122,8 +126,57 @@ class AzureRun:
             job_preparation_task=prep, all_tasks_complete_mode="noaction",
             uses_task_dependencies=self.merge_cloud,
             constraints=models.BatchJobConstraints(max_wall_clock_time=dt.timedelta(seconds=self.lifetime)),
-            metadata=[models.BatchMetadataItem(name="azpar-cell", value=_first_line(spec.envelope.get("source")))]))
+            metadata=[models.BatchMetadataItem(name="azpar-cell", value=_first_line(spec.envelope.get("source"))),
+                      models.BatchMetadataItem(name="azpar-user", value=store.creator())]))
         self._count("create_job")
+
+    def save_manifest(self, *, final: bool = False) -> None:
+        """Copy the job store's manifest into the job's inputs container, so the job can be
+        identified from Azure alone (Storage Explorer, another machine). ``final``: the job
+        has ended; wait for the store's writer so the copy carries the final state."""
+        if self.spec.manifest is None:
+            return
+        if final:
+            store.flush(5.0)
+        try:
+            data = json.dumps(dict(self.spec.manifest), sort_keys=True, indent=1, default=str).encode()
+            self.staging.upload(self.in_container, MANIFEST_BLOB, data)
+        except (AzureError, ValueError, RuntimeError):
+            if not final:
+                raise  # while staging: the job is not created yet, so the user hears of it
+            # at the end the copy is a convenience; the local store has the truth
+
+    def resume(self) -> None:
+        """Follow a job an earlier kernel staged and submitted: new SAS tokens (the tasks it
+        has yet to add need them), then, on a thread, add what it had not added and follow."""
+        self.merge_cloud = False  # results are read one by one: the dead kernel's deferrals are gone
+        self.read_inputs = self.staging.container_sas_url(self.in_container, "r", self.expiry)
+        self.write_outputs = self.staging.container_sas_url(self.out_container, "cw", self.expiry)
+        threading.Thread(target=self._guard, args=(self._resume,), name=f"azpar-resume-{self.job_id}",
+                         daemon=True).start()
+
+    def _resume(self) -> None:
+        try:
+            existing = {t.id for t in self.client.list_tasks(self.job_id, select=["id"])}
+            self._count("list_tasks")
+        except ResourceNotFoundError:
+            self._fail_remaining("the Batch job no longer exists (it was deleted); rerun the missing iterations")
+            return
+        missing = [t for task_id, t in self.tasks.items() if task_id not in existing]
+        if missing:
+            pending = [self._definition(t) for t in missing]
+            large = self._large_inputs(pending)
+            if large:
+                self.staging.upload_many(self.in_container, large)
+            report = TaskAdder(self.client, self.job_id, should_stop=self._stop.is_set).add(pending)
+            for task_id, why in report.failed.items():
+                self._emit(TaskEvent(self.job_id, task_id, "failed", error=why, failure_kind="infrastructure"))
+        try:  # the dead kernel may have ended before switching the job to end by itself
+            self.client.update_job(self.job_id, models.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob"))
+            self._count("update_job")
+        except HttpResponseError:
+            pass  # it has ended already (or was terminated): the follower reads what is there
+        self._follow()
 
     # ------------------------------------------------------------------ task definitions
 
@@ -467,7 +520,6 @@ class AzureRun:
 
     def cancel(self, task_ids: Sequence[str] | None) -> None:
         if task_ids is None:
-            self._all_cancelled = True
             self._stop.set()
             try:
                 self._terminating = self.client.begin_terminate_job(
@@ -475,6 +527,8 @@ class AzureRun:
                 self._count("terminate_job")
             except AzureError:
                 pass
+            self._keep_finished()
+            self._all_cancelled = True
             self._fail_remaining("cancelled", kind="cancelled")
             return
         with self._lock:
@@ -485,6 +539,28 @@ class AzureRun:
                 self._count("terminate_task")
             except (AzureError, ValueError):  # ValueError: the backend was closed meanwhile
                 pass
+
+    def _keep_finished(self, timeout: float = 30.0) -> None:
+        """Before a cancelled job's other tasks are reported cancelled: fetch the results of
+        every task Batch completed that this run has not delivered yet (the follower had not
+        seen them, or a kernel ended before it did), so cancelling never loses one."""
+        self.merge_cloud = False
+        with self._lock:
+            deferred, self._deferred = list(self._deferred), []
+        for task_id in deferred:  # merge mode: succeeded tasks waiting for the merged blob
+            self._deliver(task_id, None, self._fetch_result(task_id))
+        for task in self._list("state eq 'completed'", ["id", "stateTransitionTime", "executionInfo", "nodeInfo"]):
+            with self._lock:
+                if task.id not in self.tasks or task.id in self._final or task.id in self._handling:
+                    continue
+                self._handling.add(task.id)
+            self._downloads.submit(self._guard_task, task)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._handling:
+                    return
+            time.sleep(0.02)
 
     def _fail_remaining(self, why: str, kind: str = "infrastructure") -> None:
         for task_id in self.tasks:

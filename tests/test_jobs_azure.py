@@ -1,0 +1,211 @@
+"""Azure jobs outlive their kernel: real ipykernel kernels, the real SDKs, the test Batch
+service and Azurite. A cell submitted with ``--no-wait`` keeps running on Batch while the
+kernel restarts (gracefully, the way a notebook's "Restart kernel" asks, so the old kernel's
+exit handlers run); ``%azpar attach`` in the new kernel takes the job over, and its result
+equals the sequential loop's. Logs, rerun, cancel and delete work on such a job too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from azpar_magic import store
+from azpar_magic.backends.azure import storage
+
+from .azure_support import write_profile_file
+from .test_jobs_kernel import _error_text, _job_id, _wait_for
+from .test_kernel import Kernel, _isolated_env, _stop
+
+manager = pytest.importorskip("jupyter_client.manager")
+pytestmark = [pytest.mark.azure, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def job_store(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "store"
+    monkeypatch.setenv(store.STORE_ENV, str(root))  # this process reads the kernel's store
+    monkeypatch.delenv("JUPYTERHUB_USER", raising=False)
+    return root
+
+
+@pytest.fixture
+def kernel(tmp_path, job_store, batch, azurite):
+    env = _isolated_env(tmp_path)  # no AZPAR_* from outside, its own IPython and config folders
+    env[store.STORE_ENV] = str(job_store)
+    env.pop("JUPYTERHUB_USER", None)
+    config_file = Path(env["XDG_CONFIG_HOME"]) / "azpar" / "config.toml"
+    env.update(write_profile_file(config_file, batch, azurite, "test"))  # the keys, as a user sets them
+    (tmp_path / "cwd").mkdir()
+    km, kc = manager.start_new_kernel(kernel_name="python3", startup_timeout=60, env=env, cwd=str(tmp_path / "cwd"))
+    k = Kernel(km, kc)
+    try:
+        k.ok("%load_ext azpar_magic")
+        k.ok("%azpar use test")
+        yield k
+    finally:
+        _stop(k)
+
+
+def _restart(kernel: Kernel) -> None:
+    """A graceful restart: the old kernel exits normally (atexit runs), a new one starts."""
+    pid_before = kernel.value("__import__('os').getpid()")
+    kernel.km.restart_kernel(now=False)
+    kernel.kc.wait_for_ready(timeout=60)
+    assert kernel.value("__import__('os').getpid()") != pid_before
+    kernel.ok("%load_ext azpar_magic")
+
+
+def _manifest(job_id: str) -> dict:
+    return store.read_manifest(job_id)
+
+
+def _tasks_completed(batch_client, job_id: str) -> int:
+    return batch_client.get_job_task_counts(job_id).task_counts.completed
+
+
+def _job_exists(batch_client, job_id: str) -> bool:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        batch_client.get_job(job_id)
+        return True
+    except ResourceNotFoundError:
+        return False
+
+
+def _containers(blob_service) -> set[str]:
+    return {c.name for c in blob_service.list_containers()}
+
+
+BODY = '''import time
+time.sleep(0.4)
+if x in (3, 8) and not fixed:
+    print(f"about to fail on {x}")
+    raise ValueError(f"cannot take {x}")
+print(f"ok {x}")
+x * scale + 1'''
+
+
+def test_no_wait_job_goes_on_through_a_restart_and_attach_takes_it_over(kernel, job_store, batch, batch_client,
+                                                                         blob_service):
+    kernel.ok("scale = 3\nfixed = True")
+    submitted = kernel.ok(f"%%azpar --no-wait -q -o vals for x in range(12):\n{BODY}")
+    job_id = _job_id(submitted)
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
+    manifest = _manifest(job_id)
+    info = manifest["backend_info"]
+    # The manifest says where the job lives on Azure, and carries no secret.
+    assert info["outlives_kernel"] is True and info["batch_job_id"] == job_id and info["profile"] == "test"
+    assert info["containers"] == {"inputs": f"{job_id}-in", "outputs": f"{job_id}-out", "cache": "azpar-cache"}
+    text = json.dumps(manifest)
+    assert batch.key not in text and "sig=" not in text
+    # A copy of it sits in the job's inputs container.
+    cloud = json.loads(blob_service.get_blob_client(f"{job_id}-in", "manifest.json").download_blob().readall())
+    assert cloud["id"] == job_id and cloud["backend_info"]["batch_job_id"] == job_id
+
+    _restart(kernel)  # while tasks still run (12 x 0.4 s on 4 slots)
+    assert _job_exists(batch_client, job_id)
+    assert not batch.requests_for("Jobs_TerminateJob"), "the old kernel's exit cancelled the Azure job"
+    assert _manifest(job_id)["state"] == "running"
+
+    kernel.ok("scale = 1000")  # the job keeps the namespace it was submitted with
+    kernel.ok(f"%azpar attach {job_id} -o vals")
+    kernel.ok(f"%azpar collect {job_id} -o vals", timeout=120)
+    assert kernel.value("vals") == repr([x * 3 + 1 for x in range(12)])
+    _wait_for(lambda: _manifest(job_id)["state"] == "succeeded", 30, "the final state was not stored")
+    assert _manifest(job_id)["owner"]["pid"] == int(kernel.value("__import__('os').getpid()"))
+    # Every iteration stored once, and a fully successful job is cleaned up on Azure.
+    assert store.summary(job_id).succeeded == 12
+    _wait_for(lambda: not _job_exists(batch_client, job_id), 60, "the Batch job was not deleted after success")
+    assert not {f"{job_id}-in", f"{job_id}-out"} & _containers(blob_service)
+    table = kernel.ok("%azpar jobs").stdout
+    assert job_id in table and "azure" in table and "12/0/12" in table, table
+
+
+def test_failed_iterations_logs_and_rerun_after_a_restart(kernel, job_store, batch_client, blob_service):
+    kernel.ok("scale = 2\nfixed = False")
+    submitted = kernel.ok(f"%%azpar --no-wait -q --errors remove -o vals for x in range(10):\n{BODY}")
+    job_id = _job_id(submitted)
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
+    _restart(kernel)
+    kernel.ok(f"%azpar collect {job_id} -o vals", timeout=120)
+    assert kernel.value("vals") == repr([x * 2 + 1 for x in range(10) if x not in (3, 8)])
+    # Failed: Batch job, logs and results are kept on Azure, and the cloud manifest says so.
+    assert _job_exists(batch_client, job_id)
+    _wait_for(lambda: json.loads(blob_service.get_blob_client(f"{job_id}-in", "manifest.json").download_blob()
+                                 .readall())["state"] == "failed", 30, "the cloud manifest has no final state")
+    logs = kernel.ok(f"%azpar logs {job_id} 3").stdout
+    assert logs.startswith("--- iteration 3 (item 3): failed ---\nabout to fail on 3\n"), logs
+    assert logs.rstrip().endswith("ValueError: cannot take 3")
+
+    _restart(kernel)  # the logs are readable from yet another kernel
+    assert kernel.ok(f"%azpar logs {job_id} 3").stdout == logs
+    assert kernel.ok(f"%azpar logs {job_id} 4").stdout == "--- iteration 4 (item 4): succeeded ---\nok 4\n"
+    # The cause fixed in the new kernel; only the failed iterations run again, merged in order.
+    kernel.ok("scale = 2\nfixed = True")
+    rerun = kernel.ok(f"%azpar rerun {job_id} --failed -q -o fixed_vals", timeout=120)
+    assert kernel.value("fixed_vals") == repr([x * 2 + 1 for x in range(10)]), rerun.describe()
+
+    # delete removes the Batch job, its containers and the local copy.
+    kernel.ok(f"%azpar delete {job_id}")
+    assert not _job_exists(batch_client, job_id)
+    assert not {f"{job_id}-in", f"{job_id}-out"} & _containers(blob_service)
+    assert not (job_store / job_id).exists()
+
+
+def test_cancel_after_a_restart_terminates_the_batch_job_and_keeps_finished_results(kernel, job_store, batch,
+                                                                                    batch_client):
+    kernel.ok("scale = 5\nfixed = True")
+    body = "import time\ntime.sleep(0.3 if x < 4 else 30)\nx * scale"
+    submitted = kernel.ok(f"%%azpar --no-wait -q --errors remove -o vals for x in range(8):\n{body}")
+    job_id = _job_id(submitted)
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists() and _tasks_completed(batch_client, job_id) >= 4,
+              60, "the quick iterations did not finish")
+    _restart(kernel)
+    kernel.ok(f"%azpar attach {job_id}")
+    kernel.ok(f"%azpar cancel {job_id}")
+    _wait_for(lambda: _manifest(job_id)["state"] == "cancelled", 60, "the job did not end as cancelled")
+    assert batch.requests_for("Jobs_TerminateJob")
+    assert str(batch_client.get_job(job_id).state).lower().rsplit(".", 1)[-1] in ("terminating", "completed")
+    summary = store.summary(job_id)
+    assert summary.succeeded == 4 and summary.cancelled == 4, summary
+    wrong = kernel.run("%azpar rerun nonsense-id --failed")
+    assert wrong.status == "error" and "nonsense-id" in _error_text(wrong)
+
+
+def test_tasks_a_dead_kernel_had_not_added_are_added_by_attach(kernel, job_store, batch, batch_client):
+    kernel.ok("scale = 4\nfixed = True")
+    batch.fail_requests(r"/addtaskcollection", count=1000, status=503)  # adding backs off and retries
+    job_id = _job_id(kernel.ok(f"%%azpar --no-wait -q -o vals for x in range(6):\n{BODY}"))
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
+    kernel.km.restart_kernel(now=True)  # killed while its tasks were still being added
+    kernel.kc.wait_for_ready(timeout=60)
+    assert list(batch_client.list_tasks(job_id)) == []  # the case under test: a job without its tasks
+    batch.faults.clear()
+    kernel.ok("%load_ext azpar_magic")
+    kernel.ok(f"%azpar collect {job_id} -o vals", timeout=120)
+    assert kernel.value("vals") == repr([x * 4 + 1 for x in range(6)])
+    added = [t["id"] for rec in batch.requests_for("Tasks_CreateTaskCollection") for t in rec.body["value"]]
+    assert sorted(added, key=int) == [str(i) for i in range(1, 7)]  # by the new kernel, each once
+
+
+def test_attach_names_the_profile_when_this_kernel_cannot_follow_the_job(kernel, job_store, tmp_path):
+    kernel.ok("scale = 1\nfixed = True")
+    body = "import time\ntime.sleep(30)\nx"
+    job_id = _job_id(kernel.ok(f"%%azpar --no-wait -q for x in range(2):\n{body}"))
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
+    # Simulate the kernel's end without the exit handlers (a crash), then lose the profile.
+    kernel.km.restart_kernel(now=True)
+    kernel.kc.wait_for_ready(timeout=60)
+    kernel.ok("import os, pathlib; pathlib.Path(os.environ['XDG_CONFIG_HOME'], 'azpar', 'config.toml').unlink()")
+    kernel.ok("%load_ext azpar_magic")
+    reply = kernel.run(f"%azpar attach {job_id}")
+    text = _error_text(reply)
+    assert reply.status == "error" and "cannot follow it" in text and "'test'" in text, text
+    # Nothing was taken over: the manifest still names the dead kernel.
+    assert _manifest(job_id)["state"] == "running"
+    assert storage.input_container(job_id) == f"{job_id}-in"
