@@ -355,6 +355,11 @@ class AzparMagics(Magics):
             while not job.wait(0.1):
                 progress.tick()
         except KeyboardInterrupt:
+            if job.owner:  # followed from the store: another process runs it; stop waiting only
+                progress.close()
+                print(f"azpar: stopped waiting for job {job.id}; it still runs in {job.owner} "
+                      f"(%azpar collect {job.id} waits again).", file=sys.stderr)
+                raise
             job.cancel()
             job.wait(10)
             progress.close()

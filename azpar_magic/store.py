@@ -735,9 +735,9 @@ def effective_state(manifest: Mapping[str, Any]) -> tuple[str, str]:
     if state in FINAL_STATES:
         return state, ""
     info = manifest.get("owner") or {}
-    if (manifest.get("backend_info") or {}).get("outlives_kernel"):
-        return state, ""
     alive = owner_alive(info)
+    if (manifest.get("backend_info") or {}).get("outlives_kernel"):  # never lost: it runs without its kernel
+        return state, f"process {info.get('pid')}" if alive else ""
     if alive is False:
         return LOST, ""
     if alive is None:

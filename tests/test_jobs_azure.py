@@ -18,7 +18,7 @@ from azpar_magic.backends.azure import storage
 
 from .azure_support import write_profile_file
 from .test_jobs_kernel import _error_text, _job_id, _wait_for
-from .test_kernel import Kernel, _isolated_env, _stop
+from .test_kernel import Kernel, _isolated_env, _run_interrupted, _stop
 
 manager = pytest.importorskip("jupyter_client.manager")
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(300)]
@@ -33,21 +33,33 @@ def job_store(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def kernel(tmp_path, job_store, batch, azurite):
+def start_kernel(tmp_path, job_store, batch, azurite):
+    """Kernels sharing this test's job store and an Azure profile ``test`` on the test service."""
     env = _isolated_env(tmp_path)  # no AZPAR_* from outside, its own IPython and config folders
     env[store.STORE_ENV] = str(job_store)
     env.pop("JUPYTERHUB_USER", None)
     config_file = Path(env["XDG_CONFIG_HOME"]) / "azpar" / "config.toml"
     env.update(write_profile_file(config_file, batch, azurite, "test"))  # the keys, as a user sets them
     (tmp_path / "cwd").mkdir()
-    km, kc = manager.start_new_kernel(kernel_name="python3", startup_timeout=60, env=env, cwd=str(tmp_path / "cwd"))
-    k = Kernel(km, kc)
-    try:
+    started: list[Kernel] = []
+
+    def start() -> Kernel:
+        km, kc = manager.start_new_kernel(kernel_name="python3", startup_timeout=60, env=env,
+                                          cwd=str(tmp_path / "cwd"))
+        k = Kernel(km, kc)
+        started.append(k)
         k.ok("%load_ext azpar_magic")
         k.ok("%azpar use test")
-        yield k
-    finally:
+        return k
+
+    yield start
+    for k in started:
         _stop(k)
+
+
+@pytest.fixture
+def kernel(start_kernel):
+    return start_kernel()
 
 
 def _restart(kernel: Kernel) -> None:
@@ -209,3 +221,24 @@ def test_attach_names_the_profile_when_this_kernel_cannot_follow_the_job(kernel,
     # Nothing was taken over: the manifest still names the dead kernel.
     assert _manifest(job_id)["state"] == "running"
     assert storage.input_container(job_id) == f"{job_id}-in"
+
+
+def test_a_second_kernel_follows_a_job_the_first_still_runs_and_ctrl_c_only_stops_waiting(start_kernel, job_store,
+                                                                                         batch):
+    first = start_kernel()
+    first.ok("scale = 1\nfixed = True")
+    body = "import time\ntime.sleep(0.2 if x == 0 else 30)\nx"
+    job_id = _job_id(first.ok(f"%%azpar --no-wait -q for x in range(3):\n{body}"))
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
+    owner = _manifest(job_id)["owner"]["pid"]
+    second = start_kernel()
+    reply, _ = _run_interrupted(second, f"%azpar collect {job_id}", after=3)
+    assert reply.status == "error" and reply.content.get("ename") == "KeyboardInterrupt", reply.describe()
+    assert f"stopped waiting for job {job_id}; it still runs in process {owner}" in reply.stderr, reply.describe()
+    # The first kernel still owns and runs it: nothing was cancelled or taken over.
+    assert not batch.requests_for("Jobs_TerminateJob")
+    assert _manifest(job_id)["owner"]["pid"] == owner and _manifest(job_id)["state"] == "running"
+    refused = second.run(f"%azpar cancel {job_id}")
+    assert refused.status == "error" and "cancel it there" in _error_text(refused)
+    first.ok(f"%azpar cancel {job_id}")
+    _wait_for(lambda: _manifest(job_id)["state"] == "cancelled", 60, "the job did not end as cancelled")
