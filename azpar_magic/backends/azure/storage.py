@@ -9,7 +9,12 @@ Layout, per job ``J`` (DESIGN section 5):
   credential.
 - ``azpar-cache``: content-addressed blobs shared by jobs (worker script, namespaces).
   A job's preparation task gets a read SAS on exactly the blobs it needs, never on the
-  container, so one job's tokens cannot read another job's data.
+  container, so one job's tokens cannot read another job's data. Under JupyterHub each hub
+  user has their own, ``azpar-SLUG-cache``.
+
+Under JupyterHub job ids, hence container names, start with ``azpar-SLUG-`` (``identity``),
+and every container carries the user in its metadata (``azpar_user``): an administrator can
+give each user's identity access to their own containers only (docs/jupyterhub.md).
 
 Every SAS expires with the job (its timeout plus a margin for uploads and clock skew), and
 is signed with the account key only in shared-key mode, otherwise with a user delegation
@@ -30,7 +35,17 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (BlobSasPermissions, BlobServiceClient, ContainerSasPermissions,
                                 generate_blob_sas, generate_container_sas)
 
-CACHE_CONTAINER = "azpar-cache"
+from ... import identity
+
+
+def cache_container_name() -> str:
+    """``azpar-cache``, or ``azpar-SLUG-cache`` for a JupyterHub user (so that every container
+    a hub user's jobs touch starts with that user's prefix)."""
+    hub = identity.hub_user()
+    return f"azpar-{identity.slug(hub)}-cache" if hub else "azpar-cache"
+
+
+CACHE_CONTAINER = cache_container_name()  # a kernel's hub user is fixed for its lifetime
 SAS_MARGIN = dt.timedelta(minutes=30)  # uploads after the last task, and clock skew between machines
 SAS_START_SKEW = dt.timedelta(minutes=5)
 
@@ -82,7 +97,7 @@ class Staging:
         if name in self._containers:
             return
         try:
-            self.service.create_container(name)
+            self.service.create_container(name, metadata={"azpar_user": identity.slug()})
             self.stats.add("create_container")
         except ResourceExistsError:
             self.stats.add("create_container")
