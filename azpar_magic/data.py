@@ -92,6 +92,7 @@ class DataPlan:
     outputs: tuple[str, ...] = ()
     dest: str = ""  # absolute local folder, or az://container/prefix
     job_id: str = ""
+    blob_names: dict[str, list[str]] = field(default_factory=dict)  # az:// spec -> blobs (set by the backend)
 
     @property
     def dest_is_blob(self) -> bool:

@@ -328,25 +328,25 @@ class Engine:
         remaining = {t.task_id: t for t in specs if t.task_id not in job.tasks}
         for task in remaining.values():
             job.add_task(task.task_id, task.indices)
-        job._nodes = self.backend.nodes
-        job._cancel_hook = lambda: self.cancel(job.id)
+        job.bind(self.backend.nodes, lambda: self.cancel(job.id))
         job.reattach = False
         recorder = store.resume_recording(job)
         run = _Run(self, job, remaining, recorder)
         self.jobs[job.id] = job
         with self._lock:
             self._runs[job.id] = run
-        if remaining:
-            try:
-                reattach(job.id, job.manifest, list(remaining.values()), run.on_event)
-            except BaseException:
-                recorder.abandon()
-                with self._lock:
-                    self._runs.pop(job.id, None)
-                self.jobs.pop(job.id, None)
-                raise
+        try:
+            # Also with nothing remaining (every task had a record; only the final state was
+            # never written): the backend then cleans up after the job like after any other.
+            reattach(job.id, job.manifest, list(remaining.values()), run.on_event, failed_before=bool(job.failures))
+        except BaseException:
+            recorder.abandon()
+            with self._lock:
+                self._runs.pop(job.id, None)
+            self.jobs.pop(job.id, None)
+            raise
         recorder.claim()
-        run._maybe_finish()  # every task had a record: only the final state was never written
+        run._maybe_finish()
         return job
 
     def _data_plan(self, request: RunRequest, items: list, job_id: str,
@@ -361,6 +361,9 @@ class Engine:
                                   target_source=request.cell.target_source, target_names=request.cell.target_names,
                                   items=items, folder=request.folder or os.getcwd(), indices=todo,
                                   blobs_ok=bool(getattr(self.backend, "blob_inputs", False)), backend=self.backend.name)
+            check = getattr(self.backend, "check_data", None)  # a backend's own checks (az:// blobs exist)
+            if check is not None and found.has_blobs:
+                check(found)
         except data_mod.DataError as exc:
             raise SubmitError(str(exc)) from None
         found.job_id = job_id

@@ -200,6 +200,10 @@ class Job:
 
     # ------------------------------------------------------------------ fed by the engine
 
+    def bind(self, nodes: Callable[[], Sequence[NodeInfo]], cancel: Callable[[], None]) -> None:
+        """Attach a job rebuilt from the store to the engine that now runs it (a resumed job)."""
+        self._nodes, self._cancel_hook, self.owner = nodes, cancel, ""
+
     def add_task(self, task_id: str, indices: Sequence[int]) -> None:
         with self._lock:
             self._tasks[task_id] = TaskState(task_id, indices)

@@ -17,7 +17,7 @@ BODY = '''import csv, struct, zlib
 with open(f"inputs/parts/part-{i}.csv", newline="") as fh:
     rows = list(csv.reader(fh))[1:]
 with open("inputs/scale.txt") as fh:
-    scale = int(fh.read())
+    scale = int(fh.readline())
 ys = [int(y) * scale for _, y in rows]
 width, height = 4 * len(ys), 20
 pixels = bytearray()
@@ -38,13 +38,14 @@ with open("summary.csv", "wb") as fh:
 {"plot.png": png, "summary.csv": summary}'''
 
 
-def make_parts(folder: Path, n: int = N_PARTS) -> None:
-    """``parts/part-I.csv`` (different per part) and ``scale.txt`` in ``folder``."""
+def make_parts(folder: Path, n: int = N_PARTS, salt: str = "") -> None:
+    """``parts/part-I.csv`` (different per part) and ``scale.txt`` in ``folder``; ``salt``
+    makes the bytes (not the values) unique, so content-addressed uploads start afresh."""
     (folder / "parts").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        lines = ["x,y"] + [f"{x},{(x * (i + 3) + 5) % 16}" for x in range(6 + i)]
+        lines = [f"x,y{salt}"] + [f"{x},{(x * (i + 3) + 5) % 16}" for x in range(6 + i)]
         (folder / "parts" / f"part-{i}.csv").write_text("\n".join(lines) + "\n")
-    (folder / "scale.txt").write_text("2")
+    (folder / "scale.txt").write_text(f"2\n{salt}\n")
 
 
 def check_outputs(root: Path, values: list[dict], n: int = N_PARTS) -> None:

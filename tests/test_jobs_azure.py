@@ -242,3 +242,39 @@ def test_a_second_kernel_follows_a_job_the_first_still_runs_and_ctrl_c_only_stop
     assert refused.status == "error" and "cancel it there" in _error_text(refused)
     first.ok(f"%azpar cancel {job_id}")
     _wait_for(lambda: _manifest(job_id)["state"] == "cancelled", 60, "the job did not end as cancelled")
+
+
+def test_a_job_whose_kernel_died_after_its_last_result_is_finished_and_kept_with_its_failures(
+        batch, azurite, tmp_path, job_store, batch_client, monkeypatch):
+    """Every task's record reached the store, but not the final state (the kernel died in
+    the writer's last 50 ms): attach finishes the job from the records alone, and keeps the
+    Batch job because an iteration had failed."""
+    import azpar_magic
+    from azpar_magic import session
+
+    from .azure_support import azure_profile
+
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite):
+        job = azpar_magic.run("for x in range(4)", "if x == 2:\n    raise KeyError(x)\nx * 10",
+                              {"__name__": "__main__"}, errors="remove", backend=None)
+        assert job.result(60) == [0, 10, 30]
+        store.flush()
+        _wait_for(lambda: _manifest(job.id)["state"] == "failed", 30, "the final state was not stored")
+        # As if the kernel had died before writing the end: running, owned by a dead process.
+        manifest = _manifest(job.id)
+        manifest.update(state="running", owner={**manifest["owner"], "pid": 2 ** 22 + 7, "start": "0"})
+        for key in ("counts", "finished", "elapsed"):
+            manifest.pop(key, None)
+        store.write_manifest(job_store / job.id, manifest)
+        session.forget(job.id)
+        for eng in session.engines():
+            eng.jobs.pop(job.id, None)
+        assert store.summary(job.id).state == "running"
+
+        again = azpar_magic.attach(job.id)
+        assert again is not job and again.wait(30) and again.state == "failed"
+        assert again.result() == [0, 10, 30]
+        assert _manifest(job.id)["state"] == "failed" and _manifest(job.id)["owner"]["pid"] != 2 ** 22 + 7
+    # (leaving the profile closed its engine, which waits for any cleanup it started)
+    assert _job_exists(batch_client, job.id), "a job with a failed iteration must be kept on Azure"

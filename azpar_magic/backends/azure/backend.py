@@ -30,6 +30,7 @@ class AzureBackend:
     """Runs tasks on an Azure Batch pool; stages through Blob storage."""
 
     name = "azure"
+    blob_inputs = True  # az:// paths in --inputs and --outputs-to (data.py)
     outlives_kernel = True  # a Batch job runs on when the kernel ends; attach takes it over later
 
     def __init__(self, profile: Profile, *, environ: dict[str, str] | None = None, **_settings: Any):
@@ -122,9 +123,11 @@ class AzureBackend:
             "keep": bool(backend_options.get("keep")) or bool(self.profile["keep"]),
         }
 
-    def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink) -> None:
+    def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink, *,
+                 failed_before: bool = False) -> None:
         """Follow a job an earlier kernel submitted (``tasks``: those without a final record
-        in the job store), adding the ones that kernel had not added before it ended."""
+        in the job store), adding the ones that kernel had not added before it ended.
+        ``failed_before``: some iteration had failed already, so the job is kept at the end."""
         info = manifest.get("backend_info") or {}
         if info.get("batch_account_url") not in (None, self.accounts.batch_url):
             raise RuntimeError(f"job {job_id} ran on {info['batch_account_url']}, but profile {self.profile.name!r} "
@@ -136,6 +139,7 @@ class AzureBackend:
                        manifest=manifest)
         try:
             run = AzureRun(self, spec, tasks, on_event)
+            run.failed_any = failed_before
             run.resume()
         except AzureError as exc:
             raise RuntimeError(f"the job's storage could not be reached: {_short(exc)}") from None
@@ -157,6 +161,12 @@ class AzureBackend:
                 self.staging.delete_container(container)
             except AzureError as exc:
                 raise RuntimeError(f"the container {container} could not be deleted: {_short(exc)}") from None
+
+    def check_data(self, plan: Any) -> None:
+        """--inputs az://...: each must select blobs, listed now, before anything is submitted."""
+        from .files import check_blobs
+
+        check_blobs(self.staging, plan)
 
     def resubmit(self, job_id: str, task: TaskSpec) -> None:
         run = self._runs.get(job_id)

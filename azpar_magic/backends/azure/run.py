@@ -25,7 +25,7 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoun
 from ... import store
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
-from . import commands, storage
+from . import commands, files, storage
 from .pool import container_settings, nodes_needed, resize, state_name, status
 from .submission import PendingTask, TaskAdder
 
@@ -85,6 +85,7 @@ class AzureRun:
         self._stop = threading.Event()
         self._terminating: Any = None  # the terminate poller of a cancelled job
         self._downloads = ThreadPoolExecutor(8, thread_name_prefix="azpar-results")
+        self.data = files.RunData(self)  # --inputs/--outputs (files.py); inert without them
         self.calls: dict[str, int] = {}
 
     def _count(self, kind: str) -> None:
@@ -97,6 +98,7 @@ class AzureRun:
         """Containers, content-addressed worker and namespace, envelope, and the Batch job."""
         st, spec = self.staging, self.spec
         st.ensure_container(storage.CACHE_CONTAINER)
+        self.data.stage()  # inputs uploaded once and checked before anything of the job exists
         st.ensure_container(self.in_container)
         st.ensure_container(self.out_container)
         worker_bytes = self.backend.worker_bytes
@@ -104,7 +106,8 @@ class AzureRun:
         st.upload_once(storage.CACHE_CONTAINER, worker_blob, worker_bytes)
         ns_name = spec.envelope["namespace"]["file"]
         st.upload_once(storage.CACHE_CONTAINER, f"ns/{ns_name}", spec.namespace)
-        st.upload(self.in_container, commands.ENVELOPE_FILE, wire.pack(wire.ENVELOPE_MAGIC, spec.envelope))
+        st.upload(self.in_container, commands.ENVELOPE_FILE,
+                  wire.pack(wire.ENVELOPE_MAGIC, self.data.envelope(spec.envelope)))
         self.save_manifest()
         self.read_inputs = st.container_sas_url(self.in_container, "r", self.expiry)
         self.write_outputs = st.container_sas_url(self.out_container, "cw", self.expiry)
@@ -115,6 +118,7 @@ class AzureRun:
                                 file_path=ns_name),
             models.ResourceFile(http_url=_blob_url(self.read_inputs, commands.ENVELOPE_FILE),
                                 file_path=commands.ENVELOPE_FILE),
+            *self.data.prep_resource_files(),
         ]
         prep = models.BatchJobPreparationTask(
             id="jobpreparation",
@@ -180,11 +184,12 @@ class AzureRun:
 
     # ------------------------------------------------------------------ task definitions
 
-    @staticmethod
-    def _task_file(task: TaskSpec) -> bytes:
+    def _task_file(self, task: TaskSpec) -> bytes:
         """What ``worker.py TASK_IN`` reads, inline or as a blob."""
         header = {"envelope": commands.ENVELOPE_FILE, "items_codec": task.items_codec,
                   "indices": list(task.indices), "task": task.task_id}
+        if self.data.active:
+            header["data"] = self.data.task_header(task)
         return wire.pack(wire.TASK_MAGIC, header, task.items)
 
     def _definition(self, task: TaskSpec) -> PendingTask:
@@ -199,6 +204,9 @@ class AzureRun:
             files = [models.ResourceFile(http_url=_blob_url(self.read_inputs, f"tasks/{task.task_id}.azpt"),
                                          file_path=commands.TASK_FILE)]
             size += len(self.read_inputs) + 60
+        own_inputs, own_size = self.data.task_resource_files(task)
+        if own_inputs:
+            files, size = (files or []) + own_inputs, size + own_size
         constraints = models.BatchTaskConstraints(
             max_task_retry_count=self.spec.retries,
             max_wall_clock_time=dt.timedelta(seconds=self.spec.timeout) if self.spec.timeout else None)
@@ -219,7 +227,7 @@ class AzureRun:
 
     def _outputs(self, task_id: str) -> list[models.OutputFile]:
         return [self._output(commands.RESULT_FILE, f"results/{task_id}.azpr"),
-                self._output("../std*.txt", f"logs/{task_id}")]
+                self._output("../std*.txt", f"logs/{task_id}"), *self.data.output_files(self._output)]
 
     def _exit_conditions(self) -> models.ExitConditions | None:
         if not self.merge_cloud:
@@ -229,7 +237,7 @@ class AzureRun:
 
     def _large_inputs(self, pending: list[PendingTask]) -> list[tuple[str, bytes]]:
         return [(f"tasks/{p.definition.id}.azpt", self._task_file(self.tasks[p.definition.id]))
-                for p in pending if p.definition.resource_files]
+                for p in pending if any(f.file_path == commands.TASK_FILE for f in p.definition.resource_files or ())]
 
     # ------------------------------------------------------------------ background work
 
@@ -440,7 +448,7 @@ class AzureRun:
             self._emit(TaskEvent(self.job_id, task_id, "failed", node=node, failure_kind="environment",
                                  error=result["environment_error"]))
             return
-        self._emit(TaskEvent(self.job_id, task_id, "finished", node=node, result=result))
+        self._emit(TaskEvent(self.job_id, task_id, "finished", node=node, result=self.data.fetch(task_id, result)))
 
     def _read_merged(self, task: Any) -> None:
         data = self.staging.download(self.out_container, commands.MERGED_FILE)
@@ -455,7 +463,7 @@ class AzureRun:
                 self._emit(TaskEvent(self.job_id, task_id, "failed", failure_kind="environment",
                                      error=result["environment_error"]))
             else:
-                self._emit(TaskEvent(self.job_id, task_id, "finished", result=result))
+                self._emit(TaskEvent(self.job_id, task_id, "finished", result=self.data.fetch(task_id, result)))
 
     def _stderr_tail(self, task_id: str, limit: int = 600) -> str:
         data = self.staging.download(self.out_container, f"logs/{task_id}/stderr.txt")

@@ -1,0 +1,218 @@
+"""A job's ``--inputs`` and ``--outputs`` on Azure Batch (the plan comes from data.py).
+
+Inputs:
+- Local files are uploaded once, content-addressed (``azpar-cache/data/<sha256>``), streamed
+  from disk; a later run, cell or kernel with the same bytes uploads nothing (one existence
+  check per file, and none at all for files this process already checked).
+- ``az://container/path`` inputs are listed here (the path must select at least one blob)
+  and read by the nodes through a read-only SAS on their container (no list, no write).
+- Inputs every iteration reads are resource files of the job preparation task (fetched once
+  per node per job, under ``azpar-in/`` of its folder); an iteration's own inputs are resource
+  files of its task (under ``azpar-in/`` of the task folder). The worker links them into each
+  iteration's ``inputs/``.
+
+Outputs: the worker moves each iteration's matches to ``azpar-out/<iteration>/`` of the task
+folder; one Batch output file uploads that tree when the task ends (whatever its outcome) to
+``outputs/<iteration>/...`` of the job's output container, or straight to an ``az://``
+``--outputs-to`` destination. As each task's result arrives, its iterations' files are
+downloaded to ``azpar_outputs/<job id>/<iteration>/`` (retried; when the blob is missing, e.g.
+a failed upload, read from the node instead) before the iterations count as done; a file
+that cannot be fetched fails its iteration, with its index and why.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from azure.batch import models
+from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+from ...data import DataError, DataPlan
+from ..base import TaskSpec
+from . import blobs, storage
+
+if TYPE_CHECKING:
+    from .run import AzureRun
+
+IN_DIR = "azpar-in"  # resource files land here (prep task folder: shared; task folder: per iteration)
+OUT_DIR = "azpar-out"  # the worker gathers outputs here, per iteration
+WORK_DIR = "azpar-work"  # iterations' working folders, in the task folder
+OUTPUT_PREFIX = "outputs"  # in the job's output container
+
+
+def _blob_url(container_sas_url: str, name: str) -> str:
+    base, _, token = container_sas_url.partition("?")
+    from urllib.parse import quote
+
+    return f"{base}/{quote(name, safe='/')}?{token}"
+
+
+def check_blobs(staging: storage.Staging, plan: DataPlan) -> None:
+    """List what every az:// input selects (one listing per container and prefix) into
+    ``plan.blob_names``; DataError naming the first that selects nothing."""
+    listings: dict[tuple[str, str], list[str]] = {}
+    specs = list(plan.shared_blobs) + [s for specs in plan.item_blobs.values() for s in specs]
+    for spec in specs:
+        if spec.text in plan.blob_names:
+            continue
+        key = (spec.container, spec.list_prefix)
+        if key not in listings:
+            listings[key] = [b.name for b in blobs.list_blobs(staging, spec.container, spec.list_prefix)]
+        names = spec.matches(listings[key])
+        if not names:
+            raise DataError(f"--inputs {spec.text!r} selects no blob (nothing at or under {spec.container}/"
+                            f"{spec.path}). Nothing was submitted.")
+        plan.blob_names[spec.text] = names
+
+
+class RunData:
+    """Inputs and outputs of one AzureRun; inert (every hook a no-op) without a plan."""
+
+    def __init__(self, run: "AzureRun"):
+        self.run = run
+        self.plan: DataPlan | None = (run.spec.backend_options or {}).get("data")
+        self.shared: list[tuple[str, str]] = []  # (path under inputs/, SAS URL)
+        self.items: dict[int, list[tuple[str, str]]] = {}
+        self.dest_url: str | None = None  # write SAS of an az:// destination's container
+        self.uploaded = 0  # input files whose bytes were sent by this run (0 when all were cached)
+
+    @property
+    def active(self) -> bool:
+        return self.plan is not None
+
+    # ------------------------------------------------------------------ staging (cell blocks)
+
+    def stage(self) -> None:
+        """Upload local inputs (once), list blob inputs, prepare SAS URLs. Raises
+        DataError for an az:// input selecting no blob (nothing is created by then)."""
+        if self.plan is None:
+            return
+        run, plan, st = self.run, self.plan, self.run.staging
+        cache = storage.CACHE_CONTAINER
+        local = {f.path: f for f in plan.shared_files}
+        for files in plan.item_files.values():
+            local.update({f.path: f for f in files})
+        urls: dict[str, str] = {}
+        for path in local:  # one upload (or existence check) per distinct file
+            name, sent = blobs.upload_file_once(st, cache, path)
+            self.uploaded += sent
+            urls[path] = st.blob_sas_url(cache, name, "r", run.expiry)
+        self.shared = [(f.rel, urls[f.path]) for f in plan.shared_files]
+        for index, files in plan.item_files.items():
+            self.items.setdefault(index, []).extend((f.rel, urls[f.path]) for f in files)
+        if plan.has_blobs and not plan.blob_names:
+            check_blobs(st, plan)
+        sas: dict[str, str] = {}
+
+        def resolve(spec) -> list[tuple[str, str]]:
+            if spec.container not in sas:
+                sas[spec.container] = st.container_sas_url(spec.container, "r", run.expiry)
+            return [(f"{spec.container}/{n}", _blob_url(sas[spec.container], n)) for n in plan.blob_names[spec.text]]
+
+        for spec in plan.shared_blobs:
+            self.shared.extend(resolve(spec))
+        for index, specs in plan.item_blobs.items():
+            for spec in specs:
+                self.items.setdefault(index, []).extend(resolve(spec))
+        if plan.outputs and plan.dest_is_blob:
+            container, _ = plan.dest[len("az://"):].partition("/")[::2]
+            st.ensure_container(container)
+            self.dest_url = st.container_sas_url(container, "cw", run.expiry)
+
+    def envelope(self, envelope: dict) -> dict:
+        if self.plan is None:
+            return envelope
+        return dict(envelope, data=self.plan.worker_spec([rel for rel, _ in self.shared]))
+
+    # ------------------------------------------------------------------ definitions
+
+    def prep_resource_files(self) -> list[models.ResourceFile]:
+        return [models.ResourceFile(http_url=url, file_path=f"{IN_DIR}/{rel}") for rel, url in self.shared]
+
+    def task_resource_files(self, task: TaskSpec) -> tuple[list[models.ResourceFile], int]:
+        """An iteration's own inputs for this task, and their size in the request body."""
+        files, size = [], 0
+        for index in task.indices:
+            for rel, url in self.items.get(index, ()):
+                files.append(models.ResourceFile(http_url=url, file_path=f"{IN_DIR}/{rel}"))
+                size += len(url) + len(rel) + 60
+        return files, size
+
+    def task_header(self, task: TaskSpec) -> dict | None:
+        """What the worker needs besides the envelope: where things are, and which inputs
+        are whose."""
+        if self.plan is None:
+            return None
+        own = {i: [rel for rel, _ in self.items[i]] for i in task.indices if i in self.items}
+        return {"roots": {"shared": f"$AZPAR_STAGE_DIR/{IN_DIR}", "items": IN_DIR, "work": WORK_DIR,
+                          "collect": OUT_DIR}, "items": own}
+
+    def output_files(self, make: Callable[[str, str], models.OutputFile]) -> list[models.OutputFile]:
+        """The Batch output file that uploads the iterations' outputs when the task ends."""
+        if self.plan is None or not self.plan.outputs:
+            return []
+        if self.dest_url is None:
+            return [make(f"{OUT_DIR}/**/*", OUTPUT_PREFIX)]
+        _, prefix = self.plan.dest[len("az://"):].partition("/")[::2]
+        path = "/".join(p for p in (prefix.strip("/"), self.plan.job_id) if p)
+        return [models.OutputFile(
+            file_pattern=f"{OUT_DIR}/**/*",
+            destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
+                container_url=self.dest_url, path=path)),
+            upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))]
+
+    # ------------------------------------------------------------------ results
+
+    def fetch(self, task_id: str, result: dict) -> dict:
+        """Bring the task's iterations' outputs where they belong before the result is
+        delivered; an output that cannot be fetched fails its iteration (named in the
+        message with the file)."""
+        if self.plan is None or not self.plan.outputs:
+            return result
+        produced = (result.get("files") or {}).get("produced") or {}
+        failed = result.setdefault("failed", {})
+        for index, rels in produced.items():
+            for rel in rels:
+                try:
+                    if self.dest_url is None:
+                        self._download(task_id, int(index), rel)
+                    else:
+                        self._check_uploaded(task_id, int(index), rel)
+                except (blobs.TransferError, AzureError, OSError) as exc:
+                    if index not in failed:
+                        failed[index] = {"type": "azpar_magic.TransferError", "traceback": "", "line": None,
+                                         "exc": None, "message": f"output file {rel} of iteration {index} could "
+                                                                 f"not be fetched: {exc}"}
+        return result
+
+    def _node_file(self, task_id: str, index: int, rel: str):
+        run = self.run
+        run._count("download_task_file")
+        return run.client.download_task_file(run.job_id, task_id, f"wd/{OUT_DIR}/{index}/{rel}")
+
+    def _download(self, task_id: str, index: int, rel: str) -> None:
+        run = self.run
+        target = os.path.join(self.plan.local_dest(index), *rel.split("/"))
+        try:
+            blobs.download_file(run.staging, run.out_container, f"{OUTPUT_PREFIX}/{index}/{rel}", target)
+        except ResourceNotFoundError:  # the upload failed: the node still has the file
+            blobs.retried(f"reading {rel} of iteration {index} from its node",
+                          lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), target))
+
+    def _check_uploaded(self, task_id: str, index: int, rel: str) -> None:
+        """An az:// destination: Batch uploaded the file there; if it did not, copy it
+        from the node (through this machine, with the profile's credentials)."""
+        run, plan = self.run, self.plan
+        container, _, prefix = plan.dest[len("az://"):].partition("/")
+        name = "/".join(p for p in (prefix.strip("/"), plan.job_id, str(index), rel) if p)
+        blob = run.staging.service.get_blob_client(container, name)
+        if blobs.retried(f"checking {container}/{name}", blob.exists):
+            return
+        with tempfile.TemporaryDirectory(prefix="azpar-relay-") as tmp:
+            local = os.path.join(tmp, "file")
+            blobs.retried(f"reading {rel} of iteration {index} from its node",
+                          lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), local))
+            blobs.upload_file(run.staging, container, name, local)

@@ -1,0 +1,153 @@
+"""--inputs / --outputs on Azure Batch: the test Batch service runs the tasks, Azurite holds
+the blobs, the real SDKs talk to both. Inputs are uploaded once (counted in Azurite's own
+request log), outputs arrive under their iteration byte for byte."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+
+import azpar_magic
+
+from .azure_support import azure_profile, close_azure_engines
+from .data_support import BODY, N_PARTS, check_outputs, make_parts
+
+pytestmark = [pytest.mark.azure, pytest.mark.timeout(240)]
+
+CELL = ("%%azpar -q -o made --chunk-size {chunk} --inputs 'parts/part-{{i}}.csv' --inputs scale.txt "
+        "--outputs '*.png' --outputs '*.csv' for i in range({n}):\n{body}")
+
+
+@pytest.fixture
+def azure(batch, azurite, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_parts(tmp_path, salt=uuid.uuid4().hex)  # bytes no earlier test uploaded
+    with azure_profile(tmp_path / "config", batch, azurite) as name:
+        yield name
+
+
+class RequestLog:
+    """Azurite's per-request debug log, read from a mark on: what reached the storage."""
+
+    def __init__(self, azurite):
+        self.path = azurite.log_path.with_name("azurite-debug.log")
+        self.mark()
+
+    def mark(self) -> None:
+        time.sleep(0.3)  # Azurite writes its log asynchronously
+        self.start = self.path.stat().st_size
+
+    def requests(self, method: str, path_pattern: str) -> list[str]:
+        time.sleep(0.3)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.start)
+            text = fh.read().decode("utf-8", "replace")
+        rx = re.compile(rf"RequestMethod={method} RequestURL=http://[^/]+/devstoreaccount1/{path_pattern}")
+        return [m.group(0) for m in rx.finditer(text)]
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_parts_in_plots_out_and_inputs_uploaded_once_across_runs(azure, ip, run_cell, azurite, tmp_path, chunk):
+    log = RequestLog(azurite)
+    cell = CELL.format(chunk=chunk, n=N_PARTS, body=BODY)
+    run = run_cell(cell)
+    assert run.success, run.error
+    first = azpar_magic.jobs()[-1]
+    check_outputs(tmp_path / "azpar_outputs" / first.id, ip.user_ns["made"])
+    uploads = log.requests("PUT", r"azpar-cache/data/")
+    assert len(uploads) == N_PARTS + 1, uploads  # each input file once (small: one request each)
+
+    close_azure_engines()  # as a new kernel would: no memory of what was uploaded
+    log.mark()
+    run = run_cell(cell)
+    assert run.success, run.error
+    second = azpar_magic.jobs()[-1]
+    assert second.id != first.id
+    check_outputs(tmp_path / "azpar_outputs" / second.id, ip.user_ns["made"])
+    assert log.requests("PUT", r"azpar-cache/data/") == []  # no input content sent again
+    assert len(log.requests("HEAD", r"azpar-cache/data/")) == N_PARTS + 1  # one existence check each
+
+    log.mark()  # the same kernel again: it knows what it uploaded, not even a check
+    run = run_cell(cell)
+    assert run.success, run.error
+    assert log.requests("PUT", r"azpar-cache/data/") == [] and log.requests("HEAD", r"azpar-cache/data/") == []
+
+
+def test_shared_inputs_come_with_the_job_preparation_and_own_inputs_with_each_task(azure, ip, run_cell, batch):
+    run = run_cell(CELL.format(chunk=1, n=3, body="import os\nsorted(os.listdir('inputs/parts'))"))
+    assert run.success, run.error
+    assert ip.user_ns["made"] == [[f"part-{i}.csv"] for i in range(3)]
+    prep = batch.requests_for("Jobs_CreateJob")[0].body["jobPreparationTask"]["resourceFiles"]
+    assert [f["filePath"] for f in prep if f["filePath"].startswith("azpar-in/")] == ["azpar-in/scale.txt"]
+    tasks = [t for r in batch.requests_for("Tasks_CreateTaskCollection") for t in r.body["value"]]
+    for task in tasks:
+        i = int(task["id"]) - 1
+        own = [f for f in task.get("resourceFiles") or [] if f["filePath"].startswith("azpar-in/")]
+        assert [f["filePath"] for f in own] == [f"azpar-in/parts/part-{i}.csv"]
+        assert "sp=r&" in own[0]["httpUrl"] or "sp=r" in own[0]["httpUrl"].split("&")  # read-only SAS
+        outs = [o for o in task["outputFiles"] if o["filePattern"].startswith("azpar-out")]
+        assert outs and outs[0]["destination"]["container"]["path"] == "outputs"
+
+
+def test_blob_inputs_and_a_blob_destination(azure, ip, run_cell, blob_service, tmp_path):
+    source = blob_service.get_container_client("datasets")
+    if not source.exists():
+        source.create_container()
+    for path in sorted((tmp_path / "parts").iterdir()) + [tmp_path / "scale.txt"]:
+        source.upload_blob(str(path.relative_to(tmp_path)), path.read_bytes(), overwrite=True)
+    body = BODY.replace("inputs/", "inputs/datasets/")
+    run = run_cell("%%azpar -q -o made --inputs 'az://datasets/parts/part-{i}.csv' --inputs az://datasets/scale.txt "
+                   f"--outputs '*.png' --outputs '*.csv' --outputs-to az://results/run1 for i in range({N_PARTS}):\n"
+                   + body)
+    assert run.success, run.error
+    job = azpar_magic.jobs()[-1]
+    results = blob_service.get_container_client("results")
+    names = sorted(b.name for b in results.list_blobs(name_starts_with=f"run1/{job.id}/"))
+    assert names == sorted(f"run1/{job.id}/{i}/{n}" for i in range(N_PARTS) for n in ("plot.png", "summary.csv"))
+    for i, files in enumerate(ip.user_ns["made"]):
+        for name, data in files.items():
+            assert results.download_blob(f"run1/{job.id}/{i}/{name}").readall() == data
+    assert job.files.files(1) == [f"az://results/run1/{job.id}/1/plot.png", f"az://results/run1/{job.id}/1/summary.csv"]
+    assert not (tmp_path / "azpar_outputs").exists()  # nothing came to this machine
+
+
+def test_a_folder_of_blobs_keeps_its_layout(azure, ip, run_cell, blob_service):
+    source = blob_service.get_container_client("refdata")
+    if not source.exists():
+        source.create_container()
+    for name in ("lookup/a.txt", "lookup/sub/b.txt", "lookupx/not-this.txt"):
+        source.upload_blob(name, name.encode(), overwrite=True)
+    run = run_cell("%%azpar -q -o seen --inputs az://refdata/lookup for i in range(2):\n"
+                   "import os\nsorted(os.path.relpath(os.path.join(r, f), 'inputs') for r, _, fs in "
+                   "os.walk('inputs', followlinks=True) for f in fs)")
+    assert run.success, run.error
+    assert ip.user_ns["seen"] == [["refdata/lookup/a.txt", "refdata/lookup/sub/b.txt"]] * 2
+
+
+def test_outputs_whose_upload_failed_are_read_from_the_node(azure, ip, run_cell, batch, tmp_path):
+    batch.fail_output_uploads(2)  # the first two tasks upload nothing at all (results, logs, outputs)
+    run = run_cell(CELL.format(chunk=1, n=N_PARTS, body=BODY))
+    assert run.success, run.error
+    check_outputs(tmp_path / "azpar_outputs" / azpar_magic.jobs()[-1].id, ip.user_ns["made"])
+    from_node = [r.path for r in batch.requests_for("Tasks_GetTaskFile") if "azpar-out" in r.path]
+    assert len(from_node) == 4, from_node  # two tasks' plot.png and summary.csv came from their node
+
+
+def test_missing_blob_input_is_refused_before_submission(azure, ip, run_cell, batch, blob_service):
+    ip.user_ns.pop("r", None)
+    run = run_cell("%%azpar -q -o r --inputs az://nosuchcontainer/data for i in range(2):\ni")
+    assert isinstance(run.error, UsageError), run.error
+    assert "--inputs 'az://nosuchcontainer/data' selects no blob" in str(run.error)
+    assert batch.requests_for("Jobs_CreateJob") == [] and "r" not in ip.user_ns
+
+
+def test_pattern_matching_nothing_warns_once_on_azure(azure, ip, run_cell):
+    run = run_cell("%%azpar -o out --chunk-size 2 --outputs '*.png' for i in range(4):\ni")
+    assert run.success, run.error
+    warnings = [line for line in run.stderr.splitlines() if "warning" in line]
+    assert warnings == ["azpar: warning: --outputs '*.png' matched no file in 4 iterations (0, 1, 2, 3)"]
