@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the project needs on a fresh machine, idempotently:
 # a virtual environment in .venv with the package (editable) and its test extra,
-# the pinned npm packages (Azurite) from package-lock.json, and Debian's chromium for the
+# the pinned npm packages (Azurite; configurable-http-proxy for the JupyterHub tests) from
+# package-lock.json, and Debian's chromium for the
 # JupyterLab browser tests (Playwright drives it; its own browser download is not used).
 # Variables: PYTHON (interpreter to build the venv from, default python3),
 #            AZPAR_VENV (default .venv), AZPAR_EXTRAS (default test).
@@ -26,8 +27,9 @@ if [ -f package-lock.json ]; then
     echo "setup: npm not found; installing Node.js from Debian's packages"
     apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
   fi
-  if [ ! -x node_modules/.bin/azurite-blob ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    echo "setup: npm ci (Azurite, pinned by package-lock.json)"
+  if [ ! -x node_modules/.bin/azurite-blob ] || [ ! -x node_modules/.bin/configurable-http-proxy ] \
+     || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    echo "setup: npm ci (Azurite, configurable-http-proxy; pinned by package-lock.json)"
     npm ci --no-audit --no-fund --loglevel=error
   fi
 fi

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from azpar_magic import identity
+from azpar_magic.backends.azure import commands
 from tests.azure_support import write_profile_file
 
 from .conftest import KERNEL_SECRET, prefix_python, run_enable
@@ -154,6 +155,9 @@ def test_two_users_on_one_pool_and_account_are_kept_apart(hub, kernels, batch, a
 
     # Nothing of either kernel's environment went into any Batch request.
     secrets_by_user = {user: _secrets_of(_environment(kernel)) for user, kernel in kernels.items()}
+    tasks = [t for r in batch.requests_for("Tasks_CreateTaskCollection") for t in r.body["value"]]
+    preps = [job["jobPreparationTask"] for job in created.values()]
+    assert {s["name"] for t in tasks + preps for s in t.get("environmentSettings") or []} <= {commands.TASK_ENV}
     searched = "".join(repr(r.body) for r in batch.requests_for("Tasks_CreateTaskCollection"))
     assert all(f"{job_id}-out" in searched for job_id in ids.values())  # the task definitions are in there
     for rec in batch.requests:
