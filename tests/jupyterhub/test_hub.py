@@ -238,3 +238,33 @@ def test_disable_removes_auto_loading_for_fresh_kernels(hub, kernels, tmp_path):
         assert kernels["alice"].value(MAGIC_PRESENT) is True
     finally:
         run_enable(hub.prefix, "enable")
+
+
+def test_the_hub_logs_users_in_with_the_dummy_password_only(hub):
+    """The hub really is the DummyAuthenticator hub described above (a login form, one password)."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+
+    from .conftest import PASSWORD
+
+    def login(password: str) -> tuple[int, str]:
+        jar = http.cookiejar.CookieJar()
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None
+
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect)
+        page = opener.open(f"{hub.url}hub/login", timeout=10).read().decode()
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+        form = urllib.parse.urlencode({"username": "carol", "password": password, "_xsrf": xsrf}).encode()
+        try:
+            with opener.open(f"{hub.url}hub/login", data=form, timeout=10) as response:
+                return response.status, ""
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers.get("Location", "")
+
+    assert login("not-the-password")[0] == 403
+    status, location = login(PASSWORD)
+    assert status == 302 and location.startswith("/hub/"), (status, location)
