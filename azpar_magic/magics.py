@@ -60,6 +60,41 @@ def _unquote(text: str) -> str:
     return text
 
 
+def _size_text(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+class _TransferProgress:
+    """One refreshing line for %azpar storage transfers of files over a few MB."""
+
+    MIN_SIZE = 8_000_000
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if total < self.MIN_SIZE:
+            return
+        now = time.monotonic()
+        if done < total and now - self.last < 0.5:
+            return
+        self.last, self.shown = now, True
+        percent = 100 * done // total if total else 100
+        sys.stdout.write(f"\razpar: {name}  {_size_text(done)} of {_size_text(total)} ({percent}%)   ")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.shown = False
+
+
 class _Progress:
     """The one refreshing text line, drawn from the main thread only (a background print
     would land in whichever cell runs next)."""
@@ -454,6 +489,7 @@ class AzparMagics(Magics):
             "use": self._cmd_use,
             "status": self._cmd_status,
             "config": self._cmd_config,
+            "storage": self._cmd_storage,
         }
 
     _COMMAND_HELP = {
@@ -479,6 +515,9 @@ class AzparMagics(Magics):
                   "queue (live in a notebook)",
         "config": "%azpar config [PROFILE] [FIELD=VALUE ...]   edit a profile: a form in a notebook; with "
                   "FIELD=VALUE, set and save those fields",
+        "storage": "%azpar storage ls [az://C/PATH] | get az://C/PATH LOCAL | put LOCAL az://C/PATH | "
+                   "rm [-r] [-y] az://C/PATH  [--profile NAME]   the profile's Blob storage (rm lists what it would "
+                   "delete unless -y)",
     }
 
     def _help(self, topic: str | None) -> str:
@@ -744,6 +783,64 @@ class AzparMagics(Magics):
             return
         print(prof.profile_text(name, values, sources, validate_profile(values)))
         print(f"(file: {user_config_path()}; set fields with %azpar config {name} FIELD=VALUE ...)")
+
+    _STORAGE_USAGE = ("usage: %azpar storage ls [az://CONTAINER/PATH] | get az://CONTAINER/PATH LOCAL | "
+                      "put LOCAL az://CONTAINER/PATH | rm [-r] [-y] az://CONTAINER/PATH  [--profile NAME]")
+
+    def _cmd_storage(self, words: list[str]) -> None:
+        """The profile's Blob storage (azpar_magic.storage): transfers show one progress line."""
+        from . import storage
+
+        try:
+            words = shlex.split(" ".join(words))
+        except ValueError as exc:
+            raise UsageError(f"%azpar storage: {exc}") from None
+        profile = None
+        if "--profile" in words:
+            at = words.index("--profile")
+            if at + 1 >= len(words):
+                raise UsageError(self._STORAGE_USAGE)
+            profile = words[at + 1]
+            words = words[:at] + words[at + 2:]
+        flags = {w for w in words if w.startswith("-")}
+        args = [w for w in words if not w.startswith("-")]
+        if not args or args[0] not in ("ls", "get", "put", "rm") or flags - ({"-r", "-y"} if args[0] == "rm" else set()):
+            raise UsageError(self._STORAGE_USAGE)
+        action, args = args[0], args[1:]
+        wanted = {"ls": (0, 1), "get": (2, 2), "put": (2, 2), "rm": (1, 1)}[action]
+        if not wanted[0] <= len(args) <= wanted[1]:
+            raise UsageError(self._STORAGE_USAGE)
+        progress = _TransferProgress()
+        try:
+            if action == "ls":
+                entries = storage.ls(args[0] if args else "", profile=profile)
+                for entry in entries:
+                    size = "" if entry.size is None else _size_text(entry.size)
+                    print(f"{size:>10}  {entry.path}")
+                if not entries:
+                    print("azpar: nothing there")
+            elif action == "get":
+                written = storage.get(args[0], args[1], profile=profile, progress=progress)
+                progress.close()
+                print(f"azpar: downloaded {len(written)} file{'s' if len(written) != 1 else ''} to {args[1]}")
+            elif action == "put":
+                written = storage.put(args[0], args[1], profile=profile, progress=progress)
+                progress.close()
+                print(f"azpar: uploaded {len(written)} file{'s' if len(written) != 1 else ''} to {args[1]}")
+            else:
+                doomed = storage.rm(args[0], recursive="-r" in flags, dry_run="-y" not in flags, profile=profile)
+                if "-y" in flags:
+                    print(f"azpar: deleted {len(doomed)} blob{'s' if len(doomed) != 1 else ''}")
+                else:
+                    print("\n".join(doomed))
+                    print(f"azpar: {len(doomed)} blob{'s' if len(doomed) != 1 else ''} would be deleted; nothing was: "
+                          "add -y to delete")
+        except (storage.StorageError, FileNotFoundError, ValueError, ConfigError) as exc:
+            progress.close()
+            raise UsageError(f"%azpar storage {action}: {exc}") from None
+        except RuntimeError as exc:  # a transfer that failed every attempt
+            progress.close()
+            raise UsageError(f"%azpar storage {action} failed: {exc}") from None
 
     def _cmd_use(self, words: list[str]) -> None:
         if len(words) != 1:

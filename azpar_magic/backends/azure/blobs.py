@@ -258,3 +258,81 @@ def delete_blob(staging: Staging, container: str, name: str) -> bool:
         return False
     staging.stats.add("delete_blob")
     return True
+
+
+# --------------------------------------------------------------------------- the storage helpers
+
+
+def _is_folder(target: str) -> bool:
+    return target.endswith(("/", os.sep)) or os.path.isdir(target)
+
+
+def get_path(staging: Staging, container: str, name: str, target: str, *,
+             progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+    """Download the blob ``name``, or every blob below the folder ``name/``, to ``target``
+    (a file; a folder when it exists or ends with a slash, or for a folder of blobs).
+    Returns the local paths written; FileNotFoundError when nothing is there."""
+    def hook(label: str):
+        return (lambda done, total: progress(label, done, total)) if progress else None
+
+    exact = name and any(b.name == name for b in list_blobs(staging, container, name))
+    if exact:
+        path = os.path.join(target, os.path.basename(name)) if _is_folder(target) else target
+        download_file(staging, container, name, path, progress=hook(name))
+        return [path]
+    folder = name.rstrip("/") + "/" if name else ""
+    found = list_blobs(staging, container, folder)
+    if not found:
+        raise FileNotFoundError(f"az://{container}/{name} does not exist (no blob of that name or below it)")
+    written = []
+    for blob in found:
+        path = os.path.join(target, *blob.name[len(folder):].split("/"))
+        download_file(staging, container, blob.name, path, progress=hook(blob.name))
+        written.append(path)
+    return written
+
+
+def put_path(staging: Staging, source: str, container: str, name: str, *,
+             progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+    """Upload the file or folder ``source`` to ``container``: a file to ``name`` (below it
+    when ``name`` is empty or ends with a slash), a folder's files below ``name/`` with their
+    relative paths. Creates the container when missing; returns the blob names written."""
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"{source} does not exist")
+    staging.ensure_container(container)
+    if os.path.isdir(source):
+        pairs = []
+        for root, dirs, files in os.walk(source):
+            dirs.sort()
+            for file in sorted(files):
+                full = os.path.join(root, file)
+                rel = os.path.relpath(full, source).replace(os.sep, "/")
+                pairs.append((full, f"{name.rstrip('/')}/{rel}" if name else rel))
+    else:
+        blob = name + os.path.basename(source) if (not name or name.endswith("/")) else name
+        pairs = [(source, blob)]
+    for full, blob in pairs:
+        upload_file(staging, container, blob, full,
+                    progress=(lambda done, total, b=blob: progress(b, done, total)) if progress else None)
+    return [blob for _, blob in pairs]
+
+
+def remove_path(staging: Staging, container: str, name: str, *, recursive: bool = False,
+                dry_run: bool = False) -> list[str]:
+    """Delete the blob ``name`` (with ``recursive``, also every blob below ``name/``); the
+    names deleted (or that would be, with ``dry_run``). A folder without ``recursive`` is
+    refused (ValueError) and a path matching nothing is FileNotFoundError."""
+    listed = [b.name for b in list_blobs(staging, container, name)]
+    folder = name.rstrip("/") + "/" if name else ""
+    exact = [n for n in listed if n == name]
+    below = [n for n in listed if n.startswith(folder)]
+    if not exact and not below:
+        raise FileNotFoundError(f"az://{container}/{name} does not exist")
+    if below and not recursive and not exact:
+        raise ValueError(f"az://{container}/{name} is a folder of {len(below)} blob{'s' if len(below) != 1 else ''}; "
+                         "removing it needs -r (recursive=True)")
+    doomed = exact + (below if recursive else [])
+    if not dry_run:
+        for blob in doomed:
+            delete_blob(staging, container, blob)
+    return doomed

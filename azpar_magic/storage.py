@@ -1,0 +1,105 @@
+"""The active profile's Blob storage from a notebook: list, download, upload, delete.
+
+    import azpar_magic.storage as st
+    st.put("data/", "az://datasets/run1/")     # a folder, streamed in blocks
+    st.ls("az://datasets/run1")                 # [Entry(path='az://datasets/run1/a.csv', size=...)]
+    st.get("az://results/azpar-.../3/plot.png", "plots/")
+    st.rm("az://datasets/run1", recursive=True)
+
+The same as ``%azpar storage ls|get|put|rm``. Paths on the account are ``az://CONTAINER/PATH``;
+a path names a blob or, as a folder, every blob below it. Transfers are streamed (a large file
+is never held in memory whole), retried on failure, and report progress through
+``progress(name, bytes_done, bytes_total)`` when given. The account and credentials are the
+profile's (``profile=``, else ``%azpar use``, else the configuration files'); the local pool
+has no storage account, so these need an Azure profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import config, session
+from .data import BLOB_SCHEME, DataError, blob_path
+
+ProgressHook = Callable[[str, int, int], None]  # (blob name, bytes done, bytes in all)
+
+
+class StorageError(ValueError):
+    """The helpers cannot run as asked (no Azure profile, a malformed az:// path)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # az://container[/blob]
+    size: int | None  # bytes; None for a container
+
+
+def _staging(profile: str | None):
+    name = session.active_profile(profile)
+    if not name or name == session.LOCAL:
+        raise StorageError("azpar storage works on an Azure profile's storage account, and this session has none "
+                           "active: pass --profile NAME (profile= in Python), or run %azpar use NAME first "
+                           "(see %azpar config)")
+    try:
+        backend = session.engine(profile=name).backend
+    except config.ConfigError as exc:
+        raise StorageError(str(exc)) from None
+    if backend.name != "azure":
+        raise StorageError(f"profile {name!r} runs on the {backend.name} backend, which has no storage account; "
+                           "azpar storage needs an Azure profile")
+    return backend.staging
+
+
+def _split(path: str, what: str) -> tuple[str, str]:
+    if not path.startswith(BLOB_SCHEME):
+        raise StorageError(f"{what} must be an az://CONTAINER/PATH path, not {path!r}")
+    try:
+        return blob_path(path)
+    except DataError as exc:
+        raise StorageError(str(exc)) from None
+
+
+def ls(path: str = "", *, profile: str | None = None) -> list[Entry]:
+    """The account's containers (no path), or the blobs whose names start with PATH in
+    ``az://CONTAINER/PATH`` (every blob of the container without PATH)."""
+    from .backends.azure import blobs
+
+    staging = _staging(profile)
+    if not path or path == BLOB_SCHEME:
+        return [Entry(f"{BLOB_SCHEME}{name}", None) for name in blobs.list_containers(staging)]
+    container, prefix = _split(path, "ls")
+    return [Entry(f"{BLOB_SCHEME}{container}/{b.name}", b.size) for b in blobs.list_blobs(staging, container, prefix)]
+
+
+def get(source: str, target: str, *, profile: str | None = None, progress: ProgressHook | None = None) -> list[str]:
+    """Download a blob (to ``target``, or into it when it is a folder or ends with a slash)
+    or a folder of blobs (into the folder ``target``, keeping their layout); the local paths
+    written. FileNotFoundError when nothing is at ``source``."""
+    from .backends.azure import blobs
+
+    container, name = _split(source, "get's source")
+    return blobs.get_path(_staging(profile), container, name, target, progress=progress)
+
+
+def put(source: str, target: str, *, profile: str | None = None, progress: ProgressHook | None = None) -> list[str]:
+    """Upload a local file (to the blob ``target``, or below it when it ends with a slash)
+    or folder (below ``target``, keeping its layout); the blob paths written. The container
+    is created when missing; existing blobs are overwritten."""
+    from .backends.azure import blobs
+
+    container, name = _split(target, "put's target")
+    names = blobs.put_path(_staging(profile), source, container, name, progress=progress)
+    return [f"{BLOB_SCHEME}{container}/{n}" for n in names]
+
+
+def rm(path: str, *, recursive: bool = False, dry_run: bool = False, profile: str | None = None) -> list[str]:
+    """Delete a blob, or with ``recursive`` a folder of blobs; the paths deleted (only
+    listed with ``dry_run``). ValueError for a folder without ``recursive``."""
+    from .backends.azure import blobs
+
+    container, name = _split(path, "rm")
+    if not name and recursive:
+        raise StorageError("rm does not empty a whole container; name a folder in it (az://CONTAINER/FOLDER)")
+    names = blobs.remove_path(_staging(profile), container, name, recursive=recursive, dry_run=dry_run)
+    return [f"{BLOB_SCHEME}{container}/{n}" for n in names]

@@ -1,0 +1,115 @@
+"""``%azpar storage ls|get|put|rm`` and ``azpar_magic.storage`` against Azurite, through a
+profile as a user has one; and what they say without one."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+import azpar_magic
+from azpar_magic.backends.azure import blobs
+
+from .azure_support import azure_profile
+
+pytestmark = [pytest.mark.azure, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def azure(batch, azurite, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite) as name:
+        yield name
+
+
+def _magic(ip, line: str) -> str:
+    with capture_output() as captured:
+        ip.run_line_magic("azpar", line)
+    return captured.stdout
+
+
+def test_put_ls_get_rm_through_the_magic(azure, ip, tmp_path, blob_service):
+    box = f"box{uuid.uuid4().hex[:12]}"
+    (tmp_path / "up" / "sub").mkdir(parents=True)
+    (tmp_path / "up" / "a.csv").write_bytes(b"a,b\n1,2\n")
+    (tmp_path / "up" / "sub" / "b.bin").write_bytes(os.urandom(3000))
+    out = _magic(ip, f"storage put up az://{box}/run1")
+    assert "uploaded 2 files" in out
+    listing = _magic(ip, f"storage ls az://{box}/run1")
+    assert f"az://{box}/run1/a.csv" in listing and f"az://{box}/run1/sub/b.bin" in listing
+    assert "3.0 KB" in listing and "8 B" in listing
+    assert f"az://{box}" in _magic(ip, "storage ls")  # containers
+
+    _magic(ip, f"storage get az://{box}/run1 down")  # a folder of blobs keeps its layout
+    assert (tmp_path / "down" / "a.csv").read_bytes() == (tmp_path / "up" / "a.csv").read_bytes()
+    assert (tmp_path / "down" / "sub" / "b.bin").read_bytes() == (tmp_path / "up" / "sub" / "b.bin").read_bytes()
+    _magic(ip, f"storage get az://{box}/run1/a.csv single/")  # one blob into a folder
+    assert (tmp_path / "single" / "a.csv").read_bytes() == b"a,b\n1,2\n"
+
+    said = _magic(ip, f"storage rm -r az://{box}/run1")  # without -y: only says what would go
+    assert "2 blobs would be deleted; nothing was" in said
+    assert len(list(blob_service.get_container_client(box).list_blobs())) == 2
+    with pytest.raises(UsageError, match="is a folder of 2 blobs; removing it needs -r"):
+        ip.run_line_magic("azpar", f"storage rm -y az://{box}/run1")
+    assert "deleted 2 blobs" in _magic(ip, f"storage rm -r -y az://{box}/run1")
+    assert list(blob_service.get_container_client(box).list_blobs()) == []
+    with pytest.raises(UsageError, match="does not exist"):
+        ip.run_line_magic("azpar", f"storage get az://{box}/run1 again")
+
+
+def test_large_transfers_report_progress_and_arrive_whole(azure, ip, tmp_path):
+    big = tmp_path / "big.bin"
+    block = os.urandom(1 << 20)
+    with open(big, "wb") as fh:
+        for i in range(20):
+            fh.write(bytes([i]) + block[1:])
+    seen = []
+    written = azpar_magic.storage.put(str(big), "az://bigbox/", progress=lambda name, done, total: seen.append(
+        (name, done, total)))
+    assert written == ["az://bigbox/big.bin"]
+    size = big.stat().st_size
+    assert seen[-1] == ("big.bin", size, size) and len(seen) == 5  # one report per 4 MB block
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
+    out = _magic(ip, f"storage get az://bigbox/big.bin {tmp_path / 'back.bin'}")
+    assert "azpar: big.bin" in out and "21.0 MB of 21.0 MB (100%)" in out and "downloaded 1 file" in out
+    assert (tmp_path / "back.bin").read_bytes() == big.read_bytes()
+    assert azpar_magic.storage.rm("az://bigbox/big.bin") == ["az://bigbox/big.bin"]
+
+
+def test_storage_needs_an_azure_profile(ip, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    with pytest.raises(UsageError, match="needs an Azure profile|has none active"):
+        ip.run_line_magic("azpar", "storage ls")
+    with pytest.raises(azpar_magic.storage.StorageError, match="pass --profile NAME"):
+        azpar_magic.storage.ls()
+
+
+def test_bad_storage_commands_say_how(azure, ip):
+    for line in ("storage", "storage cp a b", "storage get az://x", "storage ls -y", "storage rm -q az://box/x"):
+        with pytest.raises(UsageError, match="usage: %azpar storage"):
+            ip.run_line_magic("azpar", line)
+    with pytest.raises(UsageError, match="must be an az://CONTAINER/PATH path"):
+        ip.run_line_magic("azpar", "storage get /tmp/x y")
+    with pytest.raises(UsageError, match="does not name a blob container"):
+        ip.run_line_magic("azpar", "storage ls az://Bad_Name/x")
+
+
+def test_transfers_are_retried_then_reported():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("connection reset")
+        return "ok"
+
+    assert blobs.retried("reading x", flaky, backoff=0.01) == "ok" and len(calls) == 3
+
+    def broken():
+        raise OSError("connection reset")
+
+    with pytest.raises(blobs.TransferError, match="reading y failed after 4 attempts: OSError: connection reset"):
+        blobs.retried("reading y", broken, backoff=0.01)
