@@ -579,7 +579,8 @@ def options_to_json(options: JobOptions) -> dict:
                                f"{getattr(combine, '__qualname__', None) or repr(combine)}"}
     return {"combine": combine, "errors": options.errors, "gather": list(options.gather),
             "retries": options.retries, "timeout": options.timeout, "chunk_size": options.chunk_size,
-            "seed": options.seed, "output_name": options.output_name}
+            "seed": options.seed, "output_name": options.output_name, "inputs": list(options.inputs),
+            "outputs": list(options.outputs), "outputs_to": options.outputs_to}
 
 
 def _restore_combine(spec: Any) -> Any:
@@ -615,7 +616,8 @@ def options_from_json(data: Mapping[str, Any]) -> JobOptions:
     return JobOptions(combine=_restore_combine(data.get("combine", "list")), errors=data.get("errors", "stop"),
                       gather=tuple(data.get("gather") or ()), retries=data.get("retries", 2),
                       timeout=data.get("timeout"), chunk_size=data.get("chunk_size"), seed=data.get("seed"),
-                      output_name=data.get("output_name"))
+                      output_name=data.get("output_name"), inputs=tuple(data.get("inputs") or ()),
+                      outputs=tuple(data.get("outputs") or ()), outputs_to=data.get("outputs_to"))
 
 
 def start_recording(job: Job, *, items: Sequence[tuple[str, Sequence[int], str, bytes]],

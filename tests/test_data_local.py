@@ -3,6 +3,7 @@ place, outputs back under their iteration, and the errors refused before submiss
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -173,3 +174,28 @@ def test_wrong_placeholder_lists_the_loop_targets(ip, run_cell, folder):
 ])
 def test_bad_specs_are_refused(ip, run_cell, folder, options, fragment):
     _refused(ip, run_cell, folder, f"%%azpar -o r {options} for i in range(2):\ni", fragment)
+
+
+def test_the_job_store_keeps_the_data_options_for_a_rerun_in_a_new_kernel():
+    from azpar_magic import store
+    from azpar_magic.job import JobOptions
+
+    options = JobOptions(inputs=("parts/part-{i}.csv", "scale.txt"), outputs=("*.png",), outputs_to="out")
+    assert store.options_from_json(json.loads(json.dumps(store.options_to_json(options)))) == options
+
+
+def test_a_rerun_of_failed_iterations_gets_their_inputs_again(ip, run_cell, folder):
+    ip.user_ns["flaky"] = {2}
+    run = run_cell("%%azpar -q -o r --errors pass --inputs 'parts/part-{i}.csv' --outputs o.txt "
+                   f"for i in range({N_PARTS}):\n"
+                   "if i in flaky:\n    raise RuntimeError('flaky')\n"
+                   "open('o.txt', 'w').write(open(f'inputs/parts/part-{i}.csv').read())")
+    assert run.success, run.error
+    first = azpar_magic.jobs()[-1]
+    assert sorted(first.failures) == [2]
+    ip.user_ns["flaky"] = set()
+    ip.run_line_magic("azpar", f"rerun {first.id} --failed -q")
+    rerun = azpar_magic.jobs()[-1]
+    assert rerun.id != first.id and not rerun.failures
+    again = folder / "azpar_outputs" / rerun.id / "2" / "o.txt"  # the rerun's own folder holds what it made
+    assert again.read_text() == (folder / "parts" / "part-2.csv").read_text()
