@@ -263,6 +263,26 @@ def check_output_pattern(pattern: str) -> None:
                         "files the body writes.")
 
 
+def resolve_dest(outputs_to: str | None, folder: str) -> str:
+    """Where outputs go: ``az://container/prefix`` as given, else an absolute folder
+    (``azpar_outputs`` beside the notebook by default)."""
+    dest = outputs_to or DEFAULT_DEST
+    if dest.startswith(BLOB_SCHEME):
+        blob_path(dest)
+        return dest.rstrip("/")
+    expanded = os.path.expanduser(dest)
+    return os.path.abspath(expanded if os.path.isabs(expanded) else os.path.join(folder, expanded))
+
+
+def outputs_plan(options: Mapping[str, Any], folder: str, job_id: str) -> DataPlan | None:
+    """The outputs part of a stored job's plan, rebuilt from its manifest's options (a
+    backend following the job after a kernel restart still brings its outputs back)."""
+    outputs = tuple(options.get("outputs") or ())
+    if not outputs:
+        return None
+    return DataPlan(outputs=outputs, dest=resolve_dest(options.get("outputs_to"), folder), job_id=job_id)
+
+
 def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, *, target_source: str,
          target_names: Sequence[str], items: Sequence[Any], folder: str, indices: Sequence[int] | None = None,
          blobs_ok: bool = False, backend: str = "") -> DataPlan:
@@ -272,16 +292,10 @@ def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, 
     result = DataPlan(outputs=tuple(outputs))
     for pattern in outputs:
         check_output_pattern(pattern)
-    dest = outputs_to or DEFAULT_DEST
-    if dest.startswith(BLOB_SCHEME):
-        blob_path(dest)
-        if not blobs_ok:
-            raise DataError(f"--outputs-to {dest!r}: az:// destinations need the Azure backend (a profile); this "
-                            f"cell runs on the {backend} backend.")
-        result.dest = dest.rstrip("/")
-    else:
-        expanded = os.path.expanduser(dest)
-        result.dest = os.path.abspath(expanded if os.path.isabs(expanded) else os.path.join(folder, expanded))
+    result.dest = resolve_dest(outputs_to, folder)
+    if result.dest_is_blob and not blobs_ok:
+        raise DataError(f"--outputs-to {outputs_to!r}: az:// destinations need the Azure backend (a profile); this "
+                        f"cell runs on the {backend} backend.")
     if outputs_to and not outputs:
         raise DataError("--outputs-to says where outputs go; give --outputs GLOB to say which files.")
     shared_files: list[LocalFile] = []

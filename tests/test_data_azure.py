@@ -14,8 +14,12 @@ from IPython.core.error import UsageError
 
 import azpar_magic
 
+from azpar_magic import store
+
 from .azure_support import azure_profile, close_azure_engines
 from .data_support import BODY, N_PARTS, check_outputs, make_parts
+from .test_jobs_azure import _restart, job_store, start_kernel  # noqa: F401  (fixtures)
+from .test_jobs_kernel import _job_id, _wait_for
 
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(240)]
 
@@ -151,3 +155,21 @@ def test_pattern_matching_nothing_warns_once_on_azure(azure, ip, run_cell):
     assert run.success, run.error
     warnings = [line for line in run.stderr.splitlines() if "warning" in line]
     assert warnings == ["azpar: warning: --outputs '*.png' matched no file in 4 iterations (0, 1, 2, 3)"]
+
+
+def test_outputs_of_a_job_followed_after_a_kernel_restart_still_arrive(start_kernel, job_store, tmp_path):
+    """The plan is rebuilt from the stored manifest: the new kernel downloads the outputs of
+    the tasks it follows to where the first kernel would have put them."""
+    kernel = start_kernel()
+    submitted = kernel.ok("%%azpar --no-wait -q -o vals --outputs 'out-*.txt' for x in range(8):\n"
+                          "import time\ntime.sleep(0.4)\nopen(f'out-{x}.txt', 'w').write(str(x * x))\nx")
+    job_id = _job_id(submitted)
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
+    _restart(kernel)
+    kernel.ok(f"%azpar attach {job_id} -o vals")
+    kernel.ok(f"%azpar collect {job_id} -o vals", timeout=120)
+    assert kernel.value("vals") == repr(list(range(8)))
+    root = tmp_path / "cwd" / "azpar_outputs" / job_id
+    assert sorted(p.name for p in root.iterdir()) == [str(x) for x in range(8)]
+    for x in range(8):
+        assert (root / str(x) / f"out-{x}.txt").read_text() == str(x * x)

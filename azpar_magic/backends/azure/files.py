@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from azure.batch import models
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-from ...data import DataError, DataPlan
+from ...data import DataError, DataPlan, outputs_plan
 from ..base import TaskSpec
 from . import blobs, storage
 
@@ -74,6 +74,9 @@ class RunData:
     def __init__(self, run: "AzureRun"):
         self.run = run
         self.plan: DataPlan | None = (run.spec.backend_options or {}).get("data")
+        manifest = run.spec.manifest or {}
+        if self.plan is None and manifest.get("cwd"):  # following a stored job: its outputs still come back
+            self.plan = outputs_plan(manifest.get("options") or {}, manifest["cwd"], run.job_id)
         self.shared: list[tuple[str, str]] = []  # (path under inputs/, SAS URL)
         self.items: dict[int, list[tuple[str, str]]] = {}
         self.dest_url: str | None = None  # write SAS of an az:// destination's container
@@ -154,8 +157,11 @@ class RunData:
         """The Batch output file that uploads the iterations' outputs when the task ends."""
         if self.plan is None or not self.plan.outputs:
             return []
-        if self.dest_url is None:
+        if not self.plan.dest_is_blob:
             return [make(f"{OUT_DIR}/**/*", OUTPUT_PREFIX)]
+        if self.dest_url is None:  # a followed job's tasks not added before its kernel ended
+            container = self.plan.dest[len("az://"):].partition("/")[0]
+            self.dest_url = self.run.staging.container_sas_url(container, "cw", self.run.expiry)
         _, prefix = self.plan.dest[len("az://"):].partition("/")[::2]
         path = "/".join(p for p in (prefix.strip("/"), self.plan.job_id) if p)
         return [models.OutputFile(
@@ -177,7 +183,7 @@ class RunData:
         for index, rels in produced.items():
             for rel in rels:
                 try:
-                    if self.dest_url is None:
+                    if not self.plan.dest_is_blob:
                         self._download(task_id, int(index), rel)
                     else:
                         self._check_uploaded(task_id, int(index), rel)
