@@ -189,6 +189,20 @@ def test_two_users_on_one_pool_and_account_are_kept_apart(hub, kernels, batch, a
         for suffix in ("-in", "-out"):
             blob_service.delete_container(job_id + suffix)
 
+    # A user's own file may not change what the administrator locked: the cell is refused, saying why.
+    user_file = hub.base / "xdg-config" / "bob.smith" / "azpar" / "config.toml"
+    user_file.parent.mkdir(parents=True, exist_ok=True)
+    user_file.write_text('[profiles.hubtest]\npool_id = "bobs-own-pool"\nspot_nodes = 1\n')
+    try:
+        jobs_before = len(batch.requests_for("Jobs_CreateJob"))
+        out = kernels["bob.smith"].execute("%%azpar -q --profile hubtest for x in range(2):\nx")
+        message = f"{out['error']}{out['stderr']}"
+        assert out["status"] == "error" and "pool_id of profile 'hubtest'" in message, out
+        assert str(user_file) in message and str(system_file) in message and "locked" in message, message
+        assert len(batch.requests_for("Jobs_CreateJob")) == jobs_before
+    finally:
+        user_file.unlink()
+
 
 def _fresh_kernel_has_magic(prefix: Path, tmp_path: Path) -> bool:
     """Start a kernel of the hub users' environment with jupyter_client, outside the hub."""

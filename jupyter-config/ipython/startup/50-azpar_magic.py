@@ -13,8 +13,8 @@ def _azpar_autoload():
         return
     try:
         shell.extension_manager.load_extension("azpar_magic")
-    except Exception as exc:  # never break a kernel's start: say why and go on without it
-        print(f"azpar_magic was not loaded: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # never break a kernel's start (a bad config file is reported by the magic)
+        print(f"azpar_magic: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 _azpar_autoload()
