@@ -51,6 +51,7 @@ def test_users_may_change_what_is_not_locked_and_each_value_names_its_layer(laye
     assert lines["vm_size"].endswith(f"(user: {config.user_config_path()})")
     assert lines["spot_nodes"].endswith(f"(user: {config.user_config_path()})")
     assert lines["task_slots_per_node"].endswith("(defaults)")
+    assert text.splitlines()[0] == f"profile shared (the default profile, set in system: {layers})"
     assert config.load_settings()["profile"] == "shared"
 
 

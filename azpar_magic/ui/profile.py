@@ -122,6 +122,12 @@ def profile_text(name: str, values: Mapping[str, Any], sources: Mapping[str, str
     width = max(len(k) for k in config.PROFILE_FIELDS)
     locks = locked(name)
     lines = [f"profile {name}"]
+    try:
+        settings = config.load_settings()
+    except config.ConfigError:
+        settings = None
+    if settings is not None and settings["profile"] == name:  # say where the default comes from too
+        lines[0] += f" (the default profile, set in {source_text(settings.sources['profile'])})"
     for key, spec in config.PROFILE_FIELDS.items():
         value = values.get(key)
         shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else str(value))
