@@ -243,7 +243,9 @@ def start_hub(base: Path, kernel_env: dict, timeout: float = 60) -> Hub:
     token = secrets.token_hex(24)
     config = _hub_config(base, prefix, store, ports, token, kernel_env)
     log = base / "hub.log"
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
+    # PYTHONPATH goes through (the spawner keeps it), so kernels import the code under test
+    # even when it is not the checkout the venv's editable install points at.
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
     env["CONFIGPROXY_AUTH_TOKEN"] = secrets.token_hex(24)
     env["HOME"] = str(base)
