@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -99,8 +100,15 @@ class RunData:
         for files in plan.item_files.values():
             local.update({f.path: f for f in files})
         urls: dict[str, str] = {}
-        for path in local:  # one upload (or existence check) per distinct file
-            name, sent = blobs.upload_file_once(st, cache, path)
+        # One upload (or existence check) per distinct file: small ones eight at a time (a
+        # folder of many files is not a round trip each in turn), large ones one after
+        # another so that only one file's blocks are in memory.
+        small = [p for p, f in local.items() if f.size <= blobs.BLOCK_SIZE]
+        large = [p for p, f in local.items() if f.size > blobs.BLOCK_SIZE]
+        with ThreadPoolExecutor(8, thread_name_prefix="azpar-inputs") as pool:
+            done = list(pool.map(lambda path: (path, *blobs.upload_file_once(st, cache, path)), small))
+        done += [(path, *blobs.upload_file_once(st, cache, path)) for path in large]
+        for path, name, sent in done:
             self.uploaded += sent
             urls[path] = st.blob_sas_url(cache, name, "r", run.expiry)
         self.shared = [(f.rel, urls[f.path]) for f in plan.shared_files]
