@@ -279,6 +279,12 @@ class AzparMagics(Magics):
         Only the names the body needs are sent (functions and classes defined in the notebook by
         value, modules by reference). What iterations print or display is shown after the run. Ctrl-C
         cancels the job; finished iterations stay available from the job handle.
+
+        Files: with --inputs or --outputs each iteration runs in its own empty working directory.
+        Inputs appear under inputs/ there with the layout given (data/a.csv -> inputs/data/a.csv,
+        az://c/p -> inputs/c/p); {name} placeholders naming loop targets make a spec per iteration
+        ('parts/part-{i}.csv'). Files matching --outputs come back to
+        azpar_outputs/<job id>/<iteration>/ (or --outputs-to DEST) as each task ends.
         """
         try:
             parsed = parse_cell(line, cell)
