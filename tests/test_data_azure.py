@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
