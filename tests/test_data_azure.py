@@ -172,3 +172,18 @@ def test_outputs_of_a_job_followed_after_a_kernel_restart_still_arrive(start_ker
     assert sorted(p.name for p in root.iterdir()) == [str(x) for x in range(8)]
     for x in range(8):
         assert (root / str(x) / f"out-{x}.txt").read_text() == str(x * x)
+
+
+def test_an_output_that_cannot_be_saved_fails_its_iteration_after_retries(azure, ip, tmp_path):
+    job = azpar_magic.run("for i in range(4)", "import time\ntime.sleep(1.0)\nopen('out.txt', 'w').write(str(i))\ni",
+                          {"__name__": "__main__"}, outputs=["out.txt"], errors="pass")
+    blocked = tmp_path / "azpar_outputs" / job.id
+    blocked.mkdir(parents=True)
+    (blocked / "2").write_text("a file where iteration 2's folder must go")  # before any task ends
+    values = job.result(120)
+    assert [values[i] for i in (0, 1, 3)] == [0, 1, 3]
+    failure = job.failures[2]
+    assert failure.error_type == "azpar_magic.TransferError"
+    assert "output file out.txt of iteration 2 could not be fetched" in failure.message
+    assert "failed after 4 attempts" in failure.message
+    assert (blocked / "3" / "out.txt").read_text() == "3"

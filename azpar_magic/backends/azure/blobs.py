@@ -188,10 +188,10 @@ def download_file(staging: Staging, container: str, name: str, path: str, *,
     failed transfer never leaves half a file under the final name); returns its size.
     ResourceNotFoundError when the blob does not exist (not retried)."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.azpar-part"
 
     def attempt() -> int:
+        os.makedirs(folder, exist_ok=True)  # retried too: a folder being created or moved meanwhile
         downloader = staging.service.get_blob_client(container, name).download_blob(max_concurrency=1)
         total, done = downloader.size, 0
         with open(tmp, "wb") as fh:
