@@ -187,3 +187,17 @@ def test_an_output_that_cannot_be_saved_fails_its_iteration_after_retries(azure,
     assert "output file out.txt of iteration 2 could not be fetched" in failure.message
     assert "failed after 4 attempts" in failure.message
     assert (blocked / "3" / "out.txt").read_text() == "3"
+
+
+def test_per_iteration_blob_inputs_are_listed_once_per_folder(azure, ip, run_cell, blob_service, azurite):
+    source = blob_service.get_container_client("manyparts")
+    if not source.exists():
+        source.create_container()
+    for i in range(12):
+        source.upload_blob(f"p/{i}.txt", str(i * i).encode(), overwrite=True)
+    log = RequestLog(azurite)
+    run = run_cell("%%azpar -q -o got --inputs 'az://manyparts/p/{i}.txt' for i in range(12):\n"
+                   "int(open(f'inputs/manyparts/p/{i}.txt').read())")
+    assert run.success, run.error
+    assert ip.user_ns["got"] == [i * i for i in range(12)]
+    assert len(log.requests("GET", r"manyparts\?")) == 1  # one listing, not one per iteration

@@ -93,7 +93,7 @@ def data_blob_name(digest: str) -> str:
 # --------------------------------------------------------------------------- uploads
 
 
-def _read_blocks(fh, size: int) -> Iterator[tuple[int, bytes]]:
+def _read_blocks(fh) -> Iterator[tuple[int, bytes]]:
     number = 0
     while True:
         chunk = fh.read(BLOCK_SIZE)
@@ -139,7 +139,7 @@ def upload_file(staging: Staging, container: str, name: str, path: str, *, overw
 
     with open(path, "rb") as fh, ThreadPoolExecutor(BLOCKS_IN_FLIGHT, thread_name_prefix="azpar-put") as pool:
         futures = []
-        for number, chunk in _read_blocks(fh, size):
+        for number, chunk in _read_blocks(fh):
             gate.acquire()  # at most BLOCKS_IN_FLIGHT blocks held in memory
             block_id = base64.b64encode(f"azpar-{number:08d}".encode()).decode()
             ids.append(block_id)

@@ -55,13 +55,16 @@ def check_blobs(staging: storage.Staging, plan: DataPlan) -> None:
     """List what every az:// input selects (one listing per container and prefix) into
     ``plan.blob_names``; DataError naming the first that selects nothing."""
     listings: dict[tuple[str, str], list[str]] = {}
-    specs = list(plan.shared_blobs) + [s for specs in plan.item_blobs.values() for s in specs]
-    for spec in specs:
+    specs = [(s, s.list_prefix) for s in plan.shared_blobs]
+    # Per-iteration specs usually differ only in their last part (parts/part-{i}.csv): one
+    # listing of their folder serves them all, instead of one listing per iteration.
+    specs += [(s, s.list_prefix[:s.list_prefix.rfind("/") + 1]) for ss in plan.item_blobs.values() for s in ss]
+    for spec, prefix in specs:
         if spec.text in plan.blob_names:
             continue
-        key = (spec.container, spec.list_prefix)
+        key = (spec.container, prefix)
         if key not in listings:
-            listings[key] = [b.name for b in blobs.list_blobs(staging, spec.container, spec.list_prefix)]
+            listings[key] = [b.name for b in blobs.list_blobs(staging, spec.container, prefix)]
         names = spec.matches(listings[key])
         if not names:
             raise DataError(f"--inputs {spec.text!r} selects no blob (nothing at or under {spec.container}/"
