@@ -275,6 +275,8 @@ def test_a_job_whose_kernel_died_after_its_last_result_is_finished_and_kept_with
         again = azpar_magic.attach(job.id)
         assert again is not job and again.wait(30) and again.state == "failed"
         assert again.result() == [0, 10, 30]
-        assert _manifest(job.id)["state"] == "failed" and _manifest(job.id)["owner"]["pid"] != 2 ** 22 + 7
+        # the writer thread writes the final manifest within 50 ms of the job's end
+        _wait_for(lambda: _manifest(job.id)["state"] == "failed", 10, "the final state was not stored")
+        assert _manifest(job.id)["owner"]["pid"] != 2 ** 22 + 7
     # (leaving the profile closed its engine, which waits for any cleanup it started)
     assert _job_exists(batch_client, job.id), "a job with a failed iteration must be kept on Azure"
