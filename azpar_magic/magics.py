@@ -73,12 +73,13 @@ class _TransferProgress:
 
     MIN_SIZE = 8_000_000
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
         self.last = 0.0
         self.shown = False
 
     def __call__(self, name: str, done: int, total: int) -> None:
-        if total < self.MIN_SIZE:
+        if total < self.MIN_SIZE or self.quiet:
             return
         now = time.monotonic()
         if done < total and now - self.last < 0.5:
@@ -296,12 +297,15 @@ class AzparMagics(Magics):
         request = RunRequest(parsed, self.shell.user_ns, options, _names(args.export), _names(args.no_export),
                              backend_options=self._backend_options(args, engine.backend.name),
                              spelling=FLAG_SPELLING)
+        uploads = request.backend_options["transfer_progress"] = _TransferProgress(quiet=args.quiet)  # --inputs
         try:
             job = engine.submit(request)
         except SubmitError as exc:
             raise UsageError(str(exc)) from None
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"The job could not be started: {exc}. Nothing was submitted.") from None
+        finally:
+            uploads.close()
         session.remember(job)
         if args.no_wait:
             self._pending_outputs[job.id] = (options.output_name, options.gather, args.quiet)

@@ -4,6 +4,7 @@ request log), outputs arrive under their iteration byte for byte."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -201,3 +202,15 @@ def test_per_iteration_blob_inputs_are_listed_once_per_folder(azure, ip, run_cel
     assert run.success, run.error
     assert ip.user_ns["got"] == [i * i for i in range(12)]
     assert len(log.requests("GET", r"manyparts\?")) == 1  # one listing, not one per iteration
+
+
+def test_a_large_input_upload_shows_progress_in_the_cell(azure, ip, run_cell, tmp_path):
+    with open(tmp_path / "big.bin", "wb") as fh:
+        fh.write(os.urandom(9 << 20))
+    run = run_cell("%%azpar -o sizes --inputs big.bin for i in range(2):\nimport os\nos.path.getsize('inputs/big.bin')")
+    assert run.success, run.error
+    assert ip.user_ns["sizes"] == [9 << 20] * 2
+    assert "azpar: uploading big.bin" in run.stdout and "9.4 MB of 9.4 MB (100%)" in run.stdout, run.stdout
+    run = run_cell("%%azpar -o sizes --inputs big.bin for i in range(2):\n1")  # already uploaded: no line
+    assert run.success, run.error
+    assert "uploading" not in run.stdout

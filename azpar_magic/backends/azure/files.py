@@ -110,7 +110,10 @@ class RunData:
         large = [p for p, f in local.items() if f.size > blobs.BLOCK_SIZE]
         with ThreadPoolExecutor(8, thread_name_prefix="azpar-inputs") as pool:
             done = list(pool.map(lambda path: (path, *blobs.upload_file_once(st, cache, path)), small))
-        done += [(path, *blobs.upload_file_once(st, cache, path)) for path in large]
+        shown = (run.spec.backend_options or {}).get("transfer_progress")  # the cell's progress line
+        for path in large:
+            hook = (lambda d, t, n=os.path.basename(path): shown(f"uploading {n}", d, t)) if shown else None
+            done.append((path, *blobs.upload_file_once(st, cache, path, progress=hook)))
         for path, name, sent in done:
             self.uploaded += sent
             urls[path] = st.blob_sas_url(cache, name, "r", run.expiry)
