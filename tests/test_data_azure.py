@@ -214,3 +214,20 @@ def test_a_large_input_upload_shows_progress_in_the_cell(azure, ip, run_cell, tm
     run = run_cell("%%azpar -o sizes --inputs big.bin for i in range(2):\n1")  # already uploaded: no line
     assert run.success, run.error
     assert "uploading" not in run.stdout
+
+
+def test_tasks_a_dead_kernel_had_not_added_get_their_own_inputs(start_kernel, job_store, batch, batch_client,
+                                                                tmp_path):
+    make_parts(tmp_path / "cwd")
+    kernel = start_kernel()
+    batch.fail_requests(r"/addtaskcollection", count=1000, status=503)  # no task gets added
+    job_id = _job_id(kernel.ok(f"%%azpar --no-wait -q -o vals --inputs 'parts/part-{{x}}.csv' "
+                               f"for x in range({N_PARTS}):\nlen(open(f'inputs/parts/part-{{x}}.csv').readlines())"))
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
+    kernel.km.restart_kernel(now=True)  # killed while its tasks were still being added
+    kernel.kc.wait_for_ready(timeout=60)
+    assert list(batch_client.list_tasks(job_id)) == []
+    batch.faults.clear()
+    kernel.ok("%load_ext azpar_magic")
+    kernel.ok(f"%azpar collect {job_id} -o vals", timeout=120)
+    assert kernel.value("vals") == repr([7 + x for x in range(N_PARTS)])  # header + 6 + x rows

@@ -22,11 +22,14 @@ that cannot be fetched fails its iteration, with its index and why.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from urllib.parse import quote, unquote
 
 from azure.batch import models
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -42,12 +45,11 @@ IN_DIR = "azpar-in"  # resource files land here (prep task folder: shared; task 
 OUT_DIR = "azpar-out"  # the worker gathers outputs here, per iteration
 WORK_DIR = "azpar-work"  # iterations' working folders, in the task folder
 OUTPUT_PREFIX = "outputs"  # in the job's output container
+PLAN_BLOB = "data-plan.json"  # in the job's input container: each iteration's own inputs (no SAS)
 
 
 def _blob_url(container_sas_url: str, name: str) -> str:
     base, _, token = container_sas_url.partition("?")
-    from urllib.parse import quote
-
     return f"{base}/{quote(name, safe='/')}?{token}"
 
 
@@ -79,12 +81,16 @@ class RunData:
         self.run = run
         self.plan: DataPlan | None = (run.spec.backend_options or {}).get("data")
         manifest = run.spec.manifest or {}
-        if self.plan is None and manifest.get("cwd"):  # following a stored job: its outputs still come back
-            self.plan = outputs_plan(manifest.get("options") or {}, manifest["cwd"], run.job_id)
         self.shared: list[tuple[str, str]] = []  # (path under inputs/, SAS URL)
         self.items: dict[int, list[tuple[str, str]]] = {}
         self.dest_url: str | None = None  # write SAS of an az:// destination's container
         self.uploaded = 0  # input files whose bytes were sent by this run (0 when all were cached)
+        options = manifest.get("options") or {}
+        if self.plan is None and manifest.get("cwd") and (options.get("inputs") or options.get("outputs")):
+            # Following a stored job (a kernel restart): its outputs still come back, and tasks
+            # the dead kernel had not added get their own inputs from the plan it saved.
+            self.plan = outputs_plan(options, manifest["cwd"], run.job_id) or DataPlan(job_id=run.job_id)
+            self._restore()
 
     @property
     def active(self) -> bool:
@@ -138,6 +144,35 @@ class RunData:
             container, _ = plan.dest[len("az://"):].partition("/")[::2]
             st.ensure_container(container)
             self.dest_url = st.container_sas_url(container, "cw", run.expiry)
+        self.save()
+
+    def save(self) -> None:
+        """Keep where each iteration's own inputs are (container and blob, no SAS) in the job's
+        inputs container, for a kernel that follows the job after a restart and must add the
+        tasks the first one had not (shared inputs are in the job preparation task already)."""
+        if not self.items:
+            return
+        st = self.run.staging
+
+        def where(url: str) -> list[str]:
+            path = unquote(url.partition("?")[0][len(st.account_url) + 1:])
+            container, _, blob = path.partition("/")
+            return [container, blob]
+
+        doc = {str(i): [[rel, *where(url)] for rel, url in pairs] for i, pairs in self.items.items()}
+        st.ensure_container(self.run.in_container)
+        st.upload(self.run.in_container, PLAN_BLOB, json.dumps(doc).encode())
+
+    def _restore(self) -> None:
+        st, run = self.run.staging, self.run
+        try:
+            data = st.download(run.in_container, PLAN_BLOB)
+        except AzureError:
+            data = None
+        if data is None:
+            return
+        self.items = {int(i): [(rel, st.blob_sas_url(c, b, "r", run.expiry)) for rel, c, b in pairs]
+                      for i, pairs in json.loads(data).items()}
 
     def envelope(self, envelope: dict) -> dict:
         if self.plan is None:
