@@ -210,6 +210,17 @@ def _pool_views() -> list[dict]:
     return views
 
 
+def _take_option(words: list[str], flag: str, usage: str) -> tuple[str | None, list[str]]:
+    """(value of ``flag VALUE`` in a command's words, the words without it); UsageError
+    showing ``usage`` when the value is missing."""
+    if flag not in words:
+        return None, words
+    at = words.index(flag)
+    if at + 1 >= len(words):
+        raise UsageError(usage)
+    return words[at + 1], words[:at] + words[at + 2:]
+
+
 @magics_class
 class AzparMagics(Magics):
     """``%%azpar`` runs loop iterations in parallel; ``%azpar`` manages jobs."""
@@ -805,13 +816,7 @@ class AzparMagics(Magics):
             words = shlex.split(" ".join(words))
         except ValueError as exc:
             raise UsageError(f"%azpar storage: {exc}") from None
-        profile = None
-        if "--profile" in words:
-            at = words.index("--profile")
-            if at + 1 >= len(words):
-                raise UsageError(self._STORAGE_USAGE)
-            profile = words[at + 1]
-            words = words[:at] + words[at + 2:]
+        profile, words = _take_option(words, "--profile", self._STORAGE_USAGE)
         flags = {w for w in words if w.startswith("-")}
         args = [w for w in words if not w.startswith("-")]
         if not args or args[0] not in ("ls", "get", "put", "rm") or flags - ({"-r", "-y"} if args[0] == "rm" else set()):
@@ -868,13 +873,7 @@ class AzparMagics(Magics):
     _POOL_USAGE = "usage: %azpar pool [status|create|delete|resize DEDICATED SPOT] [--profile NAME]"
 
     def _cmd_pool(self, words: list[str]) -> None:
-        profile = None
-        if "--profile" in words:
-            at = words.index("--profile")
-            if at + 1 >= len(words):
-                raise UsageError(self._POOL_USAGE)
-            profile = words[at + 1]
-            words = words[:at] + words[at + 2:]
+        profile, words = _take_option(words, "--profile", self._POOL_USAGE)
         if words and words[0] in ("status", "create", "delete", "resize"):
             action, counts = words[0], words[1:]
             sizes: list[int] = []
