@@ -8,7 +8,6 @@ equals the sequential loop's. Logs, rerun, cancel and delete work on such a job 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
