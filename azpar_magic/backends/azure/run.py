@@ -166,14 +166,13 @@ class AzureRun:
             # Switched to end by itself only after the last add: then every task is there.
             all_added = state_name(batch_job.all_tasks_complete_mode) == "terminatejob"
             existing = set() if all_added else {t.id for t in self.client.list_tasks(self.job_id, select=["id"])}
-            if not all_added:
-                self._count("list_tasks")
         except ResourceNotFoundError:
             self._fail_remaining("the Batch job no longer exists (it was deleted); rerun the missing iterations")
             return
         if all_added:
             self._follow()
             return
+        self._count("list_tasks")
         missing = [t for task_id, t in self.tasks.items() if task_id not in existing]
         if missing:
             pending = [self._definition(t) for t in missing]
