@@ -4,6 +4,8 @@ in the environment as a user would provide them."""
 from __future__ import annotations
 
 import contextlib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,3 +66,16 @@ def close_azure_engines() -> None:
             if not job.done:
                 job.cancel()
         eng.backend.close()
+
+
+def sas_status(method: str, url: str, data: bytes | None = None) -> int:
+    """The HTTP status Azurite answers to a plain request with a SAS URL (what a task, or
+    anyone holding the token, could do with it): 200/201 allowed, 403 refused."""
+    request = urllib.request.Request(url, data=data, method=method)
+    if method == "PUT":
+        request.add_header("x-ms-blob-type", "BlockBlob")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -9,8 +9,7 @@ import io
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 import azpar_magic
 from azpar_magic.backends.azure import commands
 
-from .azure_support import azure_profile
+from .azure_support import azure_profile, sas_status
 
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
 POOL = "azpar-test"
@@ -309,24 +308,14 @@ def test_no_key_in_any_request_and_sas_tokens_are_least_privilege(azure, ip, run
     other_in = next(f["httpUrl"] for f in jobs[1]["jobPreparationTask"]["resourceFiles"]
                     if f["filePath"] == commands.ENVELOPE_FILE)
 
-    def status(method, url, data=None):
-        req = urllib.request.Request(url, data=data, method=method)
-        if method == "PUT":
-            req.add_header("x-ms-blob-type", "BlockBlob")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status
-        except urllib.error.HTTPError as e:
-            return e.code
-
-    assert status("GET", in_url) == 200  # what the token is for works
-    assert status("PUT", in_url, b"overwritten") == 403  # a task cannot write its inputs
+    assert sas_status("GET", in_url) == 200  # what the token is for works
+    assert sas_status("PUT", in_url, b"overwritten") == 403  # a task cannot write its inputs
     base, _, token = out_url.partition("?")
-    assert status("GET", f"{base}/results/1.azpr?{token}") == 403  # write-only results token
+    assert sas_status("GET", f"{base}/results/1.azpr?{token}") == 403  # write-only results token
     # The first job's read token does not open the second job's container.
     other_base = other_in.split("?")[0]
-    assert status("GET", f"{other_base}?{in_url.split('?')[1]}") == 403
-    assert status("GET", other_in) == 200
+    assert sas_status("GET", f"{other_base}?{in_url.split('?')[1]}") == 403
+    assert sas_status("GET", other_in) == 200
 
 
 def test_sas_lifetime_follows_the_job_timeout(batch, azurite, ip, run_cell, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ import pytest
 
 from azpar_magic import identity
 from azpar_magic.backends.azure import commands
-from tests.azure_support import write_profile_file
+from tests.azure_support import sas_status, write_profile_file
 
 from .conftest import KERNEL_SECRET, prefix_python, run_enable
 
@@ -108,17 +108,6 @@ def _write_system_profile(hub, batch, azurite) -> Path:
     return path
 
 
-def _status(method: str, url: str, data: bytes | None = None) -> int:
-    request = urllib.request.Request(url, data=data, method=method)
-    if method == "PUT":
-        request.add_header("x-ms-blob-type", "BlockBlob")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def _swap_container(url: str, old: str, new: str) -> str:
     assert f"/{old}/" in url or f"/{old}?" in url, (url, old)
     return url.replace(f"/{old}", f"/{new}", 1)
@@ -176,15 +165,15 @@ def test_two_users_on_one_pool_and_account_are_kept_apart(hub, kernels, batch, a
     task = next(t for r in batch.requests_for("Tasks_CreateTaskCollection") for t in r.body["value"]
                 if f"/{alice}-out" in t["outputFiles"][0]["destination"]["container"]["containerUrl"])
     out_url = task["outputFiles"][0]["destination"]["container"]["containerUrl"]
-    assert _status("GET", envelope_url) == 200
-    assert _status("PUT", out_url.replace("?", "/probe.txt?", 1), b"mine") == 201
+    assert sas_status("GET", envelope_url) == 200
+    assert sas_status("PUT", out_url.replace("?", "/probe.txt?", 1), b"mine") == 201
     bob_envelope = _swap_container(envelope_url, f"{alice}-in", f"{bob}-in")
-    assert _status("GET", bob_envelope) == 403
+    assert sas_status("GET", bob_envelope) == 403
     bob_out = _swap_container(out_url, f"{alice}-out", f"{bob}-out").replace("?", "/probe.txt?", 1)
-    assert _status("PUT", bob_out, b"not yours") == 403
+    assert sas_status("PUT", bob_out, b"not yours") == 403
     bob_cache = _swap_container(worker_url, f"azpar-{identity.slug('alice')}-cache",
                                 f"azpar-{identity.slug('bob.smith')}-cache")
-    assert _status("GET", bob_cache) == 403
+    assert sas_status("GET", bob_cache) == 403
     for job_id in ids.values():
         for suffix in ("-in", "-out"):
             blob_service.delete_container(job_id + suffix)

@@ -99,7 +99,7 @@ class AzureBackend:
         try:
             run.stage()
         except (AzureError, ConfigError) as exc:
-            self._cleanup(run, job_too=True)
+            self._cleanup(run)
             raise RuntimeError(f"staging the job on Azure failed: {_short(exc)}") from None
         with self._lock:
             self._runs[job.job_id] = run
@@ -146,21 +146,24 @@ class AzureBackend:
         with self._lock:
             self._runs[job_id] = run
 
-    def delete_job(self, job_id: str) -> None:
-        """Remove a stored job's Batch job and its two containers (already gone: fine)."""
+    def delete_job(self, job_id: str, *, strict: bool = True) -> None:
+        """Remove a job's Batch job and its two containers (already gone: fine). ``strict``:
+        a failure stops and is raised (``%azpar delete``, which then keeps the local copy);
+        otherwise every part is tried and failures are ignored (cleanup after a run)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        try:
-            self.client.begin_delete_job(job_id, polling_interval=0.5).result(timeout=120)
-        except ResourceNotFoundError:
-            pass
-        except AzureError as exc:
-            raise RuntimeError(f"the Batch job {job_id} could not be deleted: {_short(exc)}") from None
-        for container in (storage.input_container(job_id), storage.output_container(job_id)):
+        parts = [(f"the Batch job {job_id}",
+                  lambda: self.client.begin_delete_job(job_id, polling_interval=0.5).result(timeout=120))]
+        parts += [(f"the container {name}", lambda name=name: self.staging.delete_container(name))
+                  for name in (storage.input_container(job_id), storage.output_container(job_id))]
+        for what, delete in parts:
             try:
-                self.staging.delete_container(container)
-            except AzureError as exc:
-                raise RuntimeError(f"the container {container} could not be deleted: {_short(exc)}") from None
+                delete()
+            except ResourceNotFoundError:
+                pass
+            except (AzureError, ValueError) as exc:  # ValueError: the client was closed meanwhile
+                if strict:
+                    raise RuntimeError(f"{what} could not be deleted: {_short(exc)}") from None
 
     def check_data(self, plan: Any) -> None:
         """--inputs az://...: each must select blobs, listed now, before anything is submitted."""
@@ -205,7 +208,7 @@ class AzureBackend:
     def _end_run(self, run: AzureRun) -> None:
         run.close()
         if not (run.failed_any or run.keep):
-            self._cleanup(run, job_too=True)
+            self._cleanup(run)
         else:  # kept: its copy of the manifest says how it ended
             run.save_manifest(final=True)
 
@@ -215,17 +218,8 @@ class AzureBackend:
         with self._lock:
             self._background = [t for t in self._background if t.is_alive()] + [thread]
 
-    def _cleanup(self, run: AzureRun, job_too: bool) -> None:
-        if job_too:
-            try:
-                self.client.begin_delete_job(run.job_id, polling_interval=0.5).result(timeout=60)
-            except (AzureError, ValueError):  # ValueError: the client was closed meanwhile
-                pass
-        for container in (run.in_container, run.out_container):
-            try:
-                self.staging.delete_container(container)
-            except (AzureError, ValueError):
-                pass
+    def _cleanup(self, run: AzureRun) -> None:
+        self.delete_job(run.job_id, strict=False)
 
     def _restore_autoscale(self) -> None:
         from azure.batch import models
