@@ -324,8 +324,8 @@ class Engine:
         reattach = getattr(self.backend, "reattach", None)
         if reattach is None:
             raise store.StoreError(f"the {self.backend.name} backend cannot take over job {job.id}")
-        specs = [TaskSpec(task_id, indices, codec, data) for task_id, indices, codec, data in store.stored_tasks(job.id)]
-        remaining = {t.task_id: t for t in specs if t.task_id not in job.tasks}
+        remaining = {task_id: TaskSpec(task_id, indices, codec, data)
+                     for task_id, indices, codec, data in store.stored_tasks(job.id) if task_id not in job.tasks}
         for task in remaining.values():
             job.add_task(task.task_id, task.indices)
         job.bind(self.backend.nodes, lambda: self.cancel(job.id))

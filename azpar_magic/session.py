@@ -174,7 +174,7 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
             raise KeyError(f"no job {job_id!r} in this session or in the job store {store.store_root()} "
                            f"(known: {shown}{more})") from None
     job = store.load_job(found)
-    if job.reattach:  # its kernel is gone but its backend ran on (Azure): follow it from here
+    if job.reattach:  # its kernel is gone but its backend ran on (Azure): this process follows it now
         manifest = job.manifest or {}
         try:
             job = engine_for_stored(manifest).resume(job)
@@ -182,7 +182,8 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
             raise store.StoreError(
                 f"job {job.id} runs on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}) without "
                 f"its kernel, but this kernel cannot follow it: {exc}") from None
-    if job.done or job.id in _engine_jobs():
+        remember(job)
+    elif job.done:
         remember(job)
     return job
 
@@ -194,11 +195,6 @@ def engine_for_stored(manifest: dict[str, Any]) -> Engine:
     if manifest.get("backend", "local") == "local":
         return engine(backend="local")
     return engine(profile=manifest.get("profile") or (manifest.get("backend_info") or {}).get("profile"))
-
-
-def _engine_jobs() -> set[str]:
-    with _lock:
-        return {job_id for eng in _engines.values() for job_id in eng.jobs}
 
 
 def close() -> None:

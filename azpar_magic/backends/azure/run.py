@@ -37,6 +37,7 @@ STALL_CHECK_POLLS = 10  # polls without progress before the job preparation stat
 MERGE_TASK = "merge"
 MANIFEST_BLOB = "manifest.json"  # the job store's manifest, also beside the job (in its inputs container)
 _TERMINAL_NODE_STATES = ("starttaskfailed", "unusable")
+_COMPLETED_FIELDS = ["id", "stateTransitionTime", "executionInfo", "nodeInfo"]  # what reading a result needs
 
 
 def _blob_url(container_sas_url: str, name: str) -> str:
@@ -372,20 +373,25 @@ class AzureRun:
             text += f" and stateTransitionTime ge datetime'{watermark.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
         newest = watermark
         merge_done = None
-        for task in self._list(text, ["id", "stateTransitionTime", "executionInfo", "nodeInfo"]):
+        for task in self._list(text, _COMPLETED_FIELDS):
             if newest is None or (task.state_transition_time and task.state_transition_time > newest):
                 newest = task.state_transition_time
             if task.id == MERGE_TASK:
                 merge_done = task
                 continue
-            with self._lock:
-                if task.id not in self.tasks or task.id in self._final or task.id in self._handling:
-                    continue
-                self._handling.add(task.id)
-            self._downloads.submit(self._guard_task, task)
+            self._fetch_in_background(task)
         if merge_done is not None:
             self._downloads.submit(self._guard_task, merge_done)
         return newest
+
+    def _fetch_in_background(self, task: Any) -> None:
+        """Read a completed task's result on the download threads, unless it is not this
+        run's, already delivered, or already being read."""
+        with self._lock:
+            if task.id not in self.tasks or task.id in self._final or task.id in self._handling:
+                return
+            self._handling.add(task.id)
+        self._downloads.submit(self._guard_task, task)
 
     def _guard_task(self, task: Any) -> None:
         try:
@@ -564,12 +570,8 @@ class AzureRun:
             deferred, self._deferred = list(self._deferred), []
         for task_id in deferred:  # merge mode: succeeded tasks waiting for the merged blob
             self._deliver(task_id, None, self._fetch_result(task_id))
-        for task in self._list("state eq 'completed'", ["id", "stateTransitionTime", "executionInfo", "nodeInfo"]):
-            with self._lock:
-                if task.id not in self.tasks or task.id in self._final or task.id in self._handling:
-                    continue
-                self._handling.add(task.id)
-            self._downloads.submit(self._guard_task, task)
+        for task in self._list("state eq 'completed'", _COMPLETED_FIELDS):
+            self._fetch_in_background(task)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
