@@ -68,3 +68,55 @@ def test_the_wheel_carries_the_files_but_installs_nothing_under_etc(tmp_path):
     assert not [n for n in names if ".data/" in n], [n for n in names if ".data/" in n]  # no shared-data
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "azpar-magic = azpar_magic.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+STARTUP = ROOT / "jupyter-config" / "ipython" / "startup" / install.STARTUP_NAME
+_START_IPYTHON = ("import sys; sys.path[:0] = {path!r}; from IPython import start_ipython; "
+                  "start_ipython(argv=['--no-banner', '-c', {code!r}])")
+
+
+def _ipython_with_startup_file(tmp_path: Path, site: list[str], code: str) -> subprocess.CompletedProcess:
+    """Terminal IPython started by ``python -I -S`` (no .pth files, so no editable install
+    of ours) with only ``site`` added to its path, and our startup file in its profile."""
+    ipdir = tmp_path / "ipython"
+    startup = ipdir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / install.STARTUP_NAME).write_text(STARTUP.read_text())
+    env = {"IPYTHONDIR": str(ipdir), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    source = _START_IPYTHON.format(path=site, code=code)
+    return subprocess.run([sys.executable, "-I", "-S", "-c", source], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+
+
+def _site_without_azpar(tmp_path: Path) -> Path:
+    """This environment's site-packages as links, minus azpar_magic: an environment (or
+    an uninstall) where IPython is there and the package is not."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    other = tmp_path / "other-site"
+    other.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith(("azpar", "_editable_impl_azpar", "__editable__")):
+            (other / entry.name).symlink_to(entry)
+    return other
+
+
+@pytest.mark.timeout(180)
+def test_the_startup_file_is_silent_where_the_package_is_missing(tmp_path):
+    other = _site_without_azpar(tmp_path)
+    done = _ipython_with_startup_file(tmp_path, [str(other)], "import importlib.util as u; "
+                                      "print('azpar importable:', u.find_spec('azpar_magic') is not None); "
+                                      "print('magic:', get_ipython().find_cell_magic('azpar') is not None)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["azpar", "importable:", "False", "magic:", "False"], done.stdout
+    assert done.stderr == "", done.stderr  # no ModuleNotFoundError at every kernel's start
+
+
+@pytest.mark.timeout(180)
+def test_the_startup_file_loads_the_extension_where_installed(tmp_path):
+    other = _site_without_azpar(tmp_path)
+    done = _ipython_with_startup_file(tmp_path, [str(other), str(ROOT)],
+                                      "print('magic:', get_ipython().find_cell_magic('azpar') is not None)")
+    assert done.returncode == 0, done.stderr
+    assert "magic: True" in done.stdout, (done.stdout, done.stderr)
