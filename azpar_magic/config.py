@@ -194,7 +194,7 @@ def _locked_message(where: str, key: str, profile: str | None, policy: AdminPoli
     else:
         fix = f"remove {key} from {where}"
     return (f"{where} sets {what}, which the administrator has locked in {policy.path} ([{ADMIN_TABLE}]); "
-            f"{fix} (the administrator's value is {admin_value!r}).")
+            f"{fix} (the administrator's value: {shown(key, admin_value).removeprefix('got ')}).")
 
 
 def layer_name(source: str) -> str:
@@ -310,29 +310,54 @@ def profile_names(*, cwd: str | None = None) -> list[str]:
     return sorted(names)
 
 
+def looks_like_secret(text: str) -> bool:
+    """A value that is a key, a password or a SAS token rather than a variable's name.
+
+    Names are short-ish identifiers, usually with underscores (AZPAR_BATCH_KEY); keys are
+    long, and either contain characters no name has (base64's + / =, a SAS token's & and
+    %) or mix upper case, lower case and digits without a single underscore."""
+    text = text.strip()
+    if len(text) >= 16 and not _ENV_NAME.match(text):
+        return True
+    mixed = any(c.islower() for c in text) and any(c.isupper() for c in text) and any(c.isdigit() for c in text)
+    return len(text) >= 24 and mixed and "_" not in text
+
+
+def shown(key: str, value: Any) -> str:
+    """How a message may quote the value of field ``key``: as typed for plain fields; for a
+    field that names a secret's variable, only when it is a plausible variable name. A value
+    that fails there may be the key itself, and an error message lands in the saved notebook."""
+    spec = PROFILE_FIELDS.get(key)
+    if spec is None or not spec.secret:
+        return f"got {value!r}"
+    if isinstance(value, str) and _ENV_NAME.match(value.strip()) and not looks_like_secret(value):
+        return f"got {value.strip()!r}"
+    return "the value given is not shown, as it may be the secret"
+
+
 def _coerce_field(spec: ProfileField, value: Any, where: str) -> Any:
     if spec.kind is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
             return value.lower() in ("1", "true", "yes")
-        raise ConfigError(f"{where}: {spec.name} must be true or false, got {value!r}")
+        raise ConfigError(f"{where}: {spec.name} must be true or false, {shown(spec.name, value)}")
     if spec.kind in (int, float):
         if isinstance(value, bool):
-            raise ConfigError(f"{where}: {spec.name} must be a number, got {value!r}")
+            raise ConfigError(f"{where}: {spec.name} must be a number, {shown(spec.name, value)}")
         try:
             return spec.kind(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {spec.name} must be a {'whole ' if spec.kind is int else ''}number, "
-                              f"got {value!r}") from None
+                              f"{shown(spec.name, value)}") from None
     if spec.kind is list:
         if isinstance(value, str):  # from the environment: comma or newline separated
             return [part.strip() for part in re.split(r"[,\n]", value) if part.strip()]
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return list(value)
-        raise ConfigError(f"{where}: {spec.name} must be a list of strings, got {value!r}")
+        raise ConfigError(f"{where}: {spec.name} must be a list of strings, {shown(spec.name, value)}")
     if not isinstance(value, str):
-        raise ConfigError(f"{where}: {spec.name} must be a string, got {value!r}")
+        raise ConfigError(f"{where}: {spec.name} must be a string, {shown(spec.name, value)}")
     return value.strip()
 
 
@@ -406,9 +431,10 @@ def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
             problems[key] = "must use https (plain http is only accepted for a local test service)"
     if v["auth"] not in AUTH_MODES:
         problems["auth"] = f"must be one of {', '.join(AUTH_MODES)}, not {v['auth']!r}"
-    for key in ("batch_key_env", "storage_key_env", "registry_password_env"):
-        if v[key] and not _ENV_NAME.match(v[key]):
-            problems[key] = f"must be the name of an environment variable, not {v[key]!r}"
+    for key in (k for k, f in PROFILE_FIELDS.items() if f.secret):
+        if v[key] and (not isinstance(v[key], str) or not _ENV_NAME.match(v[key]) or looks_like_secret(v[key])):
+            problems[key] = (f"must be the name of an environment variable (like {PROFILE_FIELDS[key].default}) "
+                             f"that holds the secret, not the secret itself; {shown(key, v[key])}")
     if not _BATCH_ID.match(v["pool_id"] or ""):
         problems["pool_id"] = ("must be 1 to 64 letters, digits, '-' or '_'" if v["pool_id"]
                                else "is missing")
@@ -469,7 +495,7 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {value!r} to a config file")
+    raise ConfigError(f"cannot write a {type(value).__name__} to a config file")
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:

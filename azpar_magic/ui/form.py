@@ -176,9 +176,13 @@ class ConfigForm:
         """Show profile ``name`` as the configuration layer reads it (defaults if new)."""
         values, sources, problem = prof.load(name, cwd=self.cwd, environ=self.environ)
         self._loading = True
+        hidden = []  # secret fields whose saved value looks like the secret itself: never put in widget state
         try:
             for field, value in values.items():
                 if field in self.inputs:
+                    if config.PROFILE_FIELDS[field].secret and prof.shown_secret_name(value) != str(value or ""):
+                        hidden.append(field)
+                        value = ""
                     self._set(field, value)
         finally:
             self._loading = False
@@ -192,6 +196,10 @@ class ConfigForm:
         self.dedicated.value = int(values.get("dedicated_nodes") or 0)
         self.spot.value = int(values.get("spot_nodes") or 0)
         self.validate()
+        for field in hidden:
+            self.messages[field].value = _message(
+                f"the saved value is not a variable name (it may be the secret, so it is not shown); this field "
+                f"takes the NAME of the environment variable that holds it (from {sources.get(field, 'defaults')})")
         if problem:
             self._say(problem, "danger")
         elif self.saved_values is None:

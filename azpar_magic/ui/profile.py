@@ -16,7 +16,6 @@ from typing import Any
 
 from .. import config
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what config.save_profile accepts
 
 
@@ -65,7 +64,8 @@ def parse_value(field: str, text: str) -> Any:
     """A typed value for ``field`` from what a user typed (ValueError says why not)."""
     spec = config.PROFILE_FIELDS.get(field)
     if spec is None:
-        raise ValueError(f"unknown profile field {field!r}; known fields: {', '.join(config.PROFILE_FIELDS)}")
+        named = "(not shown: it looks like a secret)" if config.looks_like_secret(field) else repr(field)
+        raise ValueError(f"unknown profile field {named}; known fields: {', '.join(config.PROFILE_FIELDS)}")
     text = text.strip()
     if spec.kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
@@ -103,16 +103,18 @@ def secret_status(env_name: str, environ: Mapping[str, str] | None = None) -> st
 
 def looks_like_secret(text: str) -> bool:
     """A value typed into a secret field that is a key, a password or a SAS token rather
-    than a variable's name: the form drops it instead of keeping it in widget state.
+    than a variable's name: the form drops it instead of keeping it in widget state (the
+    rule is config's, so that validation messages never quote such a value either)."""
+    return config.looks_like_secret(text)
 
-    Names are short-ish identifiers, usually with underscores (AZPAR_BATCH_KEY); keys are
-    long, and either contain characters no name has (base64's + / =, a SAS token's & and
-    %) or mix upper case, lower case and digits without a single underscore."""
-    text = text.strip()
-    if len(text) >= 16 and not _ENV_NAME.match(text):
-        return True
-    mixed = any(c.islower() for c in text) and any(c.isupper() for c in text) and any(c.isdigit() for c in text)
-    return len(text) >= 24 and mixed and "_" not in text
+
+def shown_secret_name(value: Any) -> str:
+    """What a view shows of a secret field's value: the variable's name, or a placeholder
+    when the value is not a plausible name (a key saved there by mistake stays unseen)."""
+    text = "" if value is None else str(value)
+    if not text or config.shown("storage_key_env", text).startswith("got "):
+        return text
+    return "(not a variable name: not shown, it may be the secret)"
 
 
 def profile_text(name: str, values: Mapping[str, Any], sources: Mapping[str, str], problems: Mapping[str, str],
@@ -131,7 +133,10 @@ def profile_text(name: str, values: Mapping[str, Any], sources: Mapping[str, str
     for key, spec in config.PROFILE_FIELDS.items():
         value = values.get(key)
         shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else str(value))
-        extra = f"  [{secret_status(str(value or ''), environ)}]" if spec.secret else ""
+        extra = ""
+        if spec.secret:  # the variable's name and whether it is set; never a key saved there by mistake
+            shown = shown_secret_name(value)
+            extra = f"  [{secret_status(shown, environ)}]" if shown == str(value or "") else ""
         source = source_text(sources.get(key, "defaults"), locks.get(key))
         line = f"  {key:<{width}}  {shown}{extra}  ({source})"
         if key in problems:
