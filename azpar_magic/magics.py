@@ -764,7 +764,8 @@ class AzparMagics(Magics):
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         if not prof.valid_name(name):
-            raise UsageError(f"a profile name is letters, digits, '-' or '_', not {name!r}")
+            shown = "this (not shown: it looks like a secret)" if prof.looks_like_secret(name) else repr(name)
+            raise UsageError(f"a profile name is letters, digits, '-' or '_', not {shown}")
         values, sources, problem = prof.load(name)
         if problem:
             raise UsageError(problem)

@@ -57,6 +57,11 @@ def test_a_key_typed_without_a_field_name_is_not_echoed(run_cell):
     text = everything(result)
     assert not result.success and "unknown profile field" in text, text
     assert not leaked(STORAGE_KEY, text), text
+    unpadded = STORAGE_KEY.rstrip("=")  # no '=': taken as the profile's name
+    result = run_cell(f"%azpar config {unpadded}")
+    text = everything(result)
+    assert not result.success and "a profile name is" in text, text
+    assert not leaked(unpadded, text), text
 
 
 def test_a_key_saved_in_a_file_is_never_shown(run_cell, monkeypatch):
