@@ -24,7 +24,7 @@ import sys
 import threading
 import types
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dill
 
@@ -68,6 +68,13 @@ class Capture:
     local_modules: dict[str, str]
     sources: dict[str, str]
     function_mode: bool = False  # the body may run as a function (see function_mode_is_safe)
+    size: int = 0  # len(data), kept when the bytes are dropped
+
+    def without_data(self) -> Capture:
+        """What was shipped, without the namespace bytes: what a job keeps. The bytes are
+        staged once (a file, a blob) and never needed again in the kernel; kept by every
+        remembered job, each run of a cell capturing a 100 MB array would add 100 MB."""
+        return replace(self, data=b"")
 
 
 def is_ipython_name(name: str) -> bool:
@@ -596,6 +603,7 @@ def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterab
         names=tuple(sorted(chosen)),
         codec=codec,
         data=data,
+        size=len(data),
         sha256=wire.sha256(data),
         packages=packages,
         local_modules=local,
@@ -616,7 +624,7 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         "code": cell.code_b64,
         "mode": "function" if cap.function_mode and not gather else "module",
         "function_code": cell.function_code_b64,
-        "namespace": {"sha256": cap.sha256, "size": len(cap.data), "codec": cap.codec,
+        "namespace": {"sha256": cap.sha256, "size": cap.size, "codec": cap.codec,
                       "file": wire.namespace_file_name(cap.sha256)},
         "names": list(cap.names),
         "gather": list(gather),

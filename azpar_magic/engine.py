@@ -311,7 +311,8 @@ class Engine:
         run = _Run(self, job, tasks, recorder)
         with self._lock:
             self._runs[job_id] = run
-        job.capture = cap
+        job.capture = cap.without_data()  # the bytes are staged by the backend, never kept (see without_data)
+        del cap
         job.mark_running()
         self.backend.submit(spec, list(tasks.values()), run.on_event)
         return job

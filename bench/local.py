@@ -560,7 +560,7 @@ def workload_d(peer: Peer, P: dict) -> dict:
                    "loopback": (l1 - l0) if l0 is not None and l1 is not None else None}
             if isinstance(peer, Azpar):
                 job = peer.last_job
-                rep.update(capture_bytes=len(job.capture.data), codec=job.capture.codec,
+                rep.update(capture_bytes=job.capture.size, codec=job.capture.codec,
                            array_pickled=counter["array"], serialize_calls=counter["calls"],
                            workers=peer.load_deltas)
                 counter.update(array=0, calls=0)

@@ -23,7 +23,7 @@ import threading
 import time
 import pickle
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import worker as wire
 from ..job import NodeInfo
@@ -125,6 +125,7 @@ class LocalBackend:
             with open(tmp, "wb") as fh:
                 fh.write(job.namespace)
             os.replace(tmp, ns_path)
+            self._drop_unused_namespaces(keep=ns_path)
         envelope_path = os.path.join(self._stage, f"job-{job.job_id}.azpj")
         envelope, data, scratch = job.envelope, None, []
         plan = (job.backend_options or {}).get("data")
@@ -133,12 +134,27 @@ class LocalBackend:
         with open(envelope_path, "wb") as fh:
             fh.write(wire.pack(wire.ENVELOPE_MAGIC, envelope))
         with self._lock:
-            self._jobs[job.job_id] = _Job(job, envelope_path, on_event, data=data, scratch=scratch)
+            # The namespace is staged (a file): the job's record keeps no copy of its bytes.
+            self._jobs[job.job_id] = _Job(replace(job, namespace=b""), envelope_path, on_event, data=data,
+                                          scratch=scratch)
             self._queue.extend((job.job_id, task) for task in tasks)
         # Hand the first tasks to idle workers from this thread, now: once workers compute on
         # every core, the dispatcher thread may wait for a CPU before it can write them.
         self._dispatch()
         self._wake()
+
+    def _drop_unused_namespaces(self, keep: str) -> None:
+        """Staged namespaces are in RAM (/dev/shm): keep the one just staged (an identical
+        next run reuses it) and those of jobs still running (a replacement worker reads
+        them), not one per distinct capture for the pool's life."""
+        with self._lock:
+            used = {os.path.basename(keep)} | {j.spec.envelope["namespace"]["file"] for j in self._jobs.values()}
+        for name in os.listdir(self._stage):
+            if name.startswith("ns-") and name.endswith(".bin") and name not in used:
+                try:
+                    os.unlink(os.path.join(self._stage, name))
+                except OSError:
+                    pass
 
     def _stage_data(self, job: JobSpec, plan) -> tuple[dict, dict, list]:
         """--inputs are read in place: one tree of symbolic links to the original files per

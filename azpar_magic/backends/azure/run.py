@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from azure.batch import models
@@ -107,6 +108,7 @@ class AzureRun:
         st.upload_once(storage.CACHE_CONTAINER, worker_blob, worker_bytes)
         ns_name = spec.envelope["namespace"]["file"]
         st.upload_once(storage.CACHE_CONTAINER, f"ns/{ns_name}", spec.namespace)
+        self.spec = replace(spec, namespace=b"")  # uploaded: the run keeps no copy of the bytes
         st.upload(self.in_container, commands.ENVELOPE_FILE,
                   wire.pack(wire.ENVELOPE_MAGIC, self.data.envelope(spec.envelope)))
         self.save_manifest()

@@ -1,0 +1,65 @@
+"""The kernel's own memory across cells, measured in a real ipykernel (issue 13, item 6).
+
+A cell whose body reads a large array ships it once per run (pickled, staged); the kernel
+must not keep those bytes once they are staged, or every run of the cell adds the array's
+size to the kernel for the kernel's life.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_kernel import _start, _stop
+
+pytest.importorskip("numpy")
+
+_MB = 2 ** 20
+
+
+def _rss(kernel) -> int:
+    """The kernel process's resident set size in bytes, read by the kernel from /proc."""
+    text = kernel.value("[l for l in open('/proc/self/status') if l.startswith('VmRSS:')][0].split()[1]")
+    return int(text.strip("'")) * 1024
+
+
+@pytest.fixture
+def fresh_kernel(tmp_path):
+    kernel, _ = _start(tmp_path)
+    yield kernel
+    _stop(kernel)
+
+
+@pytest.mark.timeout(300)
+def test_repeated_runs_of_a_cell_capturing_a_large_array_keep_the_kernel_flat(fresh_kernel):
+    kernel = fresh_kernel
+    kernel.ok("import numpy as np\nbig = np.arange(100 * 2**20 // 8, dtype=np.float64)")  # 100 MB
+    cell = '''%%azpar -q --workers 1 -o r for i in range(3):
+float(big[i * 1000])'''
+    sizes = []
+    for _ in range(4):
+        kernel.ok(cell, timeout=120)
+        assert kernel.value("r") == repr([0.0, 1000.0, 2000.0])
+        kernel.ok("import gc; gc.collect()")
+        sizes.append(_rss(kernel))
+    grown = sizes[3] - sizes[1]
+    # Before the fix every run kept its 100 MB of pickled namespace (about +200 MB here).
+    assert grown < 60 * _MB, f"the kernel grew {grown / _MB:.0f} MB from run 2 to run 4: " \
+                             f"{[round(s / _MB) for s in sizes]} MB"
+    # The job keeps what it shipped (names, size, digest), only not the bytes.
+    assert kernel.value("__import__('azpar_magic').jobs()[-1].capture.names") == "('big',)"
+    assert int(kernel.value("__import__('azpar_magic').jobs()[-1].capture.size")) > 100 * _MB
+
+
+@pytest.mark.timeout(300)
+def test_the_local_pool_keeps_only_the_latest_staged_namespace(fresh_kernel):
+    """Staged namespaces live in /dev/shm, which is RAM too: a cell run with a different
+    capture each time must not leave one file per run for the pool's life."""
+    kernel = fresh_kernel
+    for k in range(3):
+        kernel.ok(f"import numpy as np\nbig = np.full(1000, {k})")
+        kernel.ok('''%%azpar -q --workers 1 -o r for i in range(2):
+int(big[i])''', timeout=120)
+        assert kernel.value("r") == repr([k, k])
+    staged = kernel.value("sorted(f for e in __import__('azpar_magic.session').session.engines() "
+                          "if e.backend._stage for f in __import__('os').listdir(e.backend._stage) if f.startswith('ns-'))")
+    assert staged.count("ns-") == 1, staged
