@@ -1,13 +1,15 @@
-"""The official OpenAPI document, used at runtime for routing and request validation.
+"""The Batch REST API's facts, used at run time for routing and request validation.
 
-Nothing of the spec is copied into the repository: it is read from
-``<repo>/../shared/reference/azure-batch-rest-2025-06-01/BatchService.json`` (the layout CI
-guarantees), or from the path in ``AZPAR_BATCH_SPEC`` when set.
+They come from ``batch_api.json`` beside this module: routes (method, path template,
+operationId, body and query parameters) and the definitions request bodies can reach (property
+names, types, formats, required lists, enums, limits), derived from the official OpenAPI
+document by ``scripts/derive_batch_api.py``. Nothing outside the repository is read; the
+official document itself is needed only to re-derive the file (and by the tests that replay
+its wire examples, where it is present).
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from pathlib import Path
@@ -16,62 +18,43 @@ from urllib.parse import unquote
 
 from . import errors
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SPEC_RELATIVE = Path("shared/reference/azure-batch-rest-2025-06-01/BatchService.json")
+API_FACTS = Path(__file__).resolve().with_name("batch_api.json")
 
 _lock = threading.Lock()
 _cached: "Spec | None" = None
 
 
-def spec_path() -> Path:
-    """Where the spec is expected: beside the repository, as ../shared/reference/..."""
-    env = os.environ.get("AZPAR_BATCH_SPEC")
-    return Path(env) if env else REPO_ROOT.parent / SPEC_RELATIVE
-
-
-def examples_dir() -> Path:
-    return spec_path().parent / "examples"
-
-
 def load_spec() -> "Spec":
-    """Load (once per process) the spec; a clear error if the shared/ checkout is missing."""
+    """Load (once per process) the API facts the repository carries."""
     global _cached
     with _lock:
         if _cached is None:
-            path = spec_path()
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"Batch OpenAPI spec not found at {path}; the emulator expects shared/ beside the "
-                    f"repository (../{SPEC_RELATIVE}) or AZPAR_BATCH_SPEC pointing at BatchService.json")
-            _cached = Spec(json.loads(path.read_text(encoding="utf-8")))
+            _cached = Spec(json.loads(API_FACTS.read_text(encoding="utf-8")))
         return _cached
 
 
 class Route:
-    def __init__(self, method: str, template: str, op: dict) -> None:
-        self.method = method
-        self.template = template
-        self.op = op
-        self.operation_id: str = op["operationId"]
-        self.param_names = re.findall(r"{(\w+)}", template)
-        pattern = re.sub(r"{\w+}", "([^/]+)", template)
+    def __init__(self, facts: dict) -> None:
+        self.method: str = facts["method"]
+        self.template: str = facts["path"]
+        self.operation_id: str = facts["operationId"]
+        body = facts.get("body")
+        self.body_schema: dict | None = body["schema"] if body else None
+        self.body_required: bool = bool(body and body["required"])
+        self.query: dict[str, dict] = facts.get("query", {})
+        self.param_names = re.findall(r"{(\w+)}", self.template)
+        pattern = re.sub(r"{\w+}", "([^/]+)", self.template)
         self.regex = re.compile("^" + pattern + "/?$")
-        self.literal_segments = sum(1 for s in template.split("/") if s and not s.startswith("{"))
+        self.literal_segments = sum(1 for s in self.template.split("/") if s and not s.startswith("{"))
 
 
 class Spec:
-    """Routes and schemas from the OpenAPI document, plus a validator for request bodies."""
+    """Routes and schemas from the API facts, plus a validator for request bodies."""
 
-    def __init__(self, doc: dict) -> None:
-        self.doc = doc
-        self.definitions: dict = doc["definitions"]
-        self.api_version: str = doc["info"]["version"]
-        self.routes: list[Route] = []
-        for template, ops in doc["paths"].items():
-            for method, op in ops.items():
-                if method == "parameters":
-                    continue
-                self.routes.append(Route(method.upper(), template, op))
+    def __init__(self, facts: dict) -> None:
+        self.definitions: dict = facts["definitions"]
+        self.api_version: str = facts["api_version"]
+        self.routes: list[Route] = [Route(r) for r in facts["routes"]]
         # Literal segments win over parameters (e.g. /pools/{id}/nodes before /pools/{id}/{x}).
         self.routes.sort(key=lambda r: (-r.template.count("/"), -r.literal_segments))
         self.by_operation = {r.operation_id: r for r in self.routes}
@@ -99,19 +82,12 @@ class Spec:
         return schema
 
     def body_schema(self, route: Route) -> tuple[dict | None, bool]:
-        for p in route.op.get("parameters", []):
-            if p.get("in") == "body":
-                return p["schema"], bool(p.get("required"))
-        return None, False
+        """The route's body schema (None when it takes no body) and whether a body is required."""
+        return route.body_schema, route.body_required
 
     def query_params(self, route: Route) -> dict[str, dict]:
-        out = {}
-        for p in route.op.get("parameters", []):
-            if "$ref" in p:
-                p = self.doc["parameters"][p["$ref"].split("/")[-1]]
-            if p.get("in") == "query":
-                out[p["name"]] = p
-        return out
+        """The route's query parameters by name: type, format, limits."""
+        return route.query
 
     # ---- validation -------------------------------------------------------------------
     def validate(self, schema: dict, value: Any, path: str = "") -> Any:
