@@ -412,7 +412,9 @@ class Job:
             return {i: self._values[i] for i in range(len(self.items)) if self._status[i] == _ITER_OK}
 
     def output(self, index: int | None = None) -> str:
-        """Full captured stdout/stderr text of one iteration, or of all in order."""
+        """The captured stdout/stderr text of one iteration, or of all in order: everything
+        it printed up to the worker's cap (worker.OUTPUT_LIMIT, 1,000,000 characters per
+        iteration); past the cap the text ends with a note saying how much was dropped."""
         with self._lock:
             indices = [index] if index is not None else sorted({*self._outputs, *self._base_outputs})
             parts = []

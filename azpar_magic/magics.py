@@ -60,6 +60,16 @@ def _unquote(text: str) -> str:
     return text
 
 
+def _truncation_note(job_id: str, shown: int, hidden: int, displays: int, indices: list[int]) -> str:
+    """The note after a cell's replayed output was cut: how much, whose, where the rest is."""
+    which = ", ".join(map(str, indices[:10])) + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
+    parts = [f"{hidden:,} more character{'s' * (hidden != 1)}"] * bool(hidden)
+    parts += [f"{displays} display{'s' * (displays != 1)}"] * bool(displays)
+    return (f"\n[azpar: output truncated after {shown:,} characters: {' and '.join(parts)} not shown "
+            f"(iteration{'s' * (len(indices) != 1)} {which}). The whole text of iteration i: "
+            f"azpar_magic.attach('{job_id}').output(i) or %azpar logs {job_id} i]")
+
+
 def _size_text(size: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1000 or unit == "GB":
@@ -428,22 +438,33 @@ class AzparMagics(Magics):
         progress.close()
 
     def _show_outputs(self, job: Job) -> None:
-        """Replay what iterations printed or displayed, in iteration order, within a limit."""
-        shown = 0
-        for index in sorted(job.outputs):
-            for kind, data in job.outputs[index]:
-                if shown >= SHOWN_OUTPUT_LIMIT:
-                    print(f"\n[azpar: output truncated after {SHOWN_OUTPUT_LIMIT} characters; full text: "
-                          f"azpar_magic.jobs()[-1].output() or .output(i)]", file=sys.stderr)
-                    return
+        """Replay what iterations printed or displayed, in iteration order, up to
+        SHOWN_OUTPUT_LIMIT characters (a display counts 100); past it, one note says how
+        much was not shown, of which iterations, and where the whole text is."""
+        shown = hidden = hidden_displays = 0
+        cut: list[int] = []  # iterations with something not shown
+        outputs = job.outputs
+        for index in sorted(outputs):
+            for kind, data in outputs[index]:
+                room = SHOWN_OUTPUT_LIMIT - shown
                 if kind == "display":
+                    if room <= 0:
+                        hidden_displays += 1
+                        cut.append(index)
+                        continue
                     publish_display_data(data)
                     shown += 100
                     continue
-                text = data[: SHOWN_OUTPUT_LIMIT - shown]
-                shown += len(text)
-                (sys.stdout if kind == "stdout" else sys.stderr).write(text)
+                text = data[:max(room, 0)]
+                if len(text) < len(data):
+                    hidden += len(data) - len(text)
+                    cut.append(index)
+                if text:
+                    shown += len(text)
+                    (sys.stdout if kind == "stdout" else sys.stderr).write(text)
         sys.stdout.flush()
+        if hidden or hidden_displays:
+            print(_truncation_note(job.id, shown, hidden, hidden_displays, sorted(set(cut))), file=sys.stderr)
         sys.stderr.flush()
 
     @staticmethod

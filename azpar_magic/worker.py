@@ -66,9 +66,13 @@ TASK_MAGIC = b"AZPART1\n"
 RESULT_MAGIC = b"AZPARR1\n"
 MERGED_MAGIC = b"AZPARM1\n"
 
-# Captured output kept per iteration before truncation (the client shows less).
+# Captured output kept per iteration (characters of stdout and stderr together; the client
+# shows less after a run). Past it, text and displays are counted, not kept, and the
+# iteration's output ends with a note saying how much was dropped.
 OUTPUT_LIMIT = 1_000_000
-TRUNCATED_NOTE = "\n[... output truncated by azpar: more than {} characters ...]\n"
+TRUNCATED_NOTE = ("\n[azpar: this iteration printed {total:,} characters; the worker kept the first {kept:,} "
+                  "characters and dropped the other {dropped:,}{displays} (at most {kept:,} are kept per "
+                  "iteration: write large output to a file)]\n")
 
 # Loaded namespaces kept per worker process, keyed by their sha256.
 NAMESPACE_CACHE_SIZE = 4
@@ -446,25 +450,46 @@ def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
 
 
 class _Recorder:
-    """One iteration's stdout, stderr and display output, in the order produced."""
+    """One iteration's stdout, stderr and display output, in the order produced, up to
+    OUTPUT_LIMIT characters; what comes after is counted so the note can say how much."""
 
     def __init__(self) -> None:
         self.events: list[list] = []
         self.size = 0
-        self.truncated = False
+        self.dropped = 0  # characters past the limit
+        self.dropped_displays = 0  # displays after the limit was reached
 
     def add(self, kind: str, data) -> None:
-        if self.truncated:
+        if self.dropped:
+            if isinstance(data, str):
+                self.dropped += len(data)
+            else:
+                self.dropped_displays += 1
             return
         if isinstance(data, str):
-            if self.size + len(data) > OUTPUT_LIMIT:
-                data = data[: max(0, OUTPUT_LIMIT - self.size)] + TRUNCATED_NOTE.format(OUTPUT_LIMIT)
-                self.truncated = True
+            room = OUTPUT_LIMIT - self.size
+            if len(data) > room:
+                self.dropped = len(data) - room
+                data = data[:room]
+                if not data:
+                    return
             self.size += len(data)
             if self.events and self.events[-1][0] == kind:
                 self.events[-1][1] += data
                 return
         self.events.append([kind, data])
+
+    def finish(self) -> list[list]:
+        """The events, ending with the truncation note (on stderr) when text was dropped."""
+        if self.dropped:
+            displays = self.dropped_displays
+            note = TRUNCATED_NOTE.format(total=self.size + self.dropped, kept=self.size, dropped=self.dropped,
+                                         displays=f" and {displays} display{'s' * (displays != 1)}" if displays else "")
+            if self.events and self.events[-1][0] == "stderr":
+                self.events[-1][1] += note
+            else:
+                self.events.append(["stderr", note])
+        return self.events
 
 
 class _OutputSink:
@@ -784,7 +809,7 @@ class Runner:
             "values": self._encode_list(values, indices, failed, "value"),
             "gathered": self._encode_list(gathered, indices, failed, "gathered variable") if gather else None,
             "failed": failed,
-            "outputs": {i: r.events for i, r in sink.recorders.items()},
+            "outputs": {i: r.finish() for i, r in sink.recorders.items()},
             "seconds": time.perf_counter() - started,
         }
 
