@@ -63,3 +63,38 @@ int(big[i])''', timeout=120)
     staged = kernel.value("sorted(f for e in __import__('azpar_magic.session').session.engines() "
                           "if e.backend._stage for f in __import__('os').listdir(e.backend._stage) if f.startswith('ns-'))")
     assert staged.count("ns-") == 1, staged
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_stops_taking_the_items_of_an_endless_iterable(fresh_kernel):
+    """With the bound raised out of reach, ``itertools.count()`` runs until Ctrl-C, which
+    must get through at once (``list(iterable)`` in C never lets it: the kernel filled its
+    memory instead). The kernel's address space is capped so that a regression fails
+    with MemoryError instead of eating the machine."""
+    import threading
+    import time
+
+    kernel = fresh_kernel
+    kernel.ok("import os, resource, itertools\nos.environ['AZPAR_MAX_ITEMS'] = str(10**15)\n"
+              "_vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize:')][0].split()[1]) * 1024\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (_vm + 3 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))")
+    timer = threading.Timer(2.0, kernel.km.interrupt_kernel)
+    timer.start()
+    try:
+        started = time.monotonic()
+        reply = kernel.run("%%azpar -q -o r for x in itertools.count():\nx", timeout=120)
+        took = time.monotonic() - started
+    finally:
+        timer.cancel()
+    assert reply.status == "error", reply.describe()
+    # (the magic may turn the interrupt into a UsageError; either way it says so)
+    assert reply.content["ename"] in ("KeyboardInterrupt", "UsageError"), reply.describe()
+    assert "nothing was submitted" in (reply.content["evalue"] + reply.stderr).lower(), reply.describe()
+    assert "MemoryError" not in reply.describe()
+    assert took < 10, f"the cell returned {took:.1f} s after it started (interrupted at 2 s)"
+    assert kernel.value("'r' in globals()") == "False"
+    assert kernel.value("len(__import__('azpar_magic').jobs())") == "0"
+    # The kernel is fine afterwards.
+    kernel.ok("del os.environ['AZPAR_MAX_ITEMS']")
+    kernel.ok("%%azpar -q --workers 1 -o r for x in range(3):\nx + 1", timeout=60)
+    assert kernel.value("r") == "[1, 2, 3]"
