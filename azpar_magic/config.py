@@ -27,10 +27,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-DEFAULTS: dict[str, Any] = {"backend": "local", "workers": None, "profile": None}
+# max_items: how many items a loop's iterable may yield (engine.materialize); raise it in a config
+# file (max_items = 50_000_000) or with AZPAR_MAX_ITEMS.
+DEFAULTS: dict[str, Any] = {"backend": "local", "workers": None, "profile": None, "max_items": 10_000_000}
 PROFILES_TABLE = "profiles"
 _ENV_PREFIX = "AZPAR_"
-_INT_KEYS = {"workers"}
+_INT_KEYS = {"workers", "max_items"}
 
 
 class ConfigError(ValueError):

@@ -8,8 +8,10 @@ early under ``--errors stop``, and finishing the job when every task is final.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import capture as capture_mod
+from . import config
 from . import data as data_mod
 from . import identity
 from . import merge
@@ -53,6 +56,7 @@ class RunRequest:
     items: list | None = None
     indices: Sequence[int] | None = None
     base: Job | None = None
+    max_items: int | None = None  # bound on the iterable's length; None: the max_items setting
 
 
 def new_job_id() -> str:
@@ -62,19 +66,69 @@ def new_job_id() -> str:
     return f"azpar-{identity.slug()}-" + time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(6)
 
 
-def materialize(cell: ParsedCell, namespace: Mapping[str, Any]) -> list:
-    """Evaluate the iterable once in the namespace and take all its items."""
+MAX_ITEMS = 10_000_000  # the default of the max_items setting (config.DEFAULTS)
+_TAKE = 1 << 16  # items taken per step: C-level iteration never checks for Ctrl-C, the loop between steps does
+
+
+def materialize(cell: ParsedCell, namespace: Mapping[str, Any], max_items: int = MAX_ITEMS) -> list:
+    """Evaluate the iterable once in the namespace and take all its items, at most
+    ``max_items`` of them: an endless or huge iterable (``itertools.count()``) is refused
+    instead of filling the kernel's memory. Items are taken in steps so that Ctrl-C gets
+    through even when the iterable runs in C, where ``list(iterable)`` never lets it."""
     try:
         scope = namespace if isinstance(namespace, dict) else dict(namespace)
         iterable = eval(compile(cell.iterable_source, "<azpar iterable>", "eval"), scope)
     except Exception as exc:
         raise SubmitError(f"The iterable `{cell.iterable_source}` could not be evaluated: "
                           f"{type(exc).__name__}: {exc}. Nothing was submitted.") from None
+    _refuse_if_too_long(cell, _known_length(iterable), max_items)
+    items: list = []
     try:
-        return list(iterable)
+        iterator = iter(iterable)
+        while len(items) <= max_items:
+            want = min(_TAKE, max_items + 1 - len(items))
+            before = len(items)
+            items.extend(itertools.islice(iterator, want))
+            if len(items) - before < want:
+                break
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted while taking the items of `{cell.iterable_source}` "
+                                f"({len(items):,} so far). Nothing was submitted.") from None
     except Exception as exc:
         raise SubmitError(f"Iterating over `{cell.iterable_source}` raised {type(exc).__name__}: {exc}. "
                           "Nothing was submitted.") from None
+    _refuse_if_too_long(cell, len(items), max_items)
+    return items
+
+
+def _known_length(iterable: Any) -> int | None:
+    """How many items the iterable yields, when a built-in container or range says so
+    without iterating; None otherwise (``len`` of other objects need not be that count:
+    a DataFrame iterates over its columns)."""
+    if not isinstance(iterable, (range, list, tuple, dict, set, frozenset, str, bytes)):
+        return None
+    try:
+        return len(iterable)
+    except OverflowError:  # range(10**20): longer than any bound
+        return sys.maxsize
+
+
+def _refuse_if_too_long(cell: ParsedCell, count: int | None, max_items: int) -> None:
+    if count is None or count <= max_items:
+        return
+    raise SubmitError(f"The iterable `{cell.iterable_source}` has more than {max_items:,} items (the max_items "
+                      "setting), so it was not taken; an endless iterable (itertools.count()) would fill the "
+                      "kernel's memory. Loop over fewer items (itertools.islice(it, n)), or raise the bound with "
+                      "max_items = N in a config file (see %azpar config) or the AZPAR_MAX_ITEMS environment "
+                      "variable. Nothing was submitted.")
+
+
+def _max_items_setting() -> int:
+    """Read per run: an edited config file or AZPAR_MAX_ITEMS takes effect at the next cell."""
+    try:
+        return config.load_settings()["max_items"] or MAX_ITEMS
+    except config.ConfigError as exc:
+        raise SubmitError(f"{exc}. Nothing was submitted.") from None
 
 
 def validate_options(options: JobOptions, spelling: dict[str, str] = API_SPELLING) -> None:
@@ -249,7 +303,8 @@ class Engine:
     def prepare(self, request: RunRequest) -> list:
         """The checks that can fail on bad input, before anything is submitted."""
         validate_options(request.options, request.spelling)
-        items = request.items if request.items is not None else materialize(request.cell, request.namespace)
+        items = request.items if request.items is not None else materialize(
+            request.cell, request.namespace, request.max_items or _max_items_setting())
         if request.indices is not None and any(not 0 <= i < len(items) for i in request.indices):
             raise SubmitError(f"iterations to run must be between 0 and {len(items) - 1}. Nothing was submitted.")
         if request.options.combine == "dict":
