@@ -361,13 +361,15 @@ def _short_repr(obj: Any, limit: int = 60) -> str:
 
 class FilesReport:
     """What came back per iteration, fed by the engine from each task's result: the files
-    each iteration produced, and the output patterns that matched nothing (warned about
-    once per pattern, not once per iteration)."""
+    each iteration produced, the output patterns that matched nothing (warned about once
+    per pattern, not once per iteration), and the links leading out of a working directory
+    that a pattern selected and the worker left alone (one warning for all of them)."""
 
     def __init__(self, data_plan: DataPlan):
         self.plan = data_plan
         self.produced: dict[int, list[str]] = {}
         self.unmatched: dict[str, list[int]] = {}
+        self.skipped: dict[str, tuple[str, list[int]]] = {}  # link rel -> (where it points, iterations)
         self._lock = threading.Lock()
         self._warned: set[str] = set()
 
@@ -382,6 +384,11 @@ class FilesReport:
                     found = self.unmatched.setdefault(pattern, [])
                     if int(index) not in found:
                         found.append(int(index))
+            for index, links in (record.get("skipped") or {}).items():
+                for rel, target in links:
+                    seen = self.skipped.setdefault(rel, (target, []))[1]
+                    if int(index) not in seen:
+                        seen.append(int(index))
 
     @property
     def location(self) -> str:
@@ -397,15 +404,36 @@ class FilesReport:
         return [os.path.join(self.plan.local_dest(index), rel) for rel in rels]
 
     def warnings(self, *, new_only: bool = True) -> list[str]:
-        """One line per output pattern that matched nothing in some iterations; with
-        ``new_only`` each pattern is reported once per job, however often it is asked."""
+        """One line per output pattern that matched nothing in some iterations, and one for
+        all the links the worker skipped; with ``new_only`` each is reported once per job,
+        however often it is asked."""
         lines = []
         with self._lock:
             for pattern, indices in self.unmatched.items():
                 if new_only and pattern in self._warned:
                     continue
                 self._warned.add(pattern)
-                shown = ", ".join(map(str, sorted(indices)[:10])) + (", ..." if len(indices) > 10 else "")
-                lines.append(f"--outputs {pattern!r} matched no file in {len(indices)} iteration"
-                             f"{'s' if len(indices) != 1 else ''} ({shown})")
+                lines.append(f"--outputs {pattern!r} matched no file in {len(indices)} {_iterations(indices)}")
+            if self.skipped and not (new_only and SKIPPED_KEY in self._warned):
+                self._warned.add(SKIPPED_KEY)
+                lines.append(self._skipped_line())
         return lines
+
+    def _skipped_line(self) -> str:
+        links = sorted(self.skipped.items())
+        shown = "; ".join(f"{rel} (a link to {target}) in {len(indices)} {_iterations(indices)}"
+                          for rel, (target, indices) in links[:SKIPPED_SHOWN])
+        more = f"; and {len(links) - SKIPPED_SHOWN} more" if len(links) > SKIPPED_SHOWN else ""
+        return (f"--outputs skipped {len(links)} link{'s' if len(links) != 1 else ''} leading outside the "
+                f"iteration's working directory: {shown}{more}. Outputs are files inside it; what the links point "
+                "to was left untouched (write the files themselves, or copy them in, to bring them back).")
+
+
+SKIPPED_KEY = "\0skipped"  # FilesReport._warned: the skipped-links line was shown
+SKIPPED_SHOWN = 5  # links named in that line
+
+
+def _iterations(indices: Sequence[int]) -> str:
+    """``3 iterations (0, 2, 4)``'s tail: the word and the first ten indices."""
+    shown = ", ".join(map(str, sorted(indices)[:10])) + (", ..." if len(indices) > 10 else "")
+    return f"iteration{'s' if len(indices) != 1 else ''} ({shown})"

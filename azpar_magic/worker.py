@@ -23,7 +23,8 @@ import base64
 import builtins
 import copyreg
 import functools
-import glob
+import errno
+import fnmatch
 import hashlib
 import importlib
 import io
@@ -611,6 +612,129 @@ def _resolve_root(path: str) -> str:
     return os.path.abspath(os.path.expandvars(path))
 
 
+def _pattern_segments(pattern: str) -> list[str]:
+    return [s for s in pattern.replace("\\", "/").split("/") if s not in ("", ".")]
+
+
+def _segment_matches(pattern: str, name: str) -> bool:
+    """One path segment against one glob segment, as glob does: a name starting with a dot
+    is matched only by a pattern starting with one."""
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatch(name, pattern)
+
+
+def _glob_match(pattern: list[str], path: tuple[str, ...]) -> bool:
+    """Whether the path (segments) matches the glob (segments); ``**`` spans any number of
+    segments that do not start with a dot, as glob's recursive mode does."""
+    if not pattern:
+        return not path
+    head = pattern[0]
+    if head == "**":
+        if _glob_match(pattern[1:], path):
+            return True
+        return bool(path) and not path[0].startswith(".") and _glob_match(pattern, path[1:])
+    return bool(path) and _segment_matches(head, path[0]) and _glob_match(pattern[1:], path[1:])
+
+
+def _may_hold(pattern: list[str], folder: tuple[str, ...]) -> bool:
+    """Whether a file below the folder (segments) could match the glob: folders that
+    cannot are not walked, and a link to an outside folder is reported only when a
+    pattern could have selected something in it."""
+    if not folder:
+        return bool(pattern)
+    if not pattern:
+        return False
+    head = pattern[0]
+    if head == "**":
+        return _may_hold(pattern[1:], folder) or (not folder[0].startswith(".") and _may_hold(pattern, folder[1:]))
+    return _segment_matches(head, folder[0]) and _may_hold(pattern[1:], folder[1:])
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class FoundOutputs:
+    """What the output patterns select in a working directory: ``files`` {rel: (path to read,
+    reached through a link)}, ``skipped`` {rel: where it points} for links leading out of the
+    directory that a pattern selects (a folder's rel ends with a slash), ``hit`` the patterns
+    that selected either."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[str, bool]] = {}
+        self.skipped: dict[str, str] = {}
+        self.hit: set[str] = set()
+
+
+def find_outputs(folder: str, patterns: list[str]) -> FoundOutputs:
+    """The files of ``folder`` the glob ``patterns`` select, never under ``inputs/``, never
+    through a link that leads out of ``folder`` (reported instead), only regular files (a
+    named pipe or a device is no output). Links that stay inside are followed, once per
+    folder on the way (a link cycle ends there). Walked by hand rather than with glob, which
+    follows every link: a link to ``/`` under ``**`` would walk the whole machine."""
+    found = FoundOutputs()
+    parsed = [(p, _pattern_segments(p)) for p in patterns]
+    root = os.path.realpath(folder)
+    stack: list[tuple[tuple[str, ...], str, bool, frozenset]] = [((), folder, False, frozenset([root]))]
+    while stack:
+        parts, path, via_link, ancestors = stack.pop()
+        try:
+            with os.scandir(path) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            rel = parts + (entry.name,)
+            if not parts and entry.name == INPUTS_DIR:
+                continue
+            try:
+                link = entry.is_symlink()
+                is_dir = os.path.isdir(entry.path) if link else entry.is_dir(follow_symlinks=False)
+                real = os.path.realpath(entry.path) if link or via_link or is_dir else entry.path
+            except OSError:
+                continue
+            if link and not _inside(real, root):
+                chosen = [p for p, segs in parsed if (_may_hold(segs, rel) if is_dir else _glob_match(segs, rel))]
+                if chosen:
+                    found.skipped["/".join(rel) + ("/" if is_dir else "")] = real
+                    found.hit.update(chosen)
+                continue
+            if is_dir:
+                if real not in ancestors and any(_may_hold(segs, rel) for _, segs in parsed):
+                    stack.append((rel, entry.path, via_link or link, ancestors | {real}))
+                continue
+            if not (os.path.isfile(real) if link else entry.is_file(follow_symlinks=False)):
+                continue
+            chosen = [p for p, segs in parsed if _glob_match(segs, rel)]
+            if chosen:
+                found.files["/".join(rel)] = (real, via_link or link)
+                found.hit.update(chosen)
+    return found
+
+
+def _copy_regular_file(source: str, target: str) -> None:
+    """Copy a file reached through a link inside the working directory; the source is
+    opened without following a last link (it was resolved already: a link appearing there
+    since is refused, not read)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(source, flags)
+    with os.fdopen(fd, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _move_regular_file(source: str, target: str) -> None:
+    """Rename a file into place (a copy and delete across file systems, never recreating a
+    link the way shutil.move does)."""
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_regular_file(source, target)
+        os.unlink(source)
+
+
 class IterationFiles:
     """``--inputs``/``--outputs`` on the node: each iteration runs in its own empty working
     directory ``<work>/<index>``, finds its inputs under ``inputs/`` there (symbolic links to
@@ -634,6 +758,7 @@ class IterationFiles:
         self.collect_root = _resolve_root(roots.get("collect") or "azpar-out")
         self.produced: dict[int, list[str]] = {}
         self.unmatched: dict[int, list[str]] = {}
+        self.skipped: dict[int, list[list[str]]] = {}  # links out of the working directory, with targets
         self._previous: str | None = None
 
     def enter(self, index: int) -> None:
@@ -656,28 +781,33 @@ class IterationFiles:
 
     def leave(self, index: int, failed: bool) -> str | None:
         """Back to the task's directory; outputs moved out; the iteration's folder removed.
-        Returns why an output could not be kept (the iteration then fails), else None."""
+        Returns why an output could not be kept (the iteration then fails), else None.
+
+        Only files inside the working directory are outputs: links leading out of it are
+        never followed, moved or deleted through (they are reported in ``skipped``); files
+        reached through links that stay inside are copied first (the same file may also be
+        matched under its own name), then the others are renamed into place."""
         if self._previous is not None:
             os.chdir(self._previous)
             self._previous = None
         folder = os.path.join(self.work_root, str(index))
-        found: dict[str, None] = {}
-        for pattern in self.patterns:
-            matches = [m for m in sorted(glob.glob(pattern, root_dir=folder, recursive=True))
-                       if os.path.isfile(os.path.join(folder, m))
-                       and m.replace(os.sep, "/").split("/")[0] != INPUTS_DIR]
-            if not matches and not failed:
-                self.unmatched.setdefault(index, []).append(pattern)
-            found.update(dict.fromkeys(m.replace(os.sep, "/") for m in matches))
+        found = find_outputs(folder, self.patterns)
+        if not failed:
+            unmatched = [p for p in self.patterns if p not in found.hit]
+            if unmatched:
+                self.unmatched[index] = unmatched
+        if found.skipped:
+            self.skipped[index] = [[rel, target] for rel, target in found.skipped.items()]
         problem = None
         kept = []
-        for rel in found:
-            target = os.path.join(self.collect_root, str(index), rel)
+        order = sorted(found.files.items(), key=lambda kv: not kv[1][1])  # reached through links first
+        for rel, (source, linked) in order:
+            target = os.path.join(self.collect_root, str(index), *rel.split("/"))
             error = None
             for attempt in range(FILE_ATTEMPTS):
                 try:
                     os.makedirs(os.path.dirname(target), exist_ok=True)
-                    shutil.move(os.path.join(folder, rel), target)
+                    (_copy_regular_file if linked else _move_regular_file)(source, target)
                     error = None
                     break
                 except OSError as exc:
@@ -689,8 +819,8 @@ class IterationFiles:
                 problem = (f"output file {rel} of iteration {index} could not be moved to {target} after "
                            f"{FILE_ATTEMPTS} attempts: {type(error).__name__}: {error}")
         if kept:
-            self.produced[index] = kept
-        shutil.rmtree(folder, ignore_errors=True)
+            self.produced[index] = sorted(kept)
+        shutil.rmtree(folder, ignore_errors=True)  # never follows links: what they point to stays
         return problem
 
     def restore_cwd(self) -> None:
@@ -701,7 +831,7 @@ class IterationFiles:
             self._previous = None
 
     def report(self) -> dict:
-        return {"produced": self.produced, "unmatched": self.unmatched}
+        return {"produced": self.produced, "unmatched": self.unmatched, "skipped": self.skipped}
 
 
 def iteration_files(envelope: dict, task_spec: dict | None) -> IterationFiles | None:
