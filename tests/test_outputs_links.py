@@ -141,3 +141,26 @@ def test_hidden_files_follow_glob_rules(ip, run_cell, folder):
     got = _job_root(folder) / "0"
     assert sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file()) == [
         ".keep/y.txt", "d/z.txt", "top.txt"]
+
+
+@pytest.mark.parametrize("pattern", [
+    "*.csv", "**/*.csv", "**", "*", "sub/*", "sub/**", "sub/**/*.txt", "**/deep/*", "?.csv", "[ab].csv",
+    "[!a].csv", "a.csv", "sub/x.txt", "./a.csv", "**/.h*", ".*", "sub//x.txt", "*/*", "**/**/*.txt", "nope/*",
+])
+def test_the_walk_selects_what_glob_selects_where_there_are_no_links(tmp_path, pattern):
+    """Without links the hand-written walk gives glob's answer (the rules users know),
+    for each pattern; inputs/ is never an output."""
+    import glob
+
+    from azpar_magic.worker import find_outputs
+
+    for rel in ("a.csv", "b.csv", "c.txt", ".h.csv", "sub/x.txt", "sub/y.csv", "sub/deep/z.txt", "sub/.hid/w.txt",
+                ".cache/q.csv", "inputs/in.csv", "sub/inputs/kept.csv"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    expected = sorted({os.path.normpath(m).replace(os.sep, "/")
+                       for m in glob.glob(pattern, root_dir=tmp_path, recursive=True)
+                       if (tmp_path / m).is_file() and os.path.normpath(m).split(os.sep)[0] != "inputs"})
+    found = find_outputs(str(tmp_path), [pattern])
+    assert sorted(found.files) == expected
+    assert not found.skipped and (pattern in found.hit) == bool(expected)
