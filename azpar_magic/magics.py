@@ -108,13 +108,19 @@ class _TransferProgress:
 
 class _Progress:
     """The one refreshing text line, drawn from the main thread only (a background print
-    would land in whichever cell runs next)."""
+    would land in whichever cell runs next).
 
-    def __init__(self, job: Job, quiet: bool):
-        self.job, self.quiet = job, quiet
+    In a kernel it is one display updated in place by its display id: frontends redraw it,
+    and nbclient, papermill and nbconvert keep a single output holding the last picture
+    (a ``\r`` stream line would be a new saved output at every refresh). Terminal IPython
+    cannot update a display in place, so there it is a stdout line rewritten with ``\r``."""
+
+    def __init__(self, job: Job, quiet: bool, in_place: bool = False):
+        self.job, self.quiet, self.in_place = job, quiet, in_place
         self.shown = False
         self.last = 0.0
         self.width = 0
+        self.handle = None  # the display updated in place (in_place only)
 
     def tick(self, force: bool = False) -> None:
         if self.quiet:
@@ -127,13 +133,27 @@ class _Progress:
             return
         self.last, self.shown = now, True
         line = format_snapshot(snap)
+        if self.in_place:
+            self._draw(line)
+            return
         pad = " " * max(0, self.width - len(line))
         self.width = len(line)
         sys.stdout.write("\r" + line + pad)
         sys.stdout.flush()
 
+    def _draw(self, text: str) -> None:
+        bundle = {"text/plain": text}
+        if self.handle is None:
+            self.handle = display(bundle, raw=True, display_id=True)
+        else:
+            self.handle.update(bundle, raw=True)
+
     def close(self) -> None:
-        if self.shown:
+        if self.shown and self.in_place:  # the last picture replaces the live one, failures included
+            snap = self.job.snapshot()
+            failures = format_failures(snap) if snap.failures and snap.errors != "stop" else ""
+            self._draw(format_snapshot(snap) + ("\n" + failures if failures else ""))
+        elif self.shown:
             self.tick(force=True)
             sys.stdout.write("\n")
             snap = self.job.snapshot()
@@ -144,16 +164,25 @@ class _Progress:
 
 class _PanelProgress:
     """The widget panel in the text line's place: a background thread draws it, so the
-    waiting loop has nothing to do; ``close`` draws the final state before the cell ends."""
+    waiting loop has nothing to do; ``close`` draws the final state before the cell ends.
 
-    def __init__(self, panel):
-        self.panel = panel
+    The display's own ``text/plain`` (what nbval, plain frontends and a saved notebook
+    without widget state show) was taken at submission; once the job has ended, ``close``
+    replaces it by display id with the final text and the panel as static HTML."""
+
+    def __init__(self, panel, handle, job: Job):
+        self.panel, self.handle, self.job = panel, handle, job
 
     def tick(self, force: bool = False) -> None:
         pass
 
     def close(self) -> None:
         self.panel.settle()
+        snap = self.job.snapshot()
+        if snap.final:
+            failures = format_failures(snap) if snap.failures else ""
+            text = repr(self.job) + ("\n" + failures if failures else "")
+            self.handle.update(self.panel.mimebundle(text, self.job._repr_html_()), raw=True)
 
 
 def _display_mode(shell) -> str:
@@ -403,9 +432,9 @@ class AzparMagics(Magics):
         """The widget panel where the frontend draws widgets, else the text line."""
         if not quiet and _display_mode(self.shell) == "widget":
             panel = _panel_for(job)
-            display(panel.mimebundle(repr(job)), raw=True)
-            return _PanelProgress(panel)
-        return _Progress(job, quiet)
+            handle = display(panel.mimebundle(repr(job)), raw=True, display_id=True)
+            return _PanelProgress(panel, handle, job)
+        return _Progress(job, quiet, in_place=getattr(self.shell, "kernel", None) is not None)
 
     def _follow(self, job: Job, quiet: bool) -> None:
         """``--no-wait``: in widget mode the returned handle shows as the live panel, which

@@ -36,6 +36,13 @@ class Run:
     def stdout(self) -> str:
         return "".join(m["content"]["text"] for m in self.of("stream") if m["content"]["name"] == "stdout")
 
+    def progress(self) -> list[tuple[str, str, str]]:
+        """(message type, display id, text/plain) of each display carrying a display id:
+        the text progress line, displayed once and then updated in place."""
+        return [(m["msg_type"], m["content"]["transient"]["display_id"], m["content"]["data"].get("text/plain", ""))
+                for _, m in self.messages if m["msg_type"] in ("display_data", "update_display_data")
+                and m["content"].get("transient", {}).get("display_id")]
+
     @property
     def error(self) -> dict | None:
         errors = self.of("error")
@@ -128,6 +135,14 @@ def test_a_frontend_sending_cell_ids_gets_the_widget_panel(frontend):
     assert len(displays) == 1
     shown = displays[0]["content"]["data"]
     assert shown["text/plain"].startswith("<azpar Job azpar [local] azpar-")
+    # Before the cell returned, the display's text (what a saved notebook and nbval keep) was
+    # replaced by its display id with the final state; the widget stays the same widget.
+    progress = run.progress()
+    display_id, (last_type, _, last) = progress[0][1], progress[-1]
+    final = [m["content"] for _, m in run.messages if m["msg_type"] == "update_display_data"][-1]
+    assert last_type == "update_display_data" and final["transient"]["display_id"] == display_id
+    assert re.search(r"succeeded · 8/8 done", last) and "running" not in last
+    assert final["data"][WIDGET_MIME] == shown[WIDGET_MIME] and 'data-final="true"' in final["data"]["text/html"]
     states = _states([m for _, m in run.messages])
     panel_classes = [s["_dom_classes"] for s in states if "azpar-panel" in s.get("_dom_classes", ())]
     assert panel_classes and "azpar-success" in panel_classes[-1]  # final style before the cell returned
@@ -149,8 +164,13 @@ def test_no_cell_id_means_nbclient_or_a_script_and_gets_the_text_line(frontend):
     run = frontend.run(SLOW.replace("squares", "squares2"), cell_id=False)
     assert run.error is None, run.error
     assert not [m for m in run.of("comm_open")]
-    assert "azpar [local]" in run.stdout and "\r" in run.stdout
-    assert re.search(r"succeeded · 8/8 done", run.stdout.rsplit("\r", 1)[-1])
+    # One display updated in place (nbclient saves one output), not a stream line per refresh.
+    assert "azpar [" not in run.stdout
+    progress = run.progress()
+    assert progress[0][0] == "display_data" and progress[0][2].startswith("azpar [local]")
+    assert len(progress) >= 2 and {kind for kind, _, _ in progress[1:]} == {"update_display_data"}
+    assert len({display_id for _, display_id, _ in progress}) == 1
+    assert re.search(r"succeeded · 8/8 done", progress[-1][2])
 
 
 @pytest.mark.timeout(120)
@@ -161,7 +181,7 @@ def test_azpar_display_text_forces_the_text_line_in_a_widget_frontend(frontend):
     finally:
         frontend.run("del os.environ['AZPAR_DISPLAY']", cell_id=False)
     assert run.error is None, run.error
-    assert not run.of("comm_open") and "azpar [local]" in run.stdout
+    assert not run.of("comm_open") and run.progress()[-1][2].startswith("azpar [local]")
 
 
 @pytest.mark.timeout(120)

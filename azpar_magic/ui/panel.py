@@ -180,11 +180,14 @@ class JobPanel:
     def following(self) -> bool:
         return self._updater.running
 
-    def mimebundle(self, text_plain: str) -> dict[str, Any]:
+    def mimebundle(self, text_plain: str, text_html: str | None = None) -> dict[str, Any]:
         """The widget's display data with our own ``text/plain`` (what nbval and plain
-        frontends see instead of the widget)."""
+        frontends see instead of the widget) and, when given, ``text/html`` (what a saved
+        notebook's viewer without the widget's state draws)."""
         data = dict(self.widget._repr_mimebundle_())
         data["text/plain"] = text_plain
+        if text_html is not None:
+            data["text/html"] = text_html
         return data
 
 
