@@ -113,13 +113,38 @@ class DataPlan:
 
 
 def blob_path(text: str) -> tuple[str, str]:
-    """Split ``az://container/path`` into (container, path); DataError when malformed."""
+    """Split ``az://container/path`` into (container, path); DataError when malformed or
+    when the path has a ``..`` segment (it would name a file outside the folder it is
+    brought to, and services resolve such segments differently)."""
     rest = text[len(BLOB_SCHEME):]
     container, _, path = rest.partition("/")
     if not _CONTAINER.match(container or ""):
         raise DataError(f"{text!r} does not name a blob container: expected az://CONTAINER/PATH with a container "
                         "name of 3-63 lowercase letters, digits and single hyphens.")
+    if has_dot_dot(path):
+        raise DataError(f"{text!r} has a '..' segment: az:// paths name blobs as they are, and a '..' would lead "
+                        "outside the folder the blob is brought to. Write the path without it.")
     return container, path
+
+
+def has_dot_dot(name: str) -> bool:
+    """Whether a blob name or relative path has a ``..`` segment (between slashes or
+    backslashes, which Windows reads as separators too)."""
+    return ".." in re.split(r"[/\\]", name)
+
+
+def path_below(folder: str, rel: str, what: str) -> str:
+    """The local path of ``rel`` (a blob name's tail, an output's path) below ``folder``,
+    empty segments dropped (a leading slash stays below too); DataError, naming ``what``,
+    when it would land anywhere else (a ``..`` segment, a drive)."""
+    parts = [p for p in re.split(r"[/\\]" if os.sep == "\\" else "/", rel) if p not in ("", ".")]
+    base = os.path.abspath(folder)
+    full = os.path.abspath(os.path.join(base, *parts)) if parts else base
+    if (has_dot_dot(rel) or full == base or os.path.commonpath([base, full]) != base
+            or any(os.path.splitdrive(p)[0] for p in parts)):
+        raise DataError(f"{what} has a '..' segment or is not a relative path: written below {folder} it would "
+                        "land outside that folder, so it is refused.")
+    return os.path.join(folder, *parts)
 
 
 def glob_regex(pattern: str) -> re.Pattern:

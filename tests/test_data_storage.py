@@ -113,3 +113,53 @@ def test_transfers_are_retried_then_reported():
 
     with pytest.raises(blobs.TransferError, match="reading y failed after 4 attempts: OSError: connection reset"):
         blobs.retried("reading y", broken, backoff=0.01)
+
+
+def _put_raw(azurite, blob_service, container: str, encoded_name: str, data: bytes) -> None:
+    """Store a blob under a name the SDK would not send as is (``..`` segments, a leading
+    slash): one plain PUT with a write SAS, the name percent-encoded, as any HTTP client can."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from .azure_support import sas_status
+
+    sas = generate_container_sas(blob_service.account_name, container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(write=True, create=True),
+                                 expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
+    assert sas_status("PUT", f"{blob_service.url.rstrip('/')}/{container}/{encoded_name}?{sas}", data) == 201
+
+
+def test_get_never_writes_outside_the_target_folder(azure, ip, tmp_path, azurite, blob_service):
+    box = f"dots{uuid.uuid4().hex[:12]}"
+    blob_service.create_container(box)
+    work = tmp_path / "nb" / "deeper"
+    work.mkdir(parents=True)
+    _put_raw(azurite, blob_service, box, "run/ok.txt", b"fine")
+    _put_raw(azurite, blob_service, box, "run/%2E%2E/%2E%2E/%2E%2E/escape.txt", b"evil")
+    names = sorted(b.name for b in blob_service.get_container_client(box).list_blobs())
+    assert names == ["run/../../../escape.txt", "run/ok.txt"]  # what a listing hands the helper
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(UsageError) as refused:
+        ip.run_line_magic("azpar", f"storage get az://{box}/run {work / 'down'}")
+    message = str(refused.value)
+    assert f"az://{box}/run/../../../escape.txt" in message and "'..'" in message, message
+    assert "outside" in message and "Nothing was downloaded" in message, message
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # not even the good blob, nothing anywhere
+    assert not (tmp_path / "escape.txt").exists() and not (work / "down").exists()
+
+    other = f"slash{uuid.uuid4().hex[:12]}"  # a name with a leading slash lands below the target too
+    blob_service.create_container(other)
+    _put_raw(azurite, blob_service, other, "%2Fabs.txt", b"rooted")
+    assert [b.name for b in blob_service.get_container_client(other).list_blobs()] == ["/abs.txt"]
+    assert azpar_magic.storage.get(f"az://{other}", str(work / "all")) == [str(work / "all" / "abs.txt")]
+    assert (work / "all" / "abs.txt").read_bytes() == b"rooted"
+
+
+@pytest.mark.parametrize("path", ["az://{box}/run/../x", "az://{box}/..", "az://{box}/a/..\\..\\b"])
+def test_az_names_with_dot_dot_segments_are_refused(azure, ip, path):
+    path = path.format(box="somebox")
+    for line in (f"storage get '{path}' here", f"storage put {__file__} '{path}'", f"storage ls '{path}'",
+                 f"storage rm '{path}'"):
+        with pytest.raises(UsageError, match=r"'\.\.' segment"):
+            ip.run_line_magic("azpar", line)

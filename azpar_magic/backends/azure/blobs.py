@@ -23,6 +23,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock
 
+from ...data import DataError, path_below
 from .storage import Staging
 
 BLOCK_SIZE = 4 << 20  # bytes per uploaded block
@@ -284,12 +285,16 @@ def get_path(staging: Staging, container: str, name: str, target: str, *,
     found = list_blobs(staging, container, folder)
     if not found:
         raise FileNotFoundError(f"az://{container}/{name} does not exist (no blob of that name or below it)")
-    written = []
-    for blob in found:
-        path = os.path.join(target, *blob.name[len(folder):].split("/"))
+    paths = []
+    for blob in found:  # every name checked before the first byte is written
+        try:
+            paths.append(path_below(target, blob.name[len(folder):], f"az://{container}/{blob.name}"))
+        except DataError as exc:
+            raise DataError(f"{exc} Nothing was downloaded; rename or delete that blob with another tool, or get "
+                            "the others one by one.") from None
+    for blob, path in zip(found, paths):
         download_file(staging, container, blob.name, path, progress=hook(blob.name))
-        written.append(path)
-    return written
+    return paths
 
 
 def put_path(staging: Staging, source: str, container: str, name: str, *,

@@ -33,7 +33,7 @@ from urllib.parse import quote, unquote
 from azure.batch import models
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-from ...data import DataError, DataPlan, outputs_plan
+from ...data import INPUTS_DIR, DataError, DataPlan, has_dot_dot, outputs_plan, path_below
 from ..base import TaskSpec
 from . import blobs, storage
 
@@ -70,6 +70,11 @@ def check_blobs(staging: storage.Staging, plan: DataPlan) -> None:
         if not names:
             raise DataError(f"--inputs {spec.text!r} selects no blob (nothing at or under {spec.container}/"
                             f"{spec.path}). Nothing was submitted.")
+        bad = [n for n in names if has_dot_dot(n)]
+        if bad:
+            raise DataError(f"--inputs {spec.text!r} selects the blob {bad[0]!r}, whose name has a '..' segment: "
+                            f"on the nodes it would appear outside {INPUTS_DIR}/. Nothing was submitted; rename that "
+                            "blob, or name the others.")
         plan.blob_names[spec.text] = names
 
 
@@ -231,11 +236,12 @@ class RunData:
         for index, rels in produced.items():
             for rel in rels:
                 try:
+                    path_below(self.plan.local_dest(index), rel, f"output file {rel!r} of iteration {index}")
                     if not self.plan.dest_is_blob:
                         self._download(task_id, int(index), rel)
                     else:
                         self._check_uploaded(task_id, int(index), rel)
-                except (blobs.TransferError, AzureError, OSError) as exc:
+                except (blobs.TransferError, AzureError, OSError, DataError) as exc:
                     if index not in failed:
                         failed[index] = {"type": "azpar_magic.TransferError", "traceback": "", "line": None,
                                          "exc": None, "message": f"output file {rel} of iteration {index} could "
