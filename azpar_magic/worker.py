@@ -582,6 +582,73 @@ def _seed_iteration(seed: int, index: int) -> None:
         return
     sequence = numpy.random.SeedSequence(seed, spawn_key=(index,))
     numpy.random.seed(sequence.generate_state(4))
+    entropy = _fresh_entropy()
+    if entropy is not None:
+        entropy.start(f"azpar:{seed}:{index}")
+
+
+class _FreshEntropy:
+    """Stands in for the OS entropy numpy draws when a generator is made without a seed
+    (``numpy.random.bit_generator.randbits``): during a seeded iteration the K-th draw is
+    derived from (seed, index, K); otherwise the OS's, as before."""
+
+    def __init__(self, original) -> None:
+        self.original = original
+        self.key: str | None = None
+        self.count = 0
+
+    def start(self, key: str) -> None:
+        self.key, self.count = key, 0
+
+    def stop(self) -> None:
+        self.key = None
+
+    def __call__(self, bits: int) -> int:
+        if self.key is None:
+            return self.original(bits)
+        draw = random.Random(f"{self.key}:{self.count}").getrandbits(bits)
+        self.count += 1
+        return draw
+
+
+_FRESH_ENTROPY: list = []  # [the installed _FreshEntropy, or None when numpy's cannot be replaced]
+SEED_NOTE = ("azpar: --seed could not seed the numpy generators this iteration makes without a seed "
+             "(np.random.default_rng()) with numpy {}: they draw from the operating system; pass a seed "
+             "(default_rng(seed)) to make them reproducible\n")
+
+
+def _fresh_entropy() -> _FreshEntropy | None:
+    """Install :class:`_FreshEntropy` once per process, checking it takes effect (numpy reads
+    ``randbits`` from its module at each call since it has had SeedSequence, 1.17); when it
+    does not, numpy is left as it was and the iteration's stderr says so once."""
+    if _FRESH_ENTROPY:
+        return _FRESH_ENTROPY[0]
+    import numpy
+
+    module = sys.modules.get("numpy.random.bit_generator")
+    original = getattr(module, "randbits", None)
+    hook = None
+    if callable(original):
+        hook = _FreshEntropy(original)
+        module.randbits = hook
+        hook.start("azpar:check")
+        try:
+            works = numpy.random.SeedSequence().entropy == random.Random("azpar:check:0").getrandbits(128)
+        except Exception:
+            works = False
+        hook.stop()
+        if not works:
+            module.randbits, hook = original, None
+    if hook is None:
+        sys.stderr.write(SEED_NOTE.format(numpy.__version__))
+    _FRESH_ENTROPY.append(hook)
+    return hook
+
+
+def _end_seeded_iterations() -> None:
+    """Generators made after a seeded task (another job on this worker) draw from the OS."""
+    if _FRESH_ENTROPY and _FRESH_ENTROPY[0] is not None:
+        _FRESH_ENTROPY[0].stop()
 
 
 def _format_user_traceback(exc: BaseException, filename: str) -> str:
@@ -931,6 +998,8 @@ class Runner:
                 builtins.__dict__.pop("display", None)
             else:
                 builtins.display = saved[3]
+            if seed is not None:
+                _end_seeded_iterations()
             clear()
             update(base)
         return {
