@@ -574,9 +574,16 @@ def mime_bundle(obj: object) -> dict:
 
 def _seed_iteration(seed: int, index: int) -> None:
     """An independent, reproducible stream per iteration, whatever the scheduling: it
-    depends only on (seed, iteration index), never on which worker or chunk runs it."""
+    depends only on (seed, iteration index), never on which worker or chunk runs it.
+
+    The derivation is in the README (a sequential loop can reproduce a run from it):
+    ``random`` is seeded with the string ``azpar:SEED:INDEX``; numpy's legacy global state
+    with ``SeedSequence(SEED, spawn_key=(INDEX,)).generate_state(4)``; and the K-th numpy
+    generator the iteration makes without a seed (``default_rng()``, ``PCG64()``,
+    ``SeedSequence()``, K = 0, 1, ...) gets the entropy
+    ``random.Random("azpar:SEED:INDEX:K").getrandbits(128)`` instead of the OS's."""
     random.seed(f"azpar:{seed}:{index}")
-    try:
+    try:  # also when only the body imports it: its first iteration must be seeded too
         import numpy
     except ImportError:
         return
