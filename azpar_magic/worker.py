@@ -1033,15 +1033,22 @@ class Runner:
             except Exception as exc:
                 encoded.append(None)
                 if index not in failed:
+                    why = _OUT_OF_MEMORY if isinstance(exc, MemoryError) else ""
                     failed[index] = {
                         "type": "azpar_magic.SerializationError",
                         "message": f"the {what} of iteration {index} could not be sent back: "
-                        f"{type(exc).__name__}: {exc}",
+                        f"{why}{type(exc).__name__}: {exc}",
                         "traceback": "",
                         "line": None,
                         "exc": None,
                     }
         return ["each", encoded]
+
+
+# A MemoryError while a value is serialised or sent is the iteration's own failure, not the
+# infrastructure's: another attempt would need the same memory again.
+_OUT_OF_MEMORY = ("the worker ran out of memory serialising it (sending a value takes about its own size "
+                  "again in the worker: return a smaller value, or write it to a file with --outputs) - ")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1136,9 +1143,12 @@ def read_merged(data: bytes):
 
 
 def write_result(path: str, result: dict) -> None:
+    """Pickled straight into the file: the result's value blobs are written as they are,
+    never copied into one bytes object first (a 2 GB value must not need 4 GB more)."""
     tmp = path + ".part"
     with open(tmp, "wb") as fh:
-        fh.write(RESULT_MAGIC + pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        fh.write(RESULT_MAGIC)
+        pickle.Pickler(fh, protocol=pickle.HIGHEST_PROTOCOL).dump(result)
     os.replace(tmp, path)
 
 
@@ -1159,10 +1169,90 @@ def _read_frame(stream) -> object:
     return pickle.loads(data)
 
 
-def write_frame(stream, message: object) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(struct.pack(">Q", len(data)) + data)
+class _Measure:
+    """A file for the pickler that keeps what is written while it is small and only counts
+    it past SMALL_FRAME: a frame's length is known before anything is sent, without building
+    a copy of a large message. The C pickler hands a large bytes payload to ``write`` as it
+    is, so counting it costs nothing."""
+
+    SMALL_FRAME = 1 << 20
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.chunks: list | None = []
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        self.size += n
+        if self.chunks is not None:
+            if self.size <= self.SMALL_FRAME:
+                self.chunks.append(bytes(data))
+            else:
+                self.chunks = None
+        return n
+
+
+def measure_frame(message: object) -> _Measure:
+    """Pickle ``message`` once to learn its frame's length (and keep the bytes when small).
+    Raises what pickling raises, before anything is sent."""
+    measured = _Measure()
+    pickle.Pickler(measured, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    return measured
+
+
+def write_frame(stream, message: object, measured: _Measure | None = None) -> None:
+    """Send one length-prefixed pickle. A small message goes as one write; a large one is
+    pickled a second time straight into the stream, so the worker never holds the pickle
+    and a concatenated copy of it beside the value's own blob (3x a large value before)."""
+    measured = measured or measure_frame(message)
+    head = struct.pack(">Q", measured.size)
+    if measured.chunks is not None:
+        stream.write(head + b"".join(measured.chunks))
+    else:
+        stream.write(head)
+        sent = _Counted(stream)
+        pickle.Pickler(sent, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+        if sent.size != measured.size:  # the stream is out of step now: end rather than mislead the reader
+            raise RuntimeError(f"a frame measured {measured.size} bytes but pickled to {sent.size}")
     stream.flush()
+
+
+class _Counted:
+    """Forwards writes to ``stream`` and counts their bytes."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.size = stream, 0
+
+    def write(self, data) -> int:
+        self.size += memoryview(data).nbytes
+        return self.stream.write(data)
+
+
+def _send_reply(stream, reply: dict) -> None:
+    """Send a task's reply; when even measuring it runs out of memory (nothing is sent yet),
+    send instead a reply that fails the task's iterations as their own MemoryError, which
+    the kernel reports once, rather than dying and having the task retried."""
+    try:
+        measured = measure_frame(reply)
+    except MemoryError as exc:
+        reply = _out_of_memory_reply(reply, exc)
+        measured = measure_frame(reply)
+    write_frame(stream, reply, measured)
+
+
+def _out_of_memory_reply(reply: dict, exc: MemoryError) -> dict:
+    result = reply.get("result")
+    if not result:
+        return {**reply, "error": f"internal worker error: out of memory sending the reply ({exc})"}
+    indices = result["indices"]
+    failed = dict(result["failed"])
+    for index in indices:
+        failed.setdefault(index, {"type": "azpar_magic.SerializationError", "traceback": "", "line": None,
+                                  "exc": None, "message": f"the value of iteration {index} could not be sent back: "
+                                                          f"{_OUT_OF_MEMORY}MemoryError: {exc}"})
+    empty = ["each", [None] * len(indices)]
+    return {**reply, "result": {**result, "values": empty, "gathered": empty if result.get("gathered") else None,
+                                "failed": failed}}
 
 
 def serve(fd_in: int, fd_out: int) -> int:
@@ -1199,7 +1289,7 @@ def serve(fd_in: int, fd_out: int) -> int:
         except Exception as exc:
             reply.update(error="internal worker error: " + "".join(traceback.format_exception(exc)),
                          exit_code=EXIT_INTERNAL)
-        write_frame(writer, reply)
+        _send_reply(writer, reply)
 
 
 def main(argv: list[str] | None = None) -> int:

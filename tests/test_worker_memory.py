@@ -1,0 +1,84 @@
+"""A large value on its way back from a local worker (issue 13, item 6): how many copies of
+it the worker needs, and a MemoryError there is the iteration's own failure, reported once.
+
+Each case runs in a script of its own (``azpar_magic.run`` on a fresh one-worker pool), whose
+body lowers its worker's address-space limit (RLIMIT_AS) to what it uses now plus a share of
+the value's size: a real MemoryError wherever the worker needs more than that share, and a
+pool that ends with the script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+resource = pytest.importorskip("resource")
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    import azpar_magic
+    from azpar_magic.errors import IterationError
+
+    body = sys.argv[1]
+    job = azpar_magic.run("for i in range(1)", body, {"TALLY": sys.argv[2]}, workers=1, retries=2)
+    try:
+        value = job.result(timeout=240)
+        out = {"ok": True, "size": len(value[0])}
+    except IterationError as exc:
+        out = {"ok": False, "error": str(exc), "kind": job.failures[0].kind}
+    out["attempts"] = len(open(sys.argv[2]).read().split())
+    print(json.dumps(out))
+''')
+
+# Sets this worker's limit to its address space now plus SHARE times the value (built first).
+LIMITED = textwrap.dedent('''
+    import resource
+    open(TALLY, "a").write("attempt\\n")
+    value = b"x" * (100 * 2**20)
+    vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + int(SHARE * len(value)), resource.getrlimit(resource.RLIMIT_AS)[1]))
+    value''')
+
+
+def _run(tmp_path, body: str) -> dict:
+    tally = tmp_path / "tally"
+    tally.write_text("")
+    done = subprocess.run([sys.executable, "-c", SCRIPT, body, str(tally)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(300)
+def test_a_value_comes_back_with_room_for_one_serialised_copy(tmp_path):
+    # The value and its pickle fit (1.5 times the value beyond what the worker used);
+    # before, sending built two more copies (the frame's pickle, then head + pickle) and
+    # the worker died on MemoryError, retried as an infrastructure failure three times.
+    out = _run(tmp_path, "SHARE = 1.5\n" + LIMITED)
+    assert out == {"ok": True, "size": 100 * 2**20, "attempts": 1}, out
+
+
+@pytest.mark.timeout(300)
+def test_out_of_memory_serialising_a_value_fails_its_iteration_once(tmp_path):
+    out = _run(tmp_path, "SHARE = 0.5\n" + LIMITED)  # no room for the pickle at all
+    assert not out["ok"] and out["kind"] == "user" and out["attempts"] == 1, out
+    assert "ran out of memory" in out["error"] and "could not run" not in out["error"], out["error"]
+
+
+@pytest.mark.timeout(120)
+def test_a_value_whose_pickling_raises_memory_error_is_reported_once(tmp_path):
+    body = textwrap.dedent('''
+        class Huge:
+            def __reduce__(self):
+                open(TALLY, "a").write("reduce\\n")
+                raise MemoryError("pretend the copy did not fit")
+        open(TALLY, "a").write("attempt\\n")
+        Huge()''')
+    out = _run(tmp_path, body)
+    assert not out["ok"] and out["kind"] == "user", out
+    assert "iteration 0" in out["error"] and "ran out of memory" in out["error"], out["error"]
+    # One attempt: pickled as part of the whole list, then on its own; never retried.
+    assert out["attempts"] == 3, out
