@@ -82,3 +82,43 @@ def test_a_value_whose_pickling_raises_memory_error_is_reported_once(tmp_path):
     assert "iteration 0" in out["error"] and "ran out of memory" in out["error"], out["error"]
     # One attempt: pickled as part of the whole list, then on its own; never retried.
     assert out["attempts"] == 3, out
+
+
+class _NoRoom:
+    """Stands for a blob the reply cannot be pickled with (a unit test of worker.py alone)."""
+
+    def __reduce__(self):
+        raise MemoryError("no room for the frame")
+
+
+def test_a_reply_that_cannot_be_measured_is_replaced_by_failures_not_a_dead_worker():
+    import io
+
+    from azpar_magic import worker
+
+    result = {"indices": [3, 4], "files": None, "values": ["all", "pickle", _NoRoom()], "gathered": None,
+              "failed": {4: {"type": "builtins.ValueError", "message": "own failure", "traceback": "", "line": 2,
+                             "exc": None}},
+              "outputs": {3: [["stdout", "kept\n"]]}, "seconds": 0.1}
+    stream = io.BytesIO()
+    worker._send_reply(stream, {"op": "result", "task": "t1", "result": result})
+    stream.seek(0)
+    sent = worker._read_frame(stream)
+    assert stream.read() == b""  # exactly one frame
+    assert sent["result"]["values"] == ["each", [None, None]] and sent["result"]["outputs"] == result["outputs"]
+    failed = sent["result"]["failed"]
+    assert failed[4]["message"] == "own failure"  # the iteration's own failure stays
+    assert "iteration 3 could not be sent back: the worker ran out of memory" in failed[3]["message"]
+
+
+def test_large_and_small_frames_read_back_whole():
+    import io
+
+    from azpar_magic import worker
+
+    for size in (10, worker._Measure.SMALL_FRAME * 3):
+        message = {"op": "result", "blob": b"y" * size, "view": bytearray(b"z" * size)}
+        stream = io.BytesIO()
+        worker.write_frame(stream, message)
+        stream.seek(0)
+        assert worker._read_frame(stream) == message and stream.read() == b""
