@@ -76,3 +76,17 @@ def test_in_place_changes_of_a_captured_object_reach_later_iterations_on_the_sam
     assert ip.user_ns["seen"] == []
     readme = " ".join(README.read_text().split())
     assert "Changing a captured object in place is not isolated" in readme
+
+
+@pytest.mark.azure
+def test_the_recipe_holds_on_azure_batch_too(ip, run_cell, batch, azurite, tmp_path, monkeypatch):
+    from .azure_support import azure_profile
+
+    monkeypatch.chdir(tmp_path)
+    ip.user_ns["xs"] = list(range(5))
+    with azure_profile(tmp_path / "config", batch, azurite):
+        run = run_cell(f"%%azpar -q --seed 7 --chunk-size 2 -o out for x in xs:\n{BODY}")
+    assert run.success, run.error
+    scope = {"xs": list(range(5))}
+    exec(readme_recipe(), scope)
+    assert ip.user_ns["out"] == scope["out"]
