@@ -30,7 +30,7 @@ from . import merge
 from . import store
 from . import worker as wire
 from .backends.base import Backend, JobSpec, TaskEvent, TaskSpec
-from .job import CANCELLED, FAILED, SUCCEEDED, TASK_FAILED, TASK_SUCCEEDED, Failure, Job, JobOptions
+from .job import TASK_FINAL, Failure, Job, JobOptions
 from .parsing import ParsedCell
 
 
@@ -264,7 +264,7 @@ class _Run:
             return
         with self.lock:
             doomed = [t.task_id for t in self.job.tasks.values()
-                      if t.state not in (TASK_SUCCEEDED, TASK_FAILED) and t.indices[0] > first.index
+                      if t.state not in TASK_FINAL and t.indices[0] > first.index
                       and t.task_id not in self.stopped]
             self.stopped.update(doomed)
         if doomed:
@@ -274,13 +274,7 @@ class _Run:
         job = self.job
         if job.done or job.tasks_final < len(job.tasks):
             return
-        if self.engine.cancelled(job.id):
-            state = CANCELLED
-        elif job.failures:
-            state = FAILED
-        else:
-            state = SUCCEEDED
-        job.finish(state)
+        job.finish(job.final_state(cancelled=self.engine.cancelled(job.id)))
         self.recorder.finish()
         self.engine.forget(job.id)
 
@@ -529,7 +523,7 @@ class Engine:
             export=request.export, no_export=request.no_export,
             cwd=request.folder or os.getcwd(), ran=todo, base_id=request.base.id if request.base else None)
         if not tasks:
-            job.finish(FAILED if job.failures else SUCCEEDED)
+            job.finish(job.final_state())
             recorder.finish()
             return job
         for task in tasks.values():

@@ -21,12 +21,17 @@ from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, 
 
 # Job states. LOST: the process that ran the job ended before the job did (a local job dies
 # with its kernel); every iteration that had finished is kept and ``rerun --failed`` completes it.
+# DONE: iterations failed, but --errors remove/pass still gave the job's result (the counts say
+# how many failed); FAILED: a failure makes result() raise (--errors stop).
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
 LOST = "lost"
-FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED, LOST)
+DONE = "done"
+FINAL_STATES = (SUCCEEDED, DONE, FAILED, CANCELLED, LOST)
 
-# Task states
+# Task states. TASK_CANCELLED: every iteration of the task was cancelled (none failed).
 QUEUED, TASK_RUNNING, TASK_SUCCEEDED, TASK_FAILED = "queued", "running", "succeeded", "failed"
+TASK_CANCELLED = "cancelled"
+TASK_FINAL = (TASK_SUCCEEDED, TASK_FAILED, TASK_CANCELLED)
 
 _ITER_PENDING, _ITER_OK, _ITER_FAILED = 0, 1, 2
 
@@ -114,6 +119,7 @@ class JobSnapshot:
     failures: tuple[FailureView, ...]
     source_first_line: str = ""
     errors: str = "stop"  # the job's --errors policy: views say "done with N failed" under remove/pass
+    tasks_cancelled: int = 0  # tasks all of whose iterations were cancelled (not counted in tasks_failed)
 
     @property
     def final(self) -> bool:
@@ -326,13 +332,27 @@ class Job:
                     self._failures[index] = failure_for(index)
                     self._status[index] = _ITER_FAILED
                     self._done += 1
-            self._finalize(task, TASK_FAILED)
+            cancelled = all(index in self._failures and self._failures[index].kind == "cancelled"
+                            for index in task.indices)
+            self._finalize(task, TASK_CANCELLED if cancelled else TASK_FAILED)
         self._notify()
 
     def _finalize(self, task: TaskState, state: str) -> None:
-        if task.state not in (TASK_SUCCEEDED, TASK_FAILED):
+        if task.state not in TASK_FINAL:
             self.tasks_final += 1
         task.state, task.finished = state, time.monotonic()
+
+    def final_state(self, cancelled: bool = False) -> str:
+        """The state this job ends in once every task is final: cancelled when the user
+        cancelled it; else failed when a failure makes ``result()`` raise (``--errors stop``);
+        done when iterations failed (or were cancelled) but ``--errors remove/pass`` still
+        gives the result; succeeded when every iteration has its value."""
+        if cancelled:
+            return CANCELLED
+        with self._lock:
+            if not self._failures:
+                return SUCCEEDED
+        return DONE if self.options.errors in ("remove", "pass") else FAILED
 
     def finish(self, state: str) -> None:
         with self._lock:
@@ -520,7 +540,7 @@ class Job:
     def snapshot(self) -> JobSnapshot:
         with self._lock:
             state = self.state  # read with the counts: a final state never comes with stale counts
-            counts = {QUEUED: 0, TASK_RUNNING: 0, TASK_SUCCEEDED: 0, TASK_FAILED: 0}
+            counts = {QUEUED: 0, TASK_RUNNING: 0, TASK_SUCCEEDED: 0, TASK_FAILED: 0, TASK_CANCELLED: 0}
             for task in self._tasks.values():
                 counts[task.state] += 1
             end = self._finished if self._finished is not None else time.monotonic()
@@ -550,6 +570,7 @@ class Job:
             elapsed=elapsed, eta=eta, throughput=throughput, failures=views,
             source_first_line=self.source.splitlines()[0] if self.source else "",
             errors=self.options.errors,
+            tasks_cancelled=counts[TASK_CANCELLED],
         )
 
     def _output_text(self, index: int, limit: int) -> str:

@@ -72,7 +72,8 @@ from typing import Any
 
 from . import identity
 from . import worker as wire
-from .job import FINAL_STATES, LOST, RUNNING, Failure, Job, JobOptions
+from .job import (DONE, FAILED, FINAL_STATES, LOST, RUNNING, TASK_CANCELLED, TASK_FAILED, TASK_SUCCEEDED, Failure,
+                  Job, JobOptions)
 
 STORE_ENV = "AZPAR_JOB_STORE"
 FORMAT = 1
@@ -734,6 +735,8 @@ def effective_state(manifest: Mapping[str, Any]) -> tuple[str, str]:
     """(state, where): a job that did not end and whose process is gone is lost; ``where``
     names the process (or host) of one that still runs elsewhere."""
     state = manifest.get("state", "?")
+    if state == FAILED and (manifest.get("options") or {}).get("errors") in ("remove", "pass"):
+        return DONE, ""  # written before the done state existed: such a job gave its result
     if state in FINAL_STATES:
         return state, ""
     info = manifest.get("owner") or {}
@@ -944,8 +947,15 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
                         gathered, base=base)
         if not base and header.get("t") is not None and header["t"] not in job.tasks:
             job.add_task(header["t"], indices)
-            job._finalize(job.task(header["t"]), "failed" if kind == "fail" or header.get("failed") else "succeeded")
+            job._finalize(job.task(header["t"]), _task_state(kind, header))
     return offset
+
+
+def _task_state(kind: str, header: Mapping[str, Any]) -> str:
+    """A stored task's final state, as the Job that ran it had it (job.record_task_failed)."""
+    if kind == "fail":
+        return TASK_CANCELLED if header["failure"].get("kind") == "cancelled" else TASK_FAILED
+    return TASK_FAILED if header.get("failed") else TASK_SUCCEEDED
 
 
 def load_job(job_id: str, *, values: bool = True) -> Job:

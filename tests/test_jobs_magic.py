@@ -44,14 +44,23 @@ def test_jobs_table_lists_the_store(ip, run_cell, job_store, monkeypatch):
     assert run_cell("%azpar jobs").stdout == f"azpar: no jobs yet (job store: {job_store})\n"
     first = _run_job(run_cell, "%%azpar -q -o t1 for x in range(3):\nx")
     second = _run_job(run_cell, "%%azpar -q --errors remove -o t2 for x in range(4):\n1 / (x - 1)")
+    third = _run_job(run_cell, "%%azpar -q --errors pass -o t3 for x in range(4):\n1 / (x - 1)")
+    run_cell("%%azpar -q -o t4 for x in range(4):\n1 / (x - 1)")  # --errors stop: the cell raises
+    fourth = azpar_magic.jobs()[-1].id
     session.forget(first)  # listed from the store alone
+    session.forget(second)
     lines = run_cell("%azpar jobs").stdout.splitlines()
-    assert len(lines) == 3, lines
+    assert len(lines) == 5, lines
     assert re.fullmatch(r"id +when +backend +state +done/failed/total +cell", lines[0]), lines
     assert re.fullmatch(rf"{first}  \d{{4}}-\d\d-\d\d \d\d:\d\d  local    succeeded +3/0/3 +"
                         r"%%azpar -q -o t1 for x in range\(3\):", lines[1]), lines
-    assert re.fullmatch(rf"{second} .* failed +3/1/4 +%%azpar -q --errors remove -o t2 for x in range\(4\):",
+    # --errors remove/pass gave the result: the job is done (with 1 failed), not failed.
+    assert re.fullmatch(rf"{second} .* done +3/1/4 +%%azpar -q --errors remove -o t2 for x in range\(4\):",
                         lines[2]), lines
+    assert re.fullmatch(rf"{third} .* done +3/1/4 +%%azpar -q --errors pass .*", lines[3]), lines
+    assert re.fullmatch(rf"{fourth} .* failed +\d/1/4 +%%azpar -q -o t4 .*", lines[4]), lines
+    assert store.read_manifest(second)["state"] == "done" and store.read_manifest(fourth)["state"] == "failed"
+    assert azpar_magic.attach(second).state == "done" and ip.user_ns["t2"] == [-1.0, 1.0, 0.5]
     _usage_error(run_cell("%azpar jobs everything"), "usage: %azpar jobs [--all]")
 
 
@@ -127,3 +136,44 @@ def test_commands_refuse_bad_input_before_doing_anything(ip, run_cell, job_store
     assert not (job_store / job_id).exists() and not (job_store / running.id).exists()
     assert job_id not in {j.id for j in azpar_magic.jobs()}
     _usage_error(run_cell(f"%azpar attach {job_id}"), f"no job {job_id!r}")
+
+
+def test_cancel_reports_cancelled_iterations_and_tasks_as_cancelled(ip, run_cell, job_store):
+    """Nothing failed in a cancelled job whose finished iterations all succeeded: the cancel
+    line, the panel's task counts, the store and the table say cancelled, never failed."""
+    job_id = _run_job(run_cell, "%%azpar -q --no-wait --workers 2 --chunk-size 1 -o c for i in range(8):\n"
+                                "import time\ntime.sleep(0.1 if i < 2 else 30)\ni")
+    job = azpar_magic.attach(job_id)
+    deadline = time.monotonic() + 30
+    while job.snapshot().items_succeeded < 2:
+        assert time.monotonic() < deadline, "the quick iterations did not finish"
+        time.sleep(0.05)
+    line = run_cell(f"%azpar cancel {job_id}").stdout
+    assert job.state == "cancelled"
+    assert "2/8 done" in line and "6 cancelled" in line and "failed" not in line, line
+    snap = job.snapshot()
+    assert (snap.items_failed, snap.items_cancelled, snap.tasks_failed, snap.tasks_cancelled) == (0, 6, 0, 6), snap
+    from azpar_magic.ui.text import format_text
+
+    text = format_text(snap)
+    assert "6 cancelled" in text and "failed or cancelled" not in text and "0 failed" in text, text
+    store.flush()
+    assert store.read_manifest(job_id)["counts"] == {"succeeded": 2, "failed": 0, "cancelled": 6}
+    row = next(r for r in run_cell("%azpar jobs").stdout.splitlines() if r.startswith(job_id))
+    assert re.search(r" cancelled +2/0/8 ", row), row
+    reloaded = store.load_job(job_id)  # tasks read back from the store keep their states too
+    assert (reloaded.snapshot().tasks_cancelled, reloaded.snapshot().tasks_failed) == (6, 0)
+
+
+def test_a_stored_failed_job_under_errors_remove_is_listed_as_done(ip, run_cell, job_store):
+    """Manifests written before the done state existed say "failed" for a job that gave
+    its result under --errors remove/pass: they are read as done."""
+    job_id = _run_job(run_cell, "%%azpar -q --errors remove -o t5 for x in range(3):\n1 / (x - 1)")
+    store.flush()
+    folder = job_store / job_id
+    manifest = store.read_manifest(job_id)
+    manifest["state"] = "failed"
+    store.write_manifest(folder, manifest)
+    session.forget(job_id)
+    assert store.summary(job_id).state == "done"
+    assert store.load_job(job_id).state == "done"

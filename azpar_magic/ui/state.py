@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..job import CANCELLED, FAILED, PENDING, SUCCEEDED, JobSnapshot, NodeInfo
+from ..job import CANCELLED, DONE, FAILED, PENDING, SUCCEEDED, JobSnapshot, NodeInfo
 
 # Node states, local (starting/idle/running/lost) and Azure Batch, grouped by what they
 # mean to someone watching a run. Unknown states fall into "other" rather than failing.
@@ -39,7 +39,8 @@ GROUP_ORDER = ("running", "idle", "starting", "preempted", "problem", "leaving",
 
 # Stacked task bar, left to right.
 BAR_SEGMENTS = ("succeeded", "failed", "running", "queued")
-BAR_COLOURS = {"succeeded": "#43a047", "failed": "#e53935", "running": "#1e88e5", "queued": "#cfd8dc"}
+BAR_COLOURS = {"succeeded": "#43a047", "failed": "#e53935", "cancelled": "#fb8c00", "running": "#1e88e5",
+               "queued": "#cfd8dc"}
 
 # Final and live styles, in ipywidgets' vocabulary (bar_style / button_style names).
 STYLE_COLOURS = {"info": "#1565c0", "success": "#2e7d32", "danger": "#c62828", "warning": "#ef6c00"}
@@ -91,7 +92,7 @@ def job_style(s: JobSnapshot) -> str:
     """info while it runs; success, danger or warning once final (the panel's latch keeps it)."""
     if s.state == SUCCEEDED:
         return "success"
-    if s.state == FAILED:
+    if s.state in (FAILED, DONE):  # done: the result came, but iterations failed
         return "danger"
     if s.state == CANCELLED or s.final:  # cancelled, or lost with its kernel
         return "warning"
@@ -101,8 +102,8 @@ def job_style(s: JobSnapshot) -> str:
 def job_label(s: JobSnapshot) -> str:
     """The state in words. A job whose failed iterations were dropped or passed through
     (--errors remove/pass) did produce its result: it says so instead of just "failed"."""
-    if s.state == FAILED and s.errors in ("remove", "pass") and s.items_done == s.items_total:
-        return f"done with {s.items_failed} failed"
+    if s.state == DONE or (s.state == FAILED and s.errors in ("remove", "pass") and s.items_done == s.items_total):
+        return f"done with {s.items_failed} failed" if s.items_failed else f"done with {s.items_cancelled} cancelled"
     if s.state == PENDING:
         return "starting"
     return s.state
@@ -135,14 +136,18 @@ def nodes_view(nodes: Sequence[NodeInfo]) -> dict[str, Any]:
     }
 
 
-def bar_view(queued: int, running: int, succeeded: int, failed: int, *, cancelled: bool = False) -> dict[str, Any]:
-    """Stacked bar of task counts. A cancelled task ends as a failed one in the counts, so
-    when the job cancelled some, the failed segment says "failed or cancelled"."""
-    counts = {"queued": queued, "running": running, "succeeded": succeeded, "failed": failed}
+def bar_view(queued: int, running: int, succeeded: int, failed: int, *, cancelled: bool = False,
+             cancelled_tasks: int = 0) -> dict[str, Any]:
+    """Stacked bar of task counts. Tasks that were only cancelled have a segment of their
+    own (``cancelled_tasks``, shown when there are some); ``cancelled``: some failed task also
+    had cancelled iterations (a task stopped mid-way), so its segment says "failed or cancelled"."""
+    counts = {"queued": queued, "running": running, "succeeded": succeeded, "failed": failed,
+              "cancelled": cancelled_tasks}
     total = sum(counts.values())
+    names = BAR_SEGMENTS if not cancelled_tasks else ("succeeded", "failed", "cancelled", "running", "queued")
     segments = [{"name": name, "label": "failed or cancelled" if name == "failed" and cancelled else name,
                  "count": counts[name], "colour": BAR_COLOURS[name],
-                 "fraction": (counts[name] / total) if total else 0.0} for name in BAR_SEGMENTS]
+                 "fraction": (counts[name] / total) if total else 0.0} for name in names]
     return {"total": total, "segments": segments}
 
 
@@ -169,7 +174,8 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
         "throughput": format_rate(s.throughput),
         "nodes": nodes_view(s.nodes),
         "tasks": bar_view(s.tasks_queued, s.tasks_running, s.tasks_succeeded, s.tasks_failed,
-                          cancelled=s.items_cancelled > 0),
+                          cancelled=s.items_cancelled > 0 and s.tasks_failed > 0 and not s.tasks_cancelled,
+                          cancelled_tasks=s.tasks_cancelled),
         "failures": [{"index": f.index, "item": f.item, "summary": f.summary, "traceback": f.traceback,
                       "output": f.output} for f in s.failures],
         "failures_more": max(0, s.items_failed - len(s.failures)),
