@@ -15,13 +15,13 @@ from typing import Any
 
 from . import session, storage  # storage: ls/get/put/rm on the profile's Blob storage
 from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError,
-                     JobCancelled, RemoteException)
+                     JobCancelled, RemoteException, TaskTimeoutError)
 from .job import FINAL_STATES, Job, JobLost, JobOptions, JobSnapshot
 from .store import JobSummary
 
 __version__ = "0.1.0"
 __all__ = ["run", "storage", "jobs", "attach", "collect", "logs", "cancel", "rerun", "delete", "Job", "JobSnapshot",
-           "JobSummary", "AzparError", "IterationError", "RemoteException", "InfrastructureError",
+           "JobSummary", "AzparError", "IterationError", "RemoteException", "InfrastructureError", "TaskTimeoutError",
            "EnvironmentMismatchError", "JobCancelled", "JobLost", "load_ipython_extension",
            "unload_ipython_extension"]
 

@@ -212,15 +212,30 @@ class _Run:
             self.engine.backend.resubmit(job.id, self.tasks[event.task_id])
             return
         kind = {"timeout": "infrastructure"}.get(event.failure_kind, event.failure_kind)
-        etype = {"timeout": "TimeoutError", "environment": "EnvironmentMismatchError",
+        etype = {"timeout": "TaskTimeoutError", "environment": "EnvironmentMismatchError",
                  "cancelled": "JobCancelled"}.get(event.failure_kind, "InfrastructureError")
         attempts = f" (after {task.attempts} attempts)" if task.attempts > 1 else ""
-        job.record_task_failed(event.task_id, lambda i: Failure(
-            i, f"azpar_magic.{etype}", event.error + attempts, kind=kind))
-        self.recorder.task_failed(event.task_id, self.tasks[event.task_id].indices, f"azpar_magic.{etype}",
-                                  event.error + attempts, kind)
+        if event.iteration is not None and event.iteration in task.indices and len(task.indices) > 1:
+            self._fail_timed_out(event, f"azpar_magic.{etype}", event.error + attempts)
+        else:
+            job.record_task_failed(event.task_id, lambda i: Failure(
+                i, f"azpar_magic.{etype}", event.error + attempts, kind=kind))
+            self.recorder.task_failed(event.task_id, self.tasks[event.task_id].indices, f"azpar_magic.{etype}",
+                                      event.error + attempts, kind)
         if kind != "cancelled":
             self._stop_early()
+
+    def _fail_timed_out(self, event: TaskEvent, etype: str, message: str) -> None:
+        """A task of several iterations killed by --timeout: the iteration that was running
+        is the one that failed (and the one --errors stop reports); the task's others were
+        lost with it, not failed, so they are recorded as stopped, saying why."""
+        running = event.iteration
+        lost = f"not kept: iteration {running} of the same task ran past --timeout and the whole task was killed"
+        self.job.record_task_failed(event.task_id, lambda i: Failure(i, etype, message, kind="infrastructure")
+                                    if i == running else Failure(i, "azpar_magic.JobCancelled", lost, kind="cancelled"))
+        others = [i for i in self.tasks[event.task_id].indices if i != running]
+        self.recorder.task_failed(event.task_id, [running], etype, message, "infrastructure")
+        self.recorder.task_failed(event.task_id, others, "azpar_magic.JobCancelled", lost, "cancelled")
 
     def _record_result(self, event: TaskEvent) -> None:
         result = event.result or {}

@@ -57,6 +57,11 @@ class InfrastructureError(AzparError):
     """The iteration never produced a result: its worker died, timed out or was lost."""
 
 
+class TaskTimeoutError(InfrastructureError, TimeoutError):
+    """The iteration was running when its task reached ``--timeout`` and was killed; the
+    same type (and message, naming that iteration) under every ``--errors`` mode."""
+
+
 class EnvironmentMismatchError(AzparError):
     """The node's Python, dill or packages differ from the notebook's; never retried."""
 

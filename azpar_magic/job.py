@@ -17,7 +17,7 @@ from typing import Any
 
 from . import merge
 from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError, JobCancelled,
-                     RemoteException)
+                     RemoteException, TaskTimeoutError)
 
 # Job states. LOST: the process that ran the job ended before the job did (a local job dies
 # with its kernel); every iteration that had finished is kept and ``rerun --failed`` completes it.
@@ -52,6 +52,7 @@ class NodeInfo:
     state: str  # idle, running, starting, lost, or any Batch node state
     task: str | None = None
     dedicated: bool = True
+    note: str = ""  # why it looks stuck (no heartbeat, stopped, no progress), "" when it does not
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Failure:
         if isinstance(self.exc, BaseException):
             return self.exc
         if self.kind == "infrastructure":
+            if self.error_type == "azpar_magic.TaskTimeoutError":
+                return TaskTimeoutError(self.message)
             return InfrastructureError(self.message)
         if self.kind == "environment":
             return EnvironmentMismatchError(self.message)
@@ -119,6 +122,7 @@ class JobSnapshot:
     failures: tuple[FailureView, ...]
     source_first_line: str = ""
     errors: str = "stop"  # the job's --errors policy: views say "done with N failed" under remove/pass
+    stalled: tuple[str, ...] = ()  # running tasks that look stuck: "task 3: worker-2 is not responding: ..."
     tasks_cancelled: int = 0  # tasks all of whose iterations were cancelled (not counted in tasks_failed)
 
     @property
@@ -562,6 +566,9 @@ class Job:
             nodes = tuple(self._nodes())
         except Exception:
             nodes = ()
+        notes = {(n.id, n.task): n.note for n in nodes if n.note}
+        stalled = tuple(f"task {t.task_id}: {notes[(t.node, t.task_id)]}" for t in list(self._tasks.values())
+                        if t.state == TASK_RUNNING and (t.node, t.task_id) in notes) if notes and state == RUNNING else ()
         return JobSnapshot(
             job_id=self.id, backend=self.backend_name, pool=self.pool, vm_size=self.vm_size,
             state=state, items_total=total, items_done=done, items_failed=failed, items_cancelled=cancelled,
@@ -569,7 +576,7 @@ class Job:
             tasks_succeeded=counts[TASK_SUCCEEDED], tasks_failed=counts[TASK_FAILED], nodes=nodes,
             elapsed=elapsed, eta=eta, throughput=throughput, failures=views,
             source_first_line=self.source.splitlines()[0] if self.source else "",
-            errors=self.options.errors,
+            errors=self.options.errors, stalled=stalled,
             tasks_cancelled=counts[TASK_CANCELLED],
         )
 

@@ -178,11 +178,13 @@ class _PanelProgress:
 
     def close(self) -> None:
         self.panel.settle()
+        self.panel.when_final(self._show_final)  # now, or when a cancelling job has ended
+
+    def _show_final(self) -> None:
         snap = self.job.snapshot()
-        if snap.final:
-            failures = format_failures(snap) if snap.failures else ""
-            text = repr(self.job) + ("\n" + failures if failures else "")
-            self.handle.update(self.panel.mimebundle(text, self.job._repr_html_()), raw=True)
+        failures = format_failures(snap) if snap.failures else ""
+        text = repr(self.job) + ("\n" + failures if failures else "")
+        self.handle.update(self.panel.mimebundle(text, self.job._repr_html_()), raw=True)
 
 
 def _display_mode(shell) -> str:

@@ -4,7 +4,7 @@ pool) per backend configuration, started on first use and closed at unload or ex
 from __future__ import annotations
 
 import atexit
-import os
+import functools
 import threading
 from typing import Any
 
@@ -58,9 +58,9 @@ def engine(backend: str | None = None, workers: int | None = None, profile: str 
     loaded = config.load_profile(name) if name and name != LOCAL else None
     kind = backend or (loaded["backend"] if loaded else chosen["backend"])
     if kind == "local":
-        size = chosen["workers"] or os.cpu_count() or 1  # "default" and an explicit core count: one pool
+        size = chosen["workers"] or default_workers()  # "default" and an explicit core count: one pool
         key: tuple = ("local", size)
-        options: dict[str, Any] = {"workers": size}
+        options: dict[str, Any] = {"workers": chosen["workers"]}
     else:
         if loaded is None:
             raise config.ConfigError(f"the {kind} backend needs a profile: pass --profile NAME, run %azpar use NAME, "
@@ -70,7 +70,22 @@ def engine(backend: str | None = None, workers: int | None = None, profile: str 
     with _lock:
         if key not in _engines:
             _engines[key] = Engine(create_backend(kind, **options))
-        return _engines[key]
+        stale = [k for k, eng in _engines.items() if kind == "local" and k[0] == "local" and k != key
+                 and not any(not job.done for job in list(eng.jobs.values()))]
+        closing = [_engines.pop(k) for k in stale]
+        chosen_engine = _engines[key]
+    for eng in closing:  # another --workers size asked for: the old pool's processes end now
+        eng.backend.close()
+    return chosen_engine
+
+
+@functools.lru_cache(maxsize=1)
+def default_workers() -> int:
+    """The local pool's default size: the CPUs this process may use (affinity, cgroup quota),
+    read once per process."""
+    from .backends.local import usable_cpus
+
+    return usable_cpus()[0]
 
 
 def _azure_backend(profile_name: str | None):

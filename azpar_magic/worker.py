@@ -9,7 +9,7 @@ Three ways to run it:
 
     python worker.py TASK_IN RESULT_OUT     # one task from files (Azure Batch nodes)
     python worker.py --check ENVELOPE       # environment check only (job preparation)
-    python worker.py --serve --fd-in R --fd-out W   # persistent local pool worker
+    python worker.py --serve --fd-in R --fd-out W [--parent PID] [--beat FILE]   # local pool worker
 
 Exit codes: a task whose iterations raised still exits 0 -- user exceptions are results.
 Only failures of the environment or the infrastructure exit non-zero, each with its own code,
@@ -31,6 +31,7 @@ import io
 import json
 import linecache
 import marshal
+import mmap
 import os
 import pickle
 import platform
@@ -40,6 +41,7 @@ import signal
 import struct
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import types
@@ -51,7 +53,8 @@ USAGE = """usage: python worker.py TASK_IN RESULT_OUT     run one task from file
                                                env:NAME: the task file, base64, in a variable)
        python worker.py --check ENVELOPE       check this node's environment against a job
        python worker.py --merge DIR N OUT      stream DIR/1.azpr .. DIR/N.azpr into one file
-       python worker.py --serve --fd-in R --fd-out W   serve a local pool over two pipes"""
+       python worker.py --serve --fd-in R --fd-out W [--parent PID] [--beat FILE]
+                                               serve a local pool over two pipes"""
 ITEM_NAME = "__azpar_item__"  # the runner code binds the loop target from this name
 VALUE_NAME = "__azpar_value__"  # ... and leaves the iteration's value under this one
 FUNCTION_NAME = "__azpar_run__"  # the runner compiled as a function (function mode)
@@ -918,8 +921,11 @@ def iteration_files(envelope: dict, task_spec: dict | None) -> IterationFiles | 
 class Runner:
     """Runs iterations of a loaded job and builds the result record of a task."""
 
-    def __init__(self, job: LoadedJob):
+    def __init__(self, job: LoadedJob, progress: memoryview | None = None):
         self.job = job
+        # progress[0] = the iteration running now, written as each one starts: the local pool
+        # reads it from shared memory to name the iteration a --timeout interrupted.
+        self.progress = progress if progress is not None else memoryview(bytearray(8)).cast("q")
 
     def _by_reference(self, obj: object) -> bool:
         # Notebook classes and functions the client shipped exist on the client under the
@@ -952,6 +958,7 @@ class Runner:
         namespace = job.module.__dict__
         base, code, seed, gather, function = job.base, job.code, job.seed, job.gather, job.function
         clear, update = namespace.clear, namespace.update
+        progress = self.progress
         values: list = []
         append = values.append
         failed: dict = {}
@@ -970,6 +977,7 @@ class Runner:
         try:
             for index, item in zip(indices, items):
                 sink.index = index
+                progress[0] = index
                 if seed is not None:
                     _seed_iteration(seed, index)
                 if files is not None:
@@ -1255,13 +1263,57 @@ def _out_of_memory_reply(reply: dict, exc: MemoryError) -> dict:
                                 "failed": failed}}
 
 
-def serve(fd_in: int, fd_out: int) -> int:
+HEARTBEAT = 0.5  # seconds between a pool worker's heartbeats (and checks that its kernel lives)
+BEAT_SLOTS = 2  # int64 slots of a worker's beat file: [iteration running now or -1, last heartbeat (ns)]
+
+
+def open_beat_file(path: str) -> memoryview:
+    """The shared-memory slots a pool worker writes and its kernel reads (see BEAT_SLOTS):
+    a write per iteration costs a store, not a message."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        mapped = mmap.mmap(fd, 8 * BEAT_SLOTS)
+    finally:
+        os.close(fd)
+    return memoryview(mapped).cast("q")
+
+
+def _end_process_group() -> None:
+    """Kill this worker and whatever its task started (its own process group when it leads
+    one, as pool workers do): nothing of a dead kernel's work may run on."""
+    try:
+        if os.getpgid(0) == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+    except OSError:
+        pass
+    os._exit(EXIT_INTERNAL)
+
+
+def _watch(parent: int | None, slots: memoryview | None) -> None:
+    """Heartbeat and lifeline, on a thread of its own so that it runs while a task computes:
+    the kernel reads the beat to tell a stopped or hung worker from a busy one, and a worker
+    whose kernel died (SIGKILL, OOM: it is reparented) ends itself and its task at once."""
+    while True:
+        if slots is not None:
+            slots[1] = time.monotonic_ns()
+        if parent is not None and os.getppid() != parent:
+            _end_process_group()
+        time.sleep(HEARTBEAT)
+
+
+def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None = None) -> int:
     """Persistent local worker: read task messages, answer each with one result message.
 
     Cancellation and timeouts kill this process (the pool replaces it), so it ignores
     SIGINT: a terminal's Ctrl-C is for the kernel, which decides what to cancel.
+    ``parent``: the kernel's pid (this worker ends when it is gone); ``beat``: its beat file.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    slots = open_beat_file(beat) if beat else None
+    if parent is not None and os.getppid() != parent:
+        _end_process_group()  # the kernel died while this process started
+    if parent is not None or slots is not None:
+        threading.Thread(target=_watch, args=(parent, slots), name="azpar-heartbeat", daemon=True).start()
     reader = os.fdopen(fd_in, "rb", buffering=1 << 16)
     writer = os.fdopen(fd_out, "wb", buffering=1 << 16)
     cache = JobCache()
@@ -1279,8 +1331,12 @@ def serve(fd_in: int, fd_out: int) -> int:
                 os.chdir(message["cwd"])
             job = load_job(message["envelope"], cache)
             items = load_items(message["items_codec"], message["items"], job)
-            reply["result"] = Runner(job).run(message["indices"], items,
-                                              iteration_files(job.envelope, message.get("data")))
+            try:
+                reply["result"] = Runner(job, slots).run(message["indices"], items,
+                                                         iteration_files(job.envelope, message.get("data")))
+            finally:
+                if slots is not None:
+                    slots[0] = -1
             reply["result"]["worker"] = {"pid": os.getpid(), "namespace_loads": cache.namespace_loads}
         except EnvironmentMismatch as exc:
             reply.update(error=str(exc), exit_code=EXIT_ENVIRONMENT)
@@ -1296,7 +1352,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--serve"]:
         opts = dict(zip(argv[1::2], argv[2::2]))
-        return serve(int(opts["--fd-in"]), int(opts["--fd-out"]))
+        parent = int(opts["--parent"]) if "--parent" in opts else None
+        return serve(int(opts["--fd-in"]), int(opts["--fd-out"]), parent, opts.get("--beat"))
     if argv[:1] == ["--check"] and len(argv) == 2:
         try:
             with open(argv[1], "rb") as fh:

@@ -226,3 +226,20 @@ def test_a_snapshot_reads_its_state_with_its_counts():
     s = job.snapshot()
     assert (s.state, s.items_done) == ("pending", 0)
     assert job.snapshot().state == "failed"
+
+
+def test_when_final_runs_once_the_final_state_is_drawn_from_the_following_thread():
+    job = FakeJob(snap())
+    panel = JobPanel(job, min_interval=0.02, tick=0.05)
+    seen = []
+    panel.settle()
+    panel.when_final(lambda: seen.append(panel.final_view["state"]))  # still running: deferred
+    assert seen == []
+    job.changed(replace(snap(), state="cancelled"))
+    deadline = time.monotonic() + 2
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == ["cancelled"]
+    panel.when_final(lambda: seen.append("again"))  # already final: at once
+    assert seen == ["cancelled", "again"]
+    panel.stop()

@@ -5,16 +5,25 @@ length-prefixed pickles over a private pipe pair (the task's own prints never to
 Workers are separate sessions, so the kernel's Ctrl-C reaches only the kernel, which then
 cancels explicitly. A worker that dies, hangs past its task's timeout or runs a cancelled
 task is killed and replaced; its task is reported for the engine to retry or fail.
+
+Workers start as tasks need them (never more than the pool's size, never more than the
+work queued), get the kernel's environment without its secrets, beat a heartbeat into a
+shared-memory file the kernel reads (which iteration runs, whether the worker still
+lives), and end themselves when the kernel dies. The staging folder is named after its
+owner process, so the next pool of any kernel removes those of dead kernels.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import math
 import os
+import re
 import selectors
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -25,12 +34,16 @@ import pickle
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 
+from .. import config
 from .. import worker as wire
 from ..job import NodeInfo
 from .base import EventSink, JobSpec, TaskEvent, TaskSpec
 
 WORKER_SCRIPT = os.path.abspath(wire.__file__)
 _LOST_SHOWN = 8  # lost workers kept in the node list so the panel can show what happened
+_MAX_WAIT = 5.0  # longest dispatcher sleep: any --timeout, however large, stays a valid select() timeout
+STALL_AFTER = 60.0  # seconds without a heartbeat, or on one iteration, before views say so
+STAGE_PREFIX = "azpar-local-"
 # A worker holds one task at a time and an idle worker takes the next queued task: sending
 # tasks ahead into busy workers' pipes saved about 0.1 ms per job on trivial loops but left
 # work stuck behind a long task while another worker sat idle.
@@ -47,6 +60,10 @@ class _Worker:
     deadline: float | None = None
     ending: str | None = None  # why we killed it: "timeout" | "cancelled"
     buffer: bytearray = field(default_factory=bytearray)
+    beat: memoryview | None = None  # the worker's beat file: [iteration running or -1, heartbeat ns]
+    timed_out_at: int | None = None  # the iteration running when --timeout killed it
+    progress: tuple = ()  # (job id, task id, iteration) last seen running, and since when
+    progress_since: float = 0.0
 
     @property
     def state(self) -> str:
@@ -71,9 +88,13 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, workers: int | None = None, **_settings):
-        self.size = int(workers or os.cpu_count() or 1)
+        if workers:
+            self.size, self.sizing = int(workers), "as the workers setting asks"
+        else:
+            self.size, self.sizing = usable_cpus()
         if self.size < 1:
             raise ValueError("the local pool needs at least one worker")
+        self.stall_after = STALL_AFTER
         self._lock = threading.RLock()
         self._workers: dict[str, _Worker] = {}
         self._lost: collections.deque[NodeInfo] = collections.deque(maxlen=_LOST_SHOWN)
@@ -90,7 +111,8 @@ class LocalBackend:
     # ------------------------------------------------------------------ Backend protocol
 
     def describe(self) -> str:
-        return f"local pool of {self.size} worker process{'es' if self.size != 1 else ''} on this machine"
+        return (f"local pool of {self.size} worker process{'es' if self.size != 1 else ''} on this machine "
+                f"({self.sizing}; started as tasks need them)")
 
     def pool_info(self) -> tuple[str, str]:
         return "local", f"{self.size} worker processes"
@@ -106,14 +128,14 @@ class LocalBackend:
                 return
             if self._closed:
                 raise RuntimeError("the local pool was closed")
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-            self._stage = tempfile.mkdtemp(prefix="azpar-local-", dir=shm)
+            if not self._stage:  # kept when the dispatcher restarts after a failure
+                base = stage_base()
+                sweep_stale_stages(base)
+                self._stage = tempfile.mkdtemp(prefix=stage_prefix(), dir=base)
             self._selector = selectors.DefaultSelector()
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_w, False)
             self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-            for _ in range(self.size):
-                self._spawn()
             self._thread = threading.Thread(target=self._loop, name="azpar-local-pool", daemon=True)
             self._thread.start()
 
@@ -138,9 +160,13 @@ class LocalBackend:
             self._jobs[job.job_id] = _Job(replace(job, namespace=b""), envelope_path, on_event, data=data,
                                           scratch=scratch)
             self._queue.extend((job.job_id, task) for task in tasks)
+        self.start()  # again: a dispatcher that failed since the first call is started afresh
         # Hand the first tasks to idle workers from this thread, now: once workers compute on
         # every core, the dispatcher thread may wait for a CPU before it can write them.
-        self._dispatch()
+        try:
+            self._dispatch()
+        except Exception as exc:
+            self._crash(exc)
         self._wake()
 
     def _drop_unused_namespaces(self, keep: str) -> None:
@@ -181,13 +207,34 @@ class LocalBackend:
         with self._lock:
             if job_id in self._jobs:
                 self._queue.append((job_id, task))
+                self._grow()
         self._wake()
 
     def nodes(self) -> list[NodeInfo]:
         with self._lock:
-            live = [NodeInfo(w.id, w.state, w.task[1].task_id if w.task else None)
+            live = [NodeInfo(w.id, w.state, w.task[1].task_id if w.task else None, note=self._stall_note(w))
                     for w in self._workers.values()]
             return list(self._lost) + live
+
+    def _stall_note(self, w: _Worker) -> str:
+        """Why a busy worker looks stuck, or "": stopped (SIGSTOP), silent (no heartbeat: a
+        hung process), or on one iteration for long (a deadlock, or just a long iteration).
+        Read from its beat file and the process state; lock held."""
+        if w.task is None or w.beat is None:
+            return ""
+        now = time.monotonic()
+        index, beat = w.beat[0], w.beat[1]
+        key = (w.task[0], w.task[1].task_id, index)
+        if key != w.progress:
+            w.progress, w.progress_since = key, now
+        silent = now - beat / 1e9 if beat else 0.0
+        if _process_state(w.proc.pid) in ("T", "t"):
+            return f"worker {w.id} is stopped (SIGSTOP?); no heartbeat for {_duration(silent)}"
+        if silent >= self.stall_after:
+            return f"worker {w.id} is not responding: no heartbeat for {_duration(silent)}"
+        if index >= 0 and now - w.progress_since >= self.stall_after:
+            return f"no progress for {_duration(now - w.progress_since)}: iteration {index} still running"
+        return ""
 
     def cancel(self, job_id: str, task_ids: Collection[str] | None = None) -> None:
         """Stop the job's tasks (all, or those named): queued ones are dropped and a worker
@@ -247,11 +294,7 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
-            for fd in (w.send_fd, w.recv_fd):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            self._release(w)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
         for fd in (self._wake_r, self._wake_w):
@@ -265,23 +308,35 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ workers
 
+    def _grow(self) -> None:
+        """Start workers as queued work needs them, up to the pool's size (lock held): a
+        --workers 24 cell of 3 tasks starts 3 processes, not 24."""
+        if self._selector is None:
+            return
+        busy = sum(1 for w in self._workers.values() if w.task)
+        for _ in range(min(self.size, busy + len(self._queue)) - len(self._workers)):
+            self._spawn()
+
     def _spawn(self) -> _Worker:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         wid = f"worker-{next(self._ids)}"
+        beat_path = os.path.join(self._stage, f"{wid}.beat")
+        with open(beat_path, "wb") as fh:
+            fh.write(struct.pack(f"{wire.BEAT_SLOTS}q", -1, 0))
         log = open(os.path.join(self._stage, f"{wid}.log"), "ab")
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-u", WORKER_SCRIPT, "--serve", "--fd-in", str(to_child_r),
-                 "--fd-out", str(from_child_w)],
+                 "--fd-out", str(from_child_w), "--parent", str(os.getpid()), "--beat", beat_path],
                 pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=worker_environment(),
             )
         finally:
             log.close()
             os.close(to_child_r)
             os.close(from_child_w)
-        worker = _Worker(wid, proc, to_child_w, from_child_r)
+        worker = _Worker(wid, proc, to_child_w, from_child_r, beat=wire.open_beat_file(beat_path))
         self._workers[wid] = worker
         self._selector.register(from_child_r, selectors.EVENT_READ, wid)
         return worker
@@ -292,6 +347,25 @@ class LocalBackend:
                 return fh.read()
         except OSError:
             return ""
+
+    def _release(self, w: _Worker) -> None:
+        """Close a gone worker's pipes and beat file."""
+        for fd in (w.send_fd, w.recv_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        with self._lock:
+            beat, w.beat = w.beat, None
+        if beat is not None:
+            try:
+                beat.release()
+            except (BufferError, ValueError):
+                pass
+            try:
+                os.unlink(os.path.join(self._stage, f"{w.id}.beat"))
+            except OSError:
+                pass
 
     def _kill(self, w: _Worker) -> None:
         try:
@@ -311,22 +385,68 @@ class LocalBackend:
     # ------------------------------------------------------------------ dispatcher thread
 
     def _loop(self) -> None:
-        while True:
+        """The dispatcher thread. It must never die silently (every later cell would hang):
+        whatever it raises fails the running jobs with the cause and restarts the pool."""
+        selector = self._selector
+        try:
+            while True:
+                with self._lock:
+                    if self._closed or self._selector is not selector:
+                        return
+                    deadlines = [w.deadline for w in self._workers.values() if w.deadline]
+                timeout = min(_MAX_WAIT, max(0.0, min(deadlines) - time.monotonic())) if deadlines else _MAX_WAIT
+                for key, _ in selector.select(timeout):
+                    if key.data is None:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except OSError:
+                            pass
+                    else:
+                        self._on_readable(key.data)
+                self._expire()
+                self._dispatch()
+        except BaseException as exc:  # noqa: BLE001 - reported to every job it affects
             with self._lock:
-                if self._closed:
-                    return
-                deadlines = [w.deadline for w in self._workers.values() if w.deadline]
-            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            for key, _ in self._selector.select(timeout):
-                if key.data is None:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except OSError:
-                        pass
-                else:
-                    self._on_readable(key.data)
-            self._expire()
-            self._dispatch()
+                current = self._selector is selector and not self._closed  # not already restarted
+            if current:
+                self._crash(exc)
+
+    def _crash(self, exc: BaseException) -> None:
+        """The dispatcher failed: stop every worker, fail each task it had queued or running
+        with the cause (not retried: the same input may fail it again), and leave the pool
+        to start afresh, with new workers and a new dispatcher, at the next submit."""
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+            affected = [w.task for w in workers if w.task] + list(self._queue)
+            self._queue.clear()
+            jobs = dict(self._jobs)
+            selector, self._selector, self._thread = self._selector, None, None
+            wake, (self._wake_r, self._wake_w) = (self._wake_r, self._wake_w), (-1, -1)
+        for w in workers:
+            self._kill(w)
+            try:
+                w.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._release(w)
+        if selector is not None:
+            selector.close()
+        for fd in wake:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        error = (f"the local pool's dispatcher failed ({type(exc).__name__}: {exc}); its tasks were stopped and "
+                 "the pool restarts for the next cell")
+        for job_id, task in affected:
+            job = jobs.get(job_id)
+            if job is not None:
+                try:
+                    job.on_event(TaskEvent(job_id, task.task_id, "failed", error=error))
+                except Exception:  # one job's sink must not keep the others from hearing
+                    pass
 
     def _on_readable(self, wid: str) -> None:
         with self._lock:
@@ -384,24 +504,21 @@ class LocalBackend:
         except subprocess.TimeoutExpired:
             self._kill(w)
             code = w.proc.wait()
-        for fd in (w.send_fd, w.recv_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._release(w)
         if closed:
             return
         with self._lock:
             self._lost.append(NodeInfo(w.id, "lost", running[1].task_id if running else None))
-            self._spawn()
+            if self._selector is not None:
+                self._spawn()
         if job is None or running is None:
             return
         task = running[1]
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         if w.ending == "timeout":
-            limit = job.spec.timeout
             event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, failure_kind="timeout",
-                              error=f"the task ran longer than its --timeout of {limit:g} s and was killed")
+                              error=_timeout_message(job.spec.timeout, task, w.timed_out_at),
+                              iteration=w.timed_out_at)
         elif cancelled:
             event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, failure_kind="cancelled",
                               error="cancelled while running")
@@ -419,12 +536,15 @@ class LocalBackend:
                 if w.deadline and w.deadline <= now and w.task and not w.ending:
                     w.ending = "timeout"
                     w.deadline = None
+                    running = w.beat[0] if w.beat is not None else -1  # read before the kill: exact
+                    w.timed_out_at = running if running in w.task[1].indices else None
                     self._kill(w)
 
     def _dispatch(self) -> None:
         """Give each idle worker the next queued task."""
         started = []
         with self._lock:
+            self._grow()
             for w in list(self._workers.values()):
                 if not self._queue:
                     break
@@ -448,6 +568,8 @@ class LocalBackend:
                     continue
                 w.task = (job_id, task)
                 w.deadline = time.monotonic() + job.spec.timeout if job.spec.timeout else None
+                if w.deadline is not None and not math.isfinite(w.deadline):
+                    w.deadline = None  # --timeout inf: no limit
                 started.append((job, task, w.id))
         for job, task, wid in started:
             job.on_event(TaskEvent(job.spec.job_id, task.task_id, "started", node=wid))
@@ -463,3 +585,225 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _timeout_message(limit: float | None, task: TaskSpec, running: int | None) -> str:
+    """A --timeout failure names the iteration that was running, not the task's first."""
+    where = f"{limit:g} s" if limit is not None else "limit"
+    if running is None:
+        return f"the task ran longer than its --timeout of {where} and was killed"
+    chunk = (f" (its task, iterations {task.indices[0]}-{task.indices[-1]}, was killed)"
+             if len(task.indices) > 1 else " and was killed")
+    return f"iteration {running} was still running when its task reached the --timeout of {where}{chunk}"
+
+
+def _duration(seconds: float) -> str:
+    from ..ui.state import format_duration
+
+    return format_duration(max(0.0, seconds))
+
+
+def _process_state(pid: int) -> str:
+    """The one-letter state of a process (R, S, T stopped, Z...), "" when unknown (no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+# ---------------------------------------------------------------------- pool size
+
+
+def usable_cpus(proc: str = "/proc/self") -> tuple[int, str]:
+    """(default pool size, why): the CPUs this process may actually use, as limited by its
+    CPU affinity and by its cgroup's CPU quota (a JupyterHub pod limited to 2 CPUs on a
+    64-core node gets 2 workers, not 64)."""
+    total = os.cpu_count() or 1
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        allowed = total
+    quota = cgroup_cpu_limit(proc)
+    count, limit = allowed, "its CPU affinity" if allowed < total else ""
+    if quota is not None and math.ceil(quota) < count:
+        count, limit = max(1, math.ceil(quota)), f"its cgroup CPU quota of {quota:g} CPUs"
+    if not limit:
+        return count, "one per CPU"
+    return count, f"one per CPU this process may use: {count} of the machine's {total}, by {limit}"
+
+
+def cgroup_cpu_limit(proc: str = "/proc/self") -> float | None:
+    """The CPU quota (in CPUs) of this process's cgroup and its ancestors, the smallest one
+    (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``), or None without
+    a quota. ``proc`` is the process folder whose ``cgroup`` and ``mountinfo`` are read."""
+    limits = []
+    for mount, folder, v2 in _cgroup_cpu_folders(proc):
+        while True:
+            limit = _read_cpu_quota(folder, v2)
+            if limit is not None:
+                limits.append(limit)
+            if os.path.normpath(folder) == os.path.normpath(mount):
+                break
+            folder = os.path.dirname(folder)
+    return min(limits) if limits else None
+
+
+def _cgroup_cpu_folders(proc: str) -> list[tuple[str, str, bool]]:
+    """(mount point, this process's cgroup folder under it, is v2) for the CPU controller."""
+    try:
+        with open(os.path.join(proc, "cgroup"), encoding="utf-8") as fh:
+            memberships = [line.rstrip("\n").split(":", 2) for line in fh if line.count(":") >= 2]
+    except OSError:
+        return []
+    mounts = []  # (root, mount point, fstype, super options)
+    try:
+        with open(os.path.join(proc, "mountinfo"), encoding="utf-8") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                fields, tail = left.split(), right.split()
+                if len(fields) >= 5 and len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
+                    mounts.append((fields[3], _unescape(fields[4]), tail[0], tail[2].split(",")))
+    except OSError:
+        return []
+    found = []
+    for _hier, controllers, path in memberships:
+        v2 = controllers == ""
+        for root, point, fstype, options in mounts:
+            if (fstype == "cgroup2") != v2 or (not v2 and "cpu" not in controllers.split(",")):
+                continue
+            if not v2 and "cpu" not in options:
+                continue
+            rel = os.path.relpath(path, root) if path.startswith(root) else None
+            if rel is None:
+                continue
+            folder = os.path.normpath(os.path.join(point, "" if rel == "." else rel))
+            found.append((point, folder, v2))
+            break
+    return found
+
+
+def _unescape(path: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+def _read_cpu_quota(folder: str, v2: bool) -> float | None:
+    try:
+        if v2:
+            with open(os.path.join(folder, "cpu.max"), encoding="utf-8") as fh:
+                quota, period = (fh.read().split() + ["100000"])[:2]
+            if quota == "max":
+                return None
+            return int(quota) / int(period)
+        with open(os.path.join(folder, "cpu.cfs_quota_us"), encoding="utf-8") as fh:
+            quota = int(fh.read().strip())
+        with open(os.path.join(folder, "cpu.cfs_period_us"), encoding="utf-8") as fh:
+            period = int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+# ---------------------------------------------------------------------- environment
+
+_HUB_PREFIXES = ("JUPYTERHUB_", "JPY_")  # the hub's API token, its OAuth client, the user's server
+_SERVER_SECRETS = ("JUPYTER_TOKEN", "JUPYTER_PASSWORD")
+_AZURE_SECRETS = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_PASSWORD")  # auth = service-principal
+
+
+def secret_variables(environ: dict[str, str] | None = None, cwd: str | None = None) -> set[str]:
+    """Names of the variables that hold azpar's secrets: the defaults of the profile fields
+    naming one (AZPAR_BATCH_KEY, AZPAR_STORAGE_KEY, AZPAR_REGISTRY_PASSWORD), what
+    ``AZPAR_<FIELD>`` sets them to, and every ``*_env`` field of every profile of every
+    configuration file (read raw, so a profile that does not load still counts)."""
+    environ = os.environ if environ is None else environ
+    names = set(_AZURE_SECRETS)
+    for key, spec in config.PROFILE_FIELDS.items():
+        if spec.secret or key.endswith("_env"):
+            names.update(v for v in (spec.default, environ.get("AZPAR_" + key.upper())) if v)
+    try:
+        layers = config._layers(cwd)
+    except Exception:  # an unreadable file: its profiles cannot be used, the defaults still count
+        layers = []
+    for _where, layer in layers:
+        for profile in (layer.get(config.PROFILES_TABLE) or {}).values():
+            if isinstance(profile, dict):
+                names.update(v.strip() for k, v in profile.items() if k.endswith("_env") and isinstance(v, str))
+    return names
+
+
+def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The kernel's environment without what a task must never read: the hub's variables
+    (its API token), the server's token and azpar's secrets (see ``secret_variables``)."""
+    environ = dict(os.environ if environ is None else environ)
+    secrets = secret_variables(environ)
+    return {k: v for k, v in environ.items()
+            if k not in secrets and k not in _SERVER_SECRETS and not k.startswith(_HUB_PREFIXES)}
+
+
+# ---------------------------------------------------------------------- staging folders
+
+
+def stage_base() -> str:
+    """/dev/shm when it is writable (staged namespaces are read at memory speed), else the
+    temporary folder."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+def stage_prefix(pid: int | None = None) -> str:
+    """``azpar-local-<owner pid>-<owner start time>-``: who owns a staging folder, so that
+    a folder whose owner died (SIGKILL, OOM) is recognised and removed (a reused pid has
+    another start time)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{STAGE_PREFIX}{pid}-{_start_time(pid) or 0}-"
+
+
+_STAGE_NAME = re.compile(re.escape(STAGE_PREFIX) + r"(\d+)-(\d+)-[^/]+")
+
+
+def sweep_stale_stages(base: str) -> list[str]:
+    """Remove this user's staging folders in ``base`` whose owner process is gone; return them."""
+    removed = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        match = _STAGE_NAME.fullmatch(name)
+        if not match:
+            continue
+        path = os.path.join(base, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        if _owner_alive(int(match.group(1)), int(match.group(2))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _start_time(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot, /proc), None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _owner_alive(pid: int, started: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: alive
+    if _process_state(pid) in ("Z", "X"):
+        return False  # killed, not yet reaped
+    now = _start_time(pid)
+    return not (started and now is not None and now != started)

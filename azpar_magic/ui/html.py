@@ -51,6 +51,9 @@ def header_html(view: dict[str, Any]) -> str:
         parts.append(_fact("eta", "ETA", view["eta"]))
     if view["throughput"]:
         parts.append(_fact("throughput", "throughput", view["throughput"]))
+    for note in view.get("stalled", ()):  # a stopped, hung or deadlocked worker: say so, in the warning colour
+        parts.append(f'<span class="azpar-stalled" style="color:{STYLE_COLOURS["warning"]};font-weight:600">'
+                     f'{escape(note)}</span>')
     return (f'<div class="azpar-header" style="{_FONT}display:flex;flex-wrap:wrap;gap:2px 14px;'
             f'align-items:baseline">{"".join(parts)}</div>')
 

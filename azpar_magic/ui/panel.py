@@ -102,6 +102,7 @@ class JobPanel:
         self.renders = 0
         self._style: str | None = None
         self._lock = threading.Lock()
+        self._when_final: list[Callable[[], None]] = []
         self._updater = Updater(self._step, min_interval=min_interval, tick=tick, name="azpar-panel")
         self.render(job.snapshot())
 
@@ -110,6 +111,7 @@ class JobPanel:
     def render(self, snapshot: JobSnapshot) -> bool:
         """Draw ``snapshot``; False (and nothing drawn) once a final snapshot has been."""
         view = job_view(snapshot)
+        callbacks: list[Callable[[], None]] = []
         with self._lock:
             if self.final_view is not None:
                 return False
@@ -117,8 +119,23 @@ class JobPanel:
             self.view = view
             if view["final"]:
                 self.final_view = view
+                callbacks, self._when_final = self._when_final, []
             self.renders += 1
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a view must never take the kernel down
+                pass
         return True
+
+    def when_final(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the final state has been drawn: now if it has been, else
+        from whichever thread draws it (a job still cancelling when its cell stopped waiting)."""
+        with self._lock:
+            if self.final_view is None:
+                self._when_final.append(callback)
+                return
+        callback()
 
     def _apply(self, view: dict[str, Any]) -> None:
         for child, value in ((self.header, html.header_html(view)), (self.nodes, html.nodes_html(view["nodes"])),

@@ -179,6 +179,7 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
         "failures": [{"index": f.index, "item": f.item, "summary": f.summary, "traceback": f.traceback,
                       "output": f.output} for f in s.failures],
         "failures_more": max(0, s.items_failed - len(s.failures)),
+        "stalled": [] if s.final else list(s.stalled),
     }
 
 

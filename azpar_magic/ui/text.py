@@ -47,6 +47,9 @@ def format_snapshot(s: JobSnapshot) -> str:
         parts.append(f"ETA {v['eta']}")
     if v["throughput"]:
         parts.append(v["throughput"])
+    if v["stalled"]:
+        more = len(v["stalled"]) - 1
+        parts.append(v["stalled"][0] + (f" (and {more} more stuck task{'s' if more > 1 else ''})" if more else ""))
     return f"azpar [{_where(v)}] " + " · ".join(parts)
 
 
@@ -91,6 +94,8 @@ def format_text(s: JobSnapshot) -> str:
              f"  time        {' · '.join(times)}",
              f"  nodes       {_nodes_line(v['nodes'])}",
              f"  tasks       {_tasks_line(v['tasks'])}"]
+    if v["stalled"]:
+        lines += ["  stuck"] + [f"    {note}" for note in v["stalled"]]
     failures = _failure_lines(v, "    ")
     if failures:
         lines += ["  failures"] + failures

@@ -1,0 +1,309 @@
+"""The local pool itself: a dispatcher that cannot die silently, workers started only as
+tasks need them, one pool per kernel whatever --workers sizes come and go, the default size
+from the CPUs this process may use (affinity, cgroup quota), staging folders of dead
+kernels swept, and a heartbeat that tells a stopped, hung or deadlocked worker from a busy one.
+
+Each test drives its own LocalBackend through a real Engine (real worker processes), except
+the cgroup parsing, which reads a fake /proc and /sys tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import azpar_magic
+from azpar_magic import session
+from azpar_magic.backends import local
+from azpar_magic.engine import Engine, RunRequest
+from azpar_magic.job import JobOptions
+from azpar_magic.parsing import parse_cell
+from azpar_magic.ui.text import format_html, format_snapshot, format_text
+
+from .helpers_corpus import pid_alive, wait_for
+
+
+@pytest.fixture
+def engine():
+    made: list[Engine] = []
+
+    def make(workers: int = 2) -> Engine:
+        eng = Engine(local.LocalBackend(workers=workers))
+        made.append(eng)
+        return eng
+
+    yield make
+    for eng in made:
+        for job in list(eng.jobs.values()):
+            job.cancel()
+        eng.backend.close()
+
+
+def _submit(eng: Engine, loop: str, body: str, **options):
+    return eng.submit(RunRequest(parse_cell(loop, body), {}, JobOptions(**options)))
+
+
+def _worker_pids(backend) -> set[int]:
+    with backend._lock:
+        return {w.proc.pid for w in backend._workers.values()}
+
+
+# ------------------------------------------------------------------ the dispatcher thread
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("limit", [3e6, math.inf], ids=["3000000", "inf"])
+def test_a_timeout_too_large_for_select_neither_hangs_the_job_nor_kills_the_pool(engine, limit):
+    """--timeout 3000000 or inf once made select() raise OverflowError in the dispatcher
+    thread: that job and every later one hung. The magic now refuses such values; the pool
+    must survive them anyway (the Python API, a backend used directly), so the limit is given
+    to the backend as it would arrive from an unchecked caller."""
+    eng = engine(2)
+    backend = eng.backend
+    submit = backend.submit
+    backend.submit = lambda spec, tasks, sink: submit(dataclasses.replace(spec, timeout=limit), tasks, sink)
+    job = _submit(eng, "for x in range(6)", "import time\ntime.sleep(0.05)\nx * 2", timeout=5, chunk_size=1)
+    assert job.result(timeout=60) == [x * 2 for x in range(6)]
+    again = _submit(eng, "for x in range(4)", "x + 1", timeout=5)
+    assert again.result(timeout=60) == [1, 2, 3, 4]
+    assert backend._thread is not None and backend._thread.is_alive()
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_dispatcher_fails_the_running_job_with_its_cause_and_the_next_job_runs(engine):
+    eng = engine(2)
+    backend = eng.backend
+    real = backend._on_message
+    faults = []
+
+    def faulty(w, message):
+        if "result" in message and not faults:
+            faults.append(w.proc.pid)
+            raise RuntimeError("injected dispatcher fault")
+        return real(w, message)
+
+    backend._on_message = faulty
+    job = _submit(eng, "for x in range(4)", "import time\ntime.sleep(0.2)\nx", chunk_size=1)
+    with pytest.raises(azpar_magic.IterationError) as caught:
+        job.result(timeout=60)
+    message = str(caught.value)
+    assert "dispatcher failed (RuntimeError: injected dispatcher fault)" in message, message
+    assert caught.value.infrastructure
+    assert faults and wait_for(lambda: not pid_alive(faults[0]), 10), "the failed pool's workers were left running"
+    # The next job gets a working pool: new workers and a new dispatcher thread.
+    after = _submit(eng, "for x in range(5)", "x * x", chunk_size=1)
+    assert after.result(timeout=60) == [x * x for x in range(5)]
+    assert faults[0] not in _worker_pids(backend)
+
+
+# ------------------------------------------------------------------ workers as tasks need them
+
+
+@pytest.mark.timeout(120)
+def test_a_large_pool_starts_no_more_workers_than_tasks(engine):
+    eng = engine(8)
+    job = _submit(eng, "for x in range(3)", "x", chunk_size=1)
+    assert job.result(timeout=60) == [0, 1, 2]
+    assert len(_worker_pids(eng.backend)) == 3, eng.backend.nodes()
+    more = _submit(eng, "for x in range(5)", "import time\ntime.sleep(0.3)\nx", chunk_size=1)
+    assert more.result(timeout=60) == list(range(5))
+    assert len(_worker_pids(eng.backend)) == 5
+
+
+@pytest.mark.timeout(120)
+def test_another_workers_size_closes_the_idle_pool_instead_of_keeping_one_per_size():
+    five = session.engine("local", 5)
+    job = azpar_magic.run("for x in range(5)", "x", {}, backend="local", workers=5, chunk_size=1)
+    assert job.result(timeout=60) == list(range(5))
+    pids = _worker_pids(five.backend)
+    assert len(pids) == 5
+    three = session.engine("local", 3)
+    try:
+        assert five not in session.engines() and three in session.engines()
+        assert wait_for(lambda: not any(pid_alive(p) for p in pids), 10), "the stale pool's workers still run"
+        # A pool with a running job is kept until it has ended.
+        slow = azpar_magic.run("for x in range(2)", "import time\ntime.sleep(2)\nx", {}, backend="local", workers=3)
+        session.engine("local", 4)
+        assert three in session.engines()
+        assert slow.result(timeout=60) == [0, 1]
+        session.engine("local", 4)
+        assert three not in session.engines()
+    finally:
+        for eng in session.engines():
+            if eng.backend.name == "local" and eng.backend.size in (3, 4, 5):
+                eng.backend.close()
+
+
+# ------------------------------------------------------------------ default size
+
+
+def _fake_cgroup(root, *, v2: str | None = None, v1: tuple[int, int] | None = None, parent_v2: str | None = None):
+    """A fake /proc/self (cgroup, mountinfo) and cgroup tree under ``root``; the process sits
+    in /kubepods/pod1 (v2) or /docker/abc (v1)."""
+    proc = root / "proc"
+    proc.mkdir(parents=True)
+    lines, mounts = [], []
+    if v2 is not None:
+        mount = root / "cgroup2"
+        folder = mount / "kubepods" / "pod1"
+        folder.mkdir(parents=True)
+        (folder / "cpu.max").write_text(v2 + "\n")
+        if parent_v2 is not None:
+            (mount / "kubepods" / "cpu.max").write_text(parent_v2 + "\n")
+        lines.append("0::/kubepods/pod1")
+        mounts.append(f"30 25 0:26 / {mount} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate")
+    if v1 is not None:
+        mount = root / "cpu"
+        folder = mount / "docker" / "abc"
+        folder.mkdir(parents=True)
+        (folder / "cpu.cfs_quota_us").write_text(f"{v1[0]}\n")
+        (folder / "cpu.cfs_period_us").write_text(f"{v1[1]}\n")
+        lines.append("4:cpu,cpuacct:/docker/abc")
+        lines.append("3:memory:/docker/abc")
+        mounts.append(f"31 25 0:27 / {mount} rw,nosuid - cgroup cgroup rw,cpu,cpuacct")
+    (proc / "cgroup").write_text("\n".join(lines) + "\n")
+    (proc / "mountinfo").write_text("\n".join(mounts) + "\n")
+    return str(proc)
+
+
+def test_cgroup_v2_quota_is_read_from_the_process_cgroup_and_its_ancestors(tmp_path):
+    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "a", v2="200000 100000")) == 2.0
+    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "b", v2="max 100000")) is None
+    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "c", v2="max 100000", parent_v2="150000 100000")) == 1.5
+    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "d", v2="400000 100000", parent_v2="50000 100000")) == 0.5
+
+
+def test_cgroup_v1_quota_and_no_quota(tmp_path):
+    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "a", v1=(300000, 100000))) == 3.0
+    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "b", v1=(-1, 100000))) is None
+    assert local.cgroup_cpu_limit(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a machine with two CPUs or more")
+def test_default_size_follows_the_cgroup_quota_and_says_why(tmp_path):
+    size, why = local.usable_cpus(_fake_cgroup(tmp_path, v2="50000 100000"))
+    assert size == 1
+    assert "cgroup CPU quota of 0.5 CPUs" in why and f"of the machine's {os.cpu_count()}" in why
+
+
+AFFINITY = textwrap.dedent("""
+    import os
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    from azpar_magic import session
+    from azpar_magic.backends.local import LocalBackend
+    backend = LocalBackend()
+    print(backend.size, session.default_workers())
+    print(backend.describe())
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity control and two CPUs or more")
+def test_default_size_follows_the_cpu_affinity_of_the_process():
+    proc = subprocess.run([sys.executable, "-c", AFFINITY], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    sizes, described = proc.stdout.splitlines()
+    assert sizes == "1 1"
+    assert described.startswith("local pool of 1 worker process on this machine (one per CPU this process may use: "
+                                "1 of the machine's"), described
+    assert "by its CPU affinity" in described
+
+
+# ------------------------------------------------------------------ staging folders of dead kernels
+
+
+def _dead_process() -> tuple[int, int]:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    started = local._start_time(proc.pid)
+    proc.kill()
+    proc.wait()
+    return proc.pid, started or 0
+
+
+def test_staging_folders_of_dead_owners_are_swept_and_live_ones_kept(tmp_path):
+    dead_pid, dead_start = _dead_process()
+    dead = tmp_path / f"azpar-local-{dead_pid}-{dead_start}-abcd1234"
+    mine = tmp_path / (local.stage_prefix() + "efgh5678")
+    reused = tmp_path / f"azpar-local-{os.getpid()}-{(local._start_time(os.getpid()) or 0) + 1}-ijkl9012"
+    other = tmp_path / "azpar-local-zxtbpnmb"  # an older version's name: the owner is unknown, kept
+    for folder in (dead, mine, reused, other):
+        folder.mkdir()
+        (folder / "ns-x.bin").write_bytes(b"x" * 100)
+    removed = local.sweep_stale_stages(str(tmp_path))
+    assert sorted(removed) == sorted([str(dead), str(reused)])
+    assert mine.exists() and other.exists() and not dead.exists() and not reused.exists()
+
+
+# ------------------------------------------------------------------ heartbeat
+
+
+def _running_worker(eng: Engine, job) -> int:
+    assert wait_for(lambda: job.snapshot().tasks_running == 1 and eng.backend._workers, 30)
+    with eng.backend._lock:
+        (w,) = [w for w in eng.backend._workers.values() if w.task]
+        return w.proc.pid
+
+
+def _stalled(job, words: str) -> str:
+    found: list[str] = []
+
+    def check():
+        found[:] = [n for n in job.snapshot().stalled if words in n]
+        return bool(found)
+
+    assert wait_for(check, 30), job.snapshot()
+    return found[0]
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_worker_is_shown_as_stopped_in_the_line_and_the_panel(engine):
+    eng = engine(1)
+    eng.backend.stall_after = 1.0
+    job = _submit(eng, "for x in range(1)", "import time\ntime.sleep(60)\nx")
+    pid = _running_worker(eng, job)
+    assert job.snapshot().stalled == ()  # busy is not stuck
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        note = _stalled(job, "is stopped")
+        assert note.startswith("task 1: worker worker-")
+        snap = job.snapshot()
+        assert note in format_snapshot(snap) and note in format_text(snap)
+        assert 'class="azpar-stalled"' in format_html(snap) and "is stopped" in format_html(snap)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    job.cancel()
+    job.wait(30)
+    assert "stopped" not in format_snapshot(job.snapshot())  # a final job shows no stuck task
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_holding_the_interpreter_shows_no_heartbeat(engine):
+    eng = engine(1)
+    eng.backend.stall_after = 1.0
+    job = _submit(eng, "for x in range(1)", "sum(range(10 ** 11))")  # one C call: the heartbeat thread starves
+    _running_worker(eng, job)
+    note = _stalled(job, "not responding: no heartbeat for")
+    assert note.startswith("task 1: worker worker-")
+    job.cancel()
+    job.wait(30)
+
+
+@pytest.mark.timeout(120)
+def test_a_deadlocked_iteration_shows_no_progress_and_names_it(engine):
+    eng = engine(1)
+    eng.backend.stall_after = 1.0
+    body = "import threading\nlock = threading.Lock()\nif x == 2:\n    lock.acquire()\n    lock.acquire()\nx"
+    job = _submit(eng, "for x in range(4)", body, chunk_size=4)
+    _running_worker(eng, job)
+    note = _stalled(job, "no progress for")
+    assert note.startswith("task 1: no progress for") and note.endswith("iteration 2 still running"), note
+    job.cancel()
+    job.wait(30)
