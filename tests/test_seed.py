@@ -4,6 +4,7 @@ captured object are seen by later iterations on the same worker, as the README s
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -90,3 +91,36 @@ def test_the_recipe_holds_on_azure_batch_too(ip, run_cell, batch, azurite, tmp_p
     scope = {"xs": list(range(5))}
     exec(readme_recipe(), scope)
     assert ip.user_ns["out"] == scope["out"]
+
+
+def test_a_numpy_whose_entropy_cannot_be_replaced_is_said_not_silently_ignored(tmp_path):
+    """Unit test of the worker's fallback, with a stand-in numpy whose SeedSequence draws
+    from the OS without reading ``bit_generator.randbits``: the worker leaves it as it was
+    and the iteration's stderr says once that unseeded generators are not reproducible."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "numpy"
+    (fake / "random").mkdir(parents=True)
+    (fake / "__init__.py").write_text("__version__ = '0.stand-in'\nfrom . import random\n")
+    (fake / "random" / "__init__.py").write_text(
+        "import os\nfrom . import bit_generator\n"
+        "class SeedSequence:\n"
+        "    def __init__(self, entropy=None, spawn_key=()):\n"
+        "        self.entropy = int.from_bytes(os.urandom(16), 'big') if entropy is None else entropy\n"
+        "    def generate_state(self, n):\n        return [self.entropy % 97] * n\n"
+        "def seed(state):\n    pass\n")
+    (fake / "random" / "bit_generator.py").write_text("import secrets\nrandbits = secrets.randbits\n")
+    code = ("import io, sys\nimport azpar_magic.worker as w\nimport numpy.random.bit_generator as bg\n"
+            "original = bg.randbits\nsys.stderr = io.StringIO()\n"
+            "w._seed_iteration(1, 0); w._seed_iteration(1, 1)\n"
+            "note = sys.stderr.getvalue(); sys.stderr = sys.__stderr__\n"
+            "print(repr(note)); print(w._FRESH_ENTROPY == [None] and bg.randbits is original)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(README.parent)])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    note, untouched = out.stdout.splitlines()
+    assert untouched == "True"
+    assert note.count("azpar: --seed could not seed the numpy generators") == 1, note
+    assert "numpy 0.stand-in" in note and "default_rng(seed)" in note
