@@ -18,8 +18,9 @@ Semantics (also in the README):
   name (``for a, b in ...`` gives ``{a}`` and ``{b}``), the item is formatted in
   (``str.format`` rules: ``{row[0]}``, ``{x:03d}``), and each iteration gets only its own
   files.
-- ``--outputs GLOB``: files matching GLOB in an iteration's working directory (never those
-  under ``inputs/``) come back to ``<dest>/<job id>/<iteration>/<path>``, where ``dest`` is
+- ``--outputs GLOB``: regular files matching GLOB in an iteration's working directory (never
+  those under ``inputs/``, never through a link leading out of it: such links are reported,
+  and what they point to is left alone) come back to ``<dest>/<job id>/<iteration>/<path>``, where ``dest`` is
   ``azpar_outputs`` beside the notebook unless ``--outputs-to`` names another folder or an
   ``az://container/prefix``.
 """

@@ -12,7 +12,10 @@ Inputs:
   iteration's ``inputs/``.
 
 Outputs: the worker moves each iteration's matches to ``azpar-out/<iteration>/`` of the task
-folder; one Batch output file uploads that tree when the task ends (whatever its outcome) to
+folder, as regular files and only from inside the iteration's working directory (links
+leading out of it are never followed: worker.find_outputs). Batch's pattern covers that
+folder alone, so nothing a body's link reaches elsewhere on the node is uploaded. One Batch
+output file uploads that tree when the task ends (whatever its outcome) to
 ``outputs/<iteration>/...`` of the job's output container, or straight to an ``az://``
 ``--outputs-to`` destination. As each task's result arrives, its iterations' files are
 downloaded to ``azpar_outputs/<job id>/<iteration>/`` (retried; when the blob is missing, e.g.
