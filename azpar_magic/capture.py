@@ -69,6 +69,7 @@ class Capture:
     sources: dict[str, str]
     function_mode: bool = False  # the body may run as a function (see function_mode_is_safe)
     size: int = 0  # len(data), kept when the bytes are dropped
+    warnings: tuple[str, ...] = ()  # said before the job is submitted (engine.submit)
 
     def without_data(self) -> Capture:
         """What was shipped, without the namespace bytes: what a job keeps. The bytes are
@@ -206,6 +207,42 @@ def function_mode_is_safe(tree: ast.Module, target_names: Iterable[str], global_
     if assigned & free_names(tree, target_names) or assigned & global_reads:
         return False
     return not (_scope_reads(tree) & _SCOPE_INTROSPECTION)
+
+
+_NAMESPACE_VIEWS = frozenset({"globals", "vars"})
+_LOOKUP_METHODS = frozenset({"get", "__getitem__", "setdefault", "pop", "__contains__"})
+
+
+def _is_namespace_view(node: ast.AST) -> bool:
+    """``globals()`` or ``vars()`` (no argument: the module's namespace)."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _NAMESPACE_VIEWS
+            and not node.args and not node.keywords)
+
+
+def _literal(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def namespace_lookups(tree: ast.AST) -> tuple[set[str], bool]:
+    """Names the body reads through its namespace rather than as names: (the literal ones,
+    ``globals()["df"]`` or ``vars().get("df")``, whether it uses ``globals()``/``vars()`` in
+    any other way, whose names cannot be known before it runs)."""
+    literal: set[str] = set()
+    consumed: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and _is_namespace_view(node.value):
+            key = _literal(node.slice)
+            if key is not None:
+                literal.add(key)
+                consumed.add(id(node.value))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in _LOOKUP_METHODS and _is_namespace_view(node.func.value) and node.args):
+            key = _literal(node.args[0])
+            if key is not None:
+                literal.add(key)
+                consumed.add(id(node.func.value))
+    dynamic = any(_is_namespace_view(node) and id(node) not in consumed for node in ast.walk(tree))
+    return literal, dynamic
 
 
 def imported_modules(tree: ast.AST) -> set[str]:
@@ -587,7 +624,9 @@ def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterab
     if missing:
         raise CaptureError(f"--export names {', '.join(missing)}, which the namespace does not define. "
                            "Nothing was submitted.")
-    wanted = free_names(cell.body_tree, cell.target_names) | set(export) | notebook_objects_in(items, namespace)
+    looked_up, dynamic = namespace_lookups(cell.body_tree)
+    wanted = (free_names(cell.body_tree, cell.target_names) | set(export) | notebook_objects_in(items, namespace)
+              | {name for name in looked_up if name in namespace})
     chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
     for name in export:
         chosen[name] = namespace[name]
@@ -608,7 +647,14 @@ def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterab
         packages=packages,
         local_modules=local,
         sources=reach.sources,
+        warnings=(_DYNAMIC_LOOKUP_WARNING,) if dynamic else (),
     )
+
+
+_DYNAMIC_LOOKUP_WARNING = (
+    "the loop body uses globals() or vars() with names not written in the code: capture ships only the "
+    "notebook names the body reads (or writes as globals()['NAME']), so a name it reaches another way is "
+    "missing on the workers (a KeyError there); pass --export NAME for each such name")
 
 
 def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (),

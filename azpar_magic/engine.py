@@ -522,6 +522,8 @@ class Engine:
                     tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
             except capture_mod.CaptureError as exc:
                 raise SubmitError(str(exc)) from None
+            for text in cap.warnings:  # said before anything is submitted
+                print(f"azpar: warning: {text}", file=sys.stderr)
         pool, vm_size = self.backend.pool_info()
         job = Job(job_id, items, options, backend_name=self.backend.name, pool=pool, vm_size=vm_size,
                   source=request.cell.source, nodes=self.backend.nodes, cancel=lambda: self.cancel(job_id))

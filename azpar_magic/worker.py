@@ -679,6 +679,24 @@ def _cell_line(exc: BaseException, filename: str) -> int | None:
     return line
 
 
+def _uncaptured_name_hint(exc: BaseException, filename: str) -> str:
+    """A KeyError raised by the cell's own ``globals()[NAME]`` (or ``vars()[NAME]``): capture
+    ships only the names the body reads as names, so NAME never came; say how to ship it."""
+    if not isinstance(exc, KeyError) or len(exc.args) != 1 or not isinstance(exc.args[0], str):
+        return ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or tb.tb_frame.f_code.co_filename != filename:
+        return ""  # raised inside something the cell called, not by its own subscript
+    text = linecache.getline(filename, tb.tb_lineno)
+    if "globals()[" not in text.replace(" ", "") and "vars()[" not in text.replace(" ", ""):
+        return ""
+    name = exc.args[0]
+    return (f" (the body reads {name!r} through globals() or vars(), which capture cannot see, so {name!r} "
+            f"was not captured from the notebook: pass --export {name} to ship it)")
+
+
 INPUTS_DIR = "inputs"  # where an iteration finds its --inputs, in its working directory
 FILE_ATTEMPTS = 3  # moves of an output file before the iteration is reported as failed
 
@@ -942,7 +960,7 @@ class Runner:
             exc_blob = None
         return {
             "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "message": str(exc),
+            "message": str(exc) + _uncaptured_name_hint(exc, self.job.filename),
             "traceback": _format_user_traceback(exc, self.job.filename),
             "line": _cell_line(exc, self.job.filename),
             "exc": exc_blob,
