@@ -12,10 +12,12 @@ import pytest
 
 # Every job is written to the job store (azpar_magic/store.py): tests write theirs to a
 # temporary folder, never to the home folder. XDG_DATA_HOME too, for the kernels and
-# subprocesses that tests start without AZPAR_* variables (test_kernel.py).
+# subprocesses that tests start without AZPAR_* variables (test_kernel.py). XDG_CONFIG_HOME:
+# the tester's own ~/.config/azpar/config.toml is outside the repository and must not steer tests.
 _STORE_BASE = tempfile.mkdtemp(prefix="azpar-test-store-")
 os.environ["AZPAR_JOB_STORE"] = os.path.join(_STORE_BASE, "jobs")
 os.environ["XDG_DATA_HOME"] = os.path.join(_STORE_BASE, "xdg-data")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_STORE_BASE, "xdg-config")
 atexit.register(shutil.rmtree, _STORE_BASE, True)
 
 
