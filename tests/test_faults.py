@@ -234,6 +234,38 @@ def test_timeout_under_errors_pass_reports_the_iteration(ip, run_cell, tmp_path,
     assert next(t for t in job.tasks.values() if list(t.indices) == [2]).attempts == 1  # never retried
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("errors", ["stop", "pass", "remove"])
+def test_timeout_in_a_chunk_names_the_iteration_that_was_running_under_every_errors_mode(
+        ip, run_cell, tmp_path, clean_ns, errors):
+    """--chunk-size 3: iterations 3, 4, 5 share a task and 4 never ends. The failure is
+    iteration 4's, under the same name and message whatever --errors says; 3 and 5 were lost
+    with the killed task, not failed, and say so."""
+    body = _body(tmp_path, "while x == 4:", "    time.sleep(0.01)", "x * 3")
+    run, job = run_cell_job(run_cell, f"%%azpar -q --timeout 2 --chunk-size 3 --errors {errors} -o tmo "
+                                      f"for x in range(6)\n{body}")
+    failure = job.failures[4]
+    assert failure.error_type == "azpar_magic.TaskTimeoutError", failure
+    assert failure.message == ("iteration 4 was still running when its task reached the --timeout of 2 s "
+                               "(its task, iterations 3-5, was killed)"), failure.message
+    for lost in (3, 5):
+        assert job.failures[lost].kind == "cancelled" and "iteration 4" in job.failures[lost].message
+    if errors == "stop":
+        err = run.error
+        assert isinstance(err, azpar_magic.IterationError) and err.index == 4, repr(err)
+        assert err.error_type == failure.error_type and err.error_message == failure.message
+        assert err.infrastructure and err.failed_count == 1
+        return
+    assert run.success, run.error
+    values = ip.user_ns["tmo"]
+    if errors == "pass":
+        assert values[:3] == [0, 3, 6]
+        assert type(values[4]) is azpar_magic.TaskTimeoutError and str(values[4]) == failure.message
+        assert isinstance(values[4], azpar_magic.InfrastructureError) and isinstance(values[4], TimeoutError)
+    else:
+        assert values == [0, 3, 6]
+
+
 # ------------------------------------------------------------------ a million iterations
 
 MILLION = textwrap.dedent("""
