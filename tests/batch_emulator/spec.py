@@ -34,6 +34,8 @@ def load_spec() -> "Spec":
 
 
 class Route:
+    """One operation of the API: its path template as a regex, its body and query parameters."""
+
     def __init__(self, facts: dict) -> None:
         self.method: str = facts["method"]
         self.template: str = facts["path"]
