@@ -318,6 +318,58 @@ def test_no_key_in_any_request_and_sas_tokens_are_least_privilege(azure, ip, run
     assert sas_status("GET", other_in) == 200
 
 
+def _output_url(task: dict, pattern: str) -> tuple[str, str]:
+    """(the blob URL an output file of a task definition uploads to, its SAS token), as the
+    node builds it: the container URL's path, then the output's path, with the URL's query."""
+    out = next(o for o in task["outputFiles"] if o["filePattern"] == pattern)
+    base, _, token = out["destination"]["container"]["containerUrl"].partition("?")
+    return f"{base}/{out['destination']['container']['path']}", token
+
+
+def test_a_task_definition_can_write_only_its_own_result_and_logs(azure, ip, run_cell, batch, blob_service,
+                                                                  tmp_path):
+    """Whoever reads a task definition (the task itself, or anyone with read access to the
+    Batch account) gets a token for that task's blobs only: another task's result, which the
+    kernel unpickles, cannot be replaced with it. The job still works: values, printed
+    output, --outputs files, --merge cloud."""
+    run = run_cell("%%azpar -q --keep -o r --outputs '*.txt' for i in range(3):\n"
+                   "print('said', i)\nopen(f'o{i}.txt', 'w').write(str(i))\ni * 2")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [0, 2, 4]
+    job = _last_job()
+    assert "said 1" in job.output(1)
+    for i in range(3):
+        assert (tmp_path / "azpar_outputs" / job.id / str(i) / f"o{i}.txt").read_text() == str(i)
+    logs = blob_service.get_container_client(f"{job.id}-out")
+    assert {"logs/1/stdout.txt", "logs/1/stderr.txt", "results/1.azpr"} <= {b.name for b in logs.list_blobs()}
+
+    tasks = {t["id"]: t for t in _task_bodies(batch)}
+    result_url, token = _output_url(tasks["1"], commands.RESULT_FILE)
+    assert result_url.endswith(f"/{job.id}-out/results/1.azpr")
+    container = result_url.rsplit("/results/", 1)[0]
+    assert sas_status("PUT", f"{container}/results/2.azpr?{token}", b"evil") == 403  # another task's result
+    assert sas_status("PUT", f"{container}/logs/2/stdout.txt?{token}", b"evil") == 403
+    assert sas_status("PUT", f"{container}/merged.azpm?{token}", b"evil") == 403
+    assert sas_status("GET", f"{result_url}?{token}") == 403  # write-only
+    stdout_url, stdout_token = _output_url(tasks["1"], "../stdout.txt")
+    assert stdout_url.endswith("/logs/1/stdout.txt")
+    assert sas_status("PUT", f"{container}/results/1.azpr?{stdout_token}", b"evil") == 403
+    files = next(o for o in tasks["1"]["outputFiles"] if o["filePattern"].startswith("azpar-out"))
+    files_base, _, files_token = files["destination"]["container"]["containerUrl"].partition("?")
+    assert files_base.endswith(f"/{job.id}-files")
+    assert sas_status("PUT", f"{container}/results/2.azpr?{files_token}", b"evil") == 403
+    assert sas_status("PUT", f"{result_url}?{token}", b"own") == 201  # what the token is for still works
+    assert blob_service.get_blob_client(f"{job.id}-out", "results/2.azpr").download_blob().readall() != b"evil"
+
+    merged = run_cell("%%azpar -q --keep --merge cloud -o m for x in range(4):\nx + 1")
+    assert merged.success, merged.error
+    assert ip.user_ns["m"] == [1, 2, 3, 4]
+    merge = next(r.body for r in batch.requests_for("Tasks_CreateTask") if r.body["id"] == "merge")
+    merged_url, merged_token = _output_url(merge, commands.MERGED_FILE)
+    other = merged_url.rsplit("/", 1)[0]
+    assert sas_status("PUT", f"{other}/results/1.azpr?{merged_token}", b"evil") == 403
+
+
 def test_sas_lifetime_follows_the_job_timeout(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with azure_profile(tmp_path / "config", batch, azurite, job_timeout=3600):

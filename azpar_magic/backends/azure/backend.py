@@ -147,7 +147,7 @@ class AzureBackend:
             self._runs[job_id] = run
 
     def delete_job(self, job_id: str, *, strict: bool = True) -> None:
-        """Remove a job's Batch job and its two containers (already gone: fine). ``strict``:
+        """Remove a job's Batch job and its containers (already gone: fine). ``strict``:
         a failure stops and is raised (``%azpar delete``, which then keeps the local copy);
         otherwise every part is tried and failures are ignored (cleanup after a run)."""
         from azure.core.exceptions import ResourceNotFoundError
@@ -155,7 +155,8 @@ class AzureBackend:
         parts = [(f"the Batch job {job_id}",
                   lambda: self.client.begin_delete_job(job_id, polling_interval=0.5).result(timeout=120))]
         parts += [(f"the container {name}", lambda name=name: self.staging.delete_container(name))
-                  for name in (storage.input_container(job_id), storage.output_container(job_id))]
+                  for name in (storage.input_container(job_id), storage.output_container(job_id),
+                               storage.files_container(job_id))]
         for what, delete in parts:
             try:
                 delete()
@@ -187,6 +188,11 @@ class AzureBackend:
             found = cached
         self._nodes = (time.monotonic(), found)
         return found
+
+    def unanswered(self, job_id: str) -> str:
+        """The job's views say when Batch or Storage has stopped answering (else "")."""
+        run = self._runs.get(job_id)
+        return run.unanswered() if run is not None else ""
 
     def cancel(self, job_id: str, task_ids: Collection[str] | None = None) -> None:
         run = self._runs.get(job_id)

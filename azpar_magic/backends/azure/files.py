@@ -16,7 +16,7 @@ folder, as regular files and only from inside the iteration's working directory 
 leading out of it are never followed: worker.find_outputs). Batch's pattern covers that
 folder alone, so nothing a body's link reaches elsewhere on the node is uploaded. One Batch
 output file uploads that tree when the task ends (whatever its outcome) to
-``outputs/<iteration>/...`` of the job's output container, or straight to an ``az://``
+``outputs/<iteration>/...`` of the job's files container (``J-files``), or straight to an ``az://``
 ``--outputs-to`` destination. As each task's result arrives, its iterations' files are
 downloaded to ``azpar_outputs/<job id>/<iteration>/`` (retried; when the blob is missing, e.g.
 a failed upload, read from the node instead) before the iterations count as done; a file
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 IN_DIR = "azpar-in"  # resource files land here (prep task folder: shared; task folder: per iteration)
 OUT_DIR = "azpar-out"  # the worker gathers outputs here, per iteration
 WORK_DIR = "azpar-work"  # iterations' working folders, in the task folder
-OUTPUT_PREFIX = "outputs"  # in the job's output container
+OUTPUT_PREFIX = "outputs"  # in the job's files container (run.files_container)
 PLAN_BLOB = "data-plan.json"  # in the job's input container: each iteration's own inputs (no SAS)
 
 
@@ -260,7 +260,7 @@ class RunData:
         run = self.run
         target = os.path.join(self.plan.local_dest(index), *rel.split("/"))
         try:
-            blobs.download_file(run.staging, run.out_container, f"{OUTPUT_PREFIX}/{index}/{rel}", target)
+            blobs.download_file(run.staging, run.files_container, f"{OUTPUT_PREFIX}/{index}/{rel}", target)
         except ResourceNotFoundError:  # the upload failed: the node still has the file
             blobs.retried(f"reading {rel} of iteration {index} from its node",
                           lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), target))

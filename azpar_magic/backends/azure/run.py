@@ -21,7 +21,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from azure.batch import models
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import (AzureError, HttpResponseError, ResourceNotFoundError, ServiceRequestError,
+                                   ServiceResponseError)
 
 from ... import store
 from ... import worker as wire
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 INLINE_LIMIT = 6_000  # task inputs up to this many bytes travel in the task definition
 STALL_CHECK_POLLS = 10  # polls without progress before the job preparation status is read
+SILENCE_NOTICE = 10.0  # seconds without an answer from Batch or Storage before the views say so
 MERGE_TASK = "merge"
 MANIFEST_BLOB = "manifest.json"  # the job store's manifest, also beside the job (in its inputs container)
 _TERMINAL_NODE_STATES = ("starttaskfailed", "unusable")
@@ -49,6 +51,24 @@ def _blob_url(container_sas_url: str, name: str) -> str:
 def _first_line(source: str | None) -> str:
     lines = (source or "").strip().splitlines()
     return lines[0][:200] if lines else ""
+
+
+def _short_error(exc: BaseException) -> str:
+    """One line about a failed call: the HTTP status and code, or the connection error."""
+    status = getattr(exc, "status_code", None)
+    code = getattr(getattr(exc, "error", None), "code", None) or getattr(exc, "error_code", None)
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return f"HTTP {status}{' ' + code if code else ''}" if status else f"{type(exc).__name__}: {first}"
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _is_download_failure(code: str, message: str) -> bool:
+    """A Batch failure code of a resource file download (BlobNotFound, BlobAccessDenied,
+    BlobDownloadMiscError, ResourceFileDownloadFailed, ...), as opposed to the command failing."""
+    return code.startswith("Blob") or "ResourceFile" in code or "resource file" in message.lower()
 
 
 def _terminate_options(reason: str) -> Any:
@@ -72,6 +92,8 @@ class AzureRun:
         self.pip_options: list[str] = list(self.profile["pip_options"])
         self.in_container = storage.input_container(self.job_id)
         self.out_container = storage.output_container(self.job_id)
+        self.files_container = storage.files_container(self.job_id)
+        self._files_url: str | None = None  # write SAS on files_container (--outputs), made when first needed
         self.lifetime = self.profile["job_timeout"]
         self.expiry = storage.Staging.expiry_for(self.lifetime)
         self._lock = threading.Lock()
@@ -89,6 +111,7 @@ class AzureRun:
         self._downloads = ThreadPoolExecutor(8, thread_name_prefix="azpar-results")
         self.data = files.RunData(self)  # --inputs/--outputs (files.py); inert without them
         self.calls: dict[str, int] = {}
+        self._silent: dict[str, tuple[float, float, str]] = {}  # service -> (since: wall, monotonic; last error)
 
     def _count(self, kind: str) -> None:
         with self._lock:
@@ -100,20 +123,23 @@ class AzureRun:
         """Containers, content-addressed worker and namespace, envelope, and the Batch job."""
         st, spec = self.staging, self.spec
         st.ensure_container(storage.CACHE_CONTAINER)
+        worker_bytes = self.backend.worker_bytes
+        worker_blob = f"worker/{wire.sha256(worker_bytes)}.py"
+        ns_name = spec.envelope["namespace"]["file"]
+        # Checked even when this kernel uploaded them before: they may have been removed since
+        # (and the cache container with them, which this creates again before the inputs go there).
+        st.upload_once_many(storage.CACHE_CONTAINER, [(worker_blob, worker_bytes), (f"ns/{ns_name}", spec.namespace)],
+                            verify=True)
         self.data.stage()  # inputs uploaded once and checked before anything of the job exists
         st.ensure_container(self.in_container)
         st.ensure_container(self.out_container)
-        worker_bytes = self.backend.worker_bytes
-        worker_blob = f"worker/{wire.sha256(worker_bytes)}.py"
-        st.upload_once(storage.CACHE_CONTAINER, worker_blob, worker_bytes)
-        ns_name = spec.envelope["namespace"]["file"]
-        st.upload_once(storage.CACHE_CONTAINER, f"ns/{ns_name}", spec.namespace)
+        if self._has_output_files():
+            st.ensure_container(self.files_container)
         self.spec = replace(spec, namespace=b"")  # uploaded: the run keeps no copy of the bytes
         st.upload(self.in_container, commands.ENVELOPE_FILE,
                   wire.pack(wire.ENVELOPE_MAGIC, self.data.envelope(spec.envelope)))
         self.save_manifest()
         self.read_inputs = st.container_sas_url(self.in_container, "r", self.expiry)
-        self.write_outputs = st.container_sas_url(self.out_container, "cw", self.expiry)
         prep_files = [
             models.ResourceFile(http_url=st.blob_sas_url(storage.CACHE_CONTAINER, worker_blob, "r", self.expiry),
                                 file_path=commands.WORKER_FILE),
@@ -158,7 +184,6 @@ class AzureRun:
         has yet to add need them), then, on a thread, add what it had not added and follow."""
         self.merge_cloud = False  # results are read one by one: the dead kernel's deferrals are gone
         self.read_inputs = self.staging.container_sas_url(self.in_container, "r", self.expiry)
-        self.write_outputs = self.staging.container_sas_url(self.out_container, "cw", self.expiry)
         threading.Thread(target=self._guard, args=(self._resume,), name=f"azpar-resume-{self.job_id}",
                          daemon=True).start()
 
@@ -225,19 +250,44 @@ class AzureRun:
             resource_files=files, environment_settings=env, output_files=self._outputs(task.task_id),
             constraints=constraints, container_settings=container_settings(self.profile),
             exit_conditions=self._exit_conditions())
-        return PendingTask(definition, size + 2 * len(self.write_outputs))
+        outputs = definition.output_files or []
+        return PendingTask(definition, size + sum(len(o.destination.container.container_url) + 100 for o in outputs))
 
-    def _output(self, pattern: str, path: str) -> models.OutputFile:
-        """A file uploaded through the write-only SAS when the task ends, however it ends."""
+    @staticmethod
+    def _upload(pattern: str, url: str, path: str) -> models.OutputFile:
+        """A file uploaded when the task ends, however it ends."""
         return models.OutputFile(
             file_pattern=pattern,
             destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
-                container_url=self.write_outputs, path=path)),
+                container_url=url, path=path)),
             upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))
+
+    def _output(self, pattern: str, blob: str) -> models.OutputFile:
+        """One file (``pattern`` has no wildcard) into the blob ``blob`` of the job's output
+        container, through a SAS that may create or write that blob and nothing else: a task,
+        or anyone reading its definition, cannot replace another task's result or logs. (A
+        blob SAS on the container's URL: Batch appends ``path`` to the URL's path and keeps
+        its query.)"""
+        token = self.staging.blob_sas_url(self.out_container, blob, "cw", self.expiry).partition("?")[2]
+        return self._upload(pattern, f"{self.staging.container_url(self.out_container)}?{token}", blob)
+
+    def _has_output_files(self) -> bool:
+        plan = self.data.plan
+        return bool(plan is not None and plan.outputs and not plan.dest_is_blob)
+
+    def _files_output(self, pattern: str, path: str) -> models.OutputFile:
+        """--outputs files: names are not known before the task runs, so they go to a container
+        of their own (``J-files``) with a container write SAS; the results container stays
+        writable per blob only. The kernel reads these as files, never unpickles them."""
+        if self._files_url is None:
+            self._files_url = self.staging.container_sas_url(self.files_container, "cw", self.expiry)
+        return self._upload(pattern, self._files_url, path)
 
     def _outputs(self, task_id: str) -> list[models.OutputFile]:
         return [self._output(commands.RESULT_FILE, f"results/{task_id}.azpr"),
-                self._output("../std*.txt", f"logs/{task_id}"), *self.data.output_files(self._output)]
+                self._output("../stdout.txt", f"logs/{task_id}/stdout.txt"),
+                self._output("../stderr.txt", f"logs/{task_id}/stderr.txt"),
+                *self.data.output_files(self._files_output)]
 
     def _exit_conditions(self) -> models.ExitConditions | None:
         if not self.merge_cloud:
@@ -328,10 +378,12 @@ class AzureRun:
             except ResourceNotFoundError:
                 self._fail_remaining("the Batch job was deleted while it ran")
                 return
-            except AzureError:
+            except AzureError as exc:
                 self._count("get_job_task_counts_error")
+                self.silence("the Azure Batch service", exc)
                 self._stop.wait(interval)
                 continue  # a transient error on a poll loses nothing: poll again
+            self.answered("the Azure Batch service")
             progressed = False
             if counts.completed > seen_completed:
                 watermark = self._collect_completed(watermark)
@@ -443,7 +495,7 @@ class AzureRun:
     def _fetch_result(self, task_id: str) -> bytes | None:
         """The result blob; when its upload failed, the file on the node (nothing is lost
         while the node keeps the task's folder)."""
-        data = self.staging.download(self.out_container, f"results/{task_id}.azpr")
+        data = self._from_storage(lambda: self.staging.download(self.out_container, f"results/{task_id}.azpr"))
         if data is not None:
             return data
         try:
@@ -451,6 +503,24 @@ class AzureRun:
             return b"".join(self.client.download_task_file(self.job_id, task_id, f"wd/{commands.RESULT_FILE}"))
         except AzureError:
             return None
+
+    def _from_storage(self, call):
+        """``call()`` against Storage, waiting out an outage (the panel says since when it has
+        not answered) instead of failing a finished task's result; cancelling stops the wait."""
+        while True:
+            try:
+                data = call()
+            except (ServiceRequestError, ServiceResponseError) as exc:
+                self.silence("Azure Storage", exc)
+            except HttpResponseError as exc:
+                if (exc.status_code or 0) < 500:
+                    raise
+                self.silence("Azure Storage", exc)
+            else:
+                self.answered("Azure Storage")
+                return data
+            if self._stop.wait(self.backend.poll_interval):
+                raise RuntimeError("Azure Storage did not answer before the job was stopped")
 
     def _deliver(self, task_id: str, node: str | None, data: bytes | None) -> None:
         if data is None:
@@ -510,15 +580,78 @@ class AzureRun:
             self._count("list_job_preparation_and_release_task_status")
         except AzureError:
             return
-        preps = [s.job_preparation_task_execution_info for s in statuses if s.job_preparation_task_execution_info]
-        failed = [p for p in preps if state_name(p.result) == "failure"]
+        failed = [s for s in statuses if s.job_preparation_task_execution_info
+                  and state_name(s.job_preparation_task_execution_info.result) == "failure"]
         if failed and len(failed) >= len([n for n in nodes if state_name(n.state) in ("idle", "running")]):
-            detail = failed[0].failure_info
-            why = ("the job preparation task (installing --packages) failed on every node"
-                   + (f": {detail.code}: {detail.message}" if detail else ""))
-            self._fail_remaining(why)
+            self._fail_remaining(self._prep_failure(failed[0]))
+
+    def _prep_failure(self, status: Any) -> str:
+        """Why the job preparation task failed, named by its cause: a resource file that
+        could not be downloaded (a cached blob removed from storage: this kernel forgets
+        what it uploaded, so the next cell uploads it again), or the install of --packages
+        with pip's own last lines read from the node."""
+        info = status.job_preparation_task_execution_info
+        detail = info.failure_info
+        code = getattr(detail, "code", None) or ""
+        message = getattr(detail, "message", None) or ""
+        details = {d.name: d.value for d in (getattr(detail, "details", None) or []) if d.name}
+        if _is_download_failure(code, message):
+            self.staging.forget(storage.CACHE_CONTAINER)
+            what = details.get("FilePath") or "a resource file"
+            return (f"the job preparation task could not download {what} ({code}: {message.splitlines()[0][:200]}): "
+                    "a blob the job needs is missing or unreadable in storage, e.g. removed from the "
+                    f"{storage.CACHE_CONTAINER} container by %azpar storage rm, a lifecycle rule or a storage "
+                    "emulator restart. This kernel forgot what it had uploaded there: run the cell again to upload it "
+                    "anew")
+        tail = self._prep_stderr(status)
+        what = (f"installing --packages {' '.join(self.packages)}" if self.packages else "its command")
+        why = f"the job preparation task ({what}) failed on every node" + (f": {code}: {message}" if code else "")
+        return why + (f"\n{tail}" if tail else "")
+
+    def _prep_stderr(self, status: Any, limit: int = 1500) -> str:
+        """The end of the job preparation task's stderr (pip says there why an install
+        failed), read from its node through the files API; empty when it cannot be read."""
+        info = status.job_preparation_task_execution_info
+        url = getattr(info, "task_root_directory_url", None) or ""
+        root = url.split("/files/", 1)[1] if "/files/" in url else (info.task_root_directory or "")
+        if "workitems/" in root:
+            root = root[root.index("workitems/"):]
+        if not root or not status.node_id:
+            return ""
+        try:
+            self._count("download_node_file")
+            data = b"".join(self.client.download_node_file(status.pool_id or self.profile["pool_id"], status.node_id,
+                                                           f"{root.rstrip('/')}/stderr.txt"))
+        except AzureError:
+            return ""
+        return data.decode("utf-8", "replace").strip()[-limit:]
 
     # ------------------------------------------------------------------ events and ending
+
+    def silence(self, service: str, exc: BaseException) -> None:
+        """A call to ``service`` failed: remember since when it has not answered (the panel
+        says so after SILENCE_NOTICE seconds instead of showing "running" with no word)."""
+        error = _short_error(exc)
+        with self._lock:
+            since = self._silent.get(service)
+            self._silent[service] = (since[0], since[1], error) if since else (time.time(), time.monotonic(), error)
+
+    def answered(self, service: str) -> None:
+        if self._silent:
+            with self._lock:
+                self._silent.pop(service, None)
+
+    def unanswered(self) -> str:
+        """A sentence for each service silent for SILENCE_NOTICE seconds or more, else ""."""
+        with self._lock:
+            silent = dict(self._silent)
+        now = time.monotonic()
+        said = []
+        for service, (wall, mono, error) in sorted(silent.items()):
+            if now - mono >= SILENCE_NOTICE:
+                at = dt.datetime.fromtimestamp(wall).strftime("%H:%M:%S")
+                said.append(f"{service} is not answering since {at} ({_ago(now - mono)}): {error}")
+        return "; ".join(said)
 
     def _emit(self, event: TaskEvent, final: bool = True) -> None:
         with self._lock:

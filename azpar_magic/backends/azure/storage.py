@@ -4,9 +4,15 @@ Layout, per job ``J`` (DESIGN section 5):
 
 - ``J-in``: what tasks read: the envelope, task inputs too large to inline. Tasks get a
   read-only SAS on it, so a task can never overwrite its own inputs.
-- ``J-out``: what tasks write: results and stdout/stderr, the merged blob, the manifest.
-  Tasks get a create+write SAS (no read, no list, no delete); the client reads with its own
-  credential.
+- ``J-out``: what tasks write: results and stdout/stderr, the merged blob. Each task gets a
+  create+write SAS on exactly its own blobs (its result, its stdout and stderr; the merge
+  task its merged blob), never on the container: a task, or anyone who reads the task
+  definitions, cannot replace another task's result, which the kernel unpickles. The client
+  reads with its own credential.
+- ``J-files``: the ``--outputs`` files (only when a job has some and no ``az://``
+  destination). Their names are known only once a task has run, so tasks get a create+write
+  SAS on this container; the kernel copies these files into ``azpar_outputs/`` and never
+  loads them as Python objects.
 - ``azpar-cache``: content-addressed blobs shared by jobs (worker script, namespaces).
   A job's preparation task gets a read SAS on exactly the blobs it needs, never on the
   container, so one job's tokens cannot read another job's data. Under JupyterHub each hub
@@ -72,6 +78,10 @@ def output_container(job_id: str) -> str:
     return f"{job_id.lower()}-out"
 
 
+def files_container(job_id: str) -> str:
+    return f"{job_id.lower()}-files"
+
+
 class Staging:
     """One storage account as the backend uses it."""
 
@@ -122,13 +132,27 @@ class Staging:
 
     def upload(self, container: str, name: str, data: bytes, *, overwrite: bool = True) -> None:
         blob = self.service.get_blob_client(container, name)
-        blob.upload_blob(data, overwrite=overwrite, max_concurrency=4)
+        try:
+            blob.upload_blob(data, overwrite=overwrite, max_concurrency=4)
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) != "ContainerNotFound":
+                raise
+            # A container this kernel created is gone (deleted, or a storage emulator restarted):
+            # forget what it held and create it again, instead of failing every later cell.
+            self.forget(container)
+            self.ensure_container(container)
+            blob.upload_blob(data, overwrite=overwrite, max_concurrency=4)
         self.stats.add("put_blob", len(data))
 
-    def upload_once(self, container: str, name: str, data: bytes) -> bool:
-        """Upload a content-addressed blob unless it is already there; True if uploaded."""
+    def upload_once(self, container: str, name: str, data: bytes, *, verify: bool = False) -> bool:
+        """Upload a content-addressed blob unless it is already there; True if uploaded.
+        ``verify``: a blob this kernel uploaded earlier is checked to still exist (one HEAD)
+        and uploaded again when it was removed since (``%azpar storage rm``, a lifecycle rule,
+        an emulator restart): a job must not start with a resource file that is gone."""
         if (container, name) in self._known:
-            return False
+            if not verify or self.exists(container, name):
+                return False
+            self._known.discard((container, name))
         try:
             self.upload(container, name, data, overwrite=False)
             uploaded = True
@@ -137,6 +161,26 @@ class Staging:
             uploaded = False
         self._known.add((container, name))
         return uploaded
+
+    def upload_once_many(self, container: str, blobs: Iterable[tuple[str, bytes]], *, verify: bool = False) -> None:
+        """upload_once for several blobs at once (their checks overlap: one round trip)."""
+        futures = [self._pool.submit(self.upload_once, container, name, data, verify=verify) for name, data in blobs]
+        for f in futures:
+            f.result()
+
+    def exists(self, container: str, name: str) -> bool:
+        self.stats.add("head_blob")
+        return self.service.get_blob_client(container, name).exists()
+
+    def forget(self, container: str | None = None) -> None:
+        """Drop what this kernel believes exists (in ``container``, or everywhere): the next
+        upload_once checks or uploads again. Called when storage shows a blob it uploaded is gone."""
+        with self._lock:
+            self._known = {k for k in self._known if container is not None and k[0] != container}
+            if container is None:
+                self._containers.clear()
+            else:
+                self._containers.discard(container)
 
     def upload_many(self, container: str, blobs: Iterable[tuple[str, bytes]]) -> None:
         futures = [self._pool.submit(self.upload, container, name, data) for name, data in blobs]
