@@ -541,6 +541,7 @@ class Engine:
             cwd=request.folder or os.getcwd(), ran=todo, base_id=request.base.id if request.base else None)
         if not tasks:
             job.finish(job.final_state())
+        job.health = lambda: self._unanswered(job_id)  # a service not answering: the views say so
             recorder.finish()
             return job
         for task in tasks.values():
@@ -586,6 +587,7 @@ class Engine:
             recorder.abandon()
             with self._lock:
                 self._runs.pop(job.id, None)
+        job.health = lambda: self._unanswered(job.id)
             self.jobs.pop(job.id, None)
             raise
         recorder.claim()
@@ -626,4 +628,9 @@ class Engine:
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._runs.pop(job_id, None)
+    def _unanswered(self, job_id: str) -> str:
+        """The backend's sentence about a service that stopped answering (Azure), else ""."""
+        say = getattr(self.backend, "unanswered", None)
+        return say(job_id) if say is not None else ""
+
         self.backend.finish(job_id)

@@ -123,6 +123,7 @@ class JobSnapshot:
     source_first_line: str = ""
     errors: str = "stop"  # the job's --errors policy: views say "done with N failed" under remove/pass
     stalled: tuple[str, ...] = ()  # running tasks that look stuck: "task 3: worker-2 is not responding: ..."
+    unanswered: str = ""  # the backend's service has not answered for a while: what and since when
     tasks_cancelled: int = 0  # tasks all of whose iterations were cancelled (not counted in tasks_failed)
 
     @property
@@ -178,6 +179,7 @@ class Job:
         self.backend_name, self.pool, self.vm_size, self.source = backend_name, pool, vm_size, source
         self._nodes = nodes or (lambda: ())
         self._cancel_hook = cancel
+        self.health: Callable[[], str] = lambda: ""  # the backend's word on its service (set by the engine)
         n = len(items)
         self._values: list = [None] * n
         self._status = bytearray(n)
@@ -576,9 +578,18 @@ class Job:
             tasks_succeeded=counts[TASK_SUCCEEDED], tasks_failed=counts[TASK_FAILED], nodes=nodes,
             elapsed=elapsed, eta=eta, throughput=throughput, failures=views,
             source_first_line=self.source.splitlines()[0] if self.source else "",
-            errors=self.options.errors, stalled=stalled,
+            errors=self.options.errors, stalled=stalled, unanswered=self._unanswered(state),
             tasks_cancelled=counts[TASK_CANCELLED],
         )
+
+    def _unanswered(self, state: str) -> str:
+        """What the backend says about a service that stopped answering, while the job runs."""
+        if state != RUNNING:
+            return ""
+        try:
+            return self.health() or ""
+        except Exception:  # a view must render whatever the backend does
+            return ""
 
     def _output_text(self, index: int, limit: int) -> str:
         """The stdout/stderr text of one iteration, cut at ``limit`` characters (lock held)."""

@@ -54,6 +54,9 @@ def header_html(view: dict[str, Any]) -> str:
     for note in view.get("stalled", ()):  # a stopped, hung or deadlocked worker: say so, in the warning colour
         parts.append(f'<span class="azpar-stalled" style="color:{STYLE_COLOURS["warning"]};font-weight:600">'
                      f'{escape(note)}</span>')
+    if view.get("unanswered"):  # Batch or Storage silent: say so rather than "running" with no word
+        parts.append(f'<span class="azpar-unanswered" style="color:{STYLE_COLOURS["warning"]};font-weight:600">'
+                     f'{escape(view["unanswered"])}</span>')
     return (f'<div class="azpar-header" style="{_FONT}display:flex;flex-wrap:wrap;gap:2px 14px;'
             f'align-items:baseline">{"".join(parts)}</div>')
 

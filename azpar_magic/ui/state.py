@@ -180,6 +180,7 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
                       "output": f.output} for f in s.failures],
         "failures_more": max(0, s.items_failed - len(s.failures)),
         "stalled": [] if s.final else list(s.stalled),
+        "unanswered": "" if s.final else s.unanswered,  # "the Azure Batch service is not answering since ..."
     }
 
 

@@ -50,6 +50,8 @@ def format_snapshot(s: JobSnapshot) -> str:
     if v["stalled"]:
         more = len(v["stalled"]) - 1
         parts.append(v["stalled"][0] + (f" (and {more} more stuck task{'s' if more > 1 else ''})" if more else ""))
+    if v.get("unanswered"):
+        parts.append(v["unanswered"])
     return f"azpar [{_where(v)}] " + " · ".join(parts)
 
 
@@ -96,6 +98,8 @@ def format_text(s: JobSnapshot) -> str:
              f"  tasks       {_tasks_line(v['tasks'])}"]
     if v["stalled"]:
         lines += ["  stuck"] + [f"    {note}" for note in v["stalled"]]
+    if v.get("unanswered"):
+        lines.append(f"  service     {v['unanswered']}")
     failures = _failure_lines(v, "    ")
     if failures:
         lines += ["  failures"] + failures

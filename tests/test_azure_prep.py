@@ -1,0 +1,111 @@
+"""What a job needs before its tasks run, and the words when that fails: cached blobs removed
+behind the kernel's back are uploaded again (or named as the cause), and a failed
+``--packages`` install shows pip's own message in the cell and in ``%azpar logs``; a Batch
+service that stops answering is named in the panel and the progress line. Real
+kernels' shell, the test Batch service and Azurite, as in test_azure_backend."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+import azpar_magic
+from azpar_magic.backends.azure import storage
+
+from .azure_support import azure_profile
+
+pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def azure(batch, azurite, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1) as name:
+        yield name
+
+
+def _empty_cache(blob_service) -> None:
+    cache = blob_service.get_container_client(storage.CACHE_CONTAINER)
+    for blob in list(cache.list_blobs()):
+        cache.delete_blob(blob.name)
+
+
+@pytest.mark.parametrize("how", ["blobs removed", "container removed"])
+def test_cached_worker_and_namespace_removed_are_uploaded_again(azure, ip, run_cell, blob_service, how):
+    """storage rm / a lifecycle rule (the blobs) or an emulator restart (the container): the
+    kernel believed them uploaded; the next cell must still run."""
+    ip.user_ns["offset"] = 10
+    cell = "%%azpar -q -o r for x in range(3):\nx + offset"
+    first = run_cell(cell)
+    assert first.success, first.error
+    if how == "blobs removed":
+        _empty_cache(blob_service)
+    else:
+        blob_service.delete_container(storage.CACHE_CONTAINER)
+    again = run_cell(cell)
+    assert again.success, again.error
+    assert ip.user_ns["r"] == [10, 11, 12]
+    names = {b.name for b in blob_service.get_container_client(storage.CACHE_CONTAINER).list_blobs()}
+    assert any(n.startswith("worker/") for n in names) and any(n.startswith("ns/") for n in names)
+
+
+def test_a_removed_input_names_the_cause_not_packages_and_the_next_cell_works(azure, ip, run_cell, blob_service,
+                                                                               tmp_path):
+    (tmp_path / "scale.txt").write_text("3")
+    cell = "%%azpar -q -o r --inputs scale.txt for x in range(2):\nx * int(open('inputs/scale.txt').read())"
+    first = run_cell(cell)
+    assert first.success, first.error
+    _empty_cache(blob_service)
+    failed = run_cell(cell)
+    assert not failed.success
+    text = str(failed.error)
+    assert "--packages" not in text, text
+    assert "could not download azpar-in/scale.txt" in text and storage.CACHE_CONTAINER in text, text
+    assert "run the cell again" in text
+    again = run_cell(cell)
+    assert again.success, again.error
+    assert ip.user_ns["r"] == [0, 3]
+
+
+def test_a_failed_packages_install_shows_pips_message_in_the_cell_and_the_logs(batch, azurite, ip, run_cell,
+                                                                               tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1, pip_options=["--no-index"]):
+        run = run_cell("%%azpar -q --packages azpar-missing-pkg==9.9 -o r for x in range(2):\nx")
+        assert not run.success
+        text = str(run.error)
+        assert "installing --packages azpar-missing-pkg==9.9" in text, text
+        assert "No matching distribution found for azpar-missing-pkg==9.9" in text, text
+        job = azpar_magic.jobs()[-1]
+        logs = run_cell(f"%azpar logs {job.id}")
+        assert logs.success, logs.error
+        assert "No matching distribution found for azpar-missing-pkg==9.9" in logs.stdout, logs.stdout
+
+
+def test_a_batch_service_that_stops_answering_is_named_with_since_when(azure, ip, run_cell, batch, monkeypatch):
+    """The cell used to show "running" for minutes without a word while every poll failed."""
+    from azpar_magic.backends.azure import run as azure_run
+    from azpar_magic.ui.html import panel_html
+    from azpar_magic.ui.state import job_view
+    from azpar_magic.ui.text import format_snapshot, format_text
+
+    monkeypatch.setattr(azure_run, "SILENCE_NOTICE", 0.5)
+    batch.fail_requests(r"/taskcounts", count=10**6, status=503)
+    started = run_cell("%%azpar -q --no-wait -o handle for x in range(2):\nx * 5")
+    assert started.success, started.error
+    job = azpar_magic.jobs()[-1]
+    deadline = time.monotonic() + 60
+    while not job.snapshot().unanswered and time.monotonic() < deadline:
+        time.sleep(0.1)
+    snap = job.snapshot()
+    assert snap.state == "running"
+    line = format_snapshot(snap)
+    assert re.search(r"the Azure Batch service is not answering since \d\d:\d\d:\d\d \(\d+ s\): HTTP 503", line), line
+    assert "service     the Azure Batch service is not answering" in format_text(snap)
+    assert 'class="azpar-unanswered"' in panel_html(job_view(snap))
+    batch.faults.clear()  # the service is back
+    job.wait(90)
+    assert job.state == "succeeded" and job.result() == [0, 5]
+    assert job.snapshot().unanswered == ""
