@@ -1170,12 +1170,22 @@ def read_merged(data: bytes):
 
 def write_result(path: str, result: dict) -> None:
     """Pickled straight into the file: the result's value blobs are written as they are,
-    never copied into one bytes object first (a 2 GB value must not need 4 GB more)."""
+    never copied into one bytes object first (a 2 GB value must not need 4 GB more). Out
+    of memory even so, the file says the iterations failed for that (not retried)."""
     tmp = path + ".part"
+    try:
+        _write_result_file(tmp, result)
+    except MemoryError as exc:
+        if "indices" not in result:
+            raise
+        _write_result_file(tmp, _out_of_memory_result(result, exc))
+    os.replace(tmp, path)
+
+
+def _write_result_file(tmp: str, result: dict) -> None:
     with open(tmp, "wb") as fh:
         fh.write(RESULT_MAGIC)
         pickle.Pickler(fh, protocol=pickle.HIGHEST_PROTOCOL).dump(result)
-    os.replace(tmp, path)
 
 
 def read_result(data: bytes) -> dict:
@@ -1270,6 +1280,12 @@ def _out_of_memory_reply(reply: dict, exc: MemoryError) -> dict:
     result = reply.get("result")
     if not result:
         return {**reply, "error": f"internal worker error: out of memory sending the reply ({exc})"}
+    return {**reply, "result": _out_of_memory_result(result, exc)}
+
+
+def _out_of_memory_result(result: dict, exc: MemoryError) -> dict:
+    """The task's result with no values: each iteration that had not failed by itself fails
+    with the MemoryError of sending it back (the iteration's own failure, never retried)."""
     indices = result["indices"]
     failed = dict(result["failed"])
     for index in indices:
@@ -1277,8 +1293,7 @@ def _out_of_memory_reply(reply: dict, exc: MemoryError) -> dict:
                                   "exc": None, "message": f"the value of iteration {index} could not be sent back: "
                                                           f"{_OUT_OF_MEMORY}MemoryError: {exc}"})
     empty = ["each", [None] * len(indices)]
-    return {**reply, "result": {**result, "values": empty, "gathered": empty if result.get("gathered") else None,
-                                "failed": failed}}
+    return {**result, "values": empty, "gathered": empty if result.get("gathered") else None, "failed": failed}
 
 
 HEARTBEAT = 0.5  # seconds between a pool worker's heartbeats (and checks that its kernel lives)

@@ -122,3 +122,16 @@ def test_large_and_small_frames_read_back_whole():
         worker.write_frame(stream, message)
         stream.seek(0)
         assert worker._read_frame(stream) == message and stream.read() == b""
+
+
+def test_a_result_file_that_cannot_be_written_for_memory_says_so_per_iteration(tmp_path):
+    from azpar_magic import worker
+
+    result = {"task": "7", "indices": [0], "files": None, "values": ["all", "pickle", _NoRoom()], "gathered": None,
+              "failed": {}, "outputs": {}, "seconds": 0.1}
+    path = tmp_path / "7.azpr"
+    worker.write_result(str(path), result)  # an Azure task: exits 0 with this file, so Batch does not retry it
+    written = worker.read_result(path.read_bytes())
+    assert written["task"] == "7" and written["values"] == ["each", [None]]
+    assert "the worker ran out of memory" in written["failed"][0]["message"]
+    assert not (tmp_path / "7.azpr.part").exists()
