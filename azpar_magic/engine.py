@@ -527,6 +527,7 @@ class Engine:
         pool, vm_size = self.backend.pool_info()
         job = Job(job_id, items, options, backend_name=self.backend.name, pool=pool, vm_size=vm_size,
                   source=request.cell.source, nodes=self.backend.nodes, cancel=lambda: self.cancel(job_id))
+        job.health = lambda: self._unanswered(job_id)  # a service not answering: the views say so
         self.jobs[job_id] = job
         job.files = data_mod.FilesReport(data_plan) if data_plan is not None else None
         if request.base is not None:
@@ -541,7 +542,6 @@ class Engine:
             cwd=request.folder or os.getcwd(), ran=todo, base_id=request.base.id if request.base else None)
         if not tasks:
             job.finish(job.final_state())
-        job.health = lambda: self._unanswered(job_id)  # a service not answering: the views say so
             recorder.finish()
             return job
         for task in tasks.values():
@@ -573,6 +573,7 @@ class Engine:
         for task in remaining.values():
             job.add_task(task.task_id, task.indices)
         job.bind(self.backend.nodes, lambda: self.cancel(job.id))
+        job.health = lambda: self._unanswered(job.id)
         job.reattach = False
         recorder = store.resume_recording(job)
         run = _Run(self, job, remaining, recorder)
@@ -587,7 +588,6 @@ class Engine:
             recorder.abandon()
             with self._lock:
                 self._runs.pop(job.id, None)
-        job.health = lambda: self._unanswered(job.id)
             self.jobs.pop(job.id, None)
             raise
         recorder.claim()
@@ -614,6 +614,11 @@ class Engine:
         found.job_id = job_id
         return found
 
+    def _unanswered(self, job_id: str) -> str:
+        """The backend's sentence about a service that stopped answering (Azure), else ""."""
+        say = getattr(self.backend, "unanswered", None)
+        return say(job_id) if say is not None else ""
+
     def cancel(self, job_id: str) -> None:
         with self._lock:
             if job_id not in self._runs:
@@ -628,9 +633,4 @@ class Engine:
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._runs.pop(job_id, None)
-    def _unanswered(self, job_id: str) -> str:
-        """The backend's sentence about a service that stopped answering (Azure), else ""."""
-        say = getattr(self.backend, "unanswered", None)
-        return say(job_id) if say is not None else ""
-
         self.backend.finish(job_id)
