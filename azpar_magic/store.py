@@ -13,7 +13,9 @@ Layout, one folder per job named by its id::
 Why this shape:
 
 - The root and every job folder are 0700 and every file 0600 (the modes are given at
-  creation, and a umask can only remove bits), and a root owned by another user is refused:
+  creation, and a umask can only remove bits), and a root owned by another user, or an
+  existing one open to group or others, is refused (never chmod-ed: it may be the user's own
+  folder, open on purpose):
   one user's results and cell sources are never readable by another OS user (under
   JupyterHub, users are usually separate OS users). Job ids carry 48 random bits
   (``engine.new_job_id``), so they cannot be guessed either.
@@ -117,23 +119,37 @@ _checked_roots: set[str] = set()
 
 
 def ensure_root(root: Path | None = None) -> Path:
-    """Create the store folder 0700 if needed; refuse one that another user owns, and take
-    group and other permissions away from ours (a store made by hand with the umask's modes)."""
+    """Create the store folder 0700 if needed; refuse one that another user owns, or one that
+    exists with access for group or others: azpar never changes the mode of a folder it did
+    not create (``$AZPAR_JOB_STORE`` may name a folder of the user's own, shared on purpose),
+    and job results are kept only where other users cannot list or read them."""
     root = root or store_root()
     key = str(root)
     if key in _checked_roots:  # checked once per process (a stat per job showed in the benchmark)
         return root
     if root.name.startswith("hub-"):  # a hub user's folder: the shared root above it is private too
         root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        root.mkdir(parents=True, mode=0o700)  # ours: private from birth (a umask only takes bits away)
+    except FileExistsError:
+        _check_existing_root(root)
+    _checked_roots.add(key)
+    return root
+
+
+def _check_existing_root(root: Path) -> None:
     info = root.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreError(f"the job store {root} is not a folder; set {STORE_ENV} to a folder of your own")
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
         raise StoreError(f"the job store {root} belongs to another user (uid {info.st_uid}); "
                          f"set {STORE_ENV} to a folder of your own")
-    if stat.S_IMODE(info.st_mode) & 0o077:  # made by hand, or by an older tool, with the umask's modes
-        os.chmod(root, 0o700)
-    _checked_roots.add(key)
-    return root
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise StoreError(f"the job store {root} is open to other users (mode {mode:04o}), and azpar does not change "
+                         f"the mode of a folder it did not create. Make it private with `chmod 700 {root}` if "
+                         f"that is what you want, or set {STORE_ENV} to a folder that does not exist yet (azpar "
+                         "creates it private)")
 
 
 def creator() -> str:

@@ -153,11 +153,31 @@ def test_a_store_owned_by_another_user_is_refused(tmp_path, monkeypatch):
     assert list(root.iterdir()) == []
 
 
-def test_an_existing_store_is_made_private(job_store):
+def test_an_existing_folder_open_to_others_is_refused_and_left_as_it_is(job_store, capfd):
+    """$AZPAR_JOB_STORE naming a folder of the user's that others may enter: its mode is
+    never changed (before: silently chmod-ed to 0700); the jobs run, the store says why it
+    cannot keep them and how to fix it, and nothing is written there."""
     job_store.mkdir(mode=0o755)
     os.chmod(job_store, 0o755)
+    (job_store / "notes.txt").write_text("the user's own file")
     store._checked_roots.discard(str(job_store))
-    store.ensure_root()
+    with pytest.raises(store.StoreError, match=r"open to other users \(mode 0755\).*chmod 700"):
+        store.ensure_root()
+    assert _mode(job_store) == 0o755
+    job = azpar_magic.run("for x in range(3)", "x * 2", {}, workers=2)
+    assert job.result(timeout=30) == [0, 2, 4]
+    store.flush()
+    assert "open to other users" in (job.store_error or "")
+    assert "open to other users" in capfd.readouterr().err
+    assert _mode(job_store) == 0o755 and sorted(p.name for p in job_store.iterdir()) == ["notes.txt"]
+    # Made private by its owner, it is used as it is.
+    os.chmod(job_store, 0o700)
+    store._checked_roots.discard(str(job_store))
+    store._warned.discard(str(job_store))
+    job = azpar_magic.run("for x in range(3)", "x * 3", {}, workers=2)
+    assert job.result(timeout=30) == [0, 3, 6]
+    store.flush()
+    assert job.store_error is None and (job_store / job.id / store.MANIFEST).exists()
     assert _mode(job_store) == 0o700
 
 
