@@ -164,12 +164,14 @@ def test_two_users_on_one_pool_and_account_are_kept_apart(hub, kernels, batch, a
     worker_url = next(url for url in prep.values() if "/worker/" in url)
     task = next(t for r in batch.requests_for("Tasks_CreateTaskCollection") for t in r.body["value"]
                 if f"/{alice}-out" in t["outputFiles"][0]["destination"]["container"]["containerUrl"])
-    out_url = task["outputFiles"][0]["destination"]["container"]["containerUrl"]
+    out = task["outputFiles"][0]["destination"]["container"]
+    # A task's write token is for its own result blob only (backends/azure/run.py _output).
+    own_blob_url = out["containerUrl"].replace("?", f"/{out['path']}?", 1)
     assert sas_status("GET", envelope_url) == 200
-    assert sas_status("PUT", out_url.replace("?", "/probe.txt?", 1), b"mine") == 201
+    assert sas_status("PUT", own_blob_url, b"mine") == 201
     bob_envelope = _swap_container(envelope_url, f"{alice}-in", f"{bob}-in")
     assert sas_status("GET", bob_envelope) == 403
-    bob_out = _swap_container(out_url, f"{alice}-out", f"{bob}-out").replace("?", "/probe.txt?", 1)
+    bob_out = _swap_container(own_blob_url, f"{alice}-out", f"{bob}-out")
     assert sas_status("PUT", bob_out, b"not yours") == 403
     bob_cache = _swap_container(worker_url, f"azpar-{identity.slug('alice')}-cache",
                                 f"azpar-{identity.slug('bob.smith')}-cache")
