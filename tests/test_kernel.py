@@ -218,13 +218,16 @@ def _check_cancelled(kernel: Kernel, reply: Reply, interrupted: float) -> str:
 @pytest.mark.timeout(120)
 def test_load_ext_says_which_backend_is_active(started_kernel):
     kernel, loaded = started_kernel
-    cpus = int(kernel.value("__import__('os').cpu_count()"))
+    # The default size is the CPUs the kernel may use (affinity, cgroup quota), and says so.
+    cpus = int(kernel.value("__import__('azpar_magic').session.default_workers()"))
     plural = "es" if cpus != 1 else ""
-    assert re.fullmatch(rf"azpar_magic \S+: %%azpar runs loops on the local pool of {cpus} worker "
-                        rf"process{plural} on this machine\.\n", loaded.stdout), loaded.describe()
+    described = (rf"local pool of {cpus} worker process{plural} on this machine \(one per CPU[^)]*; "
+                 rf"started as tasks need them\)")
+    assert re.fullmatch(rf"azpar_magic \S+: %%azpar runs loops on the {described}\.\n", loaded.stdout), \
+        loaded.describe()
     assert loaded.stderr == ""
     backend = kernel.ok("%azpar backend")
-    assert backend.stdout.strip() == f"local pool of {cpus} worker process{plural} on this machine"
+    assert re.fullmatch(described, backend.stdout.strip()), backend.describe()
 
 
 @pytest.mark.timeout(120)
