@@ -109,3 +109,22 @@ def test_a_batch_service_that_stops_answering_is_named_with_since_when(azure, ip
     job.wait(90)
     assert job.state == "succeeded" and job.result() == [0, 5]
     assert job.snapshot().unanswered == ""
+
+
+def test_a_removed_per_iteration_input_names_the_cause(azure, ip, run_cell, blob_service, tmp_path):
+    """An iteration's own input travels with its task (not the job preparation): the task's
+    failure to fetch it is named the same way, not as a worker failure."""
+    (tmp_path / "parts").mkdir()
+    for i in range(2):
+        (tmp_path / "parts" / f"p{i}.txt").write_text(str(i + 1))
+    cell = "%%azpar -q -o r --inputs 'parts/p{i}.txt' for i in range(2):\nint(open(f'inputs/parts/p{i}.txt').read())"
+    first = run_cell(cell)
+    assert first.success, first.error
+    _empty_cache(blob_service)
+    failed = run_cell(cell)
+    text = str(failed.error)
+    assert not failed.success and "the task could not download azpar-in/parts/p" in text, text
+    assert "worker failed" not in text and storage.CACHE_CONTAINER in text
+    again = run_cell(cell)
+    assert again.success, again.error
+    assert ip.user_ns["r"] == [1, 2]

@@ -479,6 +479,10 @@ class AzureRun:
                                        "and was stopped"))
             return
         exit_code = getattr(info, "exit_code", None)
+        if failure is not None and _is_download_failure(str(code), getattr(failure, "message", None) or ""):
+            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, retryable=False,
+                                 error=self._download_failure("the task", failure)))
+            return
         if failure is not None and code != "FileUploadMiscError" and not str(code).startswith("FileUpload"):
             retries = getattr(info, "retry_count", 0) or 0
             tail = self._stderr_tail(task.id)
@@ -594,19 +598,25 @@ class AzureRun:
         detail = info.failure_info
         code = getattr(detail, "code", None) or ""
         message = getattr(detail, "message", None) or ""
-        details = {d.name: d.value for d in (getattr(detail, "details", None) or []) if d.name}
         if _is_download_failure(code, message):
-            self.staging.forget(storage.CACHE_CONTAINER)
-            what = details.get("FilePath") or "a resource file"
-            return (f"the job preparation task could not download {what} ({code}: {message.splitlines()[0][:200]}): "
-                    "a blob the job needs is missing or unreadable in storage, e.g. removed from the "
-                    f"{storage.CACHE_CONTAINER} container by %azpar storage rm, a lifecycle rule or a storage "
-                    "emulator restart. This kernel forgot what it had uploaded there: run the cell again to upload it "
-                    "anew")
+            return self._download_failure("the job preparation task", detail)
         tail = self._prep_stderr(status)
         what = (f"installing --packages {' '.join(self.packages)}" if self.packages else "its command")
         why = f"the job preparation task ({what}) failed on every node" + (f": {code}: {message}" if code else "")
         return why + (f"\n{tail}" if tail else "")
+
+    def _download_failure(self, who: str, detail: Any) -> str:
+        """A resource file could not be downloaded: most likely a cached blob was removed.
+        This kernel forgets what it uploaded, so the next cell checks and uploads again."""
+        self.staging.forget(storage.CACHE_CONTAINER)
+        code = getattr(detail, "code", None) or ""
+        message = (getattr(detail, "message", None) or "").strip()
+        details = {d.name: d.value for d in (getattr(detail, "details", None) or []) if d.name}
+        what = details.get("FilePath") or "a resource file"
+        return (f"{who} could not download {what} ({code}: {message.splitlines()[0][:200] if message else ''}): "
+                "a blob the job needs is missing or unreadable in storage, e.g. removed from the "
+                f"{storage.CACHE_CONTAINER} container by %azpar storage rm, a lifecycle rule or a storage "
+                "emulator restart. This kernel forgot what it had uploaded there: run the cell again to upload it anew")
 
     def _prep_stderr(self, status: Any, limit: int = 1500) -> str:
         """The end of the job preparation task's stderr (pip says there why an install
