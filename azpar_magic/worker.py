@@ -27,6 +27,7 @@ import errno
 import fnmatch
 import hashlib
 import importlib
+import importlib.util
 import io
 import json
 import linecache
@@ -586,15 +587,63 @@ def _seed_iteration(seed: int, index: int) -> None:
     ``SeedSequence()``, K = 0, 1, ...) gets the entropy
     ``random.Random("azpar:SEED:INDEX:K").getrandbits(128)`` instead of the OS's."""
     random.seed(f"azpar:{seed}:{index}")
-    try:  # also when only the body imports it: its first iteration must be seeded too
-        import numpy
-    except ImportError:
-        return
+    _SEEDING[0] = (seed, index)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        _seed_numpy(numpy, seed, index)
+    elif _NumpyImportHook.hook not in sys.meta_path:
+        sys.meta_path.insert(0, _NumpyImportHook.hook)
+
+
+_SEEDING: list = [None]  # (seed, index) of the seeded iteration running, else None
+
+
+def _seed_numpy(numpy: types.ModuleType, seed: int, index: int) -> None:
     sequence = numpy.random.SeedSequence(seed, spawn_key=(index,))
     numpy.random.seed(sequence.generate_state(4))
     entropy = _fresh_entropy()
     if entropy is not None:
         entropy.start(f"azpar:{seed}:{index}")
+
+
+class _NumpyImportHook:
+    """Seeds numpy the moment a seeded iteration imports it (itself, or through pandas,
+    scipy, ...): the worker never imports numpy for a body that does not use it, and the
+    first iteration of a body that does is seeded like the others. It leaves
+    ``sys.meta_path`` once numpy is imported, or when the seeded task ends."""
+
+    hook: "_NumpyImportHook"
+    busy = False  # finding numpy's own spec through the other finders
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name != "numpy" or self.busy:
+            return None
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.busy = False
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module: types.ModuleType) -> None:
+            run(module)
+            _NumpyImportHook.remove()
+            if _SEEDING[0] is not None:
+                _seed_numpy(module, *_SEEDING[0])
+
+        loader.exec_module = exec_module
+        return spec
+
+    @staticmethod
+    def remove() -> None:
+        while _NumpyImportHook.hook in sys.meta_path:
+            sys.meta_path.remove(_NumpyImportHook.hook)
+
+
+_NumpyImportHook.hook = _NumpyImportHook()
 
 
 class _FreshEntropy:
@@ -656,7 +705,10 @@ def _fresh_entropy() -> _FreshEntropy | None:
 
 
 def _end_seeded_iterations() -> None:
-    """Generators made after a seeded task (another job on this worker) draw from the OS."""
+    """Generators made after a seeded task (another job on this worker) draw from the OS,
+    and numpy imported then is not seeded."""
+    _SEEDING[0] = None
+    _NumpyImportHook.remove()
     if _FRESH_ENTROPY and _FRESH_ENTROPY[0] is not None:
         _FRESH_ENTROPY[0].stop()
 

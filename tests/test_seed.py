@@ -124,3 +124,25 @@ def test_a_numpy_whose_entropy_cannot_be_replaced_is_said_not_silently_ignored(t
     assert untouched == "True"
     assert note.count("azpar: --seed could not seed the numpy generators") == 1, note
     assert "numpy 0.stand-in" in note and "default_rng(seed)" in note
+
+
+@pytest.mark.azure
+def test_the_worker_imports_numpy_only_for_a_body_that_does(ip, run_cell, batch, azurite, tmp_path, monkeypatch):
+    """Each Azure task is a fresh process with nothing of numpy loaded by the namespace: a
+    seeded body that never uses numpy does not pay for importing it, and a body that imports
+    it itself (or through pandas, scipy, ...) is seeded from its first iteration on."""
+    from .azure_support import azure_profile
+
+    monkeypatch.chdir(tmp_path)
+    ip.user_ns.pop("np", None)
+    with azure_profile(tmp_path / "config", batch, azurite):
+        plain = run_cell("%%azpar -q --seed 7 --chunk-size 2 -o loaded for x in range(4):\n"
+                         "import sys\n'numpy' in sys.modules")
+        own = run_cell("%%azpar -q --seed 7 --chunk-size 2 -o own for x in range(4):\n"
+                       "import random\nimport numpy\n"
+                       "numpy.random.default_rng().normal() + random.random() + numpy.random.rand()")
+    assert plain.success and own.success, (plain.error, own.error)
+    assert ip.user_ns["loaded"] == [False] * 4
+    scope = {"xs": list(range(4))}
+    exec(readme_recipe(), scope)
+    assert ip.user_ns["own"] == scope["out"]
