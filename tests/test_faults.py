@@ -36,8 +36,9 @@ def _pool_is_whole(size: int | None = None) -> bool:
 
 
 def _ready_pool(run_cell, size: int | None = None) -> None:
-    """Start the default pool if needed and wait until all its workers are idle."""
-    run = run_cell("%%azpar -q -o __warm for x in range(4)\nx")
+    """Start the default pool if needed and wait until all its workers are idle (workers
+    start as tasks need them: the warm-up cell has a task for each)."""
+    run = run_cell(f"%%azpar -q -o __warm for x in range({4 * (size or local_backend().size)})\nx")
     assert run.success, run.error
     assert wait_for(lambda: _pool_is_whole(size), 20), local_backend().nodes()
 
