@@ -102,7 +102,7 @@ def test_no_wait_job_attached_after_a_restart_and_its_logs(kernel, job_store):
     assert everything.count("--- iteration") == 12 and everything.index("iteration 3 ") < everything.index("iteration 8 ")
     # The table in the new kernel.
     table = kernel.ok("%azpar jobs").stdout
-    assert re.search(rf"^{job_id} .* local +failed +10/2/12 +%%azpar --no-wait -q --errors pass", table, re.M), table
+    assert re.search(rf"^{job_id} .* local +done +10/2/12 +%%azpar --no-wait -q --errors pass", table, re.M), table
     # Bad input names the problem.
     wrong = kernel.run(f"%azpar logs {job_id} 12")
     assert wrong.status == "error" and "no iteration 12" in _error_text(wrong)
