@@ -97,7 +97,7 @@ def test_a_batch_service_that_stops_answering_is_named_with_since_when(azure, ip
     assert started.success, started.error
     job = azpar_magic.jobs()[-1]
     deadline = time.monotonic() + 60
-    while not job.snapshot().unanswered and time.monotonic() < deadline:
+    while "HTTP 503" not in job.snapshot().unanswered and time.monotonic() < deadline:  # first "no reply yet"
         time.sleep(0.1)
     snap = job.snapshot()
     assert snap.state == "running"
@@ -128,3 +128,24 @@ def test_a_removed_per_iteration_input_names_the_cause(azure, ip, run_cell, blob
     again = run_cell(cell)
     assert again.success, again.error
     assert ip.user_ns["r"] == [1, 2]
+
+
+def test_a_call_that_hangs_is_named_too(monkeypatch):
+    """An address that drops packets makes a call wait for the connection timeout (minutes)
+    without an error to count: a call outstanding for SILENCE_NOTICE seconds is named as well
+    (unit test of the bookkeeping: the test service cannot hang a connection)."""
+    import threading
+
+    from azpar_magic.backends.azure import run as azure_run
+
+    run = azure_run.AzureRun.__new__(azure_run.AzureRun)
+    run._lock, run._silent = threading.Lock(), {}
+    monkeypatch.setattr(azure_run, "SILENCE_NOTICE", 0.0)
+    run.asking("the Azure Batch service")
+    assert re.fullmatch(r"the Azure Batch service is not answering since \d\d:\d\d:\d\d \(0 s\): no reply yet",
+                        run.unanswered()), run.unanswered()
+    run.answered("the Azure Batch service")
+    assert run.unanswered() == ""
+    monkeypatch.setattr(azure_run, "SILENCE_NOTICE", 3600.0)
+    run.asking("Azure Storage")
+    assert run.unanswered() == ""  # a call in flight for less than the notice is not news

@@ -372,10 +372,12 @@ class AzureRun:
         while not self._stop.is_set():
             if self._done():
                 return
+            self.asking("the Azure Batch service")
             try:
                 counts = self.client.get_job_task_counts(self.job_id).task_counts
                 self._count("get_job_task_counts")
             except ResourceNotFoundError:
+                self.answered("the Azure Batch service")
                 self._fail_remaining("the Batch job was deleted while it ran")
                 return
             except AzureError as exc:
@@ -512,14 +514,19 @@ class AzureRun:
         """``call()`` against Storage, waiting out an outage (the panel says since when it has
         not answered) instead of failing a finished task's result; cancelling stops the wait."""
         while True:
+            self.asking("Azure Storage")
             try:
                 data = call()
             except (ServiceRequestError, ServiceResponseError) as exc:
                 self.silence("Azure Storage", exc)
             except HttpResponseError as exc:
                 if (exc.status_code or 0) < 500:
+                    self.answered("Azure Storage")  # it answered, with a refusal
                     raise
                 self.silence("Azure Storage", exc)
+            except BaseException:
+                self.answered("Azure Storage")
+                raise
             else:
                 self.answered("Azure Storage")
                 return data
@@ -638,6 +645,13 @@ class AzureRun:
 
     # ------------------------------------------------------------------ events and ending
 
+    def asking(self, service: str) -> None:
+        """A call to ``service`` starts: if it hangs (an address that drops packets waits for
+        the connection timeout, minutes), the views say so from SILENCE_NOTICE seconds on."""
+        with self._lock:
+            if service not in self._silent:
+                self._silent[service] = (time.time(), time.monotonic(), "")
+
     def silence(self, service: str, exc: BaseException) -> None:
         """A call to ``service`` failed: remember since when it has not answered (the panel
         says so after SILENCE_NOTICE seconds instead of showing "running" with no word)."""
@@ -660,7 +674,7 @@ class AzureRun:
         for service, (wall, mono, error) in sorted(silent.items()):
             if now - mono >= SILENCE_NOTICE:
                 at = dt.datetime.fromtimestamp(wall).strftime("%H:%M:%S")
-                said.append(f"{service} is not answering since {at} ({_ago(now - mono)}): {error}")
+                said.append(f"{service} is not answering since {at} ({_ago(now - mono)}): {error or 'no reply yet'}")
         return "; ".join(said)
 
     def _emit(self, event: TaskEvent, final: bool = True) -> None:
