@@ -151,8 +151,12 @@ def test_a_frontend_sending_cell_ids_gets_the_widget_panel(frontend):
     assert len(updates) >= 4
     busy = updates[-1] - updates[0]
     assert busy > 0.6, updates
-    renders = {round(t, 2) for t in updates}  # one render sends up to four values at once
-    assert len(renders) <= busy / 0.25 + 3, sorted(renders)
+    # One render sends up to four values, the header at most once (its elapsed time changes
+    # at every render): header updates count renders, whatever the arrival times of a
+    # render's messages on a loaded machine (rounding those times miscounted).
+    renders = [t for t, m in run.messages if m["msg_type"] == "comm_msg"
+               and 'class="azpar-items"' in m["content"]["data"].get("state", {}).get("value", "")]
+    assert 2 <= len(renders) <= busy / 0.25 + 3, renders
     bars = [s["value"] for s in states if "azpar-tasks" in s.get("value", "")]
     succeeded = [int(re.search(r'data-name="succeeded" data-count="(\d+)"', b).group(1)) for b in bars]
     assert succeeded[-1] == 8 and len(set(succeeded)) >= 3  # the bar moved
