@@ -19,7 +19,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display, publish_display_data
 
-from . import merge, session
+from . import merge, session, worker
 from .config import ConfigError
 from .engine import FLAG_SPELLING, RunRequest, SubmitError
 from .errors import IterationError
@@ -60,14 +60,24 @@ def _unquote(text: str) -> str:
     return text
 
 
-def _truncation_note(job_id: str, shown: int, hidden: int, displays: int, indices: list[int]) -> str:
-    """The note after a cell's replayed output was cut: how much, whose, where the rest is."""
-    which = ", ".join(map(str, indices[:10])) + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
+def _iterations_text(indices: list[int]) -> str:
+    return (f"iteration{'s' * (len(indices) != 1)} " + ", ".join(map(str, indices[:10]))
+            + (f" and {len(indices) - 10} more" if len(indices) > 10 else ""))
+
+
+def _truncation_note(job_id: str, shown: int, hidden: int, displays: int, indices: list[int],
+                     capped: list[int]) -> str:
+    """The note after a cell's replayed output was cut: how much, whose, where the rest is;
+    ``capped``: iterations the worker had cut already (their text past its cap is gone)."""
     parts = [f"{hidden:,} more character{'s' * (hidden != 1)}"] * bool(hidden)
     parts += [f"{displays} display{'s' * (displays != 1)}"] * bool(displays)
-    return (f"\n[azpar: output truncated after {shown:,} characters: {' and '.join(parts)} not shown "
-            f"(iteration{'s' * (len(indices) != 1)} {which}). The whole text of iteration i: "
-            f"azpar_magic.attach('{job_id}').output(i) or %azpar logs {job_id} i]")
+    note = (f"\n[azpar: output truncated after {shown:,} characters: {' and '.join(parts)} not shown "
+            f"({_iterations_text(indices)}). The whole text of iteration i: "
+            f"azpar_magic.attach('{job_id}').output(i) or %azpar logs {job_id} i")
+    if capped:
+        note += (f"; {_iterations_text(capped)} printed more than a worker keeps ({worker.OUTPUT_LIMIT:,} "
+                 "characters each), and the rest of that was not kept")
+    return note + "]"
 
 
 def _size_text(size: float) -> str:
@@ -474,6 +484,7 @@ class AzparMagics(Magics):
         much was not shown, of which iterations, and where the whole text is."""
         shown = hidden = hidden_displays = 0
         cut: list[int] = []  # iterations with something not shown
+        capped: list[int] = []  # ... and among them those the worker had cut already
         outputs = job.outputs
         for index in sorted(outputs):
             for kind, data in outputs[index]:
@@ -490,12 +501,14 @@ class AzparMagics(Magics):
                 if len(text) < len(data):
                     hidden += len(data) - len(text)
                     cut.append(index)
+                    if worker.TRUNCATED_MARK in data[len(text):]:
+                        capped.append(index)
                 if text:
                     shown += len(text)
                     (sys.stdout if kind == "stdout" else sys.stderr).write(text)
         sys.stdout.flush()
         if hidden or hidden_displays:
-            print(_truncation_note(job.id, shown, hidden, hidden_displays, sorted(set(cut))), file=sys.stderr)
+            print(_truncation_note(job.id, shown, hidden, hidden_displays, sorted(set(cut)), capped), file=sys.stderr)
         sys.stderr.flush()
 
     @staticmethod

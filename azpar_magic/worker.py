@@ -75,7 +75,8 @@ MERGED_MAGIC = b"AZPARM1\n"
 # shows less after a run). Past it, text and displays are counted, not kept, and the
 # iteration's output ends with a note saying how much was dropped.
 OUTPUT_LIMIT = 1_000_000
-TRUNCATED_NOTE = ("\n[azpar: this iteration printed {total:,} characters; the worker kept the first {kept:,} "
+TRUNCATED_MARK = "[azpar: this iteration printed "
+TRUNCATED_NOTE = ("\n" + TRUNCATED_MARK + "{total:,} characters; the worker kept the first {kept:,} "
                   "characters and dropped the other {dropped:,}{displays} (at most {kept:,} are kept per "
                   "iteration: write large output to a file)]\n")
 

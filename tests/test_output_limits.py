@@ -31,6 +31,7 @@ i''')
     assert note, run.stderr
     assert int(note.group(1).replace(",", "")) == SHOWN_OUTPUT_LIMIT
     assert f"azpar_magic.attach('{job.id}').output(i)" in run.stderr and f"%azpar logs {job.id}" in run.stderr
+    assert f"iteration 0 printed more than a worker keeps ({worker.OUTPUT_LIMIT:,} characters each)" in run.stderr
     # job.output(0): what the worker kept, and a note on what it dropped.
     text = job.output(0)
     assert text.startswith("x" * worker.OUTPUT_LIMIT) and not text.startswith("x" * (worker.OUTPUT_LIMIT + 1))
@@ -49,6 +50,7 @@ i''')
     assert run.stdout == "y" * SHOWN_OUTPUT_LIMIT
     assert f"output truncated after {SHOWN_OUTPUT_LIMIT:,} characters: 500 more characters not shown " \
            "(iteration 0)" in run.stderr, run.stderr
+    assert "more than a worker keeps" not in run.stderr  # the worker kept all of it
 
 
 @pytest.mark.timeout(120)
