@@ -37,6 +37,7 @@ import os
 import pickle
 import platform
 import random
+import re
 import shutil
 import signal
 import struct
@@ -761,7 +762,10 @@ def _resolve_root(path: str) -> str:
 
 
 def _pattern_segments(pattern: str) -> list[str]:
-    return [s for s in pattern.replace("\\", "/").split("/") if s not in ("", ".")]
+    """A glob's segments; none for a pattern ending with a slash, which (as in glob) names
+    folders only, so no output file."""
+    norm = pattern.replace("\\", "/")
+    return [] if norm.endswith("/") else [s for s in norm.split("/") if s not in ("", ".")]
 
 
 def _segment_matches(pattern: str, name: str) -> bool:
@@ -772,17 +776,54 @@ def _segment_matches(pattern: str, name: str) -> bool:
     return fnmatch.fnmatch(name, pattern)
 
 
-def _glob_match(pattern: list[str], path: tuple[str, ...]) -> bool:
-    """Whether the path (segments) matches the glob (segments); ``**`` spans any number of
+def _glob_regex(pattern: list[str]) -> re.Pattern:
+    """The glob (segments) as one regular expression over a ``/``-joined relative path, one
+    match per file: ``*``, ``?`` and ``[..]`` stay within a segment and, as in glob, match a
+    leading dot only when the segment itself starts with one; ``**`` spans any number of
     segments that do not start with a dot, as glob's recursive mode does."""
     if not pattern:
-        return not path
-    head = pattern[0]
-    if head == "**":
-        if _glob_match(pattern[1:], path):
-            return True
-        return bool(path) and not path[0].startswith(".") and _glob_match(pattern, path[1:])
-    return bool(path) and _segment_matches(head, path[0]) and _glob_match(pattern[1:], path[1:])
+        return re.compile(r"(?!)")  # matches nothing
+    out = []
+    for i, segment in enumerate(pattern):
+        last = i == len(pattern) - 1
+        if segment == "**":
+            out.append(r"(?:(?!\.)[^/]+(?:/(?!\.)[^/]+)*)?" if last else r"(?:(?!\.)[^/]+/)*")
+            continue
+        out.append(("" if segment.startswith(".") else r"(?!\.)") + _segment_regex(segment) + ("" if last else "/"))
+    flags = re.IGNORECASE if os.path.normcase("A") == "a" else 0
+    try:
+        return re.compile("".join(out), flags)
+    except re.error:  # a class like [z-a]: as in fnmatch, it matches nothing
+        return re.compile(r"(?!)")
+
+
+def _segment_regex(segment: str) -> str:
+    """One glob segment as a regular expression that never crosses a ``/`` (fnmatch's
+    rules: ``[!..]`` negates, a ``]`` first in a class is literal, an unclosed ``[`` is)."""
+    out, i, n = [], 0, len(segment)
+    while i < n:
+        c = segment[i]
+        i += 1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = i + (segment[i:i + 1] == "!")
+            j += segment[j:j + 1] == "]"
+            end = segment.find("]", j)
+            if end < 0:
+                out.append(re.escape(c))
+                continue
+            body = segment[i:end]
+            negate = body.startswith("!")
+            body = body[negate:]
+            body = "".join("\\" + ch if ch in "\\[]^" else ch for ch in body)
+            out.append(("[^/" if negate else "[") + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
 
 
 def _may_hold(pattern: list[str], folder: tuple[str, ...]) -> bool:
@@ -823,6 +864,7 @@ def find_outputs(folder: str, patterns: list[str]) -> FoundOutputs:
     follows every link: a link to ``/`` under ``**`` would walk the whole machine."""
     found = FoundOutputs()
     parsed = [(p, _pattern_segments(p)) for p in patterns]
+    regexes = [(p, _glob_regex(segs).fullmatch) for p, segs in parsed]
     root = os.path.realpath(folder)
     stack: list[tuple[tuple[str, ...], str, bool, frozenset]] = [((), folder, False, frozenset([root]))]
     while stack:
@@ -843,7 +885,8 @@ def find_outputs(folder: str, patterns: list[str]) -> FoundOutputs:
             except OSError:
                 continue
             if link and not _inside(real, root):
-                chosen = [p for p, segs in parsed if (_may_hold(segs, rel) if is_dir else _glob_match(segs, rel))]
+                chosen = ([p for p, segs in parsed if _may_hold(segs, rel)] if is_dir
+                          else [p for p, match in regexes if match("/".join(rel))])
                 if chosen:
                     found.skipped["/".join(rel) + ("/" if is_dir else "")] = real
                     found.hit.update(chosen)
@@ -854,9 +897,10 @@ def find_outputs(folder: str, patterns: list[str]) -> FoundOutputs:
                 continue
             if not (os.path.isfile(real) if link else entry.is_file(follow_symlinks=False)):
                 continue
-            chosen = [p for p, segs in parsed if _glob_match(segs, rel)]
+            joined = "/".join(rel)
+            chosen = [p for p, match in regexes if match(joined)]
             if chosen:
-                found.files["/".join(rel)] = (real, via_link or link)
+                found.files[joined] = (real, via_link or link)
                 found.hit.update(chosen)
     return found
 

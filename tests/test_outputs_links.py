@@ -146,6 +146,8 @@ def test_hidden_files_follow_glob_rules(ip, run_cell, folder):
 @pytest.mark.parametrize("pattern", [
     "*.csv", "**/*.csv", "**", "*", "sub/*", "sub/**", "sub/**/*.txt", "**/deep/*", "?.csv", "[ab].csv",
     "[!a].csv", "a.csv", "sub/x.txt", "./a.csv", "**/.h*", ".*", "sub//x.txt", "*/*", "**/**/*.txt", "nope/*",
+    "[]]x", "[!]]x", "[a-b].csv", "x[", "x[*", "**/sub/**", "sub/**/", "*.CSV", "s?b/*.*", "**/deep/**", "[.]h.csv",
+    "[z-a].csv", "[\\]x", "[^b]x",
 ])
 def test_the_walk_selects_what_glob_selects_where_there_are_no_links(tmp_path, pattern):
     """Without links the hand-written walk gives glob's answer (the rules users know),
@@ -155,7 +157,7 @@ def test_the_walk_selects_what_glob_selects_where_there_are_no_links(tmp_path, p
     from azpar_magic.worker import find_outputs
 
     for rel in ("a.csv", "b.csv", "c.txt", ".h.csv", "sub/x.txt", "sub/y.csv", "sub/deep/z.txt", "sub/.hid/w.txt",
-                ".cache/q.csv", "inputs/in.csv", "sub/inputs/kept.csv"):
+                ".cache/q.csv", "inputs/in.csv", "sub/inputs/kept.csv", "]x", "x[", "x[y", "bx"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(rel)
     expected = sorted({os.path.normpath(m).replace(os.sep, "/")
