@@ -75,7 +75,8 @@ def ls(path: str = "", *, profile: str | None = None) -> list[Entry]:
 def get(source: str, target: str, *, profile: str | None = None, progress: ProgressHook | None = None) -> list[str]:
     """Download a blob (to ``target``, or into it when it is a folder or ends with a slash)
     or a folder of blobs (into the folder ``target``, keeping their layout); the local paths
-    written. FileNotFoundError when nothing is at ``source``."""
+    written. FileNotFoundError when nothing is at ``source``; ValueError, before anything is
+    written, when a blob's name would land outside ``target`` (a ``..`` segment)."""
     from .backends.azure import blobs
 
     container, name = _split(source, "get's source")
