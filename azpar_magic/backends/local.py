@@ -708,7 +708,8 @@ def _read_cpu_quota(folder: str, v2: bool) -> float | None:
 
 _HUB_PREFIXES = ("JUPYTERHUB_", "JPY_")  # the hub's API token, its OAuth client, the user's server
 _SERVER_SECRETS = ("JUPYTER_TOKEN", "JUPYTER_PASSWORD")
-_AZURE_SECRETS = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_PASSWORD")  # auth = service-principal
+# auth = service-principal reads these; a task must not
+_AZURE_SECRETS = ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "AZURE_PASSWORD")
 
 
 def secret_variables(environ: dict[str, str] | None = None, cwd: str | None = None) -> set[str]:
