@@ -229,16 +229,17 @@ def _dead_process() -> tuple[int, int]:
 
 def test_staging_folders_of_dead_owners_are_swept_and_live_ones_kept(tmp_path):
     dead_pid, dead_start = _dead_process()
-    dead = tmp_path / f"azpar-local-{dead_pid}-{dead_start}-abcd1234"
+    dead = tmp_path / (local.stage_prefix(dead_pid, dead_start) + "abcd1234")
     mine = tmp_path / (local.stage_prefix() + "efgh5678")
-    reused = tmp_path / f"azpar-local-{os.getpid()}-{(local._start_time(os.getpid()) or 0) + 1}-ijkl9012"
+    reused = tmp_path / (local.stage_prefix(os.getpid(), (local._start_time(os.getpid()) or 0) + 1) + "ijkl9012")
     other = tmp_path / "azpar-local-zxtbpnmb"  # an older version's name: the owner is unknown, kept
-    for folder in (dead, mine, reused, other):
+    elsewhere = tmp_path / f"azpar-local-{dead_pid}-{dead_start}-{local._pid_namespace() + 1}-mnop3456"  # another container's
+    for folder in (dead, mine, reused, other, elsewhere):
         folder.mkdir()
         (folder / "ns-x.bin").write_bytes(b"x" * 100)
     removed = local.sweep_stale_stages(str(tmp_path))
     assert sorted(removed) == sorted([str(dead), str(reused)])
-    assert mine.exists() and other.exists() and not dead.exists() and not reused.exists()
+    assert mine.exists() and other.exists() and elsewhere.exists() and not dead.exists() and not reused.exists()
 
 
 # ------------------------------------------------------------------ heartbeat

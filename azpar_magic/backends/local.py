@@ -752,15 +752,25 @@ def stage_base() -> str:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
-def stage_prefix(pid: int | None = None) -> str:
-    """``azpar-local-<owner pid>-<owner start time>-``: who owns a staging folder, so that
-    a folder whose owner died (SIGKILL, OOM) is recognised and removed (a reused pid has
-    another start time)."""
+def stage_prefix(pid: int | None = None, started: int | None = None) -> str:
+    """``azpar-local-<owner pid>-<owner start time>-<pid namespace>-``: who owns a staging
+    folder, so that a folder whose owner died (SIGKILL, OOM) is recognised and removed (a
+    reused pid has another start time; a pid of another container's namespace is not
+    looked up in this one)."""
     pid = os.getpid() if pid is None else pid
-    return f"{STAGE_PREFIX}{pid}-{_start_time(pid) or 0}-"
+    started = _start_time(pid) if started is None else started
+    return f"{STAGE_PREFIX}{pid}-{started or 0}-{_pid_namespace()}-"
 
 
-_STAGE_NAME = re.compile(re.escape(STAGE_PREFIX) + r"(\d+)-(\d+)-[^/]+")
+_STAGE_NAME = re.compile(re.escape(STAGE_PREFIX) + r"(\d+)-(\d+)-(\d+)-[^/]+")
+
+
+def _pid_namespace() -> int:
+    """An id of this process's pid namespace (0 when unknown): pids mean something only in it."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 def sweep_stale_stages(base: str) -> list[str]:
@@ -772,8 +782,8 @@ def sweep_stale_stages(base: str) -> list[str]:
         return removed
     for name in names:
         match = _STAGE_NAME.fullmatch(name)
-        if not match:
-            continue
+        if not match or int(match.group(3)) != _pid_namespace():
+            continue  # another version's name, or another pid namespace's owner: not ours to judge
         path = os.path.join(base, name)
         try:
             info = os.lstat(path)
