@@ -233,7 +233,8 @@ def test_staging_folders_of_dead_owners_are_swept_and_live_ones_kept(tmp_path):
     mine = tmp_path / (local.stage_prefix() + "efgh5678")
     reused = tmp_path / (local.stage_prefix(os.getpid(), (local._start_time(os.getpid()) or 0) + 1) + "ijkl9012")
     other = tmp_path / "azpar-local-zxtbpnmb"  # an older version's name: the owner is unknown, kept
-    elsewhere = tmp_path / f"azpar-local-{dead_pid}-{dead_start}-{local._pid_namespace() + 1}-mnop3456"  # another container's
+    # The same dead owner's pid in another container's pid namespace: not this one's to judge.
+    elsewhere = tmp_path / f"azpar-local-{dead_pid}-{dead_start}-{local._pid_namespace() + 1}-mnop3456"
     for folder in (dead, mine, reused, other, elsewhere):
         folder.mkdir()
         (folder / "ns-x.bin").write_bytes(b"x" * 100)
