@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -110,3 +112,42 @@ def test_killing_the_kernel_ends_its_workers_and_their_tasks_and_the_next_pool_s
     finally:
         kernel.kc.stop_channels()
         kernel.km.shutdown_kernel(now=True)
+
+
+STOPPED_TASK = """%%azpar -o held --chunk-size 1 for i in range(1):
+import os, pathlib, time
+pathlib.Path(FOLDER, "pid").write_text(str(os.getpid()))
+time.sleep(5)
+i"""
+
+
+@pytest.mark.timeout(180)
+def test_the_progress_line_says_when_a_worker_is_stopped(tmp_path):
+    """A worker stopped (SIGSTOP) mid-task used to leave the line at "running" with no word;
+    the line names the task and its stopped worker while it is stopped."""
+    kernel = _kernel(tmp_path, {})
+    folder = tmp_path / "pid"
+    folder.mkdir()
+
+    def stop_for_a_while():
+        assert wait_for(lambda: (folder / "pid").exists() and (folder / "pid").read_text(), 60)
+        pid = int((folder / "pid").read_text())
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(2.5)
+        os.kill(pid, signal.SIGCONT)
+
+    try:
+        kernel.ok(f"FOLDER = {str(folder)!r}")
+        stopper = threading.Thread(target=stop_for_a_while, daemon=True)
+        stopper.start()
+        run = kernel.ok(STOPPED_TASK)
+        stopper.join(10)
+        lines = [m["content"]["data"].get("text/plain", "") for m in run.messages
+                 if m["msg_type"] in ("display_data", "update_display_data")]
+        stuck = [line for line in lines if "is stopped (SIGSTOP?)" in line]
+        assert stuck, lines
+        assert re.search(r"task 1: worker worker-\d+ is stopped \(SIGSTOP\?\); no heartbeat for [\d.]+ s", stuck[-1])
+        assert "SIGSTOP" not in lines[-1]  # gone once the worker runs again and the job ends
+        assert kernel.value("held") == "[0]"
+    finally:
+        _stop(kernel)
