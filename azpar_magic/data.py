@@ -229,9 +229,20 @@ def _rel_for(path: str, folder: str) -> str:
 
 
 def _walk(folder: str) -> list[str]:
+    """The files below ``folder``, through links (an input folder may be a tree of links),
+    but never into a folder already on the way down: a link cycle (``loop -> .``) would
+    otherwise repeat the whole tree some forty times, until the OS's link limit."""
     found = []
+    chains = {folder: frozenset([os.path.realpath(folder)])}
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
+        chain = chains.pop(root, frozenset())
+        keep = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            if real not in chain:
+                keep.append(name)
+                chains[os.path.join(root, name)] = chain | {real}
+        dirs[:] = keep
         found.extend(os.path.join(root, name) for name in sorted(files))
     return found
 

@@ -199,3 +199,15 @@ def test_a_rerun_of_failed_iterations_gets_their_inputs_again(ip, run_cell, fold
     assert rerun.id != first.id and not rerun.failures
     again = folder / "azpar_outputs" / rerun.id / "2" / "o.txt"  # the rerun's own folder holds what it made
     assert again.read_text() == (folder / "parts" / "part-2.csv").read_text()
+
+
+def test_an_input_folder_with_a_link_cycle_is_walked_once(tmp_path):
+    from azpar_magic.data import resolve_local
+
+    (tmp_path / "refs" / "sub").mkdir(parents=True)
+    (tmp_path / "refs" / "a.txt").write_text("a")
+    (tmp_path / "refs" / "sub" / "b.txt").write_text("b")
+    os.symlink(".", tmp_path / "refs" / "loop")  # a cycle: refs/loop/loop/... is refs again
+    os.symlink("sub", tmp_path / "refs" / "alias")  # not a cycle: followed like any folder
+    rels = sorted(f.rel for f in resolve_local("refs", str(tmp_path)))
+    assert rels == ["refs/a.txt", "refs/alias/b.txt", "refs/sub/b.txt"]
