@@ -247,6 +247,35 @@ def _walk(folder: str) -> list[str]:
     return found
 
 
+def _drop_cycles(hits: list[str], pattern: str) -> list[str]:
+    """The matches of the glob ``pattern`` that do not go down, below its fixed part, into a
+    folder they are already in: glob's ``**`` follows a link cycle such as ``loop -> .`` to
+    the OS's link limit. (A link in the fixed part is the user's own way in and is kept,
+    wherever it points.) Each distinct folder on the way is resolved once."""
+    parts = os.path.abspath(pattern).split(os.sep)
+    fixed = next(i for i, part in enumerate(parts + ["*"]) if _GLOB_CHARS.search(part))
+    base = os.sep.join(parts[:fixed]) or os.sep
+    real: dict[str, str] = {}
+
+    def resolved(path: str) -> str:
+        if path not in real:
+            real[path] = os.path.realpath(path)
+        return real[path]
+
+    def cycles(path: str) -> bool:
+        seen = set()
+        head = os.path.abspath(path)
+        while len(head) >= len(base):
+            where = resolved(head)
+            if where in seen:
+                return True
+            seen.add(where)
+            head = os.path.dirname(head)
+        return False
+
+    return [h for h in hits if not cycles(h)]
+
+
 def resolve_local(text: str, folder: str, label: str | None = None) -> list[LocalFile]:
     """The files a local spec names (a file, a folder, a glob); DataError when none.
     ``label`` names the spec in messages (default ``--inputs 'TEXT'``)."""
@@ -254,7 +283,7 @@ def resolve_local(text: str, folder: str, label: str | None = None) -> list[Loca
     expanded = os.path.expanduser(text)
     full = expanded if os.path.isabs(expanded) else os.path.join(folder, expanded)
     if _GLOB_CHARS.search(expanded):
-        hits = sorted(glob.glob(full, recursive=True))
+        hits = _drop_cycles(sorted(glob.glob(full, recursive=True)), full)
     else:
         hits = [full] if os.path.exists(full) else []
     files: list[str] = []

@@ -211,3 +211,10 @@ def test_an_input_folder_with_a_link_cycle_is_walked_once(tmp_path):
     os.symlink("sub", tmp_path / "refs" / "alias")  # not a cycle: followed like any folder
     rels = sorted(f.rel for f in resolve_local("refs", str(tmp_path)))
     assert rels == ["refs/a.txt", "refs/alias/b.txt", "refs/sub/b.txt"]
+    for spec in ("refs/**/*.txt", "refs/*"):  # glob's ** follows links too; refs/loop is refs again
+        rels = sorted(f.rel for f in resolve_local(spec, str(tmp_path)))
+        assert rels == ["refs/a.txt", "refs/alias/b.txt", "refs/sub/b.txt"], spec
+    notebook = tmp_path / "refs" / "sub" / "nb"  # a link of the user's to a folder above: kept
+    notebook.mkdir()
+    os.symlink(tmp_path / "refs", notebook / "up")
+    assert sorted(f.rel for f in resolve_local("up/*.txt", str(notebook))) == ["up/a.txt"]
