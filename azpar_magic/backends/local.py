@@ -83,7 +83,7 @@ class _Job:
 
 
 class LocalBackend:
-    """Worker processes on this machine (default: one per core)."""
+    """Worker processes on this machine (default: one per CPU this process may use)."""
 
     name = "local"
 
