@@ -136,9 +136,7 @@ def test_another_workers_size_closes_the_idle_pool_instead_of_keeping_one_per_si
         session.engine("local", 4)
         assert three not in session.engines()
     finally:
-        for eng in session.engines():
-            if eng.backend.name == "local" and eng.backend.size in (3, 4, 5):
-                eng.backend.close()
+        session.engine("local")  # back to the default pool: the others, idle, are closed and forgotten
 
 
 # ------------------------------------------------------------------ default size
