@@ -98,3 +98,25 @@ def test_ctrl_c_stops_taking_the_items_of_an_endless_iterable(fresh_kernel):
     kernel.ok("del os.environ['AZPAR_MAX_ITEMS']")
     kernel.ok("%%azpar -q --workers 1 -o r for x in range(3):\nx + 1", timeout=60)
     assert kernel.value("r") == "[1, 2, 3]"
+
+
+@pytest.mark.timeout(60)
+def test_a_running_job_holds_no_copy_of_its_staged_namespace(ip, run_cell):
+    """While a job runs (--no-wait), neither the Job nor the local pool's record of it keeps
+    the namespace bytes: they are in the staged file, which the workers read."""
+    import azpar_magic
+    from azpar_magic import session
+
+    ip.user_ns["blob"] = b"x" * (8 * _MB)
+    try:
+        run = run_cell("%%azpar -q --no-wait --workers 2 -o r for i in range(2):\n"
+                       "import time\ntime.sleep(1.5)\nlen(blob) + i")
+        assert run.success, run.error
+        job = azpar_magic.jobs()[-1]
+        assert job.capture.data == b"" and job.capture.size > 8 * _MB
+        records = [eng.backend._jobs[job.id] for eng in session.engines() if job.id in eng.jobs]
+        assert records and all(rec.spec.namespace == b"" for rec in records)
+        assert job.result(timeout=30) == [8 * _MB, 8 * _MB + 1]
+    finally:
+        ip.user_ns.pop("blob", None)
+        ip.user_ns.pop("r", None)
