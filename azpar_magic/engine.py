@@ -28,6 +28,7 @@ from . import config
 from . import data as data_mod
 from . import identity
 from . import merge
+from . import parsing
 from . import store
 from . import worker as wire
 from .backends.base import Backend, JobSpec, TaskEvent, TaskSpec
@@ -175,16 +176,20 @@ def validate_options(options: JobOptions, spelling: dict[str, str] = API_SPELLIN
     if options.errors not in merge.ERROR_POLICIES:
         raise SubmitError(f"{spelling['errors']} must be one of {', '.join(merge.ERROR_POLICIES)}, "
                           f"not {options.errors!r}.")
-    if options.chunk_size is not None and (not isinstance(options.chunk_size, int) or options.chunk_size < 1):
+    if options.chunk_size is not None and (not _whole(options.chunk_size) or options.chunk_size < 1):
         raise SubmitError(f"{spelling['chunk_size']} must be a positive whole number (or auto), "
                           f"not {options.chunk_size!r}.")
-    if options.timeout is not None and not options.timeout > 0:
-        raise SubmitError(f"{spelling['timeout']} must be a positive number of seconds, not {options.timeout!r}.")
-    if not isinstance(options.retries, int) or options.retries < 0:
-        raise SubmitError(f"{spelling['retries']} must be 0 or more, not {options.retries!r}.")
-    if options.seed is not None and (not isinstance(options.seed, int) or options.seed < 0):
-        raise SubmitError(f"{spelling['seed']} must be a non-negative whole number, not {options.seed!r}.")
-    bad = [name for name in options.gather if not str(name).isidentifier()]
+    timeout = options.timeout
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout <= MAX_TIMEOUT):  # also refuses nan and inf
+        raise SubmitError(f"{spelling['timeout']} must be a number of seconds above 0 and at most {MAX_TIMEOUT} "
+                          f"(7 days; leave it out for no limit), not {timeout!r}.")
+    if not _whole(options.retries) or not 0 <= options.retries <= MAX_RETRIES:
+        raise SubmitError(f"{spelling['retries']} must be a whole number from 0 to {MAX_RETRIES}, "
+                          f"not {options.retries!r}.")
+    if options.seed is not None and (not _whole(options.seed) or not 0 <= options.seed <= MAX_SEED):
+        raise SubmitError(f"{spelling['seed']} must be a whole number from 0 to 2**64-1, not {options.seed!r}.")
+    bad = [name for name in options.gather if not (isinstance(name, str) and parsing.is_variable_name(name))]
     if bad:
         raise SubmitError(f"{spelling['gather']} takes variable names; {', '.join(map(repr, bad))} is not one.")
     if options.output_name is not None and options.output_name in options.gather:

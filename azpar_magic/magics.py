@@ -8,23 +8,23 @@ printed, and binds the result into the user's namespace.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 import time
 from collections import OrderedDict
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.process import arg_split
 from IPython.display import display, publish_display_data
 
 from . import merge, session, worker
 from .config import ConfigError
-from .engine import FLAG_SPELLING, RunRequest, SubmitError
+from .engine import FLAG_SPELLING, RunRequest, SubmitError, validate_options
 from .errors import IterationError
 from .job import LOST, Job, JobOptions
-from .parsing import CellError, parse_cell
+from .parsing import CellError, body_warnings, is_requirement, is_variable_name, parse_cell, split_requirements
 from .ui.text import format_failures, format_pool_text, format_snapshot
 
 DEFAULT_OUTPUT = "azpar_result"
@@ -42,22 +42,88 @@ def _lost_message(job: Job) -> str:
             f"{len(job.items) - succeeded} and binds the whole result in order.")
 
 
-def _names(value: str | None) -> tuple[str, ...]:
+def _names(value: str | None, flag: str) -> tuple[str, ...]:
     if not value:
         return ()
     names = tuple(n.strip() for n in value.split(",") if n.strip())
-    bad = [n for n in names if not n.isidentifier()]
+    bad = [n for n in names if not is_variable_name(n)]
     if bad:
-        raise UsageError(f"expected comma-separated variable names, got {', '.join(map(repr, bad))}")
+        raise UsageError(f"{flag} takes comma-separated variable names; {', '.join(map(repr, bad))} "
+                         f"{'is' if len(bad) == 1 else 'are'} not (a Python keyword cannot be a variable). "
+                         "Nothing was submitted.")
     return names
+
+
+def _variable(name: str, flag: str = "-o") -> str:
+    """The name a result is bound to; ``class`` or ``None`` would pass ``str.isidentifier``."""
+    if not is_variable_name(name):
+        raise UsageError(f"{flag} needs a variable name, got {name!r}"
+                         + (" (a Python keyword)" if name.isidentifier() else "") + ". Nothing was submitted.")
+    return name
 
 
 def _unquote(text: str) -> str:
     """IPython's option splitter keeps the quotes around a value (``'data/{i}.csv'``),
-    which are needed to protect globs and braces; the path is what is inside them."""
+    which are needed to protect globs, braces, spaces and commas; the value is what is
+    inside them."""
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     return text
+
+
+def _number(flag: str, text: str | None, kind: type):
+    """An option's number, or None when it is not given; a UsageError naming the flag."""
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        whole = "a whole number" if kind is int else "a number"
+        raise UsageError(f"{flag} must be {whole}, got {text!r}. Nothing was submitted.") from None
+
+
+WORKERS_PER_CPU = 4  # --workers above this many per usable CPU is refused (see _workers_limit)
+WORKERS_FLOOR = 32  # ... but this many are always allowed (I/O-bound bodies on a small machine)
+
+
+def _workers_limit() -> int:
+    """Per usable CPU (affinity and cgroup quota, as the default pool size), not the
+    machine's count: a pod limited to 2 CPUs on a 64-core node may not start 256 workers."""
+    return max(WORKERS_FLOOR, WORKERS_PER_CPU * session.default_workers())
+
+
+def _unsatisfied(requirements: list[str]) -> list[str]:
+    """The --packages requirements this kernel's environment does not meet, each with what
+    it has: local iterations import from here, so a cell written for Azure that runs locally
+    should say when it runs against other versions. Specifiers are checked with
+    ``packaging`` when it is installed, else only ``==``."""
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # pragma: no cover - packaging comes with ipykernel and pip
+        Requirement = None  # noqa: N806
+    problems = []
+    for text in requirements:
+        name = text.split("[", 1)[0]
+        for operator in ("===", "==", ">=", "<=", "~=", "!=", "<", ">"):
+            name = name.split(operator, 1)[0]
+        name = name.strip()
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{text} (not installed)")
+            continue
+        if Requirement is not None:
+            try:
+                ok = Requirement(text).specifier.contains(have, prereleases=True)
+            except InvalidRequirement:
+                ok = True  # the Azure side reports it; here only versions are compared
+        else:
+            ok = "==" not in text or text.split("==", 1)[1].strip() == have
+        if not ok:
+            problems.append(f"{text} ({have} installed)")
+    return problems
 
 
 def _iterations_text(indices: list[int]) -> str:
@@ -294,25 +360,29 @@ class AzparMagics(Magics):
     @argument("--errors", default="stop", choices=merge.ERROR_POLICIES,
               help="stop: raise the first failure (index, item, remote traceback); remove: drop failed "
                    "iterations; pass: the exception object stands in for the value")
-    @argument("--retries", type=int, default=2, metavar="N",
+    @argument("--retries", default="2", metavar="N",
               help="attempts after an infrastructure failure (lost worker, killed process); user "
-                   "exceptions are never retried (default: 2)")
+                   "exceptions are never retried (default: 2, at most 100)")
     @argument("--chunk-size", default="auto", metavar="N|auto",
               help="iterations per task; auto balances overhead and load (default)")
-    @argument("--seed", type=int, metavar="N", help="give each iteration its own reproducible random "
-                                                   "stream (random and numpy.random), whatever the scheduling")
-    @argument("--timeout", type=float, metavar="SECONDS", help="kill a task running longer than this")
+    @argument("--seed", metavar="N", help="give each iteration its own reproducible random "
+                                         "stream (random and numpy.random), whatever the scheduling; 0 to 2**64-1")
+    @argument("--timeout", metavar="SECONDS", help="kill a task running longer than this (more than 0, at most "
+                                                  "604800: 7 days)")
     @argument("--export", metavar="A,B", help="ship these variables even if the body does not name them")
     @argument("--no-export", metavar="A,B", help="never ship these variables")
     @argument("--no-wait", action="store_true", help="return a job handle at once; "
                                                     "%%azpar collect binds the result later")
     @argument("-q", "--quiet", action="store_true", help="no progress line")
     @argument("--backend", metavar="NAME", help="backend for this cell (default from configuration: local)")
-    @argument("--workers", type=int, metavar="N", help="size of the local pool (default: one per core)")
+    @argument("--workers", metavar="N", help="size of the local pool (default: one per CPU this kernel may use; "
+                                            "at most 4 per usable CPU, or 32 on smaller machines)")
     @argument("--profile", metavar="NAME", help="run with this profile (an Azure pool, see %%azpar config); "
                                                 "default: %%azpar use, then the config files")
-    @argument("--packages", metavar="REQ,REQ", help="Azure: pip requirements installed on each node for this job "
-                                                   "(cached by their hash across jobs)")
+    @argument("--packages", action="append", metavar="REQ,REQ",
+              help="Azure: pip requirements installed on each node for this job (cached by their hash across "
+                   "jobs); repeatable; a comma before a version operator continues a range ('x>=0.1,<0.2'). "
+                   "Local pool: installs nothing, checks this environment has them")
     @argument("--merge", default="client", choices=("client", "cloud"),
               help="Azure: client (default) downloads results as tasks finish; cloud adds a merge task that "
                    "writes one merged blob, downloaded once")
@@ -327,6 +397,7 @@ class AzparMagics(Magics):
     @argument("--outputs-to", metavar="DEST", help="where --outputs go instead of azpar_outputs: a folder or "
                                                    "az://container/prefix (Azure)")
     @cell_magic("azpar")
+    @no_var_expand  # the line is code and paths: IPython must not fill in {name} and $name from the namespace
     def azpar_cell(self, line: str, cell: str):
         """Run the iterations of a for loop in parallel.
 
@@ -355,17 +426,24 @@ class AzparMagics(Magics):
             raise UsageError(str(exc)) from None
         args = self._parse_options(parsed.options)
         options = self._job_options(args)
+        export, no_export = _names(args.export, "--export"), _names(args.no_export, "--no-export")
         engine = self._engine(args)
-        request = RunRequest(parsed, self.shell.user_ns, options, _names(args.export), _names(args.no_export),
-                             backend_options=self._backend_options(args, engine.backend.name),
+        notes: list[str] = []
+        request = RunRequest(parsed, self.shell.user_ns, options, export, no_export,
+                             backend_options=self._backend_options(args, engine.backend.name, notes),
                              spelling=FLAG_SPELLING)
+        for note in notes + [f"azpar: warning: {text}" for text in body_warnings(parsed, options.gather)]:
+            print(note, file=sys.stderr)
         uploads = request.backend_options["transfer_progress"] = _TransferProgress(quiet=args.quiet)  # --inputs
+        before = set(engine.jobs)
         try:
             job = engine.submit(request)
         except SubmitError as exc:
             raise UsageError(str(exc)) from None
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"The job could not be started: {exc}. Nothing was submitted.") from None
+        except KeyboardInterrupt:
+            self._interrupted(engine, before)
         finally:
             uploads.close()
         session.remember(job)
@@ -387,32 +465,60 @@ class AzparMagics(Magics):
             raise UsageError(f"{exc}. Nothing was submitted.") from None
 
     @staticmethod
-    def _backend_options(args, backend: str) -> dict:
-        packages = [p.strip() for p in (args.packages or "").split(",") if p.strip()]
-        if backend != "azure" and (packages or args.merge == "cloud" or args.keep):
-            used = [flag for flag, on in (("--packages", packages), ("--merge cloud", args.merge == "cloud"),
-                                          ("--keep", args.keep)) if on]
-            raise UsageError(f"{', '.join(used)} only apply to the Azure backend; this cell runs on the {backend} "
-                             "backend. Nothing was submitted.")
-        bad = [p for p in packages if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?"
-                                                   r"\s*((==|>=|<=|~=|!=|<|>)\s*[A-Za-z0-9.*+!_-]+\s*,?\s*)*$", p)]
+    def _interrupted(engine, before: set[str]):
+        """Ctrl-C while the iterable was evaluated, the namespace captured or the job handed
+        to the backend: one line saying so (the traceback would be from inside pickling)."""
+        started = [job for job_id, job in list(engine.jobs.items()) if job_id not in before]
+        if not started:
+            raise UsageError("Interrupted (Ctrl-C) while preparing the run (evaluating the iterable, capturing or "
+                             "staging the namespace): nothing was submitted.") from None
+        for job in started:
+            job.cancel()
+        raise UsageError(f"Interrupted (Ctrl-C) while submitting job {started[0].id}: it was cancelled, and no "
+                         "result is bound.") from None
+
+    @staticmethod
+    def _backend_options(args, backend: str, notes: list[str]) -> dict:
+        """Options only the Azure backend acts on. Elsewhere they are accepted (so a cell
+        written for Azure can be debugged locally unchanged) with one line saying what they
+        do not do here, and --packages is checked against this kernel's environment, which
+        local iterations use."""
+        packages = split_requirements(args.packages or ())
+        bad = [p for p in packages if not is_requirement(p)]
         if bad:
-            raise UsageError(f"--packages takes pip requirements like numpy==1.26.4; {', '.join(map(repr, bad))} "
-                             "is not one. Nothing was submitted.")
+            raise UsageError(f"--packages takes pip requirements like numpy==1.26.4 or 'scipy>=1.11,<1.14' "
+                             f"(repeatable, or separated by commas); {', '.join(map(repr, bad))} "
+                             f"{'is' if len(bad) == 1 else 'are'} not. Nothing was submitted.")
+        if backend != "azure":
+            ignored = [text for text, on in (
+                ("--packages installs nothing (iterations use this kernel's environment)", packages),
+                ("--merge cloud merges in the kernel as usual", args.merge == "cloud"),
+                ("--keep has no Batch job to keep", args.keep)) if on]
+            if ignored:
+                notes.append(f"azpar: on the {backend} pool, {'; '.join(ignored)}; they act on Azure only.")
+            missing = _unsatisfied(packages)
+            if missing:
+                notes.append("azpar: warning: --packages not satisfied in this kernel's environment: "
+                             f"{', '.join(missing)}; local iterations may fail or differ from Azure.")
         return {"packages": packages, "merge": args.merge, "keep": args.keep}
 
     def _parse_options(self, text: str):
+        """Every value is taken as typed, without its quotes (IPython's splitter keeps them):
+        quoting protects spaces, commas, braces and globs the same way for every option."""
         try:
-            return parse_argstring(self.azpar_cell, text)
+            words = [_unquote(word) for word in arg_split(text, strict=True)]
+        except ValueError as exc:
+            raise UsageError(f"the %%azpar options could not be read: {exc} (a quote is not closed?): {text!r}. "
+                             "Nothing was submitted.") from None
+        try:
+            return self.azpar_cell.parser.parse_args(words)
         except UsageError:
             raise
         except SystemExit:  # argparse's own exit on a bad value
             raise UsageError(f"invalid %%azpar options: {text!r}; see %%azpar?") from None
 
     def _job_options(self, args) -> JobOptions:
-        output = args.output or DEFAULT_OUTPUT
-        if not output.isidentifier():
-            raise UsageError(f"-o needs a variable name, got {output!r}")
+        output = _variable(args.output or DEFAULT_OUTPUT)
         combine = args.combine
         if combine not in merge.COMBINE_MODES:
             try:
@@ -431,14 +537,22 @@ class AzparMagics(Magics):
                 chunk_size = int(chunk)
             except ValueError:
                 raise UsageError(f"--chunk-size must be a positive whole number or auto, got {chunk!r}") from None
-        if args.workers is not None and args.workers < 1:
-            raise UsageError(f"--workers must be at least 1, got {args.workers}")
-        gather = _names(args.gather)
-        return JobOptions(combine=combine, errors=args.errors, gather=gather, retries=args.retries,
-                          timeout=args.timeout, chunk_size=chunk_size, seed=args.seed, output_name=output,
-                          inputs=tuple(map(_unquote, args.inputs or ())),
-                          outputs=tuple(map(_unquote, args.outputs or ())),
-                          outputs_to=_unquote(args.outputs_to) if args.outputs_to else None)
+        workers = _number("--workers", args.workers, int)
+        if workers is not None and not 1 <= workers <= _workers_limit():
+            raise UsageError(f"--workers must be between 1 and {_workers_limit()} ({WORKERS_PER_CPU} per CPU this "
+                             f"kernel may use, at least {WORKERS_FLOOR}), got {workers}. Nothing was submitted.")
+        args.workers = workers
+        options = JobOptions(combine=combine, errors=args.errors, gather=_names(args.gather, "--gather"),
+                             retries=_number("--retries", args.retries, int),
+                             timeout=_number("--timeout", args.timeout, float), chunk_size=chunk_size,
+                             seed=_number("--seed", args.seed, int), output_name=output,
+                             inputs=tuple(args.inputs or ()), outputs=tuple(args.outputs or ()),
+                             outputs_to=args.outputs_to or None)
+        try:
+            validate_options(options, FLAG_SPELLING)
+        except SubmitError as exc:
+            raise UsageError(f"{exc} Nothing was submitted.") from None
+        return options
 
     def _live_view(self, job: Job, quiet: bool):
         """The widget panel where the frontend draws widgets, else the text line."""
@@ -538,6 +652,7 @@ class AzparMagics(Magics):
     # ------------------------------------------------------------------ %azpar
 
     @line_magic("azpar")
+    @no_var_expand  # job ids, paths and FIELD=VALUE as typed (see azpar_cell)
     def azpar_line(self, line: str):
         """Manage azpar jobs and pools: ``%azpar COMMAND [ARGS]``.
 

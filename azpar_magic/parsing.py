@@ -13,8 +13,11 @@ import base64
 import copy
 import functools
 import io
+import keyword
 import marshal
+import re
 import tokenize
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .worker import FUNCTION_NAME, ITEM_NAME, VALUE_NAME
@@ -260,3 +263,106 @@ def parse_cell(line: str, body: str) -> ParsedCell:
         code=code,
         function_code=function_code,
     )
+
+
+def is_variable_name(name: str) -> bool:
+    """A name an assignment can bind: ``str.isidentifier`` also accepts keywords (``class``,
+    ``None``), which no body can assign and no result can be bound to. Soft keywords
+    (``match``, ``type``, ``_``) are ordinary names and pass."""
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def _binds_at_top(tree: ast.AST) -> set[str]:
+    """Names a body binds in its own (module) scope: assignment targets, imports, ``def``
+    and ``class`` names, ``except ... as``, ``with ... as``, loop targets and walrus targets.
+    Nested functions, lambdas and classes bind in their own scope; so do comprehensions,
+    except for their walrus targets."""
+    names: set[str] = set()
+    todo = list(ast.iter_child_nodes(tree))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            todo.extend(node.decorator_list)
+            continue
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            names.update(n.target.id for n in ast.walk(node)
+                         if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name))
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
+_DYNAMIC_BINDERS = {"globals", "exec", "vars", "locals", "setattr", "__import__"}
+
+
+def body_warnings(cell: ParsedCell, gather: Iterable[str]) -> list[str]:
+    """One-line warnings about a cell that runs but cannot give what was asked: a body with
+    no statement (only comments) gives None for every iteration, and ``--gather NAME`` of a
+    name the body never binds gives the same value (None, or the captured one) for every
+    iteration. A body that may bind names dynamically (``globals()``, ``exec``, ``import *``)
+    is given the benefit of the doubt."""
+    if not cell.body_tree.body:
+        return ["the loop body has no statement (only comments or blank lines): every iteration's value will "
+                "be None"]
+    tree = cell.body_tree
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(tree))
+    if star or used & _DYNAMIC_BINDERS:
+        return []
+    bound = _binds_at_top(tree) | set(cell.target_names)
+    missing = [name for name in gather if name not in bound]
+    if not missing:
+        return []
+    listed = ", ".join(missing)
+    verb = "assigns" if len(missing) == 1 else "assigns any of"
+    return [f"--gather {listed}: the loop body never {verb} {listed}, so the gathered list will hold the same "
+            "value (None unless the notebook defines it) for every iteration"]
+
+
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_OPERATOR = r"(?:===|==|>=|<=|~=|!=|<|>)"
+_VERSION = r"[A-Za-z0-9.*+!_-]+"
+_REQUIREMENT = re.compile(rf"{_NAME}\s*(?:\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?\s*"
+                          rf"(?:{_OPERATOR}\s*{_VERSION}(?:\s*,\s*{_OPERATOR}\s*{_VERSION})*)?")
+_CONTINUES_SPECIFIER = re.compile(rf"\s*{_OPERATOR}")
+
+
+def split_requirements(values: Iterable[str]) -> list[str]:
+    """``--packages`` values (the option is repeatable) as pip requirements.
+
+    A comma separates requirements only where a new requirement can start: not inside
+    ``[extras]``, and not before a version operator, where it continues the requirement's
+    specifier set as PEP 440 writes it (``x>=0.1,<0.2`` is one requirement,
+    ``numpy==1.26.4,scipy`` two)."""
+    found: list[str] = []
+    for value in values:
+        depth, start = 0, 0
+        for at, char in enumerate(value):
+            if char == "[":
+                depth += 1
+            elif char == "]":
+                depth = max(0, depth - 1)
+            elif char == "," and depth == 0 and not _CONTINUES_SPECIFIER.match(value, at + 1):
+                found.append(value[start:at])
+                start = at + 1
+        found.append(value[start:])
+    return [part.strip() for part in found if part.strip()]
+
+
+def is_requirement(text: str) -> bool:
+    """NAME[extras] with optional PEP 440 specifiers: what ``--packages`` installs by name
+    (no URLs, paths or pip options, which would not be cached by hash on the nodes)."""
+    return _REQUIREMENT.fullmatch(text.strip()) is not None

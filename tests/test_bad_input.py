@@ -255,6 +255,30 @@ def test_unknown_option(run_cell, guard):
     ("--gather y,r", ["--gather", "r"]),
     ("--gather 'y z'", ["y z"]),
     ("--export not_defined_anywhere", ["--export", "not_defined_anywhere"]),
+    # issue 13 item 3: values that passed argparse and then hung or killed the pool
+    ("--timeout 3000000", ["--timeout", "604800", "3000000"]),
+    ("--timeout inf", ["--timeout", "inf"]),
+    ("--timeout nan", ["--timeout", "nan"]),
+    ("--timeout 1e400", ["--timeout", "inf"]),
+    ("--timeout soon", ["--timeout", "soon"]),
+    ("--retries 1000", ["--retries", "100", "1000"]),
+    ("--retries 2.5", ["--retries", "2.5"]),
+    ("--chunk-size 2.5", ["--chunk-size", "2.5"]),
+    ("--workers 100000", ["--workers", "100000", "per CPU"]),
+    ("--workers -1", ["--workers", "-1"]),
+    ("--workers two", ["--workers", "two"]),
+    ("--seed -1", ["--seed", "-1"]),
+    ("--seed 1e3", ["--seed", "1e3"]),
+    ("--seed 18446744073709551616", ["--seed", "2**64-1"]),
+    # issue 13 item 8: keywords pass str.isidentifier but can be neither bound nor assigned
+    ("-o class", ["-o", "class", "keyword"]),
+    ("-o None", ["-o", "None", "keyword"]),
+    ("--gather class", ["--gather", "class", "keyword"]),
+    ("--export lambda", ["--export", "lambda", "keyword"]),
+    ("--no-export True", ["--no-export", "True", "keyword"]),
+    ("--packages 'x; rm -rf /'", ["--packages", "x; rm -rf /"]),
+    ("--packages 'x==1.0,https://evil/x.whl'", ["--packages", "https://evil/x.whl"]),
+    ("--combine 'lambda rows: [r for r in'", ["--combine", "SyntaxError"]),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_option_values(ip, run_cell, guard, options, fragments):
     ip.user_ns["NOT_CALLABLE"] = 3
@@ -272,6 +296,16 @@ def test_bad_option_values(ip, run_cell, guard, options, fragments):
     pytest.param({"timeout": 0}, id="timeout_0"),
     pytest.param({"timeout": -1}, id="timeout_negative"),
     pytest.param({"retries": -1}, id="retries_negative"),
+    pytest.param({"retries": 1000}, id="retries_huge"),
+    pytest.param({"retries": True}, id="retries_bool"),
+    pytest.param({"timeout": 3_000_000}, id="timeout_huge"),
+    pytest.param({"timeout": float("inf")}, id="timeout_inf"),
+    pytest.param({"timeout": float("nan")}, id="timeout_nan"),
+    pytest.param({"timeout": "5"}, id="timeout_str"),
+    pytest.param({"chunk_size": 2.0}, id="chunk_size_float"),
+    pytest.param({"seed": -1}, id="seed_negative"),
+    pytest.param({"seed": 2**64}, id="seed_huge"),
+    pytest.param({"gather": ["class"]}, id="gather_keyword"),
 ])
 def test_python_api_refuses_bad_option_values(guard, options):
     job = None
@@ -284,6 +318,17 @@ def test_python_api_refuses_bad_option_values(guard, options):
         if job is not None:
             job.cancel()
             job.wait(1)
+
+
+@pytest.mark.timeout(60)
+def test_option_bounds_are_inclusive(ip, run_cell, guard):
+    """The largest accepted values run, and the pool still serves the next cell."""
+    run = run_cell(f"%%azpar -q -o r --timeout 604800 --retries 100 --seed {2**64 - 1} --chunk-size 1 "
+                   f"for x in range(3)\n{guard.marker}\nx")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [0, 1, 2]
+    again = run_cell("%%azpar -q -o r for x in range(2)\nx + 1")
+    assert again.success and ip.user_ns["r"] == [1, 2]
 
 
 @pytest.mark.timeout(60)
@@ -346,3 +391,23 @@ def test_line_magic_misuse(run_cell):
     _usage_error(run_cell("%azpar"), "collect")
     _usage_error(run_cell("%azpar frobnicate"), "frobnicate")
     _usage_error(run_cell("%azpar collect no-such-job-id"), "no-such-job-id")
+
+
+# ------------------------------------------------------------------------------ Ctrl-C
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["__reduce__", "__getstate__"])
+def test_ctrl_c_during_capture_says_nothing_was_submitted(ip, run_cell, guard, method):
+    """Ctrl-C while the namespace is pickled (simulated: the pickling itself raises
+    KeyboardInterrupt) gives one line, no traceback from inside pickling, and no job."""
+    ip.run_cell(f"class SlowToPickle:\n    def {method}(self):\n        raise KeyboardInterrupt\n"
+                "slow = SlowToPickle()")
+    run = run_cell(f"%%azpar -o r for x in range(3)\n{guard.marker}\nslow\nx")
+    message = _usage_error(run, "Interrupted", "nothing was submitted")
+    assert "\n" not in message
+    shown = run.stdout + run.stderr
+    assert "Traceback" not in shown and method not in shown and "pickle" not in shown
+    guard.assert_nothing_submitted()
+    again = run_cell(f"%%azpar -q -o r for x in range(2)\nx")  # the kernel and pool are fine
+    assert again.success and ip.user_ns["r"] == [0, 1]

@@ -5,7 +5,8 @@ import traceback
 
 import pytest
 
-from azpar_magic.parsing import CELL_FILENAME, CellError, parse_cell, split_header
+from azpar_magic.parsing import (CELL_FILENAME, CellError, body_warnings, is_requirement, is_variable_name, parse_cell,
+                                 split_header, split_requirements)
 
 
 def run_code(cell, item, namespace=None):
@@ -20,6 +21,8 @@ def run_code(cell, item, namespace=None):
     ("-o out --combine sum for x in xs:", "-o out --combine sum", "for x in xs:"),
     ("--export 'a b' for (i, j) in pairs", "--export 'a b'", "for (i, j) in pairs"),
     ("-o r for x in ['for', 'x']", "-o r", "for x in ['for', 'x']"),
+    ("--combine 'lambda rows: [r for r in rows]' for x in xs", "--combine 'lambda rows: [r for r in rows]'",
+     "for x in xs"),
 ])
 def test_split_header(line, options, clause):
     assert split_header(line) == (options, clause)
@@ -111,3 +114,43 @@ def test_traceback_line_numbers_are_the_cells():
     assert frame.filename == CELL_FILENAME
     assert frame.lineno == 4  # the magic line is line 1
     assert cell.source.splitlines()[frame.lineno - 1] == "1 / x"
+
+
+@pytest.mark.parametrize("values, expected", [
+    (["numpy==1.26.4,scipy"], ["numpy==1.26.4", "scipy"]),
+    (["x>=0.1,<0.2"], ["x>=0.1,<0.2"]),
+    (["x>=0.1, <0.2, y ~= 1.0"], ["x>=0.1, <0.2", "y ~= 1.0"]),
+    (["a[b,c]>=1,!=1.5,d"], ["a[b,c]>=1,!=1.5", "d"]),
+    (["x==1.0", "y>=2,<3"], ["x==1.0", "y>=2,<3"]),  # repeated --packages
+    (["x,,", " "], ["x"]),
+])
+def test_split_requirements_at_top_level_commas_only(values, expected):
+    assert split_requirements(values) == expected
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("numpy", True), ("numpy==1.26.4", True), ("x>=0.1,<0.2", True), ("a[b, c] ~= 1.0", True),
+    ("x==1.*", True), ("'x==1.0'", False), ("x; os_name == 'nt'", False), ("https://h/x.whl", False),
+    ("x==", False), ("-r reqs.txt", False), ("x>=1,", False),
+])
+def test_requirement_syntax(text, ok):
+    assert is_requirement(text) is ok
+
+
+@pytest.mark.parametrize("name, ok", [
+    ("x", True), ("match", True), ("type", True), ("_", True), ("class", False), ("None", False),
+    ("True", False), ("lambda", False), ("2x", False), ("a-b", False),
+])
+def test_variable_names_exclude_keywords(name, ok):
+    assert is_variable_name(name) is ok
+
+
+def test_body_warnings():
+    assert body_warnings(parse_cell("for x in xs", "# nothing yet\n"), ())[0].startswith("the loop body has no")
+    assert body_warnings(parse_cell("for x in xs", "pass"), ()) == []
+    cell = parse_cell("for i, x in xs", "y = x\nclass K:\n    z = 1\ndef f():\n    w = 1\n(lambda v: v)(1)")
+    assert body_warnings(cell, ("i", "x", "y", "K", "f")) == []
+    (warning,) = body_warnings(cell, ("z", "w", "v"))
+    assert warning.startswith("--gather z, w, v:")
+    assert body_warnings(parse_cell("for x in xs", "from os.path import *"), ("join", "q")) == []
+    assert body_warnings(parse_cell("for x in xs", "exec('q = 1')"), ("q",)) == []

@@ -1,0 +1,138 @@
+"""Options as users write them (issue 13, items 8 and 7): quoted values mean the same for
+every option, Azure-only options run on the local pool with one line saying so, and cells
+that run but cannot give what was asked get a warning before anything is submitted."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import pytest
+
+from .helpers_corpus import restore_namespace, run_cell_job, snapshot_namespace
+
+
+@pytest.fixture(autouse=True)
+def clean_namespace(ip):
+    before = snapshot_namespace(ip.user_ns)
+    ip.user_ns.pop("r", None)
+    yield
+    restore_namespace(ip.user_ns, before)
+
+
+def _azpar_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("azpar:")]
+
+
+# ------------------------------------------------------------------------- quoting
+
+
+@pytest.mark.timeout(60)
+def test_quoted_lambda_combine_is_a_callable(ip, run_cell):
+    """Its `for` is inside the quotes: not the loop header; its value is evaluated here."""
+    run = run_cell("%%azpar -q -o r --combine 'lambda rows: [v * 10 for v in rows]' for x in range(3):\nx")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [0, 10, 20]
+
+
+@pytest.mark.timeout(60)
+def test_quoted_combine_with_numpy(ip, run_cell):
+    np = pytest.importorskip("numpy")
+    ip.run_cell("import numpy as np")
+    run = run_cell("%%azpar -q -o r --combine \"lambda rows: np.stack(rows)\" for x in range(3):\nnp.arange(2) + x")
+    assert run.success, run.error
+    assert isinstance(ip.user_ns["r"], np.ndarray) and ip.user_ns["r"].tolist() == [[0, 1], [1, 2], [2, 3]]
+
+
+@pytest.mark.timeout(60)
+def test_every_option_accepts_a_quoted_value(ip, run_cell):
+    ip.user_ns["k"] = 5
+    run = run_cell("%%azpar -q -o 'r' --errors 'pass' --retries '1' --chunk-size '2' --seed '3' --timeout '60' "
+                   "--gather 'y' --merge 'client' --workers '2' --combine 'list' --export 'k' for x in range(4):\n"
+                   "y = x * k\ny")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [0, 5, 10, 15] and ip.user_ns["y"] == [0, 5, 10, 15]
+
+
+# --------------------------------------------------- Azure-only options on the local pool
+
+
+@pytest.mark.timeout(60)
+def test_azure_options_run_locally_with_one_line(ip, run_cell):
+    dill = metadata.version("dill")
+    run = run_cell(f"%%azpar -o r --packages 'dill=={dill}' --merge cloud --keep for x in range(3):\nx * 2")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [0, 2, 4]
+    notes = _azpar_lines(run.stderr)
+    assert len(notes) == 1, run.stderr
+    assert all(flag in notes[0] for flag in ("--packages", "--merge cloud", "--keep", "Azure only"))
+
+
+@pytest.mark.timeout(60)
+def test_packages_version_range_with_a_comma_is_one_requirement(ip, run_cell):
+    """`dill>=0.1,<0.2` is one requirement (its range excludes the installed dill, so it is
+    named in the warning whole); `surely-not-installed-pkg` is another, missing here."""
+    have = metadata.version("dill")
+    run = run_cell("%%azpar -q -o r --packages 'dill>=0.1,<0.2,surely-not-installed-pkg' for x in range(2):\nx")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [0, 1]
+    warning = [line for line in _azpar_lines(run.stderr) if "warning" in line]
+    assert len(warning) == 1, run.stderr
+    assert f"dill>=0.1,<0.2 ({have} installed)" in warning[0]
+    assert "surely-not-installed-pkg (not installed)" in warning[0]
+
+
+@pytest.mark.timeout(60)
+def test_packages_repeatable_and_satisfied_gives_no_warning(ip, run_cell):
+    dill = metadata.version("dill")
+    major = int(dill.split(".")[0])
+    run = run_cell(f"%%azpar -q -o r --packages 'dill>={major},<{major + 1}' --packages 'ipython' "
+                   "for x in range(2):\nx")
+    assert run.success, run.error
+    assert not [line for line in _azpar_lines(run.stderr) if "warning" in line], run.stderr
+    assert len(_azpar_lines(run.stderr)) == 1  # the one "acts on Azure only" line
+
+
+# ------------------------------------------------------------- cells that give nothing
+
+
+@pytest.mark.timeout(60)
+def test_body_of_only_comments_warns(ip, run_cell):
+    run, job = run_cell_job(run_cell, "%%azpar -q -o r for x in range(3):\n# compute(x) later\n\n# TODO\n")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [None, None, None]
+    warning = _azpar_lines(run.stderr)
+    assert len(warning) == 1 and "no statement" in warning[0], run.stderr
+
+
+@pytest.mark.timeout(60)
+def test_gather_of_a_name_the_body_never_binds_warns(ip, run_cell):
+    run = run_cell("%%azpar -q -o r --gather total,x,squared for x in range(3):\nsquare = x * x\nsquare")
+    assert run.success, run.error
+    warning = _azpar_lines(run.stderr)
+    assert len(warning) == 1, run.stderr
+    assert "--gather total, squared" in warning[0] and "never assigns" in warning[0]
+    assert ip.user_ns["total"] == [None] * 3
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("body", [
+    "total = x\nx",
+    "for total in range(x):\n    pass\nx",
+    "import math as total\nx",
+    "def total():\n    return 1\nx",
+    "try:\n    1 / 0\nexcept ZeroDivisionError as total:\n    pass\nx",
+    "if (total := x):\n    pass\nx",
+    "[(total := v) for v in range(3)]\nx",
+    "globals()['total'] = x\nx",
+], ids=["assign", "for", "import", "def", "except", "walrus", "walrus_in_comprehension", "globals"])
+def test_gather_of_a_bound_name_does_not_warn(ip, run_cell, body):
+    run = run_cell(f"%%azpar -q -o r --gather total for x in range(2):\n{body}")
+    assert run.success, run.error
+    assert not _azpar_lines(run.stderr), run.stderr
+
+
+@pytest.mark.timeout(60)
+def test_comprehension_variable_is_not_a_body_binding(ip, run_cell):
+    run = run_cell("%%azpar -q -o r --gather v for x in range(2):\n[v for v in range(x)]")
+    assert run.success, run.error
+    assert "--gather v" in run.stderr
