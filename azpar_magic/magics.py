@@ -54,11 +54,11 @@ def _names(value: str | None, flag: str) -> tuple[str, ...]:
     return names
 
 
-def _variable(name: str, flag: str = "-o") -> str:
-    """The name a result is bound to; ``class`` or ``None`` would pass ``str.isidentifier``."""
+def _variable(name: str, after: str = "") -> str:
+    """The -o name a result is bound to; ``class`` or ``None`` would pass ``str.isidentifier``."""
     if not is_variable_name(name):
-        raise UsageError(f"{flag} needs a variable name, got {name!r}"
-                         + (" (a Python keyword)" if name.isidentifier() else "") + ". Nothing was submitted.")
+        raise UsageError(f"-o needs a variable name, got {name!r}"
+                         + (" (a Python keyword)" if name.isidentifier() else "") + "." + after)
     return name
 
 
@@ -518,7 +518,7 @@ class AzparMagics(Magics):
             raise UsageError(f"invalid %%azpar options: {text!r}; see %%azpar?") from None
 
     def _job_options(self, args) -> JobOptions:
-        output = _variable(args.output or DEFAULT_OUTPUT)
+        output = _variable(args.output or DEFAULT_OUTPUT, " Nothing was submitted.")
         combine = args.combine
         if combine not in merge.COMBINE_MODES:
             try:
@@ -770,8 +770,8 @@ class AzparMagics(Magics):
         while i < len(words):
             word = words[i]
             if word == "-o":
-                if i + 1 >= len(words) or not words[i + 1].isidentifier():
-                    raise UsageError(f"-o needs a variable name; {usage}")
+                if i + 1 >= len(words) or not is_variable_name(words[i + 1]):
+                    raise UsageError(f"-o needs a variable name (not a keyword); {usage}")
                 output = words[i + 1]
                 i += 2
                 continue
@@ -1101,7 +1101,7 @@ class AzparMagics(Magics):
             at = words.index("-o")
             if at + 1 >= len(words):
                 raise UsageError("-o needs a variable name")
-            output = words[at + 1]
+            output = _variable(words[at + 1])
             words = words[:at] + words[at + 2 :]
         job = self._find(words[0] if words else None)
         default_output, gather, quiet = self._pending_outputs.get(

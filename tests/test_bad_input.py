@@ -411,3 +411,9 @@ def test_ctrl_c_during_capture_says_nothing_was_submitted(ip, run_cell, guard, m
     guard.assert_nothing_submitted()
     again = run_cell(f"%%azpar -q -o r for x in range(2)\nx")  # the kernel and pool are fine
     assert again.success and ip.user_ns["r"] == [0, 1]
+
+
+@pytest.mark.parametrize("command", ["collect -o class", "collect -o None", "rerun -o lambda", "attach -o True"])
+def test_line_magic_output_name_keyword_is_refused(ip, run_cell, command):
+    _usage_error(run_cell(f"%azpar {command}"), "-o", "variable name")
+    assert "class" not in ip.user_ns and "None" not in ip.user_ns
