@@ -149,3 +149,51 @@ def test_a_call_that_hangs_is_named_too(monkeypatch):
     monkeypatch.setattr(azure_run, "SILENCE_NOTICE", 3600.0)
     run.asking("Azure Storage")
     assert run.unanswered() == ""  # a call in flight for less than the notice is not news
+
+
+def test_storage_that_stops_answering_is_named_and_the_result_still_arrives(batch, ip, run_cell, tmp_path,
+                                                                            monkeypatch, batch_client):
+    """A private Azurite, paused (SIGSTOP: connections open, no reply) just before the kernel
+    downloads a finished task's result: the views name Azure Storage and since when; once it
+    answers again the result arrives (nothing is failed for an outage)."""
+    import os
+    import signal
+
+    from azpar_magic.backends.azure import run as azure_run
+    from azpar_magic.ui.text import format_snapshot
+    from tests.batch_emulator.pytest_plugin import start_azurite, stop_azurite
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(azure_run, "SILENCE_NOTICE", 0.5)
+    (tmp_path / "azurite").mkdir()
+    private = start_azurite(tmp_path / "azurite")
+    paused = False
+    try:
+        with azure_profile(tmp_path / "config", batch, private, dedicated_nodes=1):
+            batch.fail_requests(r"/taskcounts", count=10**6, status=503)  # the kernel cannot see progress yet
+            started = run_cell("%%azpar -q --no-wait -o handle for x in range(2):\nx * 7")
+            assert started.success, started.error
+            job = azpar_magic.jobs()[-1]
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:  # Batch finished the tasks (and uploaded their results)
+                states = [str(t.state) for t in batch_client.list_tasks(job.id, select=["id", "state"])]
+                if len(states) == 2 and all(s.lower().endswith("completed") for s in states):
+                    break
+                time.sleep(0.1)
+            os.killpg(private.process.pid, signal.SIGSTOP)
+            paused = True
+            batch.faults.clear()  # now the kernel sees the completed tasks and asks Storage for results
+            while "Azure Storage is not answering" not in job.snapshot().unanswered and time.monotonic() < deadline:
+                time.sleep(0.1)
+            line = format_snapshot(job.snapshot())
+            assert re.search(r"Azure Storage is not answering since \d\d:\d\d:\d\d \(\d+ s\)", line), line
+            assert job.snapshot().state == "running"
+            os.killpg(private.process.pid, signal.SIGCONT)
+            paused = False
+            job.wait(90)
+            assert job.state == "succeeded" and job.result() == [0, 7]
+            assert job.snapshot().unanswered == ""
+    finally:
+        if paused:
+            os.killpg(private.process.pid, signal.SIGCONT)
+        stop_azurite(private)
