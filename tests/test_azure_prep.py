@@ -78,6 +78,10 @@ def test_a_failed_packages_install_shows_pips_message_in_the_cell_and_the_logs(b
         text = str(run.error)
         assert "installing --packages azpar-missing-pkg==9.9" in text, text
         assert "No matching distribution found for azpar-missing-pkg==9.9" in text, text
+        assert "Traceback" not in text and "CalledProcessError" not in text, text  # pip's words, not the installer's
+        with batch.cond:
+            node = next(iter(batch.pools["azpar-test"].nodes.values()))
+        assert not list((node.root / "shared" / "azpar").glob("pkgs-*.tmp.*"))  # no half install left behind
         job = azpar_magic.jobs()[-1]
         logs = run_cell(f"%azpar logs {job.id}")
         assert logs.success, logs.error

@@ -25,6 +25,7 @@ PYTHON = "python"
 
 # Installs the requirements that are missing or at another version into a target folder,
 # and nothing when all are present (an image with the packages baked in needs no index).
+# A failed install exits with pip's status, leaving pip's message last in stderr.
 # argv: target, JSON list of pip options, requirements...
 _INSTALLER = (
     "import sys,re,json,subprocess,importlib.metadata as m\n"
@@ -34,8 +35,10 @@ _INSTALLER = (
     " try:h=m.version(n)\n"
     " except Exception:h=None\n"
     " if h is None or (v and h!=v):need.append(r)\n"
-    "if need:subprocess.check_call([sys.executable,'-m','pip','install','--quiet','--no-warn-script-location',"
-    "'--target',t,*o,*need])\n"
+    "if need:\n"
+    " r=subprocess.call([sys.executable,'-m','pip','install','--quiet','--no-warn-script-location','--target',t,*o,"
+    "*need])\n"
+    " if r:sys.exit(r)\n"  # pip's own message ends stderr (read by the client), no traceback after it
     "print('azpar: installed',' '.join(need) if need else 'nothing (all present)')\n"
 )
 
@@ -75,7 +78,7 @@ def job_preparation_command(packages: Sequence[str], pip_options: Sequence[str])
         f'D="{target}"',
         'if [ ! -f "$D/.complete" ]; then',
         '  T="$D.tmp.$$"; mkdir -p "$T"',
-        "  " + _install_line("$T", packages, pip_options),
+        "  " + _install_line("$T", packages, pip_options) + ' || { c=$?; rm -rf "$T"; exit $c; }',  # no half install left
         '  touch "$T/.complete"; mv -T "$T" "$D" 2>/dev/null || rm -rf "$T"',
         "fi",
     ])
