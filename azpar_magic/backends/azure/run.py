@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -510,7 +510,7 @@ class AzureRun:
         except AzureError:
             return None
 
-    def _from_storage(self, call):
+    def _from_storage(self, call: Callable[[], bytes | None]) -> bytes | None:
         """``call()`` against Storage, waiting out an outage (the panel says since when it has
         not answered) instead of failing a finished task's result; cancelling stops the wait."""
         while True:
