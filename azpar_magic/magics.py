@@ -512,8 +512,11 @@ class AzparMagics(Magics):
                              "Nothing was submitted.") from None
         try:
             return self.azpar_cell.parser.parse_args(words)
-        except UsageError:
-            raise
+        except UsageError as exc:
+            if "unrecognized arguments" not in str(exc):
+                raise
+            raise UsageError(f"{exc}. A value with spaces must be quoted, e.g. --combine 'lambda rows: sum(rows)'. "
+                             "Nothing was submitted.") from None
         except SystemExit:  # argparse's own exit on a bad value
             raise UsageError(f"invalid %%azpar options: {text!r}; see %%azpar?") from None
 

@@ -55,14 +55,21 @@ class ParsedCell:
 
 def split_header(line: str) -> tuple[str, str]:
     """Split the magic line into (options, ``for ...`` clause) at the first ``for`` token
-    outside quotes; options may not contain a bare word ``for``."""
+    outside quotes and brackets (an unquoted ``--combine lambda r: [v for v in r]`` is then
+    refused as options needing quotes, not as a broken loop header); options may not
+    contain a bare word ``for``."""
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(line).readline))
     except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
         raise CellError(f"The %%azpar line could not be read: {exc}. Expected: "
                         "%%azpar [options] for TARGET in ITERABLE") from None
+    depth = 0
     for tok in tokens:
-        if tok.type == tokenize.NAME and tok.string == "for":
+        if tok.type == tokenize.OP and tok.string in "([{":
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            depth = max(0, depth - 1)
+        elif tok.type == tokenize.NAME and tok.string == "for" and depth == 0:
             col = tok.start[1]
             return line[:col].strip(), line[col:].strip()
     raise CellError(

@@ -279,6 +279,7 @@ def test_unknown_option(run_cell, guard):
     ("--packages 'x; rm -rf /'", ["--packages", "x; rm -rf /"]),
     ("--packages 'x==1.0,https://evil/x.whl'", ["--packages", "https://evil/x.whl"]),
     ("--combine 'lambda rows: [r for r in'", ["--combine", "SyntaxError"]),
+    ("--combine lambda rows: [v for v in rows]", ["unrecognized arguments", "must be quoted"]),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_option_values(ip, run_cell, guard, options, fragments):
     ip.user_ns["NOT_CALLABLE"] = 3

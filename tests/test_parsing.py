@@ -23,6 +23,9 @@ def run_code(cell, item, namespace=None):
     ("-o r for x in ['for', 'x']", "-o r", "for x in ['for', 'x']"),
     ("--combine 'lambda rows: [r for r in rows]' for x in xs", "--combine 'lambda rows: [r for r in rows]'",
      "for x in xs"),
+    ("--combine lambda rows: [r for r in rows] for x in xs", "--combine lambda rows: [r for r in rows]",
+     "for x in xs"),  # unquoted: the options are refused by the option parser, with a hint to quote
+    ("for x in [y for y in ys]", "", "for x in [y for y in ys]"),
 ])
 def test_split_header(line, options, clause):
     assert split_header(line) == (options, clause)
