@@ -419,6 +419,10 @@ class AzparMagics(Magics):
         az://c/p -> inputs/c/p); {name} placeholders naming loop targets make a spec per iteration
         ('parts/part-{i}.csv'). Files matching --outputs come back to
         azpar_outputs/<job id>/<iteration>/ (or --outputs-to DEST) as each task ends.
+
+        The line is taken as typed: IPython does not fill in {name} or $name from the notebook here.
+        Quote a value with spaces, commas or braces ('lambda rows: sum(rows)'); quotes are removed alike
+        for every option.
         """
         try:
             parsed = parse_cell(line, cell)
