@@ -65,9 +65,9 @@ def split_header(line: str) -> tuple[str, str]:
                         "%%azpar [options] for TARGET in ITERABLE") from None
     depth = 0
     for tok in tokens:
-        if tok.type == tokenize.OP and tok.string in "([{":
+        if tok.type == tokenize.OP and tok.string in ("(", "[", "{"):
             depth += 1
-        elif tok.type == tokenize.OP and tok.string in ")]}":
+        elif tok.type == tokenize.OP and tok.string in (")", "]", "}"):
             depth = max(0, depth - 1)
         elif tok.type == tokenize.NAME and tok.string == "for" and depth == 0:
             col = tok.start[1]
