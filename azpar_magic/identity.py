@@ -24,7 +24,7 @@ import os
 import re
 
 HUB_USER_ENV = "JUPYTERHUB_USER"
-SLUG_MAX = 20  # job id "azpar-SLUG-YYYYmmdd-HHMMSS-<12 hex>" + "-out" stays within 63 characters
+SLUG_MAX = 20  # job id "azpar-SLUG-YYYYmmdd-HHMMSS-<12 hex>" + "-files" stays within 63 characters
 _HASH_LEN = 6
 _os_user: list[str] = []  # looked up once: a passwd lookup costs more than a whole manifest
 
