@@ -446,8 +446,8 @@ class AzparMagics(Magics):
             raise UsageError(str(exc)) from None
         except (ValueError, RuntimeError) as exc:
             raise UsageError(f"The job could not be started: {exc}. Nothing was submitted.") from None
-        except KeyboardInterrupt:
-            self._interrupted(engine, before)
+        except KeyboardInterrupt as exc:
+            self._interrupted(engine, before, str(exc))
         finally:
             uploads.close()
         session.remember(job)
@@ -469,13 +469,16 @@ class AzparMagics(Magics):
             raise UsageError(f"{exc}. Nothing was submitted.") from None
 
     @staticmethod
-    def _interrupted(engine, before: set[str]):
+    def _interrupted(engine, before: set[str], said: str = ""):
         """Ctrl-C while the iterable was evaluated, the namespace captured or the job handed
-        to the backend: one line saying so (the traceback would be from inside pickling)."""
+        to the backend: one line saying so (the traceback would be from inside pickling).
+        ``said``: the engine's own account of where it was interrupted, if it gave one."""
         started = [job for job_id, job in list(engine.jobs.items()) if job_id not in before]
         if not started:
-            raise UsageError("Interrupted (Ctrl-C) while preparing the run (evaluating the iterable, capturing or "
-                             "staging the namespace): nothing was submitted.") from None
+            where = said.rstrip(". ").removesuffix("Nothing was submitted").rstrip(". ") if said else (
+                "while preparing the run (evaluating the iterable, capturing or staging the namespace)")
+            raise UsageError(f"Interrupted (Ctrl-C) {where.removeprefix('interrupted ')}: nothing was submitted.") \
+                from None
         for job in started:
             job.cancel()
         raise UsageError(f"Interrupted (Ctrl-C) while submitting job {started[0].id}: it was cancelled, and no "
