@@ -56,7 +56,6 @@ class TaskEvent:
     retryable: bool = False  # an infrastructure failure that another attempt may survive
     failure_kind: str = "infrastructure"  # infrastructure | environment | cancelled | timeout
     iteration: int | None = None  # timeout: the iteration that was running when the task was killed
-    iteration: int | None = None  # timeout: the iteration that was running when the task was killed
 
 
 EventSink = Callable[[TaskEvent], None]
