@@ -132,7 +132,9 @@ def test_no_wait_job_goes_on_through_a_restart_and_attach_takes_it_over(kernel, 
     # Every iteration stored once, and a fully successful job is cleaned up on Azure.
     assert store.summary(job_id).succeeded == 12
     _wait_for(lambda: not _job_exists(batch_client, job_id), 60, "the Batch job was not deleted after success")
-    assert not {f"{job_id}-in", f"{job_id}-out"} & _containers(blob_service)
+    # The cleanup deletes the Batch job first, then the containers: wait for those too.
+    _wait_for(lambda: not {f"{job_id}-in", f"{job_id}-out", f"{job_id}-files"} & _containers(blob_service), 30,
+              "the job's containers were not deleted after success")
     table = kernel.ok("%azpar jobs").stdout
     assert job_id in table and "azure" in table and "12/0/12" in table, table
 
@@ -164,7 +166,7 @@ def test_failed_iterations_logs_and_rerun_after_a_restart(kernel, job_store, bat
     # delete removes the Batch job, its containers and the local copy.
     kernel.ok(f"%azpar delete {job_id}")
     assert not _job_exists(batch_client, job_id)
-    assert not {f"{job_id}-in", f"{job_id}-out"} & _containers(blob_service)
+    assert not {f"{job_id}-in", f"{job_id}-out", f"{job_id}-files"} & _containers(blob_service)
     assert not (job_store / job_id).exists()
 
 
