@@ -2,6 +2,8 @@
 
 Pure tests run each formula through the test service's formula evaluator with metric series
 sampled every 30 s at fixed UTC times; every expected target is worked out by hand in the test.
+The two conventions the sources leave open are evaluated both ways: ``weekday`` of Sunday 0 or
+7 (the WORKDAY and WEEKEND tests) and ``$CPUPercent`` on a 0-100 or a 0-1 scale (MAX_CPU).
 The SDK tests hand each formula to the test Batch service through the real azure-batch client,
 as a pool's formula and through evaluate_pool_auto_scale.
 """
@@ -45,12 +47,14 @@ def history(now: dt.datetime, newest: dict, older: dict | None = None, count: in
 
 
 def targets(name: str, *, metrics: Metrics | None = None, now: dt.datetime = MONDAY_22, min_nodes: int = 0,
-            max_nodes: int = 10, slots: int = 1, current: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+            max_nodes: int = 10, slots: int = 1, current: tuple[int, int] = (0, 0), sunday: int = 0,
+            scale: str = "percent") -> tuple[int, int]:
     """(dedicated, spot) the formula asks for. MONDAY_22 is outside WORKDAY's and WEEKEND's
-    warm hours, so by default those two behave like QUEUE."""
+    warm hours, so by default those two behave like QUEUE. ``sunday`` / ``scale``: the
+    evaluator's conventions (CPU samples are given in percent and read / 100 on "fraction")."""
     r = evaluate(formula(name, min_nodes=min_nodes, max_nodes=max_nodes, slots_per_node=slots), now=now,
                  metrics=metrics or Metrics(), target_dedicated=current[0], target_low_priority=current[1],
-                 task_slots_per_node=slots)
+                 task_slots_per_node=slots, sunday=sunday, cpu_scale=scale)
     assert r.node_deallocation_option == "taskcompletion"
     # The formula's own total is what it asks for: no target went negative and got clamped.
     assert r.variables["$total"] == r.target_dedicated + r.target_low_priority, r.results
@@ -133,31 +137,53 @@ def test_queue_and_running_falls_back_to_the_latest_sample_below_70_percent():
     (MONDAY_10, True), (MONDAY_0800, True), (FRIDAY_1759, True),
     (MONDAY_22, False), (MONDAY_0759, False), (FRIDAY_1800, False), (SATURDAY_10, False), (SUNDAY_2330, False),
 ])
-def test_workday_keeps_half_of_max_warm_in_business_hours(now, warm):
+@pytest.mark.parametrize("sunday", (0, 7))
+def test_workday_keeps_half_of_max_warm_in_business_hours(now, warm, sunday):
     idle = history(now, dict(ActiveTasks=0, RunningTasks=0))
-    assert targets("WORKDAY", metrics=idle, now=now, min_nodes=1, max_nodes=10) == ((1, 4) if warm else (1, 0))
+    assert targets("WORKDAY", metrics=idle, now=now, min_nodes=1, max_nodes=10,
+                   sunday=sunday) == ((1, 4) if warm else (1, 0))
 
 
 @pytest.mark.parametrize("now, warm", [
     (SATURDAY_10, True), (SATURDAY_0000, True), (SUNDAY_2330, True),
     (MONDAY_10, False), (MONDAY_22, False), (MONDAY_0000, False), (FRIDAY_2359, False),
 ])
-def test_weekend_keeps_half_of_max_warm_on_saturday_and_sunday(now, warm):
+@pytest.mark.parametrize("sunday", (0, 7))
+def test_weekend_keeps_half_of_max_warm_on_saturday_and_sunday(now, warm, sunday):
+    # SUNDAY_2330 under Sunday = 7 is the case a `weekday == 0 || weekday == 6` formula missed.
     idle = history(now, dict(ActiveTasks=0, RunningTasks=0))
-    assert targets("WEEKEND", metrics=idle, now=now, min_nodes=1, max_nodes=10) == ((1, 4) if warm else (1, 0))
+    assert targets("WEEKEND", metrics=idle, now=now, min_nodes=1, max_nodes=10,
+                   sunday=sunday) == ((1, 4) if warm else (1, 0))
 
 
 @pytest.mark.parametrize("name, now", [("WORKDAY", MONDAY_10), ("WEEKEND", SATURDAY_10)])
-def test_warm_floor_details(name, now):
+@pytest.mark.parametrize("sunday", (0, 7))
+def test_warm_floor_details(name, now, sunday):
     idle = history(now, dict(ActiveTasks=0, RunningTasks=0))
-    assert targets(name, metrics=idle, now=now, min_nodes=1, max_nodes=7) == (1, 3)       # ceil(7 / 2) = 4
-    assert targets(name, metrics=idle, now=now, min_nodes=6, max_nodes=10) == (6, 0)      # min above the share
+    at = dict(now=now, sunday=sunday)
+    assert targets(name, metrics=idle, min_nodes=1, max_nodes=7, **at) == (1, 3)       # ceil(7 / 2) = 4
+    assert targets(name, metrics=idle, min_nodes=6, max_nodes=10, **at) == (6, 0)      # min above the share
     busy = history(now, dict(ActiveTasks=6, RunningTasks=2))
-    assert targets(name, metrics=busy, now=now, min_nodes=1, max_nodes=10) == (1, 7)      # queue above the floor
-    assert targets(name, metrics=busy, now=now, min_nodes=1, max_nodes=10, slots=4) == (1, 4)  # floor 5 > 2
+    assert targets(name, metrics=busy, min_nodes=1, max_nodes=10, **at) == (1, 7)      # queue above the floor
+    assert targets(name, metrics=busy, min_nodes=1, max_nodes=10, slots=4, **at) == (1, 4)  # floor 5 > 2
+
+
+@pytest.mark.parametrize("sunday", (0, 7))
+def test_every_day_of_a_week_under_either_sunday_numbering(sunday):
+    """Saturday 10:00 to Friday 10:00: WEEKEND warm on Saturday and Sunday only, WORKDAY on the
+    five weekdays only, whichever number the service gives Sunday."""
+    for day in range(7):
+        now = SATURDAY_10 + dt.timedelta(days=day)
+        idle = history(now, dict(ActiveTasks=0, RunningTasks=0))
+        weekend = now.weekday() >= 5
+        assert targets("WEEKEND", metrics=idle, now=now, max_nodes=10, sunday=sunday) == ((0, 5) if weekend else (0, 0))
+        assert targets("WORKDAY", metrics=idle, now=now, max_nodes=10, sunday=sunday) == ((0, 0) if weekend else (0, 5))
 
 
 # ---- MAX_CPU ---------------------------------------------------------------------------------------
+
+SCALES = ("percent", "fraction")
+
 
 def cpu(percent: float, pending: int = 0, older: float | None = None, count: int = 20) -> Metrics:
     return history(MONDAY_10, dict(CPUPercent=percent, ActiveTasks=pending, RunningTasks=0),
@@ -170,28 +196,54 @@ def cpu(percent: float, pending: int = 0, older: float | None = None, count: int
     ((2, 27), (2, 28)),    # 29 + 3 = 32, capped at max 30
     ((0, 0), (2, 0)),      # 0 + at least 1, then raised to min 2
 ])
-def test_max_cpu_grows_by_ten_percent_above_70(current, expected):
-    assert targets("MAX_CPU", metrics=cpu(90), now=MONDAY_10, min_nodes=2, max_nodes=30, current=current) == expected
+@pytest.mark.parametrize("scale", SCALES)
+def test_max_cpu_grows_by_ten_percent_above_70(current, expected, scale):
+    # One task queued: on a 0-1 series growth also needs queued work (see the next tests).
+    assert targets("MAX_CPU", metrics=cpu(90, pending=1), now=MONDAY_10, min_nodes=2, max_nodes=30, current=current,
+                   scale=scale) == expected
 
 
-def test_max_cpu_grows_by_at_least_one_node():
-    assert targets("MAX_CPU", metrics=cpu(90), now=MONDAY_10, current=(0, 0)) == (0, 1)
+@pytest.mark.parametrize("scale", SCALES)
+def test_max_cpu_grows_by_at_least_one_node(scale):
+    assert targets("MAX_CPU", metrics=cpu(90, pending=1), now=MONDAY_10, current=(0, 0), scale=scale) == (0, 1)
+    assert targets("MAX_CPU", metrics=cpu(90, pending=1), now=MONDAY_10, current=(0, 4), scale=scale) == (0, 5)
+
+
+def test_max_cpu_on_the_percent_scale_grows_without_a_queue():
     assert targets("MAX_CPU", metrics=cpu(90), now=MONDAY_10, current=(0, 4)) == (0, 5)
 
 
-def test_max_cpu_shrinks_to_the_queue_below_20():
+@pytest.mark.parametrize("scale", SCALES)
+def test_max_cpu_shrinks_to_the_queue_below_20(scale):
     assert targets("MAX_CPU", metrics=cpu(10, pending=3), now=MONDAY_10, min_nodes=2, max_nodes=30,
-                   current=(2, 8)) == (2, 1)
+                   current=(2, 8), scale=scale) == (2, 1)
     assert targets("MAX_CPU", metrics=cpu(10, pending=0), now=MONDAY_10, min_nodes=2, max_nodes=30,
-                   current=(2, 8)) == (2, 0)
+                   current=(2, 8), scale=scale) == (2, 0)
 
 
+@pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("percent", [20, 50, 70])
-def test_max_cpu_keeps_its_size_between_20_and_70(percent):
-    # Pending 0 would shrink and 100 would grow a queue-sized pool; MAX_CPU keeps 10.
+def test_max_cpu_keeps_its_size_between_20_and_70(percent, scale):
+    # Pending 100 would grow a queue-sized pool; MAX_CPU keeps 10. With nothing queued a 0-1
+    # series is ambiguous (it may be a pool under 1 % CPU on the 0-100 scale): it shrinks to the
+    # queue's need instead, the one behaviour that differs between the scales.
     for pending in (0, 100):
+        kept = scale == "percent" or pending > 0
         assert targets("MAX_CPU", metrics=cpu(percent, pending=pending), now=MONDAY_10, min_nodes=2, max_nodes=30,
-                       current=(2, 8)) == (2, 8)
+                       current=(2, 8), scale=scale) == ((2, 8) if kept else (2, 0))
+
+
+def test_max_cpu_reads_a_busy_fraction_series_as_busy():
+    """On the 0-1 scale 90 % arrives as 0.9: a formula comparing it with 70 / 20 would shrink a
+    busy pool with a queue to the queue's need every time, and never grow it."""
+    assert targets("MAX_CPU", metrics=cpu(90, pending=40), now=MONDAY_10, min_nodes=2, max_nodes=30,
+                   current=(2, 8), scale="fraction") == (2, 9)
+
+
+def test_max_cpu_never_grows_an_idle_pool_whose_percent_series_stays_under_one():
+    # 0.9 % CPU on the 0-100 scale looks like 90 % on the 0-1 scale: nothing is queued, so no growth.
+    assert targets("MAX_CPU", metrics=cpu(0.9, pending=0), now=MONDAY_10, min_nodes=1, max_nodes=30,
+                   current=(1, 5)) == (1, 0)
 
 
 def test_max_cpu_keep_is_still_bounded():

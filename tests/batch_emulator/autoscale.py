@@ -12,12 +12,24 @@ Supported: statements ``$name = expr;`` (``$``-less names are locals too), numbe
 ``+ - * /``, comparison, ``&& || !``, ``cond ? a : b``, functions (min, max, avg, sum, count,
 len, median, percentile, std, ceil, floor, round, abs, ln, lg, log, time), the TimeInterval_*
 constants, timestamp fields (``.year .month .day .hour .minute .second .weekday .yearday``;
-weekday 0 = Sunday), and the metric series ``$ActiveTasks $RunningTasks $PendingTasks
+weekday 1 = Monday .. 6 = Saturday, and Sunday 0 or 7 by ``sunday=``), and the metric series ``$ActiveTasks $RunningTasks $PendingTasks
 $CPUPercent $SucceededTasks $FailedTasks $MemoryBytes $DiskBytes`` with ``GetSample`` and
 ``GetSamplePercent`` (samples are expected every 30 s). ``$PendingTasks`` is the sum of the
 active and running samples. Results string: the three service variables first, then the
 formula's own variables in order of first assignment, ``$a=1;$b=2``.
+
+Two conventions the sources leave open are switchable per evaluation (``evaluate(...,
+sunday=, cpu_scale=)``; on the service ``svc.weekday_sunday`` / ``svc.cpu_percent_scale``):
+
+* ``weekday`` of Sunday: the autoscale article ("Automatically scale compute nodes in an
+  Azure Batch pool", time fields) gives "1 for Monday" and says nothing of Sunday;
+  doAzureParallel's ``R/autoscale.R`` WEEKEND formula reads Sunday as 7, the .NET-style
+  numbering reads it as 0. ``sunday=0`` (default) or ``sunday=7``.
+* the scale of ``$CPUPercent``: the same article calls it an "average percentage" but its
+  worked example compares it with 0.7 and 0.2 while describing 70 % and 20 %. Samples are
+  recorded in percent (0-100); ``cpu_scale="fraction"`` makes the formula read them / 100.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -30,6 +42,8 @@ SAMPLE_INTERVAL = 30.0  # seconds between metric samples on the real service
 SERIES = ("ActiveTasks", "RunningTasks", "PendingTasks", "CPUPercent", "SucceededTasks", "FailedTasks",
           "MemoryBytes", "DiskBytes", "NetworkInBytes", "NetworkOutBytes", "WallClockSeconds")
 DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
+WEEKDAY_SUNDAY = (0, 7)  # the conventions evaluate() can model (module docstring)
+CPU_SCALES = ("percent", "fraction")
 
 
 class AutoScaleError(Exception):
@@ -348,8 +362,13 @@ def _truthy(v: Any) -> bool:
 
 
 class _Evaluator:
-    def __init__(self, env: dict[str, Any], series: dict[str, _Series], now: dt.datetime) -> None:
-        self.env, self.series, self.now = env, series, now
+    def __init__(self, env: dict[str, Any], series: dict[str, _Series], now: dt.datetime, sunday: int = 0) -> None:
+        self.env, self.series, self.now, self.sunday = env, series, now, sunday
+
+    def _weekday(self, when: dt.datetime) -> int:
+        """Monday 1 .. Saturday 6, Sunday 0 or 7 (the convention this evaluation models)."""
+        day = when.isoweekday()
+        return self.sunday if day == 7 else day
 
     def eval(self, node: Any) -> Any:
         kind = node[0]
@@ -377,7 +396,7 @@ class _Evaluator:
                 return obj.call(name, [self.eval(a) for a in (args or [])])
             if isinstance(obj, dt.datetime) and args is None:
                 fields = {"year": obj.year, "month": obj.month, "day": obj.day, "hour": obj.hour,
-                          "minute": obj.minute, "second": obj.second, "weekday": (obj.weekday() + 1) % 7,
+                          "minute": obj.minute, "second": obj.second, "weekday": self._weekday(obj),
                           "yearday": obj.timetuple().tm_yday}
                 if name in fields:
                     return float(fields[name])
@@ -434,20 +453,30 @@ def _fmt(v: Any) -> str:
 def evaluate(formula: str, *, now: dt.datetime | None = None, metrics: Metrics | None = None,
              current_dedicated: int = 0, current_low_priority: int = 0,
              target_dedicated: int | None = None, target_low_priority: int | None = None,
-             preempted_nodes: int = 0, task_slots_per_node: int = 1) -> AutoScaleResult:
+             preempted_nodes: int = 0, task_slots_per_node: int = 1, sunday: int = 0,
+             cpu_scale: str = "percent") -> AutoScaleResult:
     """Evaluate ``formula`` as the service would at time ``now`` with the given metric samples.
 
     The targets start at the pool's current targets (defaulting to the current node counts);
     the result holds the new targets, the deallocation option and the service-style results
     string. Raises FormulaSyntaxError for a formula that does not parse and AutoScaleError for
-    one that fails while running (e.g. GetSample with too few samples).
+    one that fails while running (e.g. GetSample with too few samples). ``sunday`` (0 or 7)
+    and ``cpu_scale`` ("percent": 0-100, "fraction": 0-1) pick the conventions the module
+    docstring describes.
     """
+    if sunday not in WEEKDAY_SUNDAY:
+        raise ValueError(f"sunday must be one of {WEEKDAY_SUNDAY}, not {sunday!r}")
+    if cpu_scale not in CPU_SCALES:
+        raise ValueError(f"cpu_scale must be one of {CPU_SCALES}, not {cpu_scale!r}")
     now = now or dt.datetime.now(dt.timezone.utc)
     if now.tzinfo is None:
         now = now.replace(tzinfo=dt.timezone.utc)
     stmts = parse(formula)
     metrics = metrics or Metrics()
-    series = {name: _Series("$" + name, [(t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc), v)
+    def scaled(name: str, value: float) -> float:
+        return value / 100.0 if name == "CPUPercent" and cpu_scale == "fraction" else value
+
+    series = {name: _Series("$" + name, [(t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc), scaled(name, v))
                                           for t, v in metrics.series(name)], now) for name in SERIES}
     env: dict[str, Any] = {
         "$TargetDedicatedNodes": float(current_dedicated if target_dedicated is None else target_dedicated),
@@ -458,7 +487,7 @@ def evaluate(formula: str, *, now: dt.datetime | None = None, metrics: Metrics |
         "$TaskSlotsPerNode": float(task_slots_per_node),
     }
     user_order: list[str] = []
-    ev = _Evaluator(env, series, now)
+    ev = _Evaluator(env, series, now, sunday)
     for name, node in stmts:
         if name in ("$CurrentDedicatedNodes", "$CurrentLowPriorityNodes", "$PreemptedNodeCount") or \
                 name.lstrip("$") in SERIES:

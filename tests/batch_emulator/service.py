@@ -71,6 +71,8 @@ class BatchEmulator:
         self.ca_cert: Path | None = None
         self.metrics: dict[str, autoscale.Metrics] = {}
         self.cpu_percent: dict[str, float] = {}
+        self.weekday_sunday = 0  # autoscale conventions the sources leave open (autoscale.py docstring)
+        self.cpu_percent_scale = "percent"
         self._http: HttpFrontEnd | None = None
         self.url = ""
 
@@ -124,6 +126,7 @@ class BatchEmulator:
             self.jobs.clear()
             self.metrics.clear()
             self.cpu_percent.clear()
+            self.weekday_sunday, self.cpu_percent_scale = 0, "percent"
         self.faults.clear()
         self.requests.clear()
         with self._log_lock:
@@ -182,7 +185,8 @@ class BatchEmulator:
                                    target_dedicated=pool.target_dedicated,
                                    target_low_priority=pool.target_low_priority,
                                    preempted_nodes=sum(1 for n in pool.nodes.values() if n.state == "preempted"),
-                                   task_slots_per_node=pool.slots_per_node)
+                                   task_slots_per_node=pool.slots_per_node,
+                                   sunday=self.weekday_sunday, cpu_scale=self.cpu_percent_scale)
         except autoscale.FormulaSyntaxError as e:
             if syntax_errors_raise:
                 raise BatchServiceError(400, e.code, f"The autoscale formula has a syntax error: {e.message}",

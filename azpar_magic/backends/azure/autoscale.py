@@ -130,13 +130,16 @@ def _warm(n: _Bounds, hours_condition: str) -> str:
             + _queue_total("$floor"))
 
 
+# ``weekday``: the autoscale article gives 1 for Monday and leaves Sunday open; public formulas
+# read it as 7 (doAzureParallel), .NET-style numbering as 0. Monday 1 .. Saturday 6 agree, so
+# both formulas name Sunday both ways and hold under either numbering.
 def _workday(n: _Bounds) -> str:
-    # weekday: 0 = Sunday .. 6 = Saturday; hours 08:00-17:59 UTC.
+    # Monday (1) .. Friday (5), 08:00-17:59 UTC; Sunday (0 or 7) and Saturday (6) fall outside.
     return _warm(n, "$curTime.weekday >= 1 && $curTime.weekday <= 5 && $curTime.hour >= 8 && $curTime.hour < 18")
 
 
 def _weekend(n: _Bounds) -> str:
-    return _warm(n, "$curTime.weekday == 0 || $curTime.weekday == 6")
+    return _warm(n, "$curTime.weekday == 6 || $curTime.weekday == 0 || $curTime.weekday == 7")
 
 
 def _max_cpu(n: _Bounds) -> str:
@@ -151,16 +154,31 @@ def _max_cpu(n: _Bounds) -> str:
     the pool is sized by the queue, so an empty pool can still start. ``current / 10`` rather
     than ``current * 0.1``: dividing by 10 is exact for multiples of 10, multiplying is not
     (30 * 0.1 > 3 would round up to 4).
+
+    The scale of ``$CPUPercent`` is not settled by the sources (the autoscale article calls it
+    a percentage but compares it with 0.7 / 0.2), so the formula reads it either way: a series
+    whose samples in the window all lie within 0..1 is read as a fraction (times 100); any
+    sample above 1 proves the 0-100 scale. Such a series is ambiguous (it is also a pool under
+    1 % CPU on the 0-100 scale), so there growth also needs queued tasks ($ActiveTasks), and
+    with nothing queued it shrinks to the queue's need, which still counts the running tasks.
+    Either way an idle pool never grows and a busy queue is never starved.
     """
     window = f"TimeInterval_Minute * {SAMPLE_WINDOW_MINUTES}"
     return (_latest_pending()
             + f"$cpuPercent = $CPUPercent.GetSamplePercent({window});\n"
-            + "$cpu = $CPUPercent.Count() == 0 ? -1 : ($cpuPercent >= "
+            + "$cpuRaw = $CPUPercent.Count() == 0 ? -1 : ($cpuPercent >= "
             + f"{MIN_SAMPLE_PERCENT} ? avg($CPUPercent.GetSample({window})) : max($CPUPercent.GetSample(1)));\n"
+            + "$cpuPeak = $CPUPercent.Count() == 0 ? -1 : ($cpuPercent > 0 ? "
+            + f"max($CPUPercent.GetSample({window})) : max($CPUPercent.GetSample(1)));\n"
+            + "$cpuFraction = $cpuPeak <= 1;\n"
+            + "$cpu = $cpuFraction ? $cpuRaw * 100 : $cpuRaw;\n"
+            + "$queued = $ActiveTasks.Count() > 0 ? max(0, $ActiveTasks.GetSample(1)) : 0;\n"
             + "$current = $TargetDedicatedNodes + $TargetLowPriorityNodes;\n"
             + "$queueNeed = ceil($latest / $slots);\n"
-            + f"$wanted = $cpu > {CPU_HIGH_PERCENT} ? $current + max(1, ceil($current / 10)) : "
-            + f"($cpu < {CPU_LOW_PERCENT} ? max($minNodes, $queueNeed) : $current);\n"
+            + f"$grow = $cpu > {CPU_HIGH_PERCENT} && (!$cpuFraction || $queued > 0);\n"
+            + f"$shrink = $cpu < {CPU_LOW_PERCENT} || ($cpuFraction && $queued == 0);\n"
+            + "$wanted = $grow ? $current + max(1, ceil($current / 10)) : "
+            + "($shrink ? max($minNodes, $queueNeed) : $current);\n"
             + "$total = min($maxNodes, max($minNodes, $wanted));\n")
 
 
