@@ -242,10 +242,11 @@ class Engine:
             if not ok(job.tasks.get(tid.lower())):
                 return False
         ranges = deps.get("taskIdRanges") or []
-        if ranges:
-            for t in job.tasks.values():
-                if t.id.isdigit() and any(r["start"] <= int(t.id) <= r["end"] for r in ranges) and not ok(t):
-                    return False
+        if ranges:  # every id of a range must exist and complete: one never added keeps it waiting
+            done = {int(t.id) for t in job.tasks.values()
+                    if t.id.isdigit() and any(r["start"] <= int(t.id) <= r["end"] for r in ranges) and ok(t)}
+            if any(i not in done for r in ranges for i in range(r["start"], r["end"] + 1)):
+                return False
         return True
 
     def _schedule(self) -> None:

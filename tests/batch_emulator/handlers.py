@@ -15,7 +15,7 @@ from urllib.parse import quote
 from . import errors, odata, rules
 from .errors import BatchServiceError
 from .server import Response
-from .state import Job, Pool, Task, file_json, job_json, node_json, pool_json, task_json
+from .state import Job, Pool, Task, file_json, job_json, node_json, pool_json, task_json, task_json_as_of
 from .util import fmt_time, http_date, utcnow
 
 if TYPE_CHECKING:
@@ -26,8 +26,24 @@ HANDLERS: dict[str, Handler] = {}
 
 
 def op(name: str) -> Callable[[Handler], Handler]:
+    """Register a handler; a lost response armed for it (faults.lose_responses) lets the
+    operation take effect (on only the first ``partial`` tasks of a collection) and then
+    answers the client with a 5xx instead of the result."""
     def deco(fn: Handler) -> Handler:
-        HANDLERS[name] = fn
+        def handle(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+            lost = svc.faults.take_lost_response(name)
+            if lost is None:
+                return fn(svc, p, q, h, body, raw_len)
+            if lost.partial is not None and isinstance(body, dict) and isinstance(body.get("value"), list):
+                body = {**body, "value": body["value"][:lost.partial]}
+            resp = fn(svc, p, q, h, body, raw_len)
+            if resp.status >= 300:
+                return resp
+            svc.log(f"{name}: done, response lost ({lost.status})")
+            raise svc.faults.lost_error(lost)
+        handle.__name__ = handle.__qualname__ = fn.__name__
+        handle.__doc__ = fn.__doc__
+        HANDLERS[name] = handle
         return fn
     return deco
 
@@ -550,15 +566,22 @@ def enable_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_l
 
 @op("Jobs_GetJobTaskCounts")
 def task_counts(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+    """Counts as of ``counts_lag`` seconds ago (faults.py: the spec says they may not be up to
+    date); a completion counts as succeeded or failed by the task's result."""
+    cutoff = utcnow() - dt.timedelta(seconds=svc.faults.counts_lag())
     with svc.cond:
         job = _job(svc, p["jobId"])
         counts = {k: 0 for k in ("active", "running", "completed", "succeeded", "failed")}
         slots = dict(counts)
         for t in job.tasks.values():
-            key = "running" if t.state in ("preparing", "running") else t.state
+            seen = t.state_as_of(cutoff)
+            if seen is None:
+                continue
+            state = seen[1]
+            key = "running" if state in ("preparing", "running") else state
             counts[key] += 1
             slots[key] += t.required_slots
-            if t.state == "completed":
+            if state == "completed":
                 sub = "succeeded" if t.result == "success" else "failed"
                 counts[sub] += 1
                 slots[sub] += t.required_slots
@@ -630,6 +653,10 @@ def create_task_collection(svc: "BatchEmulator", p: dict, q: dict, h: dict, body
             try:
                 if tid.lower() in seen:
                     raise errors.exists("Task")
+                refused = svc.faults.refusal(tid)
+                if refused:
+                    raise BatchServiceError(400, refused, "The task was refused (emulator hook).",
+                                            [("TaskId", tid)])
                 task = _add_task(svc, job, spec)
                 seen.add(tid.lower())
                 results.append({"status": "success", "taskId": tid, "eTag": task.etag,
@@ -644,9 +671,21 @@ def create_task_collection(svc: "BatchEmulator", p: dict, q: dict, h: dict, body
 
 @op("Tasks_ListTasks")
 def list_tasks(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+    """Without $filter: every task as it is. With one: each task as a lagging index sees it
+    (faults.py: ``list_lag``, and completions hidden by ``hide_from_filtered_lists``)."""
+    filtered = bool(odata.effective_filter(q))
+    now = utcnow()
     with svc.cond:
         job = _job(svc, p["jobId"])
-        items = [task_json(t, job, svc.url) for t in sorted(job.tasks.values(), key=lambda t: t.seq)]
+        items = []
+        for t in sorted(job.tasks.values(), key=lambda t: t.seq):
+            if not filtered:
+                items.append(task_json(t, job, svc.url))
+                continue
+            lag, hidden = svc.faults.list_delays(job.id, t.id)
+            seen = t.state_as_of(now - dt.timedelta(seconds=lag), hidden)
+            if seen is not None:
+                items.append(task_json_as_of(t, job, svc.url, seen))
     return Response(200, odata.page(items, q, f"{svc.url}/jobs/{job.id}/tasks", svc.spec.api_version))
 
 

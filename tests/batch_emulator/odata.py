@@ -187,6 +187,12 @@ def decode_token(token: str) -> tuple[int, str | None, str | None, int]:
         raise errors.invalid_query("$skiptoken", token) from None
 
 
+def effective_filter(query: dict[str, str]) -> str | None:
+    """The $filter a list request applies: its own, or the one its $skiptoken carries."""
+    token = query.get("$skiptoken")
+    return decode_token(token)[1] if token else query.get("$filter")
+
+
 def page(items: Iterable[dict], query: dict[str, str], list_url: str, api_version: str,
          default_max: int = 1000) -> dict:
     """One page of a list response: filter, select, maxresults and a nextLink carrying the rest.

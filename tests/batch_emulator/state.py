@@ -128,12 +128,31 @@ class Task:
     kill_reason: str | None = None    # requeue | terminate | delete, set by whoever kills it
     dependency_blocked: bool = False  # completed task whose failure blocks dependents
     container_info: dict | None = None
+    history: list[tuple[str, dt.datetime]] = field(default_factory=list)  # (state, since), oldest first
+
+    def __post_init__(self) -> None:
+        self.history.append((self.state, self.state_time))
 
     def set_state(self, state: str) -> None:
         if state != self.state:
             self.previous_state, self.previous_state_time = self.state, self.state_time
             self.state, self.state_time = state, utcnow()
+            self.history.append((state, self.state_time))
+            del self.history[:-16]
         self.etag, self.last_modified = new_etag(), utcnow()
+
+    def state_as_of(self, cutoff: dt.datetime, completion_delay: float = 0.0) -> tuple[int, str, dt.datetime] | None:
+        """(index in history, state, since) as a view lagging behind the task sees it: the
+        last change made at or before ``cutoff``, a completion only ``completion_delay``
+        seconds later; None when the task is too new to be in that view at all."""
+        seen = None
+        for i, (state, since) in enumerate(self.history):
+            if state == "completed" and completion_delay:
+                if completion_delay == float("inf") or since + dt.timedelta(seconds=completion_delay) > cutoff:
+                    continue
+            if since <= cutoff:
+                seen = (i, state, since)
+        return seen
 
     @property
     def required_slots(self) -> int:
@@ -293,6 +312,33 @@ def task_json(t: Task, job: Job, base: str) -> dict:
         out["nodeInfo"] = t.node_info
     if "userIdentity" not in out:
         out["userIdentity"] = {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
+    return out
+
+
+_LATER_EXECUTION_FIELDS = ("endTime", "exitCode", "result", "failureInfo", "containerInfo")
+
+
+def task_json_as_of(t: Task, job: Job, base: str, seen: tuple[int, str, dt.datetime]) -> dict:
+    """The task as a lagging view (see Task.state_as_of) renders it: the state and times it
+    had then, without the execution results it did not have yet."""
+    out = task_json(t, job, base)
+    index, state, since = seen
+    if index == len(t.history) - 1:
+        return out
+    out["state"], out["stateTransitionTime"] = state, fmt_time(since)
+    if index > 0:
+        out["previousState"], out["previousStateTransitionTime"] = t.history[index - 1][0], \
+            fmt_time(t.history[index - 1][1])
+    else:
+        out.pop("previousState", None)
+        out.pop("previousStateTransitionTime", None)
+    if state != "completed":
+        info = out["executionInfo"]
+        for key in _LATER_EXECUTION_FIELDS:
+            info.pop(key, None)
+        if state == "active":
+            info.pop("startTime", None)
+            out.pop("nodeInfo", None)
     return out
 
 
