@@ -3,6 +3,11 @@
 A pool is long-lived and shared by many cells, so it is created once from the profile (or
 attached to when it exists, whoever created it) and only resized explicitly: an interactive
 run that finds no nodes asks for them at once instead of waiting 5+ minutes for autoscale.
+
+Writing a pool (create, resize, autoscale, delete) needs a role with ``pools/write``: *Azure
+Batch Data Contributor* or *Account Contributor*. *Azure Batch Job Submitter* may read pools
+and submit jobs only (the Batch RBAC article); the service answers its pool writes with 403
+``AuthorizationFailed``, which :func:`write_refused` recognises.
 """
 
 from __future__ import annotations
@@ -13,21 +18,31 @@ from typing import Any
 
 import dill
 from azure.batch import models
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from ...config import Profile
 from . import autoscale, commands
 
 CONTAINER_TYPE = "dockerCompatible"
 RESIZE_TIMEOUT = "PT15M"
+POOL_WRITE_ROLE = "Azure Batch Data Contributor"
+SUBMIT_ONLY_ROLE = "Azure Batch Job Submitter"
+
+
+def write_refused(exc: BaseException) -> bool:
+    """The service refused a request for the caller's role (403 AuthorizationFailed), as it
+    does for every pool write of an *Azure Batch Job Submitter*."""
+    code = getattr(getattr(exc, "error", None), "code", None)
+    return isinstance(exc, HttpResponseError) and exc.status_code == 403 and code == "AuthorizationFailed"
 
 
 def container_settings(profile: Profile) -> models.BatchTaskContainerSettings:
-    registry = None
-    if profile["registry_server"]:
-        registry = models.ContainerRegistryReference(registry_server=profile["registry_server"],
-                                                     username=profile["registry_username"])
-    return models.BatchTaskContainerSettings(image_name=profile["container_image"], registry=registry)
+    """Task-level container settings: the image only. The registry and its credentials are
+    the pool's (``pool_definition``); the REST spec says the task-level registry "can be
+    omitted if was already provided at Pool creation", and a reference without its password
+    (the only kind a task definition could carry, keeping the secret out of it) has no source
+    showing that it works."""
+    return models.BatchTaskContainerSettings(image_name=profile["container_image"])
 
 
 def _pool_registry(profile: Profile, password: str | None) -> list[models.ContainerRegistryReference] | None:
@@ -123,8 +138,19 @@ def ensure(client: Any, profile: Profile, registry_password: str | None = None) 
         return found, False
     if not profile["create_pool"]:
         raise RuntimeError(f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} and "
-                           "the profile says create_pool = false")
-    client.create_pool(pool_definition(profile, registry_password))
+                           "the profile says create_pool = false: ask the administrator to create it (or set "
+                           f"create_pool = true with an identity holding the {POOL_WRITE_ROLE} role)")
+    try:
+        client.create_pool(pool_definition(profile, registry_password))
+    except HttpResponseError as exc:
+        if write_refused(exc):
+            raise RuntimeError(
+                f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} and this identity "
+                f"may not create it (403 AuthorizationFailed): creating a pool needs the {POOL_WRITE_ROLE} role (or "
+                f"Azure Batch Account Contributor) on the Batch account; {SUBMIT_ONLY_ROLE} can only use an existing "
+                "pool. Ask an administrator to create the pool (`%azpar pool create` with that role) or to grant the "
+                "role") from None
+        raise
     created = status(client, profile["pool_id"])
     assert created is not None
     return created, True

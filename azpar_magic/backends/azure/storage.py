@@ -24,7 +24,10 @@ give each user's identity access to their own containers only (docs/jupyterhub.m
 
 Every SAS expires with the job (its timeout plus a margin for uploads and clock skew), and
 is signed with the account key only in shared-key mode, otherwise with a user delegation
-key. No key ever leaves this module.
+key. A user delegation key, and so every SAS it signs, lasts at most 7 days ("Create a user
+delegation SAS", Azure Storage docs): those tokens are capped at 7 days from signing, and a
+run whose job_timeout is longer is told so in the cell (``delegation_note``). No key ever
+leaves this module.
 """
 
 from __future__ import annotations
@@ -54,6 +57,26 @@ def cache_container_name() -> str:
 CACHE_CONTAINER = cache_container_name()  # a kernel's hub user is fixed for its lifetime
 SAS_MARGIN = dt.timedelta(minutes=30)  # uploads after the last task, and clock skew between machines
 SAS_START_SKEW = dt.timedelta(minutes=5)
+DELEGATION_MAX = dt.timedelta(days=7)  # the service's limit on a user delegation key's (and its SAS's) life
+DELEGATION_SAFETY = dt.timedelta(minutes=1)  # clock skew between this machine and Storage
+
+
+def signed_expiry(expiry: dt.datetime, *, delegation: bool, now: dt.datetime | None = None) -> dt.datetime:
+    """The expiry a SAS can actually carry: ``expiry`` with the account key; with a user
+    delegation key at most 7 days (less a minute of clock skew) from ``now``."""
+    if not delegation:
+        return expiry
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return min(expiry, now + DELEGATION_MAX - DELEGATION_SAFETY)
+
+
+def delegation_note(staging: "Staging", lifetime: float) -> str:
+    """One line for the cell when this run's tokens end before its job_timeout ("" otherwise)."""
+    if not staging.delegation or dt.timedelta(seconds=lifetime) + SAS_MARGIN <= DELEGATION_MAX - DELEGATION_SAFETY:
+        return ""
+    return (f"job_timeout is {lifetime / 86400:.1f} days, but SAS tokens signed with a user delegation key last "
+            "at most 7 days: tasks that start after that cannot read their inputs or save their results (use "
+            "auth = shared-key, or keep runs under 7 days).")
 
 
 @dataclass
@@ -209,6 +232,11 @@ class Staging:
 
     # ------------------------------------------------------------------ SAS
 
+    @property
+    def delegation(self) -> bool:
+        """SAS tokens are signed with a user delegation key (identity modes), not the account key."""
+        return self._key is None
+
     def _signing(self, expiry: dt.datetime) -> dict[str, Any]:
         if self._key is not None:
             return {"account_key": self._key}
@@ -228,6 +256,7 @@ class Staging:
         return f"{self.account_url}/{container}"
 
     def container_sas_url(self, container: str, permission: str, expiry: dt.datetime) -> str:
+        expiry = signed_expiry(expiry, delegation=self.delegation)
         token = generate_container_sas(self.account_name, container,
                                        permission=ContainerSasPermissions.from_string(permission),
                                        expiry=expiry, start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
@@ -235,6 +264,7 @@ class Staging:
         return f"{self.container_url(container)}?{token}"
 
     def blob_sas_url(self, container: str, name: str, permission: str, expiry: dt.datetime) -> str:
+        expiry = signed_expiry(expiry, delegation=self.delegation)
         token = generate_blob_sas(self.account_name, container, name,
                                   permission=BlobSasPermissions.from_string(permission),
                                   expiry=expiry, start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
