@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from ... import store
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
 from . import commands, files, storage
-from .pool import container_settings, nodes_needed, resize, state_name, status
+from .pool import container_settings, state_name
 from .submission import PendingTask, TaskAdder
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ MERGE_TASK = "merge"
 MANIFEST_BLOB = "manifest.json"  # the job store's manifest, also beside the job (in its inputs container)
 _TERMINAL_NODE_STATES = ("starttaskfailed", "unusable")
 _COMPLETED_FIELDS = ["id", "stateTransitionTime", "executionInfo", "nodeInfo"]  # what reading a result needs
+_SWEEP_FIELDS = ["id", "state", *_COMPLETED_FIELDS[1:]]
+SWEEP_INTERVAL = 60.0  # seconds between unfiltered sweeps of the job's tasks while some have no result
+POST_ATTEMPTS = 3  # create-job / merge-task calls whose answer never arrived, sent again (then *Exists = done)
 
 
 def _blob_url(container_sas_url: str, name: str) -> str:
@@ -71,10 +75,46 @@ def _is_download_failure(code: str, message: str) -> bool:
     return code.startswith("Blob") or "ResourceFile" in code or "resource file" in message.lower()
 
 
+def _exists(exc: HttpResponseError, code: str) -> bool:
+    """409 ``code`` (JobExists, TaskExists): a POST that had already taken effect."""
+    error = getattr(exc, "error", None)
+    return exc.status_code == 409 and getattr(error, "code", None) in (code, None)
+
+
+def _id_ranges(ids: Sequence[str]) -> list[tuple[int, int]]:
+    """Numeric task ids as the fewest inclusive ranges (the merge task's dependencies)."""
+    out: list[tuple[int, int]] = []
+    for n in sorted(int(i) for i in ids):
+        if out and n == out[-1][1] + 1:
+            out[-1] = (out[-1][0], n)
+        else:
+            out.append((n, n))
+    return out
+
+
 def _terminate_options(reason: str) -> Any:
     from azure.batch.models._models import BatchJobTerminateOptions  # not exported in 15.1
 
     return BatchJobTerminateOptions(termination_reason=reason)
+
+
+class _Sweeps:
+    """When to sweep the job's tasks unfiltered: every SWEEP_INTERVAL, and at once when the
+    counts say results are missing; sweeps that find nothing new space out (doubling from
+    the poll interval up to SWEEP_INTERVAL), so a lagging service is not listed in a loop."""
+
+    def __init__(self, interval: float):
+        self.first_gap = max(interval, 0.05)
+        self.gap = self.first_gap
+        self.last = time.monotonic()
+
+    def due(self, missing: bool) -> bool:
+        since = time.monotonic() - self.last
+        return since >= SWEEP_INTERVAL or (missing and since >= self.gap)
+
+    def done(self, found: int) -> None:
+        self.last = time.monotonic()
+        self.gap = self.first_gap if found else min(self.gap * 2, SWEEP_INTERVAL)
 
 
 class AzureRun:
@@ -103,6 +143,10 @@ class AzureRun:
         self._cancelled: set[str] = set()
         self._all_cancelled = False
         self._deferred: list[str] = []  # merge mode: succeeded tasks whose results come merged
+        self._seen_completed: set[str] = set()  # task ids a list has shown completed (merge included)
+        self._merge_read = False
+        self._adding = True  # tasks are still being added: counts cannot yet say the job is done
+        self.run_token = secrets.token_hex(8)  # in the job's metadata: a JobExists answer is ours if it matches
         self.failed_any = False
         self.added_at: float | None = None  # monotonic time the first task became schedulable
         self.add_report = None
@@ -154,14 +198,38 @@ class AzureRun:
             command_line=commands.job_preparation_command(self.packages, self.pip_options),
             container_settings=container_settings(self.profile), resource_files=prep_files,
             constraints=models.BatchTaskConstraints(max_task_retry_count=2), wait_for_success=True)
-        self.client.create_job(models.BatchJobCreateOptions(
+        self._create_job(models.BatchJobCreateOptions(
             id=self.job_id, pool_info=models.BatchPoolInfo(pool_id=self.profile["pool_id"]),
             job_preparation_task=prep, all_tasks_complete_mode="noaction",
             uses_task_dependencies=self.merge_cloud,
             constraints=models.BatchJobConstraints(max_wall_clock_time=dt.timedelta(seconds=self.lifetime)),
             metadata=[models.BatchMetadataItem(name="azpar-cell", value=_first_line(spec.envelope.get("source"))),
-                      models.BatchMetadataItem(name="azpar-user", value=store.creator())]))
-        self._count("create_job")
+                      models.BatchMetadataItem(name="azpar-user", value=store.creator()),
+                      models.BatchMetadataItem(name="azpar-run", value=self.run_token)]))
+
+    def _create_job(self, options: Any) -> None:
+        """Create the job. A POST whose answer was lost (the SDK sends it again on a 5xx; this
+        sends it again when the connection failed) may have created it already: JobExists
+        then means success, once the job's metadata shows this run's token (any other job
+        of that id is not ours, and is left alone)."""
+        for attempt in range(POST_ATTEMPTS):
+            try:
+                self.client.create_job(options)
+                self._count("create_job")
+                return
+            except ServiceResponseError:
+                if attempt + 1 == POST_ATTEMPTS:
+                    raise
+            except HttpResponseError as exc:
+                if not _exists(exc, "JobExists"):
+                    raise
+                job = self.client.get_job(self.job_id, select=["id", "metadata"])
+                self._count("get_job")
+                if {m.name: m.value for m in job.metadata or []}.get("azpar-run") == self.run_token:
+                    return
+                raise RuntimeError(f"staging the job on Azure failed: a Batch job named {self.job_id} already "
+                                   "exists and was not created by this run; it was left as it is. "
+                                   "Run the cell again (it gets a new job id)") from None
 
     def save_manifest(self, *, final: bool = False) -> None:
         """Copy the job store's manifest into the job's inputs container, so the job can be
@@ -198,6 +266,7 @@ class AzureRun:
             self._fail_remaining("the Batch job no longer exists (it was deleted); rerun the missing iterations")
             return
         if all_added:
+            self._adding = False
             self._follow()
             return
         self._count("list_tasks")
@@ -215,6 +284,7 @@ class AzureRun:
             self._count("update_job")
         except HttpResponseError:
             pass  # it has ended already (or was terminated): the follower reads what is there
+        self._adding = False
         self._follow()
 
     # ------------------------------------------------------------------ task definitions
@@ -318,7 +388,8 @@ class AzureRun:
         large = self._large_inputs(pending)
         if large:
             self.staging.upload_many(self.in_container, large)
-        self._ensure_nodes(len(pending))
+        # An empty pool was resized (or not, and the cell says why) by the backend before this
+        # thread started: AzureBackend._make_room.
 
         def added(ids: list[str]) -> None:
             if self.added_at is None:
@@ -331,44 +402,72 @@ class AzureRun:
         if self._stop.is_set():
             return
         if self.merge_cloud and report.added:
-            self._add_merge_task()
+            self._add_merge_task(report.added)
+        elif self.merge_cloud:
+            self._without_merge()
+        self._adding = False
         try:
             self.client.update_job(self.job_id, models.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob"))
             self._count("update_job")
         except HttpResponseError:
             pass  # the job was cancelled meanwhile; the follower reports the tasks
 
-    def _ensure_nodes(self, n_tasks: int) -> None:
-        """An interactive run on an empty pool asks for nodes now (autoscale lags minutes)."""
-        found = status(self.client, self.profile["pool_id"])
-        if found is None or found.dedicated + found.spot + found.target_dedicated + found.target_spot > 0:
-            return
-        dedicated, spot = nodes_needed(self.profile, n_tasks)
-        if dedicated + spot > 0:
-            resize(self.client, self.profile["pool_id"], dedicated, spot)
-            self.backend.resized_for_run = found.autoscale
-
-    def _add_merge_task(self) -> None:
+    def _add_merge_task(self, added: Sequence[str]) -> None:
+        """The merge task, depending on the tasks that were added (a task that could not be
+        added would never complete, and a merge waiting for it would wait forever). If it
+        cannot be added, results are read one by one instead."""
         n = len(self.tasks)
         read_results = self.staging.container_sas_url(self.out_container, "rl", self.expiry)
+        ranges = _id_ranges(added)
         merge = models.BatchTaskCreateOptions(
             id=MERGE_TASK, command_line=commands.merge_command(self.packages, self.pip_options, n),
             resource_files=[models.ResourceFile(storage_container_url=read_results, blob_prefix="results/")],
             output_files=[self._output(commands.MERGED_FILE, commands.MERGED_FILE)],
-            depends_on=models.BatchTaskDependencies(task_id_ranges=[models.BatchTaskIdRange(start=1, end=n)]),
+            depends_on=models.BatchTaskDependencies(
+                task_id_ranges=[models.BatchTaskIdRange(start=a, end=b) for a, b in ranges]),
             container_settings=container_settings(self.profile),
             constraints=models.BatchTaskConstraints(max_task_retry_count=2))
-        self.client.create_task(self.job_id, merge)
-        self._count("create_task")
+        try:
+            self._create_merge_task(merge, ranges)
+        except AzureError:
+            self._without_merge()
+
+    def _create_merge_task(self, merge: Any, ranges: list[tuple[int, int]]) -> None:
+        """Add the merge task; TaskExists after a POST whose answer was lost is success when
+        the task there is this one (same command line and dependencies)."""
+        for attempt in range(POST_ATTEMPTS):
+            try:
+                self.client.create_task(self.job_id, merge)
+                self._count("create_task")
+                return
+            except ServiceResponseError:
+                if attempt + 1 == POST_ATTEMPTS:
+                    raise
+            except HttpResponseError as exc:
+                if not _exists(exc, "TaskExists"):
+                    raise
+                there = self.client.get_task(self.job_id, MERGE_TASK, select=["id", "commandLine", "dependsOn"])
+                self._count("get_task")
+                deps = there.depends_on.task_id_ranges if there.depends_on else None
+                if there.command_line == merge.command_line and \
+                        [(r.start, r.end) for r in deps or []] == ranges:
+                    return
+                raise
 
     # ------------------------------------------------------------------ following
 
     def _follow(self) -> None:
+        """Poll the task counts; list what changed. Counts and filtered lists lag and calls
+        fail (the spec: counts "may not always be up to date"), so what has been seen only
+        advances after a list that succeeded, and an unfiltered sweep of the job's tasks
+        runs every SWEEP_INTERVAL and whenever the counts say the job is done while results
+        are missing (a task a filtered list skipped, as pypeliner met on real Batch)."""
         interval = self.backend.poll_interval
         seen_completed = 0
         last_running = 0  # nothing runs yet: no listing until the counts say otherwise
         watermark: dt.datetime | None = None
         quiet_polls = 0
+        sweep = _Sweeps(interval)
         while not self._stop.is_set():
             if self._done():
                 return
@@ -388,12 +487,18 @@ class AzureRun:
             self.answered("the Azure Batch service")
             progressed = False
             if counts.completed > seen_completed:
-                watermark = self._collect_completed(watermark)
-                seen_completed = counts.completed
-                progressed = True
+                listed, watermark = self._collect_completed(watermark)
+                if listed:  # a failed list leaves the counts to ask again next poll
+                    seen_completed = counts.completed
+                    progressed = True
+            if sweep.due(self._missing_results(counts)):
+                found = self._sweep_completed()
+                if found is not None:
+                    sweep.done(found)
+                    progressed = progressed or found > 0
             if counts.running != last_running:
-                self._collect_running()
-                last_running = counts.running
+                if self._collect_running():
+                    last_running = counts.running
                 progressed = True
             quiet_polls = 0 if progressed else quiet_polls + 1
             if quiet_polls and quiet_polls % STALL_CHECK_POLLS == 0 and counts.active and not counts.running:
@@ -408,37 +513,80 @@ class AzureRun:
         """Every task has had its final event (the engine is about to finish the job)."""
         return self._done()
 
-    def _list(self, filter_text: str, select: list[str]) -> list[Any]:
+    def _list(self, filter_text: str | None, select: list[str]) -> list[Any] | None:
+        """The job's tasks (every page), or None when listing failed: the caller then
+        keeps what it had seen, so the next poll asks again."""
         self._count("list_tasks")
         try:
             return list(self.client.list_tasks(self.job_id, filter=filter_text, select=select))
         except AzureError:
-            return []
+            self._count("list_tasks_error")
+            return None
 
-    def _collect_running(self) -> None:
-        for task in self._list("state eq 'running'", ["id", "nodeInfo"]):
+    def _collect_running(self) -> bool:
+        running = self._list("state eq 'running'", ["id", "nodeInfo"])
+        for task in running or []:
             if task.id in self.tasks and task.id not in self._started:
                 self._started.add(task.id)
                 node = task.node_info.node_id if task.node_info else None
                 self._emit(TaskEvent(self.job_id, task.id, "started", node=node), final=False)
+        return running is not None
 
-    def _collect_completed(self, watermark: dt.datetime | None) -> dt.datetime | None:
+    def _collect_completed(self, watermark: dt.datetime | None) -> tuple[bool, dt.datetime | None]:
+        """(listed, new watermark): tasks completed since the watermark, handed to the
+        download threads; the watermark moves only when the list succeeded."""
         text = "state eq 'completed'"
         if watermark is not None:
             # ge with the last time seen: a task completing in the same instant is not missed
             text += f" and stateTransitionTime ge datetime'{watermark.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
+        tasks = self._list(text, _COMPLETED_FIELDS)
+        if tasks is None:
+            return False, watermark
         newest = watermark
-        merge_done = None
-        for task in self._list(text, _COMPLETED_FIELDS):
+        for task in tasks:
             if newest is None or (task.state_transition_time and task.state_transition_time > newest):
                 newest = task.state_transition_time
+        self._take_completed(tasks)
+        return True, newest
+
+    def _sweep_completed(self) -> int | None:
+        """Every task of the job, unfiltered (an unfiltered list does not depend on the
+        index a filter reads): the completed ones not seen before are handled. Returns how
+        many were new, or None when the list failed."""
+        self._count("sweep")
+        tasks = self._list(None, _SWEEP_FIELDS)
+        if tasks is None:
+            return None
+        completed = [t for t in tasks if state_name(t.state) == "completed"]
+        with self._lock:
+            new = sum(1 for t in completed if t.id not in self._seen_completed)
+        self._take_completed(completed)
+        return new
+
+    def _take_completed(self, tasks: Sequence[Any]) -> None:
+        merge_done = None
+        for task in tasks:
+            with self._lock:
+                self._seen_completed.add(task.id)
             if task.id == MERGE_TASK:
                 merge_done = task
                 continue
             self._fetch_in_background(task)
         if merge_done is not None:
+            with self._lock:
+                if self._merge_read:
+                    return
+                self._merge_read = True
+                self._handling.add(MERGE_TASK)
             self._downloads.submit(self._guard_task, merge_done)
-        return newest
+
+    def _missing_results(self, counts: Any) -> bool:
+        """The counts say every task is done, yet some results have not arrived and none
+        is being read: a list skipped a task (or failed at the last moment)."""
+        if self._adding or counts.active or counts.running or not counts.completed:
+            return False
+        with self._lock:
+            return not self._handling and len(self._final) < len(self.tasks)
 
     def _fetch_in_background(self, task: Any) -> None:
         """Read a completed task's result on the download threads, unless it is not this
@@ -492,11 +640,25 @@ class AzureRun:
                                  error=f"the worker failed with {code} (exit code {exit_code}) after "
                                        f"{retries + 1} attempt(s) on node {node}" + (f": {tail}" if tail else "")))
             return
-        if self.merge_cloud and failure is None:
-            with self._lock:
-                self._deferred.append(task.id)
+        if failure is None and self._defer(task.id):
             return
         self._deliver(task.id, node, self._fetch_result(task.id))
+
+    def _defer(self, task_id: str) -> bool:
+        """Merge mode: the result comes with the merged blob (False once there is no merge)."""
+        with self._lock:
+            if self.merge_cloud:
+                self._deferred.append(task_id)
+            return self.merge_cloud
+
+    def _without_merge(self) -> None:
+        """No merge task will run (it could not be added): results are read one by one,
+        those already waiting for it included."""
+        with self._lock:
+            self.merge_cloud = False
+            deferred, self._deferred = list(self._deferred), []
+        for task_id in deferred:
+            self._deliver(task_id, None, self._fetch_result(task_id))
 
     def _fetch_result(self, task_id: str) -> bytes | None:
         """The result blob; when its upload failed, the file on the node (nothing is lost
@@ -729,8 +891,10 @@ class AzureRun:
             deferred, self._deferred = list(self._deferred), []
         for task_id in deferred:  # merge mode: succeeded tasks waiting for the merged blob
             self._deliver(task_id, None, self._fetch_result(task_id))
-        for task in self._list("state eq 'completed'", _COMPLETED_FIELDS):
-            self._fetch_in_background(task)
+        tasks = self._list(None, _SWEEP_FIELDS)  # unfiltered: a filtered list may lag
+        for task in tasks or []:
+            if state_name(task.state) == "completed" and task.id != MERGE_TASK:
+                self._fetch_in_background(task)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:

@@ -1,6 +1,9 @@
 """Adding a job's tasks: add-task-collection calls of at most 100 tasks and under 1 MB,
 several in flight, halved on RequestBodyTooLarge, retried with backoff on server errors and
-throttling, and idempotent (a task that already exists was added by an earlier attempt).
+throttling (waiting at least what Retry-After asks), and idempotent: a task that already
+exists was added by an earlier attempt whose answer was lost (the tasks are numbered within
+this run's own job, which ``AzureRun._create_job`` checked is ours, so TaskExists can only
+come from this run; the SDK's own bulk add treats it the same way).
 
 doAzureParallel added one task per REST call (3,375 tasks took about 15 minutes); this adds
 them a hundred at a time with a few calls in flight.
@@ -115,7 +118,7 @@ class TaskAdder:
                     return
                 if _retryable(exc) and attempt + 1 < MAX_ATTEMPTS:
                     attempt += 1
-                    self._backoff(attempt)
+                    self._backoff(attempt, _retry_after(exc))
                     continue
                 self._fail(group, f"adding the task failed: {_describe(exc)}")
                 return
@@ -159,10 +162,22 @@ class TaskAdder:
             for task in group:
                 self.report.failed[task.definition.id] = why
 
-    def _backoff(self, attempt: int) -> None:
+    def _backoff(self, attempt: int, at_least: float = 0.0) -> None:
+        """Wait before the next attempt: exponential with jitter, and no less than the
+        Retry-After a throttled answer asked for (capped at a minute)."""
         with self._lock:
             self.report.retries += 1
-        time.sleep(BACKOFF * (2 ** (attempt - 1)) * (0.5 + random.random()))
+        time.sleep(max(BACKOFF * (2 ** (attempt - 1)) * (0.5 + random.random()), min(at_least, 60.0)))
+
+
+def _retry_after(exc: Exception) -> float:
+    """Seconds a 429/503 answer's Retry-After header asks for (0 without one)."""
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _describe(exc: Exception) -> str:
