@@ -5,6 +5,22 @@ eleven standard headers, the sorted ``ocp-*`` headers, ``/account`` + the encode
 the sorted query parameters with their first non-empty value), then compared in constant
 time with the HMAC-SHA256 the client sent. Any mismatch is the service's 403
 AuthenticationFailed, so a wrong key fails here the way it fails against Azure.
+
+Roles (authorization, after authentication). Source: the Batch article "Role-based access
+control for Azure Batch service" (MicrosoftDocs azure-docs, articles/batch/batch-role-based-
+access-control.md) and the built-in role definitions it lists. *Azure Batch Job Submitter* has
+the action ``Microsoft.Batch/batchAccounts/pools/read`` and the data actions ``jobs/*`` and
+``jobSchedules/*``; *Azure Batch Data Contributor* and *Azure Batch Account Contributor* add
+``pools/*``. Roles apply only to Microsoft Entra identities: "the Batch shared key credentials
+give full permission". So the account's own key, and any bearer token without a role, may do
+everything. Because the backend's identity modes cannot be exercised here without an identity
+provider, a test stands in for "an Entra identity holding role R" with a credential of its own:
+``svc.add_identity(role)`` returns a further SharedKey name and key bound to R (a test-only
+device: Azure has no role-bound keys), and ``svc.grant_token(token, role)`` binds a bearer token.
+A request its role does not allow gets 403 ``AuthorizationFailed`` before anything changes.
+What the sources leave open, and is modelled as marked: account-level reads (supported images,
+node counts, usage metrics) are allowed to every role (Job Submitter lacks
+``batchAccounts/read``); ``evaluateautoscale`` is a POST on the pool and counts as a pool write.
 """
 from __future__ import annotations
 
@@ -23,6 +39,38 @@ SIGNED_HEADERS = (
     "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range",
 )
 MAX_CLOCK_SKEW = dt.timedelta(minutes=15)
+
+JOB_SUBMITTER = "Azure Batch Job Submitter"
+DATA_CONTRIBUTOR = "Azure Batch Data Contributor"
+ACCOUNT_CONTRIBUTOR = "Azure Batch Account Contributor"
+#: What each built-in role may do, in the permission words of :func:`permission_for`.
+ROLES: dict[str, frozenset[str]] = {
+    JOB_SUBMITTER: frozenset({"pools/read", "jobs", "applications/read", "account/read"}),
+    DATA_CONTRIBUTOR: frozenset({"pools/read", "pools/write", "jobs", "applications/read", "account/read"}),
+    ACCOUNT_CONTRIBUTOR: frozenset({"pools/read", "pools/write", "jobs", "applications/read", "account/read"}),
+}
+_ACCOUNT_READS = {"Pools_ListPoolNodeCounts", "Pools_ListPoolUsageMetrics", "Pools_ListSupportedImages"}
+
+
+def permission_for(operation_id: str, method: str) -> str:
+    """The permission an operation needs: pool and node operations are ``pools/read`` (GET,
+    HEAD) or ``pools/write`` (anything else); jobs, tasks and job schedules are ``jobs``."""
+    if operation_id in _ACCOUNT_READS:
+        return "account/read"
+    family = operation_id.split("_", 1)[0]
+    if family in ("Pools", "Nodes"):
+        return "pools/read" if method in ("GET", "HEAD") else "pools/write"
+    if family == "Applications":
+        return "applications/read"
+    return "jobs"
+
+
+def authorization_failed(role: str, operation_id: str, permission: str) -> BatchServiceError:
+    return BatchServiceError(
+        403, "AuthorizationFailed",
+        f"This request is not authorized to perform this operation: the role {role!r} does not grant "
+        f"Microsoft.Batch/batchAccounts/{permission} needed by {operation_id}.",
+        [("Role", role), ("Permission", permission)])
 
 
 def string_to_sign(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str], account: str) -> str:
@@ -69,6 +117,44 @@ class Authenticator:
         self.key = key
         self.tls = tls
         self.token_validator = token_validator or (lambda token: bool(token))
+        self.identities: dict[str, tuple[str, str]] = {}  # SharedKey name -> (key, role)
+        self.token_roles: dict[str, str] = {}
+
+    def add_identity(self, name: str, key: str, role: str) -> None:
+        """A further SharedKey credential standing in for an Entra identity with ``role``."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; modelled: {', '.join(ROLES)}")
+        self.identities[name] = (key, role)
+
+    def grant_token(self, token: str, role: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; modelled: {', '.join(ROLES)}")
+        self.token_roles[token] = role
+
+    def clear_roles(self) -> None:
+        self.identities.clear()
+        self.token_roles.clear()
+
+    def role_of(self, headers: Mapping[str, str]) -> str | None:
+        """The role of an authenticated request's credential; None: full access (the account
+        key, or a bearer token without a role)."""
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "") or ""
+        scheme, _, cred = auth.partition(" ")
+        if scheme == "SharedKey":
+            found = self.identities.get(cred.strip().partition(":")[0])
+            return found[1] if found else None
+        if scheme.lower() == "bearer":
+            return self.token_roles.get(cred.strip())
+        return None
+
+    def authorize(self, operation_id: str, method: str, headers: Mapping[str, str]) -> None:
+        """Raise 403 AuthorizationFailed when the credential's role does not allow the operation."""
+        role = self.role_of(headers)
+        if role is None:
+            return
+        needed = permission_for(operation_id, method)
+        if needed not in ROLES[role]:
+            raise authorization_failed(role, operation_id, needed)
 
     def check(self, method: str, raw_path: str, raw_query: str, headers: Mapping[str, str]) -> str:
         """Return the scheme used ("SharedKey" or "Bearer"), or raise the service's error."""
@@ -92,7 +178,10 @@ class Authenticator:
     def _check_shared_key(self, method: str, raw_path: str, raw_query: str,
                           headers: Mapping[str, str], cred: str) -> None:
         account, _, signature = cred.partition(":")
-        if account != self.account:
+        key = self.key
+        if account in self.identities:
+            key = self.identities[account][0]
+        elif account != self.account:
             raise _auth_failed(f"The account name {account!r} in the Authorization header does not match.")
         lower = {k.lower(): v for k, v in headers.items()}
         date = lower.get("ocp-date") or lower.get("date")
@@ -106,7 +195,7 @@ class Authenticator:
             when = when.replace(tzinfo=dt.timezone.utc)
         if abs(dt.datetime.now(dt.timezone.utc) - when) > MAX_CLOCK_SKEW:
             raise _auth_failed("Request date header too old or too far in the future.")
-        expected = sign(self.key, string_to_sign(method, raw_path, raw_query, headers, self.account))
+        expected = sign(key, string_to_sign(method, raw_path, raw_query, headers, account))
         if not hmac.compare_digest(expected, signature):
             raise _auth_failed(
                 f"The MAC signature found in the HTTP request '{signature}' is not the same as any computed signature.")

@@ -128,6 +128,7 @@ class BatchEmulator:
             self.cpu_percent.clear()
             self.weekday_sunday, self.cpu_percent_scale = 0, "percent"
         self.faults.clear()
+        self.auth.clear_roles()
         self.requests.clear()
         with self._log_lock:
             self._log.clear()
@@ -143,6 +144,8 @@ class BatchEmulator:
         if handler is None:
             raise BatchServiceError(501, "NotImplemented",
                                     f"{operation_id} is not served by the Batch emulator.")
+        # Authorization by the credential's role (auth.py: sources and what they leave open).
+        self.auth.authorize(operation_id, self.spec.by_operation[operation_id].method, headers)
         return handler(self, params, query, headers, body, raw_len)
 
     def log(self, line: str) -> None:
@@ -246,6 +249,21 @@ class BatchEmulator:
                 out[pool.id] = self.run_autoscale(pool, now=now)
             self.cond.notify_all()
         return out
+
+    # ---- roles -------------------------------------------------------------------------------------
+    def add_identity(self, role: str, name: str | None = None) -> tuple[str, str]:
+        """A credential standing in for a Microsoft Entra identity that holds ``role`` (e.g.
+        ``auth.JOB_SUBMITTER``): returns (SharedKey name, key) for a client's
+        AzureNamedKeyCredential. Requests its role does not allow get 403 AuthorizationFailed.
+        Forgotten by reset()."""
+        name = name or f"{role.split()[-1].lower()}{secrets.token_hex(3)}"  # an account-like name
+        key = base64.b64encode(secrets.token_bytes(64)).decode()
+        self.auth.add_identity(name, key, role)
+        return name, key
+
+    def grant_token(self, token: str, role: str) -> None:
+        """Bearer token ``token`` (tls=True) acts with ``role``; other tokens keep full access."""
+        self.auth.grant_token(token, role)
 
     # ---- fault hooks -------------------------------------------------------------------------------
     def fail_requests(self, path_pattern: str, count: int = 1, status: int = 503, method: str | None = None) -> None:

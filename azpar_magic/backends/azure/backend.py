@@ -8,6 +8,7 @@ is an ``AzureRun`` with its own job, containers and threads.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Collection, Sequence
@@ -46,6 +47,9 @@ class AzureBackend:
         self._nodes: tuple[float, list[NodeInfo]] = (0.0, [])
         self._pool_ready = False
         self.resized_for_run = False  # an empty autoscale pool was resized for a run
+        # May this identity write the pool? False: never try (create_pool = false: the pool is the
+        # administrator's, its size and formula too), or a write was refused for the role (403).
+        self.pool_writes: bool | None = None if profile["create_pool"] else False
         self._background: list[threading.Thread] = []  # cleanups close() waits for
         with open(wire.__file__, "rb") as fh:
             self.worker_bytes = fh.read()
@@ -101,9 +105,48 @@ class AzureBackend:
         except (AzureError, ConfigError) as exc:
             self._cleanup(run)
             raise RuntimeError(f"staging the job on Azure failed: {_short(exc)}") from None
+        self._say(storage.delegation_note(self.staging, run.lifetime))
+        self._make_room(len(tasks))
         with self._lock:
             self._runs[job.job_id] = run
         run.start()
+
+    @staticmethod
+    def _say(line: str) -> None:
+        """One line in the cell (stderr of the thread running it), before the run starts."""
+        if line:
+            print(f"azpar: {line}", file=sys.stderr)
+
+    def _make_room(self, n_tasks: int) -> None:
+        """An interactive run on an empty pool asks for nodes now (autoscale lags minutes), if
+        this identity may write the pool; otherwise it says once why it does not, and the tasks
+        wait in the queue for the pool's own autoscale or its administrator."""
+        found = pool.status(self.client, self.profile["pool_id"])
+        if found is None or found.dedicated + found.spot + found.target_dedicated + found.target_spot > 0:
+            return
+        dedicated, spot = pool.nodes_needed(self.profile, n_tasks)
+        if dedicated + spot == 0:
+            return
+        if self.pool_writes is not False:
+            try:
+                pool.resize(self.client, self.profile["pool_id"], dedicated, spot)
+            except AzureError as exc:
+                if not pool.write_refused(exc):
+                    raise RuntimeError(f"the empty pool {self.profile['pool_id']!r} could not be resized: "
+                                       f"{_short(exc)}") from None
+                self.pool_writes = False
+                why = (f"this identity may not resize it (403 AuthorizationFailed: {pool.SUBMIT_ONLY_ROLE} reads "
+                       f"pools but cannot write them; {pool.POOL_WRITE_ROLE} can)")
+            else:
+                self.pool_writes = True
+                self.resized_for_run = found.autoscale
+                return
+        else:
+            why = "the profile says create_pool = false (the pool, its size and formula are the administrator's)"
+        waits = ("its autoscale formula adds nodes (evaluated every 5 minutes or more)" if found.autoscale
+                 else "its administrator resizes it")
+        self._say(f"pool {self.profile['pool_id']} has no nodes and is not resized for this run: {why}; "
+                  f"the tasks are queued and start when {waits}.")
 
     def manifest_info(self, job_id: str, backend_options: dict[str, Any]) -> dict[str, Any]:
         """Where the job lives on Azure, for the job store's manifest: enough for a later
