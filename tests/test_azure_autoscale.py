@@ -363,3 +363,37 @@ def test_accepted_by_the_service(name, batch_client, batch):
     second = _results(batch_client.evaluate_pool_auto_scale(
         pool_id, models.BatchPoolEvaluateAutoScaleOptions(auto_scale_formula=text)))
     assert (second["$TargetDedicatedNodes"], second["$TargetLowPriorityNodes"]) == ("1", "4")
+
+
+@pytest.mark.timeout(60)
+def test_the_service_evaluates_under_either_convention(batch_client, batch):
+    """The service's own switches (svc.weekday_sunday, svc.cpu_percent_scale) reach the
+    evaluation of a pool's formula: WEEKEND keeps its warm floor on a Sunday numbered 7, and
+    MAX_CPU grows a busy pool whose CPU arrives as a fraction."""
+    from azure.batch import models
+
+    from tests.emulator.helpers import vm_config
+
+    for name in ("WEEKEND", "MAX_CPU"):
+        batch_client.create_pool(models.BatchPoolCreateOptions(
+            id=name.lower().replace("_", "-"), vm_size="Standard_D2s_v3", virtual_machine_configuration=vm_config(),
+            enable_auto_scale=True, auto_scale_formula=formula(name, min_nodes=0, max_nodes=10),
+            auto_scale_evaluation_interval=f"PT{EVALUATION_INTERVAL_MINUTES}M"))
+    batch.weekday_sunday = 7
+    with batch.cond:
+        weekend = batch.pools["weekend"]
+        run, result = batch.evaluate_formula(weekend, weekend.autoscale_formula, now=SUNDAY_2330)
+    assert result is not None and (result.target_dedicated, result.target_low_priority) == (0, 5), run
+    assert "$curTime=" in run["results"]
+
+    batch.cpu_percent_scale = "fraction"
+    now = dt.datetime.now(UTC)
+    for i in range(20):
+        batch.add_metric_sample("max-cpu", now - dt.timedelta(seconds=30 * i), ActiveTasks=6, RunningTasks=4,
+                                CPUPercent=90)
+    with batch.cond:
+        pool = batch.pools["max-cpu"]
+        pool.target_low_priority = 4
+    grown = _results(batch_client.evaluate_pool_auto_scale(
+        "max-cpu", models.BatchPoolEvaluateAutoScaleOptions(auto_scale_formula=pool.autoscale_formula)))
+    assert grown["$cpu"] == "90" and grown["$TargetLowPriorityNodes"] == "5", grown

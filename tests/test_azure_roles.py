@@ -204,3 +204,16 @@ def test_missing_pool_with_create_pool_false_names_the_role_too(submitter, batch
     assert not run.success
     assert "create_pool = false" in str(run.error) and DATA_CONTRIBUTOR in str(run.error)
     assert _pool_writes(batch) == [] and not batch.requests_for("Jobs_CreateJob")
+
+
+def test_pool_commands_under_job_submitter_name_the_role(submitter, batch, batch_client, run_cell):
+    engine = submitter(create_pool=False, **AUTOSCALE)
+    _admin_creates_the_pool(batch, batch_client, engine)
+    for line in ("%azpar pool resize 1 1", "%azpar pool delete"):
+        run = run_cell(line)
+        assert not run.success, line
+        assert "may not" in str(run.error) and DATA_CONTRIBUTOR in str(run.error), run.error
+    status = run_cell("%azpar pool status")
+    assert status.success and POOL in status.stdout  # reading is allowed
+    with batch.cond:
+        assert batch.pools[POOL.lower()].state == "active"

@@ -311,13 +311,26 @@ class AzureBackend:
         return ("created " if created else "already exists: ") + found.describe()
 
     def pool_resize(self, dedicated: int, spot: int) -> str:
-        pool.resize(self.client, self.profile["pool_id"], dedicated, spot)
+        self._pool_write("resize", lambda: pool.resize(self.client, self.profile["pool_id"], dedicated, spot))
         return f"pool {self.profile['pool_id']} resizing to {dedicated} dedicated + {spot} spot nodes"
 
     def pool_delete(self) -> str:
-        pool.delete(self.client, self.profile["pool_id"])
+        self._pool_write("delete", lambda: pool.delete(self.client, self.profile["pool_id"]))
         self._pool_ready = False
         return f"pool {self.profile['pool_id']} is being deleted"
+
+    def _pool_write(self, what: str, call: Any) -> None:
+        """``%azpar pool resize|delete``: a write the identity's role does not allow is said with
+        the role it needs, not as the service's bare 403."""
+        try:
+            call()
+        except AzureError as exc:
+            if not pool.write_refused(exc):
+                raise
+            self.pool_writes = False
+            raise RuntimeError(f"this identity may not {what} the pool {self.profile['pool_id']!r} (403 "
+                               f"AuthorizationFailed): that needs the {pool.POOL_WRITE_ROLE} role on the Batch "
+                               f"account ({pool.SUBMIT_ONLY_ROLE} can only submit jobs)") from None
 
     def test_connection(self) -> str:
         """One Batch call and one Storage call with the profile's credentials."""
