@@ -108,7 +108,6 @@ def submitter(batch, azurite, tmp_path, monkeypatch) -> Iterator:
     """Enter a profile whose Batch credential holds the Job Submitter role (fields given to the
     returned function), with the autoscale ticking as the service's timer would."""
     monkeypatch.chdir(tmp_path)
-    name, key = batch.add_identity(JOB_SUBMITTER)
     stop = threading.Event()
 
     def tick() -> None:
@@ -120,7 +119,8 @@ def submitter(batch, azurite, tmp_path, monkeypatch) -> Iterator:
     ticker.start()
 
     class Enter:
-        def __call__(self, **fields):
+        def __call__(self, role: str = JOB_SUBMITTER, **fields):
+            name, key = batch.add_identity(role)
             self.cm = azure_profile(tmp_path / "config", batch, azurite, batch_account_name=name, **fields)
             self.cm.__enter__()
             monkeypatch.setenv("AZPAR_BATCH_KEY", key)
@@ -217,3 +217,16 @@ def test_pool_commands_under_job_submitter_name_the_role(submitter, batch, batch
     assert status.success and POOL in status.stdout  # reading is allowed
     with batch.cond:
         assert batch.pools[POOL.lower()].state == "active"
+
+
+def test_a_resize_that_fails_for_another_reason_is_said_and_the_run_waits_for_the_pool(submitter, batch,
+                                                                                      batch_client, ip, run_cell):
+    engine = submitter(role=DATA_CONTRIBUTOR, **AUTOSCALE)
+    _admin_creates_the_pool(batch, batch_client, engine)
+    batch.fail_requests(r"/pools/azpar-test/disableautoscale$", count=20, status=500)
+    run = run_cell("%%azpar -q -o out for x in range(4):\nx * x")
+    assert run.success, run.error
+    assert ip.user_ns["out"] == [0, 1, 4, 9]
+    said = [line for line in run.stderr.splitlines() if "is not resized for this run" in line]
+    assert len(said) == 1 and "the resize failed" in said[0], run.stderr
+    assert engine.backend.pool_writes is not False  # not a role problem: the next run tries again

@@ -121,7 +121,10 @@ class AzureBackend:
         """An interactive run on an empty pool asks for nodes now (autoscale lags minutes), if
         this identity may write the pool; otherwise it says once why it does not, and the tasks
         wait in the queue for the pool's own autoscale or its administrator."""
-        found = pool.status(self.client, self.profile["pool_id"])
+        try:
+            found = pool.status(self.client, self.profile["pool_id"])
+        except AzureError:
+            return  # the follower names a service that does not answer; the tasks are added regardless
         if found is None or found.dedicated + found.spot + found.target_dedicated + found.target_spot > 0:
             return
         dedicated, spot = pool.nodes_needed(self.profile, n_tasks)
@@ -130,13 +133,14 @@ class AzureBackend:
         if self.pool_writes is not False:
             try:
                 pool.resize(self.client, self.profile["pool_id"], dedicated, spot)
-            except AzureError as exc:
-                if not pool.write_refused(exc):
-                    raise RuntimeError(f"the empty pool {self.profile['pool_id']!r} could not be resized: "
-                                       f"{_short(exc)}") from None
-                self.pool_writes = False
-                why = (f"this identity may not resize it (403 AuthorizationFailed: {pool.SUBMIT_ONLY_ROLE} reads "
-                       f"pools but cannot write them; {pool.POOL_WRITE_ROLE} can)")
+            except AzureError as exc:  # the job is staged already: say why, and let the tasks wait
+                if pool.write_refused(exc):
+                    self.pool_writes = False
+                    why = (f"this identity may not resize it (403 AuthorizationFailed: {pool.SUBMIT_ONLY_ROLE} "
+                           f"reads pools but cannot write them; {pool.POOL_WRITE_ROLE} can)")
+                else:
+                    why = f"the resize failed ({_short(exc)})"
+                    self.resized_for_run = found.autoscale  # autoscale may be off already: finish() restores it
             else:
                 self.pool_writes = True
                 self.resized_for_run = found.autoscale
