@@ -62,6 +62,11 @@ def test_job_submitter_may_use_pools_and_jobs_but_not_write_pools(batch, batch_c
             "disable autoscale": lambda: client.disable_pool_auto_scale("p1"),
             "patch": lambda: client.update_pool("p1", models.BatchPoolUpdateOptions(
                 metadata=[models.BatchMetadataItem(name="a", value="b")])),
+            "update properties": lambda: client.replace_pool_properties("p1", models.BatchPoolReplaceOptions(
+                application_package_references=[], metadata=[])),
+            "stop resize": lambda: client.begin_stop_pool_resize("p1", polling_interval=0.1).result(),
+            "evaluate autoscale": lambda: client.evaluate_pool_auto_scale(
+                "p1", models.BatchPoolEvaluateAutoScaleOptions(auto_scale_formula="$TargetDedicatedNodes = 0;")),
             "delete": lambda: client.begin_delete_pool("p1", polling_interval=0.1).result(),
         }
         for what, call in writes.items():
@@ -98,6 +103,41 @@ def test_an_identity_is_forgotten_by_reset_and_its_key_is_checked(batch):
         client.create_job(models.BatchJobCreateOptions(id="j", pool_info=models.BatchPoolInfo(pool_id="p")))
     assert caught.value.error.code == "AuthenticationFailed"
     client.close()
+
+
+def test_a_bearer_token_carries_its_role_over_tls():
+    """The realistic form: an Entra token with a role (other tokens keep full access)."""
+    from azure.batch import models
+    from azure.core.credentials import AccessToken
+
+    from tests.batch_emulator.service import BatchEmulator
+
+    class Token:
+        def __init__(self, token: str) -> None:
+            self.token = token
+
+        def get_token(self, *scopes, **kwargs):
+            return AccessToken(self.token, 4_102_444_800)
+
+    svc = BatchEmulator(tls=True)
+    svc.start()
+    try:
+        svc.grant_token("submitter-token", JOB_SUBMITTER)
+        pool = models.BatchPoolCreateOptions(id="p", vm_size="Standard_D2s_v3", virtual_machine_configuration=vm_config(),
+                                            target_dedicated_nodes=0)
+        submitter = make_batch_client(svc, Token("submitter-token"), retry_total=0)
+        with pytest.raises(HttpResponseError) as caught:
+            submitter.create_pool(pool)
+        assert caught.value.status_code == 403 and caught.value.error.code == "AuthorizationFailed"
+        assert list(submitter.list_pools()) == []
+        admin = make_batch_client(svc, Token("admin-token"), retry_total=0)
+        admin.create_pool(pool)
+        submitter.create_job(models.BatchJobCreateOptions(id="j", pool_info=models.BatchPoolInfo(pool_id="p")))
+        assert [j.id for j in submitter.list_jobs()] == ["j"]
+        submitter.close()
+        admin.close()
+    finally:
+        svc.stop()
 
 
 # ---------------------------------------------------------------------------- the backend

@@ -140,12 +140,13 @@ class BatchEmulator:
     def dispatch(self, operation_id: str, params: dict, query: dict, headers: dict, body: Any,
                  raw_len: int) -> Response:
         from .handlers import HANDLERS
+        # Authorization by the credential's role (auth.py: sources and what they leave open),
+        # for every operation of the API, served here or not.
+        self.auth.authorize(operation_id, self.spec.by_operation[operation_id].method, headers)
         handler = HANDLERS.get(operation_id)
         if handler is None:
             raise BatchServiceError(501, "NotImplemented",
                                     f"{operation_id} is not served by the Batch emulator.")
-        # Authorization by the credential's role (auth.py: sources and what they leave open).
-        self.auth.authorize(operation_id, self.spec.by_operation[operation_id].method, headers)
         return handler(self, params, query, headers, body, raw_len)
 
     def log(self, line: str) -> None:
