@@ -81,7 +81,8 @@ def test_job_submitter_may_use_pools_and_jobs_but_not_write_pools(batch, batch_c
         # The account key (full access, as shared keys are on Azure) and a contributor may write.
         writer_name, writer_key = batch.add_identity(DATA_CONTRIBUTOR)
         writer = make_batch_client(batch, AzureNamedKeyCredential(writer_name, writer_key), retry_total=0)
-        writer.update_pool("p1", models.BatchPoolUpdateOptions(metadata=[models.BatchMetadataItem(name="a", value="b")]))
+        writer.update_pool("p1", models.BatchPoolUpdateOptions(
+            metadata=[models.BatchMetadataItem(name="a", value="b")]))
         writer.close()
         assert batch.requests[-1].operation_id == "Pools_UpdatePool" and batch.requests[-1].status == 200
     finally:
@@ -123,8 +124,9 @@ def test_a_bearer_token_carries_its_role_over_tls():
     svc.start()
     try:
         svc.grant_token("submitter-token", JOB_SUBMITTER)
-        pool = models.BatchPoolCreateOptions(id="p", vm_size="Standard_D2s_v3", virtual_machine_configuration=vm_config(),
-                                            target_dedicated_nodes=0)
+        pool = models.BatchPoolCreateOptions(id="p", vm_size="Standard_D2s_v3",
+                                             virtual_machine_configuration=vm_config(),
+                                             target_dedicated_nodes=0)
         submitter = make_batch_client(svc, Token("submitter-token"), retry_total=0)
         with pytest.raises(HttpResponseError) as caught:
             submitter.create_pool(pool)

@@ -12,8 +12,9 @@ Supported: statements ``$name = expr;`` (``$``-less names are locals too), numbe
 ``+ - * /``, comparison, ``&& || !``, ``cond ? a : b``, functions (min, max, avg, sum, count,
 len, median, percentile, std, ceil, floor, round, abs, ln, lg, log, time), the TimeInterval_*
 constants, timestamp fields (``.year .month .day .hour .minute .second .weekday .yearday``;
-weekday 1 = Monday .. 6 = Saturday, and Sunday 0 or 7 by ``sunday=``), and the metric series ``$ActiveTasks $RunningTasks $PendingTasks
-$CPUPercent $SucceededTasks $FailedTasks $MemoryBytes $DiskBytes`` with ``GetSample`` and
+weekday 1 = Monday .. 6 = Saturday, and Sunday 0 or 7 by ``sunday=``), and the metric series
+``$ActiveTasks $RunningTasks $PendingTasks $CPUPercent $SucceededTasks $FailedTasks
+$MemoryBytes $DiskBytes`` with ``GetSample`` and
 ``GetSamplePercent`` (samples are expected every 30 s). ``$PendingTasks`` is the sum of the
 active and running samples. Results string: the three service variables first, then the
 formula's own variables in order of first assignment, ``$a=1;$b=2``.
