@@ -5,6 +5,8 @@ that could not be added. ``%%azpar`` cells through the real SDKs, with Azurite."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import azpar_magic
@@ -103,3 +105,16 @@ def test_merge_cloud_when_the_merge_task_cannot_be_added_reads_results_one_by_on
     run = run_cell("%%azpar -q --merge cloud -o merged for x in range(4):\nx * x")
     assert run.success, run.error
     assert ip.user_ns["merged"] == [0, 1, 4, 9]
+
+
+def test_lists_lagging_behind_the_counts_still_show_running_tasks_and_every_result(azure, ip, batch):
+    """Counts exact, filtered lists a second behind: the first running list shows nothing
+    the counts show, and so does the first completed list. Before the fix no task was ever
+    reported running (the follower took the counts' word and did not ask again)."""
+    batch.faults.set_lag(counts=0, lists=1.0)
+    job = azpar_magic.run("for i in range(3)", "import time\ntime.sleep(3)\ni + 1", {})
+    deadline = time.monotonic() + 30
+    while job.snapshot().tasks_running < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.snapshot().tasks_running >= 1, "no task was ever reported running"
+    assert job.result(timeout=60) == [1, 2, 3]

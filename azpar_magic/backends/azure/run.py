@@ -5,7 +5,9 @@ the user at once, and nothing is left behind when they happen). Adding tasks and
 them happen in two background threads, so the panel shows progress while tasks are still
 being added. Following a job costs one task-counts call per poll while nothing completes;
 tasks are listed only when the counts say something changed, and only the ones that changed
-(completed since the last watermark), and their results are downloaded concurrently.
+(completed since the last watermark), and their results are downloaded concurrently. Counts
+and filtered lists may lag or skip a task on the real service, so an unfiltered sweep of the
+job's tasks backs them up (``_Sweeps``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ _TERMINAL_NODE_STATES = ("starttaskfailed", "unusable")
 _COMPLETED_FIELDS = ["id", "stateTransitionTime", "executionInfo", "nodeInfo"]  # what reading a result needs
 _SWEEP_FIELDS = ["id", "state", *_COMPLETED_FIELDS[1:]]
 SWEEP_INTERVAL = 60.0  # seconds between unfiltered sweeps of the job's tasks while some have no result
+RUNNING_GAP_MAX = 32  # polls between running lists that keep disagreeing with the counts
 POST_ATTEMPTS = 3  # create-job / merge-task calls whose answer never arrived, sent again (then *Exists = done)
 
 
@@ -465,6 +468,7 @@ class AzureRun:
         interval = self.backend.poll_interval
         seen_completed = 0
         last_running = 0  # nothing runs yet: no listing until the counts say otherwise
+        polls, running_gap, running_due = 0, 1, None  # running list repeated while it disagrees
         watermark: dt.datetime | None = None
         quiet_polls = 0
         sweep = _Sweeps(interval)
@@ -496,10 +500,18 @@ class AzureRun:
                 if found is not None:
                     sweep.done(found)
                     progressed = progressed or found > 0
-            if counts.running != last_running:
-                if self._collect_running():
-                    last_running = counts.running
-                progressed = True
+            polls += 1
+            if counts.running != last_running or (running_due is not None and polls >= running_due):
+                if counts.running != last_running:
+                    running_gap, progressed = 1, True
+                listed = self._collect_running()
+                # The counts include preparing tasks and either view may lag: while the list
+                # shows another number than the counts, ask again, less and less often.
+                if listed is None or listed != counts.running:
+                    running_due, running_gap = polls + running_gap, min(running_gap * 2, RUNNING_GAP_MAX)
+                else:
+                    running_due = None
+                last_running = counts.running
             quiet_polls = 0 if progressed else quiet_polls + 1
             if quiet_polls and quiet_polls % STALL_CHECK_POLLS == 0 and counts.active and not counts.running:
                 self._check_stalled()
@@ -523,14 +535,15 @@ class AzureRun:
             self._count("list_tasks_error")
             return None
 
-    def _collect_running(self) -> bool:
+    def _collect_running(self) -> int | None:
+        """Report tasks that started; how many the list showed running (None: it failed)."""
         running = self._list("state eq 'running'", ["id", "nodeInfo"])
         for task in running or []:
             if task.id in self.tasks and task.id not in self._started:
                 self._started.add(task.id)
                 node = task.node_info.node_id if task.node_info else None
                 self._emit(TaskEvent(self.job_id, task.id, "started", node=node), final=False)
-        return running is not None
+        return None if running is None else len(running)
 
     def _collect_completed(self, watermark: dt.datetime | None) -> tuple[bool, dt.datetime | None]:
         """(listed, new watermark): tasks completed since the watermark, handed to the
