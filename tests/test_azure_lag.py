@@ -118,3 +118,34 @@ def test_lists_lagging_behind_the_counts_still_show_running_tasks_and_every_resu
         time.sleep(0.05)
     assert job.snapshot().tasks_running >= 1, "no task was ever reported running"
     assert job.result(timeout=60) == [1, 2, 3]
+
+
+def test_sweeps_run_every_interval_and_space_out_while_they_find_nothing():
+    from azpar_magic.backends.azure.run import SWEEP_INTERVAL, _Sweeps
+
+    now = [0.0]
+    sweeps = _Sweeps(1.0, clock=lambda: now[0])
+    assert not sweeps.due(missing=True)  # not before one poll interval
+    now[0] = 1.0
+    assert sweeps.due(missing=True) and not sweeps.due(missing=False)
+    gaps = []
+    for _ in range(8):  # missing results that sweeps do not find: 2, 4, 8 ... up to the interval
+        sweeps.done(found=0)
+        start = now[0]
+        while not sweeps.due(missing=True):
+            now[0] += 0.5
+        gaps.append(now[0] - start)
+    assert gaps[:3] == [2.0, 4.0, 8.0] and max(gaps) == SWEEP_INTERVAL
+    sweeps.done(found=1)  # found something: back to the poll interval
+    now[0] += 1.0
+    assert sweeps.due(missing=True)
+    sweeps.done(found=0)
+    now[0] += SWEEP_INTERVAL
+    assert sweeps.due(missing=False)  # and every SWEEP_INTERVAL whatever the counts say
+
+
+def test_merge_dependencies_are_the_fewest_ranges_of_the_added_ids():
+    from azpar_magic.backends.azure.run import _id_ranges
+
+    assert _id_ranges(["5", "1", "2", "3", "9", "10", "7"]) == [(1, 3), (5, 5), (7, 7), (9, 10)]
+    assert _id_ranges([]) == []

@@ -106,17 +106,18 @@ class _Sweeps:
     counts say results are missing; sweeps that find nothing new space out (doubling from
     the poll interval up to SWEEP_INTERVAL), so a lagging service is not listed in a loop."""
 
-    def __init__(self, interval: float):
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
         self.first_gap = max(interval, 0.05)
         self.gap = self.first_gap
-        self.last = time.monotonic()
+        self.last = clock()
 
     def due(self, missing: bool) -> bool:
-        since = time.monotonic() - self.last
+        since = self.clock() - self.last
         return since >= SWEEP_INTERVAL or (missing and since >= self.gap)
 
     def done(self, found: int) -> None:
-        self.last = time.monotonic()
+        self.last = self.clock()
         self.gap = self.first_gap if found else min(self.gap * 2, SWEEP_INTERVAL)
 
 
