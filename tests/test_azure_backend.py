@@ -161,9 +161,15 @@ def test_spot_node_preempted_mid_job_loses_nothing(batch, azurite, ip, run_cell,
         ip.user_ns.pop("pre", None)
         job = azpar_magic.run("for i in range(8)", "import time\ntime.sleep(0.6)\ni * 10", {})
         _wait_until(lambda: job.snapshot().tasks_running >= 1, 30, "a running task")
-        time.sleep(0.3)
-        with batch.cond:
-            busy = [n.id for n in batch.pools[POOL.lower()].nodes.values() if n.running]
+
+        busy: list[str] = []
+
+        def node_running_a_task() -> bool:  # the service's own view: the client's may lag behind it
+            with batch.cond:
+                busy[:] = [n.id for n in batch.pools[POOL.lower()].nodes.values() if n.running]
+            return bool(busy)
+
+        _wait_until(node_running_a_task, 30, "a node running a task")
         batch.preempt_node(POOL, busy[0])
         assert job.result(timeout=90) == [i * 10 for i in range(8)]
         with batch.cond:
