@@ -149,3 +149,17 @@ def test_merge_dependencies_are_the_fewest_ranges_of_the_added_ids():
 
     assert _id_ranges(["5", "1", "2", "3", "9", "10", "7"]) == [(1, 3), (5, 5), (7, 7), (9, 10)]
     assert _id_ranges([]) == []
+
+
+def test_dropped_connections_after_create_job_add_tasks_and_the_merge_task(azure, ip, run_cell, batch):
+    """The service does the POST and closes the connection unanswered: the SDK does not send
+    a POST again then, so the backend does, and takes JobExists / TaskExists for done."""
+    for operation in ("Jobs_CreateJob", "Tasks_CreateTaskCollection", "Tasks_CreateTask"):
+        batch.faults.lose_responses(operation, status=0)
+    run = run_cell("%%azpar -q --merge cloud -o merged for x in range(4):\nx * 7")
+    assert run.success, run.error
+    assert ip.user_ns["merged"] == [x * 7 for x in range(4)]
+    assert _statuses(batch, "Jobs_CreateJob") == [(0, "ConnectionDropped"), (409, "JobExists")]
+    assert _statuses(batch, "Tasks_CreateTask") == [(0, "ConnectionDropped"), (409, "TaskExists")]
+    assert [s for s, _ in _statuses(batch, "Tasks_CreateTaskCollection")] == [0, 200]
+    assert not azpar_magic.jobs()[-1].failures

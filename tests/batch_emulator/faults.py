@@ -24,7 +24,8 @@ Besides the injected failures, this holds the service's *consistency and throttl
   POST (azure-core retries POST on 500/503/504) meets ``JobExists`` / ``TaskExists``. Source:
   the azure-batch 15.1 SDK's add-task-collection docstring ("if the server times out or the
   connection is closed during the request, the request may have been partially or fully
-  processed"); ``partial`` processes only the first N tasks of a collection.
+  processed"); ``partial`` processes only the first N tasks of a collection; ``status=0``
+  closes the connection unanswered (the front end, server.py), which azure-core does not resend.
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ DEFAULT_COUNTS_LAG = 0.2
 DEFAULT_LIST_LAG = 0.2
 _THROTTLE_CODES = {429: "TooManyRequests", 503: "ServerBusy"}
 _LOST_CODES = {500: "InternalServerError", 503: "ServerBusy", 504: "OperationTimedOut"}
+
+
+class ResponseDropped(Exception):
+    """Raised after an operation took effect: the front end closes the connection unanswered."""
 
 
 @dataclass
@@ -122,9 +127,11 @@ class Faults:
     def lose_responses(self, operation_id: str, count: int = 1, status: int = 503,
                        partial: int | None = None) -> None:
         """The next ``count`` successful calls of ``operation_id`` (e.g. Jobs_CreateJob,
-        Tasks_CreateTask, Tasks_CreateTaskCollection) take effect but are answered ``status``."""
-        if status not in _LOST_CODES:
-            raise ValueError(f"a lost response is answered with one of {sorted(_LOST_CODES)}")
+        Tasks_CreateTask, Tasks_CreateTaskCollection) take effect but are answered ``status``;
+        ``status=0`` closes the connection without an answer instead (azure-core does not
+        resend a POST then: the caller sees ServiceResponseError)."""
+        if status and status not in _LOST_CODES:
+            raise ValueError(f"a lost response is answered with one of {sorted(_LOST_CODES)}, or 0 (no answer)")
         with self._lock:
             self.lost_responses.append(LostResponse(operation_id, count, status, partial))
 
@@ -147,7 +154,9 @@ class Faults:
         return None
 
     @staticmethod
-    def lost_error(lost: LostResponse) -> BatchServiceError:
+    def lost_error(lost: LostResponse) -> Exception:
+        if not lost.status:
+            return ResponseDropped(lost.operation_id)
         return BatchServiceError(lost.status, _LOST_CODES[lost.status],
                                  "The operation was performed but its response was lost (emulator hook).")
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 from .errors import BatchServiceError
+from .faults import ResponseDropped
 
 if TYPE_CHECKING:
     from .service import BatchEmulator
@@ -100,6 +101,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if body is not None:
                     body = svc.spec.validate(schema, body)
             resp = svc.dispatch(route.operation_id, params, query, headers, body, len(raw_body))
+        except ResponseDropped:  # faults.lose_responses(status=0): done, then the connection closes
+            rec.status, rec.error_code = 0, "ConnectionDropped"
+            self.close_connection = True
+            return
         except BatchServiceError as e:
             rec.error_code = e.code
             resp = Response(e.status, e.body(request_id), e.headers)

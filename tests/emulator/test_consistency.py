@@ -6,7 +6,7 @@ import time
 
 import pytest
 from azure.batch import models
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ServiceResponseError
 
 from .helpers import new_job, pool_options, task, wait_tasks_done, wait_until
 
@@ -144,3 +144,14 @@ def test_reset_restores_the_defaults(batch):
     c = batch.faults.consistency
     assert (c.counts_lag, c.list_lag, c.hidden) == (DEFAULT_COUNTS_LAG, DEFAULT_LIST_LAG, {})
     assert batch.faults.lost_responses == []
+
+
+def test_a_dropped_response_is_not_resent_by_the_sdk(batch_client, batch):
+    batch_client.create_pool(pool_options("pool1", dedicated=0, slots=1))
+    batch.faults.lose_responses("Jobs_CreateJob", status=0)
+    with pytest.raises(ServiceResponseError):
+        new_job(batch_client)
+    assert [(r.status, r.error_code) for r in batch.requests_for("Jobs_CreateJob")] == [(0, "ConnectionDropped")]
+    assert batch_client.get_job("job1").id == "job1"  # it was created all the same
+    with pytest.raises(ResourceExistsError):
+        new_job(batch_client)  # the caller's own resend meets JobExists
