@@ -56,3 +56,15 @@ def run_cell(ip):
         return CellRun(result.success, error, captured.stdout, captured.stderr, list(captured.outputs))
 
     return run
+
+
+@pytest.fixture
+def azure(batch, azurite, tmp_path, monkeypatch):
+    """The Azure backend as a user configures it: a profile naming the test Batch service and
+    Azurite, made active, run from a fresh working folder. Modules that need another set-up
+    (more nodes, files made first) define their own ``azure``."""
+    from .azure_support import azure_profile
+
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite) as name:
+        yield name

@@ -24,13 +24,6 @@ pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
 POOL = "azpar-test"
 
 
-@pytest.fixture
-def azure(batch, azurite, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with azure_profile(tmp_path / "config", batch, azurite) as name:
-        yield name
-
-
 def _wait_until(predicate, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,16 +11,8 @@ import pytest
 
 import azpar_magic
 
-from .azure_support import azure_profile
 
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def azure(batch, azurite, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with azure_profile(tmp_path / "config", batch, azurite) as name:
-        yield name
 
 
 def _statuses(batch, operation_id):

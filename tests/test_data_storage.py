@@ -13,16 +13,8 @@ from IPython.utils.capture import capture_output
 import azpar_magic
 from azpar_magic.backends.azure import blobs
 
-from .azure_support import azure_profile
 
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def azure(batch, azurite, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with azure_profile(tmp_path / "config", batch, azurite) as name:
-        yield name
 
 
 def _magic(ip, line: str) -> str:
