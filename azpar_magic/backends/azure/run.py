@@ -212,28 +212,39 @@ class AzureRun:
                       models.BatchMetadataItem(name="azpar-run", value=self.run_token)]))
 
     def _create_job(self, options: Any) -> None:
-        """Create the job. A POST whose answer was lost (the SDK sends it again on a 5xx; this
-        sends it again when the connection failed) may have created it already: JobExists
-        then means success, once the job's metadata shows this run's token (any other job
-        of that id is not ours, and is left alone)."""
+        """Create the job. JobExists after a lost answer is success once the job's metadata
+        shows this run's token; any other job of that id is not ours, and is left alone."""
+        try:
+            self._post_once("create_job", lambda: self.client.create_job(options), "JobExists", self._job_is_ours)
+        except HttpResponseError as exc:
+            if not _exists(exc, "JobExists"):
+                raise
+            raise RuntimeError(f"staging the job on Azure failed: a Batch job named {self.job_id} already "
+                               "exists and was not created by this run; it was left as it is. "
+                               "Run the cell again (it gets a new job id)") from None
+
+    def _job_is_ours(self) -> bool:
+        job = self.client.get_job(self.job_id, select=["id", "metadata"])
+        self._count("get_job")
+        return {m.name: m.value for m in job.metadata or []}.get("azpar-run") == self.run_token
+
+    def _post_once(self, what: str, send: Callable[[], Any], exists_code: str, ours: Callable[[], bool]) -> None:
+        """Send a create POST whose answer may be lost: the SDK sends it again on a 5xx, and
+        this sends it again when the connection failed, so the thing may exist already.
+        ``exists_code`` (JobExists, TaskExists) then means success when ``ours()`` says the
+        one there is what this run sent; otherwise that error is raised."""
         for attempt in range(POST_ATTEMPTS):
             try:
-                self.client.create_job(options)
-                self._count("create_job")
+                send()
+                self._count(what)
                 return
             except ServiceResponseError:
                 if attempt + 1 == POST_ATTEMPTS:
                     raise
             except HttpResponseError as exc:
-                if not _exists(exc, "JobExists"):
-                    raise
-                job = self.client.get_job(self.job_id, select=["id", "metadata"])
-                self._count("get_job")
-                if {m.name: m.value for m in job.metadata or []}.get("azpar-run") == self.run_token:
+                if _exists(exc, exists_code) and ours():
                     return
-                raise RuntimeError(f"staging the job on Azure failed: a Batch job named {self.job_id} already "
-                                   "exists and was not created by this run; it was left as it is. "
-                                   "Run the cell again (it gets a new job id)") from None
+                raise
 
     def save_manifest(self, *, final: bool = False) -> None:
         """Copy the job store's manifest into the job's inputs container, so the job can be
@@ -437,26 +448,15 @@ class AzureRun:
             self._without_merge()
 
     def _create_merge_task(self, merge: Any, ranges: list[tuple[int, int]]) -> None:
-        """Add the merge task; TaskExists after a POST whose answer was lost is success when
-        the task there is this one (same command line and dependencies)."""
-        for attempt in range(POST_ATTEMPTS):
-            try:
-                self.client.create_task(self.job_id, merge)
-                self._count("create_task")
-                return
-            except ServiceResponseError:
-                if attempt + 1 == POST_ATTEMPTS:
-                    raise
-            except HttpResponseError as exc:
-                if not _exists(exc, "TaskExists"):
-                    raise
-                there = self.client.get_task(self.job_id, MERGE_TASK, select=["id", "commandLine", "dependsOn"])
-                self._count("get_task")
-                deps = there.depends_on.task_id_ranges if there.depends_on else None
-                if there.command_line == merge.command_line and \
-                        [(r.start, r.end) for r in deps or []] == ranges:
-                    return
-                raise
+        """Add the merge task; TaskExists after a lost answer is success when the task there
+        is this one (same command line and dependencies)."""
+        def is_this_one() -> bool:
+            there = self.client.get_task(self.job_id, MERGE_TASK, select=["id", "commandLine", "dependsOn"])
+            self._count("get_task")
+            deps = there.depends_on.task_id_ranges if there.depends_on else None
+            return there.command_line == merge.command_line and [(r.start, r.end) for r in deps or []] == ranges
+
+        self._post_once("create_task", lambda: self.client.create_task(self.job_id, merge), "TaskExists", is_this_one)
 
     # ------------------------------------------------------------------ following
 
