@@ -17,7 +17,11 @@ from azpar_magic import config
 
 def write_profile_file(path: Path, batch: Any, azurite: Any, name: str = "test", **fields: Any) -> dict[str, str]:
     """Write ``[profiles.NAME]`` into the config file ``path`` and return the environment
-    variables holding the keys (to be set by the caller)."""
+    variables holding the keys (to be set by the caller). The test service's nodes are bare
+    (no dill, no test venv), so pip installs from the shared test wheel folder unless the
+    caller gives ``pip_options`` (tests.wheels.node_pip_options builds them with more wheels)."""
+    from tests.wheels import node_pip_options
+
     values = {
         "backend": "azure",
         "batch_account_url": batch.url,
@@ -29,6 +33,7 @@ def write_profile_file(path: Path, batch: Any, azurite: Any, name: str = "test",
         "spot_nodes": 0,
         "task_slots_per_node": 2,
         "poll_interval": 0.1,
+        "pip_options": node_pip_options(),
         **fields,
     }
     config.save_profile(name, values, path)

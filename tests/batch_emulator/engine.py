@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import storage
+from . import nodes
 from .executor import ProgramNotFound, build_environment
 from .state import Job, Node, Pool, PrepStatus, Task, node_id_for
 from .util import fmt_time, parse_duration, utcnow
@@ -167,8 +168,7 @@ class Engine:
         idx = next(pool.node_counter)
         nid = node_id_for(pool.id, idx, dedicated)
         root = self.svc.root / pool.id / nid
-        for sub in ("shared", "startup", "workitems", "home"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        _make_node_dirs(root)
         node = Node(id=nid, pool_id=pool.id, dedicated=dedicated, root=root, ip=f"10.0.0.{4 + idx % 250}")
         node.ready_at = time.monotonic() + self.svc.node_state_delay + self.svc.faults.extra_start_delay(pool.id)
         pool.nodes[nid] = node
@@ -301,7 +301,33 @@ class Engine:
         self._spawn(self._run_task, job, task, node, pool)
 
     # ---- node agent work (threads; take the lock only to read/write state) ----------------
-    def _batch_vars(self, pool: Pool, node: Node, task_dir: Path, job: Job | None, task_id: str | None) -> dict:
+    def _user_for(self, spec: dict) -> "nodes.NodeUser | None":
+        """Who runs a start task, job preparation task or task: None (root, the test process) for
+        an admin auto-user, else the pool's one non-admin user. Sources: the spec's
+        ``userIdentity`` (without one, a non-administrative user unique to the pool); the "Run
+        tasks under user accounts in Batch" doc (Linux auto-users have pool scope; admin means
+        root). A named user account (``username``) is not modelled: it runs as the non-admin user.
+        Off (``svc.node_users = False``) or without root, everything runs as the test process."""
+        auto = (spec.get("userIdentity") or {}).get("autoUser") or {}
+        if str(auto.get("elevationLevel") or "").lower() == "admin":
+            return None
+        return nodes.node_user() if getattr(self.svc, "node_users", True) else None
+
+    def _environment(self, pool: Pool, node: Node, task_dir: Path, job: Job | None, task_id: str | None,
+                     settings: list[dict] | None, user: "nodes.NodeUser | None") -> dict[str, str]:
+        """The command's environment: HOME is a folder of the user's own under the node's
+        ``home`` (pip and others need a writable HOME; Batch's own choice is not documented),
+        and PATH leads with the node's Python (bare unless ``svc.bare_nodes`` is False)."""
+        home = node.root / "home" / (user.name if user else "root")
+        _own_dirs(user, home)
+        os.chmod(home, 0o700)
+        python_dir = str(nodes.bare_python_bin()) if getattr(self.svc, "bare_nodes", True) else None
+        admin = user is None and getattr(self.svc, "node_users", True)
+        return build_environment(self._batch_vars(pool, node, task_dir, job, task_id, admin), settings, home,
+                                 python_dir)
+
+    def _batch_vars(self, pool: Pool, node: Node, task_dir: Path, job: Job | None, task_id: str | None,
+                    admin: bool = False) -> dict:
         v = {
             "AZ_BATCH_ACCOUNT_NAME": self.svc.account,
             "AZ_BATCH_ACCOUNT_URL": self.svc.url,
@@ -317,6 +343,8 @@ class Engine:
             "AZ_BATCH_TASK_USER": "_azbatch",
             "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
         }
+        if admin:
+            v["AZ_BATCH_TASK_USER"], v["AZ_BATCH_TASK_USER_IDENTITY"] = "_azbatch", "PoolAdmin"
         if job is not None:
             v["AZ_BATCH_JOB_ID"] = job.id
             if job.spec.get("jobPreparationTask"):
@@ -327,9 +355,15 @@ class Engine:
             v["AZ_BATCH_TASK_ID"] = task_id
         return v
 
-    def _fetch_resources(self, files: list[dict] | None, wd: Path) -> dict | None:
-        """Download resource files into ``wd``; a failureInfo dict when one fails."""
+    def _fetch_resources(self, files: list[dict] | None, wd: Path, user: "nodes.NodeUser | None" = None) -> dict | None:
+        """Download resource files into ``wd``; a failureInfo dict when one fails.
+
+        The node agent (root here) downloads; each file then belongs to the task's user with the
+        spec's ``ResourceFile.fileMode`` (default 0770 on Linux, per the spec), and folders the
+        download made belong to that user too (the sources do not say who owns them: chosen so
+        the task may write beside its files, as it may in its working directory)."""
         for rf in files or []:
+            target = wd / (rf.get("filePath") or "")
             try:
                 if rf.get("httpUrl"):
                     storage.download(rf["httpUrl"], wd / rf["filePath"])
@@ -339,10 +373,7 @@ class Engine:
                 else:
                     return _failure("usererror", "AutoStorageNotConfigured",
                                     "autoStorageContainerName resource files are not supported by the emulator")
-                if rf.get("fileMode"):
-                    target = wd / (rf.get("filePath") or "")
-                    if target.is_file():
-                        os.chmod(target, int(rf["fileMode"], 8))
+                _hand_over(wd, target, user, int(rf.get("fileMode") or "0770", 8))
             except storage.TransferError as e:
                 code = {403: "BlobAccessDenied", 404: "BlobNotFound"}.get(e.status or 0, "BlobDownloadMiscError")
                 return _failure("usererror", code, f"Resource file download failed: {e}",
@@ -350,12 +381,12 @@ class Engine:
                                     rf.get("httpUrl") or rf.get("storageContainerUrl") or "")})
         return None
 
-    def _run_process(self, command: str, cwd: Path, env: dict, task_dir: Path,
-                     wall_clock: float | None, owner: Task | None) -> tuple[int | None, str | None]:
-        """Run one command; returns (exit code, stop reason) where reason is a kill reason,
-        "wallclock", or "notfound" (exit code None)."""
+    def _run_process(self, command: str, cwd: Path, env: dict, task_dir: Path, wall_clock: float | None,
+                     owner: Task | None, user: "nodes.NodeUser | None" = None) -> tuple[int | None, str | None]:
+        """Run one command (as ``user``, or as the test process); returns (exit code, stop reason)
+        where reason is a kill reason, "wallclock", or "notfound" (exit code None)."""
         try:
-            proc = self.svc.procs.start(command, cwd, env, task_dir / "stdout.txt", task_dir / "stderr.txt")
+            proc = self.svc.procs.start(command, cwd, env, task_dir / "stdout.txt", task_dir / "stderr.txt", user)
         except ProgramNotFound as e:
             with open(task_dir / "stderr.txt", "a") as f:
                 f.write(f"{e}\n")
@@ -381,20 +412,20 @@ class Engine:
     def _run_start_task(self, pool: Pool, node: Node, st: dict) -> None:
         task_dir = node.root / "startup"
         wd = task_dir / "wd"
-        wd.mkdir(parents=True, exist_ok=True)
+        user = self._user_for(st)
+        _own_dirs(user, task_dir, wd)
         retries_allowed = int(st.get("maxTaskRetryCount", 0))
         retry = 0
         while True:
-            failure = self._fetch_resources(st.get("resourceFiles"), wd)
+            failure = self._fetch_resources(st.get("resourceFiles"), wd, user)
             code: int | None = None
             if failure is None:
                 if self.svc.faults.take_start_task_failure(pool.id):
                     (task_dir / "stderr.txt").open("a").write("start task failure injected by the emulator\n")
                     code = 1
                 else:
-                    env = build_environment(self._batch_vars(pool, node, task_dir, None, None),
-                                            st.get("environmentSettings"), node.root / "home")
-                    code, reason = self._run_process(st["commandLine"], wd, env, task_dir, None, None)
+                    env = self._environment(pool, node, task_dir, None, None, st.get("environmentSettings"), user)
+                    code, reason = self._run_process(st["commandLine"], wd, env, task_dir, None, None, user)
                     if reason == "notfound":
                         failure = _failure("usererror", "CommandProgramNotFound", "The program was not found")
                 if failure is None and code != 0:
@@ -437,18 +468,19 @@ class Engine:
                 return st.result == "success" or not prep.get("waitForSuccess", True)
         task_dir = node.root / st.task_root
         wd = task_dir / "wd"
-        wd.mkdir(parents=True, exist_ok=True)
+        user = self._user_for(prep)
+        _own_dirs(user, task_dir, wd)
         retries_allowed = int((prep.get("constraints") or {}).get("maxTaskRetryCount", 0))
         wall = (prep.get("constraints") or {}).get("maxWallClockTime")
         while True:
-            failure = self._fetch_resources(prep.get("resourceFiles"), wd)
+            failure = self._fetch_resources(prep.get("resourceFiles"), wd, user)
             code = None
             if failure is None:
-                env = build_environment(self._batch_vars(pool, node, task_dir, job, prep.get("id") or "jobpreparation"),
+                env = self._environment(pool, node, task_dir, job, prep.get("id") or "jobpreparation",
                                         (job.spec.get("commonEnvironmentSettings") or []) +
-                                        (prep.get("environmentSettings") or []), node.root / "home")
+                                        (prep.get("environmentSettings") or []), user)
                 code, reason = self._run_process(prep["commandLine"], wd, env, task_dir,
-                                                 parse_duration(wall) if wall else None, None)
+                                                 parse_duration(wall) if wall else None, None, user)
                 if reason == "notfound":
                     failure = _failure("usererror", "CommandProgramNotFound", "The program was not found")
                 elif reason == "wallclock":
@@ -470,8 +502,9 @@ class Engine:
     def _run_task(self, job: Job, task: Task, node: Node, pool: Pool) -> None:
         task_dir = node.root / "workitems" / job.id / "job-1" / task.id
         wd = task_dir / "wd"
-        wd.mkdir(parents=True, exist_ok=True)
         spec = task.spec
+        user = self._user_for(spec)
+        _own_dirs(user, task_dir, wd)
         if not self._ensure_job_prep(pool, node, job):
             with self.svc.cond:
                 self._release(node, job, task)
@@ -480,7 +513,7 @@ class Engine:
                 task.kill_reason = None
                 self.svc.cond.notify_all()
             return
-        failure = self._fetch_resources(spec.get("resourceFiles"), wd)
+        failure = self._fetch_resources(spec.get("resourceFiles"), wd, user)
         phase = "preprocessing" if failure else None
         code: int | None = None
         reason: str | None = None
@@ -494,12 +527,12 @@ class Engine:
                     task.set_state("running")
         if failure is None and task.kill_reason is None:
             job_env = job.spec.get("commonEnvironmentSettings") or []
-            env = build_environment(self._batch_vars(pool, node, task_dir, job, task.id),
-                                    job_env + (spec.get("environmentSettings") or []), node.root / "home")
+            env = self._environment(pool, node, task_dir, job, task.id,
+                                    job_env + (spec.get("environmentSettings") or []), user)
             wall = (spec.get("constraints") or {}).get("maxWallClockTime") or \
                 (job.spec.get("constraints") or {}).get("maxWallClockTime")
             code, reason = self._run_process(spec["commandLine"], wd, env, task_dir,
-                                             parse_duration(wall) if wall else None, task)
+                                             parse_duration(wall) if wall else None, task, user)
             if reason == "notfound":
                 failure = _failure("usererror", "CommandProgramNotFound",
                                    "The specified command program is not found")
@@ -597,6 +630,41 @@ class Engine:
                 self.terminate_job(job, "TaskFailed")
             elif action == "disable":
                 job.set_state("disabling")
+
+
+def _make_node_dirs(root: Path) -> None:
+    """A node's folders, root-owned: 0755 (any user may pass), except ``shared`` at 0777. The
+    "Files and directories in Azure Batch" doc says the shared folder is read/write to all tasks;
+    0777 without the sticky bit, since nothing says a task may not remove or rename another
+    user's entries there (the sources leave the mode itself open)."""
+    for sub in ("shared", "startup", "workitems", "home"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / sub, 0o755)
+    os.chmod(root, 0o755)
+    os.chmod(root / "shared", 0o777)
+
+
+def _own_dirs(user: "nodes.NodeUser | None", *dirs: Path) -> None:
+    """Create ``dirs`` (a task's directory and working directory, a job preparation folder, a
+    home) owned by the user that runs there, so only that account may write them (the
+    batch-user-accounts doc: every account reads the job preparation folder, only its own
+    account writes it). Folders above them stay root-owned 0755."""
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            os.chown(d, user.uid, user.gid)
+        os.chmod(d, 0o755)
+
+
+def _hand_over(wd: Path, target: Path, user: "nodes.NodeUser | None", mode: int) -> None:
+    """Give downloaded resource files (one file, or a folder of them) to the task's user with
+    ``mode``, and folders the download created below ``wd`` to the same user."""
+    files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()] if target.is_dir() else []
+    dirs = {p for f in files for p in f.parents if p != wd and wd in p.parents}
+    for p in [*dirs, *files]:
+        if user is not None:
+            os.chown(p, user.uid, user.gid)
+        os.chmod(p, mode if p in files else 0o755)
 
 
 def _strip_query(url: str) -> str:

@@ -4,8 +4,10 @@ commandLine is not given to a shell: it is split with shlex and the first word i
 (so ``/bin/sh -c '...'`` works because sh is the program). Each process gets its own process
 group so a kill takes its children too, and every process ever started is tracked so stop()
 leaves no orphans. The environment is built from scratch: AZ_BATCH_* variables, the
-environment settings, PATH (the emulator interpreter's directory first), HOME and LANG; the
-test process's own environment never reaches a task.
+environment settings, PATH (the node's Python first: a bare interpreter, see nodes.py, or the
+emulator's own when bare nodes are switched off), HOME and LANG; the test process's own
+environment never reaches a task. A command runs as the OS user it is given (nodes.NodeUser:
+setuid/setgid, no supplementary groups, umask 022 as on a Linux node) or as the test process.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
+from .nodes import NodeUser
+
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -25,8 +29,10 @@ def interpreter_dir() -> str:
     return os.path.dirname(sys.executable)
 
 
-def build_environment(batch_vars: dict[str, str], settings: list[dict] | None, home: Path) -> dict[str, str]:
-    env = {"PATH": interpreter_dir() + ":" + BASE_PATH, "HOME": str(home), "LANG": "C.UTF-8"}
+def build_environment(batch_vars: dict[str, str], settings: list[dict] | None, home: Path,
+                      python_dir: str | None = None) -> dict[str, str]:
+    """A node command's whole environment; ``python_dir`` (the node's Python) leads PATH."""
+    env = {"PATH": (python_dir or interpreter_dir()) + ":" + BASE_PATH, "HOME": str(home), "LANG": "C.UTF-8"}
     for s in settings or []:
         env[s["name"]] = s.get("value", "") or ""
     env.update(batch_vars)   # AZ_BATCH_* cannot be overridden by settings
@@ -45,7 +51,8 @@ class ProcessTable:
         self._procs: set[subprocess.Popen] = set()
 
     def start(self, command_line: str, cwd: Path, env: dict[str, str],
-              stdout_path: Path, stderr_path: Path) -> subprocess.Popen:
+              stdout_path: Path, stderr_path: Path, user: NodeUser | None = None) -> subprocess.Popen:
+        """Start ``command_line`` (split, no shell); as ``user`` when given, else as this process."""
         try:
             argv = shlex.split(command_line)
         except ValueError as e:
@@ -53,10 +60,12 @@ class ProcessTable:
         if not argv:
             raise ProgramNotFound("empty command line")
         cwd.mkdir(parents=True, exist_ok=True)
+        as_user = {"user": user.uid, "group": user.gid, "extra_groups": []} if user is not None else {}
         with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
             try:
                 proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
-                                        stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                                        umask=0o022, **as_user)
             except (FileNotFoundError, PermissionError, NotADirectoryError, OSError) as e:
                 raise ProgramNotFound(f"{argv[0]}: {e.strerror or e}") from None
         with self._lock:

@@ -11,6 +11,9 @@ batch_service (session)  a started BatchEmulator wired to Azurite (shared; prefe
 batch (function)         the same emulator, reset before and after the test (fresh state)
 batch_client (function)  a real azure.batch.BatchClient with AzureNamedKeyCredential for ``batch``
 blob_service (function)  an azure.storage.blob.BlobServiceClient for Azurite
+node_wheels (session)    a folder of wheels every node user can read, with dill (the kernel's version):
+                         pip_options ["--no-index", "--find-links", node_wheels] install offline on the
+                         service's bare nodes; ``tests.wheels.wheel_folder("numpy", ...)`` adds more to it
 make_batch_client(service, credential=None, **kwargs) builds further clients.
 """
 from __future__ import annotations
@@ -130,8 +133,9 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteInfo]:
 def batch_service(azurite: AzuriteInfo) -> Iterator[Any]:
     from tests.batch_emulator.service import BatchEmulator
 
-    svc = BatchEmulator(account="testbatch", blob_endpoint=azurite.blob_endpoint,
-                        work_dir=tempfile.mkdtemp(prefix="batch-emulator-"))
+    work_dir = tempfile.mkdtemp(prefix="batch-emulator-")
+    os.chmod(work_dir, 0o755)  # the node folders inside must be reachable by the pool's task user
+    svc = BatchEmulator(account="testbatch", blob_endpoint=azurite.blob_endpoint, work_dir=work_dir)
     svc._own_dir = True
     svc.start()
     _started["batch"] = svc
@@ -140,6 +144,13 @@ def batch_service(azurite: AzuriteInfo) -> Iterator[Any]:
     finally:
         _started.pop("batch", None)
         svc.stop()
+
+
+@pytest.fixture(scope="session")
+def node_wheels() -> Path:
+    from tests.wheels import wheel_folder
+
+    return wheel_folder()
 
 
 @pytest.fixture

@@ -68,6 +68,12 @@ class BatchEmulator:
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="batch-emulator-"))
         self.root = self.work_dir / "nodes"
         self.root.mkdir(parents=True, exist_ok=True)
+        self._own_root = self._traversable_root()
+        # Nodes as Azure makes them (engine.py, nodes.py; README "Nodes"): non-admin commands run
+        # as an unprivileged pool user, and a node's python is a bare interpreter. Per test:
+        # ``svc.node_users = False`` / ``svc.bare_nodes = False``; reset() turns both back on.
+        self.node_users = True
+        self.bare_nodes = True
         self.ca_cert: Path | None = None
         self.metrics: dict[str, autoscale.Metrics] = {}
         self.cpu_percent: dict[str, float] = {}
@@ -75,6 +81,21 @@ class BatchEmulator:
         self.cpu_percent_scale = "percent"
         self._http: HttpFrontEnd | None = None
         self.url = ""
+
+    def _traversable_root(self) -> Path | None:
+        """The pool user must reach the node folders: make our own work folder 0755, and when
+        a folder above the given one is private (a mkdtemp of the caller's), keep the nodes in a
+        0755 temporary folder of their own instead (returned, to be removed by stop())."""
+        from .nodes import traversable
+
+        if self._own_dir:
+            self.work_dir.chmod(0o755)
+        self.root.chmod(0o755)
+        if traversable(self.root):
+            return None
+        self.root = Path(tempfile.mkdtemp(prefix="batch-emulator-nodes-"))
+        self.root.chmod(0o755)
+        return self.root
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> str:
@@ -101,6 +122,8 @@ class BatchEmulator:
         self.engine.stop()
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+        if self._own_root is not None:
+            shutil.rmtree(self._own_root, ignore_errors=True)
 
     def __enter__(self) -> "BatchEmulator":
         self.start()
@@ -127,6 +150,7 @@ class BatchEmulator:
             self.metrics.clear()
             self.cpu_percent.clear()
             self.weekday_sunday, self.cpu_percent_scale = 0, "percent"
+            self.node_users = self.bare_nodes = True
         self.faults.clear()
         self.auth.clear_roles()
         self.requests.clear()

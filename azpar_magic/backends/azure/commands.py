@@ -14,7 +14,12 @@ import shlex
 from collections.abc import Sequence
 
 SITE_DIR = "$AZ_BATCH_NODE_SHARED_DIR/azpar/site"
-PACKAGES_DIR = "$AZ_BATCH_NODE_SHARED_DIR/azpar/pkgs-{digest}"
+# Right in the node's shared folder, which every task may write ("Files and directories in
+# Azure Batch"), not under SITE_DIR's ``azpar`` folder: the start task made that one as root
+# (admin auto-user) and the job preparation task runs as the pool's non-admin user (REST spec,
+# JobPreparationTask.userIdentity), which may not create anything there (issue 14). This also
+# works on pools whose start task an older version wrote.
+PACKAGES_DIR = "$AZ_BATCH_NODE_SHARED_DIR/azpar-pkgs-{digest}"
 WORKER_FILE = "worker.py"
 ENVELOPE_FILE = "envelope.azpj"
 TASK_FILE = "task.azpt"
@@ -69,7 +74,9 @@ def start_task_command(dill_version: str, packages: Sequence[str], pip_options: 
 def job_preparation_command(packages: Sequence[str], pip_options: Sequence[str]) -> str:
     """Once per node per job (its resource files bring the worker, envelope and namespace):
     the job's ``--packages`` into a folder named by their hash, so jobs asking for the same
-    set share one install, made atomically so two jobs never see half of it."""
+    set share one install, made atomically so two jobs never see half of it. It runs as the
+    pool's non-admin user, so the folder is made by that user in the shared folder (PACKAGES_DIR),
+    and the tasks, the same user on Linux, read it."""
     if not packages:
         return _sh("true")
     target = PACKAGES_DIR.format(digest=packages_digest(packages, pip_options))

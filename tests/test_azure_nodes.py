@@ -1,0 +1,93 @@
+"""The Azure backend on nodes as Azure makes them (issue 14): the start task runs as root, the
+job preparation task and the tasks as the pool's unprivileged user, and the node's Python is a
+bare interpreter, so dill and ``--packages`` arrive only by the installs the backend asks for."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import azpar_magic
+from azpar_magic.backends.azure import commands
+from tests.batch_emulator import nodes
+from tests.wheels import node_pip_options
+
+from .azure_support import azure_profile
+
+pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
+POOL = "azpar-test"
+
+
+@pytest.fixture
+def node_user() -> nodes.NodeUser:
+    user = nodes.node_user()
+    if user is None:
+        pytest.skip("the test service can run tasks as a separate pool user only when the tests run as root")
+    return user
+
+
+@pytest.fixture
+def extra_wheels() -> Iterator[Path]:
+    """A folder every user can read with one small wheel, ``azpar-node-pkg`` 1.0."""
+    folder = Path(tempfile.mkdtemp(prefix="azpar-node-wheels-", dir=nodes.cache_root()))
+    folder.chmod(0o755)
+    dist = "azpar_node_pkg-1.0.dist-info"
+    files = {"azpar_node_pkg/__init__.py": "VALUE = 41\n",
+             f"{dist}/METADATA": "Metadata-Version: 2.1\nName: azpar-node-pkg\nVersion: 1.0\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: azpar-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{dist}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{dist}/RECORD,,\n"
+    wheel = folder / "azpar_node_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    wheel.chmod(0o644)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _node(batch):
+    with batch.cond:
+        return next(iter(batch.pools[POOL.lower()].nodes.values()))
+
+
+def test_packages_install_and_import_as_the_non_admin_task_user(node_user, batch, azurite, ip, run_cell,
+                                                                tmp_path, monkeypatch, extra_wheels):
+    """Every ``--packages`` run failed: the job preparation task (no user identity: the pool's
+    non-admin user) could not create its folder under the one the root start task made."""
+    monkeypatch.chdir(tmp_path)
+    options = node_pip_options(extra_find_links=extra_wheels)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1, pip_options=options):
+        run = run_cell("%%azpar -q --packages azpar-node-pkg==1.0 -o got for x in range(3):\n"
+                       "import os, azpar_node_pkg\n(azpar_node_pkg.VALUE + x, os.geteuid())")
+        assert run.success, run.error
+        assert ip.user_ns["got"] == [(41 + x, node_user.uid) for x in range(3)]
+        node = _node(batch)
+        digest = commands.packages_digest(["azpar-node-pkg==1.0"], options)
+        installed = [p for p in (node.root / "shared").rglob(f"*pkgs-{digest}") if p.is_dir()]
+        assert len(installed) == 1 and installed[0].stat().st_uid == node_user.uid, installed
+
+
+def test_tasks_run_as_the_pool_user_on_a_bare_python(node_user, azure, ip, run_cell, batch):
+    """No test venv on the node: only the stdlib, pip and what the start task installed (dill)."""
+    run = run_cell("%%azpar -q --keep -o seen for x in range(2):\n"
+                   "import os, sys, importlib.util as u\n"
+                   "(os.geteuid(), sys.prefix == sys.base_prefix, u.find_spec('numpy') is None,\n"
+                   " u.find_spec('azpar_magic') is None, u.find_spec('pip') is not None,\n"
+                   " any('.venv' in p for p in sys.path), os.access(os.environ['HOME'], os.W_OK))")
+    assert run.success, run.error
+    assert ip.user_ns["seen"] == [(node_user.uid, True, True, True, True, False, True)] * 2
+    node = _node(batch)
+    site = node.root / "shared" / "azpar" / "site"
+    assert site.stat().st_uid == 0 and any(site.glob("dill-*.dist-info"))  # the root start task installed dill
+    job = azpar_magic.jobs()[-1]
+    with batch.cond:
+        roots = [n.root for n in batch.pools[POOL.lower()].nodes.values()]
+    preps = [r / "workitems" / job.id / "job-1" / "jobpreparation" / "wd" for r in roots]
+    owners = [p.stat().st_uid for p in preps if p.exists()]
+    assert owners and set(owners) == {node_user.uid}  # the job preparation task ran as the pool user
