@@ -3,10 +3,12 @@
     python -m azpar_magic enable  --sys-prefix | --user | --prefix DIR
     python -m azpar_magic disable --sys-prefix | --user | --prefix DIR
     python -m azpar_magic status
+    python -m azpar_magic doctor [PROFILE] [--run]
 
 ``enable`` makes every IPython kernel of the environment (``--sys-prefix``, for a
 JupyterHub image) or of the current user (``--user``) load ``%%azpar`` without
-``%load_ext``; ``disable`` undoes it. See docs/jupyterhub.md.
+``%load_ext``; ``disable`` undoes it. See docs/jupyterhub.md. ``doctor`` prints the pre-flight
+table of a profile (azpar_magic/doctor.py) and exits 1 when a line failed.
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ def main(argv: list[str] | None = None) -> int:
                            help="the current user's IPython profile (profile_default/startup)")
         where.add_argument("--prefix", metavar="DIR", help="another environment's prefix (DIR/etc/ipython/startup)")
     commands.add_parser("status", help="where auto-loading is on")
+    doctor = commands.add_parser("doctor", help="pre-flight check of a profile: what its identity can do, with fixes",
+                                 description="Check a profile (default: the configured one) before the first run.")
+    doctor.add_argument("profile", nargs="?", help="profile name (default: the config files' profile, else local)")
+    doctor.add_argument("--run", action="store_true", help="also run one iteration end to end (costs node time)")
     args = parser.parse_args(argv)
 
+    if args.command == "doctor":
+        from . import doctor as checks
+
+        report = checks.diagnose(args.profile, run=args.run)
+        print(report.text())
+        return 1 if report.failed else 0
     try:
         if args.command == "status":
             for scope, path in install.status().items():

@@ -701,6 +701,7 @@ class AzparMagics(Magics):
             "status": self._cmd_status,
             "config": self._cmd_config,
             "storage": self._cmd_storage,
+            "doctor": self._cmd_doctor,
         }
 
     _COMMAND_HELP = {
@@ -729,6 +730,8 @@ class AzparMagics(Magics):
         "storage": "%azpar storage ls [az://C/PATH] | get az://C/PATH LOCAL | put LOCAL az://C/PATH | "
                    "rm [-r] [-y] az://C/PATH  [--profile NAME]   the profile's Blob storage (rm lists what it would "
                    "delete unless -y)",
+        "doctor": "%azpar doctor [PROFILE] [--run]   pre-flight check of a profile (default: the active one): what "
+                  "its identity can and cannot do, each line with its fix (--run: also one iteration end to end)",
     }
 
     def _help(self, topic: str | None) -> str:
@@ -936,6 +939,18 @@ class AzparMagics(Magics):
             panel.start()
             return
         print("\n".join(format_pool_text(view) for view in views))
+
+    _DOCTOR_USAGE = "usage: %azpar doctor [PROFILE] [--run]"
+
+    def _cmd_doctor(self, words: list[str]):
+        """The doctor's table (azpar_magic.doctor): HTML in a notebook, text elsewhere."""
+        from . import doctor
+
+        flags = [w for w in words if w.startswith("-")]
+        names = [w for w in words if not w.startswith("-")]
+        if set(flags) - {"--run"} or len(names) > 1:
+            raise UsageError(self._DOCTOR_USAGE)
+        display(doctor.diagnose(names[0] if names else None, run="--run" in flags))
 
     def _cmd_config(self, words: list[str]) -> None:
         from .config import save_profile, user_config_path, validate_profile
