@@ -320,3 +320,28 @@ def test_the_cli_prints_the_table_and_exits_1_only_when_a_line_failed(profile, t
     env["AZPAR_BATCH_KEY"] = base64.b64encode(b"x" * 64).decode()
     bad = _cli([name], env, tmp_path)
     assert bad.returncode == 1 and "AuthenticationFailed" in bad.stdout and "fix: The environment variable" in bad.stdout
+
+
+def _pool_with_nodes(batch, name: str, state: str) -> None:
+    session.pool_action(name, "create")
+    batch.wait_for(lambda svc: [n.state for n in svc.pools[POOL].nodes.values()] == [state] * 2, timeout=60)
+
+
+def test_nodes_whose_start_task_failed_fail_the_pool_line(profile, batch):
+    name = profile()
+    batch.fail_start_task(POOL, count=100)
+    _pool_with_nodes(batch, name, "starttaskfailed")
+    row = _row(doctor.diagnose(name), "pool")
+    assert row.status == "failed" and "2 of 2 nodes starttaskfailed" in row.detail, row
+    assert "start task failed" in row.fix
+
+
+def test_an_image_that_cannot_be_pulled_fails_the_pool_line_naming_it(profile, batch):
+    if not hasattr(batch.faults, "fail_image_pull"):
+        pytest.skip("this tree's test service has no image-pull fault (faults.fail_image_pull)")
+    name = profile(container_image="example.invalid/nothing:1.0")
+    batch.faults.fail_image_pull("example.invalid/nothing:1.0")
+    _pool_with_nodes(batch, name, "unusable")
+    row = _row(doctor.diagnose(name), "pool")
+    assert row.status == "failed" and "nodes unusable" in row.detail and "ContainerInvalidImage" in row.detail, row
+    assert "example.invalid/nothing:1.0" in row.detail + row.fix

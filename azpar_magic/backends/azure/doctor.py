@@ -311,11 +311,53 @@ class AzureDoctor:
             return (WARNING, f"{detail}; its VM size differs from the profile's {self.profile['vm_size']}",
                     "The existing pool is used as it is; delete it (%azpar pool delete) to recreate it from the "
                     "profile, or set vm_size to match.")
+        broken = self._broken_nodes(pid)
+        if broken:
+            return broken[0], f"{detail}; {broken[1]}", broken[2]
         empty = found.dedicated + found.spot + found.target_dedicated + found.target_spot == 0
         if empty and not found.autoscale and self.pool_writes is False:
             return (WARNING, f"{detail}; no nodes, and this identity may not resize it",
                     "Tasks wait until an administrator resizes the pool.")
         return OK, detail, ""
+
+    def _broken_nodes(self, pool_id: str) -> Outcome | None:
+        """Nodes that will never run a task: ``unusable`` (e.g. a container image that could not
+        be pulled: node error ContainerInvalidImage) or ``starttaskfailed``, with the first
+        node's error. None when every node is fine (or the list cannot be read: the pool line
+        already says the pool answered)."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            nodes = self._call(lambda: list(self.client.list_nodes(
+                pool_id, select=["id", "state", "errors", "startTaskInfo"])))
+        except (AzureError, Throttled):
+            return None
+        bad = [n for n in nodes if pool.state_name(n.state) in ("unusable", "starttaskfailed")]
+        if not bad:
+            return None
+        first = bad[0]
+        state = pool.state_name(first.state)
+        errors = list(getattr(first, "errors", None) or [])
+        if errors:
+            details = {d.name: d.value for d in (errors[0].error_details or []) if d.name}
+            why = f"{errors[0].code}: {details.get('Message') or errors[0].message}"
+        else:
+            info = getattr(first, "start_task_info", None)
+            failure = getattr(info, "failure_info", None)
+            code = getattr(info, "exit_code", None)
+            why = (f"{failure.code}: {failure.message}" if failure is not None
+                   else f"the start task exited with code {code}")
+        said = f"{len(bad)} of {len(nodes)} nodes {state} (node {first.id}: {why})"
+        if errors and errors[0].code == "ContainerInvalidImage":
+            fix = (f"The node could not pull the container image: check container_image "
+                   f"({self.profile['container_image']}) exists and, for a private registry, registry_server and its "
+                   "credentials; then delete the pool (%azpar pool delete) so it is created again.")
+        elif state == "starttaskfailed":
+            fix = ("The pool's start task failed (package install or start_commands): read its stderr on the node "
+                   "(Batch Explorer or the portal), fix packages / start_commands, then recreate the pool.")
+        else:
+            fix = "Read the node error above; remove the node or recreate the pool once its cause is fixed."
+        return FAILED, said, fix
 
     # ------------------------------------------------------------------ 6. image
 
@@ -522,5 +564,6 @@ def probes(doctor: AzureDoctor) -> list[Probe]:
         ("image", "image and node agent", ("batch",), doctor.image),
         ("storage", "storage account", ("credential",), doctor.storage_reachable),
         ("sas", "SAS round trip", ("storage",), doctor.sas_round_trip),
-        ("autoscale", "autoscale formula", ("pool", "pool_write"), doctor.autoscale_formula),
+        # Not "pool": a pool whose nodes are broken can still evaluate its formula.
+        ("autoscale", "autoscale formula", ("batch", "pool_write"), doctor.autoscale_formula),
     ]
