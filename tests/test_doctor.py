@@ -140,3 +140,20 @@ def test_cli_exit_codes(tmp_path):
     assert missing.returncode == 1 and "fix: " in missing.stdout
     usage = cli("--bogus")
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_kernel_shows_the_doctor_table_as_html_with_its_text(tmp_path):
+    """What a notebook gets: one display_data with text/html and the text/plain fallback."""
+    from tests.test_kernel import _start, _stop
+
+    kernel, _ = _start(tmp_path)
+    try:
+        reply = kernel.ok("%azpar doctor")
+        (shown,) = [m["content"]["data"] for m in reply.messages if m["msg_type"] == "display_data"]
+        assert 'class="azpar-doctor"' in shown["text/html"] and 'data-check="memory"' in shown["text/html"]
+        assert shown["text/plain"].startswith("azpar doctor (local backend): ready")
+        bad = kernel.run("%azpar doctor one two")
+        assert bad.status == "error" and bad.content["ename"] == "UsageError"
+    finally:
+        _stop(kernel)
