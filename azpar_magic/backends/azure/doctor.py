@@ -470,7 +470,8 @@ class AzureDoctor:
             leak = _http("PUT", read_url, b"x")
             if leak in range(200, 300):
                 return (WARNING, "the read SAS also allowed a write (the account ignores SAS permissions)",
-                        "Tasks could overwrite their inputs: use a real storage account, not an emulator in loose mode.")
+                        "Tasks could overwrite their inputs: use a real storage account, not an emulator in "
+                        "loose mode.")
             return OK, f"a blob written through a create+write SAS, read through a read SAS and deleted ({kind})", ""
         finally:
             try:
