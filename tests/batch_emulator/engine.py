@@ -636,7 +636,9 @@ def _make_node_dirs(root: Path) -> None:
     """A node's folders, root-owned: 0755 (any user may pass), except ``shared`` at 0777. The
     "Files and directories in Azure Batch" doc says the shared folder is read/write to all tasks;
     0777 without the sticky bit, since nothing says a task may not remove or rename another
-    user's entries there (the sources leave the mode itself open)."""
+    user's entries there (the sources leave the mode itself open). A node id used again (a pool
+    made again after a delete or a reset) is a new machine: nothing of the old one is left."""
+    shutil.rmtree(root, ignore_errors=True)
     for sub in ("shared", "startup", "workitems", "home"):
         (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root / sub, 0o755)

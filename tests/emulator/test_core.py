@@ -186,8 +186,11 @@ def test_task_environment_is_minimal(batch_client, batch, monkeypatch):
     assert env["AZ_BATCH_NODE_IS_DEDICATED"] == "true"
     import sys
     import os
+    from tests.batch_emulator.nodes import bare_python_bin
+
     exe = b"".join(batch_client.download_task_file("job1", "t2", "stdout.txt")).decode().strip()
-    assert os.path.dirname(exe) == os.path.dirname(sys.executable)
+    assert os.path.dirname(exe) == str(bare_python_bin())  # the node's bare Python, not the test venv's
+    assert os.path.dirname(exe) != os.path.dirname(sys.executable)
 
 
 def test_list_tasks_filter_select_and_paging(batch_client, batch):
