@@ -162,6 +162,26 @@ def test_job_submitter_may_submit_but_not_write_pools_nor_create_the_missing_poo
         assert not batch.pools and not batch.jobs
 
 
+def test_a_role_without_job_writes_fails_job_submission(profile, batch, monkeypatch):
+    """The test service models no reader role (its permission word "jobs" covers reads and
+    writes alike), so this test adds one to its role table: pools and account reads only.
+    The service's own authorization then refuses the doctor's job write with 403."""
+    from tests.batch_emulator import auth
+
+    reader = "Test Reader (pools and account reads only)"
+    monkeypatch.setitem(auth.ROLES, reader, frozenset({"pools/read", "applications/read", "account/read"}))
+    name, key = batch.add_identity(reader, name="testreader")
+    prof = profile(batch_account_name=name)
+    monkeypatch.setenv("AZPAR_BATCH_KEY", key)
+    report = doctor.diagnose(prof)
+    s = _statuses(report)
+    assert (s["batch"], s["submit"], s["pool_write"]) == ("ok", "failed", "warning"), report.text()
+    row = _row(report, "submit")
+    assert "may not submit jobs" in row.detail and "Azure Batch Job Submitter" in row.fix
+    with batch.cond:
+        assert not batch.jobs
+
+
 def test_job_submitter_on_the_administrators_autoscale_pool_is_ready_without_evaluating(profile, batch,
                                                                                         batch_client, monkeypatch):
     from azpar_magic.backends.azure import pool
