@@ -240,7 +240,7 @@ def test_throttling_is_waited_out_and_said(profile, batch):
     waits: list[float] = []
     report = doctor.diagnose(name, sleep=waits.append)
     row = _row(report, "batch")
-    assert row.status == "warning" and "throttled 1x (429 TooManyRequests (Retry-After 2 s))" in row.detail
+    assert row.status == "warning" and "throttled 1x (429 TooManyRequests, Retry-After 2 s)" in row.detail
     assert waits == [2.0] and not report.failed
 
 

@@ -104,7 +104,7 @@ class AzureDoctor:
         self.environ = environ
         self.sleep = sleep
         self.accounts = auth.accounts(profile)
-        self.throttled: list[str] = []  # "429 TooManyRequests (Retry-After 1 s)" per throttled answer
+        self.throttled: list[str] = []  # "429 TooManyRequests, Retry-After 1 s" per throttled answer
         self.batch_credential: Any = None
         self.storage_credential: Any = None
         self.client: Any = None
@@ -129,7 +129,7 @@ class AzureDoctor:
                 if _status(exc) not in (429, 503):
                     raise
                 wait = min(_retry_after(exc), THROTTLE_WAIT_CAP)
-                self.throttled.append(f"{_status(exc)} {_code(exc) or ''} (Retry-After {wait:g} s)".replace("  ", " "))
+                self.throttled.append(f"{_status(exc)} {_code(exc) or 'throttled'}, Retry-After {wait:g} s")
                 if attempt == THROTTLE_ATTEMPTS - 1:
                     raise Throttled(_short(exc)) from None
                 self.sleep(wait)
@@ -137,7 +137,7 @@ class AzureDoctor:
 
     def _throttle_note(self, before: int) -> str:
         new = self.throttled[before:]
-        return f"; throttled {len(new)}x ({new[0]}) before it answered" if new else ""
+        return f"; throttled {len(new)}x ({new[0]}), then answered when asked again" if new else ""
 
     def _batch_failure(self, exc: BaseException, what: str) -> Outcome:
         """A Batch request that failed, as one line with its fix."""
@@ -158,7 +158,7 @@ class AzureDoctor:
         if code == "AuthorizationFailed":
             return (FAILED, f"{what}: this identity's role does not allow it ({_short(exc)})",
                     f"Ask for the {pool.SUBMIT_ONLY_ROLE} role (or {pool.POOL_WRITE_ROLE}) on the Batch account.")
-        return (FAILED, f"{what}: {_short(exc)}", "Read the service's message above; fix the profile field it names.")
+        return (FAILED, f"{what}: {_short(exc)}", "Read the service's message on this line; fix the profile field it names.")
 
     def _auth_fix(self, service: str) -> str:
         if self.profile["auth"] == "shared-key":
@@ -435,7 +435,7 @@ class AzureDoctor:
                 fix = self._auth_fix("Storage") if self.profile["auth"] == "shared-key" else (
                     "Ask for the Storage Blob Data Contributor role on the storage account.")
                 return FAILED, f"the storage account refused the credential ({_short(exc)})", fix
-            return FAILED, f"storage: {_short(exc)}", "Read the service's message; fix the profile field it names."
+            return FAILED, f"storage: {_short(exc)}", "Read the service's message on this line; fix the profile field it names."
         finally:
             service.close()
         return OK, f"{self.accounts.storage_url} answered; {there}", ""
