@@ -139,6 +139,8 @@ class Engine:
                 node.ready_at = now + self.svc.node_state_delay
             elif node.state == "starting" and now >= node.ready_at:
                 node.boot_time = utcnow()
+                if self._pull_images(pool, node):
+                    continue
                 st = pool.start_task
                 if st:
                     wait = st.get("waitForSuccess", True)
@@ -149,6 +151,28 @@ class Engine:
                     node.set_state("idle")
             elif node.state in ("idle", "running"):
                 node.set_state("running" if node.running else "idle")
+
+    def _pull_images(self, pool: Pool, node: Node) -> bool:
+        """Pull the pool's containerImageNames before the start task; True if one failed (an
+        armed ``faults.fail_image_pull``): the node is ``unusable`` with a node error naming the
+        image, the start task never runs and no task is scheduled there (tasks stay active).
+        Sources: the container workloads article (images in containerImageNames are pre-fetched
+        when the node starts); node errors as BatchNodeError (code, message, errorDetails) in the
+        spec; the code ``ContainerInvalidImage`` and its ``ContainerImage`` / ``Message`` details as
+        Azure/Batch#49 and microsoft/ProjectAcoustics#76 show them (the node went unusable). The
+        pull's own wording in ``Message`` is chosen."""
+        cc = (pool.spec.get("virtualMachineConfiguration") or {}).get("containerConfiguration") or {}
+        failed = self.svc.faults.take_image_pull_failure(list(cc.get("containerImageNames") or []))
+        if failed is None:
+            return False
+        node.errors = [{"code": "ContainerInvalidImage",
+                        "message": "One or more container images specified are invalid",
+                        "errorDetails": [{"name": "ContainerImage", "value": failed},
+                                         {"name": "Message", "value": f"pull access denied or manifest unknown for "
+                                                                      f"{failed} (injected by the test service)"}]}]
+        node.set_state("unusable")
+        pool.touch()
+        return True
 
     def _reconcile(self, pool: Pool) -> None:
         """Add or remove nodes so the pool matches its targets."""

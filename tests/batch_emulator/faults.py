@@ -35,6 +35,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .errors import BatchServiceError
+from .rules import ServiceRules
 
 #: Seconds before a task's change shows in the job's task counts / in $filter lists (defaults).
 DEFAULT_COUNTS_LAG = 0.2
@@ -85,6 +86,8 @@ class Faults:
         self.lost_responses: list[LostResponse] = []
         self.refused: dict[str, str] = {}
         self.consistency = Consistency()
+        self.rules = ServiceRules()                 # the spec's limits and rules, switchable (rules.py)
+        self.image_pulls: dict[str, float] = {}     # image name (lower case) -> pulls left to fail
 
     # ---- consistency -----------------------------------------------------------------------
     def set_lag(self, counts: float | None = None, lists: float | None = None) -> None:
@@ -180,6 +183,23 @@ class Faults:
                     return f.status
         return None
 
+    # ---- container image pulls --------------------------------------------------------------
+    def fail_image_pull(self, image_name: str, count: float = math.inf) -> None:
+        """The next ``count`` pulls (every one, by default) of ``image_name`` fail: a node of a
+        pool whose containerConfiguration prefetches it goes ``unusable`` with a node error
+        naming the image, before its start task (engine.py: Engine._pull_images)."""
+        with self._lock:
+            self.image_pulls[image_name.lower()] = float(count)
+
+    def take_image_pull_failure(self, image_names: list[str]) -> str | None:
+        """The first of ``image_names`` whose pull is armed to fail (that pull is used up)."""
+        with self._lock:
+            for name in image_names:
+                if self.image_pulls.get(name.lower(), 0) > 0:
+                    self.image_pulls[name.lower()] -= 1
+                    return name
+        return None
+
     def take_upload_failure(self) -> bool:
         with self._lock:
             if self.upload_failures > 0:
@@ -208,3 +228,5 @@ class Faults:
             self.lost_responses.clear()
             self.refused.clear()
             self.consistency = Consistency()
+            self.rules = ServiceRules()
+            self.image_pulls.clear()

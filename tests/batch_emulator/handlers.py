@@ -31,6 +31,8 @@ def op(name: str) -> Callable[[Handler], Handler]:
     answers the client with a 5xx instead of the result."""
     def deco(fn: Handler) -> Handler:
         def handle(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+            if svc.faults.rules.filters:   # only the properties Batch documents for this list
+                odata.check_filter(name, odata.effective_filter(q))
             lost = svc.faults.take_lost_response(name)
             if lost is None:
                 return fn(svc, p, q, h, body, raw_len)
@@ -95,6 +97,7 @@ def _check_conditions(h: dict[str, str], etag: str, modified: dt.datetime) -> No
 @op("Pools_CreatePool")
 def create_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     rules.check_pool(body)
+    rules.check_image(body, SUPPORTED_IMAGES, svc.faults.rules)
     with svc.cond:
         if body["id"].lower() in svc.pools:
             raise errors.exists("Pool")
@@ -296,6 +299,11 @@ def list_node_counts(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any,
     return Response(200, odata.page(items, q, f"{svc.url}/nodecounts", svc.spec.api_version, default_max=10))
 
 
+#: Pools_ListSupportedImages, and what pool create accepts (rules.check_image). Sources: the
+#: official example Pools_ListSupportedImages (the entry shape); the container workloads article
+#: (microsoft-dsvm ubuntu-hpc is container capable); Azure/Batch#178 (ubuntu-hpc 2204 listed with
+#: DockerCompatible, canonical ubuntu-24_04-lts without it); Azure/Batch#200 (the 22.04 node
+#: agent retires; ubuntu-hpc 2404 is the migration target). An account lists many more.
 SUPPORTED_IMAGES = [
     {"nodeAgentSKUId": "batch.node.ubuntu 22.04",
      "imageReference": {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2204", "version": "latest"},
@@ -313,6 +321,10 @@ SUPPORTED_IMAGES = [
                         "sku": "20-04-lts", "version": "latest"},
      "osType": "linux", "capabilities": ["DockerCompatible"], "verificationType": "verified",
      "batchSupportEndOfLife": "2025-04-23T00:00:00.0000000Z"},
+    {"nodeAgentSKUId": "batch.node.ubuntu 24.04",
+     "imageReference": {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2404", "version": "latest"},
+     "osType": "linux", "capabilities": ["DockerCompatible", "NvidiaTeslaDriverInstalled"],
+     "verificationType": "verified"},
 ]
 
 
@@ -446,6 +458,7 @@ def get_node_file_props(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: A
 # ---- jobs ---------------------------------------------------------------------------------
 @op("Jobs_CreateJob")
 def create_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+    rules.check_job_body(raw_len, svc.faults.rules)
     rules.check_job(body)
     with svc.cond:
         if body["id"].lower() in svc.jobs:
@@ -717,17 +730,13 @@ def terminate_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, r
 
 @op("Tasks_ReactivateTask")
 def reactivate_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
-    """A completed, failed task goes back to active with its retry count reset; the service
-    refuses it for a task that did not fail and in a job that is no longer active."""
+    """A completed, failed task goes back to active with its retry count reset; refused for
+    a task that exited 0 (even one whose upload then failed) and in a job that is completed,
+    terminating or deleting (rules.check_reactivation)."""
     with svc.cond:
         job = _job(svc, p["jobId"])
         task = _task(job, p["taskId"])
-        if job.state != "active":
-            raise errors.conflict("JobCompleted" if job.state == "completed" else "JobNotActive",
-                                  f"The job is in the {job.state} state: its tasks cannot be reactivated.")
-        if task.state != "completed" or task.result != "failure":
-            raise errors.conflict("TaskNotFailed" if task.state == "completed" else "TaskNotCompleted",
-                                  "Only a completed task that failed can be reactivated.")
+        rules.check_reactivation(job.state, task, svc.faults.rules)
         task.retry_count = 0
         task.end_time = task.exit_code = task.failure_info = task.result = None
         task.dependency_blocked = False

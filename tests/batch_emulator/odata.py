@@ -38,6 +38,7 @@ def _lex(text: str) -> list[tuple[str, str]]:
 class _FilterParser:
     def __init__(self, text: str) -> None:
         self.toks, self.i = _lex(text), 0
+        self.used: list[tuple[str, str]] = []   # (property, operator) pairs, for check_filter
 
     def peek(self) -> tuple[str, str]:
         return self.toks[self.i]
@@ -92,6 +93,7 @@ class _FilterParser:
             if self.take()[0] != "rp":
                 raise ValueError("expected )")
             fn = word.lower()
+            self.used.append((prop, fn))
             if fn == "startswith":
                 return lambda d: str(_get(d, prop) or "").lower().startswith(str(lit).lower())
             if fn == "endswith":
@@ -101,6 +103,7 @@ class _FilterParser:
         if op not in _OPS:
             raise ValueError(f"unknown operator {op!r}")
         lit = self.literal()
+        self.used.append((word, op))
         return lambda d: _compare(_get(d, word), op, lit)
 
     def literal(self) -> Any:
@@ -219,3 +222,63 @@ def page(items: Iterable[dict], query: dict[str, str], list_url: str, api_versio
         nxt = encode_token(offset + maxresults, filt, select, maxresults)
         out["odata.nextLink"] = f"{list_url}?api-version={api_version}&$skiptoken={quote(nxt)}"
     return out
+
+
+# ---- which properties each list operation may filter on --------------------------------------
+_EQ, _ORDER = ("eq", "ne"), ("eq", "ne", "ge", "gt", "le", "lt")
+_ID = ("startswith",) + _ORDER
+_START_TASK = {"startTaskInfo/state": ("eq",), "startTaskInfo/result": _EQ, "startTaskInfo/exitCode": _ORDER,
+               "startTaskInfo/startTime": _ORDER, "startTaskInfo/endTime": _ORDER}
+
+#: Per list operation, the properties and operators a $filter may use. Source: the Batch REST
+#: reference page "OData filters in Batch" (learn.microsoft.com/rest/api/batchservice/
+#: odata-filters-in-batch; the same tables as docs-ref-conceptual/batchservice/
+#: odata-filters-in-batch.md of the REST docs repository). Left open by it: List Tasks names
+#: ``lastModifiedTime`` while a task's property is ``lastModified`` (both accepted), and ``not``
+#: (only "and" and "or" are named; accepted). Operations missing here are not checked.
+FILTERABLE: dict[str, dict[str, tuple[str, ...]]] = {
+    "Pools_ListSupportedImages": {"osType": _EQ, "verificationType": _EQ, "nodeAgentSKUId": _EQ},
+    "Nodes_ListNodes": {"state": _EQ, "stateTransitionTime": _ORDER, "lastBootTime": _ORDER,
+                        "allocationTime": _ORDER, **_START_TASK},
+    "Pools_ListPoolNodeCounts": {"poolId": ("eq",)},
+    "Tasks_ListTaskFiles": {"name": ("startswith",)},
+    "Nodes_ListNodeFiles": {"name": ("startswith",)},
+    "Jobs_ListJobs": {"id": _ID, "state": _EQ, "stateTransitionTime": _ORDER, "creationTime": _ORDER,
+                      "lastModified": _ORDER, "executionInfo/startTime": _ORDER, "executionInfo/endTime": _ORDER,
+                      "executionInfo/poolId": _ID},
+    "Pools_ListPools": {"id": _ID, "state": _EQ, "stateTransitionTime": _ORDER, "allocationState": ("eq",),
+                        "allocationStateTransitionTime": _ORDER, "creationTime": _ORDER, "enableAutoScale": _EQ,
+                        "lastModified": _ORDER, "vmSize": _EQ, "enableInterNodeCommunication": _EQ},
+    "Jobs_ListJobPreparationAndReleaseTaskStatus": {
+        "poolId": _EQ, "nodeId": _EQ,
+        **{f"{who}TaskExecutionInfo/{k}": ops for who in ("jobPreparation", "jobRelease")
+           for k, ops in (("state", _EQ), ("startTime", _ORDER), ("endTime", _ORDER), ("exitCode", _ORDER),
+                          ("result", _EQ))}},
+    "Tasks_ListTasks": {"id": _ID, "state": _EQ, "stateTransitionTime": _ORDER, "creationTime": _ORDER,
+                        "lastModified": _ORDER, "lastModifiedTime": _ORDER, "executionInfo/startTime": _ORDER,
+                        "executionInfo/endTime": _ORDER, "executionInfo/exitCode": _ORDER,
+                        "executionInfo/result": _EQ},
+}
+
+
+def check_filter(operation: str, text: str | None) -> None:
+    """Refuse a $filter on a property (or with an operator) that ``FILTERABLE`` does not list
+    for ``operation``: 400 InvalidQueryParameterValue naming the property and what may be used.
+    The documentation does not give Azure's answer to such a filter; this code is chosen (it is
+    the service's code for an invalid query parameter)."""
+    allowed = FILTERABLE.get(operation)
+    if not text or allowed is None:
+        return
+    parser = _FilterParser(text)
+    try:
+        parser.parse()
+    except (ValueError, IndexError) as e:
+        raise errors.invalid_query("$filter", text, str(e)) from None
+    lower = {k.lower(): (k, ops) for k, ops in allowed.items()}
+    for prop, op in parser.used:
+        name, ops = lower.get(prop.lower(), (prop, ()))
+        if op not in ops:
+            what = f"the property {prop!r}" if not ops else f"the operator {op!r} on {name!r}"
+            may = ", ".join(f"{k} ({'/'.join(v)})" for k, v in allowed.items())
+            raise errors.invalid_query("$filter", text, f"{what} cannot be used in a $filter of "
+                                       f"{operation.split('_', 1)[1]}; it may filter on: {may}.")

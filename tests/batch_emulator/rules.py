@@ -7,6 +7,7 @@ shape, container settings against the pool, slots per node, autoscale intervals.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from . import errors
@@ -181,3 +182,92 @@ def _uses_job_action(ec: dict[str, Any]) -> bool:
     options = [m.get("exitOptions") or {} for m in (ec.get("exitCodes") or []) + (ec.get("exitCodeRanges") or [])]
     options += [ec.get(k) or {} for k in ("preProcessingError", "fileUploadError", "default")]
     return any(o.get("jobAction") not in (None, "none") for o in options)
+
+
+# ---- limits and rules the spec states (issue 14); each switchable through svc.faults.rules ----
+#: Default bound of a create-job body, in bytes. The spec says only that JobPreparationTask (and
+#: every other task's) resourceFiles has "a maximum size" past which the request fails with
+#: RequestEntityTooLarge; it gives no number for create-job. Chosen: 1 MiB of body, the bound the
+#: spec states for add-task-collection ("must be less than 1MB").
+MAX_JOB_BODY_BYTES = 1024 * 1024
+
+
+@dataclass
+class ServiceRules:
+    """Which of the spec's limits and rules the service enforces (all on by default, as Azure
+    does; a test switches one off or changes a bound through ``svc.faults.rules``)."""
+    max_job_body: int | None = MAX_JOB_BODY_BYTES   # bytes; None: any size
+    reactivation: bool = True     # ReactivateTask refused for exit code 0 and ended jobs
+    filters: bool = True          # $filter only on the properties "OData filters in Batch" lists
+    images: bool = True           # pool images must be a supported image / node agent pair
+
+
+def check_job_body(raw_len: int, limits: ServiceRules) -> None:
+    """Create-job: a body past the bound is 413 RequestEntityTooLarge, the code the spec gives
+    for too large a resourceFiles list (JobPreparationTask.resourceFiles and the other task
+    definitions), distinct from add-task-collection's RequestBodyTooLarge."""
+    if limits.max_job_body is not None and raw_len > limits.max_job_body:
+        raise BatchServiceError(413, "RequestEntityTooLarge",
+                                "The request body is too large: reduce the size of the resource files list "
+                                "(for example with a .zip file, an application package or a container image).",
+                                [("MaxLimit", f"{limits.max_job_body} bytes"), ("RequestBodySize", str(raw_len))])
+
+
+def check_reactivation(job_state: str, task: Any, limits: ServiceRules) -> None:
+    """ReactivateTask (spec: it fails for tasks that are not completed or that completed with
+    exit code 0, and when the job is completed, terminating or deleting). The spec names no
+    error codes; chosen from the service's documented codes (Azure.Compute.Batch
+    BatchErrorCode): 409 JobCompleted / JobBeingTerminated / JobBeingDeleted for the job,
+    409 TaskCompleted for an exit-0 task (a task operation on a completed task) and 409
+    TaskNotCompleted for a task still active or running. With ``limits.reactivation`` off,
+    only the old rule stays: a completed task that failed."""
+    job_codes = {"completed": "JobCompleted", "terminating": "JobBeingTerminated", "deleting": "JobBeingDeleted"}
+    if limits.reactivation and job_state in job_codes:
+        raise errors.conflict(job_codes[job_state],
+                              f"The job is {job_state}: its tasks cannot be reactivated.")
+    if job_state != "active" and not limits.reactivation:
+        raise errors.conflict("JobNotActive", f"The job is in the {job_state} state: its tasks cannot be reactivated.")
+    if task.state != "completed":
+        raise errors.conflict("TaskNotCompleted", "Only a completed task can be reactivated.")
+    if limits.reactivation and task.exit_code == 0:
+        raise errors.conflict("TaskCompleted", "The task completed with exit code 0 and cannot be reactivated "
+                                               "(whatever happened after its process exited).")
+    if task.result != "failure":
+        raise errors.conflict("TaskCompleted", "Only a task that failed can be reactivated.")
+
+
+def _same_image(a: dict, b: dict) -> bool:
+    """Marketplace references match on publisher, offer and sku (case-insensitively, as Azure
+    compares them); the version is whatever the pool asks for ("latest" or a pinned one)."""
+    return all((a.get(k) or "").lower() == (b.get(k) or "").lower() for k in ("publisher", "offer", "sku"))
+
+
+def check_image(body: dict, supported: list[dict], limits: ServiceRules) -> None:
+    """Pool create: the imageReference / nodeAgentSKUId pair must be one the account's
+    supported-images list (Pools_ListSupportedImages) gives, and a pool with a
+    containerConfiguration needs an image with the DockerCompatible capability (container
+    workloads article: container pools use the images that list marks so). Refused as 400
+    InvalidPropertyValue, the code Azure answers for a mismatched pair (hashicorp/terraform
+    #36698: ubuntu-server-container 20.04 with batch.node.ubuntu 24.04); the code for a
+    non-container image in a container pool is not documented and chosen the same. Custom
+    images (virtualMachineImageId) are not checked (they carry no marketplace reference)."""
+    vmc = body.get("virtualMachineConfiguration") or {}
+    ref = vmc.get("imageReference") or {}
+    if not limits.images or ref.get("virtualMachineImageId") or ref.get("sharedGalleryImageId") \
+            or ref.get("communityGalleryImageId"):
+        return
+    agent = vmc.get("nodeAgentSKUId") or ""
+    image = f"{ref.get('publisher')}:{ref.get('offer')}:{ref.get('sku')}"
+    match = next((s for s in supported if _same_image(s["imageReference"], ref)), None)
+    if match is None:
+        raise errors.invalid_value("virtualMachineConfiguration.imageReference", image,
+                                   "The image is not in the list of images supported by the Batch service "
+                                   "(List Supported Images).")
+    if match["nodeAgentSKUId"].lower() != agent.lower():
+        raise errors.invalid_value("virtualMachineConfiguration.nodeAgentSKUId", agent,
+                                   f"The node agent SKU does not match the image {image}, whose node agent is "
+                                   f"{match['nodeAgentSKUId']!r}.")
+    if vmc.get("containerConfiguration") and "DockerCompatible" not in (match.get("capabilities") or []):
+        raise errors.invalid_value("virtualMachineConfiguration.containerConfiguration", image,
+                                   "The image does not support containers (it lacks the DockerCompatible "
+                                   "capability in List Supported Images).")
