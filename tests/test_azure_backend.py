@@ -416,7 +416,8 @@ def test_pool_commands_create_status_resize_delete(azure, run_cell, batch):
     vm = body["virtualMachineConfiguration"]
     assert vm["containerConfiguration"]["containerImageNames"] == [f"python:{sys.version_info[0]}."
                                                                      f"{sys.version_info[1]}-slim"]
-    assert "dill==" in body["startTask"]["commandLine"]
+    start_env = {e["name"]: e["value"] for e in body["startTask"]["environmentSettings"]}
+    assert "dill==" in base64.b64decode(start_env[commands.SCRIPT_ENV]).decode()  # the script (commands.py)
     resized = run_cell("%azpar pool resize 1 3")
     assert resized.success, resized.error
     _wait_until(lambda: batch.pools[POOL.lower()].target_low_priority == 3, 10, "the resize")

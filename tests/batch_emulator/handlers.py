@@ -85,6 +85,12 @@ def _task(job: Job, task_id: str) -> Task:
     return t
 
 
+def _check_command_lines(svc: "BatchEmulator", body: dict, kind: str, prefix: str = "") -> None:
+    """The strict command-line rule (rules.check_command_line), unless a test switched it off."""
+    if svc.strict_command_lines:
+        rules.check_command_lines(body, kind, prefix)
+
+
 def _check_conditions(h: dict[str, str], etag: str, modified: dt.datetime) -> None:
     lower = {k.lower(): v for k, v in h.items()}
     if "if-match" in lower and lower["if-match"] not in ("*", etag):
@@ -101,6 +107,7 @@ def create_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw
     with svc.cond:
         if body["id"].lower() in svc.pools:
             raise errors.exists("Pool")
+        _check_command_lines(svc, body, "pool")
         pool = Pool(id=body["id"], spec=body)
         pool.start_task = body.get("startTask")
         pool.resize_timeout = body.get("resizeTimeout", "PT15M")
@@ -164,6 +171,7 @@ def update_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         _check_conditions(h, pool.etag, pool.last_modified)
+        _check_command_lines(svc, body, "pool")
         for k, v in body.items():
             pool.spec[k] = v
         if "startTask" in body:
@@ -463,6 +471,7 @@ def create_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_
     with svc.cond:
         if body["id"].lower() in svc.jobs:
             raise errors.exists("Job")
+        _check_command_lines(svc, body, "job")
         job = Job(id=body["id"], spec=body)
         svc.jobs[job.id.lower()] = job
         svc.cond.notify_all()
@@ -634,6 +643,7 @@ def _add_task(svc: "BatchEmulator", job: Job, body: dict, prefix: str = "") -> T
         raise errors.conflict("JobBeingDeleted", "The specified job has been marked for deletion.")
     pool = svc.pools.get((job.pool_id or "").lower())
     rules.check_task(body, job.spec, pool.spec if pool else None, prefix)
+    _check_command_lines(svc, body, "task", prefix)
     if body["id"].lower() in job.tasks:
         raise errors.exists("Task")
     task = Task(id=body["id"], job_id=job.id, spec=body)

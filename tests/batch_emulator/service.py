@@ -79,6 +79,7 @@ class BatchEmulator:
         self.cpu_percent: dict[str, float] = {}
         self.weekday_sunday = 0  # autoscale conventions the sources leave open (autoscale.py docstring)
         self.cpu_percent_scale = "percent"
+        self.strict_command_lines = True  # refuse command lines no source shows split (rules.check_command_line)
         self._http: HttpFrontEnd | None = None
         self.url = ""
 
@@ -150,6 +151,7 @@ class BatchEmulator:
             self.metrics.clear()
             self.cpu_percent.clear()
             self.weekday_sunday, self.cpu_percent_scale = 0, "percent"
+            self.strict_command_lines = True
             self.node_users = self.bare_nodes = True
         self.faults.clear()
         self.auth.clear_roles()

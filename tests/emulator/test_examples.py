@@ -54,7 +54,8 @@ def _setup(client, batch, op_id: str, params: dict) -> dict:
         new_job(client, job_id, "examplepool", job_preparation_task=prep)
         task_id = params.get("taskId") or ("t1" if prep else None)
         if task_id:
-            client.create_task(job_id, task(task_id, sh("mkdir -p sub; printf 'test file body' > testFile.txt")))
+            body = sh("mkdir -p sub; echo test file body | head -c14 > testFile.txt")  # no nested quotes
+            client.create_task(job_id, task(task_id, body))
             wait_until(lambda: client.get_task(job_id, task_id).state == "completed", 10)
         if op_id == "Tasks_ListTasks":
             client.create_task(job_id, task("listed", "/bin/true"))

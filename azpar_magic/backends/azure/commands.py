@@ -1,17 +1,48 @@
 """What runs on a node, as Batch command lines: the pool's start task, a job's preparation
 task, each iteration task and the cloud merge task.
 
-Command lines are not run by a shell on Batch, so each is ``/bin/sh -c SCRIPT`` with the
-script quoted once here. Scripts hold no secret: every URL they need arrives as a resource
-file or an output-file destination, never in the command line or environment.
+How a command line reaches a process is only partly known, so every line sent here has one
+shape that the known sources agree on, and nothing else. Known: Batch does not run the line
+under a shell (REST spec, ``commandLine`` of TaskAddParameter, StartTask, JobPreparationTask);
+the official CreateTask_ContainerSettings example runs ``bash -c 'echo hello'`` and Nextflow's
+Azure plugin runs ``sh -c '...'`` one-liners on real container pools; on Linux the quotes decide
+how Batch splits the line (azure-sdk-for-net#17107, azure-docs PR #66405); a second ``bash -c``
+after ``&&`` was silently not run (nextflow#6863 / PR #6864). Unknown: how Batch, and then
+``docker create`` for a container task, tokenise a line holding a newline or a quote inside
+quotes. So every command line is ONE line, ``/bin/sh -c '...'`` with one level of single quotes
+and no quote, backslash or newline inside (``_sh`` refuses anything else):
+
+- Iteration and merge tasks are short, so their script is the one-liner itself. Paths such as
+  ``$AZ_BATCH_JOB_PREP_WORKING_DIR`` stay unquoted: Batch builds them from ids of letters,
+  digits, ``-`` and ``_``, with no space or wildcard. Nothing is added per task, so the
+  add-collection body (submission.py) grows by nothing.
+- The start task and the job preparation task need real scripts (the profile's
+  ``start_commands`` are the user's own shell lines, kept unchanged; the installer is Python).
+  Each script travels in an environment setting of that same start task or job preparation
+  task (the spec: ``environmentSettings`` of StartTask and JobPreparationTask; the container
+  workloads article: task environment variables are mapped into the container), base64-encoded
+  so the value is one line of letters, digits, ``+/=`` whatever route Batch and Docker take it
+  by (a multi-line value or a ``$`` in it would be another unknown). The fixed line
+  :data:`RUN_SCRIPT` decodes it to a file in the task's working directory and runs that file
+  with ``/bin/sh``, which then reads it as any shell script. The Python installer likewise
+  travels base64 in its own setting and reaches ``python -`` on a pipe.
+  Not chosen: a resource file (the start task belongs to a long-lived pool and would need a
+  URL that never expires), or the job's ``commonEnvironmentSettings`` (the spec applies them to
+  job preparation too, but a job made by an earlier version and resumed by this one would not
+  have them).
+
+Scripts hold no secret: every URL they need arrives as a resource file or an output-file
+destination, never in the command line or environment.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 SITE_DIR = "$AZ_BATCH_NODE_SHARED_DIR/azpar/site"
 # Right in the node's shared folder, which every task may write ("Files and directories in
@@ -27,6 +58,13 @@ RESULT_FILE = "result.azpr"
 MERGED_FILE = "merged.azpm"
 TASK_ENV = "AZPAR_TASK"  # small task inputs travel inline, base64 in this setting
 PYTHON = "python"
+SCRIPT_ENV = "AZPAR_SCRIPT"  # the start task's or job preparation task's script, base64
+INSTALLER_ENV = "AZPAR_INSTALLER"  # _INSTALLER, base64, for the scripts that install packages
+SCRIPT_FILE = "azpar-script.sh"  # where RUN_SCRIPT decodes the script (the task's working directory)
+#: The command line of a task whose script is in SCRIPT_ENV. ``: ${X:?}`` stops with "parameter
+#: not set" when the setting did not arrive (rather than running an empty script that "succeeds").
+RUN_SCRIPT = (f"/bin/sh -c ': ${{{SCRIPT_ENV}:?}}; printf %s ${SCRIPT_ENV} | base64 -d > {SCRIPT_FILE} "
+              f"&& exec /bin/sh {SCRIPT_FILE}'")
 
 # Installs the requirements that are missing or at another version into a target folder,
 # and nothing when all are present (an image with the packages baked in needs no index).
@@ -48,13 +86,48 @@ _INSTALLER = (
 )
 
 
+@dataclass(frozen=True)
+class NodeCommand:
+    """A command line with the environment settings it needs, as (name, value) pairs, for the
+    same start task or job preparation task."""
+
+    command_line: str
+    environment: tuple[tuple[str, str], ...] = ()
+
+
+_NEEDS_SECOND_LEVEL = ("'", '"', "\\", "\n", "\r")
+
+
 def _sh(script: str) -> str:
-    return "/bin/sh -c " + shlex.quote(script)
+    """``/bin/sh -c 'SCRIPT'``: one line, one level of quotes. A script that would need a quote,
+    backslash or line break inside is a bug here (see the module docstring), refused at once."""
+    bad = [c for c in _NEEDS_SECOND_LEVEL if c in script]
+    if bad:
+        raise ValueError(f"internal error: a Batch command line may not hold {bad!r} inside its quotes "
+                         f"(no source shows how Batch tokenises that); put the script in an environment "
+                         f"setting (_script_command): {script!r}")
+    return f"/bin/sh -c '{script}'"
+
+
+def _encode(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
+def _script_command(script: str) -> NodeCommand:
+    """Run ``script`` through :data:`RUN_SCRIPT`, the script in :data:`SCRIPT_ENV`, and the
+    installer in :data:`INSTALLER_ENV` when the script uses it."""
+    env = [(SCRIPT_ENV, _encode(script))]
+    if "$" + INSTALLER_ENV in script:
+        env.append((INSTALLER_ENV, _encode(_INSTALLER)))
+    return NodeCommand(RUN_SCRIPT, tuple(env))
 
 
 def _install_line(target: str, requirements: Sequence[str], pip_options: Sequence[str]) -> str:
+    """One script line (a pipeline whose status is the installer's) installing into ``target``;
+    the installer's source arrives in INSTALLER_ENV and reaches ``python -`` on a pipe."""
     args = " ".join(shlex.quote(r) for r in requirements)
-    return f'{PYTHON} -c {shlex.quote(_INSTALLER)} "{target}" {shlex.quote(json.dumps(list(pip_options)))} {args}'
+    return (f'printf %s "${INSTALLER_ENV}" | base64 -d | {PYTHON} - "{target}" '
+            f"{shlex.quote(json.dumps(list(pip_options)))} {args}")
 
 
 def packages_digest(requirements: Sequence[str], pip_options: Sequence[str]) -> str:
@@ -63,12 +136,13 @@ def packages_digest(requirements: Sequence[str], pip_options: Sequence[str]) -> 
 
 
 def start_task_command(dill_version: str, packages: Sequence[str], pip_options: Sequence[str],
-                       start_commands: Sequence[str]) -> str:
-    """Once per node: the profile's own commands, then dill and the profile's packages into
-    the node's shared folder (skipped when the image already has them)."""
+                       start_commands: Sequence[str]) -> NodeCommand:
+    """Once per node: the profile's own commands (unchanged, as the user wrote them), then dill
+    and the profile's packages into the node's shared folder (skipped when the image already has
+    them). A start command may ``cd``: the install names its folder in full."""
     lines = ["set -e", *start_commands, f'mkdir -p "{SITE_DIR}"',
              _install_line(SITE_DIR, [f"dill=={dill_version}", *packages], pip_options)]
-    return _sh("\n".join(lines))
+    return _script_command("\n".join(lines))
 
 
 def job_preparation_command(packages: Sequence[str], pip_options: Sequence[str]) -> str:
@@ -78,7 +152,7 @@ def job_preparation_command(packages: Sequence[str], pip_options: Sequence[str])
     pool's non-admin user, so the folder is made by that user in the shared folder (PACKAGES_DIR),
     and the tasks, the same user on Linux, read it."""
     if not packages:
-        return _sh("true")
+        return NodeCommand(_sh("true"))
     target = PACKAGES_DIR.format(digest=packages_digest(packages, pip_options))
     script = "\n".join([
         "set -e",
@@ -89,7 +163,7 @@ def job_preparation_command(packages: Sequence[str], pip_options: Sequence[str])
         '  touch "$T/.complete"; mv -T "$T" "$D" 2>/dev/null || rm -rf "$T"',
         "fi",
     ])
-    return _sh(script)
+    return _script_command(script)
 
 
 def python_path(packages: Sequence[str], pip_options: Sequence[str]) -> str:
@@ -102,25 +176,26 @@ def python_path(packages: Sequence[str], pip_options: Sequence[str]) -> str:
 def task_command(packages: Sequence[str], pip_options: Sequence[str], *, inline: bool) -> str:
     """Run the worker on this task's input. The worker exits 3 for an environment mismatch
     after writing a result that says so; that is reported as success to Batch so Batch does
-    not retry it (retrying cannot help), and the client reads the mismatch from the result."""
+    not retry it (retrying cannot help), and the client reads the mismatch from the result.
+    One line (module docstring): assignments, then ``export NAME...`` (``export NAME=$X``
+    would be split on spaces by older shells)."""
     source = f"env:{TASK_ENV}" if inline else TASK_FILE
-    script = "; ".join([
-        'P="$AZ_BATCH_JOB_PREP_WORKING_DIR"',
-        f'export AZPAR_STAGE_DIR="$P" PYTHONPATH="{python_path(packages, pip_options)}"',
-        f'{PYTHON} "$P/{WORKER_FILE}" {source} {RESULT_FILE}',
+    return _sh("; ".join([
+        "P=$AZ_BATCH_JOB_PREP_WORKING_DIR",
+        f"AZPAR_STAGE_DIR=$P PYTHONPATH={python_path(packages, pip_options)}",
+        "export AZPAR_STAGE_DIR PYTHONPATH",
+        f"{PYTHON} $P/{WORKER_FILE} {source} {RESULT_FILE}",
         "c=$?",
-        '[ "$c" -eq 3 ] && c=0',
+        "[ $c -eq 3 ] && c=0",
         "exit $c",
-    ])
-    return _sh(script)
+    ]))
 
 
 def merge_command(packages: Sequence[str], pip_options: Sequence[str], n_tasks: int) -> str:
     """The cloud merge: every task's result file (downloaded as resource files under
     ``results/``) streamed in task order into one blob, one task result in memory at a time."""
-    script = "; ".join([
-        'P="$AZ_BATCH_JOB_PREP_WORKING_DIR"',
-        f'export PYTHONPATH="{python_path(packages, pip_options)}"',
-        f'exec {PYTHON} "$P/{WORKER_FILE}" --merge results {n_tasks} {MERGED_FILE}',
-    ])
-    return _sh(script)
+    return _sh("; ".join([
+        f"PYTHONPATH={python_path(packages, pip_options)}",
+        "export PYTHONPATH",
+        f"exec {PYTHON} $AZ_BATCH_JOB_PREP_WORKING_DIR/{WORKER_FILE} --merge results {n_tasks} {MERGED_FILE}",
+    ]))

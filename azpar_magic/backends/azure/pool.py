@@ -45,6 +45,12 @@ def container_settings(profile: Profile) -> models.BatchTaskContainerSettings:
     return models.BatchTaskContainerSettings(image_name=profile["container_image"])
 
 
+def environment_settings(command: commands.NodeCommand) -> list[models.EnvironmentSetting] | None:
+    """The environment settings a start task or job preparation command line needs (its script,
+    commands.py), or None when it needs none."""
+    return [models.EnvironmentSetting(name=n, value=v) for n, v in command.environment] or None
+
+
 def _pool_registry(profile: Profile, password: str | None) -> list[models.ContainerRegistryReference] | None:
     if not profile["registry_server"]:
         return None
@@ -64,9 +70,10 @@ def pool_definition(profile: Profile, registry_password: str | None = None) -> m
             type=CONTAINER_TYPE, container_image_names=[profile["container_image"]],
             container_registries=_pool_registry(profile, registry_password)),
     )
+    command = commands.start_task_command(dill.__version__, profile["packages"], profile["pip_options"],
+                                          profile["start_commands"])
     start = models.BatchStartTask(
-        command_line=commands.start_task_command(dill.__version__, profile["packages"], profile["pip_options"],
-                                                 profile["start_commands"]),
+        command_line=command.command_line, environment_settings=environment_settings(command),
         container_settings=container_settings(profile),
         user_identity=models.UserIdentity(auto_user=models.AutoUserSpecification(scope="pool",
                                                                                  elevation_level="admin")),

@@ -31,7 +31,7 @@ from ... import store
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
 from . import commands, files, storage
-from .pool import container_settings, state_name
+from .pool import container_settings, environment_settings, state_name
 from .submission import PendingTask, TaskAdder
 
 if TYPE_CHECKING:
@@ -197,9 +197,10 @@ class AzureRun:
                                 file_path=commands.ENVELOPE_FILE),
             *self.data.prep_resource_files(),
         ]
+        prep_command = commands.job_preparation_command(self.packages, self.pip_options)
         prep = models.BatchJobPreparationTask(
-            id="jobpreparation",
-            command_line=commands.job_preparation_command(self.packages, self.pip_options),
+            id="jobpreparation", command_line=prep_command.command_line,
+            environment_settings=environment_settings(prep_command),
             container_settings=container_settings(self.profile), resource_files=prep_files,
             constraints=models.BatchTaskConstraints(max_task_retry_count=2), wait_for_success=True)
         self._create_job(models.BatchJobCreateOptions(
