@@ -10,6 +10,7 @@ service and Azurite, as in test_azure_backend."""
 from __future__ import annotations
 
 import base64
+import json
 import shlex
 import shutil
 import tempfile
@@ -147,3 +148,43 @@ def test_every_builder_makes_one_line_with_one_level_of_quotes(packages):
     assert bool(prep.environment) == bool(packages)
     definition = pool.environment_settings(prep)
     assert (definition is None) == (not packages)
+
+
+def _previous_start_line(profile) -> str:
+    """The start task command line the previous version sent: the whole script quoted once
+    more, with the installer in a ``python -c`` argument (a second level of quotes)."""
+    import dill
+
+    options = shlex.quote(json.dumps(list(profile["pip_options"])))
+    script = "\n".join(["set -e", *profile["start_commands"], f'mkdir -p "{commands.SITE_DIR}"',
+                        f'python -c {shlex.quote(commands._INSTALLER)} "{commands.SITE_DIR}" {options} '
+                        f"dill=={dill.__version__}"])
+    return "/bin/sh -c " + shlex.quote(script)
+
+
+def test_a_pool_made_by_the_previous_version_is_used_as_it_is(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    """The backend attaches to an existing pool whatever its start task (pool.ensure compares
+    nothing), and the folder that start task installed dill into (SITE_DIR) is unchanged, so a
+    pool made before this change (Azure accepted its start task then) keeps working."""
+    from azpar_magic import config
+
+    from .batch_emulator.pytest_plugin import make_batch_client
+
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1, start_commands=START_COMMANDS) as name:
+        profile = config.load_profile(name)
+        old = pool.pool_definition(profile)
+        old.start_task.command_line, old.start_task.environment_settings = _previous_start_line(profile), None
+        batch.strict_command_lines = False  # as made then: the service now refuses that line
+        client = make_batch_client(batch)
+        try:
+            client.create_pool(old)
+        finally:
+            client.close()
+        batch.strict_command_lines = True
+        run = run_cell("%%azpar -q -o r for x in range(3):\nx + 1")
+        assert run.success, run.error
+    assert ip.user_ns["r"] == [1, 2, 3]
+    assert len(batch.requests_for("Pools_CreatePool")) == 1  # the old pool was used, not replaced
+    with batch.cond:
+        assert batch.pools[POOL.lower()].start_task["commandLine"] == _previous_start_line(profile)
