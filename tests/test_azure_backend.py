@@ -10,6 +10,7 @@ import re
 import sys
 import time
 import urllib.parse
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import pytest
 
 import azpar_magic
 from azpar_magic.backends.azure import commands
+
+from tests.batch_emulator.nodes import cache_root
+from tests.wheels import node_pip_options
 
 from .azure_support import azure_profile, sas_status
 
@@ -253,12 +257,13 @@ def _wheel(folder: Path, name: str, version: str, value: int) -> Path:
 
 
 def test_packages_are_installed_once_per_node_by_hash(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    _wheel(wheels, "azpar-extra-pkg", "0.3", 1234)
+    # A folder the node's pool user can read (tmp_path is private to root); dill from the shared one.
+    wheels = Path(tempfile.mkdtemp(prefix="azpar-extra-wheels-", dir=cache_root()))
+    wheels.chmod(0o755)
+    _wheel(wheels, "azpar-extra-pkg", "0.3", 1234).chmod(0o644)
+    pip_options = node_pip_options(extra_find_links=wheels)
     monkeypatch.chdir(tmp_path)
-    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
-                       pip_options=["--no-index", "--find-links", str(wheels)]):
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1, pip_options=pip_options):
         cell = ("%%azpar -q --packages azpar-extra-pkg==0.3 -o with_pkg for x in range(4):\n"
                 "import azpar_extra_pkg\nazpar_extra_pkg.VALUE + x")
         first = run_cell(cell)
@@ -268,9 +273,9 @@ def test_packages_are_installed_once_per_node_by_hash(batch, azurite, ip, run_ce
         assert second.success, second.error
         with batch.cond:
             node = next(iter(batch.pools[POOL.lower()].nodes.values()))
-        shared = node.root / "shared" / "azpar"
-        installed = [p.name for p in shared.iterdir() if p.name.startswith("pkgs-")]
-        assert installed == [f"pkgs-{commands.packages_digest(['azpar-extra-pkg==0.3'], ['--no-index', '--find-links', str(wheels)])}"]
+        shared = node.root / "shared"
+        installed = [p.name for p in shared.iterdir() if p.name.startswith("azpar-pkgs-")]
+        assert installed == [f"azpar-pkgs-{commands.packages_digest(['azpar-extra-pkg==0.3'], pip_options)}"]
         ids = [j.id for j in azpar_magic.jobs()[-2:]]
         logs = [node.root / "workitems" / i / "job-1" / "jobpreparation" / "stdout.txt" for i in ids]
         assert all(p.exists() for p in logs)

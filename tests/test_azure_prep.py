@@ -14,6 +14,8 @@ import pytest
 import azpar_magic
 from azpar_magic.backends.azure import storage
 
+from tests.wheels import node_pip_options
+
 from .azure_support import azure_profile
 
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
@@ -72,7 +74,8 @@ def test_a_removed_input_names_the_cause_not_packages_and_the_next_cell_works(az
 def test_a_failed_packages_install_shows_pips_message_in_the_cell_and_the_logs(batch, azurite, ip, run_cell,
                                                                                tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1, pip_options=["--no-index"]):
+    # Only the test wheel folder (dill for the start task), which has no azpar-missing-pkg.
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1, pip_options=node_pip_options()):
         run = run_cell("%%azpar -q --packages azpar-missing-pkg==9.9 -o r for x in range(2):\nx")
         assert not run.success
         text = str(run.error)
@@ -81,7 +84,7 @@ def test_a_failed_packages_install_shows_pips_message_in_the_cell_and_the_logs(b
         assert "Traceback" not in text and "CalledProcessError" not in text, text  # pip's words, not the installer's
         with batch.cond:
             node = next(iter(batch.pools["azpar-test"].nodes.values()))
-        assert not list((node.root / "shared" / "azpar").glob("pkgs-*.tmp.*"))  # no half install left behind
+        assert not list((node.root / "shared").glob("azpar-pkgs-*.tmp.*"))  # no half install left behind
         job = azpar_magic.jobs()[-1]
         logs = run_cell(f"%azpar logs {job.id}")
         assert logs.success, logs.error
