@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -48,6 +49,17 @@ OUT_DIR = "azpar-out"  # the worker gathers outputs here, per iteration
 WORK_DIR = "azpar-work"  # iterations' working folders, in the task folder
 OUTPUT_PREFIX = "outputs"  # in the job's files container (run.files_container)
 PLAN_BLOB = "data-plan.json"  # in the job's input container: each iteration's own inputs (no SAS)
+# The shared inputs are one resource file each in the create-job body, whose size Batch limits:
+# "a maximum size for the list of resource files", past which create-job fails with
+# RequestEntityTooLarge (REST spec, JobPreparationTask.resourceFiles; no number given). Past
+# INLINE_PREP_BYTES of such entries (half of the 1 MB the spec states for a task collection), or
+# when Batch answers RequestEntityTooLarge all the same, they are copied (server side, no bytes
+# through this machine) into the job's inputs container under IN_DIR/ and reach the nodes as ONE
+# container resource file (storageContainerUrl + blobPrefix keep the blob names below the job
+# preparation task's folder): the job preparation command does not change.
+INLINE_PREP_BYTES = 512 * 1024
+MAX_SHARED_INPUTS = 20_000  # past this, copying them one by one takes too long: refused up front
+COPY_TIMEOUT = 600.0  # seconds to wait for one server-side copy that Storage reports pending
 
 
 def _blob_url(container_sas_url: str, name: str) -> str:
@@ -92,6 +104,7 @@ class RunData:
         self.items: dict[int, list[tuple[str, str]]] = {}
         self.dest_url: str | None = None  # write SAS of an az:// destination's container
         self.uploaded = 0  # input files whose bytes were sent by this run (0 when all were cached)
+        self.packed_url: str | None = None  # read+list SAS of the inputs container, once shared inputs are copied there
         options = manifest.get("options") or {}
         if self.plan is None and manifest.get("cwd") and (options.get("inputs") or options.get("outputs")):
             # Following a stored job (a kernel restart): its outputs still come back, and tasks
@@ -135,6 +148,7 @@ class RunData:
             self.items.setdefault(index, []).extend((f.rel, urls[f.path]) for f in files)
         if plan.has_blobs and not plan.blob_names:
             check_blobs(st, plan)
+        self._check_shared_count(plan)
         sas: dict[str, str] = {}
 
         def resolve(spec) -> list[tuple[str, str]]:
@@ -151,7 +165,54 @@ class RunData:
             container, _ = plan.dest[len("az://"):].partition("/")[::2]
             st.ensure_container(container)
             self.dest_url = st.container_sas_url(container, "cw", run.expiry)
+        if self._prep_bytes() > INLINE_PREP_BYTES:
+            self.pack()
         self.save()
+
+    def _check_shared_count(self, plan: DataPlan) -> None:
+        """DataError before anything is created when more files than MAX_SHARED_INPUTS are
+        inputs every iteration reads (counted from the plan: local files and listed blobs)."""
+        count = len(plan.shared_files) + sum(len(plan.blob_names.get(s.text, ())) for s in plan.shared_blobs)
+        if count > MAX_SHARED_INPUTS:
+            raise DataError(f"--inputs name {count} files that every iteration reads; at most {MAX_SHARED_INPUTS} "
+                            "can be sent to the nodes (Batch limits the job's list of resource files, and past "
+                            "that many they are copied one by one). Nothing was submitted: put them in one archive "
+                            "(zip or tar), pass that as the input and unpack it in the loop body, or give each "
+                            "iteration only the files it reads (an --inputs pattern naming a loop variable, e.g. {x})")
+
+    def _prep_bytes(self) -> int:
+        """About how many bytes the shared inputs add to the create-job body, inline."""
+        return sum(len(url) + len(IN_DIR) + len(rel) + 40 for rel, url in self.shared)
+
+    @property
+    def can_pack(self) -> bool:
+        """There are shared inputs still listed one by one in the job preparation task."""
+        return bool(self.shared) and self.packed_url is None
+
+    def pack(self) -> None:
+        """Copy every shared input into the job's inputs container under ``IN_DIR/`` (server
+        side, eight at a time); from then on prep_resource_files is one container resource file."""
+        run, st = self.run, self.run.staging
+        st.ensure_container(run.in_container)
+        with ThreadPoolExecutor(8, thread_name_prefix="azpar-pack") as pool:
+            list(pool.map(lambda pair: self._copy(pair[1], f"{IN_DIR}/{pair[0]}"), self.shared))
+        self.packed_url = st.container_sas_url(run.in_container, "rl", run.expiry)
+
+    def _copy(self, source_url: str, name: str) -> None:
+        """One server-side copy into the inputs container, waited for when Storage runs it
+        asynchronously (a copy within one account usually completes at once)."""
+        blob = self.run.staging.service.get_blob_client(self.run.in_container, name)
+
+        def copy() -> None:
+            status = blob.start_copy_from_url(source_url).get("copy_status")
+            deadline = time.monotonic() + COPY_TIMEOUT
+            while status == "pending" and time.monotonic() < deadline:
+                time.sleep(0.5)
+                status = blob.get_blob_properties().copy.status
+            if status != "success":
+                raise blobs.TransferError(f"copying {name} into {self.run.in_container} ended {status}")
+
+        blobs.retried(f"copying the shared input {name[len(IN_DIR) + 1:]} into {self.run.in_container}", copy)
 
     def save(self) -> None:
         """Keep where each iteration's own inputs are (container and blob, no SAS) in the job's
@@ -189,6 +250,10 @@ class RunData:
     # ------------------------------------------------------------------ definitions
 
     def prep_resource_files(self) -> list[models.ResourceFile]:
+        """The shared inputs for the job preparation task: one resource file each, or once
+        packed (pack) one container resource file bringing ``IN_DIR/`` of the inputs container."""
+        if self.packed_url is not None:
+            return [models.ResourceFile(storage_container_url=self.packed_url, blob_prefix=f"{IN_DIR}/")]
         return [models.ResourceFile(http_url=url, file_path=f"{IN_DIR}/{rel}") for rel, url in self.shared]
 
     def task_resource_files(self, task: TaskSpec) -> tuple[list[models.ResourceFile], int]:
@@ -279,3 +344,10 @@ class RunData:
             blobs.retried(f"reading {rel} of iteration {index} from its node",
                           lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), local))
             blobs.upload_file(run.staging, container, name, local)
+
+
+def is_shared_input(resource_file: models.ResourceFile) -> bool:
+    """A job preparation resource file that RunData.prep_resource_files made (so it can be
+    replaced once the shared inputs are packed)."""
+    return (resource_file.file_path or "").startswith(f"{IN_DIR}/") or \
+        (resource_file.blob_prefix or "") == f"{IN_DIR}/"

@@ -84,6 +84,11 @@ def _exists(exc: HttpResponseError, code: str) -> bool:
     return exc.status_code == 409 and getattr(error, "code", None) in (code, None)
 
 
+def _error_code(exc: HttpResponseError) -> str:
+    """The Batch error code of a refusal ("" when the answer carried none)."""
+    return getattr(getattr(exc, "error", None), "code", None) or ""
+
+
 def _id_ranges(ids: Sequence[str]) -> list[tuple[int, int]]:
     """Numeric task ids as the fewest inclusive ranges (the merge task's dependencies)."""
     out: list[tuple[int, int]] = []
@@ -214,15 +219,34 @@ class AzureRun:
 
     def _create_job(self, options: Any) -> None:
         """Create the job. JobExists after a lost answer is success once the job's metadata
-        shows this run's token; any other job of that id is not ours, and is left alone."""
+        shows this run's token; any other job of that id is not ours, and is left alone.
+        RequestEntityTooLarge (too long a list of resource files): the shared inputs are
+        packed into one container resource file and the job is sent again, once."""
         try:
             self._post_once("create_job", lambda: self.client.create_job(options), "JobExists", self._job_is_ours)
         except HttpResponseError as exc:
+            too_large = _error_code(exc) == "RequestEntityTooLarge"
+            if too_large and self.data.can_pack:
+                self._pack_shared_inputs(options)
+                return self._create_job(options)
+            if too_large:
+                raise RuntimeError(
+                    "staging the job on Azure failed: Batch refused the job as too large (RequestEntityTooLarge: its "
+                    "list of resource files is over the service's limit) and there are no shared input files left to "
+                    "pack. Nothing was submitted; use fewer --inputs every iteration reads") from None
             if not _exists(exc, "JobExists"):
                 raise
             raise RuntimeError(f"staging the job on Azure failed: a Batch job named {self.job_id} already "
                                "exists and was not created by this run; it was left as it is. "
                                "Run the cell again (it gets a new job id)") from None
+
+    def _pack_shared_inputs(self, options: Any) -> None:
+        """Batch found the job preparation task's resource files too many: copy the shared
+        inputs into the job's inputs container and let one container resource file bring them."""
+        prep = options.job_preparation_task
+        self.data.pack()
+        prep.resource_files = [rf for rf in prep.resource_files or [] if not files.is_shared_input(rf)] + \
+            self.data.prep_resource_files()
 
     def _job_is_ours(self) -> bool:
         job = self.client.get_job(self.job_id, select=["id", "metadata"])
@@ -752,16 +776,13 @@ class AzureRun:
         """Tasks wait and nothing runs: a failed job preparation or start task would keep
         them waiting forever, so say what failed instead."""
         try:
-            nodes = list(self.client.list_nodes(self.profile["pool_id"], select=["id", "state", "startTaskInfo"]))
+            nodes = list(self.client.list_nodes(self.profile["pool_id"],
+                                                select=["id", "state", "startTaskInfo", "errors"]))
             self._count("list_nodes")
         except AzureError:
             return
         if nodes and all(state_name(n.state) in _TERMINAL_NODE_STATES for n in nodes):
-            why = "every node of the pool failed its start task (installing dill and the profile's packages)"
-            info = nodes[0].start_task_info
-            if info is not None and info.failure_info is not None:
-                why += f": {info.failure_info.code}: {info.failure_info.message}"
-            self._fail_remaining(why)
+            self._fail_remaining(self._image_pull_failure(nodes) or self._start_task_failure(nodes))
             return
         try:
             statuses = list(self.client.list_job_preparation_and_release_task_status(self.job_id))
@@ -772,6 +793,44 @@ class AzureRun:
                   and state_name(s.job_preparation_task_execution_info.result) == "failure"]
         if failed and len(failed) >= len([n for n in nodes if state_name(n.state) in ("idle", "running")]):
             self._fail_remaining(self._prep_failure(failed[0]))
+
+    def _image_pull_failure(self, nodes: Sequence[Any]) -> str:
+        """The pool's nodes are unusable because the container image could not be pulled
+        (a node error such as ContainerInvalidImage naming the image): say so, and how to fix
+        it, instead of blaming the start task, which never ran. "" when no node says that."""
+        for node in nodes:
+            for error in node.errors or []:
+                details = {d.name: d.value for d in error.error_details or [] if d.name}
+                if not (str(error.code or "").startswith("Container") or "ContainerImage" in details):
+                    continue
+                image = details.get("ContainerImage") or self.profile["container_image"]
+                said = "; ".join(x for x in (error.message, details.get("Message")) if x)
+                return (f"no node of the pool could pull the container image {image} ({error.code}: {said}). Check "
+                        "the profile's container_image (name and tag) and, for a private registry, registry_server "
+                        "and its credentials; the pool's nodes stay unusable, so after fixing the profile delete the "
+                        "pool (%azpar pool delete) and run the cell again to create it with that image")
+        return ""
+
+    def _start_task_failure(self, nodes: Sequence[Any]) -> str:
+        """Every node failed its start task: its code, and the end of its stderr read from a
+        node through the node file API (``startup/stderr.txt``), where pip says why."""
+        why = "every node of the pool failed its start task (installing dill and the profile's packages)"
+        failed = [n for n in nodes if n.start_task_info is not None and n.start_task_info.failure_info is not None]
+        if failed:
+            info = failed[0].start_task_info.failure_info
+            why += f": {info.code}: {info.message}"
+        tail = self._node_stderr(failed[0] if failed else nodes[0], "startup/stderr.txt")
+        return why + (f"\nthe end of its stderr on node {(failed or nodes)[0].id}:\n{tail}" if tail else "")
+
+    def _node_stderr(self, node: Any, path: str, limit: int = 1500) -> str:
+        """The end of a file on a node of the pool, read through the files API; "" when it
+        cannot be read (the node is gone, or the call was refused)."""
+        try:
+            self._count("download_node_file")
+            data = b"".join(self.client.download_node_file(self.profile["pool_id"], node.id, path))
+        except AzureError:
+            return ""
+        return data.decode("utf-8", "replace").strip()[-limit:]
 
     def _prep_failure(self, status: Any) -> str:
         """Why the job preparation task failed, named by its cause: a resource file that
@@ -872,8 +931,22 @@ class AzureRun:
             self._count("reactivate_task")
         except HttpResponseError as exc:
             self._emit(TaskEvent(self.job_id, task_id, "failed", retryable=False,
-                                 error=f"the task could not be run again ({exc.reason or exc.status_code}): the Batch "
-                                       "job had already ended; run the failed iterations with a new cell"))
+                                 error=self._reactivation_refused(exc)))
+
+    @staticmethod
+    def _reactivation_refused(exc: HttpResponseError) -> str:
+        """Why Batch would not run the task again, by its code (REST spec, ReactivateTask:
+        refused for a task that exited 0 and in a completed or terminating job)."""
+        code = _error_code(exc) or str(exc.reason or exc.status_code)
+        if code == "TaskCompleted":
+            return ("the task ran (exit code 0) but its result could not be fetched from storage or from the node, and "
+                    "Batch does not run again a task that exited 0 (TaskCompleted); run the missing iterations "
+                    "with a new cell")
+        if code in ("JobCompleted", "JobBeingTerminated", "JobBeingDeleted"):
+            return (f"its result could not be fetched and the task could not be run again: the Batch job had already "
+                    f"ended ({code}); run the missing iterations with a new cell")
+        return (f"its result could not be fetched and Batch refused to run the task again ({_short_error(exc)}); "
+                "run the missing iterations with a new cell")
 
     def cancel(self, task_ids: Sequence[str] | None) -> None:
         if task_ids is None:
