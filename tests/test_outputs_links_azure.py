@@ -6,10 +6,16 @@ folder Batch uploads; the user's files stay where they are."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
+
+from tests.batch_emulator.nodes import cache_root
 
 from .azure_support import azure_profile
 from .test_data_storage import _put_raw
@@ -30,6 +36,16 @@ def azure(batch, azurite, tmp_path, monkeypatch):
         yield name
 
 
+@pytest.fixture
+def victim():
+    """The user's folder the body links to, where the node's task user can reach it (it runs as
+    the pool's non-admin user, which cannot enter pytest's private tmp_path)."""
+    parent = Path(tempfile.mkdtemp(prefix="azpar-victim-", dir=cache_root()))
+    parent.chmod(0o755)
+    yield parent / "victim"
+    shutil.rmtree(parent, ignore_errors=True)
+
+
 def _check_warning(stderr: str, victim, n: int) -> None:
     warnings = _warnings(stderr)
     assert len(warnings) == 1, stderr
@@ -37,8 +53,8 @@ def _check_warning(stderr: str, victim, n: int) -> None:
     assert f"{n} iterations" in warnings[0] and "left untouched" in warnings[0]
 
 
-def test_links_out_of_the_working_directory_are_not_uploaded_and_the_originals_stay(azure, ip, run_cell, tmp_path):
-    victim = tmp_path / "victim"
+def test_links_out_of_the_working_directory_are_not_uploaded_and_the_originals_stay(azure, ip, run_cell, tmp_path,
+                                                                                   victim):
     before = make_victim(victim)
     ip.user_ns["victim"] = str(victim)
     run = run_cell(f"%%azpar -o r --chunk-size 2 --outputs '**/*.csv' for i in range(3):\n{BODY}")
@@ -51,8 +67,7 @@ def test_links_out_of_the_working_directory_are_not_uploaded_and_the_originals_s
     _check_warning(run.stderr, victim, 3)
 
 
-def test_an_az_destination_gets_only_the_files_inside(azure, ip, run_cell, tmp_path, blob_service):
-    victim = tmp_path / "victim"
+def test_an_az_destination_gets_only_the_files_inside(azure, ip, run_cell, tmp_path, blob_service, victim):
     before = make_victim(victim)
     ip.user_ns["victim"] = str(victim)
     run = run_cell("%%azpar -o r --outputs '**/*.csv' --outputs-to az://linkresults/run "
