@@ -1,10 +1,18 @@
 """The differential corpus on the Azure backend: every body, run by ``%%azpar`` on the test
 Batch service with Azurite, gives what the sequential loop gives, one task per iteration
-and with several iterations per task."""
+and with several iterations per task.
+
+The test service's nodes are bare (a clean Python with pip, as ``python:X.Y-slim``), so the
+profile brings numpy and pandas, which some cases use, as a user would: in its ``packages``,
+installed by the pool's start task from a wheel folder (``pip_options``), at the kernel's versions."""
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import pytest
+
+from tests.wheels import node_pip_options
 
 from .azure_support import azure_profile
 from .test_differential import CASES, check_case, clean_shell  # noqa: F401  (clean_shell is a fixture)
@@ -14,8 +22,10 @@ pytestmark = pytest.mark.azure
 
 @pytest.fixture(scope="module")
 def azure(batch_service, azurite, tmp_path_factory):
+    packages = [f"{name}=={importlib.metadata.version(name)}" for name in ("numpy", "pandas")]
     with azure_profile(tmp_path_factory.mktemp("azure-config"), batch_service, azurite,
-                       pool_id="azpar-differential") as name:
+                       pool_id="azpar-differential", packages=packages,
+                       pip_options=node_pip_options("numpy", "pandas")) as name:
         yield name
 
 
