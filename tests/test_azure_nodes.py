@@ -16,7 +16,6 @@ import pytest
 import azpar_magic
 from azpar_magic.backends.azure import commands
 from tests.batch_emulator import nodes
-from tests.wheels import node_pip_options
 
 from .azure_support import azure_profile
 
@@ -57,11 +56,11 @@ def _node(batch):
 
 
 def test_packages_install_and_import_as_the_non_admin_task_user(node_user, batch, azurite, ip, run_cell,
-                                                                tmp_path, monkeypatch, extra_wheels):
+                                                                tmp_path, monkeypatch, node_wheels, extra_wheels):
     """Every ``--packages`` run failed: the job preparation task (no user identity: the pool's
     non-admin user) could not create its folder under the one the root start task made."""
     monkeypatch.chdir(tmp_path)
-    options = node_pip_options(extra_find_links=extra_wheels)
+    options = ["--no-index", "--find-links", str(node_wheels), "--find-links", str(extra_wheels)]
     with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1, pip_options=options):
         run = run_cell("%%azpar -q --packages azpar-node-pkg==1.0 -o got for x in range(3):\n"
                        "import os, azpar_node_pkg\n(azpar_node_pkg.VALUE + x, os.geteuid())")

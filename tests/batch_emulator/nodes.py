@@ -85,8 +85,9 @@ def traversable(path: Path) -> bool:
 
 
 def cache_root() -> Path:
-    """A folder in the temp dir that every user can read (the bare Pythons and test wheels)."""
-    root = Path(tempfile.gettempdir()) / "azpar-node-cache"
+    """A folder in the temp dir that every user can read (the bare Pythons and test wheels);
+    one per user that builds them, so a machine's root and non-root test runs never share one."""
+    root = Path(tempfile.gettempdir()) / f"azpar-node-cache-{os.geteuid()}"
     root.mkdir(mode=0o755, exist_ok=True)
     return root
 
