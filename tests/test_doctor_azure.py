@@ -19,6 +19,7 @@ from tests.batch_emulator.auth import JOB_SUBMITTER
 from tests.batch_emulator.pytest_plugin import free_port
 
 from .azure_support import azure_profile, write_profile_file
+from .test_azure_quota import _wait_steady
 
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
 POOL = "azpar-test"
@@ -359,11 +360,19 @@ def test_nodes_whose_start_task_failed_fail_the_pool_line(profile, batch):
 
 
 def test_an_image_that_cannot_be_pulled_fails_the_pool_line_naming_it(profile, batch):
-    if not hasattr(batch.faults, "fail_image_pull"):
-        pytest.skip("this tree's test service has no image-pull fault (faults.fail_image_pull)")
     name = profile(container_image="example.invalid/nothing:1.0")
     batch.faults.fail_image_pull("example.invalid/nothing:1.0")
     _pool_with_nodes(batch, name, "unusable")
     row = _row(doctor.diagnose(name), "pool")
     assert row.status == "failed" and "nodes unusable" in row.detail and "ContainerInvalidImage" in row.detail, row
     assert "example.invalid/nothing:1.0" in row.detail + row.fix
+
+
+def test_a_pool_the_core_quota_leaves_empty_fails_the_pool_line_with_the_quota_fix(profile, batch, run_cell):
+    name = profile()
+    batch.core_quota = {"dedicated": 0, "lowPriority": None}
+    run_cell(f"%azpar pool create --profile {name}")
+    assert _wait_steady(batch, POOL)["errors"] == ["AccountCoreQuotaReached"]
+    row = _row(doctor.diagnose(name), "pool")
+    assert row.status == "failed" and "AccountCoreQuotaReached" in row.detail and "no task can run" in row.detail, row
+    assert "Quotas" in row.fix, row

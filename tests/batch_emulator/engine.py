@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import storage
-from . import nodes
+from . import nodes, rules
 from .executor import ProgramNotFound, build_environment
 from .state import Job, Node, Pool, PrepStatus, Task, node_id_for
 from .util import fmt_time, parse_duration, utcnow
@@ -175,18 +175,49 @@ class Engine:
         return True
 
     def _reconcile(self, pool: Pool) -> None:
-        """Add or remove nodes so the pool matches its targets."""
+        """Add or remove nodes so the pool matches its targets, within the account's core quota."""
         for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_low_priority)):
             current = [n for n in pool.nodes.values() if n.dedicated == dedicated and not n.leaving]
             if len(current) < target:
-                for _ in range(target - len(current)):
+                room = self._quota_room(pool, dedicated)
+                for _ in range(min(target - len(current), room)):
                     self._add_node(pool, dedicated)
+                if room < target - len(current):
+                    self._quota_reached(pool, dedicated, target)
             elif len(current) > target:
                 # Prefer nodes that are not running anything, newest first.
                 victims = sorted(current, key=lambda n: (bool(n.running), n.state not in ("creating", "starting")))
                 for node in victims[: len(current) - target]:
                     self._remove_node(pool, node, pool.deallocation_option)
         pool.touch()
+
+    def _quota_room(self, pool: Pool, dedicated: bool) -> int:
+        """How many more nodes of this kind the account's core quota allows (every pool's
+        nodes count). Source: "Batch service quotas and limits": in Batch service mode an
+        account has a dedicated core quota (also per VM family, not modelled) and a separate
+        low-priority/spot core quota, and a pool that does not reach its target "might have
+        reached" it; new accounts may have 0 in some regions."""
+        quota = self.svc.core_quota.get("dedicated" if dedicated else "lowPriority")
+        if quota is None:
+            return 1 << 30
+        per_node = rules.vcpus(pool.spec.get("vmSize") or "")
+        used = sum(rules.vcpus(p.spec.get("vmSize") or "") for p in self.svc.pools.values()
+                   for n in p.nodes.values() if n.dedicated == dedicated and not n.leaving)
+        return max(0, (quota - used) // per_node)
+
+    def _quota_reached(self, pool: Pool, dedicated: bool, target: int) -> None:
+        """The resize ends steady short of its target with a resize error, as Azure reports a
+        quota shortfall: ``resizeErrors`` are set only once allocationState is steady (the
+        Pool's ``resizeErrors`` in the REST spec), with the codes of the documented
+        PoolResizeErrorCodes (AccountCoreQuotaReached, AccountLowPriorityCoreQuotaReached).
+        Which of the low-priority and spot codes a Batch-service account gets now that
+        low-priority VMs are retired is open; the message wording is chosen."""
+        kind = "dedicated" if dedicated else "low-priority"
+        code = "AccountCoreQuotaReached" if dedicated else "AccountLowPriorityCoreQuotaReached"
+        pool.resize_errors.append({
+            "code": code,
+            "message": f"The specified account has reached its {kind} core quota: the pool could not grow to "
+                       f"{target} {kind} nodes of size {pool.spec.get('vmSize')}."})
 
     def _add_node(self, pool: Pool, dedicated: bool) -> Node:
         idx = next(pool.node_counter)

@@ -78,6 +78,9 @@ class BatchEmulator:
         self.metrics: dict[str, autoscale.Metrics] = {}
         self.cpu_percent: dict[str, float] = {}
         self.weekday_sunday = 0  # autoscale conventions the sources leave open (autoscale.py docstring)
+        #: The account's core quotas ("Batch service quotas and limits"): dedicated and
+        #: low-priority (spot) vCPUs across all pools; None is no limit. A new account's may be 0.
+        self.core_quota: dict[str, int | None] = {"dedicated": None, "lowPriority": None}
         self.cpu_percent_scale = "percent"
         self.strict_command_lines = True  # refuse command lines no source shows split (rules.check_command_line)
         self._http: HttpFrontEnd | None = None
@@ -151,6 +154,7 @@ class BatchEmulator:
             self.metrics.clear()
             self.cpu_percent.clear()
             self.weekday_sunday, self.cpu_percent_scale = 0, "percent"
+            self.core_quota = {"dedicated": None, "lowPriority": None}
             self.strict_command_lines = True
             self.node_users = self.bare_nodes = True
         self.faults.clear()

@@ -298,15 +298,18 @@ class AzureDoctor:
                         "role) or to grant you that role.")
             return OK, (f"pool {pid} does not exist yet: the first run (or %azpar pool create) creates it from the "
                         f"profile ({self.profile['vm_size']})"), ""
-        found = _status_of(p)
+        found = pool.status_of(p)
         detail = found.describe()
         if found.state != "active":
             return (FAILED, detail, f"The pool is {found.state}: wait until it is gone, then let the next run create "
                                     "it again (or use another pool_id).")
-        errors = [f"{e.code}: {e.message}" for e in (getattr(p, "resize_errors", None) or [])]
-        if errors:
-            return (WARNING, f"{detail}; last resize failed: {errors[0]}",
-                    "Fix what the resize error names (often the VM quota of the account: Batch account > Quotas).")
+        if found.quota_errors():
+            stuck = found.dedicated + found.spot == 0
+            return (FAILED if stuck else WARNING, detail + ("; no task can run" if stuck else ""),
+                    "The Batch account's core quota is too small for this pool: request an increase on the Batch "
+                    "account's Quotas page in the portal, or choose a smaller vm_size or the other kind of node.")
+        if found.resize_errors:
+            return (WARNING, detail, "Fix what the resize error names, then resize the pool again.")
         if (p.vm_size or "").lower() != self.profile["vm_size"].lower():
             return (WARNING, f"{detail}; its VM size differs from the profile's {self.profile['vm_size']}",
                     "The existing pool is used as it is; delete it (%azpar pool delete) to recreate it from the "
@@ -520,13 +523,6 @@ class AzureDoctor:
         targets = [part.strip() for part in (run.results or "").split(";")
                    if part.strip().startswith(("$TargetDedicatedNodes", "$TargetLowPriorityNodes"))]
         return OK, f"formula {name.upper()} evaluates ({'; '.join(targets) or 'no targets'}); no node changed", ""
-
-
-def _status_of(p: Any) -> pool.PoolStatus:
-    return pool.PoolStatus(p.id, pool.state_name(p.state), pool.state_name(p.allocation_state), p.vm_size or "",
-                           p.current_dedicated_nodes or 0, p.current_low_priority_nodes or 0,
-                           p.target_dedicated_nodes or 0, p.target_low_priority_nodes or 0,
-                           bool(p.enable_auto_scale), p.task_slots_per_node or 1)
 
 
 def _http(method: str, url: str, data: bytes | None = None) -> int:

@@ -113,12 +113,20 @@ class PoolStatus:
     target_spot: int
     autoscale: bool
     slots_per_node: int
+    #: "code: message" of each error of the last resize (Batch sets them once the pool is
+    #: steady short of its target, e.g. AccountCoreQuotaReached).
+    resize_errors: tuple[str, ...] = ()
 
     def describe(self) -> str:
         mode = "autoscale" if self.autoscale else "fixed size"
-        return (f"pool {self.pool_id} ({self.vm_size}, {self.state}, {self.allocation_state}, {mode}): "
+        text = (f"pool {self.pool_id} ({self.vm_size}, {self.state}, {self.allocation_state}, {mode}): "
                 f"{self.dedicated} dedicated + {self.spot} spot nodes "
                 f"(target {self.target_dedicated} + {self.target_spot}), {self.slots_per_node} task slots per node")
+        return text + "".join(f"; last resize: {e}" for e in self.resize_errors)
+
+    def quota_errors(self) -> tuple[str, ...]:
+        """The resize errors that only a change of quota or profile can clear."""
+        return tuple(e for e in self.resize_errors if e.split(":", 1)[0].endswith("QuotaReached"))
 
 
 def state_name(value: Any) -> str:
@@ -132,10 +140,16 @@ def status(client: Any, pool_id: str) -> PoolStatus | None:
         pool = client.get_pool(pool_id)
     except ResourceNotFoundError:
         return None
+    return status_of(pool)
+
+
+def status_of(pool: Any) -> PoolStatus:
+    """The status of a pool the SDK returned."""
     return PoolStatus(pool.id, state_name(pool.state), state_name(pool.allocation_state), pool.vm_size or "",
                       pool.current_dedicated_nodes or 0, pool.current_low_priority_nodes or 0,
                       pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0,
-                      bool(pool.enable_auto_scale), pool.task_slots_per_node or 1)
+                      bool(pool.enable_auto_scale), pool.task_slots_per_node or 1,
+                      tuple(f"{e.code}: {e.message}" for e in pool.resize_errors or []))
 
 
 def ensure(client: Any, profile: Profile, registry_password: str | None = None) -> tuple[PoolStatus, bool]:

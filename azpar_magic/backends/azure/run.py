@@ -31,7 +31,7 @@ from ... import store
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
 from . import commands, files, storage
-from .pool import container_settings, environment_settings, state_name
+from .pool import container_settings, environment_settings, state_name, status as pool_status
 from .submission import PendingTask, TaskAdder
 
 if TYPE_CHECKING:
@@ -784,6 +784,11 @@ class AzureRun:
         if nodes and all(state_name(n.state) in _TERMINAL_NODE_STATES for n in nodes):
             self._fail_remaining(self._image_pull_failure(nodes) or self._start_task_failure(nodes))
             return
+        if not nodes:
+            why = self._quota_shortfall()
+            if why:
+                self._fail_remaining(why)
+            return
         try:
             statuses = list(self.client.list_job_preparation_and_release_task_status(self.job_id))
             self._count("list_job_preparation_and_release_task_status")
@@ -793,6 +798,24 @@ class AzureRun:
                   and state_name(s.job_preparation_task_execution_info.result) == "failure"]
         if failed and len(failed) >= len([n for n in nodes if state_name(n.state) in ("idle", "running")]):
             self._fail_remaining(self._prep_failure(failed[0]))
+
+    def _quota_shortfall(self) -> str:
+        """The pool has no node and its last resize stopped at the account's core quota
+        (AccountCoreQuotaReached and the like): nothing will run until someone raises the
+        quota or changes the profile, so say that rather than wait. "" otherwise (a pool
+        still resizing, or short for a reason that may pass, such as spot capacity)."""
+        try:
+            found = pool_status(self.client, self.profile["pool_id"])
+            self._count("get_pool")
+        except AzureError:
+            return ""
+        if found is None or found.allocation_state != "steady" or not found.quota_errors():
+            return ""
+        return (f"the pool {found.pool_id} has no nodes and cannot get any: {'; '.join(found.quota_errors())}. "
+                f"The Batch account's core quota (dedicated and spot are separate quotas) is too small for "
+                f"{found.vm_size} nodes: request an increase on the Batch account's Quotas page in the Azure portal, or "
+                "choose a smaller vm_size or the other kind of node in the profile, then rerun these iterations "
+                f"(%azpar rerun {self.job_id} --failed)")
 
     def _image_pull_failure(self, nodes: Sequence[Any]) -> str:
         """The pool's nodes are unusable because the container image could not be pulled
