@@ -20,7 +20,7 @@ from ... import worker as wire
 from ...config import ConfigError, Profile, check_profile
 from ...job import NodeInfo
 from ..base import EventSink, JobSpec, TaskSpec
-from . import auth, autoscale, pool, storage
+from . import auth, autoscale, errors, pool, storage
 from .run import MANIFEST_BLOB, AzureRun
 
 NODE_CACHE_SECONDS = 1.0
@@ -352,8 +352,5 @@ class AzureBackend:
 
 
 def _short(exc: BaseException) -> str:
-    error = getattr(exc, "error", None)
-    code = getattr(error, "code", None)
-    message = getattr(error, "message", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-    return f"{code}: {message}" if code else message
+    return errors.describe(exc)
 

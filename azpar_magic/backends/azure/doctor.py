@@ -51,7 +51,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...config import ConfigError, Profile
-from . import auth, autoscale, pool, storage
+from . import auth, autoscale, errors, pool, storage
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
 Outcome = tuple[str, str, str]  # (status, detail, fix)
@@ -79,12 +79,8 @@ def _status(exc: BaseException) -> int | None:
 
 def _short(exc: BaseException) -> str:
     """One line: "403 AuthenticationFailed: message" (what the service said, first line only)."""
-    code = _code(exc)
-    message = getattr(getattr(exc, "error", None), "message", None) or str(exc) or type(exc).__name__
-    message = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
     status = _status(exc)
-    head = " ".join(str(x) for x in (status, code) if x)
-    return f"{head}: {message}" if head else message
+    return f"{status} {errors.describe(exc)}" if status else errors.describe(exc)
 
 
 def _retry_after(exc: BaseException) -> float:
