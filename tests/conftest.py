@@ -59,6 +59,18 @@ def run_cell(ip):
 
 
 @pytest.fixture
+def pool_user():
+    """The test Batch service's unprivileged pool user (tests/batch_emulator/nodes.py), or a
+    skip saying why there is none: switching users needs the tests to run as root."""
+    from tests.batch_emulator import nodes
+
+    user = nodes.node_user()
+    if user is None:
+        pytest.skip("running tasks as a separate pool user needs the tests to run as root")
+    return user
+
+
+@pytest.fixture
 def azure(batch, azurite, tmp_path, monkeypatch):
     """The Azure backend as a user configures it: a profile naming the test Batch service and
     Azurite, made active, run from a fresh working folder. Modules that need another set-up

@@ -10,17 +10,13 @@ import re
 import sys
 import time
 import urllib.parse
-import tempfile
-import zipfile
-from pathlib import Path
 
 import pytest
 
 import azpar_magic
 from azpar_magic.backends.azure import commands
 
-from tests.batch_emulator.nodes import cache_root
-from tests.wheels import node_pip_options
+from tests.wheels import node_pip_options, shared_folder, tiny_wheel
 
 from .azure_support import azure_profile, sas_status
 
@@ -239,28 +235,10 @@ def test_cancel_terminates_the_batch_job_and_keeps_finished_results(azure, ip, r
 # ------------------------------------------------------------------------------- packages
 
 
-def _wheel(folder: Path, name: str, version: str, value: int) -> Path:
-    """A minimal pure-Python wheel (no build tool, no index needed)."""
-    module = name.replace("-", "_")
-    path = folder / f"{module}-{version}-py3-none-any.whl"
-    dist = f"{module}-{version}.dist-info"
-    files = {
-        f"{module}/__init__.py": f"VALUE = {value}\n",
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: azpar-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    files[f"{dist}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{dist}/RECORD,,\n"
-    with zipfile.ZipFile(path, "w") as zf:
-        for n, text in files.items():
-            zf.writestr(n, text)
-    return path
-
-
 def test_packages_are_installed_once_per_node_by_hash(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
     # A folder the node's pool user can read (tmp_path is private to root); dill from the shared one.
-    wheels = Path(tempfile.mkdtemp(prefix="azpar-extra-wheels-", dir=cache_root()))
-    wheels.chmod(0o755)
-    _wheel(wheels, "azpar-extra-pkg", "0.3", 1234).chmod(0o644)
+    wheels = shared_folder("azpar-extra-wheels-")
+    tiny_wheel(wheels, "azpar-extra-pkg", "0.3", 1234)
     pip_options = node_pip_options(extra_find_links=wheels)
     monkeypatch.chdir(tmp_path)
     with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1, pip_options=pip_options):

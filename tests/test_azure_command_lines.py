@@ -13,16 +13,14 @@ import base64
 import json
 import shlex
 import shutil
-import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from azpar_magic.backends.azure import commands, pool
-from tests.batch_emulator import nodes, rules
-from tests.wheels import node_pip_options
+from tests.batch_emulator import rules
+from tests.wheels import node_pip_options, shared_folder, tiny_wheel
 
 from .azure_support import azure_profile
 
@@ -40,18 +38,8 @@ START_COMMANDS = [
 @pytest.fixture
 def cl_wheels() -> Iterator[Path]:
     """A folder every user can read with one small wheel, ``azpar-cl-pkg`` 2.0."""
-    folder = Path(tempfile.mkdtemp(prefix="azpar-cl-wheels-", dir=nodes.cache_root()))
-    folder.chmod(0o755)
-    dist = "azpar_cl_pkg-2.0.dist-info"
-    files = {"azpar_cl_pkg/__init__.py": "VALUE = 700\n",
-             f"{dist}/METADATA": "Metadata-Version: 2.1\nName: azpar-cl-pkg\nVersion: 2.0\n",
-             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: azpar-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    files[f"{dist}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{dist}/RECORD,,\n"
-    wheel = folder / "azpar_cl_pkg-2.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for name, text in files.items():
-            zf.writestr(name, text)
-    wheel.chmod(0o644)
+    folder = shared_folder("azpar-cl-wheels-")
+    tiny_wheel(folder, "azpar-cl-pkg", "2.0", 700)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 

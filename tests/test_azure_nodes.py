@@ -4,10 +4,7 @@ bare interpreter, so dill and ``--packages`` arrive only by the installs the bac
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,37 +12,19 @@ import pytest
 
 import azpar_magic
 from azpar_magic.backends.azure import commands
-from tests.batch_emulator import nodes
 
 from .azure_support import azure_profile
+from .wheels import shared_folder, tiny_wheel
 
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
 POOL = "azpar-test"
 
 
 @pytest.fixture
-def node_user() -> nodes.NodeUser:
-    user = nodes.node_user()
-    if user is None:
-        pytest.skip("the test service can run tasks as a separate pool user only when the tests run as root")
-    return user
-
-
-@pytest.fixture
 def extra_wheels() -> Iterator[Path]:
     """A folder every user can read with one small wheel, ``azpar-node-pkg`` 1.0."""
-    folder = Path(tempfile.mkdtemp(prefix="azpar-node-wheels-", dir=nodes.cache_root()))
-    folder.chmod(0o755)
-    dist = "azpar_node_pkg-1.0.dist-info"
-    files = {"azpar_node_pkg/__init__.py": "VALUE = 41\n",
-             f"{dist}/METADATA": "Metadata-Version: 2.1\nName: azpar-node-pkg\nVersion: 1.0\n",
-             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: azpar-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    files[f"{dist}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{dist}/RECORD,,\n"
-    wheel = folder / "azpar_node_pkg-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for name, text in files.items():
-            zf.writestr(name, text)
-    wheel.chmod(0o644)
+    folder = shared_folder("azpar-node-wheels-")
+    tiny_wheel(folder, "azpar-node-pkg", "1.0", 41)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -55,7 +34,7 @@ def _node(batch):
         return next(iter(batch.pools[POOL.lower()].nodes.values()))
 
 
-def test_packages_install_and_import_as_the_non_admin_task_user(node_user, batch, azurite, ip, run_cell,
+def test_packages_install_and_import_as_the_non_admin_task_user(pool_user, batch, azurite, ip, run_cell,
                                                                 tmp_path, monkeypatch, node_wheels, extra_wheels):
     """Every ``--packages`` run failed: the job preparation task (no user identity: the pool's
     non-admin user) could not create its folder under the one the root start task made."""
@@ -65,14 +44,14 @@ def test_packages_install_and_import_as_the_non_admin_task_user(node_user, batch
         run = run_cell("%%azpar -q --packages azpar-node-pkg==1.0 -o got for x in range(3):\n"
                        "import os, azpar_node_pkg\n(azpar_node_pkg.VALUE + x, os.geteuid())")
         assert run.success, run.error
-        assert ip.user_ns["got"] == [(41 + x, node_user.uid) for x in range(3)]
+        assert ip.user_ns["got"] == [(41 + x, pool_user.uid) for x in range(3)]
         node = _node(batch)
         digest = commands.packages_digest(["azpar-node-pkg==1.0"], options)
         installed = [p for p in (node.root / "shared").rglob(f"*pkgs-{digest}") if p.is_dir()]
-        assert len(installed) == 1 and installed[0].stat().st_uid == node_user.uid, installed
+        assert len(installed) == 1 and installed[0].stat().st_uid == pool_user.uid, installed
 
 
-def test_tasks_run_as_the_pool_user_on_a_bare_python(node_user, azure, ip, run_cell, batch):
+def test_tasks_run_as_the_pool_user_on_a_bare_python(pool_user, azure, ip, run_cell, batch):
     """No test venv on the node: only the stdlib, pip and what the start task installed (dill)."""
     run = run_cell("%%azpar -q --keep -o seen for x in range(2):\n"
                    "import os, sys, importlib.util as u\n"
@@ -80,7 +59,7 @@ def test_tasks_run_as_the_pool_user_on_a_bare_python(node_user, azure, ip, run_c
                    " u.find_spec('azpar_magic') is None, u.find_spec('pip') is not None,\n"
                    " any('.venv' in p for p in sys.path), os.access(os.environ['HOME'], os.W_OK))")
     assert run.success, run.error
-    assert ip.user_ns["seen"] == [(node_user.uid, True, True, True, True, False, True)] * 2
+    assert ip.user_ns["seen"] == [(pool_user.uid, True, True, True, True, False, True)] * 2
     node = _node(batch)
     site = node.root / "shared" / "azpar" / "site"
     assert site.stat().st_uid == 0 and any(site.glob("dill-*.dist-info"))  # the root start task installed dill
@@ -89,4 +68,4 @@ def test_tasks_run_as_the_pool_user_on_a_bare_python(node_user, azure, ip, run_c
         roots = [n.root for n in batch.pools[POOL.lower()].nodes.values()]
     preps = [r / "workitems" / job.id / "job-1" / "jobpreparation" / "wd" for r in roots]
     owners = [p.stat().st_uid for p in preps if p.exists()]
-    assert owners and set(owners) == {node_user.uid}  # the job preparation task ran as the pool user
+    assert owners and set(owners) == {pool_user.uid}  # the job preparation task ran as the pool user

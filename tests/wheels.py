@@ -110,3 +110,32 @@ def build_wheel(dist: md.Distribution, folder: Path) -> Path:
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)
     return target
+
+
+def shared_folder(prefix: str) -> Path:
+    """A new folder every user can read (pytest's tmp_path is private to root, and a node's
+    pool user must read the wheels a test gives it); the caller removes it."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=cache_root()))
+    folder.chmod(0o755)
+    return folder
+
+
+def tiny_wheel(folder: Path, name: str, version: str, value: int) -> Path:
+    """A minimal pure-Python wheel made by hand (no build tool, no index): a package whose
+    ``VALUE`` is ``value``, readable by every user."""
+    module = name.replace("-", "_")
+    dist = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": f"VALUE = {value}\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: azpar-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{dist}/RECORD,,\n"
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, text in files.items():
+            zf.writestr(n, text)
+    path.chmod(0o644)
+    return path

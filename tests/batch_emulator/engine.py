@@ -217,7 +217,7 @@ class Engine:
         pool.resize_errors.append({
             "code": code,
             "message": f"The specified account has reached its {kind} core quota: the pool could not grow to "
-                       f"{target} {kind} nodes of size {pool.spec.get('vmSize')}."})
+                       f"{target} {kind} nodes of size {pool.spec.get('vmSize')}"})
 
     def _add_node(self, pool: Pool, dedicated: bool) -> Node:
         idx = next(pool.node_counter)

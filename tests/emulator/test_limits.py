@@ -54,7 +54,8 @@ def _completed(client, task_id: str) -> models.BatchTask:
     return wait_until(lambda: (t := client.get_task("job1", task_id)).state == "completed" and t, 15)
 
 
-def test_reactivation_refused_for_an_exit_0_task_whose_upload_failed(batch, batch_client):
+def _exit_0_with_a_failed_upload(batch, batch_client) -> None:
+    """Task ``up`` of job1 exits 0 and then fails to upload its output file."""
     batch_client.create_pool(pool_options())
     new_job(batch_client)
     batch.fail_output_uploads(1)
@@ -62,6 +63,10 @@ def test_reactivation_refused_for_an_exit_0_task_whose_upload_failed(batch, batc
         container=models.OutputFileBlobContainerDestination(container_url="http://127.0.0.1:1/c?sig=x")),
         upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))
     batch_client.create_task("job1", task("up", sh("echo hi > out.txt"), output_files=[out]))
+
+
+def test_reactivation_refused_for_an_exit_0_task_whose_upload_failed(batch, batch_client):
+    _exit_0_with_a_failed_upload(batch, batch_client)
     t = _completed(batch_client, "up")
     assert t.execution_info.exit_code == 0 and t.execution_info.result == "failure"
     with pytest.raises(HttpResponseError) as e:
@@ -101,13 +106,7 @@ def test_reactivation_refused_while_the_job_is_terminating(batch, batch_client):
 
 def test_reactivation_rule_switched_off_allows_an_exit_0_failure(batch, batch_client):
     batch.faults.rules.reactivation = False
-    batch_client.create_pool(pool_options())
-    new_job(batch_client)
-    batch.fail_output_uploads(1)
-    out = models.OutputFile(file_pattern="out.txt", destination=models.OutputFileDestination(
-        container=models.OutputFileBlobContainerDestination(container_url="http://127.0.0.1:1/c?sig=x")),
-        upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))
-    batch_client.create_task("job1", task("up", sh("echo hi > out.txt"), output_files=[out]))
+    _exit_0_with_a_failed_upload(batch, batch_client)
     _completed(batch_client, "up")
     batch_client.reactivate_task("job1", "up")
 

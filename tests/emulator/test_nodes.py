@@ -8,7 +8,6 @@ import stat
 import pytest
 from azure.batch import models
 
-from tests.batch_emulator import nodes
 
 from .helpers import blob_sas_url, new_job, pool_options, sh, task, wait_nodes_idle, wait_tasks_done
 
@@ -16,14 +15,6 @@ pytestmark = pytest.mark.timeout(90)
 
 ADMIN = models.UserIdentity(auto_user=models.AutoUserSpecification(
     scope=models.AutoUserScope.POOL, elevation_level=models.ElevationLevel.ADMIN))
-
-
-@pytest.fixture
-def pool_user() -> nodes.NodeUser:
-    user = nodes.node_user()
-    if user is None:
-        pytest.skip("running tasks as a separate pool user needs the tests to run as root")
-    return user
 
 
 def _out(client, job_id: str, task_id: str, name: str = "stdout.txt") -> str:
