@@ -68,3 +68,10 @@ class EnvironmentMismatchError(AzparError):
 
 class JobCancelled(AzparError):
     """The job was cancelled before this result existed."""
+
+
+class RequirementError(AzparError):
+    """What the nodes need cannot be made ready on this machine: a local or editable package
+    whose wheel does not build, or a ``--packages`` value that is not a requirement or names a
+    missing file. Raised before anything is submitted; the message names the distribution, its
+    path and pip's own last lines, with the ways out (a pin pip can fetch, or an image)."""

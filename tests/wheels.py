@@ -3,29 +3,23 @@
 A node of the test Batch service has a bare Python (tests/batch_emulator/nodes.py), so dill and
 any package a test uses must really be installed by the start task or the job preparation task,
 as on Azure. Tests give the profile ``pip_options = ["--no-index", "--find-links", FOLDER]``, as a
-user with a private package folder would. A wheel is rebuilt from an installed distribution: the
-files its ``.dist-info/RECORD`` lists inside site-packages (scripts outside it and byte code are
-left out), its dist-info with the ``WHEEL`` file that keeps the right tags, and a fresh RECORD with
-sha256 hashes (the wheel format, PEP 427 / the "binary distribution format" specification).
-Wheels are built once per machine into a world-readable cache folder (atomically: a temporary
-name, then a rename), with the requirements of each (``Requires-Dist`` without extras, markers
-evaluated here) so ``pip install`` resolves them offline.
+user with a private package folder would. A wheel is rebuilt from an installed distribution by the
+product's own repacker (azpar_magic.environment.repack_wheel, the one that makes local packages
+travel), so there is one copy of that logic. Wheels are built once per machine into a
+world-readable cache folder (atomically: a temporary name, then a rename), with the requirements
+of each (``Requires-Dist`` without extras, markers evaluated here) so ``pip install`` resolves
+them offline.
 """
 from __future__ import annotations
 
-import base64
-import csv
-import hashlib
 import importlib.metadata as md
-import io
-import os
 import re
 import threading
-import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
+from azpar_magic.environment import repack_wheel
 from tests.batch_emulator.nodes import cache_root
 
 _lock = threading.Lock()
@@ -73,43 +67,9 @@ def _requirements(dist: md.Distribution) -> list[str]:
     return out
 
 
-def _wheel_name(dist: md.Distribution) -> str:
-    tags = [line.split(":", 1)[1].strip() for line in (dist.read_text("WHEEL") or "").splitlines()
-            if line.startswith("Tag:")] or ["py3-none-any"]
-    parts = [sorted({t.split("-")[i] for t in tags}) for i in range(3)]
-    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
-    return f"{name}-{dist.version}-" + "-".join(".".join(p) for p in parts) + ".whl"
-
-
 def build_wheel(dist: md.Distribution, folder: Path) -> Path:
-    """``folder``/<the wheel of ``dist``>, built unless it is there."""
-    target = folder / _wheel_name(dist)
-    if target.exists():
-        return target
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
-    record_name = next(str(f) for f in dist.files or [] if str(f).endswith(".dist-info/RECORD"))
-    rows = []
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for rel in dist.files or []:
-            name = rel.as_posix()
-            if name.startswith("..") or "__pycache__" in name or name == record_name or name.endswith(".pyc"):
-                continue
-            path = Path(dist.locate_file(rel))
-            if not path.is_file():
-                continue
-            data = path.read_bytes()
-            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-            info.external_attr = ((0o755 if os.access(path, os.X_OK) else 0o644) | 0o100000) << 16
-            zf.writestr(info, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            rows.append((name, f"sha256={digest}", str(len(data))))
-        rows.append((record_name, "", ""))
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
-        zf.writestr(zipfile.ZipInfo(record_name, date_time=(2020, 1, 1, 0, 0, 0)), buf.getvalue())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
-    return target
+    """``folder``/<the wheel of ``dist``>, built unless it is there (the product's repacker)."""
+    return repack_wheel(dist, folder)
 
 
 def shared_folder(prefix: str) -> Path:
