@@ -261,6 +261,9 @@ PROFILE_FIELDS: dict[str, ProfileField] = {f.name: f for f in (
     ProfileField("node_agent_sku", str, "batch.node.ubuntu 22.04", "node agent SKU matching the image"),
     ProfileField("container_image", str, _kernel_python_image(), "container image tasks run in (needs a tag)"),
     ProfileField("packages", list, [], "pip requirements installed on every node"),
+    ProfileField("auto_packages", bool, True,
+                 "install on the nodes the kernel's versions of the distributions a cell uses, once per node per "
+                 "set (false: an image with everything baked in; then they are only checked)"),
     ProfileField("pip_options", list, [], "extra pip options, e.g. an index URL"),
     ProfileField("start_commands", list, [], "shell commands run once per node before the install"),
     ProfileField("subnet_id", str, "", "virtual network subnet resource id (optional)"),

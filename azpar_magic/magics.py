@@ -380,9 +380,13 @@ class AzparMagics(Magics):
     @argument("--profile", metavar="NAME", help="run with this profile (an Azure pool, see %%azpar config); "
                                                 "default: %%azpar use, then the config files")
     @argument("--packages", action="append", metavar="REQ,REQ",
-              help="Azure: pip requirements installed on each node for this job (cached by their hash across "
-                   "jobs); repeatable; a comma before a version operator continues a range ('x>=0.1,<0.2'). "
+              help="Azure: pip requirements installed on each node for this job besides the kernel's versions of "
+                   "what the cell uses, replacing those of the same name (cached by their hash across jobs); "
+                   "repeatable; a comma before a version operator continues a range ('x>=0.1,<0.2'). "
                    "Local pool: installs nothing, checks this environment has them")
+    @argument("--no-auto-packages", action="store_true",
+              help="Azure: do not install the kernel's versions of the distributions the cell uses (the image "
+                   "has them; they are only checked); the profile's auto_packages = false does this for every cell")
     @argument("--merge", default="client", choices=("client", "cloud"),
               help="Azure: client (default) downloads results as tasks finish; cloud adds a merge task that "
                    "writes one merged blob, downloaded once")
@@ -507,7 +511,10 @@ class AzparMagics(Magics):
             if missing:
                 notes.append("azpar: warning: --packages not satisfied in this kernel's environment: "
                              f"{', '.join(missing)}; local iterations may fail or differ from Azure.")
-        return {"packages": packages, "merge": args.merge, "keep": args.keep}
+        options = {"packages": packages, "merge": args.merge, "keep": args.keep}
+        if args.no_auto_packages:
+            options["auto_packages"] = False
+        return options
 
     def _parse_options(self, text: str):
         """Every value is taken as typed, without its quotes (IPython's splitter keeps them):
@@ -702,6 +709,7 @@ class AzparMagics(Magics):
             "config": self._cmd_config,
             "storage": self._cmd_storage,
             "doctor": self._cmd_doctor,
+            "env": self._cmd_env,
         }
 
     _COMMAND_HELP = {
@@ -732,7 +740,34 @@ class AzparMagics(Magics):
                    "delete unless -y)",
         "doctor": "%azpar doctor [PROFILE] [--run]   pre-flight check of a profile (default: the active one): what "
                   "its identity can and cannot do, each line with its fix (--run: also one iteration end to end)",
+        "env": "%azpar env [PROFILE] [JOB]       what a job installs on the nodes (default: the latest job, with its "
+               "profile): each distribution, its version, where it comes from, and whether the pool's image has it",
     }
+
+    def _cmd_env(self, words: list[str]) -> None:
+        """``%azpar env [PROFILE] [JOB]`` (envreport.py): a word naming a profile is the profile,
+        the other the job; without a profile, the job's own (its manifest), else the active one."""
+        from . import envreport
+
+        usage = "usage: %azpar env [PROFILE] [JOB]"
+        if len(words) > 2:
+            raise UsageError(usage)
+        from .config import profile_names
+
+        names = set(profile_names())
+        profiles = [w for w in words if w in names]
+        jobs = [w for w in words if w not in names]
+        if len(profiles) > 1 or len(jobs) > 1:
+            raise UsageError(f"{usage}; {' and '.join(words)} are both profile names")
+        job = self._find(jobs[0] if jobs else None)
+        manifest = job.manifest or {}
+        profile = profiles[0] if profiles else (manifest.get("backend_info") or {}).get("profile")
+        try:
+            engine = (session.engine(profile=profile) if profile or job.backend_name == "azure"
+                      else session.engine(backend=job.backend_name))
+        except (ConfigError, ValueError) as exc:
+            raise UsageError(f"{exc}") from None
+        sys.stdout.write(envreport.report(job, engine.backend))
 
     def _help(self, topic: str | None) -> str:
         if topic is not None and topic in self._COMMAND_HELP:

@@ -100,7 +100,8 @@ def test_every_command_line_sent_passes_the_strict_service(batch, azurite, ip, r
     assert start_line == commands.RUN_SCRIPT and set(start_env) == {commands.SCRIPT_ENV, commands.INSTALLER_ENV}
     assert all(c in _script(start_env) for c in START_COMMANDS)  # the script holds them as written
     preps = by_kind["jobPreparationTask.commandLine"]
-    assert [line for line, _ in preps] == ["/bin/sh -c 'true'", "/bin/sh -c 'true'", commands.RUN_SCRIPT]
+    # Every job preparation checks the node's Python first (issue 15), so each is a script.
+    assert [line for line, _ in preps] == [commands.RUN_SCRIPT] * 3
     assert "azpar-cl-pkg==2.0" in _script(preps[2][1])
     tasks = [line for line, _ in by_kind["task"]] + [line for line, _ in by_kind.get("commandLine", [])]
     assert any(f"env:{commands.TASK_ENV}" in t for t in tasks)  # inline input

@@ -376,7 +376,8 @@ class Engine:
         home = node.root / "home" / (user.name if user else "root")
         _own_dirs(user, home)
         os.chmod(home, 0o700)
-        python_dir = str(nodes.bare_python_bin()) if getattr(self.svc, "bare_nodes", True) else None
+        other = getattr(self.svc, "node_python", None)  # another interpreter's prefix: a node image of another Python
+        python_dir = str(nodes.bare_python_bin(other)) if getattr(self.svc, "bare_nodes", True) else None
         admin = user is None and getattr(self.svc, "node_users", True)
         return build_environment(self._batch_vars(pool, node, task_dir, job, task_id, admin), settings, home,
                                  python_dir)

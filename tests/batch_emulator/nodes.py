@@ -24,7 +24,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -92,27 +91,42 @@ def cache_root() -> Path:
     return root
 
 
-def bare_python_bin() -> Path:
+def bare_python_bin(prefix: Path | None = None) -> Path:
     """The ``bin`` folder of a bare interpreter of this Python's version (``python``,
-    ``python3``, ``pythonX.Y`` and pip's scripts), built on first use."""
-    base = Path(sys.base_prefix).resolve()
-    version = "%d.%d.%d" % sys.version_info[:3]
+    ``python3``, ``pythonX.Y`` and pip's scripts), built on first use. ``prefix``: the install
+    prefix of ANOTHER interpreter to copy instead (a node whose image has another Python than the
+    kernel's, ``svc.node_python``; e.g. a pyenv version)."""
+    base = Path(prefix or sys.base_prefix).resolve()
+    info = _interpreter(base) if prefix is not None else (
+        "%d.%d.%d" % sys.version_info[:3],
+        str(Path(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable).resolve()))
+    version, exe = info
     key = f"python-{version}-{hashlib.sha256(str(base).encode()).hexdigest()[:12]}"
     with _lock:
         if key in _bare_cache:
             return _bare_cache[key]
         target = cache_root() / key
         if not (target / ".complete").exists():
-            _build_bare(base, target)
+            _build_bare(base, target, version, Path(exe))
         _bare_cache[key] = target / "bin"
         return target / "bin"
 
 
-def _build_bare(base: Path, target: Path) -> None:
+def _interpreter(base: Path) -> tuple[str, str]:
+    """(X.Y.Z, its executable) of the interpreter installed under ``base``."""
+    exe = next((p for p in sorted((base / "bin").glob("python3.*")) if p.name[len("python3."):].isdigit()), None)
+    if exe is None:
+        raise RuntimeError(f"no python3.N interpreter under {base}/bin")
+    done = subprocess.run([str(exe), "-c", "import sys;print('%d.%d.%d' % sys.version_info[:3])"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip(), str(exe.resolve())
+
+
+def _build_bare(base: Path, target: Path, version: str, exe: Path) -> None:
     tmp = target.with_name(f"{target.name}.tmp.{os.getpid()}.{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _populate(base, tmp)
+        _populate(base, tmp, version, exe)
         os.rename(tmp, target)
     except OSError:
         if not (target / ".complete").exists():  # not a parallel session that won the rename
@@ -121,14 +135,13 @@ def _build_bare(base: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _populate(base: Path, tmp: Path) -> None:
+def _populate(base: Path, tmp: Path, version: str, exe: Path) -> None:
     """The interpreter, its shared library, the standard library minus site-packages and tests,
     then pip from ensurepip; ``.complete`` last."""
-    ver = "python%d.%d" % sys.version_info[:2]
+    ver = "python" + ".".join(version.split(".")[:2])
     (tmp / "bin").mkdir(parents=True, mode=0o755)
     (tmp / "lib").mkdir(mode=0o755)
     os.chmod(tmp, 0o755)
-    exe = Path(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable).resolve()
     shutil.copy2(exe, tmp / "bin" / ver)
     _point_runpath_home(tmp / "bin" / ver, str(base / "lib"))
     for lib in (base / "lib").glob("libpython*"):
@@ -148,7 +161,7 @@ def _populate(base: Path, tmp: Path) -> None:
     if done.returncode:
         raise RuntimeError(f"ensurepip failed for the bare node Python:\n{done.stderr[-2000:]}")
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
-    (tmp / ".complete").write_text(sysconfig.get_config_var("VERSION") or ver)
+    (tmp / ".complete").write_text(version)
 
 
 def _point_runpath_home(binary: Path, old: str) -> None:

@@ -74,6 +74,9 @@ class BatchEmulator:
         # ``svc.node_users = False`` / ``svc.bare_nodes = False``; reset() turns both back on.
         self.node_users = True
         self.bare_nodes = True
+        # The prefix of another interpreter whose bare copy nodes run instead of the kernel's (an
+        # image with another Python, nodes.bare_python_bin); None: the kernel's version. reset(): None.
+        self.node_python: Path | None = None
         self.ca_cert: Path | None = None
         self.metrics: dict[str, autoscale.Metrics] = {}
         self.cpu_percent: dict[str, float] = {}
@@ -157,6 +160,7 @@ class BatchEmulator:
             self.core_quota = {"dedicated": None, "lowPriority": None}
             self.strict_command_lines = True
             self.node_users = self.bare_nodes = True
+            self.node_python = None
         self.faults.clear()
         self.auth.clear_roles()
         self.requests.clear()

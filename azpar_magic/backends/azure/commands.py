@@ -51,6 +51,9 @@ SITE_DIR = "$AZ_BATCH_NODE_SHARED_DIR/azpar/site"
 # JobPreparationTask.userIdentity), which may not create anything there (issue 14). This also
 # works on pools whose start task an older version wrote.
 PACKAGES_DIR = "$AZ_BATCH_NODE_SHARED_DIR/azpar-pkgs-{digest}"
+#: What the image's Python has (``pip list --format=json``), written by the start task into the node's
+#: shared folder; read through the node file API as ``shared/`` + this name (``%azpar env``).
+IMAGE_PACKAGES = "azpar-image-packages.json"
 WORKER_FILE = "worker.py"
 ENVELOPE_FILE = "envelope.azpj"
 TASK_FILE = "task.azpt"
@@ -137,40 +140,72 @@ def packages_digest(requirements: Sequence[str], pip_options: Sequence[str]) -> 
 
 def start_task_command(dill_version: str, packages: Sequence[str], pip_options: Sequence[str],
                        start_commands: Sequence[str]) -> NodeCommand:
-    """Once per node: the profile's own commands (unchanged, as the user wrote them), then dill
-    and the profile's packages into the node's shared folder (skipped when the image already has
-    them). A start command may ``cd``: the install names its folder in full."""
-    lines = ["set -e", *start_commands, f'mkdir -p "{SITE_DIR}"',
+    """Once per node: the profile's own commands (unchanged, as the user wrote them), then what
+    the image has (``pip list`` as JSON into IMAGE_PACKAGES of the shared folder, for ``%azpar env``;
+    never fatal), then dill and the profile's packages into the node's shared folder (skipped when
+    the image already has them). A start command may ``cd``: the install names its folder in full."""
+    lines = ["set -e", *start_commands,
+             f'{PYTHON} -m pip list --format=json --disable-pip-version-check > '
+             f'"$AZ_BATCH_NODE_SHARED_DIR/{IMAGE_PACKAGES}" 2>/dev/null || true',
+             f'mkdir -p "{SITE_DIR}"',
              _install_line(SITE_DIR, [f"dill=={dill_version}", *packages], pip_options)]
     return _script_command("\n".join(lines))
 
 
-def job_preparation_command(packages: Sequence[str], pip_options: Sequence[str]) -> str:
-    """Once per node per job (its resource files bring the worker, envelope and namespace):
-    the job's ``--packages`` into a folder named by their hash, so jobs asking for the same
-    set share one install, made atomically so two jobs never see half of it. It runs as the
-    pool's non-admin user, so the folder is made by that user in the shared folder (PACKAGES_DIR),
-    and the tasks, the same user on Linux, read it."""
-    if not packages:
-        return NodeCommand(_sh("true"))
-    target = PACKAGES_DIR.format(digest=packages_digest(packages, pip_options))
-    script = "\n".join([
-        "set -e",
-        f'D="{target}"',
-        'if [ ! -f "$D/.complete" ]; then',
-        '  T="$D.tmp.$$"; mkdir -p "$T"',
-        "  " + _install_line("$T", packages, pip_options) + ' || { c=$?; rm -rf "$T"; exit $c; }',  # no half install left
-        '  touch "$T/.complete"; mv -T "$T" "$D" 2>/dev/null || rm -rf "$T"',
+PACKAGES_LINK = "azpar-pkgs"  # in the job preparation folder: the job's install, whatever its digest
+WHEELS_DIR = "wheels"  # in the job preparation folder: the job's local wheels (resource files)
+
+
+def python_check(kernel_python: str) -> list[str]:
+    """Script lines stopping job preparation when the node's Python is not the kernel's
+    major.minor: dill's byte code and compiled wheels do not cross minors, so no task could
+    run. The message names both versions and the fix (the image), and is the last stderr line."""
+    want = ".".join(kernel_python.split(".")[:2])
+    return [
+        f'V=$({PYTHON} -c "import sys;print(chr(46).join(map(str,sys.version_info[:2])))")',
+        f'if [ "$V" != "{want}" ]; then',
+        f'  echo "azpar: this node runs Python $V but the notebook kernel runs Python {kernel_python}: the '
+        f'iterations cannot run there (byte code and compiled packages differ between Python versions). Use '
+        f'an image with the kernel\'s Python: container_image = \\"python:{want}-slim\\" in the profile '
+        f'(then %azpar pool delete, so the pool is made again with it), or run the notebook with Python $V." >&2',
+        "  exit 1",
         "fi",
-    ])
-    return _script_command(script)
+    ]
 
 
-def python_path(packages: Sequence[str], pip_options: Sequence[str]) -> str:
-    parts = [SITE_DIR]
+def job_preparation_command(packages: Sequence[str], pip_options: Sequence[str], *, digest: str | None = None,
+                            kernel_python: str | None = None, wheels: bool = False) -> NodeCommand:
+    """Once per node per job (its resource files bring the worker, envelope, namespace and the
+    job's local wheels under WHEELS_DIR): first the Python check (``kernel_python``), then the
+    job's requirements into a folder of the shared folder named by their hash (``digest``,
+    default :func:`packages_digest`), so jobs asking for the same set share one install, made
+    atomically so two jobs never see half of it; last a link PACKAGES_LINK in the job
+    preparation folder to that install, which the tasks put on their PYTHONPATH. It runs as the
+    pool's non-admin user, so the folder is made by that user in the shared folder
+    (PACKAGES_DIR), and the tasks, the same user on Linux, read it. ``wheels``: pip also looks
+    in WHEELS_DIR (``--find-links``), where local requirements are named by path."""
+    lines = ["set -e", *(python_check(kernel_python) if kernel_python else [])]
     if packages:
-        parts.insert(0, PACKAGES_DIR.format(digest=packages_digest(packages, pip_options)))
-    return ":".join(parts)
+        options = [*pip_options, *(["--find-links", WHEELS_DIR] if wheels else [])]
+        target = PACKAGES_DIR.format(digest=digest or packages_digest(packages, pip_options))
+        lines += [
+            f'D="{target}"',
+            'if [ ! -f "$D/.complete" ]; then',
+            '  T="$D.tmp.$$"; mkdir -p "$T"',
+            "  " + _install_line("$T", packages, options) + ' || { c=$?; rm -rf "$T"; exit $c; }',  # no half install
+            '  touch "$T/.complete"; mv -T "$T" "$D" 2>/dev/null || rm -rf "$T"',
+            "fi",
+            f'ln -sfn "$D" "$AZ_BATCH_JOB_PREP_WORKING_DIR/{PACKAGES_LINK}"',
+        ]
+    if len(lines) == 1:
+        return NodeCommand(_sh("true"))
+    return _script_command("\n".join(lines))
+
+
+def python_path(packages: Sequence[str] = (), pip_options: Sequence[str] = ()) -> str:
+    """The job's install (through the job preparation folder's link, so a task's command line
+    does not depend on the digest), then the start task's dill and profile packages."""
+    return f"$AZ_BATCH_JOB_PREP_WORKING_DIR/{PACKAGES_LINK}:{SITE_DIR}"
 
 
 def task_command(packages: Sequence[str], pip_options: Sequence[str], *, inline: bool) -> str:

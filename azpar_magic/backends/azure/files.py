@@ -25,13 +25,15 @@ that cannot be fetched fails its iteration, with its index and why.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from azure.batch import models
@@ -39,7 +41,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from ...data import INPUTS_DIR, DataError, DataPlan, has_dot_dot, outputs_plan, path_below
 from ..base import TaskSpec
-from . import blobs, storage
+from . import blobs, commands, storage
 
 if TYPE_CHECKING:
     from .run import AzureRun
@@ -351,3 +353,48 @@ def is_shared_input(resource_file: models.ResourceFile) -> bool:
     replaced once the shared inputs are packed)."""
     return (resource_file.file_path or "").startswith(f"{IN_DIR}/") or \
         (resource_file.blob_prefix or "") == f"{IN_DIR}/"
+
+
+# --------------------------------------------------------------------------- the job's requirements (issue 15)
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """What a job's preparation task installs: pip's arguments (``specs``; local wheels named by
+    their path under commands.WHEELS_DIR), the node folder's digest (None: derived from the specs,
+    as for ``--packages`` alone), and the local wheels to bring as resource files."""
+
+    specs: tuple[str, ...]
+    digest: str | None
+    wheels: tuple[Any, ...]  # environment.LocalWheel
+
+
+def install_plan(packages: Mapping[str, str], overrides: Sequence[str], pip_options: Sequence[str]) -> InstallPlan:
+    """The kernel's environment as a job installs it: the requirement set of the distributions
+    the body uses (environment.requirement_set: their run-time closure at the kernel's versions,
+    ``--packages`` replacing by name, local and editable ones built into wheels). The node
+    folder's digest covers the set's own digest (wheel contents included) and the pip options,
+    since another index may serve other files for the same pins."""
+    from ... import environment
+
+    wanted = environment.requirement_set(packages, overrides)
+    local = {w.path.name for w in wanted.wheels}
+    specs = tuple(f"{commands.WHEELS_DIR}/{s}" if s in local else s for s in wanted.pip_specs())
+    digest = hashlib.sha256(json.dumps([wanted.digest, list(pip_options)]).encode()).hexdigest()[:16]
+    return InstallPlan(specs, digest if specs else None, tuple(wanted.wheels))
+
+
+def wheel_resource_files(run: "AzureRun", wheels: Sequence[Any]) -> list[models.ResourceFile]:
+    """Each local wheel uploaded once, content-addressed in the cache container (the same
+    ``data/<sha256>`` blobs as --inputs: an unchanged wheel costs one existence check on a later
+    job and nothing within this kernel), reaching the job preparation task as a resource file
+    ``wheels/<file name>`` (pip needs the wheel's own file name). Bytes sent: ``run.wheel_bytes``."""
+    out = []
+    for wheel in wheels:
+        name, sent = blobs.upload_file_once(run.staging, storage.CACHE_CONTAINER, str(wheel.path))
+        if sent:
+            run.wheel_bytes += wheel.size
+        out.append(models.ResourceFile(
+            http_url=run.staging.blob_sas_url(storage.CACHE_CONTAINER, name, "r", run.expiry),
+            file_path=f"{commands.WHEELS_DIR}/{wheel.path.name}"))
+    return out

@@ -28,6 +28,7 @@ from azure.core.exceptions import (AzureError, HttpResponseError, ResourceNotFou
                                    ServiceResponseError)
 
 from ... import store
+from ...errors import RequirementError
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
 from . import commands, files, storage
@@ -100,6 +101,13 @@ def _id_ranges(ids: Sequence[str]) -> list[tuple[int, int]]:
     return out
 
 
+def _once(text: str) -> str:
+    """Lines said again (each retry of the job preparation task appends pip's message to the same
+    stderr) kept once, where last said."""
+    lines = text.splitlines()
+    return "\n".join(line for i, line in enumerate(lines) if line not in lines[i + 1:])
+
+
 def _terminate_options(reason: str) -> Any:
     from azure.batch.models._models import BatchJobTerminateOptions  # not exported in 15.1
 
@@ -139,6 +147,10 @@ class AzureRun:
         self.merge_cloud = opts.get("merge") == "cloud"
         self.keep = bool(opts.get("keep")) or self.profile["keep"]
         self.pip_options: list[str] = list(self.profile["pip_options"])
+        # The kernel's environment travels (issue 15) unless the profile or the cell turns it off.
+        self.auto_packages = bool(self.profile["auto_packages"]) and opts.get("auto_packages") is not False
+        self.install: files.InstallPlan = files.InstallPlan(tuple(self.packages), None, ())
+        self.wheel_bytes = 0  # bytes of local wheels this job uploaded (0 when all were in the cache)
         self.in_container = storage.input_container(self.job_id)
         self.out_container = storage.output_container(self.job_id)
         self.files_container = storage.files_container(self.job_id)
@@ -175,6 +187,12 @@ class AzureRun:
     def stage(self) -> None:
         """Containers, content-addressed worker and namespace, envelope, and the Batch job."""
         st, spec = self.staging, self.spec
+        if self.auto_packages:  # before anything is uploaded: a local build may fail
+            try:
+                self.install = files.install_plan(spec.envelope.get("packages") or {}, self.packages,
+                                                  self.pip_options)
+            except RequirementError as exc:  # its message names the package, pip's lines and the ways out
+                raise RuntimeError(str(exc)) from None
         st.ensure_container(storage.CACHE_CONTAINER)
         worker_bytes = self.backend.worker_bytes
         worker_blob = f"worker/{wire.sha256(worker_bytes)}.py"
@@ -201,8 +219,11 @@ class AzureRun:
             models.ResourceFile(http_url=_blob_url(self.read_inputs, commands.ENVELOPE_FILE),
                                 file_path=commands.ENVELOPE_FILE),
             *self.data.prep_resource_files(),
+            *files.wheel_resource_files(self, self.install.wheels),
         ]
-        prep_command = commands.job_preparation_command(self.packages, self.pip_options)
+        prep_command = commands.job_preparation_command(
+            list(self.install.specs), self.pip_options, digest=self.install.digest,
+            kernel_python=spec.envelope.get("python"), wheels=bool(self.install.wheels))
         prep = models.BatchJobPreparationTask(
             id="jobpreparation", command_line=prep_command.command_line,
             environment_settings=environment_settings(prep_command),
@@ -858,8 +879,9 @@ class AzureRun:
     def _prep_failure(self, status: Any) -> str:
         """Why the job preparation task failed, named by its cause: a resource file that
         could not be downloaded (a cached blob removed from storage: this kernel forgets
-        what it uploaded, so the next cell uploads it again), or the install of --packages
-        with pip's own last lines read from the node."""
+        what it uploaded, so the next cell uploads it again), the node's Python not being the
+        kernel's (the check's own paragraph, which names both versions and the image to use), or
+        the install of the job's requirements, with pip's own last lines read from the node."""
         info = status.job_preparation_task_execution_info
         detail = info.failure_info
         code = getattr(detail, "code", None) or ""
@@ -867,9 +889,28 @@ class AzureRun:
         if _is_download_failure(code, message):
             return self._download_failure("the job preparation task", detail)
         tail = self._prep_stderr(status)
-        what = (f"installing --packages {' '.join(self.packages)}" if self.packages else "its command")
-        why = f"the job preparation task ({what}) failed on every node" + (f": {code}: {message}" if code else "")
-        return why + (f"\n{tail}" if tail else "")
+        own = [line for line in tail.splitlines() if line.startswith("azpar: this node runs Python")]
+        if own:
+            return own[-1].removeprefix("azpar: ") + " No iteration ran."
+        return self._install_failure(code, message, tail)
+
+    def _install_failure(self, code: str, message: str, tail: str) -> str:
+        """The job's requirements could not be installed: what was asked, pip's message (the end
+        of the job preparation task's stderr) and the ways out."""
+        specs = list(self.install.specs)
+        if not specs:
+            why = "the job preparation task failed on every node" + (f": {code}: {message}" if code else "")
+            return why + (f"\n{tail}" if tail else "")
+        shown = " ".join(specs[:12]) + (f" and {len(specs) - 12} more" if len(specs) > 12 else "")
+        what = (f"the job's requirements ({shown}: the kernel's versions of what the cell uses"
+                f"{', with --packages' if self.packages else ''})" if self.auto_packages
+                else f"--packages {shown}")
+        fix = ("Pin a version the index has with --packages NAME==VERSION, give the profile's pip_options the index or "
+               "--find-links folder that has it, or bake the packages into container_image and set "
+               "auto_packages = false (or --no-auto-packages)") if self.auto_packages else (
+               "Fix the --packages requirement or the profile's pip_options")
+        return (f"the job preparation task could not install {what} on the pool's nodes, so no iteration ran "
+                f"({code or 'failed'}). {fix}." + (f" pip said:\n{_once(tail)}" if tail else ""))
 
     def _download_failure(self, who: str, detail: Any) -> str:
         """A resource file could not be downloaded: most likely a cached blob was removed.
