@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import re
 import threading
+import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
