@@ -59,21 +59,33 @@ def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, com
     return job
 
 
-def jobs(*, stored: bool = False) -> list:
+def jobs(*, stored: bool = False, state: str | None = None, name: str | None = None,
+         since: str | float | None = None) -> list:
     """The jobs of this process as Job handles, oldest first; with ``stored=True`` instead one
     JobSummary per job in the job store (every kernel's, earlier sessions' too, this
     process's with their live counts): the rows of ``%azpar jobs``. Summaries, not handles,
-    because a handle holds the values and listing must not read them."""
-    if not stored:
-        return session.jobs()
+    because a handle holds the values and listing must not read them.
+
+    Filters, as ``%azpar jobs`` takes them: ``state`` (``"failed"``, or several with commas),
+    ``name`` (a glob over the jobs' ``--name``: ``"sweep-*"``), ``since`` (an ISO date or
+    date and time, ``"today"``, ``"yesterday"``, ``"7d"``, or seconds since the epoch).
+    ValueError for a state, a date or a name pattern it cannot read."""
     from . import store
 
+    if not stored:
+        found = session.jobs()
+        if state is None and name is None and since is None:
+            return found
+        keep = {r.id for r in store.filter_jobs([JobSummary.of(j) for j in found], state=state, name=name,
+                                                since=since)}
+        return [j for j in found if j.id in keep]
     rows = {row.id: row for row in store.list_jobs()}
     for job in session.jobs():
         if job.owner:  # followed from the store: the store's row is the truth
             continue
         rows[job.id] = JobSummary.of(job)
-    return sorted(rows.values(), key=lambda r: (r.created, r.id))
+    return store.filter_jobs(sorted(rows.values(), key=lambda r: (r.created, r.id)), state=state, name=name,
+                             since=since)
 
 
 def attach(job_id: str | None = None) -> Job:

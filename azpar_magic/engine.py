@@ -192,6 +192,11 @@ def validate_options(options: JobOptions, spelling: dict[str, str] = API_SPELLIN
     bad = [name for name in options.gather if not (isinstance(name, str) and parsing.is_variable_name(name))]
     if bad:
         raise SubmitError(f"{spelling['gather']} takes variable names; {', '.join(map(repr, bad))} is not one.")
+    if options.name is not None:
+        try:
+            store.check_name(options.name)
+        except ValueError as exc:
+            raise SubmitError(f"{exc}. Nothing was submitted.") from None
     if options.output_name is not None and options.output_name in options.gather:
         raise SubmitError(f"{spelling['gather']} {options.output_name} would overwrite the output variable of "
                           "the same name.")
@@ -582,6 +587,10 @@ class Engine:
         for task in tasks.values():
             job.add_task(task.task_id, task.indices)
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
+        # %azpar debug runs an iteration again with this envelope and namespace (debugging.py):
+        # the store keeps the bytes unless the backend staged them where they outlive the kernel.
+        outlives = (recorder.manifest.get("backend_info") or {}).get("outlives_kernel")
+        recorder.keep_envelope(envelope, None if outlives else cap.data)
         spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd(),
                        retries=options.retries,
                        backend_options={**request.backend_options, **({"data": data_plan} if data_plan else {})},

@@ -371,6 +371,9 @@ class AzparMagics(Magics):
                                                   "604800: 7 days)")
     @argument("--export", metavar="A,B", help="ship these variables even if the body does not name them")
     @argument("--no-export", metavar="A,B", help="never ship these variables")
+    @argument("--name", metavar="NAME", help="a short label for the job (letters, digits, '-', '_', '.'; at most 64): "
+                                             "%%azpar commands take it instead of the id (the newest job of that "
+                                             "name), and %%azpar jobs --name filters by it")
     @argument("--no-wait", action="store_true", help="return a job handle at once; "
                                                     "%%azpar collect binds the result later")
     @argument("-q", "--quiet", action="store_true", help="no progress line")
@@ -564,7 +567,7 @@ class AzparMagics(Magics):
                              timeout=_number("--timeout", args.timeout, float), chunk_size=chunk_size,
                              seed=_number("--seed", args.seed, int), output_name=output,
                              inputs=tuple(args.inputs or ()), outputs=tuple(args.outputs or ()),
-                             outputs_to=args.outputs_to or None)
+                             outputs_to=args.outputs_to or None, name=args.name)
         try:
             validate_options(options, FLAG_SPELLING)
         except SubmitError as exc:
@@ -673,7 +676,8 @@ class AzparMagics(Magics):
     def azpar_line(self, line: str):
         """Manage azpar jobs and pools: ``%azpar COMMAND [ARGS]``.
 
-        JOB is a job id (or its last characters); the latest job when omitted. Each command
+        JOB is a job id (or its last characters) or a job's --name (the newest job of that name);
+        the latest job when omitted. Each command
         says more with ``%azpar help COMMAND``.
         """
         words = line.split()
@@ -701,6 +705,7 @@ class AzparMagics(Magics):
             "logs": self._cmd_logs,
             "cancel": self._cmd_cancel,
             "rerun": self._cmd_rerun,
+            "debug": self._cmd_debug,
             "delete": self._cmd_delete,
             "pool": self._cmd_pool,
             "backend": self._cmd_backend,
@@ -715,8 +720,10 @@ class AzparMagics(Magics):
     _COMMAND_HELP = {
         "collect": "%azpar collect [JOB] [-o NAME]   wait for a job (this kernel's or a stored one) and bind its "
                    "result",
-        "jobs": "%azpar jobs [--all]              the job store's jobs, every kernel's: id, when, backend, state, "
-                "done/failed/total, cell (the latest 30 unless --all)",
+        "jobs": "%azpar jobs [--all] [--state S] [--name PATTERN] [--since DATE]   the job store's jobs, every "
+                "kernel's: id, name, when, backend, state, done/failed/total, cell (the latest 30 unless --all); "
+                "S: running, succeeded, done, failed, cancelled, lost (several with commas); PATTERN: a glob "
+                "('sweep-*'); DATE: 2026-12-01, today, yesterday or Nd (the last N days)",
         "attach": "%azpar attach JOB [-o NAME]      show a job's panel, also after a kernel restart; its result is "
                   "bound now if it ended, else when it ends",
         "logs": "%azpar logs JOB [ITERATION]      what an iteration printed and its traceback (all that printed or "
@@ -725,6 +732,9 @@ class AzparMagics(Magics):
         "rerun": "%azpar rerun JOB [--failed|--all] [-o NAME] [--no-wait] [-q]   run the failed or missing "
                  "iterations again with the notebook's current definitions, merged in order with the earlier "
                  "results (--all: every iteration)",
+        "debug": "%azpar debug JOB ITERATION [--no-pdb]   run one iteration again in this kernel with the job's own "
+                 "namespace and item, and open the debugger where it fails (--no-pdb: raise its exception here, "
+                 "with the cell's line numbers); also after a kernel restart, for local and Azure jobs",
         "delete": "%azpar delete JOB [JOB ...]      remove jobs' results, items and logs from the job store (an "
                   "Azure job's Batch job and containers too)",
         "pool": "%azpar pool [status|create|delete|resize D S] [--profile NAME]   the pool's nodes, or manage "
@@ -781,21 +791,31 @@ class AzparMagics(Magics):
 
         from .store import store_root
 
+        usage = "usage: %azpar jobs [--all] [--state S] [--name PATTERN] [--since DATE]"
+        filters = {}
+        for flag in ("--state", "--name", "--since"):
+            filters[flag[2:]], words = _take_option(words, flag, usage)
         if words not in ([], ["--all"]):
-            raise UsageError("usage: %azpar jobs [--all]")
-        rows = azpar_magic.jobs(stored=True)
+            raise UsageError(usage)
+        try:
+            rows = azpar_magic.jobs(stored=True, **filters)
+        except ValueError as exc:
+            raise UsageError(f"{exc}; {usage}") from None
         if not rows:
-            print(f"azpar: no jobs yet (job store: {store_root()})")
+            given = " ".join(f"--{k} {v}" for k, v in filters.items() if v is not None)
+            print(f"azpar: no jobs {'match ' + given if given else 'yet'} (job store: {store_root()})")
             return
         shown = rows if words else rows[-self.JOBS_SHOWN:]
-        table = [("id", "when", "backend", "state", "done/failed/total", "cell")]
+        named = any(r.name for r in shown)
+        table = [("id",) + ("name",) * named + ("when", "backend", "state", "done/failed/total", "cell")]
         for r in shown:
             state = r.state + (f" ({r.where})" if r.where and r.state not in ("lost",) else "")
             cell = r.first_line if len(r.first_line) <= 60 else r.first_line[:59] + "…"
-            table.append((r.id, r.when, r.backend, state, f"{r.succeeded}/{r.failed}/{r.total}", cell))
-        widths = [max(len(row[c]) for row in table) for c in range(5)]
+            table.append((r.id,) + (r.name,) * named + (r.when, r.backend, state,
+                                                        f"{r.succeeded}/{r.failed}/{r.total}", cell))
+        widths = [max(len(row[c]) for row in table) for c in range(len(table[0]) - 1)]
         for row in table:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5])
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
         if len(shown) < len(rows):
             print(f"({len(rows) - len(shown)} older jobs: %azpar jobs --all)")
 
@@ -935,6 +955,40 @@ class AzparMagics(Magics):
         self._wait(job, quiet)
         self._show_outputs(job)
         self._inject(job, name, job.options.gather)
+        return None
+
+    def _cmd_debug(self, words: list[str]):
+        """``%azpar debug JOB I [--no-pdb]``: debugging.py loads and runs the iteration; here
+        its exception is raised (--no-pdb) or shown and opened in IPython's post-mortem
+        debugger, the one ``%debug`` opens (``shell.debugger``)."""
+        from . import debugging
+
+        usage = "usage: %azpar debug JOB ITERATION [--no-pdb]"
+        flags = [w for w in words if w.startswith("--")]
+        rest = [w for w in words if not w.startswith("--")]
+        if set(flags) - {"--no-pdb"} or len(rest) != 2:
+            raise UsageError(usage)
+        try:
+            index = int(rest[1])
+        except ValueError:
+            raise UsageError(f"ITERATION is an iteration number (0, 1, ...), not {rest[1]!r}; {usage}") from None
+        try:
+            reproduction = debugging.prepare(rest[0], index)
+        except debugging.DebugError as exc:
+            raise UsageError(str(exc)) from None
+        for note in reproduction.notes:
+            print(note, file=sys.stderr)
+        outcome = debugging.run(reproduction)
+        exc = outcome.exception
+        if exc is None:
+            print(f"azpar: iteration {index} of job {reproduction.job_id} ran here without an exception; its value is "
+                  f"returned")
+            return outcome.value
+        if "--no-pdb" in flags:
+            __tracebackhide__ = True  # noqa: F841 - IPython leaves this frame out of the traceback
+            raise exc
+        self.shell.showtraceback((type(exc), exc, exc.__traceback__))
+        self.shell.debugger(force=True)
         return None
 
     def _cmd_delete(self, words: list[str]) -> None:

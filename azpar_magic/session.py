@@ -155,6 +155,7 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
     one still running elsewhere is followed (see store.load_job) and loaded afresh each time."""
     from . import store
 
+    job_id = _named(job_id)
     with _lock:
         if job_id is None and _jobs:
             return max(_jobs.values(), key=lambda j: j.created)
@@ -201,6 +202,22 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
     elif job.done:
         remember(job)
     return job
+
+
+def _named(text: str | None) -> str | None:
+    """The id of the newest job called ``text`` (``--name``), of this process or the job
+    store; else ``text`` unchanged (an id, or a start or end of one)."""
+    from . import store
+
+    if text is None or text in _jobs:
+        return text
+    with _lock:
+        here = [j for j in _jobs.values() if j.options.name == text]
+    stored = store.newest_named(text)
+    best = max(here, key=lambda j: j.created).id if here else None
+    if stored is not None and (best is None or store.read_manifest(stored).get("created", 0.0) >= _jobs[best].created):
+        best = stored
+    return best or text
 
 
 def engine_for_stored(manifest: dict[str, Any]) -> Engine:

@@ -74,7 +74,7 @@ from typing import Any
 
 from . import identity
 from . import worker as wire
-from .job import (DONE, FAILED, FINAL_STATES, LOST, RUNNING, TASK_CANCELLED, TASK_FAILED, TASK_SUCCEEDED, Failure,
+from .job import (DONE, FAILED, FINAL_STATES, LOST, PENDING, RUNNING, TASK_CANCELLED, TASK_FAILED, TASK_SUCCEEDED, Failure,
                   Job, JobOptions)
 
 STORE_ENV = "AZPAR_JOB_STORE"
@@ -487,6 +487,19 @@ class JobRecorder:
                               {"type": error_type, "message": message, "traceback": "", "line": None, "kind": kind}))
         _writer.mark(self)
 
+    def keep_envelope(self, envelope: Mapping[str, Any], namespace: bytes | None) -> None:
+        """Keep what ran: the envelope header the workers got (cell code, filename, mode,
+        packages, seed) and, when ``namespace`` is given, the captured namespace bytes, so
+        ``%azpar debug`` can run an iteration again here with the job's own namespace, also
+        after the kernel restarts. Two records in the job's own file: no file is created for
+        them (file creation is what a short job pays for, see the module docstring).
+
+        A backend whose jobs outlive the kernel stages the namespace where its nodes can
+        still fetch it after the kernel ends (Azure: the cache container), so the engine
+        passes None for it and ``debug`` fetches it from there (``stored_envelope``)."""
+        self._pending.append(("envelope", dict(envelope), namespace))
+        _writer.mark(self)
+
     def finish(self) -> None:
         """The job ended: record its final state and counts."""
         job = self.job
@@ -525,6 +538,11 @@ class JobRecorder:
             elif event[0] == "fail":
                 _, task_id, indices, failure = event
                 chunks.append(_record({"k": "fail", "t": task_id, **_indices_header(indices), "failure": failure}))
+            elif event[0] == "envelope":
+                _, envelope, namespace = event
+                chunks.append(_record({"k": "envelope"}, json.dumps(envelope, default=str).encode()))
+                if namespace is not None:
+                    chunks.append(_record({"k": "namespace", "sha256": envelope["namespace"]["sha256"]}, namespace))
             else:
                 end = event[1]
         data = b"".join(chunks)
@@ -597,7 +615,7 @@ def options_to_json(options: JobOptions) -> dict:
     return {"combine": combine, "errors": options.errors, "gather": list(options.gather),
             "retries": options.retries, "timeout": options.timeout, "chunk_size": options.chunk_size,
             "seed": options.seed, "output_name": options.output_name, "inputs": list(options.inputs),
-            "outputs": list(options.outputs), "outputs_to": options.outputs_to}
+            "outputs": list(options.outputs), "outputs_to": options.outputs_to, "name": options.name}
 
 
 def _restore_combine(spec: Any) -> Any:
@@ -634,7 +652,8 @@ def options_from_json(data: Mapping[str, Any]) -> JobOptions:
                       gather=tuple(data.get("gather") or ()), retries=data.get("retries", 2),
                       timeout=data.get("timeout"), chunk_size=data.get("chunk_size"), seed=data.get("seed"),
                       output_name=data.get("output_name"), inputs=tuple(data.get("inputs") or ()),
-                      outputs=tuple(data.get("outputs") or ()), outputs_to=data.get("outputs_to"))
+                      outputs=tuple(data.get("outputs") or ()), outputs_to=data.get("outputs_to"),
+                      name=data.get("name"))
 
 
 def start_recording(job: Job, *, items: Sequence[tuple[str, Sequence[int], str, bytes]],
@@ -651,6 +670,7 @@ def start_recording(job: Job, *, items: Sequence[tuple[str, Sequence[int], str, 
     manifest = {
         "format": FORMAT,
         "id": job.id,
+        "name": job.options.name,
         "created": job.created,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created)),
         "creator": creator(),
@@ -701,6 +721,35 @@ def stored_tasks(job_id: str) -> list[tuple[str, Sequence[int], str, bytes]]:
     return found
 
 
+def stored_envelope(job_id: str) -> tuple[dict | None, bytes | None]:
+    """(envelope header, namespace bytes) the job ran with, from its own records (not an
+    earlier run's that a rerun imported): (None, None) for a job stored before azpar kept
+    them, bytes None when the backend staged the namespace elsewhere (``keep_envelope``)."""
+    flush()
+    envelope: dict | None = None
+    namespace: bytes | None = None
+    for header, body, _ in _iter_records(_read_file(job_folder(job_id) / RECORDS), len(FILE_MAGIC)):
+        if header.get("k") == "envelope":
+            envelope = json.loads(bytes(body))
+        elif header.get("k") == "namespace":
+            namespace = bytes(body)
+    return envelope, namespace
+
+
+def item_record(job_id: str, index: int) -> tuple[str, bytes, Sequence[int]] | str | None:
+    """Where iteration ``index`` of the job was shipped from: (codec, bytes, indices) of
+    the job's own task that ran it; the id of the earlier job when a rerun kept that
+    iteration's result instead of running it; None when the store has no such item."""
+    data = _read_file(job_folder(job_id) / RECORDS)
+    for header, body, _ in _iter_records(data, len(FILE_MAGIC)):
+        if header.get("k") == "items" and index in _indices_of(header):
+            return header["codec"], bytes(body), _indices_of(header)
+    for header, _, _ in _iter_records(data, len(FILE_MAGIC)):
+        if header.get("k") == "import":
+            return str(header.get("from") or "")
+    return None
+
+
 def reattachable(manifest: Mapping[str, Any]) -> bool:
     """A job that runs on without its kernel (``outlives_kernel``), has not ended, and whose
     kernel is gone or on another machine: a process that attaches to it takes it over."""
@@ -733,6 +782,7 @@ class JobSummary:
     creator: str = ""
     rerun_of: str | None = None
     where: str = ""  # the process running it, for a job that runs elsewhere
+    name: str = ""  # its --name, if it was given one
 
     @property
     def when(self) -> str:
@@ -744,7 +794,7 @@ class JobSummary:
         succeeded, failed, cancelled = job.counts()
         first = job.source.splitlines()[0] if job.source else ""
         return cls(job.id, job.created, job.backend_name, job.state, succeeded, failed, cancelled,
-                   len(job.items), first, creator(), job.rerun_of, job.owner)
+                   len(job.items), first, creator(), job.rerun_of, job.owner, job.options.name or "")
 
 
 def effective_state(manifest: Mapping[str, Any]) -> tuple[str, str]:
@@ -817,7 +867,7 @@ def summary(job_id: str) -> JobSummary:
     source = manifest.get("source") or ""
     return JobSummary(job_id, manifest.get("created", 0.0), manifest.get("backend", "?"), state, succeeded,
                       failed, cancelled, manifest.get("items", 0), source.splitlines()[0] if source else "",
-                      manifest.get("creator", ""), manifest.get("rerun_of"), where)
+                      manifest.get("creator", ""), manifest.get("rerun_of"), where, manifest.get("name") or "")
 
 
 def job_ids() -> list[str]:
@@ -856,16 +906,102 @@ def list_jobs() -> list[JobSummary]:
 
 
 def resolve(job_id: str) -> str:
-    """The stored id that ``job_id`` names: the whole id, or a unique start or end of one."""
+    """The stored id that ``job_id`` names: the whole id, a job's --name (the newest job of
+    that name), or a unique start or end of an id. A name wins over an id's start or end:
+    the user typed it in full, while an id's end is only a shortcut."""
     ids = job_ids()
     if job_id in ids:
         return job_id
+    named = newest_named(job_id, ids)
+    if named is not None:
+        return named
     matches = [i for i in ids if i.endswith(job_id) or i.startswith(job_id)]
     if len(matches) == 1:
         return matches[0]
     if matches:
         raise KeyError(f"{job_id!r} matches {len(matches)} stored jobs ({', '.join(matches[:5])}); give more of the id")
     raise KeyError(job_id)
+
+
+NAME_MAX = 64
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can label a job (``--name``): 1 to 64 letters, digits, ``-``, ``_`` or
+    ``.``, so that it reads the same in a table, a command line and a glob, and cannot be
+    taken for an option (no leading ``-``) or an id; ValueError saying why otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("a job name cannot be empty; use letters, digits, '-', '_' or '.' (at most 64)")
+    bad = sorted(set(name) - _NAME_CHARS)
+    if bad or len(name) > NAME_MAX or name.startswith("-") or _valid_id(name):
+        why = (f"it has {', '.join(map(repr, bad))}" if bad else f"it is {len(name)} characters long"
+               if len(name) > NAME_MAX else "it starts with '-'" if name.startswith("-") else "it looks like a job id")
+        raise ValueError(f"{name!r} cannot name a job: {why}. A name is 1 to {NAME_MAX} letters, digits, '-', '_' "
+                         "or '.', not starting with '-' (e.g. --name sweep-2024.v2)")
+    return name
+
+
+def newest_named(name: str, ids: Sequence[str] | None = None) -> str | None:
+    """The id of the newest stored job called ``name``, or None. Only names that could be
+    given (``check_name``) are looked for, so an id fragment costs no manifest reads."""
+    try:
+        check_name(name)
+    except ValueError:
+        return None
+    best: tuple[float, str] | None = None
+    for job_id in ids if ids is not None else job_ids():
+        try:
+            manifest = read_manifest(job_id)
+        except (KeyError, StoreError, OSError):
+            continue
+        if manifest.get("name") == name and (best is None or (manifest.get("created", 0.0), job_id) > best):
+            best = (float(manifest.get("created", 0.0)), job_id)
+    return best[1] if best else None
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """The time ``--since`` means, as seconds since the epoch: an ISO date or date and time
+    (``2026-12-01``, ``2026-12-01T09:30``; local time unless it says its zone), ``today`` or
+    ``yesterday`` (from local midnight), or ``Nd`` (N whole days before now). ValueError
+    with the accepted forms otherwise."""
+    import datetime as dt
+
+    now = time.time() if now is None else now
+    word = text.strip().lower()
+    midnight = dt.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    if word == "today":
+        return midnight.timestamp()
+    if word == "yesterday":
+        return (midnight - dt.timedelta(days=1)).timestamp()
+    if word.endswith("d") and word[:-1].isdigit():
+        return now - int(word[:-1]) * 86400
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since takes a date (2026-12-01), a date and time (2026-12-01T09:30), today, yesterday "
+                         f"or Nd (the last N days, e.g. 7d), not {text!r}") from None
+    return when.timestamp()  # a naive time is local time, as the table's 'when' column shows
+
+
+def filter_jobs(rows: Sequence[JobSummary], *, state: str | None = None, name: str | None = None,
+                since: float | str | None = None) -> list[JobSummary]:
+    """The rows whose state is ``state`` (one or several, comma-separated), whose name
+    matches the glob ``name`` (``sweep-*``; a job without a name never matches), and that
+    were created at or after ``since`` (seconds since the epoch, or what ``parse_since``
+    reads)."""
+    import fnmatch
+
+    states = {s.strip() for s in state.split(",") if s.strip()} if state else None
+    known = (PENDING, RUNNING, *FINAL_STATES)
+    unknown = sorted(states - set(known)) if states else []
+    if unknown:
+        raise ValueError(f"--state takes {', '.join(known)} (several with commas), not {', '.join(unknown)}")
+    after = parse_since(since) if isinstance(since, str) else since
+    return [r for r in rows
+            if (states is None or r.state in states)
+            and (name is None or (bool(r.name) and fnmatch.fnmatchcase(r.name, name)))
+            and (after is None or r.created >= after)]
 
 
 class MissingItem:

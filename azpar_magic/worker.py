@@ -1168,6 +1168,38 @@ class Runner:
         return ["each", encoded]
 
 
+def run_here(job: LoadedJob, index: int, item: object) -> object:
+    """Run iteration ``index`` of a loaded job on ``item`` in the calling process, as
+    ``Runner.run`` runs it on a worker (the same mode, namespace reset and --seed stream),
+    but with this process's output and letting the body's exception propagate with its
+    frames: ``%azpar debug`` re-runs a failed iteration in the kernel with it. The caller's
+    random and numpy global states are put back afterwards (a seeded run replaces them)."""
+    namespace = job.module.__dict__
+    saved_main = sys.modules.get("__main__")
+    saved_random = random.getstate()
+    numpy = sys.modules.get("numpy")
+    saved_numpy = numpy.random.get_state() if numpy is not None and job.seed is not None else None
+    sys.modules["__main__"] = job.module
+    if job.seed is not None:
+        _seed_iteration(job.seed, index)
+    try:
+        if job.function is not None:
+            return job.function(item)
+        namespace.clear()
+        namespace.update(job.base)
+        namespace[ITEM_NAME] = item
+        exec(job.code, namespace)
+        return namespace.get(VALUE_NAME)
+    finally:
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
+        if job.seed is not None:
+            _end_seeded_iterations()
+            random.setstate(saved_random)
+            if saved_numpy is not None:
+                numpy.random.set_state(saved_numpy)
+
+
 # A MemoryError while a value is serialised or sent is the iteration's own failure, not the
 # infrastructure's: another attempt would need the same memory again.
 _OUT_OF_MEMORY = ("the worker ran out of memory serialising it (sending a value takes about its own size "

@@ -170,6 +170,22 @@ class AzureBackend:
             "keep": bool(backend_options.get("keep")) or bool(self.profile["keep"]),
         }
 
+    def staged_namespace(self, manifest: dict[str, Any], file_name: str) -> bytes | None:
+        """The namespace bytes a stored job staged (``ns/FILE`` in its cache container), for
+        ``%azpar debug`` in the kernel; None when the blob is gone (removed by ``%azpar storage
+        rm``, a lifecycle rule or by hand). The job store keeps the envelope, not these bytes."""
+        info = manifest.get("backend_info") or {}
+        if info.get("storage_account_url") not in (None, self.accounts.storage_url):
+            raise RuntimeError(f"job {manifest.get('id')} staged its namespace in {info['storage_account_url']}, but "
+                               f"profile {self.profile.name!r} now points at {self.accounts.storage_url}; restore the "
+                               "profile's storage account to debug it")
+        container = (info.get("containers") or {}).get("cache") or storage.CACHE_CONTAINER
+        try:
+            return self.staging.download(container, f"ns/{file_name}")
+        except AzureError as exc:
+            raise RuntimeError(f"the namespace blob {container}/ns/{file_name} could not be read: {_short(exc)}") \
+                from None
+
     def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink, *,
                  failed_before: bool = False) -> None:
         """Follow a job an earlier kernel submitted (``tasks``: those without a final record

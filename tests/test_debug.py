@@ -1,0 +1,156 @@
+"""``%azpar debug JOB I`` through IPython's InteractiveShell (issue 20): one iteration runs
+again in the kernel with the job's own namespace and item, under IPython's post-mortem
+debugger (fed its commands, as IPython's own debugger tests feed theirs) or, with --no-pdb,
+raising the iteration's exception with the cell's line numbers. Kernel restarts:
+test_debug_kernel.py. An Azure job on the test Batch service and Azurite: at the end."""
+
+from __future__ import annotations
+
+import io
+import re
+import traceback
+
+import pytest
+from IPython.core.error import UsageError
+
+import azpar_magic
+from azpar_magic import store
+from azpar_magic.parsing import CELL_FILENAME
+
+CELL = """%%azpar -q --errors pass -o debugged for x in range(6):
+y = x * scale
+z = f(x)
+z + y"""
+
+
+@pytest.fixture
+def job_store(tmp_path, monkeypatch):
+    root = tmp_path / "store"
+    monkeypatch.setenv(store.STORE_ENV, str(root))
+    return root
+
+
+def _failing_job(ip, run_cell) -> str:
+    """A local job whose iteration 3 raises ZeroDivisionError inside a notebook function;
+    then the notebook rebinds both names the body uses, as a user fixing things would."""
+    ip.run_cell("def f(x):\n    return 10 / (x - 3)\nscale = 2")
+    before = {j.id for j in azpar_magic.jobs()}
+    result = run_cell(CELL)
+    assert result.success, result.error
+    (job,) = [j for j in azpar_magic.jobs() if j.id not in before]
+    assert isinstance(ip.user_ns["debugged"][3], ZeroDivisionError)
+    ip.run_cell("def f(x):\n    return 0\nscale = 1000")  # today's namespace: this must not matter
+    return job.id
+
+
+def _cell_lines(tb) -> list[int]:
+    return [frame.lineno for frame in traceback.extract_tb(tb) if frame.filename == CELL_FILENAME]
+
+
+def test_no_pdb_raises_the_jobs_exception_with_its_namespace(ip, run_cell, job_store):
+    job_id = _failing_job(ip, run_cell)
+    failure = azpar_magic.attach(job_id).failures[3]
+    run = run_cell(f"%azpar debug {job_id} 3 --no-pdb")
+    assert not run.success
+    assert isinstance(run.error, ZeroDivisionError), run.error
+    # The cell's line that called f, as the worker's traceback named it (line 3 of the body).
+    assert _cell_lines(run.error.__traceback__) == [failure.line] == [3]
+    # The frame of the body saw the job's values: x is the item, y used the old scale.
+    body = [t for t in _walk(run.error.__traceback__) if t.tb_frame.f_code.co_filename == CELL_FILENAME][0]
+    assert (body.tb_frame.f_globals | body.tb_frame.f_locals)["x"] == 3
+    assert (body.tb_frame.f_globals | body.tb_frame.f_locals)["y"] == 6
+    # A succeeded iteration reruns here too, with the old f and scale: 10 / (2 - 3) + 4.
+    assert ip.run_line_magic("azpar", f"debug {job_id} 2 --no-pdb") == -6.0
+    # The notebook's own names are untouched.
+    assert ip.user_ns["scale"] == 1000 and ip.user_ns["f"](3) == 0
+
+
+def _walk(tb):
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
+def test_pdb_opens_ipythons_post_mortem_on_the_failing_frame(ip, run_cell, job_store, monkeypatch):
+    job_id = _failing_job(ip, run_cell)
+    out = io.StringIO()
+    debugger = ip.debugger_cls(stdin=io.StringIO("up\np x, y, scale\nquit\n"), stdout=out)
+    monkeypatch.setattr(ip.InteractiveTB, "pdb", debugger)  # %debug's own debugger, fed its commands
+    monkeypatch.setattr(ip.InteractiveTB, "tb", None, raising=False)
+    run = run_cell(f"%azpar debug {job_id} 3")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+    assert run.success, run.error
+    assert "ZeroDivisionError" in run.stdout + run.stderr + text
+    # The post-mortem starts in f (where it raised); one frame up is the cell's body with the item.
+    assert "(3, 6, 2)" in text, text
+    assert "return 10 / (x - 3)" in text, text  # f as the job shipped it, not today's
+    assert "<azpar cell>(3)<module>()" in text and "----> 3 z = f(x)" in text, text
+
+
+def test_bad_debug_requests_are_usage_errors(ip, run_cell, job_store):
+    job_id = _failing_job(ip, run_cell)
+    for line, fragment in ((f"debug {job_id} 6", "has 6 iterations (0 to 5); there is no iteration 6"),
+                           (f"debug {job_id} x", "ITERATION is an iteration number"),
+                           (f"debug {job_id}", "usage: %azpar debug JOB ITERATION [--no-pdb]"),
+                           (f"debug {job_id} 1 --pdb", "usage: %azpar debug"),
+                           ("debug azpar-nobody-20200101-000000-000000000000 1", "no job"),
+                           ("debug no-such-name 1", "no job 'no-such-name'")):
+        with pytest.raises(UsageError) as caught:
+            ip.run_line_magic("azpar", line)
+        assert fragment in str(caught.value), (line, str(caught.value))
+
+
+def test_a_job_stored_without_its_envelope_says_so(ip, run_cell, job_store):
+    job_id = _failing_job(ip, run_cell)
+    store.flush()
+    records = job_store / job_id / store.RECORDS
+    data = records.read_bytes()
+    kept = [store.FILE_MAGIC]
+    for header, body, _ in store._iter_records(data, len(store.FILE_MAGIC)):
+        if header.get("k") not in ("envelope", "namespace"):
+            kept.append(store._record(header, bytes(body)))
+    records.write_bytes(b"".join(kept))  # as an azpar before debugging existed stored it
+    azpar_magic.session.forget(job_id)
+    with pytest.raises(UsageError) as caught:
+        ip.run_line_magic("azpar", f"debug {job_id} 3")
+    assert "stored without its envelope" in str(caught.value) and "%azpar rerun" in str(caught.value)
+
+
+def test_seeded_iteration_gets_the_jobs_stream_and_leaves_the_kernels(ip, run_cell, job_store):
+    ip.run_cell("import random")
+    before = {j.id for j in azpar_magic.jobs()}
+    assert run_cell("%%azpar -q --seed 7 -o drawn for i in range(4):\nrandom.random()").success
+    (job,) = [j for j in azpar_magic.jobs() if j.id not in before]
+    random_state = __import__("random").getstate()
+    assert ip.run_line_magic("azpar", f"debug {job.id} 2 --no-pdb") == ip.user_ns["drawn"][2]
+    assert __import__("random").getstate() == random_state
+
+
+# ---------------------------------------------------------------------------------------
+# Azure: the test Batch service and Azurite
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.azure
+def test_azure_job_debugs_from_the_staged_namespace(ip, run_cell, azure, job_store):
+    ip.run_cell("def f(x):\n    return 10 / (x - 3)\nscale = 2")
+    before = {j.id for j in azpar_magic.jobs()}
+    result = run_cell(CELL.replace("for x in range(6)", "for x in range(5)").replace("-q", "-q --keep"))
+    assert result.success, result.error
+    (job,) = [j for j in azpar_magic.jobs() if j.id not in before]
+    assert job.backend_name == "azure"
+    envelope, namespace = store.stored_envelope(job.id)
+    assert envelope is not None and namespace is None  # staged in the cache container, not kept here
+    ip.run_cell("def f(x):\n    return 0\nscale = 1000")
+    azpar_magic.session.forget(job.id)  # read back from the store, as after a restart
+    run = run_cell(f"%azpar debug {job.id} 3 --no-pdb")
+    assert isinstance(run.error, ZeroDivisionError), run.error
+    assert _cell_lines(run.error.__traceback__) == [3]
+    # The blob removed: a clear error, naming it.
+    from azpar_magic import session
+    backend = session.engine_for_stored(store.read_manifest(job.id)).backend
+    cache = store.read_manifest(job.id)["backend_info"]["containers"]["cache"]
+    backend.staging.service.get_blob_client(cache, f"ns/{envelope['namespace']['file']}").delete_blob()
+    with pytest.raises(UsageError) as caught:
+        ip.run_line_magic("azpar", f"debug {job.id} 3")
+    assert "no longer available" in str(caught.value) and envelope["namespace"]["file"] in str(caught.value)
