@@ -794,7 +794,8 @@ class AzparMagics(Magics):
         usage = "usage: %azpar jobs [--all] [--state S] [--name PATTERN] [--since DATE]"
         filters = {}
         for flag in ("--state", "--name", "--since"):
-            filters[flag[2:]], words = _take_option(words, flag, usage)
+            value, words = _take_option(words, flag, usage)
+            filters[flag[2:]] = _unquote(value) if value is not None else None  # a quoted glob: 'sweep-*'
         if words not in ([], ["--all"]):
             raise UsageError(usage)
         try:
