@@ -135,7 +135,7 @@ def test_seeded_iteration_gets_the_jobs_stream_and_leaves_the_kernels(ip, run_ce
 def test_azure_job_debugs_from_the_staged_namespace(ip, run_cell, azure, job_store):
     ip.run_cell("def f(x):\n    return 10 / (x - 3)\nscale = 2")
     before = {j.id for j in azpar_magic.jobs()}
-    result = run_cell(CELL.replace("for x in range(6)", "for x in range(5)").replace("-q", "-q --keep"))
+    result = run_cell(CELL.replace("for x in range(6)", "for x in range(5)"))
     assert result.success, result.error
     (job,) = [j for j in azpar_magic.jobs() if j.id not in before]
     assert job.backend_name == "azure"
