@@ -16,6 +16,7 @@ import functools
 import importlib.metadata
 import inspect
 import io
+import json
 import os
 import platform
 import re
@@ -23,6 +24,8 @@ import socket
 import sys
 import threading
 import types
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -489,6 +492,38 @@ def _module_table(_stamp: tuple) -> Mapping[str, list[str]]:
     return table
 
 
+@functools.lru_cache(maxsize=2)
+def _editable_roots(_stamp: tuple) -> tuple[tuple[str, str], ...]:
+    """(source folder, distribution) of each editable install (PEP 610 ``direct_url.json`` with
+    ``dir_info.editable``). Its RECORD lists a ``.pth`` file or an import hook, not the modules,
+    so the table above cannot name it; a module whose file lies in that folder is its (issue 15:
+    the user's package under development must travel too)."""
+    roots = []
+    for dist in importlib.metadata.distributions():
+        try:
+            info = json.loads(dist.read_text("direct_url.json") or "{}")
+        except ValueError:
+            continue
+        url = info.get("url") or ""
+        if (info.get("dir_info") or {}).get("editable") and url.startswith("file://") and dist.metadata["Name"]:
+            path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+            roots.append((os.path.realpath(path), dist.metadata["Name"]))
+    return tuple(roots)
+
+
+def _editable_distribution(top: str) -> str | None:
+    """The editable install whose source folder holds the imported module ``top``, if any."""
+    module = sys.modules.get(top)
+    where = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or ()), None)
+    if not where:
+        return None
+    where = os.path.realpath(where)
+    for root, name in _editable_roots(_path_stamp()):
+        if where.startswith(root.rstrip(os.sep) + os.sep):
+            return name
+    return None
+
+
 def _stdlib_names() -> frozenset[str]:
     names = getattr(sys, "stdlib_module_names", None)
     if names is None:  # Python 3.9 and older do not list them
@@ -505,7 +540,8 @@ def distributions_for(modules: Iterable[str]) -> dict[str, str]:
         top = module.split(".")[0]
         if top in stdlib or top.startswith("_") and top[1:] in stdlib:
             continue
-        for dist in table.get(top, []):
+        editable = None if top in table else _editable_distribution(top)
+        for dist in table.get(top) or ([editable] if editable else []):
             try:
                 found[dist] = importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:

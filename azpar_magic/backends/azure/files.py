@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -388,13 +389,18 @@ def wheel_resource_files(run: "AzureRun", wheels: Sequence[Any]) -> list[models.
     """Each local wheel uploaded once, content-addressed in the cache container (the same
     ``data/<sha256>`` blobs as --inputs: an unchanged wheel costs one existence check on a later
     job and nothing within this kernel), reaching the job preparation task as a resource file
-    ``wheels/<file name>`` (pip needs the wheel's own file name). Bytes sent: ``run.wheel_bytes``."""
-    out = []
+    ``wheels/<file name>`` (pip needs the wheel's own file name). Bytes sent: ``run.wheel_bytes``,
+    and one line in the cell when any were sent (the user's own package travelling is news)."""
+    out, sent_names = [], []
     for wheel in wheels:
         name, sent = blobs.upload_file_once(run.staging, storage.CACHE_CONTAINER, str(wheel.path))
         if sent:
             run.wheel_bytes += wheel.size
+            sent_names.append(f"{wheel.name} {wheel.version}")
         out.append(models.ResourceFile(
             http_url=run.staging.blob_sas_url(storage.CACHE_CONTAINER, name, "r", run.expiry),
             file_path=f"{commands.WHEELS_DIR}/{wheel.path.name}"))
+    if sent_names:
+        print(f"azpar: uploaded {len(sent_names)} wheel(s) built from this machine ({run.wheel_bytes} bytes): "
+              f"{', '.join(sent_names)}; later jobs reuse them while unchanged", file=sys.stderr)
     return out

@@ -1,0 +1,241 @@
+"""The kernel's environment travels to bare Azure nodes (issue 15), end to end on the test Batch
+service and Azurite.
+
+Nodes are bare (a clean Python with pip, tests/batch_emulator/nodes.py) and profiles list no
+packages: what a cell uses arrives because job preparation installs the kernel's versions of it.
+The wheel folder of tests/wheels.py stands in for the index (``--no-index --find-links``). The
+editable package is made by the test and installed with ``pip install -e --prefix`` into a folder
+only this process sees (``site.addsitedir``), never into the test venv.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import platform
+import site
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import azpar_magic
+from azpar_magic.backends.azure import commands
+
+from .azure_support import azure_profile
+from .wheels import node_pip_options
+
+pytestmark = [pytest.mark.azure, pytest.mark.timeout(300)]
+POOL = "azpar-test"
+OTHER_PYTHON = Path("/root/.pyenv/versions/3.12.1")  # an interpreter of another minor, for the mismatch test
+PIP_ENV = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+def _nodes(batch) -> list:
+    with batch.cond:
+        return list(batch.pools[POOL.lower()].nodes.values())
+
+
+def _installs(batch) -> list[Path]:
+    """Every finished install folder (azpar-pkgs-<digest>) on the pool's nodes."""
+    return sorted(p for n in _nodes(batch) for p in (n.root / "shared").glob("azpar-pkgs-*")
+                  if p.is_dir() and ".tmp." not in p.name)
+
+
+def _task_dirs(batch, job_id: str) -> list[Path]:
+    """The folders of the job's tasks whose command ran on a node (a stdout.txt is there; the
+    service makes a task's folder before it knows the node's job preparation failed)."""
+    return [p for n in _nodes(batch) for p in (n.root / "workitems" / job_id / "job-1").glob("*")
+            if p.name != "jobpreparation" and (p / "stdout.txt").exists()]
+
+
+@pytest.fixture
+def editable(tmp_path, monkeypatch):
+    """An editable package ``azpar_env_pkg`` (VALUE = 7, and a function) made here, installed into
+    a private prefix the kernel sees; its wheels are cached in tmp_path (XDG_CACHE_HOME)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    src = tmp_path / "src-azpar-env-pkg"
+    (src / "azpar_env_pkg").mkdir(parents=True)
+    (src / "azpar_env_pkg" / "__init__.py").write_text("VALUE = 7\n\ndef scaled(x):\n    return VALUE * x + 1\n")
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "azpar-env-pkg"\nversion = "0.3"\ndependencies = []\n'
+        '[tool.hatch.build.targets.wheel]\npackages = ["azpar_env_pkg"]\ndev-mode-dirs = ["."]\n')
+    prefix = tmp_path / "prefix"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                           "-e", str(src), "--prefix", str(prefix)], capture_output=True, text=True, env=PIP_ENV)
+    assert done.returncode == 0, done.stderr
+    purelib = sysconfig.get_path("purelib", "posix_prefix", vars={"base": str(prefix), "platbase": str(prefix)})
+    site.addsitedir(purelib)
+    importlib.invalidate_caches()
+    yield src
+    for name in [m for m in sys.modules if m.startswith("azpar_env_pkg")]:
+        del sys.modules[name]
+
+
+def test_an_editable_package_arrives_on_bare_nodes_and_is_uploaded_once(pool_user, batch, azurite, ip, run_cell,
+                                                                        tmp_path, monkeypatch, editable):
+    """The user's package under development travels as a wheel built here, uploaded once
+    (content-addressed), and the non-admin task user imports what job preparation installed."""
+    monkeypatch.chdir(tmp_path)
+    assert md.version("azpar-env-pkg") == "0.3"
+    ip.run_cell("import azpar_env_pkg")
+    cell = "%%azpar -o got for x in range(4):\nimport os\n(azpar_env_pkg.scaled(x), os.geteuid())"
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1):
+        first = run_cell(cell)
+        assert first.success, first.error
+        assert "uploaded 1 wheel(s) built from this machine" in first.stderr and "azpar-env-pkg 0.3" in first.stderr
+        assert ip.user_ns["got"] == [(7 * x + 1, pool_user.uid) for x in range(4)]  # the kernel's values
+        second = run_cell(cell)
+        assert second.success, second.error
+        assert "uploaded" not in second.stderr, second.stderr  # the same wheel: 0 bytes sent
+    installs = _installs(batch)
+    assert len(installs) == 1, installs  # one set, installed once on the node
+    assert installs[0].stat().st_uid == pool_user.uid  # made by job preparation as the pool user
+    pkg = installs[0] / "azpar_env_pkg" / "__init__.py"
+    assert pkg.stat().st_uid == pool_user.uid and pkg.read_text().startswith("VALUE = 7")
+
+
+def test_one_set_installs_once_per_node_and_one_more_distribution_makes_one_more(batch, azurite, ip, run_cell,
+                                                                                tmp_path, monkeypatch):
+    """Two jobs using numpy share one install (the second installs nothing); a third that also
+    uses pandas installs that set into a folder of its own, without touching the first."""
+    monkeypatch.chdir(tmp_path)
+    numpy_cell = "%%azpar -q -o a for x in range(2):\nimport numpy as np\nint(np.arange(x + 2).sum())"
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
+                       pip_options=node_pip_options("numpy", "pandas")):
+        for _ in range(2):
+            run = run_cell(numpy_cell)
+            assert run.success, run.error
+            assert ip.user_ns["a"] == [1, 3]
+        first = _installs(batch)
+        assert len(first) == 1, first
+        stamp = (first[0] / ".complete").stat().st_mtime_ns
+        both = run_cell("%%azpar -q -o b for x in range(2):\nimport numpy as np, pandas as pd\n"
+                        "int(pd.Series(np.arange(x + 3)).sum())")
+        assert both.success, both.error
+        assert ip.user_ns["b"] == [3, 6]
+    after = _installs(batch)
+    assert len(after) == 2 and first[0] in after, after
+    assert (first[0] / ".complete").stat().st_mtime_ns == stamp  # the first set was not installed again
+    new = next(p for p in after if p != first[0])
+    assert any(new.glob("pandas-*.dist-info")) and not any(first[0].glob("pandas-*.dist-info"))
+
+
+def test_two_concurrent_jobs_on_one_node_share_one_whole_install(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    """Two --no-wait jobs needing the same new set prepare on one node at the same time: each
+    installs into its own temporary folder and one rename wins; both use a complete install."""
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1, task_slots_per_node=4,
+                       pip_options=node_pip_options("numpy")):
+        cell = "%%azpar -q --no-wait -o {out} for x in range(2):\nimport numpy as np\nint(np.ones(x + 1).sum())"
+        one = run_cell(cell.format(out="c1"))
+        two = run_cell(cell.format(out="c2"))
+        assert one.success and two.success, (one.error, two.error)
+        jobs = azpar_magic.jobs()[-2:]
+        for job in jobs:
+            assert job.wait(240), job.id
+        for job in jobs:
+            assert job.result() == [1, 2], job.id
+    installs = _installs(batch)
+    assert len(installs) == 1 and (installs[0] / ".complete").exists(), installs
+    leftovers = [p for n in _nodes(batch) for p in (n.root / "shared").glob("azpar-pkgs-*.tmp.*")]
+    assert not leftovers, leftovers  # the loser's temporary folder was removed
+
+
+def test_a_pinned_version_the_index_lacks_is_refused_before_any_task(batch, azurite, ip, run_cell, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
+                       pip_options=node_pip_options("numpy")):
+        run = run_cell("%%azpar -q --packages numpy==9.9 -o r for x in range(2):\nimport numpy\nx")
+        assert not run.success
+        text = str(run.error)
+        assert "could not install the job's requirements" in text and "numpy==9.9" in text, text
+        assert "No matching distribution found for numpy==9.9" in text, text  # pip's own words
+        assert "--packages NAME==VERSION" in text and "auto_packages = false" in text, text  # the ways out
+        job = azpar_magic.jobs()[-1]
+        logs = run_cell(f"%azpar logs {job.id}")
+        assert "No matching distribution found for numpy==9.9" in logs.stdout, logs.stdout
+    assert not _task_dirs(batch, job.id)  # no task ran
+    assert not _installs(batch)
+
+
+@pytest.mark.skipif(not (OTHER_PYTHON / "bin").is_dir(), reason=f"needs another Python minor at {OTHER_PYTHON}")
+def test_a_node_python_of_another_minor_is_refused_before_any_task(batch, azurite, ip, run_cell, tmp_path,
+                                                                   monkeypatch):
+    """An image with another Python (the service's node_python switch runs a bare 3.12 on the
+    nodes): job preparation stops at once, naming both versions and the image to use."""
+    monkeypatch.chdir(tmp_path)
+    batch.node_python = OTHER_PYTHON
+    kernel = platform.python_version()
+    minor = ".".join(kernel.split(".")[:2])
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1):
+        run = run_cell("%%azpar -q -o r for x in range(2):\nx")
+        assert not run.success
+        text = str(run.error)
+        assert f"this node runs Python 3.12 but the notebook kernel runs Python {kernel}" in text, text
+        assert f'container_image = "python:{minor}-slim"' in text, text
+        assert "FailureExitCode" not in text, text
+        job = azpar_magic.jobs()[-1]
+    assert not _task_dirs(batch, job.id)
+
+
+@pytest.mark.parametrize("how", ["cell", "profile"])
+def test_without_auto_packages_nothing_is_installed_and_the_mismatch_is_named(how, batch, azurite, ip, run_cell,
+                                                                              tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fields = {"auto_packages": False} if how == "profile" else {}
+    flag = " --no-auto-packages" if how == "cell" else ""
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
+                       pip_options=node_pip_options("numpy"), **fields):
+        run = run_cell(f"%%azpar -q{flag} -o r for x in range(2):\nimport numpy as np\nint(np.ones(x).sum())")
+        assert not run.success
+        text = str(run.error)
+        assert f"package numpy=={md.version('numpy')} is used by the cell but not installed on this node" in text, text
+    assert not _installs(batch)
+
+
+def test_env_shows_each_requirement_its_source_and_the_image(batch, azurite, ip, run_cell, tmp_path, monkeypatch,
+                                                            editable):
+    monkeypatch.chdir(tmp_path)
+    ip.run_cell("import azpar_env_pkg")
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
+                       pip_options=node_pip_options("numpy")):
+        run = run_cell("%%azpar -q -o r for x in range(2):\nimport numpy as np\nint(np.ones(x).sum()) + "
+                       "azpar_env_pkg.VALUE")
+        assert run.success, run.error
+        env = run_cell("%azpar env")
+        assert env.success, env.error
+    rows = {line.split()[0]: line for line in env.stdout.splitlines() if line.strip()}
+    assert rows["numpy"].split()[1] == md.version("numpy") and " index " in rows["numpy"], env.stdout
+    assert rows["numpy"].rstrip().endswith("no"), env.stdout  # the bare image has no numpy
+    assert rows["azpar-env-pkg"].split()[1] == "0.3" and str(editable) in rows["azpar-env-pkg"], env.stdout
+    assert "reported by node" in env.stdout, env.stdout
+
+
+def test_a_local_package_that_does_not_build_stops_the_cell_before_anything_is_submitted(
+        batch, azurite, ip, run_cell, tmp_path, monkeypatch, editable):
+    monkeypatch.chdir(tmp_path)
+    ip.run_cell("import azpar_env_pkg")
+    (editable / "pyproject.toml").write_text("[build-system\nthis is not toml\n")  # the build now fails
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1):
+        run = run_cell("%%azpar -q -o r for x in range(2):\nazpar_env_pkg.VALUE")
+        assert not run.success
+        text = str(run.error)
+        assert "azpar-env-pkg" in text and "Nothing was submitted" in text, text
+    assert not batch.requests_for("Jobs_CreateJob")
+
+
+def test_the_start_task_records_what_the_image_has(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1):
+        run = run_cell("%%azpar -q -o r for x in range(1):\nx")
+        assert run.success, run.error
+    listed = (_nodes(batch)[0].root / "shared" / commands.IMAGE_PACKAGES).read_text()
+    assert '"pip"' in listed and "numpy" not in listed
+
