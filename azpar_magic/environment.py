@@ -267,11 +267,48 @@ def _requirement_for(item: _Found, cache: Path) -> tuple[Requirement, LocalWheel
             spec = item.name
         return Requirement(item.name, item.version, "index", spec,
                            "index" if not item.wanted else "index (not installed in the kernel)"), None
-    direct = _direct_url(item.dist)
+    kind, where = _provenance(item.dist)
+    if kind == "index":
+        return Requirement(item.name, item.version, "index", f"{item.name}=={item.version}", where), None
+    if kind == "editable":
+        wheel = _editable_wheel(item.name, item.version, where, cache)
+        return Requirement(item.name, item.version, "local", wheel.path.name, f"editable install from {where}"), wheel
+    wheel = _repacked_wheel(item.dist, cache)
+    return Requirement(item.name, item.version, "local", wheel.path.name, where), wheel
+
+
+def _provenance(dist: md.Distribution) -> tuple[str, str]:
+    """How the kernel got ``dist``: ("index", why), ("editable", source folder) or ("repack",
+    where from).
+
+    PEP 610's ``direct_url.json`` marks an install from a URL. One exception: conda packages
+    often carry the ``direct_url.json`` of their own build (a ``file://`` folder of the build
+    machine; conda/conda#11580, conda/grayskull#533). A non-editable install whose recorded
+    folder does not exist here is taken as such and pinned from the index: repacking it would
+    leave behind the shared libraries conda keeps outside site-packages. A distribution with no
+    ``direct_url.json`` whose metadata is an ``.egg-info`` folder inside a project folder is a
+    ``setup.py develop`` (legacy editable) install of that folder."""
+    direct = _direct_url(dist)
     if direct is None:
-        return Requirement(item.name, item.version, "index", f"{item.name}=={item.version}", "index"), None
-    wheel, source = _local_wheel(item.dist, direct, cache)
-    return Requirement(item.name, item.version, "local", wheel.path.name, source), wheel
+        src = _develop_source(dist)
+        return ("editable", str(src)) if src is not None else ("index", "index")
+    url = direct["url"]
+    path = _file_url_path(url)
+    if (direct.get("dir_info") or {}).get("editable"):
+        return "editable", str(path) if path is not None else url
+    if path is not None and not path.exists():
+        return "index", f"index (its direct_url.json names {path}, which this machine does not have)"
+    return "repack", f"local path {path}" if path is not None else f"direct URL {url} (repacked)"
+
+
+def _develop_source(dist: md.Distribution) -> Path | None:
+    meta = getattr(dist, "_path", None)
+    if meta is None or Path(meta).suffix != ".egg-info" or not Path(meta).is_dir():
+        return None
+    for folder in (Path(meta).parent, Path(meta).parent.parent):
+        if (folder / "pyproject.toml").is_file() or (folder / "setup.py").is_file():
+            return folder
+    return None
 
 
 def _direct_url(dist: md.Distribution) -> dict | None:
@@ -289,27 +326,24 @@ def _direct_url(dist: md.Distribution) -> dict | None:
     return data if isinstance(data, dict) and data.get("url") else None
 
 
-def _local_wheel(dist: md.Distribution, direct: dict, cache: Path) -> tuple[LocalWheel, str]:
-    """The cached wheel of a local distribution, built on a miss, and how it was made."""
+def _editable_wheel(name: str, version: str, where: str, cache: Path) -> LocalWheel:
+    """The cached wheel of an editable install, built from its source folder on a miss."""
+    src = Path(where)
+    if "://" in where or not src.is_dir():
+        raise RequirementError(
+            f"{name} {version} is installed in editable mode from {where}, which is not a folder on "
+            "this machine any more, so azpar cannot build it for the nodes. Reinstall it, or pin a "
+            f"version pip can fetch with --packages '{name}==VERSION', or set auto_packages = false "
+            "in the profile and use an image that has it.")
+    key = _tree_hash(src)
+    return _wheel(_cached(cache, f"{name}-{version}-{key}", lambda d: _pip_wheel(src, d, name, version)))
+
+
+def _repacked_wheel(dist: md.Distribution, cache: Path) -> LocalWheel:
+    """The cached wheel of a non-editable local install, repacked from its files on a miss."""
     name, version = canonicalize_name(dist.metadata["Name"]), dist.version
-    url = direct["url"]
-    if (direct.get("dir_info") or {}).get("editable"):
-        src = _file_url_path(url)
-        if src is None or not src.is_dir():
-            raise RequirementError(
-                f"{name} {version} is installed in editable mode from {url}, which is not a folder on "
-                "this machine any more, so azpar cannot build it for the nodes. Reinstall it, or pin a "
-                f"version pip can fetch with --packages '{name}==VERSION', or set auto_packages = false "
-                "in the profile and use an image that has it.")
-        key = _tree_hash(src)
-        path = _cached(cache, f"{name}-{version}-{key}", lambda d: _pip_wheel(src, d, name, version))
-        return _wheel(path), f"editable install from {src}"
-    files = _record_files(dist)
-    key = _files_hash(files)
-    path = _cached(cache, f"{name}-{version}-{key}", lambda d: repack_wheel(dist, d))
-    where = _file_url_path(url)
-    source = f"local path {where}" if where is not None else f"direct URL {url} (repacked)"
-    return _wheel(path), source
+    key = _files_hash(_record_files(dist))
+    return _wheel(_cached(cache, f"{name}-{version}-{key}", lambda d: repack_wheel(dist, d)))
 
 
 def _file_url_path(url: str) -> Path | None:

@@ -321,6 +321,44 @@ def test_a_local_non_editable_install_is_repacked(kernel, tmp_path):
     assert requirement_set({"loc-pkg": "1.3"}, wheel_cache=kernel.cache).digest == rs.digest
 
 
+def test_an_install_whose_recorded_folder_is_gone_is_pinned_from_the_index(kernel, tmp_path):
+    """As conda packages are: their direct_url.json names the build machine's folder."""
+    src = project(tmp_path, "gone-pkg", version="2.0")
+    kernel.local(src)
+    for path in sorted(src.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    src.rmdir()
+    rs = requirement_set({"gone-pkg": "2.0"}, wheel_cache=kernel.cache)
+    gone = by_name(rs)["gone-pkg"]
+    assert (gone.origin, gone.spec, rs.wheels) == ("index", "gone-pkg==2.0", ())
+    assert str(src) in gone.source
+
+
+def test_a_setup_py_develop_install_is_built_like_an_editable_one(kernel, tmp_path):
+    """The legacy editable mode: no direct_url.json, an .egg-info folder in the project folder
+    and the folder on sys.path through easy-install.pth."""
+    src = tmp_path / "dev-proj"
+    (src / "dev_pkg").mkdir(parents=True)
+    (src / "dev_pkg" / "__init__.py").write_text("VALUE = 3\n")
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "dev-pkg"\nversion = "0.2"\ndependencies = ["six"]\n')
+    (src / "setup.py").write_text('from setuptools import setup\nsetup(packages=["dev_pkg"])\n')
+    target = tmp_path / "develop-site"
+    target.mkdir()
+    done = subprocess.run([sys.executable, "setup.py", "develop", "--install-dir", str(target), "--no-deps"],
+                          cwd=src, capture_output=True, text=True, env={**PIP_ENV, "PYTHONPATH": str(target)})
+    assert done.returncode == 0, done.stderr
+    site.addsitedir(str(target))
+    importlib.invalidate_caches()
+    rs = requirement_set({"dev-pkg": "0.2"}, wheel_cache=kernel.cache)
+    dev = by_name(rs)["dev-pkg"]
+    [wheel] = rs.wheels
+    assert (dev.origin, dev.source, dev.spec) == ("local", f"editable install from {src}", wheel.path.name)
+    assert by_name(rs)["six"].origin == "index"
+    assert node_value(wheel.path, "dev_pkg", tmp_path / "node") == 3
+
+
 # ----------------------------------------------------------------------------- digest
 
 
