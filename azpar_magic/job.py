@@ -125,6 +125,7 @@ class JobSnapshot:
     stalled: tuple[str, ...] = ()  # running tasks that look stuck: "task 3: worker-2 is not responding: ..."
     unanswered: str = ""  # the backend's service has not answered for a while: what and since when
     tasks_cancelled: int = 0  # tasks all of whose iterations were cancelled (not counted in tasks_failed)
+    name: str = ""  # the job's --name: the panel's title shows it
 
     @property
     def final(self) -> bool:
@@ -579,7 +580,8 @@ class Job:
             tasks_succeeded=counts[TASK_SUCCEEDED], tasks_failed=counts[TASK_FAILED], nodes=nodes,
             elapsed=elapsed, eta=eta, throughput=throughput, failures=views,
             source_first_line=self.source.splitlines()[0] if self.source else "",
-            errors=self.options.errors, stalled=stalled, unanswered=self._unanswered(state),
+            name=self.options.name or "", errors=self.options.errors, stalled=stalled,
+            unanswered=self._unanswered(state),
             tasks_cancelled=counts[TASK_CANCELLED],
         )
 

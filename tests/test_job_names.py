@@ -127,3 +127,18 @@ def test_python_api_refuses_a_bad_name(ip, job_store):
 
     with pytest.raises(SubmitError, match="'a b' cannot name a job: it has ' '"):
         validate_options(JobOptions(name="a b"))
+
+
+def test_the_panel_title_shows_the_name(ip, run_cell, job_store):
+    from azpar_magic.ui.html import header_html
+    from azpar_magic.ui.state import job_view
+    from azpar_magic.ui.text import format_snapshot, format_text
+
+    job = azpar_magic.attach(_run(ip, run_cell, "%%azpar -q --name fit.v2 -o r for x in range(2):\nx"))
+    snapshot = job.snapshot()
+    assert '<span class="azpar-name" style="font-weight:600">fit.v2</span>' in header_html(job_view(snapshot))
+    assert f" {job.id} (fit.v2) succeeded" in format_snapshot(snapshot)
+    assert format_text(snapshot).startswith(f"azpar job {job.id} (fit.v2): ")
+    unnamed = azpar_magic.attach(_run(ip, run_cell, "%%azpar -q -o r for x in range(2):\nx")).snapshot()
+    assert "azpar-name" not in header_html(job_view(unnamed))
+    assert format_text(unnamed).startswith(f"azpar job {unnamed.job_id}: ")

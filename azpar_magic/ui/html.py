@@ -30,11 +30,13 @@ def label_html(label: str, style: str) -> str:
 
 
 def header_html(view: dict[str, Any]) -> str:
-    """State badge, iteration counts, then backend, pool, VM size, job id, times."""
+    """State badge, the job's --name, iteration counts, then backend, pool, VM size, job id, times."""
     items = view["items"]
-    parts = [label_html(view["label"], view["style"]),
-             f'<span class="azpar-items" data-done="{items["done"]}" data-total="{items["total"]}">'
-             f'<b>{items["succeeded"]}</b>/{items["total"]} done</span>']
+    parts = [label_html(view["label"], view["style"])]
+    if view.get("name"):  # --name titles the panel
+        parts.append(f'<span class="azpar-name" style="font-weight:600">{escape(view["name"])}</span>')
+    parts.append(f'<span class="azpar-items" data-done="{items["done"]}" data-total="{items["total"]}">'
+                 f'<b>{items["succeeded"]}</b>/{items["total"]} done</span>')
     if items["failed"]:
         parts.append(f'<span class="azpar-items-failed" style="color:{STYLE_COLOURS["danger"]}">'
                      f'<b>{items["failed"]}</b> failed</span>')

@@ -157,6 +157,7 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
     return {
         "kind": "job",
         "job_id": s.job_id,
+        "name": s.name,  # --name: first in the header, the job's title
         "backend": s.backend,
         "pool": s.pool,
         "vm_size": s.vm_size,

@@ -30,7 +30,8 @@ def format_snapshot(s: JobSnapshot) -> str:
     """One line: state, iterations done/failed/total, tasks running, nodes busy, time."""
     v = job_view(s)
     items = v["items"]
-    parts = [f"{s.job_id} {v['label']}", f"{items['succeeded']}/{items['total']} done"]
+    parts = [f"{s.job_id}" + (f" ({s.name})" if s.name else "") + f" {v['label']}",
+             f"{items['succeeded']}/{items['total']} done"]
     if items["failed"] and not v["label"].startswith("done with"):
         parts.append(f"{items['failed']} failed")
     if items["cancelled"]:
@@ -90,7 +91,7 @@ def format_text(s: JobSnapshot) -> str:
         times.append(f"throughput {v['throughput']}")
     where = [f"backend {v['backend']}"] + ([f"pool {v['pool']}"] if v["pool"] else []) + (
         [f"{v['size_label']} {v['vm_size']}"] if v["vm_size"] else [])
-    lines = [f"azpar job {s.job_id}: {v['label']}",
+    lines = [f"azpar job {s.job_id}" + (f" ({s.name})" if s.name else "") + f": {v['label']}",
              f"  iterations  {done}",
              f"  where       {' · '.join(where)}",
              f"  time        {' · '.join(times)}",
