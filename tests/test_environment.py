@@ -243,6 +243,18 @@ def test_a_local_wheel_override_travels_as_a_wheel(tmp_path):
     assert node_value(wheel.path, "numpy", tmp_path / "node") == 7
 
 
+def test_a_source_folder_override_is_built_and_travels(tmp_path):
+    src = project(tmp_path, "folder-pkg", version="4.1", value=11)
+    cache = tmp_path / "cache"
+    rs = requirement_set({}, [str(src)], wheel_cache=cache)
+    [req] = rs.requirements
+    [wheel] = rs.wheels
+    assert (req.name, req.version, req.origin, req.spec) == ("folder-pkg", "4.1", "local", wheel.path.name)
+    assert str(src) in req.source and wheel.path.is_relative_to(cache)
+    assert node_value(wheel.path, "folder_pkg", tmp_path / "node") == 11
+    assert requirement_set({}, [str(src)], wheel_cache=cache) == rs
+
+
 @pytest.mark.parametrize("value, words", [
     ("", ["empty", "numpy=="]),
     ("numpy=>2 !!", ["not a requirement", "PEP 508", "VCS URL"]),
