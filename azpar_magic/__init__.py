@@ -4,7 +4,9 @@
     %%azpar -o results for x in xs:
     expensive(x)
 
-The same machinery is available without IPython through :func:`run`.
+The same machinery is available without IPython through :func:`run`, and for a function
+through :func:`map` / :func:`starmap`; ``job.as_completed()`` and ``await job`` give results
+as they arrive.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any
 from . import session, storage  # storage: ls/get/put/rm on the profile's Blob storage
 from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError,
                      JobCancelled, RemoteException, TaskTimeoutError)
-from .job import FINAL_STATES, Job, JobLost, JobOptions, JobSnapshot
+from .job import FINAL_STATES, AsCompleted, Job, JobLost, JobOptions, JobSnapshot
+from .mapping import map, starmap  # noqa: A004 (azpar_magic.map, as multiprocessing.Pool.map)
 from .store import JobSummary
 
 __version__ = "0.1.0"
-__all__ = ["run", "storage", "jobs", "attach", "collect", "logs", "cancel", "rerun", "delete", "Job", "JobSnapshot",
+__all__ = ["run", "map", "starmap", "storage", "jobs", "attach", "collect", "logs", "cancel", "rerun", "delete",
+           "Job", "JobSnapshot", "AsCompleted",
            "JobSummary", "AzparError", "IterationError", "RemoteException", "InfrastructureError", "TaskTimeoutError",
            "EnvironmentMismatchError", "JobCancelled", "JobLost", "load_ipython_extension",
            "unload_ipython_extension"]

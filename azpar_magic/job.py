@@ -191,6 +191,10 @@ class Job:
         self._tasks: dict[str, TaskState] = {}
         self.tasks_final = 0  # tasks succeeded or failed for good (kept, not recounted)
         self._done = 0
+        # Iterations in the order they got their outcome (value or failure), one entry per
+        # task result (a range or a list of indices): what as_completed() walks. One entry per
+        # task, not per iteration, so a million-iteration job pays a few thousand entries.
+        self._arrivals: list[Sequence[int]] = []
         self.state = PENDING
         self.created = time.time()
         self._started = time.monotonic()
@@ -261,6 +265,7 @@ class Job:
                 self._values[indices.start:indices.stop] = values
                 self._status[indices.start:indices.stop] = bytes([_ITER_OK]) * n
                 self._done += n
+                self._arrivals.append(indices)
             else:
                 self._record_each(indices, values, failures, gathered)
             self._outputs.update(outputs)
@@ -269,9 +274,11 @@ class Job:
         self._notify()
 
     def _record_each(self, indices, values, failures, gathered) -> None:
+        arrived = []  # only iterations that were pending: a duplicate delivery is not a new arrival
         for pos, index in enumerate(indices):
             if self._status[index] != _ITER_PENDING:
                 continue  # a duplicate delivery (retry raced a late result)
+            arrived.append(index)
             if index in failures:
                 self._failures[index] = failures[index]
                 self._status[index] = _ITER_FAILED
@@ -282,6 +289,8 @@ class Job:
             for name, column in (gathered or {}).items():
                 if name in self._gathered:
                     self._gathered[name][index] = column[pos]
+        if arrived:
+            self._arrivals.append(arrived)
 
     def adopt(self, base: Job, keep: Sequence[int]) -> None:
         """Take over the finished iterations ``keep`` of an earlier run of the same items
@@ -289,8 +298,10 @@ class Job:
         job starts, so the merged result is in iteration order whichever run computed what."""
         values, outputs, gathered = base._kept(keep)
         with self._lock:
+            arrived = []
             for index, value in values.items():
                 if self._status[index] == _ITER_PENDING:
+                    arrived.append(index)
                     self._values[index] = value
                     self._status[index] = _ITER_OK
                     self._done += 1
@@ -298,6 +309,8 @@ class Job:
                     for name, column in self._gathered.items():
                         if name in gathered:
                             column[index] = gathered[name].get(index)
+            if arrived:
+                self._arrivals.append(arrived)
             self._base_outputs.update(outputs)
         self._notify()
 
@@ -335,11 +348,13 @@ class Job:
         """The whole task produced nothing: each of its pending iterations gets a failure."""
         with self._lock:
             task = self._tasks[task_id]
-            for index in task.indices:
-                if self._status[index] == _ITER_PENDING:
-                    self._failures[index] = failure_for(index)
-                    self._status[index] = _ITER_FAILED
-                    self._done += 1
+            arrived = [index for index in task.indices if self._status[index] == _ITER_PENDING]
+            for index in arrived:
+                self._failures[index] = failure_for(index)
+                self._status[index] = _ITER_FAILED
+                self._done += 1
+            if arrived:
+                self._arrivals.append(arrived)
             cancelled = all(index in self._failures and self._failures[index].kind == "cancelled"
                             for index in task.indices)
             self._finalize(task, TASK_CANCELLED if cancelled else TASK_FAILED)
@@ -532,16 +547,54 @@ class Job:
                                "finished; their values are in job.partial_results()")
         failed = dict(self._failures)
         if failed and self.options.errors == "stop":
-            first = self.first_failure()
-            raise IterationError(
-                index=first.index, item_repr=merge._short(self.items[first.index]),
-                error_type=first.error_type, message=first.message, traceback=first.traceback,
-                line=first.line, job_id=self.id,
-                failed_count=sum(1 for f in failed.values() if f.kind != "cancelled"),
-                infrastructure=first.kind != "user")
+            raise self._iteration_error(self.first_failure())
         stand_ins = {i: f.as_exception() for i, f in failed.items()}
         items, values = merge.select(self._values, self.items, stand_ins, self.options.errors)
         return merge.combine(values, items, self.options.combine)
+
+    def _iteration_error(self, failure: Failure) -> IterationError:
+        """The error ``--errors stop`` raises for ``failure`` (lock held): result() and
+        as_completed() raise the same one."""
+        return IterationError(
+            index=failure.index, item_repr=merge._short(self.items[failure.index]),
+            error_type=failure.error_type, message=failure.message, traceback=failure.traceback,
+            line=failure.line, job_id=self.id,
+            failed_count=sum(1 for f in self._failures.values() if f.kind != "cancelled"),
+            infrastructure=failure.kind != "user")
+
+    # ------------------------------------------------------------------ as they arrive
+
+    def as_completed(self, timeout: float | None = None) -> AsCompleted:
+        """``(index, value)`` for each iteration as it finishes, in the order they finish
+        (every iteration of a chunk when its task ends), until the job is final; a job that
+        has ended gives them all at once. Iterate it with ``for`` (blocks this thread) or,
+        in a notebook's running event loop, with ``async for`` (never blocks the loop).
+
+        A failed iteration follows the job's ``errors`` policy, as ``result()`` does:
+        ``stop`` (the default) raises the IterationError ``result()`` would raise for it,
+        when it arrives; ``pass`` yields ``(index, exception)``; ``remove`` skips it.
+        Iterations that never ran (stopped early, cancelled) are not yielded; a job that was
+        cancelled or lost raises JobCancelled / JobLost after its finished iterations.
+        ``timeout``: seconds from this call; TimeoutError when the job is still running then."""
+        return AsCompleted(self, timeout)
+
+    def __await__(self):
+        """``await job``: ``job.result()`` once the job ends, without blocking the event
+        loop meanwhile (the kernel keeps answering). Cancelling the await stops waiting
+        only; ``job.cancel()`` stops the job."""
+        return self._result_async().__await__()
+
+    async def _result_async(self) -> Any:
+        wake = _Wakeup(self)
+        try:
+            while not self.done:
+                wake.event.clear()  # cleared before the check: a notification after it sets it again
+                if self.done:
+                    break
+                await wake.event.wait()
+        finally:
+            wake.close()
+        return self.result()
 
     # ------------------------------------------------------------------ views
 
@@ -608,3 +661,145 @@ class Job:
         from .ui.text import format_html
 
         return format_html(self.snapshot())
+
+
+class _Wakeup:
+    """An asyncio.Event of the running loop, set (thread-safely) whenever the job changes:
+    how coroutines wait for a job fed from backend threads without a thread of their own."""
+
+    def __init__(self, job: Job):
+        import asyncio
+
+        self.job = job
+        self.loop = asyncio.get_running_loop()
+        self.event = asyncio.Event()
+        job.listeners.append(self._changed)
+
+    def _changed(self, job: Job) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.event.set)
+        except RuntimeError:  # the loop was closed: nobody waits any more
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self.job.listeners.remove(self._changed)
+        except ValueError:
+            pass
+
+
+_NOT_YET, _END = object(), object()
+
+
+class AsCompleted:
+    """What ``job.as_completed()`` returns: an iterator and an async iterator over
+    ``(index, value)`` in the order iterations finish (see Job.as_completed)."""
+
+    def __init__(self, job: Job, timeout: float | None = None):
+        self._job = job
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._entry = 0  # next entry of job._arrivals to open
+        self._current: Any = iter(())  # indices left of the entry being walked
+        self._ended = False
+        self._wakeup: _Wakeup | None = None
+
+    def _next_ready(self) -> Any:
+        """The next arrival's ``(index, value)``, _NOT_YET or _END (job lock held); raises
+        what ``--errors stop`` raises for a failure."""
+        job = self._job
+        while True:
+            index = next(self._current, None)
+            if index is None:
+                if self._entry < len(job._arrivals):
+                    self._current = iter(job._arrivals[self._entry])
+                    self._entry += 1
+                    continue
+                return _END if job.done else _NOT_YET
+            if job._status[index] == _ITER_OK:
+                return index, job._values[index]
+            failure = job._failures[index]
+            policy = job.options.errors
+            if policy == "pass":
+                return index, failure.as_exception()
+            if policy == "stop" and failure.kind != "cancelled":
+                self._ended = True
+                raise job._iteration_error(failure)
+            # remove: skipped, as result() drops it; stop: an iteration stopped early never ran
+
+    def _finish(self) -> None:
+        """The job is final and everything was yielded: a cancelled or lost job raises what
+        result() raises (JobCancelled, JobLost), so a partial stream never looks whole."""
+        self._ended = True
+        if self._job.state in (CANCELLED, LOST):
+            self._job.result()
+
+    def _timed_out(self) -> TimeoutError:
+        self._ended = True
+        done = self._job.snapshot().items_done
+        return TimeoutError(f"job {self._job.id} is still running after {self._timeout} s ({done} of "
+                            f"{len(self._job.items)} iterations finished); as_completed(timeout=None) waits "
+                            "for all of them")
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def __iter__(self) -> AsCompleted:
+        return self
+
+    def __next__(self) -> tuple[int, Any]:
+        if self._ended:
+            raise StopIteration
+        changed = self._job._changed
+        with changed:
+            while (got := self._next_ready()) is _NOT_YET:
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    raise self._timed_out()
+                # Woken by the job's notify; the short bound keeps Ctrl-C responsive, as wait() does.
+                changed.wait(0.2 if remaining is None else min(remaining, 0.2))
+        if got is _END:
+            self._finish()
+            raise StopIteration
+        return got
+
+    def __aiter__(self) -> AsCompleted:
+        return self
+
+    async def __anext__(self) -> tuple[int, Any]:
+        import asyncio
+
+        if self._ended:
+            raise StopAsyncIteration
+        if self._wakeup is None:
+            self._wakeup = _Wakeup(self._job)
+        try:
+            while True:
+                self._wakeup.event.clear()  # before the check: a notification after it sets it again
+                with self._job._lock:
+                    got = self._next_ready()
+                if got is not _NOT_YET:
+                    break
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    raise self._timed_out()
+                try:
+                    await asyncio.wait_for(self._wakeup.event.wait(), remaining)
+                except asyncio.TimeoutError:
+                    raise self._timed_out() from None
+        except BaseException:
+            self._close()
+            raise
+        if got is _END:
+            self._close()
+            self._finish()
+            raise StopAsyncIteration
+        return got
+
+    def _close(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.close()
+            self._wakeup = None
+
+    def __del__(self) -> None:  # an `async for` left by `break` never says so: stop listening here
+        self._close()

@@ -1,0 +1,140 @@
+"""``azpar_magic.map`` and ``starmap``: the job a ``%%azpar`` cell runs, for a function.
+
+A call becomes the cell ``for __azpar_item__ in ITEMS: FUNC(__azpar_item__)`` (``FUNC(*item)``
+for starmap) and goes through the same engine, backends, options and checks as the magic's
+cells, so scripts, libraries and papermill runs get exactly what notebooks get. The function
+is captured by the cell's rules: a function of ``__main__`` (a notebook, a script), a lambda
+or a closure travels by value (dill) with the notebook names it reads, and nothing else; a
+function of an importable module travels by reference (a module of the working folder is
+shipped, an installed one is required on the workers).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import session
+from .engine import API_SPELLING, RunRequest, SubmitError, validate_options
+from .job import Job, JobOptions
+from .parsing import is_requirement, is_variable_name, parse_cell, split_requirements
+
+_ITEM = "__azpar_item__"  # the loop target: a name no function reads as a global
+_ITEMS = "__azpar_items__"
+_FN = "__azpar_fn__"  # the function, when it has no name of its own in __main__ (a lambda, a closure)
+
+# --workers' bound, as the magic states it (magics._workers_limit): per CPU this process may use.
+WORKERS_PER_CPU = 4
+WORKERS_FLOOR = 32
+
+
+def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "stop", retries: int = 2,  # noqa: A001
+        timeout: float | None = None, chunk_size: int | None = None, seed: int | None = None,
+        workers: int | None = None, backend: str | None = None, profile: str | None = None,
+        packages: Iterable[str] = (), keep: bool = False, export: Iterable[str] = (),
+        no_export: Iterable[str] = (), wait: bool = True) -> list | Job:
+    """``[func(x) for x in iterable]``, each call an iteration of one azpar job, on the local
+    pool or on Azure Batch: the list of values in input order, or with ``wait=False`` the Job
+    at once (``job.result()``, ``job.as_completed()``, ``await job``).
+
+    Options are the cell's, as keywords: ``errors`` (stop raises IterationError with the
+    failing index, item and remote traceback; remove drops failed calls; pass puts the
+    exception in their place), ``retries``, ``timeout``, ``chunk_size``, ``seed``,
+    ``workers``, ``backend``, ``profile``, ``packages`` (Azure), ``keep`` (Azure), ``export``
+    and ``no_export``. Bad values raise ValueError (TypeError for a ``func`` that is not
+    callable) before anything is submitted. Ctrl-C while waiting cancels the job.
+    What the calls print is kept, not shown: ``job.output(i)``, ``job.logs()``."""
+    return _submit(func, iterable, False, locals())
+
+
+def starmap(func: Callable[..., Any], iterable: Iterable[Iterable[Any]], *, errors: str = "stop", retries: int = 2,
+            timeout: float | None = None, chunk_size: int | None = None, seed: int | None = None,
+            workers: int | None = None, backend: str | None = None, profile: str | None = None,
+            packages: Iterable[str] = (), keep: bool = False, export: Iterable[str] = (),
+            no_export: Iterable[str] = (), wait: bool = True) -> list | Job:
+    """``[func(*args) for args in iterable]`` as one azpar job (see ``map``): each item is
+    a tuple (any iterable) of positional arguments, as ``itertools.starmap`` takes them."""
+    return _submit(func, iterable, True, locals())
+
+
+def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any]) -> list | Job:
+    """Check everything, submit one job, then wait for it or hand it back."""
+    if not callable(func):
+        raise TypeError(f"azpar_magic.{'starmap' if star else 'map'} takes a function (any callable) first, not "
+                        f"{type(func).__name__} {func!r}. Nothing was submitted.")
+    options = JobOptions(errors=given["errors"], retries=given["retries"], timeout=given["timeout"],
+                         chunk_size=given["chunk_size"], seed=given["seed"])
+    try:
+        validate_options(options, API_SPELLING)
+    except SubmitError as exc:
+        raise ValueError(f"{exc} Nothing was submitted.") from None
+    _check_workers(given["workers"])
+    packages = _requirements(given["packages"])
+    try:
+        engine = session.engine(given["backend"], given["workers"], given["profile"])
+    except ValueError as exc:  # config.ConfigError is a ValueError
+        raise ValueError(f"{exc}. Nothing was submitted.") from None
+    namespace, name = _namespace(func, iterable)
+    cell = parse_cell(f"for {_ITEM} in {_ITEMS}", f"{name}({'*' if star else ''}{_ITEM})")
+    request = RunRequest(cell, namespace, options, tuple(given["export"]), tuple(given["no_export"]),
+                         backend_options={"packages": packages, "merge": "client", "keep": bool(given["keep"])})
+    try:
+        job = engine.submit(request)
+    except SubmitError as exc:
+        raise ValueError(str(exc).replace(f"`{_ITEMS}`", "the iterable given to map")) from None
+    session.remember(job)
+    if not given["wait"]:
+        return job
+    try:
+        return job.result()
+    except KeyboardInterrupt:  # as in a cell: Ctrl-C cancels the job; finished values stay on the handle
+        job.cancel()
+        job.wait(10)
+        raise
+
+
+def _namespace(func: Callable, iterable: Iterable) -> tuple[dict[str, Any], str]:
+    """The namespace the cell is captured from, and the name the body calls ``func`` by.
+
+    ``__main__``'s names (the notebook's, or the script's) are where the code of a function
+    defined there finds its globals, so capture resolves what it reads there, exactly as
+    for a cell. A function bound in ``__main__`` under its own name is called by that name,
+    so tracebacks and ``rerun`` read as the user wrote it; any other callable by _FN."""
+    main = getattr(sys.modules.get("__main__"), "__dict__", None) or {}
+    namespace = dict(main)
+    name = getattr(func, "__name__", None)
+    if not (isinstance(name, str) and is_variable_name(name) and main.get(name) is func
+            and getattr(func, "__module__", None) == "__main__" and not name.startswith("__azpar")):
+        name = _FN
+        namespace[_FN] = func
+    namespace[_ITEMS] = iterable
+    return namespace, name
+
+
+def workers_limit() -> int:
+    """The largest ``workers`` accepted: per usable CPU (affinity and cgroup quota), as the
+    magic's --workers, not the machine's count."""
+    return max(WORKERS_FLOOR, WORKERS_PER_CPU * session.default_workers())
+
+
+def _check_workers(workers: Any) -> None:
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= workers_limit():
+        raise ValueError(f"workers must be a whole number between 1 and {workers_limit()} ({WORKERS_PER_CPU} per "
+                         f"CPU this process may use, at least {WORKERS_FLOOR}), not {workers!r}. Nothing was "
+                         "submitted.")
+
+
+def _requirements(packages: Iterable[str] | str) -> list[str]:
+    """``packages`` as pip requirements, checked as --packages checks them."""
+    if isinstance(packages, str):
+        packages = [packages]
+    found = split_requirements(list(packages))
+    bad = [p for p in found if not is_requirement(p)]
+    if bad:
+        raise ValueError(f"packages takes pip requirements like numpy==1.26.4 or 'scipy>=1.11,<1.14'; "
+                         f"{', '.join(repr(p) for p in bad)} {'is' if len(bad) == 1 else 'are'} not. "
+                         "Nothing was submitted.")
+    return found

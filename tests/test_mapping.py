@@ -1,0 +1,308 @@
+"""``azpar_magic.map`` / ``starmap``: the cell's job for a function.
+
+The differential corpus (tests/test_differential.py) is turned into functions: each case's
+body becomes a function of the loop target defined in the shell's ``__main__``, its setup
+defines what the body calls, and ``map`` (``starmap`` where the loop target unpacks) must
+give exactly the plain ``[f(x) for x in items]`` of the same shell, under each error policy.
+Scripts (a function of ``__main__``, a lambda, a closure, a partial, an imported module's
+function) run in a real subprocess; one map runs on the test Batch service.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import azpar_magic
+from azpar_magic import session
+
+from .helpers_corpus import Case, notebook_classes, same
+from .test_bad_input import Guard
+from .test_differential import CASES, clean_shell  # noqa: F401 (a fixture)
+
+FN = "__azmap_fn"
+ARG = "__azmap_arg"
+
+
+def _target_unpacks(header: str) -> bool:
+    text = header.strip().removesuffix(":")
+    loop = ast.parse(text + ":\n    pass\n").body[0]
+    return isinstance(loop.target, (ast.Tuple, ast.List))
+
+
+def function_source(case: Case, star: bool) -> str:
+    """``def __azmap_fn(arg)`` (``(*args)`` for starmap) binding the case's loop target and
+    running its body; the value of its last expression is returned, as the cell's value."""
+    text = case.header.strip().removesuffix(":")
+    loop = ast.parse(text + ":\n    pass\n").body[0]
+    body = ast.parse(case.body).body
+    if body and isinstance(body[-1], ast.Expr):
+        body[-1] = ast.Return(body[-1].value)
+    bind = ast.Assign(targets=[loop.target], value=ast.Name(ARG, ast.Load()), lineno=1)
+    args = ast.arguments(posonlyargs=[], args=[] if star else [ast.arg(ARG)], vararg=ast.arg(ARG) if star else None,
+                         kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[])
+    fn = ast.FunctionDef(FN, args, [bind, *body], [], None, type_params=[]) if sys.version_info >= (3, 12) \
+        else ast.FunctionDef(FN, args, [bind, *body], [], None)
+    return ast.unparse(ast.fix_missing_locations(ast.Module([fn], [])))
+
+
+def _usable(case: Case) -> bool:
+    """Cases a function expresses: not ``continue`` (a loop statement) nor display()
+    (the cell's rich output, which map keeps in the job rather than showing)."""
+    return "continue" not in case.body and "display(" not in case.body
+
+
+def _map_options(case: Case) -> dict:
+    words = case.options.split()
+    options: dict = {"errors": case.errors}
+    for flag, value in zip(words[::2], words[1::2]):
+        options[{"--chunk-size": "chunk_size", "--export": "export"}[flag]] = (
+            int(value) if flag == "--chunk-size" else value.split(","))
+    if case.files:
+        options["chunk_size"] = 1000  # one worker installs the shipped modules (see check_case)
+    return options
+
+
+def _sequential(fn, items: list, errors: str):
+    """The plain loop: values (exceptions kept under pass, dropped under remove), and the
+    first failure with its index under stop."""
+    values = []
+    for index, item in enumerate(items):
+        try:
+            values.append(fn(item))
+        except Exception as exc:
+            if errors == "stop":
+                return values, (index, item, exc)
+            if errors == "pass":
+                values.append(exc)
+    return values, None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if _usable(c)])
+def test_map_equals_the_sequential_calls(case: Case, ip, run_cell, tmp_path, clean_shell):  # noqa: F811
+    for name, text in case.files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    if case.setup:
+        setup = run_cell(case.setup)
+        assert setup.success, setup.error
+    star = _target_unpacks(case.header)
+    defined = run_cell(function_source(case, star))
+    assert defined.success, defined.error
+    fn = ip.user_ns[FN]
+    assert sys.modules["__main__"].__dict__ is ip.user_ns, "the shell's namespace is not __main__'s"
+    iterable = case.header.strip().removesuffix(":").split(" in ", 1)[1]
+    items = list(eval(iterable, ip.user_ns))
+    call = (lambda item: fn(*item)) if star else fn
+    classes = notebook_classes(ip.user_ns)
+    expected, failure = _sequential(call, items, case.errors)
+
+    run = azpar_magic.starmap if star else azpar_magic.map
+    if failure is None:
+        got = run(fn, eval(iterable, ip.user_ns), **_map_options(case))
+        same(got, expected, classes)
+        if case.check:
+            case.check(ip, got, None)
+        return
+    index, item, exc = failure
+    with pytest.raises(azpar_magic.IterationError) as info:
+        run(fn, eval(iterable, ip.user_ns), **_map_options(case))
+    err = info.value
+    assert (err.index, err.item_repr) == (index, repr(item))
+    assert err.error_type.rsplit(".", 1)[-1] == type(exc).__name__
+    assert err.error_message == str(exc)
+    assert f"in {FN}" in err.remote_traceback, err.remote_traceback  # the user's function, by its name
+    if case.check:
+        case.check(ip, err, None)
+
+
+def test_the_corpus_gives_map_and_starmap_enough_cases():
+    usable = [c for c in CASES if _usable(c)]
+    assert len(usable) >= 50
+    assert sum(_target_unpacks(c.header) for c in usable) >= 5  # starmap
+    assert {c.errors for c in usable} == {"stop", "remove", "pass"}
+
+
+@pytest.mark.timeout(60)
+def test_map_runs_lambdas_closures_partials_and_module_functions(ip, run_cell, clean_shell):  # noqa: F811
+    import functools
+
+    setup = run_cell("K = 7\ndef make(n):\n    return lambda v: v * n + K\nadd = make(3)\n")
+    assert setup.success, setup.error
+    assert azpar_magic.map(ip.user_ns["add"], range(4)) == [7, 10, 13, 16]
+    assert azpar_magic.map(lambda v: -v, [1, 2]) == [-1, -2]
+    assert azpar_magic.map(functools.partial(pow, 2), range(4), chunk_size=1) == [1, 2, 4, 8]
+    assert azpar_magic.starmap(divmod, [(7, 2), (9, 4)]) == [(3, 1), (2, 1)]
+    assert azpar_magic.map(len, []) == []
+
+
+@pytest.mark.timeout(60)
+def test_map_ships_what_the_function_reads_and_nothing_else(ip, run_cell, clean_shell):  # noqa: F811
+    setup = run_cell("import threading\nUNRELATED = threading.Lock()\nSCALE = 3\n"
+                     "def scaled(v):\n    return v * SCALE\n")
+    assert setup.success, setup.error
+    job = azpar_magic.map(ip.user_ns["scaled"], range(3), wait=False)
+    assert job.result(timeout=30) == [0, 3, 6]
+    assert set(job.capture.names) == {"scaled", "SCALE"}  # not the lock, not the rest of __main__
+    assert job.source.splitlines()[1] == "scaled(__azpar_item__)"  # a notebook function by its own name
+
+
+@pytest.mark.timeout(60)
+def test_map_under_seed_gives_the_cells_streams(ip, run_cell, clean_shell):  # noqa: F811
+    setup = run_cell("import random\ndef draw(i):\n    return random.random()\n")
+    assert setup.success, setup.error
+    cell = run_cell("%%azpar -q -o __seeded --seed 11 for i in range(6)\ndraw(i)")
+    assert cell.success, cell.error
+    assert azpar_magic.map(ip.user_ns["draw"], range(6), seed=11, chunk_size=4) == ip.user_ns["__seeded"]
+
+
+SCRIPT = '''
+import functools, sys
+import azpar_magic
+from helper_mod import triple
+
+OFFSET = 100
+
+def shifted(v):
+    return v + OFFSET
+
+def make_closure(k):
+    def inner(v):
+        return v * k + OFFSET
+    return inner
+
+if __name__ == "__main__":
+    print(azpar_magic.map(shifted, range(3), workers=2))
+    print(azpar_magic.map(lambda v: v - OFFSET, range(3)))
+    print(azpar_magic.map(make_closure(5), range(3)))
+    print(azpar_magic.map(functools.partial(shifted), [1]))
+    print(azpar_magic.map(triple, range(3)))
+    print(azpar_magic.starmap(max, [(1, 9), (8, 2)]))
+    job = azpar_magic.map(shifted, range(4), wait=False)
+    print(sorted(job.as_completed()))
+'''
+
+
+@pytest.mark.timeout(90)
+def test_map_from_a_script(tmp_path):
+    """A script's own functions (its __main__), lambdas, closures and a function of a module
+    beside it (shipped with the job: the pool's workers do not have it)."""
+    (tmp_path / "helper_mod.py").write_text("def triple(v):\n    return 3 * v\n")
+    (tmp_path / "script.py").write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZPAR_") or k == "AZPAR_JOB_STORE"}
+    env["PYTHONPATH"] = str(Path(azpar_magic.__file__).parents[1])  # this checkout's package, whatever is installed
+    done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=80)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[100, 101, 102]", "[-100, -99, -98]", "[100, 105, 110]", "[101]",
+                                        "[0, 3, 6]", "[9, 8]", "[(0, 100), (1, 101), (2, 102), (3, 103)]"]
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def test_map_errors_policy_and_the_failure(ip, run_cell, clean_shell):  # noqa: F811
+    setup = run_cell("def inv(v):\n    return 1 / v\n")
+    assert setup.success, setup.error
+    inv = ip.user_ns["inv"]
+    assert azpar_magic.map(inv, [1, 0, 2], errors="remove") == [1.0, 0.5]
+    passed = azpar_magic.map(inv, [1, 0, 2], errors="pass")
+    assert isinstance(passed[1], ZeroDivisionError) and passed[::2] == [1.0, 0.5]
+    with pytest.raises(azpar_magic.IterationError) as info:
+        azpar_magic.map(inv, [1, 0, 2])
+    assert info.value.index == 1 and "return 1 / v" in info.value.remote_traceback
+    with pytest.raises(azpar_magic.IterationError) as info:
+        azpar_magic.starmap(inv, [(1,), 5])  # itertools.starmap's TypeError, at that item
+    assert info.value.index == 1 and info.value.error_type.endswith("TypeError")
+
+
+@pytest.fixture
+def guard(ip, tmp_path, clean_shell):  # noqa: F811
+    found = Guard(ip, tmp_path / "markers")
+    run = ip.run_cell(f"def __azmap_marked(x):\n    {found.marker}\n    return x\n")
+    assert run.success
+    found.fn = ip.user_ns["__azmap_marked"]
+    return found
+
+
+def test_the_guard_sees_a_map(guard):
+    """The 'nothing ran' check below can fail: a valid map leaves its markers."""
+    assert azpar_magic.map(guard.fn, range(2)) == [0, 1]
+    assert list(guard.folder.iterdir())
+
+
+@pytest.mark.parametrize("options, fragments", [
+    ({"errors": "ignore"}, ["errors must be one of stop, remove, pass, not 'ignore'"]),
+    ({"chunk_size": 0}, ["chunk_size must be a positive whole number"]),
+    ({"chunk_size": 2.0}, ["chunk_size must be a positive whole number"]),
+    ({"retries": -1}, ["retries must be a whole number from 0 to 100"]),
+    ({"retries": True}, ["retries must be a whole number"]),
+    ({"timeout": 0}, ["timeout must be a number of seconds above 0"]),
+    ({"timeout": float("nan")}, ["timeout must be a number of seconds"]),
+    ({"seed": -1}, ["seed must be a whole number from 0 to 2**64-1"]),
+    ({"workers": 0}, ["workers must be a whole number between 1 and"]),
+    ({"workers": 10_000}, ["workers must be a whole number between 1 and"]),
+    ({"workers": "2"}, ["workers must be a whole number"]),
+    ({"packages": ["git+https://example.org/x.git"]}, ["packages takes pip requirements"]),
+    ({"profile": "no-such-profile"}, ["no-such-profile"]),
+    ({"export": ["UNDEFINED_NAME_X"]}, ["UNDEFINED_NAME_X"]),
+], ids=["errors", "chunk_zero", "chunk_float", "retries_negative", "retries_bool", "timeout_zero", "timeout_nan",
+        "seed_negative", "workers_zero", "workers_huge", "workers_str", "packages_url", "profile_unknown",
+        "export_unknown"])
+def test_bad_options_are_refused_before_anything_is_submitted(guard, options, fragments):
+    with pytest.raises(ValueError) as info:
+        azpar_magic.map(guard.fn, range(3), **options)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert message.endswith("Nothing was submitted."), message
+    guard.assert_nothing_submitted()
+
+
+def test_the_options_say_the_same_as_the_magics(ip, run_cell, guard):
+    """The rule and its words are the cell's (engine.validate_options), each option named
+    as the caller wrote it: --chunk-size in a cell, chunk_size for map."""
+    run = run_cell("%%azpar -q --chunk-size 0 for x in range(3)\nx")
+    assert not run.success
+    with pytest.raises(ValueError) as info:
+        azpar_magic.map(guard.fn, range(3), chunk_size=0)
+    assert str(run.error).replace("--chunk-size", "chunk_size") == str(info.value)
+    guard.assert_nothing_submitted()
+
+
+def test_a_non_callable_or_an_unusable_iterable_is_refused(guard):
+    with pytest.raises(TypeError, match="takes a function"):
+        azpar_magic.map([1, 2], range(3))
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(ValueError) as info:
+        azpar_magic.map(guard.fn, broken())
+    assert "the iterable given to map raised OSError: disk gone" in str(info.value)
+    with pytest.raises(TypeError):
+        azpar_magic.map(guard.fn, range(3), gather=["y"])  # no body variables: not an option of map
+    guard.assert_nothing_submitted()
+
+
+# ------------------------------------------------------------------------------- Azure
+
+
+@pytest.mark.azure
+@pytest.mark.timeout(180)
+def test_map_and_starmap_on_the_test_batch_service(azure, ip, run_cell, clean_shell):  # noqa: F811
+    setup = run_cell("OFFSET = 1000\ndef shifted(v, w=0):\n    return v + w + OFFSET\n")
+    assert setup.success, setup.error
+    job = azpar_magic.map(ip.user_ns["shifted"], range(5), chunk_size=2, wait=False)
+    assert job.backend_name == "azure"
+    assert job.result(timeout=150) == [1000, 1001, 1002, 1003, 1004]
+    assert azpar_magic.starmap(ip.user_ns["shifted"], [(1, 2), (3, 4)]) == [1003, 1007]
