@@ -50,7 +50,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
 
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement
@@ -350,6 +349,8 @@ def _file_url_path(url: str) -> Path | None:
     parts = urlsplit(url)
     if parts.scheme != "file":
         return None
+    from urllib.request import url2pathname  # only here: urllib.request costs 6 ms to import
+
     return Path(url2pathname(unquote(parts.path)))
 
 
