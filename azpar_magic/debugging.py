@@ -25,6 +25,7 @@ debugger (IPython's own post-mortem, as ``%debug`` does) on what ``run`` returns
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ class Reproduction:
     item: Any
     loaded: wire.LoadedJob
     notes: list[str] = field(default_factory=list)  # said before it runs (a changed environment)
+    kernel_imports: _KernelImports | None = None  # put back after the run (the job's own .py modules)
 
 
 @dataclass
@@ -114,13 +116,41 @@ def prepare(job: str | None, index: int) -> Reproduction:
     if manifest.get("options", {}).get("inputs") or manifest.get("options", {}).get("outputs"):
         notes.append(f"azpar: job {job_id} used --inputs/--outputs; here the iteration runs in this kernel's "
                      "folder, without its inputs/ folder, so file paths may differ from the workers'")
-    loaded = _load(job_id, envelope, namespace)
-    codec, data, indices = place
+    kernel_imports = _KernelImports(envelope.get("local_modules") or {})
     try:
-        items = wire.load_items(codec, data, loaded)
-    except wire.EnvironmentMismatch as exc:
-        raise DebugError(f"iteration {index} of job {job_id}: {exc}") from None
-    return Reproduction(job_id, index, items[list(indices).index(index)], loaded, notes)
+        loaded = _load(job_id, envelope, namespace)
+        codec, data, indices = place
+        try:
+            items = wire.load_items(codec, data, loaded)
+        except wire.EnvironmentMismatch as exc:
+            raise DebugError(f"iteration {index} of job {job_id}: {exc}") from None
+    except BaseException:
+        kernel_imports.restore()
+        raise
+    return Reproduction(job_id, index, items[list(indices).index(index)], loaded, notes, kernel_imports)
+
+
+class _KernelImports:
+    """The kernel's ``sys.path`` and its imports of the modules a job shipped from the
+    notebook's folder, saved before the worker's loader puts the job's copies first, and put
+    back after the run: the notebook's own ``import helpers`` must find today's file again,
+    not the job's copy (the debugged frames keep the job's modules they used)."""
+
+    def __init__(self, local_modules: dict) -> None:
+        self.tops = {rel.split("/")[0].removesuffix(".py") for rel in local_modules}
+        self.path = list(sys.path)
+        self.modules = {name: module for name, module in sys.modules.items() if self._ours(name)}
+
+    def _ours(self, name: str) -> bool:
+        return any(name == top or name.startswith(top + ".") for top in self.tops)
+
+    def restore(self) -> None:
+        if not self.tops:
+            return
+        sys.path[:] = self.path
+        for name in [n for n in sys.modules if self._ours(n)]:
+            del sys.modules[name]
+        sys.modules.update(self.modules)
 
 
 def _staged_namespace(job_id: str, manifest: dict, envelope: dict) -> bytes:
@@ -179,4 +209,7 @@ def run(reproduction: Reproduction) -> Outcome:
         if isinstance(exc, KeyboardInterrupt):
             raise
         return Outcome(exception=exc)
+    finally:
+        if reproduction.kernel_imports is not None:
+            reproduction.kernel_imports.restore()
     return Outcome(value=value)

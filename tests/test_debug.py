@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 import traceback
 
 import pytest
@@ -154,3 +155,40 @@ def test_azure_job_debugs_from_the_staged_namespace(ip, run_cell, azure, job_sto
     with pytest.raises(UsageError) as caught:
         ip.run_line_magic("azpar", f"debug {job.id} 3")
     assert "no longer available" in str(caught.value) and envelope["namespace"]["file"] in str(caught.value)
+
+
+def test_chunked_module_mode_job_with_a_notebook_class_item(ip, run_cell, job_store):
+    """--gather runs the body in module mode; --chunk-size 3 puts iteration 4 second in its
+    task; the item is an instance of a notebook class, rebuilt with the job's class."""
+    ip.run_cell("class Point:\n    def __init__(self, v):\n        self.v = v\n    def inv(self):\n"
+                "        return 1 / (self.v - 4)\npoints = [Point(v) for v in range(6)]")
+    before = {j.id for j in azpar_magic.jobs()}
+    assert run_cell("%%azpar -q --chunk-size 3 --gather w --errors pass -o inv for p in points:\n"
+                    "w = p.v * 2\np.inv()").success
+    (job,) = [j for j in azpar_magic.jobs() if j.id not in before]
+    ip.run_cell("class Point:\n    def __init__(self, v):\n        self.v = v\n    def inv(self):\n        return 0")
+    run = run_cell(f"%azpar debug {job.id} 4 --no-pdb")
+    assert isinstance(run.error, ZeroDivisionError), run.error
+    frames = {t.tb_frame.f_code.co_name: t.tb_frame for t in _walk(run.error.__traceback__)}
+    assert frames["inv"].f_locals["self"].v == 4
+    assert ip.run_line_magic("azpar", f"debug {job.id} 5 --no-pdb") == 1.0
+
+
+def test_the_jobs_local_module_and_the_kernels_imports_afterwards(ip, run_cell, job_store, tmp_path, monkeypatch):
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    (folder / "h8helpers.py").write_text("def g(x):\n    return 1 / (x - 1)\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    ip.run_cell("import h8helpers")
+    before = {j.id for j in azpar_magic.jobs()}
+    assert run_cell("%%azpar -q --errors pass -o hv for x in range(3):\nh8helpers.g(x)").success
+    (job,) = [j for j in azpar_magic.jobs() if j.id not in before]
+    assert store.stored_envelope(job.id)[0]["local_modules"], "the job did not ship the module"
+    (folder / "h8helpers.py").write_text("def g(x):\n    return 'today'\n")
+    ip.run_cell("import importlib; importlib.reload(h8helpers)")
+    path_before, today = list(sys.path), sys.modules["h8helpers"]
+    run = run_cell(f"%azpar debug {job.id} 1 --no-pdb")
+    assert isinstance(run.error, ZeroDivisionError), run.error  # the job's copy of the module
+    assert sys.path == path_before and sys.modules["h8helpers"] is today
+    assert ip.run_cell("h8helpers.g(1)").result == "today"
