@@ -514,16 +514,21 @@ def _files_hash(files: Sequence[tuple[str, Path]]) -> str:
 
 def _tree_hash(src: Path) -> str:
     """Content hash of a source folder: every file except VCS data, caches, hidden folders,
-    build output and byte code."""
+    build output, byte code and virtual environments (a folder with ``pyvenv.cfg``, PEP 405, or
+    ``conda-meta``): a project's own ``venv/`` holds thousands of files no wheel includes."""
     files = []
     for folder, dirs, names in os.walk(src):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS
-                   and not d.endswith(".egg-info")]
+                   and not d.endswith(".egg-info") and not _is_environment(Path(folder, d))]
         for n in names:
             if not n.endswith((".pyc", ".pyo")):
                 full = Path(folder, n)
                 files.append((full.relative_to(src).as_posix(), full))
     return _files_hash(files)
+
+
+def _is_environment(folder: Path) -> bool:
+    return (folder / "pyvenv.cfg").is_file() or (folder / "conda-meta").is_dir()
 
 
 def _pip_wheel(src: Path, into: Path, name: str, version: str) -> None:

@@ -8,7 +8,9 @@ Layout, one folder per job named by its id::
         manifest.json   what the job is and where it stands (JSON)                    (0600)
         records.azs     append-only: the items as shipped, then one record per finished
                         task (encoded values, failures) and per task that printed or failed
-                        (its output and tracebacks)                                    (0600)
+                        (its output and tracebacks); the envelope header it ran with  (0600)
+        namespace.bin   a local job's captured namespace: a hard link to the file below
+      namespaces/ns-<sha256>.bin   each distinct namespace once, for %azpar debug     (0600)
 
 Why this shape:
 
@@ -32,7 +34,8 @@ Why this shape:
   re-serialisation, ever). The thread writes what is queued every ``COALESCE`` seconds
   while there is any (see ``_Writer`` for why it is never woken per event), so a job
   shorter than that is written once, in three file creations (folder, records, final
-  manifest), and every finished task is on disk within ``COALESCE`` seconds. A kernel
+  manifest) and, for a local job, one hard link to its namespace (the namespace file itself
+  is created only the first time those bytes are captured), and every finished task is on disk within ``COALESCE`` seconds. A kernel
   killed while a job runs therefore loses at most the tasks of its last ``COALESCE``
   seconds, which ``rerun --failed`` computes again. Nothing calls fsync: records survive a killed
   process (they are in the OS's page cache), a power cut may lose the last seconds.
@@ -491,8 +494,9 @@ class JobRecorder:
         """Keep what ran: the envelope header the workers got (cell code, filename, mode,
         packages, seed) and, when ``namespace`` is given, the captured namespace bytes, so
         ``%azpar debug`` can run an iteration again here with the job's own namespace, also
-        after the kernel restarts. Two records in the job's own file: no file is created for
-        them (file creation is what a short job pays for, see the module docstring).
+        after the kernel restarts. The envelope is a record of the job's own file; the bytes
+        are kept once per distinct namespace and linked into the job's folder
+        (``keep_namespace``): one more file creation per job, on the writer thread.
 
         A backend whose jobs outlive the kernel stages the namespace where its nodes can
         still fetch it after the kernel ends (Azure: the cache container), so the engine
@@ -531,6 +535,7 @@ class JobRecorder:
     def _write_pending(self) -> None:
         chunks: list[bytes] = []
         end = None
+        keep: tuple[str, bytes] | None = None  # (sha256, bytes) of a namespace this store keeps
         while self._pending:
             event = self._pending.popleft()
             if event[0] == "result":
@@ -542,7 +547,7 @@ class JobRecorder:
                 _, envelope, namespace = event
                 chunks.append(_record({"k": "envelope"}, json.dumps(envelope, default=str).encode()))
                 if namespace is not None:
-                    chunks.append(_record({"k": "namespace", "sha256": envelope["namespace"]["sha256"]}, namespace))
+                    keep = (envelope["namespace"]["sha256"], namespace)
             else:
                 end = event[1]
         data = b"".join(chunks)
@@ -550,6 +555,11 @@ class JobRecorder:
             self._create(data, end)
         elif data and self._fd is not None:  # (a late duplicate after the end is dropped, as the Job drops it)
             _write_all(self._fd, data)
+        if keep is not None:
+            try:
+                keep_namespace(self.root, self.folder, *keep)
+            except OSError:  # (a full disk): the job's records matter more; debug then says it has none
+                pass
         if end is not None and not self._ended:
             self._ended = True
             self._close()
@@ -727,13 +737,10 @@ def stored_envelope(job_id: str) -> tuple[dict | None, bytes | None]:
     them, bytes None when the backend staged the namespace elsewhere (``keep_envelope``)."""
     flush()
     envelope: dict | None = None
-    namespace: bytes | None = None
     for header, body, _ in _iter_records(_read_file(job_folder(job_id) / RECORDS), len(FILE_MAGIC)):
         if header.get("k") == "envelope":
             envelope = json.loads(bytes(body))
-        elif header.get("k") == "namespace":
-            namespace = bytes(body)
-    return envelope, namespace
+    return envelope, stored_namespace(job_id) if envelope is not None else None
 
 
 def item_record(job_id: str, index: int) -> tuple[str, bytes, Sequence[int]] | str | None:
@@ -1180,8 +1187,75 @@ class _Follower(threading.Thread):
 
 
 def delete(job_id: str) -> None:
-    """Remove the job's folder: its manifest and records (items, results, logs)."""
+    """Remove the job's folder: its manifest and records (items, results, logs), and its
+    namespace when no other job keeps the same one."""
     folder = job_folder(job_id)
     if not (folder / MANIFEST).exists():
         raise KeyError(job_id)
+    digest = None
+    try:
+        digest = stored_envelope(job_id)[0]["namespace"]["sha256"]
+    except (TypeError, KeyError, ValueError, OSError, StoreError):
+        pass
     shutil.rmtree(folder)
+    if digest:
+        _drop_unlinked_namespace(folder.parent, digest)
+
+
+# ---------------------------------------------------------------------------------------
+# Namespaces: content-addressed, one hard link per job
+# ---------------------------------------------------------------------------------------
+
+NAMESPACES = "namespaces"  # under the store root: ns-<sha256>.bin, one file per distinct namespace
+NAMESPACE_LINK = "namespace.bin"  # in a job's folder: a hard link to its namespace
+
+
+def _namespace_path(root: Path, digest: str) -> Path:
+    if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+        raise StoreError(f"{digest!r} is not a sha256 digest")
+    return root / NAMESPACES / wire.namespace_file_name(digest)
+
+
+def keep_namespace(root: Path, folder: Path, digest: str, data: bytes) -> None:
+    """Keep a local job's namespace bytes for ``%azpar debug``: written once per distinct
+    namespace under the store root (content-addressed, as staging is), and hard-linked into
+    the job's folder, so that rerunning a cell that captures a 100 MB array stores it once,
+    not once per run, and deleting a job removes its namespace with its last link (see
+    ``delete``). A file system without hard links gets a copy per job."""
+    shared = _namespace_path(root, digest)
+    shared.parent.mkdir(mode=0o700, exist_ok=True)
+    target = folder / NAMESPACE_LINK
+    for _ in range(2):
+        if not shared.exists():
+            tmp = shared.with_name(f".{shared.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            _create_private(tmp, data)
+            os.replace(tmp, shared)  # atomic: another writer of the same bytes wrote the same file
+        try:
+            os.link(shared, target)
+            return
+        except FileNotFoundError:  # removed by a delete between the check and the link: write it again
+            continue
+        except FileExistsError:
+            return
+        except OSError:  # no hard links here (some network or FUSE file systems)
+            break
+    _create_private(target, data)
+
+
+def stored_namespace(job_id: str) -> bytes | None:
+    """The namespace bytes the store keeps for a job (``keep_namespace``), or None."""
+    try:
+        with open(job_folder(job_id) / NAMESPACE_LINK, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def _drop_unlinked_namespace(root: Path, digest: str) -> None:
+    """Remove a kept namespace no job folder links to any more (its only link is its own)."""
+    try:
+        shared = _namespace_path(root, digest)
+        if shared.stat().st_nlink <= 1:
+            shared.unlink()
+    except (FileNotFoundError, StoreError):
+        pass

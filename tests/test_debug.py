@@ -192,3 +192,21 @@ def test_the_jobs_local_module_and_the_kernels_imports_afterwards(ip, run_cell, 
     assert isinstance(run.error, ZeroDivisionError), run.error  # the job's copy of the module
     assert sys.path == path_before and sys.modules["h8helpers"] is today
     assert ip.run_cell("h8helpers.g(1)").result == "today"
+
+
+def test_a_namespace_is_kept_once_and_goes_with_its_last_job(ip, run_cell, job_store):
+    ip.run_cell("import numpy as np\nbig = np.arange(200_000)")
+    cell = "%%azpar -q -o s for x in range(3):\nint(big[x])"
+    before = {j.id for j in azpar_magic.jobs()}
+    assert run_cell(cell).success and run_cell(cell).success
+    first, second = [j.id for j in azpar_magic.jobs() if j.id not in before]
+    store.flush()
+    (kept,) = list((job_store / store.NAMESPACES).iterdir())
+    assert kept.stat().st_size > 1_600_000 and kept.stat().st_nlink == 3  # once, linked by both jobs
+    assert (job_store / first / store.NAMESPACE_LINK).samefile(kept)
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
+    ip.run_line_magic("azpar", f"delete {first}")
+    assert kept.exists() and kept.stat().st_nlink == 2
+    assert ip.run_line_magic("azpar", f"debug {second} 2 --no-pdb") == 2
+    ip.run_line_magic("azpar", f"delete {second}")
+    assert not kept.exists()

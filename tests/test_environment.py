@@ -301,6 +301,26 @@ def test_editable_package_is_built_cached_and_rebuilt_after_an_edit(kernel, tmp_
     assert node_value(new.path, "ed_pkg", tmp_path / "node2") == ed_pkg.VALUE == 2
 
 
+def test_an_edit_outside_the_sources_does_not_rebuild(kernel, tmp_path):
+    """A virtual environment, VCS data or byte code inside the project folder is not source."""
+    src = project(tmp_path, "quiet-pkg")
+    kernel.editable(src)
+    for folder in ("venv", ".git", "quiet_pkg/__pycache__"):
+        (src / folder).mkdir()
+    (src / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    first = requirement_set({"quiet-pkg": "0.1"}, wheel_cache=kernel.cache)
+    (src / "venv" / "lib.py").write_text("x = 1\n")
+    (src / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (src / "quiet_pkg" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    assert requirement_set({"quiet-pkg": "0.1"}, wheel_cache=kernel.cache) == first
+    assert len(os.listdir(kernel.cache)) == 1
+    # a project file is source: the wheel is rebuilt; it has the same bytes (the README is not
+    # in it, and SOURCE_DATE_EPOCH fixes the times), so the content address stays
+    (src / "README.md").write_text("a file of the project\n")
+    again = requirement_set({"quiet-pkg": "0.1"}, wheel_cache=kernel.cache)
+    assert len(os.listdir(kernel.cache)) == 2 and again.digest == first.digest
+
+
 def test_a_broken_editable_build_names_the_package_pip_and_the_ways_out(kernel, tmp_path):
     src = project(tmp_path, "broken-pkg")
     kernel.editable(src)
