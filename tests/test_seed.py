@@ -79,13 +79,23 @@ def test_in_place_changes_of_a_captured_object_reach_later_iterations_on_the_sam
     assert "Changing a captured object in place is not isolated" in readme
 
 
+def _numpy_on_bare_nodes() -> dict:
+    """Profile fields that bring the kernel's numpy to the test service's bare nodes, from the
+    test wheel folder, as a user names a package the image lacks."""
+    import numpy
+
+    from .wheels import node_pip_options
+
+    return {"packages": [f"numpy=={numpy.__version__}"], "pip_options": node_pip_options("numpy")}
+
+
 @pytest.mark.azure
 def test_the_recipe_holds_on_azure_batch_too(ip, run_cell, batch, azurite, tmp_path, monkeypatch):
     from .azure_support import azure_profile
 
     monkeypatch.chdir(tmp_path)
     ip.user_ns["xs"] = list(range(5))
-    with azure_profile(tmp_path / "config", batch, azurite):
+    with azure_profile(tmp_path / "config", batch, azurite, **_numpy_on_bare_nodes()):
         run = run_cell(f"%%azpar -q --seed 7 --chunk-size 2 -o out for x in xs:\n{BODY}")
     assert run.success, run.error
     scope = {"xs": list(range(5))}
@@ -135,7 +145,7 @@ def test_the_worker_imports_numpy_only_for_a_body_that_does(ip, run_cell, batch,
 
     monkeypatch.chdir(tmp_path)
     ip.user_ns.pop("np", None)
-    with azure_profile(tmp_path / "config", batch, azurite):
+    with azure_profile(tmp_path / "config", batch, azurite, **_numpy_on_bare_nodes()):
         plain = run_cell("%%azpar -q --seed 7 --chunk-size 2 -o loaded for x in range(4):\n"
                          "import sys\n'numpy' in sys.modules")
         own = run_cell("%%azpar -q --seed 7 --chunk-size 2 -o own for x in range(4):\n"
