@@ -64,8 +64,9 @@ def test_every_job_is_written_private_with_its_manifest(job_store, monkeypatch):
     folder = job_store / "hub-ada" / job.id  # a hub user's jobs go to a folder of their own
     assert _mode(job_store) == 0o700 and _mode(folder.parent) == 0o700 and _mode(folder) == 0o700
     files = sorted(p.name for p in folder.iterdir())
-    assert files == sorted([store.MANIFEST, store.RECORDS])
+    assert files == sorted([store.MANIFEST, store.RECORDS, store.NAMESPACE_LINK])  # the namespace: for debug
     assert all(_mode(folder / name) == 0o600 for name in files)
+    assert _mode(folder.parent / store.NAMESPACES) == 0o700  # where each distinct namespace is kept once
 
     manifest = json.loads((folder / store.MANIFEST).read_text())
     assert manifest["id"] == job.id and manifest["backend"] == "local" and manifest["pool"] == "local"
