@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import zipfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -383,6 +383,11 @@ def _override(text: str, cache: Path) -> tuple[Requirement, LocalWheel | None]:
             f"--packages {value!r} is not a requirement pip can read ({exc}). Give a PEP 508 "
             "requirement ('pandas==2.2.3', 'numpy>=2; python_version >= \"3.11\"'), a VCS URL "
             "('git+https://host/repo.git@TAG#egg=NAME') or the path of a wheel file.") from None
+    local = _file_url_path(req.url) if req.url else None
+    if local is not None and local.name.endswith(".whl"):
+        return _override_wheel(value, local, source)
+    if local is not None and local.is_dir():
+        return _override_folder(local, cache, source)
     pins = [s.version for s in req.specifier if s.operator in ("==", "===")]
     version = pins[0] if len(pins) == 1 and "*" not in pins[0] else ""
     return Requirement(canonicalize_name(req.name), version, "index", value, source), None
@@ -424,7 +429,7 @@ def _name_from_url(url: str) -> str:
 # ------------------------------------------------------------------------- wheels, cached
 
 
-def _cached(cache: Path, key: str, build) -> Path:
+def _cached(cache: Path, key: str, build: Callable[[Path], object]) -> Path:
     """``cache/key/<the wheel>``, built by ``build(folder)`` into a temporary folder and renamed
     into place on a miss (atomic: a parallel build of the same key loses the rename harmlessly)."""
     final = cache / key
@@ -542,7 +547,9 @@ def _pip_wheel(src: Path, into: Path, name: str, version: str) -> None:
         raise RequirementError(
             f"azpar could not build a wheel of {name} {version} from {src} for the nodes (it is "
             f"installed from that folder, so no index has it). pip said:\n{tail}\n"
-            f"Fix the build (try: {' '.join(cmd[2:])}), or pin a version pip can fetch with "
+            "Fix the build (azpar builds offline with the kernel's own packages, so the build "
+            "backend that pyproject.toml's build-system names must be installed in the kernel; "
+            f"try: {' '.join(cmd[2:])}), or pin a version pip can fetch with "
             f"--packages '{name}==VERSION', or set auto_packages = false in the profile and use an "
             "image that has it.")
 

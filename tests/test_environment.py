@@ -241,6 +241,9 @@ def test_a_local_wheel_override_travels_as_a_wheel(tmp_path):
     [wheel] = rs.wheels
     assert wheel.path == path.resolve() and wheel.size == path.stat().st_size and wheel.name == "numpy"
     assert node_value(wheel.path, "numpy", tmp_path / "node") == 7
+    # the same as a PEP 508 direct reference to this machine's file
+    direct = by_name(requirement_set({}, [f"numpy @ {path.as_uri()}"]))["numpy"]
+    assert (direct.origin, direct.spec) == ("local", path.name)
 
 
 def test_a_source_folder_override_is_built_and_travels(tmp_path):
