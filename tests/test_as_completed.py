@@ -77,6 +77,27 @@ def test_a_chunks_iterations_arrive_together_when_its_task_ends():
     job = _job(9, chunk_size=3, workers=3)  # chunks [0,1,2] [3,4,5] [6,7,8]; the last one ends first
     order = [i for i, _ in job.as_completed()]
     assert order == [6, 7, 8, 3, 4, 5, 0, 1, 2]
+    # A failure inside a chunk: under pass it stands in at its place; under stop the chunk's
+    # iterations before it come first, then the error.
+    passed = list(_job(6, fail={4}, chunk_size=3, workers=2, errors="pass").as_completed())
+    assert [i for i, _ in passed] == [3, 4, 5, 0, 1, 2] and isinstance(passed[1][1], ValueError)
+    got = []
+    with pytest.raises(azpar_magic.IterationError) as info:
+        for pair in _job(6, fail={4}, chunk_size=3, workers=2).as_completed():
+            got.append(pair)
+    assert got == [(3, 30)] and info.value.index == 4
+
+
+def test_a_million_finished_iterations_are_handed_out_quickly():
+    job = azpar_magic.run("for i in range(1_000_000)", "i", {})
+    job.wait(60)
+    started = time.perf_counter()
+    count = total = 0
+    for index, value in job.as_completed():
+        count += 1
+        total += value
+    assert (count, total) == (1_000_000, sum(range(1_000_000)))
+    assert time.perf_counter() - started < 1.0  # about 0.25 s here; building a pair per iteration first took 1.6 s
 
 
 def test_a_cancelled_job_gives_its_finished_iterations_then_raises():
