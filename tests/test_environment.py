@@ -104,8 +104,9 @@ def kernel(tmp_path, monkeypatch):
             importlib.invalidate_caches()
 
     yield Kernel()
-    for name in set(sys.modules) - before:
-        sys.modules.pop(name, None)
+    for name in set(sys.modules) - before:  # the test's own projects, never what they pulled in
+        if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(tmp_path)):
+            del sys.modules[name]
 
 
 def json_name(src: Path) -> str:
