@@ -652,6 +652,31 @@ def notebook_objects_in(items: Iterable[object], namespace: Mapping[str, object]
     return found
 
 
+def item_modules(items: Iterable[object], depth: int = 3, budget: int = 10_000) -> set[str]:
+    """Modules of the types of the items and of what their containers hold (numpy arrays,
+    pandas rows from ``iterrows()``): the worker unpickles items too, so the distributions
+    behind them travel like the body's (issue 15). Distinct types are few, so a bounded look
+    at the items finds them; atomic items cost one pass at C speed."""
+    items = items if isinstance(items, list) else list(items)
+    if set(map(type, items)) <= _ATOMIC:
+        return set()
+    found: set[str] = set()
+    left = [budget]
+
+    def visit(obj: object, level: int) -> None:
+        if left[0] <= 0 or type(obj) in _ATOMIC:
+            return
+        left[0] -= 1
+        found.add(type(obj).__module__ or "")
+        if level < depth and isinstance(obj, _CONTAINERS):
+            for part in list(obj.items() if isinstance(obj, dict) else obj)[:100]:
+                visit(part, level + 1)
+
+    for item in items:
+        visit(item, 0)
+    return {m for m in found if m and m != "builtins" and m != "__main__"}
+
+
 def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterable[str] = (),
             no_export: Iterable[str] = (), folder: str | None = None, items: Iterable[object] = ()) -> Capture:
     """Choose, check and serialise what ``cell`` needs from ``namespace``."""
@@ -667,7 +692,7 @@ def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterab
     for name in export:
         chosen[name] = namespace[name]
     codec, data, used_modules = serialize(chosen)
-    modules = used_modules | reach.modules | imported_modules(cell.body_tree)
+    modules = used_modules | reach.modules | imported_modules(cell.body_tree) | item_modules(items)
     folder = folder or os.getcwd()
     local = local_module_files(modules, folder)
     local_tops = {path.split("/")[0].removesuffix(".py") for path in local}

@@ -14,7 +14,7 @@ import urllib.parse
 import pytest
 
 import azpar_magic
-from azpar_magic.backends.azure import commands
+from azpar_magic.backends.azure import commands, files
 
 from tests.wheels import node_pip_options, shared_folder, tiny_wheel
 
@@ -135,7 +135,8 @@ def test_environment_mismatch_names_both_versions_and_is_not_retried(azure, ip, 
     (info / "RECORD").write_text("azpar_probe_pkg/__init__.py,,\nazpar_probe_pkg-1.0.dist-info/METADATA,,\n")
     monkeypatch.syspath_prepend(str(site))
     ip.user_ns["probe"] = __import__("azpar_probe_pkg")
-    run = run_cell("%%azpar -q -o never for x in range(3):\nprobe.VALUE + x")
+    # --no-auto-packages: the worker's own check (issue 15 would otherwise try to install it first).
+    run = run_cell("%%azpar -q --no-auto-packages -o never for x in range(3):\nprobe.VALUE + x")
     assert not run.success
     message = str(run.error)
     assert "azpar-probe-pkg==1.0" in message and "not installed on this node" in message, message
@@ -253,7 +254,10 @@ def test_packages_are_installed_once_per_node_by_hash(batch, azurite, ip, run_ce
             node = next(iter(batch.pools[POOL.lower()].nodes.values()))
         shared = node.root / "shared"
         installed = [p.name for p in shared.iterdir() if p.name.startswith("azpar-pkgs-")]
-        assert installed == [f"azpar-pkgs-{commands.packages_digest(['azpar-extra-pkg==0.3'], pip_options)}"]
+        # The folder is named by the job's requirement set (issue 15: here --packages alone; the cell
+        # uses no installed distribution) and the pip options.
+        digest = files.install_plan({}, ["azpar-extra-pkg==0.3"], pip_options).digest
+        assert installed == [f"azpar-pkgs-{digest}"]
         ids = [j.id for j in azpar_magic.jobs()[-2:]]
         logs = [node.root / "workitems" / i / "job-1" / "jobpreparation" / "stdout.txt" for i in ids]
         assert all(p.exists() for p in logs)
