@@ -217,7 +217,7 @@ def _rerun(job_id: str | None, failed: bool, namespace: Mapping[str, Any], outpu
            spelling: dict[str, str] | None = None) -> Job:
     import dataclasses
 
-    from . import store
+    from . import mapping, store
     from .engine import API_SPELLING, RunRequest, SubmitError
     from .parsing import CellError, parse_cell
 
@@ -234,6 +234,9 @@ def _rerun(job_id: str | None, failed: bool, namespace: Mapping[str, Any], outpu
     missing_combine = getattr(base.options.combine, "missing", None)
     if missing_combine:
         raise ValueError(f"{missing_combine} Nothing was submitted.")
+    problem = mapping.rerun_problem(base.id, base.source, namespace)  # a map job's lambda cannot be found again
+    if problem:
+        raise ValueError(problem)
     first_line, _, body = base.source.partition("\n")
     line = first_line[len("%%azpar"):] if first_line.startswith("%%azpar") else first_line
     try:

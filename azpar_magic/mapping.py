@@ -12,7 +12,7 @@ shipped, an installed one is required on the workers).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import session
@@ -110,6 +110,21 @@ def _namespace(func: Callable, iterable: Iterable) -> tuple[dict[str, Any], str]
         namespace[_FN] = func
     namespace[_ITEMS] = iterable
     return namespace, name
+
+
+def rerun_problem(job_id: str, source: str, namespace: Mapping[str, Any]) -> str | None:
+    """Why the cell of map job ``job_id`` cannot run again from ``namespace``, or None.
+
+    A function with a name of its own in ``__main__`` is called by it, so a rerun finds it
+    (as it is now, like any notebook function a cell calls); any other callable was only in
+    the job's namespace, under _FN, and would fail every iteration with a NameError."""
+    body = source.partition("\n")[2]
+    if not body.startswith(f"{_FN}(") or _FN in namespace:
+        return None
+    return (f"job {job_id} ran azpar_magic.map on a function with no name of its own in the notebook (a lambda, a "
+            "closure, a partial or a module's function), which a rerun cannot find again. Call azpar_magic.map "
+            "(or starmap) again with it, on the items whose indices job.missing_indices() gives. Nothing was "
+            "submitted.")
 
 
 def workers_limit() -> int:

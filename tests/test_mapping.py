@@ -306,3 +306,22 @@ def test_map_and_starmap_on_the_test_batch_service(azure, ip, run_cell, clean_sh
     assert job.backend_name == "azure"
     assert job.result(timeout=150) == [1000, 1001, 1002, 1003, 1004]
     assert azpar_magic.starmap(ip.user_ns["shifted"], [(1, 2), (3, 4)]) == [1003, 1007]
+
+
+@pytest.mark.timeout(60)
+def test_rerun_of_a_map_job(ip, run_cell, clean_shell):  # noqa: F811
+    """A notebook function is called by its name, so ``rerun`` runs the failed calls with the
+    function as it is now; a lambda has no name to find again: refused, saying what to do."""
+    setup = run_cell("LIMIT = 1\ndef capped(v):\n    if v > LIMIT:\n        raise ValueError(v)\n    return v\n")
+    assert setup.success, setup.error
+    job = azpar_magic.map(ip.user_ns["capped"], range(4), errors="pass", wait=False)
+    assert job.wait(30) and sorted(job.failures) == [2, 3]
+    ip.user_ns["LIMIT"] = 10
+    assert azpar_magic.rerun(job.id, namespace=ip.user_ns).result(timeout=30) == [0, 1, 2, 3]
+    unnamed = azpar_magic.map(lambda v: 1 / v, range(3), errors="pass", wait=False)
+    assert unnamed.wait(30) and sorted(unnamed.failures) == [0]
+    jobs_before = len(azpar_magic.jobs())
+    with pytest.raises(ValueError) as info:
+        azpar_magic.rerun(unnamed.id, namespace=ip.user_ns)
+    assert "no name of its own" in str(info.value) and str(info.value).endswith("Nothing was submitted.")
+    assert len(azpar_magic.jobs()) == jobs_before
