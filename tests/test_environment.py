@@ -259,6 +259,14 @@ def test_a_source_folder_override_is_built_and_travels(tmp_path):
     assert requirement_set({}, [str(src)], wheel_cache=cache) == rs
 
 
+def test_the_default_wheel_cache_is_the_users_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    [wheel] = requirement_set({}, [str(project(tmp_path, "xdg-pkg"))]).wheels
+    assert wheel.path.parent.parent == tmp_path / "xdg" / "azpar" / "wheels"
+    for folder in (tmp_path / "xdg", tmp_path / "xdg" / "azpar", wheel.path.parent.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
 @pytest.mark.parametrize("value, words", [
     ("", ["empty", "numpy=="]),
     ("numpy=>2 !!", ["not a requirement", "PEP 508", "VCS URL"]),
