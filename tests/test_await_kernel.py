@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .test_kernel import Kernel, _start, _stop
+from .test_kernel import Kernel, _run_interrupted, _start, _stop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,3 +81,15 @@ def test_async_for_in_a_background_task_while_the_kernel_answers(kernel):
     assert [(i, v) for i, v, _ in arrived] == [(3, 30), (2, 20), (1, 10), (0, 0)]
     assert not any(done for _, _, done in arrived[:3]), "values came only after the job ended"
     assert _value(kernel, "len(job.listeners)") == 0
+
+
+def test_ctrl_c_while_map_waits_cancels_the_job(kernel):
+    """As in a cell: the interrupt cancels the job (queued calls never start), the handle
+    keeps what finished, and the kernel goes on."""
+    reply, _ = _run_interrupted(kernel, "azpar_magic.map(slow, range(8), workers=2, chunk_size=1)", after=1.0)
+    assert reply.status == "error" and reply.content["ename"] == "KeyboardInterrupt", reply.describe()
+    state, done = _value(kernel, "_j = azpar_magic.jobs()[-1]\n_j.wait(10), len(_j.partial_results())")
+    assert state is True
+    assert _value(kernel, "_j.state") == "cancelled"
+    assert done < 8
+    assert _value(kernel, "azpar_magic.map(slow, [3, 3])") == [30, 30]
