@@ -417,7 +417,10 @@ def _override_folder(path: Path, cache: Path, source: str) -> tuple[Requirement,
 
 
 def _name_from_url(url: str) -> str:
-    """The distribution a URL names: ``#egg=NAME``, ``NAME @ URL``, else the last path part."""
+    """The distribution a bare URL names: its ``#egg=NAME`` fragment (pip's convention for VCS
+    URLs), else the last part of its path without ``.git`` or an archive suffix. Only used to
+    replace a closure entry by name; pip reads the URL itself. (``NAME @ URL`` is PEP 508 and
+    names itself.)"""
     egg = re.search(r"[#&]egg=([A-Za-z0-9._-]+)", url)
     if egg:
         return canonicalize_name(egg.group(1))
@@ -441,7 +444,10 @@ def _cached(cache: Path, key: str, build: Callable[[Path], object]) -> Path:
     try:
         build(tmp)
         if _only_wheel(tmp) is None:
-            raise RequirementError(f"building {key} left no wheel in {tmp}")
+            raise RequirementError(
+                f"building the wheel {key} for the nodes ended without error but left no single .whl "
+                f"file in {tmp}. Pin a version pip can fetch with --packages, or set auto_packages = "
+                "false in the profile and use an image that has it.")
         try:
             os.rename(tmp, final)
         except OSError:

@@ -86,7 +86,7 @@ def kernel(tmp_path, monkeypatch):
 
         def indexed(self, *srcs: Path) -> None:
             pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(house), *map(str, srcs))
-            names = [json_name(s) for s in srcs]
+            names = [project_name(s) for s in srcs]
             pip("install", "--no-deps", "--no-index", "--find-links", str(house), "--prefix", str(prefix), *names)
             self._see()
 
@@ -109,7 +109,7 @@ def kernel(tmp_path, monkeypatch):
             del sys.modules[name]
 
 
-def json_name(src: Path) -> str:
+def project_name(src: Path) -> str:
     return src.name.removeprefix("src-")
 
 
