@@ -33,7 +33,7 @@ def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "s
         timeout: float | None = None, chunk_size: int | None = None, seed: int | None = None,
         workers: int | None = None, backend: str | None = None, profile: str | None = None,
         packages: Iterable[str] = (), keep: bool = False, export: Iterable[str] = (),
-        no_export: Iterable[str] = (), wait: bool = True) -> list | Job:
+        no_export: Iterable[str] = (), name: str | None = None, wait: bool = True) -> list | Job:
     """``[func(x) for x in iterable]``, each call an iteration of one azpar job, on the local
     pool or on Azure Batch: the list of values in input order, or with ``wait=False`` the Job
     at once (``job.result()``, ``job.as_completed()``, ``await job``).
@@ -41,8 +41,8 @@ def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "s
     Options are the cell's, as keywords: ``errors`` (stop raises IterationError with the
     failing index, item and remote traceback; remove drops failed calls; pass puts the
     exception in their place), ``retries``, ``timeout``, ``chunk_size``, ``seed``,
-    ``workers``, ``backend``, ``profile``, ``packages`` (Azure), ``keep`` (Azure), ``export``
-    and ``no_export``. Bad values raise ValueError (TypeError for a ``func`` that is not
+    ``workers``, ``backend``, ``profile``, ``packages`` (Azure), ``keep`` (Azure), ``export``,
+    ``no_export`` and ``name`` (``--name``: commands such as ``%azpar logs NAME`` accept it). Bad values raise ValueError (TypeError for a ``func`` that is not
     callable) before anything is submitted. Ctrl-C while waiting cancels the job.
     What the calls print is kept, not shown: ``job.output(i)``, ``job.logs()``."""
     return _submit(func, iterable, False, locals())
@@ -52,7 +52,7 @@ def starmap(func: Callable[..., Any], iterable: Iterable[Iterable[Any]], *, erro
             timeout: float | None = None, chunk_size: int | None = None, seed: int | None = None,
             workers: int | None = None, backend: str | None = None, profile: str | None = None,
             packages: Iterable[str] = (), keep: bool = False, export: Iterable[str] = (),
-            no_export: Iterable[str] = (), wait: bool = True) -> list | Job:
+            no_export: Iterable[str] = (), name: str | None = None, wait: bool = True) -> list | Job:
     """``[func(*args) for args in iterable]`` as one azpar job (see ``map``): each item is
     a tuple (any iterable) of positional arguments, as ``itertools.starmap`` takes them."""
     return _submit(func, iterable, True, locals())
@@ -64,11 +64,13 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         raise TypeError(f"azpar_magic.{'starmap' if star else 'map'} takes a function (any callable) first, not "
                         f"{type(func).__name__} {func!r}. Nothing was submitted.")
     options = JobOptions(errors=given["errors"], retries=given["retries"], timeout=given["timeout"],
-                         chunk_size=given["chunk_size"], seed=given["seed"])
+                         chunk_size=given["chunk_size"], seed=given["seed"], name=given["name"])
     try:
         validate_options(options, API_SPELLING)
     except SubmitError as exc:
-        raise ValueError(f"{exc} Nothing was submitted.") from None
+        said = str(exc)
+        raise ValueError(said if said.endswith("Nothing was submitted.") else f"{said} Nothing was submitted.") \
+            from None
     _check_workers(given["workers"])
     packages = _requirements(given["packages"])
     try:

@@ -254,16 +254,17 @@ def test_the_guard_sees_a_map(guard):
     ({"packages": ["git+https://example.org/x.git"]}, ["packages takes pip requirements"]),
     ({"profile": "no-such-profile"}, ["no-such-profile"]),
     ({"export": ["UNDEFINED_NAME_X"]}, ["UNDEFINED_NAME_X"]),
+    ({"name": "-sweep"}, ["'-sweep' cannot name a job"]),
 ], ids=["errors", "chunk_zero", "chunk_float", "retries_negative", "retries_bool", "timeout_zero", "timeout_nan",
         "seed_negative", "workers_zero", "workers_huge", "workers_str", "packages_url", "profile_unknown",
-        "export_unknown"])
+        "export_unknown", "name_dash"])
 def test_bad_options_are_refused_before_anything_is_submitted(guard, options, fragments):
     with pytest.raises(ValueError) as info:
         azpar_magic.map(guard.fn, range(3), **options)
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, message
-    assert message.endswith("Nothing was submitted."), message
+    assert message.endswith("Nothing was submitted.") and message.count("Nothing was submitted.") == 1, message
     guard.assert_nothing_submitted()
 
 
@@ -325,3 +326,11 @@ def test_rerun_of_a_map_job(ip, run_cell, clean_shell):  # noqa: F811
         azpar_magic.rerun(unnamed.id, namespace=ip.user_ns)
     assert "no name of its own" in str(info.value) and str(info.value).endswith("Nothing was submitted.")
     assert len(azpar_magic.jobs()) == jobs_before
+
+
+@pytest.mark.timeout(60)
+def test_a_named_map_job(ip, run_cell, clean_shell):  # noqa: F811
+    job = azpar_magic.map(abs, [-1, 2], name="abs-sweep", wait=False)
+    assert job.result(timeout=30) == [1, 2]
+    assert job.options.name == "abs-sweep" and job.snapshot().name == "abs-sweep"
+    assert azpar_magic.attach("abs-sweep").id == job.id
