@@ -39,7 +39,12 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--namespace-mb", type=float, default=20.0, help="size of a captured array")
     parser.add_argument("--watch", type=float, default=3.0, help="seconds to watch polling after the adds")
+    parser.add_argument("--environment", action="store_true",
+                        help="instead: the kernel's environment on a bare node (issue 15): first task times with "
+                             "numpy+pandas to install and installed, and bytes uploaded for an editable package")
     args = parser.parse_args()
+    if args.environment:
+        return environment_bench()
 
     from tests.batch_emulator.pytest_plugin import start_azurite, stop_azurite
     from tests.batch_emulator.service import BatchEmulator
@@ -126,6 +131,119 @@ def main() -> int:
     print(f"  attach after the kernel ended: {attach_seconds:.2f} s to take the job over; calls in its first "
           "second: " + ", ".join(f"{k} {v}" for k, v in sorted(attach_calls.items())))
     ok = (report.calls == math.ceil(n / 100) and rate >= 2000 and "Tasks_ListTasks" not in watched)
+    print("  targets: " + ("PASS" if ok else "MISS"))
+    return 0
+
+
+def _first_running(svc, job_id: str, started: float, timeout: float = 600.0) -> float:
+    """Seconds from ``started`` until the test service shows a task of the job running (or done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with svc.cond:
+            job = svc.jobs.get(job_id.lower())
+            states = [t.state for t in job.tasks.values()] if job else []
+        if any(st in ("running", "completed") for st in states):
+            return time.monotonic() - started
+        time.sleep(0.01)
+    return float("nan")
+
+
+def _editable_package(work: Path) -> None:
+    """A package under development, installed editable into a prefix only this process sees."""
+    import site
+    import subprocess
+    import sysconfig
+
+    src = work / "src-azpar-bench-pkg"
+    (src / "azpar_bench_pkg").mkdir(parents=True)
+    (src / "azpar_bench_pkg" / "__init__.py").write_text("VALUE = 5\n" + "# padding\n" * 2000)
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "azpar-bench-pkg"\nversion = "0.1"\n'
+        '[tool.hatch.build.targets.wheel]\npackages = ["azpar_bench_pkg"]\ndev-mode-dirs = ["."]\n')
+    prefix = work / "prefix"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-e", str(src), "--prefix", str(prefix)], check=True,
+                   env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+    site.addsitedir(sysconfig.get_path("purelib", "posix_prefix", vars={"base": str(prefix), "platbase": str(prefix)}))
+
+
+def environment_bench() -> int:
+    """Issue 15's figures on one bare node of the test service (a clean Python with pip; the test
+    wheel folder stands in for the index): cell start -> first task running with numpy+pandas to
+    install, with them installed (against a cell that needs nothing: the target is < 0.5 s added),
+    and the bytes a local editable package uploads on a first and a second job (target 0)."""
+    from tests.batch_emulator.pytest_plugin import start_azurite, stop_azurite
+    from tests.batch_emulator.service import BatchEmulator
+    from tests.azure_support import write_profile_file
+    from tests.wheels import node_pip_options
+
+    work = Path(tempfile.mkdtemp(prefix="azpar-bench-env-"))
+    os.chmod(work, 0o755)  # the node's pool user must reach its folders
+    azurite = start_azurite(work)
+    svc = BatchEmulator(blob_endpoint=azurite.blob_endpoint, work_dir=work / "batch")
+    svc.start()
+    figures: dict[str, float] = {}
+    try:
+        os.environ["XDG_CONFIG_HOME"] = str(work / "config")
+        os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # the local wheel cache starts empty
+        os.environ["AZPAR_JOB_STORE"] = str(work / "store")
+        from azpar_magic import config, session
+
+        env = write_profile_file(config.user_config_path(), svc, azurite, "benchenv", dedicated_nodes=1,
+                                 spot_nodes=0, pool_id="azpar-bench-env", poll_interval=0.1,
+                                 pip_options=node_pip_options("numpy", "pandas"))
+        os.environ.update(env)
+        session.use("benchenv")
+        import azpar_magic
+
+        backend = session.engine().backend
+        backend.start()
+        t0 = time.monotonic()
+        warm = azpar_magic.run("for i in range(1)", "i", {}, chunk_size=1)  # the node starts (start task: dill)
+        warm.result(600)
+        node_start = time.monotonic() - t0
+
+        def timed(label: str, loop: str, body: str, namespace: dict) -> None:
+            started = time.monotonic()
+            job = azpar_magic.run(loop, body, namespace, chunk_size=1)
+            figures[label] = _first_running(svc, job.id, started)
+            job.result(600)
+
+        import numpy as np
+        import pandas as pd
+
+        both = {"np": np, "pd": pd}
+        body = "int(pd.Series(np.arange(i + 2)).sum())"
+        timed("nothing to install", "for i in range(2)", "i + 1", {})
+        timed("numpy+pandas to install", "for i in range(2)", body, both)
+        timed("numpy+pandas installed", "for i in range(2)", body, both)
+        timed("nothing to install (again)", "for i in range(2)", "i + 2", {})
+
+        _editable_package(work)
+        import azpar_bench_pkg
+
+        sent = []
+        for _ in range(2):
+            job = azpar_magic.run("for i in range(2)", "azpar_bench_pkg.VALUE + i", {"azpar_bench_pkg": azpar_bench_pkg},
+                                  chunk_size=1)
+            run = backend._runs.get(job.id)
+            sent.append(run.wheel_bytes if run is not None else float("nan"))
+            job.result(600)
+    finally:
+        session.close()
+        svc.stop()
+        stop_azurite(azurite)
+
+    base = min(figures["nothing to install"], figures["nothing to install (again)"])
+    added = figures["numpy+pandas installed"] - base
+    print("azpar Azure environment benchmark (issue 15): one bare test node, numpy+pandas from a local wheel folder")
+    print(f"  node start, start task (dill) and a first one-task job to its result: {node_start:.2f} s")
+    for label, value in figures.items():
+        print(f"  cell start -> first task running, {label}: {value:.2f} s")
+    print(f"  added by installed numpy+pandas over a cell needing nothing: {added:.2f} s (target < 0.5 s)")
+    print(f"  editable package: bytes uploaded on the first job {sent[0]:,}, on the second {sent[1]:,} (target 0)")
+    ok = added < 0.5 and sent[1] == 0
     print("  targets: " + ("PASS" if ok else "MISS"))
     return 0
 
