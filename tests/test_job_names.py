@@ -88,8 +88,9 @@ def test_bad_filters_are_usage_errors(ip, job_store, line, fragment):
 
 
 def test_commands_take_the_newest_job_of_a_name(ip, run_cell, job_store):
-    old = _run(ip, run_cell, "%%azpar -q --name fit --errors pass -o r for x in range(3):\nprint('old', x)\n1 / (x - 1)")
-    new = _run(ip, run_cell, "%%azpar -q --name fit --errors pass -o r for x in range(3):\nprint('new', x)\n1 / (x - 2)")
+    head = "%%azpar -q --name fit --errors pass -o r for x in range(3):\n"
+    old = _run(ip, run_cell, head + "print('old', x)\n1 / (x - 1)")
+    new = _run(ip, run_cell, head + "print('new', x)\n1 / (x - 2)")
     assert azpar_magic.attach("fit").id == new
     assert "new 1" in run_cell("%azpar logs fit 1").stdout
     run_cell("%azpar attach fit -o attached")
