@@ -14,10 +14,12 @@ import pytest
 # temporary folder, never to the home folder. XDG_DATA_HOME too, for the kernels and
 # subprocesses that tests start without AZPAR_* variables (test_kernel.py). XDG_CONFIG_HOME:
 # the tester's own ~/.config/azpar/config.toml is outside the repository and must not steer tests.
+# XDG_CACHE_HOME: wheels built from local packages (environment.py) go to a temporary cache.
 _STORE_BASE = tempfile.mkdtemp(prefix="azpar-test-store-")
 os.environ["AZPAR_JOB_STORE"] = os.path.join(_STORE_BASE, "jobs")
 os.environ["XDG_DATA_HOME"] = os.path.join(_STORE_BASE, "xdg-data")
 os.environ["XDG_CONFIG_HOME"] = os.path.join(_STORE_BASE, "xdg-config")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_STORE_BASE, "xdg-cache")
 atexit.register(shutil.rmtree, _STORE_BASE, True)
 
 
