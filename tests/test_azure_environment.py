@@ -216,6 +216,20 @@ def test_env_shows_each_requirement_its_source_and_the_image(batch, azurite, ip,
     assert rows["numpy"].rstrip().endswith("no"), env.stdout  # the bare image has no numpy
     assert rows["azpar-env-pkg"].split()[1] == "0.3" and str(editable) in rows["azpar-env-pkg"], env.stdout
     assert "reported by node" in env.stdout, env.stdout
+    with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
+                       pip_options=node_pip_options("numpy")) as name:
+        named = run_cell(f"%azpar env {name} {azpar_magic.jobs()[-1].id}")  # a profile and a job, named
+        assert named.success, named.error
+    assert named.stdout.split("\n", 1)[1] == env.stdout.split("\n", 1)[1], (named.stdout, env.stdout)
+
+
+def test_env_on_the_local_pool_says_nothing_is_installed(ip, run_cell, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = run_cell("%%azpar --backend local -q -o r for x in range(2):\nx")
+    assert run.success, run.error
+    env = run_cell("%azpar env")
+    assert env.success, env.error
+    assert "local pool: nothing is installed there" in env.stdout, env.stdout
 
 
 def test_a_local_package_that_does_not_build_stops_the_cell_before_anything_is_submitted(
