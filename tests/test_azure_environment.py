@@ -14,6 +14,7 @@ import importlib
 import importlib.metadata as md
 import os
 import platform
+import shutil
 import site
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import azpar_magic
 from azpar_magic.backends.azure import commands
 
 from .azure_support import azure_profile
-from .wheels import node_pip_options
+from .wheels import node_pip_options, shared_folder, tiny_wheel
 
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(300)]
 POOL = "azpar-test"
@@ -145,6 +146,35 @@ def test_two_concurrent_jobs_on_one_node_share_one_whole_install(batch, azurite,
     assert len(installs) == 1 and (installs[0] / ".complete").exists(), installs
     leftovers = [p for n in _nodes(batch) for p in (n.root / "shared").glob("azpar-pkgs-*.tmp.*")]
     assert not leftovers, leftovers  # the loser's temporary folder was removed
+
+
+def test_packages_overrides_the_kernels_version(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    """The kernel has azpar-ovr-pkg 1.0; ``--packages azpar-ovr-pkg==2.0`` installs 2.0 on the
+    nodes instead, and the worker does not refuse it for differing from the kernel."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    kernel_wheel = tiny_wheel(tmp_path, "azpar-ovr-pkg", "1.0", 1)
+    prefix = tmp_path / "prefix"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--prefix", str(prefix),
+                           str(kernel_wheel)], capture_output=True, text=True, env=PIP_ENV)
+    assert done.returncode == 0, done.stderr
+    site.addsitedir(sysconfig.get_path("purelib", "posix_prefix", vars={"base": str(prefix), "platbase": str(prefix)}))
+    importlib.invalidate_caches()
+    index = shared_folder("azpar-ovr-index-")
+    try:
+        tiny_wheel(index, "azpar-ovr-pkg", "2.0", 2)
+        ip.run_cell("import azpar_ovr_pkg")
+        assert ip.user_ns["azpar_ovr_pkg"].VALUE == 1
+        with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
+                           pip_options=node_pip_options(extra_find_links=index)):
+            run = run_cell("%%azpar -q --packages azpar-ovr-pkg==2.0 -o r for x in range(2):\nazpar_ovr_pkg.VALUE + x")
+            assert run.success, run.error
+        assert ip.user_ns["r"] == [2, 3]
+    finally:
+        shutil.rmtree(index, ignore_errors=True)
+        for name in [m for m in sys.modules if m.startswith("azpar_ovr_pkg")]:
+            del sys.modules[name]
 
 
 def test_a_pinned_version_the_index_lacks_is_refused_before_any_task(batch, azurite, ip, run_cell, tmp_path,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -368,6 +369,14 @@ class InstallPlan:
     specs: tuple[str, ...]
     digest: str | None
     wheels: tuple[Any, ...]  # environment.LocalWheel
+    #: Distributions ``--packages`` replaced (canonical names): the worker must not hold them to
+    #: the kernel's version, or the override would always fail its check.
+    overridden: frozenset[str] = frozenset()
+
+    def envelope_packages(self, packages: Mapping[str, str]) -> dict[str, str]:
+        """The envelope's ``packages`` less the overridden ones (what the worker checks)."""
+        return {name: version for name, version in packages.items()
+                if re.sub(r"[-_.]+", "-", name).lower() not in self.overridden}
 
 
 def install_plan(packages: Mapping[str, str], overrides: Sequence[str], pip_options: Sequence[str]) -> InstallPlan:
@@ -382,7 +391,8 @@ def install_plan(packages: Mapping[str, str], overrides: Sequence[str], pip_opti
     local = {w.path.name for w in wanted.wheels}
     specs = tuple(f"{commands.WHEELS_DIR}/{s}" if s in local else s for s in wanted.pip_specs())
     digest = hashlib.sha256(json.dumps([wanted.digest, list(pip_options)]).encode()).hexdigest()[:16]
-    return InstallPlan(specs, digest if specs else None, tuple(wanted.wheels))
+    overridden = frozenset(r.name for r in wanted.requirements if r.source.startswith("requested by --packages"))
+    return InstallPlan(specs, digest if specs else None, tuple(wanted.wheels), overridden)
 
 
 def wheel_resource_files(run: "AzureRun", wheels: Sequence[Any]) -> list[models.ResourceFile]:

@@ -207,8 +207,10 @@ class AzureRun:
         if self._has_output_files():
             st.ensure_container(self.files_container)
         self.spec = replace(spec, namespace=b"")  # uploaded: the run keeps no copy of the bytes
-        st.upload(self.in_container, commands.ENVELOPE_FILE,
-                  wire.pack(wire.ENVELOPE_MAGIC, self.data.envelope(spec.envelope)))
+        envelope = self.data.envelope(spec.envelope)
+        if self.install.overridden:  # --packages replaced these: the worker checks the rest
+            envelope = dict(envelope, packages=self.install.envelope_packages(envelope.get("packages") or {}))
+        st.upload(self.in_container, commands.ENVELOPE_FILE, wire.pack(wire.ENVELOPE_MAGIC, envelope))
         self.save_manifest()
         self.read_inputs = st.container_sas_url(self.in_container, "r", self.expiry)
         prep_files = [
