@@ -82,16 +82,6 @@ def _number(flag: str, text: str | None, kind: type):
         raise UsageError(f"{flag} must be {whole}, got {text!r}. Nothing was submitted.") from None
 
 
-WORKERS_PER_CPU = 4  # --workers above this many per usable CPU is refused (see _workers_limit)
-WORKERS_FLOOR = 32  # ... but this many are always allowed (I/O-bound bodies on a small machine)
-
-
-def _workers_limit() -> int:
-    """Per usable CPU (affinity and cgroup quota, as the default pool size), not the
-    machine's count: a pod limited to 2 CPUs on a 64-core node may not start 256 workers."""
-    return max(WORKERS_FLOOR, WORKERS_PER_CPU * session.default_workers())
-
-
 def _unsatisfied(requirements: list[str]) -> list[str]:
     """The --packages requirements this kernel's environment does not meet, each with what
     it has: local iterations import from here, so a cell written for Azure that runs locally
@@ -558,9 +548,10 @@ class AzparMagics(Magics):
             except ValueError:
                 raise UsageError(f"--chunk-size must be a positive whole number or auto, got {chunk!r}") from None
         workers = _number("--workers", args.workers, int)
-        if workers is not None and not 1 <= workers <= _workers_limit():
-            raise UsageError(f"--workers must be between 1 and {_workers_limit()} ({WORKERS_PER_CPU} per CPU this "
-                             f"kernel may use, at least {WORKERS_FLOOR}), got {workers}. Nothing was submitted.")
+        if workers is not None and not 1 <= workers <= session.workers_limit():
+            raise UsageError(f"--workers must be between 1 and {session.workers_limit()} ({session.WORKERS_PER_CPU} "
+                             f"per CPU this kernel may use, at least {session.WORKERS_FLOOR}), got {workers}. Nothing "
+                             "was submitted.")
         args.workers = workers
         options = JobOptions(combine=combine, errors=args.errors, gather=_names(args.gather, "--gather"),
                              retries=_number("--retries", args.retries, int),

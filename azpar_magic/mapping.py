@@ -24,9 +24,6 @@ _ITEM = "__azpar_item__"  # the loop target: a name no function reads as a globa
 _ITEMS = "__azpar_items__"
 _FN = "__azpar_fn__"  # the function, when it has no name of its own in __main__ (a lambda, a closure)
 
-# --workers' bound, as the magic states it (magics._workers_limit): per CPU this process may use.
-WORKERS_PER_CPU = 4
-WORKERS_FLOOR = 32
 
 
 def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "stop", retries: int = 2,  # noqa: A001
@@ -129,18 +126,13 @@ def rerun_problem(job_id: str, source: str, namespace: Mapping[str, Any]) -> str
             "submitted.")
 
 
-def workers_limit() -> int:
-    """The largest ``workers`` accepted: per usable CPU (affinity and cgroup quota), as the
-    magic's --workers, not the machine's count."""
-    return max(WORKERS_FLOOR, WORKERS_PER_CPU * session.default_workers())
-
-
 def _check_workers(workers: Any) -> None:
     if workers is None:
         return
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= workers_limit():
-        raise ValueError(f"workers must be a whole number between 1 and {workers_limit()} ({WORKERS_PER_CPU} per "
-                         f"CPU this process may use, at least {WORKERS_FLOOR}), not {workers!r}. Nothing was "
+    limit = session.workers_limit()
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= limit:
+        raise ValueError(f"workers must be a whole number between 1 and {limit} ({session.WORKERS_PER_CPU} per "
+                         f"CPU this process may use, at least {session.WORKERS_FLOOR}), not {workers!r}. Nothing was "
                          "submitted.")
 
 

@@ -79,6 +79,17 @@ def engine(backend: str | None = None, workers: int | None = None, profile: str 
     return chosen_engine
 
 
+WORKERS_PER_CPU = 4  # more workers than this many per usable CPU are refused (workers_limit)
+WORKERS_FLOOR = 32  # ... but this many are always allowed (I/O-bound bodies on a small machine)
+
+
+def workers_limit() -> int:
+    """The most local workers a cell or ``map`` may ask for: per usable CPU (affinity and
+    cgroup quota, as the default pool size), not the machine's count, so a pod limited to 2
+    CPUs on a 64-core node may not start 256 workers."""
+    return max(WORKERS_FLOOR, WORKERS_PER_CPU * default_workers())
+
+
 @functools.lru_cache(maxsize=1)
 def default_workers() -> int:
     """The local pool's default size: the CPUs this process may use (affinity, cgroup quota),
