@@ -17,6 +17,7 @@ from azpar_magic import store
 from .azure_support import write_profile_file
 from .test_jobs_kernel import _error_text, _job_id, _restart
 from .test_kernel import _ANSI, Kernel, Reply, _isolated_env, _stop
+from .test_store import job_store  # noqa: F401 (a fixture)
 
 manager = pytest.importorskip("jupyter_client.manager")
 
@@ -25,12 +26,6 @@ REBOUND = "def f(x):\n    return 0\nscale = 1000"
 CELL = "%%azpar -q --errors pass --name broken -o vals for x in range(5):\ny = x * scale\nz = f(x)\nz + y"
 
 
-@pytest.fixture
-def job_store(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "store"
-    monkeypatch.setenv(store.STORE_ENV, str(root))
-    monkeypatch.delenv("JUPYTERHUB_USER", raising=False)
-    return root
 
 
 def _env(tmp_path: Path, job_store: Path) -> dict[str, str]:

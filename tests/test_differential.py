@@ -312,14 +312,19 @@ def test_parallel_equals_sequential(case: Case, ip, run_cell, tmp_path, clean_sh
     check_case(case, ip, run_cell, tmp_path)
 
 
-def check_case(case: Case, ip, run_cell, tmp_path, extra_options: str = "", one_task_for_files: bool = True) -> None:
-    """Run ``case`` through %%azpar (with ``extra_options``) and sequentially; compare."""
+def prepare_case(case: Case, run_cell, tmp_path) -> None:
+    """Write the case's files into ``tmp_path`` and run its set-up cell."""
     for name, text in case.files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     if case.setup:
         setup = run_cell(case.setup)
         assert setup.success, setup.error
+
+
+def check_case(case: Case, ip, run_cell, tmp_path, extra_options: str = "", one_task_for_files: bool = True) -> None:
+    """Run ``case`` through %%azpar (with ``extra_options``) and sequentially; compare."""
+    prepare_case(case, run_cell, tmp_path)
     options = case.options + (" " + extra_options if extra_options else "")
     if case.files and one_task_for_files:
         # One task, so one worker installs the shipped modules: two workers installing them at

@@ -25,7 +25,7 @@ from azpar_magic import session
 
 from .helpers_corpus import Case, notebook_classes, same
 from .test_bad_input import Guard
-from .test_differential import CASES, clean_shell  # noqa: F401 (a fixture)
+from .test_differential import CASES, clean_shell, prepare_case  # noqa: F401 (clean_shell is a fixture)
 
 FN = "__azmap_fn"
 ARG = "__azmap_arg"
@@ -88,12 +88,7 @@ def _sequential(fn, items: list, errors: str):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if _usable(c)])
 def test_map_equals_the_sequential_calls(case: Case, ip, run_cell, tmp_path, clean_shell):  # noqa: F811
-    for name, text in case.files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    if case.setup:
-        setup = run_cell(case.setup)
-        assert setup.success, setup.error
+    prepare_case(case, run_cell, tmp_path)
     star = _target_unpacks(case.header)
     defined = run_cell(function_source(case, star))
     assert defined.success, defined.error
