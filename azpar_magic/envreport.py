@@ -79,15 +79,18 @@ def rows(packages: dict[str, str], overrides: list[str], image: dict[str, str] |
 
 def report(job: Any, backend: Any) -> str:
     """The text ``%azpar env`` prints for ``job`` run by ``backend``."""
-    overrides = list(((job.manifest or {}).get("backend_info") or {}).get("packages") or [])
+    info = (job.manifest or {}).get("backend_info") or {}
+    overrides = list(info.get("packages") or [])
     head = f"job {job.id}"
     if getattr(backend, "name", "") != "azure":
         return (f"{head} ran on the {getattr(backend, 'name', 'local')} pool: nothing is installed there; the "
                 "iterations use this kernel's environment.\n")
-    if not backend.profile["auto_packages"]:
+    if not backend.profile["auto_packages"] or info.get("auto_packages") is False:
         listed = " ".join(overrides) or "nothing"
-        return (f"{head}: the profile {backend.profile.name} says auto_packages = false: the nodes install only its "
-                f"packages and --packages ({listed}); the image must have the rest, which each task checks.\n")
+        why = (f"the profile {backend.profile.name} says auto_packages = false" if not backend.profile["auto_packages"]
+               else "it ran with --no-auto-packages")
+        return (f"{head}: {why}: the nodes install only the profile's packages and --packages ({listed}); the image "
+                "must have the rest, which each task checks.\n")
     if job.capture is None:
         return (f"{head} was read back from the job store: what it captured is not kept there, so its requirement set "
                 "cannot be shown. Run the cell again and then %azpar env.\n")

@@ -227,6 +227,10 @@ def test_without_auto_packages_nothing_is_installed_and_the_mismatch_is_named(ho
         assert not run.success
         text = str(run.error)
         assert f"package numpy=={md.version('numpy')} is used by the cell but not installed on this node" in text, text
+        env = run_cell("%azpar env")
+        assert env.success, env.error
+        said = "it ran with --no-auto-packages" if how == "cell" else "says auto_packages = false"
+        assert said in env.stdout and "install only" in env.stdout, env.stdout
     assert not _installs(batch)
 
 

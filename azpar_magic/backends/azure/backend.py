@@ -166,6 +166,7 @@ class AzureBackend:
                            "cache": storage.CACHE_CONTAINER},
             "manifest_blob": f"{storage.input_container(job_id)}/{MANIFEST_BLOB}",
             "packages": list(backend_options.get("packages") or []),
+            "auto_packages": bool(self.profile["auto_packages"]) and backend_options.get("auto_packages") is not False,
             "merge": backend_options.get("merge") or "client",
             "keep": bool(backend_options.get("keep")) or bool(self.profile["keep"]),
         }
