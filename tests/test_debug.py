@@ -18,6 +18,8 @@ import azpar_magic
 from azpar_magic import store
 from azpar_magic.parsing import CELL_FILENAME
 
+from .helpers_corpus import restore_namespace, snapshot_namespace
+
 CELL = """%%azpar -q --errors pass -o debugged for x in range(6):
 y = x * scale
 z = f(x)
@@ -29,6 +31,15 @@ def job_store(tmp_path, monkeypatch):
     root = tmp_path / "store"
     monkeypatch.setenv(store.STORE_ENV, str(root))
     return root
+
+
+@pytest.fixture(autouse=True)
+def _shell_left_as_found(ip):
+    """The tests define notebook names (f, scale, Point, ...) in the session's one shell; later
+    test modules must not find them (a leftover ``Point`` made test_store's class check pass)."""
+    before = snapshot_namespace(ip.user_ns)
+    yield
+    restore_namespace(ip.user_ns, before)
 
 
 def _failing_job(ip, run_cell) -> str:

@@ -12,6 +12,7 @@ frontend would.
 
 from __future__ import annotations
 
+import base64
 import os
 import urllib.error
 import urllib.request
@@ -146,11 +147,14 @@ def test_two_users_on_one_pool_and_account_are_kept_apart(hub, kernels, batch, a
     secrets_by_user = {user: _secrets_of(_environment(kernel)) for user, kernel in kernels.items()}
     tasks = [t for r in batch.requests_for("Tasks_CreateTaskCollection") for t in r.body["value"]]
     preps = [job["jobPreparationTask"] for job in created.values()]
-    assert {s["name"] for t in tasks + preps for s in t.get("environmentSettings") or []} <= {commands.TASK_ENV}
+    # Tasks carry their inputs; job preparation its script and installer (base64: decoded below,
+    # so a secret inside them would still be found).
+    assert {s["name"] for t in tasks + preps for s in t.get("environmentSettings") or []} <= {
+        commands.TASK_ENV, commands.SCRIPT_ENV, commands.INSTALLER_ENV}
     searched = "".join(repr(r.body) for r in batch.requests_for("Tasks_CreateTaskCollection"))
     assert all(f"{job_id}-out" in searched for job_id in ids.values())  # the task definitions are in there
     for rec in batch.requests:
-        text = repr(rec.body) + repr(rec.headers) + rec.path
+        text = repr(rec.body) + repr(rec.headers) + rec.path + _decoded_scripts(rec.body)
         for user, env in secrets_by_user.items():
             leaked = [name for name, value in env.items() if value in text]
             assert not leaked, f"{rec.operation_id} carries {user}'s {leaked}"
@@ -273,3 +277,21 @@ def test_the_hub_logs_users_in_with_the_dummy_password_only(hub):
     assert login("not-the-password")[0] == 403
     status, location = login(PASSWORD)
     assert status == 302 and location.startswith("/hub/"), (status, location)
+
+
+def _decoded_scripts(body) -> str:
+    """The base64 scripts (start task, job preparation) anywhere in a request body, decoded."""
+    found = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if node.get("name") in (commands.SCRIPT_ENV, commands.INSTALLER_ENV) and isinstance(node.get("value"), str):
+                found.append(base64.b64decode(node["value"]).decode("utf-8", "replace"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(body)
+    return "".join(found)

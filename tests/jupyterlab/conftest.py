@@ -136,8 +136,11 @@ def lab(tmp_path_factory):
         process.wait(5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
+    """Headless chromium for this package's tests only: Playwright's sync API keeps its event
+    loop registered as running in the main thread while it is open, so a later test's
+    ``asyncio.run`` would be refused ("cannot be called from a running event loop")."""
     executable = chromium_executable()
     try:
         from playwright.sync_api import sync_playwright
