@@ -9,17 +9,17 @@ twice). A job read back from the job store after its kernel ended has no capture
 says so rather than guess.
 
 What the image has: the pool's start task writes ``pip list --format=json`` of the image's Python
-into the node's shared folder (commands.IMAGE_PACKAGES); this reads it from one idle or running
-node through the node file API (REST spec: Get Node File, path relative to the node's root).
+into the node's shared folder (commands.IMAGE_PACKAGES); the backend reads it from one idle or
+running node (AzureBackend.image_packages).
 A pool made by an earlier version, or with no node yet, has not reported: the column says so.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from typing import Any
+
+from packaging.utils import canonicalize_name
 
 
 @dataclass(frozen=True)
@@ -33,37 +33,6 @@ class Row:
     on_image: str
 
 
-def canonical(name: str) -> str:
-    """PEP 503 normal form, so ``Foo_Bar`` from pip list matches ``foo-bar``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def image_packages(backend: Any) -> tuple[dict[str, str] | None, str]:
-    """(name -> version of the image's Python, the node it came from), or (None, why not)."""
-    from azure.core.exceptions import AzureError
-
-    from .backends.azure import commands
-    from .backends.azure.pool import state_name
-
-    pool_id = backend.profile["pool_id"]
-    try:
-        nodes = [n for n in backend.client.list_nodes(pool_id, select=["id", "state"])
-                 if state_name(n.state) in ("idle", "running")]
-    except AzureError as exc:
-        return None, f"the pool {pool_id} could not be read ({type(exc).__name__})"
-    if not nodes:
-        return None, f"the pool {pool_id} has no idle or running node to ask"
-    for node in nodes[:3]:
-        try:
-            data = b"".join(backend.client.download_node_file(pool_id, node.id, f"shared/{commands.IMAGE_PACKAGES}"))
-            listed = json.loads(data)
-            return {canonical(d["name"]): str(d["version"]) for d in listed}, node.id
-        except (AzureError, ValueError, KeyError, TypeError):
-            continue
-    return None, (f"no node of the pool {pool_id} has reported its image's packages (a pool made by an earlier "
-                  "version of azpar_magic does not; %azpar pool delete and a new cell make it again)")
-
-
 def rows(packages: dict[str, str], overrides: list[str], image: dict[str, str] | None) -> list[Row]:
     """The requirement set of a job, one row per requirement."""
     from . import environment
@@ -71,7 +40,7 @@ def rows(packages: dict[str, str], overrides: list[str], image: dict[str, str] |
     wanted = environment.requirement_set(packages, overrides)
     out = []
     for req in wanted.requirements:
-        have = None if image is None else image.get(canonical(req.name))
+        have = None if image is None else image.get(canonicalize_name(req.name))
         on_image = "" if image is None else ("yes" if have == req.version else f"no ({have})" if have else "no")
         out.append(Row(req.name, req.version, req.source, on_image))
     return out
@@ -94,7 +63,7 @@ def report(job: Any, backend: Any) -> str:
     if job.capture is None:
         return (f"{head} was read back from the job store: what it captured is not kept there, so its requirement set "
                 "cannot be shown. Run the cell again and then %azpar env.\n")
-    image, where = image_packages(backend)
+    image, where = backend.image_packages()
     table = rows(dict(job.capture.packages), overrides, image)
     if not table:
         return f"{head}: the cell uses no installed distribution; nothing is installed on the nodes.\n"

@@ -171,6 +171,10 @@ class AzureBackend:
             "keep": bool(backend_options.get("keep")) or bool(self.profile["keep"]),
         }
 
+    def image_packages(self) -> tuple[dict[str, str] | None, str]:
+        """What the pool's image has installed, as a node of the pool reported it (``%azpar env``)."""
+        return pool.image_packages(self.client, self.profile["pool_id"])
+
     def staged_namespace(self, manifest: dict[str, Any], file_name: str) -> bytes | None:
         """The namespace bytes a stored job staged (``ns/FILE`` in its cache container), for
         ``%azpar debug`` in the kernel; None when the blob is gone (removed by ``%azpar storage

@@ -18,7 +18,7 @@ from typing import Any
 
 import dill
 from azure.batch import models
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
 from ...config import Profile
 from . import autoscale, commands
@@ -217,3 +217,29 @@ def delete(client: Any, pool_id: str) -> None:
         client.begin_delete_pool(pool_id, polling_interval=1)
     except ResourceNotFoundError:
         pass
+
+
+def image_packages(client: Any, pool_id: str) -> tuple[dict[str, str] | None, str]:
+    """(canonical name -> version of what the image's Python has, the node that said so), or
+    (None, why not). The start task writes ``pip list --format=json`` into the node's shared
+    folder (commands.IMAGE_PACKAGES); this reads it from one idle or running node through the
+    node file API (REST spec: Get Node File, a path relative to the node's root)."""
+    import json
+
+    from packaging.utils import canonicalize_name
+
+    try:
+        nodes = [n for n in client.list_nodes(pool_id, select=["id", "state"])
+                 if state_name(n.state) in ("idle", "running")]
+    except AzureError as exc:
+        return None, f"the pool {pool_id} could not be read ({type(exc).__name__})"
+    if not nodes:
+        return None, f"the pool {pool_id} has no idle or running node to ask"
+    for node in nodes[:3]:
+        try:
+            data = b"".join(client.download_node_file(pool_id, node.id, f"shared/{commands.IMAGE_PACKAGES}"))
+            return {canonicalize_name(d["name"]): str(d["version"]) for d in json.loads(data)}, node.id
+        except (AzureError, ValueError, KeyError, TypeError):
+            continue
+    return None, (f"no node of the pool {pool_id} has reported its image's packages (a pool made by an earlier "
+                  "version of azpar_magic does not; %azpar pool delete and a new cell make it again)")
