@@ -25,7 +25,6 @@ _ITEMS = "__azpar_items__"
 _FN = "__azpar_fn__"  # the function, when it has no name of its own in __main__ (a lambda, a closure)
 
 
-
 def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "stop", retries: int = 2,  # noqa: A001
         timeout: float | None = None, chunk_size: int | None = None, seed: int | None = None,
         workers: int | None = None, backend: str | None = None, profile: str | None = None,
@@ -39,8 +38,9 @@ def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "s
     failing index, item and remote traceback; remove drops failed calls; pass puts the
     exception in their place), ``retries``, ``timeout``, ``chunk_size``, ``seed``,
     ``workers``, ``backend``, ``profile``, ``packages`` (Azure), ``keep`` (Azure), ``export``,
-    ``no_export`` and ``name`` (``--name``: commands such as ``%azpar logs NAME`` accept it). Bad values raise ValueError (TypeError for a ``func`` that is not
-    callable) before anything is submitted. Ctrl-C while waiting cancels the job.
+    ``no_export`` and ``name`` (``--name``: commands such as ``%azpar logs NAME`` accept it).
+    Bad values raise ValueError (TypeError for a ``func`` that is not callable) before anything
+    is submitted. Ctrl-C while waiting cancels the job.
     What the calls print is kept, not shown: ``job.output(i)``, ``job.logs()``."""
     return _submit(func, iterable, False, locals())
 
