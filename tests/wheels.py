@@ -13,12 +13,12 @@ them offline.
 from __future__ import annotations
 
 import importlib.metadata as md
-import re
 import threading
 import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from azpar_magic.environment import repack_wheel
 from tests.batch_emulator.nodes import cache_root
@@ -37,7 +37,7 @@ def wheel_folder(*names: str) -> Path:
         seen: set[str] = set()
         todo = list(BASE + names)
         while todo:
-            name = _canonical(todo.pop())
+            name = canonicalize_name(todo.pop())
             if name in seen:
                 continue
             seen.add(name)
@@ -53,10 +53,6 @@ def node_pip_options(*names: str, extra_find_links: Path | None = None) -> list[
     if extra_find_links is not None:
         options += ["--find-links", str(extra_find_links)]
     return options
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _requirements(dist: md.Distribution) -> list[str]:

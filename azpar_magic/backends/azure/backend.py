@@ -94,7 +94,7 @@ class AzureBackend:
                 pool.ensure(self.client, self.profile, auth.registry_password(self.profile, self._environ))
             except AzureError as exc:
                 raise RuntimeError(f"the pool {self.profile['pool_id']!r} could not be reached or created: "
-                                   f"{_short(exc)}") from None
+                                   f"{errors.describe(exc)}") from None
             self._pool_ready = True
 
     def submit(self, job: JobSpec, tasks: Sequence[TaskSpec], on_event: EventSink) -> None:
@@ -104,7 +104,7 @@ class AzureBackend:
             run.stage()
         except (AzureError, ConfigError) as exc:
             self._cleanup(run)
-            raise RuntimeError(f"staging the job on Azure failed: {_short(exc)}") from None
+            raise RuntimeError(f"staging the job on Azure failed: {errors.describe(exc)}") from None
         self._say(storage.delegation_note(self.staging, run.lifetime))
         self._make_room(len(tasks))
         with self._lock:
@@ -139,7 +139,7 @@ class AzureBackend:
                     why = (f"this identity may not resize it (403 AuthorizationFailed: {pool.SUBMIT_ONLY_ROLE} "
                            f"reads pools but cannot write them; {pool.POOL_WRITE_ROLE} can)")
                 else:
-                    why = f"the resize failed ({_short(exc)})"
+                    why = f"the resize failed ({errors.describe(exc)})"
                     self.resized_for_run = found.autoscale  # autoscale may be off already: finish() restores it
             else:
                 self.pool_writes = True
@@ -188,8 +188,8 @@ class AzureBackend:
         try:
             return self.staging.download(container, f"ns/{file_name}")
         except AzureError as exc:
-            raise RuntimeError(f"the namespace blob {container}/ns/{file_name} could not be read: {_short(exc)}") \
-                from None
+            raise RuntimeError(f"the namespace blob {container}/ns/{file_name} could not be read: "
+                               f"{errors.describe(exc)}") from None
 
     def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink, *,
                  failed_before: bool = False) -> None:
@@ -210,7 +210,7 @@ class AzureBackend:
             run.failed_any = failed_before
             run.resume()
         except AzureError as exc:
-            raise RuntimeError(f"the job's storage could not be reached: {_short(exc)}") from None
+            raise RuntimeError(f"the job's storage could not be reached: {errors.describe(exc)}") from None
         with self._lock:
             self._runs[job_id] = run
 
@@ -232,7 +232,7 @@ class AzureBackend:
                 pass
             except (AzureError, ValueError) as exc:  # ValueError: the client was closed meanwhile
                 if strict:
-                    raise RuntimeError(f"{what} could not be deleted: {_short(exc)}") from None
+                    raise RuntimeError(f"{what} could not be deleted: {errors.describe(exc)}") from None
 
     def check_data(self, plan: Any) -> None:
         """--inputs az://...: each must select blobs, listed now, before anything is submitted."""
@@ -372,6 +372,4 @@ class AzureBackend:
         return {"calls": dict(run.calls), "added_at": run.added_at, "add_report": run.add_report}
 
 
-def _short(exc: BaseException) -> str:
-    return errors.describe(exc)
 
