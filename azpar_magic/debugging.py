@@ -30,7 +30,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import session, store
+from . import session
+from .jobstore import store
 from . import worker as wire
 
 

@@ -200,9 +200,9 @@ def _never() -> tuple[str, str, str]:
 def _run_one(profile: str | None) -> tuple[str, str, str]:
     """Check 9: one iteration through the normal engine, as a cell would run it."""
     from . import session
-    from .engine import RunRequest, SubmitError
-    from .job import JobOptions
-    from .parsing import parse_cell
+    from .run.engine import RunRequest, SubmitError
+    from .jobs.job import JobOptions
+    from .run.parsing import parse_cell
 
     started = time.monotonic()
     engine = session.engine(profile=profile) if profile else session.engine(backend="local")

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import session
-from .engine import API_SPELLING, RunRequest, SubmitError, validate_options
-from .job import Job, JobOptions
-from .parsing import is_requirement, is_variable_name, parse_cell, split_requirements
+from .run.engine import API_SPELLING, RunRequest, SubmitError, validate_options
+from .jobs.job import Job, JobOptions
+from .run.parsing import is_requirement, is_variable_name, parse_cell, split_requirements
 
 _ITEM = "__azpar_item__"  # the loop target: a name no function reads as a global
 _ITEMS = "__azpar_items__"

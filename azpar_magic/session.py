@@ -10,8 +10,8 @@ from typing import Any
 
 from . import config
 from .backends.base import create_backend
-from .engine import Engine
-from .job import Job
+from .run.engine import Engine
+from .jobs.job import Job
 
 _lock = threading.Lock()
 _engines: dict[tuple, Engine] = {}
@@ -164,7 +164,7 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
     started by an earlier kernel or by another one. A job loaded from the store is
     remembered once it has ended, so later commands reuse it instead of reading it again;
     one still running elsewhere is followed (see store.load_job) and loaded afresh each time."""
-    from . import store
+    from .jobstore import store
 
     job_id = _named(job_id)
     with _lock:
@@ -218,7 +218,7 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
 def _named(text: str | None) -> str | None:
     """The id of the newest job called ``text`` (``--name``), of this process or the job
     store; else ``text`` unchanged (an id, or a start or end of one)."""
-    from . import store
+    from .jobstore import store
 
     if text is None or text in _jobs:
         return text

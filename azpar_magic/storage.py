@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import config, session
-from .data import BLOB_SCHEME, DataError, blob_path
+from .run.data import BLOB_SCHEME, DataError, blob_path
 
 ProgressHook = Callable[[str, int, int], None]  # (blob name, bytes done, bytes in all)
 

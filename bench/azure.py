@@ -89,7 +89,7 @@ def main() -> int:
 
         # The kernel ends (the Batch job runs on), then a new one attaches: what taking the
         # job over costs. The dead kernel is simulated by naming a process that does not exist.
-        from azpar_magic import store
+        from azpar_magic.jobstore import store
 
         session.close()
         store.flush()

@@ -576,7 +576,7 @@ def workload_d(peer: Peer, P: dict) -> dict:
         # in how many pickling passes the array itself is written (first visit per pass: the C
         # pickler consults reducer_override only for objects not yet in its memo; the dill
         # pickler's save is checked against its memo here).
-        import azpar_magic.capture as capture_mod
+        from azpar_magic.run import capture as capture_mod
         import azpar_magic.worker as wire_mod
 
         original_serialize = capture_mod.serialize

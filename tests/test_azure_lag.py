@@ -54,7 +54,7 @@ def test_lost_responses_of_create_job_and_add_tasks_count_as_done(azure, ip, run
 def test_a_job_of_the_same_id_that_is_not_ours_is_refused_and_left_alone(azure, ip, run_cell, batch, monkeypatch):
     from azure.batch import models
 
-    from azpar_magic import engine
+    from azpar_magic.run import engine
 
     monkeypatch.setattr(engine, "new_job_id", lambda: "azpar-someone-else")
     other = azpar_magic.session.engine().backend.client

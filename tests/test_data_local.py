@@ -177,8 +177,8 @@ def test_bad_specs_are_refused(ip, run_cell, folder, options, fragment):
 
 
 def test_the_job_store_keeps_the_data_options_for_a_rerun_in_a_new_kernel():
-    from azpar_magic import store
-    from azpar_magic.job import JobOptions
+    from azpar_magic.jobstore import store
+    from azpar_magic.jobs.job import JobOptions
 
     options = JobOptions(inputs=("parts/part-{i}.csv", "scale.txt"), outputs=("*.png",), outputs_to="out")
     assert store.options_from_json(json.loads(json.dumps(store.options_to_json(options)))) == options
@@ -202,7 +202,7 @@ def test_a_rerun_of_failed_iterations_gets_their_inputs_again(ip, run_cell, fold
 
 
 def test_an_input_folder_with_a_link_cycle_is_walked_once(tmp_path):
-    from azpar_magic.data import resolve_local
+    from azpar_magic.run.data import resolve_local
 
     (tmp_path / "refs" / "sub").mkdir(parents=True)
     (tmp_path / "refs" / "a.txt").write_text("a")

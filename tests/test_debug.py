@@ -15,8 +15,8 @@ import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
-from azpar_magic import store
-from azpar_magic.parsing import CELL_FILENAME
+from azpar_magic.jobstore import store
+from azpar_magic.run.parsing import CELL_FILENAME
 
 from .helpers_corpus import restore_namespace, snapshot_namespace
 

@@ -11,7 +11,8 @@ import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
-from azpar_magic import session, store
+from azpar_magic import session
+from azpar_magic.jobstore import store
 
 
 @pytest.fixture
@@ -123,8 +124,8 @@ def test_a_bad_name_is_refused_before_submitting(ip, run_cell, job_store, name, 
 
 
 def test_python_api_refuses_a_bad_name(ip, job_store):
-    from azpar_magic.engine import SubmitError, validate_options
-    from azpar_magic.job import JobOptions
+    from azpar_magic.run.engine import SubmitError, validate_options
+    from azpar_magic.jobs.job import JobOptions
 
     with pytest.raises(SubmitError, match="'a b' cannot name a job: it has ' '"):
         validate_options(JobOptions(name="a b"))

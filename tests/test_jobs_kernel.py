@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from azpar_magic import store
+from azpar_magic.jobstore import store
 
 from .test_kernel import _ANSI, Kernel, _isolated_env, _stop
 

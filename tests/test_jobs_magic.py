@@ -11,7 +11,8 @@ import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
-from azpar_magic import session, store
+from azpar_magic import session
+from azpar_magic.jobstore import store
 
 
 @pytest.fixture

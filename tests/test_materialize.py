@@ -8,8 +8,8 @@ import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
-from azpar_magic import engine
-from azpar_magic.parsing import parse_cell
+from azpar_magic.run import engine
+from azpar_magic.run.parsing import parse_cell
 
 
 def _refusal(run) -> str:

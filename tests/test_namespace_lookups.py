@@ -9,7 +9,7 @@ import ast
 
 import pytest
 
-from azpar_magic import capture
+from azpar_magic.run import capture
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import traceback
 
 import pytest
 
-from azpar_magic.parsing import (CELL_FILENAME, CellError, body_warnings, is_requirement, is_variable_name, parse_cell,
+from azpar_magic.run.parsing import (CELL_FILENAME, CellError, body_warnings, is_requirement, is_variable_name, parse_cell,
                                  split_header, split_requirements)
 
 

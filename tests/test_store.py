@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 import azpar_magic
-from azpar_magic import engine as engine_mod
-from azpar_magic import session, store
-from azpar_magic.job import LOST
+from azpar_magic.run import engine as engine_mod
+from azpar_magic import session
+from azpar_magic.jobstore import store
+from azpar_magic.jobs.job import LOST
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,7 +212,7 @@ def test_owner_alive_tells_a_reused_pid_from_the_same_process():
 _RUNNER = textwrap.dedent('''
     import sys, time
     import azpar_magic
-    from azpar_magic import store
+    from azpar_magic.jobstore import store
 
     n, delay = int(sys.argv[1]), float(sys.argv[2])
     FAIL3, POINTS = "fail3" in sys.argv, "points" in sys.argv

@@ -242,13 +242,13 @@ def test_status_and_config_in_a_widget_frontend(frontend):
 
 
 def test_terminal_ipython_uses_text(ip):
-    from azpar_magic.magics import _display_mode
+    from azpar_magic.magics.core import _display_mode
 
     assert _display_mode(ip) == "text"
 
 
 def test_missing_ipywidgets_means_text(monkeypatch):
-    from azpar_magic import magics
+    from azpar_magic.magics import core as magics
 
     class Kernel:
         comm_manager = object()

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("ipywidgets")
 
 import azpar_magic  # noqa: E402
-from azpar_magic.job import JobSnapshot, NodeInfo  # noqa: E402
+from azpar_magic.jobs.job import JobSnapshot, NodeInfo  # noqa: E402
 from azpar_magic.ui import html, state  # noqa: E402
 from azpar_magic.ui.panel import JobPanel, PoolPanel  # noqa: E402
 
@@ -214,7 +214,7 @@ def test_a_snapshot_reads_its_state_with_its_counts():
     # The panel latches the first final snapshot it draws, so a final state must never come
     # with counts from before the end. Here the job ends while snapshot() asks for the nodes
     # (outside the job's lock): the snapshot must still be the consistent, earlier one.
-    from azpar_magic.job import Job, JobOptions
+    from azpar_magic.jobs.job import Job, JobOptions
 
     job: Job | None = None
 

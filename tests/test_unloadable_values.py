@@ -8,7 +8,8 @@ import pickle
 import pytest
 
 import azpar_magic
-from azpar_magic import engine, worker
+from azpar_magic.jobs import results
+from azpar_magic import worker
 
 # Iteration 4 returns an instance of a class from a module that exists only in the worker
 # process; iteration 7 an object whose rebuilding raises anywhere but in the process that
@@ -93,10 +94,10 @@ def test_a_stand_in_inside_containers_and_attributes_fails_only_its_value():
 
     values = [1, [{"a": Broken()}], Box(Broken()), "fine", (2, 3)]
     encoded = ["all", *worker.dumps(values)]
-    decoded, problems = engine._decode_each(encoded, len(values))
+    decoded, problems = results.decode_each(encoded, len(values))
     assert sorted(problems) == [1, 2]
     assert all("no such class here" in why for why in problems.values())
     assert decoded[0] == 1 and decoded[3] == "fine" and decoded[4] == (2, 3)
     # The fast path is unchanged when everything loads.
     good = ["all", "pickle", pickle.dumps([1, 2, 3])]
-    assert engine._decode_each(good, 3) == ([1, 2, 3], {})
+    assert results.decode_each(good, 3) == ([1, 2, 3], {})

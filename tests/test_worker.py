@@ -13,9 +13,9 @@ import types
 
 import pytest
 
-from azpar_magic import capture
+from azpar_magic.run import capture
 from azpar_magic import worker as wire
-from azpar_magic.parsing import parse_cell
+from azpar_magic.run.parsing import parse_cell
 
 
 @pytest.fixture

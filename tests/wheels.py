@@ -20,7 +20,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from azpar_magic.environment import repack_wheel
+from azpar_magic.run.environment import repack_wheel
 from tests.batch_emulator.nodes import cache_root
 
 _lock = threading.Lock()

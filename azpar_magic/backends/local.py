@@ -36,7 +36,8 @@ from dataclasses import dataclass, field, replace
 
 from .. import config
 from .. import worker as wire
-from ..job import NodeInfo
+from ..jobs.job import NodeInfo
+from ..jobs.text import format_duration
 from .base import EventSink, JobSpec, TaskEvent, TaskSpec
 
 WORKER_SCRIPT = os.path.abspath(wire.__file__)
@@ -598,8 +599,6 @@ def _timeout_message(limit: float | None, task: TaskSpec, running: int | None) -
 
 
 def _duration(seconds: float) -> str:
-    from ..ui.state import format_duration
-
     return format_duration(max(0.0, seconds))
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..job import CANCELLED, DONE, FAILED, PENDING, SUCCEEDED, JobSnapshot, NodeInfo
+from ..jobs.text import format_duration
+from ..jobs.job import CANCELLED, DONE, FAILED, PENDING, SUCCEEDED, JobSnapshot, NodeInfo
 
 # Node states, local (starting/idle/running/lost) and Azure Batch, grouped by what they
 # mean to someone watching a run. Unknown states fall into "other" rather than failing.
@@ -44,18 +45,6 @@ BAR_COLOURS = {"succeeded": "#43a047", "failed": "#e53935", "cancelled": "#fb8c0
 
 # Final and live styles, in ipywidgets' vocabulary (bar_style / button_style names).
 STYLE_COLOURS = {"info": "#1565c0", "success": "#2e7d32", "danger": "#c62828", "warning": "#ef6c00"}
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds + 0.5), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def format_rate(per_second: float | None) -> str | None:

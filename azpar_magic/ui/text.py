@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..job import JobSnapshot
+from ..jobs.job import JobSnapshot, register_views
 from .html import panel_html, pool_html
 from .state import counts_phrase, format_duration, format_rate, job_view
 
@@ -140,3 +140,6 @@ def format_pool_text(view: Mapping[str, Any]) -> str:
 def format_pool_html(view: Mapping[str, Any]) -> str:
     return pool_html(dict(view))
 
+
+
+register_views(text=format_snapshot, html=format_html)

@@ -18,7 +18,7 @@ from azure.core.exceptions import AzureError
 
 from ... import worker as wire
 from ...config import ConfigError, Profile, check_profile
-from ...job import NodeInfo
+from ...jobs.job import NodeInfo
 from ..base import EventSink, JobSpec, TaskSpec
 from . import auth, autoscale, errors, pool, storage
 from .run import MANIFEST_BLOB, AzureRun

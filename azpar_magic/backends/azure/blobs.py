@@ -23,7 +23,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock
 
-from ...data import DataError, path_below
+from ...run.data import DataError, path_below
 from .storage import Staging
 
 BLOCK_SIZE = 4 << 20  # bytes per uploaded block

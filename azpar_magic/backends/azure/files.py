@@ -41,7 +41,7 @@ from urllib.parse import quote, unquote
 from azure.batch import models
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-from ...data import INPUTS_DIR, DataError, DataPlan, has_dot_dot, outputs_plan, path_below
+from ...run.data import INPUTS_DIR, DataError, DataPlan, has_dot_dot, outputs_plan, path_below
 from ..base import TaskSpec
 from . import blobs, commands, storage
 
@@ -385,7 +385,7 @@ def install_plan(packages: Mapping[str, str], overrides: Sequence[str], pip_opti
     ``--packages`` replacing by name, local and editable ones built into wheels). The node
     folder's digest covers the set's own digest (wheel contents included) and the pip options,
     since another index may serve other files for the same pins."""
-    from ... import environment
+    from ...run import environment
 
     wanted = environment.requirement_set(packages, overrides)
     local = {w.path.name for w in wanted.wheels}

@@ -27,7 +27,7 @@ from azure.batch import models
 from azure.core.exceptions import (AzureError, HttpResponseError, ResourceNotFoundError, ServiceRequestError,
                                    ServiceResponseError)
 
-from ... import store
+from ...jobstore import store
 from ...errors import RequirementError
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec

@@ -19,13 +19,14 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 from IPython.display import display, publish_display_data
 
-from . import merge, session, worker
-from .config import ConfigError
-from .engine import FLAG_SPELLING, RunRequest, SubmitError, validate_options
-from .errors import IterationError
-from .job import LOST, Job, JobOptions
-from .parsing import CellError, body_warnings, is_requirement, is_variable_name, parse_cell, split_requirements
-from .ui.text import format_failures, format_pool_text, format_snapshot
+from ..jobs import merge
+from .. import api, session, worker
+from ..config import ConfigError
+from ..run.engine import FLAG_SPELLING, RunRequest, SubmitError, validate_options
+from ..errors import IterationError
+from ..jobs.job import LOST, Job, JobOptions
+from ..run.parsing import CellError, body_warnings, is_requirement, is_variable_name, parse_cell, split_requirements
+from ..ui.text import format_failures, format_pool_text, format_snapshot
 
 DEFAULT_OUTPUT = "azpar_result"
 PROGRESS_DELAY = 1.0  # seconds before the progress line appears (quick cells stay quiet)
@@ -271,7 +272,7 @@ def _display_mode(shell) -> str:
     if kernel is None or getattr(kernel, "comm_manager", None) is None:
         return "text"
     try:
-        from .ui import panel  # noqa: F401  (imports ipywidgets)
+        from ..ui import panel  # noqa: F401  (imports ipywidgets)
     except ImportError:
         return "text"
     if forced == "widget":
@@ -286,7 +287,7 @@ _PANELS: OrderedDict[str, object] = OrderedDict()
 def _panel_for(job: Job):
     """The job's live panel (one per job, so every view of it is the same widget),
     following the job from a background thread until it ends."""
-    from .ui.panel import JobPanel
+    from ..ui.panel import JobPanel
 
     panel = _PANELS.get(job.id)
     if panel is None:
@@ -306,7 +307,7 @@ def _job_mimebundle(job: Job):
 
 def _pool_views() -> list[dict]:
     """One pool view per engine of this kernel (what ``%azpar status`` draws)."""
-    from .ui.state import pool_view
+    from ..ui.state import pool_view
 
     views = []
     for engine in session.engines() or [session.engine()]:
@@ -753,7 +754,7 @@ class AzparMagics(Magics):
         usage = "usage: %azpar env [PROFILE] [JOB]"
         if len(words) > 2:
             raise UsageError(usage)
-        from .config import profile_names
+        from ..config import profile_names
 
         names = set(profile_names())
         profiles = [w for w in words if w in names]
@@ -778,9 +779,7 @@ class AzparMagics(Magics):
     JOBS_SHOWN = 30  # rows of %azpar jobs without --all
 
     def _cmd_jobs(self, words: list[str]) -> None:
-        import azpar_magic
-
-        from .store import store_root
+        from ..jobstore.store import store_root
 
         usage = "usage: %azpar jobs [--all] [--state S] [--name PATTERN] [--since DATE]"
         filters = {}
@@ -790,7 +789,7 @@ class AzparMagics(Magics):
         if words not in ([], ["--all"]):
             raise UsageError(usage)
         try:
-            rows = azpar_magic.jobs(stored=True, **filters)
+            rows = api.jobs(stored=True, **filters)
         except ValueError as exc:
             raise UsageError(f"{exc}; {usage}") from None
         if not rows:
@@ -891,9 +890,7 @@ class AzparMagics(Magics):
         listener(job)  # it may have ended meanwhile
 
     def _cmd_logs(self, words: list[str]) -> None:
-        import azpar_magic
-
-        from .store import StoreError
+        from ..jobstore.store import StoreError
 
         usage = "usage: %azpar logs JOB [ITERATION]"
         if not 1 <= len(words) <= 2:
@@ -905,7 +902,7 @@ class AzparMagics(Magics):
             except ValueError:
                 raise UsageError(f"ITERATION is an iteration number (0, 1, ...), not {words[1]!r}; {usage}") from None
         try:
-            text = azpar_magic.logs(words[0], index)
+            text = api.logs(words[0], index)
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
         except (IndexError, StoreError) as exc:
@@ -913,9 +910,7 @@ class AzparMagics(Magics):
         sys.stdout.write(text)
 
     def _cmd_rerun(self, words: list[str]):
-        import azpar_magic
-
-        from .store import StoreError
+        from ..jobstore.store import StoreError
 
         usage = "usage: %azpar rerun JOB [--failed|--all] [-o NAME] [--no-wait] [-q]"
         rest, output, given = self._job_and_output(words, usage, flags=("--failed", "--all", "--no-wait", "-q",
@@ -924,7 +919,7 @@ class AzparMagics(Magics):
             raise UsageError(usage)
         quiet = bool(given & {"-q", "--quiet"})
         try:
-            job = azpar_magic._rerun(rest[0] if rest else None, "--all" not in given, self.shell.user_ns, output,
+            job = api.rerun_with(rest[0] if rest else None, "--all" not in given, self.shell.user_ns, output,
                                      FLAG_SPELLING)
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
@@ -953,7 +948,7 @@ class AzparMagics(Magics):
         """``%azpar debug JOB I [--no-pdb]``: debugging.py loads and runs the iteration; here
         its exception is raised (--no-pdb) or shown and opened in IPython's post-mortem
         debugger, the one ``%debug`` opens (``shell.debugger``)."""
-        from . import debugging
+        from .. import debugging
 
         usage = "usage: %azpar debug JOB ITERATION [--no-pdb]"
         flags = [w for w in words if w.startswith("--")]
@@ -984,23 +979,21 @@ class AzparMagics(Magics):
         return None
 
     def _cmd_delete(self, words: list[str]) -> None:
-        import azpar_magic
-
-        from .store import StoreError
+        from ..jobstore.store import StoreError
 
         if not words:
             raise UsageError("usage: %azpar delete JOB [JOB ...]")
         found = []
         for word in words:  # every id checked before anything is deleted
             try:
-                found.append(azpar_magic._deletable(word))
+                found.append(api.deletable_id(word))
             except KeyError as exc:
                 raise UsageError(f"{exc.args[0]}. Nothing was deleted.") from None
             except (ValueError, StoreError) as exc:
                 raise UsageError(f"{exc}. Nothing was deleted.") from None
         for job_id in dict.fromkeys(found):
             try:
-                azpar_magic.delete(job_id)
+                api.delete(job_id)
             except (RuntimeError, ConfigError) as exc:
                 raise UsageError(f"job {job_id} was not deleted: {exc}. Its local copy is kept; try again.") from None
             print(f"azpar: deleted job {job_id} (its results, items and logs)")
@@ -1013,7 +1006,7 @@ class AzparMagics(Magics):
         except (ConfigError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         if _display_mode(self.shell) == "widget":
-            from .ui.panel import PoolPanel
+            from ..ui.panel import PoolPanel
 
             panel = PoolPanel(_pool_views, first=views)
             display(panel.widget)
@@ -1025,7 +1018,7 @@ class AzparMagics(Magics):
 
     def _cmd_doctor(self, words: list[str]):
         """The doctor's table (azpar_magic.doctor): HTML in a notebook, text elsewhere."""
-        from . import doctor
+        from .. import doctor
 
         flags = [w for w in words if w.startswith("-")]
         names = [w for w in words if not w.startswith("-")]
@@ -1034,8 +1027,8 @@ class AzparMagics(Magics):
         display(doctor.diagnose(names[0] if names else None, run="--run" in flags))
 
     def _cmd_config(self, words: list[str]) -> None:
-        from .config import save_profile, user_config_path, validate_profile
-        from .ui import profile as prof
+        from ..config import save_profile, user_config_path, validate_profile
+        from ..ui import profile as prof
 
         try:
             words = shlex.split(" ".join(words))
@@ -1083,7 +1076,7 @@ class AzparMagics(Magics):
                 print(f"  still to fix: {key} {message}")
             return
         if _display_mode(self.shell) == "widget":
-            from .ui.form import ConfigForm
+            from ..ui.form import ConfigForm
 
             form = ConfigForm(name, test_connection=getattr(session, "test_connection", None),
                               pool_action=getattr(session, "pool_action", None))
@@ -1097,7 +1090,7 @@ class AzparMagics(Magics):
 
     def _cmd_storage(self, words: list[str]) -> None:
         """The profile's Blob storage (azpar_magic.storage): transfers show one progress line."""
-        from . import storage
+        from .. import storage
 
         try:
             words = shlex.split(" ".join(words))
@@ -1192,7 +1185,7 @@ class AzparMagics(Magics):
         print(session.describe())
 
     def _find(self, job_id: str | None) -> Job:
-        from .store import StoreError
+        from ..jobstore.store import StoreError
 
         try:
             return session.find_job(job_id)

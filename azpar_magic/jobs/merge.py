@@ -12,6 +12,8 @@ import operator
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from .text import short_repr
+
 COMBINE_MODES = ("list", "dict", "sum", "concat")
 ERROR_POLICIES = ("stop", "remove", "pass")
 
@@ -26,19 +28,14 @@ def check_dict_keys(items: Sequence[Any]) -> None:
     for index, item in enumerate(items):
         if not isinstance(item, Hashable):
             raise CombineError(
-                f"--combine dict uses each item as a key, but item {index} ({_short(item)}) is a "
+                f"--combine dict uses each item as a key, but item {index} ({short_repr(item)}) is a "
                 f"{type(item).__name__}, which is not hashable. Use --combine list, or iterate over "
                 "hashable keys."
             )
         try:
             hash(item)
         except TypeError as exc:
-            raise CombineError(f"--combine dict: item {index} ({_short(item)}) is not hashable: {exc}") from None
-
-
-def _short(obj: object, limit: int = 80) -> str:
-    text = repr(obj)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+            raise CombineError(f"--combine dict: item {index} ({short_repr(item)}) is not hashable: {exc}") from None
 
 
 def select(values: Sequence[Any], items: Sequence[Any], failed: dict[int, Any], policy: str

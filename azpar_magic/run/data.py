@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..jobs.text import short_repr
+
 BLOB_SCHEME = "az://"
 INPUTS_DIR = "inputs"  # where inputs appear in an iteration's working directory
 DEFAULT_DEST = "azpar_outputs"
@@ -392,7 +394,7 @@ def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, 
                 bound = binder(items[index])
             except Exception as exc:
                 raise DataError(f"--inputs {per_item[0]!r}: iteration {index} cannot bind the loop target "
-                                f"`{target_source}` to its item {_short_repr(items[index])} "
+                                f"`{target_source}` to its item {short_repr(items[index], 60)} "
                                 f"({type(exc).__name__}: {exc}).") from None
             files: list[LocalFile] = []
             blobs: list[BlobSpec] = []
@@ -401,7 +403,7 @@ def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, 
                     formatted = text.format_map(bound)
                 except Exception as exc:
                     raise DataError(f"--inputs {text!r} cannot be formatted for iteration {index} (item "
-                                    f"{_short_repr(items[index])}): {type(exc).__name__}: {exc}.") from None
+                                    f"{short_repr(items[index], 60)}): {type(exc).__name__}: {exc}.") from None
                 if formatted.startswith(BLOB_SCHEME):
                     if not blobs_ok:
                         raise DataError(f"--inputs {text!r}: az:// inputs need the Azure backend (a profile); this "
@@ -415,11 +417,6 @@ def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, 
             if blobs:
                 result.item_blobs[index] = blobs
     return result
-
-
-def _short_repr(obj: Any, limit: int = 60) -> str:
-    text = repr(obj)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- the report

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import merge
-from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError, JobCancelled,
+from .text import short_repr
+from ..errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError, JobCancelled,
                      RemoteException, TaskTimeoutError)
 
 # Job states. LOST: the process that ran the job ended before the job did (a local job dies
@@ -167,6 +168,16 @@ class JobOptions:
     outputs: tuple[str, ...] = ()  # --outputs globs
     outputs_to: str | None = None  # --outputs-to folder or az:// path
     name: str | None = None  # --name: a short label commands accept instead of the id (store.check_name)
+
+
+_VIEWS: dict[str, Callable[[JobSnapshot], str]] = {}
+
+
+def register_views(*, text: Callable[[JobSnapshot], str], html: Callable[[JobSnapshot], str]) -> None:
+    """Install how a Job shows itself (``repr`` and a notebook's HTML). The views live in ``ui``, above this
+    layer: ``ui.text`` registers them when it is imported, which the package's ``__init__`` does."""
+    _VIEWS["text"] = text
+    _VIEWS["html"] = html
 
 
 class Job:
@@ -488,7 +499,7 @@ class Job:
                 failure = self._failures.get(i)
                 state = ("succeeded" if status == _ITER_OK else "not run" if status == _ITER_PENDING
                          else "cancelled" if failure is not None and failure.kind == "cancelled" else "failed")
-                lines = [f"--- iteration {i} (item {merge._short(self.items[i])}): {state} ---"]
+                lines = [f"--- iteration {i} (item {short_repr(self.items[i])}): {state} ---"]
                 for kind, data in events:
                     if kind in ("stdout", "stderr"):
                         lines.append(data if kind == "stdout" else "".join(
@@ -557,7 +568,7 @@ class Job:
         """The error ``--errors stop`` raises for ``failure`` (lock held): result() and
         as_completed() raise the same one."""
         return IterationError(
-            index=failure.index, item_repr=merge._short(self.items[failure.index]),
+            index=failure.index, item_repr=short_repr(self.items[failure.index]),
             error_type=failure.error_type, message=failure.message, traceback=failure.traceback,
             line=failure.line, job_id=self.id,
             failed_count=sum(1 for f in self._failures.values() if f.kind != "cancelled"),
@@ -617,7 +628,7 @@ class Job:
             if throughput and not self.done:
                 eta = (total - done) / throughput
             firsts = sorted((f for f in self._failures.values() if f.kind != "cancelled"), key=lambda f: f.index)[:5]
-            views = tuple(FailureView(f.index, merge._short(self.items[f.index]), f.summary, f.traceback,
+            views = tuple(FailureView(f.index, short_repr(self.items[f.index]), f.summary, f.traceback,
                                       self._output_text(f.index, _FAILURE_OUTPUT_LIMIT))
                           for f in firsts)
         try:
@@ -654,14 +665,12 @@ class Job:
         return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters]"
 
     def __repr__(self) -> str:
-        from .ui.text import format_snapshot
+        text = _VIEWS.get("text")
+        return f"<azpar Job {text(self.snapshot()) if text else f'{self.id} {self.state}'}>"
 
-        return f"<azpar Job {format_snapshot(self.snapshot())}>"
-
-    def _repr_html_(self) -> str:
-        from .ui.text import format_html
-
-        return format_html(self.snapshot())
+    def _repr_html_(self) -> str | None:
+        html = _VIEWS.get("html")
+        return html(self.snapshot()) if html else None
 
 
 class _Wakeup:

@@ -35,7 +35,7 @@ class Row:
 
 def rows(packages: dict[str, str], overrides: list[str], image: dict[str, str] | None) -> list[Row]:
     """The requirement set of a job, one row per requirement."""
-    from . import environment
+    from ..run import environment
 
     wanted = environment.requirement_set(packages, overrides)
     out = []

@@ -20,7 +20,7 @@ import tokenize
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .worker import FUNCTION_NAME, ITEM_NAME, VALUE_NAME
+from ..worker import FUNCTION_NAME, ITEM_NAME, VALUE_NAME
 
 CELL_FILENAME = "<azpar cell>"
 _ONCE_NAME = "__azpar_once__"

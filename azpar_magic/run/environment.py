@@ -56,7 +56,7 @@ from packaging.requirements import InvalidRequirement
 from packaging.requirements import Requirement as _Pep508
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from .errors import RequirementError
+from ..errors import RequirementError
 
 #: Distributions the image has; kept out when only reached as a dependency.
 IMAGE_TOOLS = frozenset({"pip", "setuptools", "wheel"})

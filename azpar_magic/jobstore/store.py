@@ -76,10 +76,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import identity
-from . import worker as wire
-from .job import (DONE, FAILED, FINAL_STATES, LOST, PENDING, RUNNING, TASK_CANCELLED, TASK_FAILED, TASK_SUCCEEDED,
+from .. import identity
+from .. import worker as wire
+from ..jobs.job import (DONE, FAILED, FINAL_STATES, LOST, PENDING, RUNNING, TASK_CANCELLED, TASK_FAILED, TASK_SUCCEEDED,
                   Failure, Job, JobOptions)
+from ..jobs.results import decode_list, failure_from_record
 
 STORE_ENV = "AZPAR_JOB_STORE"
 FORMAT = 1
@@ -1050,14 +1051,6 @@ def load_items(job_id: str, total: int | None = None) -> list:
     return items
 
 
-def _decoders():
-    # The worker's result format is decoded by the engine's own helpers, imported here (not
-    # at the top) because the engine imports this module.
-    from .engine import _decode_list, _failure_from_record
-
-    return _decode_list, _failure_from_record
-
-
 def _failure_from_json(index: int, data: Mapping[str, Any]) -> Failure:
     return Failure(index, data.get("type", "Exception"), data.get("message", ""), data.get("traceback", ""),
                    data.get("line"), data.get("kind", "user"))
@@ -1081,7 +1074,6 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
         for i, data_ in (record.get("failures") or {}).items():
             if int(i) not in skip:
                 logged.setdefault(int(i), _failure_from_json(int(i), data_))
-    decode_list, failure_from_record = _decoders()
     for header, body, skip, base, offset in _walk(data, start):
         kind = header.get("k")
         if kind not in ("result", "fail"):

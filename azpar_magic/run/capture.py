@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 import dill
 
-from . import worker as wire
+from .. import worker as wire
 from .parsing import CELL_FILENAME, ParsedCell
 
 # Never shipped, whatever the body reads: IPython's history and handles, and the shell.

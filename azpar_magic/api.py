@@ -1,0 +1,239 @@
+"""The package's public functions: start, list, follow, collect, cancel, rerun and delete jobs.
+
+``azpar_magic`` re-exports them; the magic's commands call them too, so the cell and a script
+reach the same behaviour through one path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from . import mapping, session
+from .jobs.job import FINAL_STATES, Job, JobOptions
+from .jobstore import store
+from .jobstore.store import JobSummary
+from .run.engine import API_SPELLING, RunRequest, SubmitError
+from .run.parsing import CellError, parse_cell
+
+__all__ = ["run", "jobs", "attach", "collect", "logs", "cancel", "rerun", "rerun_with", "delete", "deletable_id"]
+
+
+def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, combine: str | Callable = "list",
+        errors: str = "stop", gather: Iterable[str] = (), retries: int = 2, timeout: float | None = None,
+        chunk_size: int | None = None, seed: int | None = None, export: Iterable[str] = (),
+        no_export: Iterable[str] = (), backend: str | None = None, workers: int | None = None,
+        inputs: Iterable[str] = (), outputs: Iterable[str] = (), outputs_to: str | None = None) -> Job:
+    """Start the loop ``loop`` (``"for x in xs"``) with ``body`` and return its Job at once.
+
+    ``namespace`` defaults to the caller's globals; ``job.result()`` waits and returns the
+    combined value exactly as ``%%azpar`` would bind it. Options mean what the magic's do
+    (``inputs``/``outputs``/``outputs_to``: ``--inputs``/``--outputs``/``--outputs-to``; the
+    outputs' locations are in ``job.files``).
+    """
+    if namespace is None:
+        namespace = sys._getframe(1).f_globals
+    try:
+        cell = parse_cell(loop, body)
+    except CellError as exc:
+        raise ValueError(str(exc)) from None
+    options = JobOptions(combine=combine, errors=errors, gather=tuple(gather), retries=retries, timeout=timeout,
+                         chunk_size=chunk_size, seed=seed, inputs=tuple(inputs), outputs=tuple(outputs),
+                         outputs_to=outputs_to)
+    engine = session.engine(backend, workers)
+    try:
+        job = engine.submit(RunRequest(cell, namespace, options, tuple(export), tuple(no_export)))
+    except SubmitError as exc:
+        raise ValueError(str(exc)) from None  # bad input to a function: ValueError, as usual
+    session.remember(job)
+    return job
+
+
+def jobs(*, stored: bool = False, state: str | None = None, name: str | None = None,
+         since: str | float | None = None) -> list:
+    """The jobs of this process as Job handles, oldest first; with ``stored=True`` instead one
+    JobSummary per job in the job store (every kernel's, earlier sessions' too, this
+    process's with their live counts): the rows of ``%azpar jobs``. Summaries, not handles,
+    because a handle holds the values and listing must not read them.
+
+    Filters, as ``%azpar jobs`` takes them: ``state`` (``"failed"``, or several with commas),
+    ``name`` (a glob over the jobs' ``--name``: ``"sweep-*"``), ``since`` (an ISO date or
+    date and time, ``"today"``, ``"yesterday"``, ``"7d"``, or seconds since the epoch).
+    ValueError for a state, a date or a name pattern it cannot read."""
+    if not stored:
+        found = session.jobs()
+        if state is None and name is None and since is None:
+            return found
+        keep = {r.id for r in store.filter_jobs([JobSummary.of(j) for j in found], state=state, name=name,
+                                                since=since)}
+        return [j for j in found if j.id in keep]
+    rows = {row.id: row for row in store.list_jobs()}
+    for job in session.jobs():
+        if job.owner:  # followed from the store: the store's row is the truth
+            continue
+        rows[job.id] = JobSummary.of(job)
+    return store.filter_jobs(sorted(rows.values(), key=lambda r: (r.created, r.id)), state=state, name=name,
+                             since=since)
+
+
+def attach(job_id: str | None = None) -> Job:
+    """The handle of job ``job_id`` (the whole id or a unique end of it; default the latest),
+    whichever kernel started it: from this process, or rebuilt from the job store, where a job
+    keeps its items, values, failures and output after its kernel ends. A job another process
+    of this machine still runs is followed until it ends; a local job whose kernel died is in
+    state "lost" with its finished iterations: ``rerun`` completes it.
+
+    Raises KeyError naming the known ids for an unknown one, and store.StoreError when the
+    stored values cannot be rebuilt here (a notebook class they use is not defined yet)."""
+    return session.find_job(job_id)
+
+
+def collect(job_id: str | None = None, timeout: float | None = None) -> Any:
+    """Wait for job ``job_id`` and return its combined result (``attach(job_id).result()``)."""
+    return attach(job_id).result(timeout)
+
+
+def logs(job_id: str | None = None, i: int | None = None) -> str:
+    """What iteration ``i`` of the job printed, and its traceback if it failed (every
+    iteration that printed or failed when ``i`` is None), also after its kernel ended. Reads
+    the store's logs without decoding any value, so it works whatever this kernel defines."""
+    try:
+        job = session.find_job(job_id, stored=False)
+    except KeyError:
+        ids = store.job_ids()
+        found = None
+        if job_id is None:
+            found = store.latest_id() if ids else None
+        else:
+            try:
+                found = store.resolve(job_id)
+            except KeyError as exc:
+                if exc.args and exc.args[0] != job_id:
+                    raise  # ambiguous
+        if found is None:
+            return session.find_job(job_id).logs(i)  # raises the KeyError that names the known ids
+        job = store.load_job(found, values=False)
+    return job.logs(i)
+
+
+def cancel(job_id: str | None = None) -> Job:
+    """Cancel a running job of this process (queued iterations never start, running ones
+    stop, finished ones stay); a job that has ended is returned unchanged. A job another
+    process runs is refused (ValueError): only the process that runs a local job can stop it."""
+    job = session.find_job(job_id)
+    if job.owner:
+        raise ValueError(f"job {job.id} runs in {job.owner}, not in this process: cancel it there")
+    job.cancel()
+    return job
+
+
+def delete(job_id: str) -> None:
+    """Remove the job's results, items, logs and manifest from the job store (and forget it
+    in this process); for an Azure job first its Batch job and containers (logs, result
+    blobs), through the profile that ran it. A job still running is refused (ValueError):
+    cancel it first. When Azure refuses, the local copy stays, so deleting can be retried."""
+    found = deletable_id(job_id)
+    store.flush()
+    try:
+        manifest = store.read_manifest(found)
+    except KeyError:
+        manifest = {}
+    if (manifest.get("backend_info") or {}).get("batch_job_id"):
+        session.engine_for_stored(manifest).backend.delete_job(manifest["backend_info"]["batch_job_id"])
+    try:
+        store.delete(found)
+    except KeyError:  # a job the store never got (its writes failed): forgetting it is all
+        pass
+    session.forget(found)
+
+
+def deletable_id(job_id: str) -> str:
+    """The whole id of the job ``job_id`` names if it may be deleted now; KeyError (naming
+    the known ids) or ValueError (still running) otherwise."""
+    try:
+        job = session.find_job(job_id, stored=False)
+    except KeyError:
+        job = None
+    if job is not None:
+        if not job.done:
+            raise ValueError(f"job {job.id} is still {job.state}; cancel it before deleting it")
+        return job.id
+    try:
+        found = store.resolve(job_id)
+    except KeyError as exc:
+        if exc.args and exc.args[0] == job_id:
+            session.find_job(job_id)  # unknown: raises the KeyError that names the known ids
+        raise
+    state, where = store.effective_state(store.read_manifest(found))
+    if state not in FINAL_STATES:
+        raise ValueError(f"job {found} is still {state} in {where or 'another process'}; cancel it there before "
+                         "deleting it")
+    return found
+
+
+def rerun(job_id: str | None = None, failed: bool = True, *, namespace: Mapping[str, Any] | None = None,
+          output_name: str | None = None) -> Job:
+    """Run the job's failed or missing iterations again (all of them with ``failed=False``)
+    and return the new Job, whose result holds the earlier values and the new ones merged in
+    iteration order. Its id is new; its manifest names the original (``rerun_of``).
+
+    What runs: the stored items (the iterable is not evaluated again) with the cell's body
+    and loop header from the stored cell source, captured from ``namespace`` as it is now
+    (default: the caller's globals; in IPython the notebook's), so a function or variable
+    fixed since the first run is the fixed one, also in a new kernel. Options (combine,
+    errors, gather, seed, ...) are the original run's; with ``--seed`` iteration i gets the
+    same random stream as before.
+
+    Raises ValueError before anything is submitted when the job is still running, when an
+    item to run cannot be rebuilt here, or when the cell cannot be captured."""
+    if namespace is None:
+        namespace = sys._getframe(1).f_globals
+    return rerun_with(job_id, failed, namespace, output_name)
+
+
+def rerun_with(job_id: str | None, failed: bool, namespace: Mapping[str, Any], output_name: str | None,
+           spelling: dict[str, str] | None = None) -> Job:
+    base = session.find_job(job_id)
+    if not base.done:
+        raise ValueError(f"job {base.id} is still {base.state}; wait for it to end (or cancel it) before a rerun")
+    todo = base.missing_indices() if failed else list(range(len(base.items)))
+    missing_items = [base.items[i] for i in todo if isinstance(base.items[i], store.MissingItem)]
+    if missing_items:
+        first = missing_items[0]
+        raise ValueError(f"item {first.index} of job {base.id} could not be rebuilt in this kernel "
+                         f"({first.reason}); define what it refers to (a notebook class?), then rerun. "
+                         "Nothing was submitted.")
+    missing_combine = getattr(base.options.combine, "missing", None)
+    if missing_combine:
+        raise ValueError(f"{missing_combine} Nothing was submitted.")
+    problem = mapping.rerun_problem(base.id, base.source, namespace)  # a map job's lambda cannot be found again
+    if problem:
+        raise ValueError(problem)
+    first_line, _, body = base.source.partition("\n")
+    line = first_line[len("%%azpar"):] if first_line.startswith("%%azpar") else first_line
+    try:
+        cell = parse_cell(line, body)
+    except CellError as exc:
+        raise ValueError(f"the cell of job {base.id} cannot be parsed again: {exc}") from None
+    options = dataclasses.replace(base.options, output_name=output_name or base.options.output_name)
+    manifest = base.manifest or {}
+    request = RunRequest(cell, namespace, options, tuple(manifest.get("export") or ()),
+                         tuple(manifest.get("no_export") or ()), spelling=spelling or dict(API_SPELLING),
+                         items=base.items, indices=todo, base=base)
+    try:
+        job = _engine_for(base).submit(request)
+    except SubmitError as exc:
+        raise ValueError(str(exc)) from None
+    session.remember(job)
+    return job
+
+
+def _engine_for(job: Job):
+    """The engine that ran ``job`` when this process ran it; else one for its backend (the
+    local pool, or the profile its manifest names)."""
+    for engine in session.engines():
+        if job.id in engine.jobs:
+            return engine
+    return session.engine_for_stored(job.manifest or {"backend": job.backend_name})
