@@ -20,7 +20,10 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tomlkit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -491,44 +494,38 @@ def check_profile(profile: Profile) -> None:
         raise ConfigError(f"Profile {profile.name!r} cannot be used: {listed}.")
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write a {type(value).__name__} to a config file")
+def _replace_profile(document: tomlkit.TOMLDocument, name: str, entry: Mapping[str, Any]) -> None:
+    """Make ``[profiles.NAME]`` hold exactly ``entry``, editing the user's file in place: keys that stay keep
+    their comments and position, keys no longer set leave, new keys go at the end of the table, and a new
+    profile goes after the others. Everything outside that table is left as the user wrote it."""
+    import tomlkit
 
-
-def dump_toml(data: Mapping[str, Any]) -> str:
-    """TOML for the shapes config files hold: top-level values and tables of tables."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-
-    def table(prefix: str, body: Mapping[str, Any]) -> None:
-        plain = [(k, v) for k, v in body.items() if not isinstance(v, dict)]
-        if plain:
-            lines.extend(["", f"[{prefix}]"] + [f"{k} = {_toml_value(v)}" for k, v in plain])
-        for k, v in body.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}", v)
-
-    for key, value in data.items():
-        if isinstance(value, dict):
-            table(key, value)
-    return "\n".join(lines).lstrip("\n") + "\n"
+    profiles = document.get(PROFILES_TABLE)
+    if profiles is None:
+        profiles = tomlkit.table(is_super_table=True)
+        document[PROFILES_TABLE] = profiles
+    table = profiles.get(name)
+    if not isinstance(table, dict):
+        table = tomlkit.table()
+        for key, value in entry.items():
+            table[key] = value
+        table.add(tomlkit.nl())  # a blank line before whatever table follows, as people write them
+        profiles[name] = table
+        return
+    for key in [k for k in table if k not in entry]:
+        del table[key]
+    for key, value in entry.items():
+        if key not in table or table[key] != value:
+            table[key] = value
 
 
 def save_profile(name: str, values: Mapping[str, Any], path: Path | None = None) -> Path:
     """Write profile ``name`` (only fields that differ from the defaults) into ``path``
     (default: the user's config file), keeping the file's other settings; mode 0600."""
+    import tomlkit  # style-preserving, so the rest of the user's file stays as written; only saving needs it
     if not _BATCH_ID.match(name):
         raise ConfigError(f"a profile name must be letters, digits, '-' or '_', not {name!r}")
     path = Path(path or user_config_path())
-    data = dict(_read_toml(path)) if path.exists() else {}
-    profiles = dict(data.get(PROFILES_TABLE) or {})
     entry = {}
     for key, value in values.items():
         spec = PROFILE_FIELDS.get(key)
@@ -537,13 +534,17 @@ def save_profile(name: str, values: Mapping[str, Any], path: Path | None = None)
         value = _coerce_field(spec, value, f"profile {name!r}")
         if value != spec.default:
             entry[key] = value
-    profiles[name] = entry
-    data[PROFILES_TABLE] = profiles
+    if path.exists():
+        _read_toml(path)  # a file that is not valid TOML is refused with the reader's message, not rewritten
+        document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    else:
+        document = tomlkit.document()
+    _replace_profile(document, name, entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(dump_toml(data))
+        fh.write(tomlkit.dumps(document))
     os.replace(tmp, path)
     os.chmod(path, 0o600)
     return path
