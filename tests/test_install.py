@@ -65,6 +65,7 @@ def test_the_wheel_carries_the_files_but_installs_nothing_under_etc(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "azpar_magic/jupyter-config/ipython/startup/50-azpar_magic.py" in names
     assert "azpar_magic/jupyter-config/azpar/config.toml.example" in names
+    assert "azpar_magic/py.typed" in names  # PEP 561: type checkers read the package's own hints
     assert not [n for n in names if ".data/" in n], [n for n in names if ".data/" in n]  # no shared-data
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "azpar-magic = azpar_magic.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
