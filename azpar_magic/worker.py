@@ -776,7 +776,15 @@ def _segment_matches(pattern: str, name: str) -> bool:
     return fnmatch.fnmatch(name, pattern)
 
 
-def _glob_regex(pattern: list[str]) -> re.Pattern:
+def glob_regex(pattern: str, *, case_sensitive: bool | None = None) -> re.Pattern:
+    """The glob ``pattern`` as one regular expression over ``/``-joined relative paths, with the semantics of
+    the standard library's ``glob`` (recursive): used for ``--outputs`` on a node and for ``az://`` inputs in
+    the kernel, so a pattern selects the same names locally, on a node and in Blob storage. Case follows the
+    local file system unless ``case_sensitive`` says (blob names are always case-sensitive)."""
+    return _glob_regex(_pattern_segments(pattern), case_sensitive=case_sensitive)
+
+
+def _glob_regex(pattern: list[str], *, case_sensitive: bool | None = None) -> re.Pattern:
     """The glob (segments) as one regular expression over a ``/``-joined relative path, one
     match per file: ``*``, ``?`` and ``[..]`` stay within a segment and, as in glob, match a
     leading dot only when the segment itself starts with one; ``**`` spans any number of
@@ -790,7 +798,9 @@ def _glob_regex(pattern: list[str]) -> re.Pattern:
             out.append(r"(?:(?!\.)[^/]+(?:/(?!\.)[^/]+)*)?" if last else r"(?:(?!\.)[^/]+/)*")
             continue
         out.append(("" if segment.startswith(".") else r"(?!\.)") + _segment_regex(segment) + ("" if last else "/"))
-    flags = re.IGNORECASE if os.path.normcase("A") == "a" else 0
+    if case_sensitive is None:
+        case_sensitive = os.path.normcase("A") != "a"
+    flags = 0 if case_sensitive else re.IGNORECASE
     try:
         return re.compile("".join(out), flags)
     except re.error:  # a class like [z-a]: as in fnmatch, it matches nothing

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import worker as wire
 from ..jobs.text import short_repr
 
 BLOB_SCHEME = "az://"
@@ -70,7 +71,7 @@ class BlobSpec:
     def matches(self, names: Sequence[str]) -> list[str]:
         """The blob names of ``names`` this spec selects."""
         if _GLOB_CHARS.search(self.path):
-            rx = glob_regex(self.path)
+            rx = wire.glob_regex(self.path, case_sensitive=True)
             return [n for n in names if rx.fullmatch(n)]
         if self.path in names:
             return [self.path]
@@ -148,37 +149,6 @@ def path_below(folder: str, rel: str, what: str) -> str:
         raise DataError(f"{what} has a '..' segment or is not a relative path: written below {folder} it would "
                         "land outside that folder, so it is refused.")
     return os.path.join(folder, *parts)
-
-
-def glob_regex(pattern: str) -> re.Pattern:
-    """``*`` and ``?`` within one path segment, ``**`` across segments, ``[..]`` classes."""
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1:end]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out))
 
 
 # --------------------------------------------------------------------------- placeholders
