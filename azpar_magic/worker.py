@@ -22,9 +22,9 @@ from __future__ import annotations
 import base64
 import builtins
 import copyreg
-import functools
 import errno
 import fnmatch
+import functools
 import hashlib
 import importlib
 import importlib.util

@@ -52,8 +52,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from packaging.markers import default_environment
-from packaging.requirements import InvalidRequirement
-from packaging.requirements import Requirement as _Pep508
+from packaging.requirements import InvalidRequirement, Requirement as _Pep508
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from ..errors import RequirementError
