@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     import tomlkit
 
@@ -36,10 +38,6 @@ DEFAULTS: dict[str, Any] = {"backend": "local", "workers": None, "profile": None
 PROFILES_TABLE = "profiles"
 _ENV_PREFIX = "AZPAR_"
 _INT_KEYS = {"workers", "max_items"}
-
-
-class ConfigError(ValueError):
-    """A setting is malformed; the message names the file or variable and the key."""
 
 
 @dataclass

@@ -31,12 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import session
+from .errors import DebugError
 from .jobstore import store
 from . import worker as wire
-
-
-class DebugError(ValueError):
-    """The iteration cannot be run again here; the message says why and what to do."""
 
 
 @dataclass

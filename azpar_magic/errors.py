@@ -1,10 +1,40 @@
-"""Exceptions a user can meet, each able to render itself without a local traceback.
+"""Every exception of the package, in one module that imports nothing of the package.
+
+Each class keeps the builtin base it always had (a ``ValueError`` stays a ``ValueError``), so
+``except`` clauses written against the builtins still catch it. Two marker bases say what kind
+of problem it is, which is all a caller needs to decide how to show it:
+
+- ``UsageProblem``: what the user asked for cannot be done as given (the cell, an option, a
+  setting, a path); the magic shows these as IPython ``UsageError`` with the message alone.
+- ``ServiceError``: a service (Azure, the job store on disk) failed or refused; the request
+  itself may be fine, and trying again later may help.
 
 IPython shows ``_render_traceback_()`` instead of the client-side stack when an exception
 defines it: a failed iteration is shown as the remote traceback pointing into the cell.
 """
 
 from __future__ import annotations
+
+
+# ---------------------------------------------------------------------------------------
+# Kinds: marker bases, so one mapping (the magic's) can treat a whole kind alike
+# ---------------------------------------------------------------------------------------
+
+
+class UsageProblem(Exception):
+    """The user's input is wrong or cannot be served as given; the message says what to change.
+
+    Not an ``AzparError``: most of its subclasses never were one, and ``except AzparError``
+    keeps catching exactly what it caught before."""
+
+
+class ServiceError(Exception):
+    """A service (Azure, the job store) failed or refused; the message names it and what it said."""
+
+
+# ---------------------------------------------------------------------------------------
+# Raised on purpose while a job runs or is waited for
+# ---------------------------------------------------------------------------------------
 
 
 class AzparError(Exception):
@@ -70,8 +100,74 @@ class JobCancelled(AzparError):
     """The job was cancelled before this result existed."""
 
 
-class RequirementError(AzparError):
+class JobLost(AzparError):
+    """The job's process ended before the job did: its finished iterations are kept, the
+    others never ran. ``rerun(job_id)`` runs only the missing ones and merges them in order."""
+
+
+class RequirementError(AzparError, UsageProblem):
     """What the nodes need cannot be made ready on this machine: a local or editable package
     whose wheel does not build, or a ``--packages`` value that is not a requirement or names a
     missing file. Raised before anything is submitted; the message names the distribution, its
     path and pip's own last lines, with the ways out (a pin pip can fetch, or an image)."""
+
+
+# ---------------------------------------------------------------------------------------
+# The user's input (each keeps its builtin base)
+# ---------------------------------------------------------------------------------------
+
+
+class CellError(UsageProblem, ValueError):
+    """The cell cannot run: its message is one paragraph meant for the user."""
+
+
+class SubmitError(UsageProblem, ValueError):
+    """Nothing was submitted; the message says why, in one paragraph."""
+
+
+class ConfigError(UsageProblem, ValueError):
+    """A setting is malformed; the message names the file or variable and the key."""
+
+
+class DataError(UsageProblem, ValueError):
+    """A spec cannot be used; the message is one paragraph for the user."""
+
+
+class CaptureError(UsageProblem, ValueError):
+    """A needed object cannot be shipped; the message names it, its type and why."""
+
+
+class CombineError(UsageProblem, ValueError):
+    """The values cannot be combined as asked (the raw values stay in the job handle)."""
+
+
+class StorageError(UsageProblem, ValueError):
+    """The helpers cannot run as asked (no Azure profile, a malformed az:// path)."""
+
+
+class DebugError(UsageProblem, ValueError):
+    """The iteration cannot be run again here; the message says why and what to do."""
+
+
+class InstallError(UsageProblem, RuntimeError):
+    """The install command cannot do what was asked (an unknown scope, a file in the way or not
+    writable); the message says why. No service is involved: only local files."""
+
+
+# ---------------------------------------------------------------------------------------
+# A service failed or refused
+# ---------------------------------------------------------------------------------------
+
+
+class StoreError(ServiceError, RuntimeError):
+    """The job store cannot give what was asked; the message says why and what to do."""
+
+
+class TransferError(ServiceError, RuntimeError):
+    """A transfer to or from Blob storage failed after every attempt; the message names the
+    file and the blob. Raised by the Azure backend and by ``azpar_magic.storage``."""
+
+
+class AzureServiceError(ServiceError, RuntimeError):
+    """An Azure service answered with an error (the SDK's exception, translated at the
+    backend's boundary); ``RuntimeError`` because callers have always caught that."""

@@ -24,13 +24,11 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import InstallError
+
 STARTUP_NAME = "50-azpar_magic.py"
 MARKER = "python -m azpar_magic enable"  # a file without it is not ours: disable leaves it alone
 SCOPES = ("sys-prefix", "user", "prefix")
-
-
-class InstallError(RuntimeError):
-    """The command cannot do what was asked; the message says why."""
 
 
 def _source_file(*parts: str) -> Path:

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 
 from . import config, session
 from .run.data import BLOB_SCHEME, DataError, blob_path
+from .errors import StorageError
 
 ProgressHook = Callable[[str, int, int], None]  # (blob name, bytes done, bytes in all)
-
-
-class StorageError(ValueError):
-    """The helpers cannot run as asked (no Azure profile, a malformed az:// path)."""
 
 
 @dataclass(frozen=True)

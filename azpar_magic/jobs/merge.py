@@ -13,13 +13,10 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from .text import short_repr
+from ..errors import CombineError
 
 COMBINE_MODES = ("list", "dict", "sum", "concat")
 ERROR_POLICIES = ("stop", "remove", "pass")
-
-
-class CombineError(ValueError):
-    """The values cannot be combined as asked (the raw values stay in the job handle)."""
 
 
 def check_dict_keys(items: Sequence[Any]) -> None:

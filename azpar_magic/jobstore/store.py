@@ -78,6 +78,7 @@ from typing import Any
 
 from .. import identity
 from .. import worker as wire
+from ..errors import StoreError
 from ..jobs.job import (DONE, FAILED, FINAL_STATES, LOST, PENDING, RUNNING, TASK_CANCELLED, TASK_FAILED, TASK_SUCCEEDED,
                   Failure, Job, JobOptions)
 from ..jobs.results import decode_list, failure_from_record
@@ -91,10 +92,6 @@ _RECORD = struct.Struct(">IQ")  # header length, body length
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 COALESCE = 0.05  # seconds the writer waits so that a short job is written once (see above)
 FOLLOW_INTERVAL = 0.3  # seconds between looks at a job another process is running
-
-
-class StoreError(RuntimeError):
-    """The job store cannot give what was asked; the message says why and what to do."""
 
 
 # ---------------------------------------------------------------------------------------

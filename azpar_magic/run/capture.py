@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 import dill
 
 from .. import worker as wire
+from ..errors import CaptureError
 from .parsing import CELL_FILENAME, ParsedCell
 
 # Never shipped, whatever the body reads: IPython's history and handles, and the shell.
@@ -53,10 +54,6 @@ _UNSHIPPABLE: dict[type, str] = {
     types.AsyncGeneratorType: "an async generator's paused state cannot be copied",
     types.FrameType: "a frame belongs to this process's running code",
 }
-
-
-class CaptureError(ValueError):
-    """A needed object cannot be shipped; the message names it, its type and why."""
 
 
 @dataclass

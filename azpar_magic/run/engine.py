@@ -31,14 +31,11 @@ from ..jobs import merge
 from . import parsing
 from ..jobstore import store
 from .. import worker as wire
+from ..errors import SubmitError
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
 from ..jobs.job import TASK_FINAL, Failure, Job, JobOptions
 from ..jobs.results import decode_each, failure_from_record
 from .parsing import ParsedCell
-
-
-class SubmitError(ValueError):
-    """Nothing was submitted; the message says why, in one paragraph."""
 
 
 API_SPELLING = {k: k for k in ("combine", "errors", "chunk_size", "timeout", "retries", "seed", "gather")}

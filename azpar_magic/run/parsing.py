@@ -21,13 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..worker import FUNCTION_NAME, ITEM_NAME, VALUE_NAME
+from ..errors import CellError
 
 CELL_FILENAME = "<azpar cell>"
 _ONCE_NAME = "__azpar_once__"
-
-
-class CellError(ValueError):
-    """The cell cannot run: its message is one paragraph meant for the user."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock
 
+from ...errors import TransferError
 from ...run.data import DataError, path_below
 from .storage import Staging
 
@@ -33,10 +34,6 @@ BACKOFF = 0.25  # seconds before the second try; doubled each time
 DATA_PREFIX = "data/"  # content-addressed input files in the cache container
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
-
-
-class TransferError(RuntimeError):
-    """A transfer failed after every attempt; the message names the file and the blob."""
 
 
 @dataclass(frozen=True)
