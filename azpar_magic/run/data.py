@@ -38,16 +38,13 @@ from typing import Any
 
 from .. import worker as wire
 from ..jobs.text import short_repr
+from ..errors import DataError
 
 BLOB_SCHEME = "az://"
 INPUTS_DIR = "inputs"  # where inputs appear in an iteration's working directory
 DEFAULT_DEST = "azpar_outputs"
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
-
-
-class DataError(ValueError):
-    """A spec cannot be used; the message is one paragraph for the user."""
 
 
 @dataclass(frozen=True)
