@@ -5,13 +5,16 @@
 # package-lock.json, and Debian's chromium for the
 # JupyterLab browser tests (Playwright drives it; its own browser download is not used).
 # Variables: PYTHON (interpreter to build the venv from, default python3),
-#            AZPAR_VENV (default .venv), AZPAR_EXTRAS (default test).
+#            AZPAR_VENV (default .venv), AZPAR_EXTRAS (default test),
+#            AZPAR_SETUP=light: only the Python environment (no npm, no apt-get, no root), which is
+#            what scripts/quickstart.sh needs to run a notebook on the local pool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${AZPAR_VENV:-.venv}
 EXTRAS=${AZPAR_EXTRAS:-test}
+SETUP=${AZPAR_SETUP:-full}
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV with $($PYTHON --version)"
@@ -21,6 +24,10 @@ fi
 echo "setup: installing azpar-magic[$EXTRAS] into $VENV"
 "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import azpar_magic, dill, IPython; print('setup: azpar_magic', azpar_magic.__version__, 'ready')"
+
+if [ "$SETUP" = light ]; then
+  exit 0
+fi
 
 if [ -f package-lock.json ]; then
   if ! command -v npm >/dev/null 2>&1; then
