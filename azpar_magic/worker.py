@@ -603,7 +603,7 @@ _SEEDING: list = [None]  # (seed, index) of the seeded iteration running, else N
 def _seed_numpy(numpy: types.ModuleType, seed: int, index: int) -> None:
     sequence = numpy.random.SeedSequence(seed, spawn_key=(index,))
     numpy.random.seed(sequence.generate_state(4))
-    entropy = _fresh_entropy()
+    entropy = _fresh_entropy(numpy)
     if entropy is not None:
         entropy.start(f"azpar:{seed}:{index}")
 
@@ -678,14 +678,13 @@ SEED_NOTE = ("azpar: --seed could not seed the numpy generators this iteration m
              "(default_rng(seed)) to make them reproducible\n")
 
 
-def _fresh_entropy() -> _FreshEntropy | None:
+def _fresh_entropy(numpy: types.ModuleType) -> _FreshEntropy | None:
     """Install :class:`_FreshEntropy` once per process, checking it takes effect (numpy reads
     ``randbits`` from its module at each call since it has had SeedSequence, 1.17); when it
-    does not, numpy is left as it was and the iteration's stderr says so once."""
+    does not, numpy is left as it was and the iteration's stderr says so once. ``numpy`` is
+    the module the iteration imported: the worker never imports it itself."""
     if _FRESH_ENTROPY:
         return _FRESH_ENTROPY[0]
-    import numpy
-
     module = sys.modules.get("numpy.random.bit_generator")
     original = getattr(module, "randbits", None)
     hook = None
