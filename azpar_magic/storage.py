@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import config, session
-from .run.data import BLOB_SCHEME, DataError, blob_path
-from .errors import StorageError
+from .errors import DataError, StorageError
+from .run.data import BLOB_SCHEME, blob_path
 
 ProgressHook = Callable[[str, int, int], None]  # (blob name, bytes done, bytes in all)
 

@@ -124,7 +124,8 @@ def test_a_bad_name_is_refused_before_submitting(ip, run_cell, job_store, name, 
 
 
 def test_python_api_refuses_a_bad_name(ip, job_store):
-    from azpar_magic.run.engine import SubmitError, validate_options
+    from azpar_magic.errors import SubmitError
+    from azpar_magic.run.engine import validate_options
     from azpar_magic.jobs.job import JobOptions
 
     with pytest.raises(SubmitError, match="'a b' cannot name a job: it has ' '"):

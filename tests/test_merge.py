@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from azpar_magic.jobs.merge import CombineError, check_dict_keys, combine, select
+from azpar_magic.errors import CombineError
+from azpar_magic.jobs.merge import check_dict_keys, combine, select
 
 
 def test_select_policies():

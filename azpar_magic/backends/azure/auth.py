@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ...config import ConfigError, Profile
+from ...config import Profile
+from ...errors import ConfigError
 
 BATCH_SCOPE = "https://batch.core.windows.net//.default"  # the double slash is what AAD expects
 

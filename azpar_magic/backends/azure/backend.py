@@ -17,7 +17,8 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 from ... import worker as wire
-from ...config import ConfigError, Profile, check_profile
+from ...config import Profile, check_profile
+from ...errors import ConfigError
 from ...jobs.job import NodeInfo
 from ..base import EventSink, JobSpec, TaskSpec
 from . import auth, autoscale, errors, pool, storage

@@ -23,8 +23,8 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock
 
-from ...errors import TransferError
-from ...run.data import DataError, path_below
+from ...errors import DataError, TransferError
+from ...run.data import path_below
 from .storage import Staging
 
 BLOCK_SIZE = 4 << 20  # bytes per uploaded block

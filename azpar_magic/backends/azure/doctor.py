@@ -50,7 +50,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ...config import ConfigError, Profile
+from ...config import Profile
+from ...errors import ConfigError
 from . import auth, autoscale, errors, pool, storage
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"

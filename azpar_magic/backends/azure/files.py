@@ -41,7 +41,8 @@ from urllib.parse import quote, unquote
 from azure.batch import models
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-from ...run.data import INPUTS_DIR, DataError, DataPlan, has_dot_dot, outputs_plan, path_below
+from ...errors import DataError
+from ...run.data import INPUTS_DIR, DataPlan, has_dot_dot, outputs_plan, path_below
 from ..base import TaskSpec
 from . import blobs, commands, storage
 
