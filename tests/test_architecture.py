@@ -9,6 +9,8 @@ import-linter (``scripts/lint.sh``, contracts in pyproject.toml) cannot state.
   other modules define (``config._layers``, ``job._notify``): what a module shares, it names
   without an underscore.
 - ``worker.py`` imports only the standard library and dill: it is copied alone to the nodes.
+- Nothing outside ``backends/`` compares a backend's name or probes a backend with
+  ``getattr``/``hasattr``: what differs between backends is a declared capability.
 - The contract that keeps ``ui/`` to the job model and the settings names every other part, so a
   new module cannot slip past it.
 
@@ -270,6 +272,37 @@ def test_no_module_imports_another_modules_private_names():
 def test_no_module_reaches_into_private_members_defined_elsewhere():
     offenders = sorted({use for module in MODULES for use in _private_members_used(module)})
     assert not offenders, "private members of other modules used (make them public):\n" + "\n".join(offenders)
+
+
+def _backend_questions(module: str) -> Iterator[str]:
+    """A backend's name compared (``backend.name == "azure"``, ``job.backend_name in (...)``), or its
+    members probed with getattr/hasattr: the ways code decides by which backend it has."""
+    for node in ast.walk(_parse(module)):
+        if isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                if (
+                    isinstance(operand, ast.Attribute)
+                    and operand.attr in ("name", "backend_name")
+                    and (operand.attr == "backend_name" or "backend" in ast.unparse(operand.value).lower())
+                ):
+                    yield f"{module}:{node.lineno}: {ast.unparse(node)}"
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and node.args
+            and "backend" in ast.unparse(node.args[0]).lower()
+        ):
+            yield f"{module}:{node.lineno}: {ast.unparse(node)}"
+
+
+def test_nothing_outside_a_backend_decides_by_its_name_or_probes_its_members():
+    outside = [module for module in MODULES if not module.startswith(f"{PACKAGE}.backends")]
+    questions = [question for module in outside for question in _backend_questions(module)]
+    assert not questions, (
+        "decided by the backend's name or by probing it (declare a capability in backends/base.py):\n"
+        + "\n".join(questions)
+    )
 
 
 def test_the_worker_imports_only_the_standard_library_and_dill():
