@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import mapping, session
+from .errors import CellError, SubmitError
 from .jobs.job import FINAL_STATES, Job, JobOptions
 from .jobstore import store
 from .jobstore.store import JobSummary
-from .run.engine import API_SPELLING, RunRequest, SubmitError
-from .run.parsing import CellError, parse_cell
+from .run.parsing import parse_cell
+from .run.request import API_SPELLING, RunRequest
 
 __all__ = ["run", "jobs", "attach", "collect", "logs", "cancel", "rerun", "rerun_with", "delete", "deletable_id"]
 

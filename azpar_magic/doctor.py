@@ -200,7 +200,8 @@ def _never() -> tuple[str, str, str]:
 def _run_one(profile: str | None) -> tuple[str, str, str]:
     """Check 9: one iteration through the normal engine, as a cell would run it."""
     from . import session
-    from .run.engine import RunRequest, SubmitError
+    from .errors import SubmitError
+    from .run.request import RunRequest
     from .jobs.job import JobOptions
     from .run.parsing import parse_cell
 

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import session
-from .run.engine import API_SPELLING, RunRequest, SubmitError, validate_options
+from .errors import SubmitError
+from .run.engine import validate_options
 from .jobs.job import Job, JobOptions
 from .run.parsing import is_requirement, is_variable_name, parse_cell, split_requirements
+from .run.request import API_SPELLING, RunRequest
 
 _ITEM = "__azpar_item__"  # the loop target: a name no function reads as a global
 _ITEMS = "__azpar_items__"

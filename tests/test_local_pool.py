@@ -22,9 +22,10 @@ import pytest
 import azpar_magic
 from azpar_magic import session
 from azpar_magic.backends import local
-from azpar_magic.run.engine import Engine, RunRequest
+from azpar_magic.run.engine import Engine
 from azpar_magic.jobs.job import JobOptions
 from azpar_magic.run.parsing import parse_cell
+from azpar_magic.run.request import RunRequest
 from azpar_magic.ui.text import format_html, format_snapshot, format_text
 
 from .helpers_corpus import pid_alive, wait_for

@@ -19,7 +19,6 @@ import threading
 import time
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,31 +35,7 @@ from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
 from ..jobs.job import TASK_FINAL, Failure, Job, JobOptions
 from ..jobs.results import decode_each, failure_from_record
 from .parsing import ParsedCell
-
-
-API_SPELLING = {k: k for k in ("combine", "errors", "chunk_size", "timeout", "retries", "seed", "gather")}
-FLAG_SPELLING = {k: "--" + k.replace("_", "-") for k in API_SPELLING}
-
-
-@dataclass
-class RunRequest:
-    """Everything needed to start one run, whoever asked (the magic or the Python API)."""
-
-    cell: ParsedCell
-    namespace: Mapping[str, Any]
-    options: JobOptions
-    export: tuple[str, ...] = ()
-    no_export: tuple[str, ...] = ()
-    folder: str | None = None
-    backend_options: dict[str, Any] = field(default_factory=dict)  # read by the backend only
-    spelling: dict[str, str] = field(default_factory=lambda: dict(API_SPELLING))  # how errors name options
-    # A rerun: the items already materialised (the iterable is not evaluated again), the
-    # iterations to compute (absolute indices; default all), and the earlier job whose other,
-    # finished, iterations the new job keeps so its result is whole and in order.
-    items: list | None = None
-    indices: Sequence[int] | None = None
-    base: Job | None = None
-    max_items: int | None = None  # bound on the iterable's length; None: the max_items setting
+from .request import API_SPELLING, RunRequest
 
 
 def new_job_id() -> str:
