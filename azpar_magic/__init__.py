@@ -17,7 +17,8 @@ from __future__ import annotations
 from . import api, session, storage  # storage: ls/get/put/rm on the profile's Blob storage
 from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError,
                      JobCancelled, RemoteException, TaskTimeoutError)
-from .jobs.job import FINAL_STATES, AsCompleted, Job, JobLost, JobOptions, JobSnapshot
+from .jobs import FINAL_STATES, AsCompleted, Job, JobOptions, JobSnapshot
+from .errors import JobLost
 from .jobstore.store import JobSummary
 from .ui import text as _views  # noqa: F401  (registers how a Job shows itself; no ipywidgets)
 from .mapping import map, starmap  # noqa: A004 (azpar_magic.map, as multiprocessing.Pool.map)

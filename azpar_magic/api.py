@@ -13,7 +13,7 @@ from typing import Any
 
 from . import mapping, session
 from .errors import CellError, SubmitError
-from .jobs.job import FINAL_STATES, Job, JobOptions
+from .jobs import FINAL_STATES, Job, JobOptions
 from .jobstore import store
 from .jobstore.store import JobSummary
 from .run.parsing import parse_cell

@@ -202,7 +202,7 @@ def _run_one(profile: str | None) -> tuple[str, str, str]:
     from . import session
     from .errors import SubmitError
     from .run.request import RunRequest
-    from .jobs.job import JobOptions
+    from .jobs import JobOptions
     from .run.parsing import parse_cell
 
     started = time.monotonic()

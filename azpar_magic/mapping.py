@@ -17,8 +17,8 @@ from typing import Any
 
 from . import session
 from .errors import SubmitError
+from .jobs import Job, JobOptions
 from .run.engine import validate_options
-from .jobs.job import Job, JobOptions
 from .run.parsing import is_requirement, is_variable_name, parse_cell, split_requirements
 from .run.request import API_SPELLING, RunRequest
 

@@ -11,7 +11,7 @@ from typing import Any
 from . import config
 from .backends.base import create_backend
 from .run.engine import Engine
-from .jobs.job import Job
+from .jobs import Job
 
 _lock = threading.Lock()
 _engines: dict[tuple, Engine] = {}

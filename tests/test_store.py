@@ -24,7 +24,7 @@ import azpar_magic
 from azpar_magic.run import engine as engine_mod
 from azpar_magic import session
 from azpar_magic.jobstore import store
-from azpar_magic.jobs.job import LOST
+from azpar_magic.jobs import LOST
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,16 @@ def _fails_on_threes(x):
 
 
 # ------------------------------------------------------------------------- what is written
+
+
+@pytest.mark.timeout(60)
+def test_the_manifest_holds_states_as_plain_strings(job_store):
+    """States are string enums in memory; on disk a manifest reads as it always did."""
+    job = azpar_magic.run("for x in range(3)", "x", {}, workers=1)
+    assert job.result(timeout=30) == [0, 1, 2] and store.flush(10)
+    text = (job_store / job.id / store.MANIFEST).read_text()
+    assert '"state": "succeeded"' in text and "JobState" not in text
+    assert store.summary(job.id).state == "succeeded" and type(json.loads(text)["state"]) is str
 
 
 @pytest.mark.timeout(60)

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("ipywidgets")
 
 import azpar_magic  # noqa: E402
-from azpar_magic.jobs.job import JobSnapshot, NodeInfo  # noqa: E402
+from azpar_magic.jobs import JobSnapshot, NodeInfo  # noqa: E402
 from azpar_magic.ui import html, state  # noqa: E402
 from azpar_magic.ui.panel import JobPanel, PoolPanel  # noqa: E402
 

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from azpar_magic.jobs.job import FailureView, JobSnapshot, NodeInfo
+from azpar_magic.jobs import FailureView, JobSnapshot, NodeInfo
 from azpar_magic.ui import state
 from azpar_magic.ui.html import panel_html
 from azpar_magic.ui.text import format_duration, format_html, format_pool_text, format_snapshot, format_text

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import import_module, metadata
 from typing import Protocol, runtime_checkable
 
-from ..jobs.job import NodeInfo
+from ..jobs import NodeInfo
 
 ENTRY_POINT_GROUP = "azpar_magic.backends"
 _BUILTIN = {"local": "azpar_magic.backends.local:LocalBackend",

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 
 from .. import config
 from .. import worker as wire
-from ..jobs.job import NodeInfo
+from ..jobs import NodeInfo
 from ..jobs.text import format_duration
 from .base import EventSink, JobSpec, TaskEvent, TaskSpec
 

@@ -1,4 +1,4 @@
-"""The job handle a user holds, and the immutable snapshots every view renders.
+"""The job handle a user holds (its states and snapshot types are in ``states`` and ``snapshot``).
 
 A Job owns the per-iteration record of one run: values, failures and captured output,
 stored compactly (one list slot per iteration, sparse dicts for the rare parts) so a
@@ -13,161 +13,36 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from ..errors import IterationError, JobCancelled, JobLost
 from . import merge
+from .snapshot import Failure, FailureView, JobOptions, JobSnapshot, NodeInfo, TaskState
+from .states import (
+    CANCELLED,
+    FINAL_STATES,
+    LOST,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    TASK_CANCELLED,
+    TASK_FAILED,
+    TASK_FINAL,
+    TASK_RUNNING,
+    TASK_SUCCEEDED,
+    JobState,
+    TaskStatus,
+    TaskStep,
+    ending_step,
+    job_end_state,
+    task_state_after,
+)
 from .text import short_repr
-from ..errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError, JobCancelled,
-                     RemoteException, TaskTimeoutError)
-
-# Job states. LOST: the process that ran the job ended before the job did (a local job dies
-# with its kernel); every iteration that had finished is kept and ``rerun --failed`` completes it.
-# DONE: iterations failed, but --errors remove/pass still gave the job's result (the counts say
-# how many failed); FAILED: a failure makes result() raise (--errors stop).
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
-LOST = "lost"
-DONE = "done"
-FINAL_STATES = (SUCCEEDED, DONE, FAILED, CANCELLED, LOST)
-
-# Task states. TASK_CANCELLED: every iteration of the task was cancelled (none failed).
-QUEUED, TASK_RUNNING, TASK_SUCCEEDED, TASK_FAILED = "queued", "running", "succeeded", "failed"
-TASK_CANCELLED = "cancelled"
-TASK_FINAL = (TASK_SUCCEEDED, TASK_FAILED, TASK_CANCELLED)
 
 _ITER_PENDING, _ITER_OK, _ITER_FAILED = 0, 1, 2
 
 
-class JobLost(AzparError):
-    """The job's process ended before the job did: its finished iterations are kept, the
-    others never ran. ``rerun(job_id)`` runs only the missing ones and merges them in order."""
-
-
 _FAILURE_OUTPUT_LIMIT = 4_000  # characters of a failed iteration's output carried by a snapshot
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """One node of a pool (a worker process locally, a VM on Azure)."""
-
-    id: str
-    state: str  # idle, running, starting, lost, or any Batch node state
-    task: str | None = None
-    dedicated: bool = True
-    note: str = ""  # why it looks stuck (no heartbeat, stopped, no progress), "" when it does not
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why one iteration has no value."""
-
-    index: int
-    error_type: str
-    message: str
-    traceback: str = ""
-    line: int | None = None
-    kind: str = "user"  # user | infrastructure | environment | cancelled
-    exc: Any = None  # the rebuilt exception object, when it could be rebuilt
-
-    @property
-    def summary(self) -> str:
-        short = self.error_type.rsplit(".", 1)[-1]
-        where = f" (line {self.line})" if self.line else ""
-        return f"{short}: {self.message}{where}"
-
-    def as_exception(self) -> BaseException:
-        if isinstance(self.exc, BaseException):
-            return self.exc
-        if self.kind == "infrastructure":
-            if self.error_type == "azpar_magic.TaskTimeoutError":
-                return TaskTimeoutError(self.message)
-            return InfrastructureError(self.message)
-        if self.kind == "environment":
-            return EnvironmentMismatchError(self.message)
-        if self.kind == "cancelled":
-            return JobCancelled(self.message)
-        return RemoteException(self.error_type, self.message, self.traceback)
-
-
-@dataclass(frozen=True)
-class FailureView:
-    index: int
-    item: str
-    summary: str
-    traceback: str
-    output: str = ""  # what the iteration printed (stdout/stderr), cut to a few thousand characters
-
-
-@dataclass(frozen=True)
-class JobSnapshot:
-    """Everything a view shows, frozen at one instant: the same snapshot renders as text,
-    HTML or widget state."""
-
-    job_id: str
-    backend: str
-    pool: str
-    vm_size: str
-    state: str
-    items_total: int
-    items_done: int  # iterations with a final outcome: value, failure or cancelled
-    items_failed: int  # failures of the iteration itself (user, infrastructure, environment)
-    items_cancelled: int
-    tasks_total: int
-    tasks_queued: int
-    tasks_running: int
-    tasks_succeeded: int
-    tasks_failed: int
-    nodes: tuple[NodeInfo, ...]
-    elapsed: float
-    eta: float | None
-    throughput: float | None  # iterations per second
-    failures: tuple[FailureView, ...]
-    source_first_line: str = ""
-    errors: str = "stop"  # the job's --errors policy: views say "done with N failed" under remove/pass
-    stalled: tuple[str, ...] = ()  # running tasks that look stuck: "task 3: worker-2 is not responding: ..."
-    unanswered: str = ""  # the backend's service has not answered for a while: what and since when
-    tasks_cancelled: int = 0  # tasks all of whose iterations were cancelled (not counted in tasks_failed)
-    name: str = ""  # the job's --name: the panel's title shows it
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES
-
-    @property
-    def items_succeeded(self) -> int:
-        return self.items_done - self.items_failed - self.items_cancelled
-
-    @property
-    def nodes_busy(self) -> int:
-        return sum(1 for n in self.nodes if n.state == "running")
-
-
-@dataclass
-class TaskState:
-    task_id: str
-    indices: Sequence[int]
-    state: str = QUEUED
-    attempts: int = 1
-    node: str | None = None
-    started: float | None = None
-    finished: float | None = None
-    error: str | None = None
-
-
-@dataclass
-class JobOptions:
-    combine: Any = "list"  # a mode name or a callable
-    errors: str = "stop"
-    gather: tuple[str, ...] = ()
-    retries: int = 2
-    timeout: float | None = None
-    chunk_size: int | None = None
-    seed: int | None = None
-    output_name: str | None = None
-    inputs: tuple[str, ...] = ()  # --inputs specs (data.py)
-    outputs: tuple[str, ...] = ()  # --outputs globs
-    outputs_to: str | None = None  # --outputs-to folder or az:// path
-    name: str | None = None  # --name: a short label commands accept instead of the id (store.check_name)
 
 
 _VIEWS: dict[str, Callable[[JobSnapshot], str]] = {}
@@ -207,7 +82,7 @@ class Job:
         # task result (a range or a list of indices): what as_completed() walks. One entry per
         # task, not per iteration, so a million-iteration job pays a few thousand entries.
         self._arrivals: list[Sequence[int]] = []
-        self.state = PENDING
+        self.state: str = PENDING
         self.created = time.time()
         self._started = time.monotonic()
         self._finished: float | None = None
@@ -254,14 +129,15 @@ class Job:
     def record_task_started(self, task_id: str, node: str | None) -> None:
         with self._lock:
             task = self._tasks[task_id]
-            if task.state == QUEUED:
-                task.state, task.node, task.started = TASK_RUNNING, node, time.monotonic()
+            after = task_state_after(TaskStep.STARTED, task.state)
+            if after is not None:
+                task.state, task.node, task.started = after, node, time.monotonic()
         self._notify()
 
     def record_task_requeued(self, task_id: str, error: str) -> None:
         with self._lock:
             task = self._tasks[task_id]
-            task.state, task.node, task.error = QUEUED, None, error
+            task.state, task.node, task.error = task_state_after(TaskStep.REQUEUED, task.state), None, error
             task.attempts += 1
         self._notify()
 
@@ -282,7 +158,7 @@ class Job:
                 self._record_each(indices, values, failures, gathered)
             self._outputs.update(outputs)
             task = self._tasks[task_id]
-            self._finalize(task, TASK_FAILED if any(i in failures for i in indices) else TASK_SUCCEEDED)
+            self._finalize(task, ending_step(produced=True, any_failed=any(i in failures for i in indices)))
         self._notify()
 
     def _record_each(self, indices, values, failures, gathered) -> None:
@@ -347,6 +223,27 @@ class Job:
             else:
                 self._outputs.update(outputs)
 
+    def restore_outputs(self, outputs: dict[int, list], *, base: bool = False) -> None:
+        """Replay captured output read back from the job store (a stored task's logs), before
+        or without its values. ``base``: it comes from the earlier run a rerun kept, so it is
+        readable through ``output(i)`` and ``logs(i)`` but not replayed by ``outputs``."""
+        with self._lock:
+            (self._base_outputs if base else self._outputs).update(outputs)
+
+    def restore_task(self, task_id: str, indices: Sequence[int], step: TaskStep) -> None:
+        """Replay a stored task's end (the job store rebuilding a job's tasks): added, then
+        ended by ``step`` as the Job that ran it ended it. A task this job has is kept as is."""
+        with self._lock:
+            if task_id in self._tasks:
+                return
+            task = self._tasks[task_id] = TaskState(task_id, indices)
+            self._finalize(task, step)
+
+    def notify(self) -> None:
+        """Wake whoever waits on this job and its listeners (views), after the job store
+        replayed records into it from outside the ``record_*`` methods."""
+        self._notify()
+
     def restore_timing(self, created: float, elapsed: float | None) -> None:
         """A stored job keeps its creation time and, when it ended, its duration."""
         with self._lock:
@@ -369,25 +266,23 @@ class Job:
                 self._arrivals.append(arrived)
             cancelled = all(index in self._failures and self._failures[index].kind == "cancelled"
                             for index in task.indices)
-            self._finalize(task, TASK_CANCELLED if cancelled else TASK_FAILED)
+            self._finalize(task, ending_step(produced=False, all_cancelled=cancelled))
         self._notify()
 
-    def _finalize(self, task: TaskState, state: str) -> None:
+    def _finalize(self, task: TaskState, step: TaskStep) -> None:
+        """End ``task`` by ``step`` (lock held); a task counts once in ``tasks_final``."""
         if task.state not in TASK_FINAL:
             self.tasks_final += 1
-        task.state, task.finished = state, time.monotonic()
+        task.state, task.finished = task_state_after(step, task.state), time.monotonic()
 
-    def final_state(self, cancelled: bool = False) -> str:
+    def final_state(self, cancelled: bool = False) -> JobState:
         """The state this job ends in once every task is final: cancelled when the user
         cancelled it; else failed when a failure makes ``result()`` raise (``--errors stop``);
         done when iterations failed (or were cancelled) but ``--errors remove/pass`` still
         gives the result; succeeded when every iteration has its value."""
-        if cancelled:
-            return CANCELLED
         with self._lock:
-            if not self._failures:
-                return SUCCEEDED
-        return DONE if self.options.errors in ("remove", "pass") else FAILED
+            any_failure = bool(self._failures)
+        return job_end_state(cancelled=cancelled, any_failure=any_failure, errors=self.options.errors)
 
     def finish(self, state: str) -> None:
         with self._lock:
@@ -613,7 +508,7 @@ class Job:
     def snapshot(self) -> JobSnapshot:
         with self._lock:
             state = self.state  # read with the counts: a final state never comes with stale counts
-            counts = {QUEUED: 0, TASK_RUNNING: 0, TASK_SUCCEEDED: 0, TASK_FAILED: 0, TASK_CANCELLED: 0}
+            counts = dict.fromkeys(TaskStatus, 0)
             for task in self._tasks.values():
                 counts[task.state] += 1
             end = self._finished if self._finished is not None else time.monotonic()
@@ -637,7 +532,8 @@ class Job:
             nodes = ()
         notes = {(n.id, n.task): n.note for n in nodes if n.note}
         stalled = tuple(f"task {t.task_id}: {notes[(t.node, t.task_id)]}" for t in list(self._tasks.values())
-                        if t.state == TASK_RUNNING and (t.node, t.task_id) in notes) if notes and state == RUNNING else ()
+                        if t.state == TASK_RUNNING and (t.node, t.task_id) in notes
+                        ) if notes and state == RUNNING else ()
         return JobSnapshot(
             job_id=self.id, backend=self.backend_name, pool=self.pool, vm_size=self.vm_size,
             state=state, items_total=total, items_done=done, items_failed=failed, items_cancelled=cancelled,

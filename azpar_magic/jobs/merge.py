@@ -12,8 +12,8 @@ import operator
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from .text import short_repr
 from ..errors import CombineError
+from .text import short_repr
 
 COMBINE_MODES = ("list", "dict", "sum", "concat")
 ERROR_POLICIES = ("stop", "remove", "pass")

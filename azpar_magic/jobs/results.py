@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import worker as wire
-from .job import Failure
+from .snapshot import Failure
 
 __all__ = ["decode_list", "decode_each", "failure_from_record"]
 

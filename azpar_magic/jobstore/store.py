@@ -79,8 +79,8 @@ from typing import Any
 from .. import identity
 from .. import worker as wire
 from ..errors import StoreError
-from ..jobs.job import (DONE, FAILED, FINAL_STATES, LOST, PENDING, RUNNING, TASK_CANCELLED, TASK_FAILED, TASK_SUCCEEDED,
-                  Failure, Job, JobOptions)
+from ..jobs import FINAL_STATES, LOST, PENDING, RUNNING, Failure, Job, JobOptions, TaskStep
+from ..jobs.states import ending_step, stored_state
 from ..jobs.results import decode_list, failure_from_record
 
 STORE_ENV = "AZPAR_JOB_STORE"
@@ -806,9 +806,8 @@ class JobSummary:
 def effective_state(manifest: Mapping[str, Any]) -> tuple[str, str]:
     """(state, where): a job that did not end and whose process is gone is lost; ``where``
     names the process (or host) of one that still runs elsewhere."""
-    state = manifest.get("state", "?")
-    if state == FAILED and (manifest.get("options") or {}).get("errors") in ("remove", "pass"):
-        return DONE, ""  # written before the done state existed: such a job gave its result
+    # A manifest written before the done state existed says failed for a job that gave its result.
+    state = stored_state(manifest.get("state", "?"), (manifest.get("options") or {}).get("errors"))
     if state in FINAL_STATES:
         return state, ""
     info = manifest.get("owner") or {}
@@ -1066,8 +1065,7 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
             continue
         record = pickle.loads(body)
         outputs = {int(i): ev for i, ev in (record.get("outputs") or {}).items() if int(i) not in skip}
-        with job._lock:
-            (job._base_outputs if base else job._outputs).update(outputs)
+        job.restore_outputs(outputs, base=base)
         for i, data_ in (record.get("failures") or {}).items():
             if int(i) not in skip:
                 logged.setdefault(int(i), _failure_from_json(int(i), data_))
@@ -1095,16 +1093,15 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
             job.restore(kept, [all_values[p] for p in keep], {i: failed[i] for i in kept if i in failed}, {},
                         gathered, base=base)
         if not base and header.get("t") is not None and header["t"] not in job.tasks:
-            job.add_task(header["t"], indices)
-            job._finalize(job.task(header["t"]), _task_state(kind, header))
+            job.restore_task(header["t"], indices, _task_step(kind, header))
     return offset
 
 
-def _task_state(kind: str, header: Mapping[str, Any]) -> str:
-    """A stored task's final state, as the Job that ran it had it (job.record_task_failed)."""
+def _task_step(kind: str, header: Mapping[str, Any]) -> TaskStep:
+    """How a stored task ended, as the Job that ran it recorded it (``states.TASK_RULES`` gives its state)."""
     if kind == "fail":
-        return TASK_CANCELLED if header["failure"].get("kind") == "cancelled" else TASK_FAILED
-    return TASK_FAILED if header.get("failed") else TASK_SUCCEEDED
+        return ending_step(produced=False, all_cancelled=header["failure"].get("kind") == "cancelled")
+    return ending_step(produced=True, any_failed=bool(header.get("failed")))
 
 
 def load_job(job_id: str, *, values: bool = True) -> Job:
@@ -1168,7 +1165,7 @@ class _Follower(threading.Thread):
                 job.store_error = f"{type(exc).__name__}: {exc}"
                 job.finish(LOST)
                 return
-            job._notify()
+            job.notify()
             if state in FINAL_STATES:
                 if manifest.get("elapsed") is not None:
                     job.restore_timing(manifest.get("created", job.created), manifest["elapsed"])

@@ -32,8 +32,9 @@ from ..jobstore import store
 from .. import worker as wire
 from ..errors import SubmitError
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
-from ..jobs.job import TASK_FINAL, Failure, Job, JobOptions
+from ..jobs import TASK_FINAL, Failure, Job, JobOptions
 from ..jobs.results import decode_each, failure_from_record
+from ..jobs.states import task_failure_kind
 from .parsing import ParsedCell
 from .request import API_SPELLING, RunRequest
 
@@ -224,16 +225,13 @@ class _Run:
             job.record_task_requeued(event.task_id, event.error)
             self.engine.backend.resubmit(job.id, self.tasks[event.task_id])
             return
-        kind = {"timeout": "infrastructure"}.get(event.failure_kind, event.failure_kind)
-        etype = {"timeout": "TaskTimeoutError", "environment": "EnvironmentMismatchError",
-                 "cancelled": "JobCancelled"}.get(event.failure_kind, "InfrastructureError")
+        kind, etype = task_failure_kind(event.failure_kind)
         attempts = f" (after {task.attempts} attempts)" if task.attempts > 1 else ""
         if event.iteration is not None and event.iteration in task.indices and len(task.indices) > 1:
-            self._fail_timed_out(event, f"azpar_magic.{etype}", event.error + attempts)
+            self._fail_timed_out(event, etype, event.error + attempts)
         else:
-            job.record_task_failed(event.task_id, lambda i: Failure(
-                i, f"azpar_magic.{etype}", event.error + attempts, kind=kind))
-            self.recorder.task_failed(event.task_id, self.tasks[event.task_id].indices, f"azpar_magic.{etype}",
+            job.record_task_failed(event.task_id, lambda i: Failure(i, etype, event.error + attempts, kind=kind))
+            self.recorder.task_failed(event.task_id, self.tasks[event.task_id].indices, etype,
                                       event.error + attempts, kind)
         if kind != "cancelled":
             self._stop_early()

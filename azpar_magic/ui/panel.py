@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol
 
 import ipywidgets as widgets
 
-from ..jobs.job import Job, JobSnapshot
+from ..jobs import Job, JobSnapshot
 from . import html
 from .state import STYLE_COLOURS, job_view
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..jobs.text import format_duration
-from ..jobs.job import CANCELLED, DONE, FAILED, PENDING, SUCCEEDED, JobSnapshot, NodeInfo
+from ..jobs import CANCELLED, DONE, FAILED, PENDING, SUCCEEDED, JobSnapshot, NodeInfo
 
 # Node states, local (starting/idle/running/lost) and Azure Batch, grouped by what they
 # mean to someone watching a run. Unknown states fall into "other" rather than failing.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..jobs.job import JobSnapshot, register_views
+from ..jobs import JobSnapshot, register_views
 from .html import panel_html, pool_html
 from .state import counts_phrase, format_duration, format_rate, job_view
 

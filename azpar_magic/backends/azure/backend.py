@@ -19,7 +19,7 @@ from azure.core.exceptions import AzureError
 from ... import worker as wire
 from ...config import Profile, check_profile
 from ...errors import ConfigError
-from ...jobs.job import NodeInfo
+from ...jobs import NodeInfo
 from ..base import EventSink, JobSpec, TaskSpec
 from . import auth, autoscale, errors, pool, storage
 from .run import MANIFEST_BLOB, AzureRun

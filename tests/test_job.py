@@ -1,0 +1,236 @@
+"""The Job on its own, without a backend or an engine: these tests feed a real Job the events a run feeds it
+(tasks started, requeued, finished, failed) and read its states, snapshot, result and as_completed stream.
+
+The state rules are the tables of ``azpar_magic.jobs.states``; a test here fails when an entry of them changes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from azpar_magic.errors import IterationError, JobCancelled, JobLost, RemoteException
+from azpar_magic.jobs import (CANCELLED, DONE, FAILED, LOST, PENDING, QUEUED, RUNNING, SUCCEEDED, TASK_CANCELLED,
+                              TASK_FAILED, TASK_RUNNING, TASK_SUCCEEDED, Failure, Job, JobOptions, JobState,
+                              TaskStatus, TaskStep)
+from azpar_magic.jobs.states import JOB_ENDINGS, stored_state
+
+
+def make_job(items, **options) -> Job:
+    return Job("azpar-test-job", list(items), JobOptions(**options), backend_name="test")
+
+
+def user_failure(index: int, message: str = "boom") -> Failure:
+    return Failure(index, "ValueError", message, traceback=f"ValueError: {message}\n", line=2)
+
+
+def cancelled(index: int) -> Failure:
+    return Failure(index, "azpar_magic.JobCancelled", "stopped", kind="cancelled")
+
+
+def finish(job: Job, task_id: str, indices, values, failures=None) -> None:
+    job.record_values(task_id, indices, values, failures or {}, {}, None)
+
+
+def end(job: Job, cancelled_by_user: bool = False) -> None:
+    job.finish(job.final_state(cancelled=cancelled_by_user))
+
+
+# ----------------------------------------------------------------------------- states as strings
+
+
+def test_states_are_their_strings_in_json_text_and_comparisons():
+    assert json.dumps({"state": SUCCEEDED, "task": TASK_CANCELLED}) == '{"state": "succeeded", "task": "cancelled"}'
+    assert f"{DONE}" == "done" and str(LOST) == "lost" and "%s" % FAILED == "failed"
+    assert SUCCEEDED == "succeeded" and "running" in {RUNNING} and JobState("pending") is PENDING
+    assert [s.value for s in TaskStatus] == ["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+# ----------------------------------------------------------------------------- task states from events
+
+
+def test_a_task_goes_queued_running_queued_running_succeeded():
+    job = make_job(range(2))
+    job.add_task("1", range(0, 2))
+    assert job.task("1").state is QUEUED
+    job.record_task_started("1", "worker-1")
+    assert job.task("1").state is TASK_RUNNING and job.task("1").node == "worker-1"
+    job.record_task_requeued("1", "worker lost")
+    task = job.task("1")
+    assert (task.state, task.node, task.attempts, task.error) == (QUEUED, None, 2, "worker lost")
+    job.record_task_started("1", "worker-2")
+    finish(job, "1", range(0, 2), [10, 11])
+    assert job.task("1").state is TASK_SUCCEEDED and job.tasks_final == 1
+
+
+def test_a_late_start_does_not_bring_a_finished_task_back():
+    job = make_job(range(1))
+    job.add_task("1", [0])
+    finish(job, "1", [0], [1])
+    job.record_task_started("1", "worker-9")  # a start event delivered after the result
+    assert job.task("1").state is TASK_SUCCEEDED and job.task("1").node is None
+
+
+def test_a_task_with_a_failed_iteration_is_failed_and_one_that_produced_nothing_is_failed_or_cancelled():
+    job = make_job(range(6), errors="pass")
+    for task_id, indices in (("1", range(0, 2)), ("2", range(2, 4)), ("3", range(4, 6))):
+        job.add_task(task_id, indices)
+    finish(job, "1", range(0, 2), [0, None], {1: user_failure(1)})
+    job.record_task_failed("2", lambda i: Failure(i, "azpar_magic.InfrastructureError", "lost", kind="infrastructure"))
+    job.record_task_failed("3", cancelled)
+    assert [job.task(t).state for t in "123"] == [TASK_FAILED, TASK_FAILED, TASK_CANCELLED]
+    assert job.tasks_final == 3
+
+
+def test_a_task_counts_once_among_final_tasks_whatever_arrives_twice():
+    job = make_job(range(2))
+    job.add_task("1", range(0, 2))
+    finish(job, "1", range(0, 2), [1, 2])
+    finish(job, "1", range(0, 2), [1, 2])  # a duplicate delivery
+    assert job.tasks_final == 1 and job.counts() == (2, 0, 0)
+
+
+# ----------------------------------------------------------------------------- how a job ends
+
+
+@pytest.mark.parametrize("errors", ["stop", "remove", "pass"])
+@pytest.mark.parametrize("failing", [False, True])
+@pytest.mark.parametrize("by_user", [False, True])
+def test_the_job_ends_as_the_ending_table_says(errors, failing, by_user):
+    job = make_job(range(2), errors=errors)
+    job.add_task("1", range(0, 2))
+    job.mark_running()
+    assert job.state is RUNNING
+    finish(job, "1", range(0, 2), [1, None] if failing else [1, 2], {1: user_failure(1)} if failing else None)
+    end(job, by_user)
+    expected = CANCELLED if by_user else DONE if failing and errors != "stop" else FAILED if failing else SUCCEEDED
+    assert job.state == expected == JOB_ENDINGS[(by_user, failing, errors != "stop")]
+    assert job.done
+
+
+def test_an_ended_job_keeps_its_state():
+    job = make_job([1])
+    job.finish(SUCCEEDED)
+    job.finish(FAILED)
+    assert job.state is SUCCEEDED
+
+
+def test_a_manifest_from_before_the_done_state_reads_as_done_under_remove_and_pass():
+    assert stored_state("failed", "remove") == DONE and stored_state("failed", "pass") == DONE
+    assert stored_state("failed", "stop") == FAILED and stored_state("running", "pass") == "running"
+
+
+# ----------------------------------------------------------------------------- snapshot
+
+
+def test_the_snapshot_counts_tasks_and_iterations_and_shows_the_first_failures():
+    job = make_job(["a", "b", "c", "d", "e"], errors="pass", name="sweep")
+    for task_id, indices in (("1", [0]), ("2", [1]), ("3", [2]), ("4", [3, 4])):
+        job.add_task(task_id, indices)
+    job.mark_running()
+    job.record_task_started("2", "w1")
+    job.record_task_started("3", "w2")
+    finish(job, "3", [2], [None], {2: user_failure(2, "bad c")})
+    job.record_task_failed("4", cancelled)
+    snap = job.snapshot()
+    assert (snap.state, snap.items_total, snap.items_done, snap.items_failed, snap.items_cancelled) == (
+        RUNNING, 5, 3, 1, 2)
+    assert (snap.tasks_total, snap.tasks_queued, snap.tasks_running, snap.tasks_succeeded, snap.tasks_failed,
+            snap.tasks_cancelled) == (4, 1, 1, 0, 1, 1)
+    assert snap.items_succeeded == 0 and snap.name == "sweep" and snap.errors == "pass" and not snap.final
+    assert [(f.index, f.item, f.summary) for f in snap.failures] == [(2, "'c'", "ValueError: bad c (line 2)")]
+    assert not hasattr(snap, "nodes_busy")
+
+
+# ----------------------------------------------------------------------------- result
+
+
+def test_result_combines_the_values_in_item_order_whatever_order_tasks_ended_in():
+    job = make_job(range(4), combine="sum")
+    job.add_task("1", range(0, 2))
+    job.add_task("2", range(2, 4))
+    finish(job, "2", range(2, 4), [20, 30])
+    finish(job, "1", range(0, 2), [0, 10])
+    end(job)
+    assert job.result() == 60 and job.partial_results() == {0: 0, 1: 10, 2: 20, 3: 30}
+
+
+def test_result_under_each_errors_policy():
+    def run(errors):
+        job = make_job(["x", "y", "z"], errors=errors)
+        job.add_task("1", range(0, 3))
+        finish(job, "1", range(0, 3), [1, None, 3], {1: user_failure(1)})
+        end(job)
+        return job
+
+    with pytest.raises(IterationError) as raised:
+        run("stop").result()
+    assert (raised.value.index, raised.value.item_repr, raised.value.line) == (1, "'y'", 2)
+    assert run("remove").result() == [1, 3]
+    passed = run("pass").result()
+    assert passed[0::2] == [1, 3] and isinstance(passed[1], RemoteException)
+
+
+def test_result_of_a_cancelled_or_lost_job_raises_and_keeps_finished_values():
+    job = make_job(range(2))
+    job.add_task("1", [0])
+    job.add_task("2", [1])
+    finish(job, "1", [0], ["kept"])
+    job.record_task_failed("2", cancelled)
+    end(job, cancelled_by_user=True)
+    with pytest.raises(JobCancelled, match="after 1 of 2 iterations"):
+        job.result()
+    lost = make_job(range(2))
+    lost.finish(LOST)
+    with pytest.raises(JobLost):
+        lost.result()
+    assert job.partial_results() == {0: "kept"} and job.missing_indices() == [1]
+
+
+# ----------------------------------------------------------------------------- as_completed
+
+
+def test_as_completed_gives_iterations_in_the_order_their_tasks_ended():
+    job = make_job(range(5), errors="remove")
+    for task_id, indices in (("1", range(0, 2)), ("2", range(2, 4)), ("3", [4])):
+        job.add_task(task_id, indices)
+    finish(job, "3", [4], ["e"])
+    finish(job, "1", range(0, 2), ["a", None], {1: user_failure(1)})  # removed: never yielded
+    finish(job, "2", range(2, 4), ["c", "d"])
+    end(job)
+    assert list(job.as_completed()) == [(4, "e"), (0, "a"), (2, "c"), (3, "d")]
+
+
+def test_as_completed_under_stop_raises_the_error_result_raises_when_the_failure_arrives():
+    job = make_job(range(3))
+    for task_id in "012":
+        job.add_task(task_id, [int(task_id)])
+    finish(job, "2", [2], ["late"])
+    finish(job, "0", [0], [None], {0: user_failure(0)})
+    finish(job, "1", [1], ["b"])
+    end(job)
+    stream = job.as_completed()
+    assert next(stream) == (2, "late")
+    with pytest.raises(IterationError) as raised:
+        next(stream)
+    assert raised.value.index == 0
+
+
+# ----------------------------------------------------------------------------- what the job store replays
+
+
+def test_a_stored_job_is_rebuilt_through_public_methods():
+    job = make_job(range(3), errors="pass")
+    job.restore([0, 1], [5, None], {1: user_failure(1)}, {}, None)
+    job.restore_outputs({0: [("stdout", "hello\n")]})
+    job.restore_outputs({2: [("stdout", "from the earlier run\n")]}, base=True)
+    job.restore_task("1", [0, 1], TaskStep.FINISHED_WITH_FAILURES)
+    job.restore_task("1", [0, 1], TaskStep.FINISHED)  # a task the job has is kept as is
+    woken = []
+    job.listeners.append(woken.append)
+    job.notify()
+    assert woken == [job]
+    assert job.task("1").state is TASK_FAILED and job.tasks_final == 1
+    assert job.outputs == {0: [("stdout", "hello\n")]} and job.output(2) == "from the earlier run\n"
+    assert job.counts() == (1, 1, 0)
