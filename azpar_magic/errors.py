@@ -159,6 +159,11 @@ class InstallError(UsageProblem, RuntimeError):
 # ---------------------------------------------------------------------------------------
 
 
+class AzureExtraMissing(UsageProblem, ImportError):
+    """An Azure profile, ``az://`` storage or the doctor's Azure checks were asked for in an environment without
+    the Azure SDKs (``pip install azpar-magic`` alone is the local pool): the message names the extra."""
+
+
 class StoreError(ServiceError, RuntimeError):
     """The job store cannot give what was asked; the message says why and what to do."""
 
