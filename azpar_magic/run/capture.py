@@ -16,7 +16,6 @@ import functools
 import importlib.metadata
 import inspect
 import io
-import json
 import os
 import platform
 import re
@@ -24,8 +23,6 @@ import socket
 import sys
 import threading
 import types
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -33,6 +30,7 @@ import dill
 
 from .. import worker as wire
 from ..errors import CaptureError
+from . import environment
 from .parsing import CELL_FILENAME, ParsedCell
 
 # Never shipped, whatever the body reads: IPython's history and handles, and the shell.
@@ -448,20 +446,8 @@ def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
 # -------------------------------------------------------------------- package versions
 
 
-def _path_stamp() -> tuple:
-    """sys.path entries with their modification times: a ``%pip install`` or a new path
-    entry during the session changes it, so the table below is rebuilt then, not missed."""
-    stamp = []
-    for entry in sys.path:
-        try:
-            stamp.append((entry, os.stat(entry or ".").st_mtime_ns))
-        except OSError:
-            stamp.append((entry, None))
-    return tuple(stamp)
-
-
 def _module_to_distributions() -> Mapping[str, list[str]]:
-    return _module_table(_path_stamp())
+    return _module_table(environment.path_signature())
 
 
 @functools.lru_cache(maxsize=2)
@@ -497,13 +483,9 @@ def _editable_roots(_stamp: tuple) -> tuple[tuple[str, str], ...]:
     the user's package under development must travel too)."""
     roots = []
     for dist in importlib.metadata.distributions():
-        try:
-            info = json.loads(dist.read_text("direct_url.json") or "{}")
-        except ValueError:
-            continue
-        url = info.get("url") or ""
-        if (info.get("dir_info") or {}).get("editable") and url.startswith("file://") and dist.metadata["Name"]:
-            path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+        info = environment.direct_url(dist) or {}
+        path = environment.file_url_path(info.get("url") or "")
+        if (info.get("dir_info") or {}).get("editable") and path is not None and dist.metadata["Name"]:
             roots.append((os.path.realpath(path), dist.metadata["Name"]))
     return tuple(roots)
 
@@ -515,7 +497,7 @@ def _editable_distribution(top: str) -> str | None:
     if not where:
         return None
     where = os.path.realpath(where)
-    for root, name in _editable_roots(_path_stamp()):
+    for root, name in _editable_roots(environment.path_signature()):
         if where.startswith(root.rstrip(os.sep) + os.sep):
             return name
     return None

@@ -164,9 +164,10 @@ _closure_key: tuple | None = None
 _requires_cache: dict[str, tuple[_Pep508, ...]] = {}
 
 
-def _path_signature() -> tuple:
+def path_signature() -> tuple:
     """sys.path with each entry's mtime: a ``pip install`` in the kernel or a new site folder
-    changes it, so the per-process walk cache never serves a stale closure."""
+    changes it, so the caches keyed by it (the requirement walk here, the module-to-distribution
+    table of run/capture.py) never serve a stale answer."""
     out = []
     for entry in sys.path:
         try:
@@ -179,7 +180,7 @@ def _path_signature() -> tuple:
 def _closure(packages: Mapping[str, str], exclude: Collection[str]) -> tuple[_Found, ...]:
     """The walk, cached per process while sys.path and its folders are unchanged."""
     global _closure_key
-    signature = _path_signature()
+    signature = path_signature()
     key = (frozenset((canonicalize_name(k), v) for k, v in packages.items()),
            frozenset(canonicalize_name(e) for e in exclude))
     with _lock:
@@ -286,12 +287,12 @@ def _provenance(dist: md.Distribution) -> tuple[str, str]:
     leave behind the shared libraries conda keeps outside site-packages. A distribution with no
     ``direct_url.json`` whose metadata is an ``.egg-info`` folder inside a project folder is a
     ``setup.py develop`` (legacy editable) install of that folder."""
-    direct = _direct_url(dist)
+    direct = direct_url(dist)
     if direct is None:
         src = _develop_source(dist)
         return ("editable", str(src)) if src is not None else ("index", "index")
     url = direct["url"]
-    path = _file_url_path(url)
+    path = file_url_path(url)
     if (direct.get("dir_info") or {}).get("editable"):
         return "editable", str(path) if path is not None else url
     if path is not None and not path.exists():
@@ -309,7 +310,7 @@ def _develop_source(dist: md.Distribution) -> Path | None:
     return None
 
 
-def _direct_url(dist: md.Distribution) -> dict | None:
+def direct_url(dist: md.Distribution) -> dict | None:
     """PEP 610's record of a distribution installed from a URL (a folder, a file, a VCS)."""
     try:
         text = dist.read_text("direct_url.json")
@@ -344,7 +345,8 @@ def _repacked_wheel(dist: md.Distribution, cache: Path) -> LocalWheel:
     return _wheel(_cached(cache, f"{name}-{version}-{key}", lambda d: repack_wheel(dist, d)))
 
 
-def _file_url_path(url: str) -> Path | None:
+def file_url_path(url: str) -> Path | None:
+    """The local path a ``file://`` URL names (None for any other scheme)."""
     parts = urlsplit(url)
     if parts.scheme != "file":
         return None
@@ -382,7 +384,7 @@ def _override(text: str, cache: Path) -> tuple[Requirement, LocalWheel | None]:
             f"--packages {value!r} is not a requirement pip can read ({exc}). Give a PEP 508 "
             "requirement ('pandas==2.2.3', 'numpy>=2; python_version >= \"3.11\"'), a VCS URL "
             "('git+https://host/repo.git@TAG#egg=NAME') or the path of a wheel file.") from None
-    local = _file_url_path(req.url) if req.url else None
+    local = file_url_path(req.url) if req.url else None
     if local is not None and local.name.endswith(".whl"):
         return _override_wheel(value, local, source)
     if local is not None and local.is_dir():
