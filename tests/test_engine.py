@@ -1,0 +1,221 @@
+"""The engine (azpar_magic/run/engine.py) on its own: the checks it makes before anything is
+submitted, how it cuts items into tasks, and how it turns the backend's task events into a
+job's outcome: infrastructure failures retried, user exceptions never, ``--errors stop``
+stopping the rest of the job early.
+
+Jobs run on a real local pool (real worker processes) driven by an Engine made here, not by
+the session, so each test owns its pool and closes it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from azpar_magic.errors import IterationError, SubmitError
+from azpar_magic.jobs.job import JobOptions
+from azpar_magic.backends.local import LocalBackend
+from azpar_magic.run import engine as engine_mod
+from azpar_magic.run.engine import Engine, chunk_indices, chunk_subset, materialize, validate_options
+from azpar_magic.run.parsing import parse_cell
+from azpar_magic.run.request import API_SPELLING, FLAG_SPELLING, RunRequest
+
+
+@pytest.fixture
+def engine():
+    """An Engine over a local pool of two workers, closed (its jobs cancelled) afterwards."""
+    eng = Engine(LocalBackend(workers=2))
+    yield eng
+    for job in list(eng.jobs.values()):
+        job.cancel()
+    eng.backend.close()
+
+
+def _request(loop: str, body: str, namespace: dict | None = None, **options) -> RunRequest:
+    return RunRequest(parse_cell(loop, body), namespace or {}, JobOptions(**options))
+
+
+def _marks(folder, prefix: str) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith(prefix))
+
+
+# ------------------------------------------------------------------ submit and the job's outcome
+
+
+@pytest.mark.timeout(120)
+def test_a_submitted_loop_is_cut_into_tasks_and_gives_its_values_in_order(engine):
+    job = engine.submit(_request("for x in range(7)", "x * x", chunk_size=3))
+    assert job.result(timeout=60) == [x * x for x in range(7)]
+    assert sorted(job.tasks) == ["1", "2", "3"]
+    assert [list(job.task(t).indices) for t in ("1", "2", "3")] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert job.id in engine.jobs and not engine.cancelled(job.id)
+
+
+@pytest.mark.timeout(120)
+def test_an_infrastructure_failure_is_retried_and_the_retry_gives_the_value(engine, tmp_path):
+    # Each iteration's worker dies (os._exit) the first time it runs it: the task is run again.
+    body = ("import os\n"
+            "flag = os.path.join(folder, f'died-{x}')\n"
+            "if not os.path.exists(flag):\n"
+            "    open(flag, 'w').close()\n"
+            "    os._exit(3)\n"
+            "x * 10")
+    job = engine.submit(_request("for x in range(3)", body, {"folder": str(tmp_path)}, chunk_size=1, retries=1))
+    assert job.result(timeout=60) == [0, 10, 20]
+    assert [job.task(t).attempts for t in sorted(job.tasks)] == [2, 2, 2]
+    assert _marks(tmp_path, "died-") == ["died-0", "died-1", "died-2"]
+
+
+@pytest.mark.timeout(120)
+def test_a_user_exception_is_never_retried(engine, tmp_path):
+    body = ("import os\n"
+            "with open(os.path.join(folder, f'ran-{x}'), 'a') as fh:\n"
+            "    fh.write('.')\n"
+            "if x == 1:\n"
+            "    raise ValueError(f'bad item {x}')\n"
+            "x")
+    job = engine.submit(_request("for x in range(3)", body, {"folder": str(tmp_path)},
+                                 chunk_size=1, retries=3, errors="remove"))
+    assert job.result(timeout=60) == [0, 2]
+    assert [(tmp_path / f"ran-{x}").read_text() for x in range(3)] == [".", ".", "."], "an iteration ran twice"
+    assert job.task("2").attempts == 1
+    assert job.failures[1].error_type.endswith("ValueError") and "bad item 1" in job.failures[1].message
+
+
+@pytest.mark.timeout(120)
+def test_errors_stop_ends_the_job_early_and_names_the_failed_iteration(engine, tmp_path):
+    body = ("import os, time\n"
+            "open(os.path.join(folder, f'ran-{x}'), 'w').close()\n"
+            "if x == 0:\n"
+            "    raise ValueError('the first one fails')\n"
+            "time.sleep(0.3)\n"
+            "x")
+    job = engine.submit(_request("for x in range(40)", body, {"folder": str(tmp_path)}, chunk_size=1))
+    assert job.wait(60)
+    with pytest.raises(IterationError, match="iteration 0 .*ValueError: the first one fails"):
+        job.result()
+    ran = _marks(tmp_path, "ran-")
+    # Two workers at 0.3 s an iteration: without the early stop all 40 run (about 6 s).
+    assert len(ran) < 12, f"{len(ran)} iterations ran after the first failed"
+
+
+@pytest.mark.timeout(120)
+def test_cancel_marks_the_job_cancelled_in_the_engine(engine):
+    job = engine.submit(_request("for x in range(4)", "import time\ntime.sleep(30)\nx", chunk_size=1))
+    engine.cancel(job.id)
+    assert job.wait(60)
+    assert job.state == "cancelled" and engine.cancelled(job.id)
+
+
+# ------------------------------------------------------------------ bad input leaves nothing behind
+
+
+def test_an_object_that_cannot_be_shipped_is_refused_before_a_job_exists(engine):
+    import threading
+
+    with pytest.raises(SubmitError, match="holder"):
+        engine.submit(_request("for x in range(2)", "holder is not None", {"holder": threading.Lock()}))
+    assert engine.jobs == {}
+
+
+def test_iterations_to_run_outside_the_items_are_refused(engine):
+    request = _request("for x in range(3)", "x")
+    request.indices = [0, 3]
+    with pytest.raises(SubmitError, match="between 0 and 2. Nothing was submitted."):
+        engine.submit(request)
+    assert engine.jobs == {}
+
+
+def test_combine_dict_with_an_unhashable_item_is_refused_up_front(engine):
+    with pytest.raises(SubmitError, match=r"item 1 \(\[1\]\) is a list, which is not hashable.*Nothing was submitted"):
+        engine.submit(_request("for x in [0, [1]]", "x", combine="dict"))
+    assert engine.jobs == {}
+
+
+# ------------------------------------------------------------------ materialize: the bound on items
+
+
+def test_materialize_takes_up_to_the_bound_and_refuses_one_more():
+    assert materialize(parse_cell("for x in range(5)", "x"), {}, max_items=5) == [0, 1, 2, 3, 4]
+    assert materialize(parse_cell("for x in (i for i in range(5))", "x"), {}, max_items=5) == [0, 1, 2, 3, 4]
+    for loop in ("for x in range(6)", "for x in (i for i in range(6))", "for x in __import__('itertools').count()"):
+        with pytest.raises(SubmitError, match="has more than 5 items .*AZPAR_MAX_ITEMS"):
+            materialize(parse_cell(loop, "x"), {}, max_items=5)
+
+
+def test_materialize_says_which_iterable_failed_and_how():
+    with pytest.raises(SubmitError, match=r"`missing` could not be evaluated: NameError"):
+        materialize(parse_cell("for x in missing", "x"), {})
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(SubmitError, match=r"Iterating over `broken\(\)` raised OSError: disk gone"):
+        materialize(parse_cell("for x in broken()", "x"), {"broken": broken})
+
+
+def test_materialize_reads_the_namespace_it_is_given():
+    assert materialize(parse_cell("for x in xs", "x"), {"xs": (3, 1)}) == [3, 1]
+
+
+# ------------------------------------------------------------------ chunking helpers
+
+
+def test_chunk_indices_cuts_every_iteration_in_order():
+    assert chunk_indices(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
+    assert chunk_indices(3, 5) == [range(0, 3)]
+    assert chunk_indices(0, 2) == []
+
+
+def test_chunk_subset_keeps_contiguous_chunks_as_ranges():
+    assert chunk_subset([8, 0, 2, 1, 7, 5], 3) == [range(0, 3), [5, 7, 8]]
+    assert chunk_subset([4, 5, 6, 7], 2) == [range(4, 6), range(6, 8)]
+    assert chunk_subset([9], 4) == [range(9, 10)]
+
+
+# ------------------------------------------------------------------ validate_options: one rule, two spellings
+
+
+_BAD_OPTIONS = [
+    ({"combine": "average"}, "combine must be one of list, dict, sum, concat or a callable, not 'average'."),
+    ({"errors": "ignore"}, "errors must be one of stop, remove, pass, not 'ignore'."),
+    ({"chunk_size": 0}, "chunk_size must be a positive whole number (or auto), not 0."),
+    ({"chunk_size": 2.5}, "chunk_size must be a positive whole number (or auto), not 2.5."),
+    ({"timeout": 0}, "timeout must be a number of seconds above 0 and at most 604800"),
+    ({"timeout": math.nan}, "timeout must be a number of seconds above 0"),
+    ({"timeout": math.inf}, "timeout must be a number of seconds above 0"),
+    ({"timeout": True}, "timeout must be a number of seconds above 0"),
+    ({"retries": -1}, "retries must be a whole number from 0 to 100, not -1."),
+    ({"retries": 101}, "retries must be a whole number from 0 to 100, not 101."),
+    ({"seed": -1}, "seed must be a whole number from 0 to 2**64-1, not -1."),
+    ({"seed": 2**64}, "seed must be a whole number from 0 to 2**64-1"),
+    ({"gather": ("ok", "1x")}, "gather takes variable names; '1x' is not one."),
+    ({"gather": ("r",), "output_name": "r"}, "gather r would overwrite the output variable of the same name."),
+]
+
+
+@pytest.mark.parametrize("given, message", _BAD_OPTIONS, ids=[next(iter(g)) + "=" + repr(g[next(iter(g))])
+                                                               for g, _ in _BAD_OPTIONS])
+def test_validate_options_names_each_option_as_the_caller_wrote_it(given, message):
+    with pytest.raises(SubmitError) as api:
+        validate_options(JobOptions(**given))
+    assert str(api.value).startswith(message), str(api.value)
+    option = next(iter(given))
+    with pytest.raises(SubmitError) as flag:
+        validate_options(JobOptions(**given), FLAG_SPELLING)
+    flag_spelled = message.replace(API_SPELLING[option], FLAG_SPELLING[option], 1)
+    assert str(flag.value).startswith(flag_spelled), str(flag.value)
+
+
+def test_validate_options_accepts_the_edges_of_each_range():
+    validate_options(JobOptions(combine=sum, errors="pass", chunk_size=1, timeout=engine_mod.MAX_TIMEOUT,
+                                retries=engine_mod.MAX_RETRIES, seed=engine_mod.MAX_SEED, gather=("a", "b")))
+    validate_options(JobOptions(retries=0, seed=0, timeout=0.001))
+
+
+def test_a_bad_job_name_is_refused_with_the_stores_reason():
+    with pytest.raises(SubmitError, match="'a b' cannot name a job: it has ' '.*Nothing was submitted."):
+        validate_options(JobOptions(name="a b"))
