@@ -364,7 +364,7 @@ def check_case(case: Case, ip, run_cell, tmp_path, extra_options: str = "", one_
 
 @pytest.mark.timeout(60)
 def test_long_output_is_truncated_on_screen_but_kept_in_the_job(ip, run_cell, clean_shell):
-    from azpar_magic.magics.core import SHOWN_OUTPUT_LIMIT
+    from azpar_magic.magics.display import SHOWN_OUTPUT_LIMIT
 
     run, job = run_cell_job(run_cell, azpar_cell("", "for x in range(2)",
                                                  f"print(str(x) * {SHOWN_OUTPUT_LIMIT + 5000})\nx"))
@@ -377,7 +377,7 @@ def test_long_output_is_truncated_on_screen_but_kept_in_the_job(ip, run_cell, cl
 
 
 def test_default_output_name_and_iterable_evaluated_once(ip, run_cell, clean_shell):
-    from azpar_magic.magics.core import DEFAULT_OUTPUT
+    from azpar_magic.magics.context import DEFAULT_OUTPUT
 
     setup = run_cell("calls = []\ndef make_items():\n    calls.append(1)\n    return [3, 1, 2]\n")
     assert setup.success

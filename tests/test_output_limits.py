@@ -9,7 +9,7 @@ import re
 import pytest
 
 from azpar_magic import worker
-from azpar_magic.magics.core import SHOWN_OUTPUT_LIMIT
+from azpar_magic.magics.display import SHOWN_OUTPUT_LIMIT
 
 BIG = 3_000_000  # one print of 3 MB, three times the worker's cap
 

@@ -242,13 +242,13 @@ def test_status_and_config_in_a_widget_frontend(frontend):
 
 
 def test_terminal_ipython_uses_text(ip):
-    from azpar_magic.magics.core import _display_mode
+    from azpar_magic.magics.display import display_mode
 
-    assert _display_mode(ip) == "text"
+    assert display_mode(ip) == "text"
 
 
 def test_missing_ipywidgets_means_text(monkeypatch):
-    from azpar_magic.magics import core as magics
+    from azpar_magic.magics import display as magics
 
     class Kernel:
         comm_manager = object()
@@ -263,15 +263,15 @@ def test_missing_ipywidgets_means_text(monkeypatch):
             class exec_result:  # noqa: N801
                 info = Info()
 
-    assert magics._display_mode(Shell()) == "widget"
+    assert magics.display_mode(Shell()) == "widget"
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets now raises ImportError
     monkeypatch.delitem(sys.modules, "azpar_magic.ui.panel")
     import azpar_magic.ui
 
     monkeypatch.delattr(azpar_magic.ui, "panel")
-    assert magics._display_mode(Shell()) == "text"
+    assert magics.display_mode(Shell()) == "text"
     monkeypatch.setenv("AZPAR_DISPLAY", "widget")
-    assert magics._display_mode(Shell()) == "text"  # forcing cannot conjure ipywidgets
+    assert magics.display_mode(Shell()) == "text"  # forcing cannot conjure ipywidgets
 
 
 def test_text_fallback_shows_the_panel_facts(ip, run_cell, monkeypatch, tmp_path):

@@ -1,0 +1,193 @@
+"""The commands about jobs: list them, wait for one and bind its result (collect, attach), read its logs, cancel,
+rerun, debug one iteration here, and delete them from the job store."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.display import display
+
+from ... import api, session
+from ...errors import ConfigError, DebugError, StoreError
+from ...jobs import LOST
+from ...run.request import FLAG_SPELLING
+from ...ui.text import format_snapshot
+from ..context import DEFAULT_OUTPUT, MagicContext, Pending, find_job
+from ..display import follow, show_outputs
+from ..finish import finish_run, inject, inject_when_done, lost_message
+from ..usage import LOOKUP, usage_errors
+from ..words import read_words, take_options, unquote, variable
+
+JOBS_SHOWN = 30  # rows of %azpar jobs without --all
+
+
+def collect(context: MagicContext, words: list[str], usage: str) -> None:
+    """Wait for a job of this kernel or of the store and bind its result (a --no-wait cell's name by default)."""
+    output = None
+    if "-o" in words:
+        at = words.index("-o")
+        if at + 1 >= len(words):
+            raise UsageError("-o needs a variable name")
+        output = variable(words[at + 1])
+        words = words[:at] + words[at + 2:]
+    job = find_job(words[0] if words else None)
+    pending = context.pending.get(job.id, Pending(job.options.output_name or DEFAULT_OUTPUT, job.options.gather,
+                                                  False))
+    if job.state == LOST:
+        raise UsageError(lost_message(job))
+    finish_run(context.shell, job, output or pending.output or DEFAULT_OUTPUT, pending.gather, pending.quiet)
+
+
+def jobs(context: MagicContext, words: list[str], usage: str) -> None:
+    """The job store's jobs as a table, newest last."""
+    from ...jobstore.store import store_root
+
+    values, words = take_options(words, usage, ("--state", "--name", "--since"))
+    filters = {flag[2:]: unquote(values[flag]) if flag in values else None  # a quoted glob: 'sweep-*'
+               for flag in ("--state", "--name", "--since")}
+    if words not in ([], ["--all"]):
+        raise UsageError(usage)
+    with usage_errors(ValueError, "{}; " + usage):
+        rows = api.jobs(stored=True, **filters)
+    if not rows:
+        given = " ".join(f"--{k} {v}" for k, v in filters.items() if v is not None)
+        print(f"azpar: no jobs {'match ' + given if given else 'yet'} (job store: {store_root()})")
+        return
+    shown = rows if words else rows[-JOBS_SHOWN:]
+    named = any(r.name for r in shown)
+    table = [("id",) + ("name",) * named + ("when", "backend", "state", "done/failed/total", "cell")]
+    for r in shown:
+        state = r.state + (f" ({r.where})" if r.where and r.state not in ("lost",) else "")
+        cell = r.first_line if len(r.first_line) <= 60 else r.first_line[:59] + "…"
+        table.append((r.id,) + (r.name,) * named + (r.when, r.backend, state,
+                                                    f"{r.succeeded}/{r.failed}/{r.total}", cell))
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]) - 1)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    if len(shown) < len(rows):
+        print(f"({len(rows) - len(shown)} older jobs: %azpar jobs --all)")
+
+
+def attach(context: MagicContext, words: list[str], usage: str) -> Any:
+    """Show a job's panel; bind its result now if it ended, else when it ends."""
+    read = read_words(words, usage, output=True)
+    if len(read.rest) > 1:
+        raise UsageError(usage)
+    job = find_job(read.rest[0] if read.rest else None)
+    name = read.output or job.options.output_name or DEFAULT_OUTPUT
+    follow(context.shell, job, quiet=False)
+    if job.state == LOST:
+        display(job)
+        raise UsageError(lost_message(job))
+    if job.done:
+        show_outputs(job)
+        inject(context.shell, job, name, job.options.gather)
+        return job
+    inject_when_done(context.shell, job, name, job.options.gather)
+    print(f"azpar: job {job.id} is {job.state}; {name} will be bound when it ends "
+          f"(%azpar collect {job.id} waits for it)")
+    return job
+
+
+def logs(context: MagicContext, words: list[str], usage: str) -> None:
+    """What one iteration (or every one that printed or failed) printed, with its traceback."""
+    if not 1 <= len(words) <= 2:
+        raise UsageError(usage)
+    index = None
+    if len(words) == 2:
+        index = _iteration(words[1], usage)
+    with usage_errors(LOOKUP + (IndexError,)):
+        text = api.logs(words[0], index)
+    sys.stdout.write(text)
+
+
+def cancel(context: MagicContext, words: list[str], usage: str) -> None:
+    """Cancel a job this kernel runs and show where it stopped."""
+    if len(words) > 1:
+        raise UsageError(usage)
+    job = find_job(words[0] if words else None)
+    if job.owner:
+        raise UsageError(f"job {job.id} runs in {job.owner}, not in this kernel: cancel it there")
+    job.cancel()
+    job.wait(10)
+    print(format_snapshot(job.snapshot()))
+
+
+def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
+    """Run a job's failed or missing iterations (or all of them) again and bind the merged result."""
+    read = read_words(words, usage, output=True, flags=("--failed", "--all", "--no-wait", "-q", "--quiet"))
+    given = read.flags
+    if len(read.rest) > 1 or {"--failed", "--all"} <= given:
+        raise UsageError(usage)
+    quiet = bool(given & {"-q", "--quiet"})
+    with usage_errors(RuntimeError, "The rerun could not be started: {}. Nothing was submitted."), \
+            usage_errors(LOOKUP + (ValueError,)):
+        job = api.rerun_with(read.rest[0] if read.rest else None, "--all" not in given, context.shell.user_ns,
+                             read.output, FLAG_SPELLING)
+    session.remember(job)
+    count = sum(len(t.indices) for t in job.tasks.values())
+    if not quiet:
+        what = "failed or missing " if "--all" not in given else ""
+        kept = f" and keeps its {len(job.items) - count} finished ones" if "--all" not in given else ""
+        print(f"azpar: job {job.id} runs the {count} {what}iteration{'s' if count != 1 else ''} of job "
+              f"{job.rerun_of} again{kept}")
+    name = job.options.output_name or DEFAULT_OUTPUT
+    if "--no-wait" in given:
+        context.pending[job.id] = Pending(name, job.options.gather, quiet)
+        follow(context.shell, job, quiet)
+        return job
+    finish_run(context.shell, job, name, job.options.gather, quiet, files=False)  # as before: no --outputs line
+    return None
+
+
+def debug(context: MagicContext, words: list[str], usage: str) -> Any:
+    """``%azpar debug JOB I [--no-pdb]``: debugging.py loads and runs the iteration; here
+    its exception is raised (--no-pdb) or shown and opened in IPython's post-mortem
+    debugger, the one ``%debug`` opens (``shell.debugger``)."""
+    from ... import debugging
+
+    flags = [w for w in words if w.startswith("--")]
+    rest = [w for w in words if not w.startswith("--")]
+    if set(flags) - {"--no-pdb"} or len(rest) != 2:
+        raise UsageError(usage)
+    index = _iteration(rest[1], usage)
+    with usage_errors(DebugError):
+        reproduction = debugging.prepare(rest[0], index)
+    for note in reproduction.notes:
+        print(note, file=sys.stderr)
+    outcome = debugging.run(reproduction)
+    exc = outcome.exception
+    if exc is None:
+        print(f"azpar: iteration {index} of job {reproduction.job_id} ran here without an exception; its value is "
+              f"returned")
+        return outcome.value
+    if "--no-pdb" in flags:
+        __tracebackhide__ = True  # noqa: F841 - IPython leaves this frame out of the traceback
+        raise exc
+    context.shell.showtraceback((type(exc), exc, exc.__traceback__))
+    context.shell.debugger(force=True)
+    return None
+
+
+def delete(context: MagicContext, words: list[str], usage: str) -> None:
+    """Delete jobs from the store (and their Azure job and containers); every id is checked first."""
+    if not words:
+        raise UsageError(usage)
+    found = []
+    for word in words:  # every id checked before anything is deleted
+        with usage_errors((KeyError, ValueError, StoreError), "{}. Nothing was deleted."):
+            found.append(api.deletable_id(word))
+    for job_id in dict.fromkeys(found):
+        not_deleted = f"job {job_id} was not deleted: {{}}. Its local copy is kept; try again."  # ids have no braces
+        with usage_errors((RuntimeError, ConfigError), not_deleted):
+            api.delete(job_id)
+        print(f"azpar: deleted job {job_id} (its results, items and logs)")
+
+
+def _iteration(word: str, usage: str) -> int:
+    try:
+        return int(word)
+    except ValueError:
+        raise UsageError(f"ITERATION is an iteration number (0, 1, ...), not {word!r}; {usage}") from None

@@ -1,0 +1,149 @@
+"""The ``%azpar`` line magic: one table of its commands (name, handler, usage line, one line of help) from which
+the dispatch, ``%azpar help`` and the messages for a missing or unknown command are all made; and the
+``AzparMagics`` class IPython registers, holding both magics.
+
+Adding a command is one entry in ``COMMANDS`` and one handler in a module of ``commands/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+
+from . import cell
+from .commands import environment, jobs, pool, profiles, storage
+from .context import MagicContext
+
+Handler = Callable[[MagicContext, list[str], str], Any]
+
+Marker = Callable[[Callable[..., Any]], Callable[..., Any]]  # IPython's magic markers, as mypy should read them
+
+HELP_COLUMN = 30  # the help text starts 3 spaces after this column (or after a longer synopsis)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``%azpar`` command. ``usage`` is what its refusals show after "usage: "; ``synopsis`` is the shorter
+    form ``%azpar help`` shows when they differ."""
+
+    name: str
+    handler: Handler
+    usage: str
+    help: str
+    synopsis: str = ""
+
+    def help_line(self) -> str:
+        return f"{(self.synopsis or self.usage).ljust(HELP_COLUMN)}   {self.help}"
+
+
+COMMANDS: tuple[Command, ...] = (  # in the order %azpar help lists them
+    Command("collect", jobs.collect, "%azpar collect [JOB] [-o NAME]",
+            "wait for a job (this kernel's or a stored one) and bind its result"),
+    Command("jobs", jobs.jobs, "%azpar jobs [--all] [--state S] [--name PATTERN] [--since DATE]",
+            "the job store's jobs, every kernel's: id, name, when, backend, state, done/failed/total, cell (the "
+            "latest 30 unless --all); S: running, succeeded, done, failed, cancelled, lost (several with commas); "
+            "PATTERN: a glob ('sweep-*'); DATE: 2026-12-01, today, yesterday or Nd (the last N days)"),
+    Command("attach", jobs.attach, "%azpar attach JOB [-o NAME]",
+            "show a job's panel, also after a kernel restart; its result is bound now if it ended, else when it "
+            "ends"),
+    Command("logs", jobs.logs, "%azpar logs JOB [ITERATION]",
+            "what an iteration printed and its traceback (all that printed or failed without ITERATION), also "
+            "after the job ended or the kernel restarted"),
+    Command("cancel", jobs.cancel, "%azpar cancel [JOB]", "cancel a job (default: the latest)"),
+    Command("rerun", jobs.rerun, "%azpar rerun JOB [--failed|--all] [-o NAME] [--no-wait] [-q]",
+            "run the failed or missing iterations again with the notebook's current definitions, merged in order "
+            "with the earlier results (--all: every iteration)"),
+    Command("debug", jobs.debug, "%azpar debug JOB ITERATION [--no-pdb]",
+            "run one iteration again in this kernel with the job's own namespace and item, and open the debugger "
+            "where it fails (--no-pdb: raise its exception here, with the cell's line numbers); also after a "
+            "kernel restart, for local and Azure jobs"),
+    Command("delete", jobs.delete, "%azpar delete JOB [JOB ...]",
+            "remove jobs' results, items and logs from the job store (an Azure job's Batch job and containers "
+            "too)"),
+    Command("pool", pool.pool, "%azpar pool [status|create|delete|resize DEDICATED SPOT] [--profile NAME]",
+            "the pool's nodes, or manage an Azure pool",
+            synopsis="%azpar pool [status|create|delete|resize D S] [--profile NAME]"),
+    Command("backend", profiles.backend, "%azpar backend", "say which backend cells run on"),
+    Command("use", profiles.use, "%azpar use PROFILE (or %azpar use local)",
+            "run later cells with this profile (local: the local pool)", synopsis="%azpar use PROFILE|local"),
+    Command("status", pool.status, "%azpar status",
+            "the pools of this kernel: nodes, states, running tasks, queue (live in a notebook)"),
+    Command("config", profiles.config, "%azpar config [PROFILE] [FIELD=VALUE ...]",
+            "edit a profile: a form in a notebook; with FIELD=VALUE, set and save those fields"),
+    Command("storage", storage.storage,
+            "%azpar storage ls [az://CONTAINER/PATH] | get az://CONTAINER/PATH LOCAL | put LOCAL "
+            "az://CONTAINER/PATH | rm [-r] [-y] az://CONTAINER/PATH  [--profile NAME]",
+            "the profile's Blob storage (rm lists what it would delete unless -y)",
+            synopsis="%azpar storage ls [az://C/PATH] | get az://C/PATH LOCAL | put LOCAL az://C/PATH | "
+                     "rm [-r] [-y] az://C/PATH  [--profile NAME]"),
+    Command("doctor", environment.doctor, "%azpar doctor [PROFILE] [--run]",
+            "pre-flight check of a profile (default: the active one): what its identity can and cannot do, each "
+            "line with its fix (--run: also one iteration end to end)"),
+    Command("env", environment.env, "%azpar env [PROFILE] [JOB]",
+            "what a job installs on the nodes (default: the latest job, with its profile): each distribution, its "
+            "version, where it comes from, and whether the pool's image has it"),
+)
+
+HELP_WORDS = ("help", "-h", "--help")
+
+
+def commands() -> dict[str, Command]:
+    """The table by name, read when a line runs (so an entry added to ``COMMANDS`` is everywhere at once)."""
+    return {command.name: command for command in COMMANDS}
+
+
+def help_text(topic: str | None = None) -> str:
+    """``%azpar help [COMMAND]``: that command's line, or every command's (also for a topic that is none)."""
+    table = commands()
+    if topic is not None and topic in table:
+        return table[topic].help_line()
+    return "\n".join(command.help_line() for command in table.values())
+
+
+def missing_command() -> str:
+    return (f"usage: %azpar COMMAND [ARGS], with COMMAND one of {', '.join(commands())}; "
+            "%azpar help lists what each does")
+
+
+def unknown_command(name: str) -> str:
+    return f"unknown %azpar command {name!r}; expected one of {', '.join(sorted(commands()))} (see %azpar help)"
+
+
+def run_line(context: MagicContext, line: str) -> Any:
+    """Dispatch ``%azpar COMMAND ARGS`` to the command's handler with its usage line."""
+    words = line.split()
+    if not words:
+        raise UsageError(missing_command())
+    if words[0] in HELP_WORDS:
+        print(help_text(words[1] if len(words) > 1 else None))
+        return None
+    command = commands().get(words[0])
+    if command is None:
+        raise UsageError(unknown_command(words[0]))
+    return command.handler(context, words[1:], f"usage: {command.usage}")
+
+
+@magics_class
+class AzparMagics(Magics):
+    """``%%azpar`` runs loop iterations in parallel; ``%azpar`` manages jobs."""
+
+    def __init__(self, shell: Any = None):
+        super().__init__(shell)
+        self.context = MagicContext(shell)
+
+    azpar_cell = cast(Marker, cell_magic("azpar"))(cell.azpar_cell)  # its options and %%azpar? text: cell.py
+
+    @cast(Marker, line_magic("azpar"))
+    @no_var_expand  # job ids, paths and FIELD=VALUE as typed (see azpar_cell)
+    def azpar_line(self, line: str) -> Any:
+        """Manage azpar jobs and pools: ``%azpar COMMAND [ARGS]``.
+
+        JOB is a job id (or its last characters) or a job's --name (the newest job of that name);
+        the latest job when omitted. Each command
+        says more with ``%azpar help COMMAND``.
+        """
+        return run_line(self.context, line)

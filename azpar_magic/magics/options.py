@@ -1,0 +1,165 @@
+"""The ``%%azpar`` line read into what a run needs: the argparse namespace (values without their quotes), the
+job's options (each checked, with the flag named in its refusal), and the options only the Azure backend acts on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.utils.process import arg_split
+
+from .. import session
+from ..errors import SubmitError
+from ..jobs import JobOptions, merge
+from ..run.engine import validate_options
+from ..run.parsing import is_requirement, is_variable_name, split_requirements
+from ..run.request import FLAG_SPELLING
+from .context import DEFAULT_OUTPUT
+from .usage import usage_errors
+from .words import unquote, variable
+
+
+def parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Namespace:
+    """Every value is taken as typed, without its quotes (IPython's splitter keeps them):
+    quoting protects spaces, commas, braces and globs the same way for every option."""
+    try:
+        words = [unquote(word) for word in arg_split(text, strict=True)]
+    except ValueError as exc:
+        raise UsageError(f"the %%azpar options could not be read: {exc} (a quote is not closed?): {text!r}. "
+                         "Nothing was submitted.") from None
+    try:
+        return parser.parse_args(words)
+    except UsageError as exc:
+        if "unrecognized arguments" not in str(exc):
+            raise
+        raise UsageError(f"{exc}. A value with spaces must be quoted, e.g. --combine 'lambda rows: sum(rows)'. "
+                         "Nothing was submitted.") from None
+    except SystemExit:  # argparse's own exit on a bad value
+        raise UsageError(f"invalid %%azpar options: {text!r}; see %%azpar?") from None
+
+
+def names(value: str | None, flag: str) -> tuple[str, ...]:
+    """The variable names of ``--gather``, ``--export`` or ``--no-export``."""
+    if not value:
+        return ()
+    found = tuple(n.strip() for n in value.split(",") if n.strip())
+    bad = [n for n in found if not is_variable_name(n)]
+    if bad:
+        raise UsageError(f"{flag} takes comma-separated variable names; {', '.join(map(repr, bad))} "
+                         f"{'is' if len(bad) == 1 else 'are'} not (a Python keyword cannot be a variable). "
+                         "Nothing was submitted.")
+    return found
+
+
+def _number(flag: str, text: str | None, kind: type) -> Any:
+    """An option's number, or None when it is not given; a UsageError naming the flag."""
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        whole = "a whole number" if kind is int else "a number"
+        raise UsageError(f"{flag} must be {whole}, got {text!r}. Nothing was submitted.") from None
+
+
+def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptions:
+    """The job's options from the parsed line; ``--combine`` other than a mode is evaluated in ``namespace``.
+    Sets ``args.workers`` to the checked number."""
+    output = variable(args.output or DEFAULT_OUTPUT, " Nothing was submitted.")
+    combine = args.combine
+    if combine not in merge.COMBINE_MODES:
+        try:
+            combine = eval(combine, namespace)
+        except Exception as exc:
+            raise UsageError(f"--combine {args.combine!r} is neither one of {', '.join(merge.COMBINE_MODES)} "
+                             f"nor an expression that evaluates here ({type(exc).__name__}: {exc}).") from None
+        if not callable(combine):
+            raise UsageError(f"--combine {args.combine!r} must name a callable; it is a "
+                             f"{type(combine).__name__}.")
+    chunk = args.chunk_size
+    if chunk == "auto":
+        chunk_size = None
+    else:
+        try:
+            chunk_size = int(chunk)
+        except ValueError:
+            raise UsageError(f"--chunk-size must be a positive whole number or auto, got {chunk!r}") from None
+    workers = _number("--workers", args.workers, int)
+    if workers is not None and not 1 <= workers <= session.workers_limit():
+        raise UsageError(f"--workers must be between 1 and {session.workers_limit()} ({session.WORKERS_PER_CPU} "
+                         f"per CPU this kernel may use, at least {session.WORKERS_FLOOR}), got {workers}. Nothing "
+                         "was submitted.")
+    args.workers = workers
+    options = JobOptions(combine=combine, errors=args.errors, gather=names(args.gather, "--gather"),
+                         retries=_number("--retries", args.retries, int),
+                         timeout=_number("--timeout", args.timeout, float), chunk_size=chunk_size,
+                         seed=_number("--seed", args.seed, int), output_name=output,
+                         inputs=tuple(args.inputs or ()), outputs=tuple(args.outputs or ()),
+                         outputs_to=args.outputs_to or None, name=args.name)
+    with usage_errors(SubmitError, "{} Nothing was submitted."):
+        validate_options(options, FLAG_SPELLING)
+    return options
+
+
+def backend_options(args: argparse.Namespace, backend: str, notes: list[str]) -> dict[str, Any]:
+    """Options only the Azure backend acts on. Elsewhere they are accepted (so a cell
+    written for Azure can be debugged locally unchanged) with one line saying what they
+    do not do here, and --packages is checked against this kernel's environment, which
+    local iterations use."""
+    packages = split_requirements(args.packages or ())
+    bad = [p for p in packages if not is_requirement(p)]
+    if bad:
+        raise UsageError(f"--packages takes pip requirements like numpy==1.26.4 or 'scipy>=1.11,<1.14' "
+                         f"(repeatable, or separated by commas); {', '.join(map(repr, bad))} "
+                         f"{'is' if len(bad) == 1 else 'are'} not. Nothing was submitted.")
+    if backend != "azure":
+        ignored = [text for text, on in (
+            ("--packages installs nothing (iterations use this kernel's environment)", packages),
+            ("--merge cloud merges in the kernel as usual", args.merge == "cloud"),
+            ("--keep has no Batch job to keep", args.keep)) if on]
+        if ignored:
+            notes.append(f"azpar: on the {backend} pool, {'; '.join(ignored)}; they act on Azure only.")
+        missing = _unsatisfied(packages)
+        if missing:
+            notes.append("azpar: warning: --packages not satisfied in this kernel's environment: "
+                         f"{', '.join(missing)}; local iterations may fail or differ from Azure.")
+    options: dict[str, Any] = {"packages": packages, "merge": args.merge, "keep": args.keep}
+    if args.no_auto_packages:
+        options["auto_packages"] = False
+    return options
+
+
+def _unsatisfied(requirements: list[str]) -> list[str]:
+    """The --packages requirements this kernel's environment does not meet, each with what
+    it has: local iterations import from here, so a cell written for Azure that runs locally
+    should say when it runs against other versions. Specifiers are checked with
+    ``packaging`` when it is installed, else only ``==``."""
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # pragma: no cover - packaging comes with ipykernel and pip
+        Requirement = None  # type: ignore[assignment,misc]  # noqa: N806
+    problems = []
+    for text in requirements:
+        name = text.split("[", 1)[0]
+        for operator in ("===", "==", ">=", "<=", "~=", "!=", "<", ">"):
+            name = name.split(operator, 1)[0]
+        name = name.strip()
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{text} (not installed)")
+            continue
+        if Requirement is not None:
+            try:
+                ok = Requirement(text).specifier.contains(have, prereleases=True)
+            except InvalidRequirement:
+                ok = True  # the Azure side reports it; here only versions are compared
+        else:
+            ok = "==" not in text or text.split("==", 1)[1].strip() == have
+        if not ok:
+            problems.append(f"{text} ({have} installed)")
+    return problems
