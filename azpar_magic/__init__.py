@@ -19,7 +19,7 @@ from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, 
                      JobCancelled, RemoteException, TaskTimeoutError)
 from .jobs import FINAL_STATES, AsCompleted, Job, JobOptions, JobSnapshot
 from .errors import JobLost
-from .jobstore.store import JobSummary
+from .jobstore import JobSummary
 from .ui import text as _views  # noqa: F401  (registers how a Job shows itself; no ipywidgets)
 from .mapping import map, starmap  # noqa: A004 (azpar_magic.map, as multiprocessing.Pool.map)
 from .api import attach, cancel, collect, delete, jobs, logs, rerun, run  # last: see above

@@ -14,8 +14,8 @@ from typing import Any
 from . import mapping, session
 from .errors import CellError, SubmitError
 from .jobs import FINAL_STATES, Job, JobOptions
-from .jobstore import store
-from .jobstore.store import JobSummary
+from . import jobstore
+from .jobstore import JobSummary
 from .run.parsing import parse_cell
 from .run.request import API_SPELLING, RunRequest
 
@@ -67,15 +67,15 @@ def jobs(*, stored: bool = False, state: str | None = None, name: str | None = N
         found = session.jobs()
         if state is None and name is None and since is None:
             return found
-        keep = {r.id for r in store.filter_jobs([JobSummary.of(j) for j in found], state=state, name=name,
+        keep = {r.id for r in jobstore.filter_jobs([JobSummary.of(j) for j in found], state=state, name=name,
                                                 since=since)}
         return [j for j in found if j.id in keep]
-    rows = {row.id: row for row in store.list_jobs()}
+    rows = {row.id: row for row in jobstore.list_jobs()}
     for job in session.jobs():
         if job.owner:  # followed from the store: the store's row is the truth
             continue
         rows[job.id] = JobSummary.of(job)
-    return store.filter_jobs(sorted(rows.values(), key=lambda r: (r.created, r.id)), state=state, name=name,
+    return jobstore.filter_jobs(sorted(rows.values(), key=lambda r: (r.created, r.id)), state=state, name=name,
                              since=since)
 
 
@@ -86,7 +86,7 @@ def attach(job_id: str | None = None) -> Job:
     of this machine still runs is followed until it ends; a local job whose kernel died is in
     state "lost" with its finished iterations: ``rerun`` completes it.
 
-    Raises KeyError naming the known ids for an unknown one, and store.StoreError when the
+    Raises KeyError naming the known ids for an unknown one, and jobstore.StoreError when the
     stored values cannot be rebuilt here (a notebook class they use is not defined yet)."""
     return session.find_job(job_id)
 
@@ -103,19 +103,19 @@ def logs(job_id: str | None = None, i: int | None = None) -> str:
     try:
         job = session.find_job(job_id, stored=False)
     except KeyError:
-        ids = store.job_ids()
+        ids = jobstore.job_ids()
         found = None
         if job_id is None:
-            found = store.latest_id() if ids else None
+            found = jobstore.latest_id() if ids else None
         else:
             try:
-                found = store.resolve(job_id)
+                found = jobstore.resolve(job_id)
             except KeyError as exc:
                 if exc.args and exc.args[0] != job_id:
                     raise  # ambiguous
         if found is None:
             return session.find_job(job_id).logs(i)  # raises the KeyError that names the known ids
-        job = store.load_job(found, values=False)
+        job = jobstore.load_job(found, values=False)
     return job.logs(i)
 
 
@@ -136,15 +136,15 @@ def delete(job_id: str) -> None:
     blobs), through the profile that ran it. A job still running is refused (ValueError):
     cancel it first. When Azure refuses, the local copy stays, so deleting can be retried."""
     found = deletable_id(job_id)
-    store.flush()
+    jobstore.flush()
     try:
-        manifest = store.read_manifest(found)
+        manifest = jobstore.read_manifest(found)
     except KeyError:
         manifest = {}
     if (manifest.get("backend_info") or {}).get("batch_job_id"):
         session.engine_for_stored(manifest).backend.delete_job(manifest["backend_info"]["batch_job_id"])
     try:
-        store.delete(found)
+        jobstore.delete(found)
     except KeyError:  # a job the store never got (its writes failed): forgetting it is all
         pass
     session.forget(found)
@@ -162,12 +162,12 @@ def deletable_id(job_id: str) -> str:
             raise ValueError(f"job {job.id} is still {job.state}; cancel it before deleting it")
         return job.id
     try:
-        found = store.resolve(job_id)
+        found = jobstore.resolve(job_id)
     except KeyError as exc:
         if exc.args and exc.args[0] == job_id:
             session.find_job(job_id)  # unknown: raises the KeyError that names the known ids
         raise
-    state, where = store.effective_state(store.read_manifest(found))
+    state, where = jobstore.effective_state(jobstore.read_manifest(found))
     if state not in FINAL_STATES:
         raise ValueError(f"job {found} is still {state} in {where or 'another process'}; cancel it there before "
                          "deleting it")
@@ -200,7 +200,7 @@ def rerun_with(job_id: str | None, failed: bool, namespace: Mapping[str, Any], o
     if not base.done:
         raise ValueError(f"job {base.id} is still {base.state}; wait for it to end (or cancel it) before a rerun")
     todo = base.missing_indices() if failed else list(range(len(base.items)))
-    missing_items = [base.items[i] for i in todo if isinstance(base.items[i], store.MissingItem)]
+    missing_items = [base.items[i] for i in todo if isinstance(base.items[i], jobstore.MissingItem)]
     if missing_items:
         first = missing_items[0]
         raise ValueError(f"item {first.index} of job {base.id} could not be rebuilt in this kernel "

@@ -12,7 +12,7 @@ and the iteration runs as the worker runs it (``worker.run_here``).
 Where the pieces come from:
 
 - the envelope header (cell code, file name, mode, seed, packages): the job store's records
-  (``store.keep_envelope``), for every backend;
+  (``jobstore.keep_envelope``), for every backend;
 - the namespace bytes: the job store for a local job (its staging folder lives only as long
   as the kernel's pool); the staged blob for an Azure job (``ns/ns-<sha256>.bin`` in the cache
   container), which ``staged_namespace`` of the backend reads, checked against the sha256;
@@ -32,7 +32,7 @@ from typing import Any
 
 from . import session
 from .errors import DebugError
-from .jobstore import store
+from . import jobstore
 from . import worker as wire
 
 
@@ -64,40 +64,40 @@ def job_id_for(text: str | None) -> str:
         return session.find_job(text, stored=False).id
     except KeyError:
         pass
-    store.flush()
+    jobstore.flush()
     if text is None:
-        latest = store.latest_id()
+        latest = jobstore.latest_id()
         if latest is None:
-            raise DebugError(f"no azpar job to debug: the job store {store.store_root()} holds none")
+            raise DebugError(f"no azpar job to debug: the job store {jobstore.store_root()} holds none")
         return latest
     try:
-        return store.resolve(text)
+        return jobstore.resolve(text)
     except KeyError as exc:
         if exc.args and exc.args[0] != text:
             raise DebugError(str(exc.args[0])) from None
         raise DebugError(f"no job {text!r} (an id, the end of one, or a --name) in this session or in the job store "
-                         f"{store.store_root()}; %azpar jobs lists them") from None
+                         f"{jobstore.store_root()}; %azpar jobs lists them") from None
 
 
 def prepare(job: str | None, index: int) -> Reproduction:
     """Load iteration ``index`` of ``job`` (id, end of an id, or name) for a run here:
     DebugError when the job, the iteration, its item or its namespace is not available."""
     job_id = job_id_for(job)
-    store.flush()  # a job of this kernel: its records may still be queued
+    jobstore.flush()  # a job of this kernel: its records may still be queued
     try:
-        manifest = store.read_manifest(job_id)
+        manifest = jobstore.read_manifest(job_id)
     except KeyError:
-        raise DebugError(f"job {job_id} is not in the job store {store.store_root()} (its writes failed, or it was "
+        raise DebugError(f"job {job_id} is not in the job store {jobstore.store_root()} (its writes failed, or it was "
                          "deleted), so its namespace and items cannot be read back") from None
     total = int(manifest.get("items", 0))
     if not isinstance(index, int) or not 0 <= index < total:
         raise DebugError(f"job {job_id} has {total} iteration{'s' * (total != 1)}"
                          + (f" (0 to {total - 1})" if total else "") + f"; there is no iteration {index}")
-    envelope, namespace = store.stored_envelope(job_id)
+    envelope, namespace = jobstore.stored_envelope(job_id)
     if envelope is None:
         raise DebugError(f"job {job_id} was stored without its envelope (run by an azpar before debugging existed, "
                          "or it ran no task); `%azpar rerun` it, then debug the new job")
-    place = store.item_record(job_id, index)
+    place = jobstore.item_record(job_id, index)
     if isinstance(place, str):
         raise DebugError(f"iteration {index} of job {job_id} was not run by this job: it kept the result of "
                          f"{place or 'an earlier job'} (a rerun runs only the failed iterations); debug it there: "

@@ -163,8 +163,8 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
     when None): one of this process first, else, with ``stored``, one from the job store,
     started by an earlier kernel or by another one. A job loaded from the store is
     remembered once it has ended, so later commands reuse it instead of reading it again;
-    one still running elsewhere is followed (see store.load_job) and loaded afresh each time."""
-    from .jobstore import store
+    one still running elsewhere is followed (see jobstore.load_job) and loaded afresh each time."""
+    from . import jobstore
 
     job_id = _named(job_id)
     with _lock:
@@ -182,31 +182,31 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
         here = sorted(_jobs)
     if not stored:
         raise KeyError(f"no job {job_id!r} in this session (known: {', '.join(here) or 'none'})")
-    stored_ids = store.job_ids()
+    stored_ids = jobstore.job_ids()
     if job_id is None:
-        latest = store.latest_id()
+        latest = jobstore.latest_id()
         if latest is None:
-            raise KeyError(f"no azpar job has run in this session, and the job store {store.store_root()} "
+            raise KeyError(f"no azpar job has run in this session, and the job store {jobstore.store_root()} "
                            "holds none")
         found = latest
     else:
         try:
-            found = store.resolve(job_id)
+            found = jobstore.resolve(job_id)
         except KeyError as exc:
             if exc.args and exc.args[0] != job_id:
                 raise  # ambiguous: the message says so
             known = sorted(set(here) | set(stored_ids))
             shown = ", ".join(known[-_SHOWN_IDS:]) or "none"
             more = f" and {len(known) - _SHOWN_IDS} older ones (%azpar jobs)" if len(known) > _SHOWN_IDS else ""
-            raise KeyError(f"no job {job_id!r} in this session or in the job store {store.store_root()} "
+            raise KeyError(f"no job {job_id!r} in this session or in the job store {jobstore.store_root()} "
                            f"(known: {shown}{more})") from None
-    job = store.load_job(found)
+    job = jobstore.load_job(found)
     if job.reattach:  # its kernel is gone but its backend ran on (Azure): this process follows it now
         manifest = job.manifest or {}
         try:
             job = engine_for_stored(manifest).resume(job)
         except (config.ConfigError, RuntimeError, OSError) as exc:
-            raise store.StoreError(
+            raise jobstore.StoreError(
                 f"job {job.id} runs on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}) without "
                 f"its kernel, but this kernel cannot follow it: {exc}") from None
         remember(job)
@@ -218,15 +218,16 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
 def _named(text: str | None) -> str | None:
     """The id of the newest job called ``text`` (``--name``), of this process or the job
     store; else ``text`` unchanged (an id, or a start or end of one)."""
-    from .jobstore import store
+    from . import jobstore
 
     if text is None or text in _jobs:
         return text
     with _lock:
         here = [j for j in _jobs.values() if j.options.name == text]
-    stored = store.newest_named(text)
+    stored = jobstore.newest_named(text)
     best = max(here, key=lambda j: j.created).id if here else None
-    if stored is not None and (best is None or store.read_manifest(stored).get("created", 0.0) >= _jobs[best].created):
+    if stored is not None and (
+            best is None or jobstore.read_manifest(stored).get("created", 0.0) >= _jobs[best].created):
         best = stored
     return best or text
 

@@ -89,13 +89,13 @@ def main() -> int:
 
         # The kernel ends (the Batch job runs on), then a new one attaches: what taking the
         # job over costs. The dead kernel is simulated by naming a process that does not exist.
-        from azpar_magic.jobstore import store
+        from azpar_magic import jobstore
 
         session.close()
-        store.flush()
-        manifest = store.read_manifest(job.id)
+        jobstore.flush()
+        manifest = jobstore.read_manifest(job.id)
         manifest["owner"] = {**manifest["owner"], "pid": 2 ** 22 + 7, "start": "0"}
-        store.write_manifest(store.job_folder(job.id), manifest)
+        jobstore.write_manifest(jobstore.job_folder(job.id), manifest)
         session.forget(job.id)
         svc.requests.clear()
         t0 = time.monotonic()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import azpar_magic
-from azpar_magic.jobstore import store
+from azpar_magic import jobstore as store
 
 pytestmark = pytest.mark.timeout(90)
 

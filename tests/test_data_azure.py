@@ -14,7 +14,7 @@ from IPython.core.error import UsageError
 
 import azpar_magic
 
-from azpar_magic.jobstore import store
+from azpar_magic import jobstore as store
 
 from .azure_support import azure_profile, close_azure_engines
 from .data_support import BODY, N_PARTS, check_outputs, make_parts

@@ -177,7 +177,7 @@ def test_bad_specs_are_refused(ip, run_cell, folder, options, fragment):
 
 
 def test_the_job_store_keeps_the_data_options_for_a_rerun_in_a_new_kernel():
-    from azpar_magic.jobstore import store
+    from azpar_magic import jobstore as store
     from azpar_magic.jobs.job import JobOptions
 
     options = JobOptions(inputs=("parts/part-{i}.csv", "scale.txt"), outputs=("*.png",), outputs_to="out")

@@ -15,7 +15,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
-from azpar_magic.jobstore import store
+from azpar_magic import jobstore as store
 from azpar_magic.run.parsing import CELL_FILENAME
 
 from .helpers_corpus import restore_namespace, snapshot_namespace
@@ -118,9 +118,9 @@ def test_a_job_stored_without_its_envelope_says_so(ip, run_cell, job_store):
     records = job_store / job_id / store.RECORDS
     data = records.read_bytes()
     kept = [store.FILE_MAGIC]
-    for header, body, _ in store._iter_records(data, len(store.FILE_MAGIC)):
+    for header, body, _ in store.iter_records(data, len(store.FILE_MAGIC)):
         if header.get("k") not in ("envelope", "namespace"):
-            kept.append(store._record(header, bytes(body)))
+            kept.append(store.record(header, bytes(body)))
     records.write_bytes(b"".join(kept))  # as an azpar before debugging existed stored it
     azpar_magic.session.forget(job_id)
     with pytest.raises(UsageError) as caught:

@@ -9,7 +9,7 @@ import pytest
 
 from azpar_magic.run import engine
 from azpar_magic import identity
-from azpar_magic.jobstore import store
+from azpar_magic import jobstore as store
 
 CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")  # lowercase, digits, single hyphens
 BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -25,7 +25,7 @@ def test_job_ids_of_any_user_are_valid_batch_ids_and_container_stems(name, monke
     assert BATCH_ID.match(job_id) and len(job_id) <= 55, job_id
     for container in (f"{job_id}-in", f"{job_id}-out", f"azpar-{identity.slug(name)}-cache"):
         assert CONTAINER.match(container), container
-    assert store._valid_id(job_id)
+    assert store.valid_id(job_id)
 
 
 def test_slugs_keep_users_apart():

@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 
 import azpar_magic
 from azpar_magic import session
-from azpar_magic.jobstore import store
+from azpar_magic import jobstore as store
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from azpar_magic.jobstore import store
+from azpar_magic import jobstore as store
 from azpar_magic.backends.azure import storage
 
 from .azure_support import write_profile_file

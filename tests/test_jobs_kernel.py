@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from azpar_magic.jobstore import store
+from azpar_magic import jobstore as store
 
 from .test_kernel import _ANSI, Kernel, _isolated_env, _stop
 
@@ -173,7 +173,7 @@ def score(x):
     rerun_id = kernel.value("__import__('azpar_magic').jobs()[-1].id").strip("'")
     store.flush()
     manifest = store.read_manifest(rerun_id)
-    assert manifest["rerun_of"] == job_id and store._from_runs(manifest["ran"]) == {2, 7, 12}
+    assert manifest["rerun_of"] == job_id and store.from_runs(manifest["ran"]) == {2, 7, 12}
     # The failure's log of the first run is still there; the rerun's says it succeeded.
     assert "ZeroDivisionError: bad input 7" in kernel.ok(f"%azpar logs {job_id} 7").stdout
     assert kernel.ok(f"%azpar logs {rerun_id} 7").stdout.startswith("--- iteration 7 (item 7): succeeded ---")

@@ -1,4 +1,4 @@
-"""The job store (azpar_magic/store.py) with real jobs on the local pool: what is written,
+"""The job store (azpar_magic/jobstore/) with real jobs on the local pool: what is written,
 with which permissions, and what a process that did not run a job gets back from it.
 
 Each test points AZPAR_JOB_STORE at its own folder. "Another process" is a real one: a
@@ -23,7 +23,7 @@ import pytest
 import azpar_magic
 from azpar_magic.run import engine as engine_mod
 from azpar_magic import session
-from azpar_magic.jobstore import store
+from azpar_magic import jobstore as store
 from azpar_magic.jobs import LOST
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_every_job_is_written_private_with_its_manifest(job_store, monkeypatch):
     assert manifest["location"] == {"folder": str(folder), "manifest": "manifest.json", "records": "records.azs"}
     assert manifest["rerun_of"] is None and manifest["ran"] is None
     # The records: the items per task (with its id), then a result per task, logs where printed.
-    headers = [h for h, _, _ in store._iter_records((folder / store.RECORDS).read_bytes(), len(store.FILE_MAGIC))]
+    headers = [h for h, _, _ in store.iter_records((folder / store.RECORDS).read_bytes(), len(store.FILE_MAGIC))]
     items = [(h["t"], h["r"]) for h in headers if h["k"] == "items"]
     assert items == [("1", [0, 2]), ("2", [2, 4]), ("3", [4, 6]), ("4", [6, 7])]
     assert sorted(h["t"] for h in headers if h["k"] == "result") == ["1", "2", "3", "4"]
@@ -128,7 +128,7 @@ def test_a_torn_last_record_is_ignored(job_store):
     whole = results.read_bytes()
     # A writer killed in the middle of its next record: a header promising more than is there.
     with open(results, "ab") as fh:
-        fh.write(store._RECORD.pack(10, 1000) + b'{"t":"9"')
+        fh.write(store.RECORD.pack(10, 1000) + b'{"t":"9"')
     assert store.load_job(job.id).result() == [0, 2, 4, 6, 8, 10]
     results.write_bytes(whole[:-5])  # the last real record torn: its two iterations are missing
     torn = store.load_job(job.id)
@@ -172,7 +172,7 @@ def test_an_existing_folder_open_to_others_is_refused_and_left_as_it_is(job_stor
     job_store.mkdir(mode=0o755)
     os.chmod(job_store, 0o755)
     (job_store / "notes.txt").write_text("the user's own file")
-    store._checked_roots.discard(str(job_store))
+    store.checked_roots.discard(str(job_store))
     with pytest.raises(store.StoreError, match=r"open to other users \(mode 0755\).*chmod 700"):
         store.ensure_root()
     assert _mode(job_store) == 0o755
@@ -184,8 +184,8 @@ def test_an_existing_folder_open_to_others_is_refused_and_left_as_it_is(job_stor
     assert _mode(job_store) == 0o755 and sorted(p.name for p in job_store.iterdir()) == ["notes.txt"]
     # Made private by its owner, it is used as it is.
     os.chmod(job_store, 0o700)
-    store._checked_roots.discard(str(job_store))
-    store._warned.discard(str(job_store))
+    store.checked_roots.discard(str(job_store))
+    store.warned_roots.discard(str(job_store))
     job = azpar_magic.run("for x in range(3)", "x * 3", {}, workers=2)
     assert job.result(timeout=30) == [0, 3, 6]
     store.flush()
@@ -203,7 +203,7 @@ def test_bad_input_leaves_nothing_in_the_store(job_store):
 def test_job_ids_are_unguessable_and_unique():
     ids = {engine_mod.new_job_id() for _ in range(2000)}
     assert len(ids) == 2000
-    assert all(store._valid_id(i) and len(i.rsplit("-", 1)[1]) == 12 for i in ids)  # 48 random bits each
+    assert all(store.valid_id(i) and len(i.rsplit("-", 1)[1]) == 12 for i in ids)  # 48 random bits each
 
 
 # ------------------------------------------------------------------------- lost and found
@@ -222,7 +222,7 @@ def test_owner_alive_tells_a_reused_pid_from_the_same_process():
 _RUNNER = textwrap.dedent('''
     import sys, time
     import azpar_magic
-    from azpar_magic.jobstore import store
+    from azpar_magic import jobstore as store
 
     n, delay = int(sys.argv[1]), float(sys.argv[2])
     FAIL3, POINTS = "fail3" in sys.argv, "points" in sys.argv
@@ -291,7 +291,7 @@ def test_a_job_whose_process_was_killed_is_lost_and_rerun_completes_it(job_store
     store.flush()
     manifest = store.read_manifest(again.id)
     assert manifest["rerun_of"] == job_id
-    assert store._from_runs(manifest["ran"]) == set(range(16)) - set(finished)  # only what was missing
+    assert store.from_runs(manifest["ran"]) == set(range(16)) - set(finished)  # only what was missing
     # The rerun's own folder is complete: it does not need the lost job any more.
     azpar_magic.delete(job_id)
     assert not (job_store / job_id).exists()
@@ -361,7 +361,7 @@ def test_rerun_failed_merges_in_order_and_chains(job_store):
     assert third.result(timeout=30) == [x * 3 for x in range(12)]
     assert sum(len(t.indices) for t in third.tasks.values()) == 1  # only iteration 9 ran
     store.flush()
-    assert store._from_runs(store.read_manifest(third.id)["ran"]) == {9}
+    assert store.from_runs(store.read_manifest(third.id)["ran"]) == {9}
     assert store.load_job(third.id).result() == [x * 3 for x in range(12)]
     assert store.summary(third.id).succeeded == 12
     # Output of iterations kept from earlier runs stays readable in the last one.

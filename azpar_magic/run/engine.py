@@ -28,7 +28,7 @@ from . import data as data_mod
 from .. import identity
 from ..jobs import merge
 from . import parsing
-from ..jobstore import store
+from .. import jobstore
 from .. import worker as wire
 from ..errors import SubmitError
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
@@ -168,7 +168,7 @@ def validate_options(options: JobOptions, spelling: dict[str, str] = API_SPELLIN
         raise SubmitError(f"{spelling['gather']} takes variable names; {', '.join(map(repr, bad))} is not one.")
     if options.name is not None:
         try:
-            store.check_name(options.name)
+            jobstore.check_name(options.name)
         except ValueError as exc:
             raise SubmitError(f"{exc}. Nothing was submitted.") from None
     if options.output_name is not None and options.output_name in options.gather:
@@ -195,7 +195,7 @@ def chunk_subset(indices: Sequence[int], size: int) -> list[Sequence[int]]:
 class _Run:
     """Routes one job's task events to its Job; owns retries and early stop."""
 
-    def __init__(self, engine: Engine, job: Job, tasks: dict[str, TaskSpec], recorder: store.JobRecorder):
+    def __init__(self, engine: Engine, job: Job, tasks: dict[str, TaskSpec], recorder: jobstore.JobRecorder):
         self.engine, self.job, self.tasks = engine, job, tasks
         self.recorder = recorder  # the job store's copy: fed here, written on its own thread
         self.lock = threading.Lock()
@@ -365,7 +365,7 @@ class Engine:
             job.adopt(request.base, [i for i in range(len(items)) if i not in computed])
             job.rerun_of = request.base.id
         info = getattr(self.backend, "manifest_info", None)  # a backend's own location info (Azure)
-        recorder = store.start_recording(
+        recorder = jobstore.start_recording(
             job, items=[(t.task_id, t.indices, t.items_codec, t.items) for t in tasks.values()], tasks=len(tasks),
             backend_info=info(job_id, dict(request.backend_options)) if info else None,
             export=request.export, no_export=request.no_export,
@@ -401,15 +401,15 @@ class Engine:
         The job then ends, and cleans up, as if this process had started it."""
         reattach = getattr(self.backend, "reattach", None)
         if reattach is None:
-            raise store.StoreError(f"the {self.backend.name} backend cannot take over job {job.id}")
+            raise jobstore.StoreError(f"the {self.backend.name} backend cannot take over job {job.id}")
         remaining = {task_id: TaskSpec(task_id, indices, codec, data)
-                     for task_id, indices, codec, data in store.stored_tasks(job.id) if task_id not in job.tasks}
+                     for task_id, indices, codec, data in jobstore.stored_tasks(job.id) if task_id not in job.tasks}
         for task in remaining.values():
             job.add_task(task.task_id, task.indices)
         job.bind(self.backend.nodes, lambda: self.cancel(job.id))
         job.health = lambda: self._unanswered(job.id)
         job.reattach = False
-        recorder = store.resume_recording(job)
+        recorder = jobstore.resume_recording(job)
         run = _Run(self, job, remaining, recorder)
         self.jobs[job.id] = job
         with self._lock:

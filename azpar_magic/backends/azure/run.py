@@ -27,7 +27,7 @@ from azure.batch import models
 from azure.core.exceptions import (AzureError, HttpResponseError, ResourceNotFoundError, ServiceRequestError,
                                    ServiceResponseError)
 
-from ...jobstore import store
+from ... import jobstore
 from ...errors import RequirementError
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
@@ -237,7 +237,7 @@ class AzureRun:
             uses_task_dependencies=self.merge_cloud,
             constraints=models.BatchJobConstraints(max_wall_clock_time=dt.timedelta(seconds=self.lifetime)),
             metadata=[models.BatchMetadataItem(name="azpar-cell", value=_first_line(spec.envelope.get("source"))),
-                      models.BatchMetadataItem(name="azpar-user", value=store.creator()),
+                      models.BatchMetadataItem(name="azpar-user", value=jobstore.creator()),
                       models.BatchMetadataItem(name="azpar-run", value=self.run_token)]))
 
     def _create_job(self, options: Any) -> None:
@@ -301,7 +301,7 @@ class AzureRun:
         if self.spec.manifest is None:
             return
         if final:
-            store.flush(5.0)
+            jobstore.flush(5.0)
         try:
             data = json.dumps(dict(self.spec.manifest), sort_keys=True, indent=1, default=str).encode()
             self.staging.upload(self.in_container, MANIFEST_BLOB, data)

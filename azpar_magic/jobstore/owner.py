@@ -1,0 +1,89 @@
+"""Who a job is for and which process runs it: the creator (the hub user, else the OS user), the owning
+process identified so that another process can tell later whether it still runs, and what follows from that
+(a job whose owner is gone is lost, unless it runs on without its kernel and can be taken over).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from .. import identity
+from ..jobs import FINAL_STATES
+
+
+def creator() -> str:
+    """Who the job is for: the JupyterHub user when there is one (several hub users may map
+    to one OS account), else the OS user."""
+    return identity.user()
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in clock ticks since boot) of a process, from /proc; None
+    when there is no such process or no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()
+    return fields[0], fields[19]
+
+
+_owner_cache: dict[int, dict] = {}
+
+
+def owner() -> dict:
+    """This process, identified so that another process can later tell whether it still runs:
+    a pid alone could be reused, so its start time and the machine's boot id go with it."""
+    pid = os.getpid()
+    if pid not in _owner_cache:
+        stat_ = _proc_stat(pid)
+        _owner_cache[pid] = {"host": socket.gethostname(), "pid": pid, "start": stat_[1] if stat_ else None,
+                             "boot": _boot_id()}
+    return dict(_owner_cache[pid])
+
+
+def owner_alive(info: Mapping[str, Any]) -> bool | None:
+    """Whether the process described by ``owner()`` still runs; None when this machine
+    cannot tell (another host sharing the home folder)."""
+    if not info or info.get("host") != socket.gethostname():
+        return None
+    boot = _boot_id()
+    if info.get("boot") and boot and info["boot"] != boot:
+        return False
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return None
+    if os.path.isdir("/proc/self"):
+        found = _proc_stat(pid)
+        if found is None or found[0] in ("Z", "X"):  # gone, or a zombie nobody reaped yet
+            return False
+        return info.get("start") is None or found[1] == info["start"]
+    try:  # no /proc (macOS): existence only, so a reused pid looks alive
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reattachable(manifest: Mapping[str, Any]) -> bool:
+    """A job that runs on without its kernel (``outlives_kernel``), has not ended, and whose
+    kernel is gone or on another machine: a process that attaches to it takes it over."""
+    if manifest.get("state") in FINAL_STATES:
+        return False
+    if not (manifest.get("backend_info") or {}).get("outlives_kernel"):
+        return False
+    return owner_alive(manifest.get("owner") or {}) is not True

@@ -1,0 +1,522 @@
+"""Reading jobs back from the store: manifests and summaries (``%azpar jobs``), finding a job by id, name or
+part of an id, filters, the items and records a job shipped, rebuilding a Job (``load_job``) and following one
+another process of this machine runs, and deleting one.
+
+Listing and logs read record headers only; values are decoded by ``load_job`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import pickle
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import worker as wire
+from ..errors import StoreError
+from ..jobs import FINAL_STATES, LOST, PENDING, RUNNING, Failure, Job, JobOptions, TaskStep
+from ..jobs.results import decode_list, failure_from_record
+from ..jobs.states import ending_step, stored_state
+from .layout import (
+    FILE_MAGIC,
+    MANIFEST,
+    NAMESPACE_LINK,
+    RECORDS,
+    check_name,
+    job_folder,
+    namespace_path,
+    store_root,
+    valid_id,
+)
+from .owner import creator, owner_alive, reattachable
+from .records import from_runs, indices_of, iter_records, read_file, read_manifest, walk
+from .writer import flush
+
+FOLLOW_INTERVAL = 0.3  # seconds between looks at a job another process is running
+
+
+def options_from_json(data: Mapping[str, Any]) -> JobOptions:
+    return JobOptions(combine=_restore_combine(data.get("combine", "list")), errors=data.get("errors", "stop"),
+                      gather=tuple(data.get("gather") or ()), retries=data.get("retries", 2),
+                      timeout=data.get("timeout"), chunk_size=data.get("chunk_size"), seed=data.get("seed"),
+                      output_name=data.get("output_name"), inputs=tuple(data.get("inputs") or ()),
+                      outputs=tuple(data.get("outputs") or ()), outputs_to=data.get("outputs_to"),
+                      name=data.get("name"))
+
+
+def _restore_combine(spec: Any) -> Any:
+    if not isinstance(spec, dict):
+        return spec
+    name = spec.get("callable", "?:?")
+    module_name, _, qualname = name.partition(":")
+    try:
+        if module_name == "__main__":
+            obj: Any = sys.modules["__main__"]
+        else:
+            import importlib
+
+            obj = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        if callable(obj):
+            return obj
+    except Exception:
+        pass
+
+    message = (f"This job combines its values with {qualname} (from {module_name}), which is not defined "
+               "here; define it, then try again.")
+
+    def missing(values: list) -> Any:
+        raise StoreError(message)
+
+    missing.missing = message  # type: ignore[attr-defined]  (rerun refuses before submitting)
+    return missing
+
+
+def stored_tasks(job_id: str) -> list[tuple[str, Sequence[int], str, bytes]]:
+    """The tasks the job shipped, as (task id, indices, items codec, items bytes), from its
+    own items records (not those an earlier run's import brought): what a backend needs to
+    add tasks a dead kernel had not added yet."""
+    found = []
+    for header, body, _ in iter_records(read_file(job_folder(job_id) / RECORDS), len(FILE_MAGIC)):
+        if header.get("k") == "items" and header.get("t") is not None:
+            found.append((str(header["t"]), indices_of(header), header["codec"], bytes(body)))
+    return found
+
+
+def stored_envelope(job_id: str) -> tuple[dict | None, bytes | None]:
+    """(envelope header, namespace bytes) the job ran with, from its own records (not an
+    earlier run's that a rerun imported): (None, None) for a job stored before azpar kept
+    them, bytes None when the backend staged the namespace elsewhere (``keep_envelope``)."""
+    flush()
+    envelope: dict | None = None
+    for header, body, _ in iter_records(read_file(job_folder(job_id) / RECORDS), len(FILE_MAGIC)):
+        if header.get("k") == "envelope":
+            envelope = json.loads(bytes(body))
+    return envelope, stored_namespace(job_id) if envelope is not None else None
+
+
+def item_record(job_id: str, index: int) -> tuple[str, bytes, Sequence[int]] | str | None:
+    """Where iteration ``index`` of the job was shipped from: (codec, bytes, indices) of
+    the job's own task that ran it; the id of the earlier job when a rerun kept that
+    iteration's result instead of running it; None when the store has no such item."""
+    data = read_file(job_folder(job_id) / RECORDS)
+    for header, body, _ in iter_records(data, len(FILE_MAGIC)):
+        if header.get("k") == "items" and index in indices_of(header):
+            return header["codec"], bytes(body), indices_of(header)
+    for header, _, _ in iter_records(data, len(FILE_MAGIC)):
+        if header.get("k") == "import":
+            return str(header.get("from") or "")
+    return None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """One row of ``%azpar jobs``: read from the manifest (and record headers for a job that
+    did not end), never from the values."""
+
+    id: str
+    created: float
+    backend: str
+    state: str
+    succeeded: int
+    failed: int
+    cancelled: int
+    total: int
+    first_line: str
+    creator: str = ""
+    rerun_of: str | None = None
+    where: str = ""  # the process running it, for a job that runs elsewhere
+    name: str = ""  # its --name, if it was given one
+
+    @property
+    def when(self) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created))
+
+    @classmethod
+    def of(cls, job: Job) -> JobSummary:
+        """The row of a job this process holds: its live state and counts."""
+        succeeded, failed, cancelled = job.counts()
+        first = job.source.splitlines()[0] if job.source else ""
+        return cls(job.id, job.created, job.backend_name, job.state, succeeded, failed, cancelled,
+                   len(job.items), first, creator(), job.rerun_of, job.owner, job.options.name or "")
+
+
+def effective_state(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    """(state, where): a job that did not end and whose process is gone is lost; ``where``
+    names the process (or host) of one that still runs elsewhere."""
+    # A manifest written before the done state existed says failed for a job that gave its result.
+    state = stored_state(manifest.get("state", "?"), (manifest.get("options") or {}).get("errors"))
+    if state in FINAL_STATES:
+        return state, ""
+    info = manifest.get("owner") or {}
+    alive = owner_alive(info)
+    if (manifest.get("backend_info") or {}).get("outlives_kernel"):  # never lost: it runs without its kernel
+        return state, f"process {info.get('pid')}" if alive else ""
+    if alive is False:
+        return LOST, ""
+    if alive is None:
+        return state, f"on {info.get('host', '?')}"
+    return state, f"process {info.get('pid')}"
+
+
+def _scan_counts(folder: Path, manifest: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(succeeded, failed, cancelled) from the record headers: for a job that did not end
+    (its manifest has no final counts). Iterations a rerun kept count as succeeded."""
+    total = manifest.get("items", 0)
+    ran = from_runs(manifest.get("ran")) if manifest.get("ran") is not None else None
+    kept = total - len(ran) if ran is not None else 0
+    seen: set[int] = set()
+    succeeded, failed, cancelled = kept, 0, 0
+    for header, _, _ in iter_records(read_file(folder / RECORDS), len(FILE_MAGIC)):
+        kind = header.get("k")
+        if kind not in ("result", "fail"):
+            continue
+        indices = [i for i in indices_of(header) if i not in seen]
+        seen.update(indices)
+        if kind == "fail":
+            if header["failure"].get("kind") == "cancelled":
+                cancelled += len(indices)
+            else:
+                failed += len(indices)
+        else:
+            bad = min(header.get("failed", 0), len(indices))
+            failed += bad
+            succeeded += len(indices) - bad
+    return succeeded, failed, cancelled
+
+
+def summary(job_id: str) -> JobSummary:
+    manifest = read_manifest(job_id)
+    state, where = effective_state(manifest)
+    counts = manifest.get("counts")
+    if counts and manifest.get("state") in FINAL_STATES:
+        succeeded, failed, cancelled = counts["succeeded"], counts["failed"], counts["cancelled"]
+    else:
+        succeeded, failed, cancelled = _scan_counts(job_folder(job_id), manifest)
+    source = manifest.get("source") or ""
+    return JobSummary(job_id, manifest.get("created", 0.0), manifest.get("backend", "?"), state, succeeded,
+                      failed, cancelled, manifest.get("items", 0), source.splitlines()[0] if source else "",
+                      manifest.get("creator", ""), manifest.get("rerun_of"), where, manifest.get("name") or "")
+
+
+def job_ids() -> list[str]:
+    """Ids of every stored job, oldest first (ids start with their creation time)."""
+    flush()
+    root = store_root()
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if valid_id(n) and (root / n / MANIFEST).exists())
+
+
+def latest_id() -> str | None:
+    """The stored job created last (ids sort by time only to the second)."""
+    best: tuple[float, str] | None = None
+    for job_id in job_ids():
+        try:
+            created = float(read_manifest(job_id).get("created", 0.0))
+        except (KeyError, StoreError, OSError, ValueError):
+            continue
+        if best is None or (created, job_id) > best:
+            best = (created, job_id)
+    return best[1] if best else None
+
+
+def list_jobs() -> list[JobSummary]:
+    """Every stored job, oldest first; unreadable ones are skipped rather than failing the list."""
+    rows = []
+    for job_id in job_ids():
+        try:
+            rows.append(summary(job_id))
+        except (KeyError, StoreError, OSError):
+            continue
+    return sorted(rows, key=lambda r: (r.created, r.id))
+
+
+def resolve(job_id: str) -> str:
+    """The stored id that ``job_id`` names: the whole id, a job's --name (the newest job of
+    that name), or a unique start or end of an id. A name wins over an id's start or end:
+    the user typed it in full, while an id's end is only a shortcut."""
+    ids = job_ids()
+    if job_id in ids:
+        return job_id
+    named = newest_named(job_id, ids)
+    if named is not None:
+        return named
+    matches = [i for i in ids if i.endswith(job_id) or i.startswith(job_id)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise KeyError(f"{job_id!r} matches {len(matches)} stored jobs ({', '.join(matches[:5])}); give more of the id")
+    raise KeyError(job_id)
+
+
+def newest_named(name: str, ids: Sequence[str] | None = None) -> str | None:
+    """The id of the newest stored job called ``name``, or None. Only names that could be
+    given (``check_name``) are looked for, so an id fragment costs no manifest reads."""
+    try:
+        check_name(name)
+    except ValueError:
+        return None
+    best: tuple[float, str] | None = None
+    for job_id in ids if ids is not None else job_ids():
+        try:
+            manifest = read_manifest(job_id)
+        except (KeyError, StoreError, OSError):
+            continue
+        if manifest.get("name") == name and (best is None or (manifest.get("created", 0.0), job_id) > best):
+            best = (float(manifest.get("created", 0.0)), job_id)
+    return best[1] if best else None
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """The time ``--since`` means, as seconds since the epoch: an ISO date or date and time
+    (``2026-12-01``, ``2026-12-01T09:30``; local time unless it says its zone), ``today`` or
+    ``yesterday`` (from local midnight), or ``Nd`` (N whole days before now). ValueError
+    with the accepted forms otherwise."""
+    import datetime as dt
+
+    now = time.time() if now is None else now
+    word = text.strip().lower()
+    midnight = dt.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    if word == "today":
+        return midnight.timestamp()
+    if word == "yesterday":
+        return (midnight - dt.timedelta(days=1)).timestamp()
+    if word.endswith("d") and word[:-1].isdigit():
+        return now - int(word[:-1]) * 86400
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since takes a date (2026-12-01), a date and time (2026-12-01T09:30), today, yesterday "
+                         f"or Nd (the last N days, e.g. 7d), not {text!r}") from None
+    return when.timestamp()  # a naive time is local time, as the table's 'when' column shows
+
+
+def filter_jobs(rows: Sequence[JobSummary], *, state: str | None = None, name: str | None = None,
+                since: float | str | None = None) -> list[JobSummary]:
+    """The rows whose state is ``state`` (one or several, comma-separated), whose name
+    matches the glob ``name`` (``sweep-*``; a job without a name never matches), and that
+    were created at or after ``since`` (seconds since the epoch, or what ``parse_since``
+    reads)."""
+    import fnmatch
+
+    states = {s.strip() for s in state.split(",") if s.strip()} if state else None
+    known = (PENDING, RUNNING, *FINAL_STATES)
+    unknown = sorted(states - set(known)) if states else []
+    if unknown:
+        raise ValueError(f"--state takes {', '.join(known)} (several with commas), not {', '.join(unknown)}")
+    after = parse_since(since) if isinstance(since, str) else since
+    return [r for r in rows
+            if (states is None or r.state in states)
+            and (name is None or (bool(r.name) and fnmatch.fnmatchcase(r.name, name)))
+            and (after is None or r.created >= after)]
+
+
+class MissingItem:
+    """Stands in for an item that could not be read back (its class is not defined in this
+    kernel): enough for views; ``rerun`` refuses to run it."""
+
+    def __init__(self, index: int, reason: str):
+        self.index, self.reason = index, reason
+
+    def __repr__(self) -> str:
+        return f"<item {self.index}: not loaded: {self.reason}>"
+
+
+def load_items(job_id: str, total: int | None = None) -> list:
+    """The job's items as it shipped them, rebuilt in this process (notebook classes and
+    functions the items refer to by name are looked up in this ``__main__``)."""
+    data = read_file(job_folder(job_id) / RECORDS)
+    if total is None:
+        total = read_manifest(job_id).get("items", 0)
+    items: list = [None] * total
+    loaded = bytearray(total)
+    for header, body, _, _, _ in walk(data, len(FILE_MAGIC)):
+        if header.get("k") != "items":
+            continue
+        indices = indices_of(header)
+        try:
+            chunk = wire.loads(header["codec"], bytes(body))
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            chunk = [MissingItem(i, reason) for i in indices]
+        for index, item in zip(indices, chunk):
+            if 0 <= index < total:
+                items[index] = item
+                loaded[index] = 1
+    for index in range(total):
+        if not loaded[index]:
+            items[index] = MissingItem(index, "not in the job store")
+    return items
+
+
+def _failure_from_json(index: int, data: Mapping[str, Any]) -> Failure:
+    return Failure(index, data.get("type", "Exception"), data.get("message", ""), data.get("traceback", ""),
+                   data.get("line"), data.get("kind", "user"))
+
+
+def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, values: bool) -> int:
+    """Replay records from ``start`` into ``job``; return the offset after the last whole one.
+
+    Logs first (output; user failures as text), then results. Without ``values`` result
+    bodies are not even read: finished iterations get None and their failures come from
+    the logs, which is all ``logs`` needs, and it works whatever this kernel defines."""
+    logged: dict[int, Failure] = {}
+    offset = start
+    for header, body, skip, base, offset in walk(data, start):
+        if header.get("k") != "logs":
+            continue
+        record = pickle.loads(body)
+        outputs = {int(i): ev for i, ev in (record.get("outputs") or {}).items() if int(i) not in skip}
+        job.restore_outputs(outputs, base=base)
+        for i, data_ in (record.get("failures") or {}).items():
+            if int(i) not in skip:
+                logged.setdefault(int(i), _failure_from_json(int(i), data_))
+    for header, body, skip, base, offset in walk(data, start):
+        kind = header.get("k")
+        if kind not in ("result", "fail"):
+            continue
+        indices = list(indices_of(header))
+        keep = [pos for pos, i in enumerate(indices) if i not in skip and 0 <= i < len(job.items)]
+        kept = [indices[p] for p in keep]
+        if kind == "fail":
+            failure = header["failure"]
+            job.restore(kept, [None] * len(kept), {i: _failure_from_json(i, failure) for i in kept}, {}, None,
+                        base=base)
+        elif not values:
+            job.restore(kept, [None] * len(kept), {i: logged[i] for i in kept if i in logged}, {}, None, base=base)
+        elif kept:
+            record = pickle.loads(body)
+            all_values = decode_list(record["values"])
+            failed = {int(i): failure_from_record(int(i), rec) for i, rec in (record.get("failed") or {}).items()}
+            gathered = None
+            if record.get("gathered") is not None and job.options.gather:
+                rows = decode_list(record["gathered"])
+                gathered = {name: [(rows[p] or {}).get(name) for p in keep] for name in job.options.gather}
+            job.restore(kept, [all_values[p] for p in keep], {i: failed[i] for i in kept if i in failed}, {},
+                        gathered, base=base)
+        if not base and header.get("t") is not None and header["t"] not in job.tasks:
+            job.restore_task(header["t"], indices, _task_step(kind, header))
+    return offset
+
+
+def _task_step(kind: str, header: Mapping[str, Any]) -> TaskStep:
+    """How a stored task ended, as the Job that ran it recorded it (``states.TASK_RULES`` gives its state)."""
+    if kind == "fail":
+        return ending_step(produced=False, all_cancelled=header["failure"].get("kind") == "cancelled")
+    return ending_step(produced=True, any_failed=bool(header.get("failed")))
+
+
+def load_job(job_id: str, *, values: bool = True) -> Job:
+    """Rebuild the Job of a stored job: its items, values, failures and output come from the
+    store, so ``result()``, ``logs()`` and ``rerun`` work in a new kernel. A job still running
+    in another process of this machine is followed until it ends (the returned Job updates).
+
+    Values are decoded here, so notebook classes they are instances of must be defined in
+    this kernel first (StoreError says which is missing). ``values=False`` skips them (for
+    ``logs``: output and tracebacks only; the Job's values are then all None)."""
+    flush()
+    manifest = read_manifest(job_id)
+    folder = job_folder(job_id)
+    total = manifest.get("items", 0)
+    items = load_items(job_id, total)
+    job = Job(job_id, items, options_from_json(manifest.get("options") or {}),
+              backend_name=manifest.get("backend", "?"), pool=manifest.get("pool", ""),
+              vm_size=manifest.get("vm_size", ""), source=manifest.get("source", ""))
+    job.rerun_of = manifest.get("rerun_of")
+    job.manifest = manifest
+    state, where = effective_state(manifest)
+    try:
+        offset = _replay(job, read_file(folder / RECORDS), len(FILE_MAGIC), values=values)
+    except Exception as exc:
+        raise StoreError(f"the results of job {job_id} could not be read back here: {type(exc).__name__}: {exc}. "
+                         "Values that are instances of notebook classes need those classes defined in this "
+                         "kernel (run the cells that define them), then try again.") from None
+    job.restore_timing(manifest.get("created", time.time()), manifest.get("elapsed"))
+    if state in FINAL_STATES:
+        job.finish(state)
+    elif values and reattachable(manifest):
+        job.mark_running()
+        job.reattach = True  # the caller hands it to its backend's engine (Engine.resume)
+    else:
+        job.mark_running()
+        job.owner = where or "another process"  # job.cancel() does nothing here; the commands say why
+        if values:
+            _Follower(job, folder, offset).start()
+    return job
+
+
+class _Follower(threading.Thread):
+    """Keeps a Job loaded from the store up to date while another process of this machine
+    runs it: new records are replayed as they appear, and the job ends when that process
+    writes its final state, or is lost when that process disappears first."""
+
+    def __init__(self, job: Job, folder: Path, offset: int):
+        super().__init__(name=f"azpar-follow-{job.id}", daemon=True)
+        self.job, self.folder, self.offset = job, folder, offset
+
+    def run(self) -> None:
+        job = self.job
+        while True:
+            time.sleep(FOLLOW_INTERVAL)
+            try:
+                manifest = read_manifest(job.id)
+                state, _ = effective_state(manifest)
+                self.offset = max(self.offset, _replay(job, read_file(self.folder / RECORDS), self.offset,
+                                                       values=True))
+            except Exception as exc:  # deleted meanwhile, or unreadable: stop following
+                job.store_error = f"{type(exc).__name__}: {exc}"
+                job.finish(LOST)
+                return
+            job.notify()
+            if state in FINAL_STATES:
+                if manifest.get("elapsed") is not None:
+                    job.restore_timing(manifest.get("created", job.created), manifest["elapsed"])
+                job.finish(state)
+                return
+
+
+def delete(job_id: str) -> None:
+    """Remove the job's folder: its manifest and records (items, results, logs), and its
+    namespace when no other job keeps the same one."""
+    folder = job_folder(job_id)
+    if not (folder / MANIFEST).exists():
+        raise KeyError(job_id)
+    digest = None
+    try:
+        digest = stored_envelope(job_id)[0]["namespace"]["sha256"]
+    except (TypeError, KeyError, ValueError, OSError, StoreError):
+        pass
+    shutil.rmtree(folder)
+    if digest:
+        _drop_unlinked_namespace(folder.parent, digest)
+
+
+def stored_namespace(job_id: str) -> bytes | None:
+    """The namespace bytes the store keeps for a job (``keep_namespace``), or None."""
+    try:
+        with open(job_folder(job_id) / NAMESPACE_LINK, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def _drop_unlinked_namespace(root: Path, digest: str) -> None:
+    """Remove a kept namespace no job folder links to any more (its only link is its own)."""
+    try:
+        shared = namespace_path(root, digest)
+        if shared.stat().st_nlink <= 1:
+            shared.unlink()
+    except (FileNotFoundError, StoreError):
+        pass

@@ -1,0 +1,155 @@
+"""The formats of a job's files: ``records.azs``, a sequence of length-prefixed records (a small JSON header,
+then a body), and ``manifest.json``, replaced atomically; the private file creation both use. Which records a
+job has, and when they are written or read, is the writer's and the reader's business.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError
+from .layout import FILE_MAGIC, MANIFEST, job_folder
+
+RECORD = struct.Struct(">IQ")  # header length, body length
+
+
+def record(header: dict, body: bytes = b"") -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return RECORD.pack(len(head), len(body)) + head + body
+
+
+def indices_header(indices: Sequence[int]) -> dict:
+    if isinstance(indices, range) and indices.step == 1:
+        return {"r": [indices.start, indices.stop]}
+    return {"l": list(indices)}
+
+
+def indices_of(header: dict) -> Sequence[int]:
+    if "r" in header:
+        return range(*header["r"])
+    return header.get("l", [])
+
+
+def runs(indices: Sequence[int]) -> list[list[int]]:
+    """Sorted indices as [start, stop) runs: compact in the manifest for any failure pattern."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and runs[-1][1] == i:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return runs
+
+
+def from_runs(runs: Sequence[Sequence[int]] | None) -> set[int]:
+    return {i for start, stop in runs or () for i in range(start, stop)}
+
+
+def iter_records(data: bytes | memoryview | mmap.mmap, start: int = 0) -> Iterator[tuple[dict, memoryview, int]]:
+    """(header, body, offset after the record) for each whole record from ``start``; a torn
+    last record (the writer was killed mid-write) ends the sequence. Bodies are views: a
+    body nobody reads costs nothing."""
+    view = memoryview(data)
+    offset, end = start, len(view)
+    while offset + RECORD.size <= end:
+        head_len, body_len = RECORD.unpack_from(view, offset)
+        head_at = offset + RECORD.size
+        body_at = head_at + head_len
+        stop = body_at + body_len
+        if stop > end:
+            return
+        try:
+            header = json.loads(bytes(view[head_at:body_at]))
+        except ValueError:
+            return  # garbage after a torn write: nothing after it is trustworthy
+        yield header, view[body_at:stop], stop
+        offset = stop
+
+
+def walk(data: bytes | memoryview | mmap.mmap, start: int, skip: frozenset[int] = frozenset(), base: bool = False
+          ) -> Iterator[tuple[dict, memoryview, frozenset[int], bool, int]]:
+    """Every record from ``start``, entering import records (a rerun's copy of the earlier
+    job's records): (header, body, iterations whose old records no longer count, whether it
+    comes from an earlier run, offset after the enclosing top-level record)."""
+    for header, body, offset in iter_records(data, start):
+        if header.get("k") == "import":
+            inner = skip | frozenset(from_runs(header.get("skip")))
+            for h, b, sk, _, _ in walk(body, 0, inner, True):
+                yield h, b, sk, True, offset
+        else:
+            yield header, body, skip, base, offset
+
+
+def read_file(path: Path) -> bytes | mmap.mmap:
+    """The file's bytes, memory-mapped: records whose bodies a reader skips (values, when
+    only logs or counts are wanted) are never read from disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return b""
+    try:
+        size = os.fstat(fd).st_size
+        data: bytes | mmap.mmap = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else b""
+    finally:
+        os.close(fd)
+    if data and data[:len(FILE_MAGIC)] != FILE_MAGIC:
+        raise StoreError(f"{path} is not an azpar job store file")
+    return data
+
+
+def create_private(path: Path, data: bytes, *, append: bool = False) -> int | None:
+    """Create ``path`` (it must not exist) 0600 with ``data``; keep it open for appending
+    when asked. The mode is given at creation: a umask can only take bits away."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | (os.O_APPEND if append else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    if append:
+        return fd
+    os.close(fd)
+    return None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    # One line: json's C encoder is used only without ``indent``, and the pure-Python one
+    # cost more than all of a short job's other store work (``python -m json.tool`` shows it).
+    return json.dumps(manifest, sort_keys=True, default=str).encode() + b"\n"
+
+
+def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """Replace the manifest atomically: readers see the old one or the new one, never half."""
+    tmp = folder / f".{MANIFEST}.{os.getpid()}.{threading.get_ident()}.tmp"
+    create_private(tmp, manifest_bytes(manifest))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def read_manifest(job_id: str) -> dict:
+    path = job_folder(job_id) / MANIFEST
+    for attempt in range(2):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            raise KeyError(job_id) from None
+        except ValueError as exc:
+            if attempt:  # not a manifest being created: a broken one
+                raise StoreError(f"the manifest of job {job_id} ({path}) is unreadable: {exc}") from None
+            time.sleep(0.05)
+    raise AssertionError("unreachable")

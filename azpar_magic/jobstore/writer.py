@@ -1,0 +1,397 @@
+"""Writing jobs into the store: one background thread per process does every write, fed by a JobRecorder per
+job, so the engine's threads only queue what happened (why, and what that costs, is in the package's
+docstring and in ``_Writer``). Also what a job's folder starts with: its manifest and its kept namespace.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import os
+import pickle
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..jobs import RUNNING, Job, JobOptions
+from .layout import (
+    FILE_MAGIC,
+    FORMAT,
+    MANIFEST,
+    NAMESPACE_LINK,
+    RECORDS,
+    checked_roots,
+    ensure_root,
+    namespace_path,
+    store_root,
+    valid_id,
+)
+from .owner import creator, owner
+from .records import (
+    create_private,
+    from_runs,
+    indices_header,
+    manifest_bytes,
+    read_file,
+    read_manifest,
+    record,
+    runs,
+    write_all,
+    write_manifest,
+)
+
+COALESCE = 0.05  # seconds the writer waits so that a short job is written once (see above)
+
+
+class _Writer:
+    """Does every store write of this process. Recorders queue what happened and mark
+    themselves dirty; nothing else happens on the engine's threads.
+
+    The thread is woken once when work appears after a quiet spell, then writes everything
+    queued every ``COALESCE`` seconds for as long as there is some, and sleeps again after a
+    tick that found nothing. It is never woken per task or per job: a Python thread that
+    wakes needs the GIL, and every such hand-over is paid by the job's own threads (the
+    first version, woken per event, cost trivial 2,000-iteration jobs 40 extra context
+    switches and a quarter of their time). ``flush`` cuts the wait short."""
+
+    def __init__(self) -> None:
+        self._dirty: dict[JobRecorder, None] = {}  # insertion-ordered set
+        self._cond = threading.Condition(threading.Lock())
+        self._ticking = False  # the thread is writing every COALESCE seconds
+        self._busy = False
+        self._urgent = 0  # flush() calls waiting
+        self._thread: threading.Thread | None = None
+
+    def mark(self, recorder: JobRecorder) -> None:
+        with self._cond:
+            self._dirty[recorder] = None
+            if not self._ticking:
+                self._ticking = True
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="azpar-job-store", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Write everything queued so far, now; False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                while self._dirty or self._busy:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(min(remaining, 1.0) if remaining is not None else 1.0)
+            finally:
+                self._urgent -= 1
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ticking:
+                    self._cond.wait()
+                deadline = time.monotonic() + COALESCE
+                while not self._urgent:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch = list(self._dirty)
+                self._dirty.clear()
+                if not batch:
+                    self._ticking = False  # quiet: sleep until the next mark
+                    continue
+                self._busy = True
+            for recorder in batch:
+                recorder._drain()
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+_writer = _Writer()
+
+
+def flush(timeout: float | None = 30.0) -> bool:
+    """Write this process's pending store records now (before reading the store back)."""
+    return _writer.flush(timeout)
+
+
+atexit.register(flush, 10.0)  # registered before session's close: runs after it (LIFO)
+
+
+# Store roots this process already warned about on stderr (a failing store is said once, not per job).
+warned_roots: set[str] = set()
+
+
+class JobRecorder:
+    """Writes one job into the store. The engine's threads call its methods, which only
+    queue what happened; the writer thread encodes and writes it, in order, so a task's
+    record is on disk before the manifest that says the job ended. A write that fails stops
+    recording this job (``job.store_error`` says why, once on stderr too); the job runs on."""
+
+    def __init__(self, job: Job, manifest: dict, items: Sequence[tuple[str, Sequence[int], str, bytes]],
+                 root: Path, base_id: str | None = None, append_fd: int | None = None):
+        self.job = job
+        self.manifest = manifest
+        # Paths are fixed now: the writer runs later, when $AZPAR_JOB_STORE may name another folder.
+        self.root = root
+        self.folder = root / job.id
+        self.base = root / base_id if base_id and valid_id(base_id) else None
+        self._items = items
+        self._pending: collections.deque[tuple] = collections.deque()
+        self._fd: int | None = append_fd  # given: the folder exists (a job resumed by this process)
+        self._created = append_fd is not None
+        self._failed = False
+        self._ended = False
+        self._wrote_final = False  # the manifest written at creation already had the final state
+        _writer.mark(self)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def claim(self) -> None:
+        """Write the manifest now (a resumed job: it names this process as the owner)."""
+        write_manifest(self.folder, self.manifest)
+
+    def abandon(self) -> None:
+        """Stop recording without writing anything more (a resumed job that could not be followed)."""
+        self._failed = True
+        self._close()
+
+    # -------------------------------------------------------------- called by the engine
+
+    def task_result(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> None:
+        """A task finished (some iterations may have raised): keep its encoded values."""
+        self._pending.append(("result", task_id, indices, result))
+        _writer.mark(self)
+
+    def task_failed(self, task_id: str, indices: Sequence[int], error_type: str, message: str, kind: str) -> None:
+        """A task produced nothing (lost worker, timeout, cancelled, environment)."""
+        self._pending.append(("fail", task_id, indices,
+                              {"type": error_type, "message": message, "traceback": "", "line": None, "kind": kind}))
+        _writer.mark(self)
+
+    def keep_envelope(self, envelope: Mapping[str, Any], namespace: bytes | None) -> None:
+        """Keep what ran: the envelope header the workers got (cell code, filename, mode,
+        packages, seed) and, when ``namespace`` is given, the captured namespace bytes, so
+        ``%azpar debug`` can run an iteration again here with the job's own namespace, also
+        after the kernel restarts. The envelope is a record of the job's own file; the bytes
+        are kept once per distinct namespace and linked into the job's folder
+        (``keep_namespace``): one more file creation per job, on the writer thread.
+
+        A backend whose jobs outlive the kernel stages the namespace where its nodes can
+        still fetch it after the kernel ends (Azure: the cache container), so the engine
+        passes None for it and ``debug`` fetches it from there (``stored_envelope``)."""
+        self._pending.append(("envelope", dict(envelope), namespace))
+        _writer.mark(self)
+
+    def finish(self) -> None:
+        """The job ended: record its final state and counts."""
+        job = self.job
+        succeeded, failed, cancelled = job.counts()
+        self._pending.append(("end", {"state": job.state, "finished": time.time(), "elapsed": job.elapsed(),
+                                      "counts": {"succeeded": succeeded, "failed": failed, "cancelled": cancelled}}))
+        _writer.mark(self)
+
+    # -------------------------------------------------------------- on the writer thread
+
+    def _drain(self) -> None:
+        if self._failed:
+            self._pending.clear()
+            return
+        try:
+            self._write_pending()
+        except Exception as exc:
+            self._failed = True
+            self._pending.clear()
+            self._close()
+            message = f"{type(exc).__name__}: {exc}"
+            self.job.store_error = message
+            root = str(self.root)
+            if root not in warned_roots:
+                warned_roots.add(root)
+                print(f"azpar: the job store {root} could not keep job {self.job.id} ({message}); its results "
+                      "stay in this session only.", file=sys.stderr)
+
+    def _write_pending(self) -> None:
+        chunks: list[bytes] = []
+        end = None
+        keep: tuple[str, bytes] | None = None  # (sha256, bytes) of a namespace this store keeps
+        while self._pending:
+            event = self._pending.popleft()
+            if event[0] == "result":
+                chunks.append(self._result_records(*event[1:]))
+            elif event[0] == "fail":
+                _, task_id, indices, failure = event
+                chunks.append(record({"k": "fail", "t": task_id, **indices_header(indices), "failure": failure}))
+            elif event[0] == "envelope":
+                _, envelope, namespace = event
+                chunks.append(record({"k": "envelope"}, json.dumps(envelope, default=str).encode()))
+                if namespace is not None:
+                    keep = (envelope["namespace"]["sha256"], namespace)
+            else:
+                end = event[1]
+        data = b"".join(chunks)
+        if not self._created:
+            self._create(data, end)
+        elif data and self._fd is not None:  # (a late duplicate after the end is dropped, as the Job drops it)
+            write_all(self._fd, data)
+        if keep is not None:
+            try:
+                keep_namespace(self.root, self.folder, *keep)
+            except OSError:  # (a full disk): the job's records matter more; debug then says it has none
+                pass
+        if end is not None and not self._ended:
+            self._ended = True
+            self._close()
+            if not self._wrote_final:
+                self.manifest.update(end)
+                write_manifest(self.folder, self.manifest)
+
+    def _create(self, data: bytes, end: dict | None) -> None:
+        ensure_root(self.root)
+        try:
+            os.mkdir(self.folder, 0o700)
+        except FileNotFoundError:  # the store was removed since this process checked it
+            checked_roots.discard(str(self.root))
+            ensure_root(self.root)
+            os.mkdir(self.folder, 0o700)
+        head = [FILE_MAGIC]
+        ran = self.manifest.get("ran")
+        if self.base is not None and ran is not None and len(from_runs(ran)) < self.manifest["items"]:
+            # Keep the earlier run's records (its items too): this folder stands on its own.
+            earlier = read_file(self.base / RECORDS)
+            head.append(record({"k": "import", "from": self.base.name, "skip": ran}, earlier[len(FILE_MAGIC):]))
+        head.extend(record({"k": "items", "t": task_id, **indices_header(indices), "codec": codec}, blob)
+                    for task_id, indices, codec, blob in self._items)
+        self._items = ()
+        self._fd = create_private(self.folder / RECORDS, b"".join(head) + data, append=end is None)
+        if end is not None:  # a job that ended before its first write: one manifest, final at once
+            self.manifest.update(end)
+            self._wrote_final = True
+        create_private(self.folder / MANIFEST, manifest_bytes(self.manifest))
+        self._created = True
+
+    def _result_records(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> bytes:
+        failed = result.get("failed") or {}
+        where = indices_header(indices)
+        body = pickle.dumps({"values": result["values"], "gathered": result.get("gathered"), "failed": failed},
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        data = record({"k": "result", "t": task_id, **where, "failed": len(failed)}, body)
+        outputs = result.get("outputs") or {}
+        if outputs or failed:
+            logs = {"outputs": outputs,
+                    "failures": {i: {"type": rec.get("type", "Exception"), "message": rec.get("message", ""),
+                                     "traceback": rec.get("traceback", ""), "line": rec.get("line"),
+                                     "kind": "user"} for i, rec in failed.items()}}
+            data += record({"k": "logs", "t": task_id, **where}, pickle.dumps(logs, protocol=pickle.HIGHEST_PROTOCOL))
+        return data
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+
+def options_to_json(options: JobOptions) -> dict:
+    """The options as plain data. A callable ``combine`` is kept by its import name and
+    looked up again when the job is loaded (a notebook function: in the new ``__main__``)."""
+    combine = options.combine
+    if callable(combine):
+        combine = {"callable": f"{getattr(combine, '__module__', None) or '?'}:"
+                               f"{getattr(combine, '__qualname__', None) or repr(combine)}"}
+    return {"combine": combine, "errors": options.errors, "gather": list(options.gather),
+            "retries": options.retries, "timeout": options.timeout, "chunk_size": options.chunk_size,
+            "seed": options.seed, "output_name": options.output_name, "inputs": list(options.inputs),
+            "outputs": list(options.outputs), "outputs_to": options.outputs_to, "name": options.name}
+
+
+def start_recording(job: Job, *, items: Sequence[tuple[str, Sequence[int], str, bytes]],
+                    tasks: int, backend_info: Mapping[str, Any] | None = None,
+                    export: Sequence[str] = (), no_export: Sequence[str] = (), cwd: str | None = None,
+                    ran: Sequence[int] | None = None, base_id: str | None = None) -> JobRecorder:
+    """Open the job's folder (on the writer thread) and return what the engine feeds.
+
+    ``items``: (task id, indices, codec, bytes) per task, as shipped (a backend that
+    re-attaches to a job after a restart maps its task ids to iterations with them). ``ran``: the iterations this run
+    computes when it is a rerun of ``base_id`` (whose other, finished, iterations it keeps)."""
+    info = dict(backend_info or {})
+    root = store_root()
+    manifest = {
+        "format": FORMAT,
+        "id": job.id,
+        "name": job.options.name,
+        "created": job.created,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.created)),
+        "creator": creator(),
+        "owner": owner(),
+        "backend": job.backend_name,
+        "profile": info.get("profile"),
+        "pool": job.pool,
+        "vm_size": job.vm_size,
+        "options": options_to_json(job.options),
+        "export": list(export),
+        "no_export": list(no_export),
+        "cwd": cwd,
+        "source": job.source,
+        "items": len(job.items),
+        "tasks": tasks,
+        "state": RUNNING,
+        "rerun_of": base_id,
+        "ran": runs(ran) if ran is not None else None,
+        "location": {"folder": os.path.join(root, job.id), "manifest": MANIFEST, "records": RECORDS},
+        "backend_info": info,
+    }
+    job.manifest = manifest  # rerun reads export/no_export from it
+    return JobRecorder(job, manifest, items, root, base_id)
+
+
+def resume_recording(job: Job) -> JobRecorder:
+    """Go on writing a stored job from this process (a backend's job that ran on after its
+    kernel ended, now followed here): records are appended to its file. ``claim()`` then
+    names this process as the owner in its manifest, so other kernels follow it instead of
+    taking it over; ``abandon()`` if following it failed to start."""
+    root = store_root()
+    manifest = dict(job.manifest or read_manifest(job.id))
+    manifest["owner"] = owner()
+    manifest["resumed"] = time.time()
+    fd = os.open(root / job.id / RECORDS, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+    job.manifest = manifest
+    return JobRecorder(job, manifest, (), root, append_fd=fd)
+
+
+def keep_namespace(root: Path, folder: Path, digest: str, data: bytes) -> None:
+    """Keep a local job's namespace bytes for ``%azpar debug``: written once per distinct
+    namespace under the store root (content-addressed, as staging is), and hard-linked into
+    the job's folder, so that rerunning a cell that captures a 100 MB array stores it once,
+    not once per run, and deleting a job removes its namespace with its last link (see
+    ``delete``). A file system without hard links gets a copy per job."""
+    shared = namespace_path(root, digest)
+    shared.parent.mkdir(mode=0o700, exist_ok=True)
+    target = folder / NAMESPACE_LINK
+    for _ in range(2):
+        if not shared.exists():
+            tmp = shared.with_name(f".{shared.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            create_private(tmp, data)
+            os.replace(tmp, shared)  # atomic: another writer of the same bytes wrote the same file
+        try:
+            os.link(shared, target)
+            return
+        except FileNotFoundError:  # removed by a delete between the check and the link: write it again
+            continue
+        except FileExistsError:
+            return
+        except OSError:  # no hard links here (some network or FUSE file systems)
+            break
+    create_private(target, data)
