@@ -95,3 +95,30 @@ def test_line_magic_commands(ip, run_cell):
     assert "succeeded" in captured.stdout and "local pool" in captured.stdout
     with pytest.raises(Exception, match="unknown %azpar command"):
         ip.run_line_magic("azpar", "frobnicate")
+
+
+def test_help_and_command_messages_read_the_command_table(ip, run_cell, monkeypatch):
+    """One table of %azpar commands: an entry added to it is dispatched with its usage line, listed by
+    %azpar help and named by the messages for a missing or unknown command; one taken out is gone from all."""
+    from azpar_magic.magics import line
+
+    calls = []
+
+    def frob(context, words, usage):
+        calls.append((words, usage))
+        return "frobbed"
+
+    table = tuple(c for c in line.COMMANDS if c.name != "use") + (
+        line.Command("frob", frob, "%azpar frob THING [--hard]", "frob a thing", synopsis="%azpar frob THING"),)
+    monkeypatch.setattr(line, "COMMANDS", table)
+    assert ip.run_line_magic("azpar", "frob x --hard") == "frobbed"
+    assert calls == [(["x", "--hard"], "usage: %azpar frob THING [--hard]")]
+    listing = run_cell("%azpar help").stdout.splitlines()
+    assert listing[-1] == "%azpar frob THING" + " " * 16 + "frob a thing"
+    assert not [entry for entry in listing if entry.startswith("%azpar use")]
+    assert run_cell("%azpar help frob").stdout == "%azpar frob THING" + " " * 16 + "frob a thing\n"
+    unknown = str(run_cell("%azpar use local").error)
+    assert unknown.startswith("unknown %azpar command 'use'; expected one of ")
+    assert "doctor, env, frob, jobs" in unknown and ", use" not in unknown
+    missing = str(run_cell("%azpar").error)
+    assert "storage, doctor, env, frob;" in missing and " use," not in missing
