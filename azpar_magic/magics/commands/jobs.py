@@ -42,7 +42,7 @@ def collect(context: MagicContext, words: list[str], usage: str) -> None:
 
 def jobs(context: MagicContext, words: list[str], usage: str) -> None:
     """The job store's jobs as a table, newest last."""
-    from ...jobstore.store import store_root
+    from ...jobstore import store_root
 
     values, words = take_options(words, usage, ("--state", "--name", "--since"))
     filters = {flag[2:]: unquote(values[flag]) if flag in values else None  # a quoted glob: 'sweep-*'
