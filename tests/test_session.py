@@ -1,0 +1,217 @@
+"""The session (azpar_magic/session.py) on its own: one engine per backend configuration per
+process, the active profile and what beats what, the jobs this process remembers and how a
+command finds one (by id, a start or end of it, a --name, the store), the engine a stored job
+is followed with, and what closing the session stops.
+
+The profiles live in a configuration folder of the test's own. The Azure profile points at a
+loopback port nothing listens on: an engine is created without contacting its service (its
+clients are built on first use), and no test here uses one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import azpar_magic
+from azpar_magic import config, session
+from azpar_magic.errors import ConfigError
+from azpar_magic.jobs.job import JobOptions
+from azpar_magic.run.parsing import parse_cell
+from azpar_magic.run.request import RunRequest
+
+from .azure_support import close_azure_engines
+from .helpers_corpus import wait_for
+
+_CONFIG = """\
+profile = "home"
+
+[profiles.home]
+backend = "local"
+
+[profiles.cloud]
+backend = "azure"
+batch_account_url = "http://127.0.0.1:9"
+batch_account_name = "acct"
+storage_account_url = "http://127.0.0.1:9/acct"
+auth = "shared-key"
+pool_id = "azpar-session-test"
+"""
+
+
+@pytest.fixture
+def profiles(tmp_path, monkeypatch):
+    """A config folder with a local profile (the configured default) and an Azure one; the
+    session's active profile and its Azure engines are put back afterwards."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("AZPAR_BATCH_KEY", "a2V5")
+    monkeypatch.setenv("AZPAR_STORAGE_KEY", "a2V5")
+    monkeypatch.delenv("AZPAR_PROFILE", raising=False)
+    path = config.user_config_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(_CONFIG)
+    session.use(None)
+    yield path
+    session.use(None)
+    close_azure_engines()
+
+
+@pytest.fixture
+def local_sizes():
+    """Local engines of other sizes are made here: the default pool is asked for again after
+    the test, which closes them (idle), as the next cell of a notebook would."""
+    yield
+    session.engine("local")
+
+
+def _submit(loop: str, body: str, **options):
+    job = session.engine("local").submit(RunRequest(parse_cell(loop, body), {}, JobOptions(**options)))
+    session.remember(job)
+    return job
+
+
+# ------------------------------------------------------------------ engines per backend configuration
+
+
+def test_one_engine_per_local_pool_size(local_sizes):
+    two = session.engine("local", 2)
+    assert session.engine("local", 2) is two
+    assert session.engine("local", session.default_workers()) is session.engine("local"), \
+        "the default size and the same size given explicitly are one pool"
+    three = session.engine("local", 3)
+    assert three is not two and three.backend.name == "local"
+    assert two not in session.engines(), "an idle pool of another size is closed, not kept"
+
+
+def test_an_azure_engine_is_keyed_by_the_profiles_content(profiles):
+    cloud = session.engine(profile="cloud")
+    assert cloud.backend.name == "azure"
+    assert session.engine(profile="cloud") is cloud, "an unchanged profile reuses its engine"
+    assert session.engine(profile="home") is session.engine("local")
+    profiles.write_text(_CONFIG.replace('pool_id = "azpar-session-test"', 'pool_id = "azpar-session-test-2"'))
+    edited = session.engine(profile="cloud")
+    assert edited is not cloud and edited.backend.profile["pool_id"] == "azpar-session-test-2"
+    assert cloud in session.engines(), "an Azure engine is not closed for another one (its jobs run on)"
+
+
+def test_a_backend_that_needs_a_profile_says_how_to_give_one(profiles):
+    profiles.write_text(_CONFIG.replace('profile = "home"\n', ""))
+    with pytest.raises(ConfigError, match=r"the azure backend needs a profile: pass --profile NAME, run %azpar use"):
+        session.engine(backend="azure")
+
+
+def test_pool_commands_refuse_a_profile_that_is_not_azure(profiles):
+    with pytest.raises(ConfigError, match="profile 'home' is not an Azure profile"):
+        session.pool_action("home", "status")
+
+
+# ------------------------------------------------------------------ the active profile
+
+
+def test_the_active_profile_explicit_then_use_then_the_config_files(profiles):
+    assert session.active_profile() == "home"  # the config files' profile
+    assert session.use("cloud")["backend"] == "azure"
+    assert session.active_profile() == "cloud"
+    assert session.active_profile("home") == "home", "an explicit profile beats use"
+    assert session.engine().backend.name == "azure"
+    assert session.use(session.LOCAL) is None
+    assert session.active_profile() == session.LOCAL
+    assert session.engine() is session.engine("local"), "use(LOCAL) is the local pool whatever the files say"
+    session.use(None)
+    assert session.active_profile() == "home"
+
+
+def test_use_checks_the_profile_at_once(profiles):
+    with pytest.raises(ConfigError):
+        session.use("nowhere")
+    assert session.active_profile() == "home", "a failed use leaves the active profile alone"
+    profiles.write_text(_CONFIG.replace('auth = "shared-key"', 'auth = "sometimes"'))
+    with pytest.raises(ConfigError, match="Profile 'cloud' cannot be used: auth"):
+        session.use("cloud")
+    assert session.active_profile() == "home"
+
+
+# ------------------------------------------------------------------ the jobs of this process
+
+
+@pytest.mark.timeout(120)
+def test_remember_find_and_forget_a_job():
+    first = _submit("for x in range(3)", "x + 1")
+    second = _submit("for x in range(2)", "x * 2")
+    assert first.result(timeout=60) == [1, 2, 3] and second.result(timeout=60) == [0, 2]
+    assert session.find_job(first.id) is first
+    assert session.find_job(first.id[-8:]) is first, "the end of an id names the job"
+    assert session.find_job(None) is second, "no id: the latest job"
+    assert first in session.jobs() and second in session.jobs()
+    with pytest.raises(KeyError, match=r"matches \d+ jobs of this session .*give more of the id"):
+        session.find_job("azpar-")
+    session.forget(first.id)
+    assert first not in session.jobs()
+    with pytest.raises(KeyError, match=f"no job '{first.id}' in this session"):
+        session.find_job(first.id, stored=False)
+    # From the job store: another handle on the same job, remembered now that it is loaded.
+    assert wait_for(lambda: _stored(first.id), 20), "the job never reached the job store"
+    loaded = session.find_job(first.id)
+    assert loaded is not first and loaded.id == first.id and loaded.result(timeout=10) == [1, 2, 3]
+    assert session.find_job(first.id) is loaded
+
+
+def _stored(job_id: str) -> bool:
+    try:
+        job = session.find_job(job_id)
+    except KeyError:
+        return False
+    session.forget(job_id)
+    return job.done
+
+
+@pytest.mark.timeout(120)
+def test_a_name_finds_the_newest_job_called_so():
+    older = _submit("for x in range(1)", "x", name="session-named")
+    newer = _submit("for x in range(1)", "x + 1", name="session-named")
+    assert older.result(timeout=60) == [0] and newer.result(timeout=60) == [1]
+    assert session.find_job("session-named") is newer
+
+
+def test_an_unknown_id_lists_the_known_ones():
+    with pytest.raises(KeyError, match=r"no job 'zz-not-a-job' in this session or in the job store .*\(known: "):
+        session.find_job("zz-not-a-job")
+
+
+# ------------------------------------------------------------------ a stored job's engine
+
+
+def test_engine_for_stored_follows_the_manifests_backend_and_profile(profiles):
+    assert session.engine_for_stored({"backend": "local"}) is session.engine("local")
+    assert session.engine_for_stored({}) is session.engine("local"), "a manifest without a backend is local"
+    cloud = session.engine(profile="cloud")
+    assert session.engine_for_stored({"backend": "azure", "profile": "cloud"}) is cloud
+    assert session.engine_for_stored({"backend": "azure", "backend_info": {"profile": "cloud"}}) is cloud
+    session.use("cloud")
+    assert session.engine_for_stored({"backend": "azure"}) is cloud, "no profile named: the active one"
+
+
+# ------------------------------------------------------------------ closing
+
+
+@pytest.mark.timeout(120)
+def test_close_forgets_every_engine_and_the_next_request_makes_a_new_pool():
+    before = session.engine("local")
+    session.close()
+    assert session.engines() == []
+    after = session.engine("local")
+    assert after is not before and after.backend.name == "local"
+
+
+@pytest.mark.xfail(reason="found while writing this file: LocalBackend.close (backends/local.py) stops the "
+                          "dispatcher right after session.close cancelled the job, so a running task's cancelled "
+                          "event is never sent and the job stays 'running' (1 cancelled, 1 running)")
+@pytest.mark.timeout(120)
+def test_close_ends_a_running_local_job_as_cancelled():
+    job = azpar_magic.run("for x in range(2)", "import time\ntime.sleep(30)\nx", {}, backend="local", chunk_size=1)
+    assert wait_for(lambda: job.snapshot().tasks_running > 0, 30), "the job never started"
+    session.close()
+    assert job.wait(10) and job.state == "cancelled"
+
+
+def test_workers_limit_is_per_usable_cpu_with_a_floor():
+    assert session.workers_limit() == max(session.WORKERS_FLOOR, session.WORKERS_PER_CPU * session.default_workers())
