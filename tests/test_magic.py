@@ -122,3 +122,28 @@ def test_help_and_command_messages_read_the_command_table(ip, run_cell, monkeypa
     assert "doctor, env, frob, jobs" in unknown and ", use" not in unknown
     missing = str(run_cell("%azpar").error)
     assert "storage, doctor, env, frob;" in missing and " use," not in missing
+
+
+@pytest.mark.parametrize("command", ["collect", "attach", "logs somejob", "cancel", "rerun somejob", "debug somejob 0",
+                                     "delete somejob", "env", "jobs", "pool", "storage ls", "doctor"])
+def test_every_command_names_an_unknown_option_with_its_usage(run_cell, command):
+    """One reader for the words of every command: an option it does not take is named, with the usage line from
+    the command table, before anything is looked up or done."""
+    from azpar_magic.magics import line
+
+    run = run_cell(f"%azpar {command} --bogus")
+    usage = line.commands()[command.split()[0]].usage
+    assert str(run.error) == f"unknown option '--bogus'; usage: {usage}"
+
+
+def test_collect_reads_its_words_as_the_other_commands_do(run_cell):
+    assert str(run_cell("%azpar collect a b").error) == "usage: %azpar collect [JOB] [-o NAME]"
+    assert str(run_cell("%azpar collect -o").error) == ("-o needs a variable name (not a keyword); "
+                                                         "usage: %azpar collect [JOB] [-o NAME]")
+
+
+def test_a_negative_number_is_a_word_not_an_option(run_cell):
+    """%azpar logs JOB -1 and %azpar pool resize -1 2 reach their own checks."""
+    assert "no job 'somejob'" in str(run_cell("%azpar logs somejob -1").error)
+    assert str(run_cell("%azpar pool resize -1 2").error) == ("usage: %azpar pool resize DEDICATED SPOT (two whole "
+                                                               "numbers, 0 or more)")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -26,14 +27,14 @@ class Words:
 
 
 def read_words(words: list[str], usage: str, *, flags: Iterable[str] = (), options: Iterable[str] = (),
-               output: bool = False, named_unknown: bool = True) -> Words:
+               output: bool = False) -> Words:
     """Read ``words`` by the shared grammar; ``usage`` is the command's usage line, shown with every refusal.
 
     ``options`` take the next word as their value (the first occurrence; a missing value is refused with the
     usage line); with ``output``, ``-o`` takes a variable name. A word starting with ``-`` that is none of these
-    nor one of ``flags`` is refused: named (``unknown option '--x'; usage: ...``) when ``named_unknown``, else
-    with the usage line alone."""
-    values, words = take_options(words, usage, options)
+    nor one of ``flags`` is refused by name (``unknown option '--x'; usage: ...``), except a negative number,
+    which is a plain word (``%azpar logs JOB -1``, ``%azpar pool resize -1 2`` reach their own checks)."""
+    values, words = _take_options(words, usage, options)
     known = set(flags)
     read = Words([], options=values)
     i = 0
@@ -45,9 +46,9 @@ def read_words(words: list[str], usage: str, *, flags: Iterable[str] = (), optio
             read.output = words[i + 1]
             i += 2
             continue
-        if word.startswith("-"):
+        if word.startswith("-") and not _is_number(word):
             if word not in known:
-                raise UsageError(f"unknown option {word!r}; {usage}" if named_unknown else usage)
+                raise UsageError(f"unknown option {word!r}; {usage}")
             read.flags.add(word)
         else:
             read.rest.append(word)
@@ -55,7 +56,11 @@ def read_words(words: list[str], usage: str, *, flags: Iterable[str] = (), optio
     return read
 
 
-def take_options(words: list[str], usage: str, names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+def _is_number(word: str) -> bool:
+    return re.fullmatch(r"-\d+(\.\d+)?", word) is not None
+
+
+def _take_options(words: list[str], usage: str, names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     """Each ``NAME VALUE`` of ``names`` in ``words`` (the first occurrence, anywhere; the value is the next word
     whatever it is), and the words without them; a name without a value is refused with ``usage``."""
     values: dict[str, str] = {}

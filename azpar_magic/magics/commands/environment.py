@@ -20,6 +20,7 @@ def env(context: MagicContext, words: list[str], usage: str) -> None:
     from ...config import profile_names
     from .. import envreport
 
+    words = read_words(words, usage).rest
     if len(words) > 2:
         raise UsageError(usage)
     names = set(profile_names())
@@ -40,7 +41,7 @@ def doctor(context: MagicContext, words: list[str], usage: str) -> None:
     """The doctor's table (azpar_magic.doctor): HTML in a notebook, text elsewhere."""
     from ... import doctor as checks
 
-    read = read_words(words, usage, flags=("--run",), named_unknown=False)
+    read = read_words(words, usage, flags=("--run",))
     if len(read.rest) > 1:
         raise UsageError(usage)
     display(checks.diagnose(read.rest[0] if read.rest else None, run="--run" in read.flags))

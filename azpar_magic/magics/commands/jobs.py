@@ -18,21 +18,18 @@ from ..context import DEFAULT_OUTPUT, MagicContext, Pending, find_job
 from ..display import follow, show_outputs
 from ..finish import finish_run, inject, inject_when_done, lost_message
 from ..usage import LOOKUP, usage_errors
-from ..words import read_words, take_options, unquote, variable
+from ..words import read_words, unquote
 
 JOBS_SHOWN = 30  # rows of %azpar jobs without --all
 
 
 def collect(context: MagicContext, words: list[str], usage: str) -> None:
     """Wait for a job of this kernel or of the store and bind its result (a --no-wait cell's name by default)."""
-    output = None
-    if "-o" in words:
-        at = words.index("-o")
-        if at + 1 >= len(words):
-            raise UsageError("-o needs a variable name")
-        output = variable(words[at + 1])
-        words = words[:at] + words[at + 2:]
-    job = find_job(words[0] if words else None)
+    read = read_words(words, usage, output=True)
+    if len(read.rest) > 1:
+        raise UsageError(usage)
+    output = read.output
+    job = find_job(read.rest[0] if read.rest else None)
     pending = context.pending.get(job.id, Pending(job.options.output_name or DEFAULT_OUTPUT, job.options.gather,
                                                   False))
     if job.state == LOST:
@@ -44,18 +41,18 @@ def jobs(context: MagicContext, words: list[str], usage: str) -> None:
     """The job store's jobs as a table, newest last."""
     from ...jobstore import store_root
 
-    values, words = take_options(words, usage, ("--state", "--name", "--since"))
-    filters = {flag[2:]: unquote(values[flag]) if flag in values else None  # a quoted glob: 'sweep-*'
-               for flag in ("--state", "--name", "--since")}
-    if words not in ([], ["--all"]):
+    read = read_words(words, usage, options=("--state", "--name", "--since"), flags=("--all",))
+    if read.rest:
         raise UsageError(usage)
+    filters = {flag[2:]: read.option(flag) for flag in ("--state", "--name", "--since")}
+    filters = {key: None if value is None else unquote(value) for key, value in filters.items()}  # 'sweep-*'
     with usage_errors(ValueError, "{}; " + usage):
         rows = api.jobs(stored=True, **filters)
     if not rows:
         given = " ".join(f"--{k} {v}" for k, v in filters.items() if v is not None)
         print(f"azpar: no jobs {'match ' + given if given else 'yet'} (job store: {store_root()})")
         return
-    shown = rows if words else rows[-JOBS_SHOWN:]
+    shown = rows if read.flags else rows[-JOBS_SHOWN:]
     named = any(r.name for r in shown)
     table = [("id",) + ("name",) * named + ("when", "backend", "state", "done/failed/total", "cell")]
     for r in shown:
@@ -93,6 +90,7 @@ def attach(context: MagicContext, words: list[str], usage: str) -> Any:
 
 def logs(context: MagicContext, words: list[str], usage: str) -> None:
     """What one iteration (or every one that printed or failed) printed, with its traceback."""
+    words = read_words(words, usage).rest
     if not 1 <= len(words) <= 2:
         raise UsageError(usage)
     index = None
@@ -105,6 +103,7 @@ def logs(context: MagicContext, words: list[str], usage: str) -> None:
 
 def cancel(context: MagicContext, words: list[str], usage: str) -> None:
     """Cancel a job this kernel runs and show where it stopped."""
+    words = read_words(words, usage).rest
     if len(words) > 1:
         raise UsageError(usage)
     job = find_job(words[0] if words else None)
@@ -148,9 +147,9 @@ def debug(context: MagicContext, words: list[str], usage: str) -> Any:
     debugger, the one ``%debug`` opens (``shell.debugger``)."""
     from ... import debugging
 
-    flags = [w for w in words if w.startswith("--")]
-    rest = [w for w in words if not w.startswith("--")]
-    if set(flags) - {"--no-pdb"} or len(rest) != 2:
+    read = read_words(words, usage, flags=("--no-pdb",))
+    flags, rest = read.flags, read.rest
+    if len(rest) != 2:
         raise UsageError(usage)
     index = _iteration(rest[1], usage)
     with usage_errors(DebugError):
@@ -173,6 +172,7 @@ def debug(context: MagicContext, words: list[str], usage: str) -> Any:
 
 def delete(context: MagicContext, words: list[str], usage: str) -> None:
     """Delete jobs from the store (and their Azure job and containers); every id is checked first."""
+    words = read_words(words, usage).rest
     if not words:
         raise UsageError(usage)
     found = []

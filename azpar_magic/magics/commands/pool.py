@@ -14,15 +14,15 @@ from ...ui.text import format_pool_text
 from ..context import MagicContext
 from ..display import display_mode
 from ..usage import SETTINGS, usage_errors
-from ..words import take_options
+from ..words import read_words
 
 RESIZE_USAGE = "usage: %azpar pool resize DEDICATED SPOT (two whole numbers, 0 or more)"
 
 
 def pool(context: MagicContext, words: list[str], usage: str) -> None:
     """Without an action, each engine's nodes; status, create, delete or resize act on the profile's Azure pool."""
-    values, words = take_options(words, usage, ("--profile",))
-    profile = values.get("--profile")
+    read = read_words(words, usage, options=("--profile",))
+    profile, words = read.option("--profile"), read.rest
     if words and words[0] in ("status", "create", "delete", "resize"):
         action, counts = words[0], words[1:]
         sizes: list[int] = []

@@ -22,7 +22,7 @@ def storage(context: MagicContext, words: list[str], usage: str) -> None:
 
     with usage_errors(ValueError, "%azpar storage: {}"):
         words = shlex.split(" ".join(words))
-    read = read_words(words, usage, options=("--profile",), flags=("-r", "-y"), named_unknown=False)
+    read = read_words(words, usage, options=("--profile",), flags=("-r", "-y"))
     profile, flags, args = read.option("--profile"), read.flags, read.rest
     if not args or args[0] not in WANTED or (flags and args[0] != "rm"):
         raise UsageError(usage)
