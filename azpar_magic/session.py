@@ -8,8 +8,9 @@ import functools
 import threading
 from typing import Any
 
-from . import config
+from . import config, jobstore
 from .backends.base import create_backend
+from .errors import ConfigError, StoreError
 from .run.engine import Engine
 from .jobs import Job
 
@@ -63,7 +64,7 @@ def engine(backend: str | None = None, workers: int | None = None, profile: str 
         options: dict[str, Any] = {"workers": chosen["workers"]}
     else:
         if loaded is None:
-            raise config.ConfigError(f"the {kind} backend needs a profile: pass --profile NAME, run %azpar use NAME, "
+            raise ConfigError(f"the {kind} backend needs a profile: pass --profile NAME, run %azpar use NAME, "
                                      "or set profile = \"NAME\" in a config file (see %azpar config)")
         key = (kind, loaded.name, loaded.digest())
         options = {"profile": loaded}
@@ -102,7 +103,7 @@ def default_workers() -> int:
 def _azure_backend(profile_name: str | None):
     eng = engine(profile=profile_name)
     if eng.backend.name != "azure":
-        raise config.ConfigError(f"profile {active_profile(profile_name)!r} is not an Azure profile")
+        raise ConfigError(f"profile {active_profile(profile_name)!r} is not an Azure profile")
     return eng.backend
 
 
@@ -164,8 +165,6 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
     started by an earlier kernel or by another one. A job loaded from the store is
     remembered once it has ended, so later commands reuse it instead of reading it again;
     one still running elsewhere is followed (see jobstore.load_job) and loaded afresh each time."""
-    from . import jobstore
-
     job_id = _named(job_id)
     with _lock:
         if job_id is None and _jobs:
@@ -205,8 +204,8 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
         manifest = job.manifest or {}
         try:
             job = engine_for_stored(manifest).resume(job)
-        except (config.ConfigError, RuntimeError, OSError) as exc:
-            raise jobstore.StoreError(
+        except (ConfigError, RuntimeError, OSError) as exc:
+            raise StoreError(
                 f"job {job.id} runs on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}) without "
                 f"its kernel, but this kernel cannot follow it: {exc}") from None
         remember(job)
@@ -218,8 +217,6 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
 def _named(text: str | None) -> str | None:
     """The id of the newest job called ``text`` (``--name``), of this process or the job
     store; else ``text`` unchanged (an id, or a start or end of one)."""
-    from . import jobstore
-
     if text is None or text in _jobs:
         return text
     with _lock:

@@ -30,7 +30,7 @@ from ..jobs import merge
 from . import parsing
 from .. import jobstore
 from .. import worker as wire
-from ..errors import SubmitError
+from ..errors import CaptureError, CombineError, ConfigError, DataError, StoreError, SubmitError
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
 from ..jobs import TASK_FINAL, Failure, Job, JobOptions
 from ..jobs.results import decode_each, failure_from_record
@@ -117,7 +117,7 @@ def _max_items_setting() -> int:
         return _max_items_seen[1]
     try:
         value = config.load_settings()["max_items"] or MAX_ITEMS
-    except config.ConfigError as exc:
+    except ConfigError as exc:
         raise SubmitError(f"{exc}. Nothing was submitted.") from None
     _max_items_seen = (stamp, value)
     return value
@@ -325,7 +325,7 @@ class Engine:
         if request.options.combine == "dict":
             try:
                 merge.check_dict_keys(items)
-            except merge.CombineError as exc:
+            except CombineError as exc:
                 raise SubmitError(f"{exc} Nothing was submitted.") from None
         return items
 
@@ -350,7 +350,7 @@ class Engine:
                              else [items[i] for i in indices])
                     codec, data = capture_mod.serialize_items(chunk, cap.names, request.namespace, indices[0])
                     tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
-            except capture_mod.CaptureError as exc:
+            except CaptureError as exc:
                 raise SubmitError(str(exc)) from None
             for text in cap.warnings:  # said before anything is submitted
                 print(f"azpar: warning: {text}", file=sys.stderr)
@@ -401,7 +401,7 @@ class Engine:
         The job then ends, and cleans up, as if this process had started it."""
         reattach = getattr(self.backend, "reattach", None)
         if reattach is None:
-            raise jobstore.StoreError(f"the {self.backend.name} backend cannot take over job {job.id}")
+            raise StoreError(f"the {self.backend.name} backend cannot take over job {job.id}")
         remaining = {task_id: TaskSpec(task_id, indices, codec, data)
                      for task_id, indices, codec, data in jobstore.stored_tasks(job.id) if task_id not in job.tasks}
         for task in remaining.values():
@@ -443,7 +443,7 @@ class Engine:
             check = getattr(self.backend, "check_data", None)  # a backend's own checks (az:// blobs exist)
             if check is not None and found.has_blobs:
                 check(found)
-        except data_mod.DataError as exc:
+        except DataError as exc:
             raise SubmitError(str(exc)) from None
         found.job_id = job_id
         return found
