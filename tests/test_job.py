@@ -11,9 +11,26 @@ import json
 import pytest
 
 from azpar_magic.errors import IterationError, JobCancelled, JobLost, RemoteException
-from azpar_magic.jobs import (CANCELLED, DONE, FAILED, LOST, PENDING, QUEUED, RUNNING, SUCCEEDED, TASK_CANCELLED,
-                              TASK_FAILED, TASK_RUNNING, TASK_SUCCEEDED, Failure, Job, JobOptions, JobState,
-                              TaskStatus, TaskStep)
+from azpar_magic.jobs import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    LOST,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TASK_CANCELLED,
+    TASK_FAILED,
+    TASK_RUNNING,
+    TASK_SUCCEEDED,
+    Failure,
+    Job,
+    JobOptions,
+    JobState,
+    TaskStatus,
+    TaskStep,
+)
 from azpar_magic.jobs.states import JOB_ENDINGS, stored_state
 
 
@@ -42,7 +59,7 @@ def end(job: Job, cancelled_by_user: bool = False) -> None:
 
 def test_states_are_their_strings_in_json_text_and_comparisons():
     assert json.dumps({"state": SUCCEEDED, "task": TASK_CANCELLED}) == '{"state": "succeeded", "task": "cancelled"}'
-    assert f"{DONE}" == "done" and str(LOST) == "lost" and "%s" % FAILED == "failed"
+    assert f"{DONE}" == "done" and str(LOST) == "lost" and f"{FAILED}" == "failed"
     assert SUCCEEDED == "succeeded" and "running" in {RUNNING} and JobState("pending") is PENDING
     assert [s.value for s in TaskStatus] == ["queued", "running", "succeeded", "failed", "cancelled"]
 

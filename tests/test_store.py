@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 
 import azpar_magic
-from azpar_magic.run import engine as engine_mod
-from azpar_magic import session
-from azpar_magic import jobstore as store
+from azpar_magic import jobstore as store, session
 from azpar_magic.jobs import LOST
+from azpar_magic.run import engine as engine_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 

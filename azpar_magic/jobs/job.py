@@ -130,7 +130,7 @@ class Job:
         with self._lock:
             task = self._tasks[task_id]
             after = task_state_after(TaskStep.STARTED, task.state)
-            if after is not None:
+            if after != task.state:
                 task.state, task.node, task.started = after, node, time.monotonic()
         self._notify()
 
@@ -453,8 +453,9 @@ class Job:
             raise JobCancelled(f"job {self.id} was cancelled after {done} of {len(self.items)} iterations "
                                "finished; their values are in job.partial_results()")
         failed = dict(self._failures)
-        if failed and self.options.errors == "stop":
-            raise self._iteration_error(self.first_failure())
+        first = self.first_failure()
+        if first is not None and self.options.errors == "stop":
+            raise self._iteration_error(first)
         stand_ins = {i: f.as_exception() for i, f in failed.items()}
         items, values = merge.select(self._values, self.items, stand_ins, self.options.errors)
         return merge.combine(values, items, self.options.combine)
@@ -530,7 +531,7 @@ class Job:
             nodes = tuple(self._nodes())
         except Exception:
             nodes = ()
-        notes = {(n.id, n.task): n.note for n in nodes if n.note}
+        notes: dict[tuple[str | None, str | None], str] = {(n.id, n.task): n.note for n in nodes if n.note}
         stalled = tuple(f"task {t.task_id}: {notes[(t.node, t.task_id)]}" for t in list(self._tasks.values())
                         if t.state == TASK_RUNNING and (t.node, t.task_id) in notes
                         ) if notes and state == RUNNING else ()

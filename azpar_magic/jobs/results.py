@@ -11,8 +11,8 @@ import io
 import pickle
 import sys
 import types
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 from .. import worker as wire
 from .snapshot import Failure
@@ -25,7 +25,7 @@ def decode_list(encoded) -> list:
     where a value that cannot be loaded means "define its class first, then attach"."""
     mode = encoded[0]
     if mode == "all":
-        return list(wire.loads(encoded[1], encoded[2]))
+        return list(cast(Iterable[Any], wire.loads(encoded[1], encoded[2])))
     return [wire.loads(*blob) if blob is not None else None for blob in encoded[1]]
 
 
@@ -46,7 +46,7 @@ def decode_each(encoded, count: int) -> tuple[list, dict[int, str]]:
                 problems[pos] = f"{type(exc).__name__}: {exc}"
         return values, problems
     try:
-        return list(wire.loads(encoded[1], encoded[2])), {}
+        return list(cast(Iterable[Any], wire.loads(encoded[1], encoded[2]))), {}
     except Exception as exc:
         whole = f"{type(exc).__name__}: {exc}"
     try:
@@ -135,7 +135,7 @@ class _LenientUnpickler(pickle._Unpickler):
         except Exception as exc:
             return self._stand_in(f"{module}.{name} is not available here: {type(exc).__name__}: {exc}")
 
-    def _guarded(op: bytes, arity: int):  # noqa: N805 (a helper run while the class body is built)
+    def _guarded(op: bytes, arity: int):  # type: ignore[misc]  # noqa: N805 (a helper run while the class body is built)
         """The handler of ``op``, which replaces ``arity`` stack entries by one object:
         when building that object fails, a stand-in takes its place."""
         original = pickle._Unpickler.dispatch[op[0]]
@@ -167,7 +167,7 @@ def _stand_in_within(value: Any, ids: set[int], limit: int = 100_000) -> _Unload
     attribute), looked for breadth-first through at most ``limit`` objects."""
     if not ids:
         return None
-    todo, seen = collections.deque([value]), set()
+    todo, seen = collections.deque([value]), set[int]()
     while todo and len(seen) < limit:
         obj = todo.popleft()
         if id(obj) in seen:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EnvironmentMismatchError, InfrastructureError, JobCancelled, RemoteException, TaskTimeoutError
-from .states import FINAL_STATES, QUEUED
+from .states import FINAL_STATES, QUEUED, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class JobSnapshot:
 class TaskState:
     task_id: str
     indices: Sequence[int]
-    state: str = QUEUED
+    state: TaskStatus = QUEUED
     attempts: int = 1
     node: str | None = None
     started: float | None = None

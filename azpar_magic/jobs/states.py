@@ -18,8 +18,11 @@ from enum import Enum
 class _StrEnum(str, Enum):
     """``enum.StrEnum`` for Python 3.10 too: ``str()``, ``format()`` and f-strings give the value."""
 
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
 
 class JobState(_StrEnum):
@@ -79,11 +82,11 @@ TASK_RULES: Mapping[TaskStep, tuple[frozenset[TaskStatus] | None, TaskStatus]] =
 }
 
 
-def task_state_after(step: TaskStep, current: TaskStatus) -> TaskStatus | None:
-    """The task's state after ``step``, or None when the step does not apply in ``current``."""
+def task_state_after(step: TaskStep, current: TaskStatus) -> TaskStatus:
+    """The task's state after ``step``: ``current`` itself when the step does not apply in it."""
     applies_in, after = TASK_RULES[step]
     if applies_in is not None and current not in applies_in:
-        return None
+        return current
     return after
 
 

@@ -15,10 +15,10 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import worker as wire
 from ..errors import StoreError
@@ -77,7 +77,7 @@ def _restore_combine(spec: Any) -> Any:
     def missing(values: list) -> Any:
         raise StoreError(message)
 
-    missing.missing = message  # type: ignore[attr-defined]  (rerun refuses before submitting)
+    missing.missing = message  # type: ignore[attr-defined]  # rerun refuses before submitting
     return missing
 
 
@@ -351,7 +351,7 @@ def load_items(job_id: str, total: int | None = None) -> list:
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             chunk = [MissingItem(i, reason) for i in indices]
-        for index, item in zip(indices, chunk):
+        for index, item in zip(indices, cast(Iterable[Any], chunk)):
             if 0 <= index < total:
                 items[index] = item
                 loaded[index] = 1
@@ -374,7 +374,7 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
     the logs, which is all ``logs`` needs, and it works whatever this kernel defines."""
     logged: dict[int, Failure] = {}
     offset = start
-    for header, body, skip, base, offset in walk(data, start):
+    for header, body, skip, base, _ in walk(data, start):
         if header.get("k") != "logs":
             continue
         record = pickle.loads(body)
@@ -383,7 +383,7 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
         for i, data_ in (record.get("failures") or {}).items():
             if int(i) not in skip:
                 logged.setdefault(int(i), _failure_from_json(int(i), data_))
-    for header, body, skip, base, offset in walk(data, start):
+    for header, body, skip, base, offset in walk(data, start):  # noqa: B007 (returned: where the next look starts)
         kind = header.get("k")
         if kind not in ("result", "fail"):
             continue
@@ -400,7 +400,7 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
             record = pickle.loads(body)
             all_values = decode_list(record["values"])
             failed = {int(i): failure_from_record(int(i), rec) for i, rec in (record.get("failed") or {}).items()}
-            gathered = None
+            gathered: dict[str, Sequence[Any]] | None = None
             if record.get("gathered") is not None and job.options.gather:
                 rows = decode_list(record["gathered"])
                 gathered = {name: [(rows[p] or {}).get(name) for p in keep] for name in job.options.gather}
@@ -495,7 +495,7 @@ def delete(job_id: str) -> None:
         raise KeyError(job_id)
     digest = None
     try:
-        digest = stored_envelope(job_id)[0]["namespace"]["sha256"]
+        digest = stored_envelope(job_id)[0]["namespace"]["sha256"]  # type: ignore[index]  # None: TypeError below
     except (TypeError, KeyError, ValueError, OSError, StoreError):
         pass
     shutil.rmtree(folder)
