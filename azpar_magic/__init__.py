@@ -22,11 +22,11 @@ from .errors import JobLost
 from .jobstore import JobSummary
 from .ui import text as _views  # noqa: F401  (registers how a Job shows itself; no ipywidgets)
 from .mapping import map, starmap  # noqa: A004 (azpar_magic.map, as multiprocessing.Pool.map)
-from .api import attach, cancel, collect, delete, jobs, logs, rerun, run  # last: see above
+from .api import attach, cache_clear, cancel, collect, delete, jobs, logs, rerun, run  # last: see above
 
 __version__ = "0.1.0"
 __all__ = ["run", "map", "starmap", "storage", "jobs", "attach", "collect", "logs", "cancel", "rerun", "delete",
-           "Job", "JobSnapshot", "AsCompleted",
+           "cache_clear", "Job", "JobSnapshot", "AsCompleted",
            "JobSummary", "AzparError", "IterationError", "RemoteException", "InfrastructureError", "TaskTimeoutError",
            "EnvironmentMismatchError", "JobCancelled", "JobLost", "load_ipython_extension",
            "unload_ipython_extension"]

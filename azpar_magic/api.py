@@ -19,20 +19,22 @@ from .jobstore import JobSummary
 from .run.parsing import parse_cell
 from .run.request import API_SPELLING, RunRequest
 
-__all__ = ["run", "jobs", "attach", "collect", "logs", "cancel", "rerun", "rerun_with", "delete", "deletable_id"]
+__all__ = ["run", "cache_clear", "jobs", "attach", "collect", "logs", "cancel", "rerun", "rerun_with", "delete",
+           "deletable_id"]
 
 
 def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, combine: str | Callable = "list",
         errors: str = "stop", gather: Iterable[str] = (), retries: int = 2, timeout: float | None = None,
         chunk_size: int | None = None, seed: int | None = None, export: Iterable[str] = (),
         no_export: Iterable[str] = (), backend: str | None = None, workers: int | None = None,
-        inputs: Iterable[str] = (), outputs: Iterable[str] = (), outputs_to: str | None = None) -> Job:
+        inputs: Iterable[str] = (), outputs: Iterable[str] = (), outputs_to: str | None = None,
+        cache: bool = False) -> Job:
     """Start the loop ``loop`` (``"for x in xs"``) with ``body`` and return its Job at once.
 
     ``namespace`` defaults to the caller's globals; ``job.result()`` waits and returns the
     combined value exactly as ``%%azpar`` would bind it. Options mean what the magic's do
     (``inputs``/``outputs``/``outputs_to``: ``--inputs``/``--outputs``/``--outputs-to``; the
-    outputs' locations are in ``job.files``).
+    outputs' locations are in ``job.files``; ``cache``: ``--cache``).
     """
     if namespace is None:
         namespace = sys._getframe(1).f_globals
@@ -42,7 +44,7 @@ def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, com
         raise ValueError(str(exc)) from None
     options = JobOptions(combine=combine, errors=errors, gather=tuple(gather), retries=retries, timeout=timeout,
                          chunk_size=chunk_size, seed=seed, inputs=tuple(inputs), outputs=tuple(outputs),
-                         outputs_to=outputs_to)
+                         outputs_to=outputs_to, cache=bool(cache))
     engine = session.engine(backend, workers)
     try:
         job = engine.submit(RunRequest(cell, namespace, options, tuple(export), tuple(no_export)))
@@ -128,6 +130,13 @@ def cancel(job_id: str | None = None) -> Job:
         raise ValueError(f"job {job.id} runs in {job.owner}, not in this process: cancel it there")
     job.cancel()
     return job
+
+
+def cache_clear() -> int:
+    """Forget every value ``--cache`` could reuse (the jobs themselves stay in the store);
+    returns how many jobs were in the cache's index. ``%azpar cache clear`` in a notebook."""
+    from .jobstore import cache as stored_cache
+    return stored_cache.clear()
 
 
 def delete(job_id: str) -> None:

@@ -34,10 +34,12 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 # max_items: how many items a loop's iterable may yield (engine.materialize); raise it in a config
 # file (max_items = 50_000_000) or with AZPAR_MAX_ITEMS.
-DEFAULTS: dict[str, Any] = {"backend": "local", "workers": None, "profile": None, "max_items": 10_000_000}
+# cache_max_bytes: bytes of stored job records the --cache index may point at (oldest jobs leave it first).
+DEFAULTS: dict[str, Any] = {"backend": "local", "workers": None, "profile": None, "max_items": 10_000_000,
+                            "cache_max_bytes": 2 * 1024**3}
 PROFILES_TABLE = "profiles"
 _ENV_PREFIX = "AZPAR_"
-_INT_KEYS = {"workers", "max_items"}
+_INT_KEYS = {"workers", "max_items", "cache_max_bytes"}
 
 
 @dataclass

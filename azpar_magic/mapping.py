@@ -31,7 +31,8 @@ def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "s
         timeout: float | None = None, chunk_size: int | None = None, seed: int | None = None,
         workers: int | None = None, backend: str | None = None, profile: str | None = None,
         packages: Iterable[str] = (), keep: bool = False, export: Iterable[str] = (),
-        no_export: Iterable[str] = (), name: str | None = None, wait: bool = True) -> list | Job:
+        no_export: Iterable[str] = (), name: str | None = None, wait: bool = True, cache: bool = False
+        ) -> list | Job:
     """``[func(x) for x in iterable]``, each call an iteration of one azpar job, on the local
     pool or on Azure Batch: the list of values in input order, or with ``wait=False`` the Job
     at once (``job.result()``, ``job.as_completed()``, ``await job``).
@@ -42,7 +43,8 @@ def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "s
     ``workers``, ``backend``, ``profile``, ``packages`` (Azure), ``keep`` (Azure), ``export``,
     ``no_export`` and ``name`` (``--name``: commands such as ``%azpar logs NAME`` accept it).
     Bad values raise ValueError (TypeError for a ``func`` that is not callable) before anything
-    is submitted. Ctrl-C while waiting cancels the job.
+    is submitted. Ctrl-C while waiting cancels the job. ``cache=True`` is the cell's ``--cache``: a call
+    whose function, captured names and argument are unchanged reuses its stored value.
     What the calls print is kept, not shown: ``job.output(i)``, ``job.logs()``."""
     return _submit(func, iterable, False, locals())
 
@@ -51,7 +53,8 @@ def starmap(func: Callable[..., Any], iterable: Iterable[Iterable[Any]], *, erro
             timeout: float | None = None, chunk_size: int | None = None, seed: int | None = None,
             workers: int | None = None, backend: str | None = None, profile: str | None = None,
             packages: Iterable[str] = (), keep: bool = False, export: Iterable[str] = (),
-            no_export: Iterable[str] = (), name: str | None = None, wait: bool = True) -> list | Job:
+            no_export: Iterable[str] = (), name: str | None = None, wait: bool = True, cache: bool = False
+            ) -> list | Job:
     """``[func(*args) for args in iterable]`` as one azpar job (see ``map``): each item is
     a tuple (any iterable) of positional arguments, as ``itertools.starmap`` takes them."""
     return _submit(func, iterable, True, locals())
@@ -63,7 +66,8 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         raise TypeError(f"azpar_magic.{'starmap' if star else 'map'} takes a function (any callable) first, not "
                         f"{type(func).__name__} {func!r}. Nothing was submitted.")
     options = JobOptions(errors=given["errors"], retries=given["retries"], timeout=given["timeout"],
-                         chunk_size=given["chunk_size"], seed=given["seed"], name=given["name"])
+                         chunk_size=given["chunk_size"], seed=given["seed"], name=given["name"],
+                         cache=bool(given["cache"]))
     try:
         validate_options(options, API_SPELLING)
     except SubmitError as exc:

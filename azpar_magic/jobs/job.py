@@ -98,6 +98,7 @@ class Job:
         # output(i) and logs(i), but not replayed by ``outputs`` (shown when that run ended).
         self._base_outputs: dict[int, list] = {}
         self._adopted = 0  # iterations kept from an earlier run: not work of this run (throughput)
+        self.from_cache = 0  # of those, how many --cache reused (the views say so)
         self.manifest: dict | None = None  # the job store's manifest, for a job loaded from the store
         self.owner = ""  # for a stored job another process runs: which one (it cannot be cancelled here)
         self.files = None  # data.FilesReport of a job with --inputs/--outputs: outputs per iteration, warnings
@@ -544,7 +545,7 @@ class Job:
             source_first_line=self.source.splitlines()[0] if self.source else "",
             name=self.options.name or "", errors=self.options.errors, stalled=stalled,
             unanswered=self._unanswered(state),
-            tasks_cancelled=counts[TASK_CANCELLED],
+            tasks_cancelled=counts[TASK_CANCELLED], from_cache=self.from_cache,
         )
 
     def _unanswered(self, state: str) -> str:

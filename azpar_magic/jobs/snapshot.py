@@ -97,6 +97,7 @@ class JobSnapshot:
     unanswered: str = ""  # the backend's service has not answered for a while: what and since when
     tasks_cancelled: int = 0  # tasks all of whose iterations were cancelled (not counted in tasks_failed)
     name: str = ""  # the job's --name: the panel's title shows it
+    from_cache: int = 0  # iterations whose value --cache reused from an earlier job
 
     @property
     def final(self) -> bool:
@@ -133,3 +134,4 @@ class JobOptions:
     outputs: tuple[str, ...] = ()  # --outputs globs
     outputs_to: str | None = None  # --outputs-to folder or az:// path
     name: str | None = None  # --name: a short label commands accept instead of the id (store.check_name)
+    cache: bool = False  # --cache: reuse stored values of unchanged iterations (run/cache.py)

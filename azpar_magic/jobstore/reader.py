@@ -435,6 +435,7 @@ def load_job(job_id: str, *, values: bool = True) -> Job:
               backend_name=manifest.get("backend", "?"), pool=manifest.get("pool", ""),
               vm_size=manifest.get("vm_size", ""), source=manifest.get("source", ""))
     job.rerun_of = manifest.get("rerun_of")
+    job.from_cache = manifest.get("from_cache") or 0
     job.manifest = manifest
     state, where = effective_state(manifest)
     try:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import cache as cache_mod
 from . import capture as capture_mod
 from .. import config
 from . import data as data_mod
@@ -338,6 +339,11 @@ class Engine:
         tasks: dict[str, TaskSpec] = {}
         cap = None
         todo = list(request.indices) if request.indices is not None else None  # None: every iteration
+        cached = None  # --cache: reused values come in as a rerun's base does (cache.py)
+        if options.cache and todo is None and request.base is None and items:
+            cached = cache_mod.plan(request, items)
+            todo = cached.todo if cached.holder is not None else None
+        base = request.base if cached is None else cached.holder
         data_plan = self._data_plan(request, items, job_id, todo)
         if items and todo != []:
             try:
@@ -360,16 +366,19 @@ class Engine:
         job.health = lambda: self._unanswered(job_id)  # a service not answering: the views say so
         self.jobs[job_id] = job
         job.files = data_mod.FilesReport(data_plan) if data_plan is not None else None
-        if request.base is not None:
+        if base is not None:
             computed = set(todo if todo is not None else range(len(items)))
-            job.adopt(request.base, [i for i in range(len(items)) if i not in computed])
-            job.rerun_of = request.base.id
+            job.adopt(base, [i for i in range(len(items)) if i not in computed])
+            job.rerun_of = request.base.id if request.base is not None else None
+        job.from_cache = cached.count if cached is not None else 0
         info = getattr(self.backend, "manifest_info", None)  # a backend's own location info (Azure)
         recorder = jobstore.start_recording(
             job, items=[(t.task_id, t.indices, t.items_codec, t.items) for t in tasks.values()], tasks=len(tasks),
             backend_info=info(job_id, dict(request.backend_options)) if info else None,
             export=request.export, no_export=request.no_export,
             cwd=request.folder or os.getcwd(), ran=todo, base_id=request.base.id if request.base else None)
+        if cached is not None:
+            cached.record(job, recorder)
         if not tasks:
             job.finish(job.final_state())
             recorder.finish()

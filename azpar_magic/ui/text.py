@@ -36,6 +36,8 @@ def format_snapshot(s: JobSnapshot) -> str:
         parts.append(f"{items['failed']} failed")
     if items["cancelled"]:
         parts.append(f"{items['cancelled']} cancelled")
+    if s.from_cache:
+        parts.append(f"{s.from_cache:,} from cache")
     if not s.final:
         parts.append(f"{s.tasks_running} running, {s.tasks_queued} queued")
         nodes = v["nodes"]
@@ -84,6 +86,8 @@ def format_text(s: JobSnapshot) -> str:
     done = f"{items['succeeded']}/{items['total']} done, {items['failed']} failed"
     if items["cancelled"]:
         done += f", {items['cancelled']} cancelled"
+    if s.from_cache:
+        done += f", {s.from_cache:,} from cache"
     times = [f"elapsed {v['elapsed']}"]
     if v["eta"] is not None:
         times.append(f"ETA {v['eta']}")

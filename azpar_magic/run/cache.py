@@ -1,0 +1,247 @@
+"""``--cache``: the key of each iteration, and reusing the values stored under those keys.
+
+The key of iteration i hashes what decides its value: a format tag, the loop's target and
+body source, a digest of the CONTENT of the captured namespace (and of the notebook-folder
+modules its code comes from), the item's content digest, and the options that change one
+iteration's value (``--seed`` with i, since the iteration's stream is spawned from both;
+``--gather`` names). Options that only shape the whole result (``--combine``, ``--errors``,
+``--chunk-size``) are not in it, nor is the iterable's expression: the same item through the
+same body gives the same value whatever list it came from.
+
+Content, not pickle bytes: dill pickles a notebook function with its code object, whose
+``co_filename`` (ipykernel's temporary file, named after the kernel's pid) and line tables
+differ in every kernel and move when a cell above gains a line. The digest pickles code
+objects as their bytecode, constants, names and flags instead (recursively: nested functions
+and comprehensions are constants), and sets in a sorted order (string hashes, hence a set's
+order, differ between processes). What the key cannot see is not reused wrongly but
+recomputed: a closure over a changed object changes the digest like any other content.
+
+The engine calls ``plan`` before it cuts tasks: hits become a holder Job whose values the new
+job adopts (the rerun path, ``Job.adopt``), misses are the only iterations submitted, and
+``Plan.record`` writes the reused values into the new job's own records so ``attach`` in another
+kernel sees every value, and indexes the job's keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import sys
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dill
+
+from .. import config, jobstore
+from .. import worker as wire
+from ..jobs import Job
+from ..jobstore import cache as index
+from . import capture as capture_mod
+from .request import RunRequest
+
+__all__ = ["FORMAT_TAG", "content_digest", "namespace_digest", "iteration_keys", "Plan", "plan", "max_bytes"]
+
+FORMAT_TAG = b"azpar-cache-1"
+_DIGEST = 16  # bytes of blake2b: index.KEY_SIZE
+
+
+class _NeedsContent(Exception):
+    """The C pickler met notebook code (which it would pickle by name): use the content pickler."""
+
+
+def _is_notebook(obj: object) -> bool:
+    return getattr(obj, "__module__", None) == "__main__"
+
+
+class _FastPickler(pickle.Pickler):
+    """The C pickler, for plain data (numbers, strings, arrays, frames): deterministic bytes,
+    10x faster than dill. It gives up on anything that carries code it would name only."""
+
+    def __init__(self, file, modules: set[str]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.modules = modules
+
+    def persistent_id(self, obj):  # called for every object, sets too (unlike reducer_override)
+        if type(obj) in (set, frozenset):  # pickled in hash order, which differs between processes
+            raise _NeedsContent
+        return None
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (types.FunctionType, types.CodeType, types.MethodType, types.ModuleType)) \
+                or (isinstance(obj, type) and _is_notebook(obj)) or _is_notebook(type(obj)):
+            raise _NeedsContent
+        if isinstance(obj, type):
+            self.modules.add(obj.__module__ or "")
+        return NotImplemented
+
+
+def _code_content(code: types.CodeType) -> tuple:
+    """What a code object computes, without where it was written (file name, line tables)."""
+    return (b"code", code.co_code, code.co_consts, code.co_names, code.co_varnames, code.co_freevars,
+            code.co_cellvars, code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags,
+            code.co_name, getattr(code, "co_exceptiontable", b""))
+
+
+def _set_order(value: object) -> tuple[str, str]:
+    return type(value).__qualname__, repr(value)
+
+
+class _ContentPickler(dill.Pickler):
+    """dill with notebook functions by value and their globals followed (``recurse``), code
+    objects by content, and sets sorted; the bytes are only hashed, never loaded."""
+
+    def __init__(self, file, modules: set[str]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, recurse=True, byref=False)
+        self.modules = modules
+
+    def reducer_override(self, obj):
+        if isinstance(obj, types.CodeType):
+            return tuple, (_code_content(obj),)
+        if type(obj) in (set, frozenset):
+            try:
+                return type(obj), (sorted(obj, key=_set_order),)
+            except Exception:
+                return NotImplemented
+        if isinstance(obj, types.ModuleType):
+            self.modules.add(obj.__name__)
+        return NotImplemented
+
+    def save_global(self, obj, name=None):
+        self.modules.add(getattr(obj, "__module__", None) or "")
+        return super().save_global(obj, name)
+
+
+def content_digest(obj: object, modules: set[str] | None = None) -> bytes:
+    """A digest of ``obj``'s content, the same in every process that has the same content;
+    the modules its pickle names by reference are added to ``modules``."""
+    modules = set() if modules is None else modules
+    buf = io.BytesIO()
+    try:
+        _FastPickler(buf, modules).dump(obj)
+    except Exception:
+        buf = io.BytesIO()
+        _ContentPickler(buf, modules).dump(obj)
+    return hashlib.blake2b(buf.getvalue(), digest_size=_DIGEST).digest()
+
+
+def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
+    """The content digest of what capture would ship for this cell: the chosen names (as
+    ``capture.capture`` chooses them) and the source of the notebook-folder modules they
+    and the body import (shipped as files, so their edits must count)."""
+    cell, namespace = request.cell, request.namespace
+    looked_up, _ = capture_mod.namespace_lookups(cell.body_tree)
+    wanted = (capture_mod.free_names(cell.body_tree, cell.target_names) | set(request.export)
+              | capture_mod.notebook_objects_in(items, namespace)
+              | {name for name in looked_up if name in namespace})
+    chosen, _ = capture_mod.resolve_names(namespace, wanted, exclude=request.no_export)
+    for name in request.export:
+        if name in namespace:
+            chosen[name] = namespace[name]
+    modules: set[str] = set(capture_mod.imported_modules(cell.body_tree))
+    digest = content_digest(sorted(chosen.items(), key=lambda kv: kv[0]), modules)
+    local = capture_mod.local_module_files({m for m in modules if m}, request.folder or ".")
+    return hashlib.blake2b(digest + repr(sorted(local.items())).encode(), digest_size=_DIGEST).digest()
+
+
+def iteration_keys(request: RunRequest, items: Sequence[Any], ns_digest: bytes | None = None) -> list[bytes]:
+    """The key of every iteration (see the module's docstring for what is in it)."""
+    cell, options = request.cell, request.options
+    ns_digest = namespace_digest(request, items) if ns_digest is None else ns_digest
+    common = hashlib.blake2b(digest_size=_DIGEST)
+    for part in (FORMAT_TAG, cell.target_source.encode(), cell.body.encode(), ns_digest,
+                 repr(sorted(options.gather)).encode(), repr(options.seed).encode(),
+                 sys.version.split()[0].encode()):
+        common.update(len(part).to_bytes(8, "big") + part)
+    seeded = options.seed is not None
+    keys = []
+    for i, item in enumerate(items):
+        h = common.copy()
+        h.update(content_digest(item))
+        if seeded:
+            h.update(i.to_bytes(8, "big"))
+        keys.append(h.digest())
+    return keys
+
+
+def max_bytes() -> int:
+    """The cache_max_bytes setting (config files, AZPAR_CACHE_MAX_BYTES)."""
+    try:
+        value = config.load_settings()["cache_max_bytes"]
+    except config.ConfigError:
+        value = None
+    return int(value) if value else index.DEFAULT_MAX_BYTES
+
+
+@dataclass
+class Plan:
+    """What the cache gives one run: its keys, the iterations still to compute, and a
+    holder Job with the reused values at this run's indices (None when nothing is reused)."""
+
+    keys: list[bytes]
+    todo: list[int]
+    holder: Job | None = None
+    reused: dict[int, tuple[Any, dict[str, Any] | None]] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.reused)
+
+    def record(self, job: Job, recorder: jobstore.JobRecorder) -> None:
+        """Write the reused values into the new job's records (one result record, re-encoded
+        as the worker encodes), and index the job's keys (now: a run started as soon as this
+        one is seen done must find it; its failed or unfinished iterations are simply misses)."""
+        job.from_cache = self.count
+        if self.reused:
+            indices = sorted(self.reused)
+            values = wire.dumps([self.reused[i][0] for i in indices])
+            gathered = None
+            if job.options.gather:
+                gathered = wire.dumps([self.reused[i][1] or {} for i in indices])
+            recorder.task_result("cache", indices, {"indices": indices, "values": ("all", *values),
+                                                    "gathered": ("all", *gathered) if gathered else None,
+                                                    "failed": {}, "outputs": {}})
+        try:
+            index.remember(job.id, dict(enumerate(self.keys)), max_bytes())
+        except OSError as exc:  # the job is fine; only its later reuse is lost
+            print(f"azpar: warning: the cache could not index job {job.id}: {exc}", file=sys.stderr)
+
+
+def plan(request: RunRequest, items: list) -> Plan:
+    """Look every iteration up; load the values found (a value this kernel cannot load, or a
+    failed iteration, is not reused: it runs again)."""
+    keys = iteration_keys(request, items)
+    candidates = index.lookup(keys)
+    reused: dict[int, tuple[Any, dict[str, Any] | None]] = {}
+    gather = tuple(request.options.gather)
+    tried: set[str] = set()
+    while True:  # the newest job holding each key first; where it failed (or is unloadable), the next
+        by_job: dict[str, list[tuple[int, int]]] = {}
+        for i, where in candidates.items():
+            if i not in reused:
+                for job_id, j in where:
+                    if job_id not in tried:
+                        by_job.setdefault(job_id, []).append((i, j))
+                        break
+        if not by_job:
+            break
+        job_id, pairs = max(by_job.items(), key=lambda kv: len(kv[1]))
+        tried.add(job_id)
+        try:
+            values = index.stored_values(job_id, {j for _, j in pairs}, gather)
+        except (OSError, ValueError, jobstore.StoreError, KeyError):
+            continue
+        for i, j in pairs:
+            if j in values:
+                reused[i] = values[j]
+    todo = [i for i in range(len(items)) if i not in reused]
+    holder = None
+    if reused:
+        holder = Job("cache", items, request.options, backend_name="cache")
+        ordered = sorted(reused)
+        gathered = ({name: [(reused[i][1] or {}).get(name) for i in ordered] for name in gather}
+                    if gather else None)
+        holder.restore(ordered, [reused[i][0] for i in ordered], {}, {}, gathered)
+    return Plan(keys, todo, holder, reused)

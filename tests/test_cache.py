@@ -1,0 +1,298 @@
+"""``--cache`` (issue 20): iteration keys by content, reuse of stored values, the index's
+clearing and bound, and the same cell in two real kernels.
+
+Each test has its own job store (so its own cache index). What ran is read from the new
+job's manifest (``ran``: the iterations this run computed) and its ``from_cache`` count.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+
+import pytest
+
+import azpar_magic
+from azpar_magic import jobstore
+from azpar_magic.jobs import JobOptions
+from azpar_magic.jobstore import cache as index
+from azpar_magic.run import cache
+from azpar_magic.run.parsing import parse_cell
+from azpar_magic.run.request import RunRequest
+from azpar_magic.ui.text import format_snapshot
+
+
+@pytest.fixture(autouse=True)
+def own_store(tmp_path, monkeypatch):
+    monkeypatch.setenv(jobstore.STORE_ENV, str(tmp_path / "store"))
+    return tmp_path / "store"
+
+
+def _ran(job) -> list[int]:
+    jobstore.flush()
+    manifest = jobstore.read_manifest(job.id)
+    return sorted(jobstore.from_runs(manifest["ran"])) if manifest["ran"] is not None else list(range(len(job.items)))
+
+
+def _run(ns, body="f(x) + 1", loop="for x in xs", **options):
+    job = azpar_magic.run(loop, body, ns, workers=2, **options)
+    return job, job.result()
+
+
+def _ns(**extra):
+    ns: dict = {}
+    exec(textwrap.dedent("""
+        def f(x):
+            return x * 2
+    """), ns)
+    ns["xs"] = list(range(20))
+    ns.update(extra)
+    return ns
+
+
+# ------------------------------------------------------------------ keys
+
+
+def _function(source: str, filename: str, blank_lines: int = 0):
+    scope: dict = {"__name__": "__main__"}
+    exec(compile("\n" * blank_lines + textwrap.dedent(source), filename, "exec"), scope)
+    return scope["g"]
+
+
+def test_a_function_digest_is_its_content_not_where_it_was_written():
+    source = """
+        def g(x):
+            return [y * 2 for y in range(x)]
+    """
+    here = cache.content_digest(_function(source, "/tmp/ipykernel_111/123.py"))
+    assert cache.content_digest(_function(source, "/tmp/ipykernel_999/456.py", blank_lines=7)) == here
+    changed = source.replace("y * 2", "y * 3")  # inside the nested comprehension's code
+    assert cache.content_digest(_function(changed, "/tmp/ipykernel_111/123.py")) != here
+
+
+def test_a_set_digest_does_not_depend_on_its_order():
+    words = [f"w{i}" for i in range(50)]
+    assert cache.content_digest(set(words)) == cache.content_digest(set(reversed(words)))
+    assert cache.content_digest(frozenset(words)) != cache.content_digest(frozenset(words[1:]))
+
+
+def _keys(items, ns=None, body="f(x) + 1", **options):
+    request = RunRequest(parse_cell("for x in xs", body), ns or _ns(), JobOptions(**options))
+    return cache.iteration_keys(request, items)
+
+
+def test_keys_hold_what_changes_a_value_and_nothing_else():
+    items = [1, 2, 2]
+    plain = _keys(items)
+    assert plain[1] == plain[2] and plain[0] != plain[1]  # the item decides, not its position
+    assert _keys(items, combine="sum", errors="pass", chunk_size=7) == plain  # whole-result options
+    assert _keys(items, body="f(x) + 2") != plain
+    assert _keys(items, gather=("y",))[0] != plain[0]
+    seeded = _keys(items, seed=5)
+    assert seeded[1] != seeded[2]  # the iteration's stream is seed and index
+    assert _keys(items, seed=6)[0] != seeded[0]
+    ns = _ns()
+    exec("def f(x):\n    return x * 3\n", ns)
+    assert _keys(items, ns)[0] != plain[0]
+
+
+# ------------------------------------------------------------------ reuse
+
+
+def test_a_rerun_with_nothing_changed_takes_every_value_from_the_cache():
+    ns = _ns()
+    first, expected = _run(ns, cache=True)
+    assert first.from_cache == 0
+    again, values = _run(ns, cache=True)
+    assert values == expected == [x * 2 + 1 for x in range(20)]
+    assert again.from_cache == 20 and _ran(again) == []
+    assert "20 from cache" in format_snapshot(again.snapshot())
+    uncached, plain = _run(ns)
+    assert plain == values and uncached.from_cache == 0
+
+
+def test_one_changed_item_recomputes_only_that_iteration():
+    ns = _ns()
+    _run(ns, cache=True)
+    ns["xs"][3] = 100
+    job, values = _run(ns, cache=True)
+    assert _ran(job) == [3] and job.from_cache == 19
+    assert values == [x * 2 + 1 for x in ns["xs"]]
+
+
+def test_a_changed_captured_array_recomputes_every_iteration():
+    np = pytest.importorskip("numpy")
+    ns = _ns(weights=np.arange(5.0))
+    body = "float(weights.sum()) + x"
+    _run(ns, body, cache=True)
+    ns["weights"] = np.arange(5.0) * 2
+    job, values = _run(ns, body, cache=True)
+    assert job.from_cache == 0 and _ran(job) == list(range(20))
+    assert values == [20.0 + x for x in range(20)]
+    same, _ = _run(ns, body, cache=True)
+    assert same.from_cache == 20
+
+
+def test_a_changed_notebook_function_invalidates_and_the_same_one_defined_again_does_not():
+    ns = _ns()
+    _run(ns, cache=True)
+    exec("def f(x):\n    return x * 2\n", ns)  # the cell defining f run again: same content
+    assert _run(ns, cache=True)[0].from_cache == 20
+    exec("def f(x):\n    return x * 5\n", ns)
+    job, values = _run(ns, cache=True)
+    assert job.from_cache == 0 and values == [x * 5 + 1 for x in range(20)]
+
+
+def test_failed_iterations_are_never_reused():
+    ns = _ns()
+    body = "if x % 7 == 3:\n    raise ValueError(x)\nx"
+    first, _ = _run(ns, body, cache=True, errors="pass")
+    assert len(first.failures) == 3
+    job, values = _run(ns, body, cache=True, errors="pass")
+    assert job.from_cache == 17 and _ran(job) == [3, 10, 17]
+    assert [type(v).__name__ for v in values if not isinstance(v, int)] == ["ValueError"] * 3
+
+
+def test_a_value_this_kernel_cannot_load_is_computed_again(monkeypatch):
+    ns = _ns()
+    _run(ns, cache=True)
+    real = index.decode_each
+
+    def first_unloadable(encoded, count):
+        values, problems = real(encoded, count)
+        return values, {**problems, 0: "ModuleNotFoundError: No module named 'gone'"}
+
+    monkeypatch.setattr(index, "decode_each", first_unloadable)
+    job, values = _run(ns, cache=True)
+    assert values == [x * 2 + 1 for x in range(20)]
+    assert 0 in _ran(job) and job.from_cache == 20 - len(_ran(job))
+
+
+def test_seeded_values_are_reused_only_for_the_same_seed():
+    ns = _ns()
+    body = "import random\nrandom.random()"
+    _, expected = _run(ns, body, cache=True, seed=11)
+    job, values = _run(ns, body, cache=True, seed=11)
+    assert values == expected and job.from_cache == 20
+    other, _ = _run(ns, body, cache=True, seed=12)
+    assert other.from_cache == 0
+
+
+def test_gathered_variables_come_back_from_the_cache():
+    ns = _ns()
+    body = "y = x * 10\nx"
+    first = azpar_magic.run("for x in xs", body, ns, workers=2, cache=True, gather=("y",))
+    first.result()
+    job = azpar_magic.run("for x in xs", body, ns, workers=2, cache=True, gather=("y",))
+    job.result()
+    assert job.from_cache == 20 and job.gathered() == first.gathered() == {"y": [x * 10 for x in range(20)]}
+
+
+def test_a_job_that_took_values_from_the_cache_loads_whole_from_the_store():
+    ns = _ns()
+    _run(ns, cache=True)
+    ns["xs"][5] = 50
+    job, values = _run(ns, cache=True)
+    jobstore.flush()
+    loaded = jobstore.load_job(job.id)
+    assert loaded.result() == values and loaded.from_cache == 19
+
+
+def test_map_takes_cache_too():
+    ns = _ns()
+    f = ns["f"]
+    assert azpar_magic.map(f, range(10), cache=True, workers=2) == [x * 2 for x in range(10)]
+    job = azpar_magic.map(f, range(10), cache=True, workers=2, wait=False)
+    assert job.result() == [x * 2 for x in range(10)] and job.from_cache == 10
+
+
+# ------------------------------------------------------------------ clearing and the bound
+
+
+def test_cache_clear_forgets_every_value_but_keeps_the_jobs():
+    ns = _ns()
+    first, _ = _run(ns, cache=True)
+    assert azpar_magic.cache_clear() == 1
+    job, _ = _run(ns, cache=True)
+    assert job.from_cache == 0
+    assert first.id in jobstore.job_ids()
+
+
+def test_the_oldest_jobs_leave_the_index_past_the_bound(monkeypatch):
+    ns = _ns()
+    older, _ = _run(ns, cache=True)
+    ns["xs"] = list(range(100, 120))
+    time.sleep(0.02)  # index files are ordered by their time
+    newer, _ = _run(ns, cache=True)
+    jobstore.flush()
+    size = (jobstore.store_root() / newer.id / jobstore.RECORDS).stat().st_size
+    dropped = index.enforce_bound(size)  # room for one job's records
+    assert dropped == [older.id]
+    assert [job_id for _, job_id in index.indexed_jobs()] == [newer.id]
+    ns["xs"] = list(range(20))
+    assert _run(ns, cache=True)[0].from_cache == 0  # the older job's values are no longer reused
+
+
+def test_the_bound_is_a_setting(monkeypatch):
+    monkeypatch.setenv("AZPAR_CACHE_MAX_BYTES", "12345")
+    assert cache.max_bytes() == 12345
+    monkeypatch.delenv("AZPAR_CACHE_MAX_BYTES")
+    assert cache.max_bytes() == index.DEFAULT_MAX_BYTES
+
+
+def test_a_deleted_job_is_not_a_hit():
+    ns = _ns()
+    first, _ = _run(ns, cache=True)
+    jobstore.flush()
+    azpar_magic.delete(first.id)
+    assert _run(ns, cache=True)[0].from_cache == 0
+
+
+# ------------------------------------------------------------------ two real kernels
+
+
+CELL_DEFINING = """
+def score(x):
+    return sum(i * x for i in range(50))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_the_same_cell_in_another_kernel_takes_every_value_from_the_cache(tmp_path, own_store):
+    from .test_kernel import Kernel, _isolated_env, _stop
+
+    manager = pytest.importorskip("jupyter_client.manager")
+
+    def start(name: str) -> Kernel:
+        env = _isolated_env(tmp_path / name)
+        env[jobstore.STORE_ENV] = str(own_store)
+        (tmp_path / name / "cwd").mkdir(parents=True, exist_ok=True)
+        km, kc = manager.start_new_kernel(kernel_name="python3", startup_timeout=60, env=env,
+                                          cwd=str(tmp_path / name / "cwd"))
+        kernel = Kernel(km, kc)
+        kernel.ok("%load_ext azpar_magic")
+        return kernel
+
+    def run(kernel: Kernel) -> str:
+        reply = kernel.ok("job = azpar_magic.run('for x in xs', 'score(x)', cache=True, workers=2)\n"
+                          "values = job.result()\nprint(job.from_cache, values == [score(x) for x in xs])")
+        return reply.stdout.strip()
+
+    first = start("one")
+    try:
+        first.ok("import azpar_magic\nxs = list(range(30))")
+        first.ok(CELL_DEFINING)
+        assert run(first) == "0 True"
+    finally:
+        _stop(first)
+    second = start("two")
+    try:
+        # Other cells first: the function's code now has other line numbers and another file.
+        second.ok("import azpar_magic\n\n\n\nxs = list(range(30))")
+        second.ok("a = 1")
+        second.ok("\n\n\n" + CELL_DEFINING)
+        assert run(second) == "30 True"
+        second.ok(CELL_DEFINING.replace("i * x", "i + x"))
+        assert run(second) == "0 True"
+    finally:
+        _stop(second)
