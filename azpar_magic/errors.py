@@ -15,7 +15,6 @@ defines it: a failed iteration is shown as the remote traceback pointing into th
 
 from __future__ import annotations
 
-
 # ---------------------------------------------------------------------------------------
 # Kinds: marker bases, so one mapping (the magic's) can treat a whole kind alike
 # ---------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import Any
 from . import config, jobstore
 from .backends.base import create_backend
 from .errors import ConfigError, StoreError
-from .run.engine import Engine
 from .jobs import Job
+from .run.engine import Engine
 
 _lock = threading.Lock()
 _engines: dict[tuple, Engine] = {}

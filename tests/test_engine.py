@@ -14,9 +14,9 @@ import os
 
 import pytest
 
+from azpar_magic.backends.local import LocalBackend
 from azpar_magic.errors import IterationError, SubmitError
 from azpar_magic.jobs.job import JobOptions
-from azpar_magic.backends.local import LocalBackend
 from azpar_magic.run import engine as engine_mod
 from azpar_magic.run.engine import Engine, chunk_indices, chunk_subset, materialize, validate_options
 from azpar_magic.run.parsing import parse_cell

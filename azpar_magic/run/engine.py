@@ -8,34 +8,24 @@ early under ``--errors stop``, and finishing the job when every task is final.
 
 from __future__ import annotations
 
-import collections
-import io
 import itertools
 import os
-import pickle
 import secrets
 import sys
 import threading
 import time
-import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import cache as cache_mod
-from . import capture as capture_mod
-from .. import config
-from . import data as data_mod
-from .. import identity
-from ..jobs import merge
-from . import parsing
-from .. import jobstore
-from .. import worker as wire
-from ..errors import CaptureError, CombineError, ConfigError, DataError, StoreError, SubmitError
+from .. import config, identity, jobstore
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
-from ..jobs import TASK_FINAL, Failure, Job, JobOptions
+from ..errors import CaptureError, CombineError, ConfigError, DataError, StoreError, SubmitError
+from ..jobs import TASK_FINAL, Failure, Job, JobOptions, merge
 from ..jobs.results import decode_each, failure_from_record
 from ..jobs.states import task_failure_kind
+from . import capture as capture_mod, data as data_mod, parsing
 from .parsing import ParsedCell
 from .request import API_SPELLING, RunRequest
 
