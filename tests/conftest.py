@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-# Every job is written to the job store (azpar_magic/store.py): tests write theirs to a
+# Every job is written to the job store (azpar_magic/jobstore/): tests write theirs to a
 # temporary folder, never to the home folder. XDG_DATA_HOME too, for the kernels and
 # subprocesses that tests start without AZPAR_* variables (test_kernel.py). XDG_CONFIG_HOME:
 # the tester's own ~/.config/azpar/config.toml is outside the repository and must not steer tests.

@@ -133,5 +133,5 @@ class JobOptions:
     inputs: tuple[str, ...] = ()  # --inputs specs (data.py)
     outputs: tuple[str, ...] = ()  # --outputs globs
     outputs_to: str | None = None  # --outputs-to folder or az:// path
-    name: str | None = None  # --name: a short label commands accept instead of the id (store.check_name)
+    name: str | None = None  # --name: a short label commands accept instead of the id (jobstore.check_name)
     cache: bool = False  # --cache: reuse stored values of unchanged iterations (run/cache.py)
