@@ -175,3 +175,19 @@ class TransferError(ServiceError, RuntimeError):
 class AzureServiceError(ServiceError, RuntimeError):
     """An Azure service answered with an error (the SDK's exception, translated at the
     backend's boundary); ``RuntimeError`` because callers have always caught that."""
+
+    # What the service said, when it said it (backends/azure/errors.translate sets them):
+    code: str | None = None  # Batch's or Storage's error code ("PoolNotFound", "AuthorizationFailed")
+    status: int | None = None  # the HTTP status (None: no answer, e.g. the connection failed)
+    property_name: str | None = None  # Batch's PropertyName detail: which field of the request was refused
+    reason: str | None = None  # Batch's Reason detail: why
+
+
+# ---------------------------------------------------------------------------------------
+# A contract not met
+# ---------------------------------------------------------------------------------------
+
+
+class NotSupported(NotImplementedError):
+    """A backend was asked for a capability it does not declare (backends/base.py); a
+    ``RuntimeError``, so callers' ``except RuntimeError`` clauses still catch it."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from importlib import import_module, metadata
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from ..errors import NotSupported
 from ..jobs import NodeInfo
 
 ENTRY_POINT_GROUP = "azpar_magic.backends"
@@ -62,7 +63,9 @@ EventSink = Callable[[TaskEvent], None]
 
 
 @runtime_checkable
-class Backend(Protocol):
+class Required(Protocol):
+    """What every backend provides: the engine cannot run a job without these."""
+
     name: str
 
     def describe(self) -> str:
@@ -97,6 +100,180 @@ class Backend(Protocol):
         """Stop the pool's processes or connections."""
 
 
+# --------------------------------------------------------------------------- capabilities
+# Each optional part of the contract is a protocol of its own, so a backend's author reads
+# what it means; BaseBackend implements all of them with the defaults of a backend that
+# does not have them, and callers use the members directly instead of probing with getattr.
+
+
+@runtime_checkable
+class Views(Protocol):
+    """How views label the second half of ``pool_info``."""
+
+    size_label: str  # "VM size" (a machine type) or "size" (a worker count)
+
+
+@runtime_checkable
+class Options(Protocol):
+    """Which of ``JobSpec.backend_options`` the backend acts on (the magic says which it ignores)."""
+
+    reads_options: frozenset[str]  # of "packages", "auto_packages", "merge", "keep"
+
+
+@runtime_checkable
+class Reattach(Protocol):
+    """Jobs run on when the kernel ends, and a later kernel can follow them."""
+
+    outlives_kernel: bool
+
+    def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink, *,
+                 failed_before: bool = False) -> None:
+        """Follow a job an earlier kernel submitted; ``tasks`` are those without a final record."""
+
+
+@runtime_checkable
+class ManifestInfo(Protocol):
+    """Where a job lives outside this machine, recorded in the job store's manifest."""
+
+    def manifest_info(self, job_id: str, backend_options: dict[str, Any]) -> dict[str, Any] | None:
+        """The manifest's ``backend_info`` (never a secret), or None when there is nothing to say."""
+
+
+@runtime_checkable
+class BlobData(Protocol):
+    """``az://`` paths in ``--inputs`` and ``--outputs-to``, and the Blob storage behind them."""
+
+    blob_inputs: bool
+
+    def check_data(self, plan: Any) -> None:
+        """Check what the data plan's blob paths select, before anything is submitted."""
+
+    def blob_storage(self) -> Any | None:
+        """The storage account's client for ``azpar storage`` (None: the backend has none)."""
+
+
+@runtime_checkable
+class Health(Protocol):
+    """A remote service that may stop answering while a job runs."""
+
+    def unanswered(self, job_id: str) -> str:
+        """A sentence for the job's views when the service stopped answering, else ""."""
+
+
+@runtime_checkable
+class StagedNamespace(Protocol):
+    """The namespace bytes are kept where the job ran (the job store does not keep them)."""
+
+    def staged_namespace(self, manifest: dict[str, Any], file_name: str) -> bytes | None:
+        """The bytes a stored job staged, or None when they are gone."""
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """The nodes install the kernel's distributions (``--packages``, ``auto_packages``)."""
+
+    installs_packages: bool
+    profile: Any  # the configuration profile the backend runs (None: none)
+
+    def image_packages(self) -> tuple[dict[str, str] | None, str]:
+        """What the pool's image has installed, and where that was read (or why not)."""
+
+
+@runtime_checkable
+class JobCleanup(Protocol):
+    """Something of a job lives outside the job store and must be deleted with it."""
+
+    def delete_job(self, job_id: str, *, strict: bool = True) -> None:
+        """Remove what the backend keeps of the job (already gone: fine)."""
+
+
+@runtime_checkable
+class PoolAdministration(Protocol):
+    """``%azpar pool`` and the configuration form's buttons."""
+
+    pool_admin: bool
+
+    def test_connection(self) -> str:
+        """Reach the services once; one line."""
+
+    def pool_status(self) -> Any | None:
+        """The pool as the service reports it (None: it does not exist)."""
+
+    def pool_create(self) -> str:
+        """Create the pool (or find it); one line."""
+
+    def pool_resize(self, dedicated: int, spot: int) -> str:
+        """Ask for this many nodes; one line."""
+
+    def pool_delete(self) -> str:
+        """Delete the pool; one line."""
+
+
+@runtime_checkable
+class Backend(Required, Views, Options, Reattach, ManifestInfo, BlobData, Health, StagedNamespace, Environment,
+              JobCleanup, PoolAdministration, Protocol):
+    """Every member a backend may provide: the required ones and each optional capability
+    (a backend subclassing BaseBackend has the optional ones, as "not supported" defaults)."""
+
+
+class BaseBackend:
+    """The defaults of every optional capability, for backends to subclass: a capability a
+    backend does not override is absent (its flag False, its query answering "nothing", its
+    action raising NotSupported). The required members are the ``Backend`` protocol's."""
+
+    name = "?"
+    size_label = "VM size"
+    reads_options: frozenset[str] = frozenset()
+    outlives_kernel = False
+    blob_inputs = False
+    installs_packages = False
+    pool_admin = False
+    profile: Any = None
+
+    def _unsupported(self, what: str) -> NotSupported:
+        return NotSupported(f"the {self.name} backend does not support {what}")
+
+    def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink, *,
+                 failed_before: bool = False) -> None:
+        raise self._unsupported("following a job of another kernel")
+
+    def manifest_info(self, job_id: str, backend_options: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def check_data(self, plan: Any) -> None:
+        return None
+
+    def blob_storage(self) -> Any | None:
+        return None
+
+    def unanswered(self, job_id: str) -> str:
+        return ""
+
+    def staged_namespace(self, manifest: dict[str, Any], file_name: str) -> bytes | None:
+        raise self._unsupported("reading a staged namespace")
+
+    def image_packages(self) -> tuple[dict[str, str] | None, str]:
+        return None, f"the {self.name} backend installs nothing"
+
+    def delete_job(self, job_id: str, *, strict: bool = True) -> None:
+        return None
+
+    def test_connection(self) -> str:
+        raise self._unsupported("connection tests")
+
+    def pool_status(self) -> Any | None:
+        raise self._unsupported("pool administration")
+
+    def pool_create(self) -> str:
+        raise self._unsupported("pool administration")
+
+    def pool_resize(self, dedicated: int, spot: int) -> str:
+        raise self._unsupported("pool administration")
+
+    def pool_delete(self) -> str:
+        raise self._unsupported("pool administration")
+
+
 def available_backends() -> dict[str, str]:
     """name -> "module:attribute" for every known backend."""
     found = dict(_BUILTIN)
@@ -108,10 +285,14 @@ def available_backends() -> dict[str, str]:
     return found
 
 
-def create_backend(name: str, **settings) -> Backend:
+def backend_class(name: str) -> Callable[..., Backend]:
+    """The class (or factory) registered under ``name``: the one place a backend is found by name."""
     table = available_backends()
     if name not in table:
         raise ValueError(f"unknown backend {name!r}; available: {', '.join(sorted(table))}")
     module_name, _, attr = table[name].partition(":")
-    factory = getattr(import_module(module_name), attr)
-    return factory(**settings)
+    return getattr(import_module(module_name), attr)
+
+
+def create_backend(name: str, **settings: Any) -> Backend:
+    return backend_class(name)(**settings)

@@ -1,9 +1,9 @@
 """The Azure Batch backend: the engine's Backend protocol over a Batch pool and a Storage
 account described by a profile (DESIGN section 5).
 
-Clients are built on first use, not at ``%load_ext``, so a notebook that never runs an Azure
-cell never connects. The pool is attached to (or created) once per backend; each cell run
-is an ``AzureRun`` with its own job, containers and threads.
+What the backend's parts share (profile, accounts, clients built on first use) is an
+``AzureContext``. The pool is attached to (or created) once per backend; each cell run is an
+``AzureRun`` with its own job, containers and threads, given the context, not the backend.
 """
 
 from __future__ import annotations
@@ -16,34 +16,36 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from ... import worker as wire
 from ...config import Profile, check_profile
 from ...errors import ConfigError
 from ...jobs import NodeInfo
-from ..base import EventSink, JobSpec, TaskSpec
-from . import auth, autoscale, errors, pool, storage
+from ..base import BaseBackend, EventSink, JobSpec, TaskSpec
+from . import autoscale, errors, pool, storage
+from .context import AzureContext
+from .files import check_blobs
 from .run import MANIFEST_BLOB, AzureRun
 
 NODE_CACHE_SECONDS = 1.0
-SDK_RETRIES = 3  # the SDK's own retries per call; submission and polling add bounded ones
 
 
-class AzureBackend:
-    """Runs tasks on an Azure Batch pool; stages through Blob storage."""
+class AzureBackend(BaseBackend):
+    """Runs tasks on an Azure Batch pool; stages through Blob storage. It has every optional
+    capability of base.BaseBackend."""
 
     name = "azure"
+    size_label = "VM size"
+    reads_options = frozenset({"packages", "auto_packages", "merge", "keep"})
     blob_inputs = True  # az:// paths in --inputs and --outputs-to (data.py)
     outlives_kernel = True  # a Batch job runs on when the kernel ends; attach takes it over later
+    installs_packages = True  # the nodes install the kernel's distributions (--packages, auto_packages)
+    pool_admin = True  # %azpar pool, the configuration form's buttons
 
     def __init__(self, profile: Profile, *, environ: dict[str, str] | None = None, **_settings: Any):
         check_profile(profile)
+        self.context = AzureContext(profile, environ)
         self.profile = profile
-        self._environ = environ
-        self.accounts = auth.accounts(profile)
-        self.poll_interval = float(profile["poll_interval"])
+        self.accounts = self.context.accounts
         self._lock = threading.RLock()
-        self._client: Any = None
-        self._staging: storage.Staging | None = None
         self._runs: dict[str, AzureRun] = {}
         self._nodes: tuple[float, list[NodeInfo]] = (0.0, [])
         self._pool_ready = False
@@ -52,28 +54,20 @@ class AzureBackend:
         # administrator's, its size and formula too), or a write was refused for the role (403).
         self.pool_writes: bool | None = None if profile["create_pool"] else False
         self._background: list[threading.Thread] = []  # cleanups close() waits for
-        with open(wire.__file__, "rb") as fh:
-            self.worker_bytes = fh.read()
 
     # ------------------------------------------------------------------ clients
 
     @property
     def client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                from azure.batch import BatchClient
-
-                self._client = BatchClient(self.accounts.batch_url, auth.batch_credential(self.profile, self._environ),
-                                           retry_total=SDK_RETRIES, retry_backoff_factor=0.2)
-            return self._client
+        return self.context.client
 
     @property
     def staging(self) -> storage.Staging:
-        with self._lock:
-            if self._staging is None:
-                self._staging = storage.Staging(self.accounts.storage_url, self.accounts.storage_name,
-                                                auth.storage_credential(self.profile, self._environ))
-            return self._staging
+        return self.context.staging
+
+    def blob_storage(self) -> storage.Staging:
+        """The profile's storage account, for ``azpar storage``."""
+        return self.context.staging
 
     # ------------------------------------------------------------------ protocol
 
@@ -92,20 +86,22 @@ class AzureBackend:
             if self._pool_ready:
                 return
             try:
-                pool.ensure(self.client, self.profile, auth.registry_password(self.profile, self._environ))
+                pool.ensure(self.client, self.profile, self.context.registry_password())
             except AzureError as exc:
-                raise RuntimeError(f"the pool {self.profile['pool_id']!r} could not be reached or created: "
-                                   f"{errors.describe(exc)}") from None
+                what = f"the pool {self.profile['pool_id']!r} could not be reached or created"
+                raise errors.translate(exc, what) from None
             self._pool_ready = True
 
     def submit(self, job: JobSpec, tasks: Sequence[TaskSpec], on_event: EventSink) -> None:
         self.start()
-        run = AzureRun(self, job, tasks, on_event)
+        run = AzureRun(self.context, job, tasks, on_event)
         try:
             run.stage()
         except (AzureError, ConfigError) as exc:
             self._cleanup(run)
-            raise RuntimeError(f"staging the job on Azure failed: {errors.describe(exc)}") from None
+            if isinstance(exc, ConfigError):  # a setting, not the service: the message as before, not translated
+                raise RuntimeError(f"staging the job on Azure failed: {errors.describe(exc)}") from None
+            raise errors.translate(exc, "staging the job on Azure failed") from None
         self._say(storage.delegation_note(self.staging, run.lifetime))
         self._make_room(len(tasks))
         with self._lock:
@@ -189,8 +185,7 @@ class AzureBackend:
         try:
             return self.staging.download(container, f"ns/{file_name}")
         except AzureError as exc:
-            raise RuntimeError(f"the namespace blob {container}/ns/{file_name} could not be read: "
-                               f"{errors.describe(exc)}") from None
+            raise errors.translate(exc, f"the namespace blob {container}/ns/{file_name} could not be read") from None
 
     def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink, *,
                  failed_before: bool = False) -> None:
@@ -207,11 +202,11 @@ class AzureBackend:
                        backend_options={"packages": info.get("packages") or [], "keep": info.get("keep")},
                        manifest=manifest)
         try:
-            run = AzureRun(self, spec, tasks, on_event)
+            run = AzureRun(self.context, spec, tasks, on_event)
             run.failed_any = failed_before
             run.resume()
         except AzureError as exc:
-            raise RuntimeError(f"the job's storage could not be reached: {errors.describe(exc)}") from None
+            raise errors.translate(exc, "the job's storage could not be reached") from None
         with self._lock:
             self._runs[job_id] = run
 
@@ -233,12 +228,10 @@ class AzureBackend:
                 pass
             except (AzureError, ValueError) as exc:  # ValueError: the client was closed meanwhile
                 if strict:
-                    raise RuntimeError(f"{what} could not be deleted: {errors.describe(exc)}") from None
+                    raise errors.translate(exc, f"{what} could not be deleted") from None
 
     def check_data(self, plan: Any) -> None:
         """--inputs az://...: each must select blobs, listed now, before anything is submitted."""
-        from .files import check_blobs
-
         check_blobs(self.staging, plan)
 
     def resubmit(self, job_id: str, task: TaskSpec) -> None:
@@ -248,7 +241,7 @@ class AzureBackend:
 
     def nodes(self) -> list[NodeInfo]:
         stamp, cached = self._nodes
-        if time.monotonic() - stamp < NODE_CACHE_SECONDS or self._client is None:
+        if time.monotonic() - stamp < NODE_CACHE_SECONDS or not self.context.connected:
             return cached
         try:
             found = [NodeInfo(n.id, pool.state_name(n.state), None, bool(n.is_dedicated))
@@ -322,10 +315,7 @@ class AzureBackend:
             run.close()
         for thread in list(self._background):
             thread.join(timeout=15)
-        if self._staging is not None:
-            self._staging.close()
-        if self._client is not None:
-            self._client.close()
+        self.context.close()
 
     # ------------------------------------------------------------------ pool management
 
@@ -333,7 +323,7 @@ class AzureBackend:
         return pool.status(self.client, self.profile["pool_id"])
 
     def pool_create(self) -> str:
-        found, created = pool.ensure(self.client, self.profile, auth.registry_password(self.profile, self._environ))
+        found, created = pool.ensure(self.client, self.profile, self.context.registry_password())
         return ("created " if created else "already exists: ") + found.describe()
 
     def pool_resize(self, dedicated: int, spot: int) -> str:
@@ -354,9 +344,9 @@ class AzureBackend:
             if not pool.write_refused(exc):
                 raise
             self.pool_writes = False
-            raise RuntimeError(f"this identity may not {what} the pool {self.profile['pool_id']!r} (403 "
-                               f"AuthorizationFailed): that needs the {pool.POOL_WRITE_ROLE} role on the Batch "
-                               f"account ({pool.SUBMIT_ONLY_ROLE} can only submit jobs)") from None
+            raise errors.translate(exc, message=f"this identity may not {what} the pool {self.profile['pool_id']!r} "
+                                   f"(403 AuthorizationFailed): that needs the {pool.POOL_WRITE_ROLE} role on the "
+                                   f"Batch account ({pool.SUBMIT_ONLY_ROLE} can only submit jobs)") from None
 
     def test_connection(self) -> str:
         """One Batch call and one Storage call with the profile's credentials."""
@@ -364,13 +354,3 @@ class AzureBackend:
         self.staging.container_exists(storage.CACHE_CONTAINER)
         where = found.describe() if found else f"pool {self.profile['pool_id']} does not exist yet"
         return f"connected to {self.accounts.batch_url} and {self.accounts.storage_url}: {where}"
-
-    def run_stats(self, job_id: str) -> dict[str, Any] | None:
-        """REST calls and transfers of a run still known to the backend (for benchmarks)."""
-        run = self._runs.get(job_id)
-        if run is None:
-            return None
-        return {"calls": dict(run.calls), "added_at": run.added_at, "add_report": run.add_report}
-
-
-

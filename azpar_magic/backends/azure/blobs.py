@@ -161,19 +161,19 @@ def upload_file_once(staging: Staging, container: str, path: str, *, progress: P
     blob's existence is checked first, so an input already in the cache, from any earlier
     run or kernel, costs one HEAD request and no upload."""
     name = data_blob_name(file_digest(path))
-    if (container, name) in staging._known:
+    if (container, name) in staging.known:
         return name, False
     blob = staging.service.get_blob_client(container, name)
     if retried(f"checking {container}/{name}", blob.exists):
         staging.stats.add("put_blob_exists")
-        staging._known.add((container, name))
+        staging.known.add((container, name))
         return name, False
     try:
         upload_file(staging, container, name, path, overwrite=False, progress=progress)
         sent = True
     except ResourceExistsError:  # another kernel uploaded the same bytes meanwhile
         sent = False
-    staging._known.add((container, name))
+    staging.known.add((container, name))
     return name, sent
 
 

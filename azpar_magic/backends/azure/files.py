@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote
 
 from azure.batch import models
@@ -43,11 +43,9 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from ...errors import DataError
 from ...run.data import INPUTS_DIR, DataPlan, has_dot_dot, outputs_plan, path_below
-from ..base import TaskSpec
+from ..base import JobSpec, TaskSpec
 from . import blobs, commands, storage
-
-if TYPE_CHECKING:
-    from .run import AzureRun
+from .context import AzureContext
 
 IN_DIR = "azpar-in"  # resource files land here (prep task folder: shared; task folder: per iteration)
 OUT_DIR = "azpar-out"  # the worker gathers outputs here, per iteration
@@ -99,12 +97,20 @@ def check_blobs(staging: storage.Staging, plan: DataPlan) -> None:
 
 
 class RunData:
-    """Inputs and outputs of one AzureRun; inert (every hook a no-op) without a plan."""
+    """Inputs and outputs of one run (run.AzureRun); inert (every hook a no-op) without a plan.
 
-    def __init__(self, run: "AzureRun"):
-        self.run = run
-        self.plan: DataPlan | None = (run.spec.backend_options or {}).get("data")
-        manifest = run.spec.manifest or {}
+    It is given what it uses of the run, not the run: the shared clients (``context``), the
+    job's spec (of which it keeps the options, never the namespace bytes), the expiry of the SAS
+    tokens it makes, and ``count`` to add its REST calls to the run's."""
+
+    def __init__(self, context: AzureContext, spec: JobSpec, expiry: Any, count: Callable[[str], None]):
+        self.context, self.expiry, self.count = context, expiry, count
+        self.job_id = spec.job_id
+        self.options: dict[str, Any] = dict(spec.backend_options or {})
+        self.in_container = storage.input_container(spec.job_id)
+        self.files_container = storage.files_container(spec.job_id)
+        self.plan: DataPlan | None = (spec.backend_options or {}).get("data")
+        manifest = spec.manifest or {}
         self.shared: list[tuple[str, str]] = []  # (path under inputs/, SAS URL)
         self.items: dict[int, list[tuple[str, str]]] = {}
         self.dest_url: str | None = None  # write SAS of an az:// destination's container
@@ -114,7 +120,7 @@ class RunData:
         if self.plan is None and manifest.get("cwd") and (options.get("inputs") or options.get("outputs")):
             # Following a stored job (a kernel restart): its outputs still come back, and tasks
             # the dead kernel had not added get their own inputs from the plan it saved.
-            self.plan = outputs_plan(options, manifest["cwd"], run.job_id) or DataPlan(job_id=run.job_id)
+            self.plan = outputs_plan(options, manifest["cwd"], spec.job_id) or DataPlan(job_id=spec.job_id)
             self._restore()
 
     @property
@@ -128,7 +134,7 @@ class RunData:
         DataError for an az:// input selecting no blob (nothing is created by then)."""
         if self.plan is None:
             return
-        run, plan, st = self.run, self.plan, self.run.staging
+        plan, st = self.plan, self.context.staging
         cache = storage.CACHE_CONTAINER
         local = {f.path: f for f in plan.shared_files}
         for files in plan.item_files.values():
@@ -141,13 +147,13 @@ class RunData:
         large = [p for p, f in local.items() if f.size > blobs.BLOCK_SIZE]
         with ThreadPoolExecutor(8, thread_name_prefix="azpar-inputs") as pool:
             done = list(pool.map(lambda path: (path, *blobs.upload_file_once(st, cache, path)), small))
-        shown = (run.spec.backend_options or {}).get("transfer_progress")  # the cell's progress line
+        shown = self.options.get("transfer_progress")  # the cell's progress line
         for path in large:
             hook = (lambda d, t, n=os.path.basename(path): shown(f"uploading {n}", d, t)) if shown else None
             done.append((path, *blobs.upload_file_once(st, cache, path, progress=hook)))
         for path, name, sent in done:
             self.uploaded += sent
-            urls[path] = st.blob_sas_url(cache, name, "r", run.expiry)
+            urls[path] = st.blob_sas_url(cache, name, "r", self.expiry)
         self.shared = [(f.rel, urls[f.path]) for f in plan.shared_files]
         for index, files in plan.item_files.items():
             self.items.setdefault(index, []).extend((f.rel, urls[f.path]) for f in files)
@@ -158,7 +164,7 @@ class RunData:
 
         def resolve(spec) -> list[tuple[str, str]]:
             if spec.container not in sas:
-                sas[spec.container] = st.container_sas_url(spec.container, "r", run.expiry)
+                sas[spec.container] = st.container_sas_url(spec.container, "r", self.expiry)
             return [(f"{spec.container}/{n}", _blob_url(sas[spec.container], n)) for n in plan.blob_names[spec.text]]
 
         for spec in plan.shared_blobs:
@@ -169,7 +175,7 @@ class RunData:
         if plan.outputs and plan.dest_is_blob:
             container, _ = plan.dest[len("az://"):].partition("/")[::2]
             st.ensure_container(container)
-            self.dest_url = st.container_sas_url(container, "cw", run.expiry)
+            self.dest_url = st.container_sas_url(container, "cw", self.expiry)
         if self._prep_bytes() > INLINE_PREP_BYTES:
             self.pack()
         self.save()
@@ -197,16 +203,16 @@ class RunData:
     def pack(self) -> None:
         """Copy every shared input into the job's inputs container under ``IN_DIR/`` (server
         side, eight at a time); from then on prep_resource_files is one container resource file."""
-        run, st = self.run, self.run.staging
-        st.ensure_container(run.in_container)
+        st = self.context.staging
+        st.ensure_container(self.in_container)
         with ThreadPoolExecutor(8, thread_name_prefix="azpar-pack") as pool:
             list(pool.map(lambda pair: self._copy(pair[1], f"{IN_DIR}/{pair[0]}"), self.shared))
-        self.packed_url = st.container_sas_url(run.in_container, "rl", run.expiry)
+        self.packed_url = st.container_sas_url(self.in_container, "rl", self.expiry)
 
     def _copy(self, source_url: str, name: str) -> None:
         """One server-side copy into the inputs container, waited for when Storage runs it
         asynchronously (a copy within one account usually completes at once)."""
-        blob = self.run.staging.service.get_blob_client(self.run.in_container, name)
+        blob = self.context.staging.service.get_blob_client(self.in_container, name)
 
         def copy() -> None:
             status = blob.start_copy_from_url(source_url).get("copy_status")
@@ -215,9 +221,9 @@ class RunData:
                 time.sleep(0.5)
                 status = blob.get_blob_properties().copy.status
             if status != "success":
-                raise blobs.TransferError(f"copying {name} into {self.run.in_container} ended {status}")
+                raise blobs.TransferError(f"copying {name} into {self.in_container} ended {status}")
 
-        blobs.retried(f"copying the shared input {name[len(IN_DIR) + 1:]} into {self.run.in_container}", copy)
+        blobs.retried(f"copying the shared input {name[len(IN_DIR) + 1:]} into {self.in_container}", copy)
 
     def save(self) -> None:
         """Keep where each iteration's own inputs are (container and blob, no SAS) in the job's
@@ -225,7 +231,7 @@ class RunData:
         tasks the first one had not (shared inputs are in the job preparation task already)."""
         if not self.items:
             return
-        st = self.run.staging
+        st = self.context.staging
 
         def where(url: str) -> list[str]:
             path = unquote(url.partition("?")[0][len(st.account_url) + 1:])
@@ -233,18 +239,18 @@ class RunData:
             return [container, blob]
 
         doc = {str(i): [[rel, *where(url)] for rel, url in pairs] for i, pairs in self.items.items()}
-        st.ensure_container(self.run.in_container)
-        st.upload(self.run.in_container, PLAN_BLOB, json.dumps(doc).encode())
+        st.ensure_container(self.in_container)
+        st.upload(self.in_container, PLAN_BLOB, json.dumps(doc).encode())
 
     def _restore(self) -> None:
-        st, run = self.run.staging, self.run
+        st = self.context.staging
         try:
-            data = st.download(run.in_container, PLAN_BLOB)
+            data = st.download(self.in_container, PLAN_BLOB)
         except AzureError:
             data = None
         if data is None:
             return
-        self.items = {int(i): [(rel, st.blob_sas_url(c, b, "r", run.expiry)) for rel, c, b in pairs]
+        self.items = {int(i): [(rel, st.blob_sas_url(c, b, "r", self.expiry)) for rel, c, b in pairs]
                       for i, pairs in json.loads(data).items()}
 
     def envelope(self, envelope: dict) -> dict:
@@ -287,7 +293,7 @@ class RunData:
             return [make(f"{OUT_DIR}/**/*", OUTPUT_PREFIX)]
         if self.dest_url is None:  # a followed job's tasks not added before its kernel ended
             container = self.plan.dest[len("az://"):].partition("/")[0]
-            self.dest_url = self.run.staging.container_sas_url(container, "cw", self.run.expiry)
+            self.dest_url = self.context.staging.container_sas_url(container, "cw", self.expiry)
         _, prefix = self.plan.dest[len("az://"):].partition("/")[::2]
         path = "/".join(p for p in (prefix.strip("/"), self.plan.job_id) if p)
         return [models.OutputFile(
@@ -322,15 +328,13 @@ class RunData:
         return result
 
     def _node_file(self, task_id: str, index: int, rel: str):
-        run = self.run
-        run._count("download_task_file")
-        return run.client.download_task_file(run.job_id, task_id, f"wd/{OUT_DIR}/{index}/{rel}")
+        self.count("download_task_file")
+        return self.context.client.download_task_file(self.job_id, task_id, f"wd/{OUT_DIR}/{index}/{rel}")
 
     def _download(self, task_id: str, index: int, rel: str) -> None:
-        run = self.run
         target = os.path.join(self.plan.local_dest(index), *rel.split("/"))
         try:
-            blobs.download_file(run.staging, run.files_container, f"{OUTPUT_PREFIX}/{index}/{rel}", target)
+            blobs.download_file(self.context.staging, self.files_container, f"{OUTPUT_PREFIX}/{index}/{rel}", target)
         except ResourceNotFoundError:  # the upload failed: the node still has the file
             blobs.retried(f"reading {rel} of iteration {index} from its node",
                           lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), target))
@@ -338,17 +342,17 @@ class RunData:
     def _check_uploaded(self, task_id: str, index: int, rel: str) -> None:
         """An az:// destination: Batch uploaded the file there; if it did not, copy it
         from the node (through this machine, with the profile's credentials)."""
-        run, plan = self.run, self.plan
+        plan, st = self.plan, self.context.staging
         container, _, prefix = plan.dest[len("az://"):].partition("/")
         name = "/".join(p for p in (prefix.strip("/"), plan.job_id, str(index), rel) if p)
-        blob = run.staging.service.get_blob_client(container, name)
+        blob = st.service.get_blob_client(container, name)
         if blobs.retried(f"checking {container}/{name}", blob.exists):
             return
         with tempfile.TemporaryDirectory(prefix="azpar-relay-") as tmp:
             local = os.path.join(tmp, "file")
             blobs.retried(f"reading {rel} of iteration {index} from its node",
                           lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), local))
-            blobs.upload_file(run.staging, container, name, local)
+            blobs.upload_file(st, container, name, local)
 
 
 def is_shared_input(resource_file: models.ResourceFile) -> bool:
@@ -396,22 +400,24 @@ def install_plan(packages: Mapping[str, str], overrides: Sequence[str], pip_opti
     return InstallPlan(specs, digest if specs else None, tuple(wanted.wheels), overridden)
 
 
-def wheel_resource_files(run: "AzureRun", wheels: Sequence[Any]) -> list[models.ResourceFile]:
+def wheel_resource_files(staging: storage.Staging, expiry: Any,
+                         wheels: Sequence[Any]) -> tuple[list[models.ResourceFile], int]:
     """Each local wheel uploaded once, content-addressed in the cache container (the same
     ``data/<sha256>`` blobs as --inputs: an unchanged wheel costs one existence check on a later
     job and nothing within this kernel), reaching the job preparation task as a resource file
-    ``wheels/<file name>`` (pip needs the wheel's own file name). Bytes sent: ``run.wheel_bytes``,
-    and one line in the cell when any were sent (the user's own package travelling is news)."""
-    out, sent_names = [], []
+    ``wheels/<file name>`` (pip needs the wheel's own file name). Returns the resource files and
+    the bytes sent, and says one line in the cell when any were sent (the user's own package
+    travelling is news)."""
+    out, sent_names, sent_bytes = [], [], 0
     for wheel in wheels:
-        name, sent = blobs.upload_file_once(run.staging, storage.CACHE_CONTAINER, str(wheel.path))
+        name, sent = blobs.upload_file_once(staging, storage.CACHE_CONTAINER, str(wheel.path))
         if sent:
-            run.wheel_bytes += wheel.size
+            sent_bytes += wheel.size
             sent_names.append(f"{wheel.name} {wheel.version}")
         out.append(models.ResourceFile(
-            http_url=run.staging.blob_sas_url(storage.CACHE_CONTAINER, name, "r", run.expiry),
+            http_url=staging.blob_sas_url(storage.CACHE_CONTAINER, name, "r", expiry),
             file_path=f"{commands.WHEELS_DIR}/{wheel.path.name}"))
     if sent_names:
-        print(f"azpar: uploaded {len(sent_names)} wheel(s) built from this machine ({run.wheel_bytes} bytes): "
+        print(f"azpar: uploaded {len(sent_names)} wheel(s) built from this machine ({sent_bytes} bytes): "
               f"{', '.join(sent_names)}; later jobs reuse them while unchanged", file=sys.stderr)
-    return out
+    return out, sent_bytes

@@ -21,7 +21,8 @@ from azure.batch import models
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
 from ...config import Profile
-from . import autoscale, commands
+from ...errors import AzureServiceError
+from . import autoscale, commands, errors
 
 CONTAINER_TYPE = "dockerCompatible"
 RESIZE_TIMEOUT = "PT15M"
@@ -158,19 +159,19 @@ def ensure(client: Any, profile: Profile, registry_password: str | None = None) 
     if found is not None:
         return found, False
     if not profile["create_pool"]:
-        raise RuntimeError(f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} and "
-                           "the profile says create_pool = false: ask the administrator to create it (or set "
-                           f"create_pool = true with an identity holding the {POOL_WRITE_ROLE} role)")
+        raise AzureServiceError(f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} "
+                                "and the profile says create_pool = false: ask the administrator to create it (or set "
+                                f"create_pool = true with an identity holding the {POOL_WRITE_ROLE} role)")
     try:
         client.create_pool(pool_definition(profile, registry_password))
     except HttpResponseError as exc:
         if write_refused(exc):
-            raise RuntimeError(
+            raise errors.translate(exc, message=(
                 f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} and this identity "
                 f"may not create it (403 AuthorizationFailed): creating a pool needs the {POOL_WRITE_ROLE} role (or "
                 f"Azure Batch Account Contributor) on the Batch account; {SUBMIT_ONLY_ROLE} can only use an existing "
                 "pool. Ask an administrator to create the pool (`%azpar pool create` with that role) or to grant the "
-                "role") from None
+                "role")) from None
         raise
     created = status(client, profile["pool_id"])
     assert created is not None
@@ -181,7 +182,7 @@ def resize(client: Any, pool_id: str, dedicated: int, spot: int) -> None:
     """Set fixed targets (turning autoscale off first, as the service requires)."""
     current = status(client, pool_id)
     if current is None:
-        raise RuntimeError(f"the pool {pool_id!r} does not exist")
+        raise AzureServiceError(f"the pool {pool_id!r} does not exist")
     if current.autoscale:
         client.disable_pool_auto_scale(pool_id)
     if current.allocation_state == "resizing":

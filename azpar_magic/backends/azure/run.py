@@ -21,22 +21,20 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from azure.batch import models
 from azure.core.exceptions import (AzureError, HttpResponseError, ResourceNotFoundError, ServiceRequestError,
                                    ServiceResponseError)
 
 from ... import jobstore
-from ...errors import RequirementError
+from ...errors import AzureServiceError, RequirementError
 from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
-from . import commands, files, storage
+from . import commands, errors, files, storage
+from .context import AzureContext
 from .pool import container_settings, environment_settings, state_name, status as pool_status
 from .submission import PendingTask, TaskAdder
-
-if TYPE_CHECKING:
-    from .backend import AzureBackend
 
 INLINE_LIMIT = 6_000  # task inputs up to this many bytes travel in the task definition
 STALL_CHECK_POLLS = 10  # polls without progress before the job preparation status is read
@@ -137,9 +135,9 @@ class _Sweeps:
 class AzureRun:
     """Stages one job, adds its tasks and reports their events."""
 
-    def __init__(self, backend: "AzureBackend", spec: JobSpec, tasks: Sequence[TaskSpec], on_event: EventSink):
-        self.backend, self.spec, self.on_event = backend, spec, on_event
-        self.client, self.staging, self.profile = backend.client, backend.staging, backend.profile
+    def __init__(self, context: AzureContext, spec: JobSpec, tasks: Sequence[TaskSpec], on_event: EventSink):
+        self.context, self.spec, self.on_event = context, spec, on_event
+        self.client, self.staging, self.profile = context.client, context.staging, context.profile
         self.job_id = spec.job_id
         self.tasks = {t.task_id: t for t in tasks}
         opts = spec.backend_options or {}
@@ -174,8 +172,8 @@ class AzureRun:
         self._stop = threading.Event()
         self._terminating: Any = None  # the terminate poller of a cancelled job
         self._downloads = ThreadPoolExecutor(8, thread_name_prefix="azpar-results")
-        self.data = files.RunData(self)  # --inputs/--outputs (files.py); inert without them
         self.calls: dict[str, int] = {}
+        self.data = files.RunData(context, spec, self.expiry, self._count)  # --inputs/--outputs; inert without
         self._silent: dict[str, tuple[float, float, str]] = {}  # service -> (since: wall, monotonic; last error)
 
     def _count(self, kind: str) -> None:
@@ -194,7 +192,7 @@ class AzureRun:
             except RequirementError as exc:  # its message names the package, pip's lines and the ways out
                 raise RuntimeError(str(exc)) from None
         st.ensure_container(storage.CACHE_CONTAINER)
-        worker_bytes = self.backend.worker_bytes
+        worker_bytes = self.context.worker_bytes
         worker_blob = f"worker/{wire.sha256(worker_bytes)}.py"
         ns_name = spec.envelope["namespace"]["file"]
         # Checked even when this kernel uploaded them before: they may have been removed since
@@ -213,6 +211,7 @@ class AzureRun:
         st.upload(self.in_container, commands.ENVELOPE_FILE, wire.pack(wire.ENVELOPE_MAGIC, envelope))
         self.save_manifest()
         self.read_inputs = st.container_sas_url(self.in_container, "r", self.expiry)
+        wheel_files, self.wheel_bytes = files.wheel_resource_files(st, self.expiry, self.install.wheels)
         prep_files = [
             models.ResourceFile(http_url=st.blob_sas_url(storage.CACHE_CONTAINER, worker_blob, "r", self.expiry),
                                 file_path=commands.WORKER_FILE),
@@ -221,7 +220,7 @@ class AzureRun:
             models.ResourceFile(http_url=_blob_url(self.read_inputs, commands.ENVELOPE_FILE),
                                 file_path=commands.ENVELOPE_FILE),
             *self.data.prep_resource_files(),
-            *files.wheel_resource_files(self, self.install.wheels),
+            *wheel_files,
         ]
         prep_command = commands.job_preparation_command(
             list(self.install.specs), self.pip_options, digest=self.install.digest,
@@ -253,15 +252,15 @@ class AzureRun:
                 self._pack_shared_inputs(options)
                 return self._create_job(options)
             if too_large:
-                raise RuntimeError(
+                raise errors.translate(exc, message=(
                     "staging the job on Azure failed: Batch refused the job as too large (RequestEntityTooLarge: its "
                     "list of resource files is over the service's limit) and there are no shared input files left to "
-                    "pack. Nothing was submitted; use fewer --inputs every iteration reads") from None
+                    "pack. Nothing was submitted; use fewer --inputs every iteration reads")) from None
             if not _exists(exc, "JobExists"):
                 raise
-            raise RuntimeError(f"staging the job on Azure failed: a Batch job named {self.job_id} already "
-                               "exists and was not created by this run; it was left as it is. "
-                               "Run the cell again (it gets a new job id)") from None
+            raise errors.translate(exc, message=f"staging the job on Azure failed: a Batch job named {self.job_id} "
+                                   "already exists and was not created by this run; it was left as it is. "
+                                   "Run the cell again (it gets a new job id)") from None
 
     def _pack_shared_inputs(self, options: Any) -> None:
         """Batch found the job preparation task's resource files too many: copy the shared
@@ -514,7 +513,7 @@ class AzureRun:
         advances after a list that succeeded, and an unfiltered sweep of the job's tasks
         runs every SWEEP_INTERVAL and whenever the counts say the job is done while results
         are missing (a task a filtered list skipped, as pypeliner met on real Batch)."""
-        interval = self.backend.poll_interval
+        interval = self.context.poll_interval
         seen_completed = 0
         last_running = 0  # nothing runs yet: no listing until the counts say otherwise
         polls, running_gap, running_due = 0, 1, None  # running list repeated while it disagrees
@@ -754,8 +753,8 @@ class AzureRun:
             else:
                 self.answered("Azure Storage")
                 return data
-            if self._stop.wait(self.backend.poll_interval):
-                raise RuntimeError("Azure Storage did not answer before the job was stopped")
+            if self._stop.wait(self.context.poll_interval):
+                raise AzureServiceError("Azure Storage did not answer before the job was stopped")
 
     def _deliver(self, task_id: str, node: str | None, data: bytes | None) -> None:
         if data is None:

@@ -118,7 +118,7 @@ class Staging:
             kwargs["connection_verify"] = connection_verify
         self.service = BlobServiceClient(self.account_url, credential=credential, **kwargs)
         self.stats = TransferStats()
-        self._known: set[tuple[str, str]] = set()  # blobs known to exist (content-addressed)
+        self.known: set[tuple[str, str]] = set()  # blobs known to exist (content-addressed)
         self._containers: set[str] = set()
         self._delegation: tuple[dt.datetime, Any] | None = None
         self._lock = threading.Lock()
@@ -172,17 +172,17 @@ class Staging:
         ``verify``: a blob this kernel uploaded earlier is checked to still exist (one HEAD)
         and uploaded again when it was removed since (``%azpar storage rm``, a lifecycle rule,
         an emulator restart): a job must not start with a resource file that is gone."""
-        if (container, name) in self._known:
+        if (container, name) in self.known:
             if not verify or self.exists(container, name):
                 return False
-            self._known.discard((container, name))
+            self.known.discard((container, name))
         try:
             self.upload(container, name, data, overwrite=False)
             uploaded = True
         except ResourceExistsError:  # same name means same bytes
             self.stats.add("put_blob_exists")
             uploaded = False
-        self._known.add((container, name))
+        self.known.add((container, name))
         return uploaded
 
     def upload_once_many(self, container: str, blobs: Iterable[tuple[str, bytes]], *, verify: bool = False) -> None:
@@ -199,7 +199,7 @@ class Staging:
         """Drop what this kernel believes exists (in ``container``, or everywhere): the next
         upload_once checks or uploads again. Called when storage shows a blob it uploaded is gone."""
         with self._lock:
-            self._known = {k for k in self._known if container is not None and k[0] != container}
+            self.known = {k for k in self.known if container is not None and k[0] != container}
             if container is None:
                 self._containers.clear()
             else:
@@ -219,16 +219,6 @@ class Staging:
             return None
         self.stats.add("get_blob")
         return data
-
-    def download_many(self, container: str, names: list[str]) -> list[bytes | None]:
-        return list(self._pool.map(lambda n: self.download(container, n), names))
-
-    def list_names(self, container: str, prefix: str = "") -> list[str]:
-        self.stats.add("list_blobs")
-        try:
-            return [b.name for b in self.service.get_container_client(container).list_blobs(name_starts_with=prefix)]
-        except ResourceNotFoundError:
-            return []
 
     # ------------------------------------------------------------------ SAS
 
