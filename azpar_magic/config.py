@@ -304,14 +304,15 @@ class Profile:
         return hashlib.sha256(json.dumps(self.values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _layers(cwd: str | None) -> list[tuple[str, Mapping[str, Any]]]:
+def config_layers(cwd: str | None) -> list[tuple[str, Mapping[str, Any]]]:
+    """(path, raw table) of each configuration file, lowest first: system, user, ``cwd``'s azpar.toml."""
     local = Path(cwd or ".") / "azpar.toml"
     return [(str(path), _read_toml(path)) for path in (system_config_path(), user_config_path(), local)]
 
 
 def profile_names(*, cwd: str | None = None) -> list[str]:
     names: set[str] = set()
-    for _where, layer in _layers(cwd):
+    for _where, layer in config_layers(cwd):
         table = layer.get(PROFILES_TABLE)
         if isinstance(table, dict):
             names.update(k for k, v in table.items() if isinstance(v, dict))
@@ -387,7 +388,7 @@ def load_profile(name: str, *, cwd: str | None = None, environ: Mapping[str, str
         if where != policy.path and policy.locks(name, key):
             raise ConfigError(_locked_message(where, key, name, policy, values[key]))
 
-    for where, layer in _layers(cwd):
+    for where, layer in config_layers(cwd):
         table = (layer.get(PROFILES_TABLE) or {}).get(name)
         if not isinstance(table, dict):
             continue

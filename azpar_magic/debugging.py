@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import session
-from .errors import DebugError
+from .errors import DebugError, NotSupported
 from . import jobstore
 from . import worker as wire
 
@@ -159,12 +159,11 @@ def _staged_namespace(job_id: str, manifest: dict, envelope: dict) -> bytes:
     except Exception as exc:  # the profile is gone, or cannot be read
         raise DebugError(f"job {job_id} ran on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}), "
                          f"whose namespace cannot be read from this kernel: {exc}") from None
-    fetch = getattr(backend, "staged_namespace", None)
-    if fetch is None:
-        raise DebugError(f"the job store has no namespace for job {job_id}, and its {backend.name} backend keeps "
-                         "none; `%azpar rerun` it, then debug the new job")
     try:
-        data = fetch(manifest, file_name)
+        data = backend.staged_namespace(manifest, file_name)
+    except NotSupported:
+        raise DebugError(f"the job store has no namespace for job {job_id}, and its {backend.name} backend keeps "
+                         "none; `%azpar rerun` it, then debug the new job") from None
     except RuntimeError as exc:
         raise DebugError(f"the namespace of job {job_id} could not be read: {exc}") from None
     if data is None:

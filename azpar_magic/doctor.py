@@ -24,6 +24,7 @@ from html import escape
 from typing import Any
 
 from . import config
+from .backends.cpus import usable_cpus
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
 PASSING = (OK, WARNING)
@@ -251,8 +252,6 @@ def _gib(n: int) -> str:
 
 def _local_checks(loaded: config.Profile | None, run: bool) -> list[Check]:
     """The local pool: workers it starts, CPUs this process may use, memory per worker."""
-    from .backends.local import usable_cpus
-
     rows: list[Check] = []
     if loaded is not None:
         rows.append(_profile_check(loaded))

@@ -9,7 +9,8 @@ import threading
 from typing import Any
 
 from . import config, jobstore
-from .backends.base import create_backend
+from .backends.base import Backend, create_backend
+from .backends.cpus import usable_cpus
 from .errors import ConfigError, StoreError
 from .jobs import Job
 from .run.engine import Engine
@@ -95,14 +96,12 @@ def workers_limit() -> int:
 def default_workers() -> int:
     """The local pool's default size: the CPUs this process may use (affinity, cgroup quota),
     read once per process."""
-    from .backends.local import usable_cpus
-
     return usable_cpus()[0]
 
 
-def _azure_backend(profile_name: str | None):
+def _azure_backend(profile_name: str | None) -> Backend:
     eng = engine(profile=profile_name)
-    if eng.backend.name != "azure":
+    if not eng.backend.pool_admin:
         raise ConfigError(f"profile {active_profile(profile_name)!r} is not an Azure profile")
     return eng.backend
 
@@ -245,7 +244,7 @@ def close() -> None:
         engines = list(_engines.values())
         _engines.clear()
     for eng in engines:
-        if not getattr(eng.backend, "outlives_kernel", False):  # Azure jobs run on; attach follows them later
+        if not eng.backend.outlives_kernel:  # Azure jobs run on; attach follows them later
             for job in list(eng.jobs.values()):
                 if not job.done:
                     job.cancel()

@@ -42,10 +42,11 @@ def _staging(profile: str | None):
         backend = session.engine(profile=name).backend
     except config.ConfigError as exc:
         raise StorageError(str(exc)) from None
-    if backend.name != "azure":
+    staging = backend.blob_storage()
+    if staging is None:
         raise StorageError(f"profile {name!r} runs on the {backend.name} backend, which has no storage account; "
                            "azpar storage needs an Azure profile")
-    return backend.staging
+    return staging
 
 
 def _split(path: str, what: str) -> tuple[str, str]:

@@ -21,9 +21,9 @@ import pytest
 
 import azpar_magic
 from azpar_magic import session
-from azpar_magic.backends import local
-from azpar_magic.run.engine import Engine
+from azpar_magic.backends import cpus, local
 from azpar_magic.jobs.job import JobOptions
+from azpar_magic.run.engine import Engine
 from azpar_magic.run.parsing import parse_cell
 from azpar_magic.run.request import RunRequest
 from azpar_magic.ui.text import format_html, format_snapshot, format_text
@@ -173,21 +173,21 @@ def _fake_cgroup(root, *, v2: str | None = None, v1: tuple[int, int] | None = No
 
 
 def test_cgroup_v2_quota_is_read_from_the_process_cgroup_and_its_ancestors(tmp_path):
-    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "a", v2="200000 100000")) == 2.0
-    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "b", v2="max 100000")) is None
-    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "c", v2="max 100000", parent_v2="150000 100000")) == 1.5
-    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "d", v2="400000 100000", parent_v2="50000 100000")) == 0.5
+    assert cpus.cgroup_cpu_limit(_fake_cgroup(tmp_path / "a", v2="200000 100000")) == 2.0
+    assert cpus.cgroup_cpu_limit(_fake_cgroup(tmp_path / "b", v2="max 100000")) is None
+    assert cpus.cgroup_cpu_limit(_fake_cgroup(tmp_path / "c", v2="max 100000", parent_v2="150000 100000")) == 1.5
+    assert cpus.cgroup_cpu_limit(_fake_cgroup(tmp_path / "d", v2="400000 100000", parent_v2="50000 100000")) == 0.5
 
 
 def test_cgroup_v1_quota_and_no_quota(tmp_path):
-    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "a", v1=(300000, 100000))) == 3.0
-    assert local.cgroup_cpu_limit(_fake_cgroup(tmp_path / "b", v1=(-1, 100000))) is None
-    assert local.cgroup_cpu_limit(str(tmp_path / "missing")) is None
+    assert cpus.cgroup_cpu_limit(_fake_cgroup(tmp_path / "a", v1=(300000, 100000))) == 3.0
+    assert cpus.cgroup_cpu_limit(_fake_cgroup(tmp_path / "b", v1=(-1, 100000))) is None
+    assert cpus.cgroup_cpu_limit(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a machine with two CPUs or more")
 def test_default_size_follows_the_cgroup_quota_and_says_why(tmp_path):
-    size, why = local.usable_cpus(_fake_cgroup(tmp_path, v2="50000 100000"))
+    size, why = cpus.usable_cpus(_fake_cgroup(tmp_path, v2="50000 100000"))
     assert size == 1
     assert "cgroup CPU quota of 0.5 CPUs" in why and f"of the machine's {os.cpu_count()}" in why
 

@@ -19,6 +19,7 @@ import collections
 import itertools
 import math
 import os
+import pickle
 import re
 import selectors
 import shutil
@@ -30,15 +31,14 @@ import sys
 import tempfile
 import threading
 import time
-import pickle
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 
-from .. import config
-from .. import worker as wire
+from .. import config, worker as wire
 from ..jobs import NodeInfo
 from ..jobs.text import format_duration
-from .base import EventSink, JobSpec, TaskEvent, TaskSpec
+from .base import BaseBackend, EventSink, JobSpec, TaskEvent, TaskSpec
+from .cpus import usable_cpus
 
 WORKER_SCRIPT = os.path.abspath(wire.__file__)
 _LOST_SHOWN = 8  # lost workers kept in the node list so the panel can show what happened
@@ -83,10 +83,12 @@ class _Job:
     scratch: list = field(default_factory=list)  # folders removed when the job ends
 
 
-class LocalBackend:
-    """Worker processes on this machine (default: one per CPU this process may use)."""
+class LocalBackend(BaseBackend):
+    """Worker processes on this machine (default: one per CPU this process may use). Of the
+    optional capabilities (base.BaseBackend) it has none: its jobs end with the kernel."""
 
     name = "local"
+    size_label = "size"  # pool_info's second half is a worker count, not a machine type
 
     def __init__(self, workers: int | None = None, **_settings):
         if workers:
@@ -611,98 +613,6 @@ def _process_state(pid: int) -> str:
         return ""
 
 
-# ---------------------------------------------------------------------- pool size
-
-
-def usable_cpus(proc: str = "/proc/self") -> tuple[int, str]:
-    """(default pool size, why): the CPUs this process may actually use, as limited by its
-    CPU affinity and by its cgroup's CPU quota (a JupyterHub pod limited to 2 CPUs on a
-    64-core node gets 2 workers, not 64)."""
-    total = os.cpu_count() or 1
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        allowed = total
-    quota = cgroup_cpu_limit(proc)
-    count, limit = allowed, "its CPU affinity" if allowed < total else ""
-    if quota is not None and math.ceil(quota) < count:
-        count, limit = max(1, math.ceil(quota)), f"its cgroup CPU quota of {quota:g} CPUs"
-    if not limit:
-        return count, "one per CPU"
-    return count, f"one per CPU this process may use: {count} of the machine's {total}, by {limit}"
-
-
-def cgroup_cpu_limit(proc: str = "/proc/self") -> float | None:
-    """The CPU quota (in CPUs) of this process's cgroup and its ancestors, the smallest one
-    (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``), or None without
-    a quota. ``proc`` is the process folder whose ``cgroup`` and ``mountinfo`` are read."""
-    limits = []
-    for mount, folder, v2 in _cgroup_cpu_folders(proc):
-        while True:
-            limit = _read_cpu_quota(folder, v2)
-            if limit is not None:
-                limits.append(limit)
-            if os.path.normpath(folder) == os.path.normpath(mount):
-                break
-            folder = os.path.dirname(folder)
-    return min(limits) if limits else None
-
-
-def _cgroup_cpu_folders(proc: str) -> list[tuple[str, str, bool]]:
-    """(mount point, this process's cgroup folder under it, is v2) for the CPU controller."""
-    try:
-        with open(os.path.join(proc, "cgroup"), encoding="utf-8") as fh:
-            memberships = [line.rstrip("\n").split(":", 2) for line in fh if line.count(":") >= 2]
-    except OSError:
-        return []
-    mounts = []  # (root, mount point, fstype, super options)
-    try:
-        with open(os.path.join(proc, "mountinfo"), encoding="utf-8") as fh:
-            for line in fh:
-                left, _, right = line.partition(" - ")
-                fields, tail = left.split(), right.split()
-                if len(fields) >= 5 and len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
-                    mounts.append((fields[3], _unescape(fields[4]), tail[0], tail[2].split(",")))
-    except OSError:
-        return []
-    found = []
-    for _hier, controllers, path in memberships:
-        v2 = controllers == ""
-        for root, point, fstype, options in mounts:
-            if (fstype == "cgroup2") != v2 or (not v2 and "cpu" not in controllers.split(",")):
-                continue
-            if not v2 and "cpu" not in options:
-                continue
-            rel = os.path.relpath(path, root) if path.startswith(root) else None
-            if rel is None:
-                continue
-            folder = os.path.normpath(os.path.join(point, "" if rel == "." else rel))
-            found.append((point, folder, v2))
-            break
-    return found
-
-
-def _unescape(path: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
-
-
-def _read_cpu_quota(folder: str, v2: bool) -> float | None:
-    try:
-        if v2:
-            with open(os.path.join(folder, "cpu.max"), encoding="utf-8") as fh:
-                quota, period = (fh.read().split() + ["100000"])[:2]
-            if quota == "max":
-                return None
-            return int(quota) / int(period)
-        with open(os.path.join(folder, "cpu.cfs_quota_us"), encoding="utf-8") as fh:
-            quota = int(fh.read().strip())
-        with open(os.path.join(folder, "cpu.cfs_period_us"), encoding="utf-8") as fh:
-            period = int(fh.read().strip())
-    except (OSError, ValueError):
-        return None
-    return quota / period if quota > 0 and period > 0 else None
-
-
 # ---------------------------------------------------------------------- environment
 
 _HUB_PREFIXES = ("JUPYTERHUB_", "JPY_")  # the hub's API token, its OAuth client, the user's server
@@ -722,7 +632,7 @@ def secret_variables(environ: dict[str, str] | None = None, cwd: str | None = No
         if spec.secret or key.endswith("_env"):
             names.update(v for v in (spec.default, environ.get("AZPAR_" + key.upper())) if v)
     try:
-        layers = config._layers(cwd)
+        layers = config.config_layers(cwd)
     except Exception:  # an unreadable file: its profiles cannot be used, the defaults still count
         layers = []
     for _where, layer in layers:

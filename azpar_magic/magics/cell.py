@@ -120,7 +120,7 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
         engine = session.engine(args.backend, args.workers, args.profile)
     notes: list[str] = []
     request = RunRequest(parsed, shell.user_ns, options, export, no_export,
-                         backend_options=backend_options(args, engine.backend.name, notes),
+                         backend_options=backend_options(args, engine.backend, notes),
                          spelling=FLAG_SPELLING)
     for note in notes + [f"azpar: warning: {text}" for text in body_warnings(parsed, options.gather)]:
         print(note, file=sys.stderr)

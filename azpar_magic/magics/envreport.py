@@ -51,8 +51,8 @@ def report(job: Any, backend: Any) -> str:
     info = (job.manifest or {}).get("backend_info") or {}
     overrides = list(info.get("packages") or [])
     head = f"job {job.id}"
-    if getattr(backend, "name", "") != "azure":
-        return (f"{head} ran on the {getattr(backend, 'name', 'local')} pool: nothing is installed there; the "
+    if not backend.installs_packages:
+        return (f"{head} ran on the {backend.name} pool: nothing is installed there; the "
                 "iterations use this kernel's environment.\n")
     if not backend.profile["auto_packages"] or info.get("auto_packages") is False:
         listed = " ".join(overrides) or "nothing"

@@ -11,6 +11,7 @@ from IPython.core.error import UsageError
 from IPython.utils.process import arg_split
 
 from .. import session
+from ..backends.base import Backend
 from ..errors import SubmitError
 from ..jobs import JobOptions, merge
 from ..run.engine import validate_options
@@ -97,30 +98,31 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
                          timeout=_number("--timeout", args.timeout, float), chunk_size=chunk_size,
                          seed=_number("--seed", args.seed, int), output_name=output,
                          inputs=tuple(args.inputs or ()), outputs=tuple(args.outputs or ()),
-                         outputs_to=args.outputs_to or None, name=args.name)
+                         outputs_to=args.outputs_to or None, name=args.name, cache=bool(args.cache))
     with usage_errors(SubmitError, "{} Nothing was submitted."):
         validate_options(options, FLAG_SPELLING)
     return options
 
 
-def backend_options(args: argparse.Namespace, backend: str, notes: list[str]) -> dict[str, Any]:
-    """Options only the Azure backend acts on. Elsewhere they are accepted (so a cell
-    written for Azure can be debugged locally unchanged) with one line saying what they
-    do not do here, and --packages is checked against this kernel's environment, which
-    local iterations use."""
+def backend_options(args: argparse.Namespace, backend: Backend, notes: list[str]) -> dict[str, Any]:
+    """Options only some backends act on (Azure: ``backend.reads_options``). Elsewhere they
+    are accepted (so a cell written for Azure can be debugged locally unchanged) with one
+    line saying what they do not do here, and --packages is checked against this kernel's
+    environment, which local iterations use."""
     packages = split_requirements(args.packages or ())
     bad = [p for p in packages if not is_requirement(p)]
     if bad:
         raise UsageError(f"--packages takes pip requirements like numpy==1.26.4 or 'scipy>=1.11,<1.14' "
                          f"(repeatable, or separated by commas); {', '.join(map(repr, bad))} "
                          f"{'is' if len(bad) == 1 else 'are'} not. Nothing was submitted.")
-    if backend != "azure":
-        ignored = [text for text, on in (
-            ("--packages installs nothing (iterations use this kernel's environment)", packages),
-            ("--merge cloud merges in the kernel as usual", args.merge == "cloud"),
-            ("--keep has no Batch job to keep", args.keep)) if on]
-        if ignored:
-            notes.append(f"azpar: on the {backend} pool, {'; '.join(ignored)}; they act on Azure only.")
+    reads = backend.reads_options
+    ignored = [text for key, text, on in (
+        ("packages", "--packages installs nothing (iterations use this kernel's environment)", packages),
+        ("merge", "--merge cloud merges in the kernel as usual", args.merge == "cloud"),
+        ("keep", "--keep has no Batch job to keep", args.keep)) if on and key not in reads]
+    if ignored:
+        notes.append(f"azpar: on the {backend.name} pool, {'; '.join(ignored)}; they act on Azure only.")
+    if "packages" not in reads:
         missing = _unsatisfied(packages)
         if missing:
             notes.append("azpar: warning: --packages not satisfied in this kernel's environment: "

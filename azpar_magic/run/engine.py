@@ -361,10 +361,9 @@ class Engine:
             job.adopt(base, [i for i in range(len(items)) if i not in computed])
             job.rerun_of = request.base.id if request.base is not None else None
         job.from_cache = cached.count if cached is not None else 0
-        info = getattr(self.backend, "manifest_info", None)  # a backend's own location info (Azure)
         recorder = jobstore.start_recording(
             job, items=[(t.task_id, t.indices, t.items_codec, t.items) for t in tasks.values()], tasks=len(tasks),
-            backend_info=info(job_id, dict(request.backend_options)) if info else None,
+            backend_info=self.backend.manifest_info(job_id, dict(request.backend_options)),
             export=request.export, no_export=request.no_export,
             cwd=request.folder or os.getcwd(), ran=todo, base_id=request.base.id if request.base else None)
         if cached is not None:
@@ -398,8 +397,7 @@ class Engine:
         that had not ended are followed from this process (and those the dead kernel had
         not yet added are added), and their results are appended to the job's store folder.
         The job then ends, and cleans up, as if this process had started it."""
-        reattach = getattr(self.backend, "reattach", None)
-        if reattach is None:
+        if not self.backend.outlives_kernel:
             raise StoreError(f"the {self.backend.name} backend cannot take over job {job.id}")
         remaining = {task_id: TaskSpec(task_id, indices, codec, data)
                      for task_id, indices, codec, data in jobstore.stored_tasks(job.id) if task_id not in job.tasks}
@@ -416,7 +414,8 @@ class Engine:
         try:
             # Also with nothing remaining (every task had a record; only the final state was
             # never written): the backend then cleans up after the job like after any other.
-            reattach(job.id, job.manifest, list(remaining.values()), run.on_event, failed_before=bool(job.failures))
+            self.backend.reattach(job.id, job.manifest or {}, list(remaining.values()), run.on_event,
+                                  failed_before=bool(job.failures))
         except BaseException:
             recorder.abandon()
             with self._lock:
@@ -438,10 +437,9 @@ class Engine:
             found = data_mod.plan(options.inputs, options.outputs, options.outputs_to,
                                   target_source=request.cell.target_source, target_names=request.cell.target_names,
                                   items=items, folder=request.folder or os.getcwd(), indices=todo,
-                                  blobs_ok=bool(getattr(self.backend, "blob_inputs", False)), backend=self.backend.name)
-            check = getattr(self.backend, "check_data", None)  # a backend's own checks (az:// blobs exist)
-            if check is not None and found.has_blobs:
-                check(found)
+                                  blobs_ok=self.backend.blob_inputs, backend=self.backend.name)
+            if found.has_blobs:  # a backend's own checks (az:// blobs exist)
+                self.backend.check_data(found)
         except DataError as exc:
             raise SubmitError(str(exc)) from None
         found.job_id = job_id
@@ -449,8 +447,7 @@ class Engine:
 
     def _unanswered(self, job_id: str) -> str:
         """The backend's sentence about a service that stopped answering (Azure), else ""."""
-        say = getattr(self.backend, "unanswered", None)
-        return say(job_id) if say is not None else ""
+        return self.backend.unanswered(job_id)
 
     def cancel(self, job_id: str) -> None:
         with self._lock:

@@ -175,9 +175,10 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
 
 
 def pool_view(backend: str, title: str, pool: str, vm_size: str, nodes: Sequence[NodeInfo],
-              jobs: Sequence[JobSnapshot]) -> dict[str, Any]:
+              jobs: Sequence[JobSnapshot], size_label: str = "VM size") -> dict[str, Any]:
     """The pool panel (``%azpar status``): one pool's nodes, and the work on it now
-    (``jobs``: snapshots of the jobs submitted to it; only unfinished ones count)."""
+    (``jobs``: snapshots of the jobs submitted to it; only unfinished ones count).
+    ``size_label`` names ``vm_size`` as the backend declares it (a worker count is a "size")."""
     active = [s for s in jobs if not s.final]
     return {
         "kind": "pool",
@@ -185,7 +186,7 @@ def pool_view(backend: str, title: str, pool: str, vm_size: str, nodes: Sequence
         "title": title,
         "pool": pool,
         "vm_size": vm_size,
-        "size_label": size_label(backend),
+        "size_label": size_label,
         "started": bool(nodes),
         "nodes": nodes_view(nodes),
         "tasks": bar_view(sum(s.tasks_queued for s in active), sum(s.tasks_running for s in active), 0, 0),

@@ -73,5 +73,6 @@ def pool_views() -> list[dict[str, Any]]:
         backend = engine.backend
         pool, size = backend.pool_info()
         active = [job.snapshot() for job in list(engine.jobs.values()) if not job.done]
-        views.append(pool_view(backend.name, backend.describe(), pool, size, backend.nodes(), active))
+        views.append(pool_view(backend.name, backend.describe(), pool, size, backend.nodes(), active,
+                               size_label=backend.size_label))
     return views

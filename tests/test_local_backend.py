@@ -1,0 +1,252 @@
+"""The local backend on its own, through the backend protocol (backends/base.py) and without
+the engine: what it reports for a job's tasks, with real worker processes.
+
+Each test builds a job the way the engine does (capture, envelope, one TaskSpec per chunk),
+submits it to a LocalBackend and reads the events its sink receives. What the engine makes of
+those events (states, retries, merging) is tested in test_local_pool.py and the magic's tests.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from azpar_magic.backends.base import Backend, BaseBackend, JobSpec, TaskEvent, TaskSpec
+from azpar_magic.backends.local import LocalBackend
+from azpar_magic.errors import NotSupported
+from azpar_magic.jobs.results import decode_each
+from azpar_magic.run import capture
+from azpar_magic.run.parsing import parse_cell
+
+from .helpers_corpus import pid_alive, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+WAIT = 60.0  # seconds for one event; a healthy machine needs well under one
+
+
+class Sink:
+    """The events a job's tasks produced, in arrival order (the backend calls it from its threads)."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[TaskEvent] = queue.Queue()
+
+    def __call__(self, event: TaskEvent) -> None:
+        self.events.put(event)
+
+    def take(self, count: int) -> list[TaskEvent]:
+        return [self.events.get(timeout=WAIT) for _ in range(count)]
+
+    def until(self, done: Callable[[TaskEvent], bool]) -> list[TaskEvent]:
+        """Events up to and including the first one ``done`` accepts."""
+        seen = []
+        while True:
+            seen.append(self.events.get(timeout=WAIT))
+            if done(seen[-1]):
+                return seen
+
+
+def job(body: str, n: int, chunks: Sequence[range], *, job_id: str = "job-1", timeout: float | None = None,
+        namespace: dict | None = None) -> tuple[JobSpec, list[TaskSpec]]:
+    """``for x in range(n): body`` as the engine hands it to a backend: one task per chunk."""
+    namespace = {} if namespace is None else namespace
+    cell = parse_cell(f"for x in range({n})", body)
+    items = list(range(n))
+    cap = capture.capture(cell, namespace, items=items)
+    tasks = []
+    for number, indices in enumerate(chunks, start=1):
+        codec, data = capture.serialize_items(items[indices.start:indices.stop], cap.names, namespace, indices[0])
+        tasks.append(TaskSpec(str(number), indices, codec, data))
+    return JobSpec(job_id, capture.envelope_header(cell, cap), cap.data, timeout=timeout, cwd=os.getcwd()), tasks
+
+
+def values(event: TaskEvent) -> list:
+    assert event.result is not None, event
+    decoded, problems = decode_each(event.result["values"], len(event.result["indices"]))
+    assert not problems, problems
+    return decoded
+
+
+def worker_pids(backend: LocalBackend) -> set[int]:
+    """The worker processes' ids (the protocol's NodeInfo does not carry them)."""
+    with backend._lock:
+        return {w.proc.pid for w in backend._workers.values()}
+
+
+@pytest.fixture
+def backend():
+    made: list[LocalBackend] = []
+
+    def make(workers: int = 2) -> LocalBackend:
+        made.append(LocalBackend(workers=workers))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.close()
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def test_it_is_a_backend_with_none_of_the_optional_capabilities():
+    """What callers read instead of asking for the backend's name: a local pool's jobs end
+    with the kernel, it reads no Azure-only option, keeps no namespace elsewhere, and labels
+    its pool_info by worker count."""
+    b = LocalBackend(workers=1)
+    try:
+        assert isinstance(b, Backend) and isinstance(b, BaseBackend)
+        assert (b.name, b.size_label, b.outlives_kernel, b.blob_inputs, b.installs_packages, b.pool_admin) == (
+            "local", "size", False, False, False, False)
+        assert b.reads_options == frozenset()
+        assert b.manifest_info("job-1", {"packages": ["numpy"]}) is None
+        assert b.unanswered("job-1") == "" and b.blob_storage() is None
+        b.check_data(object())  # nothing to check: no az:// paths here
+        b.delete_job("job-1")  # nothing outside the job store
+        for call in (lambda: b.staged_namespace({}, "ns.bin"), lambda: b.reattach("job-1", {}, [], print),
+                     b.pool_status, b.test_connection):
+            with pytest.raises(NotSupported, match="the local backend does not support"):
+                call()
+    finally:
+        b.close()
+
+
+def test_submit_reports_each_task_started_then_finished_with_its_values_and_output(backend):
+    b = backend(2)
+    spec, tasks = job("print('hi', x)\nx * 10", 6, [range(0, 2), range(2, 4), range(4, 6)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    events = sink.take(6)
+    for task in tasks:
+        kinds = [e.kind for e in events if e.task_id == task.task_id]
+        assert kinds == ["started", "finished"], (task.task_id, events)
+    finished = {e.task_id: e for e in events if e.kind == "finished"}
+    assert {t: values(e) for t, e in finished.items()} == {"1": [0, 10], "2": [20, 30], "3": [40, 50]}
+    assert finished["2"].result["outputs"] == {2: [["stdout", "hi 2\n"]], 3: [["stdout", "hi 3\n"]]}
+    started = {e.task_id: e.node for e in events if e.kind == "started"}
+    assert all(e.node == started[e.task_id] and e.node.startswith("worker-") for e in finished.values())
+    assert all(e.job_id == "job-1" for e in events)
+
+
+def test_the_pool_starts_only_the_workers_the_queued_work_needs(backend):
+    b = backend(4)
+    spec, tasks = job("x", 2, [range(0, 1), range(1, 2)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    sink.take(4)
+    assert len(b.nodes()) == 2 and all(n.state in ("idle", "starting") for n in b.nodes())
+
+
+def test_nodes_name_the_task_a_worker_runs(backend):
+    b = backend(1)
+    spec, tasks = job("import time\ntime.sleep(30)", 1, [range(0, 1)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    (started,) = sink.take(1)
+    (node,) = b.nodes()
+    assert (started.kind, node.id, node.state, node.task) == ("started", started.node, "running", "1")
+    b.cancel("job-1")
+    sink.take(1)
+
+
+def test_resubmit_runs_a_task_again(backend):
+    b = backend(1)
+    spec, tasks = job("x + 1", 2, [range(0, 2)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    first = sink.take(2)[-1]
+    b.resubmit("job-1", tasks[0])
+    again = sink.take(2)
+    assert [e.kind for e in again] == ["started", "finished"] and values(again[1]) == values(first) == [1, 2]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_a_worker_that_dies_fails_its_task_as_retryable_with_its_last_words_and_is_replaced(backend):
+    b = backend(1)
+    spec, tasks = job("import os\nos.write(2, b'last words\\n')\nos._exit(3)", 1, [range(0, 1)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    started, failed = sink.take(2)
+    assert failed.kind == "failed" and failed.retryable and failed.failure_kind == "infrastructure"
+    assert f"the worker process ({started.node}) died with exit code 3 while running this task" in failed.error
+    assert "last words" in failed.error
+    assert wait_for(lambda: any(n.state == "lost" and n.id == started.node for n in b.nodes()), 10), b.nodes()
+    assert wait_for(lambda: any(n.id != started.node and n.state != "lost" for n in b.nodes()), 10), b.nodes()
+
+
+def test_a_task_past_its_timeout_is_killed_and_names_the_iteration_that_was_running(backend):
+    b = backend(1)
+    spec, tasks = job("import time\nif x == 1:\n    time.sleep(60)", 3, [range(0, 3)], timeout=1.0)
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    started, failed = sink.take(2)
+    assert (failed.kind, failed.failure_kind, failed.iteration, failed.retryable) == ("failed", "timeout", 1, False)
+    assert "iteration 1 was still running when its task reached the --timeout of 1 s" in failed.error
+
+
+# --------------------------------------------------------------------------- cancel, finish, close
+
+
+def test_cancel_kills_the_running_task_drops_the_queued_ones_and_replaces_the_worker(backend):
+    b = backend(1)
+    spec, tasks = job("import time\ntime.sleep(60)", 3, [range(0, 1), range(1, 2), range(2, 3)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    (started,) = sink.take(1)
+    pids = worker_pids(b)
+    b.cancel("job-1")
+    ends = {e.task_id: e for e in sink.take(3)}
+    assert all(e.kind == "failed" and e.failure_kind == "cancelled" and not e.retryable for e in ends.values())
+    assert ends[started.task_id].error == "cancelled while running"
+    assert {ends[t].error for t in ends if t != started.task_id} == {"cancelled before it started"}
+    assert wait_for(lambda: not any(pid_alive(p) for p in pids), 10)
+    assert sink.events.empty()
+
+
+def test_cancel_of_named_tasks_leaves_the_others_running(backend):
+    b = backend(1)
+    spec, tasks = job("x * 2", 3, [range(0, 1), range(1, 2), range(2, 3)])
+    slow, _ = job("import time\ntime.sleep(60)", 1, [range(0, 1)], job_id="job-0")
+    holder = Sink()
+    b.submit(slow, _, holder)  # keeps the only worker busy while job-1's tasks queue
+    holder.take(1)
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    b.cancel("job-1", ["2"])
+    (dropped,) = sink.take(1)
+    assert (dropped.task_id, dropped.kind, dropped.failure_kind) == ("2", "failed", "cancelled")
+    b.cancel("job-0")
+    holder.take(1)
+    done = [e for e in sink.take(4) if e.kind == "finished"]
+    assert sorted((e.task_id, values(e)) for e in done) == [("1", [0]), ("3", [4])]
+
+
+def test_finish_removes_what_was_staged_for_the_job(backend):
+    b = backend(1)
+    spec, tasks = job("x", 1, [range(0, 1)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    sink.take(2)
+    envelope = os.path.join(b._stage, "job-job-1.azpj")
+    assert os.path.exists(envelope)
+    b.finish("job-1")
+    assert not os.path.exists(envelope)
+
+
+def test_close_ends_every_worker_process_and_removes_the_stage(backend):
+    b = backend(2)
+    spec, tasks = job("x", 2, [range(0, 1), range(1, 2)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    sink.take(4)
+    pids, stage = worker_pids(b), b._stage
+    assert pids and os.path.isdir(stage)
+    started = time.monotonic()
+    b.close()
+    assert time.monotonic() - started < 10
+    assert not any(pid_alive(p) for p in pids) and not os.path.exists(stage)
