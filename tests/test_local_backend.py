@@ -250,3 +250,31 @@ def test_close_ends_every_worker_process_and_removes_the_stage(backend):
     b.close()
     assert time.monotonic() - started < 10
     assert not any(pid_alive(p) for p in pids) and not os.path.exists(stage)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+class _PluggedIn(LocalBackend):
+    """A third party's backend, as an entry point of the ``azpar_magic.backends`` group names it."""
+
+    name = "plugged"
+
+
+def test_backends_are_found_by_name_built_in_ones_and_entry_points(monkeypatch):
+    from importlib import metadata
+
+    from azpar_magic.backends import base
+
+    assert base.backend_class("local") is LocalBackend
+    assert {"local", "azure"} <= set(base.available_backends())
+    plugged = metadata.EntryPoint("plugged", f"{__name__}:_PluggedIn", base.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(base.metadata, "entry_points",
+                        lambda group: [plugged] if group == base.ENTRY_POINT_GROUP else [])
+    made = base.create_backend("plugged", workers=1)
+    try:
+        assert type(made) is _PluggedIn and made.size == 1
+    finally:
+        made.close()
+    with pytest.raises(ValueError, match=r"unknown backend 'nope'; available: azure, local, plugged"):
+        base.backend_class("nope")
