@@ -7,11 +7,9 @@ import sys
 import threading
 from typing import Any
 
-from IPython.core.error import UsageError
-
-from ..errors import IterationError
 from ..jobs import Job
 from .display import live_view, show_files, show_outputs
+from .usage import usage_errors
 
 
 def finish_run(shell: Any, job: Job, output: str, gather: tuple[str, ...], quiet: bool, *,
@@ -52,13 +50,9 @@ def wait(shell: Any, job: Job, quiet: bool) -> None:
 
 def inject(shell: Any, job: Job, output: str, gather: tuple[str, ...]) -> None:
     """Bind the ended job's result (and gathered names); a failed iteration raises as itself."""
-    try:
+    with usage_errors(Exception, lambda exc: f"The results of job {job.id} could not be combined: {exc}. The "
+                                             "per-iteration values stay in azpar_magic.jobs()[-1].partial_results()."):
         value = job.result()
-    except IterationError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"The results of job {job.id} could not be combined: {exc}. The per-iteration "
-                         "values stay in azpar_magic.jobs()[-1].partial_results().") from None
     shell.user_ns[output] = value
     if gather:
         shell.user_ns.update(job.gathered())

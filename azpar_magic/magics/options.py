@@ -25,11 +25,9 @@ from .words import unquote, variable
 def parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Namespace:
     """Every value is taken as typed, without its quotes (IPython's splitter keeps them):
     quoting protects spaces, commas, braces and globs the same way for every option."""
-    try:
+    with usage_errors(ValueError, lambda exc: f"the %%azpar options could not be read: {exc} (a quote is not "
+                                              f"closed?): {text!r}. Nothing was submitted."):
         words = [unquote(word) for word in arg_split(text, strict=True)]
-    except ValueError as exc:
-        raise UsageError(f"the %%azpar options could not be read: {exc} (a quote is not closed?): {text!r}. "
-                         "Nothing was submitted.") from None
     try:
         return parser.parse_args(words)
     except UsageError as exc:

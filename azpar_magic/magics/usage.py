@@ -13,13 +13,16 @@ from contextlib import contextmanager
 
 from IPython.core.error import UsageError
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, IterationError, StoreError
 
 Say = str | Callable[[BaseException], str]
 Kinds = type[BaseException] | tuple[type[BaseException], ...]
 
 LOOKUP: tuple[type[BaseException], ...] = (KeyError, StoreError)
 """A job that cannot be found: no such id or name (KeyError), or a job store that cannot be read."""
+
+PASSING: tuple[type[BaseException], ...] = (UsageError, IterationError)
+"""Raised as they are: a UsageError already says itself, and a failed iteration shows its remote traceback."""
 
 SETTINGS: tuple[type[BaseException], ...] = (ConfigError, ValueError)
 """A profile or setting that cannot be used as given (a ``ConfigError`` is a ``ValueError`` too)."""
@@ -40,11 +43,11 @@ def usage_error(exc: BaseException, say: Say = "{}") -> UsageError:
 @contextmanager
 def usage_errors(kinds: Kinds, say: Say = "{}") -> Iterator[None]:
     """Raise the errors of ``kinds`` raised inside as UsageError (``from None``: the user's input is the cause,
-    not the stack). A UsageError raised inside passes unchanged, so these nest: the inner block's kinds are tried
-    first, even when an outer one catches ``Exception``."""
+    not the stack). The ``PASSING`` ones pass unchanged, so these nest: the inner block's kinds are tried first,
+    even when an outer one catches ``Exception``."""
     try:
         yield
-    except UsageError:
+    except PASSING:
         raise
     except kinds as exc:
         raise usage_error(exc, say) from None
