@@ -126,6 +126,17 @@ def test_the_job_ends_as_the_ending_table_says(errors, failing, by_user):
     assert job.done
 
 
+def test_only_a_pending_job_starts_running():
+    job = make_job([1])
+    assert job.state is PENDING
+    job.mark_running()
+    assert job.state is RUNNING
+    ended = make_job([1])
+    ended.finish(CANCELLED)
+    ended.mark_running()  # a stored job that ended is never brought back to running
+    assert ended.state is CANCELLED
+
+
 def test_an_ended_job_keeps_its_state():
     job = make_job([1])
     job.finish(SUCCEEDED)

@@ -35,6 +35,7 @@ from .states import (
     TaskStep,
     ending_step,
     job_end_state,
+    job_started_state,
     task_state_after,
 )
 from .text import short_repr
@@ -123,8 +124,7 @@ class Job:
 
     def mark_running(self) -> None:
         with self._lock:
-            if self.state == PENDING:
-                self.state = RUNNING
+            self.state = job_started_state(self.state)
         self._notify()
 
     def record_task_started(self, task_id: str, node: str | None) -> None:

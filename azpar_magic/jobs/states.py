@@ -98,6 +98,16 @@ def ending_step(*, produced: bool, any_failed: bool = False, all_cancelled: bool
     return TaskStep.CANCELLED if all_cancelled else TaskStep.FAILED
 
 
+# A job starts running when its tasks are submitted (or it is rebuilt from the store while it runs elsewhere):
+# current state -> state once it runs. Only a pending job starts; an ended one keeps its state.
+JOB_STARTS: Mapping[str, JobState] = {PENDING: RUNNING}
+
+
+def job_started_state(current: str) -> str:
+    """The job's state once it is marked running (``JOB_STARTS``): ``current`` when it does not start."""
+    return JOB_STARTS.get(current, current)
+
+
 # --errors policies under which failed iterations still give the job a result.
 RESULT_DESPITE_FAILURES = frozenset({"remove", "pass"})
 
