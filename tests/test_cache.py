@@ -70,6 +70,39 @@ def test_a_function_digest_is_its_content_not_where_it_was_written():
     assert cache.content_digest(_function(changed, "/tmp/ipykernel_111/123.py")) != here
 
 
+_PROCESS_DIGEST = r'''
+import sys
+from azpar_magic.run import cache
+source = """
+K = 3
+def helper(y):
+    return y + K
+def score(x):
+    return sum(helper(i) * x for i in range(50))
+def fact(n):
+    return 1 if n < 2 else n * fact(n - 1)
+""".replace("K = 3", "K = " + sys.argv[2])
+scope = {"__name__": "__main__"}
+exec(compile("\n" * int(sys.argv[1]) + source, "/tmp/ipykernel_" + sys.argv[1] + "/1.py", "exec"), scope)
+print(cache.content_digest([scope["score"], scope["fact"]]).hex())
+'''
+
+
+def test_a_function_digest_is_the_same_in_every_process():
+    """String hashes (so set orders) differ between processes: what a function reads must not depend on them."""
+    import os
+    import subprocess
+    import sys
+
+    def digest(seed: int, k: int = 3) -> str:
+        return subprocess.run([sys.executable, "-c", _PROCESS_DIGEST, str(seed), str(k)], check=True, text=True,
+                              capture_output=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip()
+
+    first = digest(1)
+    assert all(digest(seed) == first for seed in (2, 3, 4, 5))
+    assert digest(1, k=4) != first  # a global that a called function reads
+
+
 def test_a_set_digest_does_not_depend_on_its_order():
     words = [f"w{i}" for i in range(50)]
     assert cache.content_digest(set(words)) == cache.content_digest(set(reversed(words)))
@@ -296,3 +329,27 @@ def test_the_same_cell_in_another_kernel_takes_every_value_from_the_cache(tmp_pa
         assert run(second) == "0 True"
     finally:
         _stop(second)
+
+
+# ------------------------------------------------------------------ the magic
+
+
+def test_the_cell_option_and_the_cache_command(ip, run_cell):
+    ip.user_ns["xs"] = list(range(12))
+    run_cell("def f(x):\n    return x * 2\n")
+    cell = "%%azpar --cache -o out --workers 2 for x in xs:\nf(x) + 1\n"
+    first = run_cell(cell)
+    assert first.success, first.error
+    expected = ip.user_ns["out"]
+    again = run_cell(cell)
+    assert again.success, again.error
+    assert ip.user_ns["out"] == expected == [x * 2 + 1 for x in range(12)]
+    job = azpar_magic.jobs()[-1]  # this process's jobs, oldest first
+    assert job.from_cache == 12 and "12 from cache" in repr(job)
+    assert "<b>12</b> from cache" in job._repr_html_()
+    shown = run_cell("%azpar cache")
+    assert "the cache holds the values of 2 jobs" in shown.stdout
+    cleared = run_cell("%azpar cache clear")
+    assert "cache cleared: the values of 2 jobs" in cleared.stdout
+    assert run_cell(cell).success
+    assert azpar_magic.jobs()[-1].from_cache == 0

@@ -49,6 +49,9 @@ from .usage import SETTINGS, usage_errors
 @argument("--name", metavar="NAME", help="a short label for the job (letters, digits, '-', '_', '.'; at most 64): "
                                          "%%azpar commands take it instead of the id (the newest job of that "
                                          "name), and %%azpar jobs --name filters by it")
+@argument("--cache", action="store_true", help="reuse the stored value of an iteration whose body, captured "
+                                               "names (by content) and item are unchanged since an earlier "
+                                               "--cache run; only the others run (%%azpar cache clear forgets)")
 @argument("--no-wait", action="store_true", help="return a job handle at once; "
                                                 "%%azpar collect binds the result later")
 @argument("-q", "--quiet", action="store_true", help="no progress line")

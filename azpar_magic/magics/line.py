@@ -15,7 +15,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 
 from . import cell
-from .commands import environment, jobs, pool, profiles, storage
+from .commands import cache, environment, jobs, pool, profiles, storage
 from .context import MagicContext
 
 Handler = Callable[[MagicContext, list[str], str], Any]
@@ -64,6 +64,8 @@ COMMANDS: tuple[Command, ...] = (  # in the order %azpar help lists them
     Command("delete", jobs.delete, "%azpar delete JOB [JOB ...]",
             "remove jobs' results, items and logs from the job store (an Azure job's Batch job and containers "
             "too)"),
+    Command("cache", cache.cache, "%azpar cache [clear]",
+            "what --cache may reuse (jobs, bytes, the cache_max_bytes bound); clear: forget it all (the jobs stay)"),
     Command("pool", pool.pool, "%azpar pool [status|create|delete|resize DEDICATED SPOT] [--profile NAME]",
             "the pool's nodes, or manage an Azure pool",
             synopsis="%azpar pool [status|create|delete|resize D S] [--profile NAME]"),

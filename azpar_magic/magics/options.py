@@ -96,7 +96,7 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
                          timeout=_number("--timeout", args.timeout, float), chunk_size=chunk_size,
                          seed=_number("--seed", args.seed, int), output_name=output,
                          inputs=tuple(args.inputs or ()), outputs=tuple(args.outputs or ()),
-                         outputs_to=args.outputs_to or None, name=args.name)
+                         outputs_to=args.outputs_to or None, name=args.name, cache=bool(args.cache))
     with usage_errors(SubmitError, "{} Nothing was submitted."):
         validate_options(options, FLAG_SPELLING)
     return options

@@ -85,19 +85,57 @@ def _code_content(code: types.CodeType) -> tuple:
             code.co_name, getattr(code, "co_exceptiontable", b""))
 
 
+def _cell_full(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
 def _set_order(value: object) -> tuple[str, str]:
     return type(value).__qualname__, repr(value)
 
 
+def _global_names(code: types.CodeType) -> set[str]:
+    """The names a code object and the code nested in it (functions, comprehensions) may read as globals."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
 class _ContentPickler(dill.Pickler):
-    """dill with notebook functions by value and their globals followed (``recurse``), code
-    objects by content, and sets sorted; the bytes are only hashed, never loaded."""
+    """dill, for what the C pickler cannot digest, with notebook functions as their content:
+    code by content, the globals they read sorted by name (dill's own ``recurse`` collects them
+    through a set, in an order that differs between processes), defaults and closure; sets
+    sorted. The bytes are only hashed, never loaded."""
 
     def __init__(self, file, modules: set[str]):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, recurse=True, byref=False)
         self.modules = modules
+        self._saving: set[int] = set()  # notebook functions being saved: a recursive one names itself
+
+    def _function(self, fn: types.FunctionType) -> tuple:
+        if id(fn) in self._saving:
+            return str, (f"<recursive {fn.__qualname__}>",)
+        self._saving.add(id(fn))
+        scope = fn.__globals__
+        reads = [(name, scope[name]) for name in sorted(_global_names(fn.__code__)) if name in scope]
+        cells = tuple(cell.cell_contents if _cell_full(cell) else "<empty cell>" for cell in fn.__closure__ or ())
+        state = sorted(fn.__dict__.items(), key=lambda kv: kv[0])
+        return tuple, ((b"function", fn.__qualname__, fn.__code__, reads, fn.__defaults__, fn.__kwdefaults__, cells,
+                        state),)
+
+    def save(self, obj, save_persistent_id=True):
+        super().save(obj, save_persistent_id)
+        if isinstance(obj, types.FunctionType):
+            self._saving.discard(id(obj))
 
     def reducer_override(self, obj):
+        if isinstance(obj, types.FunctionType) and _is_notebook(obj):
+            return self._function(obj)
         if isinstance(obj, types.CodeType):
             return tuple, (_code_content(obj),)
         if type(obj) in (set, frozenset):

@@ -158,7 +158,7 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
         "final": s.final,
         "source": s.source_first_line,
         "items": {"total": s.items_total, "done": s.items_done, "succeeded": s.items_succeeded,
-                  "failed": s.items_failed, "cancelled": s.items_cancelled},
+                  "failed": s.items_failed, "cancelled": s.items_cancelled, "from_cache": s.from_cache},
         "elapsed": format_duration(s.elapsed),
         "eta": None if s.final or s.eta is None else format_duration(s.eta),
         "throughput": format_rate(s.throughput),
