@@ -278,3 +278,34 @@ def test_backends_are_found_by_name_built_in_ones_and_entry_points(monkeypatch):
         made.close()
     with pytest.raises(ValueError, match=r"unknown backend 'nope'; available: azure, local, plugged"):
         base.backend_class("nope")
+
+
+# --------------------------------------------------------------------------- views
+
+
+class _Slots(LocalBackend):
+    """A backend whose pool_info counts slots: views must say so, whatever its name."""
+
+    name = "slotted"
+    size_label = "slots"
+
+
+def test_job_views_label_the_size_as_the_backend_declares_it_also_read_back_from_the_store():
+    from azpar_magic import jobstore
+    from azpar_magic.jobs import JobOptions
+    from azpar_magic.run.engine import Engine
+    from azpar_magic.run.request import RunRequest
+    from azpar_magic.ui.state import job_view
+    from azpar_magic.ui.text import format_text
+
+    eng = Engine(_Slots(workers=1))
+    try:
+        job = eng.submit(RunRequest(parse_cell("for x in range(2)", "x"), {}, JobOptions()))
+        assert job.result(timeout=WAIT) == [0, 1]
+        assert job_view(job.snapshot())["size_label"] == "slots"
+        assert "slots 1 worker processes" in format_text(job.snapshot())
+        jobstore.flush()
+        assert jobstore.read_manifest(job.id)["size_label"] == "slots"
+        assert job_view(jobstore.load_job(job.id).snapshot())["size_label"] == "slots"
+    finally:
+        eng.backend.close()

@@ -60,13 +60,14 @@ class Job:
     """Handle on one run of a loop: poll it, wait for it, cancel it, read its results."""
 
     def __init__(self, job_id: str, items: list, options: JobOptions, *, backend_name: str,
-                 pool: str = "", vm_size: str = "", source: str = "",
+                 pool: str = "", vm_size: str = "", source: str = "", size_label: str = "VM size",
                  nodes: Callable[[], Sequence[NodeInfo]] | None = None,
                  cancel: Callable[[], None] | None = None):
         self.id = job_id
         self.items = items
         self.options = options
         self.backend_name, self.pool, self.vm_size, self.source = backend_name, pool, vm_size, source
+        self.size_label = size_label  # the views' name for vm_size (the backend's Views.size_label)
         self._nodes = nodes or (lambda: ())
         self._cancel_hook = cancel
         self.health: Callable[[], str] = lambda: ""  # the backend's word on its service (set by the engine)
@@ -545,7 +546,7 @@ class Job:
             source_first_line=self.source.splitlines()[0] if self.source else "",
             name=self.options.name or "", errors=self.options.errors, stalled=stalled,
             unanswered=self._unanswered(state),
-            tasks_cancelled=counts[TASK_CANCELLED], from_cache=self.from_cache,
+            tasks_cancelled=counts[TASK_CANCELLED], from_cache=self.from_cache, size_label=self.size_label,
         )
 
     def _unanswered(self, state: str) -> str:

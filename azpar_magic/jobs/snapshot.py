@@ -98,6 +98,7 @@ class JobSnapshot:
     tasks_cancelled: int = 0  # tasks all of whose iterations were cancelled (not counted in tasks_failed)
     name: str = ""  # the job's --name: the panel's title shows it
     from_cache: int = 0  # iterations whose value --cache reused from an earlier job
+    size_label: str = "VM size"  # what views call vm_size, as the backend declares it ("size": a worker count)
 
     @property
     def final(self) -> bool:

@@ -418,6 +418,13 @@ def _task_step(kind: str, header: Mapping[str, Any]) -> TaskStep:
     return ending_step(produced=True, any_failed=bool(header.get("failed")))
 
 
+def size_label(manifest: Mapping[str, Any]) -> str:
+    """What views call the job's vm_size: the label its backend declared, recorded in the manifest;
+    a manifest written before it was recorded names only its backend (the local pool's vm_size is a
+    worker count, a "size"; every other was a VM size)."""
+    return manifest.get("size_label") or ("size" if manifest.get("backend") == "local" else "VM size")
+
+
 def load_job(job_id: str, *, values: bool = True) -> Job:
     """Rebuild the Job of a stored job: its items, values, failures and output come from the
     store, so ``result()``, ``logs()`` and ``rerun`` work in a new kernel. A job still running
@@ -433,7 +440,7 @@ def load_job(job_id: str, *, values: bool = True) -> Job:
     items = load_items(job_id, total)
     job = Job(job_id, items, options_from_json(manifest.get("options") or {}),
               backend_name=manifest.get("backend", "?"), pool=manifest.get("pool", ""),
-              vm_size=manifest.get("vm_size", ""), source=manifest.get("source", ""))
+              vm_size=manifest.get("vm_size", ""), size_label=size_label(manifest), source=manifest.get("source", ""))
     job.rerun_of = manifest.get("rerun_of")
     job.from_cache = manifest.get("from_cache") or 0
     job.manifest = manifest

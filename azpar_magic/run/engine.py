@@ -352,7 +352,8 @@ class Engine:
                 print(f"azpar: warning: {text}", file=sys.stderr)
         pool, vm_size = self.backend.pool_info()
         job = Job(job_id, items, options, backend_name=self.backend.name, pool=pool, vm_size=vm_size,
-                  source=request.cell.source, nodes=self.backend.nodes, cancel=lambda: self.cancel(job_id))
+                  size_label=self.backend.size_label, source=request.cell.source, nodes=self.backend.nodes,
+                  cancel=lambda: self.cancel(job_id))
         job.health = lambda: self._unanswered(job_id)  # a service not answering: the views say so
         self.jobs[job_id] = job
         job.files = data_mod.FilesReport(data_plan) if data_plan is not None else None

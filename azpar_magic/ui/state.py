@@ -54,11 +54,6 @@ def format_rate(per_second: float | None) -> str | None:
     return f"{per_second:,.0f} it/s" if per_second >= 10 else f"{per_second:.2f} it/s"
 
 
-def size_label(backend: str) -> str:
-    """Azure pools have a VM size; the local pool's "size" is its worker count."""
-    return "size" if backend == "local" else "VM size"
-
-
 def normalise_state(state: Any) -> str:
     """``idle`` from ``idle``, ``BatchNodeState.IDLE`` or ``BatchNodeState.WAITING_FOR_START_TASK``
     (what ``str()`` of an azure-batch enum gives): Batch's own spelling, lower case."""
@@ -150,7 +145,7 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
         "backend": s.backend,
         "pool": s.pool,
         "vm_size": s.vm_size,
-        "size_label": size_label(s.backend),
+        "size_label": s.size_label,
         "state": s.state,
         "label": job_label(s),
         "style": style,
