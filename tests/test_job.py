@@ -262,3 +262,10 @@ def test_a_stored_job_is_rebuilt_through_public_methods():
     assert job.task("1").state is TASK_FAILED and job.tasks_final == 1
     assert job.outputs == {0: [("stdout", "hello\n")]} and job.output(2) == "from the earlier run\n"
     assert job.counts() == (1, 1, 0)
+
+
+def test_states_show_as_the_plain_strings_they_were():
+    from azpar_magic.jobs.states import JobState, TaskStatus
+
+    assert repr(JobState.CANCELLED) == "'cancelled'" and repr([TaskStatus.QUEUED]) == "['queued']"
+    assert f"{JobState.DONE}" == str(JobState.DONE) == "done"

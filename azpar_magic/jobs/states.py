@@ -16,7 +16,12 @@ from enum import Enum
 
 
 class _StrEnum(str, Enum):
-    """``enum.StrEnum`` for Python 3.10 too: ``str()``, ``format()`` and f-strings give the value."""
+    """``enum.StrEnum`` for Python 3.10 too: ``str()``, ``format()`` and f-strings give the value, and so does
+    ``repr()``: a notebook showing ``job.state`` or a list of states reads ``'succeeded'``, as it did when states
+    were plain strings."""
+
+    def __repr__(self) -> str:
+        return str.__repr__(self)
 
     def __str__(self) -> str:
         return str.__str__(self)
