@@ -353,3 +353,26 @@ def test_the_cell_option_and_the_cache_command(ip, run_cell):
     assert "cache cleared: the values of 2 jobs" in cleared.stdout
     assert run_cell(cell).success
     assert azpar_magic.jobs()[-1].from_cache == 0
+
+
+# ------------------------------------------------------------------ Azure
+
+
+@pytest.mark.azure
+@pytest.mark.timeout(300)
+def test_an_azure_job_stores_its_values_for_the_cache_as_a_local_one_does(batch, azurite, tmp_path, monkeypatch):
+    """The test Batch service and Azurite: reuse happens in the kernel, and an Azure job's
+    records hold its values as a local job's do, so its values are reused too."""
+    from .azure_support import azure_profile
+
+    monkeypatch.chdir(tmp_path)
+    ns = {"__name__": "__main__", "xs": list(range(6))}
+    with azure_profile(tmp_path / "config", batch, azurite):
+        first = azpar_magic.run("for x in xs", "x * 10", ns, backend=None, cache=True)
+        assert first.result(120) == [x * 10 for x in range(6)] and first.backend_name == "azure"
+        ns["xs"][2] = 7
+        job = azpar_magic.run("for x in xs", "x * 10", ns, backend=None, cache=True)
+        assert job.result(120) == [0, 10, 70, 30, 40, 50]
+        assert job.from_cache == 5 and _ran(job) == [2]
+        again = azpar_magic.run("for x in xs", "x * 10", ns, backend=None, cache=True)
+        assert again.result(120) == [0, 10, 70, 30, 40, 50] and again.from_cache == 6
