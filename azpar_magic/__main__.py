@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from . import install
+from .errors import InstallError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             removed = install.disable(scope, args.prefix)
             print(f"azpar_magic: disabled (removed {removed})" if removed
                   else f"azpar_magic: was not enabled there ({install.startup_path(scope, args.prefix)} absent)")
-    except install.InstallError as exc:
+    except InstallError as exc:
         print(f"azpar_magic: {exc}", file=sys.stderr)
         return 1
     return 0

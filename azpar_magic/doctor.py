@@ -25,6 +25,7 @@ from typing import Any
 
 from . import config
 from .backends.cpus import usable_cpus
+from .errors import ConfigError
 
 OK, WARNING, FAILED, SKIPPED = "ok", "warning", "failed", "skipped"
 PASSING = (OK, WARNING)
@@ -136,13 +137,13 @@ def diagnose(profile: str | None = None, *, run: bool = False, environ: Mapping[
 
     try:
         name = session.active_profile(profile)
-    except config.ConfigError as exc:
+    except ConfigError as exc:
         return DoctorReport(profile, "?", [Check("profile", "profile", FAILED, str(exc), _config_fix(profile))])
     if not name or name == session.LOCAL:
         return DoctorReport(None, "local", _local_checks(None, run))
     try:
         loaded = config.load_profile(name, environ=environ)
-    except config.ConfigError as exc:
+    except ConfigError as exc:
         return DoctorReport(name, "?", [Check("profile", "profile", FAILED, str(exc), _config_fix(name))])
     if loaded["backend"] == "local":
         return DoctorReport(name, "local", _local_checks(loaded, run))
@@ -202,16 +203,16 @@ def _run_one(profile: str | None) -> tuple[str, str, str]:
     """Check 9: one iteration through the normal engine, as a cell would run it."""
     from . import session
     from .errors import SubmitError
-    from .run.request import RunRequest
     from .jobs import JobOptions
     from .run.parsing import parse_cell
+    from .run.request import RunRequest
 
     started = time.monotonic()
     engine = session.engine(profile=profile) if profile else session.engine(backend="local")
     request = RunRequest(parse_cell("for i in range(1)", "i + 41"), {}, JobOptions(retries=0, timeout=RUN_TIMEOUT))
     try:
         job = engine.submit(request)
-    except (SubmitError, RuntimeError, config.ConfigError) as exc:
+    except (SubmitError, RuntimeError, ConfigError) as exc:
         return FAILED, f"the job was not submitted: {exc}", "Fix what the message names, then run the doctor again."
     session.remember(job)
     try:
@@ -260,7 +261,7 @@ def _local_checks(loaded: config.Profile | None, run: bool) -> list[Check]:
         workers = config.load_settings()["workers"] or cpus
         source = "the workers setting" if config.load_settings()["workers"] else why
         rows.append(Check("workers", "workers", OK, f"{workers} worker processes ({source})"))
-    except config.ConfigError as exc:
+    except ConfigError as exc:
         workers = cpus
         rows.append(Check("workers", "workers", FAILED, str(exc), "Fix the setting the message names."))
     rows.append(Check("cpus", "CPUs", WARNING if workers > cpus else OK,

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import config, session
-from .errors import DataError, StorageError
+from . import session
+from .errors import ConfigError, DataError, StorageError
 from .run.data import BLOB_SCHEME, blob_path
 
 ProgressHook = Callable[[str, int, int], None]  # (blob name, bytes done, bytes in all)
@@ -40,7 +40,7 @@ def _staging(profile: str | None):
                            "(see %azpar config)")
     try:
         backend = session.engine(profile=name).backend
-    except config.ConfigError as exc:
+    except ConfigError as exc:
         raise StorageError(str(exc)) from None
     staging = backend.blob_storage()
     if staging is None:

@@ -51,3 +51,34 @@ def test_the_subpackages_are_reachable_with_from_imports():
     from azpar_magic.run import engine
 
     assert engine.Engine and job_module.Job is azpar_magic.Job
+
+
+# Exceptions that never leave the module raising them: the worker's (it imports nothing of the package,
+# and its failures travel as records, not as exceptions) and the Azure doctor's signal to retry a check.
+_INTERNAL = {"azpar_magic.backends.azure.doctor.Throttled"}
+
+
+def test_every_exception_the_package_raises_lives_in_errors_with_its_builtin_base():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import azpar_magic.errors
+
+    strays = []
+    for info in pkgutil.walk_packages(azpar_magic.__path__, "azpar_magic."):
+        if info.name in ("azpar_magic.__main__", "azpar_magic.worker", "azpar_magic.errors"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name
+                    and not name.startswith("_") and f"{info.name}.{name}" not in _INTERNAL):
+                strays.append(f"{info.name}.{name}")
+    assert strays == []
+    bases = {"CellError": ValueError, "SubmitError": ValueError, "ConfigError": ValueError, "DataError": ValueError,
+             "CaptureError": ValueError, "CombineError": ValueError, "StorageError": ValueError,
+             "DebugError": ValueError, "StoreError": RuntimeError, "TransferError": RuntimeError,
+             "AzureServiceError": RuntimeError, "InstallError": RuntimeError, "TaskTimeoutError": TimeoutError,
+             "AzureExtraMissing": ImportError}
+    for name, base in bases.items():
+        assert issubclass(getattr(azpar_magic.errors, name), base), name
