@@ -85,10 +85,10 @@ def _read_cpu_quota(folder: str, v2: bool) -> float | None:
     try:
         if v2:
             with open(os.path.join(folder, "cpu.max"), encoding="utf-8") as fh:
-                quota, period = (fh.read().split() + ["100000"])[:2]
-            if quota == "max":
+                max_quota, max_period = (fh.read().split() + ["100000"])[:2]
+            if max_quota == "max":
                 return None
-            return int(quota) / int(period)
+            return int(max_quota) / int(max_period)
         with open(os.path.join(folder, "cpu.cfs_quota_us"), encoding="utf-8") as fh:
             quota = int(fh.read().strip())
         with open(os.path.join(folder, "cpu.cfs_period_us"), encoding="utf-8") as fh:

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .. import config, worker as wire
@@ -152,7 +152,8 @@ class LocalBackend(BaseBackend):
             os.replace(tmp, ns_path)
             self._drop_unused_namespaces(keep=ns_path)
         envelope_path = os.path.join(self._stage, f"job-{job.job_id}.azpj")
-        envelope, data, scratch = job.envelope, None, []
+        envelope, data = job.envelope, None
+        scratch: list[str] = []
         plan = (job.backend_options or {}).get("data")
         if plan is not None:
             envelope, data, scratch = self._stage_data(job, plan)
@@ -341,6 +342,7 @@ class LocalBackend(BaseBackend):
             os.close(from_child_w)
         worker = _Worker(wid, proc, to_child_w, from_child_r, beat=wire.open_beat_file(beat_path))
         self._workers[wid] = worker
+        assert self._selector is not None  # _grow spawns only while the dispatcher runs
         self._selector.register(from_child_r, selectors.EVENT_READ, wid)
         return worker
 
@@ -392,6 +394,7 @@ class LocalBackend(BaseBackend):
         whatever it raises fails the running jobs with the cause and restarts the pool."""
         selector = self._selector
         try:
+            assert selector is not None  # start() made it before starting this thread
             while True:
                 with self._lock:
                     if self._closed or self._selector is not selector:
@@ -495,6 +498,7 @@ class LocalBackend(BaseBackend):
 
     def _on_death(self, w: _Worker) -> None:
         with self._lock:
+            assert self._selector is not None  # only the dispatcher, while it runs, reads the workers' pipes
             self._selector.unregister(w.recv_fd)
             self._workers.pop(w.id, None)
             running = w.task
@@ -557,7 +561,7 @@ class LocalBackend(BaseBackend):
                 job = self._jobs.get(job_id)
                 if job is None:
                     continue
-                message = {"op": "task", "task": task.task_id, "envelope": job.envelope_path,
+                message: dict[str, object] = {"op": "task", "task": task.task_id, "envelope": job.envelope_path,
                            "items_codec": task.items_codec, "items": task.items,
                            "indices": list(task.indices), "cwd": job.spec.cwd}
                 if job.data is not None:
@@ -626,11 +630,11 @@ def secret_variables(environ: dict[str, str] | None = None, cwd: str | None = No
     naming one (AZPAR_BATCH_KEY, AZPAR_STORAGE_KEY, AZPAR_REGISTRY_PASSWORD), what
     ``AZPAR_<FIELD>`` sets them to, and every ``*_env`` field of every profile of every
     configuration file (read raw, so a profile that does not load still counts)."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     names = set(_AZURE_SECRETS)
     for key, spec in config.PROFILE_FIELDS.items():
         if spec.secret or key.endswith("_env"):
-            names.update(v for v in (spec.default, environ.get("AZPAR_" + key.upper())) if v)
+            names.update(v for v in (spec.default, env.get("AZPAR_" + key.upper())) if v)
     try:
         layers = config.config_layers(cwd)
     except Exception:  # an unreadable file: its profiles cannot be used, the defaults still count
@@ -684,7 +688,7 @@ def _pid_namespace() -> int:
 
 def sweep_stale_stages(base: str) -> list[str]:
     """Remove this user's staging folders in ``base`` whose owner process is gone; return them."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(base)
     except OSError:
