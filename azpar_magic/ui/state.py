@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..jobs.text import format_duration
 from ..jobs import CANCELLED, DONE, FAILED, PENDING, SUCCEEDED, JobSnapshot, NodeInfo
+from ..jobs.text import format_duration
 
 # Node states, local (starting/idle/running/lost) and Azure Batch, grouped by what they
 # mean to someone watching a run. Unknown states fall into "other" rather than failing.

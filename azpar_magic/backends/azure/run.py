@@ -24,12 +24,16 @@ from dataclasses import replace
 from typing import Any
 
 from azure.batch import models
-from azure.core.exceptions import (AzureError, HttpResponseError, ResourceNotFoundError, ServiceRequestError,
-                                   ServiceResponseError)
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 
-from ... import jobstore
+from ... import jobstore, worker as wire
 from ...errors import AzureServiceError, RequirementError
-from ... import worker as wire
 from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
 from . import commands, errors, files, storage
 from .context import AzureContext

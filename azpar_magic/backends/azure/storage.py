@@ -41,8 +41,13 @@ from typing import Any
 
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import (BlobSasPermissions, BlobServiceClient, ContainerSasPermissions,
-                                generate_blob_sas, generate_container_sas)
+from azure.storage.blob import (
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContainerSasPermissions,
+    generate_blob_sas,
+    generate_container_sas,
+)
 
 from ... import identity
 
