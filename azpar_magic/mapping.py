@@ -19,7 +19,7 @@ from . import session
 from .errors import SubmitError
 from .jobs import Job, JobOptions
 from .run.engine import validate_options
-from .run.parsing import is_requirement, is_variable_name, parse_cell, split_requirements
+from .run.parsing import checked_requirements, is_variable_name, parse_cell
 from .run.request import API_SPELLING, RunRequest
 
 _ITEM = "__azpar_item__"  # the loop target: a name no function reads as a global
@@ -146,10 +146,4 @@ def _requirements(packages: Iterable[str] | str) -> list[str]:
     """``packages`` as pip requirements, checked as --packages checks them."""
     if isinstance(packages, str):
         packages = [packages]
-    found = split_requirements(list(packages))
-    bad = [p for p in found if not is_requirement(p)]
-    if bad:
-        raise ValueError(f"packages takes pip requirements like numpy==1.26.4 or 'scipy>=1.11,<1.14'; "
-                         f"{', '.join(repr(p) for p in bad)} {'is' if len(bad) == 1 else 'are'} not. "
-                         "Nothing was submitted.")
-    return found
+    return checked_requirements(list(packages), spelling="packages", how="")

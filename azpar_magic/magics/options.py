@@ -12,10 +12,10 @@ from IPython.utils.process import arg_split
 
 from .. import session
 from ..backends.base import Backend
-from ..errors import SubmitError
+from ..errors import CellError, SubmitError
 from ..jobs import JobOptions, merge
 from ..run.engine import validate_options
-from ..run.parsing import is_requirement, is_variable_name, split_requirements
+from ..run.parsing import checked_requirements, is_variable_name
 from ..run.request import FLAG_SPELLING
 from .context import DEFAULT_OUTPUT
 from .usage import usage_errors
@@ -107,12 +107,8 @@ def backend_options(args: argparse.Namespace, backend: Backend, notes: list[str]
     are accepted (so a cell written for Azure can be debugged locally unchanged) with one
     line saying what they do not do here, and --packages is checked against this kernel's
     environment, which local iterations use."""
-    packages = split_requirements(args.packages or ())
-    bad = [p for p in packages if not is_requirement(p)]
-    if bad:
-        raise UsageError(f"--packages takes pip requirements like numpy==1.26.4 or 'scipy>=1.11,<1.14' "
-                         f"(repeatable, or separated by commas); {', '.join(map(repr, bad))} "
-                         f"{'is' if len(bad) == 1 else 'are'} not. Nothing was submitted.")
+    with usage_errors(CellError):
+        packages = checked_requirements(args.packages or ())
     reads = backend.reads_options
     ignored = [text for key, text, on in (
         ("packages", "--packages installs nothing (iterations use this kernel's environment)", packages),

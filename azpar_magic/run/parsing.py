@@ -20,8 +20,8 @@ import tokenize
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..worker import FUNCTION_NAME, ITEM_NAME, VALUE_NAME
 from ..errors import CellError
+from ..worker import FUNCTION_NAME, ITEM_NAME, VALUE_NAME
 
 CELL_FILENAME = "<azpar cell>"
 _ONCE_NAME = "__azpar_once__"
@@ -342,6 +342,19 @@ _VERSION = r"[A-Za-z0-9.*+!_-]+"
 _REQUIREMENT = re.compile(rf"{_NAME}\s*(?:\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?\s*"
                           rf"(?:{_OPERATOR}\s*{_VERSION}(?:\s*,\s*{_OPERATOR}\s*{_VERSION})*)?")
 _CONTINUES_SPECIFIER = re.compile(rf"\s*{_OPERATOR}")
+
+
+def checked_requirements(values: Iterable[str], spelling: str = "--packages",
+                         how: str = " (repeatable, or separated by commas)") -> list[str]:
+    """``split_requirements``, refusing (CellError, a ValueError) anything pip would not read as a requirement:
+    the one check behind the magic's ``--packages`` and ``map(packages=...)``; ``spelling`` and ``how`` say
+    the option as the caller's user wrote it."""
+    found = split_requirements(values)
+    bad = [p for p in found if not is_requirement(p)]
+    if bad:
+        raise CellError(f"{spelling} takes pip requirements like numpy==1.26.4 or 'scipy>=1.11,<1.14'{how}; "
+                        f"{', '.join(map(repr, bad))} {'is' if len(bad) == 1 else 'are'} not. Nothing was submitted.")
+    return found
 
 
 def split_requirements(values: Iterable[str]) -> list[str]:
