@@ -11,10 +11,9 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import mapping, session
+from . import jobstore, mapping, session
 from .errors import CellError, SubmitError
 from .jobs import FINAL_STATES, Job, JobOptions
-from . import jobstore
 from .jobstore import JobSummary
 from .run.parsing import parse_cell
 from .run.request import API_SPELLING, RunRequest

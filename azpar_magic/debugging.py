@@ -30,10 +30,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import session
+from . import jobstore, session, worker as wire
 from .errors import DebugError, NotSupported
-from . import jobstore
-from . import worker as wire
 
 
 @dataclass

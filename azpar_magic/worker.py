@@ -614,7 +614,7 @@ class _NumpyImportHook:
     first iteration of a body that does is seeded like the others. It leaves
     ``sys.meta_path`` once numpy is imported, or when the seeded task ends."""
 
-    hook: "_NumpyImportHook"
+    hook: _NumpyImportHook
     busy = False  # finding numpy's own spec through the other finders
 
     def find_spec(self, name: str, path=None, target=None):

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import worker as wire
-from ..jobs.text import short_repr
 from ..errors import DataError
+from ..jobs.text import short_repr
 
 BLOB_SCHEME = "az://"
 INPUTS_DIR = "inputs"  # where inputs appear in an iteration's working directory

@@ -18,14 +18,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import cache as cache_mod
 from .. import config, identity, jobstore
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
 from ..errors import CaptureError, CombineError, ConfigError, DataError, StoreError, SubmitError
 from ..jobs import TASK_FINAL, Failure, Job, JobOptions, merge
 from ..jobs.results import decode_each, failure_from_record
 from ..jobs.states import task_failure_kind
-from . import capture as capture_mod, data as data_mod, parsing
+from . import cache as cache_mod, capture as capture_mod, data as data_mod, parsing
 from .parsing import ParsedCell
 from .request import API_SPELLING, RunRequest
 

@@ -85,9 +85,11 @@ class ConfigForm:
 
         self.save_button = widgets.Button(description="Save", button_style="primary", icon="save")
         self.test_button = widgets.Button(description="Test connection", icon="plug")
-        self.dedicated = widgets.BoundedIntText(description="dedicated", min=0, max=100_000, layout=widgets.Layout(width="170px"))
+        self.dedicated = widgets.BoundedIntText(description="dedicated", min=0, max=100_000,
+                                                layout=widgets.Layout(width="170px"))
         self.spot = widgets.BoundedIntText(description="spot", min=0, max=100_000, layout=widgets.Layout(width="170px"))
-        self.pool_buttons = {action: widgets.Button(description=action.capitalize() + (" pool" if action != "status" else ""),
+        self.pool_buttons = {action: widgets.Button(description=action.capitalize()
+                                                    + (" pool" if action != "status" else ""),
                                                     tooltip=f"{action} the pool of this (saved) profile")
                              for action in ("create", "resize", "delete", "status")}
         self.pool_buttons["status"].description = "Pool status"
@@ -97,7 +99,8 @@ class ConfigForm:
         self.test_button.on_click(lambda _b: self.test())
         for action, button in self.pool_buttons.items():
             button.on_click(lambda _b, a=action: self.pool(a))
-        for button, fn in ((self.test_button, test_connection), *((b, pool_action) for b in self.pool_buttons.values())):
+        pool_buttons = ((b, pool_action) for b in self.pool_buttons.values())
+        for button, fn in ((self.test_button, test_connection), *pool_buttons):
             if fn is None:
                 button.tooltip = "not available in this version of azpar_magic"
         rows += [widgets.HBox([self.save_button, self.test_button]),

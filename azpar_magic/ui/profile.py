@@ -24,7 +24,8 @@ def valid_name(name: str) -> bool:
 
 
 def default_values() -> dict[str, Any]:
-    return {k: (list(f.default) if isinstance(f.default, list) else f.default) for k, f in config.PROFILE_FIELDS.items()}
+    return {k: (list(f.default) if isinstance(f.default, list) else f.default)
+            for k, f in config.PROFILE_FIELDS.items()}
 
 
 def load(name: str, *, cwd: str | None = None, environ: Mapping[str, str] | None = None

@@ -130,7 +130,8 @@ def format_pool_text(view: Mapping[str, Any]) -> str:
     nodes = view["nodes"]["nodes"]
     if nodes:
         lines.append("              " + ", ".join(
-            f"{n['id']} {n['state']}" + (f" ({n['task']})" if n["task"] else "") + (" spot" if n["kind"] == "spot" else "")
+            f"{n['id']} {n['state']}" + (f" ({n['task']})" if n["task"] else "")
+            + (" spot" if n["kind"] == "spot" else "")
             for n in nodes))
     running = next(seg["count"] for seg in view["tasks"]["segments"] if seg["name"] == "running")
     queued = next(seg["count"] for seg in view["tasks"]["segments"] if seg["name"] == "queued")

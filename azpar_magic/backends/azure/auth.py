@@ -80,7 +80,8 @@ def batch_credential(profile: Profile, environ: Mapping[str, str] | None = None)
     if profile["auth"] == "shared-key":
         from azure.core.credentials import AzureNamedKeyCredential
 
-        return AzureNamedKeyCredential(accounts(profile).batch_name, _secret(profile, "batch_key_env", environ, "Batch"))
+        return AzureNamedKeyCredential(accounts(profile).batch_name,
+                                       _secret(profile, "batch_key_env", environ, "Batch"))
     return _identity_credential(profile, environ)
 
 

@@ -25,7 +25,7 @@ formulas with the test service's evaluator, without Azure.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["EVALUATION_INTERVAL_MINUTES", "FORMULAS", "describe", "formula"]
 

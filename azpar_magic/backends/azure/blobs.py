@@ -156,7 +156,8 @@ def upload_file(staging: Staging, container: str, name: str, path: str, *, overw
     return size
 
 
-def upload_file_once(staging: Staging, container: str, path: str, *, progress: Progress | None = None) -> tuple[str, bool]:
+def upload_file_once(staging: Staging, container: str, path: str, *,
+                     progress: Progress | None = None) -> tuple[str, bool]:
     """Content-addressed upload of a local input: (blob name, whether bytes were sent). The
     blob's existence is checked first, so an input already in the cache, from any earlier
     run or kernel, costs one HEAD request and no upload."""

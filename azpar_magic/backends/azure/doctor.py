@@ -155,7 +155,8 @@ class AzureDoctor:
         if code == "AuthorizationFailed":
             return (FAILED, f"{what}: this identity's role does not allow it ({_short(exc)})",
                     f"Ask for the {pool.SUBMIT_ONLY_ROLE} role (or {pool.POOL_WRITE_ROLE}) on the Batch account.")
-        return (FAILED, f"{what}: {_short(exc)}", "Read the service's message on this line; fix the profile field it names.")
+        return (FAILED, f"{what}: {_short(exc)}",
+                "Read the service's message on this line; fix the profile field it names.")
 
     def _auth_fix(self, service: str) -> str:
         if self.profile["auth"] == "shared-key":
@@ -435,7 +436,8 @@ class AzureDoctor:
                 fix = self._auth_fix("Storage") if self.profile["auth"] == "shared-key" else (
                     "Ask for the Storage Blob Data Contributor role on the storage account.")
                 return FAILED, f"the storage account refused the credential ({_short(exc)})", fix
-            return FAILED, f"storage: {_short(exc)}", "Read the service's message on this line; fix the profile field it names."
+            return (FAILED, f"storage: {_short(exc)}",
+                    "Read the service's message on this line; fix the profile field it names.")
         finally:
             service.close()
         return OK, f"{self.accounts.storage_url} answered; {there}", ""

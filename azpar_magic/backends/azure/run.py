@@ -839,7 +839,8 @@ class AzureRun:
             return ""
         return (f"the pool {found.pool_id} has no nodes and cannot get any: {'; '.join(found.quota_errors())}. "
                 f"The Batch account's core quota (dedicated and spot are separate quotas) is too small for "
-                f"{found.vm_size} nodes: request an increase on the Batch account's Quotas page in the Azure portal, or "
+                f"{found.vm_size} nodes: request an increase on the Batch account's Quotas page in the Azure portal, "
+                "or "
                 "choose a smaller vm_size or the other kind of node in the profile, then rerun these iterations "
                 f"(%azpar rerun {self.job_id} --failed)")
 

@@ -75,7 +75,7 @@ def signed_expiry(expiry: dt.datetime, *, delegation: bool, now: dt.datetime | N
     return min(expiry, now + DELEGATION_MAX - DELEGATION_SAFETY)
 
 
-def delegation_note(staging: "Staging", lifetime: float) -> str:
+def delegation_note(staging: Staging, lifetime: float) -> str:
     """One line for the cell when this run's tokens end before its job_timeout ("" otherwise)."""
     if not staging.delegation or dt.timedelta(seconds=lifetime) + SAS_MARGIN <= DELEGATION_MAX - DELEGATION_SAFETY:
         return ""
