@@ -2,19 +2,21 @@
 
 The values themselves stay where every job keeps them, in the job's ``records.azs``; the
 cache only adds, per job that ran with ``--cache``, one small file naming the keys of its
-succeeded iterations. So a value is never stored twice, a new kernel finds it (the index is
-on disk, under the store root), and attaching a job that took values from the cache shows
-them all (the engine writes the reused values into the new job's own records).
+iterations (only the values of succeeded ones are ever reused: ``stored_values``). So a value
+is never stored twice, a new kernel finds it (the index is on disk, under the store root),
+and attaching a job that took values from the cache shows them all (the engine writes the
+reused values into the new job's own records).
 
 Layout, under the store root::
 
     cache/<job id>.keys   a magic line, then per iteration 16 bytes of key and 4 of its index
                           in that job (big-endian)                                    (0600)
 
-Why this shape: one file per job is written once, when the job is submitted (so a run started
-right after it finds it), with no lock (two kernels never write the same file) and is dropped whole (``clear``, the size bound, or the
-job deleted). Lookups read every index file, newest first: with the size bound that is a
-few MB at most, and each file is parsed once per process while it is unchanged.
+Why this shape: one file per job, written once when the job is submitted (so a run started
+right after it finds it), with no lock (two kernels never write the same file), and dropped
+whole (``clear``, the size bound, or the job deleted). Lookups read every index file, newest
+first: with the size bound that is a few MB at most, and each file is parsed once per
+process while it is unchanged.
 
 The bound (``cache_max_bytes``) is on the bytes of the job records the index points at:
 past it, the oldest jobs leave the index (they stay in the store, in ``%azpar jobs``, until

@@ -35,8 +35,7 @@ from typing import Any
 
 import dill
 
-from .. import config, jobstore
-from .. import worker as wire
+from .. import config, jobstore, worker as wire
 from ..jobs import Job
 from ..jobstore import cache as index
 from . import capture as capture_mod
@@ -87,7 +86,7 @@ def _code_content(code: types.CodeType) -> tuple:
 
 def _cell_full(cell: types.CellType) -> bool:
     try:
-        cell.cell_contents
+        cell.cell_contents  # noqa: B018 (reading it is the test: an empty cell raises)
     except ValueError:
         return False
     return True
@@ -279,7 +278,7 @@ def plan(request: RunRequest, items: list) -> Plan:
     if reused:
         holder = Job("cache", items, request.options, backend_name="cache")
         ordered = sorted(reused)
-        gathered = ({name: [(reused[i][1] or {}).get(name) for i in ordered] for name in gather}
-                    if gather else None)
+        gathered: dict[str, Sequence[Any]] | None = (
+            {name: [(reused[i][1] or {}).get(name) for i in ordered] for name in gather} if gather else None)
         holder.restore(ordered, [reused[i][0] for i in ordered], {}, {}, gathered)
     return Plan(keys, todo, holder, reused)

@@ -42,8 +42,8 @@ def header_html(view: dict[str, Any]) -> str:
                      f'<b>{items["failed"]}</b> failed</span>')
     if items["cancelled"]:
         parts.append(f'<span class="azpar-items-cancelled"><b>{items["cancelled"]}</b> cancelled</span>')
-    if items.get("from_cache"):
-        parts.append(f'<span class="azpar-items-cached"><b>{items["from_cache"]:,}</b> from cache</span>')
+    if view.get("from_cache"):
+        parts.append(f'<span class="azpar-items-cached"><b>{view["from_cache"]:,}</b> from cache</span>')
     parts.append(_fact("backend", "backend", view["backend"]))
     if view["pool"]:
         parts.append(_fact("pool", "pool", view["pool"]))

@@ -153,7 +153,8 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
         "final": s.final,
         "source": s.source_first_line,
         "items": {"total": s.items_total, "done": s.items_done, "succeeded": s.items_succeeded,
-                  "failed": s.items_failed, "cancelled": s.items_cancelled, "from_cache": s.from_cache},
+                  "failed": s.items_failed, "cancelled": s.items_cancelled},
+        "from_cache": s.from_cache,  # iterations --cache reused
         "elapsed": format_duration(s.elapsed),
         "eta": None if s.final or s.eta is None else format_duration(s.eta),
         "throughput": format_rate(s.throughput),

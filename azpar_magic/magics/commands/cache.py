@@ -6,8 +6,7 @@ from __future__ import annotations
 from IPython.core.error import UsageError
 
 from ... import api
-from ...jobstore import cache as stored_cache
-from ...jobstore import RECORDS, store_root
+from ...jobstore import RECORDS, cache as stored_cache, store_root
 from ...run.cache import max_bytes
 from ..context import MagicContext
 from ..words import read_words
