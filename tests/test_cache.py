@@ -2,7 +2,7 @@
 clearing and bound, and the same cell in two real kernels.
 
 Each test has its own job store (so its own cache index). What ran is read from the new
-job's manifest (``ran``: the iterations this run computed) and its ``from_cache`` count.
+job's tasks (reused values come with none) and its ``from_cache`` count.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ def own_store(tmp_path, monkeypatch):
 
 
 def _ran(job) -> list[int]:
-    jobstore.flush()
-    manifest = jobstore.read_manifest(job.id)
-    return sorted(jobstore.from_runs(manifest["ran"])) if manifest["ran"] is not None else list(range(len(job.items)))
+    """The iterations this run computed: those of its tasks (reused values come with none)."""
+    return sorted(i for task in job.tasks.values() for i in task.indices)
 
 
 def _run(ns, body="f(x) + 1", loop="for x in xs", **options):
@@ -229,6 +228,22 @@ def test_a_job_that_took_values_from_the_cache_loads_whole_from_the_store():
     jobstore.flush()
     loaded = jobstore.load_job(job.id)
     assert loaded.result() == values and loaded.from_cache == 19
+
+
+def test_a_job_that_did_not_end_counts_its_reused_iterations_once():
+    """A job lost with its kernel has no final counts: they are read from its records."""
+    ns = _ns()
+    _run(ns, cache=True)
+    ns["xs"][3] = 100
+    job, _ = _run(ns, cache=True)
+    jobstore.flush()
+    manifest = jobstore.read_manifest(job.id)
+    manifest.update(state="running", owner={**manifest["owner"], "pid": 2 ** 22 + 7, "start": "0"})
+    for key in ("counts", "finished", "elapsed"):
+        manifest.pop(key, None)
+    jobstore.write_manifest(jobstore.store_root() / job.id, manifest)
+    found = jobstore.summary(job.id)
+    assert (found.state, found.succeeded, found.failed, found.total) == ("lost", 20, 0, 20)
 
 
 def test_map_takes_cache_too():

@@ -365,7 +365,8 @@ class Engine:
             job, items=[(t.task_id, t.indices, t.items_codec, t.items) for t in tasks.values()], tasks=len(tasks),
             backend_info=self.backend.manifest_info(job_id, dict(request.backend_options)),
             export=request.export, no_export=request.no_export,
-            cwd=request.folder or os.getcwd(), ran=todo, base_id=request.base.id if request.base else None)
+            cwd=request.folder or os.getcwd(), ran=todo if cached is None else None,  # reused values: a record
+            base_id=request.base.id if request.base else None)
         if cached is not None:
             cached.record(job, recorder)
         if not tasks:
