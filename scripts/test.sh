@@ -10,6 +10,7 @@ export IPYTHONDIR="$(mktemp -d)"
 export AZPAR_JOB_STORE="$(mktemp -d)/jobs"
 mkdir -p test-artifacts
 status=0
+if [ "$#" -eq 0 ]; then bash scripts/lint.sh || status=$?; fi  # ruff, the import contracts, mypy
 "$VENV/bin/python" -m pytest tests -p no:cacheprovider --junitxml=test-artifacts/junit.xml "$@" || status=$?
 if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
   "$VENV/bin/python" -m pytest --nbval notebooks -p no:cacheprovider -q || status=$?
