@@ -46,9 +46,9 @@ def main() -> int:
     if args.environment:
         return environment_bench()
 
+    from tests.azure_support import write_profile_file
     from tests.batch_emulator.pytest_plugin import start_azurite, stop_azurite
     from tests.batch_emulator.service import BatchEmulator
-    from tests.azure_support import write_profile_file
 
     work = Path(tempfile.mkdtemp(prefix="azpar-bench-azure-"))
     azurite = start_azurite(work)
@@ -173,9 +173,9 @@ def environment_bench() -> int:
     wheel folder stands in for the index): cell start -> first task running with numpy+pandas to
     install, with them installed (against a cell that needs nothing: the target is < 0.5 s added),
     and the bytes a local editable package uploads on a first and a second job (target 0)."""
+    from tests.azure_support import write_profile_file
     from tests.batch_emulator.pytest_plugin import start_azurite, stop_azurite
     from tests.batch_emulator.service import BatchEmulator
-    from tests.azure_support import write_profile_file
     from tests.wheels import node_pip_options
 
     work = Path(tempfile.mkdtemp(prefix="azpar-bench-env-"))

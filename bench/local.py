@@ -576,8 +576,8 @@ def workload_d(peer: Peer, P: dict) -> dict:
         # in how many pickling passes the array itself is written (first visit per pass: the C
         # pickler consults reducer_override only for objects not yet in its memo; the dill
         # pickler's save is checked against its memo here).
-        from azpar_magic.run import capture as capture_mod
         import azpar_magic.worker as wire_mod
+        from azpar_magic.run import capture as capture_mod
 
         original_serialize = capture_mod.serialize
         original_override = wire_mod._FastPickler.reducer_override
@@ -1007,7 +1007,7 @@ def summarise(results: dict, params: dict) -> dict:
                 s["d_order_check"] = d.get("order_check")
         S[peer] = s
     seq = S.get("sequential", {})
-    for peer, s in S.items():
+    for s in S.values():
         if s.get("b_min") and seq.get("b_min"):
             s["b_speedup"] = seq["b_min"] / s["b_min"]
     return S
@@ -1035,7 +1035,7 @@ def cell(s: dict, wl: str, text: str) -> str:
 
 def _loads_ok(reps) -> tuple[bool, str]:
     worst, text = 0, []
-    for i, rep in enumerate(reps or []):
+    for rep in reps or []:
         per = rep.get("workers") or {}
         loads = [v["loads_this_job"] for v in per.values()]
         worst = max([worst, *loads])

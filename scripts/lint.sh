@@ -22,7 +22,7 @@ check() {  # check NAME COMMAND...: run one check, remember its failure, go on
 }
 
 # The package and the scripts; tests/ and bench/ join once they are clean too.
-check "ruff check" "$BIN/ruff" check --no-cache --output-format=concise azpar_magic scripts
+check "ruff check" "$BIN/ruff" check --no-cache --output-format=concise azpar_magic scripts tests bench
 check "import contracts" "$BIN/lint-imports" --no-cache
 check "mypy" "$BIN/python" -m mypy --no-incremental --cache-dir=/dev/null
 

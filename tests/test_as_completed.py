@@ -93,7 +93,7 @@ def test_a_million_finished_iterations_are_handed_out_quickly():
     job.wait(60)
     started = time.perf_counter()
     count = total = 0
-    for index, value in job.as_completed():
+    for _index, value in job.as_completed():
         count += 1
         total += value
     assert (count, total) == (1_000_000, sum(range(1_000_000)))

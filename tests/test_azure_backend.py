@@ -15,7 +15,6 @@ import pytest
 
 import azpar_magic
 from azpar_magic.backends.azure import commands, files
-
 from tests.wheels import node_pip_options, shared_folder, tiny_wheel
 
 from .azure_support import azure_profile, sas_status

@@ -20,6 +20,7 @@ import pytest
 
 from azpar_magic.backends.azure import commands, pool
 from tests.batch_emulator import rules
+from tests.batch_emulator.errors import BatchServiceError
 from tests.wheels import node_pip_options, shared_folder, tiny_wheel
 
 from .azure_support import azure_profile
@@ -113,10 +114,10 @@ def test_the_old_multi_line_shapes_are_refused_by_the_strict_service():
     """What the backend sent before (a multi-line script with '"'"' quoting in the command
     line) is what the service now refuses; the new start task's command line is accepted."""
     script = "set -e\n" + "\n".join(START_COMMANDS)
-    with pytest.raises(Exception) as e:
+    with pytest.raises(BatchServiceError) as e:
         rules.check_command_line("startTask.commandLine", "/bin/sh -c " + shlex.quote(script))
     assert e.value.status == 400 and "line break" in dict(e.value.values)["Reason"]
-    with pytest.raises(Exception):
+    with pytest.raises(BatchServiceError):
         rules.check_command_line("commandLine", "/bin/sh -c " + shlex.quote("python -c 'print(1)'"))
     new = commands.start_task_command("0.4.1", ["numpy==2.0"], ["--index-url", "https://x/simple"], START_COMMANDS)
     rules.check_command_line("startTask.commandLine", new.command_line)

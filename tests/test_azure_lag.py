@@ -11,7 +11,6 @@ import pytest
 
 import azpar_magic
 
-
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(120)]
 
 

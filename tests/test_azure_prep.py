@@ -13,7 +13,6 @@ import pytest
 
 import azpar_magic
 from azpar_magic.backends.azure import storage
-
 from tests.wheels import node_pip_options
 
 from .azure_support import azure_profile

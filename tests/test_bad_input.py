@@ -410,7 +410,7 @@ def test_ctrl_c_during_capture_says_nothing_was_submitted(ip, run_cell, guard, m
     shown = run.stdout + run.stderr
     assert "Traceback" not in shown and method not in shown and "pickle" not in shown
     guard.assert_nothing_submitted()
-    again = run_cell(f"%%azpar -q -o r for x in range(2)\nx")  # the kernel and pool are fine
+    again = run_cell("%%azpar -q -o r for x in range(2)\nx")  # the kernel and pool are fine
     assert again.success and ip.user_ns["r"] == [0, 1]
 
 

@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from azpar_magic.run import capture
 from azpar_magic import worker as wire
+from azpar_magic.run import capture
 from azpar_magic.run.parsing import parse_cell
 
 

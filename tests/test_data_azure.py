@@ -13,7 +13,6 @@ import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
-
 from azpar_magic import jobstore as store
 
 from .azure_support import azure_profile, close_azure_engines

@@ -13,7 +13,6 @@ from IPython.utils.capture import capture_output
 import azpar_magic
 from azpar_magic.backends.azure import blobs
 
-
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(120)]
 
 

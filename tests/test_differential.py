@@ -10,8 +10,17 @@ import pytest
 
 import azpar_magic
 
-from .helpers_corpus import (AZ_OUT, Case, azpar_cell, notebook_classes, restore_namespace, run_cell_job,
-                             run_sequential, same, snapshot_namespace)
+from .helpers_corpus import (
+    AZ_OUT,
+    Case,
+    azpar_cell,
+    notebook_classes,
+    restore_namespace,
+    run_cell_job,
+    run_sequential,
+    same,
+    snapshot_namespace,
+)
 
 POINT = """
 class Point:

@@ -30,8 +30,8 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement as Pep508
 from packaging.utils import canonicalize_name
 
-from azpar_magic.run.environment import requirement_set
 from azpar_magic.errors import RequirementError
+from azpar_magic.run.environment import requirement_set
 from tests.batch_emulator.nodes import bare_python_bin
 from tests.wheels import tiny_wheel
 

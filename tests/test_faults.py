@@ -16,8 +16,16 @@ from IPython.utils.capture import capture_output
 
 import azpar_magic
 
-from .helpers_corpus import (live_worker_pids, local_backend, pid_alive, restore_namespace, run_cell_job,
-                             snapshot_namespace, wait_for, wait_for_file)
+from .helpers_corpus import (
+    live_worker_pids,
+    local_backend,
+    pid_alive,
+    restore_namespace,
+    run_cell_job,
+    snapshot_namespace,
+    wait_for,
+    wait_for_file,
+)
 
 
 @pytest.fixture
@@ -161,7 +169,7 @@ EXITING_BODY = ("import os, pathlib\n"
 
 @pytest.mark.timeout(120)
 def test_os_exit_is_an_infrastructure_failure_after_the_retries(ip, run_cell, tmp_path, clean_ns):
-    run = run_cell(f"%%azpar -q --retries 1 --chunk-size 1 -o ex for x in range(6)\n"
+    run = run_cell("%%azpar -q --retries 1 --chunk-size 1 -o ex for x in range(6)\n"
                    + EXITING_BODY.format(d=tmp_path))
     err = run.error
     assert isinstance(err, azpar_magic.IterationError), repr(err)
@@ -176,7 +184,7 @@ def test_os_exit_is_an_infrastructure_failure_after_the_retries(ip, run_cell, tm
 
 @pytest.mark.timeout(120)
 def test_os_exit_under_errors_remove_keeps_the_other_values(ip, run_cell, tmp_path, clean_ns):
-    run, job = run_cell_job(run_cell, f"%%azpar -q --errors remove --chunk-size 1 -o ex for x in range(8)\n"
+    run, job = run_cell_job(run_cell, "%%azpar -q --errors remove --chunk-size 1 -o ex for x in range(8)\n"
                             + EXITING_BODY.format(d=tmp_path))
     assert run.success, run.error
     assert ip.user_ns["ex"] == [x * 7 for x in range(8) if x != 3]

@@ -7,9 +7,8 @@ import re
 
 import pytest
 
+from azpar_magic import identity, jobstore as store
 from azpar_magic.run import engine
-from azpar_magic import identity
-from azpar_magic import jobstore as store
 
 CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")  # lowercase, digits, single hyphens
 BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -11,8 +11,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
-from azpar_magic import session
-from azpar_magic import jobstore as store
+from azpar_magic import jobstore as store, session
 
 
 @pytest.fixture
@@ -125,8 +124,8 @@ def test_a_bad_name_is_refused_before_submitting(ip, run_cell, job_store, name, 
 
 def test_python_api_refuses_a_bad_name(ip, job_store):
     from azpar_magic.errors import SubmitError
-    from azpar_magic.run.engine import validate_options
     from azpar_magic.jobs.job import JobOptions
+    from azpar_magic.run.engine import validate_options
 
     with pytest.raises(SubmitError, match="'a b' cannot name a job: it has ' '"):
         validate_options(JobOptions(name="a b"))

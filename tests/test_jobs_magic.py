@@ -11,8 +11,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
-from azpar_magic import session
-from azpar_magic import jobstore as store
+from azpar_magic import jobstore as store, session
 
 
 @pytest.fixture

@@ -14,14 +14,11 @@ import ast
 import os
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import azpar_magic
-from azpar_magic import session
 
 from .helpers_corpus import Case, notebook_classes, same
 from .test_bad_input import Guard

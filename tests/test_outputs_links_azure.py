@@ -14,7 +14,6 @@ import pytest
 from IPython.core.error import UsageError
 
 import azpar_magic
-
 from tests.batch_emulator.nodes import cache_root
 
 from .azure_support import azure_profile

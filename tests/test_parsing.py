@@ -6,8 +6,15 @@ import traceback
 import pytest
 
 from azpar_magic.errors import CellError
-from azpar_magic.run.parsing import (CELL_FILENAME, body_warnings, is_requirement, is_variable_name, parse_cell, split_header,
-                                     split_requirements)
+from azpar_magic.run.parsing import (
+    CELL_FILENAME,
+    body_warnings,
+    is_requirement,
+    is_variable_name,
+    parse_cell,
+    split_header,
+    split_requirements,
+)
 
 
 def run_code(cell, item, namespace=None):

@@ -8,8 +8,8 @@ import pickle
 import pytest
 
 import azpar_magic
-from azpar_magic.jobs import results
 from azpar_magic import worker
+from azpar_magic.jobs import results
 
 # Iteration 4 returns an instance of a class from a module that exists only in the worker
 # process; iteration 7 an object whose rebuilding raises anywhere but in the process that

@@ -28,8 +28,8 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Callable, Mapping
 from urllib.parse import parse_qs
 
 from .errors import BatchServiceError

@@ -36,8 +36,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 SAMPLE_INTERVAL = 30.0  # seconds between metric samples on the real service
 SERIES = ("ActiveTasks", "RunningTasks", "PendingTasks", "CPUPercent", "SucceededTasks", "FailedTasks",

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import storage
-from . import nodes, rules
+from . import nodes, rules, storage
 from .executor import ProgramNotFound, build_environment
 from .state import Job, Node, Pool, PrepStatus, Task, node_id_for
 from .util import fmt_time, parse_duration, utcnow
@@ -36,7 +35,7 @@ def _failure(category: str, code: str, message: str, details: dict[str, str] | N
 
 
 class Engine:
-    def __init__(self, svc: "BatchEmulator") -> None:
+    def __init__(self, svc: BatchEmulator) -> None:
         self.svc = svc
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -356,7 +355,7 @@ class Engine:
         self._spawn(self._run_task, job, task, node, pool)
 
     # ---- node agent work (threads; take the lock only to read/write state) ----------------
-    def _user_for(self, spec: dict) -> "nodes.NodeUser | None":
+    def _user_for(self, spec: dict) -> nodes.NodeUser | None:
         """Who runs a start task, job preparation task or task: None (root, the test process) for
         an admin auto-user, else the pool's one non-admin user. Sources: the spec's
         ``userIdentity`` (without one, a non-administrative user unique to the pool); the "Run
@@ -369,7 +368,7 @@ class Engine:
         return nodes.node_user() if getattr(self.svc, "node_users", True) else None
 
     def _environment(self, pool: Pool, node: Node, task_dir: Path, job: Job | None, task_id: str | None,
-                     settings: list[dict] | None, user: "nodes.NodeUser | None") -> dict[str, str]:
+                     settings: list[dict] | None, user: nodes.NodeUser | None) -> dict[str, str]:
         """The command's environment: HOME is a folder of the user's own under the node's
         ``home`` (pip and others need a writable HOME; Batch's own choice is not documented),
         and PATH leads with the node's Python (bare unless ``svc.bare_nodes`` is False)."""
@@ -411,7 +410,7 @@ class Engine:
             v["AZ_BATCH_TASK_ID"] = task_id
         return v
 
-    def _fetch_resources(self, files: list[dict] | None, wd: Path, user: "nodes.NodeUser | None" = None) -> dict | None:
+    def _fetch_resources(self, files: list[dict] | None, wd: Path, user: nodes.NodeUser | None = None) -> dict | None:
         """Download resource files into ``wd``; a failureInfo dict when one fails.
 
         The node agent (root here) downloads; each file then belongs to the task's user with the
@@ -438,7 +437,7 @@ class Engine:
         return None
 
     def _run_process(self, command: str, cwd: Path, env: dict, task_dir: Path, wall_clock: float | None,
-                     owner: Task | None, user: "nodes.NodeUser | None" = None) -> tuple[int | None, str | None]:
+                     owner: Task | None, user: nodes.NodeUser | None = None) -> tuple[int | None, str | None]:
         """Run one command (as ``user``, or as the test process); returns (exit code, stop reason)
         where reason is a kill reason, "wallclock", or "notfound" (exit code None)."""
         try:
@@ -702,7 +701,7 @@ def _make_node_dirs(root: Path) -> None:
     os.chmod(root / "shared", 0o777)
 
 
-def _own_dirs(user: "nodes.NodeUser | None", *dirs: Path) -> None:
+def _own_dirs(user: nodes.NodeUser | None, *dirs: Path) -> None:
     """Create ``dirs`` (a task's directory and working directory, a job preparation folder, a
     home) owned by the user that runs there, so only that account may write them (the
     batch-user-accounts doc: every account reads the job preparation folder, only its own
@@ -714,7 +713,7 @@ def _own_dirs(user: "nodes.NodeUser | None", *dirs: Path) -> None:
         os.chmod(d, 0o755)
 
 
-def _hand_over(wd: Path, target: Path, user: "nodes.NodeUser | None", mode: int) -> None:
+def _hand_over(wd: Path, target: Path, user: nodes.NodeUser | None, mode: int) -> None:
     """Give downloaded resource files (one file, or a folder of them) to the task's user with
     ``mode``, and folders the download created below ``wd`` to the same user."""
     files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()] if target.is_dir() else []

@@ -6,9 +6,9 @@ The SDK (BatchExceptionPolicy) maps the HTTP status to an exception class and re
 from __future__ import annotations
 
 import uuid
-from typing import Iterable
+from collections.abc import Iterable
 
-from .util import utcnow, fmt_time
+from .util import fmt_time, utcnow
 
 
 class BatchServiceError(Exception):

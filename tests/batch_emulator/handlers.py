@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import errors, odata, rules
@@ -30,7 +31,7 @@ def op(name: str) -> Callable[[Handler], Handler]:
     operation take effect (on only the first ``partial`` tasks of a collection) and then
     answers the client with a 5xx instead of the result."""
     def deco(fn: Handler) -> Handler:
-        def handle(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+        def handle(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
             if svc.faults.rules.filters:   # only the properties Batch documents for this list
                 odata.check_filter(name, odata.effective_filter(q))
             lost = svc.faults.take_lost_response(name)
@@ -64,14 +65,14 @@ def _accepted(url: str, etag: str | None = None, modified: dt.datetime | None = 
     return Response(status, None, headers)
 
 
-def _pool(svc: "BatchEmulator", pool_id: str) -> Pool:
+def _pool(svc: BatchEmulator, pool_id: str) -> Pool:
     pool = svc.pools.get(pool_id.lower())
     if pool is None:
         raise errors.not_found("Pool", pool_id)
     return pool
 
 
-def _job(svc: "BatchEmulator", job_id: str) -> Job:
+def _job(svc: BatchEmulator, job_id: str) -> Job:
     job = svc.jobs.get(job_id.lower())
     if job is None:
         raise errors.not_found("Job", job_id)
@@ -85,7 +86,7 @@ def _task(job: Job, task_id: str) -> Task:
     return t
 
 
-def _check_command_lines(svc: "BatchEmulator", body: dict, kind: str, prefix: str = "") -> None:
+def _check_command_lines(svc: BatchEmulator, body: dict, kind: str, prefix: str = "") -> None:
     """The strict command-line rule (rules.check_command_line), unless a test switched it off."""
     if svc.strict_command_lines:
         rules.check_command_lines(body, kind, prefix)
@@ -101,7 +102,7 @@ def _check_conditions(h: dict[str, str], etag: str, modified: dt.datetime) -> No
 
 # ---- pools --------------------------------------------------------------------------------
 @op("Pools_CreatePool")
-def create_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def create_pool(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     rules.check_pool(body)
     rules.check_image(body, SUPPORTED_IMAGES, svc.faults.rules)
     with svc.cond:
@@ -132,14 +133,14 @@ def _entity_response(h: dict, q: dict, entity: Any, body: dict) -> Response:
 
 
 @op("Pools_GetPool")
-def get_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def get_pool(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         return _entity_response(h, q, pool, pool_json(pool, svc.url))
 
 
 @op("Pools_PoolExists")
-def pool_exists(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def pool_exists(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         pool = svc.pools.get(p["poolId"].lower())
         if pool is None:
@@ -148,14 +149,14 @@ def pool_exists(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_
 
 
 @op("Pools_ListPools")
-def list_pools(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def list_pools(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         items = [pool_json(x, svc.url) for x in svc.pools.values()]
     return Response(200, odata.page(items, q, f"{svc.url}/pools", svc.spec.api_version))
 
 
 @op("Pools_DeletePool")
-def delete_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def delete_pool(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         _check_conditions(h, pool.etag, pool.last_modified)
@@ -167,7 +168,7 @@ def delete_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_
 
 
 @op("Pools_UpdatePool")
-def update_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def update_pool(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         _check_conditions(h, pool.etag, pool.last_modified)
@@ -181,7 +182,7 @@ def update_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw
 
 
 @op("Pools_ResizePool")
-def resize_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def resize_pool(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         _check_conditions(h, pool.etag, pool.last_modified)
@@ -200,7 +201,7 @@ def resize_pool(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw
 
 
 @op("Pools_StopPoolResize")
-def stop_resize(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def stop_resize(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         if pool.allocation_state == "resizing":
@@ -217,7 +218,7 @@ def stop_resize(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_
 
 
 @op("Pools_EnablePoolAutoScale")
-def enable_autoscale(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def enable_autoscale(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         rules.check_autoscale_interval(body.get("autoScaleEvaluationInterval"))
@@ -240,7 +241,7 @@ def enable_autoscale(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict
 
 
 @op("Pools_DisablePoolAutoScale")
-def disable_autoscale(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def disable_autoscale(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         pool.enable_autoscale = False
@@ -250,7 +251,7 @@ def disable_autoscale(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any
 
 
 @op("Pools_EvaluatePoolAutoScale")
-def evaluate_autoscale(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def evaluate_autoscale(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         if not pool.enable_autoscale:
@@ -260,7 +261,7 @@ def evaluate_autoscale(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: di
 
 
 @op("Pools_RemoveNodes")
-def remove_nodes(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def remove_nodes(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         if pool.allocation_state != "steady":
@@ -287,7 +288,7 @@ def remove_nodes(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, ra
 
 
 @op("Pools_ListPoolNodeCounts")
-def list_node_counts(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def list_node_counts(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     states = ["creating", "idle", "offline", "preempted", "rebooting", "reimaging", "running", "starting",
               "startTaskFailed", "leavingPool", "unknown", "unusable", "waitingForStartTask", "deallocated",
               "deallocating", "upgradingOS"]
@@ -337,7 +338,7 @@ SUPPORTED_IMAGES = [
 
 
 @op("Pools_ListSupportedImages")
-def list_supported_images(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def list_supported_images(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     return Response(200, odata.page(SUPPORTED_IMAGES, q, f"{svc.url}/supportedimages", svc.spec.api_version))
 
 
@@ -350,7 +351,7 @@ def _node(pool: Pool, node_id: str):
 
 
 @op("Nodes_ListNodes")
-def list_nodes(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def list_nodes(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         items = [node_json(n, pool, svc.url) for n in pool.nodes.values()]
@@ -358,7 +359,7 @@ def list_nodes(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_l
 
 
 @op("Nodes_GetNode")
-def get_node(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def get_node(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         node = _node(pool, p["nodeId"])
@@ -366,7 +367,7 @@ def get_node(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len
 
 
 @op("Nodes_DisableNodeScheduling")
-def disable_scheduling(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def disable_scheduling(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         node = _node(_pool(svc, p["poolId"]), p["nodeId"])
         node.scheduling_state = "disabled"
@@ -377,7 +378,7 @@ def disable_scheduling(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: An
 
 
 @op("Nodes_EnableNodeScheduling")
-def enable_scheduling(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def enable_scheduling(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         node = _node(_pool(svc, p["poolId"]), p["nodeId"])
         node.scheduling_state = "enabled"
@@ -434,7 +435,7 @@ def _file_response(path: Path, url: str, h: dict, head: bool) -> Response:
 
 
 @op("Nodes_ListNodeFiles")
-def list_node_files(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def list_node_files(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         node = _node(pool, p["nodeId"])
@@ -443,7 +444,7 @@ def list_node_files(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, 
     return Response(200, odata.page(items, q, base, svc.spec.api_version))  # type: ignore[arg-type]
 
 
-def _node_file(svc: "BatchEmulator", p: dict) -> tuple[Path, str]:
+def _node_file(svc: BatchEmulator, p: dict) -> tuple[Path, str]:
     with svc.cond:
         pool = _pool(svc, p["poolId"])
         node = _node(pool, p["nodeId"])
@@ -452,20 +453,20 @@ def _node_file(svc: "BatchEmulator", p: dict) -> tuple[Path, str]:
 
 
 @op("Nodes_GetNodeFile")
-def get_node_file(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def get_node_file(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     path, url = _node_file(svc, p)
     return _file_response(path, url, h, head=False)
 
 
 @op("Nodes_GetNodeFileProperties")
-def get_node_file_props(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def get_node_file_props(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     path, url = _node_file(svc, p)
     return _file_response(path, url, h, head=True)
 
 
 # ---- jobs ---------------------------------------------------------------------------------
 @op("Jobs_CreateJob")
-def create_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def create_job(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     rules.check_job_body(raw_len, svc.faults.rules)
     rules.check_job(body)
     with svc.cond:
@@ -479,20 +480,20 @@ def create_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_
 
 
 @op("Jobs_GetJob")
-def get_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def get_job(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         return _entity_response(h, q, job, job_json(job, svc.url))
 
 
 @op("Jobs_ListJobs")
-def list_jobs(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def list_jobs(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         items = [job_json(j, svc.url) for j in svc.jobs.values()]
     return Response(200, odata.page(items, q, f"{svc.url}/jobs", svc.spec.api_version))
 
 
-def _job_update(svc: "BatchEmulator", job: Job, body: dict, replace: bool) -> None:
+def _job_update(svc: BatchEmulator, job: Job, body: dict, replace: bool) -> None:
     if job.state in ("completed", "terminating", "deleting"):
         raise errors.conflict("JobCompleted" if job.state != "deleting" else "JobBeingDeleted",
                               "The specified job is already in a completed state." if job.state != "deleting"
@@ -513,7 +514,7 @@ def _job_update(svc: "BatchEmulator", job: Job, body: dict, replace: bool) -> No
     job.touch()
 
 
-def _patch_or_put_job(svc: "BatchEmulator", p: dict, h: dict, body: dict, replace: bool) -> Response:
+def _patch_or_put_job(svc: BatchEmulator, p: dict, h: dict, body: dict, replace: bool) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         _check_conditions(h, job.etag, job.last_modified)
@@ -524,17 +525,17 @@ def _patch_or_put_job(svc: "BatchEmulator", p: dict, h: dict, body: dict, replac
 
 
 @op("Jobs_UpdateJob")
-def update_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def update_job(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     return _patch_or_put_job(svc, p, h, body, replace=False)
 
 
 @op("Jobs_ReplaceJob")
-def replace_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def replace_job(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     return _patch_or_put_job(svc, p, h, body, replace=True)
 
 
 @op("Jobs_TerminateJob")
-def terminate_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def terminate_job(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         _check_conditions(h, job.etag, job.last_modified)
@@ -549,7 +550,7 @@ def terminate_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, ra
 
 
 @op("Jobs_DeleteJob")
-def delete_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def delete_job(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         _check_conditions(h, job.etag, job.last_modified)
@@ -560,7 +561,7 @@ def delete_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_l
 
 
 @op("Jobs_DisableJob")
-def disable_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def disable_job(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         if job.state != "active":
@@ -576,7 +577,7 @@ def disable_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw
 
 
 @op("Jobs_EnableJob")
-def enable_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def enable_job(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         if job.state not in ("disabled", "disabling"):
@@ -587,7 +588,7 @@ def enable_job(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_l
 
 
 @op("Jobs_GetJobTaskCounts")
-def task_counts(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def task_counts(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     """Counts as of ``counts_lag`` seconds ago (faults.py: the spec says they may not be up to
     date); a completion counts as succeeded or failed by the task's result."""
     cutoff = utcnow() - dt.timedelta(seconds=svc.faults.counts_lag())
@@ -611,7 +612,7 @@ def task_counts(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_
 
 
 @op("Jobs_ListJobPreparationAndReleaseTaskStatus")
-def list_prep_status(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def list_prep_status(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         if not job.spec.get("jobPreparationTask"):
@@ -636,7 +637,7 @@ def list_prep_status(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any,
 
 
 # ---- tasks --------------------------------------------------------------------------------
-def _add_task(svc: "BatchEmulator", job: Job, body: dict, prefix: str = "") -> Task:
+def _add_task(svc: BatchEmulator, job: Job, body: dict, prefix: str = "") -> Task:
     if job.state in ("completed", "terminating"):
         raise errors.conflict("JobCompleted", "The specified job is already in a completed state.")
     if job.state == "deleting":
@@ -654,7 +655,7 @@ def _add_task(svc: "BatchEmulator", job: Job, body: dict, prefix: str = "") -> T
 
 
 @op("Tasks_CreateTask")
-def create_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def create_task(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         task = _add_task(svc, job, body)
@@ -663,7 +664,7 @@ def create_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw
 
 
 @op("Tasks_CreateTaskCollection")
-def create_task_collection(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
+def create_task_collection(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_len: int) -> Response:
     rules.check_collection(raw_len, body)
     results = []
     with svc.cond:
@@ -693,7 +694,7 @@ def create_task_collection(svc: "BatchEmulator", p: dict, q: dict, h: dict, body
 
 
 @op("Tasks_ListTasks")
-def list_tasks(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def list_tasks(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     """Without $filter: every task as it is. With one: each task as a lagging index sees it
     (faults.py: ``list_lag``, and completions hidden by ``hide_from_filtered_lists``)."""
     filtered = bool(odata.effective_filter(q))
@@ -713,7 +714,7 @@ def list_tasks(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_l
 
 
 @op("Tasks_GetTask")
-def get_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def get_task(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         task = _task(job, p["taskId"])
@@ -721,7 +722,7 @@ def get_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len
 
 
 @op("Tasks_TerminateTask")
-def terminate_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def terminate_task(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         task = _task(job, p["taskId"])
@@ -739,7 +740,7 @@ def terminate_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, r
 
 
 @op("Tasks_ReactivateTask")
-def reactivate_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def reactivate_task(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     """A completed, failed task goes back to active with its retry count reset; refused for
     a task that exited 0 (even one whose upload then failed) and in a job that is completed,
     terminating or deleting (rules.check_reactivation)."""
@@ -756,7 +757,7 @@ def reactivate_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, 
 
 
 @op("Tasks_DeleteTask")
-def delete_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def delete_task(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     with svc.cond:
         job = _job(svc, p["jobId"])
         task = _task(job, p["taskId"])
@@ -767,7 +768,7 @@ def delete_task(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_
         return Response(200, None)
 
 
-def _task_dir(svc: "BatchEmulator", p: dict) -> tuple[Path, str]:
+def _task_dir(svc: BatchEmulator, p: dict) -> tuple[Path, str]:
     with svc.cond:
         job = _job(svc, p["jobId"])
         task = _task(job, p["taskId"])
@@ -779,19 +780,19 @@ def _task_dir(svc: "BatchEmulator", p: dict) -> tuple[Path, str]:
 
 
 @op("Tasks_ListTaskFiles")
-def list_task_files(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def list_task_files(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     root, base = _task_dir(svc, p)
     items = _list_files(root, base, q, q.get("recursive", "false").lower() == "true")
     return Response(200, odata.page(items, q, base, svc.spec.api_version))  # type: ignore[arg-type]
 
 
 @op("Tasks_GetTaskFile")
-def get_task_file(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def get_task_file(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     root, base = _task_dir(svc, p)
     return _file_response(_safe_join(root, p["filePath"]), f"{base}/{quote(p['filePath'], safe='')}", h, head=False)
 
 
 @op("Tasks_GetTaskFileProperties")
-def get_task_file_props(svc: "BatchEmulator", p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
+def get_task_file_props(svc: BatchEmulator, p: dict, q: dict, h: dict, body: Any, raw_len: int) -> Response:
     root, base = _task_dir(svc, p)
     return _file_response(_safe_join(root, p["filePath"]), f"{base}/{quote(p['filePath'], safe='')}", h, head=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 NODE_USER = "azbatchtest"
 _lock = threading.Lock()
-_user_cache: dict[str, "NodeUser | None"] = {}
+_user_cache: dict[str, NodeUser | None] = {}
 _bare_cache: dict[str, Path] = {}
 
 

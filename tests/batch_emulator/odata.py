@@ -11,7 +11,8 @@ import base64
 import datetime as dt
 import json
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import quote
 
 from . import errors

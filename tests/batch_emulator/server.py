@@ -47,7 +47,7 @@ class Response:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         self.server.svc.log("http: " + format % args)
@@ -146,7 +146,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], svc: "BatchEmulator") -> None:
+    def __init__(self, addr: tuple[str, int], svc: BatchEmulator) -> None:
         super().__init__(addr, _Handler)
         self.svc = svc
 
@@ -154,7 +154,7 @@ class _Server(ThreadingHTTPServer):
 class HttpFrontEnd:
     """Owns the listening socket and its serving thread."""
 
-    def __init__(self, svc: "BatchEmulator", host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(self, svc: BatchEmulator, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         self.server = _Server((host, port), svc)
         if ssl_context is not None:
             self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)

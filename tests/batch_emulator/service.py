@@ -16,8 +16,9 @@ import ssl
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import autoscale
 from .auth import Authenticator
@@ -132,7 +133,7 @@ class BatchEmulator:
         if self._own_root is not None:
             shutil.rmtree(self._own_root, ignore_errors=True)
 
-    def __enter__(self) -> "BatchEmulator":
+    def __enter__(self) -> BatchEmulator:
         self.start()
         return self
 
@@ -341,7 +342,7 @@ class BatchEmulator:
             self.cond.notify_all()
 
     # ---- helpers for tests ---------------------------------------------------------------------------
-    def wait_for(self, predicate: Callable[["BatchEmulator"], bool], timeout: float = 30.0,
+    def wait_for(self, predicate: Callable[[BatchEmulator], bool], timeout: float = 30.0,
                  interval: float = 0.02) -> None:
         """Block until predicate(self) holds (checked under the lock) or raise TimeoutError."""
         deadline = time.monotonic() + timeout

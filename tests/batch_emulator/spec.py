@@ -21,10 +21,10 @@ from . import errors
 API_FACTS = Path(__file__).resolve().with_name("batch_api.json")
 
 _lock = threading.Lock()
-_cached: "Spec | None" = None
+_cached: Spec | None = None
 
 
-def load_spec() -> "Spec":
+def load_spec() -> Spec:
     """Load (once per process) the API facts the repository carries."""
     global _cached
     with _lock:

@@ -38,7 +38,7 @@ class Node:
     recent: list[dict] = field(default_factory=list)
     start_task_info: dict | None = None
     errors: list[dict] = field(default_factory=list)
-    job_prep: dict[str, "PrepStatus"] = field(default_factory=dict)
+    job_prep: dict[str, PrepStatus] = field(default_factory=dict)
     leaving: bool = False            # remove once its tasks complete (taskcompletion)
 
     def set_state(self, state: str) -> None:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from azure.batch import models
 

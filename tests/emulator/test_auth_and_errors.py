@@ -36,6 +36,7 @@ def test_signature_covers_query_and_body(batch, batch_client):
     rec = batch.requests[-1]
     assert rec.headers["Authorization"] == "SharedKey [redacted]" or "[redacted]" in rec.headers["Authorization"]
     import urllib.request
+
     from tests.batch_emulator import auth
     headers = {"ocp-date": rec.headers["ocp-date"]}
     sig = auth.sign(batch.key, auth.string_to_sign("GET", "/pools", "api-version=2025-06-01&maxresults=5",

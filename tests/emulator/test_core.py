@@ -184,8 +184,9 @@ def test_task_environment_is_minimal(batch_client, batch, monkeypatch):
     assert env["AZ_BATCH_TASK_ID"] == "t1" and env["AZ_BATCH_JOB_ID"] == "job1"
     assert env["AZ_BATCH_TASK_WORKING_DIR"].endswith("/workitems/job1/job-1/t1/wd")
     assert env["AZ_BATCH_NODE_IS_DEDICATED"] == "true"
-    import sys
     import os
+    import sys
+
     from tests.batch_emulator.nodes import bare_python_bin
 
     exe = b"".join(batch_client.download_task_file("job1", "t2", "stdout.txt")).decode().strip()

@@ -8,7 +8,6 @@ import stat
 import pytest
 from azure.batch import models
 
-
 from .helpers import blob_sas_url, new_job, pool_options, sh, task, wait_nodes_idle, wait_tasks_done
 
 pytestmark = pytest.mark.timeout(90)

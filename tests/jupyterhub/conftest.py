@@ -113,7 +113,7 @@ class Hub:
             time.sleep(0.2)
         raise AssertionError(f"the server of {user} did not become ready:\n{self.log.read_text()[-4000:]}")
 
-    def kernel(self, user: str) -> "HubKernel":
+    def kernel(self, user: str) -> HubKernel:
         model = self.user_api(user, "POST", "kernels", {"name": "python3"})
         return HubKernel(self, user, model["id"])
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
