@@ -128,6 +128,16 @@ def test_keys_hold_what_changes_a_value_and_nothing_else():
     assert _keys(items, ns)[0] != plain[0]
 
 
+def test_keys_follow_the_versions_of_the_packages_the_namespace_names(monkeypatch):
+    ns = _ns(np=pytest.importorskip("numpy"))
+    body = "np.float64(f(x))"
+    before = _keys([1], ns, body)
+    from azpar_magic.run import capture
+    real = capture.distributions_for
+    monkeypatch.setattr(capture, "distributions_for", lambda modules: {**real(modules), "numpy": "0.0.1"})
+    assert _keys([1], ns, body) != before
+
+
 # ------------------------------------------------------------------ reuse
 
 

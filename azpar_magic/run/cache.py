@@ -2,7 +2,7 @@
 
 The key of iteration i hashes what decides its value: a format tag, the loop's target and
 body source, a digest of the CONTENT of the captured namespace (and of the notebook-folder
-modules its code comes from), the item's content digest, and the options that change one
+modules its code comes from, and the versions of the packages it names), the item's content digest, and the options that change one
 iteration's value (``--seed`` with i, since the iteration's stream is spawned from both;
 ``--gather`` names). Options that only shape the whole result (``--combine``, ``--errors``,
 ``--chunk-size``) are not in it, nor is the iterable's expression: the same item through the
@@ -166,8 +166,9 @@ def content_digest(obj: object, modules: set[str] | None = None) -> bytes:
 
 def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
     """The content digest of what capture would ship for this cell: the chosen names (as
-    ``capture.capture`` chooses them) and the source of the notebook-folder modules they
-    and the body import (shipped as files, so their edits must count)."""
+    ``capture.capture`` chooses them), the source of the notebook-folder modules they and the
+    body import (shipped as files, so their edits must count) and the versions of the
+    installed distributions behind the modules they name."""
     cell, namespace = request.cell, request.namespace
     looked_up, _ = capture_mod.namespace_lookups(cell.body_tree)
     wanted = (capture_mod.free_names(cell.body_tree, cell.target_names) | set(request.export)
@@ -179,8 +180,11 @@ def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
             chosen[name] = namespace[name]
     modules: set[str] = set(capture_mod.imported_modules(cell.body_tree))
     digest = content_digest(sorted(chosen.items(), key=lambda kv: kv[0]), modules)
-    local = capture_mod.local_module_files({m for m in modules if m}, request.folder or ".")
-    return hashlib.blake2b(digest + repr(sorted(local.items())).encode(), digest_size=_DIGEST).digest()
+    modules.discard("")
+    local = capture_mod.local_module_files(modules, request.folder or ".")
+    versions = capture_mod.distributions_for(modules)  # numpy 1 -> 2 may change a value
+    return hashlib.blake2b(digest + repr((sorted(local.items()), sorted(versions.items()))).encode(),
+                           digest_size=_DIGEST).digest()
 
 
 def iteration_keys(request: RunRequest, items: Sequence[Any], ns_digest: bytes | None = None) -> list[bytes]:
