@@ -4,9 +4,10 @@ The key of iteration i hashes what decides its value: a format tag, the loop's t
 body source, a digest of the CONTENT of the captured namespace (and of the notebook-folder
 modules its code comes from, and the versions of the packages it names), the item's content
 digest, and the options that change one iteration's value (``--seed`` with i, since the
-iteration's stream is spawned from both; ``--gather`` names). Options that only shape the whole result (``--combine``, ``--errors``,
-``--chunk-size``) are not in it, nor is the iterable's expression: the same item through the
-same body gives the same value whatever list it came from.
+iteration's stream is spawned from both; ``--gather`` names). Options that only shape the
+whole result (``--combine``, ``--errors``, ``--chunk-size``) are not in it, nor is the
+iterable's expression: the same item through the same body gives the same value whatever
+list it came from.
 
 Content, not pickle bytes: dill pickles a notebook function with its code object, whose
 ``co_filename`` (ipykernel's temporary file, named after the kernel's pid) and line tables
