@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from azure.core.exceptions import AzureError
@@ -216,9 +216,13 @@ class AzureBackend(BaseBackend):
         otherwise every part is tried and failures are ignored (cleanup after a run)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        parts = [(f"the Batch job {job_id}",
+
+        def container(name: str) -> Callable[[], object]:
+            return lambda: self.staging.delete_container(name)  # the client is made when first needed
+
+        parts: list[tuple[str, Callable[[], object]]] = [(f"the Batch job {job_id}",
                   lambda: self.client.begin_delete_job(job_id, polling_interval=0.5).result(timeout=120))]
-        parts += [(f"the container {name}", lambda name=name: self.staging.delete_container(name))
+        parts += [(f"the container {name}", container(name))
                   for name in (storage.input_container(job_id), storage.output_container(job_id),
                                storage.files_container(job_id))]
         for what, delete in parts:
@@ -296,9 +300,10 @@ class AzureBackend(BaseBackend):
                                     max_nodes=self.profile["max_nodes"],
                                     slots_per_node=self.profile["task_slots_per_node"])
         try:
-            self.client.enable_pool_auto_scale(self.profile["pool_id"], models.BatchPoolEnableAutoScaleOptions(
+            options = models.BatchPoolEnableAutoScaleOptions(  # type: ignore[call-overload]  # ISO 8601 text, as sent
                 auto_scale_formula=formula,
-                auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M"))
+                auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M")
+            self.client.enable_pool_auto_scale(self.profile["pool_id"], options)
         except AzureError:
             pass
 

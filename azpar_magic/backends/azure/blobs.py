@@ -11,6 +11,7 @@ transfer can fail in ways a single request's retry does not cover.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import threading
@@ -315,8 +316,7 @@ def put_path(staging: Staging, source: str, container: str, name: str, *,
         blob = name + os.path.basename(source) if (not name or name.endswith("/")) else name
         pairs = [(source, blob)]
     for full, blob in pairs:
-        upload_file(staging, container, blob, full,
-                    progress=(lambda done, total, b=blob: progress(b, done, total)) if progress else None)
+        upload_file(staging, container, blob, full, progress=functools.partial(progress, blob) if progress else None)
     return [blob for _, blob in pairs]
 
 

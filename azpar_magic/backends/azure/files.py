@@ -332,6 +332,7 @@ class RunData:
         return self.context.client.download_task_file(self.job_id, task_id, f"wd/{OUT_DIR}/{index}/{rel}")
 
     def _download(self, task_id: str, index: int, rel: str) -> None:
+        assert self.plan is not None  # fetch() calls it only with a plan
         target = os.path.join(self.plan.local_dest(index), *rel.split("/"))
         try:
             blobs.download_file(self.context.staging, self.files_container, f"{OUTPUT_PREFIX}/{index}/{rel}", target)
@@ -343,6 +344,7 @@ class RunData:
         """An az:// destination: Batch uploaded the file there; if it did not, copy it
         from the node (through this machine, with the profile's credentials)."""
         plan, st = self.plan, self.context.staging
+        assert plan is not None  # fetch() calls it only with a plan
         container, _, prefix = plan.dest[len("az://"):].partition("/")
         name = "/".join(p for p in (prefix.strip("/"), plan.job_id, str(index), rel) if p)
         blob = st.service.get_blob_client(container, name)

@@ -188,9 +188,10 @@ def resize(client: Any, pool_id: str, dedicated: int, spot: int) -> None:
     if current.allocation_state == "resizing":
         client.begin_stop_pool_resize(pool_id, polling_interval=0.2).result()
         _wait_steady(client, pool_id)
-    client.begin_resize_pool(pool_id, models.BatchPoolResizeOptions(
+    options = models.BatchPoolResizeOptions(  # type: ignore[call-overload]  # resize_timeout: ISO 8601 text, as sent
         target_dedicated_nodes=dedicated, target_low_priority_nodes=spot, resize_timeout=RESIZE_TIMEOUT,
-        node_deallocation_option="taskcompletion"), polling_interval=1)
+        node_deallocation_option="taskcompletion")
+    client.begin_resize_pool(pool_id, options, polling_interval=1)
 
 
 def _wait_steady(client: Any, pool_id: str, timeout: float = 60.0) -> None:
