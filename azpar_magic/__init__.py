@@ -15,8 +15,15 @@ from __future__ import annotations
 # run() and jobs(). Importing a subpackage for the first time binds it as an attribute of this package,
 # so both subpackages are loaded here first (api imports them) and the functions are bound after them.
 from . import api, session, storage  # storage: ls/get/put/rm on the profile's Blob storage
-from .errors import (AzparError, EnvironmentMismatchError, InfrastructureError, IterationError,
-                     JobCancelled, RemoteException, TaskTimeoutError)
+from .errors import (
+    AzparError,
+    EnvironmentMismatchError,
+    InfrastructureError,
+    IterationError,
+    JobCancelled,
+    RemoteException,
+    TaskTimeoutError,
+)
 from .jobs import FINAL_STATES, AsCompleted, Job, JobOptions, JobSnapshot
 from .errors import JobLost
 from .jobstore import JobSummary
@@ -25,11 +32,34 @@ from .mapping import map, starmap  # noqa: A004 (azpar_magic.map, as multiproces
 from .api import attach, cache_clear, cancel, collect, delete, jobs, logs, rerun, run  # last: see above
 
 __version__ = "0.1.0"
-__all__ = ["run", "map", "starmap", "storage", "jobs", "attach", "collect", "logs", "cancel", "rerun", "delete",
-           "cache_clear", "Job", "JobSnapshot", "AsCompleted",
-           "JobSummary", "AzparError", "IterationError", "RemoteException", "InfrastructureError", "TaskTimeoutError",
-           "EnvironmentMismatchError", "JobCancelled", "JobLost", "load_ipython_extension",
-           "unload_ipython_extension"]
+__all__ = [
+    "run",
+    "map",
+    "starmap",
+    "storage",
+    "jobs",
+    "attach",
+    "collect",
+    "logs",
+    "cancel",
+    "rerun",
+    "delete",
+    "cache_clear",
+    "Job",
+    "JobSnapshot",
+    "AsCompleted",
+    "JobSummary",
+    "AzparError",
+    "IterationError",
+    "RemoteException",
+    "InfrastructureError",
+    "TaskTimeoutError",
+    "EnvironmentMismatchError",
+    "JobCancelled",
+    "JobLost",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
 
 
 def load_ipython_extension(ipython) -> None:

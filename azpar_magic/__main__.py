@@ -21,21 +21,37 @@ from .errors import InstallError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m azpar_magic",
-                                     description="Turn auto-loading of the %%azpar magic on or off.")
+    parser = argparse.ArgumentParser(
+        prog="python -m azpar_magic", description="Turn auto-loading of the %%azpar magic on or off."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("enable", "load azpar_magic in every IPython kernel of the scope"),
-                       ("disable", "stop loading it there")):
+    for name, text in (
+        ("enable", "load azpar_magic in every IPython kernel of the scope"),
+        ("disable", "stop loading it there"),
+    ):
         sub = commands.add_parser(name, help=text, description=text)
         where = sub.add_mutually_exclusive_group(required=True)
-        where.add_argument("--sys-prefix", dest="scope", action="store_const", const="sys-prefix",
-                           help=f"this environment ({sys.prefix}/etc/ipython/startup): every user of it")
-        where.add_argument("--user", dest="scope", action="store_const", const="user",
-                           help="the current user's IPython profile (profile_default/startup)")
+        where.add_argument(
+            "--sys-prefix",
+            dest="scope",
+            action="store_const",
+            const="sys-prefix",
+            help=f"this environment ({sys.prefix}/etc/ipython/startup): every user of it",
+        )
+        where.add_argument(
+            "--user",
+            dest="scope",
+            action="store_const",
+            const="user",
+            help="the current user's IPython profile (profile_default/startup)",
+        )
         where.add_argument("--prefix", metavar="DIR", help="another environment's prefix (DIR/etc/ipython/startup)")
     commands.add_parser("status", help="where auto-loading is on")
-    doctor = commands.add_parser("doctor", help="pre-flight check of a profile: what its identity can do, with fixes",
-                                 description="Check a profile (default: the configured one) before the first run.")
+    doctor = commands.add_parser(
+        "doctor",
+        help="pre-flight check of a profile: what its identity can do, with fixes",
+        description="Check a profile (default: the configured one) before the first run.",
+    )
     doctor.add_argument("profile", nargs="?", help="profile name (default: the config files' profile, else local)")
     doctor.add_argument("--run", action="store_true", help="also run one iteration end to end (costs node time)")
     args = parser.parse_args(argv)
@@ -58,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"azpar_magic: enabled; IPython kernels started from now on load it ({path})")
         else:
             removed = install.disable(scope, args.prefix)
-            print(f"azpar_magic: disabled (removed {removed})" if removed
-                  else f"azpar_magic: was not enabled there ({install.startup_path(scope, args.prefix)} absent)")
+            print(
+                f"azpar_magic: disabled (removed {removed})"
+                if removed
+                else f"azpar_magic: was not enabled there ({install.startup_path(scope, args.prefix)} absent)"
+            )
     except InstallError as exc:
         print(f"azpar_magic: {exc}", file=sys.stderr)
         return 1

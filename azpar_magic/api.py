@@ -18,16 +18,42 @@ from .jobstore import JobSummary
 from .run.parsing import parse_cell
 from .run.request import API_SPELLING, RunRequest
 
-__all__ = ["run", "cache_clear", "jobs", "attach", "collect", "logs", "cancel", "rerun", "rerun_with", "delete",
-           "deletable_id"]
+__all__ = [
+    "run",
+    "cache_clear",
+    "jobs",
+    "attach",
+    "collect",
+    "logs",
+    "cancel",
+    "rerun",
+    "rerun_with",
+    "delete",
+    "deletable_id",
+]
 
 
-def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, combine: str | Callable = "list",
-        errors: str = "stop", gather: Iterable[str] = (), retries: int = 2, timeout: float | None = None,
-        chunk_size: int | None = None, seed: int | None = None, export: Iterable[str] = (),
-        no_export: Iterable[str] = (), backend: str | None = None, workers: int | None = None,
-        inputs: Iterable[str] = (), outputs: Iterable[str] = (), outputs_to: str | None = None,
-        cache: bool = False) -> Job:
+def run(
+    loop: str,
+    body: str,
+    namespace: Mapping[str, Any] | None = None,
+    *,
+    combine: str | Callable = "list",
+    errors: str = "stop",
+    gather: Iterable[str] = (),
+    retries: int = 2,
+    timeout: float | None = None,
+    chunk_size: int | None = None,
+    seed: int | None = None,
+    export: Iterable[str] = (),
+    no_export: Iterable[str] = (),
+    backend: str | None = None,
+    workers: int | None = None,
+    inputs: Iterable[str] = (),
+    outputs: Iterable[str] = (),
+    outputs_to: str | None = None,
+    cache: bool = False,
+) -> Job:
     """Start the loop ``loop`` (``"for x in xs"``) with ``body`` and return its Job at once.
 
     ``namespace`` defaults to the caller's globals; ``job.result()`` waits and returns the
@@ -41,9 +67,19 @@ def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, com
         cell = parse_cell(loop, body)
     except CellError as exc:
         raise ValueError(str(exc)) from None
-    options = JobOptions(combine=combine, errors=errors, gather=tuple(gather), retries=retries, timeout=timeout,
-                         chunk_size=chunk_size, seed=seed, inputs=tuple(inputs), outputs=tuple(outputs),
-                         outputs_to=outputs_to, cache=bool(cache))
+    options = JobOptions(
+        combine=combine,
+        errors=errors,
+        gather=tuple(gather),
+        retries=retries,
+        timeout=timeout,
+        chunk_size=chunk_size,
+        seed=seed,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        outputs_to=outputs_to,
+        cache=bool(cache),
+    )
     engine = session.engine(backend, workers)
     try:
         job = engine.submit(RunRequest(cell, namespace, options, tuple(export), tuple(no_export)))
@@ -53,8 +89,9 @@ def run(loop: str, body: str, namespace: Mapping[str, Any] | None = None, *, com
     return job
 
 
-def jobs(*, stored: bool = False, state: str | None = None, name: str | None = None,
-         since: str | float | None = None) -> list:
+def jobs(
+    *, stored: bool = False, state: str | None = None, name: str | None = None, since: str | float | None = None
+) -> list:
     """The jobs of this process as Job handles, oldest first; with ``stored=True`` instead one
     JobSummary per job in the job store (every kernel's, earlier sessions' too, this
     process's with their live counts): the rows of ``%azpar jobs``. Summaries, not handles,
@@ -68,16 +105,18 @@ def jobs(*, stored: bool = False, state: str | None = None, name: str | None = N
         found = session.jobs()
         if state is None and name is None and since is None:
             return found
-        keep = {r.id for r in jobstore.filter_jobs([JobSummary.of(j) for j in found], state=state, name=name,
-                                                since=since)}
+        keep = {
+            r.id for r in jobstore.filter_jobs([JobSummary.of(j) for j in found], state=state, name=name, since=since)
+        }
         return [j for j in found if j.id in keep]
     rows = {row.id: row for row in jobstore.list_jobs()}
     for job in session.jobs():
         if job.owner:  # followed from the store: the store's row is the truth
             continue
         rows[job.id] = JobSummary.of(job)
-    return jobstore.filter_jobs(sorted(rows.values(), key=lambda r: (r.created, r.id)), state=state, name=name,
-                             since=since)
+    return jobstore.filter_jobs(
+        sorted(rows.values(), key=lambda r: (r.created, r.id)), state=state, name=name, since=since
+    )
 
 
 def attach(job_id: str | None = None) -> Job:
@@ -135,6 +174,7 @@ def cache_clear() -> int:
     """Forget every value ``--cache`` could reuse (the jobs themselves stay in the store);
     returns how many jobs were in the cache's index. ``%azpar cache clear`` in a notebook."""
     from .jobstore import cache as stored_cache
+
     return stored_cache.clear()
 
 
@@ -177,13 +217,19 @@ def deletable_id(job_id: str) -> str:
         raise
     state, where = jobstore.effective_state(jobstore.read_manifest(found))
     if state not in FINAL_STATES:
-        raise ValueError(f"job {found} is still {state} in {where or 'another process'}; cancel it there before "
-                         "deleting it")
+        raise ValueError(
+            f"job {found} is still {state} in {where or 'another process'}; cancel it there before deleting it"
+        )
     return found
 
 
-def rerun(job_id: str | None = None, failed: bool = True, *, namespace: Mapping[str, Any] | None = None,
-          output_name: str | None = None) -> Job:
+def rerun(
+    job_id: str | None = None,
+    failed: bool = True,
+    *,
+    namespace: Mapping[str, Any] | None = None,
+    output_name: str | None = None,
+) -> Job:
     """Run the job's failed or missing iterations again (all of them with ``failed=False``)
     and return the new Job, whose result holds the earlier values and the new ones merged in
     iteration order. Its id is new; its manifest names the original (``rerun_of``).
@@ -202,8 +248,13 @@ def rerun(job_id: str | None = None, failed: bool = True, *, namespace: Mapping[
     return rerun_with(job_id, failed, namespace, output_name)
 
 
-def rerun_with(job_id: str | None, failed: bool, namespace: Mapping[str, Any], output_name: str | None,
-           spelling: dict[str, str] | None = None) -> Job:
+def rerun_with(
+    job_id: str | None,
+    failed: bool,
+    namespace: Mapping[str, Any],
+    output_name: str | None,
+    spelling: dict[str, str] | None = None,
+) -> Job:
     base = session.find_job(job_id)
     if not base.done:
         raise ValueError(f"job {base.id} is still {base.state}; wait for it to end (or cancel it) before a rerun")
@@ -211,9 +262,11 @@ def rerun_with(job_id: str | None, failed: bool, namespace: Mapping[str, Any], o
     missing_items = [base.items[i] for i in todo if isinstance(base.items[i], jobstore.MissingItem)]
     if missing_items:
         first = missing_items[0]
-        raise ValueError(f"item {first.index} of job {base.id} could not be rebuilt in this kernel "
-                         f"({first.reason}); define what it refers to (a notebook class?), then rerun. "
-                         "Nothing was submitted.")
+        raise ValueError(
+            f"item {first.index} of job {base.id} could not be rebuilt in this kernel "
+            f"({first.reason}); define what it refers to (a notebook class?), then rerun. "
+            "Nothing was submitted."
+        )
     missing_combine = getattr(base.options.combine, "missing", None)
     if missing_combine:
         raise ValueError(f"{missing_combine} Nothing was submitted.")
@@ -221,16 +274,24 @@ def rerun_with(job_id: str | None, failed: bool, namespace: Mapping[str, Any], o
     if problem:
         raise ValueError(problem)
     first_line, _, body = base.source.partition("\n")
-    line = first_line[len("%%azpar"):] if first_line.startswith("%%azpar") else first_line
+    line = first_line[len("%%azpar") :] if first_line.startswith("%%azpar") else first_line
     try:
         cell = parse_cell(line, body)
     except CellError as exc:
         raise ValueError(f"the cell of job {base.id} cannot be parsed again: {exc}") from None
     options = dataclasses.replace(base.options, output_name=output_name or base.options.output_name)
     manifest = base.manifest or {}
-    request = RunRequest(cell, namespace, options, tuple(manifest.get("export") or ()),
-                         tuple(manifest.get("no_export") or ()), spelling=spelling or dict(API_SPELLING),
-                         items=base.items, indices=todo, base=base)
+    request = RunRequest(
+        cell,
+        namespace,
+        options,
+        tuple(manifest.get("export") or ()),
+        tuple(manifest.get("no_export") or ()),
+        spelling=spelling or dict(API_SPELLING),
+        items=base.items,
+        indices=todo,
+        base=base,
+    )
     try:
         job = _engine_for(base).submit(request)
     except SubmitError as exc:

@@ -35,8 +35,13 @@ else:  # pragma: no cover - exercised on 3.10 only
 # max_items: how many items a loop's iterable may yield (engine.materialize); raise it in a config
 # file (max_items = 50_000_000) or with AZPAR_MAX_ITEMS.
 # cache_max_bytes: bytes of stored job records the --cache index may point at (oldest jobs leave it first).
-DEFAULTS: dict[str, Any] = {"backend": "local", "workers": None, "profile": None, "max_items": 10_000_000,
-                            "cache_max_bytes": 2 * 1024**3}
+DEFAULTS: dict[str, Any] = {
+    "backend": "local",
+    "workers": None,
+    "profile": None,
+    "max_items": 10_000_000,
+    "cache_max_bytes": 2 * 1024**3,
+}
 PROFILES_TABLE = "profiles"
 _ENV_PREFIX = "AZPAR_"
 _INT_KEYS = {"workers", "max_items", "cache_max_bytes"}
@@ -97,16 +102,23 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     return value
 
 
-def load_settings(overrides: Mapping[str, Any] | None = None, *, cwd: str | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, *, cwd: str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     environ = os.environ if environ is None else environ
     layers: list[tuple[str, Mapping[str, Any]]] = [
         ("defaults", DEFAULTS),
         (str(system_config_path()), _read_toml(system_config_path())),
         (str(user_config_path()), _read_toml(user_config_path())),
         (str(Path(cwd or ".") / "azpar.toml"), _read_toml(Path(cwd or ".") / "azpar.toml")),
-        ("environment", {k[len(_ENV_PREFIX):].lower(): v for k, v in environ.items()
-                         if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX):].lower() in DEFAULTS}),
+        (
+            "environment",
+            {
+                k[len(_ENV_PREFIX) :].lower(): v
+                for k, v in environ.items()
+                if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX) :].lower() in DEFAULTS
+            },
+        ),
         ("magic options", {k: v for k, v in (overrides or {}).items() if v is not None}),
     ]
     policy = admin_policy()
@@ -159,14 +171,17 @@ def admin_policy() -> AdminPolicy:
     where = str(path)
     table = data.get(ADMIN_TABLE) or {}
     profiles = data.get(PROFILES_TABLE) or {}
-    system_profiles = frozenset(k for k, v in profiles.items() if isinstance(v, dict)) \
-        if isinstance(profiles, dict) else frozenset()
+    system_profiles = (
+        frozenset(k for k, v in profiles.items() if isinstance(v, dict)) if isinstance(profiles, dict) else frozenset()
+    )
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [{ADMIN_TABLE}] must be a table")
     unknown = set(table) - {"locked", "user_overridable", "allow_user_profiles"}
     if unknown:
-        raise ConfigError(f"{where}: [{ADMIN_TABLE}] has unknown keys {', '.join(sorted(unknown))}; known: locked, "
-                          "user_overridable, allow_user_profiles")
+        raise ConfigError(
+            f"{where}: [{ADMIN_TABLE}] has unknown keys {', '.join(sorted(unknown))}; known: locked, "
+            "user_overridable, allow_user_profiles"
+        )
     known = set(PROFILE_FIELDS) | set(DEFAULTS)
 
     def names(key: str) -> set[str]:
@@ -174,7 +189,7 @@ def admin_policy() -> AdminPolicy:
         if value == "*":
             return set(known)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: [{ADMIN_TABLE}] {key} must be a list of field names (or \"*\")")
+            raise ConfigError(f'{where}: [{ADMIN_TABLE}] {key} must be a list of field names (or "*")')
         bad = sorted(set(value) - known)
         if bad:
             raise ConfigError(f"{where}: [{ADMIN_TABLE}] {key} names unknown fields {', '.join(bad)}")
@@ -182,8 +197,11 @@ def admin_policy() -> AdminPolicy:
 
     if "locked" in table and "user_overridable" in table:
         raise ConfigError(f"{where}: [{ADMIN_TABLE}] takes locked or user_overridable, not both")
-    locked = names("locked") if "locked" in table else (
-        known - names("user_overridable") if "user_overridable" in table else set())
+    locked = (
+        names("locked")
+        if "locked" in table
+        else (known - names("user_overridable") if "user_overridable" in table else set())
+    )
     allow = table.get("allow_user_profiles", True)
     if not isinstance(allow, bool):
         raise ConfigError(f"{where}: [{ADMIN_TABLE}] allow_user_profiles must be true or false")
@@ -193,13 +211,15 @@ def admin_policy() -> AdminPolicy:
 def _locked_message(where: str, key: str, profile: str | None, policy: AdminPolicy, admin_value: Any) -> str:
     what = f"{key} of profile {profile!r}" if profile else f"the setting {key}"
     if where.startswith("environment variable "):
-        fix = f"unset {where[len('environment variable '):]}"
+        fix = f"unset {where[len('environment variable ') :]}"
     elif where in ("environment", "magic options"):
         fix = f"do not set it in the {where}"
     else:
         fix = f"remove {key} from {where}"
-    return (f"{where} sets {what}, which the administrator has locked in {policy.path} ([{ADMIN_TABLE}]); "
-            f"{fix} (the administrator's value: {shown(key, admin_value).removeprefix('got ')}).")
+    return (
+        f"{where} sets {what}, which the administrator has locked in {policy.path} ([{ADMIN_TABLE}]); "
+        f"{fix} (the administrator's value: {shown(key, admin_value).removeprefix('got ')})."
+    )
 
 
 def layer_name(source: str) -> str:
@@ -214,7 +234,6 @@ def layer_name(source: str) -> str:
     if source.startswith("environment"):
         return "environment"
     return source
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,50 +259,81 @@ def _kernel_python_image() -> str:
     return f"python:{sys.version_info[0]}.{sys.version_info[1]}-slim"
 
 
-PROFILE_FIELDS: dict[str, ProfileField] = {f.name: f for f in (
-    ProfileField("backend", str, "azure", "azure, or local for a profile that only sizes the local pool"),
-    ProfileField("batch_account_url", str, "", "https://ACCOUNT.REGION.batch.azure.com"),
-    ProfileField("batch_account_name", str, "", "Batch account name (default: the URL's first label)"),
-    ProfileField("storage_account_url", str, "", "https://ACCOUNT.blob.core.windows.net"),
-    ProfileField("auth", str, "default", "default, cli, managed-identity, service-principal or shared-key"),
-    ProfileField("managed_identity_client_id", str, "", "client id of a user-assigned identity (optional)"),
-    ProfileField("batch_key_env", str, "AZPAR_BATCH_KEY",
-                 "environment variable holding the Batch account key (auth = shared-key)", secret=True),
-    ProfileField("storage_key_env", str, "AZPAR_STORAGE_KEY",
-                 "environment variable holding the Storage account key (auth = shared-key)", secret=True),
-    ProfileField("pool_id", str, "azpar", "pool to attach to, created from this profile when missing"),
-    ProfileField("create_pool", bool, True, "create the pool when it does not exist"),
-    ProfileField("vm_size", str, "Standard_D2s_v3", "Azure VM size, e.g. Standard_D4s_v3"),
-    ProfileField("dedicated_nodes", int, 0, "dedicated nodes (fixed size)"),
-    ProfileField("spot_nodes", int, 2, "spot nodes (fixed size)"),
-    ProfileField("autoscale", str, "", f"autoscale formula instead of fixed sizes: {', '.join(AUTOSCALE_FORMULAS)}"),
-    ProfileField("min_nodes", int, 0, "autoscale: fewest nodes"),
-    ProfileField("max_nodes", int, 10, "autoscale: most nodes"),
-    ProfileField("task_slots_per_node", int, 1, "tasks running at once on one node"),
-    ProfileField("image", str, "microsoft-dsvm:ubuntu-hpc:2204", "VM image publisher:offer:sku[:version]"),
-    ProfileField("node_agent_sku", str, "batch.node.ubuntu 22.04", "node agent SKU matching the image"),
-    ProfileField("container_image", str, _kernel_python_image(), "container image tasks run in (needs a tag)"),
-    ProfileField("packages", list, [], "pip requirements installed on every node"),
-    ProfileField("auto_packages", bool, True,
-                 "install on the nodes the kernel's versions of the distributions a cell uses, once per node per "
-                 "set (false: an image with everything baked in; then they are only checked)"),
-    ProfileField("pip_options", list, [], "extra pip options, e.g. an index URL"),
-    ProfileField("start_commands", list, [], "shell commands run once per node before the install"),
-    ProfileField("subnet_id", str, "", "virtual network subnet resource id (optional)"),
-    ProfileField("registry_server", str, "", "container registry server (optional)"),
-    ProfileField("registry_username", str, "", "container registry user"),
-    ProfileField("registry_password_env", str, "AZPAR_REGISTRY_PASSWORD",
-                 "environment variable holding the registry password", secret=True),
-    ProfileField("poll_interval", float, 2.0, "seconds between progress polls"),
-    ProfileField("job_timeout", float, 86400.0,
-                 "seconds a job may run (Batch maxWallClockTime); staging SAS tokens expire with it"),
-    ProfileField("keep", bool, False, "keep the Batch job and its containers after a successful run"),
-)}
+PROFILE_FIELDS: dict[str, ProfileField] = {
+    f.name: f
+    for f in (
+        ProfileField("backend", str, "azure", "azure, or local for a profile that only sizes the local pool"),
+        ProfileField("batch_account_url", str, "", "https://ACCOUNT.REGION.batch.azure.com"),
+        ProfileField("batch_account_name", str, "", "Batch account name (default: the URL's first label)"),
+        ProfileField("storage_account_url", str, "", "https://ACCOUNT.blob.core.windows.net"),
+        ProfileField("auth", str, "default", "default, cli, managed-identity, service-principal or shared-key"),
+        ProfileField("managed_identity_client_id", str, "", "client id of a user-assigned identity (optional)"),
+        ProfileField(
+            "batch_key_env",
+            str,
+            "AZPAR_BATCH_KEY",
+            "environment variable holding the Batch account key (auth = shared-key)",
+            secret=True,
+        ),
+        ProfileField(
+            "storage_key_env",
+            str,
+            "AZPAR_STORAGE_KEY",
+            "environment variable holding the Storage account key (auth = shared-key)",
+            secret=True,
+        ),
+        ProfileField("pool_id", str, "azpar", "pool to attach to, created from this profile when missing"),
+        ProfileField("create_pool", bool, True, "create the pool when it does not exist"),
+        ProfileField("vm_size", str, "Standard_D2s_v3", "Azure VM size, e.g. Standard_D4s_v3"),
+        ProfileField("dedicated_nodes", int, 0, "dedicated nodes (fixed size)"),
+        ProfileField("spot_nodes", int, 2, "spot nodes (fixed size)"),
+        ProfileField(
+            "autoscale", str, "", f"autoscale formula instead of fixed sizes: {', '.join(AUTOSCALE_FORMULAS)}"
+        ),
+        ProfileField("min_nodes", int, 0, "autoscale: fewest nodes"),
+        ProfileField("max_nodes", int, 10, "autoscale: most nodes"),
+        ProfileField("task_slots_per_node", int, 1, "tasks running at once on one node"),
+        ProfileField("image", str, "microsoft-dsvm:ubuntu-hpc:2204", "VM image publisher:offer:sku[:version]"),
+        ProfileField("node_agent_sku", str, "batch.node.ubuntu 22.04", "node agent SKU matching the image"),
+        ProfileField("container_image", str, _kernel_python_image(), "container image tasks run in (needs a tag)"),
+        ProfileField("packages", list, [], "pip requirements installed on every node"),
+        ProfileField(
+            "auto_packages",
+            bool,
+            True,
+            "install on the nodes the kernel's versions of the distributions a cell uses, once per node per "
+            "set (false: an image with everything baked in; then they are only checked)",
+        ),
+        ProfileField("pip_options", list, [], "extra pip options, e.g. an index URL"),
+        ProfileField("start_commands", list, [], "shell commands run once per node before the install"),
+        ProfileField("subnet_id", str, "", "virtual network subnet resource id (optional)"),
+        ProfileField("registry_server", str, "", "container registry server (optional)"),
+        ProfileField("registry_username", str, "", "container registry user"),
+        ProfileField(
+            "registry_password_env",
+            str,
+            "AZPAR_REGISTRY_PASSWORD",
+            "environment variable holding the registry password",
+            secret=True,
+        ),
+        ProfileField("poll_interval", float, 2.0, "seconds between progress polls"),
+        ProfileField(
+            "job_timeout",
+            float,
+            86400.0,
+            "seconds a job may run (Batch maxWallClockTime); staging SAS tokens expire with it",
+        ),
+        ProfileField("keep", bool, False, "keep the Batch job and its containers after a successful run"),
+    )
+}
 
 _VM_SIZE = re.compile(r"^(Standard|Basic)_[A-Za-z0-9]+(_[A-Za-z0-9]+)*$")
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SUBNET = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Network/"
-                     r"virtualNetworks/[^/]+/subnets/[^/]+$", re.IGNORECASE)
+_SUBNET = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Network/"
+    r"virtualNetworks/[^/]+/subnets/[^/]+$",
+    re.IGNORECASE,
+)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -357,8 +407,10 @@ def _coerce_field(spec: ProfileField, value: Any, where: str) -> Any:
         try:
             return spec.kind(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {spec.name} must be a {'whole ' if spec.kind is int else ''}number, "
-                              f"{shown(spec.name, value)}") from None
+            raise ConfigError(
+                f"{where}: {spec.name} must be a {'whole ' if spec.kind is int else ''}number, "
+                f"{shown(spec.name, value)}"
+            ) from None
     if spec.kind is list:
         if isinstance(value, str):  # from the environment: comma or newline separated
             return [part.strip() for part in re.split(r"[,\n]", value) if part.strip()]
@@ -370,8 +422,13 @@ def _coerce_field(spec: ProfileField, value: Any, where: str) -> Any:
     return value.strip()
 
 
-def load_profile(name: str, *, cwd: str | None = None, environ: Mapping[str, str] | None = None,
-                 overrides: Mapping[str, Any] | None = None) -> Profile:
+def load_profile(
+    name: str,
+    *,
+    cwd: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Profile:
     """The profile ``name`` merged across layers (system, user, ./azpar.toml), then
     ``AZPAR_<FIELD>`` environment variables, then ``overrides``. Unknown fields are an
     error naming the file, so a typo never silently falls back to a default."""
@@ -381,8 +438,10 @@ def load_profile(name: str, *, cwd: str | None = None, environ: Mapping[str, str
     sources = {k: "defaults" for k in PROFILE_FIELDS}
     found = False
     if not policy.allow_user_profiles and name not in policy.system_profiles:
-        raise ConfigError(f"the administrator allows only the profiles of {policy.path} "
-                          f"({', '.join(sorted(policy.system_profiles)) or 'none'}), not {name!r}")
+        raise ConfigError(
+            f"the administrator allows only the profiles of {policy.path} "
+            f"({', '.join(sorted(policy.system_profiles)) or 'none'}), not {name!r}"
+        )
 
     def check(key: str, where: str) -> None:
         if where != policy.path and policy.locks(name, key):
@@ -396,16 +455,19 @@ def load_profile(name: str, *, cwd: str | None = None, environ: Mapping[str, str
         for key, value in table.items():
             spec = PROFILE_FIELDS.get(key)
             if spec is None:
-                raise ConfigError(f"{where}: profile {name!r} has an unknown field {key!r}; known fields: "
-                                  f"{', '.join(PROFILE_FIELDS)}")
+                raise ConfigError(
+                    f"{where}: profile {name!r} has an unknown field {key!r}; known fields: {', '.join(PROFILE_FIELDS)}"
+                )
             check(key, where)
             values[key] = _coerce_field(spec, value, where)
             sources[key] = where
     if not found:
         known = profile_names(cwd=cwd)
-        raise ConfigError(f"no profile named {name!r} in {system_config_path()}, {user_config_path()} or "
-                          f"./azpar.toml (known: {', '.join(known) or 'none'}); create one with %azpar config "
-                          "or a [profiles.NAME] table")
+        raise ConfigError(
+            f"no profile named {name!r} in {system_config_path()}, {user_config_path()} or "
+            f"./azpar.toml (known: {', '.join(known) or 'none'}); create one with %azpar config "
+            "or a [profiles.NAME] table"
+        )
     for key, spec in PROFILE_FIELDS.items():
         env_name = _ENV_PREFIX + key.upper()
         if env_name in environ and key not in DEFAULTS:
@@ -429,8 +491,10 @@ def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
         problems["backend"] = f"must be azure or local, not {v['backend']!r}"
     if v["backend"] != "azure":
         return problems
-    for key, example in (("batch_account_url", "https://ACCOUNT.REGION.batch.azure.com"),
-                         ("storage_account_url", "https://ACCOUNT.blob.core.windows.net")):
+    for key, example in (
+        ("batch_account_url", "https://ACCOUNT.REGION.batch.azure.com"),
+        ("storage_account_url", "https://ACCOUNT.blob.core.windows.net"),
+    ):
         url = v[key]
         if not url:
             problems[key] = f"is missing; set it to the account's URL, like {example}"
@@ -442,11 +506,12 @@ def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
         problems["auth"] = f"must be one of {', '.join(AUTH_MODES)}, not {v['auth']!r}"
     for key in (k for k, f in PROFILE_FIELDS.items() if f.secret):
         if v[key] and (not isinstance(v[key], str) or not _ENV_NAME.match(v[key]) or looks_like_secret(v[key])):
-            problems[key] = (f"must be the name of an environment variable (like {PROFILE_FIELDS[key].default}) "
-                             f"that holds the secret, not the secret itself; {shown(key, v[key])}")
+            problems[key] = (
+                f"must be the name of an environment variable (like {PROFILE_FIELDS[key].default}) "
+                f"that holds the secret, not the secret itself; {shown(key, v[key])}"
+            )
     if not _BATCH_ID.match(v["pool_id"] or ""):
-        problems["pool_id"] = ("must be 1 to 64 letters, digits, '-' or '_'" if v["pool_id"]
-                               else "is missing")
+        problems["pool_id"] = "must be 1 to 64 letters, digits, '-' or '_'" if v["pool_id"] else "is missing"
     if not _VM_SIZE.match(v["vm_size"] or ""):
         problems["vm_size"] = f"{v['vm_size']!r} is not an Azure VM size like Standard_D2s_v3"
     for key in ("dedicated_nodes", "spot_nodes", "min_nodes", "max_nodes"):
@@ -454,8 +519,10 @@ def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
             problems[key] = f"must be 0 or more, not {v[key]}"
     if v["autoscale"]:
         if v["autoscale"].upper() not in AUTOSCALE_FORMULAS:
-            problems["autoscale"] = (f"{v['autoscale']!r} is not a known formula; use one of "
-                                     f"{', '.join(AUTOSCALE_FORMULAS)} (or leave empty for fixed sizes)")
+            problems["autoscale"] = (
+                f"{v['autoscale']!r} is not a known formula; use one of "
+                f"{', '.join(AUTOSCALE_FORMULAS)} (or leave empty for fixed sizes)"
+            )
         if v["min_nodes"] > v["max_nodes"]:
             problems["min_nodes"] = f"min_nodes ({v['min_nodes']}) is more than max_nodes ({v['max_nodes']})"
     if not 1 <= v["task_slots_per_node"] <= 256:
@@ -468,13 +535,16 @@ def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
     if not image:
         problems["container_image"] = "is missing"
     elif ":" not in last and "@" not in last:
-        problems["container_image"] = (f"{image!r} has no tag; name one (like {_kernel_python_image()}) so "
-                                       "every node runs the same image")
+        problems["container_image"] = (
+            f"{image!r} has no tag; name one (like {_kernel_python_image()}) so every node runs the same image"
+        )
     elif last.endswith(":latest"):
         problems["container_image"] = f"{image!r} uses :latest, which changes under you; pin a version tag"
     if v["subnet_id"] and not _SUBNET.match(v["subnet_id"]):
-        problems["subnet_id"] = ("must be a subnet resource id like /subscriptions/ID/resourceGroups/RG/providers/"
-                                 "Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET")
+        problems["subnet_id"] = (
+            "must be a subnet resource id like /subscriptions/ID/resourceGroups/RG/providers/"
+            "Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET"
+        )
     if v["registry_server"] and not v["registry_username"]:
         problems["registry_username"] = "is needed when registry_server is set"
     if not v["job_timeout"] >= 60:
@@ -490,8 +560,9 @@ def check_profile(profile: Profile) -> None:
     """Raise ConfigError with every problem of the profile in one paragraph."""
     problems = validate_profile(profile.values)
     if problems:
-        listed = "; ".join(f"{key} {message} (from {profile.sources.get(key, 'defaults')})"
-                           for key, message in problems.items())
+        listed = "; ".join(
+            f"{key} {message} (from {profile.sources.get(key, 'defaults')})" for key, message in problems.items()
+        )
         raise ConfigError(f"Profile {profile.name!r} cannot be used: {listed}.")
 
 
@@ -524,6 +595,7 @@ def save_profile(name: str, values: Mapping[str, Any], path: Path | None = None)
     """Write profile ``name`` (only fields that differ from the defaults) into ``path``
     (default: the user's config file), keeping the file's other settings; mode 0600."""
     import tomlkit  # style-preserving, so the rest of the user's file stays as written; only saving needs it
+
     if not _BATCH_ID.match(name):
         raise ConfigError(f"a profile name must be letters, digits, '-' or '_', not {name!r}")
     path = Path(path or user_config_path())

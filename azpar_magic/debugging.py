@@ -73,8 +73,10 @@ def job_id_for(text: str | None) -> str:
     except KeyError as exc:
         if exc.args and exc.args[0] != text:
             raise DebugError(str(exc.args[0])) from None
-        raise DebugError(f"no job {text!r} (an id, the end of one, or a --name) in this session or in the job store "
-                         f"{jobstore.store_root()}; %azpar jobs lists them") from None
+        raise DebugError(
+            f"no job {text!r} (an id, the end of one, or a --name) in this session or in the job store "
+            f"{jobstore.store_root()}; %azpar jobs lists them"
+        ) from None
 
 
 def prepare(job: str | None, index: int) -> Reproduction:
@@ -85,33 +87,46 @@ def prepare(job: str | None, index: int) -> Reproduction:
     try:
         manifest = jobstore.read_manifest(job_id)
     except KeyError:
-        raise DebugError(f"job {job_id} is not in the job store {jobstore.store_root()} (its writes failed, or it was "
-                         "deleted), so its namespace and items cannot be read back") from None
+        raise DebugError(
+            f"job {job_id} is not in the job store {jobstore.store_root()} (its writes failed, or it was "
+            "deleted), so its namespace and items cannot be read back"
+        ) from None
     total = int(manifest.get("items", 0))
     if not isinstance(index, int) or not 0 <= index < total:
-        raise DebugError(f"job {job_id} has {total} iteration{'s' * (total != 1)}"
-                         + (f" (0 to {total - 1})" if total else "") + f"; there is no iteration {index}")
+        raise DebugError(
+            f"job {job_id} has {total} iteration{'s' * (total != 1)}"
+            + (f" (0 to {total - 1})" if total else "")
+            + f"; there is no iteration {index}"
+        )
     envelope, namespace = jobstore.stored_envelope(job_id)
     if envelope is None:
-        raise DebugError(f"job {job_id} was stored without its envelope (run by an azpar before debugging existed, "
-                         "or it ran no task); `%azpar rerun` it, then debug the new job")
+        raise DebugError(
+            f"job {job_id} was stored without its envelope (run by an azpar before debugging existed, "
+            "or it ran no task); `%azpar rerun` it, then debug the new job"
+        )
     place = jobstore.item_record(job_id, index)
     if isinstance(place, str):
-        raise DebugError(f"iteration {index} of job {job_id} was not run by this job: it kept the result of "
-                         f"{place or 'an earlier job'} (a rerun runs only the failed iterations); debug it there: "
-                         f"%azpar debug {place or 'EARLIER_JOB'} {index}")
+        raise DebugError(
+            f"iteration {index} of job {job_id} was not run by this job: it kept the result of "
+            f"{place or 'an earlier job'} (a rerun runs only the failed iterations); debug it there: "
+            f"%azpar debug {place or 'EARLIER_JOB'} {index}"
+        )
     if place is None:
         raise DebugError(f"the job store has no item for iteration {index} of job {job_id}")
     if namespace is None:
         namespace = _staged_namespace(job_id, manifest, envelope)
     info = envelope["namespace"]
     if wire.sha256(namespace) != info["sha256"]:
-        raise DebugError(f"the namespace of job {job_id} does not match its envelope (sha256 differs): it was "
-                         "changed or replaced since the job ran, so the job cannot be reproduced from it")
+        raise DebugError(
+            f"the namespace of job {job_id} does not match its envelope (sha256 differs): it was "
+            "changed or replaced since the job ran, so the job cannot be reproduced from it"
+        )
     notes = _environment_notes(envelope)
     if manifest.get("options", {}).get("inputs") or manifest.get("options", {}).get("outputs"):
-        notes.append(f"azpar: job {job_id} used --inputs/--outputs; here the iteration runs in this kernel's "
-                     "folder, without its inputs/ folder, so file paths may differ from the workers'")
+        notes.append(
+            f"azpar: job {job_id} used --inputs/--outputs; here the iteration runs in this kernel's "
+            "folder, without its inputs/ folder, so file paths may differ from the workers'"
+        )
     kernel_imports = _KernelImports(envelope.get("local_modules") or {})
     try:
         loaded = _load(job_id, envelope, namespace)
@@ -155,21 +170,27 @@ def _staged_namespace(job_id: str, manifest: dict, envelope: dict) -> bytes:
     try:
         backend = session.engine_for_stored(manifest).backend
     except Exception as exc:  # the profile is gone, or cannot be read
-        raise DebugError(f"job {job_id} ran on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}), "
-                         f"whose namespace cannot be read from this kernel: {exc}") from None
+        raise DebugError(
+            f"job {job_id} ran on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}), "
+            f"whose namespace cannot be read from this kernel: {exc}"
+        ) from None
     try:
         data = backend.staged_namespace(manifest, file_name)
     except NotSupported:
-        raise DebugError(f"the job store has no namespace for job {job_id}, and its {backend.name} backend keeps "
-                         "none; `%azpar rerun` it, then debug the new job") from None
+        raise DebugError(
+            f"the job store has no namespace for job {job_id}, and its {backend.name} backend keeps "
+            "none; `%azpar rerun` it, then debug the new job"
+        ) from None
     except RuntimeError as exc:
         raise DebugError(f"the namespace of job {job_id} could not be read: {exc}") from None
     if data is None:
         container = ((manifest.get("backend_info") or {}).get("containers") or {}).get("cache", "the cache container")
-        raise DebugError(f"the namespace of job {job_id} is no longer available: the blob {container}/ns/{file_name} "
-                         "was removed (by %azpar storage rm, a lifecycle rule or by hand). The job cannot be "
-                         f"reproduced with its own namespace; `%azpar rerun {job_id} --all` runs it again with the "
-                         "notebook's current one, then debug the new job")
+        raise DebugError(
+            f"the namespace of job {job_id} is no longer available: the blob {container}/ns/{file_name} "
+            "was removed (by %azpar storage rm, a lifecycle rule or by hand). The job cannot be "
+            f"reproduced with its own namespace; `%azpar rerun {job_id} --all` runs it again with the "
+            "notebook's current one, then debug the new job"
+        )
     return data
 
 
@@ -190,8 +211,9 @@ def _load(job_id: str, envelope: dict, namespace: bytes) -> wire.LoadedJob:
     try:
         loaded = wire.LoadedNamespace(envelope, namespace, folder)
     except wire.EnvironmentMismatch as exc:
-        raise DebugError(f"job {job_id}: {exc}. Define or install what it names in this kernel, then try "
-                         "again") from None
+        raise DebugError(
+            f"job {job_id}: {exc}. Define or install what it names in this kernel, then try again"
+        ) from None
     return wire.LoadedJob(envelope, loaded)
 
 

@@ -96,11 +96,16 @@ class DoctorReport:
                 f'<tr class="azpar-doctor-row" data-check="{escape(c.key)}" data-status="{escape(c.status)}">'
                 f'<td style="color:{colour};font-weight:600;white-space:nowrap;text-align:left">{escape(c.status)}</td>'
                 f'<td style="white-space:nowrap;text-align:left">{escape(c.title)}</td>'
-                f'<td style="text-align:left">{escape(c.detail)}{fix}</td></tr>')
-        head = (f'<div class="azpar-doctor-summary" data-failed="{str(self.failed).lower()}">'
-                f"<b>{escape(self.summary())}</b></div>")
-        return (f'<div class="azpar-doctor">{head}<table><thead><tr><th>status</th><th>check</th>'
-                f'<th style="text-align:left">found</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
+                f'<td style="text-align:left">{escape(c.detail)}{fix}</td></tr>'
+            )
+        head = (
+            f'<div class="azpar-doctor-summary" data-failed="{str(self.failed).lower()}">'
+            f"<b>{escape(self.summary())}</b></div>"
+        )
+        return (
+            f'<div class="azpar-doctor">{head}<table><thead><tr><th>status</th><th>check</th>'
+            f'<th style="text-align:left">found</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+        )
 
 
 Probe = tuple[str, str, tuple[str, ...], Callable[[], tuple[str, str, str]]]
@@ -121,14 +126,22 @@ def run_checks(probes: Sequence[Probe], done: Sequence[Check] = ()) -> list[Chec
         try:
             status, detail, fix = probe()
         except Exception as exc:  # a probe's own bug must not hide the other rows
-            status, detail, fix = FAILED, f"the check itself failed: {type(exc).__name__}: {exc}", (
-                "Run the doctor again; if this stays, report it with the line above.")
+            status, detail, fix = (
+                FAILED,
+                f"the check itself failed: {type(exc).__name__}: {exc}",
+                ("Run the doctor again; if this stays, report it with the line above."),
+            )
         rows.append(Check(key, title, status, detail, fix))
     return rows
 
 
-def diagnose(profile: str | None = None, *, run: bool = False, environ: Mapping[str, str] | None = None,
-             sleep: Callable[[float], None] = time.sleep) -> DoctorReport:
+def diagnose(
+    profile: str | None = None,
+    *,
+    run: bool = False,
+    environ: Mapping[str, str] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DoctorReport:
     """Check ``profile`` (default: the active one; none: the local pool) and return the report.
 
     ``run``: also run a one-iteration job end to end through the normal engine (on Azure it
@@ -152,8 +165,10 @@ def diagnose(profile: str | None = None, *, run: bool = False, environ: Mapping[
 
 def _config_fix(name: str | None) -> str:
     target = name or "NAME"
-    return (f"Correct it with %azpar config {target} FIELD=VALUE (or in the file the message names), "
-            "then run the doctor again.")
+    return (
+        f"Correct it with %azpar config {target} FIELD=VALUE (or in the file the message names), "
+        "then run the doctor again."
+    )
 
 
 def _profile_check(loaded: config.Profile) -> Check:
@@ -161,14 +176,22 @@ def _profile_check(loaded: config.Profile) -> Check:
     problems = config.validate_profile(loaded.values)
     if not problems:
         return Check("profile", "profile", OK, f"profile {loaded.name} is complete and valid")
-    listed = "; ".join(f"{key} {message} (from {config.layer_name(loaded.sources.get(key, 'defaults'))})"
-                       for key, message in problems.items())
-    return Check("profile", "profile", FAILED, listed,
-                 f"Set the fields named with %azpar config {loaded.name} FIELD=VALUE, then run the doctor again.")
+    listed = "; ".join(
+        f"{key} {message} (from {config.layer_name(loaded.sources.get(key, 'defaults'))})"
+        for key, message in problems.items()
+    )
+    return Check(
+        "profile",
+        "profile",
+        FAILED,
+        listed,
+        f"Set the fields named with %azpar config {loaded.name} FIELD=VALUE, then run the doctor again.",
+    )
 
 
-def _azure_checks(loaded: config.Profile, run: bool, environ: Mapping[str, str] | None,
-                  sleep: Callable[[float], None]) -> list[Check]:
+def _azure_checks(
+    loaded: config.Profile, run: bool, environ: Mapping[str, str] | None, sleep: Callable[[float], None]
+) -> list[Check]:
     from .backends.azure import doctor as azure_doctor
 
     first = _profile_check(loaded)
@@ -179,8 +202,7 @@ def _azure_checks(loaded: config.Profile, run: bool, environ: Mapping[str, str] 
         doctor = azure_doctor.AzureDoctor(loaded, environ, sleep=sleep)
         probes = list(azure_doctor.probes(doctor))
     if run:
-        probes.append(("run", "one-iteration run", ("submit", "pool", "image", "sas"),
-                       lambda: _run_one(loaded.name)))
+        probes.append(("run", "one-iteration run", ("submit", "pool", "image", "sas"), lambda: _run_one(loaded.name)))
     try:
         return run_checks(probes, [first])
     finally:
@@ -219,12 +241,18 @@ def _run_one(profile: str | None) -> tuple[str, str, str]:
         value = job.result(timeout=RUN_TIMEOUT)
     except TimeoutError:
         job.cancel()
-        return (FAILED, f"job {job.id} did not finish within {RUN_TIMEOUT:.0f} s (cancelled)",
-                "Look at the pool's nodes (%azpar pool status): a node that never becomes idle names the cause.")
+        return (
+            FAILED,
+            f"job {job.id} did not finish within {RUN_TIMEOUT:.0f} s (cancelled)",
+            "Look at the pool's nodes (%azpar pool status): a node that never becomes idle names the cause.",
+        )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return (FAILED, f"job {job.id} failed: {first}",
-                f"Read the iteration's log (%azpar logs {job.id} 0) for the whole message.")
+        return (
+            FAILED,
+            f"job {job.id} failed: {first}",
+            f"Read the iteration's log (%azpar logs {job.id} 0) for the whole message.",
+        )
     if value != [41]:
         return FAILED, f"job {job.id} returned {value!r}, not [41]", "Report this: the run lost or changed a value."
     return OK, f"job {job.id}: one iteration ran and its value came back ({time.monotonic() - started:.1f} s)", ""
@@ -264,10 +292,17 @@ def _local_checks(loaded: config.Profile | None, run: bool) -> list[Check]:
     except ConfigError as exc:
         workers = cpus
         rows.append(Check("workers", "workers", FAILED, str(exc), "Fix the setting the message names."))
-    rows.append(Check("cpus", "CPUs", WARNING if workers > cpus else OK,
-                      f"{cpus} usable by this process (machine: {os.cpu_count()})",
-                      f"More workers ({workers}) than CPUs: lower workers to {cpus} unless iterations mostly wait."
-                      if workers > cpus else ""))
+    rows.append(
+        Check(
+            "cpus",
+            "CPUs",
+            WARNING if workers > cpus else OK,
+            f"{cpus} usable by this process (machine: {os.cpu_count()})",
+            f"More workers ({workers}) than CPUs: lower workers to {cpus} unless iterations mostly wait."
+            if workers > cpus
+            else "",
+        )
+    )
     total, available = _memory_bytes()
     if total is None:
         rows.append(Check("memory", "memory", SKIPPED, "this system does not report its memory (/proc/meminfo)"))
@@ -275,10 +310,15 @@ def _local_checks(loaded: config.Profile | None, run: bool) -> list[Check]:
         free = available if available is not None else total
         per = free // max(workers, 1)
         low = per < 256 * 2**20
-        rows.append(Check("memory", "memory", WARNING if low else OK,
-                          f"{_gib(free)} available of {_gib(total)}: about {_gib(per)} per worker",
-                          "Little memory per worker: run fewer workers (--workers N) or close other kernels."
-                          if low else ""))
+        rows.append(
+            Check(
+                "memory",
+                "memory",
+                WARNING if low else OK,
+                f"{_gib(free)} available of {_gib(total)}: about {_gib(per)} per worker",
+                "Little memory per worker: run fewer workers (--workers N) or close other kernels." if low else "",
+            )
+        )
     if run:
         name = loaded.name if loaded is not None else None
         rows = run_checks([("run", "one-iteration run", ("workers",), lambda: _run_one(name))], rows)

@@ -47,8 +47,18 @@ class RemoteTraceback(str):
 class IterationError(AzparError):
     """One iteration failed (with ``--errors stop``): index, item and remote traceback."""
 
-    def __init__(self, index: int, item_repr: str, error_type: str, message: str, traceback: str,
-                 line: int | None, job_id: str, failed_count: int = 1, infrastructure: bool = False):
+    def __init__(
+        self,
+        index: int,
+        item_repr: str,
+        error_type: str,
+        message: str,
+        traceback: str,
+        line: int | None,
+        job_id: str,
+        failed_count: int = 1,
+        infrastructure: bool = False,
+    ):
         self.index, self.item_repr = index, item_repr
         self.error_type, self.error_message = error_type, message
         self.remote_traceback = RemoteTraceback(traceback)
@@ -61,9 +71,11 @@ class IterationError(AzparError):
         kind = "could not run" if self.infrastructure else "raised"
         short = self.error_type.rsplit(".", 1)[-1]
         others = f"; {self.failed_count - 1} other iteration(s) failed too" if self.failed_count > 1 else ""
-        return (f"iteration {self.index} (item {self.item_repr}) {kind} {short}: {self.error_message}"
-                f"{where}{others}. Finished results stay in the job handle: %azpar collect {self.job_id} "
-                "or azpar_magic.jobs()[-1].partial_results()")
+        return (
+            f"iteration {self.index} (item {self.item_repr}) {kind} {short}: {self.error_message}"
+            f"{where}{others}. Finished results stay in the job handle: %azpar collect {self.job_id} "
+            "or azpar_magic.jobs()[-1].partial_results()"
+        )
 
     def _render_traceback_(self) -> list[str]:
         lines = [f"azpar: {self._summary()}", ""]

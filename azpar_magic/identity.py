@@ -57,4 +57,4 @@ def slug(name: str | None = None) -> str:
     if kept == name and 0 < len(kept) <= SLUG_MAX:
         return kept
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:_HASH_LEN]
-    return kept[:SLUG_MAX - _HASH_LEN] + digest
+    return kept[: SLUG_MAX - _HASH_LEN] + digest

@@ -27,12 +27,26 @@ _ITEMS = "__azpar_items__"
 _FN = "__azpar_fn__"  # the function, when it has no name of its own in __main__ (a lambda, a closure)
 
 
-def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "stop", retries: int = 2,  # noqa: A001
-        timeout: float | None = None, chunk_size: int | None = None, seed: int | None = None,
-        workers: int | None = None, backend: str | None = None, profile: str | None = None,
-        packages: Iterable[str] = (), keep: bool = False, export: Iterable[str] = (),
-        no_export: Iterable[str] = (), name: str | None = None, wait: bool = True, cache: bool = False
-        ) -> list | Job:
+def map(
+    func: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    *,
+    errors: str = "stop",
+    retries: int = 2,  # noqa: A001
+    timeout: float | None = None,
+    chunk_size: int | None = None,
+    seed: int | None = None,
+    workers: int | None = None,
+    backend: str | None = None,
+    profile: str | None = None,
+    packages: Iterable[str] = (),
+    keep: bool = False,
+    export: Iterable[str] = (),
+    no_export: Iterable[str] = (),
+    name: str | None = None,
+    wait: bool = True,
+    cache: bool = False,
+) -> list | Job:
     """``[func(x) for x in iterable]``, each call an iteration of one azpar job, on the local
     pool or on Azure Batch: the list of values in input order, or with ``wait=False`` the Job
     at once (``job.result()``, ``job.as_completed()``, ``await job``).
@@ -49,12 +63,26 @@ def map(func: Callable[[Any], Any], iterable: Iterable[Any], *, errors: str = "s
     return _submit(func, iterable, False, locals())
 
 
-def starmap(func: Callable[..., Any], iterable: Iterable[Iterable[Any]], *, errors: str = "stop", retries: int = 2,
-            timeout: float | None = None, chunk_size: int | None = None, seed: int | None = None,
-            workers: int | None = None, backend: str | None = None, profile: str | None = None,
-            packages: Iterable[str] = (), keep: bool = False, export: Iterable[str] = (),
-            no_export: Iterable[str] = (), name: str | None = None, wait: bool = True, cache: bool = False
-            ) -> list | Job:
+def starmap(
+    func: Callable[..., Any],
+    iterable: Iterable[Iterable[Any]],
+    *,
+    errors: str = "stop",
+    retries: int = 2,
+    timeout: float | None = None,
+    chunk_size: int | None = None,
+    seed: int | None = None,
+    workers: int | None = None,
+    backend: str | None = None,
+    profile: str | None = None,
+    packages: Iterable[str] = (),
+    keep: bool = False,
+    export: Iterable[str] = (),
+    no_export: Iterable[str] = (),
+    name: str | None = None,
+    wait: bool = True,
+    cache: bool = False,
+) -> list | Job:
     """``[func(*args) for args in iterable]`` as one azpar job (see ``map``): each item is
     a tuple (any iterable) of positional arguments, as ``itertools.starmap`` takes them."""
     return _submit(func, iterable, True, locals())
@@ -63,17 +91,26 @@ def starmap(func: Callable[..., Any], iterable: Iterable[Iterable[Any]], *, erro
 def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any]) -> list | Job:
     """Check everything, submit one job, then wait for it or hand it back."""
     if not callable(func):
-        raise TypeError(f"azpar_magic.{'starmap' if star else 'map'} takes a function (any callable) first, not "
-                        f"{type(func).__name__} {func!r}. Nothing was submitted.")
-    options = JobOptions(errors=given["errors"], retries=given["retries"], timeout=given["timeout"],
-                         chunk_size=given["chunk_size"], seed=given["seed"], name=given["name"],
-                         cache=bool(given["cache"]))
+        raise TypeError(
+            f"azpar_magic.{'starmap' if star else 'map'} takes a function (any callable) first, not "
+            f"{type(func).__name__} {func!r}. Nothing was submitted."
+        )
+    options = JobOptions(
+        errors=given["errors"],
+        retries=given["retries"],
+        timeout=given["timeout"],
+        chunk_size=given["chunk_size"],
+        seed=given["seed"],
+        name=given["name"],
+        cache=bool(given["cache"]),
+    )
     try:
         validate_options(options, API_SPELLING)
     except SubmitError as exc:
         said = str(exc)
-        raise ValueError(said if said.endswith("Nothing was submitted.") else f"{said} Nothing was submitted.") \
-            from None
+        raise ValueError(
+            said if said.endswith("Nothing was submitted.") else f"{said} Nothing was submitted."
+        ) from None
     _check_workers(given["workers"])
     packages = _requirements(given["packages"])
     try:
@@ -82,8 +119,14 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         raise ValueError(f"{exc}. Nothing was submitted.") from None
     namespace, name = _namespace(func, iterable)
     cell = parse_cell(f"for {_ITEM} in {_ITEMS}", f"{name}({'*' if star else ''}{_ITEM})")
-    request = RunRequest(cell, namespace, options, tuple(given["export"]), tuple(given["no_export"]),
-                         backend_options={"packages": packages, "merge": "client", "keep": bool(given["keep"])})
+    request = RunRequest(
+        cell,
+        namespace,
+        options,
+        tuple(given["export"]),
+        tuple(given["no_export"]),
+        backend_options={"packages": packages, "merge": "client", "keep": bool(given["keep"])},
+    )
     try:
         job = engine.submit(request)
     except SubmitError as exc:
@@ -109,8 +152,13 @@ def _namespace(func: Callable, iterable: Iterable) -> tuple[dict[str, Any], str]
     main = getattr(sys.modules.get("__main__"), "__dict__", None) or {}
     namespace = dict(main)
     name = getattr(func, "__name__", None)
-    if not (isinstance(name, str) and is_variable_name(name) and main.get(name) is func
-            and getattr(func, "__module__", None) == "__main__" and not name.startswith("__azpar")):
+    if not (
+        isinstance(name, str)
+        and is_variable_name(name)
+        and main.get(name) is func
+        and getattr(func, "__module__", None) == "__main__"
+        and not name.startswith("__azpar")
+    ):
         name = _FN
         namespace[_FN] = func
     namespace[_ITEMS] = iterable
@@ -126,10 +174,12 @@ def rerun_problem(job_id: str, source: str, namespace: Mapping[str, Any]) -> str
     body = source.partition("\n")[2]
     if not body.startswith(f"{_FN}(") or _FN in namespace:
         return None
-    return (f"job {job_id} ran azpar_magic.map on a function with no name of its own in the notebook (a lambda, a "
-            "closure, a partial or a module's function), which a rerun cannot find again. Call azpar_magic.map "
-            "(or starmap) again with it, on the items whose indices job.missing_indices() gives. Nothing was "
-            "submitted.")
+    return (
+        f"job {job_id} ran azpar_magic.map on a function with no name of its own in the notebook (a lambda, a "
+        "closure, a partial or a module's function), which a rerun cannot find again. Call azpar_magic.map "
+        "(or starmap) again with it, on the items whose indices job.missing_indices() gives. Nothing was "
+        "submitted."
+    )
 
 
 def _check_workers(workers: Any) -> None:
@@ -137,9 +187,11 @@ def _check_workers(workers: Any) -> None:
         return
     limit = session.workers_limit()
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= limit:
-        raise ValueError(f"workers must be a whole number between 1 and {limit} ({session.WORKERS_PER_CPU} per "
-                         f"CPU this process may use, at least {session.WORKERS_FLOOR}), not {workers!r}. Nothing was "
-                         "submitted.")
+        raise ValueError(
+            f"workers must be a whole number between 1 and {limit} ({session.WORKERS_PER_CPU} per "
+            f"CPU this process may use, at least {session.WORKERS_FLOOR}), not {workers!r}. Nothing was "
+            "submitted."
+        )
 
 
 def _requirements(packages: Iterable[str] | str) -> list[str]:

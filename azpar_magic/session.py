@@ -65,15 +65,23 @@ def engine(backend: str | None = None, workers: int | None = None, profile: str 
         options: dict[str, Any] = {"workers": chosen["workers"]}
     else:
         if loaded is None:
-            raise ConfigError(f"the {kind} backend needs a profile: pass --profile NAME, run %azpar use NAME, "
-                                     "or set profile = \"NAME\" in a config file (see %azpar config)")
+            raise ConfigError(
+                f"the {kind} backend needs a profile: pass --profile NAME, run %azpar use NAME, "
+                'or set profile = "NAME" in a config file (see %azpar config)'
+            )
         key = (kind, loaded.name, loaded.digest())
         options = {"profile": loaded}
     with _lock:
         if key not in _engines:
             _engines[key] = Engine(create_backend(kind, **options))
-        stale = [k for k, eng in _engines.items() if kind == "local" and k[0] == "local" and k != key
-                 and not any(not job.done for job in list(eng.jobs.values()))]
+        stale = [
+            k
+            for k, eng in _engines.items()
+            if kind == "local"
+            and k[0] == "local"
+            and k != key
+            and not any(not job.done for job in list(eng.jobs.values()))
+        ]
         closing = [_engines.pop(k) for k in stale]
         chosen_engine = _engines[key]
     for eng in closing:  # another --workers size asked for: the old pool's processes end now
@@ -175,8 +183,10 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
             if len(matches) == 1:
                 return matches[0]
             if matches:
-                raise KeyError(f"{job_id!r} matches {len(matches)} jobs of this session "
-                               f"({', '.join(sorted(j.id for j in matches)[:5])}); give more of the id")
+                raise KeyError(
+                    f"{job_id!r} matches {len(matches)} jobs of this session "
+                    f"({', '.join(sorted(j.id for j in matches)[:5])}); give more of the id"
+                )
         here = sorted(_jobs)
     if not stored:
         raise KeyError(f"no job {job_id!r} in this session (known: {', '.join(here) or 'none'})")
@@ -184,8 +194,9 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
     if job_id is None:
         latest = jobstore.latest_id()
         if latest is None:
-            raise KeyError(f"no azpar job has run in this session, and the job store {jobstore.store_root()} "
-                           "holds none")
+            raise KeyError(
+                f"no azpar job has run in this session, and the job store {jobstore.store_root()} holds none"
+            )
         found = latest
     else:
         try:
@@ -196,8 +207,9 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
             known = sorted(set(here) | set(stored_ids))
             shown = ", ".join(known[-_SHOWN_IDS:]) or "none"
             more = f" and {len(known) - _SHOWN_IDS} older ones (%azpar jobs)" if len(known) > _SHOWN_IDS else ""
-            raise KeyError(f"no job {job_id!r} in this session or in the job store {jobstore.store_root()} "
-                           f"(known: {shown}{more})") from None
+            raise KeyError(
+                f"no job {job_id!r} in this session or in the job store {jobstore.store_root()} (known: {shown}{more})"
+            ) from None
     job = jobstore.load_job(found)
     if job.reattach:  # its kernel is gone but its backend ran on (Azure): this process follows it now
         manifest = job.manifest or {}
@@ -206,7 +218,8 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
         except (ConfigError, RuntimeError, OSError) as exc:
             raise StoreError(
                 f"job {job.id} runs on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}) without "
-                f"its kernel, but this kernel cannot follow it: {exc}") from None
+                f"its kernel, but this kernel cannot follow it: {exc}"
+            ) from None
         remember(job)
     elif job.done:
         remember(job)
@@ -223,7 +236,8 @@ def _named(text: str | None) -> str | None:
     stored = jobstore.newest_named(text)
     best = max(here, key=lambda j: j.created).id if here else None
     if stored is not None and (
-            best is None or jobstore.read_manifest(stored).get("created", 0.0) >= _jobs[best].created):
+        best is None or jobstore.read_manifest(stored).get("created", 0.0) >= _jobs[best].created
+    ):
         best = stored
     return best or text
 

@@ -35,17 +35,21 @@ class Entry:
 def _staging(profile: str | None):
     name = session.active_profile(profile)
     if not name or name == session.LOCAL:
-        raise StorageError("azpar storage works on an Azure profile's storage account, and this session has none "
-                           "active: pass --profile NAME (profile= in Python), or run %azpar use NAME first "
-                           "(see %azpar config)")
+        raise StorageError(
+            "azpar storage works on an Azure profile's storage account, and this session has none "
+            "active: pass --profile NAME (profile= in Python), or run %azpar use NAME first "
+            "(see %azpar config)"
+        )
     try:
         backend = session.engine(profile=name).backend
     except ConfigError as exc:
         raise StorageError(str(exc)) from None
     staging = backend.blob_storage()
     if staging is None:
-        raise StorageError(f"profile {name!r} runs on the {backend.name} backend, which has no storage account; "
-                           "azpar storage needs an Azure profile")
+        raise StorageError(
+            f"profile {name!r} runs on the {backend.name} backend, which has no storage account; "
+            "azpar storage needs an Azure profile"
+        )
     return staging
 
 

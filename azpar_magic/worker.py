@@ -77,9 +77,11 @@ MERGED_MAGIC = b"AZPARM1\n"
 # iteration's output ends with a note saying how much was dropped.
 OUTPUT_LIMIT = 1_000_000
 TRUNCATED_MARK = "[azpar: this iteration printed "
-TRUNCATED_NOTE = ("\n" + TRUNCATED_MARK + "{total:,} characters; the worker kept the first {kept:,} "
-                  "characters and dropped the other {dropped:,}{displays} (at most {kept:,} are kept per "
-                  "iteration: write large output to a file)]\n")
+TRUNCATED_NOTE = (
+    "\n" + TRUNCATED_MARK + "{total:,} characters; the worker kept the first {kept:,} "
+    "characters and dropped the other {dropped:,}{displays} (at most {kept:,} are kept per "
+    "iteration: write large output to a file)]\n"
+)
 
 # Loaded namespaces kept per worker process, keyed by their sha256.
 NAMESPACE_CACHE_SIZE = 4
@@ -108,8 +110,7 @@ _LRU_WRAPPER = functools._lru_cache_wrapper
 def _is_main_object(obj: object) -> bool:
     """Functions and classes defined in ``__main__`` (a notebook) cannot go by reference
     to a process that has not executed the notebook."""
-    return (isinstance(obj, (types.FunctionType, type, _LRU_WRAPPER))
-            and getattr(obj, "__module__", None) == "__main__")
+    return isinstance(obj, (types.FunctionType, type, _LRU_WRAPPER)) and getattr(obj, "__module__", None) == "__main__"
 
 
 def _module_reduce(module: types.ModuleType) -> tuple:
@@ -121,8 +122,7 @@ def _module_reduce(module: types.ModuleType) -> tuple:
 
 def _is_plain_array(obj: object) -> bool:
     cls = type(obj)
-    return (cls.__name__ == "ndarray" and cls.__module__ == "numpy" and not obj.dtype.hasobject
-            and obj.nbytes > 1 << 16)
+    return cls.__name__ == "ndarray" and cls.__module__ == "numpy" and not obj.dtype.hasobject and obj.nbytes > 1 << 16
 
 
 def _exception_reduce(obj: BaseException) -> tuple | None:
@@ -321,9 +321,7 @@ def check_environment(envelope: dict) -> None:
         elif found != wanted:
             problems.append(f"package {name} is {wanted} on the client but {found} on this node")
     if problems:
-        raise EnvironmentMismatch(
-            "This node's environment does not match the notebook's: " + "; ".join(problems) + "."
-        )
+        raise EnvironmentMismatch("This node's environment does not match the notebook's: " + "; ".join(problems) + ".")
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,8 +342,9 @@ class LoadedNamespace:
         try:
             namespace = loads(envelope["namespace"]["codec"], namespace_bytes, main=self.module)
         except Exception as exc:  # the same bytes fail the same way on every retry
-            raise EnvironmentMismatch(f"the captured namespace could not be loaded on this node: "
-                                      f"{type(exc).__name__}: {exc}") from None
+            raise EnvironmentMismatch(
+                f"the captured namespace could not be loaded on this node: {type(exc).__name__}: {exc}"
+            ) from None
         self.module.__dict__.update(namespace)
         self.base = dict(self.module.__dict__)
         self.shipped_ids = {id(v) for v in namespace.values() if _is_main_object(v)}
@@ -367,8 +366,9 @@ class LoadedJob:
         self.function = None
         if envelope.get("mode") == "function":
             module_code = marshal.loads(base64.b64decode(envelope["function_code"]))
-            fcode = next(c for c in module_code.co_consts if isinstance(c, types.CodeType)
-                         and c.co_name == FUNCTION_NAME)
+            fcode = next(
+                c for c in module_code.co_consts if isinstance(c, types.CodeType) and c.co_name == FUNCTION_NAME
+            )
             # Tracebacks name the frame as module mode does: the user wrote no function.
             names = {"co_name": "<module>"}
             if hasattr(fcode, "co_qualname"):
@@ -490,8 +490,12 @@ class _Recorder:
         """The events, ending with the truncation note (on stderr) when text was dropped."""
         if self.dropped:
             displays = self.dropped_displays
-            note = TRUNCATED_NOTE.format(total=self.size + self.dropped, kept=self.size, dropped=self.dropped,
-                                         displays=f" and {displays} display{'s' * (displays != 1)}" if displays else "")
+            note = TRUNCATED_NOTE.format(
+                total=self.size + self.dropped,
+                kept=self.size,
+                dropped=self.dropped,
+                displays=f" and {displays} display{'s' * (displays != 1)}" if displays else "",
+            )
             if self.events and self.events[-1][0] == "stderr":
                 self.events[-1][1] += note
             else:
@@ -673,9 +677,11 @@ class _FreshEntropy:
 
 
 _FRESH_ENTROPY: list = []  # [the installed _FreshEntropy, or None when numpy's cannot be replaced]
-SEED_NOTE = ("azpar: --seed could not seed the numpy generators this iteration makes without a seed "
-             "(np.random.default_rng()) with numpy {}: they draw from the operating system; pass a seed "
-             "(default_rng(seed)) to make them reproducible\n")
+SEED_NOTE = (
+    "azpar: --seed could not seed the numpy generators this iteration makes without a seed "
+    "(np.random.default_rng()) with numpy {}: they draw from the operating system; pass a seed "
+    "(default_rng(seed)) to make them reproducible\n"
+)
 
 
 def _fresh_entropy(numpy: types.ModuleType) -> _FreshEntropy | None:
@@ -746,8 +752,10 @@ def _uncaptured_name_hint(exc: BaseException, filename: str) -> str:
     if "globals()[" not in text.replace(" ", "") and "vars()[" not in text.replace(" ", ""):
         return ""
     name = exc.args[0]
-    return (f" (the body reads {name!r} through globals() or vars(), which capture cannot see, so {name!r} "
-            f"was not captured from the notebook: pass --export {name} to ship it)")
+    return (
+        f" (the body reads {name!r} through globals() or vars(), which capture cannot see, so {name!r} "
+        f"was not captured from the notebook: pass --export {name} to ship it)"
+    )
 
 
 INPUTS_DIR = "inputs"  # where an iteration finds its --inputs, in its working directory
@@ -818,8 +826,8 @@ def _segment_regex(segment: str) -> str:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            j = i + (segment[i:i + 1] == "!")
-            j += segment[j:j + 1] == "]"
+            j = i + (segment[i : i + 1] == "!")
+            j += segment[j : j + 1] == "]"
             end = segment.find("]", j)
             if end < 0:
                 out.append(re.escape(c))
@@ -894,8 +902,11 @@ def find_outputs(folder: str, patterns: list[str]) -> FoundOutputs:
             except OSError:
                 continue
             if link and not _inside(real, root):
-                chosen = ([p for p, segs in parsed if _may_hold(segs, rel)] if is_dir
-                          else [p for p, match in regexes if match("/".join(rel))])
+                chosen = (
+                    [p for p, segs in parsed if _may_hold(segs, rel)]
+                    if is_dir
+                    else [p for p, match in regexes if match("/".join(rel))]
+                )
                 if chosen:
                     found.skipped["/".join(rel) + ("/" if is_dir else "")] = real
                     found.hit.update(chosen)
@@ -1013,12 +1024,14 @@ class IterationFiles:
                     break
                 except OSError as exc:
                     error = exc
-                    time.sleep(0.05 * 2 ** attempt)
+                    time.sleep(0.05 * 2**attempt)
             if error is None:
                 kept.append(rel)
             elif problem is None:
-                problem = (f"output file {rel} of iteration {index} could not be moved to {target} after "
-                           f"{FILE_ATTEMPTS} attempts: {type(error).__name__}: {error}")
+                problem = (
+                    f"output file {rel} of iteration {index} could not be moved to {target} after "
+                    f"{FILE_ATTEMPTS} attempts: {type(error).__name__}: {error}"
+                )
         if kept:
             self.produced[index] = sorted(kept)
         shutil.rmtree(folder, ignore_errors=True)  # never follows links: what they point to stays
@@ -1123,8 +1136,13 @@ class Runner:
                 if files is not None:
                     problem = files.leave(index, index in failed)
                     if problem is not None and index not in failed:
-                        failed[index] = {"type": "azpar_magic.TransferError", "message": problem,
-                                         "traceback": "", "line": None, "exc": None}
+                        failed[index] = {
+                            "type": "azpar_magic.TransferError",
+                            "message": problem,
+                            "traceback": "",
+                            "line": None,
+                            "exc": None,
+                        }
                 if gather:
                     gathered.append({name: namespace.get(name) for name in gather})
         finally:
@@ -1211,8 +1229,10 @@ def run_here(job: LoadedJob, index: int, item: object) -> object:
 
 # A MemoryError while a value is serialised or sent is the iteration's own failure, not the
 # infrastructure's: another attempt would need the same memory again.
-_OUT_OF_MEMORY = ("the worker ran out of memory serialising it (sending a value takes about its own size "
-                  "again in the worker: return a smaller value, or write it to a file with --outputs) - ")
+_OUT_OF_MEMORY = (
+    "the worker ran out of memory serialising it (sending a value takes about its own size "
+    "again in the worker: return a smaller value, or write it to a file with --outputs) - "
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1224,8 +1244,9 @@ def load_items(codec: str, data: bytes, job: LoadedJob) -> list:
     try:
         return loads(codec, data, main=job.module)
     except Exception as exc:  # deterministic: retrying on another node cannot help
-        raise EnvironmentMismatch(f"the task's items could not be loaded on this node: "
-                                  f"{type(exc).__name__}: {exc}") from None
+        raise EnvironmentMismatch(
+            f"the task's items could not be loaded on this node: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def run_task_file(task_path: str, result_path: str, cache: JobCache | None = None) -> int:
@@ -1301,7 +1322,7 @@ def read_merged(data: bytes):
     for number in range(1, count + 1):
         (size,) = struct.unpack_from(">Q", data, offset)
         offset += 8
-        chunk = data[offset:offset + size]
+        chunk = data[offset : offset + size]
         offset += size
         yield number, (read_result(chunk) if size else None)
 
@@ -1427,9 +1448,16 @@ def _out_of_memory_result(result: dict, exc: MemoryError) -> dict:
     indices = result["indices"]
     failed = dict(result["failed"])
     for index in indices:
-        failed.setdefault(index, {"type": "azpar_magic.SerializationError", "traceback": "", "line": None,
-                                  "exc": None, "message": f"the value of iteration {index} could not be sent back: "
-                                                          f"{_OUT_OF_MEMORY}MemoryError: {exc}"})
+        failed.setdefault(
+            index,
+            {
+                "type": "azpar_magic.SerializationError",
+                "traceback": "",
+                "line": None,
+                "exc": None,
+                "message": f"the value of iteration {index} could not be sent back: {_OUT_OF_MEMORY}MemoryError: {exc}",
+            },
+        )
     empty = ["each", [None] * len(indices)]
     return {**result, "values": empty, "gathered": empty if result.get("gathered") else None, "failed": failed}
 
@@ -1503,8 +1531,9 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
             job = load_job(message["envelope"], cache)
             items = load_items(message["items_codec"], message["items"], job)
             try:
-                reply["result"] = Runner(job, slots).run(message["indices"], items,
-                                                         iteration_files(job.envelope, message.get("data")))
+                reply["result"] = Runner(job, slots).run(
+                    message["indices"], items, iteration_files(job.envelope, message.get("data"))
+                )
             finally:
                 if slots is not None:
                     slots[0] = -1
@@ -1514,8 +1543,9 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
         except BadInput as exc:
             reply.update(error=str(exc), exit_code=EXIT_BAD_INPUT)
         except Exception as exc:
-            reply.update(error="internal worker error: " + "".join(traceback.format_exception(exc)),
-                         exit_code=EXIT_INTERNAL)
+            reply.update(
+                error="internal worker error: " + "".join(traceback.format_exception(exc)), exit_code=EXIT_INTERNAL
+            )
         _send_reply(writer, reply)
 
 

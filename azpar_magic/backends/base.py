@@ -16,8 +16,7 @@ from ..errors import NotSupported
 from ..jobs import NodeInfo
 
 ENTRY_POINT_GROUP = "azpar_magic.backends"
-_BUILTIN = {"local": "azpar_magic.backends.local:LocalBackend",
-            "azure": "azpar_magic.backends.azure:AzureBackend"}
+_BUILTIN = {"local": "azpar_magic.backends.local:LocalBackend", "azure": "azpar_magic.backends.azure:AzureBackend"}
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,15 @@ class Reattach(Protocol):
 
     outlives_kernel: bool
 
-    def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink, *,
-                 failed_before: bool = False) -> None:
+    def reattach(
+        self,
+        job_id: str,
+        manifest: dict[str, Any],
+        tasks: Sequence[TaskSpec],
+        on_event: EventSink,
+        *,
+        failed_before: bool = False,
+    ) -> None:
         """Follow a job an earlier kernel submitted; ``tasks`` are those without a final record."""
 
 
@@ -210,8 +216,20 @@ class PoolAdministration(Protocol):
 
 
 @runtime_checkable
-class Backend(Required, Views, Options, Reattach, ManifestInfo, BlobData, Health, StagedNamespace, Environment,
-              JobCleanup, PoolAdministration, Protocol):
+class Backend(
+    Required,
+    Views,
+    Options,
+    Reattach,
+    ManifestInfo,
+    BlobData,
+    Health,
+    StagedNamespace,
+    Environment,
+    JobCleanup,
+    PoolAdministration,
+    Protocol,
+):
     """Every member a backend may provide: the required ones and each optional capability
     (a backend subclassing BaseBackend has the optional ones, as "not supported" defaults)."""
 
@@ -233,8 +251,15 @@ class BaseBackend:
     def _unsupported(self, what: str) -> NotSupported:
         return NotSupported(f"the {self.name} backend does not support {what}")
 
-    def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink, *,
-                 failed_before: bool = False) -> None:
+    def reattach(
+        self,
+        job_id: str,
+        manifest: dict[str, Any],
+        tasks: Sequence[TaskSpec],
+        on_event: EventSink,
+        *,
+        failed_before: bool = False,
+    ) -> None:
         raise self._unsupported("following a job of another kernel")
 
     def manifest_info(self, job_id: str, backend_options: dict[str, Any]) -> dict[str, Any] | None:

@@ -114,8 +114,10 @@ class LocalBackend(BaseBackend):
     # ------------------------------------------------------------------ Backend protocol
 
     def describe(self) -> str:
-        return (f"local pool of {self.size} worker process{'es' if self.size != 1 else ''} on this machine "
-                f"({self.sizing}; started as tasks need them)")
+        return (
+            f"local pool of {self.size} worker process{'es' if self.size != 1 else ''} on this machine "
+            f"({self.sizing}; started as tasks need them)"
+        )
 
     def pool_info(self) -> tuple[str, str]:
         return "local", f"{self.size} worker processes"
@@ -161,8 +163,9 @@ class LocalBackend(BaseBackend):
             fh.write(wire.pack(wire.ENVELOPE_MAGIC, envelope))
         with self._lock:
             # The namespace is staged (a file): the job's record keeps no copy of its bytes.
-            self._jobs[job.job_id] = _Job(replace(job, namespace=b""), envelope_path, on_event, data=data,
-                                          scratch=scratch)
+            self._jobs[job.job_id] = _Job(
+                replace(job, namespace=b""), envelope_path, on_event, data=data, scratch=scratch
+            )
             self._queue.extend((job.job_id, task) for task in tasks)
         self.start()  # again: a dispatcher that failed since the first call is started afresh
         # Hand the first tasks to idle workers from this thread, now: once workers compute on
@@ -216,8 +219,10 @@ class LocalBackend(BaseBackend):
 
     def nodes(self) -> list[NodeInfo]:
         with self._lock:
-            live = [NodeInfo(w.id, w.state, w.task[1].task_id if w.task else None, note=self._stall_note(w))
-                    for w in self._workers.values()]
+            live = [
+                NodeInfo(w.id, w.state, w.task[1].task_id if w.task else None, note=self._stall_note(w))
+                for w in self._workers.values()
+            ]
             return list(self._lost) + live
 
     def _stall_note(self, w: _Worker) -> str:
@@ -258,8 +263,9 @@ class LocalBackend(BaseBackend):
                     w.ending = "cancelled"
                     self._kill(w)
         for task in dropped:
-            job.on_event(TaskEvent(job_id, task.task_id, "failed", error="cancelled before it started",
-                                   failure_kind="cancelled"))
+            job.on_event(
+                TaskEvent(job_id, task.task_id, "failed", error="cancelled before it started", failure_kind="cancelled")
+            )
         self._wake()
 
     def _is_cancelled(self, job_id: str, task_id: str) -> bool:
@@ -331,10 +337,27 @@ class LocalBackend(BaseBackend):
         log = open(os.path.join(self._stage, f"{wid}.log"), "ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-u", WORKER_SCRIPT, "--serve", "--fd-in", str(to_child_r),
-                 "--fd-out", str(from_child_w), "--parent", str(os.getpid()), "--beat", beat_path],
-                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=worker_environment(),
+                [
+                    sys.executable,
+                    "-u",
+                    WORKER_SCRIPT,
+                    "--serve",
+                    "--fd-in",
+                    str(to_child_r),
+                    "--fd-out",
+                    str(from_child_w),
+                    "--parent",
+                    str(os.getpid()),
+                    "--beat",
+                    beat_path,
+                ],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=worker_environment(),
             )
         finally:
             log.close()
@@ -444,8 +467,10 @@ class LocalBackend(BaseBackend):
                     os.close(fd)
                 except OSError:
                     pass
-        error = (f"the local pool's dispatcher failed ({type(exc).__name__}: {exc}); its tasks were stopped and "
-                 "the pool restarts for the next cell")
+        error = (
+            f"the local pool's dispatcher failed ({type(exc).__name__}: {exc}); its tasks were stopped and "
+            "the pool restarts for the next cell"
+        )
         for job_id, task in affected:
             job = jobs.get(job_id)
             if job is not None:
@@ -492,8 +517,15 @@ class LocalBackend(BaseBackend):
         else:
             code = message.get("exit_code")
             kind = "environment" if code == wire.EXIT_ENVIRONMENT else "infrastructure"
-            event = TaskEvent(job_id, task.task_id, "failed", node=w.id, error=message.get("error", ""),
-                              retryable=kind == "infrastructure", failure_kind=kind)
+            event = TaskEvent(
+                job_id,
+                task.task_id,
+                "failed",
+                node=w.id,
+                error=message.get("error", ""),
+                retryable=kind == "infrastructure",
+                failure_kind=kind,
+            )
         job.on_event(event)
 
     def _on_death(self, w: _Worker) -> None:
@@ -504,7 +536,8 @@ class LocalBackend(BaseBackend):
             running = w.task
             job = self._jobs.get(running[0]) if running else None
             cancelled = w.ending == "cancelled" or (
-                running is not None and self._is_cancelled(running[0], running[1].task_id))
+                running is not None and self._is_cancelled(running[0], running[1].task_id)
+            )
             closed = self._closed
         try:
             code = w.proc.wait(timeout=5)
@@ -523,17 +556,35 @@ class LocalBackend(BaseBackend):
         task = running[1]
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         if w.ending == "timeout":
-            event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, failure_kind="timeout",
-                              error=_timeout_message(job.spec.timeout, task, w.timed_out_at),
-                              iteration=w.timed_out_at)
+            event = TaskEvent(
+                job.spec.job_id,
+                task.task_id,
+                "failed",
+                node=w.id,
+                failure_kind="timeout",
+                error=_timeout_message(job.spec.timeout, task, w.timed_out_at),
+                iteration=w.timed_out_at,
+            )
         elif cancelled:
-            event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, failure_kind="cancelled",
-                              error="cancelled while running")
+            event = TaskEvent(
+                job.spec.job_id,
+                task.task_id,
+                "failed",
+                node=w.id,
+                failure_kind="cancelled",
+                error="cancelled while running",
+            )
         else:
             tail = self.worker_log(w.id).strip().splitlines()[-5:]
             detail = (": " + " | ".join(tail)) if tail else ""
-            event = TaskEvent(job.spec.job_id, task.task_id, "failed", node=w.id, retryable=True,
-                              error=f"the worker process ({w.id}) died with {how} while running this task{detail}")
+            event = TaskEvent(
+                job.spec.job_id,
+                task.task_id,
+                "failed",
+                node=w.id,
+                retryable=True,
+                error=f"the worker process ({w.id}) died with {how} while running this task{detail}",
+            )
         job.on_event(event)
 
     def _expire(self) -> None:
@@ -561,13 +612,21 @@ class LocalBackend(BaseBackend):
                 job = self._jobs.get(job_id)
                 if job is None:
                     continue
-                message: dict[str, object] = {"op": "task", "task": task.task_id, "envelope": job.envelope_path,
-                           "items_codec": task.items_codec, "items": task.items,
-                           "indices": list(task.indices), "cwd": job.spec.cwd}
+                message: dict[str, object] = {
+                    "op": "task",
+                    "task": task.task_id,
+                    "envelope": job.envelope_path,
+                    "items_codec": task.items_codec,
+                    "items": task.items,
+                    "indices": list(task.indices),
+                    "cwd": job.spec.cwd,
+                }
                 if job.data is not None:
                     own = job.data["items"]
-                    message["data"] = {"roots": job.data["roots"],
-                                       "items": {i: own[i] for i in task.indices if i in own}}
+                    message["data"] = {
+                        "roots": job.data["roots"],
+                        "items": {i: own[i] for i in task.indices if i in own},
+                    }
                 try:
                     _write_all(w.send_fd, _frame(message))
                 except OSError:
@@ -599,8 +658,11 @@ def _timeout_message(limit: float | None, task: TaskSpec, running: int | None) -
     where = f"{limit:g} s" if limit is not None else "limit"
     if running is None:
         return f"the task ran longer than its --timeout of {where} and was killed"
-    chunk = (f" (its task, iterations {task.indices[0]}-{task.indices[-1]}, was killed)"
-             if len(task.indices) > 1 else " and was killed")
+    chunk = (
+        f" (its task, iterations {task.indices[0]}-{task.indices[-1]}, was killed)"
+        if len(task.indices) > 1
+        else " and was killed"
+    )
     return f"iteration {running} was still running when its task reached the --timeout of {where}{chunk}"
 
 
@@ -651,8 +713,11 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     (its API token), the server's token and azpar's secrets (see ``secret_variables``)."""
     environ = dict(os.environ if environ is None else environ)
     secrets = secret_variables(environ)
-    return {k: v for k, v in environ.items()
-            if k not in secrets and k not in _SERVER_SECRETS and not k.startswith(_HUB_PREFIXES)}
+    return {
+        k: v
+        for k, v in environ.items()
+        if k not in secrets and k not in _SERVER_SECRETS and not k.startswith(_HUB_PREFIXES)
+    }
 
 
 # ---------------------------------------------------------------------- staging folders

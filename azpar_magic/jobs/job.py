@@ -59,10 +59,20 @@ def register_views(*, text: Callable[[JobSnapshot], str], html: Callable[[JobSna
 class Job:
     """Handle on one run of a loop: poll it, wait for it, cancel it, read its results."""
 
-    def __init__(self, job_id: str, items: list, options: JobOptions, *, backend_name: str,
-                 pool: str = "", vm_size: str = "", source: str = "", size_label: str = "VM size",
-                 nodes: Callable[[], Sequence[NodeInfo]] | None = None,
-                 cancel: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        job_id: str,
+        items: list,
+        options: JobOptions,
+        *,
+        backend_name: str,
+        pool: str = "",
+        vm_size: str = "",
+        source: str = "",
+        size_label: str = "VM size",
+        nodes: Callable[[], Sequence[NodeInfo]] | None = None,
+        cancel: Callable[[], None] | None = None,
+    ):
         self.id = job_id
         self.items = items
         self.options = options
@@ -143,17 +153,28 @@ class Job:
             task.attempts += 1
         self._notify()
 
-    def record_values(self, task_id: str, indices: Sequence[int], values: Sequence[Any],
-                      failures: dict[int, Failure], outputs: dict[int, list],
-                      gathered: dict[str, Sequence[Any]] | None) -> None:
+    def record_values(
+        self,
+        task_id: str,
+        indices: Sequence[int],
+        values: Sequence[Any],
+        failures: dict[int, Failure],
+        outputs: dict[int, list],
+        gathered: dict[str, Sequence[Any]] | None,
+    ) -> None:
         """Store one finished task's iterations (values aligned with indices)."""
         with self._lock:
             n = len(indices)
-            if (isinstance(indices, range) and indices.step == 1 and not failures and not gathered
-                    and self._status.count(_ITER_PENDING, indices.start, indices.stop) == n):
+            if (
+                isinstance(indices, range)
+                and indices.step == 1
+                and not failures
+                and not gathered
+                and self._status.count(_ITER_PENDING, indices.start, indices.stop) == n
+            ):
                 # The common case, a clean contiguous chunk: slice copies, no per-item loop.
-                self._values[indices.start:indices.stop] = values
-                self._status[indices.start:indices.stop] = bytes([_ITER_OK]) * n
+                self._values[indices.start : indices.stop] = values
+                self._status[indices.start : indices.stop] = bytes([_ITER_OK]) * n
                 self._done += n
                 self._arrivals.append(indices)
             else:
@@ -208,12 +229,22 @@ class Job:
         with self._lock:
             ok = [i for i in keep if self._status[i] == _ITER_OK]
             outputs = {i: self._outputs.get(i) or self._base_outputs.get(i) for i in ok}
-            return ({i: self._values[i] for i in ok}, {i: o for i, o in outputs.items() if o},
-                    {name: {i: col[i] for i in ok} for name, col in self._gathered.items()})
+            return (
+                {i: self._values[i] for i in ok},
+                {i: o for i, o in outputs.items() if o},
+                {name: {i: col[i] for i in ok} for name, col in self._gathered.items()},
+            )
 
-    def restore(self, indices: Sequence[int], values: Sequence[Any], failures: dict[int, Failure],
-                outputs: dict[int, list], gathered: dict[str, Sequence[Any]] | None, *,
-                base: bool = False) -> None:
+    def restore(
+        self,
+        indices: Sequence[int],
+        values: Sequence[Any],
+        failures: dict[int, Failure],
+        outputs: dict[int, list],
+        gathered: dict[str, Sequence[Any]] | None,
+        *,
+        base: bool = False,
+    ) -> None:
         """Replay iterations read back from the job store (no task bookkeeping: the tasks of
         a stored job are history). ``base``: they come from the earlier run a rerun kept."""
         with self._lock:
@@ -266,8 +297,9 @@ class Job:
                 self._done += 1
             if arrived:
                 self._arrivals.append(arrived)
-            cancelled = all(index in self._failures and self._failures[index].kind == "cancelled"
-                            for index in task.indices)
+            cancelled = all(
+                index in self._failures and self._failures[index].kind == "cancelled" for index in task.indices
+            )
             self._finalize(task, ending_step(produced=False, all_cancelled=cancelled))
         self._notify()
 
@@ -394,13 +426,23 @@ class Job:
                 events = self._outputs.get(i) or self._base_outputs.get(i) or []
                 status = self._status[i]
                 failure = self._failures.get(i)
-                state = ("succeeded" if status == _ITER_OK else "not run" if status == _ITER_PENDING
-                         else "cancelled" if failure is not None and failure.kind == "cancelled" else "failed")
+                state = (
+                    "succeeded"
+                    if status == _ITER_OK
+                    else "not run"
+                    if status == _ITER_PENDING
+                    else "cancelled"
+                    if failure is not None and failure.kind == "cancelled"
+                    else "failed"
+                )
                 lines = [f"--- iteration {i} (item {short_repr(self.items[i])}): {state} ---"]
                 for kind, data in events:
                     if kind in ("stdout", "stderr"):
-                        lines.append(data if kind == "stdout" else "".join(
-                            f"[stderr] {line}" for line in data.splitlines(keepends=True)))
+                        lines.append(
+                            data
+                            if kind == "stdout"
+                            else "".join(f"[stderr] {line}" for line in data.splitlines(keepends=True))
+                        )
                     else:
                         lines.append(f"[display: {', '.join(sorted(data)) if isinstance(data, dict) else kind}]\n")
                 if not events:
@@ -439,21 +481,24 @@ class Job:
         with self._lock:
             failed = {i: f.as_exception() for i, f in self._failures.items()}
             if self.options.errors == "remove":
-                return {name: [v for i, v in enumerate(col) if i not in failed]
-                        for name, col in self._gathered.items()}
+                return {name: [v for i, v in enumerate(col) if i not in failed] for name, col in self._gathered.items()}
             return {name: list(col) for name, col in self._gathered.items()}
 
     def _merge(self) -> Any:
         if self.state == LOST:
             done = sum(1 for s in self._status if s == _ITER_OK)
-            raise JobLost(f"job {self.id} was lost: the process running it ended first (a kernel restart or "
-                          f"crash). {done} of {len(self.items)} iterations had finished and are kept: "
-                          f"job.partial_results(). `%azpar rerun {self.id} --failed` (azpar_magic.rerun) "
-                          "runs the others and merges them in order.")
+            raise JobLost(
+                f"job {self.id} was lost: the process running it ended first (a kernel restart or "
+                f"crash). {done} of {len(self.items)} iterations had finished and are kept: "
+                f"job.partial_results(). `%azpar rerun {self.id} --failed` (azpar_magic.rerun) "
+                "runs the others and merges them in order."
+            )
         if self.state == CANCELLED:
             done = sum(1 for s in self._status if s == _ITER_OK)
-            raise JobCancelled(f"job {self.id} was cancelled after {done} of {len(self.items)} iterations "
-                               "finished; their values are in job.partial_results()")
+            raise JobCancelled(
+                f"job {self.id} was cancelled after {done} of {len(self.items)} iterations "
+                "finished; their values are in job.partial_results()"
+            )
         failed = dict(self._failures)
         first = self.first_failure()
         if first is not None and self.options.errors == "stop":
@@ -466,11 +511,16 @@ class Job:
         """The error ``--errors stop`` raises for ``failure`` (lock held): result() and
         as_completed() raise the same one."""
         return IterationError(
-            index=failure.index, item_repr=short_repr(self.items[failure.index]),
-            error_type=failure.error_type, message=failure.message, traceback=failure.traceback,
-            line=failure.line, job_id=self.id,
+            index=failure.index,
+            item_repr=short_repr(self.items[failure.index]),
+            error_type=failure.error_type,
+            message=failure.message,
+            traceback=failure.traceback,
+            line=failure.line,
+            job_id=self.id,
             failed_count=sum(1 for f in self._failures.values() if f.kind != "cancelled"),
-            infrastructure=failure.kind != "user")
+            infrastructure=failure.kind != "user",
+        )
 
     # ------------------------------------------------------------------ as they arrive
 
@@ -526,27 +576,58 @@ class Job:
             if throughput and not self.done:
                 eta = (total - done) / throughput
             firsts = sorted((f for f in self._failures.values() if f.kind != "cancelled"), key=lambda f: f.index)[:5]
-            views = tuple(FailureView(f.index, short_repr(self.items[f.index]), f.summary, f.traceback,
-                                      self._output_text(f.index, _FAILURE_OUTPUT_LIMIT))
-                          for f in firsts)
+            views = tuple(
+                FailureView(
+                    f.index,
+                    short_repr(self.items[f.index]),
+                    f.summary,
+                    f.traceback,
+                    self._output_text(f.index, _FAILURE_OUTPUT_LIMIT),
+                )
+                for f in firsts
+            )
         try:
             nodes = tuple(self._nodes())
         except Exception:
             nodes = ()
         notes: dict[tuple[str | None, str | None], str] = {(n.id, n.task): n.note for n in nodes if n.note}
-        stalled = tuple(f"task {t.task_id}: {notes[(t.node, t.task_id)]}" for t in list(self._tasks.values())
-                        if t.state == TASK_RUNNING and (t.node, t.task_id) in notes
-                        ) if notes and state == RUNNING else ()
+        stalled = (
+            tuple(
+                f"task {t.task_id}: {notes[(t.node, t.task_id)]}"
+                for t in list(self._tasks.values())
+                if t.state == TASK_RUNNING and (t.node, t.task_id) in notes
+            )
+            if notes and state == RUNNING
+            else ()
+        )
         return JobSnapshot(
-            job_id=self.id, backend=self.backend_name, pool=self.pool, vm_size=self.vm_size,
-            state=state, items_total=total, items_done=done, items_failed=failed, items_cancelled=cancelled,
-            tasks_total=len(self._tasks), tasks_queued=counts[QUEUED], tasks_running=counts[TASK_RUNNING],
-            tasks_succeeded=counts[TASK_SUCCEEDED], tasks_failed=counts[TASK_FAILED], nodes=nodes,
-            elapsed=elapsed, eta=eta, throughput=throughput, failures=views,
+            job_id=self.id,
+            backend=self.backend_name,
+            pool=self.pool,
+            vm_size=self.vm_size,
+            state=state,
+            items_total=total,
+            items_done=done,
+            items_failed=failed,
+            items_cancelled=cancelled,
+            tasks_total=len(self._tasks),
+            tasks_queued=counts[QUEUED],
+            tasks_running=counts[TASK_RUNNING],
+            tasks_succeeded=counts[TASK_SUCCEEDED],
+            tasks_failed=counts[TASK_FAILED],
+            nodes=nodes,
+            elapsed=elapsed,
+            eta=eta,
+            throughput=throughput,
+            failures=views,
             source_first_line=self.source.splitlines()[0] if self.source else "",
-            name=self.options.name or "", errors=self.options.errors, stalled=stalled,
+            name=self.options.name or "",
+            errors=self.options.errors,
+            stalled=stalled,
             unanswered=self._unanswered(state),
-            tasks_cancelled=counts[TASK_CANCELLED], from_cache=self.from_cache, size_label=self.size_label,
+            tasks_cancelled=counts[TASK_CANCELLED],
+            from_cache=self.from_cache,
+            size_label=self.size_label,
         )
 
     def _unanswered(self, state: str) -> str:
@@ -625,7 +706,7 @@ class AsCompleted:
             entry = arrivals[self._entry]
             self._entry += 1
             if isinstance(entry, range):  # a clean chunk (record_values' fast path): every value is there
-                self._ready.append(zip(entry, values[entry.start:entry.stop]))
+                self._ready.append(zip(entry, values[entry.start : entry.stop]))
                 continue
             pairs = []
             for index in entry:
@@ -670,9 +751,11 @@ class AsCompleted:
     def _timed_out(self) -> TimeoutError:
         self._ended = True
         done = self._job.snapshot().items_done
-        return TimeoutError(f"job {self._job.id} is still running after {self._timeout} s ({done} of "
-                            f"{len(self._job.items)} iterations finished); as_completed(timeout=None) waits "
-                            "for all of them")
+        return TimeoutError(
+            f"job {self._job.id} is still running after {self._timeout} s ({done} of "
+            f"{len(self._job.items)} iterations finished); as_completed(timeout=None) waits "
+            "for all of them"
+        )
 
     def _remaining(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()

@@ -35,8 +35,9 @@ def check_dict_keys(items: Sequence[Any]) -> None:
             raise CombineError(f"--combine dict: item {index} ({short_repr(item)}) is not hashable: {exc}") from None
 
 
-def select(values: Sequence[Any], items: Sequence[Any], failed: dict[int, Any], policy: str
-           ) -> tuple[list[Any], list[Any]]:
+def select(
+    values: Sequence[Any], items: Sequence[Any], failed: dict[int, Any], policy: str
+) -> tuple[list[Any], list[Any]]:
     """Apply the error policy: (kept items, kept values). ``failed`` maps iteration index to
     the object that stands in for the failure under ``pass``."""
     if policy == "remove":
@@ -96,5 +97,6 @@ def combine(values: list[Any], items: list[Any], mode: str | Callable[[list[Any]
             raise CombineError(f"--combine sum could not add the values: {exc}") from None
     if mode == "concat":
         return _concat(values)
-    raise CombineError(f"unknown combine mode {mode!r}; expected one of {', '.join(COMBINE_MODES)} "
-                       "or the name of a callable")
+    raise CombineError(
+        f"unknown combine mode {mode!r}; expected one of {', '.join(COMBINE_MODES)} or the name of a callable"
+    )

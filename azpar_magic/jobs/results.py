@@ -143,12 +143,12 @@ class _LenientUnpickler(pickle._Unpickler):
         def run(self) -> None:
             stack = self.stack
             depth = len(stack)
-            operands = stack[depth - arity:]
+            operands = stack[depth - arity :]
             try:
                 original(self)
             except Exception as exc:
                 stand_in = self._stand_in(f"{type(exc).__name__}: {exc}", operands)
-                del self.stack[depth - arity:]
+                del self.stack[depth - arity :]
                 self.stack.append(stand_in)
                 if op == pickle.BUILD:  # the half-built object may be memoised: later references get the stand-in too
                     for key, value in self.memo.items():
@@ -175,8 +175,9 @@ def _stand_in_within(value: Any, ids: set[int], limit: int = 100_000) -> _Unload
         seen.add(id(obj))
         if id(obj) in ids:
             return obj
-        if isinstance(obj, (str, bytes, int, float, complex, bool, type(None), type, types.ModuleType,
-                            types.FunctionType)):
+        if isinstance(
+            obj, (str, bytes, int, float, complex, bool, type(None), type, types.ModuleType, types.FunctionType)
+        ):
             continue
         if isinstance(obj, dict):
             todo.extend(obj.keys())
@@ -197,5 +198,12 @@ def failure_from_record(index: int, rec: dict) -> Failure:
             exc = wire.loads(*rec["exc"])
         except Exception:  # the exception's class may not exist here
             exc = None
-    return Failure(index, rec.get("type", "Exception"), rec.get("message", ""), rec.get("traceback", ""),
-                   rec.get("line"), "user", exc)
+    return Failure(
+        index,
+        rec.get("type", "Exception"),
+        rec.get("message", ""),
+        rec.get("traceback", ""),
+        rec.get("line"),
+        "user",
+        exc,
+    )

@@ -39,8 +39,17 @@ from .layout import FILE_MAGIC, MANIFEST, RECORDS, ensure_root, store_root, vali
 from .records import create_private, indices_of, read_file, walk
 from .writer import flush
 
-__all__ = ["CACHE_DIR", "KEY_SIZE", "DEFAULT_MAX_BYTES", "remember", "lookup", "stored_values", "clear",
-           "enforce_bound", "indexed_jobs"]
+__all__ = [
+    "CACHE_DIR",
+    "KEY_SIZE",
+    "DEFAULT_MAX_BYTES",
+    "remember",
+    "lookup",
+    "stored_values",
+    "clear",
+    "enforce_bound",
+    "indexed_jobs",
+]
 
 CACHE_DIR = "cache"
 KEY_SIZE = 16
@@ -82,10 +91,10 @@ def indexed_jobs(root: Path | None = None) -> list[tuple[float, str]]:
         return []
     found = []
     for name in names:
-        if not name.endswith(_SUFFIX) or not valid_id(name[:-len(_SUFFIX)]):
+        if not name.endswith(_SUFFIX) or not valid_id(name[: -len(_SUFFIX)]):
             continue
         try:
-            found.append((os.stat(folder / name).st_mtime, name[:-len(_SUFFIX)]))
+            found.append((os.stat(folder / name).st_mtime, name[: -len(_SUFFIX)]))
         except FileNotFoundError:
             continue
     return sorted(found, reverse=True)
@@ -141,7 +150,7 @@ def _entries(path: Path) -> dict[bytes, int]:
         data = fh.read()
     entries: dict[bytes, int] = {}
     if data.startswith(_MAGIC):
-        body = memoryview(data)[len(_MAGIC):]
+        body = memoryview(data)[len(_MAGIC) :]
         usable = len(body) - len(body) % _ENTRY.size
         entries = {key: index for key, index in _ENTRY.iter_unpack(body[:usable])}
     with _lock:
@@ -174,8 +183,9 @@ def lookup(keys: Sequence[bytes]) -> dict[int, list[tuple[str, int]]]:
     return found
 
 
-def stored_values(job_id: str, indices: Iterable[int], gather: Sequence[str] = ()
-                  ) -> dict[int, tuple[Any, dict[str, Any] | None]]:
+def stored_values(
+    job_id: str, indices: Iterable[int], gather: Sequence[str] = ()
+) -> dict[int, tuple[Any, dict[str, Any] | None]]:
     """The stored values of some succeeded iterations of a job: index -> (value, gathered
     variables or None). Only the task records holding one of ``indices`` are decoded (a
     task's values are encoded together, so a wanted iteration decodes its task's others

@@ -70,14 +70,17 @@ def _check_existing_root(root: Path) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise StoreError(f"the job store {root} is not a folder; set {STORE_ENV} to a folder of your own")
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
-        raise StoreError(f"the job store {root} belongs to another user (uid {info.st_uid}); "
-                         f"set {STORE_ENV} to a folder of your own")
+        raise StoreError(
+            f"the job store {root} belongs to another user (uid {info.st_uid}); set {STORE_ENV} to a folder of your own"
+        )
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
-        raise StoreError(f"the job store {root} is open to other users (mode {mode:04o}), and azpar does not change "
-                         f"the mode of a folder it did not create. Make it private with `chmod 700 {root}` if "
-                         f"that is what you want, or set {STORE_ENV} to a folder that does not exist yet (azpar "
-                         "creates it private)")
+        raise StoreError(
+            f"the job store {root} is open to other users (mode {mode:04o}), and azpar does not change "
+            f"the mode of a folder it did not create. Make it private with `chmod 700 {root}` if "
+            f"that is what you want, or set {STORE_ENV} to a folder that does not exist yet (azpar "
+            "creates it private)"
+        )
 
 
 def valid_id(job_id: str) -> bool:
@@ -102,10 +105,19 @@ def check_name(name: str) -> str:
         raise ValueError("a job name cannot be empty; use letters, digits, '-', '_' or '.' (at most 64)")
     bad = sorted(set(name) - _NAME_CHARS)
     if bad or len(name) > NAME_MAX or name.startswith("-") or valid_id(name):
-        why = (f"it has {', '.join(map(repr, bad))}" if bad else f"it is {len(name)} characters long"
-               if len(name) > NAME_MAX else "it starts with '-'" if name.startswith("-") else "it looks like a job id")
-        raise ValueError(f"{name!r} cannot name a job: {why}. A name is 1 to {NAME_MAX} letters, digits, '-', '_' "
-                         "or '.', not starting with '-' (e.g. --name sweep-2024.v2)")
+        why = (
+            f"it has {', '.join(map(repr, bad))}"
+            if bad
+            else f"it is {len(name)} characters long"
+            if len(name) > NAME_MAX
+            else "it starts with '-'"
+            if name.startswith("-")
+            else "it looks like a job id"
+        )
+        raise ValueError(
+            f"{name!r} cannot name a job: {why}. A name is 1 to {NAME_MAX} letters, digits, '-', '_' "
+            "or '.', not starting with '-' (e.g. --name sweep-2024.v2)"
+        )
     return name
 
 

@@ -36,7 +36,7 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
             data = fh.read()
     except OSError:
         return None
-    fields = data[data.rindex(")") + 2:].split()
+    fields = data[data.rindex(")") + 2 :].split()
     return fields[0], fields[19]
 
 
@@ -49,8 +49,12 @@ def owner() -> dict:
     pid = os.getpid()
     if pid not in _owner_cache:
         stat_ = _proc_stat(pid)
-        _owner_cache[pid] = {"host": socket.gethostname(), "pid": pid, "start": stat_[1] if stat_ else None,
-                             "boot": _boot_id()}
+        _owner_cache[pid] = {
+            "host": socket.gethostname(),
+            "pid": pid,
+            "start": stat_[1] if stat_ else None,
+            "boot": _boot_id(),
+        }
     return dict(_owner_cache[pid])
 
 

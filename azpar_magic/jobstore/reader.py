@@ -44,12 +44,20 @@ FOLLOW_INTERVAL = 0.3  # seconds between looks at a job another process is runni
 
 
 def options_from_json(data: Mapping[str, Any]) -> JobOptions:
-    return JobOptions(combine=_restore_combine(data.get("combine", "list")), errors=data.get("errors", "stop"),
-                      gather=tuple(data.get("gather") or ()), retries=data.get("retries", 2),
-                      timeout=data.get("timeout"), chunk_size=data.get("chunk_size"), seed=data.get("seed"),
-                      output_name=data.get("output_name"), inputs=tuple(data.get("inputs") or ()),
-                      outputs=tuple(data.get("outputs") or ()), outputs_to=data.get("outputs_to"),
-                      name=data.get("name"))
+    return JobOptions(
+        combine=_restore_combine(data.get("combine", "list")),
+        errors=data.get("errors", "stop"),
+        gather=tuple(data.get("gather") or ()),
+        retries=data.get("retries", 2),
+        timeout=data.get("timeout"),
+        chunk_size=data.get("chunk_size"),
+        seed=data.get("seed"),
+        output_name=data.get("output_name"),
+        inputs=tuple(data.get("inputs") or ()),
+        outputs=tuple(data.get("outputs") or ()),
+        outputs_to=data.get("outputs_to"),
+        name=data.get("name"),
+    )
 
 
 def _restore_combine(spec: Any) -> Any:
@@ -71,8 +79,10 @@ def _restore_combine(spec: Any) -> Any:
     except Exception:
         pass
 
-    message = (f"This job combines its values with {qualname} (from {module_name}), which is not defined "
-               "here; define it, then try again.")
+    message = (
+        f"This job combines its values with {qualname} (from {module_name}), which is not defined "
+        "here; define it, then try again."
+    )
 
     def missing(values: list) -> Any:
         raise StoreError(message)
@@ -146,8 +156,21 @@ class JobSummary:
         """The row of a job this process holds: its live state and counts."""
         succeeded, failed, cancelled = job.counts()
         first = job.source.splitlines()[0] if job.source else ""
-        return cls(job.id, job.created, job.backend_name, job.state, succeeded, failed, cancelled,
-                   len(job.items), first, creator(), job.rerun_of, job.owner, job.options.name or "")
+        return cls(
+            job.id,
+            job.created,
+            job.backend_name,
+            job.state,
+            succeeded,
+            failed,
+            cancelled,
+            len(job.items),
+            first,
+            creator(),
+            job.rerun_of,
+            job.owner,
+            job.options.name or "",
+        )
 
 
 def effective_state(manifest: Mapping[str, Any]) -> tuple[str, str]:
@@ -203,9 +226,21 @@ def summary(job_id: str) -> JobSummary:
     else:
         succeeded, failed, cancelled = _scan_counts(job_folder(job_id), manifest)
     source = manifest.get("source") or ""
-    return JobSummary(job_id, manifest.get("created", 0.0), manifest.get("backend", "?"), state, succeeded,
-                      failed, cancelled, manifest.get("items", 0), source.splitlines()[0] if source else "",
-                      manifest.get("creator", ""), manifest.get("rerun_of"), where, manifest.get("name") or "")
+    return JobSummary(
+        job_id,
+        manifest.get("created", 0.0),
+        manifest.get("backend", "?"),
+        state,
+        succeeded,
+        failed,
+        cancelled,
+        manifest.get("items", 0),
+        source.splitlines()[0] if source else "",
+        manifest.get("creator", ""),
+        manifest.get("rerun_of"),
+        where,
+        manifest.get("name") or "",
+    )
 
 
 def job_ids() -> list[str]:
@@ -298,13 +333,16 @@ def parse_since(text: str, now: float | None = None) -> float:
     try:
         when = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"--since takes a date (2026-12-01), a date and time (2026-12-01T09:30), today, yesterday "
-                         f"or Nd (the last N days, e.g. 7d), not {text!r}") from None
+        raise ValueError(
+            f"--since takes a date (2026-12-01), a date and time (2026-12-01T09:30), today, yesterday "
+            f"or Nd (the last N days, e.g. 7d), not {text!r}"
+        ) from None
     return when.timestamp()  # a naive time is local time, as the table's 'when' column shows
 
 
-def filter_jobs(rows: Sequence[JobSummary], *, state: str | None = None, name: str | None = None,
-                since: float | str | None = None) -> list[JobSummary]:
+def filter_jobs(
+    rows: Sequence[JobSummary], *, state: str | None = None, name: str | None = None, since: float | str | None = None
+) -> list[JobSummary]:
     """The rows whose state is ``state`` (one or several, comma-separated), whose name
     matches the glob ``name`` (``sweep-*``; a job without a name never matches), and that
     were created at or after ``since`` (seconds since the epoch, or what ``parse_since``
@@ -317,10 +355,13 @@ def filter_jobs(rows: Sequence[JobSummary], *, state: str | None = None, name: s
     if unknown:
         raise ValueError(f"--state takes {', '.join(known)} (several with commas), not {', '.join(unknown)}")
     after = parse_since(since) if isinstance(since, str) else since
-    return [r for r in rows
-            if (states is None or r.state in states)
-            and (name is None or (bool(r.name) and fnmatch.fnmatchcase(r.name, name)))
-            and (after is None or r.created >= after)]
+    return [
+        r
+        for r in rows
+        if (states is None or r.state in states)
+        and (name is None or (bool(r.name) and fnmatch.fnmatchcase(r.name, name)))
+        and (after is None or r.created >= after)
+    ]
 
 
 class MissingItem:
@@ -362,8 +403,14 @@ def load_items(job_id: str, total: int | None = None) -> list:
 
 
 def _failure_from_json(index: int, data: Mapping[str, Any]) -> Failure:
-    return Failure(index, data.get("type", "Exception"), data.get("message", ""), data.get("traceback", ""),
-                   data.get("line"), data.get("kind", "user"))
+    return Failure(
+        index,
+        data.get("type", "Exception"),
+        data.get("message", ""),
+        data.get("traceback", ""),
+        data.get("line"),
+        data.get("kind", "user"),
+    )
 
 
 def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, values: bool) -> int:
@@ -392,8 +439,9 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
         kept = [indices[p] for p in keep]
         if kind == "fail":
             failure = header["failure"]
-            job.restore(kept, [None] * len(kept), {i: _failure_from_json(i, failure) for i in kept}, {}, None,
-                        base=base)
+            job.restore(
+                kept, [None] * len(kept), {i: _failure_from_json(i, failure) for i in kept}, {}, None, base=base
+            )
         elif not values:
             job.restore(kept, [None] * len(kept), {i: logged[i] for i in kept if i in logged}, {}, None, base=base)
         elif kept:
@@ -404,8 +452,14 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
             if record.get("gathered") is not None and job.options.gather:
                 rows = decode_list(record["gathered"])
                 gathered = {name: [(rows[p] or {}).get(name) for p in keep] for name in job.options.gather}
-            job.restore(kept, [all_values[p] for p in keep], {i: failed[i] for i in kept if i in failed}, {},
-                        gathered, base=base)
+            job.restore(
+                kept,
+                [all_values[p] for p in keep],
+                {i: failed[i] for i in kept if i in failed},
+                {},
+                gathered,
+                base=base,
+            )
         if not base and header.get("t") is not None and header["t"] not in job.tasks:
             job.restore_task(header["t"], indices, _task_step(kind, header))
     return offset
@@ -438,9 +492,16 @@ def load_job(job_id: str, *, values: bool = True) -> Job:
     folder = job_folder(job_id)
     total = manifest.get("items", 0)
     items = load_items(job_id, total)
-    job = Job(job_id, items, options_from_json(manifest.get("options") or {}),
-              backend_name=manifest.get("backend", "?"), pool=manifest.get("pool", ""),
-              vm_size=manifest.get("vm_size", ""), size_label=size_label(manifest), source=manifest.get("source", ""))
+    job = Job(
+        job_id,
+        items,
+        options_from_json(manifest.get("options") or {}),
+        backend_name=manifest.get("backend", "?"),
+        pool=manifest.get("pool", ""),
+        vm_size=manifest.get("vm_size", ""),
+        size_label=size_label(manifest),
+        source=manifest.get("source", ""),
+    )
     job.rerun_of = manifest.get("rerun_of")
     job.from_cache = manifest.get("from_cache") or 0
     job.manifest = manifest
@@ -448,9 +509,11 @@ def load_job(job_id: str, *, values: bool = True) -> Job:
     try:
         offset = _replay(job, read_file(folder / RECORDS), len(FILE_MAGIC), values=values)
     except Exception as exc:
-        raise StoreError(f"the results of job {job_id} could not be read back here: {type(exc).__name__}: {exc}. "
-                         "Values that are instances of notebook classes need those classes defined in this "
-                         "kernel (run the cells that define them), then try again.") from None
+        raise StoreError(
+            f"the results of job {job_id} could not be read back here: {type(exc).__name__}: {exc}. "
+            "Values that are instances of notebook classes need those classes defined in this "
+            "kernel (run the cells that define them), then try again."
+        ) from None
     job.restore_timing(manifest.get("created", time.time()), manifest.get("elapsed"))
     if state in FINAL_STATES:
         job.finish(state)
@@ -481,8 +544,7 @@ class _Follower(threading.Thread):
             try:
                 manifest = read_manifest(job.id)
                 state, _ = effective_state(manifest)
-                self.offset = max(self.offset, _replay(job, read_file(self.folder / RECORDS), self.offset,
-                                                       values=True))
+                self.offset = max(self.offset, _replay(job, read_file(self.folder / RECORDS), self.offset, values=True))
             except Exception as exc:  # deleted meanwhile, or unreadable: stop following
                 job.store_error = f"{type(exc).__name__}: {exc}"
                 job.finish(LOST)

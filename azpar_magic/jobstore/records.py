@@ -74,8 +74,9 @@ def iter_records(data: bytes | memoryview | mmap.mmap, start: int = 0) -> Iterat
         offset = stop
 
 
-def walk(data: bytes | memoryview | mmap.mmap, start: int, skip: frozenset[int] = frozenset(), base: bool = False
-          ) -> Iterator[tuple[dict, memoryview, frozenset[int], bool, int]]:
+def walk(
+    data: bytes | memoryview | mmap.mmap, start: int, skip: frozenset[int] = frozenset(), base: bool = False
+) -> Iterator[tuple[dict, memoryview, frozenset[int], bool, int]]:
     """Every record from ``start``, entering import records (a rerun's copy of the earlier
     job's records): (header, body, iterations whose old records no longer count, whether it
     comes from an earlier run, offset after the enclosing top-level record)."""
@@ -100,7 +101,7 @@ def read_file(path: Path) -> bytes | mmap.mmap:
         data: bytes | mmap.mmap = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else b""
     finally:
         os.close(fd)
-    if data and data[:len(FILE_MAGIC)] != FILE_MAGIC:
+    if data and data[: len(FILE_MAGIC)] != FILE_MAGIC:
         raise StoreError(f"{path} is not an azpar job store file")
     return data
 
@@ -124,7 +125,7 @@ def create_private(path: Path, data: bytes, *, append: bool = False) -> int | No
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:

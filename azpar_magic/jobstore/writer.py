@@ -137,8 +137,15 @@ class JobRecorder:
     record is on disk before the manifest that says the job ended. A write that fails stops
     recording this job (``job.store_error`` says why, once on stderr too); the job runs on."""
 
-    def __init__(self, job: Job, manifest: dict, items: Sequence[tuple[str, Sequence[int], str, bytes]],
-                 root: Path, base_id: str | None = None, append_fd: int | None = None):
+    def __init__(
+        self,
+        job: Job,
+        manifest: dict,
+        items: Sequence[tuple[str, Sequence[int], str, bytes]],
+        root: Path,
+        base_id: str | None = None,
+        append_fd: int | None = None,
+    ):
         self.job = job
         self.manifest = manifest
         # Paths are fixed now: the writer runs later, when $AZPAR_JOB_STORE may name another folder.
@@ -175,8 +182,14 @@ class JobRecorder:
 
     def task_failed(self, task_id: str, indices: Sequence[int], error_type: str, message: str, kind: str) -> None:
         """A task produced nothing (lost worker, timeout, cancelled, environment)."""
-        self._pending.append(("fail", task_id, indices,
-                              {"type": error_type, "message": message, "traceback": "", "line": None, "kind": kind}))
+        self._pending.append(
+            (
+                "fail",
+                task_id,
+                indices,
+                {"type": error_type, "message": message, "traceback": "", "line": None, "kind": kind},
+            )
+        )
         _writer.mark(self)
 
     def keep_envelope(self, envelope: Mapping[str, Any], namespace: bytes | None) -> None:
@@ -197,8 +210,17 @@ class JobRecorder:
         """The job ended: record its final state and counts."""
         job = self.job
         succeeded, failed, cancelled = job.counts()
-        self._pending.append(("end", {"state": job.state, "finished": time.time(), "elapsed": job.elapsed(),
-                                      "counts": {"succeeded": succeeded, "failed": failed, "cancelled": cancelled}}))
+        self._pending.append(
+            (
+                "end",
+                {
+                    "state": job.state,
+                    "finished": time.time(),
+                    "elapsed": job.elapsed(),
+                    "counts": {"succeeded": succeeded, "failed": failed, "cancelled": cancelled},
+                },
+            )
+        )
         _writer.mark(self)
 
     # -------------------------------------------------------------- on the writer thread
@@ -218,8 +240,11 @@ class JobRecorder:
             root = str(self.root)
             if root not in warned_roots:
                 warned_roots.add(root)
-                print(f"azpar: the job store {root} could not keep job {self.job.id} ({message}); its results "
-                      "stay in this session only.", file=sys.stderr)
+                print(
+                    f"azpar: the job store {root} could not keep job {self.job.id} ({message}); its results "
+                    "stay in this session only.",
+                    file=sys.stderr,
+                )
 
     def _write_pending(self) -> None:
         chunks: list[bytes] = []
@@ -269,9 +294,11 @@ class JobRecorder:
         if self.base is not None and ran is not None and len(from_runs(ran)) < self.manifest["items"]:
             # Keep the earlier run's records (its items too): this folder stands on its own.
             earlier = read_file(self.base / RECORDS)
-            head.append(record({"k": "import", "from": self.base.name, "skip": ran}, earlier[len(FILE_MAGIC):]))
-        head.extend(record({"k": "items", "t": task_id, **indices_header(indices), "codec": codec}, blob)
-                    for task_id, indices, codec, blob in self._items)
+            head.append(record({"k": "import", "from": self.base.name, "skip": ran}, earlier[len(FILE_MAGIC) :]))
+        head.extend(
+            record({"k": "items", "t": task_id, **indices_header(indices), "codec": codec}, blob)
+            for task_id, indices, codec, blob in self._items
+        )
         self._items = ()
         self._fd = create_private(self.folder / RECORDS, b"".join(head) + data, append=end is None)
         if end is not None:  # a job that ended before its first write: one manifest, final at once
@@ -283,15 +310,26 @@ class JobRecorder:
     def _result_records(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> bytes:
         failed = result.get("failed") or {}
         where = indices_header(indices)
-        body = pickle.dumps({"values": result["values"], "gathered": result.get("gathered"), "failed": failed},
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        body = pickle.dumps(
+            {"values": result["values"], "gathered": result.get("gathered"), "failed": failed},
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
         data = record({"k": "result", "t": task_id, **where, "failed": len(failed)}, body)
         outputs = result.get("outputs") or {}
         if outputs or failed:
-            logs = {"outputs": outputs,
-                    "failures": {i: {"type": rec.get("type", "Exception"), "message": rec.get("message", ""),
-                                     "traceback": rec.get("traceback", ""), "line": rec.get("line"),
-                                     "kind": "user"} for i, rec in failed.items()}}
+            logs = {
+                "outputs": outputs,
+                "failures": {
+                    i: {
+                        "type": rec.get("type", "Exception"),
+                        "message": rec.get("message", ""),
+                        "traceback": rec.get("traceback", ""),
+                        "line": rec.get("line"),
+                        "kind": "user",
+                    }
+                    for i, rec in failed.items()
+                },
+            }
             data += record({"k": "logs", "t": task_id, **where}, pickle.dumps(logs, protocol=pickle.HIGHEST_PROTOCOL))
         return data
 
@@ -309,18 +347,38 @@ def options_to_json(options: JobOptions) -> dict:
     looked up again when the job is loaded (a notebook function: in the new ``__main__``)."""
     combine = options.combine
     if callable(combine):
-        combine = {"callable": f"{getattr(combine, '__module__', None) or '?'}:"
-                               f"{getattr(combine, '__qualname__', None) or repr(combine)}"}
-    return {"combine": combine, "errors": options.errors, "gather": list(options.gather),
-            "retries": options.retries, "timeout": options.timeout, "chunk_size": options.chunk_size,
-            "seed": options.seed, "output_name": options.output_name, "inputs": list(options.inputs),
-            "outputs": list(options.outputs), "outputs_to": options.outputs_to, "name": options.name}
+        combine = {
+            "callable": f"{getattr(combine, '__module__', None) or '?'}:"
+            f"{getattr(combine, '__qualname__', None) or repr(combine)}"
+        }
+    return {
+        "combine": combine,
+        "errors": options.errors,
+        "gather": list(options.gather),
+        "retries": options.retries,
+        "timeout": options.timeout,
+        "chunk_size": options.chunk_size,
+        "seed": options.seed,
+        "output_name": options.output_name,
+        "inputs": list(options.inputs),
+        "outputs": list(options.outputs),
+        "outputs_to": options.outputs_to,
+        "name": options.name,
+    }
 
 
-def start_recording(job: Job, *, items: Sequence[tuple[str, Sequence[int], str, bytes]],
-                    tasks: int, backend_info: Mapping[str, Any] | None = None,
-                    export: Sequence[str] = (), no_export: Sequence[str] = (), cwd: str | None = None,
-                    ran: Sequence[int] | None = None, base_id: str | None = None) -> JobRecorder:
+def start_recording(
+    job: Job,
+    *,
+    items: Sequence[tuple[str, Sequence[int], str, bytes]],
+    tasks: int,
+    backend_info: Mapping[str, Any] | None = None,
+    export: Sequence[str] = (),
+    no_export: Sequence[str] = (),
+    cwd: str | None = None,
+    ran: Sequence[int] | None = None,
+    base_id: str | None = None,
+) -> JobRecorder:
     """Open the job's folder (on the writer thread) and return what the engine feeds.
 
     ``items``: (task id, indices, codec, bytes) per task, as shipped (a backend that

@@ -24,63 +24,124 @@ from .usage import SETTINGS, usage_errors
 
 
 @magic_arguments(name="%azpar")  # usage then reads "%%azpar [-o NAME] ..."
-@argument("-o", "--output", metavar="NAME",
-          help=f"variable that receives the combined result (default: {DEFAULT_OUTPUT})")
-@argument("--combine", default="list", metavar="HOW",
-          help="list (default: values in iteration order), dict (item -> value), sum, concat "
-               "(lists, strings, numpy arrays, pandas frames), or an expression naming a callable "
-               "that receives the list of values")
-@argument("--gather", metavar="A,B", help="also bind A, B, ... to lists of those body variables' "
-                                         "final values, one per iteration")
-@argument("--errors", default="stop", choices=merge.ERROR_POLICIES,
-          help="stop: raise the first failure (index, item, remote traceback); remove: drop failed "
-               "iterations; pass: the exception object stands in for the value")
-@argument("--retries", default="2", metavar="N",
-          help="attempts after an infrastructure failure (lost worker, killed process); user "
-               "exceptions are never retried (default: 2, at most 100)")
-@argument("--chunk-size", default="auto", metavar="N|auto",
-          help="iterations per task; auto balances overhead and load (default)")
-@argument("--seed", metavar="N", help="give each iteration its own reproducible random "
-                                     "stream (random and numpy.random), whatever the scheduling; 0 to 2**64-1")
-@argument("--timeout", metavar="SECONDS", help="kill a task running longer than this (more than 0, at most "
-                                              "604800: 7 days)")
+@argument(
+    "-o", "--output", metavar="NAME", help=f"variable that receives the combined result (default: {DEFAULT_OUTPUT})"
+)
+@argument(
+    "--combine",
+    default="list",
+    metavar="HOW",
+    help="list (default: values in iteration order), dict (item -> value), sum, concat "
+    "(lists, strings, numpy arrays, pandas frames), or an expression naming a callable "
+    "that receives the list of values",
+)
+@argument(
+    "--gather",
+    metavar="A,B",
+    help="also bind A, B, ... to lists of those body variables' final values, one per iteration",
+)
+@argument(
+    "--errors",
+    default="stop",
+    choices=merge.ERROR_POLICIES,
+    help="stop: raise the first failure (index, item, remote traceback); remove: drop failed "
+    "iterations; pass: the exception object stands in for the value",
+)
+@argument(
+    "--retries",
+    default="2",
+    metavar="N",
+    help="attempts after an infrastructure failure (lost worker, killed process); user "
+    "exceptions are never retried (default: 2, at most 100)",
+)
+@argument(
+    "--chunk-size",
+    default="auto",
+    metavar="N|auto",
+    help="iterations per task; auto balances overhead and load (default)",
+)
+@argument(
+    "--seed",
+    metavar="N",
+    help="give each iteration its own reproducible random "
+    "stream (random and numpy.random), whatever the scheduling; 0 to 2**64-1",
+)
+@argument(
+    "--timeout", metavar="SECONDS", help="kill a task running longer than this (more than 0, at most 604800: 7 days)"
+)
 @argument("--export", metavar="A,B", help="ship these variables even if the body does not name them")
 @argument("--no-export", metavar="A,B", help="never ship these variables")
-@argument("--name", metavar="NAME", help="a short label for the job (letters, digits, '-', '_', '.'; at most 64): "
-                                         "%%azpar commands take it instead of the id (the newest job of that "
-                                         "name), and %%azpar jobs --name filters by it")
-@argument("--cache", action="store_true", help="reuse the stored value of an iteration whose body, captured "
-                                               "names (by content) and item are unchanged since an earlier "
-                                               "--cache run; only the others run (%%azpar cache clear forgets)")
-@argument("--no-wait", action="store_true", help="return a job handle at once; "
-                                                "%%azpar collect binds the result later")
+@argument(
+    "--name",
+    metavar="NAME",
+    help="a short label for the job (letters, digits, '-', '_', '.'; at most 64): "
+    "%%azpar commands take it instead of the id (the newest job of that "
+    "name), and %%azpar jobs --name filters by it",
+)
+@argument(
+    "--cache",
+    action="store_true",
+    help="reuse the stored value of an iteration whose body, captured "
+    "names (by content) and item are unchanged since an earlier "
+    "--cache run; only the others run (%%azpar cache clear forgets)",
+)
+@argument("--no-wait", action="store_true", help="return a job handle at once; %%azpar collect binds the result later")
 @argument("-q", "--quiet", action="store_true", help="no progress line")
 @argument("--backend", metavar="NAME", help="backend for this cell (default from configuration: local)")
-@argument("--workers", metavar="N", help="size of the local pool (default: one per CPU this kernel may use; "
-                                        "at most 4 per usable CPU, or 32 on smaller machines)")
-@argument("--profile", metavar="NAME", help="run with this profile (an Azure pool, see %%azpar config); "
-                                            "default: %%azpar use, then the config files")
-@argument("--packages", action="append", metavar="REQ,REQ",
-          help="Azure: pip requirements installed on each node for this job besides the kernel's versions of "
-               "what the cell uses, replacing those of the same name (cached by their hash across jobs); "
-               "repeatable; a comma before a version operator continues a range ('x>=0.1,<0.2'). "
-               "Local pool: installs nothing, checks this environment has them")
-@argument("--no-auto-packages", action="store_true",
-          help="Azure: do not install the kernel's versions of the distributions the cell uses (the image "
-               "has them; they are only checked); the profile's auto_packages = false does this for every cell")
-@argument("--merge", default="client", choices=("client", "cloud"),
-          help="Azure: client (default) downloads results as tasks finish; cloud adds a merge task that "
-               "writes one merged blob, downloaded once")
+@argument(
+    "--workers",
+    metavar="N",
+    help="size of the local pool (default: one per CPU this kernel may use; "
+    "at most 4 per usable CPU, or 32 on smaller machines)",
+)
+@argument(
+    "--profile",
+    metavar="NAME",
+    help="run with this profile (an Azure pool, see %%azpar config); default: %%azpar use, then the config files",
+)
+@argument(
+    "--packages",
+    action="append",
+    metavar="REQ,REQ",
+    help="Azure: pip requirements installed on each node for this job besides the kernel's versions of "
+    "what the cell uses, replacing those of the same name (cached by their hash across jobs); "
+    "repeatable; a comma before a version operator continues a range ('x>=0.1,<0.2'). "
+    "Local pool: installs nothing, checks this environment has them",
+)
+@argument(
+    "--no-auto-packages",
+    action="store_true",
+    help="Azure: do not install the kernel's versions of the distributions the cell uses (the image "
+    "has them; they are only checked); the profile's auto_packages = false does this for every cell",
+)
+@argument(
+    "--merge",
+    default="client",
+    choices=("client", "cloud"),
+    help="Azure: client (default) downloads results as tasks finish; cloud adds a merge task that "
+    "writes one merged blob, downloaded once",
+)
 @argument("--keep", action="store_true", help="Azure: keep the Batch job and its containers after success")
-@argument("--inputs", action="append", metavar="SPEC",
-          help="files every iteration reads, under inputs/ in its working directory: a local file, folder or "
-               "glob, or az://container/path; with {target} placeholders, each iteration gets its own "
-               "(e.g. 'data/part-{i}.csv'); repeatable")
-@argument("--outputs", action="append", metavar="GLOB",
-          help="files an iteration writes in its working directory that come back to "
-               "azpar_outputs/<job id>/<iteration>/; repeatable")
-@argument("--outputs-to", metavar="DEST", help="where --outputs go instead of azpar_outputs: a folder or "
-                                               "az://container/prefix (Azure)")
+@argument(
+    "--inputs",
+    action="append",
+    metavar="SPEC",
+    help="files every iteration reads, under inputs/ in its working directory: a local file, folder or "
+    "glob, or az://container/path; with {target} placeholders, each iteration gets its own "
+    "(e.g. 'data/part-{i}.csv'); repeatable",
+)
+@argument(
+    "--outputs",
+    action="append",
+    metavar="GLOB",
+    help="files an iteration writes in its working directory that come back to "
+    "azpar_outputs/<job id>/<iteration>/; repeatable",
+)
+@argument(
+    "--outputs-to",
+    metavar="DEST",
+    help="where --outputs go instead of azpar_outputs: a folder or az://container/prefix (Azure)",
+)
 @no_var_expand  # the line is code and paths: IPython must not fill in {name} and $name from the namespace
 def azpar_cell(self: Any, line: str, cell: str) -> Any:
     """Run the iterations of a for loop in parallel.
@@ -122,17 +183,25 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
     with usage_errors(SETTINGS, "{}. Nothing was submitted."):
         engine = session.engine(args.backend, args.workers, args.profile)
     notes: list[str] = []
-    request = RunRequest(parsed, shell.user_ns, options, export, no_export,
-                         backend_options=backend_options(args, engine.backend, notes),
-                         spelling=FLAG_SPELLING)
+    request = RunRequest(
+        parsed,
+        shell.user_ns,
+        options,
+        export,
+        no_export,
+        backend_options=backend_options(args, engine.backend, notes),
+        spelling=FLAG_SPELLING,
+    )
     for note in notes + [f"azpar: warning: {text}" for text in body_warnings(parsed, options.gather)]:
         print(note, file=sys.stderr)
     uploads = request.backend_options["transfer_progress"] = TransferProgress(quiet=args.quiet)  # --inputs
     before = set(engine.jobs)
     try:
         # SubmitError (a ValueError) says itself; other ValueErrors and RuntimeErrors are framed
-        with usage_errors((ValueError, RuntimeError), "The job could not be started: {}. Nothing was submitted."), \
-                usage_errors(SubmitError):
+        with (
+            usage_errors((ValueError, RuntimeError), "The job could not be started: {}. Nothing was submitted."),
+            usage_errors(SubmitError),
+        ):
             job = engine.submit(request)
     except KeyboardInterrupt as exc:
         _interrupted(engine, before, str(exc))
@@ -154,11 +223,14 @@ def _interrupted(engine: Any, before: set[str], said: str = "") -> NoReturn:
     ``said``: the engine's own account of where it was interrupted, if it gave one."""
     started = [job for job_id, job in list(engine.jobs.items()) if job_id not in before]
     if not started:
-        where = said.rstrip(". ").removesuffix("Nothing was submitted").rstrip(". ") if said else (
-            "while preparing the run (evaluating the iterable, capturing or staging the namespace)")
-        raise UsageError(f"Interrupted (Ctrl-C) {where.removeprefix('interrupted ')}: nothing was submitted.") \
-            from None
+        where = (
+            said.rstrip(". ").removesuffix("Nothing was submitted").rstrip(". ")
+            if said
+            else ("while preparing the run (evaluating the iterable, capturing or staging the namespace)")
+        )
+        raise UsageError(f"Interrupted (Ctrl-C) {where.removeprefix('interrupted ')}: nothing was submitted.") from None
     for job in started:
         job.cancel()
-    raise UsageError(f"Interrupted (Ctrl-C) while submitting job {started[0].id}: it was cancelled, and no "
-                     "result is bound.") from None
+    raise UsageError(
+        f"Interrupted (Ctrl-C) while submitting job {started[0].id}: it was cancelled, and no result is bound."
+    ) from None

@@ -22,7 +22,7 @@ _PANELS: OrderedDict[str, Any] = OrderedDict()
 
 
 def display_mode(shell: Any) -> str:
-    """"widget" or "text" for the current cell.
+    """ "widget" or "text" for the current cell.
 
     Widgets need a kernel with a comm manager (not terminal IPython), ipywidgets, and a
     frontend that draws them. The kernel cannot ask the frontend, but interactive notebook
@@ -106,11 +106,11 @@ def show_outputs(job: Job) -> None:
                 publish_display_data(data)
                 shown += 100
                 continue
-            text = data[:max(room, 0)]
+            text = data[: max(room, 0)]
             if len(text) < len(data):
                 hidden += len(data) - len(text)
                 cut.append(index)
-                if worker.TRUNCATED_MARK in data[len(text):]:
+                if worker.TRUNCATED_MARK in data[len(text) :]:
                     capped.append(index)
             if text:
                 shown += len(text)
@@ -122,22 +122,28 @@ def show_outputs(job: Job) -> None:
 
 
 def _iterations_text(indices: list[int]) -> str:
-    return (f"iteration{'s' * (len(indices) != 1)} " + ", ".join(map(str, indices[:10]))
-            + (f" and {len(indices) - 10} more" if len(indices) > 10 else ""))
+    return (
+        f"iteration{'s' * (len(indices) != 1)} "
+        + ", ".join(map(str, indices[:10]))
+        + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
+    )
 
 
-def _truncation_note(job_id: str, shown: int, hidden: int, displays: int, indices: list[int],
-                     capped: list[int]) -> str:
+def _truncation_note(job_id: str, shown: int, hidden: int, displays: int, indices: list[int], capped: list[int]) -> str:
     """The note after a cell's replayed output was cut: how much, whose, where the rest is;
     ``capped``: iterations the worker had cut already (their text past its cap is gone)."""
     parts = [f"{hidden:,} more character{'s' * (hidden != 1)}"] * bool(hidden)
     parts += [f"{displays} display{'s' * (displays != 1)}"] * bool(displays)
-    note = (f"\n[azpar: output truncated after {shown:,} characters: {' and '.join(parts)} not shown "
-            f"({_iterations_text(indices)}). The whole text of iteration i: "
-            f"azpar_magic.attach('{job_id}').output(i) or %azpar logs {job_id} i")
+    note = (
+        f"\n[azpar: output truncated after {shown:,} characters: {' and '.join(parts)} not shown "
+        f"({_iterations_text(indices)}). The whole text of iteration i: "
+        f"azpar_magic.attach('{job_id}').output(i) or %azpar logs {job_id} i"
+    )
     if capped:
-        note += (f"; {_iterations_text(capped)} printed more than a worker keeps ({worker.OUTPUT_LIMIT:,} "
-                 "characters each), and the rest of that was not kept")
+        note += (
+            f"; {_iterations_text(capped)} printed more than a worker keeps ({worker.OUTPUT_LIMIT:,} "
+            "characters each), and the rest of that was not kept"
+        )
     return note + "]"
 
 

@@ -52,24 +52,35 @@ def report(job: Any, backend: Any) -> str:
     overrides = list(info.get("packages") or [])
     head = f"job {job.id}"
     if not backend.installs_packages:
-        return (f"{head} ran on the {backend.name} pool: nothing is installed there; the "
-                "iterations use this kernel's environment.\n")
+        return (
+            f"{head} ran on the {backend.name} pool: nothing is installed there; the "
+            "iterations use this kernel's environment.\n"
+        )
     if not backend.profile["auto_packages"] or info.get("auto_packages") is False:
         listed = " ".join(overrides) or "nothing"
-        why = (f"the profile {backend.profile.name} says auto_packages = false" if not backend.profile["auto_packages"]
-               else "it ran with --no-auto-packages")
-        return (f"{head}: {why}: the nodes install only the profile's packages and --packages ({listed}); the image "
-                "must have the rest, which each task checks.\n")
+        why = (
+            f"the profile {backend.profile.name} says auto_packages = false"
+            if not backend.profile["auto_packages"]
+            else "it ran with --no-auto-packages"
+        )
+        return (
+            f"{head}: {why}: the nodes install only the profile's packages and --packages ({listed}); the image "
+            "must have the rest, which each task checks.\n"
+        )
     if job.capture is None:
-        return (f"{head} was read back from the job store: what it captured is not kept there, so its requirement set "
-                "cannot be shown. Run the cell again and then %azpar env.\n")
+        return (
+            f"{head} was read back from the job store: what it captured is not kept there, so its requirement set "
+            "cannot be shown. Run the cell again and then %azpar env.\n"
+        )
     image, where = backend.image_packages()
     table = rows(dict(job.capture.packages), overrides, image)
     if not table:
         return f"{head}: the cell uses no installed distribution; nothing is installed on the nodes.\n"
-    lines = [f"{head}: {len(table)} distributions installed on each node of pool {backend.profile['pool_id']} "
-             "(once per node per set; skipped where the image has the same version)",
-             f"image packages: {'reported by node ' + where if image is not None else where}"]
+    lines = [
+        f"{head}: {len(table)} distributions installed on each node of pool {backend.profile['pool_id']} "
+        "(once per node per set; skipped where the image has the same version)",
+        f"image packages: {'reported by node ' + where if image is not None else where}",
+    ]
     header = ("name", "version", "from", "on the image")
     cells = [header, *[(r.name, r.version, r.source, r.on_image or "not reported") for r in table]]
     widths = [max(len(c[i]) for c in cells) for i in range(3)]

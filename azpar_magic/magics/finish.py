@@ -12,8 +12,7 @@ from .display import live_view, show_files, show_outputs
 from .usage import usage_errors
 
 
-def finish_run(shell: Any, job: Job, output: str, gather: tuple[str, ...], quiet: bool, *,
-               files: bool = True) -> None:
+def finish_run(shell: Any, job: Job, output: str, gather: tuple[str, ...], quiet: bool, *, files: bool = True) -> None:
     """Wait for ``job`` (Ctrl-C cancels it), replay its output, report its --outputs (unless ``files`` is false)
     and bind its result to ``output`` (and the ``gather`` names) in the shell's namespace."""
     wait(shell, job, quiet)
@@ -33,25 +32,35 @@ def wait(shell: Any, job: Job, quiet: bool) -> None:
     except KeyboardInterrupt:
         if job.owner:  # followed from the store: another process runs it; stop waiting only
             progress.close()
-            print(f"azpar: stopped waiting for job {job.id}; it still runs in {job.owner} "
-                  f"(%azpar collect {job.id} waits again).", file=sys.stderr)
+            print(
+                f"azpar: stopped waiting for job {job.id}; it still runs in {job.owner} "
+                f"(%azpar collect {job.id} waits again).",
+                file=sys.stderr,
+            )
             raise
         job.cancel()
         job.wait(10)
         progress.close()
         show_outputs(job)  # what the finished iterations printed is not lost either
         snap = job.snapshot()
-        print(f"azpar: job {job.id} cancelled; {snap.items_succeeded} of {snap.items_total} "
-              f"iterations had finished: their values are in azpar_magic.jobs()[-1].partial_results().",
-              file=sys.stderr)
+        print(
+            f"azpar: job {job.id} cancelled; {snap.items_succeeded} of {snap.items_total} "
+            f"iterations had finished: their values are in azpar_magic.jobs()[-1].partial_results().",
+            file=sys.stderr,
+        )
         raise
     progress.close()
 
 
 def inject(shell: Any, job: Job, output: str, gather: tuple[str, ...]) -> None:
     """Bind the ended job's result (and gathered names); a failed iteration raises as itself."""
-    with usage_errors(Exception, lambda exc: f"The results of job {job.id} could not be combined: {exc}. The "
-                                             "per-iteration values stay in azpar_magic.jobs()[-1].partial_results()."):
+    with usage_errors(
+        Exception,
+        lambda exc: (
+            f"The results of job {job.id} could not be combined: {exc}. The "
+            "per-iteration values stay in azpar_magic.jobs()[-1].partial_results()."
+        ),
+    ):
         value = job.result()
     shell.user_ns[output] = value
     if gather:
@@ -85,6 +94,8 @@ def inject_when_done(shell: Any, job: Job, output: str, gather: tuple[str, ...])
 
 def lost_message(job: Job) -> str:
     succeeded, failed, _ = job.counts()
-    return (f"job {job.id} was lost: the kernel running it ended first. {succeeded} of {len(job.items)} iterations "
-            f"had finished and are kept; `%azpar rerun {job.id} --failed` runs the other "
-            f"{len(job.items) - succeeded} and binds the whole result in order.")
+    return (
+        f"job {job.id} was lost: the kernel running it ended first. {succeeded} of {len(job.items)} iterations "
+        f"had finished and are kept; `%azpar rerun {job.id} --failed` runs the other "
+        f"{len(job.items) - succeeded} and binds the whole result in order."
+    )

@@ -41,53 +41,111 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (  # in the order %azpar help lists them
-    Command("collect", jobs.collect, "%azpar collect [JOB] [-o NAME]",
-            "wait for a job (this kernel's or a stored one) and bind its result"),
-    Command("jobs", jobs.jobs, "%azpar jobs [--all] [--state S] [--name PATTERN] [--since DATE]",
-            "the job store's jobs, every kernel's: id, name, when, backend, state, done/failed/total, cell (the "
-            "latest 30 unless --all); S: running, succeeded, done, failed, cancelled, lost (several with commas); "
-            "PATTERN: a glob ('sweep-*'); DATE: 2026-12-01, today, yesterday or Nd (the last N days)"),
-    Command("attach", jobs.attach, "%azpar attach JOB [-o NAME]",
-            "show a job's panel, also after a kernel restart; its result is bound now if it ended, else when it "
-            "ends"),
-    Command("logs", jobs.logs, "%azpar logs JOB [ITERATION]",
-            "what an iteration printed and its traceback (all that printed or failed without ITERATION), also "
-            "after the job ended or the kernel restarted"),
+    Command(
+        "collect",
+        jobs.collect,
+        "%azpar collect [JOB] [-o NAME]",
+        "wait for a job (this kernel's or a stored one) and bind its result",
+    ),
+    Command(
+        "jobs",
+        jobs.jobs,
+        "%azpar jobs [--all] [--state S] [--name PATTERN] [--since DATE]",
+        "the job store's jobs, every kernel's: id, name, when, backend, state, done/failed/total, cell (the "
+        "latest 30 unless --all); S: running, succeeded, done, failed, cancelled, lost (several with commas); "
+        "PATTERN: a glob ('sweep-*'); DATE: 2026-12-01, today, yesterday or Nd (the last N days)",
+    ),
+    Command(
+        "attach",
+        jobs.attach,
+        "%azpar attach JOB [-o NAME]",
+        "show a job's panel, also after a kernel restart; its result is bound now if it ended, else when it ends",
+    ),
+    Command(
+        "logs",
+        jobs.logs,
+        "%azpar logs JOB [ITERATION]",
+        "what an iteration printed and its traceback (all that printed or failed without ITERATION), also "
+        "after the job ended or the kernel restarted",
+    ),
     Command("cancel", jobs.cancel, "%azpar cancel [JOB]", "cancel a job (default: the latest)"),
-    Command("rerun", jobs.rerun, "%azpar rerun JOB [--failed|--all] [-o NAME] [--no-wait] [-q]",
-            "run the failed or missing iterations again with the notebook's current definitions, merged in order "
-            "with the earlier results (--all: every iteration)"),
-    Command("debug", jobs.debug, "%azpar debug JOB ITERATION [--no-pdb]",
-            "run one iteration again in this kernel with the job's own namespace and item, and open the debugger "
-            "where it fails (--no-pdb: raise its exception here, with the cell's line numbers); also after a "
-            "kernel restart, for local and Azure jobs"),
-    Command("delete", jobs.delete, "%azpar delete JOB [JOB ...]",
-            "remove jobs' results, items and logs from the job store (an Azure job's Batch job and containers "
-            "too)"),
-    Command("cache", cache.cache, "%azpar cache [clear]",
-            "what --cache may reuse (jobs, bytes, the cache_max_bytes bound); clear: forget it all (the jobs stay)"),
-    Command("pool", pool.pool, "%azpar pool [status|create|delete|resize DEDICATED SPOT] [--profile NAME]",
-            "the pool's nodes, or manage an Azure pool",
-            synopsis="%azpar pool [status|create|delete|resize D S] [--profile NAME]"),
+    Command(
+        "rerun",
+        jobs.rerun,
+        "%azpar rerun JOB [--failed|--all] [-o NAME] [--no-wait] [-q]",
+        "run the failed or missing iterations again with the notebook's current definitions, merged in order "
+        "with the earlier results (--all: every iteration)",
+    ),
+    Command(
+        "debug",
+        jobs.debug,
+        "%azpar debug JOB ITERATION [--no-pdb]",
+        "run one iteration again in this kernel with the job's own namespace and item, and open the debugger "
+        "where it fails (--no-pdb: raise its exception here, with the cell's line numbers); also after a "
+        "kernel restart, for local and Azure jobs",
+    ),
+    Command(
+        "delete",
+        jobs.delete,
+        "%azpar delete JOB [JOB ...]",
+        "remove jobs' results, items and logs from the job store (an Azure job's Batch job and containers too)",
+    ),
+    Command(
+        "cache",
+        cache.cache,
+        "%azpar cache [clear]",
+        "what --cache may reuse (jobs, bytes, the cache_max_bytes bound); clear: forget it all (the jobs stay)",
+    ),
+    Command(
+        "pool",
+        pool.pool,
+        "%azpar pool [status|create|delete|resize DEDICATED SPOT] [--profile NAME]",
+        "the pool's nodes, or manage an Azure pool",
+        synopsis="%azpar pool [status|create|delete|resize D S] [--profile NAME]",
+    ),
     Command("backend", profiles.backend, "%azpar backend", "say which backend cells run on"),
-    Command("use", profiles.use, "%azpar use PROFILE (or %azpar use local)",
-            "run later cells with this profile (local: the local pool)", synopsis="%azpar use PROFILE|local"),
-    Command("status", pool.status, "%azpar status",
-            "the pools of this kernel: nodes, states, running tasks, queue (live in a notebook)"),
-    Command("config", profiles.config, "%azpar config [PROFILE] [FIELD=VALUE ...]",
-            "edit a profile: a form in a notebook; with FIELD=VALUE, set and save those fields"),
-    Command("storage", storage.storage,
-            "%azpar storage ls [az://CONTAINER/PATH] | get az://CONTAINER/PATH LOCAL | put LOCAL "
-            "az://CONTAINER/PATH | rm [-r] [-y] az://CONTAINER/PATH  [--profile NAME]",
-            "the profile's Blob storage (rm lists what it would delete unless -y)",
-            synopsis="%azpar storage ls [az://C/PATH] | get az://C/PATH LOCAL | put LOCAL az://C/PATH | "
-                     "rm [-r] [-y] az://C/PATH  [--profile NAME]"),
-    Command("doctor", environment.doctor, "%azpar doctor [PROFILE] [--run]",
-            "pre-flight check of a profile (default: the active one): what its identity can and cannot do, each "
-            "line with its fix (--run: also one iteration end to end)"),
-    Command("env", environment.env, "%azpar env [PROFILE] [JOB]",
-            "what a job installs on the nodes (default: the latest job, with its profile): each distribution, its "
-            "version, where it comes from, and whether the pool's image has it"),
+    Command(
+        "use",
+        profiles.use,
+        "%azpar use PROFILE (or %azpar use local)",
+        "run later cells with this profile (local: the local pool)",
+        synopsis="%azpar use PROFILE|local",
+    ),
+    Command(
+        "status",
+        pool.status,
+        "%azpar status",
+        "the pools of this kernel: nodes, states, running tasks, queue (live in a notebook)",
+    ),
+    Command(
+        "config",
+        profiles.config,
+        "%azpar config [PROFILE] [FIELD=VALUE ...]",
+        "edit a profile: a form in a notebook; with FIELD=VALUE, set and save those fields",
+    ),
+    Command(
+        "storage",
+        storage.storage,
+        "%azpar storage ls [az://CONTAINER/PATH] | get az://CONTAINER/PATH LOCAL | put LOCAL "
+        "az://CONTAINER/PATH | rm [-r] [-y] az://CONTAINER/PATH  [--profile NAME]",
+        "the profile's Blob storage (rm lists what it would delete unless -y)",
+        synopsis="%azpar storage ls [az://C/PATH] | get az://C/PATH LOCAL | put LOCAL az://C/PATH | "
+        "rm [-r] [-y] az://C/PATH  [--profile NAME]",
+    ),
+    Command(
+        "doctor",
+        environment.doctor,
+        "%azpar doctor [PROFILE] [--run]",
+        "pre-flight check of a profile (default: the active one): what its identity can and cannot do, each "
+        "line with its fix (--run: also one iteration end to end)",
+    ),
+    Command(
+        "env",
+        environment.env,
+        "%azpar env [PROFILE] [JOB]",
+        "what a job installs on the nodes (default: the latest job, with its profile): each distribution, its "
+        "version, where it comes from, and whether the pool's image has it",
+    ),
 )
 
 HELP_WORDS = ("help", "-h", "--help")
@@ -107,8 +165,9 @@ def help_text(topic: str | None = None) -> str:
 
 
 def missing_command() -> str:
-    return (f"usage: %azpar COMMAND [ARGS], with COMMAND one of {', '.join(commands())}; "
-            "%azpar help lists what each does")
+    return (
+        f"usage: %azpar COMMAND [ARGS], with COMMAND one of {', '.join(commands())}; %azpar help lists what each does"
+    )
 
 
 def unknown_command(name: str) -> str:

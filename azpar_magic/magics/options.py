@@ -25,16 +25,22 @@ from .words import unquote, variable
 def parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Namespace:
     """Every value is taken as typed, without its quotes (IPython's splitter keeps them):
     quoting protects spaces, commas, braces and globs the same way for every option."""
-    with usage_errors(ValueError, lambda exc: f"the %%azpar options could not be read: {exc} (a quote is not "
-                                              f"closed?): {text!r}. Nothing was submitted."):
+    with usage_errors(
+        ValueError,
+        lambda exc: (
+            f"the %%azpar options could not be read: {exc} (a quote is not closed?): {text!r}. Nothing was submitted."
+        ),
+    ):
         words = [unquote(word) for word in arg_split(text, strict=True)]
     try:
         return parser.parse_args(words)
     except UsageError as exc:
         if "unrecognized arguments" not in str(exc):
             raise
-        raise UsageError(f"{exc}. A value with spaces must be quoted, e.g. --combine 'lambda rows: sum(rows)'. "
-                         "Nothing was submitted.") from None
+        raise UsageError(
+            f"{exc}. A value with spaces must be quoted, e.g. --combine 'lambda rows: sum(rows)'. "
+            "Nothing was submitted."
+        ) from None
     except SystemExit:  # argparse's own exit on a bad value
         raise UsageError(f"invalid %%azpar options: {text!r}; see %%azpar?") from None
 
@@ -46,9 +52,11 @@ def names(value: str | None, flag: str) -> tuple[str, ...]:
     found = tuple(n.strip() for n in value.split(",") if n.strip())
     bad = [n for n in found if not is_variable_name(n)]
     if bad:
-        raise UsageError(f"{flag} takes comma-separated variable names; {', '.join(map(repr, bad))} "
-                         f"{'is' if len(bad) == 1 else 'are'} not (a Python keyword cannot be a variable). "
-                         "Nothing was submitted.")
+        raise UsageError(
+            f"{flag} takes comma-separated variable names; {', '.join(map(repr, bad))} "
+            f"{'is' if len(bad) == 1 else 'are'} not (a Python keyword cannot be a variable). "
+            "Nothing was submitted."
+        )
     return found
 
 
@@ -72,11 +80,12 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
         try:
             combine = eval(combine, namespace)
         except Exception as exc:
-            raise UsageError(f"--combine {args.combine!r} is neither one of {', '.join(merge.COMBINE_MODES)} "
-                             f"nor an expression that evaluates here ({type(exc).__name__}: {exc}).") from None
+            raise UsageError(
+                f"--combine {args.combine!r} is neither one of {', '.join(merge.COMBINE_MODES)} "
+                f"nor an expression that evaluates here ({type(exc).__name__}: {exc})."
+            ) from None
         if not callable(combine):
-            raise UsageError(f"--combine {args.combine!r} must name a callable; it is a "
-                             f"{type(combine).__name__}.")
+            raise UsageError(f"--combine {args.combine!r} must name a callable; it is a {type(combine).__name__}.")
     chunk = args.chunk_size
     if chunk == "auto":
         chunk_size = None
@@ -87,16 +96,27 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
             raise UsageError(f"--chunk-size must be a positive whole number or auto, got {chunk!r}") from None
     workers = _number("--workers", args.workers, int)
     if workers is not None and not 1 <= workers <= session.workers_limit():
-        raise UsageError(f"--workers must be between 1 and {session.workers_limit()} ({session.WORKERS_PER_CPU} "
-                         f"per CPU this kernel may use, at least {session.WORKERS_FLOOR}), got {workers}. Nothing "
-                         "was submitted.")
+        raise UsageError(
+            f"--workers must be between 1 and {session.workers_limit()} ({session.WORKERS_PER_CPU} "
+            f"per CPU this kernel may use, at least {session.WORKERS_FLOOR}), got {workers}. Nothing "
+            "was submitted."
+        )
     args.workers = workers
-    options = JobOptions(combine=combine, errors=args.errors, gather=names(args.gather, "--gather"),
-                         retries=_number("--retries", args.retries, int),
-                         timeout=_number("--timeout", args.timeout, float), chunk_size=chunk_size,
-                         seed=_number("--seed", args.seed, int), output_name=output,
-                         inputs=tuple(args.inputs or ()), outputs=tuple(args.outputs or ()),
-                         outputs_to=args.outputs_to or None, name=args.name, cache=bool(args.cache))
+    options = JobOptions(
+        combine=combine,
+        errors=args.errors,
+        gather=names(args.gather, "--gather"),
+        retries=_number("--retries", args.retries, int),
+        timeout=_number("--timeout", args.timeout, float),
+        chunk_size=chunk_size,
+        seed=_number("--seed", args.seed, int),
+        output_name=output,
+        inputs=tuple(args.inputs or ()),
+        outputs=tuple(args.outputs or ()),
+        outputs_to=args.outputs_to or None,
+        name=args.name,
+        cache=bool(args.cache),
+    )
     with usage_errors(SubmitError, "{} Nothing was submitted."):
         validate_options(options, FLAG_SPELLING)
     return options
@@ -110,17 +130,24 @@ def backend_options(args: argparse.Namespace, backend: Backend, notes: list[str]
     with usage_errors(CellError):
         packages = checked_requirements(args.packages or ())
     reads = backend.reads_options
-    ignored = [text for key, text, on in (
-        ("packages", "--packages installs nothing (iterations use this kernel's environment)", packages),
-        ("merge", "--merge cloud merges in the kernel as usual", args.merge == "cloud"),
-        ("keep", "--keep has no Batch job to keep", args.keep)) if on and key not in reads]
+    ignored = [
+        text
+        for key, text, on in (
+            ("packages", "--packages installs nothing (iterations use this kernel's environment)", packages),
+            ("merge", "--merge cloud merges in the kernel as usual", args.merge == "cloud"),
+            ("keep", "--keep has no Batch job to keep", args.keep),
+        )
+        if on and key not in reads
+    ]
     if ignored:
         notes.append(f"azpar: on the {backend.name} pool, {'; '.join(ignored)}; they act on Azure only.")
     if "packages" not in reads:
         missing = _unsatisfied(packages)
         if missing:
-            notes.append("azpar: warning: --packages not satisfied in this kernel's environment: "
-                         f"{', '.join(missing)}; local iterations may fail or differ from Azure.")
+            notes.append(
+                "azpar: warning: --packages not satisfied in this kernel's environment: "
+                f"{', '.join(missing)}; local iterations may fail or differ from Azure."
+            )
     options: dict[str, Any] = {"packages": packages, "merge": args.merge, "keep": args.keep}
     if args.no_auto_packages:
         options["auto_packages"] = False

@@ -26,8 +26,9 @@ class Words:
         return self.options.get(name)
 
 
-def read_words(words: list[str], usage: str, *, flags: Iterable[str] = (), options: Iterable[str] = (),
-               output: bool = False) -> Words:
+def read_words(
+    words: list[str], usage: str, *, flags: Iterable[str] = (), options: Iterable[str] = (), output: bool = False
+) -> Words:
     """Read ``words`` by the shared grammar; ``usage`` is the command's usage line, shown with every refusal.
 
     ``options`` take the next word as their value (the first occurrence; a missing value is refused with the
@@ -70,15 +71,19 @@ def _take_options(words: list[str], usage: str, names: Iterable[str]) -> tuple[d
             if at + 1 >= len(words):
                 raise UsageError(usage)
             values[name] = words[at + 1]
-            words = words[:at] + words[at + 2:]
+            words = words[:at] + words[at + 2 :]
     return values, words
 
 
 def variable(name: str, after: str = "") -> str:
     """The -o name a result is bound to; ``class`` or ``None`` would pass ``str.isidentifier``."""
     if not is_variable_name(name):
-        raise UsageError(f"-o needs a variable name, got {name!r}"
-                         + (" (a Python keyword)" if name.isidentifier() else "") + "." + after)
+        raise UsageError(
+            f"-o needs a variable name, got {name!r}"
+            + (" (a Python keyword)" if name.isidentifier() else "")
+            + "."
+            + after
+        )
     return name
 
 

@@ -70,8 +70,11 @@ class _FastPickler(pickle.Pickler):
         return None
 
     def reducer_override(self, obj):
-        if isinstance(obj, (types.FunctionType, types.CodeType, types.MethodType, types.ModuleType)) \
-                or (isinstance(obj, type) and _is_notebook(obj)) or _is_notebook(type(obj)):
+        if (
+            isinstance(obj, (types.FunctionType, types.CodeType, types.MethodType, types.ModuleType))
+            or (isinstance(obj, type) and _is_notebook(obj))
+            or _is_notebook(type(obj))
+        ):
             raise _NeedsContent
         if isinstance(obj, type):
             self.modules.add(obj.__module__ or "")
@@ -80,9 +83,21 @@ class _FastPickler(pickle.Pickler):
 
 def _code_content(code: types.CodeType) -> tuple:
     """What a code object computes, without where it was written (file name, line tables)."""
-    return (b"code", code.co_code, code.co_consts, code.co_names, code.co_varnames, code.co_freevars,
-            code.co_cellvars, code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags,
-            code.co_name, getattr(code, "co_exceptiontable", b""))
+    return (
+        b"code",
+        code.co_code,
+        code.co_consts,
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags,
+        code.co_name,
+        getattr(code, "co_exceptiontable", b""),
+    )
 
 
 def _cell_full(cell: types.CellType) -> bool:
@@ -125,8 +140,9 @@ class _ContentPickler(dill.Pickler):
         reads = [(name, scope[name]) for name in sorted(_global_names(fn.__code__)) if name in scope]
         cells = tuple(cell.cell_contents if _cell_full(cell) else "<empty cell>" for cell in fn.__closure__ or ())
         state = sorted(fn.__dict__.items(), key=lambda kv: kv[0])
-        return tuple, ((b"function", fn.__qualname__, fn.__code__, reads, fn.__defaults__, fn.__kwdefaults__, cells,
-                        state),)
+        return tuple, (
+            (b"function", fn.__qualname__, fn.__code__, reads, fn.__defaults__, fn.__kwdefaults__, cells, state),
+        )
 
     def save(self, obj, save_persistent_id=True):
         super().save(obj, save_persistent_id)
@@ -172,9 +188,12 @@ def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
     installed distributions behind the modules they name."""
     cell, namespace = request.cell, request.namespace
     looked_up, _ = capture_mod.namespace_lookups(cell.body_tree)
-    wanted = (capture_mod.free_names(cell.body_tree, cell.target_names) | set(request.export)
-              | capture_mod.notebook_objects_in(items, namespace)
-              | {name for name in looked_up if name in namespace})
+    wanted = (
+        capture_mod.free_names(cell.body_tree, cell.target_names)
+        | set(request.export)
+        | capture_mod.notebook_objects_in(items, namespace)
+        | {name for name in looked_up if name in namespace}
+    )
     chosen, _ = capture_mod.resolve_names(namespace, wanted, exclude=request.no_export)
     for name in request.export:
         if name in namespace:
@@ -184,8 +203,9 @@ def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
     modules.discard("")
     local = capture_mod.local_module_files(modules, request.folder or ".")
     versions = capture_mod.distributions_for(modules)  # numpy 1 -> 2 may change a value
-    return hashlib.blake2b(digest + repr((sorted(local.items()), sorted(versions.items()))).encode(),
-                           digest_size=_DIGEST).digest()
+    return hashlib.blake2b(
+        digest + repr((sorted(local.items()), sorted(versions.items()))).encode(), digest_size=_DIGEST
+    ).digest()
 
 
 def iteration_keys(request: RunRequest, items: Sequence[Any], ns_digest: bytes | None = None) -> list[bytes]:
@@ -193,9 +213,15 @@ def iteration_keys(request: RunRequest, items: Sequence[Any], ns_digest: bytes |
     cell, options = request.cell, request.options
     ns_digest = namespace_digest(request, items) if ns_digest is None else ns_digest
     common = hashlib.blake2b(digest_size=_DIGEST)
-    for part in (FORMAT_TAG, cell.target_source.encode(), cell.body.encode(), ns_digest,
-                 repr(sorted(options.gather)).encode(), repr(options.seed).encode(),
-                 sys.version.split()[0].encode()):
+    for part in (
+        FORMAT_TAG,
+        cell.target_source.encode(),
+        cell.body.encode(),
+        ns_digest,
+        repr(sorted(options.gather)).encode(),
+        repr(options.seed).encode(),
+        sys.version.split()[0].encode(),
+    ):
         common.update(len(part).to_bytes(8, "big") + part)
     seeded = options.seed is not None
     keys = []
@@ -242,9 +268,17 @@ class Plan:
             gathered = None
             if job.options.gather:
                 gathered = wire.dumps([self.reused[i][1] or {} for i in indices])
-            recorder.task_result("cache", indices, {"indices": indices, "values": ("all", *values),
-                                                    "gathered": ("all", *gathered) if gathered else None,
-                                                    "failed": {}, "outputs": {}})
+            recorder.task_result(
+                "cache",
+                indices,
+                {
+                    "indices": indices,
+                    "values": ("all", *values),
+                    "gathered": ("all", *gathered) if gathered else None,
+                    "failed": {},
+                    "outputs": {},
+                },
+            )
         try:
             index.remember(job.id, dict(enumerate(self.keys)), max_bytes())
         except OSError as exc:  # the job is fine; only its later reuse is lost
@@ -284,6 +318,7 @@ def plan(request: RunRequest, items: list) -> Plan:
         holder = Job("cache", items, request.options, backend_name="cache")
         ordered = sorted(reused)
         gathered: dict[str, Sequence[Any]] | None = (
-            {name: [(reused[i][1] or {}).get(name) for i in ordered] for name in gather} if gather else None)
+            {name: [(reused[i][1] or {}).get(name) for i in ordered] for name in gather} if gather else None
+        )
         holder.restore(ordered, [reused[i][0] for i in ordered], {}, {}, gathered)
     return Plan(keys, todo, holder, reused)

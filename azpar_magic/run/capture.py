@@ -34,11 +34,33 @@ from . import environment
 from .parsing import CELL_FILENAME, ParsedCell
 
 # Never shipped, whatever the body reads: IPython's history and handles, and the shell.
-IPYTHON_NAMES = frozenset({
-    "In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_oh", "_ih", "_dh", "_sh",
-    "exit", "quit", "get_ipython", "display", "__builtins__", "__builtin__", "__name__",
-    "__doc__", "__package__", "__loader__", "__spec__",
-})
+IPYTHON_NAMES = frozenset(
+    {
+        "In",
+        "Out",
+        "_",
+        "__",
+        "___",
+        "_i",
+        "_ii",
+        "_iii",
+        "_oh",
+        "_ih",
+        "_dh",
+        "_sh",
+        "exit",
+        "quit",
+        "get_ipython",
+        "display",
+        "__builtins__",
+        "__builtin__",
+        "__name__",
+        "__doc__",
+        "__package__",
+        "__loader__",
+        "__spec__",
+    }
+)
 _IPYTHON_HISTORY = re.compile(r"^_(i{1,3}|i?\d+)$")
 
 # Objects that pickle (dill even pickles locks and open files) but mean nothing elsewhere.
@@ -130,8 +152,11 @@ def _scope_reads(node: ast.AST, local: frozenset[str] = frozenset()) -> set[str]
     reads: set[str] = set()
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
         args = node.args
-        for expr in [*args.defaults, *(d for d in args.kw_defaults if d is not None),
-                     *getattr(node, "decorator_list", [])]:
+        for expr in [
+            *args.defaults,
+            *(d for d in args.kw_defaults if d is not None),
+            *getattr(node, "decorator_list", []),
+        ]:
             reads |= _scope_reads(expr, local)
         params = {a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg] if a}
         body = node.body if isinstance(node.body, list) else [node.body]
@@ -196,8 +221,9 @@ def function_mode_is_safe(tree: ast.Module, target_names: Iterable[str], global_
         return False
     # Functions and classes defined in a function get "<locals>" qualified names, which
     # show in reprs and change how they pickle: keep the notebook's names.
-    if any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
-           for node in ast.walk(tree)):
+    if any(
+        isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)) for node in ast.walk(tree)
+    ):
         return False
     if any(isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names) for node in ast.walk(tree)):
         return False
@@ -213,8 +239,13 @@ _LOOKUP_METHODS = frozenset({"get", "__getitem__", "setdefault", "pop", "__conta
 
 def _is_namespace_view(node: ast.AST) -> bool:
     """``globals()`` or ``vars()`` (no argument: the module's namespace)."""
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _NAMESPACE_VIEWS
-            and not node.args and not node.keywords)
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _NAMESPACE_VIEWS
+        and not node.args
+        and not node.keywords
+    )
 
 
 def _literal(node: ast.AST | None) -> str | None:
@@ -233,8 +264,13 @@ def namespace_lookups(tree: ast.AST) -> tuple[set[str], bool]:
             if key is not None:
                 literal.add(key)
                 consumed.add(id(node.value))
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-              and node.func.attr in _LOOKUP_METHODS and _is_namespace_view(node.func.value) and node.args):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _LOOKUP_METHODS
+            and _is_namespace_view(node.func.value)
+            and node.args
+        ):
             key = _literal(node.args[0])
             if key is not None:
                 literal.add(key)
@@ -318,8 +354,12 @@ class _Reach:
                 for base in obj.__mro__[1:]:
                     self.visit(base, depth + 1)
                 for member in vars(obj).values():
-                    for fn in (member, getattr(member, "__func__", None), getattr(member, "fget", None),
-                               getattr(member, "fset", None)):
+                    for fn in (
+                        member,
+                        getattr(member, "__func__", None),
+                        getattr(member, "fget", None),
+                        getattr(member, "fset", None),
+                    ):
                         if isinstance(fn, types.FunctionType):
                             self._visit_function(fn, depth)
             else:
@@ -349,8 +389,11 @@ class _Reach:
         self.global_reads |= names
         if fn.__globals__ is self.namespace or fn.__globals__ is self.main_dict:
             for name in names:
-                if (name in self.namespace and not is_ipython_name(name)
-                        and not _is_ipython_builtin(name, self.namespace[name])):
+                if (
+                    name in self.namespace
+                    and not is_ipython_name(name)
+                    and not _is_ipython_builtin(name, self.namespace[name])
+                ):
                     self.names.add(name)
         filename = fn.__code__.co_filename
         if filename not in self.sources:
@@ -368,14 +411,18 @@ class _Reach:
             self.visit(default, depth + 1)
 
 
-def resolve_names(namespace: Mapping[str, object], wanted: Iterable[str],
-                  exclude: Iterable[str] = ()) -> tuple[dict[str, object], _Reach]:
+def resolve_names(
+    namespace: Mapping[str, object], wanted: Iterable[str], exclude: Iterable[str] = ()
+) -> tuple[dict[str, object], _Reach]:
     """The transitive set of namespace entries the body needs, keyed by name."""
     exclude = set(exclude)
     reach = _Reach(namespace)
     chosen: dict[str, object] = {}
-    pending = [n for n in wanted if n in namespace and n not in exclude and not is_ipython_name(n)
-               and not _is_ipython_builtin(n, namespace[n])]
+    pending = [
+        n
+        for n in wanted
+        if n in namespace and n not in exclude and not is_ipython_name(n) and not _is_ipython_builtin(n, namespace[n])
+    ]
     while pending:
         name = pending.pop()
         if name in chosen:
@@ -552,8 +599,12 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
         if path is None:
             continue
         if os.path.basename(path) == "__init__.py":
-            sources = [os.path.join(d, f) for d, _dirs, names in os.walk(os.path.dirname(path))
-                       for f in names if f.endswith(".py")]
+            sources = [
+                os.path.join(d, f)
+                for d, _dirs, names in os.walk(os.path.dirname(path))
+                for f in names
+                if f.endswith(".py")
+            ]
         else:
             sources = [path]
         for full in sources:
@@ -616,11 +667,14 @@ def notebook_objects_in(items: Iterable[object], namespace: Mapping[str, object]
         seen.add(id(obj))
         for candidate in (obj, type(obj)):
             name = getattr(candidate, "__qualname__", None)
-            if (getattr(candidate, "__module__", None) == "__main__" and isinstance(name, str)
-                    and namespace.get(name) is candidate):
+            if (
+                getattr(candidate, "__module__", None) == "__main__"
+                and isinstance(name, str)
+                and namespace.get(name) is candidate
+            ):
                 found.add(name)
         if level < depth and isinstance(obj, _CONTAINERS):
-            for part in (obj.values() if isinstance(obj, dict) else obj):
+            for part in obj.values() if isinstance(obj, dict) else obj:
                 visit(part, level + 1)
         elif level < depth and type(obj).__module__ == "__main__":
             for part in (getattr(obj, "__dict__", None) or {}).values():
@@ -656,17 +710,29 @@ def item_modules(items: Iterable[object], depth: int = 3, budget: int = 10_000) 
     return {m for m in found if m and m != "builtins" and m != "__main__"}
 
 
-def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterable[str] = (),
-            no_export: Iterable[str] = (), folder: str | None = None, items: Iterable[object] = ()) -> Capture:
+def capture(
+    cell: ParsedCell,
+    namespace: Mapping[str, object],
+    *,
+    export: Iterable[str] = (),
+    no_export: Iterable[str] = (),
+    folder: str | None = None,
+    items: Iterable[object] = (),
+) -> Capture:
     """Choose, check and serialise what ``cell`` needs from ``namespace``."""
     export = list(export)
     missing = [n for n in export if n not in namespace]
     if missing:
-        raise CaptureError(f"--export names {', '.join(missing)}, which the namespace does not define. "
-                           "Nothing was submitted.")
+        raise CaptureError(
+            f"--export names {', '.join(missing)}, which the namespace does not define. Nothing was submitted."
+        )
     looked_up, dynamic = namespace_lookups(cell.body_tree)
-    wanted = (free_names(cell.body_tree, cell.target_names) | set(export) | notebook_objects_in(items, namespace)
-              | {name for name in looked_up if name in namespace})
+    wanted = (
+        free_names(cell.body_tree, cell.target_names)
+        | set(export)
+        | notebook_objects_in(items, namespace)
+        | {name for name in looked_up if name in namespace}
+    )
     chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
     for name in export:
         chosen[name] = namespace[name]
@@ -677,8 +743,8 @@ def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterab
     local_tops = {path.split("/")[0].removesuffix(".py") for path in local}
     packages = distributions_for(m for m in modules if m.split(".")[0] not in local_tops)
     return Capture(
-        function_mode=bool(cell.function_code) and function_mode_is_safe(
-            cell.body_tree, cell.target_names, reach.global_reads),
+        function_mode=bool(cell.function_code)
+        and function_mode_is_safe(cell.body_tree, cell.target_names, reach.global_reads),
         names=tuple(sorted(chosen)),
         codec=codec,
         data=data,
@@ -694,11 +760,11 @@ def capture(cell: ParsedCell, namespace: Mapping[str, object], *, export: Iterab
 _DYNAMIC_LOOKUP_WARNING = (
     "the loop body uses globals() or vars() with names not written in the code: capture ships only the "
     "notebook names the body reads (or writes as globals()['NAME']), so a name it reaches another way is "
-    "missing on the workers (a KeyError there); pass --export NAME for each such name")
+    "missing on the workers (a KeyError there); pass --export NAME for each such name"
+)
 
 
-def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (),
-                    seed: int | None = None) -> dict:
+def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (), seed: int | None = None) -> dict:
     """The job-level header the worker checks before it touches the namespace bytes."""
     return {
         "format": wire.FORMAT_VERSION,
@@ -710,8 +776,12 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         "code": cell.code_b64,
         "mode": "function" if cap.function_mode and not gather else "module",
         "function_code": cell.function_code_b64,
-        "namespace": {"sha256": cap.sha256, "size": cap.size, "codec": cap.codec,
-                      "file": wire.namespace_file_name(cap.sha256)},
+        "namespace": {
+            "sha256": cap.sha256,
+            "size": cap.size,
+            "codec": cap.codec,
+            "file": wire.namespace_file_name(cap.sha256),
+        },
         "names": list(cap.names),
         "gather": list(gather),
         "seed": seed,
@@ -720,8 +790,9 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
     }
 
 
-def serialize_items(items: list, shipped: Iterable[str], namespace: Mapping[str, object],
-                    first_index: int = 0) -> tuple[str, bytes]:
+def serialize_items(
+    items: list, shipped: Iterable[str], namespace: Mapping[str, object], first_index: int = 0
+) -> tuple[str, bytes]:
     """Items of one task (the iterable's items from ``first_index`` on). Notebook functions
     and classes the job ships go by name (the worker has them); others by value. An item
     that cannot travel is named by its index in the iterable."""
@@ -743,6 +814,6 @@ def serialize_items(items: list, shipped: Iterable[str], namespace: Mapping[str,
             raise CaptureError(
                 f"The iterable's item {first_index + position} ({type(item).__module__}."
                 f"{type(item).__qualname__}) cannot be sent to the workers: {reason}. Iterate over something "
-                "that describes the work instead (a path, an index, parameters). Nothing was submitted.") from None
+                "that describes the work instead (a path, an index, parameters). Nothing was submitted."
+            ) from None
     raise CaptureError("The items could not be serialised (no single item is at fault). Nothing was submitted.")
-

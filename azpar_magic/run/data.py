@@ -117,14 +117,18 @@ def blob_path(text: str) -> tuple[str, str]:
     """Split ``az://container/path`` into (container, path); DataError when malformed or
     when the path has a ``..`` segment (it would name a file outside the folder it is
     brought to, and services resolve such segments differently)."""
-    rest = text[len(BLOB_SCHEME):]
+    rest = text[len(BLOB_SCHEME) :]
     container, _, path = rest.partition("/")
     if not _CONTAINER.match(container or ""):
-        raise DataError(f"{text!r} does not name a blob container: expected az://CONTAINER/PATH with a container "
-                        "name of 3-63 lowercase letters, digits and single hyphens.")
+        raise DataError(
+            f"{text!r} does not name a blob container: expected az://CONTAINER/PATH with a container "
+            "name of 3-63 lowercase letters, digits and single hyphens."
+        )
     if has_dot_dot(path):
-        raise DataError(f"{text!r} has a '..' segment: az:// paths name blobs as they are, and a '..' would lead "
-                        "outside the folder the blob is brought to. Write the path without it.")
+        raise DataError(
+            f"{text!r} has a '..' segment: az:// paths name blobs as they are, and a '..' would lead "
+            "outside the folder the blob is brought to. Write the path without it."
+        )
     return container, path
 
 
@@ -141,10 +145,16 @@ def path_below(folder: str, rel: str, what: str) -> str:
     parts = [p for p in re.split(r"[/\\]" if os.sep == "\\" else "/", rel) if p not in ("", ".")]
     base = os.path.abspath(folder)
     full = os.path.abspath(os.path.join(base, *parts)) if parts else base
-    if (has_dot_dot(rel) or full == base or os.path.commonpath([base, full]) != base
-            or any(os.path.splitdrive(p)[0] for p in parts)):
-        raise DataError(f"{what} has a '..' segment or is not a relative path: written below {folder} it would "
-                        "land outside that folder, so it is refused.")
+    if (
+        has_dot_dot(rel)
+        or full == base
+        or os.path.commonpath([base, full]) != base
+        or any(os.path.splitdrive(p)[0] for p in parts)
+    ):
+        raise DataError(
+            f"{what} has a '..' segment or is not a relative path: written below {folder} it would "
+            "land outside that folder, so it is refused."
+        )
     return os.path.join(folder, *parts)
 
 
@@ -156,8 +166,9 @@ def placeholders(text: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
-        raise DataError(f"--inputs {text!r} has unbalanced braces ({exc}); write {{{{ and }}}} for literal "
-                        "braces.") from None
+        raise DataError(
+            f"--inputs {text!r} has unbalanced braces ({exc}); write {{{{ and }}}} for literal braces."
+        ) from None
     roots = []
     for _literal, name, _spec, _conv in parsed:
         if name is None:
@@ -260,8 +271,11 @@ def resolve_local(text: str, folder: str, label: str | None = None) -> list[Loca
         files.extend(_walk(hit) if os.path.isdir(hit) else [hit])
     files = [f for f in files if os.path.isfile(f)]
     if not files:
-        kind = "matches no file" if _GLOB_CHARS.search(expanded) else (
-            "is an empty folder" if os.path.isdir(full) else "does not exist")
+        kind = (
+            "matches no file"
+            if _GLOB_CHARS.search(expanded)
+            else ("is an empty folder" if os.path.isdir(full) else "does not exist")
+        )
         raise DataError(f"{label} {kind} (looked for {full}). Nothing was submitted.")
     out = []
     for f in files:
@@ -291,11 +305,15 @@ def _check_unique(files: list[LocalFile], where: str) -> list[LocalFile]:
 def check_output_pattern(pattern: str) -> None:
     norm = pattern.replace("\\", "/")
     if not norm or norm.startswith("/") or ".." in norm.split("/") or norm.startswith(BLOB_SCHEME):
-        raise DataError(f"--outputs {pattern!r} must be a relative path or glob inside the iteration's working "
-                        "directory (like *.png or results/*.csv); --outputs-to says where outputs go.")
+        raise DataError(
+            f"--outputs {pattern!r} must be a relative path or glob inside the iteration's working "
+            "directory (like *.png or results/*.csv); --outputs-to says where outputs go."
+        )
     if norm.split("/")[0] == INPUTS_DIR:
-        raise DataError(f"--outputs {pattern!r} points into {INPUTS_DIR}/, where inputs appear: outputs are the "
-                        "files the body writes.")
+        raise DataError(
+            f"--outputs {pattern!r} points into {INPUTS_DIR}/, where inputs appear: outputs are the "
+            "files the body writes."
+        )
 
 
 def resolve_dest(outputs_to: str | None, folder: str) -> str:
@@ -318,9 +336,19 @@ def outputs_plan(options: Mapping[str, Any], folder: str, job_id: str) -> DataPl
     return DataPlan(outputs=outputs, dest=resolve_dest(options.get("outputs_to"), folder), job_id=job_id)
 
 
-def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, *, target_source: str,
-         target_names: Sequence[str], items: Sequence[Any], folder: str, indices: Sequence[int] | None = None,
-         blobs_ok: bool = False, backend: str = "") -> DataPlan:
+def plan(
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    outputs_to: str | None,
+    *,
+    target_source: str,
+    target_names: Sequence[str],
+    items: Sequence[Any],
+    folder: str,
+    indices: Sequence[int] | None = None,
+    blobs_ok: bool = False,
+    backend: str = "",
+) -> DataPlan:
     """Check and resolve the specs for ``items`` (only ``indices`` when given): every local
     path exists, placeholders are loop target names, per-iteration specs format for every
     item. Raises DataError naming the spec (and the iteration) at the first problem."""
@@ -329,8 +357,10 @@ def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, 
         check_output_pattern(pattern)
     result.dest = resolve_dest(outputs_to, folder)
     if result.dest_is_blob and not blobs_ok:
-        raise DataError(f"--outputs-to {outputs_to!r}: az:// destinations need the Azure backend (a profile); this "
-                        f"cell runs on the {backend} backend.")
+        raise DataError(
+            f"--outputs-to {outputs_to!r}: az:// destinations need the Azure backend (a profile); this "
+            f"cell runs on the {backend} backend."
+        )
     if outputs_to and not outputs:
         raise DataError("--outputs-to says where outputs go; give --outputs GLOB to say which files.")
     shared_files: list[LocalFile] = []
@@ -341,14 +371,18 @@ def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, 
             unknown = [n for n in names if n not in target_names]
             if unknown:
                 allowed = ", ".join("{" + n + "}" for n in target_names) or "none (the loop target binds no name)"
-                raise DataError(f"--inputs {text!r} uses {', '.join('{' + n + '}' for n in unknown)}, which is not a "
-                                f"loop target name; placeholders can be {allowed}.")
+                raise DataError(
+                    f"--inputs {text!r} uses {', '.join('{' + n + '}' for n in unknown)}, which is not a "
+                    f"loop target name; placeholders can be {allowed}."
+                )
             per_item.append(text)
             continue
         if text.startswith(BLOB_SCHEME):
             if not blobs_ok:
-                raise DataError(f"--inputs {text!r}: az:// inputs need the Azure backend (a profile); this cell "
-                                f"runs on the {backend} backend.")
+                raise DataError(
+                    f"--inputs {text!r}: az:// inputs need the Azure backend (a profile); this cell "
+                    f"runs on the {backend} backend."
+                )
             result.shared_blobs.append(BlobSpec(text, *blob_path(text)))
         else:
             shared_files.extend(resolve_local(text, folder))
@@ -360,25 +394,32 @@ def plan(inputs: Sequence[str], outputs: Sequence[str], outputs_to: str | None, 
             try:
                 bound = binder(items[index])
             except Exception as exc:
-                raise DataError(f"--inputs {per_item[0]!r}: iteration {index} cannot bind the loop target "
-                                f"`{target_source}` to its item {short_repr(items[index], 60)} "
-                                f"({type(exc).__name__}: {exc}).") from None
+                raise DataError(
+                    f"--inputs {per_item[0]!r}: iteration {index} cannot bind the loop target "
+                    f"`{target_source}` to its item {short_repr(items[index], 60)} "
+                    f"({type(exc).__name__}: {exc})."
+                ) from None
             files: list[LocalFile] = []
             blobs: list[BlobSpec] = []
             for text in per_item:
                 try:
                     formatted = text.format_map(bound)
                 except Exception as exc:
-                    raise DataError(f"--inputs {text!r} cannot be formatted for iteration {index} (item "
-                                    f"{short_repr(items[index], 60)}): {type(exc).__name__}: {exc}.") from None
+                    raise DataError(
+                        f"--inputs {text!r} cannot be formatted for iteration {index} (item "
+                        f"{short_repr(items[index], 60)}): {type(exc).__name__}: {exc}."
+                    ) from None
                 if formatted.startswith(BLOB_SCHEME):
                     if not blobs_ok:
-                        raise DataError(f"--inputs {text!r}: az:// inputs need the Azure backend (a profile); this "
-                                        f"cell runs on the {backend} backend.")
+                        raise DataError(
+                            f"--inputs {text!r}: az:// inputs need the Azure backend (a profile); this "
+                            f"cell runs on the {backend} backend."
+                        )
                     blobs.append(BlobSpec(formatted, *blob_path(formatted)))
                     continue
-                files.extend(resolve_local(formatted, folder,
-                                           f"--inputs {text!r} for iteration {index} ({formatted!r})"))
+                files.extend(
+                    resolve_local(formatted, folder, f"--inputs {text!r} for iteration {index} ({formatted!r})")
+                )
             if files:
                 result.item_files[index] = _check_unique(files, f" in iteration {index}")
             if blobs:
@@ -422,8 +463,7 @@ class FilesReport:
 
     @property
     def location(self) -> str:
-        return (f"{self.plan.dest}/{self.plan.job_id}" if self.plan.dest_is_blob
-                else self.plan.local_dest())
+        return f"{self.plan.dest}/{self.plan.job_id}" if self.plan.dest_is_blob else self.plan.local_dest()
 
     def files(self, index: int) -> list[str]:
         """Where iteration ``index``'s outputs are (local paths, or az:// paths)."""
@@ -451,12 +491,16 @@ class FilesReport:
 
     def _skipped_line(self) -> str:
         links = sorted(self.skipped.items())
-        shown = "; ".join(f"{rel} (a link to {target}) in {len(indices)} {_iterations(indices)}"
-                          for rel, (target, indices) in links[:SKIPPED_SHOWN])
+        shown = "; ".join(
+            f"{rel} (a link to {target}) in {len(indices)} {_iterations(indices)}"
+            for rel, (target, indices) in links[:SKIPPED_SHOWN]
+        )
         more = f"; and {len(links) - SKIPPED_SHOWN} more" if len(links) > SKIPPED_SHOWN else ""
-        return (f"--outputs skipped {len(links)} link{'s' if len(links) != 1 else ''} leading outside the "
-                f"iteration's working directory: {shown}{more}. Outputs are files inside it; what the links point "
-                "to was left untouched (write the files themselves, or copy them in, to bring them back).")
+        return (
+            f"--outputs skipped {len(links)} link{'s' if len(links) != 1 else ''} leading outside the "
+            f"iteration's working directory: {shown}{more}. Outputs are files inside it; what the links point "
+            "to was left untouched (write the files themselves, or copy them in, to bring them back)."
+        )
 
 
 SKIPPED_KEY = "\0skipped"  # FilesReport._warned: the skipped-links line was shown

@@ -49,8 +49,10 @@ def materialize(cell: ParsedCell, namespace: Mapping[str, Any], max_items: int =
         scope = namespace if isinstance(namespace, dict) else dict(namespace)
         iterable = eval(compile(cell.iterable_source, "<azpar iterable>", "eval"), scope)
     except Exception as exc:
-        raise SubmitError(f"The iterable `{cell.iterable_source}` could not be evaluated: "
-                          f"{type(exc).__name__}: {exc}. Nothing was submitted.") from None
+        raise SubmitError(
+            f"The iterable `{cell.iterable_source}` could not be evaluated: "
+            f"{type(exc).__name__}: {exc}. Nothing was submitted."
+        ) from None
     _refuse_if_too_long(cell, _known_length(iterable), max_items)
     items: list = []
     try:
@@ -62,11 +64,14 @@ def materialize(cell: ParsedCell, namespace: Mapping[str, Any], max_items: int =
             if len(items) - before < want:
                 break
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted while taking the items of `{cell.iterable_source}` "
-                                f"({len(items):,} so far). Nothing was submitted.") from None
+        raise KeyboardInterrupt(
+            f"interrupted while taking the items of `{cell.iterable_source}` "
+            f"({len(items):,} so far). Nothing was submitted."
+        ) from None
     except Exception as exc:
-        raise SubmitError(f"Iterating over `{cell.iterable_source}` raised {type(exc).__name__}: {exc}. "
-                          "Nothing was submitted.") from None
+        raise SubmitError(
+            f"Iterating over `{cell.iterable_source}` raised {type(exc).__name__}: {exc}. Nothing was submitted."
+        ) from None
     _refuse_if_too_long(cell, len(items), max_items)
     return items
 
@@ -86,11 +91,13 @@ def _known_length(iterable: Any) -> int | None:
 def _refuse_if_too_long(cell: ParsedCell, count: int | None, max_items: int) -> None:
     if count is None or count <= max_items:
         return
-    raise SubmitError(f"The iterable `{cell.iterable_source}` has more than {max_items:,} items (the max_items "
-                      "setting), so it was not taken; an endless iterable (itertools.count()) would fill the "
-                      "kernel's memory. Loop over fewer items (itertools.islice(it, n)), or raise the bound with "
-                      "max_items = N in a config file (see %azpar config) or the AZPAR_MAX_ITEMS environment "
-                      "variable. Nothing was submitted.")
+    raise SubmitError(
+        f"The iterable `{cell.iterable_source}` has more than {max_items:,} items (the max_items "
+        "setting), so it was not taken; an endless iterable (itertools.count()) would fill the "
+        "kernel's memory. Loop over fewer items (itertools.islice(it, n)), or raise the bound with "
+        "max_items = N in a config file (see %azpar config) or the AZPAR_MAX_ITEMS environment "
+        "variable. Nothing was submitted."
+    )
 
 
 _max_items_seen: tuple[tuple, int] | None = None  # (what the setting was read from, its value)
@@ -135,22 +142,29 @@ def validate_options(options: JobOptions, spelling: dict[str, str] = API_SPELLIN
     ``spelling`` names each option as the caller wrote it (a flag or a keyword)."""
     combine = options.combine
     if not callable(combine) and combine not in merge.COMBINE_MODES:
-        raise SubmitError(f"{spelling['combine']} must be one of {', '.join(merge.COMBINE_MODES)} or a callable, "
-                          f"not {combine!r}.")
+        raise SubmitError(
+            f"{spelling['combine']} must be one of {', '.join(merge.COMBINE_MODES)} or a callable, not {combine!r}."
+        )
     if options.errors not in merge.ERROR_POLICIES:
-        raise SubmitError(f"{spelling['errors']} must be one of {', '.join(merge.ERROR_POLICIES)}, "
-                          f"not {options.errors!r}.")
+        raise SubmitError(
+            f"{spelling['errors']} must be one of {', '.join(merge.ERROR_POLICIES)}, not {options.errors!r}."
+        )
     if options.chunk_size is not None and (not _whole(options.chunk_size) or options.chunk_size < 1):
-        raise SubmitError(f"{spelling['chunk_size']} must be a positive whole number (or auto), "
-                          f"not {options.chunk_size!r}.")
+        raise SubmitError(
+            f"{spelling['chunk_size']} must be a positive whole number (or auto), not {options.chunk_size!r}."
+        )
     timeout = options.timeout
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not 0 < timeout <= MAX_TIMEOUT):  # also refuses nan and inf
-        raise SubmitError(f"{spelling['timeout']} must be a number of seconds above 0 and at most {MAX_TIMEOUT} "
-                          f"(7 days; leave it out for no limit), not {timeout!r}.")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT
+    ):  # also refuses nan and inf
+        raise SubmitError(
+            f"{spelling['timeout']} must be a number of seconds above 0 and at most {MAX_TIMEOUT} "
+            f"(7 days; leave it out for no limit), not {timeout!r}."
+        )
     if not _whole(options.retries) or not 0 <= options.retries <= MAX_RETRIES:
-        raise SubmitError(f"{spelling['retries']} must be a whole number from 0 to {MAX_RETRIES}, "
-                          f"not {options.retries!r}.")
+        raise SubmitError(
+            f"{spelling['retries']} must be a whole number from 0 to {MAX_RETRIES}, not {options.retries!r}."
+        )
     if options.seed is not None and (not _whole(options.seed) or not 0 <= options.seed <= MAX_SEED):
         raise SubmitError(f"{spelling['seed']} must be a whole number from 0 to 2**64-1, not {options.seed!r}.")
     bad = [name for name in options.gather if not (isinstance(name, str) and parsing.is_variable_name(name))]
@@ -162,8 +176,9 @@ def validate_options(options: JobOptions, spelling: dict[str, str] = API_SPELLIN
         except ValueError as exc:
             raise SubmitError(f"{exc}. Nothing was submitted.") from None
     if options.output_name is not None and options.output_name in options.gather:
-        raise SubmitError(f"{spelling['gather']} {options.output_name} would overwrite the output variable of "
-                          "the same name.")
+        raise SubmitError(
+            f"{spelling['gather']} {options.output_name} would overwrite the output variable of the same name."
+        )
 
 
 def chunk_indices(n: int, size: int) -> list[range]:
@@ -176,7 +191,7 @@ def chunk_subset(indices: Sequence[int], size: int) -> list[Sequence[int]]:
     ordered = sorted(indices)
     chunks: list[Sequence[int]] = []
     for start in range(0, len(ordered), size):
-        part = ordered[start:start + size]
+        part = ordered[start : start + size]
         contiguous = part[-1] - part[0] == len(part) - 1
         chunks.append(range(part[0], part[-1] + 1) if contiguous else part)
     return chunks
@@ -196,10 +211,12 @@ class _Run:
             self._handle(event)
         except Exception as exc:  # never let a decoding bug kill the backend's thread
             message = f"could not read the task's result: {type(exc).__name__}: {exc}"
-            self.job.record_task_failed(event.task_id, lambda i: Failure(
-                i, "azpar_magic.InternalError", message, kind="infrastructure"))
-            self.recorder.task_failed(event.task_id, self.tasks[event.task_id].indices, "azpar_magic.InternalError",
-                                      message, "infrastructure")
+            self.job.record_task_failed(
+                event.task_id, lambda i: Failure(i, "azpar_magic.InternalError", message, kind="infrastructure")
+            )
+            self.recorder.task_failed(
+                event.task_id, self.tasks[event.task_id].indices, "azpar_magic.InternalError", message, "infrastructure"
+            )
         self._maybe_finish()
 
     def _handle(self, event: TaskEvent) -> None:
@@ -221,8 +238,9 @@ class _Run:
             self._fail_timed_out(event, etype, event.error + attempts)
         else:
             job.record_task_failed(event.task_id, lambda i: Failure(i, etype, event.error + attempts, kind=kind))
-            self.recorder.task_failed(event.task_id, self.tasks[event.task_id].indices, etype,
-                                      event.error + attempts, kind)
+            self.recorder.task_failed(
+                event.task_id, self.tasks[event.task_id].indices, etype, event.error + attempts, kind
+            )
         if kind != "cancelled":
             self._stop_early()
 
@@ -232,8 +250,14 @@ class _Run:
         lost with it, not failed, so they are recorded as stopped, saying why."""
         running = event.iteration
         lost = f"not kept: iteration {running} of the same task ran past --timeout and the whole task was killed"
-        self.job.record_task_failed(event.task_id, lambda i: Failure(i, etype, message, kind="infrastructure")
-                                    if i == running else Failure(i, "azpar_magic.JobCancelled", lost, kind="cancelled"))
+        self.job.record_task_failed(
+            event.task_id,
+            lambda i: (
+                Failure(i, etype, message, kind="infrastructure")
+                if i == running
+                else Failure(i, "azpar_magic.JobCancelled", lost, kind="cancelled")
+            ),
+        )
         others = [i for i in self.tasks[event.task_id].indices if i != running]
         self.recorder.task_failed(event.task_id, [running], etype, message, "infrastructure")
         self.recorder.task_failed(event.task_id, others, "azpar_magic.JobCancelled", lost, "cancelled")
@@ -256,11 +280,17 @@ class _Run:
         failures = {i: failure_from_record(i, rec) for i, rec in result.get("failed", {}).items()}
         for pos, why in unloadable.items():  # computed on the worker, but not loadable in this kernel
             index = indices[pos]
-            failures.setdefault(index, Failure(
-                index, "azpar_magic.UnloadableValue",
-                f"its value was computed on the worker but could not be loaded here, in the kernel: {why}. "
-                "Return plain data (numbers, strings, lists, dicts, arrays) or objects of classes this kernel "
-                "can import.", kind="user"))
+            failures.setdefault(
+                index,
+                Failure(
+                    index,
+                    "azpar_magic.UnloadableValue",
+                    f"its value was computed on the worker but could not be loaded here, in the kernel: {why}. "
+                    "Return plain data (numbers, strings, lists, dicts, arrays) or objects of classes this kernel "
+                    "can import.",
+                    kind="user",
+                ),
+            )
         if getattr(self.job, "files", None) is not None:  # --inputs/--outputs: what came back
             self.job.files.add(result.get("files"))
         self.job.record_values(event.task_id, indices, values, failures, result.get("outputs", {}), gathered)
@@ -279,9 +309,11 @@ class _Run:
         if first is None:
             return
         with self.lock:
-            doomed = [t.task_id for t in self.job.tasks.values()
-                      if t.state not in TASK_FINAL and t.indices[0] > first.index
-                      and t.task_id not in self.stopped]
+            doomed = [
+                t.task_id
+                for t in self.job.tasks.values()
+                if t.state not in TASK_FINAL and t.indices[0] > first.index and t.task_id not in self.stopped
+            ]
             self.stopped.update(doomed)
         if doomed:
             threading.Thread(target=self.engine.backend.cancel, args=(self.job.id, doomed), daemon=True).start()
@@ -308,8 +340,11 @@ class Engine:
     def prepare(self, request: RunRequest) -> list:
         """The checks that can fail on bad input, before anything is submitted."""
         validate_options(request.options, request.spelling)
-        items = request.items if request.items is not None else materialize(
-            request.cell, request.namespace, request.max_items or _max_items_setting())
+        items = (
+            request.items
+            if request.items is not None
+            else materialize(request.cell, request.namespace, request.max_items or _max_items_setting())
+        )
         if request.indices is not None and any(not 0 <= i < len(items) for i in request.indices):
             raise SubmitError(f"iterations to run must be between 0 and {len(items) - 1}. Nothing was submitted.")
         if request.options.combine == "dict":
@@ -336,13 +371,22 @@ class Engine:
         data_plan = self._data_plan(request, items, job_id, todo)
         if items and todo != []:
             try:
-                cap = capture_mod.capture(request.cell, request.namespace, export=request.export,
-                                          no_export=request.no_export, folder=request.folder, items=items)
+                cap = capture_mod.capture(
+                    request.cell,
+                    request.namespace,
+                    export=request.export,
+                    no_export=request.no_export,
+                    folder=request.folder,
+                    items=items,
+                )
                 size = options.chunk_size or self.backend.default_chunk_size(len(items) if todo is None else len(todo))
                 chunks = chunk_indices(len(items), size) if todo is None else chunk_subset(todo, size)
                 for number, indices in enumerate(chunks, start=1):
-                    chunk = (items[indices.start:indices.stop] if isinstance(indices, range)
-                             else [items[i] for i in indices])
+                    chunk = (
+                        items[indices.start : indices.stop]
+                        if isinstance(indices, range)
+                        else [items[i] for i in indices]
+                    )
                     codec, data = capture_mod.serialize_items(chunk, cap.names, request.namespace, indices[0])
                     tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
             except CaptureError as exc:
@@ -350,9 +394,18 @@ class Engine:
             for text in cap.warnings:  # said before anything is submitted
                 print(f"azpar: warning: {text}", file=sys.stderr)
         pool, vm_size = self.backend.pool_info()
-        job = Job(job_id, items, options, backend_name=self.backend.name, pool=pool, vm_size=vm_size,
-                  size_label=self.backend.size_label, source=request.cell.source, nodes=self.backend.nodes,
-                  cancel=lambda: self.cancel(job_id))
+        job = Job(
+            job_id,
+            items,
+            options,
+            backend_name=self.backend.name,
+            pool=pool,
+            vm_size=vm_size,
+            size_label=self.backend.size_label,
+            source=request.cell.source,
+            nodes=self.backend.nodes,
+            cancel=lambda: self.cancel(job_id),
+        )
         job.health = lambda: self._unanswered(job_id)  # a service not answering: the views say so
         self.jobs[job_id] = job
         job.files = data_mod.FilesReport(data_plan) if data_plan is not None else None
@@ -362,11 +415,16 @@ class Engine:
             job.rerun_of = request.base.id if request.base is not None else None
         job.from_cache = cached.count if cached is not None else 0
         recorder = jobstore.start_recording(
-            job, items=[(t.task_id, t.indices, t.items_codec, t.items) for t in tasks.values()], tasks=len(tasks),
+            job,
+            items=[(t.task_id, t.indices, t.items_codec, t.items) for t in tasks.values()],
+            tasks=len(tasks),
             backend_info=self.backend.manifest_info(job_id, dict(request.backend_options)),
-            export=request.export, no_export=request.no_export,
-            cwd=request.folder or os.getcwd(), ran=todo if cached is None else None,  # reused values: a record
-            base_id=request.base.id if request.base else None)
+            export=request.export,
+            no_export=request.no_export,
+            cwd=request.folder or os.getcwd(),
+            ran=todo if cached is None else None,  # reused values: a record
+            base_id=request.base.id if request.base else None,
+        )
         if cached is not None:
             cached.record(job, recorder)
         if not tasks:
@@ -380,10 +438,16 @@ class Engine:
         # the store keeps the bytes unless the backend staged them where they outlive the kernel.
         outlives = (recorder.manifest.get("backend_info") or {}).get("outlives_kernel")
         recorder.keep_envelope(envelope, None if outlives else cap.data)
-        spec = JobSpec(job_id, envelope, cap.data, timeout=options.timeout, cwd=request.folder or os.getcwd(),
-                       retries=options.retries,
-                       backend_options={**request.backend_options, **({"data": data_plan} if data_plan else {})},
-                       manifest=recorder.manifest)
+        spec = JobSpec(
+            job_id,
+            envelope,
+            cap.data,
+            timeout=options.timeout,
+            cwd=request.folder or os.getcwd(),
+            retries=options.retries,
+            backend_options={**request.backend_options, **({"data": data_plan} if data_plan else {})},
+            manifest=recorder.manifest,
+        )
         run = _Run(self, job, tasks, recorder)
         with self._lock:
             self._runs[job_id] = run
@@ -400,8 +464,11 @@ class Engine:
         The job then ends, and cleans up, as if this process had started it."""
         if not self.backend.outlives_kernel:
             raise StoreError(f"the {self.backend.name} backend cannot take over job {job.id}")
-        remaining = {task_id: TaskSpec(task_id, indices, codec, data)
-                     for task_id, indices, codec, data in jobstore.stored_tasks(job.id) if task_id not in job.tasks}
+        remaining = {
+            task_id: TaskSpec(task_id, indices, codec, data)
+            for task_id, indices, codec, data in jobstore.stored_tasks(job.id)
+            if task_id not in job.tasks
+        }
         for task in remaining.values():
             job.add_task(task.task_id, task.indices)
         job.bind(self.backend.nodes, lambda: self.cancel(job.id))
@@ -415,8 +482,9 @@ class Engine:
         try:
             # Also with nothing remaining (every task had a record; only the final state was
             # never written): the backend then cleans up after the job like after any other.
-            self.backend.reattach(job.id, job.manifest or {}, list(remaining.values()), run.on_event,
-                                  failed_before=bool(job.failures))
+            self.backend.reattach(
+                job.id, job.manifest or {}, list(remaining.values()), run.on_event, failed_before=bool(job.failures)
+            )
         except BaseException:
             recorder.abandon()
             with self._lock:
@@ -427,18 +495,27 @@ class Engine:
         run._maybe_finish()
         return job
 
-    def _data_plan(self, request: RunRequest, items: list, job_id: str,
-                   todo: list[int] | None) -> data_mod.DataPlan | None:
+    def _data_plan(
+        self, request: RunRequest, items: list, job_id: str, todo: list[int] | None
+    ) -> data_mod.DataPlan | None:
         """--inputs/--outputs resolved for these items (data.py), or None without them;
         every path is checked here, before anything is submitted."""
         options = request.options
         if not (options.inputs or options.outputs or options.outputs_to):
             return None
         try:
-            found = data_mod.plan(options.inputs, options.outputs, options.outputs_to,
-                                  target_source=request.cell.target_source, target_names=request.cell.target_names,
-                                  items=items, folder=request.folder or os.getcwd(), indices=todo,
-                                  blobs_ok=self.backend.blob_inputs, backend=self.backend.name)
+            found = data_mod.plan(
+                options.inputs,
+                options.outputs,
+                options.outputs_to,
+                target_source=request.cell.target_source,
+                target_names=request.cell.target_names,
+                items=items,
+                folder=request.folder or os.getcwd(),
+                indices=todo,
+                blobs_ok=self.backend.blob_inputs,
+                backend=self.backend.name,
+            )
             if found.has_blobs:  # a backend's own checks (az:// blobs exist)
                 self.backend.check_data(found)
         except DataError as exc:

@@ -29,6 +29,7 @@ image has them; they stay when the cell's own modules come from them).
 This module is backend-agnostic: it knows nothing of Azure; a backend uploads
 :attr:`RequirementSet.wheels` and runs pip with :meth:`RequirementSet.pip_specs`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -68,16 +69,18 @@ _INSTALLER_FILES = frozenset({"INSTALLER", "REQUESTED", "direct_url.json"})
 @dataclass(frozen=True)
 class Requirement:
     """One thing the nodes install."""
-    name: str            # canonical distribution name (PEP 503)
-    version: str         # the kernel's version ("" when the kernel does not have it)
-    origin: str          # "index": pip can fetch it as spec; "local": built from this machine
-    spec: str            # what pip installs: "name==version", an override as given, or a wheel file name
-    source: str          # for people (%azpar env)
+
+    name: str  # canonical distribution name (PEP 503)
+    version: str  # the kernel's version ("" when the kernel does not have it)
+    origin: str  # "index": pip can fetch it as spec; "local": built from this machine
+    spec: str  # what pip installs: "name==version", an override as given, or a wheel file name
+    source: str  # for people (%azpar env)
 
 
 @dataclass(frozen=True)
 class LocalWheel:
     """A wheel made on (or given from) this machine that must travel to the nodes."""
+
     name: str
     version: str
     path: Path
@@ -88,9 +91,10 @@ class LocalWheel:
 @dataclass(frozen=True)
 class RequirementSet:
     """What a cell needs on a node, with a content address for install-once caching."""
-    requirements: tuple[Requirement, ...]      # sorted by name
-    wheels: tuple[LocalWheel, ...]             # one per local requirement
-    digest: str                                # sha256 of the sorted specs + wheel hashes (16 hex)
+
+    requirements: tuple[Requirement, ...]  # sorted by name
+    wheels: tuple[LocalWheel, ...]  # one per local requirement
+    digest: str  # sha256 of the sorted specs + wheel hashes (16 hex)
 
     def pip_specs(self) -> list[str]:
         """The arguments to give ``pip install`` (local wheels by file name: the backend puts
@@ -101,9 +105,13 @@ class RequirementSet:
 # ----------------------------------------------------------------------------- public entry
 
 
-def requirement_set(packages: Mapping[str, str], overrides: Sequence[str] = (), *,
-                    wheel_cache: Path | None = None,
-                    exclude: Collection[str] = ("dill",)) -> RequirementSet:
+def requirement_set(
+    packages: Mapping[str, str],
+    overrides: Sequence[str] = (),
+    *,
+    wheel_cache: Path | None = None,
+    exclude: Collection[str] = ("dill",),
+) -> RequirementSet:
     """From the capture's name->version map: add the run-time dependencies of each
     distribution, transitively (importlib.metadata requires(); markers evaluated for a Linux
     x86_64 CPython node of the kernel's Python version; extras only when a parent asked for
@@ -139,10 +147,17 @@ def node_marker_environment() -> dict[str, str]:
     the sources leave them open and this keeps the local values (no common package uses them)."""
     env = dict(default_environment())
     full = platform.python_version()
-    env.update(os_name="posix", sys_platform="linux", platform_system="Linux",
-               platform_machine="x86_64", platform_python_implementation="CPython",
-               implementation_name="cpython", implementation_version=full,
-               python_version="%d.%d" % sys.version_info[:2], python_full_version=full)
+    env.update(
+        os_name="posix",
+        sys_platform="linux",
+        platform_system="Linux",
+        platform_machine="x86_64",
+        platform_python_implementation="CPython",
+        implementation_name="cpython",
+        implementation_version=full,
+        python_version="%d.%d" % sys.version_info[:2],
+        python_full_version=full,
+    )
     return env
 
 
@@ -152,10 +167,11 @@ def node_marker_environment() -> dict[str, str]:
 @dataclass(frozen=True)
 class _Found:
     """A distribution the closure reached: the kernel's copy (None when not installed here)."""
+
     name: str
     version: str
     dist: md.Distribution | None
-    wanted: str          # the requirement text that reached it, for ones not installed here
+    wanted: str  # the requirement text that reached it, for ones not installed here
 
 
 _lock = threading.RLock()
@@ -181,8 +197,10 @@ def _closure(packages: Mapping[str, str], exclude: Collection[str]) -> tuple[_Fo
     """The walk, cached per process while sys.path and its folders are unchanged."""
     global _closure_key
     signature = path_signature()
-    key = (frozenset((canonicalize_name(k), v) for k, v in packages.items()),
-           frozenset(canonicalize_name(e) for e in exclude))
+    key = (
+        frozenset((canonicalize_name(k), v) for k, v in packages.items()),
+        frozenset(canonicalize_name(e) for e in exclude),
+    )
     with _lock:
         if signature != _closure_key:
             _closures.clear()
@@ -217,8 +235,11 @@ def _walk(roots: Mapping[str, str], exclude: frozenset[str]) -> tuple[_Found, ..
         for req in _requires(dist):
             for extra in new:
                 if req.marker is None or req.marker.evaluate({**env, "extra": extra}):
-                    text = (f"{req.name}{_extras_text(req)} @ {req.url}" if req.url
-                            else f"{req.name}{_extras_text(req)}{req.specifier}")
+                    text = (
+                        f"{req.name}{_extras_text(req)} @ {req.url}"
+                        if req.url
+                        else f"{req.name}{_extras_text(req)}{req.specifier}"
+                    )
                     queue.append((canonicalize_name(req.name), frozenset({""} | set(req.extras)), text))
                     break
     return tuple(found[n] for n in sorted(found))
@@ -264,8 +285,13 @@ def _requirement_for(item: _Found, cache: Path) -> tuple[Requirement, LocalWheel
         spec = item.wanted or f"{item.name}=={item.version}"
         if not item.wanted and not item.version:
             spec = item.name
-        return Requirement(item.name, item.version, "index", spec,
-                           "index" if not item.wanted else "index (not installed in the kernel)"), None
+        return Requirement(
+            item.name,
+            item.version,
+            "index",
+            spec,
+            "index" if not item.wanted else "index (not installed in the kernel)",
+        ), None
     kind, where = _provenance(item.dist)
     if kind == "index":
         return Requirement(item.name, item.version, "index", f"{item.name}=={item.version}", where), None
@@ -333,7 +359,8 @@ def _editable_wheel(name: str, version: str, where: str, cache: Path) -> LocalWh
             f"{name} {version} is installed in editable mode from {where}, which is not a folder on "
             "this machine any more, so azpar cannot build it for the nodes. Reinstall it, or pin a "
             f"version pip can fetch with --packages '{name}==VERSION', or set auto_packages = false "
-            "in the profile and use an image that has it.")
+            "in the profile and use an image that has it."
+        )
     key = _tree_hash(src)
     return _wheel(_cached(cache, f"{name}-{version}-{key}", lambda d: _pip_wheel(src, d, name, version)))
 
@@ -366,8 +393,10 @@ def _override(text: str, cache: Path) -> tuple[Requirement, LocalWheel | None]:
     value = text.strip()
     source = "requested by --packages"
     if not value:
-        raise RequirementError("--packages was given an empty value: give a requirement such as "
-                               "'numpy==2.1.0', a VCS URL or the path of a wheel file.")
+        raise RequirementError(
+            "--packages was given an empty value: give a requirement such as "
+            "'numpy==2.1.0', a VCS URL or the path of a wheel file."
+        )
     if "://" not in value and not value.startswith("git+"):
         path = Path(value).expanduser()
         if value.endswith(".whl"):
@@ -383,7 +412,8 @@ def _override(text: str, cache: Path) -> tuple[Requirement, LocalWheel | None]:
         raise RequirementError(
             f"--packages {value!r} is not a requirement pip can read ({exc}). Give a PEP 508 "
             "requirement ('pandas==2.2.3', 'numpy>=2; python_version >= \"3.11\"'), a VCS URL "
-            "('git+https://host/repo.git@TAG#egg=NAME') or the path of a wheel file.") from None
+            "('git+https://host/repo.git@TAG#egg=NAME') or the path of a wheel file."
+        ) from None
     local = file_url_path(req.url) if req.url else None
     if local is not None and local.name.endswith(".whl"):
         return _override_wheel(value, local, source)
@@ -398,13 +428,15 @@ def _override_wheel(value: str, path: Path, source: str) -> tuple[Requirement, L
     if not path.is_file():
         raise RequirementError(
             f"--packages {value!r} names a wheel file that does not exist on this machine. Give the "
-            "path of an existing .whl file (absolute, or relative to the notebook's folder).")
+            "path of an existing .whl file (absolute, or relative to the notebook's folder)."
+        )
     try:
         name, version, _build, _tags = parse_wheel_filename(path.name)
     except InvalidWheelFilename as exc:
         raise RequirementError(
             f"--packages {value!r}: {exc}. pip needs the wheel's standard file name "
-            "(NAME-VERSION-PYTHON-ABI-PLATFORM.whl); keep the name the build gave it.") from None
+            "(NAME-VERSION-PYTHON-ABI-PLATFORM.whl); keep the name the build gave it."
+        ) from None
     wheel = _wheel(path.resolve())
     return Requirement(str(name), str(version), "local", path.name, source), wheel
 
@@ -448,7 +480,8 @@ def _cached(cache: Path, key: str, build: Callable[[Path], object]) -> Path:
             raise RequirementError(
                 f"building the wheel {key} for the nodes ended without error but left no single .whl "
                 f"file in {tmp}. Pin a version pip can fetch with --packages, or set auto_packages = "
-                "false in the profile and use an image that has it.")
+                "false in the profile and use an image that has it."
+            )
         try:
             os.rename(tmp, final)
         except OSError:
@@ -530,8 +563,14 @@ def _tree_hash(src: Path) -> str:
     ``conda-meta``): a project's own ``venv/`` holds thousands of files no wheel includes."""
     files = []
     for folder, dirs, names in os.walk(src):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS
-                   and not d.endswith(".egg-info") and not _is_environment(Path(folder, d))]
+        dirs[:] = [
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and d not in _SKIP_DIRS
+            and not d.endswith(".egg-info")
+            and not _is_environment(Path(folder, d))
+        ]
         for n in names:
             if not n.endswith((".pyc", ".pyo")):
                 full = Path(folder, n)
@@ -545,8 +584,20 @@ def _is_environment(folder: Path) -> bool:
 
 def _pip_wheel(src: Path, into: Path, name: str, version: str) -> None:
     """Build the wheel of source folder ``src`` with the kernel's pip and build backend, offline."""
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-           "--disable-pip-version-check", "--no-cache-dir", "-w", str(into), str(src)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--disable-pip-version-check",
+        "--no-cache-dir",
+        "-w",
+        str(into),
+        str(src),
+    ]
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1577836800"}  # reproducible zip times where the backend honours it
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(src))
     if done.returncode != 0:
@@ -558,7 +609,8 @@ def _pip_wheel(src: Path, into: Path, name: str, version: str) -> None:
             "backend that pyproject.toml's build-system names must be installed in the kernel; "
             f"try: {' '.join(cmd[2:])}), or pin a version pip can fetch with "
             f"--packages '{name}==VERSION', or set auto_packages = false in the profile and use an "
-            "image that has it.")
+            "image that has it."
+        )
 
 
 # ------------------------------------------------------------------ repacking installed files
@@ -574,8 +626,11 @@ def _record_files(dist: md.Distribution) -> list[tuple[str, Path]]:
         if name.startswith("..") or "__pycache__" in name or name.endswith((".pyc", ".pyo")):
             continue
         parts = name.split("/")
-        if len(parts) == 2 and parts[0].endswith(".dist-info") and (
-                parts[1] in _INSTALLER_FILES or parts[1] == "RECORD"):
+        if (
+            len(parts) == 2
+            and parts[0].endswith(".dist-info")
+            and (parts[1] in _INSTALLER_FILES or parts[1] == "RECORD")
+        ):
             continue
         path = Path(dist.locate_file(rel))
         if path.is_file():
@@ -585,8 +640,11 @@ def _record_files(dist: md.Distribution) -> list[tuple[str, Path]]:
 
 def wheel_file_name(dist: md.Distribution) -> str:
     """The PEP 427 file name of ``dist`` as a wheel, with the tags its ``WHEEL`` file keeps."""
-    tags = [line.split(":", 1)[1].strip() for line in (dist.read_text("WHEEL") or "").splitlines()
-            if line.startswith("Tag:")] or ["py3-none-any"]
+    tags = [
+        line.split(":", 1)[1].strip()
+        for line in (dist.read_text("WHEEL") or "").splitlines()
+        if line.startswith("Tag:")
+    ] or ["py3-none-any"]
     parts = [sorted({t.split("-")[i] for t in tags}) for i in range(3)]
     name = re.sub(r"[-_.]+", "_", dist.metadata["Name"]).lower()
     return f"{name}-{dist.version}-" + "-".join(".".join(p) for p in parts) + ".whl"
@@ -600,14 +658,14 @@ def repack_wheel(dist: md.Distribution, folder: Path) -> Path:
     target = Path(folder) / wheel_file_name(dist)
     if target.exists():
         return target
-    record_name = next((f.as_posix() for f in dist.files or [] if f.as_posix().endswith(".dist-info/RECORD")),
-                       None)
+    record_name = next((f.as_posix() for f in dist.files or [] if f.as_posix().endswith(".dist-info/RECORD")), None)
     if record_name is None:
         raise RequirementError(
             f"{dist.metadata['Name']} {dist.version} has no RECORD file, so azpar cannot tell which "
             "files are its own and cannot repack it for the nodes. Reinstall it with pip, or pin a "
             "version pip can fetch with --packages, or set auto_packages = false in the profile and "
-            "use an image that has it.")
+            "use an image that has it."
+        )
     files = sorted(_record_files(dist), key=lambda p: (p[0].split("/")[0].endswith(".dist-info"), p[0]))
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
     rows = []

@@ -58,8 +58,9 @@ def split_header(line: str) -> tuple[str, str]:
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(line).readline))
     except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
-        raise CellError(f"The %%azpar line could not be read: {exc}. Expected: "
-                        "%%azpar [options] for TARGET in ITERABLE") from None
+        raise CellError(
+            f"The %%azpar line could not be read: {exc}. Expected: %%azpar [options] for TARGET in ITERABLE"
+        ) from None
     depth = 0
     for tok in tokens:
         if tok.type == tokenize.OP and tok.string in ("(", "[", "{"):
@@ -90,8 +91,7 @@ def parse_for_clause(clause: str) -> tuple[ast.expr, ast.expr, str, str]:
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.For) or tree.body[0].orelse:
         kind = type(tree.body[0]).__name__ if tree.body else "nothing"
         raise CellError(
-            f"The loop header must be a single `for TARGET in ITERABLE` clause; {clause!r} "
-            f"parsed as {kind}."
+            f"The loop header must be a single `for TARGET in ITERABLE` clause; {clause!r} parsed as {kind}."
         )
     node = tree.body[0]
     return node.target, node.iter, ast.unparse(node.target), ast.unparse(node.iter)
@@ -128,17 +128,28 @@ class _BodyChecker(ast.NodeVisitor):
 
     def visit_Break(self, node: ast.Break) -> None:
         if self.loop_depth == 0:
-            self.problems.append((node.lineno, "`break` would stop the whole loop, but iterations run "
-                                  "independently and in parallel; filter the items instead, or use "
-                                  "`continue` to give this iteration the value None"))
+            self.problems.append(
+                (
+                    node.lineno,
+                    "`break` would stop the whole loop, but iterations run "
+                    "independently and in parallel; filter the items instead, or use "
+                    "`continue` to give this iteration the value None",
+                )
+            )
 
     def visit_Return(self, node: ast.Return) -> None:
-        self.problems.append((node.lineno, "`return` is not allowed in the loop body (it is not a "
-                              "function); make the value the last expression of the body instead"))
+        self.problems.append(
+            (
+                node.lineno,
+                "`return` is not allowed in the loop body (it is not a "
+                "function); make the value the last expression of the body instead",
+            )
+        )
 
     def visit_Yield(self, node: ast.AST) -> None:
-        self.problems.append((node.lineno, "`yield` is not allowed in the loop body; the value of "
-                              "an iteration is its last expression"))
+        self.problems.append(
+            (node.lineno, "`yield` is not allowed in the loop body; the value of an iteration is its last expression")
+        )
 
     visit_YieldFrom = visit_Yield
 
@@ -146,12 +157,21 @@ class _BodyChecker(ast.NodeVisitor):
         self.problems.append((node.lineno, "`nonlocal` is not allowed at the top of the loop body"))
 
     def visit_Await(self, node: ast.Await) -> None:
-        self.problems.append((node.lineno, "top-level `await` is not supported in the loop body; "
-                              "wrap the coroutine with asyncio.run(...)"))
+        self.problems.append(
+            (
+                node.lineno,
+                "top-level `await` is not supported in the loop body; wrap the coroutine with asyncio.run(...)",
+            )
+        )
 
     def _async_stmt(self, node: ast.AST) -> None:
-        self.problems.append((node.lineno, "top-level `async for`/`async with` is not supported in "
-                              "the loop body; wrap it in a coroutine run by asyncio.run(...)"))
+        self.problems.append(
+            (
+                node.lineno,
+                "top-level `async for`/`async with` is not supported in "
+                "the loop body; wrap it in a coroutine run by asyncio.run(...)",
+            )
+        )
 
     visit_AsyncWith = _async_stmt
 
@@ -170,18 +190,16 @@ def check_body(tree: ast.Module, line_offset: int) -> None:
 def _runner_statements(target: ast.expr, body: ast.Module, line_offset: int) -> list[ast.stmt]:
     """The runner, as statements:
 
-        __azpar_value__ = None
-        for __azpar_once__ in (None,):      # so a top-level `continue` ends the iteration
-            TARGET = __azpar_item__
-            <body, its last expression statement assigned to __azpar_value__>
+    __azpar_value__ = None
+    for __azpar_once__ in (None,):      # so a top-level `continue` ends the iteration
+        TARGET = __azpar_item__
+        <body, its last expression statement assigned to __azpar_value__>
     """
     body = copy.deepcopy(body)  # the caller's tree stays as parsed
     stmts = list(body.body)
     if stmts and isinstance(stmts[-1], ast.Expr):
         last = stmts[-1]
-        stmts[-1] = ast.copy_location(
-            ast.Assign(targets=[ast.Name(VALUE_NAME, ast.Store())], value=last.value), last
-        )
+        stmts[-1] = ast.copy_location(ast.Assign(targets=[ast.Name(VALUE_NAME, ast.Store())], value=last.value), last)
     bind = ast.Assign(targets=[copy.deepcopy(target)], value=ast.Name(ITEM_NAME, ast.Load()))
     loop = ast.For(
         target=ast.Name(_ONCE_NAME, ast.Store()),
@@ -220,8 +238,7 @@ def build_function_code(target: ast.expr, body: ast.Module, line_offset: int) ->
     ret = ast.Return(ast.Name(VALUE_NAME, ast.Load()))
     args = ast.arguments(posonlyargs=[], args=[ast.arg(ITEM_NAME)], kwonlyargs=[], kw_defaults=[], defaults=[])
     extra = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}  # Python 3.12+
-    func = ast.FunctionDef(name=FUNCTION_NAME, args=args, body=[*stmts, ret], decorator_list=[], returns=None,
-                           **extra)
+    func = ast.FunctionDef(name=FUNCTION_NAME, args=args, body=[*stmts, ret], decorator_list=[], returns=None, **extra)
     for node in (func, ret, *ast.walk(ret), args, *args.args):
         _on_magic_line(node)
     module = ast.Module(body=[func], type_ignores=[])
@@ -241,8 +258,7 @@ def parse_cell(line: str, body: str) -> ParsedCell:
     options, clause = split_header(line)
     target, iterable, target_src, iterable_src = parse_for_clause(clause)
     if not body.strip():
-        raise CellError("The %%azpar cell has no body: write the loop body on the lines after "
-                        "the %%azpar line.")
+        raise CellError("The %%azpar cell has no body: write the loop body on the lines after the %%azpar line.")
     source = f"%%azpar {line.strip()}\n{body}"
     line_offset = 1  # the magic line is line 1 of the cell
     try:
@@ -292,8 +308,9 @@ def _binds_at_top(tree: ast.AST) -> set[str]:
         if isinstance(node, ast.Lambda):
             continue
         if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
-            names.update(n.target.id for n in ast.walk(node)
-                         if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name))
+            names.update(
+                n.target.id for n in ast.walk(node) if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name)
+            )
             continue
         if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
             names.add(node.id)
@@ -319,8 +336,7 @@ def body_warnings(cell: ParsedCell, gather: Iterable[str]) -> list[str]:
     iteration. A body that may bind names dynamically (``globals()``, ``exec``, ``import *``)
     is given the benefit of the doubt."""
     if not cell.body_tree.body:
-        return ["the loop body has no statement (only comments or blank lines): every iteration's value will "
-                "be None"]
+        return ["the loop body has no statement (only comments or blank lines): every iteration's value will be None"]
     tree = cell.body_tree
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(tree))
@@ -332,28 +348,35 @@ def body_warnings(cell: ParsedCell, gather: Iterable[str]) -> list[str]:
         return []
     listed = ", ".join(missing)
     verb = "assigns" if len(missing) == 1 else "assigns any of"
-    return [f"--gather {listed}: the loop body never {verb} {listed}, so the gathered list will hold the same "
-            "value (None unless the notebook defines it) for every iteration"]
+    return [
+        f"--gather {listed}: the loop body never {verb} {listed}, so the gathered list will hold the same "
+        "value (None unless the notebook defines it) for every iteration"
+    ]
 
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _OPERATOR = r"(?:===|==|>=|<=|~=|!=|<|>)"
 _VERSION = r"[A-Za-z0-9.*+!_-]+"
-_REQUIREMENT = re.compile(rf"{_NAME}\s*(?:\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?\s*"
-                          rf"(?:{_OPERATOR}\s*{_VERSION}(?:\s*,\s*{_OPERATOR}\s*{_VERSION})*)?")
+_REQUIREMENT = re.compile(
+    rf"{_NAME}\s*(?:\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?\s*"
+    rf"(?:{_OPERATOR}\s*{_VERSION}(?:\s*,\s*{_OPERATOR}\s*{_VERSION})*)?"
+)
 _CONTINUES_SPECIFIER = re.compile(rf"\s*{_OPERATOR}")
 
 
-def checked_requirements(values: Iterable[str], spelling: str = "--packages",
-                         how: str = " (repeatable, or separated by commas)") -> list[str]:
+def checked_requirements(
+    values: Iterable[str], spelling: str = "--packages", how: str = " (repeatable, or separated by commas)"
+) -> list[str]:
     """``split_requirements``, refusing (CellError, a ValueError) anything pip would not read as a requirement:
     the one check behind the magic's ``--packages`` and ``map(packages=...)``; ``spelling`` and ``how`` say
     the option as the caller's user wrote it."""
     found = split_requirements(values)
     bad = [p for p in found if not is_requirement(p)]
     if bad:
-        raise CellError(f"{spelling} takes pip requirements like numpy==1.26.4 or 'scipy>=1.11,<1.14'{how}; "
-                        f"{', '.join(map(repr, bad))} {'is' if len(bad) == 1 else 'are'} not. Nothing was submitted.")
+        raise CellError(
+            f"{spelling} takes pip requirements like numpy==1.26.4 or 'scipy>=1.11,<1.14'{how}; "
+            f"{', '.join(map(repr, bad))} {'is' if len(bad) == 1 else 'are'} not. Nothing was submitted."
+        )
     return found
 
 

@@ -30,12 +30,47 @@ TestConnection = Callable[[str], str]
 PoolAction = Callable[..., str]  # (profile_name, action, dedicated=None, spot=None) -> str
 
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Accounts", ("backend", "batch_account_url", "storage_account_url", "auth", "managed_identity_client_id",
-                  "batch_key_env", "storage_key_env")),
-    ("Pool", ("pool_id", "create_pool", "vm_size", "dedicated_nodes", "spot_nodes", "autoscale", "min_nodes",
-              "max_nodes", "task_slots_per_node")),
-    ("Nodes", ("image", "node_agent_sku", "container_image", "packages", "pip_options", "start_commands",
-               "subnet_id", "registry_server", "registry_username", "registry_password_env")),
+    (
+        "Accounts",
+        (
+            "backend",
+            "batch_account_url",
+            "storage_account_url",
+            "auth",
+            "managed_identity_client_id",
+            "batch_key_env",
+            "storage_key_env",
+        ),
+    ),
+    (
+        "Pool",
+        (
+            "pool_id",
+            "create_pool",
+            "vm_size",
+            "dedicated_nodes",
+            "spot_nodes",
+            "autoscale",
+            "min_nodes",
+            "max_nodes",
+            "task_slots_per_node",
+        ),
+    ),
+    (
+        "Nodes",
+        (
+            "image",
+            "node_agent_sku",
+            "container_image",
+            "packages",
+            "pip_options",
+            "start_commands",
+            "subnet_id",
+            "registry_server",
+            "registry_username",
+            "registry_password_env",
+        ),
+    ),
     ("Client", ("poll_interval",)),
 )
 CHOICES: dict[str, tuple[str, ...]] = {"backend": ("azure", "local"), "auth": config.AUTH_MODES}
@@ -51,9 +86,17 @@ def _message(text: str, style: str = "danger") -> str:
 class ConfigForm:
     """A form for one profile; ``widget`` is what the notebook shows."""
 
-    def __init__(self, name: str | None = None, *, path: Path | None = None,
-                 test_connection: TestConnection | None = None, pool_action: PoolAction | None = None,
-                 environ: Mapping[str, str] | None = None, cwd: str | None = None, threaded: bool = True):
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        path: Path | None = None,
+        test_connection: TestConnection | None = None,
+        pool_action: PoolAction | None = None,
+        environ: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        threaded: bool = True,
+    ):
         self.path = Path(path or config.user_config_path())
         self.test_connection_fn, self.pool_action_fn = test_connection, pool_action
         self.environ, self.cwd, self.threaded = environ, cwd, threaded
@@ -66,15 +109,22 @@ class ConfigForm:
 
         style = {"description_width": _LABEL_WIDTH}
         known = self._known_names()
-        self.name = widgets.Combobox(value=name or (known[0] if known else "default"), options=known,
-                                     description="profile", ensure_option=False, style=style, layout=_ROW)
+        self.name = widgets.Combobox(
+            value=name or (known[0] if known else "default"),
+            options=known,
+            description="profile",
+            ensure_option=False,
+            style=style,
+            layout=_ROW,
+        )
         self.name_message = widgets.HTML()
         self.inputs: dict[str, widgets.Widget] = {}
         self.messages: dict[str, widgets.HTML] = {}
         self.notes: dict[str, widgets.HTML] = {}
-        rows: list[widgets.Widget] = [widgets.HTML(f"<b>azpar profile</b> · saved to <code>{escape(str(self.path))}"
-                                                   "</code>"),
-                                      self._row("name", self.name, self.name_message)]
+        rows: list[widgets.Widget] = [
+            widgets.HTML(f"<b>azpar profile</b> · saved to <code>{escape(str(self.path))}</code>"),
+            self._row("name", self.name, self.name_message),
+        ]
         placed = {f for _, fields in SECTIONS for f in fields}
         sections = list(SECTIONS) + [("Other", tuple(f for f in config.PROFILE_FIELDS if f not in placed))]
         for title, fields in sections:
@@ -85,13 +135,17 @@ class ConfigForm:
 
         self.save_button = widgets.Button(description="Save", button_style="primary", icon="save")
         self.test_button = widgets.Button(description="Test connection", icon="plug")
-        self.dedicated = widgets.BoundedIntText(description="dedicated", min=0, max=100_000,
-                                                layout=widgets.Layout(width="170px"))
+        self.dedicated = widgets.BoundedIntText(
+            description="dedicated", min=0, max=100_000, layout=widgets.Layout(width="170px")
+        )
         self.spot = widgets.BoundedIntText(description="spot", min=0, max=100_000, layout=widgets.Layout(width="170px"))
-        self.pool_buttons = {action: widgets.Button(description=action.capitalize()
-                                                    + (" pool" if action != "status" else ""),
-                                                    tooltip=f"{action} the pool of this (saved) profile")
-                             for action in ("create", "resize", "delete", "status")}
+        self.pool_buttons = {
+            action: widgets.Button(
+                description=action.capitalize() + (" pool" if action != "status" else ""),
+                tooltip=f"{action} the pool of this (saved) profile",
+            )
+            for action in ("create", "resize", "delete", "status")
+        }
         self.pool_buttons["status"].description = "Pool status"
         self.status = widgets.HTML()
         self.status.add_class("azpar-form-status")
@@ -103,10 +157,12 @@ class ConfigForm:
         for button, fn in ((self.test_button, test_connection), *pool_buttons):
             if fn is None:
                 button.tooltip = "not available in this version of azpar_magic"
-        rows += [widgets.HBox([self.save_button, self.test_button]),
-                 widgets.HTML("<b>Pool</b> of the saved profile: Create uses its node counts, Resize the counts here"),
-                 widgets.HBox([self.dedicated, self.spot, *self.pool_buttons.values()]),
-                 self.status]
+        rows += [
+            widgets.HBox([self.save_button, self.test_button]),
+            widgets.HTML("<b>Pool</b> of the saved profile: Create uses its node counts, Resize the counts here"),
+            widgets.HBox([self.dedicated, self.spot, *self.pool_buttons.values()]),
+            self.status,
+        ]
         self.widget = widgets.VBox(rows)
         self.widget.add_class("azpar-config-form")
         self.name.observe(self._on_name, names="value")
@@ -120,10 +176,12 @@ class ConfigForm:
         except config.ConfigError:
             return []
 
-    def _row(self, field: str, control: widgets.Widget, message: widgets.HTML,
-             note: widgets.HTML | None = None) -> widgets.HBox:
-        row = widgets.HBox([control, message] + ([note] if note is not None else []),
-                           layout=widgets.Layout(align_items="center"))
+    def _row(
+        self, field: str, control: widgets.Widget, message: widgets.HTML, note: widgets.HTML | None = None
+    ) -> widgets.HBox:
+        row = widgets.HBox(
+            [control, message] + ([note] if note is not None else []), layout=widgets.Layout(align_items="center")
+        )
         row.add_class(f"azpar-field-{field}")
         message.add_class("azpar-field-message")
         return row
@@ -202,7 +260,8 @@ class ConfigForm:
         for field in hidden:
             self.messages[field].value = _message(
                 f"the saved value is not a variable name (it may be the secret, so it is not shown); this field "
-                f"takes the NAME of the environment variable that holds it (from {sources.get(field, 'defaults')})")
+                f"takes the NAME of the environment variable that holds it (from {sources.get(field, 'defaults')})"
+            )
         if problem:
             self._say(problem, "danger")
         elif self.saved_values is None:
@@ -218,8 +277,9 @@ class ConfigForm:
         for field, note in self.notes.items():
             note.value = _message(prof.secret_status(self.inputs[field].value.strip(), self.environ), "info")
         name = self.name.value.strip()
-        self.name_message.value = _message("" if prof.valid_name(name) else
-                                           "a profile name is letters, digits, '-' or '_'")
+        self.name_message.value = _message(
+            "" if prof.valid_name(name) else "a profile name is letters, digits, '-' or '_'"
+        )
         return problems
 
     def _on_change(self, field: str, change: dict) -> None:
@@ -232,7 +292,8 @@ class ConfigForm:
             self.validate()
             self.messages[field].value = _message(
                 "that looked like a secret and was dropped: this field takes the NAME of the environment "
-                "variable that holds it")
+                "variable that holds it"
+            )
             return
         self.validate()
 
@@ -251,8 +312,10 @@ class ConfigForm:
     # ------------------------------------------------------------------ actions
 
     def _say(self, text: str, style: str) -> None:
-        self.status.value = (f'<span class="azpar-form-message" data-style="{style}" '
-                             f'style="color:{STYLE_COLOURS[style]}">{escape(text)}</span>')
+        self.status.value = (
+            f'<span class="azpar-form-message" data-style="{style}" '
+            f'style="color:{STYLE_COLOURS[style]}">{escape(text)}</span>'
+        )
 
     def save(self) -> Path | None:
         """Validate and write the profile; the status line says what happened."""
@@ -341,16 +404,22 @@ class ConfigForm:
             if armed is None or time.monotonic() - armed > DELETE_CONFIRM_SECONDS:
                 self._delete_armed_at = time.monotonic()
                 delete.description, delete.button_style = "Confirm delete", "danger"
-                self._say(f"click Confirm delete within {DELETE_CONFIRM_SECONDS:.0f} s to delete the pool of "
-                          f"{name!r} (running tasks are lost)", "warning")
+                self._say(
+                    f"click Confirm delete within {DELETE_CONFIRM_SECONDS:.0f} s to delete the pool of "
+                    f"{name!r} (running tasks are lost)",
+                    "warning",
+                )
                 return
         self._delete_armed_at = None
         delete.description, delete.button_style = "Delete pool", ""
         fn = self.pool_action_fn
         if action == "resize":
             dedicated, spot = int(self.dedicated.value), int(self.spot.value)
-            self._run(f"pool resize to {dedicated} dedicated, {spot} spot",
-                      lambda: fn(name, action, dedicated=dedicated, spot=spot), self._unsaved_note())
+            self._run(
+                f"pool resize to {dedicated} dedicated, {spot} spot",
+                lambda: fn(name, action, dedicated=dedicated, spot=spot),
+                self._unsaved_note(),
+            )
         else:
             self._run(f"pool {action}", lambda: fn(name, action), self._unsaved_note())
 

@@ -94,8 +94,10 @@ class JobPanel:
         self.nodes = widgets.HTML()
         self.tasks = widgets.HTML()
         self.failures = widgets.HTML(layout=widgets.Layout(display="none"))
-        self.widget = widgets.VBox([self.header, self.nodes, self.tasks, self.failures],
-                                   layout=widgets.Layout(padding="4px 10px", margin="2px 0"))
+        self.widget = widgets.VBox(
+            [self.header, self.nodes, self.tasks, self.failures],
+            layout=widgets.Layout(padding="4px 10px", margin="2px 0"),
+        )
         self.widget.add_class("azpar-panel")
         self.view: dict[str, Any] | None = None
         self.final_view: dict[str, Any] | None = None
@@ -138,8 +140,12 @@ class JobPanel:
         callback()
 
     def _apply(self, view: dict[str, Any]) -> None:
-        for child, value in ((self.header, html.header_html(view)), (self.nodes, html.nodes_html(view["nodes"])),
-                             (self.tasks, html.bar_html(view["tasks"])), (self.failures, html.failures_html(view))):
+        for child, value in (
+            (self.header, html.header_html(view)),
+            (self.nodes, html.nodes_html(view["nodes"])),
+            (self.tasks, html.bar_html(view["tasks"])),
+            (self.failures, html.failures_html(view)),
+        ):
             if child.value != value:  # unchanged values send nothing to the frontend
                 child.value = value
         self.failures.layout.display = None if view["failures"] else "none"
@@ -217,8 +223,14 @@ class PoolPanel:
     _current: ClassVar[PoolPanel | None] = None
     _current_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, source: Callable[[], Sequence[dict[str, Any]]], *, interval: float = POOL_INTERVAL,
-                 lifetime: float = POOL_LIFETIME, first: Sequence[dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        source: Callable[[], Sequence[dict[str, Any]]],
+        *,
+        interval: float = POOL_INTERVAL,
+        lifetime: float = POOL_LIFETIME,
+        first: Sequence[dict[str, Any]] | None = None,
+    ):
         self.source = source
         self.lifetime = lifetime
         self.body = widgets.HTML()
@@ -227,8 +239,9 @@ class PoolPanel:
         self.widget.add_class("azpar-pool-panel")
         self.renders = 0
         self._started = time.monotonic()
-        self._updater = Updater(self._step, min_interval=min(interval, MIN_INTERVAL), tick=interval,
-                                name="azpar-pool-panel")
+        self._updater = Updater(
+            self._step, min_interval=min(interval, MIN_INTERVAL), tick=interval, name="azpar-pool-panel"
+        )
         self.render(source() if first is None else first)
 
     def render(self, views: Sequence[dict[str, Any]]) -> None:

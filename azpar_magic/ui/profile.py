@@ -24,12 +24,14 @@ def valid_name(name: str) -> bool:
 
 
 def default_values() -> dict[str, Any]:
-    return {k: (list(f.default) if isinstance(f.default, list) else f.default)
-            for k, f in config.PROFILE_FIELDS.items()}
+    return {
+        k: (list(f.default) if isinstance(f.default, list) else f.default) for k, f in config.PROFILE_FIELDS.items()
+    }
 
 
-def load(name: str, *, cwd: str | None = None, environ: Mapping[str, str] | None = None
-         ) -> tuple[dict[str, Any], dict[str, str], str | None]:
+def load(
+    name: str, *, cwd: str | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str], str | None]:
     """(values, sources, problem): the profile as the configuration layer reads it; a name
     no file has yet starts from the defaults (problem None); an unreadable file gives the
     defaults and the reason."""
@@ -84,14 +86,16 @@ def parse_value(field: str, text: str) -> Any:
     return text
 
 
-def to_save(values: Mapping[str, Any], loaded: Mapping[str, Any], sources: Mapping[str, str],
-            path: Path) -> dict[str, Any]:
+def to_save(
+    values: Mapping[str, Any], loaded: Mapping[str, Any], sources: Mapping[str, str], path: Path
+) -> dict[str, Any]:
     """The fields to write into ``path``: those the user changed, plus those that file
     already held (save_profile replaces the profile's table there). Fields that come from
     an administrator's file, ./azpar.toml or the environment stay where they are."""
     here = str(path)
-    return {k: v for k, v in values.items()
-            if k in config.PROFILE_FIELDS and (v != loaded.get(k) or sources.get(k) == here)}
+    return {
+        k: v for k, v in values.items() if k in config.PROFILE_FIELDS and (v != loaded.get(k) or sources.get(k) == here)
+    }
 
 
 def secret_status(env_name: str, environ: Mapping[str, str] | None = None) -> str:
@@ -118,8 +122,13 @@ def shown_secret_name(value: Any) -> str:
     return "(not a variable name: not shown, it may be the secret)"
 
 
-def profile_text(name: str, values: Mapping[str, Any], sources: Mapping[str, str], problems: Mapping[str, str],
-                 environ: Mapping[str, str] | None = None) -> str:
+def profile_text(
+    name: str,
+    values: Mapping[str, Any],
+    sources: Mapping[str, str],
+    problems: Mapping[str, str],
+    environ: Mapping[str, str] | None = None,
+) -> str:
     """The profile as aligned lines: field, value, the layer it came from (and whether the
     administrator locked it), what is wrong."""
     width = max(len(k) for k in config.PROFILE_FIELDS)

@@ -20,28 +20,42 @@ from ..jobs.text import format_duration
 NODE_GROUPS: dict[str, str] = {
     "running": "running",
     "idle": "idle",
-    "starting": "starting", "creating": "starting", "waitingforstarttask": "starting",
-    "rebooting": "starting", "reimaging": "starting", "upgradingos": "starting",
-    "starttaskfailed": "problem", "unusable": "problem", "offline": "problem", "unknown": "problem",
+    "starting": "starting",
+    "creating": "starting",
+    "waitingforstarttask": "starting",
+    "rebooting": "starting",
+    "reimaging": "starting",
+    "upgradingos": "starting",
+    "starttaskfailed": "problem",
+    "unusable": "problem",
+    "offline": "problem",
+    "unknown": "problem",
     "lost": "problem",
     "preempted": "preempted",
-    "leavingpool": "leaving", "deallocating": "leaving", "deallocated": "leaving",
+    "leavingpool": "leaving",
+    "deallocating": "leaving",
+    "deallocated": "leaving",
 }
 GROUP_COLOURS: dict[str, str] = {
-    "running": "#1e88e5",   # blue: busy with a task
-    "idle": "#43a047",      # green: ready for work
+    "running": "#1e88e5",  # blue: busy with a task
+    "idle": "#43a047",  # green: ready for work
     "starting": "#f9a825",  # amber: on its way
-    "problem": "#e53935",   # red: cannot run tasks
+    "problem": "#e53935",  # red: cannot run tasks
     "preempted": "#8e24aa",  # purple: a spot node taken back by Azure
-    "leaving": "#9e9e9e",   # grey: going away
+    "leaving": "#9e9e9e",  # grey: going away
     "other": "#bdbdbd",
 }
 GROUP_ORDER = ("running", "idle", "starting", "preempted", "problem", "leaving", "other")
 
 # Stacked task bar, left to right.
 BAR_SEGMENTS = ("succeeded", "failed", "running", "queued")
-BAR_COLOURS = {"succeeded": "#43a047", "failed": "#e53935", "cancelled": "#fb8c00", "running": "#1e88e5",
-               "queued": "#cfd8dc"}
+BAR_COLOURS = {
+    "succeeded": "#43a047",
+    "failed": "#e53935",
+    "cancelled": "#fb8c00",
+    "running": "#1e88e5",
+    "queued": "#cfd8dc",
+}
 
 # Final and live styles, in ipywidgets' vocabulary (bar_style / button_style names).
 STYLE_COLOURS = {"info": "#1565c0", "success": "#2e7d32", "danger": "#c62828", "warning": "#ef6c00"}
@@ -111,27 +125,48 @@ def nodes_view(nodes: Sequence[NodeInfo]) -> dict[str, Any]:
     in the pool: they are counted, not drawn."""
     shown = [n for n in nodes if normalise_state(n.state) != "lost"]
     return {
-        "nodes": [{"id": n.id, "state": normalise_state(n.state), "group": node_group(n.state),
-                   "colour": node_colour(n.state), "kind": "dedicated" if n.dedicated else "spot", "task": n.task}
-                  for n in shown],
+        "nodes": [
+            {
+                "id": n.id,
+                "state": normalise_state(n.state),
+                "group": node_group(n.state),
+                "colour": node_colour(n.state),
+                "kind": "dedicated" if n.dedicated else "spot",
+                "task": n.task,
+            }
+            for n in shown
+        ],
         "counts": _node_counts(shown),
         "lost": len(nodes) - len(shown),
         "busy": sum(1 for n in shown if normalise_state(n.state) == "running"),
     }
 
 
-def bar_view(queued: int, running: int, succeeded: int, failed: int, *, cancelled: bool = False,
-             cancelled_tasks: int = 0) -> dict[str, Any]:
+def bar_view(
+    queued: int, running: int, succeeded: int, failed: int, *, cancelled: bool = False, cancelled_tasks: int = 0
+) -> dict[str, Any]:
     """Stacked bar of task counts. Tasks that were only cancelled have a segment of their
     own (``cancelled_tasks``, shown when there are some); ``cancelled``: some failed task also
     had cancelled iterations (a task stopped mid-way), so its segment says "failed or cancelled"."""
-    counts = {"queued": queued, "running": running, "succeeded": succeeded, "failed": failed,
-              "cancelled": cancelled_tasks}
+    counts = {
+        "queued": queued,
+        "running": running,
+        "succeeded": succeeded,
+        "failed": failed,
+        "cancelled": cancelled_tasks,
+    }
     total = sum(counts.values())
     names = BAR_SEGMENTS if not cancelled_tasks else ("succeeded", "failed", "cancelled", "running", "queued")
-    segments = [{"name": name, "label": "failed or cancelled" if name == "failed" and cancelled else name,
-                 "count": counts[name], "colour": BAR_COLOURS[name],
-                 "fraction": (counts[name] / total) if total else 0.0} for name in names]
+    segments = [
+        {
+            "name": name,
+            "label": "failed or cancelled" if name == "failed" and cancelled else name,
+            "count": counts[name],
+            "colour": BAR_COLOURS[name],
+            "fraction": (counts[name] / total) if total else 0.0,
+        }
+        for name in names
+    ]
     return {"total": total, "segments": segments}
 
 
@@ -152,26 +187,45 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
         "colour": STYLE_COLOURS[style],
         "final": s.final,
         "source": s.source_first_line,
-        "items": {"total": s.items_total, "done": s.items_done, "succeeded": s.items_succeeded,
-                  "failed": s.items_failed, "cancelled": s.items_cancelled},
+        "items": {
+            "total": s.items_total,
+            "done": s.items_done,
+            "succeeded": s.items_succeeded,
+            "failed": s.items_failed,
+            "cancelled": s.items_cancelled,
+        },
         "from_cache": s.from_cache,  # iterations --cache reused
         "elapsed": format_duration(s.elapsed),
         "eta": None if s.final or s.eta is None else format_duration(s.eta),
         "throughput": format_rate(s.throughput),
         "nodes": nodes_view(s.nodes),
-        "tasks": bar_view(s.tasks_queued, s.tasks_running, s.tasks_succeeded, s.tasks_failed,
-                          cancelled=s.items_cancelled > 0 and s.tasks_failed > 0 and not s.tasks_cancelled,
-                          cancelled_tasks=s.tasks_cancelled),
-        "failures": [{"index": f.index, "item": f.item, "summary": f.summary, "traceback": f.traceback,
-                      "output": f.output} for f in s.failures],
+        "tasks": bar_view(
+            s.tasks_queued,
+            s.tasks_running,
+            s.tasks_succeeded,
+            s.tasks_failed,
+            cancelled=s.items_cancelled > 0 and s.tasks_failed > 0 and not s.tasks_cancelled,
+            cancelled_tasks=s.tasks_cancelled,
+        ),
+        "failures": [
+            {"index": f.index, "item": f.item, "summary": f.summary, "traceback": f.traceback, "output": f.output}
+            for f in s.failures
+        ],
         "failures_more": max(0, s.items_failed - len(s.failures)),
         "stalled": [] if s.final else list(s.stalled),
         "unanswered": "" if s.final else s.unanswered,  # "the Azure Batch service is not answering since ..."
     }
 
 
-def pool_view(backend: str, title: str, pool: str, vm_size: str, nodes: Sequence[NodeInfo],
-              jobs: Sequence[JobSnapshot], size_label: str = "VM size") -> dict[str, Any]:
+def pool_view(
+    backend: str,
+    title: str,
+    pool: str,
+    vm_size: str,
+    nodes: Sequence[NodeInfo],
+    jobs: Sequence[JobSnapshot],
+    size_label: str = "VM size",
+) -> dict[str, Any]:
     """The pool panel (``%azpar status``): one pool's nodes, and the work on it now
     (``jobs``: snapshots of the jobs submitted to it; only unfinished ones count).
     ``size_label`` names ``vm_size`` as the backend declares it (a worker count is a "size")."""
@@ -186,8 +240,17 @@ def pool_view(backend: str, title: str, pool: str, vm_size: str, nodes: Sequence
         "started": bool(nodes),
         "nodes": nodes_view(nodes),
         "tasks": bar_view(sum(s.tasks_queued for s in active), sum(s.tasks_running for s in active), 0, 0),
-        "jobs": [{"job_id": s.job_id, "label": job_label(s), "done": s.items_done, "total": s.items_total,
-                  "running": s.tasks_running, "queued": s.tasks_queued} for s in active],
+        "jobs": [
+            {
+                "job_id": s.job_id,
+                "label": job_label(s),
+                "done": s.items_done,
+                "total": s.items_total,
+                "running": s.tasks_running,
+                "queued": s.tasks_queued,
+            }
+            for s in active
+        ],
     }
 
 

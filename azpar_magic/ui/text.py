@@ -15,8 +15,16 @@ from ..jobs import JobSnapshot, register_views
 from .html import panel_html, pool_html
 from .state import counts_phrase, format_duration, format_rate, job_view
 
-__all__ = ["format_duration", "format_rate", "format_snapshot", "format_text", "format_html",
-           "format_failures", "format_pool_text", "format_pool_html"]
+__all__ = [
+    "format_duration",
+    "format_rate",
+    "format_snapshot",
+    "format_text",
+    "format_html",
+    "format_failures",
+    "format_pool_text",
+    "format_pool_html",
+]
 
 
 def _where(view: Mapping[str, Any]) -> str:
@@ -30,8 +38,10 @@ def format_snapshot(s: JobSnapshot) -> str:
     """One line: state, iterations done/failed/total, tasks running, nodes busy, time."""
     v = job_view(s)
     items = v["items"]
-    parts = [f"{s.job_id}" + (f" ({s.name})" if s.name else "") + f" {v['label']}",
-             f"{items['succeeded']}/{items['total']} done"]
+    parts = [
+        f"{s.job_id}" + (f" ({s.name})" if s.name else "") + f" {v['label']}",
+        f"{items['succeeded']}/{items['total']} done",
+    ]
     if items["failed"] and not v["label"].startswith("done with"):
         parts.append(f"{items['failed']} failed")
     if items["cancelled"]:
@@ -93,14 +103,19 @@ def format_text(s: JobSnapshot) -> str:
         times.append(f"ETA {v['eta']}")
     if v["throughput"]:
         times.append(f"throughput {v['throughput']}")
-    where = [f"backend {v['backend']}"] + ([f"pool {v['pool']}"] if v["pool"] else []) + (
-        [f"{v['size_label']} {v['vm_size']}"] if v["vm_size"] else [])
-    lines = [f"azpar job {s.job_id}" + (f" ({s.name})" if s.name else "") + f": {v['label']}",
-             f"  iterations  {done}",
-             f"  where       {' · '.join(where)}",
-             f"  time        {' · '.join(times)}",
-             f"  nodes       {_nodes_line(v['nodes'])}",
-             f"  tasks       {_tasks_line(v['tasks'])}"]
+    where = (
+        [f"backend {v['backend']}"]
+        + ([f"pool {v['pool']}"] if v["pool"] else [])
+        + ([f"{v['size_label']} {v['vm_size']}"] if v["vm_size"] else [])
+    )
+    lines = [
+        f"azpar job {s.job_id}" + (f" ({s.name})" if s.name else "") + f": {v['label']}",
+        f"  iterations  {done}",
+        f"  where       {' · '.join(where)}",
+        f"  time        {' · '.join(times)}",
+        f"  nodes       {_nodes_line(v['nodes'])}",
+        f"  tasks       {_tasks_line(v['tasks'])}",
+    ]
     if v["stalled"]:
         lines += ["  stuck"] + [f"    {note}" for note in v["stalled"]]
     if v.get("unanswered"):
@@ -123,28 +138,36 @@ def format_html(s: JobSnapshot) -> str:
 
 def format_pool_text(view: Mapping[str, Any]) -> str:
     """A pool view (``state.pool_view``) as text, for ``%azpar status`` without widgets."""
-    head = " · ".join([view["title"]] + [f"pool {view['pool']}"] * bool(view["pool"])
-                      + [f"{view['size_label']} {view['vm_size']}"] * bool(view["vm_size"]))
-    lines = [head if view["started"] else head + " · not started",
-             f"  nodes       {_nodes_line(view['nodes'])}"]
+    head = " · ".join(
+        [view["title"]]
+        + [f"pool {view['pool']}"] * bool(view["pool"])
+        + [f"{view['size_label']} {view['vm_size']}"] * bool(view["vm_size"])
+    )
+    lines = [head if view["started"] else head + " · not started", f"  nodes       {_nodes_line(view['nodes'])}"]
     nodes = view["nodes"]["nodes"]
     if nodes:
-        lines.append("              " + ", ".join(
-            f"{n['id']} {n['state']}" + (f" ({n['task']})" if n["task"] else "")
-            + (" spot" if n["kind"] == "spot" else "")
-            for n in nodes))
+        lines.append(
+            "              "
+            + ", ".join(
+                f"{n['id']} {n['state']}"
+                + (f" ({n['task']})" if n["task"] else "")
+                + (" spot" if n["kind"] == "spot" else "")
+                for n in nodes
+            )
+        )
     running = next(seg["count"] for seg in view["tasks"]["segments"] if seg["name"] == "running")
     queued = next(seg["count"] for seg in view["tasks"]["segments"] if seg["name"] == "queued")
     lines.append(f"  tasks       {running} running · {queued} queued")
     for job in view["jobs"]:
-        lines.append(f"  job         {job['job_id']} {job['label']}: {job['done']}/{job['total']} done, "
-                     f"{job['running']} running, {job['queued']} queued")
+        lines.append(
+            f"  job         {job['job_id']} {job['label']}: {job['done']}/{job['total']} done, "
+            f"{job['running']} running, {job['queued']} queued"
+        )
     return "\n".join(lines)
 
 
 def format_pool_html(view: Mapping[str, Any]) -> str:
     return pool_html(dict(view))
-
 
 
 register_views(text=format_snapshot, html=format_html)

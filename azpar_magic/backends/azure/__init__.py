@@ -16,7 +16,8 @@ except ImportError as exc:
     raise AzureExtraMissing(
         f"Azure profiles, az:// storage and the doctor's Azure checks need the Azure SDKs, which this environment "
         f"lacks ({exc}): pip install 'azpar-magic[azure]' into the kernel's environment, then restart the kernel. "
-        "The local pool needs none of them.") from None
+        "The local pool needs none of them."
+    ) from None
 
 from .backend import AzureBackend  # noqa: E402 (after the check above)
 

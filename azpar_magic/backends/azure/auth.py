@@ -48,8 +48,10 @@ def _secret(profile: Profile, field: str, environ: Mapping[str, str], what: str)
     name = profile[field]
     value = environ.get(name, "")
     if not value:
-        raise ConfigError(f"auth = shared-key needs the {what} key in the environment variable {name} "
-                          f"(profile field {field}); it is not set")
+        raise ConfigError(
+            f"auth = shared-key needs the {what} key in the environment variable {name} "
+            f"(profile field {field}); it is not set"
+        )
     return value
 
 
@@ -62,14 +64,18 @@ def _identity_credential(profile: Profile, environ: Mapping[str, str]) -> Any:
         return identity.AzureCliCredential()
     if mode == "managed-identity":
         client_id = profile["managed_identity_client_id"] or None
-        return identity.ManagedIdentityCredential(client_id=client_id) if client_id \
+        return (
+            identity.ManagedIdentityCredential(client_id=client_id)
+            if client_id
             else identity.ManagedIdentityCredential()
+        )
     if mode == "service-principal":
         missing = [n for n in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET") if not environ.get(n)]
         if missing:
             raise ConfigError(f"auth = service-principal needs {', '.join(missing)} in the environment")
-        return identity.ClientSecretCredential(environ["AZURE_TENANT_ID"], environ["AZURE_CLIENT_ID"],
-                                               environ["AZURE_CLIENT_SECRET"])
+        return identity.ClientSecretCredential(
+            environ["AZURE_TENANT_ID"], environ["AZURE_CLIENT_ID"], environ["AZURE_CLIENT_SECRET"]
+        )
     if mode == "default":
         return identity.DefaultAzureCredential()
     raise ConfigError(f"unknown auth mode {mode!r}")
@@ -80,8 +86,9 @@ def batch_credential(profile: Profile, environ: Mapping[str, str] | None = None)
     if profile["auth"] == "shared-key":
         from azure.core.credentials import AzureNamedKeyCredential
 
-        return AzureNamedKeyCredential(accounts(profile).batch_name,
-                                       _secret(profile, "batch_key_env", environ, "Batch"))
+        return AzureNamedKeyCredential(
+            accounts(profile).batch_name, _secret(profile, "batch_key_env", environ, "Batch")
+        )
     return _identity_credential(profile, environ)
 
 
@@ -91,8 +98,9 @@ def storage_credential(profile: Profile, environ: Mapping[str, str] | None = Non
     if profile["auth"] == "shared-key":
         from azure.core.credentials import AzureNamedKeyCredential
 
-        return AzureNamedKeyCredential(accounts(profile).storage_name,
-                                       _secret(profile, "storage_key_env", environ, "Storage"))
+        return AzureNamedKeyCredential(
+            accounts(profile).storage_name, _secret(profile, "storage_key_env", environ, "Storage")
+        )
     return _identity_credential(profile, environ)
 
 
@@ -104,6 +112,8 @@ def registry_password(profile: Profile, environ: Mapping[str, str] | None = None
         return None
     value = environ.get(profile["registry_password_env"], "")
     if not value:
-        raise ConfigError(f"registry_server is set but the environment variable {profile['registry_password_env']} "
-                          "holding its password is not")
+        raise ConfigError(
+            f"registry_server is set but the environment variable {profile['registry_password_env']} "
+            "holding its password is not"
+        )
     return value

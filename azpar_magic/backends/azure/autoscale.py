@@ -89,10 +89,12 @@ def _queue_demand() -> str:
 
 def _queue_and_running_demand() -> str:
     window = f"TimeInterval_Minute * {SAMPLE_WINDOW_MINUTES}"
-    return (_latest_pending()
-            + f"$pendingPercent = $PendingTasks.GetSamplePercent({window});\n"
-            + f"$recent = $pendingPercent >= {MIN_SAMPLE_PERCENT} ? avg($PendingTasks.GetSample({window})) : $latest;\n"
-            + "$demand = max($latest, $recent);\n")
+    return (
+        _latest_pending()
+        + f"$pendingPercent = $PendingTasks.GetSamplePercent({window});\n"
+        + f"$recent = $pendingPercent >= {MIN_SAMPLE_PERCENT} ? avg($PendingTasks.GetSample({window})) : $latest;\n"
+        + "$demand = max($latest, $recent);\n"
+    )
 
 
 def _queue_total(warm_floor: str | None = None) -> str:
@@ -100,8 +102,7 @@ def _queue_total(warm_floor: str | None = None) -> str:
     in the max() next to a warm floor because the warm share can be below it (min 6 of max 10),
     and the spot target ``$total - $minNodes`` must never go negative."""
     floors = "$minNodes" if warm_floor is None else f"$minNodes, {warm_floor}"
-    return ("$needed = ceil($demand / $slots);\n"
-            f"$total = min($maxNodes, max({floors}, $needed));\n")
+    return f"$needed = ceil($demand / $slots);\n$total = min($maxNodes, max({floors}, $needed));\n"
 
 
 def _queue(n: _Bounds) -> str:
@@ -123,11 +124,13 @@ def _warm(n: _Bounds, hours_condition: str) -> str:
     """QUEUE with a floor of max(min_nodes, ceil(max_nodes / 2)) while ``hours_condition``
     holds (evaluated on the service's clock, UTC), and of min_nodes otherwise."""
     share = -(-n.max_nodes // WARM_SHARE_DIVISOR)
-    return (_queue_demand()
-            + "$curTime = time();\n"
-            + f"$warmHours = {hours_condition};\n"
-            + f"$floor = $warmHours ? {share} : 0;\n"
-            + _queue_total("$floor"))
+    return (
+        _queue_demand()
+        + "$curTime = time();\n"
+        + f"$warmHours = {hours_condition};\n"
+        + f"$floor = $warmHours ? {share} : 0;\n"
+        + _queue_total("$floor")
+    )
 
 
 # ``weekday``: the autoscale article gives 1 for Monday and leaves Sunday open; public formulas
@@ -164,35 +167,43 @@ def _max_cpu(n: _Bounds) -> str:
     Either way an idle pool never grows and a busy queue is never starved.
     """
     window = f"TimeInterval_Minute * {SAMPLE_WINDOW_MINUTES}"
-    return (_latest_pending()
-            + f"$cpuPercent = $CPUPercent.GetSamplePercent({window});\n"
-            + "$cpuRaw = $CPUPercent.Count() == 0 ? -1 : ($cpuPercent >= "
-            + f"{MIN_SAMPLE_PERCENT} ? avg($CPUPercent.GetSample({window})) : max($CPUPercent.GetSample(1)));\n"
-            + "$cpuPeak = $CPUPercent.Count() == 0 ? -1 : ($cpuPercent > 0 ? "
-            + f"max($CPUPercent.GetSample({window})) : max($CPUPercent.GetSample(1)));\n"
-            + "$cpuFraction = $cpuPeak <= 1;\n"
-            + "$cpu = $cpuFraction ? $cpuRaw * 100 : $cpuRaw;\n"
-            + "$queued = $ActiveTasks.Count() > 0 ? max(0, $ActiveTasks.GetSample(1)) : 0;\n"
-            + "$current = $TargetDedicatedNodes + $TargetLowPriorityNodes;\n"
-            + "$queueNeed = ceil($latest / $slots);\n"
-            + f"$grow = $cpu > {CPU_HIGH_PERCENT} && (!$cpuFraction || $queued > 0);\n"
-            + f"$shrink = $cpu < {CPU_LOW_PERCENT} || ($cpuFraction && $queued == 0);\n"
-            + "$wanted = $grow ? $current + max(1, ceil($current / 10)) : "
-            + "($shrink ? max($minNodes, $queueNeed) : $current);\n"
-            + "$total = min($maxNodes, max($minNodes, $wanted));\n")
+    return (
+        _latest_pending()
+        + f"$cpuPercent = $CPUPercent.GetSamplePercent({window});\n"
+        + "$cpuRaw = $CPUPercent.Count() == 0 ? -1 : ($cpuPercent >= "
+        + f"{MIN_SAMPLE_PERCENT} ? avg($CPUPercent.GetSample({window})) : max($CPUPercent.GetSample(1)));\n"
+        + "$cpuPeak = $CPUPercent.Count() == 0 ? -1 : ($cpuPercent > 0 ? "
+        + f"max($CPUPercent.GetSample({window})) : max($CPUPercent.GetSample(1)));\n"
+        + "$cpuFraction = $cpuPeak <= 1;\n"
+        + "$cpu = $cpuFraction ? $cpuRaw * 100 : $cpuRaw;\n"
+        + "$queued = $ActiveTasks.Count() > 0 ? max(0, $ActiveTasks.GetSample(1)) : 0;\n"
+        + "$current = $TargetDedicatedNodes + $TargetLowPriorityNodes;\n"
+        + "$queueNeed = ceil($latest / $slots);\n"
+        + f"$grow = $cpu > {CPU_HIGH_PERCENT} && (!$cpuFraction || $queued > 0);\n"
+        + f"$shrink = $cpu < {CPU_LOW_PERCENT} || ($cpuFraction && $queued == 0);\n"
+        + "$wanted = $grow ? $current + max(1, ceil($current / 10)) : "
+        + "($shrink ? max($minNodes, $queueNeed) : $current);\n"
+        + "$total = min($maxNodes, max($minNodes, $wanted));\n"
+    )
 
 
 _FORMULAS: dict[str, tuple[str, Callable[[_Bounds], str]]] = {
-    "QUEUE": ("nodes for the queued and running tasks (latest sample), spot above the min_nodes dedicated floor",
-              _queue),
-    "QUEUE_AND_RUNNING": (f"like QUEUE, but sized by the larger of the latest and the {SAMPLE_WINDOW_MINUTES}-minute "
-                          "average task count, so a queue that just drained does not drop nodes at once",
-                          _queue_and_running),
+    "QUEUE": (
+        "nodes for the queued and running tasks (latest sample), spot above the min_nodes dedicated floor",
+        _queue,
+    ),
+    "QUEUE_AND_RUNNING": (
+        f"like QUEUE, but sized by the larger of the latest and the {SAMPLE_WINDOW_MINUTES}-minute "
+        "average task count, so a queue that just drained does not drop nodes at once",
+        _queue_and_running,
+    ),
     "WORKDAY": ("like QUEUE, and keeps half of max_nodes warm Monday-Friday 08:00-18:00 UTC", _workday),
     "WEEKEND": ("like QUEUE, and keeps half of max_nodes warm all Saturday and Sunday (UTC)", _weekend),
-    "MAX_CPU": (f"grows by 10% (at least 1 node) when the {SAMPLE_WINDOW_MINUTES}-minute average CPU is over "
-                f"{CPU_HIGH_PERCENT}%, shrinks to the queue's need under {CPU_LOW_PERCENT}%, else keeps its size",
-                _max_cpu),
+    "MAX_CPU": (
+        f"grows by 10% (at least 1 node) when the {SAMPLE_WINDOW_MINUTES}-minute average CPU is over "
+        f"{CPU_HIGH_PERCENT}%, shrinks to the queue's need under {CPU_LOW_PERCENT}%, else keeps its size",
+        _max_cpu,
+    ),
 }
 
 FORMULAS: tuple[str, ...] = tuple(_FORMULAS)
@@ -222,11 +233,13 @@ def formula(name: str, *, min_nodes: int, max_nodes: int, slots_per_node: int = 
     """
     key, (summary, build) = _lookup(name)
     bounds = _Bounds(min_nodes, max_nodes, slots_per_node)
-    return (f"// azpar_magic {key}: {summary}\n"
-            f"$minNodes = {bounds.min_nodes};\n"
-            f"$maxNodes = {bounds.max_nodes};\n"
-            f"$slots = {bounds.slots_per_node};\n"
-            + build(bounds)
-            + "$TargetDedicatedNodes = $minNodes;\n"
-            + "$TargetLowPriorityNodes = $total - $minNodes;\n"
-            + "$NodeDeallocationOption = taskcompletion;\n")
+    return (
+        f"// azpar_magic {key}: {summary}\n"
+        f"$minNodes = {bounds.min_nodes};\n"
+        f"$maxNodes = {bounds.max_nodes};\n"
+        f"$slots = {bounds.slots_per_node};\n"
+        + build(bounds)
+        + "$TargetDedicatedNodes = $minNodes;\n"
+        + "$TargetLowPriorityNodes = $total - $minNodes;\n"
+        + "$NodeDeallocationOption = taskcompletion;\n"
+    )

@@ -72,8 +72,10 @@ class AzureBackend(BaseBackend):
     # ------------------------------------------------------------------ protocol
 
     def describe(self) -> str:
-        return (f"Azure Batch pool {self.profile['pool_id']} ({self.profile['vm_size']}) of "
-                f"{self.accounts.batch_url} (profile {self.profile.name})")
+        return (
+            f"Azure Batch pool {self.profile['pool_id']} ({self.profile['vm_size']}) of "
+            f"{self.accounts.batch_url} (profile {self.profile.name})"
+        )
 
     def pool_info(self) -> tuple[str, str]:
         return self.profile["pool_id"], self.profile["vm_size"]
@@ -133,8 +135,10 @@ class AzureBackend(BaseBackend):
             except AzureError as exc:  # the job is staged already: say why, and let the tasks wait
                 if pool.write_refused(exc):
                     self.pool_writes = False
-                    why = (f"this identity may not resize it (403 AuthorizationFailed: {pool.SUBMIT_ONLY_ROLE} "
-                           f"reads pools but cannot write them; {pool.POOL_WRITE_ROLE} can)")
+                    why = (
+                        f"this identity may not resize it (403 AuthorizationFailed: {pool.SUBMIT_ONLY_ROLE} "
+                        f"reads pools but cannot write them; {pool.POOL_WRITE_ROLE} can)"
+                    )
                 else:
                     why = f"the resize failed ({errors.describe(exc)})"
                     self.resized_for_run = found.autoscale  # autoscale may be off already: finish() restores it
@@ -144,10 +148,15 @@ class AzureBackend(BaseBackend):
                 return
         else:
             why = "the profile says create_pool = false (the pool, its size and formula are the administrator's)"
-        waits = ("its autoscale formula adds nodes (evaluated every 5 minutes or more)" if found.autoscale
-                 else "its administrator resizes it")
-        self._say(f"pool {self.profile['pool_id']} has no nodes and is not resized for this run: {why}; "
-                  f"the tasks are queued and start when {waits}.")
+        waits = (
+            "its autoscale formula adds nodes (evaluated every 5 minutes or more)"
+            if found.autoscale
+            else "its administrator resizes it"
+        )
+        self._say(
+            f"pool {self.profile['pool_id']} has no nodes and is not resized for this run: {why}; "
+            f"the tasks are queued and start when {waits}."
+        )
 
     def manifest_info(self, job_id: str, backend_options: dict[str, Any]) -> dict[str, Any]:
         """Where the job lives on Azure, for the job store's manifest: enough for a later
@@ -159,8 +168,11 @@ class AzureBackend(BaseBackend):
             "batch_job_id": job_id,
             "pool_id": self.profile["pool_id"],
             "storage_account_url": self.accounts.storage_url,
-            "containers": {"inputs": storage.input_container(job_id), "outputs": storage.output_container(job_id),
-                           "cache": storage.CACHE_CONTAINER},
+            "containers": {
+                "inputs": storage.input_container(job_id),
+                "outputs": storage.output_container(job_id),
+                "cache": storage.CACHE_CONTAINER,
+            },
             "manifest_blob": f"{storage.input_container(job_id)}/{MANIFEST_BLOB}",
             "packages": list(backend_options.get("packages") or []),
             "auto_packages": bool(self.profile["auto_packages"]) and backend_options.get("auto_packages") is not False,
@@ -178,29 +190,46 @@ class AzureBackend(BaseBackend):
         rm``, a lifecycle rule or by hand). The job store keeps the envelope, not these bytes."""
         info = manifest.get("backend_info") or {}
         if info.get("storage_account_url") not in (None, self.accounts.storage_url):
-            raise RuntimeError(f"job {manifest.get('id')} staged its namespace in {info['storage_account_url']}, but "
-                               f"profile {self.profile.name!r} now points at {self.accounts.storage_url}; restore the "
-                               "profile's storage account to debug it")
+            raise RuntimeError(
+                f"job {manifest.get('id')} staged its namespace in {info['storage_account_url']}, but "
+                f"profile {self.profile.name!r} now points at {self.accounts.storage_url}; restore the "
+                "profile's storage account to debug it"
+            )
         container = (info.get("containers") or {}).get("cache") or storage.CACHE_CONTAINER
         try:
             return self.staging.download(container, f"ns/{file_name}")
         except AzureError as exc:
             raise errors.translate(exc, f"the namespace blob {container}/ns/{file_name} could not be read") from None
 
-    def reattach(self, job_id: str, manifest: dict[str, Any], tasks: Sequence[TaskSpec], on_event: EventSink, *,
-                 failed_before: bool = False) -> None:
+    def reattach(
+        self,
+        job_id: str,
+        manifest: dict[str, Any],
+        tasks: Sequence[TaskSpec],
+        on_event: EventSink,
+        *,
+        failed_before: bool = False,
+    ) -> None:
         """Follow a job an earlier kernel submitted (``tasks``: those without a final record
         in the job store), adding the ones that kernel had not added before it ended.
         ``failed_before``: some iteration had failed already, so the job is kept at the end."""
         info = manifest.get("backend_info") or {}
         if info.get("batch_account_url") not in (None, self.accounts.batch_url):
-            raise RuntimeError(f"job {job_id} ran on {info['batch_account_url']}, but profile {self.profile.name!r} "
-                               f"now points at {self.accounts.batch_url}; restore the profile's account to follow it")
+            raise RuntimeError(
+                f"job {job_id} ran on {info['batch_account_url']}, but profile {self.profile.name!r} "
+                f"now points at {self.accounts.batch_url}; restore the profile's account to follow it"
+            )
         options = manifest.get("options") or {}
-        spec = JobSpec(job_id, {}, b"", timeout=options.get("timeout"), cwd=manifest.get("cwd"),
-                       retries=int(options.get("retries", 2)),
-                       backend_options={"packages": info.get("packages") or [], "keep": info.get("keep")},
-                       manifest=manifest)
+        spec = JobSpec(
+            job_id,
+            {},
+            b"",
+            timeout=options.get("timeout"),
+            cwd=manifest.get("cwd"),
+            retries=int(options.get("retries", 2)),
+            backend_options={"packages": info.get("packages") or [], "keep": info.get("keep")},
+            manifest=manifest,
+        )
         try:
             run = AzureRun(self.context, spec, tasks, on_event)
             run.failed_any = failed_before
@@ -216,15 +245,23 @@ class AzureBackend(BaseBackend):
         otherwise every part is tried and failures are ignored (cleanup after a run)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-
         def container(name: str) -> Callable[[], object]:
             return lambda: self.staging.delete_container(name)  # the client is made when first needed
 
-        parts: list[tuple[str, Callable[[], object]]] = [(f"the Batch job {job_id}",
-                  lambda: self.client.begin_delete_job(job_id, polling_interval=0.5).result(timeout=120))]
-        parts += [(f"the container {name}", container(name))
-                  for name in (storage.input_container(job_id), storage.output_container(job_id),
-                               storage.files_container(job_id))]
+        parts: list[tuple[str, Callable[[], object]]] = [
+            (
+                f"the Batch job {job_id}",
+                lambda: self.client.begin_delete_job(job_id, polling_interval=0.5).result(timeout=120),
+            )
+        ]
+        parts += [
+            (f"the container {name}", container(name))
+            for name in (
+                storage.input_container(job_id),
+                storage.output_container(job_id),
+                storage.files_container(job_id),
+            )
+        ]
         for what, delete in parts:
             try:
                 delete()
@@ -248,8 +285,10 @@ class AzureBackend(BaseBackend):
         if time.monotonic() - stamp < NODE_CACHE_SECONDS or not self.context.connected:
             return cached
         try:
-            found = [NodeInfo(n.id, pool.state_name(n.state), None, bool(n.is_dedicated))
-                     for n in self.client.list_nodes(self.profile["pool_id"], select=["id", "state", "isDedicated"])]
+            found = [
+                NodeInfo(n.id, pool.state_name(n.state), None, bool(n.is_dedicated))
+                for n in self.client.list_nodes(self.profile["pool_id"], select=["id", "state", "isDedicated"])
+            ]
         except AzureError:
             found = cached
         self._nodes = (time.monotonic(), found)
@@ -296,13 +335,16 @@ class AzureBackend(BaseBackend):
     def _restore_autoscale(self) -> None:
         from azure.batch import models
 
-        formula = autoscale.formula(self.profile["autoscale"], min_nodes=self.profile["min_nodes"],
-                                    max_nodes=self.profile["max_nodes"],
-                                    slots_per_node=self.profile["task_slots_per_node"])
+        formula = autoscale.formula(
+            self.profile["autoscale"],
+            min_nodes=self.profile["min_nodes"],
+            max_nodes=self.profile["max_nodes"],
+            slots_per_node=self.profile["task_slots_per_node"],
+        )
         try:
             options = models.BatchPoolEnableAutoScaleOptions(  # type: ignore[call-overload]  # ISO 8601 text, as sent
-                auto_scale_formula=formula,
-                auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M")
+                auto_scale_formula=formula, auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M"
+            )
             self.client.enable_pool_auto_scale(self.profile["pool_id"], options)
         except AzureError:
             pass
@@ -349,9 +391,12 @@ class AzureBackend(BaseBackend):
             if not pool.write_refused(exc):
                 raise
             self.pool_writes = False
-            raise errors.translate(exc, message=f"this identity may not {what} the pool {self.profile['pool_id']!r} "
-                                   f"(403 AuthorizationFailed): that needs the {pool.POOL_WRITE_ROLE} role on the "
-                                   f"Batch account ({pool.SUBMIT_ONLY_ROLE} can only submit jobs)") from None
+            raise errors.translate(
+                exc,
+                message=f"this identity may not {what} the pool {self.profile['pool_id']!r} "
+                f"(403 AuthorizationFailed): that needs the {pool.POOL_WRITE_ROLE} role on the "
+                f"Batch account ({pool.SUBMIT_ONLY_ROLE} can only submit jobs)",
+            ) from None
 
     def test_connection(self) -> str:
         """One Batch call and one Storage call with the profile's credentials."""

@@ -43,8 +43,13 @@ class BlobInfo:
     size: int
 
 
-def retried(what: str, action: Callable[[], Any], attempts: int = ATTEMPTS, backoff: float = BACKOFF,
-            fatal: tuple[type[BaseException], ...] = (ResourceNotFoundError,)) -> Any:
+def retried(
+    what: str,
+    action: Callable[[], Any],
+    attempts: int = ATTEMPTS,
+    backoff: float = BACKOFF,
+    fatal: tuple[type[BaseException], ...] = (ResourceNotFoundError,),
+) -> Any:
     """``action()`` with bounded retries and exponential backoff; TransferError naming
     ``what`` after the last failure. ``fatal`` errors are raised at once (no retry helps)."""
     last: BaseException | None = None
@@ -56,9 +61,11 @@ def retried(what: str, action: Callable[[], Any], attempts: int = ATTEMPTS, back
         except (AzureError, OSError) as exc:
             last = exc
             if attempt + 1 < attempts:
-                time.sleep(backoff * 2 ** attempt)
-    raise TransferError(f"{what} failed after {attempts} attempts: {type(last).__name__}: "
-                        f"{str(last).splitlines()[0] if str(last) else ''}")
+                time.sleep(backoff * 2**attempt)
+    raise TransferError(
+        f"{what} failed after {attempts} attempts: {type(last).__name__}: "
+        f"{str(last).splitlines()[0] if str(last) else ''}"
+    )
 
 
 # --------------------------------------------------------------------------- hashing
@@ -102,8 +109,9 @@ def _read_blocks(fh) -> Iterator[tuple[int, bytes]]:
         number += 1
 
 
-def upload_file(staging: Staging, container: str, name: str, path: str, *, overwrite: bool = True,
-                progress: Progress | None = None) -> int:
+def upload_file(
+    staging: Staging, container: str, name: str, path: str, *, overwrite: bool = True, progress: Progress | None = None
+) -> int:
     """Upload the file at ``path`` as a block blob, streamed; returns its size. Each block
     and the commit are retried; the blob appears only when the commit succeeds."""
     size = os.path.getsize(path)
@@ -111,9 +119,11 @@ def upload_file(staging: Staging, container: str, name: str, path: str, *, overw
     if size <= BLOCK_SIZE:
         with open(path, "rb") as fh:
             data = fh.read()
-        retried(f"uploading {path} to {container}/{name}",
-                lambda: blob.upload_blob(data, overwrite=overwrite, length=len(data)),
-                fatal=(ResourceNotFoundError, ResourceExistsError))
+        retried(
+            f"uploading {path} to {container}/{name}",
+            lambda: blob.upload_blob(data, overwrite=overwrite, length=len(data)),
+            fatal=(ResourceNotFoundError, ResourceExistsError),
+        )
         staging.stats.add("put_blob", size)
         if progress:
             progress(size, size)
@@ -126,8 +136,9 @@ def upload_file(staging: Staging, container: str, name: str, path: str, *, overw
     def send(block_id: str, chunk: bytes) -> None:
         nonlocal done
         try:
-            retried(f"uploading {path} to {container}/{name}", lambda: blob.stage_block(block_id, chunk,
-                                                                                     length=len(chunk)))
+            retried(
+                f"uploading {path} to {container}/{name}", lambda: blob.stage_block(block_id, chunk, length=len(chunk))
+            )
             staging.stats.add("put_block", len(chunk))
             with lock:
                 done += len(chunk)
@@ -150,15 +161,18 @@ def upload_file(staging: Staging, container: str, name: str, path: str, *, overw
         for f in futures:
             f.result()  # raises the TransferError of a block that failed every attempt
     kwargs: dict[str, Any] = {} if overwrite else {"if_none_match": "*"}
-    retried(f"committing {container}/{name}",
-            lambda: blob.commit_block_list([BlobBlock(block_id=i) for i in ids], **kwargs),
-            fatal=(ResourceNotFoundError, ResourceExistsError))
+    retried(
+        f"committing {container}/{name}",
+        lambda: blob.commit_block_list([BlobBlock(block_id=i) for i in ids], **kwargs),
+        fatal=(ResourceNotFoundError, ResourceExistsError),
+    )
     staging.stats.add("put_block_list")
     return size
 
 
-def upload_file_once(staging: Staging, container: str, path: str, *,
-                     progress: Progress | None = None) -> tuple[str, bool]:
+def upload_file_once(
+    staging: Staging, container: str, path: str, *, progress: Progress | None = None
+) -> tuple[str, bool]:
     """Content-addressed upload of a local input: (blob name, whether bytes were sent). The
     blob's existence is checked first, so an input already in the cache, from any earlier
     run or kernel, costs one HEAD request and no upload."""
@@ -182,8 +196,7 @@ def upload_file_once(staging: Staging, container: str, path: str, *,
 # --------------------------------------------------------------------------- downloads
 
 
-def download_file(staging: Staging, container: str, name: str, path: str, *,
-                  progress: Progress | None = None) -> int:
+def download_file(staging: Staging, container: str, name: str, path: str, *, progress: Progress | None = None) -> int:
     """Download a blob to ``path`` chunk by chunk (through a temporary file beside it, so a
     failed transfer never leaves half a file under the final name); returns its size.
     ResourceNotFoundError when the blob does not exist (not retried)."""
@@ -234,6 +247,7 @@ def download_stream(chunks: Iterator[bytes], path: str) -> int:
 
 def list_blobs(staging: Staging, container: str, prefix: str = "") -> list[BlobInfo]:
     """Blobs of ``container`` whose names start with ``prefix``; [] for a missing container."""
+
     def listing() -> list[BlobInfo]:
         client = staging.service.get_container_client(container)
         return [BlobInfo(b.name, b.size or 0) for b in client.list_blobs(name_starts_with=prefix or None)]
@@ -267,11 +281,13 @@ def _is_folder(target: str) -> bool:
     return target.endswith(("/", os.sep)) or os.path.isdir(target)
 
 
-def get_path(staging: Staging, container: str, name: str, target: str, *,
-             progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+def get_path(
+    staging: Staging, container: str, name: str, target: str, *, progress: Callable[[str, int, int], None] | None = None
+) -> list[str]:
     """Download the blob ``name``, or every blob below the folder ``name/``, to ``target``
     (a file; a folder when it exists or ends with a slash, or for a folder of blobs).
     Returns the local paths written; FileNotFoundError when nothing is there."""
+
     def hook(label: str):
         return (lambda done, total: progress(label, done, total)) if progress else None
 
@@ -287,17 +303,20 @@ def get_path(staging: Staging, container: str, name: str, target: str, *,
     paths = []
     for blob in found:  # every name checked before the first byte is written
         try:
-            paths.append(path_below(target, blob.name[len(folder):], f"az://{container}/{blob.name}"))
+            paths.append(path_below(target, blob.name[len(folder) :], f"az://{container}/{blob.name}"))
         except DataError as exc:
-            raise DataError(f"{exc} Nothing was downloaded; rename or delete that blob with another tool, or get "
-                            "the others one by one.") from None
+            raise DataError(
+                f"{exc} Nothing was downloaded; rename or delete that blob with another tool, or get "
+                "the others one by one."
+            ) from None
     for blob, path in zip(found, paths):
         download_file(staging, container, blob.name, path, progress=hook(blob.name))
     return paths
 
 
-def put_path(staging: Staging, source: str, container: str, name: str, *,
-             progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+def put_path(
+    staging: Staging, source: str, container: str, name: str, *, progress: Callable[[str, int, int], None] | None = None
+) -> list[str]:
     """Upload the file or folder ``source`` to ``container``: a file to ``name`` (below it
     when ``name`` is empty or ends with a slash), a folder's files below ``name/`` with their
     relative paths. Creates the container when missing; returns the blob names written."""
@@ -320,8 +339,9 @@ def put_path(staging: Staging, source: str, container: str, name: str, *,
     return [blob for _, blob in pairs]
 
 
-def remove_path(staging: Staging, container: str, name: str, *, recursive: bool = False,
-                dry_run: bool = False) -> list[str]:
+def remove_path(
+    staging: Staging, container: str, name: str, *, recursive: bool = False, dry_run: bool = False
+) -> list[str]:
     """Delete the blob ``name`` (with ``recursive``, also every blob below ``name/``); the
     names deleted (or that would be, with ``dry_run``). A folder without ``recursive`` is
     refused (ValueError) and a path matching nothing is FileNotFoundError."""
@@ -332,8 +352,10 @@ def remove_path(staging: Staging, container: str, name: str, *, recursive: bool 
     if not exact and not below:
         raise FileNotFoundError(f"az://{container}/{name} does not exist")
     if below and not recursive and not exact:
-        raise ValueError(f"az://{container}/{name} is a folder of {len(below)} blob{'s' if len(below) != 1 else ''}; "
-                         "removing it needs -r (recursive=True)")
+        raise ValueError(
+            f"az://{container}/{name} is a folder of {len(below)} blob{'s' if len(below) != 1 else ''}; "
+            "removing it needs -r (recursive=True)"
+        )
     doomed = exact + (below if recursive else [])
     if not dry_run:
         for blob in doomed:

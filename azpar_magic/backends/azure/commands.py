@@ -66,8 +66,10 @@ INSTALLER_ENV = "AZPAR_INSTALLER"  # _INSTALLER, base64, for the scripts that in
 SCRIPT_FILE = "azpar-script.sh"  # where RUN_SCRIPT decodes the script (the task's working directory)
 #: The command line of a task whose script is in SCRIPT_ENV. ``: ${X:?}`` stops with "parameter
 #: not set" when the setting did not arrive (rather than running an empty script that "succeeds").
-RUN_SCRIPT = (f"/bin/sh -c ': ${{{SCRIPT_ENV}:?}}; printf %s ${SCRIPT_ENV} | base64 -d > {SCRIPT_FILE} "
-              f"&& exec /bin/sh {SCRIPT_FILE}'")
+RUN_SCRIPT = (
+    f"/bin/sh -c ': ${{{SCRIPT_ENV}:?}}; printf %s ${SCRIPT_ENV} | base64 -d > {SCRIPT_FILE} "
+    f"&& exec /bin/sh {SCRIPT_FILE}'"
+)
 
 # Installs the requirements that are missing or at another version into a target folder,
 # and nothing when all are present (an image with the packages baked in needs no index).
@@ -106,9 +108,11 @@ def _sh(script: str) -> str:
     backslash or line break inside is a bug here (see the module docstring), refused at once."""
     bad = [c for c in _NEEDS_SECOND_LEVEL if c in script]
     if bad:
-        raise ValueError(f"internal error: a Batch command line may not hold {bad!r} inside its quotes "
-                         f"(no source shows how Batch tokenises that); put the script in an environment "
-                         f"setting (_script_command): {script!r}")
+        raise ValueError(
+            f"internal error: a Batch command line may not hold {bad!r} inside its quotes "
+            f"(no source shows how Batch tokenises that); put the script in an environment "
+            f"setting (_script_command): {script!r}"
+        )
     return f"/bin/sh -c '{script}'"
 
 
@@ -129,8 +133,10 @@ def _install_line(target: str, requirements: Sequence[str], pip_options: Sequenc
     """One script line (a pipeline whose status is the installer's) installing into ``target``;
     the installer's source arrives in INSTALLER_ENV and reaches ``python -`` on a pipe."""
     args = " ".join(shlex.quote(r) for r in requirements)
-    return (f'printf %s "${INSTALLER_ENV}" | base64 -d | {PYTHON} - "{target}" '
-            f"{shlex.quote(json.dumps(list(pip_options)))} {args}")
+    return (
+        f'printf %s "${INSTALLER_ENV}" | base64 -d | {PYTHON} - "{target}" '
+        f"{shlex.quote(json.dumps(list(pip_options)))} {args}"
+    )
 
 
 def packages_digest(requirements: Sequence[str], pip_options: Sequence[str]) -> str:
@@ -138,17 +144,21 @@ def packages_digest(requirements: Sequence[str], pip_options: Sequence[str]) -> 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def start_task_command(dill_version: str, packages: Sequence[str], pip_options: Sequence[str],
-                       start_commands: Sequence[str]) -> NodeCommand:
+def start_task_command(
+    dill_version: str, packages: Sequence[str], pip_options: Sequence[str], start_commands: Sequence[str]
+) -> NodeCommand:
     """Once per node: the profile's own commands (unchanged, as the user wrote them), then what
     the image has (``pip list`` as JSON into IMAGE_PACKAGES of the shared folder, for ``%azpar env``;
     never fatal), then dill and the profile's packages into the node's shared folder (skipped when
     the image already has them). A start command may ``cd``: the install names its folder in full."""
-    lines = ["set -e", *start_commands,
-             f'{PYTHON} -m pip list --format=json --disable-pip-version-check > '
-             f'"$AZ_BATCH_NODE_SHARED_DIR/{IMAGE_PACKAGES}" 2>/dev/null || true',
-             f'mkdir -p "{SITE_DIR}"',
-             _install_line(SITE_DIR, [f"dill=={dill_version}", *packages], pip_options)]
+    lines = [
+        "set -e",
+        *start_commands,
+        f"{PYTHON} -m pip list --format=json --disable-pip-version-check > "
+        f'"$AZ_BATCH_NODE_SHARED_DIR/{IMAGE_PACKAGES}" 2>/dev/null || true',
+        f'mkdir -p "{SITE_DIR}"',
+        _install_line(SITE_DIR, [f"dill=={dill_version}", *packages], pip_options),
+    ]
     return _script_command("\n".join(lines))
 
 
@@ -165,7 +175,7 @@ def python_check(kernel_python: str) -> list[str]:
         f'V=$({PYTHON} -c "import sys;print(chr(46).join(map(str,sys.version_info[:2])))")',
         f'if [ "$V" != "{want}" ]; then',
         f'  echo "azpar: this node runs Python $V but the notebook kernel runs Python {kernel_python}: the '
-        f'iterations cannot run there (byte code and compiled packages differ between Python versions). Use '
+        f"iterations cannot run there (byte code and compiled packages differ between Python versions). Use "
         f'an image with the kernel\'s Python: container_image = \\"python:{want}-slim\\" in the profile '
         f'(then %azpar pool delete, so the pool is made again with it), or run the notebook with Python $V." >&2',
         "  exit 1",
@@ -173,8 +183,14 @@ def python_check(kernel_python: str) -> list[str]:
     ]
 
 
-def job_preparation_command(packages: Sequence[str], pip_options: Sequence[str], *, digest: str | None = None,
-                            kernel_python: str | None = None, wheels: bool = False) -> NodeCommand:
+def job_preparation_command(
+    packages: Sequence[str],
+    pip_options: Sequence[str],
+    *,
+    digest: str | None = None,
+    kernel_python: str | None = None,
+    wheels: bool = False,
+) -> NodeCommand:
     """Once per node per job (its resource files bring the worker, envelope, namespace and the
     job's local wheels under WHEELS_DIR): first the Python check (``kernel_python``), then the
     job's requirements into a folder of the shared folder named by their hash (``digest``,
@@ -215,22 +231,30 @@ def task_command(packages: Sequence[str], pip_options: Sequence[str], *, inline:
     One line (module docstring): assignments, then ``export NAME...`` (``export NAME=$X``
     would be split on spaces by older shells)."""
     source = f"env:{TASK_ENV}" if inline else TASK_FILE
-    return _sh("; ".join([
-        "P=$AZ_BATCH_JOB_PREP_WORKING_DIR",
-        f"AZPAR_STAGE_DIR=$P PYTHONPATH={python_path(packages, pip_options)}",
-        "export AZPAR_STAGE_DIR PYTHONPATH",
-        f"{PYTHON} $P/{WORKER_FILE} {source} {RESULT_FILE}",
-        "c=$?",
-        "[ $c -eq 3 ] && c=0",
-        "exit $c",
-    ]))
+    return _sh(
+        "; ".join(
+            [
+                "P=$AZ_BATCH_JOB_PREP_WORKING_DIR",
+                f"AZPAR_STAGE_DIR=$P PYTHONPATH={python_path(packages, pip_options)}",
+                "export AZPAR_STAGE_DIR PYTHONPATH",
+                f"{PYTHON} $P/{WORKER_FILE} {source} {RESULT_FILE}",
+                "c=$?",
+                "[ $c -eq 3 ] && c=0",
+                "exit $c",
+            ]
+        )
+    )
 
 
 def merge_command(packages: Sequence[str], pip_options: Sequence[str], n_tasks: int) -> str:
     """The cloud merge: every task's result file (downloaded as resource files under
     ``results/``) streamed in task order into one blob, one task result in memory at a time."""
-    return _sh("; ".join([
-        f"PYTHONPATH={python_path(packages, pip_options)}",
-        "export PYTHONPATH",
-        f"exec {PYTHON} $AZ_BATCH_JOB_PREP_WORKING_DIR/{WORKER_FILE} --merge results {n_tasks} {MERGED_FILE}",
-    ]))
+    return _sh(
+        "; ".join(
+            [
+                f"PYTHONPATH={python_path(packages, pip_options)}",
+                "export PYTHONPATH",
+                f"exec {PYTHON} $AZ_BATCH_JOB_PREP_WORKING_DIR/{WORKER_FILE} --merge results {n_tasks} {MERGED_FILE}",
+            ]
+        )
+    )

@@ -40,8 +40,12 @@ class AzureContext:
             if self._client is None:
                 from azure.batch import BatchClient
 
-                self._client = BatchClient(self.accounts.batch_url, auth.batch_credential(self.profile, self._environ),
-                                           retry_total=SDK_RETRIES, retry_backoff_factor=0.2)
+                self._client = BatchClient(
+                    self.accounts.batch_url,
+                    auth.batch_credential(self.profile, self._environ),
+                    retry_total=SDK_RETRIES,
+                    retry_backoff_factor=0.2,
+                )
             return self._client
 
     @property
@@ -54,8 +58,11 @@ class AzureContext:
         """The Storage account, built on first use."""
         with self._lock:
             if self._staging is None:
-                self._staging = storage.Staging(self.accounts.storage_url, self.accounts.storage_name,
-                                                auth.storage_credential(self.profile, self._environ))
+                self._staging = storage.Staging(
+                    self.accounts.storage_url,
+                    self.accounts.storage_name,
+                    auth.storage_credential(self.profile, self._environ),
+                )
             return self._staging
 
     def registry_password(self) -> str | None:
@@ -68,4 +75,3 @@ class AzureContext:
             self._staging.close()
         if self._client is not None:
             self._client.close()
-

@@ -95,8 +95,9 @@ def _retry_after(exc: BaseException) -> float:
 class AzureDoctor:
     """The probes for one profile; later probes read what earlier ones found."""
 
-    def __init__(self, profile: Profile, environ: Mapping[str, str] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, profile: Profile, environ: Mapping[str, str] | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.profile = profile
         self.environ = environ
         self.sleep = sleep
@@ -141,30 +142,50 @@ class AzureDoctor:
         from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
         if isinstance(exc, Throttled):
-            return (FAILED, f"{what}: the account kept answering {exc} ({THROTTLE_ATTEMPTS} attempts)",
-                    "The account is throttling requests: wait a minute and run the doctor again; if it persists, "
-                    "fewer kernels polling the same account (or a longer poll_interval) lowers the rate.")
+            return (
+                FAILED,
+                f"{what}: the account kept answering {exc} ({THROTTLE_ATTEMPTS} attempts)",
+                "The account is throttling requests: wait a minute and run the doctor again; if it persists, "
+                "fewer kernels polling the same account (or a longer poll_interval) lowers the rate.",
+            )
         if isinstance(exc, ServiceRequestError):
-            return (FAILED, f"{what}: no answer from {self.accounts.batch_url} ({str(exc).splitlines()[0]})",
-                    "Check batch_account_url (the account's URL from the portal's Overview page) and that this "
-                    "machine can reach it (network, proxy, firewall).")
+            return (
+                FAILED,
+                f"{what}: no answer from {self.accounts.batch_url} ({str(exc).splitlines()[0]})",
+                "Check batch_account_url (the account's URL from the portal's Overview page) and that this "
+                "machine can reach it (network, proxy, firewall).",
+            )
         code = _code(exc)
-        if _status(exc) in (401, 403) and code in ("AuthenticationFailed", "AuthenticationRequired", None) \
-                or isinstance(exc, ClientAuthenticationError) and code != "AuthorizationFailed":
+        if (
+            _status(exc) in (401, 403)
+            and code in ("AuthenticationFailed", "AuthenticationRequired", None)
+            or isinstance(exc, ClientAuthenticationError)
+            and code != "AuthorizationFailed"
+        ):
             return (FAILED, f"{what}: the account refused the credential ({_short(exc)})", self._auth_fix("Batch"))
         if code == "AuthorizationFailed":
-            return (FAILED, f"{what}: this identity's role does not allow it ({_short(exc)})",
-                    f"Ask for the {pool.SUBMIT_ONLY_ROLE} role (or {pool.POOL_WRITE_ROLE}) on the Batch account.")
-        return (FAILED, f"{what}: {_short(exc)}",
-                "Read the service's message on this line; fix the profile field it names.")
+            return (
+                FAILED,
+                f"{what}: this identity's role does not allow it ({_short(exc)})",
+                f"Ask for the {pool.SUBMIT_ONLY_ROLE} role (or {pool.POOL_WRITE_ROLE}) on the Batch account.",
+            )
+        return (
+            FAILED,
+            f"{what}: {_short(exc)}",
+            "Read the service's message on this line; fix the profile field it names.",
+        )
 
     def _auth_fix(self, service: str) -> str:
         if self.profile["auth"] == "shared-key":
             field = "batch_key_env" if service == "Batch" else "storage_key_env"
-            return (f"The environment variable {self.profile[field]} does not hold this {service} account's key: "
-                    f"copy key1 or key2 from the portal ({service} account > Keys) into it.")
-        return (f"The token was refused: check that the {service} account accepts Microsoft Entra ID sign-in and "
-                "that you signed in to its tenant (az login --tenant ...).")
+            return (
+                f"The environment variable {self.profile[field]} does not hold this {service} account's key: "
+                f"copy key1 or key2 from the portal ({service} account > Keys) into it."
+            )
+        return (
+            f"The token was refused: check that the {service} account accepts Microsoft Entra ID sign-in and "
+            "that you signed in to its tenant (az login --tenant ...)."
+        )
 
     # ------------------------------------------------------------------ 2. credential
 
@@ -185,11 +206,20 @@ class AzureDoctor:
                 try:
                     base64.b64decode(cred.named_key.key, validate=True)
                 except (binascii.Error, ValueError):
-                    return (FAILED, f"the value of {self.profile[field]} is not a base64 account key",
-                            f"Put the account's key (key1 or key2 from the portal, ending in '==') into "
-                            f"{self.profile[field]}.")
-            return OK, (f"shared keys found in {self.profile['batch_key_env']} and {self.profile['storage_key_env']} "
-                        "(they give full access to both accounts)"), ""
+                    return (
+                        FAILED,
+                        f"the value of {self.profile[field]} is not a base64 account key",
+                        f"Put the account's key (key1 or key2 from the portal, ending in '==') into "
+                        f"{self.profile[field]}.",
+                    )
+            return (
+                OK,
+                (
+                    f"shared keys found in {self.profile['batch_key_env']} and {self.profile['storage_key_env']} "
+                    "(they give full access to both accounts)"
+                ),
+                "",
+            )
         from azure.core.exceptions import ClientAuthenticationError
 
         try:
@@ -201,8 +231,10 @@ class AzureDoctor:
 
     def _missing_secret_fix(self) -> str:
         if self.profile["auth"] == "shared-key":
-            return (f"Set {self.profile['batch_key_env']} and {self.profile['storage_key_env']} to the accounts' keys "
-                    "in the environment the kernel starts from (or use an identity: auth = cli).")
+            return (
+                f"Set {self.profile['batch_key_env']} and {self.profile['storage_key_env']} to the accounts' keys "
+                "in the environment the kernel starts from (or use an identity: auth = cli)."
+            )
         return "Set the missing environment variables named above before starting the kernel."
 
     @staticmethod
@@ -210,10 +242,13 @@ class AzureDoctor:
         return {
             "cli": "Run `az login` in the environment the kernel runs in.",
             "managed-identity": "Run where a managed identity is assigned (an Azure VM or JupyterHub pod with one), "
-                                "or set managed_identity_client_id to the identity's client id.",
+            "or set managed_identity_client_id to the identity's client id.",
             "service-principal": "Check AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET.",
-        }.get(mode, "Sign in with `az login`, or set AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET, or run "
-                    "where a managed identity is assigned.")
+        }.get(
+            mode,
+            "Sign in with `az login`, or set AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET, or run "
+            "where a managed identity is assigned.",
+        )
 
     # ------------------------------------------------------------------ 3. the Batch account
 
@@ -221,8 +256,9 @@ class AzureDoctor:
         from azure.batch import BatchClient
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-        self.client = BatchClient(self.accounts.batch_url, self.batch_credential, retry_total=0,
-                                  connection_timeout=10, read_timeout=30)
+        self.client = BatchClient(
+            self.accounts.batch_url, self.batch_credential, retry_total=0, connection_timeout=10, read_timeout=30
+        )
         before = len(self.throttled)
         try:
             self.pool = self._call(lambda: self.client.get_pool(self.profile["pool_id"]))
@@ -231,8 +267,9 @@ class AzureDoctor:
         except (AzureError, Throttled) as exc:
             return self._batch_failure(exc, f"GET pool {self.profile['pool_id']}")
         status = WARNING if len(self.throttled) > before else OK
-        fix = ("The account throttles requests now; runs still work (they retry), but slower." if status == WARNING
-               else "")
+        fix = (
+            "The account throttles requests now; runs still work (they retry), but slower." if status == WARNING else ""
+        )
         return status, f"{self.accounts.batch_url} answered{self._throttle_note(before)}", fix
 
     # ------------------------------------------------------------------ 4. role
@@ -255,31 +292,39 @@ class AzureDoctor:
     def job_submission(self) -> Outcome:
         from azure.batch import models
 
-        found = self._write_probe(lambda: self.client.update_job(self._probe_id, models.BatchJobUpdateOptions()),
-                                  "JobNotFound")
+        found = self._write_probe(
+            lambda: self.client.update_job(self._probe_id, models.BatchJobUpdateOptions()), "JobNotFound"
+        )
         if isinstance(found, tuple):
             return found
         if found:
             how = "the shared key gives full access" if self.profile["auth"] == "shared-key" else "the role allows it"
             return OK, f"may submit jobs ({how}; probe: PATCH of a job that does not exist answered 404)", ""
-        return (FAILED, "may not submit jobs: a job write was refused (403 AuthorizationFailed)",
-                f"Ask for the {pool.SUBMIT_ONLY_ROLE} role on the Batch account (or {pool.POOL_WRITE_ROLE}, which "
-                "also lets azpar create and resize the pool).")
+        return (
+            FAILED,
+            "may not submit jobs: a job write was refused (403 AuthorizationFailed)",
+            f"Ask for the {pool.SUBMIT_ONLY_ROLE} role on the Batch account (or {pool.POOL_WRITE_ROLE}, which "
+            "also lets azpar create and resize the pool).",
+        )
 
     def pool_writes_probe(self) -> Outcome:
         from azure.batch import models
 
-        found = self._write_probe(lambda: self.client.update_pool(self._probe_id, models.BatchPoolUpdateOptions()),
-                                  "PoolNotFound")
+        found = self._write_probe(
+            lambda: self.client.update_pool(self._probe_id, models.BatchPoolUpdateOptions()), "PoolNotFound"
+        )
         if isinstance(found, tuple):
             return found
         self.pool_writes = found
         if found:
             return OK, "may write pools (create, resize, autoscale)", ""
-        return (WARNING, f"may not write pools (403 AuthorizationFailed: {pool.SUBMIT_ONLY_ROLE} reads pools and "
-                         "submits jobs only): runs use the pool as it is and never resize it",
-                f"Fine for a pool the administrator sizes; to let azpar create or resize it, ask for the "
-                f"{pool.POOL_WRITE_ROLE} role.")
+        return (
+            WARNING,
+            f"may not write pools (403 AuthorizationFailed: {pool.SUBMIT_ONLY_ROLE} reads pools and "
+            "submits jobs only): runs use the pool as it is and never resize it",
+            f"Fine for a pool the administrator sizes; to let azpar create or resize it, ask for the "
+            f"{pool.POOL_WRITE_ROLE} role.",
+        )
 
     # ------------------------------------------------------------------ 5. the pool
 
@@ -287,38 +332,62 @@ class AzureDoctor:
         p, pid = self.pool, self.profile["pool_id"]
         if p is None:
             if not self.profile["create_pool"]:
-                return (FAILED, f"pool {pid} does not exist and the profile says create_pool = false",
-                        "Ask the administrator to create it, or set create_pool = true with a role that may write "
-                        "pools.")
+                return (
+                    FAILED,
+                    f"pool {pid} does not exist and the profile says create_pool = false",
+                    "Ask the administrator to create it, or set create_pool = true with a role that may write pools.",
+                )
             if self.pool_writes is False:
-                return (FAILED, f"pool {pid} does not exist and this identity may not create it",
-                        f"Ask an administrator to create it (%azpar pool create with the {pool.POOL_WRITE_ROLE} "
-                        "role) or to grant you that role.")
-            return OK, (f"pool {pid} does not exist yet: the first run (or %azpar pool create) creates it from the "
-                        f"profile ({self.profile['vm_size']})"), ""
+                return (
+                    FAILED,
+                    f"pool {pid} does not exist and this identity may not create it",
+                    f"Ask an administrator to create it (%azpar pool create with the {pool.POOL_WRITE_ROLE} "
+                    "role) or to grant you that role.",
+                )
+            return (
+                OK,
+                (
+                    f"pool {pid} does not exist yet: the first run (or %azpar pool create) creates it from the "
+                    f"profile ({self.profile['vm_size']})"
+                ),
+                "",
+            )
         found = pool.status_of(p)
         detail = found.describe()
         if found.state != "active":
-            return (FAILED, detail, f"The pool is {found.state}: wait until it is gone, then let the next run create "
-                                    "it again (or use another pool_id).")
+            return (
+                FAILED,
+                detail,
+                f"The pool is {found.state}: wait until it is gone, then let the next run create "
+                "it again (or use another pool_id).",
+            )
         if found.quota_errors():
             stuck = found.dedicated + found.spot == 0
-            return (FAILED if stuck else WARNING, detail + ("; no task can run" if stuck else ""),
-                    "The Batch account's core quota is too small for this pool: request an increase on the Batch "
-                    "account's Quotas page in the portal, or choose a smaller vm_size or the other kind of node.")
+            return (
+                FAILED if stuck else WARNING,
+                detail + ("; no task can run" if stuck else ""),
+                "The Batch account's core quota is too small for this pool: request an increase on the Batch "
+                "account's Quotas page in the portal, or choose a smaller vm_size or the other kind of node.",
+            )
         if found.resize_errors:
             return (WARNING, detail, "Fix what the resize error names, then resize the pool again.")
         if (p.vm_size or "").lower() != self.profile["vm_size"].lower():
-            return (WARNING, f"{detail}; its VM size differs from the profile's {self.profile['vm_size']}",
-                    "The existing pool is used as it is; delete it (%azpar pool delete) to recreate it from the "
-                    "profile, or set vm_size to match.")
+            return (
+                WARNING,
+                f"{detail}; its VM size differs from the profile's {self.profile['vm_size']}",
+                "The existing pool is used as it is; delete it (%azpar pool delete) to recreate it from the "
+                "profile, or set vm_size to match.",
+            )
         broken = self._broken_nodes(pid)
         if broken:
             return broken[0], f"{detail}; {broken[1]}", broken[2]
         empty = found.dedicated + found.spot + found.target_dedicated + found.target_spot == 0
         if empty and not found.autoscale and self.pool_writes is False:
-            return (WARNING, f"{detail}; no nodes, and this identity may not resize it",
-                    "Tasks wait until an administrator resizes the pool.")
+            return (
+                WARNING,
+                f"{detail}; no nodes, and this identity may not resize it",
+                "Tasks wait until an administrator resizes the pool.",
+            )
         return OK, detail, ""
 
     def _broken_nodes(self, pool_id: str) -> Outcome | None:
@@ -329,8 +398,9 @@ class AzureDoctor:
         from azure.core.exceptions import AzureError
 
         try:
-            nodes = self._call(lambda: list(self.client.list_nodes(
-                pool_id, select=["id", "state", "errors", "startTaskInfo"])))
+            nodes = self._call(
+                lambda: list(self.client.list_nodes(pool_id, select=["id", "state", "errors", "startTaskInfo"]))
+            )
         except (AzureError, Throttled):
             return None
         bad = [n for n in nodes if pool.state_name(n.state) in ("unusable", "starttaskfailed")]
@@ -346,16 +416,23 @@ class AzureDoctor:
             info = getattr(first, "start_task_info", None)
             failure = getattr(info, "failure_info", None)
             code = getattr(info, "exit_code", None)
-            why = (f"{failure.code}: {failure.message}" if failure is not None
-                   else f"the start task exited with code {code}")
+            why = (
+                f"{failure.code}: {failure.message}"
+                if failure is not None
+                else f"the start task exited with code {code}"
+            )
         said = f"{len(bad)} of {len(nodes)} nodes {state} (node {first.id}: {why})"
         if errors and errors[0].code == "ContainerInvalidImage":
-            fix = (f"The node could not pull the container image: check container_image "
-                   f"({self.profile['container_image']}) exists and, for a private registry, registry_server and its "
-                   "credentials; then delete the pool (%azpar pool delete) so it is created again.")
+            fix = (
+                f"The node could not pull the container image: check container_image "
+                f"({self.profile['container_image']}) exists and, for a private registry, registry_server and its "
+                "credentials; then delete the pool (%azpar pool delete) so it is created again."
+            )
         elif state == "starttaskfailed":
-            fix = ("The pool's start task failed (package install or start_commands): read its stderr on the node "
-                   "(Batch Explorer or the portal), fix packages / start_commands, then recreate the pool.")
+            fix = (
+                "The pool's start task failed (package install or start_commands): read its stderr on the node "
+                "(Batch Explorer or the portal), fix packages / start_commands, then recreate the pool."
+            )
         else:
             fix = "Read the node error above; remove the node or recreate the pool once its cause is fixed."
         return FAILED, said, fix
@@ -367,8 +444,13 @@ class AzureDoctor:
         vm = getattr(self.pool, "virtual_machine_configuration", None) if self.pool is not None else None
         if vm is not None and vm.image_reference is not None:
             ref = vm.image_reference
-            return (ref.publisher or "", ref.offer or "", ref.sku or "", vm.node_agent_sku_id or "",
-                    f"pool {self.profile['pool_id']}")
+            return (
+                ref.publisher or "",
+                ref.offer or "",
+                ref.sku or "",
+                vm.node_agent_sku_id or "",
+                f"pool {self.profile['pool_id']}",
+            )
         publisher, offer, sku, *_ = self.profile["image"].split(":")
         return publisher, offer, sku, self.profile["node_agent_sku"], "the profile"
 
@@ -384,33 +466,53 @@ class AzureDoctor:
 
         def same_image(entry: Any) -> bool:
             ref = entry.image_reference
-            return ((ref.publisher or "").lower(), (ref.offer or "").lower(), (ref.sku or "").lower()) == \
-                (publisher.lower(), offer.lower(), sku.lower())
+            return ((ref.publisher or "").lower(), (ref.offer or "").lower(), (ref.sku or "").lower()) == (
+                publisher.lower(),
+                offer.lower(),
+                sku.lower(),
+            )
 
         containers = [e for e in images if CONTAINER_CAPABILITY in (e.capabilities or [])]
-        example = (f"{containers[0].image_reference.publisher}:{containers[0].image_reference.offer}:"
-                   f"{containers[0].image_reference.sku} with {containers[0].node_agent_sku_id}") if containers \
+        example = (
+            (
+                f"{containers[0].image_reference.publisher}:{containers[0].image_reference.offer}:"
+                f"{containers[0].image_reference.sku} with {containers[0].node_agent_sku_id}"
+            )
+            if containers
             else "one the list marks DockerCompatible"
+        )
         matches = [e for e in images if same_image(e)]
         if not matches:
-            return (FAILED, f"image {name} ({whose}) is not among the account's supported images",
-                    f"Set image and node_agent_sku to a supported container pair, e.g. {example}.")
+            return (
+                FAILED,
+                f"image {name} ({whose}) is not among the account's supported images",
+                f"Set image and node_agent_sku to a supported container pair, e.g. {example}.",
+            )
         entry = next((e for e in matches if (e.node_agent_sku_id or "").lower() == agent.lower()), None)
         if entry is None:
             agents = ", ".join(sorted({e.node_agent_sku_id for e in matches}))
-            return (FAILED, f"image {name} ({whose}) goes with node agent {agents}, not {agent!r}",
-                    f"Set node_agent_sku = \"{matches[0].node_agent_sku_id}\".")
+            return (
+                FAILED,
+                f"image {name} ({whose}) goes with node agent {agents}, not {agent!r}",
+                f'Set node_agent_sku = "{matches[0].node_agent_sku_id}".',
+            )
         if CONTAINER_CAPABILITY not in (entry.capabilities or []):
-            return (FAILED, f"image {name} with {agent} ({whose}) is supported but cannot run containers (no "
-                            f"{CONTAINER_CAPABILITY} capability)",
-                    f"Use a container image pair, e.g. {example}.")
+            return (
+                FAILED,
+                f"image {name} with {agent} ({whose}) is supported but cannot run containers (no "
+                f"{CONTAINER_CAPABILITY} capability)",
+                f"Use a container image pair, e.g. {example}.",
+            )
         end = getattr(entry, "batch_support_end_of_life", None)
         if end is not None:
             when = end.date().isoformat() if isinstance(end, dt.datetime) else str(end)
             past = isinstance(end, dt.datetime) and end < dt.datetime.now(dt.timezone.utc)
-            return (WARNING, f"image {name} with {agent} ({whose}) supports containers; Batch support "
-                             f"{'ended' if past else 'ends'} on {when}",
-                    f"Move to a supported pair before then, e.g. {example}.")
+            return (
+                WARNING,
+                f"image {name} with {agent} ({whose}) supports containers; Batch support "
+                f"{'ended' if past else 'ends'} on {when}",
+                f"Move to a supported pair before then, e.g. {example}.",
+            )
         return OK, f"image {name} with {agent} ({whose}) is a supported container pair", ""
 
     # ------------------------------------------------------------------ 7. storage
@@ -419,8 +521,13 @@ class AzureDoctor:
         from azure.core.exceptions import AzureError, ResourceNotFoundError, ServiceRequestError
         from azure.storage.blob import BlobServiceClient
 
-        service = BlobServiceClient(self.accounts.storage_url, credential=self.storage_credential, retry_total=0,
-                                    connection_timeout=10, read_timeout=30)
+        service = BlobServiceClient(
+            self.accounts.storage_url,
+            credential=self.storage_credential,
+            retry_total=0,
+            connection_timeout=10,
+            read_timeout=30,
+        )
         container = storage.CACHE_CONTAINER
         try:
             service.get_container_client(container).get_container_properties()
@@ -428,16 +535,25 @@ class AzureDoctor:
         except ResourceNotFoundError:
             there = f"container {container} is created by the first run"
         except ServiceRequestError as exc:
-            return (FAILED, f"no answer from {self.accounts.storage_url} ({str(exc).splitlines()[0]})",
-                    "Check storage_account_url (https://ACCOUNT.blob.core.windows.net) and that this machine can "
-                    "reach it (network, proxy, the account's firewall).")
+            return (
+                FAILED,
+                f"no answer from {self.accounts.storage_url} ({str(exc).splitlines()[0]})",
+                "Check storage_account_url (https://ACCOUNT.blob.core.windows.net) and that this machine can "
+                "reach it (network, proxy, the account's firewall).",
+            )
         except AzureError as exc:
             if _status(exc) in (401, 403):
-                fix = self._auth_fix("Storage") if self.profile["auth"] == "shared-key" else (
-                    "Ask for the Storage Blob Data Contributor role on the storage account.")
+                fix = (
+                    self._auth_fix("Storage")
+                    if self.profile["auth"] == "shared-key"
+                    else ("Ask for the Storage Blob Data Contributor role on the storage account.")
+                )
                 return FAILED, f"the storage account refused the credential ({_short(exc)})", fix
-            return (FAILED, f"storage: {_short(exc)}",
-                    "Read the service's message on this line; fix the profile field it names.")
+            return (
+                FAILED,
+                f"storage: {_short(exc)}",
+                "Read the service's message on this line; fix the profile field it names.",
+            )
         finally:
             service.close()
         return OK, f"{self.accounts.storage_url} answered; {there}", ""
@@ -464,16 +580,21 @@ class AzureDoctor:
                 step = "read through the read SAS"
                 status, body = _http_get(read_url)
                 if status in range(200, 300) and body != data:
-                    return (FAILED, "the blob read back through the read SAS is not what was written",
-                            "Something between this machine and the account rewrites blobs (a proxy?): check it.")
+                    return (
+                        FAILED,
+                        "the blob read back through the read SAS is not what was written",
+                        "Something between this machine and the account rewrites blobs (a proxy?): check it.",
+                    )
             if status not in range(200, 300):
                 where = f"HTTP {status}" if status else "no answer"
                 return (FAILED, f"SAS signed with {kind}: the {step} failed ({where})", self._sas_fix(staging))
             leak = _http("PUT", read_url, b"x")
             if leak in range(200, 300):
-                return (WARNING, "the read SAS also allowed a write (the account ignores SAS permissions)",
-                        "Tasks could overwrite their inputs: use a real storage account, not an emulator in "
-                        "loose mode.")
+                return (
+                    WARNING,
+                    "the read SAS also allowed a write (the account ignores SAS permissions)",
+                    "Tasks could overwrite their inputs: use a real storage account, not an emulator in loose mode.",
+                )
             return OK, f"a blob written through a create+write SAS, read through a read SAS and deleted ({kind})", ""
         finally:
             try:
@@ -484,10 +605,14 @@ class AzureDoctor:
 
     def _sas_fix(self, staging: storage.Staging) -> str:
         if staging.delegation:
-            return ("SAS tokens are signed with a user delegation key: ask for the Storage Blob Data Contributor role "
-                    "on the storage account (it includes generating delegation keys).")
-        return (f"SAS tokens are signed with the key in {self.profile['storage_key_env']}: check it is the account's "
-                "current key (keys rotated since?) and that the account allows shared-key access.")
+            return (
+                "SAS tokens are signed with a user delegation key: ask for the Storage Blob Data Contributor role "
+                "on the storage account (it includes generating delegation keys)."
+            )
+        return (
+            f"SAS tokens are signed with the key in {self.profile['storage_key_env']}: check it is the account's "
+            "current key (keys rotated since?) and that the account allows shared-key access."
+        )
 
     # ------------------------------------------------------------------ 8. autoscale
 
@@ -501,26 +626,50 @@ class AzureDoctor:
         if self.pool is None:
             return SKIPPED, "the pool does not exist yet: its formula is evaluated once it does", ""
         if self.pool_writes is False:
-            return (SKIPPED, "this role may not evaluate formulas (evaluate autoscale is a POST on the pool, a pool "
-                             "write on the test service)", "")
+            return (
+                SKIPPED,
+                "this role may not evaluate formulas (evaluate autoscale is a POST on the pool, a pool "
+                "write on the test service)",
+                "",
+            )
         if not self.pool.enable_auto_scale:
-            return (SKIPPED, f"pool {self.profile['pool_id']} has a fixed size (autoscale off): the service "
-                             "evaluates formulas only on autoscale pools", "")
-        text = autoscale.formula(name, min_nodes=self.profile["min_nodes"], max_nodes=self.profile["max_nodes"],
-                                 slots_per_node=self.profile["task_slots_per_node"])
+            return (
+                SKIPPED,
+                f"pool {self.profile['pool_id']} has a fixed size (autoscale off): the service "
+                "evaluates formulas only on autoscale pools",
+                "",
+            )
+        text = autoscale.formula(
+            name,
+            min_nodes=self.profile["min_nodes"],
+            max_nodes=self.profile["max_nodes"],
+            slots_per_node=self.profile["task_slots_per_node"],
+        )
         try:
-            run = self._call(lambda: self.client.evaluate_pool_auto_scale(
-                self.profile["pool_id"], models.BatchPoolEvaluateAutoScaleOptions(auto_scale_formula=text)))
+            run = self._call(
+                lambda: self.client.evaluate_pool_auto_scale(
+                    self.profile["pool_id"], models.BatchPoolEvaluateAutoScaleOptions(auto_scale_formula=text)
+                )
+            )
         except (AzureError, Throttled) as exc:
             if _code(exc) == "AuthorizationFailed":
                 return SKIPPED, "this role may not evaluate formulas (403 AuthorizationFailed)", ""
-            return (FAILED, f"formula {name.upper()} was refused ({_short(exc)})",
-                    "Choose another formula (autoscale = QUEUE, ...) and report the message: the formula is azpar's.")
+            return (
+                FAILED,
+                f"formula {name.upper()} was refused ({_short(exc)})",
+                "Choose another formula (autoscale = QUEUE, ...) and report the message: the formula is azpar's.",
+            )
         if run.error is not None:
-            return (FAILED, f"formula {name.upper()} did not evaluate ({run.error.code}: {run.error.message})",
-                    "Choose another formula (autoscale = QUEUE, ...) and report the message: the formula is azpar's.")
-        targets = [part.strip() for part in (run.results or "").split(";")
-                   if part.strip().startswith(("$TargetDedicatedNodes", "$TargetLowPriorityNodes"))]
+            return (
+                FAILED,
+                f"formula {name.upper()} did not evaluate ({run.error.code}: {run.error.message})",
+                "Choose another formula (autoscale = QUEUE, ...) and report the message: the formula is azpar's.",
+            )
+        targets = [
+            part.strip()
+            for part in (run.results or "").split(";")
+            if part.strip().startswith(("$TargetDedicatedNodes", "$TargetLowPriorityNodes"))
+        ]
         return OK, f"formula {name.upper()} evaluates ({'; '.join(targets) or 'no targets'}); no node changed", ""
 
 

@@ -23,8 +23,11 @@ def describe(exc: BaseException) -> str:
     code = getattr(error, "code", None)
     message = (getattr(error, "message", None) or str(exc) or type(exc).__name__).strip()
     message = message.splitlines()[0] if message else type(exc).__name__
-    details = [f"{getattr(d, 'code', '')}: {str(getattr(d, 'message', '') or '').strip()}"
-               for d in _details(error) if getattr(d, "code", None) not in _SKIPPED_DETAILS]
+    details = [
+        f"{getattr(d, 'code', '')}: {str(getattr(d, 'message', '') or '').strip()}"
+        for d in _details(error)
+        if getattr(d, "code", None) not in _SKIPPED_DETAILS
+    ]
     text = f"{code}: {message}" if code else message
     return text + (f" ({'; '.join(details)})" if details else "")
 

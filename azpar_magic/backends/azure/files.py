@@ -77,7 +77,7 @@ def check_blobs(staging: storage.Staging, plan: DataPlan) -> None:
     specs = [(s, s.list_prefix) for s in plan.shared_blobs]
     # Per-iteration specs usually differ only in their last part (parts/part-{i}.csv): one
     # listing of their folder serves them all, instead of one listing per iteration.
-    specs += [(s, s.list_prefix[:s.list_prefix.rfind("/") + 1]) for ss in plan.item_blobs.values() for s in ss]
+    specs += [(s, s.list_prefix[: s.list_prefix.rfind("/") + 1]) for ss in plan.item_blobs.values() for s in ss]
     for spec, prefix in specs:
         if spec.text in plan.blob_names:
             continue
@@ -86,13 +86,17 @@ def check_blobs(staging: storage.Staging, plan: DataPlan) -> None:
             listings[key] = [b.name for b in blobs.list_blobs(staging, spec.container, prefix)]
         names = spec.matches(listings[key])
         if not names:
-            raise DataError(f"--inputs {spec.text!r} selects no blob (nothing at or under {spec.container}/"
-                            f"{spec.path}). Nothing was submitted.")
+            raise DataError(
+                f"--inputs {spec.text!r} selects no blob (nothing at or under {spec.container}/"
+                f"{spec.path}). Nothing was submitted."
+            )
         bad = [n for n in names if has_dot_dot(n)]
         if bad:
-            raise DataError(f"--inputs {spec.text!r} selects the blob {bad[0]!r}, whose name has a '..' segment: "
-                            f"on the nodes it would appear outside {INPUTS_DIR}/. Nothing was submitted; rename that "
-                            "blob, or name the others.")
+            raise DataError(
+                f"--inputs {spec.text!r} selects the blob {bad[0]!r}, whose name has a '..' segment: "
+                f"on the nodes it would appear outside {INPUTS_DIR}/. Nothing was submitted; rename that "
+                "blob, or name the others."
+            )
         plan.blob_names[spec.text] = names
 
 
@@ -173,7 +177,7 @@ class RunData:
             for spec in specs:
                 self.items.setdefault(index, []).extend(resolve(spec))
         if plan.outputs and plan.dest_is_blob:
-            container, _ = plan.dest[len("az://"):].partition("/")[::2]
+            container, _ = plan.dest[len("az://") :].partition("/")[::2]
             st.ensure_container(container)
             self.dest_url = st.container_sas_url(container, "cw", self.expiry)
         if self._prep_bytes() > INLINE_PREP_BYTES:
@@ -185,11 +189,13 @@ class RunData:
         inputs every iteration reads (counted from the plan: local files and listed blobs)."""
         count = len(plan.shared_files) + sum(len(plan.blob_names.get(s.text, ())) for s in plan.shared_blobs)
         if count > MAX_SHARED_INPUTS:
-            raise DataError(f"--inputs name {count} files that every iteration reads; at most {MAX_SHARED_INPUTS} "
-                            "can be sent to the nodes (Batch limits the job's list of resource files, and past "
-                            "that many they are copied one by one). Nothing was submitted: put them in one archive "
-                            "(zip or tar), pass that as the input and unpack it in the loop body, or give each "
-                            "iteration only the files it reads (an --inputs pattern naming a loop variable, e.g. {x})")
+            raise DataError(
+                f"--inputs name {count} files that every iteration reads; at most {MAX_SHARED_INPUTS} "
+                "can be sent to the nodes (Batch limits the job's list of resource files, and past "
+                "that many they are copied one by one). Nothing was submitted: put them in one archive "
+                "(zip or tar), pass that as the input and unpack it in the loop body, or give each "
+                "iteration only the files it reads (an --inputs pattern naming a loop variable, e.g. {x})"
+            )
 
     def _prep_bytes(self) -> int:
         """About how many bytes the shared inputs add to the create-job body, inline."""
@@ -223,7 +229,7 @@ class RunData:
             if status != "success":
                 raise blobs.TransferError(f"copying {name} into {self.in_container} ended {status}")
 
-        blobs.retried(f"copying the shared input {name[len(IN_DIR) + 1:]} into {self.in_container}", copy)
+        blobs.retried(f"copying the shared input {name[len(IN_DIR) + 1 :]} into {self.in_container}", copy)
 
     def save(self) -> None:
         """Keep where each iteration's own inputs are (container and blob, no SAS) in the job's
@@ -234,7 +240,7 @@ class RunData:
         st = self.context.staging
 
         def where(url: str) -> list[str]:
-            path = unquote(url.partition("?")[0][len(st.account_url) + 1:])
+            path = unquote(url.partition("?")[0][len(st.account_url) + 1 :])
             container, _, blob = path.partition("/")
             return [container, blob]
 
@@ -250,8 +256,10 @@ class RunData:
             data = None
         if data is None:
             return
-        self.items = {int(i): [(rel, st.blob_sas_url(c, b, "r", self.expiry)) for rel, c, b in pairs]
-                      for i, pairs in json.loads(data).items()}
+        self.items = {
+            int(i): [(rel, st.blob_sas_url(c, b, "r", self.expiry)) for rel, c, b in pairs]
+            for i, pairs in json.loads(data).items()
+        }
 
     def envelope(self, envelope: dict) -> dict:
         if self.plan is None:
@@ -282,8 +290,10 @@ class RunData:
         if self.plan is None:
             return None
         own = {i: [rel for rel, _ in self.items[i]] for i in task.indices if i in self.items}
-        return {"roots": {"shared": f"$AZPAR_STAGE_DIR/{IN_DIR}", "items": IN_DIR, "work": WORK_DIR,
-                          "collect": OUT_DIR}, "items": own}
+        return {
+            "roots": {"shared": f"$AZPAR_STAGE_DIR/{IN_DIR}", "items": IN_DIR, "work": WORK_DIR, "collect": OUT_DIR},
+            "items": own,
+        }
 
     def output_files(self, make: Callable[[str, str], models.OutputFile]) -> list[models.OutputFile]:
         """The Batch output file that uploads the iterations' outputs when the task ends."""
@@ -292,15 +302,19 @@ class RunData:
         if not self.plan.dest_is_blob:
             return [make(f"{OUT_DIR}/**/*", OUTPUT_PREFIX)]
         if self.dest_url is None:  # a followed job's tasks not added before its kernel ended
-            container = self.plan.dest[len("az://"):].partition("/")[0]
+            container = self.plan.dest[len("az://") :].partition("/")[0]
             self.dest_url = self.context.staging.container_sas_url(container, "cw", self.expiry)
-        _, prefix = self.plan.dest[len("az://"):].partition("/")[::2]
+        _, prefix = self.plan.dest[len("az://") :].partition("/")[::2]
         path = "/".join(p for p in (prefix.strip("/"), self.plan.job_id) if p)
-        return [models.OutputFile(
-            file_pattern=f"{OUT_DIR}/**/*",
-            destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
-                container_url=self.dest_url, path=path)),
-            upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))]
+        return [
+            models.OutputFile(
+                file_pattern=f"{OUT_DIR}/**/*",
+                destination=models.OutputFileDestination(
+                    container=models.OutputFileBlobContainerDestination(container_url=self.dest_url, path=path)
+                ),
+                upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"),
+            )
+        ]
 
     # ------------------------------------------------------------------ results
 
@@ -322,9 +336,13 @@ class RunData:
                         self._check_uploaded(task_id, int(index), rel)
                 except (blobs.TransferError, AzureError, OSError, DataError) as exc:
                     if index not in failed:
-                        failed[index] = {"type": "azpar_magic.TransferError", "traceback": "", "line": None,
-                                         "exc": None, "message": f"output file {rel} of iteration {index} could "
-                                                                 f"not be fetched: {exc}"}
+                        failed[index] = {
+                            "type": "azpar_magic.TransferError",
+                            "traceback": "",
+                            "line": None,
+                            "exc": None,
+                            "message": f"output file {rel} of iteration {index} could not be fetched: {exc}",
+                        }
         return result
 
     def _node_file(self, task_id: str, index: int, rel: str):
@@ -337,31 +355,34 @@ class RunData:
         try:
             blobs.download_file(self.context.staging, self.files_container, f"{OUTPUT_PREFIX}/{index}/{rel}", target)
         except ResourceNotFoundError:  # the upload failed: the node still has the file
-            blobs.retried(f"reading {rel} of iteration {index} from its node",
-                          lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), target))
+            blobs.retried(
+                f"reading {rel} of iteration {index} from its node",
+                lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), target),
+            )
 
     def _check_uploaded(self, task_id: str, index: int, rel: str) -> None:
         """An az:// destination: Batch uploaded the file there; if it did not, copy it
         from the node (through this machine, with the profile's credentials)."""
         plan, st = self.plan, self.context.staging
         assert plan is not None  # fetch() calls it only with a plan
-        container, _, prefix = plan.dest[len("az://"):].partition("/")
+        container, _, prefix = plan.dest[len("az://") :].partition("/")
         name = "/".join(p for p in (prefix.strip("/"), plan.job_id, str(index), rel) if p)
         blob = st.service.get_blob_client(container, name)
         if blobs.retried(f"checking {container}/{name}", blob.exists):
             return
         with tempfile.TemporaryDirectory(prefix="azpar-relay-") as tmp:
             local = os.path.join(tmp, "file")
-            blobs.retried(f"reading {rel} of iteration {index} from its node",
-                          lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), local))
+            blobs.retried(
+                f"reading {rel} of iteration {index} from its node",
+                lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), local),
+            )
             blobs.upload_file(st, container, name, local)
 
 
 def is_shared_input(resource_file: models.ResourceFile) -> bool:
     """A job preparation resource file that RunData.prep_resource_files made (so it can be
     replaced once the shared inputs are packed)."""
-    return (resource_file.file_path or "").startswith(f"{IN_DIR}/") or \
-        (resource_file.blob_prefix or "") == f"{IN_DIR}/"
+    return (resource_file.file_path or "").startswith(f"{IN_DIR}/") or (resource_file.blob_prefix or "") == f"{IN_DIR}/"
 
 
 # --------------------------------------------------------------------------- the job's requirements (issue 15)
@@ -382,8 +403,11 @@ class InstallPlan:
 
     def envelope_packages(self, packages: Mapping[str, str]) -> dict[str, str]:
         """The envelope's ``packages`` less the overridden ones (what the worker checks)."""
-        return {name: version for name, version in packages.items()
-                if re.sub(r"[-_.]+", "-", name).lower() not in self.overridden}
+        return {
+            name: version
+            for name, version in packages.items()
+            if re.sub(r"[-_.]+", "-", name).lower() not in self.overridden
+        }
 
 
 def install_plan(packages: Mapping[str, str], overrides: Sequence[str], pip_options: Sequence[str]) -> InstallPlan:
@@ -402,8 +426,9 @@ def install_plan(packages: Mapping[str, str], overrides: Sequence[str], pip_opti
     return InstallPlan(specs, digest if specs else None, tuple(wanted.wheels), overridden)
 
 
-def wheel_resource_files(staging: storage.Staging, expiry: Any,
-                         wheels: Sequence[Any]) -> tuple[list[models.ResourceFile], int]:
+def wheel_resource_files(
+    staging: storage.Staging, expiry: Any, wheels: Sequence[Any]
+) -> tuple[list[models.ResourceFile], int]:
     """Each local wheel uploaded once, content-addressed in the cache container (the same
     ``data/<sha256>`` blobs as --inputs: an unchanged wheel costs one existence check on a later
     job and nothing within this kernel), reaching the job preparation task as a resource file
@@ -416,10 +441,16 @@ def wheel_resource_files(staging: storage.Staging, expiry: Any,
         if sent:
             sent_bytes += wheel.size
             sent_names.append(f"{wheel.name} {wheel.version}")
-        out.append(models.ResourceFile(
-            http_url=staging.blob_sas_url(storage.CACHE_CONTAINER, name, "r", expiry),
-            file_path=f"{commands.WHEELS_DIR}/{wheel.path.name}"))
+        out.append(
+            models.ResourceFile(
+                http_url=staging.blob_sas_url(storage.CACHE_CONTAINER, name, "r", expiry),
+                file_path=f"{commands.WHEELS_DIR}/{wheel.path.name}",
+            )
+        )
     if sent_names:
-        print(f"azpar: uploaded {len(sent_names)} wheel(s) built from this machine ({sent_bytes} bytes): "
-              f"{', '.join(sent_names)}; later jobs reuse them while unchanged", file=sys.stderr)
+        print(
+            f"azpar: uploaded {len(sent_names)} wheel(s) built from this machine ({sent_bytes} bytes): "
+            f"{', '.join(sent_names)}; later jobs reuse them while unchanged",
+            file=sys.stderr,
+        )
     return out, sent_bytes

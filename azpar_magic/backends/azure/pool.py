@@ -55,8 +55,11 @@ def environment_settings(command: commands.NodeCommand) -> list[models.Environme
 def _pool_registry(profile: Profile, password: str | None) -> list[models.ContainerRegistryReference] | None:
     if not profile["registry_server"]:
         return None
-    return [models.ContainerRegistryReference(registry_server=profile["registry_server"],
-                                              username=profile["registry_username"], password=password)]
+    return [
+        models.ContainerRegistryReference(
+            registry_server=profile["registry_server"], username=profile["registry_username"], password=password
+        )
+    ]
 
 
 def pool_definition(profile: Profile, registry_password: str | None = None) -> models.BatchPoolCreateOptions:
@@ -64,40 +67,59 @@ def pool_definition(profile: Profile, registry_password: str | None = None) -> m
     a start task installing dill and the profile's packages, fixed sizes or a named formula."""
     publisher, offer, sku, *version = profile["image"].split(":")
     vm = models.VirtualMachineConfiguration(
-        image_reference=models.BatchVmImageReference(publisher=publisher, offer=offer, sku=sku,
-                                                     version=version[0] if version else "latest"),
+        image_reference=models.BatchVmImageReference(
+            publisher=publisher, offer=offer, sku=sku, version=version[0] if version else "latest"
+        ),
         node_agent_sku_id=profile["node_agent_sku"],
         container_configuration=models.BatchContainerConfiguration(
-            type=CONTAINER_TYPE, container_image_names=[profile["container_image"]],
-            container_registries=_pool_registry(profile, registry_password)),
+            type=CONTAINER_TYPE,
+            container_image_names=[profile["container_image"]],
+            container_registries=_pool_registry(profile, registry_password),
+        ),
     )
-    command = commands.start_task_command(dill.__version__, profile["packages"], profile["pip_options"],
-                                          profile["start_commands"])
+    command = commands.start_task_command(
+        dill.__version__, profile["packages"], profile["pip_options"], profile["start_commands"]
+    )
     start = models.BatchStartTask(
-        command_line=command.command_line, environment_settings=environment_settings(command),
+        command_line=command.command_line,
+        environment_settings=environment_settings(command),
         container_settings=container_settings(profile),
-        user_identity=models.UserIdentity(auto_user=models.AutoUserSpecification(scope="pool",
-                                                                                 elevation_level="admin")),
+        user_identity=models.UserIdentity(
+            auto_user=models.AutoUserSpecification(scope="pool", elevation_level="admin")
+        ),
         max_task_retry_count=2,
         wait_for_success=True,
     )
     options: dict[str, Any] = {}
     if profile["autoscale"]:
-        options.update(enable_auto_scale=True,
-                       auto_scale_formula=autoscale.formula(profile["autoscale"], min_nodes=profile["min_nodes"],
-                                                            max_nodes=profile["max_nodes"],
-                                                            slots_per_node=profile["task_slots_per_node"]),
-                       auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M")
+        options.update(
+            enable_auto_scale=True,
+            auto_scale_formula=autoscale.formula(
+                profile["autoscale"],
+                min_nodes=profile["min_nodes"],
+                max_nodes=profile["max_nodes"],
+                slots_per_node=profile["task_slots_per_node"],
+            ),
+            auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M",
+        )
     else:
-        options.update(target_dedicated_nodes=profile["dedicated_nodes"],
-                       target_low_priority_nodes=profile["spot_nodes"], resize_timeout=RESIZE_TIMEOUT)
+        options.update(
+            target_dedicated_nodes=profile["dedicated_nodes"],
+            target_low_priority_nodes=profile["spot_nodes"],
+            resize_timeout=RESIZE_TIMEOUT,
+        )
     network = models.NetworkConfiguration(subnet_id=profile["subnet_id"]) if profile["subnet_id"] else None
     return models.BatchPoolCreateOptions(
-        id=profile["pool_id"], vm_size=profile["vm_size"], virtual_machine_configuration=vm,
+        id=profile["pool_id"],
+        vm_size=profile["vm_size"],
+        virtual_machine_configuration=vm,
         task_slots_per_node=profile["task_slots_per_node"],
         task_scheduling_policy=models.BatchTaskSchedulingPolicy(node_fill_type="spread"),
-        start_task=start, network_configuration=network,
-        metadata=[models.BatchMetadataItem(name="created-by", value="azpar_magic")], **options)
+        start_task=start,
+        network_configuration=network,
+        metadata=[models.BatchMetadataItem(name="created-by", value="azpar_magic")],
+        **options,
+    )
 
 
 @dataclass(frozen=True)
@@ -120,9 +142,11 @@ class PoolStatus:
 
     def describe(self) -> str:
         mode = "autoscale" if self.autoscale else "fixed size"
-        text = (f"pool {self.pool_id} ({self.vm_size}, {self.state}, {self.allocation_state}, {mode}): "
-                f"{self.dedicated} dedicated + {self.spot} spot nodes "
-                f"(target {self.target_dedicated} + {self.target_spot}), {self.slots_per_node} task slots per node")
+        text = (
+            f"pool {self.pool_id} ({self.vm_size}, {self.state}, {self.allocation_state}, {mode}): {self.dedicated} "
+            f"dedicated + {self.spot} spot nodes (target {self.target_dedicated} + {self.target_spot}), "
+            f"{self.slots_per_node} task slots per node"
+        )
         return text + "".join(f"; last resize: {e}" for e in self.resize_errors)
 
     def quota_errors(self) -> tuple[str, ...]:
@@ -146,11 +170,19 @@ def status(client: Any, pool_id: str) -> PoolStatus | None:
 
 def status_of(pool: Any) -> PoolStatus:
     """The status of a pool the SDK returned."""
-    return PoolStatus(pool.id, state_name(pool.state), state_name(pool.allocation_state), pool.vm_size or "",
-                      pool.current_dedicated_nodes or 0, pool.current_low_priority_nodes or 0,
-                      pool.target_dedicated_nodes or 0, pool.target_low_priority_nodes or 0,
-                      bool(pool.enable_auto_scale), pool.task_slots_per_node or 1,
-                      tuple(f"{e.code}: {e.message}" for e in pool.resize_errors or []))
+    return PoolStatus(
+        pool.id,
+        state_name(pool.state),
+        state_name(pool.allocation_state),
+        pool.vm_size or "",
+        pool.current_dedicated_nodes or 0,
+        pool.current_low_priority_nodes or 0,
+        pool.target_dedicated_nodes or 0,
+        pool.target_low_priority_nodes or 0,
+        bool(pool.enable_auto_scale),
+        pool.task_slots_per_node or 1,
+        tuple(f"{e.code}: {e.message}" for e in pool.resize_errors or []),
+    )
 
 
 def ensure(client: Any, profile: Profile, registry_password: str | None = None) -> tuple[PoolStatus, bool]:
@@ -159,19 +191,25 @@ def ensure(client: Any, profile: Profile, registry_password: str | None = None) 
     if found is not None:
         return found, False
     if not profile["create_pool"]:
-        raise AzureServiceError(f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} "
-                                "and the profile says create_pool = false: ask the administrator to create it (or set "
-                                f"create_pool = true with an identity holding the {POOL_WRITE_ROLE} role)")
+        raise AzureServiceError(
+            f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} and the profile says "
+            "create_pool = false: ask the administrator to create it (or set create_pool = true with an identity "
+            f"holding the {POOL_WRITE_ROLE} role)"
+        )
     try:
         client.create_pool(pool_definition(profile, registry_password))
     except HttpResponseError as exc:
         if write_refused(exc):
-            raise errors.translate(exc, message=(
-                f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} and this identity "
-                f"may not create it (403 AuthorizationFailed): creating a pool needs the {POOL_WRITE_ROLE} role (or "
-                f"Azure Batch Account Contributor) on the Batch account; {SUBMIT_ONLY_ROLE} can only use an existing "
-                "pool. Ask an administrator to create the pool (`%azpar pool create` with that role) or to grant the "
-                "role")) from None
+            raise errors.translate(
+                exc,
+                message=(
+                    f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} and this "
+                    "identity may not create it (403 AuthorizationFailed): creating a pool needs the "
+                    f"{POOL_WRITE_ROLE} role (or Azure Batch Account Contributor) on the Batch account; "
+                    f"{SUBMIT_ONLY_ROLE} can only use an existing pool. Ask an administrator to create the pool "
+                    "(`%azpar pool create` with that role) or to grant the role"
+                ),
+            ) from None
         raise
     created = status(client, profile["pool_id"])
     assert created is not None
@@ -189,8 +227,11 @@ def resize(client: Any, pool_id: str, dedicated: int, spot: int) -> None:
         client.begin_stop_pool_resize(pool_id, polling_interval=0.2).result()
         _wait_steady(client, pool_id)
     options = models.BatchPoolResizeOptions(  # type: ignore[call-overload]  # resize_timeout: ISO 8601 text, as sent
-        target_dedicated_nodes=dedicated, target_low_priority_nodes=spot, resize_timeout=RESIZE_TIMEOUT,
-        node_deallocation_option="taskcompletion")
+        target_dedicated_nodes=dedicated,
+        target_low_priority_nodes=spot,
+        resize_timeout=RESIZE_TIMEOUT,
+        node_deallocation_option="taskcompletion",
+    )
     client.begin_resize_pool(pool_id, options, polling_interval=1)
 
 
@@ -231,8 +272,9 @@ def image_packages(client: Any, pool_id: str) -> tuple[dict[str, str] | None, st
     from packaging.utils import canonicalize_name
 
     try:
-        nodes = [n for n in client.list_nodes(pool_id, select=["id", "state"])
-                 if state_name(n.state) in ("idle", "running")]
+        nodes = [
+            n for n in client.list_nodes(pool_id, select=["id", "state"]) if state_name(n.state) in ("idle", "running")
+        ]
     except AzureError as exc:
         return None, f"the pool {pool_id} could not be read ({type(exc).__name__})"
     if not nodes:
@@ -243,5 +285,7 @@ def image_packages(client: Any, pool_id: str) -> tuple[dict[str, str] | None, st
             return {canonicalize_name(d["name"]): str(d["version"]) for d in json.loads(data)}, node.id
         except (AzureError, ValueError, KeyError, TypeError):
             continue
-    return None, (f"no node of the pool {pool_id} has reported its image's packages (a pool made by an earlier "
-                  "version of azpar_magic does not; %azpar pool delete and a new cell make it again)")
+    return None, (
+        f"no node of the pool {pool_id} has reported its image's packages (a pool made by an earlier version of "
+        "azpar_magic does not; %azpar pool delete and a new cell make it again)"
+    )

@@ -107,7 +107,7 @@ def _once(text: str) -> str:
     """Lines said again (each retry of the job preparation task appends pip's message to the same
     stderr) kept once, where last said."""
     lines = text.splitlines()
-    return "\n".join(line for i, line in enumerate(lines) if line not in lines[i + 1:])
+    return "\n".join(line for i, line in enumerate(lines) if line not in lines[i + 1 :])
 
 
 def _terminate_options(reason: str) -> Any:
@@ -191,8 +191,7 @@ class AzureRun:
         st, spec = self.staging, self.spec
         if self.auto_packages:  # before anything is uploaded: a local build may fail
             try:
-                self.install = files.install_plan(spec.envelope.get("packages") or {}, self.packages,
-                                                  self.pip_options)
+                self.install = files.install_plan(spec.envelope.get("packages") or {}, self.packages, self.pip_options)
             except RequirementError as exc:  # its message names the package, pip's lines and the ways out
                 raise RuntimeError(str(exc)) from None
         st.ensure_container(storage.CACHE_CONTAINER)
@@ -201,8 +200,9 @@ class AzureRun:
         ns_name = spec.envelope["namespace"]["file"]
         # Checked even when this kernel uploaded them before: they may have been removed since
         # (and the cache container with them, which this creates again before the inputs go there).
-        st.upload_once_many(storage.CACHE_CONTAINER, [(worker_blob, worker_bytes), (f"ns/{ns_name}", spec.namespace)],
-                            verify=True)
+        st.upload_once_many(
+            storage.CACHE_CONTAINER, [(worker_blob, worker_bytes), (f"ns/{ns_name}", spec.namespace)], verify=True
+        )
         self.data.stage()  # inputs uploaded once and checked before anything of the job exists
         st.ensure_container(self.in_container)
         st.ensure_container(self.out_container)
@@ -217,31 +217,50 @@ class AzureRun:
         self.read_inputs = st.container_sas_url(self.in_container, "r", self.expiry)
         wheel_files, self.wheel_bytes = files.wheel_resource_files(st, self.expiry, self.install.wheels)
         prep_files = [
-            models.ResourceFile(http_url=st.blob_sas_url(storage.CACHE_CONTAINER, worker_blob, "r", self.expiry),
-                                file_path=commands.WORKER_FILE),
-            models.ResourceFile(http_url=st.blob_sas_url(storage.CACHE_CONTAINER, f"ns/{ns_name}", "r", self.expiry),
-                                file_path=ns_name),
-            models.ResourceFile(http_url=_blob_url(self.read_inputs, commands.ENVELOPE_FILE),
-                                file_path=commands.ENVELOPE_FILE),
+            models.ResourceFile(
+                http_url=st.blob_sas_url(storage.CACHE_CONTAINER, worker_blob, "r", self.expiry),
+                file_path=commands.WORKER_FILE,
+            ),
+            models.ResourceFile(
+                http_url=st.blob_sas_url(storage.CACHE_CONTAINER, f"ns/{ns_name}", "r", self.expiry), file_path=ns_name
+            ),
+            models.ResourceFile(
+                http_url=_blob_url(self.read_inputs, commands.ENVELOPE_FILE), file_path=commands.ENVELOPE_FILE
+            ),
             *self.data.prep_resource_files(),
             *wheel_files,
         ]
         prep_command = commands.job_preparation_command(
-            list(self.install.specs), self.pip_options, digest=self.install.digest,
-            kernel_python=spec.envelope.get("python"), wheels=bool(self.install.wheels))
+            list(self.install.specs),
+            self.pip_options,
+            digest=self.install.digest,
+            kernel_python=spec.envelope.get("python"),
+            wheels=bool(self.install.wheels),
+        )
         prep = models.BatchJobPreparationTask(
-            id="jobpreparation", command_line=prep_command.command_line,
+            id="jobpreparation",
+            command_line=prep_command.command_line,
             environment_settings=environment_settings(prep_command),
-            container_settings=container_settings(self.profile), resource_files=prep_files,
-            constraints=models.BatchTaskConstraints(max_task_retry_count=2), wait_for_success=True)
-        self._create_job(models.BatchJobCreateOptions(
-            id=self.job_id, pool_info=models.BatchPoolInfo(pool_id=self.profile["pool_id"]),
-            job_preparation_task=prep, all_tasks_complete_mode="noaction",
-            uses_task_dependencies=self.merge_cloud,
-            constraints=models.BatchJobConstraints(max_wall_clock_time=dt.timedelta(seconds=self.lifetime)),
-            metadata=[models.BatchMetadataItem(name="azpar-cell", value=_first_line(spec.envelope.get("source"))),
-                      models.BatchMetadataItem(name="azpar-user", value=jobstore.creator()),
-                      models.BatchMetadataItem(name="azpar-run", value=self.run_token)]))
+            container_settings=container_settings(self.profile),
+            resource_files=prep_files,
+            constraints=models.BatchTaskConstraints(max_task_retry_count=2),
+            wait_for_success=True,
+        )
+        self._create_job(
+            models.BatchJobCreateOptions(
+                id=self.job_id,
+                pool_info=models.BatchPoolInfo(pool_id=self.profile["pool_id"]),
+                job_preparation_task=prep,
+                all_tasks_complete_mode="noaction",
+                uses_task_dependencies=self.merge_cloud,
+                constraints=models.BatchJobConstraints(max_wall_clock_time=dt.timedelta(seconds=self.lifetime)),
+                metadata=[
+                    models.BatchMetadataItem(name="azpar-cell", value=_first_line(spec.envelope.get("source"))),
+                    models.BatchMetadataItem(name="azpar-user", value=jobstore.creator()),
+                    models.BatchMetadataItem(name="azpar-run", value=self.run_token),
+                ],
+            )
+        )
 
     def _create_job(self, options: Any) -> None:
         """Create the job. JobExists after a lost answer is success once the job's metadata
@@ -256,23 +275,31 @@ class AzureRun:
                 self._pack_shared_inputs(options)
                 return self._create_job(options)
             if too_large:
-                raise errors.translate(exc, message=(
-                    "staging the job on Azure failed: Batch refused the job as too large (RequestEntityTooLarge: its "
-                    "list of resource files is over the service's limit) and there are no shared input files left to "
-                    "pack. Nothing was submitted; use fewer --inputs every iteration reads")) from None
+                raise errors.translate(
+                    exc,
+                    message=(
+                        "staging the job on Azure failed: Batch refused the job as too large (RequestEntityTooLarge: "
+                        "its list of resource files is over the service's limit) and there are no shared input files "
+                        "left to pack. Nothing was submitted; use fewer --inputs every iteration reads"
+                    ),
+                ) from None
             if not _exists(exc, "JobExists"):
                 raise
-            raise errors.translate(exc, message=f"staging the job on Azure failed: a Batch job named {self.job_id} "
-                                   "already exists and was not created by this run; it was left as it is. "
-                                   "Run the cell again (it gets a new job id)") from None
+            raise errors.translate(
+                exc,
+                message=f"staging the job on Azure failed: a Batch job named {self.job_id} "
+                "already exists and was not created by this run; it was left as it is. "
+                "Run the cell again (it gets a new job id)",
+            ) from None
 
     def _pack_shared_inputs(self, options: Any) -> None:
         """Batch found the job preparation task's resource files too many: copy the shared
         inputs into the job's inputs container and let one container resource file bring them."""
         prep = options.job_preparation_task
         self.data.pack()
-        prep.resource_files = [rf for rf in prep.resource_files or [] if not files.is_shared_input(rf)] + \
-            self.data.prep_resource_files()
+        prep.resource_files = [
+            rf for rf in prep.resource_files or [] if not files.is_shared_input(rf)
+        ] + self.data.prep_resource_files()
 
     def _job_is_ours(self) -> bool:
         job = self.client.get_job(self.job_id, select=["id", "metadata"])
@@ -318,8 +345,9 @@ class AzureRun:
         has yet to add need them), then, on a thread, add what it had not added and follow."""
         self.merge_cloud = False  # results are read one by one: the dead kernel's deferrals are gone
         self.read_inputs = self.staging.container_sas_url(self.in_container, "r", self.expiry)
-        threading.Thread(target=self._guard, args=(self._resume,), name=f"azpar-resume-{self.job_id}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._guard, args=(self._resume,), name=f"azpar-resume-{self.job_id}", daemon=True
+        ).start()
 
     def _resume(self) -> None:
         try:
@@ -357,8 +385,12 @@ class AzureRun:
 
     def _task_file(self, task: TaskSpec) -> bytes:
         """What ``worker.py TASK_IN`` reads, inline or as a blob."""
-        header = {"envelope": commands.ENVELOPE_FILE, "items_codec": task.items_codec,
-                  "indices": list(task.indices), "task": task.task_id}
+        header = {
+            "envelope": commands.ENVELOPE_FILE,
+            "items_codec": task.items_codec,
+            "indices": list(task.indices),
+            "task": task.task_id,
+        }
         if self.data.active:
             header["data"] = self.data.task_header(task)
         return wire.pack(wire.TASK_MAGIC, header, task.items)
@@ -372,20 +404,29 @@ class AzureRun:
             env = [models.EnvironmentSetting(name=commands.TASK_ENV, value=encoded)]
             size += len(encoded)
         else:
-            files = [models.ResourceFile(http_url=_blob_url(self.read_inputs, f"tasks/{task.task_id}.azpt"),
-                                         file_path=commands.TASK_FILE)]
+            files = [
+                models.ResourceFile(
+                    http_url=_blob_url(self.read_inputs, f"tasks/{task.task_id}.azpt"), file_path=commands.TASK_FILE
+                )
+            ]
             size += len(self.read_inputs) + 60
         own_inputs, own_size = self.data.task_resource_files(task)
         if own_inputs:
             files, size = (files or []) + own_inputs, size + own_size
         constraints = models.BatchTaskConstraints(
             max_task_retry_count=self.spec.retries,
-            max_wall_clock_time=dt.timedelta(seconds=self.spec.timeout) if self.spec.timeout else None)
+            max_wall_clock_time=dt.timedelta(seconds=self.spec.timeout) if self.spec.timeout else None,
+        )
         definition = models.BatchTaskCreateOptions(
-            id=task.task_id, command_line=commands.task_command(self.packages, self.pip_options, inline=inline),
-            resource_files=files, environment_settings=env, output_files=self._outputs(task.task_id),
-            constraints=constraints, container_settings=container_settings(self.profile),
-            exit_conditions=self._exit_conditions())
+            id=task.task_id,
+            command_line=commands.task_command(self.packages, self.pip_options, inline=inline),
+            resource_files=files,
+            environment_settings=env,
+            output_files=self._outputs(task.task_id),
+            constraints=constraints,
+            container_settings=container_settings(self.profile),
+            exit_conditions=self._exit_conditions(),
+        )
         outputs = definition.output_files or []
         return PendingTask(definition, size + sum(len(o.destination.container.container_url) + 100 for o in outputs))
 
@@ -394,9 +435,11 @@ class AzureRun:
         """A file uploaded when the task ends, however it ends."""
         return models.OutputFile(
             file_pattern=pattern,
-            destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
-                container_url=url, path=path)),
-            upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))
+            destination=models.OutputFileDestination(
+                container=models.OutputFileBlobContainerDestination(container_url=url, path=path)
+            ),
+            upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"),
+        )
 
     def _output(self, pattern: str, blob: str) -> models.OutputFile:
         """One file (``pattern`` has no wildcard) into the blob ``blob`` of the job's output
@@ -420,10 +463,12 @@ class AzureRun:
         return self._upload(pattern, self._files_url, path)
 
     def _outputs(self, task_id: str) -> list[models.OutputFile]:
-        return [self._output(commands.RESULT_FILE, f"results/{task_id}.azpr"),
-                self._output("../stdout.txt", f"logs/{task_id}/stdout.txt"),
-                self._output("../stderr.txt", f"logs/{task_id}/stderr.txt"),
-                *self.data.output_files(self._files_output)]
+        return [
+            self._output(commands.RESULT_FILE, f"results/{task_id}.azpr"),
+            self._output("../stdout.txt", f"logs/{task_id}/stdout.txt"),
+            self._output("../stderr.txt", f"logs/{task_id}/stderr.txt"),
+            *self.data.output_files(self._files_output),
+        ]
 
     def _exit_conditions(self) -> models.ExitConditions | None:
         if not self.merge_cloud:
@@ -432,16 +477,21 @@ class AzureRun:
         return models.ExitConditions(default=satisfy, pre_processing_error=satisfy, file_upload_error=satisfy)
 
     def _large_inputs(self, pending: list[PendingTask]) -> list[tuple[str, bytes]]:
-        return [(f"tasks/{p.definition.id}.azpt", self._task_file(self.tasks[p.definition.id]))
-                for p in pending if any(f.file_path == commands.TASK_FILE for f in p.definition.resource_files or ())]
+        return [
+            (f"tasks/{p.definition.id}.azpt", self._task_file(self.tasks[p.definition.id]))
+            for p in pending
+            if any(f.file_path == commands.TASK_FILE for f in p.definition.resource_files or ())
+        ]
 
     # ------------------------------------------------------------------ background work
 
     def start(self) -> None:
-        threading.Thread(target=self._guard, args=(self._submit,), name=f"azpar-submit-{self.job_id}",
-                         daemon=True).start()
-        threading.Thread(target=self._guard, args=(self._follow,), name=f"azpar-follow-{self.job_id}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._guard, args=(self._submit,), name=f"azpar-submit-{self.job_id}", daemon=True
+        ).start()
+        threading.Thread(
+            target=self._guard, args=(self._follow,), name=f"azpar-follow-{self.job_id}", daemon=True
+        ).start()
 
     def _guard(self, target) -> None:
         try:
@@ -486,13 +536,16 @@ class AzureRun:
         read_results = self.staging.container_sas_url(self.out_container, "rl", self.expiry)
         ranges = _id_ranges(added)
         merge = models.BatchTaskCreateOptions(
-            id=MERGE_TASK, command_line=commands.merge_command(self.packages, self.pip_options, n),
+            id=MERGE_TASK,
+            command_line=commands.merge_command(self.packages, self.pip_options, n),
             resource_files=[models.ResourceFile(storage_container_url=read_results, blob_prefix="results/")],
             output_files=[self._output(commands.MERGED_FILE, commands.MERGED_FILE)],
             depends_on=models.BatchTaskDependencies(
-                task_id_ranges=[models.BatchTaskIdRange(start=a, end=b) for a, b in ranges]),
+                task_id_ranges=[models.BatchTaskIdRange(start=a, end=b) for a, b in ranges]
+            ),
             container_settings=container_settings(self.profile),
-            constraints=models.BatchTaskConstraints(max_task_retry_count=2))
+            constraints=models.BatchTaskConstraints(max_task_retry_count=2),
+        )
         try:
             self._create_merge_task(merge, ranges)
         except AzureError:
@@ -501,6 +554,7 @@ class AzureRun:
     def _create_merge_task(self, merge: Any, ranges: list[tuple[int, int]]) -> None:
         """Add the merge task; TaskExists after a lost answer is success when the task there
         is this one (same command line and dependencies)."""
+
         def is_this_one() -> bool:
             there = self.client.get_task(self.job_id, MERGE_TASK, select=["id", "commandLine", "dependsOn"])
             self._count("get_task")
@@ -669,8 +723,15 @@ class AzureRun:
             else:
                 self._handle_completed(task)
         except Exception as exc:
-            self._emit(TaskEvent(self.job_id, task.id, "failed", retryable=False,
-                                 error=f"the task's result could not be read: {type(exc).__name__}: {exc}"))
+            self._emit(
+                TaskEvent(
+                    self.job_id,
+                    task.id,
+                    "failed",
+                    retryable=False,
+                    error=f"the task's result could not be read: {type(exc).__name__}: {exc}",
+                )
+            )
         finally:
             with self._lock:
                 self._handling.discard(task.id)
@@ -679,31 +740,58 @@ class AzureRun:
         info = task.execution_info
         node = task.node_info.node_id if task.node_info else None
         if task.id in self._cancelled or self._all_cancelled:
-            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, error="cancelled",
-                                 failure_kind="cancelled"))
+            self._emit(
+                TaskEvent(self.job_id, task.id, "failed", node=node, error="cancelled", failure_kind="cancelled")
+            )
             return
         failure = info.failure_info if info else None
         code = getattr(failure, "code", None)
         if code == "TaskEnded":
-            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, error="the task was terminated",
-                                 failure_kind="cancelled"))
+            self._emit(
+                TaskEvent(
+                    self.job_id, task.id, "failed", node=node, error="the task was terminated", failure_kind="cancelled"
+                )
+            )
             return
         if code == "MaxWallClockTimeExceeded":
-            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, failure_kind="timeout",
-                                 error=f"the task ran longer than its --timeout of {self.spec.timeout:g} s "
-                                       "and was stopped"))
+            self._emit(
+                TaskEvent(
+                    self.job_id,
+                    task.id,
+                    "failed",
+                    node=node,
+                    failure_kind="timeout",
+                    error=f"the task ran longer than its --timeout of {self.spec.timeout:g} s and was stopped",
+                )
+            )
             return
         exit_code = getattr(info, "exit_code", None)
         if failure is not None and _is_download_failure(str(code), getattr(failure, "message", None) or ""):
-            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, retryable=False,
-                                 error=self._download_failure("the task", failure)))
+            self._emit(
+                TaskEvent(
+                    self.job_id,
+                    task.id,
+                    "failed",
+                    node=node,
+                    retryable=False,
+                    error=self._download_failure("the task", failure),
+                )
+            )
             return
         if failure is not None and code != "FileUploadMiscError" and not str(code).startswith("FileUpload"):
             retries = getattr(info, "retry_count", 0) or 0
             tail = self._stderr_tail(task.id)
-            self._emit(TaskEvent(self.job_id, task.id, "failed", node=node, retryable=False,
-                                 error=f"the worker failed with {code} (exit code {exit_code}) after "
-                                       f"{retries + 1} attempt(s) on node {node}" + (f": {tail}" if tail else "")))
+            self._emit(
+                TaskEvent(
+                    self.job_id,
+                    task.id,
+                    "failed",
+                    node=node,
+                    retryable=False,
+                    error=f"the worker failed with {code} (exit code {exit_code}) after "
+                    f"{retries + 1} attempt(s) on node {node}" + (f": {tail}" if tail else ""),
+                )
+            )
             return
         if failure is None and self._defer(task.id):
             return
@@ -762,14 +850,29 @@ class AzureRun:
 
     def _deliver(self, task_id: str, node: str | None, data: bytes | None) -> None:
         if data is None:
-            self._emit(TaskEvent(self.job_id, task_id, "failed", node=node, retryable=True,
-                                 error="the task finished but its result could not be fetched from storage "
-                                       "or from the node"))
+            self._emit(
+                TaskEvent(
+                    self.job_id,
+                    task_id,
+                    "failed",
+                    node=node,
+                    retryable=True,
+                    error="the task finished but its result could not be fetched from storage or from the node",
+                )
+            )
             return
         result = wire.read_result(data)
         if result.get("environment_error"):
-            self._emit(TaskEvent(self.job_id, task_id, "failed", node=node, failure_kind="environment",
-                                 error=result["environment_error"]))
+            self._emit(
+                TaskEvent(
+                    self.job_id,
+                    task_id,
+                    "failed",
+                    node=node,
+                    failure_kind="environment",
+                    error=result["environment_error"],
+                )
+            )
             return
         self._emit(TaskEvent(self.job_id, task_id, "finished", node=node, result=self.data.fetch(task_id, result)))
 
@@ -783,8 +886,11 @@ class AzureRun:
             if result is None:  # missing from the merge: read it on its own
                 self._deliver(task_id, None, self._fetch_result(task_id))
             elif result.get("environment_error"):
-                self._emit(TaskEvent(self.job_id, task_id, "failed", failure_kind="environment",
-                                     error=result["environment_error"]))
+                self._emit(
+                    TaskEvent(
+                        self.job_id, task_id, "failed", failure_kind="environment", error=result["environment_error"]
+                    )
+                )
             else:
                 self._emit(TaskEvent(self.job_id, task_id, "finished", result=self.data.fetch(task_id, result)))
 
@@ -802,8 +908,9 @@ class AzureRun:
         """Tasks wait and nothing runs: a failed job preparation or start task would keep
         them waiting forever, so say what failed instead."""
         try:
-            nodes = list(self.client.list_nodes(self.profile["pool_id"],
-                                                select=["id", "state", "startTaskInfo", "errors"]))
+            nodes = list(
+                self.client.list_nodes(self.profile["pool_id"], select=["id", "state", "startTaskInfo", "errors"])
+            )
             self._count("list_nodes")
         except AzureError:
             return
@@ -820,8 +927,12 @@ class AzureRun:
             self._count("list_job_preparation_and_release_task_status")
         except AzureError:
             return
-        failed = [s for s in statuses if s.job_preparation_task_execution_info
-                  and state_name(s.job_preparation_task_execution_info.result) == "failure"]
+        failed = [
+            s
+            for s in statuses
+            if s.job_preparation_task_execution_info
+            and state_name(s.job_preparation_task_execution_info.result) == "failure"
+        ]
         if failed and len(failed) >= len([n for n in nodes if state_name(n.state) in ("idle", "running")]):
             self._fail_remaining(self._prep_failure(failed[0]))
 
@@ -837,12 +948,14 @@ class AzureRun:
             return ""
         if found is None or found.allocation_state != "steady" or not found.quota_errors():
             return ""
-        return (f"the pool {found.pool_id} has no nodes and cannot get any: {'; '.join(found.quota_errors())}. "
-                f"The Batch account's core quota (dedicated and spot are separate quotas) is too small for "
-                f"{found.vm_size} nodes: request an increase on the Batch account's Quotas page in the Azure portal, "
-                "or "
-                "choose a smaller vm_size or the other kind of node in the profile, then rerun these iterations "
-                f"(%azpar rerun {self.job_id} --failed)")
+        return (
+            f"the pool {found.pool_id} has no nodes and cannot get any: {'; '.join(found.quota_errors())}. "
+            f"The Batch account's core quota (dedicated and spot are separate quotas) is too small for "
+            f"{found.vm_size} nodes: request an increase on the Batch account's Quotas page in the Azure portal, "
+            "or "
+            "choose a smaller vm_size or the other kind of node in the profile, then rerun these iterations "
+            f"(%azpar rerun {self.job_id} --failed)"
+        )
 
     def _image_pull_failure(self, nodes: Sequence[Any]) -> str:
         """The pool's nodes are unusable because the container image could not be pulled
@@ -855,10 +968,12 @@ class AzureRun:
                     continue
                 image = details.get("ContainerImage") or self.profile["container_image"]
                 said = "; ".join(x for x in (error.message, details.get("Message")) if x)
-                return (f"no node of the pool could pull the container image {image} ({error.code}: {said}). Check "
-                        "the profile's container_image (name and tag) and, for a private registry, registry_server "
-                        "and its credentials; the pool's nodes stay unusable, so after fixing the profile delete the "
-                        "pool (%azpar pool delete) and run the cell again to create it with that image")
+                return (
+                    f"no node of the pool could pull the container image {image} ({error.code}: {said}). Check "
+                    "the profile's container_image (name and tag) and, for a private registry, registry_server "
+                    "and its credentials; the pool's nodes stay unusable, so after fixing the profile delete the "
+                    "pool (%azpar pool delete) and run the cell again to create it with that image"
+                )
         return ""
 
     def _start_task_failure(self, nodes: Sequence[Any]) -> str:
@@ -908,15 +1023,25 @@ class AzureRun:
             why = "the job preparation task failed on every node" + (f": {code}: {message}" if code else "")
             return why + (f"\n{tail}" if tail else "")
         shown = " ".join(specs[:12]) + (f" and {len(specs) - 12} more" if len(specs) > 12 else "")
-        what = (f"the job's requirements ({shown}: the kernel's versions of what the cell uses"
-                f"{', with --packages' if self.packages else ''})" if self.auto_packages
-                else f"--packages {shown}")
-        fix = ("Pin a version the index has with --packages NAME==VERSION, give the profile's pip_options the index or "
-               "--find-links folder that has it, or bake the packages into container_image and set "
-               "auto_packages = false (or --no-auto-packages)") if self.auto_packages else (
-               "Fix the --packages requirement or the profile's pip_options")
-        return (f"the job preparation task could not install {what} on the pool's nodes, so no iteration ran "
-                f"({code or 'failed'}). {fix}." + (f" pip said:\n{_once(tail)}" if tail else ""))
+        what = (
+            f"the job's requirements ({shown}: the kernel's versions of what the cell uses"
+            f"{', with --packages' if self.packages else ''})"
+            if self.auto_packages
+            else f"--packages {shown}"
+        )
+        fix = (
+            (
+                "Pin a version the index has with --packages NAME==VERSION, give the profile's pip_options the "
+                "index or --find-links folder that has it, or bake the packages into container_image and set "
+                "auto_packages = false (or --no-auto-packages)"
+            )
+            if self.auto_packages
+            else ("Fix the --packages requirement or the profile's pip_options")
+        )
+        return (
+            f"the job preparation task could not install {what} on the pool's nodes, so no iteration ran "
+            f"({code or 'failed'}). {fix}." + (f" pip said:\n{_once(tail)}" if tail else "")
+        )
 
     def _download_failure(self, who: str, detail: Any) -> str:
         """A resource file could not be downloaded: most likely a cached blob was removed.
@@ -926,10 +1051,12 @@ class AzureRun:
         message = (getattr(detail, "message", None) or "").strip()
         details = {d.name: d.value for d in (getattr(detail, "details", None) or []) if d.name}
         what = details.get("FilePath") or "a resource file"
-        return (f"{who} could not download {what} ({code}: {message.splitlines()[0][:200] if message else ''}): "
-                "a blob the job needs is missing or unreadable in storage, e.g. removed from the "
-                f"{storage.CACHE_CONTAINER} container by %azpar storage rm, a lifecycle rule or a storage "
-                "emulator restart. This kernel forgot what it had uploaded there: run the cell again to upload it anew")
+        return (
+            f"{who} could not download {what} ({code}: {message.splitlines()[0][:200] if message else ''}): "
+            "a blob the job needs is missing or unreadable in storage, e.g. removed from the "
+            f"{storage.CACHE_CONTAINER} container by %azpar storage rm, a lifecycle rule or a storage "
+            "emulator restart. This kernel forgot what it had uploaded there: run the cell again to upload it anew"
+        )
 
     def _prep_stderr(self, status: Any, limit: int = 1500) -> str:
         """The end of the job preparation task's stderr (pip says there why an install
@@ -938,13 +1065,16 @@ class AzureRun:
         url = getattr(info, "task_root_directory_url", None) or ""
         root = url.split("/files/", 1)[1] if "/files/" in url else (info.task_root_directory or "")
         if "workitems/" in root:
-            root = root[root.index("workitems/"):]
+            root = root[root.index("workitems/") :]
         if not root or not status.node_id:
             return ""
         try:
             self._count("download_node_file")
-            data = b"".join(self.client.download_node_file(status.pool_id or self.profile["pool_id"], status.node_id,
-                                                           f"{root.rstrip('/')}/stderr.txt"))
+            data = b"".join(
+                self.client.download_node_file(
+                    status.pool_id or self.profile["pool_id"], status.node_id, f"{root.rstrip('/')}/stderr.txt"
+                )
+            )
         except AzureError:
             return ""
         return data.decode("utf-8", "replace").strip()[-limit:]
@@ -1000,8 +1130,9 @@ class AzureRun:
             self.client.reactivate_task(self.job_id, task_id)
             self._count("reactivate_task")
         except HttpResponseError as exc:
-            self._emit(TaskEvent(self.job_id, task_id, "failed", retryable=False,
-                                 error=self._reactivation_refused(exc)))
+            self._emit(
+                TaskEvent(self.job_id, task_id, "failed", retryable=False, error=self._reactivation_refused(exc))
+            )
 
     @staticmethod
     def _reactivation_refused(exc: HttpResponseError) -> str:
@@ -1009,21 +1140,28 @@ class AzureRun:
         refused for a task that exited 0 and in a completed or terminating job)."""
         code = _error_code(exc) or str(exc.reason or exc.status_code)
         if code == "TaskCompleted":
-            return ("the task ran (exit code 0) but its result could not be fetched from storage or from the node, and "
-                    "Batch does not run again a task that exited 0 (TaskCompleted); run the missing iterations "
-                    "with a new cell")
+            return (
+                "the task ran (exit code 0) but its result could not be fetched from storage or from the node, and "
+                "Batch does not run again a task that exited 0 (TaskCompleted); run the missing iterations "
+                "with a new cell"
+            )
         if code in ("JobCompleted", "JobBeingTerminated", "JobBeingDeleted"):
-            return (f"its result could not be fetched and the task could not be run again: the Batch job had already "
-                    f"ended ({code}); run the missing iterations with a new cell")
-        return (f"its result could not be fetched and Batch refused to run the task again ({_short_error(exc)}); "
-                "run the missing iterations with a new cell")
+            return (
+                f"its result could not be fetched and the task could not be run again: the Batch job had already "
+                f"ended ({code}); run the missing iterations with a new cell"
+            )
+        return (
+            f"its result could not be fetched and Batch refused to run the task again ({_short_error(exc)}); "
+            "run the missing iterations with a new cell"
+        )
 
     def cancel(self, task_ids: Sequence[str] | None) -> None:
         if task_ids is None:
             self._stop.set()
             try:
                 self._terminating = self.client.begin_terminate_job(
-                    self.job_id, options=_terminate_options("cancelled by the user"), polling_interval=0.5)
+                    self.job_id, options=_terminate_options("cancelled by the user"), polling_interval=0.5
+                )
                 self._count("terminate_job")
             except AzureError:
                 pass

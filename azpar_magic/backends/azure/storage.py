@@ -79,9 +79,11 @@ def delegation_note(staging: Staging, lifetime: float) -> str:
     """One line for the cell when this run's tokens end before its job_timeout ("" otherwise)."""
     if not staging.delegation or dt.timedelta(seconds=lifetime) + SAS_MARGIN <= DELEGATION_MAX - DELEGATION_SAFETY:
         return ""
-    return (f"job_timeout is {lifetime / 86400:.1f} days, but SAS tokens signed with a user delegation key last "
-            "at most 7 days: tasks that start after that cannot read their inputs or save their results (use "
-            "auth = shared-key, or keep runs under 7 days).")
+    return (
+        f"job_timeout is {lifetime / 86400:.1f} days, but SAS tokens signed with a user delegation key last "
+        "at most 7 days: tasks that start after that cannot read their inputs or save their results (use "
+        "auth = shared-key, or keep runs under 7 days)."
+    )
 
 
 @dataclass
@@ -113,8 +115,15 @@ def files_container(job_id: str) -> str:
 class Staging:
     """One storage account as the backend uses it."""
 
-    def __init__(self, account_url: str, account_name: str, credential: Any, *,
-                 connection_verify: Any = True, max_concurrency: int = 8):
+    def __init__(
+        self,
+        account_url: str,
+        account_name: str,
+        credential: Any,
+        *,
+        connection_verify: Any = True,
+        max_concurrency: int = 8,
+    ):
         self.account_url = account_url.rstrip("/")
         self.account_name = account_name
         self._key = credential.named_key.key if isinstance(credential, AzureNamedKeyCredential) else None
@@ -252,18 +261,27 @@ class Staging:
 
     def container_sas_url(self, container: str, permission: str, expiry: dt.datetime) -> str:
         expiry = signed_expiry(expiry, delegation=self.delegation)
-        token = generate_container_sas(self.account_name, container,
-                                       permission=ContainerSasPermissions.from_string(permission),
-                                       expiry=expiry, start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
-                                       **self._signing(expiry))
+        token = generate_container_sas(
+            self.account_name,
+            container,
+            permission=ContainerSasPermissions.from_string(permission),
+            expiry=expiry,
+            start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
+            **self._signing(expiry),
+        )
         return f"{self.container_url(container)}?{token}"
 
     def blob_sas_url(self, container: str, name: str, permission: str, expiry: dt.datetime) -> str:
         expiry = signed_expiry(expiry, delegation=self.delegation)
-        token = generate_blob_sas(self.account_name, container, name,
-                                  permission=BlobSasPermissions.from_string(permission),
-                                  expiry=expiry, start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
-                                  **self._signing(expiry))
+        token = generate_blob_sas(
+            self.account_name,
+            container,
+            name,
+            permission=BlobSasPermissions.from_string(permission),
+            expiry=expiry,
+            start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
+            **self._signing(expiry),
+        )
         return f"{self.container_url(container)}/{name}?{token}"
 
     def close(self) -> None:

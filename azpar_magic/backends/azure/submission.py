@@ -80,9 +80,15 @@ def _too_large(exc: Exception) -> bool:
 class TaskAdder:
     """Adds groups concurrently; ``on_added`` hears each group's added ids as they land."""
 
-    def __init__(self, client: Any, job_id: str, *, in_flight: int = IN_FLIGHT,
-                 on_added: Callable[[list[str]], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        client: Any,
+        job_id: str,
+        *,
+        in_flight: int = IN_FLIGHT,
+        on_added: Callable[[list[str]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ):
         self.client, self.job_id = client, job_id
         self.in_flight = in_flight
         self.on_added = on_added or (lambda ids: None)
@@ -107,7 +113,8 @@ class TaskAdder:
                 self.report.calls += 1
             try:
                 result = self.client.create_task_collection(
-                    self.job_id, models.BatchTaskGroup(task_values=[t.definition for t in group]))
+                    self.job_id, models.BatchTaskGroup(task_values=[t.definition for t in group])
+                )
             except HttpResponseError as exc:
                 if _too_large(exc) and len(group) > 1:
                     with self._lock:

@@ -17,8 +17,10 @@ def cache(context: MagicContext, words: list[str], usage: str) -> None:
     rest = read_words(words, usage).rest
     if rest == ["clear"]:
         count = api.cache_clear()
-        print(f"azpar: cache cleared: the values of {count} job{'' if count == 1 else 's'} are no longer reused "
-              "(the jobs stay in %azpar jobs)")
+        print(
+            f"azpar: cache cleared: the values of {count} job{'' if count == 1 else 's'} are no longer reused "
+            "(the jobs stay in %azpar jobs)"
+        )
         return
     if rest:
         raise UsageError(usage)
@@ -30,6 +32,8 @@ def cache(context: MagicContext, words: list[str], usage: str) -> None:
             size += (root / job_id / RECORDS).stat().st_size
         except OSError:
             pass
-    print(f"azpar: the cache holds the values of {len(jobs)} job{'' if len(jobs) == 1 else 's'} "
-          f"({size / 1e6:,.1f} MB of their records; the bound, cache_max_bytes, is {max_bytes() / 1e6:,.0f} MB). "
-          "%azpar cache clear forgets them.")
+    print(
+        f"azpar: the cache holds the values of {len(jobs)} job{'' if len(jobs) == 1 else 's'} "
+        f"({size / 1e6:,.1f} MB of their records; the bound, cache_max_bytes, is {max_bytes() / 1e6:,.0f} MB). "
+        "%azpar cache clear forgets them."
+    )

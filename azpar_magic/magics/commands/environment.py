@@ -32,8 +32,11 @@ def env(context: MagicContext, words: list[str], usage: str) -> None:
     manifest = job.manifest or {}
     profile = profiles[0] if profiles else (manifest.get("backend_info") or {}).get("profile")
     with usage_errors(SETTINGS):
-        engine = (session.engine(profile=profile) if profile
-                  else session.engine_for_stored({"backend": job.backend_name, **manifest}))
+        engine = (
+            session.engine(profile=profile)
+            if profile
+            else session.engine_for_stored({"backend": job.backend_name, **manifest})
+        )
     sys.stdout.write(envreport.report(job, engine.backend))
 
 

@@ -30,8 +30,7 @@ def collect(context: MagicContext, words: list[str], usage: str) -> None:
         raise UsageError(usage)
     output = read.output
     job = find_job(read.rest[0] if read.rest else None)
-    pending = context.pending.get(job.id, Pending(job.options.output_name or DEFAULT_OUTPUT, job.options.gather,
-                                                  False))
+    pending = context.pending.get(job.id, Pending(job.options.output_name or DEFAULT_OUTPUT, job.options.gather, False))
     if job.state == LOST:
         raise UsageError(lost_message(job))
     finish_run(context.shell, job, output or pending.output or DEFAULT_OUTPUT, pending.gather, pending.quiet)
@@ -58,8 +57,9 @@ def jobs(context: MagicContext, words: list[str], usage: str) -> None:
     for r in shown:
         state = r.state + (f" ({r.where})" if r.where and r.state not in ("lost",) else "")
         cell = r.first_line if len(r.first_line) <= 60 else r.first_line[:59] + "…"
-        table.append((r.id,) + (r.name,) * named + (r.when, r.backend, state,
-                                                    f"{r.succeeded}/{r.failed}/{r.total}", cell))
+        table.append(
+            (r.id,) + (r.name,) * named + (r.when, r.backend, state, f"{r.succeeded}/{r.failed}/{r.total}", cell)
+        )
     widths = [max(len(row[c]) for row in table) for c in range(len(table[0]) - 1)]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
@@ -83,8 +83,9 @@ def attach(context: MagicContext, words: list[str], usage: str) -> Any:
         inject(context.shell, job, name, job.options.gather)
         return job
     inject_when_done(context.shell, job, name, job.options.gather)
-    print(f"azpar: job {job.id} is {job.state}; {name} will be bound when it ends "
-          f"(%azpar collect {job.id} waits for it)")
+    print(
+        f"azpar: job {job.id} is {job.state}; {name} will be bound when it ends (%azpar collect {job.id} waits for it)"
+    )
     return job
 
 
@@ -121,17 +122,22 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
     if len(read.rest) > 1 or {"--failed", "--all"} <= given:
         raise UsageError(usage)
     quiet = bool(given & {"-q", "--quiet"})
-    with usage_errors(RuntimeError, "The rerun could not be started: {}. Nothing was submitted."), \
-            usage_errors(LOOKUP + (ValueError,)):
-        job = api.rerun_with(read.rest[0] if read.rest else None, "--all" not in given, context.shell.user_ns,
-                             read.output, FLAG_SPELLING)
+    with (
+        usage_errors(RuntimeError, "The rerun could not be started: {}. Nothing was submitted."),
+        usage_errors(LOOKUP + (ValueError,)),
+    ):
+        job = api.rerun_with(
+            read.rest[0] if read.rest else None, "--all" not in given, context.shell.user_ns, read.output, FLAG_SPELLING
+        )
     session.remember(job)
     count = sum(len(t.indices) for t in job.tasks.values())
     if not quiet:
         what = "failed or missing " if "--all" not in given else ""
         kept = f" and keeps its {len(job.items) - count} finished ones" if "--all" not in given else ""
-        print(f"azpar: job {job.id} runs the {count} {what}iteration{'s' if count != 1 else ''} of job "
-              f"{job.rerun_of} again{kept}")
+        print(
+            f"azpar: job {job.id} runs the {count} {what}iteration{'s' if count != 1 else ''} of job "
+            f"{job.rerun_of} again{kept}"
+        )
     name = job.options.output_name or DEFAULT_OUTPUT
     if "--no-wait" in given:
         context.pending[job.id] = Pending(name, job.options.gather, quiet)
@@ -159,8 +165,10 @@ def debug(context: MagicContext, words: list[str], usage: str) -> Any:
     outcome = debugging.run(reproduction)
     exc = outcome.exception
     if exc is None:
-        print(f"azpar: iteration {index} of job {reproduction.job_id} ran here without an exception; its value is "
-              f"returned")
+        print(
+            f"azpar: iteration {index} of job {reproduction.job_id} ran here without an exception; its value is "
+            f"returned"
+        )
         return outcome.value
     if "--no-pdb" in flags:
         __tracebackhide__ = True  # noqa: F841 - IPython leaves this frame out of the traceback

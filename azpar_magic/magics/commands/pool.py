@@ -35,17 +35,22 @@ def pool(context: MagicContext, words: list[str], usage: str) -> None:
                 raise UsageError(RESIZE_USAGE)
         elif counts:
             raise UsageError(usage)
-        with usage_errors(Exception, lambda exc: f"%azpar pool {action} failed: {type(exc).__name__}: "
-                                                 f"{str(exc).splitlines()[0] if str(exc) else ''}"), \
-                usage_errors((ConfigError, ValueError, RuntimeError)):  # else the service's answer, in one line
+        with (
+            usage_errors(
+                Exception,
+                lambda exc: (
+                    f"%azpar pool {action} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ),
+            ),
+            usage_errors((ConfigError, ValueError, RuntimeError)),
+        ):  # else the service's answer, in one line
             print(session.pool_action(profile, action, *sizes))
         return
     if words:
         raise UsageError(usage)
     for engine in session.engines() or [session.engine()]:
         nodes = engine.backend.nodes()
-        print(f"{engine.backend.describe()}: "
-              + (", ".join(f"{n.id} {n.state}" for n in nodes) or "not started"))
+        print(f"{engine.backend.describe()}: " + (", ".join(f"{n.id} {n.state}" for n in nodes) or "not started"))
 
 
 def status(context: MagicContext, words: list[str], usage: str) -> None:
@@ -73,6 +78,9 @@ def pool_views() -> list[dict[str, Any]]:
         backend = engine.backend
         pool, size = backend.pool_info()
         active = [job.snapshot() for job in list(engine.jobs.values()) if not job.done]
-        views.append(pool_view(backend.name, backend.describe(), pool, size, backend.nodes(), active,
-                               size_label=backend.size_label))
+        views.append(
+            pool_view(
+                backend.name, backend.describe(), pool, size, backend.nodes(), active, size_label=backend.size_label
+            )
+        )
     return views

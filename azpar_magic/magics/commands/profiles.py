@@ -59,8 +59,10 @@ def config(context: MagicContext, words: list[str], usage: str) -> None:
         for text in assignments:
             field, _, raw = text.partition("=")
             if field.strip() in locks:
-                raise UsageError(f"%azpar config: {field.strip()} of profile {name!r} is locked by the administrator "
-                                 f"in {locks[field.strip()]}; ask them to change it. Nothing was saved.")
+                raise UsageError(
+                    f"%azpar config: {field.strip()} of profile {name!r} is locked by the administrator "
+                    f"in {locks[field.strip()]}; ask them to change it. Nothing was saved."
+                )
             with usage_errors(ValueError, "%azpar config: {}. Nothing was saved."):
                 values[field.strip()] = prof.parse_value(field.strip(), raw)
         # Fields set here must be valid; others may still be missing (set them later).
@@ -79,8 +81,11 @@ def config(context: MagicContext, words: list[str], usage: str) -> None:
     if display_mode(context.shell) == "widget":
         from ...ui.form import ConfigForm
 
-        form = ConfigForm(name, test_connection=getattr(session, "test_connection", None),
-                          pool_action=getattr(session, "pool_action", None))
+        form = ConfigForm(
+            name,
+            test_connection=getattr(session, "test_connection", None),
+            pool_action=getattr(session, "pool_action", None),
+        )
         display(form.widget)
         return
     print(prof.profile_text(name, values, sources, validate_profile(values)))

@@ -31,9 +31,13 @@ def storage(context: MagicContext, words: list[str], usage: str) -> None:
         raise UsageError(usage)
     progress = TransferProgress()
     try:
-        with usage_errors(RuntimeError, f"%azpar storage {action} failed: {{}}"), \
-                usage_errors((StorageError, FileNotFoundError, ValueError, ConfigError),  # before RuntimeError
-                             f"%azpar storage {action}: {{}}"):
+        with (
+            usage_errors(RuntimeError, f"%azpar storage {action} failed: {{}}"),
+            usage_errors(
+                (StorageError, FileNotFoundError, ValueError, ConfigError),  # before RuntimeError
+                f"%azpar storage {action}: {{}}",
+            ),
+        ):
             if action == "ls":
                 entries = blobs.ls(args[0] if args else "", profile=profile)
                 for entry in entries:
@@ -62,5 +66,7 @@ def _remove(blobs, path: str, flags: set[str], profile: str | None) -> None:
         print(f"azpar: deleted {len(doomed)} blob{'s' if len(doomed) != 1 else ''}")
     else:
         print("\n".join(doomed))
-        print(f"azpar: {len(doomed)} blob{'s' if len(doomed) != 1 else ''} would be deleted; nothing was: "
-              "add -y to delete")
+        print(
+            f"azpar: {len(doomed)} blob{'s' if len(doomed) != 1 else ''} would be deleted; nothing was: "
+            "add -y to delete"
+        )
