@@ -21,8 +21,9 @@ check() {  # check NAME COMMAND...: run one check, remember its failure, go on
   fi
 }
 
-# The package and the scripts; tests/ and bench/ join once they are clean too.
+# Lint rules on everything Python in the repository; the formatter's house style on the package.
 check "ruff check" "$BIN/ruff" check --no-cache --output-format=concise azpar_magic scripts tests bench
+check "ruff format" "$BIN/ruff" format --no-cache --check azpar_magic
 check "import contracts" "$BIN/lint-imports" --no-cache
 check "mypy" "$BIN/python" -m mypy --no-incremental --cache-dir=/dev/null
 
