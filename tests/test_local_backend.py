@@ -252,6 +252,20 @@ def test_close_ends_every_worker_process_and_removes_the_stage(backend):
     assert not any(pid_alive(p) for p in pids) and not os.path.exists(stage)
 
 
+def test_close_says_how_running_and_queued_tasks_ended_and_a_closed_pool_refuses_work(backend):
+    b = backend(1)
+    spec, tasks = job("import time\ntime.sleep(30)\nx", 2, [range(0, 1), range(1, 2)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    assert sink.take(1)[0].kind == "started"
+    b.close()
+    ended = {e.task_id: e for e in sink.take(2)}
+    assert set(ended) == {"1", "2"}
+    assert all(e.kind == "failed" and e.failure_kind == "cancelled" for e in ended.values()), ended
+    with pytest.raises(RuntimeError, match="closed"):
+        b.submit(*job("x", 1, [range(0, 1)], job_id="job-2"), Sink())
+
+
 # --------------------------------------------------------------------------- the registry
 
 

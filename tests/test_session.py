@@ -202,9 +202,6 @@ def test_close_forgets_every_engine_and_the_next_request_makes_a_new_pool():
     assert after is not before and after.backend.name == "local"
 
 
-@pytest.mark.xfail(reason="found while writing this file: LocalBackend.close (backends/local.py) stops the "
-                          "dispatcher right after session.close cancelled the job, so a running task's cancelled "
-                          "event is never sent and the job stays 'running' (1 cancelled, 1 running)")
 @pytest.mark.timeout(120)
 def test_close_ends_a_running_local_job_as_cancelled():
     job = azpar_magic.run("for x in range(2)", "import time\ntime.sleep(30)\nx", {}, backend="local", chunk_size=1)

@@ -291,6 +291,11 @@ class LocalBackend(BaseBackend):
             self._closed = True
             workers = list(self._workers.values())
             self._workers.clear()
+            # Tasks that will never report now: the dispatcher stops below, so a running task's
+            # end (even one cancel() just killed) and a queued one's are said here, once.
+            unfinished = [w.task for w in workers if w.task] + list(self._queue)
+            self._queue.clear()
+            jobs = dict(self._jobs)
         self._wake()
         for w in workers:
             try:
@@ -307,6 +312,15 @@ class LocalBackend(BaseBackend):
             self._release(w)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
+        self._thread = None  # start() after close() refuses instead of returning as if running
+        for job_id, task in unfinished:
+            job = jobs.get(job_id)
+            if job is not None:
+                job.on_event(
+                    TaskEvent(
+                        job_id, task.task_id, "failed", error="the local pool was closed", failure_kind="cancelled"
+                    )
+                )
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 try:
