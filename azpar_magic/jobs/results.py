@@ -11,7 +11,7 @@ import io
 import pickle
 import sys
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from .. import worker as wire
@@ -191,9 +191,12 @@ def _stand_in_within(value: Any, ids: set[int], limit: int = 100_000) -> _Unload
     return None
 
 
-def failure_from_record(index: int, rec: dict) -> Failure:
+def failure_from_record(index: int, rec: Mapping[str, Any], *, with_exception: bool = True) -> Failure:
+    """A failed iteration as a worker's result record or the job store's logs describe it. The exception
+    object itself is rebuilt only ``with_exception`` (a result record carries it; reading logs must work
+    whatever this kernel defines) and only if its class exists here."""
     exc = None
-    if rec.get("exc"):
+    if with_exception and rec.get("exc"):
         try:
             exc = wire.loads(*rec["exc"])
         except Exception:  # the exception's class may not exist here
@@ -204,6 +207,6 @@ def failure_from_record(index: int, rec: dict) -> Failure:
         rec.get("message", ""),
         rec.get("traceback", ""),
         rec.get("line"),
-        "user",
+        rec.get("kind", "user"),
         exc,
     )

@@ -402,17 +402,6 @@ def load_items(job_id: str, total: int | None = None) -> list:
     return items
 
 
-def _failure_from_json(index: int, data: Mapping[str, Any]) -> Failure:
-    return Failure(
-        index,
-        data.get("type", "Exception"),
-        data.get("message", ""),
-        data.get("traceback", ""),
-        data.get("line"),
-        data.get("kind", "user"),
-    )
-
-
 def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, values: bool) -> int:
     """Replay records from ``start`` into ``job``; return the offset after the last whole one.
 
@@ -429,7 +418,7 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
         job.restore_outputs(outputs, base=base)
         for i, data_ in (record.get("failures") or {}).items():
             if int(i) not in skip:
-                logged.setdefault(int(i), _failure_from_json(int(i), data_))
+                logged.setdefault(int(i), failure_from_record(int(i), data_, with_exception=False))
     for header, body, skip, base, offset in walk(data, start):  # noqa: B007 (returned: where the next look starts)
         kind = header.get("k")
         if kind not in ("result", "fail"):
@@ -440,7 +429,12 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
         if kind == "fail":
             failure = header["failure"]
             job.restore(
-                kept, [None] * len(kept), {i: _failure_from_json(i, failure) for i in kept}, {}, None, base=base
+                kept,
+                [None] * len(kept),
+                {i: failure_from_record(i, failure, with_exception=False) for i in kept},
+                {},
+                None,
+                base=base,
             )
         elif not values:
             job.restore(kept, [None] * len(kept), {i: logged[i] for i in kept if i in logged}, {}, None, base=base)
