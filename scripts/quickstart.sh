@@ -4,5 +4,5 @@
 # (a venv with the package and its `examples` extra): no Node, no browser, no root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AZPAR_SETUP=light AZPAR_EXTRAS=${AZPAR_EXTRAS:-examples} bash scripts/setup.sh
+AZPAR_SETUP=light AZPAR_EXTRAS=${AZPAR_EXTRAS:-examples} AZPAR_GROUPS= bash scripts/setup.sh
 exec "${AZPAR_VENV:-.venv}/bin/python" scripts/run_notebook.py notebooks/01-quickstart.ipynb

@@ -69,6 +69,13 @@ def test_the_wheel_carries_the_files_but_installs_nothing_under_etc(tmp_path):
     assert not [n for n in names if ".data/" in n], [n for n in names if ".data/" in n]  # no shared-data
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "azpar-magic = azpar_magic.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # What users install: the azure and examples extras, never the developers' test and bench
+    # tools (pyproject's dependency groups, which stay out of the metadata).
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    extras = sorted(line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Provides-Extra:"))
+    assert extras == ["azure", "examples"], extras
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert not [r for r in requires if any(tool in r for tool in ("pytest", "ruff", "mypy", "joblib", "jupyterhub"))]
 
 
 STARTUP = ROOT / "jupyter-config" / "ipython" / "startup" / install.STARTUP_NAME
