@@ -43,7 +43,6 @@ DEFAULTS: dict[str, Any] = {
     "cache_max_bytes": 2 * 1024**3,
 }
 PROFILES_TABLE = "profiles"
-IPYTHON_LAYER = "IPython configuration"  # %config AzparMagics.KEY / c.AzparMagics.KEY in ipython_config.py
 _ENV_PREFIX = "AZPAR_"
 _INT_KEYS = {"workers", "max_items", "cache_max_bytes"}
 
@@ -103,28 +102,6 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     return value
 
 
-_ipython_settings: dict[str, Any] = {}  # the IPython layer: the magics keep it equal to their traits
-
-
-def set_ipython_settings(values: Mapping[str, Any]) -> None:
-    """Replace the IPython layer (above the environment, below a cell's options) with ``values`` (None: unset)."""
-    _ipython_settings.clear()
-    _ipython_settings.update({k: v for k, v in values.items() if v is not None})
-
-
-def coerce_setting(key: str, value: Any, where: str) -> Any:
-    """``value`` as the setting ``key`` holds it, or ConfigError saying why not (workers: a whole number >= 1)."""
-    return _coerce(key, value, where)
-
-
-def check_unlocked(key: str, where: str) -> None:
-    """ConfigError when the administrator's system file sets the top-level setting ``key`` and locks it."""
-    policy = admin_policy()
-    admin = _read_toml(system_config_path())
-    if policy.locks(None, key) and key in admin and not isinstance(admin[key], dict):
-        raise ConfigError(_locked_message(where, key, None, policy, admin[key]))
-
-
 def load_settings(
     overrides: Mapping[str, Any] | None = None, *, cwd: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -142,7 +119,6 @@ def load_settings(
                 if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX) :].lower() in DEFAULTS
             },
         ),
-        (IPYTHON_LAYER, dict(_ipython_settings)),
         ("magic options", {k: v for k, v in (overrides or {}).items() if v is not None}),
     ]
     policy = admin_policy()
@@ -236,8 +212,6 @@ def _locked_message(where: str, key: str, profile: str | None, policy: AdminPoli
     what = f"{key} of profile {profile!r}" if profile else f"the setting {key}"
     if where.startswith("environment variable "):
         fix = f"unset {where[len('environment variable ') :]}"
-    elif where == IPYTHON_LAYER:
-        fix = f"unset it (%config AzparMagics.{key} = None, or remove c.AzparMagics.{key} from ipython_config.py)"
     elif where in ("environment", "magic options"):
         fix = f"do not set it in the {where}"
     else:
@@ -318,21 +292,6 @@ PROFILE_FIELDS: dict[str, ProfileField] = {
         ),
         ProfileField("min_nodes", int, 0, "autoscale: fewest nodes"),
         ProfileField("max_nodes", int, 10, "autoscale: most nodes"),
-        ProfileField(
-            "idle_timeout",
-            int,
-            0,
-            "minutes without tasks after which a pool azpar created shrinks to 0 nodes (0: never); Batch "
-            "evaluates this every 5 minutes, so it happens up to 6 minutes later",
-        ),
-        ProfileField(
-            "dedicated_fallback",
-            int,
-            0,
-            "dedicated nodes added to a pool azpar created when a job's spot nodes are preempted or not granted "
-            "for spot_wait minutes (0: never)",
-        ),
-        ProfileField("spot_wait", float, 5.0, "minutes a job waits for missing spot nodes before dedicated_fallback"),
         ProfileField("task_slots_per_node", int, 1, "tasks running at once on one node"),
         ProfileField("image", str, "microsoft-dsvm:ubuntu-hpc:2204", "VM image publisher:offer:sku[:version]"),
         ProfileField("node_agent_sku", str, "batch.node.ubuntu 22.04", "node agent SKU matching the image"),
@@ -570,12 +529,6 @@ def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
             )
         if v["min_nodes"] > v["max_nodes"]:
             problems["min_nodes"] = f"min_nodes ({v['min_nodes']}) is more than max_nodes ({v['max_nodes']})"
-    if not 0 <= v["idle_timeout"] <= 7 * 24 * 60:
-        problems["idle_timeout"] = f"must be between 0 (never) and 10080 minutes (a week), not {v['idle_timeout']}"
-    if v["dedicated_fallback"] < 0:
-        problems["dedicated_fallback"] = f"must be 0 or more, not {v['dedicated_fallback']}"
-    if not v["spot_wait"] > 0:
-        problems["spot_wait"] = f"must be more than 0 minutes, not {v['spot_wait']}"
     if not 1 <= v["task_slots_per_node"] <= 256:
         problems["task_slots_per_node"] = f"must be between 1 and 256, not {v['task_slots_per_node']}"
     parts = (v["image"] or "").split(":")
