@@ -23,14 +23,15 @@ import socket
 import sys
 import threading
 import types
-from collections.abc import Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import dill
 
 from .. import worker as wire
 from ..errors import CaptureError
-from . import environment
+from . import environment, fingerprint
 from .parsing import CELL_FILENAME, ParsedCell
 
 # Never shipped, whatever the body reads: IPython's history and handles, and the shell.
@@ -494,7 +495,36 @@ def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
 
 
 def _module_to_distributions() -> Mapping[str, list[str]]:
-    return _module_table(environment.path_signature())
+    return _module_table(installed_signature())
+
+
+_METADATA_SUFFIXES = (".dist-info", ".egg-info", ".egg-link", ".pth")
+_folder_metadata: dict[str, tuple[int | None, frozenset[str]]] = {}
+
+
+def installed_signature() -> tuple:
+    """sys.path with the installed-distribution entries (``*.dist-info``, ``.pth`` files...) of
+    each folder: what the tables below are computed from. A folder's mtime alone is not enough
+    of a key: the notebook's own folder is on sys.path, and saving the notebook (or any file
+    there) changed it, which rebuilt the module table, 0.5-0.7 s, at the next cell (issue 16).
+    A folder is listed again only when its mtime changed, so a warm cell costs a stat per entry;
+    a ``pip install`` (a new or renamed ``.dist-info``) still changes the signature."""
+    out = []
+    for entry in sys.path:
+        folder = entry or "."
+        try:
+            mtime: int | None = os.stat(folder).st_mtime_ns
+        except OSError:
+            mtime = None
+        cached = _folder_metadata.get(folder)
+        if cached is None or cached[0] != mtime:
+            try:
+                names = frozenset(n for n in os.listdir(folder) if n.endswith(_METADATA_SUFFIXES))
+            except OSError:
+                names = frozenset()
+            cached = _folder_metadata[folder] = (mtime, names)
+        out.append((entry, cached[0] is not None, cached[1]))
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=2)
@@ -544,7 +574,7 @@ def _editable_distribution(top: str) -> str | None:
     if not where:
         return None
     where = os.path.realpath(where)
-    for root, name in _editable_roots(environment.path_signature()):
+    for root, name in _editable_roots(installed_signature()):
         if where.startswith(root.rstrip(os.sep) + os.sep):
             return name
     return None
@@ -718,8 +748,14 @@ def capture(
     no_export: Iterable[str] = (),
     folder: str | None = None,
     items: Iterable[object] = (),
+    stored: Callable[[str, int], bytes | None] | None = None,
 ) -> Capture:
-    """Choose, check and serialise what ``cell`` needs from ``namespace``."""
+    """Choose, check and serialise what ``cell`` needs from ``namespace``.
+
+    ``stored(sha256, size)``, when given, returns the bytes of a namespace kept earlier (or None):
+    when the chosen objects are unchanged since a capture that gave those bytes (``fingerprint``),
+    they are reused instead of pickled and hashed again (issue 16: an identical cell over a 100 MB
+    array cost a full copy and its sha256, to stage nothing new)."""
     export = list(export)
     missing = [n for n in export if n not in namespace]
     if missing:
@@ -736,7 +772,7 @@ def capture(
     chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
     for name in export:
         chosen[name] = namespace[name]
-    codec, data, used_modules = serialize(chosen)
+    codec, data, used_modules, sha = _serialize_or_reuse(chosen, stored)
     modules = used_modules | reach.modules | imported_modules(cell.body_tree) | item_modules(items)
     folder = folder or os.getcwd()
     local = local_module_files(modules, folder)
@@ -749,12 +785,49 @@ def capture(
         codec=codec,
         data=data,
         size=len(data),
-        sha256=wire.sha256(data),
+        sha256=sha,
         packages=packages,
         local_modules=local,
         sources=reach.sources,
         warnings=(_DYNAMIC_LOOKUP_WARNING,) if dynamic else (),
     )
+
+
+@dataclass(frozen=True)
+class _Serialized:
+    """What serialising unchanged objects gave, without the bytes (a kernel keeps no copy)."""
+
+    codec: str
+    sha256: str
+    size: int
+    modules: frozenset[str]
+
+
+_REUSE_KEPT = 8  # fingerprints remembered (a few cells alternating)
+_reusable: OrderedDict[bytes, _Serialized] = OrderedDict()
+_reusable_lock = threading.Lock()  # api.run may capture from several threads
+
+
+def _serialize_or_reuse(
+    chosen: dict[str, object], stored: Callable[[str, int], bytes | None] | None
+) -> tuple[str, bytes, set[str], str]:
+    """(codec, bytes, modules, sha256) of ``chosen``: the kept bytes of an earlier capture of the
+    same content when ``stored`` still has them, else a fresh serialisation (remembered)."""
+    key = fingerprint.fingerprint(chosen) if stored is not None else None
+    with _reusable_lock:
+        earlier = _reusable.get(key) if key is not None else None
+    if earlier is not None and stored is not None:
+        data = stored(earlier.sha256, earlier.size)
+        if data is not None and len(data) == earlier.size:
+            return earlier.codec, data, set(earlier.modules), earlier.sha256
+    codec, data, used_modules = serialize(chosen)
+    sha = wire.sha256(data)
+    if key is not None:
+        with _reusable_lock:
+            _reusable[key] = _Serialized(codec, sha, len(data), frozenset(used_modules))
+            while len(_reusable) > _REUSE_KEPT:
+                _reusable.popitem(last=False)
+    return codec, data, used_modules, sha
 
 
 _DYNAMIC_LOOKUP_WARNING = (
