@@ -45,8 +45,10 @@ def use(profile: str | None) -> config.Profile | None:
     return loaded
 
 
-def active_profile(explicit: str | None = None) -> str | None:
-    return explicit or _active_profile or settings()["profile"]
+def active_profile(explicit: str | None = None, loaded: config.Settings | None = None) -> str | None:
+    """The profile a run uses: ``explicit``, else the one ``use`` chose, else the settings' (``loaded``
+    when the caller has just read them: a cell reads its settings once, issue 16)."""
+    return explicit or _active_profile or (loaded if loaded is not None else settings())["profile"]
 
 
 def engine(backend: str | None = None, workers: int | None = None, profile: str | None = None) -> Engine:
@@ -56,7 +58,7 @@ def engine(backend: str | None = None, workers: int | None = None, profile: str 
     backend unless ``backend`` is given; Azure engines are keyed by the profile's content,
     so editing a profile between cells takes effect and an unchanged one reuses its pool."""
     chosen = settings({"backend": backend, "workers": workers})
-    name = active_profile(profile)
+    name = active_profile(profile, chosen)
     loaded = config.load_profile(name) if name and name != LOCAL else None
     kind = backend or (loaded["backend"] if loaded else chosen["backend"])
     if kind == "local":

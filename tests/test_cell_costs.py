@@ -1,0 +1,34 @@
+"""What a warm cell pays for on the local pool (issue 16, target c): its settings are read once."""
+
+from __future__ import annotations
+
+import pytest
+
+from azpar_magic import config, session
+
+
+@pytest.fixture
+def settings_reads(monkeypatch):
+    reads = []
+    original = config.load_settings
+
+    def counting(*args, **kwargs):
+        reads.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(config, "load_settings", counting)
+    return reads
+
+
+def test_choosing_the_engine_reads_the_settings_once(settings_reads):
+    session.engine()
+    assert len(settings_reads) == 1
+
+
+def test_a_warm_cell_reads_the_settings_once(run_cell, ip, settings_reads):
+    cell = "%%azpar -q -o r for x in range(2):\nx + 1"
+    assert run_cell(cell).success  # warm: the pool is started, the config files are parsed
+    settings_reads.clear()
+    result = run_cell(cell)
+    assert result.success and ip.user_ns["r"] == [1, 2]
+    assert len(settings_reads) == 1
