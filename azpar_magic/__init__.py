@@ -14,7 +14,7 @@ from __future__ import annotations
 # The subpackages azpar_magic.run and azpar_magic.jobs share their names with the public functions
 # run() and jobs(). Importing a subpackage for the first time binds it as an attribute of this package,
 # so both subpackages are loaded here first (api imports them) and the functions are bound after them.
-from . import api, session, storage  # storage: ls/get/put/rm on the profile's Blob storage
+from . import api, config, session, storage, verbosity  # storage: ls/get/put/rm on the profile's Blob storage
 from .errors import (
     AzparError,
     EnvironmentMismatchError,
@@ -32,6 +32,7 @@ from .mapping import map, starmap  # noqa: A004 (azpar_magic.map, as multiproces
 from .api import attach, cache_clear, cancel, collect, delete, jobs, logs, rerun, run  # last: see above
 
 __version__ = "0.1.0"
+verbosity.from_environment()  # AZPAR_LOG=debug|info|http: the log on stderr from the import on (else nothing)
 __all__ = [
     "run",
     "map",
@@ -65,9 +66,14 @@ __all__ = [
 def load_ipython_extension(ipython) -> None:
     from .magics import AzparMagics
 
+    verbosity.from_environment()
     ipython.register_magics(AzparMagics)
     print(f"azpar_magic {__version__}: %%azpar runs loops on the {session.describe()}.")
 
 
 def unload_ipython_extension(ipython) -> None:
+    from .magics.display import choose_mode
+
     session.close()
+    config.set_ipython_settings({})  # the unloaded magics' traits no longer count
+    choose_mode(None)

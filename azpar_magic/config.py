@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -32,6 +33,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+logger = logging.getLogger(__name__)
+
 # max_items: how many items a loop's iterable may yield (engine.materialize); raise it in a config
 # file (max_items = 50_000_000) or with AZPAR_MAX_ITEMS.
 # cache_max_bytes: bytes of stored job records the --cache index may point at (oldest jobs leave it first).
@@ -43,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "cache_max_bytes": 2 * 1024**3,
 }
 PROFILES_TABLE = "profiles"
+IPYTHON_LAYER = "IPython configuration"  # %config AzparMagics.KEY / c.AzparMagics.KEY in ipython_config.py
 _ENV_PREFIX = "AZPAR_"
 _INT_KEYS = {"workers", "max_items", "cache_max_bytes"}
 
@@ -87,6 +91,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the azpar config file {path}: {exc}") from None
     _parsed[path] = (stamp, data)
+    logger.debug("read the config file %s", path)
     return data
 
 
@@ -100,6 +105,28 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {key} must be at least 1, got {number}")
         return number
     return value
+
+
+_ipython_settings: dict[str, Any] = {}  # the IPython layer: the magics keep it equal to their traits
+
+
+def set_ipython_settings(values: Mapping[str, Any]) -> None:
+    """Replace the IPython layer (above the environment, below a cell's options) with ``values`` (None: unset)."""
+    _ipython_settings.clear()
+    _ipython_settings.update({k: v for k, v in values.items() if v is not None})
+
+
+def coerce_setting(key: str, value: Any, where: str) -> Any:
+    """``value`` as the setting ``key`` holds it, or ConfigError saying why not (workers: a whole number >= 1)."""
+    return _coerce(key, value, where)
+
+
+def check_unlocked(key: str, where: str) -> None:
+    """ConfigError when the administrator's system file sets the top-level setting ``key`` and locks it."""
+    policy = admin_policy()
+    admin = _read_toml(system_config_path())
+    if policy.locks(None, key) and key in admin and not isinstance(admin[key], dict):
+        raise ConfigError(_locked_message(where, key, None, policy, admin[key]))
 
 
 def load_settings(
@@ -119,6 +146,7 @@ def load_settings(
                 if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX) :].lower() in DEFAULTS
             },
         ),
+        (IPYTHON_LAYER, dict(_ipython_settings)),
         ("magic options", {k: v for k, v in (overrides or {}).items() if v is not None}),
     ]
     policy = admin_policy()
@@ -212,6 +240,8 @@ def _locked_message(where: str, key: str, profile: str | None, policy: AdminPoli
     what = f"{key} of profile {profile!r}" if profile else f"the setting {key}"
     if where.startswith("environment variable "):
         fix = f"unset {where[len('environment variable ') :]}"
+    elif where == IPYTHON_LAYER:
+        fix = f"unset it (%config AzparMagics.{key} = None, or remove c.AzparMagics.{key} from ipython_config.py)"
     elif where in ("environment", "magic options"):
         fix = f"do not set it in the {where}"
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import threading
 from typing import Any
 
@@ -15,6 +16,7 @@ from .errors import ConfigError, StoreError
 from .jobs import Job
 from .run.engine import Engine
 
+logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engines: dict[tuple, Engine] = {}
 _jobs: dict[str, Job] = {}
@@ -42,6 +44,7 @@ def use(profile: str | None) -> config.Profile | None:
     if loaded["backend"] == "azure":
         config.check_profile(loaded)
     _active_profile = profile
+    logger.info("later cells use profile %r (%s backend)", profile, loaded["backend"])
     return loaded
 
 
@@ -76,6 +79,7 @@ def engine(backend: str | None = None, workers: int | None = None, profile: str 
     with _lock:
         if key not in _engines:
             _engines[key] = Engine(create_backend(kind, **options))
+            logger.info("new %s engine for %s", kind, key[1] if kind == "local" else f"profile {key[1]!r}")
         stale = [
             k
             for k, eng in _engines.items()

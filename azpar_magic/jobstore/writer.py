@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import collections
 import json
+import logging
 import os
 import pickle
 import sys
@@ -44,6 +45,7 @@ from .records import (
     write_manifest,
 )
 
+logger = logging.getLogger(__name__)
 COALESCE = 0.05  # seconds the writer waits so that a short job is written once (see above)
 
 
@@ -210,6 +212,7 @@ class JobRecorder:
         """The job ended: record its final state and counts."""
         job = self.job
         succeeded, failed, cancelled = job.counts()
+        logger.debug("job %s ended %s (%d succeeded, %d failed)", job.id, job.state, succeeded, failed + cancelled)
         self._pending.append(
             (
                 "end",

@@ -178,6 +178,7 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
     with usage_errors(CellError):
         parsed = parse_cell(line, cell)
     args = parse_options(azpar_cell.parser, parsed.options)
+    args.quiet = args.quiet or context.quiet  # %config AzparMagics.quiet
     options = job_options(args, shell.user_ns)
     export, no_export = names(args.export, "--export"), names(args.no_export, "--no-export")
     with usage_errors(SETTINGS, "{}. Nothing was submitted."):

@@ -28,6 +28,7 @@ class MagicContext:
 
     shell: Any
     pending: dict[str, Pending] = field(default_factory=dict)
+    quiet: bool = False  # %config AzparMagics.quiet: every cell and rerun as with -q
 
 
 def find_job(job_id: str | None) -> Job:

@@ -19,6 +19,12 @@ DISPLAY_ENV = "AZPAR_DISPLAY"  # auto (default), widget or text
 PANELS_KEPT = 50  # live job panels kept for re-display (collect, the --no-wait handle)
 
 _PANELS: OrderedDict[str, Any] = OrderedDict()
+_chosen: list[str | None] = [None]  # %config AzparMagics.display; None: AZPAR_DISPLAY decides
+
+
+def choose_mode(mode: str | None) -> None:
+    """The display mode cells use (auto, widget or text) whatever AZPAR_DISPLAY says; None: AZPAR_DISPLAY's."""
+    _chosen[0] = mode
 
 
 def display_mode(shell: Any) -> str:
@@ -32,7 +38,7 @@ def display_mode(shell: Any) -> str:
     forces the text line; AZPAR_DISPLAY=widget forces widgets wherever a kernel can send
     them (a frontend that sends no cell id but draws widgets, e.g. classic Notebook 6).
     """
-    forced = os.environ.get(DISPLAY_ENV, "auto").strip().lower()
+    forced = (_chosen[0] or os.environ.get(DISPLAY_ENV, "auto")).strip().lower()
     if forced == "text":
         return "text"
     kernel = getattr(shell, "kernel", None)

@@ -13,10 +13,14 @@ from typing import Any, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from traitlets import Bool, CaselessStrEnum, Int, TraitError, Unicode, observe, validate
 
+from .. import config, session
+from ..errors import ConfigError
 from . import cell
-from .commands import cache, environment, jobs, pool, profiles, storage
+from .commands import cache, environment, jobs, pool, profiles, storage, verbose
 from .context import MagicContext
+from .display import choose_mode
 
 Handler = Callable[[MagicContext, list[str], str], Any]
 
@@ -112,6 +116,13 @@ COMMANDS: tuple[Command, ...] = (  # in the order %azpar help lists them
         synopsis="%azpar use PROFILE|local",
     ),
     Command(
+        "verbose",
+        verbose.verbose,
+        "%azpar verbose [on|info|http|off]",
+        "show what azpar does on stderr (on: in detail; http: also the Azure SDK's requests, secrets redacted); "
+        "alone: the current level. AZPAR_LOG=debug|info|http sets it at import",
+    ),
+    Command(
         "status",
         pool.status,
         "%azpar status",
@@ -190,11 +201,90 @@ def run_line(context: MagicContext, line: str) -> Any:
 
 @magics_class
 class AzparMagics(Magics):
-    """``%%azpar`` runs loop iterations in parallel; ``%azpar`` manages jobs."""
+    """``%%azpar`` runs loop iterations in parallel; ``%azpar`` manages jobs.
 
-    def __init__(self, shell: Any = None):
-        super().__init__(shell)
+    Its traits are the top-level settings as IPython configures every extension: ``%config AzparMagics.workers = 4``
+    in a session, ``c.AzparMagics.workers = 4`` in ipython_config.py. They form one layer of azpar's settings,
+    above the ``AZPAR_*`` environment variables and the TOML files and below a cell's own options; None (the
+    default) leaves the setting to those lower layers. A setting the administrator locked cannot be set here.
+    """
+
+    workers = Int(
+        None,
+        allow_none=True,
+        help="Size of the local pool a cell uses without --workers (at least 1). None: the AZPAR_WORKERS "
+        "variable or the config files decide (default: one worker per CPU this kernel may use).",
+    ).tag(config=True)
+    profile = Unicode(
+        None,
+        allow_none=True,
+        help="Profile cells use without --profile (a [profiles.NAME] table of the config files), or 'local' for "
+        "the local pool; setting it in a session also ends a '%azpar use'. None: the config files decide.",
+    ).tag(config=True)
+    display = CaselessStrEnum(
+        ("auto", "widget", "text"),
+        default_value=None,
+        allow_none=True,
+        help="How a job shows its progress: widget (a live panel), text (one line), auto (the panel where the "
+        "frontend draws widgets). None: the AZPAR_DISPLAY variable decides (default: auto).",
+    ).tag(config=True)
+    quiet = Bool(False, help="Run every cell and rerun as with -q: no progress line.").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any):
+        self._configured = False  # ipython_config.py's values arrive inside __init__; %config's after it
         self.context = MagicContext(shell)
+        super().__init__(shell, **kwargs)
+        self._configured = True
+        self._share()
+
+    @validate("workers")
+    def _check_workers(self, proposal: Any) -> Any:
+        value = self._checked("workers", proposal["value"])
+        if value is not None and value > session.workers_limit():  # the bound --workers has
+            raise TraitError(
+                f"AzparMagics.workers must be at most {session.workers_limit()} ({session.WORKERS_PER_CPU} per CPU "
+                f"this kernel may use, at least {session.WORKERS_FLOOR}), got {value}"
+            )
+        return value
+
+    @validate("profile")
+    def _check_profile(self, proposal: Any) -> Any:
+        value = self._checked("profile", proposal["value"])
+        if value is not None and value != "local" and self._configured:
+            try:  # a name set in a session must exist now (ipython_config.py's is checked when a cell uses it)
+                config.load_profile(value)
+            except ConfigError as exc:
+                raise TraitError(f"AzparMagics.profile: {exc}") from None
+        return value
+
+    def _checked(self, key: str, value: Any) -> Any:
+        """The layer's value: config's own rule for ``key``, and, when set in a session, refused if the
+        administrator locked it (from ipython_config.py a locked value is refused by every cell that reads it,
+        with the same message, rather than failing the extension's load)."""
+        if value is None:
+            return None
+        try:
+            if self._configured:
+                config.check_unlocked(key, config.IPYTHON_LAYER)
+            return config.coerce_setting(key, value, f"AzparMagics.{key}")
+        except ConfigError as exc:
+            raise TraitError(str(exc)) from None
+
+    @observe("workers", "profile", "display", "quiet")
+    def _changed(self, change: Any) -> None:
+        if change["name"] == "profile" and self._configured:
+            session.use(None)  # the value just set is the profile; an earlier %azpar use no longer overrides it
+        self._share()
+
+    def _share(self) -> None:
+        """Hand the trait values to the layers that read them: the settings (workers, profile), the display
+        choice and the magics' context (quiet)."""
+        if not getattr(self, "_configured", False):
+            return
+        profile = session.LOCAL if self.profile == "local" else self.profile
+        config.set_ipython_settings({"workers": self.workers, "profile": profile})
+        choose_mode(self.display)
+        self.context.quiet = self.quiet
 
     azpar_cell = cast(Marker, cell_magic("azpar"))(cell.azpar_cell)  # its options and %%azpar? text: cell.py
 

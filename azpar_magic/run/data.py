@@ -28,6 +28,7 @@ Semantics (also in the README):
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import string
@@ -40,6 +41,7 @@ from .. import worker as wire
 from ..errors import DataError
 from ..jobs.text import short_repr
 
+logger = logging.getLogger(__name__)
 BLOB_SCHEME = "az://"
 INPUTS_DIR = "inputs"  # where inputs appear in an iteration's working directory
 DEFAULT_DEST = "azpar_outputs"
@@ -450,6 +452,7 @@ class FilesReport:
         with self._lock:
             for index, rels in (record.get("produced") or {}).items():
                 self.produced[int(index)] = list(rels)
+                logger.debug("iteration %s: %d output files moved to %s", index, len(rels), self.location)
             for index, patterns in (record.get("unmatched") or {}).items():
                 for pattern in patterns:
                     found = self.unmatched.setdefault(pattern, [])

@@ -9,6 +9,7 @@ early under ``--errors stop``, and finishing the job when every task is final.
 from __future__ import annotations
 
 import itertools
+import logging
 import mmap
 import os
 import secrets
@@ -28,6 +29,8 @@ from ..jobs.states import task_failure_kind
 from . import cache as cache_mod, capture as capture_mod, data as data_mod, parsing
 from .parsing import ParsedCell
 from .request import API_SPELLING, RunRequest
+
+logger = logging.getLogger(__name__)
 
 
 def new_job_id() -> str:
@@ -248,6 +251,7 @@ class _Run:
         task = job.task(event.task_id)
         if event.retryable and task.attempts <= job.options.retries and event.task_id not in self.stopped:
             job.record_task_requeued(event.task_id, event.error)
+            logger.info("job %s: task %s retried (attempt %d): %s", job.id, event.task_id, task.attempts, event.error)
             self.engine.backend.resubmit(job.id, self.tasks[event.task_id])
             return
         kind, etype = task_failure_kind(event.failure_kind)
@@ -475,6 +479,7 @@ class Engine:
         job.capture = cap.without_data()  # the bytes are staged by the backend, never kept (see without_data)
         del cap
         job.mark_running()
+        logger.info("job %s submitted to %s: %d tasks, %d items", job_id, self.backend.name, len(tasks), len(items))
         self.backend.submit(spec, list(tasks.values()), run.on_event)
         return job
 

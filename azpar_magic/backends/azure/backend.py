@@ -8,6 +8,7 @@ What the backend's parts share (profile, accounts, clients built on first use) i
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from .context import AzureContext
 from .files import check_blobs
 from .run import MANIFEST_BLOB, AzureRun
 
+logger = logging.getLogger(__name__)
 NODE_CACHE_SECONDS = 1.0
 
 
@@ -89,6 +91,7 @@ class AzureBackend(BaseBackend):
                 return
             try:
                 pool.ensure(self.client, self.profile, self.context.registry_password())
+                logger.info("pool %s is there (found or created)", self.profile["pool_id"])
             except AzureError as exc:
                 what = f"the pool {self.profile['pool_id']!r} could not be reached or created"
                 raise errors.translate(exc, what) from None
@@ -105,6 +108,7 @@ class AzureBackend(BaseBackend):
                 raise RuntimeError(f"staging the job on Azure failed: {errors.describe(exc)}") from None
             raise errors.translate(exc, "staging the job on Azure failed") from None
         self._say(storage.delegation_note(self.staging, run.lifetime))
+        logger.info("job %s staged on pool %s; adding %d tasks", job.job_id, self.profile["pool_id"], len(tasks))
         self._make_room(len(tasks))
         with self._lock:
             self._runs[job.job_id] = run
@@ -131,6 +135,7 @@ class AzureBackend(BaseBackend):
             return
         if self.pool_writes is not False:
             try:
+                logger.info("pool %s is empty: resizing to %d dedicated + %d spot", found.pool_id, dedicated, spot)
                 pool.resize(self.client, self.profile["pool_id"], dedicated, spot)
             except AzureError as exc:  # the job is staged already: say why, and let the tasks wait
                 if pool.write_refused(exc):
@@ -374,6 +379,7 @@ class AzureBackend(BaseBackend):
         return ("created " if created else "already exists: ") + found.describe()
 
     def pool_resize(self, dedicated: int, spot: int) -> str:
+        logger.info("pool %s: resize to %d dedicated + %d spot nodes", self.profile["pool_id"], dedicated, spot)
         self._pool_write("resize", lambda: pool.resize(self.client, self.profile["pool_id"], dedicated, spot))
         return f"pool {self.profile['pool_id']} resizing to {dedicated} dedicated + {spot} spot nodes"
 

@@ -121,7 +121,7 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
     given = read.flags
     if len(read.rest) > 1 or {"--failed", "--all"} <= given:
         raise UsageError(usage)
-    quiet = bool(given & {"-q", "--quiet"})
+    quiet = bool(given & {"-q", "--quiet"}) or context.quiet
     with (
         usage_errors(RuntimeError, "The rerun could not be started: {}. Nothing was submitted."),
         usage_errors(LOOKUP + (ValueError,)),
