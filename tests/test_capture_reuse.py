@@ -153,6 +153,26 @@ def test_equal_content_gives_equal_fingerprints_and_any_change_another():
     assert fp(v={"k": [1, {2, 3}]}) == fp(v={"k": [1, {2, 3}]})
 
 
+def test_changes_to_a_large_array_are_seen_whatever_their_pattern():
+    """Large buffers take the fast path (CRC-32 per part, XOR of the words): changes a checksum
+    is weak against in other settings (sign flips, swaps, equal changes at several places)."""
+    a = np.random.default_rng(3).random(4_000_000)  # 32 MB: split across CPUs
+    before = fp(a=a)
+    for change in (
+        lambda v: v.__setitem__(slice(0, 2), -v[0:2]),  # two sign bits flipped: their XOR cancels
+        lambda v: v.__setitem__([10, 3_000_000], v[[3_000_000, 10]]),  # two values swapped
+        lambda v: v.sort(),
+        lambda v: v.__setitem__(slice(None, None, 4096), 0.5),  # the same value at many places
+    ):
+        changed = a.copy()
+        change(changed)
+        assert fp(a=changed) != before
+    zeros = np.zeros((512, 512))
+    ones = zeros.copy()
+    ones[0:2, 0:2] = 1.0  # a block of equal changes in a zero array
+    assert fp(z=zeros) != fp(z=ones)
+
+
 def test_aliasing_is_part_of_the_fingerprint():
     shared = [1, 2]
     assert fp(a=shared, b=shared) != fp(a=shared, b=copy.copy(shared))

@@ -16,7 +16,9 @@ dict or list are all seen: their content is hashed, not their identity.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import threading
 import types
 import zlib
 from collections.abc import Mapping
@@ -25,18 +27,43 @@ _ATOMIC = frozenset({int, float, complex, str, bytes, bool, type(None)})
 _SEQUENCES = (list, tuple, set, frozenset)
 _MAX_OBJECTS = 200_000  # objects walked at most; beyond, serialising is the cheaper check
 _MAX_DEPTH = 40
-_SMALL = 1 << 16  # buffers below this go through blake2b; above, through the fast checksums
+_SMALL = 1 << 16  # buffers below this go through blake2b; above, through CRC-32
+_PART = 1 << 24  # bytes per thread at least when a large buffer's CRC-32 is split across CPUs
 
 
 class _Unsupported(Exception):
     """An object the fingerprint cannot stand for: capture serialises instead."""
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def buffer_digest(view: memoryview) -> bytes:
-    """64 bits over a large contiguous buffer: CRC-32 and Adler-32 together read it at memory
-    speed (about 3 GB/s here, against 0.6 GB/s for blake2b and 1.7 GB/s for sha256, measured on
-    the bench machine), and a change that fools both at once is not a plausible accident."""
-    return zlib.crc32(view).to_bytes(4, "little") + zlib.adler32(view).to_bytes(4, "little")
+    """CRC-32 of each part of a large contiguous buffer, the parts computed on several CPUs at
+    once (zlib releases the GIL). CRC-32 is the fastest checksum the standard library has: about
+    3 GB/s per core on the bench machine, against 0.6 GB/s for blake2b and 1.7 GB/s for sha256
+    (with SHA instructions); it catches every change of up to 32 adjacent bits and any two
+    flipped bits, and any other change but once in 2**32. Arrays add an XOR of their 64-bit
+    words (``_Walk._array``), which catches every change confined to one element."""
+    size = len(view)
+    parts = max(1, min(_cpus(), 4, size // _PART))
+    step = -(-size // parts)
+    crcs = [0] * parts
+
+    def one(i: int) -> None:
+        crcs[i] = zlib.crc32(view[i * step : (i + 1) * step])
+
+    helpers = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(1, parts)]
+    for thread in helpers:
+        thread.start()
+    one(0)
+    for thread in helpers:
+        thread.join()
+    return b"".join(crc.to_bytes(4, "little") for crc in crcs)
 
 
 class _Walk:
@@ -107,6 +134,9 @@ class _Walk:
         self.tag(f"nd:{arr.dtype.descr!r}:{arr.dtype.str}:{arr.shape}:{order}:")
         flat = arr.reshape(-1, order=order).view("u1")  # a view: contiguous in that order
         self.data(memoryview(flat))
+        if flat.size % 8 == 0 and flat.size >= _SMALL:  # (a few ms for 100 MB)
+            numpy = sys.modules["numpy"]  # loaded: this is one of its arrays
+            self.tag(f"x{int(numpy.bitwise_xor.reduce(flat.view('u8')))};")
 
 
 def _by_name(obj) -> bool:
