@@ -14,7 +14,9 @@ of its own (a temporary folder):
           plain and first alternate in order between repetitions
   rerun   the cell with cache=True again, nothing changed (every value from the cache)
 
-Targets: first/plain <= 1.10; rerun/first < 0.05. Prints the figures and the two ratios.
+Targets: first/plain <= 1.10; rerun/first < 0.05. Prints the figures and the two ratios, with a
+calibration of the machine measured in the same run (bench/calibration.py: pure-Python loop rate,
+bare interpreter start) so that figures of other days and machines can be compared.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import shutil
 import statistics
 import tempfile
 import time
+
+import calibration as machine_calibration  # bench/calibration.py (this script's folder is on sys.path)
 
 LOOPS = 1000  # iterations of work()'s inner loop; set by calibrate()
 
@@ -61,6 +65,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
+    machine = machine_calibration.calibrate()
     store = tempfile.mkdtemp(prefix="azpar-bench-cache-")
     os.environ["AZPAR_JOB_STORE"] = store
     import azpar_magic
@@ -93,6 +98,7 @@ def main() -> None:
     start = time.perf_counter()
     run_cache.iteration_keys(request, xs)
     keys = time.perf_counter() - start
+    print(machine_calibration.format_calibration(machine) + " (measured at the start of this run)")
     print(f"{args.n:,} iterations of work(x) (~1 ms: {loops} inner loops), 2 workers, median of {args.reps}")
     print(f"  plain (no cache)      {p:8.3f} s   {sorted(round(s, 3) for s in plain)}")
     print(f"  first run with cache  {f:8.3f} s   {sorted(round(s, 3) for s in first)}")
