@@ -138,7 +138,10 @@ def pool_action(profile_name: str | None, action: str, dedicated: int | None = N
         return backend.pool_delete()
     if action == "status":
         found = backend.pool_status()
-        return found.describe() if found else f"pool {backend.profile['pool_id']} does not exist"
+        if found is None:
+            return f"pool {backend.profile['pool_id']} does not exist"
+        cost = backend.cost_note()  # the burn rate now, since when it is idle (issue 19)
+        return found.describe() + (f"\n  cost: {cost}" if cost else "")
     raise ValueError(f"unknown pool action {action!r}; expected create, resize, delete or status")
 
 

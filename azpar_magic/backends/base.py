@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import NotSupported
 from ..jobs import NodeInfo
+from ..jobs.cost import Price
 
 ENTRY_POINT_GROUP = "azpar_magic.backends"
 _BUILTIN = {"local": "azpar_magic.backends.local:LocalBackend", "azure": "azpar_magic.backends.azure:AzureBackend"}
@@ -56,6 +57,7 @@ class TaskEvent:
     retryable: bool = False  # an infrastructure failure that another attempt may survive
     failure_kind: str = "infrastructure"  # infrastructure | environment | cancelled | timeout
     iteration: int | None = None  # timeout: the iteration that was running when the task was killed
+    ran: float | None = None  # seconds the task ran, as the service timed it (its core time; None: not known)
 
 
 EventSink = Callable[[TaskEvent], None]
@@ -194,6 +196,23 @@ class JobCleanup(Protocol):
 
 
 @runtime_checkable
+class Costs(Protocol):
+    """What a node hour costs and what caps a job's spending (jobs/cost.py meters it)."""
+
+    def node_prices(self) -> Price | None:
+        """The price of a node hour by priority (its figures None when unknown); None: nothing is billed."""
+
+    def cores_per_task(self) -> float:
+        """vCPUs one task slot has: a task's run time times this is its core time."""
+
+    def cost_cap(self) -> float | None:
+        """The most a job may cost unless its ``--max-cost`` says otherwise (a profile's), None for no cap."""
+
+    def cost_note(self) -> str:
+        """The pool's burn rate now and since when it is idle, one line ("" when nothing is billed)."""
+
+
+@runtime_checkable
 class PoolAdministration(Protocol):
     """``%azpar pool`` and the configuration form's buttons."""
 
@@ -227,6 +246,7 @@ class Backend(
     StagedNamespace,
     Environment,
     JobCleanup,
+    Costs,
     PoolAdministration,
     Protocol,
 ):
@@ -282,6 +302,18 @@ class BaseBackend:
 
     def delete_job(self, job_id: str, *, strict: bool = True) -> None:
         return None
+
+    def node_prices(self) -> Price | None:
+        return None
+
+    def cores_per_task(self) -> float:
+        return 1.0
+
+    def cost_cap(self) -> float | None:
+        return None
+
+    def cost_note(self) -> str:
+        return ""
 
     def test_connection(self) -> str:
         raise self._unsupported("connection tests")

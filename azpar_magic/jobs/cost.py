@@ -139,13 +139,21 @@ class CostEstimate:
             text += f", burning {money(rate, self.price.currency if self.price else 'USD')}/h"
         return text
 
+    def short(self) -> str:
+        """For a panel's header: the estimate and node hours, and the burn rate while the job runs."""
+        text = f"{self.cost_text()} ({self.node_hours:.2f} node h)"
+        rate = self.burn_rate
+        if rate is not None:
+            text += f", {money(rate, self.price.currency if self.price else 'USD')}/h now"
+        return text
+
     def as_record(self) -> dict:
         """For the job store's manifest (plain JSON)."""
         price = self.price
         return {
-            "node_hours_dedicated": round(self.node_hours_dedicated, 6),
-            "node_hours_spot": round(self.node_hours_spot, 6),
-            "task_core_hours": round(self.task_core_hours, 6),
+            "node_hours_dedicated": round(self.node_hours_dedicated, 9),
+            "node_hours_spot": round(self.node_hours_spot, 9),
+            "task_core_hours": round(self.task_core_hours, 9),
             "amount": None if self.amount is None else round(self.amount, 6),
             "currency": price.currency if price else "USD",
             "price_dedicated": price.dedicated if price else None,
@@ -245,3 +253,13 @@ def pool_burn(nodes: Iterable[NodeInfo], price: Price | None) -> tuple[int, int,
     """(dedicated, spot, cost per hour) of a pool's billed nodes now; the cost is None when unknown."""
     dedicated, spot = billable(nodes)
     return dedicated, spot, (price.per_hour(dedicated, spot) if price is not None else None)
+
+
+def column_text(estimate: CostEstimate | None) -> str:
+    """The cost column of ``%azpar jobs``: the estimate, or "price unknown" with the node hours; "" for a
+    job nothing billed (the local pool) or nobody metered."""
+    if estimate is None or not estimate.billed:
+        return ""
+    if estimate.amount is None:
+        return f"{PRICE_UNKNOWN} ({estimate.node_hours:.2f} node h)"
+    return estimate.cost_text()

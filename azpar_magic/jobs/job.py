@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import IterationError, JobCancelled, JobLost
 from . import merge
+from .cost import CostEstimate, CostMeter
 from .snapshot import Failure, FailureView, JobOptions, JobSnapshot, NodeInfo, TaskState
 from .states import (
     CANCELLED,
@@ -115,6 +116,8 @@ class Job:
         self.owner = ""  # for a stored job another process runs: which one (it cannot be cancelled here)
         self.files = None  # data.FilesReport of a job with --inputs/--outputs: outputs per iteration, warnings
         self.reattach = False  # loaded from the store, running on a backend that outlived its kernel: take it over
+        self.meter: CostMeter | None = None  # node and task time while it runs (set by the engine; jobs/cost.py)
+        self.stop_reason = ""  # why azpar cancelled the job itself (its cost cap): result() and the views say it
 
     # ------------------------------------------------------------------ fed by the engine
 
@@ -324,6 +327,8 @@ class Job:
                 return
             self.state = state
             self._finished = time.monotonic()
+        if self.meter is not None:
+            self.meter.stop()
         self._notify()
 
     def _notify(self) -> None:
@@ -495,8 +500,9 @@ class Job:
             )
         if self.state == CANCELLED:
             done = sum(1 for s in self._status if s == _ITER_OK)
+            why = f" ({self.stop_reason})" if self.stop_reason else ""
             raise JobCancelled(
-                f"job {self.id} was cancelled after {done} of {len(self.items)} iterations "
+                f"job {self.id} was cancelled{why} after {done} of {len(self.items)} iterations "
                 "finished; their values are in job.partial_results()"
             )
         failed = dict(self._failures)
@@ -590,6 +596,8 @@ class Job:
             nodes = tuple(self._nodes())
         except Exception:
             nodes = ()
+        if self.meter is not None and state not in FINAL_STATES:
+            self.meter.observe(nodes)
         notes: dict[tuple[str | None, str | None], str] = {(n.id, n.task): n.note for n in nodes if n.note}
         stalled = (
             tuple(
@@ -628,7 +636,27 @@ class Job:
             tasks_cancelled=counts[TASK_CANCELLED],
             from_cache=self.from_cache,
             size_label=self.size_label,
+            cost=self.cost_now(),
+            stop_reason=self.stop_reason,
         )
+
+    def cost_now(self) -> CostEstimate | None:
+        """The estimate without asking for the nodes again (the snapshot just did)."""
+        if self.meter is None:
+            kept = (self.manifest or {}).get("cost")
+            return CostEstimate.from_record(kept) if isinstance(kept, dict) else None
+        return self.meter.estimate()
+
+    def cost(self) -> CostEstimate | None:
+        """Node time by priority (dedicated, spot), the tasks' core time and the estimated cost, so far or
+        at the end; the amount is None ("price unknown") without a price. None for a job nobody metered
+        (a stored job of a version before costs)."""
+        if self.meter is not None and not self.done:
+            try:
+                self.meter.observe(self._nodes())
+            except Exception:  # the estimate stands on the last nodes seen
+                pass
+        return self.cost_now()
 
     def _unanswered(self, state: str) -> str:
         """What the backend says about a service that stopped answering, while the job runs."""

@@ -99,6 +99,8 @@ class JobSnapshot:
     name: str = ""  # the job's --name: the panel's title shows it
     from_cache: int = 0  # iterations whose value --cache reused from an earlier job
     size_label: str = "VM size"  # what views call vm_size, as the backend declares it ("size": a worker count)
+    cost: Any = None  # jobs.cost.CostEstimate (which imports this module): node and task time; None: not metered
+    stop_reason: str = ""  # why azpar stopped the job itself (its cost cap), "" when it did not
 
     @property
     def final(self) -> bool:
@@ -136,3 +138,4 @@ class JobOptions:
     outputs_to: str | None = None  # --outputs-to folder or az:// path
     name: str | None = None  # --name: a short label commands accept instead of the id (jobstore.check_name)
     cache: bool = False  # --cache: reuse stored values of unchanged iterations (run/cache.py)
+    max_cost: float | None = None  # --max-cost: cancel the job once its estimated cost passes this

@@ -23,6 +23,7 @@ from typing import Any, cast
 from .. import worker as wire
 from ..errors import StoreError
 from ..jobs import FINAL_STATES, LOST, PENDING, RUNNING, Failure, Job, JobOptions, TaskStep
+from ..jobs.cost import CostEstimate, column_text
 from ..jobs.results import decode_list, failure_from_record
 from ..jobs.states import ending_step, stored_state
 from .layout import (
@@ -146,6 +147,7 @@ class JobSummary:
     rerun_of: str | None = None
     where: str = ""  # the process running it, for a job that runs elsewhere
     name: str = ""  # its --name, if it was given one
+    cost: str = ""  # its estimated cost (jobs/cost.py column_text), "" where nothing is billed
 
     @property
     def when(self) -> str:
@@ -170,6 +172,7 @@ class JobSummary:
             job.rerun_of,
             job.owner,
             job.options.name or "",
+            column_text(job.cost_now()),
         )
 
 
@@ -240,6 +243,7 @@ def summary(job_id: str) -> JobSummary:
         manifest.get("rerun_of"),
         where,
         manifest.get("name") or "",
+        column_text(CostEstimate.from_record(manifest["cost"]) if isinstance(manifest.get("cost"), dict) else None),
     )
 
 
@@ -499,6 +503,7 @@ def load_job(job_id: str, *, values: bool = True) -> Job:
     job.rerun_of = manifest.get("rerun_of")
     job.from_cache = manifest.get("from_cache") or 0
     job.manifest = manifest
+    job.stop_reason = manifest.get("stop_reason") or ""  # its cost passed its cap (issue 19)
     state, where = effective_state(manifest)
     try:
         offset = _replay(job, read_file(folder / RECORDS), len(FILE_MAGIC), values=values)

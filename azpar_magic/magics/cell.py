@@ -123,6 +123,13 @@ from .usage import SETTINGS, usage_errors
 )
 @argument("--keep", action="store_true", help="Azure: keep the Batch job and its containers after success")
 @argument(
+    "--max-cost",
+    default=None,
+    metavar="AMOUNT",
+    help="Azure: cancel the job once its estimated cost passes AMOUNT (the price's currency, USD for the "
+    "list price), keeping finished results; default: the profile's max_cost_per_job",
+)
+@argument(
     "--inputs",
     action="append",
     metavar="SPEC",

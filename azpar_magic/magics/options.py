@@ -116,6 +116,7 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
         outputs_to=args.outputs_to or None,
         name=args.name,
         cache=bool(args.cache),
+        max_cost=_number("--max-cost", args.max_cost, float),
     )
     with usage_errors(SubmitError, "{} Nothing was submitted."):
         validate_options(options, FLAG_SPELLING)
@@ -136,6 +137,7 @@ def backend_options(args: argparse.Namespace, backend: Backend, notes: list[str]
             ("packages", "--packages installs nothing (iterations use this kernel's environment)", packages),
             ("merge", "--merge cloud merges in the kernel as usual", args.merge == "cloud"),
             ("keep", "--keep has no Batch job to keep", args.keep),
+            ("max_cost", "--max-cost has no price to cap (nothing is billed)", args.max_cost is not None),
         )
         if on and key not in reads
     ]

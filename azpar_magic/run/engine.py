@@ -24,6 +24,7 @@ from .. import config, identity, jobstore
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
 from ..errors import CaptureError, CombineError, ConfigError, DataError, StoreError, SubmitError
 from ..jobs import TASK_FINAL, Failure, Job, JobOptions, merge
+from ..jobs.cost import CostMeter, money
 from ..jobs.results import decode_each, failure_from_record
 from ..jobs.states import task_failure_kind
 from . import cache as cache_mod, capture as capture_mod, data as data_mod, parsing
@@ -149,6 +150,8 @@ def _file_stamp(path: Path) -> tuple | None:
     return (str(path), info.st_mtime_ns, info.st_size, info.st_ino)
 
 
+COST_INTERVAL = 2.0  # seconds between the cost watch's looks at a running job's nodes (its node time, its cap)
+
 MAX_TIMEOUT = 7 * 24 * 3600  # seconds; far beyond any wait a pool's select() or Batch's constraints must hold
 MAX_RETRIES = 100
 MAX_SEED = 2**64 - 1
@@ -185,6 +188,14 @@ def validate_options(options: JobOptions, spelling: dict[str, str] = API_SPELLIN
     if not _whole(options.retries) or not 0 <= options.retries <= MAX_RETRIES:
         raise SubmitError(
             f"{spelling['retries']} must be a whole number from 0 to {MAX_RETRIES}, not {options.retries!r}."
+        )
+    max_cost = options.max_cost
+    if max_cost is not None and (
+        isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)) or not 0 < max_cost < float("inf")
+    ):  # also refuses nan
+        raise SubmitError(
+            f"{spelling.get('max_cost', 'max_cost')} must be a positive amount (the most the job may cost), "
+            f"not {max_cost!r}."
         )
     if options.seed is not None and (not _whole(options.seed) or not 0 <= options.seed <= MAX_SEED):
         raise SubmitError(f"{spelling['seed']} must be a whole number from 0 to 2**64-1, not {options.seed!r}.")
@@ -228,6 +239,7 @@ class _Run:
         self.stopped: set[str] = set()  # tasks cancelled by _stop_early
 
     def on_event(self, event: TaskEvent) -> None:
+        self._meter_task(event)
         try:
             self._handle(event)
         except Exception as exc:  # never let a decoding bug kill the backend's thread
@@ -265,6 +277,17 @@ class _Run:
             )
         if kind != "cancelled":
             self._stop_early()
+
+    def _meter_task(self, event: TaskEvent) -> None:
+        """An attempt of a task ended: its run time counts in the job's core time (the service's timing when
+        the backend has one, else from when this run saw it start)."""
+        meter, task = self.job.meter, self.job.tasks.get(event.task_id)
+        if meter is None or event.kind == "started" or task is None or task.state in TASK_FINAL:
+            return
+        if event.ran is not None:
+            meter.task_ran(event.ran)
+        elif task.started is not None:
+            meter.task_ran(time.monotonic() - task.started)
 
     def _fail_timed_out(self, event: TaskEvent, etype: str, message: str) -> None:
         """A task of several iterations killed by --timeout: the iteration that was running
@@ -432,6 +455,7 @@ class Engine:
             cancel=lambda: self.cancel(job_id),
         )
         job.health = lambda: self._unanswered(job_id)  # a service not answering: the views say so
+        self._meter(job)
         self.jobs[job_id] = job
         job.files = data_mod.FilesReport(data_plan) if data_plan is not None else None
         if base is not None:
@@ -481,6 +505,7 @@ class Engine:
         job.mark_running()
         logger.info("job %s submitted to %s: %d tasks, %d items", job_id, self.backend.name, len(tasks), len(items))
         self.backend.submit(spec, list(tasks.values()), run.on_event)
+        self._watch_cost(job)
         return job
 
     def resume(self, job: Job) -> Job:
@@ -518,6 +543,8 @@ class Engine:
             self.jobs.pop(job.id, None)
             raise
         recorder.claim()
+        self._meter(job)  # from now: the time before this process took the job over is not known here
+        self._watch_cost(job)
         run._maybe_finish()
         return job
 
@@ -548,6 +575,42 @@ class Engine:
             raise SubmitError(str(exc)) from None
         found.job_id = job_id
         return found
+
+    def _meter(self, job: Job) -> None:
+        """Meter the job's node and task time (jobs/cost.py) at the backend's prices (none: nothing billed)."""
+        price = self.backend.node_prices()
+        job.meter = CostMeter(price, billed=price is not None, cores_per_task=self.backend.cores_per_task())
+
+    def _watch_cost(self, job: Job) -> None:
+        """While a billed job runs, look at its nodes every COST_INTERVAL (its node time does not depend on a
+        view being shown) and cancel it once its estimated cost passes its cap (``--max-cost``, else the
+        profile's ``max_cost_per_job``): adding tasks stops, finished results stay, result() says why."""
+        meter = job.meter
+        if meter is None or not meter.billed or job.done:
+            return
+        cap = job.options.max_cost if job.options.max_cost is not None else self.backend.cost_cap()
+        if cap is not None and (meter.price is None or not meter.price.known):
+            print(
+                f"azpar: warning: job {job.id} has a cost cap of {money(cap)} but the price of a node hour is "
+                "unknown, so the cap cannot apply; set price_per_node_hour (and spot_price_per_node_hour) in "
+                "the profile.",
+                file=sys.stderr,
+            )
+            cap = None
+        threading.Thread(target=self._cost_watch, args=(job, cap), daemon=True, name=f"azpar-cost-{job.id}").start()
+
+    def _cost_watch(self, job: Job, cap: float | None) -> None:
+        while not job.wait(COST_INTERVAL):
+            estimate = job.cost()
+            amount = estimate.amount if estimate is not None else None
+            if cap is not None and amount is not None and amount > cap:
+                currency = estimate.price.currency if estimate is not None and estimate.price else "USD"
+                job.stop_reason = (
+                    f"its estimated cost {money(amount, currency)} passed its cap of {money(cap, currency)} "
+                    "(--max-cost / max_cost_per_job)"
+                )
+                self.cancel(job.id)
+                return
 
     def _unanswered(self, job_id: str) -> str:
         """The backend's sentence about a service that stopped answering (Azure), else ""."""

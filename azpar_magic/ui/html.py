@@ -63,6 +63,13 @@ def header_html(view: dict[str, Any]) -> str:
         parts.append(_fact("eta", "ETA", view["eta"]))
     if view["throughput"]:
         parts.append(_fact("throughput", "throughput", view["throughput"]))
+    if view.get("cost_short"):  # a billed backend: the estimate so far and the burn rate (issue 19)
+        parts.append(_fact("cost", "cost", view["cost_short"]))
+    if view.get("stop_reason"):
+        parts.append(
+            f'<span class="azpar-stop-reason" style="color:{STYLE_COLOURS["warning"]};font-weight:600">'
+            f"cancelled: {escape(view['stop_reason'])}</span>"
+        )
     for note in view.get("stalled", ()):  # a stopped, hung or deadlocked worker: say so, in the warning colour
         parts.append(
             f'<span class="azpar-stalled" style="color:{STYLE_COLOURS["warning"]};font-weight:600">'
@@ -194,6 +201,8 @@ def pool_header_html(view: dict[str, Any]) -> str:
         parts.append(_fact("vm_size", view["size_label"], view["vm_size"]))
     if not view["started"]:
         parts.append(f'<span style="{_MUTED}">not started</span>')
+    if view.get("cost"):  # the burn rate now, since when it is idle (issue 19)
+        parts.append(_fact("cost", "cost", view["cost"]))
     return (
         f'<div class="azpar-header" style="{_FONT}display:flex;flex-wrap:wrap;gap:2px 14px;'
         f'align-items:baseline">{"".join(parts)}</div>'

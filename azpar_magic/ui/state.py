@@ -214,6 +214,10 @@ def job_view(s: JobSnapshot) -> dict[str, Any]:
         "failures_more": max(0, s.items_failed - len(s.failures)),
         "stalled": [] if s.final else list(s.stalled),
         "unanswered": "" if s.final else s.unanswered,  # "the Azure Batch service is not answering since ..."
+        # What the job costs (jobs/cost.py), on a backend that bills: "" elsewhere, so those views are unchanged.
+        "cost": s.cost.summary() if s.cost is not None and s.cost.billed else "",
+        "cost_short": s.cost.short() if s.cost is not None and s.cost.billed else "",
+        "stop_reason": s.stop_reason,  # azpar cancelled the job itself: its cost passed its cap
     }
 
 
@@ -225,10 +229,12 @@ def pool_view(
     nodes: Sequence[NodeInfo],
     jobs: Sequence[JobSnapshot],
     size_label: str = "VM size",
+    cost: str = "",
 ) -> dict[str, Any]:
     """The pool panel (``%azpar status``): one pool's nodes, and the work on it now
     (``jobs``: snapshots of the jobs submitted to it; only unfinished ones count).
-    ``size_label`` names ``vm_size`` as the backend declares it (a worker count is a "size")."""
+    ``size_label`` names ``vm_size`` as the backend declares it (a worker count is a "size");
+    ``cost``: what the pool costs now and since when it is idle ("" where nothing is billed)."""
     active = [s for s in jobs if not s.final]
     return {
         "kind": "pool",
@@ -238,6 +244,7 @@ def pool_view(
         "vm_size": vm_size,
         "size_label": size_label,
         "started": bool(nodes),
+        "cost": cost,
         "nodes": nodes_view(nodes),
         "tasks": bar_view(sum(s.tasks_queued for s in active), sum(s.tasks_running for s in active), 0, 0),
         "jobs": [

@@ -65,6 +65,10 @@ def format_snapshot(s: JobSnapshot) -> str:
         parts.append(v["stalled"][0] + (f" (and {more} more stuck task{'s' if more > 1 else ''})" if more else ""))
     if v.get("unanswered"):
         parts.append(v["unanswered"])
+    if s.final and v.get("cost"):  # the final summary says what the job used and cost
+        parts.append(v["cost"])
+    if v.get("stop_reason"):
+        parts.append(f"cancelled: {v['stop_reason']}")
     return f"azpar [{_where(v)}] " + " · ".join(parts)
 
 
@@ -120,6 +124,10 @@ def format_text(s: JobSnapshot) -> str:
         lines += ["  stuck"] + [f"    {note}" for note in v["stalled"]]
     if v.get("unanswered"):
         lines.append(f"  service     {v['unanswered']}")
+    if v.get("cost"):
+        lines.append(f"  cost        {v['cost']}")
+    if v.get("stop_reason"):
+        lines.append(f"  cancelled   {v['stop_reason']}")
     failures = _failure_lines(v, "    ")
     if failures:
         lines += ["  failures"] + failures
@@ -155,6 +163,8 @@ def format_pool_text(view: Mapping[str, Any]) -> str:
                 for n in nodes
             )
         )
+    if view.get("cost"):
+        lines.append(f"  cost        {view['cost']}")
     running = next(seg["count"] for seg in view["tasks"]["segments"] if seg["name"] == "running")
     queued = next(seg["count"] for seg in view["tasks"]["segments"] if seg["name"] == "queued")
     lines.append(f"  tasks       {running} running · {queued} queued")

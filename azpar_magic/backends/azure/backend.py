@@ -20,10 +20,12 @@ from azure.core.exceptions import AzureError
 from ...config import Profile, check_profile
 from ...errors import ConfigError
 from ...jobs import NodeInfo
+from ...jobs.cost import Price
 from ..base import BaseBackend, EventSink, JobSpec, TaskSpec
 from . import autoscale, errors, pool, storage
 from .context import AzureContext
 from .files import check_blobs
+from .prices import ahead_note, node_prices as profile_prices, pool_cost_note, vcpus_of
 from .run import MANIFEST_BLOB, AzureRun
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class AzureBackend(BaseBackend):
 
     name = "azure"
     size_label = "VM size"
-    reads_options = frozenset({"packages", "auto_packages", "merge", "keep"})
+    reads_options = frozenset({"packages", "auto_packages", "merge", "keep", "max_cost"})
     blob_inputs = True  # az:// paths in --inputs and --outputs-to (data.py)
     outlives_kernel = True  # a Batch job runs on when the kernel ends; attach takes it over later
     installs_packages = True  # the nodes install the kernel's distributions (--packages, auto_packages)
@@ -82,6 +84,25 @@ class AzureBackend(BaseBackend):
     def pool_info(self) -> tuple[str, str]:
         return self.profile["pool_id"], self.profile["vm_size"]
 
+    def node_prices(self) -> Price:
+        """The profile's prices, else the retail list price of its size and region (prices.py)."""
+        return profile_prices(self.profile)
+
+    def cores_per_task(self) -> float:
+        return vcpus_of(self.profile["vm_size"]) / max(1, int(self.profile["task_slots_per_node"]))
+
+    def cost_cap(self) -> float | None:
+        return float(self.profile["max_cost_per_job"]) or None
+
+    def _cost_ahead(self, dedicated: int, spot: int) -> str:
+        if dedicated + spot == 0:
+            return ""
+        return ahead_note(self.profile["pool_id"], self.profile["vm_size"], dedicated, spot, self.node_prices())
+
+    def cost_note(self) -> str:
+        """The pool's burn rate now and since when it is idle (prices.burn_note)."""
+        return pool_cost_note(self.client, self.profile["pool_id"], self.node_prices())
+
     def default_chunk_size(self, n_items: int) -> int:
         return 1  # one task per iteration: Batch schedules, retries and reports per task
 
@@ -90,8 +111,10 @@ class AzureBackend(BaseBackend):
             if self._pool_ready:
                 return
             try:
-                pool.ensure(self.client, self.profile, self.context.registry_password())
+                _, created = pool.ensure(self.client, self.profile, self.context.registry_password())
                 logger.info("pool %s is there (found or created)", self.profile["pool_id"])
+                if created and not self.profile["autoscale"]:  # what the new pool costs an hour (issue 19)
+                    self._say(self._cost_ahead(self.profile["dedicated_nodes"], self.profile["spot_nodes"]))
             except AzureError as exc:
                 what = f"the pool {self.profile['pool_id']!r} could not be reached or created"
                 raise errors.translate(exc, what) from None
@@ -150,6 +173,7 @@ class AzureBackend(BaseBackend):
             else:
                 self.pool_writes = True
                 self.resized_for_run = found.autoscale
+                self._say(self._cost_ahead(dedicated, spot))
                 return
         else:
             why = "the profile says create_pool = false (the pool, its size and formula are the administrator's)"

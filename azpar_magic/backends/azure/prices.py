@@ -17,13 +17,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ...jobs.cost import Price
+from ...jobs.cost import Price, money, pool_burn
+from ...jobs.snapshot import NodeInfo
+from .pool import state_name
 
 RETAIL_PRICES_URL = "https://prices.azure.com/api/retail/prices"
 PRICES_URL_ENV = "AZPAR_PRICES_URL"  # another base URL for the retail API (the tests' stub)
@@ -195,3 +198,59 @@ def forget() -> None:
     """Drop what this process remembers (tests; a profile switched to another size reads its own key anyway)."""
     with _lock:
         _memory.clear()
+
+
+_SIZE_CORES = re.compile(r"^(?:Standard|Basic)_[A-Za-z]+(\d+)")
+
+
+def vcpus_of(vm_size: str) -> int:
+    """A VM size's vCPUs as its name gives them (Standard_D4s_v3: 4, Standard_NC6: 6); 1 when the name says none.
+    A name is not a specification (constrained sizes run fewer cores), so core time built on it is an estimate."""
+    found = _SIZE_CORES.match(vm_size or "")
+    return max(1, int(found.group(1))) if found else 1
+
+
+def burn_note(nodes: list[Any], price: Price | None, now: dt.datetime | None = None) -> str:
+    """What a pool costs now, from its nodes as Batch lists them (``state``, ``is_dedicated``,
+    ``state_transition_time``): the nodes billed by priority times their price, and since when every node has
+    been idle (the latest of their moves to idle), in local time."""
+    infos = [NodeInfo(n.id, state_name(n.state), None, bool(n.is_dedicated)) for n in nodes]
+    dedicated, spot, rate = pool_burn(infos, price)
+    if rate is None:
+        text = f"{dedicated} dedicated + {spot} spot nodes billed now, price unknown"
+    else:
+        currency = price.currency if price else "USD"
+        text = f"burning {money(rate, currency)}/h now ({dedicated} dedicated + {spot} spot nodes billed"
+        text += f"; {price.describe()})" if price else ")"
+    if infos and all(i.state == "idle" for i in infos):
+        moved = [n.state_transition_time for n in nodes if n.state_transition_time is not None]
+        if moved:
+            since = max(moved)
+            text += f"; every node idle since {since.astimezone().strftime('%H:%M')}"
+            if now is not None:
+                text += f" ({int((now - since).total_seconds() // 60)} min)"
+    return text
+
+
+def pool_cost_note(client: Any, pool_id: str, price: Price | None) -> str:
+    """``burn_note`` of the pool ``pool_id`` ("" when its nodes cannot be listed: the status says the rest)."""
+    try:
+        nodes = list(client.list_nodes(pool_id, select=["id", "state", "isDedicated", "stateTransitionTime"]))
+    except Exception:  # a status line must not fail on its cost
+        return ""
+    return burn_note(nodes, price, dt.datetime.now(dt.timezone.utc))
+
+
+def ahead_note(pool_id: str, vm_size: str, dedicated: int, spot: int, price: Price | None) -> str:
+    """Said once before a run creates or grows a pool: what the pool costs per hour at that size."""
+    size = f"{dedicated} dedicated + {spot} spot {vm_size} nodes"
+    rate = price.per_hour(dedicated, spot) if price is not None else None
+    if rate is None or price is None:
+        return (
+            f"pool {pool_id} is growing to {size}; what they cost is unknown (set price_per_node_hour and "
+            "spot_price_per_node_hour in the profile)"
+        )
+    return (
+        f"pool {pool_id} is growing to {size}: about {money(rate, price.currency)} per hour while they run "
+        f"({price.describe()}; a list price, an estimate)"
+    )

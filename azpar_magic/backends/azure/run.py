@@ -179,6 +179,7 @@ class AzureRun:
         self.calls: dict[str, int] = {}
         self.data = files.RunData(context, spec, self.expiry, self._count)  # --inputs/--outputs; inert without
         self._silent: dict[str, tuple[float, float, str]] = {}  # service -> (since: wall, monotonic; last error)
+        self._ran: dict[str, float] = {}  # task -> seconds it ran by Batch's execution times (its cost, issue 19)
 
     def _count(self, kind: str) -> None:
         with self._lock:
@@ -739,6 +740,8 @@ class AzureRun:
     def _handle_completed(self, task: Any) -> None:
         info = task.execution_info
         node = task.node_info.node_id if task.node_info else None
+        if info is not None and info.start_time and info.end_time:
+            self._ran[task.id] = (info.end_time - info.start_time).total_seconds()
         if task.id in self._cancelled or self._all_cancelled:
             self._emit(
                 TaskEvent(self.job_id, task.id, "failed", node=node, error="cancelled", failure_kind="cancelled")
@@ -1114,6 +1117,8 @@ class AzureRun:
         return "; ".join(said)
 
     def _emit(self, event: TaskEvent, final: bool = True) -> None:
+        if final and event.ran is None and event.task_id in self._ran:
+            event = replace(event, ran=self._ran.pop(event.task_id))
         with self._lock:
             if event.task_id in self._final:
                 return

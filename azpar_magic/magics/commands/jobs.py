@@ -53,12 +53,18 @@ def jobs(context: MagicContext, words: list[str], usage: str) -> None:
         return
     shown = rows if read.flags else rows[-JOBS_SHOWN:]
     named = any(r.name for r in shown)
-    table = [("id",) + ("name",) * named + ("when", "backend", "state", "done/failed/total", "cell")]
+    costed = any(r.cost for r in shown)  # a cost column once a billed (Azure) job is listed
+    table = [("id",) + ("name",) * named + ("when", "backend", "state", "done/failed/total") + ("cost",) * costed]
+    table[0] += ("cell",)
     for r in shown:
         state = r.state + (f" ({r.where})" if r.where and r.state not in ("lost",) else "")
         cell = r.first_line if len(r.first_line) <= 60 else r.first_line[:59] + "…"
         table.append(
-            (r.id,) + (r.name,) * named + (r.when, r.backend, state, f"{r.succeeded}/{r.failed}/{r.total}", cell)
+            (r.id,)
+            + (r.name,) * named
+            + (r.when, r.backend, state, f"{r.succeeded}/{r.failed}/{r.total}")
+            + (r.cost,) * costed
+            + (cell,)
         )
     widths = [max(len(row[c]) for row in table) for c in range(len(table[0]) - 1)]
     for row in table:

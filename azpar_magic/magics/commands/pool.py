@@ -80,7 +80,14 @@ def pool_views() -> list[dict[str, Any]]:
         active = [job.snapshot() for job in list(engine.jobs.values()) if not job.done]
         views.append(
             pool_view(
-                backend.name, backend.describe(), pool, size, backend.nodes(), active, size_label=backend.size_label
+                backend.name,
+                backend.describe(),
+                pool,
+                size,
+                backend.nodes(),
+                active,
+                size_label=backend.size_label,
+                cost=backend.cost_note(),
             )
         )
     return views
