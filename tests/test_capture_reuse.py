@@ -107,7 +107,8 @@ def test_a_rebound_name_is_captured_again(ns, serialized):
 
 
 def test_a_mutated_dict_and_list_are_captured_again(ns, serialized):
-    ns["cfg"] = {"scale": 2, "offsets": [10, 20, 30, 40]}
+    # (a table large enough to be worth reusing: small namespaces are simply pickled again)
+    ns["cfg"] = {"scale": 2, "offsets": [10, 20, 30, 40], "table": list(range(30_000))}
     body = "cfg['scale'] * x + cfg['offsets'][x]"
     _, out = _run(ns, body)
     assert out == [10, 22, 34, 46]

@@ -762,9 +762,9 @@ def capture(
         raise CaptureError(
             f"--export names {', '.join(missing)}, which the namespace does not define. Nothing was submitted."
         )
-    looked_up, dynamic = namespace_lookups(cell.body_tree)
+    free, looked_up, dynamic, body_imports = _body_facts(cell.body_tree, cell.target_names)
     wanted = (
-        free_names(cell.body_tree, cell.target_names)
+        set(free)
         | set(export)
         | notebook_objects_in(items, namespace)
         | {name for name in looked_up if name in namespace}
@@ -773,14 +773,14 @@ def capture(
     for name in export:
         chosen[name] = namespace[name]
     codec, data, used_modules, sha = _serialize_or_reuse(chosen, stored)
-    modules = used_modules | reach.modules | imported_modules(cell.body_tree) | item_modules(items)
+    modules = used_modules | reach.modules | body_imports | item_modules(items)
     folder = folder or os.getcwd()
     local = local_module_files(modules, folder)
     local_tops = {path.split("/")[0].removesuffix(".py") for path in local}
     packages = distributions_for(m for m in modules if m.split(".")[0] not in local_tops)
     return Capture(
         function_mode=bool(cell.function_code)
-        and function_mode_is_safe(cell.body_tree, cell.target_names, reach.global_reads),
+        and _function_mode_is_safe(cell.body_tree, cell.target_names, frozenset(reach.global_reads)),
         names=tuple(sorted(chosen)),
         codec=codec,
         data=data,
@@ -791,6 +791,22 @@ def capture(
         sources=reach.sources,
         warnings=(_DYNAMIC_LOOKUP_WARNING,) if dynamic else (),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _body_facts(
+    tree: ast.Module, target_names: tuple[str, ...]
+) -> tuple[frozenset[str], frozenset[str], bool, frozenset[str]]:
+    """(free names, names looked up in globals(), whether globals() is used otherwise, modules
+    imported) of a body: walks of its tree, which a cell run again need not repeat. parse_cell
+    returns the same (never modified) tree for the same cell, so the tree itself is the key."""
+    looked_up, dynamic = namespace_lookups(tree)
+    return frozenset(free_names(tree, target_names)), frozenset(looked_up), dynamic, frozenset(imported_modules(tree))
+
+
+@functools.lru_cache(maxsize=64)
+def _function_mode_is_safe(tree: ast.Module, target_names: tuple[str, ...], global_reads: frozenset[str]) -> bool:
+    return function_mode_is_safe(tree, target_names, set(global_reads))
 
 
 @dataclass(frozen=True)
@@ -804,6 +820,7 @@ class _Serialized:
 
 
 _REUSE_KEPT = 8  # fingerprints remembered (a few cells alternating)
+_REUSE_MIN = 1 << 16  # smaller namespaces pickle faster than their kept file is opened and mapped
 _reusable: OrderedDict[bytes, _Serialized] = OrderedDict()
 _reusable_lock = threading.Lock()  # api.run may capture from several threads
 
@@ -822,7 +839,7 @@ def _serialize_or_reuse(
             return earlier.codec, data, set(earlier.modules), earlier.sha256
     codec, data, used_modules = serialize(chosen)
     sha = wire.sha256(data)
-    if key is not None:
+    if key is not None and len(data) >= _REUSE_MIN:
         with _reusable_lock:
             _reusable[key] = _Serialized(codec, sha, len(data), frozenset(used_modules))
             while len(_reusable) > _REUSE_KEPT:
