@@ -26,28 +26,45 @@ REDACTED = "REDACTED"
 
 logging.getLogger(PACKAGE_LOGGER).addHandler(logging.NullHandler())
 
-# Secrets by their shape: the value after the name is replaced, the name stays so the line still reads.
+# Secrets by their shape: the value after the name is replaced, the name stays so the line still reads. Each
+# pattern runs only when its word is in the text (most records hold none of them).
 _SHAPES = (
-    re.compile(r"(?i)(\bsig=)[^&\s'\"]+"),  # a SAS token's signature, in a URL or alone
-    re.compile(r"(?i)(\bAccountKey=)[^;\s'\"]+"),  # connection strings
-    re.compile(r"(?i)(\bSharedAccessSignature=)[^;\s'\"]+"),
-    re.compile(r"(?i)(['\"]?\bAuthorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n,}]+"),  # a header, as dict or line
-    re.compile(r"(?i)(\bSharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]+"),  # the header's value seen alone
-    re.compile(r"(?i)(\b(?:account_key|client_secret|password)\s*[=:]\s*['\"]?)[^'\"\s,;)]+"),
+    (("sig=",), re.compile(r"(?i)(\bsig=)[^&\s'\"]+")),  # a SAS token's signature, in a URL or alone
+    (("accountkey=",), re.compile(r"(?i)(\bAccountKey=)[^;\s'\"]+")),  # connection strings
+    (("sharedaccesssignature=",), re.compile(r"(?i)(\bSharedAccessSignature=)[^;\s'\"]+")),
+    (("authorization",), re.compile(r"(?i)(['\"]?\bAuthorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n,}]+")),  # a header
+    (("sharedkey",), re.compile(r"(?i)(\bSharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]+")),  # its value alone
+    (
+        ("account_key", "client_secret", "password"),
+        re.compile(r"(?i)(\b(?:account_key|client_secret|password)\s*[=:]\s*['\"]?)[^'\"\s,;)]+"),
+    ),
 )
 # Environment variables whose values are secrets (profiles name them: batch_key_env, storage_key_env, ...).
-_SECRET_NAME = re.compile(r"(?i)(KEY|SECRET|PASSWORD|TOKEN|CONNECTION_STRING|SAS)")
+_SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CONNECTION_STRING", "SAS")
+_secret_names: dict[tuple[str, ...], list[str]] = {}  # the variables' names -> those that name secrets
 _SECRET_MIN = 8  # shorter values are not replaced (they would mangle ordinary words)
 
 
 def redact(text: str) -> str:
     """``text`` with every secret it may quote replaced by REDACTED."""
-    for shape in _SHAPES:
-        text = shape.sub(lambda m: m.group(1) + REDACTED, text)
-    for name, value in os.environ.items():
-        if len(value) >= _SECRET_MIN and _SECRET_NAME.search(name) and value in text:
+    lowered = text.lower()
+    for words, shape in _SHAPES:
+        if any(word in lowered for word in words):
+            text = shape.sub(lambda m: m.group(1) + REDACTED, text)
+    for name in _names_of_secrets():
+        value = os.environ.get(name, "")
+        if len(value) >= _SECRET_MIN and value in text:
             text = text.replace(value, REDACTED)
     return text
+
+
+def _names_of_secrets() -> list[str]:
+    """The environment variables whose names say they hold a secret (looked for again when the names change)."""
+    names = tuple(os.environ)
+    if names not in _secret_names:
+        _secret_names.clear()
+        _secret_names[names] = [n for n in names if any(word in n.upper() for word in _SECRET_WORDS)]
+    return _secret_names[names]
 
 
 class RedactingFilter(logging.Filter):

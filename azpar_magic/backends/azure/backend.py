@@ -112,7 +112,7 @@ class AzureBackend(BaseBackend):
                 return
             try:
                 _, created = pool.ensure(self.client, self.profile, self.context.registry_password())
-                logger.info("pool %s is there (found or created)", self.profile["pool_id"])
+                logger.info("pool %s %s", self.profile["pool_id"], "created" if created else "exists")
                 if created and not self.profile["autoscale"]:  # what the new pool costs an hour (issue 19)
                     self._say(self._cost_ahead(self.profile["dedicated_nodes"], self.profile["spot_nodes"]))
             except AzureError as exc:

@@ -12,6 +12,7 @@ and submit jobs only (the Batch RBAC article); the service answers its pool writ
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from ...config import Profile
 from ...errors import AzureServiceError
 from . import autoscale, commands, errors
 
+logger = logging.getLogger(__name__)
 CONTAINER_TYPE = "dockerCompatible"
 RESIZE_TIMEOUT = "PT15M"
 POOL_WRITE_ROLE = "Azure Batch Data Contributor"
@@ -197,6 +199,7 @@ def ensure(client: Any, profile: Profile, registry_password: str | None = None) 
             f"holding the {POOL_WRITE_ROLE} role)"
         )
     try:
+        logger.info("creating pool %s (%s)", profile["pool_id"], profile["vm_size"])
         client.create_pool(pool_definition(profile, registry_password))
     except HttpResponseError as exc:
         if write_refused(exc):
