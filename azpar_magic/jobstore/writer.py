@@ -212,7 +212,6 @@ class JobRecorder:
         """The job ended: record its final state and counts."""
         job = self.job
         succeeded, failed, cancelled = job.counts()
-        logger.debug("job %s ended %s (%d succeeded, %d failed)", job.id, job.state, succeeded, failed + cancelled)
         cost = job.cost_now() if job.meter is not None else None  # node and task time, the estimate (issue 19)
         logger.debug("job %s ended %s (%d succeeded, %d failed)", job.id, job.state, succeeded, failed + cancelled)
         self._pending.append(
