@@ -102,7 +102,7 @@ def test_transfers_are_retried_then_reported():
     def broken():
         raise OSError("connection reset")
 
-    with pytest.raises(blobs.TransferError, match="reading y failed after 4 attempts: OSError: connection reset"):
+    with pytest.raises(blobs.TransferError, match="reading y failed after 3 attempts: OSError: connection reset"):
         blobs.retried("reading y", broken, backoff=0.01)
 
 

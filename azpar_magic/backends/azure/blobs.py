@@ -1,46 +1,84 @@
-"""Moving files between this machine and Blob storage: streamed, retried, with progress.
+"""Moving files between this machine and Blob storage: streamed, with progress.
 
 Used for a job's ``--inputs``/``--outputs`` (files.py) and by the storage helpers
-(``%azpar storage``, ``azpar_magic.storage``). Files are never read whole into memory:
-uploads go up as blocks of ``BLOCK_SIZE`` (a few in flight), downloads are written chunk by
-chunk, so a 200 MB input costs a few blocks of memory, not 200 MB. Every transfer is retried
-(bounded, with backoff) on top of the SDK's own per-request retries, because a long
-transfer can fail in ways a single request's retry does not cover.
+(``%azpar storage``, ``azpar_magic.storage``). The SDK moves the bytes (``upload_blob`` from
+the open file, ``download_blob(...).readinto`` the file): a file larger than one block goes as
+blocks of ``BLOCK_SIZE``, ``BLOCKS_IN_FLIGHT`` at a time, so a 200 MB input costs a few blocks
+of memory, not 200 MB. What the SDK does not do is here: content-addressed names (an input's
+sha256, checked again while its bytes are read for the upload), a temporary file so a failed
+download never leaves half a file under its name, the progress callbacks, and errors that say
+what failed. Retries are the client's own (retry.py), one layer: nothing here loops over a
+request again; ``retried`` is only for whole operations no request's retry covers.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
+import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobBlock
+from azure.core.exceptions import (
+    AzureError,
+    DecodeError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceResponseError,
+)
 
 from ...errors import DataError, TransferError
 from ...run.data import path_below
-from .storage import Staging
+from . import retry
+from .storage import BLOCK_SIZE, Staging
 
-BLOCK_SIZE = 4 << 20  # bytes per uploaded block
-BLOCKS_IN_FLIGHT = 4  # blocks read ahead and sent concurrently (peak memory ~ 4 x BLOCK_SIZE)
-ATTEMPTS = 4  # tries of a whole transfer
-BACKOFF = 0.25  # seconds before the second try; doubled each time
+BLOCKS_IN_FLIGHT = 4  # blocks sent or read concurrently (the SDK's max_concurrency; memory ~ a few blocks)
+ATTEMPTS = 3  # tries of a whole operation in ``retried`` (each request in it has the client's own retries)
+BACKOFF = 0.5  # seconds before its second try; doubled each time
 DATA_PREFIX = "data/"  # content-addressed input files in the cache container
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
+
+__all__ = ["BLOCK_SIZE", "TransferError"]  # re-exported: files.py sizes its uploads and names the error by them
 
 
 @dataclass(frozen=True)
 class BlobInfo:
     name: str
     size: int
+
+
+def _first_line(exc: object) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
+
+
+def failure(what: str, exc: BaseException) -> TransferError:
+    """A TransferError naming ``what`` and why; a server or connection error counts the tries the
+    client's retry policy made (retry.py), a refusal (403, 400, ...) is said to be one."""
+    status = getattr(exc, "status_code", None)
+    transient = status is None or status >= 500 or status in (408, 429)
+    how = f"after {retry.storage_attempts()} attempts" if transient else f"(HTTP {status}, not retried)"
+    return TransferError(f"{what} failed {how}: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _passes(exc: BaseException) -> bool:
+    """Errors callers handle themselves (a missing blob, a content-addressed blob already there)."""
+    return isinstance(exc, (ResourceNotFoundError, ResourceExistsError))
+
+
+def _whole_again(exc: BaseException) -> bool:
+    """Worth a whole operation again: a stream cut or corrupted mid-way, a local file error,
+    or a TransferError the operation raised itself (a copy that ended failed). An answer from the
+    service (HttpResponseError) is not: the client's policy has retried those that may pass."""
+    if isinstance(exc, DecodeError):  # an HttpResponseError, but about the bytes, not the answer
+        return True
+    return isinstance(exc, (ServiceResponseError, OSError, TransferError)) and not isinstance(exc, HttpResponseError)
 
 
 def retried(
@@ -50,22 +88,25 @@ def retried(
     backoff: float = BACKOFF,
     fatal: tuple[type[BaseException], ...] = (ResourceNotFoundError,),
 ) -> Any:
-    """``action()`` with bounded retries and exponential backoff; TransferError naming
-    ``what`` after the last failure. ``fatal`` errors are raised at once (no retry helps)."""
+    """``action()`` tried again as a whole, for operations that no single request's retry
+    covers: a file streamed from a Batch node (a connection cut mid-stream is not retried by the
+    Batch client) and a server-side copy that ends ``failed``. Only such failures are tried
+    again (``_whole_again``); an error answer the client has already retried ends it at once.
+    At most ``attempts`` tries, ``backoff`` doubled between them; TransferError naming ``what``
+    after the last. ``fatal`` errors are raised as they are."""
     last: BaseException | None = None
     for attempt in range(attempts):
         try:
             return action()
         except fatal:
             raise
-        except (AzureError, OSError) as exc:
+        except (AzureError, OSError, TransferError) as exc:
+            if not _whole_again(exc):
+                raise failure(what, exc) from exc
             last = exc
             if attempt + 1 < attempts:
                 time.sleep(backoff * 2**attempt)
-    raise TransferError(
-        f"{what} failed after {attempts} attempts: {type(last).__name__}: "
-        f"{str(last).splitlines()[0] if str(last) else ''}"
-    )
+    raise TransferError(f"{what} failed after {attempts} attempts: {type(last).__name__}: {_first_line(last or '')}")
 
 
 # --------------------------------------------------------------------------- hashing
@@ -96,77 +137,78 @@ def data_blob_name(digest: str) -> str:
     return f"{DATA_PREFIX}{digest}"
 
 
+class _HashingReader:
+    """The file to upload as the SDK reads it, hashed on the way. It says it cannot seek, so the
+    SDK reads it front to back, one block at a time (its path for streams it cannot rewind: a
+    block it retries is the bytes it already holds, never read twice)."""
+
+    def __init__(self, fh: Any):
+        self._fh = fh
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._fh.read(size)
+        self.sha256.update(chunk)
+        return chunk
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+
 # --------------------------------------------------------------------------- uploads
 
 
-def _read_blocks(fh) -> Iterator[tuple[int, bytes]]:
-    number = 0
-    while True:
-        chunk = fh.read(BLOCK_SIZE)
-        if not chunk:
-            return
-        yield number, chunk
-        number += 1
+def _count_upload(staging: Staging, size: int) -> None:
+    """What the SDK sent, in the staging's statistics (one put, or blocks and their commit)."""
+    if size <= BLOCK_SIZE:
+        staging.stats.add("put_blob", size)
+        return
+    blocks = math.ceil(size / BLOCK_SIZE)
+    for number in range(blocks):
+        staging.stats.add("put_block", min(BLOCK_SIZE, size - number * BLOCK_SIZE))
+    staging.stats.add("put_block_list")
 
 
 def upload_file(
-    staging: Staging, container: str, name: str, path: str, *, overwrite: bool = True, progress: Progress | None = None
+    staging: Staging,
+    container: str,
+    name: str,
+    path: str,
+    *,
+    overwrite: bool = True,
+    progress: Progress | None = None,
+    digest: str | None = None,
 ) -> int:
-    """Upload the file at ``path`` as a block blob, streamed; returns its size. Each block
-    and the commit are retried; the blob appears only when the commit succeeds."""
+    """Upload the file at ``path`` as a block blob, streamed; returns its size. The blob appears
+    only when its last block is committed. ``digest``: the sha256 the file must still have (a
+    content-addressed name); the bytes sent are hashed as they are read and a blob whose bytes
+    differ is deleted again (TransferError: the file changed while it was being uploaded)."""
     size = os.path.getsize(path)
     blob = staging.service.get_blob_client(container, name)
-    if size <= BLOCK_SIZE:
-        with open(path, "rb") as fh:
-            data = fh.read()
-        retried(
-            f"uploading {path} to {container}/{name}",
-            lambda: blob.upload_blob(data, overwrite=overwrite, length=len(data)),
-            fatal=(ResourceNotFoundError, ResourceExistsError),
-        )
-        staging.stats.add("put_blob", size)
-        if progress:
-            progress(size, size)
-        return size
-    ids: list[str] = []
-    done = 0
-    lock = threading.Lock()
-    gate = threading.Semaphore(BLOCKS_IN_FLIGHT)
-
-    def send(block_id: str, chunk: bytes) -> None:
-        nonlocal done
+    what = f"uploading {path} to {container}/{name}"
+    hook = (lambda done, total: progress(done, size)) if progress else None
+    with open(path, "rb") as fh:
+        source: Any = _HashingReader(fh) if digest else fh
         try:
-            retried(
-                f"uploading {path} to {container}/{name}", lambda: blob.stage_block(block_id, chunk, length=len(chunk))
+            blob.upload_blob(
+                source, length=size, overwrite=overwrite, max_concurrency=BLOCKS_IN_FLIGHT, progress_hook=hook
             )
-            staging.stats.add("put_block", len(chunk))
-            with lock:
-                done += len(chunk)
-                if progress:
-                    progress(done, size)
-        finally:
-            gate.release()
-
-    with open(path, "rb") as fh, ThreadPoolExecutor(BLOCKS_IN_FLIGHT, thread_name_prefix="azpar-put") as pool:
-        futures = []
-        for number, chunk in _read_blocks(fh):
-            gate.acquire()  # at most BLOCKS_IN_FLIGHT blocks held in memory
-            block_id = base64.b64encode(f"azpar-{number:08d}".encode()).decode()
-            ids.append(block_id)
-            futures.append(pool.submit(send, block_id, chunk))
-            del chunk
-            failed = [f for f in futures if f.done() and f.exception() is not None]
-            if failed:
-                break
-        for f in futures:
-            f.result()  # raises the TransferError of a block that failed every attempt
-    kwargs: dict[str, Any] = {} if overwrite else {"if_none_match": "*"}
-    retried(
-        f"committing {container}/{name}",
-        lambda: blob.commit_block_list([BlobBlock(block_id=i) for i in ids], **kwargs),
-        fatal=(ResourceNotFoundError, ResourceExistsError),
-    )
-    staging.stats.add("put_block_list")
+        except AzureError as exc:
+            if _passes(exc):
+                raise
+            raise failure(what, exc) from exc
+    if isinstance(source, _HashingReader) and source.sha256.hexdigest() != digest:
+        try:
+            blob.delete_blob()
+        except AzureError:
+            pass
+        raise TransferError(f"{what} failed: the file changed while it was being uploaded; run the cell again")
+    _count_upload(staging, size)
+    if progress and size == 0:
+        progress(0, 0)
     return size
 
 
@@ -176,16 +218,21 @@ def upload_file_once(
     """Content-addressed upload of a local input: (blob name, whether bytes were sent). The
     blob's existence is checked first, so an input already in the cache, from any earlier
     run or kernel, costs one HEAD request and no upload."""
-    name = data_blob_name(file_digest(path))
+    digest = file_digest(path)
+    name = data_blob_name(digest)
     if (container, name) in staging.known:
         return name, False
     blob = staging.service.get_blob_client(container, name)
-    if retried(f"checking {container}/{name}", blob.exists):
+    try:
+        there = blob.exists()
+    except AzureError as exc:
+        raise failure(f"checking {container}/{name}", exc) from exc
+    if there:
         staging.stats.add("put_blob_exists")
         staging.known.add((container, name))
         return name, False
     try:
-        upload_file(staging, container, name, path, overwrite=False, progress=progress)
+        upload_file(staging, container, name, path, overwrite=False, progress=progress, digest=digest)
         sent = True
     except ResourceExistsError:  # another kernel uploaded the same bytes meanwhile
         sent = False
@@ -197,27 +244,28 @@ def upload_file_once(
 
 
 def download_file(staging: Staging, container: str, name: str, path: str, *, progress: Progress | None = None) -> int:
-    """Download a blob to ``path`` chunk by chunk (through a temporary file beside it, so a
-    failed transfer never leaves half a file under the final name); returns its size.
-    ResourceNotFoundError when the blob does not exist (not retried)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Download a blob to ``path``, a few ranges at a time (through a temporary file beside it,
+    so a failed transfer never leaves half a file under the final name); returns its size.
+    ResourceNotFoundError when the blob does not exist."""
+    what = f"downloading {container}/{name} to {path}"
     tmp = f"{path}.azpar-part"
-
-    def attempt() -> int:
-        os.makedirs(folder, exist_ok=True)  # retried too: a folder being created or moved meanwhile
-        downloader = staging.service.get_blob_client(container, name).download_blob(max_concurrency=1)
-        total, done = downloader.size, 0
-        with open(tmp, "wb") as fh:
-            for chunk in downloader.chunks():
-                fh.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
-        os.replace(tmp, path)
-        return total
-
     try:
-        size = retried(f"downloading {container}/{name} to {path}", attempt)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            downloader = staging.service.get_blob_client(container, name).download_blob(
+                max_concurrency=BLOCKS_IN_FLIGHT, progress_hook=progress
+            )
+            with open(tmp, "wb") as fh:
+                size = downloader.readinto(fh)
+            if progress and size == 0:
+                progress(0, 0)
+            os.replace(tmp, path)
+        except AzureError as exc:
+            if _passes(exc):
+                raise
+            raise failure(what, exc) from exc
+        except OSError as exc:  # this machine's side (a file where a folder must go, a full disk): not retried
+            raise TransferError(f"{what} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -245,6 +293,17 @@ def download_stream(chunks: Iterator[bytes], path: str) -> int:
 # --------------------------------------------------------------------------- listing, deleting
 
 
+def _once(what: str, action: Callable[[], Any]) -> Any:
+    """``action()``, its requests retried by the client alone; TransferError naming ``what``
+    when they all failed (a missing blob or container, or a blob already there, as they are)."""
+    try:
+        return action()
+    except AzureError as exc:
+        if _passes(exc):
+            raise
+        raise failure(what, exc) from exc
+
+
 def list_blobs(staging: Staging, container: str, prefix: str = "") -> list[BlobInfo]:
     """Blobs of ``container`` whose names start with ``prefix``; [] for a missing container."""
 
@@ -254,20 +313,20 @@ def list_blobs(staging: Staging, container: str, prefix: str = "") -> list[BlobI
 
     staging.stats.add("list_blobs")
     try:
-        return retried(f"listing {container}/{prefix}", listing)
+        return _once(f"listing {container}/{prefix}", listing)
     except ResourceNotFoundError:
         return []
 
 
 def list_containers(staging: Staging) -> list[str]:
     staging.stats.add("list_containers")
-    return retried("listing containers", lambda: [c.name for c in staging.service.list_containers()])
+    return _once("listing containers", lambda: [c.name for c in staging.service.list_containers()])
 
 
 def delete_blob(staging: Staging, container: str, name: str) -> bool:
     """Delete one blob; False when it was not there."""
     try:
-        retried(f"deleting {container}/{name}", staging.service.get_blob_client(container, name).delete_blob)
+        _once(f"deleting {container}/{name}", staging.service.get_blob_client(container, name).delete_blob)
     except ResourceNotFoundError:
         return False
     staging.stats.add("delete_blob")

@@ -14,9 +14,7 @@ from typing import Any
 
 from ... import worker as wire
 from ...config import Profile
-from . import auth, storage
-
-SDK_RETRIES = 3  # the SDK's own retries per call; submission and polling add bounded ones
+from . import auth, retry, storage
 
 
 class AzureContext:
@@ -43,8 +41,7 @@ class AzureContext:
                 self._client = BatchClient(
                     self.accounts.batch_url,
                     auth.batch_credential(self.profile, self._environ),
-                    retry_total=SDK_RETRIES,
-                    retry_backoff_factor=0.2,
+                    **retry.batch_client_options(),  # the one retry layer (retry.py)
                 )
             return self._client
 

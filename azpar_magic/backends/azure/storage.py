@@ -50,6 +50,7 @@ from azure.storage.blob import (
 )
 
 from ... import identity
+from . import retry
 
 
 def cache_container_name() -> str:
@@ -64,6 +65,10 @@ SAS_MARGIN = dt.timedelta(minutes=30)  # uploads after the last task, and clock 
 SAS_START_SKEW = dt.timedelta(minutes=5)
 DELEGATION_MAX = dt.timedelta(days=7)  # the service's limit on a user delegation key's (and its SAS's) life
 DELEGATION_SAFETY = dt.timedelta(minutes=1)  # clock skew between this machine and Storage
+# Bytes per block sent and per range read. A blob larger than this goes up as blocks and comes
+# down as ranges, a few in flight (the SDK's max_concurrency), so a transfer holds a few blocks
+# of memory, not the file (the SDK's defaults would put up to 64 MB and read 32 MB in one piece).
+BLOCK_SIZE = 4 << 20
 
 
 def signed_expiry(expiry: dt.datetime, *, delegation: bool, now: dt.datetime | None = None) -> dt.datetime:
@@ -127,7 +132,13 @@ class Staging:
         self.account_url = account_url.rstrip("/")
         self.account_name = account_name
         self._key = credential.named_key.key if isinstance(credential, AzureNamedKeyCredential) else None
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            **retry.storage_client_options(),  # the only retry layer for Blob requests (retry.py)
+            "max_single_put_size": BLOCK_SIZE,
+            "max_block_size": BLOCK_SIZE,
+            "max_single_get_size": BLOCK_SIZE,
+            "max_chunk_get_size": BLOCK_SIZE,
+        }
         if connection_verify is not True:
             kwargs["connection_verify"] = connection_verify
         self.service = BlobServiceClient(self.account_url, credential=credential, **kwargs)

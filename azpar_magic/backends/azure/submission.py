@@ -22,12 +22,14 @@ from typing import Any
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
+from . import retry
+
 MAX_TASKS_PER_CALL = 100
 MAX_BODY_BYTES = 1_000_000
 BODY_BUDGET = 900_000  # leave room for the JSON the estimate does not see
 IN_FLIGHT = 4
-MAX_ATTEMPTS = 6
-BACKOFF = 0.2  # seconds, doubled per attempt, with jitter
+MAX_ATTEMPTS = retry.ADD_ATTEMPTS  # requests per group at most: this loop is the only retry layer (retry.py)
+BACKOFF = retry.ADD_BACKOFF  # seconds, doubled per attempt, with jitter
 
 
 @dataclass
@@ -112,8 +114,8 @@ class TaskAdder:
             with self._lock:
                 self.report.calls += 1
             try:
-                result = self.client.create_task_collection(
-                    self.job_id, models.BatchTaskGroup(task_values=[t.definition for t in group])
+                result = self.client.create_task_collection(  # without the SDK's retries: 6 x 4 requests otherwise
+                    self.job_id, models.BatchTaskGroup(task_values=[t.definition for t in group]), **retry.NO_SDK_RETRY
                 )
             except HttpResponseError as exc:
                 if _too_large(exc) and len(group) > 1:
@@ -171,10 +173,10 @@ class TaskAdder:
 
     def _backoff(self, attempt: int, at_least: float = 0.0) -> None:
         """Wait before the next attempt: exponential with jitter, and no less than the
-        Retry-After a throttled answer asked for (capped at a minute)."""
+        Retry-After a throttled answer asked for (capped at retry.RETRY_AFTER_CAP)."""
         with self._lock:
             self.report.retries += 1
-        time.sleep(max(BACKOFF * (2 ** (attempt - 1)) * (0.5 + random.random()), min(at_least, 60.0)))
+        time.sleep(max(BACKOFF * (2 ** (attempt - 1)) * (0.5 + random.random()), min(at_least, retry.RETRY_AFTER_CAP)))
 
 
 def _retry_after(exc: Exception) -> float:
