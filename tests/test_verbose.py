@@ -106,6 +106,26 @@ def test_a_run_logs_its_job_and_engine(ip, run_cell):
     assert "submitted to local: " in ran.stderr
 
 
+def test_a_lost_worker_and_the_retry_are_logged(ip, run_cell, tmp_path):
+    """A worker process that dies under an iteration: the local pool says it replaced it, the engine that it
+    retried the task (an infrastructure failure), and the retry's value is the result."""
+    ip.user_ns["died_once"] = str(tmp_path / "died-once")
+    verbosity.set_level("info")
+    ran = run_cell(
+        "%%azpar -q -o r --retries 1 for i in range(1):\n"
+        "import os\n"
+        "if not os.path.exists(died_once):\n"
+        "    open(died_once, 'w').close()\n"
+        "    os._exit(3)\n"
+        "i + 7"
+    )
+    assert ran.success, ran.error
+    assert ip.user_ns["r"] == [7]
+    assert "[azpar INFO azpar_magic.backends.local] local worker-" in ran.stderr, ran.stderr
+    assert "ended (exit code 3) during task 1; replaced" in ran.stderr
+    assert "[azpar INFO azpar_magic.run.engine] job azpar-" in ran.stderr and ": task 1 retried (attempt" in ran.stderr
+
+
 @pytest.mark.parametrize(("value", "shown"), [("info", True), ("http", True), ("", False), ("loud", False)])
 def test_azpar_log_switches_it_on_at_import(value, shown):
     code = (

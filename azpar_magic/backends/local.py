@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import math
 import os
 import pickle
@@ -41,6 +42,7 @@ from .base import BaseBackend, EventSink, JobSpec, TaskEvent, TaskSpec
 from .cpus import usable_cpus
 
 WORKER_SCRIPT = os.path.abspath(wire.__file__)
+logger = logging.getLogger(__name__)
 _LOST_SHOWN = 8  # lost workers kept in the node list so the panel can show what happened
 _MAX_WAIT = 5.0  # longest dispatcher sleep: any --timeout, however large, stays a valid select() timeout
 STALL_AFTER = 60.0  # seconds without a heartbeat, or on one iteration, before views say so
@@ -563,6 +565,7 @@ class LocalBackend(BaseBackend):
             return
         with self._lock:
             self._lost.append(NodeInfo(w.id, "lost", running[1].task_id if running else None))
+            logger.info("local %s ended (exit code %s) during task %s; replaced", w.id, code, self._lost[-1].task)
             if self._selector is not None:
                 self._spawn()
         if job is None or running is None:
