@@ -10,6 +10,7 @@ Three ways to run it:
     python worker.py TASK_IN RESULT_OUT     # one task from files (Azure Batch nodes)
     python worker.py --check ENVELOPE       # environment check only (job preparation)
     python worker.py --serve --fd-in R --fd-out W [--parent PID] [--beat FILE]   # local pool worker
+    python worker.py --serve --stdio [--parent PID] [--beat FILE]   # the same, portable (Windows)
 
 Exit codes: a task whose iterations raised still exits 0 -- user exceptions are results.
 Only failures of the environment or the infrastructure exit non-zero, each with its own code,
@@ -56,6 +57,7 @@ USAGE = """usage: python worker.py TASK_IN RESULT_OUT     run one task from file
        python worker.py --check ENVELOPE       check this node's environment against a job
        python worker.py --merge DIR N OUT      stream DIR/1.azpr .. DIR/N.azpr into one file
        python worker.py --serve --fd-in R --fd-out W [--parent PID] [--beat FILE]
+       python worker.py --serve --stdio [--parent PID] [--beat FILE]
                                                serve a local pool over two pipes"""
 ITEM_NAME = "__azpar_item__"  # the runner code binds the loop target from this name
 VALUE_NAME = "__azpar_value__"  # ... and leaves the iteration's value under this one
@@ -971,6 +973,7 @@ class IterationFiles:
         self.produced: dict[int, list[str]] = {}
         self.unmatched: dict[int, list[str]] = {}
         self.skipped: dict[int, list[list[str]]] = {}  # links out of the working directory, with targets
+        self.symlinks = task_spec.get("symlinks", True)  # False where the client may not make them (Windows)
         self._previous: str | None = None
 
     def enter(self, index: int) -> None:
@@ -985,9 +988,11 @@ class IterationFiles:
                 link = os.path.join(inputs, rel)
                 os.makedirs(os.path.dirname(link), exist_ok=True)
                 if not os.path.lexists(link):
-                    os.symlink(os.path.join(root, rel), link)
-        elif self.shared:
+                    _link_input(os.path.join(root, rel), link, self.symlinks)
+        elif self.shared and self.symlinks:
             os.symlink(self.shared_root, inputs)  # one link for the whole shared tree
+        elif self.shared:
+            _link_tree(self.shared_root, inputs)
         self._previous = os.getcwd()
         os.chdir(folder)
 
@@ -1046,6 +1051,31 @@ class IterationFiles:
 
     def report(self) -> dict:
         return {"produced": self.produced, "unmatched": self.unmatched, "skipped": self.skipped}
+
+
+def _link_input(source: str, link: str, symlinks: bool) -> None:
+    """An input file in an iteration's folder: a symbolic link, else (Windows without the
+    privilege, or told so) a hard link, else a copy. The client's twin is
+    ``platforms.link_or_copy`` (this file imports nothing of the package)."""
+    if symlinks:
+        try:
+            os.symlink(source, link)
+            return
+        except OSError:
+            pass
+    try:
+        os.link(source, link)
+    except OSError:
+        shutil.copy2(source, link)
+
+
+def _link_tree(source: str, target: str) -> None:
+    """Every file under ``source`` at the same place under ``target``, without symbolic links."""
+    for folder, _dirs, files in os.walk(source):
+        here = os.path.join(target, os.path.relpath(folder, source))
+        os.makedirs(here, exist_ok=True)
+        for name in files:
+            _link_input(os.path.join(folder, name), os.path.join(here, name), False)
 
 
 def iteration_files(envelope: dict, task_spec: dict | None) -> IterationFiles | None:
@@ -1479,40 +1509,124 @@ def open_beat_file(path: str) -> memoryview:
 
 def _end_process_group() -> None:
     """Kill this worker and whatever its task started (its own process group when it leads
-    one, as pool workers do): nothing of a dead kernel's work may run on."""
+    one, as pool workers do on Linux and macOS; else its descendants by parent pid, as
+    ``taskkill /T`` finds them on Windows): nothing of a dead kernel's work may run on."""
     try:
-        if os.getpgid(0) == os.getpid():
+        if sys.platform == "win32":
+            import subprocess
+
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(os.getpid())], capture_output=True, timeout=10)
+        elif os.getpgid(0) == os.getpid():
             os.killpg(os.getpid(), signal.SIGKILL)
-    except OSError:
+        else:
+            for child in _descendants(os.getpid()):
+                os.kill(child, signal.SIGKILL)
+    except (OSError, ValueError, AttributeError, RuntimeError):
         pass
     os._exit(EXIT_INTERNAL)
 
 
-def _watch(parent: int | None, slots: memoryview | None) -> None:
+def _descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, by parent pid from /proc (empty without one). The
+    client's twin is ``platforms.descendants``."""
+    parents: dict[int, list[int]] = {}
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                parents.setdefault(int(fh.read().rsplit(b")", 1)[1].split()[1]), []).append(int(name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(0), [])
+        found.extend(children)
+        todo.extend(children)
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (not a zombie). The client's twin is ``platforms.pid_alive``
+    (``os.kill(pid, 0)`` terminates a process on Windows: asked of the system there instead)."""
+    if sys.platform == "win32":
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists
+        try:
+            code = ctypes.c_ulong()
+            return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True  # no /proc: it exists
+
+
+def _parent_gone(parent: int, portable: bool) -> bool:
+    """Whether the kernel died. A POSIX worker is reparented when it does; the portable
+    path (Windows: no reparenting) asks whether the kernel's pid still runs."""
+    return not _pid_alive(parent) if portable else os.getppid() != parent
+
+
+def _watch(parent: int | None, slots: memoryview | None, portable: bool = False) -> None:
     """Heartbeat and lifeline, on a thread of its own so that it runs while a task computes:
     the kernel reads the beat to tell a stopped or hung worker from a busy one, and a worker
-    whose kernel died (SIGKILL, OOM: it is reparented) ends itself and its task at once."""
+    whose kernel died (SIGKILL, OOM) ends itself and its task at once."""
     while True:
         if slots is not None:
             slots[1] = time.monotonic_ns()
-        if parent is not None and os.getppid() != parent:
+        if parent is not None and _parent_gone(parent, portable):
             _end_process_group()
         time.sleep(HEARTBEAT)
 
 
-def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None = None) -> int:
+def _binary_mode(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        msvcrt.setmode(fd, os.O_BINARY)
+
+
+def stdio_channel() -> tuple[int, int]:
+    """The portable transport (Windows has no descriptor passing): the kernel's pipes are this
+    process's stdin and stdout. They are moved to descriptors of their own and stdin/stdout
+    become the null device/stderr (the worker's log), so nothing a task prints or reads, even
+    from C code or a child process, touches them."""
+    fd_in, fd_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    for fd in (fd_in, fd_out):
+        _binary_mode(fd)
+    return fd_in, fd_out
+
+
+def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None = None, portable: bool = False) -> int:
     """Persistent local worker: read task messages, answer each with one result message.
 
     Cancellation and timeouts kill this process (the pool replaces it), so it ignores
     SIGINT: a terminal's Ctrl-C is for the kernel, which decides what to cancel.
-    ``parent``: the kernel's pid (this worker ends when it is gone); ``beat``: its beat file.
+    ``parent``: the kernel's pid (this worker ends when it is gone); ``beat``: its beat file;
+    ``portable``: started the portable way (see ``stdio_channel``, ``_parent_gone``).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     slots = open_beat_file(beat) if beat else None
-    if parent is not None and os.getppid() != parent:
+    if parent is not None and _parent_gone(parent, portable):
         _end_process_group()  # the kernel died while this process started
     if parent is not None or slots is not None:
-        threading.Thread(target=_watch, args=(parent, slots), name="azpar-heartbeat", daemon=True).start()
+        threading.Thread(target=_watch, args=(parent, slots, portable), name="azpar-heartbeat", daemon=True).start()
     reader = os.fdopen(fd_in, "rb", buffering=1 << 16)
     writer = os.fdopen(fd_out, "wb", buffering=1 << 16)
     cache = JobCache()
@@ -1552,9 +1666,12 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--serve"]:
-        opts = dict(zip(argv[1::2], argv[2::2]))
+        portable = "--stdio" in argv
+        rest = [a for a in argv[1:] if a != "--stdio"]
+        opts = dict(zip(rest[::2], rest[1::2]))
         parent = int(opts["--parent"]) if "--parent" in opts else None
-        return serve(int(opts["--fd-in"]), int(opts["--fd-out"]), parent, opts.get("--beat"))
+        fd_in, fd_out = stdio_channel() if portable else (int(opts["--fd-in"]), int(opts["--fd-out"]))
+        return serve(fd_in, fd_out, parent, opts.get("--beat"), portable)
     if argv[:1] == ["--check"] and len(argv) == 2:
         try:
             with open(argv[1], "rb") as fh:

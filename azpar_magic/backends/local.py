@@ -2,6 +2,8 @@
 
 Each worker is ``python worker.py --serve``: the very file an Azure node runs, talking
 length-prefixed pickles over a private pipe pair (the task's own prints never touch it).
+How the pipes reach a worker, how it is killed and how --inputs are linked depend on the
+system (``platforms``: the fast path on Linux and macOS, the portable one on Windows).
 Workers are separate sessions, so the kernel's Ctrl-C reaches only the kernel, which then
 cancels explicitly. A worker that dies, hangs past its task's timeout or runs a cancelled
 task is killed and replaced; its task is reported for the engine to retry or fail.
@@ -19,12 +21,11 @@ import collections
 import itertools
 import logging
 import math
+import mmap
 import os
 import pickle
 import re
-import selectors
 import shutil
-import signal
 import stat
 import struct
 import subprocess
@@ -35,7 +36,7 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from .. import config, worker as wire
+from .. import config, platforms, worker as wire
 from ..jobs import NodeInfo
 from ..jobs.text import format_duration
 from .base import BaseBackend, EventSink, JobSpec, TaskEvent, TaskSpec
@@ -108,8 +109,8 @@ class LocalBackend(BaseBackend):
         self._cancelled: set[str] = set()  # jobs whose tasks must never start again
         self._ids = itertools.count(1)
         self._stage = ""
-        self._selector: selectors.BaseSelector | None = None
-        self._wake_r = self._wake_w = -1
+        self._platform = platforms.current()
+        self._selector: platforms.Mailbox | None = None  # what the dispatcher waits on, while it runs
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -136,13 +137,10 @@ class LocalBackend(BaseBackend):
             if self._closed:
                 raise RuntimeError("the local pool was closed")
             if not self._stage:  # kept when the dispatcher restarts after a failure
-                base = stage_base()
+                base = stage_base(self._platform.portable)
                 sweep_stale_stages(base)
                 self._stage = tempfile.mkdtemp(prefix=stage_prefix(), dir=base)
-            self._selector = selectors.DefaultSelector()
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_w, False)
-            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+            self._selector = platforms.mailbox(self._platform)
             self._thread = threading.Thread(target=self._loop, name="azpar-local-pool", daemon=True)
             self._thread.start()
 
@@ -192,8 +190,9 @@ class LocalBackend(BaseBackend):
                     pass
 
     def _stage_data(self, job: JobSpec, plan) -> tuple[dict, dict, list]:
-        """--inputs are read in place: one tree of symbolic links to the original files per
-        job (nothing is copied, whatever their size). Iterations work in folders beside the
+        """--inputs are read in place: one tree of links to the original files per job
+        (symbolic, else hard links; copies only where neither can be made, see
+        ``platforms.link_or_copy``). Iterations work in folders beside the
         output destination, so their outputs are renamed into it, not copied."""
         tree = os.path.join(self._stage, f"in-{job.job_id}")
         files = list(plan.shared_files) + [f for fs in plan.item_files.values() for f in fs]
@@ -201,7 +200,7 @@ class LocalBackend(BaseBackend):
             link = os.path.join(tree, f.rel)
             os.makedirs(os.path.dirname(link), exist_ok=True)
             if not os.path.lexists(link):
-                os.symlink(f.path, link)
+                platforms.link_or_copy(f.path, link, self._platform.symlinks)
         if plan.outputs:
             os.makedirs(plan.dest, exist_ok=True)
             work = tempfile.mkdtemp(prefix=f".azpar-work-{job.job_id}-", dir=plan.dest)
@@ -210,7 +209,10 @@ class LocalBackend(BaseBackend):
         envelope = dict(job.envelope, data=plan.worker_spec([f.rel for f in plan.shared_files]))
         roots = {"shared": tree, "items": tree, "work": work, "collect": plan.local_dest()}
         items = {i: [f.rel for f in fs] for i, fs in plan.item_files.items()}
-        return envelope, {"roots": roots, "items": items}, [tree, work]
+        data: dict = {"roots": roots, "items": items}
+        if not self._platform.symlinks:
+            data["symlinks"] = False  # the worker links an iteration's inputs as this did
+        return envelope, data, [tree, work]
 
     def resubmit(self, job_id: str, task: TaskSpec) -> None:
         with self._lock:
@@ -323,12 +325,10 @@ class LocalBackend(BaseBackend):
                         job_id, task.task_id, "failed", error="the local pool was closed", failure_kind="cancelled"
                     )
                 )
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        with self._lock:
+            mailbox, self._selector = self._selector, None
+        if mailbox is not None:
+            mailbox.close()
         if self._stage:
             shutil.rmtree(self._stage, ignore_errors=True)
 
@@ -344,45 +344,20 @@ class LocalBackend(BaseBackend):
             self._spawn()
 
     def _spawn(self) -> _Worker:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
         wid = f"worker-{next(self._ids)}"
         beat_path = os.path.join(self._stage, f"{wid}.beat")
         with open(beat_path, "wb") as fh:
             fh.write(struct.pack(f"{wire.BEAT_SLOTS}q", -1, 0))
         log = open(os.path.join(self._stage, f"{wid}.log"), "ab")
+        command = [sys.executable, "-u", WORKER_SCRIPT, "--serve", "--parent", str(os.getpid()), "--beat", beat_path]
         try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-u",
-                    WORKER_SCRIPT,
-                    "--serve",
-                    "--fd-in",
-                    str(to_child_r),
-                    "--fd-out",
-                    str(from_child_w),
-                    "--parent",
-                    str(os.getpid()),
-                    "--beat",
-                    beat_path,
-                ],
-                pass_fds=(to_child_r, from_child_w),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                env=worker_environment(),
-            )
+            started = platforms.start_worker(command, worker_environment(), log, self._platform)
         finally:
             log.close()
-            os.close(to_child_r)
-            os.close(from_child_w)
-        worker = _Worker(wid, proc, to_child_w, from_child_r, beat=wire.open_beat_file(beat_path))
+        worker = _Worker(wid, started.proc, started.send_fd, started.recv_fd, beat=wire.open_beat_file(beat_path))
         self._workers[wid] = worker
         assert self._selector is not None  # _grow spawns only while the dispatcher runs
-        self._selector.register(from_child_r, selectors.EVENT_READ, wid)
+        self._selector.watch(wid, started.recv_fd)
         return worker
 
     def worker_log(self, worker_id: str) -> str:
@@ -393,18 +368,21 @@ class LocalBackend(BaseBackend):
             return ""
 
     def _release(self, w: _Worker) -> None:
-        """Close a gone worker's pipes and beat file."""
-        for fd in (w.send_fd, w.recv_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Close a gone worker's pipe to it and its beat file (the pipe from it is the
+        mailbox's to close)."""
+        try:
+            os.close(w.send_fd)
+        except OSError:
+            pass
         with self._lock:
             beat, w.beat = w.beat, None
         if beat is not None:
+            mapped = beat.obj
             try:
                 beat.release()
-            except (BufferError, ValueError):
+                if isinstance(mapped, mmap.mmap):
+                    mapped.close()  # unmapped, so that Windows may delete the file
+            except (BufferError, ValueError, AttributeError):
                 pass
             try:
                 os.unlink(os.path.join(self._stage, f"{w.id}.beat"))
@@ -412,19 +390,12 @@ class LocalBackend(BaseBackend):
                 pass
 
     def _kill(self, w: _Worker) -> None:
-        try:
-            os.killpg(w.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            try:
-                w.proc.kill()
-            except ProcessLookupError:
-                pass
+        platforms.kill_worker(w.proc, self._platform)
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+        mailbox = self._selector
+        if mailbox is not None:
+            mailbox.wake()
 
     # ------------------------------------------------------------------ dispatcher thread
 
@@ -440,14 +411,8 @@ class LocalBackend(BaseBackend):
                         return
                     deadlines = [w.deadline for w in self._workers.values() if w.deadline]
                 timeout = min(_MAX_WAIT, max(0.0, min(deadlines) - time.monotonic())) if deadlines else _MAX_WAIT
-                for key, _ in selector.select(timeout):
-                    if key.data is None:
-                        try:
-                            os.read(self._wake_r, 4096)
-                        except OSError:
-                            pass
-                    else:
-                        self._on_readable(key.data)
+                for wid, chunk in selector.wait(timeout):
+                    self._on_readable(wid, chunk)
                 self._expire()
                 self._dispatch()
         except BaseException as exc:  # noqa: BLE001 - reported to every job it affects
@@ -467,7 +432,6 @@ class LocalBackend(BaseBackend):
             self._queue.clear()
             jobs = dict(self._jobs)
             selector, self._selector, self._thread = self._selector, None, None
-            wake, (self._wake_r, self._wake_w) = (self._wake_r, self._wake_w), (-1, -1)
         for w in workers:
             self._kill(w)
             try:
@@ -477,12 +441,6 @@ class LocalBackend(BaseBackend):
             self._release(w)
         if selector is not None:
             selector.close()
-        for fd in wake:
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
         error = (
             f"the local pool's dispatcher failed ({type(exc).__name__}: {exc}); its tasks were stopped and "
             "the pool restarts for the next cell"
@@ -495,15 +453,11 @@ class LocalBackend(BaseBackend):
                 except Exception:  # one job's sink must not keep the others from hearing
                     pass
 
-    def _on_readable(self, wid: str) -> None:
+    def _on_readable(self, wid: str, chunk: bytes) -> None:
         with self._lock:
             w = self._workers.get(wid)
         if w is None:
             return
-        try:
-            chunk = os.read(w.recv_fd, 1 << 20)
-        except OSError:
-            chunk = b""
         if not chunk:
             self._on_death(w)
             return
@@ -547,7 +501,7 @@ class LocalBackend(BaseBackend):
     def _on_death(self, w: _Worker) -> None:
         with self._lock:
             assert self._selector is not None  # only the dispatcher, while it runs, reads the workers' pipes
-            self._selector.unregister(w.recv_fd)
+            self._selector.forget(w.id)
             self._workers.pop(w.id, None)
             running = w.task
             job = self._jobs.get(running[0]) if running else None
@@ -566,7 +520,8 @@ class LocalBackend(BaseBackend):
         with self._lock:
             self._lost.append(NodeInfo(w.id, "lost", running[1].task_id if running else None))
             logger.info("local %s ended (exit code %s) during task %s; replaced", w.id, code, self._lost[-1].task)
-            if self._selector is not None:
+            # Not past the pool's size: a submit on another thread may have grown it meanwhile.
+            if self._selector is not None and len(self._workers) < self.size:
                 self._spawn()
         if job is None or running is None:
             return
@@ -640,10 +595,13 @@ class LocalBackend(BaseBackend):
                 }
                 if job.data is not None:
                     own = job.data["items"]
-                    message["data"] = {
+                    data = {
                         "roots": job.data["roots"],
                         "items": {i: own[i] for i in task.indices if i in own},
                     }
+                    if "symlinks" in job.data:
+                        data["symlinks"] = job.data["symlinks"]
+                    message["data"] = data
                 try:
                     _write_all(w.send_fd, _frame(message))
                 except OSError:
@@ -740,11 +698,15 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------------- staging folders
 
 
-def stage_base() -> str:
+def stage_base(portable: bool = False) -> str:
     """/dev/shm when it is writable (staged namespaces are read at memory speed), else the
-    temporary folder."""
+    temporary folder: always on the portable path, which has no /dev/shm on Windows and whose
+    --inputs are hard links, made only within one volume (the temporary folder's is most
+    likely the data's)."""
     shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+    if portable or not (os.path.isdir(shm) and os.access(shm, os.W_OK)):
+        return tempfile.gettempdir()
+    return shm
 
 
 def stage_prefix(pid: int | None = None, started: int | None = None) -> str:
@@ -784,7 +746,7 @@ def sweep_stale_stages(base: str) -> list[str]:
             info = os.lstat(path)
         except OSError:
             continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
             continue
         if _owner_alive(int(match.group(1)), int(match.group(2))):
             continue
@@ -803,13 +765,7 @@ def _start_time(pid: int) -> int | None:
 
 
 def _owner_alive(pid: int, started: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # someone else's process: alive
-    if _process_state(pid) in ("Z", "X"):
-        return False  # killed, not yet reaped
+    if not platforms.pid_alive(pid):
+        return False  # gone, or killed and not yet reaped
     now = _start_time(pid)
     return not (started and now is not None and now != started)

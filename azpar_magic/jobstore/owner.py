@@ -10,7 +10,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from .. import identity
+from .. import identity, platforms
 from ..jobs import FINAL_STATES
 
 
@@ -74,13 +74,9 @@ def owner_alive(info: Mapping[str, Any]) -> bool | None:
         if found is None or found[0] in ("Z", "X"):  # gone, or a zombie nobody reaped yet
             return False
         return info.get("start") is None or found[1] == info["start"]
-    try:  # no /proc (macOS): existence only, so a reused pid looks alive
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # No /proc (macOS, Windows): existence only, so a reused pid looks alive. Never os.kill(pid, 0)
+    # here: on Windows that terminates the process.
+    return platforms.pid_alive(pid)
 
 
 def reattachable(manifest: Mapping[str, Any]) -> bool:
