@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -47,6 +48,7 @@ from ..base import JobSpec, TaskSpec
 from . import blobs, commands, storage
 from .context import AzureContext
 
+logger = logging.getLogger(__name__)
 IN_DIR = "azpar-in"  # resource files land here (prep task folder: shared; task folder: per iteration)
 OUT_DIR = "azpar-out"  # the worker gathers outputs here, per iteration
 WORK_DIR = "azpar-work"  # iterations' working folders, in the task folder
@@ -229,6 +231,7 @@ class RunData:
             if status != "success":
                 raise blobs.TransferError(f"copying {name} into {self.in_container} ended {status}")
 
+        logger.debug("copying the shared input %s into %s (server side)", name, self.in_container)
         blobs.retried(f"copying the shared input {name[len(IN_DIR) + 1 :]} into {self.in_container}", copy)
 
     def save(self) -> None:
@@ -352,6 +355,7 @@ class RunData:
     def _download(self, task_id: str, index: int, rel: str) -> None:
         assert self.plan is not None  # fetch() calls it only with a plan
         target = os.path.join(self.plan.local_dest(index), *rel.split("/"))
+        logger.debug("downloading output %s of iteration %d (task %s) to %s", rel, index, task_id, target)
         try:
             blobs.download_file(self.context.staging, self.files_container, f"{OUTPUT_PREFIX}/{index}/{rel}", target)
         except ResourceNotFoundError:  # the upload failed: the node still has the file
