@@ -232,6 +232,7 @@ class RunData:
                 raise blobs.TransferError(f"copying {name} into {self.in_container} ended {status}")
 
         logger.debug("copying the shared input %s into %s (server side)", name, self.in_container)
+        # Whole-operation retry: a copy that ends "failed" is no request's error, so no client retry covers it.
         blobs.retried(f"copying the shared input {name[len(IN_DIR) + 1 :]} into {self.in_container}", copy)
 
     def save(self) -> None:
@@ -359,6 +360,7 @@ class RunData:
         try:
             blobs.download_file(self.context.staging, self.files_container, f"{OUTPUT_PREFIX}/{index}/{rel}", target)
         except ResourceNotFoundError:  # the upload failed: the node still has the file
+            # Whole-operation retry: the Batch client does not resend a file stream cut mid-way.
             blobs.retried(
                 f"reading {rel} of iteration {index} from its node",
                 lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), target),
@@ -372,10 +374,11 @@ class RunData:
         container, _, prefix = plan.dest[len("az://") :].partition("/")
         name = "/".join(p for p in (prefix.strip("/"), plan.job_id, str(index), rel) if p)
         blob = st.service.get_blob_client(container, name)
-        if blobs.retried(f"checking {container}/{name}", blob.exists):
+        if blob.exists():  # one request: the client's own policy retries it (retry.py)
             return
         with tempfile.TemporaryDirectory(prefix="azpar-relay-") as tmp:
             local = os.path.join(tmp, "file")
+            # Whole-operation retry: the Batch client does not resend a file stream cut mid-way.
             blobs.retried(
                 f"reading {rel} of iteration {index} from its node",
                 lambda: blobs.download_stream(iter(self._node_file(task_id, index, rel)), local),
