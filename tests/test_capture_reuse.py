@@ -174,6 +174,15 @@ def test_changes_to_a_large_array_are_seen_whatever_their_pattern():
     assert fp(z=zeros) != fp(z=ones)
 
 
+def test_a_namespace_that_cannot_be_fingerprinted_costs_no_pass_over_its_arrays(monkeypatch):
+    read = []
+    monkeypatch.setattr(fingerprint, "buffer_digest", lambda view: read.append(len(view)) or b"")
+    big = np.zeros(1_000_000)
+    assert fp(a=big, f=lambda: 1) is None  # "a" is walked first, the lambda then refuses
+    assert read == []
+    assert fp(a=big) is not None and read == [big.nbytes]
+
+
 def test_aliasing_is_part_of_the_fingerprint():
     shared = [1, 2]
     assert fp(a=shared, b=shared) != fp(a=shared, b=copy.copy(shared))

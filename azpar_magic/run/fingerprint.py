@@ -71,13 +71,28 @@ class _Walk:
         self.hash = hashlib.blake2b(digest_size=32)
         self.seen: dict[int, int] = {}  # id -> order of first visit: aliasing is part of what pickling keeps
         self.left = _MAX_OBJECTS
+        # Large buffers are read last, once the walk has found nothing it cannot fingerprint: a
+        # namespace of an array and a notebook function then costs no pass over the array.
+        self.buffers: list[tuple[memoryview, object]] = []  # (bytes, their 64-bit words or None)
 
     def tag(self, text: str) -> None:
         self.hash.update(text.encode())
 
-    def data(self, blob: bytes | memoryview) -> None:
+    def data(self, blob: bytes | memoryview, words: object = None) -> None:
         self.tag(f"{len(blob)}:")
-        self.hash.update(blob if len(blob) < _SMALL else buffer_digest(memoryview(blob)))
+        if len(blob) < _SMALL:
+            self.hash.update(blob)
+        else:
+            self.tag(f"<{len(self.buffers)}>")
+            self.buffers.append((memoryview(blob), words))
+
+    def finish(self) -> bytes:
+        numpy = sys.modules.get("numpy")
+        for view, words in self.buffers:
+            self.hash.update(buffer_digest(view))
+            if words is not None and numpy is not None:  # (a few ms for 100 MB)
+                self.tag(f"x{int(numpy.bitwise_xor.reduce(words))};")
+        return self.hash.digest()
 
     def visit(self, obj: object, depth: int = 0) -> None:
         self.left -= 1
@@ -133,10 +148,7 @@ class _Walk:
         order = "C" if arr.flags.c_contiguous else "F"
         self.tag(f"nd:{arr.dtype.descr!r}:{arr.dtype.str}:{arr.shape}:{order}:")
         flat = arr.reshape(-1, order=order).view("u1")  # a view: contiguous in that order
-        self.data(memoryview(flat))
-        if flat.size % 8 == 0 and flat.size >= _SMALL:  # (a few ms for 100 MB)
-            numpy = sys.modules["numpy"]  # loaded: this is one of its arrays
-            self.tag(f"x{int(numpy.bitwise_xor.reduce(flat.view('u8')))};")
+        self.data(memoryview(flat), flat.view("u8") if flat.size % 8 == 0 else None)
 
 
 def _by_name(obj) -> bool:
@@ -161,4 +173,4 @@ def fingerprint(chosen: Mapping[str, object]) -> bytes | None:
             walk.visit(chosen[name])
     except (_Unsupported, RecursionError, AttributeError, TypeError, ValueError):
         return None
-    return walk.hash.digest()
+    return walk.finish()
