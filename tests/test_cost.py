@@ -81,3 +81,26 @@ def test_the_manifest_record_round_trips():
 
 def test_money():
     assert money(1234.5) == "$1,234.50" and money(0.0042) == "$0.0042" and money(2, "EUR") == "2.00 EUR"
+
+
+def test_views_show_the_cost_only_where_it_is_billed():
+    from azpar_magic.jobs.snapshot import JobSnapshot
+    from azpar_magic.ui.html import panel_html
+    from azpar_magic.ui.state import job_view
+    from azpar_magic.ui.text import format_snapshot, format_text
+
+    def snap(cost, state="succeeded", reason=""):
+        return JobSnapshot("j1", "azure", "p", "Standard_D2s_v3", state, 2, 2, 0, 0, 2, 0, 0, 2, 0, (), 3.0, None,
+                           None, (), cost=cost, stop_reason=reason)
+
+    billed = CostEstimate(0.5, 0.25, 0.1, price=Price(0.4, 0.1))
+    line = format_snapshot(snap(billed))
+    assert "node time 0.75 h (0.50 dedicated, 0.25 spot), task core time 0.10 h, cost ~$0.23" in line
+    assert "cost        node time 0.75 h" in format_text(snap(billed))
+    assert 'data-name="cost"' in panel_html(job_view(snap(billed)))
+    running = CostEstimate(0.5, 0.0, 0.0, nodes_dedicated=2, price=Price(0.4, 0.1), running=True)
+    assert "~$0.20 (0.50 node h), $0.80/h now" in panel_html(job_view(snap(running, "running")))
+    assert "cost" not in format_snapshot(snap(running, "running"))  # the one line gives it at the end
+    local = CostEstimate(0.5, 0.0, 0.0, billed=False)
+    assert "node time" not in format_snapshot(snap(local)) + format_text(snap(local))
+    assert "cancelled: over the cap" in format_snapshot(snap(billed, "cancelled", "over the cap"))

@@ -104,3 +104,32 @@ def test_max_cost_must_be_a_positive_number(priced, run_cell):
     for bad in ("0", "-1", "lots", "nan"):
         run = run_cell(f"%%azpar --max-cost {bad} for x in range(2):\nx")
         assert not run.success and "--max-cost must be" in str(run.error), (bad, run.error)
+
+
+def test_creating_a_pool_says_its_cost_per_hour_once(priced, run_cell):
+    first = run_cell("%%azpar -q -o got for x in range(2):\nx")
+    assert first.success, first.error
+    said = "pool azpar-test is growing to 1 dedicated + 1 spot Standard_D2s_v3 nodes: about $3,960.00 per hour"
+    assert said in first.stderr, first.stderr
+    again = run_cell("%%azpar -q -o got for x in range(2):\nx")
+    assert "per hour" not in again.stderr
+
+
+def test_the_list_price_comes_from_the_prices_api_stub(batch, azurite, tmp_path, monkeypatch, run_cell):
+    """No price in the profile: the retail API (the local stub) prices the profile's size in its region."""
+    from azpar_magic.backends.azure import prices
+
+    from .price_stub import price_stub, vm_item
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    prices.forget()
+    items = [vm_item("Standard_D2s_v3", "westeurope", 0.5), vm_item("Standard_D2s_v3", "westeurope", 0.1, spot=True)]
+    with price_stub(items) as stub, azure_profile(tmp_path / "config", batch, azurite, region="westeurope"):
+        monkeypatch.setenv(prices.PRICES_URL_ENV, stub.url)
+        assert run_cell("%%azpar -q -o got for x in range(2):\nx").success
+        cost = azpar_magic.jobs()[-1].cost()
+        assert cost.price is not None and (cost.price.dedicated, cost.price.spot) == (0.5, 0.1)
+        assert cost.price.source == "Azure retail prices" and cost.amount == pytest.approx(cost.node_hours_dedicated * 0.5)
+        assert stub.requests
+    prices.forget()
