@@ -26,7 +26,7 @@ from . import autoscale, errors, pool, storage
 from .context import AzureContext
 from .files import check_blobs
 from .prices import ahead_note, node_prices as profile_prices, pool_cost_note, vcpus_of
-from .run import MANIFEST_BLOB, AzureRun
+from .run import MANIFEST_BLOB, AzureRun, nodes_still_fresh
 
 logger = logging.getLogger(__name__)
 NODE_CACHE_SECONDS = 1.0
@@ -312,6 +312,8 @@ class AzureBackend(BaseBackend):
     def nodes(self) -> list[NodeInfo]:
         stamp, cached = self._nodes
         if time.monotonic() - stamp < NODE_CACHE_SECONDS or not self.context.connected:
+            return cached
+        if nodes_still_fresh(stamp, cached, list(self._runs.values())):  # the followers' polls say nothing moved
             return cached
         try:
             found = [

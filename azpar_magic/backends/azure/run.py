@@ -15,10 +15,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -38,8 +39,9 @@ from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
 from . import commands, errors, files, storage
 from .context import AzureContext
 from .pool import container_settings, environment_settings, state_name, status as pool_status
-from .submission import PendingTask, TaskAdder
+from .submission import PendingTask, TaskAdder, wire_json
 
+logger = logging.getLogger(__name__)
 INLINE_LIMIT = 6_000  # task inputs up to this many bytes travel in the task definition
 STALL_CHECK_POLLS = 10  # polls without progress before the job preparation status is read
 SILENCE_NOTICE = 10.0  # seconds without an answer from Batch or Storage before the views say so
@@ -50,6 +52,8 @@ _COMPLETED_FIELDS = ["id", "stateTransitionTime", "executionInfo", "nodeInfo"]  
 _SWEEP_FIELDS = ["id", "state", *_COMPLETED_FIELDS[1:]]
 SWEEP_INTERVAL = 60.0  # seconds between unfiltered sweeps of the job's tasks while some have no result
 RUNNING_GAP_MAX = 32  # polls between running lists that keep disagreeing with the counts
+FIRST_POLL_GAP = 0.25  # seconds before the poll after a change (the gap then doubles up to the poll interval)
+NODE_LIST_MAX_AGE = 20.0  # seconds a pool's node list serves the views while followed runs see nothing change
 POST_ATTEMPTS = 3  # create-job / merge-task calls whose answer never arrived, sent again (then *Exists = done)
 
 
@@ -136,6 +140,39 @@ class _Sweeps:
         self.gap = self.first_gap if found else min(self.gap * 2, SWEEP_INTERVAL)
 
 
+class _Pace:
+    """How long the follower waits before its next poll: FIRST_POLL_GAP after anything changed
+    (so the last completion of a short job is seen soon after it happens), doubling on each poll
+    that saw nothing new up to the profile's poll interval (a job whose tasks run long is polled
+    no more often than before)."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.first = min(FIRST_POLL_GAP, interval)
+        self.gap = self.first
+
+    def next(self, changed: bool) -> float:
+        if changed:
+            self.gap = self.first
+        gap = self.gap
+        self.gap = min(self.gap * 2, self.interval)
+        return gap
+
+
+def nodes_still_fresh(listed_at: float, nodes: Sequence[Any], runs: Iterable[AzureRun]) -> bool:
+    """Whether a pool's node list read at ``listed_at`` (monotonic) still stands for the views, so
+    the progress line and panel need not list the nodes again: while runs are being followed, no
+    follower has seen a task start or end since, every node listed was idle or running (nodes
+    starting or rebooting are watched closely), and the list is younger than NODE_LIST_MAX_AGE.
+    The followers' own polls are then what tells the views that something moved."""
+    following = [run for run in runs if run.following]
+    if not following or not nodes or time.monotonic() - listed_at >= NODE_LIST_MAX_AGE:
+        return False
+    if any(getattr(n, "state", None) not in ("idle", "running") for n in nodes):
+        return False
+    return all(run.changed_at < listed_at for run in following)
+
+
 class AzureRun:
     """Stages one job, adds its tasks and reports their events."""
 
@@ -180,6 +217,12 @@ class AzureRun:
         self.data = files.RunData(context, spec, self.expiry, self._count)  # --inputs/--outputs; inert without
         self._silent: dict[str, tuple[float, float, str]] = {}  # service -> (since: wall, monotonic; last error)
         self._ran: dict[str, float] = {}  # task -> seconds it ran by Batch's execution times (its cost, issue 19)
+        self.following = False  # the follower's loop runs (nodes_still_fresh)
+        self.changed_at = 0.0  # monotonic time the follower started or last saw a task start or end
+        self._template: dict[str, Any] | None = None  # what every task definition shares, as wire JSON
+        self._command_lines: dict[bool, str] = {}
+        self._data_outputs: list[dict[str, Any]] | None = None
+        self._sign_output: Callable[[str], str] | None = None
 
     def _count(self, kind: str) -> None:
         with self._lock:
@@ -190,6 +233,7 @@ class AzureRun:
     def stage(self) -> None:
         """Containers, content-addressed worker and namespace, envelope, and the Batch job."""
         st, spec = self.staging, self.spec
+        logger.info("job %s: staging its worker, namespace and inputs in %s", self.job_id, st.account_url)
         if self.auto_packages:  # before anything is uploaded: a local build may fail
             try:
                 self.install = files.install_plan(spec.envelope.get("packages") or {}, self.packages, self.pip_options)
@@ -367,11 +411,9 @@ class AzureRun:
         self._count("list_tasks")
         missing = [t for task_id, t in self.tasks.items() if task_id not in existing]
         if missing:
-            pending = [self._definition(t) for t in missing]
-            large = self._large_inputs(pending)
-            if large:
-                self.staging.upload_many(self.in_container, large)
-            report = TaskAdder(self.client, self.job_id, should_stop=self._stop.is_set).add(pending)
+            pending = (self._definition(t) for t in missing)
+            adder = TaskAdder(self.client, self.job_id, should_stop=self._stop.is_set)
+            report = adder.add(pending, prepare=self._upload_inputs)
             for task_id, why in report.failed.items():
                 self._emit(TaskEvent(self.job_id, task_id, "failed", error=why, failure_kind="infrastructure"))
         try:  # the dead kernel may have ended before switching the job to end by itself
@@ -397,39 +439,75 @@ class AzureRun:
         return wire.pack(wire.TASK_MAGIC, header, task.items)
 
     def _definition(self, task: TaskSpec) -> PendingTask:
+        """The task's definition as REST wire JSON: the job's template (``_task_template``) with
+        this task's id, command line, inputs and result and log destinations filled in."""
         data = self._task_file(task)
         inline = len(data) <= INLINE_LIMIT
-        env, files, size = None, None, 1500
+        definition = {**self._task_template(), "id": task.task_id, "commandLine": self._command_line(inline)}
+        files: list[dict[str, Any]] = []
+        upload, size = None, 1500
         if inline:
             encoded = base64.b64encode(data).decode("ascii")
-            env = [models.EnvironmentSetting(name=commands.TASK_ENV, value=encoded)]
+            definition["environmentSettings"] = [{"name": commands.TASK_ENV, "value": encoded}]
             size += len(encoded)
         else:
-            files = [
-                models.ResourceFile(
-                    http_url=_blob_url(self.read_inputs, f"tasks/{task.task_id}.azpt"), file_path=commands.TASK_FILE
-                )
-            ]
+            files.append(
+                {"httpUrl": _blob_url(self.read_inputs, f"tasks/{task.task_id}.azpt"), "filePath": commands.TASK_FILE}
+            )
+            upload = (f"tasks/{task.task_id}.azpt", data)
             size += len(self.read_inputs) + 60
         own_inputs, own_size = self.data.task_resource_files(task)
         if own_inputs:
-            files, size = (files or []) + own_inputs, size + own_size
-        constraints = models.BatchTaskConstraints(
-            max_task_retry_count=self.spec.retries,
-            max_wall_clock_time=dt.timedelta(seconds=self.spec.timeout) if self.spec.timeout else None,
-        )
-        definition = models.BatchTaskCreateOptions(
-            id=task.task_id,
-            command_line=commands.task_command(self.packages, self.pip_options, inline=inline),
-            resource_files=files,
-            environment_settings=env,
-            output_files=self._outputs(task.task_id),
-            constraints=constraints,
-            container_settings=container_settings(self.profile),
-            exit_conditions=self._exit_conditions(),
-        )
-        outputs = definition.output_files or []
-        return PendingTask(definition, size + sum(len(o.destination.container.container_url) + 100 for o in outputs))
+            files, size = files + [wire_json(f) for f in own_inputs], size + own_size
+        if files:
+            definition["resourceFiles"] = files
+        outputs = self._outputs_json(task.task_id)
+        definition["outputFiles"] = outputs
+        size += sum(len(o["destination"]["container"]["containerUrl"]) + 100 for o in outputs)
+        return PendingTask(definition, size, upload)
+
+    def _task_template(self) -> dict[str, Any]:
+        """What every task of this job shares (constraints, container, exit conditions), built with
+        the SDK's models once and kept as the JSON it would send."""
+        if self._template is None:
+            constraints = models.BatchTaskConstraints(
+                max_task_retry_count=self.spec.retries,
+                max_wall_clock_time=dt.timedelta(seconds=self.spec.timeout) if self.spec.timeout else None,
+            )
+            shared = models.BatchTaskCreateOptions(
+                id="",
+                command_line="",
+                constraints=constraints,
+                container_settings=container_settings(self.profile),
+                exit_conditions=self._exit_conditions(),
+            )
+            self._template = {k: v for k, v in wire_json(shared).items() if k not in ("id", "commandLine")}
+        return self._template
+
+    def _command_line(self, inline: bool) -> str:
+        if inline not in self._command_lines:
+            self._command_lines[inline] = commands.task_command(self.packages, self.pip_options, inline=inline)
+        return self._command_lines[inline]
+
+    def _outputs_json(self, task_id: str) -> list[dict[str, Any]]:
+        """Where the task's files go when it ends: its result and logs (a SAS per blob, ``_output``)
+        and the --outputs entries, which are the job's and converted once."""
+        if self._data_outputs is None:
+            self._data_outputs = [wire_json(o) for o in self.data.output_files(self._files_output)]
+        return [
+            self._output_json(commands.RESULT_FILE, f"results/{task_id}.azpr"),
+            self._output_json("../stdout.txt", f"logs/{task_id}/stdout.txt"),
+            self._output_json("../stderr.txt", f"logs/{task_id}/stderr.txt"),
+            *self._data_outputs,
+        ]
+
+    def _output_json(self, pattern: str, blob: str) -> dict[str, Any]:
+        """``_output`` as the wire JSON its model serialises to."""
+        return {
+            "filePattern": pattern,
+            "destination": {"container": {"containerUrl": self._output_url(blob), "path": blob}},
+            "uploadOptions": {"uploadCondition": "taskcompletion"},
+        }
 
     @staticmethod
     def _upload(pattern: str, url: str, path: str) -> models.OutputFile:
@@ -448,8 +526,13 @@ class AzureRun:
         or anyone reading its definition, cannot replace another task's result or logs. (A
         blob SAS on the container's URL: Batch appends ``path`` to the URL's path and keeps
         its query.)"""
-        token = self.staging.blob_sas_url(self.out_container, blob, "cw", self.expiry).partition("?")[2]
-        return self._upload(pattern, f"{self.staging.container_url(self.out_container)}?{token}", blob)
+        return self._upload(pattern, self._output_url(blob), blob)
+
+    def _output_url(self, blob: str) -> str:
+        if self._sign_output is None:  # one signer for the job's result and log blobs (three per task)
+            self._sign_output = self.staging.blob_sas_signer(self.out_container, "cw", self.expiry)
+        token = self._sign_output(blob).partition("?")[2]
+        return f"{self.staging.container_url(self.out_container)}?{token}"
 
     def _has_output_files(self) -> bool:
         plan = self.data.plan
@@ -463,26 +546,17 @@ class AzureRun:
             self._files_url = self.staging.container_sas_url(self.files_container, "cw", self.expiry)
         return self._upload(pattern, self._files_url, path)
 
-    def _outputs(self, task_id: str) -> list[models.OutputFile]:
-        return [
-            self._output(commands.RESULT_FILE, f"results/{task_id}.azpr"),
-            self._output("../stdout.txt", f"logs/{task_id}/stdout.txt"),
-            self._output("../stderr.txt", f"logs/{task_id}/stderr.txt"),
-            *self.data.output_files(self._files_output),
-        ]
-
     def _exit_conditions(self) -> models.ExitConditions | None:
         if not self.merge_cloud:
             return None
         satisfy = models.ExitOptions(dependency_action="satisfy")  # the merge runs whatever failed
         return models.ExitConditions(default=satisfy, pre_processing_error=satisfy, file_upload_error=satisfy)
 
-    def _large_inputs(self, pending: list[PendingTask]) -> list[tuple[str, bytes]]:
-        return [
-            (f"tasks/{p.definition.id}.azpt", self._task_file(self.tasks[p.definition.id]))
-            for p in pending
-            if any(f.file_path == commands.TASK_FILE for f in p.definition.resource_files or ())
-        ]
+    def _upload_inputs(self, group: list[PendingTask]) -> None:
+        """Before a group is added: the task files too large to travel inline, uploaded as blobs."""
+        large = [p.upload for p in group if p.upload is not None]
+        if large:
+            self.staging.upload_many(self.in_container, large)
 
     # ------------------------------------------------------------------ background work
 
@@ -501,10 +575,7 @@ class AzureRun:
             self._fail_remaining(f"the Azure backend lost track of the job: {type(exc).__name__}: {exc}")
 
     def _submit(self) -> None:
-        pending = [self._definition(t) for t in self.tasks.values()]
-        large = self._large_inputs(pending)
-        if large:
-            self.staging.upload_many(self.in_container, large)
+        pending = (self._definition(t) for t in self.tasks.values())  # built while the first groups are added
         # An empty pool was resized (or not, and the cell says why) by the backend before this
         # thread started: AzureBackend._make_room.
 
@@ -513,7 +584,7 @@ class AzureRun:
                 self.added_at = time.monotonic()
 
         adder = TaskAdder(self.client, self.job_id, on_added=added, should_stop=self._stop.is_set)
-        self.add_report = report = adder.add(pending)
+        self.add_report = report = adder.add(pending, prepare=self._upload_inputs)
         for task_id, why in report.failed.items():
             self._emit(TaskEvent(self.job_id, task_id, "failed", error=why, failure_kind="infrastructure"))
         if self._stop.is_set():
@@ -567,12 +638,25 @@ class AzureRun:
     # ------------------------------------------------------------------ following
 
     def _follow(self) -> None:
+        """Follow the job (``_poll_loop``); while it runs, the views take their node list from here (``following``)."""
+        self.following, self.changed_at = True, time.monotonic()
+        try:
+            self._poll_loop()
+        finally:
+            self.following = False
+
+    def _poll_loop(self) -> None:
         """Poll the task counts; list what changed. Counts and filtered lists lag and calls
         fail (the spec: counts "may not always be up to date"), so what has been seen only
         advances after a list that succeeded, and an unfiltered sweep of the job's tasks
         runs every SWEEP_INTERVAL and whenever the counts say the job is done while results
-        are missing (a task a filtered list skipped, as pypeliner met on real Batch)."""
+        are missing (a task a filtered list skipped, as pypeliner met on real Batch).
+        Polls start FIRST_POLL_GAP apart and space out to the poll interval (``_Pace``); they
+        come close again after a change while no task waits (any completion may be the last),
+        not while a long queue drains (that would multiply the calls of a large job)."""
         interval = self.context.poll_interval
+        pace = _Pace(interval)
+        last_counts: tuple[int, int, int] | None = None
         seen_completed = 0
         last_running = 0  # nothing runs yet: no listing until the counts say otherwise
         polls, running_gap, running_due = 0, 1, None  # running list repeated while it disagrees
@@ -622,7 +706,12 @@ class AzureRun:
             quiet_polls = 0 if progressed else quiet_polls + 1
             if quiet_polls and quiet_polls % STALL_CHECK_POLLS == 0 and counts.active and not counts.running:
                 self._check_stalled()
-            self._stop.wait(interval)
+            now_counts = (counts.active, counts.running, counts.completed)
+            if last_counts is not None and now_counts[1:] != last_counts[1:]:
+                self.changed_at = time.monotonic()
+            changed = progressed or now_counts != last_counts
+            last_counts = now_counts
+            self._stop.wait(pace.next(changed and not counts.active))
 
     def _done(self) -> bool:
         with self._lock:

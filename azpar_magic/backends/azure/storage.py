@@ -32,9 +32,12 @@ leaves this module.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -294,6 +297,42 @@ class Staging:
             **self._signing(expiry),
         )
         return f"{self.container_url(container)}/{name}?{token}"
+
+    def blob_sas_signer(self, container: str, permission: str, expiry: dt.datetime) -> Callable[[str], str]:
+        """``blob_sas_url`` for many blobs of one container, permission and expiry, for a fraction of its
+        cost (the SDK's token building was most of the time spent defining 10,000 tasks): the SDK signs one
+        blob and shows its string to sign (``sts_hook``); another blob's token is that one with the blob's
+        own canonical resource signed instead (same fields, one HMAC-SHA256)."""
+        probe = "azpar-sas-probe"
+        told: list[str] = []
+        expiry = signed_expiry(expiry, delegation=self.delegation)
+        signing = self._signing(expiry)
+        token = generate_blob_sas(
+            self.account_name,
+            container,
+            probe,
+            permission=BlobSasPermissions.from_string(permission),
+            expiry=expiry,
+            start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
+            sts_hook=told.append,
+            **signing,
+        )
+        resource = f"\n/blob/{self.account_name}/{container}/{probe}\n"
+        before, sig, after = token.partition("sig=")
+        if len(told) != 1 or told[0].count(resource) != 1 or not sig:  # not the layout this knows: sign each
+            return lambda name: self.blob_sas_url(container, name, permission, expiry)
+        head, _, tail = told[0].partition(resource)
+        rest = after.partition("&")[1:]
+        secret = signing["account_key"] if "account_key" in signing else signing["user_delegation_key"].value
+        key = base64.b64decode(secret)
+        base = self.container_url(container)
+
+        def url(name: str) -> str:
+            text = f"{head}\n/blob/{self.account_name}/{container}/{name}\n{tail}".encode()
+            signature = base64.b64encode(hmac.new(key, text, hashlib.sha256).digest()).decode()
+            return f"{base}/{name}?{before}sig={signature.replace('+', '%2B').replace('=', '%3D')}{''.join(rest)}"
+
+        return url
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

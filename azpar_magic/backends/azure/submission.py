@@ -6,20 +6,24 @@ this run's own job, which ``AzureRun._create_job`` checked is ours, so TaskExist
 come from this run; the SDK's own bulk add treats it the same way).
 
 doAzureParallel added one task per REST call (3,375 tasks took about 15 minutes); this adds
-them a hundred at a time with a few calls in flight.
+them a hundred at a time with a few calls in flight, and sends each group as soon as it is
+built (the first tasks can run while the last definitions are still being made). Definitions
+travel as REST wire JSON (``wire_json``): building a dozen SDK models per task was most of the
+submit thread's time.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.batch import models
+from azure.batch._model_base import SdkJSONEncoder
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
 from . import retry
@@ -32,12 +36,23 @@ MAX_ATTEMPTS = retry.ADD_ATTEMPTS  # requests per group at most: this loop is th
 BACKOFF = retry.ADD_BACKOFF  # seconds, doubled per attempt, with jitter
 
 
+def wire_json(model: Any) -> Any:
+    """An SDK model as the JSON the SDK itself would send (REST wire names, read-only fields left out)."""
+    return json.loads(json.dumps(model, cls=SdkJSONEncoder, exclude_readonly=True))
+
+
 @dataclass
 class PendingTask:
-    """A task definition and an estimate of its JSON size (known from its parts)."""
+    """A task definition (REST wire JSON), an estimate of its JSON size (known from its parts)
+    and, for a task whose inputs are too large to travel inline, the blob to upload before it is added."""
 
-    definition: models.BatchTaskCreateOptions
+    definition: dict[str, Any]
     size: int
+    upload: tuple[str, bytes] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.definition["id"]
 
 
 @dataclass
@@ -49,20 +64,19 @@ class AddReport:
     retries: int = 0
 
 
-def cut(tasks: Sequence[PendingTask]) -> list[list[PendingTask]]:
-    """Consecutive groups of at most 100 tasks whose estimated body fits the budget."""
-    groups: list[list[PendingTask]] = []
+def cut(tasks: Iterable[PendingTask]) -> Iterator[list[PendingTask]]:
+    """Consecutive groups of at most 100 tasks whose estimated body fits the budget, each given
+    as soon as it is complete (``tasks`` may still be being built)."""
     current: list[PendingTask] = []
     size = 0
     for task in tasks:
         if current and (len(current) >= MAX_TASKS_PER_CALL or size + task.size > BODY_BUDGET):
-            groups.append(current)
+            yield current
             current, size = [], 0
         current.append(task)
         size += task.size
     if current:
-        groups.append(current)
-    return groups
+        yield current
 
 
 def _retryable(exc: Exception) -> bool:
@@ -97,17 +111,43 @@ class TaskAdder:
         self.should_stop = should_stop or (lambda: False)
         self.report = AddReport()
         self._lock = threading.Lock()
+        self._halted = False  # building or preparing a group failed: send nothing more
 
-    def add(self, tasks: Sequence[PendingTask]) -> AddReport:
-        groups = cut(tasks)
+    def add(
+        self, tasks: Iterable[PendingTask], prepare: Callable[[list[PendingTask]], None] | None = None
+    ) -> AddReport:
+        """Add ``tasks`` (an iterator is consumed as it is built: each group goes out once complete).
+        ``prepare(group)`` runs before a group's first call (uploading its large inputs); if it or
+        building a definition fails, no further group is sent and the error is raised."""
         with ThreadPoolExecutor(self.in_flight, thread_name_prefix="azpar-add") as pool:
-            for future in [pool.submit(self._add_group, g) for g in groups]:
+            futures = []
+            try:
+                for group in cut(tasks):
+                    if self.should_stop():  # cancelled: what is not built yet is never sent
+                        break
+                    futures.append(pool.submit(self._prepare_and_add, group, prepare))
+            except BaseException:
+                self._halted = True
+                raise
+            for future in futures:
                 future.result()
         return self.report
+
+    def _prepare_and_add(self, group: list[PendingTask], prepare: Callable[[list[PendingTask]], None] | None) -> None:
+        if prepare is not None and not self._halted:
+            try:
+                prepare(group)
+            except BaseException:
+                self._halted = True
+                raise
+        self._add_group(group)
 
     def _add_group(self, group: list[PendingTask]) -> None:
         attempt = 0
         while group:
+            if self._halted:
+                self._fail(group, "an earlier group of tasks could not be prepared, so this one was not added")
+                return
             if self.should_stop():
                 self._fail(group, "the job was cancelled before this task was added")
                 return
@@ -115,7 +155,7 @@ class TaskAdder:
                 self.report.calls += 1
             try:
                 result = self.client.create_task_collection(  # without the SDK's retries: 6 x 4 requests otherwise
-                    self.job_id, models.BatchTaskGroup(task_values=[t.definition for t in group]), **retry.NO_SDK_RETRY
+                    self.job_id, {"value": [t.definition for t in group]}, **retry.NO_SDK_RETRY
                 )
             except HttpResponseError as exc:
                 if _too_large(exc) and len(group) > 1:
@@ -142,7 +182,7 @@ class TaskAdder:
 
     def _sort_results(self, group: list[PendingTask], result: Any, attempt: int) -> tuple[list[PendingTask], int]:
         """Record added tasks; return those to try again (server errors per task)."""
-        by_id = {t.definition.id: t for t in group}
+        by_id = {t.task_id: t for t in group}
         added, again = [], []
         for value in result.result_values or []:
             task = by_id.pop(value.task_id, None)
@@ -169,7 +209,7 @@ class TaskAdder:
     def _fail(self, group: list[PendingTask], why: str) -> None:
         with self._lock:
             for task in group:
-                self.report.failed[task.definition.id] = why
+                self.report.failed[task.task_id] = why
 
     def _backoff(self, attempt: int, at_least: float = 0.0) -> None:
         """Wait before the next attempt: exponential with jitter, and no less than the
