@@ -32,3 +32,20 @@ def test_a_warm_cell_reads_the_settings_once(run_cell, ip, settings_reads):
     result = run_cell(cell)
     assert result.success and ip.user_ns["r"] == [1, 2]
     assert len(settings_reads) == 1
+
+
+def test_a_cell_run_again_does_not_compile_its_iterable_again(monkeypatch):
+    from azpar_magic.run import engine
+    from azpar_magic.run.parsing import parse_cell
+
+    compiled = []
+
+    def counting(source, *args, **kwargs):
+        compiled.append(source)
+        return compile(source, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "compile", counting, raising=False)  # shadows the builtin in the module
+    cell = parse_cell("for x in range(3) if True else ()", "x")
+    assert engine.materialize(cell, {}) == [0, 1, 2]
+    assert engine.materialize(cell, {}) == [0, 1, 2]
+    assert compiled.count("range(3) if True else ()") <= 1
