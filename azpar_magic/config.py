@@ -322,6 +322,21 @@ PROFILE_FIELDS: dict[str, ProfileField] = {
         ),
         ProfileField("min_nodes", int, 0, "autoscale: fewest nodes"),
         ProfileField("max_nodes", int, 10, "autoscale: most nodes"),
+        ProfileField(
+            "idle_timeout",
+            int,
+            0,
+            "minutes without tasks after which a pool azpar created shrinks to 0 nodes (0: never); Batch "
+            "evaluates this every 5 minutes, so it happens up to 6 minutes later",
+        ),
+        ProfileField(
+            "dedicated_fallback",
+            int,
+            0,
+            "dedicated nodes added to a pool azpar created when a job's spot nodes are preempted or not granted "
+            "for spot_wait minutes (0: never)",
+        ),
+        ProfileField("spot_wait", float, 5.0, "minutes a job waits for missing spot nodes before dedicated_fallback"),
         ProfileField("task_slots_per_node", int, 1, "tasks running at once on one node"),
         ProfileField("image", str, "microsoft-dsvm:ubuntu-hpc:2204", "VM image publisher:offer:sku[:version]"),
         ProfileField("node_agent_sku", str, "batch.node.ubuntu 22.04", "node agent SKU matching the image"),
@@ -559,6 +574,12 @@ def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
             )
         if v["min_nodes"] > v["max_nodes"]:
             problems["min_nodes"] = f"min_nodes ({v['min_nodes']}) is more than max_nodes ({v['max_nodes']})"
+    if v["idle_timeout"] and not 5 <= v["idle_timeout"] <= 7 * 24 * 60:
+        problems["idle_timeout"] = f"must be 0 (never) or 5 to 10080 minutes (a week), not {v['idle_timeout']}"
+    if v["dedicated_fallback"] < 0:
+        problems["dedicated_fallback"] = f"must be 0 or more, not {v['dedicated_fallback']}"
+    if not v["spot_wait"] > 0:
+        problems["spot_wait"] = f"must be more than 0 minutes, not {v['spot_wait']}"
     if not 1 <= v["task_slots_per_node"] <= 256:
         problems["task_slots_per_node"] = f"must be between 1 and 256, not {v['task_slots_per_node']}"
     parts = (v["image"] or "").split(":")

@@ -41,6 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SAMPLE_INTERVAL = 30.0  # seconds between metric samples on the real service
+# Seconds before a sample reaches formulas. The autoscale article ("Automatically scale compute
+# nodes in an Azure Batch pool", Samples): "It takes approximately one minute for samples to
+# propagate through the system". Applied by the service's accelerated clock (autoscale_advance).
+SAMPLE_LAG = 60.0
 SERIES = ("ActiveTasks", "RunningTasks", "PendingTasks", "CPUPercent", "SucceededTasks", "FailedTasks",
           "MemoryBytes", "DiskBytes", "NetworkInBytes", "NetworkOutBytes", "WallClockSeconds")
 DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")

@@ -29,7 +29,7 @@ from .faults import Faults
 from .server import HttpFrontEnd, RecordedRequest, Response
 from .spec import load_spec
 from .state import Pool
-from .util import fmt_time, utcnow
+from .util import fmt_time, parse_duration, utcnow
 
 
 class BatchEmulator:
@@ -272,19 +272,63 @@ class BatchEmulator:
                 if not pool.enable_autoscale or pool.state != "active":
                     continue
                 if sample:
-                    active = running = 0
-                    for job in self.jobs.values():
-                        if (job.pool_id or "").lower() == pool.id.lower() and job.state == "active":
-                            for t in job.tasks.values():
-                                if t.state == "active":
-                                    active += 1
-                                elif t.state in ("preparing", "running"):
-                                    running += 1
-                    self._metrics_for(pool.id).add(now, ActiveTasks=active, RunningTasks=running,
-                                                   CPUPercent=self.cpu_percent.get(pool.id.lower(), 0.0))
+                    self._metrics_for(pool.id).add(now, **self._live_sample(pool))
                 out[pool.id] = self.run_autoscale(pool, now=now)
             self.cond.notify_all()
         return out
+
+    def _live_sample(self, pool: Pool) -> dict[str, float]:
+        """The pool's metric sample now: its active jobs' queued and running tasks, and CPU."""
+        active = running = 0
+        for job in self.jobs.values():
+            if (job.pool_id or "").lower() == pool.id.lower() and job.state == "active":
+                for t in job.tasks.values():
+                    if t.state == "active":
+                        active += 1
+                    elif t.state in ("preparing", "running"):
+                        running += 1
+        return {"ActiveTasks": active, "RunningTasks": running,
+                "CPUPercent": self.cpu_percent.get(pool.id.lower(), 0.0)}
+
+    def autoscale_advance(self, minutes: float, *, start: dt.datetime | None = None) -> list[tuple[str, dict]]:
+        """Let ``minutes`` of the service's own autoscale schedule pass at once: an accelerated
+        clock for tests whose real waits would be long. From ``start`` (default now) on, every
+        autoscale pool gets a sample of its live task counts every 30 s, which formulas see only
+        a minute later, and an evaluation of its formula every evaluation interval, the first
+        one interval after ``start`` (call it right after the pool was created or autoscale
+        enabled, which evaluated the formula then). Sources, the autoscale article ("Automatically
+        scale compute nodes in an Azure Batch pool"): samples "are recorded every 30 seconds";
+        "It takes approximately one minute for samples to propagate through the system"; the
+        formula is evaluated every autoScaleEvaluationInterval (5 minutes at least), a new
+        schedule starting when autoscale is enabled. Task counts do not change while the clock
+        jumps (nothing runs meanwhile); resizes it asks for are applied in real time by the
+        scheduler. Returns (pool id, AutoScaleRun JSON) of each evaluation, in time order."""
+        start = start or utcnow()
+        end = start + dt.timedelta(minutes=minutes)
+        step = dt.timedelta(seconds=autoscale.SAMPLE_INTERVAL)
+        lag = dt.timedelta(seconds=autoscale.SAMPLE_LAG)
+        runs: list[tuple[str, dict]] = []
+        with self.cond:
+            pools = [p for p in self.pools.values() if p.enable_autoscale and p.state == "active"]
+            taken: dict[str, list[tuple[dt.datetime, dict[str, float]]]] = {p.id: [] for p in pools}
+            every = {p.id: dt.timedelta(seconds=parse_duration(p.autoscale_interval or "PT15M")) for p in pools}
+            due = {p.id: start + every[p.id] for p in pools}
+            now = start
+            while now <= end:
+                for pool in pools:
+                    if not pool.enable_autoscale:
+                        continue
+                    queue = taken[pool.id]
+                    queue.append((now, self._live_sample(pool)))
+                    while queue and queue[0][0] + lag <= now:
+                        at, values = queue.pop(0)
+                        self._metrics_for(pool.id).add(at, **values)
+                    if now >= due[pool.id]:
+                        runs.append((pool.id, self.run_autoscale(pool, now=now)))
+                        due[pool.id] = now + every[pool.id]
+                now += step
+            self.cond.notify_all()
+        return runs
 
     # ---- roles -------------------------------------------------------------------------------------
     def add_identity(self, role: str, name: str | None = None) -> tuple[str, str]:

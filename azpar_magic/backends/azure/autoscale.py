@@ -13,6 +13,14 @@ rules below hold for every pool this package creates:
   preempted Spot node's task is requeued by the service, not failed, so no work is lost.
 * ``$NodeDeallocationOption = taskcompletion``: a scale-down waits for the tasks on a node to
   finish instead of killing (``terminate``) or rerunning (``requeue``) them.
+* Idle rule (``idle_minutes``, a profile's ``idle_timeout``): when no task was pending in any
+  sample of the last ``idle_minutes`` minutes, both targets are 0, whatever ``min_nodes`` or a
+  warm floor asks; otherwise the formula's own targets. "No task" needs at least
+  :data:`MIN_SAMPLE_PERCENT` % of that window's samples: a new pool, or one whose history is
+  short, is never taken for idle. The service evaluates a formula every
+  :data:`EVALUATION_INTERVAL_MINUTES` minutes at best and its samples lag about a minute, so a
+  pool shrinks between ``idle_minutes + 1`` and ``idle_minutes + 6`` minutes after its last
+  task, with no kernel alive. :func:`fixed_formula` gives a fixed-size pool the same rule.
 * Metric windows are :data:`SAMPLE_WINDOW_MINUTES` long. When fewer than
   :data:`MIN_SAMPLE_PERCENT` % of a window's samples exist (a new pool, or the service's
   sampling lag) the formula uses the latest sample instead, and with no sample at all it uses
@@ -27,7 +35,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["EVALUATION_INTERVAL_MINUTES", "FORMULAS", "describe", "formula"]
+__all__ = [
+    "EVALUATION_INTERVAL_MINUTES",
+    "FORMULAS",
+    "IDLE_MARK",
+    "describe",
+    "fixed_formula",
+    "formula",
+    "idle_minutes",
+]
 
 EVALUATION_INTERVAL_MINUTES = 5
 """How often the service evaluates a pool's formula: 5 minutes is the smallest interval allowed.
@@ -60,6 +76,19 @@ CPU_LOW_PERCENT = 20
 
 MAX_SLOTS_PER_NODE = 256
 """The service's hard limit on task slots per node."""
+
+MIN_IDLE_MINUTES = EVALUATION_INTERVAL_MINUTES
+"""Shortest idle timeout. Samples reach a formula about a minute late (the autoscale article),
+so a window under 4 minutes never holds MIN_SAMPLE_PERCENT of its samples and the rule would
+never fire; and nothing is evaluated more often than every 5 minutes anyway."""
+
+MAX_IDLE_MINUTES = 7 * 24 * 60
+"""Longest idle timeout: a week. Batch keeps metric history for a limited time only, and a
+longer wait would rather be a pool the administrator sizes."""
+
+IDLE_MARK = "$idleMinutes"
+"""The variable holding the idle timeout in a formula this module made: ``pool.py`` reads the
+timeout back from a pool's formula (``%azpar pool status``) with :func:`idle_minutes`."""
 
 
 class _Bounds:
@@ -217,29 +246,96 @@ def _lookup(name: str) -> tuple[str, tuple[str, Callable[[_Bounds], str]]]:
     return key, _FORMULAS[key]
 
 
+def _check_idle(idle_minutes: int) -> int:
+    if isinstance(idle_minutes, bool) or not isinstance(idle_minutes, int):
+        raise TypeError(f"idle_minutes must be an integer, not {type(idle_minutes).__name__}.")
+    if idle_minutes and not MIN_IDLE_MINUTES <= idle_minutes <= MAX_IDLE_MINUTES:
+        raise ValueError(
+            f"idle_minutes must be 0 (off) or between {MIN_IDLE_MINUTES} and {MAX_IDLE_MINUTES}, not {idle_minutes}."
+        )
+    return idle_minutes
+
+
+def _idle_rule(idle_minutes: int) -> str:
+    """``$idle`` is 1 when every sample of the last ``idle_minutes`` minutes had no pending task
+    and at least MIN_SAMPLE_PERCENT % of them exist. GetSamplePercent is asked first because
+    GetSample with too few samples fails the whole evaluation (the autoscale article,
+    "GetSamplePercent"); ``max`` of the window rather than its average, so one queued task
+    anywhere in the window keeps the pool."""
+    window = "TimeInterval_Minute * " + IDLE_MARK
+    return (
+        f"{IDLE_MARK} = {idle_minutes};\n"
+        f"$idleSamples = $PendingTasks.GetSamplePercent({window});\n"
+        f"$idleBusy = $idleSamples < {MIN_SAMPLE_PERCENT} ? 1 : max($PendingTasks.GetSample({window}));\n"
+        "$idle = $idleBusy == 0;\n"
+    )
+
+
+def idle_minutes(formula_text: str | None) -> int:
+    """The idle timeout a formula made here carries (0: none, or not a formula of this module)."""
+    for line in (formula_text or "").splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == IDLE_MARK:
+            try:
+                return int(value.strip().rstrip(";"))
+            except ValueError:
+                return 0
+    return 0
+
+
+def _targets(dedicated: str, spot: str, idle_minutes: int) -> str:
+    if not idle_minutes:
+        return f"$TargetDedicatedNodes = {dedicated};\n$TargetLowPriorityNodes = {spot};\n"
+    return (
+        _idle_rule(idle_minutes)
+        + f"$TargetDedicatedNodes = $idle ? 0 : {dedicated};\n"
+        + f"$TargetLowPriorityNodes = $idle ? 0 : {spot};\n"
+    )
+
+
+def fixed_formula(*, dedicated: int, spot: int, idle_minutes: int) -> str:
+    """A fixed-size pool that goes to zero when idle: ``dedicated`` + ``spot`` nodes while any
+    task was pending in the last ``idle_minutes`` minutes (or the history is too short to
+    say), 0 after. Batch resizes a pool by hand only with autoscale off (the autoscale
+    article: disable, then resize), so the pool is created with autoscale on and this formula,
+    which asks for the fixed sizes at its first evaluation."""
+    for label, value in (("dedicated", dedicated), ("spot", spot)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{label} must be a whole number, 0 or more, not {value!r}.")
+    if not _check_idle(idle_minutes):
+        raise ValueError("fixed_formula needs idle_minutes of 1 or more (a fixed pool without it needs no formula).")
+    return (
+        f"// azpar_magic FIXED: {dedicated} dedicated + {spot} spot nodes, 0 after {idle_minutes} idle minutes\n"
+        + _targets(str(dedicated), str(spot), idle_minutes)
+        + "$NodeDeallocationOption = taskcompletion;\n"
+    )
+
+
 def describe(name: str) -> str:
     """One line saying what the named formula does, for help text and the UI."""
     key, (summary, _) = _lookup(name)
     return f"{key}: {summary}"
 
 
-def formula(name: str, *, min_nodes: int, max_nodes: int, slots_per_node: int = 1) -> str:
+def formula(name: str, *, min_nodes: int, max_nodes: int, slots_per_node: int = 1, idle_minutes: int = 0) -> str:
     """The autoscale formula text for ``name`` (case-insensitive) and the given sizes.
 
     ``slots_per_node`` must match the pool's ``task_slots_per_node``: it is how many pending
     tasks one node absorbs. Raises ValueError for an unknown name, negative counts,
     ``min_nodes > max_nodes`` or a slot count outside 1..256, and TypeError for a count that
     is not an int (a bool or float would otherwise end up in the formula text).
+    ``idle_minutes`` (0: off) adds the idle rule of the module docstring: 0 nodes once no task
+    has been pending for that many minutes.
     """
     key, (summary, build) = _lookup(name)
     bounds = _Bounds(min_nodes, max_nodes, slots_per_node)
+    idle = _check_idle(idle_minutes)
     return (
         f"// azpar_magic {key}: {summary}\n"
         f"$minNodes = {bounds.min_nodes};\n"
         f"$maxNodes = {bounds.max_nodes};\n"
         f"$slots = {bounds.slots_per_node};\n"
         + build(bounds)
-        + "$TargetDedicatedNodes = $minNodes;\n"
-        + "$TargetLowPriorityNodes = $total - $minNodes;\n"
+        + _targets("$minNodes", "$total - $minNodes", idle)
         + "$NodeDeallocationOption = taskcompletion;\n"
     )

@@ -22,7 +22,7 @@ from ...errors import ConfigError
 from ...jobs import NodeInfo
 from ...jobs.cost import Price
 from ..base import BaseBackend, EventSink, JobSpec, TaskSpec
-from . import autoscale, errors, pool, storage
+from . import errors, pool, storage
 from .context import AzureContext
 from .files import check_blobs
 from .prices import ahead_note, node_prices as profile_prices, pool_cost_note, vcpus_of
@@ -342,7 +342,7 @@ class AzureBackend(BaseBackend):
             run = self._runs.pop(job_id, None)
         if run is None:
             return
-        if self.resized_for_run and self.profile["autoscale"]:
+        if self.resized_for_run and pool.autoscale_formula(self.profile) is not None:
             self.resized_for_run = False
             self._in_background(self._restore_autoscale)
         self._in_background(self._end_run, run)
@@ -364,19 +364,8 @@ class AzureBackend(BaseBackend):
         self.delete_job(run.job_id, strict=False)
 
     def _restore_autoscale(self) -> None:
-        from azure.batch import models
-
-        formula = autoscale.formula(
-            self.profile["autoscale"],
-            min_nodes=self.profile["min_nodes"],
-            max_nodes=self.profile["max_nodes"],
-            slots_per_node=self.profile["task_slots_per_node"],
-        )
         try:
-            options = models.BatchPoolEnableAutoScaleOptions(  # type: ignore[call-overload]  # ISO 8601 text, as sent
-                auto_scale_formula=formula, auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M"
-            )
-            self.client.enable_pool_auto_scale(self.profile["pool_id"], options)
+            pool.restore_autoscale(self.client, self.profile)  # the profile's formula (pool.py)
         except AzureError:
             pass
 

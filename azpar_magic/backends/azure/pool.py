@@ -8,10 +8,18 @@ Writing a pool (create, resize, autoscale, delete) needs a role with ``pools/wri
 Batch Data Contributor* or *Account Contributor*. *Azure Batch Job Submitter* may read pools
 and submit jobs only (the Batch RBAC article); the service answers its pool writes with 403
 ``AuthorizationFailed``, which :func:`write_refused` recognises.
+
+Pools azpar created carry the metadata item CREATED_BY; only those are ever changed without the
+user asking (the idle rule of a profile's ``idle_timeout``, the spot fallback of spot.py). A
+fixed-size pool with ``idle_timeout`` runs with autoscale on and autoscale.fixed_formula, which
+asks for the fixed sizes while there is work and 0 once idle, because Batch changes a pool's
+size by itself only through a formula.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +38,7 @@ CONTAINER_TYPE = "dockerCompatible"
 RESIZE_TIMEOUT = "PT15M"
 POOL_WRITE_ROLE = "Azure Batch Data Contributor"
 SUBMIT_ONLY_ROLE = "Azure Batch Job Submitter"
+CREATED_BY = ("created-by", "azpar_magic")  # metadata item of every pool azpar creates
 
 
 def write_refused(exc: BaseException) -> bool:
@@ -64,6 +73,29 @@ def _pool_registry(profile: Profile, password: str | None) -> list[models.Contai
     ]
 
 
+EVALUATION_INTERVAL = f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M"
+
+
+def autoscale_formula(profile: Profile, *, own: bool = True) -> str | None:
+    """The formula a pool azpar creates from ``profile`` runs: the named one (with the idle rule
+    when ``idle_timeout`` is set), the fixed sizes with the idle rule, or None (fixed, no
+    formula). ``own=False``: for a pool azpar did not create, which never gets the idle rule."""
+    idle = profile["idle_timeout"] if own else 0
+    if profile["autoscale"]:
+        return autoscale.formula(
+            profile["autoscale"],
+            min_nodes=profile["min_nodes"],
+            max_nodes=profile["max_nodes"],
+            slots_per_node=profile["task_slots_per_node"],
+            idle_minutes=idle,
+        )
+    if idle:
+        return autoscale.fixed_formula(
+            dedicated=profile["dedicated_nodes"], spot=profile["spot_nodes"], idle_minutes=idle
+        )
+    return None
+
+
 def pool_definition(profile: Profile, registry_password: str | None = None) -> models.BatchPoolCreateOptions:
     """The pool a profile asks for: container-capable image with the task image pre-pulled,
     a start task installing dill and the profile's packages, fixed sizes or a named formula."""
@@ -93,16 +125,12 @@ def pool_definition(profile: Profile, registry_password: str | None = None) -> m
         wait_for_success=True,
     )
     options: dict[str, Any] = {}
-    if profile["autoscale"]:
+    formula = autoscale_formula(profile)
+    if formula is not None:
         options.update(
             enable_auto_scale=True,
-            auto_scale_formula=autoscale.formula(
-                profile["autoscale"],
-                min_nodes=profile["min_nodes"],
-                max_nodes=profile["max_nodes"],
-                slots_per_node=profile["task_slots_per_node"],
-            ),
-            auto_scale_evaluation_interval=f"PT{autoscale.EVALUATION_INTERVAL_MINUTES}M",
+            auto_scale_formula=formula,
+            auto_scale_evaluation_interval=EVALUATION_INTERVAL,
         )
     else:
         options.update(
@@ -119,7 +147,7 @@ def pool_definition(profile: Profile, registry_password: str | None = None) -> m
         task_scheduling_policy=models.BatchTaskSchedulingPolicy(node_fill_type="spread"),
         start_task=start,
         network_configuration=network,
-        metadata=[models.BatchMetadataItem(name="created-by", value="azpar_magic")],
+        metadata=[models.BatchMetadataItem(name=CREATED_BY[0], value=CREATED_BY[1])],
         **options,
     )
 
@@ -141,6 +169,15 @@ class PoolStatus:
     #: "code: message" of each error of the last resize (Batch sets them once the pool is
     #: steady short of its target, e.g. AccountCoreQuotaReached).
     resize_errors: tuple[str, ...] = ()
+    #: The pool carries azpar's CREATED_BY metadata: azpar may change it without being asked.
+    created_by_azpar: bool = False
+    #: Its autoscale formula ("" when autoscale is off) and the idle timeout that formula holds.
+    formula: str = ""
+    idle_minutes: int = 0
+    #: Every node idle since then (None: some node works or boots, or no node); when the idle
+    #: rule will take the pool to 0 (the first autoscale evaluation after idle_minutes).
+    idle_since: dt.datetime | None = None
+    shrink_at: dt.datetime | None = None
 
     def describe(self) -> str:
         mode = "autoscale" if self.autoscale else "fixed size"
@@ -149,7 +186,23 @@ class PoolStatus:
             f"dedicated + {self.spot} spot nodes (target {self.target_dedicated} + {self.target_spot}), "
             f"{self.slots_per_node} task slots per node"
         )
-        return text + "".join(f"; last resize: {e}" for e in self.resize_errors)
+        return text + "".join(f"; last resize: {e}" for e in self.resize_errors) + self.idle_note()
+
+    def idle_note(self) -> str:
+        """What the idle rule will do, in local time: "" for a pool without it."""
+        if not (self.autoscale and self.idle_minutes):
+            return ""
+        if self.idle_since is not None and self.shrink_at is not None:
+            return (
+                f"; idle since {_clock(self.idle_since)}, shrinks to 0 at about {_clock(self.shrink_at)} "
+                f"(the first autoscale evaluation after {self.idle_minutes} idle minutes)"
+            )
+        if self.dedicated + self.spot + self.target_dedicated + self.target_spot == 0:
+            return f"; at 0 nodes after {self.idle_minutes} idle minutes (the next cell grows it)"
+        return (
+            f"; shrinks to 0 after {self.idle_minutes} minutes without tasks "
+            f"(Batch evaluates this every {autoscale.EVALUATION_INTERVAL_MINUTES} minutes or more)"
+        )
 
     def quota_errors(self) -> tuple[str, ...]:
         """The resize errors that only a change of quota or profile can clear."""
@@ -162,16 +215,67 @@ def state_name(value: Any) -> str:
     return str(getattr(value, "value", value) or "")
 
 
+def _clock(when: dt.datetime) -> str:
+    return when.astimezone().strftime("%H:%M")
+
+
+def _seconds(interval: Any) -> float:
+    """An evaluation interval as the SDK gives it (timedelta) or as sent (ISO 8601 "PT5M")."""
+    if isinstance(interval, dt.timedelta):
+        return interval.total_seconds()
+    if isinstance(interval, str) and interval.startswith("PT") and interval.endswith("M"):
+        try:
+            return float(interval[2:-1]) * 60
+        except ValueError:
+            pass
+    return autoscale.EVALUATION_INTERVAL_MINUTES * 60.0
+
+
+def shrink_time(
+    idle_since: dt.datetime, idle_minutes: int, last_run: dt.datetime | None, interval_seconds: float
+) -> dt.datetime:
+    """When the idle rule takes a pool idle since ``idle_since`` to 0: the first evaluation at or
+    after ``idle_since + idle_minutes``. Batch evaluates at the last run's time plus whole
+    intervals (the autoscale article: a new schedule starts when autoscale is enabled)."""
+    due = idle_since + dt.timedelta(minutes=idle_minutes)
+    if last_run is None:
+        return due
+    steps = max(1, -(-(due - last_run).total_seconds() // interval_seconds))
+    return last_run + dt.timedelta(seconds=steps * interval_seconds)
+
+
+def _idle_since(client: Any, pool_id: str) -> dt.datetime | None:
+    """When the last of the pool's nodes became idle, if all are idle (else None)."""
+    try:
+        nodes = list(client.list_nodes(pool_id, select=["id", "state", "stateTransitionTime"]))
+    except AzureError:
+        return None
+    if not nodes or any(state_name(n.state) != "idle" or n.state_transition_time is None for n in nodes):
+        return None
+    return max(n.state_transition_time for n in nodes)
+
+
 def status(client: Any, pool_id: str) -> PoolStatus | None:
+    """The pool's status, or None when it does not exist. For a pool running azpar's idle rule
+    with nodes, one more call (the node list) says since when it is idle."""
     try:
         pool = client.get_pool(pool_id)
     except ResourceNotFoundError:
         return None
-    return status_of(pool)
+    found = status_of(pool)
+    if found.idle_minutes and found.autoscale and found.dedicated + found.spot:
+        since = _idle_since(client, pool_id)
+        if since is not None:
+            run = getattr(pool, "auto_scale_run", None)
+            last = getattr(run, "timestamp", None)
+            at = shrink_time(since, found.idle_minutes, last, _seconds(pool.auto_scale_evaluation_interval))
+            found = dataclasses.replace(found, idle_since=since, shrink_at=at)
+    return found
 
 
 def status_of(pool: Any) -> PoolStatus:
     """The status of a pool the SDK returned."""
+    formula = (pool.auto_scale_formula or "") if pool.enable_auto_scale else ""
     return PoolStatus(
         pool.id,
         state_name(pool.state),
@@ -184,6 +288,9 @@ def status_of(pool: Any) -> PoolStatus:
         bool(pool.enable_auto_scale),
         pool.task_slots_per_node or 1,
         tuple(f"{e.code}: {e.message}" for e in pool.resize_errors or []),
+        created_by_azpar=any((m.name, m.value) == CREATED_BY for m in pool.metadata or []),
+        formula=formula,
+        idle_minutes=autoscale.idle_minutes(formula),
     )
 
 
@@ -191,7 +298,7 @@ def ensure(client: Any, profile: Profile, registry_password: str | None = None) 
     """Attach to the profile's pool, creating it when missing (and allowed); (status, created)."""
     found = status(client, profile["pool_id"])
     if found is not None:
-        return found, False
+        return _follow_idle_timeout(client, profile, found), False
     if not profile["create_pool"]:
         raise AzureServiceError(
             f"the pool {profile['pool_id']!r} does not exist in {profile['batch_account_url']} and the profile says "
@@ -217,6 +324,48 @@ def ensure(client: Any, profile: Profile, registry_password: str | None = None) 
     created = status(client, profile["pool_id"])
     assert created is not None
     return created, True
+
+
+def _follow_idle_timeout(client: Any, profile: Profile, found: PoolStatus) -> PoolStatus:
+    """A pool azpar created whose formula holds another idle timeout than the profile's now
+    gets the profile's formula (the profile's idle_timeout changed since the pool was made).
+    Only then, only for azpar's own pools with autoscale on, and only when the profile may
+    write pools; a refusal or a busy pool leaves it as it is (it is tried again next kernel)."""
+    if not (found.created_by_azpar and found.autoscale and profile["create_pool"]):
+        return found
+    if found.idle_minutes == profile["idle_timeout"] or found.allocation_state != "steady":
+        return found
+    wanted = autoscale_formula(profile)
+    if wanted is None:
+        return found
+    try:
+        _enable(client, profile["pool_id"], wanted)
+    except AzureError:
+        return found
+    return status(client, profile["pool_id"]) or found
+
+
+def _enable(client: Any, pool_id: str, formula: str) -> None:
+    options = models.BatchPoolEnableAutoScaleOptions(  # type: ignore[call-overload]  # ISO 8601 text, as sent
+        auto_scale_formula=formula, auto_scale_evaluation_interval=EVALUATION_INTERVAL
+    )
+    client.enable_pool_auto_scale(pool_id, options)
+
+
+def restore_autoscale(client: Any, profile: Profile) -> bool:
+    """Turn the profile's formula back on after a resize for a run turned autoscale off (an
+    explicit resize needs it off: the autoscale article). The named formula on any pool, as
+    before, with the idle rule only on a pool azpar created; a fixed-size formula (which exists
+    for the idle rule) only on a pool azpar created. True when it was turned on; service errors
+    are left to the caller."""
+    if autoscale_formula(profile) is None:
+        return False
+    found = status(client, profile["pool_id"])
+    formula = autoscale_formula(profile, own=found is not None and found.created_by_azpar)
+    if found is None or formula is None:
+        return False
+    _enable(client, profile["pool_id"], formula)
+    return True
 
 
 def resize(client: Any, pool_id: str, dedicated: int, spot: int) -> None:
