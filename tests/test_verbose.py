@@ -196,6 +196,20 @@ def test_http_through_azpar_storage_never_shows_the_account_key(azure, azurite, 
     assert azurite.account_key not in err and "SharedKey " not in err
 
 
+@pytest.mark.azure
+@pytest.mark.timeout(300)
+def test_an_azure_run_logs_its_staging_and_tasks_and_no_secret(azure, azurite, batch, run_cell, ip):
+    verbosity.set_level("info")
+    ran = run_cell("%%azpar -q -o r for i in range(2):\ni * 3")
+    assert ran.success, ran.error
+    assert ip.user_ns["r"] == [0, 3]
+    assert "[azpar INFO azpar_magic.backends.azure.run] job azpar-" in ran.stderr, ran.stderr
+    assert "staging its worker, namespace and inputs in http://127.0.0.1:" in ran.stderr
+    assert "[azpar INFO azpar_magic.backends.azure.backend] job azpar-" in ran.stderr
+    assert "on pool azpar-test; adding 2 tasks" in ran.stderr
+    assert azurite.account_key not in ran.stderr and batch.key not in ran.stderr
+
+
 # ------------------------------------------------------------------------------------------- in a real kernel
 
 
