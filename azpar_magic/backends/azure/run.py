@@ -39,6 +39,7 @@ from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
 from . import commands, errors, files, storage
 from .context import AzureContext
 from .pool import container_settings, environment_settings, state_name, status as pool_status
+from .spot import SpotFallback
 from .submission import PendingTask, TaskAdder, wire_json
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,7 @@ class AzureRun:
         self.calls: dict[str, int] = {}
         self.data = files.RunData(context, spec, self.expiry, self._count)  # --inputs/--outputs; inert without
         self._silent: dict[str, tuple[float, float, str]] = {}  # service -> (since: wall, monotonic; last error)
+        self.spot = SpotFallback(lambda: context.client, self.profile)  # dedicated_fallback (spot.py)
         self._ran: dict[str, float] = {}  # task -> seconds it ran by Batch's execution times (its cost, issue 19)
         self.following = False  # the follower's loop runs (nodes_still_fresh)
         self.changed_at = 0.0  # monotonic time the follower started or last saw a task start or end
@@ -680,6 +682,7 @@ class AzureRun:
                 self._stop.wait(interval)
                 continue  # a transient error on a poll loses nothing: poll again
             self.answered("the Azure Batch service")
+            self.spot.poll(counts.active)
             progressed = False
             if counts.completed > seen_completed:
                 listed, watermark = self._collect_completed(watermark)
@@ -1010,7 +1013,7 @@ class AzureRun:
             self._fail_remaining(self._image_pull_failure(nodes) or self._start_task_failure(nodes))
             return
         if not nodes:
-            why = self._quota_shortfall()
+            why = "" if self.spot.rescue() else self._quota_shortfall()  # dedicated_fallback first (spot.py)
             if why:
                 self._fail_remaining(why)
             return
@@ -1194,7 +1197,8 @@ class AzureRun:
                 self._silent.pop(service, None)
 
     def unanswered(self) -> str:
-        """A sentence for each service silent for SILENCE_NOTICE seconds or more, else ""."""
+        """A sentence for each service silent for SILENCE_NOTICE seconds or more, then the spot fallback's
+        (spot.py: "spot nodes preempted after 5 min: 2 dedicated nodes added"), else ""."""
         with self._lock:
             silent = dict(self._silent)
         now = time.monotonic()
@@ -1203,7 +1207,7 @@ class AzureRun:
             if now - mono >= SILENCE_NOTICE:
                 at = dt.datetime.fromtimestamp(wall).strftime("%H:%M:%S")
                 said.append(f"{service} is not answering since {at} ({_ago(now - mono)}): {error or 'no reply yet'}")
-        return "; ".join(said)
+        return "; ".join([*said, self.spot.note()] if self.spot.note() else said)
 
     def _emit(self, event: TaskEvent, final: bool = True) -> None:
         if final and event.ran is None and event.task_id in self._ran:
@@ -1299,6 +1303,7 @@ class AzureRun:
 
     def close(self) -> None:
         self._stop.set()
+        self.spot.close()  # the pool's size from before a spot fallback
         if self._terminating is not None:
             try:
                 self._terminating.result(timeout=30)
