@@ -31,7 +31,8 @@ _JOB_ID = re.compile(r"azpar-[a-z0-9]+-\d{8}-\d{6}-[0-9a-f]+")
 
 
 def _isolated_env(base: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AZPAR_")}
+    # AZPAR_PORTABLE stays: scripts/test.sh runs the kernel's local pool again in the portable mode.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZPAR_") or k == "AZPAR_PORTABLE"}
     for name in ("ipython", "config"):
         (base / name).mkdir(parents=True, exist_ok=True)
     env["IPYTHONDIR"] = str(base / "ipython")
