@@ -19,6 +19,7 @@ import json
 import os
 import re
 import threading
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -232,13 +233,24 @@ def burn_note(nodes: list[Any], price: Price | None, now: dt.datetime | None = N
     return text
 
 
+NOTE_SECONDS = 5.0  # a pool's cost note serves this long: ``%azpar status`` redraws every second
+_notes: dict[tuple[int, str], tuple[float, str]] = {}  # (client, pool) -> (monotonic time, note)
+
+
 def pool_cost_note(client: Any, pool_id: str, price: Price | None) -> str:
-    """``burn_note`` of the pool ``pool_id`` ("" when its nodes cannot be listed: the status says the rest)."""
+    """``burn_note`` of the pool ``pool_id`` ("" when its nodes cannot be listed: the status says the rest),
+    listed at most once every NOTE_SECONDS."""
+    key = (id(client), pool_id)
+    held = _notes.get(key)
+    if held is not None and time.monotonic() - held[0] < NOTE_SECONDS:
+        return held[1]
     try:
         nodes = list(client.list_nodes(pool_id, select=["id", "state", "isDedicated", "stateTransitionTime"]))
     except Exception:  # a status line must not fail on its cost
         return ""
-    return burn_note(nodes, price, dt.datetime.now(dt.timezone.utc))
+    note = burn_note(nodes, price, dt.datetime.now(dt.timezone.utc))
+    _notes[key] = (time.monotonic(), note)
+    return note
 
 
 def ahead_note(pool_id: str, vm_size: str, dedicated: int, spot: int, price: Price | None) -> str:
