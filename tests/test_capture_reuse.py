@@ -123,7 +123,23 @@ def test_a_mutated_dict_and_list_are_captured_again(ns, serialized):
     assert out == [10, 103, 36, 49] and len(serialized) == 3
 
 
-def test_a_notebook_function_falls_back_to_serialising_each_time(ns, serialized):
+def test_a_notebook_function_is_reused_until_it_or_its_default_changes(ns, serialized):
+    ns["big"] = np.random.default_rng(4).random((4, 50_000))
+    body = "helper(big[x])"
+    exec("def helper(row, extra=[0]):\n    return float(row.sum()) + extra[0]\n", ns)
+    sums = [float(ns["big"][x].sum()) for x in range(4)]
+    assert _run(ns, body)[1] == sums
+    assert _run(ns, body)[1] == sums and len(serialized) == 1  # reused
+    exec("def helper(row, extra=[0]):\n    return float(row.sum()) + extra[0] + 1\n", ns)  # redefined
+    assert _run(ns, body)[1] == [v + 1 for v in sums] and len(serialized) == 2
+    ns["helper"].__defaults__[0][0] = 10  # its mutable default, changed in place
+    assert _run(ns, body)[1] == [v + 11 for v in sums] and len(serialized) == 3
+    ns["helper"].note = "an attribute"
+    assert _run(ns, body)[1] == [v + 11 for v in sums] and len(serialized) == 4
+    assert _run(ns, body)[1] == [v + 11 for v in sums] and len(serialized) == 4  # unchanged since
+
+
+def test_a_redefined_notebook_function_is_seen(ns, serialized):
     exec("def helper(v):\n    return v + 1\n", ns)
     body = "helper(x)"
     assert _run(ns, body)[1] == [1, 2, 3, 4]
@@ -194,7 +210,13 @@ def test_what_cannot_be_fingerprinted_exactly_is_not():
         pass
 
     assert fp(v=Point()) is None
-    assert fp(v=lambda: 1) is None
+    assert fp(v=lambda: 1) is None  # its globals are this test module's, not __main__'s: dill copies them
+
+    def outer():
+        captured = [1]
+        return lambda: captured
+
+    assert fp(v=outer()) is None  # a closure
     assert fp(v=np.array([object()])) is None
     assert fp(v=np.arange(20.0)[::2]) is None  # a strided view
     assert fp(v=[[1]] * 300_000) is None  # too many objects to walk: serialising is as cheap

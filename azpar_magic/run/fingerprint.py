@@ -6,16 +6,18 @@ reads the array's buffer once with a fast checksum instead, and stands for the s
 bytes: equal fingerprints mean pickling would write the very same bytes again.
 
 Only what can be fingerprinted exactly and cheaply is: atomic values, containers of them (with
-their aliasing, which pickling keeps), plain numeric numpy arrays (their buffer), modules, and
-functions and classes that travel by name from an installed module. Anything else (notebook
-functions and classes, arbitrary objects, object arrays) makes ``fingerprint`` return None,
-and the capture serialises as before. So a value mutated in place, a rebound name, a changed
+their aliasing, which pickling keeps), plain numeric numpy arrays (their buffer), modules,
+functions and classes that travel by name from an installed module, and functions defined in the
+notebook (their code, defaults and attributes). Anything else (notebook classes and their
+instances, closures, arbitrary objects, object arrays) makes ``fingerprint`` return None, and the
+capture serialises as before. So a value mutated in place, a rebound name, a changed
 dict or list are all seen: their content is hashed, not their identity.
 """
 
 from __future__ import annotations
 
 import hashlib
+import marshal
 import os
 import sys
 import threading
@@ -126,6 +128,8 @@ class _Walk:
             self.tag(f"m:{obj.__name__};")
         elif isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)) and _by_name(obj):
             self.tag(f"g:{obj.__module__}:{obj.__qualname__};")
+        elif kind is types.FunctionType:
+            self._notebook_function(obj, depth)  # type: ignore[arg-type]
         else:
             raise _Unsupported
 
@@ -141,6 +145,19 @@ class _Walk:
             for part in flat:
                 self.visit(part, depth + 1)
         self.tag(")")
+
+    def _notebook_function(self, fn: types.FunctionType, depth: int) -> None:
+        """A function defined in the notebook travels by value (dill): its code, defaults, attributes
+        and names, with its globals as a reference to the worker's ``__main__`` (the globals it reads
+        are captured as names of their own, each fingerprinted there). A closure, or globals other
+        than ``__main__``'s (which dill would copy whole), is not fingerprinted."""
+        main = sys.modules.get("__main__")
+        if fn.__closure__ or fn.__globals__ is not getattr(main, "__dict__", None):
+            raise _Unsupported
+        self.tag(f"fn:{fn.__module__}:{fn.__qualname__}:{fn.__name__}:")
+        self.data(marshal.dumps(fn.__code__))  # every field of the code object, nested code included
+        for part in (fn.__defaults__, fn.__kwdefaults__, fn.__doc__, fn.__dict__, fn.__annotations__):
+            self.visit(part, depth + 1)
 
     def _array(self, arr) -> None:
         if arr.dtype.hasobject or not (arr.flags.c_contiguous or arr.flags.f_contiguous):
