@@ -30,6 +30,7 @@ logging.getLogger(PACKAGE_LOGGER).addHandler(logging.NullHandler())
 # pattern runs only when its word is in the text (most records hold none of them).
 _SHAPES = (
     (("sig=",), re.compile(r"(?i)(\bsig=)[^&\s'\"]+")),  # a SAS token's signature, in a URL or alone
+    (("sig%3d",), re.compile(r"(?i)(sig%3D)[^&\s'\"]+")),  # ... in a URL quoted inside another one
     (("accountkey=",), re.compile(r"(?i)(\bAccountKey=)[^;\s'\"]+")),  # connection strings
     (("sharedaccesssignature=",), re.compile(r"(?i)(\bSharedAccessSignature=)[^;\s'\"]+")),
     (("authorization",), re.compile(r"(?i)(['\"]?\bAuthorization['\"]?\s*[:=]\s*['\"]?)[^'\"\n,}]+")),  # a header

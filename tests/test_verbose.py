@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 import uuid
+from urllib.parse import quote
 
 import pytest
 from IPython.core.error import UsageError
@@ -49,6 +50,8 @@ def test_redact_removes_a_real_sas_signature_and_keys_but_keeps_the_line_readabl
     text = verbosity.redact(f"GET {url} -> 200")
     assert sig not in text and "sig=REDACTED" in text
     assert "https://acct.blob.core.windows.net/box?" in text and "sp=rl" in text  # the rest stays
+    quoted = verbosity.redact("copy?source=" + quote(url, safe=""))  # a SAS URL inside another URL's query
+    assert quote(sig, safe="") not in quoted and "sig%3DREDACTED" in quoted
     connection = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={FAKE_KEY};EndpointSuffix=x"
     assert FAKE_KEY not in verbosity.redact(connection) and "AccountName=acct" in verbosity.redact(connection)
     header = "{'Authorization': 'SharedKey acct:bXlzaWduYXR1cmU=', 'x-ms-version': '2021-08-06'}"
