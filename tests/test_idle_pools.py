@@ -321,3 +321,19 @@ def test_a_new_idle_timeout_reaches_the_pool_azpar_created(batch, azurite, ip, r
         assert idle_minutes(batch.pools[POOL].autoscale_formula) == 30
         out = run_cell("%azpar pool status").stdout
         assert "after 30 idle minutes" in out or "after 30 minutes without tasks" in out, out
+
+
+@pytest.mark.timeout(120)
+def test_doctor_evaluates_the_formula_the_pool_runs_idle_rule_included(batch, azurite, tmp_path, monkeypatch):
+    from azpar_magic import doctor, session
+    from tests.azure_support import azure_profile
+
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, pool_id=POOL, autoscale="QUEUE", min_nodes=0,
+                       max_nodes=2, idle_timeout=15) as name:
+        session.pool_action(name, "create")
+        report = doctor.diagnose(name)
+        row = next(c for c in report.checks if c.key == "autoscale")
+        assert row.status == "ok", report.text()
+        sent = batch.requests_for("Pools_EvaluatePoolAutoScale")[-1].body["autoScaleFormula"]
+        assert sent == batch.pools[POOL].autoscale_formula and idle_minutes(sent) == 15

@@ -644,6 +644,8 @@ class AzureDoctor:
             min_nodes=self.profile["min_nodes"],
             max_nodes=self.profile["max_nodes"],
             slots_per_node=self.profile["task_slots_per_node"],
+            # the formula the pool runs: the idle rule (idle_timeout) only on a pool azpar created
+            idle_minutes=self.profile["idle_timeout"] if pool.status_of(self.pool).created_by_azpar else 0,
         )
         try:
             run = self._call(
