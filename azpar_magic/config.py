@@ -1,6 +1,7 @@
-"""Settings from layered sources, highest first: magic options, ``AZPAR_*`` environment
-variables, ``./azpar.toml``, the user's config file, the system file an administrator
-puts under ``{sys.prefix}/etc/azpar/``, and the defaults (the local backend).
+"""Settings from layered sources, highest first: magic options, the IPython configuration
+(``%config AzparMagics.workers = 4``, ipython_config.py: the magics' traits), ``AZPAR_*``
+environment variables, ``./azpar.toml``, the user's config file, the system file an
+administrator puts under ``{sys.prefix}/etc/azpar/``, and the defaults (the local backend).
 
 Only plain settings live here; secrets never do unless a user saves one on purpose.
 
