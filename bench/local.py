@@ -1435,8 +1435,8 @@ def main(argv=None) -> int:
     env["IPYTHONDIR"] = os.path.join(scratch, "ipython")  # ipyparallel profiles and the shell's history
     os.makedirs(env["IPYTHONDIR"])
     env["PYTHONUNBUFFERED"] = "1"
-    for key in [k for k in env if k.startswith("AZPAR_")]:
-        del env[key]  # the default, local backend whatever the caller's environment says
+    for key in [k for k in env if k.startswith("AZPAR_") and k != "AZPAR_PORTABLE"]:
+        del env[key]  # the default, local backend whatever the caller's environment says (AZPAR_PORTABLE: its path)
     results: dict = {}
     runner = None
     try:
