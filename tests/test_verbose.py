@@ -129,6 +129,24 @@ def test_a_lost_worker_and_the_retry_are_logged(ip, run_cell, tmp_path):
     assert "[azpar INFO azpar_magic.run.engine] job azpar-" in ran.stderr and ": task 1 retried (attempt" in ran.stderr
 
 
+def test_a_transfer_tried_again_is_logged(capsys):
+    from azpar_magic.backends.azure import blobs
+
+    calls = []
+
+    def cut_once() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionResetError("connection reset by peer")
+        return "read"
+
+    verbosity.set_level("info")
+    assert blobs.retried("reading out.csv of iteration 3 from its node", cut_once, backoff=0.01) == "read"
+    err = capsys.readouterr().err
+    assert "[azpar INFO azpar_magic.backends.azure.blobs] reading out.csv of iteration 3 from its node: attempt 1 " in err
+    assert "connection reset by peer" in err and "trying again" in err
+
+
 @pytest.mark.parametrize(("value", "shown"), [("info", True), ("http", True), ("", False), ("loud", False)])
 def test_azpar_log_switches_it_on_at_import(value, shown):
     code = (

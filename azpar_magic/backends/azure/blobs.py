@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import os
 import threading
@@ -37,6 +38,7 @@ from ...run.data import path_below
 from . import retry
 from .storage import BLOCK_SIZE, Staging
 
+logger = logging.getLogger(__name__)
 BLOCKS_IN_FLIGHT = 4  # blocks sent or read concurrently (the SDK's max_concurrency; memory ~ a few blocks)
 ATTEMPTS = 3  # tries of a whole operation in ``retried`` (each request in it has the client's own retries)
 BACKOFF = 0.5  # seconds before its second try; doubled each time
@@ -105,6 +107,7 @@ def retried(
                 raise failure(what, exc) from exc
             last = exc
             if attempt + 1 < attempts:
+                logger.info("%s: attempt %d failed (%s); trying again", what, attempt + 1, _first_line(exc))
                 time.sleep(backoff * 2**attempt)
     raise TransferError(f"{what} failed after {attempts} attempts: {type(last).__name__}: {_first_line(last or '')}")
 

@@ -36,6 +36,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,8 @@ from azure.storage.blob import (
 
 from ... import identity
 from . import retry
+
+logger = logging.getLogger(__name__)
 
 
 def cache_container_name() -> str:
@@ -160,6 +163,7 @@ class Staging:
         try:
             self.service.create_container(name, metadata={"azpar_user": identity.slug()})
             self.stats.add("create_container")
+            logger.debug("created the container %s in %s", name, self.account_url)
         except ResourceExistsError:
             self.stats.add("create_container")
         self._containers.add(name)
@@ -168,6 +172,7 @@ class Staging:
         try:
             self.service.delete_container(name)
             self.stats.add("delete_container")
+            logger.debug("deleted the container %s in %s", name, self.account_url)
         except ResourceNotFoundError:
             pass
         self._containers.discard(name)
