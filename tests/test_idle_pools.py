@@ -337,3 +337,24 @@ def test_doctor_evaluates_the_formula_the_pool_runs_idle_rule_included(batch, az
         assert row.status == "ok", report.text()
         sent = batch.requests_for("Pools_EvaluatePoolAutoScale")[-1].body["autoScaleFormula"]
         assert sent == batch.pools[POOL].autoscale_formula and idle_minutes(sent) == 15
+
+
+@pytest.mark.timeout(120)
+def test_the_formula_comes_back_even_while_the_pool_is_still_resizing(batch, azurite, tmp_path, monkeypatch):
+    """A run's resize still under way when the run ends: the service refuses to enable autoscale
+    during a resize (REST spec, EnablePoolAutoScale), so the resize is stopped first; otherwise
+    the pool would keep its nodes with no formula, and no idle rule, for good."""
+    from azpar_magic import session
+    from tests.azure_support import azure_profile
+
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite, pool_id=POOL, dedicated_nodes=1, spot_nodes=0,
+                       idle_timeout=10) as name:
+        session.pool_action(name, "create")
+        _wait(lambda: batch.pools[POOL].allocation_state == "steady", 20, "the pool to be steady")
+        backend = session._azure_backend(name)
+        monkeypatch.setattr(batch, "resize_delay", 60.0)
+        pool.resize(backend.client, POOL, 2, 0)  # autoscale off, resizing for a minute
+        assert batch.pools[POOL].allocation_state == "resizing" and not batch.pools[POOL].enable_autoscale
+        assert pool.restore_autoscale(backend.client, backend.profile)
+        assert batch.pools[POOL].enable_autoscale and idle_minutes(batch.pools[POOL].autoscale_formula) == 10

@@ -364,6 +364,12 @@ def restore_autoscale(client: Any, profile: Profile) -> bool:
     formula = autoscale_formula(profile, own=found is not None and found.created_by_azpar)
     if found is None or formula is None:
         return False
+    if found.allocation_state != "steady" and not found.autoscale:
+        # The service refuses to enable autoscale during a resize (REST spec, EnablePoolAutoScale);
+        # the run that asked for it has ended, so stop it rather than leave the pool without its
+        # formula (and its idle rule) for good.
+        client.begin_stop_pool_resize(profile["pool_id"], polling_interval=0.2).result()
+        _wait_steady(client, profile["pool_id"])
     _enable(client, profile["pool_id"], formula)
     return True
 
