@@ -1435,6 +1435,9 @@ def main(argv=None) -> int:
     env["IPYTHONDIR"] = os.path.join(scratch, "ipython")  # ipyparallel profiles and the shell's history
     os.makedirs(env["IPYTHONDIR"])
     env["PYTHONUNBUFFERED"] = "1"
+    # Children run in the scratch folder: a relative PYTHONPATH (PYTHONPATH=.) must name the same checkout there.
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     for key in [k for k in env if k.startswith("AZPAR_") and k != "AZPAR_PORTABLE"]:
         del env[key]  # the default, local backend whatever the caller's environment says (AZPAR_PORTABLE: its path)
     results: dict = {}
