@@ -18,7 +18,7 @@ from IPython.utils.capture import capture_output
 
 from azpar_magic import verbosity
 
-from .test_kernel import _start, _stop
+from .test_kernel import Kernel, _isolated_env, _start, _stop, manager
 
 FAKE_KEY = "c2VjcmV0LWtleS1ieXRlcy1mb3ItdGVzdHMtb25seS1ub3QtcmVhbC0wMTIzNDU2Nzg5YWJjZA=="  # base64, 64 bytes
 
@@ -246,5 +246,21 @@ def test_verbose_in_a_kernel_goes_to_the_cells_stderr(tmp_path):
         kernel.ok("%azpar verbose off")
         again = kernel.ok("%%azpar -q -o r for i in range(2):\ni", timeout=120)
         assert "[azpar" not in again.stderr, again.describe()
+    finally:
+        _stop(kernel)
+
+
+@pytest.mark.timeout(180)
+def test_azpar_log_in_the_kernels_environment_turns_it_on_at_load(tmp_path):
+    """A kernel started with AZPAR_LOG=info (a JupyterHub spawner's or a kernelspec's env): its first cell logs."""
+    (tmp_path / "cwd").mkdir()
+    env = {**_isolated_env(tmp_path), "AZPAR_LOG": "info"}
+    km, kc = manager.start_new_kernel(kernel_name="python3", startup_timeout=60, env=env, cwd=str(tmp_path / "cwd"))
+    kernel = Kernel(km, kc)
+    try:
+        kernel.ok("%load_ext azpar_magic")
+        assert kernel.ok("%azpar verbose").stdout.startswith("azpar: verbose info")
+        ran = kernel.ok("%%azpar -q -o r for i in range(2):\ni", timeout=120)
+        assert "[azpar INFO azpar_magic.run.engine] job azpar-" in ran.stderr, ran.describe()
     finally:
         _stop(kernel)
