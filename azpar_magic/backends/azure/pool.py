@@ -255,15 +255,15 @@ def _idle_since(client: Any, pool_id: str) -> dt.datetime | None:
     return max(n.state_transition_time for n in nodes)
 
 
-def status(client: Any, pool_id: str) -> PoolStatus | None:
+def status(client: Any, pool_id: str, *, idle: bool = True) -> PoolStatus | None:
     """The pool's status, or None when it does not exist. For a pool running azpar's idle rule
-    with nodes, one more call (the node list) says since when it is idle."""
+    with nodes, one more call (the node list) says since when it is idle (``idle=False``: not)."""
     try:
         pool = client.get_pool(pool_id)
     except ResourceNotFoundError:
         return None
     found = status_of(pool)
-    if found.idle_minutes and found.autoscale and found.dedicated + found.spot:
+    if idle and found.idle_minutes and found.autoscale and found.dedicated + found.spot:
         since = _idle_since(client, pool_id)
         if since is not None:
             run = getattr(pool, "auto_scale_run", None)

@@ -105,7 +105,7 @@ class SpotFallback:
         """(pool status, spot nodes missing from its target, spot nodes preempted); the status is
         None for a pool this watch may not change (it then stops watching)."""
         client = self._client()
-        found = pool.status(client, self.profile["pool_id"])
+        found = pool.status(client, self.profile["pool_id"], idle=False)
         if found is None or not found.created_by_azpar:
             self.enabled = False
             return None, 0, 0
