@@ -16,7 +16,7 @@ if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
   "$VENV/bin/python" -m pytest --nbval notebooks -p no:cacheprovider -q || status=$?
 fi
 # The local pool again as Windows runs it (no fd passing, process groups or symlinks), since no
-# Windows machine runs these tests: README "Platforms". About 3 minutes on 2 cores.
+# Windows machine runs these tests: README "Platforms". About 4 minutes on 2 shared cores.
 if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
   AZPAR_PORTABLE=1 "$VENV/bin/python" -m pytest tests/test_local_pool.py tests/test_local_backend.py \
     tests/test_local_pool_kernel.py tests/test_data_local.py tests/test_portable.py tests/test_faults.py \
