@@ -4,6 +4,7 @@ in the environment as a user would provide them."""
 from __future__ import annotations
 
 import contextlib
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -84,3 +85,13 @@ def sas_status(method: str, url: str, data: bytes | None = None) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` every 50 ms until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

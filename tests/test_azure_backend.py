@@ -17,19 +17,12 @@ import azpar_magic
 from azpar_magic.backends.azure import commands, files
 from tests.wheels import node_pip_options, shared_folder, tiny_wheel
 
-from .azure_support import azure_profile, sas_status
+from .azure_support import azure_profile, sas_status, wait_until
 
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
 POOL = "azpar-test"
 
 
-def _wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _last_job():
@@ -60,8 +53,8 @@ def test_cell_runs_on_batch_and_cleans_up_after_success(azure, ip, run_cell, bat
     patches = [r.body for r in batch.requests_for("Jobs_UpdateJob")]
     assert {"onAllTasksComplete": "terminatejob"} in patches
     # Success: the job and both containers are removed.
-    _wait_until(lambda: job.id.lower() not in batch.jobs, 20, "the job to be deleted")
-    _wait_until(lambda: not {f"{job.id}-in", f"{job.id}-out"} & {c.name for c in blob_service.list_containers()},
+    wait_until(lambda: job.id.lower() not in batch.jobs, 20, "the job to be deleted")
+    wait_until(lambda: not {f"{job.id}-in", f"{job.id}-out"} & {c.name for c in blob_service.list_containers()},
                 20, "the job's containers to be deleted")
     names = {c.name for c in blob_service.list_containers()}
     assert "azpar-cache" in names  # content-addressed blobs stay for the next job
@@ -153,7 +146,7 @@ def test_spot_node_preempted_mid_job_loses_nothing(batch, azurite, ip, run_cell,
                        task_slots_per_node=1, keep=True):
         ip.user_ns.pop("pre", None)
         job = azpar_magic.run("for i in range(8)", "import time\ntime.sleep(0.6)\ni * 10", {})
-        _wait_until(lambda: job.snapshot().tasks_running >= 1, 30, "a running task")
+        wait_until(lambda: job.snapshot().tasks_running >= 1, 30, "a running task")
 
         busy: list[str] = []
 
@@ -162,7 +155,7 @@ def test_spot_node_preempted_mid_job_loses_nothing(batch, azurite, ip, run_cell,
                 busy[:] = [n.id for n in batch.pools[POOL.lower()].nodes.values() if n.running]
             return bool(busy)
 
-        _wait_until(node_running_a_task, 30, "a node running a task")
+        wait_until(node_running_a_task, 30, "a node running a task")
         batch.preempt_node(POOL, busy[0])
         assert job.result(timeout=90) == [i * 10 for i in range(8)]
         with batch.cond:
@@ -202,7 +195,7 @@ def _start_task_failing_on_one_node(ip, run_cell, batch):
     batch.fail_start_task(POOL, count=3)  # the first node fails its start task and both retries
     created = run_cell("%azpar pool create")
     assert created.success, created.error
-    _wait_until(lambda: any(n.state == "starttaskfailed" for n in batch.pools[POOL.lower()].nodes.values()),
+    wait_until(lambda: any(n.state == "starttaskfailed" for n in batch.pools[POOL.lower()].nodes.values()),
                 30, "the first node to fail its start task")
     run = run_cell("%azpar pool resize 2 0")
     assert run.success, run.error
@@ -219,13 +212,13 @@ def _start_task_failing_on_one_node(ip, run_cell, batch):
 def test_cancel_terminates_the_batch_job_and_keeps_finished_results(azure, ip, run_cell, batch):
     job = azpar_magic.run("for i in range(40)", "import time\ntime.sleep(0.4 if i > 3 else 0)\ni", {},
                           chunk_size=1)
-    _wait_until(lambda: job.snapshot().items_succeeded >= 2, 30, "a few finished iterations")
+    wait_until(lambda: job.snapshot().items_succeeded >= 2, 30, "a few finished iterations")
     job.cancel()
     assert job.wait(10)
     assert job.state == "cancelled"
     partial = job.partial_results()
     assert len(partial) >= 2 and all(partial[i] == i for i in partial)
-    _wait_until(lambda: batch.jobs.get(job.id.lower()) is None or batch.jobs[job.id.lower()].state == "completed",
+    wait_until(lambda: batch.jobs.get(job.id.lower()) is None or batch.jobs[job.id.lower()].state == "completed",
                 20, "the Batch job to end")
     assert batch.requests_for("Jobs_TerminateJob")
     after = run_cell("%%azpar -q -o next_cell for x in range(3):\nx")
@@ -406,14 +399,14 @@ def test_pool_commands_create_status_resize_delete(azure, run_cell, batch):
     assert "dill==" in base64.b64decode(start_env[commands.SCRIPT_ENV]).decode()  # the script (commands.py)
     resized = run_cell("%azpar pool resize 1 3")
     assert resized.success, resized.error
-    _wait_until(lambda: batch.pools[POOL.lower()].target_low_priority == 3, 10, "the resize")
+    wait_until(lambda: batch.pools[POOL.lower()].target_low_priority == 3, 10, "the resize")
     status = run_cell("%azpar pool status")
     assert "target 1 + 3" in status.stdout, status.stdout
     bad = run_cell("%azpar pool resize one 3")
     assert not bad.success and "two whole numbers" in str(bad.error)
     deleted = run_cell("%azpar pool delete")
     assert deleted.success and "being deleted" in deleted.stdout
-    _wait_until(lambda: POOL.lower() not in batch.pools, 20, "the pool to go")
+    wait_until(lambda: POOL.lower() not in batch.pools, 20, "the pool to go")
 
 
 def test_autoscale_pool_that_is_empty_is_resized_for_an_interactive_run(batch, azurite, ip, run_cell, tmp_path,
@@ -427,7 +420,7 @@ def test_autoscale_pool_that_is_empty_is_resized_for_an_interactive_run(batch, a
         resize = batch.requests_for("Pools_ResizePool")[0].body
         assert resize["targetDedicatedNodes"] + resize["targetLowPriorityNodes"] == 3
         assert batch.requests_for("Pools_DisablePoolAutoScale")
-        _wait_until(lambda: batch.requests_for("Pools_EnablePoolAutoScale"), 10, "autoscale to be restored")
+        wait_until(lambda: batch.requests_for("Pools_EnablePoolAutoScale"), 10, "autoscale to be restored")
 
 
 def test_inline_task_payload_is_the_task_file(azure, run_cell, batch):

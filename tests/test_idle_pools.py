@@ -12,13 +12,13 @@ gets the rule.
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pytest
 
 from azpar_magic import config
 from azpar_magic.backends.azure import autoscale, pool
 from azpar_magic.backends.azure.autoscale import fixed_formula, formula, idle_minutes
+from tests.azure_support import wait_until
 from tests.batch_emulator.autoscale import AutoScaleError, Metrics, evaluate
 
 UTC = dt.timezone.utc
@@ -170,13 +170,6 @@ def test_shrink_time_is_the_first_evaluation_after_the_timeout():
 # ---- on the test service -----------------------------------------------------------------------------
 
 
-def _wait(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _results(run: dict) -> dict[str, str]:
@@ -199,13 +192,13 @@ def test_the_service_shrinks_an_idle_pool_after_the_timeout_on_its_own_schedule(
     batch_client.create_pool(models.BatchPoolCreateOptions(
         id="idle-fixed", vm_size="Standard_D2s_v3", virtual_machine_configuration=vm_config(),
         enable_auto_scale=True, auto_scale_formula=text, auto_scale_evaluation_interval="PT5M"))
-    _wait(lambda: batch_client.get_pool("idle-fixed").current_dedicated_nodes == 2, 20, "2 nodes")
+    wait_until(lambda: batch_client.get_pool("idle-fixed").current_dedicated_nodes == 2, 20, "2 nodes")
     runs = batch.autoscale_advance(11)
     assert [r[0] for r in runs] == ["idle-fixed", "idle-fixed"]
     first, second = (_results(r) for _, r in runs)
     assert (first["$idleSamples"], first["$idle"], first["$TargetDedicatedNodes"]) == ("45", "0", "2")
     assert (second["$idleSamples"], second["$idle"], second["$TargetDedicatedNodes"]) == ("90", "1", "0")
-    _wait(lambda: batch_client.get_pool("idle-fixed").current_dedicated_nodes == 0, 20, "the pool to empty")
+    wait_until(lambda: batch_client.get_pool("idle-fixed").current_dedicated_nodes == 0, 20, "the pool to empty")
     # The same formula through evaluate_pool_auto_scale, at the service's present (no samples yet
     # visible there: the accelerated ones lie ahead of it): not idle, the fixed size.
     run = batch_client.evaluate_pool_auto_scale(
@@ -225,7 +218,7 @@ def test_a_task_in_the_window_keeps_the_pool(batch_client, batch):
         enable_auto_scale=True, auto_scale_formula=text, auto_scale_evaluation_interval="PT5M"))
     new_job(batch_client, "long", "idle-busy")
     batch_client.create_task_collection("long", models.BatchTaskGroup(task_values=[task("1", "sleep 30")]))
-    _wait(lambda: batch.pools["idle-busy"].nodes and any(n.running for n in batch.pools["idle-busy"].nodes.values()),
+    wait_until(lambda: batch.pools["idle-busy"].nodes and any(n.running for n in batch.pools["idle-busy"].nodes.values()),
           30, "the task to run")
     runs = batch.autoscale_advance(16)
     assert all(_results(r)["$idle"] == "0" for _, r in runs) and len(runs) == 3
@@ -246,7 +239,7 @@ def test_an_idle_azpar_pool_shrinks_to_zero_says_when_and_grows_for_the_next_cel
         body = batch.requests_for("Pools_CreatePool")[0].body
         assert body["enableAutoScale"] and idle_minutes(body["autoScaleFormula"]) == 10
         assert "targetDedicatedNodes" not in body
-        _wait(lambda: all(n.state == "idle" for n in batch.pools[POOL].nodes.values()), 30, "idle nodes")
+        wait_until(lambda: all(n.state == "idle" for n in batch.pools[POOL].nodes.values()), 30, "idle nodes")
 
         status = run_cell("%azpar pool status")
         assert status.success, status.error
@@ -261,7 +254,7 @@ def test_an_idle_azpar_pool_shrinks_to_zero_says_when_and_grows_for_the_next_cel
         # No kernel involvement from here: the service's schedule alone takes the pool to 0.
         runs = batch.autoscale_advance(16)
         assert any(_results(r)["$idle"] == "1" for _, r in runs), runs
-        _wait(lambda: not batch.pools[POOL].nodes, 30, "the pool to shrink to zero")
+        wait_until(lambda: not batch.pools[POOL].nodes, 30, "the pool to shrink to zero")
         assert "at 0 nodes after 10 idle minutes" in run_cell("%azpar pool status").stdout
 
         # The next cell finds no node and asks for the fixed size at once, then turns the
@@ -272,7 +265,7 @@ def test_an_idle_azpar_pool_shrinks_to_zero_says_when_and_grows_for_the_next_cel
         assert ip.user_ns["again"] == [1, 2]
         resize = batch.requests_for("Pools_ResizePool")[-1].body
         assert (resize["targetDedicatedNodes"], resize["targetLowPriorityNodes"]) == (1, 0)
-        _wait(lambda: len(batch.requests_for("Pools_EnablePoolAutoScale")) > enables, 20, "autoscale back on")
+        wait_until(lambda: len(batch.requests_for("Pools_EnablePoolAutoScale")) > enables, 20, "autoscale back on")
         restored = batch.requests_for("Pools_EnablePoolAutoScale")[-1].body
         assert idle_minutes(restored["autoScaleFormula"]) == 10
         assert batch.pools[POOL].target_dedicated == 1  # busy a moment ago: the fixed size
@@ -298,7 +291,7 @@ def test_a_pool_azpar_did_not_create_never_gets_the_idle_rule(batch, batch_clien
     with azure_profile(tmp_path / "config2", batch, azurite, idle_timeout=10, **fields):
         run = run_cell("%%azpar -q -o got for x in range(2):\nx")
         assert run.success, run.error
-        _wait(lambda: batch.requests_for("Pools_EnablePoolAutoScale"), 20, "autoscale back on")
+        wait_until(lambda: batch.requests_for("Pools_EnablePoolAutoScale"), 20, "autoscale back on")
         restored = [r.body["autoScaleFormula"] for r in batch.requests_for("Pools_EnablePoolAutoScale")]
         assert restored == [plain] and idle_minutes(plain) == 0
         assert "shrinks" not in run_cell("%azpar pool status").stdout
@@ -314,7 +307,7 @@ def test_a_new_idle_timeout_reaches_the_pool_azpar_created(batch, azurite, ip, r
         assert run_cell("%azpar pool create").success
         assert idle_minutes(batch.pools[POOL].autoscale_formula) == 10
         close_azure_engines()
-    _wait(lambda: batch.pools[POOL].allocation_state == "steady", 20, "the pool to be steady")
+    wait_until(lambda: batch.pools[POOL].allocation_state == "steady", 20, "the pool to be steady")
     with azure_profile(tmp_path / "config2", batch, azurite, idle_timeout=30, **fields):
         status = run_cell("%azpar pool create")
         assert status.success and "already exists" in status.stdout, status.error
@@ -351,7 +344,7 @@ def test_the_formula_comes_back_even_while_the_pool_is_still_resizing(batch, azu
     with azure_profile(tmp_path / "config", batch, azurite, pool_id=POOL, dedicated_nodes=1, spot_nodes=0,
                        idle_timeout=10) as name:
         session.pool_action(name, "create")
-        _wait(lambda: batch.pools[POOL].allocation_state == "steady", 20, "the pool to be steady")
+        wait_until(lambda: batch.pools[POOL].allocation_state == "steady", 20, "the pool to be steady")
         backend = session._azure_backend(name)
         monkeypatch.setattr(batch, "resize_delay", 60.0)
         pool.resize(backend.client, POOL, 2, 0)  # autoscale off, resizing for a minute

@@ -9,7 +9,6 @@ arrives, and the pool gets its size back when the job ends.
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +18,7 @@ import azpar_magic
 from azpar_magic import config
 from azpar_magic.backends.azure import pool
 from azpar_magic.backends.azure.spot import SpotFallback
+from tests.azure_support import wait_until
 
 POOL = "azpar-spot"
 
@@ -191,13 +191,6 @@ def test_a_job_submitter_identity_is_told_why_no_node_was_added():
 # ---- on the test service ------------------------------------------------------------------------------
 
 
-def _wait(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _notes(job, seen: list[str]) -> bool:
@@ -220,17 +213,17 @@ def test_preempted_spot_nodes_mid_job_fall_back_to_dedicated(batch, azurite, ip,
             with batch.cond:
                 return sum(1 for n in batch.pools[POOL].nodes.values() if n.running) == 2
 
-        _wait(spot_running, 60, "both spot nodes running a task")
+        wait_until(spot_running, 60, "both spot nodes running a task")
         for node_id in list(batch.pools[POOL].nodes):
             batch.preempt_node(POOL, node_id)
         seen: list[str] = []
-        _wait(lambda: _notes(job, seen), 30, "the views to say it")
+        wait_until(lambda: _notes(job, seen), 30, "the views to say it")
         assert "spot nodes preempted after 0.02 min: 2 dedicated nodes added" in seen[-1], seen
         assert job.result(timeout=90) == [i * 10 for i in range(6)]
         resizes = [(r.body["targetDedicatedNodes"], r.body["targetLowPriorityNodes"])
                    for r in batch.requests_for("Pools_ResizePool")]
         assert resizes[0] == (2, 2)
-        _wait(lambda: len(batch.requests_for("Pools_ResizePool")) > 1, 20, "the pool's size back")
+        wait_until(lambda: len(batch.requests_for("Pools_ResizePool")) > 1, 20, "the pool's size back")
         last = batch.requests_for("Pools_ResizePool")[-1].body
         assert (last["targetDedicatedNodes"], last["targetLowPriorityNodes"]) == (0, 2)
 
@@ -248,7 +241,7 @@ def test_spot_nodes_never_granted_fall_back_to_dedicated(batch, azurite, ip, tmp
                        task_slots_per_node=2, dedicated_fallback=1, spot_wait=5.0):
         job = azpar_magic.run("for i in range(3)", "import time\ntime.sleep(0.5)\ni + 1", {})
         seen: list[str] = []
-        _wait(lambda: _notes(job, seen), 30, "the views to say it")
+        wait_until(lambda: _notes(job, seen), 30, "the views to say it")
         assert "spot nodes not granted at the account's spot core quota: 1 dedicated node added" in seen[-1], seen
         assert job.result(timeout=90) == [1, 2, 3]
         with batch.cond:

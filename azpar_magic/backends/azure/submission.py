@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.batch._model_base import SdkJSONEncoder
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
 from . import retry
@@ -37,8 +36,9 @@ BACKOFF = retry.ADD_BACKOFF  # seconds, doubled per attempt, with jitter
 
 
 def wire_json(model: Any) -> Any:
-    """An SDK model as the JSON the SDK itself would send (REST wire names, read-only fields left out)."""
-    return json.loads(json.dumps(model, cls=SdkJSONEncoder, exclude_readonly=True))
+    """An SDK model as the JSON the SDK itself would send (REST wire names, read-only fields left out), through
+    the models' public ``as_dict``; the JSON round trip makes sure what is kept is plain JSON."""
+    return json.loads(json.dumps(model.as_dict(exclude_readonly=True)))
 
 
 @dataclass
