@@ -142,7 +142,8 @@ def backend_options(args: argparse.Namespace, backend: Backend, notes: list[str]
         if on and key not in reads
     ]
     if ignored:
-        notes.append(f"azpar: on the {backend.name} pool, {'; '.join(ignored)}; they act on Azure only.")
+        they = "they act" if len(ignored) > 1 else "it acts"
+        notes.append(f"azpar: on the {backend.name} pool, {'; '.join(ignored)}; {they} on Azure only.")
     if "packages" not in reads:
         missing = _unsatisfied(packages)
         if missing:
