@@ -226,6 +226,16 @@ def enable_autoscale(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, 
             raise errors.missing_property("autoScaleFormula")
         if pool.allocation_state != "steady" and not pool.enable_autoscale:
             raise errors.conflict("PoolNotSteady", "The specified pool is not in steady state.")
+        # At most once every 30 s per pool (REST spec, Pools_EnablePoolAutoScale). The error code is
+        # the one the Batch SDKs name for it (BatchErrorCodeStrings.AutoScaleTooManyRequestsToEnable
+        # in Microsoft.Azure.Batch and the Java SDK); the .NET integration test
+        # AutoScaleEvaluationIntervalTest gets it on the second quick enable, after a request with an
+        # invalid interval got InvalidPropertyValue, so validation comes first. The status, 409, is
+        # unconfirmed (no source found gives it). Only accepted calls start the window.
+        at = pool.autoscale_enabled_at
+        if at is not None and time.monotonic() - at < svc.enable_autoscale_window:
+            raise errors.conflict("TooManyEnableAutoScaleRequests",
+                                  "Autoscale was enabled on this pool less than 30 seconds ago.")
         old = (pool.enable_autoscale, pool.autoscale_formula, pool.autoscale_interval)
         pool.enable_autoscale = True
         pool.autoscale_formula = body.get("autoScaleFormula", pool.autoscale_formula)
@@ -235,6 +245,7 @@ def enable_autoscale(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, 
         except BatchServiceError:
             pool.enable_autoscale, pool.autoscale_formula, pool.autoscale_interval = old
             raise
+        pool.autoscale_enabled_at = time.monotonic()
         pool.touch()
         svc.cond.notify_all()
         return _accepted(f"{svc.url}/pools/{pool.id}", pool.etag, pool.last_modified, status=200)

@@ -31,6 +31,10 @@ from .spec import load_spec
 from .state import Pool
 from .util import fmt_time, parse_duration, utcnow
 
+# REST spec 2025-06-01, Pools_EnablePoolAutoScale: "You cannot call this API for the same Pool more
+# than once every 30 seconds." (handlers.enable_autoscale)
+ENABLE_AUTOSCALE_WINDOW = 30.0
+
 
 class BatchEmulator:
     """A local Azure Batch account (REST api-version 2025-06-01) running tasks as processes.
@@ -78,6 +82,9 @@ class BatchEmulator:
         # The prefix of another interpreter whose bare copy nodes run instead of the kernel's (an
         # image with another Python, nodes.bare_python_bin); None: the kernel's version. reset(): None.
         self.node_python: Path | None = None
+        # EnablePoolAutoScale at most once per 30 s per pool (REST spec); tests shorten it or call
+        # pass_enable_autoscale_window() instead of sleeping. reset(): 30 s.
+        self.enable_autoscale_window = ENABLE_AUTOSCALE_WINDOW
         self.ca_cert: Path | None = None
         self.metrics: dict[str, autoscale.Metrics] = {}
         self.cpu_percent: dict[str, float] = {}
@@ -162,6 +169,7 @@ class BatchEmulator:
             self.strict_command_lines = True
             self.node_users = self.bare_nodes = True
             self.node_python = None
+            self.enable_autoscale_window = ENABLE_AUTOSCALE_WINDOW
         self.faults.clear()
         self.auth.clear_roles()
         self.requests.clear()
@@ -329,6 +337,13 @@ class BatchEmulator:
                 now += step
             self.cond.notify_all()
         return runs
+
+    def pass_enable_autoscale_window(self) -> None:
+        """Let the EnablePoolAutoScale window of every pool pass at once (the service's clock moved
+        30 s on for that limit), for tests that enable twice without waiting."""
+        with self.cond:
+            for pool in self.pools.values():
+                pool.autoscale_enabled_at = None
 
     # ---- roles -------------------------------------------------------------------------------------
     def add_identity(self, role: str, name: str | None = None) -> tuple[str, str]:

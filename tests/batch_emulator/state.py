@@ -79,6 +79,7 @@ class Pool:
     autoscale_formula: str | None = None
     autoscale_interval: str | None = None
     autoscale_run: dict | None = None
+    autoscale_enabled_at: float | None = None  # time.monotonic() of the last accepted EnablePoolAutoScale
     resize_errors: list[dict] = field(default_factory=list)
     resize_due: float = 0.0
     nodes: dict[str, Node] = field(default_factory=dict)
