@@ -382,6 +382,7 @@ class AzureBackend(BaseBackend):
             run.close()
         for thread in list(self._background):
             thread.join(timeout=15)
+        pool.wait_restores(self.profile["pool_id"])  # a restore may wait out Batch's 30 s enable window
         self.context.close()
 
     # ------------------------------------------------------------------ pool management

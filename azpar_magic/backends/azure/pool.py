@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -321,6 +322,7 @@ def ensure(client: Any, profile: Profile, registry_password: str | None = None) 
                 ),
             ) from None
         raise
+    _last_enable.pop(profile["pool_id"].lower(), None)  # a new pool: no enable window (a deleted one's is gone)
     created = status(client, profile["pool_id"])
     assert created is not None
     return created, True
@@ -345,11 +347,46 @@ def _follow_idle_timeout(client: Any, profile: Profile, found: PoolStatus) -> Po
     return status(client, profile["pool_id"]) or found
 
 
+#: Batch takes EnablePoolAutoScale at most once every 30 s per pool (REST spec, Pools_EnablePoolAutoScale);
+#: a call within the window is refused with TOO_MANY_ENABLES (the code the Batch SDKs name,
+#: BatchErrorCodeStrings.AutoScaleTooManyRequestsToEnable).
+ENABLE_WINDOW = 30.0
+TOO_MANY_ENABLES = "TooManyEnableAutoScaleRequests"
+_last_enable: dict[str, float] = {}  # pool id (lower case) -> time.monotonic() of this process's last enable
+_restore_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
 def _enable(client: Any, pool_id: str, formula: str) -> None:
     options = models.BatchPoolEnableAutoScaleOptions(  # type: ignore[call-overload]  # ISO 8601 text, as sent
         auto_scale_formula=formula, auto_scale_evaluation_interval=EVALUATION_INTERVAL
     )
     client.enable_pool_auto_scale(pool_id, options)
+    _last_enable[pool_id.lower()] = time.monotonic()
+
+
+def _too_many_enables(exc: BaseException) -> bool:
+    code = getattr(getattr(exc, "error", None), "code", None)
+    return isinstance(exc, HttpResponseError) and code == TOO_MANY_ENABLES
+
+
+def _wait_window(pool_id: str) -> bool:
+    """Sleep out the rest of the enable window since this process's last enable on the pool;
+    True when it slept."""
+    last = _last_enable.get(pool_id.lower())
+    left = 0.0 if last is None else last + ENABLE_WINDOW - time.monotonic()
+    if left <= 0:
+        return False
+    logger.info(
+        "autoscale was enabled on pool %s %.0f s ago: enabling again in %.0f s", pool_id, ENABLE_WINDOW - left, left
+    )
+    time.sleep(left)
+    return True
+
+
+def _restore_lock(pool_id: str) -> threading.Lock:
+    with _locks_guard:
+        return _restore_locks.setdefault(pool_id.lower(), threading.Lock())
 
 
 def restore_autoscale(client: Any, profile: Profile) -> bool:
@@ -357,21 +394,58 @@ def restore_autoscale(client: Any, profile: Profile) -> bool:
     explicit resize needs it off: the autoscale article). The named formula on any pool, as
     before, with the idle rule only on a pool azpar created; a fixed-size formula (which exists
     for the idle rule) only on a pool azpar created. True when it was turned on; service errors
-    are left to the caller."""
+    are left to the caller.
+
+    Batch refuses a second enable on a pool within 30 s (ENABLE_WINDOW): two quick cells on an
+    empty pool, or a run's finish and its spot fallback's close, would otherwise leave the pool
+    with fixed targets and no formula, so no idle rule, billing until someone acts. So restores
+    of one pool take turns; one that finds the formula on already does nothing (the other path
+    restored it); otherwise it waits out the rest of the window since this process's last enable,
+    and a refusal (an enable this process did not make) waits one more window and tries again.
+    Its callers run it in a background thread, so the wait holds up no cell."""
     if autoscale_formula(profile) is None:
         return False
-    found = status(client, profile["pool_id"])
+    pool_id = profile["pool_id"]
+    with _restore_lock(pool_id):
+        found, formula = _restore_target(client, profile)
+        if found is not None and formula is not None and _wait_window(pool_id):
+            found, formula = _restore_target(client, profile)  # read again after the wait
+        if found is None or formula is None:
+            return False
+        if found.allocation_state != "steady" and not found.autoscale:
+            # The service refuses to enable autoscale during a resize (REST spec, EnablePoolAutoScale);
+            # the run that asked for it has ended, so stop it rather than leave the pool without its
+            # formula (and its idle rule) for good.
+            client.begin_stop_pool_resize(pool_id, polling_interval=0.2).result()
+            _wait_steady(client, pool_id)
+        try:
+            _enable(client, pool_id, formula)
+        except HttpResponseError as exc:
+            if not _too_many_enables(exc):
+                raise
+            _last_enable[pool_id.lower()] = time.monotonic()
+            _wait_window(pool_id)
+            _enable(client, pool_id, formula)
+        return True
+
+
+def wait_restores(pool_id: str, timeout: float | None = None) -> None:
+    """Wait for a formula restore of the pool under way in another thread (it may be waiting out
+    the enable window), so that closing the backend does not cut it off and leave the pool
+    without its formula."""
+    lock = _restore_lock(pool_id)
+    if lock.acquire(timeout=2 * ENABLE_WINDOW + 15 if timeout is None else timeout):
+        lock.release()
+
+
+def _restore_target(client: Any, profile: Profile) -> tuple[PoolStatus | None, str | None]:
+    """The pool and the formula to turn on, (None, None) when there is nothing to do: no pool, no
+    formula for it, or that formula on already."""
+    found = status(client, profile["pool_id"], idle=False)
     formula = autoscale_formula(profile, own=found is not None and found.created_by_azpar)
-    if found is None or formula is None:
-        return False
-    if found.allocation_state != "steady" and not found.autoscale:
-        # The service refuses to enable autoscale during a resize (REST spec, EnablePoolAutoScale);
-        # the run that asked for it has ended, so stop it rather than leave the pool without its
-        # formula (and its idle rule) for good.
-        client.begin_stop_pool_resize(profile["pool_id"], polling_interval=0.2).result()
-        _wait_steady(client, profile["pool_id"])
-    _enable(client, profile["pool_id"], formula)
-    return True
+    if found is None or formula is None or (found.autoscale and found.formula == formula):
+        return None, None
+    return found, formula
 
 
 def resize(client: Any, pool_id: str, dedicated: int, spot: int) -> None:
