@@ -124,3 +124,30 @@ def test_closing_the_backend_does_not_cut_off_a_waiting_restore(batch, idle_pool
     idle_pool.close()
     p = batch.pools[POOL]
     assert p.enable_autoscale and idle_minutes(p.autoscale_formula) == 10
+
+
+@pytest.mark.timeout(120)
+def test_a_waiting_restore_leaves_a_later_runs_resize_alone(batch, idle_pool, monkeypatch):
+    """Cell 2's restore waits out the window; meanwhile cell 3 starts and resizes the pool for its
+    own run. When the wait ends the pool is cell 3's: the old restore neither turns the formula on
+    under it nor stops its resize; cell 3's own end restores the formula."""
+    monkeypatch.setattr(batch, "resize_delay", 2 * WINDOW)  # cell 3's resize is still under way
+    _cell(idle_pool, batch)
+    monkeypatch.setattr(batch, "resize_delay", 0.0)
+    pool.resize(idle_pool.client, POOL, 1, 0)  # cell 2
+    wait_until(lambda: batch.pools[POOL].allocation_state == "steady", 20, "cell 2's resize to end")
+    results: list[bool] = []
+    import threading
+
+    waiting = threading.Thread(target=lambda: results.append(pool.restore_autoscale(idle_pool.client, idle_pool.profile)))
+    waiting.start()
+    time.sleep(0.3)
+    monkeypatch.setattr(batch, "resize_delay", 2 * WINDOW)
+    enables = len(batch.requests_for("Pools_EnablePoolAutoScale"))
+    pool.resize(idle_pool.client, POOL, 2, 0)  # cell 3, while cell 2's restore waits
+    stops = len(batch.requests_for("Pools_StopPoolResize"))
+    waiting.join(30)
+    assert results == [False]
+    assert len(batch.requests_for("Pools_EnablePoolAutoScale")) == enables  # no formula under cell 3
+    assert len(batch.requests_for("Pools_StopPoolResize")) == stops  # cell 3's resize left alone
+    assert not batch.pools[POOL].enable_autoscale

@@ -355,6 +355,7 @@ TOO_MANY_ENABLES = "TooManyEnableAutoScaleRequests"
 _last_enable: dict[str, float] = {}  # pool id (lower case) -> time.monotonic() of this process's last enable
 _restore_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
+_resizes: dict[str, int] = {}  # pool id (lower case) -> resizes this process made: a later run's own
 
 
 def _enable(client: Any, pool_id: str, formula: str) -> None:
@@ -406,9 +407,14 @@ def restore_autoscale(client: Any, profile: Profile) -> bool:
     if autoscale_formula(profile) is None:
         return False
     pool_id = profile["pool_id"]
+    resizes = _resizes.get(pool_id.lower(), 0)
     with _restore_lock(pool_id):
         found, formula = _restore_target(client, profile)
         if found is not None and formula is not None and _wait_window(pool_id):
+            if _resizes.get(pool_id.lower(), 0) != resizes:
+                # A later run resized the pool while this restore waited: the pool is that run's now
+                # (stopping its resize would starve it), and its own end restores the formula.
+                return False
             found, formula = _restore_target(client, profile)  # read again after the wait
         if found is None or formula is None:
             return False
@@ -453,6 +459,7 @@ def resize(client: Any, pool_id: str, dedicated: int, spot: int) -> None:
     current = status(client, pool_id)
     if current is None:
         raise AzureServiceError(f"the pool {pool_id!r} does not exist")
+    _resizes[pool_id.lower()] = _resizes.get(pool_id.lower(), 0) + 1
     if current.autoscale:
         client.disable_pool_auto_scale(pool_id)
     if current.allocation_state == "resizing":
