@@ -60,6 +60,7 @@ def test_cell_runs_on_batch_and_cleans_up_after_success(azure, ip, run_cell, bat
     assert "azpar-cache" in names  # content-addressed blobs stay for the next job
 
 
+@pytest.mark.timeout(360)  # 1,000 worker starts on the test service: 135-150 s on 2 quiet cores, more when shared
 def test_thousand_iterations_one_task_each_all_values_right(azure, ip, run_cell, batch):
     run = run_cell("%%azpar -q --keep -o out for i in range(1000):\n(i * 7919) % 1009")
     assert run.success, run.error
