@@ -142,11 +142,13 @@ def test_a_call_that_hangs_is_named_too(monkeypatch):
     without an error to count: a call outstanding for SILENCE_NOTICE seconds is named as well
     (unit test of the bookkeeping: the test service cannot hang a connection)."""
     import threading
+    from types import SimpleNamespace
 
     from azpar_magic.backends.azure import run as azure_run
 
     run = azure_run.AzureRun.__new__(azure_run.AzureRun)
     run._lock, run._silent = threading.Lock(), {}
+    run.spot = SimpleNamespace(note=lambda: "")  # no spot fallback configured: it has nothing to say
     monkeypatch.setattr(azure_run, "SILENCE_NOTICE", 0.0)
     run.asking("the Azure Batch service")
     assert re.fullmatch(r"the Azure Batch service is not answering since \d\d:\d\d:\d\d \(0 s\): no reply yet",

@@ -1207,7 +1207,8 @@ class AzureRun:
             if now - mono >= SILENCE_NOTICE:
                 at = dt.datetime.fromtimestamp(wall).strftime("%H:%M:%S")
                 said.append(f"{service} is not answering since {at} ({_ago(now - mono)}): {error or 'no reply yet'}")
-        return "; ".join([*said, self.spot.note()] if self.spot.note() else said)
+        spot = self.spot.note()
+        return "; ".join([*said, spot] if spot else said)
 
     def _emit(self, event: TaskEvent, final: bool = True) -> None:
         if final and event.ran is None and event.task_id in self._ran:
