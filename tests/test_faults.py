@@ -284,15 +284,21 @@ MILLION = textwrap.dedent("""
     job = azpar_magic.run("for x in range(1_000_000)", "x * 2 + 1", {})
     values = job.result(timeout=150)
     ok = len(values) == 1_000_000 and all(v == 2 * i + 1 for i, v in enumerate(values))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, and subprocess starts this
+    # interpreter by vfork, so ru_maxrss here would be the pytest process's own peak.
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))  # KiB
     tasks = len(job.tasks)
     session.close()
+    # The workers' ru_maxrss may include this process's size when it started them (the same
+    # carry-over): an upper bound of their own peak, which is what the test needs.
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(ok, peak, workers, tasks)
 """)
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc/self/status")
 def test_a_million_trivial_iterations_in_bounded_memory(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZPAR_")}
     proc = subprocess.run([sys.executable, "-c", MILLION], cwd=tmp_path, env=env, capture_output=True,
@@ -300,6 +306,7 @@ def test_a_million_trivial_iterations_in_bounded_memory(tmp_path):
     assert proc.returncode == 0, proc.stderr
     ok, peak_kib, workers_kib, tasks = proc.stdout.split()
     assert ok == "True", "some of the million values are wrong"
+    print(f"client peak {int(peak_kib) // 1024} MB, workers' at most {int(workers_kib) // 1024} MB")
     assert int(peak_kib) < 600 * 1024, f"client peak RSS {int(peak_kib) // 1024} MB"
     assert int(workers_kib) < 600 * 1024, f"worker peak RSS {int(workers_kib) // 1024} MB"
     assert int(tasks) < 10_000, "a million iterations should not be a million tasks"
