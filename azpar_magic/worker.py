@@ -2,13 +2,14 @@
 
 This file must work as a plain script on a machine that has Python and dill and nothing
 else of ours (an Azure Batch node fetches it as a resource file), so it imports only the
-standard library and dill. The package imports *it* (never the reverse) so that the wire
+standard library and dill (dill only when a payload needs it: importing it is most of a
+trivial task's start on a node, issue 16). The package imports *it* (never the reverse) so that the wire
 formats written by the client and read here are defined in exactly one place.
 
 Three ways to run it:
 
     python worker.py TASK_IN RESULT_OUT     # one task from files (Azure Batch nodes)
-    python worker.py --check ENVELOPE       # environment check only (job preparation)
+    python worker.py --check ENVELOPE       # environment and namespace check (job preparation)
     python worker.py --serve --fd-in R --fd-out W [--parent PID] [--beat FILE]   # local pool worker
     python worker.py --serve --stdio [--parent PID] [--beat FILE]   # the same, portable (Windows)
 
@@ -49,12 +50,10 @@ import time
 import traceback
 import types
 
-import dill
-
 FORMAT_VERSION = 1
 USAGE = """usage: python worker.py TASK_IN RESULT_OUT     run one task from files (TASK_IN may be
                                                env:NAME: the task file, base64, in a variable)
-       python worker.py --check ENVELOPE       check this node's environment against a job
+       python worker.py --check ENVELOPE       check this node's environment and the job's namespace
        python worker.py --merge DIR N OUT      stream DIR/1.azpr .. DIR/N.azpr into one file
        python worker.py --serve --fd-in R --fd-out W [--parent PID] [--beat FILE]
        python worker.py --serve --stdio [--parent PID] [--beat FILE]
@@ -145,8 +144,8 @@ def _lru_reduce(obj) -> tuple:
 
 
 class _FastPickler(pickle.Pickler):
-    def __init__(self, file, hook, by_reference):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+    def __init__(self, file, hook, by_reference, buffer_callback=None):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback)
         self._hook = hook
         self._by_reference = by_reference
 
@@ -162,30 +161,53 @@ class _FastPickler(pickle.Pickler):
         return NotImplemented
 
 
-class _DillPickler(dill.Pickler):
-    def __init__(self, file, hook, main, by_reference):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, recurse=False, byref=False)
-        self._hook = hook
-        self._main = main
-        self._by_reference = by_reference
+def _dill() -> types.ModuleType:
+    """dill, imported on first use: a task whose namespace, items and values the C pickler
+    handles never needs it, and its import (~55 ms) is most of such a task's start."""
+    import dill
 
-    def save(self, obj, save_persistent_id=True):
-        if self._hook is not None:
-            self._hook(obj)
-        if id(obj) not in self.memo:
-            if isinstance(obj, types.ModuleType) and obj is not self._main and obj.__name__ != "__main__":
-                return self.save_reduce(*_module_reduce(obj), obj=obj)
-            if _is_plain_array(obj):
-                # dill's pickler is pure Python (~3 s/GB); the C pickler is ~10x faster and
-                # an array of numbers cannot hold notebook code that would need dill.
-                return self.save_reduce(pickle.loads, (pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL),), obj=obj)
-            if type(obj) is _LRU_WRAPPER and _is_main_object(obj) and not self._by_reference(obj):
-                return self.save_reduce(*_lru_reduce(obj), obj=obj)
-            if isinstance(obj, BaseException):
-                reduced = _exception_reduce(obj)
-                if reduced is not None:
-                    return self.save_reduce(*reduced, obj=obj)
-        return super().save(obj, save_persistent_id)
+    return dill
+
+
+@functools.cache
+def _dill_pickler() -> type:
+    """The dill pickler class, made on first use (it subclasses dill's, see :func:`_dill`)."""
+
+    class _DillPickler(_dill().Pickler):
+        def __init__(self, file, hook, main, by_reference, buffer_callback=None):
+            super().__init__(
+                file, protocol=pickle.HIGHEST_PROTOCOL, recurse=False, byref=False, buffer_callback=buffer_callback
+            )
+            self._hook = hook
+            self._main = main
+            self._by_reference = by_reference
+            self._out_of_band = buffer_callback is not None
+
+        def save(self, obj, save_persistent_id=True):
+            if self._hook is not None:
+                self._hook(obj)
+            if id(obj) not in self.memo:
+                if isinstance(obj, types.ModuleType) and obj is not self._main and obj.__name__ != "__main__":
+                    return self.save_reduce(*_module_reduce(obj), obj=obj)
+                if _is_plain_array(obj):
+                    if self._out_of_band and (obj.flags.c_contiguous or obj.flags.f_contiguous):
+                        # The array's own protocol-5 reduction: its buffer goes out of band,
+                        # uncopied, which the pure-Python pickler does at C speed.
+                        return self.save_reduce(*obj.__reduce_ex__(5), obj=obj)
+                    # dill's pickler is pure Python (~3 s/GB); the C pickler is ~10x faster and
+                    # an array of numbers cannot hold notebook code that would need dill.
+                    return self.save_reduce(
+                        pickle.loads, (pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL),), obj=obj
+                    )
+                if type(obj) is _LRU_WRAPPER and _is_main_object(obj) and not self._by_reference(obj):
+                    return self.save_reduce(*_lru_reduce(obj), obj=obj)
+                if isinstance(obj, BaseException):
+                    reduced = _exception_reduce(obj)
+                    if reduced is not None:
+                        return self.save_reduce(*reduced, obj=obj)
+            return super().save(obj, save_persistent_id)
+
+    return _DillPickler
 
 
 class _MainSwapped:
@@ -218,7 +240,9 @@ def _is_local_function(obj: object) -> bool:
     return isinstance(obj, types.FunctionType) and ("<locals>" in obj.__qualname__ or obj.__name__ == "<lambda>")
 
 
-def dumps(obj: object, *, main: types.ModuleType | None = None, hook=None, by_reference=None) -> tuple[str, bytes]:
+def dumps(
+    obj: object, *, main: types.ModuleType | None = None, hook=None, by_reference=None, out_of_band: bool = False
+) -> tuple[str, bytes]:
     """Serialise ``obj``; return (codec, bytes) where codec is "pickle" or "dill".
 
     The C pickler is tried first because it is an order of magnitude faster and its output
@@ -227,31 +251,101 @@ def dumps(obj: object, *, main: types.ModuleType | None = None, hook=None, by_re
     and anything else the C pickler cannot handle (lambdas, closures) go through dill with
     ``__main__`` globals saved as a reference to the receiver's ``__main__``.
     ``hook(obj)`` sees every object either pickler visits and may raise to refuse one.
+    ``out_of_band``: large contiguous buffers (numpy arrays) are laid out after the pickle,
+    page-aligned (:func:`frame_out_of_band`), so a worker maps them from the file instead of
+    copying them out of the pickle: loading a namespace then costs the same at 1 MB and 1 GB.
     """
     by_reference = by_reference or (lambda _obj: False)
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep_apart(buffer: pickle.PickleBuffer) -> bool:
+        if buffer.raw().nbytes < OUT_OF_BAND_MIN:
+            return True  # in band: not worth a page of padding
+        buffers.append(buffer)
+        return False
+
+    callback = keep_apart if out_of_band else None
     with _MainSwapped(main):
         main = sys.modules["__main__"]
         buf = io.BytesIO()
         try:
             if _surely_needs_dill(obj, by_reference):
                 raise NeedsDill(obj)
-            _FastPickler(buf, hook, by_reference).dump(obj)
-            return "pickle", buf.getvalue()
+            _FastPickler(buf, hook, by_reference, callback).dump(obj)
+            return "pickle", frame_out_of_band(buf.getbuffer(), buffers) if buffers else buf.getvalue()
         except (NeedsDill, pickle.PicklingError, TypeError, AttributeError):
             pass
+        buffers.clear()
         buf = io.BytesIO()
-        _DillPickler(buf, hook, main, by_reference).dump(obj)
-        return "dill", buf.getvalue()
+        _dill_pickler()(buf, hook, main, by_reference, callback).dump(obj)
+        return "dill", frame_out_of_band(buf.getbuffer(), buffers) if buffers else buf.getvalue()
 
 
-def loads(codec: str, data: bytes, *, main: types.ModuleType | None = None) -> object:
-    """Inverse of :func:`dumps`; ``main`` is the module that ``__main__`` names bind to."""
+def loads(codec: str, data, *, main: types.ModuleType | None = None) -> object:
+    """Inverse of :func:`dumps`; ``main`` is the module that ``__main__`` names bind to.
+    ``data``: bytes, or a writable mapping of a file (``mmap.ACCESS_COPY``), whose
+    out-of-band buffers then become the arrays' memory without a copy."""
+    pickled, buffers = split_out_of_band(data)
     with _MainSwapped(main):
         if codec == "pickle":
-            return pickle.loads(data)
-        unpickler = dill.Unpickler(io.BytesIO(data))
+            return pickle.loads(pickled, buffers=buffers)
+        unpickler = _dill().Unpickler(io.BytesIO(pickled), buffers=buffers)
         unpickler._main = sys.modules["__main__"]
         return unpickler.load()
+
+
+# Out-of-band framing: OUT_OF_BAND_MAGIC, the JSON header's length (8 bytes, big-endian), the
+# header {"pickle": [start, length], "buffers": [[start, length], ...]}, then the body: offsets
+# count from the body's start, which like every buffer's start is a multiple of OUT_OF_BAND_ALIGN
+# from the start of the file, so buffers mapped from the file are page-aligned. Data without
+# the magic is a plain pickle (what older clients wrote and small namespaces still are).
+OUT_OF_BAND_MAGIC = b"AZPARO1\n"
+OUT_OF_BAND_MIN = 1 << 20
+OUT_OF_BAND_ALIGN = 4096
+
+
+def _aligned(n: int) -> int:
+    return -(-n // OUT_OF_BAND_ALIGN) * OUT_OF_BAND_ALIGN
+
+
+def frame_out_of_band(pickled, buffers: list) -> bytes:
+    """One bytes object: the pickle and its out-of-band buffers, laid out as described above."""
+    layout, pos = [], _aligned(len(pickled))
+    raws = [b.raw() for b in buffers]
+    for raw in raws:
+        layout.append([pos, raw.nbytes])
+        pos = _aligned(pos + raw.nbytes)
+    head = json.dumps({"pickle": [0, len(pickled)], "buffers": layout}).encode()
+    prefix = OUT_OF_BAND_MAGIC + struct.pack(">Q", len(head)) + head
+    parts = [prefix, bytes(_aligned(len(prefix)) - len(prefix)), pickled]
+    end = len(pickled)
+    for (start, _), raw in zip(layout, raws):
+        parts += [bytes(start - end), raw]
+        end = start + raw.nbytes
+    return b"".join(parts)
+
+
+def split_out_of_band(data) -> tuple:
+    """(pickle, buffers or None) of serialised ``data``. A read-only ``data`` (bytes) gives
+    each buffer as a copy, so arrays stay writable as they were before the framing."""
+    if data[: len(OUT_OF_BAND_MAGIC)] != OUT_OF_BAND_MAGIC:
+        return data, None
+    view = memoryview(data)
+    at = len(OUT_OF_BAND_MAGIC)
+    try:
+        (size,) = struct.unpack(">Q", view[at : at + 8])
+        header = json.loads(bytes(view[at + 8 : at + 8 + size]))
+        body = _aligned(at + 8 + size)
+        start, length = header["pickle"]
+        pickled = view[body + start : body + start + length]
+        parts = [view[body + s : body + s + n] for s, n in header["buffers"]]
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"corrupt out-of-band framing: {exc}") from None
+    if any(len(p) != n for p, (_, n) in zip(parts, header["buffers"])) or len(pickled) != length:
+        raise BadInput("out-of-band framing runs past the end of the data (truncated)")
+    if view.readonly:
+        parts = [bytearray(p) for p in parts]
+    return pickled, parts
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,9 +407,9 @@ def check_environment(envelope: dict) -> None:
     here_py = platform.python_version()
     if client_py.split(".")[:2] != here_py.split(".")[:2]:
         problems.append(f"Python {client_py} on the client but Python {here_py} on this node")
-    client_dill = envelope.get("dill", "?")
-    if client_dill != dill.__version__:
-        problems.append(f"dill {client_dill} on the client but dill {dill.__version__} on this node")
+    client_dill, here_dill = envelope.get("dill", "?"), _dill().__version__
+    if client_dill != here_dill:
+        problems.append(f"dill {client_dill} on the client but dill {here_dill} on this node")
     for name, wanted in sorted(envelope.get("packages", {}).items()):
         found = _installed_version(name)
         if found is None:
@@ -420,6 +514,73 @@ class JobCache:
             table.pop(next(iter(table)))
 
 
+def read_namespace(ns_path: str):
+    """The namespace file's bytes; a file with out-of-band buffers is mapped copy-on-write
+    instead, so its arrays use the node's page cache (shared by the tasks and workers of the
+    node, read only where touched) and a task that writes to one changes only its own copy.
+    Not on Windows, where a mapped file cannot be deleted (the local pool removes its stage)."""
+    try:
+        with open(ns_path, "rb") as fh:
+            if fh.read(len(OUT_OF_BAND_MAGIC)) == OUT_OF_BAND_MAGIC and os.name != "nt":
+                return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+            fh.seek(0)
+            return fh.read()
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read the namespace {ns_path}: {exc}") from None
+
+
+# Job preparation runs ``worker.py --check ENVELOPE`` once per node per job: the environment
+# check and the namespace's sha256, which each task otherwise repeats (importing dill and
+# reading every package's metadata, and hashing the whole namespace: a cost that grew with its
+# size, issue 16). When both pass it leaves this stamp beside the envelope, naming the files it
+# checked (size, mtime, inode) and the interpreter and path it checked them with; a task that
+# finds the stamp matching skips both checks.
+CHECKED_SUFFIX = ".checked"
+
+
+def _file_identity(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _check_context(envelope_path: str, ns_path: str, digest: str) -> dict:
+    return {
+        "envelope": _file_identity(envelope_path),
+        "namespace": _file_identity(ns_path),
+        "sha256": digest,
+        "python": sys.executable,
+        "path": os.environ.get("PYTHONPATH", ""),
+    }
+
+
+def checked_before(envelope_path: str, ns_path: str, digest: str) -> bool:
+    """Whether job preparation checked this envelope and namespace, unchanged since, here."""
+    try:
+        with open(envelope_path + CHECKED_SUFFIX, encoding="utf-8") as fh:
+            return json.load(fh) == _check_context(envelope_path, ns_path, digest)
+    except (OSError, ValueError):
+        return False
+
+
+def check_node(envelope_path: str) -> None:
+    """``--check``: the environment check, then the namespace's sha256 when the namespace is
+    beside the envelope; when both pass, the stamp :func:`checked_before` looks for."""
+    with open(envelope_path, "rb") as fh:
+        envelope, _ = unpack(ENVELOPE_MAGIC, fh.read())
+    check_environment(envelope)
+    info = envelope.get("namespace") or {}
+    ns_path = os.path.join(os.path.dirname(os.path.abspath(envelope_path)), info.get("file", ""))
+    if not info.get("file") or not os.path.isfile(ns_path):
+        return
+    if sha256(read_namespace(ns_path)) != info["sha256"]:
+        raise BadInput(f"namespace {ns_path} is corrupt: its sha256 does not match the envelope")
+    stamp = envelope_path + CHECKED_SUFFIX
+    tmp = f"{stamp}.{os.getpid()}.part"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(_check_context(envelope_path, ns_path, info["sha256"]), fh)
+    os.replace(tmp, stamp)
+
+
 def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
     """Read, check and load a job; the environment check comes before any user bytes."""
     if cache is not None and envelope_path in cache.jobs:
@@ -429,19 +590,17 @@ def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
             envelope, _ = unpack(ENVELOPE_MAGIC, fh.read())
     except OSError as exc:
         raise BadInput(f"cannot read the job envelope {envelope_path}: {exc}") from None
-    check_environment(envelope)
     info = envelope["namespace"]
+    folder = os.path.dirname(os.path.abspath(envelope_path))
+    ns_path = os.path.join(folder, info["file"])
+    checked = checked_before(envelope_path, ns_path, info["sha256"])
+    if not checked:
+        check_environment(envelope)
     ns_key = info["sha256"] + sha256(json.dumps(envelope.get("local_modules") or {}, sort_keys=True).encode())
     namespace = cache.namespaces.get(ns_key) if cache is not None else None
     if namespace is None:
-        folder = os.path.dirname(os.path.abspath(envelope_path))
-        ns_path = os.path.join(folder, info["file"])
-        try:
-            with open(ns_path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise BadInput(f"cannot read the namespace {ns_path}: {exc}") from None
-        if sha256(data) != info["sha256"]:
+        data = read_namespace(ns_path)
+        if not checked and sha256(data) != info["sha256"]:
             raise BadInput(f"namespace {ns_path} is corrupt: its sha256 does not match the envelope")
         namespace = LoadedNamespace(envelope, data, folder)
         if cache is not None:
@@ -1674,9 +1833,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(fd_in, fd_out, parent, opts.get("--beat"), portable)
     if argv[:1] == ["--check"] and len(argv) == 2:
         try:
-            with open(argv[1], "rb") as fh:
-                envelope, _ = unpack(ENVELOPE_MAGIC, fh.read())
-            check_environment(envelope)
+            check_node(argv[1])
         except EnvironmentMismatch as exc:
             print(f"azpar worker: {exc}", file=sys.stderr)
             return EXIT_ENVIRONMENT

@@ -41,7 +41,7 @@ def stage(tmp_path, monkeypatch):
         return tmp_path
 
     def run(*args):
-        env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.path.dirname(os.path.dirname(wire.dill.__file__))}
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.path.dirname(os.path.dirname(wire._dill().__file__))}
         return subprocess.run([sys.executable, "-I", str(script), *args], cwd=tmp_path / "node",
                               capture_output=True, text=True, env=env, timeout=60)
 

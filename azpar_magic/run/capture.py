@@ -473,7 +473,8 @@ def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
     """Serialise the chosen namespace; on failure name the variable, its type and why."""
     inspector = _Inspector()
     try:
-        codec, data = wire.dumps(namespace, hook=inspector)
+        # Large arrays out of band: a worker maps them from its copy of the file (issue 16, i).
+        codec, data = wire.dumps(namespace, hook=inspector, out_of_band=True)
         return codec, data, inspector.modules
     except Exception:
         pass

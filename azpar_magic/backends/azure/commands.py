@@ -199,8 +199,10 @@ def job_preparation_command(
     preparation folder to that install, which the tasks put on their PYTHONPATH. It runs as the
     pool's non-admin user, so the folder is made by that user in the shared folder
     (PACKAGES_DIR), and the tasks, the same user on Linux, read it. ``wheels``: pip also looks
-    in WHEELS_DIR (``--find-links``), where local requirements are named by path."""
+    in WHEELS_DIR (``--find-links``), where local requirements are named by path. Last,
+    :func:`check_line`."""
     lines = ["set -e", *(python_check(kernel_python) if kernel_python else [])]
+    check = check_line(packages, pip_options)
     if packages:
         options = [*pip_options, *(["--find-links", WHEELS_DIR] if wheels else [])]
         target = PACKAGES_DIR.format(digest=digest or packages_digest(packages, pip_options))
@@ -213,9 +215,18 @@ def job_preparation_command(
             "fi",
             f'ln -sfn "$D" "$AZ_BATCH_JOB_PREP_WORKING_DIR/{PACKAGES_LINK}"',
         ]
-    if len(lines) == 1:
-        return NodeCommand(_sh("true"))
-    return _script_command("\n".join(lines))
+    return _script_command("\n".join([*lines, check]))
+
+
+def check_line(packages: Sequence[str] = (), pip_options: Sequence[str] = ()) -> str:
+    """The last line of job preparation: ``worker.py --check``, with the tasks' PYTHONPATH, checks
+    the environment and the namespace's sha256 once for the node and leaves a stamp, so each task
+    skips both (issue 16). Never fatal: a task without the stamp checks for itself, and reports a
+    mismatch in its result, as it always has."""
+    return (
+        f"PYTHONPATH={python_path(packages, pip_options)} {PYTHON} $AZ_BATCH_JOB_PREP_WORKING_DIR/{WORKER_FILE} "
+        f"--check $AZ_BATCH_JOB_PREP_WORKING_DIR/{ENVELOPE_FILE} > /dev/null 2>&1 || true"
+    )
 
 
 def python_path(packages: Sequence[str] = (), pip_options: Sequence[str] = ()) -> str:
