@@ -21,15 +21,12 @@ so a scheduler can tell "your code raised" (never retried) from "the node is bro
 
 from __future__ import annotations
 
-import base64
+import binascii
 import builtins
 import copyreg
 import errno
-import fnmatch
 import functools
-import hashlib
 import importlib
-import importlib.util
 import io
 import json
 import linecache
@@ -37,18 +34,15 @@ import marshal
 import mmap
 import os
 import pickle
-import platform
-import random
 import re
-import shutil
-import signal
 import struct
 import sys
-import tempfile
-import threading
 import time
-import traceback
 import types
+
+# Only what every task needs is imported here; the rest (base64, hashlib, platform, random,
+# shutil, signal, tempfile, threading, traceback...) where it is used: on a node each task is
+# a new interpreter, and its imports were most of a trivial task's cost (issue 16, j).
 
 FORMAT_VERSION = 1
 USAGE = """usage: python worker.py TASK_IN RESULT_OUT     run one task from files (TASK_IN may be
@@ -375,6 +369,8 @@ def unpack(magic: bytes, data: bytes) -> tuple[dict, bytes]:
 
 
 def sha256(data: bytes) -> str:
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 
@@ -404,6 +400,8 @@ def check_environment(envelope: dict) -> None:
     if fmt != FORMAT_VERSION:
         problems.append(f"envelope format {fmt} (this worker reads format {FORMAT_VERSION})")
     client_py = envelope.get("python", "?")
+    import platform
+
     here_py = platform.python_version()
     if client_py.split(".")[:2] != here_py.split(".")[:2]:
         problems.append(f"Python {client_py} on the client but Python {here_py} on this node")
@@ -451,7 +449,7 @@ class LoadedJob:
 
     def __init__(self, envelope: dict, namespace: LoadedNamespace):
         self.envelope = envelope
-        self.code = marshal.loads(base64.b64decode(envelope["code"]))
+        self.code = marshal.loads(binascii.a2b_base64(envelope["code"]))
         self.filename = envelope["filename"]
         self.gather = list(envelope.get("gather") or [])
         self.seed = envelope.get("seed")
@@ -461,7 +459,7 @@ class LoadedJob:
         # namespace itself, which other jobs share).
         self.function = None
         if envelope.get("mode") == "function":
-            module_code = marshal.loads(base64.b64decode(envelope["function_code"]))
+            module_code = marshal.loads(binascii.a2b_base64(envelope["function_code"]))
             fcode = next(
                 c for c in module_code.co_consts if isinstance(c, types.CodeType) and c.co_name == FUNCTION_NAME
             )
@@ -481,6 +479,8 @@ def _install_local_modules(modules: dict, module_dir: str | None) -> None:
     if not modules:
         return
     digest = sha256(json.dumps(modules, sort_keys=True).encode())[:16]
+    import tempfile
+
     root = os.path.join(module_dir or tempfile.gettempdir(), f"azpar-modules-{digest}")
     for rel, text in modules.items():
         path = os.path.join(root, rel)
@@ -581,6 +581,24 @@ def check_node(envelope_path: str) -> None:
     os.replace(tmp, stamp)
 
 
+COMPILED_FILE = "worker.pyc"
+
+
+def compile_beside() -> None:
+    """Leave this script compiled beside it (COMPILED_FILE), for job preparation: Python compiles
+    a script at every start, 30-40 ms of a trivial task, and runs a compiled file as it is (the
+    tasks' command line prefers it). Never fatal: tasks fall back to the source."""
+    source = os.path.abspath(__file__)
+    if not source.endswith(".py"):
+        return
+    try:
+        import py_compile
+
+        py_compile.compile(source, cfile=os.path.join(os.path.dirname(source), COMPILED_FILE), doraise=True)
+    except Exception as exc:  # a read-only folder, a full disk: the tasks run the source
+        print(f"azpar worker: not compiled ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
 def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
     """Read, check and load a job; the environment check comes before any user bytes."""
     if cache is not None and envelope_path in cache.jobs:
@@ -596,7 +614,9 @@ def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
     checked = checked_before(envelope_path, ns_path, info["sha256"])
     if not checked:
         check_environment(envelope)
-    ns_key = info["sha256"] + sha256(json.dumps(envelope.get("local_modules") or {}, sort_keys=True).encode())
+    # The modules' text itself, not its hash: a key in this process only, and hashing would
+    # import hashlib in every task for nothing.
+    ns_key = info["sha256"] + json.dumps(envelope.get("local_modules") or {}, sort_keys=True)
     namespace = cache.namespaces.get(ns_key) if cache is not None else None
     if namespace is None:
         data = read_namespace(ns_path)
@@ -733,12 +753,12 @@ def mime_bundle(obj: object) -> dict:
         if value is None:
             continue
         if isinstance(value, bytes):
-            value = base64.b64encode(value).decode()
+            value = binascii.b2a_base64(value, newline=False).decode()
         bundle[mime] = value
     if not bundle and hasattr(obj, "savefig") and type(obj).__module__.startswith("matplotlib"):
         buf = io.BytesIO()
         obj.savefig(buf, format="png", bbox_inches="tight")
-        bundle["image/png"] = base64.b64encode(buf.getvalue()).decode()
+        bundle["image/png"] = binascii.b2a_base64(buf.getvalue(), newline=False).decode()
     bundle.setdefault("text/plain", repr(obj))
     return bundle
 
@@ -753,6 +773,8 @@ def _seed_iteration(seed: int, index: int) -> None:
     generator the iteration makes without a seed (``default_rng()``, ``PCG64()``,
     ``SeedSequence()``, K = 0, 1, ...) gets the entropy
     ``random.Random("azpar:SEED:INDEX:K").getrandbits(128)`` instead of the OS's."""
+    import random
+
     random.seed(f"azpar:{seed}:{index}")
     _SEEDING[0] = (seed, index)
     numpy = sys.modules.get("numpy")
@@ -787,6 +809,8 @@ class _NumpyImportHook:
             return None
         self.busy = True
         try:
+            import importlib.util
+
             spec = importlib.util.find_spec(name)
         finally:
             self.busy = False
@@ -830,6 +854,8 @@ class _FreshEntropy:
         self.key = None
 
     def __call__(self, bits: int) -> int:
+        import random
+
         if self.key is None:
             return self.original(bits)
         draw = random.Random(f"{self.key}:{self.count}").getrandbits(bits)
@@ -850,6 +876,8 @@ def _fresh_entropy(numpy: types.ModuleType) -> _FreshEntropy | None:
     ``randbits`` from its module at each call since it has had SeedSequence, 1.17); when it
     does not, numpy is left as it was and the iteration's stderr says so once. ``numpy`` is
     the module the iteration imported: the worker never imports it itself."""
+    import random
+
     if _FRESH_ENTROPY:
         return _FRESH_ENTROPY[0]
     module = sys.modules.get("numpy.random.bit_generator")
@@ -883,6 +911,8 @@ def _end_seeded_iterations() -> None:
 
 def _format_user_traceback(exc: BaseException, filename: str) -> str:
     """The remote traceback from the first frame of the cell on: worker frames are noise."""
+    import traceback
+
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != filename:
         tb = tb.tb_next
@@ -941,6 +971,8 @@ def _segment_matches(pattern: str, name: str) -> bool:
     is matched only by a pattern starting with one."""
     if name.startswith(".") and not pattern.startswith("."):
         return False
+    import fnmatch
+
     return fnmatch.fnmatch(name, pattern)
 
 
@@ -1090,6 +1122,8 @@ def _copy_regular_file(source: str, target: str) -> None:
     """Copy a file reached through a link inside the working directory; the source is
     opened without following a last link (it was resolved already: a link appearing there
     since is refused, not read)."""
+    import shutil
+
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(source, flags)
     with os.fdopen(fd, "rb") as src, open(target, "wb") as dst:
@@ -1136,6 +1170,8 @@ class IterationFiles:
         self._previous: str | None = None
 
     def enter(self, index: int) -> None:
+        import shutil
+
         folder = os.path.join(self.work_root, str(index))
         if os.path.lexists(folder):  # an earlier attempt of this task
             shutil.rmtree(folder, ignore_errors=True)
@@ -1163,6 +1199,8 @@ class IterationFiles:
         never followed, moved or deleted through (they are reported in ``skipped``); files
         reached through links that stay inside are copied first (the same file may also be
         matched under its own name), then the others are renamed into place."""
+        import shutil
+
         if self._previous is not None:
             os.chdir(self._previous)
             self._previous = None
@@ -1216,6 +1254,8 @@ def _link_input(source: str, link: str, symlinks: bool) -> None:
     """An input file in an iteration's folder: a symbolic link, else (Windows without the
     privilege, or told so) a hard link, else a copy. The client's twin is
     ``platforms.link_or_copy`` (this file imports nothing of the package)."""
+    import shutil
+
     if symlinks:
         try:
             os.symlink(source, link)
@@ -1390,6 +1430,8 @@ def run_here(job: LoadedJob, index: int, item: object) -> object:
     but with this process's output and letting the body's exception propagate with its
     frames: ``%azpar debug`` re-runs a failed iteration in the kernel with it. The caller's
     random and numpy global states are put back afterwards (a seeded run replaces them)."""
+    import random
+
     namespace = job.module.__dict__
     saved_main = sys.modules.get("__main__")
     saved_random = random.getstate()
@@ -1461,13 +1503,22 @@ def run_task_file(task_path: str, result_path: str, cache: JobCache | None = Non
         return EXIT_BAD_INPUT
 
 
+def _b64decode_strict(text: str) -> bytes:
+    """base64 that refuses stray characters, without importing the base64 module."""
+    if sys.version_info >= (3, 11):
+        return binascii.a2b_base64(text, strict_mode=True)
+    import base64
+
+    return base64.b64decode(text, validate=True)
+
+
 def _read_task_input(task_path: str) -> bytes:
     """The task file's bytes; ``env:NAME`` reads them base64-encoded from a variable (small
     tasks travel inline in the task definition instead of as one blob each)."""
     if task_path.startswith("env:"):
         name = task_path[4:]
         try:
-            return base64.b64decode(os.environ[name], validate=True)
+            return _b64decode_strict(os.environ[name])
         except KeyError:
             raise BadInput(f"the task input variable {name} is not set") from None
         except ValueError as exc:
@@ -1670,6 +1721,8 @@ def _end_process_group() -> None:
     """Kill this worker and whatever its task started (its own process group when it leads
     one, as pool workers do on Linux and macOS; else its descendants by parent pid, as
     ``taskkill /T`` finds them on Windows): nothing of a dead kernel's work may run on."""
+    import signal
+
     try:
         if sys.platform == "win32":
             import subprocess
@@ -1780,6 +1833,10 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
     ``parent``: the kernel's pid (this worker ends when it is gone); ``beat``: its beat file;
     ``portable``: started the portable way (see ``stdio_channel``, ``_parent_gone``).
     """
+    import signal
+    import threading
+    import traceback
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     slots = open_beat_file(beat) if beat else None
     if parent is not None and _parent_gone(parent, portable):
@@ -1832,6 +1889,8 @@ def main(argv: list[str] | None = None) -> int:
         fd_in, fd_out = stdio_channel() if portable else (int(opts["--fd-in"]), int(opts["--fd-out"]))
         return serve(fd_in, fd_out, parent, opts.get("--beat"), portable)
     if argv[:1] == ["--check"] and len(argv) == 2:
+        if __name__ == "__main__":  # run as a node runs it, not called by the package
+            compile_beside()
         try:
             check_node(argv[1])
         except EnvironmentMismatch as exc:
@@ -1850,6 +1909,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return run_task_file(argv[0], argv[1])
         except Exception:
+            import traceback
+
             traceback.print_exc()
             return EXIT_INTERNAL
     print(USAGE, file=sys.stderr)

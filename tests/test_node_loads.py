@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from azpar_magic import worker as wire
+from azpar_magic.backends.azure import commands
 from azpar_magic.run import capture
 from azpar_magic.run.parsing import parse_cell
 
@@ -140,10 +141,12 @@ def test_on_the_test_service_job_preparation_stamps_and_tasks_map_the_array(azur
     import azpar_magic
 
     ip.user_ns["table"] = np.arange(MB // 2, dtype=np.float64)  # 4 MB: out of band
-    run = run_cell("%%azpar -q --keep -o seen for i in range(6):\nimport sys\n"
-                   "(float(table[i * 1000]), 'dill' in sys.modules, table.flags.writeable)")
+    run = run_cell("%%azpar -q --keep -o seen for i in range(6):\nimport sys, os\n"
+                   "(float(table[i * 1000]), 'dill' in sys.modules, table.flags.writeable, os.path.basename(sys.argv[0]))")
     assert run.success, run.error
-    assert ip.user_ns["seen"] == [(float(i * 1000), False, True) for i in range(6)]
+    # Each task ran the worker job preparation compiled, and needed no dill.
+    assert commands.WORKER_COMPILED == wire.COMPILED_FILE
+    assert ip.user_ns["seen"] == [(float(i * 1000), False, True, commands.WORKER_COMPILED) for i in range(6)]
     job = azpar_magic.jobs()[-1]
     with batch.cond:
         roots = [n.root for n in batch.pools["azpar-test"].nodes.values()]
