@@ -5,7 +5,8 @@ This bench makes those files with the package's own code (the engine's capture a
 input, inline in the environment when small), runs the Azure job preparation's command line in each node folder,
 then times the Azure task's command line in a task folder, each run right after a bare ``python -c pass``:
 
-    (j) a trivial one-iteration task (body ``x``), empty namespace, over the bare start: target <= 2x
+    (j) a trivial one-iteration task (body ``x``), empty namespace, over the bare start (CPU time decides, wall time
+        beside it): target <= 2x
     (i) the same task over an exported numpy array of 1, 10, 100 (and 500 with --big) MB: the per-task cost against
         the namespace size (ms per 100 MB; CPU time decides, wall time beside it), and 100 one-iteration tasks on 2
         "nodes" (two folders, a task at a time each) with 100 MB: how many times the namespace is loaded, i.e. read
@@ -325,9 +326,10 @@ def report(out: dict) -> None:
         print(f"  {label:<32} {ms(fig['best_s'])}  {ms(fig['median_s'])}   {ms(fig['cpu_best_s'])}     "
               f"{fig['best_s'] / base['best_s']:5.1f}x  {fig['cpu_best_s'] / base['cpu_best_s']:9.1f}x")  # fmt: skip
     empty = out["sizes_mb"]["0"]
-    out["j"] = j = empty["best_s"] / empty["bare"]["best_s"]
-    cpu_j = empty["cpu_best_s"] / empty["bare"]["cpu_best_s"]
-    print(f"  (j) trivial task / bare interpreter: {j:.1f}x wall (best), {cpu_j:.1f}x CPU; target <= {TARGET_J:g}x: "
+    # CPU time decides (as for i): wall-time ratios of 20-40 ms starts moved 1.2x-2.2x between runs here.
+    wall_j = empty["best_s"] / empty["bare"]["best_s"]
+    out["j"] = j = empty["cpu_best_s"] / empty["bare"]["cpu_best_s"]
+    print(f"  (j) trivial task / bare interpreter: {j:.1f}x CPU ({wall_j:.1f}x wall), best; target <= {TARGET_J:g}x: "
           f"{'PASS' if j <= TARGET_J else 'MISS'}")  # fmt: skip
     # Over the namespaces with an array (the empty one imports no numpy); CPU time decides: a shared machine's
     # bursts move it less than wall time, and a load from the page cache is CPU time too.
@@ -335,9 +337,12 @@ def report(out: dict) -> None:
     slope = {k: statistics.linear_regression([m for m, _ in sized], [f[key] for _, f in sized]).slope * 1e5
              if len(sized) > 1 else 0.0 for k, key in (("cpu", "cpu_best_s"), ("wall", "best_s"))}  # fmt: skip
     out["i_slope_ms_per_100mb"], grows = slope, slope["cpu"] > FLAT_MS_PER_100MB
-    print(f"  (i) a task's cost against the namespace's size ({sized[0][0]:g}-{sized[-1][0]:g} MB, best): "
-          f"{slope['cpu']:+.1f} ms CPU ({slope['wall']:+.1f} ms wall) per 100 MB: "
-          + ("grows with the namespace" if grows else f"flat (under {FLAT_MS_PER_100MB:g} ms per 100 MB)"))  # fmt: skip
+    if len(sized) < 2:
+        print("  (i) a task's cost against the namespace's size: needs two sizes (--sizes)")
+    else:
+        print(f"  (i) a task's cost against the namespace's size ({sized[0][0]:g}-{sized[-1][0]:g} MB, best): "
+              f"{slope['cpu']:+.1f} ms CPU ({slope['wall']:+.1f} ms wall) per 100 MB: "
+              + ("grows with the namespace" if grows else f"flat (under {FLAT_MS_PER_100MB:g} ms)"))  # fmt: skip
     run, base = out.get("i_run"), out.get("baseline_read_and_peak")
     if run and base:  # a load: read, or touched through a mapping, half the namespace file or more
         half = out["sizes_mb"]["100"]["namespace_bytes"] // 2
