@@ -49,3 +49,21 @@ def test_a_cell_run_again_does_not_compile_its_iterable_again(monkeypatch):
     assert engine.materialize(cell, {}) == [0, 1, 2]
     assert engine.materialize(cell, {}) == [0, 1, 2]
     assert compiled.count("range(3) if True else ()") <= 1
+
+
+def test_a_cell_over_plain_data_never_builds_the_module_table(monkeypatch):
+    """The module -> distribution table reads every installed distribution's file list (a third
+    of a second on a kernel's first cell): only a cell using a module outside the standard
+    library needs it (issue 16, g)."""
+    from azpar_magic.run import capture
+    from azpar_magic.run.parsing import parse_cell
+
+    built = []
+    monkeypatch.setattr(capture, "_module_to_distributions", lambda: built.append(1) or {"numpy": ["numpy"]})
+    plain = capture.capture(parse_cell("for x in xs", "import math, os.path\nmath.sqrt(x) + len(table)"),
+                            {"xs": [1.0], "table": [1, 2, 3]})
+    assert plain.packages == {} and built == []
+    import numpy
+
+    with_numpy = capture.capture(parse_cell("for x in xs", "np.sqrt(x)"), {"xs": [1.0], "np": numpy})
+    assert with_numpy.packages == {"numpy": numpy.__version__} and built == [1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import IterationError, JobCancelled, JobLost
@@ -128,6 +128,11 @@ class Job:
     def add_task(self, task_id: str, indices: Sequence[int]) -> None:
         with self._lock:
             self._tasks[task_id] = TaskState(task_id, indices)
+
+    def add_tasks(self, tasks: Iterable[tuple[str, Sequence[int]]]) -> None:
+        """:meth:`add_task` for many under one lock (a job of 50,000 tasks adds them all at once)."""
+        with self._lock:
+            self._tasks.update((task_id, TaskState(task_id, indices)) for task_id, indices in tasks)
 
     def task(self, task_id: str) -> TaskState:
         return self._tasks[task_id]

@@ -489,8 +489,7 @@ class Engine:
             job.finish(job.final_state())
             recorder.finish()
             return job
-        for task in tasks.values():
-            job.add_task(task.task_id, task.indices)
+        job.add_tasks((task.task_id, task.indices) for task in tasks.values())
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
         # %azpar debug runs an iteration again with this envelope and namespace (debugging.py):
         # the store keeps the bytes unless the backend staged them where they outlive the kernel.
