@@ -292,7 +292,11 @@ class Staging:
 
     def blob_sas_url(self, container: str, name: str, permission: str, expiry: dt.datetime) -> str:
         expiry = signed_expiry(expiry, delegation=self.delegation)
-        token = generate_blob_sas(
+        return f"{self.container_url(container)}/{name}?{self._blob_sas(container, name, permission, expiry)}"
+
+    def _blob_sas(self, container: str, name: str, permission: str, expiry: dt.datetime, **extra: Any) -> str:
+        """The SDK's token for one blob (``expiry`` already through :func:`signed_expiry`)."""
+        return generate_blob_sas(
             self.account_name,
             container,
             name,
@@ -300,8 +304,8 @@ class Staging:
             expiry=expiry,
             start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
             **self._signing(expiry),
+            **extra,
         )
-        return f"{self.container_url(container)}/{name}?{token}"
 
     def blob_sas_signer(self, container: str, permission: str, expiry: dt.datetime) -> Callable[[str], str]:
         """``blob_sas_url`` for many blobs of one container, permission and expiry, for a fraction of its
@@ -312,16 +316,7 @@ class Staging:
         told: list[str] = []
         expiry = signed_expiry(expiry, delegation=self.delegation)
         signing = self._signing(expiry)
-        token = generate_blob_sas(
-            self.account_name,
-            container,
-            probe,
-            permission=BlobSasPermissions.from_string(permission),
-            expiry=expiry,
-            start=dt.datetime.now(dt.timezone.utc) - SAS_START_SKEW,
-            sts_hook=told.append,
-            **signing,
-        )
+        token = self._blob_sas(container, probe, permission, expiry, sts_hook=told.append)
         resource = f"\n/blob/{self.account_name}/{container}/{probe}\n"
         before, sig, after = token.partition("sig=")
         if len(told) != 1 or told[0].count(resource) != 1 or not sig:  # not the layout this knows: sign each
