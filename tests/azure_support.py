@@ -4,6 +4,7 @@ in the environment as a user would provide them."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -95,3 +96,15 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> Non
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def serving(server: Any) -> Iterator[Any]:
+    """Serve ``server`` (a loopback http.server) from a thread for the duration, then close it."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .azure_support import serving
 
 _CLAUSE = re.compile(r"(\w+)\s+eq\s+'([^']*)'")
 _ALIASES = {"priceType": "type"}
@@ -99,10 +100,5 @@ def price_stub(items: list[dict], page_size: int = 100) -> Iterator[PriceStub]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     stub.url = f"http://127.0.0.1:{server.server_address[1]}/api/retail/prices"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield stub
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -25,6 +25,8 @@ from azure.core.credentials import AzureNamedKeyCredential
 
 from azpar_magic.backends.azure import blobs, retry, storage
 
+from .azure_support import serving
+
 pytestmark = [pytest.mark.azure, pytest.mark.timeout(180)]
 
 SLACK = 5.0  # seconds on top of a computed bound: a loaded machine, request times
@@ -116,14 +118,8 @@ class _Relay(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def proxy(azurite):
-    server = FaultProxy(azurite.host, azurite.port)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(FaultProxy(azurite.host, azurite.port)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
