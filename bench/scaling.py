@@ -1,0 +1,394 @@
+#!/usr/bin/env python
+"""How the local pool scales, and what a kernel's first cell costs (issue 16, "Also").
+
+    python bench/scaling.py            # full run (a few minutes on 2 cores)
+    python bench/scaling.py --quick    # smoke run: small sizes, one repetition
+    python bench/scaling.py --only n,ns,kernel
+
+Three figures, each printed beside a calibration of the machine measured in the same run:
+
+  n       N = 1e2..1e6 trivial iterations (``x * 2``) on a warm 2-worker pool: ``azpar_magic.run``
+          against a fork ``multiprocessing.Pool(2).map`` of a module-level function; time per
+          iteration, the ratio, and the kernel's (this client's) peak memory over its baseline
+  ns      a numpy array of 1, 10, 100, 500 MB read by the body, 100 iterations on a warm pool: the
+          first cell's time, the identical second cell's (capture reuse), bytes written by the
+          client and its workers, and the client's peak memory over its baseline
+  kernel  a real ipykernel: ``%load_ext azpar_magic``, the first ``%%azpar`` cell (pool start,
+          imports), the same cell again
+
+Every measurement of n and ns runs in a child process of its own (``--child``) in a scratch folder
+(azpar ships ``.py`` files found under the current folder), with the job store in a temporary
+folder. Peak memory is the child's VmHWM from /proc/self/status, reset through /proc/self/clear_refs
+just before the measured call: a child's ``ru_maxrss`` would carry the parent's peak over.
+Results are printed and saved to bench/results/scaling-<timestamp>.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import calibration as machine_calibration  # bench/calibration.py (this script's folder is on sys.path)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")
+FULL = {"n": [100, 1_000, 10_000, 100_000, 1_000_000], "mb": [1, 10, 100, 500], "iterations": 100}
+QUICK = {"n": [100, 1_000], "mb": [1, 10], "iterations": 20}
+CHILD_TIMEOUT = 300.0
+
+
+def double(x):
+    """The mapped function of the Pool peer: module-level, as a notebook defines it."""
+    return x * 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Child side: one measurement per process
+# ----------------------------------------------------------------------------------------------
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.M).group(1))
+
+
+def _reset_peak() -> None:
+    """Make VmHWM start again from the current RSS (Linux >= 4.0), so it is this call's peak."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _tree_written() -> int:
+    """Bytes passed to write() by this process and its descendants (pipes and files alike)."""
+    import psutil
+
+    total = 0
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.io_counters().write_chars
+        except psutil.Error:
+            pass
+    return total
+
+
+def _measured(fn) -> dict:
+    """Time one call and the client's peak memory over its RSS just before it."""
+    _reset_peak()
+    base, w0 = _status_kb("VmRSS"), _tree_written()
+    t = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t
+    return {
+        "seconds": seconds,
+        "peak_growth": (_status_kb("VmHWM") - base) * 1024,
+        "written": _tree_written() - w0,
+        "out": out,
+    }
+
+
+def child_n(peer: str, n: int, reps: int) -> dict:
+    xs = list(range(n))
+    expected = [x * 2 for x in xs]
+    if peer == "azpar":
+        import azpar_magic
+
+        ns = {"xs": xs}
+
+        def call():
+            return azpar_magic.run("for x in xs", "x * 2", ns, workers=2).result()
+
+        azpar_magic.run("for x in range(100)", "x * 2", {}, workers=2).result()  # warm pool
+    else:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(2)
+
+        def call():
+            return pool.map(double, xs)
+
+        pool.map(double, range(100))  # warm pool
+    runs = []
+    for _ in range(reps):
+        m = _measured(call)
+        if m.pop("out") != expected:
+            raise RuntimeError(f"{peer}: wrong result at N={n}")
+        runs.append(m)
+    return {"peer": peer, "n": n, "runs": runs, "rss_before": _status_kb("VmRSS") * 1024}
+
+
+def child_ns(mb: float, iterations: int) -> dict:
+    """A cell reading an array of ``mb`` MB, then the identical cell once the job store has written
+    the first one's namespace file (as a user's second run comes), then the same pair run back to
+    back on a fresh array of that size: a cell run again before the store's background thread has
+    written the file does not find the kept bytes, and serialises again."""
+    import numpy as np
+
+    import azpar_magic
+    from azpar_magic import jobstore
+    from azpar_magic.run import capture
+
+    serialize, calls = capture.serialize, [0]
+
+    def counted(namespace):  # whether a cell serialised its namespace or reused the kept bytes
+        calls[0] += 1
+        return serialize(namespace)
+
+    capture.serialize = counted
+    # Warm pool, numpy imported in the workers: what is left is the array's own cost.
+    azpar_magic.run("for x in range(4)", "float(tiny.sum())", {"tiny": np.zeros(4)}, workers=2).result()
+    big = np.random.default_rng(0).random((10, max(1, int(mb * 1_000_000 / 80))))
+    ns = {"big": big}
+
+    def cell() -> dict:
+        calls[0] = 0
+        m = _measured(
+            lambda: azpar_magic.run(f"for x in range({iterations})", "float(big[x % 10].sum())", ns, workers=2).result()
+        )
+        got, expected = m.pop("out"), [float(ns["big"][x % 10].sum()) for x in range(iterations)]
+        if len(got) != iterations or any(abs(g - e) > 1e-9 * abs(e) for g, e in zip(got, expected)):
+            raise RuntimeError(f"wrong result at {mb} MB")
+        m["serialised"] = calls[0]
+        return m
+
+    def flushed() -> float:
+        t = time.perf_counter()
+        jobstore.flush()
+        return time.perf_counter() - t
+
+    out: dict = {"mb": mb, "array_bytes": int(big.nbytes), "first": cell()}
+    w0 = _tree_written()
+    out["store_flush_s"] = flushed()
+    out["first"]["written_by_store"] = _tree_written() - w0  # the job store's own copy, written after the cell
+    out["second"] = cell()
+    ns["big"] = big + 1.0  # a new array of the same size, run twice at once
+    del big
+    out["at_once_first"], out["at_once"] = cell(), cell()
+    flushed()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent side
+# ----------------------------------------------------------------------------------------------
+
+
+def _isolated_env(scratch: str) -> dict:
+    """This environment without AZPAR_* settings (cells run on the local pool), a private job store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZPAR_")}
+    for name in ("ipython", "config", "cwd"):  # not the store: azpar creates it 0700 (it refuses a wider one)
+        os.makedirs(os.path.join(scratch, name), exist_ok=True)
+    env.update(
+        AZPAR_JOB_STORE=os.path.join(scratch, "store"),
+        IPYTHONDIR=os.path.join(scratch, "ipython"),
+        XDG_CONFIG_HOME=os.path.join(scratch, "config"),
+    )
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def run_child(scratch: str, *args: str) -> dict:
+    """One measurement in a fresh child process; its last stdout line is the JSON result."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", *args]
+    proc = subprocess.run(
+        cmd,
+        cwd=os.path.join(scratch, "cwd"),
+        env=_isolated_env(scratch),
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def reps_for(n: int, quick: bool) -> int:
+    return 1 if quick else (5 if n <= 10_000 else 3)
+
+
+def measure_n(scratch: str, sizes: list[int], quick: bool) -> list[dict]:
+    rows = []
+    for n in sizes:
+        row = {"n": n}
+        for peer in ("azpar", "pool"):
+            r = run_child(scratch, "n", peer, str(n), str(reps_for(n, quick)))
+            row[peer] = {
+                "median_s": statistics.median(x["seconds"] for x in r["runs"]),
+                "peak_growth": max(x["peak_growth"] for x in r["runs"]),
+                "rss_before": r["rss_before"],
+                "runs": r["runs"],
+            }
+        row["ratio"] = row["azpar"]["median_s"] / row["pool"]["median_s"]
+        rows.append(row)
+        print(
+            f"  N={n:>9,}: azpar {row['azpar']['median_s'] / n * 1e9:,.0f} ns/it, "
+            f"Pool {row['pool']['median_s'] / n * 1e9:,.0f} ns/it, ratio {row['ratio']:.2f}",
+            flush=True,
+        )
+    return rows
+
+
+def measure_ns(scratch: str, sizes: list[float], iterations: int) -> list[dict]:
+    rows = []
+    for mb in sizes:
+        r = run_child(scratch, "ns", str(mb), str(iterations))
+        rows.append(r)
+        print(
+            f"  {mb:g} MB: first {r['first']['seconds']:.3f} s, second {r['second']['seconds']:.3f} s "
+            f"(serialised {r['second']['serialised']}x)",
+            flush=True,
+        )
+    return rows
+
+
+def measure_kernel(scratch: str) -> dict:
+    """A real ipykernel's first cells, timed at the client as a frontend sees them."""
+    from jupyter_client.manager import start_new_kernel
+
+    env = _isolated_env(scratch)
+    t = time.perf_counter()
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=120, env=env, cwd=os.path.join(scratch, "cwd"))
+    out: dict = {"kernel_start_s": time.perf_counter() - t}
+
+    def cell(code: str) -> tuple[float, str]:
+        texts: list = []
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                texts.append(msg["content"]["text"])
+
+        t0 = time.perf_counter()
+        reply = kc.execute_interactive(code, output_hook=hook, timeout=120, allow_stdin=False)
+        dt = time.perf_counter() - t0
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"kernel cell failed: {code!r}: {reply['content']}")
+        return dt, "".join(texts)
+
+    modules = "import sys as _s; print(len(_s.modules))"
+    try:
+        out["modules_at_start"] = int(cell(modules)[1])
+        out["load_ext_s"] = cell("%load_ext azpar_magic")[0]
+        out["modules_after_load_ext"] = int(cell(modules)[1])
+        azpar = "%%azpar -o r for x in range(4):\nx"
+        out["first_cell_s"] = cell(azpar)[0]
+        out["modules_after_first_cell"] = int(cell(modules)[1])
+        out["second_cell_s"] = cell(azpar)[0]
+        cell("import azpar_magic as _a; _a.session.close()")  # stop the pool: the next cell starts one
+        out["new_pool_cell_s"] = cell(azpar)[0]  # the pool's start without the first cell's imports
+        if cell("print(r)")[1].strip() != "[0, 1, 2, 3]":
+            raise RuntimeError("the kernel's %%azpar cell gave a wrong result")
+        out["kernel_peak_kb"] = int(cell("print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")[1])
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)  # a clean exit lets the extension close its pool
+    return out
+
+
+def _mb(b: float) -> str:
+    return f"{b / 1e6:,.1f} MB"
+
+
+def report(res: dict) -> None:
+    print()
+    print(machine_calibration.format_calibration(res["calibration"]))
+    if "n" in res:
+        print(
+            "\n| N | azpar, ns/iteration | Pool(2).map, ns/iteration | azpar / Pool | kernel peak, azpar | kernel peak, Pool |"
+        )
+        print("|---|---|---|---|---|---|")
+        for r in res["n"]:
+            a, p, n = r["azpar"], r["pool"], r["n"]
+            print(
+                f"| {n:,} | {a['median_s'] / n * 1e9:,.0f} | {p['median_s'] / n * 1e9:,.0f} | {r['ratio']:.2f} | "
+                f"+{_mb(a['peak_growth'])} | +{_mb(p['peak_growth'])} |"
+            )
+    if "ns" in res:
+        print(
+            "\n| array | first cell | identical second cell | written, first (with the store's copy) / second "
+            "| client peak, first / second |"
+        )
+        print("|---|---|---|---|---|")
+        for r in res["ns"]:
+            f, s, a = r["first"], r["second"], r["at_once"]
+            print(
+                f"| {r['mb']:g} MB | {f['seconds'] * 1000:,.0f} ms | {s['seconds'] * 1000:,.0f} ms | "
+                f"{_mb(f['written'] + f['written_by_store'])} / {_mb(s['written'])} | "
+                f"+{_mb(f['peak_growth'])} / +{_mb(s['peak_growth'])} |"
+            )
+        for r in res["ns"]:
+            for key in ("second", "at_once"):
+                if r[key]["serialised"]:
+                    print(
+                        f"note: {r['mb']:g} MB, {key}: the identical cell serialised the namespace again "
+                        f"({r[key]['seconds'] * 1000:,.0f} ms)"
+                    )
+    if "kernel" in res:
+        k = res["kernel"]
+        print(
+            f"\nkernel: start {k['kernel_start_s']:.2f} s; %load_ext azpar_magic {k['load_ext_s'] * 1000:,.0f} ms "
+            f"(modules {k['modules_at_start']} -> {k['modules_after_load_ext']}); first %%azpar cell "
+            f"{k['first_cell_s'] * 1000:,.0f} ms (modules -> {k['modules_after_first_cell']}); the same cell "
+            f"again {k['second_cell_s'] * 1000:,.0f} ms; after the pool was closed {k['new_pool_cell_s'] * 1000:,.0f} ms; kernel peak {k['kernel_peak_kb'] / 1000:,.0f} MB"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
+    ap.add_argument("--only", default="n,ns,kernel", help="figures to measure: n, ns, kernel")
+    ap.add_argument("--n", help="iteration counts for n, comma-separated (default 1e2..1e6)")
+    ap.add_argument("--mb", help="array sizes in MB for ns, comma-separated (default 1,10,100,500)")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        kind, *rest = args.child
+        if kind == "n":
+            out = child_n(rest[0], int(rest[1]), int(rest[2]))
+        else:
+            out = child_ns(float(rest[0]), int(rest[1]))
+        print(json.dumps(out))
+        return 0
+    params = dict(QUICK if args.quick else FULL)
+    if args.n:
+        params["n"] = [int(float(x)) for x in args.n.split(",")]
+    if args.mb:
+        params["mb"] = [float(x) for x in args.mb.split(",")]
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    res: dict = {"calibration": machine_calibration.calibrate(), "quick": args.quick, "params": params}
+    print(machine_calibration.format_calibration(res["calibration"]), flush=True)
+    scratch = tempfile.mkdtemp(prefix="azpar-scaling-")
+    try:
+        if "n" in only:
+            print("n: trivial iterations, warm pool", flush=True)
+            res["n"] = measure_n(scratch, params["n"], args.quick)
+        if "ns" in only:
+            print("ns: an array read by the body", flush=True)
+            res["ns"] = measure_ns(scratch, params["mb"], params["iterations"])
+        if "kernel" in only:
+            print("kernel: a real ipykernel's first cells", flush=True)
+            res["kernel"] = measure_kernel(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    res["calibration_after"] = machine_calibration.calibrate()
+    report(res)
+    print(machine_calibration.format_calibration(res["calibration_after"]).replace("calibration", "calibration after"))
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, time.strftime("scaling-%Y%m%d-%H%M%S.json"))
+    with open(path, "w") as fh:
+        json.dump(res, fh, indent=1)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
