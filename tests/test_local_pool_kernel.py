@@ -81,24 +81,36 @@ time.sleep(600)
 i"""
 
 
+def start_long_tasks(kernel: Kernel, folder: Path) -> tuple[list[int], list[int]]:
+    """Run LONG_TASK in ``kernel``; once both tasks started: (the pids of their workers and of the
+    children they started, the workers' pids)."""
+    kernel.ok(f"FOLDER = {str(folder)!r}")
+    kernel.ok(LONG_TASK)
+    assert wait_for(lambda: len(list(folder.glob("pids-*"))) == 2, 60), "the tasks did not start"
+    files = list(folder.glob("pids-*"))
+    return [int(p) for f in files for p in f.read_text().split()], [int(f.read_text().split()[0]) for f in files]
+
+
+def kill_kernel_and_wait(kernel: Kernel, pids: list[int]) -> None:
+    """SIGKILL the kernel; every pid must be gone within 20 s."""
+    os.kill(kernel.km.provisioner.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    assert wait_for(lambda: not any(pid_alive(p) for p in pids), 20), \
+        f"workers or their tasks outlived the kernel: {[p for p in pids if pid_alive(p)]}"
+    print(f"workers and their tasks ended {time.monotonic() - killed:.2f} s after the kernel's SIGKILL")
+
+
 @pytest.mark.timeout(180)
 def test_killing_the_kernel_ends_its_workers_and_their_tasks_and_the_next_pool_sweeps_its_stage(tmp_path):
     kernel = _kernel(tmp_path, {})
     folder = tmp_path / "pids"
     folder.mkdir()
     try:
-        kernel.ok(f"FOLDER = {str(folder)!r}")
-        kernel.ok(LONG_TASK)
-        assert wait_for(lambda: len(list(folder.glob("pids-*"))) == 2, 60), "the tasks did not start"
-        pids = [int(p) for f in folder.glob("pids-*") for p in f.read_text().split()]
+        pids, _ = start_long_tasks(kernel, folder)
         stage = ast.literal_eval(kernel.value("__import__('azpar_magic').session.engine().backend._stage"))
         assert all(pid_alive(p) for p in pids) and os.path.isdir(stage)
         kernel_pid = kernel.km.provisioner.pid
-        os.kill(kernel_pid, signal.SIGKILL)
-        killed = time.monotonic()
-        assert wait_for(lambda: not any(pid_alive(p) for p in pids), 20), \
-            f"workers or their tasks outlived the kernel: {[p for p in pids if pid_alive(p)]}"
-        print(f"workers and their tasks ended {time.monotonic() - killed:.2f} s after the kernel's SIGKILL")
+        kill_kernel_and_wait(kernel, pids)
         assert os.path.isdir(stage)  # nobody removed it: the kernel died without cleaning up
         assert os.path.basename(stage).startswith(f"azpar-local-{kernel_pid}-")
         # The next pool of any kernel (here: one started in this process) removes it.

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -192,28 +191,20 @@ def test_the_portable_tree_kill_finds_descendants_by_parent_pid():
 
 
 def test_a_real_kernels_portable_workers_and_their_tasks_end_with_it(tmp_path):
-    from .test_local_pool_kernel import LONG_TASK, _kernel
+    from .test_local_pool_kernel import _kernel, kill_kernel_and_wait, start_long_tasks
 
     kernel = _kernel(tmp_path, {"AZPAR_PORTABLE": "1"})
     folder = tmp_path / "pids"
     folder.mkdir()
     try:
-        kernel.ok(f"FOLDER = {str(folder)!r}")
-        kernel.ok(LONG_TASK)
-        assert wait_for(lambda: len(list(folder.glob("pids-*"))) == 2, 60), "the tasks did not start"
-        pids = [int(p) for f in folder.glob("pids-*") for p in f.read_text().split()]
-        workers = [int(f.read_text().split()[0]) for f in folder.glob("pids-*")]
+        pids, workers = start_long_tasks(kernel, folder)
         for pid in workers:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             assert b"--stdio" in argv and b"--fd-in" not in argv, argv
             assert os.getpgid(pid) != pid  # no process group: ended by the lifeline's parent-pid check
         stage = ast.literal_eval(kernel.value("__import__('azpar_magic').session.engine().backend._stage"))
         assert not stage.startswith("/dev/shm")  # Windows has none
-        os.kill(kernel.km.provisioner.pid, signal.SIGKILL)
-        killed = time.monotonic()
-        assert wait_for(lambda: not any(pid_alive(p) for p in pids), 20), \
-            f"workers or their tasks outlived the kernel: {[p for p in pids if pid_alive(p)]}"
-        print(f"portable workers and their tasks ended {time.monotonic() - killed:.2f} s after the kernel's SIGKILL")
+        kill_kernel_and_wait(kernel, pids)
     finally:
         kernel.kc.stop_channels()
         kernel.km.shutdown_kernel(now=True)
