@@ -96,6 +96,7 @@ def _measured(fn) -> dict:
 
 
 def child_n(peer: str, n: int, reps: int) -> dict:
+    """``reps`` timed maps of ``x * 2`` over ``n`` items on a warm pool: azpar's or a fork Pool's."""
     xs = list(range(n))
     expected = [x * 2 for x in xs]
     if peer == "azpar":
