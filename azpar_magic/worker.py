@@ -529,6 +529,12 @@ def read_namespace(ns_path: str):
         raise BadInput(f"cannot read the namespace {ns_path}: {exc}") from None
 
 
+def verify_namespace(data, ns_path: str, digest: str) -> None:
+    """BadInput unless ``data`` (the file at ``ns_path``) has the sha256 the envelope names."""
+    if sha256(data) != digest:
+        raise BadInput(f"namespace {ns_path} is corrupt: its sha256 does not match the envelope")
+
+
 # Job preparation runs ``worker.py --check ENVELOPE`` once per node per job: the environment
 # check and the namespace's sha256, which each task otherwise repeats (importing dill and
 # reading every package's metadata, and hashing the whole namespace: a cost that grew with its
@@ -572,8 +578,7 @@ def check_node(envelope_path: str) -> None:
     ns_path = os.path.join(os.path.dirname(os.path.abspath(envelope_path)), info.get("file", ""))
     if not info.get("file") or not os.path.isfile(ns_path):
         return
-    if sha256(read_namespace(ns_path)) != info["sha256"]:
-        raise BadInput(f"namespace {ns_path} is corrupt: its sha256 does not match the envelope")
+    verify_namespace(read_namespace(ns_path), ns_path, info["sha256"])
     stamp = envelope_path + CHECKED_SUFFIX
     tmp = f"{stamp}.{os.getpid()}.part"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -620,8 +625,8 @@ def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
     namespace = cache.namespaces.get(ns_key) if cache is not None else None
     if namespace is None:
         data = read_namespace(ns_path)
-        if not checked and sha256(data) != info["sha256"]:
-            raise BadInput(f"namespace {ns_path} is corrupt: its sha256 does not match the envelope")
+        if not checked:
+            verify_namespace(data, ns_path, info["sha256"])
         namespace = LoadedNamespace(envelope, data, folder)
         if cache is not None:
             cache.namespace_loads += 1
@@ -843,7 +848,10 @@ class _FreshEntropy:
     derived from (seed, index, K); otherwise the OS's, as before."""
 
     def __init__(self, original) -> None:
+        import random
+
         self.original = original
+        self.generator = random.Random  # imported here, not at every draw
         self.key: str | None = None
         self.count = 0
 
@@ -854,11 +862,9 @@ class _FreshEntropy:
         self.key = None
 
     def __call__(self, bits: int) -> int:
-        import random
-
         if self.key is None:
             return self.original(bits)
-        draw = random.Random(f"{self.key}:{self.count}").getrandbits(bits)
+        draw = self.generator(f"{self.key}:{self.count}").getrandbits(bits)
         self.count += 1
         return draw
 
