@@ -62,12 +62,12 @@ class Settings:
 
 
 def system_config_path() -> Path:
-    return Path(sys.prefix) / "etc" / "azpar" / "config.toml"
+    return Path(os.path.join(sys.prefix, "etc", "azpar", "config.toml"))
 
 
 def user_config_path() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "azpar" / "config.toml"
+    return Path(os.path.join(base, "azpar", "config.toml"))
 
 
 _parsed: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
@@ -133,26 +133,29 @@ def check_unlocked(key: str, where: str) -> None:
 def load_settings(
     overrides: Mapping[str, Any] | None = None, *, cwd: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    environ = os.environ if environ is None else environ
-    layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("defaults", DEFAULTS),
-        (str(system_config_path()), _read_toml(system_config_path())),
-        (str(user_config_path()), _read_toml(user_config_path())),
-        (str(Path(cwd or ".") / "azpar.toml"), _read_toml(Path(cwd or ".") / "azpar.toml")),
-        (
-            "environment",
-            {
-                k[len(_ENV_PREFIX) :].lower(): v
-                for k, v in environ.items()
-                if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX) :].lower() in DEFAULTS
-            },
-        ),
-        (IPYTHON_LAYER, dict(_ipython_settings)),
-        ("magic options", {k: v for k, v in (overrides or {}).items() if v is not None}),
-    ]
-    policy = admin_policy()
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    """The settings every layer gives, highest last (see the module docstring).
+
+    Read on every run, so an edited file or variable takes effect at the next cell; the files'
+    and the environment's layers are merged again only when one of them may have changed (a
+    stat per file and a look at the ``AZPAR_*`` variables): the full read was a quarter of a
+    warm two-iteration cell (issue 16)."""
+    values, sources, policy = _file_and_environment_layers(cwd, os.environ if environ is None else environ)
+    values, sources = dict(values), dict(sources)
+    _apply_layers(
+        values,
+        sources,
+        policy,
+        [
+            (IPYTHON_LAYER, dict(_ipython_settings)),
+            ("magic options", {k: v for k, v in (overrides or {}).items() if v is not None}),
+        ],
+    )
+    return Settings(values, sources)
+
+
+def _apply_layers(
+    values: dict[str, Any], sources: dict[str, str], policy: AdminPolicy, layers: list[tuple[str, Mapping[str, Any]]]
+) -> None:
     for where, layer in layers:
         for key, value in layer.items():
             if isinstance(value, dict):
@@ -162,7 +165,56 @@ def load_settings(
                 raise ConfigError(_locked_message(named, key, None, policy, values[key]))
             values[key] = _coerce(key, value, where)
             sources[key] = where
-    return Settings(values, sources)
+
+
+_layers_seen: tuple[tuple, tuple[dict[str, Any], dict[str, str], AdminPolicy]] | None = None
+
+
+def _file_and_environment_layers(
+    cwd: str | None, environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str], AdminPolicy]:
+    """The defaults, the three files and the ``AZPAR_*`` variables merged (not to be changed by
+    the caller), with the administrator's policy; remembered while the files' identities and
+    the variables stay the same."""
+    global _layers_seen
+    paths = (str(system_config_path()), str(user_config_path()), os.path.join(cwd or ".", "azpar.toml"))
+    variables = {
+        k[len(_ENV_PREFIX) :].lower(): environ[k]
+        for k in environ
+        if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX) :].lower() in DEFAULTS
+    }
+    try:
+        here = os.getcwd() if cwd is None else cwd
+    except OSError:  # the folder was removed: ./azpar.toml is then not found, as before
+        here = None
+    stamp = (
+        here,
+        tuple(variables.items()),
+        *(_identity(path) for path in paths),
+    )
+    if _layers_seen is not None and _layers_seen[0] == stamp:
+        return _layers_seen[1]
+    policy = admin_policy()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    _apply_layers(
+        values,
+        sources,
+        policy,
+        [("defaults", DEFAULTS), *((str(Path(path)), _read_toml(Path(path))) for path in paths), ("environment", variables)],
+    )
+    _layers_seen = (stamp, (values, sources, policy))
+    return values, sources, policy
+
+
+def _identity(path: str) -> tuple:
+    """What tells a file's versions apart without reading it: its path, and (when it exists) its
+    modification time, size and inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path,)
+    return (path, st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 # ---------------------------------------------------------------------------------------

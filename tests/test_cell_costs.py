@@ -1,4 +1,5 @@
-"""What a warm cell pays for on the local pool (issue 16, target c): its settings are read once."""
+"""What a warm cell pays for on the local pool (issue 16, target c): its settings are chosen once and
+no config file is read again while none changed."""
 
 from __future__ import annotations
 
@@ -25,13 +26,20 @@ def test_choosing_the_engine_reads_the_settings_once(settings_reads):
     assert len(settings_reads) == 1
 
 
-def test_a_warm_cell_reads_the_settings_once(run_cell, ip, settings_reads):
+def test_a_warm_cell_reads_no_config_file_until_one_changes(run_cell, ip, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    reads = []
+    original = config._read_toml
+    monkeypatch.setattr(config, "_read_toml", lambda path: reads.append(str(path)) or original(path))
     cell = "%%azpar -q -o r for x in range(2):\nx + 1"
     assert run_cell(cell).success  # warm: the pool is started, the config files are parsed
-    settings_reads.clear()
+    reads.clear()
     result = run_cell(cell)
     assert result.success and ip.user_ns["r"] == [1, 2]
-    assert len(settings_reads) == 1
+    assert reads == []
+    (tmp_path / "azpar.toml").write_text("max_items = 1\n")  # an edit takes effect at the next cell
+    result = run_cell(cell)
+    assert "azpar.toml" in reads and not result.success and "max_items" in str(result.error)
 
 
 def test_a_cell_run_again_does_not_compile_its_iterable_again(monkeypatch):

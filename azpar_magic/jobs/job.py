@@ -100,7 +100,10 @@ class Job:
         self._started = time.monotonic()
         self._finished: float | None = None
         self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)  # any change: what as_completed() waits on
+        # The job's end only: wait() sleeping on _changed woke the kernel's main thread at every task
+        # event, a thread competing for the cores the workers compute on (issue 16).
+        self._end = threading.Condition(self._lock)
         self._merged: tuple[bool, Any] | None = None
         self.listeners: list[Callable[[Job], None]] = []
         self.capture: Any = None  # what was shipped (names, bytes, packages), set by the engine
@@ -332,6 +335,7 @@ class Job:
                 return
             self.state = state
             self._finished = time.monotonic()
+            self._end.notify_all()
         if self.meter is not None:
             self.meter.stop()
         self._notify()
@@ -354,13 +358,13 @@ class Job:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job ends (or ``timeout`` seconds pass); return whether it ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
+        with self._end:
             while not self.done:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 # Short waits keep the main thread responsive to KeyboardInterrupt.
-                self._changed.wait(0.2 if remaining is None else min(remaining, 0.2))
+                self._end.wait(0.2 if remaining is None else min(remaining, 0.2))
         return True
 
     def cancel(self) -> None:

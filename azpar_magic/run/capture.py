@@ -623,10 +623,12 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
 
     They are not installed anywhere the workers could import them from, so they travel
     with the job (a package folder travels whole)."""
-    folder = os.path.realpath(folder)
-    prefixes = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
     files: dict[str, str] = {}
     pending = sorted({m.split(".")[0] for m in modules})
+    if not pending:  # most cells: no realpath calls (three per cell showed in a warm cell's profile)
+        return files
+    folder = os.path.realpath(folder)
+    prefixes = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
     done: set[str] = set()
     while pending:
         name = pending.pop()

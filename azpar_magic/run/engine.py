@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import CodeType
 from typing import Any, cast
 
@@ -114,24 +113,12 @@ def _refuse_if_too_long(cell: ParsedCell, count: int | None, max_items: int) -> 
     )
 
 
-_max_items_seen: tuple[tuple, int] | None = None  # (what the setting was read from, its value)
-
-
 def _max_items_setting() -> int:
-    """The max_items setting, checked per run (an edited config file or AZPAR_MAX_ITEMS takes
-    effect at the next cell) but read through every config layer only when one may have
-    changed: a full read costs about 0.5 ms, a sixth of a trivial 10,000-iteration job."""
-    global _max_items_seen
-    files = (config.system_config_path(), config.user_config_path(), Path("azpar.toml"))
-    stamp = (os.environ.get("AZPAR_MAX_ITEMS"), os.getcwd(), *(_file_stamp(f) for f in files))
-    if _max_items_seen is not None and _max_items_seen[0] == stamp:
-        return _max_items_seen[1]
+    """The max_items setting, read per run: an edited config file or AZPAR_MAX_ITEMS takes effect at the next cell."""
     try:
-        value = config.load_settings()["max_items"] or MAX_ITEMS
+        return config.load_settings()["max_items"] or MAX_ITEMS
     except ConfigError as exc:
         raise SubmitError(f"{exc}. Nothing was submitted.") from None
-    _max_items_seen = (stamp, value)
-    return value
 
 
 def kept_namespace(sha256: str, size: int) -> bytes | None:
@@ -149,14 +136,6 @@ def kept_namespace(sha256: str, size: int) -> bytes | None:
             return cast(bytes, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))  # a read-only bytes-like buffer
     except (OSError, ValueError, StoreError):
         return None
-
-
-def _file_stamp(path: Path) -> tuple | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (str(path), info.st_mtime_ns, info.st_size, info.st_ino)
 
 
 COST_INTERVAL = 2.0  # seconds between the cost watch's looks at a running job's nodes (its node time, its cap)
