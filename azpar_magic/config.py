@@ -201,7 +201,11 @@ def _file_and_environment_layers(
         values,
         sources,
         policy,
-        [("defaults", DEFAULTS), *((str(Path(path)), _read_toml(Path(path))) for path in paths), ("environment", variables)],
+        [
+            ("defaults", DEFAULTS),
+            *((str(Path(path)), _read_toml(Path(path))) for path in paths),
+            ("environment", variables),
+        ],
     )
     _layers_seen = (stamp, (values, sources, policy))
     return values, sources, policy

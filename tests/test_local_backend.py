@@ -189,6 +189,89 @@ def test_a_task_past_its_timeout_is_killed_and_names_the_iteration_that_was_runn
     assert "iteration 1 was still running when its task reached the --timeout of 1 s" in failed.error
 
 
+# --------------------------------------------------------------------------- tasks sent ahead (issue 16)
+
+
+def ahead_of(b: LocalBackend) -> dict[str, list[str]]:
+    """Per worker, the ids of the tasks it holds ahead (sent, not started)."""
+    with b._lock:
+        return {w.id: [t.task_id for _, t in w.ahead] for w in b._workers.values()}
+
+
+def test_a_busy_worker_holds_its_next_task_and_starts_it_when_the_running_one_ends(backend):
+    b = backend(1)
+    warm, warm_tasks = job("x", 1, [range(0, 1)], job_id="warm")
+    b.submit(warm, warm_tasks, Sink())  # a ready worker, so that submit hands the tasks out at once
+    assert wait_for(lambda: b.nodes() and b.nodes()[-1].state == "idle", 30)
+    spec, tasks = job("import time\ntime.sleep(1 if x == 0 else 0)\nx", 3, [range(0, 1), range(1, 2), range(2, 3)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    assert list(ahead_of(b).values()) == [["2"]]  # one ahead while its tasks' length is unknown
+    events = sink.take(6)
+    assert [(e.kind, e.task_id) for e in events] == [
+        ("started", "1"), ("finished", "1"), ("started", "2"), ("finished", "2"), ("started", "3"), ("finished", "3")]
+    assert [values(e) for e in events if e.kind == "finished"] == [[0], [1], [2]]
+
+
+def test_short_tasks_go_ahead_in_batches_and_all_run_once_in_order(backend):
+    b = backend(1)
+    n = 60
+    spec, tasks = job("x * 3", n, [range(i, i + 1) for i in range(n)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    events = sink.take(2 * n)
+    finished = [e for e in events if e.kind == "finished"]
+    assert [e.task_id for e in finished] == [str(i) for i in range(1, n + 1)]
+    assert [values(e)[0] for e in finished] == [3 * i for i in range(n)]
+    assert [e.task_id for e in events if e.kind == "started"] == [str(i) for i in range(1, n + 1)]
+
+
+def test_tasks_held_behind_a_long_task_are_given_back_to_an_idle_worker(backend):
+    b = backend(2)
+    warm, warm_tasks = job("x", 2, [range(0, 1), range(1, 2)], job_id="warm")
+    warm_sink = Sink()
+    b.submit(warm, warm_tasks, warm_sink)
+    warm_sink.take(4)
+    assert wait_for(lambda: all(n.state == "idle" for n in b.nodes()) and len(b.nodes()) == 2, 30)
+    # Task 1 runs 4 s; tasks 2 and 4 half a second each, so both workers are busy when submit returns.
+    body = "import os, time\ntime.sleep({0: 4, 1: 0.5, 3: 0.5}.get(x, 0))\n(x, os.getpid(), time.monotonic())"
+    spec, tasks = job(body, 4, [range(i, i + 1) for i in range(4)])
+    sink = Sink()
+    started = time.monotonic()
+    b.submit(spec, tasks, sink)
+    held = ahead_of(b)
+    first = {e.task_id: e.node for e in sink.take(2)}  # the started events of tasks 1 and 2
+    assert held == {first["1"]: ["3"], first["2"]: ["4"]}  # each worker holds one task ahead
+    finished = {e.task_id: values(e)[0] for e in sink.take(6) if e.kind == "finished"}
+    # Task 3, held by the worker running the long task 1, was given back when the other worker
+    # went idle: it ran there, well before task 1 ended, and only once.
+    assert finished["3"][1] == finished["2"][1] != finished["1"][1]
+    assert finished["3"][2] - started < 3 < finished["1"][2] - started
+    assert sorted(finished) == ["1", "2", "3", "4"] and sink.events.empty()
+
+
+def test_cancelling_a_task_held_ahead_ends_it_without_running_it(backend, tmp_path):
+    b = backend(1)
+    slow, slow_tasks = job("import time\ntime.sleep(60)", 1, [range(0, 1)], job_id="job-0")
+    holder = Sink()
+    b.submit(slow, slow_tasks, holder)
+    holder.take(1)
+    body = f"import pathlib\npathlib.Path(r'{tmp_path}').joinpath(f'ran-{{x}}').touch()\nx"
+    spec, tasks = job(body, 2, [range(0, 1), range(1, 2)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    assert wait_for(lambda: ahead_of(b) and list(ahead_of(b).values())[0] == ["1"], 10)
+    b.cancel("job-1", ["1"])
+    (ended,) = sink.take(1)
+    assert (ended.task_id, ended.kind, ended.failure_kind, ended.error) == (
+        "1", "failed", "cancelled", "cancelled before it started")
+    b.cancel("job-0")
+    holder.take(1)
+    done = [e for e in sink.take(2) if e.kind == "finished"]
+    assert [(e.task_id, values(e)) for e in done] == [("2", [1])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ran-1"]
+
+
 # --------------------------------------------------------------------------- cancel, finish, close
 
 

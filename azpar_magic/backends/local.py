@@ -48,9 +48,14 @@ _LOST_SHOWN = 8  # lost workers kept in the node list so the panel can show what
 _MAX_WAIT = 5.0  # longest dispatcher sleep: any --timeout, however large, stays a valid select() timeout
 STALL_AFTER = 60.0  # seconds without a heartbeat, or on one iteration, before views say so
 STAGE_PREFIX = "azpar-local-"
-# A worker holds one task at a time and an idle worker takes the next queued task: sending
-# tasks ahead into busy workers' pipes saved about 0.1 ms per job on trivial loops but left
-# work stuck behind a long task while another worker sat idle.
+# A busy worker is sent its next task ahead, so that it starts the moment the running one ends
+# instead of a round trip to the kernel later (issue 16: with --chunk-size 1 that round trip was
+# most of a trivial task). One task ahead at first; up to AHEAD_SHORT while its tasks take under
+# SHORT_TASK seconds. A task ahead has not started: when a worker is idle and nothing is queued,
+# the busy workers are asked for the tasks they hold ahead (the worker's inbox gives back those
+# it has not taken), so no task waits behind a long one while a worker sits idle.
+AHEAD_SHORT = 8
+SHORT_TASK = 0.005
 
 
 @dataclass
@@ -60,7 +65,11 @@ class _Worker:
     send_fd: int
     recv_fd: int
     ready: bool = False
+    gives_back: bool = False  # it can give back tasks sent ahead (worker._Inbox): only then are any sent
     task: tuple[str, TaskSpec] | None = None  # (job id, task) it runs now
+    ahead: collections.deque = field(default_factory=collections.deque)  # (job id, task) sent, not started
+    returning: int = 0  # requests for its tasks ahead not answered yet
+    short_job: str | None = None  # the job whose last task here computed under SHORT_TASK: sent more ahead
     deadline: float | None = None
     ending: str | None = None  # why we killed it: "timeout" | "cancelled"
     buffer: bytearray = field(default_factory=bytearray)
@@ -73,7 +82,11 @@ class _Worker:
     def state(self) -> str:
         if not self.ready:
             return "starting"
-        return "running" if self.task else "idle"
+        return "running" if self.task or self.ahead else "idle"
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and not self.ending and not self.task and not self.ahead and not self.returning
 
 
 @dataclass
@@ -266,6 +279,8 @@ class LocalBackend(BaseBackend):
                 if w.task and self._is_cancelled(w.task[0], w.task[1].task_id) and not w.ending:
                     w.ending = "cancelled"
                     self._kill(w)
+                elif not w.ending:
+                    self._ask_back(w, [t for j, t in w.ahead if self._is_cancelled(j, t.task_id)])
         for task in dropped:
             job.on_event(
                 TaskEvent(job_id, task.task_id, "failed", error="cancelled before it started", failure_kind="cancelled")
@@ -297,7 +312,7 @@ class LocalBackend(BaseBackend):
             self._workers.clear()
             # Tasks that will never report now: the dispatcher stops below, so a running task's
             # end (even one cancel() just killed) and a queued one's are said here, once.
-            unfinished = [w.task for w in workers if w.task] + list(self._queue)
+            unfinished = [w.task for w in workers if w.task] + [e for w in workers for e in w.ahead] + list(self._queue)
             self._queue.clear()
             jobs = dict(self._jobs)
         self._wake()
@@ -428,7 +443,7 @@ class LocalBackend(BaseBackend):
         with self._lock:
             workers = list(self._workers.values())
             self._workers.clear()
-            affected = [w.task for w in workers if w.task] + list(self._queue)
+            affected = [w.task for w in workers if w.task] + [e for w in workers for e in w.ahead] + list(self._queue)
             self._queue.clear()
             jobs = dict(self._jobs)
             selector, self._selector, self._thread = self._selector, None, None
@@ -471,17 +486,32 @@ class LocalBackend(BaseBackend):
             self._on_message(w, message)
 
     def _on_message(self, w: _Worker, message: dict) -> None:
-        if message.get("op") == "ready":
+        op = message.get("op")
+        if op == "ready":
             with self._lock:
-                w.ready = True
+                w.ready, w.gives_back = True, bool(message.get("gives_back"))
             return
+        if op == "returned":
+            self._on_returned(w, set(message.get("tasks") or ()))
+            return
+        late, following = [], []
         with self._lock:
+            if w.task is None and w.ahead and w.ahead[0][1].task_id == message.get("task"):
+                late.append(self._begin(w))  # it started while its worker was asked for its tasks back
             if w.task is None or message.get("task") != w.task[1].task_id:
                 return
             (job_id, task), w.task, w.deadline = w.task, None, None
+            seconds = message["result"].get("seconds") if "result" in message else None
+            w.short_job = job_id if seconds is not None and seconds < SHORT_TASK else None
+            if w.ahead and not w.returning:  # the next one started as this one ended
+                following.append(self._begin(w))
             job = self._jobs.get(job_id)
-        if job is None:
-            return
+        self._tell_started(late)
+        if job is not None:
+            job.on_event(self._ended_event(w, job_id, task, message))
+        self._tell_started(following)
+
+    def _ended_event(self, w: _Worker, job_id: str, task: TaskSpec, message: dict) -> TaskEvent:
         if "result" in message:
             event = TaskEvent(job_id, task.task_id, "finished", node=w.id, result=message["result"])
         else:
@@ -496,7 +526,39 @@ class LocalBackend(BaseBackend):
                 retryable=kind == "infrastructure",
                 failure_kind=kind,
             )
-        job.on_event(event)
+        return event
+
+    def _on_returned(self, w: _Worker, returned: set[str]) -> None:
+        """A worker gave back the tasks it held ahead and had not started: cancelled ones end
+        here, the others go back to the front of the queue (in their order). The first one it
+        kept, if any, is the one it runs now."""
+        began = []
+        with self._lock:
+            w.returning = max(0, w.returning - 1)
+            back = [e for e in w.ahead if e[1].task_id in returned]
+            w.ahead = collections.deque(e for e in w.ahead if e[1].task_id not in returned)
+            if w.task is None and w.ahead and not w.returning:
+                began.append(self._begin(w))
+            dropped = [e for e in back if self._is_cancelled(e[0], e[1].task_id)]
+            self._queue.extendleft(reversed([e for e in back if e not in dropped]))
+            jobs = dict(self._jobs)
+        self._tell_started(began)
+        self._tell_cancelled(dropped, jobs)
+
+    def _tell_cancelled(self, entries: list, jobs: dict) -> None:
+        for job_id, task in entries:
+            job = jobs.get(job_id)
+            if job is not None:
+                job.on_event(
+                    TaskEvent(
+                        job_id, task.task_id, "failed", error="cancelled before it started", failure_kind="cancelled"
+                    )
+                )
+
+    def _tell_started(self, began: list) -> None:
+        for job, task, wid in began:
+            if job is not None:
+                job.on_event(TaskEvent(job.spec.job_id, task.task_id, "started", node=wid))
 
     def _on_death(self, w: _Worker) -> None:
         with self._lock:
@@ -504,6 +566,12 @@ class LocalBackend(BaseBackend):
             self._selector.forget(w.id)
             self._workers.pop(w.id, None)
             running = w.task
+            # Tasks it held ahead never started: queued again (in their order), cancelled ones end.
+            waiting, w.ahead = list(w.ahead), collections.deque()
+            dropped = [e for e in waiting if self._is_cancelled(e[0], e[1].task_id)]
+            if not self._closed:
+                self._queue.extendleft(reversed([e for e in waiting if e not in dropped]))
+            jobs = dict(self._jobs)
             job = self._jobs.get(running[0]) if running else None
             cancelled = w.ending == "cancelled" or (
                 running is not None and self._is_cancelled(running[0], running[1].task_id)
@@ -517,6 +585,7 @@ class LocalBackend(BaseBackend):
         self._release(w)
         if closed:
             return
+        self._tell_cancelled(dropped, jobs)
         with self._lock:
             self._lost.append(NodeInfo(w.id, "lost", running[1].task_id if running else None))
             logger.info("local %s ended (exit code %s) during task %s; replaced", w.id, code, self._lost[-1].task)
@@ -571,49 +640,103 @@ class LocalBackend(BaseBackend):
                     self._kill(w)
 
     def _dispatch(self) -> None:
-        """Give each idle worker the next queued task."""
-        started = []
+        """Give each idle worker the next queued task; send busy workers their next tasks
+        ahead; when a worker is idle and nothing is queued, ask for the tasks held ahead back."""
+        began = []
         with self._lock:
             self._grow()
-            for w in list(self._workers.values()):
-                if not self._queue:
+            workers = [w for w in self._workers.values() if w.ready and not w.ending]
+            for w in workers:
+                if self._queue and w.idle and self._send(w, self._take(1)):
+                    began.append(self._begin(w))
+            busy = [w for w in workers if (w.task or w.ahead) and not w.returning and w.gives_back]
+            # One task at a time to each busy worker in turn, so that tasks still start about in
+            # their order; not those that workers still starting will take.
+            spare = len(self._queue) - sum(1 for w in self._workers.values() if not w.ready)
+            batches: dict[str, list] = {w.id: [] for w in busy}
+            while spare > 0 and self._queue:
+                given = 0
+                for w in busy:
+                    depth = AHEAD_SHORT if self._queue and self._queue[0][0] == w.short_job else 1
+                    if spare > 0 and len(w.ahead) + len(batches[w.id]) < depth:
+                        batches[w.id].extend(self._take(1))
+                        spare, given = spare - 1, given + 1
+                if not given:
                     break
-                if not w.ready or w.task or w.ending:
-                    continue
-                job_id, task = self._queue.popleft()
-                job = self._jobs.get(job_id)
-                if job is None:
-                    continue
-                message: dict[str, object] = {
-                    "op": "task",
-                    "task": task.task_id,
-                    "envelope": job.envelope_path,
-                    "items_codec": task.items_codec,
-                    "items": task.items,
-                    "indices": list(task.indices),
-                    "cwd": job.spec.cwd,
-                }
-                if job.data is not None:
-                    own = job.data["items"]
-                    data = {
-                        "roots": job.data["roots"],
-                        "items": {i: own[i] for i in task.indices if i in own},
-                    }
-                    if "symlinks" in job.data:
-                        data["symlinks"] = job.data["symlinks"]
-                    message["data"] = data
-                try:
-                    _write_all(w.send_fd, _frame(message))
-                except OSError:
-                    self._queue.appendleft((job_id, task))  # the death handler replaces it
-                    continue
-                w.task = (job_id, task)
-                w.deadline = time.monotonic() + job.spec.timeout if job.spec.timeout else None
-                if w.deadline is not None and not math.isfinite(w.deadline):
-                    w.deadline = None  # --timeout inf: no limit
-                started.append((job, task, w.id))
-        for job, task, wid in started:
-            job.on_event(TaskEvent(job.spec.job_id, task.task_id, "started", node=wid))
+            for w in busy:
+                self._send(w, batches[w.id])
+            if not self._queue and any(w.idle for w in workers):
+                for w in busy:
+                    self._ask_back(w, [t for _, t in w.ahead])
+        self._tell_started(began)
+
+    def _take(self, n: int) -> list[tuple[str, TaskSpec]]:
+        """Up to ``n`` queued tasks of jobs still here (lock held)."""
+        taken = []
+        while self._queue and len(taken) < n:
+            entry = self._queue.popleft()
+            if entry[0] in self._jobs:
+                taken.append(entry)
+        return taken
+
+    def _send(self, w: _Worker, entries: list[tuple[str, TaskSpec]]) -> bool:
+        """Write the tasks to the worker in one write (lock held); they are the worker's now
+        (queued ahead, or the first to run: see ``_begin``). False, with the tasks queued
+        again, when its pipe is gone (the death handler replaces it)."""
+        if not entries:
+            return False
+        try:
+            _write_all(w.send_fd, b"".join(_frame(self._task_message(*entry)) for entry in entries))
+        except OSError:
+            self._queue.extendleft(reversed(entries))
+            return False
+        w.ahead.extend(entries)
+        return True
+
+    def _task_message(self, job_id: str, task: TaskSpec) -> dict:
+        job = self._jobs[job_id]
+        message: dict[str, object] = {
+            "op": "task",
+            "task": task.task_id,
+            "envelope": job.envelope_path,
+            "items_codec": task.items_codec,
+            "items": task.items,
+            "indices": list(task.indices),
+            "cwd": job.spec.cwd,
+        }
+        if job.data is not None:
+            own = job.data["items"]
+            data = {
+                "roots": job.data["roots"],
+                "items": {i: own[i] for i in task.indices if i in own},
+            }
+            if "symlinks" in job.data:
+                data["symlinks"] = job.data["symlinks"]
+            message["data"] = data
+        return message
+
+    def _begin(self, w: _Worker) -> tuple:
+        """The worker's first task ahead is the one it runs now (lock held): its --timeout
+        counts from here. One cancelled meanwhile ends the worker, as a running one would."""
+        job_id, task = w.task = w.ahead.popleft()
+        job = self._jobs.get(job_id)
+        w.deadline = time.monotonic() + job.spec.timeout if job is not None and job.spec.timeout else None
+        if w.deadline is not None and not math.isfinite(w.deadline):
+            w.deadline = None  # --timeout inf: no limit
+        if self._is_cancelled(job_id, task.task_id) and not w.ending:
+            w.ending = "cancelled"
+            self._kill(w)
+        return job, task, w.id
+
+    def _ask_back(self, w: _Worker, tasks: list[TaskSpec]) -> None:
+        """Ask the worker for these tasks it holds ahead (lock held); it answers "returned"."""
+        if not tasks:
+            return
+        try:
+            _write_all(w.send_fd, _frame({"op": "return", "tasks": [t.task_id for t in tasks]}))
+        except OSError:
+            return  # the death handler queues them again
+        w.returning += 1
 
 
 def _frame(message: dict) -> bytes:
