@@ -13,6 +13,7 @@ refused with a message naming both files, never silently ignored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -62,12 +63,24 @@ class Settings:
 
 
 def system_config_path() -> Path:
-    return Path(os.path.join(sys.prefix, "etc", "azpar", "config.toml"))
+    return _system_config_path(sys.prefix)
 
 
 def user_config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(os.path.join(base, "azpar", "config.toml"))
+    return _user_config_path(os.environ.get("XDG_CONFIG_HOME"), os.environ.get("HOME"))
+
+
+# Settings are read on every run: the paths are built once per prefix and home, not parsed by
+# pathlib each time (issue 16).
+@functools.lru_cache(maxsize=8)
+def _system_config_path(prefix: str) -> Path:
+    return Path(prefix) / "etc" / "azpar" / "config.toml"
+
+
+@functools.lru_cache(maxsize=8)
+def _user_config_path(config_home: str | None, home: str | None) -> Path:
+    base = config_home or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "azpar" / "config.toml"
 
 
 _parsed: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}

@@ -187,7 +187,10 @@ class LocalBackend(BaseBackend):
             self._dispatch()
         except Exception as exc:
             self._crash(exc)
-        self._wake()
+        with self._lock:  # the dispatcher needs to look again only for what this thread did not hand out
+            look = bool(self._queue) or any(w.deadline or not w.ready for w in self._workers.values())
+        if look:
+            self._wake()
 
     def _drop_unused_namespaces(self, keep: str) -> None:
         """Staged namespaces are in RAM (/dev/shm): keep the one just staged (an identical

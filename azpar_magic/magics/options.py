@@ -5,6 +5,7 @@ job's options (each checked, with the flag named in its refusal), and the option
 from __future__ import annotations
 
 import argparse
+import copy
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -21,10 +22,28 @@ from .context import DEFAULT_OUTPUT
 from .usage import usage_errors
 from .words import unquote, variable
 
+_parsed: dict[tuple[int, str], dict[str, Any]] = {}  # (parser, line) -> the values it gave, for a cell run again
+_PARSED_KEPT = 64
+
 
 def parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Namespace:
     """Every value is taken as typed, without its quotes (IPython's splitter keeps them):
-    quoting protects spaces, commas, braces and globs the same way for every option."""
+    quoting protects spaces, commas, braces and globs the same way for every option.
+
+    The same line gives the same values, so a cell run again gets a copy of what its line gave
+    last time (argparse was a fifth of a warm two-iteration cell, issue 16); a line that was
+    refused is parsed, and refused, every time."""
+    key = (id(parser), text)
+    known = _parsed.get(key)
+    if known is None:
+        known = vars(_parse_options(parser, text))
+        if len(_parsed) >= _PARSED_KEPT:
+            _parsed.pop(next(iter(_parsed)))
+        _parsed[key] = known
+    return argparse.Namespace(**copy.deepcopy(known))
+
+
+def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Namespace:
     with usage_errors(
         ValueError,
         lambda exc: (

@@ -337,6 +337,9 @@ def body_warnings(cell: ParsedCell, gather: Iterable[str]) -> list[str]:
     is given the benefit of the doubt."""
     if not cell.body_tree.body:
         return ["the loop body has no statement (only comments or blank lines): every iteration's value will be None"]
+    gather = list(gather)
+    if not gather:  # the walks below are for --gather alone (two passes over the body per cell otherwise)
+        return []
     tree = cell.body_tree
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(tree))
