@@ -480,13 +480,18 @@ class LocalBackend(BaseBackend):
             self._on_death(w)
             return
         w.buffer += chunk
-        while len(w.buffer) >= 8:
-            (size,) = struct.unpack(">Q", w.buffer[:8])
-            if len(w.buffer) < 8 + size:
-                break
-            message = pickle.loads(bytes(w.buffer[8 : 8 + size]))
-            del w.buffer[: 8 + size]
-            self._on_message(w, message)
+        view, start = memoryview(w.buffer), 0
+        try:
+            while len(view) - start >= 8:
+                (size,) = struct.unpack_from(">Q", view, start)
+                if len(view) - start < 8 + size:
+                    break
+                message = pickle.loads(view[start + 8 : start + 8 + size])
+                start += 8 + size
+                self._on_message(w, message)
+        finally:
+            view.release()
+            del w.buffer[:start]  # once per read, not once per frame (a read may hold many)
 
     def _on_message(self, w: _Worker, message: dict) -> None:
         op = message.get("op")
@@ -644,30 +649,35 @@ class LocalBackend(BaseBackend):
 
     def _dispatch(self) -> None:
         """Give each idle worker the next queued task; send busy workers their next tasks
-        ahead; when a worker is idle and nothing is queued, ask for the tasks held ahead back."""
+        ahead; when a worker is idle and nothing is queued, ask for the tasks held ahead back.
+        What a worker is given goes in one write (each write wakes it)."""
         began = []
         with self._lock:
             self._grow()
             workers = [w for w in self._workers.values() if w.ready and not w.ending]
+            batches: dict[str, list] = {w.id: [] for w in workers}
+            fresh = set()  # idle workers given a task here: its first one runs at once
             for w in workers:
-                if self._queue and w.idle and self._send(w, self._take(1)):
-                    began.append(self._begin(w))
-            busy = [w for w in workers if (w.task or w.ahead) and not w.returning and w.gives_back]
+                if self._queue and w.idle:
+                    batches[w.id].extend(self._take(1))
+                    fresh.add(w.id)
+            busy = [w for w in workers if (w.task or w.ahead or batches[w.id]) and not w.returning and w.gives_back]
             # One task at a time to each busy worker in turn, so that tasks still start about in
             # their order; not those that workers still starting will take.
             spare = len(self._queue) - sum(1 for w in self._workers.values() if not w.ready)
-            batches: dict[str, list] = {w.id: [] for w in busy}
             while spare > 0 and self._queue:
                 given = 0
                 for w in busy:
                     depth = AHEAD_SHORT if self._queue and self._queue[0][0] == w.short_job else 1
-                    if spare > 0 and len(w.ahead) + len(batches[w.id]) < depth:
+                    held = len(w.ahead) + len(batches[w.id]) - (w.id in fresh)
+                    if spare > 0 and self._queue and held < depth:
                         batches[w.id].extend(self._take(1))
                         spare, given = spare - 1, given + 1
                 if not given:
                     break
-            for w in busy:
-                self._send(w, batches[w.id])
+            for w in workers:
+                if self._send(w, batches[w.id]) and w.id in fresh:
+                    began.append(self._begin(w))
             if not self._queue and any(w.idle for w in workers):
                 for w in busy:
                     self._ask_back(w, [t for _, t in w.ahead])

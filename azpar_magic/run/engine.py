@@ -423,7 +423,9 @@ class Engine:
                         if isinstance(indices, range)
                         else [items[i] for i in indices]
                     )
-                    codec, data = capture_mod.serialize_items(chunk, cap.names, request.namespace, indices[0])
+                    codec, data = capture_mod.serialize_items(
+                        chunk, cap.names, request.namespace, indices[0], plain=cap.plain_items
+                    )
                     tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
             except CaptureError as exc:
                 raise SubmitError(str(exc)) from None
