@@ -198,7 +198,7 @@ def ahead_of(b: LocalBackend) -> dict[str, list[str]]:
         return {w.id: [t.task_id for _, t in w.ahead] for w in b._workers.values()}
 
 
-def test_a_busy_worker_holds_its_next_task_and_starts_it_when_the_running_one_ends(backend):
+def test_a_busy_worker_holds_its_next_tasks_and_starts_each_when_the_one_before_ends(backend):
     b = backend(1)
     warm, warm_tasks = job("x", 1, [range(0, 1)], job_id="warm")
     b.submit(warm, warm_tasks, Sink())  # a ready worker, so that submit hands the tasks out at once
@@ -206,11 +206,27 @@ def test_a_busy_worker_holds_its_next_task_and_starts_it_when_the_running_one_en
     spec, tasks = job("import time\ntime.sleep(1 if x == 0 else 0)\nx", 3, [range(0, 1), range(1, 2), range(2, 3)])
     sink = Sink()
     b.submit(spec, tasks, sink)
-    assert list(ahead_of(b).values()) == [["2"]]  # one ahead while its tasks' length is unknown
+    assert list(ahead_of(b).values()) == [["2", "3"]]
     events = sink.take(6)
     assert [(e.kind, e.task_id) for e in events] == [
         ("started", "1"), ("finished", "1"), ("started", "2"), ("finished", "2"), ("started", "3"), ("finished", "3")]
     assert [values(e) for e in events if e.kind == "finished"] == [[0], [1], [2]]
+
+
+def test_what_a_worker_holds_ahead_stays_within_what_its_pipe_holds(backend):
+    """Tasks of 20 kB items: one goes ahead (AHEAD_BYTES), so writing to a busy worker never
+    waits for it to read; the rest stay queued in the kernel."""
+    b = backend(1)
+    warm, warm_tasks = job("x", 1, [range(0, 1)], job_id="warm")
+    b.submit(warm, warm_tasks, Sink())
+    assert wait_for(lambda: b.nodes() and b.nodes()[-1].state == "idle", 30)
+    spec, _ = job("import time\ntime.sleep(0.5)\nlen(x)", 4, [range(0, 1)])
+    big = [b"a" * 20_000]
+    tasks = [TaskSpec(str(i + 1), range(i, i + 1), *capture.serialize_items(big, (), {}, i)) for i in range(4)]
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    assert list(ahead_of(b).values()) == [["2"]] and len(b._queue) == 2
+    assert [values(e) for e in sink.take(8) if e.kind == "finished"] == [[20_000]] * 4
 
 
 def test_short_tasks_go_ahead_in_batches_and_all_run_once_in_order(backend):
@@ -260,7 +276,7 @@ def test_cancelling_a_task_held_ahead_ends_it_without_running_it(backend, tmp_pa
     spec, tasks = job(body, 2, [range(0, 1), range(1, 2)])
     sink = Sink()
     b.submit(spec, tasks, sink)
-    assert wait_for(lambda: ahead_of(b) and list(ahead_of(b).values())[0] == ["1"], 10)
+    assert wait_for(lambda: ahead_of(b) and list(ahead_of(b).values())[0] == ["1", "2"], 10)
     b.cancel("job-1", ["1"])
     (ended,) = sink.take(1)
     assert (ended.task_id, ended.kind, ended.failure_kind, ended.error) == (

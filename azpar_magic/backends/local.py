@@ -48,14 +48,16 @@ _LOST_SHOWN = 8  # lost workers kept in the node list so the panel can show what
 _MAX_WAIT = 5.0  # longest dispatcher sleep: any --timeout, however large, stays a valid select() timeout
 STALL_AFTER = 60.0  # seconds without a heartbeat, or on one iteration, before views say so
 STAGE_PREFIX = "azpar-local-"
-# A busy worker is sent its next task ahead, so that it starts the moment the running one ends
+# A busy worker is sent its next tasks ahead, so that each starts the moment the one before ends
 # instead of a round trip to the kernel later (issue 16: with --chunk-size 1 that round trip was
-# most of a trivial task). One task ahead at first; up to AHEAD_SHORT while its tasks take under
-# SHORT_TASK seconds. A task ahead has not started: when a worker is idle and nothing is queued,
-# the busy workers are asked for the tasks they hold ahead (the worker's inbox gives back those
-# it has not taken), so no task waits behind a long one while a worker sits idle.
-AHEAD_SHORT = 8
-SHORT_TASK = 0.005
+# most of a trivial task, and on two cores the kernel's threads often answered a millisecond
+# late). Up to AHEAD tasks and AHEAD_BYTES of them, so a write to a busy worker never waits for
+# it to read (a pipe holds 64 KiB on Linux, less on macOS at first). A task ahead has not
+# started: when a worker is idle and nothing is queued, the busy workers are asked for the tasks
+# they hold ahead (the worker's inbox gives back those it has not taken), so no task waits
+# behind a long one while a worker sits idle.
+AHEAD = 8
+AHEAD_BYTES = 32 * 1024
 
 
 @dataclass
@@ -69,7 +71,6 @@ class _Worker:
     task: tuple[str, TaskSpec] | None = None  # (job id, task) it runs now
     ahead: collections.deque = field(default_factory=collections.deque)  # (job id, task) sent, not started
     returning: int = 0  # requests for its tasks ahead not answered yet
-    short_job: str | None = None  # the job whose last task here computed under SHORT_TASK: sent more ahead
     deadline: float | None = None
     ending: str | None = None  # why we killed it: "timeout" | "cancelled"
     buffer: bytearray = field(default_factory=bytearray)
@@ -509,8 +510,6 @@ class LocalBackend(BaseBackend):
             if w.task is None or message.get("task") != w.task[1].task_id:
                 return
             (job_id, task), w.task, w.deadline = w.task, None, None
-            seconds = message["result"].get("seconds") if "result" in message else None
-            w.short_job = job_id if seconds is not None and seconds < SHORT_TASK else None
             if w.ahead and not w.returning:  # the next one started as this one ended
                 following.append(self._begin(w))
             job = self._jobs.get(job_id)
@@ -668,9 +667,9 @@ class LocalBackend(BaseBackend):
             while spare > 0 and self._queue:
                 given = 0
                 for w in busy:
-                    depth = AHEAD_SHORT if self._queue and self._queue[0][0] == w.short_job else 1
-                    held = len(w.ahead) + len(batches[w.id]) - (w.id in fresh)
-                    if spare > 0 and self._queue and held < depth:
+                    held = list(w.ahead) + batches[w.id][1 if w.id in fresh else 0 :]
+                    room = AHEAD_BYTES - sum(_message_size(t) for _, t in held)
+                    if spare > 0 and self._queue and len(held) < AHEAD and _message_size(self._queue[0][1]) <= room:
                         batches[w.id].extend(self._take(1))
                         spare, given = spare - 1, given + 1
                 if not given:
@@ -750,6 +749,11 @@ class LocalBackend(BaseBackend):
         except OSError:
             return  # the death handler queues them again
         w.returning += 1
+
+
+def _message_size(task: TaskSpec) -> int:
+    """About the bytes of a task's message (its items, its indices, the rest)."""
+    return len(task.items) + 4 * len(task.indices) + 512
 
 
 def _frame(message: dict) -> bytes:
