@@ -1893,8 +1893,8 @@ class _Inbox:
             data = os.read(self._fd, 1 << 16)
         except OSError:
             data = b""
-        if not data:
-            self._waiting.append({"op": "exit"})  # the kernel went away: nothing left to do
+        if not data:  # the kernel went away: nothing left to do
+            self._stop({"op": "exit"})
             return
         self._buffer += data
         while len(self._buffer) >= 8:
@@ -1911,8 +1911,17 @@ class _Inbox:
                 returned = [m["task"] for m in self._waiting if m.get("task") in wanted]
                 self._waiting = type(self._waiting)(m for m in self._waiting if m.get("task") not in wanted)
                 self._send({"op": "returned", "tasks": returned})
+            elif message.get("op") == "exit":
+                self._stop(message)
+                return
             else:
                 self._waiting.append(message)
+
+    def _stop(self, message: dict) -> None:
+        """The pool closes (or the kernel is gone): tasks held ahead never start (the pool
+        reports them as not run), the one running ends as it would have."""
+        self._waiting.clear()
+        self._waiting.append(message)
 
 
 def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None = None, portable: bool = False) -> int:

@@ -3,13 +3,16 @@
 
     python bench/scaling.py            # full run (a few minutes on 2 cores)
     python bench/scaling.py --quick    # smoke run: small sizes, one repetition
-    python bench/scaling.py --only n,ns,kernel
+    python bench/scaling.py --only n,tasks,ns,kernel
+    AZPAR_BENCH_ROOT=/other/checkout python bench/scaling.py --only tasks   # that checkout's code
 
 Three figures, each printed beside a calibration of the machine measured in the same run:
 
   n       N = 1e2..1e6 trivial iterations (``x * 2``) on a warm 2-worker pool: ``azpar_magic.run``
           against a fork ``multiprocessing.Pool(2).map`` of a module-level function; time per
           iteration, the ratio, and the kernel's (this client's) peak memory over its baseline
+  tasks   (a') N = 1e3, 1e4 one-iteration tasks (``chunk_size=1``) against ``Pool(2).map(chunksize=1)``:
+          the per-task cost of the pool, with the same calibration
   ns      a numpy array of 1, 10, 100, 500 MB read by the body, 100 iterations on a warm pool: the
           first cell's time, the identical second cell's (capture reuse), bytes written by the
           client and its workers, and the client's peak memory over its baseline
@@ -40,8 +43,14 @@ import calibration as machine_calibration  # bench/calibration.py (this script's
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
-FULL = {"n": [100, 1_000, 10_000, 100_000, 1_000_000], "mb": [1, 10, 100, 500], "iterations": 100}
-QUICK = {"n": [100, 1_000], "mb": [1, 10], "iterations": 20}
+FULL = {
+    "n": [100, 1_000, 10_000, 100_000, 1_000_000],
+    "tasks": [1_000, 10_000],
+    "mb": [1, 10, 100, 500],
+    "iterations": 100,
+}
+QUICK = {"n": [100, 1_000], "tasks": [1_000], "mb": [1, 10], "iterations": 20}
+ROOT = os.environ.get("AZPAR_BENCH_ROOT")  # another checkout whose azpar_magic the children measure
 CHILD_TIMEOUT = 300.0
 
 
@@ -95,17 +104,19 @@ def _measured(fn) -> dict:
     }
 
 
-def child_n(peer: str, n: int, reps: int) -> dict:
-    """``reps`` timed maps of ``x * 2`` over ``n`` items on a warm pool: azpar's or a fork Pool's."""
+def child_n(peer: str, n: int, reps: int, chunk: int | None = None) -> dict:
+    """``reps`` timed maps of ``x * 2`` over ``n`` items on a warm pool: azpar's or a fork Pool's
+    (``chunk``: iterations per task, as ``chunk_size`` and ``Pool.map``'s ``chunksize``; None: their defaults)."""
     xs = list(range(n))
     expected = [x * 2 for x in xs]
     if peer == "azpar":
         import azpar_magic
 
         ns = {"xs": xs}
+        options = {"chunk_size": chunk} if chunk else {}
 
         def call():
-            return azpar_magic.run("for x in xs", "x * 2", ns, workers=2).result()
+            return azpar_magic.run("for x in xs", "x * 2", ns, workers=2, **options).result()
 
         azpar_magic.run("for x in range(100)", "x * 2", {}, workers=2).result()  # warm pool
     else:
@@ -114,7 +125,7 @@ def child_n(peer: str, n: int, reps: int) -> dict:
         pool = multiprocessing.get_context("fork").Pool(2)
 
         def call():
-            return pool.map(double, xs)
+            return pool.map(double, xs, chunksize=chunk)
 
         pool.map(double, range(100))  # warm pool
     runs = []
@@ -193,6 +204,8 @@ def _isolated_env(scratch: str) -> dict:
         XDG_CONFIG_HOME=os.path.join(scratch, "config"),
     )
     env.pop("PYTHONSTARTUP", None)
+    if ROOT:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     return env
 
 
@@ -217,12 +230,12 @@ def reps_for(n: int, quick: bool) -> int:
     return 1 if quick else (5 if n <= 10_000 else 3)
 
 
-def measure_n(scratch: str, sizes: list[int], quick: bool) -> list[dict]:
+def measure_n(scratch: str, sizes: list[int], quick: bool, chunk: int | None = None) -> list[dict]:
     rows = []
     for n in sizes:
         row = {"n": n}
         for peer in ("azpar", "pool"):
-            r = run_child(scratch, "n", peer, str(n), str(reps_for(n, quick)))
+            r = run_child(scratch, "n", peer, str(n), str(reps_for(n, quick)), str(chunk or 0))
             row[peer] = {
                 "median_s": statistics.median(x["seconds"] for x in r["runs"]),
                 "peak_growth": max(x["peak_growth"] for x in r["runs"]),
@@ -313,6 +326,12 @@ def report(res: dict) -> None:
                 f"| {n:,} | {a['median_s'] / n * 1e9:,.0f} | {p['median_s'] / n * 1e9:,.0f} | {r['ratio']:.2f} | "
                 f"+{_mb(a['peak_growth'])} | +{_mb(p['peak_growth'])} |"
             )
+    if "tasks" in res:
+        print("\n| N one-iteration tasks | azpar, us/task | Pool(2).map(chunksize=1), us/task | azpar / Pool |")
+        print("|---|---|---|---|")
+        for r in res["tasks"]:
+            a, p, n = r["azpar"], r["pool"], r["n"]
+            print(f"| {n:,} | {a['median_s'] / n * 1e6:,.1f} | {p['median_s'] / n * 1e6:,.1f} | {r['ratio']:.2f} |")
     if "ns" in res:
         print(
             "\n| array | first cell | identical second cell | written, first (with the store's copy) / second "
@@ -346,7 +365,7 @@ def report(res: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
-    ap.add_argument("--only", default="n,ns,kernel", help="figures to measure: n, ns, kernel")
+    ap.add_argument("--only", default="n,tasks,ns,kernel", help="figures to measure: n, tasks, ns, kernel")
     ap.add_argument("--n", help="iteration counts for n, comma-separated (default 1e2..1e6)")
     ap.add_argument("--mb", help="array sizes in MB for ns, comma-separated (default 1,10,100,500)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -354,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         kind, *rest = args.child
         if kind == "n":
-            out = child_n(rest[0], int(rest[1]), int(rest[2]))
+            out = child_n(rest[0], int(rest[1]), int(rest[2]), int(rest[3]) or None)
         else:
             out = child_ns(float(rest[0]), int(rest[1]))
         print(json.dumps(out))
@@ -372,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         if "n" in only:
             print("n: trivial iterations, warm pool", flush=True)
             res["n"] = measure_n(scratch, params["n"], args.quick)
+        if "tasks" in only:
+            print("tasks: one-iteration tasks (chunk size 1), warm pool", flush=True)
+            res["tasks"] = measure_n(scratch, params["tasks"], args.quick, chunk=1)
         if "ns" in only:
             print("ns: an array read by the body", flush=True)
             res["ns"] = measure_ns(scratch, params["mb"], params["iterations"])

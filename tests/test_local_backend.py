@@ -365,6 +365,24 @@ def test_close_says_how_running_and_queued_tasks_ended_and_a_closed_pool_refuses
         b.submit(*job("x", 1, [range(0, 1)], job_id="job-2"), Sink())
 
 
+def test_close_ends_the_running_task_as_it_would_and_tasks_held_ahead_never_start(backend, tmp_path):
+    b = backend(1)
+    warm, warm_tasks = job("x", 1, [range(0, 1)], job_id="warm")
+    b.submit(warm, warm_tasks, Sink())
+    assert wait_for(lambda: b.nodes() and b.nodes()[-1].state == "idle", 30)
+    body = f"import pathlib, time\nd = pathlib.Path(r'{tmp_path}')\nd.joinpath(f'start-{{x}}').touch()\ntime.sleep(0.3)\nx"
+    spec, tasks = job(body, 3, [range(0, 1), range(1, 2), range(2, 3)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    assert list(ahead_of(b).values()) == [["2", "3"]]
+    assert wait_for(lambda: (tmp_path / "start-0").exists(), 10)
+    b.close()  # the running task ends within the second close() gives it; those ahead are dropped
+    events = sink.take(4)  # task 1 started, then each task's end
+    assert {e.task_id for e in events if e.kind == "failed" and e.failure_kind == "cancelled"} == {"1", "2", "3"}
+    time.sleep(0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["start-0"]
+
+
 # --------------------------------------------------------------------------- the registry
 
 
