@@ -137,6 +137,9 @@ def _lru_reduce(obj) -> tuple:
     return _LRU_WRAPPER, (obj.__wrapped__, params["maxsize"], params["typed"], functools._CacheInfo), state
 
 
+_PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
 class _FastPickler(pickle.Pickler):
     def __init__(self, file, hook, by_reference, buffer_callback=None):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback)
@@ -249,6 +252,10 @@ def dumps(
     page-aligned (:func:`frame_out_of_band`), so a worker maps them from the file instead of
     copying them out of the pickle: loading a namespace then costs the same at 1 MB and 1 GB.
     """
+    if hook is None and not out_of_band and type(obj) is list and set(map(type, obj)) <= _PLAIN_TYPES:
+        # A task's values that are numbers and strings: nothing for the hooks to see, the same
+        # bytes, without a pickler object and a __main__ swap per task (issue 16, a').
+        return "pickle", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     by_reference = by_reference or (lambda _obj: False)
     buffers: list[pickle.PickleBuffer] = []
 

@@ -664,13 +664,17 @@ class LocalBackend(BaseBackend):
             # One task at a time to each busy worker in turn, so that tasks still start about in
             # their order; not those that workers still starting will take.
             spare = len(self._queue) - sum(1 for w in self._workers.values() if not w.ready)
+            held = {w.id: [*w.ahead, *batches[w.id][1 if w.id in fresh else 0 :]] for w in busy}
+            room = {w.id: AHEAD_BYTES - sum(_message_size(t) for _, t in held[w.id]) for w in busy}
             while spare > 0 and self._queue:
                 given = 0
                 for w in busy:
-                    held = list(w.ahead) + batches[w.id][1 if w.id in fresh else 0 :]
-                    room = AHEAD_BYTES - sum(_message_size(t) for _, t in held)
-                    if spare > 0 and self._queue and len(held) < AHEAD and _message_size(self._queue[0][1]) <= room:
-                        batches[w.id].extend(self._take(1))
+                    size = _message_size(self._queue[0][1]) if self._queue else 0
+                    if spare > 0 and self._queue and len(held[w.id]) < AHEAD and size <= room[w.id]:
+                        taken = self._take(1)
+                        batches[w.id].extend(taken)
+                        held[w.id].extend(taken)
+                        room[w.id] -= size
                         spare, given = spare - 1, given + 1
                 if not given:
                     break
