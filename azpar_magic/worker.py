@@ -697,17 +697,19 @@ class _Recorder:
 
 
 class _OutputSink:
-    """Routes writes to the recorder of the iteration running now, creating it only when
-    the iteration writes: silent iterations (the common case) cost nothing."""
+    """Routes writes to the recorder of the iteration running now (``progress[0]``, which the
+    runner writes as each iteration starts), creating it only when the iteration writes:
+    silent iterations (the common case) cost nothing."""
 
-    def __init__(self) -> None:
-        self.index = -1
+    def __init__(self, progress: memoryview) -> None:
+        self.progress = progress
         self.recorders: dict[int, _Recorder] = {}
 
     def add(self, kind: str, data) -> None:
-        recorder = self.recorders.get(self.index)
+        index = self.progress[0]
+        recorder = self.recorders.get(index)
         if recorder is None:
-            recorder = self.recorders[self.index] = _Recorder()
+            recorder = self.recorders[index] = _Recorder()
         recorder.add(kind, data)
 
 
@@ -1342,7 +1344,7 @@ class Runner:
         append = values.append
         failed: dict = {}
         gathered: list = []
-        sink = _OutputSink()
+        sink = _OutputSink(progress)
 
         def display(*objs, **_kw):
             for obj in objs:
@@ -1353,9 +1355,23 @@ class Runner:
         builtins.display = display
         sys.stdout, sys.stderr = _Stream(sink, "stdout"), _Stream(sink, "stderr")
         started = time.perf_counter()
+
+        def fail(index: int, exc: BaseException) -> None:
+            append(None)
+            sys.stdout, sys.stderr = saved[0], saved[1]
+            failed[index] = self._error_record(exc)
+            sys.stdout, sys.stderr = _Stream(sink, "stdout"), _Stream(sink, "stderr")
+
         try:
-            for index, item in zip(indices, items):
-                sink.index = index
+            plain = function is not None and seed is None and files is None and not gather
+            if plain:  # a loop of calls: what a trivial iteration costs (issue 16)
+                for index, item in zip(indices, items):
+                    progress[0] = index
+                    try:
+                        append(function(item))
+                    except BaseException as exc:  # SystemExit from user code is a user error too
+                        fail(index, exc)
+            for index, item in () if plain else zip(indices, items):
                 progress[0] = index
                 if seed is not None:
                     _seed_iteration(seed, index)
@@ -1371,10 +1387,7 @@ class Runner:
                         exec(code, namespace)
                         append(namespace[VALUE_NAME])
                 except BaseException as exc:  # SystemExit from user code is a user error too
-                    append(None)
-                    sys.stdout, sys.stderr = saved[0], saved[1]
-                    failed[index] = self._error_record(exc)
-                    sys.stdout, sys.stderr = _Stream(sink, "stdout"), _Stream(sink, "stderr")
+                    fail(index, exc)
                 if files is not None:
                     problem = files.leave(index, index in failed)
                     if problem is not None and index not in failed:

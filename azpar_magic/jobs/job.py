@@ -192,7 +192,9 @@ class Job:
                 self._record_each(indices, values, failures, gathered)
             self._outputs.update(outputs)
             task = self._tasks[task_id]
-            self._finalize(task, ending_step(produced=True, any_failed=any(i in failures for i in indices)))
+            # Not a look at every index when nothing failed (12,500 per task of a 100,000-item loop).
+            failed = bool(failures) and any(i in failures for i in indices)
+            self._finalize(task, ending_step(produced=True, any_failed=failed))
         self._notify()
 
     def _record_each(self, indices, values, failures, gathered) -> None:

@@ -47,7 +47,7 @@ def select(
         return list(items), [failed.get(i, v) if i in failed else v for i, v in enumerate(values)]
     if failed:
         raise ValueError("select() with policy 'stop' must not be given failures")
-    return list(items), list(values)
+    return items if isinstance(items, list) else list(items), list(values)  # the items are only read
 
 
 def _concat(values: list[Any]) -> Any:
