@@ -92,7 +92,6 @@ class Capture:
     function_mode: bool = False  # the body may run as a function (see function_mode_is_safe)
     size: int = 0  # len(data), kept when the bytes are dropped
     warnings: tuple[str, ...] = ()  # said before the job is submitted (engine.submit)
-    plain_items: bool = False  # every item is a number, a string, bytes or None (see plain_items)
 
     def without_data(self) -> Capture:
         """What was shipped, without the namespace bytes: what a job keeps. The bytes are
@@ -690,9 +689,32 @@ _CONTAINERS = (tuple, list, set, frozenset, dict)
 
 def plain_items(items: list) -> bool:
     """Whether every item is a number, a string, bytes or None: nothing in them is shipped by
-    name, comes from a module or can fail to pickle. One pass at C speed; a cell asks it once
-    (issue 16: four passes over a 10,000-item iterable were a tenth of a warm cell)."""
+    name, comes from a module or can fail to pickle."""
     return set(map(type, items)) <= _ATOMIC
+
+
+class _NotPlain(Exception):
+    pass
+
+
+class _PlainOnly(pickle.Pickler):
+    # The C pickler writes None, bools, exact ints, floats, strings, bytes and exact lists,
+    # tuples, dicts and sets itself and asks reducer_override about everything else: here,
+    # anything it asks about is not plain.
+    def reducer_override(self, obj):
+        raise _NotPlain
+
+
+def plain_pickle(items: list) -> bytes | None:
+    """The items' pickle when they are plain data (numbers, strings, bytes, None, and lists,
+    tuples, dicts and sets of those, nested), else None. Checking and pickling are one pass at C
+    speed: a type scan of 100,000 ints cost more than pickling them (issue 16)."""
+    buf = io.BytesIO()
+    try:
+        _PlainOnly(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(items)
+    except (_NotPlain, RecursionError, pickle.PicklingError):
+        return None
+    return buf.getvalue()
 
 
 def notebook_objects_in(items: Iterable[object], namespace: Mapping[str, object], depth: int = 3) -> set[str]:
@@ -767,13 +789,15 @@ def capture(
     folder: str | None = None,
     items: Iterable[object] = (),
     stored: Callable[[str, int], bytes | None] | None = None,
+    plain: bool | None = None,
 ) -> Capture:
     """Choose, check and serialise what ``cell`` needs from ``namespace``.
 
     ``stored(sha256, size)``, when given, returns the bytes of a namespace kept earlier (or None):
     when the chosen objects are unchanged since a capture that gave those bytes (``fingerprint``),
     they are reused instead of pickled and hashed again (issue 16: an identical cell over a 100 MB
-    array cost a full copy and its sha256, to stage nothing new)."""
+    array cost a full copy and its sha256, to stage nothing new). ``plain``: the caller found the
+    items plain data (``plain_pickle``), so nothing in them is looked through."""
     export = list(export)
     missing = [n for n in export if n not in namespace]
     if missing:
@@ -782,7 +806,7 @@ def capture(
         )
     free, looked_up, dynamic, body_imports = _body_facts(cell.body_tree, cell.target_names)
     items = items if isinstance(items, list) else list(items)
-    plain = plain_items(items)
+    plain = plain_items(items) if plain is None else plain
     wanted = (
         set(free)
         | set(export)
@@ -810,7 +834,6 @@ def capture(
         local_modules=local,
         sources=reach.sources,
         warnings=(_DYNAMIC_LOOKUP_WARNING,) if dynamic else (),
-        plain_items=plain,
     )
 
 
@@ -902,13 +925,12 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
 
 
 def serialize_items(
-    items: list, shipped: Iterable[str], namespace: Mapping[str, object], first_index: int = 0, plain: bool = False
+    items: list, shipped: Iterable[str], namespace: Mapping[str, object], first_index: int = 0
 ) -> tuple[str, bytes]:
     """Items of one task (the iterable's items from ``first_index`` on). Notebook functions
     and classes the job ships go by name (the worker has them); others by value. An item
-    that cannot travel is named by its index in the iterable. ``plain``: the caller knows
-    they are all plain (``plain_items``)."""
-    if plain or plain_items(items):
+    that cannot travel is named by its index in the iterable."""
+    if plain_items(items):
         # Numbers and strings: nothing to refuse, nothing shipped by name, and the same bytes the
         # C pickler writes below, at a fifth of the cost (a one-iteration task each: issue 16, g).
         return "pickle", pickle.dumps(items if type(items) is list else list(items), protocol=pickle.HIGHEST_PROTOCOL)

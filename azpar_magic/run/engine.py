@@ -404,6 +404,21 @@ class Engine:
         data_plan = self._data_plan(request, items, job_id, todo)
         if items and todo != []:
             try:
+                size = options.chunk_size or self.backend.default_chunk_size(len(items) if todo is None else len(todo))
+                chunks = chunk_indices(len(items), size) if todo is None else chunk_subset(todo, size)
+                parts = [
+                    items[indices.start : indices.stop] if isinstance(indices, range) else [items[i] for i in indices]
+                    for indices in chunks
+                ]
+                # Plain items (numbers, strings, their lists and dicts) are pickled and checked in one
+                # pass; anything else is looked through by the capture and serialised chunk by chunk.
+                pickled: list[bytes] = []
+                for part in parts:
+                    data = capture_mod.plain_pickle(part)
+                    if data is None:
+                        pickled = []
+                        break
+                    pickled.append(data)
                 cap = capture_mod.capture(
                     request.cell,
                     request.namespace,
@@ -414,18 +429,13 @@ class Engine:
                     # The job store keeps the namespaces of jobs that do not outlive the kernel: an
                     # unchanged capture reuses those bytes instead of serialising them again.
                     stored=None if self.backend.outlives_kernel else kept_namespace,
+                    plain=bool(pickled) or not parts,
                 )
-                size = options.chunk_size or self.backend.default_chunk_size(len(items) if todo is None else len(todo))
-                chunks = chunk_indices(len(items), size) if todo is None else chunk_subset(todo, size)
-                for number, indices in enumerate(chunks, start=1):
-                    chunk = (
-                        items[indices.start : indices.stop]
-                        if isinstance(indices, range)
-                        else [items[i] for i in indices]
-                    )
-                    codec, data = capture_mod.serialize_items(
-                        chunk, cap.names, request.namespace, indices[0], plain=cap.plain_items
-                    )
+                for number, (indices, part) in enumerate(zip(chunks, parts), start=1):
+                    if pickled:
+                        codec, data = "pickle", pickled[number - 1]
+                    else:
+                        codec, data = capture_mod.serialize_items(part, cap.names, request.namespace, indices[0])
                     tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
             except CaptureError as exc:
                 raise SubmitError(str(exc)) from None
