@@ -254,8 +254,11 @@ def dumps(
     """
     if hook is None and not out_of_band and type(obj) is list and set(map(type, obj)) <= _PLAIN_TYPES:
         # A task's values that are numbers and strings: nothing for the hooks to see, the same
-        # bytes, without a pickler object and a __main__ swap per task (issue 16, a').
-        return "pickle", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        # bytes, without the pickler subclass and a __main__ swap per task (issue 16, a'). Into a
+        # file, as below: a large bytes value is then copied once, not through a growing buffer.
+        buf = io.BytesIO()
+        pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return "pickle", buf.getvalue()
     by_reference = by_reference or (lambda _obj: False)
     buffers: list[pickle.PickleBuffer] = []
 
@@ -1619,6 +1622,22 @@ def read_result(data: bytes) -> dict:
     return pickle.loads(data[len(RESULT_MAGIC) :])
 
 
+def cut_frames(buffer: bytearray) -> list[bytes]:
+    """The whole frames (length-prefixed pickles) at the start of ``buffer``, removed from it:
+    what is left is shifted once, however many frames one read brought (a shift per frame
+    made a read of many small results quadratic)."""
+    frames, start = [], 0
+    with memoryview(buffer) as view:
+        while len(view) - start >= 8:
+            (size,) = struct.unpack_from(">Q", view, start)
+            if len(view) - start < 8 + size:
+                break
+            frames.append(bytes(view[start + 8 : start + 8 + size]))
+            start += 8 + size
+    del buffer[:start]
+    return frames
+
+
 def _read_frame(stream) -> object:
     head = stream.read(8)
     if len(head) < 8:
@@ -1917,15 +1936,11 @@ class _Inbox:
             self._stop({"op": "exit"})
             return
         self._buffer += data
-        while len(self._buffer) >= 8:
-            (size,) = struct.unpack(">Q", self._buffer[:8])
-            if len(self._buffer) < 8 + size:
-                break
+        for frame in cut_frames(self._buffer):
             try:
-                message = pickle.loads(bytes(self._buffer[8 : 8 + size]))
+                message = pickle.loads(frame)
             except Exception as exc:  # the stream is out of step: nothing after it can be trusted
                 message = {"op": "exit", "why": f"{type(exc).__name__}: {exc}"}
-            del self._buffer[: 8 + size]
             if message.get("op") == "return":
                 wanted = set(message["tasks"])
                 returned = [m["task"] for m in self._waiting if m.get("task") in wanted]

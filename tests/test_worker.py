@@ -138,3 +138,15 @@ def test_mime_bundle_without_ipython():
     bundle = wire.mime_bundle(Rich())
     assert bundle["text/html"] == "<b>x</b>" and bundle["image/png"] == "iVBORw==" and "text/plain" in bundle
     assert json.dumps(bundle)
+
+
+def test_cut_frames_takes_the_whole_frames_a_read_brought_and_keeps_the_rest():
+    import pickle
+    import struct
+
+    frames = [pickle.dumps({"task": str(i)}) for i in range(3)]
+    stream = b"".join(struct.pack(">Q", len(f)) + f for f in frames)
+    buffer = bytearray(stream[:-5])  # the third frame is not whole yet
+    assert [pickle.loads(f) for f in wire.cut_frames(buffer)] == [{"task": "0"}, {"task": "1"}]
+    buffer += stream[-5:]
+    assert [pickle.loads(f) for f in wire.cut_frames(buffer)] == [{"task": "2"}] and buffer == bytearray()

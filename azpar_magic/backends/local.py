@@ -481,18 +481,8 @@ class LocalBackend(BaseBackend):
             self._on_death(w)
             return
         w.buffer += chunk
-        view, start = memoryview(w.buffer), 0
-        try:
-            while len(view) - start >= 8:
-                (size,) = struct.unpack_from(">Q", view, start)
-                if len(view) - start < 8 + size:
-                    break
-                message = pickle.loads(view[start + 8 : start + 8 + size])
-                start += 8 + size
-                self._on_message(w, message)
-        finally:
-            view.release()
-            del w.buffer[:start]  # once per read, not once per frame (a read may hold many)
+        for frame in wire.cut_frames(w.buffer):
+            self._on_message(w, pickle.loads(frame))
 
     def _on_message(self, w: _Worker, message: dict) -> None:
         op = message.get("op")
