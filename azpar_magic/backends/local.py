@@ -562,6 +562,10 @@ class LocalBackend(BaseBackend):
             assert self._selector is not None  # only the dispatcher, while it runs, reads the workers' pipes
             self._selector.forget(w.id)
             self._workers.pop(w.id, None)
+            if w.task is None and w.ahead and w.returning:
+                # Asked for its tasks back, it had not answered: the first may have started (and
+                # be why it died), so it counts as running; an attempt too many beats one lost.
+                w.task = w.ahead.popleft()
             running = w.task
             # Tasks it held ahead never started: queued again (in their order), cancelled ones end.
             waiting, w.ahead = list(w.ahead), collections.deque()
