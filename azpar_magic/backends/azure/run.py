@@ -54,6 +54,8 @@ _SWEEP_FIELDS = ["id", "state", *_COMPLETED_FIELDS[1:]]
 SWEEP_INTERVAL = 60.0  # seconds between unfiltered sweeps of the job's tasks while some have no result
 RUNNING_GAP_MAX = 32  # polls between running lists that keep disagreeing with the counts
 FIRST_POLL_GAP = 0.25  # seconds before the poll after a change (the gap then doubles up to the poll interval)
+TAIL_POLL_GAP = 0.1  # the same once at most TAIL_TASKS tasks are left: any completion may be the last
+TAIL_TASKS = 16
 NODE_LIST_MAX_AGE = 20.0  # seconds a pool's node list serves the views while followed runs see nothing change
 POST_ATTEMPTS = 3  # create-job / merge-task calls whose answer never arrived, sent again (then *Exists = done)
 
@@ -142,19 +144,21 @@ class _Sweeps:
 
 
 class _Pace:
-    """How long the follower waits before its next poll: FIRST_POLL_GAP after anything changed
-    (so the last completion of a short job is seen soon after it happens), doubling on each poll
-    that saw nothing new up to the profile's poll interval (a job whose tasks run long is polled
-    no more often than before)."""
+    """How long the follower waits before its next poll: FIRST_POLL_GAP at first, and
+    TAIL_POLL_GAP after a change once few tasks are left (so the last completion of a short job
+    is seen soon after it happens: lists show a change a while after it, and a ten-task cell on
+    two nodes waited half a second more for the poll that saw its end, issue 16 f), doubling on
+    each poll that saw nothing new up to the profile's poll interval (a job whose tasks run long
+    is polled no more often than before, a long queue draining no more often than it moves)."""
 
     def __init__(self, interval: float):
         self.interval = interval
         self.first = min(FIRST_POLL_GAP, interval)
         self.gap = self.first
 
-    def next(self, changed: bool) -> float:
-        if changed:
-            self.gap = self.first
+    def next(self, changed_near_the_end: bool) -> float:
+        if changed_near_the_end:
+            self.gap = min(TAIL_POLL_GAP, self.interval)
         gap = self.gap
         self.gap = min(self.gap * 2, self.interval)
         return gap
@@ -654,8 +658,9 @@ class AzureRun:
         runs every SWEEP_INTERVAL and whenever the counts say the job is done while results
         are missing (a task a filtered list skipped, as pypeliner met on real Batch).
         Polls start FIRST_POLL_GAP apart and space out to the poll interval (``_Pace``); they
-        come close again after a change while no task waits (any completion may be the last),
-        not while a long queue drains (that would multiply the calls of a large job)."""
+        come close again after a change once at most TAIL_TASKS tasks are left (any completion
+        may be the last), not while a long queue drains (that would multiply the calls of a
+        large job)."""
         interval = self.context.poll_interval
         pace = _Pace(interval)
         last_counts: tuple[int, int, int] | None = None
@@ -714,7 +719,7 @@ class AzureRun:
                 self.changed_at = time.monotonic()
             changed = progressed or now_counts != last_counts
             last_counts = now_counts
-            self._stop.wait(pace.next(changed and not counts.active))
+            self._stop.wait(pace.next(changed and counts.active + counts.running <= TAIL_TASKS))
 
     def _done(self) -> bool:
         with self._lock:
