@@ -68,10 +68,11 @@ def test_a_group_whose_inputs_cannot_be_prepared_stops_the_adds():
     assert "100" not in sent and "250" not in sent
 
 
-def test_polls_come_fast_after_a_change_and_space_out_to_the_interval():
+def test_polls_come_fast_after_a_change_near_the_end_and_space_out_to_the_interval():
     pace = azure_run._Pace(2.0)
     assert [pace.next(False) for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
-    assert [pace.next(True), pace.next(False), pace.next(True)] == [0.25, 0.5, 0.25]
+    # A change near the end (few tasks left) brings the next poll closer than the first gap.
+    assert [pace.next(True), pace.next(False), pace.next(False), pace.next(True)] == [0.1, 0.2, 0.4, 0.1]
     short = azure_run._Pace(0.1)  # an interval under the first gap is kept as it is
     assert [short.next(False), short.next(True), short.next(False)] == [0.1, 0.1, 0.1]
 
