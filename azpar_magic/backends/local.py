@@ -682,7 +682,7 @@ class LocalBackend(BaseBackend):
 
     def _take(self, n: int) -> list[tuple[str, TaskSpec]]:
         """Up to ``n`` queued tasks of jobs still here (lock held)."""
-        taken = []
+        taken: list[tuple[str, TaskSpec]] = []
         while self._queue and len(taken) < n:
             entry = self._queue.popleft()
             if entry[0] in self._jobs:
