@@ -277,18 +277,16 @@ class LocalBackend(BaseBackend):
                 self._cancelled.add(job_id)
             else:
                 job.cancelled_tasks.update(task_ids)
-            dropped = [t for j, t in self._queue if self._is_cancelled(j, t.task_id)]
+            dropped = [(j, t) for j, t in self._queue if self._is_cancelled(j, t.task_id)]
             self._queue = collections.deque((j, t) for j, t in self._queue if not self._is_cancelled(j, t.task_id))
+            jobs = dict(self._jobs)
             for w in self._workers.values():
                 if w.task and self._is_cancelled(w.task[0], w.task[1].task_id) and not w.ending:
                     w.ending = "cancelled"
                     self._kill(w)
                 elif not w.ending:
                     self._ask_back(w, [t for j, t in w.ahead if self._is_cancelled(j, t.task_id)])
-        for task in dropped:
-            job.on_event(
-                TaskEvent(job_id, task.task_id, "failed", error="cancelled before it started", failure_kind="cancelled")
-            )
+        self._tell_cancelled(dropped, jobs)
         self._wake()
 
     def _is_cancelled(self, job_id: str, task_id: str) -> bool:
@@ -336,14 +334,7 @@ class LocalBackend(BaseBackend):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
         self._thread = None  # start() after close() refuses instead of returning as if running
-        for job_id, task in unfinished:
-            job = jobs.get(job_id)
-            if job is not None:
-                job.on_event(
-                    TaskEvent(
-                        job_id, task.task_id, "failed", error="the local pool was closed", failure_kind="cancelled"
-                    )
-                )
+        self._tell_cancelled(unfinished, jobs, "the local pool was closed")
         with self._lock:
             mailbox, self._selector = self._selector, None
         if mailbox is not None:
@@ -542,15 +533,12 @@ class LocalBackend(BaseBackend):
         self._tell_started(began)
         self._tell_cancelled(dropped, jobs)
 
-    def _tell_cancelled(self, entries: list, jobs: dict) -> None:
+    def _tell_cancelled(self, entries: list, jobs: dict, why: str = "cancelled before it started") -> None:
+        """Each (job id, task) of ``entries`` ended without a result: a cancelled failure saying ``why``."""
         for job_id, task in entries:
             job = jobs.get(job_id)
             if job is not None:
-                job.on_event(
-                    TaskEvent(
-                        job_id, task.task_id, "failed", error="cancelled before it started", failure_kind="cancelled"
-                    )
-                )
+                job.on_event(TaskEvent(job_id, task.task_id, "failed", error=why, failure_kind="cancelled"))
 
     def _tell_started(self, began: list) -> None:
         for job, task, wid in began:
