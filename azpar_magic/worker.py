@@ -137,7 +137,30 @@ def _lru_reduce(obj) -> tuple:
     return _LRU_WRAPPER, (obj.__wrapped__, params["maxsize"], params["typed"], functools._CacheInfo), state
 
 
-_PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+class _NotPlain(Exception):
+    pass
+
+
+class _PlainOnly(pickle.Pickler):
+    # The C pickler writes None, bools, exact ints, floats, strings, bytes and exact lists,
+    # tuples, dicts and sets itself and asks reducer_override about everything else: here,
+    # anything it asks about is not plain.
+    def reducer_override(self, obj):
+        raise _NotPlain
+
+
+def plain_pickle(obj: object) -> bytes | None:
+    """``obj``'s pickle when it is plain data (numbers, strings, bytes, None, and lists, tuples,
+    dicts and sets of those, nested), else None: nothing in it is shipped by name, comes from a
+    module or needs dill. Checking and pickling are one pass at C speed (a type scan of 100,000
+    ints cost more than pickling them, issue 16), into a file, so a large bytes value is copied
+    once, not through a growing buffer."""
+    buf = io.BytesIO()
+    try:
+        _PlainOnly(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except (_NotPlain, RecursionError, pickle.PicklingError):
+        return None
+    return buf.getvalue()
 
 
 class _FastPickler(pickle.Pickler):
@@ -252,13 +275,12 @@ def dumps(
     page-aligned (:func:`frame_out_of_band`), so a worker maps them from the file instead of
     copying them out of the pickle: loading a namespace then costs the same at 1 MB and 1 GB.
     """
-    if hook is None and not out_of_band and type(obj) is list and set(map(type, obj)) <= _PLAIN_TYPES:
-        # A task's values that are numbers and strings: nothing for the hooks to see, the same
-        # bytes, without the pickler subclass and a __main__ swap per task (issue 16, a'). Into a
-        # file, as below: a large bytes value is then copied once, not through a growing buffer.
-        buf = io.BytesIO()
-        pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-        return "pickle", buf.getvalue()
+    plain = plain_pickle(obj)
+    if plain is not None:
+        # Plain data: nothing for the hook to see (the pickler below asks it only about other
+        # objects), no buffer to keep apart, the same bytes, without the pickler subclass and a
+        # __main__ swap per task (issue 16, a').
+        return "pickle", plain
     by_reference = by_reference or (lambda _obj: False)
     buffers: list[pickle.PickleBuffer] = []
 

@@ -177,7 +177,7 @@ def test_the_script_and_this_package_are_never_shipped_as_local_modules(main_ns,
     assert "double" in cap.names
 
 
-def test_plain_items_are_pickled_and_checked_in_one_pass_and_anything_else_is_refused():
+def test_plain_data_is_pickled_and_checked_in_one_pass_and_anything_else_is_refused():
     """The engine's fast path for items (issue 16): builtin data, nested, is pickled as the C
     pickler would; anything the pickler has to ask about (a notebook class's instance, an enum,
     a str subclass, a type, complex) gives None, so the capture looks through the items."""
@@ -185,7 +185,7 @@ def test_plain_items_are_pickled_and_checked_in_one_pass_and_anything_else_is_re
     import pickle
 
     plain = [1, 2.5, "s", b"b", None, True, (1, "a"), {"k": [1, {2}]}, frozenset({3}), bytearray(b"x")]
-    assert capture.plain_pickle(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+    assert wire.plain_pickle(plain) == pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
 
     class Notebook:
         pass
@@ -196,4 +196,4 @@ def test_plain_items_are_pickled_and_checked_in_one_pass_and_anything_else_is_re
         pass
 
     for odd in (Notebook(), Colour.RED, Name("x"), int, 1j, range(3)):
-        assert capture.plain_pickle([1, {"deep": [odd]}]) is None, odd
+        assert wire.plain_pickle([1, {"deep": [odd]}]) is None, odd

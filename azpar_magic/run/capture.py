@@ -17,7 +17,6 @@ import importlib.metadata
 import inspect
 import io
 import os
-import pickle
 import platform
 import re
 import socket
@@ -687,36 +686,6 @@ _ATOMIC = frozenset({int, float, complex, str, bytes, bool, type(None)})
 _CONTAINERS = (tuple, list, set, frozenset, dict)
 
 
-def plain_items(items: list) -> bool:
-    """Whether every item is a number, a string, bytes or None: nothing in them is shipped by
-    name, comes from a module or can fail to pickle."""
-    return set(map(type, items)) <= _ATOMIC
-
-
-class _NotPlain(Exception):
-    pass
-
-
-class _PlainOnly(pickle.Pickler):
-    # The C pickler writes None, bools, exact ints, floats, strings, bytes and exact lists,
-    # tuples, dicts and sets itself and asks reducer_override about everything else: here,
-    # anything it asks about is not plain.
-    def reducer_override(self, obj):
-        raise _NotPlain
-
-
-def plain_pickle(items: list) -> bytes | None:
-    """The items' pickle when they are plain data (numbers, strings, bytes, None, and lists,
-    tuples, dicts and sets of those, nested), else None. Checking and pickling are one pass at C
-    speed: a type scan of 100,000 ints cost more than pickling them (issue 16)."""
-    buf = io.BytesIO()
-    try:
-        _PlainOnly(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(items)
-    except (_NotPlain, RecursionError, pickle.PicklingError):
-        return None
-    return buf.getvalue()
-
-
 def notebook_objects_in(items: Iterable[object], namespace: Mapping[str, object], depth: int = 3) -> set[str]:
     """Names of notebook functions and classes that items are, contain, or are instances
     of: the worker must have them under those names, so items unpickle as the very
@@ -789,7 +758,7 @@ def capture(
     folder: str | None = None,
     items: Iterable[object] = (),
     stored: Callable[[str, int], bytes | None] | None = None,
-    plain: bool | None = None,
+    plain: bool = False,
 ) -> Capture:
     """Choose, check and serialise what ``cell`` needs from ``namespace``.
 
@@ -797,7 +766,7 @@ def capture(
     when the chosen objects are unchanged since a capture that gave those bytes (``fingerprint``),
     they are reused instead of pickled and hashed again (issue 16: an identical cell over a 100 MB
     array cost a full copy and its sha256, to stage nothing new). ``plain``: the caller found the
-    items plain data (``plain_pickle``), so nothing in them is looked through."""
+    items plain data (``worker.plain_pickle``), so nothing in them is looked through."""
     export = list(export)
     missing = [n for n in export if n not in namespace]
     if missing:
@@ -805,8 +774,7 @@ def capture(
             f"--export names {', '.join(missing)}, which the namespace does not define. Nothing was submitted."
         )
     free, looked_up, dynamic, body_imports = _body_facts(cell.body_tree, cell.target_names)
-    items = items if isinstance(items, list) else list(items)
-    plain = plain_items(items) if plain is None else plain
+    items = items if isinstance(items, list) else list(items)  # looked through twice below
     wanted = (
         set(free)
         | set(export)
@@ -930,10 +898,11 @@ def serialize_items(
     """Items of one task (the iterable's items from ``first_index`` on). Notebook functions
     and classes the job ships go by name (the worker has them); others by value. An item
     that cannot travel is named by its index in the iterable."""
-    if plain_items(items):
-        # Numbers and strings: nothing to refuse, nothing shipped by name, and the same bytes the
-        # C pickler writes below, at a fifth of the cost (a one-iteration task each: issue 16, g).
-        return "pickle", pickle.dumps(items if type(items) is list else list(items), protocol=pickle.HIGHEST_PROTOCOL)
+    plain = wire.plain_pickle(items if type(items) is list else list(items))
+    if plain is not None:
+        # Plain data: nothing to refuse, nothing shipped by name, and the same bytes the pickler
+        # below writes, at a fraction of the cost (a one-iteration task each: issue 16, g).
+        return "pickle", plain
     shipped = set(shipped)
 
     def by_reference(obj: object) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from types import CodeType
 from typing import Any, cast
 
-from .. import config, identity, jobstore
+from .. import config, identity, jobstore, worker as wire
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
 from ..errors import CaptureError, CombineError, ConfigError, DataError, StoreError, SubmitError
 from ..jobs import TASK_FINAL, Failure, Job, JobOptions, merge
@@ -416,7 +416,7 @@ class Engine:
                 # pass; anything else is looked through by the capture and serialised chunk by chunk.
                 pickled: list[bytes] = []
                 for part in parts:
-                    data = capture_mod.plain_pickle(part)
+                    data = wire.plain_pickle(part)
                     if data is None:
                         pickled = []
                         break
