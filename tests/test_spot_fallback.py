@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 import azpar_magic
 from azpar_magic import config
@@ -40,8 +40,11 @@ class FakeBatch:
         self.target = (0, len(self.spot_states) if target_spot is None else target_spot)
         self.errors = [SimpleNamespace(code=code, message="quota") for code in errors]
         self.writes: list[tuple] = []
+        self.gone = False  # the pool was deleted (by a user, another kernel, a test's clean-up)
 
     def get_pool(self, pool_id):
+        if self.gone:
+            raise ResourceNotFoundError(message=f"the pool {pool_id} does not exist")
         return SimpleNamespace(
             id=pool_id, state="active", allocation_state="steady", vm_size="Standard_D2s_v3",
             current_dedicated_nodes=self.target[0], current_low_priority_nodes=len(self.spot_states),
@@ -103,6 +106,18 @@ def test_preempted_spot_nodes_get_dedicated_ones_after_spot_wait():
     assert fake.writes[-1] == ("resize", 0, 2)  # the fixed pool's size back
     watch.close()
     assert len(fake.writes) == 2
+
+
+def test_a_pool_deleted_before_the_job_ends_has_nothing_to_restore():
+    fake = FakeBatch(["preempted", "running"], target_spot=2)
+    watch, clock = _watch(fake)
+    watch.poll(queued=3)
+    clock.now += 300
+    watch.poll(queued=3)
+    assert fake.writes == [("resize", 1, 2)]
+    fake.gone = True
+    watch.close()  # used to raise azpar's AzureServiceError from the clean-up thread
+    assert fake.writes == [("resize", 1, 2)]
 
 
 def test_spot_nodes_not_granted_count_and_the_cap_holds():

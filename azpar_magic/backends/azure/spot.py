@@ -32,6 +32,7 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 from ...config import Profile
+from ...errors import AzureServiceError
 from . import pool
 
 LOST = ("preempted", "leavingpool")  # spot nodes present but no use to the job
@@ -148,8 +149,8 @@ class SpotFallback:
     def _restore(self, call: Callable[[Any], object]) -> None:
         try:
             call(self._client())
-        except (AzureError, ValueError):  # ValueError: the client was closed meanwhile
-            pass
+        except (AzureError, AzureServiceError, ValueError):
+            pass  # the pool is gone (nothing to give back) or the client was closed meanwhile (ValueError)
 
     def close(self) -> None:
         """The job has ended: give the pool back its size (once)."""
