@@ -84,11 +84,11 @@ def test_a_failing_dispatcher_fails_the_running_job_with_its_cause_and_the_next_
     real = backend._on_message
     faults = []
 
-    def faulty(w, message):
+    def faulty(w, message, *args):
         if "result" in message and not faults:
             faults.append(w.proc.pid)
             raise RuntimeError("injected dispatcher fault")
-        return real(w, message)
+        return real(w, message, *args)
 
     backend._on_message = faulty
     job = _submit(eng, "for x in range(4)", "import time\ntime.sleep(0.2)\nx", chunk_size=1)

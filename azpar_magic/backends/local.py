@@ -472,10 +472,16 @@ class LocalBackend(BaseBackend):
             self._on_death(w)
             return
         w.buffer += chunk
+        began: list = []  # tasks that started, told once this read's messages are handled
+        ended: set[int] = set()  # the tasks (their ids in this process) that ended in this read
         for frame in wire.cut_frames(w.buffer):
-            self._on_message(w, pickle.loads(frame))
+            self._on_message(w, pickle.loads(frame), began, ended)
+        # A task that started and ended within one read is not told it started: its end says all
+        # the job needs (its run time comes with its result), and one read holds the results of
+        # many short tasks, each of which would otherwise cost the engine an event (issue 16).
+        self._tell_started([entry for entry in began if id(entry[1]) not in ended])
 
-    def _on_message(self, w: _Worker, message: dict) -> None:
+    def _on_message(self, w: _Worker, message: dict, began: list, ended: set[int]) -> None:
         op = message.get("op")
         if op == "ready":
             with self._lock:
@@ -484,24 +490,26 @@ class LocalBackend(BaseBackend):
         if op == "returned":
             self._on_returned(w, set(message.get("tasks") or ()))
             return
-        late, following = [], []
         with self._lock:
             if w.task is None and w.ahead and w.ahead[0][1].task_id == message.get("task"):
-                late.append(self._begin(w))  # it started while its worker was asked for its tasks back
+                began.append(self._begin(w))  # it started while its worker was asked for its tasks back
             if w.task is None or message.get("task") != w.task[1].task_id:
                 return
             (job_id, task), w.task, w.deadline = w.task, None, None
             if w.ahead and not w.returning:  # the next one started as this one ended
-                following.append(self._begin(w))
+                began.append(self._begin(w))
             job = self._jobs.get(job_id)
-        self._tell_started(late)
+        event = self._ended_event(w, job_id, task, message)
+        if event.ran is None:  # its run time is the engine's clock from "started": tell it first
+            self._tell_started([entry for entry in began if entry[1] is task])
+        ended.add(id(task))
         if job is not None:
-            job.on_event(self._ended_event(w, job_id, task, message))
-        self._tell_started(following)
+            job.on_event(event)
 
     def _ended_event(self, w: _Worker, job_id: str, task: TaskSpec, message: dict) -> TaskEvent:
         if "result" in message:
-            event = TaskEvent(job_id, task.task_id, "finished", node=w.id, result=message["result"])
+            ran = message["result"].get("seconds")
+            event = TaskEvent(job_id, task.task_id, "finished", node=w.id, result=message["result"], ran=ran)
         else:
             code = message.get("exit_code")
             kind = "environment" if code == wire.EXIT_ENVIRONMENT else "infrastructure"
