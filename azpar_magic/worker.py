@@ -149,12 +149,30 @@ class _PlainOnly(pickle.Pickler):
         raise _NotPlain
 
 
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
+_FEW = 8  # up to this many atoms are looked at one by one: cheaper than making a pickler
+_SHORT = 1 << 12  # and only short strings and bytes: a long one is pickled into a file (see below)
+
+
+def _few_short_atoms(obj: object) -> bool:
+    if type(obj) not in (list, tuple) or len(obj) > _FEW:  # type: ignore[arg-type]
+        return False
+    for value in obj:  # type: ignore[attr-defined]
+        kind = type(value)
+        if kind not in _ATOMS or ((kind is str or kind is bytes) and len(value) > _SHORT):
+            return False
+    return True
+
+
 def plain_pickle(obj: object) -> bytes | None:
     """``obj``'s pickle when it is plain data (numbers, strings, bytes, None, and lists, tuples,
     dicts and sets of those, nested), else None: nothing in it is shipped by name, comes from a
     module or needs dill. Checking and pickling are one pass at C speed (a type scan of 100,000
     ints cost more than pickling them, issue 16), into a file, so a large bytes value is copied
-    once, not through a growing buffer."""
+    once, not through a growing buffer. A short list or tuple of atoms (a one-iteration task's
+    items or values) is checked by type and pickled as it is: the same bytes, a third of the time."""
+    if _few_short_atoms(obj):
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     buf = io.BytesIO()
     try:
         _PlainOnly(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
@@ -1734,12 +1752,32 @@ def _send_reply(stream, reply: dict) -> None:
     """Send a task's reply; when even measuring it runs out of memory (nothing is sent yet),
     send instead a reply that fails the task's iterations as their own MemoryError, which
     the kernel reports once, rather than dying and having the task retried."""
+    if _small_reply(reply):  # pickled at once: no pickler made to measure it first
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        stream.write(struct.pack(">Q", len(data)) + data)
+        stream.flush()
+        return
     try:
         measured = measure_frame(reply)
     except MemoryError as exc:
         reply = _out_of_memory_reply(reply, exc)
         measured = measure_frame(reply)
     write_frame(stream, reply, measured)
+
+
+SMALL_REPLY = 1 << 16
+
+
+def _small_reply(reply: dict) -> bool:
+    """Whether a task's reply surely pickles small (its values' blobs under SMALL_REPLY in all,
+    nothing printed, failed, gathered or moved): a large one is measured first (write_frame)."""
+    result = reply.get("result")
+    if result is None or result.get("outputs") or result.get("failed") or result.get("files"):
+        return False
+    values = result.get("values")
+    if result.get("gathered") is not None or not values or values[0] != "all" or len(result["indices"]) > 1024:
+        return False
+    return isinstance(values[2], (bytes, bytearray)) and len(values[2]) < SMALL_REPLY
 
 
 def _out_of_memory_reply(reply: dict, exc: MemoryError) -> dict:

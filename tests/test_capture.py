@@ -197,3 +197,7 @@ def test_plain_data_is_pickled_and_checked_in_one_pass_and_anything_else_is_refu
 
     for odd in (Notebook(), Colour.RED, Name("x"), int, 1j, range(3)):
         assert wire.plain_pickle([1, {"deep": [odd]}]) is None, odd
+        # A short flat list or tuple is checked by type, not by a pickler: the same verdicts.
+        assert wire.plain_pickle([odd]) is None and wire.plain_pickle((1, odd)) is None, odd
+    for short in ([7], (1.5, "a", None), [True, b"x", 2**70], [], (), ["long" * 5000]):
+        assert wire.plain_pickle(short) == pickle.dumps(short, protocol=pickle.HIGHEST_PROTOCOL), short

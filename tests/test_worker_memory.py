@@ -111,6 +111,29 @@ def test_a_reply_that_cannot_be_measured_is_replaced_by_failures_not_a_dead_work
     assert "iteration 3 could not be sent back: the worker ran out of memory" in failed[3]["message"]
 
 
+def test_a_small_reply_is_pickled_once_and_a_large_or_busy_one_is_measured_first():
+    import io
+    import pickle
+    import struct
+
+    from azpar_magic import worker
+
+    def reply(blob: bytes, **more) -> dict:
+        result = {"indices": [0], "files": None, "values": ["all", "pickle", blob], "gathered": None, "failed": {},
+                  "outputs": {}, "seconds": 0.1, **more}
+        return {"op": "result", "task": "1", "result": result}
+
+    small, large = reply(pickle.dumps([1])), reply(b"x" * worker.SMALL_REPLY)
+    printed = reply(pickle.dumps([1]), outputs={0: [["stdout", "hi\n"]]})
+    assert worker._small_reply(small) and not worker._small_reply(large) and not worker._small_reply(printed)
+    assert not worker._small_reply({"op": "result", "task": "1", "error": "bad", "exit_code": 3})
+    for message in (small, large, printed):
+        stream = io.BytesIO()
+        worker._send_reply(stream, message)
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        assert stream.getvalue() == struct.pack(">Q", len(data)) + data  # one frame, the same bytes either way
+
+
 def test_large_and_small_frames_read_back_whole():
     import io
 
