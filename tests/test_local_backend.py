@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from azpar_magic.backends.base import Backend, BaseBackend, JobSpec, TaskEvent, TaskSpec
 from azpar_magic.backends import local as local_backend
+from azpar_magic.backends.base import Backend, BaseBackend, JobSpec, TaskEvent, TaskSpec
 from azpar_magic.backends.local import LocalBackend
 from azpar_magic.errors import NotSupported
 from azpar_magic.jobs.results import decode_each
