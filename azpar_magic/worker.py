@@ -2057,6 +2057,7 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
             if message.get("why"):
                 print(f"azpar worker: the kernel's messages could not be read ({message['why']})", file=sys.stderr)
             return EXIT_OK
+        taken = time.perf_counter()
         reply: dict = {"op": "result", "task": message["task"]}
         try:
             if message.get("cwd"):
@@ -2079,6 +2080,7 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
             reply.update(
                 error="internal worker error: " + "".join(traceback.format_exception(exc)), exit_code=EXIT_INTERNAL
             )
+        reply["ran"] = time.perf_counter() - taken  # the task's time here, loading its job included: its core time
         send_reply(reply)
 
 

@@ -269,8 +269,9 @@ def test_a_task_that_started_and_ended_within_one_read_is_not_said_to_have_start
     when the one before it ends, and one read of a worker's pipe often brings several ends.
     A task that started and ended within one read is told as ended only, with its run time
     (the job's core time) from the worker; the one still running when the read ends is told as
-    started; a task that ended without a result (so without a run time) is told it started
-    first. The dispatcher's read handler is driven directly, with no process behind the worker."""
+    started; a reply that does not say the worker's time has its task told started first (the
+    engine then times it from there). The dispatcher's read handler is driven directly, with no
+    process behind the worker."""
     b = LocalBackend(workers=1)  # never started
     spec, tasks = job("x", 5, [range(i, i + 1) for i in range(5)])
     sink = Sink()
@@ -281,10 +282,10 @@ def test_a_task_that_started_and_ended_within_one_read_is_not_said_to_have_start
     b._workers[w.id] = w
 
     def result(task: TaskSpec, seconds: float) -> bytes:
-        body = {"indices": list(task.indices), "values": ["all", "pickle", b""], "seconds": seconds}
-        return local_backend._frame({"op": "result", "task": task.task_id, "result": body})
+        body = {"indices": list(task.indices), "values": ["all", "pickle", b""]}
+        return local_backend._frame({"op": "result", "task": task.task_id, "result": body, "ran": seconds})
 
-    def broken(task: TaskSpec) -> bytes:
+    def broken(task: TaskSpec) -> bytes:  # a failure whose reply does not say the worker's time
         return local_backend._frame({"op": "result", "task": task.task_id, "error": "bad input", "exit_code": 3})
 
     try:

@@ -500,15 +500,15 @@ class LocalBackend(BaseBackend):
                 began.append(self._begin(w))
             job = self._jobs.get(job_id)
         event = self._ended_event(w, job_id, task, message)
-        if event.ran is None:  # its run time is the engine's clock from "started": tell it first
+        if event.ran is None:  # its run time is then the engine's clock from "started": tell it first
             self._tell_started([entry for entry in began if entry[1] is task])
         ended.add(id(task))
         if job is not None:
             job.on_event(event)
 
     def _ended_event(self, w: _Worker, job_id: str, task: TaskSpec, message: dict) -> TaskEvent:
+        ran = message.get("ran")  # seconds the worker spent on it (its core time), loading the job included
         if "result" in message:
-            ran = message["result"].get("seconds")
             event = TaskEvent(job_id, task.task_id, "finished", node=w.id, result=message["result"], ran=ran)
         else:
             code = message.get("exit_code")
@@ -521,6 +521,7 @@ class LocalBackend(BaseBackend):
                 error=message.get("error", ""),
                 retryable=kind == "infrastructure",
                 failure_kind=kind,
+                ran=ran,
             )
         return event
 
