@@ -1725,15 +1725,20 @@ def write_frame(stream, message: object, measured: _Measure | None = None) -> No
     pickled a second time straight into the stream, so the worker never holds the pickle
     and a concatenated copy of it beside the value's own blob (3x a large value before)."""
     measured = measured or measure_frame(message)
-    head = struct.pack(">Q", measured.size)
     if measured.chunks is not None:
-        stream.write(head + b"".join(measured.chunks))
-    else:
-        stream.write(head)
-        sent = _Counted(stream)
-        pickle.Pickler(sent, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
-        if sent.size != measured.size:  # the stream is out of step now: end rather than mislead the reader
-            raise RuntimeError(f"a frame measured {measured.size} bytes but pickled to {sent.size}")
+        _write_whole(stream, b"".join(measured.chunks))
+        return
+    stream.write(struct.pack(">Q", measured.size))
+    sent = _Counted(stream)
+    pickle.Pickler(sent, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    if sent.size != measured.size:  # the stream is out of step now: end rather than mislead the reader
+        raise RuntimeError(f"a frame measured {measured.size} bytes but pickled to {sent.size}")
+    stream.flush()
+
+
+def _write_whole(stream, data: bytes) -> None:
+    """Send one small frame, its pickle ``data`` in hand, as one write."""
+    stream.write(struct.pack(">Q", len(data)) + data)
     stream.flush()
 
 
@@ -1753,9 +1758,7 @@ def _send_reply(stream, reply: dict) -> None:
     send instead a reply that fails the task's iterations as their own MemoryError, which
     the kernel reports once, rather than dying and having the task retried."""
     if _small_reply(reply):  # pickled at once: no pickler made to measure it first
-        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        stream.write(struct.pack(">Q", len(data)) + data)
-        stream.flush()
+        _write_whole(stream, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
         return
     try:
         measured = measure_frame(reply)
