@@ -39,6 +39,7 @@ import struct
 import sys
 import time
 import types
+from _collections_abc import Sequence  # collections.abc's own source, loaded at every start: no import
 
 # Only what every task needs is imported here; the rest (base64, hashlib, platform, random,
 # shutil, signal, tempfile, threading, traceback...) where it is used: on a node each task is
@@ -1372,7 +1373,7 @@ class Runner:
             "exc": exc_blob,
         }
 
-    def run(self, indices: range | list[int], items: list, files: IterationFiles | None = None) -> dict:
+    def run(self, indices: Sequence[int], items: list, files: IterationFiles | None = None) -> dict:
         """Run each (index, item) and return a result dict (plain data and bytes only);
         ``files``: run each iteration in its own folder with its inputs and outputs.
 
@@ -1458,7 +1459,7 @@ class Runner:
             clear()
             update(base)
         return {
-            "indices": _compact(indices),
+            "indices": travelling(indices),
             "files": files.report() if files is not None else None,
             "values": self._encode_list(values, indices, failed, "value"),
             "gathered": self._encode_list(gathered, indices, failed, "gathered variable") if gather else None,
@@ -1467,7 +1468,7 @@ class Runner:
             "seconds": time.perf_counter() - started,
         }
 
-    def _encode_list(self, values: list, indices: range | list[int], failed: dict, what: str):
+    def _encode_list(self, values: list, indices: Sequence[int], failed: dict, what: str):
         """One blob for the whole list when possible (fast to load); else one per entry so
         that a single unserialisable value fails only its own iteration."""
         try:
@@ -1493,11 +1494,15 @@ class Runner:
         return ["each", encoded]
 
 
-def _compact(indices: range | list[int]) -> range | list[int]:
-    """A task's iterations as they travel: a range stays a range (a few bytes, however many
-    iterations: a list of 1,250 indices cost each side some 15 us to pickle and unpickle per
-    task, issue 16), anything else becomes a list."""
-    return indices if isinstance(indices, range) else list(indices)
+def travelling(indices: Sequence[int]) -> range | list[int]:
+    """A task's iterations as they travel: a long range as a range (a few bytes however many
+    iterations; a list of 1,250 indices cost each side some 15 us to pickle and unpickle per
+    task, issue 16), anything else as a list (a range pickles by name, ~3 us, which a list of
+    fewer than ~128 indices beats)."""
+    return indices if isinstance(indices, range) and len(indices) > RANGE_AT else list(indices)
+
+
+RANGE_AT = 128  # iterations above which a range travels as a range (see travelling)
 
 
 def run_here(job: LoadedJob, index: int, item: object) -> object:

@@ -269,3 +269,26 @@ def test_states_show_as_the_plain_strings_they_were():
 
     assert repr(JobState.CANCELLED) == "'cancelled'" and repr([TaskStatus.QUEUED]) == "['queued']"
     assert f"{JobState.DONE}" == str(JobState.DONE) == "done"
+
+
+def test_changes_made_together_wake_the_views_once_after_the_last_and_other_threads_as_usual():
+    # The engine takes the results one read of a worker's pipe brings as a batch: the views see
+    # the job once, at the end of it, not once per task; a change from another thread meanwhile
+    # (a cancel, say) is not held back.
+    import threading
+
+    job = make_job(range(4))
+    job.add_tasks((str(i), range(i, i + 1)) for i in range(4))
+    woken: list[tuple[int, int]] = []
+    job.listeners.append(lambda j: woken.append(j.counts()[0]))
+    with job.changes():
+        for i in range(3):
+            finish(job, str(i), range(i, i + 1), [i * 10])
+        assert woken == []
+        other = threading.Thread(target=job.record_task_started, args=("3", "node-2"))
+        other.start()
+        other.join()
+        assert woken == [3]  # the other thread's change woke the views, and they saw all three
+    assert woken == [3, 3]  # the batch's own notification, once
+    finish(job, "3", range(3, 4), [30])
+    assert woken == [3, 3, 4]

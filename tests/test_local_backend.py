@@ -147,22 +147,25 @@ def test_submit_reports_each_task_started_then_finished_with_its_values_and_outp
     assert all(e.job_id == "job-1" for e in events)
 
 
-def test_a_chunk_of_consecutive_iterations_travels_as_a_range_and_others_as_their_list(backend):
+def test_a_long_chunk_of_consecutive_iterations_travels_as_a_range_and_others_as_their_list(backend):
     # A range is a few bytes however long the chunk; a list of its indices cost each side of the
-    # pipe ~15 us per 1,250 iterations to pickle and unpickle (issue 16). A rerun's chunk of
-    # scattered iterations is still a list, and comes back as the same list.
+    # pipe ~15 us per 1,250 iterations to pickle and unpickle (issue 16). A short chunk goes as its
+    # list (a range pickles by name, slower than a short list), and so does a rerun's chunk of
+    # scattered iterations; each comes back as it went.
     b = backend(1)
-    spec, tasks = job("x * 10", 9000, [range(0, 4000)])
-    scattered = TaskSpec("2", [4001, 4003, 8999], *capture.serialize_items([4001, 4003, 8999], (), {}, 4001))
+    spec, tasks = job("x * 10", 9000, [range(0, 4000), range(4000, 4010)])
+    scattered = TaskSpec("3", [4011, 4013, 8999], *capture.serialize_items([4011, 4013, 8999], (), {}, 4011))
     sink = Sink()
     sent = []
     real = b._task_message
     b._task_message = lambda job_id, task: sent.append(real(job_id, task)) or sent[-1]
     b.submit(spec, [*tasks, scattered], sink)
-    finished = {e.task_id: e for e in finished_all(sink, 2) if e.kind == "finished"}
-    assert [m["indices"] for m in sent] == [range(0, 4000), [4001, 4003, 8999]]
+    finished = {e.task_id: e for e in finished_all(sink, 3) if e.kind == "finished"}
+    assert [m["indices"] for m in sent] == [range(0, 4000), list(range(4000, 4010)), [4011, 4013, 8999]]
+    assert [type(m["indices"]) for m in sent] == [range, list, list]
     assert finished["1"].result["indices"] == range(0, 4000) and values(finished["1"])[-1] == 39990
-    assert finished["2"].result["indices"] == [4001, 4003, 8999] and values(finished["2"]) == [40010, 40030, 89990]
+    assert finished["2"].result["indices"] == list(range(4000, 4010)) and values(finished["2"])[0] == 40000
+    assert finished["3"].result["indices"] == [4011, 4013, 8999] and values(finished["3"]) == [40110, 40130, 89990]
 
 
 def test_the_pool_starts_only_the_workers_the_queued_work_needs(backend):
@@ -314,6 +317,45 @@ def test_a_task_that_started_and_ended_within_one_read_is_not_said_to_have_start
         got = [(e.kind, e.task_id, e.ran) for e in sink.take(3)]
         assert got == [("finished", "4", 1.0), ("started", "5", None), ("failed", "5", None)]
         assert sink.events.empty() and w.task is None and not w.ahead
+    finally:
+        b._workers.clear()
+        b.close()
+
+
+def test_the_ends_one_read_brings_reach_a_sink_that_takes_many_as_one_batch():
+    """base.deliver: the engine's sink takes several events at once (one notification of the
+    job's waiters and views for them all). A read's ends go to it as one batch, in the order
+    the worker answered; the task still running is told started after them; a plain callable
+    sink gets the same events one by one (the test above)."""
+
+    class Batches(Sink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[list[tuple[str, str]]] = []
+
+        def many(self, events: Sequence[TaskEvent]) -> None:
+            self.batches.append([(e.kind, e.task_id) for e in events])
+            for event in events:
+                self(event)
+
+    b = LocalBackend(workers=1)  # never started
+    spec, tasks = job("x", 4, [range(i, i + 1) for i in range(4)])
+    sink = Batches()
+    b._jobs["job-1"] = local_backend._Job(spec, "unused.azpj", sink)
+    w = local_backend._Worker("worker-1", None, -1, -1, ready=True, gives_back=True)  # type: ignore[arg-type]
+    w.task = ("job-1", tasks[0])
+    w.ahead.extend(("job-1", t) for t in tasks[1:])
+    b._workers[w.id] = w
+
+    def result(task: TaskSpec) -> bytes:
+        body = {"indices": list(task.indices), "values": ["all", "pickle", b""]}
+        return local_backend._frame({"op": "result", "task": task.task_id, "result": body, "ran": 0.1})
+
+    try:
+        b._on_readable(w.id, result(tasks[0]) + result(tasks[1]) + result(tasks[2]))
+        got = [(e.kind, e.task_id) for e in sink.take(4)]
+        assert got == [("finished", "1"), ("finished", "2"), ("finished", "3"), ("started", "4")]
+        assert sink.batches == [[("finished", "1"), ("finished", "2"), ("finished", "3")]]  # "started": one by one
     finally:
         b._workers.clear()
         b.close()

@@ -63,6 +63,19 @@ class TaskEvent:
 EventSink = Callable[[TaskEvent], None]
 
 
+def deliver(sink: EventSink, events: Sequence[TaskEvent]) -> None:
+    """Hand several events of one job to its sink, in order. A sink with a ``many`` method (the
+    engine's) takes them at once: one notification of the job's waiters and views, and one look
+    at whether the job ended, for all of them, instead of one each (a read of a worker's pipe
+    brings the results of many short tasks, issue 16). Any other callable gets them one by one."""
+    many = getattr(sink, "many", None)
+    if many is not None:
+        many(events)
+        return
+    for event in events:
+        sink(event)
+
+
 @runtime_checkable
 class Required(Protocol):
     """What every backend provides: the engine cannot run a job without these."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from .. import config, platforms, worker as wire
 from ..jobs import NodeInfo
 from ..jobs.text import format_duration
-from .base import BaseBackend, EventSink, JobSpec, TaskEvent, TaskSpec
+from .base import BaseBackend, EventSink, JobSpec, TaskEvent, TaskSpec, deliver
 from .cpus import usable_cpus
 
 WORKER_SCRIPT = os.path.abspath(wire.__file__)
@@ -473,15 +473,25 @@ class LocalBackend(BaseBackend):
             return
         w.buffer += chunk
         began: list = []  # tasks that started, told once this read's messages are handled
-        ended: set[int] = set()  # the tasks (their ids in this process) that ended in this read
+        ended: list = []  # (job, task, event) of the tasks that ended in this read, in order
         for frame in wire.cut_frames(w.buffer):
             self._on_message(w, pickle.loads(frame), began, ended)
+        # One read holds the results of many short tasks: each job hears of its own at once
+        # (base.deliver: one notification of the job's waiters and views for them all).
+        start = 0
+        for stop in range(1, len(ended) + 1):
+            if stop == len(ended) or ended[stop][0] is not ended[start][0]:
+                job = ended[start][0]
+                if job is not None:
+                    deliver(job.on_event, [event for _, _, event in ended[start:stop]])
+                start = stop
         # A task that started and ended within one read is not told it started: its end says all
         # the job needs (its run time comes with its result), and one read holds the results of
         # many short tasks, each of which would otherwise cost the engine an event (issue 16).
-        self._tell_started([entry for entry in began if id(entry[1]) not in ended])
+        done = {id(task) for _, task, _ in ended}
+        self._tell_started([entry for entry in began if id(entry[1]) not in done])
 
-    def _on_message(self, w: _Worker, message: dict, began: list, ended: set[int]) -> None:
+    def _on_message(self, w: _Worker, message: dict, began: list, ended: list) -> None:
         op = message.get("op")
         if op == "ready":
             with self._lock:
@@ -500,11 +510,13 @@ class LocalBackend(BaseBackend):
                 began.append(self._begin(w))
             job = self._jobs.get(job_id)
         event = self._ended_event(w, job_id, task, message)
-        if event.ran is None:  # its run time is then the engine's clock from "started": tell it first
-            self._tell_started([entry for entry in began if entry[1] is task])
-        ended.add(id(task))
-        if job is not None:
-            job.on_event(event)
+        if event.ran is None:  # its run time is then the engine's clock from "started": told first
+            ended.extend(
+                (job, task, TaskEvent(job_id, task.task_id, "started", node=wid))
+                for entry_job, entry_task, wid in began
+                if entry_task is task and entry_job is not None
+            )
+        ended.append((job, task, event))
 
     def _ended_event(self, w: _Worker, job_id: str, task: TaskSpec, message: dict) -> TaskEvent:
         ran = message.get("ran")  # seconds the worker spent on it (its core time), loading the job included
@@ -708,9 +720,7 @@ class LocalBackend(BaseBackend):
             "envelope": job.envelope_path,
             "items_codec": task.items_codec,
             "items": task.items,
-            # A range travels as a range (the worker answers with it too): a list of 1,250
-            # indices cost each side ~15 us per task to pickle and unpickle (issue 16).
-            "indices": task.indices if isinstance(task.indices, range) else list(task.indices),
+            "indices": wire.travelling(task.indices),  # a long range as a range: it comes back as one
             "cwd": job.spec.cwd,
         }
         if job.data is not None:

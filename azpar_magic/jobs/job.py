@@ -10,9 +10,10 @@ feed it through ``record_*`` methods from their threads; users and views read it
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..errors import IterationError, JobCancelled, JobLost
@@ -106,6 +107,8 @@ class Job:
         self._end = threading.Condition(self._lock)
         self._merged: tuple[bool, Any] | None = None
         self.listeners: list[Callable[[Job], None]] = []
+        self._quiet_thread: int | None = None  # the thread inside changes(): its notifications wait for the end
+        self._notify_missed = False
         self.capture: Any = None  # what was shipped (names, bytes, packages), set by the engine
         self.worker_stats: dict[str, dict] = {}  # node -> what its worker last reported
         self.rerun_of: str | None = None  # the job whose finished iterations this run kept
@@ -342,7 +345,23 @@ class Job:
             self.meter.stop()
         self._notify()
 
+    @contextlib.contextmanager
+    def changes(self) -> Iterator[None]:
+        """Many changes by this thread, one notification after them (waiters and views see the
+        job at the end of the batch); other threads' changes notify as usual meanwhile."""
+        self._quiet_thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._quiet_thread = None
+            missed, self._notify_missed = self._notify_missed, False
+            if missed:
+                self._notify()
+
     def _notify(self) -> None:
+        if self._quiet_thread is not None and self._quiet_thread == threading.get_ident():
+            self._notify_missed = True
+            return
         with self._changed:
             self._changed.notify_all()
         for listener in list(self.listeners):

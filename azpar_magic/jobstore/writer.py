@@ -69,6 +69,11 @@ class _Writer:
         self._thread: threading.Thread | None = None
 
     def mark(self, recorder: JobRecorder) -> None:
+        if recorder in self._dirty:
+            # Marked already and not yet taken: the writer takes the mark and clears it under its
+            # lock before it drains the recorder, so it drains what the caller has just queued.
+            # No lock then: a result of each of a job's tasks came here, contended by the writer.
+            return
         with self._cond:
             self._dirty[recorder] = None
             if not self._ticking:

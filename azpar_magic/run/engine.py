@@ -228,7 +228,20 @@ class _Run:
         self.lock = threading.Lock()
         self.stopped: set[str] = set()  # tasks cancelled by _stop_early
 
-    def on_event(self, event: TaskEvent) -> None:
+    def __call__(self, event: TaskEvent) -> None:
+        """The backend's event sink (``backends.base.EventSink``)."""
+        self._take(event)
+        self._maybe_finish()
+
+    def many(self, events: Sequence[TaskEvent]) -> None:
+        """Several events at once (``backends.base.deliver``): the job's waiters and views are
+        told once, and whether the job ended is looked at once, after all of them."""
+        with self.job.changes():
+            for event in events:
+                self._take(event)
+        self._maybe_finish()
+
+    def _take(self, event: TaskEvent) -> None:
         self._meter_task(event)
         try:
             self._handle(event)
@@ -240,7 +253,6 @@ class _Run:
             self.recorder.task_failed(
                 event.task_id, self.tasks[event.task_id].indices, "azpar_magic.InternalError", message, "infrastructure"
             )
-        self._maybe_finish()
 
     def _handle(self, event: TaskEvent) -> None:
         job = self.job
@@ -505,7 +517,7 @@ class Engine:
         del cap
         job.mark_running()
         logger.info("job %s submitted to %s: %d tasks, %d items", job_id, self.backend.name, len(tasks), len(items))
-        self.backend.submit(spec, list(tasks.values()), run.on_event)
+        self.backend.submit(spec, list(tasks.values()), run)
         self._watch_cost(job)
         return job
 
@@ -535,7 +547,7 @@ class Engine:
             # Also with nothing remaining (every task had a record; only the final state was
             # never written): the backend then cleans up after the job like after any other.
             self.backend.reattach(
-                job.id, job.manifest or {}, list(remaining.values()), run.on_event, failed_before=bool(job.failures)
+                job.id, job.manifest or {}, list(remaining.values()), run, failed_before=bool(job.failures)
             )
         except BaseException:
             recorder.abandon()
