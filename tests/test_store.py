@@ -402,3 +402,24 @@ def test_unknown_and_ambiguous_ids_name_the_known_ones(job_store):
     with pytest.raises(KeyError):
         azpar_magic.delete("no-such-job")
     assert (job_store / job.id).exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "task_id", "indices", "field", "value"),
+    [
+        ("items", "1", range(0, 1), "codec", "pickle"),
+        ("items", "12", range(100, 1350), "codec", "dill"),
+        ("result", "7", range(6, 7), "failed", 0),
+        ("result", "t\u00e9\"\\", range(3, 9), "failed", 2),  # a task id that JSON must escape
+        ("result", "3", [4, 9, 11], "failed", 1),  # a rerun's scattered iterations: the list form
+        ("items", "4", range(0, 10, 2), "codec", "pickle"),  # a range with a step is a list too
+    ],
+)
+def test_a_task_record_is_byte_for_byte_what_the_generic_record_writes(kind, task_id, indices, field, value):
+    from azpar_magic.jobstore.records import indices_header, iter_records, record, task_record
+
+    body = b"\x80\x05body"
+    fast = task_record(kind, task_id, indices, field, value, body)
+    assert fast == record({"k": kind, "t": task_id, **indices_header(indices), field: value}, body)
+    [(header, read_body, _)] = list(iter_records(fast))
+    assert header["t"] == task_id and list(store.indices_of(header)) == list(indices) and bytes(read_body) == body

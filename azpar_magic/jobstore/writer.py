@@ -41,6 +41,7 @@ from .records import (
     read_manifest,
     record,
     runs,
+    task_record,
     write_all,
     write_manifest,
 )
@@ -307,7 +308,7 @@ class JobRecorder:
             earlier = read_file(self.base / RECORDS)
             head.append(record({"k": "import", "from": self.base.name, "skip": ran}, earlier[len(FILE_MAGIC) :]))
         head.extend(
-            record({"k": "items", "t": task_id, **indices_header(indices), "codec": codec}, blob)
+            task_record("items", task_id, indices, "codec", codec, blob)
             for task_id, indices, codec, blob in self._items
         )
         self._items = ()
@@ -320,12 +321,11 @@ class JobRecorder:
 
     def _result_records(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> bytes:
         failed = result.get("failed") or {}
-        where = indices_header(indices)
         body = pickle.dumps(
             {"values": result["values"], "gathered": result.get("gathered"), "failed": failed},
             protocol=pickle.HIGHEST_PROTOCOL,
         )
-        data = record({"k": "result", "t": task_id, **where, "failed": len(failed)}, body)
+        data = task_record("result", task_id, indices, "failed", len(failed), body)
         outputs = result.get("outputs") or {}
         if outputs or failed:
             logs = {
@@ -341,6 +341,7 @@ class JobRecorder:
                     for i, rec in failed.items()
                 },
             }
+            where = indices_header(indices)
             data += record({"k": "logs", "t": task_id, **where}, pickle.dumps(logs, protocol=pickle.HIGHEST_PROTOCOL))
         return data
 
