@@ -331,6 +331,8 @@ def loads(codec: str, data, *, main: types.ModuleType | None = None) -> object:
     ``data``: bytes, or a writable mapping of a file (``mmap.ACCESS_COPY``), whose
     out-of-band buffers then become the arrays' memory without a copy."""
     pickled, buffers = split_out_of_band(data)
+    if codec == "pickle" and main is None:  # nothing to swap: the kernel's results, a task at a time
+        return pickle.loads(pickled, buffers=buffers)
     with _MainSwapped(main):
         if codec == "pickle":
             return pickle.loads(pickled, buffers=buffers)

@@ -43,6 +43,7 @@ from .states import (
 from .text import short_repr
 
 _ITER_PENDING, _ITER_OK, _ITER_FAILED = 0, 1, 2
+_OK_BYTE = bytes([_ITER_OK])  # an iteration's status byte once it has its value
 
 
 _FAILURE_OUTPUT_LIMIT = 4_000  # characters of a failed iteration's output carried by a snapshot
@@ -188,7 +189,7 @@ class Job:
             ):
                 # The common case, a clean contiguous chunk: slice copies, no per-item loop.
                 self._values[indices.start : indices.stop] = values
-                self._status[indices.start : indices.stop] = bytes([_ITER_OK]) * n
+                self._status[indices.start : indices.stop] = _OK_BYTE * n
                 self._done += n
                 self._arrivals.append(indices)
             else:

@@ -169,9 +169,6 @@ class JobRecorder:
         self._wrote_final = False  # the manifest written at creation already had the final state
         _writer.mark(self)
 
-    def __hash__(self) -> int:
-        return id(self)
-
     def claim(self) -> None:
         """Write the manifest now (a resumed job: it names this process as the owner)."""
         write_manifest(self.folder, self.manifest)

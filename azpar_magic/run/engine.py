@@ -324,7 +324,8 @@ class _Run:
             gathered = {name: [(row or {}).get(name) for row in rows] for name in self.job.options.gather}
             for pos, why in bad_rows.items():
                 unloadable.setdefault(pos, f"a --gather variable: {why}")
-        failures = {i: failure_from_record(i, rec) for i, rec in result.get("failed", {}).items()}
+        failed = result.get("failed")
+        failures = {i: failure_from_record(i, rec) for i, rec in failed.items()} if failed else {}
         for pos, why in unloadable.items():  # computed on the worker, but not loadable in this kernel
             index = indices[pos]
             failures.setdefault(
