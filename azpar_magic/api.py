@@ -80,9 +80,12 @@ def run(
         outputs_to=outputs_to,
         cache=bool(cache),
     )
-    engine = session.engine(backend, workers)
+    engine, settings = session.engine_and_settings(backend, workers)
+    request = RunRequest(
+        cell, namespace, options, tuple(export), tuple(no_export), max_items=settings["max_items"] or None
+    )
     try:
-        job = engine.submit(RunRequest(cell, namespace, options, tuple(export), tuple(no_export)))
+        job = engine.submit(request)
     except SubmitError as exc:
         raise ValueError(str(exc)) from None  # bad input to a function: ValueError, as usual
     session.remember(job)

@@ -114,7 +114,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
     _check_workers(given["workers"])
     packages = _requirements(given["packages"])
     try:
-        engine = session.engine(given["backend"], given["workers"], given["profile"])
+        engine, settings = session.engine_and_settings(given["backend"], given["workers"], given["profile"])
     except ValueError as exc:  # config.ConfigError is a ValueError
         raise ValueError(f"{exc}. Nothing was submitted.") from None
     namespace, name = _namespace(func, iterable)
@@ -126,6 +126,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         tuple(given["export"]),
         tuple(given["no_export"]),
         backend_options={"packages": packages, "merge": "client", "keep": bool(given["keep"])},
+        max_items=settings["max_items"] or None,
     )
     try:
         job = engine.submit(request)

@@ -55,7 +55,16 @@ def active_profile(explicit: str | None = None, loaded: config.Settings | None =
 
 
 def engine(backend: str | None = None, workers: int | None = None, profile: str | None = None) -> Engine:
-    """The engine for this backend configuration, created (not started) on first request.
+    """The engine for this backend configuration (see ``engine_and_settings``)."""
+    return engine_and_settings(backend, workers, profile)[0]
+
+
+def engine_and_settings(
+    backend: str | None = None, workers: int | None = None, profile: str | None = None
+) -> tuple[Engine, config.Settings]:
+    """The engine for this backend configuration, created (not started) on first request, and
+    the settings it was chosen by: a cell reads its settings once, here (its bound on the
+    iterable's length too), not once for the engine and again for the run (issue 16).
 
     A profile (explicit, then ``use``, then the config files' ``profile``) decides the
     backend unless ``backend`` is given; Azure engines are keyed by the profile's content,
@@ -92,7 +101,7 @@ def engine(backend: str | None = None, workers: int | None = None, profile: str 
         chosen_engine = _engines[key]
     for eng in closing:  # another --workers size asked for: the old pool's processes end now
         eng.backend.close()
-    return chosen_engine
+    return chosen_engine, chosen
 
 
 WORKERS_PER_CPU = 4  # more workers than this many per usable CPU are refused (workers_limit)

@@ -26,6 +26,18 @@ def test_choosing_the_engine_reads_the_settings_once(settings_reads):
     assert len(settings_reads) == 1
 
 
+def test_a_cell_reads_its_settings_once_also_its_bound_on_the_items(run_cell, ip, settings_reads, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cell = "%%azpar -q -o r for x in range(3):\nx * 2"
+    assert run_cell(cell).success
+    settings_reads.clear()
+    assert run_cell(cell).success and ip.user_ns["r"] == [0, 2, 4]
+    assert len(settings_reads) == 1  # the engine's choice and the run's max_items: one read
+    (tmp_path / "azpar.toml").write_text("max_items = 2\n")  # the one read still sees an edit
+    result = run_cell(cell)
+    assert not result.success and "max_items" in str(result.error) and len(settings_reads) == 2
+
+
 def test_a_warm_cell_reads_no_config_file_until_one_changes(run_cell, ip, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     reads = []

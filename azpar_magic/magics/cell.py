@@ -189,7 +189,7 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
     options = job_options(args, shell.user_ns)
     export, no_export = names(args.export, "--export"), names(args.no_export, "--no-export")
     with usage_errors(SETTINGS, "{}. Nothing was submitted."):
-        engine = session.engine(args.backend, args.workers, args.profile)
+        engine, settings = session.engine_and_settings(args.backend, args.workers, args.profile)
     notes: list[str] = []
     request = RunRequest(
         parsed,
@@ -199,6 +199,7 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
         no_export,
         backend_options=backend_options(args, engine.backend, notes),
         spelling=FLAG_SPELLING,
+        max_items=settings["max_items"] or None,
     )
     for note in notes + [f"azpar: warning: {text}" for text in body_warnings(parsed, options.gather)]:
         print(note, file=sys.stderr)
