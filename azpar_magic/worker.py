@@ -553,15 +553,17 @@ def _install_local_modules(modules: dict, module_dir: str | None) -> None:
 
 
 class JobCache:
-    """Per-process caches: jobs by envelope path, namespaces by content (LRU)."""
+    """Per-process caches: jobs by envelope path and by the envelope's bytes (a cell run again
+    ships the same envelope under a new job's path), namespaces by content (LRU)."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, LoadedJob] = {}
+        self.envelopes: dict[bytes, LoadedJob] = {}
         self.namespaces: dict[str, LoadedNamespace] = {}
         self.namespace_loads = 0  # reported back so "loaded once per worker" can be checked
 
     @staticmethod
-    def _remember(table: dict, key: str, value) -> None:
+    def _remember(table: dict, key: str | bytes, value) -> None:
         table[key] = value
         while len(table) > NAMESPACE_CACHE_SIZE:
             table.pop(next(iter(table)))
@@ -657,15 +659,25 @@ def compile_beside() -> None:
         print(f"azpar worker: not compiled ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
-def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
-    """Read, check and load a job; the environment check comes before any user bytes."""
+def load_job(envelope_path: str, cache: JobCache | None = None, data: bytes | None = None) -> LoadedJob:
+    """Read, check and load a job; the environment check comes before any user bytes.
+    ``data``: the envelope file's bytes, when the pool sent them with the job's first task to
+    this worker (no file to open; issue 16: opening and parsing it was most of loading a job on
+    a worker that had slept since the last cell). A job whose envelope has the same bytes as one
+    loaded before (the same cell run again) is that job: its checks passed, its code is built."""
     if cache is not None and envelope_path in cache.jobs:
         return cache.jobs[envelope_path]
-    try:
-        with open(envelope_path, "rb") as fh:
-            envelope, _ = unpack(ENVELOPE_MAGIC, fh.read())
-    except OSError as exc:
-        raise BadInput(f"cannot read the job envelope {envelope_path}: {exc}") from None
+    if data is None:
+        try:
+            with open(envelope_path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise BadInput(f"cannot read the job envelope {envelope_path}: {exc}") from None
+    if cache is not None and data in cache.envelopes:
+        job = cache.envelopes[data]
+        cache._remember(cache.jobs, envelope_path, job)
+        return job
+    envelope, _ = unpack(ENVELOPE_MAGIC, data)
     info = envelope["namespace"]
     folder = os.path.dirname(os.path.abspath(envelope_path))
     ns_path = os.path.join(folder, info["file"])
@@ -677,16 +689,17 @@ def load_job(envelope_path: str, cache: JobCache | None = None) -> LoadedJob:
     ns_key = info["sha256"] + json.dumps(envelope.get("local_modules") or {}, sort_keys=True)
     namespace = cache.namespaces.get(ns_key) if cache is not None else None
     if namespace is None:
-        data = read_namespace(ns_path)
+        ns_data = read_namespace(ns_path)
         if not checked:
-            verify_namespace(data, ns_path, info["sha256"])
-        namespace = LoadedNamespace(envelope, data, folder)
+            verify_namespace(ns_data, ns_path, info["sha256"])
+        namespace = LoadedNamespace(envelope, ns_data, folder)
         if cache is not None:
             cache.namespace_loads += 1
             cache._remember(cache.namespaces, ns_key, namespace)
     job = LoadedJob(envelope, namespace)
     if cache is not None:
         cache._remember(cache.jobs, envelope_path, job)
+        cache._remember(cache.envelopes, data, job)
     return job
 
 
@@ -2081,7 +2094,7 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
         try:
             if message.get("cwd"):
                 os.chdir(message["cwd"])
-            job = load_job(message["envelope"], cache)
+            job = load_job(message["envelope"], cache, message.get("envelope_data"))
             items = load_items(message["items_codec"], message["items"], job)
             try:
                 reply["result"] = Runner(job, slots).run(

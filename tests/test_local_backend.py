@@ -158,11 +158,13 @@ def test_a_long_chunk_of_consecutive_iterations_travels_as_a_range_and_others_as
     sink = Sink()
     sent = []
     real = b._task_message
-    b._task_message = lambda job_id, task: sent.append(real(job_id, task)) or sent[-1]
+    b._task_message = lambda w, job_id, task: sent.append(real(w, job_id, task)) or sent[-1]
     b.submit(spec, [*tasks, scattered], sink)
     finished = {e.task_id: e for e in finished_all(sink, 3) if e.kind == "finished"}
     assert [m["indices"] for m in sent] == [range(0, 4000), list(range(4000, 4010)), [4011, 4013, 8999]]
     assert [type(m["indices"]) for m in sent] == [range, list, list]
+    # The worker's first task of the job brings the job's envelope (it need not open the file).
+    assert [m.get("envelope_data", b"")[:4] for m in sent] == [open(sent[0]["envelope"], "rb").read()[:4], b"", b""]
     assert finished["1"].result["indices"] == range(0, 4000) and values(finished["1"])[-1] == 39990
     assert finished["2"].result["indices"] == list(range(4000, 4010)) and values(finished["2"])[0] == 40000
     assert finished["3"].result["indices"] == [4011, 4013, 8999] and values(finished["3"]) == [40110, 40130, 89990]

@@ -150,3 +150,22 @@ def test_cut_frames_takes_the_whole_frames_a_read_brought_and_keeps_the_rest():
     assert [pickle.loads(f) for f in wire.cut_frames(buffer)] == [{"task": "0"}, {"task": "1"}]
     buffer += stream[-5:]
     assert [pickle.loads(f) for f in wire.cut_frames(buffer)] == [{"task": "2"}] and buffer == bytearray()
+
+
+def test_a_job_loads_from_the_envelope_it_came_with_and_the_same_envelope_is_loaded_once(stage, monkeypatch):
+    # The local pool sends a job's envelope with its first task to each worker: no file to open.
+    # A cell run again ships the same envelope bytes under a new job's path: the worker's job of
+    # the first run serves (its environment checked, its code built), not a second load.
+    make, _ = stage
+    folder = make("x * K", "K = 3\n")
+    data = (folder / "job.azpj").read_bytes()
+    (folder / "job.azpj").unlink()  # only the bytes in hand
+    checks = []
+    monkeypatch.setattr(wire, "check_environment", lambda envelope: checks.append(envelope["format"]))
+    cache = wire.JobCache()
+    job = wire.load_job(str(folder / "job.azpj"), cache, data)
+    assert wire.Runner(job).run(range(2), [5, 6])["values"][0] == "all" and checks == [wire.FORMAT_VERSION]
+    again = wire.load_job(str(folder / "job-2.azpj"), cache, data)
+    assert again is job and checks == [wire.FORMAT_VERSION] and cache.namespace_loads == 1
+    with pytest.raises(wire.BadInput, match="cannot read the job envelope"):  # neither bytes nor a file
+        wire.load_job(str(folder / "job-3.azpj"), cache)

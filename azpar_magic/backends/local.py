@@ -81,6 +81,7 @@ class _Worker:
     timed_out_at: int | None = None  # the iteration running when --timeout killed it
     progress: tuple = ()  # (job id, task id, iteration) last seen running, and since when
     progress_since: float = 0.0
+    told: set = field(default_factory=set)  # jobs whose envelope it was sent (with their first task)
 
     @property
     def state(self) -> str:
@@ -98,6 +99,7 @@ class _Job:
     spec: JobSpec
     envelope_path: str
     on_event: EventSink
+    envelope_data: bytes = b""  # the envelope file's bytes: sent with the job's first task to each worker
     cancelled_tasks: set = field(default_factory=set)  # task ids that must never start
     data: dict | None = None  # --inputs/--outputs: the worker's roots, and per-iteration inputs
     scratch: list = field(default_factory=list)  # folders removed when the job ends
@@ -176,12 +178,13 @@ class LocalBackend(BaseBackend):
         plan = (job.backend_options or {}).get("data")
         if plan is not None:
             envelope, data, scratch = self._stage_data(job, plan)
-        with open(envelope_path, "wb") as fh:
-            fh.write(wire.pack(wire.ENVELOPE_MAGIC, envelope))
+        packed = wire.pack(wire.ENVELOPE_MAGIC, envelope)
+        with open(envelope_path, "wb") as fh:  # for a worker that never got it in a message (see _task_message)
+            fh.write(packed)
         with self._lock:
             # The namespace is staged (a file): the job's record keeps no copy of its bytes.
             self._jobs[job.job_id] = _Job(
-                replace(job, namespace=b""), envelope_path, on_event, data=data, scratch=scratch
+                replace(job, namespace=b""), envelope_path, on_event, packed, data=data, scratch=scratch
             )
             self._queue.extend((job.job_id, task) for task in tasks)
         self.start()  # again: a dispatcher that failed since the first call is started afresh
@@ -300,6 +303,8 @@ class LocalBackend(BaseBackend):
         with self._lock:
             job = self._jobs.pop(job_id, None)
             self._cancelled.discard(job_id)
+            for w in self._workers.values():
+                w.told.discard(job_id)
         if job is not None:
             try:
                 os.unlink(job.envelope_path)
@@ -708,14 +713,17 @@ class LocalBackend(BaseBackend):
         if not entries:
             return False
         try:
-            _write_all(w.send_fd, b"".join(_frame(self._task_message(*entry)) for entry in entries))
+            _write_all(w.send_fd, b"".join(_frame(self._task_message(w, *entry)) for entry in entries))
         except OSError:
             self._queue.extendleft(reversed(entries))
             return False
         w.ahead.extend(entries)
         return True
 
-    def _task_message(self, job_id: str, task: TaskSpec) -> dict:
+    def _task_message(self, w: _Worker, job_id: str, task: TaskSpec) -> dict:
+        """A task as ``w`` reads it (lock held). Its first task of a job carries the job's envelope,
+        which the worker then need not open and parse from the staging folder (issue 16: on a
+        worker that slept since the last cell, that was most of loading the job)."""
         job = self._jobs[job_id]
         message: dict[str, object] = {
             "op": "task",
@@ -735,6 +743,9 @@ class LocalBackend(BaseBackend):
             if "symlinks" in job.data:
                 data["symlinks"] = job.data["symlinks"]
             message["data"] = data
+        if job_id not in w.told:
+            w.told.add(job_id)
+            message["envelope_data"] = job.envelope_data
         return message
 
     def _begin(self, w: _Worker) -> tuple:
