@@ -287,6 +287,26 @@ def test_short_tasks_go_ahead_in_batches_and_all_run_once_in_order(backend):
     assert started == sorted(set(started)) and started[0] == 1  # in order, each once (those not left out)
 
 
+def one_busy_worker(count: int, sink) -> tuple[LocalBackend, local_backend._Worker, list[TaskSpec]]:
+    """A pool that never started, with one worker (no process behind it) running the first of
+    ``count`` one-iteration tasks of job-1 and holding the others ahead: its read handler is
+    then driven directly with the replies a worker would write."""
+    b = LocalBackend(workers=1)
+    spec, tasks = job("x", count, [range(i, i + 1) for i in range(count)])
+    b._jobs["job-1"] = local_backend._Job(spec, "unused.azpj", sink)
+    w = local_backend._Worker("worker-1", None, -1, -1, ready=True, gives_back=True)  # type: ignore[arg-type]
+    w.task = ("job-1", tasks[0])
+    w.ahead.extend(("job-1", t) for t in tasks[1:])
+    b._workers[w.id] = w
+    return b, w, tasks
+
+
+def result(task: TaskSpec, seconds: float) -> bytes:
+    """A worker's reply for ``task``, which it says took ``seconds``."""
+    body = {"indices": list(task.indices), "values": ["all", "pickle", b""]}
+    return local_backend._frame({"op": "result", "task": task.task_id, "result": body, "ran": seconds})
+
+
 def test_a_task_that_started_and_ended_within_one_read_is_not_said_to_have_started():
     """A worker runs the tasks it holds ahead back to back; the pool learns that one started
     when the one before it ends, and one read of a worker's pipe often brings several ends.
@@ -295,18 +315,8 @@ def test_a_task_that_started_and_ended_within_one_read_is_not_said_to_have_start
     started; a reply that does not say the worker's time has its task told started first (the
     engine then times it from there). The dispatcher's read handler is driven directly, with no
     process behind the worker."""
-    b = LocalBackend(workers=1)  # never started
-    spec, tasks = job("x", 5, [range(i, i + 1) for i in range(5)])
     sink = Sink()
-    b._jobs["job-1"] = local_backend._Job(spec, "unused.azpj", sink)
-    w = local_backend._Worker("worker-1", None, -1, -1, ready=True, gives_back=True)  # type: ignore[arg-type]
-    w.task = ("job-1", tasks[0])
-    w.ahead.extend(("job-1", t) for t in tasks[1:])
-    b._workers[w.id] = w
-
-    def result(task: TaskSpec, seconds: float) -> bytes:
-        body = {"indices": list(task.indices), "values": ["all", "pickle", b""]}
-        return local_backend._frame({"op": "result", "task": task.task_id, "result": body, "ran": seconds})
+    b, w, tasks = one_busy_worker(5, sink)
 
     def broken(task: TaskSpec) -> bytes:  # a failure whose reply does not say the worker's time
         return local_backend._frame({"op": "result", "task": task.task_id, "error": "bad input", "exit_code": 3})
@@ -340,21 +350,10 @@ def test_the_ends_one_read_brings_reach_a_sink_that_takes_many_as_one_batch():
             for event in events:
                 self(event)
 
-    b = LocalBackend(workers=1)  # never started
-    spec, tasks = job("x", 4, [range(i, i + 1) for i in range(4)])
     sink = Batches()
-    b._jobs["job-1"] = local_backend._Job(spec, "unused.azpj", sink)
-    w = local_backend._Worker("worker-1", None, -1, -1, ready=True, gives_back=True)  # type: ignore[arg-type]
-    w.task = ("job-1", tasks[0])
-    w.ahead.extend(("job-1", t) for t in tasks[1:])
-    b._workers[w.id] = w
-
-    def result(task: TaskSpec) -> bytes:
-        body = {"indices": list(task.indices), "values": ["all", "pickle", b""]}
-        return local_backend._frame({"op": "result", "task": task.task_id, "result": body, "ran": 0.1})
-
+    b, w, tasks = one_busy_worker(4, sink)
     try:
-        b._on_readable(w.id, result(tasks[0]) + result(tasks[1]) + result(tasks[2]))
+        b._on_readable(w.id, result(tasks[0], 0.1) + result(tasks[1], 0.1) + result(tasks[2], 0.1))
         got = [(e.kind, e.task_id) for e in sink.take(4)]
         assert got == [("finished", "1"), ("finished", "2"), ("finished", "3"), ("started", "4")]
         assert sink.batches == [[("finished", "1"), ("finished", "2"), ("finished", "3")]]  # "started": one by one
