@@ -257,7 +257,8 @@ class _MainSwapped:
         self.module = module
 
     def __enter__(self):
-        self.previous = sys.modules.get("__main__")
+        # None: nothing to swap, and nothing to put back (a load in the kernel, a task at a time).
+        self.previous = sys.modules.get("__main__") if self.module is not None else None
         if self.module is not None:
             sys.modules["__main__"] = self.module
 
@@ -331,8 +332,6 @@ def loads(codec: str, data, *, main: types.ModuleType | None = None) -> object:
     ``data``: bytes, or a writable mapping of a file (``mmap.ACCESS_COPY``), whose
     out-of-band buffers then become the arrays' memory without a copy."""
     pickled, buffers = split_out_of_band(data)
-    if codec == "pickle" and main is None:  # nothing to swap: the kernel's results, a task at a time
-        return pickle.loads(pickled, buffers=buffers)
     with _MainSwapped(main):
         if codec == "pickle":
             return pickle.loads(pickled, buffers=buffers)
