@@ -81,9 +81,7 @@ def run(
         cache=bool(cache),
     )
     engine, settings = session.engine_and_settings(backend, workers)
-    request = RunRequest(
-        cell, namespace, options, tuple(export), tuple(no_export), max_items=settings["max_items"] or None
-    )
+    request = RunRequest(cell, namespace, options, tuple(export), tuple(no_export), max_items=settings["max_items"])
     try:
         job = engine.submit(request)
     except SubmitError as exc:

@@ -126,7 +126,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         tuple(given["export"]),
         tuple(given["no_export"]),
         backend_options={"packages": packages, "merge": "client", "keep": bool(given["keep"])},
-        max_items=settings["max_items"] or None,
+        max_items=settings["max_items"],
     )
     try:
         job = engine.submit(request)

@@ -199,7 +199,7 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
         no_export,
         backend_options=backend_options(args, engine.backend, notes),
         spelling=FLAG_SPELLING,
-        max_items=settings["max_items"] or None,
+        max_items=settings["max_items"],
     )
     for note in notes + [f"azpar: warning: {text}" for text in body_warnings(parsed, options.gather)]:
         print(note, file=sys.stderr)
