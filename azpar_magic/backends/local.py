@@ -486,13 +486,10 @@ class LocalBackend(BaseBackend):
             self._on_message(w, pickle.loads(frame), began, ended)
         # One read holds the results of many short tasks: each job hears of its own at once
         # (base.deliver: one notification of the job's waiters and views for them all).
-        start = 0
-        for stop in range(1, len(ended) + 1):
-            if stop == len(ended) or ended[stop][0] is not ended[start][0]:
-                job = ended[start][0]
-                if job is not None:
-                    deliver(job.on_event, [event for _, _, event in ended[start:stop]])
-                start = stop
+        for _, run in itertools.groupby(ended, key=lambda entry: id(entry[0])):
+            entries = list(run)
+            if entries[0][0] is not None:
+                deliver(entries[0][0].on_event, [event for _, _, event in entries])
         # A task that started and ended within one read is not told it started: its end says all
         # the job needs (its run time comes with its result), and one read holds the results of
         # many short tasks, each of which would otherwise cost the engine an event (issue 16).
