@@ -26,7 +26,10 @@ _MANIFEST = json.JSONEncoder(sort_keys=True, default=str)
 
 
 def record(header: dict, body: bytes = b"") -> bytes:
-    head = _HEADER.encode(header).encode()
+    return _framed(_HEADER.encode(header).encode(), body)
+
+
+def _framed(head: bytes, body: bytes) -> bytes:
     return RECORD.pack(len(head), len(body)) + head + body
 
 
@@ -39,8 +42,7 @@ def task_record(kind: str, task_id: str, indices: Sequence[int], field: str, val
         return record({"k": kind, "t": task_id, **indices_header(indices), field: value}, body)
     text = value if isinstance(value, int) else _quote(value)
     head = f'{{"k":{_quote(kind)},"t":{_quote(task_id)},"r":[{indices.start},{indices.stop}],{_quote(field)}:{text}}}'
-    data = head.encode()
-    return RECORD.pack(len(data), len(body)) + data + body
+    return _framed(head.encode(), body)
 
 
 _quote = json.encoder.encode_basestring_ascii  # a JSON string as the header encoder writes it (ensure_ascii)
