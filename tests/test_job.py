@@ -184,6 +184,16 @@ def test_result_combines_the_values_in_item_order_whatever_order_tasks_ended_in(
     assert job.result() == 60 and job.partial_results() == {0: 0, 1: 10, 2: 20, 3: 30}
 
 
+def test_failures_are_in_iteration_order_whatever_order_their_tasks_ended_in():
+    job = make_job(range(8), errors="pass")
+    job.add_task("1", range(0, 4))
+    job.add_task("2", range(4, 8))
+    finish(job, "2", range(4, 8), [4, 5, 6], {7: user_failure(7)})
+    finish(job, "1", range(0, 4), [0, 1, 2], {3: user_failure(3)})
+    end(job)
+    assert list(job.failures) == [3, 7]
+
+
 def test_result_under_each_errors_policy():
     def run(errors):
         job = make_job(["x", "y", "z"], errors=errors)

@@ -405,8 +405,13 @@ class Job:
 
     @property
     def failures(self) -> dict[int, Failure]:
+        """Iteration index -> its failure, in iteration order.
+
+        Tasks end in whatever order the pool finishes them; a user who prints this (or a
+        notebook that shows it) should see the same dict every run, as ``partial_results()``.
+        """
         with self._lock:
-            return dict(self._failures)
+            return dict(sorted(self._failures.items()))
 
     def elapsed(self) -> float:
         """Seconds from start to end (or to now, while the job runs)."""
