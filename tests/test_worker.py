@@ -95,6 +95,54 @@ def test_check_passes_on_a_matching_environment(stage):
     assert run("--check", str(folder / "job.azpj")).returncode == wire.EXIT_OK
 
 
+def test_the_check_on_a_node_does_not_import_dill_to_learn_its_version(stage, tmp_path):
+    make, _ = stage
+    folder = make("x")
+    probe = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('worker', {str(tmp_path / 'node' / 'worker.py')!r})\n"
+        "worker = importlib.util.module_from_spec(spec); spec.loader.exec_module(worker)\n"
+        f"worker.check_node({str(folder / 'job.azpj')!r})\n"
+        "print('dill' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"  # ~55 ms of job preparation on every node for every job
+    assert (folder / ("job.azpj" + wire.CHECKED_SUFFIX)).is_file()
+
+
+def _package(folder, info):
+    (folder / "dill").mkdir(parents=True)
+    (folder / "dill" / "__init__.py").write_text("")
+    if info is not None:
+        (folder / "dill" / "__info__.py").write_text(info)
+    return str(folder)
+
+
+def test_dills_version_comes_from_the_package_the_import_would_find(tmp_path, monkeypatch):
+    first = _package(tmp_path / "first", "__author__ = 'x'\n__version__ = '9.9.9'\n")
+    later = _package(tmp_path / "later", "__version__ = '1.1.1'\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), first, later, *sys.path])
+    assert wire._dill_version() == "9.9.9"
+
+
+@pytest.mark.parametrize("shape", ["module file", "no version line", "no info file", "a zip first"])
+def test_dills_version_of_an_unusual_install_is_asked_of_dill_itself(tmp_path, monkeypatch, shape):
+    if shape == "module file":
+        (tmp_path / "dill.py").write_text("__version__ = '9.9.9'\n")
+        entry = str(tmp_path)
+    elif shape == "a zip first":
+        entry = str(tmp_path / "lib.zip")
+        (tmp_path / "lib.zip").write_bytes(b"PK")
+        _package(tmp_path / "after", "__version__ = '9.9.9'\n")
+        monkeypatch.setattr(sys, "path", [entry, str(tmp_path / "after"), *sys.path])
+    else:
+        entry = _package(tmp_path, "__author__ = 'x'\n" if shape == "no version line" else None)
+    if shape != "a zip first":
+        monkeypatch.setattr(sys, "path", [entry, *sys.path])
+    assert wire._dill_version() == wire._dill().__version__ != "9.9.9"
+
+
 def test_corrupt_namespace_is_bad_input(stage):
     make, run = stage
     folder = make("x", "data = list(range(50))\n", edit=None)
