@@ -137,7 +137,7 @@ def test_every_builder_makes_one_line_with_one_level_of_quotes(packages):
     prep = commands.job_preparation_command(packages, options)
     # Every job preparation ends with the node's check (worker.py --check), packages or not.
     script = base64.b64decode(dict(prep.environment)[commands.SCRIPT_ENV]).decode()
-    assert script.splitlines()[-1] == commands.check_line(packages, options)
+    assert script.endswith("\n" + commands.check_line(packages, options))
     assert (commands.INSTALLER_ENV in dict(prep.environment)) == bool(packages)
     assert pool.environment_settings(prep) is not None
 

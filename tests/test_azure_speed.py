@@ -77,6 +77,13 @@ def test_polls_come_fast_after_a_change_near_the_end_and_space_out_to_the_interv
     assert [short.next(False), short.next(True), short.next(False)] == [0.1, 0.1, 0.1]
 
 
+def test_a_polls_gap_counts_from_its_start_and_a_slow_poll_still_waits_a_quarter_of_it():
+    pace = azure_run._Pace(2.0)
+    assert pace.next(True, spent=0.06) == pytest.approx(0.04)  # the tail gap, 0.1 s from the poll's start
+    assert pace.next(False, spent=0.05) == pytest.approx(0.15)
+    assert pace.next(False, spent=3.0) == pytest.approx(0.1)  # a poll longer than its 0.4 s gap
+
+
 def test_a_node_list_stands_while_the_followers_see_nothing_move():
     from azpar_magic.jobs import NodeInfo
 

@@ -97,9 +97,9 @@ def test_a_checked_node_runs_a_plain_task_without_dill_and_the_stamp_is_kept_to_
     folder, make, run = node
     make("import sys\n('dill' in sys.modules, float(big[x]))", {"big": np.arange(MB // 4, dtype=np.float64)})
     task = [str(folder / "task.azpt"), str(folder / "out.azpr")]
-    proc = run(*task)  # no stamp: the task checks the environment itself (dill's version)
+    proc = run(*task)  # no stamp: the task checks the environment itself (dill's version, read, not imported)
     assert proc.returncode == wire.EXIT_OK, proc.stderr
-    assert _values(folder) == [(True, 0.0), (True, 1.0)]
+    assert _values(folder) == [(False, 0.0), (False, 1.0)]
     proc = run("--check", str(folder / "envelope.azpj"))
     assert proc.returncode == wire.EXIT_OK, proc.stderr
     assert (folder / ("envelope.azpj" + wire.CHECKED_SUFFIX)).exists()
@@ -153,3 +153,29 @@ def test_on_the_test_service_job_preparation_stamps_and_tasks_map_the_array(azur
     stamps = [r / "workitems" / job.id / "job-1" / "jobpreparation" / "wd" / ("envelope.azpj" + wire.CHECKED_SUFFIX)
               for r in roots]
     wait_until(lambda: any(p.exists() for p in stamps), 10, "a job preparation stamp")
+
+
+@pytest.mark.azure
+@pytest.mark.timeout(180)
+def test_on_the_test_service_a_later_jobs_preparation_runs_the_worker_an_earlier_one_compiled(azure, ip, run_cell,
+                                                                                              batch):
+    import azpar_magic
+
+    for _ in range(2):
+        run = run_cell("%%azpar -q --keep -o seen for i in range(4):\nimport sys, os\nos.path.basename(sys.argv[0])")
+        assert run.success, run.error
+        assert ip.user_ns["seen"] == [commands.WORKER_COMPILED] * 4  # the tasks ran the compiled worker both times
+    first, second = azpar_magic.jobs()[-2:]
+    with batch.cond:
+        roots = [n.root for n in batch.pools["azpar-test"].nodes.values()]
+
+    def compiled(root, job):
+        return root / "workitems" / job.id / "job-1" / "jobpreparation" / "wd" / commands.WORKER_COMPILED
+
+    both = [r for r in roots if compiled(r, first).exists() and compiled(r, second).exists()]
+    assert both, "no node prepared both jobs"
+    for root in both:
+        shared = list((root / "shared").glob("azpar-worker-*-py*.pyc"))
+        assert len(shared) == 1, shared  # made by the first job on this node, for every later one
+        # The second job's preparation ran that copy and handed it to its tasks: the same file.
+        assert os.path.samefile(compiled(root, second), shared[0])

@@ -56,6 +56,10 @@ PACKAGES_DIR = "$AZ_BATCH_NODE_SHARED_DIR/azpar-pkgs-{digest}"
 IMAGE_PACKAGES = "azpar-image-packages.json"
 WORKER_FILE = "worker.py"
 WORKER_COMPILED = "worker.pyc"  # worker.COMPILED_FILE, written by ``worker.py --check`` in job preparation
+#: The worker compiled once per node for every job shipping the same worker.py (named by its
+#: sha256) on the same Python ($V, the job preparation's Python check): right in the shared
+#: folder, as PACKAGES_DIR, for the same reason.
+SHARED_WORKER = "$AZ_BATCH_NODE_SHARED_DIR/azpar-worker-{sha}-py$V.pyc"
 ENVELOPE_FILE = "envelope.azpj"
 TASK_FILE = "task.azpt"
 RESULT_FILE = "result.azpr"
@@ -191,6 +195,7 @@ def job_preparation_command(
     digest: str | None = None,
     kernel_python: str | None = None,
     wheels: bool = False,
+    worker_sha: str | None = None,
 ) -> NodeCommand:
     """Once per node per job (its resource files bring the worker, envelope, namespace and the
     job's local wheels under WHEELS_DIR): first the Python check (``kernel_python``), then the
@@ -201,9 +206,10 @@ def job_preparation_command(
     pool's non-admin user, so the folder is made by that user in the shared folder
     (PACKAGES_DIR), and the tasks, the same user on Linux, read it. ``wheels``: pip also looks
     in WHEELS_DIR (``--find-links``), where local requirements are named by path. Last,
-    :func:`check_line`."""
+    :func:`check_line` (``worker_sha``, the sha256 of the worker.py it brings, names the node's
+    compiled copy; only with ``kernel_python``, whose check sets the Python version it needs)."""
     lines = ["set -e", *(python_check(kernel_python) if kernel_python else [])]
-    check = check_line(packages, pip_options)
+    check = check_line(packages, pip_options, worker_sha if kernel_python else None)
     if packages:
         options = [*pip_options, *(["--find-links", WHEELS_DIR] if wheels else [])]
         target = PACKAGES_DIR.format(digest=digest or packages_digest(packages, pip_options))
@@ -219,15 +225,23 @@ def job_preparation_command(
     return _script_command("\n".join([*lines, check]))
 
 
-def check_line(packages: Sequence[str] = (), pip_options: Sequence[str] = ()) -> str:
-    """The last line of job preparation: ``worker.py --check``, with the tasks' PYTHONPATH, checks
+def check_line(packages: Sequence[str] = (), pip_options: Sequence[str] = (), worker_sha: str | None = None) -> str:
+    """The last lines of job preparation: ``worker.py --check``, with the tasks' PYTHONPATH, checks
     the environment and the namespace's sha256 once for the node and leaves a stamp, so each task
-    skips both (issue 16), and compiles the worker for the tasks (WORKER_COMPILED). Never fatal: a
-    task without the stamp checks for itself, and reports a mismatch in its result, as it always
-    has; without the compiled worker it runs the source."""
-    return (
-        f"PYTHONPATH={python_path(packages, pip_options)} {PYTHON} $AZ_BATCH_JOB_PREP_WORKING_DIR/{WORKER_FILE} "
-        f"--check $AZ_BATCH_JOB_PREP_WORKING_DIR/{ENVELOPE_FILE} > /dev/null 2>&1 || true"
+    skips both (issue 16), and compiles the worker for the tasks (WORKER_COMPILED). With
+    ``worker_sha`` it runs the node's compiled copy (SHARED_WORKER) when an earlier job left one,
+    and leaves it otherwise. Never fatal: a task without the stamp checks for itself, and reports
+    a mismatch in its result, as it always has; without the compiled worker it runs the source."""
+    envelope = f"$AZ_BATCH_JOB_PREP_WORKING_DIR/{ENVELOPE_FILE}"
+    run = f"PYTHONPATH={python_path(packages, pip_options)} {PYTHON}"
+    if worker_sha is None:
+        return f"{run} $AZ_BATCH_JOB_PREP_WORKING_DIR/{WORKER_FILE} --check {envelope} > /dev/null 2>&1 || true"
+    return "\n".join(
+        [
+            f'C="{SHARED_WORKER.format(sha=worker_sha[:16])}"',
+            f'W="$C"; [ -f "$W" ] || W=$AZ_BATCH_JOB_PREP_WORKING_DIR/{WORKER_FILE}',
+            f'{run} "$W" --check {envelope} "$C" > /dev/null 2>&1 || true',
+        ]
     )
 
 
