@@ -448,9 +448,6 @@ def _installed_version(distribution: str) -> str | None:
         return None
 
 
-_VERSION_LINE = re.compile(r"""__version__\s*=\s*['"]([^'"]+)['"]\s*$""")
-
-
 def _dill_version() -> str:
     """The version ``import dill`` would report, read from the package it would import
     (``dill/__info__.py``, the file dill's ``__init__`` takes it from) without importing it: the
@@ -458,8 +455,12 @@ def _dill_version() -> str:
     The sys.path entries are searched as the import system searches them; whatever is not a
     plain folder holding the package (a zip, a single-file module, an extension, no version
     line) imports dill and asks it, so an unusual install is never guessed at."""
+    loaded = sys.modules.get("dill")
+    if loaded is not None:  # imported already: that one is what the payloads meet
+        return loaded.__version__
     from importlib.machinery import all_suffixes
 
+    version_line = re.compile(r"""__version__\s*=\s*['"]([^'"]+)['"]\s*$""")  # not at import: ~0.3 ms of every start
     for entry in sys.path:
         folder = entry or os.getcwd()
         if not os.path.isdir(folder):
@@ -471,7 +472,7 @@ def _dill_version() -> str:
             try:
                 with open(os.path.join(package, "__info__.py"), encoding="utf-8") as fh:
                     for line in fh:
-                        found = _VERSION_LINE.match(line)
+                        found = version_line.match(line)
                         if found:
                             return found.group(1)
             except OSError:

@@ -123,7 +123,10 @@ def test_dills_version_comes_from_the_package_the_import_would_find(tmp_path, mo
     first = _package(tmp_path / "first", "__author__ = 'x'\n__version__ = '9.9.9'\n")
     later = _package(tmp_path / "later", "__version__ = '1.1.1'\n")
     monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), first, later, *sys.path])
+    monkeypatch.delitem(sys.modules, "dill")  # not imported yet, as on a node
     assert wire._dill_version() == "9.9.9"
+    monkeypatch.setitem(sys.modules, "dill", types.SimpleNamespace(__version__="2.2.2"))
+    assert wire._dill_version() == "2.2.2"  # once imported, the module is what counts
 
 
 @pytest.mark.parametrize("shape", ["module file", "no version line", "no info file", "a zip first"])
@@ -140,7 +143,10 @@ def test_dills_version_of_an_unusual_install_is_asked_of_dill_itself(tmp_path, m
         entry = _package(tmp_path, "__author__ = 'x'\n" if shape == "no version line" else None)
     if shape != "a zip first":
         monkeypatch.setattr(sys, "path", [entry, *sys.path])
-    assert wire._dill_version() == wire._dill().__version__ != "9.9.9"
+    real = sys.modules["dill"]
+    monkeypatch.delitem(sys.modules, "dill")  # not imported yet, as on a node
+    monkeypatch.setattr(wire, "_dill", lambda: real)  # what importing it gives
+    assert wire._dill_version() == real.__version__ != "9.9.9"
 
 
 def test_corrupt_namespace_is_bad_input(stage):
