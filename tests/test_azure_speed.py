@@ -230,6 +230,36 @@ def test_the_first_group_goes_out_while_later_definitions_are_built(azure, ip, r
     assert at_first_add and at_first_add[0] < 250
 
 
+@pytest.mark.azure
+@pytest.mark.timeout(180)
+def test_tasks_are_added_while_the_pool_is_looked_at_and_followed_after(azure, ip, run_cell, batch, monkeypatch):
+    """The look at the pool (an empty one is resized for the run) does not hold up the first add,
+    and the follower (with the spot fallback's looks at the pool) starts once it is done."""
+    from azpar_magic.backends.azure.backend import AzureBackend
+
+    looked = AzureBackend._make_room
+    seen: dict[str, bool] = {}
+
+    def slow_look(self, n_tasks):
+        def ops():
+            with batch.cond:
+                return [r.operation_id for r in batch.requests[first:]]
+
+        deadline = time.monotonic() + 30
+        while "Tasks_CreateTaskCollection" not in ops() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen["added"] = "Tasks_CreateTaskCollection" in ops()
+        seen["followed"] = "Jobs_GetJobTaskCounts" in ops()
+        return looked(self, n_tasks)
+
+    monkeypatch.setattr(AzureBackend, "_make_room", slow_look)
+    first = len(batch.requests)
+    run = run_cell("%%azpar -q -o out for x in range(3):\nx * 2")
+    assert run.success, run.error
+    assert ip.user_ns["out"] == [0, 2, 4]
+    assert seen == {"added": True, "followed": False}
+
+
 @pytest.fixture
 def slow_polls(batch, azurite, tmp_path, monkeypatch):
     """A profile with a one-second poll interval (the tests' profile polls every 0.1 s)."""

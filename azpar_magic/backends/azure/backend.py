@@ -132,10 +132,17 @@ class AzureBackend(BaseBackend):
             raise errors.translate(exc, "staging the job on Azure failed") from None
         self._say(storage.delegation_note(self.staging, run.lifetime))
         logger.info("job %s staged on pool %s; adding %d tasks", job.job_id, self.profile["pool_id"], len(tasks))
-        self._make_room(len(tasks))
         with self._lock:
             self._runs[job.job_id] = run
-        run.start()
+        # The tasks are added while the pool is looked at (and an empty one resized): that look
+        # was 45-50 ms before the first add of every cell (issue 16 f), and Batch queues tasks
+        # whatever the pool's size. The follower starts after it, so the spot fallback's first
+        # look at the pool comes after this run's resize, as before.
+        run.start_adding()
+        try:
+            self._make_room(len(tasks))
+        finally:
+            run.start_following()
 
     @staticmethod
     def _say(line: str) -> None:

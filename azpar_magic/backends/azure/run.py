@@ -576,9 +576,17 @@ class AzureRun:
     # ------------------------------------------------------------------ background work
 
     def start(self) -> None:
+        self.start_adding()
+        self.start_following()
+
+    def start_adding(self) -> None:
+        """Add the tasks on a thread of their own."""
         threading.Thread(
             target=self._guard, args=(self._submit,), name=f"azpar-submit-{self.job_id}", daemon=True
         ).start()
+
+    def start_following(self) -> None:
+        """Follow the job on a thread of its own (the spot fallback's checks ride on its polls)."""
         threading.Thread(
             target=self._guard, args=(self._follow,), name=f"azpar-follow-{self.job_id}", daemon=True
         ).start()
@@ -591,8 +599,8 @@ class AzureRun:
 
     def _submit(self) -> None:
         pending = (self._definition(t) for t in self.tasks.values())  # built while the first groups are added
-        # An empty pool was resized (or not, and the cell says why) by the backend before this
-        # thread started: AzureBackend._make_room.
+        # An empty pool is resized (or not, and the cell says why) by the backend while the first
+        # tasks are added, before the follower starts: AzureBackend.submit and _make_room.
 
         def added(ids: list[str]) -> None:
             if self.added_at is None:
