@@ -21,6 +21,7 @@ so a scheduler can tell "your code raised" (never retried) from "the node is bro
 
 from __future__ import annotations
 
+import _pickle as pickle  # the C pickler that pickle.py wraps: that module's own import is ~2 ms of a task's start
 import binascii
 import builtins
 import copyreg
@@ -28,18 +29,17 @@ import errno
 import functools
 import importlib
 import io
-import json
 import linecache
 import marshal
 import mmap
 import os
-import pickle
 import re
 import struct
 import sys
 import time
 import types
 from _collections_abc import Sequence  # collections.abc's own source, loaded at every start: no import
+from _json import encode_basestring_ascii as _json_string, make_encoder as _json_encoder, make_scanner as _json_scanner
 
 # Only what every task needs is imported here; the rest (base64, hashlib, platform, random,
 # shutil, signal, tempfile, threading, traceback...) where it is used: on a node each task is
@@ -97,6 +97,47 @@ class BadInput(Exception):
 # ---------------------------------------------------------------------------------------
 # Serialisation shared with the client: the C pickler when it can, dill when it must.
 # ---------------------------------------------------------------------------------------
+
+
+PICKLE_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL from Python 3.8 to 3.14 (the C module does not name it)
+
+
+class _JsonContext:
+    """What the C JSON scanner reads of a decoder: json.loads's own defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}.__getitem__
+
+
+def _not_json(obj: object) -> object:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_SCAN = _json_scanner(_JsonContext())
+_ENCODE = _json_encoder({}, _not_json, _json_string, None, ": ", ", ", False, False, True)
+_ENCODE_SORTED = _json_encoder({}, _not_json, _json_string, None, ": ", ", ", True, False, True)
+
+
+def json_dumps(obj: object, sort_keys: bool = False) -> str:
+    """``json.dumps(obj, sort_keys=...)``, the same text, through the C encoder json.dumps itself
+    uses: the json package's own import was ~1.5 ms of every task's start on a node (issue 16 j)."""
+    return "".join((_ENCODE_SORTED if sort_keys else _ENCODE)(obj, 0))
+
+
+def json_loads(data: str | bytes | bytearray | memoryview) -> object:
+    """``json.loads`` of one JSON document (ValueError when it is not one), through the C scanner."""
+    text = (bytes(data).decode("utf-8") if not isinstance(data, str) else data).strip(" \t\n\r")
+    try:
+        obj, end = _SCAN(text, 0)
+    except StopIteration as exc:
+        raise ValueError(f"not JSON: expected a value at character {exc.value}") from None
+    if end != len(text):
+        raise ValueError(f"not JSON: extra data at character {end}")
+    return obj
 
 
 class NeedsDill(Exception):
@@ -176,10 +217,10 @@ def plain_pickle(obj: object) -> bytes | None:
     once, not through a growing buffer. A short list or tuple of atoms (a one-iteration task's
     items or values) is checked by type and pickled as it is: the same bytes, a third of the time."""
     if _few_short_atoms(obj):
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
     buf = io.BytesIO()
     try:
-        _PlainOnly(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        _PlainOnly(buf, protocol=PICKLE_PROTOCOL).dump(obj)
     except (_NotPlain, RecursionError, pickle.PicklingError):
         return None
     return buf.getvalue()
@@ -187,7 +228,7 @@ def plain_pickle(obj: object) -> bytes | None:
 
 class _FastPickler(pickle.Pickler):
     def __init__(self, file, hook, by_reference, buffer_callback=None):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback)
+        super().__init__(file, protocol=PICKLE_PROTOCOL, buffer_callback=buffer_callback)
         self._hook = hook
         self._by_reference = by_reference
 
@@ -218,7 +259,7 @@ def _dill_pickler() -> type:
     class _DillPickler(_dill().Pickler):
         def __init__(self, file, hook, main, by_reference, buffer_callback=None):
             super().__init__(
-                file, protocol=pickle.HIGHEST_PROTOCOL, recurse=False, byref=False, buffer_callback=buffer_callback
+                file, protocol=PICKLE_PROTOCOL, recurse=False, byref=False, buffer_callback=buffer_callback
             )
             self._hook = hook
             self._main = main
@@ -238,9 +279,7 @@ def _dill_pickler() -> type:
                         return self.save_reduce(*obj.__reduce_ex__(5), obj=obj)
                     # dill's pickler is pure Python (~3 s/GB); the C pickler is ~10x faster and
                     # an array of numbers cannot hold notebook code that would need dill.
-                    return self.save_reduce(
-                        pickle.loads, (pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL),), obj=obj
-                    )
+                    return self.save_reduce(pickle.loads, (pickle.dumps(obj, protocol=PICKLE_PROTOCOL),), obj=obj)
                 if type(obj) is _LRU_WRAPPER and _is_main_object(obj) and not self._by_reference(obj):
                     return self.save_reduce(*_lru_reduce(obj), obj=obj)
                 if isinstance(obj, BaseException):
@@ -364,7 +403,7 @@ def frame_out_of_band(pickled, buffers: list) -> bytes:
     for raw in raws:
         layout.append([pos, raw.nbytes])
         pos = _aligned(pos + raw.nbytes)
-    head = json.dumps({"pickle": [0, len(pickled)], "buffers": layout}).encode()
+    head = json_dumps({"pickle": [0, len(pickled)], "buffers": layout}).encode()
     prefix = OUT_OF_BAND_MAGIC + struct.pack(">Q", len(head)) + head
     parts = [prefix, bytes(_aligned(len(prefix)) - len(prefix)), pickled]
     end = len(pickled)
@@ -383,7 +422,7 @@ def split_out_of_band(data) -> tuple:
     at = len(OUT_OF_BAND_MAGIC)
     try:
         (size,) = struct.unpack(">Q", view[at : at + 8])
-        header = json.loads(bytes(view[at + 8 : at + 8 + size]))
+        header = json_loads(view[at + 8 : at + 8 + size])
         body = _aligned(at + 8 + size)
         start, length = header["pickle"]
         pickled = view[body + start : body + start + length]
@@ -403,7 +442,7 @@ def split_out_of_band(data) -> tuple:
 
 
 def pack(magic: bytes, header: dict, body: bytes = b"") -> bytes:
-    head = json.dumps(header, sort_keys=True).encode()
+    head = json_dumps(header, sort_keys=True).encode()
     return magic + struct.pack(">Q", len(head)) + head + body
 
 
@@ -417,7 +456,7 @@ def unpack(magic: bytes, data: bytes) -> tuple[dict, bytes]:
     if len(data) < start + size:
         raise BadInput("file truncated inside its header")
     try:
-        header = json.loads(data[start : start + size])
+        header = json_loads(data[start : start + size])
     except ValueError as exc:
         raise BadInput(f"corrupt header: {exc}") from None
     return header, data[start + size :]
@@ -568,7 +607,7 @@ def _install_local_modules(modules: dict, module_dir: str | None) -> None:
     forget any stale copy imported by an earlier job in this process."""
     if not modules:
         return
-    digest = sha256(json.dumps(modules, sort_keys=True).encode())[:16]
+    digest = sha256(json_dumps(modules, sort_keys=True).encode())[:16]
     import tempfile
 
     root = os.path.join(module_dir or tempfile.gettempdir(), f"azpar-modules-{digest}")
@@ -655,7 +694,7 @@ def checked_before(envelope_path: str, ns_path: str, digest: str) -> bool:
     """Whether job preparation checked this envelope and namespace, unchanged since, here."""
     try:
         with open(envelope_path + CHECKED_SUFFIX, encoding="utf-8") as fh:
-            return json.load(fh) == _check_context(envelope_path, ns_path, digest)
+            return json_loads(fh.read()) == _check_context(envelope_path, ns_path, digest)
     except (OSError, ValueError):
         return False
 
@@ -674,7 +713,7 @@ def check_node(envelope_path: str) -> None:
     stamp = envelope_path + CHECKED_SUFFIX
     tmp = f"{stamp}.{os.getpid()}.part"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(_check_context(envelope_path, ns_path, info["sha256"]), fh)
+        fh.write(json_dumps(_check_context(envelope_path, ns_path, info["sha256"])))
     os.replace(tmp, stamp)
 
 
@@ -748,7 +787,7 @@ def load_job(envelope_path: str, cache: JobCache | None = None, data: bytes | No
         check_environment(envelope)
     # The modules' text itself, not its hash: a key in this process only, and hashing would
     # import hashlib in every task for nothing.
-    ns_key = info["sha256"] + json.dumps(envelope.get("local_modules") or {}, sort_keys=True)
+    ns_key = info["sha256"] + json_dumps(envelope.get("local_modules") or {}, sort_keys=True)
     namespace = cache.namespaces.get(ns_key) if cache is not None else None
     if namespace is None:
         ns_data = read_namespace(ns_path)
@@ -1742,7 +1781,7 @@ def write_result(path: str, result: dict) -> None:
 def _write_result_file(tmp: str, result: dict) -> None:
     with open(tmp, "wb") as fh:
         fh.write(RESULT_MAGIC)
-        pickle.Pickler(fh, protocol=pickle.HIGHEST_PROTOCOL).dump(result)
+        pickle.Pickler(fh, protocol=PICKLE_PROTOCOL).dump(result)
 
 
 def read_result(data: bytes) -> dict:
@@ -1805,7 +1844,7 @@ def measure_frame(message: object) -> _Measure:
     """Pickle ``message`` once to learn its frame's length (and keep the bytes when small).
     Raises what pickling raises, before anything is sent."""
     measured = _Measure()
-    pickle.Pickler(measured, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    pickle.Pickler(measured, protocol=PICKLE_PROTOCOL).dump(message)
     return measured
 
 
@@ -1819,7 +1858,7 @@ def write_frame(stream, message: object, measured: _Measure | None = None) -> No
         return
     stream.write(struct.pack(">Q", measured.size))
     sent = _Counted(stream)
-    pickle.Pickler(sent, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    pickle.Pickler(sent, protocol=PICKLE_PROTOCOL).dump(message)
     if sent.size != measured.size:  # the stream is out of step now: end rather than mislead the reader
         raise RuntimeError(f"a frame measured {measured.size} bytes but pickled to {sent.size}")
     stream.flush()
@@ -1847,7 +1886,7 @@ def _send_reply(stream, reply: dict) -> None:
     send instead a reply that fails the task's iterations as their own MemoryError, which
     the kernel reports once, rather than dying and having the task retried."""
     if _small_reply(reply):  # pickled at once: no pickler made to measure it first
-        _write_whole(stream, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        _write_whole(stream, pickle.dumps(reply, protocol=PICKLE_PROTOCOL))
         return
     try:
         measured = measure_frame(reply)

@@ -149,6 +149,38 @@ def test_dills_version_of_an_unusual_install_is_asked_of_dill_itself(tmp_path, m
     assert wire._dill_version() == real.__version__ != "9.9.9"
 
 
+def test_a_plain_task_imports_neither_the_json_nor_the_pickle_package(stage):
+    """The worker reads and writes its headers with the C JSON codec and pickles with the C
+    pickler: the packages around them cost a task's start on a node ~3 ms (issue 16 j)."""
+    make, run = stage
+    folder = make("import sys\n(x, 'json' in sys.modules, 'pickle' in sys.modules)")
+    proc = run(str(folder / "task-1.azpt"), str(folder / "out.azpr"))
+    assert proc.returncode == wire.EXIT_OK, proc.stderr
+    assert wire.loads(*read(folder / "out.azpr")["values"][1:]) == [(x, False, False) for x in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("value", [
+    {"b": [1, 2.5, None, True, False], "a": {"x": -1, "é": "quote \" and \\ and \n"}},
+    [], {}, "text", 0, 1e300, -0.0, [float("inf"), float("-inf")], {"nested": [[{"deep": [1]}]]},
+])
+def test_the_workers_json_is_the_json_modules_text(value):
+    for sort_keys in (False, True):
+        text = wire.json_dumps(value, sort_keys=sort_keys)
+        assert text == json.dumps(value, sort_keys=sort_keys)
+        assert wire.json_loads(text) == json.loads(text) and wire.json_loads(text.encode()) == json.loads(text)
+    assert wire.json_loads(" \n" + json.dumps(value) + "\n") == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"a": 1} x', "nope", "[1,]"])
+def test_the_workers_json_refuses_what_the_json_module_refuses(text):
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        wire.json_loads(text)
+    with pytest.raises(TypeError):
+        wire.json_dumps({"a": object()})
+
+
 def test_corrupt_namespace_is_bad_input(stage):
     make, run = stage
     folder = make("x", "data = list(range(50))\n", edit=None)
