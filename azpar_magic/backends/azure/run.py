@@ -575,10 +575,6 @@ class AzureRun:
 
     # ------------------------------------------------------------------ background work
 
-    def start(self) -> None:
-        self.start_adding()
-        self.start_following()
-
     def start_adding(self) -> None:
         """Add the tasks on a thread of their own."""
         threading.Thread(
