@@ -27,19 +27,19 @@ import builtins
 import copyreg
 import errno
 import functools
-import importlib
 import io
-import linecache
 import marshal
-import mmap
 import os
-import re
 import struct
 import sys
 import time
 import types
 from _collections_abc import Sequence  # collections.abc's own source, loaded at every start: no import
 from _json import encode_basestring_ascii as _json_string, make_encoder as _json_encoder, make_scanner as _json_scanner
+
+TYPE_CHECKING = False  # typing's constant without importing typing, which this file never does
+if TYPE_CHECKING:
+    import re  # imported where a pattern is made: its import (with enum) is ~4 ms of a task's start
 
 # Only what every task needs is imported here; the rest (base64, hashlib, platform, random,
 # shutil, signal, tempfile, threading, traceback...) where it is used: on a node each task is
@@ -157,6 +157,8 @@ def _module_reduce(module: types.ModuleType) -> tuple:
     """Modules travel by name, always: dill would pickle a module that is not under
     sys.prefix (an editable install, a notebook folder's own .py file) by value, with its
     whole namespace; the worker imports it instead (local modules are shipped as source)."""
+    import importlib
+
     return importlib.import_module, (module.__name__,)
 
 
@@ -497,6 +499,7 @@ def _dill_version() -> str:
     loaded = sys.modules.get("dill")
     if loaded is not None:  # imported already: that one is what the payloads meet
         return loaded.__version__
+    import re
     from importlib.machinery import all_suffixes
 
     version_line = re.compile(r"""__version__\s*=\s*['"]([^'"]+)['"]\s*$""")  # not at import: ~0.3 ms of every start
@@ -598,8 +601,25 @@ class LoadedJob:
                 names["co_qualname"] = "<module>"
             fcode = fcode.replace(**names)
             self.function = types.FunctionType(fcode, self.module.__dict__, FUNCTION_NAME)
-        for fname, text in (envelope.get("sources") or {}).items():
-            linecache.cache[fname] = (len(text), None, text.splitlines(True), fname)
+        sources = envelope.get("sources") or {}
+        _SOURCES.update(sources)
+        _show_sources(sources)
+
+
+_SOURCES: dict = {}  # the cells' source by file name, for linecache: every job's this process has loaded
+
+
+def _show_sources(sources: dict) -> None:
+    """Tracebacks, warnings and ``inspect`` show a cell's lines from linecache, which cannot read
+    them from a file. Registered when linecache is imported, not before: its import (tokenize,
+    re, enum) is a third of a trivial task's start on a node, and a task that raises no
+    exception, warns of nothing and asks for no source never needs it (issue 16, j)."""
+    linecache = sys.modules.get("linecache")
+    if linecache is None:
+        _LINECACHE_WATCH.install()
+        return
+    for fname, text in sources.items():
+        linecache.cache[fname] = (len(text), None, text.splitlines(True), fname)
 
 
 def _install_local_modules(modules: dict, module_dir: str | None) -> None:
@@ -653,6 +673,8 @@ def read_namespace(ns_path: str):
     try:
         with open(ns_path, "rb") as fh:
             if fh.read(len(OUT_OF_BAND_MAGIC)) == OUT_OF_BAND_MAGIC and os.name != "nt":
+                import mmap
+
                 return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
             fh.seek(0)
             return fh.read()
@@ -954,8 +976,8 @@ def _seed_iteration(seed: int, index: int) -> None:
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         _seed_numpy(numpy, seed, index)
-    elif _NumpyImportHook.hook not in sys.meta_path:
-        sys.meta_path.insert(0, _NumpyImportHook.hook)
+    else:
+        _NUMPY_WATCH.install()
 
 
 _SEEDING: list = [None]  # (seed, index) of the seeded iteration running, else None
@@ -969,17 +991,27 @@ def _seed_numpy(numpy: types.ModuleType, seed: int, index: int) -> None:
         entropy.start(f"azpar:{seed}:{index}")
 
 
-class _NumpyImportHook:
-    """Seeds numpy the moment a seeded iteration imports it (itself, or through pandas,
-    scipy, ...): the worker never imports numpy for a body that does not use it, and the
-    first iteration of a body that does is seeded like the others. It leaves
-    ``sys.meta_path`` once numpy is imported, or when the seeded task ends."""
+class _AfterImport:
+    """A ``sys.meta_path`` entry that calls ``then(module)`` the moment module ``name`` has been
+    executed, whoever imports it (the worker, the body, a library), then leaves
+    ``sys.meta_path``. It finds the module through the other finders and wraps that loader's
+    ``exec_module``, so the module is the one the import would have given anyway; a loader it
+    cannot wrap per module (none, or a class such as the frozen importer) imports it at once."""
 
-    hook: _NumpyImportHook
-    busy = False  # finding numpy's own spec through the other finders
+    def __init__(self, name: str, then) -> None:
+        self.name, self.then = name, then
+        self.busy = False  # finding the module's own spec through the other finders
+
+    def install(self) -> None:
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def remove(self) -> None:
+        while self in sys.meta_path:
+            sys.meta_path.remove(self)
 
     def find_spec(self, name: str, path=None, target=None):
-        if name != "numpy" or self.busy:
+        if name != self.name or self.busy:
             return None
         self.busy = True
         try:
@@ -989,26 +1021,30 @@ class _NumpyImportHook:
         finally:
             self.busy = False
         loader = getattr(spec, "loader", None)
-        if loader is None or not hasattr(loader, "exec_module"):
+        if loader is None or isinstance(loader, type) or not hasattr(loader, "exec_module"):
+            self.remove()
             return spec
         run = loader.exec_module
 
         def exec_module(module: types.ModuleType) -> None:
             run(module)
-            _NumpyImportHook.remove()
-            if _SEEDING[0] is not None:
-                _seed_numpy(module, *_SEEDING[0])
+            self.remove()
+            self.then(module)
 
         loader.exec_module = exec_module
         return spec
 
-    @staticmethod
-    def remove() -> None:
-        while _NumpyImportHook.hook in sys.meta_path:
-            sys.meta_path.remove(_NumpyImportHook.hook)
+
+def _numpy_imported(numpy: types.ModuleType) -> None:
+    """Seeds numpy the moment a seeded iteration imports it (itself, or through pandas, scipy,
+    ...): the worker never imports numpy for a body that does not use it, and the first
+    iteration of a body that does is seeded like the others."""
+    if _SEEDING[0] is not None:
+        _seed_numpy(numpy, *_SEEDING[0])
 
 
-_NumpyImportHook.hook = _NumpyImportHook()
+_NUMPY_WATCH = _AfterImport("numpy", _numpy_imported)  # installed for a seeded task, removed when it ends
+_LINECACHE_WATCH = _AfterImport("linecache", lambda _linecache: _show_sources(_SOURCES))
 
 
 class _FreshEntropy:
@@ -1079,7 +1115,7 @@ def _end_seeded_iterations() -> None:
     """Generators made after a seeded task (another job on this worker) draw from the OS,
     and numpy imported then is not seeded."""
     _SEEDING[0] = None
-    _NumpyImportHook.remove()
+    _NUMPY_WATCH.remove()
     if _FRESH_ENTROPY and _FRESH_ENTROPY[0] is not None:
         _FRESH_ENTROPY[0].stop()
 
@@ -1114,6 +1150,8 @@ def _uncaptured_name_hint(exc: BaseException, filename: str) -> str:
         tb = tb.tb_next
     if tb is None or tb.tb_frame.f_code.co_filename != filename:
         return ""  # raised inside something the cell called, not by its own subscript
+    import linecache
+
     text = linecache.getline(filename, tb.tb_lineno)
     if "globals()[" not in text.replace(" ", "") and "vars()[" not in text.replace(" ", ""):
         return ""
@@ -1164,6 +1202,8 @@ def _glob_regex(pattern: list[str], *, case_sensitive: bool | None = None) -> re
     match per file: ``*``, ``?`` and ``[..]`` stay within a segment and, as in glob, match a
     leading dot only when the segment itself starts with one; ``**`` spans any number of
     segments that do not start with a dot, as glob's recursive mode does."""
+    import re
+
     if not pattern:
         return re.compile(r"(?!)")  # matches nothing
     out = []
@@ -1185,6 +1225,8 @@ def _glob_regex(pattern: list[str], *, case_sensitive: bool | None = None) -> re
 def _segment_regex(segment: str) -> str:
     """One glob segment as a regular expression that never crosses a ``/`` (fnmatch's
     rules: ``[!..]`` negates, a ``]`` first in a class is literal, an unclosed ``[`` is)."""
+    import re
+
     out, i, n = [], 0, len(segment)
     while i < n:
         c = segment[i]
@@ -1947,6 +1989,8 @@ BEAT_SLOTS = 2  # int64 slots of a worker's beat file: [iteration running now or
 def open_beat_file(path: str) -> memoryview:
     """The shared-memory slots a pool worker writes and its kernel reads (see BEAT_SLOTS):
     a write per iteration costs a store, not a message."""
+    import mmap
+
     fd = os.open(path, os.O_RDWR)
     try:
         mapped = mmap.mmap(fd, 8 * BEAT_SLOTS)

@@ -159,6 +159,42 @@ def test_a_plain_task_imports_neither_the_json_nor_the_pickle_package(stage):
     assert wire.loads(*read(folder / "out.azpr")["values"][1:]) == [(x, False, False) for x in (1, 2, 3)]
 
 
+def test_a_plain_task_imports_neither_linecache_nor_re(stage):
+    """linecache (with tokenize, re and enum) is a third of a trivial task's start on a node: the cell's
+    source is given to it only when something imports it (issue 16 j)."""
+    make, run = stage
+    folder = make("import sys\n(x, 'linecache' in sys.modules, 're' in sys.modules)")
+    assert run("--check", str(folder / "job.azpj")).returncode == wire.EXIT_OK  # job preparation's check, as on a node
+    assert list(folder.glob("*.checked"))
+    proc = run(str(folder / "task-1.azpt"), str(folder / "out.azpr"))
+    assert proc.returncode == wire.EXIT_OK, proc.stderr
+    assert wire.loads(*read(folder / "out.azpr")["values"][1:]) == [(x, False, False) for x in (1, 2, 3)]
+
+
+def test_the_cells_lines_show_in_tracebacks_warnings_and_inspect_in_a_fresh_interpreter(stage):
+    """What reads a cell's source through linecache imported after the cell was loaded: a failing
+    iteration's traceback, a warning's report, ``inspect.getsource`` of a function the cell defines."""
+    make, run = stage
+    body = (
+        "import warnings\n"
+        "warnings.warn(f'careful with {x}')  # the warned line\n"
+        "def twice(v):\n"
+        "    return 2 * v  # inside twice\n"
+        "import inspect\n"
+        "source = inspect.getsource(twice)\n"
+        "(source, 1 / (x - 2))  # the failing line\n"
+    )
+    folder = make(body)
+    proc = run(str(folder / "task-1.azpt"), str(folder / "out.azpr"))
+    assert proc.returncode == wire.EXIT_OK, proc.stderr
+    result = read(folder / "out.azpr")
+    assert "(source, 1 / (x - 2))  # the failing line" in result["failed"][1]["traceback"]
+    values = wire.loads(*result["values"][1:])  # by iteration: x = 1, 2 (failed), 3
+    assert values[0][0] == values[2][0] == "def twice(v):\n    return 2 * v  # inside twice\n"
+    stderr = "".join(text for stream, text in result["outputs"][0] if stream == "stderr")
+    assert "careful with 1" in stderr and "the warned line" in stderr, stderr
+
+
 @pytest.mark.parametrize("value", [
     {"b": [1, 2.5, None, True, False], "a": {"x": -1, "é": "quote \" and \\ and \n"}},
     [], {}, "text", 0, 1e300, -0.0, [float("inf"), float("-inf")], {"nested": [[{"deep": [1]}]]},
