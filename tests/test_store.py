@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import pytest
 import azpar_magic
 from azpar_magic import jobstore as store, session
 from azpar_magic.jobs import LOST
+from azpar_magic.jobstore import writer as writer_mod
 from azpar_magic.run import engine as engine_mod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +149,53 @@ def test_a_store_that_cannot_be_written_never_fails_the_job(tmp_path, monkeypatc
     assert job.store_error and "NotADirectoryError" in job.store_error
     assert "could not keep job" in capfd.readouterr().err
     assert azpar_magic.attach(job.id) is job  # still there for this session
+
+
+class _Result(dict):
+    """A result dict that can be watched with a weak reference (a plain dict cannot)."""
+
+
+@pytest.mark.timeout(60)
+def test_no_result_dict_waits_for_the_writer(job_store, monkeypatch):
+    """A finished task's records are formatted as it arrives and only their bytes wait for the writer's
+    next tick: result dicts held until then outlived the collector's young generations and set off full
+    collections of the kernel's heap (issue 16, a'). The store still has every value afterwards."""
+    monkeypatch.setattr(writer_mod, "COALESCE", 30.0)  # the writer's ticks, from its next one on: none during the job
+    alive = []
+    real = writer_mod.JobRecorder.task_result
+
+    def watched(self, task_id, indices, result):
+        result = _Result(result)
+        alive.append(weakref.ref(result))
+        real(self, task_id, indices, result)
+
+    monkeypatch.setattr(writer_mod.JobRecorder, "task_result", watched)
+    time.sleep(2 * 0.05)  # a tick already waiting ends with its old wait
+    job = azpar_magic.run("for x in range(40)", "x * 3", {}, chunk_size=1, workers=2)
+    assert job.result(timeout=30) == [x * 3 for x in range(40)]
+    assert len(alive) == 40 and [ref for ref in alive if ref() is not None] == []
+    assert store.flush()
+    assert store.load_job(job.id).result() == [x * 3 for x in range(40)]
+
+
+@pytest.mark.timeout(60)
+def test_a_result_the_store_cannot_format_never_fails_the_job(job_store, monkeypatch, capfd):
+    """Formatting happens on the engine's thread now: its failure is still the store's, said once, and
+    the job's values are all there in this session."""
+    real = writer_mod.JobRecorder._result_records
+
+    def broken(self, task_id, indices, result):
+        if task_id == "2":
+            raise ValueError("this record cannot be formatted")
+        return real(self, task_id, indices, result)
+
+    monkeypatch.setattr(writer_mod.JobRecorder, "_result_records", broken)
+    job = azpar_magic.run("for x in range(6)", "x * 2", {}, chunk_size=2, workers=2)
+    assert job.result(timeout=30) == [0, 2, 4, 6, 8, 10]
+    assert store.flush()
+    assert job.store_error and "this record cannot be formatted" in job.store_error
+    assert "could not keep job" in capfd.readouterr().err
+    assert not job.failures
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to give a folder away")

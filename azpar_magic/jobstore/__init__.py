@@ -33,10 +33,11 @@ Why this shape:
   project's machine each file creation costs about 0.2 ms, as much as a whole trivial
   10,000-iteration job spends per worker task (bench/local.py, workload a).
 - All writing happens on one background thread per process. The engine's event path only
-  queues the worker's result dict, whose values are still the bytes the worker sent (no
-  re-serialisation, ever). The thread writes what is queued every ``COALESCE`` seconds
-  while there is any (see ``writer._Writer`` for why it is never woken per event), so a job
-  shorter than that is written once, in three file creations (folder, records, final
+  formats a finished task's records, whose values are still the bytes the worker sent (no
+  re-serialisation of a value, ever), and queues their bytes (not the result dict: thousands
+  of those waiting for the writer set off full garbage collections). The thread writes what
+  is queued every ``COALESCE`` seconds while there is any (see ``writer._Writer`` for why it
+  is never woken per event), so a job shorter than that is written once, in three file creations (folder, records, final
   manifest) and, for a local job, one hard link to its namespace (the namespace file itself
   is created only the first time those bytes are captured), and every finished task is on
   disk within ``COALESCE`` seconds. A kernel killed while a job runs therefore loses at most
