@@ -44,9 +44,13 @@ class JobSpec:
     manifest: dict | None = None  # the job store's manifest (a backend may keep a copy beside the job)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TaskEvent:
-    """Something happened to a task. ``result`` is the worker's result dict on success."""
+    """Something happened to a task. ``result`` is the worker's result dict on success.
+
+    A value nothing changes once made, but not a frozen dataclass: the local pool makes one per
+    task on its dispatcher's thread, and a frozen one's ``__init__`` sets each field through
+    ``object.__setattr__``, 1.4 us an event against 0.4 (issue 16, a')."""
 
     job_id: str
     task_id: str
