@@ -995,8 +995,9 @@ class _AfterImport:
     """A ``sys.meta_path`` entry that calls ``then(module)`` the moment module ``name`` has been
     executed, whoever imports it (the worker, the body, a library), then leaves
     ``sys.meta_path``. It finds the module through the other finders and wraps that loader's
-    ``exec_module``, so the module is the one the import would have given anyway; a loader it
-    cannot wrap per module (none, or a class such as the frozen importer) imports it at once."""
+    ``exec_module``, so the module is the one the import would have given anyway. A loader it
+    cannot wrap for this module alone (none, or a class such as the frozen importer) is left to
+    import it unwatched: ``then`` is not called, and the entry leaves ``sys.meta_path``."""
 
     def __init__(self, name: str, then) -> None:
         self.name, self.then = name, then

@@ -37,13 +37,13 @@ Why this shape:
   re-serialisation of a value, ever), and queues their bytes (not the result dict: thousands
   of those waiting for the writer set off full garbage collections). The thread writes what
   is queued every ``COALESCE`` seconds while there is any (see ``writer._Writer`` for why it
-  is never woken per event), so a job shorter than that is written once, in three file creations (folder, records, final
-  manifest) and, for a local job, one hard link to its namespace (the namespace file itself
-  is created only the first time those bytes are captured), and every finished task is on
-  disk within ``COALESCE`` seconds. A kernel killed while a job runs therefore loses at most
-  the tasks of its last ``COALESCE`` seconds, which ``rerun --failed`` computes again. Nothing
-  calls fsync: records survive a killed process (they are in the OS's page cache), a power
-  cut may lose the last seconds.
+  is never woken per event), so a job shorter than that is written once, in three file
+  creations (folder, records, final manifest) and, for a local job, one hard link to its
+  namespace (the namespace file itself is created only the first time those bytes are
+  captured), and every finished task is on disk within ``COALESCE`` seconds. A kernel killed
+  while a job runs therefore loses at most the tasks of its last ``COALESCE`` seconds, which
+  ``rerun --failed`` computes again. Nothing calls fsync: records survive a killed process
+  (they are in the OS's page cache), a power cut may lose the last seconds.
 - The manifest is written once when the job's folder is created and replaced atomically
   (write a temporary file, rename) when the job ends, so a reader never sees half of a
   final manifest; a reader that meets a manifest being created retries once.
