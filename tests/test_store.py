@@ -160,6 +160,7 @@ def test_no_result_dict_waits_for_the_writer(job_store, monkeypatch):
     """A finished task's records are formatted as it arrives and only their bytes wait for the writer's
     next tick: result dicts held until then outlived the collector's young generations and set off full
     collections of the kernel's heap (issue 16, a'). The store still has every value afterwards."""
+    tick = writer_mod.COALESCE
     monkeypatch.setattr(writer_mod, "COALESCE", 30.0)  # the writer's ticks, from its next one on: none during the job
     alive = []
     real = writer_mod.JobRecorder.task_result
@@ -170,7 +171,7 @@ def test_no_result_dict_waits_for_the_writer(job_store, monkeypatch):
         real(self, task_id, indices, result)
 
     monkeypatch.setattr(writer_mod.JobRecorder, "task_result", watched)
-    time.sleep(2 * 0.05)  # a tick already waiting ends with its old wait
+    time.sleep(2 * tick)  # a tick already waiting ends with its old wait
     job = azpar_magic.run("for x in range(40)", "x * 3", {}, chunk_size=1, workers=2)
     assert job.result(timeout=30) == [x * 3 for x in range(40)]
     assert len(alive) == 40 and [ref for ref in alive if ref() is not None] == []
