@@ -447,14 +447,45 @@ def test_cancel_of_named_tasks_leaves_the_others_running(backend):
 
 def test_finish_removes_what_was_staged_for_the_job(backend):
     b = backend(1)
-    spec, tasks = job("x", 1, [range(0, 1)])
+    spec, tasks = job("x", 2, [range(0, 1), range(1, 2)])  # two tasks, one worker: the file is needed
     sink = Sink()
     b.submit(spec, tasks, sink)
-    sink.take(2)
+    finished_all(sink, 2)
     envelope = os.path.join(b._stage, "job-job-1.azpj")
     assert os.path.exists(envelope)
     b.finish("job-1")
     assert not os.path.exists(envelope)
+
+
+def test_the_envelope_file_exists_before_any_task_goes_without_the_envelope(backend):
+    # A worker may have let a job go from its cache (worker.JobCache keeps a few), and then
+    # opens the envelope file: it is written before the first task that does not carry the
+    # bytes. A job of one task per worker never needs it, and writes none (issue 16, c).
+    b = backend(1)
+    seen = []
+    real = b._task_message
+
+    def spy(w, job_id, task):
+        message = real(w, job_id, task)
+        seen.append(("envelope_data" in message, os.path.exists(message["envelope"])))
+        return message
+
+    b._task_message = spy
+    sink = Sink()
+    spec, tasks = job("x", 1, [range(0, 1)])
+    b.submit(spec, tasks, sink)
+    assert [values(e) for e in finished_all(sink, 1) if e.kind == "finished"] == [[0]]
+    assert seen == [(True, False)]
+    assert not [name for name in os.listdir(b._stage) if name.endswith(".azpj")]
+    b.finish("job-1")
+
+    seen.clear()
+    spec, tasks = job("x + 1", 8, [range(i, i + 1) for i in range(8)], job_id="job-2")
+    b.submit(spec, tasks, sink)
+    assert sorted(values(e)[0] for e in finished_all(sink, 8) if e.kind == "finished") == list(range(1, 9))
+    assert seen[0] == (True, False) and seen[1:] == [(False, True)] * 7
+    b.finish("job-2")
+    assert not [name for name in os.listdir(b._stage) if name.endswith(".azpj")]
 
 
 def test_close_ends_every_worker_process_and_removes_the_stage(backend):

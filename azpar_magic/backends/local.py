@@ -100,6 +100,7 @@ class _Job:
     envelope_path: str
     on_event: EventSink
     envelope_data: bytes = b""  # the envelope file's bytes: sent with the job's first task to each worker
+    envelope_written: bool = False  # the file exists (written once a task went without the bytes)
     cancelled_tasks: set = field(default_factory=set)  # task ids that must never start
     data: dict | None = None  # --inputs/--outputs: the worker's roots, and per-iteration inputs
     scratch: list = field(default_factory=list)  # folders removed when the job ends
@@ -179,8 +180,8 @@ class LocalBackend(BaseBackend):
         if plan is not None:
             envelope, data, scratch = self._stage_data(job, plan)
         packed = wire.pack(wire.ENVELOPE_MAGIC, envelope)
-        with open(envelope_path, "wb") as fh:  # for a worker that never got it in a message (see _task_message)
-            fh.write(packed)
+        # The envelope file is written only once a task goes without its bytes (_task_message):
+        # a job of one task per worker, a short cell's, never needs it (issue 16, c).
         with self._lock:
             # The namespace is staged (a file): the job's record keeps no copy of its bytes.
             self._jobs[job.job_id] = _Job(
@@ -306,10 +307,11 @@ class LocalBackend(BaseBackend):
             for w in self._workers.values():
                 w.told.discard(job_id)
         if job is not None:
-            try:
-                os.unlink(job.envelope_path)
-            except OSError:
-                pass
+            if job.envelope_written:
+                try:
+                    os.unlink(job.envelope_path)
+                except OSError:
+                    pass
             for folder in job.scratch:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -743,6 +745,14 @@ class LocalBackend(BaseBackend):
         if job_id not in w.told:
             w.told.add(job_id)
             message["envelope_data"] = job.envelope_data
+        elif not job.envelope_written:
+            # The worker may have let the job go from its cache since (worker.JobCache keeps a few):
+            # it then opens the file, so the file exists before any task goes without the bytes.
+            try:
+                _write_file(job.envelope_path, job.envelope_data)
+                job.envelope_written = True
+            except OSError:  # no room in the staging folder: the bytes travel again instead
+                message["envelope_data"] = job.envelope_data
         return message
 
     def _begin(self, w: _Worker) -> tuple:
@@ -777,6 +787,14 @@ def _message_size(task: TaskSpec) -> int:
 def _frame(message: dict) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return struct.pack(">Q", len(data)) + data
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
