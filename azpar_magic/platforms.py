@@ -324,6 +324,10 @@ class SelectMailbox(Mailbox):
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._fds: dict[str, int] = {}
+        # Read into this one buffer, then copy out what came: os.read(fd, READ_SIZE) allocates
+        # READ_SIZE for every read, which malloc maps and unmaps (three system calls and a page
+        # fault for a 200-byte reply, held under the GIL on the dispatcher's thread; issue 16).
+        self._scratch = memoryview(bytearray(READ_SIZE))
 
     def watch(self, key: str, fd: int) -> None:
         self._fds[key] = fd
@@ -349,7 +353,7 @@ class SelectMailbox(Mailbox):
                     pass
                 continue
             try:
-                chunk = os.read(key.fd, READ_SIZE)
+                chunk = self._scratch[: os.readv(key.fd, [self._scratch])].tobytes()
             except OSError:
                 chunk = b""
             got.append((key.data, chunk))
