@@ -99,7 +99,7 @@ LABELS = {
 
 FULL = dict(a_n=10_000, a_reps=9, a_cold_reps=3, a_budget=30.0,
             b_n=40, b_secs=0.2, b_reps=3, b_budget=30.0, b_ref=6,
-            c_runs=300, c_budget=20.0,
+            c_runs=2000, c_budget=20.0,
             d_mb=100, d_n=100, d_reps=3, d_budget=25.0, dp_reps=5)
 QUICK = dict(a_n=2_000, a_reps=2, a_cold_reps=1, a_budget=10.0,
              b_n=8, b_secs=0.05, b_reps=1, b_budget=10.0, b_ref=4,
