@@ -204,7 +204,9 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
     for note in notes + [f"azpar: warning: {text}" for text in body_warnings(parsed, options.gather)]:
         print(note, file=sys.stderr)
     uploads = request.backend_options["transfer_progress"] = TransferProgress(quiet=args.quiet)  # --inputs
-    before = set(engine.jobs)
+    # The newest job so far, not a copy of them all: the engine keeps every job of the session,
+    # and a set of their ids made per cell grew with the session (issue 16, c).
+    before = next(reversed(engine.jobs), None)
     try:
         # SubmitError (a ValueError) says itself; other ValueErrors and RuntimeErrors are framed
         with (
@@ -226,11 +228,14 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
     return None
 
 
-def _interrupted(engine: Any, before: set[str], said: str = "") -> NoReturn:
+def _interrupted(engine: Any, before: str | None, said: str = "") -> NoReturn:
     """Ctrl-C while the iterable was evaluated, the namespace captured or the job handed
     to the backend: one line saying so (the traceback would be from inside pickling).
-    ``said``: the engine's own account of where it was interrupted, if it gave one."""
-    started = [job for job_id, job in list(engine.jobs.items()) if job_id not in before]
+    ``before``: the engine's newest job id when the cell began (jobs are kept in the order
+    they were made). ``said``: the engine's own account of where it was interrupted, if it gave one."""
+    ids = list(engine.jobs)
+    newer = ids[ids.index(before) + 1 :] if before in ids else ids if before is None else []
+    started = [engine.jobs[job_id] for job_id in newer]
     if not started:
         where = (
             said.rstrip(". ").removesuffix("Nothing was submitted").rstrip(". ")
