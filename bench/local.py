@@ -4,6 +4,7 @@
     python bench/local.py                   # full run (~3-4 min on 2 cores)
     python bench/local.py --quick           # smoke run: fewer repetitions, smaller sizes
     python bench/local.py --only a,c --skip-peers ipyparallel,dask
+    AZPAR_BENCH_ROOT=/other/checkout python bench/local.py --only a,c   # that checkout's azpar_magic
 
 One run measures, in the same invocation, azpar_magic (Python API ``azpar_magic.run`` with
 ``workers=2``, and the ``%%azpar`` cell magic for workload c) and the peers: sequential,
@@ -47,6 +48,9 @@ import calibration as machine_calibration  # bench/calibration.py (this script's
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
+# Another checkout whose azpar_magic the children measure (first on their PYTHONPATH): without it
+# the installed checkout is measured, whichever checkout's bench/local.py runs.
+ROOT = os.environ.get("AZPAR_BENCH_ROOT")
 
 # ----------------------------------------------------------------------------------------------
 # The mapped code: defined at the top level of __main__, as a notebook defines it.
@@ -360,7 +364,7 @@ class Azpar(Peer):
         self.azpar = azpar_magic
         self.last_job = None
         self.loads_seen: dict[int, int] = {}  # worker pid -> cumulative namespace loads last reported
-        return {"azpar_magic": azpar_magic.__version__}
+        return {"azpar_magic": azpar_magic.__version__, "from": os.path.dirname(os.path.abspath(azpar_magic.__file__))}
 
     def map(self, spec):
         job = self.azpar.run(spec["loop"], spec["body"], globals(), workers=2)
@@ -1448,6 +1452,8 @@ def main(argv=None) -> int:
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     for key in [k for k in env if k.startswith("AZPAR_") and k != "AZPAR_PORTABLE"]:
         del env[key]  # the default, local backend whatever the caller's environment says (AZPAR_PORTABLE: its path)
+    if ROOT:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.abspath(ROOT), env.get("PYTHONPATH")]))
     results: dict = {}
     runner = None
     try:
