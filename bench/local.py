@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark azpar_magic's local pool against the local parallel maps a user would pick instead.
 
-    python bench/local.py                   # full run (~3-4 min on 2 cores)
+    python bench/local.py                   # full run (~4-5 min on 2 cores)
     python bench/local.py --quick           # smoke run: fewer repetitions, smaller sizes
     python bench/local.py --only a,c --skip-peers ipyparallel,dask
     AZPAR_BENCH_ROOT=/other/checkout python bench/local.py --only a,c   # that checkout's azpar_magic
