@@ -749,7 +749,8 @@ class LocalBackend(BaseBackend):
             # The worker may have let the job go from its cache since (worker.JobCache keeps a few):
             # it then opens the file, so the file exists before any task goes without the bytes.
             try:
-                _write_file(job.envelope_path, job.envelope_data)
+                with open(job.envelope_path, "wb") as fh:
+                    fh.write(job.envelope_data)
                 job.envelope_written = True
             except OSError:  # no room in the staging folder: the bytes travel again instead
                 message["envelope_data"] = job.envelope_data
@@ -787,14 +788,6 @@ def _message_size(task: TaskSpec) -> int:
 def _frame(message: dict) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return struct.pack(">Q", len(data)) + data
-
-
-def _write_file(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -234,7 +234,12 @@ def _interrupted(engine: Any, before: str | None, said: str = "") -> NoReturn:
     ``before``: the engine's newest job id when the cell began (jobs are kept in the order
     they were made). ``said``: the engine's own account of where it was interrupted, if it gave one."""
     ids = list(engine.jobs)
-    newer = ids[ids.index(before) + 1 :] if before in ids else ids if before is None else []
+    if before is None:
+        newer = ids
+    elif before in ids:
+        newer = ids[ids.index(before) + 1 :]
+    else:  # that job was deleted meanwhile (from another thread): which jobs are new is not known
+        newer = []
     started = [engine.jobs[job_id] for job_id in newer]
     if not started:
         where = (
