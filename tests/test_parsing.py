@@ -63,6 +63,49 @@ def test_last_expression_is_the_value_and_continue_gives_none():
     assert run_code(cell, 3)["__azpar_value__"] is None
 
 
+def _names_in(code) -> set:
+    names = set(code.co_names) | set(code.co_varnames)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names_in(const)
+    return names
+
+
+def run_function(cell, item, namespace=None):
+    """The function mode's runner, called as the worker calls it."""
+    ns = dict(namespace or {})
+    exec(marshal.loads(cell.function_code), ns)
+    return ns["__azpar_run__"](item)
+
+
+# Where a `continue` sits decides whether the runner needs its one-pass loop: the loop costs
+# each iteration as much as a trivial body does (issue 16, a), so it is there only when a
+# `continue` of the cell's own loop would otherwise be a syntax error or end the wrong loop.
+CONTINUE_CASES = [
+    # (body, needs the one-pass loop, value of item 3, value of item 4)
+    ("x * 2", False, 6, 8),
+    ("if x % 2:\n    continue\nx * 2", True, None, 8),
+    ("try:\n    if x == 3:\n        continue\nfinally:\n    y = 1\nx + y", True, None, 5),
+    ("with open(__file__) as fh:\n    if x == 4:\n        continue\nx", True, 3, None),
+    ("acc = []\nfor k in range(x):\n    if k % 2:\n        continue\n    acc.append(k)\nacc", False, [0, 2], [0, 2]),
+    ("for k in range(x):\n    pass\nelse:\n    if x == 3:\n        continue\nx", True, None, 4),
+    ("n = x\nwhile n:\n    n -= 1\n    if n % 2:\n        continue\nn + x", False, 3, 4),
+    ("def f(v):\n    for k in range(v):\n        continue\n    return v\nf(x)", False, 3, 4),
+    ("class C:\n    for k in range(2):\n        continue\nx", False, 3, 4),
+]
+
+
+@pytest.mark.parametrize("body, needs_loop, value3, value4", CONTINUE_CASES)
+def test_the_one_pass_loop_only_where_a_continue_needs_it(body, needs_loop, value3, value4):
+    cell = parse_cell("for x in xs", body)
+    for code in (marshal.loads(cell.code), marshal.loads(cell.function_code)):
+        assert ("__azpar_once__" in _names_in(code)) is needs_loop
+    ns = {"__file__": __file__}
+    for item, expected in ((3, value3), (4, value4)):
+        assert run_code(cell, item, ns)["__azpar_value__"] == expected
+        assert run_function(cell, item, ns) == expected
+
+
 def test_body_without_final_expression_gives_none():
     cell = parse_cell("for x in xs", "y = x\n")
     assert run_code(cell, 1)["__azpar_value__"] is None
