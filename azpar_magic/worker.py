@@ -656,6 +656,7 @@ class JobCache:
         self.jobs: dict[str, LoadedJob] = {}
         self.envelopes: dict[bytes, LoadedJob] = {}
         self.namespaces: dict[str, LoadedNamespace] = {}
+        self.failed: dict[str, tuple] = {}  # envelope path -> why loading that job failed here (class, words)
         self.namespace_loads = 0  # reported back so "loaded once per worker" can be checked
 
     @staticmethod
@@ -795,7 +796,25 @@ def load_job(envelope_path: str, cache: JobCache | None = None, data: bytes | No
             with open(envelope_path, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
+            # The pool writes no file for a job it knows this process loaded from a task that carried
+            # the envelope; if that load failed, its failure is this task's too.
+            failure = cache.failed.get(envelope_path) if cache is not None else None
+            if failure is not None:
+                raise failure[0](failure[1]) from None
             raise BadInput(f"cannot read the job envelope {envelope_path}: {exc}") from None
+    try:
+        return _load_job(envelope_path, cache, data)
+    except Exception as exc:
+        if cache is not None:  # its class and words, not the exception: its traceback holds the load's data
+            if isinstance(exc, (EnvironmentMismatch, BadInput)):
+                failure = (type(exc), str(exc))
+            else:
+                failure = (BadInput, f"loading the job failed here: {type(exc).__name__}: {exc}")
+            cache._remember(cache.failed, envelope_path, failure)
+        raise
+
+
+def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> LoadedJob:
     if cache is not None and data in cache.envelopes:
         job = cache.envelopes[data]
         cache._remember(cache.jobs, envelope_path, job)
@@ -2180,15 +2199,31 @@ class _Inbox:
             except Exception as exc:  # the stream is out of step: nothing after it can be trusted
                 message = {"op": "exit", "why": f"{type(exc).__name__}: {exc}"}
             if message.get("op") == "return":
-                wanted = set(message["tasks"])
-                returned = [m["task"] for m in self._waiting if m.get("task") in wanted]
-                self._waiting = type(self._waiting)(m for m in self._waiting if m.get("task") not in wanted)
-                self._send({"op": "returned", "tasks": returned})
+                self._give_back(set(message["tasks"]))
             elif message.get("op") == "exit":
                 self._stop(message)
                 return
             else:
                 self._waiting.append(message)
+
+    def _give_back(self, wanted: set) -> None:
+        """Return the waiting tasks named (lock held). A returned task that carried its job's
+        envelope hands it to the next task of that job kept here: the pool sent that one without
+        the envelope, and without its file, since this process would have loaded the job first
+        (backends/local.py, _note_sent)."""
+        kept, returned = type(self._waiting)(), []
+        carried: dict = {}  # envelope path -> the bytes a returned task carried
+        for m in self._waiting:
+            if m.get("task") in wanted:
+                returned.append(m["task"])
+                if "envelope_data" in m:
+                    carried[m["envelope"]] = m["envelope_data"]
+            else:
+                if m.get("envelope") in carried and "envelope_data" not in m:
+                    m["envelope_data"] = carried.pop(m["envelope"])
+                kept.append(m)
+        self._waiting = kept
+        self._send({"op": "returned", "tasks": returned})
 
     def _stop(self, message: dict) -> None:
         """The pool closes (or the kernel is gone): tasks held ahead never start (the pool

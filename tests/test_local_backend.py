@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from azpar_magic import worker as wire
 from azpar_magic.backends import local as local_backend
 from azpar_magic.backends.base import Backend, BaseBackend, JobSpec, TaskEvent, TaskSpec
 from azpar_magic.backends.local import LocalBackend
@@ -164,7 +165,7 @@ def test_a_long_chunk_of_consecutive_iterations_travels_as_a_range_and_others_as
     assert [m["indices"] for m in sent] == [range(0, 4000), list(range(4000, 4010)), [4011, 4013, 8999]]
     assert [type(m["indices"]) for m in sent] == [range, list, list]
     # The worker's first task of the job brings the job's envelope (it need not open the file).
-    assert [m.get("envelope_data", b"")[:4] for m in sent] == [open(sent[0]["envelope"], "rb").read()[:4], b"", b""]
+    assert [m.get("envelope_data", b"")[:4] for m in sent] == [wire.ENVELOPE_MAGIC[:4], b"", b""]
     assert finished["1"].result["indices"] == range(0, 4000) and values(finished["1"])[-1] == 39990
     assert finished["2"].result["indices"] == list(range(4000, 4010)) and values(finished["2"])[0] == 40000
     assert finished["3"].result["indices"] == [4011, 4013, 8999] and values(finished["3"]) == [40110, 40130, 89990]
@@ -445,47 +446,83 @@ def test_cancel_of_named_tasks_leaves_the_others_running(backend):
     assert sorted((e.task_id, values(e)) for e in done) == [("1", [0]), ("3", [4])]
 
 
+def staged_envelopes(b: LocalBackend) -> list[str]:
+    return [name for name in os.listdir(b._stage) if name.endswith(".azpj")]
+
+
 def test_finish_removes_what_was_staged_for_the_job(backend):
     b = backend(1)
-    spec, tasks = job("x", 2, [range(0, 1), range(1, 2)])  # two tasks, one worker: the file is needed
     sink = Sink()
+    spec, tasks = job("x", 1, [range(0, 1)])
     b.submit(spec, tasks, sink)
-    finished_all(sink, 2)
-    envelope = os.path.join(b._stage, "job-job-1.azpj")
-    assert os.path.exists(envelope)
+    finished_all(sink, 1)
+    for n in range(2, 6):  # four other jobs since job-1's: the worker may have let job-1 go
+        b.submit(*job("x", 1, [range(0, 1)], job_id=f"job-{n}"), Sink())
+    wait_for(lambda: not b._queue and all(w.idle for w in b._workers.values()), timeout=WAIT)
+    b.resubmit("job-1", tasks[0])  # as a retry does: the task goes again, and the file with it
+    finished_all(sink, 1)
+    assert staged_envelopes(b) == ["job-job-1.azpj"]
     b.finish("job-1")
-    assert not os.path.exists(envelope)
+    assert staged_envelopes(b) == []
 
 
-def test_the_envelope_file_exists_before_any_task_goes_without_the_envelope(backend):
-    # A worker may have let a job go from its cache (worker.JobCache keeps a few), and then
-    # opens the envelope file: it is written before the first task that does not carry the
-    # bytes. A job of one task per worker never needs it, and writes none (issue 16, c).
+def test_a_task_goes_without_its_envelope_only_where_the_worker_still_holds_the_job(backend):
+    # A job's first task to a worker carries the envelope. Its next ones go without: the worker's
+    # job cache (worker.JobCache, NAMESPACE_CACHE_SIZE jobs, first in first out) still holds the
+    # job while fewer than that many other jobs came to it since; after that, the envelope file
+    # is written first, since the worker may have let the job go and then opens it. The worker
+    # here is a real one: a task sent without either would fail with "cannot read the envelope".
     b = backend(1)
     seen = []
     real = b._task_message
 
     def spy(w, job_id, task):
         message = real(w, job_id, task)
-        seen.append(("envelope_data" in message, os.path.exists(message["envelope"])))
+        seen.append((job_id, "envelope_data" in message, os.path.exists(message["envelope"])))
         return message
 
     b._task_message = spy
     sink = Sink()
-    spec, tasks = job("x", 1, [range(0, 1)])
-    b.submit(spec, tasks, sink)
-    assert [values(e) for e in finished_all(sink, 1) if e.kind == "finished"] == [[0]]
-    assert seen == [(True, False)]
-    assert not [name for name in os.listdir(b._stage) if name.endswith(".azpj")]
-    b.finish("job-1")
-
-    seen.clear()
-    spec, tasks = job("x + 1", 8, [range(i, i + 1) for i in range(8)], job_id="job-2")
+    spec, tasks = job("x + 1", 8, [range(i, i + 1) for i in range(8)])
     b.submit(spec, tasks, sink)
     assert sorted(values(e)[0] for e in finished_all(sink, 8) if e.kind == "finished") == list(range(1, 9))
-    assert seen[0] == (True, False) and seen[1:] == [(False, True)] * 7
-    b.finish("job-2")
-    assert not [name for name in os.listdir(b._stage) if name.endswith(".azpj")]
+    assert seen == [("job-1", True, False)] + [("job-1", False, False)] * 7  # one worker: it keeps the job
+
+    def others(numbers) -> None:
+        for n in numbers:
+            other = Sink()
+            b.submit(*job("x", 1, [range(0, 1)], job_id=f"job-{n}"), other)
+            assert [values(e) for e in finished_all(other, 1) if e.kind == "finished"] == [[0]]
+
+    def again() -> tuple:
+        seen.clear()
+        b.resubmit("job-1", tasks[0])
+        assert [values(e) for e in finished_all(sink, 1) if e.kind == "finished"] == [[1]]
+        return seen[0]
+
+    assert wire.NAMESPACE_CACHE_SIZE == 4  # the counts below
+    others(range(2, 5))  # three other jobs since: still held
+    assert again() == ("job-1", False, False) and staged_envelopes(b) == []
+    others([5])  # a fourth
+    assert again() == ("job-1", False, True) and staged_envelopes(b) == ["job-job-1.azpj"]
+    for n in range(1, 6):
+        b.finish(f"job-{n}")
+    assert staged_envelopes(b) == []
+
+
+def test_a_job_that_failed_to_load_fails_its_tasks_sent_without_the_envelope_alike(backend):
+    # Tasks held ahead go without the envelope and without its file: the worker loads the job from
+    # the first one. When that load fails, the others fail with the same words, not with a missing file.
+    b = backend(1)
+    spec, tasks = job("x", 3, [range(i, i + 1) for i in range(3)])
+    spec.envelope["format"] = 999
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    failed = [e for e in finished_all(sink, 3) if e.kind != "started"]
+    assert [e.kind for e in failed] == ["failed"] * 3
+    assert {e.failure_kind for e in failed} == {"environment"}, failed
+    assert len({e.error for e in failed}) == 1 and "envelope format 999" in failed[0].error
+    assert staged_envelopes(b) == []
 
 
 def test_close_ends_every_worker_process_and_removes_the_stage(backend):

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -291,3 +292,34 @@ def test_a_job_loads_from_the_envelope_it_came_with_and_the_same_envelope_is_loa
     assert again is job and checks == [wire.FORMAT_VERSION] and cache.namespace_loads == 1
     with pytest.raises(wire.BadInput, match="cannot read the job envelope"):  # neither bytes nor a file
         wire.load_job(str(folder / "job-3.azpj"), cache)
+
+
+def test_a_task_given_back_hands_its_envelope_to_the_next_kept_task_of_its_job():
+    # The pool sends a job's first task to a worker with the envelope and the next ones without it,
+    # and without its file (backends/local.py, _note_sent). If the first is given back and a later
+    # one kept, the kept one must bring the envelope, or the worker could not load the job.
+    import io
+
+    read_fd, write_fd = os.pipe()
+    sent: list = []
+    try:
+        inbox = wire._Inbox(read_fd, sent.append)
+        frames = io.BytesIO()
+        messages = [
+            {"op": "task", "task": "1", "envelope": "/stage/job-a.azpj", "envelope_data": b"A"},
+            {"op": "task", "task": "2", "envelope": "/stage/job-b.azpj", "envelope_data": b"B"},
+            {"op": "task", "task": "3", "envelope": "/stage/job-a.azpj"},
+            {"op": "task", "task": "4", "envelope": "/stage/job-a.azpj"},
+            {"op": "return", "tasks": ["1", "2"]},
+        ]
+        for message in messages:
+            wire.write_frame(frames, message)
+        os.write(write_fd, frames.getvalue())
+        kept = [inbox.next(), inbox.next()]
+        assert sent == [{"op": "returned", "tasks": ["1", "2"]}]
+        assert [(m["task"], m.get("envelope_data")) for m in kept] == [("3", b"A"), ("4", None)]
+        inbox._running.clear()  # as when no task runs: its helper stops looking at the pipe
+        time.sleep(3 * inbox.GIVE_BACK_POLL)
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
