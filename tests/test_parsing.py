@@ -106,6 +106,31 @@ def test_the_one_pass_loop_only_where_a_continue_needs_it(body, needs_loop, valu
         assert run_function(cell, item, ns) == expected
 
 
+@pytest.mark.parametrize("header, body, item, expected, direct", [
+    ("for x in xs", "x * 2", 3, 6, True),
+    ("for x in xs", "x = x + 1\nx * 2", 3, 8, True),
+    ("for x in xs", "y = x + 1", 3, None, True),
+    ("for x in xs", "# nothing but a comment", 3, None, True),
+    ("for a, b in pairs", "a * b", (2, 3), 6, False),
+    ("for x in xs", "if x:\n    continue\nx - 1", 0, -1, False),
+])
+def test_a_one_name_loop_runs_as_a_function_of_that_name(header, body, item, expected, direct):
+    # The common loop needs neither the item's name nor the value's: the function takes the
+    # loop's name as its parameter and returns the last expression (issue 16, a).
+    cell = parse_cell(header, body)
+    code = marshal.loads(cell.function_code)
+    assert ({"__azpar_item__", "__azpar_value__"} & _names_in(code) == set()) is direct
+    assert run_function(cell, item) == expected == run_code(cell, item)["__azpar_value__"]
+
+
+def test_function_mode_tracebacks_show_the_cells_lines():
+    cell = parse_cell("for x in xs", "a = 1\nb = 2\n1 / x\n")
+    with pytest.raises(ZeroDivisionError) as info:
+        run_function(cell, 0)
+    frame = traceback.extract_tb(info.value.__traceback__)[-1]
+    assert (frame.filename, frame.lineno) == (CELL_FILENAME, 4)  # the magic line is line 1
+
+
 def test_body_without_final_expression_gives_none():
     cell = parse_cell("for x in xs", "y = x\n")
     assert run_code(cell, 1)["__azpar_value__"] is None
