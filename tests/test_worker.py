@@ -323,3 +323,25 @@ def test_a_task_given_back_hands_its_envelope_to_the_next_kept_task_of_its_job()
     finally:
         os.close(write_fd)
         os.close(read_fd)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_prints_and_failures_belong_to_their_iterations_however_the_runner_tracks_them(stage, exact):
+    # Exact (a task with a --timeout on the local pool): each iteration's index is written as it
+    # starts. Else a loop of calls runs at C speed and counts its iterations instead (issue 16, a):
+    # a print, a failure and the index it leaves behind must come out the same.
+    make, _ = stage
+    items = list(range(10, 20))
+    folder = make("if x in (12, 17, 19):\n    print('it', x)\nif x in (10, 15, 19):\n    raise ValueError(x)\nx * 2",
+                  items=items)
+    job = wire.load_job(str(folder / "job.azpj"), wire.JobCache())
+    assert job.function is not None  # a loop of calls
+    progress = memoryview(bytearray(16)).cast("q")
+    result = wire.Runner(job, progress, exact=exact).run(range(100, 110), items)
+    assert wire.loads(*result["values"][1:]) == [None if x in (10, 15, 19) else 2 * x for x in items]
+    assert sorted(result["failed"]) == [100, 105, 109]
+    assert result["failed"][105]["message"] == "15" and result["failed"][105]["line"] == 5
+    assert result["outputs"] == {102: [["stdout", "it 12\n"]], 107: [["stdout", "it 17\n"]],
+                                 109: [["stdout", "it 19\n"]]}
+    assert progress[0] == (109 if exact else 100)  # the counted loop writes only its first
+    assert wire._RUNNING == [None]  # the heartbeat has no loop to look at once it ended

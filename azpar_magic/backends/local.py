@@ -742,6 +742,8 @@ class LocalBackend(BaseBackend):
             "indices": wire.travelling(task.indices),  # a long range as a range: it comes back as one
             "cwd": job.spec.cwd,
         }
+        if job.spec.timeout and math.isfinite(job.spec.timeout):
+            message["exact_progress"] = True  # the worker writes each iteration as it starts: _expire names it
         if job.data is not None:
             own = job.data["items"]
             data = {
