@@ -898,9 +898,9 @@ class _Recorder:
 
 
 class _OutputSink:
-    """Routes writes to the recorder of the iteration running now (``progress[0]``, which the
-    runner writes as each iteration starts), creating it only when the iteration writes:
-    silent iterations (the common case) cost nothing."""
+    """Routes writes to the recorder of the iteration running now (the runner's count of it in a
+    counted loop, else ``progress[0]``, which the runner writes as each iteration starts),
+    creating it only when the iteration writes: silent iterations (the common case) cost nothing."""
 
     def __init__(self, progress: memoryview, running=None) -> None:
         self.progress = progress
