@@ -17,7 +17,7 @@ import keyword
 import marshal
 import re
 import tokenize
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..errors import CellError
@@ -107,6 +107,7 @@ class _BodyChecker(ast.NodeVisitor):
     def __init__(self) -> None:
         self.loop_depth = 0
         self.problems: list[tuple[int, str]] = []
+        self.continues = False  # a `continue` of the cell's own loop: the runner needs its one-pass loop
 
     def _scope(self, node: ast.AST) -> None:
         """A nested function or class is its own scope: return/yield/break there are fine."""
@@ -136,6 +137,10 @@ class _BodyChecker(ast.NodeVisitor):
                     "`continue` to give this iteration the value None",
                 )
             )
+
+    def visit_Continue(self, node: ast.Continue) -> None:
+        if self.loop_depth == 0:
+            self.continues = True
 
     def visit_Return(self, node: ast.Return) -> None:
         self.problems.append(
@@ -198,11 +203,7 @@ def _runner_statements(target: ast.expr, body: ast.Module, line_offset: int) -> 
     ``for __azpar_once__ in (None,):``, where that `continue` ends the iteration. Only then:
     the loop costs each iteration ~25 ns, as much as a trivial body itself (issue 16, a).
     """
-    body = copy.deepcopy(body)  # the caller's tree stays as parsed
-    stmts = list(body.body)
-    if stmts and isinstance(stmts[-1], ast.Expr):
-        last = stmts[-1]
-        stmts[-1] = ast.copy_location(ast.Assign(targets=[ast.Name(VALUE_NAME, ast.Store())], value=last.value), last)
+    stmts = _cell_statements(body, line_offset, lambda value: ast.Assign([ast.Name(VALUE_NAME, ast.Store())], value))
     bind = ast.Assign(targets=[copy.deepcopy(target)], value=ast.Name(ITEM_NAME, ast.Load()))
     init = ast.Assign(targets=[ast.Name(VALUE_NAME, ast.Store())], value=ast.Constant(None))
     synthetic = [*ast.walk(init), *ast.walk(bind)]
@@ -218,37 +219,26 @@ def _runner_statements(target: ast.expr, body: ast.Module, line_offset: int) -> 
         runner = [init, loop]
     for node in synthetic:
         _on_magic_line(node)
-    ast.increment_lineno(ast.Module(body=stmts, type_ignores=[]), line_offset)
     return runner
 
 
-class _LoopContinue(ast.NodeVisitor):
-    """Finds a `continue` that belongs to the cell's own loop: not inside a loop of the body,
-    nor inside a function or class it defines."""
-
-    def __init__(self) -> None:
-        self.found = False
-
-    def _skip(self, node: ast.AST) -> None:
-        pass
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = _skip
-
-    def _loop(self, node: ast.For | ast.AsyncFor | ast.While) -> None:
-        for stmt in node.orelse:  # a loop's `else` is outside it: its `continue` is the cell's
-            self.visit(stmt)
-
-    visit_For = visit_AsyncFor = visit_While = _loop
-
-    def visit_Continue(self, node: ast.Continue) -> None:
-        self.found = True
-
-
 def _continues_the_loop(stmts: list[ast.stmt]) -> bool:
-    finder = _LoopContinue()
+    """Whether a `continue` belongs to the cell's own loop: not to a loop of the body, nor to a
+    function or class it defines (the body checker's own scoping)."""
+    checker = _BodyChecker()
     for stmt in stmts:
-        finder.visit(stmt)
-    return finder.found
+        checker.visit(stmt)
+    return checker.continues
+
+
+def _cell_statements(body: ast.Module, line_offset: int, value: Callable[[ast.expr], ast.stmt]) -> list[ast.stmt]:
+    """The body's statements, copied (the caller's tree stays as parsed) and on the cell's lines,
+    its last expression statement made ``value(expression)``."""
+    stmts = list(copy.deepcopy(body).body)
+    if stmts and isinstance(stmts[-1], ast.Expr):
+        stmts[-1] = ast.copy_location(value(stmts[-1].value), stmts[-1])
+    ast.increment_lineno(ast.Module(body=stmts, type_ignores=[]), line_offset)
+    return stmts
 
 
 def _on_magic_line(node: ast.AST) -> None:
@@ -277,7 +267,7 @@ def build_function_code(target: ast.expr, body: ast.Module, line_offset: int) ->
     iteration ~10 ns of ~70 (issue 16, a)."""
     synthetic: list[ast.AST] = []
     if isinstance(target, ast.Name) and not _continues_the_loop(body.body):
-        param, stmts = target.id, _returning_statements(body, line_offset)
+        param, stmts = target.id, _cell_statements(body, line_offset, ast.Return)
         if not stmts:  # a body of comments only
             stmts = [ast.Pass()]
             synthetic = [stmts[0]]
@@ -296,15 +286,6 @@ def build_function_code(target: ast.expr, body: ast.Module, line_offset: int) ->
         return marshal.dumps(compile(module, CELL_FILENAME, "exec", dont_inherit=True))
     except SyntaxError:
         return b""
-
-
-def _returning_statements(body: ast.Module, line_offset: int) -> list[ast.stmt]:
-    """The body with its last expression statement returned (a body without one returns None)."""
-    stmts = list(copy.deepcopy(body).body)  # the caller's tree stays as parsed
-    if stmts and isinstance(stmts[-1], ast.Expr):
-        stmts[-1] = ast.copy_location(ast.Return(stmts[-1].value), stmts[-1])
-    ast.increment_lineno(ast.Module(body=stmts, type_ignores=[]), line_offset)
-    return stmts
 
 
 @functools.lru_cache(maxsize=64)
