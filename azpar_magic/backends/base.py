@@ -20,9 +20,11 @@ ENTRY_POINT_GROUP = "azpar_magic.backends"
 _BUILTIN = {"local": "azpar_magic.backends.local:LocalBackend", "azure": "azpar_magic.backends.azure:AzureBackend"}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TaskSpec:
-    """One task: a chunk of iterations and their serialised items."""
+    """One task: a chunk of iterations and their serialised items. Not changed once made; not
+    frozen, as a frozen dataclass costs three times as much to make, and a job makes one per
+    task before its first task starts (issue 16, a': 10,000 of them took ~4.5 ms)."""
 
     task_id: str
     indices: Sequence[int]
