@@ -345,3 +345,63 @@ def test_prints_and_failures_belong_to_their_iterations_however_the_runner_track
                                  109: [["stdout", "it 19\n"]]}
     assert progress[0] == (109 if exact else 100)  # the counted loop writes only its first
     assert wire._RUNNING == [None]  # the heartbeat has no loop to look at once it ended
+
+
+def test_a_small_reply_travels_as_a_tuple_and_reads_back_as_the_reply_it_was(stage):
+    # A one-iteration task's reply goes as a tuple of its values (unpickling the dicts was most of
+    # the kernel's cost of such a task, issue 16, a'); the kernel reads it back as the whole reply.
+    # A reply with anything more than values and timings (a print here) travels whole.
+    import io
+    import pickle
+
+    make, _ = stage
+    folder = make("if x == 2:\n    print('two')\nx * 2")
+    job = wire.load_job(str(folder / "job.azpj"), wire.JobCache())
+    for items, compact in (([1], True), ([2], False)):
+        result = wire.Runner(job).run(range(len(items)), items)
+        result["worker"] = {"pid": 123, "namespace_loads": 1}
+        reply = {"op": "result", "task": "7", "result": result, "ran": 0.25}
+        stream = io.BytesIO()
+        wire._send_reply(stream, reply)
+        (frame,) = wire.cut_frames(bytearray(stream.getvalue()))
+        travelled = pickle.loads(frame)
+        assert (type(travelled) is tuple) == compact
+        assert (wire.full_reply(travelled) if compact else travelled) == reply
+
+
+def test_tasks_sent_together_are_read_as_tasks_of_their_own(stage):
+    # The pool writes the tasks it gives a worker at once as one frame holding their list.
+    import io
+
+    read_fd, write_fd = os.pipe()
+    sent: list = []
+    try:
+        inbox = wire._Inbox(read_fd, sent.append)
+        frames = io.BytesIO()
+        wire.write_frame(frames, [{"op": "task", "task": "1"}, {"op": "task", "task": "2"}, {"op": "task", "task": "3"}])
+        wire.write_frame(frames, {"op": "return", "tasks": ["3"]})
+        wire.write_frame(frames, {"op": "task", "task": "4"})
+        os.write(write_fd, frames.getvalue())
+        assert [inbox.next()["task"], inbox.next()["task"], inbox.next()["task"]] == ["1", "2", "4"]
+        assert sent == [{"op": "returned", "tasks": ["3"]}]
+        inbox._running.clear()
+        time.sleep(3 * inbox.GIVE_BACK_POLL)
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
+
+
+def test_a_stream_an_iteration_kept_writes_to_the_task_running_when_it_writes(stage):
+    # The worker's sys.stdout serves every task (made once, not per task: issue 16, a'). A logging
+    # handler or a stream an iteration kept then writes to the output of the iteration running when
+    # it writes, not to an earlier task's output, which is gone; between tasks, it is dropped.
+    make, _ = stage
+    folder = make("import sys\nif x == 0:\n    sys.azpar_kept = sys.stdout\nsys.azpar_kept.write(f'k{x}\\n')\nx")
+    job = wire.load_job(str(folder / "job.azpj"), wire.JobCache())
+    try:
+        first = wire.Runner(job).run(range(0, 1), [0])
+        second = wire.Runner(job).run(range(1, 2), [1])
+        assert first["outputs"] == {0: [["stdout", "k0\n"]]} and second["outputs"] == {1: [["stdout", "k1\n"]]}
+        assert sys.azpar_kept.write("between tasks\n") == len("between tasks\n")  # dropped, no error
+    finally:
+        sys.__dict__.pop("azpar_kept", None)

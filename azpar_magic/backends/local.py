@@ -490,7 +490,10 @@ class LocalBackend(BaseBackend):
         began: list = []  # tasks that started, told once this read's messages are handled
         ended: list = []  # (job, task, event) of the tasks that ended in this read, in order
         for frame in wire.cut_frames(w.buffer):
-            self._on_message(w, pickle.loads(frame), began, ended)
+            message = pickle.loads(frame)
+            if type(message) is tuple:  # a small task result, as it travels (wire.compact_reply)
+                message = wire.full_reply(message)
+            self._on_message(w, message, began, ended)
         # One read holds the results of many short tasks: each job hears of its own at once
         # (base.deliver: one notification of the job's waiters and views for them all).
         for _, run in itertools.groupby(ended, key=lambda entry: id(entry[0])):
@@ -720,8 +723,11 @@ class LocalBackend(BaseBackend):
         again, when its pipe is gone (the death handler replaces it)."""
         if not entries:
             return False
+        messages = [self._task_message(w, *entry) for entry in entries]
         try:
-            _write_all(w.send_fd, b"".join(_frame(self._task_message(w, *entry)) for entry in entries))
+            # Several tasks travel as one frame, a list: pickled together, the keys, the job's paths
+            # and codec are written once, not once a task (a seventh of the cost each; issue 16, a').
+            _write_all(w.send_fd, _frame(messages if len(messages) > 1 else messages[0]))
         except OSError:
             self._queue.extendleft(reversed(entries))
             return False
@@ -820,7 +826,7 @@ def _message_size(task: TaskSpec) -> int:
     return len(task.items) + 4 * len(task.indices) + 512
 
 
-def _frame(message: dict) -> bytes:
+def _frame(message: dict | list[dict]) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return struct.pack(">Q", len(data)) + data
 
