@@ -191,7 +191,7 @@ class LocalBackend(BaseBackend):
             self._jobs[job.job_id] = _Job(
                 replace(job, namespace=b""), envelope_path, on_event, packed, data=data, scratch=scratch
             )
-            self._queue.extend((job.job_id, task) for task in tasks)
+            self._queue.extend(zip(itertools.repeat(job.job_id), tasks))
         self.start()  # again: a dispatcher that failed since the first call is started afresh
         # Hand the first tasks to idle workers from this thread, now: once workers compute on
         # every core, the dispatcher thread may wait for a CPU before it can write them.

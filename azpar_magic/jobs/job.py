@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -139,7 +141,8 @@ class Job:
     def add_tasks(self, tasks: Iterable[tuple[str, Sequence[int]]]) -> None:
         """:meth:`add_task` for many under one lock (a job of 50,000 tasks adds them all at once)."""
         with self._lock:
-            self._tasks.update((task_id, TaskState(task_id, indices)) for task_id, indices in tasks)
+            pairs = list(tasks)
+            self._tasks.update(zip(map(operator.itemgetter(0), pairs), itertools.starmap(TaskState, pairs)))
 
     def task(self, task_id: str) -> TaskState:
         return self._tasks[task_id]

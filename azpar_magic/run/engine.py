@@ -12,6 +12,7 @@ import functools
 import itertools
 import logging
 import mmap
+import operator
 import os
 import pickle
 import secrets
@@ -464,12 +465,15 @@ class Engine:
                     stored=None if self.backend.outlives_kernel else kept_namespace,
                     plain=bool(pickled) or not parts,
                 )
-                for number, (indices, part) in enumerate(zip(chunks, parts), start=1):
-                    if pickled:
-                        codec, data = "pickle", pickled[number - 1]
-                    else:
+                numbers = list(map(str, range(1, len(chunks) + 1)))
+                if pickled:  # (one comprehension: a job may have 10,000 one-iteration tasks, issue 16, a')
+                    tasks = {
+                        n: TaskSpec(n, indices, "pickle", data) for n, indices, data in zip(numbers, chunks, pickled)
+                    }
+                else:
+                    for number, indices, part in zip(numbers, chunks, parts):
                         codec, data = capture_mod.serialize_items(part, cap.names, request.namespace, indices[0])
-                    tasks[str(number)] = TaskSpec(str(number), indices, codec, data)
+                        tasks[number] = TaskSpec(number, indices, codec, data)
             except CaptureError as exc:
                 raise SubmitError(str(exc)) from None
             for text in cap.warnings:  # said before anything is submitted
@@ -498,7 +502,7 @@ class Engine:
         job.from_cache = cached.count if cached is not None else 0
         recorder = jobstore.start_recording(
             job,
-            items=[(t.task_id, t.indices, t.items_codec, t.items) for t in tasks.values()],
+            items=list(map(operator.attrgetter("task_id", "indices", "items_codec", "items"), tasks.values())),
             tasks=len(tasks),
             backend_info=self.backend.manifest_info(job_id, dict(request.backend_options)),
             export=request.export,
@@ -513,7 +517,7 @@ class Engine:
             job.finish(job.final_state())
             recorder.finish()
             return job
-        job.add_tasks((task.task_id, task.indices) for task in tasks.values())
+        job.add_tasks(zip(tasks, map(operator.attrgetter("indices"), tasks.values())))
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
         # %azpar debug runs an iteration again with this envelope and namespace (debugging.py):
         # the store keeps the bytes unless the backend staged them where they outlive the kernel.
