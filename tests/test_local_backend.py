@@ -288,6 +288,34 @@ def test_short_tasks_go_ahead_in_batches_and_all_run_once_in_order(backend):
     assert started == sorted(set(started)) and started[0] == 1  # in order, each once (those not left out)
 
 
+def test_a_first_task_that_cannot_be_written_goes_back_first_with_the_tasks_after_it(backend, monkeypatch):
+    # An idle worker's first task is written alone, the ones it holds ahead after it (issue 16, a).
+    # When that first write fails (its pipe is gone), every task taken for it goes back to the
+    # queue's front in order, each once: none is lost or run twice.
+    b = backend(1)
+    spec, tasks = job("x", 1, [range(0, 1)], job_id="warm")
+    warm = Sink()
+    b.submit(spec, tasks, warm)
+    finished_all(warm, 1)
+    real, calls = local_backend._write_all, []
+
+    def failing_once(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            raise OSError(32, "Broken pipe")
+        real(fd, data)
+
+    monkeypatch.setattr(local_backend, "_write_all", failing_once)
+    n = 10
+    spec, tasks = job("x * 3", n, [range(i, i + 1) for i in range(n)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    finished = [e for e in finished_all(sink, n) if e.kind == "finished"]
+    assert [e.task_id for e in finished] == [str(i) for i in range(1, n + 1)]
+    assert [values(e)[0] for e in finished] == [3 * i for i in range(n)]
+    assert sink.events.empty() and len(calls) >= 3  # the failed write, then the first alone, then the rest
+
+
 def one_busy_worker(count: int, sink) -> tuple[LocalBackend, local_backend._Worker, list[TaskSpec]]:
     """A pool that never started, with one worker (no process behind it) running the first of
     ``count`` one-iteration tasks of job-1 and holding the others ahead: its read handler is

@@ -700,9 +700,22 @@ class LocalBackend(BaseBackend):
                         spare, given = spare - 1, given + 1
                 if not given:
                     break
+            # An idle worker's first task goes alone, so that each starts on a small write; the tasks
+            # it holds ahead follow once every idle worker has one (a 10,000-iteration cell's first
+            # write held 4 tasks, ~16 kB, and the second worker waited for it: issue 16, a).
             for w in workers:
-                if self._send(w, batches[w.id]) and w.id in fresh:
+                if w.id not in fresh:
+                    continue
+                first, rest = batches[w.id][:1], batches[w.id][1:]
+                if self._send(w, first):
                     began.append(self._begin(w))
+                    batches[w.id] = rest
+                else:  # its pipe is gone: the first went back to the queue's front, the rest go after it
+                    for entry in reversed(rest):
+                        self._queue.insert(1, entry)
+                    batches[w.id] = []
+            for w in workers:
+                self._send(w, batches[w.id])
             if not self._queue and any(w.idle for w in workers):
                 for w in busy:
                     self._ask_back(w, [t for _, t in w.ahead])
@@ -730,6 +743,9 @@ class LocalBackend(BaseBackend):
             _write_all(w.send_fd, _frame(messages if len(messages) > 1 else messages[0]))
         except OSError:
             self._queue.extendleft(reversed(entries))
+            for job_id, _ in entries:  # it was not told these jobs' envelopes: they go again, with the bytes
+                w.told.discard(job_id)
+                w.holds.pop(job_id, None)
             return False
         w.ahead.extend(entries)
         return True
