@@ -325,7 +325,13 @@ def _is_local_function(obj: object) -> bool:
 
 
 def dumps(
-    obj: object, *, main: types.ModuleType | None = None, hook=None, by_reference=None, out_of_band: bool = False
+    obj: object,
+    *,
+    main: types.ModuleType | None = None,
+    hook=None,
+    by_reference=None,
+    out_of_band: bool = False,
+    maybe_plain: bool = True,
 ) -> tuple[str, bytes]:
     """Serialise ``obj``; return (codec, bytes) where codec is "pickle" or "dill".
 
@@ -338,8 +344,9 @@ def dumps(
     ``out_of_band``: large contiguous buffers (numpy arrays) are laid out after the pickle,
     page-aligned (:func:`frame_out_of_band`), so a worker maps them from the file instead of
     copying them out of the pickle: loading a namespace then costs the same at 1 MB and 1 GB.
+    ``maybe_plain=False``: the caller already found that ``obj`` is not plain data.
     """
-    plain = plain_pickle(obj)
+    plain = plain_pickle(obj) if maybe_plain else None
     if plain is not None:
         # Plain data: nothing for the hook to see (the pickler below asks it only about other
         # objects), no buffer to keep apart, the same bytes, without the pickler subclass and a
@@ -1700,7 +1707,7 @@ class Runner:
         if plain is not None:
             return ["all", "pickle", plain]
         try:
-            return ["all", *self._dump(values)]
+            return ["all", *dumps(values, main=self.job.module, by_reference=self._by_reference, maybe_plain=False)]
         except Exception:
             pass
         encoded = []
