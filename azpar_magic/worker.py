@@ -1703,10 +1703,10 @@ class Runner:
         """One blob for the whole list when possible (fast to load); else one per entry so
         that a single unserialisable value fails only its own iteration. Plain values are
         pickled here, without the layers of ``dumps`` (a sixth of a one-iteration task)."""
-        plain = plain_pickle(values)
-        if plain is not None:
-            return ["all", "pickle", plain]
-        try:
+        try:  # (a MemoryError too: then each value on its own, see below)
+            plain = plain_pickle(values)
+            if plain is not None:
+                return ["all", "pickle", plain]
             return ["all", *dumps(values, main=self.job.module, by_reference=self._by_reference, maybe_plain=False)]
         except Exception:
             pass
@@ -2005,7 +2005,11 @@ def _send_reply(stream, reply: dict) -> None:
     send instead a reply that fails the task's iterations as their own MemoryError, which
     the kernel reports once, rather than dying and having the task retried."""
     if _small_reply(reply):  # pickled at once: no pickler made to measure it first
-        _write_whole(stream, pickle.dumps(compact_reply(reply), protocol=PICKLE_PROTOCOL))
+        result = reply["result"]
+        compact = (
+            reply.keys() == _REPLY_KEYS and result.keys() == _RESULT_KEYS and result["worker"].keys() == _WORKER_KEYS
+        )
+        _write_whole(stream, pickle.dumps(compact_reply(reply) if compact else reply, protocol=PICKLE_PROTOCOL))
         return
     try:
         measured = measure_frame(reply)
@@ -2015,12 +2019,19 @@ def _send_reply(stream, reply: dict) -> None:
     write_frame(stream, reply, measured)
 
 
+# The keys of a reply that travels compact (``serve`` makes them): any other shape travels whole.
+_REPLY_KEYS = frozenset({"op", "task", "result", "ran"})
+_RESULT_KEYS = frozenset({"indices", "files", "values", "gathered", "failed", "outputs", "seconds", "worker"})
+_WORKER_KEYS = frozenset({"pid", "namespace_loads"})
+
+
 def compact_reply(reply: dict) -> tuple:
-    """A small reply (``_small_reply``) as it travels: a tuple of its values, without the keys
-    of its two dicts. Unpickling the dicts was the kernel's largest cost of a one-iteration
-    task after its bookkeeping (~2.2 us against ~0.2, issue 16, a'); ``full_reply`` rebuilds it."""
+    """A small reply (``_small_reply``) of the usual keys as it travels: a tuple of its values,
+    without the keys of its dicts. Unpickling the dicts was the kernel's largest cost of a
+    one-iteration task after its bookkeeping (~2.2 us against ~0.2, issue 16, a');
+    ``full_reply`` rebuilds it."""
     result = reply["result"]
-    worker = result.get("worker") or {}
+    worker = result["worker"]
     _all, codec, blob = result["values"]
     return (
         reply["task"],
@@ -2028,9 +2039,9 @@ def compact_reply(reply: dict) -> tuple:
         codec,
         blob,
         result["seconds"],
-        reply.get("ran"),
-        worker.get("pid"),
-        worker.get("namespace_loads"),
+        reply["ran"],
+        worker["pid"],
+        worker["namespace_loads"],
     )
 
 

@@ -127,11 +127,20 @@ def test_a_small_reply_is_pickled_once_and_a_large_or_busy_one_is_measured_first
     printed = reply(pickle.dumps([1]), outputs={0: [["stdout", "hi\n"]]})
     assert worker._small_reply(small) and not worker._small_reply(large) and not worker._small_reply(printed)
     assert not worker._small_reply({"op": "result", "task": "1", "error": "bad", "exit_code": 3})
-    for message in (small, large, printed):
+    for message in (small, large, printed):  # one frame, the same bytes either way
         stream = io.BytesIO()
         worker._send_reply(stream, message)
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        assert stream.getvalue() == struct.pack(">Q", len(data)) + data  # one frame, the same bytes either way
+        assert stream.getvalue() == struct.pack(">Q", len(data)) + data
+    # A small reply of the keys a worker's serve() gives travels as a tuple (issue 16, a'), one
+    # frame too, and reads back as the reply it was; one of any other shape travels whole (above).
+    usual = reply(pickle.dumps([1]), worker={"pid": 7, "namespace_loads": 1})
+    usual["ran"] = 0.2
+    stream = io.BytesIO()
+    worker._send_reply(stream, usual)
+    data = pickle.dumps(worker.compact_reply(usual), protocol=pickle.HIGHEST_PROTOCOL)
+    assert stream.getvalue() == struct.pack(">Q", len(data)) + data
+    assert worker.full_reply(pickle.loads(data)) == usual
 
 
 def test_large_and_small_frames_read_back_whole():
