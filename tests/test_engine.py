@@ -56,14 +56,12 @@ def test_a_submitted_loop_is_cut_into_tasks_and_gives_its_values_in_order(engine
 @pytest.mark.timeout(120)
 def test_an_infrastructure_failure_is_retried_and_the_retry_gives_the_value(engine, tmp_path):
     # Each iteration's worker dies (os._exit) the first time it runs it: the task is run again.
-    body = (
-        "import os\n"
-        "flag = os.path.join(folder, f'died-{x}')\n"
-        "if not os.path.exists(flag):\n"
-        "    open(flag, 'w').close()\n"
-        "    os._exit(3)\n"
-        "x * 10"
-    )
+    body = ("import os\n"
+            "flag = os.path.join(folder, f'died-{x}')\n"
+            "if not os.path.exists(flag):\n"
+            "    open(flag, 'w').close()\n"
+            "    os._exit(3)\n"
+            "x * 10")
     job = engine.submit(_request("for x in range(3)", body, {"folder": str(tmp_path)}, chunk_size=1, retries=1))
     assert job.result(timeout=60) == [0, 10, 20]
     assert [job.task(t).attempts for t in sorted(job.tasks)] == [2, 2, 2]
@@ -72,17 +70,14 @@ def test_an_infrastructure_failure_is_retried_and_the_retry_gives_the_value(engi
 
 @pytest.mark.timeout(120)
 def test_a_user_exception_is_never_retried(engine, tmp_path):
-    body = (
-        "import os\n"
-        "with open(os.path.join(folder, f'ran-{x}'), 'a') as fh:\n"
-        "    fh.write('.')\n"
-        "if x == 1:\n"
-        "    raise ValueError(f'bad item {x}')\n"
-        "x"
-    )
-    job = engine.submit(
-        _request("for x in range(3)", body, {"folder": str(tmp_path)}, chunk_size=1, retries=3, errors="remove")
-    )
+    body = ("import os\n"
+            "with open(os.path.join(folder, f'ran-{x}'), 'a') as fh:\n"
+            "    fh.write('.')\n"
+            "if x == 1:\n"
+            "    raise ValueError(f'bad item {x}')\n"
+            "x")
+    job = engine.submit(_request("for x in range(3)", body, {"folder": str(tmp_path)},
+                                 chunk_size=1, retries=3, errors="remove"))
     assert job.result(timeout=60) == [0, 2]
     assert [(tmp_path / f"ran-{x}").read_text() for x in range(3)] == [".", ".", "."], "an iteration ran twice"
     assert job.task("2").attempts == 1
@@ -91,14 +86,12 @@ def test_a_user_exception_is_never_retried(engine, tmp_path):
 
 @pytest.mark.timeout(120)
 def test_errors_stop_ends_the_job_early_and_names_the_failed_iteration(engine, tmp_path):
-    body = (
-        "import os, time\n"
-        "open(os.path.join(folder, f'ran-{x}'), 'w').close()\n"
-        "if x == 0:\n"
-        "    raise ValueError('the first one fails')\n"
-        "time.sleep(0.3)\n"
-        "x"
-    )
+    body = ("import os, time\n"
+            "open(os.path.join(folder, f'ran-{x}'), 'w').close()\n"
+            "if x == 0:\n"
+            "    raise ValueError('the first one fails')\n"
+            "time.sleep(0.3)\n"
+            "x")
     job = engine.submit(_request("for x in range(40)", body, {"folder": str(tmp_path)}, chunk_size=1))
     assert job.wait(60)
     with pytest.raises(IterationError, match="iteration 0 .*ValueError: the first one fails"):
@@ -175,9 +168,8 @@ def test_chunk_indices_cuts_every_iteration_in_order():
     assert chunk_indices(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
     assert chunk_indices(3, 5) == [range(0, 3)]
     assert chunk_indices(0, 2) == []
-    assert chunk_indices(8, 4) == [range(0, 4), range(4, 8)] and chunk_indices(3, 1) == [
-        range(i, i + 1) for i in range(3)
-    ]
+    assert chunk_indices(8, 4) == [range(0, 4), range(4, 8)]
+    assert chunk_indices(3, 1) == [range(0, 1), range(1, 2), range(2, 3)]
 
 
 def test_small_parts_of_plain_items_are_checked_in_one_pass_and_pickled_as_one_by_one():
@@ -186,12 +178,13 @@ def test_small_parts_of_plain_items_are_checked_in_one_pass_and_pickled_as_one_b
     from azpar_magic import worker as wire
 
     items = [1, "two", 3.0, None, (5, 6), {"k": [7]}, b"8", True, 9]
-    parts = [items[i : i + 2] for i in range(0, len(items), 2)]
+    parts = [items[i:i + 2] for i in range(0, len(items), 2)]
     assert engine_mod._plain_parts(items, parts) == [wire.plain_pickle(part) for part in parts]
     odd = [*items, object()]
-    assert engine_mod._plain_parts(odd, [odd[i : i + 2] for i in range(0, len(odd), 2)]) == []
-    big = [list(range(20)), list(range(20, 40))]  # large parts: checked as each is pickled
-    assert engine_mod._plain_parts(big, [big[:1], big[1:]]) == [wire.plain_pickle(big[:1]), wire.plain_pickle(big[1:])]
+    assert engine_mod._plain_parts(odd, [odd[i:i + 2] for i in range(0, len(odd), 2)]) == []
+    big = list(range(40))  # parts of 20 items: each checked as it is pickled, the same bytes again
+    assert engine_mod._plain_parts(big, [big[:20], big[20:]]) == [wire.plain_pickle(big[:20]), wire.plain_pickle(big[20:])]
+    assert engine_mod._plain_parts([*big, object()], [big[:20], [*big[20:], object()]]) == []
 
 
 def test_chunk_subset_keeps_contiguous_chunks_as_ranges():
@@ -221,9 +214,8 @@ _BAD_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "given, message", _BAD_OPTIONS, ids=[next(iter(g)) + "=" + repr(g[next(iter(g))]) for g, _ in _BAD_OPTIONS]
-)
+@pytest.mark.parametrize("given, message", _BAD_OPTIONS, ids=[next(iter(g)) + "=" + repr(g[next(iter(g))])
+                                                               for g, _ in _BAD_OPTIONS])
 def test_validate_options_names_each_option_as_the_caller_wrote_it(given, message):
     with pytest.raises(SubmitError) as api:
         validate_options(JobOptions(**given))
@@ -236,17 +228,8 @@ def test_validate_options_names_each_option_as_the_caller_wrote_it(given, messag
 
 
 def test_validate_options_accepts_the_edges_of_each_range():
-    validate_options(
-        JobOptions(
-            combine=sum,
-            errors="pass",
-            chunk_size=1,
-            timeout=engine_mod.MAX_TIMEOUT,
-            retries=engine_mod.MAX_RETRIES,
-            seed=engine_mod.MAX_SEED,
-            gather=("a", "b"),
-        )
-    )
+    validate_options(JobOptions(combine=sum, errors="pass", chunk_size=1, timeout=engine_mod.MAX_TIMEOUT,
+                                retries=engine_mod.MAX_RETRIES, seed=engine_mod.MAX_SEED, gather=("a", "b")))
     validate_options(JobOptions(retries=0, seed=0, timeout=0.001))
 
 
