@@ -13,7 +13,7 @@ The figures, each printed beside a calibration of the machine measured in the sa
           iteration, the ratio, and the kernel's (this client's) peak memory over its baseline
   tasks   (a') N = 1e3, 1e4 one-iteration tasks (``chunk_size=1``) against ``Pool(2).map(chunksize=1)``:
           the per-task cost of the pool, with the same calibration
-  alt     (a) 10,000 trivial iterations, azpar and a fork ``Pool(2).map`` taking turns in one child, a
+  alt     (a) 10,000 trivial iterations (``x * x``), azpar and a fork ``Pool(2).map`` taking turns in one child, a
           few hundred times each: both meet the same moments of a shared machine, where a few runs
           of each, one peer after the other (n, or bench/local.py's a), can rank two peers 10% apart
           either way
@@ -65,6 +65,11 @@ CHILD_TIMEOUT = 300.0
 def double(x):
     """The mapped function of the Pool peer: module-level, as a notebook defines it."""
     return x * 2
+
+
+def square(x):
+    """alt's mapped function: (a) is bench/local.py's ``x * x``."""
+    return x * x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,26 +151,27 @@ def child_n(peer: str, n: int, reps: int, chunk: int | None = None) -> dict:
 
 
 def child_alt(n: int, reps: int) -> dict:
-    """``reps`` maps of ``x * 2`` over ``n`` items on each warm pool, azpar's and a fork Pool's, taking
-    turns, a millisecond apart (neither starts while the other's workers still run down)."""
+    """``reps`` maps of ``x * x`` (bench/local.py's (a)) over ``n`` items on each warm pool, azpar's
+    and a fork Pool's, taking turns a millisecond apart (neither starts while the other's workers
+    still run down)."""
     import multiprocessing
 
     pool = multiprocessing.get_context("fork").Pool(2)  # forked before azpar starts any thread
     import azpar_magic
 
     xs = list(range(n))
-    expected, ns = [x * 2 for x in xs], {"xs": xs}
+    expected, ns = [x * x for x in xs], {"xs": xs}
     try:
-        pool.map(double, range(100))
-        azpar_magic.run("for x in range(100)", "x * 2", {}, workers=2).result()  # both warm
+        pool.map(square, range(100))
+        azpar_magic.run("for x in xs[:100]", "x * x", ns, workers=2).result()  # both warm
         times: dict[str, list[float]] = {"azpar": [], "pool": []}
         for _ in range(reps):
             for peer in ("azpar", "pool"):
                 t = time.perf_counter()
                 if peer == "azpar":
-                    out = azpar_magic.run("for x in xs", "x * 2", ns, workers=2).result()
+                    out = azpar_magic.run("for x in xs", "x * x", ns, workers=2).result()
                 else:
-                    out = pool.map(double, xs)
+                    out = pool.map(square, xs)
                 times[peer].append(time.perf_counter() - t)
                 if out != expected:
                     raise RuntimeError(f"{peer}: wrong result at N={n}")
