@@ -222,7 +222,9 @@ def _plain_parts(items: list, parts: list[list]) -> list[bytes]:
     one-iteration tasks, the checks were half of pickling them (issue 16, a'). Larger parts
     are checked as they are pickled, in the same pass: checking them all first would pickle
     everything twice."""
-    if len(parts) > 1 and len(items) <= SMALL_PARTS * len(parts) and wire.plain_pickle(items) is not None:
+    if len(parts) > 1 and len(items) <= SMALL_PARTS * len(parts):
+        if wire.plain_pickle(items) is None:  # some part holds an item that is not plain: no part by part again
+            return []
         dumps, protocol = pickle.dumps, wire.PICKLE_PROTOCOL
         return [dumps(part, protocol=protocol) for part in parts]
     pickled: list[bytes] = []
