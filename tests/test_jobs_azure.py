@@ -8,6 +8,7 @@ equals the sequential loop's. Logs, rerun, cancel and delete work on such a job 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -173,15 +174,24 @@ def test_failed_iterations_logs_and_rerun_after_a_restart(kernel, job_store, bat
 def test_cancel_after_a_restart_terminates_the_batch_job_and_keeps_finished_results(kernel, job_store, batch,
                                                                                     batch_client):
     kernel.ok("scale = 5\nfixed = True")
-    body = "import time\ntime.sleep(0.3 if x < 4 else 30)\nx * scale"
+    # The slow iterations must still run when the cancel comes, however slow the restart and the
+    # attach are on a loaded machine; the terminate stops them.
+    body = "import time\ntime.sleep(0.3 if x < 4 else 600)\nx * scale"
+    start = time.monotonic()
     submitted = kernel.ok(f"%%azpar --no-wait -q --errors remove -o vals for x in range(8):\n{body}")
     job_id = _job_id(submitted)
     _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists() and _tasks_completed(batch_client, job_id) >= 4,
               60, "the quick iterations did not finish")
+    quick = time.monotonic() - start
     _restart(kernel)
     kernel.ok(f"%azpar attach {job_id}")
     kernel.ok(f"%azpar cancel {job_id}")
-    _wait_for(lambda: _manifest(job_id)["state"] == "cancelled", 60, "the job did not end as cancelled")
+    cancelled = time.monotonic() - start
+    try:
+        _wait_for(lambda: _manifest(job_id)["state"] == "cancelled", 60, "the job did not end as cancelled")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: its manifest says {_manifest(job_id)['state']!r}; the quick iterations were "
+                             f"done {quick:.1f} s after the submission, the cancel {cancelled:.1f} s") from None
     assert batch.requests_for("Jobs_TerminateJob")
     assert str(batch_client.get_job(job_id).state).lower().rsplit(".", 1)[-1] in ("terminating", "completed")
     summary = store.summary(job_id)
@@ -228,7 +238,7 @@ def test_a_second_kernel_follows_a_job_the_first_still_runs_and_ctrl_c_only_stop
                                                                                          batch):
     first = start_kernel()
     first.ok("scale = 1\nfixed = True")
-    body = "import time\ntime.sleep(0.2 if x == 0 else 30)\nx"
+    body = "import time\ntime.sleep(0.2 if x == 0 else 600)\nx"  # still running at the cancel
     job_id = _job_id(first.ok(f"%%azpar --no-wait -q for x in range(3):\n{body}"))
     _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
     owner = _manifest(job_id)["owner"]["pid"]
@@ -281,3 +291,58 @@ def test_a_job_whose_kernel_died_after_its_last_result_is_finished_and_kept_with
         assert _manifest(job.id)["owner"]["pid"] != 2 ** 22 + 7
     # (leaving the profile closed its engine, which waits for any cleanup it started)
     assert _job_exists(batch_client, job.id), "a job with a failed iteration must be kept on Azure"
+
+
+def test_a_kernel_exit_during_a_poll_records_no_failure_and_attach_gets_every_value(
+        batch, azurite, tmp_path, job_store, monkeypatch):
+    """The kernel's exit closes the Azure backend while its follower waits for a poll whose answer
+    shows finished tasks, so the downloads the follower then starts cannot run. That failure was
+    recorded for every task whose value had not been read: the job stored as ended with them all
+    failed (the values of the finished ones lost to it) while Batch ran on, and the next kernel's
+    attach and cancel had nothing to follow (CI caught it once, under load). The job must stay
+    running in the store, and a kernel that attaches gets every value."""
+    import threading
+
+    import azpar_magic
+    from azpar_magic import session
+
+    from .azure_support import azure_profile
+
+    monkeypatch.chdir(tmp_path)
+    with azure_profile(tmp_path / "config", batch, azurite):
+        job = azpar_magic.run("for x in range(4)", "import time\ntime.sleep(0.2 if x < 2 else 3)\nx * 10",
+                              {"__name__": "__main__"}, chunk_size=1, backend=None)
+        eng = next(e for e in session.engines() if job.id in e.jobs)
+        run = eng.backend._runs[job.id]
+        asked, closed = threading.Event(), threading.Event()
+        real_counts, real_close = run.client.get_job_task_counts, run.close
+
+        def counts_answered_after_the_exit(job_id, **kwargs):
+            answer = real_counts(job_id, **kwargs)
+            if answer.task_counts.completed >= 2 and not asked.is_set():
+                asked.set()
+                closed.wait(30)
+            return answer
+
+        def close_then_answer():
+            real_close()
+            closed.set()
+            time.sleep(0.5)  # the follower reads the answer and starts its downloads; then the clients close
+
+        monkeypatch.setattr(run.client, "get_job_task_counts", counts_answered_after_the_exit)
+        monkeypatch.setattr(run, "close", close_then_answer)
+        assert asked.wait(60), "the quick iterations did not finish"
+        session.close()  # what the kernel's exit runs (atexit)
+        store.flush()
+        assert job.failures == {} and not job.done, job.failures
+        summary = store.summary(job.id)
+        assert (summary.state, summary.failed, summary.cancelled) == ("running", 0, 0), summary
+
+        # A new kernel attaches (the old one looks dead) and follows the job to its end.
+        manifest = _manifest(job.id)
+        manifest["owner"] = {**manifest["owner"], "pid": 2 ** 22 + 7, "start": "0"}
+        store.write_manifest(job_store / job.id, manifest)
+        session.forget(job.id)
+        again = azpar_magic.attach(job.id)
+        assert again is not job and again.result(60) == [0, 10, 20, 30]
+        _wait_for(lambda: _manifest(job.id)["state"] == "succeeded", 10, "the final state was not stored")

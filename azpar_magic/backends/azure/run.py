@@ -223,6 +223,9 @@ class AzureRun:
         self.added_at: float | None = None  # monotonic time the first task became schedulable
         self.add_report = None
         self._stop = threading.Event()
+        # Closed: this kernel no longer follows the job (its exit, or the job's end). The job runs
+        # on without it, so nothing its threads still do may end a task here: see close().
+        self._closed = False
         self._terminating: Any = None  # the terminate poller of a cancelled job
         self._downloads = ThreadPoolExecutor(8, thread_name_prefix="azpar-results")
         self.calls: dict[str, int] = {}
@@ -1234,7 +1237,7 @@ class AzureRun:
         if final and event.ran is None and event.task_id in self._ran:
             event = replace(event, ran=self._ran.pop(event.task_id))
         with self._lock:
-            if event.task_id in self._final:
+            if self._closed or event.task_id in self._final:
                 return
             if final and not event.retryable:
                 self._final.add(event.task_id)
@@ -1323,6 +1326,14 @@ class AzureRun:
         self._stop.set()
 
     def close(self) -> None:
+        """Stop following the job. At a kernel's exit the Batch job runs on for whoever attaches, so
+        from here on no event reaches the job: a poll or download still in flight fails once the
+        executor and the clients are shut, and reporting that would record every task left as
+        failed in the job store, and the job as ended (the next kernel's attach would then take
+        neither the results nor the cancel). Tasks without a final record are followed again by
+        the kernel that attaches."""
+        with self._lock:
+            self._closed = True
         self._stop.set()
         self.spot.close()  # the pool's size from before a spot fallback
         if self._terminating is not None:
