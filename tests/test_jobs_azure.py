@@ -216,6 +216,23 @@ def test_tasks_a_dead_kernel_had_not_added_are_added_by_attach(kernel, job_store
     assert sorted(added, key=int) == [str(i) for i in range(1, 7)]  # by the new kernel, each once
 
 
+def test_tasks_not_added_when_the_kernel_exited_are_added_by_attach(kernel, job_store, batch, batch_client):
+    """The same after a graceful exit (atexit runs, the backend closes while its adds are refused and
+    retried): no task is recorded as failed on the way out, so attach adds every one."""
+    kernel.ok("scale = 4\nfixed = True")
+    batch.fail_requests(r"/addtaskcollection", count=1000, status=503)
+    job_id = _job_id(kernel.ok(f"%%azpar --no-wait -q -o vals for x in range(6):\n{BODY}"))
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
+    _wait_for(lambda: batch.faults.request_faults[0].remaining < 1000, 30, "no add was tried")
+    _restart(kernel)
+    assert list(batch_client.list_tasks(job_id)) == []
+    summary = store.summary(job_id)
+    assert (summary.state, summary.failed) == ("running", 0), summary
+    batch.faults.clear()
+    kernel.ok(f"%azpar collect {job_id} -o vals", timeout=120)
+    assert kernel.value("vals") == repr([x * 4 + 1 for x in range(6)])
+
+
 def test_attach_names_the_profile_when_this_kernel_cannot_follow_the_job(kernel, job_store, tmp_path):
     kernel.ok("scale = 1\nfixed = True")
     body = "import time\ntime.sleep(30)\nx"
