@@ -7,6 +7,7 @@ import atexit
 import functools
 import logging
 import threading
+import time
 from typing import Any
 
 from . import config, jobstore
@@ -228,20 +229,62 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
             raise KeyError(
                 f"no job {job_id!r} in this session or in the job store {jobstore.store_root()} (known: {shown}{more})"
             ) from None
-    job = jobstore.load_job(found)
-    if job.reattach:  # its kernel is gone but its backend ran on (Azure): this process follows it now
-        manifest = job.manifest or {}
-        try:
-            job = engine_for_stored(manifest).resume(job)
-        except (ConfigError, RuntimeError, OSError) as exc:
-            raise StoreError(
-                f"job {job.id} runs on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}) without "
-                f"its kernel, but this kernel cannot follow it: {exc}"
-            ) from None
-        remember(job)
-    elif job.done:
+    deadline = time.monotonic() + _CLAIM_WAIT
+    while True:
+        job = jobstore.load_job(found, take_over=_take_over_followed)
+        if not job.reattach:
+            break
+        # Its kernel is gone but its backend ran on (Azure): this process follows it now, unless
+        # another kernel claimed it this instant; that one's manifest then names it, and this
+        # process follows the job through the store like any job another kernel runs.
+        if _take_over(job, job.manifest or {}):
+            return job
+        if time.monotonic() > deadline:
+            raise StoreError(f"job {job.id} is being taken over by another kernel; try again in a moment")
+        time.sleep(jobstore.FOLLOW_INTERVAL)
+    if job.done:
         remember(job)
     return job
+
+
+_CLAIM_WAIT = 10.0  # seconds find_job waits for the kernel that claimed a job to name itself its owner
+
+
+def _take_over(job: Job, manifest: dict) -> bool:
+    """Run ``job`` (stored, its kernel gone, its backend running on) from this process: True when
+    this process took it over; False when another process claimed it first. StoreError when this
+    kernel cannot follow it (its profile is missing or points elsewhere)."""
+    folder = jobstore.job_folder(job.id)
+    if not jobstore.claim_takeover(folder, manifest):
+        return False
+    job.manifest = manifest
+    try:
+        engine_for_stored(manifest).resume(job)
+    except (ConfigError, RuntimeError, OSError) as exc:
+        jobstore.release_takeover(folder, manifest)
+        raise StoreError(
+            f"job {job.id} runs on {manifest.get('backend', '?')} (profile {manifest.get('profile')!r}) without "
+            f"its kernel, but this kernel cannot follow it: {exc}"
+        ) from None
+    except BaseException:
+        jobstore.release_takeover(folder, manifest)
+        raise
+    remember(job)
+    return True
+
+
+def _take_over_followed(job: Job, manifest: dict) -> bool:
+    """The store follower's hook (jobstore.load_job): the kernel that ran a job this process was
+    following ended, and the job runs on without it. Taking it over ends the wait of whoever
+    waits on it here, which would otherwise never end."""
+    try:
+        taken = _take_over(job, manifest)
+    except Exception as exc:  # on the follower's thread: say it, and go on following the store
+        logger.warning("%s", exc)
+        return False
+    if taken:
+        logger.info("job %s: its kernel ended; this process follows it now", job.id)
+    return taken
 
 
 def _named(text: str | None) -> str | None:

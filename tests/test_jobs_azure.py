@@ -363,3 +363,25 @@ def test_a_kernel_exit_during_a_poll_records_no_failure_and_attach_gets_every_va
         again = azpar_magic.attach(job.id)
         assert again is not job and again.result(60) == [0, 10, 20, 30]
         _wait_for(lambda: _manifest(job.id)["state"] == "succeeded", 10, "the final state was not stored")
+
+
+def test_a_second_kernel_waiting_on_a_job_takes_it_over_when_the_first_exits(start_kernel, job_store, batch):
+    """Kernel B waits (``%azpar collect``) for a job kernel A runs; A exits while the Batch job runs
+    on. B's wait must not last forever: B takes the job over and gets every value."""
+    import threading
+
+    first = start_kernel()
+    first.ok("scale = 2\nfixed = True")
+    body = "import time\ntime.sleep(4)\nx * scale"
+    job_id = _job_id(first.ok(f"%%azpar --no-wait -q for x in range(4):\n{body}"))
+    _wait_for(lambda: (job_store / job_id / store.MANIFEST).exists(), 30, "the manifest was not written")
+    second = start_kernel()
+    replies: list = []
+    waiter = threading.Thread(target=lambda: replies.append(second.run(f"%azpar collect {job_id} -o vals", 90)))
+    waiter.start()
+    time.sleep(1.5)  # B is waiting, following A's records
+    _restart(first)
+    waiter.join(100)
+    assert replies and replies[0].status == "ok", replies[0].describe() if replies else "B still waits"
+    assert second.value("vals") == repr([x * 2 for x in range(4)])
+    _wait_for(lambda: _manifest(job_id)["state"] == "succeeded", 30, "the final state was not stored")

@@ -268,6 +268,33 @@ def test_owner_alive_tells_a_reused_pid_from_the_same_process():
     assert store.owner_alive({**me, "pid": int(done.stdout)}) is False
 
 
+def test_one_process_of_many_claims_a_job_whose_kernel_ended(tmp_path):
+    """Kernels that notice together that a job's kernel ended (two attaches, or kernels that were
+    waiting on it): exactly one may take it over, until it gives the claim back."""
+    dead = {**store.owner(), "start": "1"}  # this pid with another start time: a process that ended
+    manifest = {"owner": dead}
+    claim = textwrap.dedent(f'''
+        import sys, time
+        from pathlib import Path
+        from azpar_magic import jobstore
+        time.sleep(max(0.0, {time.time() + 1.0} - time.time()))  # all at once
+        print(jobstore.claim_takeover(Path(sys.argv[1]), {manifest!r}))
+        time.sleep(1.0)  # alive while the others try
+    ''')
+    racers = [subprocess.Popen([sys.executable, "-c", claim, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+              for _ in range(5)]
+    answers = [r.communicate(timeout=60)[0].strip() for r in racers]
+    assert sorted(answers) == ["False"] * 4 + ["True"], answers
+    # That claimer ended without taking the job over (its owner entry never reached the manifest):
+    # its claim is broken and the job claimed again, once.
+    assert store.claim_takeover(tmp_path, manifest) is True
+    assert store.claim_takeover(tmp_path, manifest) is False  # this process's claim: alive
+    store.release_takeover(tmp_path, manifest)  # it could not follow the job after all
+    assert store.claim_takeover(tmp_path, manifest) is True
+    # The end of a later owner is claimed anew.
+    assert store.claim_takeover(tmp_path, {"owner": {**dead, "pid": dead["pid"] + 1}}) is True
+
+
 _RUNNER = textwrap.dedent('''
     import sys, time
     import azpar_magic

@@ -80,7 +80,7 @@ from .layout import (
     store_root,
     valid_id,
 )
-from .owner import creator, owner, owner_alive, reattachable
+from .owner import claim_takeover, creator, owner, owner_alive, reattachable, release_takeover
 from .reader import (
     FOLLOW_INTERVAL,
     JobSummary,
@@ -149,10 +149,12 @@ __all__ = [
     "store_root",
     "valid_id",
     # owner
+    "claim_takeover",
     "creator",
     "owner",
     "owner_alive",
     "reattachable",
+    "release_takeover",
     # records
     "RECORD",
     "create_private",

@@ -5,9 +5,12 @@ process identified so that another process can tell later whether it still runs,
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from .. import identity, platforms
@@ -87,3 +90,42 @@ def reattachable(manifest: Mapping[str, Any]) -> bool:
     if not (manifest.get("backend_info") or {}).get("outlives_kernel"):
         return False
     return owner_alive(manifest.get("owner") or {}) is not True
+
+
+def _takeover_file(folder: Path, manifest: Mapping[str, Any]) -> Path:
+    """One file per owner that ended: its name says which one, so a later owner's end is claimed anew."""
+    info = manifest.get("owner") or {}
+    tag = "-".join(str(info.get(key)) for key in ("host", "pid", "start"))
+    return folder / f"takeover-{''.join(c if c.isalnum() or c in '-._' else '_' for c in tag)}.json"
+
+
+def claim_takeover(folder: Path, manifest: Mapping[str, Any]) -> bool:
+    """Whether this process may take over the job whose (gone) owner ``manifest`` names. Several
+    kernels can notice the end of that owner at once (two attaches, or kernels that were waiting
+    on the job): exactly one of them gets True. A claim whose claimer ended before it took the job
+    over (its own owner entry never reached the manifest) is broken and claimed again."""
+    path = _takeover_file(folder, manifest)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            try:
+                claimer = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return False  # being written this instant: that claimer is alive
+            if owner_alive(claimer) is not False:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(owner(), fh)
+        return True
+    return False
+
+
+def release_takeover(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """Give up a claim this process could not follow through (its engine could not follow the job),
+    so another kernel may take the job over."""
+    with contextlib.suppress(FileNotFoundError):
+        _takeover_file(folder, manifest).unlink()

@@ -15,7 +15,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -477,14 +477,18 @@ def size_label(manifest: Mapping[str, Any]) -> str:
     return manifest.get("size_label") or ("size" if manifest.get("backend") == "local" else "VM size")
 
 
-def load_job(job_id: str, *, values: bool = True) -> Job:
+def load_job(job_id: str, *, values: bool = True, take_over: Callable[[Job, dict], bool] | None = None) -> Job:
     """Rebuild the Job of a stored job: its items, values, failures and output come from the
     store, so ``result()``, ``logs()`` and ``rerun`` work in a new kernel. A job still running
     in another process of this machine is followed until it ends (the returned Job updates).
 
     Values are decoded here, so notebook classes they are instances of must be defined in
     this kernel first (StoreError says which is missing). ``values=False`` skips them (for
-    ``logs``: output and tracebacks only; the Job's values are then all None)."""
+    ``logs``: output and tracebacks only; the Job's values are then all None).
+
+    ``take_over(job, manifest)``: for a followed job that runs on without its kernel (Azure
+    Batch), called once if that kernel ends first; True when this process now runs the job (the
+    follower stops), False to go on following the store (another kernel may take it over)."""
     flush()
     manifest = read_manifest(job_id)
     folder = job_folder(job_id)
@@ -523,18 +527,20 @@ def load_job(job_id: str, *, values: bool = True) -> Job:
         job.mark_running()
         job.owner = where or "another process"  # job.cancel() does nothing here; the commands say why
         if values:
-            _Follower(job, folder, offset).start()
+            _Follower(job, folder, offset, take_over).start()
     return job
 
 
 class _Follower(threading.Thread):
     """Keeps a Job loaded from the store up to date while another process of this machine
     runs it: new records are replayed as they appear, and the job ends when that process
-    writes its final state, or is lost when that process disappears first."""
+    writes its final state, or is lost when that process disappears first; a job that runs on
+    without its kernel (Azure Batch) is then taken over by this process (``take_over``)."""
 
-    def __init__(self, job: Job, folder: Path, offset: int):
+    def __init__(self, job: Job, folder: Path, offset: int, take_over: Callable[[Job, dict], bool] | None = None):
         super().__init__(name=f"azpar-follow-{job.id}", daemon=True)
         self.job, self.folder, self.offset = job, folder, offset
+        self.take_over = take_over
 
     def run(self) -> None:
         job = self.job
@@ -554,6 +560,13 @@ class _Follower(threading.Thread):
                     job.restore_timing(manifest.get("created", job.created), manifest["elapsed"])
                 job.finish(state)
                 return
+            if self.take_over is not None and reattachable(manifest):
+                # Its kernel ended and the job runs on (Azure Batch): whoever waits here would
+                # wait forever, so this process takes it over. Tried once: a process that cannot
+                # follow it goes on reading the store, where a kernel that can may finish it.
+                take_over, self.take_over = self.take_over, None
+                if take_over(job, manifest):
+                    return
 
 
 def delete(job_id: str) -> None:
