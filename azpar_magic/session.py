@@ -242,6 +242,9 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
         if time.monotonic() > deadline:
             raise StoreError(f"job {job.id} is being taken over by another kernel; try again in a moment")
         time.sleep(jobstore.FOLLOW_INTERVAL)
+        with _lock:
+            if found in _jobs:  # the claimer was this process (a job it was following): that Job runs it
+                return _jobs[found]
     if job.done:
         remember(job)
     return job

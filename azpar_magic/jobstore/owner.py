@@ -103,7 +103,9 @@ def claim_takeover(folder: Path, manifest: Mapping[str, Any]) -> bool:
     """Whether this process may take over the job whose (gone) owner ``manifest`` names. Several
     kernels can notice the end of that owner at once (two attaches, or kernels that were waiting
     on the job): exactly one of them gets True. A claim whose claimer ended before it took the job
-    over (its own owner entry never reached the manifest) is broken and claimed again."""
+    over (its own owner entry never reached the manifest) is broken and claimed again; two
+    processes breaking the same dead claim at the same instant could then both get True (the
+    second removing the first's new claim), which needs a claimer to die mid-take-over first."""
     path = _takeover_file(folder, manifest)
     for _ in range(2):
         try:
