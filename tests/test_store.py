@@ -277,13 +277,15 @@ def test_one_process_of_many_claims_a_job_whose_kernel_ended(tmp_path):
         import sys, time
         from pathlib import Path
         from azpar_magic import jobstore
-        time.sleep(max(0.0, {time.time() + 1.0} - time.time()))  # all at once
-        print(jobstore.claim_takeover(Path(sys.argv[1]), {manifest!r}))
-        time.sleep(1.0)  # alive while the others try
+        time.sleep(max(0.0, {time.time() + 1.0} - time.time()))  # about at once
+        print(jobstore.claim_takeover(Path(sys.argv[1]), {manifest!r}), flush=True)
+        sys.stdin.read()  # alive until every one has tried
     ''')
-    racers = [subprocess.Popen([sys.executable, "-c", claim, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-              for _ in range(5)]
-    answers = [r.communicate(timeout=60)[0].strip() for r in racers]
+    racers = [subprocess.Popen([sys.executable, "-c", claim, str(tmp_path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True) for _ in range(5)]
+    answers = [r.stdout.readline().strip() for r in racers]
+    for r in racers:
+        r.communicate(timeout=60)
     assert sorted(answers) == ["False"] * 4 + ["True"], answers
     # That claimer ended without taking the job over (its owner entry never reached the manifest):
     # its claim is broken and the job claimed again, once.
