@@ -229,24 +229,34 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
             raise KeyError(
                 f"no job {job_id!r} in this session or in the job store {jobstore.store_root()} (known: {shown}{more})"
             ) from None
+    job = jobstore.load_job(found, take_over=_take_over_followed)
+    if job.reattach:  # its kernel is gone but its backend ran on (Azure): this process follows it now
+        return _reattach(job)
+    if job.done:
+        remember(job)
+    return job
+
+
+def _reattach(job: Job) -> Job:
+    """Take over a stored job whose kernel is gone (``job.reattach``), unless another kernel claimed
+    it this instant: once that kernel's manifest names it, the job is followed through the store
+    like any job another kernel runs; if it gives its claim back, this process claims it. While it
+    waits, only the manifest is read again, not the job's values."""
     deadline = time.monotonic() + _CLAIM_WAIT
-    while True:
-        job = jobstore.load_job(found, take_over=_take_over_followed)
-        if not job.reattach:
-            break
-        # Its kernel is gone but its backend ran on (Azure): this process follows it now, unless
-        # another kernel claimed it this instant; that one's manifest then names it, and this
-        # process follows the job through the store like any job another kernel runs.
-        if _take_over(job, job.manifest or {}):
-            return job
+    manifest = job.manifest or {}
+    while not _take_over(job, manifest):
         if time.monotonic() > deadline:
             raise StoreError(f"job {job.id} is being taken over by another kernel; try again in a moment")
         time.sleep(jobstore.FOLLOW_INTERVAL)
         with _lock:
-            if found in _jobs:  # the claimer was this process (a job it was following): that Job runs it
-                return _jobs[found]
-    if job.done:
-        remember(job)
+            if job.id in _jobs:  # the claimer was this process (a job it was following): that Job runs it
+                return _jobs[job.id]
+        manifest = jobstore.read_manifest(job.id)
+        if not jobstore.reattachable(manifest):  # the claimer named itself: follow it (or its end)
+            followed = jobstore.load_job(job.id, take_over=_take_over_followed)
+            if followed.done:
+                remember(followed)
+            return followed
     return job
 
 
