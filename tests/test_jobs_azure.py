@@ -75,6 +75,24 @@ def _manifest(job_id: str) -> dict:
     return store.read_manifest(job_id)
 
 
+_DEAD_PID = 2 ** 22 + 7  # no process has it: Linux pids stay below 2 ** 22
+
+
+def _as_if_its_kernel_died(job_store: Path, job_id: str, drop: tuple[str, ...] = (), **changes) -> None:
+    """Rewrite the job's manifest as owned by a process that ended (with ``changes``, without the
+    ``drop`` keys), and make this process forget the job, as a new kernel would not know it."""
+    from azpar_magic import session
+
+    manifest = _manifest(job_id)
+    manifest.update(changes, owner={**manifest["owner"], "pid": _DEAD_PID, "start": "0"})
+    for key in drop:
+        manifest.pop(key, None)
+    store.write_manifest(job_store / job_id, manifest)
+    session.forget(job_id)
+    for eng in session.engines():
+        eng.jobs.pop(job_id, None)
+
+
 def _tasks_completed(batch_client, job_id: str) -> int:
     return batch_client.get_job_task_counts(job_id).task_counts.completed
 
@@ -278,7 +296,6 @@ def test_a_job_whose_kernel_died_after_its_last_result_is_finished_and_kept_with
     the writer's last 50 ms): attach finishes the job from the records alone, and keeps the
     Batch job because an iteration had failed."""
     import azpar_magic
-    from azpar_magic import session
 
     from .azure_support import azure_profile
 
@@ -290,14 +307,7 @@ def test_a_job_whose_kernel_died_after_its_last_result_is_finished_and_kept_with
         store.flush()
         _wait_for(lambda: _manifest(job.id)["state"] == "done", 30, "the final state was not stored")
         # As if the kernel had died before writing the end: running, owned by a dead process.
-        manifest = _manifest(job.id)
-        manifest.update(state="running", owner={**manifest["owner"], "pid": 2 ** 22 + 7, "start": "0"})
-        for key in ("counts", "finished", "elapsed"):
-            manifest.pop(key, None)
-        store.write_manifest(job_store / job.id, manifest)
-        session.forget(job.id)
-        for eng in session.engines():
-            eng.jobs.pop(job.id, None)
+        _as_if_its_kernel_died(job_store, job.id, drop=("counts", "finished", "elapsed"), state="running")
         assert store.summary(job.id).state == "running"
 
         again = azpar_magic.attach(job.id)
@@ -305,7 +315,7 @@ def test_a_job_whose_kernel_died_after_its_last_result_is_finished_and_kept_with
         assert again.result() == [0, 10, 30]
         # the writer thread writes the final manifest within 50 ms of the job's end
         _wait_for(lambda: _manifest(job.id)["state"] == "done", 10, "the final state was not stored")
-        assert _manifest(job.id)["owner"]["pid"] != 2 ** 22 + 7
+        assert _manifest(job.id)["owner"]["pid"] != _DEAD_PID
     # (leaving the profile closed its engine, which waits for any cleanup it started)
     assert _job_exists(batch_client, job.id), "a job with a failed iteration must be kept on Azure"
 
@@ -356,10 +366,7 @@ def test_a_kernel_exit_during_a_poll_records_no_failure_and_attach_gets_every_va
         assert (summary.state, summary.failed, summary.cancelled) == ("running", 0, 0), summary
 
         # A new kernel attaches (the old one looks dead) and follows the job to its end.
-        manifest = _manifest(job.id)
-        manifest["owner"] = {**manifest["owner"], "pid": 2 ** 22 + 7, "start": "0"}
-        store.write_manifest(job_store / job.id, manifest)
-        session.forget(job.id)
+        _as_if_its_kernel_died(job_store, job.id)
         again = azpar_magic.attach(job.id)
         assert again is not job and again.result(60) == [0, 10, 20, 30]
         _wait_for(lambda: _manifest(job.id)["state"] == "succeeded", 10, "the final state was not stored")
