@@ -79,6 +79,18 @@ def test_needed_unshippable_object_is_named(main_ns, make, type_name):
     assert "`thing`" in message and type_name in message and "Nothing was submitted" in message
 
 
+def test_a_managers_proxy_is_named_before_anything_runs(main_ns):
+    """It pickles, then failed on the worker with 'digest sent was rejected' after submission."""
+    import multiprocessing
+
+    with multiprocessing.Manager() as manager:
+        main_ns["shared"] = manager.list()
+        with pytest.raises(capture.CaptureError) as info:
+            names_for("shared.append(x)", main_ns)
+    message = str(info.value)
+    assert "`shared`" in message and "ListProxy" in message and "manager's proxy" in message
+
+
 def test_unshippable_inside_a_container_is_found(main_ns):
     main_ns["holder"] = {"lock": threading.Lock()}
     with pytest.raises(capture.CaptureError, match="`holder`.*lock"):

@@ -444,6 +444,15 @@ def _unshippable_reason(obj: object) -> str | None:
             return why
     if isinstance(obj, io.IOBase) or (hasattr(obj, "fileno") and hasattr(obj, "mode") and hasattr(obj, "closed")):
         return "an open file is a handle held by this process (ship its path, or its contents, instead)"
+    managers = sys.modules.get("multiprocessing.managers")  # loaded whenever a proxy exists
+    if managers is not None and isinstance(obj, managers.BaseProxy):
+        # It pickles, and then fails on the worker ("digest sent was rejected"): a proxy reconnects
+        # to its manager with the key of the process tree that started it, which workers azpar
+        # starts do not hold, nor can a node in Azure reach this machine's manager.
+        return (
+            "a multiprocessing manager's proxy connects back to its manager in this process's "
+            "tree, which the workers cannot reach (return each iteration's result as the body's value)"
+        )
     return None
 
 
