@@ -112,7 +112,9 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
         try:
             chunk_size = int(chunk)
         except ValueError:
-            raise UsageError(f"--chunk-size must be a positive whole number or auto, got {chunk!r}") from None
+            raise UsageError(
+                f"--chunk-size must be a positive whole number or auto, got {chunk!r}. Nothing was submitted."
+            ) from None
     workers = _number("--workers", args.workers, int)
     if workers is not None and not 1 <= workers <= session.workers_limit():
         raise UsageError(
