@@ -175,6 +175,31 @@ def test_needed_unpicklable_object_is_named(run_cell, guard, unshippable, body, 
 
 
 @pytest.mark.timeout(60)
+def test_a_managers_proxy_is_refused_before_anything_is_submitted(ip, run_cell, guard):
+    """A Manager list pickles, so it used to reach the workers and fail there on every iteration
+    ("digest sent was rejected"): the workers cannot reach a manager of this kernel."""
+    setup = run_cell("import multiprocessing\nmanager = multiprocessing.Manager()\nshared = manager.list()")
+    assert setup.success, setup.error
+    try:
+        run = run_cell(f"%%azpar -o r for x in range(4)\n{guard.marker}\nshared.append(x)\nx")
+        message = _usage_error(run, "`shared`", "ListProxy", "Nothing was submitted")
+        assert "manager" in message and "cannot reach" in message, message
+        guard.assert_nothing_submitted()
+    finally:
+        ip.user_ns.pop("shared", None)
+        ip.user_ns.pop("manager").shutdown()
+
+
+@pytest.mark.parametrize("options, fragments", [
+    ("--chunk-size many", ["--chunk-size", "many", "Nothing was submitted"]),
+    ("--chunk-size 1e3", ["--chunk-size", "1e3", "Nothing was submitted"]),
+], ids=["word", "float"])
+def test_a_chunk_size_that_is_not_a_number_says_nothing_was_submitted(ip, run_cell, guard, options, fragments):
+    run = run_cell(f"%%azpar -o r {options} for x in range(3)\n{guard.marker}\nx")
+    _usage_error(run, *fragments)
+    guard.assert_nothing_submitted()
+
+
 def test_unneeded_unpicklable_objects_are_ignored(ip, run_cell, guard, unshippable):
     run, job = run_cell_job(run_cell, f"%%azpar -q -o {AZ_OUT} for x in range(5)\n[i * x for i in range(3)]")
     assert run.success, run.error

@@ -132,6 +132,36 @@ def test_gather_of_a_bound_name_does_not_warn(ip, run_cell, body):
 
 
 @pytest.mark.timeout(60)
+def test_a_body_that_changes_notebook_variables_warns_and_the_notebook_keeps_them(ip, run_cell):
+    """The loop written for one process (append to a list, add to a total): in parallel the changes
+    stay on the workers, so the cell says so instead of leaving the user with Nones in silence."""
+    ip.run_cell("results = []\ntotal = 0\nseen = {}")
+    run = run_cell("%%azpar -q -o r for x in range(4):\nresults.append(x * x)\nseen[x] = True\ntotal += x")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [None] * 4
+    assert (ip.user_ns["results"], ip.user_ns["total"], ip.user_ns["seen"]) == ([], 0, {})
+    warning = _azpar_lines(run.stderr)
+    assert len(warning) == 1, run.stderr
+    assert "changes results, seen, total (notebook variables)" in warning[0]
+    assert "will not change" in warning[0] and "last expression" in warning[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("body", [
+    "results = []\nresults.append(x)\nresults",  # its own list
+    "total = 10\ntotal += x\ntotal",  # its own number
+    "row = [x]\nrow.append(1)\nrow",  # a name the notebook does not have
+    "import sys\nsys.path.append('.')\nx",  # configuring a module on the worker
+    "def f(acc):\n    acc.append(1)\n    return acc\nf([x])",  # a nested function's own names
+], ids=["own_list", "own_number", "not_in_notebook", "module", "nested"])
+def test_a_body_changing_only_its_own_names_does_not_warn(ip, run_cell, body):
+    ip.run_cell("results = []\ntotal = 0\nrow = None")
+    run = run_cell(f"%%azpar -q -o r for x in range(2):\n{body}")
+    assert run.success, run.error
+    assert not _azpar_lines(run.stderr), run.stderr
+
+
+@pytest.mark.timeout(60)
 def test_comprehension_variable_is_not_a_body_binding(ip, run_cell):
     run = run_cell("%%azpar -q -o r --gather v for x in range(2):\n[v for v in range(x)]")
     assert run.success, run.error

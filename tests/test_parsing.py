@@ -11,6 +11,7 @@ from azpar_magic.run.parsing import (
     body_warnings,
     is_requirement,
     is_variable_name,
+    notebook_change_warnings,
     parse_cell,
     split_header,
     split_requirements,
@@ -233,3 +234,51 @@ def test_body_warnings():
     assert warning.startswith("--gather z, w, v:")
     assert body_warnings(parse_cell("for x in xs", "from os.path import *"), ("join", "q")) == []
     assert body_warnings(parse_cell("for x in xs", "exec('q = 1')"), ("q",)) == []
+
+
+@pytest.mark.parametrize("body, named", [
+    ("total += x", ["total"]),
+    ("results.append(x)", ["results"]),
+    ("d[x] = 1", ["d"]),
+    ("d.setdefault(x, []).append(1)", ["d"]),
+    ("a, d[x] = 1, 2", ["d"]),
+    ("first, *d[1:] = [1, 2]", ["d"]),
+    ("del d[x]", ["d"]),
+    ("arr[x] = 1\narr.sort()", ["arr"]),
+    ("frame.loc[x, 'a'] = 1", ["frame"]),
+    ("dq.appendleft(x)\ntotal += 1", ["dq", "total"]),
+    ("s += 'y'", ["s"]),
+    ("total = 5\ntotal += x", []),
+    ("results = []\nresults.append(x)", []),
+    ("x += 1", []),
+    ("sys.path.append('.')", []),
+    ("proxy.append(x)", []),
+    ("f(x).append(1)", []),
+    ("unknown.append(1)", []),
+    ("def g():\n    results.append(1)\ng()", []),
+    ("class K:\n    total += 1", []),
+])
+def test_notebook_change_warnings_name_plain_notebook_data_the_body_changes(body, named):
+    import collections
+    import sys
+
+    class Proxy:  # stands for a multiprocessing.Manager list, whose changes do travel back
+        def append(self, value):
+            pass
+
+    numpy = pytest.importorskip("numpy")
+    pandas = pytest.importorskip("pandas")
+    namespace = dict(total=0, results=[], d={}, s="x", dq=collections.deque(), arr=numpy.zeros(3),
+                     frame=pandas.DataFrame({"a": [1]}), sys=sys, proxy=Proxy(), f=len)
+    warnings = notebook_change_warnings(parse_cell("for x in xs", body), namespace, ())
+    if not named:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    which = "a notebook variable" if len(named) == 1 else "notebook variables"
+    assert warning.startswith(f"the loop body changes {', '.join(named)} ({which}): ")
+
+
+def test_a_gathered_name_is_not_a_lost_change():
+    cell = parse_cell("for x in xs", "total += x")
+    assert notebook_change_warnings(cell, {"total": 0}, ("total",)) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import collections
 import copy
 import functools
 import io
@@ -17,7 +18,7 @@ import keyword
 import marshal
 import re
 import tokenize
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import CellError
@@ -331,15 +332,19 @@ def is_variable_name(name: str) -> bool:
     return name.isidentifier() and not keyword.iskeyword(name)
 
 
-def _binds_at_top(tree: ast.AST) -> set[str]:
+def _binds_at_top(tree: ast.AST, augmented: bool = True) -> set[str]:
     """Names a body binds in its own (module) scope: assignment targets, imports, ``def``
     and ``class`` names, ``except ... as``, ``with ... as``, loop targets and walrus targets.
     Nested functions, lambdas and classes bind in their own scope; so do comprehensions,
-    except for their walrus targets."""
+    except for their walrus targets. ``augmented=False``: ``name += ...`` does not count (it
+    reads the name first: without another binding, the notebook's value)."""
     names: set[str] = set()
     todo = list(ast.iter_child_nodes(tree))
     while todo:
         node = todo.pop()
+        if not augmented and isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            todo.append(node.value)
+            continue
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
             todo.extend(node.decorator_list)
@@ -393,6 +398,100 @@ def body_warnings(cell: ParsedCell, gather: Iterable[str]) -> list[str]:
     return [
         f"--gather {listed}: the loop body never {verb} {listed}, so the gathered list will hold the same "
         "value (None unless the notebook defines it) for every iteration"
+    ]
+
+
+# Methods that change a list, dict, set, deque, array or frame in place.
+_MUTATORS = frozenset(
+    {"append", "extend", "insert", "add", "update", "setdefault", "pop", "popitem", "remove", "discard", "clear"}
+    | {"sort", "reverse", "appendleft", "extendleft", "fill", "resize", "put", "itemset"}
+)
+# Values whose changes on a worker certainly stay there: plain data, not a module being configured
+# nor an object that may keep its state elsewhere (a database handle, a client of a service).
+_PLAIN_DATA = (list, dict, set, bytearray, collections.deque, int, float, complex, str, bytes, tuple, frozenset)
+_PLAIN_DATA_MODULES = ("numpy", "pandas")
+
+
+def _root_name(node: ast.AST) -> str | None:
+    """``df`` for ``df.loc[i, "a"]``, ``d`` for ``d[k][j]``; None when the chain does not start at a name."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _changed_names(tree: ast.AST) -> list[str]:
+    """Names whose objects the body changes or whose values it updates, in order of appearance:
+    ``name += v``, ``name[k] = v``, ``name.attr = v``, ``del name[k]`` and ``name.append(v)`` (and
+    the other in-place methods). Not inside nested functions and classes, whose names are their own."""
+    found: dict[str, tuple[int, int]] = {}  # name -> where the body first changes it
+    todo = list(ast.iter_child_nodes(tree))
+    while todo:
+        node = todo.pop(0)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+        targets: list[ast.AST] = []
+        if isinstance(node, ast.AugAssign):
+            targets = [node.target]
+        elif isinstance(node, (ast.Assign, ast.Delete)):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _MUTATORS:
+            targets = [node.func.value]
+        while targets:
+            target = targets.pop(0)
+            if isinstance(target, (ast.Tuple, ast.List)):
+                targets[:0] = target.elts
+                continue
+            if isinstance(target, ast.Starred):
+                targets.insert(0, target.value)
+                continue
+            if isinstance(target, (ast.Attribute, ast.Subscript, ast.Call)):
+                name = _root_name(target.func if isinstance(target, ast.Call) else target)
+            elif isinstance(target, ast.Name) and isinstance(node, (ast.AugAssign, ast.Call)):
+                name = target.id
+            else:
+                continue
+            if name is not None:
+                where = (node.lineno, node.col_offset)
+                found[name] = min(found.get(name, where), where)
+    return sorted(found, key=found.__getitem__)
+
+
+@functools.lru_cache(maxsize=64)
+def _changes(cell: ParsedCell) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The names the body changes, and those it binds itself (its loop targets too): read once per
+    cell (parse_cell gives a cell run again the same ParsedCell)."""
+    changed = _changed_names(cell.body_tree)
+    if not changed:
+        return (), frozenset()
+    return tuple(changed), frozenset(_binds_at_top(cell.body_tree, augmented=False) | set(cell.target_names))
+
+
+def _plain_data(value: object) -> bool:
+    return isinstance(value, _PLAIN_DATA) or type(value).__module__.split(".")[0] in _PLAIN_DATA_MODULES
+
+
+def notebook_change_warnings(cell: ParsedCell, namespace: Mapping[str, object], gather: Iterable[str]) -> list[str]:
+    """A one-line warning when the body changes a notebook variable (``total += x``,
+    ``results.append(x)``, ``d[k] = v``) that it never binds itself: the loop written for one
+    process, whose effect is lost in parallel. Each iteration changes its worker's copy, the
+    notebook's value never changes, and the cell binds a list of Nones: the commonest silent
+    mistake when a loop is first moved to ``%%azpar``. Only plain data is named (lists, dicts,
+    sets, numbers, strings, numpy and pandas objects): setting a module's attribute configures
+    the worker, and an object of another kind may hold its state elsewhere."""
+    changed, bound = _changes(cell)
+    gather = set(gather) if changed else ()
+    names = [n for n in changed if n not in bound and n not in gather and n in namespace and _plain_data(namespace[n])]
+    if not names:
+        return []
+    listed = ", ".join(names)
+    which = "a notebook variable" if len(names) == 1 else "notebook variables"
+    return [
+        f"the loop body changes {listed} ({which}): each iteration changes its own copy on a worker, and "
+        f"the notebook's {listed} will not change. Make the value the body's last expression instead: "
+        "-o binds the list of values (--combine sum adds them, --combine dict keys them by item)"
     ]
 
 
