@@ -151,6 +151,43 @@ def test_thread_follows_a_real_job_to_its_final_state():
     assert job.result() == [i * i for i in range(6)]
 
 
+def _panel_of_an_ended_job():
+    """A panel that followed a real job to its end, and a weak reference to that job: the job
+    lives in this function's frame only, which the test's own frame (whose locals pytest may
+    keep a copy of) never sees."""
+    import weakref
+
+    job = azpar_magic.run("for i in range(3)", "i + 1", {}, workers=2)
+    panel = JobPanel(job, min_interval=0.05)
+    panel.start()
+    assert job.result(timeout=60) == [1, 2, 3]
+    deadline = time.monotonic() + 3
+    while panel.final_view is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert panel.final_view is not None and panel.style == "success"
+    assert panel._on_change not in job.listeners
+    # The pool's and the store's threads hold the last job they handled in a local until the next:
+    # one more job moves them on.
+    assert azpar_magic.run("for i in range(1)", "i", {}, workers=2).result(timeout=60) == [0]
+    assert azpar_magic.jobstore.flush()
+    azpar_magic.session.forget(job.id)  # as the session lets go of an old job (_let_go_of_stored_jobs)
+    for engine in azpar_magic.session.engines():
+        engine.jobs.pop(job.id, None)
+    return panel, weakref.ref(job)
+
+
+def test_a_panel_lets_go_of_its_job_once_the_final_state_is_drawn():
+    """The kernel keeps the last 50 panels for re-display: they must not keep their jobs' items
+    and values alive after the session let go of them (session.KEPT_JOBS)."""
+    import gc
+
+    panel, job = _panel_of_an_ended_job()
+    gc.collect()
+    assert job() is None, "the panel (or its thread) still holds the ended job"
+    panel.settle()  # what a later cell does with an ended job's panel: the final view stays
+    assert panel.final_view["items"]["succeeded"] == 3 and panel.style == "success"
+
+
 def test_a_failing_job_ends_in_danger_with_its_error_line():
     job = azpar_magic.run("for x in ['a', 'b', 'c']", "print('working on', x)\nif x == 'b':\n    raise KeyError(x)\nx",
                           {}, chunk_size=1, workers=2, errors="pass")

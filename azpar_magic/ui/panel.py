@@ -40,6 +40,17 @@ class SnapshotSource(Protocol):
     def snapshot(self) -> JobSnapshot: ...
 
 
+class _Ended:
+    """What a panel holds of its job once the job's final state is drawn: that snapshot."""
+
+    def __init__(self, snapshot: JobSnapshot):
+        self.listeners: list[Callable[[Job], None]] = []
+        self._snapshot = snapshot
+
+    def snapshot(self) -> JobSnapshot:
+        return self._snapshot
+
+
 class Updater:
     """A daemon thread that calls ``step`` when woken and at least every ``tick`` seconds,
     never twice within ``min_interval``; it ends when ``step`` returns True or on ``stop``."""
@@ -114,6 +125,7 @@ class JobPanel:
         """Draw ``snapshot``; False (and nothing drawn) once a final snapshot has been."""
         view = job_view(snapshot)
         callbacks: list[Callable[[], None]] = []
+        ended: SnapshotSource | None = None
         with self._lock:
             if self.final_view is not None:
                 return False
@@ -122,7 +134,16 @@ class JobPanel:
             if view["final"]:
                 self.final_view = view
                 callbacks, self._when_final = self._when_final, []
+                # Drawn for the last time: the panel keeps that snapshot, not the Job with its
+                # items and values (the kernel keeps the last PANELS_KEPT panels, and lets go of
+                # old jobs to bound its memory: session.KEPT_JOBS).
+                ended, self.job = self.job, _Ended(snapshot)
             self.renders += 1
+        if ended is not None:
+            try:
+                ended.listeners.remove(self._on_change)
+            except ValueError:
+                pass
         for callback in callbacks:
             try:
                 callback()
