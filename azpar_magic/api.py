@@ -93,7 +93,8 @@ def run(
 def jobs(
     *, stored: bool = False, state: str | None = None, name: str | None = None, since: str | float | None = None
 ) -> list:
-    """The jobs of this process as Job handles, oldest first; with ``stored=True`` instead one
+    """The jobs this process holds in memory as Job handles, oldest first (the newest 50 or so:
+    ``session.KEPT_JOBS``; older ones are read back from the store by ``attach``); with ``stored=True`` instead one
     JobSummary per job in the job store (every kernel's, earlier sessions' too, this
     process's with their live counts): the rows of ``%azpar jobs``. Summaries, not handles,
     because a handle holds the values and listing must not read them.

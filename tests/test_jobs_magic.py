@@ -77,6 +77,24 @@ def test_collect_and_attach_a_job_this_session_no_longer_holds(ip, run_cell, job
     assert attached.success and ip.user_ns["other"] == [x * 11 for x in range(5)]
 
 
+@pytest.mark.timeout(120)
+def test_a_kernel_lets_go_of_old_jobs_and_collect_reads_them_back(ip, run_cell, job_store, monkeypatch):
+    """A notebook rerunning cells does not grow without bound, and loses nothing: a job the
+    kernel let go of is collected from the store with its values."""
+    monkeypatch.setattr(session, "KEPT_JOBS", 2)
+    ids = [_run_job(run_cell, f"%%azpar -q -o r{k} for x in range(3):\nx * {k}") for k in range(4)]
+    assert store.flush()
+    _run_job(run_cell, "%%azpar -q -o last for x in range(1):\nx")
+    held = {job.id for job in azpar_magic.jobs()}
+    assert ids[0] not in held and ids[1] not in held, held
+    for k in (0, 1):
+        run = run_cell(f"%azpar collect {ids[k]} -o again")
+        assert run.success, run.error
+        assert ip.user_ns.pop("again") == [x * k for x in range(3)]
+    table = run_cell("%azpar jobs").stdout
+    assert all(job_id in table for job_id in ids), table
+
+
 def test_attach_a_running_job_binds_when_it_ends(ip, run_cell, job_store):
     ip.user_ns.pop("later", None)
     assert run_cell("%%azpar -q --no-wait -o never for x in range(3):\nimport time\ntime.sleep(0.8)\nx + 5").success

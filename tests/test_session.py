@@ -10,10 +10,13 @@ clients are built on first use), and no test here uses one.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 import azpar_magic
-from azpar_magic import config, session
+from azpar_magic import config, jobstore, session
 from azpar_magic.errors import ConfigError
 from azpar_magic.jobs.job import JobOptions
 from azpar_magic.run.parsing import parse_cell
@@ -162,6 +165,56 @@ def _stored(job_id: str) -> bool:
         return False
     session.forget(job_id)
     return job.done
+
+
+@pytest.mark.timeout(120)
+def test_old_ended_jobs_are_let_go_and_come_back_from_the_store(monkeypatch):
+    """A kernel keeps the newest KEPT_JOBS ended jobs; an older one leaves memory (nothing else
+    holds it) and the store gives it back, values and all."""
+    monkeypatch.setattr(session, "KEPT_JOBS", 3)
+    jobs = [_submit("for x in range(3)", f"x + {k}") for k in range(5)]
+    assert [job.result(timeout=60) for job in jobs] == [[k, k + 1, k + 2] for k in range(5)]
+    assert jobstore.flush(), "the job store did not write the jobs"
+    ids, first = [job.id for job in jobs], weakref.ref(jobs[0])
+    del jobs
+    newest = _submit("for x in range(1)", "x")  # remembering it lets go of the oldest
+    held = [job.id for job in session.jobs()]
+    assert newest.id in held and [i for i in ids if i in held] == ids[-2:], held
+    gc.collect()
+    assert first() is None, "the session let go of the job, but something still holds it"
+    back = session.find_job(ids[0])
+    assert back.result(timeout=10) == [0, 1, 2] and back.done
+    assert session.find_job(ids[0]) is back, "read back, it is held again"
+
+
+@pytest.mark.timeout(120)
+def test_the_iterations_bound_keeps_the_newest_job_however_big(monkeypatch):
+    monkeypatch.setattr(session, "KEPT_ITERATIONS", 5)
+    older = _submit("for x in range(4)", "x")
+    assert older.result(timeout=60) == [0, 1, 2, 3] and jobstore.flush()
+    big = _submit("for x in range(8)", "x")  # alone over the bound: kept, the older one let go
+    assert big.result(timeout=60) == list(range(8))
+    held = [job.id for job in session.jobs()]
+    assert big.id in held and older.id not in held
+
+
+@pytest.mark.timeout(120)
+def test_a_job_the_store_could_not_keep_stays_in_memory(monkeypatch, tmp_path, capsys):
+    """Its values exist nowhere else: however old, the session keeps it."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(jobstore.STORE_ENV, str(blocker / "jobs"))
+    monkeypatch.setattr(session, "KEPT_JOBS", 1)
+    jobs = [_submit("for x in range(2)", f"x * {k}") for k in range(3)]
+    assert [job.result(timeout=60) for job in jobs] == [[0, k] for k in range(3)]
+    jobstore.flush()
+    assert all(job.store_error for job in jobs), [job.store_error for job in jobs]
+    _submit("for x in range(1)", "x").result(timeout=60)
+    held = {job.id for job in session.jobs()}
+    assert all(job.id in held for job in jobs)
+    assert "could not keep job" in capsys.readouterr().err
+    for job in jobs:
+        session.forget(job.id)
 
 
 @pytest.mark.timeout(120)

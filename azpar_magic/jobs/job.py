@@ -116,6 +116,9 @@ class Job:
         self.worker_stats: dict[str, dict] = {}  # node -> what its worker last reported
         self.rerun_of: str | None = None  # the job whose finished iterations this run kept
         self.store_error: str | None = None  # why the job store could not keep this job, if it could not
+        # The store folder that holds every record and the final manifest (set by the store's writer):
+        # the session may then let go of this Job, and the store gives it back when asked (session.remember).
+        self.stored: str | None = None
         # Captured output of iterations kept from an earlier run (rerun): readable through
         # output(i) and logs(i), but not replayed by ``outputs`` (shown when that run ended).
         self._base_outputs: dict[int, list] = {}

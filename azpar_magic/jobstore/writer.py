@@ -308,6 +308,7 @@ class JobRecorder:
             if not self._wrote_final:
                 self.manifest.update(end)
                 write_manifest(self.folder, self.manifest)
+            self.job.stored = str(self.root)  # all of it is on disk: the session may let go of it
 
     def _create(self, data: bytes, end: dict | None) -> None:
         ensure_root(self.root)
