@@ -172,17 +172,26 @@ def describe() -> str:
 # rerunning a 1,000,000-iteration cell grew by ~90 MB a run, and 10,000 two-iteration cells by ~110 MB.
 KEPT_JOBS = 50
 KEPT_ITERATIONS = 2_000_000
+# Over KEPT_JOBS, at most one look a second: cells run back to back (a thousand a second) end faster
+# than the store's writer records them, and a look at every cell walked all the jobs not yet stored.
+LOOK_EVERY = 1.0
 _kept_iterations = 0  # the iterations of the jobs in _jobs
+_next_look = 0.0
 
 
 def remember(job: Job) -> None:
-    global _kept_iterations
+    global _kept_iterations, _next_look
     with _lock:
         if job.id not in _jobs:
             _kept_iterations += len(job.items)
         _jobs[job.id] = job
-        if len(_jobs) > KEPT_JOBS or _kept_iterations > KEPT_ITERATIONS:
+        if _kept_iterations > KEPT_ITERATIONS:  # (few jobs, each big: looking costs nothing)
             _let_go_of_stored_jobs()
+        elif len(_jobs) > KEPT_JOBS:
+            now = time.monotonic()
+            if now >= _next_look:
+                _next_look = now + LOOK_EVERY
+                _let_go_of_stored_jobs()
 
 
 def _let_go_of_stored_jobs() -> None:
