@@ -601,7 +601,8 @@ def workload_d(peer: Peer, P: dict) -> dict:
 
         original_serialize = capture_mod.serialize
         original_override = wire_mod._FastPickler.reducer_override
-        original_save = wire_mod._DillPickler.save
+        dill_pickler = wire_mod._dill_pickler()  # (made on first use: the worker imports dill only when needed)
+        original_save = dill_pickler.save
 
         def counting_override(self, obj):
             if obj is big:
@@ -619,7 +620,7 @@ def workload_d(peer: Peer, P: dict) -> dict:
 
         capture_mod.serialize = counting_serialize
         wire_mod._FastPickler.reducer_override = counting_override
-        wire_mod._DillPickler.save = counting_save
+        dill_pickler.save = counting_save
         try:
             out["reps"], out["ok"] = measured(spec)
             # The same loop when the body calls a notebook helper, as real notebooks do.
@@ -641,7 +642,7 @@ def workload_d(peer: Peer, P: dict) -> dict:
         finally:
             capture_mod.serialize = original_serialize
             wire_mod._FastPickler.reducer_override = original_override
-            wire_mod._DillPickler.save = original_save
+            dill_pickler.save = original_save
         return out
     out["reps"], out["ok"] = measured(spec)
     if isinstance(peer, MultiprocessingFork):
