@@ -257,6 +257,9 @@ def test_body_warnings():
     ("unknown.append(1)", []),
     ("def g():\n    results.append(1)\ng()", []),
     ("class K:\n    total += 1", []),
+    ("[d.append(0) for d in lists]", []),  # the comprehension's own d
+    ("[results.append(v) for v in range(x)]", ["results"]),
+    ("total += sum(d[k] for k in d)", ["total"]),
 ])
 def test_notebook_change_warnings_name_plain_notebook_data_the_body_changes(body, named):
     import collections

@@ -422,41 +422,54 @@ def _root_name(node: ast.AST) -> str | None:
 def _changed_names(tree: ast.AST) -> list[str]:
     """Names whose objects the body changes or whose values it updates, in order of appearance:
     ``name += v``, ``name[k] = v``, ``name.attr = v``, ``del name[k]`` and ``name.append(v)`` (and
-    the other in-place methods). Not inside nested functions and classes, whose names are their own."""
+    the other in-place methods). Not inside nested functions and classes, whose names are their
+    own, nor a comprehension's own variables (``[row.append(0) for row in rows]``)."""
     found: dict[str, tuple[int, int]] = {}  # name -> where the body first changes it
-    todo = list(ast.iter_child_nodes(tree))
-    while todo:
-        node = todo.pop(0)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            continue
-        todo.extend(ast.iter_child_nodes(node))
-        targets: list[ast.AST] = []
-        if isinstance(node, ast.AugAssign):
-            targets = [node.target]
-        elif isinstance(node, (ast.Assign, ast.Delete)):
-            targets = list(node.targets)
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets = [node.target]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _MUTATORS:
-            targets = [node.func.value]
-        while targets:
-            target = targets.pop(0)
-            if isinstance(target, (ast.Tuple, ast.List)):
-                targets[:0] = target.elts
-                continue
-            if isinstance(target, ast.Starred):
-                targets.insert(0, target.value)
-                continue
+
+    def visit(node: ast.AST, own: frozenset[str]) -> None:
+        for target in _targets(node):
             if isinstance(target, (ast.Attribute, ast.Subscript, ast.Call)):
                 name = _root_name(target.func if isinstance(target, ast.Call) else target)
             elif isinstance(target, ast.Name) and isinstance(node, (ast.AugAssign, ast.Call)):
                 name = target.id
             else:
                 continue
-            if name is not None:
-                where = (node.lineno, node.col_offset)
+            if name is not None and name not in own:
+                where = (getattr(node, "lineno", 0), getattr(node, "col_offset", 0))
                 found[name] = min(found.get(name, where), where)
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            own = own | {n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                visit(child, own)
+
+    visit(tree, frozenset())
     return sorted(found, key=found.__getitem__)
+
+
+def _targets(node: ast.AST) -> list[ast.AST]:
+    """What ``node`` changes: the targets of an (augmented) assignment or ``del``, tuples and
+    starred targets unpacked, or the object an in-place method is called on."""
+    if isinstance(node, ast.AugAssign):
+        todo = [node.target]
+    elif isinstance(node, (ast.Assign, ast.Delete)):
+        todo = list(node.targets)
+    elif isinstance(node, ast.AnnAssign) and node.value is not None:
+        todo = [node.target]
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _MUTATORS:
+        todo = [node.func.value]
+    else:
+        return []
+    found: list[ast.AST] = []
+    while todo:
+        target = todo.pop(0)
+        if isinstance(target, (ast.Tuple, ast.List)):
+            todo[:0] = target.elts
+        elif isinstance(target, ast.Starred):
+            todo.insert(0, target.value)
+        else:
+            found.append(target)
+    return found
 
 
 @functools.lru_cache(maxsize=64)
