@@ -260,6 +260,7 @@ def test_body_warnings():
     ("[d.append(0) for d in lists]", []),  # the comprehension's own d
     ("[results.append(v) for v in range(x)]", ["results"]),
     ("total += sum(d[k] for k in d)", ["total"]),
+    ("exec('results = []')\nresults.append(x)", []),  # it may bind them itself: the benefit of the doubt
 ])
 def test_notebook_change_warnings_name_plain_notebook_data_the_body_changes(body, named):
     import collections

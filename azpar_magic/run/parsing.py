@@ -373,6 +373,14 @@ def _binds_at_top(tree: ast.AST, augmented: bool = True) -> set[str]:
 _DYNAMIC_BINDERS = {"globals", "exec", "vars", "locals", "setattr", "__import__"}
 
 
+def _may_bind_dynamically(tree: ast.AST) -> bool:
+    """Whether the body may bind names its text does not show (``globals()``, ``exec``,
+    ``import *``): the warnings below then give it the benefit of the doubt."""
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(tree))
+    return star or bool(used & _DYNAMIC_BINDERS)
+
+
 def body_warnings(cell: ParsedCell, gather: Iterable[str]) -> list[str]:
     """One-line warnings about a cell that runs but cannot give what was asked: a body with
     no statement (only comments) gives None for every iteration, and ``--gather NAME`` of a
@@ -385,9 +393,7 @@ def body_warnings(cell: ParsedCell, gather: Iterable[str]) -> list[str]:
     if not gather:  # the walks below are for --gather alone (two passes over the body per cell otherwise)
         return []
     tree = cell.body_tree
-    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(tree))
-    if star or used & _DYNAMIC_BINDERS:
+    if _may_bind_dynamically(tree):
         return []
     bound = _binds_at_top(tree) | set(cell.target_names)
     missing = [name for name in gather if name not in bound]
@@ -475,9 +481,10 @@ def _targets(node: ast.AST) -> list[ast.AST]:
 @functools.lru_cache(maxsize=64)
 def _changes(cell: ParsedCell) -> tuple[tuple[str, ...], frozenset[str]]:
     """The names the body changes, and those it binds itself (its loop targets too): read once per
-    cell (parse_cell gives a cell run again the same ParsedCell)."""
+    cell (parse_cell gives a cell run again the same ParsedCell). None for a body that may bind names
+    dynamically, as ``body_warnings`` does."""
     changed = _changed_names(cell.body_tree)
-    if not changed:
+    if not changed or _may_bind_dynamically(cell.body_tree):
         return (), frozenset()
     return tuple(changed), frozenset(_binds_at_top(cell.body_tree, augmented=False) | set(cell.target_names))
 
