@@ -366,8 +366,9 @@ def test_a_task_that_started_and_ended_within_one_read_is_not_said_to_have_start
 def test_the_ends_one_read_brings_reach_a_sink_that_takes_many_as_one_batch():
     """base.deliver: the engine's sink takes several events at once (one notification of the
     job's waiters and views for them all). A read's ends go to it as one batch, in the order
-    the worker answered; the task still running is told started after them; a plain callable
-    sink gets the same events one by one (the test above)."""
+    the worker answered; the task still running is told started after them, in a batch of its
+    own (the tasks a dispatch starts are told together too); a plain callable sink gets the same
+    events one by one (the test above)."""
 
     class Batches(Sink):
         def __init__(self) -> None:
@@ -385,7 +386,7 @@ def test_the_ends_one_read_brings_reach_a_sink_that_takes_many_as_one_batch():
         b._on_readable(w.id, result(tasks[0], 0.1) + result(tasks[1], 0.1) + result(tasks[2], 0.1))
         got = [(e.kind, e.task_id) for e in sink.take(4)]
         assert got == [("finished", "1"), ("finished", "2"), ("finished", "3"), ("started", "4")]
-        assert sink.batches == [[("finished", "1"), ("finished", "2"), ("finished", "3")]]  # "started": one by one
+        assert sink.batches == [[("finished", "1"), ("finished", "2"), ("finished", "3")], [("started", "4")]]
     finally:
         b._workers.clear()
         b.close()

@@ -581,9 +581,16 @@ class LocalBackend(BaseBackend):
                 job.on_event(TaskEvent(job_id, task.task_id, "failed", error=why, failure_kind="cancelled"))
 
     def _tell_started(self, began: list) -> None:
-        for job, task, wid in began:
+        """Each job hears of its tasks that started at once (base.deliver): a cell's first tasks
+        start together, and each event on its own woke the job's views and waiters (issue 16)."""
+        for _, run in itertools.groupby(began, key=lambda entry: id(entry[0])):
+            entries = list(run)
+            job = entries[0][0]
             if job is not None:
-                job.on_event(TaskEvent(job.spec.job_id, task.task_id, "started", node=wid))
+                deliver(
+                    job.on_event,
+                    [TaskEvent(job.spec.job_id, task.task_id, "started", node=wid) for _, task, wid in entries],
+                )
 
     def _on_death(self, w: _Worker) -> None:
         with self._lock:

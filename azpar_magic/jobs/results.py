@@ -46,7 +46,9 @@ def decode_each(encoded, count: int) -> tuple[list, dict[int, str]]:
                 problems[pos] = f"{type(exc).__name__}: {exc}"
         return values, problems
     try:
-        return list(cast(Iterable[Any], wire.loads(encoded[1], encoded[2]))), {}
+        loaded = wire.loads(encoded[1], encoded[2])
+        # (a list is the job's own already: no copy, on the thread the last task's result waits behind)
+        return (loaded if type(loaded) is list else list(cast(Iterable[Any], loaded))), {}
     except Exception as exc:
         whole = f"{type(exc).__name__}: {exc}"
     try:
