@@ -166,3 +166,23 @@ def test_comprehension_variable_is_not_a_body_binding(ip, run_cell):
     run = run_cell("%%azpar -q -o r --gather v for x in range(2):\n[v for v in range(x)]")
     assert run.success, run.error
     assert "--gather v" in run.stderr
+
+
+# ------------------------------------------------------------------------- a line read again
+
+
+def test_a_line_read_again_gives_values_the_last_run_could_not_change():
+    """parse_options keeps what each line gave, for the cell run again: a run that changes its
+    values (a list of --inputs, an attribute) changes its own copy, not the next run's."""
+    from azpar_magic.magics.cell import azpar_cell
+    from azpar_magic.magics.options import parse_options
+
+    line = "-o r --inputs 'data/*.csv' --inputs b.txt --workers 2"
+    first = parse_options(azpar_cell.parser, line)
+    assert first.inputs == ["data/*.csv", "b.txt"] and first.workers == "2" and first.output == "r"
+    first.inputs.append("c.txt")
+    first.inputs[0] = "changed"
+    first.workers = 7
+    again = parse_options(azpar_cell.parser, line)
+    assert again.inputs == ["data/*.csv", "b.txt"] and again.workers == "2"
+    assert again.inputs is not first.inputs

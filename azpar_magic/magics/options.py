@@ -40,7 +40,25 @@ def parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Namesp
         if len(_parsed) >= _PARSED_KEPT:
             _parsed.pop(next(iter(_parsed)))
         _parsed[key] = known
-    return argparse.Namespace(**copy.deepcopy(known))
+    return argparse.Namespace(**_copied(known))
+
+
+_ATOMS = (str, int, float, bool, type(None))
+
+
+def _copied(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy the run may change freely: argparse gives strings, numbers and lists of strings
+    (``--inputs``), so a new list each is enough; anything else is deep-copied (the deep copy
+    of every line was a tenth of a warm two-iteration cell, issue 16, c)."""
+    copied = {}
+    for name, value in values.items():
+        if type(value) in _ATOMS:
+            copied[name] = value
+        elif type(value) is list and all(type(v) in _ATOMS for v in value):
+            copied[name] = list(value)
+        else:
+            copied[name] = copy.deepcopy(value)
+    return copied
 
 
 def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Namespace:
