@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -180,8 +181,31 @@ def test_no_result_dict_waits_for_the_writer(job_store, monkeypatch):
 
 
 @pytest.mark.timeout(60)
-def test_a_result_the_store_cannot_format_never_fails_the_job(job_store, monkeypatch, capfd):
-    """Formatting happens on the engine's thread now: its failure is still the store's, said once, and
+@pytest.mark.parametrize(("n", "chunk", "writer_formats"), [(6, 1, False), (300, 100, True)])
+def test_a_result_is_formatted_where_its_size_says_and_read_back_whole(job_store, monkeypatch, n, chunk, writer_formats):
+    """Results of one iteration come by thousands a second: formatted as they arrive, on the engine's
+    thread. A result of many iterations (writer_mod.DEFERRED_ITERATIONS) is formatted on the writer's,
+    off the path of the cell's last result (issue 16, a). Either way the store gives every value back."""
+    threads = []
+    real = writer_mod.JobRecorder._result_records
+
+    def watched(self, task_id, indices, result):
+        threads.append(threading.current_thread().name)
+        return real(self, task_id, indices, result)
+
+    monkeypatch.setattr(writer_mod.JobRecorder, "_result_records", watched)
+    job = azpar_magic.run(f"for x in range({n})", "x * 3", {}, chunk_size=chunk, workers=2)
+    assert job.result(timeout=30) == [x * 3 for x in range(n)]
+    assert store.flush()
+    assert len(threads) == n // chunk
+    assert {name == "azpar-job-store" for name in threads} == {writer_formats}
+    assert store.load_job(job.id).result() == [x * 3 for x in range(n)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("n", "chunk"), [(6, 2), (300, 100)])  # formatted on the engine's thread, on the writer's
+def test_a_result_the_store_cannot_format_never_fails_the_job(job_store, monkeypatch, capfd, n, chunk):
+    """A record that cannot be formatted, on whichever thread, is the store's failure, said once, and
     the job's values are all there in this session."""
     real = writer_mod.JobRecorder._result_records
 
@@ -191,8 +215,8 @@ def test_a_result_the_store_cannot_format_never_fails_the_job(job_store, monkeyp
         return real(self, task_id, indices, result)
 
     monkeypatch.setattr(writer_mod.JobRecorder, "_result_records", broken)
-    job = azpar_magic.run("for x in range(6)", "x * 2", {}, chunk_size=2, workers=2)
-    assert job.result(timeout=30) == [0, 2, 4, 6, 8, 10]
+    job = azpar_magic.run(f"for x in range({n})", "x * 2", {}, chunk_size=chunk, workers=2)
+    assert job.result(timeout=30) == [x * 2 for x in range(n)]
     assert store.flush()
     assert job.store_error and "this record cannot be formatted" in job.store_error
     assert "could not keep job" in capfd.readouterr().err

@@ -49,6 +49,10 @@ from .records import (
 
 logger = logging.getLogger(__name__)
 COALESCE = 0.05  # seconds the writer waits so that a short job is written once (see above)
+# A clean task result of at least this many iterations, or this many bytes of values, is formatted
+# on the writer thread, not on the engine's (JobRecorder.task_result says why, and why not all).
+DEFERRED_ITERATIONS = 64
+DEFERRED_BYTES = 1 << 16
 
 
 class _Writer:
@@ -185,15 +189,18 @@ class JobRecorder:
     def task_result(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> None:
         """A task finished (some iterations may have raised): keep its encoded values.
 
-        A clean result (its values in one blob, nothing failed, printed or gathered) waits for the
-        writer as one tuple of its id, iterations and blob, and is formatted there: that formatting
-        was ~10 us of each task on the thread that reads the workers' replies, which the last task's
-        result waits behind (issue 16, a). Any other result is formatted here, and only its bytes
-        wait: a queued result dict (a dozen containers) lived until the writer's next tick,
-        ``COALESCE`` seconds later, so the thousands that short tasks queue meanwhile outlived the
-        garbage collector's young generations and set off full collections of the kernel's whole
-        heap (issue 16, a': the collector was ~5 us of a one-iteration task's ~30 us in the kernel,
-        and ~1.8 us after). The tuple holds no container but a non-contiguous rerun's index list."""
+        A clean result (its values in one blob, nothing failed, printed or gathered) of many
+        iterations, or a large one, waits for the writer as one tuple of its id, iterations and
+        blob, and is formatted there: formatting it was ~10 us of each such task on the thread
+        that reads the workers' replies, which the cell's last result waits behind (issue 16, a),
+        and a large blob was copied twice there. Other results are formatted here, and only their
+        bytes wait. Short tasks end by thousands a second: formatting theirs on the writer made it
+        hold the interpreter in bursts the reading thread waited behind, with the workers short of
+        tasks meanwhile (one-iteration tasks cost ~3 us more each, issue 16, a'); and a queued
+        result dict (a dozen containers) lived until the writer's next tick, ``COALESCE`` seconds
+        later, so the thousands queued meanwhile outlived the garbage collector's young
+        generations and set off full collections of the kernel's whole heap (the collector was
+        ~5 us of a one-iteration task's ~30 us in the kernel, and ~1.8 us after)."""
         if self._failed:
             return
         values = result.get("values")
@@ -201,6 +208,7 @@ class JobRecorder:
             type(values) is list
             and len(values) == 3
             and values[0] == "all"
+            and (len(indices) >= DEFERRED_ITERATIONS or len(values[2]) >= DEFERRED_BYTES)
             and not result.get("failed")
             and not result.get("outputs")
             and result.get("gathered") is None
