@@ -188,6 +188,22 @@ def test_old_ended_jobs_are_let_go_and_come_back_from_the_store(monkeypatch):
     assert session.find_job(ids[0]) is back, "read back, it is held again"
 
 
+@pytest.mark.timeout(60)
+def test_a_job_let_go_of_leaves_memory_though_the_store_wrote_it_last():
+    """The store's writer thread keeps no job while it sleeps until its next work: the last job it
+    wrote, values and all, outlived the session's let-go of it for as long as the writer slept."""
+    job = _submit("for x in range(3)", "x * 2")
+    assert job.result(timeout=60) == [0, 2, 4]
+    assert jobstore.flush(), "the job store did not write the job"
+    ref, job_id = weakref.ref(job), job.id
+    del job
+    session.forget(job_id)  # what the let-go does (session._let_go_of_stored_jobs)
+    for engine in session.engines():
+        engine.jobs.pop(job_id, None)
+    gc.collect()
+    assert ref() is None, "the session let go of the job, but something still holds it"
+
+
 @pytest.mark.timeout(120)
 def test_the_iterations_bound_keeps_the_newest_job_however_big(monkeypatch):
     monkeypatch.setattr(session, "KEPT_ITERATIONS", 5)

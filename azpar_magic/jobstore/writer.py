@@ -124,6 +124,9 @@ class _Writer:
                 self._busy = True
             for recorder in batch:
                 recorder._drain()
+            # Not kept while this thread sleeps until the next mark: a recorder holds its Job, values and
+            # all, which outlived the session's let-go of it (session.remember) by a whole quiet spell.
+            del batch, recorder
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
