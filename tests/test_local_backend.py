@@ -363,30 +363,48 @@ def test_a_task_that_started_and_ended_within_one_read_is_not_said_to_have_start
         b.close()
 
 
+class _Batches(Sink):
+    """A sink that takes several events at once, as the engine's does (base.deliver), and keeps each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[tuple[str, str]]] = []
+
+    def many(self, events: Sequence[TaskEvent]) -> None:
+        self.batches.append([(e.kind, e.task_id) for e in events])
+        for event in events:
+            self(event)
+
+
 def test_the_ends_one_read_brings_reach_a_sink_that_takes_many_as_one_batch():
     """base.deliver: the engine's sink takes several events at once (one notification of the
     job's waiters and views for them all). A read's ends go to it as one batch, in the order
-    the worker answered; the task still running is told started after them, in a batch of its
-    own (the tasks a dispatch starts are told together too); a plain callable sink gets the same
-    events one by one (the test above)."""
-
-    class Batches(Sink):
-        def __init__(self) -> None:
-            super().__init__()
-            self.batches: list[list[tuple[str, str]]] = []
-
-        def many(self, events: Sequence[TaskEvent]) -> None:
-            self.batches.append([(e.kind, e.task_id) for e in events])
-            for event in events:
-                self(event)
-
-    sink = Batches()
+    the worker answered; the task still running is told started after them, on its own (a lone
+    start goes straight to the sink; the tasks a dispatch starts together are one batch, the test
+    below); a plain callable sink gets the same events one by one (the test above)."""
+    sink = _Batches()
     b, w, tasks = one_busy_worker(4, sink)
     try:
         b._on_readable(w.id, result(tasks[0], 0.1) + result(tasks[1], 0.1) + result(tasks[2], 0.1))
         got = [(e.kind, e.task_id) for e in sink.take(4)]
         assert got == [("finished", "1"), ("finished", "2"), ("finished", "3"), ("started", "4")]
-        assert sink.batches == [[("finished", "1"), ("finished", "2"), ("finished", "3")], [("started", "4")]]
+        assert sink.batches == [[("finished", "1"), ("finished", "2"), ("finished", "3")]]
+    finally:
+        b._workers.clear()
+        b.close()
+
+
+def test_the_tasks_a_dispatch_starts_together_reach_their_job_as_one_batch():
+    """A cell's first tasks start together, one on each idle worker: their job hears of them in
+    one batch (one notification of its waiters and views), not one event each."""
+    sink = _Batches()
+    b, w, tasks = one_busy_worker(3, sink)
+    try:
+        entry = b._jobs["job-1"]
+        b._tell_started([(entry, tasks[0], "worker-1"), (entry, tasks[1], "worker-2")])
+        got = [(e.kind, e.task_id, e.node) for e in sink.take(2)]
+        assert got == [("started", "1", "worker-1"), ("started", "2", "worker-2")]
+        assert sink.batches == [[("started", "1"), ("started", "2")]]
     finally:
         b._workers.clear()
         b.close()
