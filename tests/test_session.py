@@ -173,6 +173,7 @@ def test_old_ended_jobs_are_let_go_and_come_back_from_the_store(monkeypatch):
     holds it) and the store gives it back, values and all."""
     monkeypatch.setattr(session, "KEPT_JOBS", 3)
     monkeypatch.setattr(session, "LOOK_EVERY", 0.0)
+    monkeypatch.setattr(session, "_next_look", 0.0)  # an earlier test's look may have set the next a second ahead
     jobs = [_submit("for x in range(3)", f"x + {k}") for k in range(5)]
     assert [job.result(timeout=60) for job in jobs] == [[k, k + 1, k + 2] for k in range(5)]
     assert jobstore.flush(), "the job store did not write the jobs"
@@ -208,6 +209,7 @@ def test_a_job_let_go_of_leaves_memory_though_the_store_wrote_it_last():
 def test_the_iterations_bound_keeps_the_newest_job_however_big(monkeypatch):
     monkeypatch.setattr(session, "KEPT_ITERATIONS", 5)
     monkeypatch.setattr(session, "LOOK_EVERY", 0.0)
+    monkeypatch.setattr(session, "_next_look", 0.0)  # an earlier test's look may have set the next a second ahead
     older = _submit("for x in range(4)", "x")
     assert older.result(timeout=60) == [0, 1, 2, 3] and jobstore.flush()
     big = _submit("for x in range(8)", "x")  # alone over the bound: kept, the older one let go
@@ -224,6 +226,7 @@ def test_a_job_the_store_could_not_keep_stays_in_memory(monkeypatch, tmp_path, c
     monkeypatch.setenv(jobstore.STORE_ENV, str(blocker / "jobs"))
     monkeypatch.setattr(session, "KEPT_JOBS", 1)
     monkeypatch.setattr(session, "LOOK_EVERY", 0.0)
+    monkeypatch.setattr(session, "_next_look", 0.0)  # an earlier test's look may have set the next a second ahead
     jobs = [_submit("for x in range(2)", f"x * {k}") for k in range(3)]
     assert [job.result(timeout=60) for job in jobs] == [[0, k] for k in range(3)]
     jobstore.flush()
