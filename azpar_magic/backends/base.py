@@ -73,8 +73,10 @@ def deliver(sink: EventSink, events: Sequence[TaskEvent]) -> None:
     """Hand several events of one job to its sink, in order. A sink with a ``many`` method (the
     engine's) takes them at once: one notification of the job's waiters and views, and one look
     at whether the job ended, for all of them, instead of one each (a read of a worker's pipe
-    brings the results of many short tasks, issue 16). Any other callable gets them one by one."""
-    many = getattr(sink, "many", None)
+    brings the results of many short tasks, issue 16). Any other callable gets them one by one,
+    and so does every sink a lone event: a batch of one notifies once as the event alone does,
+    with a bracket around it that one-iteration tasks, one end per read, would pay for nothing."""
+    many = getattr(sink, "many", None) if len(events) > 1 else None
     if many is not None:
         many(events)
         return

@@ -582,14 +582,7 @@ class LocalBackend(BaseBackend):
 
     def _tell_started(self, began: list) -> None:
         """Each job hears of its tasks that started at once (base.deliver): a cell's first tasks
-        start together, and each event on its own woke the job's views and waiters (issue 16). A
-        lone start, what a read mostly brings when tasks are short, goes straight to the job (a
-        batch of one cost a one-iteration task ~3 us more, issue 16, a')."""
-        if len(began) == 1:
-            job, task, wid = began[0]
-            if job is not None:
-                job.on_event(TaskEvent(job.spec.job_id, task.task_id, "started", node=wid))
-            return
+        start together, and each event on its own woke the job's views and waiters (issue 16)."""
         for _, run in itertools.groupby(began, key=lambda entry: id(entry[0])):
             entries = list(run)
             job = entries[0][0]
