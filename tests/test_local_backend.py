@@ -410,13 +410,17 @@ def test_the_tasks_a_dispatch_starts_together_reach_their_job_as_one_batch():
         b.close()
 
 
-def test_tasks_held_behind_a_long_task_are_given_back_to_an_idle_worker(backend):
+@pytest.mark.parametrize("pause", [0.0, wire._Inbox.REST_AFTER + 0.5])
+def test_tasks_held_behind_a_long_task_are_given_back_to_an_idle_worker(backend, pause):
+    # pause: the workers' helpers that answer a return while a task runs rest after a quiet spell
+    # (worker._Inbox.REST_AFTER); the first task after one wakes them.
     b = backend(2)
     warm, warm_tasks = job("x", 2, [range(0, 1), range(1, 2)], job_id="warm")
     warm_sink = Sink()
     b.submit(warm, warm_tasks, warm_sink)
     finished_all(warm_sink, 2)
     assert wait_for(lambda: all(n.state == "idle" for n in b.nodes()) and len(b.nodes()) == 2, 30)
+    time.sleep(pause)
     # Task 1 runs 4 s; tasks 2 and 4 half a second each, so both workers are busy when submit returns.
     body = "import os, time\ntime.sleep({0: 4, 1: 0.5, 3: 0.5}.get(x, 0))\n(x, os.getpid(), time.monotonic())"
     spec, tasks = job(body, 4, [range(i, i + 1) for i in range(4)])
