@@ -172,8 +172,6 @@ def test_old_ended_jobs_are_let_go_and_come_back_from_the_store(monkeypatch):
     """A kernel keeps the newest KEPT_JOBS ended jobs; an older one leaves memory (nothing else
     holds it) and the store gives it back, values and all."""
     monkeypatch.setattr(session, "KEPT_JOBS", 3)
-    monkeypatch.setattr(session, "LOOK_EVERY", 0.0)
-    monkeypatch.setattr(session, "_next_look", 0.0)  # an earlier test's look may have set the next a second ahead
     jobs = [_submit("for x in range(3)", f"x + {k}") for k in range(5)]
     assert [job.result(timeout=60) for job in jobs] == [[k, k + 1, k + 2] for k in range(5)]
     assert jobstore.flush(), "the job store did not write the jobs"
@@ -208,8 +206,6 @@ def test_a_job_let_go_of_leaves_memory_though_the_store_wrote_it_last():
 @pytest.mark.timeout(120)
 def test_the_iterations_bound_keeps_the_newest_job_however_big(monkeypatch):
     monkeypatch.setattr(session, "KEPT_ITERATIONS", 5)
-    monkeypatch.setattr(session, "LOOK_EVERY", 0.0)
-    monkeypatch.setattr(session, "_next_look", 0.0)  # an earlier test's look may have set the next a second ahead
     older = _submit("for x in range(4)", "x")
     assert older.result(timeout=60) == [0, 1, 2, 3] and jobstore.flush()
     big = _submit("for x in range(8)", "x")  # alone over the bound: kept, the older one let go
@@ -219,14 +215,59 @@ def test_the_iterations_bound_keeps_the_newest_job_however_big(monkeypatch):
 
 
 @pytest.mark.timeout(120)
+def test_each_new_job_lets_go_of_the_oldest_once_the_store_holds_it(monkeypatch):
+    """Cells run back to back: each new job lets go of the oldest beyond the bound, not a few hundred
+    at once later (a 14-20 ms pause of one cell, with the collector walking their values meanwhile)."""
+    monkeypatch.setattr(session, "KEPT_JOBS", 3)
+    ids = []
+    for k in range(8):
+        job = _submit("for x in range(2)", f"x + {k}")
+        assert job.result(timeout=60) == [k, k + 1] and jobstore.flush()
+        ids.append(job.id)
+        held = [i for i in ids if i in {j.id for j in session.jobs()}]
+        assert held == ids[-3:], held
+    newest = _submit("for x in range(1)", "x")
+    assert newest.result(timeout=60) == [0]
+    assert [i for i in ids if i in {j.id for j in session.jobs()}] == ids[-2:]
+
+
+class _Held:
+    """What a look reads of a job (a unit test of the look alone)."""
+
+    def __init__(self, job_id: str, *, done=True, stored=None, store_error=None):
+        self.id, self.done, self.stored, self.store_error = job_id, done, stored, store_error
+        self.owner, self.items = "", [0]
+
+
+def test_a_look_gives_up_after_a_few_jobs_that_cannot_go_yet_but_passes_over_those_kept_for_good(monkeypatch):
+    here = str(jobstore.store_root())
+    jobs = {}
+    for n in range(20):  # the store could not keep these: they stay, and cost the look no patience
+        jobs[f"failed-{n}"] = _Held(f"failed-{n}", store_error="disk full")
+    for n in range(session.LOOK_PATIENCE):  # not written yet: each may go at a later look
+        jobs[f"waiting-{n}"] = _Held(f"waiting-{n}")
+    for n in range(3):
+        jobs[f"written-{n}"] = _Held(f"written-{n}", stored=here)
+    jobs["newest"] = _Held("newest", done=False)
+    monkeypatch.setattr(session, "_jobs", jobs)
+    monkeypatch.setattr(session, "_kept_iterations", len(jobs))
+    monkeypatch.setattr(session, "KEPT_JOBS", 1)
+    session._let_go_of_stored_jobs()
+    assert len(jobs) == 32, "the look gave up before the written jobs: the waiting ones came first"
+    jobs["waiting-0"].stored = here  # written since: it goes, and the look reaches the written jobs
+    session._let_go_of_stored_jobs()
+    assert [i for i in jobs if not i.startswith("failed")] == [f"waiting-{n}" for n in range(1, 8)] + ["newest"]
+    assert len(jobs) == 28, "the jobs the store could not keep stay"
+    assert session._kept_iterations == len(jobs) and "newest" in jobs
+
+
+@pytest.mark.timeout(120)
 def test_a_job_the_store_could_not_keep_stays_in_memory(monkeypatch, tmp_path, capsys):
     """Its values exist nowhere else: however old, the session keeps it."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(jobstore.STORE_ENV, str(blocker / "jobs"))
     monkeypatch.setattr(session, "KEPT_JOBS", 1)
-    monkeypatch.setattr(session, "LOOK_EVERY", 0.0)
-    monkeypatch.setattr(session, "_next_look", 0.0)  # an earlier test's look may have set the next a second ahead
     jobs = [_submit("for x in range(2)", f"x * {k}") for k in range(3)]
     assert [job.result(timeout=60) for job in jobs] == [[0, k] for k in range(3)]
     jobstore.flush()
