@@ -13,10 +13,10 @@ The figures, each printed beside a calibration of the machine measured in the sa
           iteration, the ratio, and the kernel's (this client's) peak memory over its baseline
   tasks   (a') N = 1e3, 1e4 one-iteration tasks (``chunk_size=1``) against ``Pool(2).map(chunksize=1)``:
           the per-task cost of the pool, with the same calibration
-  alt     (a) 10,000 trivial iterations (``x * x``), azpar and a fork ``Pool(2).map`` taking turns in one child, a
-          few hundred times each: both meet the same moments of a shared machine, where a few runs
-          of each, one peer after the other (n, or bench/local.py's a), can rank two peers 10% apart
-          either way
+  alt     (a) 10,000 trivial iterations (``x * x``), azpar and a fork ``Pool(2).map`` taking turns, each
+          in a child of its own, a few hundred times each: both meet the same moments of a shared
+          machine, where a few runs of each, one peer after the other (n, or bench/local.py's a),
+          can rank two peers 10% apart either way; medians and means
   ns      a numpy array of 1, 10, 100, 500 MB read by the body, 100 iterations on a warm pool: the
           first cell's time, the identical second cell's (capture reuse), bytes written by the
           client and its workers, and the client's peak memory over its baseline
@@ -150,47 +150,43 @@ def child_n(peer: str, n: int, reps: int, chunk: int | None = None) -> dict:
     return {"peer": peer, "n": n, "runs": runs, "rss_before": _status_kb("VmRSS") * 1024}
 
 
-def child_alt(n: int, reps: int) -> dict:
-    """``reps`` maps of ``x * x`` (bench/local.py's (a)) over ``n`` items on each warm pool, azpar's
-    and a fork Pool's, taking turns a millisecond apart (neither starts while the other's workers
-    still run down)."""
-    import multiprocessing
-
-    pool = multiprocessing.get_context("fork").Pool(2)  # forked before azpar starts any thread
-    import azpar_magic
-
+def child_turns(peer: str, n: int) -> None:
+    """One peer of alt, in a process of its own: warm its pool, say "ready", then time one map of
+    ``x * x`` over ``n`` items each time the parent writes "go" (answering with the seconds), until
+    "stop". The result replaces the last one inside the timed call, as ``out = f()`` in a notebook."""
     xs = list(range(n))
-    expected, ns = [x * x for x in xs], {"xs": xs}
-    try:
-        pool.map(square, range(100))
-        azpar_magic.run("for x in xs[:100]", "x * x", ns, workers=2).result()  # both warm
-        times: dict[str, list[float]] = {"azpar": [], "pool": []}
-        for _ in range(reps):
-            for peer in ("azpar", "pool"):
-                t = time.perf_counter()
-                if peer == "azpar":
-                    out = azpar_magic.run("for x in xs", "x * x", ns, workers=2).result()
-                else:
-                    out = pool.map(square, xs)
-                times[peer].append(time.perf_counter() - t)
-                if out != expected:
-                    raise RuntimeError(f"{peer}: wrong result at N={n}")
-                time.sleep(0.001)
-    finally:
+    expected = [x * x for x in xs]
+    if peer == "azpar":
+        import azpar_magic
+
+        ns = {"xs": xs}
+
+        def call():
+            return azpar_magic.run("for x in xs", "x * x", ns, workers=2).result()
+
+        azpar_magic.run("for x in xs[:100]", "x * x", ns, workers=2).result()  # warm
+    else:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(2)
+
+        def call():
+            return pool.map(square, xs)
+
+        pool.map(square, range(100))  # warm
+    out = None
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        t = time.perf_counter()
+        out = call()
+        seconds = time.perf_counter() - t
+        if out != expected:
+            raise RuntimeError(f"{peer}: wrong result at N={n}")
+        print(repr(seconds), flush=True)
+    if peer != "azpar":
         pool.terminate()
-    return {"n": n, "reps": reps, **times}
-
-
-def measure_alt(scratch: str, reps: int) -> dict:
-    r = run_child(scratch, "alt", str(ALT_N), str(reps))
-    r["azpar_median_s"], r["pool_median_s"] = statistics.median(r["azpar"]), statistics.median(r["pool"])
-    r["ratio"] = r["pool_median_s"] / r["azpar_median_s"]
-    print(
-        f"  N={ALT_N:,}, {reps} turns each: azpar {r['azpar_median_s'] * 1e3:.2f} ms, "
-        f"Pool {r['pool_median_s'] * 1e3:.2f} ms (medians), Pool / azpar {r['ratio']:.2f}",
-        flush=True,
-    )
-    return r
 
 
 def child_ns(mb: float, iterations: int) -> dict:
@@ -280,6 +276,58 @@ def run_child(scratch: str, *args: str) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_alt(scratch: str, reps: int) -> dict:
+    """azpar and a fork Pool taking turns, a millisecond apart, each in a child process of its own:
+    both meet the same moments of a shared machine, and neither meets the other's memory. (Both in
+    one process, each call met the memory the other peer had just freed or kept: one way azpar's
+    call freed the Pool's 10,000 new ints and faulted their pages in again, ~140 minor faults a
+    call, and the other way the Pool's did, ~95; Pool / azpar moved from 0.83 to 0.95 with that alone.)"""
+    procs = {}
+    try:
+        for peer in ("azpar", "pool"):
+            procs[peer] = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--child", "turns", peer, str(ALT_N)],
+                cwd=os.path.join(scratch, "cwd"),
+                env=_isolated_env(scratch),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            line = procs[peer].stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"alt: the {peer} child did not start: {line!r}")
+        r: dict = {"n": ALT_N, "reps": reps, "azpar": [], "pool": []}
+        for _ in range(reps):
+            for peer, proc in procs.items():
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"alt: the {peer} child ended (exit code {proc.wait()})")
+                r[peer].append(float(line))
+                time.sleep(0.001)
+    finally:
+        for proc in procs.values():
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=30)
+            except Exception:
+                proc.kill()
+    r["azpar_median_s"], r["pool_median_s"] = statistics.median(r["azpar"]), statistics.median(r["pool"])
+    r["ratio"] = r["pool_median_s"] / r["azpar_median_s"]
+    # Means too: a median leaves out the rare turns that pay for what came before them, such as the
+    # garbage collector's passes, or azpar letting go of the values of its older jobs.
+    r["azpar_mean_s"], r["pool_mean_s"] = statistics.fmean(r["azpar"]), statistics.fmean(r["pool"])
+    print(
+        f"  N={ALT_N:,}, {reps} turns each: azpar {r['azpar_median_s'] * 1e3:.2f} ms, "
+        f"Pool {r['pool_median_s'] * 1e3:.2f} ms (medians), Pool / azpar {r['ratio']:.2f}; means "
+        f"{r['azpar_mean_s'] * 1e3:.2f} and {r['pool_mean_s'] * 1e3:.2f} ms, "
+        f"{r['pool_mean_s'] / r['azpar_mean_s']:.2f}",
+        flush=True,
+    )
+    return r
 
 
 def reps_for(n: int, quick: bool) -> int:
@@ -443,8 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         kind, *rest = args.child
         if kind == "n":
             out = child_n(rest[0], int(rest[1]), int(rest[2]), int(rest[3]) or None)
-        elif kind == "alt":
-            out = child_alt(int(rest[0]), int(rest[1]))
+        elif kind == "turns":
+            child_turns(rest[0], int(rest[1]))
+            return 0
         else:
             out = child_ns(float(rest[0]), int(rest[1]))
         print(json.dumps(out))
