@@ -82,6 +82,8 @@ def test_a_kernel_lets_go_of_old_jobs_and_collect_reads_them_back(ip, run_cell, 
     """A notebook rerunning cells does not grow without bound, and loses nothing: a job the
     kernel let go of is collected from the store with its values."""
     monkeypatch.setattr(session, "KEPT_JOBS", 2)
+    monkeypatch.setattr(session, "LET_GO_BATCH", 1)  # a look at each job over the bound
+    monkeypatch.setattr(session, "_next_look", 0)  # as an earlier test's look may have left it
     ids = [_run_job(run_cell, f"%%azpar -q -o r{k} for x in range(3):\nx * {k}") for k in range(4)]
     assert store.flush()
     _run_job(run_cell, "%%azpar -q -o last for x in range(1):\nx")

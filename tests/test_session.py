@@ -172,6 +172,8 @@ def test_old_ended_jobs_are_let_go_and_come_back_from_the_store(monkeypatch):
     """A kernel keeps the newest KEPT_JOBS ended jobs; an older one leaves memory (nothing else
     holds it) and the store gives it back, values and all."""
     monkeypatch.setattr(session, "KEPT_JOBS", 3)
+    monkeypatch.setattr(session, "LET_GO_BATCH", 1)  # a look at each job over the bound
+    monkeypatch.setattr(session, "_next_look", 0)  # as an earlier test's look may have left it
     jobs = [_submit("for x in range(3)", f"x + {k}") for k in range(5)]
     assert [job.result(timeout=60) for job in jobs] == [[k, k + 1, k + 2] for k in range(5)]
     assert jobstore.flush(), "the job store did not write the jobs"
@@ -215,20 +217,24 @@ def test_the_iterations_bound_keeps_the_newest_job_however_big(monkeypatch):
 
 
 @pytest.mark.timeout(120)
-def test_each_new_job_lets_go_of_the_oldest_once_the_store_holds_it(monkeypatch):
-    """Cells run back to back: each new job lets go of the oldest beyond the bound, not a few hundred
-    at once later (a 14-20 ms pause of one cell, with the collector walking their values meanwhile)."""
+def test_new_jobs_let_go_of_the_oldest_a_few_at_a_time_once_the_store_holds_them(monkeypatch):
+    """Cells run back to back: every LET_GO_BATCH new jobs let go of the oldest beyond the bound, not a
+    few hundred at once later (a 14-36 ms pause of one cell, with the collector walking their values
+    meanwhile)."""
     monkeypatch.setattr(session, "KEPT_JOBS", 3)
-    ids = []
-    for k in range(8):
+    monkeypatch.setattr(session, "LET_GO_BATCH", 4)
+    monkeypatch.setattr(session, "_next_look", 0)  # as an earlier test's look may have left it
+    monkeypatch.setattr(session, "_jobs", {})  # only this test's jobs: the sizes below count them all
+    monkeypatch.setattr(session, "_kept_iterations", 0)
+    ids, sizes = [], []
+    for k in range(12):
         job = _submit("for x in range(2)", f"x + {k}")
         assert job.result(timeout=60) == [k, k + 1] and jobstore.flush()
         ids.append(job.id)
         held = [i for i in ids if i in {j.id for j in session.jobs()}]
-        assert held == ids[-3:], held
-    newest = _submit("for x in range(1)", "x")
-    assert newest.result(timeout=60) == [0]
-    assert [i for i in ids if i in {j.id for j in session.jobs()}] == ids[-2:]
+        assert held == ids[-len(held) :], "an older job stayed while a newer one went"
+        sizes.append(len(held))
+    assert sizes == [1, 2, 3, 4, 5, 6, 3, 4, 5, 6, 3, 4], sizes  # a look at the 7th and the 11th
 
 
 class _Held:
@@ -239,12 +245,14 @@ class _Held:
         self.owner, self.items = "", [0]
 
 
-def test_a_look_gives_up_after_a_few_jobs_that_cannot_go_yet_but_passes_over_those_kept_for_good(monkeypatch):
+def test_a_look_gives_up_after_a_few_jobs_not_yet_written_but_passes_over_running_and_kept_ones(monkeypatch):
     here = str(jobstore.store_root())
     jobs = {}
     for n in range(20):  # the store could not keep these: they stay, and cost the look no patience
         jobs[f"failed-{n}"] = _Held(f"failed-{n}", store_error="disk full")
-    for n in range(session.LOOK_PATIENCE):  # not written yet: each may go at a later look
+    for n in range(20):  # long jobs still running: they must not stop the let-go of the short ones after them
+        jobs[f"running-{n}"] = _Held(f"running-{n}", done=False)
+    for n in range(session.LOOK_PATIENCE):  # ended, not written yet: each may go at a later look
         jobs[f"waiting-{n}"] = _Held(f"waiting-{n}")
     for n in range(3):
         jobs[f"written-{n}"] = _Held(f"written-{n}", stored=here)
@@ -252,13 +260,14 @@ def test_a_look_gives_up_after_a_few_jobs_that_cannot_go_yet_but_passes_over_tho
     monkeypatch.setattr(session, "_jobs", jobs)
     monkeypatch.setattr(session, "_kept_iterations", len(jobs))
     monkeypatch.setattr(session, "KEPT_JOBS", 1)
+    before = list(jobs)
     session._let_go_of_stored_jobs()
-    assert len(jobs) == 32, "the look gave up before the written jobs: the waiting ones came first"
+    assert list(jobs) == before, "the look gave up at the jobs not yet written, before the written ones"
     jobs["waiting-0"].stored = here  # written since: it goes, and the look reaches the written jobs
     session._let_go_of_stored_jobs()
-    assert [i for i in jobs if not i.startswith("failed")] == [f"waiting-{n}" for n in range(1, 8)] + ["newest"]
-    assert len(jobs) == 28, "the jobs the store could not keep stay"
-    assert session._kept_iterations == len(jobs) and "newest" in jobs
+    gone = {"waiting-0", "written-0", "written-1", "written-2"}
+    assert list(jobs) == [i for i in before if i not in gone]
+    assert session._kept_iterations == len(jobs)
 
 
 @pytest.mark.timeout(120)
