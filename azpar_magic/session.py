@@ -179,7 +179,7 @@ KEPT_ITERATIONS = 2_000_000
 # records them, oldest first), and the next one waits for LET_GO_BATCH more jobs: its cost does not
 # grow with the jobs waiting. A job still running is passed over, as one kept for good is: a long one
 # must not stop the let-go of the short ones after it. (Looking at most once a second, as before, let a
-# few hundred jobs gather between looks and freed them at once: 14-36 ms in one cell of a
+# few hundred jobs gather between looks and freed them at once: 14-39 ms in one cell of a
 # 10,000-iteration loop run back to back, and the garbage collector walked their values meanwhile,
 # ~0.3 ms a cell on average, issue 16.)
 LET_GO_BATCH = 8

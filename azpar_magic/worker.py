@@ -2256,7 +2256,7 @@ class _Inbox:
     (waits on an event) only after REST_AFTER seconds in which none ran; the first task after
     such a spell wakes it. Waking it at each task that followed a wait for the pipe, as before,
     put a thread switch, and a hand-over of the interpreter lock, into every cell of the
-    worker's (5-8% of a 10,000-iteration cell on two cores, issue 16, a).
+    worker's (~5% of the workers' CPU in a 10,000-iteration cell on two cores, issue 16, a).
 
     Not on Windows (no select() on pipes): there the pool sends no task ahead (``ready``
     says ``gives_back``)."""
