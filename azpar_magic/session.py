@@ -184,6 +184,10 @@ KEPT_ITERATIONS = 2_000_000
 # ~0.3 ms a cell on average, issue 16.)
 LET_GO_BATCH = 8
 LOOK_PATIENCE = 4
+# An ended job still not written this many seconds after it ended is passed over at no cost to a
+# look's patience: the writer writes one within a second or two even behind a flood, so something
+# else keeps it, and a few such jobs at the front must not stop every later look.
+UNWRITTEN_FOR = 10.0
 _kept_iterations = 0  # the iterations of the jobs in _jobs
 _next_look = 0  # the number of jobs held at which the next look is due (after one that gave up)
 
@@ -210,7 +214,7 @@ def _let_go_of_stored_jobs() -> None:
     here = str(jobstore.store_root())  # a job kept in another store (the variable changed) stays
     extra_jobs, extra_iterations = len(_jobs) - KEPT_JOBS, _kept_iterations - KEPT_ITERATIONS
     newest = next(reversed(_jobs))
-    patience, gone = LOOK_PATIENCE, []
+    patience, gone, now = LOOK_PATIENCE, [], time.time()
     for job_id, job in _jobs.items():  # the oldest first
         if (extra_jobs <= 0 and extra_iterations <= 0) or job_id == newest:
             break
@@ -218,6 +222,8 @@ def _let_go_of_stored_jobs() -> None:
         if not job.done or job.store_error or job.owner or job.stored not in (None, here):
             continue  # running (however long), or kept for good: passed over at no cost to patience
         if job.stored is None:
+            if now - (job.created + job.elapsed()) > UNWRITTEN_FOR:
+                continue  # not written long after it ended: kept for good, as one the store failed
             patience -= 1  # ended, not written yet: it goes at a later look
             if not patience:
                 break

@@ -11,6 +11,7 @@ clients are built on first use), and no test here uses one.
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 
 import pytest
@@ -186,6 +187,7 @@ def test_old_ended_jobs_are_let_go_and_come_back_from_the_store(monkeypatch):
     assert first() is None, "the session let go of the job, but something still holds it"
     back = session.find_job(ids[0])
     assert back.result(timeout=10) == [0, 1, 2] and back.done
+    assert back.stored == str(jobstore.store_root()), "read whole from the store: it may be let go of again"
     assert session.find_job(ids[0]) is back, "read back, it is held again"
 
 
@@ -240,18 +242,24 @@ def test_new_jobs_let_go_of_the_oldest_a_few_at_a_time_once_the_store_holds_them
 class _Held:
     """What a look reads of a job (a unit test of the look alone)."""
 
-    def __init__(self, job_id: str, *, done=True, stored=None, store_error=None):
+    def __init__(self, job_id: str, *, done=True, stored=None, store_error=None, ended_ago=0.0):
         self.id, self.done, self.stored, self.store_error = job_id, done, stored, store_error
         self.owner, self.items = "", [0]
+        self.created = time.time() - ended_ago - 1.0
+
+    def elapsed(self) -> float:
+        return 1.0
 
 
-def test_a_look_gives_up_after_a_few_jobs_not_yet_written_but_passes_over_running_and_kept_ones(monkeypatch):
+def test_a_look_gives_up_after_a_few_jobs_not_yet_written_but_passes_over_running_stale_and_kept_ones(monkeypatch):
     here = str(jobstore.store_root())
     jobs = {}
     for n in range(20):  # the store could not keep these: they stay, and cost the look no patience
         jobs[f"failed-{n}"] = _Held(f"failed-{n}", store_error="disk full")
     for n in range(20):  # long jobs still running: they must not stop the let-go of the short ones after them
         jobs[f"running-{n}"] = _Held(f"running-{n}", done=False)
+    for n in range(20):  # ended long ago and never written: something else keeps them, at no cost either
+        jobs[f"stale-{n}"] = _Held(f"stale-{n}", ended_ago=session.UNWRITTEN_FOR + 5)
     for n in range(session.LOOK_PATIENCE):  # ended, not written yet: each may go at a later look
         jobs[f"waiting-{n}"] = _Held(f"waiting-{n}")
     for n in range(3):
