@@ -120,30 +120,29 @@ def _measured(fn) -> dict:
     }
 
 
-def child_n(peer: str, n: int, reps: int, chunk: int | None = None) -> dict:
-    """``reps`` timed maps of ``x * 2`` over ``n`` items on a warm pool: azpar's or a fork Pool's
-    (``chunk``: iterations per task, as ``chunk_size`` and ``Pool.map``'s ``chunksize``; None: their defaults)."""
-    xs = list(range(n))
-    expected = [x * 2 for x in xs]
+def _warm_map(peer: str, xs: list, chunk: int | None, body: str, fn):
+    """A call that maps the cell body ``body`` (for azpar; ``fn``, the same as a module-level function,
+    for the Pool) over ``xs`` on a warm pool of two workers, azpar's or a fork Pool's (``chunk``:
+    iterations per task, as ``chunk_size`` and ``Pool.map``'s ``chunksize``; None: their defaults)."""
     if peer == "azpar":
         import azpar_magic
 
         ns = {"xs": xs}
         options = {"chunk_size": chunk} if chunk else {}
+        azpar_magic.run("for x in range(100)", body, {}, workers=2).result()  # warm pool
+        return lambda: azpar_magic.run("for x in xs", body, ns, workers=2, **options).result()
+    import multiprocessing
 
-        def call():
-            return azpar_magic.run("for x in xs", "x * 2", ns, workers=2, **options).result()
+    pool = multiprocessing.get_context("fork").Pool(2)
+    pool.map(fn, range(100))  # warm pool
+    return lambda: pool.map(fn, xs, chunksize=chunk)
 
-        azpar_magic.run("for x in range(100)", "x * 2", {}, workers=2).result()  # warm pool
-    else:
-        import multiprocessing
 
-        pool = multiprocessing.get_context("fork").Pool(2)
-
-        def call():
-            return pool.map(double, xs, chunksize=chunk)
-
-        pool.map(double, range(100))  # warm pool
+def child_n(peer: str, n: int, reps: int, chunk: int | None = None) -> dict:
+    """``reps`` timed maps of ``x * 2`` over ``n`` items on a warm pool: azpar's or a fork Pool's."""
+    xs = list(range(n))
+    expected = [x * 2 for x in xs]
+    call = _warm_map(peer, xs, chunk, "x * 2", double)
     runs = []
     for _ in range(reps):
         m = _measured(call)
@@ -161,26 +160,7 @@ def child_turns(peer: str, n: int, chunk: int | None) -> None:
     timed call, as ``out = f()`` in a notebook."""
     xs = list(range(n))
     expected = [x * x for x in xs]
-    if peer == "azpar":
-        import azpar_magic
-
-        ns = {"xs": xs}
-        options = {"chunk_size": chunk} if chunk else {}
-
-        def call():
-            return azpar_magic.run("for x in xs", "x * x", ns, workers=2, **options).result()
-
-        azpar_magic.run("for x in xs[:100]", "x * x", ns, workers=2).result()  # warm
-    else:
-        import multiprocessing
-
-        pool = multiprocessing.get_context("fork").Pool(2)
-
-        def call():
-            return pool.map(square, xs, chunksize=chunk)
-
-        pool.map(square, range(100))  # warm
-    out = None
+    call = _warm_map(peer, xs, chunk, "x * x", square)
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() != "go":
@@ -191,8 +171,6 @@ def child_turns(peer: str, n: int, chunk: int | None) -> None:
         if out != expected:
             raise RuntimeError(f"{peer}: wrong result at N={n}")
         print(repr(seconds), flush=True)
-    if peer != "azpar":
-        pool.terminate()
 
 
 def child_ns(mb: float, iterations: int) -> dict:
