@@ -520,7 +520,7 @@ def load_job(job_id: str, *, values: bool = True, take_over: Callable[[Job, dict
     job.restore_timing(manifest.get("created", time.time()), manifest.get("elapsed"))
     if state in FINAL_STATES:
         job.finish(state)
-        job.stored = str(store_root())  # read whole from this store: the session may let go of it again
+        job.stored = str(folder.parent)  # read whole from this store: the session may let go of it again
     elif values and reattachable(manifest):
         job.mark_running()
         job.reattach = True  # the caller hands it to its backend's engine (Engine.resume)
