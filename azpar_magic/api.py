@@ -63,6 +63,7 @@ def run(
     """
     if namespace is None:
         namespace = sys._getframe(1).f_globals
+    mapping.check_workers(workers)
     try:
         cell = parse_cell(loop, body)
     except CellError as exc:

@@ -111,7 +111,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         raise ValueError(
             said if said.endswith("Nothing was submitted.") else f"{said} Nothing was submitted."
         ) from None
-    _check_workers(given["workers"])
+    check_workers(given["workers"])
     packages = _requirements(given["packages"])
     try:
         engine, settings = session.engine_and_settings(given["backend"], given["workers"], given["profile"])
@@ -183,7 +183,10 @@ def rerun_problem(job_id: str, source: str, namespace: Mapping[str, Any]) -> str
     )
 
 
-def _check_workers(workers: Any) -> None:
+def check_workers(workers: Any) -> None:
+    """ValueError, before anything is submitted, unless ``workers`` (the API's argument: ``run``,
+    ``map``) is None or a whole number of local workers this process may start (``session.workers_limit``,
+    the bound the magic's --workers has)."""
     if workers is None:
         return
     limit = session.workers_limit()

@@ -260,6 +260,24 @@ def test_bad_options_are_refused_before_anything_is_submitted(guard, options, fr
     guard.assert_nothing_submitted()
 
 
+@pytest.mark.parametrize("workers", [0, 10_000, "2", True], ids=["zero", "huge", "str", "bool"])
+def test_run_refuses_a_worker_count_the_magic_would_refuse(guard, workers):
+    """run() had no bound on workers: 0 failed as a config error about "magic options", "2" was
+    taken, and 10,000 would have started 10,000 local workers. It now says what map says."""
+    with pytest.raises(ValueError) as info:
+        azpar_magic.run("for x in range(3)", "__azmap_marked(x)", guard.ip.user_ns, workers=workers)
+    message = str(info.value)
+    assert message.startswith("workers must be a whole number between 1 and"), message
+    assert message.endswith("Nothing was submitted."), message
+    guard.assert_nothing_submitted()
+
+
+def test_run_takes_a_worker_count_within_the_bound(guard):
+    """The guard above can fail: the same call with a valid count runs the body."""
+    assert azpar_magic.run("for x in range(3)", "__azmap_marked(x)", guard.ip.user_ns, workers=1).result() == [0, 1, 2]
+    assert list(guard.folder.iterdir())
+
+
 def test_the_options_say_the_same_as_the_magics(ip, run_cell, guard):
     """The rule and its words are the cell's (engine.validate_options), each option named
     as the caller wrote it: --chunk-size in a cell, chunk_size for map."""
