@@ -379,16 +379,17 @@ class _Batches(Sink):
 def test_the_ends_one_read_brings_reach_a_sink_that_takes_many_as_one_batch():
     """base.deliver: the engine's sink takes several events at once (one notification of the
     job's waiters and views for them all). A read's ends go to it as one batch, in the order
-    the worker answered; the task still running is told started after them, on its own (a lone
-    start goes straight to the sink; the tasks a dispatch starts together are one batch, the test
-    below); a plain callable sink gets the same events one by one (the test above)."""
+    the worker answered, and the task still running is told started in the same batch, after
+    them (it was a second delivery, a second notification and a second look at whether the job
+    ended, at each read: issue 16); the tasks a dispatch starts together are one batch too (the
+    test below); a plain callable sink gets the same events one by one (the test above)."""
     sink = _Batches()
     b, w, tasks = one_busy_worker(4, sink)
     try:
         b._on_readable(w.id, result(tasks[0], 0.1) + result(tasks[1], 0.1) + result(tasks[2], 0.1))
         got = [(e.kind, e.task_id) for e in sink.take(4)]
         assert got == [("finished", "1"), ("finished", "2"), ("finished", "3"), ("started", "4")]
-        assert sink.batches == [[("finished", "1"), ("finished", "2"), ("finished", "3")]]
+        assert sink.batches == [[("finished", "1"), ("finished", "2"), ("finished", "3"), ("started", "4")]]
     finally:
         b._workers.clear()
         b.close()

@@ -494,17 +494,23 @@ class LocalBackend(BaseBackend):
             if type(message) is tuple:  # a small task result, as it travels (wire.compact_reply)
                 message = wire.full_reply(message)
             self._on_message(w, message, began, ended)
+        # A task that started and ended within one read is not told it started: its end says all
+        # the job needs (its run time comes with its result), and one read holds the results of
+        # many short tasks, each of which would otherwise cost the engine an event (issue 16).
+        # The others are told with the ends, after them: the next task ahead starts as one ends.
+        done = {id(task) for _, task, _ in ended}
+        ended.extend(
+            (job, task, TaskEvent(job.spec.job_id, task.task_id, "started", node=wid))
+            for job, task, wid in began
+            if job is not None and id(task) not in done
+        )
         # One read holds the results of many short tasks: each job hears of its own at once
-        # (base.deliver: one notification of the job's waiters and views for them all).
+        # (base.deliver: one notification of the job's waiters and views for them all, and one
+        # look at whether the job ended, for its ends and starts alike).
         for _, run in itertools.groupby(ended, key=lambda entry: id(entry[0])):
             entries = list(run)
             if entries[0][0] is not None:
                 deliver(entries[0][0].on_event, [event for _, _, event in entries])
-        # A task that started and ended within one read is not told it started: its end says all
-        # the job needs (its run time comes with its result), and one read holds the results of
-        # many short tasks, each of which would otherwise cost the engine an event (issue 16).
-        done = {id(task) for _, task, _ in ended}
-        self._tell_started([entry for entry in began if id(entry[1]) not in done])
 
     def _on_message(self, w: _Worker, message: dict, began: list, ended: list) -> None:
         op = message.get("op")
@@ -681,6 +687,11 @@ class LocalBackend(BaseBackend):
         What a worker is given goes in one write (each write wakes it)."""
         began = []
         with self._lock:
+            if not self._queue and not any(w.ahead for w in self._workers.values()):
+                # Nothing to hand out, nor to ask back, nor a worker to start for it: the common
+                # case after each read of results, where the rest below cost the thread that the
+                # cell's last result and the job's end wait behind ~15 us (issue 16).
+                return
             self._grow()
             workers = [w for w in self._workers.values() if w.ready and not w.ending]
             batches: dict[str, list] = {w.id: [] for w in workers}
