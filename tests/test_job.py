@@ -7,6 +7,8 @@ The state rules are the tables of ``azpar_magic.jobs.states``; a test here fails
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -238,6 +240,34 @@ def test_as_completed_gives_iterations_in_the_order_their_tasks_ended():
     finish(job, "2", range(2, 4), ["c", "d"])
     end(job)
     assert list(job.as_completed()) == [(4, "e"), (0, "a"), (2, "c"), (3, "d")]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["lone", "in_changes"])
+def test_a_blocked_as_completed_is_woken_by_the_change_itself(monkeypatch, batched):
+    """A change notifies as_completed's waiters only while one waits (job._watchers): the waiter
+    must still hear of each change at once, not at its next poll. With the poll at 60 s, only the
+    notification can wake it within the join's 20 s; and with no waiter the count is back to 0."""
+    from azpar_magic.jobs.job import AsCompleted
+
+    monkeypatch.setattr(AsCompleted, "POLL", 60.0)
+    job = make_job(range(2))
+    job.add_tasks([("1", range(0, 1)), ("2", range(1, 2))])
+    stream = job.as_completed()
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(next(stream)), daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 20
+    while job._watchers != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job._watchers == 1, "the waiter never counted itself"
+    if batched:
+        with job.changes():  # the engine's batch: one notification at its end
+            finish(job, "1", range(0, 1), ["a"])
+    else:
+        finish(job, "1", range(0, 1), ["a"])
+    waiter.join(20)
+    assert got == [(0, "a")], "the change did not wake the waiter"
+    assert job._watchers == 0
 
 
 def test_as_completed_under_stop_raises_the_error_result_raises_when_the_failure_arrives():

@@ -105,6 +105,12 @@ class Job:
         self._finished: float | None = None
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # any change: what as_completed() waits on
+        # How many as_completed() iterators wait on _changed now (changed under the lock): a change
+        # notifies it only when one does. A change is made under the lock before its notification,
+        # and a waiter counts itself and looks at the job under the lock before it waits, so a
+        # change it does not see counted is one it finds when it looks (issue 16: notify_all, a
+        # Python method, on the thread the cell's last result waits behind, for no one).
+        self._watchers = 0
         # The job's end only: wait() sleeping on _changed woke the kernel's main thread at every task
         # event, a thread competing for the cores the workers compute on (issue 16).
         self._end = threading.Condition(self._lock)
@@ -369,8 +375,9 @@ class Job:
         if self._quiet_thread is not None and self._quiet_thread == threading.get_ident():
             self._notify_missed = True
             return
-        with self._changed:
-            self._changed.notify_all()
+        if self._watchers:
+            with self._changed:
+                self._changed.notify_all()
         for listener in list(self.listeners):
             try:
                 listener(self)
@@ -755,6 +762,8 @@ class AsCompleted:
     queue without building a pair per iteration in advance (a clean chunk is a zip of its
     range and its values): a million finished iterations are handed out in about 0.5 s."""
 
+    POLL = 0.2  # seconds a blocked ``next`` waits between looks when no change wakes it (Ctrl-C gets through)
+
     def __init__(self, job: Job, timeout: float | None = None):
         self._job = job
         self._timeout = timeout
@@ -839,14 +848,18 @@ class AsCompleted:
             return pair
         if self._ended:
             raise StopIteration
-        changed = self._job._changed
-        with changed:
-            while not self._take():
-                remaining = self._remaining()
-                if remaining is not None and remaining <= 0:
-                    raise self._timed_out()
-                # Woken by the job's notify; the short bound keeps Ctrl-C responsive, as wait() does.
-                changed.wait(0.2 if remaining is None else min(remaining, 0.2))
+        job = self._job
+        with job._changed:
+            job._watchers += 1
+            try:
+                while not self._take():
+                    remaining = self._remaining()
+                    if remaining is not None and remaining <= 0:
+                        raise self._timed_out()
+                    # Woken by the job's notify; the short bound keeps Ctrl-C responsive, as wait() does.
+                    job._changed.wait(self.POLL if remaining is None else min(remaining, self.POLL))
+            finally:
+                job._watchers -= 1
         pair = self._handout()
         if pair is None:
             raise StopIteration
