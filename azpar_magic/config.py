@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
 PROFILES_TABLE = "profiles"
 IPYTHON_LAYER = "IPython configuration"  # %config AzparMagics.KEY / c.AzparMagics.KEY in ipython_config.py
 _ENV_PREFIX = "AZPAR_"
+_ENV_NAMES = tuple((key, _ENV_PREFIX + key.upper()) for key in DEFAULTS)  # (setting, its variable)
 _INT_KEYS = {"workers", "max_items", "cache_max_bytes"}
 
 
@@ -191,11 +192,8 @@ def _file_and_environment_layers(
     the variables stay the same."""
     global _layers_seen
     paths = (str(system_config_path()), str(user_config_path()), os.path.join(cwd or ".", "azpar.toml"))
-    variables = {
-        k[len(_ENV_PREFIX) :].lower(): environ[k]
-        for k in environ
-        if k.startswith(_ENV_PREFIX) and k[len(_ENV_PREFIX) :].lower() in DEFAULTS
-    }
+    # The settings' own names looked up, not every variable scanned (~5 us less each cell, issue 16).
+    variables = {key: value for key, name in _ENV_NAMES if (value := environ.get(name)) is not None}
     try:
         here = os.getcwd() if cwd is None else cwd
     except OSError:  # the folder was removed: ./azpar.toml is then not found, as before

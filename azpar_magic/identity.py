@@ -18,6 +18,7 @@ the full name appended, so two such users still get different slugs.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import os
@@ -51,7 +52,12 @@ def user() -> str:
 def slug(name: str | None = None) -> str:
     """``name`` (default: ``user()``) as lowercase letters and digits, at most ``SLUG_MAX``
     characters; with a hash of the full name appended when it had to be changed."""
-    name = user() if name is None else name
+    return _slug(user() if name is None else name)
+
+
+@functools.lru_cache(maxsize=64)
+def _slug(name: str) -> str:
+    """``slug``'s work, once per name: every job id asks for it (issue 16)."""
     lowered = name.lower()
     kept = re.sub(r"[^a-z0-9]", "", lowered)
     if kept == name and 0 < len(kept) <= SLUG_MAX:
