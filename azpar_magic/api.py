@@ -40,17 +40,17 @@ def run(
     *,
     combine: str | Callable = "list",
     errors: str = "stop",
-    gather: Iterable[str] = (),
+    gather: Iterable[str] | str = (),
     retries: int = 2,
     timeout: float | None = None,
     chunk_size: int | None = None,
     seed: int | None = None,
-    export: Iterable[str] = (),
-    no_export: Iterable[str] = (),
+    export: Iterable[str] | str = (),
+    no_export: Iterable[str] | str = (),
     backend: str | None = None,
     workers: int | None = None,
-    inputs: Iterable[str] = (),
-    outputs: Iterable[str] = (),
+    inputs: Iterable[str] | str = (),
+    outputs: Iterable[str] | str = (),
     outputs_to: str | None = None,
     cache: bool = False,
 ) -> Job:
@@ -59,11 +59,22 @@ def run(
     ``namespace`` defaults to the caller's globals; ``job.result()`` waits and returns the
     combined value exactly as ``%%azpar`` would bind it. Options mean what the magic's do
     (``inputs``/``outputs``/``outputs_to``: ``--inputs``/``--outputs``/``--outputs-to``; the
-    outputs' locations are in ``job.files``; ``cache``: ``--cache``).
+    outputs' locations are in ``job.files``; ``cache``: ``--cache``). ``gather``, ``export``,
+    ``no_export``, ``inputs`` and ``outputs`` take a list of names or patterns, or one as a string.
     """
     if namespace is None:
         namespace = sys._getframe(1).f_globals
     mapping.check_workers(workers)
+    gather, export, no_export, inputs, outputs = (
+        mapping.names_argument(value, option)
+        for value, option in (
+            (gather, "gather"),
+            (export, "export"),
+            (no_export, "no_export"),
+            (inputs, "inputs"),
+            (outputs, "outputs"),
+        )
+    )
     try:
         cell = parse_cell(loop, body)
     except CellError as exc:
@@ -71,18 +82,18 @@ def run(
     options = JobOptions(
         combine=combine,
         errors=errors,
-        gather=tuple(gather),
+        gather=gather,
         retries=retries,
         timeout=timeout,
         chunk_size=chunk_size,
         seed=seed,
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
+        inputs=inputs,
+        outputs=outputs,
         outputs_to=outputs_to,
         cache=bool(cache),
     )
     engine, settings = session.engine_and_settings(backend, workers)
-    request = RunRequest(cell, namespace, options, tuple(export), tuple(no_export), max_items=settings["max_items"])
+    request = RunRequest(cell, namespace, options, export, no_export, max_items=settings["max_items"])
     try:
         job = engine.submit(request)
     except SubmitError as exc:

@@ -39,10 +39,10 @@ def map(
     workers: int | None = None,
     backend: str | None = None,
     profile: str | None = None,
-    packages: Iterable[str] = (),
+    packages: Iterable[str] | str = (),
     keep: bool = False,
-    export: Iterable[str] = (),
-    no_export: Iterable[str] = (),
+    export: Iterable[str] | str = (),
+    no_export: Iterable[str] | str = (),
     name: str | None = None,
     wait: bool = True,
     cache: bool = False,
@@ -55,7 +55,8 @@ def map(
     failing index, item and remote traceback; remove drops failed calls; pass puts the
     exception in their place), ``retries``, ``timeout``, ``chunk_size``, ``seed``,
     ``workers``, ``backend``, ``profile``, ``packages`` (Azure), ``keep`` (Azure), ``export``,
-    ``no_export`` and ``name`` (``--name``: commands such as ``%azpar logs NAME`` accept it).
+    ``no_export`` and ``name`` (``--name``: commands such as ``%azpar logs NAME`` accept it);
+    ``packages``, ``export`` and ``no_export`` take a list, or one entry as a string.
     Bad values raise ValueError (TypeError for a ``func`` that is not callable) before anything
     is submitted. Ctrl-C while waiting cancels the job. ``cache=True`` is the cell's ``--cache``: a call
     whose function, captured names and argument are unchanged reuses its stored value.
@@ -75,10 +76,10 @@ def starmap(
     workers: int | None = None,
     backend: str | None = None,
     profile: str | None = None,
-    packages: Iterable[str] = (),
+    packages: Iterable[str] | str = (),
     keep: bool = False,
-    export: Iterable[str] = (),
-    no_export: Iterable[str] = (),
+    export: Iterable[str] | str = (),
+    no_export: Iterable[str] | str = (),
     name: str | None = None,
     wait: bool = True,
     cache: bool = False,
@@ -123,8 +124,8 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         cell,
         namespace,
         options,
-        tuple(given["export"]),
-        tuple(given["no_export"]),
+        names_argument(given["export"], "export"),
+        names_argument(given["no_export"], "no_export"),
         backend_options={"packages": packages, "merge": "client", "keep": bool(given["keep"])},
         max_items=settings["max_items"],
     )
@@ -196,6 +197,27 @@ def check_workers(workers: Any) -> None:
             f"CPU this process may use, at least {session.WORKERS_FLOOR}), not {workers!r}. Nothing was "
             "submitted."
         )
+
+
+def names_argument(value: Iterable[str] | str | None, option: str) -> tuple[str, ...]:
+    """An API argument that takes names or patterns (``gather``, ``export``, ``no_export``,
+    ``inputs``, ``outputs``) as a tuple: a single string is one of them, as ``packages`` takes
+    one requirement. ``tuple("total")`` was ``("t", "o", "t", "a", "l")``: ``gather="total"``
+    gathered four one-letter names in silence, ``outputs="*.csv"`` collected every file (its
+    ``*``), ``inputs="data.csv"`` looked for a file ``d``. ValueError, before anything is
+    submitted, for an entry that is not a string."""
+    if not value:  # None, or empty: the defaults, at no cost to every run
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    entries = tuple(value)
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ValueError(
+                f"{option} takes a string or a list of strings, not {type(entry).__name__} {entry!r}. "
+                "Nothing was submitted."
+            )
+    return entries
 
 
 def _requirements(packages: Iterable[str] | str) -> list[str]:

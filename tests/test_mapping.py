@@ -278,6 +278,39 @@ def test_run_takes_a_worker_count_within_the_bound(guard):
     assert list(guard.folder.iterdir())
 
 
+def test_run_takes_a_single_string_as_one_name_or_pattern(tmp_path, monkeypatch):
+    """gather, inputs and outputs given one string: it was split into characters (tuple("total")),
+    so gather="total" gathered t, o, a and l in silence, inputs="data.csv" looked for a file "d",
+    and outputs="*.csv" brought back every file (its "*")."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.csv").write_text("hello")
+    job = azpar_magic.run("for x in range(2)", "total = x * 2\ntotal", {}, workers=2, gather="total")
+    assert job.result() == [0, 2]
+    assert job.gathered() == {"total": [0, 2]}
+    job = azpar_magic.run(
+        "for x in range(2)", "open('inputs/data.csv').read() + str(x)", {}, workers=2, inputs="data.csv"
+    )
+    assert job.result() == ["hello0", "hello1"]
+    body = "open('out.csv', 'w').write('a')\nopen('note.txt', 'w').write('b')\nx"
+    job = azpar_magic.run("for x in range(2)", body, {}, workers=2, outputs="*.csv", outputs_to="got")
+    assert job.result() == [0, 1]
+    # (under the job's folder: the pool's hidden work folder beside it may still be going away)
+    folder = tmp_path / "got" / job.id
+    back = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert back == ["0/out.csv", "1/out.csv"]
+
+
+@pytest.mark.parametrize("call", ["run", "map"])
+def test_a_name_that_is_not_a_string_is_refused_before_anything_is_submitted(guard, call):
+    with pytest.raises(ValueError) as info:
+        if call == "run":
+            azpar_magic.run("for x in range(3)", "__azmap_marked(x)", guard.ip.user_ns, export=["__azmap_marked", 3])
+        else:
+            azpar_magic.map(guard.fn, range(3), export=["__azmap_marked", 3])
+    assert str(info.value) == "export takes a string or a list of strings, not int 3. Nothing was submitted."
+    guard.assert_nothing_submitted()
+
+
 def test_the_options_say_the_same_as_the_magics(ip, run_cell, guard):
     """The rule and its words are the cell's (engine.validate_options), each option named
     as the caller wrote it: --chunk-size in a cell, chunk_size for map."""
