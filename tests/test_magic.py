@@ -37,6 +37,12 @@ def test_iterations_start_from_the_captured_namespace(ip, run_cell):
     assert ip.user_ns["out"] == [2] * 6
 
 
+def test_a_body_indented_under_the_for_runs(ip, run_cell):
+    run = run_cell("%%azpar -q -o out for x in range(3):\n    y = x * 10\n    y + 1")
+    assert run.success, run.stderr
+    assert ip.user_ns["out"] == [1, 11, 21]
+
+
 def test_default_output_name(ip, run_cell):
     run = run_cell("%%azpar -q for x in 'abc':\nx.upper()")
     assert run.success and ip.user_ns["azpar_result"] == ["A", "B", "C"]

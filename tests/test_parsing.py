@@ -196,6 +196,22 @@ def test_traceback_line_numbers_are_the_cells():
     assert cell.source.splitlines()[frame.lineno - 1] == "1 / x"
 
 
+def test_a_body_indented_under_the_for_runs_as_written_without_the_indent():
+    """A body indented under the magic line's ``for``, as a loop body is in Python, was a syntax
+    error ("unexpected indent"); IPython takes a cell's leading indent off the same way."""
+    plain = parse_cell("for x in xs", "y = x * 10\nif y > 10:\n    y += 1\ny\n")
+    indented = parse_cell("for x in xs", "\n    y = x * 10\n    if y > 10:\n        y += 1\n    y\n")
+    values = [run_code(plain, x)["__azpar_value__"] for x in (1, 2)]
+    assert values == [10, 21]
+    assert [run_code(indented, x)["__azpar_value__"] for x in (1, 2)] == values
+    cell = parse_cell("for x in xs", "\ta = 1\n\t1 / x\n")
+    with pytest.raises(ZeroDivisionError) as info:
+        run_code(cell, 0)
+    assert traceback.extract_tb(info.value.__traceback__)[-1].lineno == 3  # the cell's line, as before
+    with pytest.raises(CellError, match="line 3 of the cell: unexpected indent"):
+        parse_cell("for x in xs", "    y = x\n  y\n")  # not the first line's indent: not taken off
+
+
 @pytest.mark.parametrize("values, expected", [
     (["numpy==1.26.4,scipy"], ["numpy==1.26.4", "scipy"]),
     (["x>=0.1,<0.2"], ["x>=0.1,<0.2"]),

@@ -300,6 +300,7 @@ def parse_cell(line: str, body: str) -> ParsedCell:
     if not body.strip():
         raise CellError("The %%azpar cell has no body: write the loop body on the lines after the %%azpar line.")
     source = f"%%azpar {line.strip()}\n{body}"
+    body = _without_leading_indent(body)
     line_offset = 1  # the magic line is line 1 of the cell
     try:
         tree = ast.parse(body, filename=CELL_FILENAME)
@@ -323,6 +324,19 @@ def parse_cell(line: str, body: str) -> ParsedCell:
         code=code,
         function_code=function_code,
     )
+
+
+def _without_leading_indent(body: str) -> str:
+    """The body with the indentation of its first line taken off every line that has it, as
+    IPython does for a cell (its ``leading_indent`` transform): a body indented under the
+    ``for`` of the magic line, as a loop's body is in Python, was a syntax error ("unexpected
+    indent"). Lines keep their numbers; a body whose first line is not indented is unchanged."""
+    lines = body.splitlines(keepends=True)
+    first = next((text for text in lines if text.strip()), "")
+    indent = first[: len(first) - len(first.lstrip(" \t"))]
+    if not indent:
+        return body
+    return "".join(text[len(indent) :] if text.startswith(indent) else text for text in lines)
 
 
 def is_variable_name(name: str) -> bool:
