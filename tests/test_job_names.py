@@ -119,6 +119,7 @@ def test_a_bad_name_is_refused_before_submitting(ip, run_cell, job_store, name, 
     run = run_cell(f"%%azpar -q --name {name} -o r for x in range(2):\nx")
     assert isinstance(run.error, UsageError), run.error
     assert fragment in str(run.error) or (fragment == "usage" and "unrecognized" in str(run.error)), str(run.error)
+    assert fragment == "usage" or str(run.error).count("Nothing was submitted.") == 1, str(run.error)  # said once
     assert azpar_magic.jobs() == [] and not (job_store.exists() and list(job_store.iterdir()))
 
 

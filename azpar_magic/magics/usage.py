@@ -36,8 +36,17 @@ def message(exc: BaseException) -> str:
 
 
 def usage_error(exc: BaseException, say: Say = "{}") -> UsageError:
-    """``exc`` as a UsageError: ``say`` is a format string for ``message(exc)`` or a function of ``exc``."""
-    return UsageError(say(exc) if callable(say) else say.format(message(exc)))
+    """``exc`` as a UsageError: ``say`` is a format string for ``message(exc)`` or a function of ``exc``.
+    A message that already ends with the sentence ``say`` closes with (``"{} Nothing was submitted."``)
+    does not get it twice: `--name 'a b'` said "Nothing was submitted. Nothing was submitted."."""
+    if callable(say):
+        return UsageError(say(exc))
+    said = message(exc)
+    before, _, after = say.partition("{}")
+    closing = after.lstrip(". ")
+    if closing and said.endswith(closing):
+        return UsageError(before + said)
+    return UsageError(say.format(said))
 
 
 @contextmanager
