@@ -137,7 +137,12 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
         )
     session.remember(job)
     count = sum(len(t.indices) for t in job.tasks.values())
-    if not quiet:
+    if not quiet and not count and "--all" not in given:
+        print(
+            f"azpar: job {job.rerun_of} has no failed or missing iterations, so nothing runs again: job {job.id} "
+            f"holds its {len(job.items)} values (%azpar rerun {job.rerun_of} --all runs every iteration again)"
+        )
+    elif not quiet:
         what = "failed or missing " if "--all" not in given else ""
         kept = f" and keeps its {len(job.items) - count} finished ones" if "--all" not in given else ""
         print(
