@@ -260,6 +260,8 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
     started by an earlier kernel or by another one. A job loaded from the store is
     remembered once it has ended, so later commands reuse it instead of reading it again;
     one still running elsewhere is followed (see jobstore.load_job) and loaded afresh each time."""
+    if job_id is not None and not job_id.strip():
+        raise KeyError(jobstore.EMPTY_ID)
     job_id = _named(job_id)
     with _lock:
         if job_id is None and _jobs:

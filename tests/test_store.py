@@ -507,6 +507,23 @@ def test_unknown_and_ambiguous_ids_name_the_known_ones(job_store):
     assert (job_store / job.id).exists()
 
 
+@pytest.mark.parametrize("blank", ["", " "])
+def test_an_empty_id_names_no_job_not_the_only_one(job_store, blank):
+    """An empty id is the start and the end of every id: with one job in the store and in the
+    session, delete("") deleted it and attach("") found it."""
+    job = azpar_magic.run("for x in range(2)", "x", {}, workers=2)
+    job.result(timeout=30)
+    store.flush()
+    for call in (azpar_magic.attach, azpar_magic.delete, azpar_magic.logs):
+        with pytest.raises(KeyError, match="an empty job id names no job"):
+            call(blank)
+    session.forget(job.id)  # the store alone
+    with pytest.raises(KeyError, match="an empty job id names no job"):
+        azpar_magic.delete(blank)
+    assert (job_store / job.id).exists()
+    assert azpar_magic.attach(job.id[-6:]).id == job.id  # a real end of an id still names it
+
+
 @pytest.mark.parametrize(
     ("kind", "task_id", "indices", "field", "value"),
     [

@@ -82,6 +82,7 @@ from .layout import (
 )
 from .owner import claim_takeover, creator, owner, owner_alive, reattachable, release_takeover
 from .reader import (
+    EMPTY_ID,
     FOLLOW_INTERVAL,
     JobSummary,
     MissingItem,
@@ -180,6 +181,7 @@ __all__ = [
     "start_recording",
     "warned_roots",
     # reader
+    "EMPTY_ID",
     "FOLLOW_INTERVAL",
     "JobSummary",
     "MissingItem",

@@ -282,10 +282,17 @@ def list_jobs() -> list[JobSummary]:
     return sorted(rows, key=lambda r: (r.created, r.id))
 
 
+# An empty id is the start and the end of every id: it named the only job there was (so
+# ``delete("")`` deleted it) or matched them all.
+EMPTY_ID = "an empty job id names no job: give a job's id (or a unique start or end of it) or its --name"
+
+
 def resolve(job_id: str) -> str:
     """The stored id that ``job_id`` names: the whole id, a job's --name (the newest job of
     that name), or a unique start or end of an id. A name wins over an id's start or end:
     the user typed it in full, while an id's end is only a shortcut."""
+    if not job_id.strip():
+        raise KeyError(EMPTY_ID)
     ids = job_ids()
     if job_id in ids:
         return job_id
