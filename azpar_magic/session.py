@@ -126,7 +126,13 @@ def default_workers() -> int:
 def _azure_backend(profile_name: str | None) -> Backend:
     eng = engine(profile=profile_name)
     if not eng.backend.pool_admin:
-        raise ConfigError(f"profile {active_profile(profile_name)!r} is not an Azure profile")
+        name = active_profile(profile_name)
+        if name is None or name == LOCAL:  # it said "profile None is not an Azure profile"
+            raise ConfigError(
+                "this acts on an Azure profile's pool, and none is chosen: pass --profile NAME (profile= in "
+                "Python), or run %azpar use NAME first (see %azpar config)"
+            )
+        raise ConfigError(f"profile {name!r} is not an Azure profile")
     return eng.backend
 
 

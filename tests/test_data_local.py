@@ -173,9 +173,25 @@ def test_wrong_placeholder_lists_the_loop_targets(ip, run_cell, folder):
     ("--outputs /abs/*.png", "must be a relative path"),
     ("--outputs 'inputs/*.csv'", "points into inputs/"),
     ("--outputs-to elsewhere", "give --outputs GLOB"),
+    ("--inputs ''", "--inputs '' names no file"),  # it linked the whole folder into every iteration
 ])
 def test_bad_specs_are_refused(ip, run_cell, folder, options, fragment):
     _refused(ip, run_cell, folder, f"%%azpar -o r {options} for i in range(2):\ni", fragment)
+
+
+@pytest.mark.parametrize("dest", ["taken.txt", None])
+def test_an_outputs_folder_that_is_a_file_is_refused_before_anything_runs(ip, run_cell, folder, dest):
+    """It failed inside the pool's submit with a FileExistsError traceback, the job already made."""
+    (folder / (dest or "azpar_outputs")).write_text("not a folder")
+    to = f"--outputs-to {dest} " if dest else ""
+    ip.user_ns.pop("r", None)
+    before = len(azpar_magic.jobs())
+    run = run_cell(f"%%azpar -o r --outputs '*.txt' {to}for i in range(2):\nopen('o.txt', 'w').write('x')\ni")
+    assert isinstance(run.error, UsageError), run.error
+    said = f"--outputs-to '{dest}'" if dest else "the outputs folder 'azpar_outputs' (the default)"
+    assert str(run.error).startswith(f"{said} is a file ({folder / (dest or 'azpar_outputs')})"), str(run.error)
+    assert str(run.error).endswith("Nothing was submitted.")
+    assert "r" not in ip.user_ns and len(azpar_magic.jobs()) == before
 
 
 def test_the_job_store_keeps_the_data_options_for_a_rerun_in_a_new_kernel():

@@ -108,6 +108,13 @@ def test_pool_commands_refuse_a_profile_that_is_not_azure(profiles):
         session.pool_action("home", "status")
 
 
+def test_pool_commands_without_a_profile_say_how_to_choose_one(profiles):
+    """It said "profile None is not an Azure profile"."""
+    profiles.write_text(_CONFIG.replace('profile = "home"\n', ""))
+    with pytest.raises(ConfigError, match=r"none is chosen: pass --profile NAME .* or run %azpar use NAME"):
+        session.pool_action(None, "resize", 1, 1)
+
+
 # ------------------------------------------------------------------ the active profile
 
 

@@ -365,9 +365,20 @@ def plan(
         )
     if outputs_to and not outputs:
         raise DataError("--outputs-to says where outputs go; give --outputs GLOB to say which files.")
+    if outputs and not result.dest_is_blob and os.path.exists(result.dest) and not os.path.isdir(result.dest):
+        said = f"--outputs-to {outputs_to!r}" if outputs_to else f"the outputs folder {DEFAULT_DEST!r} (the default)"
+        raise DataError(
+            f"{said} is a file ({result.dest}): outputs go into a folder, created when missing; name another "
+            "with --outputs-to. Nothing was submitted."
+        )
     shared_files: list[LocalFile] = []
     per_item: list[str] = []
     for text in inputs:
+        if not text.strip():  # it named the notebook's whole folder, linked into every iteration
+            raise DataError(
+                f"--inputs {text!r} names no file: give a file, a folder or a glob (the folder the notebook "
+                "runs in is '.'). Nothing was submitted."
+            )
         names = placeholders(text)
         if names:
             unknown = [n for n in names if n not in target_names]
