@@ -266,6 +266,8 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
     started by an earlier kernel or by another one. A job loaded from the store is
     remembered once it has ended, so later commands reuse it instead of reading it again;
     one still running elsewhere is followed (see jobstore.load_job) and loaded afresh each time."""
+    if job_id is not None and not isinstance(job_id, str):
+        raise TypeError(f"a job is named by its id or --name, a string, not {type(job_id).__name__} {job_id!r}")
     if job_id is not None and not job_id.strip():
         raise KeyError(jobstore.EMPTY_ID)
     job_id = _named(job_id)

@@ -524,6 +524,13 @@ def test_an_empty_id_names_no_job_not_the_only_one(job_store, blank):
     assert azpar_magic.attach(job.id[-6:]).id == job.id  # a real end of an id still names it
 
 
+def test_a_job_id_that_is_not_a_string_is_a_type_error(job_store):
+    """It was an AttributeError or a TypeError from inside the lookup (``str.endswith(123)``)."""
+    for call in (azpar_magic.attach, azpar_magic.delete, azpar_magic.logs, azpar_magic.cancel):
+        with pytest.raises(TypeError, match="a job is named by its id or --name, a string, not int 123"):
+            call(123)
+
+
 @pytest.mark.parametrize(
     ("kind", "task_id", "indices", "field", "value"),
     [
