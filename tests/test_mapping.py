@@ -300,6 +300,22 @@ def test_run_takes_a_single_string_as_one_name_or_pattern(tmp_path, monkeypatch)
     assert back == ["0/out.csv", "1/out.csv"]
 
 
+def test_run_warns_as_the_magic_does(capsys):
+    """A body that changes a notebook variable, an empty body and a gathered name the body never
+    binds: the magic warned of each, run() said nothing and gave its list of Nones in silence."""
+    namespace = {"total": 0}
+    assert azpar_magic.run("for x in range(3)", "total += x", namespace, workers=2).result() == [None] * 3
+    said = capsys.readouterr().err
+    assert "azpar: warning: the loop body changes total (a notebook variable)" in said, said
+    assert 'the result is the list of values (combine="sum" adds them' in said and "-o binds" not in said, said
+    assert azpar_magic.run("for x in range(2)", "# nothing yet", {}, workers=2).result() == [None, None]
+    assert "azpar: warning: the loop body has no statement" in capsys.readouterr().err
+    assert azpar_magic.run("for x in range(2)", "x", {}, workers=2, gather="y").result() == [0, 1]
+    assert "azpar: warning: gather y: the loop body never assigns y" in capsys.readouterr().err
+    assert azpar_magic.run("for x in range(2)", "y = x\ny", {}, workers=2, gather="y").result() == [0, 1]
+    assert "warning" not in capsys.readouterr().err  # the guard: a sound body says nothing
+
+
 @pytest.mark.parametrize("call", ["run", "map"])
 def test_a_name_that_is_not_a_string_is_refused_before_anything_is_submitted(guard, call):
     with pytest.raises(ValueError) as info:

@@ -395,7 +395,7 @@ def _may_bind_dynamically(tree: ast.AST) -> bool:
     return star or bool(used & _DYNAMIC_BINDERS)
 
 
-def body_warnings(cell: ParsedCell, gather: Iterable[str]) -> list[str]:
+def body_warnings(cell: ParsedCell, gather: Iterable[str], gather_flag: str = "--gather") -> list[str]:
     """One-line warnings about a cell that runs but cannot give what was asked: a body with
     no statement (only comments) gives None for every iteration, and ``--gather NAME`` of a
     name the body never binds gives the same value (None, or the captured one) for every
@@ -416,7 +416,7 @@ def body_warnings(cell: ParsedCell, gather: Iterable[str]) -> list[str]:
     listed = ", ".join(missing)
     verb = "assigns" if len(missing) == 1 else "assigns any of"
     return [
-        f"--gather {listed}: the loop body never {verb} {listed}, so the gathered list will hold the same "
+        f"{gather_flag} {listed}: the loop body never {verb} {listed}, so the gathered list will hold the same "
         "value (None unless the notebook defines it) for every iteration"
     ]
 
@@ -507,7 +507,14 @@ def _plain_data(value: object) -> bool:
     return isinstance(value, _PLAIN_DATA) or type(value).__module__.split(".")[0] in _PLAIN_DATA_MODULES
 
 
-def notebook_change_warnings(cell: ParsedCell, namespace: Mapping[str, object], gather: Iterable[str]) -> list[str]:
+# How the change warning's advice reads: in a cell, and for ``azpar_magic.run``.
+CELL_ADVICE = "-o binds the list of values (--combine sum adds them, --combine dict keys them by item)"
+API_ADVICE = 'the result is the list of values (combine="sum" adds them, combine="dict" keys them by item)'
+
+
+def notebook_change_warnings(
+    cell: ParsedCell, namespace: Mapping[str, object], gather: Iterable[str], advice: str = CELL_ADVICE
+) -> list[str]:
     """A one-line warning when the body changes a notebook variable (``total += x``,
     ``results.append(x)``, ``d[k] = v``) that it never binds itself: the loop written for one
     process, whose effect is lost in parallel. Each iteration changes its worker's copy, the
@@ -524,8 +531,7 @@ def notebook_change_warnings(cell: ParsedCell, namespace: Mapping[str, object], 
     which = "a notebook variable" if len(names) == 1 else "notebook variables"
     return [
         f"the loop body changes {listed} ({which}): each iteration changes its own copy on a worker, and "
-        f"the notebook's {listed} will not change. Make the value the body's last expression instead: "
-        "-o binds the list of values (--combine sum adds them, --combine dict keys them by item)"
+        f"the notebook's {listed} will not change. Make the value the body's last expression instead: {advice}"
     ]
 
 
