@@ -228,6 +228,18 @@ def test_result_of_a_cancelled_or_lost_job_raises_and_keeps_finished_values():
     assert job.partial_results() == {0: "kept"} and job.missing_indices() == [1]
 
 
+@pytest.mark.parametrize("index", [3, -1, "0", True])
+def test_output_and_logs_refuse_an_iteration_the_job_does_not_have(index):
+    """output(99) gave "" (and output("0") too) where logs(99) said there is no such iteration."""
+    job = make_job(range(3))
+    job.add_task("1", range(0, 3))
+    job.record_values("1", range(0, 3), ["a", "b", "c"], {}, {0: [("stdout", "hello\n")]}, None)
+    assert job.output(0) == "hello\n" and job.output(1) == ""  # the guard: real iterations read
+    for read in (job.output, job.logs):
+        with pytest.raises(IndexError, match=rf"has iterations 0 to 2; there is no iteration {index!r}"):
+            read(index)
+
+
 # ----------------------------------------------------------------------------- as_completed
 
 

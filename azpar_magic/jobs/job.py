@@ -452,8 +452,11 @@ class Job:
     def output(self, index: int | None = None) -> str:
         """The captured stdout/stderr text of one iteration, or of all in order: everything
         it printed up to the worker's cap (worker.OUTPUT_LIMIT, 1,000,000 characters per
-        iteration); past the cap the text ends with a note saying how much was dropped."""
+        iteration); past the cap the text ends with a note saying how much was dropped.
+        IndexError for an iteration the job does not have, as ``logs`` (it gave "")."""
         with self._lock:
+            if index is not None:
+                self._check_iteration(index)
             indices = [index] if index is not None else sorted({*self._outputs, *self._base_outputs})
             parts = []
             for i in indices:
@@ -462,16 +465,20 @@ class Job:
                         parts.append(data)
             return "".join(parts)
 
+    def _check_iteration(self, index: object) -> None:
+        """IndexError unless ``index`` is one of this job's iterations (lock held)."""
+        n = len(self._status)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise IndexError(f"job {self.id} has iterations 0 to {n - 1}; there is no iteration {index!r}")
+
     def logs(self, index: int | None = None) -> str:
         """What iteration ``index`` left behind, as text: its state, everything it printed
         (stdout and stderr in the order written, display output named by type), and its
         traceback if it failed. Without ``index``: every iteration that printed or failed,
         in order. The same text whether the job is in memory or read back from the store."""
         with self._lock:
-            n = len(self._status)
             if index is not None:
-                if not isinstance(index, int) or not 0 <= index < n:
-                    raise IndexError(f"job {self.id} has iterations 0 to {n - 1}; there is no iteration {index!r}")
+                self._check_iteration(index)
                 indices = [index]
             else:
                 indices = sorted({*self._outputs, *self._base_outputs, *self._failures})
