@@ -43,6 +43,18 @@ def test_a_body_indented_under_the_for_runs(ip, run_cell):
     assert ip.user_ns["out"] == [1, 11, 21]
 
 
+def test_pool_status_on_the_local_pool_lists_its_workers(ip, run_cell):
+    """``%azpar pool status`` (the first action the help lists) was an error without an Azure profile;
+    on the local pool it says what ``%azpar pool`` says. The Azure actions still need a profile."""
+    assert run_cell("%%azpar -q -o out for x in range(4):\nx").success
+    plain, status = run_cell("%azpar pool"), run_cell("%azpar pool status")
+    assert plain.success and status.success, (plain.error, status.error)
+    assert "local pool of" in status.stdout and "worker-" in status.stdout, status.stdout
+    assert status.stdout.split(":")[0] == plain.stdout.split(":")[0]
+    resize = run_cell("%azpar pool resize 1 1")
+    assert not resize.success and "none is chosen: pass --profile NAME" in str(resize.error)
+
+
 def test_default_output_name(ip, run_cell):
     run = run_cell("%%azpar -q for x in 'abc':\nx.upper()")
     assert run.success and ip.user_ns["azpar_result"] == ["A", "B", "C"]

@@ -8,7 +8,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.display import display
 
-from ... import session
+from ... import config, session
 from ...errors import ConfigError
 from ...ui.text import format_pool_text
 from ..context import MagicContext
@@ -23,6 +23,12 @@ def pool(context: MagicContext, words: list[str], usage: str) -> None:
     """Without an action, each engine's nodes; status, create, delete or resize act on the profile's Azure pool."""
     read = read_words(words, usage, options=("--profile",))
     profile, words = read.option("--profile"), read.rest
+    if words == ["status"] and profile is None:
+        with usage_errors(SETTINGS):
+            chosen = session.active_profile()
+            azure = chosen not in (None, session.LOCAL) and config.load_profile(chosen)["backend"] == "azure"
+        if not azure:  # the local pool's status is its nodes, as %azpar pool says (it was an error)
+            words = []
     if words and words[0] in ("status", "create", "delete", "resize"):
         action, counts = words[0], words[1:]
         sizes: list[int] = []
