@@ -20,7 +20,8 @@ RESIZE_USAGE = "usage: %azpar pool resize DEDICATED SPOT (two whole numbers, 0 o
 
 
 def pool(context: MagicContext, words: list[str], usage: str) -> None:
-    """Without an action, each engine's nodes; status, create, delete or resize act on the profile's Azure pool."""
+    """Without an action, each engine's nodes; status, create, delete or resize act on the profile's Azure pool
+    (status with no Azure profile chosen is the first: the local pool's nodes)."""
     read = read_words(words, usage, options=("--profile",))
     profile, words = read.option("--profile"), read.rest
     if words == ["status"] and profile is None:
