@@ -262,8 +262,9 @@ def test_bad_options_are_refused_before_anything_is_submitted(guard, options, fr
 
 @pytest.mark.parametrize("workers", [0, 10_000, "2", True], ids=["zero", "huge", "str", "bool"])
 def test_run_refuses_a_worker_count_the_magic_would_refuse(guard, workers):
-    """run() had no bound on workers: 0 failed as a config error about "magic options", "2" was
-    taken, and 10,000 would have started 10,000 local workers. It now says what map says."""
+    """run() had no bound on workers: 0 failed as a config error about "magic options", "2" and True
+    were taken as numbers, and 10,000 made a pool of that size (it starts a worker per task). It now
+    says what map says."""
     with pytest.raises(ValueError) as info:
         azpar_magic.run("for x in range(3)", "__azmap_marked(x)", guard.ip.user_ns, workers=workers)
     message = str(info.value)
