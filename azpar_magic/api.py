@@ -15,7 +15,7 @@ from . import jobstore, mapping, session
 from .errors import CellError, SubmitError
 from .jobs import FINAL_STATES, Job, JobOptions
 from .jobstore import JobSummary
-from .run.parsing import API_ADVICE, body_warnings, notebook_change_warnings, parse_cell
+from .run.parsing import parse_cell
 from .run.request import API_SPELLING, RunRequest
 
 __all__ = [
@@ -94,10 +94,6 @@ def run(
     )
     engine, settings = session.engine_and_settings(backend, workers)
     request = RunRequest(cell, namespace, options, export, no_export, max_items=settings["max_items"])
-    # What the magic warns of, said here too: `total += x` gave a list of Nones in silence.
-    said = body_warnings(cell, gather, "gather") + notebook_change_warnings(cell, namespace, gather, API_ADVICE)
-    for text in said:
-        print(f"azpar: warning: {text}", file=sys.stderr)
     try:
         job = engine.submit(request)
     except SubmitError as exc:

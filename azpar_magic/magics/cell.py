@@ -13,7 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from .. import session
 from ..errors import CellError, SubmitError
 from ..jobs import merge
-from ..run.parsing import body_warnings, notebook_change_warnings, parse_cell
+from ..run.parsing import parse_cell
 from ..run.request import FLAG_SPELLING, RunRequest
 from .context import DEFAULT_OUTPUT, MagicContext, Pending
 from .display import follow
@@ -201,8 +201,7 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
         spelling=FLAG_SPELLING,
         max_items=settings["max_items"],
     )
-    warnings = body_warnings(parsed, options.gather) + notebook_change_warnings(parsed, shell.user_ns, options.gather)
-    for note in notes + [f"azpar: warning: {text}" for text in warnings]:
+    for note in notes:  # then the engine warns of the body (engine.body_warnings), as for run()
         print(note, file=sys.stderr)
     uploads = request.backend_options["transfer_progress"] = TransferProgress(quiet=args.quiet)  # --inputs
     # The newest job so far, not a copy of them all: the engine keeps every job of the session,

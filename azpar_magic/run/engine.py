@@ -37,6 +37,19 @@ from .request import API_SPELLING, RunRequest
 logger = logging.getLogger(__name__)
 
 
+def body_warnings(request: RunRequest) -> list[str]:
+    """What the cell runs but cannot give as asked (parsing.body_warnings) and the notebook variables
+    its body changes in vain (parsing.notebook_change_warnings), spelled as the caller writes options:
+    said by every path that runs a cell, the magic's and the API's alike."""
+    cell_spelled = request.spelling.get("gather", "gather").startswith("--")
+    gather = request.options.gather
+    return parsing.body_warnings(request.cell, gather, request.spelling.get("gather", "gather")) + (
+        parsing.notebook_change_warnings(
+            request.cell, request.namespace, gather, parsing.CELL_ADVICE if cell_spelled else parsing.API_ADVICE
+        )
+    )
+
+
 def new_job_id() -> str:
     """Names its user (``identity.slug``: under JupyterHub, the hub user), sortable by time
     among that user's jobs, unguessable, and a valid Batch job id and container name stem
@@ -436,6 +449,9 @@ class Engine:
         bad input leaves nothing behind."""
         options = request.options
         items = self.prepare(request)
+        if request.base is None:  # a fresh run (a cell, run, map); a rerun's cell was warned of when it first ran
+            for text in body_warnings(request):
+                print(f"azpar: warning: {text}", file=sys.stderr)
         folder = request.folder or os.getcwd()  # read once: a system call of ~10 us a cell here (issue 16, c)
         job_id = new_job_id()
         tasks: dict[str, TaskSpec] = {}
