@@ -68,11 +68,13 @@ class IterationError(AzparError):
 
     def _summary(self) -> str:
         where = f" (cell line {self.line})" if self.line else ""
-        kind = "could not run" if self.infrastructure else "raised"
         short = self.error_type.rsplit(".", 1)[-1]
+        # "raised ValueError: ...", but "could not run (InfrastructureError): ...": the iteration raised
+        # nothing, its worker died or timed out around it.
+        what = f"could not run ({short})" if self.infrastructure else f"raised {short}"
         others = f"; {self.failed_count - 1} other iteration(s) failed too" if self.failed_count > 1 else ""
         return (
-            f"iteration {self.index} (item {self.item_repr}) {kind} {short}: {self.error_message}"
+            f"iteration {self.index} (item {self.item_repr}) {what}: {self.error_message}"
             f"{where}{others}. Finished results stay in the job handle: %azpar collect {self.job_id} "
             "or azpar_magic.jobs()[-1].partial_results()"
         )

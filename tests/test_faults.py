@@ -176,7 +176,7 @@ def test_os_exit_is_an_infrastructure_failure_after_the_retries(ip, run_cell, tm
     assert err.index == 3 and err.item_repr == "3"
     assert err.infrastructure
     assert "exit code 3" in err.error_message and "after 2 attempts" in err.error_message
-    assert "could not run" in str(err)
+    assert "could not run (InfrastructureError): the worker process" in str(err), str(err)
     assert _attempts(tmp_path, 3) == 2  # one try + one retry, each in its own process
     assert "ex" not in ip.user_ns
     assert wait_for(_pool_is_whole, 10)
