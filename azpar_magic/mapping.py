@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from . import session
 from .errors import SubmitError
 from .jobs import Job, JobOptions
+from .jobs.text import short_repr
 from .run.engine import validate_options
 from .run.parsing import checked_requirements, is_variable_name, parse_cell
 from .run.request import API_SPELLING, RunRequest
@@ -130,6 +132,9 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         max_items=settings["max_items"],
     )
     try:
+        if star:  # taken once here, as submit would take it, so that each item is checked first
+            request = replace(request, items=engine.prepare(request))
+            _check_argument_tuples(request.items)
         job = engine.submit(request)
     except SubmitError as exc:
         raise ValueError(str(exc).replace(f"`{_ITEMS}`", "the iterable given to map")) from None
@@ -142,6 +147,21 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         job.cancel()
         job.wait(10)
         raise
+
+
+def _check_argument_tuples(items: list) -> None:
+    """TypeError, before anything is submitted, for a starmap item that is not a tuple (or other
+    iterable) of arguments: each call would fail on the workers, naming a cell line the user never
+    wrote (``starmap(pow, [1, 2])`` for ``map``'s ``[1, 2]``)."""
+    for index, item in enumerate(items):
+        try:
+            iter(item)
+        except TypeError:
+            raise TypeError(
+                f"azpar_magic.starmap takes an iterable of argument tuples, one per call; item {index} is "
+                f"{type(item).__name__} {short_repr(item)}, not a tuple of arguments (azpar_magic.map calls "
+                "the function with each item as its one argument). Nothing was submitted."
+            ) from None
 
 
 def _namespace(func: Callable, iterable: Iterable) -> tuple[dict[str, Any], str]:

@@ -211,9 +211,7 @@ def test_map_errors_policy_and_the_failure(ip, run_cell, clean_shell):  # noqa: 
     with pytest.raises(azpar_magic.IterationError) as info:
         azpar_magic.map(inv, [1, 0, 2])
     assert info.value.index == 1 and "return 1 / v" in info.value.remote_traceback
-    with pytest.raises(azpar_magic.IterationError) as info:
-        azpar_magic.starmap(inv, [(1,), 5])  # itertools.starmap's TypeError, at that item
-    assert info.value.index == 1 and info.value.error_type.endswith("TypeError")
+
 
 
 @pytest.fixture
@@ -258,6 +256,21 @@ def test_bad_options_are_refused_before_anything_is_submitted(guard, options, fr
         assert fragment in message, message
     assert message.endswith("Nothing was submitted.") and message.count("Nothing was submitted.") == 1, message
     guard.assert_nothing_submitted()
+
+
+def test_starmap_refuses_an_item_that_is_not_a_tuple_of_arguments(guard):
+    """An item that is not a tuple (or other iterable) of arguments failed on the workers, each such
+    call an IterationError naming "cell line 2" of a cell the user never wrote; it is refused first,
+    naming the item, and nothing runs."""
+    with pytest.raises(TypeError) as info:
+        azpar_magic.starmap(guard.fn, [(1,), 5, (2,)])
+    message = str(info.value)
+    assert message.startswith("azpar_magic.starmap takes an iterable of argument tuples"), message
+    assert "item 1 is int 5" in message and message.endswith("Nothing was submitted."), message
+    guard.assert_nothing_submitted()
+    # The guard can fail: the same call with tuples runs, and a string is a tuple of its characters.
+    assert azpar_magic.starmap(guard.fn, iter([(1,), ["a"], "b"])) == [1, "a", "b"]
+    assert list(guard.folder.iterdir())
 
 
 @pytest.mark.parametrize("workers", [0, 10_000, "2", True], ids=["zero", "huge", "str", "bool"])
