@@ -277,13 +277,13 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
         if job_id is not None:
             if job_id in _jobs:
                 return _jobs[job_id]
-            matches = [j for j in _jobs.values() if j.id.endswith(job_id) or j.id.startswith(job_id)]
+            matches = jobstore.ids_matching(job_id, _jobs)
             if len(matches) == 1:
-                return matches[0]
+                return _jobs[matches[0]]
             if matches:
                 raise KeyError(
                     f"{job_id!r} matches {len(matches)} jobs of this session "
-                    f"({', '.join(sorted(j.id for j in matches)[:5])}); give more of the id"
+                    f"({', '.join(sorted(matches)[:5])}); give more of the id"
                 )
         here = sorted(_jobs)
     if not stored:

@@ -524,6 +524,27 @@ def test_an_empty_id_names_no_job_not_the_only_one(job_store, blank):
     assert azpar_magic.attach(job.id[-6:]).id == job.id  # a real end of an id still names it
 
 
+def test_a_few_characters_of_an_id_name_no_job(job_store):
+    """An id's end was a shortcut however short: with one job, ``delete(job.id[-1])`` (a stray
+    "2") deleted it. Fewer than MIN_ID_PART characters now name no job, in the session and in the
+    store; that many still do, and so does a short --name."""
+    job = azpar_magic.run("for x in range(2)", "x", {}, workers=2)
+    job.result(timeout=30)
+    named = azpar_magic.map(abs, [-1], name="ab", wait=False)
+    named.result(timeout=30)
+    store.flush()
+    short = job.id[-(store.MIN_ID_PART - 1) :]
+    for call in (azpar_magic.attach, azpar_magic.delete, azpar_magic.logs):
+        with pytest.raises(KeyError, match=f"'{short}' is too short to name a job"):
+            call(short)
+    session.forget(job.id)  # the store alone
+    with pytest.raises(KeyError, match=f"'{short}' is too short to name a job"):
+        azpar_magic.delete(short)
+    assert (job_store / job.id).exists()
+    assert azpar_magic.attach(job.id[-store.MIN_ID_PART :]).id == job.id  # enough of its end names it
+    assert azpar_magic.attach("ab").id == named.id  # a name is not a part of an id: any length
+
+
 def test_a_job_id_that_is_not_a_string_is_a_type_error(job_store):
     """It was an AttributeError or a TypeError from inside the lookup (``str.endswith(123)``)."""
     for call in (azpar_magic.attach, azpar_magic.delete, azpar_magic.logs, azpar_magic.cancel):

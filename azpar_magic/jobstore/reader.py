@@ -285,6 +285,20 @@ def list_jobs() -> list[JobSummary]:
 # An empty id is the start and the end of every id: it named the only job there was (so
 # ``delete("")`` deleted it) or matched them all.
 EMPTY_ID = "an empty job id names no job: give a job's id (or a unique start or end of it) or its --name"
+# The fewest characters of an id's start or end that name a job, as git's shortest abbreviation:
+# with one or two, `%azpar delete 2` deleted whichever lone job's id happened to end in 2.
+MIN_ID_PART = 4
+
+
+def ids_matching(part: str, ids: Iterable[str]) -> list[str]:
+    """The ids that start or end with ``part``, the shortcut for a job's id (its whole id and its
+    --name are looked up before). KeyError, saying why, for a part too short to be meant as one."""
+    if len(part) < MIN_ID_PART:
+        raise KeyError(
+            f"{part!r} is too short to name a job by the start or end of its id: give at least "
+            f"{MIN_ID_PART} characters of it, its whole id, or its --name"
+        )
+    return [i for i in ids if i.endswith(part) or i.startswith(part)]
 
 
 def resolve(job_id: str) -> str:
@@ -299,7 +313,7 @@ def resolve(job_id: str) -> str:
     named = newest_named(job_id, ids)
     if named is not None:
         return named
-    matches = [i for i in ids if i.endswith(job_id) or i.startswith(job_id)]
+    matches = ids_matching(job_id, ids)
     if len(matches) == 1:
         return matches[0]
     if matches:
