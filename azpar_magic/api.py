@@ -65,15 +65,13 @@ def run(
     if namespace is None:
         namespace = sys._getframe(1).f_globals
     mapping.check_workers(workers)
-    gather, export, no_export, inputs, outputs = (
+    gather, export, no_export = (
         mapping.names_argument(value, option)
-        for value, option in (
-            (gather, "gather"),
-            (export, "export"),
-            (no_export, "no_export"),
-            (inputs, "inputs"),
-            (outputs, "outputs"),
-        )
+        for value, option in ((gather, "gather"), (export, "export"), (no_export, "no_export"))
+    )
+    inputs, outputs = (
+        mapping.names_argument(value, option, paths=True)
+        for value, option in ((inputs, "inputs"), (outputs, "outputs"))
     )
     try:
         cell = parse_cell(loop, body)

@@ -219,17 +219,19 @@ def check_workers(workers: Any) -> None:
         )
 
 
-def names_argument(value: Iterable[str] | str | None, option: str) -> tuple[str, ...]:
+def names_argument(value: Iterable[str] | str | None, option: str, *, paths: bool = False) -> tuple[str, ...]:
     """An API argument that takes names or patterns (``gather``, ``export``, ``no_export``,
     ``inputs``, ``outputs``) as a tuple: a single string is one of them, as ``packages`` takes
     one requirement. ``tuple("total")`` was ``("t", "o", "t", "a", "l")``: ``gather="total"``
     gathered four one-letter names in silence, ``outputs="*.csv"`` collected every file (its
     ``*``), ``inputs="data.csv"`` looked for a file ``d``. ValueError, before anything is
-    submitted, for an entry that is not a string."""
+    submitted, for an entry that is not a string. ``paths`` (``inputs``, ``outputs``): a blank string is
+    kept, for the data plan to refuse as it refuses ``--inputs ''`` (it is no file); a blank name names
+    none, as in the magic."""
+    if isinstance(value, str):
+        return (value,) if value.strip() or paths else ()
     if not value:  # None, or empty: the defaults, at no cost to every run
         return ()
-    if isinstance(value, str):
-        return (value,)
     entries = tuple(value)
     for entry in entries:
         if not isinstance(entry, str):

@@ -314,6 +314,21 @@ def test_run_takes_a_single_string_as_one_name_or_pattern(tmp_path, monkeypatch)
     assert back == ["0/out.csv", "1/out.csv"]
 
 
+@pytest.mark.parametrize("option, said", [
+    ("inputs", "--inputs '' names no file"),
+    ("outputs", "--outputs '' must be a relative path or glob"),
+])
+def test_run_refuses_a_blank_path_as_the_magic_does(guard, option, said):
+    """``run(inputs="")`` ran with no inputs at all, where ``--inputs ''`` is refused (it named the
+    notebook's whole folder); a blank name (``gather=""``) still names none, as ``--gather ''`` does."""
+    with pytest.raises(ValueError) as info:
+        azpar_magic.run("for x in range(2)", "__azmap_marked(x)", guard.ip.user_ns, workers=2, **{option: ""})
+    assert said in str(info.value), str(info.value)
+    guard.assert_nothing_submitted()
+    job = azpar_magic.run("for x in range(2)", "__azmap_marked(x)", guard.ip.user_ns, workers=2, gather="")
+    assert job.result() == [0, 1] and list(guard.folder.iterdir())
+
+
 def test_run_warns_as_the_magic_does(capsys):
     """A body that changes a notebook variable, an empty body and a gathered name the body never
     binds: the magic warned of each, run() said nothing and gave its list of Nones in silence."""
