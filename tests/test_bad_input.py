@@ -219,6 +219,28 @@ def test_no_export_drops_a_name_the_body_mentions_only_in_dead_code(ip, run_cell
     assert ip.user_ns[AZ_OUT] == [1, 2, 3]
 
 
+@pytest.mark.timeout(60)
+def test_no_export_of_a_name_the_body_reads_is_warned_of_before_the_run(ip, run_cell, guard, capsys):
+    """A name --no-export keeps out that the body, or a notebook function it calls, reads: each such
+    iteration failed with a NameError on the workers, with nothing said before the run. It is said
+    first now, as --no-export or no_export as the caller writes it; a body that binds the name first
+    is not warned of."""
+    setup = run_cell("nums = [1, 2]\ndef count(v):\n    return len(nums) + v\n")
+    assert setup.success, setup.error
+    said = "the loop body (or a function it calls) reads nums, which the workers will not have"
+    for body in ("len(nums) + x", "count(x)"):
+        run = run_cell(f"%%azpar -q --errors pass --no-export nums -o {AZ_OUT} for x in range(2)\n{body}")
+        assert run.success, run.error
+        assert f"azpar: warning: --no-export nums: {said}" in run.stderr, run.stderr
+        assert all(isinstance(v, NameError) for v in ip.user_ns[AZ_OUT]), ip.user_ns[AZ_OUT]
+    run = run_cell(f"%%azpar -q --no-export nums -o {AZ_OUT} for x in range(2)\nnums = [x]\nlen(nums)")
+    assert run.success and "warning" not in run.stderr, run.stderr
+    assert ip.user_ns[AZ_OUT] == [1, 1]
+    capsys.readouterr()
+    assert isinstance(azpar_magic.map(ip.user_ns["count"], [1], errors="pass", no_export="nums")[0], NameError)
+    assert f"azpar: warning: no_export nums: {said}" in capsys.readouterr().err
+
+
 def test_unpicklable_item_is_a_usage_error(run_cell, guard):
     run = run_cell("%%azpar -o r for g in [iter([1]), (i for i in range(3))]\ng")
     _usage_error(run, "item 1", "generator")

@@ -91,6 +91,9 @@ class Capture:
     function_mode: bool = False  # the body may run as a function (see function_mode_is_safe)
     size: int = 0  # len(data), kept when the bytes are dropped
     warnings: tuple[str, ...] = ()  # said before the job is submitted (engine.submit)
+    # Names the body or the notebook functions it calls read that --no-export kept out: the workers
+    # will not have them (a NameError at run time), said before the job is submitted.
+    unshipped: tuple[str, ...] = ()
 
     def without_data(self) -> Capture:
         """What was shipped, without the namespace bytes: what a job keeps. The bytes are
@@ -791,6 +794,7 @@ def capture(
         | {name for name in looked_up if name in namespace}
     )
     chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
+    unshipped = tuple(sorted(n for n in set(no_export) & (wanted | reach.names) if n in namespace and n not in chosen))
     for name in export:
         chosen[name] = namespace[name]
     codec, data, used_modules, sha = _serialize_or_reuse(chosen, stored)
@@ -811,6 +815,7 @@ def capture(
         local_modules=local,
         sources=reach.sources,
         warnings=(_DYNAMIC_LOOKUP_WARNING,) if dynamic else (),
+        unshipped=unshipped,
     )
 
 

@@ -50,6 +50,20 @@ def body_warnings(request: RunRequest) -> list[str]:
     )
 
 
+def unshipped_warnings(cap: capture_mod.Capture, spelling: Mapping[str, str]) -> list[str]:
+    """The names ``--no-export`` kept out that the body (or a notebook function it calls) reads: each
+    iteration that reads one fails with a NameError on the workers, which is said here instead, before
+    the job runs. A warning, not an error: the body may read it only on a path it does not take."""
+    if not cap.unshipped:
+        return []
+    listed = ", ".join(cap.unshipped)
+    them = "it" if len(cap.unshipped) == 1 else "them"
+    return [
+        f"{spelling.get('no_export', 'no_export')} {listed}: the loop body (or a function it calls) reads {listed}, "
+        f"which the workers will not have: an iteration that reads {them} fails with NameError"
+    ]
+
+
 def new_job_id() -> str:
     """Names its user (``identity.slug``: under JupyterHub, the hub user), sortable by time
     among that user's jobs, unguessable, and a valid Batch job id and container name stem
@@ -495,7 +509,10 @@ class Engine:
                         tasks[number] = TaskSpec(number, indices, codec, data)
             except CaptureError as exc:
                 raise SubmitError(str(exc)) from None
-            for text in cap.warnings:  # said before anything is submitted
+            for text in (
+                *cap.warnings,
+                *unshipped_warnings(cap, request.spelling),
+            ):  # said before anything is submitted
                 print(f"azpar: warning: {text}", file=sys.stderr)
         pool, vm_size = self.backend.pool_info()
         job = Job(

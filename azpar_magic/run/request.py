@@ -15,7 +15,9 @@ from typing import Any
 from ..jobs.job import Job, JobOptions
 from .parsing import ParsedCell
 
-API_SPELLING = {k: k for k in ("combine", "errors", "chunk_size", "timeout", "retries", "seed", "gather", "max_cost")}
+API_SPELLING = {
+    k: k for k in ("combine", "errors", "chunk_size", "timeout", "retries", "seed", "gather", "max_cost", "no_export")
+}
 FLAG_SPELLING = {k: "--" + k.replace("_", "-") for k in API_SPELLING}
 
 
