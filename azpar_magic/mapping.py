@@ -19,6 +19,7 @@ from typing import Any
 from . import session
 from .errors import SubmitError
 from .jobs import Job, JobOptions
+from .jobs.job import FUNCTION_LOOP
 from .jobs.text import short_repr
 from .run.engine import validate_options
 from .run.parsing import checked_requirements, is_variable_name, parse_cell
@@ -26,6 +27,7 @@ from .run.request import API_SPELLING, RunRequest
 
 _ITEM = "__azpar_item__"  # the loop target: a name no function reads as a global
 _ITEMS = "__azpar_items__"
+assert FUNCTION_LOOP == f"for {_ITEM} in {_ITEMS}"  # the job names no cell line for this loop (Job)
 _FN = "__azpar_fn__"  # the function, when it has no name of its own in __main__ (a lambda, a closure)
 
 
@@ -121,7 +123,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
     except ValueError as exc:  # config.ConfigError is a ValueError
         raise ValueError(f"{exc}. Nothing was submitted.") from None
     namespace, name = _namespace(func, iterable)
-    cell = parse_cell(f"for {_ITEM} in {_ITEMS}", f"{name}({'*' if star else ''}{_ITEM})")
+    cell = parse_cell(FUNCTION_LOOP, f"{name}({'*' if star else ''}{_ITEM})")
     request = RunRequest(
         cell,
         namespace,
@@ -133,8 +135,9 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
     )
     try:
         if star:  # taken once here, as submit would take it, so that each item is checked first
-            request = replace(request, items=engine.prepare(request))
-            _check_argument_tuples(request.items)
+            items = engine.prepare(request)
+            _check_argument_tuples(items)
+            request = replace(request, items=items)
         job = engine.submit(request)
     except SubmitError as exc:
         raise ValueError(str(exc).replace(f"`{_ITEMS}`", "the iterable given to map")) from None

@@ -211,6 +211,8 @@ def test_map_errors_policy_and_the_failure(ip, run_cell, clean_shell):  # noqa: 
     with pytest.raises(azpar_magic.IterationError) as info:
         azpar_magic.map(inv, [1, 0, 2])
     assert info.value.index == 1 and "return 1 / v" in info.value.remote_traceback
+    # No "(cell line 2)": map's one-line cell is not the user's; the traceback says where in the function.
+    assert info.value.line is None and "cell line" not in str(info.value), str(info.value)
 
 
 

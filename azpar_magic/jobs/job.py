@@ -61,6 +61,10 @@ def register_views(*, text: Callable[[JobSnapshot], str], html: Callable[[JobSna
     _VIEWS["html"] = html
 
 
+# The loop of the cell ``azpar_magic.map`` runs for a function (mapping.py): no notebook cell has it.
+FUNCTION_LOOP = "for __azpar_item__ in __azpar_items__"
+
+
 class Job:
     """Handle on one run of a loop: poll it, wait for it, cancel it, read its results."""
 
@@ -571,14 +575,16 @@ class Job:
 
     def _iteration_error(self, failure: Failure) -> IterationError:
         """The error ``--errors stop`` raises for ``failure`` (lock held): result() and
-        as_completed() raise the same one."""
+        as_completed() raise the same one. A function's job (``azpar_magic.map``) names no cell
+        line: its cell is the one-line call ``map`` wrote, and "cell line 2" named nothing the user
+        wrote (the remote traceback shows where in the function it raised)."""
         return IterationError(
             index=failure.index,
             item_repr=short_repr(self.items[failure.index]),
             error_type=failure.error_type,
             message=failure.message,
             traceback=failure.traceback,
-            line=failure.line,
+            line=None if self.source.partition("\n")[0].endswith(FUNCTION_LOOP) else failure.line,
             job_id=self.id,
             failed_count=sum(1 for f in self._failures.values() if f.kind != "cancelled"),
             infrastructure=failure.kind != "user",
