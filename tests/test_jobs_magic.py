@@ -176,6 +176,9 @@ def test_cancel_reports_cancelled_iterations_and_tasks_as_cancelled(ip, run_cell
     line = run_cell(f"%azpar cancel {job_id}").stdout
     assert job.state == "cancelled"
     assert "2/8 done" in line and "6 cancelled" in line and "failed" not in line, line
+    assert "already ended" not in line, line
+    again = run_cell(f"%azpar cancel {job_id}").stdout  # an ended job: said, not shown as if stopped now
+    assert again.startswith(f"azpar: job {job_id} had already ended (cancelled): nothing was cancelled"), again
     snap = job.snapshot()
     assert (snap.items_failed, snap.items_cancelled, snap.tasks_failed, snap.tasks_cancelled) == (0, 6, 0, 6), snap
     from azpar_magic.ui.text import format_text

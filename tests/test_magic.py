@@ -156,8 +156,13 @@ def test_every_command_names_an_unknown_option_with_its_usage(run_cell, command)
 
 def test_collect_reads_its_words_as_the_other_commands_do(run_cell):
     assert str(run_cell("%azpar collect a b").error) == "usage: %azpar collect [JOB] [-o NAME]"
-    assert str(run_cell("%azpar collect -o").error) == ("-o needs a variable name (not a keyword); "
+    assert str(run_cell("%azpar collect -o").error) == ("-o needs a variable name; "
                                                          "usage: %azpar collect [JOB] [-o NAME]")
+    # What was given is named: "(not a keyword)" was said of xs[0] too.
+    assert str(run_cell("%azpar collect -o xs[0] somejob").error) == (
+        "-o needs a variable name, got 'xs[0]'. Usage: %azpar collect [JOB] [-o NAME]")
+    assert str(run_cell("%azpar collect -o for somejob").error) == (
+        "-o needs a variable name, got 'for' (a Python keyword). Usage: %azpar collect [JOB] [-o NAME]")
 
 
 def test_a_negative_number_is_a_word_not_an_option(run_cell):

@@ -42,8 +42,9 @@ def read_words(
     while i < len(words):
         word = words[i]
         if output and word == "-o":
-            if i + 1 >= len(words) or not is_variable_name(words[i + 1]):
-                raise UsageError(f"-o needs a variable name (not a keyword); {usage}")
+            if i + 1 >= len(words):
+                raise UsageError(f"-o needs a variable name; {usage}")
+            variable(words[i + 1], f" {usage[:1].upper()}{usage[1:]}")  # naming what was given ('xs[0]', 'for')
             read.output = words[i + 1]
             i += 2
             continue

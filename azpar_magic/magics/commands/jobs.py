@@ -116,8 +116,11 @@ def cancel(context: MagicContext, words: list[str], usage: str) -> None:
     job = find_job(words[0] if words else None)
     if job.owner:
         raise UsageError(f"job {job.id} runs in {job.owner}, not in this kernel: cancel it there")
-    job.cancel()
-    job.wait(10)
+    if job.done:  # its line alone read as if this had stopped it
+        print(f"azpar: job {job.id} had already ended ({job.state}): nothing was cancelled")
+    else:
+        job.cancel()
+        job.wait(10)
     print(format_snapshot(job.snapshot()))
 
 
