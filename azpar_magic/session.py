@@ -75,6 +75,7 @@ def engine_and_settings(
     loaded = config.load_profile(name) if name and name != LOCAL else None
     kind = backend or (loaded["backend"] if loaded else chosen["backend"])
     if kind == "local":
+        _check_workers_setting(chosen)
         size = chosen["workers"] or default_workers()  # "default" and an explicit core count: one pool
         key: tuple = ("local", size)
         options: dict[str, Any] = {"workers": chosen["workers"]}
@@ -114,6 +115,20 @@ def workers_limit() -> int:
     cgroup quota, as the default pool size), not the machine's count, so a pod limited to 2
     CPUs on a 64-core node may not start 256 workers."""
     return max(WORKERS_FLOOR, WORKERS_PER_CPU * default_workers())
+
+
+def _check_workers_setting(chosen: config.Settings) -> None:
+    """ConfigError, naming where it was set, for a workers setting above ``workers_limit``: the bound
+    --workers, run(workers=) and %config AzparMagics.workers have. ``workers = 100000`` in a config file
+    (or AZPAR_WORKERS) was taken, and the pool starts a worker per queued task up to its size: with
+    AZPAR_WORKERS=100, 100 one-iteration tasks started 100 processes."""
+    workers, limit = chosen["workers"], workers_limit()
+    if workers and workers > limit:
+        where = chosen.sources.get("workers", "the workers setting")
+        raise ConfigError(
+            f"{where}: workers must be at most {limit} ({WORKERS_PER_CPU} per CPU this process may use, at "
+            f"least {WORKERS_FLOOR}), got {workers}"
+        )
 
 
 @functools.lru_cache(maxsize=1)

@@ -86,6 +86,29 @@ def test_one_engine_per_local_pool_size(local_sizes):
     assert two not in session.engines(), "an idle pool of another size is closed, not kept"
 
 
+def test_a_workers_setting_past_the_bound_is_refused_naming_where_it_was_set(tmp_path, monkeypatch):
+    """--workers, run(workers=) and %config AzparMagics.workers are bounded by workers_limit; the config
+    files' and AZPAR_WORKERS's workers were not: with AZPAR_WORKERS=100, 100 one-iteration tasks started 100
+    processes (the pool starts a worker per queued task up to its size)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("AZPAR_PROFILE", raising=False)
+    path = config.user_config_path()
+    path.parent.mkdir(parents=True)
+    limit = session.workers_limit()
+    path.write_text(f"workers = {limit + 1}\n")
+    with pytest.raises(ValueError) as info:
+        azpar_magic.map(abs, [-1], chunk_size=1)
+    assert str(info.value) == (
+        f"{path}: workers must be at most {limit} ({session.WORKERS_PER_CPU} per CPU this process may use, at "
+        f"least {session.WORKERS_FLOOR}), got {limit + 1}. Nothing was submitted."
+    ), str(info.value)
+    monkeypatch.setenv("AZPAR_WORKERS", "100000")
+    with pytest.raises(ValueError, match="^environment: workers must be at most"):
+        azpar_magic.run("for x in range(2)", "x", {})
+    monkeypatch.setenv("AZPAR_WORKERS", "2")  # within the bound: taken, as before
+    assert azpar_magic.run("for x in range(2)", "x", {}).result() == [0, 1]
+
+
 def test_an_azure_engine_is_keyed_by_the_profiles_content(profiles):
     cloud = session.engine(profile="cloud")
     assert cloud.backend.name == "azure"
