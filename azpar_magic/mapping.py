@@ -11,6 +11,7 @@ shipped, an installed one is required on the workers).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -24,6 +25,7 @@ from .jobs.text import short_repr
 from .run.engine import validate_options
 from .run.parsing import checked_requirements, is_variable_name, parse_cell
 from .run.request import API_SPELLING, RunRequest
+from .worker import IN_TASK_VARIABLE
 
 _ITEM = "__azpar_item__"  # the loop target: a name no function reads as a global
 _ITEMS = "__azpar_items__"
@@ -118,6 +120,8 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         ) from None
     check_workers(given["workers"])
     packages = _requirements(given["packages"])
+    if os.environ.get(IN_TASK_VARIABLE):
+        return _in_this_task(func, iterable, star, given)
     try:
         engine, settings = session.engine_and_settings(given["backend"], given["workers"], given["profile"])
     except ValueError as exc:  # config.ConfigError is a ValueError
@@ -150,6 +154,31 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         job.cancel()
         job.wait(10)
         raise
+
+
+def _in_this_task(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any]) -> list:
+    """``map`` called by an iteration that already runs in an azpar task (a local worker, a node's
+    task): the calls run here, one after the other, and no job is made. A pool inside each worker
+    started a process per CPU in every one (their cores already busy with the outer job) and stored a
+    job per call; joblib too starts no processes for a Parallel nested in its workers. ``errors`` is
+    kept (stop lets the first exception through, pass puts it in its item's place, remove drops it);
+    the other options are a job's, and there is none."""
+    if not given["wait"]:
+        raise ValueError(
+            "azpar_magic.map(..., wait=False) was called inside an azpar task, where map runs its calls in "
+            "the task, one after the other, and returns their values: call it without wait=False. Nothing "
+            "was submitted."
+        )
+    values = []
+    for item in iterable:
+        try:
+            values.append(func(*item) if star else func(item))
+        except Exception as exc:
+            if given["errors"] == "stop":
+                raise
+            if given["errors"] == "pass":
+                values.append(exc)
+    return values
 
 
 def _check_argument_tuples(items: list) -> None:

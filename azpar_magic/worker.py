@@ -84,6 +84,9 @@ TRUNCATED_NOTE = (
 
 # Loaded namespaces kept per worker process, keyed by their sha256.
 NAMESPACE_CACHE_SIZE = 4
+# Set in every worker process (the local pool's, a node's task): the package's map, called by an
+# iteration, runs its calls there, one after the other, instead of starting a pool inside the worker.
+IN_TASK_VARIABLE = "AZPAR_IN_TASK"
 
 
 class EnvironmentMismatch(Exception):
@@ -2436,6 +2439,8 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--serve"] or (len(argv) == 2 and not argv[0].startswith("-")):
+        os.environ[IN_TASK_VARIABLE] = "1"  # read by the package's map, should an iteration call it
     if argv[:1] == ["--serve"]:
         portable = "--stdio" in argv
         rest = [a for a in argv[1:] if a != "--stdio"]

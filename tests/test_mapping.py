@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import azpar_magic
+from azpar_magic import jobstore
 
 from .helpers_corpus import Case, notebook_classes, same
 from .test_bad_input import Guard
@@ -214,6 +215,48 @@ def test_map_errors_policy_and_the_failure(ip, run_cell, clean_shell):  # noqa: 
     # No "(cell line 2)": map's one-line cell is not the user's; the traceback says where in the function.
     assert info.value.line is None and "cell line" not in str(info.value), str(info.value)
 
+
+
+NESTED = """
+def tenfold(v):
+    return 10 * v
+
+def nested(n):
+    import os
+    import azpar_magic
+    return (os.environ.get("AZPAR_IN_TASK"), azpar_magic.map(tenfold, range(n)),
+            azpar_magic.map(lambda v: 1 / v, [1, 0], errors="pass"), azpar_magic.map(abs, [-1, 0], errors="remove"))
+
+def nested_failing(n):
+    import azpar_magic
+    return azpar_magic.map(lambda v: 1 / v, [1, 0])
+
+def nested_no_wait(n):
+    import azpar_magic
+    return azpar_magic.map(abs, [n], wait=False)
+"""
+
+
+def test_map_called_by_an_iteration_runs_its_calls_there(ip, run_cell, clean_shell):  # noqa: F811
+    """A function that calls azpar_magic.map, mapped itself: each nested call started a local pool inside
+    the worker (a process per CPU, on cores the outer job already fills) and stored a job of its own
+    (three jobs for two items). The calls now run in the worker, one after the other, with map's errors
+    policy, and only the outer job is made."""
+    setup = run_cell(NESTED)
+    assert setup.success, setup.error
+    stored = len(azpar_magic.jobs(stored=True))
+    got = azpar_magic.map(ip.user_ns["nested"], [2, 3])
+    assert [(flag, tens, kept) for flag, tens, _, kept in got] == [("1", [0, 10], [1, 0]), ("1", [0, 10, 20], [1, 0])]
+    for _, _, passed, _ in got:
+        assert passed[0] == 1.0 and isinstance(passed[1], ZeroDivisionError), passed
+    jobstore.flush()
+    assert len(azpar_magic.jobs(stored=True)) == stored + 1, "a nested call made a job of its own"
+    with pytest.raises(azpar_magic.IterationError) as info:  # the first exception goes through, as itself
+        azpar_magic.map(ip.user_ns["nested_failing"], [1])
+    assert info.value.error_type.endswith("ZeroDivisionError"), info.value
+    with pytest.raises(azpar_magic.IterationError) as info:
+        azpar_magic.map(ip.user_ns["nested_no_wait"], [1])
+    assert "was called inside an azpar task" in info.value.error_message, info.value
 
 
 @pytest.fixture
