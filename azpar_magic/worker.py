@@ -1219,6 +1219,26 @@ def _uncaptured_name_hint(exc: BaseException, filename: str) -> str:
     )
 
 
+_IPYTHON_ONLY_NAMES = frozenset({"get_ipython", "In", "Out"})  # names IPython gives a notebook, not Python
+
+
+def _worker_process_hint(exc: BaseException) -> str:
+    """What a notebook has that a worker does not, said beside the error it causes: the body runs in a
+    plain Python process with no terminal, so ``input()`` meets the end of an empty standard input, and
+    ``get_ipython()`` (a magic, the history) is a NameError there."""
+    if type(exc) is EOFError and str(exc) == "EOF when reading a line":
+        return (
+            " (an iteration has no standard input: input() cannot ask anyone; give the value to the loop "
+            "as an item or a notebook variable)"
+        )
+    if isinstance(exc, NameError) and getattr(exc, "name", None) in _IPYTHON_ONLY_NAMES:
+        return (
+            f" (the body runs in a plain Python process on the workers, not in IPython: {exc.name} is not "
+            "there; compute what it gives in the notebook and use the value)"
+        )
+    return ""
+
+
 INPUTS_DIR = "inputs"  # where an iteration finds its --inputs, in its working directory
 FILE_ATTEMPTS = 3  # moves of an output file before the iteration is reported as failed
 
@@ -1587,7 +1607,7 @@ class Runner:
             exc_blob = None
         return {
             "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "message": str(exc) + _uncaptured_name_hint(exc, self.job.filename),
+            "message": str(exc) + _uncaptured_name_hint(exc, self.job.filename) + _worker_process_hint(exc),
             "traceback": _format_user_traceback(exc, self.job.filename),
             "line": _cell_line(exc, self.job.filename),
             "exc": exc_blob,

@@ -241,6 +241,24 @@ def test_no_export_of_a_name_the_body_reads_is_warned_of_before_the_run(ip, run_
     assert f"azpar: warning: no_export nums: {said}" in capsys.readouterr().err
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("body", "hint"), [
+    ('input("name? ")', "(an iteration has no standard input: input() cannot ask anyone;"),
+    ("get_ipython()", "(the body runs in a plain Python process on the workers, not in IPython: get_ipython"),
+    ("undefined_thing", None),
+], ids=["input", "get_ipython", "plain_name_error"])
+def test_what_a_worker_lacks_is_said_beside_its_error(run_cell, guard, body, hint):
+    """input() failed with a bare "EOF when reading a line" and get_ipython() with a bare NameError: a
+    notebook has both, a worker has neither. The error now says why; other errors are unchanged."""
+    run = run_cell(f"%%azpar -q --retries 0 -o {AZ_OUT} for x in range(1)\n{body}")
+    assert isinstance(run.error, azpar_magic.IterationError), run.error
+    message = run.error.error_message
+    if hint is None:
+        assert message == "name 'undefined_thing' is not defined", message
+    else:
+        assert hint in message, message
+
+
 def test_unpicklable_item_is_a_usage_error(run_cell, guard):
     run = run_cell("%%azpar -o r for g in [iter([1]), (i for i in range(3))]\ng")
     _usage_error(run, "item 1", "generator")
