@@ -20,16 +20,13 @@ from typing import Any
 from . import session
 from .errors import SubmitError
 from .jobs import Job, JobOptions
-from .jobs.job import FUNCTION_LOOP
+from .jobs.job import FUNCTION_ITEM, FUNCTION_ITEMS, FUNCTION_LOOP
 from .jobs.text import short_repr
 from .run.engine import validate_options
 from .run.parsing import checked_requirements, is_variable_name, parse_cell
 from .run.request import API_SPELLING, RunRequest
 from .worker import IN_TASK_VARIABLE
 
-_ITEM = "__azpar_item__"  # the loop target: a name no function reads as a global
-_ITEMS = "__azpar_items__"
-assert FUNCTION_LOOP == f"for {_ITEM} in {_ITEMS}"  # the job names no cell line for this loop (Job)
 _FN = "__azpar_fn__"  # the function, when it has no name of its own in __main__ (a lambda, a closure)
 
 
@@ -127,7 +124,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
     except ValueError as exc:  # config.ConfigError is a ValueError
         raise ValueError(f"{exc}. Nothing was submitted.") from None
     namespace, name = _namespace(func, iterable)
-    cell = parse_cell(FUNCTION_LOOP, f"{name}({'*' if star else ''}{_ITEM})")
+    cell = parse_cell(FUNCTION_LOOP, f"{name}({'*' if star else ''}{FUNCTION_ITEM})")
     request = RunRequest(
         cell,
         namespace,
@@ -144,7 +141,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
             request = replace(request, items=items)
         job = engine.submit(request)
     except SubmitError as exc:
-        raise ValueError(str(exc).replace(f"`{_ITEMS}`", "the iterable given to map")) from None
+        raise ValueError(str(exc).replace(f"`{FUNCTION_ITEMS}`", "the iterable given to map")) from None
     session.remember(job)
     if not given["wait"]:
         return job
@@ -215,7 +212,7 @@ def _namespace(func: Callable, iterable: Iterable) -> tuple[dict[str, Any], str]
     ):
         name = _FN
         namespace[_FN] = func
-    namespace[_ITEMS] = iterable
+    namespace[FUNCTION_ITEMS] = iterable
     return namespace, name
 
 

@@ -283,9 +283,7 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
     one still running elsewhere is followed (see jobstore.load_job) and loaded afresh each time."""
     if job_id is not None and not isinstance(job_id, str):
         raise TypeError(f"a job is named by its id or --name, a string, not {type(job_id).__name__} {job_id!r}")
-    if job_id is not None and not job_id.strip():
-        raise KeyError(jobstore.EMPTY_ID)
-    job_id = _named(job_id)
+    job_id = _named(job_id)  # (a blank id is refused by jobstore.ids_matching below, as any too short)
     with _lock:
         if job_id is None and _jobs:
             return max(_jobs.values(), key=lambda j: j.created)

@@ -2459,9 +2459,8 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--serve"] or (len(argv) == 2 and not argv[0].startswith("-")):
-        os.environ[IN_TASK_VARIABLE] = "1"  # read by the package's map, should an iteration call it
     if argv[:1] == ["--serve"]:
+        os.environ[IN_TASK_VARIABLE] = "1"  # read by the package's map, should an iteration call it
         portable = "--stdio" in argv
         rest = [a for a in argv[1:] if a != "--stdio"]
         opts = dict(zip(rest[::2], rest[1::2]))
@@ -2486,6 +2485,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"azpar worker: merged {int(argv[2]) - missing} task results ({missing} missing)")
         return EXIT_OK
     if len(argv) == 2 and not argv[0].startswith("-"):
+        os.environ[IN_TASK_VARIABLE] = "1"  # (a node's task, as --serve above)
         try:
             return run_task_file(argv[0], argv[1])
         except Exception:

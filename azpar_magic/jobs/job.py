@@ -62,7 +62,9 @@ def register_views(*, text: Callable[[JobSnapshot], str], html: Callable[[JobSna
 
 
 # The loop of the cell ``azpar_magic.map`` runs for a function (mapping.py): no notebook cell has it.
-FUNCTION_LOOP = "for __azpar_item__ in __azpar_items__"
+FUNCTION_ITEM = "__azpar_item__"  # the loop target: a name no function reads as a global
+FUNCTION_ITEMS = "__azpar_items__"
+FUNCTION_LOOP = f"for {FUNCTION_ITEM} in {FUNCTION_ITEMS}"
 
 
 class Job:

@@ -292,7 +292,10 @@ MIN_ID_PART = 4
 
 def ids_matching(part: str, ids: Iterable[str]) -> list[str]:
     """The ids that start or end with ``part``, the shortcut for a job's id (its whole id and its
-    --name are looked up before). KeyError, saying why, for a part too short to be meant as one."""
+    --name are looked up before). KeyError, saying why, for a part too short to be meant as one,
+    and for a blank one (EMPTY_ID), the start and end of every id."""
+    if not part.strip():
+        raise KeyError(EMPTY_ID)
     if len(part) < MIN_ID_PART:
         raise KeyError(
             f"{part!r} is too short to name a job by the start or end of its id: give at least "
@@ -305,8 +308,6 @@ def resolve(job_id: str) -> str:
     """The stored id that ``job_id`` names: the whole id, a job's --name (the newest job of
     that name), or a unique start or end of an id. A name wins over an id's start or end:
     the user typed it in full, while an id's end is only a shortcut."""
-    if not job_id.strip():
-        raise KeyError(EMPTY_ID)
     ids = job_ids()
     if job_id in ids:
         return job_id

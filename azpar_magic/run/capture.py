@@ -794,7 +794,11 @@ def capture(
         | {name for name in looked_up if name in namespace}
     )
     chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
-    unshipped = tuple(sorted(n for n in set(no_export) & (wanted | reach.names) if n in namespace and n not in chosen))
+    unshipped = (
+        tuple(sorted(n for n in set(no_export) & (wanted | reach.names) if n in namespace and n not in chosen))
+        if no_export
+        else ()
+    )
     for name in export:
         chosen[name] = namespace[name]
     codec, data, used_modules, sha = _serialize_or_reuse(chosen, stored)
