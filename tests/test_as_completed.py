@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 
 import azpar_magic
@@ -193,3 +194,21 @@ def test_as_completed_on_the_test_batch_service(azure):
     async def awaited():
         return await job
     assert asyncio.run(awaited())[:5] == [0, 10, 20, 30, 40]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error", "said"),
+    [("1", TypeError, "got '1' (str)"), (True, TypeError, "got True (bool)"), ([1], TypeError, "got [1] (list)"),
+     (float("nan"), ValueError, "got nan")],
+)
+def test_a_timeout_that_is_not_a_number_of_seconds_is_refused_before_any_wait(timeout, error, said):
+    """result(timeout="1") failed inside as `float + str`; a NaN made no deadline ever pass. Each is
+    refused by result, wait and as_completed alike, saying what was given; the job is unharmed."""
+    job = azpar_magic.run("for x in range(4)", "time.sleep(0.3); x", {"time": time}, workers=2)
+    for call in (job.result, job.wait, job.as_completed):
+        with pytest.raises(error, match="timeout must be a number of seconds or None") as caught:
+            call(timeout=timeout)
+        assert said in str(caught.value)
+    with pytest.raises(TimeoutError):
+        job.result(timeout=0)  # still running: a real number waits as long as it says
+    assert job.result(timeout=np.float64(60)) == [0, 1, 2, 3]  # numpy's numbers are numbers

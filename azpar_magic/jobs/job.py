@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import math
 import operator
 import threading
 import time
@@ -52,6 +53,25 @@ _FAILURE_OUTPUT_LIMIT = 4_000  # characters of a failed iteration's output carri
 
 
 _VIEWS: dict[str, Callable[[JobSnapshot], str]] = {}
+
+
+def timeout_seconds(timeout: object) -> float | None:
+    """``timeout`` as seconds to wait (None: no limit), or the error saying what was given, before
+    any wait: ``result(timeout="1")`` failed deep inside as a float added to a str, and a NaN would
+    make every deadline comparison false. Any real number is taken (a numpy one too); a negative
+    one waits not at all."""
+    if timeout is None:
+        return None
+    what = f"timeout must be a number of seconds or None, got {timeout!r}"
+    if isinstance(timeout, (bool, str, bytes)):
+        raise TypeError(f"{what} ({type(timeout).__name__})")
+    try:
+        seconds = float(timeout)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} ({type(timeout).__name__})") from None
+    if math.isnan(seconds):
+        raise ValueError(what)
+    return seconds
 
 
 def register_views(*, text: Callable[[JobSnapshot], str], html: Callable[[JobSnapshot], str]) -> None:
@@ -398,6 +418,7 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job ends (or ``timeout`` seconds pass); return whether it ended."""
+        timeout = timeout_seconds(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._end:
             while not self.done:
@@ -606,7 +627,7 @@ class Job:
         Iterations that never ran (stopped early, cancelled) are not yielded; a job that was
         cancelled or lost raises JobCancelled / JobLost after its finished iterations.
         ``timeout``: seconds from this call; TimeoutError when the job is still running then."""
-        return AsCompleted(self, timeout)
+        return AsCompleted(self, timeout_seconds(timeout))
 
     def __await__(self):
         """``await job``: ``job.result()`` once the job ends, without blocking the event
