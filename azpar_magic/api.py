@@ -64,6 +64,7 @@ def run(
     """
     if namespace is None:
         namespace = sys._getframe(1).f_globals
+    mapping.refuse_in_task("azpar_magic.run")
     mapping.check_workers(workers)
     gather, export, no_export = (
         mapping.names_argument(value, option)
@@ -267,6 +268,7 @@ def rerun_with(
     output_name: str | None,
     spelling: dict[str, str] | None = None,
 ) -> Job:
+    mapping.refuse_in_task("azpar_magic.rerun")
     base = session.find_job(job_id)
     if not base.done:
         raise ValueError(f"job {base.id} is still {base.state}; wait for it to end (or cancel it) before a rerun")

@@ -153,6 +153,20 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         raise
 
 
+def refuse_in_task(what: str) -> None:
+    """ValueError, before anything is submitted, for ``what`` (``azpar_magic.run``, ``rerun``) called
+    by an iteration that already runs in an azpar task: it started a local pool inside the worker (a
+    process per CPU, on cores the outer job already fills) and stored a job per call. ``map`` runs its
+    calls in place there instead (``_in_this_task``); a loop given as text has no such plain form."""
+    if os.environ.get(IN_TASK_VARIABLE):
+        raise ValueError(
+            f"{what} was called inside an azpar task (an iteration of another job), where it would start a "
+            "pool of its own on cores the outer job already uses and store a job per call: call "
+            "azpar_magic.map(function, items), which runs its calls in the task one after the other, or write "
+            "a plain for loop. Nothing was submitted."
+        )
+
+
 def _in_this_task(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any]) -> list:
     """``map`` called by an iteration that already runs in an azpar task (a local worker, a node's
     task): the calls run here, one after the other, and no job is made. A pool inside each worker

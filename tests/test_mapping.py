@@ -234,6 +234,14 @@ def nested_failing(n):
 def nested_no_wait(n):
     import azpar_magic
     return azpar_magic.map(abs, [n], wait=False)
+
+def nested_run(n):
+    import azpar_magic
+    return azpar_magic.run("for v in range(n)", "v", {"n": n}).result()
+
+def nested_rerun(n):
+    import azpar_magic
+    return azpar_magic.rerun()
 """
 
 
@@ -257,6 +265,26 @@ def test_map_called_by_an_iteration_runs_its_calls_there(ip, run_cell, clean_she
     with pytest.raises(azpar_magic.IterationError) as info:
         azpar_magic.map(ip.user_ns["nested_no_wait"], [1])
     assert "was called inside an azpar task" in info.value.error_message, info.value
+
+
+@pytest.mark.parametrize(("name", "what"), [("nested_run", "azpar_magic.run"), ("nested_rerun", "azpar_magic.rerun")])
+def test_run_or_rerun_called_by_an_iteration_is_refused_saying_what_to_call(
+    ip, run_cell, clean_shell, name, what  # noqa: F811
+):
+    """azpar_magic.run (or rerun) called by an iteration started a pool of its own in the worker, on
+    cores the outer job already fills, and stored a job per call. It is refused there, naming map
+    (which runs its calls in place) and a plain loop; the outer job is the only one stored."""
+    setup = run_cell(NESTED)
+    assert setup.success, setup.error
+    jobstore.flush()
+    stored = len(azpar_magic.jobs(stored=True))
+    with pytest.raises(azpar_magic.IterationError) as info:
+        azpar_magic.map(ip.user_ns[name], [2])
+    said = info.value.error_message
+    assert info.value.error_type.endswith("ValueError"), info.value
+    assert f"{what} was called inside an azpar task" in said and "azpar_magic.map(function, items)" in said, said
+    jobstore.flush()
+    assert len(azpar_magic.jobs(stored=True)) == stored + 1, "the nested call made a job of its own"
 
 
 @pytest.fixture
