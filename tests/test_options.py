@@ -147,6 +147,23 @@ def test_a_body_that_changes_notebook_variables_warns_and_the_notebook_keeps_the
 
 
 @pytest.mark.timeout(60)
+def test_a_body_that_rebuilds_a_notebook_frame_from_itself_warns(ip, run_cell):
+    """`df = pd.concat([df, row])`, the pandas way to grow a frame in a loop, and `best = max(best, x)`:
+    in one process each iteration builds on the last; in parallel each starts from the notebook's value
+    and the notebook's never changes. The cell said nothing; it now warns as for `total += x`."""
+    pandas = pytest.importorskip("pandas")
+    ip.run_cell("import pandas as pd\ndf = pd.DataFrame({'x': []})\nbest = 0")
+    run = run_cell("%%azpar -q -o r for x in range(3):\ndf = pd.concat([df, pd.DataFrame({'x': [x]})])\n"
+                   "best = max(best, x)\nlen(df)")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [1, 1, 1] and len(ip.user_ns["df"]) == 0 and ip.user_ns["best"] == 0
+    assert isinstance(ip.user_ns["df"], pandas.DataFrame)
+    warning = _azpar_lines(run.stderr)
+    assert len(warning) == 1, run.stderr
+    assert "changes df, best (notebook variables)" in warning[0] and "will not change" in warning[0], warning
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("body", [
     "results = []\nresults.append(x)\nresults",  # its own list
     "total = 10\ntotal += x\ntotal",  # its own number

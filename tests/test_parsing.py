@@ -277,6 +277,24 @@ def test_body_warnings():
     ("[results.append(v) for v in range(x)]", ["results"]),
     ("total += sum(d[k] for k in d)", ["total"]),
     ("exec('results = []')\nresults.append(x)", []),  # it may bind them itself: the benefit of the doubt
+    # Rebound from the notebook's own value (each iteration built on the last, in one process):
+    ("total = total + x", ["total"]),
+    ("results = results + [x]", ["results"]),
+    ("frame = pandas.concat([frame, frame])", ["frame"]),
+    ("results = [r for r in results if r]", ["results"]),
+    ("if x:\n    total = max(total, x)", ["total"]),
+    ("for v in d:\n    total = total + v", ["total"]),
+    ("try:\n    total = total + x\nexcept Exception:\n    pass", ["total"]),
+    ("total = total + x\ntotal += 1", ["total"]),
+    ("d[x] = 1\ntotal = total + 1", ["d", "total"]),
+    ("global s\ns = 'z'", ["s"]),  # declared global: the notebook's, whatever the value reads
+    ("total = 0\ntotal = total + x", []),  # its own from the first line
+    ("x = x * 2", []),  # the loop target is the iteration's own
+    ("y = total + x", []),  # reads the notebook's total, changes nothing
+    ("for total in range(3):\n    total = total + 1", []),
+    ("with open(f) as s:\n    s = s.read()", []),
+    ("f2 = lambda: total\ntotal = 1", []),
+    ("def g(total):\n    total = total + 1\n    return total\ng(x)", []),
 ])
 def test_notebook_change_warnings_name_plain_notebook_data_the_body_changes(body, named):
     import collections

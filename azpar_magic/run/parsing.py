@@ -492,15 +492,82 @@ def _targets(node: ast.AST) -> list[ast.AST]:
     return found
 
 
+def _rebound_names(tree: ast.Module, targets: Iterable[str]) -> list[str]:
+    """Names an assignment of the body rebinds from the notebook's value, in order of appearance:
+    ``best = max(best, x)``, ``df = pd.concat([df, row])``, ``total = total + x`` (the value reads
+    the name before the body has bound it, so in a loop written for one process each iteration
+    builds on the last), and any name the body declares ``global`` and binds. Only the body's own
+    statements count, in the order they run (a branch's bindings are taken as made); nested
+    functions and classes have names of their own."""
+    declared: set[str] = set()
+    seen, found = set(targets), []
+
+    def stored(node: ast.AST | None) -> list[str]:  # the plain names a target binds (not d of d[k] = v)
+        return (
+            [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)] if node else []
+        )
+
+    def reads(value: ast.AST) -> set[str]:
+        read, todo = set(), [value]
+        while todo:
+            node = todo.pop()
+            if isinstance(node, ast.Lambda):
+                continue  # runs later, if at all, with names of its own
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                read.add(node.id)
+            todo.extend(ast.iter_child_nodes(node))
+        return read
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for stmt in statements:
+            if isinstance(stmt, ast.Global):
+                declared.update(stmt.names)
+            elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                seen.add(stmt.name)
+                continue
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
+                read = reads(stmt.value)
+                for target in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
+                    for name in stored(target):
+                        if (name in declared or (name in read and name not in seen)) and name not in found:
+                            found.append(name)
+            # Then what the statement binds: a compound one's header first, then its blocks in order.
+            if isinstance(stmt, (ast.For, ast.AsyncFor)):
+                seen.update(stored(stmt.target))
+            elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+                seen.update(name for item in stmt.items for name in stored(item.optional_vars))
+            blocks = [getattr(stmt, key) for key in ("body", "orelse") if isinstance(getattr(stmt, key, None), list)]
+            for handler in getattr(stmt, "handlers", None) or []:
+                blocks.append(handler.body)
+                seen.update([handler.name] if handler.name else [])
+            for case in getattr(stmt, "cases", None) or []:
+                seen.update(_binds_at_top(ast.Module(body=[ast.Expr(case.pattern)], type_ignores=[])))
+                blocks.append(case.body)
+            blocks.extend([stmt.finalbody] if isinstance(getattr(stmt, "finalbody", None), list) else [])
+            for block in blocks:
+                visit(block)
+            if not blocks:
+                seen.update(_binds_at_top(ast.Module(body=[stmt], type_ignores=[])))
+
+    visit(tree.body)
+    return found
+
+
 @functools.lru_cache(maxsize=64)
-def _changes(cell: ParsedCell) -> tuple[tuple[str, ...], frozenset[str]]:
-    """The names the body changes, and those it binds itself (its loop targets too): read once per
-    cell (parse_cell gives a cell run again the same ParsedCell). None for a body that may bind names
+def _changes(cell: ParsedCell) -> tuple[str, ...]:
+    """The notebook names whose change the body loses, in order of appearance: those it changes in
+    place or updates (``_changed_names``) without binding them itself first (its loop targets are
+    its own), and those it rebinds from their own value (``_rebound_names``). Read once per cell
+    (parse_cell gives a cell run again the same ParsedCell); none for a body that may bind names
     dynamically, as ``body_warnings`` does."""
-    changed = _changed_names(cell.body_tree)
-    if not changed or _may_bind_dynamically(cell.body_tree):
-        return (), frozenset()
-    return tuple(changed), frozenset(_binds_at_top(cell.body_tree, augmented=False) | set(cell.target_names))
+    tree = cell.body_tree
+    changed = _changed_names(tree)
+    rebound = _rebound_names(tree, cell.target_names)
+    if not (changed or rebound) or _may_bind_dynamically(tree):
+        return ()
+    bound = _binds_at_top(tree, augmented=False) | set(cell.target_names)
+    lost = [name for name in changed if name not in bound]
+    return tuple(lost + [name for name in rebound if name not in lost])
 
 
 def _plain_data(value: object) -> bool:
@@ -522,9 +589,9 @@ def notebook_change_warnings(
     mistake when a loop is first moved to ``%%azpar``. Only plain data is named (lists, dicts,
     sets, numbers, strings, numpy and pandas objects): setting a module's attribute configures
     the worker, and an object of another kind may hold its state elsewhere."""
-    changed, bound = _changes(cell)
-    gather = set(gather) if changed else ()
-    names = [n for n in changed if n not in bound and n not in gather and n in namespace and _plain_data(namespace[n])]
+    lost = _changes(cell)
+    gather = set(gather) if lost else ()
+    names = [n for n in lost if n not in gather and n in namespace and _plain_data(namespace[n])]
     if not names:
         return []
     listed = ", ".join(names)
