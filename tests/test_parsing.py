@@ -52,6 +52,21 @@ def test_malformed_for_clause(line):
         parse_cell(line, "x")
 
 
+@pytest.mark.parametrize(("line", "said"), [
+    ("for x in range(3): y = x", "'y = x'"),
+    ("for x in d[1:3]: print(x); x", "'print(x); x'"),
+    ("for k in {1: 2}: k", "'k'"),
+])
+def test_a_statement_after_the_headers_colon_is_named_with_where_the_body_goes(line, said):
+    """Python's one-line loop (`for x in xs: f(x)`) on the magic line, with the body below: the error
+    said only that the header was not valid Python. It names the statement and where it goes. Colons
+    of the iterable (a slice, a dict) are not taken for the loop's."""
+    with pytest.raises(CellError, match="has a statement after its colon") as caught:
+        parse_cell(line, "x")
+    assert said in str(caught.value) and "lines below the magic line" in str(caught.value)
+    assert parse_cell("for x in d[1:3]:", "x").iterable_source == "d[1:3]"
+
+
 def test_targets_and_iterable_sources():
     cell = parse_cell("for i, (a, b) in enumerate(zip(xs, ys)):", "a + b")
     assert cell.target_names == ("i", "a", "b")

@@ -85,6 +85,12 @@ def parse_for_clause(clause: str) -> tuple[ast.expr, ast.expr, str, str]:
     try:
         tree = ast.parse(text + ":\n    pass\n")
     except SyntaxError as exc:
+        inline = _inline_body(clause)
+        if inline is not None:
+            raise CellError(
+                f"The loop header {clause!r} has a statement after its colon ({inline!r}): in %%azpar the loop "
+                "body goes on the lines below the magic line, as in a `for` block. Nothing was submitted."
+            ) from None
         raise CellError(
             f"The loop header {clause!r} is not valid Python: {exc.msg}. Expected "
             "`for TARGET in ITERABLE`, for example `for i, row in df.iterrows()`."
@@ -96,6 +102,18 @@ def parse_for_clause(clause: str) -> tuple[ast.expr, ast.expr, str, str]:
         )
     node = tree.body[0]
     return node.target, node.iter, ast.unparse(node.target), ast.unparse(node.iter)
+
+
+def _inline_body(clause: str) -> str | None:
+    """The statement written after the header's colon (``for x in xs: y = f(x)``, Python's one-line
+    loop), or None when the clause is not such a loop: its error then says the header is not valid."""
+    try:
+        tree = ast.parse(clause.strip())
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.For) or tree.body[0].orelse:
+        return None
+    return "; ".join(ast.unparse(stmt) for stmt in tree.body[0].body)
 
 
 def _names_bound_by(target: ast.expr) -> tuple[str, ...]:
