@@ -58,6 +58,8 @@ def test_filters_by_state_name_and_date(ip, run_cell, job_store):
     assert ids(state="succeeded,done", name="sweep-?") == [a, b]
     assert ids(since="today") == [a, b, c, d]
     assert ids(since="1d") == [a, b, c, d]
+    assert ids(since="1h") == ids(since="90m") == [a, b, c, d]  # hours and minutes too (1h was refused)
+    assert ids(since="0m") == []
     assert ids(since=time.strftime("%Y-%m-%d", time.localtime(time.time() + 2 * 86400))) == []
     # Move job a two days back: yesterday and 1d leave it out, 3d keeps it.
     folder = job_store / a
@@ -68,6 +70,7 @@ def test_filters_by_state_name_and_date(ip, run_cell, job_store):
     assert ids(since="yesterday") == [b, c, d]
     assert ids(since="1d") == [b, c, d]
     assert a in ids(since="3d")
+    assert a not in ids(since="47h") and a in ids(since="49h")
     # Process jobs (handles) take the same filters.
     assert [j.id for j in azpar_magic.jobs(name="sweep-*")] == [b]
     out = run_cell("%azpar jobs --name 'sweep-*' --state done").stdout.splitlines()

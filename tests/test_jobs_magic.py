@@ -141,7 +141,7 @@ def test_rerun_failed_binds_the_whole_result(ip, run_cell, job_store):
 
 def test_commands_refuse_bad_input_before_doing_anything(ip, run_cell, job_store):
     job_id = _run_job(run_cell, "%%azpar -q -o small for x in range(2):\nx")
-    _usage_error(run_cell("%azpar logs"), "usage: %azpar logs JOB [ITERATION]")
+    _usage_error(run_cell("%azpar logs a b c"), "usage: %azpar logs [JOB [ITERATION]]")
     _usage_error(run_cell(f"%azpar logs {job_id} first"), "ITERATION is an iteration number", "'first'")
     _usage_error(run_cell(f"%azpar logs {job_id} 2"), "iterations 0 to 1", "no iteration 2")
     _usage_error(run_cell("%azpar logs azpar-nope"), "no job 'azpar-nope'", job_id)
@@ -161,6 +161,20 @@ def test_commands_refuse_bad_input_before_doing_anything(ip, run_cell, job_store
     assert not (job_store / job_id).exists() and not (job_store / running.id).exists()
     assert job_id not in {j.id for j in azpar_magic.jobs()}
     _usage_error(run_cell(f"%azpar attach {job_id}"), f"no job {job_id!r}")
+
+
+def test_logs_without_a_job_shows_the_latest_and_a_bare_number_says_to_name_the_job(ip, run_cell, job_store):
+    """`%azpar logs` was a usage error while cancel and collect take the latest job, and
+    azpar_magic.logs() does; `%azpar logs 3`, meaning iteration 3, said only that '3' is too short
+    for a job id."""
+    _run_job(run_cell, "%%azpar -q -o first for x in range(2):\nprint('first', x)")
+    job_id = _run_job(run_cell, "%%azpar -q -o second for x in range(3):\nprint('second', x)")
+    shown = run_cell("%azpar logs")
+    assert shown.success, shown.error
+    assert "second 2" in shown.stdout and "first" not in shown.stdout, shown.stdout
+    assert shown.stdout == run_cell(f"%azpar logs {job_id}").stdout
+    _usage_error(run_cell("%azpar logs 2"), "too short", "give the job first: %azpar logs JOB 2")
+    assert "second 2" in run_cell(f"%azpar logs {job_id} 2").stdout
 
 
 def test_cancel_reports_cancelled_iterations_and_tasks_as_cancelled(ip, run_cell, job_store):

@@ -340,11 +340,15 @@ def newest_named(name: str, ids: Sequence[str] | None = None) -> str | None:
     return best[1] if best else None
 
 
+_SINCE_UNITS = {"d": 86400, "h": 3600, "m": 60}  # --since Nd, Nh, Nm
+
+
 def parse_since(text: str, now: float | None = None) -> float:
     """The time ``--since`` means, as seconds since the epoch: an ISO date or date and time
     (``2026-12-01``, ``2026-12-01T09:30``; local time unless it says its zone), ``today`` or
-    ``yesterday`` (from local midnight), or ``Nd`` (N whole days before now). ValueError
-    with the accepted forms otherwise."""
+    ``yesterday`` (from local midnight), or ``Nd``, ``Nh``, ``Nm`` (N whole days, hours or minutes
+    before now: ``1h`` was refused, though the last hour's jobs are what one looks for after a
+    failed cell). ValueError with the accepted forms otherwise."""
     import datetime as dt
 
     now = time.time() if now is None else now
@@ -354,14 +358,14 @@ def parse_since(text: str, now: float | None = None) -> float:
         return midnight.timestamp()
     if word == "yesterday":
         return (midnight - dt.timedelta(days=1)).timestamp()
-    if word.endswith("d") and word[:-1].isdigit():
-        return now - int(word[:-1]) * 86400
+    if word[-1:] in _SINCE_UNITS and word[:-1].isdigit():
+        return now - int(word[:-1]) * _SINCE_UNITS[word[-1]]
     try:
         when = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
             f"--since takes a date (2026-12-01), a date and time (2026-12-01T09:30), today, yesterday "
-            f"or Nd (the last N days, e.g. 7d), not {text!r}"
+            f"or Nd, Nh, Nm (the last N days, hours or minutes, e.g. 7d or 2h), not {text!r}"
         ) from None
     return when.timestamp()  # a naive time is local time, as the table's 'when' column shows
 

@@ -57,7 +57,7 @@ COMMANDS: tuple[Command, ...] = (  # in the order %azpar help lists them
         "%azpar jobs [--all] [--state S] [--name PATTERN] [--since DATE]",
         "the job store's jobs, every kernel's: id, name, when, backend, state, done/failed/total, cell (the "
         "latest 30 unless --all); S: running, succeeded, done, failed, cancelled, lost (several with commas); "
-        "PATTERN: a glob ('sweep-*'); DATE: 2026-12-01, today, yesterday or Nd (the last N days)",
+        "PATTERN: a glob ('sweep-*'); DATE: 2026-12-01, today, yesterday, Nd, Nh or Nm (the last N days, hours, minutes)",
     ),
     Command(
         "attach",
@@ -68,9 +68,9 @@ COMMANDS: tuple[Command, ...] = (  # in the order %azpar help lists them
     Command(
         "logs",
         jobs.logs,
-        "%azpar logs JOB [ITERATION]",
+        "%azpar logs [JOB [ITERATION]]",
         "what an iteration printed and its traceback (all that printed or failed without ITERATION), also "
-        "after the job ended or the kernel restarted",
+        "after the job ended or the kernel restarted (default: the latest job)",
     ),
     Command("cancel", jobs.cancel, "%azpar cancel [JOB]", "cancel a job (default: the latest)"),
     Command(

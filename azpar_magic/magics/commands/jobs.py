@@ -98,13 +98,19 @@ def attach(context: MagicContext, words: list[str], usage: str) -> Any:
 def logs(context: MagicContext, words: list[str], usage: str) -> None:
     """What one iteration (or every one that printed or failed) printed, with its traceback."""
     words = read_words(words, usage).rest
-    if not 1 <= len(words) <= 2:
+    if len(words) > 2:
         raise UsageError(usage)
     index = None
     if len(words) == 2:
         index = _iteration(words[1], usage)
     with usage_errors(LOOKUP + (IndexError,)):
-        text = api.logs(words[0], index)
+        try:
+            text = api.logs(words[0] if words else None, index)  # no JOB: the latest, as cancel and collect
+        except KeyError as exc:
+            if len(words) == 1 and words[0].isdigit():  # `%azpar logs 3` meant iteration 3, of which job?
+                hint = f"for iteration {words[0]} of the latest job, give the job first: %azpar logs JOB {words[0]}"
+                raise KeyError(f"{exc.args[0] if exc.args else exc}; {hint}") from None
+            raise
     sys.stdout.write(text)
 
 
