@@ -484,6 +484,12 @@ def create_job(svc: BatchEmulator, p: dict, q: dict, h: dict, body: dict, raw_le
         if body["id"].lower() in svc.jobs:
             raise errors.exists("Job")
         _check_command_lines(svc, body, "job")
+        quota = svc.active_job_quota
+        if quota is not None and sum(1 for j in svc.jobs.values() if j.state != "completed") >= quota:
+            # 409 ActiveJobAndScheduleQuotaReached, the message as nextflow-io/nextflow#5575 quotes a real
+            # answer ("Batch service quotas and limits": 100-300 active jobs and schedules by default).
+            raise errors.conflict("ActiveJobAndScheduleQuotaReached",
+                                  "Active job and job schedule quota for the account has been reached.")
         job = Job(id=body["id"], spec=body)
         svc.jobs[job.id.lower()] = job
         svc.cond.notify_all()

@@ -34,6 +34,16 @@ from .util import fmt_time, parse_duration, utcnow
 # REST spec 2025-06-01, Pools_EnablePoolAutoScale: "You cannot call this API for the same Pool more
 # than once every 30 seconds." (handlers.enable_autoscale)
 ENABLE_AUTOSCALE_WINDOW = 30.0
+# "Batch service quotas and limits", resource quotas: dedicated cores per Batch account 0-900 and
+# low-priority (spot) cores per account 0-100 by default, lower (even 0) for new accounts in some
+# regions. An account as made has the upper end of that range: a pool asked for far more nodes
+# stops there with AccountCoreQuotaReached, as on Azure, instead of creating every one asked for
+# (a resize to 1,000,000 nodes made the service try). Tests set other quotas; None is no limit.
+DEFAULT_CORE_QUOTA: dict[str, int | None] = {"dedicated": 900, "lowPriority": 100}
+# The same page: "Active jobs and job schedules per Batch account (completed jobs have no limit)":
+# 100-300 by default; the upper end, as for cores. Every job not completed counts (the service's own
+# definition, as BatchExplorer#2043 adopted it), every user's on a shared account. None: no limit.
+DEFAULT_ACTIVE_JOB_QUOTA: int | None = 300
 
 
 class BatchEmulator:
@@ -91,7 +101,8 @@ class BatchEmulator:
         self.weekday_sunday = 0  # autoscale conventions the sources leave open (autoscale.py docstring)
         #: The account's core quotas ("Batch service quotas and limits"): dedicated and
         #: low-priority (spot) vCPUs across all pools; None is no limit. A new account's may be 0.
-        self.core_quota: dict[str, int | None] = {"dedicated": None, "lowPriority": None}
+        self.core_quota: dict[str, int | None] = dict(DEFAULT_CORE_QUOTA)
+        self.active_job_quota: int | None = DEFAULT_ACTIVE_JOB_QUOTA  # jobs not completed (handlers.create_job)
         self.cpu_percent_scale = "percent"
         self.strict_command_lines = True  # refuse command lines no source shows split (rules.check_command_line)
         self._http: HttpFrontEnd | None = None
@@ -165,7 +176,8 @@ class BatchEmulator:
             self.metrics.clear()
             self.cpu_percent.clear()
             self.weekday_sunday, self.cpu_percent_scale = 0, "percent"
-            self.core_quota = {"dedicated": None, "lowPriority": None}
+            self.core_quota = dict(DEFAULT_CORE_QUOTA)
+            self.active_job_quota = DEFAULT_ACTIVE_JOB_QUOTA
             self.strict_command_lines = True
             self.node_users = self.bare_nodes = True
             self.node_python = None
