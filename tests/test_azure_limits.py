@@ -79,11 +79,14 @@ def test_too_many_shared_inputs_are_refused_before_anything_is_sent(azure, ip, r
     assert batch.requests_for("Jobs_CreateJob") == []
 
 
-def test_a_job_too_large_with_nothing_to_pack_says_so(azure, ip, run_cell, batch):
+def test_a_job_too_large_with_nothing_to_pack_says_so(azure, ip, run_cell, batch, blob_service):
     batch.faults.rules.max_job_body = 512
+    before = {c.name for c in blob_service.list_containers()}
     run = run_cell("%%azpar -q -o got for i in range(2):\ni")
     assert not run.success
     assert "RequestEntityTooLarge" in str(run.error) and "no shared input files left to pack" in str(run.error)
+    # What was staged for it is gone (its -in and -out containers stayed behind).
+    assert {c.name for c in blob_service.list_containers()} <= before | {"azpar-cache"}
 
 
 # ------------------------------------------------------------------------ reactivation refused

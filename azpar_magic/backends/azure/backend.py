@@ -125,11 +125,16 @@ class AzureBackend(BaseBackend):
         run = AzureRun(self.context, job, tasks, on_event)
         try:
             run.stage()
-        except (AzureError, ConfigError) as exc:
+        except BaseException as exc:
+            # Whatever stopped it (the service, a setting, an error stage() words itself, Ctrl-C), what
+            # was staged goes: the translated errors of create-job (a full job quota, too large a job)
+            # left the job's containers behind.
             self._cleanup(run)
             if isinstance(exc, ConfigError):  # a setting, not the service: the message as before, not translated
                 raise RuntimeError(f"staging the job on Azure failed: {errors.describe(exc)}") from None
-            raise errors.translate(exc, "staging the job on Azure failed") from None
+            if isinstance(exc, AzureError):
+                raise errors.translate(exc, "staging the job on Azure failed") from None
+            raise
         self._say(storage.delegation_note(self.staging, run.lifetime))
         logger.info("job %s staged on pool %s; adding %d tasks", job.job_id, self.profile["pool_id"], len(tasks))
         with self._lock:

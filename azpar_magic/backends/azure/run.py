@@ -346,6 +346,17 @@ class AzureRun:
                         "left to pack. Nothing was submitted; use fewer --inputs every iteration reads"
                     ),
                 ) from None
+            if _error_code(exc) == "ActiveJobAndScheduleQuotaReached":
+                raise errors.translate(
+                    exc,
+                    message=(
+                        "staging the job on Azure failed: the Batch account has reached its quota of active jobs "
+                        "(ActiveJobAndScheduleQuotaReached; 100 to 300 by default, and every job not yet completed "
+                        "counts, every user's on a shared account). Nothing was submitted. Wait for running jobs to "
+                        "end or cancel some of yours (%azpar jobs --state running), or request a higher quota on the "
+                        "Batch account's Quotas page in the Azure portal; then run the cell again"
+                    ),
+                ) from None
             if not _exists(exc, "JobExists"):
                 raise
             raise errors.translate(
