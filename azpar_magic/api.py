@@ -15,7 +15,7 @@ from . import jobstore, mapping, session
 from .errors import CellError, SubmitError
 from .jobs import FINAL_STATES, Job, JobOptions
 from .jobstore import JobSummary
-from .run.parsing import parse_cell
+from .run.parsing import parse_cell, split_header
 from .run.request import API_SPELLING, RunRequest
 
 __all__ = [
@@ -74,10 +74,7 @@ def run(
         mapping.names_argument(value, option, paths=True)
         for value, option in ((inputs, "inputs"), (outputs, "outputs"))
     )
-    try:
-        cell = parse_cell(loop, body)
-    except CellError as exc:
-        raise ValueError(str(exc)) from None
+    cell = _parsed_loop(loop, body)
     options = JobOptions(
         combine=combine,
         errors=errors,
@@ -99,6 +96,39 @@ def run(
         raise ValueError(str(exc)) from None  # bad input to a function: ValueError, as usual
     session.remember(job)
     return job
+
+
+def _parsed_loop(loop: str, body: str) -> Any:
+    """``run``'s loop and body, parsed as a cell's (cached), with errors in ``run``'s terms: a bytes
+    loop failed inside the tokenizer, the magic's own words ("the %%azpar line") named a line the
+    caller never wrote, and options written before ``for`` ('--combine sum for x in xs', the magic
+    line pasted) were dropped in silence."""
+    for name, value in (("loop", loop), ("body", body)):
+        if not isinstance(value, str):
+            raise TypeError(f"azpar_magic.run's {name} is a str, not {type(value).__name__} {value!r}")
+    try:
+        cell = parse_cell(loop, body)
+    except CellError as exc:
+        if not body.strip():
+            raise ValueError(
+                "azpar_magic.run's body is empty: give the statements each iteration runs (its last expression is "
+                "the iteration's value). Nothing was submitted."
+            ) from None
+        try:
+            split_header(loop)
+        except CellError:
+            raise ValueError(
+                f"azpar_magic.run's loop is a `for TARGET in ITERABLE` clause, like 'for x in range(10)'; got "
+                f"{loop!r}. Nothing was submitted."
+            ) from None
+        raise ValueError(str(exc)) from None
+    if cell.options:
+        raise ValueError(
+            f"azpar_magic.run's loop is the `for TARGET in ITERABLE` clause alone; {cell.options!r} before it are "
+            "the magic's options, which run takes as keywords (combine=, errors=, chunk_size=, ...). Nothing was "
+            "submitted."
+        )
+    return cell
 
 
 def jobs(

@@ -390,6 +390,23 @@ def test_python_api_refuses_bad_option_values(guard, options):
             job.wait(1)
 
 
+@pytest.mark.parametrize(("loop", "body", "error", "said"), [
+    # The magic line pasted: the options were dropped in silence (a list came back, not the sum).
+    ("--combine sum for x in range(3)", "x", ValueError, "'--combine sum' before it are the magic's options"),
+    ("-o total for x in range(3)", "x", ValueError, "'-o total' before it"),
+    ("x in range(3)", "x", ValueError, "run's loop is a `for TARGET in ITERABLE` clause"),  # not "the %%azpar line"
+    ("for x in range(3)", "  \n", ValueError, "run's body is empty"),  # not "the lines after the %%azpar line"
+    (b"for x in range(3)", "x", TypeError, "run's loop is a str, not bytes"),  # failed inside the tokenizer
+    ("for x in range(3)", None, TypeError, "run's body is a str, not NoneType"),
+])
+def test_python_api_refuses_a_loop_or_body_it_cannot_take_in_its_own_terms(guard, loop, body, error, said):
+    with pytest.raises(error) as info:
+        azpar_magic.run(loop, body, {})
+    assert said in str(info.value), str(info.value)
+    assert "%%azpar line" not in str(info.value)
+    guard.assert_nothing_submitted()
+
+
 @pytest.mark.timeout(60)
 def test_option_bounds_are_inclusive(ip, run_cell, guard):
     """The largest accepted values run, and the pool still serves the next cell."""
