@@ -132,6 +132,30 @@ def test_local_modules_are_shipped(main_ns, tmp_path, monkeypatch):
     sys.modules.pop("mylocal", None)
 
 
+def test_a_local_module_changed_since_its_import_is_named(main_ns, tmp_path, monkeypatch):
+    """The workers run a local module's file as it is; the notebook, the code it imported. A file
+    edited since (no reload) is named in a warning; reloaded, it is not. The bytecode cache is not
+    what tells (PYTHONDONTWRITEBYTECODE, set here too, means it is not written)."""
+    import importlib
+
+    source = tmp_path / "edited.py"
+    source.write_text("def f(v):\n    return v + 1\n\nclass K:\n    def m(self):\n        return 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    define(main_ns, "import edited\n")
+    cell = parse_cell("for x in items", "edited.f(x)")
+    try:
+        assert capture.capture(cell, main_ns, folder=str(tmp_path)).warnings == ()
+        source.write_text("def f(v):\n    return v + 1\n\nclass K:\n    def m(self):\n        return 2\n")
+        (warning,) = capture.capture(cell, main_ns, folder=str(tmp_path)).warnings
+        assert warning.startswith("edited changed on disk since this kernel imported it"), warning
+        assert "importlib.reload(edited)" in warning
+        importlib.reload(sys.modules["edited"])
+        assert capture.capture(cell, main_ns, folder=str(tmp_path)).warnings == ()
+    finally:
+        sys.modules.pop("edited", None)
+
+
 def test_identical_captures_hash_identically(main_ns):
     main_ns.update({"data": list(range(100))})
     cell = parse_cell("for x in items", "data[x]")

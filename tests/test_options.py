@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from importlib import metadata
 
+import sys
+
 import pytest
 
 from .helpers_corpus import restore_namespace, run_cell_job, snapshot_namespace
@@ -144,6 +146,32 @@ def test_a_body_that_changes_notebook_variables_warns_and_the_notebook_keeps_the
     assert len(warning) == 1, run.stderr
     assert "changes results, seen, total (notebook variables)" in warning[0]
     assert "will not change" in warning[0] and "last expression" in warning[0]
+
+
+@pytest.mark.timeout(60)
+def test_a_helper_module_edited_since_its_import_is_named_and_runs_as_it_is_now(ip, run_cell, tmp_path, monkeypatch):
+    """A helper beside the notebook, edited and not reloaded: the workers ran the new file and the
+    notebook the old code, so the cell's values differed from the same loop run here, in silence."""
+    helper = tmp_path / "helper_edited.py"
+    helper.write_text("def f(v):\n    return v + 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert ip.run_cell("import helper_edited").success
+        first = run_cell("%%azpar -q -o r for x in range(3):\nhelper_edited.f(x)")
+        assert first.success and not _azpar_lines(first.stderr), first.stderr
+        helper.write_text("def f(v):\n    return v + 100\n")
+        edited = run_cell("%%azpar -q -o r for x in range(3):\nhelper_edited.f(x)")
+        assert edited.success, edited.error
+        assert ip.user_ns["r"] == [100, 101, 102]  # the file as it is now
+        (warning,) = _azpar_lines(edited.stderr)
+        assert "helper_edited changed on disk since this kernel imported it" in warning, warning
+        assert ip.run_cell("import importlib\nimportlib.reload(helper_edited)").success
+        again = run_cell("%%azpar -q -o r for x in range(3):\nhelper_edited.f(x)")
+        assert again.success and not _azpar_lines(again.stderr), again.stderr
+    finally:
+        sys.modules.pop("helper_edited", None)
+        ip.user_ns.pop("helper_edited", None)
 
 
 @pytest.mark.timeout(60)

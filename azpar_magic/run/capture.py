@@ -669,6 +669,74 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
     return files
 
 
+def stale_local_modules(files: Mapping[str, str]) -> list[str]:
+    """The shipped local modules (``local_module_files``' relative paths) whose file changed since this
+    kernel imported them: the workers run each file as it is now, the notebook the code it imported, so
+    the cell's values could differ from the same loop run here. Told by comparing the code of the
+    functions and methods the module defines with the file compiled again (once per version of the file):
+    Python keeps nothing else of what it imported, and its bytecode cache is not always written
+    (PYTHONDONTWRITEBYTECODE). A module that defines no function is not judged."""
+    stale = []
+    for rel in files:
+        name = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path and _differs_from_file(module, path):
+            stale.append(name)
+    return stale
+
+
+def _differs_from_file(module: types.ModuleType, path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    compiled = _compiled_functions(path, st.st_mtime_ns, st.st_size)
+    if compiled is None:
+        return False
+    return any(not any(code == c for c in compiled.get(code.co_name, ())) for code in _defined_code(module, path))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_functions(path: str, mtime_ns: int, size: int) -> dict[str, list[types.CodeType]] | None:
+    """The code objects of the functions (at any depth) of ``path`` compiled as its import would, by name."""
+    try:
+        with open(path, "rb") as fh:
+            code = compile(fh.read(), path, "exec", dont_inherit=True)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    found: dict[str, list[types.CodeType]] = {}
+    todo = [code]
+    while todo:
+        for const in todo.pop().co_consts:
+            if isinstance(const, types.CodeType):
+                found.setdefault(const.co_name, []).append(const)
+                todo.append(const)
+    return found
+
+
+def _defined_code(module: types.ModuleType, path: str) -> Iterable[types.CodeType]:
+    """The code of the functions, and of the methods of the classes, that ``module`` defines in ``path``."""
+    for value in list(vars(module).values()):
+        candidates = (
+            list(vars(value).values()) if isinstance(value, type) and value.__module__ == module.__name__ else [value]
+        )
+        for obj in candidates:
+            code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+            if isinstance(code, types.CodeType) and code.co_filename == path:
+                yield code
+
+
+def _stale_module_warning(names: list[str]) -> str:
+    listed = ", ".join(names)
+    reload = "; ".join(f"importlib.reload({n})" for n in names)
+    return (
+        f"{listed} changed on disk since this kernel imported {'it' if len(names) == 1 else 'them'}: the workers "
+        f"run the file{'s' if len(names) > 1 else ''} as it is now, this notebook the code it imported, so the values "
+        f"may differ from the same loop run here; {reload} (or %autoreload) makes them agree"
+    )
+
+
 _NEVER_LOCAL = frozenset({"__main__", __name__.split(".")[0]})  # the notebook/script itself; this package
 
 
@@ -818,7 +886,8 @@ def capture(
         packages=packages,
         local_modules=local,
         sources=reach.sources,
-        warnings=(_DYNAMIC_LOOKUP_WARNING,) if dynamic else (),
+        warnings=((_DYNAMIC_LOOKUP_WARNING,) if dynamic else ())
+        + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ()),
         unshipped=unshipped,
     )
 
