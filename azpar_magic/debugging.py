@@ -79,6 +79,28 @@ def job_id_for(text: str | None) -> str:
         ) from None
 
 
+def first_failure(job: str | None) -> tuple[str, int]:
+    """(job id, its first failed iteration) for ``%azpar debug`` without an iteration: the one the
+    cell reported (the first a loop run here would meet), as IPython's ``%debug`` takes the last
+    exception. The job's records are read without its values, so its classes need not be defined.
+    DebugError when nothing of the job failed."""
+    job_id = job_id_for(job)
+    try:
+        loaded = session.find_job(job_id, stored=False)
+    except KeyError:
+        try:
+            loaded = jobstore.load_job(job_id, values=False)
+        except (KeyError, jobstore.StoreError) as exc:
+            raise DebugError(f"job {job_id} cannot be read back from the job store: {exc}") from None
+    failed = loaded.first_failure()
+    if failed is None or failed.kind == "cancelled":
+        raise DebugError(
+            f"job {job_id} has no failed iteration to debug; %azpar debug {job_id} ITERATION runs any of its "
+            f"{len(loaded.items)} iterations here"
+        )
+    return job_id, failed.index
+
+
 def prepare(job: str | None, index: int) -> Reproduction:
     """Load iteration ``index`` of ``job`` (id, end of an id, or name) for a run here:
     DebugError when the job, the iteration, its item or its namespace is not available."""

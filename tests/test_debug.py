@@ -103,13 +103,34 @@ def test_bad_debug_requests_are_usage_errors(ip, run_cell, job_store):
     job_id = _failing_job(ip, run_cell)
     for line, fragment in ((f"debug {job_id} 6", "has 6 iterations (0 to 5); there is no iteration 6"),
                            (f"debug {job_id} x", "ITERATION is an iteration number"),
-                           (f"debug {job_id}", "usage: %azpar debug JOB ITERATION [--no-pdb]"),
+                           (f"debug {job_id} 1 2", "usage: %azpar debug [JOB [ITERATION]] [--no-pdb]"),
                            (f"debug {job_id} 1 --pdb", "usage: %azpar debug"),
                            ("debug azpar-nobody-20200101-000000-000000000000 1", "no job"),
                            ("debug no-such-name 1", "no job 'no-such-name'")):
         with pytest.raises(UsageError) as caught:
             ip.run_line_magic("azpar", line)
         assert fragment in str(caught.value), (line, str(caught.value))
+
+
+def test_without_an_iteration_it_debugs_the_first_failure_of_the_job_or_the_latest(ip, run_cell, job_store):
+    """`%azpar debug` alone takes the latest job's first failed iteration, as IPython's %debug takes
+    the last exception; `%azpar debug JOB` that job's, also read back from the store; a job with no
+    failure says so and how to run any iteration. It needed both the job and the iteration."""
+    from azpar_magic import session
+
+    job_id = _failing_job(ip, run_cell)
+    run = run_cell("%azpar debug --no-pdb")
+    assert isinstance(run.error, ZeroDivisionError), run.error
+    assert f"azpar: iteration 3 of job {job_id}, its first failure" in run.stderr, run.stderr
+    assert _cell_lines(run.error.__traceback__) == [3]
+    clean = run_cell("%%azpar -q -o fine for x in range(2):\nx")
+    assert clean.success, clean.error
+    with pytest.raises(UsageError, match="has no failed iteration to debug; %azpar debug .* ITERATION runs any"):
+        ip.run_line_magic("azpar", "debug")
+    session.forget(job_id)  # read back from the store, without its values
+    again = run_cell(f"%azpar debug {job_id} --no-pdb")
+    assert isinstance(again.error, ZeroDivisionError), again.error
+    assert f"iteration 3 of job {job_id}, its first failure" in again.stderr
 
 
 def test_a_job_stored_without_its_envelope_says_so(ip, run_cell, job_store):

@@ -83,10 +83,10 @@ COMMANDS: tuple[Command, ...] = (  # in the order %azpar help lists them
     Command(
         "debug",
         jobs.debug,
-        "%azpar debug JOB ITERATION [--no-pdb]",
+        "%azpar debug [JOB [ITERATION]] [--no-pdb]",
         "run one iteration again in this kernel with the job's own namespace and item, and open the debugger "
         "where it fails (--no-pdb: raise its exception here, with the cell's line numbers); also after a "
-        "kernel restart, for local and Azure jobs",
+        "kernel restart, for local and Azure jobs (default: the job's first failure, of the latest job)",
     ),
     Command(
         "delete",

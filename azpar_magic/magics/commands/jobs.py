@@ -168,18 +168,23 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
 
 
 def debug(context: MagicContext, words: list[str], usage: str) -> Any:
-    """``%azpar debug JOB I [--no-pdb]``: debugging.py loads and runs the iteration; here
+    """``%azpar debug [JOB [I]] [--no-pdb]``: debugging.py loads and runs the iteration (without I, the
+    job's first failure; without JOB, the latest job's); here
     its exception is raised (--no-pdb) or shown and opened in IPython's post-mortem
     debugger, the one ``%debug`` opens (``shell.debugger``)."""
     from ... import debugging
 
     read = read_words(words, usage, flags=("--no-pdb",))
     flags, rest = read.flags, read.rest
-    if len(rest) != 2:
+    if len(rest) > 2:
         raise UsageError(usage)
-    index = _iteration(rest[1], usage)
     with usage_errors(DebugError):
-        reproduction = debugging.prepare(rest[0], index)
+        if len(rest) == 2:
+            job, index = rest[0], _iteration(rest[1], usage)
+        else:  # the job's first failure (the latest job's without JOB), as %debug takes the last exception
+            job, index = debugging.first_failure(rest[0] if rest else None)
+            print(f"azpar: iteration {index} of job {job}, its first failure", file=sys.stderr)
+        reproduction = debugging.prepare(job, index)
     for note in reproduction.notes:
         print(note, file=sys.stderr)
     outcome = debugging.run(reproduction)
