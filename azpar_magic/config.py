@@ -599,6 +599,11 @@ def load_profile(
     return Profile(name, values, sources)
 
 
+# The REST API's Create Task: "The maximum lifetime of a Task from addition to completion is 180 days";
+# a longer job_timeout bought nothing, and one past the year 9999 failed the run inside (its SAS expiry).
+MAX_JOB_TIMEOUT = 180 * 86400
+
+
 def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
     """Field -> what is wrong with it (empty when the profile is usable). The config form
     shows each message next to its field; the backend joins them into one error."""
@@ -670,8 +675,11 @@ def validate_profile(values: Mapping[str, Any]) -> dict[str, str]:
         )
     if v["registry_server"] and not v["registry_username"]:
         problems["registry_username"] = "is needed when registry_server is set"
-    if not v["job_timeout"] >= 60:
-        problems["job_timeout"] = f"must be at least 60 seconds, not {v['job_timeout']}"
+    if not 60 <= v["job_timeout"] <= MAX_JOB_TIMEOUT:
+        problems["job_timeout"] = (
+            f"must be 60 to {MAX_JOB_TIMEOUT} seconds (180 days: Batch ends a task that has not completed 180 days "
+            f"after it was added), not {v['job_timeout']}"
+        )
     if v["batch_account_name"] and not re.match(r"^[a-z0-9]{3,24}$", v["batch_account_name"]):
         problems["batch_account_name"] = "must be 3 to 24 lowercase letters or digits"
     if not v["poll_interval"] > 0:

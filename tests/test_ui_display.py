@@ -300,6 +300,11 @@ x''')
     assert "still to fix: batch_account_url is missing" in saved.stdout  # saved, incomplete, and says so
     invalid = run_cell("%azpar config lab vm_size=huge")
     assert not invalid.success and "not saved" in str(invalid.error) and "vm_size" in str(invalid.error)
+    # A job_timeout past Batch's 180-day task lifetime was saved, and failed the run inside (OverflowError
+    # signing its SAS tokens, for 1e12); 180 days is taken.
+    forever = run_cell("%azpar config lab job_timeout=1e12")
+    assert not forever.success and "job_timeout must be 60 to 15552000 seconds (180 days" in str(forever.error)
+    assert run_cell("%azpar config lab job_timeout=15552000").success
     assert "Standard_D8s_v3" in (tmp_path / "azpar" / "config.toml").read_text()
     help_text = run_cell("%azpar help")
     assert "%azpar status" in help_text.stdout and "%azpar config" in help_text.stdout
