@@ -110,7 +110,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return data
 
 
+def source_label(key: str, where: str) -> str:
+    """Where setting ``key`` was set, as an error names it: the environment's layer by its variable
+    ("environment: workers must be ..." named none), any other layer as it is (a file's path)."""
+    return f"environment variable {_ENV_PREFIX}{key.upper()}" if where == "environment" else where
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
+    where = source_label(key, where)
     if key in _INT_KEYS and value is not None:
         try:
             number = int(value)

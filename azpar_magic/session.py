@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from . import config, jobstore
-from .backends.base import Backend, create_backend
+from .backends.base import Backend, available_backends, create_backend
 from .backends.cpus import usable_cpus
 from .errors import ConfigError, StoreError
 from .jobs import Job
@@ -81,6 +81,10 @@ def engine_and_settings(
         options: dict[str, Any] = {"workers": chosen["workers"]}
     else:
         if loaded is None:
+            known = available_backends()
+            if kind not in known:  # a misspelt name ('azur') was told it needs a profile
+                where = "" if backend else f"{config.source_label('backend', chosen.sources.get('backend', ''))}: "
+                raise ConfigError(f"{where}unknown backend {kind!r}; available: {', '.join(sorted(known))}")
             raise ConfigError(
                 f"the {kind} backend needs a profile: pass --profile NAME, run %azpar use NAME, "
                 'or set profile = "NAME" in a config file (see %azpar config)'
@@ -124,7 +128,7 @@ def _check_workers_setting(chosen: config.Settings) -> None:
     AZPAR_WORKERS=100, 100 one-iteration tasks started 100 processes."""
     workers, limit = chosen["workers"], workers_limit()
     if workers and workers > limit:
-        where = chosen.sources.get("workers", "the workers setting")
+        where = config.source_label("workers", chosen.sources.get("workers", "the workers setting"))
         raise ConfigError(
             f"{where}: workers must be at most {limit} ({WORKERS_PER_CPU} per CPU this process may use, at "
             f"least {WORKERS_FLOOR}), got {workers}"

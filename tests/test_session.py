@@ -103,10 +103,23 @@ def test_a_workers_setting_past_the_bound_is_refused_naming_where_it_was_set(tmp
         f"least {session.WORKERS_FLOOR}), got {limit + 1}. Nothing was submitted."
     ), str(info.value)
     monkeypatch.setenv("AZPAR_WORKERS", "100000")
-    with pytest.raises(ValueError, match="^environment: workers must be at most"):
+    with pytest.raises(ValueError, match="^environment variable AZPAR_WORKERS: workers must be at most"):
+        azpar_magic.run("for x in range(2)", "x", {})
+    monkeypatch.setenv("AZPAR_WORKERS", "abc")  # named by its variable ("environment: ..." named none)
+    with pytest.raises(ValueError, match="^environment variable AZPAR_WORKERS: workers must be a whole number"):
         azpar_magic.run("for x in range(2)", "x", {})
     monkeypatch.setenv("AZPAR_WORKERS", "2")  # within the bound: taken, as before
     assert azpar_magic.run("for x in range(2)", "x", {}).result() == [0, 1]
+
+
+def test_a_misspelt_backend_is_named_as_unknown_not_as_needing_a_profile(monkeypatch):
+    """AZPAR_BACKEND=azur (or backend="azur") said "the azur backend needs a profile"."""
+    monkeypatch.setenv("AZPAR_BACKEND", "azur")
+    with pytest.raises(ValueError, match="^environment variable AZPAR_BACKEND: unknown backend 'azur'; available: azure"):
+        azpar_magic.run("for x in range(2)", "x", {})
+    monkeypatch.delenv("AZPAR_BACKEND")
+    with pytest.raises(ValueError, match="^unknown backend 'azur'; available: azure, local"):
+        azpar_magic.map(abs, [1], backend="azur")
 
 
 def test_an_azure_engine_is_keyed_by_the_profiles_content(profiles):
