@@ -53,7 +53,9 @@ def test_lost_responses_of_create_job_and_add_tasks_count_as_done(azure, ip, run
     assert len(set(sent[0] + sent[1])) == 6 and set(sent[0]) <= set(sent[1])
 
 
-def test_a_job_of_the_same_id_that_is_not_ours_is_refused_and_left_alone(azure, ip, run_cell, batch, monkeypatch):
+def test_a_job_of_the_same_id_that_is_not_ours_is_refused_and_left_alone(
+    azure, ip, run_cell, batch, blob_service, monkeypatch
+):
     from azure.batch import models
 
     from azpar_magic.run import engine
@@ -68,6 +70,8 @@ def test_a_job_of_the_same_id_that_is_not_ours_is_refused_and_left_alone(azure, 
     assert not run.success
     assert "already exists and was not created by this run" in str(run.error)
     assert "azpar-someone-else" in batch.jobs  # not deleted by the cleanup
+    # What this run made for it goes; the other job's id is the same, so only what it created.
+    assert not {c.name for c in blob_service.list_containers()} & {"azpar-someone-else-in", "azpar-someone-else-out"}
 
 
 def test_lost_response_of_the_merge_task_counts_as_done(azure, ip, run_cell, batch):

@@ -4,9 +4,8 @@ that run but cannot give what was asked get a warning before anything is submitt
 
 from __future__ import annotations
 
-from importlib import metadata
-
 import sys
+from importlib import metadata
 
 import pytest
 

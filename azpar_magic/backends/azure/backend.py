@@ -127,9 +127,10 @@ class AzureBackend(BaseBackend):
             run.stage()
         except BaseException as exc:
             # Whatever stopped it (the service, a setting, an error stage() words itself, Ctrl-C), what
-            # was staged goes: the translated errors of create-job (a full job quota, too large a job)
-            # left the job's containers behind.
-            self._cleanup(run)
+            # it staged goes: the translated errors of create-job (a full job quota, too large a job)
+            # left the job's containers behind. Only what it made: a job of the same id that is not
+            # this run's, and containers it found, stay.
+            self._remove_staged(run)
             if isinstance(exc, ConfigError):  # a setting, not the service: the message as before, not translated
                 raise RuntimeError(f"staging the job on Azure failed: {errors.describe(exc)}") from None
             if isinstance(exc, AzureError):
@@ -280,29 +281,33 @@ class AzureBackend(BaseBackend):
         with self._lock:
             self._runs[job_id] = run
 
-    def delete_job(self, job_id: str, *, strict: bool = True) -> None:
+    def delete_job(
+        self, job_id: str, *, strict: bool = True, batch_job: bool = True, containers: Sequence[str] | None = None
+    ) -> None:
         """Remove a job's Batch job and its containers (already gone: fine). ``strict``:
         a failure stops and is raised (``%azpar delete``, which then keeps the local copy);
-        otherwise every part is tried and failures are ignored (cleanup after a run)."""
+        otherwise every part is tried and failures are ignored (cleanup after a run).
+        ``batch_job``/``containers``: only those parts (a failed staging removes what it made)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         def container(name: str) -> Callable[[], object]:
             return lambda: self.staging.delete_container(name)  # the client is made when first needed
 
-        parts: list[tuple[str, Callable[[], object]]] = [
-            (
-                f"the Batch job {job_id}",
-                lambda: self.client.begin_delete_job(job_id, polling_interval=0.5).result(timeout=120),
+        parts: list[tuple[str, Callable[[], object]]] = []
+        if batch_job:
+            parts.append(
+                (
+                    f"the Batch job {job_id}",
+                    lambda: self.client.begin_delete_job(job_id, polling_interval=0.5).result(timeout=120),
+                )
             )
-        ]
-        parts += [
-            (f"the container {name}", container(name))
-            for name in (
+        if containers is None:
+            containers = [
                 storage.input_container(job_id),
                 storage.output_container(job_id),
                 storage.files_container(job_id),
-            )
-        ]
+            ]
+        parts += [(f"the container {name}", container(name)) for name in containers]
         for what, delete in parts:
             try:
                 delete()
@@ -374,6 +379,12 @@ class AzureBackend(BaseBackend):
 
     def _cleanup(self, run: AzureRun) -> None:
         self.delete_job(run.job_id, strict=False)
+
+    def _remove_staged(self, run: AzureRun) -> None:
+        """What a staging that failed made: the Batch job if it created it, and the job's containers it
+        created (never one it found: with a job id taken by someone else, theirs)."""
+        made = [c for c in (run.in_container, run.out_container, run.files_container) if c in self.staging.created_here]
+        self.delete_job(run.job_id, strict=False, batch_job=run.job_created, containers=made)
 
     def _restore_autoscale(self) -> None:
         try:

@@ -220,6 +220,7 @@ class AzureRun:
         self._adding = True  # tasks are still being added: counts cannot yet say the job is done
         self.run_token = secrets.token_hex(8)  # in the job's metadata: a JobExists answer is ours if it matches
         self.failed_any = False
+        self.job_created = False  # the Batch job is this run's: a failed staging may delete it, and only then
         self.added_at: float | None = None  # monotonic time the first task became schedulable
         self.add_report = None
         self._stop = threading.Event()
@@ -332,6 +333,7 @@ class AzureRun:
         packed into one container resource file and the job is sent again, once."""
         try:
             self._post_once("create_job", lambda: self.client.create_job(options), "JobExists", self._job_is_ours)
+            self.job_created = True  # (a JobExists is success only when the job there is ours)
         except HttpResponseError as exc:
             too_large = _error_code(exc) == "RequestEntityTooLarge"
             if too_large and self.data.can_pack:

@@ -151,6 +151,7 @@ class Staging:
         self.stats = TransferStats()
         self.known: set[tuple[str, str]] = set()  # blobs known to exist (content-addressed)
         self._containers: set[str] = set()
+        self.created_here: set[str] = set()  # containers this object made (not found): a failed staging removes these
         self._delegation: tuple[dt.datetime, Any] | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="azpar-blob")
@@ -163,6 +164,7 @@ class Staging:
         try:
             self.service.create_container(name, metadata={"azpar_user": identity.slug()})
             self.stats.add("create_container")
+            self.created_here.add(name)
             logger.debug("created the container %s in %s", name, self.account_url)
         except ResourceExistsError:
             self.stats.add("create_container")
