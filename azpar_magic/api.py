@@ -15,7 +15,7 @@ from . import jobstore, mapping, session
 from .errors import CellError, SubmitError
 from .jobs import FINAL_STATES, Job, JobOptions
 from .jobstore import JobSummary
-from .run.parsing import parse_cell, split_header
+from .run.parsing import ParsedCell, parse_cell, split_header
 from .run.request import API_SPELLING, RunRequest
 
 __all__ = [
@@ -98,7 +98,7 @@ def run(
     return job
 
 
-def _parsed_loop(loop: str, body: str) -> Any:
+def _parsed_loop(loop: str, body: str) -> ParsedCell:
     """``run``'s loop and body, parsed as a cell's (cached), with errors in ``run``'s terms: a bytes
     loop failed inside the tokenizer, the magic's own words ("the %%azpar line") named a line the
     caller never wrote, and options written before ``for`` ('--combine sum for x in xs', the magic

@@ -681,8 +681,11 @@ def stale_local_modules(files: Mapping[str, str]) -> list[str]:
         name = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None)
-        if path and _differs_from_file(module, path):
-            stale.append(name)
+        try:
+            if path and _differs_from_file(module, path):
+                stale.append(name)
+        except Exception:  # noqa: BLE001 - an odd module (a lazy attribute that raises) is not judged, never fatal
+            continue
     return stale
 
 
