@@ -88,7 +88,7 @@ def test_python_api_matches_the_magic(ip):
 
 
 def test_python_api_rejects_bad_input():
-    with pytest.raises(ValueError, match="loop header"):
+    with pytest.raises(ValueError, match="run.s loop is a `for TARGET in ITERABLE` clause"):
         azpar_magic.run("x in y", "x")
     with pytest.raises(ValueError, match="errors must be"):
         azpar_magic.run("for x in []", "x", {}, errors="ignore")
