@@ -182,8 +182,7 @@ def _apply_layers(
             if isinstance(value, dict):
                 continue  # profile tables are read by the backends that use them
             if key in policy.locked and key in values and sources.get(key) == policy.path:
-                named = f"environment variable {_ENV_PREFIX}{key.upper()}" if where == "environment" else where
-                raise ConfigError(_locked_message(named, key, None, policy, values[key]))
+                raise ConfigError(_locked_message(source_label(key, where), key, None, policy, values[key]))
             values[key] = _coerce(key, value, where)
             sources[key] = where
 

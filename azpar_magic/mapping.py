@@ -117,7 +117,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         ) from None
     check_workers(given["workers"])
     packages = _requirements(given["packages"])
-    if os.environ.get(IN_TASK_VARIABLE):
+    if _in_task():
         return _in_this_task(func, iterable, star, given)
     try:
         engine, settings = session.engine_and_settings(given["backend"], given["workers"], given["profile"])
@@ -153,12 +153,17 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         raise
 
 
+def _in_task() -> bool:
+    """Whether this process runs an azpar task: the worker's entry sets the variable, a kernel never has it."""
+    return bool(os.environ.get(IN_TASK_VARIABLE))
+
+
 def refuse_in_task(what: str) -> None:
     """ValueError, before anything is submitted, for ``what`` (``azpar_magic.run``, ``rerun``) called
     by an iteration that already runs in an azpar task: it started a local pool inside the worker (a
     process per CPU, on cores the outer job already fills) and stored a job per call. ``map`` runs its
     calls in place there instead (``_in_this_task``); a loop given as text has no such plain form."""
-    if os.environ.get(IN_TASK_VARIABLE):
+    if _in_task():
         raise ValueError(
             f"{what} was called inside an azpar task (an iteration of another job), where it would start a "
             "pool of its own on cores the outer job already uses and store a job per call: call "

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from . import config, jobstore
-from .backends.base import Backend, available_backends, create_backend
+from .backends.base import Backend, backend_entry, create_backend
 from .backends.cpus import usable_cpus
 from .errors import ConfigError, StoreError
 from .jobs import Job
@@ -81,10 +81,11 @@ def engine_and_settings(
         options: dict[str, Any] = {"workers": chosen["workers"]}
     else:
         if loaded is None:
-            known = available_backends()
-            if kind not in known:  # a misspelt name ('azur') was told it needs a profile
+            try:
+                backend_entry(kind)  # a misspelt name ('azur') was told it needs a profile
+            except ValueError as exc:
                 where = "" if backend else f"{config.source_label('backend', chosen.sources.get('backend', ''))}: "
-                raise ConfigError(f"{where}unknown backend {kind!r}; available: {', '.join(sorted(known))}")
+                raise ConfigError(f"{where}{exc}") from None
             raise ConfigError(
                 f"the {kind} backend needs a profile: pass --profile NAME, run %azpar use NAME, "
                 'or set profile = "NAME" in a config file (see %azpar config)'

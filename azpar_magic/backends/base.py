@@ -363,14 +363,20 @@ def available_backends() -> dict[str, str]:
     return found
 
 
-def backend_class(name: str) -> Callable[..., Backend]:
-    """The class (or factory) registered under ``name``: the one place a backend is found by name.
-    A built-in name is not looked up among the installed distributions' entry points: that scan
-    cost 60 ms of a kernel's first cell (issue 16), and a built-in name means the built-in backend."""
+def backend_entry(name: str) -> str:
+    """``name``'s "module:attribute", without importing it; ValueError naming the available backends
+    for a name no backend has (a misspelt ``azur``). A built-in name is not looked up among the
+    installed distributions' entry points: that scan cost 60 ms of a kernel's first cell (issue 16),
+    and a built-in name means the built-in backend."""
     table = _BUILTIN if name in _BUILTIN else available_backends()
     if name not in table:
         raise ValueError(f"unknown backend {name!r}; available: {', '.join(sorted(table))}")
-    module_name, _, attr = table[name].partition(":")
+    return table[name]
+
+
+def backend_class(name: str) -> Callable[..., Backend]:
+    """The class (or factory) registered under ``name``: the one place a backend is found by name."""
+    module_name, _, attr = backend_entry(name).partition(":")
     return getattr(import_module(module_name), attr)
 
 
