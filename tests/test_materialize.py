@@ -108,3 +108,24 @@ def test_items_are_taken_in_steps_so_ctrl_c_can_get_through(monkeypatch):
     with pytest.raises(KeyboardInterrupt, match="Nothing was submitted"):
         engine.materialize(cell, {"itertools": __import__("itertools")}, max_items=10 ** 9)
     assert calls[:2] == [engine._TAKE, engine._TAKE]
+
+
+def test_running_out_of_memory_while_taking_items_is_a_submit_error_naming_it(monkeypatch):
+    """MemoryError while items are taken (an address space capped below what they need) is
+    said in one paragraph: how far it got, what to do, and that nothing was submitted."""
+    calls = []
+    real = engine.itertools.islice
+
+    def failing(iterator, n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise MemoryError
+        return real(iterator, n)
+
+    monkeypatch.setattr(engine.itertools, "islice", failing)
+    cell = parse_cell(" for x in itertools.count():", "x")
+    with pytest.raises(engine.SubmitError) as raised:
+        engine.materialize(cell, {"itertools": __import__("itertools")}, max_items=10 ** 9)
+    said = str(raised.value)
+    assert f"ran out of memory while taking the items of `itertools.count()` (some {2 * engine._TAKE:,} so far)" in said
+    assert "itertools.islice" in said and said.endswith("Nothing was submitted.")

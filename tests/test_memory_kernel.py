@@ -65,36 +65,71 @@ int(big[i])''', timeout=120)
     assert staged.count("ns-") == 1, staged
 
 
+def _cap_address_space(kernel, extra_gib: int) -> None:
+    """Raise the kernel's item bound out of reach and cap its address space ``extra_gib`` GiB
+    above what it maps now: a kernel that takes items without end then meets MemoryError
+    instead of eating the machine."""
+    kernel.ok("import os, resource, itertools\nos.environ['AZPAR_MAX_ITEMS'] = str(10**15)\n"
+              "_vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize:')][0].split()[1]) * 1024\n"
+              f"resource.setrlimit(resource.RLIMIT_AS, (_vm + {extra_gib} * 2**30, "
+              "resource.getrlimit(resource.RLIMIT_AS)[1]))")
+
+
 @pytest.mark.timeout(180)
 def test_ctrl_c_stops_taking_the_items_of_an_endless_iterable(fresh_kernel):
-    """With the bound raised out of reach, ``itertools.count()`` runs until Ctrl-C, which
+    """With the bound raised out of reach, an endless iterable in C runs until Ctrl-C, which
     must get through at once (``list(iterable)`` in C never lets it: the kernel filled its
-    memory instead). The kernel's address space is capped so that a regression fails
-    with MemoryError instead of eating the machine."""
+    memory instead). ``itertools.repeat`` adds 8 bytes per item, so the 3 GiB cap is some 400
+    million items away: the interrupt, a second after the items begin, lands while they are
+    taken on any machine (``itertools.count()`` reached the cap within two seconds here, and
+    a CI run met it before the interrupt). A first cell starts the pool, so that the timed
+    cell reaches its items at once."""
     import threading
     import time
 
     kernel = fresh_kernel
-    kernel.ok("import os, resource, itertools\nos.environ['AZPAR_MAX_ITEMS'] = str(10**15)\n"
-              "_vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize:')][0].split()[1]) * 1024\n"
-              "resource.setrlimit(resource.RLIMIT_AS, (_vm + 3 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))")
-    timer = threading.Timer(2.0, kernel.km.interrupt_kernel)
+    kernel.ok("%%azpar -q --workers 1 -o r for x in range(2):\nx", timeout=60)
+    _cap_address_space(kernel, 3)
+    timer = threading.Timer(1.0, kernel.km.interrupt_kernel)
     timer.start()
     try:
         started = time.monotonic()
-        reply = kernel.run("%%azpar -q -o r for x in itertools.count():\nx", timeout=120)
+        reply = kernel.run("%%azpar -q -o r2 for x in itertools.repeat(7):\nx", timeout=120)
         took = time.monotonic() - started
     finally:
         timer.cancel()
     assert reply.status == "error", reply.describe()
     # (the magic may turn the interrupt into a UsageError; either way it says so)
     assert reply.content["ename"] in ("KeyboardInterrupt", "UsageError"), reply.describe()
-    assert "nothing was submitted" in (reply.content["evalue"] + reply.stderr).lower(), reply.describe()
+    said = (reply.content["evalue"] + reply.stderr).lower()
+    assert "interrupted" in said and "nothing was submitted" in said, reply.describe()
     assert "MemoryError" not in reply.describe()
-    assert took < 10, f"the cell returned {took:.1f} s after it started (interrupted at 2 s)"
+    assert took < 10, f"the cell returned {took:.1f} s after it started (interrupted at 1 s)"
+    assert kernel.value("'r2' in globals()") == "False"
+    assert kernel.value("len(__import__('azpar_magic').jobs())") == "1"  # the first cell's only
+    # The kernel is fine afterwards.
+    kernel.ok("del os.environ['AZPAR_MAX_ITEMS']")
+    kernel.ok("%%azpar -q --workers 1 -o r for x in range(3):\nx + 1", timeout=60)
+    assert kernel.value("r") == "[1, 2, 3]"
+
+
+@pytest.mark.timeout(180)
+def test_running_out_of_memory_while_taking_items_is_said_and_the_kernel_lives_on(fresh_kernel):
+    """An address space capped below what the items need (``ulimit -v`` on a shared machine),
+    with the item bound raised out of reach: the cell says that the kernel ran out of memory
+    taking the items and that nothing was submitted, and the kernel answers the next cell.
+    (Holding the items while the message was made kept the kernel spinning in malloc, never
+    answering.)"""
+    kernel = fresh_kernel
+    _cap_address_space(kernel, 1)
+    reply = kernel.run("%%azpar -q -o r for x in itertools.count():\nx", timeout=120)
+    assert reply.status == "error", reply.describe()
+    assert reply.content["ename"] == "UsageError", reply.describe()
+    said = reply.content["evalue"] + reply.stderr
+    assert "ran out of memory while taking the items of `itertools.count()`" in said, reply.describe()
+    assert "Nothing was submitted." in said, reply.describe()
     assert kernel.value("'r' in globals()") == "False"
     assert kernel.value("len(__import__('azpar_magic').jobs())") == "0"
-    # The kernel is fine afterwards.
     kernel.ok("del os.environ['AZPAR_MAX_ITEMS']")
     kernel.ok("%%azpar -q --workers 1 -o r for x in range(3):\nx + 1", timeout=60)
     assert kernel.value("r") == "[1, 2, 3]"

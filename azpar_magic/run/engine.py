@@ -92,6 +92,7 @@ def materialize(cell: ParsedCell, namespace: Mapping[str, Any], max_items: int =
     if type(iterable) in (list, tuple, range):  # a copy at C speed, short enough not to need Ctrl-C
         return list(iterable)
     items: list = []
+    before = 0
     try:
         iterator = iter(iterable)
         while len(items) <= max_items:
@@ -104,6 +105,18 @@ def materialize(cell: ParsedCell, namespace: Mapping[str, Any], max_items: int =
         raise KeyboardInterrupt(
             f"interrupted while taking the items of `{cell.iterable_source}` "
             f"({len(items):,} so far). Nothing was submitted."
+        ) from None
+    except MemoryError:
+        # Let go of the items first, with a call that allocates nothing: even len(items), a
+        # new int, fails at this point, and every frame above needs memory that the items
+        # hold (under a capped address space the kernel otherwise spun in malloc, never
+        # answering). ``before`` was counted while memory was left.
+        items.clear()
+        raise SubmitError(
+            f"The kernel ran out of memory while taking the items of `{cell.iterable_source}` "
+            f"(some {before:,} so far): they are held in the kernel's memory before anything is sent. Loop "
+            "over fewer items (itertools.islice(it, n)), or lower the max_items setting (see %azpar config) "
+            "so that such an iterable is refused sooner. Nothing was submitted."
         ) from None
     except Exception as exc:
         raise SubmitError(
