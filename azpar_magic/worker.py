@@ -187,6 +187,119 @@ def _lru_reduce(obj) -> tuple:
     return _LRU_WRAPPER, (obj.__wrapped__, params["maxsize"], params["typed"], functools._CacheInfo), state
 
 
+def _is_notebook_enum(obj: object) -> bool:
+    """An Enum class defined in the notebook (its metaclass is the enum module's or one
+    imported from elsewhere). dill cannot ship one by value: the members inside the class
+    are instances of the class, a recursion it gives up on, falling back to a reference by
+    name that the worker cannot resolve (dill#729, dill#250)."""
+    enum = sys.modules.get("enum")  # no Enum class exists before the module is imported
+    return (
+        enum is not None
+        and isinstance(obj, enum.EnumMeta)
+        and obj.__module__ == "__main__"
+        and type(obj).__module__ != "__main__"
+    )
+
+
+# Entries of an Enum class's namespace that the metaclass makes for every class: never
+# copied from one class to the one rebuilt from it (it makes its own).
+_ENUM_MADE = frozenset(
+    {
+        "_member_map_",
+        "_member_names_",
+        "_value2member_map_",
+        "_unhashable_values_",
+        "_unhashable_values_map_",
+        "__dict__",
+        "__weakref__",
+        "__module__",
+        "__qualname__",
+    }
+)
+_ENUM_MEMBER_MADE = frozenset({"_value_", "_name_", "__objclass__", "_sort_order_"})
+
+
+class _EnumNamespace:
+    """What a notebook Enum's class statement built, as pickle rebuilds it: the metaclass's
+    own ``__prepare__`` namespace with the members assigned their values in order, so that the
+    metaclass makes the members on the other side as it made them here."""
+
+    def __init__(self, cls: type):
+        self.metaclass, self.name, self.bases = type(cls), cls.__name__, cls.__bases__
+        self.entries = [("__module__", "__main__"), ("__qualname__", cls.__qualname__)]
+        self.entries += [(name, member._value_) for name, member in cls.__members__.items()]
+
+    def __reduce__(self):
+        import operator
+
+        return (
+            operator.methodcaller("__prepare__", self.name, self.bases),
+            (self.metaclass,),
+            None,
+            None,
+            iter(self.entries),
+        )
+
+    def build(self) -> type:
+        namespace = self.metaclass.__prepare__(self.name, self.bases)
+        for key, value in self.entries:
+            namespace[key] = value
+        return self.metaclass(self.name, self.bases, namespace)
+
+
+class _EnumMember:
+    """A member of an Enum class being rebuilt, looked up in it and given the attributes its
+    ``__init__`` or ``__new__`` set here (the rebuilt class makes its members from their values
+    alone)."""
+
+    def __init__(self, cls: type, name: str, attributes: dict):
+        self.cls, self.name, self.attributes = cls, name, attributes
+
+    def __reduce__(self):
+        import operator
+
+        return operator.getitem, (self.cls, self.name), self.attributes
+
+
+def _enum_reduce(cls: type) -> tuple:
+    """Pickle a notebook Enum class by value as (metaclass, (name, bases, namespace)), then
+    its own methods, properties and docstring set on the class made, and the attributes of its
+    members. The recipe is tried here first: an Enum whose members cannot be made again from
+    their values (a mixin type whose constructor takes other arguments) is refused with why,
+    instead of failing on the workers."""
+    namespace = _EnumNamespace(cls)
+    try:
+        made = namespace.build()
+    except Exception as exc:
+        raise pickle.PicklingError(
+            f"the Enum class {cls.__qualname__} defined in the notebook cannot be made again from its members' "
+            f"values ({type(exc).__name__}: {exc}); define it in a module beside the notebook, which is shipped "
+            "as source"
+        ) from None
+    members = cls.__members__
+    own = {
+        key: value
+        for key, value in vars(cls).items()
+        if key not in members and key not in _ENUM_MADE and vars(made).get(key, _ABSENT) is not value
+    }
+    extra = {
+        name: {k: v for k, v in vars(member).items() if k not in _ENUM_MEMBER_MADE}
+        for name, member in members.items()
+        if name == member._name_
+    }
+    if any(extra.values()):
+        # Carried by the class's member map, whose value stays what it was: each entry is the
+        # member looked up in the rebuilt class, given its attributes on the way.
+        own["_member_map_"] = {
+            name: _EnumMember(cls, member._name_, extra[member._name_]) for name, member in members.items()
+        }
+    return type(cls), (namespace.name, namespace.bases, namespace), (None, own) if own else None
+
+
+_ABSENT = object()
+_RECIPES = (_EnumNamespace, _EnumMember)
+
+
 class _NotPlain(Exception):
     pass
 
@@ -272,7 +385,8 @@ def _dill_pickler() -> type:
             self._out_of_band = buffer_callback is not None
 
         def save(self, obj, save_persistent_id=True):
-            if self._hook is not None:
+            # (the Enum recipes are this module's own objects, not a package the user's code needs)
+            if self._hook is not None and type(obj) not in _RECIPES:
                 self._hook(obj)
             if id(obj) not in self.memo:
                 if isinstance(obj, types.ModuleType) and obj is not self._main and obj.__name__ != "__main__":
@@ -287,6 +401,8 @@ def _dill_pickler() -> type:
                     return self.save_reduce(pickle.loads, (pickle.dumps(obj, protocol=PICKLE_PROTOCOL),), obj=obj)
                 if type(obj) is _LRU_WRAPPER and _is_main_object(obj) and not self._by_reference(obj):
                     return self.save_reduce(*_lru_reduce(obj), obj=obj)
+                if _is_notebook_enum(obj) and not self._by_reference(obj):
+                    return self.save_reduce(*_enum_reduce(obj), obj=obj)
                 if isinstance(obj, BaseException):
                     reduced = _exception_reduce(obj)
                     if reduced is not None:
