@@ -300,6 +300,50 @@ _ABSENT = object()
 _RECIPES = (_EnumNamespace, _EnumMember)
 
 
+def _is_notebook_type_name(obj: object) -> bool:
+    """A TypeVar, ParamSpec, TypeVarTuple, NewType or ``type`` alias made in the notebook. They
+    pickle as their name in ``__main__``, which the worker does not have: a notebook function
+    annotated ``(x: T) -> T`` failed every iteration with "Can't get attribute 'T'". The type
+    parameters of ``def f[T]`` and ``class Box[T]`` (Python 3.12+) say they are ``typing``'s,
+    where no such name is: those could not be pickled at all."""
+    module = getattr(obj, "__module__", None)
+    if module != "__main__" and module != "typing":  # (first: most objects stop here)
+        return False
+    typing = sys.modules.get("typing")  # none of them exists before the module is imported
+    if typing is None or not isinstance(obj, _type_name_kinds(typing)):
+        return False
+    return module == "__main__" or getattr(typing, obj.__name__, None) is not obj
+
+
+@functools.cache
+def _type_name_kinds(typing: types.ModuleType) -> tuple:
+    names = ("TypeVar", "ParamSpec", "TypeVarTuple", "NewType", "TypeAliasType")  # as far as this Python has them
+    return tuple(kind for kind in (getattr(typing, name, None) for name in names) if isinstance(kind, type))
+
+
+def _type_name_reduce(obj) -> tuple:
+    """Make the object again from what defines it: its kind called with its name and
+    arguments (a partial, as pickle passes no keyword arguments), then named ``__main__``'s as
+    here (a TypeAliasType's module is read-only: it keeps what its making gave it)."""
+    kind = type(obj)
+    name = obj.__name__
+    if kind.__name__ == "NewType":
+        args, keywords = (name, obj.__supertype__), {}
+    elif kind.__name__ == "TypeAliasType":
+        args, keywords = (name, obj.__value__), {"type_params": obj.__type_params__}
+    else:
+        args = (name, *getattr(obj, "__constraints__", ()))
+        keywords = {
+            key: getattr(obj, f"__{key}__")
+            for key in ("bound", "covariant", "contravariant", "infer_variance")
+            if hasattr(obj, f"__{key}__")
+        }
+        if getattr(obj, "has_default", lambda: False)():  # Python 3.13+
+            keywords["default"] = obj.__default__
+    state = None if kind.__name__ == "TypeAliasType" else (None, {"__module__": "__main__"})
+    return functools.partial(kind, *args, **keywords), (), state
+
+
 class _NotPlain(Exception):
     pass
 
@@ -355,6 +399,8 @@ class _FastPickler(pickle.Pickler):
             self._hook(obj)
         if _is_main_object(obj) and not self._by_reference(obj):
             raise NeedsDill(obj)
+        if _is_notebook_type_name(obj) and not self._by_reference(obj):
+            return _type_name_reduce(obj)
         if isinstance(obj, BaseException):
             return _exception_reduce(obj) or NotImplemented
         if isinstance(obj, types.ModuleType) and obj.__name__ != "__main__":
@@ -403,6 +449,8 @@ def _dill_pickler() -> type:
                     return self.save_reduce(*_lru_reduce(obj), obj=obj)
                 if _is_notebook_enum(obj) and not self._by_reference(obj):
                     return self.save_reduce(*_enum_reduce(obj), obj=obj)
+                if _is_notebook_type_name(obj) and not self._by_reference(obj):
+                    return self.save_reduce(*_type_name_reduce(obj), obj=obj)
                 if isinstance(obj, BaseException):
                     reduced = _exception_reduce(obj)
                     if reduced is not None:
