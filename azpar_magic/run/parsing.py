@@ -101,7 +101,23 @@ def parse_for_clause(clause: str) -> tuple[ast.expr, ast.expr, str, str]:
             f"The loop header must be a single `for TARGET in ITERABLE` clause; {clause!r} parsed as {kind}."
         )
     node = tree.body[0]
+    _refuse_assigning_into_objects(node.target)
     return node.target, node.iter, ast.unparse(node.target), ast.unparse(node.iter)
+
+
+def _refuse_assigning_into_objects(target: ast.expr) -> None:
+    """Only names (unpacked as deep as one likes) may be loop targets here. ``for d['k'] in xs`` is
+    Python, but each iteration would set the key in its own copy of ``d``, which was not even sent
+    (its iterations failed with NameError on the workers)."""
+    for node in ast.walk(target):
+        if isinstance(node, (ast.Subscript, ast.Attribute)):
+            whole, part = ast.unparse(target), ast.unparse(node)
+            where = "" if part == whole else f" (`{part}`)"
+            raise CellError(
+                f"The loop target `{whole}` assigns into an object{where}: iterations run in "
+                "processes of their own, so a loop target must be a name or names (`for k in ...`, `for i, "
+                f"(a, b) in ...`). Loop over a name and use it in the body instead. Nothing was submitted."
+            )
 
 
 def _inline_body(clause: str) -> str | None:
