@@ -88,6 +88,39 @@ def _numpy_on_bare_nodes() -> dict:
 
 
 @pytest.mark.azure
+def test_a_generator_made_in_the_notebook_is_warned_of_when_tasks_would_repeat_its_numbers(ip, run_cell):
+    """A numpy Generator (or random.Random) made in the notebook travels with its state: each worker
+    starts from its own copy, so iterations on different workers drew the same numbers, in silence. Said
+    before the run, naming the variable; a generator inside a notebook object too; not for one task
+    (it continues the stream as the loop would), nor for generators made in the body."""
+    ip.run_cell("import numpy as np, random\nrng = np.random.default_rng(1)\nr2 = random.Random(3)\n"
+                "class Sim:\n    def __init__(self):\n        self.g = np.random.default_rng(5)\n"
+                "    def draw(self):\n        return float(self.g.random())\nsim = Sim()")
+    try:
+        run = run_cell("%%azpar --workers 2 --chunk-size 1 -o out for i in range(4):\nfloat(rng.random())")
+        assert run.success, run.error
+        out = ip.user_ns["out"]
+        assert len(set(out)) < 4  # what the warning is about: the tasks repeat the same draw
+        assert "azpar: warning: the loop body uses `rng` (a numpy.random.Generator): the job's 4 tasks" in run.stderr
+        assert "draw the same numbers" in run.stderr and "--seed N" in run.stderr and "PCG64" not in run.stderr
+
+        stdlib = run_cell("%%azpar -q --chunk-size 2 -o out for i in range(4):\nr2.random()")
+        assert "`r2` (a random.Random): the job's 2 tasks" in stdlib.stderr, stdlib.stderr
+        inside = run_cell("%%azpar -q --chunk-size 1 -o out for i in range(3):\nsim.draw()")
+        assert "uses a numpy.random.Generator inside a notebook object it uses: the job's 3 tasks" in inside.stderr
+
+        one_task = run_cell("%%azpar -q --chunk-size 4 -o out for i in range(4):\nfloat(rng.random())")
+        assert one_task.success and "warning" not in one_task.stderr, one_task.stderr
+        assert len(set(ip.user_ns["out"])) == 4
+        own = run_cell("%%azpar -q --chunk-size 1 -o out for i in range(4):\nfloat(np.random.default_rng().random())")
+        assert own.success and "warning" not in own.stderr, own.stderr
+        api = run_cell("import azpar_magic\n_ = azpar_magic.map(lambda i: float(rng.random()), range(4), chunk_size=1)")
+        assert "`rng` (a numpy.random.Generator)" in api.stderr and "with seed N" in api.stderr, api.stderr
+    finally:
+        for name in ("rng", "r2", "Sim", "sim", "out", "_"):
+            ip.user_ns.pop(name, None)
+
+
 def test_the_recipe_holds_on_azure_batch_too(ip, run_cell, batch, azurite, tmp_path, monkeypatch):
     from .azure_support import azure_profile
 

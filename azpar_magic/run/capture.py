@@ -94,6 +94,9 @@ class Capture:
     # Names the body or the notebook functions it calls read that --no-export kept out: the workers
     # will not have them (a NameError at run time), said before the job is submitted.
     unshipped: tuple[str, ...] = ()
+    # The random generators shipped ("`rng` (numpy.random.Generator)"): every task starts from a
+    # copy of their state, so tasks draw the same numbers (engine.random_state_warnings).
+    random_states: tuple[str, ...] = ()
 
     def without_data(self) -> Capture:
         """What was shipped, without the namespace bytes: what a job keeps. The bytes are
@@ -465,14 +468,31 @@ def _refuse_unshippable(obj: object) -> None:
         raise CaptureError(f"{type(obj).__module__}.{type(obj).__qualname__}: {why}")
 
 
+def random_state_kind(obj: object) -> str | None:
+    """The kind of a random generator whose state travels with it (``random.Random``, numpy's
+    ``Generator``, ``RandomState``, bit generators), or None. ``SystemRandom`` keeps no state."""
+    random = sys.modules.get("random")  # (looked up, not imported: this runs for every object pickled)
+    if random is not None and isinstance(obj, random.Random):
+        return None if isinstance(obj, random.SystemRandom) else "random.Random"
+    np_random = sys.modules.get("numpy.random")  # no numpy generator exists before numpy is imported
+    if np_random is not None and isinstance(obj, (np_random.Generator, np_random.RandomState, np_random.BitGenerator)):
+        return f"numpy.random.{type(obj).__name__}"
+    return None
+
+
 class _Inspector:
-    """Hook given to both picklers: refuses process-bound objects, records packages used."""
+    """Hook given to both picklers: refuses process-bound objects, records packages used and
+    the random generators shipped (each task would start from a copy of their state)."""
 
     def __init__(self) -> None:
         self.modules: set[str] = set()
+        self.random_states: set[str] = set()
 
     def __call__(self, obj: object) -> None:
         _refuse_unshippable(obj)
+        kind = random_state_kind(obj)
+        if kind is not None:
+            self.random_states.add(kind)
         if isinstance(obj, types.ModuleType):
             self.modules.add(obj.__name__)
         elif isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
@@ -483,18 +503,24 @@ class _Inspector:
 
 def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
     """Serialise the chosen namespace; on failure name the variable, its type and why."""
+    codec, data, inspector = _serialize_inspected(namespace)
+    return codec, data, inspector.modules
+
+
+def _serialize_inspected(namespace: dict[str, object]) -> tuple[str, bytes, _Inspector]:
+    """:func:`serialize`, with what its inspector saw (modules used, random generators)."""
     inspector = _Inspector()
     try:
         # Large arrays out of band: a worker maps them from its copy of the file (issue 16, i).
         codec, data = wire.dumps(namespace, hook=inspector, out_of_band=True)
-        return codec, data, inspector.modules
+        return codec, data, inspector
     except Exception:
         pass
     for name, value in namespace.items():  # find the culprit to name it
         try:
             wire.dumps(value, hook=_Inspector())
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}"
+            reason = (str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}").rstrip(".")
             raise CaptureError(
                 f"The loop body needs the variable `{name}` ({type(value).__module__}."
                 f"{type(value).__qualname__}), which cannot be sent to the workers: {reason}. "
@@ -872,7 +898,7 @@ def capture(
     )
     for name in export:
         chosen[name] = namespace[name]
-    codec, data, used_modules, sha = _serialize_or_reuse(chosen, stored)
+    codec, data, used_modules, sha, random_kinds = _serialize_or_reuse(chosen, stored)
     modules = used_modules | reach.modules | body_imports | (set() if plain else item_modules(items))
     folder = folder or os.getcwd()
     local = local_module_files(modules, folder)
@@ -892,6 +918,7 @@ def capture(
         warnings=((_DYNAMIC_LOOKUP_WARNING,) if dynamic else ())
         + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ()),
         unshipped=unshipped,
+        random_states=_random_state_holders(chosen, random_kinds),
     )
 
 
@@ -919,6 +946,7 @@ class _Serialized:
     sha256: str
     size: int
     modules: frozenset[str]
+    random_states: frozenset[str] = frozenset()
 
 
 _REUSE_KEPT = 8  # fingerprints remembered (a few cells alternating)
@@ -929,24 +957,40 @@ _reusable_lock = threading.Lock()  # api.run may capture from several threads
 
 def _serialize_or_reuse(
     chosen: dict[str, object], stored: Callable[[str, int], bytes | None] | None
-) -> tuple[str, bytes, set[str], str]:
-    """(codec, bytes, modules, sha256) of ``chosen``: the kept bytes of an earlier capture of the
-    same content when ``stored`` still has them, else a fresh serialisation (remembered)."""
+) -> tuple[str, bytes, set[str], str, frozenset[str]]:
+    """(codec, bytes, modules, sha256, kinds of random generators) of ``chosen``: the kept bytes
+    of an earlier capture of the same content when ``stored`` still has them, else a fresh
+    serialisation (remembered)."""
     key = fingerprint.fingerprint(chosen) if stored is not None else None
     with _reusable_lock:
         earlier = _reusable.get(key) if key is not None else None
     if earlier is not None and stored is not None:
         data = stored(earlier.sha256, earlier.size)
         if data is not None and len(data) == earlier.size:
-            return earlier.codec, data, set(earlier.modules), earlier.sha256
-    codec, data, used_modules = serialize(chosen)
+            return earlier.codec, data, set(earlier.modules), earlier.sha256, earlier.random_states
+    codec, data, inspector = _serialize_inspected(chosen)
     sha = wire.sha256(data)
+    random_states = frozenset(inspector.random_states)
     if key is not None and len(data) >= _REUSE_MIN:
         with _reusable_lock:
-            _reusable[key] = _Serialized(codec, sha, len(data), frozenset(used_modules))
+            _reusable[key] = _Serialized(codec, sha, len(data), frozenset(inspector.modules), random_states)
             while len(_reusable) > _REUSE_KEPT:
                 _reusable.popitem(last=False)
-    return codec, data, used_modules, sha
+    return codec, data, inspector.modules, sha, random_states
+
+
+def _random_state_holders(chosen: Mapping[str, object], kinds: frozenset[str]) -> tuple[str, ...]:
+    """The shipped random generators, named for a warning: the variables that are one, and the
+    kinds found only inside other objects (a bit generator only when no generator holds it)."""
+    if not kinds:
+        return ()
+    named = {name: kind for name, value in chosen.items() if (kind := random_state_kind(value))}
+    inside = kinds - set(named.values())
+    if any(kind.endswith(("Generator", "RandomState", "Random")) for kind in kinds):
+        inside = {kind for kind in inside if kind.endswith(("Generator", "RandomState", "Random"))}
+    return tuple(f"`{name}` (a {kind})" for name, kind in sorted(named.items())) + tuple(
+        f"a {kind} inside a notebook object it uses" for kind in sorted(inside)
+    )
 
 
 _DYNAMIC_LOOKUP_WARNING = (

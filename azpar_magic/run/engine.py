@@ -64,6 +64,23 @@ def unshipped_warnings(cap: capture_mod.Capture, spelling: Mapping[str, str]) ->
     ]
 
 
+def random_state_warnings(cap: capture_mod.Capture, tasks: int, spelling: Mapping[str, str]) -> list[str]:
+    """A random generator made in the notebook and used by the body travels with its state: each
+    worker starts from its own copy, so iterations on different workers draw the same numbers,
+    where a loop run here would continue one stream. Silent otherwise, and fatal to a simulation.
+    One task continues the stream as the loop would: nothing to say."""
+    if not cap.random_states or tasks < 2:
+        return []
+    seed = spelling.get("seed", "seed")
+    return [
+        f"the loop body uses {', '.join(cap.random_states)}: the job's {tasks} tasks run on workers that each "
+        "start from their own copy of the generator's state, so iterations on different workers draw the same "
+        "numbers (which ones depends on where tasks run), where a loop run here would continue one stream. "
+        f"Make the generator in the body instead (np.random.default_rng(), with {seed} N for reproducible streams "
+        "per iteration), or seed it from the item (np.random.default_rng([SEED, i]))"
+    ]
+
+
 def new_job_id() -> str:
     """Names its user (``identity.slug``: under JupyterHub, the hub user), sortable by time
     among that user's jobs, unguessable, and a valid Batch job id and container name stem
@@ -525,6 +542,7 @@ class Engine:
             for text in (
                 *cap.warnings,
                 *unshipped_warnings(cap, request.spelling),
+                *random_state_warnings(cap, len(tasks), request.spelling),
             ):  # said before anything is submitted
                 print(f"azpar: warning: {text}", file=sys.stderr)
         pool, vm_size = self.backend.pool_info()
