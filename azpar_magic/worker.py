@@ -2556,6 +2556,38 @@ class _Inbox:
         self._waiting.append(message)
 
 
+class _ProcessState:
+    """What a loop body can change in the worker process beyond its namespace, as it was when the
+    worker started: environment variables, ``sys.path``, warning filters. A job's first task on
+    this worker puts them back, so that a cell does not run with what an earlier cell's iterations
+    left on this worker only (``os.environ[...] = ...``, ``warnings.filterwarnings("error")``),
+    which depended on where those ran, as on Azure, where each job has processes of its own.
+    Within a job, iterations still see what earlier ones on the same worker did, as the README says."""
+
+    def __init__(self) -> None:
+        import warnings
+
+        self.environ = dict(os.environ)
+        self.raw_environ = dict(getattr(os.environ, "_data", None) or {})  # compared at C speed (POSIX)
+        self.path = list(sys.path)
+        self.warnings = warnings
+        self.filters = list(warnings.filters)
+
+    def _environ_changed(self) -> bool:
+        raw = getattr(os.environ, "_data", None)
+        return raw != self.raw_environ if raw is not None and self.raw_environ else dict(os.environ) != self.environ
+
+    def restore(self) -> None:
+        if self._environ_changed():
+            os.environ.clear()
+            os.environ.update(self.environ)
+        if sys.path != self.path:
+            sys.path[:] = self.path
+        if self.warnings.filters != self.filters:
+            self.warnings.filters[:] = self.filters
+            self.warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
+
+
 def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None = None, portable: bool = False) -> int:
     """Persistent local worker: read task messages, answer each with one result message.
 
@@ -2587,6 +2619,7 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
 
     cache = JobCache()
     inbox = _Inbox(fd_in, send)
+    baseline, jobs_seen = _ProcessState(), dict[str, None]()
     send({"op": "ready", "pid": os.getpid(), "gives_back": inbox.gives_back})
     while True:
         message = inbox.next()
@@ -2597,6 +2630,11 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
         taken = time.perf_counter()
         reply: dict = {"op": "result", "task": message["task"]}
         try:
+            if message["envelope"] not in jobs_seen:  # a job's first task here
+                baseline.restore()
+                jobs_seen[message["envelope"]] = None
+                if len(jobs_seen) > 64:  # (jobs running side by side are far fewer)
+                    del jobs_seen[next(iter(jobs_seen))]
             if message.get("cwd"):
                 os.chdir(message["cwd"])
             job = load_job(message["envelope"], cache, message.get("envelope_data"))

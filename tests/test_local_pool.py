@@ -307,3 +307,24 @@ def test_a_deadlocked_iteration_shows_no_progress_and_names_it(engine):
     assert note.startswith("task 1: no progress for") and note.endswith("iteration 2 still running"), note
     job.cancel()
     job.wait(30)
+
+
+def test_a_cell_does_not_inherit_what_an_earlier_cells_iterations_left_in_the_worker(ip, run_cell):
+    """Environment variables, sys.path and warning filters that a body changes stayed changed in the
+    worker that ran it, so a later cell saw them on some workers only (as scheduling fell); on Azure
+    each job has processes of its own. A job's first task on a worker puts them back. Within a job,
+    later iterations on the same worker still see them (the README's "not isolated")."""
+    first = run_cell("%%azpar -q --workers 1 -o seen for i in range(3):\n"
+                     "import os, sys, warnings\n"
+                     "before = (os.environ.get('AZPAR_T_LEAK'), '/azpar-leak' in sys.path)\n"
+                     "os.environ['AZPAR_T_LEAK'] = 'yes'\nsys.path.append('/azpar-leak')\n"
+                     "warnings.simplefilter('error')\nbefore")
+    assert first.success, first.error
+    assert ip.user_ns["seen"] == [(None, False), ("yes", True), ("yes", True)]  # one worker, in order
+    later = run_cell("%%azpar -q --workers 1 -o seen for i in range(2):\n"
+                     "import os, sys, warnings\n"
+                     "warnings.warn('only a warning')\n"
+                     "(os.environ.get('AZPAR_T_LEAK'), '/azpar-leak' in sys.path)")
+    assert later.success, later.error  # the 'error' filter would have made the warning raise
+    assert ip.user_ns["seen"] == [(None, False), (None, False)]
+    assert "AZPAR_T_LEAK" not in __import__("os").environ
