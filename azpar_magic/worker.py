@@ -800,6 +800,9 @@ def _show_sources(sources: dict) -> None:
         linecache.cache[fname] = (len(text), None, text.splitlines(True), fname)
 
 
+LOCAL_MODULES_PREFIX = "azpar-modules-"  # the folders of the notebooks' own modules, first on sys.path
+
+
 def _install_local_modules(modules: dict, module_dir: str | None) -> None:
     """Write the notebook folder's own .py modules where imports find them first, and
     forget any stale copy imported by an earlier job in this process."""
@@ -808,7 +811,7 @@ def _install_local_modules(modules: dict, module_dir: str | None) -> None:
     digest = sha256(json_dumps(modules, sort_keys=True).encode())[:16]
     import tempfile
 
-    root = os.path.join(module_dir or tempfile.gettempdir(), f"azpar-modules-{digest}")
+    root = os.path.join(module_dir or tempfile.gettempdir(), f"{LOCAL_MODULES_PREFIX}{digest}")
     for rel, text in modules.items():
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -2558,11 +2561,12 @@ class _Inbox:
 
 class _ProcessState:
     """What a loop body can change in the worker process beyond its namespace, as it was when the
-    worker started: environment variables, ``sys.path``, warning filters. A job's first task on
-    this worker puts them back, so that a cell does not run with what an earlier cell's iterations
-    left on this worker only (``os.environ[...] = ...``, ``warnings.filterwarnings("error")``),
-    which depended on where those ran, as on Azure, where each job has processes of its own.
-    Within a job, iterations still see what earlier ones on the same worker did, as the README says."""
+    worker started: environment variables, ``sys.path`` (but for the notebooks' module folders),
+    warning filters. A job's first task on this worker puts them back, so that a cell does not run
+    with what an earlier cell's iterations left on this worker only (``os.environ[...] = ...``,
+    ``warnings.filterwarnings("error")``), which depended on where those ran, as on Azure, where
+    each job has processes of its own. Within a job, iterations still see what earlier ones on the
+    same worker did, as the README says."""
 
     def __init__(self) -> None:
         import warnings
@@ -2581,8 +2585,11 @@ class _ProcessState:
         if self._environ_changed():
             os.environ.clear()
             os.environ.update(self.environ)
-        if sys.path != self.path:
-            sys.path[:] = self.path
+        # The notebooks' own modules stay importable: a job loaded earlier (or the same cell's
+        # envelope, loaded once) put their folders first and will not put them there again.
+        ours = [entry for entry in sys.path if os.path.basename(entry).startswith(LOCAL_MODULES_PREFIX)]
+        if sys.path != ours + self.path:
+            sys.path[:] = ours + self.path
         if self.warnings.filters != self.filters:
             self.warnings.filters[:] = self.filters
             self.warnings._filters_mutated()  # the modules' registries of warnings already shown are stale

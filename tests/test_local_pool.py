@@ -328,3 +328,23 @@ def test_a_cell_does_not_inherit_what_an_earlier_cells_iterations_left_in_the_wo
     assert later.success, later.error  # the 'error' filter would have made the warning raise
     assert ip.user_ns["seen"] == [(None, False), (None, False)]
     assert "AZPAR_T_LEAK" not in __import__("os").environ
+
+
+def test_a_notebook_module_stays_importable_in_a_later_job_on_the_same_worker(ip, run_cell, tmp_path, monkeypatch):
+    """Putting sys.path back at a job's first task keeps the folders of the notebook's own
+    modules: a cell run again over more items (the same envelope, loaded once per worker) imports
+    a module beside the notebook that its first run never reached."""
+    (tmp_path / "beside_notebook.py").write_text("VALUE = 7\n")
+    monkeypatch.chdir(tmp_path)
+    cell = ("%%azpar -q --workers 1 -o got for i in xs:\n"
+            "if i:\n    import beside_notebook\n    i = beside_notebook.VALUE\ni")
+    try:
+        ip.user_ns["xs"] = [0]
+        assert run_cell(cell).success and ip.user_ns["got"] == [0]
+        ip.user_ns["xs"] = [0, 1]
+        again = run_cell(cell)
+        assert again.success, again.error
+        assert ip.user_ns["got"] == [0, 7]
+    finally:
+        for name in ("xs", "got"):
+            ip.user_ns.pop(name, None)
