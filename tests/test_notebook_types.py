@@ -214,3 +214,26 @@ def test_functions_annotated_with_notebook_type_variables_run_in_a_cell(ip, run_
     finally:
         for name in ("typing", "T", "S", "P", "UserId", "Box", "first", "call", "got"):
             ip.user_ns.pop(name, None)
+
+
+@pytest.mark.azure
+def test_notebook_enums_and_type_variables_on_azure_batch(ip, run_cell, batch, azurite, tmp_path, monkeypatch):
+    """The nodes run worker.py as a script, with neither azpar_magic nor the notebook: the
+    rebuilt classes and type variables need only the standard library and dill there."""
+    from .azure_support import azure_profile
+
+    monkeypatch.chdir(tmp_path)
+    ip.run_cell(_CLASSES)
+    ip.run_cell(_TYPING)
+    try:
+        with azure_profile(tmp_path / "config", batch, azurite):
+            run = run_cell("%%azpar -q --chunk-size 1 -o got for c in Color:\n"
+                           "Point(c.value, c), Planet.EARTH.mass, Coded(2).label, call(first, Box(UserId(c.value)).v)")
+        assert run.success, run.error
+        check = run_cell("ok = got == [(Point(1, Color.RED), 5.976e24, 'second', 1), "
+                         "(Point(2, Color.BLUE), 5.976e24, 'second', 2)] and got[1][0].color is Color.BLUE")
+        assert check.success and ip.user_ns["ok"] is True, ip.user_ns.get("got")
+    finally:
+        for name in ("enum", "dataclasses", "typing", "Color", "Planet", "Coded", "Perm", "Greeting", "Word", "Point",
+                     "T", "S", "P", "UserId", "Box", "first", "call", "got", "ok"):
+            ip.user_ns.pop(name, None)
