@@ -2587,9 +2587,10 @@ class _ProcessState:
             os.environ.update(self.environ)
         # The notebooks' own modules stay importable: a job loaded earlier (or the same cell's
         # envelope, loaded once) put their folders first and will not put them there again.
-        ours = [entry for entry in sys.path if os.path.basename(entry).startswith(LOCAL_MODULES_PREFIX)]
-        if sys.path != ours + self.path:
-            sys.path[:] = ours + self.path
+        if sys.path != self.path:
+            ours = [entry for entry in sys.path if os.path.basename(entry).startswith(LOCAL_MODULES_PREFIX)]
+            if sys.path != ours + self.path:
+                sys.path[:] = ours + self.path
         if self.warnings.filters != self.filters:
             self.warnings.filters[:] = self.filters
             self.warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
