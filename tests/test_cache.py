@@ -102,6 +102,61 @@ def test_a_function_digest_is_the_same_in_every_process():
     assert digest(1, k=4) != first  # a global that a called function reads
 
 
+_ENUM = """import enum
+class Color(enum.Enum):
+    RED = 1
+    BLUE = 2
+    def shout(self):
+        return self.name + "!"
+"""
+
+
+def _notebook_enum(source: str, blank_lines: int = 0, scope: dict | None = None) -> type:
+    scope = {"__name__": "__main__"} if scope is None else scope
+    exec(compile("\n" * blank_lines + source, f"/tmp/ipykernel_{blank_lines}/1.py", "exec"), scope)
+    return scope["Color"]
+
+
+def test_a_notebook_enum_digest_is_its_content():
+    """dill could only name a notebook Enum class (after two PicklingWarnings): a changed member or
+    method kept every key. Moved down the notebook, it keeps them."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        here = cache.content_digest(_notebook_enum(_ENUM))
+        assert cache.content_digest(_notebook_enum(_ENUM, blank_lines=6)) == here
+        assert cache.content_digest(_notebook_enum(_ENUM.replace('"!"', '"?"'))) != here
+        assert cache.content_digest(_notebook_enum(_ENUM.replace("BLUE = 2", "BLUE = 3"))) != here
+        assert cache.content_digest(_notebook_enum(_ENUM).BLUE) != cache.content_digest(_notebook_enum(_ENUM).RED)
+
+
+def test_a_changed_notebook_enum_invalidates_the_iterations_over_it(ip, run_cell):
+    run_cell(_ENUM)
+    cell = "%%azpar -q --cache -o out --workers 2 for c in Color:\nc.shout(), c.value\n"
+    try:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            first = run_cell(cell)
+        assert first.success, first.error
+        assert not [w for w in warned if "Pickling" in type(w.message).__name__], [str(w.message) for w in warned]
+        assert ip.user_ns["out"] == [("RED!", 1), ("BLUE!", 2)]
+        assert run_cell(cell).success and azpar_magic.jobs()[-1].from_cache == 2
+        run_cell(_ENUM.replace('"!"', '"?"'))  # the cell defining Color, edited and run again
+        again = run_cell(cell)
+        assert again.success, again.error
+        assert azpar_magic.jobs()[-1].from_cache == 0 and ip.user_ns["out"] == [("RED?", 1), ("BLUE?", 2)]
+        run_cell(_ENUM.replace("BLUE = 2", "BLUE = 3"))  # a member's value: nothing the body names changed
+        valued = run_cell(cell)
+        assert valued.success, valued.error
+        assert ip.user_ns["out"] == [("RED!", 1), ("BLUE!", 3)]
+    finally:
+        for name in ("enum", "Color", "out"):
+            ip.user_ns.pop(name, None)
+
+
 def test_a_set_digest_does_not_depend_on_its_order():
     words = [f"w{i}" for i in range(50)]
     assert cache.content_digest(set(words)) == cache.content_digest(set(reversed(words)))

@@ -152,6 +152,8 @@ class _ContentPickler(dill.Pickler):
     def reducer_override(self, obj):
         if isinstance(obj, types.FunctionType) and _is_notebook(obj):
             return self._function(obj)
+        if wire._is_notebook_enum(obj):
+            return tuple, (_enum_content(obj),)
         if isinstance(obj, types.CodeType):
             return tuple, (_code_content(obj),)
         if type(obj) in (set, frozenset):
@@ -166,6 +168,22 @@ class _ContentPickler(dill.Pickler):
     def save_global(self, obj, name=None):
         self.modules.add(getattr(obj, "__module__", None) or "")
         return super().save_global(obj, name)
+
+
+# What every Enum class has by its metaclass, or by where it was written: not its content.
+_ENUM_NOT_CONTENT = wire._ENUM_MADE | {"__firstlineno__", "__static_attributes__"}
+
+
+def _enum_content(cls: type) -> tuple:
+    """A notebook Enum class as its content: bases, members and their values, and what else its
+    body defined (methods by their content). dill could only name it (it gives up on the class's
+    members, instances of the class itself), so a changed member or method kept its cache keys."""
+    members = cls.__members__  # type: ignore[attr-defined]
+    attributes = sorted(
+        ((key, value) for key, value in vars(cls).items() if key not in members and key not in _ENUM_NOT_CONTENT),
+        key=lambda kv: kv[0],
+    )
+    return b"enum", cls.__qualname__, cls.__bases__, [(name, m._value_) for name, m in members.items()], attributes
 
 
 def content_digest(obj: object, modules: set[str] | None = None) -> bytes:
