@@ -164,6 +164,21 @@ def test_wrong_placeholder_lists_the_loop_targets(ip, run_cell, folder):
              "cannot be formatted for iteration 0", "IndexError")
     _refused(ip, run_cell, folder, "%%azpar -o r --inputs 'parts/part-{i.csv' for i in range(2):\ni",
              "unbalanced braces")
+    # An expression is not looked up as a name (format() said only "KeyError: 'i+1'").
+    _refused(ip, run_cell, folder, "%%azpar -o r --inputs 'parts/part-{i+1}.csv' for i in range(2):\ni",
+             "{i+1} is not a placeholder", "never an expression")
+
+
+def test_a_file_name_with_braces_is_given_with_doubled_braces(ip, run_cell, folder):
+    """`{{` and `}}` stand for literal braces, as the unbalanced-braces error says: a spec without
+    placeholders was taken as written, so `a{{b}}.csv` looked for a file of that name."""
+    (folder / "a{b}.csv").write_text("braced\n")
+    _refused(ip, run_cell, folder, "%%azpar -o r --inputs 'a{b}.csv' for i in range(2):\ni",
+             "{b}, which is not a loop target name", "Write {{ and }} for literal braces")
+    run = run_cell("%%azpar -q -o r --inputs 'a{{b}}.csv' --inputs 'parts/part-{i}.csv' for i in range(2):\n"
+                   "open('inputs/a{b}.csv').read()")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == ["braced\n", "braced\n"]
 
 
 @pytest.mark.parametrize("options, fragment", [

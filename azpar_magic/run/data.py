@@ -175,9 +175,25 @@ def placeholders(text: str) -> list[str]:
     for _literal, name, _spec, _conv in parsed:
         if name is None:
             continue
-        m = re.match(r"[A-Za-z_]\w*", name)
-        roots.append(m.group(0) if m else name)
+        if not _FIELD.fullmatch(name):  # {i+1}, {len(x)}: format() would look up "i+1" and fail
+            raise DataError(
+                f"--inputs {text!r}: {{{name}}} is not a placeholder; a placeholder is a loop target name, "
+                "with items or attributes and a format if need be ({i}, {row[0]}, {p.name}, {i:03d}), "
+                "never an expression: loop over the values the file names need (for i in range(1, n + 1)). "
+                "Write {{ and }} for literal braces. Nothing was submitted."
+            )
+        roots.append(re.match(r"[A-Za-z_]\w*", name).group(0))  # type: ignore[union-attr]
     return roots
+
+
+# A format field's name as str.format reads it: a name, then .attributes and [keys].
+_FIELD = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[[^\[\]]*\])*")
+
+
+def literal_spec(text: str) -> str:
+    """A spec without placeholders, its {{ and }} read as the literal braces they stand for (as
+    in a spec with placeholders, where str.format reads them so)."""
+    return text.replace("{{", "{").replace("}}", "}") if "{{" in text or "}}" in text else text
 
 
 class _Binder:
@@ -386,10 +402,12 @@ def plan(
                 allowed = ", ".join("{" + n + "}" for n in target_names) or "none (the loop target binds no name)"
                 raise DataError(
                     f"--inputs {text!r} uses {', '.join('{' + n + '}' for n in unknown)}, which is not a "
-                    f"loop target name; placeholders can be {allowed}."
+                    f"loop target name; placeholders can be {allowed}. Write {{{{ and }}}} for literal braces "
+                    "in a file name. Nothing was submitted."
                 )
             per_item.append(text)
             continue
+        text = literal_spec(text)
         if text.startswith(BLOB_SCHEME):
             if not blobs_ok:
                 raise DataError(
