@@ -187,7 +187,7 @@ def _lru_reduce(obj) -> tuple:
     return _LRU_WRAPPER, (obj.__wrapped__, params["maxsize"], params["typed"], functools._CacheInfo), state
 
 
-def _is_notebook_enum(obj: object) -> bool:
+def is_notebook_enum(obj: object) -> bool:
     """An Enum class defined in the notebook (its metaclass is the enum module's or one
     imported from elsewhere). dill cannot ship one by value: the members inside the class
     are instances of the class, a recursion it gives up on, falling back to a reference by
@@ -203,7 +203,7 @@ def _is_notebook_enum(obj: object) -> bool:
 
 # Entries of an Enum class's namespace that the metaclass makes for every class: never
 # copied from one class to the one rebuilt from it (it makes its own).
-_ENUM_MADE = frozenset(
+ENUM_MADE = frozenset(
     {
         "_member_map_",
         "_member_names_",
@@ -280,7 +280,7 @@ def _enum_reduce(cls: type) -> tuple:
     own = {
         key: value
         for key, value in vars(cls).items()
-        if key not in members and key not in _ENUM_MADE and vars(made).get(key, _ABSENT) is not value
+        if key not in members and key not in ENUM_MADE and vars(made).get(key, _ABSENT) is not value
     }
     extra = {
         name: {k: v for k, v in vars(member).items() if k not in _ENUM_MEMBER_MADE}
@@ -447,7 +447,7 @@ def _dill_pickler() -> type:
                     return self.save_reduce(pickle.loads, (pickle.dumps(obj, protocol=PICKLE_PROTOCOL),), obj=obj)
                 if type(obj) is _LRU_WRAPPER and _is_main_object(obj) and not self._by_reference(obj):
                     return self.save_reduce(*_lru_reduce(obj), obj=obj)
-                if _is_notebook_enum(obj) and not self._by_reference(obj):
+                if is_notebook_enum(obj) and not self._by_reference(obj):
                     return self.save_reduce(*_enum_reduce(obj), obj=obj)
                 if _is_notebook_type_name(obj) and not self._by_reference(obj):
                     return self.save_reduce(*_type_name_reduce(obj), obj=obj)

@@ -152,7 +152,7 @@ class _ContentPickler(dill.Pickler):
     def reducer_override(self, obj):
         if isinstance(obj, types.FunctionType) and _is_notebook(obj):
             return self._function(obj)
-        if wire._is_notebook_enum(obj):
+        if wire.is_notebook_enum(obj):
             return tuple, (_enum_content(obj),)
         if isinstance(obj, types.CodeType):
             return tuple, (_code_content(obj),)
@@ -171,7 +171,7 @@ class _ContentPickler(dill.Pickler):
 
 
 # What every Enum class has by its metaclass, or by where it was written: not its content.
-_ENUM_NOT_CONTENT = wire._ENUM_MADE | {"__firstlineno__", "__static_attributes__"}
+_ENUM_NOT_CONTENT = wire.ENUM_MADE | {"__firstlineno__", "__static_attributes__"}
 
 
 def _enum_content(cls: type) -> tuple:

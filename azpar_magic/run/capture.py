@@ -94,8 +94,8 @@ class Capture:
     # Names the body or the notebook functions it calls read that --no-export kept out: the workers
     # will not have them (a NameError at run time), said before the job is submitted.
     unshipped: tuple[str, ...] = ()
-    # The random generators shipped ("`rng` (numpy.random.Generator)"): every task starts from a
-    # copy of their state, so tasks draw the same numbers (engine.random_state_warnings).
+    # The random generators shipped ("`rng` (a numpy.random.Generator)"): every worker starts from
+    # its own copy of their state, so workers draw the same numbers (engine.random_state_warnings).
     random_states: tuple[str, ...] = ()
 
     def without_data(self) -> Capture:
@@ -482,7 +482,7 @@ def random_state_kind(obj: object) -> str | None:
 
 class _Inspector:
     """Hook given to both picklers: refuses process-bound objects, records packages used and
-    the random generators shipped (each task would start from a copy of their state)."""
+    the random generators shipped (each worker starts from its own copy of their state)."""
 
     def __init__(self) -> None:
         self.modules: set[str] = set()

@@ -116,7 +116,7 @@ def _refuse_assigning_into_objects(target: ast.expr) -> None:
             raise CellError(
                 f"The loop target `{whole}` assigns into an object{where}: iterations run in "
                 "processes of their own, so a loop target must be a name or names (`for k in ...`, `for i, "
-                f"(a, b) in ...`). Loop over a name and use it in the body instead. Nothing was submitted."
+                "(a, b) in ...`). Loop over a name and use it in the body instead. Nothing was submitted."
             )
 
 
