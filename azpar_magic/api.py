@@ -15,7 +15,7 @@ from . import jobstore, mapping, session
 from .errors import CellError, SubmitError
 from .jobs import FINAL_STATES, Job, JobOptions
 from .jobstore import JobSummary
-from .run.parsing import ParsedCell, parse_cell, split_header
+from .run.parsing import ParsedCell, future_flags, parse_cell, split_header
 from .run.request import API_SPELLING, RunRequest
 
 __all__ = [
@@ -74,7 +74,7 @@ def run(
         mapping.names_argument(value, option, paths=True)
         for value, option in ((inputs, "inputs"), (outputs, "outputs"))
     )
-    cell = _parsed_loop(loop, body)
+    cell = _parsed_loop(loop, body, future_flags(namespace))
     options = JobOptions(
         combine=combine,
         errors=errors,
@@ -98,7 +98,7 @@ def run(
     return job
 
 
-def _parsed_loop(loop: str, body: str) -> ParsedCell:
+def _parsed_loop(loop: str, body: str, future: int = 0) -> ParsedCell:
     """``run``'s loop and body, parsed as a cell's (cached), with errors in ``run``'s terms: a bytes
     loop failed inside the tokenizer, the magic's own words ("the %%azpar line") named a line the
     caller never wrote, and options written before ``for`` ('--combine sum for x in xs', the magic
@@ -107,7 +107,7 @@ def _parsed_loop(loop: str, body: str) -> ParsedCell:
         if not isinstance(value, str):
             raise TypeError(f"azpar_magic.run's {name} is a str, not {type(value).__name__} {value!r}")
     try:
-        cell = parse_cell(loop, body)
+        cell = parse_cell(loop, body, future)
     except CellError as exc:
         if not body.strip():
             raise ValueError(
@@ -320,7 +320,7 @@ def rerun_with(
     first_line, _, body = base.source.partition("\n")
     line = first_line[len("%%azpar") :] if first_line.startswith("%%azpar") else first_line
     try:
-        cell = parse_cell(line, body)
+        cell = parse_cell(line, body, future_flags(namespace))
     except CellError as exc:
         raise ValueError(f"the cell of job {base.id} cannot be parsed again: {exc}") from None
     options = dataclasses.replace(base.options, output_name=output_name or base.options.output_name)

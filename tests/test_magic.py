@@ -170,3 +170,25 @@ def test_a_negative_number_is_a_word_not_an_option(run_cell):
     assert "no job 'somejob'" in str(run_cell("%azpar logs somejob -1").error)
     assert str(run_cell("%azpar pool resize -1 2").error) == ("usage: %azpar pool resize DEDICATED SPOT (two whole "
                                                                "numbers, 0 or more)")
+
+
+def test_a_notebooks_future_annotations_reach_the_body(ip, run_cell):
+    """After `from __future__ import annotations` in the notebook, a function defined in the loop body
+    may annotate with a name defined later (the notebook's own loop leaves annotations unevaluated);
+    the body was compiled without the flag and failed with NameError on the workers only."""
+    import __future__
+
+    body = "def g(x: Later) -> Later:\n    return x * 2\ng(i), g.__annotations__['x']"
+    try:
+        run_cell("from __future__ import annotations")
+        run = run_cell("%%azpar -q -o out for i in range(2):\n" + body)
+        assert run.success, run.error
+        assert ip.user_ns["out"] == [(0, "Later"), (2, "Later")]
+        ns = {"annotations": __future__.annotations}
+        assert azpar_magic.run("for i in range(2)", body, ns).result() == [(0, "Later"), (2, "Later")]
+    finally:
+        ip.compile.flags &= ~__future__.annotations.compiler_flag  # later tests' cells compile as before
+        for name in ("annotations", "out"):
+            ip.user_ns.pop(name, None)
+    without = run_cell("%%azpar -q -o out for i in range(2):\n" + body)
+    assert not without.success and "NameError: name 'Later' is not defined" in str(without.error)

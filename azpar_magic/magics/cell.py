@@ -13,7 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from .. import session
 from ..errors import CellError, SubmitError
 from ..jobs import merge
-from ..run.parsing import parse_cell
+from ..run.parsing import future_flags, parse_cell
 from ..run.request import FLAG_SPELLING, RunRequest
 from .context import DEFAULT_OUTPUT, MagicContext, Pending
 from .display import follow
@@ -183,7 +183,7 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
     """Parse the cell, submit its job and, unless --no-wait, finish it (returns None); with --no-wait, the job."""
     shell = context.shell
     with usage_errors(CellError):
-        parsed = parse_cell(line, cell)
+        parsed = parse_cell(line, cell, future_flags(shell.user_ns))
     args = parse_options(azpar_cell.parser, parsed.options)
     args.quiet = args.quiet or context.quiet  # %config AzparMagics.quiet
     options = job_options(args, shell.user_ns)

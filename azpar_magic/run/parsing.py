@@ -7,6 +7,7 @@ line the user sees in the notebook.
 """
 
 from __future__ import annotations
+import __future__
 
 import ast
 import base64
@@ -283,15 +284,25 @@ def _on_magic_line(node: ast.AST) -> None:
         node.col_offset = node.end_col_offset = 0
 
 
-def build_runner_code(target: ast.expr, body: ast.Module, line_offset: int) -> bytes:
+def future_flags(namespace: Mapping[str, object]) -> int:
+    """The compiler flag of the notebook's ``from __future__ import annotations``, which a body
+    must be compiled with too: the notebook's own loop then leaves annotations unevaluated, and a
+    function defined in the body with a forward reference (``def g(x: Later)``) failed with
+    NameError on the workers only. The import binds ``annotations`` to the feature in the
+    namespace, which tells it alike for a cell and for ``run()``'s namespace."""
+    feature = __future__.annotations
+    return feature.compiler_flag if namespace.get("annotations") is feature else 0
+
+
+def build_runner_code(target: ast.expr, body: ast.Module, line_offset: int, future: int = 0) -> bytes:
     """Module mode: the runner executes in the worker's global namespace, as a notebook
     cell does, so the body's assignments are globals that notebook functions can read."""
     module = ast.Module(body=_runner_statements(target, body, line_offset), type_ignores=[])
     ast.fix_missing_locations(module)
-    return marshal.dumps(compile(module, CELL_FILENAME, "exec", dont_inherit=True))
+    return marshal.dumps(compile(module, CELL_FILENAME, "exec", flags=future, dont_inherit=True))
 
 
-def build_function_code(target: ast.expr, body: ast.Module, line_offset: int) -> bytes:
+def build_function_code(target: ast.expr, body: ast.Module, line_offset: int, future: int = 0) -> bytes:
     """Function mode: the same runner as ``def FUNCTION_NAME(__azpar_item__): ... return
     __azpar_value__``. A call is cheaper than exec of module code and the globals need no
     reset between iterations; capture decides when it is equivalent to module mode.
@@ -318,14 +329,15 @@ def build_function_code(target: ast.expr, body: ast.Module, line_offset: int) ->
     module = ast.Module(body=[func], type_ignores=[])
     ast.fix_missing_locations(module)
     try:
-        return marshal.dumps(compile(module, CELL_FILENAME, "exec", dont_inherit=True))
+        return marshal.dumps(compile(module, CELL_FILENAME, "exec", flags=future, dont_inherit=True))
     except SyntaxError:
         return b""
 
 
 @functools.lru_cache(maxsize=64)
-def parse_cell(line: str, body: str) -> ParsedCell:
+def parse_cell(line: str, body: str, future: int = 0) -> ParsedCell:
     """Validate the magic line and body; raise CellError with a user-facing message.
+    ``future``: the notebook's __future__ compiler flags (:func:`future_flags`).
 
     Cached: re-running a cell is the common case and the result is immutable (callers
     must not modify ``body_tree``)."""
@@ -345,8 +357,8 @@ def parse_cell(line: str, body: str) -> ParsedCell:
             hint = " IPython magics and shell escapes (% and !) cannot run inside a %%azpar body."
         raise CellError(f"Syntax error at {where} of the cell: {exc.msg}.{hint} Nothing was submitted.") from None
     check_body(tree, line_offset)
-    code = build_runner_code(target, tree, line_offset)
-    function_code = build_function_code(target, tree, line_offset)
+    code = build_runner_code(target, tree, line_offset, future)
+    function_code = build_function_code(target, tree, line_offset, future)
     return ParsedCell(
         options=options,
         target_source=target_src,
