@@ -230,3 +230,23 @@ def test_tasks_a_dead_kernel_had_not_added_get_their_own_inputs(start_kernel, jo
     kernel.ok("%load_ext azpar_magic")
     kernel.ok(f"%azpar collect {job_id} -o vals", timeout=120)
     assert kernel.value("vals") == repr([7 + x for x in range(N_PARTS)])  # header + 6 + x rows
+
+
+def test_a_file_beside_the_notebook_opened_without_inputs_is_named_with_the_fix(azure, ip, run_cell):
+    """The same cell ran on the local pool, whose workers see the notebook's folder; on a node it
+    failed with a bare FileNotFoundError. The error now says the nodes lack the file and how to
+    bring it; a file missing here too gets no such words."""
+    os.makedirs("sub", exist_ok=True)
+    with open("sub/data.csv", "w") as fh:
+        fh.write("a,b\n1,2\n")
+    run = run_cell("%%azpar -q -o got for i in range(2):\nopen('sub/data.csv').read()")
+    assert not run.success
+    said = str(run.error)
+    assert "FileNotFoundError" in said and "'sub/data.csv' is a file of this machine, which the nodes do not have: " \
+        "pass --inputs 'sub/data.csv' and open 'inputs/sub/data.csv' in the body" in said, said
+    fixed = run_cell("%%azpar -q -o got --inputs sub/data.csv for i in range(2):\nopen('inputs/sub/data.csv').read()")
+    assert fixed.success, fixed.error
+    assert ip.user_ns["got"] == ["a,b\n1,2\n"] * 2
+    missing = run_cell("%%azpar -q -o got for i in range(2):\nopen('nowhere.csv').read()")
+    assert not missing.success and "FileNotFoundError" in str(missing.error)
+    assert "nodes do not have" not in str(missing.error)

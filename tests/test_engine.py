@@ -236,3 +236,20 @@ def test_validate_options_accepts_the_edges_of_each_range():
 def test_a_bad_job_name_is_refused_with_the_stores_reason():
     with pytest.raises(SubmitError, match="'a b' cannot name a job: it has ' '.*Nothing was submitted."):
         validate_options(JobOptions(name="a b"))
+
+
+def test_missing_file_hint_names_only_files_this_machine_has(tmp_path):
+    from azpar_magic.jobs import Failure
+    from azpar_magic.run.engine import missing_file_hint
+
+    (tmp_path / "here.csv").write_text("x")
+    here = Failure(0, "builtins.FileNotFoundError", "[Errno 2] No such file or directory: 'here.csv'")
+    assert missing_file_hint(here, str(tmp_path)).message.endswith(
+        "('here.csv' is a file of this machine, which the nodes do not have: pass --inputs 'here.csv' and open "
+        "'inputs/here.csv' in the body)")
+    gone = Failure(0, "builtins.FileNotFoundError", "[Errno 2] No such file or directory: 'gone.csv'")
+    assert missing_file_hint(gone, str(tmp_path)) is gone
+    other = Failure(0, "builtins.ValueError", "No such file or directory: 'here.csv'")
+    assert missing_file_hint(other, str(tmp_path)) is other
+    by_exc = Failure(0, "builtins.FileNotFoundError", "gone", exc=FileNotFoundError(2, "No such file", "here.csv"))
+    assert "pass --inputs 'here.csv'" in missing_file_hint(by_exc, str(tmp_path)).message

@@ -173,6 +173,9 @@ class BlobData(Protocol):
     """``az://`` paths in ``--inputs`` and ``--outputs-to``, and the Blob storage behind them."""
 
     blob_inputs: bool
+    # The workers do not see the kernel's files (nodes in the cloud): a body that opens a file beside
+    # the notebook without --inputs fails there only, and the engine says why (engine.missing_file_hint).
+    files_are_remote: bool
 
     def check_data(self, plan: Any) -> None:
         """Check what the data plan's blob paths select, before anything is submitted."""
@@ -285,6 +288,7 @@ class BaseBackend:
     reads_options: frozenset[str] = frozenset()
     outlives_kernel = False
     blob_inputs = False
+    files_are_remote = False
     installs_packages = False
     pool_admin = False
     profile: Any = None

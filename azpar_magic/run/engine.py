@@ -8,6 +8,7 @@ early under ``--errors stop``, and finishing the job when every task is final.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -15,6 +16,7 @@ import mmap
 import operator
 import os
 import pickle
+import re
 import secrets
 import sys
 import threading
@@ -305,12 +307,44 @@ def chunk_subset(indices: Sequence[int], size: int) -> list[Sequence[int]]:
     return chunks
 
 
+def missing_file_hint(failure: Failure, folder: str) -> Failure:
+    """An iteration that could not open a file which exists beside the notebook (``open('data.csv')``
+    without ``--inputs``) ran on a node that has only what ``--inputs`` brings: say so, and how, beside
+    the error. The same cell ran on the local pool, whose workers see the notebook's folder."""
+    if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] != "FileNotFoundError":
+        return failure
+    name = getattr(failure.exc, "filename", None)
+    if not isinstance(name, str):
+        said = re.search(r"No such file or directory: '([^']+)'", failure.message)
+        name = said.group(1) if said else None
+    if not name or not os.path.isfile(os.path.join(folder, name)):
+        return failure
+    try:
+        (found,) = data_mod.resolve_local(name, folder)
+    except (DataError, ValueError):  # not readable here either, or a glob's characters in the name
+        return failure
+    return dataclasses.replace(
+        failure,
+        message=f"{failure.message} ({name!r} is a file of this machine, which the nodes do not have: pass "
+        f"--inputs {name!r} and open {data_mod.INPUTS_DIR + '/' + found.rel!r} in the body)",
+    )
+
+
 class _Run:
     """Routes one job's task events to its Job; owns retries and early stop."""
 
-    def __init__(self, engine: Engine, job: Job, tasks: dict[str, TaskSpec], recorder: jobstore.JobRecorder):
+    def __init__(
+        self,
+        engine: Engine,
+        job: Job,
+        tasks: dict[str, TaskSpec],
+        recorder: jobstore.JobRecorder,
+        folder: str | None = None,
+    ):
         self.engine, self.job, self.tasks = engine, job, tasks
         self.recorder = recorder  # the job store's copy: fed here, written on its own thread
+        # The kernel's folder, when the workers do not see its files: failures naming one say so.
+        self.folder = folder
         self.lock = threading.Lock()
         self.stopped: set[str] = set()  # tasks cancelled by _stop_early
 
@@ -412,6 +446,8 @@ class _Run:
                 unloadable.setdefault(pos, f"a --gather variable: {why}")
         failed = result.get("failed")
         failures = {i: failure_from_record(i, rec) for i, rec in failed.items()} if failed else {}
+        if failures and self.folder is not None:
+            failures = {i: missing_file_hint(f, self.folder) for i, f in failures.items()}
         for pos, why in unloadable.items():  # computed on the worker, but not loadable in this kernel
             index = indices[pos]
             failures.setdefault(
@@ -600,7 +636,7 @@ class Engine:
             backend_options={**request.backend_options, **({"data": data_plan} if data_plan else {})},
             manifest=recorder.manifest,
         )
-        run = _Run(self, job, tasks, recorder)
+        run = _Run(self, job, tasks, recorder, folder if self.backend.files_are_remote else None)
         with self._lock:
             self._runs[job_id] = run
         job.capture = cap.without_data()  # the bytes are staged by the backend, never kept (see without_data)

@@ -40,6 +40,7 @@ class AzureBackend(BaseBackend):
     size_label = "VM size"
     reads_options = frozenset({"packages", "auto_packages", "merge", "keep", "max_cost"})
     blob_inputs = True  # az:// paths in --inputs and --outputs-to (data.py)
+    files_are_remote = True  # nodes see only what --inputs brings
     outlives_kernel = True  # a Batch job runs on when the kernel ends; attach takes it over later
     installs_packages = True  # the nodes install the kernel's distributions (--packages, auto_packages)
     pool_admin = True  # %azpar pool, the configuration form's buttons
