@@ -287,3 +287,41 @@ def test_the_start_task_records_what_the_image_has(batch, azurite, ip, run_cell,
     listed = (_nodes(batch)[0].root / "shared" / commands.IMAGE_PACKAGES).read_text()
     assert '"pip"' in listed and "numpy" not in listed
 
+
+
+def test_a_module_the_cell_imports_out_of_sight_is_named_with_the_packages_to_pass(batch, azurite, ip, run_cell,
+                                                                                   tmp_path, monkeypatch):
+    """The nodes install what the captured code names; a module imported where capture cannot see
+    (``importlib.import_module``, a library's optional dependency) is missing there. The failure
+    names the kernel's distribution and version to pass, and passing them makes the cell run."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    wheel = tiny_wheel(tmp_path, "azpar-hidden-pkg", "1.0", 7)
+    prefix = tmp_path / "prefix"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--prefix", str(prefix),
+                           str(wheel)], capture_output=True, text=True, env=PIP_ENV)
+    assert done.returncode == 0, done.stderr
+    site.addsitedir(sysconfig.get_path("purelib", "posix_prefix", vars={"base": str(prefix), "platbase": str(prefix)}))
+    importlib.invalidate_caches()
+    index = shared_folder("azpar-hidden-index-")
+    body = "import importlib\nimportlib.import_module('azpar_hidden_pkg').VALUE + x"
+    try:
+        shutil.copy(wheel, index)
+        version = md.version("azpar-hidden-pkg")
+        with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
+                           pip_options=node_pip_options(extra_find_links=index)):
+            run = run_cell(f"%%azpar -q -o r for x in range(2):\n{body}")
+            assert not run.success
+            said = str(run.error)
+            assert "ModuleNotFoundError: No module named 'azpar_hidden_pkg' (azpar_hidden_pkg is installed in this " \
+                "kernel, but no code the cell sends names it" in said, said
+            pins = f"--packages {md.metadata('azpar-hidden-pkg')['Name']}=={version}"
+            assert f"pass {pins})" in said, said
+            fixed = run_cell(f"%%azpar -q {pins} -o r for x in range(2):\n{body}")
+            assert fixed.success, fixed.error
+        assert ip.user_ns["r"] == [7, 8]
+    finally:
+        shutil.rmtree(index, ignore_errors=True)
+        for name in [m for m in sys.modules if m.startswith("azpar_hidden_pkg")]:
+            del sys.modules[name]

@@ -253,3 +253,21 @@ def test_missing_file_hint_names_only_files_this_machine_has(tmp_path):
     assert missing_file_hint(other, str(tmp_path)) is other
     by_exc = Failure(0, "builtins.FileNotFoundError", "gone", exc=FileNotFoundError(2, "No such file", "here.csv"))
     assert "pass --inputs 'here.csv'" in missing_file_hint(by_exc, str(tmp_path)).message
+
+
+def test_missing_module_hint_names_the_kernels_distribution_only():
+    import numpy as np
+
+    from azpar_magic.jobs import Failure
+    from azpar_magic.run.engine import missing_module_hint
+
+    hidden = Failure(0, "builtins.ModuleNotFoundError", "No module named 'numpy'")
+    assert missing_module_hint(hidden).message.endswith(
+        f"(numpy is installed in this kernel, but no code the cell sends names it, so the nodes did not install it: "
+        f"pass --packages numpy=={np.__version__})")
+    optional = Failure(0, "builtins.ImportError", "Missing optional dependency 'numpy'.  Use pip or conda to install numpy.")
+    assert f"--packages numpy=={np.__version__}" in missing_module_hint(optional).message
+    for untouched in (Failure(0, "builtins.ModuleNotFoundError", "No module named 'azpar_nowhere_pkg'"),
+                      Failure(0, "builtins.ModuleNotFoundError", "No module named 'tomllib'"),  # the standard library
+                      Failure(0, "builtins.ValueError", "No module named 'numpy'")):
+        assert missing_module_hint(untouched) is untouched

@@ -330,6 +330,33 @@ def missing_file_hint(failure: Failure, folder: str) -> Failure:
     )
 
 
+_MISSING_MODULE = re.compile(r"No module named '([\w.]+)'|Missing optional dependency '([\w.]+)'")
+
+
+def missing_module_hint(failure: Failure) -> Failure:
+    """An iteration that could not import a module this kernel has: the nodes install the
+    distributions the captured code names, and an import they cannot see (inside a library,
+    ``pd.read_excel`` needing openpyxl; ``importlib.import_module(name)``) is not among them. Say
+    which distribution and version to pass with ``--packages``, beside the error."""
+    if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] not in ("ModuleNotFoundError", "ImportError"):
+        return failure
+    name = getattr(failure.exc, "name", None)
+    if not isinstance(name, str):
+        said = _MISSING_MODULE.search(failure.message)
+        name = (said.group(1) or said.group(2)) if said else None
+    if not name or name.split(".")[0] in sys.stdlib_module_names:
+        return failure
+    found = capture_mod.distributions_for([name])
+    if not found:
+        return failure
+    pins = " ".join(f"--packages {dist}=={version}" for dist, version in sorted(found.items()))
+    return dataclasses.replace(
+        failure,
+        message=f"{failure.message} ({name} is installed in this kernel, but no code the cell sends names it, so "
+        f"the nodes did not install it: pass {pins})",
+    )
+
+
 class _Run:
     """Routes one job's task events to its Job; owns retries and early stop."""
 
@@ -340,11 +367,13 @@ class _Run:
         tasks: dict[str, TaskSpec],
         recorder: jobstore.JobRecorder,
         folder: str | None = None,
+        installs: bool = False,
     ):
         self.engine, self.job, self.tasks = engine, job, tasks
         self.recorder = recorder  # the job store's copy: fed here, written on its own thread
         # The kernel's folder, when the workers do not see its files: failures naming one say so.
         self.folder = folder
+        self.installs = installs  # the workers install packages: a missing module says which to pass
         self.lock = threading.Lock()
         self.stopped: set[str] = set()  # tasks cancelled by _stop_early
 
@@ -448,6 +477,8 @@ class _Run:
         failures = {i: failure_from_record(i, rec) for i, rec in failed.items()} if failed else {}
         if failures and self.folder is not None:
             failures = {i: missing_file_hint(f, self.folder) for i, f in failures.items()}
+        if failures and self.installs:
+            failures = {i: missing_module_hint(f) for i, f in failures.items()}
         for pos, why in unloadable.items():  # computed on the worker, but not loadable in this kernel
             index = indices[pos]
             failures.setdefault(
@@ -636,7 +667,14 @@ class Engine:
             backend_options={**request.backend_options, **({"data": data_plan} if data_plan else {})},
             manifest=recorder.manifest,
         )
-        run = _Run(self, job, tasks, recorder, folder if self.backend.files_are_remote else None)
+        run = _Run(
+            self,
+            job,
+            tasks,
+            recorder,
+            folder if self.backend.files_are_remote else None,
+            installs=self.backend.installs_packages,
+        )
         with self._lock:
             self._runs[job_id] = run
         job.capture = cap.without_data()  # the bytes are staged by the backend, never kept (see without_data)
