@@ -344,17 +344,24 @@ def missing_module_hint(failure: Failure) -> Failure:
     if not isinstance(name, str):
         said = _MISSING_MODULE.search(failure.message)
         name = (said.group(1) or said.group(2)) if said else None
-    if not name or name.split(".")[0] in sys.stdlib_module_names:
+    pins = _packages_for(name) if name else ""
+    if not pins:
         return failure
-    found = capture_mod.distributions_for([name])
-    if not found:
-        return failure
-    pins = " ".join(f"--packages {dist}=={version}" for dist, version in sorted(found.items()))
     return dataclasses.replace(
         failure,
         message=f"{failure.message} ({name} is installed in this kernel, but no code the cell sends names it, so "
         f"the nodes did not install it: pass {pins})",
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _packages_for(module: str) -> str:
+    """``--packages DIST==VERSION`` for the kernel's distributions behind ``module`` ("" when none, or
+    the standard library's): asked once per module, however many iterations failed on it."""
+    if module.split(".")[0] in sys.stdlib_module_names:
+        return ""
+    found = capture_mod.distributions_for([module])
+    return " ".join(f"--packages {dist}=={version}" for dist, version in sorted(found.items()))
 
 
 class _Run:
