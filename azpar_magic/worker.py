@@ -1986,6 +1986,19 @@ def load_items(codec: str, data: bytes, job: LoadedJob) -> list:
         ) from None
 
 
+LEFT_FILES_SHOWN = 20  # names of files a task left in its folder, reported back at most
+
+
+def _folder_names() -> set[str]:
+    """The names in the task's working folder. Without --inputs/--outputs the iterations run there,
+    and what they write in it is never brought back: a task reports the names it added (a cell
+    that saved plots beside the notebook on the local pool saved them nowhere the user sees)."""
+    try:
+        return set(os.listdir("."))
+    except OSError:
+        return set()
+
+
 def run_task_file(task_path: str, result_path: str, cache: JobCache | None = None) -> int:
     """Run one task from a task-input file and write its result file; return the exit code."""
     try:
@@ -1996,8 +2009,14 @@ def run_task_file(task_path: str, result_path: str, cache: JobCache | None = Non
             envelope_path = os.path.join(base, envelope_path)
         job = load_job(envelope_path, cache)
         items = load_items(header["items_codec"], body, job)
-        result = Runner(job).run(header["indices"], items, iteration_files(job.envelope, header.get("data")))
+        files = iteration_files(job.envelope, header.get("data"))
+        before = None if files is not None else _folder_names()
+        result = Runner(job).run(header["indices"], items, files)
         result["task"] = header.get("task")
+        if before is not None:
+            left = sorted(_folder_names() - before - {os.path.basename(result_path)})
+            if left:
+                result["left_files"] = left[:LEFT_FILES_SHOWN]
         write_result(result_path, result)
         return EXIT_OK
     except EnvironmentMismatch as exc:

@@ -250,3 +250,20 @@ def test_a_file_beside_the_notebook_opened_without_inputs_is_named_with_the_fix(
     missing = run_cell("%%azpar -q -o got for i in range(2):\nopen('nowhere.csv').read()")
     assert not missing.success and "FileNotFoundError" in str(missing.error)
     assert "nodes do not have" not in str(missing.error)
+
+
+def test_files_written_on_the_nodes_without_outputs_are_named(azure, ip, run_cell):
+    """On the local pool a body's `savefig('plot-3.png')` lands beside the notebook; on a node it
+    stayed in the task's folder, and the cell said nothing. The cell names what was left there
+    and the --outputs that brings it back; with --outputs, nothing is said."""
+    body = "import os\nos.makedirs('figs', exist_ok=True)\nopen(f'plot-{i}.png', 'w').write('x')\n" \
+           "open(f'figs/f{i}.txt', 'w').write('y')\ni"
+    run = run_cell(f"%%azpar -q -o got for i in range(3):\n{body}")
+    assert run.success, run.error
+    assert ("azpar: warning: iterations wrote figs, plot-0.png, plot-1.png, plot-2.png in their working folders "
+            "on the nodes, where they stay") in run.stderr, run.stderr
+    assert "pass --outputs GLOB (--outputs 'figs') to bring them back" in run.stderr
+    kept = run_cell(f"%%azpar -q -o got --outputs '*.png' --outputs 'figs/*' for i in range(3):\n{body}")
+    assert kept.success, kept.error
+    assert "where they stay" not in kept.stderr, kept.stderr
+    assert sorted(os.listdir(os.path.join("azpar_outputs", azpar_magic.jobs()[-1].id, "1"))) == ["figs", "plot-1.png"]

@@ -159,6 +159,9 @@ class Job:
         self.manifest: dict | None = None  # the job store's manifest, for a job loaded from the store
         self.owner = ""  # for a stored job another process runs: which one (it cannot be cancelled here)
         self.files = None  # data.FilesReport of a job with --inputs/--outputs: outputs per iteration, warnings
+        # Files iterations wrote in their working folders on remote nodes, without --outputs: they stay there
+        # (the local pool's workers write beside the notebook), and the magic says so (display.show_files).
+        self.left_on_nodes: set[str] = set()
         self.reattach = False  # loaded from the store, running on a backend that outlived its kernel: take it over
         self.meter: CostMeter | None = None  # node and task time while it runs (set by the engine; jobs/cost.py)
         self.stop_reason = ""  # why azpar cancelled the job itself (its cost cap): result() and the views say it

@@ -154,7 +154,17 @@ def _truncation_note(job_id: str, shown: int, hidden: int, displays: int, indice
 
 
 def show_files(job: Job, quiet: bool) -> None:
-    """--outputs: where they went, and each pattern that matched nothing (once)."""
+    """--outputs: where they went, and each pattern that matched nothing (once); without --outputs,
+    the files iterations wrote on remote nodes, which stay there."""
+    left = sorted(getattr(job, "left_on_nodes", ()) or ())
+    if left:
+        shown = ", ".join(left[:8]) + (f" and {len(left) - 8} more" if len(left) > 8 else "")
+        print(
+            f"azpar: warning: iterations wrote {shown} in their working folders on the nodes, where they stay "
+            f"(on the local pool they land beside the notebook): pass --outputs GLOB (--outputs {left[0]!r}) to "
+            "bring them back",
+            file=sys.stderr,
+        )
     report = getattr(job, "files", None)
     if report is None or not report.plan.outputs:
         return

@@ -501,6 +501,8 @@ class _Run:
             )
         if getattr(self.job, "files", None) is not None:  # --inputs/--outputs: what came back
             self.job.files.add(result.get("files"))
+        if result.get("left_files"):  # written on a node without --outputs: they stay there
+            self.job.left_on_nodes.update(result["left_files"])
         self.job.record_values(event.task_id, indices, values, failures, result.get("outputs", {}), gathered)
         self.recorder.task_result(event.task_id, indices, result)
         if failures:
