@@ -348,3 +348,19 @@ def test_a_notebook_module_stays_importable_in_a_later_job_on_the_same_worker(ip
     finally:
         for name in ("xs", "got"):
             ip.user_ns.pop(name, None)
+
+
+def test_an_environment_variable_set_in_the_notebook_after_the_pool_started_is_explained(ip, run_cell, monkeypatch):
+    """The workers keep the environment they started with (and nodes have their own): a variable the
+    notebook sets later fails the body's os.environ[...] with a bare KeyError, which now says why and
+    what to do. A KeyError of the body's own dict gets no such words."""
+    assert run_cell("%%azpar -q --workers 1 -o got for i in range(1):\ni").success  # the pool runs
+    monkeypatch.setenv("AZPAR_T_SET_LATER", "secret")
+    run = run_cell("%%azpar -q --workers 1 -o got for i in range(2):\nimport os\nos.environ['AZPAR_T_SET_LATER']")
+    assert not run.success
+    said = str(run.error)
+    assert "KeyError: 'AZPAR_T_SET_LATER' (AZPAR_T_SET_LATER is set in this kernel, but iterations do not see the " \
+        "kernel's environment" in said, said
+    assert "value = os.environ['AZPAR_T_SET_LATER']" in said
+    own = run_cell("%%azpar -q --workers 1 -o got for i in range(1):\n{'a': 1}['AZPAR_T_SET_LATER']")
+    assert not own.success and "is set in this kernel" not in str(own.error)

@@ -330,6 +330,30 @@ def missing_file_hint(failure: Failure, folder: str) -> Failure:
     )
 
 
+_ENVIRON_LOOKUP = re.compile(r'File "(?:<frozen os>|[^"]*[/\\]os\.py)", line \d+, in __getitem__')
+
+
+def environment_hint(failure: Failure) -> Failure:
+    """An iteration's ``os.environ[NAME]`` failed for a variable this kernel has: the workers'
+    environment is not the kernel's (local workers have the kernel's as it was when the pool started,
+    nodes never see it), so a variable set in the notebook later (``os.environ['KEY'] = ...``) is not
+    there. Say so and how to pass the value, beside the KeyError."""
+    if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] != "KeyError":
+        return failure
+    if not _ENVIRON_LOOKUP.search(failure.traceback or ""):
+        return failure
+    exc = failure.exc
+    name = exc.args[0] if isinstance(exc, KeyError) and exc.args else failure.message.strip("'\"")
+    if not isinstance(name, str) or name not in os.environ:
+        return failure
+    return dataclasses.replace(
+        failure,
+        message=f"{failure.message} ({name} is set in this kernel, but iterations do not see the kernel's environment: "
+        "the local pool's workers keep the one they started with, and Azure nodes have their own. Read it in the "
+        f"notebook (value = os.environ[{name!r}]) and use that variable in the body)",
+    )
+
+
 _MISSING_MODULE = re.compile(r"No module named '([\w.]+)'|Missing optional dependency '([\w.]+)'")
 
 
@@ -486,6 +510,8 @@ class _Run:
             failures = {i: missing_file_hint(f, self.folder) for i, f in failures.items()}
         if failures and self.installs:
             failures = {i: missing_module_hint(f) for i, f in failures.items()}
+        if failures:
+            failures = {i: environment_hint(f) for i, f in failures.items()}
         for pos, why in unloadable.items():  # computed on the worker, but not loadable in this kernel
             index = indices[pos]
             failures.setdefault(
