@@ -240,7 +240,7 @@ def test_a_bad_job_name_is_refused_with_the_stores_reason():
 
 def test_missing_file_hint_names_only_files_this_machine_has(tmp_path):
     from azpar_magic.jobs import Failure
-    from azpar_magic.run.engine import missing_file_hint
+    from azpar_magic.run.hints import missing_file_hint
 
     (tmp_path / "here.csv").write_text("x")
     here = Failure(0, "builtins.FileNotFoundError", "[Errno 2] No such file or directory: 'here.csv'")
@@ -259,7 +259,7 @@ def test_missing_module_hint_names_the_kernels_distribution_only():
     import numpy as np
 
     from azpar_magic.jobs import Failure
-    from azpar_magic.run.engine import missing_module_hint
+    from azpar_magic.run.hints import missing_module_hint
 
     hidden = Failure(0, "builtins.ModuleNotFoundError", "No module named 'numpy'")
     assert missing_module_hint(hidden).message.endswith(

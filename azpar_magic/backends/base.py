@@ -174,7 +174,7 @@ class BlobData(Protocol):
 
     blob_inputs: bool
     # The workers do not see the kernel's files (nodes in the cloud): a body that opens a file beside
-    # the notebook without --inputs fails there only, and the engine says why (engine.missing_file_hint).
+    # the notebook without --inputs fails there only, and the kernel says why (run.hints.missing_file_hint).
     files_are_remote: bool
 
     def check_data(self, plan: Any) -> None:

@@ -8,7 +8,6 @@ early under ``--errors stop``, and finishing the job when every task is final.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import logging
@@ -16,7 +15,6 @@ import mmap
 import operator
 import os
 import pickle
-import re
 import secrets
 import sys
 import threading
@@ -32,7 +30,7 @@ from ..jobs import TASK_FINAL, Failure, Job, JobOptions, merge
 from ..jobs.cost import CostMeter, money
 from ..jobs.results import decode_each, failure_from_record
 from ..jobs.states import task_failure_kind
-from . import cache as cache_mod, capture as capture_mod, data as data_mod, parsing
+from . import cache as cache_mod, capture as capture_mod, data as data_mod, hints, parsing
 from .parsing import ParsedCell
 from .request import API_SPELLING, RunRequest
 
@@ -307,87 +305,6 @@ def chunk_subset(indices: Sequence[int], size: int) -> list[Sequence[int]]:
     return chunks
 
 
-def missing_file_hint(failure: Failure, folder: str) -> Failure:
-    """An iteration that could not open a file which exists beside the notebook (``open('data.csv')``
-    without ``--inputs``) ran on a node that has only what ``--inputs`` brings: say so, and how, beside
-    the error. The same cell ran on the local pool, whose workers see the notebook's folder."""
-    if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] != "FileNotFoundError":
-        return failure
-    name = getattr(failure.exc, "filename", None)
-    if not isinstance(name, str):
-        said = re.search(r"No such file or directory: '([^']+)'", failure.message)
-        name = said.group(1) if said else None
-    if not name or not os.path.isfile(os.path.join(folder, name)):
-        return failure
-    try:
-        (found,) = data_mod.resolve_local(name, folder)
-    except (DataError, ValueError):  # not readable here either, or a glob's characters in the name
-        return failure
-    return dataclasses.replace(
-        failure,
-        message=f"{failure.message} ({name!r} is a file of this machine, which the nodes do not have: pass "
-        f"--inputs {name!r} and open {data_mod.INPUTS_DIR + '/' + found.rel!r} in the body)",
-    )
-
-
-_ENVIRON_LOOKUP = re.compile(r'File "(?:<frozen os>|[^"]*[/\\]os\.py)", line \d+, in __getitem__')
-
-
-def environment_hint(failure: Failure) -> Failure:
-    """An iteration's ``os.environ[NAME]`` failed for a variable this kernel has: the workers'
-    environment is not the kernel's (local workers have the kernel's as it was when the pool started,
-    nodes never see it), so a variable set in the notebook later (``os.environ['KEY'] = ...``) is not
-    there. Say so and how to pass the value, beside the KeyError."""
-    if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] != "KeyError":
-        return failure
-    if not _ENVIRON_LOOKUP.search(failure.traceback or ""):
-        return failure
-    exc = failure.exc
-    name = exc.args[0] if isinstance(exc, KeyError) and exc.args else failure.message.strip("'\"")
-    if not isinstance(name, str) or name not in os.environ:
-        return failure
-    return dataclasses.replace(
-        failure,
-        message=f"{failure.message} ({name} is set in this kernel, but iterations do not see the kernel's environment: "
-        "the local pool's workers keep the one they started with, and Azure nodes have their own. Read it in the "
-        f"notebook (value = os.environ[{name!r}]) and use that variable in the body)",
-    )
-
-
-_MISSING_MODULE = re.compile(r"No module named '([\w.]+)'|Missing optional dependency '([\w.]+)'")
-
-
-def missing_module_hint(failure: Failure) -> Failure:
-    """An iteration that could not import a module this kernel has: the nodes install the
-    distributions the captured code names, and an import they cannot see (inside a library,
-    ``pd.read_excel`` needing openpyxl; ``importlib.import_module(name)``) is not among them. Say
-    which distribution and version to pass with ``--packages``, beside the error."""
-    if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] not in ("ModuleNotFoundError", "ImportError"):
-        return failure
-    name = getattr(failure.exc, "name", None)
-    if not isinstance(name, str):
-        said = _MISSING_MODULE.search(failure.message)
-        name = (said.group(1) or said.group(2)) if said else None
-    pins = _packages_for(name) if name else ""
-    if not pins:
-        return failure
-    return dataclasses.replace(
-        failure,
-        message=f"{failure.message} ({name} is installed in this kernel, but no code the cell sends names it, so "
-        f"the nodes did not install it: pass {pins})",
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _packages_for(module: str) -> str:
-    """``--packages DIST==VERSION`` for the kernel's distributions behind ``module`` ("" when none, or
-    the standard library's): asked once per module, however many iterations failed on it."""
-    if module.split(".")[0] in sys.stdlib_module_names:
-        return ""
-    found = capture_mod.distributions_for([module])
-    return " ".join(f"--packages {dist}=={version}" for dist, version in sorted(found.items()))
-
-
 class _Run:
     """Routes one job's task events to its Job; owns retries and early stop."""
 
@@ -506,12 +423,8 @@ class _Run:
                 unloadable.setdefault(pos, f"a --gather variable: {why}")
         failed = result.get("failed")
         failures = {i: failure_from_record(i, rec) for i, rec in failed.items()} if failed else {}
-        if failures and self.folder is not None:
-            failures = {i: missing_file_hint(f, self.folder) for i, f in failures.items()}
-        if failures and self.installs:
-            failures = {i: missing_module_hint(f) for i, f in failures.items()}
         if failures:
-            failures = {i: environment_hint(f) for i, f in failures.items()}
+            failures = {i: hints.explain(f, self.folder, self.installs) for i, f in failures.items()}
         for pos, why in unloadable.items():  # computed on the worker, but not loadable in this kernel
             index = indices[pos]
             failures.setdefault(

@@ -1,0 +1,113 @@
+"""What an iteration's failure on the workers means in this kernel, said beside the error.
+
+A cell that runs on the local pool may fail on Azure nodes for reasons the worker cannot see: a
+file beside the notebook the node does not have, a module the kernel has that no captured code
+names (so the node did not install it), an environment variable set in the notebook. The kernel
+can tell, by looking at its own folder, distributions and environment, and names the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import sys
+
+from ..errors import DataError
+from ..jobs import Failure
+from . import capture as capture_mod, data as data_mod
+
+__all__ = ["explain", "missing_file_hint", "environment_hint", "missing_module_hint"]
+
+
+def explain(failure: Failure, folder: str | None, installs: bool) -> Failure:
+    """``failure`` with what this kernel knows about it added to its message (itself when nothing).
+    ``folder``: the kernel's folder when the workers do not see its files (None otherwise);
+    ``installs``: the workers install the distributions the captured code names."""
+    if folder is not None:
+        failure = missing_file_hint(failure, folder)
+    if installs:
+        failure = missing_module_hint(failure)
+    return environment_hint(failure)
+
+
+def missing_file_hint(failure: Failure, folder: str) -> Failure:
+    """An iteration that could not open a file which exists beside the notebook (``open('data.csv')``
+    without ``--inputs``) ran on a node that has only what ``--inputs`` brings: say so, and how, beside
+    the error. The same cell ran on the local pool, whose workers see the notebook's folder."""
+    if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] != "FileNotFoundError":
+        return failure
+    name = getattr(failure.exc, "filename", None)
+    if not isinstance(name, str):
+        said = re.search(r"No such file or directory: '([^']+)'", failure.message)
+        name = said.group(1) if said else None
+    if not name or not os.path.isfile(os.path.join(folder, name)):
+        return failure
+    try:
+        (found,) = data_mod.resolve_local(name, folder)
+    except (DataError, ValueError):  # not readable here either, or a glob's characters in the name
+        return failure
+    return dataclasses.replace(
+        failure,
+        message=f"{failure.message} ({name!r} is a file of this machine, which the nodes do not have: pass "
+        f"--inputs {name!r} and open {data_mod.INPUTS_DIR + '/' + found.rel!r} in the body)",
+    )
+
+
+_ENVIRON_LOOKUP = re.compile(r'File "(?:<frozen os>|[^"]*[/\\]os\.py)", line \d+, in __getitem__')
+
+
+def environment_hint(failure: Failure) -> Failure:
+    """An iteration's ``os.environ[NAME]`` failed for a variable this kernel has: the workers'
+    environment is not the kernel's (local workers have the kernel's as it was when the pool started,
+    nodes never see it), so a variable set in the notebook later (``os.environ['KEY'] = ...``) is not
+    there. Say so and how to pass the value, beside the KeyError."""
+    if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] != "KeyError":
+        return failure
+    if not _ENVIRON_LOOKUP.search(failure.traceback or ""):
+        return failure
+    exc = failure.exc
+    name = exc.args[0] if isinstance(exc, KeyError) and exc.args else failure.message.strip("'\"")
+    if not isinstance(name, str) or name not in os.environ:
+        return failure
+    return dataclasses.replace(
+        failure,
+        message=f"{failure.message} ({name} is set in this kernel, but iterations do not see the kernel's environment: "
+        "the local pool's workers keep the one they started with, and Azure nodes have their own. Read it in the "
+        f"notebook (value = os.environ[{name!r}]) and use that variable in the body)",
+    )
+
+
+_MISSING_MODULE = re.compile(r"No module named '([\w.]+)'|Missing optional dependency '([\w.]+)'")
+
+
+def missing_module_hint(failure: Failure) -> Failure:
+    """An iteration that could not import a module this kernel has: the nodes install the
+    distributions the captured code names, and an import they cannot see (inside a library,
+    ``pd.read_excel`` needing openpyxl; ``importlib.import_module(name)``) is not among them. Say
+    which distribution and version to pass with ``--packages``, beside the error."""
+    if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] not in ("ModuleNotFoundError", "ImportError"):
+        return failure
+    name = getattr(failure.exc, "name", None)
+    if not isinstance(name, str):
+        said = _MISSING_MODULE.search(failure.message)
+        name = (said.group(1) or said.group(2)) if said else None
+    pins = _packages_for(name) if name else ""
+    if not pins:
+        return failure
+    return dataclasses.replace(
+        failure,
+        message=f"{failure.message} ({name} is installed in this kernel, but no code the cell sends names it, so "
+        f"the nodes did not install it: pass {pins})",
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _packages_for(module: str) -> str:
+    """``--packages DIST==VERSION`` for the kernel's distributions behind ``module`` ("" when none, or
+    the standard library's): asked once per module, however many iterations failed on it."""
+    if module.split(".")[0] in sys.stdlib_module_names:
+        return ""
+    found = capture_mod.distributions_for([module])
+    return " ".join(f"--packages {dist}=={version}" for dist, version in sorted(found.items()))
