@@ -148,19 +148,26 @@ def test_two_concurrent_jobs_on_one_node_share_one_whole_install(batch, azurite,
     assert not leftovers, leftovers  # the loser's temporary folder was removed
 
 
-def test_packages_overrides_the_kernels_version(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
-    """The kernel has azpar-ovr-pkg 1.0; ``--packages azpar-ovr-pkg==2.0`` installs 2.0 on the
-    nodes instead, and the worker does not refuse it for differing from the kernel."""
+def _install_in_the_kernel(tmp_path, monkeypatch, name: str, version: str, value: int) -> Path:
+    """Install a tiny wheel into a prefix of its own and put it on this process's path (the kernel
+    has it, at that version); chdir to tmp_path. Returns the wheel."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "path", list(sys.path))
-    kernel_wheel = tiny_wheel(tmp_path, "azpar-ovr-pkg", "1.0", 1)
+    wheel = tiny_wheel(tmp_path, name, version, value)
     prefix = tmp_path / "prefix"
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--prefix", str(prefix),
-                           str(kernel_wheel)], capture_output=True, text=True, env=PIP_ENV)
+                           str(wheel)], capture_output=True, text=True, env=PIP_ENV)
     assert done.returncode == 0, done.stderr
     site.addsitedir(sysconfig.get_path("purelib", "posix_prefix", vars={"base": str(prefix), "platbase": str(prefix)}))
     importlib.invalidate_caches()
+    return wheel
+
+
+def test_packages_overrides_the_kernels_version(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    """The kernel has azpar-ovr-pkg 1.0; ``--packages azpar-ovr-pkg==2.0`` installs 2.0 on the
+    nodes instead, and the worker does not refuse it for differing from the kernel."""
+    _install_in_the_kernel(tmp_path, monkeypatch, "azpar-ovr-pkg", "1.0", 1)
     index = shared_folder("azpar-ovr-index-")
     try:
         tiny_wheel(index, "azpar-ovr-pkg", "2.0", 2)
@@ -294,16 +301,7 @@ def test_a_module_the_cell_imports_out_of_sight_is_named_with_the_packages_to_pa
     """The nodes install what the captured code names; a module imported where capture cannot see
     (``importlib.import_module``, a library's optional dependency) is missing there. The failure
     names the kernel's distribution and version to pass, and passing them makes the cell run."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    wheel = tiny_wheel(tmp_path, "azpar-hidden-pkg", "1.0", 7)
-    prefix = tmp_path / "prefix"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--prefix", str(prefix),
-                           str(wheel)], capture_output=True, text=True, env=PIP_ENV)
-    assert done.returncode == 0, done.stderr
-    site.addsitedir(sysconfig.get_path("purelib", "posix_prefix", vars={"base": str(prefix), "platbase": str(prefix)}))
-    importlib.invalidate_caches()
+    wheel = _install_in_the_kernel(tmp_path, monkeypatch, "azpar-hidden-pkg", "1.0", 7)
     index = shared_folder("azpar-hidden-index-")
     body = "import importlib\nimportlib.import_module('azpar_hidden_pkg').VALUE + x"
     try:

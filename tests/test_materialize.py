@@ -91,19 +91,25 @@ def test_a_dataframe_like_length_is_not_taken_for_the_item_count():
     assert engine.materialize(cell, {"cols": Columns()}, max_items=10) == ["a", "b"]
 
 
+def _third_step_raises(monkeypatch, exc: type[BaseException]) -> list[int]:
+    """Make the third step of taking items raise ``exc``; the sizes of the steps asked are returned."""
+    calls: list[int] = []
+    real = engine.itertools.islice
+
+    def step(iterator, n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise exc
+        return real(iterator, n)
+
+    monkeypatch.setattr(engine.itertools, "islice", step)
+    return calls
+
+
 def test_items_are_taken_in_steps_so_ctrl_c_can_get_through(monkeypatch):
     """An iterator that raises KeyboardInterrupt (as Ctrl-C does between steps) stops the
     taking with a message that nothing was submitted; what was taken is dropped."""
-    calls = []
-    real = engine.itertools.islice
-
-    def counting(iterator, n):
-        calls.append(n)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(iterator, n)
-
-    monkeypatch.setattr(engine.itertools, "islice", counting)
+    calls = _third_step_raises(monkeypatch, KeyboardInterrupt)
     cell = parse_cell(" for x in itertools.count():", "x")
     with pytest.raises(KeyboardInterrupt, match="Nothing was submitted"):
         engine.materialize(cell, {"itertools": __import__("itertools")}, max_items=10 ** 9)
@@ -113,16 +119,7 @@ def test_items_are_taken_in_steps_so_ctrl_c_can_get_through(monkeypatch):
 def test_running_out_of_memory_while_taking_items_is_a_submit_error_naming_it(monkeypatch):
     """MemoryError while items are taken (an address space capped below what they need) is
     said in one paragraph: how far it got, what to do, and that nothing was submitted."""
-    calls = []
-    real = engine.itertools.islice
-
-    def failing(iterator, n):
-        calls.append(n)
-        if len(calls) == 3:
-            raise MemoryError
-        return real(iterator, n)
-
-    monkeypatch.setattr(engine.itertools, "islice", failing)
+    _third_step_raises(monkeypatch, MemoryError)
     cell = parse_cell(" for x in itertools.count():", "x")
     with pytest.raises(engine.SubmitError) as raised:
         engine.materialize(cell, {"itertools": __import__("itertools")}, max_items=10 ** 9)
