@@ -599,7 +599,7 @@ def workload_d(peer: Peer, P: dict) -> dict:
         import azpar_magic.worker as wire_mod
         from azpar_magic.run import capture as capture_mod
 
-        original_serialize = capture_mod.serialize
+        original_serialize = capture_mod.serialize_inspected  # the capture's one serialisation
         original_override = wire_mod._FastPickler.reducer_override
         dill_pickler = wire_mod._dill_pickler()  # (made on first use: the worker imports dill only when needed)
         original_save = dill_pickler.save
@@ -618,7 +618,7 @@ def workload_d(peer: Peer, P: dict) -> dict:
             counter["calls"] += 1
             return original_serialize(namespace)
 
-        capture_mod.serialize = counting_serialize
+        capture_mod.serialize_inspected = counting_serialize
         wire_mod._FastPickler.reducer_override = counting_override
         dill_pickler.save = counting_save
         try:
@@ -640,7 +640,7 @@ def workload_d(peer: Peer, P: dict) -> dict:
             counter.update(array=0, calls=0)
             out["dprime"] = _identical_cell(peer, P, counter)
         finally:
-            capture_mod.serialize = original_serialize
+            capture_mod.serialize_inspected = original_serialize
             wire_mod._FastPickler.reducer_override = original_override
             dill_pickler.save = original_save
         return out

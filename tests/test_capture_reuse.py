@@ -34,13 +34,13 @@ def ns(monkeypatch):
 def serialized(monkeypatch):
     """How many times the capture serialised a namespace (pickled it whole)."""
     calls = []
-    original = capture.serialize
+    original = capture.serialize_inspected
 
     def counting(namespace):
         calls.append(sorted(namespace))
         return original(namespace)
 
-    monkeypatch.setattr(capture, "serialize", counting)
+    monkeypatch.setattr(capture, "serialize_inspected", counting)
     return calls
 
 

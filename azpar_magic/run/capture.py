@@ -503,12 +503,13 @@ class _Inspector:
 
 def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
     """Serialise the chosen namespace; on failure name the variable, its type and why."""
-    codec, data, inspector = _serialize_inspected(namespace)
+    codec, data, inspector = serialize_inspected(namespace)
     return codec, data, inspector.modules
 
 
-def _serialize_inspected(namespace: dict[str, object]) -> tuple[str, bytes, _Inspector]:
-    """:func:`serialize`, with what its inspector saw (modules used, random generators)."""
+def serialize_inspected(namespace: dict[str, object]) -> tuple[str, bytes, _Inspector]:
+    """:func:`serialize`, with what its inspector saw (modules used, random generators): the
+    capture's one serialisation of a namespace, which tests count."""
     inspector = _Inspector()
     try:
         # Large arrays out of band: a worker maps them from its copy of the file (issue 16, i).
@@ -968,7 +969,7 @@ def _serialize_or_reuse(
         data = stored(earlier.sha256, earlier.size)
         if data is not None and len(data) == earlier.size:
             return earlier.codec, data, set(earlier.modules), earlier.sha256, earlier.random_states
-    codec, data, inspector = _serialize_inspected(chosen)
+    codec, data, inspector = serialize_inspected(chosen)
     sha = wire.sha256(data)
     random_states = frozenset(inspector.random_states)
     if key is not None and len(data) >= _REUSE_MIN:
