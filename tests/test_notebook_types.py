@@ -67,7 +67,7 @@ class Point:
 def _notebook(source: str) -> types.ModuleType:
     """A module named __main__ holding the classes, as a notebook's are."""
     module = types.ModuleType("__main__")
-    exec(compile(source, "<notebook>", "exec"), module.__dict__)
+    exec(compile(source, "<notebook>", "exec", dont_inherit=True), module.__dict__)  # (not this file's __future__)
     return module
 
 
