@@ -10,6 +10,7 @@ only this process sees (``site.addsitedir``), never into the test venv.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata as md
 import os
@@ -74,8 +75,7 @@ def editable(tmp_path, monkeypatch):
     site.addsitedir(purelib)
     importlib.invalidate_caches()
     yield src
-    for name in [m for m in sys.modules if m.startswith("azpar_env_pkg")]:
-        del sys.modules[name]
+    _forget_modules("azpar_env_pkg")
 
 
 def test_an_editable_package_arrives_on_bare_nodes_and_is_uploaded_once(pool_user, batch, azurite, ip, run_cell,
@@ -148,9 +148,11 @@ def test_two_concurrent_jobs_on_one_node_share_one_whole_install(batch, azurite,
     assert not leftovers, leftovers  # the loser's temporary folder was removed
 
 
-def _install_in_the_kernel(tmp_path, monkeypatch, name: str, version: str, value: int) -> Path:
-    """Install a tiny wheel into a prefix of its own and put it on this process's path (the kernel
-    has it, at that version); chdir to tmp_path. Returns the wheel."""
+@contextlib.contextmanager
+def _kernel_package(tmp_path, monkeypatch, name: str, version: str, value: int, index_prefix: str):
+    """A tiny wheel installed into a prefix of its own and put on this process's path (the kernel
+    has it, at that version), with chdir to tmp_path; yields (the wheel, a package folder the nodes
+    can read). Afterwards the folder is removed and the package forgotten."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -161,15 +163,24 @@ def _install_in_the_kernel(tmp_path, monkeypatch, name: str, version: str, value
     assert done.returncode == 0, done.stderr
     site.addsitedir(sysconfig.get_path("purelib", "posix_prefix", vars={"base": str(prefix), "platbase": str(prefix)}))
     importlib.invalidate_caches()
-    return wheel
+    index = shared_folder(index_prefix)
+    try:
+        yield wheel, index
+    finally:
+        shutil.rmtree(index, ignore_errors=True)
+        _forget_modules(name.replace("-", "_"))
+
+
+def _forget_modules(top: str) -> None:
+    """Drop a test package and its submodules from sys.modules (later tests import their own)."""
+    for name in [m for m in sys.modules if m.startswith(top)]:
+        del sys.modules[name]
 
 
 def test_packages_overrides_the_kernels_version(batch, azurite, ip, run_cell, tmp_path, monkeypatch):
     """The kernel has azpar-ovr-pkg 1.0; ``--packages azpar-ovr-pkg==2.0`` installs 2.0 on the
     nodes instead, and the worker does not refuse it for differing from the kernel."""
-    _install_in_the_kernel(tmp_path, monkeypatch, "azpar-ovr-pkg", "1.0", 1)
-    index = shared_folder("azpar-ovr-index-")
-    try:
+    with _kernel_package(tmp_path, monkeypatch, "azpar-ovr-pkg", "1.0", 1, "azpar-ovr-index-") as (_, index):
         tiny_wheel(index, "azpar-ovr-pkg", "2.0", 2)
         ip.run_cell("import azpar_ovr_pkg")
         assert ip.user_ns["azpar_ovr_pkg"].VALUE == 1
@@ -178,10 +189,6 @@ def test_packages_overrides_the_kernels_version(batch, azurite, ip, run_cell, tm
             run = run_cell("%%azpar -q --packages azpar-ovr-pkg==2.0 -o r for x in range(2):\nazpar_ovr_pkg.VALUE + x")
             assert run.success, run.error
         assert ip.user_ns["r"] == [2, 3]
-    finally:
-        shutil.rmtree(index, ignore_errors=True)
-        for name in [m for m in sys.modules if m.startswith("azpar_ovr_pkg")]:
-            del sys.modules[name]
 
 
 def test_a_pinned_version_the_index_lacks_is_refused_before_any_task(batch, azurite, ip, run_cell, tmp_path,
@@ -301,10 +308,8 @@ def test_a_module_the_cell_imports_out_of_sight_is_named_with_the_packages_to_pa
     """The nodes install what the captured code names; a module imported where capture cannot see
     (``importlib.import_module``, a library's optional dependency) is missing there. The failure
     names the kernel's distribution and version to pass, and passing them makes the cell run."""
-    wheel = _install_in_the_kernel(tmp_path, monkeypatch, "azpar-hidden-pkg", "1.0", 7)
-    index = shared_folder("azpar-hidden-index-")
     body = "import importlib\nimportlib.import_module('azpar_hidden_pkg').VALUE + x"
-    try:
+    with _kernel_package(tmp_path, monkeypatch, "azpar-hidden-pkg", "1.0", 7, "azpar-hidden-index-") as (wheel, index):
         shutil.copy(wheel, index)
         version = md.version("azpar-hidden-pkg")
         with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
@@ -319,7 +324,3 @@ def test_a_module_the_cell_imports_out_of_sight_is_named_with_the_packages_to_pa
             fixed = run_cell(f"%%azpar -q {pins} -o r for x in range(2):\n{body}")
             assert fixed.success, fixed.error
         assert ip.user_ns["r"] == [7, 8]
-    finally:
-        shutil.rmtree(index, ignore_errors=True)
-        for name in [m for m in sys.modules if m.startswith("azpar_hidden_pkg")]:
-            del sys.modules[name]
