@@ -987,8 +987,9 @@ def _random_state_holders(chosen: Mapping[str, object], kinds: frozenset[str]) -
         return ()
     named = {name: kind for name, value in chosen.items() if (kind := random_state_kind(value))}
     inside = kinds - set(named.values())
-    if any(kind.endswith(("Generator", "RandomState", "Random")) for kind in kinds):
-        inside = {kind for kind in inside if kind.endswith(("Generator", "RandomState", "Random"))}
+    generators = {kind for kind in kinds if kind.endswith(("Generator", "RandomState", "Random"))}
+    if generators:  # a bit generator found beside them is the one a generator holds
+        inside &= generators
     return tuple(f"`{name}` (a {kind})" for name, kind in sorted(named.items())) + tuple(
         f"a {kind} inside a notebook object it uses" for kind in sorted(inside)
     )
