@@ -78,6 +78,19 @@ def test_progress_line_for_longer_runs_only(ip, run_cell):
     assert run_cell("%%azpar -q -o out for x in range(4):\nimport time\ntime.sleep(0.6)\nx").stdout == ""
 
 
+
+@pytest.mark.parametrize("errors, kept", [("remove", [-0.5, -1.0, 1.0]), ("pass", None)])
+def test_a_quick_cell_says_which_iterations_its_result_leaves_out(ip, run_cell, errors, kept):
+    """Under --errors remove|pass a cell that ends before its progress line appears (or with -q) still
+    names its failures: the result alone is a shorter list, or holds an exception among its values."""
+    run = run_cell(f"%%azpar -q -o out --errors {errors} for x in range(4):\n1 / (x - 2)")
+    assert run.success, run.stderr
+    out = ip.user_ns["out"]
+    assert out == kept if kept else isinstance(out[2], ZeroDivisionError)
+    assert f"1 of 4 iterations failed (--errors {errors}" in run.stderr, run.stderr
+    assert "iteration 2 (item 2): ZeroDivisionError: division by zero" in run.stderr
+    assert "failed" not in run_cell(f"%%azpar -q -o out --errors {errors} for x in range(4):\nx").stderr
+
 def test_python_api_matches_the_magic(ip):
     ns = {"k": 3}
     job = azpar_magic.run("for x in range(5)", "x * k", ns, combine="sum")

@@ -9,7 +9,7 @@ from typing import Any
 
 from IPython.display import display
 
-from ..jobs import Job
+from ..jobs import DONE, Job, JobSnapshot
 from ..ui.text import format_failures, format_snapshot
 
 PROGRESS_DELAY = 1.0  # seconds before the progress line appears (quick cells stay quiet)
@@ -50,6 +50,18 @@ class TransferProgress:
             sys.stdout.write("\n")
             sys.stdout.flush()
             self.shown = False
+
+
+def failures_note(snap: JobSnapshot) -> str:
+    """What a cell whose progress never showed says of iterations that failed under ``--errors
+    remove|pass``: the result alone would not tell (a list one shorter, or an exception object among
+    the values), and a cell that fails fast is the one that ends before the progress line appears."""
+    what = "were left out of the result" if snap.errors == "remove" else "stand in the result as their exceptions"
+    failed = f"{snap.items_failed} of {snap.items_total} iterations failed"
+    return (
+        f"azpar: warning: {failed} (--errors {snap.errors}: they {what}); `%azpar debug` runs the first "
+        f"one again here:\n{format_failures(snap)}"
+    )
 
 
 class TextProgress:
@@ -95,11 +107,16 @@ class TextProgress:
             self.handle.update(bundle, raw=True)
 
     def close(self) -> None:
-        if self.shown and self.in_place:  # the last picture replaces the live one, failures included
+        if not self.shown:  # a quick cell (or -q): no picture, but failures the result hides are said
+            snap = self.job.snapshot()
+            if snap.state == DONE:  # the result came with failures (a cancelled job says so itself)
+                print(failures_note(snap), file=sys.stderr)
+            return
+        if self.in_place:  # the last picture replaces the live one, failures included
             snap = self.job.snapshot()
             failures = format_failures(snap) if snap.failures and snap.errors != "stop" else ""
             self._draw(format_snapshot(snap) + ("\n" + failures if failures else ""))
-        elif self.shown:
+        else:
             self.tick(force=True)
             sys.stdout.write("\n")
             snap = self.job.snapshot()
