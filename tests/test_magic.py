@@ -205,3 +205,19 @@ def test_a_notebooks_future_annotations_reach_the_body(ip, run_cell):
             ip.user_ns.pop(name, None)
     without = run_cell("%%azpar -q -o out for i in range(2):\n" + body)
     assert not without.success and "NameError: name 'Later' is not defined" in str(without.error)
+
+
+def test_rerunning_a_cell_over_a_used_up_iterator_says_why_nothing_ran(ip, run_cell):
+    """The cell's first run goes through a generator kept in a variable; run again, the loop has no
+    items, and a result of [] with no word looks like a loop that ran."""
+    ip.run_cell("rows = (r * 10 for r in range(3))\npairs = zip('ab', 'cd')")
+    first = run_cell("%%azpar -q -o out for r in rows:\nr + 1")
+    assert first.success and ip.user_ns["out"] == [1, 11, 21] and first.stderr == ""
+    again = run_cell("%%azpar -q -o out for r in rows:\nr + 1")
+    assert again.success and ip.user_ns["out"] == []
+    assert "`rows` is an iterator and gave no items" in again.stderr, again.stderr
+    assert run_cell("%%azpar -q -o out for a, b in pairs:\na + b").stderr == ""
+    assert "`pairs` is an iterator" in run_cell("%%azpar -q -o out for a, b in pairs:\na + b").stderr
+    # An iterable the header makes afresh, or a list, may be empty for its own reasons: no word.
+    for header in ("for r in (r for r in [])", "for r in iter([])", "for r in []"):
+        assert run_cell(f"%%azpar -q -o out {header}:\nr").stderr == "", header

@@ -8,6 +8,7 @@ early under ``--errors stop``, and finishing the job when every task is final.
 
 from __future__ import annotations
 
+import ast
 import functools
 import itertools
 import logging
@@ -92,11 +93,17 @@ MAX_ITEMS = 10_000_000  # the default of the max_items setting (config.DEFAULTS)
 _TAKE = 1 << 16  # items taken per step: C-level iteration never checks for Ctrl-C, the loop between steps does
 
 
-def materialize(cell: ParsedCell, namespace: Mapping[str, Any], max_items: int = MAX_ITEMS) -> list:
+def materialize(
+    cell: ParsedCell, namespace: Mapping[str, Any], max_items: int = MAX_ITEMS, warnings: list[str] | None = None
+) -> list:
     """Evaluate the iterable once in the namespace and take all its items, at most
     ``max_items`` of them: an endless or huge iterable (``itertools.count()``) is refused
     instead of filling the kernel's memory. Items are taken in steps so that Ctrl-C gets
-    through even when the iterable runs in C, where ``list(iterable)`` never lets it."""
+    through even when the iterable runs in C, where ``list(iterable)`` never lets it.
+
+    An iterator with no items left (a generator or ``zip`` kept in a variable, which the cell's
+    first run used up) adds a warning to ``warnings``: rerunning a cell is what notebooks are
+    for, and its empty result otherwise looks like a loop that ran."""
     try:
         scope = namespace if isinstance(namespace, dict) else dict(namespace)
         iterable = eval(_iterable_code(cell.iterable_source), scope)
@@ -118,6 +125,8 @@ def materialize(cell: ParsedCell, namespace: Mapping[str, Any], max_items: int =
             items.extend(itertools.islice(iterator, want))
             if len(items) - before < want:
                 break
+        if not items and iterator is iterable and warnings is not None and _kept(cell.iterable_source):
+            warnings.append(used_up_warning(cell.iterable_source))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"interrupted while taking the items of `{cell.iterable_source}` "
@@ -141,6 +150,24 @@ def materialize(cell: ParsedCell, namespace: Mapping[str, Any], max_items: int =
         ) from None
     _refuse_if_too_long(cell, len(items), max_items)
     return items
+
+
+def used_up_warning(source: str) -> str:
+    return (
+        f"`{source}` is an iterator and gave no items, so the loop ran no iteration: the first loop over "
+        "an iterator uses it up (an earlier cell's, or this cell's last run). Make it again in this cell, "
+        "or keep a list (`list(...)`) to loop over it more than once."
+    )
+
+
+def _kept(source: str) -> bool:
+    """Whether the iterable is a value kept from before (a name, attribute or subscript), not one
+    the header makes afresh (a call or a generator expression, empty for its own reasons)."""
+    try:
+        node = ast.parse(source.strip(), mode="eval").body
+    except SyntaxError:
+        return False
+    return isinstance(node, (ast.Name, ast.Attribute, ast.Subscript))
 
 
 @functools.lru_cache(maxsize=64)
@@ -489,11 +516,14 @@ class Engine:
     def prepare(self, request: RunRequest) -> list:
         """The checks that can fail on bad input, before anything is submitted."""
         validate_options(request.options, request.spelling)
+        notes: list[str] = []
         items = (
             request.items
             if request.items is not None
-            else materialize(request.cell, request.namespace, request.max_items or _max_items_setting())
+            else materialize(request.cell, request.namespace, request.max_items or _max_items_setting(), notes)
         )
+        for text in notes:
+            print(f"azpar: warning: {text}", file=sys.stderr)
         if request.indices is not None and any(not 0 <= i < len(items) for i in request.indices):
             raise SubmitError(f"iterations to run must be between 0 and {len(items) - 1}. Nothing was submitted.")
         if request.options.combine == "dict":
