@@ -353,7 +353,7 @@ def test_unknown_option(run_cell, guard):
 def test_bad_option_values(ip, run_cell, guard, options, fragments):
     ip.user_ns["NOT_CALLABLE"] = 3
     run = run_cell(f"%%azpar -o r {options} for x in range(3)\ny = x\n{guard.marker}\nx")
-    _usage_error(run, *fragments)
+    _usage_error(run, *fragments, "Nothing was submitted")
     guard.assert_nothing_submitted()
 
 

@@ -73,13 +73,13 @@ def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Names
         return parser.parse_args(words)
     except UsageError as exc:
         if "unrecognized arguments" not in str(exc):
-            raise
+            raise UsageError(f"{exc}. Nothing was submitted.") from None
         raise UsageError(
             f"{exc}. A value with spaces must be quoted, e.g. --combine 'lambda rows: sum(rows)'. "
             "Nothing was submitted."
         ) from None
     except SystemExit:  # argparse's own exit on a bad value
-        raise UsageError(f"invalid %%azpar options: {text!r}; see %%azpar?") from None
+        raise UsageError(f"invalid %%azpar options: {text!r} (see %%azpar?). Nothing was submitted.") from None
 
 
 def names(value: str | None, flag: str) -> tuple[str, ...]:
@@ -119,10 +119,13 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
         except Exception as exc:
             raise UsageError(
                 f"--combine {args.combine!r} is neither one of {', '.join(merge.COMBINE_MODES)} "
-                f"nor an expression that evaluates here ({type(exc).__name__}: {exc})."
+                f"nor an expression that evaluates here ({type(exc).__name__}: {exc}). Nothing was submitted."
             ) from None
         if not callable(combine):
-            raise UsageError(f"--combine {args.combine!r} must name a callable; it is a {type(combine).__name__}.")
+            raise UsageError(
+                f"--combine {args.combine!r} must name a callable; it is a {type(combine).__name__}. "
+                "Nothing was submitted."
+            )
     chunk = args.chunk_size
     if chunk == "auto":
         chunk_size = None
