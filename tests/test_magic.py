@@ -221,3 +221,17 @@ def test_rerunning_a_cell_over_a_used_up_iterator_says_why_nothing_ran(ip, run_c
     # An iterable the header makes afresh, or a list, may be empty for its own reasons: no word.
     for header in ("for r in (r for r in [])", "for r in iter([])", "for r in []"):
         assert run_cell(f"%%azpar -q -o out {header}:\nr").stderr == "", header
+
+
+def test_a_body_reading_the_notebooks_output_history_is_told_before_the_run(ip, run_cell):
+    """``_`` (the last output), ``Out`` and ``_N`` are never shipped: every iteration reading one fails
+    with NameError, which a sequential loop in the notebook would not. The cell says so first."""
+    ip.run_cell("41 + 1", store_history=True)
+    run = run_cell("%%azpar -q -o out --errors pass for x in range(2):\n_ + x")
+    assert "the loop body reads `_`, the notebook's output or input history" in run.stderr, run.stderr
+    assert "`value = _`" in run.stderr and all(isinstance(v, NameError) for v in ip.user_ns["out"])
+    assert "`value = Out[N]`" in run_cell("%%azpar -q -o out for x in range(2):\nOut[1] if x > 5 else x").stderr
+    # Bound by the body (a throwaway name) or the loop: the body's own, nothing to say.
+    for cell in ("for x in range(2):\n_, y = x, 1\n_ + y", "for _ in range(2):\n1"):
+        run = run_cell(f"%%azpar -q -o out {cell}")
+        assert run.success and run.stderr == "", run.stderr

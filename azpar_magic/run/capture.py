@@ -917,7 +917,8 @@ def capture(
         local_modules=local,
         sources=reach.sources,
         warnings=((_DYNAMIC_LOOKUP_WARNING,) if dynamic else ())
-        + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ()),
+        + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ())
+        + ((_history_warning(history),) if (history := _history_reads(free, namespace)) else ()),
         unshipped=unshipped,
         random_states=_random_state_holders(chosen, random_kinds),
     )
@@ -1000,6 +1001,28 @@ _DYNAMIC_LOOKUP_WARNING = (
     "notebook names the body reads (or writes as globals()['NAME']), so a name it reaches another way is "
     "missing on the workers (a KeyError there); pass --export NAME for each such name"
 )
+
+
+def _history_reads(free: Iterable[str], namespace: Mapping[str, object]) -> list[str]:
+    """The notebook's output and input history the body reads (``_``, ``Out``, ``_3``, ``_i``):
+    never shipped (it holds every output of the session), so each such read is a NameError on the
+    workers; said before the run, as a sequential loop in the notebook would have read it."""
+    return sorted(n for n in free if n in namespace and is_ipython_name(n) and n not in _NOT_HISTORY)
+
+
+_NOT_HISTORY = frozenset({"exit", "quit", "get_ipython", "display", "__builtins__", "__builtin__"}) | {
+    n for n in IPYTHON_NAMES if n.startswith("__") and n.endswith("__")
+}  # the workers have their own, or the worker's hint names them (worker._worker_process_hint)
+
+
+def _history_warning(names: list[str]) -> str:
+    listed = ", ".join(f"`{n}`" for n in names)
+    first = names[0] + ("[N]" if names[0] in ("In", "Out", "_ih", "_oh") else "")
+    return (
+        f"the loop body reads {listed}, the notebook's output or input history, which is not shipped (it "
+        f"holds the session's outputs): an iteration that reads {'it' if len(names) == 1 else 'them'} fails "
+        f"with NameError. Bind the value to a name in the notebook first (`value = {first}`) and read that"
+    )
 
 
 def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (), seed: int | None = None) -> dict:
