@@ -235,3 +235,18 @@ def test_a_body_reading_the_notebooks_output_history_is_told_before_the_run(ip, 
     for cell in ("for x in range(2):\n_, y = x, 1\n_ + y", "for _ in range(2):\n1"):
         run = run_cell(f"%%azpar -q -o out {cell}")
         assert run.success and run.stderr == "", run.stderr
+
+
+def test_binding_a_result_over_a_builtins_name_is_said_once(ip, run_cell):
+    """``-o print`` (or ``--gather max``) hides the builtin from every later cell; an option's word
+    does not read as the assignment it is. Said the first time, when the notebook has not rebound it."""
+    for name in ("sum", "max"):
+        ip.user_ns.pop(name, None)
+    run = run_cell("%%azpar -q -o sum --gather max for x in range(3):\nmax = -x\nx")
+    assert run.success and ip.user_ns["sum"] == [0, 1, 2] and ip.user_ns["max"] == [0, -1, -2]
+    assert "-o sum binds the result to `sum`, the name of Python's builtin sum()" in run.stderr, run.stderr
+    assert "--gather max binds the result to `max`" in run.stderr
+    again = run_cell("%%azpar -q -o sum --gather max for x in range(3):\nmax = -x\nx")
+    assert again.success and again.stderr == "", again.stderr  # the notebook's own names now
+    ip.run_cell("del sum, max")
+    assert run_cell("%%azpar -q -o total for x in range(3):\nx").stderr == ""

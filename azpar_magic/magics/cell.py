@@ -18,7 +18,7 @@ from ..run.request import FLAG_SPELLING, RunRequest
 from .context import DEFAULT_OUTPUT, MagicContext, Pending
 from .display import follow
 from .finish import finish_run
-from .options import backend_options, job_options, names, parse_options
+from .options import backend_options, job_options, names, parse_options, shadow_warnings
 from .progress import TransferProgress
 from .usage import SETTINGS, usage_errors
 
@@ -190,7 +190,7 @@ def run_cell(context: MagicContext, line: str, cell: str) -> Any:
     export, no_export = names(args.export, "--export"), names(args.no_export, "--no-export")
     with usage_errors(SETTINGS, "{}. Nothing was submitted."):
         engine, settings = session.engine_and_settings(args.backend, args.workers, args.profile)
-    notes: list[str] = []
+    notes: list[str] = shadow_warnings(options.output_name or DEFAULT_OUTPUT, options.gather, shell.user_ns)
     request = RunRequest(
         parsed,
         shell.user_ns,

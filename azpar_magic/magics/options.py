@@ -5,6 +5,7 @@ job's options (each checked, with the flag named in its refusal), and the option
 from __future__ import annotations
 
 import argparse
+import builtins
 import copy
 from typing import Any
 
@@ -163,6 +164,21 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
     with usage_errors(SubmitError, "{} Nothing was submitted."):
         validate_options(options, FLAG_SPELLING)
     return options
+
+
+def shadow_warnings(output: str, gather: tuple[str, ...], namespace: dict[str, Any]) -> list[str]:
+    """The names the cell binds (-o, --gather) that hide one of Python's builtins the notebook has not
+    rebound itself (``-o print``, ``--gather max``): the cell's ``print = ...`` would read as one, but an
+    option's word does not, and every later cell calling it gets the result instead."""
+    return [
+        f"azpar: warning: {flag} {name} binds the result to `{name}`, the name of Python's builtin {name}(): "
+        f"later cells calling {name}() get the result instead (`del {name}` brings the builtin back)"
+        for flag, name in [("-o", output), *(("--gather", g) for g in gather)]
+        if name in _BUILTINS and name not in namespace and not name.startswith("_")
+    ]
+
+
+_BUILTINS = frozenset(n for n, v in vars(builtins).items() if callable(v))
 
 
 def backend_options(args: argparse.Namespace, backend: Backend, notes: list[str]) -> dict[str, Any]:
