@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import pytest
 
@@ -271,3 +272,22 @@ def test_missing_module_hint_names_the_kernels_distribution_only():
                       Failure(0, "builtins.ModuleNotFoundError", "No module named 'tomllib'"),  # the standard library
                       Failure(0, "builtins.ValueError", "No module named 'numpy'")):
         assert missing_module_hint(untouched) is untouched
+
+
+def test_missing_module_hint_sees_a_package_installed_after_a_first_failure(tmp_path, monkeypatch):
+    """The user installs the module into the kernel after the nodes first failed on it: the next
+    failure names it (the answer was kept for the session before)."""
+    from azpar_magic.jobs import Failure
+    from azpar_magic.run.hints import missing_module_hint
+
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    failure = Failure(0, "builtins.ModuleNotFoundError", "No module named 'azpar_late_pkg'")
+    assert missing_module_hint(failure) is failure
+    (tmp_path / "azpar_late_pkg").mkdir()
+    (tmp_path / "azpar_late_pkg" / "__init__.py").write_text("VALUE = 1\n")
+    info = tmp_path / "azpar_late_pkg-2.1.dist-info"  # what pip leaves beside the package
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: azpar-late-pkg\nVersion: 2.1\n")
+    (info / "top_level.txt").write_text("azpar_late_pkg\n")
+    (info / "RECORD").write_text("azpar_late_pkg/__init__.py,,\n")
+    assert "pass --packages azpar-late-pkg==2.1)" in missing_module_hint(failure).message

@@ -103,10 +103,16 @@ def missing_module_hint(failure: Failure) -> Failure:
     )
 
 
-@functools.lru_cache(maxsize=64)
 def _packages_for(module: str) -> str:
     """``--packages DIST==VERSION`` for the kernel's distributions behind ``module`` ("" when none, or
-    the standard library's): asked once per module, however many iterations failed on it."""
+    the standard library's): asked once per module while the kernel's installed distributions stay
+    as they are (``installed_signature``, a stat per sys.path folder), however many iterations failed
+    on it; a package installed into the kernel after a first failure is named at the next."""
+    return _pins(module, capture_mod.installed_signature())
+
+
+@functools.lru_cache(maxsize=64)
+def _pins(module: str, signature: tuple) -> str:
     if module.split(".")[0] in sys.stdlib_module_names:
         return ""
     found = capture_mod.distributions_for([module])
