@@ -2581,11 +2581,12 @@ class _Inbox:
 class _ProcessState:
     """What a loop body can change in the worker process beyond its namespace, as it was when the
     worker started: environment variables, ``sys.path`` (but for the notebooks' module folders),
-    warning filters. A job's first task on this worker puts them back, so that a cell does not run
-    with what an earlier cell's iterations left on this worker only (``os.environ[...] = ...``,
-    ``warnings.filterwarnings("error")``), which depended on where those ran, as on Azure, where
-    each job has processes of its own. Within a job, iterations still see what earlier ones on the
-    same worker did, as the README says."""
+    warning filters; and the random generators' states (seeded from the OS again), ``decimal``'s
+    context and numpy's error handling (their defaults). A job's first task on this worker puts
+    them back, so that a cell does not run with what an earlier cell's iterations left on this
+    worker only (``os.environ[...] = ...``, ``warnings.filterwarnings("error")``), which depended
+    on where those ran, as on Azure, where each job has processes of its own. Within a job,
+    iterations still see what earlier ones on the same worker did, as the README says."""
 
     def __init__(self) -> None:
         import warnings
@@ -2613,6 +2614,29 @@ class _ProcessState:
         if self.warnings.filters != self.filters:
             self.warnings.filters[:] = self.filters
             self.warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
+        _fresh_random_states()
+        decimal = sys.modules.get("decimal")
+        if decimal is not None:  # precision and rounding a body set with getcontext().prec = ...
+            decimal.setcontext(decimal.Context())
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and numpy.geterr() != _NUMPY_ERRORS:  # np.seterr(all="raise")
+            numpy.seterr(**_NUMPY_ERRORS)
+
+
+_NUMPY_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}  # numpy's defaults
+
+
+def _fresh_random_states() -> None:
+    """Seed ``random`` and numpy's global generator from the OS again: a body that seeded them
+    (``random.seed(0)`` in each iteration) left every worker in the same state, and a later cell that
+    draws without seeding then got the same numbers on each worker, each a replay of the earlier
+    cell's (~15 us a job and worker; --seed seeds each iteration afresh anyway)."""
+    random = sys.modules.get("random")
+    if random is not None:
+        random.seed(int.from_bytes(os.urandom(16), "little"))
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None and hasattr(numpy_random, "seed"):
+        numpy_random.seed([int.from_bytes(os.urandom(4), "little") for _ in range(4)])
 
 
 def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None = None, portable: bool = False) -> int:

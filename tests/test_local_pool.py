@@ -330,6 +330,35 @@ def test_a_cell_does_not_inherit_what_an_earlier_cells_iterations_left_in_the_wo
     assert "AZPAR_T_LEAK" not in __import__("os").environ
 
 
+def test_a_cell_does_not_draw_from_the_random_state_an_earlier_cell_seeded(ip, run_cell):
+    """A body seeding ``random`` and numpy in each iteration left the worker in that state: a later cell
+    drawing without a seed replayed the earlier cell's stream (the same numbers on every worker that
+    ran it). ``decimal``'s precision and numpy's error handling a body set stayed as well."""
+    import decimal
+    import random
+
+    import numpy as np
+
+    first = run_cell("%%azpar -q --workers 1 -o seen for i in range(2):\n"
+                     "import random, decimal, numpy as np\n"
+                     "random.seed(0)\nnp.random.seed(0)\ndecimal.getcontext().prec = 3\nnp.seterr(all='raise')\n"
+                     "(random.random(), float(np.random.random()))")
+    assert first.success, first.error
+    seeded = random.Random(0)
+    assert ip.user_ns["seen"] == [(seeded.random(), float(np.random.RandomState(0).random_sample()))] * 2
+    later = run_cell("%%azpar -q --workers 1 -o drawn for i in range(2):\n"
+                     "import random, decimal, numpy as np\n"
+                     "(random.random(), float(np.random.random()), str(decimal.Decimal(1) / 3), "
+                     "float(np.float64(1.0) / np.float64(0.0)))")
+    assert later.success, later.error  # np.seterr(all='raise') would have made 1/0 raise
+    legacy = np.random.RandomState(0)
+    legacy.random_sample()
+    replays = {seeded.random(), seeded.random()} | {float(v) for v in legacy.random_sample(2)}
+    drawn = ip.user_ns["drawn"]
+    assert not replays & {v for d in drawn for v in d[:2]}, (drawn, replays)
+    assert drawn[0][2] == str(decimal.Decimal(1) / 3) and drawn[0][3] == float("inf")
+
+
 def test_a_notebook_module_stays_importable_in_a_later_job_on_the_same_worker(ip, run_cell, tmp_path, monkeypatch):
     """Putting sys.path back at a job's first task keeps the folders of the notebook's own
     modules: a cell run again over more items (the same envelope, loaded once per worker) imports
