@@ -78,8 +78,11 @@ def _usage_error(run, *fragments: str) -> str:
     ("for x in range(3) garbage here", ["'for x in range(3) garbage here'", "not valid Python"]),
     ("for 1 in range(3)", ["not valid Python"]),
     ("while True", ["needs a loop header"]),
+    # a header going on over lines: IPython hands the magic its first line only
+    ("-o r for x in [1,", ["ends inside an open bracket", "'-o r for x in [1,'", "xs = [...]", "Nothing was submitted"]),
+    ("-o r for x in range(3", ["ends inside an open bracket"]),
 ], ids=["no_for", "options_only", "no_iterable", "no_in", "garbage", "trailing_garbage", "literal_target",
-        "while"])
+        "while", "open_bracket", "open_paren"])
 def test_malformed_header(run_cell, guard, line, fragments):
     run = run_cell(f"%%azpar {line}\nx = 1\n{guard.marker}\nx")
     _usage_error(run, *fragments)

@@ -60,8 +60,17 @@ def split_header(line: str) -> tuple[str, str]:
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(line).readline))
     except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
+        why = exc.args[0] if exc.args else str(exc)
+        if "multi-line statement" in str(why):  # "for x in [1," and the rest on the next lines
+            raise CellError(
+                f"The %%azpar line ends inside an open bracket: {line.strip()!r}. IPython gives a cell magic "
+                "only its first line (the next lines are the body), so the loop header must fit on it: make "
+                "the iterable in the notebook first (`xs = [...]`), then `%%azpar for x in xs:`. "
+                "Nothing was submitted."
+            ) from None
         raise CellError(
-            f"The %%azpar line could not be read: {exc}. Expected: %%azpar [options] for TARGET in ITERABLE"
+            f"The %%azpar line could not be read: {why}. Expected: %%azpar [options] for TARGET in ITERABLE. "
+            "Nothing was submitted."
         ) from None
     depth = 0
     for tok in tokens:
