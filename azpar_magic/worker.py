@@ -763,6 +763,7 @@ class LoadedJob:
         self.filename = envelope["filename"]
         self.gather = list(envelope.get("gather") or [])
         self.seed = envelope.get("seed")
+        self.logging = envelope.get("logging")  # the notebook's logging set-up (capture.logging_setup)
         self.module, self.base, self.shipped_ids = namespace.module, namespace.base, namespace.shipped_ids
         # Function mode: the runner as a function whose globals are the namespace, built
         # from the code object inside the shipped module code (nothing is added to the
@@ -785,6 +786,60 @@ class LoadedJob:
 
 
 _SOURCES: dict = {}  # the cells' source by file name, for linecache: every job's this process has loaded
+
+# The notebook's logging set-up this process follows now, and how to undo it: (set-up, handler,
+# root level before, {logger name: level before}). None: as Python starts, unconfigured.
+_LOGGING: list = [None]
+
+
+def _follow_logging(setup: dict | None) -> None:
+    """Show the iterations' log records as the notebook shows its own (``capture.logging_setup``):
+    the root logger's level, a handler writing each record in the notebook's format to the stream
+    the iteration's output is recorded from at that moment, and the levels set on the loggers the
+    body was given. Another job's set-up (or none) first undoes this one's: jobs share the process."""
+    current = _LOGGING[0]
+    if current is not None and current[0] == setup:
+        return
+    import logging
+
+    if current is not None:
+        _, handler, root_level, levels = current
+        if handler is not None:
+            logging.root.removeHandler(handler)
+            logging.root.setLevel(root_level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        _LOGGING[0] = None
+    if setup is None:
+        return
+    handler, root_level = None, logging.root.level
+    if setup.get("format"):
+        handler = _recorded_stream_handler(logging, setup)
+        logging.root.addHandler(handler)
+        logging.root.setLevel(setup["level"])
+    levels = {}
+    for name, level in setup["levels"].items():
+        logger = logging.getLogger(name)
+        levels[name] = logger.level
+        logger.setLevel(level)
+    _LOGGING[0] = (setup, handler, root_level, levels)
+
+
+def _recorded_stream_handler(logging: types.ModuleType, setup: dict):
+    """A handler writing to ``sys.stdout``/``sys.stderr`` as they are when a record comes (an
+    iteration's recorded streams), not as they were when it was made, as StreamHandler would."""
+    to_stdout = setup.get("stream") == "stdout"
+
+    class RecordedStreamHandler(logging.Handler):
+        def emit(self, record):
+            try:
+                (sys.stdout if to_stdout else sys.stderr).write(self.format(record) + "\n")
+            except Exception:
+                self.handleError(record)
+
+    handler = RecordedStreamHandler()
+    handler.setFormatter(logging.Formatter(setup["format"], setup.get("datefmt"), style=setup.get("style") or "%"))
+    return handler
 
 
 def _show_sources(sources: dict) -> None:
@@ -1808,6 +1863,8 @@ class Runner:
         builtins.display = _display
         _STDOUT._sink = _STDERR._sink = sink
         sys.stdout, sys.stderr = _STDOUT, _STDERR
+        if job.logging is not None or _LOGGING[0] is not None:
+            _follow_logging(job.logging)
         started = time.perf_counter()
 
         def fail(index: int, exc: BaseException) -> None:

@@ -280,6 +280,29 @@ i''')
 
 
 @pytest.mark.timeout(120)
+def test_log_records_show_as_the_notebooks_logging_shows_them(fresh_kernel):
+    """A notebook that configured logging (``basicConfig(level=INFO)``, a level on a logger) saw its
+    records in a sequential loop, while the workers, configured by nobody, dropped the INFO ones and
+    printed the others bare. They now follow the notebook's set-up; once the notebook undoes it, so
+    do they (a worker serves later cells too)."""
+    kernel = fresh_kernel
+    kernel.ok("import logging\n"
+              "logging.basicConfig(level=logging.INFO, format='%(levelname)s|%(name)s|%(message)s')\n"
+              "log = logging.getLogger('nb.steps')\nquiet = logging.getLogger('nb.quiet')\n"
+              "quiet.setLevel(logging.ERROR)")
+    body = "log.info('step %s', i)\nquiet.warning('hidden %s', i)\nquiet.error('shown %s', i)\ni"
+    sequential = kernel.ok("for i in range(3):\n" + "\n".join("    " + line for line in body.splitlines()))
+    assert "INFO|nb.steps|step 0\n" in sequential.stderr and "hidden" not in sequential.stderr
+    run = kernel.ok(f"%%azpar -q --chunk-size 1 -o logged for i in range(3):\n{body}")
+    ours = "".join(line for line in run.stderr.splitlines(keepends=True) if "|azpar_magic." not in line)
+    assert ours == sequential.stderr, run.stderr
+    kernel.ok("logging.root.handlers.clear()\nlogging.root.setLevel(logging.WARNING)\nquiet.setLevel(logging.NOTSET)")
+    bare = kernel.ok("%%azpar -q --chunk-size 1 -o logged for i in range(2):\nlog.info('step %s', i)\n"
+                     "quiet.warning('bare %s', i)\ni")
+    assert bare.stderr == "bare 0\nbare 1\n", bare.stderr
+
+
+@pytest.mark.timeout(120)
 def test_rich_display_output_is_shown_in_order_with_prints(kernel):
     run = kernel.ok('''%%azpar -q --chunk-size 1 for i in range(3):
 from IPython.display import HTML

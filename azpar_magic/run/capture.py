@@ -97,6 +97,8 @@ class Capture:
     # The random generators shipped ("`rng` (a numpy.random.Generator)"): every worker starts from
     # its own copy of their state, so workers draw the same numbers (engine.random_state_warnings).
     random_states: tuple[str, ...] = ()
+    # The kernel's logging set-up the iterations' log records follow (``logging_setup``), or None.
+    logging: dict | None = None
 
     def without_data(self) -> Capture:
         """What was shipped, without the namespace bytes: what a job keeps. The bytes are
@@ -921,7 +923,43 @@ def capture(
         + ((_history_warning(history),) if (history := _history_reads(free, namespace)) else ()),
         unshipped=unshipped,
         random_states=_random_state_holders(chosen, random_kinds),
+        logging=logging_setup(chosen),
     )
+
+
+def logging_setup(chosen: Mapping[str, object]) -> dict | None:
+    """How the notebook shows log records, for the workers to do the same (None: as Python does
+    unconfigured, which the workers do anyway). A notebook's ``logging.basicConfig(level=INFO)`` or
+    ``log.setLevel(DEBUG)`` on a logger the body uses made the sequential loop print records that the
+    workers, configured by nobody, dropped (below WARNING) or printed bare: the root logger's level and
+    the format of its first stream handler (what the notebook prints), and the levels set on the
+    loggers the body is given. A handler writing to a file is not copied: a node has no such file."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return None
+    levels = {
+        value.name: value.level
+        for value in chosen.values()
+        if isinstance(value, logging.Logger) and value.level and value is not logging.root
+    }
+    handler = next(
+        (h for h in logging.root.handlers if type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)),
+        None,
+    )
+    if handler is None and not levels:
+        return None
+    setup: dict = {"levels": levels}
+    if handler is not None:
+        formatter = handler.formatter or logging.Formatter()
+        fmt = formatter._fmt or "%(message)s"
+        setup.update(
+            level=logging.root.level,
+            format=fmt,
+            datefmt=formatter.datefmt,
+            style="%" if "%(" in fmt else "{" if "{" in fmt else "$" if "$" in fmt else "%",
+            stream="stdout" if handler.stream is sys.stdout else "stderr",
+        )
+    return setup
 
 
 @functools.lru_cache(maxsize=64)
@@ -1048,6 +1086,7 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         "seed": seed,
         "local_modules": cap.local_modules,
         "sources": {**cap.sources, CELL_FILENAME: cell.source},
+        **({"logging": cap.logging} if cap.logging else {}),
     }
 
 
