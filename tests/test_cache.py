@@ -240,6 +240,37 @@ def test_a_changed_notebook_function_invalidates_and_the_same_one_defined_again_
     assert job.from_cache == 0 and values == [x * 5 + 1 for x in range(20)]
 
 
+def test_an_input_file_edited_since_recomputes_the_iterations_that_read_it(tmp_path, monkeypatch):
+    """The files --inputs gives an iteration are in its key (path, size, modification time): a shared
+    file edited since recomputes every iteration, one iteration's own file that iteration only. Before,
+    an edited input gave the earlier run's values back."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scale.txt").write_text("1")
+    for i in range(3):
+        (tmp_path / f"part-{i}.txt").write_text(str(10 * i))
+    body = "int(open('inputs/scale.txt').read()) * int(open(f'inputs/part-{x}.txt').read())"
+
+    def run():
+        job, out = _run({"xs": [0, 1, 2]}, body, cache=True, inputs=["scale.txt", "part-{x}.txt"])
+        return job, out
+
+    first, out = run()
+    assert out == [0, 10, 20] and first.from_cache == 0
+    again, out = run()
+    assert out == [0, 10, 20] and again.from_cache == 3
+    (tmp_path / "part-1.txt").write_text("11")
+    one, out = run()
+    assert out == [0, 11, 20] and _ran(one) == [1]
+    scale = tmp_path / "scale.txt"
+    scale.write_text("2")
+    st = os.stat(scale)
+    os.utime(scale, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a coarse clock: a later time
+    every, out = run()
+    assert out == [0, 22, 40] and _ran(every) == [0, 1, 2]
+
+
 def test_failed_iterations_are_never_reused():
     ns = _ns()
     body = "if x % 7 == 3:\n    raise ValueError(x)\nx"

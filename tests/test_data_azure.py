@@ -132,6 +132,26 @@ def test_a_folder_of_blobs_keeps_its_layout(azure, ip, run_cell, blob_service):
     assert ip.user_ns["seen"] == [["refdata/lookup/a.txt", "refdata/lookup/sub/b.txt"]] * 2
 
 
+def test_cache_never_reuses_an_iteration_reading_a_blob_whose_content_it_cannot_see(azure, ip, run_cell,
+                                                                                     blob_service):
+    """--cache keys a local input by its size and modification time; a blob's content is not known
+    before it is downloaded, so an iteration reading az:// inputs runs every time, and the cell says
+    so (before, a blob overwritten since gave the earlier run's values back)."""
+    source = blob_service.get_container_client("cachein")
+    if not source.exists():
+        source.create_container()
+    source.upload_blob("n.txt", b"1", overwrite=True)
+    cell = "%%azpar -q --cache -o got --inputs az://cachein/n.txt for i in range(2):\nint(open('inputs/cachein/n.txt').read()) + i"
+    first = run_cell(cell)
+    assert first.success, first.error
+    assert ip.user_ns["got"] == [1, 2]
+    assert "--cache does not reuse the 2 iterations that read az:// inputs" in first.stderr, first.stderr
+    source.upload_blob("n.txt", b"5", overwrite=True)
+    again = run_cell(cell)
+    assert again.success, again.error
+    assert ip.user_ns["got"] == [5, 6] and azpar_magic.jobs()[-1].from_cache == 0
+
+
 def test_outputs_whose_upload_failed_are_read_from_the_node(azure, ip, run_cell, batch, tmp_path):
     batch.fail_output_uploads(2)  # the first two tasks upload nothing at all (results, logs, outputs)
     run = run_cell(CELL.format(chunk=1, n=N_PARTS, body=BODY))

@@ -3,8 +3,9 @@
 The key of iteration i hashes what decides its value: a format tag, the loop's target and
 body source, a digest of the CONTENT of the captured namespace (and of the notebook-folder
 modules its code comes from, and the versions of the packages it names), the item's content
-digest, and the options that change one iteration's value (``--seed`` with i, since the
-iteration's stream is spawned from both; ``--gather`` names). Options that only shape the
+digest, the files ``--inputs`` gives it (each one's path, size and modification time: a file
+edited since is a miss), and the options that change one iteration's value (``--seed`` with i,
+since the iteration's stream is spawned from both; ``--gather`` names). Options that only shape the
 whole result (``--combine``, ``--errors``, ``--chunk-size``) are not in it, nor is the
 iterable's expression: the same item through the same body gives the same value whatever
 list it came from.
@@ -226,8 +227,15 @@ def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
     ).digest()
 
 
-def iteration_keys(request: RunRequest, items: Sequence[Any], ns_digest: bytes | None = None) -> list[bytes]:
-    """The key of every iteration (see the module's docstring for what is in it)."""
+def iteration_keys(
+    request: RunRequest,
+    items: Sequence[Any],
+    ns_digest: bytes | None = None,
+    files: Sequence[bytes | None] | None = None,
+) -> list[bytes | None]:
+    """The key of every iteration (see the module's docstring for what is in it). ``files``: each
+    iteration's ``--inputs`` as ``data.input_signatures`` gives them (None for an iteration whose
+    inputs the key cannot see: it has no key, and is never reused)."""
     cell, options = request.cell, request.options
     ns_digest = namespace_digest(request, items) if ns_digest is None else ns_digest
     common = hashlib.blake2b(digest_size=_DIGEST)
@@ -242,10 +250,15 @@ def iteration_keys(request: RunRequest, items: Sequence[Any], ns_digest: bytes |
     ):
         common.update(len(part).to_bytes(8, "big") + part)
     seeded = options.seed is not None
-    keys = []
+    keys: list[bytes | None] = []
     for i, item in enumerate(items):
+        if files is not None and files[i] is None:
+            keys.append(None)
+            continue
         h = common.copy()
         h.update(content_digest(item))
+        if files is not None:
+            h.update(files[i])  # type: ignore[arg-type]
         if seeded:
             h.update(i.to_bytes(8, "big"))
         keys.append(h.digest())
@@ -266,7 +279,7 @@ class Plan:
     """What the cache gives one run: its keys, the iterations still to compute, and a
     holder Job with the reused values at this run's indices (None when nothing is reused)."""
 
-    keys: list[bytes]
+    keys: list[bytes | None]  # None: an iteration the cache cannot key (see iteration_keys)
     todo: list[int]
     holder: Job | None = None
     reused: dict[int, tuple[Any, dict[str, Any] | None]] = field(default_factory=dict)
@@ -298,16 +311,18 @@ class Plan:
                 },
             )
         try:
-            index.remember(job.id, dict(enumerate(self.keys)), max_bytes())
+            index.remember(job.id, {i: key for i, key in enumerate(self.keys) if key is not None}, max_bytes())
         except OSError as exc:  # the job is fine; only its later reuse is lost
             print(f"azpar: warning: the cache could not index job {job.id}: {exc}", file=sys.stderr)
 
 
-def plan(request: RunRequest, items: list) -> Plan:
+def plan(request: RunRequest, items: list, files: Sequence[bytes | None] | None = None) -> Plan:
     """Look every iteration up; load the values found (a value this kernel cannot load, or a
-    failed iteration, is not reused: it runs again)."""
-    keys = iteration_keys(request, items)
-    candidates = index.lookup(keys)
+    failed iteration, is not reused: it runs again). ``files``: see ``iteration_keys``."""
+    keys = iteration_keys(request, items, files=files)
+    keyed = [i for i, key in enumerate(keys) if key is not None]
+    found = index.lookup([keys[i] for i in keyed])  # type: ignore[misc]
+    candidates = {keyed[position]: where for position, where in found.items()}
     reused: dict[int, tuple[Any, dict[str, Any] | None]] = {}
     gather = tuple(request.options.gather)
     tried: set[str] = set()

@@ -28,6 +28,7 @@ Semantics (also in the README):
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -456,6 +457,31 @@ def plan(
             if blobs:
                 result.item_blobs[index] = blobs
     return result
+
+
+def input_signatures(found: DataPlan, count: int) -> list[bytes | None]:
+    """What ``--cache`` keys each of ``count`` iterations' inputs by: the path under ``inputs/``,
+    size and modification time of every file it gets (the shared ones and its own), so that a file
+    edited since an earlier run makes its iterations run again, as make would. None for an iteration
+    reading ``az://`` inputs: a blob's content is not known before it is downloaded."""
+    if found.shared_blobs:
+        return [None] * count
+    shared = _files_signature(found.shared_files)
+    return [
+        None if index in found.item_blobs else shared + _files_signature(found.item_files.get(index, ()))
+        for index in range(count)
+    ]
+
+
+def _files_signature(files: Sequence[LocalFile]) -> bytes:
+    parts = []
+    for f in sorted(files, key=lambda f: f.rel):
+        try:
+            st = os.stat(f.path)
+            parts.append((f.rel, st.st_size, st.st_mtime_ns))
+        except OSError:  # gone since it was resolved: the run itself says so
+            parts.append((f.rel, -1, -1))
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).digest()
 
 
 # --------------------------------------------------------------------------- the report

@@ -548,7 +548,8 @@ class Engine:
         todo = list(request.indices) if request.indices is not None else None  # None: every iteration
         cached = None  # --cache: reused values come in as a rerun's base does (cache.py)
         if options.cache and todo is None and request.base is None and items:
-            cached = cache_mod.plan(request, items)
+            files = self._input_signatures(request, items, job_id) if options.inputs else None
+            cached = cache_mod.plan(request, items, files)
             todo = cached.todo if cached.holder is not None else None
         base = request.base if cached is None else cached.holder
         data_plan = self._data_plan(request, items, job_id, todo)
@@ -730,6 +731,20 @@ class Engine:
             raise SubmitError(str(exc)) from None
         found.job_id = job_id
         return found
+
+    def _input_signatures(self, request: RunRequest, items: list, job_id: str) -> list[bytes | None]:
+        """Each iteration's ``--inputs`` as ``--cache`` keys them (``data.input_signatures``); those
+        reading ``az://`` inputs cannot be keyed, and run every time: said once."""
+        found = self._data_plan(request, items, job_id, None)
+        signatures = data_mod.input_signatures(found, len(items)) if found is not None else [b""] * len(items)
+        unkeyed = signatures.count(None)
+        if unkeyed:
+            print(
+                f"azpar: warning: --cache does not reuse the {unkeyed} iteration{'s' * (unkeyed != 1)} that read "
+                "az:// inputs (a blob's content is not known before it is downloaded): they run every time",
+                file=sys.stderr,
+            )
+        return signatures
 
     def _meter(self, job: Job) -> None:
         """Meter the job's node and task time (jobs/cost.py) at the backend's prices (none: nothing billed)."""
