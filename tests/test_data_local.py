@@ -152,6 +152,20 @@ def test_missing_input_is_named(ip, run_cell, folder):
     _refused(ip, run_cell, folder, "%%azpar -o r --inputs 'nope/*.csv' for i in range(2):\ni", "matches no file")
 
 
+def test_an_input_opened_by_its_own_name_says_where_iterations_find_it(ip, run_cell, folder):
+    """With --inputs or --outputs each iteration runs in a folder of its own: opening the file by the
+    name it has beside the notebook fails there. The error says where the iteration finds it, or to
+    pass it (it was a bare FileNotFoundError on the local pool)."""
+    (folder / "scale.txt").write_text("3")
+    run = run_cell("%%azpar -q -o r --inputs scale.txt for i in range(2):\nint(open('scale.txt').read()) * i")
+    assert not run.success
+    assert ("'scale.txt' is given with --inputs, and iterations find it as 'inputs/scale.txt': open that in the "
+            "body") in str(run.error), run.error
+    run = run_cell("%%azpar -q -o r --outputs '*.png' for i in range(2):\nint(open('scale.txt').read()) * i")
+    assert "runs in a folder of its own: pass --inputs 'scale.txt' and open 'inputs/scale.txt'" in str(run.error)
+    assert run_cell("%%azpar -q -o r for i in range(2):\nint(open('scale.txt').read()) * i").success  # its folder
+
+
 def test_missing_per_iteration_input_names_the_iteration(ip, run_cell, folder):
     _refused(ip, run_cell, folder, f"%%azpar -o r --inputs 'parts/part-{{i}}.csv' for i in range({N_PARTS + 2}):\ni",
              f"for iteration {N_PARTS} ('parts/part-{N_PARTS}.csv') does not exist")

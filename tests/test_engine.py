@@ -241,19 +241,27 @@ def test_a_bad_job_name_is_refused_with_the_stores_reason():
 
 def test_missing_file_hint_names_only_files_this_machine_has(tmp_path):
     from azpar_magic.jobs import Failure
-    from azpar_magic.run.hints import missing_file_hint
+    from azpar_magic.run.hints import FilesSeen, missing_file_hint
 
+    nodes = FilesSeen(str(tmp_path))
     (tmp_path / "here.csv").write_text("x")
     here = Failure(0, "builtins.FileNotFoundError", "[Errno 2] No such file or directory: 'here.csv'")
-    assert missing_file_hint(here, str(tmp_path)).message.endswith(
+    assert missing_file_hint(here, nodes).message.endswith(
         "('here.csv' is a file of this machine, which the nodes do not have: pass --inputs 'here.csv' and open "
         "'inputs/here.csv' in the body)")
     gone = Failure(0, "builtins.FileNotFoundError", "[Errno 2] No such file or directory: 'gone.csv'")
-    assert missing_file_hint(gone, str(tmp_path)) is gone
+    assert missing_file_hint(gone, nodes) is gone
     other = Failure(0, "builtins.ValueError", "No such file or directory: 'here.csv'")
-    assert missing_file_hint(other, str(tmp_path)) is other
+    assert missing_file_hint(other, nodes) is other
     by_exc = Failure(0, "builtins.FileNotFoundError", "gone", exc=FileNotFoundError(2, "No such file", "here.csv"))
-    assert "pass --inputs 'here.csv'" in missing_file_hint(by_exc, str(tmp_path)).message
+    assert "pass --inputs 'here.csv'" in missing_file_hint(by_exc, nodes).message
+    # Passed with --inputs already, but opened by its own name: where iterations find it.
+    for remote in (True, False):
+        given = FilesSeen(str(tmp_path), remote, frozenset({"here.csv"}))
+        assert missing_file_hint(here, given).message.endswith(
+            "('here.csv' is given with --inputs, and iterations find it as 'inputs/here.csv': open that in the body)")
+    own = FilesSeen(str(tmp_path), remote=False)  # the local pool, --outputs only: a folder of its own
+    assert "each iteration runs in a folder of its own: pass --inputs 'here.csv'" in missing_file_hint(here, own).message
 
 
 def test_missing_module_hint_names_the_kernels_distribution_only():

@@ -292,6 +292,17 @@ def validate_options(options: JobOptions, spelling: dict[str, str] = API_SPELLIN
 SMALL_PARTS = 8  # items per part, on average, up to which all items are checked in one pass (_plain_parts)
 
 
+def _files_seen(folder: str, remote: bool, plan: data_mod.DataPlan | None) -> hints.FilesSeen | None:
+    """How a job's iterations see the kernel's files (None: in its folder, as the notebook does)."""
+    if not remote and plan is None:
+        return None
+    given = set()
+    if plan is not None:
+        given.update(f.rel for f in plan.shared_files)
+        given.update(f.rel for files in plan.item_files.values() for f in files)
+    return hints.FilesSeen(folder, remote, frozenset(given))
+
+
 def chunk_indices(n: int, size: int) -> list[range]:
     chunks = [range(start, start + size) for start in range(0, n, size)]
     if chunks and chunks[-1].stop > n:  # the last one may be short (no min() per chunk: issue 16, a')
@@ -341,13 +352,13 @@ class _Run:
         job: Job,
         tasks: dict[str, TaskSpec],
         recorder: jobstore.JobRecorder,
-        folder: str | None = None,
+        files: hints.FilesSeen | None = None,
         installs: bool = False,
     ):
         self.engine, self.job, self.tasks = engine, job, tasks
         self.recorder = recorder  # the job store's copy: fed here, written on its own thread
-        # The kernel's folder, when the workers do not see its files: failures naming one say so.
-        self.folder = folder
+        # How the workers see the kernel's files, when they do not see its folder: failures naming one say so.
+        self.files = files
         self.installs = installs  # the workers install packages: a missing module says which to pass
         self.lock = threading.Lock()
         self.stopped: set[str] = set()  # tasks cancelled by _stop_early
@@ -451,7 +462,7 @@ class _Run:
         failed = result.get("failed")
         failures = {i: failure_from_record(i, rec) for i, rec in failed.items()} if failed else {}
         if failures:
-            failures = {i: hints.explain(f, self.folder, self.installs) for i, f in failures.items()}
+            failures = {i: hints.explain(f, self.files, self.installs) for i, f in failures.items()}
         for pos, why in unloadable.items():  # computed on the worker, but not loadable in this kernel
             index = indices[pos]
             failures.setdefault(
@@ -651,7 +662,7 @@ class Engine:
             job,
             tasks,
             recorder,
-            folder if self.backend.files_are_remote else None,
+            _files_seen(folder, self.backend.files_are_remote, data_plan),
             installs=self.backend.installs_packages,
         )
         with self._lock:

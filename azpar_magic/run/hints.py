@@ -18,26 +18,40 @@ from ..errors import DataError
 from ..jobs import Failure
 from . import capture as capture_mod, data as data_mod
 
-__all__ = ["explain", "missing_file_hint", "environment_hint", "missing_module_hint"]
+__all__ = ["FilesSeen", "explain", "missing_file_hint", "environment_hint", "missing_module_hint"]
 
 
-def explain(failure: Failure, folder: str | None, installs: bool) -> Failure:
+@dataclasses.dataclass(frozen=True)
+class FilesSeen:
+    """Where a job's iterations cannot see the notebook's folder: ``folder``, the kernel's; ``remote``:
+    they run on other machines (Azure nodes), else in a working folder of their own (``--inputs`` or
+    ``--outputs`` on the local pool); ``given``: the files ``--inputs`` brings, as named under
+    ``inputs/``."""
+
+    folder: str
+    remote: bool = True
+    given: frozenset[str] = frozenset()
+
+
+def explain(failure: Failure, files: FilesSeen | None, installs: bool) -> Failure:
     """``failure`` with what this kernel knows about it added to its message (itself when nothing).
-    ``folder``: the kernel's folder when the workers do not see its files (None otherwise);
-    ``installs``: the workers install the distributions the captured code names."""
-    if folder is not None:
-        failure = missing_file_hint(failure, folder)
+    ``files``: how the iterations see the kernel's files, when they do not see its folder (None
+    otherwise); ``installs``: the workers install the distributions the captured code names."""
+    if files is not None:
+        failure = missing_file_hint(failure, files)
     if installs:
         failure = missing_module_hint(failure)
     return environment_hint(failure)
 
 
-def missing_file_hint(failure: Failure, folder: str) -> Failure:
-    """An iteration that could not open a file which exists beside the notebook (``open('data.csv')``
-    without ``--inputs``) ran on a node that has only what ``--inputs`` brings: say so, and how, beside
-    the error. The same cell ran on the local pool, whose workers see the notebook's folder."""
+def missing_file_hint(failure: Failure, files: FilesSeen) -> Failure:
+    """An iteration that could not open a file which exists beside the notebook (``open('data.csv')``)
+    ran where only what ``--inputs`` brings is there, under ``inputs/``: on a node, or in a working
+    folder of its own on the local pool. Say so, and how, beside the error: pass the file with
+    ``--inputs``, or open it under ``inputs/`` when it is passed already (the usual slip)."""
     if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] != "FileNotFoundError":
         return failure
+    folder = files.folder
     name = getattr(failure.exc, "filename", None)
     if not isinstance(name, str):
         said = re.search(r"No such file or directory: '([^']+)'", failure.message)
@@ -48,11 +62,20 @@ def missing_file_hint(failure: Failure, folder: str) -> Failure:
         (found,) = data_mod.resolve_local(name, folder)
     except (DataError, ValueError):  # not readable here either, or a glob's characters in the name
         return failure
-    return dataclasses.replace(
-        failure,
-        message=f"{failure.message} ({name!r} is a file of this machine, which the nodes do not have: pass "
-        f"--inputs {name!r} and open {data_mod.INPUTS_DIR + '/' + found.rel!r} in the body)",
-    )
+    there = data_mod.INPUTS_DIR + "/" + found.rel
+    if found.rel in files.given:
+        why = f"{name!r} is given with --inputs, and iterations find it as {there!r}: open that in the body"
+    elif files.remote:
+        why = (
+            f"{name!r} is a file of this machine, which the nodes do not have: pass --inputs {name!r} and open "
+            f"{there!r} in the body"
+        )
+    else:
+        why = (
+            f"{name!r} is beside the notebook, but with --inputs or --outputs each iteration runs in a folder of its "
+            f"own: pass --inputs {name!r} and open {there!r} in the body"
+        )
+    return dataclasses.replace(failure, message=f"{failure.message} ({why})")
 
 
 _ENVIRON_LOOKUP = re.compile(r'File "(?:<frozen os>|[^"]*[/\\]os\.py)", line \d+, in __getitem__')
