@@ -492,6 +492,15 @@ def profile_names(*, cwd: str | None = None) -> list[str]:
     return sorted(names)
 
 
+def meant_field(key: str) -> str:
+    """`` (did you mean 'batch_account_url'?)`` for a misspelt profile field, else "": the list of
+    every field that follows it is long, and a typo is the usual cause."""
+    import difflib
+
+    close = difflib.get_close_matches(key.lower(), PROFILE_FIELDS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def looks_like_secret(text: str) -> bool:
     """A value that is a key, a password or a SAS token rather than a variable's name.
 
@@ -579,7 +588,8 @@ def load_profile(
             spec = PROFILE_FIELDS.get(key)
             if spec is None:
                 raise ConfigError(
-                    f"{where}: profile {name!r} has an unknown field {key!r}; known fields: {', '.join(PROFILE_FIELDS)}"
+                    f"{where}: profile {name!r} has an unknown field {key!r}{meant_field(key)}; known fields: "
+                    f"{', '.join(PROFILE_FIELDS)}"
                 )
             check(key, where)
             values[key] = _coerce_field(spec, value, where)
@@ -743,7 +753,7 @@ def save_profile(name: str, values: Mapping[str, Any], path: Path | None = None)
     for key, value in values.items():
         spec = PROFILE_FIELDS.get(key)
         if spec is None:
-            raise ConfigError(f"unknown profile field {key!r}")
+            raise ConfigError(f"unknown profile field {key!r}{meant_field(key)}")
         value = _coerce_field(spec, value, f"profile {name!r}")
         if value != spec.default:
             entry[key] = value

@@ -117,3 +117,14 @@ def test_plain_names_are_still_quoted():
                                         "storage_key_env": "MY-KEY", "vm_size": "huge"})
     assert "'huge'" in problems["vm_size"]
     assert "MY-KEY" not in problems["storage_key_env"]  # not a valid name: it may be a secret
+
+
+def test_a_misspelt_field_is_answered_with_the_field_meant_and_a_secret_with_none(run_cell):
+    """The list of every field is long; the usual cause is a typo, so the closest field is named.
+    A word that looks like a secret gets no guess (a guess would say what it resembles)."""
+    result = run_cell("%azpar config team batch_url=https://x.westeurope.batch.azure.com")
+    text = everything(result)
+    assert not result.success and "unknown profile field 'batch_url' (did you mean 'batch_account_url'?)" in text, text
+    assert not config.user_config_path().exists()
+    text = everything(run_cell(f"%azpar config team {STORAGE_KEY}"))
+    assert "did you mean" not in text and not leaked(STORAGE_KEY, text), text

@@ -68,7 +68,8 @@ def parse_value(field: str, text: str) -> Any:
     spec = config.PROFILE_FIELDS.get(field)
     if spec is None:
         named = "(not shown: it looks like a secret)" if config.looks_like_secret(field) else repr(field)
-        raise ValueError(f"unknown profile field {named}; known fields: {', '.join(config.PROFILE_FIELDS)}")
+        meant = "" if config.looks_like_secret(field) else config.meant_field(field)
+        raise ValueError(f"unknown profile field {named}{meant}; known fields: {', '.join(config.PROFILE_FIELDS)}")
     text = text.strip()
     if spec.kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
