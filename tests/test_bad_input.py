@@ -307,8 +307,12 @@ def test_combine_dict_with_unhashable_items(run_cell, guard):
 
 def test_unknown_option(run_cell, guard):
     run = run_cell(f"%%azpar --frobnicate 3 -o r for x in range(3)\n{guard.marker}\nx")
-    _usage_error(run, "--frobnicate")
+    assert "did you mean" not in _usage_error(run, "unknown %%azpar option --frobnicate", "Nothing was submitted")
     guard.assert_nothing_submitted()
+    for typed, meant in (("--chunksize 2", "--chunk-size"), ("--retry 1", "--retries"), ("--no-exports=a", "--no-export")):
+        run = run_cell(f"%%azpar {typed} -o r for x in range(3)\n{guard.marker}\nx")
+        _usage_error(run, f"unknown %%azpar option {typed.split()[0]} (did you mean {meant}?)")
+        guard.assert_nothing_submitted()
 
 
 @pytest.mark.parametrize("options, fragments", [

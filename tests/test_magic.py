@@ -167,6 +167,12 @@ def test_every_command_names_an_unknown_option_with_its_usage(run_cell, command)
     assert str(run.error) == f"unknown option '--bogus'; usage: {usage}"
 
 
+def test_a_misspelt_command_option_is_answered_with_the_option_meant(run_cell):
+    assert str(run_cell("%azpar jobs --sincee 2d").error).startswith(
+        "unknown option '--sincee' (did you mean --since?); usage: %azpar jobs")
+    assert "(did you mean --failed?)" in str(run_cell("%azpar rerun somejob --fialed").error)
+
+
 def test_collect_reads_its_words_as_the_other_commands_do(run_cell):
     assert str(run_cell("%azpar collect a b").error) == "usage: %azpar collect [JOB] [-o NAME]"
     assert str(run_cell("%azpar collect -o").error) == ("-o needs a variable name; "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import copy
+import difflib
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -75,6 +76,13 @@ def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Names
     except UsageError as exc:
         if "unrecognized arguments" not in str(exc):
             raise UsageError(f"{exc}. Nothing was submitted.") from None
+        unknown = str(exc).split("unrecognized arguments:", 1)[1].split()
+        if unknown and unknown[0].startswith("-"):  # a misspelt option (--chunksize), not a value's second word
+            meant = difflib.get_close_matches(unknown[0].split("=")[0], parser._option_string_actions, n=1)
+            guess = f" (did you mean {meant[0]}?)" if meant else ""
+            raise UsageError(
+                f"unknown %%azpar option {unknown[0]}{guess} (%%azpar? lists them). Nothing was submitted."
+            ) from None
         raise UsageError(
             f"{exc}. A value with spaces must be quoted, e.g. --combine 'lambda rows: sum(rows)'. "
             "Nothing was submitted."

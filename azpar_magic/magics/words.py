@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ def read_words(
     usage line); with ``output``, ``-o`` takes a variable name. A word starting with ``-`` that is none of these
     nor one of ``flags`` is refused by name (``unknown option '--x'; usage: ...``), except a negative number,
     which is a plain word (``%azpar logs JOB -1``, ``%azpar pool resize -1 2`` reach their own checks)."""
+    options = tuple(options)
     values, words = _take_options(words, usage, options)
     known = set(flags)
     read = Words([], options=values)
@@ -50,7 +52,9 @@ def read_words(
             continue
         if word.startswith("-") and not _is_number(word):
             if word not in known:
-                raise UsageError(f"unknown option {word!r}; {usage}")
+                meant = difflib.get_close_matches(word, [*known, *options], n=1)
+                guess = f" (did you mean {meant[0]}?)" if meant else ""
+                raise UsageError(f"unknown option {word!r}{guess}; {usage}")
             read.flags.add(word)
         else:
             read.rest.append(word)
