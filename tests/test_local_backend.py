@@ -219,6 +219,23 @@ def test_a_worker_that_dies_fails_its_task_as_retryable_with_its_last_words_and_
     assert wait_for(lambda: any(n.id != started.node and n.state != "lost" for n in b.nodes()), 10), b.nodes()
 
 
+@pytest.mark.parametrize("signal_name, meaning", [
+    ("SIGKILL", "killed from outside this kernel, most often by the system when memory ran out"),
+    ("SIGSEGV", "a crash in native code, a C extension or ctypes"),
+])
+def test_a_worker_killed_by_a_signal_says_what_that_signal_most_often_means(backend, signal_name, meaning):
+    """"died with signal 9" told a user nothing; an out-of-memory kill is the usual cause of SIGKILL."""
+    import signal
+
+    b = backend(1)
+    spec, tasks = job(f"import os, signal\nos.kill(os.getpid(), signal.{signal_name})", 1, [range(0, 1)])
+    sink = Sink()
+    b.submit(spec, tasks, sink)
+    _, failed = sink.take(2)
+    number = int(getattr(signal, signal_name))
+    assert f"died with signal {number} ({signal_name}: {meaning}" in failed.error, failed.error
+
+
 def test_a_task_past_its_timeout_is_killed_and_names_the_iteration_that_was_running(backend):
     b = backend(1)
     spec, tasks = job("import time\nif x == 1:\n    time.sleep(60)", 3, [range(0, 3)], timeout=1.0)

@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -637,7 +638,7 @@ class LocalBackend(BaseBackend):
         if job is None or running is None:
             return
         task = running[1]
-        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        how = _signal_words(-code) if code < 0 else f"exit code {code}"
         if w.ending == "timeout":
             event = TaskEvent(
                 job.spec.job_id,
@@ -858,6 +859,28 @@ def _note_sent(w: _Worker, job_id: str, envelope: bool) -> None:
 def _message_size(task: TaskSpec) -> int:
     """About the bytes of a task's message (its items, its indices, the rest)."""
     return len(task.items) + 4 * len(task.indices) + 512
+
+
+def _signal_words(number: int) -> str:
+    """``signal 9 (SIGKILL: ...)``: what a worker's death by this signal most often means, so that a
+    user who never heard of signal numbers knows where to look."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+    meaning = _SIGNAL_MEANINGS.get(name)
+    return f"signal {number} ({name}{': ' + meaning if meaning else ''})"
+
+
+_SIGNAL_MEANINGS = {
+    "SIGKILL": "killed from outside this kernel, most often by the system when memory ran out; an iteration "
+    "that needs less memory, or fewer --workers, avoids it",
+    "SIGSEGV": "a crash in native code, a C extension or ctypes",
+    "SIGBUS": "a crash in native code, a C extension or ctypes",
+    "SIGILL": "a crash in native code, a C extension or ctypes",
+    "SIGFPE": "a crash in native code, a C extension or ctypes",
+    "SIGABRT": "native code aborted, a C extension's failed check",
+}
 
 
 def _frame(message: dict | list[dict]) -> bytes:
