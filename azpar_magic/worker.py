@@ -837,8 +837,12 @@ def _recorded_stream_handler(logging: types.ModuleType, setup: dict):
             except Exception:
                 self.handleError(record)
 
-    handler = RecordedStreamHandler()
-    handler.setFormatter(logging.Formatter(setup["format"], setup.get("datefmt"), style=setup.get("style") or "%"))
+    handler = RecordedStreamHandler(setup.get("handler_level") or 0)
+    try:
+        formatter = logging.Formatter(setup["format"], setup.get("datefmt"), style=setup.get("style") or "%")
+    except (ValueError, TypeError):  # checked in the kernel; another Python may read it otherwise
+        formatter = logging.Formatter(logging.BASIC_FORMAT)
+    handler.setFormatter(formatter)
     return handler
 
 

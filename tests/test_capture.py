@@ -237,3 +237,36 @@ def test_plain_data_is_pickled_and_checked_in_one_pass_and_anything_else_is_refu
         assert wire.plain_pickle([odd]) is None and wire.plain_pickle((1, odd)) is None, odd
     for short in ([7], (1.5, "a", None), [True, b"x", 2**70], [], (), ["long" * 5000]):
         assert wire.plain_pickle(short) == pickle.dumps(short, protocol=pickle.HIGHEST_PROTOCOL), short
+
+
+def test_the_logging_set_up_shipped_is_one_the_workers_can_rebuild(monkeypatch):
+    """Only a stream handler writing to the notebook counts; a formatter of its own class (colours,
+    JSON) may read fields a plain Formatter cannot fill, so basicConfig's format stands in for it;
+    the handler's own level travels too."""
+    import logging
+    import sys
+
+    from azpar_magic.run.capture import logging_setup
+
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(logging.root, "level", logging.WARNING)
+    assert logging_setup({}) is None
+    logging.root.addHandler(logging.FileHandler(__import__("os").devnull))  # a file: nothing a node could write to
+    assert logging_setup({}) is None
+
+    class Colours(logging.Formatter):
+        pass
+
+    shown = logging.StreamHandler(sys.stderr)
+    shown.setFormatter(Colours("%(log_color)s%(message)s"))
+    shown.setLevel(logging.ERROR)
+    logging.root.addHandler(shown)
+    logging.root.level = logging.DEBUG
+    quiet = logging.getLogger("azpar.test.quiet")
+    monkeypatch.setattr(quiet, "level", logging.CRITICAL)
+    setup = logging_setup({"log": quiet, "n": 3})
+    assert setup == {"levels": {"azpar.test.quiet": logging.CRITICAL}, "level": logging.DEBUG,
+                     "handler_level": logging.ERROR, "format": logging.BASIC_FORMAT, "datefmt": None,
+                     "style": "%", "stream": "stderr"}
+    shown.setFormatter(logging.Formatter("{levelname}|{message}", style="{"))
+    assert logging_setup({})["format"] == "{levelname}|{message}" and logging_setup({})["style"] == "{"

@@ -933,7 +933,8 @@ def logging_setup(chosen: Mapping[str, object]) -> dict | None:
     ``log.setLevel(DEBUG)`` on a logger the body uses made the sequential loop print records that the
     workers, configured by nobody, dropped (below WARNING) or printed bare: the root logger's level and
     the format of its first stream handler (what the notebook prints), and the levels set on the
-    loggers the body is given. A handler writing to a file is not copied: a node has no such file."""
+    loggers the body is given. A handler writing to a file is not copied: a node has no such file; nor
+    is a formatter of its own class (its records are written in basicConfig's default format)."""
     logging = sys.modules.get("logging")
     if logging is None:
         return None
@@ -952,11 +953,19 @@ def logging_setup(chosen: Mapping[str, object]) -> dict | None:
     if handler is not None:
         formatter = handler.formatter or logging.Formatter()
         fmt = formatter._fmt or "%(message)s"
+        style = "%" if "%(" in fmt else "{" if "{" in fmt else "$" if "$" in fmt else "%"
+        try:  # a Formatter subclass (colours, JSON) may read fields the plain one cannot fill
+            if type(formatter) is not logging.Formatter:
+                raise ValueError(type(formatter).__name__)
+            logging.Formatter(fmt, formatter.datefmt, style=style)  # type: ignore[arg-type]
+        except ValueError:
+            fmt, style = logging.BASIC_FORMAT, "%"
         setup.update(
             level=logging.root.level,
+            handler_level=handler.level,
             format=fmt,
             datefmt=formatter.datefmt,
-            style="%" if "%(" in fmt else "{" if "{" in fmt else "$" if "$" in fmt else "%",
+            style=style,
             stream="stdout" if handler.stream is sys.stdout else "stderr",
         )
     return setup
