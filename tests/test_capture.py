@@ -264,9 +264,13 @@ def test_the_logging_set_up_shipped_is_one_the_workers_can_rebuild(monkeypatch):
     logging.root.level = logging.DEBUG
     quiet = logging.getLogger("azpar.test.quiet")
     monkeypatch.setattr(quiet, "level", logging.CRITICAL)
+    library = logging.getLogger("azpar_test_library")  # quietened by the notebook, not given to the body
+    monkeypatch.setattr(library, "level", logging.ERROR)
     setup = logging_setup({"log": quiet, "n": 3})
-    assert setup == {"levels": {"azpar.test.quiet": logging.CRITICAL}, "level": logging.DEBUG,
-                     "handler_level": logging.ERROR, "format": logging.BASIC_FORMAT, "datefmt": None,
-                     "style": "%", "stream": "stderr"}
+    levels = setup.pop("levels")
+    assert setup == {"level": logging.DEBUG, "handler_level": logging.ERROR, "format": logging.BASIC_FORMAT,
+                     "datefmt": None, "style": "%", "stream": "stderr"}
+    assert levels["azpar.test.quiet"] == logging.CRITICAL and levels["azpar_test_library"] == logging.ERROR
+    assert not [name for name in levels if name.startswith("azpar_magic")]  # its own are the kernel's
     shown.setFormatter(logging.Formatter("{levelname}|{message}", style="{"))
     assert logging_setup({})["format"] == "{levelname}|{message}" and logging_setup({})["style"] == "{"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import dill
 
-from .. import worker as wire
+from .. import verbosity, worker as wire
 from ..errors import CaptureError
 from . import environment, fingerprint
 from .parsing import CELL_FILENAME, ParsedCell
@@ -927,14 +927,19 @@ def capture(
     )
 
 
+# azpar's own loggers, and the Azure SDK's request log that `%azpar verbose http` turns on in the kernel.
+_OWN_LOGGERS = (verbosity.PACKAGE_LOGGER, verbosity.HTTP_LOGGER)
+
+
 def logging_setup(chosen: Mapping[str, object]) -> dict | None:
     """How the notebook shows log records, for the workers to do the same (None: as Python does
     unconfigured, which the workers do anyway). A notebook's ``logging.basicConfig(level=INFO)`` or
     ``log.setLevel(DEBUG)`` on a logger the body uses made the sequential loop print records that the
     workers, configured by nobody, dropped (below WARNING) or printed bare: the root logger's level and
     the format of its first stream handler (what the notebook prints), and the levels set on the
-    loggers the body is given. A handler writing to a file is not copied: a node has no such file; nor
-    is a formatter of its own class (its records are written in basicConfig's default format)."""
+    loggers the body is given (and, with that handler, on any other logger but azpar's). A handler
+    writing to a file is not copied: a node has no such file; nor is a formatter of its own class
+    (its records are written in basicConfig's default format)."""
     logging = sys.modules.get("logging")
     if logging is None:
         return None
@@ -950,7 +955,10 @@ def logging_setup(chosen: Mapping[str, object]) -> dict | None:
     if handler is None and not levels:
         return None
     setup: dict = {"levels": levels}
-    if handler is not None:
+    if handler is not None:  # then the levels the notebook set on any logger (`urllib3` quietened) count too
+        for name, logger in list(logging.Logger.manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger) and logger.level and not name.startswith(_OWN_LOGGERS):
+                levels.setdefault(name, logger.level)
         formatter = handler.formatter or logging.Formatter()
         fmt = formatter._fmt or "%(message)s"
         style = "%" if "%(" in fmt else "{" if "{" in fmt else "$" if "$" in fmt else "%"
