@@ -2606,7 +2606,7 @@ class _Inbox:
                 self._waiting.extend(loaded)
                 continue
             if loaded.get("op") == "return":
-                self._give_back(set(loaded["tasks"]))
+                self._give_back({tuple(key) for key in loaded["tasks"]})
             elif loaded.get("op") == "exit":
                 self._stop(loaded)
                 return
@@ -2614,15 +2614,16 @@ class _Inbox:
                 self._waiting.append(loaded)
 
     def _give_back(self, wanted: set) -> None:
-        """Return the waiting tasks named (lock held). A returned task that carried its job's
+        """Return the waiting tasks named, each by its job's envelope path and its id (lock held): ids
+        alone repeat across jobs. A returned task that carried its job's
         envelope hands it to the next task of that job kept here: the pool sent that one without
         the envelope, and without its file, since this process would have loaded the job first
         (backends/local.py, _note_sent)."""
         kept, returned = type(self._waiting)(), []
         carried: dict = {}  # envelope path -> the bytes a returned task carried
         for m in self._waiting:
-            if m.get("task") in wanted:
-                returned.append(m["task"])
+            if (m.get("envelope"), m.get("task")) in wanted:
+                returned.append((m["envelope"], m["task"]))
                 if "envelope_data" in m:
                     carried[m["envelope"]] = m["envelope_data"]
             else:

@@ -310,14 +310,16 @@ def test_a_task_given_back_hands_its_envelope_to_the_next_kept_task_of_its_job()
             {"op": "task", "task": "2", "envelope": "/stage/job-b.azpj", "envelope_data": b"B"},
             {"op": "task", "task": "3", "envelope": "/stage/job-a.azpj"},
             {"op": "task", "task": "4", "envelope": "/stage/job-a.azpj"},
-            {"op": "return", "tasks": ["1", "2"]},
+            {"op": "task", "task": "1", "envelope": "/stage/job-c.azpj", "envelope_data": b"C"},
+            # Tasks are named with their job: ids repeat across jobs (job c's task 1 stays here).
+            {"op": "return", "tasks": [["/stage/job-a.azpj", "1"], ["/stage/job-b.azpj", "2"]]},
         ]
         for message in messages:
             wire.write_frame(frames, message)
         os.write(write_fd, frames.getvalue())
-        kept = [inbox.next(), inbox.next()]
-        assert sent == [{"op": "returned", "tasks": ["1", "2"]}]
-        assert [(m["task"], m.get("envelope_data")) for m in kept] == [("3", b"A"), ("4", None)]
+        kept = [inbox.next(), inbox.next(), inbox.next()]
+        assert sent == [{"op": "returned", "tasks": [("/stage/job-a.azpj", "1"), ("/stage/job-b.azpj", "2")]}]
+        assert [(m["task"], m.get("envelope_data")) for m in kept] == [("3", b"A"), ("4", None), ("1", b"C")]
         inbox._busy = False  # as when no task runs: its helper stops looking at the pipe
         time.sleep(3 * inbox.GIVE_BACK_POLL)
     finally:
@@ -337,7 +339,7 @@ def test_the_inbox_helper_rests_after_a_quiet_spell_and_the_next_task_wakes_it(m
     try:
         inbox = wire._Inbox(read_fd, sent.append)
         frames = io.BytesIO()
-        wire.write_frame(frames, [{"op": "task", "task": str(n)} for n in (1, 2, 3)])
+        wire.write_frame(frames, [{"op": "task", "task": str(n), "envelope": "/stage/job-a.azpj"} for n in (1, 2, 3)])
         os.write(write_fd, frames.getvalue())
         assert inbox.next()["task"] == "1"
         time.sleep(0.3)
@@ -349,11 +351,11 @@ def test_the_inbox_helper_rests_after_a_quiet_spell_and_the_next_task_wakes_it(m
         assert not inbox._awake.is_set()  # rested
         assert inbox.next()["task"] == "2" and inbox._awake.is_set()
         frames = io.BytesIO()
-        wire.write_frame(frames, {"op": "return", "tasks": ["3"]})
+        wire.write_frame(frames, {"op": "return", "tasks": [["/stage/job-a.azpj", "3"]]})
         os.write(write_fd, frames.getvalue())
         while not sent and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert sent == [{"op": "returned", "tasks": ["3"]}]  # answered while task 2 runs
+        assert sent == [{"op": "returned", "tasks": [("/stage/job-a.azpj", "3")]}]  # answered while task 2 runs
         inbox._busy = False
         time.sleep(3 * inbox.GIVE_BACK_POLL)
     finally:
@@ -414,12 +416,12 @@ def test_tasks_sent_together_are_read_as_tasks_of_their_own(stage):
     try:
         inbox = wire._Inbox(read_fd, sent.append)
         frames = io.BytesIO()
-        wire.write_frame(frames, [{"op": "task", "task": "1"}, {"op": "task", "task": "2"}, {"op": "task", "task": "3"}])
-        wire.write_frame(frames, {"op": "return", "tasks": ["3"]})
-        wire.write_frame(frames, {"op": "task", "task": "4"})
+        wire.write_frame(frames, [{"op": "task", "task": n, "envelope": "/stage/job-a.azpj"} for n in "123"])
+        wire.write_frame(frames, {"op": "return", "tasks": [["/stage/job-a.azpj", "3"]]})
+        wire.write_frame(frames, {"op": "task", "task": "4", "envelope": "/stage/job-a.azpj"})
         os.write(write_fd, frames.getvalue())
         assert [inbox.next()["task"], inbox.next()["task"], inbox.next()["task"]] == ["1", "2", "4"]
-        assert sent == [{"op": "returned", "tasks": ["3"]}]
+        assert sent == [{"op": "returned", "tasks": [("/stage/job-a.azpj", "3")]}]
         inbox._busy = False
         time.sleep(3 * inbox.GIVE_BACK_POLL)
     finally:

@@ -127,6 +127,10 @@ class LocalBackend(BaseBackend):
             raise ValueError("the local pool needs at least one worker")
         self.stall_after = STALL_AFTER
         self._lock = threading.RLock()
+        # Held from a submit's look at its staged namespace until its job is registered, and while
+        # unused namespaces are dropped: jobs submitted from several threads at once must not drop
+        # a namespace another has staged (or found staged) but not yet registered.
+        self._staging = threading.Lock()
         self._workers: dict[str, _Worker] = {}
         self._lost: collections.deque[NodeInfo] = collections.deque(maxlen=_LOST_SHOWN)
         self._queue: collections.deque[tuple[str, TaskSpec]] = collections.deque()
@@ -172,13 +176,7 @@ class LocalBackend(BaseBackend):
     def submit(self, job: JobSpec, tasks: Sequence[TaskSpec], on_event: EventSink) -> None:
         self.start()
         ns_path = os.path.join(self._stage, job.envelope["namespace"]["file"])
-        if not os.path.exists(ns_path):  # content-addressed: identical captures staged once
-            tmp = f"{ns_path}.{os.getpid()}.part"
-            with open(tmp, "wb") as fh:
-                fh.write(job.namespace)
-            os.replace(tmp, ns_path)
-            self._drop_unused_namespaces(keep=ns_path)
-        envelope_path = os.path.join(self._stage, f"job-{job.job_id}.azpj")
+        envelope_path = self._envelope_path(job.job_id)
         envelope, data = job.envelope, None
         scratch: list[str] = []
         plan = (job.backend_options or {}).get("data")
@@ -187,12 +185,21 @@ class LocalBackend(BaseBackend):
         packed = wire.pack(wire.ENVELOPE_MAGIC, envelope)
         # The envelope file is written only once a task goes without its bytes (_task_message):
         # a job of one task per worker, a short cell's, never needs it (issue 16, c).
-        with self._lock:
-            # The namespace is staged (a file): the job's record keeps no copy of its bytes.
-            self._jobs[job.job_id] = _Job(
-                replace(job, namespace=b""), envelope_path, on_event, packed, data=data, scratch=scratch
-            )
-            self._queue.extend(zip(itertools.repeat(job.job_id), tasks))
+        with self._staging:
+            staged = not os.path.exists(ns_path)  # content-addressed: identical captures staged once
+            if staged:
+                tmp = f"{ns_path}.{os.getpid()}.{threading.get_ident()}.part"
+                with open(tmp, "wb") as fh:
+                    fh.write(job.namespace)
+                os.replace(tmp, ns_path)
+            with self._lock:
+                # The namespace is staged (a file): the job's record keeps no copy of its bytes.
+                self._jobs[job.job_id] = _Job(
+                    replace(job, namespace=b""), envelope_path, on_event, packed, data=data, scratch=scratch
+                )
+                self._queue.extend(zip(itertools.repeat(job.job_id), tasks))
+            if staged:
+                self._drop_unused_namespaces(keep=ns_path)
         self.start()  # again: a dispatcher that failed since the first call is started afresh
         # Hand the first tasks to idle workers from this thread, now: once workers compute on
         # every core, the dispatcher thread may wait for a CPU before it can write them.
@@ -297,7 +304,7 @@ class LocalBackend(BaseBackend):
                     w.ending = "cancelled"
                     self._kill(w)
                 elif not w.ending:
-                    self._ask_back(w, [t for j, t in w.ahead if self._is_cancelled(j, t.task_id)])
+                    self._ask_back(w, [e for e in w.ahead if self._is_cancelled(e[0], e[1].task_id)])
         self._tell_cancelled(dropped, jobs)
         self._wake()
 
@@ -520,7 +527,7 @@ class LocalBackend(BaseBackend):
                 w.ready, w.gives_back = True, bool(message.get("gives_back"))
             return
         if op == "returned":
-            self._on_returned(w, set(message.get("tasks") or ()))
+            self._on_returned(w, {tuple(key) for key in message.get("tasks") or ()})
             return
         with self._lock:
             if w.task is None and w.ahead and w.ahead[0][1].task_id == message.get("task"):
@@ -561,17 +568,17 @@ class LocalBackend(BaseBackend):
             )
         return event
 
-    def _on_returned(self, w: _Worker, returned: set[str]) -> None:
-        """A worker gave back the tasks it held ahead and had not started: cancelled ones end
-        here, the others go back to the front of the queue (in their order). The first one it
-        kept, if any, is the one it runs now."""
+    def _on_returned(self, w: _Worker, returned: set[tuple]) -> None:
+        """A worker gave back the tasks it held ahead and had not started (``_task_key``s): cancelled
+        ones end here, the others go back to the front of the queue (in their order). The first one
+        it kept, if any, is the one it runs now."""
         began = []
         with self._lock:
             w.returning = max(0, w.returning - 1)
-            back = [e for e in w.ahead if e[1].task_id in returned]
+            back = [e for e in w.ahead if self._task_key(e) in returned]
             for job_id, _ in back:  # the worker may hold these jobs from before: not surely (_note_sent)
                 w.holds.pop(job_id, None)
-            w.ahead = collections.deque(e for e in w.ahead if e[1].task_id not in returned)
+            w.ahead = collections.deque(e for e in w.ahead if self._task_key(e) not in returned)
             if w.task is None and w.ahead and not w.returning:
                 began.append(self._begin(w))
             dropped = [e for e in back if self._is_cancelled(e[0], e[1].task_id)]
@@ -737,7 +744,7 @@ class LocalBackend(BaseBackend):
                 self._send(w, batches[w.id])
             if not self._queue and any(w.idle for w in workers):
                 for w in busy:
-                    self._ask_back(w, [t for _, t in w.ahead])
+                    self._ask_back(w, list(w.ahead))
         self._tell_started(began)
 
     def _take(self, n: int) -> list[tuple[str, TaskSpec]]:
@@ -810,6 +817,18 @@ class LocalBackend(BaseBackend):
         _note_sent(w, job_id, first)
         return message
 
+    def _task_key(self, entry: tuple[str, TaskSpec]) -> tuple[str, str]:
+        """A task as the worker names it when tasks are asked back: its job's envelope path (every task
+        message carries it) and its id. Ids alone repeat across jobs ("1", "2", ...): with two jobs'
+        tasks held by one worker, asking back job A's task 1 gave back job B's too, a task then ran
+        twice or its result was dropped, and the job never ended."""
+        return self._envelope_path(entry[0]), entry[1].task_id
+
+    def _envelope_path(self, job_id: str) -> str:
+        """Where a job's envelope is staged (written only when a task goes without its bytes), the
+        path each of its task messages names."""
+        return os.path.join(self._stage, f"job-{job_id}.azpj")
+
     def _begin(self, w: _Worker) -> tuple:
         """The worker's first task ahead is the one it runs now (lock held): its --timeout
         counts from here. One cancelled meanwhile ends the worker, as a running one would."""
@@ -823,12 +842,12 @@ class LocalBackend(BaseBackend):
             self._kill(w)
         return job, task, w.id
 
-    def _ask_back(self, w: _Worker, tasks: list[TaskSpec]) -> None:
-        """Ask the worker for these tasks it holds ahead (lock held); it answers "returned"."""
-        if not tasks:
+    def _ask_back(self, w: _Worker, entries: list[tuple[str, TaskSpec]]) -> None:
+        """Ask the worker for these (job id, task) it holds ahead (lock held); it answers "returned"."""
+        if not entries:
             return
         try:
-            _write_all(w.send_fd, _frame({"op": "return", "tasks": [t.task_id for t in tasks]}))
+            _write_all(w.send_fd, _frame({"op": "return", "tasks": [self._task_key(e) for e in entries]}))
         except OSError:
             return  # the death handler queues them again
         w.returning += 1
