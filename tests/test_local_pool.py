@@ -330,24 +330,33 @@ def test_a_cell_does_not_inherit_what_an_earlier_cells_iterations_left_in_the_wo
     assert "AZPAR_T_LEAK" not in __import__("os").environ
 
 
-@pytest.mark.timeout(120)
-def test_jobs_submitted_at_once_from_several_threads_all_end_with_their_own_values():
+@pytest.mark.timeout(180)
+def test_jobs_submitted_at_once_from_several_threads_all_end_with_their_own_values(tmp_path):
     """Jobs running side by side (threads calling run(), or a --no-wait job and the next cell) share the
     pool's workers, which hold tasks of several jobs ahead, and task ids repeat across jobs ("1",
     "2", ...). Asking a worker back for one job's task 1 gave back another job's task 1 too: a task ran
-    twice or its result was dropped, and a job never ended (8 threads of 15 jobs hung in most runs)."""
-    import concurrent.futures
+    twice or its result was dropped, and a job never ended (8 threads of 15 jobs hung in most runs).
+    In a process of its own, as a script using the API is: inside the whole suite's session the eight
+    threads crawled through parsing for minutes (not understood; NOTES)."""
+    script = textwrap.dedent("""
+        import concurrent.futures
+        import azpar_magic
 
-    def jobs_of(k: int) -> list:
-        return [
-            azpar_magic.run("for x in range(5)", f"x * {k} + {r}", {}, workers=2, chunk_size=1).result(timeout=30)
-            for r in range(15)
-        ]
+        def jobs_of(k):
+            return [
+                azpar_magic.run("for x in range(5)", f"x * {k} + {r}", {}, workers=2, chunk_size=1).result(timeout=30)
+                for r in range(15)
+            ]
 
-    for _ in range(3):
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            got = list(pool.map(jobs_of, range(8)))
-        assert got == [[[x * k + r for x in range(5)] for r in range(15)] for k in range(8)]
+        for _ in range(3):
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                got = list(pool.map(jobs_of, range(8)))
+            assert got == [[[x * k + r for x in range(5)] for r in range(15)] for k in range(8)], got
+        print("all ended")
+    """)
+    env = {**os.environ, "AZPAR_JOB_STORE": str(tmp_path / "store")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=150, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "all ended", done.stderr[-3000:]
 
 
 def test_a_cell_does_not_draw_from_the_random_state_an_earlier_cell_seeded(ip, run_cell):
