@@ -271,6 +271,32 @@ def test_an_input_file_edited_since_recomputes_the_iterations_that_read_it(tmp_p
     assert out == [0, 22, 40] and _ran(every) == [0, 1, 2]
 
 
+def test_the_data_plan_is_built_once_when_nothing_is_reused(tmp_path, monkeypatch):
+    """--cache --inputs plans every iteration's files to key them; when no value is reused that plan is
+    the run's own, and is not built again (globbing, a stat per file, an az:// listing). A run that
+    reuses some values plans the rest again, for those iterations only."""
+    from azpar_magic.run import data as data_mod
+
+    monkeypatch.chdir(tmp_path)
+    for i in range(3):
+        (tmp_path / f"part-{i}.txt").write_text(str(i))
+    calls = []
+    real = data_mod.plan
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("indices"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_mod, "plan", counted)
+    body = "int(open(f'inputs/part-{x}.txt').read())"
+    job, out = _run({"xs": [0, 1, 2]}, body, cache=True, inputs=["part-{x}.txt"])
+    assert out == [0, 1, 2] and calls == [None]
+    calls.clear()
+    (tmp_path / "part-2.txt").write_text("7")
+    job, out = _run({"xs": [0, 1, 2]}, body, cache=True, inputs=["part-{x}.txt"])
+    assert out == [0, 1, 7] and calls == [None, [2]]
+
+
 def test_failed_iterations_are_never_reused():
     ns = _ns()
     body = "if x % 7 == 3:\n    raise ValueError(x)\nx"

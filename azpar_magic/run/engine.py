@@ -558,12 +558,20 @@ class Engine:
         cap = None
         todo = list(request.indices) if request.indices is not None else None  # None: every iteration
         cached = None  # --cache: reused values come in as a rerun's base does (cache.py)
+        whole_plan = None  # --cache --inputs: the data plan of every iteration, built once to key the inputs
         if options.cache and todo is None and request.base is None and items:
-            files = self._input_signatures(request, items, job_id) if options.inputs else None
+            files = None
+            if options.inputs:
+                whole_plan = self._data_plan(request, items, job_id, None)
+                files = self._input_signatures(whole_plan, len(items))
             cached = cache_mod.plan(request, items, files)
             todo = cached.todo if cached.holder is not None else None
         base = request.base if cached is None else cached.holder
-        data_plan = self._data_plan(request, items, job_id, todo)
+        # When nothing is reused, the plan built for the keys is this run's: globbing, a stat per file
+        # and an az:// listing are not done twice.
+        data_plan = (
+            whole_plan if whole_plan is not None and todo is None else self._data_plan(request, items, job_id, todo)
+        )
         if items and todo != []:
             try:
                 size = options.chunk_size or self.backend.default_chunk_size(len(items) if todo is None else len(todo))
@@ -743,11 +751,12 @@ class Engine:
         found.job_id = job_id
         return found
 
-    def _input_signatures(self, request: RunRequest, items: list, job_id: str) -> list[bytes | None]:
-        """Each iteration's ``--inputs`` as ``--cache`` keys them (``data.input_signatures``); those
-        reading ``az://`` inputs cannot be keyed, and run every time: said once."""
-        found = self._data_plan(request, items, job_id, None)
-        signatures = data_mod.input_signatures(found, len(items)) if found is not None else [b""] * len(items)
+    @staticmethod
+    def _input_signatures(found: data_mod.DataPlan | None, count: int) -> list[bytes | None]:
+        """Each of the ``count`` iterations' ``--inputs`` in the plan ``found``, as ``--cache`` keys them
+        (``data.input_signatures``); those reading ``az://`` inputs cannot be keyed, and run every
+        time: said once."""
+        signatures = data_mod.input_signatures(found, count) if found is not None else [b""] * count
         unkeyed = signatures.count(None)
         if unkeyed:
             print(
