@@ -496,10 +496,10 @@ def keep_namespace(root: Path, folder: Path, digest: str, data: bytes) -> None:
     not once per run, and deleting a job removes its namespace with its last link (see
     ``delete``). A file system without hard links gets a copy per job."""
     shared = namespace_path(root, digest)
-    shared.parent.mkdir(mode=0o700, exist_ok=True)
     target = folder / NAMESPACE_LINK
     for _ in range(2):
-        if not shared.exists():
+        if not shared.exists():  # (the folder is made only then: a cell run again links, two system calls fewer)
+            shared.parent.mkdir(mode=0o700, exist_ok=True)
             tmp = shared.with_name(f".{shared.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             create_private(tmp, data)
             os.replace(tmp, shared)  # atomic: another writer of the same bytes wrote the same file
