@@ -27,6 +27,7 @@ import builtins
 import copyreg
 import errno
 import functools
+import gc
 import io
 import marshal
 import os
@@ -2642,13 +2643,16 @@ class _Inbox:
 
 class _ProcessState:
     """What a loop body can change in the worker process beyond its namespace, as it was when the
-    worker started: environment variables, ``sys.path`` (but for the notebooks' module folders),
-    warning filters; and the random generators' states (seeded from the OS again), ``decimal``'s
-    context and numpy's error handling (their defaults). A job's first task on this worker puts
-    them back, so that a cell does not run with what an earlier cell's iterations left on this
-    worker only (``os.environ[...] = ...``, ``warnings.filterwarnings("error")``), which depended
-    on where those ran, as on Azure, where each job has processes of its own. Within a job,
-    iterations still see what earlier ones on the same worker did, as the README says."""
+    worker started: environment variables (and the time zone read from ``TZ``), ``sys.path`` (but for
+    the notebooks' module folders), warning filters, the recursion limit, the garbage collector's
+    switch and thresholds, the file mode mask, the thread switch interval and sockets' default
+    timeout; and the random generators' states (seeded from the OS again),
+    ``decimal``'s context and numpy's error handling (their defaults). A job's first task on this
+    worker puts them back, so that a cell does not run with what an earlier cell's iterations left on
+    this worker only (``os.environ[...] = ...``, ``warnings.filterwarnings("error")``,
+    ``sys.setrecursionlimit(50)``, ``gc.disable()``), which depended on where those ran, as on Azure,
+    where each job has processes of its own. Within a job, iterations still see what earlier ones on
+    the same worker did, as the README says."""
 
     def __init__(self) -> None:
         import warnings
@@ -2658,6 +2662,10 @@ class _ProcessState:
         self.path = list(sys.path)
         self.warnings = warnings
         self.filters = list(warnings.filters)
+        self.recursion_limit = sys.getrecursionlimit()
+        self.gc_enabled, self.gc_thresholds = gc.isenabled(), gc.get_threshold()
+        self.switch_interval = sys.getswitchinterval()
+        self.umask = _current_umask()
 
     def _environ_changed(self) -> bool:
         raw = getattr(os.environ, "_data", None)
@@ -2665,8 +2673,11 @@ class _ProcessState:
 
     def restore(self) -> None:
         if self._environ_changed():
+            zone = os.environ.get("TZ")
             os.environ.clear()
             os.environ.update(self.environ)
+            if zone != os.environ.get("TZ") and hasattr(time, "tzset"):
+                time.tzset()  # a body's os.environ["TZ"] = ... and time.tzset(): local time as it was
         # The notebooks' own modules stay importable: a job loaded earlier (or the same cell's
         # envelope, loaded once) put their folders first and will not put them there again.
         if sys.path != self.path:
@@ -2683,6 +2694,29 @@ class _ProcessState:
         numpy = sys.modules.get("numpy")
         if numpy is not None and numpy.geterr() != _NUMPY_ERRORS:  # np.seterr(all="raise")
             numpy.seterr(**_NUMPY_ERRORS)
+        self._restore_interpreter()
+
+    def _restore_interpreter(self) -> None:
+        """The interpreter's settings a body may have changed (a few microseconds a job and worker)."""
+        if sys.getrecursionlimit() != self.recursion_limit:
+            sys.setrecursionlimit(self.recursion_limit)
+        if gc.isenabled() != self.gc_enabled:  # gc.disable(): later cells' cycles never freed
+            (gc.enable if self.gc_enabled else gc.disable)()
+        if gc.get_threshold() != self.gc_thresholds:
+            gc.set_threshold(*self.gc_thresholds)
+        if sys.getswitchinterval() != self.switch_interval:
+            sys.setswitchinterval(self.switch_interval)
+        os.umask(self.umask)  # os.umask(0o077) in a body: later cells' files unreadable to the group
+        socket = sys.modules.get("socket")
+        if socket is not None and socket.getdefaulttimeout() is not None:  # socket.setdefaulttimeout(1)
+            socket.setdefaulttimeout(None)
+
+
+def _current_umask() -> int:
+    """The process's file mode mask (reading it means setting it: put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 _NUMPY_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}  # numpy's defaults

@@ -330,6 +330,37 @@ def test_a_cell_does_not_inherit_what_an_earlier_cells_iterations_left_in_the_wo
     assert "AZPAR_T_LEAK" not in __import__("os").environ
 
 
+def test_a_cell_does_not_inherit_the_interpreter_settings_an_earlier_cells_iterations_changed(ip, run_cell):
+    """A body's ``sys.setrecursionlimit(50)`` stayed in the worker that ran it: a later cell recursing
+    deeper than 50 frames failed there with a RecursionError, on some workers only. ``gc.disable()``
+    left later cells' cycles unfreed; the file mode mask, the thread switch interval, sockets' default
+    timeout and the time zone (``TZ`` with ``time.tzset()``) stayed too. A job's first task on a
+    worker puts them back."""
+    import time
+
+    first = run_cell("%%azpar -q --workers 1 -o seen for i in range(2):\n"
+                     "import sys, gc, os, socket, time\n"
+                     "before = (sys.getrecursionlimit(), gc.isenabled())\n"
+                     "sys.setrecursionlimit(60); gc.disable(); gc.set_threshold(5, 5, 5); os.umask(0o077)\n"
+                     "sys.setswitchinterval(0.5); socket.setdefaulttimeout(1.5)\n"
+                     "os.environ['TZ'] = 'Asia/Kathmandu'; time.tzset()\n"
+                     "before")
+    assert first.success, first.error
+    assert ip.user_ns["seen"][1] == (60, False)  # within a job, the same worker's later iteration sees them
+    later = run_cell("%%azpar -q --workers 1 -o seen for i in range(2):\n"
+                     "import sys, gc, os, socket, time\n"
+                     "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n"
+                     "mask = os.umask(0o022); os.umask(mask)\n"
+                     "(depth(200), gc.isenabled(), gc.get_threshold(), mask, sys.getswitchinterval(), "
+                     "socket.getdefaulttimeout(), time.timezone)")
+    assert later.success, later.error  # depth(200) raised RecursionError at a limit of 60
+    mask = __import__("os").umask(0o022)
+    __import__("os").umask(mask)
+    assert ip.user_ns["seen"] == [
+        (200, True, __import__("gc").get_threshold(), mask, __import__("sys").getswitchinterval(), None, time.timezone)
+    ] * 2
+
+
 @pytest.mark.timeout(180)
 def test_jobs_submitted_at_once_from_several_threads_all_end_with_their_own_values(tmp_path):
     """Jobs running side by side (threads calling run(), or a --no-wait job and the next cell) share the
