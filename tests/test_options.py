@@ -54,6 +54,15 @@ def test_every_option_accepts_a_quoted_value(ip, run_cell):
     assert ip.user_ns["r"] == [0, 5, 10, 15] and ip.user_ns["y"] == [0, 5, 10, 15]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("typed, seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400), ("2D", 172800)])
+def test_timeout_takes_a_duration_with_a_unit(run_cell, typed, seconds):
+    """``--timeout 10m`` was refused as not a number; a duration with a unit is what users write."""
+    run, job = run_cell_job(run_cell, f"%%azpar -q -o r --timeout {typed} for x in range(2):\nx")
+    assert run.success, run.error
+    assert job.options.timeout == seconds
+
+
 # --------------------------------------------------- Azure-only options on the local pool
 
 

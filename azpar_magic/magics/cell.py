@@ -67,7 +67,10 @@ from .usage import SETTINGS, usage_errors
     "stream (random and numpy.random), whatever the scheduling; 0 to 2**64-1",
 )
 @argument(
-    "--timeout", metavar="SECONDS", help="kill a task running longer than this (more than 0, at most 604800: 7 days)"
+    "--timeout",
+    metavar="DURATION",
+    help="kill a task running longer than this: seconds, or with a unit (90s, 10m, 1.5h, 2d); more than 0, "
+    "at most 7 days",
 )
 @argument("--export", metavar="A,B", help="ship these variables even if the body does not name them")
 @argument("--no-export", metavar="A,B", help="never ship these variables")

@@ -117,6 +117,26 @@ def _number(flag: str, text: str | None, kind: type) -> Any:
         raise UsageError(f"{flag} must be {whole}, got {text!r}. Nothing was submitted.") from None
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(flag: str, text: str | None) -> float | None:
+    """A duration in seconds from ``90``, ``90s``, ``10m``, ``1.5h`` or ``2d``; None when not given; a
+    UsageError naming the flag and the forms it takes (``10m`` read as an error, with no word of the
+    unit, made users guess)."""
+    if text is None:
+        return None
+    word = text.strip().lower()
+    scale = _UNITS.get(word[-1:], None) if word else None
+    try:
+        return float(word[:-1] if scale else word) * (scale or 1)
+    except ValueError:
+        raise UsageError(
+            f"{flag} must be a number of seconds, or a number with a unit (90s, 10m, 1.5h, 2d), got {text!r}. "
+            "Nothing was submitted."
+        ) from None
+
+
 def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptions:
     """The job's options from the parsed line; ``--combine`` other than a mode is evaluated in ``namespace``.
     Sets ``args.workers`` to the checked number."""
@@ -158,7 +178,7 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
         errors=args.errors,
         gather=names(args.gather, "--gather"),
         retries=_number("--retries", args.retries, int),
-        timeout=_number("--timeout", args.timeout, float),
+        timeout=_duration("--timeout", args.timeout),
         chunk_size=chunk_size,
         seed=_number("--seed", args.seed, int),
         output_name=output,
