@@ -344,3 +344,23 @@ def test_changes_made_together_wake_the_views_once_after_the_last_and_other_thre
     assert woken == [3, 3]  # the batch's own notification, once
     finish(job, "3", range(3, 4), [30])
     assert woken == [3, 3, 4]
+
+
+def test_the_eta_counts_down_between_two_ends_instead_of_growing_with_the_clock():
+    """Two of six iterations left, after four that ended at one a second: the ETA reads 1.5 s half a
+    second after the last end and 0.5 s a second later. Reckoned from now, the rate fell between ends
+    and the ETA grew (2.25 s, then 2.75 s) while the last iterations neared their end. Once they take
+    longer than the count allowed, the rate so far stands (3.5 s three seconds after the last end)."""
+    job = make_job(range(6))
+    job.add_tasks([(str(i), [i]) for i in range(6)])
+    job.mark_running()
+    for i in range(4):
+        finish(job, str(i), [i], [i])
+    for since_last, expected in ((0.5, 1.5), (1.5, 0.5), (3.0, 3.5)):
+        now = time.monotonic()
+        job._progressed, job._started = now - since_last, now - since_last - 4.0
+        assert job.snapshot().eta == pytest.approx(expected, abs=0.05), since_last
+    for i in range(4, 6):
+        finish(job, str(i), [i], [i])
+    end(job)
+    assert job.snapshot().eta is None

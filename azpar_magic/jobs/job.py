@@ -74,6 +74,18 @@ def timeout_seconds(timeout: object) -> float | None:
     return seconds
 
 
+def _eta(remaining: int, worked: int, started: float, progressed: float | None, now: float) -> float | None:
+    """Seconds until the ``remaining`` iterations end, at the rate the ``worked`` ones ended at, counted down
+    from the moment the last of them ended (``progressed``). Reckoned from now instead, the rate fell
+    between two ends and the ETA grew with the clock: two ten-minute iterations left on two nodes read
+    "ETA 10 min", then 15, then 20, as they neared their end. Once that count runs out (the
+    iterations take longer than those before), the rate so far, up to now."""
+    if progressed is None or progressed <= started:
+        return remaining * (now - started) / worked if now > started else None
+    left = remaining * (progressed - started) / worked - (now - progressed)
+    return left if left > 0 else remaining * (now - started) / worked
+
+
 def register_views(*, text: Callable[[JobSnapshot], str], html: Callable[[JobSnapshot], str]) -> None:
     """Install how a Job shows itself (``repr`` and a notebook's HTML). The views live in ``ui``, above this
     layer: ``ui.text`` registers them when it is imported, which the package's ``__init__`` does."""
@@ -129,6 +141,7 @@ class Job:
         self.created = time.time()
         self._started = time.monotonic()
         self._finished: float | None = None
+        self._progressed: float | None = None  # when an iteration last got its outcome here (the ETA's clock)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # any change: what as_completed() waits on
         # How many as_completed() iterators wait on _changed now (changed under the lock): a change
@@ -235,6 +248,7 @@ class Job:
                 self._arrivals.append(indices)
             else:
                 self._record_each(indices, values, failures, gathered)
+            self._progressed = time.monotonic()
             self._outputs.update(outputs)
             task = self._tasks[task_id]
             # Not a look at every index when nothing failed (12,500 per task of a 100,000-item loop).
@@ -355,6 +369,7 @@ class Job:
                 self._done += 1
             if arrived:
                 self._arrivals.append(arrived)
+                self._progressed = time.monotonic()
             cancelled = all(
                 index in self._failures and self._failures[index].kind == "cancelled" for index in task.indices
             )
@@ -666,9 +681,9 @@ class Job:
             failed = len(self._failures) - cancelled
             worked = done - cancelled - self._adopted
             throughput = worked / elapsed if elapsed > 0 and worked else None
-            eta = None
-            if throughput and not self.done:
-                eta = (total - done) / throughput
+            eta = _eta(total - done, worked, self._started, self._progressed, end) if throughput else None
+            if self.done:
+                eta = None
             firsts = sorted((f for f in self._failures.values() if f.kind != "cancelled"), key=lambda f: f.index)[:5]
             views = tuple(
                 FailureView(
