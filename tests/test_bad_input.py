@@ -181,6 +181,17 @@ def test_needed_unpicklable_object_is_named(run_cell, guard, unshippable, body, 
     guard.assert_nothing_submitted()
 
 
+def test_the_part_that_cannot_be_sent_is_named_where_the_body_reaches_it(run_cell, guard, unshippable):
+    """A notebook object holding a lock named only the object and the lock's type: a model or a client
+    with many attributes left the user to search. The path is spelt as the body would reach it, for
+    a variable and for an item alike."""
+    run = run_cell(f"%%azpar -o r for x in range(4)\n{guard.marker}\nholder.rlock is not None")
+    _usage_error(run, "`holder`", "(at `holder.rlock`)", "Nothing was submitted")
+    run = run_cell(f"%%azpar -o r for h in [1, [2, holder]]\n{guard.marker}\nh")
+    _usage_error(run, "item 1", "(at `item[1].rlock`)", "Nothing was submitted")
+    guard.assert_nothing_submitted()
+
+
 @pytest.mark.timeout(60)
 def test_a_managers_proxy_is_refused_before_anything_is_submitted(ip, run_cell, guard):
     """A Manager list pickles, so it used to reach the workers and fail there on every iteration

@@ -97,6 +97,18 @@ def test_unshippable_inside_a_container_is_found(main_ns):
         names_for("holder", main_ns)
 
 
+def test_the_path_to_an_unshippable_part_is_named(main_ns):
+    """Spelt as the body reaches it, through mappings, sequences and attributes; the value itself being
+    the culprit adds no path."""
+    main_ns["holder"] = {"parts": [1, {"lock": threading.Lock()}]}
+    with pytest.raises(capture.CaptureError, match=r"\(at `holder\['parts'\]\[1\]\['lock'\]`\)"):
+        names_for("holder", main_ns)
+    main_ns["lock"] = threading.Lock()
+    with pytest.raises(capture.CaptureError) as info:
+        names_for("lock", main_ns)
+    assert "(at " not in str(info.value)
+
+
 def test_unneeded_unshippable_object_is_ignored(main_ns):
     main_ns["lock"] = threading.Lock()
     main_ns["k"] = 1

@@ -26,6 +26,7 @@ import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import dill
 
@@ -524,6 +525,7 @@ def serialize_inspected(namespace: dict[str, object]) -> tuple[str, bytes, _Insp
             wire.dumps(value, hook=_Inspector())
         except Exception as exc:
             reason = (str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}").rstrip(".")
+            reason += _culprit_words(culprit_path(name, value, lambda part: not _ships(part, _Inspector())), reason)
             raise CaptureError(
                 f"The loop body needs the variable `{name}` ({type(value).__module__}."
                 f"{type(value).__qualname__}), which cannot be sent to the workers: {reason}. "
@@ -531,6 +533,70 @@ def serialize_inspected(namespace: dict[str, object]) -> tuple[str, bytes, _Insp
                 "does not really use it. Nothing was submitted."
             ) from None
     raise CaptureError("The namespace could not be serialised (no single variable is at fault).")
+
+
+def _ships(value: object, hook: Callable[[object], None], **options: Any) -> bool:
+    """Whether ``value`` alone serialises as a namespace or an item would (only on the error path)."""
+    try:
+        wire.dumps(value, hook=hook, **options)
+    except Exception:
+        return False
+    return True
+
+
+_PLAIN = (str, bytes, bytearray, int, float, complex, bool, type(None), range)
+_PARTS_LOOKED_AT = 200  # of each container or object: a path is worth a few hundred tries, not a walk of a large list
+
+
+def culprit_path(
+    name: str, value: object, fails: Callable[[object], bool], depth: int = 8
+) -> tuple[str, object] | None:
+    """Where inside ``value`` (the variable ``name``) the part that cannot be sent is, as the body would
+    spell it (``model.lock``, ``config['conn']``, ``jobs[2].handle``), with that part; None when
+    ``value`` itself is the culprit or no single part of it fails. It goes down into the first part that
+    fails on its own, serialising each part again: only when a capture has already failed. A class
+    holding a lock named only the lock's type, and a notebook's model has many attributes."""
+    path, current = name, value
+    for _ in range(depth):
+        for label, part in _parts(current):
+            if isinstance(part, _PLAIN) or _plain_array(part):
+                continue
+            if fails(part):
+                path, current = path + label, part
+                break
+        else:
+            break
+    return (path, current) if current is not value else None
+
+
+def _plain_array(part: object) -> bool:
+    """A numpy array of numbers (not of objects): it always serialises, and may be large to try."""
+    dtype = getattr(part, "dtype", None)
+    return type(part).__module__ == "numpy" and dtype is not None and getattr(dtype, "hasobject", True) is False
+
+
+def _culprit_words(where: tuple[str, object] | None, reason: str) -> str:
+    """`` (at `m.lock`)`` for a message saying ``reason``, with the part's type unless the reason names it."""
+    if where is None:
+        return ""
+    kind = f"{type(where[1]).__module__}.{type(where[1]).__qualname__}"
+    return f" (at `{where[0]}`)" if type(where[1]).__qualname__ in reason else f" (at `{where[0]}`, a {kind})"
+
+
+def _parts(obj: object) -> list[tuple[str, object]]:
+    """``obj``'s parts with how the body reaches each: a mapping's values, a sequence's elements, an
+    object's attributes (``__dict__`` and ``__slots__``)."""
+    if isinstance(obj, Mapping):
+        return [(f"[{key!r}]", obj[key]) for key in list(obj)[:_PARTS_LOOKED_AT]]
+    if isinstance(obj, (list, tuple)):
+        return [(f"[{i}]", part) for i, part in enumerate(obj[:_PARTS_LOOKED_AT])]
+    if isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+        return []  # pickled by reference or by their code: their attributes are not the culprit's path
+    parts = [(f".{key}", part) for key, part in list(getattr(obj, "__dict__", {}).items())[:_PARTS_LOOKED_AT]]
+    for slot in getattr(type(obj), "__slots__", ()) if not isinstance(obj, _PLAIN) else ():
+        if isinstance(slot, str) and hasattr(obj, slot) and not slot.startswith("__"):
+            parts.append((f".{slot}", getattr(obj, slot)))
+    return parts
 
 
 # -------------------------------------------------------------------- package versions
@@ -1132,7 +1198,11 @@ def serialize_items(
         try:
             wire.dumps(item, by_reference=by_reference, hook=_refuse_unshippable)
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}"
+            reason = (str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}").rstrip(".")
+            where = culprit_path(
+                "item", item, lambda part: not _ships(part, _refuse_unshippable, by_reference=by_reference)
+            )
+            reason += _culprit_words(where, reason)
             raise CaptureError(
                 f"The iterable's item {first_index + position} ({type(item).__module__}."
                 f"{type(item).__qualname__}) cannot be sent to the workers: {reason}. Iterate over something "
