@@ -256,3 +256,25 @@ def test_binding_a_result_over_a_builtins_name_is_said_once(ip, run_cell):
     assert again.success and again.stderr == "", again.stderr  # the notebook's own names now
     ip.run_cell("del sum, max")
     assert run_cell("%%azpar -q -o total for x in range(3):\nx").stderr == ""
+
+
+def test_the_commands_that_bind_a_result_warn_of_a_builtins_name_as_the_cell_does(ip, run_cell):
+    """``%azpar collect -o max``, ``%azpar attach JOB -o min`` and a rerun of a cell whose -o was a
+    builtin's name (deleted since) bound over the builtin without the cell's word."""
+    for name in ("sum", "max", "min"):
+        ip.user_ns.pop(name, None)
+    first = run_cell("%%azpar -q -o total for x in range(3):\nx")
+    assert first.success, first.error
+    collected = run_cell("%azpar collect -o max")
+    assert collected.success and ip.user_ns["max"] == [0, 1, 2], collected.error
+    assert "-o max binds the result to `max`" in collected.stderr, collected.stderr
+    attached = run_cell("%azpar attach -o min")
+    assert attached.success and ip.user_ns["min"] == [0, 1, 2], attached.error
+    assert "-o min binds the result to `min`" in attached.stderr, attached.stderr
+    summed = run_cell("%%azpar -q -o sum for x in range(3):\nx")
+    assert summed.success and "-o sum binds" in summed.stderr
+    ip.run_cell("del sum, max, min")
+    rerun = run_cell("%azpar rerun --all -q")
+    assert rerun.success and ip.user_ns["sum"] == [0, 1, 2], rerun.error
+    assert "-o sum binds the result to `sum`" in rerun.stderr, rerun.stderr
+    ip.run_cell("del sum")

@@ -17,6 +17,7 @@ from ...ui.text import format_snapshot
 from ..context import DEFAULT_OUTPUT, MagicContext, Pending, find_job
 from ..display import follow, show_outputs
 from ..finish import finish_run, inject, inject_when_done, lost_message
+from ..options import shadow_warnings
 from ..usage import LOOKUP, usage_errors
 from ..words import read_words, unquote
 
@@ -33,7 +34,15 @@ def collect(context: MagicContext, words: list[str], usage: str) -> None:
     pending = context.pending.get(job.id, Pending(job.options.output_name or DEFAULT_OUTPUT, job.options.gather, False))
     if job.state == LOST:
         raise UsageError(lost_message(job))
-    finish_run(context.shell, job, output or pending.output or DEFAULT_OUTPUT, pending.gather, pending.quiet)
+    name = output or pending.output or DEFAULT_OUTPUT
+    _warn_shadowing(context, name, pending.gather)
+    finish_run(context.shell, job, name, pending.gather, pending.quiet)
+
+
+def _warn_shadowing(context: MagicContext, name: str, gather: tuple[str, ...]) -> None:
+    """The cell's warning for a result bound over a builtin's name (``-o sum``), for the commands that bind one."""
+    for note in shadow_warnings(name, gather, context.shell.user_ns):
+        print(note, file=sys.stderr)
 
 
 def jobs(context: MagicContext, words: list[str], usage: str) -> None:
@@ -80,6 +89,7 @@ def attach(context: MagicContext, words: list[str], usage: str) -> Any:
         raise UsageError(usage)
     job = find_job(read.rest[0] if read.rest else None)
     name = read.output or job.options.output_name or DEFAULT_OUTPUT
+    _warn_shadowing(context, name, job.options.gather)
     follow(context.shell, job, quiet=False)
     if job.state == LOST:
         display(job)
@@ -159,6 +169,7 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
             f"{job.rerun_of} again{kept}"
         )
     name = job.options.output_name or DEFAULT_OUTPUT
+    _warn_shadowing(context, name, job.options.gather)
     if "--no-wait" in given:
         context.pending[job.id] = Pending(name, job.options.gather, quiet)
         follow(context.shell, job, quiet)
