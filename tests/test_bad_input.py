@@ -349,6 +349,8 @@ def test_unknown_option(run_cell, guard):
     ("--timeout 1e400", ["--timeout", "inf"]),
     ("--timeout soon", ["--timeout", "soon"]),
     ("--timeout 10x", ["--timeout", "10x", "10m"]),
+    ("-o first -o second", ["-o is given twice", "-o first and -o second"]),
+    ("--retries 1 --retries=3", ["--retries is given twice", "--retries 1 and --retries 3"]),
     ("--timeout 8d", ["--timeout", "604800", "691200"]),
     ("--timeout m", ["--timeout", "'m'"]),
     ("--retries 1000", ["--retries", "100", "1000"]),
@@ -373,7 +375,8 @@ def test_unknown_option(run_cell, guard):
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_option_values(ip, run_cell, guard, options, fragments):
     ip.user_ns["NOT_CALLABLE"] = 3
-    run = run_cell(f"%%azpar -o r {options} for x in range(3)\ny = x\n{guard.marker}\nx")
+    output = "" if options.startswith("-o ") else "-o r "  # (given twice with another value is refused as such)
+    run = run_cell(f"%%azpar {output}{options} for x in range(3)\ny = x\n{guard.marker}\nx")
     _usage_error(run, *fragments, "Nothing was submitted")
     guard.assert_nothing_submitted()
 

@@ -72,7 +72,7 @@ def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Names
     ):
         words = [unquote(word) for word in arg_split(text, strict=True)]
     try:
-        return parser.parse_args(words)
+        parsed = parser.parse_args(words)
     except UsageError as exc:
         if "unrecognized arguments" not in str(exc):
             raise UsageError(f"{exc}. Nothing was submitted.") from None
@@ -89,6 +89,41 @@ def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Names
         ) from None
     except SystemExit:  # argparse's own exit on a bad value
         raise UsageError(f"invalid %%azpar options: {text!r} (see %%azpar?). Nothing was submitted.") from None
+    twice = _given_twice(parser, words)
+    if twice:
+        given = " and ".join(f"{flag} {value}" for flag, value in twice)
+        raise UsageError(
+            f"{twice[0][0]} is given twice with different values ({given}); only one can count, and the last "
+            "would, silently: give it once. Nothing was submitted."
+        )
+    return parsed
+
+
+def _given_twice(parser: argparse.ArgumentParser, words: list[str]) -> list[tuple[str, str]]:
+    """The uses of the first single-valued option given more than once with different values (``-o a ...
+    -o b``: a run bound to one name the user did not mean), as (flag, value); [] when there is none.
+    Options that take several (``--inputs``) are not single-valued."""
+    single = {
+        flag: action.dest
+        for action in parser._actions
+        if type(action) is argparse._StoreAction
+        for flag in action.option_strings
+    }
+    uses: dict[str, list[tuple[str, str]]] = {}
+    i = 0
+    while i < len(words):
+        word, value = words[i], None
+        flag = word
+        if word.startswith("--") and "=" in word:
+            flag, value = word.split("=", 1)
+        elif not word.startswith("--") and word[:2] in single and len(word) > 2:
+            flag, value = word[:2], word[2:]
+        if flag in single:
+            if value is None and i + 1 < len(words):
+                value, i = words[i + 1], i + 1
+            uses.setdefault(single[flag], []).append((flag, value or ""))
+        i += 1
+    return next((found for found in uses.values() if len({v for _, v in found}) > 1), [])
 
 
 def names(value: str | None, flag: str) -> tuple[str, ...]:
