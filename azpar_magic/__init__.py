@@ -74,6 +74,16 @@ def load_ipython_extension(ipython) -> None:
 def unload_ipython_extension(ipython) -> None:
     from .magics.display import choose_mode
 
-    session.close()
+    import sys
+
+    running = session.close_idle()
+    if running:
+        one = len(running) == 1
+        print(
+            f"azpar: unloading the extension does not stop job{'' if one else 's'} {', '.join(running)}: "
+            f"{'it keeps' if one else 'they keep'} running on {'its' if one else 'their'} pool. Once the extension "
+            "is loaded again, %azpar collect binds a result; azpar_magic.cancel(JOB) stops a job.",
+            file=sys.stderr,
+        )
     config.set_ipython_settings({})  # the unloaded magics' traits no longer count
     choose_mode(None)

@@ -422,6 +422,20 @@ def engine_for_stored(manifest: dict[str, Any]) -> Engine:
     return engine(profile=manifest.get("profile") or (manifest.get("backend_info") or {}).get("profile"))
 
 
+def close_idle() -> list[str]:
+    """Stop the pools that run nothing (their workers end); keep those running a job, with their jobs, and
+    return those jobs' ids. ``%unload_ext`` and ``%reload_ext`` call it: a reload cancelled a ``--no-wait``
+    job that was running, without a word, and ``%azpar collect`` then found it cancelled. The session's
+    state (this module) outlives a reload, so the reloaded magics find the job and its pool. ``close``
+    still stops everything at exit."""
+    with _lock:
+        running = {key: [job.id for job in eng.jobs.values() if not job.done] for key, eng in _engines.items()}
+        idle = [_engines.pop(key) for key, ids in running.items() if not ids]
+    for eng in idle:
+        eng.backend.close()
+    return [job_id for ids in running.values() for job_id in ids]
+
+
 def close() -> None:
     """Stop every pool: running local jobs are cancelled, worker processes end. Jobs of a
     backend that outlives the kernel (Azure Batch) run on; ``attach`` takes them over later."""

@@ -13,6 +13,26 @@ def test_load_ext_says_which_backend(ip):
     assert "%%azpar runs loops on the local pool of" in captured.stdout
 
 
+@pytest.mark.timeout(60)
+def test_reloading_the_extension_keeps_a_running_job_and_collect_binds_it(ip, run_cell):
+    """``%reload_ext azpar_magic`` (unload, then load) cancelled a running --no-wait job without a word:
+    ``%azpar collect`` then said it was cancelled after 0 iterations. Unloading stops idle pools only,
+    and says which jobs run on."""
+    from IPython.utils.capture import capture_output
+
+    ip.user_ns.pop("kept", None)
+    started = run_cell("%%azpar -q --no-wait -o kept for x in range(4):\nimport time\ntime.sleep(0.5)\nx * 3")
+    assert started.success, started.error
+    job = azpar_magic.jobs()[-1]
+    with capture_output() as captured:
+        ip.run_line_magic("reload_ext", "azpar_magic")
+    assert not job.done, job.state
+    assert f"unloading the extension does not stop job {job.id}: it keeps running" in captured.stderr
+    collected = run_cell("%azpar collect")
+    assert collected.success, collected.error
+    assert ip.user_ns["kept"] == [0, 3, 6, 9] and job.state == "succeeded"
+
+
 def test_help_is_generated_from_the_arguments(ip):
     doc = ip.find_cell_magic("azpar").__doc__
     assert doc.lstrip(": \n").startswith("%%azpar [-o NAME]")
