@@ -351,6 +351,7 @@ def test_unknown_option(run_cell, guard):
     ("--timeout 10x", ["--timeout", "10x", "10m"]),
     ("-o first -o second", ["-o is given twice", "-o first and -o second"]),
     ("--retries 1 --retries=3", ["--retries is given twice", "--retries 1 and --retries 3"]),
+    ("--export a --export b", ["--export is given twice", "comma-separated (--export a,b)"]),
     ("--timeout 8d", ["--timeout", "604800", "691200"]),
     ("--timeout m", ["--timeout", "'m'"]),
     ("--retries 1000", ["--retries", "100", "1000"]),

@@ -344,15 +344,31 @@ def _cell_stderr(stderr: str) -> str:
     return "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith(ours))
 
 
+def _overridden(options: str, extra: str) -> str:
+    """``options`` with ``extra`` added, an option of ``extra`` replacing the same option of ``options``
+    (the cell refuses an option given twice with different values)."""
+    given, more = options.split(), extra.split()
+    flags = {word for word in more if word.startswith("-")}
+    kept, skip = [], False
+    for word in given:
+        if skip:
+            skip = False
+        elif word in flags:
+            skip = True
+        else:
+            kept.append(word)
+    return " ".join(kept + more)
+
+
 def check_case(case: Case, ip, run_cell, tmp_path, extra_options: str = "", one_task_for_files: bool = True) -> None:
     """Run ``case`` through %%azpar (with ``extra_options``) and sequentially; compare."""
     prepare_case(case, run_cell, tmp_path)
-    options = case.options + (" " + extra_options if extra_options else "")
+    options = _overridden(case.options, extra_options)
     if case.files and one_task_for_files:
         # One task, so one worker installs the shipped modules: two workers installing them at
         # once can import a half-written file (the race shown by test_faults'
         # test_concurrent_workers_never_import_a_half_written_local_module).
-        options += " --chunk-size 1000"
+        options = _overridden(options, "--chunk-size 1000")
     if case.combine != "list":
         options += f" --combine {case.combine}"
     if case.errors != "stop":

@@ -92,9 +92,15 @@ def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Names
     twice = _given_twice(parser, words)
     if twice:
         given = " and ".join(f"{flag} {value}" for flag, value in twice)
+        action = parser._option_string_actions[twice[0][0]]
+        several = (
+            f" once, with the names comma-separated ({twice[0][0]} {','.join(value for _, value in twice)})"
+            if "," in (action.metavar or "")
+            else " once"
+        )
         raise UsageError(
             f"{twice[0][0]} is given twice with different values ({given}); only one can count, and the last "
-            "would, silently: give it once. Nothing was submitted."
+            f"would, silently: give it{several}. Nothing was submitted."
         )
     return parsed
 
@@ -109,6 +115,7 @@ def _given_twice(parser: argparse.ArgumentParser, words: list[str]) -> list[tupl
         if type(action) is argparse._StoreAction
         for flag in action.option_strings
     }
+    valued = {flag for action in parser._actions if action.nargs != 0 for flag in action.option_strings}
     uses: dict[str, list[tuple[str, str]]] = {}
     i = 0
     while i < len(words):
@@ -116,11 +123,11 @@ def _given_twice(parser: argparse.ArgumentParser, words: list[str]) -> list[tupl
         flag = word
         if word.startswith("--") and "=" in word:
             flag, value = word.split("=", 1)
-        elif not word.startswith("--") and word[:2] in single and len(word) > 2:
+        elif not word.startswith("--") and word[:2] in valued and len(word) > 2:
             flag, value = word[:2], word[2:]
+        if flag in valued and value is None and i + 1 < len(words):
+            value, i = words[i + 1], i + 1  # (a value such as --inputs -o.txt is not read as an option)
         if flag in single:
-            if value is None and i + 1 < len(words):
-                value, i = words[i + 1], i + 1
             uses.setdefault(single[flag], []).append((flag, value or ""))
         i += 1
     return next((found for found in uses.values() if len({v for _, v in found}) > 1), [])
