@@ -298,3 +298,13 @@ def test_the_commands_that_bind_a_result_warn_of_a_builtins_name_as_the_cell_doe
     assert rerun.success and ip.user_ns["sum"] == [0, 1, 2], rerun.error
     assert "-o sum binds the result to `sum`" in rerun.stderr, rerun.stderr
     ip.run_cell("del sum")
+
+
+def test_a_body_deleting_a_notebook_variable_deletes_its_own_copy(ip, run_cell):
+    """``del xs`` in the body made the body's function treat xs as its own local: every iteration
+    failed with UnboundLocalError. Each iteration now deletes its copy; the notebook keeps its xs."""
+    ip.user_ns["doomed"] = [1, 2, 3]
+    run = run_cell("%%azpar -q -o out for x in range(3):\ndel doomed\nx")
+    assert run.success, run.error
+    assert ip.user_ns["out"] == [0, 1, 2] and ip.user_ns["doomed"] == [1, 2, 3]
+    ip.user_ns.pop("doomed")

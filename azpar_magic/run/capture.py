@@ -130,13 +130,13 @@ def _is_ipython_builtin(name: str, value: object) -> bool:
 
 
 def _stored_names(nodes: Iterable[ast.AST]) -> set[str]:
-    """Names a scope binds (assignments, loop targets, imports, defs), not looking into
-    the nested scopes it contains."""
+    """Names a scope binds (assignments, loop targets, imports, defs, and ``del``, which makes a name
+    local to a function as an assignment does), not looking into the nested scopes it contains."""
     found: set[str] = set()
     stack = list(nodes)
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
             found.add(node.id)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             found.add(node.name)
