@@ -202,6 +202,7 @@ def test_envelope_header_records_versions(main_ns):
     ("from math import *\nx", set(), False),
     ("class Local:\n    pass\nLocal()", set(), False),  # qualnames would gain "<locals>"
     ("sorted(xs, key=lambda v: -v)", set(), False),
+    ("match x:\n    case {'k': v}:\n        pass\nv", set(), False),  # v: the notebook's when no case binds it
     ("del xs\nx", set(), False),  # del makes xs a function's local: UnboundLocalError in every iteration
     ("tmp = [x]\nn = len(tmp)\ndel tmp\nn", set(), True),  # the body's own name, bound before its del
 ])

@@ -145,6 +145,10 @@ def _stored_names(nodes: Iterable[ast.AST]) -> set[str]:
             found |= {(a.asname or a.name).split(".")[0] for a in node.names}
         elif isinstance(node, ast.ExceptHandler) and node.name:
             found.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:  # case {"k": v}: v is bound
+            found.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            found.add(node.rest)
         elif isinstance(node, (ast.Lambda, *_COMPREHENSIONS)):
             continue
         stack.extend(ast.iter_child_nodes(node))
