@@ -80,6 +80,7 @@ def test_filters_by_state_name_and_date(ip, run_cell, job_store):
 
 @pytest.mark.parametrize("line, fragment", [
     ("jobs --state finished", "--state takes pending, running, succeeded"),
+    ("jobs --state runing", "not runing (did you mean running?)"),
     ("jobs --since last-week", "--since takes a date (2026-12-01)"),
     ("jobs --since", "usage: %azpar jobs"),
     ("jobs --color red", "usage: %azpar jobs"),

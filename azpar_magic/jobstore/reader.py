@@ -383,7 +383,11 @@ def filter_jobs(
     known = (PENDING, RUNNING, *FINAL_STATES)
     unknown = sorted(states - set(known)) if states else []
     if unknown:
-        raise ValueError(f"--state takes {', '.join(known)} (several with commas), not {', '.join(unknown)}")
+        import difflib
+
+        meant = difflib.get_close_matches(unknown[0], known, n=1)
+        guess = f" (did you mean {meant[0]}?)" if meant else ""
+        raise ValueError(f"--state takes {', '.join(known)} (several with commas), not {', '.join(unknown)}{guess}")
     after = parse_since(since) if isinstance(since, str) else since
     return [
         r
