@@ -74,6 +74,28 @@ def test_thousand_iterations_one_task_each_all_values_right(azure, ip, run_cell,
         assert len(tasks) == 1000 and all(t.result == "success" for t in tasks.values())
 
 
+
+def test_a_module_found_through_a_folder_the_notebook_added_to_sys_path_runs_on_the_nodes(
+    azure, ip, run_cell, tmp_path
+):
+    """``sys.path.append("../src")`` then ``import helpers``: a node has neither the folder nor the
+    notebook's sys.path, and every task failed with ModuleNotFoundError. The module travels with the
+    job, as the notebook folder's own do."""
+    src = tmp_path / "src"
+    (src / "azpar_added_pkg").mkdir(parents=True)
+    (src / "azpar_added_pkg" / "__init__.py").write_text("from .core import scale\n")
+    (src / "azpar_added_pkg" / "core.py").write_text("def scale(v):\n    return v * 13\n")
+    setup = run_cell(f"import sys\nsys.path.append({str(src)!r})\nimport azpar_added_pkg")
+    assert setup.success, setup.error
+    try:
+        run = run_cell("%%azpar -q -o scaled for x in range(4):\nazpar_added_pkg.scale(x)")
+        assert run.success, run.error
+        assert ip.user_ns["scaled"] == [0, 13, 26, 39]
+    finally:
+        run_cell(f"sys.path.remove({str(src)!r})\ndel azpar_added_pkg")
+        for name in ("azpar_added_pkg", "azpar_added_pkg.core"):
+            sys.modules.pop(name, None)
+
 def test_failures_keep_job_logs_and_partial_results(azure, ip, run_cell, batch, blob_service):
     run = run_cell('%%azpar -q -o kept --errors remove for x in range(6):\n'
                    'print("out", x)\nif x % 3 == 1:\n    raise ValueError(f"bad {x}")\nx')

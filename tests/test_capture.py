@@ -144,6 +144,41 @@ def test_local_modules_are_shipped(main_ns, tmp_path, monkeypatch):
     sys.modules.pop("mylocal", None)
 
 
+def test_the_users_modules_found_through_a_folder_the_notebook_put_on_sys_path_are_shipped(
+    main_ns, tmp_path, monkeypatch
+):
+    """``sys.path.append("../src")`` then ``import helpers``: the workers' sys.path is their own, and
+    the module failed there with ModuleNotFoundError (local pool and Azure alike). It travels as the
+    notebook folder's modules do, keyed by its path below the added folder (a package whole). Folders
+    named site-packages or dist-packages hold installed packages, which are never shipped."""
+    notebook, src, installed = tmp_path / "notebook", tmp_path / "src", tmp_path / "env" / "site-packages"
+    for folder in (notebook, src / "azpar_upkg", installed):
+        folder.mkdir(parents=True)
+    (src / "azpar_umod.py").write_text("def f(v):\n    return v * 100\n")
+    (src / "azpar_upkg" / "__init__.py").write_text("from .core import g\n")
+    (src / "azpar_upkg" / "core.py").write_text("def g(v):\n    return -v\n")
+    (installed / "azpar_uinst.py").write_text("def h(v):\n    return v\n")
+    (notebook / "lib").mkdir()  # inside the notebook's folder, imported through sys.path.append("lib")
+    (notebook / "lib" / "azpar_usub.py").write_text("K = 3\n")
+    monkeypatch.chdir(notebook)
+    monkeypatch.syspath_prepend(str(installed))
+    monkeypatch.syspath_prepend(str(src))
+    monkeypatch.syspath_prepend(str(notebook / "lib"))
+    try:
+        define(main_ns, "import azpar_umod, azpar_upkg, azpar_uinst, azpar_usub\n")
+        cell = parse_cell("for x in items", "(azpar_umod.f(x), azpar_upkg.g(x), azpar_uinst.h(x), azpar_usub.K)")
+        cap = capture.capture(cell, main_ns, folder=str(notebook))
+        assert cap.local_modules == {
+            "azpar_umod.py": "def f(v):\n    return v * 100\n",
+            "azpar_upkg/__init__.py": "from .core import g\n",
+            "azpar_upkg/core.py": "def g(v):\n    return -v\n",
+            "azpar_usub.py": "K = 3\n",  # as lib/'s (as the notebook's folder's, "lib/azpar_usub.py", no import found it)
+        }
+    finally:
+        for name in ("azpar_umod", "azpar_upkg", "azpar_upkg.core", "azpar_uinst", "azpar_usub"):
+            sys.modules.pop(name, None)
+
+
 def test_a_local_module_changed_since_its_import_is_named(main_ns, tmp_path, monkeypatch):
     """The workers run a local module's file as it is; the notebook, the code it imported. A file
     edited since (no reload) is named in a warning; reloaded, it is not. The bytecode cache is not

@@ -308,3 +308,22 @@ def test_a_body_deleting_a_notebook_variable_deletes_its_own_copy(ip, run_cell):
     assert run.success, run.error
     assert ip.user_ns["out"] == [0, 1, 2] and ip.user_ns["doomed"] == [1, 2, 3]
     ip.user_ns.pop("doomed")
+
+
+def test_a_module_imported_through_a_folder_the_notebook_added_to_sys_path_reaches_the_workers(
+    ip, run_cell, tmp_path
+):
+    """The common ``sys.path.append("../src")`` then ``import helpers``: every iteration failed with
+    ModuleNotFoundError, the workers' sys.path being their own."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "azpar_added_mod.py").write_text("def scale(v):\n    return v * 11\n")
+    setup = run_cell(f"import sys\nsys.path.append({str(src)!r})\nimport azpar_added_mod")
+    assert setup.success, setup.error
+    try:
+        run = run_cell("%%azpar -q -o out for x in range(3):\nazpar_added_mod.scale(x)")
+        assert run.success, run.error
+        assert ip.user_ns["out"] == [0, 11, 22]
+    finally:
+        run_cell(f"sys.path.remove({str(src)!r})\ndel azpar_added_mod")
+        __import__("sys").modules.pop("azpar_added_mod", None)

@@ -729,10 +729,14 @@ def distributions_for(modules: Iterable[str]) -> dict[str, str]:
 
 def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
     """Source of modules imported from the notebook's own folder, keyed by relative path,
-    with the local modules those import in turn.
+    with the local modules those import in turn; and of the user's own modules the notebook
+    imported through a folder it put on ``sys.path`` (``sys.path.append("../src")``), keyed by
+    their path below that folder.
 
     They are not installed anywhere the workers could import them from, so they travel
-    with the job (a package folder travels whole)."""
+    with the job (a package folder travels whole). A worker's ``sys.path`` is its own: a module
+    found through the notebook's addition failed there with ModuleNotFoundError, on the local
+    pool as on Azure."""
     files: dict[str, str] = {}
     pending = sorted({m.split(".")[0] for m in modules})
     if not pending:  # most cells: no realpath calls (three per cell showed in a warm cell's profile)
@@ -745,9 +749,13 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
         if name in done:
             continue
         done.add(name)
-        path = _local_source(name, folder, prefixes)
+        path = _local_source(name, folder, prefixes) or _user_path_source(name, folder, prefixes)
         if path is None:
             continue
+        # Keyed from the folder the import found it in (name.py or name/__init__.py there): a module in
+        # the notebook's folder as before, one in src/ put on sys.path as src/'s, which the worker's
+        # import of the same name then finds.
+        root = os.path.dirname(os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path)
         if os.path.basename(path) == "__init__.py":
             sources = [
                 os.path.join(d, f)
@@ -760,7 +768,7 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
         for full in sources:
             with open(full, encoding="utf-8") as fh:
                 text = fh.read()
-            files[os.path.relpath(full, folder).replace(os.sep, "/")] = text
+            files.setdefault(os.path.relpath(full, root).replace(os.sep, "/"), text)
             try:
                 pending.extend(m.split(".")[0] for m in imported_modules(ast.parse(text)) if m)
             except SyntaxError:
@@ -857,6 +865,36 @@ def _local_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | No
         return None
     path = os.path.realpath(path)
     if not path.startswith(folder + os.sep) or path.startswith(prefixes) or not path.endswith(".py"):
+        return None
+    return path
+
+
+def _user_path_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | None:
+    """The .py file (or package __init__.py) of module ``name`` when it is the user's own code reached
+    through a folder the notebook added to ``sys.path``: not under the interpreter's prefixes, not in a
+    site-packages or dist-packages folder, not an installed distribution (an editable install is a
+    package to install, as before). None otherwise."""
+    if name in _NEVER_LOCAL:
+        return None
+    path = getattr(sys.modules.get(name), "__file__", None)
+    if not path or not path.endswith(".py"):
+        return None
+    path = os.path.realpath(path)
+    if path.startswith(prefixes) or path.startswith(folder + os.sep):  # (the folder's: _local_source)
+        return None
+    for entry in sys.path:
+        try:
+            root = os.path.realpath(entry or ".")
+        except (OSError, ValueError):
+            continue
+        parts = root.split(os.sep)
+        if root.startswith(prefixes) or "site-packages" in parts or "dist-packages" in parts:
+            continue
+        if path.startswith(root.rstrip(os.sep) + os.sep):
+            break
+    else:
+        return None
+    if name in _module_to_distributions() or _editable_distribution(name):
         return None
     return path
 
