@@ -749,7 +749,7 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
         if name in done:
             continue
         done.add(name)
-        path = _local_source(name, folder, prefixes) or _user_path_source(name, folder, prefixes)
+        path = _module_source(name, folder, prefixes)
         if path is None:
             continue
         # Keyed from the folder the import found it in (name.py or name/__init__.py there): a module in
@@ -850,10 +850,11 @@ def _stale_module_warning(names: list[str]) -> str:
 _NEVER_LOCAL = frozenset({"__main__", __name__.split(".")[0]})  # the notebook/script itself; this package
 
 
-def _local_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | None:
-    """The .py file (or package __init__.py) of module ``name`` if it lives in ``folder``.
-    The notebook or script itself (``__main__``) is captured, not shipped as a module, and
-    this package is never shipped: the worker file is all a node needs of it."""
+def _module_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | None:
+    """The .py file (or package __init__.py) of module ``name`` if it is the user's own code: it lives
+    in ``folder``, or the notebook reached it through a folder it put on ``sys.path``
+    (``_on_user_path``). The notebook or script itself (``__main__``) is captured, not shipped as a
+    module, and this package is never shipped: the worker file is all a node needs of it."""
     if name in _NEVER_LOCAL:
         return None
     module = sys.modules.get(name)
@@ -863,25 +864,18 @@ def _local_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | No
         path = next((c for c in candidates if os.path.isfile(c)), None)
     if not path:
         return None
-    path = os.path.realpath(path)
-    if not path.startswith(folder + os.sep) or path.startswith(prefixes) or not path.endswith(".py"):
+    path = os.path.realpath(path)  # (one per module the cell uses: most are under the prefixes)
+    if path.startswith(prefixes) or not path.endswith(".py"):
         return None
-    return path
+    if path.startswith(folder + os.sep):
+        return path
+    return path if module is not None and _on_user_path(name, path, prefixes) else None
 
 
-def _user_path_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | None:
-    """The .py file (or package __init__.py) of module ``name`` when it is the user's own code reached
-    through a folder the notebook added to ``sys.path``: not under the interpreter's prefixes, not in a
-    site-packages or dist-packages folder, not an installed distribution (an editable install is a
-    package to install, as before). None otherwise."""
-    if name in _NEVER_LOCAL:
-        return None
-    path = getattr(sys.modules.get(name), "__file__", None)
-    if not path or not path.endswith(".py"):
-        return None
-    path = os.path.realpath(path)
-    if path.startswith(prefixes) or path.startswith(folder + os.sep):  # (the folder's: _local_source)
-        return None
+def _on_user_path(name: str, path: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether module ``name`` (its file ``path``, outside the interpreter's prefixes) was found through
+    a ``sys.path`` folder of the user's: not a site-packages or dist-packages folder, and the module is
+    not an installed distribution (an editable install is a package to install, as before)."""
     for entry in sys.path:
         try:
             root = os.path.realpath(entry or ".")
@@ -893,10 +887,8 @@ def _user_path_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str 
         if path.startswith(root.rstrip(os.sep) + os.sep):
             break
     else:
-        return None
-    if name in _module_to_distributions() or _editable_distribution(name):
-        return None
-    return path
+        return False
+    return not (name in _module_to_distributions() or _editable_distribution(name))
 
 
 # ---------------------------------------------------------------------------- capture
