@@ -867,8 +867,11 @@ def _module_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | N
     path = os.path.realpath(path)  # (one per module the cell uses: most are under the prefixes)
     if path.startswith(prefixes) or not path.endswith(".py"):
         return None
-    if path.startswith(folder + os.sep):
-        return path
+    if os.path.dirname(os.path.dirname(path) if path.endswith(os.sep + "__init__.py") else path) == folder:
+        return path  # beside the notebook
+    # Elsewhere, also in a subfolder of the notebook's folder: only when imported through a sys.path
+    # folder of the user's, and not an installed distribution (one kept beside the notebook is a
+    # package to install, as it was).
     return path if module is not None and _on_user_path(name, path, prefixes) else None
 
 
