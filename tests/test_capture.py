@@ -109,6 +109,38 @@ def test_the_path_to_an_unshippable_part_is_named(main_ns):
     assert "(at " not in str(info.value)
 
 
+def test_the_path_search_survives_odd_objects():
+    """The path is looked for only after a capture failed: an object that raises on a lookup ends the
+    search with the path found so far, never with its own error; ``__slots__`` given as one string is
+    one slot."""
+    import collections.abc
+
+    class Raising(collections.abc.Mapping):
+        def __getitem__(self, key):
+            raise RuntimeError("no lookups here")
+
+        def __iter__(self):
+            return iter(["k"])
+
+        def __len__(self):
+            return 1
+
+    class One:
+        __slots__ = "handle"
+
+        def __init__(self):
+            self.handle = threading.Lock()
+
+    holder = {"odd": Raising(), "one": One()}
+    fails = lambda part: not isinstance(part, (int, str))  # noqa: E731
+    assert capture.culprit_path("holder", holder, fails) == ("holder['odd']", holder["odd"])
+    one = One()
+    assert capture.culprit_path("one", one, lambda part: isinstance(part, type(one.handle))) == (
+        "one.handle",
+        one.handle,
+    )
+
+
 def test_unneeded_unshippable_object_is_ignored(main_ns):
     main_ns["lock"] = threading.Lock()
     main_ns["k"] = 1

@@ -561,15 +561,18 @@ def culprit_path(
     fails on its own, serialising each part again: only when a capture has already failed. A class
     holding a lock named only the lock's type, and a notebook's model has many attributes."""
     path, current = name, value
-    for _ in range(depth):
-        for label, part in _parts(current):
-            if isinstance(part, _PLAIN) or _plain_array(part):
-                continue
-            if fails(part):
-                path, current = path + label, part
+    try:
+        for _ in range(depth):
+            for label, part in _parts(current):
+                if isinstance(part, _PLAIN) or _plain_array(part):
+                    continue
+                if fails(part):
+                    path, current = path + label, part
+                    break
+            else:
                 break
-        else:
-            break
+    except Exception:  # noqa: BLE001 - an odd object (a mapping that raises on lookup): the path so far
+        pass
     return (path, current) if current is not value else None
 
 
@@ -597,7 +600,8 @@ def _parts(obj: object) -> list[tuple[str, object]]:
     if isinstance(obj, (type, types.ModuleType, types.FunctionType)):
         return []  # pickled by reference or by their code: their attributes are not the culprit's path
     parts = [(f".{key}", part) for key, part in list(getattr(obj, "__dict__", {}).items())[:_PARTS_LOOKED_AT]]
-    for slot in getattr(type(obj), "__slots__", ()) if not isinstance(obj, _PLAIN) else ():
+    slots = getattr(type(obj), "__slots__", ()) if not isinstance(obj, _PLAIN) else ()
+    for slot in (slots,) if isinstance(slots, str) else slots:
         if isinstance(slot, str) and hasattr(obj, slot) and not slot.startswith("__"):
             parts.append((f".{slot}", getattr(obj, slot)))
     return parts
