@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     import tomlkit
@@ -495,10 +495,7 @@ def profile_names(*, cwd: str | None = None) -> list[str]:
 def meant_field(key: str) -> str:
     """`` (did you mean 'batch_account_url'?)`` for a misspelt profile field, else "": the list of
     every field that follows it is long, and a typo is the usual cause."""
-    import difflib
-
-    close = difflib.get_close_matches(key.lower(), PROFILE_FIELDS, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(key.lower(), PROFILE_FIELDS, quoted=True)
 
 
 def looks_like_secret(text: str) -> bool:

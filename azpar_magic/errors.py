@@ -15,6 +15,8 @@ defines it: a failed iteration is shown as the remote traceback pointing into th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # ---------------------------------------------------------------------------------------
 # Kinds: marker bases, so one mapping (the magic's) can treat a whole kind alike
 # ---------------------------------------------------------------------------------------
@@ -205,3 +207,15 @@ class AzureServiceError(ServiceError, RuntimeError):
 class NotSupported(NotImplementedError):
     """A backend was asked for a capability it does not declare (backends/base.py); a
     ``RuntimeError``, so callers' ``except RuntimeError`` clauses still catch it."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, quoted: bool = False) -> str:
+    """`` (did you mean X?)`` for the choice closest to a misspelt ``word``, or "" when none is close
+    (difflib's ratio of at least 0.6): what every refusal of an unknown name appends, so that a typo is
+    answered with the word meant rather than only a list."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    if not close:
+        return ""
+    return f" (did you mean {close[0]!r}?)" if quoted else f" (did you mean {close[0]}?)"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .. import worker as wire
-from ..errors import StoreError
+from ..errors import StoreError, did_you_mean
 from ..jobs import FINAL_STATES, LOST, PENDING, RUNNING, Failure, Job, JobOptions, TaskStep
 from ..jobs.cost import CostEstimate, column_text
 from ..jobs.results import decode_list, failure_from_record
@@ -383,11 +383,10 @@ def filter_jobs(
     known = (PENDING, RUNNING, *FINAL_STATES)
     unknown = sorted(states - set(known)) if states else []
     if unknown:
-        import difflib
-
-        meant = difflib.get_close_matches(unknown[0], known, n=1)
-        guess = f" (did you mean {meant[0]}?)" if meant else ""
-        raise ValueError(f"--state takes {', '.join(known)} (several with commas), not {', '.join(unknown)}{guess}")
+        raise ValueError(
+            f"--state takes {', '.join(known)} (several with commas), not {', '.join(unknown)}"
+            f"{did_you_mean(unknown[0], known)}"
+        )
     after = parse_since(since) if isinstance(since, str) else since
     return [
         r

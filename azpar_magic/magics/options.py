@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import builtins
 import copy
-import difflib
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -15,7 +14,7 @@ from IPython.utils.process import arg_split
 
 from .. import session
 from ..backends.base import Backend
-from ..errors import CellError, SubmitError
+from ..errors import CellError, SubmitError, did_you_mean
 from ..jobs import JobOptions, merge
 from ..run.engine import validate_options
 from ..run.parsing import checked_requirements, is_variable_name
@@ -78,8 +77,7 @@ def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Names
             raise UsageError(f"{exc}. Nothing was submitted.") from None
         unknown = str(exc).split("unrecognized arguments:", 1)[1].split()
         if unknown and unknown[0].startswith("-"):  # a misspelt option (--chunksize), not a value's second word
-            meant = difflib.get_close_matches(unknown[0].split("=")[0], parser._option_string_actions, n=1)
-            guess = f" (did you mean {meant[0]}?)" if meant else ""
+            guess = did_you_mean(unknown[0].split("=")[0], parser._option_string_actions)
             raise UsageError(
                 f"unknown %%azpar option {unknown[0]}{guess} (%%azpar? lists them). Nothing was submitted."
             ) from None

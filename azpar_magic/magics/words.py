@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from IPython.core.error import UsageError
 
+from ..errors import did_you_mean
 from ..run.parsing import is_variable_name
 
 
@@ -52,9 +52,7 @@ def read_words(
             continue
         if word.startswith("-") and not _is_number(word):
             if word not in known:
-                meant = difflib.get_close_matches(word, [*known, *options], n=1)
-                guess = f" (did you mean {meant[0]}?)" if meant else ""
-                raise UsageError(f"unknown option {word!r}{guess}; {usage}")
+                raise UsageError(f"unknown option {word!r}{did_you_mean(word, [*known, *options])}; {usage}")
             read.flags.add(word)
         else:
             read.rest.append(word)
