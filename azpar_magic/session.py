@@ -97,12 +97,7 @@ def engine_and_settings(
             _engines[key] = Engine(create_backend(kind, **options))
             logger.info("new %s engine for %s", kind, key[1] if kind == "local" else f"profile {key[1]!r}")
         stale = [
-            k
-            for k, eng in _engines.items()
-            if kind == "local"
-            and k[0] == "local"
-            and k != key
-            and not any(not job.done for job in list(eng.jobs.values()))
+            k for k, eng in _engines.items() if kind == "local" and k[0] == "local" and k != key and not eng.running()
         ]
         closing = [_engines.pop(k) for k in stale]
         chosen_engine = _engines[key]
@@ -429,7 +424,7 @@ def close_idle() -> list[str]:
     state (this module) outlives a reload, so the reloaded magics find the job and its pool. ``close``
     still stops everything at exit."""
     with _lock:
-        running = {key: [job.id for job in eng.jobs.values() if not job.done] for key, eng in _engines.items()}
+        running = {key: [job.id for job in eng.running()] for key, eng in _engines.items()}
         idle = [_engines.pop(key) for key, ids in running.items() if not ids]
     for eng in idle:
         eng.backend.close()
@@ -444,9 +439,8 @@ def close() -> None:
         _engines.clear()
     for eng in engines:
         if not eng.backend.outlives_kernel:  # Azure jobs run on; attach follows them later
-            for job in list(eng.jobs.values()):
-                if not job.done:
-                    job.cancel()
+            for job in eng.running():
+                job.cancel()
         eng.backend.close()
 
 

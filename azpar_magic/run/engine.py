@@ -813,6 +813,10 @@ class Engine:
             self._cancelled.add(job_id)
         self.backend.cancel(job_id)
 
+    def running(self) -> list[Job]:
+        """This engine's jobs that have not ended (read from a copy: other threads add jobs meanwhile)."""
+        return [job for job in list(self.jobs.values()) if not job.done]
+
     def cancelled(self, job_id: str) -> bool:
         with self._lock:
             return job_id in self._cancelled
