@@ -548,7 +548,6 @@ def _ships(value: object, hook: Callable[[object], None], **options: Any) -> boo
     return True
 
 
-_PLAIN = (str, bytes, bytearray, int, float, complex, bool, type(None), range)
 _PARTS_LOOKED_AT = 200  # of each container or object: a path is worth a few hundred tries, not a walk of a large list
 
 
@@ -564,7 +563,7 @@ def culprit_path(
     try:
         for _ in range(depth):
             for label, part in _parts(current):
-                if isinstance(part, _PLAIN) or _plain_array(part):
+                if type(part) in _ATOMIC or _plain_array(part):  # (they always serialise)
                     continue
                 if fails(part):
                     path, current = path + label, part
@@ -600,7 +599,7 @@ def _parts(obj: object) -> list[tuple[str, object]]:
     if isinstance(obj, (type, types.ModuleType, types.FunctionType)):
         return []  # pickled by reference or by their code: their attributes are not the culprit's path
     parts = [(f".{key}", part) for key, part in list(getattr(obj, "__dict__", {}).items())[:_PARTS_LOOKED_AT]]
-    slots = getattr(type(obj), "__slots__", ()) if not isinstance(obj, _PLAIN) else ()
+    slots = getattr(type(obj), "__slots__", ())
     for slot in (slots,) if isinstance(slots, str) else slots:
         if isinstance(slot, str) and hasattr(obj, slot) and not slot.startswith("__"):
             parts.append((f".{slot}", getattr(obj, slot)))
