@@ -654,6 +654,11 @@ def namespace_file_name(digest: str) -> str:
     return f"ns-{digest}.bin"
 
 
+def modules_file_name(digest: str) -> str:
+    """The notebook's own modules, staged beside the namespace once per distinct set (the local pool)."""
+    return f"mods-{digest}.json"
+
+
 # ---------------------------------------------------------------------------------------
 # Environment checks: fail fast, with both versions named, before touching user bytes.
 # ---------------------------------------------------------------------------------------
@@ -743,7 +748,7 @@ class LoadedNamespace:
         # globals, so they and the cell body share one global scope, as in the notebook.
         self.module = types.ModuleType("__main__")
         self.module.__dict__["__builtins__"] = builtins
-        _install_local_modules(envelope.get("local_modules") or {}, module_dir)
+        _install_local_modules(shipped_modules(envelope, module_dir), module_dir, envelope.get("local_modules_sha256"))
         try:
             namespace = loads(envelope["namespace"]["codec"], namespace_bytes, main=self.module)
         except Exception as exc:  # the same bytes fail the same way on every retry
@@ -863,12 +868,33 @@ def _show_sources(sources: dict) -> None:
 LOCAL_MODULES_PREFIX = "azpar-modules-"  # the folders of the notebooks' own modules, first on sys.path
 
 
-def _install_local_modules(modules: dict, module_dir: str | None) -> None:
+def shipped_modules(envelope: dict, folder: str | None) -> dict:
+    """The notebook's own modules the job ships: in the envelope, or (the local pool) in the file staged
+    beside it once per distinct set, named by ``local_modules_file``; a package of a few MB travelled in
+    every job's envelope to every worker (issue 16)."""
+    name = envelope.get("local_modules_file")
+    if not name:
+        return envelope.get("local_modules") or {}
+    path = os.path.join(folder or ".", name)
+    try:
+        with open(path, "rb") as fh:
+            modules = json_loads(fh.read())
+    except (OSError, ValueError) as exc:
+        raise EnvironmentMismatch(
+            f"the notebook's modules staged for this job could not be read ({path}): {exc}"
+        ) from None
+    if not isinstance(modules, dict):
+        raise EnvironmentMismatch(f"the notebook's modules staged for this job ({path}) are not a table of files")
+    return modules
+
+
+def _install_local_modules(modules: dict, module_dir: str | None, digest: str | None = None) -> None:
     """Write the notebook folder's own .py modules where imports find them first, and
-    forget any stale copy imported by an earlier job in this process."""
+    forget any stale copy imported by an earlier job in this process. ``digest``: the set's own
+    (``local_modules_sha256``), which spares serialising and hashing the modules again here."""
     if not modules:
         return
-    digest = sha256(json_dumps(modules, sort_keys=True).encode())[:16]
+    digest = (digest or sha256(json_dumps(modules, sort_keys=True).encode()))[:16]
     import tempfile
 
     root = os.path.join(module_dir or tempfile.gettempdir(), f"{LOCAL_MODULES_PREFIX}{digest}")
@@ -1067,9 +1093,11 @@ def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> Loaded
     checked = checked_before(envelope_path, ns_path, info["sha256"])
     if not checked:
         check_environment(envelope)
-    # The modules' text itself, not its hash: a key in this process only, and hashing would
-    # import hashlib in every task for nothing.
-    ns_key = info["sha256"] + json_dumps(envelope.get("local_modules") or {}, sort_keys=True)
+    # The digest the kernel gave the modules, else their text itself, not a hash of it: a key in this
+    # process only, and hashing would import hashlib in every task for nothing.
+    ns_key = info["sha256"] + (
+        envelope.get("local_modules_sha256") or json_dumps(envelope.get("local_modules") or {}, sort_keys=True)
+    )
     namespace = cache.namespaces.get(ns_key) if cache is not None else None
     if namespace is None:
         ns_data = read_namespace(ns_path)

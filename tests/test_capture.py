@@ -1,8 +1,10 @@
 """Unit tests of capture.py: which names travel, how, and what is refused."""
 
 import io
+import os
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -209,6 +211,50 @@ def test_the_users_modules_found_through_a_folder_the_notebook_put_on_sys_path_a
     finally:
         for name in ("azpar_umod", "azpar_upkg", "azpar_upkg.core", "azpar_uinst", "azpar_usub"):
             sys.modules.pop(name, None)
+
+
+def test_local_module_files_are_read_and_parsed_once_per_version(main_ns, tmp_path, monkeypatch):
+    """A package beside the notebook was read and parsed whole by every cell that used it (300
+    modules: ~60 ms a cell). A file is read again only once it changed, also to the same size, and a
+    file written in the last seconds is not trusted to its stamp (a second write in the same tick of
+    the file system's clock would keep it)."""
+    package = tmp_path / "azpar_many"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .m0 import f\n")
+    for i in range(5):
+        (package / f"m{i}.py").write_text(f"def f(v):\n    return v + {i}\n")
+    old = time.time() - 3600
+    for path in package.iterdir():
+        os.utime(path, (old, old))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    opened: list[str] = []
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(os.path.basename(str(path)))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(capture, "open", counting_open, raising=False)
+    define(main_ns, "import azpar_many\n")
+    cell = parse_cell("for x in items", "azpar_many.f(x)")
+    try:
+        first = capture.capture(cell, main_ns, folder=str(tmp_path)).local_modules
+        assert sorted(set(opened)) == ["__init__.py", "m0.py", "m1.py", "m2.py", "m3.py", "m4.py"]
+        opened.clear()
+        assert capture.capture(cell, main_ns, folder=str(tmp_path)).local_modules == first
+        assert opened == []  # nothing changed: nothing read or parsed again
+        (package / "m3.py").write_text("def f(v):\n    return v - 3\n")  # the same size
+        os.utime(package / "m3.py", (old + 60, old + 60))
+        again = capture.capture(cell, main_ns, folder=str(tmp_path)).local_modules
+        assert opened == ["m3.py"] and again["azpar_many/m3.py"] == "def f(v):\n    return v - 3\n"
+        (package / "m4.py").write_text("def f(v):\n    return v * 4\n")  # just now: read each time
+        opened.clear()
+        capture.capture(cell, main_ns, folder=str(tmp_path))
+        capture.capture(cell, main_ns, folder=str(tmp_path))
+        assert opened == ["m4.py", "m4.py"]
+    finally:
+        sys.modules.pop("azpar_many", None)
+        sys.modules.pop("azpar_many.m0", None)
 
 
 def test_a_local_module_changed_since_its_import_is_named(main_ns, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -100,6 +101,9 @@ class Capture:
     random_states: tuple[str, ...] = ()
     # The kernel's logging set-up the iterations' log records follow (``logging_setup``), or None.
     logging: dict | None = None
+    # A digest of local_modules (``modules_digest``), "" when there are none: the local pool stages them
+    # once per digest, and workers key their loaded copy by it, instead of carrying them in every job.
+    local_modules_sha256: str = ""
 
     def without_data(self) -> Capture:
         """What was shipped, without the namespace bytes: what a job keeps. The bytes are
@@ -768,15 +772,55 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
             ]
         else:
             sources = [path]
+        below = root.rstrip(os.sep) + os.sep  # (a slice: relpath made both paths absolute again, per file)
         for full in sources:
-            with open(full, encoding="utf-8") as fh:
-                text = fh.read()
-            files.setdefault(os.path.relpath(full, root).replace(os.sep, "/"), text)
-            try:
-                pending.extend(m.split(".")[0] for m in imported_modules(ast.parse(text)) if m)
-            except SyntaxError:
-                pass  # the worker's import will report it, as the notebook's did
+            text, imports = _module_file(full)
+            rel = full[len(below) :] if full.startswith(below) else os.path.relpath(full, root)
+            files.setdefault(rel.replace(os.sep, "/"), text)
+            pending.extend(imports)
     return files
+
+
+# path -> (the file's stat stamp, its text, the top-level modules it imports), for the files
+# local_module_files shipped: each is read and parsed again only once it changed. A package of 300
+# modules beside the notebook was read and parsed whole by every cell that used it, ~60 ms a cell
+# (issue 16). It keeps one version of each file, the user's own source the jobs ship anyway.
+_module_files: dict[str, tuple[tuple[int, int, int, int], str, tuple[str, ...]]] = {}
+_RACY_NS = 2_000_000_000
+
+
+def _module_file(path: str) -> tuple[str, tuple[str, ...]]:
+    """The text of the module file ``path`` and the top-level names of the modules it imports."""
+    st = os.stat(path)
+    stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    known = _module_files.get(path)
+    if known is not None and known[0] == stamp:
+        return known[1], known[2]
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        imports = tuple(sorted({m.split(".")[0] for m in imported_modules(ast.parse(text)) if m}))
+    except SyntaxError:
+        imports = ()  # the worker's import will report it, as the notebook's did
+    # A file written within the last two seconds is read again next time: a second write in the same
+    # tick of the file system's clock, of the same size, would leave its stamp as it was.
+    if time.time_ns() - st.st_mtime_ns > _RACY_NS:
+        _module_files[path] = (stamp, text, imports)
+    return text, imports
+
+
+def modules_digest(files: Mapping[str, str]) -> str:
+    """A sha256 that names this set of shipped modules (relative paths and texts). Each text is hashed
+    once while this process holds it (``_text_sha256``), so a cell shipping the same package again pays a
+    dictionary look-up per file, not a serialisation and hash of the whole package."""
+    return wire.sha256("".join(f"{rel}\0{_text_sha256(text)}\n" for rel, text in sorted(files.items())).encode())
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_sha256(text: str) -> str:
+    # Keyed by the text itself: the same string object comes back from _module_files for a file that did
+    # not change, and a string keeps its hash, so a look-up is an identity check.
+    return wire.sha256(text.encode())
 
 
 def stale_local_modules(files: Mapping[str, str]) -> list[str]:
@@ -1023,6 +1067,7 @@ def capture(
         sha256=sha,
         packages=packages,
         local_modules=local,
+        local_modules_sha256=modules_digest(local) if local else "",
         sources=reach.sources,
         warnings=((_DYNAMIC_LOOKUP_WARNING,) if dynamic else ())
         + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ())
@@ -1208,6 +1253,7 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         "gather": list(gather),
         "seed": seed,
         "local_modules": cap.local_modules,
+        **({"local_modules_sha256": cap.local_modules_sha256} if cap.local_modules_sha256 else {}),
         "sources": {**cap.sources, CELL_FILENAME: cell.source},
         **({"logging": cap.logging} if cap.logging else {}),
     }
