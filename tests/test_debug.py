@@ -226,6 +226,44 @@ def test_the_jobs_local_module_and_the_kernels_imports_afterwards(ip, run_cell, 
     assert ip.run_cell("h8helpers.g(1)").result == "today"
 
 
+def test_the_notebooks_modules_are_kept_once_and_go_with_their_last_job(ip, run_cell, job_store, tmp_path, monkeypatch):
+    """A package beside the notebook was written into every job's records (3 MB a job for a package of 300
+    modules). The store keeps each set of modules once, linked into the jobs that shipped it; debug reads
+    them back, and the set goes with the last job that links it."""
+    folder = tmp_path / "nb"
+    (folder / "azpar_kept_pkg").mkdir(parents=True)
+    (folder / "azpar_kept_pkg" / "__init__.py").write_text("from .core import g\n")
+    filler = "# " + "x" * 200_000 + "\n"
+    (folder / "azpar_kept_pkg" / "core.py").write_text(filler + "def g(x):\n    return 1 / (x - 1)\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    ip.run_cell("import azpar_kept_pkg")
+    try:
+        before = {j.id for j in azpar_magic.jobs()}
+        cell = "%%azpar -q --errors pass -o hv for x in range(3):\nazpar_kept_pkg.g(x)"
+        assert run_cell(cell).success and run_cell(cell).success
+        first, second = [j.id for j in azpar_magic.jobs() if j.id not in before]
+        store.flush()
+        (kept,) = [p for p in (job_store / store.NAMESPACES).iterdir() if p.name.startswith("mods-")]
+        assert kept.stat().st_nlink == 3 and oct(kept.stat().st_mode & 0o777) == "0o600"  # once, linked twice
+        for job_id in (first, second):
+            assert (job_store / job_id / store.MODULES_LINK).samefile(kept)
+            assert (job_store / job_id / store.RECORDS).stat().st_size < 100_000  # not in the job's records
+        envelope, _ = store.stored_envelope(first)
+        assert envelope["local_modules"]["azpar_kept_pkg/core.py"].endswith("return 1 / (x - 1)\n")
+        (folder / "azpar_kept_pkg" / "core.py").write_text("def g(x):\n    return 'today'\n")
+        run = run_cell(f"%azpar debug {first} 1 --no-pdb")
+        assert isinstance(run.error, ZeroDivisionError), run.error  # the job's own copy of the package
+        ip.run_line_magic("azpar", f"delete {first}")
+        assert kept.exists() and kept.stat().st_nlink == 2
+        ip.run_line_magic("azpar", f"delete {second}")
+        assert not kept.exists()
+    finally:
+        ip.run_cell("del azpar_kept_pkg")
+        for name in ("azpar_kept_pkg", "azpar_kept_pkg.core"):
+            sys.modules.pop(name, None)
+
+
 def test_a_namespace_is_kept_once_and_goes_with_its_last_job(ip, run_cell, job_store):
     ip.run_cell("import numpy as np\nbig = np.arange(200_000)")
     cell = "%%azpar -q -o s for x in range(3):\nint(big[x])"

@@ -77,7 +77,8 @@ def test_every_job_is_written_private_with_its_manifest(job_store, monkeypatch):
     folder = job_store / "hub-ada" / job.id  # a hub user's jobs go to a folder of their own
     assert _mode(job_store) == 0o700 and _mode(folder.parent) == 0o700 and _mode(folder) == 0o700
     files = sorted(p.name for p in folder.iterdir())
-    assert files == sorted([store.MANIFEST, store.RECORDS, store.NAMESPACE_LINK])  # the namespace: for debug
+    # The namespace and the modules the job shipped (this file, which defines _fails_on_threes): for debug.
+    assert files == sorted([store.MANIFEST, store.RECORDS, store.NAMESPACE_LINK, store.MODULES_LINK])
     assert all(_mode(folder / name) == 0o600 for name in files)
     assert _mode(folder.parent / store.NAMESPACES) == 0o700  # where each distinct namespace is kept once
 

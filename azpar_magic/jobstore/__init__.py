@@ -13,7 +13,9 @@ Layout, one folder per job named by its id::
                         task (encoded values, failures) and per task that printed or failed
                         (its output and tracebacks); the envelope header it ran with  (0600)
         namespace.bin   a local job's captured namespace: a hard link to the file below
+        modules.json    the notebook's own modules the job shipped: a hard link to the file below
       namespaces/ns-<sha256>.bin   each distinct namespace once, for %azpar debug     (0600)
+      namespaces/mods-<sha256>.json   each distinct set of the notebook's modules once (0600)
 
 Why this shape:
 
@@ -67,6 +69,7 @@ from .layout import (
     FILE_MAGIC,
     FORMAT,
     MANIFEST,
+    MODULES_LINK,
     NAME_MAX,
     NAMESPACE_LINK,
     NAMESPACES,
@@ -76,6 +79,7 @@ from .layout import (
     checked_roots,
     ensure_root,
     job_folder,
+    modules_path,
     namespace_path,
     store_root,
     valid_id,
@@ -140,6 +144,7 @@ __all__ = [
     "FORMAT",
     "MANIFEST",
     "NAME_MAX",
+    "MODULES_LINK",
     "NAMESPACE_LINK",
     "NAMESPACES",
     "RECORDS",
@@ -148,6 +153,7 @@ __all__ = [
     "checked_roots",
     "ensure_root",
     "job_folder",
+    "modules_path",
     "namespace_path",
     "store_root",
     "valid_id",

@@ -22,6 +22,9 @@ FILE_MAGIC = b"AZPARS1\n"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 NAMESPACES = "namespaces"  # under the store root: ns-<sha256>.bin, one file per distinct namespace
 NAMESPACE_LINK = "namespace.bin"  # in a job's folder: a hard link to its namespace
+MODULES_LINK = (
+    "modules.json"  # in a job's folder: a hard link to the notebook's modules it shipped (mods-<sha256>.json)
+)
 
 
 def store_root() -> Path:
@@ -130,6 +133,15 @@ def check_name(name: str) -> str:
 
 
 def namespace_path(root: Path, digest: str) -> Path:
-    if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+    return root / NAMESPACES / wire.namespace_file_name(_checked(digest))
+
+
+def modules_path(root: Path, digest: str) -> Path:
+    """Where the store keeps a set of the notebook's modules (``local_modules_sha256``), once per set."""
+    return root / NAMESPACES / wire.modules_file_name(_checked(digest))
+
+
+def _checked(digest: str) -> str:
+    if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
         raise StoreError(f"{digest!r} is not a sha256 digest")
-    return root / NAMESPACES / wire.namespace_file_name(digest)
+    return digest

@@ -29,10 +29,12 @@ from ..jobs.states import ending_step, stored_state
 from .layout import (
     FILE_MAGIC,
     MANIFEST,
+    MODULES_LINK,
     NAMESPACE_LINK,
     RECORDS,
     check_name,
     job_folder,
+    modules_path,
     namespace_path,
     store_root,
     valid_id,
@@ -112,6 +114,13 @@ def stored_envelope(job_id: str) -> tuple[dict | None, bytes | None]:
     for header, body, _ in iter_records(read_file(job_folder(job_id) / RECORDS), len(FILE_MAGIC)):
         if header.get("k") == "envelope":
             envelope = json.loads(bytes(body))
+    if envelope is not None and envelope.pop("local_modules_kept", None):
+        # The notebook's modules are kept once per set, linked into the job's folder (writer._keep_modules_once).
+        try:
+            with open(job_folder(job_id) / MODULES_LINK, "rb") as fh:
+                envelope["local_modules"] = json.loads(fh.read())
+        except (OSError, ValueError):  # not kept (a full disk): debug runs with the kernel's own modules
+            pass
     return envelope, stored_namespace(job_id) if envelope is not None else None
 
 
@@ -605,14 +614,17 @@ def delete(job_id: str) -> None:
     folder = job_folder(job_id)
     if not (folder / MANIFEST).exists():
         raise KeyError(job_id)
-    digest = None
+    kept = []  # the namespace and the set of modules it links, dropped with their last link
     try:
-        digest = stored_envelope(job_id)[0]["namespace"]["sha256"]  # type: ignore[index]  # None: TypeError below
+        envelope = stored_envelope(job_id)[0]
+        kept.append(namespace_path(folder.parent, envelope["namespace"]["sha256"]))  # type: ignore[index]
+        if envelope.get("local_modules_sha256"):  # type: ignore[union-attr]
+            kept.append(modules_path(folder.parent, envelope["local_modules_sha256"]))  # type: ignore[index]
     except (TypeError, KeyError, ValueError, OSError, StoreError):
         pass
     shutil.rmtree(folder)
-    if digest:
-        _drop_unlinked_namespace(folder.parent, digest)
+    for shared in kept:
+        _drop_unlinked(shared)
 
 
 def stored_namespace(job_id: str) -> bytes | None:
@@ -624,11 +636,10 @@ def stored_namespace(job_id: str) -> bytes | None:
         return None
 
 
-def _drop_unlinked_namespace(root: Path, digest: str) -> None:
-    """Remove a kept namespace no job folder links to any more (its only link is its own)."""
+def _drop_unlinked(shared: Path) -> None:
+    """Remove a kept namespace or set of modules no job folder links to any more (its only link is its own)."""
     try:
-        shared = namespace_path(root, digest)
         if shared.stat().st_nlink <= 1:
             shared.unlink()
-    except (FileNotFoundError, StoreError):
+    except FileNotFoundError:
         pass

@@ -15,19 +15,22 @@ import pickle
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import StoreError
 from ..jobs import RUNNING, Job, JobOptions
 from .layout import (
     FILE_MAGIC,
     FORMAT,
     MANIFEST,
+    MODULES_LINK,
     NAMESPACE_LINK,
     RECORDS,
     checked_roots,
     ensure_root,
+    modules_path,
     namespace_path,
     store_root,
     valid_id,
@@ -302,6 +305,7 @@ class JobRecorder:
         chunks: list[bytes] = []
         end = None
         keep: tuple[str, bytes] | None = None  # (sha256, bytes) of a namespace this store keeps
+        modules: tuple[str, Mapping] | None = None  # (sha256, files) of the notebook's modules kept once per set
         while self._pending:
             event = self._pending.popleft()
             if event[0] == "records":
@@ -316,6 +320,9 @@ class JobRecorder:
                 chunks.append(record({"k": "fail", "t": task_id, **indices_header(indices), "failure": failure}))
             elif event[0] == "envelope":
                 _, envelope, namespace = event
+                modules = self._keep_modules_once(envelope)
+                if modules is not None:  # kept once per set, not in every job's records (stored_envelope)
+                    envelope = dict(envelope, local_modules={}, local_modules_kept=MODULES_LINK)
                 chunks.append(record({"k": "envelope"}, json.dumps(envelope, default=str).encode()))
                 if namespace is not None:
                     keep = (envelope["namespace"]["sha256"], namespace)
@@ -331,6 +338,14 @@ class JobRecorder:
                 keep_namespace(self.root, self.folder, *keep)
             except OSError:  # (a full disk): the job's records matter more; debug then says it has none
                 pass
+        if modules is not None:
+            digest, files = modules
+            try:
+                _keep_shared(
+                    modules_path(self.root, digest), self.folder / MODULES_LINK, lambda: json.dumps(files).encode()
+                )
+            except OSError:  # as for the namespace: debug then runs without the job's own modules
+                pass
         if end is not None and not self._ended:
             self._ended = True
             self._close()
@@ -338,6 +353,22 @@ class JobRecorder:
                 self.manifest.update(end)
                 write_manifest(self.folder, self.manifest)
             self.job.stored = str(self.root)  # all of it is on disk: the session may let go of it
+
+    def _keep_modules_once(self, envelope: Mapping[str, Any]) -> tuple[str, Mapping] | None:
+        """Keep the notebook's modules the job shipped under the store root, once per set (a package of
+        a few MB was written into every job's records: 100 runs of a cell, 300 MB). (sha256, files), or
+        None when the envelope is to keep them itself (no modules, or no room for the file)."""
+        digest, files = envelope.get("local_modules_sha256"), envelope.get("local_modules")
+        if not files or not digest:
+            return None
+        try:
+            shared = modules_path(self.root, digest)
+            if not shared.exists():
+                ensure_root(self.root)
+                _write_shared(shared, json.dumps(files).encode())
+        except (OSError, StoreError):
+            return None
+        return digest, files
 
     def _create(self, data: bytes, end: dict | None) -> None:
         ensure_root(self.root)
@@ -495,14 +526,15 @@ def keep_namespace(root: Path, folder: Path, digest: str, data: bytes) -> None:
     the job's folder, so that rerunning a cell that captures a 100 MB array stores it once,
     not once per run, and deleting a job removes its namespace with its last link (see
     ``delete``). A file system without hard links gets a copy per job."""
-    shared = namespace_path(root, digest)
-    target = folder / NAMESPACE_LINK
+    _keep_shared(namespace_path(root, digest), folder / NAMESPACE_LINK, lambda: data)
+
+
+def _keep_shared(shared: Path, target: Path, data: Callable[[], bytes]) -> None:
+    """Link the kept file ``shared`` into a job's folder as ``target``, writing it first (``data()``) when
+    it is not there; a copy where hard links cannot be made."""
     for _ in range(2):
         if not shared.exists():  # (the folder is made only then: a cell run again links, two system calls fewer)
-            shared.parent.mkdir(mode=0o700, exist_ok=True)
-            tmp = shared.with_name(f".{shared.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            create_private(tmp, data)
-            os.replace(tmp, shared)  # atomic: another writer of the same bytes wrote the same file
+            _write_shared(shared, data())
         try:
             os.link(shared, target)
             return
@@ -512,4 +544,12 @@ def keep_namespace(root: Path, folder: Path, digest: str, data: bytes) -> None:
             return
         except OSError:  # no hard links here (some network or FUSE file systems)
             break
-    create_private(target, data)
+    create_private(target, data())
+
+
+def _write_shared(shared: Path, data: bytes) -> None:
+    """Write a content-addressed file the store keeps once (a namespace, a set of modules)."""
+    shared.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = shared.with_name(f".{shared.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    create_private(tmp, data)
+    os.replace(tmp, shared)  # atomic: another writer of the same bytes wrote the same file
