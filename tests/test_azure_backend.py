@@ -76,11 +76,13 @@ def test_thousand_iterations_one_task_each_all_values_right(azure, ip, run_cell,
 
 
 def test_a_module_found_through_a_folder_the_notebook_added_to_sys_path_runs_on_the_nodes(
-    azure, ip, run_cell, tmp_path
+    azure, ip, run_cell, tmp_path, batch, blob_service
 ):
     """``sys.path.append("../src")`` then ``import helpers``: a node has neither the folder nor the
     notebook's sys.path, and every task failed with ModuleNotFoundError. The module travels with the
-    job, as the notebook folder's own do."""
+    job, as the notebook folder's own do: once per set of modules, content-addressed in the cache
+    container beside the namespace, not inside each job's envelope (a package of a few MB was
+    uploaded again with every run of a cell)."""
     src = tmp_path / "src"
     (src / "azpar_added_pkg").mkdir(parents=True)
     (src / "azpar_added_pkg" / "__init__.py").write_text("from .core import scale\n")
@@ -88,9 +90,18 @@ def test_a_module_found_through_a_folder_the_notebook_added_to_sys_path_runs_on_
     setup = run_cell(f"import sys\nsys.path.append({str(src)!r})\nimport azpar_added_pkg")
     assert setup.success, setup.error
     try:
-        run = run_cell("%%azpar -q -o scaled for x in range(4):\nazpar_added_pkg.scale(x)")
-        assert run.success, run.error
-        assert ip.user_ns["scaled"] == [0, 13, 26, 39]
+        for _ in range(2):
+            run = run_cell("%%azpar -q --keep -o scaled for x in range(4):\nazpar_added_pkg.scale(x)")
+            assert run.success, run.error
+            assert ip.user_ns["scaled"] == [0, 13, 26, 39]
+        cache = blob_service.get_container_client("azpar-cache")
+        (kept,) = [b.name for b in cache.list_blobs(name_starts_with="ns/mods-")]
+        assert b"return v * 13" in cache.download_blob(kept).readall()
+        for created in batch.requests_for("Jobs_CreateJob")[-2:]:
+            prep = created.body["jobPreparationTask"]["resourceFiles"]
+            assert kept.removeprefix("ns/") in [f.get("filePath") for f in prep]
+            envelope = blob_service.get_container_client(f"{created.body['id']}-in").download_blob("envelope.azpj")
+            assert b"return v * 13" not in envelope.readall()  # the envelope names the set; it does not carry it
     finally:
         run_cell(f"sys.path.remove({str(src)!r})\ndel azpar_added_pkg")
         for name in ("azpar_added_pkg", "azpar_added_pkg.core"):

@@ -261,11 +261,18 @@ class AzureRun:
         worker_sha = wire.sha256(worker_bytes)
         worker_blob = f"worker/{worker_sha}.py"
         ns_name = spec.envelope["namespace"]["file"]
+        cached = [(worker_blob, worker_bytes), (f"ns/{ns_name}", spec.namespace)]
+        # The notebook's own modules go once per set, content-addressed as the namespace, not inside every
+        # job's envelope: a package of a few MB was uploaded again with each run of a cell (issue 16).
+        modules_digest = spec.envelope.get("local_modules_sha256")
+        modules_name = (
+            wire.modules_file_name(modules_digest) if spec.envelope.get("local_modules") and modules_digest else None
+        )
+        if modules_name:
+            cached.append((f"ns/{modules_name}", wire.json_dumps(spec.envelope["local_modules"]).encode()))
         # Checked even when this kernel uploaded them before: they may have been removed since
         # (and the cache container with them, which this creates again before the inputs go there).
-        st.upload_once_many(
-            storage.CACHE_CONTAINER, [(worker_blob, worker_bytes), (f"ns/{ns_name}", spec.namespace)], verify=True
-        )
+        st.upload_once_many(storage.CACHE_CONTAINER, cached, verify=True)
         self.data.stage()  # inputs uploaded once and checked before anything of the job exists
         st.ensure_container(self.in_container)
         st.ensure_container(self.out_container)
@@ -275,6 +282,8 @@ class AzureRun:
         envelope = self.data.envelope(spec.envelope)
         if self.install.overridden:  # --packages replaced these: the worker checks the rest
             envelope = dict(envelope, packages=self.install.envelope_packages(envelope.get("packages") or {}))
+        if modules_name:  # the worker reads them beside the envelope (worker.shipped_modules)
+            envelope = dict(envelope, local_modules={}, local_modules_file=modules_name)
         st.upload(self.in_container, commands.ENVELOPE_FILE, wire.pack(wire.ENVELOPE_MAGIC, envelope))
         self.save_manifest()
         self.read_inputs = st.container_sas_url(self.in_container, "r", self.expiry)
@@ -289,6 +298,16 @@ class AzureRun:
             ),
             models.ResourceFile(
                 http_url=_blob_url(self.read_inputs, commands.ENVELOPE_FILE), file_path=commands.ENVELOPE_FILE
+            ),
+            *(
+                [
+                    models.ResourceFile(
+                        http_url=st.blob_sas_url(storage.CACHE_CONTAINER, f"ns/{modules_name}", "r", self.expiry),
+                        file_path=modules_name,
+                    )
+                ]
+                if modules_name
+                else []
             ),
             *self.data.prep_resource_files(),
             *wheel_files,
