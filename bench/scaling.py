@@ -3,7 +3,7 @@
 
     python bench/scaling.py            # full run (a few minutes on 2 cores)
     python bench/scaling.py --quick    # smoke run: small sizes, one repetition
-    python bench/scaling.py --only n,tasks,alt,ns,kernel
+    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods
     AZPAR_BENCH_ROOT=/other/checkout python bench/scaling.py --only tasks   # that checkout's code
 
 The figures, each printed beside a calibration of the machine measured in the same run:
@@ -23,6 +23,9 @@ The figures, each printed beside a calibration of the machine measured in the sa
           client and its workers, and the client's peak memory over its baseline
   kernel  a real ipykernel: ``%load_ext azpar_magic``, the first ``%%azpar`` cell (pool start,
           imports), the same cell again
+  mods    a warm two-iteration cell calling a package of the notebook's own (beside it, not installed) of
+          1 and of 300 modules (10 kB each, 3 MB), against a fork ``Pool(2).map`` of the same function: what a
+          cell pays for shipping the user's own code, and the bytes the job store keeps per job
 
 Every measurement of n and ns runs in a child process of its own (``--child``) in a scratch folder
 (azpar ships ``.py`` files found under the current folder), with the job store in a temporary
@@ -171,6 +174,79 @@ def child_turns(peer: str, n: int, chunk: int | None) -> None:
         if out != expected:
             raise RuntimeError(f"{peer}: wrong result at N={n}")
         print(repr(seconds), flush=True)
+
+
+MODS_SIZES = (1, 300)  # modules in the package of mods
+MODS_REPS = 60
+
+
+def _write_package(folder: str, modules: int) -> str:
+    """A package of ``modules`` modules of ~10 kB (a comment, then one function) in ``folder``; its name."""
+    name = f"azpar_bench_pkg{modules}"
+    os.makedirs(os.path.join(folder, name), exist_ok=True)
+    with open(os.path.join(folder, name, "__init__.py"), "w") as fh:
+        fh.write("from .m0 import f\n")
+    for i in range(modules):
+        with open(os.path.join(folder, name, f"m{i}.py"), "w") as fh:
+            fh.write(f"# {'x' * 10_000}\ndef f(x):\n    return x + {i + 1}\n")
+    old = time.time() - 3600  # as a package written before the session (files just written are read each time)
+    for entry in os.scandir(os.path.join(folder, name)):
+        os.utime(entry.path, (old, old))
+    return name
+
+
+def child_mods(peer: str, modules: int, reps: int) -> dict:
+    """``reps`` warm two-iteration maps of a function of a package of ``modules`` modules beside this
+    (the current) folder: azpar's cell, or a fork Pool's map; the job store's bytes per azpar job."""
+    import importlib
+
+    sys.path.insert(0, os.getcwd())
+    package = importlib.import_module(_write_package(os.getcwd(), modules))
+    if peer == "azpar":
+        import azpar_magic
+        from azpar_magic import jobstore
+
+        ns = {"pkg": package}
+        call = lambda: azpar_magic.run("for x in range(2)", "pkg.f(x)", ns, workers=2).result()  # noqa: E731
+    else:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(2)
+        call = lambda: pool.map(package.f, range(2))  # noqa: E731
+    for _ in range(3):
+        call()  # warm
+    store = os.environ.get("AZPAR_JOB_STORE", "")
+
+    def stored() -> int:  # bytes on disk: a file hard-linked into several job folders counts once
+        files = {}
+        for d, _, names in os.walk(store) if store else ():
+            for f in names:
+                st = os.stat(os.path.join(d, f))
+                files[(st.st_dev, st.st_ino)] = st.st_size
+        return sum(files.values())
+
+    if peer == "azpar":
+        jobstore.flush()
+    before, times = stored(), []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - t)
+        if out != [1, 2]:
+            raise RuntimeError(f"{peer}: wrong result {out!r}")
+    if peer == "azpar":
+        jobstore.flush()
+    return {"peer": peer, "modules": modules, "median_s": statistics.median(times), "store_bytes_per_job": (stored() - before) / reps}
+
+
+def measure_mods(scratch: str) -> dict:
+    rows = []
+    for modules in MODS_SIZES:
+        for peer in ("azpar", "pool"):
+            r = run_child(scratch, "mods", peer, str(modules), str(MODS_REPS))
+            rows.append(r)
+            print(f"  {modules} modules, {peer}: {r['median_s'] * 1e3:.2f} ms a cell", flush=True)
+    return {"rows": rows}
 
 
 def child_ns(mb: float, iterations: int) -> dict:
@@ -473,6 +549,19 @@ def report(res: dict) -> None:
                         f"note: {r['mb']:g} MB, {key}: the identical cell serialised the namespace again "
                         f"({r[key]['seconds'] * 1000:,.0f} ms)"
                     )
+    if "mods" in res:
+        rows = {(r["peer"], r["modules"]): r for r in res["mods"]["rows"]}
+        print("\n| package beside the notebook | azpar cell | fork Pool map | azpar / Pool | job store, per job |")
+        print("|---|---|---|---|---|")
+        for modules in MODS_SIZES:
+            a, p = rows[("azpar", modules)], rows[("pool", modules)]
+            print(
+                f"| {modules} modules | {a['median_s'] * 1e3:.2f} ms | {p['median_s'] * 1e3:.2f} ms | "
+                f"{a['median_s'] / p['median_s']:.2f} | {a['store_bytes_per_job'] / 1000:,.1f} kB |"
+            )
+        small, large = rows[("azpar", MODS_SIZES[0])], rows[("azpar", MODS_SIZES[-1])]
+        print(f"mods: a {MODS_SIZES[-1]}-module package / a {MODS_SIZES[0]}-module one, azpar: "
+              f"{large['median_s'] / small['median_s']:.2f}")
     if "kernel" in res:
         k = res["kernel"]
         print(
@@ -486,7 +575,9 @@ def report(res: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
-    ap.add_argument("--only", default="n,tasks,alt,ns,kernel", help="figures to measure: n, tasks, alt, ns, kernel")
+    ap.add_argument(
+        "--only", default="n,tasks,alt,ns,kernel,mods", help="figures to measure: n, tasks, alt, ns, kernel, mods"
+    )
     ap.add_argument("--n", help="iteration counts for n, comma-separated (default 1e2..1e6)")
     ap.add_argument("--mb", help="array sizes in MB for ns, comma-separated (default 1,10,100,500)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -498,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "turns":
             child_turns(rest[0], int(rest[1]), int(rest[2]) or None)
             return 0
+        elif kind == "mods":
+            out = child_mods(rest[0], int(rest[1]), int(rest[2]))
         else:
             out = child_ns(float(rest[0]), int(rest[1]))
         print(json.dumps(out))
@@ -528,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         if "kernel" in only:
             print("kernel: a real ipykernel's first cells", flush=True)
             res["kernel"] = measure_kernel(scratch)
+        if "mods" in only:
+            print("mods: a package of the notebook's own, warm two-iteration cells", flush=True)
+            res["mods"] = measure_mods(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     res["calibration_after"] = machine_calibration.calibrate()
