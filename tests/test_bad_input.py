@@ -89,6 +89,17 @@ def test_malformed_header(run_cell, guard, line, fragments):
     guard.assert_nothing_submitted()
 
 
+@pytest.mark.parametrize("options", ["", "--cache "])
+def test_a_module_of_the_notebooks_that_cannot_be_read_is_named(run_cell, guard, tmp_path, monkeypatch, options):
+    """A module beside the notebook that is not UTF-8 and declares no encoding: the cell said "'utf-8' codec
+    can't decode byte 0xe9" without naming the file, and with --cache it raised UnicodeDecodeError."""
+    (tmp_path / "azpar_undecodable.py").write_bytes(b'NAME = "caf\xe9"\n')
+    monkeypatch.chdir(tmp_path)
+    run = run_cell(f"%%azpar {options}-o r for x in range(3)\n{guard.marker}\nimport azpar_undecodable\nx")
+    _usage_error(run, "azpar_undecodable.py cannot travel to the workers", "coding: latin-1", "Nothing was submitted")
+    guard.assert_nothing_submitted()
+
+
 # ------------------------------------------------------------------------ the body
 
 

@@ -257,6 +257,37 @@ def test_local_module_files_are_read_and_parsed_once_per_version(main_ns, tmp_pa
         sys.modules.pop("azpar_many.m0", None)
 
 
+def test_a_local_module_in_a_declared_encoding_travels_as_python_reads_it(main_ns, tmp_path, monkeypatch):
+    """A module saved as latin-1 with its coding comment imports in the kernel; the capture failed with
+    "'utf-8' codec can't decode byte 0xe9", naming no file. Its text is read as Python reads it; a file
+    that cannot be read so is named, with what to do."""
+    (tmp_path / "azpar_legacy.py").write_bytes(b'# -*- coding: latin-1 -*-\nNAME = "caf\xe9"\n')
+    (tmp_path / "azpar_broken.py").write_bytes(b'NAME = "caf\xe9"\n')  # no declaration: not UTF-8
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    define(main_ns, "import azpar_legacy\n")
+    try:
+        cap = capture.capture(parse_cell("for x in items", "azpar_legacy.NAME"), main_ns, folder=str(tmp_path))
+        assert cap.local_modules == {"azpar_legacy.py": '# -*- coding: latin-1 -*-\nNAME = "caf\xe9"\n'}
+        with pytest.raises(capture.CaptureError, match=r"azpar_broken\.py cannot travel to the workers: .* UTF-8"):
+            capture.capture(parse_cell("for x in items", "import azpar_broken\nx"), main_ns, folder=str(tmp_path))
+    finally:
+        sys.modules.pop("azpar_legacy", None)
+
+
+@pytest.mark.parametrize("text, encoding", [
+    ('# -*- coding: latin-1 -*-\nx = 1\n', "latin-1"),
+    ('#!/usr/bin/env python\n# vim: set fileencoding=cp1252 :\nx = 1\n', "cp1252"),
+    ('x = 1  # coding: latin-1\n', "utf-8"),  # code first: not a declaration
+    ('import os\n# coding: latin-1\n', "utf-8"),  # after code on the first line: not read
+    ('\n# coding=iso-8859-15\n', "iso-8859-15"),
+    ('# a comment\n\n# coding: latin-1\n', "utf-8"),  # the third line is too late
+    ("", "utf-8"),
+])
+def test_the_worker_writes_a_shipped_module_in_the_encoding_it_declares(text, encoding):
+    assert wire.source_encoding(text) == encoding
+
+
 def test_a_local_module_changed_since_its_import_is_named(main_ns, tmp_path, monkeypatch):
     """The workers run a local module's file as it is; the notebook, the code it imported. A file
     edited since (no reload) is named in a warning; reloaded, it is not. The bytecode cache is not

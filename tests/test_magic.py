@@ -342,6 +342,22 @@ def test_the_notebooks_package_is_staged_once_per_version_and_an_edit_reaches_th
             __import__("sys").modules.pop(name, None)
 
 
+def test_a_module_saved_in_latin_1_reaches_the_workers_as_the_kernel_reads_it(ip, run_cell, tmp_path, monkeypatch):
+    """A module with ``# -*- coding: latin-1 -*-`` imported in the kernel; the cell failed before submitting
+    ("'utf-8' codec can't decode byte 0xe9"), and a copy written as UTF-8 would have read "cafÃ©"."""
+    (tmp_path / "azpar_latin.py").write_bytes(b'# -*- coding: latin-1 -*-\ndef name(x):\n    return "caf\xe9" + str(x)\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert run_cell("import azpar_latin").success
+    try:
+        run = run_cell("%%azpar -q -o out for x in range(2):\nazpar_latin.name(x)")
+        assert run.success, run.error
+        assert ip.user_ns["out"] == ["caf\xe90", "caf\xe91"]
+    finally:
+        run_cell("del azpar_latin")
+        __import__("sys").modules.pop("azpar_latin", None)
+
+
 def test_a_body_deleting_a_notebook_variable_deletes_its_own_copy(ip, run_cell):
     """``del xs`` in the body made the body's function treat xs as its own local: every iteration
     failed with UnboundLocalError. Each iteration now deletes its copy; the notebook keeps its xs."""

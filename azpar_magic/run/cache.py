@@ -222,9 +222,9 @@ def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
     modules.discard("")
     local = capture_mod.local_module_files(modules, request.folder or ".")
     versions = capture_mod.distributions_for(modules)  # numpy 1 -> 2 may change a value
-    return hashlib.blake2b(
-        digest + repr((sorted(local.items()), sorted(versions.items()))).encode(), digest_size=_DIGEST
-    ).digest()
+    # The modules by their digest (their paths and texts): repr of a package's whole source was every cell's.
+    shipped = capture_mod.modules_digest(local) if local else ""
+    return hashlib.blake2b(digest + repr((shipped, sorted(versions.items()))).encode(), digest_size=_DIGEST).digest()
 
 
 def iteration_keys(

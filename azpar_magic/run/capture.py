@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import tokenize
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -796,8 +797,18 @@ def _module_file(path: str) -> tuple[str, tuple[str, ...]]:
     known = _module_files.get(path)
     if known is not None and known[0] == stamp:
         return known[1], known[2]
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    encoding = "utf-8"
+    try:  # as Python reads it: a coding comment (PEP 263) or a BOM, else UTF-8 (the worker writes it back so)
+        encoding = tokenize.detect_encoding(io.BytesIO(raw).readline)[0]
+        text = raw.decode(encoding)
+    except (SyntaxError, UnicodeDecodeError, LookupError) as exc:
+        raise CaptureError(
+            f"{path} cannot travel to the workers: it is a module of the notebook's own, and its text cannot be "
+            f"read as {encoding} ({exc}). Save it as UTF-8, or declare its encoding on its first line "
+            "(`# -*- coding: latin-1 -*-`). Nothing was submitted."
+        ) from None
     try:
         imports = tuple(sorted({m.split(".")[0] for m in imported_modules(ast.parse(text)) if m}))
     except SyntaxError:
