@@ -756,6 +756,14 @@ class LoadedNamespace:
                 f"the captured namespace could not be loaded on this node: {type(exc).__name__}: {exc}"
             ) from None
         self.module.__dict__.update(namespace)
+        # Modules travel by name: the submodules the kernel's copy had, which the body reaches through it
+        # (``xml.dom`` after ``import xml.dom.minidom``), are imported here. One that fails to import leaves
+        # the body's AttributeError, as before.
+        for name in envelope.get("submodules") or ():
+            try:
+                __import__(name)
+            except Exception:  # noqa: BLE001 - the body says what it missed, where it needs it
+                pass
         self.base = dict(self.module.__dict__)
         self.shipped_ids = {id(v) for v in namespace.values() if _is_main_object(v)}
 

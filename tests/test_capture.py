@@ -288,6 +288,39 @@ def test_the_worker_writes_a_shipped_module_in_the_encoding_it_declares(text, en
     assert wire.source_encoding(text) == encoding
 
 
+def test_the_submodules_a_body_reaches_through_a_module_are_named_for_the_workers(main_ns):
+    """Only submodules the kernel's module has in its own dict and the code reads through: an alias is
+    followed, a function's attribute or a lazily loaded submodule ends the chain."""
+    import email.mime.text
+    import xml.dom as dom_alias
+    import xml.dom.minidom
+
+    main_ns.update({"xml": xml, "d": dom_alias, "email": email})
+    define(main_ns, "def build(x):\n    return email.mime.text.MIMEText(str(x))\n")
+    cell = parse_cell("for x in items", "(xml.dom.minidom.parseString('<a/>'), d.minidom.Node, build(x), xml.azpar_missing)")
+    assert capture.capture(cell, main_ns).submodules == ("email.mime", "email.mime.text", "xml.dom", "xml.dom.minidom")
+    lazy = types.ModuleType("azpar_lazy")
+    lazy.__getattr__ = lambda name: types.ModuleType(f"azpar_lazy.{name}")
+    assert capture.submodules_reached({("lazy", "sub", "f")}, {"lazy": lazy}) == set()
+
+
+def test_installed_portions_of_a_namespace_package_are_never_shipped(main_ns, tmp_path, monkeypatch):
+    """A namespace package's folder in site-packages (``google``'s) is installed, not the user's own."""
+    installed = tmp_path / "env" / "site-packages"
+    (installed / "azpar_nsinst").mkdir(parents=True)
+    (installed / "azpar_nsinst" / "part.py").write_text("K = 1\n")
+    (tmp_path / "nb").mkdir()
+    monkeypatch.chdir(tmp_path / "nb")
+    monkeypatch.syspath_prepend(str(installed))
+    try:
+        define(main_ns, "import azpar_nsinst.part\n")
+        cap = capture.capture(parse_cell("for x in items", "azpar_nsinst.part.K"), main_ns, folder=str(tmp_path / "nb"))
+        assert cap.local_modules == {}
+    finally:
+        sys.modules.pop("azpar_nsinst", None)
+        sys.modules.pop("azpar_nsinst.part", None)
+
+
 def test_a_local_module_changed_since_its_import_is_named(main_ns, tmp_path, monkeypatch):
     """The workers run a local module's file as it is; the notebook, the code it imported. A file
     edited since (no reload) is named in a warning; reloaded, it is not. The bytecode cache is not

@@ -358,6 +358,56 @@ def test_a_module_saved_in_latin_1_reaches_the_workers_as_the_kernel_reads_it(ip
         __import__("sys").modules.pop("azpar_latin", None)
 
 
+def test_submodules_the_notebook_imported_are_there_on_the_workers(ip, run_cell, tmp_path, monkeypatch):
+    """``import xml.dom.minidom`` binds ``xml``; the workers imported ``xml`` alone, and ``xml.dom.minidom``
+    in the body (or in a notebook function) failed with AttributeError: module 'xml' has no attribute
+    'dom'. The same for a package of the notebook's own whose ``__init__`` imports nothing."""
+    (tmp_path / "azpar_subpkg").mkdir()
+    (tmp_path / "azpar_subpkg" / "__init__.py").write_text("")
+    (tmp_path / "azpar_subpkg" / "helpers.py").write_text("def g(x):\n    return x - 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    setup = run_cell("import xml.dom.minidom, azpar_subpkg.helpers\n"
+                     "def tag(x):\n    return xml.dom.minidom.parseString(f'<t{x}/>').documentElement.tagName")
+    assert setup.success, setup.error
+    try:
+        run = run_cell("%%azpar -q -o out for x in range(3):\n(azpar_subpkg.helpers.g(x), tag(x))")
+        assert run.success, run.error
+        assert ip.user_ns["out"] == [(-1, "t0"), (0, "t1"), (1, "t2")]
+    finally:
+        run_cell("del tag, azpar_subpkg")
+        for name in ("azpar_subpkg", "azpar_subpkg.helpers"):
+            __import__("sys").modules.pop(name, None)
+
+
+def test_a_namespace_package_of_the_notebooks_reaches_the_workers(ip, run_cell, tmp_path, monkeypatch):
+    """A folder of modules without ``__init__.py`` (PEP 420), beside the notebook or in a folder the notebook
+    put on sys.path, imported as Python 3 allows: it was not shipped, and every iteration failed with
+    ModuleNotFoundError."""
+    notebook, src = tmp_path / "nb", tmp_path / "src"
+    (notebook / "azpar_nsbeside").mkdir(parents=True)
+    (notebook / "azpar_nsbeside" / "helpers.py").write_text("def g(x):\n    return x - 1\n")
+    (src / "azpar_nsadded" / "sub").mkdir(parents=True)
+    (src / "azpar_nsadded" / "sub" / "tools.py").write_text("def f(x):\n    return x * 5\n")
+    monkeypatch.chdir(notebook)
+    monkeypatch.syspath_prepend(str(notebook))
+    setup = run_cell(f"import sys\nsys.path.append({str(src)!r})\nimport azpar_nsbeside.helpers\n"
+                     "from azpar_nsadded.sub import tools")
+    assert setup.success, setup.error
+    try:
+        run = run_cell("%%azpar -q -o out for x in range(3):\n(azpar_nsbeside.helpers.g(x), tools.f(x))")
+        assert run.success, run.error
+        assert ip.user_ns["out"] == [(-1, 0), (0, 5), (1, 10)]
+        imported_in_body = run_cell("%%azpar -q -o out for x in range(2):\nfrom azpar_nsadded.sub.tools import f\nf(x)")
+        assert imported_in_body.success, imported_in_body.error
+        assert ip.user_ns["out"] == [0, 5]
+    finally:
+        run_cell(f"sys.path.remove({str(src)!r})\ndel tools, azpar_nsbeside")
+        for name in ("azpar_nsbeside", "azpar_nsbeside.helpers", "azpar_nsadded", "azpar_nsadded.sub",
+                     "azpar_nsadded.sub.tools"):
+            __import__("sys").modules.pop(name, None)
+
+
 def test_a_body_deleting_a_notebook_variable_deletes_its_own_copy(ip, run_cell):
     """``del xs`` in the body made the body's function treat xs as its own local: every iteration
     failed with UnboundLocalError. Each iteration now deletes its copy; the notebook keeps its xs."""

@@ -105,6 +105,9 @@ class Capture:
     # A digest of local_modules (``modules_digest``), "" when there are none: the local pool stages them
     # once per digest, and workers key their loaded copy by it, instead of carrying them in every job.
     local_modules_sha256: str = ""
+    # Submodules the body and its functions reach through a shipped module's attributes, which the workers
+    # import after loading the namespace (submodules_reached).
+    submodules: tuple[str, ...] = ()
 
     def without_data(self) -> Capture:
         """What was shipped, without the namespace bytes: what a job keeps. The bytes are
@@ -311,20 +314,71 @@ def imported_modules(tree: ast.AST) -> set[str]:
 # ------------------------------------------------------------- what captured code reaches
 
 
-def _code_globals(code: types.CodeType) -> tuple[set[str], set[str]]:
-    """(global names loaded, modules imported) by a code object and those nested in it."""
-    names, mods = set(), set()
+def _code_globals(code: types.CodeType) -> tuple[set[str], set[str], set[tuple[str, ...]]]:
+    """(global names loaded, modules imported, attribute chains read from a global: ``xml.dom.minidom``
+    as ("xml", "dom", "minidom")) by a code object and those nested in it."""
+    names, mods, chains = set(), set(), set()
+    chain: list[str] = []
     for ins in dis.get_instructions(code):
         if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
-            names.add(ins.argval if isinstance(ins.argval, str) else str(ins.argval))
-        elif ins.opname == "IMPORT_NAME":
+            name = ins.argval if isinstance(ins.argval, str) else str(ins.argval)
+            names.add(name)
+            if len(chain) > 1:
+                chains.add(tuple(chain))
+            chain = [name]
+            continue
+        if chain and ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and isinstance(ins.argval, str):
+            chain.append(ins.argval)
+            continue
+        if len(chain) > 1:
+            chains.add(tuple(chain))
+        chain = []
+        if ins.opname == "IMPORT_NAME":
             mods.add(ins.argval)
+    if len(chain) > 1:
+        chains.add(tuple(chain))
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            n, m = _code_globals(const)
+            n, m, c = _code_globals(const)
             names |= n
             mods |= m
-    return names, mods
+            chains |= c
+    return names, mods, chains
+
+
+def attribute_chains(tree: ast.AST) -> set[tuple[str, ...]]:
+    """The dotted reads of a body (``xml.dom.minidom.parseString`` as ("xml", "dom", "minidom",
+    "parseString")): those through a module tell which of its submodules the body reaches."""
+    chains = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            parts, value = [node.attr], node.value
+            while isinstance(value, ast.Attribute):
+                parts.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name):
+                chains.add((value.id, *reversed(parts)))
+    return chains
+
+
+def submodules_reached(chains: Iterable[tuple[str, ...]], scope: Mapping[str, object]) -> set[str]:
+    """The submodules a chain of attribute reads goes through from a module of ``scope``: ``import
+    xml.dom.minidom`` binds ``xml``, and ``xml.dom`` exists in the kernel only because that import made
+    it. A worker importing ``xml`` alone has no ``xml.dom``: the body failed with AttributeError (``import
+    urllib.request``, ``import sklearn.metrics`` alike). Read from the modules' own dicts: a package
+    that loads its submodules lazily (``__getattr__``) does so on the worker too."""
+    found: set[str] = set()
+    for root, *attrs in chains:
+        module = scope.get(root)
+        for attr in attrs:
+            if not isinstance(module, types.ModuleType):
+                break
+            value = vars(module).get(attr)
+            if not isinstance(value, types.ModuleType) or value.__name__ != f"{module.__name__}.{attr}":
+                break
+            found.add(value.__name__)
+            module = value
+    return found
 
 
 class _Reach:
@@ -336,6 +390,7 @@ class _Reach:
         self.names: set[str] = set()
         self.global_reads: set[str] = set()  # every global name reachable notebook code loads
         self.modules: set[str] = set()
+        self.submodules: set[str] = set()  # reached through a module's attributes (submodules_reached)
         self.sources: dict[str, str] = {}
         self._seen: set[int] = set()
 
@@ -403,9 +458,11 @@ class _Reach:
                 self.modules.add(cls.__module__ or "")
 
     def _visit_function(self, fn: types.FunctionType, depth: int) -> None:
-        names, mods = _code_globals(fn.__code__)
+        names, mods, chains = _code_globals(fn.__code__)
         self.modules |= mods
         self.global_reads |= names
+        if chains:
+            self.submodules |= submodules_reached(chains, fn.__globals__)
         if fn.__globals__ is self.namespace or fn.__globals__ is self.main_dict:
             for name in names:
                 if (
@@ -758,28 +815,57 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
             continue
         done.add(name)
         path = _module_source(name, folder, prefixes)
-        if path is None:
-            continue
-        # Keyed from the folder the import found it in (name.py or name/__init__.py there): a module in
-        # the notebook's folder as before, one in src/ put on sys.path as src/'s, which the worker's
-        # import of the same name then finds.
-        root = os.path.dirname(os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path)
-        if os.path.basename(path) == "__init__.py":
-            sources = [
-                os.path.join(d, f)
-                for d, _dirs, names in os.walk(os.path.dirname(path))
-                for f in names
-                if f.endswith(".py")
-            ]
-        else:
-            sources = [path]
-        below = root.rstrip(os.sep) + os.sep  # (a slice: relpath made both paths absolute again, per file)
-        for full in sources:
-            text, imports = _module_file(full)
-            rel = full[len(below) :] if full.startswith(below) else os.path.relpath(full, root)
-            files.setdefault(rel.replace(os.sep, "/"), text)
-            pending.extend(imports)
+        if path is not None:  # a module, or a package: its folder
+            units = [os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path]
+        else:  # a namespace package (PEP 420, no __init__.py): each of its folders that is the user's
+            units = _namespace_portions(name, folder, prefixes)
+        for unit in units:
+            # Keyed from the folder the import found it in (name.py, name/ there): a module in the notebook's
+            # folder as before, one in src/ put on sys.path as src/'s, which the worker's import of the same
+            # name then finds.
+            root = os.path.dirname(unit)
+            if unit.endswith(".py"):
+                sources = [unit]
+            else:
+                sources = [os.path.join(d, f) for d, _dirs, names in os.walk(unit) for f in names if f.endswith(".py")]
+            below = root.rstrip(os.sep) + os.sep  # (a slice: relpath made both paths absolute again, per file)
+            for full in sources:
+                text, imports = _module_file(full)
+                rel = full[len(below) :] if full.startswith(below) else os.path.relpath(full, root)
+                files.setdefault(rel.replace(os.sep, "/"), text)
+                pending.extend(imports)
     return files
+
+
+def _namespace_portions(name: str, folder: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The folders of ``name`` when it is a namespace package of the user's own (PEP 420: a folder of
+    modules without ``__init__.py``, ``from utils import helpers``): beside the notebook, or found through
+    a ``sys.path`` folder of the user's. They were not shipped, and every iteration failed with
+    ModuleNotFoundError. Portions of installed namespace packages (``google``) are never shipped."""
+    if name in _NEVER_LOCAL:
+        return []
+    module = sys.modules.get(name)
+    if module is not None:
+        if getattr(module, "__file__", None) is not None:
+            return []
+        portions = list(getattr(module, "__path__", None) or ())
+    else:  # imported by the body only: a folder beside the notebook, as the kernel's import would find it
+        candidate = os.path.join(folder, name)
+        if not os.path.isdir(candidate) or name in _stdlib_names() or name in _module_to_distributions():
+            return []
+        portions = [candidate]
+    found = []
+    for portion in portions:
+        try:
+            path = os.path.realpath(portion)
+        except (OSError, ValueError, TypeError):
+            continue
+        parts = path.split(os.sep)
+        if path.startswith(prefixes) or "site-packages" in parts or "dist-packages" in parts:
+            continue
+        if os.path.dirname(path) == folder or (module is not None and _on_user_path(name, path, prefixes)):
+            found.append(path)
+    return found
 
 
 # path -> (the file's stat stamp, its text, the top-level modules it imports), for the files
@@ -1046,7 +1132,7 @@ def capture(
         raise CaptureError(
             f"--export names {', '.join(missing)}, which the namespace does not define. Nothing was submitted."
         )
-    free, looked_up, dynamic, body_imports = _body_facts(cell.body_tree, cell.target_names)
+    free, looked_up, dynamic, body_imports, body_chains = _body_facts(cell.body_tree, cell.target_names)
     items = items if isinstance(items, list) else list(items)  # looked through twice below
     wanted = (
         set(free)
@@ -1079,6 +1165,7 @@ def capture(
         packages=packages,
         local_modules=local,
         local_modules_sha256=modules_digest(local) if local else "",
+        submodules=tuple(sorted(submodules_reached(body_chains, namespace) | reach.submodules)),
         sources=reach.sources,
         warnings=((_DYNAMIC_LOOKUP_WARNING,) if dynamic else ())
         + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ())
@@ -1144,12 +1231,15 @@ def logging_setup(chosen: Mapping[str, object]) -> dict | None:
 @functools.lru_cache(maxsize=64)
 def _body_facts(
     tree: ast.Module, target_names: tuple[str, ...]
-) -> tuple[frozenset[str], frozenset[str], bool, frozenset[str]]:
+) -> tuple[frozenset[str], frozenset[str], bool, frozenset[str], frozenset[tuple[str, ...]]]:
     """(free names, names looked up in globals(), whether globals() is used otherwise, modules
-    imported) of a body: walks of its tree, which a cell run again need not repeat. parse_cell
-    returns the same (never modified) tree for the same cell, so the tree itself is the key."""
+    imported, dotted reads from free names) of a body: walks of its tree, which a cell run again need
+    not repeat. parse_cell returns the same (never modified) tree for the same cell, so the tree itself
+    is the key."""
     looked_up, dynamic = namespace_lookups(tree)
-    return frozenset(free_names(tree, target_names)), frozenset(looked_up), dynamic, frozenset(imported_modules(tree))
+    free = frozenset(free_names(tree, target_names))
+    chains = frozenset(c for c in attribute_chains(tree) if c[0] in free)
+    return free, frozenset(looked_up), dynamic, frozenset(imported_modules(tree)), chains
 
 
 @functools.lru_cache(maxsize=64)
@@ -1265,6 +1355,7 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         "seed": seed,
         "local_modules": cap.local_modules,
         **({"local_modules_sha256": cap.local_modules_sha256} if cap.local_modules_sha256 else {}),
+        **({"submodules": list(cap.submodules)} if cap.submodules else {}),
         "sources": {**cap.sources, CELL_FILENAME: cell.source},
         **({"logging": cap.logging} if cap.logging else {}),
     }
