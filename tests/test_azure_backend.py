@@ -107,6 +107,25 @@ def test_a_module_found_through_a_folder_the_notebook_added_to_sys_path_runs_on_
         for name in ("azpar_added_pkg", "azpar_added_pkg.core"):
             sys.modules.pop(name, None)
 
+def test_a_namespace_package_and_a_submodule_the_notebook_imported_reach_the_nodes(azure, ip, run_cell, tmp_path):
+    """A folder of modules without ``__init__.py`` on a folder the notebook added to sys.path, and
+    ``import xml.dom.minidom`` (which binds ``xml``): the nodes had neither the folder nor ``xml.dom``."""
+    src = tmp_path / "src"
+    (src / "azpar_nsnode").mkdir(parents=True)
+    (src / "azpar_nsnode" / "tools.py").write_text("def f(x):\n    return x * 7\n")
+    setup = run_cell(f"import sys, xml.dom.minidom\nsys.path.append({str(src)!r})\nimport azpar_nsnode.tools")
+    assert setup.success, setup.error
+    try:
+        run = run_cell("%%azpar -q -o got for x in range(3):\n"
+                       "(azpar_nsnode.tools.f(x), xml.dom.minidom.parseString('<n/>').documentElement.tagName)")
+        assert run.success, run.error
+        assert ip.user_ns["got"] == [(0, "n"), (7, "n"), (14, "n")]
+    finally:
+        run_cell(f"sys.path.remove({str(src)!r})\ndel azpar_nsnode")
+        for name in ("azpar_nsnode", "azpar_nsnode.tools"):
+            sys.modules.pop(name, None)
+
+
 def test_failures_keep_job_logs_and_partial_results(azure, ip, run_cell, batch, blob_service):
     run = run_cell('%%azpar -q -o kept --errors remove for x in range(6):\n'
                    'print("out", x)\nif x % 3 == 1:\n    raise ValueError(f"bad {x}")\nx')
