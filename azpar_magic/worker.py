@@ -2908,4 +2908,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run as a script, Python put this file's folder first on sys.path: on the local pool the package's
+    # own folder, whose modules (config, jobs, storage, api, ...) the iterations then imported instead of
+    # the user's and installed ones of those names. Nothing here imports from it.
+    if sys.path and os.path.realpath(sys.path[0] or os.curdir) == os.path.dirname(os.path.realpath(__file__)):
+        del sys.path[0]
     sys.exit(main())

@@ -419,6 +419,23 @@ def test_a_cell_does_not_draw_from_the_random_state_an_earlier_cell_seeded(ip, r
     assert drawn[0][2] == str(decimal.Decimal(1) / 3) and drawn[0][3] == float("inf")
 
 
+def test_the_packages_own_modules_do_not_shadow_the_users_on_the_workers(ip, run_cell, tmp_path):
+    """Started as a script, a worker had the package's own folder first on sys.path: ``import jobs`` or
+    ``import config`` in the body imported azpar's (``attempted relative import beyond top-level
+    package``), not the user's or an installed one of that name."""
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "__init__.py").write_text("VALUE = 'the users'\n")
+    ip.user_ns["where"] = str(tmp_path)
+    try:
+        run = run_cell("%%azpar -q --workers 1 -o got for i in range(2):\n"
+                       "import sys\nsys.path.append(where)\nimport jobs\njobs.VALUE")
+        assert run.success, run.error
+        assert ip.user_ns["got"] == ["the users", "the users"]
+    finally:
+        for name in ("where", "got"):
+            ip.user_ns.pop(name, None)
+
+
 def test_a_notebook_module_stays_importable_in_a_later_job_on_the_same_worker(ip, run_cell, tmp_path, monkeypatch):
     """Putting sys.path back at a job's first task keeps the folders of the notebook's own
     modules: a cell run again over more items (the same envelope, loaded once per worker) imports
