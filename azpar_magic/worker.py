@@ -749,6 +749,11 @@ class LoadedNamespace:
         self.module = types.ModuleType("__main__")
         self.module.__dict__["__builtins__"] = builtins
         _install_local_modules(shipped_modules(envelope, module_dir), module_dir, envelope.get("local_modules_sha256"))
+        # The folders of the notebook's compiled modules (a %%cython cell's), on the machine that compiled
+        # them: last, so they add these modules and shadow nothing.
+        for folder in envelope.get("import_folders") or ():
+            if folder not in sys.path:
+                sys.path.append(folder)
         try:
             namespace = loads(envelope["namespace"]["codec"], namespace_bytes, main=self.module)
         except Exception as exc:  # the same bytes fail the same way on every retry

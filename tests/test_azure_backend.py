@@ -126,6 +126,31 @@ def test_a_namespace_package_and_a_submodule_the_notebook_imported_reach_the_nod
             sys.modules.pop(name, None)
 
 
+def test_a_module_compiled_on_this_machine_is_refused_before_anything_is_submitted(
+    azure, ip, run_cell, tmp_path, batch, monkeypatch
+):
+    """A %%cython cell's function travels by name; its module exists only in the kernel's cache folder, so
+    every task would fail with ModuleNotFoundError on the nodes. Said before anything is submitted."""
+    import importlib.machinery
+    import types
+
+    module = types.ModuleType("_azpar_cython_magic_1")
+    module.__file__ = str(tmp_path / f"_azpar_cython_magic_1{importlib.machinery.EXTENSION_SUFFIXES[0]}")
+    exec(compile("def csq(x):\n    return x * x\n", module.__file__, "exec"), module.__dict__)
+    module.csq.__module__ = module.__name__
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    ip.user_ns["csq"] = module.csq
+    try:
+        run = run_cell("%%azpar -q -o got for x in range(3):\ncsq(x)")
+        assert not run.success
+        said = str(run.error)
+        assert "_azpar_cython_magic_1 (" in said and "compiled on this machine" in said, said
+        assert "--backend local" in said and "Nothing was submitted" in said, said
+        assert batch.requests_for("Jobs_CreateJob") == []
+    finally:
+        ip.user_ns.pop("csq", None)
+
+
 def test_failures_keep_job_logs_and_partial_results(azure, ip, run_cell, batch, blob_service):
     run = run_cell('%%azpar -q -o kept --errors remove for x in range(6):\n'
                    'print("out", x)\nif x % 3 == 1:\n    raise ValueError(f"bad {x}")\nx')

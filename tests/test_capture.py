@@ -321,6 +321,35 @@ def test_installed_portions_of_a_namespace_package_are_never_shipped(main_ns, tm
         sys.modules.pop("azpar_nsinst.part", None)
 
 
+def _fake_compiled_module(monkeypatch, name: str, folder) -> types.ModuleType:
+    """A module as a %%cython cell leaves it: its file an extension module's, a function defined in it."""
+    import importlib.machinery
+
+    module = types.ModuleType(name)
+    module.__file__ = str(folder / f"{name}{importlib.machinery.EXTENSION_SUFFIXES[0]}")
+    exec(compile("def csq(x):\n    return x * x\n", module.__file__, "exec"), module.__dict__)
+    module.csq.__module__ = name
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def test_compiled_modules_of_the_users_own_are_found_and_their_folders_given_to_the_workers(
+    main_ns, tmp_path, monkeypatch
+):
+    """A function of a %%cython cell is pickled by name; its module was found nowhere on the workers."""
+    import importlib.machinery
+
+    mine = _fake_compiled_module(monkeypatch, "_azpar_cython_magic_0", tmp_path)
+    installed = _fake_compiled_module(monkeypatch, "azpar_fake_installed", tmp_path / "lib" / "site-packages")
+    main_ns.update({"csq": mine.csq, "other": installed.csq})
+    cell = parse_cell("for x in items", "(csq(x), other(x))")
+    cap = capture.capture(cell, main_ns)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    assert cap.compiled_modules == {"_azpar_cython_magic_0": str(tmp_path / f"_azpar_cython_magic_0{suffix}")}
+    assert capture.envelope_header(cell, cap)["import_folders"] == [str(tmp_path)]
+    assert "import_folders" not in capture.envelope_header(cell, capture.capture(parse_cell("for x in items", "x"), main_ns))
+
+
 def test_a_local_module_changed_since_its_import_is_named(main_ns, tmp_path, monkeypatch):
     """The workers run a local module's file as it is; the notebook, the code it imported. A file
     edited since (no reload) is named in a warning; reloaded, it is not. The bytecode cache is not

@@ -408,6 +408,27 @@ def test_a_namespace_package_of_the_notebooks_reaches_the_workers(ip, run_cell, 
             __import__("sys").modules.pop(name, None)
 
 
+def test_a_function_of_a_cython_cell_runs_on_the_local_pool(ip, run_cell):
+    """``%%cython`` compiles a cell into ``_cython_magic_<hash>`` under IPython's cache folder; its functions
+    travel by name, and the workers found that module nowhere: every iteration failed with
+    ModuleNotFoundError. Needs Cython and a C compiler (skipped without them)."""
+    pytest.importorskip("Cython")
+    import shutil
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler")
+    assert run_cell("%load_ext Cython").success
+    compiled = run_cell("%%cython\ndef azpar_csq(int x):\n    return x * x + 1")
+    if not compiled.success:
+        pytest.skip(f"%%cython could not build here: {compiled.error}")
+    try:
+        run = run_cell("%%azpar -q -o out for x in range(4):\nazpar_csq(x)")
+        assert run.success, run.error
+        assert ip.user_ns["out"] == [1, 2, 5, 10]
+    finally:
+        ip.user_ns.pop("azpar_csq", None)
+
+
 def test_a_body_deleting_a_notebook_variable_deletes_its_own_copy(ip, run_cell):
     """``del xs`` in the body made the body's function treat xs as its own local: every iteration
     failed with UnboundLocalError. Each iteration now deletes its copy; the notebook keeps its xs."""

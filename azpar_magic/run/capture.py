@@ -13,6 +13,7 @@ import ast
 import builtins
 import dis
 import functools
+import importlib.machinery
 import importlib.metadata
 import inspect
 import io
@@ -27,7 +28,7 @@ import tokenize
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dill
@@ -108,6 +109,10 @@ class Capture:
     # Submodules the body and its functions reach through a shipped module's attributes, which the workers
     # import after loading the namespace (submodules_reached).
     submodules: tuple[str, ...] = ()
+    # Compiled modules of the user's own the namespace refers to by name (a %%cython cell's, an extension
+    # built in place beside the notebook), as {module: file}: found in this machine's folders only
+    # (compiled_modules), which the local pool's workers add to their sys.path.
+    compiled_modules: dict[str, str] = field(default_factory=dict)
 
     def without_data(self) -> Capture:
         """What was shipped, without the namespace bytes: what a job keeps. The bytes are
@@ -568,6 +573,10 @@ class _Inspector:
             self.modules.add(getattr(obj, "__module__", None) or "")
         else:
             self.modules.add(type(obj).__module__ or "")
+            if callable(obj):  # a compiled function (a %%cython cell's) names its module as a function does
+                module = getattr(obj, "__module__", None)
+                if isinstance(module, str):
+                    self.modules.add(module)
 
 
 def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
@@ -835,6 +844,32 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
                 files.setdefault(rel.replace(os.sep, "/"), text)
                 pending.extend(imports)
     return files
+
+
+def compiled_modules(modules: Iterable[str]) -> dict[str, str]:
+    """The user's own compiled modules among ``modules`` ({name: file}): a ``%%cython`` cell's
+    (``_cython_magic_<hash>``, under IPython's cache folder) or an extension built in place beside the
+    notebook. Shipped by name, they were found nowhere on the workers' ``sys.path``: every iteration
+    failed with ModuleNotFoundError. Installed ones (under the interpreter's prefixes, in site-packages)
+    are not the user's own."""
+    found: dict[str, str] = {}
+    prefixes: tuple[str, ...] | None = None
+    for name in modules:
+        if "." in name or name in _NEVER_LOCAL:
+            continue
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if not isinstance(path, str) or not path.endswith(_EXTENSION_SUFFIXES):
+            continue
+        if prefixes is None:
+            prefixes = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+        real = os.path.realpath(path)
+        parts = real.split(os.sep)
+        if not (real.startswith(prefixes) or "site-packages" in parts or "dist-packages" in parts):
+            found[name] = real
+    return found
+
+
+_EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def _namespace_portions(name: str, folder: str, prefixes: tuple[str, ...]) -> list[str]:
@@ -1166,6 +1201,7 @@ def capture(
         local_modules=local,
         local_modules_sha256=modules_digest(local) if local else "",
         submodules=tuple(sorted(submodules_reached(body_chains, namespace) | reach.submodules)),
+        compiled_modules=compiled_modules(modules),
         sources=reach.sources,
         warnings=((_DYNAMIC_LOOKUP_WARNING,) if dynamic else ())
         + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ())
@@ -1356,6 +1392,11 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         "local_modules": cap.local_modules,
         **({"local_modules_sha256": cap.local_modules_sha256} if cap.local_modules_sha256 else {}),
         **({"submodules": list(cap.submodules)} if cap.submodules else {}),
+        **(
+            {"import_folders": sorted({os.path.dirname(path) for path in cap.compiled_modules.values()})}
+            if cap.compiled_modules
+            else {}
+        ),
         "sources": {**cap.sources, CELL_FILENAME: cell.source},
         **({"logging": cap.logging} if cap.logging else {}),
     }

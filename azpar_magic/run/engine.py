@@ -65,6 +65,17 @@ def unshipped_warnings(cap: capture_mod.Capture, spelling: Mapping[str, str]) ->
     ]
 
 
+def compiled_modules_message(compiled: Mapping[str, str], backend: str) -> str:
+    """Why a cell using compiled modules of the user's own cannot run where files are remote."""
+    listed = ", ".join(f"{name} ({path})" for name, path in sorted(compiled.items()))
+    return (
+        f"The loop uses {listed}, a module compiled on this machine (a %%cython cell, or an extension built in "
+        f"place): the {backend} nodes cannot import it, so every iteration would fail with ModuleNotFoundError. "
+        "Run the cell with --backend local, or build the code into a package the notebook imports from an "
+        "installed distribution (the nodes install those). Nothing was submitted."
+    )
+
+
 def random_state_warnings(cap: capture_mod.Capture, tasks: int, spelling: Mapping[str, str]) -> list[str]:
     """A random generator made in the notebook and used by the body travels with its state: each
     worker starts from its own copy, so iterations on different workers draw the same numbers,
@@ -604,6 +615,8 @@ class Engine:
                         tasks[number] = TaskSpec(number, indices, codec, data)
             except CaptureError as exc:
                 raise SubmitError(str(exc)) from None
+            if cap.compiled_modules and self.backend.files_are_remote:
+                raise SubmitError(compiled_modules_message(cap.compiled_modules, self.backend.name))
             for text in (
                 *cap.warnings,
                 *unshipped_warnings(cap, request.spelling),
