@@ -749,11 +749,6 @@ class LoadedNamespace:
         self.module = types.ModuleType("__main__")
         self.module.__dict__["__builtins__"] = builtins
         _install_local_modules(shipped_modules(envelope, module_dir), module_dir, envelope.get("local_modules_sha256"))
-        # The folders of the notebook's compiled modules (a %%cython cell's), on the machine that compiled
-        # them: last, so they add these modules and shadow nothing.
-        for folder in envelope.get("import_folders") or ():
-            if folder not in sys.path:
-                sys.path.append(folder)
         try:
             namespace = loads(envelope["namespace"]["codec"], namespace_bytes, main=self.module)
         except Exception as exc:  # the same bytes fail the same way on every retry
@@ -761,14 +756,6 @@ class LoadedNamespace:
                 f"the captured namespace could not be loaded on this node: {type(exc).__name__}: {exc}"
             ) from None
         self.module.__dict__.update(namespace)
-        # Modules travel by name: the submodules the kernel's copy had, which the body reaches through it
-        # (``xml.dom`` after ``import xml.dom.minidom``), are imported here. One that fails to import leaves
-        # the body's AttributeError, as before.
-        for name in envelope.get("submodules") or ():
-            try:
-                __import__(name)
-            except Exception:  # noqa: BLE001 - the body says what it missed, where it needs it
-                pass
         self.base = dict(self.module.__dict__)
         self.shipped_ids = {id(v) for v in namespace.values() if _is_main_object(v)}
 
@@ -784,6 +771,14 @@ class LoadedJob:
         self.seed = envelope.get("seed")
         self.logging = envelope.get("logging")  # the notebook's logging set-up (capture.logging_setup)
         self.module, self.base, self.shipped_ids = namespace.module, namespace.base, namespace.shipped_ids
+        # Modules travel by name: the submodules the kernel's copy had, which this body reaches through it
+        # (``xml.dom`` after ``import xml.dom.minidom``), are imported here, per job (jobs share a loaded
+        # namespace, not their bodies). One that fails to import leaves the body's AttributeError, as before.
+        for name in envelope.get("submodules") or ():
+            try:
+                __import__(name)
+            except Exception:  # noqa: BLE001 - the body says what it missed, where it needs it
+                pass
         # Function mode: the runner as a function whose globals are the namespace, built
         # from the code object inside the shipped module code (nothing is added to the
         # namespace itself, which other jobs share).
@@ -1125,6 +1120,11 @@ def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> Loaded
         cache._remember(cache.jobs, envelope_path, job)
         return job
     envelope, _ = unpack(ENVELOPE_MAGIC, data)
+    # The folders of the notebook's compiled modules (a %%cython cell's), on the machine that compiled them,
+    # before the namespace that names them loads: last, so they add these modules and shadow nothing.
+    for extra in envelope.get("import_folders") or ():
+        if extra not in sys.path:
+            sys.path.append(extra)
     info = envelope["namespace"]
     folder = os.path.dirname(os.path.abspath(envelope_path))
     ns_path = os.path.join(folder, info["file"])

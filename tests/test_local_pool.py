@@ -436,6 +436,22 @@ def test_the_packages_own_modules_do_not_shadow_the_users_on_the_workers(ip, run
             ip.user_ns.pop(name, None)
 
 
+def test_each_body_gets_the_submodules_it_reads_through_a_namespace_another_job_loaded(ip, run_cell):
+    """Two cells capture the same namespace (``xml``, by name) and read different submodules through it:
+    the worker loads the namespace once, and the second body still finds ``xml.sax.saxutils``."""
+    assert run_cell("import xml.dom.minidom, xml.sax.saxutils").success
+    try:
+        first = run_cell("%%azpar -q --workers 1 -o got for i in range(2):\n"
+                         "xml.dom.minidom.parseString('<a/>').documentElement.tagName")
+        assert first.success, first.error
+        second = run_cell("%%azpar -q --workers 1 -o got for i in range(2):\nxml.sax.saxutils.escape('<')")
+        assert second.success, second.error
+        assert ip.user_ns["got"] == ["&lt;", "&lt;"]
+    finally:
+        ip.user_ns.pop("xml", None)
+        ip.user_ns.pop("got", None)
+
+
 def test_a_notebook_module_stays_importable_in_a_later_job_on_the_same_worker(ip, run_cell, tmp_path, monkeypatch):
     """Putting sys.path back at a job's first task keeps the folders of the notebook's own
     modules: a cell run again over more items (the same envelope, loaded once per worker) imports

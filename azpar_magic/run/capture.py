@@ -335,6 +335,8 @@ def _code_globals(code: types.CodeType) -> tuple[set[str], set[str], set[tuple[s
         if chain and ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and isinstance(ins.argval, str):
             chain.append(ins.argval)
             continue
+        if chain and ins.opname in ("EXTENDED_ARG", "CACHE", "NOP"):
+            continue  # (an attribute read whose name index needs more than a byte comes after EXTENDED_ARG)
         if len(chain) > 1:
             chains.add(tuple(chain))
         chain = []
