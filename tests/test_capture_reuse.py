@@ -87,6 +87,20 @@ def test_an_identical_second_cell_reuses_the_capture_and_moves_nothing(ns, seria
     assert second.capture.data == b""  # the job keeps no copy
 
 
+def test_a_capture_reused_from_the_store_is_staged_again_after_another_namespace(ns, serialized):
+    """The pool keeps the last staged namespace only: a cell in between stages another, and the identical
+    cell after it stages the bytes the job store kept (a memory-mapped file), not a fresh pickle. Staging
+    them failed once (TypeError: Object of type mmap is not JSON serializable)."""
+    ns["big"] = np.random.default_rng(3).random((4, 100_000))
+    expected = [float(ns["big"][x].sum()) for x in range(4)]
+    assert _run(ns)[1] == expected
+    other = {"small": np.arange(10)}
+    assert _run(other, body="int(small[x])")[1] == [0, 1, 2, 3]
+    _, out = _run(ns)
+    assert out == expected
+    assert len(serialized) == 2, "the unchanged array was pickled again"
+
+
 def test_an_array_mutated_in_place_is_captured_again(ns, serialized):
     ns["big"] = np.random.default_rng(2).random((4, 50_000))
     first, _ = _run(ns)

@@ -217,14 +217,14 @@ class LocalBackend(BaseBackend):
         if look:
             self._wake()
 
-    def _stage_file(self, name: str, content: bytes | dict) -> bool:
+    def _stage_file(self, name: str, content: bytes | mmap.mmap | dict) -> bool:
         """Write a content-addressed file into the staging folder unless it is there (``_staging``
-        held), atomically: a worker may open it the moment it exists. A dict is written as JSON.
-        False when it was there already."""
+        held), atomically: a worker may open it the moment it exists. A dict is written as JSON; bytes,
+        or a namespace the job store kept (a memory-mapped file), as they are. False when it was there."""
         path = os.path.join(self._stage, name)
         if os.path.exists(path):
             return False
-        data = content if isinstance(content, bytes) else wire.json_dumps(content).encode()
+        data = wire.json_dumps(content).encode() if isinstance(content, dict) else content
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
         with open(tmp, "wb") as fh:
             fh.write(data)
