@@ -304,6 +304,18 @@ def test_the_submodules_a_body_reaches_through_a_module_are_named_for_the_worker
     assert capture.submodules_reached({("lazy", "sub", "f")}, {"lazy": lazy}) == set()
 
 
+def test_a_namespace_package_beside_the_notebook_imported_by_the_body_only_is_shipped(main_ns, tmp_path):
+    """``from azpar_nsonly import helpers`` in the body, never in the kernel: a folder beside the notebook,
+    as the kernel's own import would find it. A folder named like a standard module is not one."""
+    (tmp_path / "azpar_nsonly").mkdir()
+    (tmp_path / "azpar_nsonly" / "helpers.py").write_text("K = 2\n")
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "stray.py").write_text("K = 3\n")
+    cell = parse_cell("for x in items", "from azpar_nsonly import helpers\nimport json\nhelpers.K")
+    cap = capture.capture(cell, main_ns, folder=str(tmp_path))
+    assert cap.local_modules == {"azpar_nsonly/helpers.py": "K = 2\n"}
+
+
 def test_installed_portions_of_a_namespace_package_are_never_shipped(main_ns, tmp_path, monkeypatch):
     """A namespace package's folder in site-packages (``google``'s) is installed, not the user's own."""
     installed = tmp_path / "env" / "site-packages"
