@@ -386,6 +386,49 @@ def test_a_local_module_changed_since_its_import_is_named(main_ns, tmp_path, mon
         sys.modules.pop("edited", None)
 
 
+def test_the_changed_on_disk_check_compiles_a_module_once_per_version_and_import(main_ns, tmp_path, monkeypatch):
+    """A package of 100 modules the kernel imported was compiled again and compared at every cell (~20 ms a
+    cell: the compiled files were kept for 32 files only). The verdict is kept while the file keeps its
+    stamp and the module its import: an edit, and a reload after it, are still seen."""
+    import importlib
+
+    package = tmp_path / "azpar_judged"
+    package.mkdir()
+    (package / "__init__.py").write_text("".join(f"from . import m{i}\n" for i in range(40)))
+    for i in range(40):
+        (package / f"m{i}.py").write_text(f"def f(v):\n    return v + {i % 10}\n")
+    old = time.time() - 3600
+    for path in package.iterdir():
+        os.utime(path, (old, old))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    compiled: list[str] = []
+
+    def counting_compile(src, filename, *args, **kwargs):
+        compiled.append(os.path.basename(str(filename)))
+        return compile(src, filename, *args, **kwargs)
+
+    monkeypatch.setattr(capture, "compile", counting_compile, raising=False)
+    capture._compiled_functions.cache_clear()
+    define(main_ns, "import azpar_judged\n")
+    cell = parse_cell("for x in items", "azpar_judged.m3.f(x)")
+    try:
+        assert capture.capture(cell, main_ns, folder=str(tmp_path)).warnings == ()
+        first = len(compiled)
+        assert capture.capture(cell, main_ns, folder=str(tmp_path)).warnings == ()
+        assert len(compiled) == first  # nothing compiled again
+        (package / "m3.py").write_text("def f(v):\n    return v + 9\n")  # the same size
+        os.utime(package / "m3.py", (old + 60, old + 60))
+        (warning,) = capture.capture(cell, main_ns, folder=str(tmp_path)).warnings
+        assert warning.startswith("azpar_judged.m3 changed on disk"), warning
+        assert capture.capture(cell, main_ns, folder=str(tmp_path)).warnings == (warning,)
+        importlib.reload(sys.modules["azpar_judged.m3"])
+        assert capture.capture(cell, main_ns, folder=str(tmp_path)).warnings == ()
+    finally:
+        for name in [n for n in sys.modules if n == "azpar_judged" or n.startswith("azpar_judged.")]:
+            sys.modules.pop(name, None)
+
+
 def test_identical_captures_hash_identically(main_ns):
     main_ns.update({"data": list(range(100))})
     cell = parse_cell("for x in items", "data[x]")
