@@ -184,8 +184,8 @@ def _write_package(folder: str, modules: int) -> str:
     """A package of ``modules`` modules of ~10 kB (a comment, then one function) in ``folder``; its name."""
     name = f"azpar_bench_pkg{modules}"
     os.makedirs(os.path.join(folder, name), exist_ok=True)
-    with open(os.path.join(folder, name, "__init__.py"), "w") as fh:
-        fh.write("from .m0 import f\n")
+    with open(os.path.join(folder, name, "__init__.py"), "w") as fh:  # imports all of them, as packages do
+        fh.write("".join(f"from . import m{i}\n" for i in range(modules)) + "from .m0 import f\n")
     for i in range(modules):
         with open(os.path.join(folder, name, f"m{i}.py"), "w") as fh:
             fh.write(f"# {'x' * 10_000}\ndef f(x):\n    return x + {i + 1}\n")
