@@ -417,7 +417,9 @@ def test_a_function_of_a_cython_cell_runs_on_the_local_pool(ip, run_cell):
 
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler")
-    assert run_cell("%load_ext Cython").success
+    loaded = run_cell("%load_ext Cython")
+    if not loaded.success:  # (Cython's magic imports distutils: setuptools on Python 3.12+)
+        pytest.skip(f"%load_ext Cython failed here: {loaded.error!r}")
     compiled = run_cell("%%cython\ndef azpar_csq(int x):\n    return x * x + 1")
     if not compiled.success:
         pytest.skip(f"%%cython could not build here: {compiled.error}")
