@@ -431,6 +431,25 @@ def test_a_function_of_a_cython_cell_runs_on_the_local_pool(ip, run_cell):
         ip.user_ns.pop("azpar_csq", None)
 
 
+def test_a_module_imported_before_the_notebook_changed_folder_reaches_the_workers(ip, run_cell, tmp_path, monkeypatch):
+    """``import helpers`` (found through the kernel's '' entry in the notebook's folder), then
+    ``os.chdir("data")``: the module was no longer beside the current folder nor below a sys.path folder,
+    was not shipped, and every iteration failed with ModuleNotFoundError."""
+    (tmp_path / "azpar_before_chdir.py").write_text("def g(x):\n    return x * 3\n")
+    (tmp_path / "data").mkdir()
+    monkeypatch.syspath_prepend("")  # a kernel's sys.path, which follows the current folder
+    monkeypatch.chdir(tmp_path)
+    assert run_cell("import azpar_before_chdir").success
+    monkeypatch.chdir(tmp_path / "data")
+    try:
+        run = run_cell("%%azpar -q -o out for x in range(3):\nazpar_before_chdir.g(x)")
+        assert run.success, run.error
+        assert ip.user_ns["out"] == [0, 3, 6]
+    finally:
+        run_cell("del azpar_before_chdir")
+        __import__("sys").modules.pop("azpar_before_chdir", None)
+
+
 def test_a_body_deleting_a_notebook_variable_deletes_its_own_copy(ip, run_cell):
     """``del xs`` in the body made the body's function treat xs as its own local: every iteration
     failed with UnboundLocalError. Each iteration now deletes its copy; the notebook keeps its xs."""

@@ -1072,9 +1072,14 @@ def _module_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | N
 
 def _on_user_path(name: str, path: str, prefixes: tuple[str, ...]) -> bool:
     """Whether module ``name`` (its file ``path``, outside the interpreter's prefixes) was found through
-    a ``sys.path`` folder of the user's: not a site-packages or dist-packages folder, and the module is
-    not an installed distribution (an editable install is a package to install, as before)."""
+    a ``sys.path`` folder of the user's: not a site-packages or dist-packages folder, or through the
+    current folder's entry ('') before the notebook changed folder; and the module is not an installed
+    distribution (an editable install is a package to install, as before)."""
+    relative = False  # a sys.path entry that follows the current folder: '' (a kernel's), '.'
     for entry in sys.path:
+        if not isinstance(entry, str):
+            continue
+        relative = relative or not os.path.isabs(entry)
         try:
             root = os.path.realpath(entry or ".")
         except (OSError, ValueError):
@@ -1085,7 +1090,11 @@ def _on_user_path(name: str, path: str, prefixes: tuple[str, ...]) -> bool:
         if path.startswith(root.rstrip(os.sep) + os.sep):
             break
     else:
-        return False
+        # Below no folder on sys.path now: the kernel found it through '' in the folder it was in then, and
+        # the notebook has changed folder since (os.chdir("data")). It was not shipped: ModuleNotFoundError.
+        parts = path.split(os.sep)
+        if not relative or "site-packages" in parts or "dist-packages" in parts:
+            return False
     return not (name in _module_to_distributions() or _editable_distribution(name))
 
 
