@@ -316,6 +316,22 @@ def test_a_namespace_package_beside_the_notebook_imported_by_the_body_only_is_sh
     assert cap.local_modules == {"azpar_nsonly/helpers.py": "K = 2\n"}
 
 
+def test_a_module_imported_from_a_zip_on_sys_path_does_not_stop_the_capture(main_ns, tmp_path, monkeypatch):
+    """``sys.path.append("lib.zip")``: the module's file is inside the archive, which cannot be read as a
+    file. The capture failed with NotADirectoryError; the module is not shipped (it goes by name)."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "lib.zip", "w") as archive:
+        archive.writestr("azpar_zipped.py", "def g(x):\n    return x + 100\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib.zip"))
+    try:
+        define(main_ns, "import azpar_zipped\n")
+        cap = capture.capture(parse_cell("for x in items", "azpar_zipped.g(x)"), main_ns, folder=str(tmp_path))
+        assert cap.local_modules == {}
+    finally:
+        sys.modules.pop("azpar_zipped", None)
+
+
 def test_installed_portions_of_a_namespace_package_are_never_shipped(main_ns, tmp_path, monkeypatch):
     """A namespace package's folder in site-packages (``google``'s) is installed, not the user's own."""
     installed = tmp_path / "env" / "site-packages"

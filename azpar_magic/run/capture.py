@@ -841,7 +841,10 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
                 sources = [os.path.join(d, f) for d, _dirs, names in os.walk(unit) for f in names if f.endswith(".py")]
             below = root.rstrip(os.sep) + os.sep  # (a slice: relpath made both paths absolute again, per file)
             for full in sources:
-                text, imports = _module_file(full)
+                try:
+                    text, imports = _module_file(full)
+                except OSError:  # not a file one can read (a module inside a zip on sys.path): not shipped
+                    continue
                 rel = full[len(below) :] if full.startswith(below) else os.path.relpath(full, root)
                 files.setdefault(rel.replace(os.sep, "/"), text)
                 pending.extend(imports)
