@@ -855,8 +855,8 @@ def compiled_modules(modules: Iterable[str]) -> dict[str, str]:
     """The user's own compiled modules among ``modules`` ({name: file}): a ``%%cython`` cell's
     (``_cython_magic_<hash>``, under IPython's cache folder) or an extension built in place beside the
     notebook. Shipped by name, they were found nowhere on the workers' ``sys.path``: every iteration
-    failed with ModuleNotFoundError. Installed ones (under the interpreter's prefixes, in site-packages)
-    are not the user's own."""
+    failed with ModuleNotFoundError. Installed ones (under the interpreter's prefixes, in site-packages,
+    or a distribution's, an editable install's too) are not the user's own."""
     found: dict[str, str] = {}
     prefixes: tuple[str, ...] | None = None
     for name in modules:
@@ -869,8 +869,11 @@ def compiled_modules(modules: Iterable[str]) -> dict[str, str]:
             prefixes = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
         real = os.path.realpath(path)
         parts = real.split(os.sep)
-        if not (real.startswith(prefixes) or "site-packages" in parts or "dist-packages" in parts):
-            found[name] = real
+        if real.startswith(prefixes) or "site-packages" in parts or "dist-packages" in parts:
+            continue
+        if name in _module_to_distributions() or _editable_distribution(name):
+            continue  # an editable install's extension: the nodes install the distribution (environment.py)
+        found[name] = real
     return found
 
 
