@@ -376,6 +376,9 @@ def test_compiled_modules_of_the_users_own_are_found_and_their_folders_given_to_
     assert cap.compiled_modules == {"_azpar_cython_magic_0": str(tmp_path / f"_azpar_cython_magic_0{suffix}")}
     assert capture.envelope_header(cell, cap)["import_folders"] == [str(tmp_path)]
     assert "import_folders" not in capture.envelope_header(cell, capture.capture(parse_cell("for x in items", "x"), main_ns))
+    # A distribution's own (an editable install's extension): the nodes install it, nothing to refuse.
+    monkeypatch.setattr(capture, "_module_to_distributions", lambda: {"_azpar_cython_magic_0": ["azpar-fake"]})
+    assert capture.compiled_modules({"_azpar_cython_magic_0"}) == {}
 
 
 def test_a_local_module_changed_since_its_import_is_named(main_ns, tmp_path, monkeypatch):
