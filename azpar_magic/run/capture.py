@@ -818,7 +818,7 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
     if not pending:  # most cells: no realpath calls (three per cell showed in a warm cell's profile)
         return files
     folder = os.path.realpath(folder)
-    prefixes = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    prefixes = _interpreter_prefixes()
     done: set[str] = set()
     while pending:
         name = pending.pop()
@@ -858,18 +858,14 @@ def compiled_modules(modules: Iterable[str]) -> dict[str, str]:
     failed with ModuleNotFoundError. Installed ones (under the interpreter's prefixes, in site-packages,
     or a distribution's, an editable install's too) are not the user's own."""
     found: dict[str, str] = {}
-    prefixes: tuple[str, ...] | None = None
     for name in modules:
         if "." in name or name in _NEVER_LOCAL:
             continue
         path = getattr(sys.modules.get(name), "__file__", None)
         if not isinstance(path, str) or not path.endswith(_EXTENSION_SUFFIXES):
             continue
-        if prefixes is None:
-            prefixes = tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
         real = os.path.realpath(path)
-        parts = real.split(os.sep)
-        if real.startswith(prefixes) or "site-packages" in parts or "dist-packages" in parts:
+        if _installed_place(real, _interpreter_prefixes()):
             continue
         if name in _module_to_distributions() or _editable_distribution(name):
             continue  # an editable install's extension: the nodes install the distribution (environment.py)
@@ -878,6 +874,19 @@ def compiled_modules(modules: Iterable[str]) -> dict[str, str]:
 
 
 _EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+@functools.lru_cache(maxsize=1)
+def _interpreter_prefixes() -> tuple[str, ...]:
+    """The interpreter's own folders (real paths): what is below them is installed, never the user's own."""
+    return tuple(os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+
+
+def _installed_place(path: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether the real path ``path`` is where installed code lives: below the interpreter's prefixes, or in
+    a site-packages or dist-packages folder."""
+    parts = path.split(os.sep)
+    return path.startswith(prefixes) or "site-packages" in parts or "dist-packages" in parts
 
 
 def _namespace_portions(name: str, folder: str, prefixes: tuple[str, ...]) -> list[str]:
@@ -903,8 +912,7 @@ def _namespace_portions(name: str, folder: str, prefixes: tuple[str, ...]) -> li
             path = os.path.realpath(portion)
         except (OSError, ValueError, TypeError):
             continue
-        parts = path.split(os.sep)
-        if path.startswith(prefixes) or "site-packages" in parts or "dist-packages" in parts:
+        if _installed_place(path, prefixes):
             continue
         if os.path.dirname(path) == folder or (module is not None and _on_user_path(name, path, prefixes)):
             found.append(path)
@@ -922,7 +930,7 @@ _RACY_NS = 2_000_000_000
 def _module_file(path: str) -> tuple[str, tuple[str, ...]]:
     """The text of the module file ``path`` and the top-level names of the modules it imports."""
     st = os.stat(path)
-    stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    stamp = _stamp(st)
     known = _module_files.get(path)
     if known is not None and known[0] == stamp:
         return known[1], known[2]
@@ -942,11 +950,20 @@ def _module_file(path: str) -> tuple[str, tuple[str, ...]]:
         imports = tuple(sorted({m.split(".")[0] for m in imported_modules(ast.parse(text)) if m}))
     except SyntaxError:
         imports = ()  # the worker's import will report it, as the notebook's did
-    # A file written within the last two seconds is read again next time: a second write in the same
-    # tick of the file system's clock, of the same size, would leave its stamp as it was.
-    if time.time_ns() - st.st_mtime_ns > _RACY_NS:
+    if _settled(st):
         _module_files[path] = (stamp, text, imports)
     return text, imports
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file's versions apart without reading it (the caches of _module_file, _differs_from_file)."""
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino
+
+
+def _settled(st: os.stat_result) -> bool:
+    """Whether a file's stamp may stand for its content: not written within the last two seconds, where a
+    second write in the same tick of the file system's clock, of the same size, would leave it as it was."""
+    return time.time_ns() - st.st_mtime_ns > _RACY_NS
 
 
 def modules_digest(files: Mapping[str, str]) -> str:
@@ -991,7 +1008,7 @@ def _differs_from_file(module: types.ModuleType, path: str) -> bool:
     # The verdict holds while the file keeps its stamp and the module its import: a reload (importlib's,
     # %autoreload's) gives the module a new __spec__. A package of 100 modules the kernel imported was
     # compiled again and compared function by function at every cell, ~20 ms (issue 16).
-    stamp, spec = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino), getattr(module, "__spec__", None)
+    stamp, spec = _stamp(st), getattr(module, "__spec__", None)
     known = _verdicts.get(path)
     if known is not None and known[0] == stamp and known[1] is module and known[2] is spec:
         return known[3]
@@ -999,7 +1016,7 @@ def _differs_from_file(module: types.ModuleType, path: str) -> bool:
     differs = compiled is not None and any(
         not any(code == c for c in compiled.get(code.co_name, ())) for code in _defined_code(module, path)
     )
-    if time.time_ns() - st.st_mtime_ns > _RACY_NS:  # (as _module_file: a file written just now is looked at again)
+    if _settled(st):
         _verdicts[path] = (stamp, module, spec, differs)
     return differs
 
@@ -1090,16 +1107,14 @@ def _on_user_path(name: str, path: str, prefixes: tuple[str, ...]) -> bool:
             root = os.path.realpath(entry or ".")
         except (OSError, ValueError):
             continue
-        parts = root.split(os.sep)
-        if root.startswith(prefixes) or "site-packages" in parts or "dist-packages" in parts:
+        if _installed_place(root, prefixes):
             continue
         if path.startswith(root.rstrip(os.sep) + os.sep):
             break
     else:
         # Below no folder on sys.path now: the kernel found it through '' in the folder it was in then, and
         # the notebook has changed folder since (os.chdir("data")). It was not shipped: ModuleNotFoundError.
-        parts = path.split(os.sep)
-        if not relative or "site-packages" in parts or "dist-packages" in parts:
+        if not relative or _installed_place(path, prefixes):
             return False
     return not (name in _module_to_distributions() or _editable_distribution(name))
 
