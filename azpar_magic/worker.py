@@ -876,6 +876,17 @@ def _show_sources(sources: dict) -> None:
 LOCAL_MODULES_PREFIX = "azpar-modules-"  # the folders of the notebooks' own modules, first on sys.path
 
 
+def modules_apart(envelope: dict) -> tuple[dict, str | None]:
+    """The kernel's side of ``shipped_modules``: the envelope naming the file its modules are staged in
+    (once per set, by the backend) instead of carrying them, and that file's name; the envelope as it is,
+    and None, when it ships no modules (or names no digest for them)."""
+    digest = envelope.get("local_modules_sha256")
+    if not envelope.get("local_modules") or not digest:
+        return envelope, None
+    name = modules_file_name(digest)
+    return dict(envelope, local_modules={}, local_modules_file=name), name
+
+
 def shipped_modules(envelope: dict, folder: str | None) -> dict:
     """The notebook's own modules the job ships: in the envelope, or (the local pool) in the file staged
     beside it once per distinct set, named by ``local_modules_file``; a package of a few MB travelled in

@@ -182,20 +182,16 @@ class LocalBackend(BaseBackend):
         plan = (job.backend_options or {}).get("data")
         if plan is not None:
             envelope, data, scratch = self._stage_data(job, plan)
-        modules_digest = envelope.get("local_modules_sha256")
-        if envelope.get("local_modules") and modules_digest:
-            # The notebook's own modules are staged once per distinct set, as the namespace is, and the
-            # envelope names the file: a package of 300 modules (3 MB) was serialised into every job's
-            # envelope and written to every worker, ~25 ms of each cell using it (issue 16).
-            envelope = dict(envelope, local_modules={}, local_modules_file=wire.modules_file_name(modules_digest))
+        # The notebook's own modules are staged once per distinct set, as the namespace is, and the
+        # envelope names the file: a package of 300 modules (3 MB) was serialised into every job's
+        # envelope and written to every worker, ~25 ms of each cell using it (issue 16).
+        envelope, modules_name = wire.modules_apart(envelope)
         packed = wire.pack(wire.ENVELOPE_MAGIC, envelope)
         # The envelope file is written only once a task goes without its bytes (_task_message):
         # a job of one task per worker, a short cell's, never needs it (issue 16, c).
         with self._staging:
-            if "local_modules_file" in envelope and self._stage_file(
-                envelope["local_modules_file"], job.envelope["local_modules"]
-            ):
-                self._drop_unused_modules(keep=envelope["local_modules_file"])
+            if modules_name and self._stage_file(modules_name, job.envelope["local_modules"]):
+                self._drop_unused_modules(keep=modules_name)
             staged = self._stage_file(os.path.basename(ns_path), job.namespace)  # identical captures: once
             with self._lock:
                 # The namespace is staged (a file): the job's record keeps no copy of its bytes.
@@ -239,12 +235,7 @@ class LocalBackend(BaseBackend):
                 for j in self._jobs.values()
                 if j.spec.envelope.get("local_modules_sha256")
             }
-        for name in os.listdir(self._stage):
-            if name.startswith("mods-") and name.endswith(".json") and name not in used:
-                try:
-                    os.unlink(os.path.join(self._stage, name))
-                except OSError:
-                    pass
+        self._drop_staged("mods-", ".json", used)
 
     def _drop_unused_namespaces(self, keep: str) -> None:
         """Staged namespaces are in RAM (/dev/shm): keep the one just staged (an identical
@@ -252,8 +243,12 @@ class LocalBackend(BaseBackend):
         them), not one per distinct capture for the pool's life."""
         with self._lock:
             used = {os.path.basename(keep)} | {j.spec.envelope["namespace"]["file"] for j in self._jobs.values()}
+        self._drop_staged("ns-", ".bin", used)
+
+    def _drop_staged(self, prefix: str, suffix: str, used: set[str]) -> None:
+        """Remove the staged content-addressed files of one kind (``prefix``...``suffix``) not in ``used``."""
         for name in os.listdir(self._stage):
-            if name.startswith("ns-") and name.endswith(".bin") and name not in used:
+            if name.startswith(prefix) and name.endswith(suffix) and name not in used:
                 try:
                     os.unlink(os.path.join(self._stage, name))
                 except OSError:

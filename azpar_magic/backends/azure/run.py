@@ -264,10 +264,7 @@ class AzureRun:
         cached = [(worker_blob, worker_bytes), (f"ns/{ns_name}", spec.namespace)]
         # The notebook's own modules go once per set, content-addressed as the namespace, not inside every
         # job's envelope: a package of a few MB was uploaded again with each run of a cell (issue 16).
-        modules_digest = spec.envelope.get("local_modules_sha256")
-        modules_name = (
-            wire.modules_file_name(modules_digest) if spec.envelope.get("local_modules") and modules_digest else None
-        )
+        _, modules_name = wire.modules_apart(spec.envelope)
         if modules_name:
             cached.append((f"ns/{modules_name}", wire.json_dumps(spec.envelope["local_modules"]).encode()))
         # Checked even when this kernel uploaded them before: they may have been removed since
@@ -282,8 +279,7 @@ class AzureRun:
         envelope = self.data.envelope(spec.envelope)
         if self.install.overridden:  # --packages replaced these: the worker checks the rest
             envelope = dict(envelope, packages=self.install.envelope_packages(envelope.get("packages") or {}))
-        if modules_name:  # the worker reads them beside the envelope (worker.shipped_modules)
-            envelope = dict(envelope, local_modules={}, local_modules_file=modules_name)
+        envelope, _ = wire.modules_apart(envelope)  # the worker reads them beside it (worker.shipped_modules)
         st.upload(self.in_container, commands.ENVELOPE_FILE, wire.pack(wire.ENVELOPE_MAGIC, envelope))
         self.save_manifest()
         self.read_inputs = st.container_sas_url(self.in_container, "r", self.expiry)
