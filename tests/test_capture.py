@@ -213,19 +213,24 @@ def test_the_users_modules_found_through_a_folder_the_notebook_put_on_sys_path_a
             sys.modules.pop(name, None)
 
 
+def _written_an_hour_ago(package, init: str, returns: list[str]):
+    """A package ``__init__`` + m0.py, m1.py ... (each ``def f(v): <returns[i]>``), its files dated an hour
+    back: files written just now are read again at every capture, whatever their stamp."""
+    package.mkdir()
+    (package / "__init__.py").write_text(init)
+    for i, body in enumerate(returns):
+        (package / f"m{i}.py").write_text(f"def f(v):\n    {body}\n")
+    for path in package.iterdir():
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    return package
+
+
 def test_local_module_files_are_read_and_parsed_once_per_version(main_ns, tmp_path, monkeypatch):
     """A package beside the notebook was read and parsed whole by every cell that used it (300
     modules: ~60 ms a cell). A file is read again only once it changed, also to the same size, and a
     file written in the last seconds is not trusted to its stamp (a second write in the same tick of
     the file system's clock would keep it)."""
-    package = tmp_path / "azpar_many"
-    package.mkdir()
-    (package / "__init__.py").write_text("from .m0 import f\n")
-    for i in range(5):
-        (package / f"m{i}.py").write_text(f"def f(v):\n    return v + {i}\n")
-    old = time.time() - 3600
-    for path in package.iterdir():
-        os.utime(path, (old, old))
+    package = _written_an_hour_ago(tmp_path / "azpar_many", "from .m0 import f\n", [f"return v + {i}" for i in range(5)])
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     opened: list[str] = []
@@ -244,7 +249,7 @@ def test_local_module_files_are_read_and_parsed_once_per_version(main_ns, tmp_pa
         assert capture.capture(cell, main_ns, folder=str(tmp_path)).local_modules == first
         assert opened == []  # nothing changed: nothing read or parsed again
         (package / "m3.py").write_text("def f(v):\n    return v - 3\n")  # the same size
-        os.utime(package / "m3.py", (old + 60, old + 60))
+        os.utime(package / "m3.py", (time.time() - 3000, time.time() - 3000))
         again = capture.capture(cell, main_ns, folder=str(tmp_path)).local_modules
         assert opened == ["m3.py"] and again["azpar_many/m3.py"] == "def f(v):\n    return v - 3\n"
         (package / "m4.py").write_text("def f(v):\n    return v * 4\n")  # just now: read each time
@@ -411,14 +416,11 @@ def test_the_changed_on_disk_check_compiles_a_module_once_per_version_and_import
     stamp and the module its import: an edit, and a reload after it, are still seen."""
     import importlib
 
-    package = tmp_path / "azpar_judged"
-    package.mkdir()
-    (package / "__init__.py").write_text("".join(f"from . import m{i}\n" for i in range(40)))
-    for i in range(40):
-        (package / f"m{i}.py").write_text(f"def f(v):\n    return v + {i % 10}\n")
-    old = time.time() - 3600
-    for path in package.iterdir():
-        os.utime(path, (old, old))
+    package = _written_an_hour_ago(
+        tmp_path / "azpar_judged",
+        "".join(f"from . import m{i}\n" for i in range(40)),
+        [f"return v + {i % 10}" for i in range(40)],
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     compiled: list[str] = []
@@ -437,7 +439,7 @@ def test_the_changed_on_disk_check_compiles_a_module_once_per_version_and_import
         assert capture.capture(cell, main_ns, folder=str(tmp_path)).warnings == ()
         assert len(compiled) == first  # nothing compiled again
         (package / "m3.py").write_text("def f(v):\n    return v + 9\n")  # the same size
-        os.utime(package / "m3.py", (old + 60, old + 60))
+        os.utime(package / "m3.py", (time.time() - 3000, time.time() - 3000))
         (warning,) = capture.capture(cell, main_ns, folder=str(tmp_path)).warnings
         assert warning.startswith("azpar_judged.m3 changed on disk"), warning
         assert capture.capture(cell, main_ns, folder=str(tmp_path)).warnings == (warning,)
