@@ -18,7 +18,8 @@ import pytest
 
 import azpar_magic
 from azpar_magic import config, jobstore, session
-from azpar_magic.errors import ConfigError
+from azpar_magic.errors import ConfigError, IterationError
+from azpar_magic.jobs import Failure, Job
 from azpar_magic.jobs.job import JobOptions
 from azpar_magic.run.parsing import parse_cell
 from azpar_magic.run.request import RunRequest
@@ -248,6 +249,62 @@ def test_a_job_let_go_of_leaves_memory_though_the_store_wrote_it_last():
         engine.jobs.pop(job_id, None)
     gc.collect()
     assert ref() is None, "the session let go of the job, but something still holds it"
+
+
+def _tracked_sequences_of(length: int) -> list:
+    """The lists and tuples of ``length`` entries the garbage collector walks at each of its passes."""
+    gc.collect()
+    return [o for o in gc.get_objects() if type(o) in (list, tuple) and len(o) == length]
+
+
+@pytest.mark.timeout(120)
+def test_a_kept_job_leaves_the_garbage_collectors_watch_once_the_store_holds_it():
+    """The session keeps the last KEPT_JOBS jobs, values and items. Kept as lists, each was walked entry by
+    entry at every pass of the collector: a kernel that had run cells of 10,000 values spent ~16 ms in each
+    full collection, ~13 in those jobs (issue 16). Once the store holds a job, its values and items are
+    tuples of numbers, which the collector stops walking; what the user reads from the job is the same."""
+    n = 2_347  # a length nothing else in the test process has
+    job = _submit(f"for x in range({n})", "x * 3", chunk_size=500)
+    out = job.result(timeout=60)
+    assert out == [3 * x for x in range(n)] and type(out) is list
+    assert jobstore.flush(), "the job store did not write the job"
+    del out  # the user let go of the result; the session keeps the job
+    assert _tracked_sequences_of(n) == [], "a kept job's values or items are still walked by the collector"
+    again = job.result()
+    assert again == [3 * x for x in range(n)] and type(again) is list and again is not job.result()
+    assert job.partial_results()[n - 1] == 3 * (n - 1)
+    assert sorted(job.as_completed(timeout=10))[:2] == [(0, 0), (1, 3)]
+    rerun = azpar_magic.rerun(job.id, failed=False, namespace={})
+    assert rerun.result(timeout=60) == [3 * x for x in range(n)]
+
+
+def test_a_settled_job_written_to_again_takes_the_values_and_a_callable_combine_runs_once():
+    """A result delivered after the store wrote the job (a late duplicate) is taken as before; a
+    callable --combine is called once however often the result is read, and an error is the same
+    object each time."""
+    calls = []
+    job = Job("azpar-settle", [0, 1, 2, 3], JobOptions(combine=lambda values: calls.append(1) or sum(values)),
+              backend_name="test")
+    job.add_tasks([("1", range(0, 2)), ("2", range(2, 4))])
+    job.record_values("1", range(0, 2), [10, 11], {}, {}, None)
+    job.settle()  # still running: nothing to settle
+    assert type(job._values) is list
+    job.finish(job.final_state())  # (task 2 never answered: its iterations stay pending)
+    job.settle()
+    assert type(job._values) is tuple and type(job.items) is tuple
+    job.record_values("2", range(2, 4), [12, 13], {}, {}, None)  # late
+    assert job.partial_results() == {0: 10, 1: 11, 2: 12, 3: 13}
+    assert job.result() == 46 and job.result() == 46 and calls == [1]
+    failing = Job("azpar-settle-2", [0], JobOptions(), backend_name="test")
+    failing.add_tasks([("1", [0])])
+    failing.record_task_failed("1", lambda i: Failure(i, "ValueError", "boom"))
+    failing.finish(failing.final_state())
+    failing.settle()
+    with pytest.raises(IterationError) as first:
+        failing.result()
+    with pytest.raises(IterationError) as second:
+        failing.result()
+    assert first.value is second.value
 
 
 @pytest.mark.timeout(120)

@@ -17,7 +17,7 @@ import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..errors import IterationError, JobCancelled, JobLost
 from . import merge
@@ -117,7 +117,7 @@ class Job:
         cancel: Callable[[], None] | None = None,
     ):
         self.id = job_id
-        self.items = items
+        self.items: Sequence[Any] = items  # a tuple once the job is settled (settle)
         self.options = options
         self.backend_name, self.pool, self.vm_size, self.source = backend_name, pool, vm_size, source
         self.size_label = size_label  # the views' name for vm_size (the backend's Views.size_label)
@@ -125,11 +125,12 @@ class Job:
         self._cancel_hook = cancel
         self.health: Callable[[], str] = lambda: ""  # the backend's word on its service (set by the engine)
         n = len(items)
-        self._values: list = [None] * n
+        # Lists while they are written, tuples once the job is settled (settle, _writable).
+        self._values: list | tuple = [None] * n
         self._status = bytearray(n)
         self._failures: dict[int, Failure] = {}
         self._outputs: dict[int, list] = {}
-        self._gathered: dict[str, list] = {name: [None] * n for name in options.gather}
+        self._gathered: dict[str, list | tuple] = {name: [None] * n for name in options.gather}
         self._tasks: dict[str, TaskState] = {}
         self.tasks_final = 0  # tasks succeeded or failed for good (kept, not recounted)
         self._done = 0
@@ -233,6 +234,7 @@ class Job:
     ) -> None:
         """Store one finished task's iterations (values aligned with indices)."""
         with self._lock:
+            own, _ = self._writable()
             n = len(indices)
             if (
                 isinstance(indices, range)
@@ -242,7 +244,7 @@ class Job:
                 and self._status.count(_ITER_PENDING, indices.start, indices.stop) == n
             ):
                 # The common case, a clean contiguous chunk: slice copies, no per-item loop.
-                self._values[indices.start : indices.stop] = values
+                own[indices.start : indices.stop] = values
                 self._status[indices.start : indices.stop] = _OK_BYTE * n
                 self._done += n
                 self._arrivals.append(indices)
@@ -257,6 +259,7 @@ class Job:
         self._notify()
 
     def _record_each(self, indices, values, failures, gathered) -> None:
+        own, columns = self._writable()
         arrived = []  # only iterations that were pending: a duplicate delivery is not a new arrival
         for pos, index in enumerate(indices):
             if self._status[index] != _ITER_PENDING:
@@ -266,12 +269,12 @@ class Job:
                 self._failures[index] = failures[index]
                 self._status[index] = _ITER_FAILED
             else:
-                self._values[index] = values[pos]
+                own[index] = values[pos]
                 self._status[index] = _ITER_OK
             self._done += 1
             for name, column in (gathered or {}).items():
-                if name in self._gathered:
-                    self._gathered[name][index] = column[pos]
+                if name in columns:
+                    columns[name][index] = column[pos]
         if arrived:
             self._arrivals.append(arrived)
 
@@ -281,15 +284,16 @@ class Job:
         job starts, so the merged result is in iteration order whichever run computed what."""
         values, outputs, gathered = base._kept(keep)
         with self._lock:
+            own, columns = self._writable()
             arrived = []
             for index, value in values.items():
                 if self._status[index] == _ITER_PENDING:
                     arrived.append(index)
-                    self._values[index] = value
+                    own[index] = value
                     self._status[index] = _ITER_OK
                     self._done += 1
                     self._adopted += 1
-                    for name, column in self._gathered.items():
+                    for name, column in columns.items():
                         if name in gathered:
                             column[index] = gathered[name].get(index)
             if arrived:
@@ -390,6 +394,31 @@ class Job:
         with self._lock:
             any_failure = bool(self._failures)
         return job_end_state(cancelled=cancelled, any_failure=any_failure, errors=self.options.errors)
+
+    def settle(self) -> None:
+        """The job ended and the job store holds it (the store's writer calls this): its items, values
+        and gathered variables are kept as tuples from now on. The garbage collector walks every list
+        the kernel holds at each of its passes, element by element, and the session keeps the last
+        50 jobs (``session.KEPT_JOBS``): a full collection in a kernel that had run cells of 10,000
+        values took ~16 ms, ~13 of them in those jobs' lists (issue 16). A tuple holding only numbers,
+        strings and the like is dropped from the collector's watch the first time it looks at it.
+        A late delivery turns them back into lists (``_writable``)."""
+        with self._lock:
+            if self.state not in FINAL_STATES or type(self._values) is tuple:
+                return
+            self._values = tuple(self._values)
+            if type(self.items) is list:
+                self.items = tuple(self.items)
+            self._gathered = {name: tuple(column) for name, column in self._gathered.items()}
+
+    def _writable(self) -> tuple[list, dict[str, list]]:
+        """The values and the gathered variables' columns, as lists to write into (lock held): those
+        of a job written to after ``settle`` (a result delivered late, or iterations read back from the
+        store into it) become lists again."""
+        if type(self._values) is tuple:
+            self._values = list(self._values)
+            self._gathered = {name: list(column) for name, column in self._gathered.items()}
+        return cast(list, self._values), cast(dict[str, list], self._gathered)
 
     def finish(self, state: str) -> None:
         with self._lock:
@@ -571,12 +600,19 @@ class Job:
         if not self.wait(timeout):
             raise TimeoutError(f"job {self.id} is still running after {timeout} s")
         with self._lock:
-            if self._merged is None:
+            if self._merged is not None:
+                ok, value = self._merged
+            else:
                 try:
-                    self._merged = (True, self._merge())
+                    ok, value = True, self._merge()
                 except Exception as exc:
-                    self._merged = (False, exc)
-            ok, value = self._merged
+                    ok, value = False, exc
+                # The built-in modes' results are made again at each call, a copy at most: kept, a
+                # list the user has let go of stayed alive with the job, and the garbage collector
+                # walked it at each pass (see settle). A callable's result is kept (it is called once),
+                # and so is an error (each call raises the same one).
+                if not ok or self.options.combine not in merge.COMBINE_MODES:
+                    self._merged = (ok, value)
         if not ok:
             raise value
         return value

@@ -37,7 +37,7 @@ def check_dict_keys(items: Sequence[Any]) -> None:
 
 def select(
     values: Sequence[Any], items: Sequence[Any], failed: dict[int, Any], policy: str
-) -> tuple[list[Any], list[Any]]:
+) -> tuple[Sequence[Any], list[Any]]:
     """Apply the error policy: (kept items, kept values). ``failed`` maps iteration index to
     the object that stands in for the failure under ``pass``."""
     if policy == "remove":
@@ -47,7 +47,7 @@ def select(
         return list(items), [failed.get(i, v) if i in failed else v for i, v in enumerate(values)]
     if failed:
         raise ValueError("select() with policy 'stop' must not be given failures")
-    return items if isinstance(items, list) else list(items), list(values)  # the items are only read
+    return items, list(values)  # the items are only read (a settled job's are a tuple: Job.settle)
 
 
 def _concat(values: list[Any]) -> Any:
@@ -75,7 +75,7 @@ def _concat(values: list[Any]) -> Any:
         raise CombineError(f"--combine concat needs iterable values; got {type(first).__name__}: {exc}") from None
 
 
-def combine(values: list[Any], items: list[Any], mode: str | Callable[[list[Any]], Any]) -> Any:
+def combine(values: list[Any], items: Sequence[Any], mode: str | Callable[[list[Any]], Any]) -> Any:
     """Shape the kept values: list in order, dict keyed by item, sum, concatenation, or a
     user callable given the list of values in iteration order."""
     if callable(mode):

@@ -353,6 +353,7 @@ class JobRecorder:
                 self.manifest.update(end)
                 write_manifest(self.folder, self.manifest)
             self.job.stored = str(self.root)  # all of it is on disk: the session may let go of it
+            self.job.settle()  # its values as tuples, which the garbage collector stops walking (Job.settle)
 
     def _keep_modules_once(self, envelope: Mapping[str, Any]) -> tuple[str, Mapping] | None:
         """Keep the notebook's modules the job shipped under the store root, once per set (a package of
