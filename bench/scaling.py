@@ -3,7 +3,7 @@
 
     python bench/scaling.py            # full run (a few minutes on 2 cores)
     python bench/scaling.py --quick    # smoke run: small sizes, one repetition
-    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods
+    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods,gc
     AZPAR_BENCH_ROOT=/other/checkout python bench/scaling.py --only tasks   # that checkout's code
 
 The figures, each printed beside a calibration of the machine measured in the same run:
@@ -26,6 +26,10 @@ The figures, each printed beside a calibration of the machine measured in the sa
   mods    a warm two-iteration cell calling a package of the notebook's own (beside it, not installed) of
           1 and of 300 modules (10 kB each, 3 MB), against a fork ``Pool(2).map`` of the same function: what a
           cell pays for shipping the user's own code, and the bytes the job store keeps per job
+  gc      a full garbage collection (``gc.collect()``) in a client that ran 100 maps of 10,000 trivial
+          iterations, keeping the last result (``out = ...``), against a fork Pool's client that ran the same:
+          what the jobs the session keeps (the last 50, values and items) add to every full pass of the
+          kernel's collector
 
 Every measurement of n and ns runs in a child process of its own (``--child``) in a scratch folder
 (azpar ships ``.py`` files found under the current folder), with the job store in a temporary
@@ -237,6 +241,44 @@ def child_mods(peer: str, modules: int, reps: int) -> dict:
     if peer == "azpar":
         jobstore.flush()
     return {"peer": peer, "modules": modules, "median_s": statistics.median(times), "store_bytes_per_job": (stored() - before) / reps}
+
+
+GC_CELLS = 100  # maps before the collections of gc are timed (more than session.KEPT_JOBS)
+GC_N = 10_000
+
+
+def child_gc(peer: str) -> dict:
+    """``GC_CELLS`` maps of ``x * x`` over ``GC_N`` items, each result replacing the last, then the
+    median of five full collections (after one that lets the collector see what it may stop watching)."""
+    import gc
+
+    xs = list(range(GC_N))
+    call = _warm_map(peer, xs, None, "x * x", square)
+    out = None
+    for _ in range(GC_CELLS):
+        out = call()
+    if peer == "azpar":
+        from azpar_magic import jobstore
+
+        jobstore.flush()
+    gc.collect()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        gc.collect()
+        times.append(time.perf_counter() - t)
+    return {"peer": peer, "median_s": statistics.median(times), "tracked": len(gc.get_objects()), "kept": len(out)}
+
+
+def measure_gc(scratch: str) -> dict:
+    rows = {peer: run_child(scratch, "gc", peer) for peer in ("azpar", "pool")}
+    a, p = rows["azpar"], rows["pool"]
+    print(
+        f"  a full collection after {GC_CELLS} maps of {GC_N:,}: azpar's client {a['median_s'] * 1e3:.2f} ms, "
+        f"the Pool's {p['median_s'] * 1e3:.2f} ms, azpar / Pool {a['median_s'] / p['median_s']:.2f}",
+        flush=True,
+    )
+    return rows
 
 
 def measure_mods(scratch: str) -> dict:
@@ -576,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
     ap.add_argument(
-        "--only", default="n,tasks,alt,ns,kernel,mods", help="figures to measure: n, tasks, alt, ns, kernel, mods"
+        "--only", default="n,tasks,alt,ns,kernel,mods,gc", help="figures to measure: n, tasks, alt, ns, kernel, mods, gc"
     )
     ap.add_argument("--n", help="iteration counts for n, comma-separated (default 1e2..1e6)")
     ap.add_argument("--mb", help="array sizes in MB for ns, comma-separated (default 1,10,100,500)")
@@ -591,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         elif kind == "mods":
             out = child_mods(rest[0], int(rest[1]), int(rest[2]))
+        elif kind == "gc":
+            out = child_gc(rest[0])
         else:
             out = child_ns(float(rest[0]), int(rest[1]))
         print(json.dumps(out))
@@ -624,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
         if "mods" in only:
             print("mods: a package of the notebook's own, warm two-iteration cells", flush=True)
             res["mods"] = measure_mods(scratch)
+        if "gc" in only:
+            print("gc: a full collection in a client that ran many maps", flush=True)
+            res["gc"] = measure_gc(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     res["calibration_after"] = machine_calibration.calibrate()
