@@ -37,6 +37,8 @@ from .layout import (
 )
 from .owner import creator, owner
 from .records import (
+    LARGE_PIECE,
+    PickledPieces,
     create_private,
     from_runs,
     indices_header,
@@ -44,10 +46,12 @@ from .records import (
     read_file,
     read_manifest,
     record,
+    record_parts,
     runs,
     task_record,
-    write_all,
+    task_record_parts,
     write_manifest,
+    write_pieces,
 )
 
 logger = logging.getLogger(__name__)
@@ -302,7 +306,7 @@ class JobRecorder:
                 )
 
     def _write_pending(self) -> None:
-        chunks: list[bytes] = []
+        chunks: list[bytes] = []  # pieces, written by write_pieces: a large body is never copied
         end = None
         keep: tuple[str, bytes] | None = None  # (sha256, bytes) of a namespace this store keeps
         modules: tuple[str, Mapping] | None = None  # (sha256, files) of the notebook's modules kept once per set
@@ -312,7 +316,16 @@ class JobRecorder:
                 chunks.append(event[1])
             elif event[0] == "values":
                 _, task_id, indices, codec, blob = event
-                chunks.append(self._result_records(task_id, indices, {"values": ["all", codec, blob]}))
+                if len(blob) < LARGE_PIECE:
+                    chunks.append(self._result_records(task_id, indices, {"values": ["all", codec, blob]}))
+                else:  # the same record, its blob written from its own memory
+                    body = PickledPieces()
+                    pickle.Pickler(body, protocol=pickle.HIGHEST_PROTOCOL).dump(
+                        {"values": ["all", codec, blob], "gathered": None, "failed": {}}
+                    )
+                    chunks.extend(
+                        record_parts({"k": "result", "t": task_id, **indices_header(indices), "failed": 0}, body)
+                    )
             elif event[0] == "error":
                 raise event[1]
             elif event[0] == "fail":
@@ -328,11 +341,10 @@ class JobRecorder:
                     keep = (envelope["namespace"]["sha256"], namespace)
             else:
                 end = self._end_record(event[1])
-        data = b"".join(chunks)
         if not self._created:
-            self._create(data, end)
-        elif data and self._fd is not None:  # (a late duplicate after the end is dropped, as the Job drops it)
-            write_all(self._fd, data)
+            self._create(chunks, end)
+        elif chunks and self._fd is not None:  # (a late duplicate after the end is dropped, as the Job drops it)
+            write_pieces(self._fd, chunks)
         if keep is not None:
             try:
                 keep_namespace(self.root, self.folder, *keep)
@@ -371,7 +383,7 @@ class JobRecorder:
             return None
         return digest, files
 
-    def _create(self, data: bytes, end: dict | None) -> None:
+    def _create(self, data: list[bytes], end: dict | None) -> None:
         ensure_root(self.root)
         try:
             os.mkdir(self.folder, 0o700)
@@ -385,12 +397,10 @@ class JobRecorder:
             # Keep the earlier run's records (its items too): this folder stands on its own.
             earlier = read_file(self.base / RECORDS)
             head.append(record({"k": "import", "from": self.base.name, "skip": ran}, earlier[len(FILE_MAGIC) :]))
-        head.extend(
-            task_record("items", task_id, indices, "codec", codec, blob)
-            for task_id, indices, codec, blob in self._items
-        )
+        for task_id, indices, codec, blob in self._items:
+            head.extend(task_record_parts("items", task_id, indices, "codec", codec, blob))
         self._items = ()
-        self._fd = create_private(self.folder / RECORDS, b"".join(head) + data, append=end is None)
+        self._fd = create_private(self.folder / RECORDS, [*head, *data], append=end is None)
         if end is not None:  # a job that ended before its first write: one manifest, final at once
             self.manifest.update(end)
             self._wrote_final = True
