@@ -1466,7 +1466,7 @@ def serialize_items(
         return name in shipped and namespace.get(name) is obj
 
     try:
-        return wire.dumps(items, by_reference=by_reference, hook=_refuse_unshippable)
+        return wire.dumps(items, by_reference=by_reference, hook=_refuse_unshippable, out_of_band=True)
     except Exception:
         pass
     for position, item in enumerate(items):
