@@ -41,6 +41,7 @@ from _json import encode_basestring_ascii as _json_string, make_encoder as _json
 TYPE_CHECKING = False  # typing's constant without importing typing, which this file never does
 if TYPE_CHECKING:
     import re  # imported where a pattern is made: its import (with enum) is ~4 ms of a task's start
+    from typing import Any
 
 # Only what every task needs is imported here; the rest (base64, hashlib, platform, random,
 # shutil, signal, tempfile, threading, traceback...) where it is used: on a node each task is
@@ -2036,7 +2037,13 @@ class Runner:
             plain = plain_pickle(values)
             if plain is not None:
                 return ["all", "pickle", plain]
-            return ["all", *dumps(values, main=self.job.module, by_reference=self._by_reference, maybe_plain=False)]
+            # (arrays laid out after the pickle: not grown into the pickler's buffer, and aligned where loaded)
+            return [
+                "all",
+                *dumps(
+                    values, main=self.job.module, by_reference=self._by_reference, maybe_plain=False, out_of_band=True
+                ),
+            ]
         except Exception:
             pass
         encoded = []
@@ -2257,20 +2264,139 @@ def read_result(data: bytes) -> dict:
     return pickle.loads(data[len(RESULT_MAGIC) :])
 
 
-def cut_frames(buffer: bytearray) -> list[bytes]:
-    """The whole frames (length-prefixed pickles) at the start of ``buffer``, removed from it:
-    what is left is shifted once, however many frames one read brought (a shift per frame
-    made a read of many small results quadratic)."""
-    frames, start = [], 0
+# A frame on the pool's pipes is a length (8 bytes, big-endian), then a pickle; or, when the length's top
+# bit is set, an extended frame whose large buffers travel out of band, after the pickle: a task's items,
+# or a result's values, of a few MB of arrays. A large bytes value inside a frame's pickle was copied into
+# it, out of it, and again out of the pickle on each side (issue 16: a cell iterating over 20 arrays of
+# 20 MB took twice a fork Pool's time). Its payload: the number of buffers (4 bytes) and the pickle's
+# length (8), each buffer's length (8 each), the pickle, then each buffer at the next multiple of
+# FRAME_ALIGN from the payload's start (arrays built on them are aligned).
+FRAME_EXTENDED = 1 << 63
+FRAME_ALIGN = 64
+OUT_OF_BAND_FRAME_MIN = 1 << 20  # items or a values blob this large travel apart (frame_pieces)
+
+
+def _frame_layout(pickle_size: int, sizes: Sequence[int]) -> tuple[int, list[int], int]:
+    """(the pickle's offset, each buffer's offset, the payload's length) of an extended frame."""
+    at = 12 + 8 * len(sizes)
+    starts, end = [], at + pickle_size
+    for size in sizes:
+        start = -(-end // FRAME_ALIGN) * FRAME_ALIGN
+        starts.append(start)
+        end = start + size
+    return at, starts, end
+
+
+def frame_pieces(message: object, apart: Sequence[bytes] = ()) -> list:
+    """``message`` framed for a pool's pipe, as pieces to write in order (``write_pieces``): a plain
+    frame, or an extended one carrying the large values ``apart`` after the pickle, written from their
+    own memory. The message says where each goes (``ITEMS_APART``, ``VALUES_APART``: ``load_frame``)."""
+    data = pickle.dumps(message, protocol=PICKLE_PROTOCOL)
+    if not apart:
+        return [struct.pack(">Q", len(data)) + data]
+    at, starts, end = _frame_layout(len(data), [len(a) for a in apart])
+    head = struct.pack(">QIQ", end | FRAME_EXTENDED, len(apart), len(data))
+    pieces: list = [head + struct.pack(f">{len(apart)}Q", *map(len, apart)), data]
+    written = at + len(data)
+    for start, raw in zip(starts, apart):
+        pieces += [bytes(start - written), raw]
+        written = start + len(raw)
+    return pieces
+
+
+ITEMS_APART = "items_apart"  # a task message whose items travel after the frame's pickle
+VALUES_APART = "values_apart"  # a reply whose values' blob does
+
+
+def write_pieces(fd: int, pieces: Sequence) -> None:
+    """Write a frame's pieces: the small ones in one write, a large one from its own memory."""
+    if len(pieces) == 1:
+        _write_fd(fd, pieces[0])
+        return
+    small: list = []
+    for piece in pieces:
+        if len(piece) < OUT_OF_BAND_FRAME_MIN:
+            small.append(piece)
+            continue
+        if small:
+            _write_fd(fd, b"".join(small))
+            small = []
+        _write_fd(fd, piece)
+    if small:
+        _write_fd(fd, b"".join(small))
+
+
+def _write_fd(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class ExtendedFrame:
+    """An extended frame's payload, whole (``cut_frames``): ``load_frame`` reads it."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytearray) -> None:
+        self.payload = payload
+
+
+def load_frame(frame: bytes | ExtendedFrame, *, writable: bool = True) -> Any:
+    """The message of a frame from ``cut_frames``. The values an extended frame carries apart are put
+    back where its message says, as views of its payload: what is unpickled on them (arrays) uses its
+    memory without a copy, writable unless ``writable`` is False (the kernel: a result's blob is also
+    what the job store writes later, so the values loaded from it are copies: ``split_out_of_band``)."""
+    if type(frame) is not ExtendedFrame:
+        return pickle.loads(frame)
+    view = memoryview(frame.payload)
+    if not writable:
+        view = view.toreadonly()
+    count, size = struct.unpack_from(">IQ", view, 0)
+    sizes = struct.unpack_from(f">{count}Q", view, 12)
+    at, starts, end = _frame_layout(size, sizes)
+    if end != len(view):
+        raise BadInput(f"an extended frame of {len(view)} bytes lays out {end}")
+    message = pickle.loads(view[at : at + size])
+    parts = iter([view[a : a + n] for a, n in zip(starts, sizes)])
+    for one in message if type(message) is list else (message,):
+        if one.pop(ITEMS_APART, False):
+            one["items"] = next(parts)
+        if one.pop(VALUES_APART, False):
+            values = one["result"]["values"]
+            one["result"]["values"] = [values[0], values[1], next(parts)]
+    return message
+
+
+def cut_frames(buffer: bytearray) -> list:
+    """The whole frames at the start of ``buffer``, removed from it (a plain frame's pickle as bytes,
+    an extended frame as an ``ExtendedFrame``): what is left is shifted once, however many frames one
+    read brought (a shift per frame made a read of many small results quadratic)."""
+    frames: list = []
+    start = 0
     with memoryview(buffer) as view:
         while len(view) - start >= 8:
             (size,) = struct.unpack_from(">Q", view, start)
+            extended = size & FRAME_EXTENDED
+            size &= ~FRAME_EXTENDED
             if len(view) - start < 8 + size:
                 break
-            frames.append(bytes(view[start + 8 : start + 8 + size]))
-            start += 8 + size
+            at = start + 8
+            frames.append(ExtendedFrame(bytearray(view[at : at + size])) if extended else bytes(view[at : at + size]))
+            start = at + size
     del buffer[:start]
     return frames
+
+
+def frame_missing(buffer: bytearray) -> int:
+    """How many bytes the large extended frame at the start of ``buffer`` still lacks (0: none, or
+    not such a frame): its reader may then read them straight into the frame's own memory."""
+    if len(buffer) < 8:
+        return 0
+    (size,) = struct.unpack_from(">Q", buffer, 0)
+    if not size & FRAME_EXTENDED:
+        return 0
+    size &= ~FRAME_EXTENDED
+    return max(0, 8 + size - len(buffer)) if size >= OUT_OF_BAND_FRAME_MIN else 0
 
 
 def _read_frame(stream) -> object:
@@ -2358,6 +2484,15 @@ def _send_reply(stream, reply: dict) -> None:
             reply.keys() == _REPLY_KEYS and result.keys() == _RESULT_KEYS and result["worker"].keys() == _WORKER_KEYS
         )
         _write_whole(stream, pickle.dumps(compact_reply(reply) if compact else reply, protocol=PICKLE_PROTOCOL))
+        return
+    result = reply.get("result") or {}
+    values = result.get("values")
+    if values and values[0] == "all" and type(values[2]) is bytes and len(values[2]) >= OUT_OF_BAND_FRAME_MIN:
+        # The values' blob travels after the frame's pickle, written from its own memory (frame_pieces).
+        light = {**reply, VALUES_APART: True, "result": {**result, "values": [values[0], values[1], None]}}
+        for piece in frame_pieces(light, [values[2]]):
+            stream.write(piece)
+        stream.flush()
         return
     try:
         measured = measure_frame(reply)
@@ -2675,9 +2810,17 @@ class _Inbox:
             self._stop({"op": "exit"})
             return
         self._buffer += data
-        for frame in cut_frames(self._buffer):
+        frames = cut_frames(self._buffer)
+        missing = frame_missing(self._buffer)
+        if missing:  # a task's items of arrays: the rest is read straight into the frame's own memory
+            large = self._read_large(missing)
+            if large is None:
+                self._stop({"op": "exit"})
+                return
+            frames.append(large)
+        for frame in frames:
             try:
-                loaded = pickle.loads(frame)
+                loaded = load_frame(frame)
             except Exception as exc:  # the stream is out of step: nothing after it can be trusted
                 loaded = {"op": "exit", "why": f"{type(exc).__name__}: {exc}"}
             if type(loaded) is list:  # tasks sent together (backends/local.py, _send)
@@ -2690,6 +2833,28 @@ class _Inbox:
                 return
             else:
                 self._waiting.append(loaded)
+
+    def _read_large(self, missing: int) -> ExtendedFrame | None:
+        """The large extended frame the buffer starts with, its last ``missing`` bytes read into its
+        payload as they come (lock held); None when the kernel went away first."""
+        (size,) = struct.unpack_from(">Q", self._buffer, 0)
+        payload = bytearray(size & ~FRAME_EXTENDED)
+        have = len(self._buffer) - 8
+        payload[:have] = memoryview(self._buffer)[8:]
+        self._buffer.clear()
+        view = memoryview(payload)[have:]
+        while view:
+            try:
+                got = os.readv(self._fd, [view])
+            except InterruptedError:
+                continue
+            except OSError:
+                got = 0
+            if not got:
+                return None
+            view = view[got:]
+        del view
+        return ExtendedFrame(payload)
 
     def _give_back(self, wanted: set) -> None:
         """Return the waiting tasks named, each by its job's envelope path and its id (lock held): ids

@@ -3,7 +3,7 @@
 
     python bench/scaling.py            # full run (a few minutes on 2 cores)
     python bench/scaling.py --quick    # smoke run: small sizes, one repetition
-    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods,gc
+    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods,gc,items
     AZPAR_BENCH_ROOT=/other/checkout python bench/scaling.py --only tasks   # that checkout's code
 
 The figures, each printed beside a calibration of the machine measured in the same run:
@@ -30,6 +30,9 @@ The figures, each printed beside a calibration of the machine measured in the sa
           iterations, keeping the last result (``out = ...``), against a fork Pool's client that ran the same:
           what the jobs the session keeps (the last 50, values and items) add to every full pass of the
           kernel's collector
+  items   a loop over 20 numpy arrays of 20 MB (``for a in arrays``, the body sums one), warm: azpar's cell
+          against a fork ``Pool(2).map`` of the same function, five runs each, back to back: seconds, the
+          client's peak memory over its baseline, and what the job store wrote per run
 
 Every measurement of n and ns runs in a child process of its own (``--child``) in a scratch folder
 (azpar ships ``.py`` files found under the current folder), with the job store in a temporary
@@ -276,6 +279,66 @@ def measure_gc(scratch: str) -> dict:
     print(
         f"  a full collection after {GC_CELLS} maps of {GC_N:,}: azpar's client {a['median_s'] * 1e3:.2f} ms, "
         f"the Pool's {p['median_s'] * 1e3:.2f} ms, azpar / Pool {a['median_s'] / p['median_s']:.2f}",
+        flush=True,
+    )
+    return rows
+
+
+ITEMS_ARRAYS, ITEMS_MB, ITEMS_RUNS = 20, 20, 5
+
+
+def total(a):
+    """items' mapped function of the Pool peer."""
+    return float(a.sum())
+
+
+def child_items(peer: str) -> dict:
+    import numpy as np
+
+    arrays = [np.full(ITEMS_MB * 125_000, float(i)) for i in range(ITEMS_ARRAYS)]
+    expected = [total(a) for a in arrays]
+    if peer == "pool":
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(2)
+        pool.map(abs, range(100))  # warm pool
+        call = lambda: pool.map(total, arrays)  # noqa: E731
+    else:
+        import azpar_magic
+
+        azpar_magic.run("for x in range(10)", "x", {}, workers=2).result()  # warm pool
+        ns = {"arrays": arrays}
+        call = lambda: azpar_magic.run("for a in arrays", "float(a.sum())", ns, workers=2).result()  # noqa: E731
+    store = os.environ.get("AZPAR_JOB_STORE", "")
+
+    def stored() -> int:
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(store) for f in names) if store else 0
+
+    runs, before = [], stored()
+    for _ in range(ITEMS_RUNS):
+        m = _measured(call)
+        if m.pop("out") != expected:
+            raise RuntimeError(f"{peer}: wrong result")
+        runs.append(m)
+    if peer == "azpar":
+        from azpar_magic import jobstore
+
+        jobstore.flush(120)
+    return {
+        "peer": peer,
+        "median_s": statistics.median(r["seconds"] for r in runs),
+        "peak_growth": max(r["peak_growth"] for r in runs),
+        "store_bytes_per_run": (stored() - before) / ITEMS_RUNS,
+    }
+
+
+def measure_items(scratch: str) -> dict:
+    rows = {peer: run_child(scratch, "items", peer) for peer in ("azpar", "pool")}
+    a, p = rows["azpar"], rows["pool"]
+    print(
+        f"  {ITEMS_ARRAYS} arrays of {ITEMS_MB} MB: azpar {a['median_s']:.2f} s, Pool {p['median_s']:.2f} s "
+        f"(azpar / Pool {a['median_s'] / p['median_s']:.2f}); peak over baseline azpar {a['peak_growth'] / 1e6:,.0f} MB, "
+        f"Pool {p['peak_growth'] / 1e6:,.0f} MB; the job store wrote {a['store_bytes_per_run'] / 1e6:,.0f} MB a run",
         flush=True,
     )
     return rows
@@ -618,7 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
     ap.add_argument(
-        "--only", default="n,tasks,alt,ns,kernel,mods,gc", help="figures to measure: n, tasks, alt, ns, kernel, mods, gc"
+        "--only",
+        default="n,tasks,alt,ns,kernel,mods,gc,items",
+        help="figures to measure: n, tasks, alt, ns, kernel, mods, gc, items",
     )
     ap.add_argument("--n", help="iteration counts for n, comma-separated (default 1e2..1e6)")
     ap.add_argument("--mb", help="array sizes in MB for ns, comma-separated (default 1,10,100,500)")
@@ -635,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
             out = child_mods(rest[0], int(rest[1]), int(rest[2]))
         elif kind == "gc":
             out = child_gc(rest[0])
+        elif kind == "items":
+            out = child_items(rest[0])
         else:
             out = child_ns(float(rest[0]), int(rest[1]))
         print(json.dumps(out))
@@ -671,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
         if "gc" in only:
             print("gc: a full collection in a client that ran many maps", flush=True)
             res["gc"] = measure_gc(scratch)
+        if "items" in only:
+            print("items: a loop over large arrays", flush=True)
+            res["items"] = measure_items(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     res["calibration_after"] = machine_calibration.calibrate()

@@ -350,7 +350,7 @@ def one_busy_worker(count: int, sink) -> tuple[LocalBackend, local_backend._Work
 def result(task: TaskSpec, seconds: float) -> bytes:
     """A worker's reply for ``task``, which it says took ``seconds``."""
     body = {"indices": list(task.indices), "values": ["all", "pickle", b""]}
-    return local_backend._frame({"op": "result", "task": task.task_id, "result": body, "ran": seconds})
+    return b"".join(local_backend._frame({"op": "result", "task": task.task_id, "result": body, "ran": seconds}))
 
 
 def test_a_task_that_started_and_ended_within_one_read_is_not_said_to_have_started():
@@ -365,7 +365,7 @@ def test_a_task_that_started_and_ended_within_one_read_is_not_said_to_have_start
     b, w, tasks = one_busy_worker(5, sink)
 
     def broken(task: TaskSpec) -> bytes:  # a failure whose reply does not say the worker's time
-        return local_backend._frame({"op": "result", "task": task.task_id, "error": "bad input", "exit_code": 3})
+        return b"".join(local_backend._frame({"op": "result", "task": task.task_id, "error": "bad input", "exit_code": 3}))
 
     try:
         b._on_readable(w.id, result(tasks[0], 0.25) + result(tasks[1], 0.5) + result(tasks[2], 0.75))

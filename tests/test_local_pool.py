@@ -108,6 +108,26 @@ def test_a_failing_dispatcher_fails_the_running_job_with_its_cause_and_the_next_
 
 
 @pytest.mark.timeout(120)
+def test_arrays_of_a_few_mb_as_items_and_values_go_whole_and_stay_each_sides_own():
+    """Items and values of a MB or more travel after their frames' pickles (wire.frame_pieces): the
+    worker's arrays are built on the frame it read, the body may change its item in place, and neither
+    the notebook's arrays nor what comes back share memory with anything the other side keeps. Tasks
+    held ahead, one task of several items, and a task given back are all covered by two workers and
+    five tasks."""
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(400_000, float(i)) for i in range(10)]  # 3.2 MB each
+    job = azpar_magic.run(
+        "for a in arrays", "a[0] = -1.0\nprint(a[1])\na * 2", {"arrays": arrays}, workers=2, chunk_size=2
+    )
+    out = job.result(timeout=60)
+    assert [float(v[0]) for v in out] == [-2.0] * 10 and [float(v[1]) for v in out] == [2.0 * i for i in range(10)]
+    assert [float(a[0]) for a in arrays] == [float(i) for i in range(10)], "the notebook's arrays changed"
+    assert job.output(3) == "3.0\n" and all(v.flags.writeable and v.flags.aligned for v in out)
+    out[0][1] = 99.0
+    assert float(arrays[0][1]) == 0.0
+
+
+@pytest.mark.timeout(120)
 def test_a_large_pool_starts_no_more_workers_than_tasks(engine):
     eng = engine(8)
     job = _submit(eng, "for x in range(3)", "x", chunk_size=1)

@@ -23,7 +23,6 @@ import logging
 import math
 import mmap
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -372,7 +371,7 @@ class LocalBackend(BaseBackend):
         self._wake()
         for w in workers:
             try:
-                os.write(w.send_fd, _frame({"op": "exit"}))
+                os.write(w.send_fd, _frame({"op": "exit"})[0])
             except OSError:
                 pass
         deadline = time.monotonic() + 1.0
@@ -527,7 +526,7 @@ class LocalBackend(BaseBackend):
         began: list = []  # tasks that started, told once this read's messages are handled
         ended: list = []  # (job, task, event) of the tasks that ended in this read, in order
         for frame in wire.cut_frames(w.buffer):
-            message = pickle.loads(frame)
+            message = wire.load_frame(frame, writable=False)  # (the store writes a result's blob later)
             if type(message) is tuple:  # a small task result, as it travels (wire.compact_reply)
                 message = wire.full_reply(message)
             self._on_message(w, message, began, ended)
@@ -792,10 +791,11 @@ class LocalBackend(BaseBackend):
         if not entries:
             return False
         messages = [self._task_message(w, *entry) for entry in entries]
+        apart = [task.items for (_, task), m in zip(entries, messages) if wire.ITEMS_APART in m]
         try:
             # Several tasks travel as one frame, a list: pickled together, the keys, the job's paths
             # and codec are written once, not once a task (a seventh of the cost each; issue 16, a').
-            _write_all(w.send_fd, _frame(messages if len(messages) > 1 else messages[0]))
+            _write_all(w.send_fd, _frame(messages if len(messages) > 1 else messages[0], apart))
         except OSError:
             self._queue.extendleft(reversed(entries))
             for job_id, _ in entries:  # it was not told these jobs' envelopes: they go again, with the bytes
@@ -810,12 +810,15 @@ class LocalBackend(BaseBackend):
         which the worker then need not open and parse from the staging folder (issue 16: on a
         worker that slept since the last cell, that was most of loading the job)."""
         job = self._jobs[job_id]
+        apart = len(task.items) >= wire.OUT_OF_BAND_FRAME_MIN
         message: dict[str, object] = {
             "op": "task",
             "task": task.task_id,
             "envelope": job.envelope_path,
             "items_codec": task.items_codec,
-            "items": task.items,
+            # Large items travel after the frame's pickle, written from the task's own bytes, and the
+            # worker's arrays are built on the frame it reads them into, without a copy (_send, issue 16).
+            "items": None if apart else task.items,
             "indices": wire.travelling(task.indices),  # a long range as a range: it comes back as one
             "cwd": job.spec.cwd,
         }
@@ -830,6 +833,8 @@ class LocalBackend(BaseBackend):
             if "symlinks" in job.data:
                 data["symlinks"] = job.data["symlinks"]
             message["data"] = data
+        if apart:
+            message[wire.ITEMS_APART] = True
         first = job_id not in w.told
         if first:
             w.told.add(job_id)
@@ -931,16 +936,14 @@ _SIGNAL_MEANINGS = {
 }
 
 
-def _frame(message: dict | list[dict]) -> bytes:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return struct.pack(">Q", len(data)) + data
+def _frame(message: dict | list[dict], apart: Sequence[bytes] = ()) -> list:
+    """A message framed for a worker's pipe, as pieces (``wire.frame_pieces``): the items of a MB or
+    more of its tasks (``apart``) travel after the pickle, written from the tasks' own bytes."""
+    return wire.frame_pieces(message, apart)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _write_all(fd: int, pieces: list) -> None:
+    wire.write_pieces(fd, pieces)
 
 
 def _timeout_message(limit: float | None, task: TaskSpec, running: int | None) -> str:

@@ -134,6 +134,7 @@ from .writer import (
     options_to_json,
     resume_recording,
     start_recording,
+    wait_for_room,
     warned_roots,
 )
 
@@ -183,6 +184,7 @@ __all__ = [
     "COALESCE",
     "JobRecorder",
     "flush",
+    "wait_for_room",
     "keep_namespace",
     "options_to_json",
     "resume_recording",

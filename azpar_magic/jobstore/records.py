@@ -75,9 +75,12 @@ class PickledPieces:
         self.size = 0
 
     def write(self, data) -> int:
-        self.pieces.append(data if type(data) is bytes else bytes(data))
-        self.size += len(data)
-        return len(data)
+        # The pickler's own small writes come as new bytes; a payload comes as the object it was
+        # given (bytes, or a PickleBuffer of a view), which stays alive until written.
+        piece = data if type(data) is bytes else memoryview(data).cast("B")
+        self.pieces.append(piece)
+        self.size += len(piece)
+        return len(piece)
 
 
 def record_parts(header: dict, pickled: PickledPieces) -> list:

@@ -60,6 +60,11 @@ COALESCE = 0.05  # seconds the writer waits so that a short job is written once 
 # on the writer thread, not on the engine's (JobRecorder.task_result says why, and why not all).
 DEFERRED_ITERATIONS = 64
 DEFERRED_BYTES = 1 << 16
+# Bytes of items and values the writer may hold unwritten before a new job waits for it (wait_for_room):
+# a cell over 20 arrays of 20 MB, run again and again, ran faster than the disk took each run's 400 MB,
+# and the kernel held every run's bytes until they were written (+1.5 GB after six runs, issue 16).
+BACKLOG_LIMIT = 256 << 20
+BACKLOG_PATIENCE = 120.0  # seconds a job waits for room at most (a store on a hung network share)
 
 
 class _Writer:
@@ -80,6 +85,7 @@ class _Writer:
         self._busy = False
         self._urgent = 0  # flush() calls waiting
         self._thread: threading.Thread | None = None
+        self.backlog = 0  # bytes of large items and values queued and not yet written (hold, release)
 
     def mark(self, recorder: JobRecorder) -> None:
         if recorder in self._dirty:
@@ -95,6 +101,37 @@ class _Writer:
                     self._thread = threading.Thread(target=self._run, name="azpar-job-store", daemon=True)
                     self._thread.start()
                 self._cond.notify_all()
+
+    def hold(self, recorder: JobRecorder, size: int) -> None:
+        """``recorder`` queued ``size`` bytes of large items or values for the writer."""
+        with self._cond:
+            recorder._held += size
+            self.backlog += size
+
+    def release(self, recorder: JobRecorder, size: int | None = None) -> None:
+        """``size`` of the bytes ``recorder`` held were written (None: all, the recorder stopped)."""
+        with self._cond:
+            size = recorder._held if size is None else min(size, recorder._held)
+            if size:
+                recorder._held -= size
+                self.backlog -= size
+                self._cond.notify_all()
+
+    def wait_for_room(self, limit: int | None = None, patience: float | None = None) -> None:
+        """Wait while the writer holds more than ``limit`` bytes of large items and values unwritten
+        (at most ``patience`` seconds): a new job's bytes then join a queue the disk keeps up with."""
+        limit = BACKLOG_LIMIT if limit is None else limit
+        if self.backlog <= limit:  # (no lock: the common case, nothing large waiting)
+            return
+        deadline = time.monotonic() + (BACKLOG_PATIENCE if patience is None else patience)
+        with self._cond:
+            self._urgent += 1  # written now, not at the next tick
+            self._cond.notify_all()
+            try:
+                while self.backlog > limit and (remaining := deadline - time.monotonic()) > 0:
+                    self._cond.wait(min(remaining, 1.0))
+            finally:
+                self._urgent -= 1
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Write everything queued so far, now; False if ``timeout`` passed first."""
@@ -142,6 +179,11 @@ class _Writer:
 _writer = _Writer()
 
 
+def wait_for_room() -> None:
+    """Before a job is built: wait while the store is far behind with large items and values."""
+    _writer.wait_for_room()
+
+
 def flush(timeout: float | None = 30.0) -> bool:
     """Write this process's pending store records now (before reading the store back)."""
     return _writer.flush(timeout)
@@ -177,6 +219,10 @@ class JobRecorder:
         self.folder = root / job.id
         self.base = root / base_id if base_id and valid_id(base_id) else None
         self._items = items
+        self._held = 0  # bytes of large items and values queued here, unwritten (_Writer.hold)
+        large = sum(len(entry[3]) for entry in items if len(entry[3]) >= LARGE_PIECE)
+        if large:
+            _writer.hold(self, large)
         self._pending: collections.deque[tuple] = collections.deque()
         self._fd: int | None = append_fd  # given: the folder exists (a job resumed by this process)
         self._created = append_fd is not None
@@ -223,6 +269,8 @@ class JobRecorder:
             and not result.get("outputs")
             and result.get("gathered") is None
         ):
+            if len(values[2]) >= LARGE_PIECE:
+                _writer.hold(self, len(values[2]))
             self._pending.append(("values", task_id, indices, values[1], values[2]))
             _writer.mark(self)
             return
@@ -287,12 +335,14 @@ class JobRecorder:
     def _drain(self) -> None:
         if self._failed:
             self._pending.clear()
+            _writer.release(self)
             return
         try:
             self._write_pending()
         except Exception as exc:
             self._failed = True
             self._pending.clear()
+            _writer.release(self)
             self._close()
             message = f"{type(exc).__name__}: {exc}"
             self.job.store_error = message
@@ -307,6 +357,7 @@ class JobRecorder:
 
     def _write_pending(self) -> None:
         chunks: list[bytes] = []  # pieces, written by write_pieces: a large body is never copied
+        written = 0  # of the bytes held for the writer (_Writer.hold), released once on disk
         end = None
         keep: tuple[str, bytes] | None = None  # (sha256, bytes) of a namespace this store keeps
         modules: tuple[str, Mapping] | None = None  # (sha256, files) of the notebook's modules kept once per set
@@ -319,9 +370,10 @@ class JobRecorder:
                 if len(blob) < LARGE_PIECE:
                     chunks.append(self._result_records(task_id, indices, {"values": ["all", codec, blob]}))
                 else:  # the same record, its blob written from its own memory
+                    written += len(blob)
                     body = PickledPieces()
                     pickle.Pickler(body, protocol=pickle.HIGHEST_PROTOCOL).dump(
-                        {"values": ["all", codec, blob], "gathered": None, "failed": {}}
+                        {"values": ["all", codec, _as_bytes(blob)], "gathered": None, "failed": {}}
                     )
                     chunks.extend(
                         record_parts({"k": "result", "t": task_id, **indices_header(indices), "failed": 0}, body)
@@ -342,9 +394,12 @@ class JobRecorder:
             else:
                 end = self._end_record(event[1])
         if not self._created:
+            written += sum(len(entry[3]) for entry in self._items if len(entry[3]) >= LARGE_PIECE)
             self._create(chunks, end)
         elif chunks and self._fd is not None:  # (a late duplicate after the end is dropped, as the Job drops it)
             write_pieces(self._fd, chunks)
+        if written:
+            _writer.release(self, written)
         if keep is not None:
             try:
                 keep_namespace(self.root, self.folder, *keep)
@@ -409,8 +464,11 @@ class JobRecorder:
 
     def _result_records(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> bytes:
         failed = result.get("failed") or {}
+        values = result["values"]
+        if values and values[0] == "all":
+            values = [values[0], values[1], _as_bytes(values[2])]
         body = pickle.dumps(
-            {"values": result["values"], "gathered": result.get("gathered"), "failed": failed},
+            {"values": values, "gathered": result.get("gathered"), "failed": failed},
             protocol=pickle.HIGHEST_PROTOCOL,
         )
         data = task_record("result", task_id, indices, "failed", len(failed), body)
@@ -440,6 +498,12 @@ class JobRecorder:
             except OSError:
                 pass
             self._fd = None
+
+
+def _as_bytes(blob: bytes | memoryview) -> bytes | pickle.PickleBuffer:
+    """A values blob to pickle into a record: a view of the frame it came in (a large result's, see
+    ``worker.load_frame``) is pickled as the bytes it reads back as, without a copy of it."""
+    return blob if type(blob) is bytes else pickle.PickleBuffer(blob)
 
 
 def options_to_json(options: JobOptions) -> dict:

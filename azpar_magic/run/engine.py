@@ -560,6 +560,7 @@ class Engine:
         bad input leaves nothing behind."""
         options = request.options
         items = self.prepare(request)
+        jobstore.wait_for_room()  # the store far behind with earlier jobs' large items: wait for it first
         if request.base is None:  # a fresh run (a cell, run, map); a rerun's cell was warned of when it first ran
             for text in body_warnings(request):
                 print(f"azpar: warning: {text}", file=sys.stderr)
