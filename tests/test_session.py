@@ -251,6 +251,28 @@ def test_a_job_let_go_of_leaves_memory_though_the_store_wrote_it_last():
     assert ref() is None, "the session let go of the job, but something still holds it"
 
 
+@pytest.mark.timeout(120)
+def test_older_jobs_with_large_values_are_let_go_past_the_bytes_bound(monkeypatch):
+    """The jobs held must also keep their values under KEPT_VALUE_BYTES (as the values travelled): a cell
+    returning 20 arrays of 10 MB, run again and again with its result dropped each time, grew the kernel
+    by 200 MB a run (to 10 GB by the 50th job, issue 16). The newest job stays, however big, and a job
+    let go comes back from the store, values and all."""
+    np = pytest.importorskip("numpy")
+    monkeypatch.setattr(session, "KEPT_VALUE_BYTES", 5_000_000, raising=False)
+    monkeypatch.setattr(session, "_next_look", 0)
+    body = "import numpy as np\nnp.full(200_000, float(i + K))"  # 1.6 MB a value, 3.2 MB a job
+    ids = []
+    for k in range(4):
+        job = _submit("for i in range(2)", body.replace("K", str(k)))
+        assert [float(v[0]) for v in job.result(timeout=60)] == [k, k + 1.0] and jobstore.flush(30)
+        ids.append(job.id)
+        del job
+    held = [job.id for job in session.jobs()]
+    assert ids[-1] in held and ids[0] not in held and ids[1] not in held, (ids, held)
+    back = session.find_job(ids[0])
+    assert np.array_equal(back.result(timeout=10)[1], np.full(200_000, 1.0))
+
+
 def _tracked_sequences_of(length: int) -> list:
     """The lists and tuples of ``length`` entries the garbage collector walks at each of its passes."""
     gc.collect()

@@ -169,6 +169,9 @@ class Job:
         # output(i) and logs(i), but not replayed by ``outputs`` (shown when that run ended).
         self._base_outputs: dict[int, list] = {}
         self._adopted = 0  # iterations kept from an earlier run: not work of this run (throughput)
+        # Bytes of its values as they travelled back (set by the engine): what the session's bound on
+        # the values it keeps counts (session.KEPT_VALUE_BYTES).
+        self.value_bytes = 0
         self.from_cache = 0  # of those, how many --cache reused (the views say so)
         self.manifest: dict | None = None  # the job store's manifest, for a job loaded from the store
         self.owner = ""  # for a stored job another process runs: which one (it cannot be cancelled here)

@@ -463,7 +463,11 @@ class _Run:
         answered = result["indices"]
         if len(answered) != len(indices) or (answered and (answered[0], answered[-1]) != (indices[0], indices[-1])):
             raise ValueError(f"task {event.task_id} answered for other iterations than it was given")
-        values, unloadable = decode_each(result["values"], len(indices))
+        encoded = result["values"]
+        values, unloadable = decode_each(encoded, len(indices))
+        self.job.value_bytes += (
+            len(encoded[2]) if encoded[0] == "all" else sum(len(blob[1]) for blob in encoded[1] if blob)
+        )
         gathered = None
         if result.get("gathered") is not None:
             rows, bad_rows = decode_each(result["gathered"], len(indices))
