@@ -366,7 +366,7 @@ class _Held:
 
     def __init__(self, job_id: str, *, done=True, stored=None, store_error=None, ended_ago=0.0):
         self.id, self.done, self.stored, self.store_error = job_id, done, stored, store_error
-        self.owner, self.items = "", [0]
+        self.owner, self.items, self.value_bytes = "", [0], 0
         self.created = time.time() - ended_ago - 1.0
 
     def elapsed(self) -> float:
