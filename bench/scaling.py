@@ -32,7 +32,8 @@ The figures, each printed beside a calibration of the machine measured in the sa
           kernel's collector
   items   a loop over 20 numpy arrays of 20 MB (``for a in arrays``, the body sums one), warm: azpar's cell
           against a fork ``Pool(2).map`` of the same function, five runs each, back to back: seconds, the
-          client's peak memory over its baseline, and what the job store wrote per run
+          client's peak memory over its baseline, and what the job store wrote per run; then a loop returning
+          20 arrays of 10 MB, run 8 times, its result dropped each time: seconds and what the client holds after
 
 Every measurement of n and ns runs in a child process of its own (``--child``) in a scratch folder
 (azpar ships ``.py`` files found under the current folder), with the job store in a temporary
@@ -332,8 +333,70 @@ def child_items(peer: str) -> dict:
     }
 
 
+def full_array(i):
+    """The values loop's mapped function of the Pool peer: 10 MB."""
+    import numpy as np
+
+    return np.full(1_250_000, float(i))
+
+
+def _trimmed_rss() -> int:
+    """The RSS once malloc gave its free memory back (glibc keeps freed 10 MB blocks otherwise: its
+    mmap threshold grows to the largest block freed, so RSS would count memory nobody holds)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    return _status_kb("VmRSS") * 1024
+
+
+def child_values(peer: str) -> dict:
+    import numpy as np
+
+    if peer == "pool":
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(2)
+        pool.map(abs, range(100))
+        call = lambda: pool.map(full_array, range(ITEMS_ARRAYS))  # noqa: E731
+    else:
+        import azpar_magic
+
+        azpar_magic.run("for x in range(10)", "x", {}, workers=2).result()
+        ns = {"np": np}
+        call = lambda: azpar_magic.run(  # noqa: E731
+            f"for i in range({ITEMS_ARRAYS})", "np.full(1_250_000, float(i))", ns, workers=2
+        ).result()
+    base, times = _trimmed_rss(), []
+    for _ in range(8):
+        t = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - t)
+        if float(out[-1][0]) != ITEMS_ARRAYS - 1:
+            raise RuntimeError(f"{peer}: wrong result")
+        del out
+    if peer == "azpar":
+        from azpar_magic import jobstore
+
+        jobstore.flush(120)
+    return {"peer": peer, "median_s": statistics.median(times), "held": _trimmed_rss() - base}
+
+
 def measure_items(scratch: str) -> dict:
     rows = {peer: run_child(scratch, "items", peer) for peer in ("azpar", "pool")}
+    back = {peer: run_child(scratch, "values", peer) for peer in ("azpar", "pool")}
+    a, p = back["azpar"], back["pool"]
+    print(
+        f"  returning {ITEMS_ARRAYS} arrays of 10 MB, 8 runs: azpar {a['median_s']:.2f} s, Pool {p['median_s']:.2f} s "
+        f"(azpar / Pool {a['median_s'] / p['median_s']:.2f}); held after, results dropped: azpar "
+        f"{a['held'] / 1e6:,.0f} MB, Pool {p['held'] / 1e6:,.0f} MB",
+        flush=True,
+    )
+    rows["values"] = back
     a, p = rows["azpar"], rows["pool"]
     print(
         f"  {ITEMS_ARRAYS} arrays of {ITEMS_MB} MB: azpar {a['median_s']:.2f} s, Pool {p['median_s']:.2f} s "
@@ -702,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
             out = child_gc(rest[0])
         elif kind == "items":
             out = child_items(rest[0])
+        elif kind == "values":
+            out = child_values(rest[0])
         else:
             out = child_ns(float(rest[0]), int(rest[1]))
         print(json.dumps(out))
