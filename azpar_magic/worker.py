@@ -2845,7 +2845,12 @@ class _Inbox:
         view = memoryview(payload)[have:]
         while view:
             try:
-                got = os.readv(self._fd, [view])
+                if hasattr(os, "readv"):
+                    got = os.readv(self._fd, [view])
+                else:  # (Windows: no readv; a copy of each read instead)
+                    chunk = os.read(self._fd, min(len(view), 1 << 20))
+                    view[: len(chunk)] = chunk
+                    got = len(chunk)
             except InterruptedError:
                 continue
             except OSError:
