@@ -2308,10 +2308,12 @@ ITEMS_APART = "items_apart"  # a task message whose items travel after the frame
 VALUES_APART = "values_apart"  # a reply whose values' blob does
 
 
-def write_pieces(fd: int, pieces: Sequence) -> None:
-    """Write a frame's pieces: the small ones in one write, a large one from its own memory."""
+def write_pieces(fd: int, pieces: Sequence, write=None) -> None:
+    """Write pieces in order (a frame's; the job store's records too, with its own ``write``): the small
+    ones gathered into one write, each large one from its own memory."""
+    write = write or _write_fd
     if len(pieces) == 1:
-        _write_fd(fd, pieces[0])
+        write(fd, pieces[0])
         return
     small: list = []
     for piece in pieces:
@@ -2319,11 +2321,11 @@ def write_pieces(fd: int, pieces: Sequence) -> None:
             small.append(piece)
             continue
         if small:
-            _write_fd(fd, b"".join(small))
+            write(fd, b"".join(small))
             small = []
-        _write_fd(fd, piece)
+        write(fd, piece)
     if small:
-        _write_fd(fd, b"".join(small))
+        write(fd, b"".join(small))
 
 
 def _write_fd(fd: int, data) -> None:

@@ -154,7 +154,7 @@ def test_large_items_and_values_are_written_from_their_own_memory_and_read_back_
 
 
 @pytest.mark.timeout(120)
-def test_a_new_job_waits_while_the_store_is_far_behind_with_large_items(job_store, monkeypatch):
+def test_a_new_job_waits_while_the_store_is_far_behind_with_large_items(job_store, monkeypatch, capfd):
     """The store holds each job's items until they are on disk. A cell over 20 arrays of 20 MB, run again
     and again, ran faster than the disk took each run's 400 MB, and the kernel held every run's bytes
     meanwhile (+1.5 GB after six runs, issue 16). A job now starts only once the store holds fewer than
@@ -162,6 +162,7 @@ def test_a_new_job_waits_while_the_store_is_far_behind_with_large_items(job_stor
     np = pytest.importorskip("numpy")
     arrays = [np.full(200_000, i, dtype=np.float64) for i in range(2)]  # 1.6 MB each
     monkeypatch.setattr(writer_mod, "BACKLOG_LIMIT", 1 << 20, raising=False)
+    monkeypatch.setattr(writer_mod, "SAY_WAITING_AFTER", 0.05, raising=False)  # a wait this long is said
     real_write = records_mod.write_all
 
     def slow_disk(fd, data):
@@ -188,6 +189,7 @@ def test_a_new_job_waits_while_the_store_is_far_behind_with_large_items(job_stor
         job = azpar_magic.run("for a in arrays", "float(a[0])", {"arrays": arrays}, workers=2, chunk_size=1)
         assert job.result(timeout=60) == [0.0, 1.0]
     assert store.flush(30) and unwritten == [[], [], []], unwritten
+    assert "azpar: waiting for the job store to write 3 MB of earlier jobs' items" in capfd.readouterr().err
 
 
 @pytest.mark.timeout(60)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import worker as wire
 from ..errors import StoreError
 from .layout import FILE_MAGIC, MANIFEST, job_folder
 
@@ -51,7 +52,7 @@ _quote = json.encoder.encode_basestring_ascii  # a JSON string as the header enc
 # buffer: a job iterating over 20 arrays of 20 MB had its items joined twice into one 400 MB buffer
 # on the way to the file, its peak 1.6 GB over the kernel's (issue 16). Smaller pieces are gathered
 # into one write, as before: a job of 10,000 one-iteration tasks still writes its items at once.
-LARGE_PIECE = 1 << 20
+LARGE_PIECE = wire.OUT_OF_BAND_FRAME_MIN  # (the size write_pieces writes from its own memory)
 
 
 def task_record_parts(
@@ -90,19 +91,9 @@ def record_parts(header: dict, pickled: PickledPieces) -> list:
 
 
 def write_pieces(fd: int, pieces: Sequence) -> None:
-    """Write ``pieces`` in order: the small ones gathered into one write, each large one from its
-    own memory (see LARGE_PIECE)."""
-    gathered: list = []
-    for piece in pieces:
-        if len(piece) < LARGE_PIECE:
-            gathered.append(piece)
-            continue
-        if gathered:
-            write_all(fd, b"".join(gathered))
-            gathered = []
-        write_all(fd, piece)
-    if gathered:
-        write_all(fd, gathered[0] if len(gathered) == 1 else b"".join(gathered))
+    """Write ``pieces`` in order: the small ones gathered into one write, each large one (LARGE_PIECE)
+    from its own memory, as the pool's frames are (``worker.write_pieces``)."""
+    wire.write_pieces(fd, pieces, write_all)
 
 
 def indices_header(indices: Sequence[int]) -> dict:

@@ -65,6 +65,7 @@ DEFERRED_BYTES = 1 << 16
 # and the kernel held every run's bytes until they were written (+1.5 GB after six runs, issue 16).
 BACKLOG_LIMIT = 256 << 20
 BACKLOG_PATIENCE = 120.0  # seconds a job waits for room at most (a store on a hung network share)
+SAY_WAITING_AFTER = 2.0  # seconds of waiting for room after which the cell says why it waits
 
 
 class _Writer:
@@ -123,13 +124,23 @@ class _Writer:
         limit = BACKLOG_LIMIT if limit is None else limit
         if self.backlog <= limit:  # (no lock: the common case, nothing large waiting)
             return
-        deadline = time.monotonic() + (BACKLOG_PATIENCE if patience is None else patience)
+        started = time.monotonic()
+        deadline = started + (BACKLOG_PATIENCE if patience is None else patience)
+        said = False
         with self._cond:
             self._urgent += 1  # written now, not at the next tick
             self._cond.notify_all()
             try:
                 while self.backlog > limit and (remaining := deadline - time.monotonic()) > 0:
-                    self._cond.wait(min(remaining, 1.0))
+                    waited = time.monotonic() - started
+                    if not said and waited >= SAY_WAITING_AFTER:
+                        said = True  # (a slow disk: the cell would seem stuck)
+                        print(
+                            f"azpar: waiting for the job store to write {self.backlog / 1e6:,.0f} MB of earlier "
+                            "jobs' items and values before this job starts",
+                            file=sys.stderr,
+                        )
+                    self._cond.wait(min(remaining, 1.0 if said else SAY_WAITING_AFTER - waited))
             finally:
                 self._urgent -= 1
 
