@@ -141,6 +141,16 @@ def modules_path(root: Path, digest: str) -> Path:
     return root / NAMESPACES / wire.modules_file_name(_checked(digest))
 
 
+def items_path(root: Path, digest: str) -> Path:
+    """Where the store keeps a task's large items (a MB or more), once per distinct content."""
+    return root / NAMESPACES / items_file_name(digest)
+
+
+def items_file_name(digest: str) -> str:
+    """A kept items file's name, under the store root and (a hard link) in each job's folder that uses it."""
+    return f"items-{_checked(digest)}.bin"
+
+
 def _checked(digest: str) -> str:
     if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
         raise StoreError(f"{digest!r} is not a sha256 digest")

@@ -33,6 +33,8 @@ from .layout import (
     NAMESPACE_LINK,
     RECORDS,
     check_name,
+    items_file_name,
+    items_path,
     job_folder,
     modules_path,
     namespace_path,
@@ -94,6 +96,25 @@ def _restore_combine(spec: Any) -> Any:
     return missing
 
 
+def item_bytes(header: dict, body: memoryview, job_id: str) -> bytes:
+    """An items record's bytes: its body, or the file it names that the store keeps once per content
+    and links into the job's folder, a rerun's too for the items it imported (writer._keep_items_once)."""
+    digest = header.get("kept")
+    if not digest:
+        return bytes(body)
+    with open(job_folder(job_id) / items_file_name(digest), "rb") as fh:
+        return fh.read()
+
+
+def _kept_items(job_id: str) -> set[str]:
+    """The digests of the kept items a job's records name (those of the records a rerun imported too)."""
+    try:
+        data = read_file(job_folder(job_id) / RECORDS)
+    except (OSError, StoreError):
+        return set()
+    return {h["kept"] for h, _, _, _, _ in walk(data, len(FILE_MAGIC)) if h.get("k") == "items" and h.get("kept")}
+
+
 def stored_tasks(job_id: str) -> list[tuple[str, Sequence[int], str, bytes]]:
     """The tasks the job shipped, as (task id, indices, items codec, items bytes), from its
     own items records (not those an earlier run's import brought): what a backend needs to
@@ -101,7 +122,7 @@ def stored_tasks(job_id: str) -> list[tuple[str, Sequence[int], str, bytes]]:
     found = []
     for header, body, _ in iter_records(read_file(job_folder(job_id) / RECORDS), len(FILE_MAGIC)):
         if header.get("k") == "items" and header.get("t") is not None:
-            found.append((str(header["t"]), indices_of(header), header["codec"], bytes(body)))
+            found.append((str(header["t"]), indices_of(header), header["codec"], item_bytes(header, body, job_id)))
     return found
 
 
@@ -131,7 +152,7 @@ def item_record(job_id: str, index: int) -> tuple[str, bytes, Sequence[int]] | s
     data = read_file(job_folder(job_id) / RECORDS)
     for header, body, _ in iter_records(data, len(FILE_MAGIC)):
         if header.get("k") == "items" and index in indices_of(header):
-            return header["codec"], bytes(body), indices_of(header)
+            return header["codec"], item_bytes(header, body, job_id), indices_of(header)
     for header, _, _ in iter_records(data, len(FILE_MAGIC)):
         if header.get("k") == "import":
             return str(header.get("from") or "")
@@ -430,7 +451,7 @@ def load_items(job_id: str, total: int | None = None) -> list:
             continue
         indices = indices_of(header)
         try:
-            chunk = wire.loads(header["codec"], bytes(body))
+            chunk = wire.loads(header["codec"], item_bytes(header, body, job_id))
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             chunk = [MissingItem(i, reason) for i in indices]
@@ -614,7 +635,8 @@ def delete(job_id: str) -> None:
     folder = job_folder(job_id)
     if not (folder / MANIFEST).exists():
         raise KeyError(job_id)
-    kept = []  # the namespace and the set of modules it links, dropped with their last link
+    kept = [items_path(folder.parent, digest) for digest in _kept_items(job_id)]
+    # ... and the namespace and the set of modules it links: each dropped with its last link
     try:
         envelope = stored_envelope(job_id)[0]
         kept.append(namespace_path(folder.parent, envelope["namespace"]["sha256"]))  # type: ignore[index]
@@ -637,7 +659,8 @@ def stored_namespace(job_id: str) -> bytes | None:
 
 
 def _drop_unlinked(shared: Path) -> None:
-    """Remove a kept namespace or set of modules no job folder links to any more (its only link is its own)."""
+    """Remove a kept namespace, set of modules or items no job folder links to any more (its only link is
+    its own)."""
     try:
         if shared.stat().st_nlink <= 1:
             shared.unlink()

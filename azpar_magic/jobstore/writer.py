@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
+import hashlib
 import json
 import logging
+import mmap
 import os
 import pickle
 import sys
@@ -30,6 +33,8 @@ from .layout import (
     RECORDS,
     checked_roots,
     ensure_root,
+    items_file_name,
+    items_path,
     modules_path,
     namespace_path,
     store_root,
@@ -50,6 +55,7 @@ from .records import (
     runs,
     task_record,
     task_record_parts,
+    walk,
     write_manifest,
     write_pieces,
 )
@@ -463,8 +469,15 @@ class JobRecorder:
             # Keep the earlier run's records (its items too): this folder stands on its own.
             earlier = read_file(self.base / RECORDS)
             head.append(record({"k": "import", "from": self.base.name, "skip": ran}, earlier[len(FILE_MAGIC) :]))
+            self._link_kept_items(earlier, self.base)
         for task_id, indices, codec, blob in self._items:
-            head.extend(task_record_parts("items", task_id, indices, "codec", codec, blob))
+            digest = self._keep_items_once(blob) if len(blob) >= LARGE_PIECE else None
+            if digest is None:
+                head.extend(task_record_parts("items", task_id, indices, "codec", codec, blob))
+            else:  # kept once per content, linked into this folder (reader.item_bytes)
+                head.append(
+                    record({"k": "items", "t": task_id, **indices_header(indices), "codec": codec, "kept": digest})
+                )
         self._items = ()
         self._fd = create_private(self.folder / RECORDS, [*head, *data], append=end is None)
         if end is not None:  # a job that ended before its first write: one manifest, final at once
@@ -472,6 +485,27 @@ class JobRecorder:
             self._wrote_final = True
         create_private(self.folder / MANIFEST, manifest_bytes(self.manifest))
         self._created = True
+
+    def _keep_items_once(self, blob: bytes) -> str | None:
+        """Keep a task's large items once per content under the store root, linked into the job's folder,
+        as namespaces are: a cell over 400 MB of arrays added 400 MB to the store at each run (issue 16).
+        The digest, or None when they are to go in the records (no room for the kept file)."""
+        digest = hashlib.sha256(blob).hexdigest()  # (hashlib lets go of the interpreter lock meanwhile)
+        try:
+            _keep_shared(items_path(self.root, digest), self.folder / items_file_name(digest), lambda: blob)
+        except OSError:
+            return None
+        return digest
+
+    def _link_kept_items(self, earlier: bytes | mmap.mmap, base: Path) -> None:
+        """Link into this folder the kept items of the earlier job (``base``) whose records a rerun imports,
+        so that the folder stands on its own when that job is deleted."""
+        for header, _, _, _, _ in walk(earlier, len(FILE_MAGIC)):
+            digest = header.get("kept") if header.get("k") == "items" else None
+            if digest:
+                name = items_file_name(digest)
+                source = base / name  # (read only when the kept file is gone: no hard links here)
+                _keep_shared(items_path(self.root, digest), self.folder / name, functools.partial(_read_bytes, source))
 
     def _result_records(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> bytes:
         failed = result.get("failed") or {}
@@ -509,6 +543,11 @@ class JobRecorder:
             except OSError:
                 pass
             self._fd = None
+
+
+def _read_bytes(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def _as_bytes(blob: bytes | memoryview) -> bytes | pickle.PickleBuffer:
