@@ -182,6 +182,26 @@ def test_large_items_are_kept_once_per_content_and_dropped_with_their_last_job(j
 
 
 @pytest.mark.timeout(120)
+def test_a_rerun_is_stored_though_the_earlier_jobs_kept_items_are_gone(job_store):
+    """A rerun links the kept items of the records it imports; one that is gone (removed by hand, or a file
+    system that lost it) leaves those items missing in the rerun, not the rerun unstored."""
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(200_000, float(i)) for i in range(4)]
+    ns = {"arrays": arrays}
+    body = "if float(a[0]) == 3.0 and not globals().get('FIXED'):\n    raise ValueError('three')\nfloat(a[0])"
+    first = azpar_magic.run("for a in arrays", body, ns, workers=2, chunk_size=2, errors="pass")
+    assert first.result(timeout=60)[:3] == [0.0, 1.0, 2.0] and store.flush(30)
+    for kept in [*(job_store / "namespaces").glob("items-*.bin"), *(job_store / first.id).glob("items-*.bin")]:
+        kept.unlink()
+    ns["FIXED"] = True
+    rerun = azpar_magic.rerun(first.id, namespace=ns)
+    assert rerun.result(timeout=60) == [0.0, 1.0, 2.0, 3.0] and store.flush(30)
+    assert rerun.store_error is None and rerun.stored == str(job_store)
+    items = store.load_job(rerun.id).items
+    assert isinstance(items[0], store.MissingItem) and np.array_equal(items[3], arrays[3])
+
+
+@pytest.mark.timeout(120)
 def test_a_new_job_waits_while_the_store_is_far_behind_with_large_items(job_store, monkeypatch, capfd):
     """The store holds each job's items until they are on disk. A cell over 20 arrays of 20 MB, run again
     and again, ran faster than the disk took each run's 400 MB, and the kernel held every run's bytes

@@ -635,7 +635,12 @@ def delete(job_id: str) -> None:
     folder = job_folder(job_id)
     if not (folder / MANIFEST).exists():
         raise KeyError(job_id)
-    kept = [items_path(folder.parent, digest) for digest in _kept_items(job_id)]
+    kept = []
+    for digest in _kept_items(job_id):
+        try:
+            kept.append(items_path(folder.parent, digest))
+        except StoreError:  # not a digest (a damaged record): nothing of ours to drop
+            pass
     # ... and the namespace and the set of modules it links: each dropped with its last link
     try:
         envelope = stored_envelope(job_id)[0]

@@ -502,10 +502,14 @@ class JobRecorder:
         so that the folder stands on its own when that job is deleted."""
         for header, _, _, _, _ in walk(earlier, len(FILE_MAGIC)):
             digest = header.get("kept") if header.get("k") == "items" else None
-            if digest:
+            if not digest:
+                continue
+            try:
                 name = items_file_name(digest)
                 source = base / name  # (read only when the kept file is gone: no hard links here)
                 _keep_shared(items_path(self.root, digest), self.folder / name, functools.partial(_read_bytes, source))
+            except (OSError, StoreError):  # gone with the earlier job: those items then read as missing
+                continue
 
     def _result_records(self, task_id: str, indices: Sequence[int], result: Mapping[str, Any]) -> bytes:
         failed = result.get("failed") or {}
