@@ -204,6 +204,17 @@ def _write_package(folder: str, modules: int) -> str:
     return name
 
 
+def _store_bytes() -> int:
+    """Bytes on disk in this child's job store: a file hard-linked into several job folders counts once."""
+    store = os.environ.get("AZPAR_JOB_STORE", "")
+    files = {}
+    for d, _, names in os.walk(store) if store else ():
+        for f in names:
+            st = os.stat(os.path.join(d, f))
+            files[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(files.values())
+
+
 def child_mods(peer: str, modules: int, reps: int) -> dict:
     """``reps`` warm two-iteration maps of a function of a package of ``modules`` modules beside this
     (the current) folder: azpar's cell, or a fork Pool's map; the job store's bytes per azpar job."""
@@ -224,19 +235,10 @@ def child_mods(peer: str, modules: int, reps: int) -> dict:
         call = lambda: pool.map(package.f, range(2))  # noqa: E731
     for _ in range(3):
         call()  # warm
-    store = os.environ.get("AZPAR_JOB_STORE", "")
-
-    def stored() -> int:  # bytes on disk: a file hard-linked into several job folders counts once
-        files = {}
-        for d, _, names in os.walk(store) if store else ():
-            for f in names:
-                st = os.stat(os.path.join(d, f))
-                files[(st.st_dev, st.st_ino)] = st.st_size
-        return sum(files.values())
 
     if peer == "azpar":
         jobstore.flush()
-    before, times = stored(), []
+    before, times = _store_bytes(), []
     for _ in range(reps):
         t = time.perf_counter()
         out = call()
@@ -245,7 +247,7 @@ def child_mods(peer: str, modules: int, reps: int) -> dict:
             raise RuntimeError(f"{peer}: wrong result {out!r}")
     if peer == "azpar":
         jobstore.flush()
-    return {"peer": peer, "modules": modules, "median_s": statistics.median(times), "store_bytes_per_job": (stored() - before) / reps}
+    return {"peer": peer, "modules": modules, "median_s": statistics.median(times), "store_bytes_per_job": (_store_bytes() - before) / reps}
 
 
 GC_CELLS = 100  # maps before the collections of gc are timed (more than session.KEPT_JOBS)
@@ -311,22 +313,13 @@ def child_items(peer: str) -> dict:
         azpar_magic.run("for x in range(10)", "x", {}, workers=2).result()  # warm pool
         ns = {"arrays": arrays}
         call = lambda: azpar_magic.run("for a in arrays", "float(a.sum())", ns, workers=2).result()  # noqa: E731
-    store = os.environ.get("AZPAR_JOB_STORE", "")
-
-    def stored() -> int:  # bytes on disk: a file hard-linked into several job folders counts once
-        files = {}
-        for d, _, names in os.walk(store) if store else ():
-            for f in names:
-                st = os.stat(os.path.join(d, f))
-                files[(st.st_dev, st.st_ino)] = st.st_size
-        return sum(files.values())
 
     def flushed() -> int:
         if peer == "azpar":
             from azpar_magic import jobstore
 
             jobstore.flush(120)
-        return stored()
+        return _store_bytes()
 
     runs, sizes = [], [flushed()]
     for _ in range(ITEMS_RUNS):
