@@ -2311,7 +2311,7 @@ VALUES_APART = "values_apart"  # a reply whose values' blob does
 def write_pieces(fd: int, pieces: Sequence, write=None) -> None:
     """Write pieces in order (a frame's; the job store's records too, with its own ``write``): the small
     ones gathered into one write, each large one from its own memory."""
-    write = write or _write_fd
+    write = write or write_all
     if len(pieces) == 1:
         write(fd, pieces[0])
         return
@@ -2328,7 +2328,8 @@ def write_pieces(fd: int, pieces: Sequence, write=None) -> None:
         write(fd, b"".join(small))
 
 
-def _write_fd(fd: int, data) -> None:
+def write_all(fd: int, data) -> None:
+    """Write all of ``data`` (bytes or a buffer) to ``fd`` (the job store's records use it too)."""
     view = memoryview(data).cast("B")
     while view:
         view = view[os.write(fd, view) :]

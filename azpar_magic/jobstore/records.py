@@ -196,10 +196,7 @@ def create_private(path: Path, data: bytes | Sequence[bytes], *, append: bool = 
     return None
 
 
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+write_all = wire.write_all  # (a name of this module's own: what write_pieces and create_private write with)
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
