@@ -108,9 +108,10 @@ class TextProgress:
 
     def close(self) -> None:
         if not self.shown:  # a quick cell (or -q): no picture, but failures the result hides are said
-            snap = self.job.snapshot()
-            if snap.state == DONE:  # the result came with failures (a cancelled job says so itself)
-                print(failures_note(snap), file=sys.stderr)
+            # The state alone first: a snapshot asks the pool for its nodes and the meter for its
+            # estimate, ~0.1 ms of a warm two-iteration cell's ~1.2 (issue 16, c).
+            if self.job.state == DONE:  # the result came with failures (a cancelled job says so itself)
+                print(failures_note(self.job.snapshot()), file=sys.stderr)
             return
         if self.in_place:  # the last picture replaces the live one, failures included
             snap = self.job.snapshot()
