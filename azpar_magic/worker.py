@@ -1482,14 +1482,64 @@ def _end_seeded_iterations() -> None:
         _FRESH_ENTROPY[0].stop()
 
 
-def _format_user_traceback(exc: BaseException, filename: str) -> str:
-    """The remote traceback from the first frame of the cell on: worker frames are noise."""
+TRACEBACKS_KEPT = 64  # frames' texts a task keeps for the failures that follow (_format_user_traceback)
+
+
+def _format_user_traceback(exc: BaseException, filename: str, kept: dict | None = None) -> str:
+    """The remote traceback from the first frame of the cell on: worker frames are noise.
+
+    ``kept``: the frames' text of earlier failures of the task, by where each frame stopped. The
+    iterations of a loop that fail mostly fail at the same place, and Python 3.11+ reads and parses
+    each frame's line again to point at its expression: that was ~30 us of each failure, most of a
+    loop whose iterations fail often (issue 16). Only the exception's own line (its message) then
+    differs; an exception chained to another is formatted whole."""
     import traceback
 
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != filename:
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    if (
+        kept is None
+        or tb is None
+        or exc.__cause__ is not None
+        or exc.__context__ is not None
+        or isinstance(exc, _EXCEPTION_GROUPS)
+    ):
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    where = []
+    step: types.TracebackType | None = tb
+    while step is not None:
+        where.append((step.tb_frame.f_code, step.tb_lasti, step.tb_lineno))
+        step = step.tb_next
+    key = tuple(where)
+    frames = kept.get(key)
+    if frames is None:
+        whole = traceback.TracebackException(type(exc), exc, tb)
+        frames = "".join(whole.stack.format())
+        if len(kept) >= TRACEBACKS_KEPT:
+            kept.clear()
+        kept[key] = frames
+        return "Traceback (most recent call last):\n" + frames + "".join(whole.format_exception_only())
+    return "Traceback (most recent call last):\n" + frames + "".join(traceback.format_exception_only(type(exc), exc))
+
+
+_EXCEPTION_GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11+: formatted whole
+
+
+def _plain_exception(exc: BaseException) -> tuple[str, bytes] | None:
+    """An exception that pickles as its class and a few plain arguments (``ZeroDivisionError('division
+    by zero')``, ``KeyError('x')``), pickled by the C pickler as it is: the same bytes ``dumps`` makes,
+    without its pickler and ``__main__`` swap, which were half of what each failure of a loop cost the
+    worker (issue 16). None for any other, which ``dumps`` then serialises."""
+    try:
+        reduced = exc.__reduce_ex__(PICKLE_PROTOCOL)
+    except Exception:
+        return None
+    if type(reduced) is not tuple or len(reduced) != 2 or reduced[0] is not type(exc):
+        return None
+    if type(exc).__module__ != "builtins" or not _few_short_atoms(reduced[1]):
+        return None  # a class of the notebook or of a module: dumps decides how it travels
+    return "pickle", pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
 
 
 def _cell_line(exc: BaseException, filename: str) -> int | None:
@@ -1896,6 +1946,7 @@ class Runner:
         # after a minute, not within half a second.
         self.progress = progress if progress is not None else memoryview(bytearray(8)).cast("q")
         self.exact = exact
+        self._tracebacks: dict = {}  # the frames' text of this task's failures so far (_format_user_traceback)
 
     def _by_reference(self, obj: object) -> bool:
         # Notebook classes and functions the client shipped exist on the client under the
@@ -1907,13 +1958,13 @@ class Runner:
 
     def _error_record(self, exc: BaseException) -> dict:
         try:
-            exc_blob = self._dump(exc)
+            exc_blob = _plain_exception(exc) or self._dump(exc)
         except Exception:
             exc_blob = None
         return {
             "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
             "message": str(exc) + _uncaptured_name_hint(exc, self.job.filename) + _worker_process_hint(exc),
-            "traceback": _format_user_traceback(exc, self.job.filename),
+            "traceback": _format_user_traceback(exc, self.job.filename, self._tracebacks),
             "line": _cell_line(exc, self.job.filename),
             "exc": exc_blob,
         }

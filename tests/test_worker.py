@@ -436,6 +436,58 @@ def test_prints_and_failures_belong_to_their_iterations_however_the_runner_track
     assert wire._RUNNING == [None]  # the heartbeat has no loop to look at once it ended
 
 
+def test_iterations_failing_at_one_place_format_its_frames_once_each_with_its_own_message(stage, monkeypatch):
+    # A loop whose iterations fail mostly fails at the same place: the frames' text is made once per
+    # task and place (Python 3.11+ parses each frame's line again to point at it, ~30 us a failure),
+    # and a built-in exception with plain arguments is pickled as it is, not through dumps (issue 16).
+    # Each failure still reads as Python formats it: its own message, a chained one whole.
+    import traceback
+
+    make, _ = stage
+    body = (
+        "def look(k):\n"
+        "    return table[k]  # the lookup\n"
+        "if x % 10 == 3:\n"
+        "    try:\n"
+        "        look(x)\n"
+        "    except KeyError:\n"
+        "        raise ValueError(f'no {x}')  # while handling\n"
+        "look(x) + 1  # the call\n"
+    )
+    items = list(range(40))
+    folder = make(body, "table = {0: 1, 10: 1, 20: 1, 30: 1}", items=items)
+    job = wire.load_job(str(folder / "job.azpj"), wire.JobCache())
+    made, dumped = [], []
+    real_init, real_dumps = traceback.TracebackException.__init__, wire.dumps
+
+    def counted_init(self, *args, **kwargs):
+        made.append((args[1], args[2]))  # (exception, the traceback to format: None for its own line only)
+        return real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(traceback.TracebackException, "__init__", counted_init)
+    monkeypatch.setattr(wire, "dumps", lambda obj, **kw: dumped.append(obj) or real_dumps(obj, **kw))
+    failed = wire.Runner(job).run(range(len(items)), items)["failed"]
+    monkeypatch.undo()
+
+    lookups = [i for i in items if i % 10 not in (0, 3)]
+    assert sorted(failed) == sorted(lookups + [3, 13, 23, 33])
+    for i in lookups:
+        text = failed[i]["traceback"]
+        assert text.startswith("Traceback (most recent call last):\n") and text.endswith(f"KeyError: {i}\n"), text
+        assert "look(x) + 1  # the call" in text and "return table[k]  # the lookup" in text, text
+        assert text.rsplit("KeyError", 1)[0] == failed[1]["traceback"].rsplit("KeyError", 1)[0]
+        assert wire.loads(*failed[i]["exc"]).args == (i,)
+    for i in (3, 13, 23, 33):  # chained to the KeyError: formatted whole, both parts
+        text = failed[i]["traceback"]
+        assert f"KeyError: {i}" in text and "During handling of the above exception" in text, text
+        assert text.endswith(f"ValueError: no {i}\n") and "# while handling" in text, text
+    # Frames formatted: once for the lookups' place, and once per chained failure (with its context);
+    # format_exception_only's own TracebackException per later lookup has no frames to format.
+    framed = [exc for exc, tb in made if tb is not None and type(exc) is KeyError and exc.args[0] in lookups]
+    assert len(framed) == 1, framed
+    assert dumped == []  # every exception here is built-in with plain arguments
+
+
 def test_a_small_reply_travels_as_a_tuple_and_reads_back_as_the_reply_it_was(stage):
     # A one-iteration task's reply goes as a tuple of its values (unpickling the dicts was most of
     # the kernel's cost of such a task, issue 16, a'); the kernel reads it back as the whole reply.
