@@ -3,7 +3,7 @@
 
     python bench/scaling.py            # full run (a few minutes on 2 cores)
     python bench/scaling.py --quick    # smoke run: small sizes, one repetition
-    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods,gc,items
+    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods,gc,items,fails
     AZPAR_BENCH_ROOT=/other/checkout python bench/scaling.py --only tasks   # that checkout's code
 
 The figures, each printed beside a calibration of the machine measured in the same run:
@@ -247,7 +247,12 @@ def child_mods(peer: str, modules: int, reps: int) -> dict:
             raise RuntimeError(f"{peer}: wrong result {out!r}")
     if peer == "azpar":
         jobstore.flush()
-    return {"peer": peer, "modules": modules, "median_s": statistics.median(times), "store_bytes_per_job": (_store_bytes() - before) / reps}
+    return {
+        "peer": peer,
+        "modules": modules,
+        "median_s": statistics.median(times),
+        "store_bytes_per_job": (_store_bytes() - before) / reps,
+    }
 
 
 GC_CELLS = 100  # maps before the collections of gc are timed (more than session.KEPT_JOBS)
@@ -407,6 +412,63 @@ def measure_items(scratch: str) -> dict:
         f"(azpar / Pool {a['median_s'] / p['median_s']:.2f}); peak over baseline azpar {a['peak_growth'] / 1e6:,.0f} MB, "
         f"Pool {p['peak_growth'] / 1e6:,.0f} MB; the job store grew {a['store_bytes_first'] / 1e6:,.0f} MB at the first "
         f"run, {a['store_bytes_later'] / 1e6:,.1f} MB at each later one",
+        flush=True,
+    )
+    return rows
+
+
+FAILS_N, FAILS_RUNS = 10_000, 15
+
+
+def inverse_or_error(x):
+    """fails' mapped function of the Pool peer: the loop's failures come back as their exceptions, as
+    ``--errors pass`` gives them."""
+    try:
+        return 1 / (x % 2)
+    except ZeroDivisionError as exc:
+        return exc
+
+
+def child_fails(peer: str) -> dict:
+    """A loop of FAILS_N iterations, every other one failing (ZeroDivisionError), its failures kept in the
+    result (``--errors pass``), on a warm pool; and the same loop with no failure, for what failing costs."""
+    xs = list(range(FAILS_N))
+    if peer == "pool":
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(2)
+        pool.map(abs, range(100))  # warm pool
+        failing = lambda: pool.map(inverse_or_error, xs)  # noqa: E731
+        clean = lambda: pool.map(square, xs)  # noqa: E731
+    else:
+        import azpar_magic
+
+        azpar_magic.run("for x in range(10)", "x", {}, workers=2).result()  # warm pool
+        ns = {"xs": xs}
+        failing = lambda: azpar_magic.run("for x in xs", "1 / (x % 2)", ns, workers=2, errors="pass").result()  # noqa: E731
+        clean = lambda: azpar_magic.run("for x in xs", "x * x", ns, workers=2).result()  # noqa: E731
+    out = failing()
+    if [type(v).__name__ for v in out[:2]] != ["ZeroDivisionError", "float"] or "division by zero" not in str(out[0]):
+        raise RuntimeError(f"{peer}: wrong result {out[:2]}")
+    times, clean_times = [], []
+    for _ in range(FAILS_RUNS):
+        t = time.perf_counter()
+        failing()
+        times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        clean()
+        clean_times.append(time.perf_counter() - t)
+    return {"peer": peer, "median_s": statistics.median(times), "clean_median_s": statistics.median(clean_times)}
+
+
+def measure_fails(scratch: str) -> dict:
+    rows = {peer: run_child(scratch, "fails", peer) for peer in ("azpar", "pool")}
+    a, p = rows["azpar"], rows["pool"]
+    print(
+        f"  {FAILS_N:,} iterations, every other one failing, failures kept (--errors pass): azpar "
+        f"{a['median_s'] * 1e3:.1f} ms, Pool {p['median_s'] * 1e3:.1f} ms (azpar / Pool "
+        f"{a['median_s'] / p['median_s']:.1f}); with no failure: azpar {a['clean_median_s'] * 1e3:.1f} ms, "
+        f"Pool {p['clean_median_s'] * 1e3:.1f} ms",
         flush=True,
     )
     return rows
@@ -688,20 +750,28 @@ def report(res: dict) -> None:
             a, p, n = r["azpar"], r["pool"], r["n"]
             print(f"| {n:,} | {a['median_s'] / n * 1e6:,.1f} | {p['median_s'] / n * 1e6:,.1f} | {r['ratio']:.2f} |")
         r = res["tasks_turns"]
-        print(f"\n| N one-iteration tasks, turns | azpar median, us/task | Pool median, us/task | azpar / Pool |\n"
-              f"|---|---|---|---|\n| {r['n']:,}, {r['reps']} | {r['azpar_median_s'] / r['n'] * 1e6:.1f} | "
-              f"{r['pool_median_s'] / r['n'] * 1e6:.1f} | {r['ratio']:.2f} |")
+        print(
+            f"\n| N one-iteration tasks, turns | azpar median, us/task | Pool median, us/task | azpar / Pool |\n"
+            f"|---|---|---|---|\n| {r['n']:,}, {r['reps']} | {r['azpar_median_s'] / r['n'] * 1e6:.1f} | "
+            f"{r['pool_median_s'] / r['n'] * 1e6:.1f} | {r['ratio']:.2f} |"
+        )
         met = "PASS" if r["ratio"] <= TARGET_TASKS_RATIO else "MISS"
-        print(f"{met}  (a') {r['n']:,} one-iteration tasks at most {TARGET_TASKS_RATIO}x a Pool's per task, "
-              f"taking turns (issue 16): {r['ratio']:.2f}")
+        print(
+            f"{met}  (a') {r['n']:,} one-iteration tasks at most {TARGET_TASKS_RATIO}x a Pool's per task, "
+            f"taking turns (issue 16): {r['ratio']:.2f}"
+        )
     if "alt" in res:
         r = res["alt"]
-        print(f"\n| N, turns | azpar median | Pool(2).map median | Pool / azpar |\n|---|---|---|---|\n"
-              f"| {r['n']:,}, {r['reps']} | {r['azpar_median_s'] * 1e3:.2f} ms | {r['pool_median_s'] * 1e3:.2f} ms | "
-              f"{r['ratio']:.2f} |")
+        print(
+            f"\n| N, turns | azpar median | Pool(2).map median | Pool / azpar |\n|---|---|---|---|\n"
+            f"| {r['n']:,}, {r['reps']} | {r['azpar_median_s'] * 1e3:.2f} ms | {r['pool_median_s'] * 1e3:.2f} ms | "
+            f"{r['ratio']:.2f} |"
+        )
         met = "PASS" if r["ratio"] >= TARGET_ALT_RATIO else "MISS"
-        print(f"{met}  (a) {r['n']:,} trivial iterations no slower than a fork Pool's map (issue 16): "
-              f"Pool / azpar {r['ratio']:.2f}")
+        print(
+            f"{met}  (a) {r['n']:,} trivial iterations no slower than a fork Pool's map (issue 16): "
+            f"Pool / azpar {r['ratio']:.2f}"
+        )
     if "ns" in res:
         print(
             "\n| array | first cell | identical second cell | written, first (with the store's copy) / second "
@@ -733,8 +803,10 @@ def report(res: dict) -> None:
                 f"{a['median_s'] / p['median_s']:.2f} | {a['store_bytes_per_job'] / 1000:,.1f} kB |"
             )
         small, large = rows[("azpar", MODS_SIZES[0])], rows[("azpar", MODS_SIZES[-1])]
-        print(f"mods: a {MODS_SIZES[-1]}-module package / a {MODS_SIZES[0]}-module one, azpar: "
-              f"{large['median_s'] / small['median_s']:.2f}")
+        print(
+            f"mods: a {MODS_SIZES[-1]}-module package / a {MODS_SIZES[0]}-module one, azpar: "
+            f"{large['median_s'] / small['median_s']:.2f}"
+        )
     if "kernel" in res:
         k = res["kernel"]
         print(
@@ -750,8 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
     ap.add_argument(
         "--only",
-        default="n,tasks,alt,ns,kernel,mods,gc,items",
-        help="figures to measure: n, tasks, alt, ns, kernel, mods, gc, items",
+        default="n,tasks,alt,ns,kernel,mods,gc,items,fails",
+        help="figures to measure: n, tasks, alt, ns, kernel, mods, gc, items, fails",
     )
     ap.add_argument("--n", help="iteration counts for n, comma-separated (default 1e2..1e6)")
     ap.add_argument("--mb", help="array sizes in MB for ns, comma-separated (default 1,10,100,500)")
@@ -772,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
             out = child_items(rest[0])
         elif kind == "values":
             out = child_values(rest[0])
+        elif kind == "fails":
+            out = child_fails(rest[0])
         else:
             out = child_ns(float(rest[0]), int(rest[1]))
         print(json.dumps(out))
@@ -811,6 +885,9 @@ def main(argv: list[str] | None = None) -> int:
         if "items" in only:
             print("items: a loop over large arrays", flush=True)
             res["items"] = measure_items(scratch)
+        if "fails" in only:
+            print("fails: a loop whose iterations fail half the time, failures kept", flush=True)
+            res["fails"] = measure_fails(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     res["calibration_after"] = machine_calibration.calibrate()

@@ -299,3 +299,36 @@ def test_missing_module_hint_sees_a_package_installed_after_a_first_failure(tmp_
     (info / "top_level.txt").write_text("azpar_late_pkg\n")
     (info / "RECORD").write_text("azpar_late_pkg/__init__.py,,\n")
     assert "pass --packages azpar-late-pkg==2.1)" in missing_module_hint(failure).message
+
+
+@pytest.mark.timeout(180)
+def test_items_slow_to_serialise_are_said_before_the_job_with_what_travels_faster(engine, capsys, monkeypatch):
+    # A row of df.iterrows() is a whole pandas Series (~40 us to pickle): 10,000 rows held every iteration
+    # back 0.4 s, for a loop that takes 0.1 s here. The bounds are lowered so that the test does not
+    # depend on this machine's speed; large arrays that went at about the speed of memory are not said.
+    pd = pytest.importorskip("pandas")
+    np = pytest.importorskip("numpy")
+    monkeypatch.setattr(engine_mod, "SLOW_ITEMS_SECONDS", 0.0)
+    monkeypatch.setattr(engine_mod, "SLOW_ITEM_SECONDS", 0.0)
+    df = pd.DataFrame({"a": range(300), "b": range(300)})
+    namespace = {"df": df, "arrays": [np.full(2_000_000, float(i)) for i in range(4)]}
+
+    job = engine.submit(_request("for i, row in df.iterrows()", "row['a'] + row['b']", namespace))
+    assert job.result(timeout=60) == [2 * i for i in range(300)]
+    said = capsys.readouterr().err
+    assert "serialising the 300 items of `df.iterrows()` (int, pandas.Series)" in said, said
+    assert "df.itertuples(index=False, name=None)" in said and "df.to_dict('records')" in said, said
+
+    job = engine.submit(_request("for row in df.itertuples()", "row.a + row.b", namespace))
+    assert job.result(timeout=60) == [2 * i for i in range(300)]
+    said = capsys.readouterr().err
+    assert "items of `df.itertuples()` (pandas.core.frame.Pandas)" in said, said
+    assert "named tuple class made at run time" in said and "name=None" in said, said
+
+    for loop, body, expected in (
+        ("for row in df.itertuples(index=False, name=None)", "row[0] + row[1]", [2 * i for i in range(300)]),
+        ("for a in arrays", "float(a[0])", [0.0, 1.0, 2.0, 3.0]),  # 64 MB: large, and quick for their size
+    ):
+        job = engine.submit(_request(loop, body, namespace))
+        assert job.result(timeout=60) == expected
+        assert "serialising the" not in capsys.readouterr().err
