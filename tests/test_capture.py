@@ -602,3 +602,42 @@ def test_rows_of_a_named_tuple_class_made_at_run_time_travel_through_the_c_pickl
     assert wire._made_namedtuple_reduce(Found) is None
     Mine = collections.namedtuple("Mine", "x", module="__main__")
     assert wire._made_namedtuple_reduce(Mine) is None
+
+
+def test_numpy_scalars_and_small_rows_travel_as_one_array_that_loads_as_the_same_list():
+    # for x in np.linspace(...), for row in matrix, values that np.sqrt or a.mean() returned: each went
+    # through the pickler's hooks on its own, 4 us apiece (10,000 of them 40 ms against 3 for range()).
+    np = pytest.importorskip("numpy")
+    cases = [
+        list(np.linspace(-1, 1, 101)) + [np.float64("nan"), np.float64(-0.0)],
+        list(np.arange(50)),
+        [np.bool_(True), np.bool_(False)],
+        list(np.arange(12, dtype=np.uint8)),
+        list(np.arange(6, dtype=np.complex64)),
+        list(np.arange(30.0).reshape(10, 3)),  # rows of a matrix
+        list((np.datetime64("2020-01-01") + np.arange(12)).reshape(4, 3)),  # a dtype with its unit
+    ]
+    for values in cases:
+        data = wire.numpy_list_pickle(values)
+        assert data is not None, values[:2]
+        back = wire.loads("pickle", data)
+        assert type(back) is list and len(back) == len(values)
+        for mine, theirs in zip(values, back):
+            assert type(theirs) is type(mine)
+            if isinstance(mine, np.ndarray):
+                assert theirs.dtype == mine.dtype and theirs.shape == mine.shape and (theirs == mine).all()
+            else:
+                assert np.array_equal(np.array(theirs), np.array(mine), equal_nan=True)
+                assert np.signbit(theirs) == np.signbit(mine) if mine.dtype.kind == "f" else True
+    for values in (
+        [np.float64(1), 2.0],  # mixed
+        [np.float64(1), np.float32(2)],
+        [np.datetime64("2020-01-01"), np.datetime64("2020-01-01T10:00")],  # units differ: an array would convert
+        [np.str_("a\x00")],
+        [np.zeros(2), np.zeros(3)],  # shapes differ
+        [np.zeros(200_000)] * 10,  # large: travels out of band, as it is
+        [np.array([object()])],
+        [1, 2, 3],  # plain: plain_pickle's
+        [],
+    ):
+        assert wire.numpy_list_pickle(values) is None, values[:2]

@@ -326,3 +326,27 @@ def test_items_slow_to_serialise_are_said_before_the_job_with_what_travels_faste
         job = engine.submit(_request(loop, body, namespace))
         assert job.result(timeout=60) == expected
         assert "serialising the" not in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_numpy_items_and_values_travel_as_arrays_and_arrive_as_what_the_loop_gives(engine, monkeypatch):
+    # np.linspace's scalars and a matrix's rows go as one array a task (not through the pickler's hooks
+    # one by one), and the body sees what iterating them here gives: numpy.float64, a row of the dtype.
+    np = pytest.importorskip("numpy")
+    from azpar_magic.run import capture as capture_mod
+
+    one_by_one = []
+    real = capture_mod.serialize_items
+    monkeypatch.setattr(capture_mod, "serialize_items", lambda *a, **k: one_by_one.append(1) or real(*a, **k))
+    namespace = {"np": np, "M": np.arange(60, dtype=np.float32).reshape(20, 3)}
+    job = engine.submit(_request("for x in np.linspace(0, 1, 41)", "(type(x).__name__, x * 2, np.sqrt(x))", namespace))
+    got = job.result(timeout=60)
+    assert [kind for kind, _, _ in got] == ["float64"] * 41
+    assert [v for _, v, _ in got] == [x * 2 for x in np.linspace(0, 1, 41)]
+    assert all(type(root) is np.float64 for _, _, root in got)
+    job = engine.submit(_request("for row in M", "(row.shape, row.dtype.str, row.sum())", namespace))
+    got = job.result(timeout=60)
+    assert [(shape, kind) for shape, kind, _ in got] == [((3,), "<f4")] * 20
+    assert [float(total) for _, _, total in got] == [float(r.sum()) for r in namespace["M"]]
+    assert all(type(total) is np.float32 for _, _, total in got)
+    assert one_by_one == []

@@ -370,12 +370,25 @@ def _plain_parts(items: list, parts: list[list]) -> list[bytes]:
     everything twice."""
     if len(parts) > 1 and len(items) <= SMALL_PARTS * len(parts):
         if wire.plain_pickle(items) is None:  # some part holds an item that is not plain: no part by part again
-            return []
+            return _numpy_parts(parts)
         dumps, protocol = pickle.dumps, wire.PICKLE_PROTOCOL
         return [dumps(part, protocol=protocol) for part in parts]
     pickled: list[bytes] = []
     for part in parts:
         data = wire.plain_pickle(part)
+        if data is None:
+            return _numpy_parts(parts) if not pickled else []
+        pickled.append(data)
+    return pickled
+
+
+def _numpy_parts(parts: list[list]) -> list[bytes]:
+    """Each part's pickle when its items are numpy scalars of one type or small arrays of one shape
+    (``for x in np.linspace(...)``, ``for row in matrix``): one array each (``worker.numpy_list_pickle``).
+    They name nothing of the notebook, so the capture need not look through them either. Else []."""
+    pickled: list[bytes] = []
+    for part in parts:
+        data = wire.numpy_list_pickle(part)
         if data is None:
             return []
         pickled.append(data)
