@@ -413,28 +413,69 @@ NUMPY_ARRAY_KINDS = NUMPY_LIST_KINDS | frozenset("mM")  # arrays of one dtype (a
 NUMPY_STACK_MAX = 1 << 20  # bytes of small arrays stacked into one; larger ones travel as they are
 
 
+NUMPY_TUPLE_MAX = 16  # tuples up to this long travel as columns (numpy_list_pickle)
+
+
 class _AsList:
-    """Pickles as ``list(array)``: the array's rows, or its scalars, each of the type iterating the
-    array gives (numpy.float64, a row's view), which is what the list held."""
+    """Pickles as ``list(iterable)``: an array's rows or scalars, each of the type iterating the array
+    gives (numpy.float64, a row's view), or a ``_Zip``'s tuples: what the list held."""
 
-    __slots__ = ("array",)
+    __slots__ = ("iterable",)
 
-    def __init__(self, array: object):
-        self.array = array
+    def __init__(self, iterable: object):
+        self.iterable = iterable
 
     def __reduce_ex__(self, protocol: object) -> tuple:
-        return list, (self.array,)
+        return list, (self.iterable,)
+
+
+class _Zip:
+    """Pickles as ``zip(*columns)``: tuples made again from their columns."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: list):
+        self.columns = columns
+
+    def __reduce_ex__(self, protocol: object) -> tuple:
+        return zip, tuple(self.columns)
 
 
 def numpy_list_pickle(values: object) -> bytes | None:
     """A list of numpy scalars of one type (``for x in np.arange(n)``, values that ``np.sqrt`` or
-    ``a.mean()`` returned), or of small arrays of one dtype and shape (``for row in matrix``), pickled
-    as one array that loads as the same list. Each went through the pickler's Python hooks on its own:
-    10,000 of them cost 4 us each, where an array of them costs a few us in all (issue 16). None for
-    anything else (plain data included: plain_pickle is the faster there)."""
+    ``a.mean()`` returned), of small arrays of one dtype and shape (``for row in matrix``), or of
+    tuples whose every position holds such scalars or plain atoms (``for a, b in zip(xs, ys)``,
+    ``(row.mean(), row.std())``), pickled as arrays that load as the same list. Each went through
+    the pickler's Python hooks on its own: 10,000 of them cost 4-8 us each, where an array of them
+    costs a few us in all (issue 16). None for anything else (plain data included: plain_pickle is
+    the faster there)."""
     numpy = sys.modules.get("numpy")
     if numpy is None or type(values) is not list or not values:
         return None
+    array = _numpy_array_of(values, numpy)
+    if array is not None:
+        return pickle.dumps(_AsList(array), protocol=PICKLE_PROTOCOL)
+    first = values[0]
+    if type(first) is not tuple or not 0 < len(first) <= NUMPY_TUPLE_MAX:
+        return None
+    if len(set(map(type, values))) != 1 or len(set(map(len, values))) != 1:
+        return None
+    columns: list = []
+    for column in map(list, zip(*values)):
+        array = _numpy_array_of(column, numpy)
+        if array is not None:
+            columns.append(array)
+        elif set(map(type, column)) <= _ATOMS:
+            columns.append(column)
+        else:
+            return None
+    if all(type(column) is list for column in columns):
+        return None  # no numpy in them
+    return pickle.dumps(_AsList(_Zip(columns)), protocol=PICKLE_PROTOCOL)
+
+
+def _numpy_array_of(values: list, numpy: types.ModuleType) -> object | None:
+    """One array whose iteration gives ``values`` again, of their very types (see numpy_list_pickle)."""
     first = values[0]
     kind = type(first)
     if kind is numpy.ndarray:
@@ -444,14 +485,12 @@ def numpy_list_pickle(values: object) -> bytes | None:
         for value in values:
             if type(value) is not numpy.ndarray or value.shape != shape or value.dtype != dtype:
                 return None
-        array = numpy.stack(values) if shape else numpy.array(values, dtype=dtype)
-    elif isinstance(first, numpy.generic) and kind.__module__ == "numpy":
+        return numpy.stack(values) if shape else numpy.array(values, dtype=dtype)
+    if isinstance(first, numpy.generic) and kind.__module__ == "numpy":
         if numpy.dtype(kind).kind not in NUMPY_LIST_KINDS or len(set(map(type, values))) != 1:
             return None
-        array = numpy.array(values, dtype=kind)
-    else:
-        return None
-    return pickle.dumps(_AsList(array), protocol=PICKLE_PROTOCOL)
+        return numpy.array(values, dtype=kind)
+    return None
 
 
 class _FastPickler(pickle.Pickler):

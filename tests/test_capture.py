@@ -616,15 +616,23 @@ def test_numpy_scalars_and_small_rows_travel_as_one_array_that_loads_as_the_same
         list(np.arange(6, dtype=np.complex64)),
         list(np.arange(30.0).reshape(10, 3)),  # rows of a matrix
         list((np.datetime64("2020-01-01") + np.arange(12)).reshape(4, 3)),  # a dtype with its unit
+        list(zip(np.linspace(0, 1, 9), np.arange(9))),  # for a, b in zip(xs, ys)
+        list(enumerate(np.arange(5.0))),  # a plain column beside a numpy one
+        [(np.float64(i), f"s{i}", None, np.zeros(2) + i) for i in range(4)],  # (mean, name, None, a row)
     ]
     for values in cases:
         data = wire.numpy_list_pickle(values)
         assert data is not None, values[:2]
         back = wire.loads("pickle", data)
         assert type(back) is list and len(back) == len(values)
-        for mine, theirs in zip(values, back):
+        pairs = [(m, t) for mine, theirs in zip(values, back) for m, t in (zip(mine, theirs) if type(mine) is tuple
+                                                                              else [(mine, theirs)])]
+        assert [type(t) for t in back] == [type(m) for m in values]
+        for mine, theirs in pairs:
             assert type(theirs) is type(mine)
-            if isinstance(mine, np.ndarray):
+            if mine is None or isinstance(mine, (int, str)):
+                assert theirs == mine
+            elif isinstance(mine, np.ndarray):
                 assert theirs.dtype == mine.dtype and theirs.shape == mine.shape and (theirs == mine).all()
             else:
                 assert np.array_equal(np.array(theirs), np.array(mine), equal_nan=True)
@@ -638,6 +646,10 @@ def test_numpy_scalars_and_small_rows_travel_as_one_array_that_loads_as_the_same
         [np.zeros(200_000)] * 10,  # large: travels out of band, as it is
         [np.array([object()])],
         [1, 2, 3],  # plain: plain_pickle's
+        [(1, "a"), (2, "b")],  # tuples of plain atoms: plain_pickle's too
+        [(np.float64(1), 2), (np.float64(1),)],  # lengths differ
+        [(np.float64(1), (2, 3))],  # a tuple inside: not a column of atoms
+        [(np.float64(1), object())],
         [],
     ):
         assert wire.numpy_list_pickle(values) is None, values[:2]

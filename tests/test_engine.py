@@ -349,4 +349,9 @@ def test_numpy_items_and_values_travel_as_arrays_and_arrive_as_what_the_loop_giv
     assert [(shape, kind) for shape, kind, _ in got] == [((3,), "<f4")] * 20
     assert [float(total) for _, _, total in got] == [float(r.sum()) for r in namespace["M"]]
     assert all(type(total) is np.float32 for _, _, total in got)
+    namespace.update(xs=np.linspace(0, 1, 30), ys=np.arange(30))
+    job = engine.submit(_request("for a, b in zip(xs, ys)", "(type(a).__name__, type(b).__name__, a * b)", namespace))
+    got = job.result(timeout=60)
+    assert [(ka, kb) for ka, kb, _ in got] == [("float64", "int64")] * 30
+    assert [v for _, _, v in got] == [a * b for a, b in zip(namespace["xs"], namespace["ys"])]
     assert one_by_one == []
