@@ -653,3 +653,45 @@ def test_numpy_scalars_and_small_rows_travel_as_one_array_that_loads_as_the_same
         [],
     ):
         assert wire.numpy_list_pickle(values) is None, values[:2]
+
+
+def test_objects_whose_attributes_are_their_classes_are_looked_at_once_per_class(main_ns, monkeypatch):
+    # A loop over 10,000 dates or Decimals asked of each whether it was a file, a lock or the
+    # notebook's (~2 us apiece, most of the cost of sending them): now once per class. What an
+    # instance may answer for itself (a proxy, an object with attributes of its own, a slot holding a
+    # lock) is still asked of each.
+    import datetime
+    import decimal
+    import threading
+    import weakref
+
+    getattr(wire, "_ORDINARY", set()).clear()  # classes met by earlier tests are met again here
+    getattr(capture, "_SHIPPABLE_TYPES", set()).clear()
+    asked = []
+    real = capture._unshippable_reason
+    monkeypatch.setattr(capture, "_unshippable_reason", lambda obj: asked.append(type(obj)) or real(obj))
+    items = [datetime.date(2020, 1, 1) + datetime.timedelta(days=i) for i in range(500)]
+    items += [decimal.Decimal(i) / 7 for i in range(500)]
+    codec, data = capture.serialize_items(items, [], main_ns)
+    assert wire.loads(codec, data) == items
+    assert asked.count(datetime.date) == 1 and asked.count(decimal.Decimal) == 1, asked[:5]
+    assert capture.notebook_objects_in(items, main_ns) == set()
+
+    define(main_ns, "class Holder:\n    __slots__ = ('what',)\n    def __init__(self, what):\n        self.what = what\n")
+    Holder = main_ns["Holder"]
+    fine = [Holder(i) for i in range(3)]
+    codec, data = capture.serialize_items(fine, ["Holder"], main_ns)
+    assert [h.what for h in wire.loads(codec, data, main=sys.modules["__main__"])] == [0, 1, 2]
+    assert capture.notebook_objects_in(fine, main_ns) == {"Holder"}  # the notebook's class, still found
+    with pytest.raises(capture.CaptureError, match="lock only synchronises"):
+        capture.serialize_items([*fine, Holder(threading.Lock())], ["Holder"], main_ns)
+
+    class Plain:
+        pass
+
+    target = Plain()
+    assert not wire.attributes_are_the_types(weakref.proxy(target)) and not wire.attributes_are_the_types(target)
+    assert wire.attributes_are_the_types(datetime.date(2020, 1, 1)) and wire.attributes_are_the_types(Holder(1))
+    if sys.version_info >= (3, 12):  # a type alias keeps its module in a slot of its own
+        define(main_ns, "type Alias = int\n")
+        assert not wire.attributes_are_the_types(main_ns["Alias"])

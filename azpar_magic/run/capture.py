@@ -538,10 +538,18 @@ def _unshippable_reason(obj: object) -> str | None:
     return None
 
 
+_SHIPPABLE_TYPES: set[type] = set()  # types every instance of which _unshippable_reason passes
+
+
 def _refuse_unshippable(obj: object) -> None:
+    kind = type(obj)
+    if kind in _SHIPPABLE_TYPES:  # (this runs for every object an item or value pickles into)
+        return
     why = _unshippable_reason(obj)
     if why:
-        raise CaptureError(f"{type(obj).__module__}.{type(obj).__qualname__}: {why}")
+        raise CaptureError(f"{kind.__module__}.{kind.__qualname__}: {why}")
+    if wire.attributes_are_the_types(obj):
+        _SHIPPABLE_TYPES.add(kind)
 
 
 def random_state_kind(obj: object) -> str | None:
@@ -1136,9 +1144,18 @@ def notebook_objects_in(items: Iterable[object], namespace: Mapping[str, object]
     found: set[str] = set()
     seen: set[int] = set()
     budget = [100_000]  # objects inspected at most, so huge nested items stay cheap
+    inert: set[type] = set()  # classes whose instances are not, hold nor are of notebook objects
 
     def visit(obj: object, level: int) -> None:
-        if budget[0] <= 0 or type(obj) in _ATOMIC:
+        kind = type(obj)
+        if budget[0] <= 0 or kind in _ATOMIC or kind in inert:
+            return
+        if (
+            kind.__module__ != "__main__"
+            and not issubclass(kind, (type, *_CONTAINERS))
+            and wire.attributes_are_the_types(obj)
+        ):
+            inert.add(kind)  # (a date's __module__ is its class's; it has no __qualname__ of its own)
             return
         budget[0] -= 1
         if id(obj) in seen:
