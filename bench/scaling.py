@@ -3,7 +3,7 @@
 
     python bench/scaling.py            # full run (a few minutes on 2 cores)
     python bench/scaling.py --quick    # smoke run: small sizes, one repetition
-    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods,gc,items,fails
+    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods,gc,items,fails,kinds
     AZPAR_BENCH_ROOT=/other/checkout python bench/scaling.py --only tasks   # that checkout's code
 
 The figures, each printed beside a calibration of the machine measured in the same run:
@@ -46,6 +46,7 @@ Results are printed and saved to bench/results/scaling-<timestamp>.json (git-ign
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -474,6 +475,102 @@ def measure_fails(scratch: str) -> dict:
     return rows
 
 
+KINDS_N, KINDS_RUNS = 10_000, 9
+
+
+def _kinds_data() -> dict:
+    """What each kinds loop iterates over, made the same way in both peers' processes."""
+    import datetime
+
+    import numpy as np
+    import pandas as pd
+
+    return {
+        "xs": np.linspace(0, 1, KINDS_N),
+        "ys": np.arange(KINDS_N),
+        "M": np.arange(KINDS_N * 3, dtype=np.float64).reshape(KINDS_N, 3),
+        "df": pd.DataFrame({"a": range(KINDS_N), "b": range(KINDS_N)}),
+        "days": [datetime.date(2000, 1, 1) + datetime.timedelta(days=i) for i in range(KINDS_N)],
+    }
+
+
+def kind_scalar(x):
+    return x * 2
+
+
+def kind_pair(pair):
+    return pair[0] * pair[1]
+
+
+def kind_row(row):
+    return row.sum()
+
+
+def kind_tuple_row(row):
+    return row.a + row.b
+
+
+def kind_day(day):
+    return day.weekday()
+
+
+# name: (the loop, the body, the Pool's function, what it maps over): loops over what notebooks
+# iterate (numpy scalars, a matrix's rows, two arrays zipped, a DataFrame's itertuples(), dates).
+KINDS = {
+    "np.linspace scalars": ("for x in xs", "x * 2", kind_scalar, lambda d: d["xs"]),
+    "zip of two arrays": ("for a, b in zip(xs, ys)", "a * b", kind_pair, lambda d: zip(d["xs"], d["ys"])),
+    "rows of a matrix": ("for row in M", "row.sum()", kind_row, lambda d: d["M"]),
+    "df.itertuples()": ("for row in df.itertuples()", "row.a + row.b", kind_tuple_row, lambda d: d["df"].itertuples()),
+    "dates": ("for day in days", "day.weekday()", kind_day, lambda d: d["days"]),
+}
+
+
+def child_kinds(peer: str) -> dict:
+    """Each KINDS loop on a warm pool: azpar's cell (through run(), the magic's engine) or a fork Pool's
+    map of the same function over the same iterable; the medians of KINDS_RUNS runs."""
+    data = _kinds_data()
+    if peer == "pool":
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(2)
+        pool.map(abs, range(100))  # warm pool
+    else:
+        import azpar_magic
+
+        azpar_magic.run("for x in range(10)", "x", {}, workers=2).result()  # warm pool
+    out: dict = {}
+    for name, (loop, body, fn, iterable) in KINDS.items():
+        if peer == "pool":
+            call = functools.partial(lambda f, it: pool.map(f, it(data)), fn, iterable)
+        else:
+            call = functools.partial(lambda lp, bd: azpar_magic.run(lp, bd, data, workers=2).result(), loop, body)
+        try:
+            first = call()
+        except Exception as exc:  # a fork Pool cannot pickle df.itertuples()'s rows (their class is made at run time)
+            out[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if len(first) != KINDS_N:
+            raise RuntimeError(f"{peer}: {name}: {len(first)} values")
+        times = []
+        for _ in range(KINDS_RUNS):
+            t = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t)
+        out[name] = statistics.median(times)
+    return {"peer": peer, "medians": out}
+
+
+def measure_kinds(scratch: str) -> dict:
+    rows = {peer: run_child(scratch, "kinds", peer) for peer in ("azpar", "pool")}
+    for name in KINDS:
+        a, p = rows["azpar"]["medians"][name], rows["pool"]["medians"][name]
+        if isinstance(a, str):
+            raise RuntimeError(f"azpar: {name}: {a}")
+        pool = f"Pool {p * 1e3:.1f} ms (azpar / Pool {a / p:.2f})" if not isinstance(p, str) else f"Pool cannot: {p}"
+        print(f"  {KINDS_N:,} {name}: azpar {a * 1e3:.1f} ms, {pool}", flush=True)
+    return rows
+
+
 def measure_mods(scratch: str) -> dict:
     rows = []
     for modules in MODS_SIZES:
@@ -822,8 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
     ap.add_argument(
         "--only",
-        default="n,tasks,alt,ns,kernel,mods,gc,items,fails",
-        help="figures to measure: n, tasks, alt, ns, kernel, mods, gc, items, fails",
+        default="n,tasks,alt,ns,kernel,mods,gc,items,fails,kinds",
+        help="figures to measure: n, tasks, alt, ns, kernel, mods, gc, items, fails, kinds",
     )
     ap.add_argument("--n", help="iteration counts for n, comma-separated (default 1e2..1e6)")
     ap.add_argument("--mb", help="array sizes in MB for ns, comma-separated (default 1,10,100,500)")
@@ -846,6 +943,8 @@ def main(argv: list[str] | None = None) -> int:
             out = child_values(rest[0])
         elif kind == "fails":
             out = child_fails(rest[0])
+        elif kind == "kinds":
+            out = child_kinds(rest[0])
         else:
             out = child_ns(float(rest[0]), int(rest[1]))
         print(json.dumps(out))
@@ -888,6 +987,9 @@ def main(argv: list[str] | None = None) -> int:
         if "fails" in only:
             print("fails: a loop whose iterations fail half the time, failures kept", flush=True)
             res["fails"] = measure_fails(scratch)
+        if "kinds" in only:
+            print("kinds: loops over what notebooks iterate (numpy scalars and rows, itertuples, dates)", flush=True)
+            res["kinds"] = measure_kinds(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     res["calibration_after"] = machine_calibration.calibrate()
