@@ -254,3 +254,21 @@ def test_a_file_saved_beside_the_notebook_does_not_rebuild_the_module_table(tmp_
     os.utime(tmp_path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
     capture._module_to_distributions()
     assert capture._module_table.cache_info().misses == misses + 1
+
+
+def test_a_large_table_of_atoms_is_reused_until_a_key_or_value_changes(ns, serialized):
+    # (guard) A dict of a million atoms is told apart by its kinds and repr at C speed, without a list of
+    # its pairs (0.3 s a cell before): a changed value, key, or kind of value (1 and 1.0 and True) is seen.
+    ns["table"] = {i: str(i) for i in range(50_000)}
+    body = "table[x] + str(type(table.get(-1)).__name__)"
+    assert _run(ns, body)[1] == ["0NoneType", "1NoneType", "2NoneType", "3NoneType"]
+    assert _run(ns, body)[1] == ["0NoneType", "1NoneType", "2NoneType", "3NoneType"] and len(serialized) == 1
+    ns["table"][2] = "two"
+    assert _run(ns, body)[1][2] == "twoNoneType" and len(serialized) == 2
+    for stand_in, name in ((1, "int"), (1.0, "float"), (True, "bool")):
+        ns["table"][-1] = stand_in
+        assert _run(ns, body)[1][0] == f"0{name}"
+    assert len(serialized) == 5
+    del ns["table"][-1]
+    ns["table"][-2] = "x"  # another key, the same count of entries
+    assert _run(ns, body)[1][0] == "0NoneType" and len(serialized) == 6

@@ -136,13 +136,14 @@ class _Walk:
     def _container(self, obj, depth: int) -> None:
         kind = type(obj)
         self.tag(f"{kind.__name__}{len(obj)}(")
-        parts = list(obj.items()) if kind is dict else obj
-        flat = [x for pair in parts for x in pair] if kind is dict else parts
-        if set(map(type, flat)) <= _ATOMIC:  # C speed: repr tells every atomic value apart
+        # The kinds of what it holds, at C speed, without a list of its pairs first: that list and its
+        # flattening were two thirds of fingerprinting a dict of a million entries (0.3 s, issue 16).
+        kinds = set(map(type, obj.keys())) | set(map(type, obj.values())) if kind is dict else set(map(type, obj))
+        if kinds <= _ATOMIC:  # C speed: repr tells every atomic value apart
             self.data(repr(obj).encode("utf-8", "surrogatepass"))
-            self.left -= len(flat)
+            self.left -= 2 * len(obj) if kind is dict else len(obj)
         else:
-            for part in flat:
+            for part in (x for pair in obj.items() for x in pair) if kind is dict else obj:
                 self.visit(part, depth + 1)
         self.tag(")")
 
