@@ -29,6 +29,8 @@ _ATOMIC = frozenset({int, float, complex, str, bytes, bool, type(None)})
 _SEQUENCES = (list, tuple, set, frozenset)
 _MAX_OBJECTS = 200_000  # objects walked at most; beyond, serialising is the cheaper check
 _MAX_DEPTH = 40
+PICKLE_PROTOCOL = 5  # the capture's (worker.PICKLE_PROTOCOL): a pandas object's reduction depends on it
+_REDUCED_PACKAGES = frozenset({"pandas", "numpy"})  # whose objects are fingerprinted by their reduction
 _SMALL = 1 << 16  # buffers below this go through blake2b; above, through CRC-32
 _PART = 1 << 24  # bytes per thread at least when a large buffer's CRC-32 is split across CPUs
 
@@ -76,6 +78,9 @@ class _Walk:
         # Large buffers are read last, once the walk has found nothing it cannot fingerprint: a
         # namespace of an array and a notebook function then costs no pass over the array.
         self.buffers: list[tuple[memoryview, object]] = []  # (bytes, their 64-bit words or None)
+        # What the walk made (a pandas object's reduction, an object array's list): kept alive until it
+        # ends, so that no later object gets the id of one, which `seen` would take for it.
+        self.made: list[object] = []
 
     def tag(self, text: str) -> None:
         self.hash.update(text.encode())
@@ -123,15 +128,38 @@ class _Walk:
             self.tag("ba")
             self.data(memoryview(obj))  # type: ignore[arg-type]
         elif kind.__module__ == "numpy" and kind.__name__ == "ndarray":
-            self._array(obj)
+            self._array(obj, depth)
         elif isinstance(obj, types.ModuleType):
             self.tag(f"m:{obj.__name__};")
         elif isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)) and _by_name(obj):
             self.tag(f"g:{obj.__module__}:{obj.__qualname__};")
         elif kind is types.FunctionType:
             self._notebook_function(obj, depth)  # type: ignore[arg-type]
+        elif kind.__name__ == "cython_function_or_method" and _by_name(obj):  # pandas' own unpicklers
+            self.tag(f"g:{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')};")
+        elif kind is slice:
+            self.tag("sl(")
+            for part in (obj.start, obj.stop, obj.step):  # type: ignore[attr-defined]
+                self.visit(part, depth + 1)
+            self.tag(")")
+        elif kind.__module__.partition(".")[0] in _REDUCED_PACKAGES and _by_name(kind):
+            self._reduced(obj, depth)
         else:
             raise _Unsupported
+
+    def _reduced(self, obj: object, depth: int) -> None:
+        """A pandas object (a DataFrame, a Series, their indexes, blocks and arrays) or a numpy dtype or
+        scalar, as pickling writes it: its reduction, each part fingerprinted (arrays by their buffers).
+        Reading an unchanged DataFrame of 40 MB again pickled it at every cell, ~70 ms (issue 16)."""
+        reduced = obj.__reduce_ex__(PICKLE_PROTOCOL)
+        if type(reduced) is not tuple or len(reduced) < 2 or any(part is not None for part in reduced[3:]):
+            raise _Unsupported  # a name, or items given one by one: serialising decides
+        self.made.append(reduced)
+        kind = type(obj)
+        self.tag(f"r:{kind.__module__}.{kind.__qualname__}(")
+        for part in reduced[:3]:
+            self.visit(part, depth + 1)
+        self.tag(")")
 
     def _container(self, obj, depth: int) -> None:
         kind = type(obj)
@@ -160,9 +188,17 @@ class _Walk:
         for part in (fn.__defaults__, fn.__kwdefaults__, fn.__doc__, fn.__dict__, fn.__annotations__):
             self.visit(part, depth + 1)
 
-    def _array(self, arr) -> None:
+    def _array(self, arr, depth: int = 0) -> None:
+        if arr.dtype.hasobject and arr.dtype.kind == "O" and arr.size <= self.left:
+            # Objects inside (a pandas column or index of strings): the objects, as a list, as pickling
+            # writes them one by one; anything but atoms and containers of them stops the walk there.
+            listed = arr.tolist()
+            self.made.append(listed)
+            self.tag(f"ndo:{arr.shape}:")
+            self.visit(listed, depth + 1)
+            return
         if arr.dtype.hasobject or not (arr.flags.c_contiguous or arr.flags.f_contiguous):
-            raise _Unsupported  # objects inside, or a strided view: serialising decides
+            raise _Unsupported  # objects in a record, or a strided view: serialising decides
         order = "C" if arr.flags.c_contiguous else "F"
         self.tag(f"nd:{arr.dtype.descr!r}:{arr.dtype.str}:{arr.shape}:{order}:")
         flat = arr.reshape(-1, order=order).view("u1")  # a view: contiguous in that order
