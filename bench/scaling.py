@@ -914,6 +914,16 @@ def report(res: dict) -> None:
         )
 
 
+SCRATCH_FIGURES = {
+    "kernel": ("a real ipykernel's first cells", measure_kernel),
+    "mods": ("a package of the notebook's own, warm two-iteration cells", measure_mods),
+    "gc": ("a full collection in a client that ran many maps", measure_gc),
+    "items": ("a loop over large arrays", measure_items),
+    "fails": ("a loop whose iterations fail half the time, failures kept", measure_fails),
+    "kinds": ("loops over what notebooks iterate (numpy scalars and rows, itertuples, dates)", measure_kinds),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
@@ -972,24 +982,10 @@ def main(argv: list[str] | None = None) -> int:
         if "ns" in only:
             print("ns: an array read by the body", flush=True)
             res["ns"] = measure_ns(scratch, params["mb"], params["iterations"])
-        if "kernel" in only:
-            print("kernel: a real ipykernel's first cells", flush=True)
-            res["kernel"] = measure_kernel(scratch)
-        if "mods" in only:
-            print("mods: a package of the notebook's own, warm two-iteration cells", flush=True)
-            res["mods"] = measure_mods(scratch)
-        if "gc" in only:
-            print("gc: a full collection in a client that ran many maps", flush=True)
-            res["gc"] = measure_gc(scratch)
-        if "items" in only:
-            print("items: a loop over large arrays", flush=True)
-            res["items"] = measure_items(scratch)
-        if "fails" in only:
-            print("fails: a loop whose iterations fail half the time, failures kept", flush=True)
-            res["fails"] = measure_fails(scratch)
-        if "kinds" in only:
-            print("kinds: loops over what notebooks iterate (numpy scalars and rows, itertuples, dates)", flush=True)
-            res["kinds"] = measure_kinds(scratch)
+        for key, (title, measure) in SCRATCH_FIGURES.items():  # each measured from the scratch folder alone
+            if key in only:
+                print(f"{key}: {title}", flush=True)
+                res[key] = measure(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     res["calibration_after"] = machine_calibration.calibrate()
