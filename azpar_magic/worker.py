@@ -410,7 +410,9 @@ def plain_pickle(obj: object) -> bytes | None:
 
 NUMPY_LIST_KINDS = frozenset("biufc")  # numpy scalars that an array holds exactly: bool, numbers
 NUMPY_ARRAY_KINDS = NUMPY_LIST_KINDS | frozenset("mM")  # arrays of one dtype (a datetime's unit is in it)
-NUMPY_STACK_MAX = 1 << 20  # bytes of small arrays stacked into one; larger ones travel as they are
+# Arrays under this size are stacked into one (they travel inside the pickle anyway); larger ones travel
+# as they are, apart from it (OUT_OF_BAND_MIN).
+NUMPY_STACK_MAX = 1 << 20
 
 
 NUMPY_TUPLE_MAX = 16  # tuples up to this long travel as columns (numpy_list_pickle)
@@ -480,7 +482,7 @@ def _numpy_array_of(values: list, numpy: types.ModuleType) -> object | None:
     kind = type(first)
     if kind is numpy.ndarray:
         shape, dtype = first.shape, first.dtype
-        if dtype.kind not in NUMPY_ARRAY_KINDS or first.nbytes * len(values) > NUMPY_STACK_MAX:
+        if dtype.kind not in NUMPY_ARRAY_KINDS or first.nbytes >= NUMPY_STACK_MAX:
             return None
         for value in values:
             if type(value) is not numpy.ndarray or value.shape != shape or value.dtype != dtype:
@@ -497,9 +499,9 @@ def attributes_are_the_types(obj: object) -> bool:
     """Whether what any instance of ``obj``'s class answers for an attribute is its class's answer: no
     attributes of its own (``__dict__``, nor a ``__module__`` or ``__qualname__`` slot), no lookup of
     its own (``__getattr__``, ``__getattribute__`` in Python), and not a proxy (its ``__class__`` is
-    its type). What is asked of such an instance (is it
-    a file, a lock, of the notebook?) is then asked once per class: a loop over 10,000 dates or
-    Decimals asked it of each, ~2 us apiece, most of the cost of sending them (issue 16)."""
+    its type). What is asked of such an instance (is it a file, a lock, of the notebook?) is then asked
+    once per class: a loop over 10,000 dates or Decimals asked it of each, ~2 us apiece, most of the
+    cost of sending them (issue 16)."""
     kind = type(obj)
     if kind.__dictoffset__ != 0 or obj.__class__ is not kind:
         return False

@@ -354,4 +354,12 @@ def test_numpy_items_and_values_travel_as_arrays_and_arrive_as_what_the_loop_giv
     got = job.result(timeout=60)
     assert [(ka, kb) for ka, kb, _ in got] == [("float64", "int64")] * 30
     assert [v for _, _, v in got] == [a * b for a, b in zip(namespace["xs"], namespace["ys"])]
+    # The items come from numpy, which the workers need to load them, though this body never names it.
+    job = engine.submit(_request("for x in xs", "x + 1", {"xs": namespace["xs"]}))
+    assert job.result(timeout=60) == [x + 1 for x in namespace["xs"]]
+    assert "numpy" in job.capture.packages
+    # A matrix of 1.6 MB a task: its small rows are stacked whatever their total.
+    big = np.arange(400_000.0).reshape(50_000, 8)
+    job = engine.submit(_request("for row in big", "float(row[7])", {"big": big}))
+    assert job.result(timeout=60) == [float(v) for v in big[:, 7]]
     assert one_by_one == []

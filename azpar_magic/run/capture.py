@@ -1216,6 +1216,7 @@ def capture(
     items: Iterable[object] = (),
     stored: Callable[[str, int], bytes | None] | None = None,
     plain: bool = False,
+    items_from: frozenset[str] = frozenset(),
 ) -> Capture:
     """Choose, check and serialise what ``cell`` needs from ``namespace``.
 
@@ -1223,7 +1224,8 @@ def capture(
     when the chosen objects are unchanged since a capture that gave those bytes (``fingerprint``),
     they are reused instead of pickled and hashed again (issue 16: an identical cell over a 100 MB
     array cost a full copy and its sha256, to stage nothing new). ``plain``: the caller found the
-    items plain data (``worker.plain_pickle``), so nothing in them is looked through."""
+    items plain data (``worker.plain_pickle``) or numpy's scalars and arrays, so nothing in them is
+    looked through; ``items_from``: then, the modules their classes come from (numpy's)."""
     export = list(export)
     missing = [n for n in export if n not in namespace]
     if missing:
@@ -1247,7 +1249,7 @@ def capture(
     for name in export:
         chosen[name] = namespace[name]
     codec, data, used_modules, sha, random_kinds = _serialize_or_reuse(chosen, stored)
-    modules = used_modules | reach.modules | body_imports | (set() if plain else item_modules(items))
+    modules = used_modules | reach.modules | body_imports | (set(items_from) if plain else item_modules(items))
     folder = folder or os.getcwd()
     local = local_module_files(modules, folder)
     local_tops = {path.split("/")[0].removesuffix(".py") for path in local}

@@ -370,22 +370,26 @@ def _plain_parts(items: list, parts: list[list]) -> list[bytes]:
     everything twice."""
     if len(parts) > 1 and len(items) <= SMALL_PARTS * len(parts):
         if wire.plain_pickle(items) is None:  # some part holds an item that is not plain: no part by part again
-            return _numpy_parts(parts)
+            return []
         dumps, protocol = pickle.dumps, wire.PICKLE_PROTOCOL
         return [dumps(part, protocol=protocol) for part in parts]
     pickled: list[bytes] = []
     for part in parts:
         data = wire.plain_pickle(part)
         if data is None:
-            return _numpy_parts(parts) if not pickled else []
+            return []
         pickled.append(data)
     return pickled
 
 
+NUMPY_ITEMS = frozenset({"numpy"})  # where the items _numpy_parts pickles come from
+
+
 def _numpy_parts(parts: list[list]) -> list[bytes]:
     """Each part's pickle when its items are numpy scalars of one type or small arrays of one shape
-    (``for x in np.linspace(...)``, ``for row in matrix``): one array each (``worker.numpy_list_pickle``).
-    They name nothing of the notebook, so the capture need not look through them either. Else []."""
+    (``for x in np.linspace(...)``, ``for row in matrix``, tuples of them): one array each
+    (``worker.numpy_list_pickle``). They name nothing of the notebook, so the capture need not look
+    through them either; they come from numpy (NUMPY_ITEMS), which the workers need to load them. Else []."""
     pickled: list[bytes] = []
     for part in parts:
         data = wire.numpy_list_pickle(part)
@@ -650,6 +654,10 @@ class Engine:
                     for indices in chunks
                 ]
                 pickled = _plain_parts(items, parts)
+                items_from: frozenset[str] = frozenset()  # the modules of the items' classes, when known
+                if not pickled and parts:
+                    pickled = _numpy_parts(parts)
+                    items_from = NUMPY_ITEMS if pickled else items_from
                 slow_items: list[str] = []  # items that are not plain data, and took long to serialise
                 cap = capture_mod.capture(
                     request.cell,
@@ -662,6 +670,7 @@ class Engine:
                     # unchanged capture reuses those bytes instead of serialising them again.
                     stored=None if self.backend.outlives_kernel else kept_namespace,
                     plain=bool(pickled) or not parts,
+                    items_from=items_from,
                 )
                 numbers = list(map(str, range(1, len(chunks) + 1)))
                 if pickled:  # (one comprehension: a job may have 10,000 one-iteration tasks, issue 16, a')
