@@ -482,12 +482,12 @@ def _numpy_array_of(values: list, numpy: types.ModuleType) -> object | None:
     kind = type(first)
     if kind is numpy.ndarray:
         shape, dtype = first.shape, first.dtype
-        if dtype.kind not in NUMPY_ARRAY_KINDS or first.nbytes >= NUMPY_STACK_MAX:
-            return None
+        if not shape or dtype.kind not in NUMPY_ARRAY_KINDS or first.nbytes >= NUMPY_STACK_MAX:
+            return None  # (a 0-d array's stack would give scalars back)
         for value in values:
             if type(value) is not numpy.ndarray or value.shape != shape or value.dtype != dtype:
                 return None
-        return numpy.stack(values) if shape else numpy.array(values, dtype=dtype)
+        return numpy.stack(values)
     if isinstance(first, numpy.generic) and kind.__module__ == "numpy":
         if numpy.dtype(kind).kind not in NUMPY_LIST_KINDS or len(set(map(type, values))) != 1:
             return None

@@ -644,6 +644,7 @@ def test_numpy_scalars_and_small_rows_travel_as_one_array_that_loads_as_the_same
         [np.str_("a\x00")],
         [np.zeros(2), np.zeros(3)],  # shapes differ
         [np.zeros(200_000)] * 10,  # large: travels out of band, as it is
+        [np.array(1.5), np.array(2.5)],  # 0-d arrays: stacked, they would come back as scalars
         [np.array([object()])],
         [1, 2, 3],  # plain: plain_pickle's
         [(1, "a"), (2, "b")],  # tuples of plain atoms: plain_pickle's too
