@@ -521,3 +521,29 @@ def test_every_node_failing_its_start_task_is_reported_not_waited_for(batch, azu
         assert not run.success
         assert "failed its start task" in str(run.error), run.error
         assert time.monotonic() - started < 30
+
+
+def test_numpy_items_itertuples_rows_and_repeated_failures_travel_to_the_nodes(azure, ip, run_cell, batch):
+    # What numeric notebooks iterate travels packed (numpy scalars and rows as one array a task, itertuples'
+    # run-time class made again by dill's recipe): the nodes' workers load them as the loop gives them, and
+    # the values come back packed as well. Failures at one place are formatted once a task, each its own.
+    np = pytest.importorskip("numpy")
+    pd = pytest.importorskip("pandas")
+    ip.user_ns.update(np=np, xs=np.linspace(0, 1, 20), M=np.arange(60.0).reshape(20, 3),
+                      df=pd.DataFrame({"a": range(20), "b": range(20)}))
+    run = run_cell("%%azpar -q -o got --chunk-size 10 for x, row in zip(xs, M):\n(type(x).__name__, np.sqrt(x), row.sum())")
+    assert run.success, run.error
+    got = ip.user_ns["got"]
+    assert [kind for kind, _, _ in got] == ["float64"] * 20
+    assert all(type(root) is np.float64 for _, root, _ in got)
+    assert [float(total) for _, _, total in got] == [float(r.sum()) for r in ip.user_ns["M"]]
+    assert "numpy" in _last_job().capture.packages
+    run = run_cell("%%azpar -q -o rows --chunk-size 10 --errors pass for row in df.itertuples():\n"
+                   "if row.a % 3 == 0:\n    raise KeyError(row.a)\n(type(row).__name__, row.a + row.b)")
+    assert run.success, run.error
+    rows = ip.user_ns["rows"]
+    assert [value for i, value in enumerate(rows) if i % 3] == [("Pandas", 2 * i) for i in range(20) if i % 3]
+    failures = _last_job().failures
+    assert sorted(failures) == list(range(0, 20, 3))
+    assert all(failures[i].traceback.endswith(f"KeyError: {i}\n") for i in failures)
+    assert len({failures[i].traceback.rsplit("KeyError", 1)[0] for i in failures}) == 1
