@@ -549,8 +549,8 @@ def child_kinds(peer: str) -> dict:
         except Exception as exc:  # a fork Pool cannot pickle df.itertuples()'s rows (their class is made at run time)
             out[name] = f"{type(exc).__name__}: {exc}"
             continue
-        if len(first) != KINDS_N:
-            raise RuntimeError(f"{peer}: {name}: {len(first)} values")
+        if first != [fn(value) for value in iterable(data)]:  # the same values as the loop run here
+            raise RuntimeError(f"{peer}: {name}: wrong result")
         times = []
         for _ in range(KINDS_RUNS):
             t = time.perf_counter()
