@@ -301,5 +301,8 @@ def test_an_unchanged_dataframe_is_reused_and_any_change_to_it_is_seen(ns, seria
         change(ns["df"])
         assert _run(ns, body)[1] == expected(), number
         assert len(serialized) == number, number
-    ns["df"] = ns["df"].copy()  # a copy with the same content: reused
-    assert _run(ns, body)[1] == expected() and len(serialized) == len(changes) + 1
+    # A copy with the same content: right either way, and reused where pandas reduces a copy as it does
+    # the original (pandas 3; a copy on pandas 2 differs in how its blocks are laid out, and is pickled).
+    ns["df"] = ns["df"].copy()
+    assert _run(ns, body)[1] == expected()
+    assert len(serialized) == len(changes) + (1 if int(pd.__version__.split(".")[0]) >= 3 else 2)
