@@ -20,7 +20,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import CodeType
 from typing import Any, cast
 
@@ -373,9 +373,14 @@ def _plain_parts(items: list, parts: list[list]) -> list[bytes]:
             return []
         dumps, protocol = pickle.dumps, wire.PICKLE_PROTOCOL
         return [dumps(part, protocol=protocol) for part in parts]
+    return _each_pickled(parts, wire.plain_pickle)
+
+
+def _each_pickled(parts: list[list], pickle_part: Callable[[list], bytes | None]) -> list[bytes]:
+    """``pickle_part`` of each part, or [] as soon as one part is not its kind (it gave None)."""
     pickled: list[bytes] = []
     for part in parts:
-        data = wire.plain_pickle(part)
+        data = pickle_part(part)
         if data is None:
             return []
         pickled.append(data)
@@ -390,13 +395,7 @@ def _numpy_parts(parts: list[list]) -> list[bytes]:
     (``for x in np.linspace(...)``, ``for row in matrix``, tuples of them): one array each
     (``worker.numpy_list_pickle``). They name nothing of the notebook, so the capture need not look
     through them either; they come from numpy (NUMPY_ITEMS), which the workers need to load them. Else []."""
-    pickled: list[bytes] = []
-    for part in parts:
-        data = wire.numpy_list_pickle(part)
-        if data is None:
-            return []
-        pickled.append(data)
-    return pickled
+    return _each_pickled(parts, wire.numpy_list_pickle)
 
 
 def chunk_subset(indices: Sequence[int], size: int) -> list[Sequence[int]]:
