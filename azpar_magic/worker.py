@@ -460,6 +460,11 @@ def numpy_list_pickle(values: object) -> bytes | None:
     first = values[0]
     if type(first) is not tuple or not 0 < len(first) <= NUMPY_TUPLE_MAX:
         return None
+    numeric = (numpy.generic, numpy.ndarray)
+    if not any(isinstance(part, numeric) for part in first) or not all(
+        type(part) in _ATOMS or isinstance(part, numeric) for part in first
+    ):
+        return None  # told by the first tuple, before the whole list is looked at (values of other kinds)
     if len(set(map(type, values))) != 1 or len(set(map(len, values))) != 1:
         return None
     columns: list = []
