@@ -656,6 +656,35 @@ def test_numpy_scalars_and_small_rows_travel_as_one_array_that_loads_as_the_same
         assert wire.numpy_list_pickle(values) is None, values[:2]
 
 
+def test_notebook_code_held_inside_other_objects_goes_with_the_names_it_reads(main_ns):
+    # A datetime whose tzinfo is of a notebook class, a defaultdict's factory, a notebook function kept
+    # in a SimpleNamespace: the capture's walk does not look inside them, so the pickle took the
+    # notebook code by value without what it reads (NameError on the workers). The pickle's notebook
+    # code now says what it reads, and that goes too; a --no-export name still does not.
+    define(
+        main_ns,
+        "import datetime, collections, types\n"
+        "K = 10\n"
+        "class Shifted(datetime.tzinfo):\n"
+        "    def utcoffset(self, dt):\n        return datetime.timedelta(hours=K)\n"
+        "def scale(x):\n    return x * OTHER\n"
+        "OTHER = 3\n"
+        "stamp = datetime.datetime(2020, 1, 1, tzinfo=Shifted())\n"
+        "counts = collections.defaultdict(lambda: FALLBACK)\n"
+        "FALLBACK = 0\n"
+        "holder = types.SimpleNamespace(fn=scale)\n",
+    )
+    assert {"stamp", "Shifted", "K", "datetime"} <= names_for("stamp.utcoffset()", main_ns)
+    assert {"counts", "FALLBACK"} <= names_for("counts[x]", main_ns)
+    assert {"holder", "scale", "OTHER"} <= names_for("holder.fn(x)", main_ns)
+    assert "OTHER" not in names_for("holder.fn(x)", main_ns, no_export=["OTHER"])
+    # Items: a partial of a notebook function names what the engine ships (names_inside).
+    define(main_ns, "import functools\ndef train(lr):\n    return lr * K\njobs = [functools.partial(train, 1)]\n")
+    met: list = []
+    capture.serialize_items(main_ns["jobs"], [], main_ns, 0, met)
+    assert {"train", "K"} <= capture.names_inside(met, main_ns)
+
+
 def test_objects_whose_attributes_are_their_classes_are_looked_at_once_per_class(main_ns, monkeypatch):
     # A loop over 10,000 dates or Decimals asked of each whether it was a file, a lock or the
     # notebook's (~2 us apiece, most of the cost of sending them): now once per class. What an

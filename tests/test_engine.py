@@ -329,6 +329,30 @@ def test_items_slow_to_serialise_are_said_before_the_job_with_what_travels_faste
 
 
 @pytest.mark.timeout(120)
+def test_items_holding_notebook_functions_bring_what_those_read(ip, run_cell):
+    # `for job in [functools.partial(train, lr) for lr in rates]: job()` failed with NameError: the
+    # partial took `train` by value, without the notebook names `train` reads. A lambda inside one too.
+    ip.run_cell(
+        "import functools\nK = 10\ndef train(lr, extra=0):\n    return lr * K + extra\n"
+        "jobs = [functools.partial(train, lr) for lr in (1, 2, 3)]\n"
+        "shifted = [functools.partial(lambda x, y: x * K + y, 1, y) for y in range(3)]\n"
+    )
+    try:
+        run = run_cell("%%azpar -q -o got for job in jobs:\njob()")
+        assert run.success, run.error
+        assert ip.user_ns["got"] == [10, 20, 30]
+        run = run_cell("K = 20")
+        run = run_cell("%%azpar -q -o got for job in shifted:\njob()")
+        assert run.success, run.error
+        assert ip.user_ns["got"] == [20, 21, 22]
+        run = run_cell("%%azpar -q -o got --no-export K for job in jobs:\njob()")  # not shipped, as asked
+        assert not run.success and "NameError" in str(run.error)
+    finally:
+        for name in ("functools", "K", "train", "jobs", "shifted", "got"):
+            ip.user_ns.pop(name, None)
+
+
+@pytest.mark.timeout(120)
 def test_numpy_items_and_values_travel_as_arrays_and_arrive_as_what_the_loop_gives(engine, monkeypatch):
     # np.linspace's scalars and a matrix's rows go as one array a task (not through the pickler's hooks
     # one by one), and the body sees what iterating them here gives: numpy.float64, a row of the dtype.

@@ -5,6 +5,7 @@ name, so every iteration failed. Values come back as the notebook's own members.
 
 from __future__ import annotations
 
+import datetime
 import sys
 import types
 import warnings
@@ -132,6 +133,32 @@ def test_a_notebook_enum_the_worker_returns_by_itself_comes_back_as_the_notebook
         assert ip.user_ns["got"][0] is ip.user_ns["Level"].LOW and ip.user_ns["got"][1] is ip.user_ns["Level"].HIGH
     finally:
         for name in ("Level", "got"):
+            ip.user_ns.pop(name, None)
+
+
+def test_dates_with_the_notebooks_time_zone_or_class_still_travel_with_it(ip, run_cell):
+    # Dates and datetimes are pickled as they are (issue 16) unless they hold the notebook's own classes:
+    # a tzinfo or a date subclass defined in the notebook still goes with the job, by value.
+    ip.run_cell(
+        "import datetime\n"
+        "class Shifted(datetime.tzinfo):\n"
+        "    def utcoffset(self, dt):\n        return datetime.timedelta(hours=5)\n"
+        "    def dst(self, dt):\n        return datetime.timedelta(0)\n"
+        "class Workday(datetime.date):\n"
+        "    def label(self):\n        return 'wd' + str(self.day)\n"
+        "moments = [datetime.datetime(2020, 1, 1, h, tzinfo=Shifted()) for h in range(6)]\n"
+        "workdays = [Workday(2020, 1, d) for d in range(1, 6)]\n"
+    )
+    try:
+        run = run_cell("%%azpar -q -o got for m in moments:\nm.utcoffset(), type(m.tzinfo).__name__")
+        assert run.success, run.error
+        assert ip.user_ns["got"] == [(datetime.timedelta(hours=5), "Shifted")] * 6
+        run = run_cell("%%azpar -q -o got for w in workdays:\nw.label(), w")
+        assert run.success, run.error
+        assert [label for label, _ in ip.user_ns["got"]] == [f"wd{d}" for d in range(1, 6)]
+        assert all(type(w) is ip.user_ns["Workday"] for _, w in ip.user_ns["got"])
+    finally:
+        for name in ("Shifted", "Workday", "moments", "workdays", "got", "datetime"):
             ip.user_ns.pop(name, None)
 
 

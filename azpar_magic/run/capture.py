@@ -27,7 +27,7 @@ import time
 import tokenize
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -399,7 +399,7 @@ class _Reach:
         self.modules: set[str] = set()
         self.submodules: set[str] = set()  # reached through a module's attributes (submodules_reached)
         self.sources: dict[str, str] = {}
-        self._seen: set[int] = set()
+        self.walked: set[int] = set()  # ids of the objects visited
 
     def _is_notebook(self, obj: object) -> bool:
         return getattr(obj, "__module__", None) == "__main__"
@@ -412,9 +412,9 @@ class _Reach:
             self.names.add(name)
 
     def visit(self, obj: object, depth: int = 0) -> None:
-        if id(obj) in self._seen or depth > 4:
+        if id(obj) in self.walked or depth > 4:
             return
-        self._seen.add(id(obj))
+        self.walked.add(id(obj))
         if isinstance(obj, types.ModuleType):
             self.modules.add(obj.__name__)
         elif isinstance(obj, types.MethodType):
@@ -565,12 +565,14 @@ def random_state_kind(obj: object) -> str | None:
 
 
 class _Inspector:
-    """Hook given to both picklers: refuses process-bound objects, records packages used and
-    the random generators shipped (each worker starts from its own copy of their state)."""
+    """Hook given to both picklers: refuses process-bound objects, records packages used,
+    the random generators shipped (each worker starts from its own copy of their state) and the
+    notebook's functions and classes pickled (``names_inside``)."""
 
     def __init__(self) -> None:
         self.modules: set[str] = set()
         self.random_states: set[str] = set()
+        self.notebook: list[object] = []
 
     def __call__(self, obj: object) -> None:
         _refuse_unshippable(obj)
@@ -580,13 +582,36 @@ class _Inspector:
         if isinstance(obj, types.ModuleType):
             self.modules.add(obj.__name__)
         elif isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
-            self.modules.add(getattr(obj, "__module__", None) or "")
+            module = getattr(obj, "__module__", None) or ""
+            self.modules.add(module)
+            if module == "__main__":
+                self.notebook.append(obj)
         else:
             self.modules.add(type(obj).__module__ or "")
             if callable(obj):  # a compiled function (a %%cython cell's) names its module as a function does
                 module = getattr(obj, "__module__", None)
                 if isinstance(module, str):
                     self.modules.add(module)
+
+
+def names_inside(
+    notebook_objects: Iterable[object], namespace: Mapping[str, object], walked: Collection[int] = ()
+) -> set[str]:
+    """The notebook names that notebook functions and classes met while pickling need: their own (when
+    the namespace holds them under it) and those their code reads, as for the body's. ``_Reach`` walks
+    the objects it knows how to look into; what a pickle reaches inside other objects (a datetime whose
+    tzinfo is of a notebook class, a defaultdict's factory, a ``functools.partial`` among the items)
+    went by value without what its code reads: a NameError on the workers. ``walked``: the ids of
+    objects a walk has looked at already (what they read is chosen)."""
+    reach = _Reach(namespace)
+    for obj in notebook_objects:
+        if id(obj) in walked:
+            continue
+        name = getattr(obj, "__qualname__", None)
+        if isinstance(name, str) and namespace.get(name) is obj and not is_ipython_name(name):
+            reach.names.add(name)
+        reach.visit(obj)
+    return reach.names
 
 
 def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
@@ -1241,14 +1266,20 @@ def capture(
         | {name for name in looked_up if name in namespace}
     )
     chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
+    for name in export:
+        chosen[name] = namespace[name]
+    codec, data, used_modules, sha, random_kinds, inside = _serialize_or_reuse(chosen, stored, reach)
+    if inside - chosen.keys() - set(no_export):  # notebook code inside other objects: with what it reads
+        wanted |= inside
+        chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
+        for name in export:
+            chosen[name] = namespace[name]
+        codec, data, used_modules, sha, random_kinds, inside = _serialize_or_reuse(chosen, stored, reach)
     unshipped = (
         tuple(sorted(n for n in set(no_export) & (wanted | reach.names) if n in namespace and n not in chosen))
         if no_export
         else ()
     )
-    for name in export:
-        chosen[name] = namespace[name]
-    codec, data, used_modules, sha, random_kinds = _serialize_or_reuse(chosen, stored)
     modules = used_modules | reach.modules | body_imports | (set(items_from) if plain else item_modules(items))
     folder = folder or os.getcwd()
     local = local_module_files(modules, folder)
@@ -1357,6 +1388,7 @@ class _Serialized:
     size: int
     modules: frozenset[str]
     random_states: frozenset[str] = frozenset()
+    inside: frozenset[str] = frozenset()  # names_inside the pickle
 
 
 _REUSE_KEPT = 8  # fingerprints remembered (a few cells alternating)
@@ -1366,10 +1398,10 @@ _reusable_lock = threading.Lock()  # api.run may capture from several threads
 
 
 def _serialize_or_reuse(
-    chosen: dict[str, object], stored: Callable[[str, int], bytes | None] | None
-) -> tuple[str, bytes, set[str], str, frozenset[str]]:
-    """(codec, bytes, modules, sha256, kinds of random generators) of ``chosen``: the kept bytes
-    of an earlier capture of the same content when ``stored`` still has them, else a fresh
+    chosen: dict[str, object], stored: Callable[[str, int], bytes | None] | None, reach: _Reach
+) -> tuple[str, bytes, set[str], str, frozenset[str], frozenset[str]]:
+    """(codec, bytes, modules, sha256, kinds of random generators, names_inside) of ``chosen``: the
+    kept bytes of an earlier capture of the same content when ``stored`` still has them, else a fresh
     serialisation (remembered)."""
     key = fingerprint.fingerprint(chosen) if stored is not None else None
     with _reusable_lock:
@@ -1377,16 +1409,21 @@ def _serialize_or_reuse(
     if earlier is not None and stored is not None:
         data = stored(earlier.sha256, earlier.size)
         if data is not None and len(data) == earlier.size:
-            return earlier.codec, data, set(earlier.modules), earlier.sha256, earlier.random_states
+            return earlier.codec, data, set(earlier.modules), earlier.sha256, earlier.random_states, earlier.inside
     codec, data, inspector = serialize_inspected(chosen)
     sha = wire.sha256(data)
     random_states = frozenset(inspector.random_states)
+    inside = (
+        frozenset(names_inside(inspector.notebook, reach.namespace, reach.walked))
+        if inspector.notebook
+        else frozenset()
+    )
     if key is not None and len(data) >= _REUSE_MIN:
         with _reusable_lock:
-            _reusable[key] = _Serialized(codec, sha, len(data), frozenset(inspector.modules), random_states)
+            _reusable[key] = _Serialized(codec, sha, len(data), frozenset(inspector.modules), random_states, inside)
             while len(_reusable) > _REUSE_KEPT:
                 _reusable.popitem(last=False)
-    return codec, data, inspector.modules, sha, random_states
+    return codec, data, inspector.modules, sha, random_states, inside
 
 
 def _random_state_holders(chosen: Mapping[str, object], kinds: frozenset[str]) -> tuple[str, ...]:
@@ -1468,11 +1505,18 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
 
 
 def serialize_items(
-    items: list, shipped: Iterable[str], namespace: Mapping[str, object], first_index: int = 0
+    items: list,
+    shipped: Iterable[str],
+    namespace: Mapping[str, object],
+    first_index: int = 0,
+    notebook: list[object] | None = None,
 ) -> tuple[str, bytes]:
     """Items of one task (the iterable's items from ``first_index`` on). Notebook functions
     and classes the job ships go by name (the worker has them); others by value. An item
-    that cannot travel is named by its index in the iterable."""
+    that cannot travel is named by its index in the iterable. ``notebook``, when given, gets the
+    notebook's functions and classes the items hold: the caller ships the ``names_inside`` them that
+    the job does not ship yet (a ``functools.partial`` of a notebook function), and serialises the
+    items again."""
     plain = wire.plain_pickle(items if type(items) is list else list(items))
     if plain is not None:
         # Plain data: nothing to refuse, nothing shipped by name, and the same bytes the pickler
@@ -1484,8 +1528,16 @@ def serialize_items(
         name = getattr(obj, "__qualname__", None)
         return name in shipped and namespace.get(name) is obj
 
+    hook = _refuse_unshippable
+    if notebook is not None:
+
+        def hook(obj: object) -> None:
+            _refuse_unshippable(obj)
+            if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
+                notebook.append(obj)
+
     try:
-        return wire.dumps(items, by_reference=by_reference, hook=_refuse_unshippable, out_of_band=True)
+        return wire.dumps(items, by_reference=by_reference, hook=hook, out_of_band=True)
     except Exception:
         pass
     for position, item in enumerate(items):

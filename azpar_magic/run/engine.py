@@ -658,19 +658,23 @@ class Engine:
                     pickled = _numpy_parts(parts)
                     items_from = NUMPY_ITEMS if pickled else items_from
                 slow_items: list[str] = []  # items that are not plain data, and took long to serialise
-                cap = capture_mod.capture(
-                    request.cell,
-                    request.namespace,
-                    export=request.export,
-                    no_export=request.no_export,
-                    folder=folder,
-                    items=items,
-                    # The job store keeps the namespaces of jobs that do not outlive the kernel: an
-                    # unchanged capture reuses those bytes instead of serialising them again.
-                    stored=None if self.backend.outlives_kernel else kept_namespace,
-                    plain=bool(pickled) or not parts,
-                    items_from=items_from,
-                )
+
+                def captured(inside_items: Sequence[str] = ()) -> capture_mod.Capture:
+                    return capture_mod.capture(
+                        request.cell,
+                        request.namespace,
+                        export=[*request.export, *inside_items],
+                        no_export=request.no_export,
+                        folder=folder,
+                        items=items,
+                        # The job store keeps the namespaces of jobs that do not outlive the kernel: an
+                        # unchanged capture reuses those bytes instead of serialising them again.
+                        stored=None if self.backend.outlives_kernel else kept_namespace,
+                        plain=bool(pickled) or not parts,
+                        items_from=items_from,
+                    )
+
+                cap = captured()
                 numbers = list(map(str, range(1, len(chunks) + 1)))
                 if pickled:  # (one comprehension: a job may have 10,000 one-iteration tasks, issue 16, a')
                     tasks = {
@@ -678,9 +682,20 @@ class Engine:
                     }
                 else:
                     began = time.perf_counter()
+                    met: list[object] = []  # the notebook's functions and classes the items hold
                     for number, indices, part in zip(numbers, chunks, parts):
-                        codec, data = capture_mod.serialize_items(part, cap.names, request.namespace, indices[0])
+                        codec, data = capture_mod.serialize_items(part, cap.names, request.namespace, indices[0], met)
                         tasks[number] = TaskSpec(number, indices, codec, data)
+                    inside = (
+                        capture_mod.names_inside({id(obj): obj for obj in met}.values(), request.namespace)
+                        - set(cap.names)
+                        - set(request.no_export)
+                    )
+                    if inside:  # (a partial of a notebook function): shipped with what it reads, the items again
+                        cap = captured(sorted(inside))
+                        for number, indices, part in zip(numbers, chunks, parts):
+                            codec, data = capture_mod.serialize_items(part, cap.names, request.namespace, indices[0])
+                            tasks[number] = TaskSpec(number, indices, codec, data)
                     slow_items = slow_items_warnings(
                         items,
                         time.perf_counter() - began,
