@@ -481,6 +481,7 @@ KINDS_N, KINDS_RUNS = 10_000, 9
 def _kinds_data() -> dict:
     """What each kinds loop iterates over, made the same way in both peers' processes."""
     import datetime
+    import pathlib
 
     import numpy as np
     import pandas as pd
@@ -491,6 +492,8 @@ def _kinds_data() -> dict:
         "M": np.arange(KINDS_N * 3, dtype=np.float64).reshape(KINDS_N, 3),
         "df": pd.DataFrame({"a": range(KINDS_N), "b": range(KINDS_N)}),
         "days": [datetime.date(2000, 1, 1) + datetime.timedelta(days=i) for i in range(KINDS_N)],
+        "hours": pd.date_range("2000-01-01", periods=KINDS_N, freq="h", tz="UTC"),
+        "paths": [pathlib.Path(f"data/part-{i:05d}.csv") for i in range(KINDS_N)],
     }
 
 
@@ -514,14 +517,25 @@ def kind_day(day):
     return day.weekday()
 
 
+def kind_hour(stamp):
+    return stamp.hour
+
+
+def kind_path(path):
+    return path.stem
+
+
 # name: (the loop, the body, the Pool's function, what it maps over): loops over what notebooks
-# iterate (numpy scalars, a matrix's rows, two arrays zipped, a DataFrame's itertuples(), dates).
+# iterate (numpy scalars, a matrix's rows, two arrays zipped, a DataFrame's itertuples(), dates,
+# pd.date_range's Timestamps, paths).
 KINDS = {
     "np.linspace scalars": ("for x in xs", "x * 2", kind_scalar, lambda d: d["xs"]),
     "zip of two arrays": ("for a, b in zip(xs, ys)", "a * b", kind_pair, lambda d: zip(d["xs"], d["ys"])),
     "rows of a matrix": ("for row in M", "row.sum()", kind_row, lambda d: d["M"]),
     "df.itertuples()": ("for row in df.itertuples()", "row.a + row.b", kind_tuple_row, lambda d: d["df"].itertuples()),
     "dates": ("for day in days", "day.weekday()", kind_day, lambda d: d["days"]),
+    "pd.date_range": ("for stamp in hours", "stamp.hour", kind_hour, lambda d: d["hours"]),
+    "paths": ("for path in paths", "path.stem", kind_path, lambda d: d["paths"]),
 }
 
 
@@ -920,7 +934,10 @@ SCRATCH_FIGURES = {
     "gc": ("a full collection in a client that ran many maps", measure_gc),
     "items": ("a loop over large arrays", measure_items),
     "fails": ("a loop whose iterations fail half the time, failures kept", measure_fails),
-    "kinds": ("loops over what notebooks iterate (numpy scalars and rows, itertuples, dates)", measure_kinds),
+    "kinds": (
+        "loops over what notebooks iterate (numpy scalars and rows, itertuples, dates, Timestamps, paths)",
+        measure_kinds,
+    ),
 }
 
 

@@ -685,6 +685,69 @@ def test_notebook_code_held_inside_other_objects_goes_with_the_names_it_reads(ma
     assert {"train", "K"} <= capture.names_inside(met, main_ns)
 
 
+def test_dates_paths_and_timestamps_are_pickled_as_they_are_with_the_modules_they_need(main_ns):
+    # A loop over 10,000 dates, datetimes or pd.date_range's Timestamps sent each through the pickler's
+    # Python hooks and the capture's look for notebook objects: twice a fork Pool's map. A list of such
+    # objects (or of tuples of them and atoms) is pickled by the C pickler as it is; what holds the
+    # notebook's own classes is not.
+    import datetime
+    import decimal
+    import fractions
+    import pathlib
+    import uuid
+    import zoneinfo
+
+    day = datetime.date(2020, 1, 1)
+    utc, paris = datetime.timezone.utc, zoneinfo.ZoneInfo("Europe/Paris")
+    cases = [
+        ([day + datetime.timedelta(days=i) for i in range(50)], {"datetime"}),
+        ([datetime.datetime(2020, 1, 1, i, tzinfo=tz) for i in range(5) for tz in (None, utc, paris)],
+         {"datetime", "zoneinfo"}),
+        ([datetime.time(i, tzinfo=datetime.timezone(datetime.timedelta(hours=2), "X")) for i in range(5)],
+         {"datetime"}),
+        ([datetime.timedelta(seconds=i) for i in range(5)] + [None], {"datetime"}),
+        ([pathlib.Path(f"data/f{i}.csv") for i in range(5)] + [pathlib.PureWindowsPath("C:/x")],
+         {pathlib.Path.__module__}),  # (pathlib._local on Python 3.13)
+        ([decimal.Decimal(i) / 7 for i in range(5)] + [fractions.Fraction(1, 3), uuid.UUID(int=7)],
+         {"decimal", "fractions", "uuid"}),
+        (list(enumerate(pathlib.Path(f"f{i}") for i in range(5))), {pathlib.Path.__module__}),  # tuples, atoms
+        (list(zip((day + datetime.timedelta(days=i) for i in range(5)), range(5))), {"datetime"}),
+    ]
+    pd = sys.modules.get("pandas") or pytest.importorskip("pandas")
+    stamps = list(pd.date_range("2020-01-01", periods=6, freq="h")) + [pd.NaT]
+    cases.append((stamps, {type(stamps[0]).__module__, type(pd.NaT).__module__}))
+    cases.append((list(pd.date_range("2020-01-01", periods=3, tz=paris)), {type(stamps[0]).__module__, "zoneinfo"}))
+    for values, modules in cases:
+        found = wire.standard_list_pickle(values)
+        assert found is not None, values[:2]
+        data, their_modules = found
+        back = wire.loads("pickle", data)
+        assert back == values and [type(v) for v in back] == [type(v) for v in values]
+        assert [getattr(v, "tzinfo", None) for v in back] == [getattr(v, "tzinfo", None) for v in values]
+        assert set(their_modules) == modules, their_modules
+
+    define(
+        main_ns,
+        "import datetime\n"
+        "class Zone(datetime.tzinfo):\n"
+        "    def utcoffset(self, dt):\n        return datetime.timedelta(hours=1)\n"
+        "class Day(datetime.date):\n    pass\n",
+    )
+    for values in (
+        [datetime.datetime(2020, 1, 1, tzinfo=main_ns["Zone"]())],  # the notebook's zone: shipped by name
+        [main_ns["Day"](2020, 1, 1)],  # a subclass of the notebook's
+        [day, [day]],  # a container inside
+        [(day, (1, 2))],
+        [(1, "a"), (2, "b")],  # plain atoms: plain_pickle's
+        [1, 2],
+        [day, object()],
+        [],
+    ):
+        assert wire.standard_list_pickle(values) is None, values[:2]
+    codec, data = capture.serialize_items([datetime.datetime(2020, 1, 1, tzinfo=main_ns["Zone"]())], ["Zone"], main_ns)
+    assert wire.loads(codec, data, main=sys.modules["__main__"])[0].tzinfo.__class__ is main_ns["Zone"]
+
+
 def test_objects_whose_attributes_are_their_classes_are_looked_at_once_per_class(main_ns, monkeypatch):
     # A loop over 10,000 dates or Decimals asked of each whether it was a file, a lock or the
     # notebook's (~2 us apiece, most of the cost of sending them): now once per class. What an

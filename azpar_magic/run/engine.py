@@ -398,6 +398,22 @@ def _numpy_parts(parts: list[list]) -> list[bytes]:
     return _each_pickled(parts, wire.numpy_list_pickle)
 
 
+def _standard_parts(parts: list[list]) -> tuple[list[bytes], frozenset[str]]:
+    """Each part's pickle when its items are dates, paths, Decimals, pandas Timestamps and the like (or
+    tuples of those and atoms), with the modules of their classes and time zones; else ([], {}). Such
+    items name nothing of the notebook, so the capture need not look through them
+    (``worker.standard_list_pickle``)."""
+    pickled: list[bytes] = []
+    modules: set[str] = set()
+    for part in parts:
+        found = wire.standard_list_pickle(part)
+        if found is None:
+            return [], frozenset()
+        pickled.append(found[0])
+        modules.update(found[1])
+    return pickled, frozenset(modules)
+
+
 def chunk_subset(indices: Sequence[int], size: int) -> list[Sequence[int]]:
     """Chunks of ``size`` of some iterations (a rerun's): a range where a chunk is
     contiguous (the job's fast path), else the list of its indices."""
@@ -657,6 +673,8 @@ class Engine:
                 if not pickled and parts:
                     pickled = _numpy_parts(parts)
                     items_from = NUMPY_ITEMS if pickled else items_from
+                if not pickled and parts:
+                    pickled, items_from = _standard_parts(parts)
                 slow_items: list[str] = []  # items that are not plain data, and took long to serialise
 
                 def captured(inside_items: Sequence[str] = ()) -> capture_mod.Capture:
