@@ -550,6 +550,11 @@ def standard_list_pickle(values: object) -> tuple[bytes, frozenset[str]] | None:
     standard = _classes(_STANDARD_CLASSES)
     if not kinds <= standard | _ATOMS or kinds <= _ATOMS:
         return None
+    pandas = sys.modules.get("pandas")
+    if flat is values and pandas is not None and kinds == {pandas.Timestamp}:
+        packed = _timestamps_as_index(values, pandas)
+        if packed is not None:
+            return packed
     modules = {kind.__module__ for kind in kinds - _ATOMS}
     zoned = kinds & _classes(_ZONED_CLASSES)
     if zoned:
@@ -563,6 +568,32 @@ def standard_list_pickle(values: object) -> tuple[bytes, frozenset[str]] | None:
         return pickle.dumps(values, protocol=PICKLE_PROTOCOL), frozenset(modules)
     except Exception:  # (a zone that cannot be pickled: the hooked pickler says why)
         return None
+
+
+def _timestamps_as_index(values: list, pandas: types.ModuleType) -> tuple[bytes, frozenset[str]] | None:
+    """Timestamps of one unit and one fixed zone (``pd.date_range``'s, naive or UTC) as one DatetimeIndex
+    that loads as the same list: 10,000 of them pickle in ~2 ms instead of ~6, and load in ~7 instead of
+    ~14 (each Timestamp's own reduction). None for other zones: an index of a zone with rules is slower
+    to build than the Timestamps are to pickle."""
+    from _operator import attrgetter
+
+    try:
+        zones = set(map(attrgetter("tzinfo"), values))
+        units = set(map(attrgetter("unit"), values))  # (pandas 2 and later)
+    except AttributeError:
+        return None
+    if len(zones) != 1 or len(units) != 1:
+        return None
+    zone, unit = zones.pop(), units.pop()
+    if zone is not None and type(zone) is not sys.modules["datetime"].timezone:
+        return None
+    index = pandas.DatetimeIndex(values)
+    if index.unit != unit:
+        index = index.as_unit(unit)
+    if index.tz is not zone:
+        return None
+    modules = frozenset({type(values[0]).__module__, type(index).__module__})
+    return pickle.dumps(_AsList(index), protocol=PICKLE_PROTOCOL), modules
 
 
 def attributes_are_the_types(obj: object) -> bool:
