@@ -1760,7 +1760,26 @@ def _format_user_traceback(exc: BaseException, filename: str, kept: dict | None 
             kept.clear()
         kept[key] = frames
         return "Traceback (most recent call last):\n" + frames + "".join(whole.format_exception_only())
-    return "Traceback (most recent call last):\n" + frames + "".join(traceback.format_exception_only(type(exc), exc))
+    return "Traceback (most recent call last):\n" + frames + _exception_line(exc)
+
+
+def _exception_line(exc: BaseException) -> str:
+    """What ``traceback.format_exception_only`` says of ``exc`` (``ZeroDivisionError: division by zero``),
+    made directly for the usual exception (no SyntaxError, no notes): the traceback module builds a
+    whole TracebackException for it, ~3 us of each failure of a loop (issue 16)."""
+    import traceback
+
+    kind = type(exc)
+    if issubclass(kind, SyntaxError) or getattr(exc, "__notes__", None) is not None:
+        return "".join(traceback.format_exception_only(kind, exc))
+    name, module = kind.__qualname__, kind.__module__
+    if module not in ("__main__", "builtins"):
+        name = f"{module if isinstance(module, str) else '<unknown>'}.{name}"
+    try:
+        text = str(exc)
+    except Exception:
+        return "".join(traceback.format_exception_only(kind, exc))
+    return f"{name}: {text}\n" if text else f"{name}\n"
 
 
 _EXCEPTION_GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11+: formatted whole
@@ -1779,7 +1798,22 @@ def _plain_exception(exc: BaseException) -> tuple[str, bytes] | None:
         return None
     if type(exc).__module__ != "builtins" or not _few_short_atoms(reduced[1]):
         return None  # a class of the notebook or of a module: dumps decides how it travels
-    return "pickle", pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+    kinds = tuple(map(type, reduced[1]))
+    if float in kinds:  # (-0.0 == 0.0: not a key)
+        return "pickle", pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+    key = (reduced, kinds)  # (True == 1: the arguments' types are part of the key)
+    data = _PLAIN_EXCEPTIONS.get(key)
+    if data is None:  # (pickling the class by name looks it up through the import system: ~1 us)
+        data = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
+        if len(_PLAIN_EXCEPTIONS) >= _PLAIN_EXCEPTIONS_KEPT:
+            _PLAIN_EXCEPTIONS.clear()
+        _PLAIN_EXCEPTIONS[key] = data
+    return "pickle", data
+
+
+# (class, arguments) -> the exception's pickle: a loop's failures are mostly alike
+_PLAIN_EXCEPTIONS: dict[tuple, bytes] = {}
+_PLAIN_EXCEPTIONS_KEPT = 256
 
 
 def _cell_line(exc: BaseException, filename: str) -> int | None:

@@ -193,6 +193,38 @@ def _stand_in_within(value: Any, ids: set[int], limit: int = 100_000) -> _Unload
     return None
 
 
+# The pickle of a built-in exception with a few plain arguments (worker._plain_exception's) -> its class and
+# arguments. A loop failing 5,000 times at one place sends 5,000 such pickles, most of them alike: loading
+# each looked up its class through the import system again (~1 us of the kernel's ~6.7 a failure, issue 16).
+_EXCEPTION_RECIPES: dict[bytes, tuple[type, tuple]] = {}
+_EXCEPTION_RECIPES_KEPT = 1024  # distinct pickles remembered, then forgotten all at once
+_PLAIN_ARGUMENTS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _exception(codec: str, data: Any) -> object:
+    """The exception a result record carries, rebuilt. A plain one is made again from its class and
+    arguments as its pickle would make it (``cls(*args)``, no state), without unpickling it again."""
+    plain = codec == "pickle" and type(data) is bytes
+    if plain:
+        recipe = _EXCEPTION_RECIPES.get(data)
+        if recipe is not None:
+            return recipe[0](*recipe[1])
+    exc = wire.loads(codec, data)
+    if plain and isinstance(exc, BaseException) and type(exc).__module__ == "builtins":
+        reduced = exc.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        if (
+            type(reduced) is tuple
+            and len(reduced) == 2
+            and reduced[0] is type(exc)
+            and type(reduced[1]) is tuple
+            and set(map(type, reduced[1])) <= _PLAIN_ARGUMENTS  # (the pickle's bytes tell True from 1, -0.0 from 0.0)
+        ):
+            if len(_EXCEPTION_RECIPES) >= _EXCEPTION_RECIPES_KEPT:
+                _EXCEPTION_RECIPES.clear()
+            _EXCEPTION_RECIPES[data] = reduced
+    return exc
+
+
 def failure_from_record(index: int, rec: Mapping[str, Any], *, with_exception: bool = True) -> Failure:
     """A failed iteration as a worker's result record or the job store's logs describe it. The exception
     object itself is rebuilt only ``with_exception`` (a result record carries it; reading logs must work
@@ -200,7 +232,7 @@ def failure_from_record(index: int, rec: Mapping[str, Any], *, with_exception: b
     exc = None
     if with_exception and rec.get("exc"):
         try:
-            exc = wire.loads(*rec["exc"])
+            exc = _exception(*rec["exc"])
         except Exception:  # the exception's class may not exist here
             exc = None
     return Failure(
