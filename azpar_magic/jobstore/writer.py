@@ -523,19 +523,10 @@ class JobRecorder:
         data = task_record("result", task_id, indices, "failed", len(failed), body)
         outputs = result.get("outputs") or {}
         if outputs or failed:
-            logs = {
-                "outputs": outputs,
-                "failures": {
-                    i: {
-                        "type": rec.get("type", "Exception"),
-                        "message": rec.get("message", ""),
-                        "traceback": rec.get("traceback", ""),
-                        "line": rec.get("line"),
-                        "kind": "user",
-                    }
-                    for i, rec in failed.items()
-                },
-            }
+            # The failures as the worker described them, their exceptions' pickles too (the reader of logs
+            # does not load those; alike ones are one object, pickled once): a copy of each without it was
+            # ~0.5 us of each failure on the thread that reads the workers' replies (issue 16).
+            logs = {"outputs": outputs, "failures": failed}
             where = indices_header(indices)
             data += record({"k": "logs", "t": task_id, **where}, pickle.dumps(logs, protocol=pickle.HIGHEST_PROTOCOL))
         return data
