@@ -198,6 +198,11 @@ KEPT_ITERATIONS = 2_000_000
 # cell returning 20 arrays of 10 MB, run again and again, grew the kernel by 200 MB a run, its result
 # dropped each time (to 10 GB by the 50th job, issue 16).
 KEPT_VALUE_BYTES = 512 << 20
+# ... and while the objects their values made add up to at most this many (Job.value_objects): the
+# garbage collector walks all of them at each full collection of the kernel's heap, whatever cell sets it
+# off. A cell returning 10,000 small Series made ~210,000 a run; 50 such jobs kept made every full
+# collection take seconds (issue 16).
+KEPT_VALUE_OBJECTS = 1_000_000
 # New jobs let go of the oldest ones the bounds leave out, as soon as the store holds them: a look
 # comes once LET_GO_BATCH jobs are over KEPT_JOBS (or at once over KEPT_ITERATIONS), so that most
 # cells pay nothing, and none frees more than a few jobs. A look gives up after LOOK_PATIENCE ended jobs
@@ -225,21 +230,25 @@ def remember(job: Job) -> None:
             _kept_iterations += len(job.items)
         _jobs[job.id] = job
         held = sum(map(_VALUE_BYTES, _jobs.values()))  # (values arrive after remember: summed here, ~2 us)
+        made = sum(map(_VALUE_OBJECTS, _jobs.values()))
         if (
             _kept_iterations > KEPT_ITERATIONS
             or held > KEPT_VALUE_BYTES
+            or made > KEPT_VALUE_OBJECTS
             or len(_jobs) >= max(KEPT_JOBS + LET_GO_BATCH, _next_look)
         ):
-            _let_go_of_stored_jobs(held)
+            _let_go_of_stored_jobs(held, made)
             _next_look = len(_jobs) + LET_GO_BATCH
 
 
 _VALUE_BYTES = operator.attrgetter("value_bytes")
+_VALUE_OBJECTS = operator.attrgetter("value_objects")
 
 
-def _let_go_of_stored_jobs(held: int = 0) -> None:
+def _let_go_of_stored_jobs(held: int = 0, made: int = 0) -> None:
     """Drop ended jobs older than the newest KEPT_JOBS (and KEPT_ITERATIONS, KEPT_VALUE_BYTES: ``held``
-    is the bytes of the held jobs' values) from this process's list and its engines, the oldest first
+    is the bytes of the held jobs' values, KEPT_VALUE_OBJECTS: ``made`` the objects they made) from this
+    process's list and its engines, the oldest first
     (lock held). Only jobs the store holds whole (``Job.stored``): one
     the store could not keep, or that another process runs, or that a store elsewhere holds, stays
     here, however old, and so does one still running or not yet written; a job passed over does not
@@ -248,14 +257,14 @@ def _let_go_of_stored_jobs(held: int = 0) -> None:
     global _kept_iterations
     here = str(jobstore.store_root())  # a job kept in another store (the variable changed) stays
     extra_jobs, extra_iterations = len(_jobs) - KEPT_JOBS, _kept_iterations - KEPT_ITERATIONS
-    extra_bytes = held - KEPT_VALUE_BYTES
+    extra_bytes, extra_objects = held - KEPT_VALUE_BYTES, made - KEPT_VALUE_OBJECTS
     newest = next(reversed(_jobs))
     patience, gone, now = LOOK_PATIENCE, [], time.time()
     for job_id, job in _jobs.items():  # the oldest first
-        if (extra_jobs <= 0 and extra_iterations <= 0 and extra_bytes <= 0) or job_id == newest:
+        if (extra_jobs <= 0 and extra_iterations <= 0 and extra_bytes <= 0 and extra_objects <= 0) or job_id == newest:
             break
         extra_jobs, extra_iterations = extra_jobs - 1, extra_iterations - len(job.items)
-        extra_bytes -= job.value_bytes
+        extra_bytes, extra_objects = extra_bytes - job.value_bytes, extra_objects - job.value_objects
         if not job.done or job.store_error or job.owner or job.stored not in (None, here):
             continue  # running (however long), or kept for good: passed over at no cost to patience
         if job.stored is None:

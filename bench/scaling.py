@@ -3,7 +3,7 @@
 
     python bench/scaling.py            # full run (a few minutes on 2 cores)
     python bench/scaling.py --quick    # smoke run: small sizes, one repetition
-    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods,gc,items,fails,kinds
+    python bench/scaling.py --only n,tasks,alt,ns,kernel,mods,gc,items,fails,kinds,returns
     AZPAR_BENCH_ROOT=/other/checkout python bench/scaling.py --only tasks   # that checkout's code
 
 The figures, each printed beside a calibration of the machine measured in the same run:
@@ -585,6 +585,87 @@ def measure_kinds(scratch: str) -> dict:
     return rows
 
 
+RETURNS_N, RETURNS_RUNS = 10_000, 7
+
+
+def returns_series(x):
+    import pandas as pd
+
+    return pd.Series({"i": x, "v": x * 0.5})
+
+
+def returns_frame(x):
+    import pandas as pd
+
+    return pd.DataFrame({"i": [x, x + 1], "v": [x * 0.5, x * 1.5]})
+
+
+def returns_record(x):
+    import numpy as np
+
+    return {"i": x, "mean": np.float64(x) * 2, "std": np.float64(x) ** 0.5}
+
+
+# name: (the body, the Pool's function): values notebooks return per iteration, to concat or tabulate later.
+RETURNS = {
+    "a small Series": ("pd.Series({'i': x, 'v': x * 0.5})", returns_series),
+    "a small DataFrame": ("pd.DataFrame({'i': [x, x + 1], 'v': [x * 0.5, x * 1.5]})", returns_frame),
+    "a dict of numpy scalars": ("{'i': x, 'mean': np.float64(x) * 2, 'std': np.float64(x) ** 0.5}", returns_record),
+}
+
+
+def child_returns(peer: str) -> dict:
+    """Each RETURNS loop of RETURNS_N iterations on a warm pool, RETURNS_RUNS times in a row, every result
+    dropped (the session keeps azpar's jobs, as a notebook's does); the medians. A fork Pool maps the same
+    function."""
+    import numpy as np
+    import pandas as pd
+
+    xs = list(range(RETURNS_N))
+    if peer == "pool":
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(2)
+        pool.map(abs, range(100))  # warm pool
+    else:
+        import azpar_magic
+
+        azpar_magic.run("for x in range(10)", "x", {}, workers=2).result()  # warm pool
+    ns = {"xs": xs, "np": np, "pd": pd}
+    out: dict = {}
+    for name, (body, fn) in RETURNS.items():
+        if peer == "pool":
+            call = functools.partial(pool.map, fn, xs)
+        else:
+            call = functools.partial(lambda b: azpar_magic.run("for x in xs", b, ns, workers=2).result(), body)
+        got = call()
+        if not all(
+            pd.Series(a).equals(pd.Series(fn(x))) if not isinstance(a, pd.DataFrame) else a.equals(fn(x))
+            for x, a in zip(xs[:50], got)
+        ):
+            raise RuntimeError(f"{peer}: {name}: wrong result")
+        del got
+        times = []
+        for _ in range(RETURNS_RUNS):
+            t = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t)
+        out[name] = statistics.median(times)
+    return {"peer": peer, "medians": out}
+
+
+def measure_returns(scratch: str) -> dict:
+    rows = {peer: run_child(scratch, "returns", peer) for peer in ("azpar", "pool")}
+    for name in RETURNS:
+        a, p = rows["azpar"]["medians"][name], rows["pool"]["medians"][name]
+        print(
+            f"  {RETURNS_N:,} iterations returning {name}: azpar {a * 1e3:.0f} ms, Pool {p * 1e3:.0f} ms "
+            f"(azpar / Pool {a / p:.2f})",
+            flush=True,
+        )
+    return rows
+
+
 def measure_mods(scratch: str) -> dict:
     rows = []
     for modules in MODS_SIZES:
@@ -938,6 +1019,10 @@ SCRATCH_FIGURES = {
         "loops over what notebooks iterate (numpy scalars and rows, itertuples, dates, Timestamps, paths)",
         measure_kinds,
     ),
+    "returns": (
+        "loops returning a small Series, DataFrame or dict of numpy scalars, run again and again",
+        measure_returns,
+    ),
 }
 
 
@@ -946,8 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, one repetition")
     ap.add_argument(
         "--only",
-        default="n,tasks,alt,ns,kernel,mods,gc,items,fails,kinds",
-        help="figures to measure: n, tasks, alt, ns, kernel, mods, gc, items, fails, kinds",
+        default="n,tasks,alt,ns,kernel,mods,gc,items,fails,kinds,returns",
+        help="figures to measure: n, tasks, alt, ns, kernel, mods, gc, items, fails, kinds, returns",
     )
     ap.add_argument("--n", help="iteration counts for n, comma-separated (default 1e2..1e6)")
     ap.add_argument("--mb", help="array sizes in MB for ns, comma-separated (default 1,10,100,500)")
@@ -972,6 +1057,8 @@ def main(argv: list[str] | None = None) -> int:
             out = child_fails(rest[0])
         elif kind == "kinds":
             out = child_kinds(rest[0])
+        elif kind == "returns":
+            out = child_returns(rest[0])
         else:
             out = child_ns(float(rest[0]), int(rest[1]))
         print(json.dumps(out))

@@ -17,7 +17,7 @@ import weakref
 import pytest
 
 import azpar_magic
-from azpar_magic import config, jobstore, session
+from azpar_magic import config, jobstore, session, worker as wire
 from azpar_magic.errors import ConfigError, IterationError
 from azpar_magic.jobs import Failure, Job
 from azpar_magic.jobs.job import JobOptions
@@ -273,6 +273,61 @@ def test_older_jobs_with_large_values_are_let_go_past_the_bytes_bound(monkeypatc
     assert np.array_equal(back.result(timeout=10)[1], np.full(200_000, 1.0))
 
 
+@pytest.mark.timeout(120)
+def test_older_jobs_whose_values_made_many_objects_are_let_go_past_the_objects_bound(monkeypatch):
+    """A cell returning 10,000 small Series made ~210,000 objects a run as they were loaded, and the
+    session kept 50 such jobs: every full collection of the kernel's heap walked them all (seconds, in
+    whatever cell set it off). Kept jobs now hold at most KEPT_VALUE_OBJECTS objects; the newest stays,
+    and one let go comes back from the store, values and all."""
+    monkeypatch.setattr(session, "KEPT_VALUE_OBJECTS", 5_000, raising=False)
+    monkeypatch.setattr(session, "_next_look", 0)
+    ids = []
+    for k in range(4):
+        job = _submit("for i in range(2_000)", f"{{'i': i, 'k': [{k}]}}")  # 2 objects a value
+        assert job.result(timeout=60)[-1] == {"i": 1_999, "k": [k]} and jobstore.flush(30)
+        assert 3_000 <= job.value_objects < 8_000, job.value_objects
+        ids.append(job.id)
+        del job
+    held = [job.id for job in session.jobs()]
+    assert ids[-1] in held and ids[0] not in held and ids[1] not in held, (ids, held)
+    assert session.find_job(ids[0]).result(timeout=10)[5] == {"i": 5, "k": [0]}
+
+
+def test_values_are_loaded_with_the_collector_paused_and_the_objects_they_made_counted(monkeypatch):
+    """Loading a task's values makes no garbage to collect, but set off collections of the whole heap on
+    the way (6 full ones in a cell of 10,000 Series, issue 16): the collector is paused while they load,
+    and left as the notebook had it."""
+    from azpar_magic.run import engine as engine_mod
+
+    values = [{"n": i, "row": [i, i + 1]} for i in range(3_000)]
+    encoded = ["all", "pickle", wire.plain_pickle(values)]
+    passes, seen, thresholds = [], [], gc.get_threshold()
+    real = engine_mod.decode_each
+
+    def watched(*args):
+        seen.append(gc.isenabled())
+        before = len(passes)
+        out = real(*args)
+        seen.append(len(passes) - before)  # passes while the values loaded
+        return out
+
+    monkeypatch.setattr(engine_mod, "decode_each", watched)
+    gc.callbacks.append(record := lambda phase, info: passes.append(phase))
+    try:
+        gc.set_threshold(10)  # a pass every 10 new objects, were the collector on
+        loaded, unloadable, made = engine_mod.decode_counted(encoded, len(values))
+    finally:
+        gc.callbacks.remove(record)
+        gc.set_threshold(*thresholds)
+    assert loaded == values and unloadable == {} and seen == [False, 0] and gc.isenabled()
+    assert 5_000 <= made < 7_000, made  # a dict and a list a value
+    gc.disable()
+    try:
+        assert engine_mod.decode_counted(encoded, len(values))[0] == values and not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def _tracked_sequences_of(length: int) -> list:
     """The lists and tuples of ``length`` entries the garbage collector walks at each of its passes."""
     gc.collect()
@@ -366,7 +421,7 @@ class _Held:
 
     def __init__(self, job_id: str, *, done=True, stored=None, store_error=None, ended_ago=0.0):
         self.id, self.done, self.stored, self.store_error = job_id, done, stored, store_error
-        self.owner, self.items, self.value_bytes = "", [0], 0
+        self.owner, self.items, self.value_bytes, self.value_objects = "", [0], 0, 0
         self.created = time.time() - ended_ago - 1.0
 
     def elapsed(self) -> float:

@@ -172,6 +172,10 @@ class Job:
         # Bytes of its values as they travelled back (set by the engine): what the session's bound on
         # the values it keeps counts (session.KEPT_VALUE_BYTES).
         self.value_bytes = 0
+        # Objects its values made in this process as they were loaded (set by the engine): the garbage
+        # collector walks each at every full collection, which the session's other bound counts
+        # (session.KEPT_VALUE_OBJECTS).
+        self.value_objects = 0
         self.from_cache = 0  # of those, how many --cache reused (the views say so)
         self.manifest: dict | None = None  # the job store's manifest, for a job loaded from the store
         self.owner = ""  # for a stored job another process runs: which one (it cannot be cancelled here)
