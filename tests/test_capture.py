@@ -685,6 +685,45 @@ def test_notebook_code_held_inside_other_objects_goes_with_the_names_it_reads(ma
     assert {"train", "K"} <= capture.names_inside(met, main_ns)
 
 
+def test_a_dataframes_parts_are_looked_at_once_per_class_and_a_proxy_each_time(main_ns, monkeypatch):
+    # A loop over df.groupby(...) sends a DataFrame a group, ~46 objects each (frame, index, blocks,
+    # arrays): each went through the pickler's hooks and was asked whether it was a file, a lock or the
+    # notebook's, one by one (and asking a DataFrame for a `fileno` looks through its columns). Now once
+    # per class: what an instance cannot answer for itself is its class's. A DataFrame with columns named
+    # like a file's attributes is no file; a proxy is still asked each time.
+    pd = pytest.importorskip("pandas")
+    import threading
+
+    getattr(wire, "_ORDINARY", set()).clear()
+    getattr(capture, "_SHIPPABLE_TYPES", set()).clear()
+    asked = []
+    real = capture._unshippable_reason
+    monkeypatch.setattr(capture, "_unshippable_reason", lambda obj: asked.append(type(obj)) or real(obj))
+    frames = [pd.DataFrame({"k": [i] * 3, "v": [0.5, 1.5, 2.5]}) for i in range(20)]
+    frames.append(pd.DataFrame({"fileno": [1], "mode": ["r"], "closed": [False]}))
+    codec, data = capture.serialize_items(frames, [], main_ns)
+    back = wire.loads(codec, data)
+    assert all(a.equals(b) for a, b in zip(back, frames)) and len(back) == len(frames)
+    assert asked.count(pd.DataFrame) == 1, asked.count(pd.DataFrame)
+    assert len(asked) < 30, len(asked)  # one per class met, not ~46 per frame
+
+    class Proxy:  # answers isinstance for what it wraps
+        def __init__(self, target):
+            self._target = target
+
+        @property
+        def __class__(self):
+            return type(self._target)
+
+        def __reduce__(self):
+            return (Proxy, (self._target,))
+
+    define(main_ns, "class Box:\n    def __init__(self, what):\n        self.what = what\n")
+    assert not wire.answers_by_type(Proxy(1)) and not wire.answers_by_type(main_ns["Box"])
+    with pytest.raises(capture.CaptureError, match="lock only synchronises"):
+        capture.serialize_items([Proxy(1), Proxy(threading.Lock())], [], main_ns)
+
+
 def test_dates_paths_and_timestamps_are_pickled_as_they_are_with_the_modules_they_need(main_ns):
     # A loop over 10,000 dates, datetimes or pd.date_range's Timestamps sent each through the pickler's
     # Python hooks and the capture's look for notebook objects: twice a fork Pool's map. A list of such

@@ -524,7 +524,8 @@ def _unshippable_reason(obj: object) -> str | None:
     for cls, why in _UNSHIPPABLE.items():
         if isinstance(obj, cls):
             return why
-    if isinstance(obj, io.IOBase) or (hasattr(obj, "fileno") and hasattr(obj, "mode") and hasattr(obj, "closed")):
+    # (a file-like class defines fileno; a DataFrame answers for columns named fileno, mode and closed)
+    if isinstance(obj, io.IOBase) or (hasattr(type(obj), "fileno") and hasattr(obj, "mode") and hasattr(obj, "closed")):
         return "an open file is a handle held by this process (ship its path, or its contents, instead)"
     managers = sys.modules.get("multiprocessing.managers")  # loaded whenever a proxy exists
     if managers is not None and isinstance(obj, managers.BaseProxy):
@@ -548,7 +549,9 @@ def _refuse_unshippable(obj: object) -> None:
     why = _unshippable_reason(obj)
     if why:
         raise CaptureError(f"{kind.__module__}.{kind.__qualname__}: {why}")
-    if wire.attributes_are_the_types(obj):
+    # Every instance gets the same answer when what it answers is its class's, or when its class is no
+    # file (no fileno: the look for one asked each DataFrame for a column of that name, ~10 us apiece).
+    if wire.attributes_are_the_types(obj) or (not hasattr(kind, "fileno") and wire.answers_by_type(obj)):
         _SHIPPABLE_TYPES.add(kind)
 
 
@@ -1187,13 +1190,11 @@ def notebook_objects_in(items: Iterable[object], namespace: Mapping[str, object]
             return
         seen.add(id(obj))
         for candidate in (obj, type(obj)):
-            name = getattr(candidate, "__qualname__", None)
-            if (
-                getattr(candidate, "__module__", None) == "__main__"
-                and isinstance(name, str)
-                and namespace.get(name) is candidate
-            ):
-                found.add(name)
+            # (the module first: asking a DataFrame for a __qualname__ it lacks looks through its columns)
+            if getattr(candidate, "__module__", None) == "__main__":
+                name = getattr(candidate, "__qualname__", None)
+                if isinstance(name, str) and namespace.get(name) is candidate:
+                    found.add(name)
         if level < depth and isinstance(obj, _CONTAINERS):
             for part in obj.values() if isinstance(obj, dict) else obj:
                 visit(part, level + 1)
