@@ -46,6 +46,7 @@ Results are printed and saved to bench/results/scaling-<timestamp>.json (git-ign
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -494,7 +495,18 @@ def _kinds_data() -> dict:
         "days": [datetime.date(2000, 1, 1) + datetime.timedelta(days=i) for i in range(KINDS_N)],
         "hours": pd.date_range("2000-01-01", periods=KINDS_N, freq="h", tz="UTC"),
         "paths": [pathlib.Path(f"data/part-{i:05d}.csv") for i in range(KINDS_N)],
+        "configs": [Config(lr=i * 0.001, depth=i % 7) for i in range(KINDS_N)],
+        "Config": Config,  # (defined in the notebook: its namespace has it)
     }
+
+
+@dataclasses.dataclass
+class Config:
+    """A notebook's own dataclass (this module is the children's __main__, as a notebook is the kernel's)."""
+
+    lr: float
+    depth: int
+    name: str = "model"
 
 
 def kind_scalar(x):
@@ -525,9 +537,13 @@ def kind_path(path):
     return path.stem
 
 
+def kind_config(cfg):
+    return cfg.lr * cfg.depth
+
+
 # name: (the loop, the body, the Pool's function, what it maps over): loops over what notebooks
 # iterate (numpy scalars, a matrix's rows, two arrays zipped, a DataFrame's itertuples(), dates,
-# pd.date_range's Timestamps, paths).
+# pd.date_range's Timestamps, paths, instances of the notebook's own dataclass).
 KINDS = {
     "np.linspace scalars": ("for x in xs", "x * 2", kind_scalar, lambda d: d["xs"]),
     "zip of two arrays": ("for a, b in zip(xs, ys)", "a * b", kind_pair, lambda d: zip(d["xs"], d["ys"])),
@@ -536,6 +552,7 @@ KINDS = {
     "dates": ("for day in days", "day.weekday()", kind_day, lambda d: d["days"]),
     "pd.date_range": ("for stamp in hours", "stamp.hour", kind_hour, lambda d: d["hours"]),
     "paths": ("for path in paths", "path.stem", kind_path, lambda d: d["paths"]),
+    "notebook dataclasses": ("for cfg in configs", "cfg.lr * cfg.depth", kind_config, lambda d: d["configs"]),
 }
 
 

@@ -724,6 +724,26 @@ def test_a_dataframes_parts_are_looked_at_once_per_class_and_a_proxy_each_time(m
         capture.serialize_items([Proxy(1), Proxy(threading.Lock())], [], main_ns)
 
 
+def test_instances_of_a_notebook_class_name_it_and_what_they_hold(main_ns):
+    # 10,000 instances of a notebook dataclass were looked through one by one (~0.6 us each): instances
+    # of one class holding atoms only are told at C speed. What they hold of the notebook is still found.
+    define(
+        main_ns,
+        "import dataclasses\n"
+        "@dataclasses.dataclass\nclass Config:\n    lr: float\n    depth: int\n    name: str = 'm'\n"
+        "@dataclasses.dataclass(slots=True)\nclass Slotted:\n    fn: object\n" if sys.version_info >= (3, 10) else "",
+    )
+    define(main_ns, "def score(x):\n    return x\nclass Sub(Config):\n    pass\n")
+    Config, Slotted, Sub, score = (main_ns[n] for n in ("Config", "Slotted", "Sub", "score"))
+    plain = [Config(i * 0.5, i) for i in range(1_000)]
+    assert capture.notebook_objects_in(plain, main_ns) == {"Config"}
+    assert capture.notebook_objects_in([*plain, Config(0.1, 1, name=score)], main_ns) == {"Config", "score"}
+    assert capture.notebook_objects_in([Config(0.1, 1, name=[score])], main_ns) == {"Config", "score"}
+    assert capture.notebook_objects_in([Slotted(score)], main_ns) == {"Slotted", "score"}
+    assert capture.notebook_objects_in([Config(0.1, 1), Sub(0.2, 2)], main_ns) == {"Config", "Sub"}
+    assert capture.item_modules(plain) == set() and capture.item_modules([Config(0.1, 1), [1.5]]) == set()
+
+
 def test_dates_paths_and_timestamps_are_pickled_as_they_are_with_the_modules_they_need(main_ns):
     # A loop over 10,000 dates, datetimes or pd.date_range's Timestamps sent each through the pickler's
     # Python hooks and the capture's look for notebook objects: twice a fork Pool's map. A list of such
