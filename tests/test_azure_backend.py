@@ -547,3 +547,28 @@ def test_numpy_items_itertuples_rows_and_repeated_failures_travel_to_the_nodes(a
     assert sorted(failures) == list(range(0, 20, 3))
     assert all(failures[i].traceback.endswith(f"KeyError: {i}\n") for i in failures)
     assert len({failures[i].traceback.rsplit("KeyError", 1)[0] for i in failures}) == 1
+
+
+def test_timestamps_paths_and_partials_of_notebook_functions_travel_to_the_nodes(azure, ip, run_cell, batch):
+    # pd.date_range's Timestamps travel as one index a task, dates and paths as the C pickler writes them,
+    # with pandas among the job's packages; a partial of a notebook function among the items brings
+    # the notebook names it reads (it failed with NameError). Values of those kinds come back as they are.
+    pd = pytest.importorskip("pandas")
+    import functools
+    import pathlib
+
+    ip.user_ns.update(pd=pd, stamps=pd.date_range("2020-01-01", periods=12, freq="h", tz="UTC"),
+                      paths=[pathlib.Path(f"data/day{i}.csv") for i in range(12)])
+    run = run_cell("%%azpar -q -o got --chunk-size 5 for t, p in zip(stamps, paths):\n(t.hour, t, p.stem, p)")
+    assert run.success, run.error
+    assert ip.user_ns["got"] == [(t.hour, t, p.stem, p) for t, p in zip(ip.user_ns["stamps"], ip.user_ns["paths"])]
+    assert "pandas" in _last_job().capture.packages
+    ip.run_cell("K = 7\ndef train(rate):\n    return rate * K\n")
+    ip.user_ns["jobs"] = [functools.partial(ip.user_ns["train"], r) for r in range(6)]
+    try:
+        run = run_cell("%%azpar -q -o trained --chunk-size 3 for job in jobs:\njob()")
+        assert run.success, run.error
+        assert ip.user_ns["trained"] == [7 * r for r in range(6)]
+    finally:
+        for name in ("K", "train", "jobs", "trained", "got", "stamps", "paths"):
+            ip.user_ns.pop(name, None)
