@@ -691,3 +691,27 @@ def test_a_task_record_is_byte_for_byte_what_the_generic_record_writes(kind, tas
     assert fast == record({"k": kind, "t": task_id, **indices_header(indices), field: value}, body)
     [(header, read_body, _)] = list(iter_records(fast))
     assert header["t"] == task_id and list(store.indices_of(header)) == list(indices) and bytes(read_body) == body
+
+
+def test_a_results_logs_repeat_small_exceptions_but_not_large_ones():
+    # The logs record keeps the failures as the worker described them (a copy of each without its
+    # exception was ~0.5 us a failure on the reading thread); an exception carrying much (an array in its
+    # arguments) is not written twice.
+    import pickle
+
+    from azpar_magic import worker
+
+    recorder = writer_mod.JobRecorder.__new__(writer_mod.JobRecorder)  # (_result_records reads nothing of it)
+    small = worker._plain_exception(KeyError("k"))
+    large = ("pickle", pickle.dumps(ValueError(b"x" * 100_000)))
+    for exc, repeated in ((small, True), (large, False)):
+        failed = {i: {"type": "builtins.KeyError", "message": "m", "traceback": "tb", "line": 1, "exc": exc}
+                  for i in range(3)}
+        result = {"values": ["all", "pickle", pickle.dumps([None] * 3)], "failed": failed}
+        data = recorder._result_records("1", range(3), result)
+        logs = [pickle.loads(body) for header, body, *_ in records_mod.walk(data, 0) if header.get("k") == "logs"]
+        (logged,) = logs
+        assert sorted(logged["failures"]) == [0, 1, 2]
+        assert all(rec["message"] == "m" and rec["traceback"] == "tb" for rec in logged["failures"].values())
+        assert ("exc" in logged["failures"][0]) == repeated
+        assert len(data) < 2 * len(large[1])

@@ -525,7 +525,10 @@ class JobRecorder:
         if outputs or failed:
             # The failures as the worker described them, their exceptions' pickles too (the reader of logs
             # does not load those; alike ones are one object, pickled once): a copy of each without it was
-            # ~0.5 us of each failure on the thread that reads the workers' replies (issue 16).
+            # ~0.5 us of each failure on the thread that reads the workers' replies (issue 16). Only an
+            # exception carrying much (an array in its arguments) is left out, not to be written twice.
+            if any(rec.get("exc") and len(rec["exc"][1]) > LOGGED_EXCEPTION_MAX for rec in failed.values()):
+                failed = {i: {k: v for k, v in rec.items() if k != "exc"} for i, rec in failed.items()}
             logs = {"outputs": outputs, "failures": failed}
             where = indices_header(indices)
             data += record({"k": "logs", "t": task_id, **where}, pickle.dumps(logs, protocol=pickle.HIGHEST_PROTOCOL))
@@ -538,6 +541,9 @@ class JobRecorder:
             except OSError:
                 pass
             self._fd = None
+
+
+LOGGED_EXCEPTION_MAX = 4096  # bytes of an exception's pickle a logs record repeats (see _result_records)
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -597,6 +597,9 @@ class _Inspector:
                     self.modules.add(module)
 
 
+INSIDE_PASSES = 3  # serialisations again for names found inside (each adds what the last one reached)
+
+
 def names_inside(
     notebook_objects: Iterable[object], namespace: Mapping[str, object], walked: Collection[int] = ()
 ) -> set[str]:
@@ -1325,8 +1328,11 @@ def capture(
     for name in export:
         chosen[name] = namespace[name]
     codec, data, used_modules, sha, random_kinds, inside = _serialize_or_reuse(chosen, stored, reach)
-    if inside - chosen.keys() - set(no_export):  # notebook code inside other objects: with what it reads
-        wanted |= inside
+    for _ in range(INSIDE_PASSES):  # notebook code inside other objects goes with what it reads
+        more = inside - chosen.keys() - set(no_export)
+        if not more:
+            break
+        wanted |= more
         chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
         for name in export:
             chosen[name] = namespace[name]
