@@ -347,8 +347,21 @@ def test_items_holding_notebook_functions_bring_what_those_read(ip, run_cell):
         assert ip.user_ns["got"] == [20, 21, 22]
         run = run_cell("%%azpar -q -o got --no-export K for job in jobs:\njob()")  # not shipped, as asked
         assert not run.success and "NameError" in str(run.error)
+        # Closures a notebook function made, and bound methods of notebook objects, as items: the same.
+        ip.run_cell(
+            "def make(k):\n    def score(x):\n        return x * k + K\n    return score\n"
+            "class Model:\n    def __init__(self, w):\n        self.w = w\n"
+            "    def predict(self, x):\n        return self.w * x + K\n"
+            "scorers = [make(k) for k in range(3)]\npredictors = [Model(w).predict for w in range(3)]\n"
+        )
+        run = run_cell("%%azpar -q -o got for s in scorers:\ns(1)")
+        assert run.success, run.error
+        assert ip.user_ns["got"] == [20, 21, 22]
+        run = run_cell("%%azpar -q -o got for p in predictors:\np(2)")
+        assert run.success, run.error
+        assert ip.user_ns["got"] == [20, 22, 24]
     finally:
-        for name in ("functools", "K", "train", "jobs", "shifted", "got"):
+        for name in ("functools", "K", "train", "jobs", "shifted", "got", "make", "Model", "scorers", "predictors"):
             ip.user_ns.pop(name, None)
 
 
