@@ -66,12 +66,9 @@ def main() -> int:
     parser.add_argument("--only", default="f,g,h,k", help="which of issue 16's figures: f,g,h,k")
     parser.add_argument("--first-sizes", default="1000,10000,50000", help="task counts for (g)")
     parser.add_argument("--cells", type=int, default=9, help="cells timed for (f)")
-    parser.add_argument(
-        "--environment",
-        action="store_true",
-        help="instead: the kernel's environment on a bare node (issue 15): first task times with "
-        "numpy+pandas to install and installed, and bytes uploaded for an editable package",
-    )
+    parser.add_argument("--environment", action="store_true",
+                        help="instead: the kernel's environment on a bare node (issue 15): first task times with "
+                             "numpy+pandas to install and installed, and bytes uploaded for an editable package")
     args = parser.parse_args()
     if args.environment:
         return environment_bench()
@@ -97,26 +94,10 @@ def main() -> int:
         os.environ["AZPAR_JOB_STORE"] = str(work / "store")  # not the job store of whoever runs it
         from azpar_magic import config, session
 
-        env = write_profile_file(
-            config.user_config_path(),
-            remote or svc,
-            azurite,
-            "bench",
-            dedicated_nodes=0,
-            spot_nodes=0,
-            pool_id="azpar-bench",
-            poll_interval=0.5,
-        )
-        write_profile_file(
-            config.user_config_path(),
-            svc,
-            azurite,
-            "benchwarm",
-            dedicated_nodes=2,
-            spot_nodes=0,
-            pool_id="azpar-bench-warm",
-            poll_interval=_default_poll_interval(),
-        )
+        env = write_profile_file(config.user_config_path(), remote or svc, azurite, "bench", dedicated_nodes=0,
+                                 spot_nodes=0, pool_id="azpar-bench", poll_interval=0.5)
+        write_profile_file(config.user_config_path(), svc, azurite, "benchwarm", dedicated_nodes=2, spot_nodes=0,
+                           pool_id="azpar-bench-warm", poll_interval=_default_poll_interval())
         os.environ.update(env)
         if "h" in only:
             figures["h"] = submission_bench(remote, args)
@@ -155,9 +136,7 @@ def main() -> int:
     print()
     print(f"azpar Azure benchmarks (issue 16) on {ROOT}")
     print(f"  {calibration_line}")
-    print(
-        f"  loop steps/s {calibration['loop_steps_per_s']:,}, interpreter start {calibration['interpreter_start_s']:.3f} s"
-    )
+    print(f"  loop steps/s {calibration['loop_steps_per_s']:,}, interpreter start {calibration['interpreter_start_s']:.3f} s")
     ok = True
     if "h" in figures:
         ok &= _print_submission(figures["h"], args)
@@ -166,11 +145,9 @@ def main() -> int:
             target = TARGETS["g50k"] if n >= 50_000 else TARGETS["g"] if n >= 10_000 else None
             met = target is None or seconds < target
             ok &= met
-            print(
-                f"  (g) {n:>6,} tasks: cell start -> first task schedulable {seconds:.2f} s "
-                f"(run() returned at {returned:.2f} s)"
-                + (f", target < {target:g} s: {'PASS' if met else 'MISS'}" if target else "")
-            )
+            print(f"  (g) {n:>6,} tasks: cell start -> first task schedulable {seconds:.2f} s "
+                  f"(run() returned at {returned:.2f} s)" + (f", target < {target:g} s: {'PASS' if met else 'MISS'}"
+                                                            if target else ""))
     if "quiet" in figures:
         waited, share = figures["quiet"]
         print(f"  before (f) and (k): waited {waited:.1f} s for the machine to go quiet ({share:.0%} busy then)")
@@ -178,27 +155,22 @@ def main() -> int:
         cells = figures["f"]
         median = statistics.median(cells)
         ok &= median < TARGETS["f"]
-        print(
-            f"  (f) trivial 10-iteration cell, warm pool, {_default_poll_interval():g} s poll interval: median "
-            f"{median:.2f} s, min {min(cells):.2f}, max {max(cells):.2f} over {len(cells)} cells; "
-            f"target < {TARGETS['f']:g} s: {'PASS' if median < TARGETS['f'] else 'MISS'}"
-        )
+        print(f"  (f) trivial 10-iteration cell, warm pool, {_default_poll_interval():g} s poll interval: median "
+              f"{median:.2f} s, min {min(cells):.2f}, max {max(cells):.2f} over {len(cells)} cells; "
+              f"target < {TARGETS['f']:g} s: {'PASS' if median < TARGETS['f'] else 'MISS'}")
     if "k" in figures:
         rate, window, kinds = figures["k"]
         ok &= rate <= TARGETS["k"]
-        print(
-            f"  (k) Batch requests while 4 long tasks run (steady), text progress line drawn: {rate:.2f}/s over "
-            f"{window:.1f} s ("
-            + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-            + f"); target <= {TARGETS['k']:g}: {'PASS' if rate <= TARGETS['k'] else 'MISS'}"
-        )
+        print(f"  (k) Batch requests while 4 long tasks run (steady), text progress line drawn: {rate:.2f}/s over "
+              f"{window:.1f} s ("
+              + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+              + f"); target <= {TARGETS['k']:g}: {'PASS' if rate <= TARGETS['k'] else 'MISS'}")
     print("  targets: " + ("PASS" if ok else "MISS"))
     return 0
 
 
 def _busy_fraction(seconds: float = 0.5) -> float:
     """The share of the machine's CPU time spent working over ``seconds`` (/proc/stat; 0 elsewhere)."""
-
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as fh:
             fields = [int(v) for v in fh.readline().split()[1:]]
@@ -261,7 +233,7 @@ def submission_bench(svc, args) -> dict:
     session.close()
     jobstore.flush()
     manifest = jobstore.read_manifest(job.id)
-    manifest["owner"] = {**manifest["owner"], "pid": 2**22 + 7, "start": "0"}
+    manifest["owner"] = {**manifest["owner"], "pid": 2 ** 22 + 7, "start": "0"}
     jobstore.write_manifest(jobstore.job_folder(job.id), manifest)
     session.forget(job.id)
     svc.clear_requests()
@@ -274,19 +246,12 @@ def submission_bench(svc, args) -> dict:
     again.wait(30)
     session.close()
     return {
-        "started": started,
-        "submitted": submitted,
-        "all_added": all_added,
-        "report": report,
+        "started": started, "submitted": submitted, "all_added": all_added, "report": report,
         "first": (run.added_at - started) if run.added_at else float("nan"),
-        "watched": {
-            k: polls_after[k] - polls_before.get(k, 0) for k in polls_after if polls_after[k] != polls_before.get(k, 0)
-        },
-        "staging": staging,
-        "uploaded": uploaded,
-        "batch_calls": batch_calls,
-        "attach_seconds": attach_seconds,
-        "attach_calls": attach_calls,
+        "watched": {k: polls_after[k] - polls_before.get(k, 0) for k in polls_after
+                    if polls_after[k] != polls_before.get(k, 0)},
+        "staging": staging, "uploaded": uploaded, "batch_calls": batch_calls,
+        "attach_seconds": attach_seconds, "attach_calls": attach_calls,
     }
 
 
@@ -298,26 +263,18 @@ def _print_submission(h: dict, args) -> bool:
     print(f"    tasks added:            {len(report.added):,} ({len(report.failed)} failed)")
     print(f"    cell start -> run() returned: {h['submitted'] - h['started']:.2f} s (staging, job creation)")
     print(f"    cell start -> first task schedulable: {h['first']:.2f} s")
-    print(
-        f"    (h) cell start -> all tasks added: {add_seconds:.2f} s = {rate:,.0f} tasks/s "
-        f"({rate / DOAZUREPARALLEL_TASKS_PER_SECOND:,.0f}x doAzureParallel's ~{DOAZUREPARALLEL_TASKS_PER_SECOND:.1f}/s)"
-        f"; target >= {TARGETS['h']:,.0f}: {'PASS' if rate >= TARGETS['h'] else 'MISS'}"
-    )
-    print(
-        f"    add-task-collection calls: {report.calls} (target ceil(N/100) = {math.ceil(n / 100)}), "
-        f"halvings {report.halvings}, retries {report.retries}"
-    )
+    print(f"    (h) cell start -> all tasks added: {add_seconds:.2f} s = {rate:,.0f} tasks/s "
+          f"({rate / DOAZUREPARALLEL_TASKS_PER_SECOND:,.0f}x doAzureParallel's ~{DOAZUREPARALLEL_TASKS_PER_SECOND:.1f}/s)"
+          f"; target >= {TARGETS['h']:,.0f}: {'PASS' if rate >= TARGETS['h'] else 'MISS'}")
+    print(f"    add-task-collection calls: {report.calls} (target ceil(N/100) = {math.ceil(n / 100)}), "
+          f"halvings {report.halvings}, retries {report.retries}")
     print("    Batch REST calls by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(h["batch_calls"].items())))
     print("    Blob calls by kind:       " + ", ".join(f"{k} {v}" for k, v in sorted(h["staging"].items())))
     print(f"    bytes uploaded:           {h['uploaded'] / 1e6:,.1f} MB (namespace {args.namespace_mb:g} MB once)")
-    print(
-        f"    calls during {args.watch:g} s of waiting with nothing running: "
-        + (", ".join(f"{k} {v}" for k, v in sorted(h["watched"].items())) or "none")
-    )
-    print(
-        f"    attach after the kernel ended: {h['attach_seconds']:.2f} s to take the job over; calls in its first "
-        "second: " + ", ".join(f"{k} {v}" for k, v in sorted(h["attach_calls"].items()))
-    )
+    print(f"    calls during {args.watch:g} s of waiting with nothing running: "
+          + (", ".join(f"{k} {v}" for k, v in sorted(h["watched"].items())) or "none"))
+    print(f"    attach after the kernel ended: {h['attach_seconds']:.2f} s to take the job over; calls in its first "
+          "second: " + ", ".join(f"{k} {v}" for k, v in sorted(h["attach_calls"].items())))
     return report.calls == math.ceil(n / 100) and rate >= TARGETS["h"] and "Tasks_ListTasks" not in h["watched"]
 
 
@@ -333,24 +290,9 @@ class ServiceProcess:
         self._json = json
         work.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.batch_emulator",
-                "--port",
-                "0",
-                "--control",
-                "--key",
-                key,
-                "--azurite",
-                blob_endpoint,
-                "--work-dir",
-                str(work),
-            ],
-            cwd=HERE.parent,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-m", "tests.batch_emulator", "--port", "0", "--control", "--key", key,
+             "--azurite", blob_endpoint, "--work-dir", str(work)],
+            cwd=HERE.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         hello = json.loads(self.proc.stdout.readline())
         self.url, self.account, self.key = hello["url"], hello["account"], hello["key"]
@@ -478,27 +420,11 @@ def _editable_package(work: Path) -> None:
     (src / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
         '[project]\nname = "azpar-bench-pkg"\nversion = "0.1"\n'
-        '[tool.hatch.build.targets.wheel]\npackages = ["azpar_bench_pkg"]\ndev-mode-dirs = ["."]\n'
-    )
+        '[tool.hatch.build.targets.wheel]\npackages = ["azpar_bench_pkg"]\ndev-mode-dirs = ["."]\n')
     prefix = work / "prefix"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "-e",
-            str(src),
-            "--prefix",
-            str(prefix),
-        ],
-        check=True,
-        env={**os.environ, "PIP_CONFIG_FILE": os.devnull},
-    )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-e", str(src), "--prefix", str(prefix)], check=True,
+                   env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
     site.addsitedir(sysconfig.get_path("purelib", "posix_prefix", vars={"base": str(prefix), "platbase": str(prefix)}))
 
 
@@ -524,17 +450,9 @@ def environment_bench() -> int:
         os.environ["AZPAR_JOB_STORE"] = str(work / "store")
         from azpar_magic import config, session
 
-        env = write_profile_file(
-            config.user_config_path(),
-            svc,
-            azurite,
-            "benchenv",
-            dedicated_nodes=1,
-            spot_nodes=0,
-            pool_id="azpar-bench-env",
-            poll_interval=0.1,
-            pip_options=node_pip_options("numpy", "pandas"),
-        )
+        env = write_profile_file(config.user_config_path(), svc, azurite, "benchenv", dedicated_nodes=1,
+                                 spot_nodes=0, pool_id="azpar-bench-env", poll_interval=0.1,
+                                 pip_options=node_pip_options("numpy", "pandas"))
         os.environ.update(env)
         session.use("benchenv")
         import azpar_magic
@@ -567,9 +485,8 @@ def environment_bench() -> int:
 
         sent = []
         for _ in range(2):
-            job = azpar_magic.run(
-                "for i in range(2)", "azpar_bench_pkg.VALUE + i", {"azpar_bench_pkg": azpar_bench_pkg}, chunk_size=1
-            )
+            job = azpar_magic.run("for i in range(2)", "azpar_bench_pkg.VALUE + i", {"azpar_bench_pkg": azpar_bench_pkg},
+                                  chunk_size=1)
             run = backend._runs.get(job.id)
             sent.append(run.wheel_bytes if run is not None else float("nan"))
             job.result(600)

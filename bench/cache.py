@@ -54,13 +54,8 @@ def calibrate(target: float = 0.001) -> int:
 
 def timed(azpar_magic, xs: list, cache: bool) -> tuple[float, object]:
     start = time.perf_counter()
-    job = azpar_magic.run(
-        "for x in xs",
-        "work(x)",
-        {"xs": xs, "work": work, "LOOPS": LOOPS, "__name__": "__main__"},
-        workers=2,
-        cache=cache,
-    )
+    job = azpar_magic.run("for x in xs", "work(x)", {"xs": xs, "work": work, "LOOPS": LOOPS, "__name__": "__main__"},
+                          workers=2, cache=cache)
     values = job.result()
     return time.perf_counter() - start, (values, job)
 
@@ -83,7 +78,7 @@ def main() -> None:
         expected = [work(x) for x in xs[:100]]
         for rep in range(args.reps):
             azpar_magic.cache_clear()
-            for cache in (False, True) if rep % 2 == 0 else (True, False):  # alternate: no order bias
+            for cache in ((False, True) if rep % 2 == 0 else (True, False)):  # alternate: no order bias
                 seconds, (values, job) = timed(azpar_magic, xs, cache)
                 assert values[:100] == expected and job.from_cache == 0
                 (first if cache else plain).append(seconds)
@@ -92,7 +87,6 @@ def main() -> None:
             rerun.append(seconds)
     finally:
         from azpar_magic import jobstore
-
         jobstore.flush()  # the writer thread's last records, before their folder goes
         shutil.rmtree(store, ignore_errors=True)
     p, f, r = statistics.median(plain), statistics.median(first), statistics.median(rerun)
@@ -100,7 +94,6 @@ def main() -> None:
     from azpar_magic.run import cache as run_cache
     from azpar_magic.run.parsing import parse_cell
     from azpar_magic.run.request import RunRequest
-
     request = RunRequest(parse_cell("for x in xs", "work(x)"), {"xs": xs, "work": work}, JobOptions(cache=True))
     start = time.perf_counter()
     run_cache.iteration_keys(request, xs)
@@ -111,10 +104,8 @@ def main() -> None:
     print(f"  first run with cache  {f:8.3f} s   {sorted(round(s, 3) for s in first)}")
     print(f"  rerun, all cached     {r:8.3f} s   {sorted(round(s, 3) for s in rerun)}")
     print(f"  keys alone            {keys:8.3f} s   (the first run's own extra work, besides writing the index)")
-    print(
-        f"  first/plain = {f / p:.3f}  (target <= 1.10; min/min {min(first) / min(plain):.3f}; "
-        f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
-    )
+    print(f"  first/plain = {f / p:.3f}  (target <= 1.10; min/min {min(first) / min(plain):.3f}; "
+          f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"  rerun/first = {r / f:.4f} (target < 0.05)")
 
 

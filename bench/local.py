@@ -89,18 +89,9 @@ big = None
 WORKLOADS = ("a", "b", "c", "d")
 PEER_ORDER = ("sequential", "azpar", "multiprocessing", "joblib", "dask", "ipyparallel")
 PARALLEL_PEERS = ("multiprocessing", "joblib", "dask", "ipyparallel")
-ALIASES = {
-    "mp": "multiprocessing",
-    "multiprocessing": "multiprocessing",
-    "joblib": "joblib",
-    "loky": "joblib",
-    "ipp": "ipyparallel",
-    "ipyparallel": "ipyparallel",
-    "dask": "dask",
-    "distributed": "dask",
-    "seq": "sequential",
-    "sequential": "sequential",
-}
+ALIASES = {"mp": "multiprocessing", "multiprocessing": "multiprocessing", "joblib": "joblib", "loky": "joblib",
+           "ipp": "ipyparallel", "ipyparallel": "ipyparallel", "dask": "dask", "distributed": "dask",
+           "seq": "sequential", "sequential": "sequential"}
 LABELS = {
     "azpar": "azpar_magic (run, workers=2)",
     "sequential": "sequential (plain for loop)",
@@ -110,42 +101,14 @@ LABELS = {
     "ipyparallel": "ipyparallel LoadBalancedView, 2 eng",
 }
 
-FULL = dict(
-    a_n=10_000,
-    a_reps=9,
-    a_cold_reps=3,
-    a_budget=30.0,
-    b_n=40,
-    b_secs=0.2,
-    b_reps=3,
-    b_budget=30.0,
-    b_ref=6,
-    c_runs=2000,
-    c_budget=20.0,
-    d_mb=100,
-    d_n=100,
-    d_reps=3,
-    d_budget=25.0,
-    dp_reps=5,
-)
-QUICK = dict(
-    a_n=2_000,
-    a_reps=2,
-    a_cold_reps=1,
-    a_budget=10.0,
-    b_n=8,
-    b_secs=0.05,
-    b_reps=1,
-    b_budget=10.0,
-    b_ref=4,
-    c_runs=5,
-    c_budget=10.0,
-    d_mb=20,
-    d_n=20,
-    d_reps=2,
-    d_budget=10.0,
-    dp_reps=3,
-)
+FULL = dict(a_n=10_000, a_reps=9, a_cold_reps=3, a_budget=30.0,
+            b_n=40, b_secs=0.2, b_reps=3, b_budget=30.0, b_ref=6,
+            c_runs=2000, c_budget=20.0,
+            d_mb=100, d_n=100, d_reps=3, d_budget=25.0, dp_reps=5)
+QUICK = dict(a_n=2_000, a_reps=2, a_cold_reps=1, a_budget=10.0,
+             b_n=8, b_secs=0.05, b_reps=1, b_budget=10.0, b_ref=4,
+             c_runs=5, c_budget=10.0,
+             d_mb=20, d_n=20, d_reps=2, d_budget=10.0, dp_reps=3)
 
 # Seconds a child may spend on each step before it is declared hung and killed.
 SETUP_TIMEOUT = 120.0
@@ -167,7 +130,6 @@ TARGET_DP_MOVED = 1_000_000  # bytes written by the whole process tree: none of 
 def _psutil():
     try:
         import psutil
-
         return psutil
     except ImportError:
         return None
@@ -371,19 +333,14 @@ class Dask(Peer):
         import distributed
         from dask.distributed import Client, LocalCluster
 
-        self.cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
-        )
+        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                    host="127.0.0.1")
         self.client = Client(self.cluster)
         self.client.wait_for_workers(2, timeout=90)
         # dashboard_address=None turns the bokeh dashboard off; the scheduler still serves its
         # plain HTTP routes (health, metrics) on 127.0.0.1:8787.
-        return {
-            "dask": dask.__version__,
-            "distributed": distributed.__version__,
-            "sockets": tree_sockets(),
-            "dashboard_loaded": "distributed.dashboard.scheduler" in sys.modules,
-        }
+        return {"dask": dask.__version__, "distributed": distributed.__version__, "sockets": tree_sockets(),
+                "dashboard_loaded": "distributed.dashboard.scheduler" in sys.modules}
 
     def map(self, spec):
         # pure=False: never let the scheduler hand back a previous run's results by key.
@@ -619,20 +576,13 @@ def workload_d(peer: Peer, P: dict) -> dict:
             res = peer.map(spec_)
             dt = time.perf_counter() - t
             w1, l1 = tree_write_bytes(), loopback_bytes()
-            rep = {
-                "time": dt,
-                "written": (w1 - w0) if w0 is not None and w1 is not None else None,
-                "loopback": (l1 - l0) if l0 is not None and l1 is not None else None,
-            }
+            rep = {"time": dt, "written": (w1 - w0) if w0 is not None and w1 is not None else None,
+                   "loopback": (l1 - l0) if l0 is not None and l1 is not None else None}
             if isinstance(peer, Azpar):
                 job = peer.last_job
-                rep.update(
-                    capture_bytes=job.capture.size,
-                    codec=job.capture.codec,
-                    array_pickled=counter["array"],
-                    serialize_calls=counter["calls"],
-                    workers=peer.load_deltas,
-                )
+                rep.update(capture_bytes=job.capture.size, codec=job.capture.codec,
+                           array_pickled=counter["array"], serialize_calls=counter["calls"],
+                           workers=peer.load_deltas)
                 counter.update(array=0, calls=0)
             reps.append(rep)
             ok &= same_floats(res, expected)
@@ -684,12 +634,8 @@ def workload_d(peer: Peer, P: dict) -> dict:
                 counter.update(array=0, calls=0)
                 t = time.perf_counter()
                 codec, data, _mods = capture_mod.serialize({name: globals()[name] for name in names})
-                order_check[",".join(names)] = {
-                    "array_pickled": counter["array"],
-                    "codec": codec,
-                    "bytes": len(data),
-                    "seconds": time.perf_counter() - t,
-                }
+                order_check[",".join(names)] = {"array_pickled": counter["array"], "codec": codec,
+                                                "bytes": len(data), "seconds": time.perf_counter() - t}
             out["order_check"] = order_check
             counter.update(array=0, calls=0)
             out["dprime"] = _identical_cell(peer, P, counter)
@@ -742,24 +688,13 @@ def _identical_cell(peer: Peer, P: dict, counter: dict) -> dict:
         w1 = tree_write_bytes()
         jobstore.flush()
         job = peer.last_job
-        reps.append(
-            {
-                "time": dt,
-                "written": (w1 - w0) if w0 is not None and w1 is not None else None,
-                "serialize_calls": counter["calls"],
-                "array_pickled": counter["array"],
-                "capture_bytes": job.capture.size,
-                "job_keeps_bytes": len(job.capture.data),
-            }
-        )
+        reps.append({"time": dt, "written": (w1 - w0) if w0 is not None and w1 is not None else None,
+                     "serialize_calls": counter["calls"], "array_pickled": counter["array"],
+                     "capture_bytes": job.capture.size, "job_keeps_bytes": len(job.capture.data)})
         ok &= same_floats(res, expected)
     rss1 = _rss()
-    return {
-        "reps": reps,
-        "ok": bool(ok),
-        "new_store_files": len(kept() - files),
-        "rss_growth": (rss1 - rss0) if rss0 is not None and rss1 is not None else None,
-    }
+    return {"reps": reps, "ok": bool(ok), "new_store_files": len(kept() - files),
+            "rss_growth": (rss1 - rss0) if rss0 is not None and rss1 is not None else None}
 
 
 WORKLOAD_FUNCS = {"a": workload_a, "b": workload_b, "c": workload_c, "d": workload_d}
@@ -841,24 +776,17 @@ class ForeignLoad:
         busy = total - (stat1[1] - self.stat0[1]) / tick
         ours = self._ours() - self.ru0
         foreign = max(0.0, busy - ours)
-        return {
-            "cpu_seconds_available": total,
-            "busy": busy,
-            "ours": ours,
-            "foreign": foreign,
-            "foreign_fraction": foreign / total if total > 0 else 0.0,
-        }
+        return {"cpu_seconds_available": total, "busy": busy, "ours": ours, "foreign": foreign,
+                "foreign_fraction": foreign / total if total > 0 else 0.0}
 
 
 def cpu_busy(seconds: float = 1.0) -> float | None:
     """Fraction of all CPUs busy over ``seconds`` (from /proc/stat), before the bench loads them."""
-
     def sample():
         with open("/proc/stat") as fh:
             values = [int(v) for v in fh.readline().split()[1:]]
         idle = values[3] + (values[4] if len(values) > 4 else 0)
         return sum(values), idle
-
     try:
         t0, i0 = sample()
         time.sleep(seconds)
@@ -896,14 +824,8 @@ class ChildRunner:
     def __init__(self, peer: str, workloads: list[str], params: dict, env: dict, logdir: str, scale: float = 1.0):
         self.peer, self.params, self.env, self.cwd, self.scale = peer, params, env, logdir, scale
         self.remaining = list(workloads)
-        self.record: dict = {
-            "workloads": {},
-            "starts": [],
-            "info": {},
-            "stops": [],
-            "leftover_killed": 0,
-            "log": os.path.join(logdir, f"{peer}.log"),
-        }
+        self.record: dict = {"workloads": {}, "starts": [], "info": {}, "stops": [], "leftover_killed": 0,
+                             "log": os.path.join(logdir, f"{peer}.log")}
         self.proc: subprocess.Popen | None = None
         self.known: dict = {}
 
@@ -973,28 +895,11 @@ class ChildRunner:
         # The child runs in a scratch folder, as a notebook runs in its own folder: azpar ships
         # .py modules found under the current folder, and from the repository root that would
         # include this script and azpar_magic's own sources.
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--child",
-            self.peer,
-            "--workloads",
-            ",".join(self.remaining),
-            "--params",
-            json.dumps(self.params),
-            "--report-fd",
-            str(w),
-        ]
-        self.proc = subprocess.Popen(
-            cmd,
-            pass_fds=(w,),
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.cwd,
-            start_new_session=True,
-        )
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", self.peer, "--workloads",
+               ",".join(self.remaining), "--params", json.dumps(self.params), "--report-fd", str(w)]
+        self.proc = subprocess.Popen(cmd, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=logf,
+                                     stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+                                     start_new_session=True)
         os.close(w)
         logf.close()
         phase, current = "setup", None
@@ -1060,10 +965,8 @@ class ChildRunner:
                             self.remaining.remove(wl)
                         current = None
                         deadline = now + STOP_TIMEOUT * self.scale
-                        log(
-                            f"{self.peer}: workload {wl} {'done' if kind == 'result' else 'FAILED: ' + event['error']}"
-                            f" in {now - step_began:.1f} s"
-                        )
+                        log(f"{self.peer}: workload {wl} {'done' if kind == 'result' else 'FAILED: ' + event['error']}"
+                            f" in {now - step_began:.1f} s")
                     elif kind == "stopped":
                         self.record["stops"].append({"status": "ok", **event.get("info", {})})
         finally:
@@ -1133,32 +1036,22 @@ def summarise(results: dict, params: dict) -> dict:
         s: dict = {"start_s": next((st["start_s"] for st in rec["starts"] if st.get("status") == "ok"), None)}
         for wl in WORKLOADS:
             d = rec["workloads"].get(wl)
-            s[wl + "_status"] = (
-                None if d is None else (d["status"] if d["status"] != "ok" or d.get("ok", True) else "wrong result")
-            )
+            s[wl + "_status"] = None if d is None else (d["status"] if d["status"] != "ok" or d.get("ok", True)
+                                                        else "wrong result")
             s[wl + "_detail"] = None if d is None else d.get("detail")
         a = rec["workloads"].get("a", {})
         if a.get("status") == "ok":
-            s.update(
-                a_min=min(a["warm"]),
-                a_med=_med(a["warm"]),
-                a_runs=len(a["warm"]),
-                a_cold_min=min(a["cold"]) if a.get("cold") else None,
-                a_cold_med=_med(a.get("cold")),
-                a_cold_runs=len(a.get("cold") or []),
-                a_tasks=a.get("tasks"),
-            )
+            s.update(a_min=min(a["warm"]), a_med=_med(a["warm"]), a_runs=len(a["warm"]),
+                     a_cold_min=min(a["cold"]) if a.get("cold") else None,
+                     a_cold_med=_med(a.get("cold")), a_cold_runs=len(a.get("cold") or []), a_tasks=a.get("tasks"))
         b = rec["workloads"].get("b", {})
         if b.get("status") == "ok":
             s.update(b_min=min(b["times"]), b_med=_med(b["times"]), b_runs=len(b["times"]), b_tasks=b.get("tasks"))
             if b.get("ref_per_item"):
                 s["b_local_speedup"] = b["ref_per_item"] * b["n"] / min(b["times"])
             if b.get("ceiling_times"):
-                s.update(
-                    b_ceiling_min=min(b["ceiling_times"]),
-                    b_ceiling_med=_med(b["ceiling_times"]),
-                    b_ceiling_runs=len(b["ceiling_times"]),
-                )
+                s.update(b_ceiling_min=min(b["ceiling_times"]), b_ceiling_med=_med(b["ceiling_times"]),
+                         b_ceiling_runs=len(b["ceiling_times"]))
                 s["b_ceiling_local"] = b["ref_per_item"] * b["n"] / min(b["ceiling_times"])
         c = rec["workloads"].get("c", {})
         if c.get("status") == "ok":
@@ -1170,16 +1063,9 @@ def summarise(results: dict, params: dict) -> dict:
         d = rec["workloads"].get("d", {})
         if d.get("status") == "ok":
             times = [r["time"] for r in d["reps"]]
-            s.update(
-                d_min=min(times),
-                d_med=_med(times),
-                d_runs=len(times),
-                d_moved=fmt_moved(d["reps"]),
-                d_array=d["array_bytes"],
-                d_pickled=d.get("pickled_total"),
-                d_chunks=d.get("chunks"),
-                d_per_chunk=d.get("pickled_per_chunk"),
-            )
+            s.update(d_min=min(times), d_med=_med(times), d_runs=len(times), d_moved=fmt_moved(d["reps"]),
+                     d_array=d["array_bytes"], d_pickled=d.get("pickled_total"), d_chunks=d.get("chunks"),
+                     d_per_chunk=d.get("pickled_per_chunk"))
             if peer == "azpar":
                 s["d_reps"] = d["reps"]
                 s["d_variant_reps"] = d.get("variant_reps")
@@ -1245,39 +1131,28 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
     out = lines.append
     W = 38
 
-    out(
-        f"azpar_magic local-pool benchmark: {meta['cpus']} CPUs, Python {meta['python']}, "
-        f"{'QUICK smoke run' if meta['quick'] else 'full run'}, {meta['when']}"
-    )
+    out(f"azpar_magic local-pool benchmark: {meta['cpus']} CPUs, Python {meta['python']}, "
+        f"{'QUICK smoke run' if meta['quick'] else 'full run'}, {meta['when']}")
     if meta.get("calibration"):
         out(machine_calibration.format_calibration(meta["calibration"]) + " (measured at the start of this run)")
-    out("Each peer ran in its own child process with the mapped functions defined in __main__ (as in a notebook).")
+    out("Each peer ran in its own child process with the mapped functions defined in __main__ "
+        "(as in a notebook).")
     for key, when_ in (("cpu_busy_before", "before"), ("cpu_busy_after", "after")):
         busy = meta.get(key)
         if busy is not None and busy > 0.10:
             out(f"WARNING: {busy:.0%} of the CPUs were busy {when_} the run (other processes): figures are unreliable.")
-    noisy = [
-        f"{p} ({results[p]['foreign_load']['foreign_fraction']:.0%})"
-        for p in results
-        if (results[p].get("foreign_load") or {}).get("foreign_fraction", 0) > 0.05
-    ]
+    noisy = [f"{p} ({results[p]['foreign_load']['foreign_fraction']:.0%})" for p in results
+             if (results[p].get("foreign_load") or {}).get("foreign_fraction", 0) > 0.05]
     if noisy:
-        out(
-            "WARNING: other processes used more than 5% of the CPUs while these peers ran: "
-            + ", ".join(noisy)
-            + ". Their figures are pessimistic; rerun on an idle machine."
-        )
+        out("WARNING: other processes used more than 5% of the CPUs while these peers ran: " + ", ".join(noisy)
+            + ". Their figures are pessimistic; rerun on an idle machine.")
     out("")
 
     if "a" in meta["workloads"]:
-        out(
-            f"(a) {params['a_n']:,} trivial iterations (x*x), warm pool: min / median of up to {params['a_reps']} "
-            f"runs; cold = pool start + the same map"
-        )
-        out(
-            f"  {'peer':<{W}} {'warm min':>9} {'warm med':>9} {'runs':>4} {'cold (start+map)':>18} "
-            f"{'med/azpar':>9}  notes"
-        )
+        out(f"(a) {params['a_n']:,} trivial iterations (x*x), warm pool: min / median of up to {params['a_reps']} "
+            f"runs; cold = pool start + the same map")
+        out(f"  {'peer':<{W}} {'warm min':>9} {'warm med':>9} {'runs':>4} {'cold (start+map)':>18} "
+            f"{'med/azpar':>9}  notes")
         for p in peers:
             s = S[p]
             if s.get("a_status") != "ok":
@@ -1294,26 +1169,18 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
                 notes.append(f"{s['a_tasks']} tasks")
             if p in ("ipyparallel", "dask"):
                 notes.append(f"one task per item; start {fmt_t(s.get('start_s'))}; cold = start + warm")
-            out(
-                f"  {LABELS[p]:<{W}} {fmt_t(s['a_min']):>9} {fmt_t(s['a_med']):>9} {s['a_runs']:>4} {cold:>18} "
-                f"{fmt_ratio(s['a_med'], A.get('a_med')):>9}  {'; '.join(notes)}"
-            )
+            out(f"  {LABELS[p]:<{W}} {fmt_t(s['a_min']):>9} {fmt_t(s['a_med']):>9} {s['a_runs']:>4} {cold:>18} "
+                f"{fmt_ratio(s['a_med'], A.get('a_med')):>9}  {'; '.join(notes)}")
         out("")
 
     if "b" in meta["workloads"]:
-        out(
-            f"(b) {params['b_n']} iterations of ~{params['b_secs']} s pure-Python CPU work (burn({params['burn_n']:,}), "
-            f"calibrated {params['burn_calibrated_s']:.3f} s): best of up to {params['b_reps']} runs"
-        )
-        out(
-            f"    speedup = best sequential run / best run; 'vs own 1-core' = {params['b_n']} x the peer child's "
+        out(f"(b) {params['b_n']} iterations of ~{params['b_secs']} s pure-Python CPU work (burn({params['burn_n']:,}), "
+            f"calibrated {params['burn_calibrated_s']:.3f} s): best of up to {params['b_reps']} runs")
+        out(f"    speedup = best sequential run / best run; 'vs own 1-core' = {params['b_n']} x the peer child's "
             "single-process time per item, measured just before its runs / best run (corrects for the machine's "
-            "speed drift)"
-        )
-        out(
-            f"  {'peer':<{W}} {'best':>9} {'median':>9} {'runs':>4} {'speedup vs seq':>15} {'time/azpar':>10} "
-            f"{'vs own 1-core':>13}"
-        )
+            "speed drift)")
+        out(f"  {'peer':<{W}} {'best':>9} {'median':>9} {'runs':>4} {'speedup vs seq':>15} {'time/azpar':>10} "
+            f"{'vs own 1-core':>13}")
         for p in peers:
             s = S[p]
             if s.get("b_status") != "ok":
@@ -1321,24 +1188,18 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
                 continue
             sp = f"{s['b_speedup']:.2f}" if s.get("b_speedup") else "-"
             local = f"{s['b_local_speedup']:.2f}" if s.get("b_local_speedup") and p != "sequential" else "-"
-            out(
-                f"  {LABELS[p]:<{W}} {fmt_t(s['b_min']):>9} {fmt_t(s['b_med']):>9} {s['b_runs']:>4} {sp:>15} "
-                f"{fmt_ratio(s['b_min'], A.get('b_min')):>10} {local:>13}"
-            )
+            out(f"  {LABELS[p]:<{W}} {fmt_t(s['b_min']):>9} {fmt_t(s['b_med']):>9} {s['b_runs']:>4} {sp:>15} "
+                f"{fmt_ratio(s['b_min'], A.get('b_min')):>10} {local:>13}")
             if p == "sequential" and s.get("b_ceiling_min"):
-                out(
-                    f"  {'  ceiling: 2 bare forked processes':<{W}} {fmt_t(s['b_ceiling_min']):>9} "
+                out(f"  {'  ceiling: 2 bare forked processes':<{W}} {fmt_t(s['b_ceiling_min']):>9} "
                     f"{fmt_t(s['b_ceiling_med']):>9} {s['b_ceiling_runs']:>4} "
                     f"{s['b_min'] / s['b_ceiling_min']:>15.2f} {'':>10} {s['b_ceiling_local']:>13.2f}"
-                    f"  (half the items each, no IPC: the machine's limit)"
-                )
+                    f"  (half the items each, no IPC: the machine's limit)")
         out("")
 
     if "c" in meta["workloads"]:
-        out(
-            f"(c) warm two-iteration cell: azpar = ip.run_cell('%%azpar -q -o r for x in range(2):\\nx + 1') "
-            f"in a real InteractiveShell; peers = 2-item map on a warm pool; up to {params['c_runs']} runs"
-        )
+        out(f"(c) warm two-iteration cell: azpar = ip.run_cell('%%azpar -q -o r for x in range(2):\\nx + 1') "
+            f"in a real InteractiveShell; peers = 2-item map on a warm pool; up to {params['c_runs']} runs")
         out(f"  {'peer':<{W}} {'min':>9} {'median':>9} {'runs':>4} {'med/azpar':>9}")
         for p in peers:
             s = S[p]
@@ -1346,38 +1207,26 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
                 out(f"  {LABELS[p]:<{W}} {cell(s, 'c', ''):>9}  {s.get('c_detail') or ''}")
                 continue
             label = "azpar_magic %%azpar cell (magic)" if p == "azpar" else LABELS[p]
-            out(
-                f"  {label:<{W}} {fmt_t(s['c_min']):>9} {fmt_t(s['c_med']):>9} {s['c_runs']:>4} "
-                f"{fmt_ratio(s['c_med'], A.get('c_med')):>9}"
-            )
+            out(f"  {label:<{W}} {fmt_t(s['c_min']):>9} {fmt_t(s['c_med']):>9} {s['c_runs']:>4} "
+                f"{fmt_ratio(s['c_med'], A.get('c_med')):>9}")
             if p == "azpar" and s.get("c_api_med") is not None:
-                out(
-                    f"  {'  (same loop via azpar_magic.run)':<{W}} {fmt_t(s['c_api_min']):>9} "
-                    f"{fmt_t(s['c_api_med']):>9}"
-                )
+                out(f"  {'  (same loop via azpar_magic.run)':<{W}} {fmt_t(s['c_api_min']):>9} "
+                    f"{fmt_t(s['c_api_med']):>9}")
             if p == "azpar" and s.get("c_nop_med") is not None:
-                out(
-                    f"  {'  (a cell magic that does nothing)':<{W}} {fmt_t(s['c_nop_min']):>9} "
-                    f"{fmt_t(s['c_nop_med']):>9}"
-                )
+                out(f"  {'  (a cell magic that does nothing)':<{W}} {fmt_t(s['c_nop_min']):>9} "
+                    f"{fmt_t(s['c_nop_med']):>9}")
         floor = _c_floor(S)
         if floor is not None:
-            out(
-                f"  floor: IPython around a no-op cell magic {fmt_t(floor['nop'])} + a fork Pool's two-item map "
+            out(f"  floor: IPython around a no-op cell magic {fmt_t(floor['nop'])} + a fork Pool's two-item map "
                 f"{fmt_t(floor['pool'])} = {fmt_t(floor['floor'])} (medians); joblib / floor = "
-                f"{floor['ratio']:.1f}: no magic that also maps on a pool can beat joblib by more here"
-            )
+                f"{floor['ratio']:.1f}: no magic that also maps on a pool can beat joblib by more here")
         out("")
 
     if "d" in meta["workloads"]:
-        out(
-            f"(d) {params['d_n']} iterations reading a {params['d_mb']} MB numpy array global "
-            f"(azpar body: float(big[x % 10].sum())); peers map functools.partial(row_sum, big)"
-        )
-        out(
-            "    moved = per run, bytes the peer's processes passed to write() (pipes, files: /proc/PID/io wchar) "
-            '+ bytes sent over loopback TCP ("lo", machine-wide)'
-        )
+        out(f"(d) {params['d_n']} iterations reading a {params['d_mb']} MB numpy array global "
+            f"(azpar body: float(big[x % 10].sum())); peers map functools.partial(row_sum, big)")
+        out("    moved = per run, bytes the peer's processes passed to write() (pipes, files: /proc/PID/io wchar) "
+            "+ bytes sent over loopback TCP (\"lo\", machine-wide)")
         out(f"  {'peer':<{W}} {'min':>9} {'median':>9} {'runs':>4} {'med/azpar':>9}  bytes")
         for p in peers:
             s = S[p]
@@ -1388,50 +1237,38 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
             if p == "azpar":
                 reps = s["d_reps"]
                 _, loads = _loads_ok(reps)
-                extra = (
-                    f"serialised {fmt_b(reps[0]['capture_bytes'])}/job ({reps[0]['codec']}), array pickled "
-                    f"{'/'.join(str(r['array_pickled']) for r in reps)}x per job, namespace loads per worker "
-                    f"per job {loads}; {extra}"
-                )
+                extra = (f"serialised {fmt_b(reps[0]['capture_bytes'])}/job ({reps[0]['codec']}), array pickled "
+                         f"{'/'.join(str(r['array_pickled']) for r in reps)}x per job, namespace loads per worker "
+                         f"per job {loads}; {extra}")
             if p == "multiprocessing" and s.get("d_pickled"):
-                extra = (
-                    f"pickled {fmt_b(s['d_per_chunk'])} x {s['d_chunks']} chunks = {fmt_b(s['d_pickled'])} "
-                    f"per map; {extra}"
-                )
+                extra = (f"pickled {fmt_b(s['d_per_chunk'])} x {s['d_chunks']} chunks = {fmt_b(s['d_pickled'])} "
+                         f"per map; {extra}")
             if p == "joblib":
                 extra += " (array auto-memmapped per call)"
-            out(
-                f"  {LABELS[p]:<{W}} {fmt_t(s['d_min']):>9} {fmt_t(s['d_med']):>9} {s['d_runs']:>4} "
-                f"{fmt_ratio(s['d_med'], A.get('d_med')):>9}  {extra}"
-            )
+            out(f"  {LABELS[p]:<{W}} {fmt_t(s['d_min']):>9} {fmt_t(s['d_med']):>9} {s['d_runs']:>4} "
+                f"{fmt_ratio(s['d_med'], A.get('d_med')):>9}  {extra}")
             if p == "azpar" and s.get("d_variant_reps"):
                 v = s["d_variant_reps"]
                 times = [r["time"] for r in v]
                 _, vloads = _loads_ok(v)
-                out(
-                    f"  {'  variant: body ' + s['d_variant_body']:<{W}} {fmt_t(min(times)):>9} "
+                out(f"  {'  variant: body ' + s['d_variant_body']:<{W}} {fmt_t(min(times)):>9} "
                     f"{fmt_t(_med(times)):>9} {len(times):>4} {'':>9}  serialised {fmt_b(v[0]['capture_bytes'])}/job "
                     f"({v[0]['codec']}), array pickled {'/'.join(str(r['array_pickled']) for r in v)}x per job, "
-                    f"namespace loads per worker per job {vloads}; moved {fmt_moved(v)}"
-                )
+                    f"namespace loads per worker per job {vloads}; moved {fmt_moved(v)}")
             dp = s.get("d_prime") if p == "azpar" else None
             if dp and dp.get("reps"):
                 times = [r["time"] for r in dp["reps"]]
                 label = "  (d') identical second cell, 2 its"
-                out(
-                    f"  {label:<{W}} {fmt_t(min(times)):>9} {fmt_t(_med(times)):>9} "
+                out(f"  {label:<{W}} {fmt_t(min(times)):>9} {fmt_t(_med(times)):>9} "
                     f"{len(times):>4} {'':>9}  serialised {'/'.join(str(r['serialize_calls']) for r in dp['reps'])}x, "
                     f"written {'/'.join(fmt_b(r['written']) for r in dp['reps'])}, new store files "
                     f"{dp['new_store_files']}, kernel memory {fmt_b(dp.get('rss_growth'))} over the runs, job keeps "
-                    f"{fmt_b(max(r['job_keeps_bytes'] for r in dp['reps']))}"
-                )
+                    f"{fmt_b(max(r['job_keeps_bytes'] for r in dp['reps']))}")
         out("")
 
     # Summary of ratios
-    out(
-        "Ratios: peer time / azpar time (>1 = azpar faster; <1 = the peer is faster). (a) warm and (c), (d) "
-        "on medians, (b) on best runs"
-    )
+    out("Ratios: peer time / azpar time (>1 = azpar faster; <1 = the peer is faster). (a) warm and (c), (d) "
+        "on medians, (b) on best runs")
     head = f"  {'peer':<{W}} {'(a) warm':>9} {'(a) cold':>9} {'(b) CPU':>9} {'(c) 2-item':>10} {'(d) array':>9}"
     out(head)
     for p in peers:
@@ -1441,17 +1278,9 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
         a_cold_peer = s.get("a_cold_med")
         cols = [
             cell(s, "a", fmt_ratio(s.get("a_med"), A.get("a_med"))),
-            cell(
-                s,
-                "a",
-                fmt_ratio(a_cold_peer, A.get("a_cold_med"))
-                if a_cold_peer is not None
-                else (
-                    "-"
-                    if p == "sequential"
-                    else "~" + fmt_ratio((s.get("start_s") or 0) + (s.get("a_med") or 0), A.get("a_cold_med"))
-                ),
-            ),
+            cell(s, "a", fmt_ratio(a_cold_peer, A.get("a_cold_med")) if a_cold_peer is not None else
+                 ("-" if p == "sequential" else
+                  "~" + fmt_ratio((s.get("start_s") or 0) + (s.get("a_med") or 0), A.get("a_cold_med")))),
             cell(s, "b", fmt_ratio(s.get("b_min"), A.get("b_min"))),
             cell(s, "c", fmt_ratio(s.get("c_med"), A.get("c_med"))),
             cell(s, "d", fmt_ratio(s.get("d_med"), A.get("d_med"))),
@@ -1467,10 +1296,8 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
         sockets = (rec.get("info") or {}).get("sockets")
         if sockets and sockets.get("checked"):
             hosts = sorted({a.rsplit(":", 1)[0] for a in sockets["listening"]})
-            bits.append(
-                f"{len(sockets['listening'])} listening TCP ports on {', '.join(hosts) or 'nothing'}, all "
-                f"connections loopback: {'yes' if sockets['loopback_only'] else 'NO'}"
-            )
+            bits.append(f"{len(sockets['listening'])} listening TCP ports on {', '.join(hosts) or 'nothing'}, all "
+                        f"connections loopback: {'yes' if sockets['loopback_only'] else 'NO'}")
         if "dashboard_loaded" in (rec.get("info") or {}):
             bits.append(f"dashboard {'ON' if rec['info']['dashboard_loaded'] else 'off'}")
         for st in rec["stops"]:
@@ -1478,40 +1305,31 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
                 bits.append("stop: " + st.get("status", "?"))
             elif "processes" in st:
                 left = f" (still running: {'; '.join(st['left'])})" if st.get("left") else ""
-                bits.append(f"stopped: {st['processes'] - st['left_running']}/{st['processes']} processes exited{left}")
+                bits.append(f"stopped: {st['processes'] - st['left_running']}/{st['processes']} processes "
+                            f"exited{left}")
             elif "error" in st:
                 bits.append("stop error: " + st["error"])
         fl = rec.get("foreign_load")
         if fl:
             killed = any(d.get("status") == "hang" for d in rec["workloads"].values())
-            bits.append(
-                f"other processes used {fl['foreign_fraction']:.0%} of the CPUs meanwhile"
-                + (" (counting the processes killed on a hang)" if killed else "")
-            )
+            bits.append(f"other processes used {fl['foreign_fraction']:.0%} of the CPUs meanwhile"
+                        + (" (counting the processes killed on a hang)" if killed else ""))
         if rec.get("leftover_killed"):
-            bits.append(
-                f"{rec['leftover_killed']} leftover processes killed by the bench: "
-                + "; ".join(rec.get("leftovers", []))
-            )
+            bits.append(f"{rec['leftover_killed']} leftover processes killed by the bench: "
+                        + "; ".join(rec.get("leftovers", [])))
         hangs = [wl for wl, d in rec["workloads"].items() if d.get("status") == "hang"]
         if hangs:
             bits.append("hung on " + ",".join(hangs))
         if bits:
             out(f"  {LABELS[p]}: " + "; ".join(bits))
     out("Notes:")
-    out(
-        "  - multiprocessing forkserver/spawn pools are not run: with functions defined in a notebook (kernel "
+    out("  - multiprocessing forkserver/spawn pools are not run: with functions defined in a notebook (kernel "
         "__main__) their workers cannot unpickle the function, respawn, and map() never returns "
-        "(notes/local-pools.md: stopped after 120 s). Python 3.14 makes forkserver the Linux default."
-    )
-    out(
-        "  - ipyparallel and dask run one task per item (their map default); their (a) cold figure is start + "
-        "warm median, an estimate, since a second 10k map would cost ~20 s more."
-    )
-    out(
-        "  - the %%azpar magic uses the session's default pool (one worker per core = 2 here); the Python API "
-        "runs used workers=2."
-    )
+        "(notes/local-pools.md: stopped after 120 s). Python 3.14 makes forkserver the Linux default.")
+    out("  - ipyparallel and dask run one task per item (their map default); their (a) cold figure is start + "
+        "warm median, an estimate, since a second 10k map would cost ~20 s more.")
+    out("  - the %%azpar magic uses the session's default pool (one worker per core = 2 here); the Python API "
+        "runs used workers=2.")
     out("")
 
     # Targets
@@ -1520,63 +1338,44 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
     if A.get("a_med") is not None and parallel:
         fastest = min(parallel, key=parallel.get)
         ok = A["a_med"] <= parallel[fastest]
-        targets["a"] = dict(
-            ok=ok,
-            text=f"(a) no slower than the fastest parallel peer on 10k trivial, warm: azpar "
-            f"{fmt_t(A['a_med'])} vs {LABELS[fastest]} {fmt_t(parallel[fastest])} "
-            f"(median; sequential {fmt_t(S.get('sequential', {}).get('a_med'))})",
-        )
+        targets["a"] = dict(ok=ok, text=f"(a) no slower than the fastest parallel peer on 10k trivial, warm: azpar "
+                                        f"{fmt_t(A['a_med'])} vs {LABELS[fastest]} {fmt_t(parallel[fastest])} "
+                                        f"(median; sequential {fmt_t(S.get('sequential', {}).get('a_med'))})")
     if A.get("b_speedup") is not None:
         ok = A["b_speedup"] >= TARGET_B_SPEEDUP
         seq = S["sequential"]
-        ceiling = (
-            f"; the machine's ceiling (2 bare processes) is {seq['b_min'] / seq['b_ceiling_min']:.2f}"
-            if seq.get("b_ceiling_min")
-            else ""
-        )
+        ceiling = (f"; the machine's ceiling (2 bare processes) is {seq['b_min'] / seq['b_ceiling_min']:.2f}"
+                   if seq.get("b_ceiling_min") else "")
         if A.get("b_local_speedup"):
             ceiling += f"; against azpar's own 1-core speed measured just before: {A['b_local_speedup']:.2f}"
-        targets["b"] = dict(
-            ok=ok,
-            text=f"(b) speedup >= {TARGET_B_SPEEDUP} on CPU work: "
-            f"{A['b_speedup']:.2f} ({fmt_t(seq['b_min'])} sequential / "
-            f"{fmt_t(A['b_min'])} azpar{ceiling})",
-        )
+        targets["b"] = dict(ok=ok, text=f"(b) speedup >= {TARGET_B_SPEEDUP} on CPU work: "
+                                        f"{A['b_speedup']:.2f} ({fmt_t(seq['b_min'])} sequential / "
+                                        f"{fmt_t(A['b_min'])} azpar{ceiling})")
     if A.get("c_med") is not None:
         ok = A["c_med"] < TARGET_C_SECONDS
-        targets["c"] = dict(
-            ok=ok,
-            text=f"(c) warm two-iteration %%azpar cell under {TARGET_C_SECONDS * 1e3:.0f} ms: "
-            f"median {fmt_t(A['c_med'])}, min {fmt_t(A['c_min'])}",
-        )
+        targets["c"] = dict(ok=ok, text=f"(c) warm two-iteration %%azpar cell under {TARGET_C_SECONDS * 1e3:.0f} ms: "
+                                        f"median {fmt_t(A['c_med'])}, min {fmt_t(A['c_min'])}")
         joblib_c = S.get("joblib", {}).get("c_med")
         if joblib_c is not None:
             ratio = joblib_c / A["c_med"]
-            targets["c_ratio"] = dict(
-                ok=ratio >= TARGET_C_RATIO,
-                text=f"(c) the same cell at least {TARGET_C_RATIO:.0f}x faster than joblib's warm "
-                f"two-item map (issue 16): joblib / azpar {ratio:.1f} "
-                f"({fmt_t(joblib_c)} / {fmt_t(A['c_med'])}, medians)"
-                + (f"; the floor allows at most {floor['ratio']:.1f}" if (floor := _c_floor(S)) else ""),
-            )
+            targets["c_ratio"] = dict(ok=ratio >= TARGET_C_RATIO,
+                                      text=f"(c) the same cell at least {TARGET_C_RATIO:.0f}x faster than joblib's warm "
+                                           f"two-item map (issue 16): joblib / azpar {ratio:.1f} "
+                                           f"({fmt_t(joblib_c)} / {fmt_t(A['c_med'])}, medians)"
+                                           + (f"; the floor allows at most {floor['ratio']:.1f}"
+                                              if (floor := _c_floor(S)) else ""))
     if A.get("d_reps"):
         reps = A["d_reps"]
         nbytes = A["d_array"]
         # The first run serialises the array once; later runs of the unchanged array may reuse it (0).
-        once = all(
-            r["array_pickled"] == r["serialize_calls"]
-            and r["serialize_calls"] in ((1,) if i == 0 else (0, 1))
-            and r["capture_bytes"] < 1.5 * nbytes
-            for i, r in enumerate(reps)
-        )
+        once = all(r["array_pickled"] == r["serialize_calls"] and r["serialize_calls"] in ((1,) if i == 0 else (0, 1))
+                   and r["capture_bytes"] < 1.5 * nbytes for i, r in enumerate(reps))
         loads_ok, loads = _loads_ok(reps)
-        targets["d"] = dict(
-            ok=once and loads_ok,
-            text=f"(d) array serialised once per job ({'yes' if once else 'NO'}: "
-            f"{'/'.join(str(r['array_pickled']) for r in reps)} pickling pass(es), "
-            f"{fmt_b(reps[0]['capture_bytes'])} for a {fmt_b(nbytes)} array) and sent at most "
-            f"once per worker ({'yes' if loads_ok else 'NO'}: loads per worker per job {loads})",
-        )
+        targets["d"] = dict(ok=once and loads_ok,
+                            text=f"(d) array serialised once per job ({'yes' if once else 'NO'}: "
+                                 f"{'/'.join(str(r['array_pickled']) for r in reps)} pickling pass(es), "
+                                 f"{fmt_b(reps[0]['capture_bytes'])} for a {fmt_b(nbytes)} array) and sent at most "
+                                 f"once per worker ({'yes' if loads_ok else 'NO'}: loads per worker per job {loads})")
         v = A.get("d_variant_reps")
         if v:
             v_once = all(r["array_pickled"] <= 1 for r in v)
@@ -1585,35 +1384,25 @@ def render(results: dict, params: dict, meta: dict) -> tuple[str, dict, dict]:
             oc_once = all(x["array_pickled"] == 1 for x in oc.values())
             oc_text = "; ".join(f"{{{k}}}: {x['array_pickled']} pass(es), {fmt_t(x['seconds'])}" for k, x in oc.items())
             targets["d_variant"] = dict(
-                ok=v_once and v_loads_ok and oc_once,
-                informational=True,
+                ok=v_once and v_loads_ok and oc_once, informational=True,
                 text=f"(d, extra check) body `{A['d_variant_body']}` (namespace = array + a notebook function): "
-                f"array pickled {'/'.join(str(r['array_pickled']) for r in v)}x per job, loads per worker per "
-                f"job {v_loads}; capture.serialize by name order: {oc_text}",
-            )
+                     f"array pickled {'/'.join(str(r['array_pickled']) for r in v)}x per job, loads per worker per "
+                     f"job {v_loads}; capture.serialize by name order: {oc_text}")
     dp = A.get("d_prime")
     if dp and dp.get("reps"):
         reps = dp["reps"]
         med = _med([r["time"] for r in reps])
         moved = max((r["written"] or 0) for r in reps)
         growth = dp.get("rss_growth") or 0
-        ok = (
-            med < TARGET_DP_SECONDS
-            and moved < TARGET_DP_MOVED
-            and dp["new_store_files"] == 0
-            and all(r["serialize_calls"] == 0 and r["job_keeps_bytes"] == 0 for r in reps)
-            and growth < A["d_array"] / 2
-            and dp["ok"]
-        )
-        targets["d_prime"] = dict(
-            ok=ok,
-            text=f"(d') identical second cell over the unchanged {fmt_b(A['d_array'])} "
-            f"array under {TARGET_DP_SECONDS * 1e3:.0f} ms, nothing moved or kept: "
-            f"median {fmt_t(med)}, at most {fmt_b(moved)} written, serialised "
-            f"{sum(r['serialize_calls'] for r in reps)}x in {len(reps)} runs, "
-            f"{dp['new_store_files']} new store files, kernel memory "
-            f"{fmt_b(growth)}",
-        )
+        ok = (med < TARGET_DP_SECONDS and moved < TARGET_DP_MOVED and dp["new_store_files"] == 0
+              and all(r["serialize_calls"] == 0 and r["job_keeps_bytes"] == 0 for r in reps)
+              and growth < A["d_array"] / 2 and dp["ok"])
+        targets["d_prime"] = dict(ok=ok, text=f"(d') identical second cell over the unchanged {fmt_b(A['d_array'])} "
+                                              f"array under {TARGET_DP_SECONDS * 1e3:.0f} ms, nothing moved or kept: "
+                                              f"median {fmt_t(med)}, at most {fmt_b(moved)} written, serialised "
+                                              f"{sum(r['serialize_calls'] for r in reps)}x in {len(reps)} runs, "
+                                              f"{dp['new_store_files']} new store files, kernel memory "
+                                              f"{fmt_b(growth)}")
     out("Targets (computed from the measurements above):")
     for key in ("a", "b", "c", "c_ratio", "d", "d_prime", "d_variant"):
         t = targets.get(key)
@@ -1643,24 +1432,14 @@ def versions() -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: fewer repetitions, smaller sizes")
     ap.add_argument("--only", metavar="a,b", help="workloads to run (default: a,b,c,d)")
-    ap.add_argument(
-        "--skip-peers",
-        metavar="NAME,...",
-        default="",
-        help="peers to leave out: sequential, multiprocessing (mp), joblib, ipyparallel (ipp), dask",
-    )
-    ap.add_argument(
-        "--timeout-scale",
-        type=float,
-        default=1.0,
-        metavar="F",
-        help="multiply every per-step time limit by F (default 1; >1 on slower machines)",
-    )
+    ap.add_argument("--skip-peers", metavar="NAME,...", default="",
+                    help="peers to leave out: sequential, multiprocessing (mp), joblib, ipyparallel (ipp), dask")
+    ap.add_argument("--timeout-scale", type=float, default=1.0, metavar="F",
+                    help="multiply every per-step time limit by F (default 1; >1 on slower machines)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--workloads", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
@@ -1685,10 +1464,8 @@ def main(argv=None) -> int:
     params = dict(QUICK if args.quick else FULL)
     busy_before = cpu_busy()
     if busy_before is not None and busy_before > 0.10:
-        log(
-            f"WARNING: {busy_before:.0%} of the CPUs were busy before the run (other processes); "
-            "timings and speedups will be off"
-        )
+        log(f"WARNING: {busy_before:.0%} of the CPUs were busy before the run (other processes); "
+            "timings and speedups will be off")
     began = time.monotonic()
     when = time.strftime("%Y-%m-%d %H:%M:%S")
     machine = machine_calibration.calibrate()
@@ -1728,18 +1505,9 @@ def main(argv=None) -> int:
             runner._reap_leftovers()
         log("interrupted")
         raise
-    meta = dict(
-        cpus=os.cpu_count(),
-        python=platform.python_version(),
-        quick=args.quick,
-        when=when,
-        workloads=workloads,
-        peers=peers,
-        elapsed_s=None,
-        cpu_busy_before=busy_before,
-        cpu_busy_after=cpu_busy(0.5),
-        calibration=machine,
-    )
+    meta = dict(cpus=os.cpu_count(), python=platform.python_version(), quick=args.quick, when=when,
+                workloads=workloads, peers=peers, elapsed_s=None, cpu_busy_before=busy_before,
+                cpu_busy_after=cpu_busy(0.5), calibration=machine)
     meta["elapsed_s"] = time.monotonic() - began
     table, summary, targets = render(results, params, meta)
     print(table)
@@ -1756,20 +1524,9 @@ def main(argv=None) -> int:
         except OSError:
             logs[peer] = ""
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump(
-            {
-                "meta": {**meta, "machine": platform.platform(), "versions": versions(), "argv": sys.argv[1:]},
-                "params": params,
-                "results": results,
-                "summary": summary,
-                "targets": targets,
-                "table": table,
-                "child_logs": logs,
-            },
-            fh,
-            indent=1,
-            default=str,
-        )
+        json.dump({"meta": {**meta, "machine": platform.platform(), "versions": versions(), "argv": sys.argv[1:]},
+                   "params": params, "results": results, "summary": summary, "targets": targets,
+                   "table": table, "child_logs": logs}, fh, indent=1, default=str)
     print(f"results: {os.path.relpath(path)}")
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
