@@ -582,13 +582,18 @@ def child_kinds(peer: str) -> dict:
             continue
         if first != [fn(value) for value in iterable(data)]:  # the same values as the loop run here
             raise RuntimeError(f"{peer}: {name}: wrong result")
-        times = []
-        for _ in range(KINDS_RUNS):
-            t = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t)
-        out[name] = statistics.median(times)
+        out[name] = _median_time(call, KINDS_RUNS)
     return {"peer": peer, "medians": out}
+
+
+def _median_time(call, runs: int) -> float:
+    """The median of ``runs`` timed calls of ``call``, in seconds."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def measure_kinds(scratch: str) -> dict:
@@ -662,12 +667,7 @@ def child_returns(peer: str) -> dict:
         ):
             raise RuntimeError(f"{peer}: {name}: wrong result")
         del got
-        times = []
-        for _ in range(RETURNS_RUNS):
-            t = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t)
-        out[name] = statistics.median(times)
+        out[name] = _median_time(call, RETURNS_RUNS)
     return {"peer": peer, "medians": out}
 
 
