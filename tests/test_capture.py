@@ -678,6 +678,11 @@ def test_notebook_code_held_inside_other_objects_goes_with_the_names_it_reads(ma
     assert {"counts", "FALLBACK"} <= names_for("counts[x]", main_ns)
     assert {"holder", "scale", "OTHER"} <= names_for("holder.fn(x)", main_ns)
     assert "OTHER" not in names_for("holder.fn(x)", main_ns, no_export=["OTHER"])
+    # Code met inside a variable that reads the loop's target as a global: the body runs as module code.
+    define(main_ns, "import collections\nlate = collections.defaultdict(lambda: x * 2)\n")
+    cell = parse_cell("for x in items", "late['k']")
+    assert cell.function_code and not capture.capture(cell, main_ns).function_mode
+    assert capture.capture(parse_cell("for y in items", "late['k']"), {**main_ns, "x": 1}).function_mode
     # Items: a partial of a notebook function names what the engine ships (names_inside).
     define(main_ns, "import functools\ndef train(lr):\n    return lr * K\njobs = [functools.partial(train, 1)]\n")
     met: list = []

@@ -360,8 +360,16 @@ def test_items_holding_notebook_functions_bring_what_those_read(ip, run_cell):
         run = run_cell("%%azpar -q -o got for p in predictors:\np(2)")
         assert run.success, run.error
         assert ip.user_ns["got"] == [20, 22, 24]
+        # A lambda among the items reading the loop's target as a global (a sequential loop assigns it):
+        # the body runs as module code, not as a function whose target is a local.
+        ip.run_cell("pairs = [(i, lambda: t * 2) for i in range(3)]\n")
+        ip.user_ns.pop("t", None)
+        run = run_cell("%%azpar -q -o got for t, f in pairs:\nf()")
+        assert run.success, run.error
+        assert ip.user_ns["got"] == [0, 2, 4]
     finally:
-        for name in ("functools", "K", "train", "jobs", "shifted", "got", "make", "Model", "scorers", "predictors"):
+        for name in ("functools", "K", "train", "jobs", "shifted", "got", "make", "Model", "scorers", "predictors",
+                     "pairs"):
             ip.user_ns.pop(name, None)
 
 

@@ -609,12 +609,21 @@ INSIDE_PASSES = 3  # serialisations again for names found inside (each adds what
 def names_inside(
     notebook_objects: Iterable[object], namespace: Mapping[str, object], walked: Collection[int] = ()
 ) -> set[str]:
-    """The notebook names that notebook functions and classes met while pickling need: their own (when
-    the namespace holds them under it) and those their code reads, as for the body's. ``_Reach`` walks
-    the objects it knows how to look into; what a pickle reaches inside other objects (a datetime whose
-    tzinfo is of a notebook class, a defaultdict's factory, a ``functools.partial`` among the items)
-    went by value without what its code reads: a NameError on the workers. ``walked``: the ids of
-    objects a walk has looked at already (what they read is chosen)."""
+    """The notebook names that notebook functions and classes met while pickling need (``reach_inside``)."""
+    return reach_inside(notebook_objects, namespace, walked).names
+
+
+def reach_inside(
+    notebook_objects: Iterable[object], namespace: Mapping[str, object], walked: Collection[int] = ()
+) -> _Reach:
+    """What notebook functions and classes met while pickling reach: the names they need, their own
+    (when the namespace holds them under it) and those their code reads, as for the body's, and every
+    global name their code reads (``global_reads``: the body runs as a function only if it binds none
+    of them). ``_Reach`` walks the objects it knows how to look into; what a pickle reaches inside other
+    objects (a datetime whose tzinfo is of a notebook class, a defaultdict's factory, a
+    ``functools.partial`` or a lambda among the items) went by value without what its code reads: a
+    NameError on the workers. ``walked``: the ids of objects a walk has looked at already (what they
+    read is chosen)."""
     reach = _Reach(namespace)
     for obj in notebook_objects:
         if id(obj) in walked:
@@ -623,7 +632,7 @@ def names_inside(
         if isinstance(name, str) and namespace.get(name) is obj and not is_ipython_name(name):
             reach.names.add(name)
         reach.visit(obj)
-    return reach.names
+    return reach
 
 
 def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
@@ -1307,6 +1316,7 @@ def capture(
     stored: Callable[[str, int], bytes | None] | None = None,
     plain: bool = False,
     items_from: frozenset[str] = frozenset(),
+    also_read: frozenset[str] = frozenset(),
 ) -> Capture:
     """Choose, check and serialise what ``cell`` needs from ``namespace``.
 
@@ -1315,7 +1325,9 @@ def capture(
     they are reused instead of pickled and hashed again (issue 16: an identical cell over a 100 MB
     array cost a full copy and its sha256, to stage nothing new). ``plain``: the caller found the
     items plain data (``worker.plain_pickle``) or numpy's scalars and arrays, so nothing in them is
-    looked through; ``items_from``: then, the modules their classes come from (numpy's)."""
+    looked through; ``items_from``: then, the modules their classes come from (numpy's). ``also_read``:
+    global names that notebook code inside the items reads (the body runs as a function only if it
+    binds none of them, as for the code it calls)."""
     export = list(export)
     missing = [n for n in export if n not in namespace]
     if missing:
@@ -1333,7 +1345,7 @@ def capture(
     chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
     for name in export:
         chosen[name] = namespace[name]
-    codec, data, used_modules, sha, random_kinds, inside = _serialize_or_reuse(chosen, stored, reach)
+    codec, data, used_modules, sha, random_kinds, inside, inside_reads = _serialize_or_reuse(chosen, stored, reach)
     for _ in range(INSIDE_PASSES):  # notebook code inside other objects goes with what it reads
         more = inside - chosen.keys() - set(no_export)
         if not more:
@@ -1342,7 +1354,7 @@ def capture(
         chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
         for name in export:
             chosen[name] = namespace[name]
-        codec, data, used_modules, sha, random_kinds, inside = _serialize_or_reuse(chosen, stored, reach)
+        codec, data, used_modules, sha, random_kinds, inside, inside_reads = _serialize_or_reuse(chosen, stored, reach)
     unshipped = (
         tuple(sorted(n for n in set(no_export) & (wanted | reach.names) if n in namespace and n not in chosen))
         if no_export
@@ -1355,7 +1367,9 @@ def capture(
     packages = distributions_for(m for m in modules if m.split(".")[0] not in local_tops)
     return Capture(
         function_mode=bool(cell.function_code)
-        and _function_mode_is_safe(cell.body_tree, cell.target_names, frozenset(reach.global_reads)),
+        and _function_mode_is_safe(
+            cell.body_tree, cell.target_names, frozenset(reach.global_reads) | inside_reads | also_read
+        ),
         names=tuple(sorted(chosen)),
         codec=codec,
         data=data,
@@ -1457,6 +1471,7 @@ class _Serialized:
     modules: frozenset[str]
     random_states: frozenset[str] = frozenset()
     inside: frozenset[str] = frozenset()  # names_inside the pickle
+    inside_reads: frozenset[str] = frozenset()  # the global names that code reads (reach_inside)
 
 
 _REUSE_KEPT = 8  # fingerprints remembered (a few cells alternating)
@@ -1467,31 +1482,39 @@ _reusable_lock = threading.Lock()  # api.run may capture from several threads
 
 def _serialize_or_reuse(
     chosen: dict[str, object], stored: Callable[[str, int], bytes | None] | None, reach: _Reach
-) -> tuple[str, bytes, set[str], str, frozenset[str], frozenset[str]]:
-    """(codec, bytes, modules, sha256, kinds of random generators, names_inside) of ``chosen``: the
-    kept bytes of an earlier capture of the same content when ``stored`` still has them, else a fresh
-    serialisation (remembered)."""
+) -> tuple[str, bytes, set[str], str, frozenset[str], frozenset[str], frozenset[str]]:
+    """(codec, bytes, modules, sha256, kinds of random generators, names_inside, the global names that
+    code reads) of ``chosen``: the kept bytes of an earlier capture of the same content when ``stored``
+    still has them, else a fresh serialisation (remembered)."""
     key = fingerprint.fingerprint(chosen) if stored is not None else None
     with _reusable_lock:
         earlier = _reusable.get(key) if key is not None else None
     if earlier is not None and stored is not None:
         data = stored(earlier.sha256, earlier.size)
         if data is not None and len(data) == earlier.size:
-            return earlier.codec, data, set(earlier.modules), earlier.sha256, earlier.random_states, earlier.inside
+            return (
+                earlier.codec,
+                data,
+                set(earlier.modules),
+                earlier.sha256,
+                earlier.random_states,
+                earlier.inside,
+                earlier.inside_reads,
+            )
     codec, data, inspector = serialize_inspected(chosen)
     sha = wire.sha256(data)
     random_states = frozenset(inspector.random_states)
-    inside = (
-        frozenset(names_inside(inspector.notebook, reach.namespace, reach.walked))
-        if inspector.notebook
-        else frozenset()
-    )
+    found = reach_inside(inspector.notebook, reach.namespace, reach.walked) if inspector.notebook else None
+    inside = frozenset(found.names) if found is not None else frozenset()
+    inside_reads = frozenset(found.global_reads) if found is not None else frozenset()
     if key is not None and len(data) >= _REUSE_MIN:
         with _reusable_lock:
-            _reusable[key] = _Serialized(codec, sha, len(data), frozenset(inspector.modules), random_states, inside)
+            _reusable[key] = _Serialized(
+                codec, sha, len(data), frozenset(inspector.modules), random_states, inside, inside_reads
+            )
             while len(_reusable) > _REUSE_KEPT:
                 _reusable.popitem(last=False)
-    return codec, data, inspector.modules, sha, random_states, inside
+    return codec, data, inspector.modules, sha, random_states, inside, inside_reads
 
 
 def _random_state_holders(chosen: Mapping[str, object], kinds: frozenset[str]) -> tuple[str, ...]:

@@ -700,7 +700,9 @@ class Engine:
                     pickled, items_from = _standard_parts(parts)
                 slow_items: list[str] = []  # items that are not plain data, and took long to serialise
 
-                def captured(inside_items: Sequence[str] = ()) -> capture_mod.Capture:
+                def captured(
+                    inside_items: Sequence[str] = (), read: frozenset[str] = frozenset()
+                ) -> capture_mod.Capture:
                     return capture_mod.capture(
                         request.cell,
                         request.namespace,
@@ -713,6 +715,7 @@ class Engine:
                         stored=None if self.backend.outlives_kernel else kept_namespace,
                         plain=bool(pickled) or not parts,
                         items_from=items_from,
+                        also_read=read,
                     )
 
                 cap = captured()
@@ -727,13 +730,18 @@ class Engine:
                     for number, indices, part in zip(numbers, chunks, parts):
                         codec, data = capture_mod.serialize_items(part, cap.names, request.namespace, indices[0], met)
                         tasks[number] = TaskSpec(number, indices, codec, data)
-                    inside = (
-                        capture_mod.names_inside({id(obj): obj for obj in met}.values(), request.namespace)
-                        - set(cap.names)
-                        - set(request.no_export)
-                    )
+                    found = capture_mod.reach_inside({id(obj): obj for obj in met}.values(), request.namespace)
+                    inside = found.names - set(cap.names) - set(request.no_export)
+                    read = frozenset(found.global_reads)
+                    if inside or (  # notebook code among the items: what it reads, and whether the body binds it
+                        cap.function_mode
+                        and read
+                        and not capture_mod.function_mode_is_safe(
+                            request.cell.body_tree, request.cell.target_names, set(read)
+                        )
+                    ):
+                        cap = captured(sorted(inside), read)
                     if inside:  # (a partial of a notebook function): shipped with what it reads, the items again
-                        cap = captured(sorted(inside))
                         for number, indices, part in zip(numbers, chunks, parts):
                             codec, data = capture_mod.serialize_items(part, cap.names, request.namespace, indices[0])
                             tasks[number] = TaskSpec(number, indices, codec, data)
