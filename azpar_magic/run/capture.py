@@ -628,9 +628,7 @@ def reach_inside(
     for obj in notebook_objects:
         if id(obj) in walked:
             continue
-        name = getattr(obj, "__qualname__", None)
-        if isinstance(name, str) and namespace.get(name) is obj and not is_ipython_name(name):
-            reach.names.add(name)
+        reach._name_in_namespace(obj)  # (a function as well as a class: the items may name it)
         reach.visit(obj)
     return reach
 
@@ -1342,19 +1340,15 @@ def capture(
         | (set() if plain else notebook_objects_in(items, namespace))
         | {name for name in looked_up if name in namespace}
     )
-    chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
-    for name in export:
-        chosen[name] = namespace[name]
-    codec, data, used_modules, sha, random_kinds, inside, inside_reads = _serialize_or_reuse(chosen, stored, reach)
-    for _ in range(INSIDE_PASSES):  # notebook code inside other objects goes with what it reads
-        more = inside - chosen.keys() - set(no_export)
-        if not more:
-            break
-        wanted |= more
+    for _ in range(1 + INSIDE_PASSES):  # notebook code inside other objects goes with what it reads
         chosen, reach = resolve_names(namespace, wanted, exclude=no_export)
         for name in export:
             chosen[name] = namespace[name]
         codec, data, used_modules, sha, random_kinds, inside, inside_reads = _serialize_or_reuse(chosen, stored, reach)
+        more = inside - chosen.keys() - set(no_export)
+        if not more:
+            break
+        wanted |= more
     unshipped = (
         tuple(sorted(n for n in set(no_export) & (wanted | reach.names) if n in namespace and n not in chosen))
         if no_export

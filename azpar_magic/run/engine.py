@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import CodeType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from .. import config, identity, jobstore, worker as wire
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
@@ -377,9 +377,12 @@ def _plain_parts(items: list, parts: list[list]) -> list[bytes]:
     return _each_pickled(parts, wire.plain_pickle)
 
 
-def _each_pickled(parts: list[list], pickle_part: Callable[[list], bytes | None]) -> list[bytes]:
+_Pickled = TypeVar("_Pickled")  # what a part's pickling gives: its bytes, or them with what it needs
+
+
+def _each_pickled(parts: list[list], pickle_part: Callable[[list], _Pickled | None]) -> list[_Pickled]:
     """``pickle_part`` of each part, or [] as soon as one part is not its kind (it gave None)."""
-    pickled: list[bytes] = []
+    pickled: list[_Pickled] = []
     for part in parts:
         data = pickle_part(part)
         if data is None:
@@ -404,15 +407,8 @@ def _standard_parts(parts: list[list]) -> tuple[list[bytes], frozenset[str]]:
     tuples of those and atoms), with the modules of their classes and time zones; else ([], {}). Such
     items name nothing of the notebook, so the capture need not look through them
     (``worker.standard_list_pickle``)."""
-    pickled: list[bytes] = []
-    modules: set[str] = set()
-    for part in parts:
-        found = wire.standard_list_pickle(part)
-        if found is None:
-            return [], frozenset()
-        pickled.append(found[0])
-        modules.update(found[1])
-    return pickled, frozenset(modules)
+    found = _each_pickled(parts, wire.standard_list_pickle)
+    return [data for data, _ in found], frozenset().union(*(modules for _, modules in found))
 
 
 def decode_counted(encoded: Any, count: int) -> tuple[list, dict[int, str], int]:
@@ -725,11 +721,20 @@ class Engine:
                         n: TaskSpec(n, indices, "pickle", data) for n, indices, data in zip(numbers, chunks, pickled)
                     }
                 else:
+
+                    def serialised(shipped: Sequence[str], met: list[object] | None = None) -> dict[str, TaskSpec]:
+                        return {
+                            number: TaskSpec(
+                                number,
+                                indices,
+                                *capture_mod.serialize_items(part, shipped, request.namespace, indices[0], met),
+                            )
+                            for number, indices, part in zip(numbers, chunks, parts)
+                        }
+
                     began = time.perf_counter()
                     met: list[object] = []  # the notebook's functions and classes the items hold
-                    for number, indices, part in zip(numbers, chunks, parts):
-                        codec, data = capture_mod.serialize_items(part, cap.names, request.namespace, indices[0], met)
-                        tasks[number] = TaskSpec(number, indices, codec, data)
+                    tasks = serialised(cap.names, met)
                     found = capture_mod.reach_inside({id(obj): obj for obj in met}.values(), request.namespace)
                     inside = found.names - set(cap.names) - set(request.no_export)
                     read = frozenset(found.global_reads)
@@ -742,9 +747,7 @@ class Engine:
                     ):
                         cap = captured(sorted(inside), read)
                     if inside:  # (a partial of a notebook function): shipped with what it reads, the items again
-                        for number, indices, part in zip(numbers, chunks, parts):
-                            codec, data = capture_mod.serialize_items(part, cap.names, request.namespace, indices[0])
-                            tasks[number] = TaskSpec(number, indices, codec, data)
+                        tasks = serialised(cap.names)
                     slow_items = slow_items_warnings(
                         items,
                         time.perf_counter() - began,
