@@ -328,6 +328,18 @@ def test_items_slow_to_serialise_are_said_before_the_job_with_what_travels_faste
         assert "serialising the" not in capsys.readouterr().err
 
 
+@pytest.fixture
+def one_by_one(monkeypatch) -> list:
+    """A list that gets an entry for each task's items sent through capture.serialize_items, the pickler
+    with Python hooks (the items that travel packed or as they are never go there)."""
+    from azpar_magic.run import capture as capture_mod
+
+    calls: list = []
+    real = capture_mod.serialize_items
+    monkeypatch.setattr(capture_mod, "serialize_items", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 @pytest.mark.timeout(120)
 def test_items_holding_notebook_functions_bring_what_those_read(ip, run_cell):
     # `for job in [functools.partial(train, lr) for lr in rates]: job()` failed with NameError: the
@@ -374,7 +386,7 @@ def test_items_holding_notebook_functions_bring_what_those_read(ip, run_cell):
 
 
 @pytest.mark.timeout(120)
-def test_dates_timestamps_and_paths_travel_without_the_hooks_and_arrive_as_the_loop_gives(engine, monkeypatch):
+def test_dates_timestamps_and_paths_travel_without_the_hooks_and_arrive_as_the_loop_gives(engine, one_by_one):
     # pd.date_range's Timestamps, datetimes, paths and tuples of them went through the pickler's Python
     # hooks one by one (a loop over 10,000 Timestamps: 42 ms, a fork Pool 16). Now each task's are
     # pickled as they are; the workers get pandas for them though the body never names it, and values
@@ -384,11 +396,6 @@ def test_dates_timestamps_and_paths_travel_without_the_hooks_and_arrive_as_the_l
     import zoneinfo
 
     pd = pytest.importorskip("pandas")
-    from azpar_magic.run import capture as capture_mod
-
-    one_by_one = []
-    real = capture_mod.serialize_items
-    monkeypatch.setattr(capture_mod, "serialize_items", lambda *a, **k: one_by_one.append(1) or real(*a, **k))
     paris = zoneinfo.ZoneInfo("Europe/Paris")
     namespace = {
         "stamps": pd.date_range("2020-03-28", periods=50, freq="h", tz=paris),
@@ -408,15 +415,10 @@ def test_dates_timestamps_and_paths_travel_without_the_hooks_and_arrive_as_the_l
 
 
 @pytest.mark.timeout(120)
-def test_numpy_items_and_values_travel_as_arrays_and_arrive_as_what_the_loop_gives(engine, monkeypatch):
+def test_numpy_items_and_values_travel_as_arrays_and_arrive_as_what_the_loop_gives(engine, one_by_one):
     # np.linspace's scalars and a matrix's rows go as one array a task (not through the pickler's hooks
     # one by one), and the body sees what iterating them here gives: numpy.float64, a row of the dtype.
     np = pytest.importorskip("numpy")
-    from azpar_magic.run import capture as capture_mod
-
-    one_by_one = []
-    real = capture_mod.serialize_items
-    monkeypatch.setattr(capture_mod, "serialize_items", lambda *a, **k: one_by_one.append(1) or real(*a, **k))
     namespace = {"np": np, "M": np.arange(60, dtype=np.float32).reshape(20, 3)}
     job = engine.submit(_request("for x in np.linspace(0, 1, 41)", "(type(x).__name__, x * 2, np.sqrt(x))", namespace))
     got = job.result(timeout=60)
