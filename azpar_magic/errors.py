@@ -156,6 +156,11 @@ class CombineError(UsageProblem, ValueError):
     """The values cannot be combined as asked (the raw values stay in the job handle)."""
 
 
+class CombineWarning(UserWarning):
+    """The values were combined, but some were overwritten on the way (dicts whose keys repeat
+    under ``--combine concat``); the magic prints it as an ``azpar: warning:`` line."""
+
+
 class StorageError(UsageProblem, ValueError):
     """The helpers cannot run as asked (no Azure profile, a malformed az:// path)."""
 

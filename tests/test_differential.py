@@ -186,6 +186,13 @@ CASES = [
     Case("combine_concat_strings", "for x in range(12)", "str(x)", combine="concat"),
     Case("combine_concat_numpy", "for x in range(1, 6)", "np.arange(x)", combine="concat",
          setup="import numpy as np\n"),
+    # What `out.update(v)` / `out |= v` would build in a sequential loop (a list of the dicts' keys before)
+    Case("combine_concat_dicts", "for name in ['a', 'bb', 'ccc']", "{name: len(name), name.upper(): name * 2}",
+         combine="concat"),
+    Case("combine_concat_counters", "for text in ['ab', 'bc', 'ca']", "collections.Counter(text)",
+         combine="concat", setup="import collections\n"),
+    Case("combine_concat_sets", "for x in range(5)", "{x % 3, x * 10}", combine="concat"),
+    Case("combine_concat_tuples", "for x in range(4)", "(x, -x)", combine="concat"),
     Case("combine_concat_pandas", "for x in range(4)", "pd.DataFrame({'x': [x], 'sq': [x * x]}, index=[x])",
          combine="concat", setup="import pandas as pd\n"),
     Case("combine_callable", "for x in range(7)", "x * 1.5", combine="summarize",
@@ -290,6 +297,18 @@ def _expected(case: Case, ip, seq):
             return np.concatenate(values)
         if isinstance(first, pd.DataFrame):
             return pd.concat(values)
+        if isinstance(first, dict):
+            out = first.copy()
+            for v in values[1:]:
+                out.update(v)
+            return out
+        if isinstance(first, set):
+            out = set()
+            for v in values:
+                out |= v
+            return out
+        if isinstance(first, tuple):
+            return tuple(x for v in values for x in v)
         return [x for v in values for x in v]
     return eval(case.combine, ip.user_ns)(values)
 

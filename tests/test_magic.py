@@ -111,6 +111,20 @@ def test_a_quick_cell_says_which_iterations_its_result_leaves_out(ip, run_cell, 
     assert "iteration 2 (item 2): ZeroDivisionError: division by zero" in run.stderr
     assert "failed" not in run_cell(f"%%azpar -q -o out --errors {errors} for x in range(4):\nx").stderr
 
+def test_concat_of_dicts_merges_them_and_says_which_keys_came_again(ip, run_cell):
+    """`--combine concat` over dicts gave a list of their keys; now the dicts merged as `out.update(v)`
+    would, with one warning line when an iteration's key replaced another's."""
+    run = run_cell("%%azpar -q -o out --combine concat for name in ['a', 'bb']:\n{name: len(name)}")
+    assert run.success, run.stderr
+    assert ip.user_ns["out"] == {"a": 1, "bb": 2} and "warning" not in run.stderr
+    run = run_cell("%%azpar -q -o out --combine concat for x in range(5):\n{'score': x * x, f'k{x}': x}")
+    assert run.success, run.stderr
+    assert ip.user_ns["out"] == {"score": 16, "k0": 0, "k1": 1, "k2": 2, "k3": 3, "k4": 4}
+    assert run.stderr.count("azpar: warning:") == 1, run.stderr
+    assert "4 key(s) came again from a later iteration (the first: 'score', from the values for items 0 and 1)" in run.stderr
+    assert azpar_magic.jobs()[-1].partial_results()[3] == {"score": 9, "k3": 3}
+
+
 def test_python_api_matches_the_magic(ip):
     ns = {"k": 3}
     job = azpar_magic.run("for x in range(5)", "x * k", ns, combine="sum")

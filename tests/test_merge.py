@@ -1,10 +1,13 @@
 """Unit tests of merge.py: error policies and combine modes (pure functions)."""
 
+import collections
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from azpar_magic.errors import CombineError
+from azpar_magic.errors import CombineError, CombineWarning
 from azpar_magic.jobs.merge import check_dict_keys, combine, select
 
 
@@ -57,3 +60,33 @@ def test_bad_combine():
 def test_combine_dict_names_an_unhashable_item():
     with pytest.raises(CombineError, match="item 1"):
         combine([1, 2], ["a", ["b"]], "dict")
+
+
+def test_concat_merges_dicts_as_update_would_and_warns_of_repeated_keys():
+    """A loop returning dicts got a list of their keys: the values were lost without a word."""
+    assert combine([{"a": 1}, {"b": 2}], [0, 1], "concat") == {"a": 1, "b": 2}
+    with pytest.warns(CombineWarning, match=r"2 key\(s\) came again .*the first: 'score'.*items 'x' and 'y'"):
+        merged = combine([{"score": 1, "n": 1}, {"score": 2, "n": 2}, {"z": 3}], ["x", "y", "z"], "concat")
+    assert merged == {"score": 2, "n": 2, "z": 3}
+    ordered = combine([collections.OrderedDict(b=1), {"a": 2}], [0, 1], "concat")
+    assert type(ordered) is collections.OrderedDict and list(ordered) == ["b", "a"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a Counter adds what it is given again: nothing is lost, no warning
+        counted = combine([collections.Counter("ab"), collections.Counter("bc")], [0, 1], "concat")
+    assert counted == collections.Counter("abbc") and isinstance(counted, collections.Counter)
+    factory = combine([collections.defaultdict(list, a=[1]), {"b": [2]}], [0, 1], "concat")
+    assert factory.default_factory is list and factory == {"a": [1], "b": [2]}
+    with pytest.raises(CombineError, match=r"joins dicts \(the first value is a dict\), but the value for item 1 is a list"):
+        combine([{"a": 1}, [("b", 2)]], [0, 1], "concat")
+
+
+def test_concat_joins_sets_and_names_a_value_of_another_kind():
+    assert combine([{1, 2}, {2, 3}], [0, 1], "concat") == {1, 2, 3}
+    joined = combine([frozenset({1}), {2}], [0, 1], "concat")
+    assert joined == frozenset({1, 2}) and type(joined) is frozenset
+    with pytest.raises(CombineError, match=r"joins strings .* value for item 'b' is a NoneType \(None\)"):
+        combine(["x", None], ["a", "b"], "concat")
+    with pytest.raises(CombineError, match=r"value for item 2 is a NoneType \(None\), which is not iterable"):
+        combine([[1], [2], None], [0, 1, 2], "concat")
+    with pytest.raises(CombineError, match=r"numpy scalars \(float64\).*--combine np.array"):
+        combine([np.float64(1), np.float64(2)], [0, 1], "concat")

@@ -7,12 +7,14 @@ what a failure becomes and the combine mode decides the shape of the result.
 
 from __future__ import annotations
 
+import collections
 import functools
 import operator
-from collections.abc import Callable, Hashable, Sequence
+import warnings
+from collections.abc import Callable, Hashable, Mapping, Sequence, Set
 from typing import Any
 
-from ..errors import CombineError
+from ..errors import CombineError, CombineWarning
 from .text import short_repr
 
 COMBINE_MODES = ("list", "dict", "sum", "concat")
@@ -50,7 +52,10 @@ def select(
     return items, list(values)  # the items are only read (a settled job's are a tuple: Job.settle)
 
 
-def _concat(values: list[Any]) -> Any:
+def _concat(values: list[Any], items: Sequence[Any]) -> Any:
+    """What a sequential loop building one object from the values would give: ``out += v``
+    for sequences, strings, arrays and frames, ``out.update(v)`` for dicts, ``out |= v`` for
+    sets. The first value's kind decides; a value of another kind is named with its item."""
     if not values:
         return []
     first = values[0]
@@ -62,17 +67,85 @@ def _concat(values: list[Any]) -> Any:
     if module == "numpy":
         import numpy
 
+        if numpy.ndim(first) == 0:
+            raise CombineError(
+                f"--combine concat joins arrays along their first axis, but the values are numpy scalars "
+                f"({type(first).__name__}); use --combine list, or --combine np.array for one array"
+            )
         return numpy.concatenate(values)
+    if isinstance(first, Mapping):
+        return _merged_mappings(values, items)
+    if isinstance(first, Set):
+        _check_kind(values, items, Set, "sets")
+        joined = set().union(*values)
+        return frozenset(joined) if isinstance(first, frozenset) else joined
     if isinstance(first, str):
+        _check_kind(values, items, str, "strings")
         return "".join(values)
     if isinstance(first, bytes):
+        _check_kind(values, items, bytes, "bytes")
         return b"".join(values)
-    if isinstance(first, tuple):
-        return tuple(x for value in values for x in value)
     try:
+        if isinstance(first, tuple):
+            return tuple(x for value in values for x in value)
         return [x for value in values for x in value]
     except TypeError as exc:
-        raise CombineError(f"--combine concat needs iterable values; got {type(first).__name__}: {exc}") from None
+        for value, item in zip(values, items):
+            try:
+                iter(value)
+            except TypeError:
+                raise CombineError(
+                    f"--combine concat joins iterable values (the first value is a {type(first).__name__}), "
+                    f"but the value for item {short_repr(item)} is a {type(value).__name__} "
+                    f"({short_repr(value)}), which is not iterable"
+                ) from None
+        raise CombineError(f"--combine concat could not join the values: {exc}") from None
+
+
+def _check_kind(values: list[Any], items: Sequence[Any], kind: type, what: str) -> None:
+    for value, item in zip(values, items):
+        if not isinstance(value, kind):
+            raise CombineError(
+                f"--combine concat joins {what} (the first value is a {type(values[0]).__name__}), but the "
+                f"value for item {short_repr(item)} is a {type(value).__name__} ({short_repr(value)})"
+            )
+
+
+def _merged_mappings(values: list[Any], items: Sequence[Any]) -> Any:
+    """Dicts are merged in iteration order, as ``out.update(v)`` would (a Counter adds its
+    counts, as its update does). A key given by more than one iteration keeps the last value,
+    with a warning: a loop returning ``{"score": s}`` would otherwise lose all but one score
+    without a word."""
+    _check_kind(values, items, Mapping, "dicts")
+    first = values[0]
+    merged = first.copy() if isinstance(first, dict) else dict(first)
+    given = len(first)
+    for value in values[1:]:
+        merged.update(value)
+        given += len(value)
+    if given != len(merged) and not isinstance(merged, collections.Counter):
+        key, earlier, later = _first_repeated_key(values)
+        warnings.warn(
+            CombineWarning(
+                f"--combine concat merged the dicts in order, and {given - len(merged)} key(s) came again from "
+                f"a later iteration (the first: {short_repr(key)}, from the values for items "
+                f"{short_repr(items[earlier])} and {short_repr(items[later])}); the later value was kept. "
+                "The per-iteration values stay in job.partial_results(); --combine list keeps them all"
+            ),
+            stacklevel=2,
+        )
+    return merged
+
+
+def _first_repeated_key(values: list[Any]) -> tuple[Any, int, int]:
+    """(key, index of the value that gave it first, index of the next value giving it again)."""
+    seen: dict[Any, int] = {}
+    for index, value in enumerate(values):
+        for key in value:
+            if key in seen:
+                return key, seen[key], index
+            seen[key] = index
+    raise ValueError("no key repeats")
 
 
 def combine(values: list[Any], items: Sequence[Any], mode: str | Callable[[list[Any]], Any]) -> Any:
@@ -96,7 +169,7 @@ def combine(values: list[Any], items: Sequence[Any], mode: str | Callable[[list[
         except TypeError as exc:
             raise CombineError(f"--combine sum could not add the values: {exc}") from None
     if mode == "concat":
-        return _concat(values)
+        return _concat(values, items)
     raise CombineError(
         f"unknown combine mode {mode!r}; expected one of {', '.join(COMBINE_MODES)} or the name of a callable"
     )

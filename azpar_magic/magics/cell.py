@@ -32,7 +32,8 @@ from .usage import SETTINGS, usage_errors
     default="list",
     metavar="HOW",
     help="list (default: values in iteration order), dict (item -> value), sum, concat "
-    "(lists, strings, numpy arrays, pandas frames), or an expression naming a callable "
+    "(lists, tuples, strings, numpy arrays, pandas frames; dicts merged in order, sets joined), or an "
+    "expression naming a callable "
     "that receives the list of values",
 )
 @argument(

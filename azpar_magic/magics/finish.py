@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from typing import Any
 
+from ..errors import CombineWarning
 from ..jobs import Job
 from .display import live_view, show_files, show_outputs
 from .usage import usage_errors
@@ -53,15 +55,25 @@ def wait(shell: Any, job: Job, quiet: bool) -> None:
 
 
 def inject(shell: Any, job: Job, output: str, gather: tuple[str, ...]) -> None:
-    """Bind the ended job's result (and gathered names); a failed iteration raises as itself."""
-    with usage_errors(
-        Exception,
-        lambda exc: (
-            f"The results of job {job.id} could not be combined: {exc}. The "
-            "per-iteration values stay in azpar_magic.jobs()[-1].partial_results()."
+    """Bind the ended job's result (and gathered names); a failed iteration raises as itself. What the
+    combining warns of (keys overwritten) is one ``azpar: warning:`` line, as the magic's other warnings."""
+    with (
+        usage_errors(
+            Exception,
+            lambda exc: (
+                f"The results of job {job.id} could not be combined: {exc}. The "
+                "per-iteration values stay in azpar_magic.jobs()[-1].partial_results()."
+            ),
         ),
+        warnings.catch_warnings(record=True) as caught,
     ):
+        warnings.simplefilter("always", CombineWarning)
         value = job.result()
+    for warning in caught:
+        if issubclass(warning.category, CombineWarning):
+            print(f"azpar: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     shell.user_ns[output] = value
     if gather:
         shell.user_ns.update(job.gathered())
