@@ -97,6 +97,10 @@ def test_pattern_matching_nothing_warns_once_per_pattern(ip, run_cell, folder):
     assert sorted(os.listdir(root)) == ["1", "3", "5"]
     assert (root / "3" / "keep-3.txt").read_text() == "3"
     assert azpar_magic.jobs()[-1].files.warnings() == []  # shown once
+    none = run_cell("%%azpar -o out --outputs '*.png' for i in range(2):\ni")
+    assert none.success, none.error
+    assert "matched no file in 2 iterations" in none.stderr
+    assert "outputs of" not in none.stdout, none.stdout  # "outputs of 0 iterations in" a folder never made
 
 
 def test_a_failed_output_move_fails_its_iteration_only(ip, run_cell, folder):

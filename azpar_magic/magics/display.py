@@ -170,6 +170,6 @@ def show_files(job: Job, quiet: bool) -> None:
         return
     for line in report.warnings():
         print(f"azpar: warning: {line}", file=sys.stderr)
-    if not quiet:
-        count = len(report.produced)
+    count = len(report.produced)
+    if count and not quiet:  # (none came back: the warnings above say so, and the folder was never made)
         print(f"azpar: outputs of {count} iteration{'s' if count != 1 else ''} in {report.location}")
