@@ -93,6 +93,33 @@ def test_a_managers_proxy_is_named_before_anything_runs(main_ns):
     assert "`shared`" in message and "ListProxy" in message and "manager's proxy" in message
 
 
+def test_a_module_sys_modules_does_not_know_travels_as_its_file_or_is_named(main_ns, tmp_path):
+    """Modules travel by name: one loaded from a file without ``sys.modules[name] = module`` ships that file under
+    the name it was loaded as (even when it is not the file's), from inside a dict too; a dotted name, or a module
+    with no file, is refused with why (the workers failed with ModuleNotFoundError after submission)."""
+    import importlib.util
+
+    (tmp_path / "weights_v3.py").write_text("W = 3\n")
+
+    def loaded(name):
+        spec = importlib.util.spec_from_file_location(name, tmp_path / "weights_v3.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    main_ns["cfg"] = {"weights": loaded("azpar_weights")}
+    cap = capture.capture(parse_cell("for x in xs", "cfg['weights'].W * x"), main_ns, folder=str(tmp_path / "nb"))
+    assert cap.local_modules == {"azpar_weights.py": "W = 3\n"}
+    main_ns["cfg"] = loaded("azpar_pkg.weights")
+    with pytest.raises(capture.CaptureError, match=r"'azpar_pkg.weights' was loaded from .*name without dots"):
+        names_for("cfg.W * x", main_ns)
+    main_ns["cfg"] = types.ModuleType("azpar_made")
+    with pytest.raises(capture.CaptureError, match="`cfg`.*'azpar_made' was made at run time"):
+        names_for("cfg", main_ns)
+    main_ns["cfg"] = os  # registered: by name, as before
+    assert names_for("cfg.sep", main_ns) == {"cfg"}
+
+
 def test_unshippable_inside_a_container_is_found(main_ns):
     main_ns["holder"] = {"lock": threading.Lock()}
     with pytest.raises(capture.CaptureError, match="`holder`.*lock"):

@@ -422,6 +422,32 @@ def test_a_namespace_package_of_the_notebooks_reaches_the_workers(ip, run_cell, 
             __import__("sys").modules.pop(name, None)
 
 
+def test_a_module_the_notebook_loaded_from_a_file_without_registering_it_reaches_the_workers(ip, run_cell, tmp_path):
+    """``importlib.util.module_from_spec`` + ``exec_module`` with no ``sys.modules[name] = module``: modules travel
+    by name, and every iteration failed with ModuleNotFoundError after the job was submitted. Its file now travels
+    under the name it was loaded as (here not its file's); a module made at run time, which has no file, is
+    refused before anything is submitted."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "scoring_v2.py").write_text("K = 9\ndef f(x):\n    return x * K\n")
+    setup = run_cell("import importlib.util, types\n"
+                     f"spec = importlib.util.spec_from_file_location('azpar_scoring', {str(elsewhere / 'scoring_v2.py')!r})\n"
+                     "scoring = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(scoring)\n"
+                     "score = scoring.f\nmade = types.ModuleType('azpar_made')\nmade.k = 5")
+    assert setup.success, setup.error
+    try:
+        assert "azpar_scoring" not in __import__("sys").modules
+        run = run_cell("%%azpar -q -o out for x in range(3):\n(scoring.f(x), scoring.K, score(x))")
+        assert run.success, run.error
+        assert ip.user_ns["out"] == [(0, 9, 0), (9, 9, 9), (18, 9, 18)]
+        refused = run_cell("%%azpar -q -o out2 for x in range(3):\nmade.k * x")
+        assert not refused.success and "out2" not in ip.user_ns
+        message = str(refused.error)
+        assert "the module 'azpar_made' was made at run time" in message and "Nothing was submitted" in message, message
+    finally:
+        run_cell("del scoring, score, made, spec")
+
+
 def test_a_function_of_a_cython_cell_runs_on_the_local_pool(ip, run_cell):
     """``%%cython`` compiles a cell into ``_cython_magic_<hash>`` under IPython's cache folder; its functions
     travel by name, and the workers found that module nowhere: every iteration failed with

@@ -530,6 +530,8 @@ def _unshippable_reason(obj: object) -> str | None:
     for cls, why in _UNSHIPPABLE.items():
         if isinstance(obj, cls):
             return why
+    if isinstance(obj, types.ModuleType):
+        return _unimportable_module_reason(obj)
     # (a file-like class defines fileno; a DataFrame answers for columns named fileno, mode and closed)
     if isinstance(obj, io.IOBase) or (hasattr(type(obj), "fileno") and hasattr(obj, "mode") and hasattr(obj, "closed")):
         return "an open file is a handle held by this process (ship its path, or its contents, instead)"
@@ -546,6 +548,37 @@ def _unshippable_reason(obj: object) -> str | None:
 
 
 _SHIPPABLE_TYPES: set[type] = set()  # types every instance of which _unshippable_reason passes
+
+# Modules the notebook holds that sys.modules does not know by their name, by that name: their file. Modules
+# travel by name (the worker imports them), and one loaded with importlib's module_from_spec and
+# exec_module without a `sys.modules[name] = module` failed on the workers with ModuleNotFoundError
+# after the job was submitted. A file of the user's own is shipped as the notebook's local modules are
+# (_module_source); the newest module met under a name gives its file.
+_UNREGISTERED_FILES: dict[str, str] = {}
+
+
+def _unimportable_module_reason(module: types.ModuleType) -> str | None:
+    """Why ``module`` cannot be imported by its name on a worker, or None: it is in sys.modules under its
+    name, or it was loaded from a .py file under a name without dots (recorded in _UNREGISTERED_FILES: its
+    file travels). A module made at run time (``types.ModuleType('cfg')``) has no file to send."""
+    name = module.__name__
+    if not isinstance(name, str) or sys.modules.get(name) is module or name in ("__main__", "builtins"):
+        return None
+    path = getattr(module, "__file__", None)
+    if isinstance(path, str) and path.endswith(".py") and name.isidentifier() and os.path.isfile(path):
+        _UNREGISTERED_FILES[name] = path
+        return None
+    if isinstance(path, str) and path.endswith(".py"):
+        return (
+            f"the module {name!r} was loaded from {path} under a name sys.modules does not know, and the workers "
+            "import modules by name: load it under a name without dots (its file then travels with the job), or "
+            "import it from a folder on sys.path"
+        )
+    return (
+        f"the module {name!r} was made at run time (it has no file, and sys.modules does not know it), and "
+        "the workers import modules by name: keep what the body needs in a dict, a class or "
+        "types.SimpleNamespace instead"
+    )
 
 
 def _refuse_unshippable(obj: object) -> None:
@@ -898,6 +931,8 @@ def local_module_files(modules: Iterable[str], folder: str) -> dict[str, str]:
                 except OSError:  # not a file one can read (a module inside a zip on sys.path): not shipped
                     continue
                 rel = full[len(below) :] if full.startswith(below) else os.path.relpath(full, root)
+                if unit.endswith(".py") and rel != name + ".py":  # a file loaded under another name
+                    rel = name + ".py"  # (spec_from_file_location('helpers', 'helpers_v2.py')): imported as that
                 files.setdefault(rel.replace(os.sep, "/"), text)
                 pending.extend(imports)
     return files
@@ -1129,6 +1164,9 @@ def _module_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | N
         return None
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None)
+    if module is None and name in _UNREGISTERED_FILES:  # (the notebook's own module_from_spec)
+        path = os.path.realpath(_UNREGISTERED_FILES[name])
+        return None if path.startswith(prefixes) else path
     if module is None:
         candidates = [os.path.join(folder, name + ".py"), os.path.join(folder, name, "__init__.py")]
         path = next((c for c in candidates if os.path.isfile(c)), None)
