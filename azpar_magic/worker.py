@@ -1002,8 +1002,9 @@ def check_environment(envelope: dict) -> None:
 
 
 class LoadedNamespace:
-    """A namespace loaded into a private ``__main__`` module, shared by the jobs that ship
-    the same bytes (cached by sha256, so a worker loads a 100 MB capture once)."""
+    """A namespace loaded into a private ``__main__`` module, shared by the tasks of a job and by the
+    jobs that ship the same bytes (cached by sha256, so a worker loads a 100 MB capture once), unless
+    a job may have changed it: ``fresh_for``."""
 
     def __init__(self, envelope: dict, namespace_bytes: bytes, module_dir: str | None):
         # A fresh module per namespace: functions shipped from the notebook get it as their
@@ -1020,6 +1021,29 @@ class LoadedNamespace:
         self.module.__dict__.update(namespace)
         self.base = dict(self.module.__dict__)
         self.shipped_ids = {id(v) for v in namespace.values() if _is_main_object(v)}
+        # Whether an iteration could change it in place (``lst.append(x)``, ``model.partial_fit(...)``): any
+        # value but numbers, strings, tuples of them, functions, classes and modules.
+        self.changeable = any(not _unchangeable(value) for value in namespace.values())
+        self.served: str | None = None  # the envelope path of the job that used it first
+
+    def fresh_for(self, envelope_path: str) -> bool:
+        """Whether job ``envelope_path`` may use this copy: the job it was loaded for, or any job while no
+        iteration could have changed it. A copy another job's iterations may have changed in place is loaded
+        again: a cell run again on the local pool started from what the last run's iterations left in the
+        worker's copy (a list appended to, a model trained further), so its values depended on which worker
+        had run what, where on Azure each job has processes of its own."""
+        if self.served is None:
+            self.served = envelope_path
+        return self.served == envelope_path or not self.changeable
+
+
+_UNCHANGEABLE = (int, float, complex, str, bytes, bool, type(None), range, types.FunctionType, type, types.ModuleType)
+
+
+def _unchangeable(value: object) -> bool:
+    if type(value) in (tuple, frozenset):
+        return all(type(part) in _UNCHANGEABLE[:7] for part in value)
+    return isinstance(value, _UNCHANGEABLE) or type(value) is types.BuiltinFunctionType
 
 
 class LoadedJob:
@@ -1032,6 +1056,8 @@ class LoadedJob:
         self.gather = list(envelope.get("gather") or [])
         self.seed = envelope.get("seed")
         self.logging = envelope.get("logging")  # the notebook's logging set-up (capture.logging_setup)
+        self.namespace = namespace
+        self.namespace_key = ""  # its key in JobCache.namespaces (set by _load_job)
         self.module, self.base, self.shipped_ids = namespace.module, namespace.base, namespace.shipped_ids
         # Modules travel by name: the submodules the kernel's copy had, which this body reaches through it
         # (``xml.dom`` after ``import xml.dom.minidom``), are imported here, per job (jobs share a loaded
@@ -1390,6 +1416,15 @@ def load_job(envelope_path: str, cache: JobCache | None = None, data: bytes | No
 def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> LoadedJob:
     if cache is not None and data in cache.envelopes:
         job = cache.envelopes[data]
+        if not job.namespace.fresh_for(envelope_path):  # its checks passed: only the namespace is loaded again
+            info = job.envelope["namespace"]
+            folder = os.path.dirname(os.path.abspath(envelope_path))
+            namespace = _namespace_for(envelope_path, job.envelope, read_namespace(os.path.join(folder, info["file"])))
+            job, key = LoadedJob(job.envelope, namespace), job.namespace_key
+            job.namespace_key = key
+            cache.namespace_loads += 1
+            cache._remember(cache.namespaces, key, namespace)
+            cache._remember(cache.envelopes, data, job)
         cache._remember(cache.jobs, envelope_path, job)
         return job
     envelope, _ = unpack(ENVELOPE_MAGIC, data)
@@ -1410,19 +1445,27 @@ def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> Loaded
         envelope.get("local_modules_sha256") or json_dumps(envelope.get("local_modules") or {}, sort_keys=True)
     )
     namespace = cache.namespaces.get(ns_key) if cache is not None else None
-    if namespace is None:
+    if namespace is None or not namespace.fresh_for(envelope_path):
         ns_data = read_namespace(ns_path)
         if not checked:
             verify_namespace(ns_data, ns_path, info["sha256"])
-        namespace = LoadedNamespace(envelope, ns_data, folder)
+        namespace = _namespace_for(envelope_path, envelope, ns_data)
         if cache is not None:
             cache.namespace_loads += 1
             cache._remember(cache.namespaces, ns_key, namespace)
     job = LoadedJob(envelope, namespace)
+    job.namespace_key = ns_key
     if cache is not None:
         cache._remember(cache.jobs, envelope_path, job)
         cache._remember(cache.envelopes, data, job)
     return job
+
+
+def _namespace_for(envelope_path: str, envelope: dict, ns_data) -> LoadedNamespace:
+    """The namespace of ``envelope`` loaded from ``ns_data``, for the job at ``envelope_path`` first."""
+    namespace = LoadedNamespace(envelope, ns_data, os.path.dirname(os.path.abspath(envelope_path)))
+    namespace.served = envelope_path
+    return namespace
 
 
 # ---------------------------------------------------------------------------------------

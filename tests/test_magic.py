@@ -125,6 +125,50 @@ def test_concat_of_dicts_merges_them_and_says_which_keys_came_again(ip, run_cell
     assert azpar_magic.jobs()[-1].partial_results()[3] == {"score": 9, "k3": 3}
 
 
+def test_an_iterator_of_the_notebooks_the_body_advances_is_warned_of_when_tasks_would_repeat_its_values(ip, run_cell):
+    """``ids = itertools.count()`` then ``next(ids)`` in the body: each worker took values from its own copy, so
+    iterations on different workers got the same ids (here [0, 0, 1, 1] for 0..3), in silence. Said before the run,
+    naming the variable; not for one task, which continues one copy as the loop would, nor for itertools.repeat."""
+    ip.run_cell("import itertools\nids = itertools.count()\nbatches = iter([[1], [2], [3]])\nfives = itertools.repeat(5)")
+    try:
+        run = run_cell("%%azpar --workers 2 --chunk-size 1 -o out for x in range(4):\nnext(ids)")
+        assert run.success, run.error
+        assert ("azpar: warning: the loop body uses `ids` (itertools.count), an iterator: the job's 4 tasks"
+                in run.stderr), run.stderr
+        assert run.stderr.count("warning") == 1
+        both = run_cell("%%azpar -q --chunk-size 1 -o out for x in range(2):\n(next(batches), next(ids))")
+        assert "`batches` (list_iterator), `ids` (itertools.count)" in both.stderr, both.stderr
+        one_task = run_cell("%%azpar -q --chunk-size 4 -o out for x in range(4):\nnext(ids)")
+        assert one_task.success and "warning" not in one_task.stderr, one_task.stderr
+        assert ip.user_ns["out"] == [0, 1, 2, 3]  # one copy, continued as the loop would
+        repeat = run_cell("%%azpar -q --chunk-size 1 -o out for x in range(3):\nnext(fives) + x")
+        assert repeat.success and "warning" not in repeat.stderr and ip.user_ns["out"] == [5, 6, 7]
+    finally:
+        for name in ("itertools", "ids", "batches", "fives"):
+            ip.user_ns.pop(name, None)
+
+
+def test_a_cell_run_again_starts_from_the_notebooks_objects_not_what_the_last_run_left_on_the_workers(ip, run_cell):
+    """A body changing a captured object in place (``seen.append(x)``, a model trained further) left the change in
+    the worker's copy, and the same cell run again started from it: ``[1, 2, 3, 4]`` then ``[5, 6, 7, 8]``, or
+    other values as the tasks fell on the workers. On Azure each job has processes of its own; so does each job's
+    copy here now."""
+    ip.run_cell("seen = []\nclass Model:\n    def __init__(self):\n        self.steps = 0\n"
+                "    def partial_fit(self, x):\n        self.steps += 1\n        return self\nmodel = Model()")
+    try:
+        cell = "%%azpar -q --chunk-size 4 -o out for x in range(4):\nseen.append(x)\n(len(seen), model.partial_fit(x).steps)"
+        results = []
+        for _ in range(3):
+            run = run_cell(cell)
+            assert run.success, run.error
+            results.append(ip.user_ns["out"])
+        assert results == [[(1, 1), (2, 2), (3, 3), (4, 4)]] * 3, results
+        assert ip.user_ns["seen"] == [] and ip.user_ns["model"].steps == 0
+    finally:
+        for name in ("seen", "Model", "model", "out"):
+            ip.user_ns.pop(name, None)
+
+
 def test_python_api_matches_the_magic(ip):
     ns = {"k": 3}
     job = azpar_magic.run("for x in range(5)", "x * k", ns, combine="sum")

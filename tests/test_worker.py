@@ -7,6 +7,7 @@ to it; it must need nothing but the standard library and dill.
 import io
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -324,6 +325,34 @@ def test_large_items_travel_after_the_frames_pickle_and_the_workers_arrays_use_t
     back = wire.loads(codec, blob)
     assert all(np.array_equal(a, b) and a.flags.writeable for a, b in zip(back, arrays))
     assert not any(np.shares_memory(a, np.frombuffer(blob, dtype=np.uint8)) for a in back)
+
+
+def test_a_new_job_gets_a_fresh_copy_of_a_namespace_an_earlier_job_could_have_changed(stage, monkeypatch):
+    """Jobs shipping the same namespace bytes shared the worker's copy: a cell run again started from what the
+    last run's iterations had left in it (``seen.append(x)``), so its values depended on which worker had run
+    what. A job's own tasks still share one copy; one of numbers only is never loaded again."""
+    make, _ = stage
+    folder = make("seen.append(x)\nlen(seen)", "seen = []\n")
+    data = (folder / "job.azpj").read_bytes()
+    monkeypatch.setattr(wire, "check_environment", lambda envelope: None)
+    cache = wire.JobCache()
+    first = wire.load_job(str(folder / "job.azpj"), cache, data)
+    def values(job, indices, items):
+        kind, codec, data = wire.Runner(job).run(indices, items)["values"]
+        return pickle.loads(data)
+
+    assert values(first, range(2), [5, 6]) == [1, 2]
+    assert wire.load_job(str(folder / "job.azpj"), cache, data) is first  # its own later task: the same copy
+    assert values(first, [2], [7]) == [3]
+    again = wire.load_job(str(folder / "job-2.azpj"), cache, data)  # the cell run again
+    assert again is not first and cache.namespace_loads == 2 and again.module.seen == []
+    assert values(again, range(2), [5, 6]) == [1, 2]
+
+    numbers = make("x * K", "K = 3\nname = 'k'\npair = (1, 'a')\n")
+    data = (numbers / "job.azpj").read_bytes()
+    cache = wire.JobCache()
+    first = wire.load_job(str(numbers / "job.azpj"), cache, data)
+    assert wire.load_job(str(numbers / "job-2.azpj"), cache, data) is first and cache.namespace_loads == 1
 
 
 def test_a_job_loads_from_the_envelope_it_came_with_and_the_same_envelope_is_loaded_once(stage, monkeypatch):

@@ -17,6 +17,7 @@ import importlib.machinery
 import importlib.metadata
 import inspect
 import io
+import itertools
 import os
 import platform
 import re
@@ -27,7 +28,7 @@ import time
 import tokenize
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -101,6 +102,9 @@ class Capture:
     # The random generators shipped ("`rng` (a numpy.random.Generator)"): every worker starts from
     # its own copy of their state, so workers draw the same numbers (engine.random_state_warnings).
     random_states: tuple[str, ...] = ()
+    # The iterators shipped as notebook variables ("`ids` (itertools.count)"): each worker takes values
+    # from its own copy, so iterations on different workers take the same ones (engine.shared_iterator_warnings).
+    iterators: tuple[str, ...] = ()
     # The kernel's logging set-up the iterations' log records follow (``logging_setup``), or None.
     logging: dict | None = None
     # A digest of local_modules (``modules_digest``), "" when there are none: the local pool stages them
@@ -1418,6 +1422,7 @@ def capture(
         + ((_history_warning(history),) if (history := _history_reads(free, namespace)) else ()),
         unshipped=unshipped,
         random_states=_random_state_holders(chosen, random_kinds),
+        iterators=_shipped_iterators(chosen),
         logging=logging_setup(chosen),
     )
 
@@ -1562,6 +1567,21 @@ def _random_state_holders(chosen: Mapping[str, object], kinds: frozenset[str]) -
     return tuple(f"`{name}` (a {kind})" for name, kind in sorted(named.items())) + tuple(
         f"a {kind} inside a notebook object it uses" for kind in sorted(inside)
     )
+
+
+def _shipped_iterators(chosen: Mapping[str, object]) -> tuple[str, ...]:
+    """The chosen variables that are iterators (``itertools.count()``, ``iter(batches)``, ``zip(a, b)``),
+    named for a warning. A generator is refused and ``itertools.repeat`` gives the same value each time;
+    any other iterator that pickles travels at its current position, so each worker takes the same values
+    from its copy where a loop run here takes each once."""
+    found = []
+    for name, value in sorted(chosen.items()):
+        kind = type(value)
+        if isinstance(value, Iterator) and kind is not itertools.repeat:
+            found.append(
+                f"`{name}` ({'' if kind.__module__ == 'builtins' else kind.__module__ + '.'}{kind.__qualname__})"
+            )
+    return tuple(found)
 
 
 _DYNAMIC_LOOKUP_WARNING = (

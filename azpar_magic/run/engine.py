@@ -94,6 +94,24 @@ def random_state_warnings(cap: capture_mod.Capture, tasks: int, spelling: Mappin
     ]
 
 
+def shared_iterator_warnings(cap: capture_mod.Capture, tasks: int) -> list[str]:
+    """An iterator of the notebook's the body advances (``next(ids)`` over ``ids = itertools.count()``)
+    travels at its current position: each worker takes values from its own copy, so iterations on
+    different workers get the same ones, where a loop run here takes each once. Silent otherwise: a
+    loop handing out ids or batches that way gave duplicates. One task continues one copy as the loop
+    would."""
+    if not cap.iterators or tasks < 2:
+        return []
+    listed = ", ".join(cap.iterators)
+    return [
+        f"the loop body uses {listed}, an iterator: the job's {tasks} tasks run on workers that each take values "
+        "from their own copy of it, starting where the notebook's is now, so iterations on different workers get "
+        "the same values, where a loop run here takes each once (and the notebook's iterator does not move). Give "
+        "each iteration its values through the loop header instead (for i, x in enumerate(xs), "
+        "for batch, x in zip(batches, xs))"
+    ]
+
+
 SLOW_ITEMS_SECONDS = 0.25  # serialising the items took at least this long...
 SLOW_ITEM_SECONDS = 20e-6  # ...and this long an item: said, with what travels faster (slow_items_warnings),
 SLOW_ITEMS_BYTES_PER_SECOND = 100e6  # unless they are large and went at about the speed of memory (arrays)
@@ -762,6 +780,7 @@ class Engine:
                 *cap.warnings,
                 *unshipped_warnings(cap, request.spelling),
                 *random_state_warnings(cap, len(tasks), request.spelling),
+                *shared_iterator_warnings(cap, len(tasks)),
                 *slow_items,
             ):  # said before anything is submitted
                 print(f"azpar: warning: {text}", file=sys.stderr)
