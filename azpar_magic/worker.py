@@ -1258,6 +1258,16 @@ class JobCache:
         self.failed: dict[str, tuple] = {}  # envelope path -> why loading that job failed here (class, words)
         self.namespace_loads = 0  # reported back so "loaded once per worker" can be checked
 
+    def replace(self, key: str, old: LoadedNamespace | None, new: LoadedNamespace) -> None:
+        """``new`` is the copy of namespace ``key`` from now on; the jobs loaded over ``old`` (a copy an earlier
+        job's iterations may have changed) are forgotten, so that a worker holds one copy of a namespace, not
+        one per job it kept (a job still running loads it again for its next task)."""
+        if old is not None:
+            for table in (self.jobs, self.envelopes):
+                for stale in [k for k, job in table.items() if job.namespace is old]:
+                    del table[stale]
+        self._remember(self.namespaces, key, new)
+
     @staticmethod
     def _remember(table: dict, key: str | bytes, value) -> None:
         table[key] = value
@@ -1420,10 +1430,11 @@ def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> Loaded
             info = job.envelope["namespace"]
             folder = os.path.dirname(os.path.abspath(envelope_path))
             namespace = _namespace_for(envelope_path, job.envelope, read_namespace(os.path.join(folder, info["file"])))
-            job, key = LoadedJob(job.envelope, namespace), job.namespace_key
+            old, key = job.namespace, job.namespace_key
+            job = LoadedJob(job.envelope, namespace)
             job.namespace_key = key
             cache.namespace_loads += 1
-            cache._remember(cache.namespaces, key, namespace)
+            cache.replace(key, old, namespace)
             cache._remember(cache.envelopes, data, job)
         cache._remember(cache.jobs, envelope_path, job)
         return job
@@ -1444,7 +1455,7 @@ def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> Loaded
     ns_key = info["sha256"] + (
         envelope.get("local_modules_sha256") or json_dumps(envelope.get("local_modules") or {}, sort_keys=True)
     )
-    namespace = cache.namespaces.get(ns_key) if cache is not None else None
+    old = namespace = cache.namespaces.get(ns_key) if cache is not None else None
     if namespace is None or not namespace.fresh_for(envelope_path):
         ns_data = read_namespace(ns_path)
         if not checked:
@@ -1452,7 +1463,7 @@ def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> Loaded
         namespace = _namespace_for(envelope_path, envelope, ns_data)
         if cache is not None:
             cache.namespace_loads += 1
-            cache._remember(cache.namespaces, ns_key, namespace)
+            cache.replace(ns_key, old, namespace)
     job = LoadedJob(envelope, namespace)
     job.namespace_key = ns_key
     if cache is not None:

@@ -98,6 +98,30 @@ def test_workers_run_the_compiled_worker_while_it_is_the_sources_and_the_source_
     assert local.worker_program(str(source)) == str(source)
 
 
+def test_a_job_whose_namespace_copy_a_later_job_replaced_gets_its_envelope_again(tmp_path):
+    """Two jobs shipping the same namespace on one worker (a --no-wait job, then a cell reading the same variables):
+    the worker loads the copy again for the second and lets go of the first job (worker.JobCache.replace), so the
+    first job's next task there must bring its envelope (the file), not count on the worker holding the job."""
+    from azpar_magic import worker as wire
+    from azpar_magic.backends.base import JobSpec, TaskSpec
+
+    backend = local.LocalBackend(workers=1)
+    w = local._Worker("worker-1", proc=None, send_fd=-1, recv_fd=-1)
+    envelope = {"namespace": {"sha256": "ab" * 32, "file": "ns"}}
+    for job_id in ("a", "b", "c"):
+        spec = JobSpec(job_id, envelope if job_id != "c" else {"namespace": {"sha256": "cd" * 32, "file": "ns2"}}, b"")
+        backend._jobs[job_id] = local._Job(spec, str(tmp_path / f"{job_id}.azpj"), lambda event: None,
+                                           envelope_data=job_id.encode())
+    task = TaskSpec("1", [0], "pickle", wire.plain_pickle([0]))
+    assert backend._task_message(w, "a", task)["envelope_data"] == b"a"
+    assert backend._task_message(w, "c", task)["envelope_data"] == b"c"  # another namespace: "a" stays held
+    assert "envelope_data" not in backend._task_message(w, "a", task) and not (tmp_path / "a.azpj").exists()
+    assert backend._task_message(w, "b", task)["envelope_data"] == b"b"  # the same namespace: "a" is let go
+    again = backend._task_message(w, "a", task)
+    assert again.get("envelope_data") == b"a" or (tmp_path / "a.azpj").read_bytes() == b"a"
+    assert "envelope_data" not in backend._task_message(w, "c", task) and not (tmp_path / "c.azpj").exists()
+
+
 # ------------------------------------------------------------------ the dispatcher thread
 
 

@@ -347,6 +347,8 @@ def test_a_new_job_gets_a_fresh_copy_of_a_namespace_an_earlier_job_could_have_ch
     again = wire.load_job(str(folder / "job-2.azpj"), cache, data)  # the cell run again
     assert again is not first and cache.namespace_loads == 2 and again.module.seen == []
     assert values(again, range(2), [5, 6]) == [1, 2]
+    # One copy a worker: the jobs loaded over the old one are let go (the pool sends their envelope again).
+    assert list(cache.jobs) == [str(folder / "job-2.azpj")] and list(cache.envelopes.values()) == [again]
 
     numbers = make("x * K", "K = 3\nname = 'k'\npair = (1, 'a')\n")
     data = (numbers / "job.azpj").read_bytes()
