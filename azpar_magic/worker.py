@@ -1021,9 +1021,10 @@ class LoadedNamespace:
         self.module.__dict__.update(namespace)
         self.base = dict(self.module.__dict__)
         self.shipped_ids = {id(v) for v in namespace.values() if _is_main_object(v)}
-        # Whether an iteration could change it in place (``lst.append(x)``, ``model.partial_fit(...)``): any
-        # value but numbers, strings, tuples of them, functions, classes and modules.
-        self.changeable = any(not _unchangeable(value) for value in namespace.values())
+        # Whether an iteration could change it in place: as the kernel judged it (the local pool's mirror of this
+        # cache counts on the same answer), else judged here.
+        said = envelope["namespace"].get("changeable")
+        self.changeable = said if isinstance(said, bool) else namespace_is_changeable(namespace.values())
         self.served: str | None = None  # the envelope path of the job that used it first
 
     def fresh_for(self, envelope_path: str) -> bool:
@@ -1038,6 +1039,13 @@ class LoadedNamespace:
 
 
 _UNCHANGEABLE = (int, float, complex, str, bytes, bool, type(None), range, types.FunctionType, type, types.ModuleType)
+
+
+def namespace_is_changeable(values) -> bool:
+    """Whether an iteration could change one of ``values`` in place (``lst.append(x)``,
+    ``model.partial_fit(...)``): any value but numbers, strings, tuples of them, functions, classes and
+    modules. Such a namespace is loaded again for each job (``LoadedNamespace.fresh_for``)."""
+    return any(not _unchangeable(value) for value in values)
 
 
 def _unchangeable(value: object) -> bool:

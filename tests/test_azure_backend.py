@@ -572,3 +572,24 @@ def test_timestamps_paths_and_partials_of_notebook_functions_travel_to_the_nodes
     finally:
         for name in ("K", "train", "jobs", "trained", "got", "stamps", "paths"):
             ip.user_ns.pop(name, None)
+
+
+def test_a_module_loaded_from_a_file_without_registering_it_reaches_the_nodes(azure, ip, run_cell, batch, tmp_path):
+    # importlib's module_from_spec + exec_module, no sys.modules entry: the nodes import modules by name, and every
+    # iteration failed with ModuleNotFoundError. Its file travels as the notebook's own modules do, under the
+    # name it was loaded as.
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "rules_v2.py").write_text("BONUS = 5\ndef score(x):\n    return x * 2 + BONUS\n")
+    setup = run_cell("import importlib.util\n"
+                     f"spec = importlib.util.spec_from_file_location('azpar_rules', {str(folder / 'rules_v2.py')!r})\n"
+                     "rules = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(rules)")
+    assert setup.success, setup.error
+    try:
+        run = run_cell("%%azpar -q -o scored --chunk-size 2 for x in range(4):\nrules.score(x)")
+        assert run.success, run.error
+        assert ip.user_ns["scored"] == [5, 7, 9, 11]
+        assert "azpar_rules.py" in _last_job().capture.local_modules
+    finally:
+        for name in ("spec", "rules", "scored"):
+            ip.user_ns.pop(name, None)

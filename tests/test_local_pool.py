@@ -107,7 +107,7 @@ def test_a_job_whose_namespace_copy_a_later_job_replaced_gets_its_envelope_again
 
     backend = local.LocalBackend(workers=1)
     w = local._Worker("worker-1", proc=None, send_fd=-1, recv_fd=-1)
-    envelope = {"namespace": {"sha256": "ab" * 32, "file": "ns"}}
+    envelope = {"namespace": {"sha256": "ab" * 32, "file": "ns", "changeable": True}}
     for job_id in ("a", "b", "c"):
         spec = JobSpec(job_id, envelope if job_id != "c" else {"namespace": {"sha256": "cd" * 32, "file": "ns2"}}, b"")
         backend._jobs[job_id] = local._Job(spec, str(tmp_path / f"{job_id}.azpj"), lambda event: None,
@@ -119,6 +119,9 @@ def test_a_job_whose_namespace_copy_a_later_job_replaced_gets_its_envelope_again
     assert backend._task_message(w, "b", task)["envelope_data"] == b"b"  # the same namespace: "a" is let go
     again = backend._task_message(w, "a", task)
     assert again.get("envelope_data") == b"a" or (tmp_path / "a.azpj").read_bytes() == b"a"
+    # ...and loading "a" again there lets go of "b" in turn (the two interleaving on one worker)
+    next_b = backend._task_message(w, "b", task)
+    assert next_b.get("envelope_data") == b"b" or (tmp_path / "b.azpj").read_bytes() == b"b"
     assert "envelope_data" not in backend._task_message(w, "c", task) and not (tmp_path / "c.azpj").exists()
 
 

@@ -484,8 +484,8 @@ def test_a_module_the_notebook_loaded_from_a_file_without_registering_it_reaches
         run = run_cell("%%azpar -q -o out for x in range(3):\n(scoring.f(x), scoring.K, score(x))")
         assert run.success, run.error
         assert ip.user_ns["out"] == [(0, 9, 0), (9, 9, 9), (18, 9, 18)]
-        refused = run_cell("%%azpar -q -o out2 for x in range(3):\nmade.k * x")
-        assert not refused.success and "out2" not in ip.user_ns
+        refused = run_cell("%%azpar -q -o made_out for x in range(3):\nmade.k * x")
+        assert not refused.success and "made_out" not in ip.user_ns
         message = str(refused.error)
         assert "the module 'azpar_made' was made at run time" in message and "Nothing was submitted" in message, message
     finally:

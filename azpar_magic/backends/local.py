@@ -870,16 +870,18 @@ class LocalBackend(BaseBackend):
         if apart:
             message[wire.ITEMS_APART] = True
         first = job_id not in w.told
-        if first:
-            w.told.add(job_id)
-            message["envelope_data"] = job.envelope_data
-            # The worker loads a namespace again for a new job when another job's iterations may have changed
-            # its copy, and lets go of the jobs it loaded over that copy (worker.JobCache.replace): their
-            # next tasks here go with the envelope file.
-            shipped = job.spec.envelope["namespace"]["sha256"]
+        shipped = job.spec.envelope["namespace"]
+        if (first or job_id not in w.holds) and shipped.get("changeable", True):
+            # The worker loads the job (again): it loads a namespace again when another job's iterations may
+            # have changed its copy, and lets go of the jobs it loaded over that copy (worker.JobCache.replace),
+            # whose next tasks here then go with the envelope file.
+            shipped = shipped["sha256"]
             for other in [j for j in w.holds if j != job_id and j in self._jobs]:
                 if self._jobs[other].spec.envelope["namespace"]["sha256"] == shipped:
                     del w.holds[other]
+        if first:
+            w.told.add(job_id)
+            message["envelope_data"] = job.envelope_data
         elif job_id not in w.holds and not job.envelope_written:
             # The worker may have let the job go from its cache since (worker.JobCache keeps a few):
             # it then opens the file, so the file exists before any task goes without the bytes.

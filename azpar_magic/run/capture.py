@@ -105,6 +105,9 @@ class Capture:
     # The iterators shipped as notebook variables ("`ids` (itertools.count)"): each worker takes values
     # from its own copy, so iterations on different workers take the same ones (engine.shared_iterator_warnings).
     iterators: tuple[str, ...] = ()
+    # Whether an iteration could change a shipped object in place (worker.namespace_is_changeable): a worker
+    # then loads the namespace again for each job, and the local pool's mirror of its cache knows it.
+    changeable: bool = True
     # The kernel's logging set-up the iterations' log records follow (``logging_setup``), or None.
     logging: dict | None = None
     # A digest of local_modules (``modules_digest``), "" when there are none: the local pool stages them
@@ -1423,6 +1426,7 @@ def capture(
         unshipped=unshipped,
         random_states=_random_state_holders(chosen, random_kinds),
         iterators=_shipped_iterators(chosen),
+        changeable=wire.namespace_is_changeable(chosen.values()),
         logging=logging_setup(chosen),
     )
 
@@ -1630,6 +1634,7 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
             "size": cap.size,
             "codec": cap.codec,
             "file": wire.namespace_file_name(cap.sha256),
+            "changeable": cap.changeable,
         },
         "names": list(cap.names),
         "gather": list(gather),
