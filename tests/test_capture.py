@@ -97,6 +97,7 @@ def test_a_module_sys_modules_does_not_know_travels_as_its_file_or_is_named(main
     """Modules travel by name: one loaded from a file without ``sys.modules[name] = module`` ships that file under
     the name it was loaded as (even when it is not the file's), from inside a dict too; a dotted name, or a module
     with no file, is refused with why (the workers failed with ModuleNotFoundError after submission)."""
+    import importlib.machinery
     import importlib.util
 
     (tmp_path / "weights_v3.py").write_text("W = 3\n")
@@ -118,6 +119,12 @@ def test_a_module_sys_modules_does_not_know_travels_as_its_file_or_is_named(main
         names_for("cfg", main_ns)
     main_ns["cfg"] = os  # registered: by name, as before
     assert names_for("cfg.sep", main_ns) == {"cfg"}
+    # Not the user's own file, or made from a spec: by name, as before (nothing refused that went before)
+    main_ns["cfg"] = importlib.util.module_from_spec(importlib.machinery.ModuleSpec("azpar_specced", None))
+    assert names_for("cfg", main_ns) == {"cfg"}
+    spec = importlib.util.spec_from_file_location("azpar_stdlib.copy", importlib.util.find_spec("colorsys").origin)
+    main_ns["cfg"] = importlib.util.module_from_spec(spec)
+    assert names_for("cfg", main_ns) == {"cfg"}
 
 
 def test_unshippable_inside_a_container_is_found(main_ns):

@@ -565,22 +565,28 @@ _UNREGISTERED_FILES: dict[str, str] = {}
 
 
 def _unimportable_module_reason(module: types.ModuleType) -> str | None:
-    """Why ``module`` cannot be imported by its name on a worker, or None: it is in sys.modules under its
-    name, or it was loaded from a .py file under a name without dots (recorded in _UNREGISTERED_FILES: its
-    file travels). A module made at run time (``types.ModuleType('cfg')``) has no file to send."""
+    """Why ``module`` cannot be imported by its name on a worker, or None. None when sys.modules has it under
+    its name, or when it is not the user's own (a file of the interpreter's folders, a module with a spec:
+    by name, as before, wherever it came from); a user's .py file loaded under a name without dots is recorded
+    in _UNREGISTERED_FILES (its file travels). Refused: a user's file under a dotted name, and a module made at
+    run time (``types.ModuleType('cfg')``: no spec, no file, nothing to send)."""
     name = module.__name__
     if not isinstance(name, str) or sys.modules.get(name) is module or name in ("__main__", "builtins"):
         return None
     path = getattr(module, "__file__", None)
-    if isinstance(path, str) and path.endswith(".py") and name.isidentifier() and os.path.isfile(path):
-        _UNREGISTERED_FILES[name] = path
-        return None
     if isinstance(path, str) and path.endswith(".py"):
+        if os.path.realpath(path).startswith(_interpreter_prefixes()) or not os.path.isfile(path):
+            return None
+        if name.isidentifier():
+            _UNREGISTERED_FILES[name] = path
+            return None
         return (
             f"the module {name!r} was loaded from {path} under a name sys.modules does not know, and the workers "
             "import modules by name: load it under a name without dots (its file then travels with the job), or "
             "import it from a folder on sys.path"
         )
+    if path is not None or getattr(module, "__spec__", None) is not None or hasattr(module, "__path__"):
+        return None  # (a compiled module, a namespace package: by name, as before)
     return (
         f"the module {name!r} was made at run time (it has no file, and sys.modules does not know it), and "
         "the workers import modules by name: keep what the body needs in a dict, a class or "
