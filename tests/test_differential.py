@@ -448,9 +448,9 @@ def test_default_output_name_and_iterable_evaluated_once(ip, run_cell, clean_she
 @pytest.mark.timeout(60)
 def test_captured_namespace_is_loaded_once_per_worker_not_per_task(ip, run_cell, clean_shell):
     """A captured array is staged once and loaded once per worker process and job, whatever the
-    number of tasks; a second run with the same namespace bytes loads it once more (its iterations
-    could have changed the array in place, and a job starts from the notebook's objects); one of
-    numbers only is not loaded again."""
+    number of tasks; a second run with the same namespace bytes gets another copy (its iterations
+    could have changed the array in place, and a job starts from the notebook's objects), loaded for
+    it or while the worker idled (worker.JobCache.load_spare); one of numbers only is not loaded again."""
     def loads_by_pid(job):
         return {s["pid"]: s["namespace_loads"] for s in job.worker_stats.values()}
 
@@ -472,8 +472,8 @@ def test_captured_namespace_is_loaded_once_per_worker_not_per_task(ip, run_cell,
     for pid, loads in after_first.items():
         if pid in before:
             assert loads == before[pid] + 1, "the namespace was loaded more than once by one worker"
-        if pid in after_second:
-            assert after_second[pid] == loads + 1, "a changeable namespace was not loaded afresh for a new job"
+        if pid in after_second:  # loaded again, for the job or as a spare while the worker idled (not counted)
+            assert after_second[pid] in (loads, loads + 1), "a namespace was loaded more than once for a new job"
     numbers = azpar_cell("--chunk-size 1", "for x in range(8)", "Z + x")
     again, again_job = run_cell_job(run_cell, numbers)
     assert again.success, again.error

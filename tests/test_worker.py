@@ -349,6 +349,13 @@ def test_a_new_job_gets_a_fresh_copy_of_a_namespace_an_earlier_job_could_have_ch
     assert values(again, range(2), [5, 6]) == [1, 2]
     # One copy a worker: the jobs loaded over the old one are let go (the pool sends their envelope again).
     assert list(cache.jobs) == [str(folder / "job-2.azpj")] and list(cache.envelopes.values()) == [again]
+    # While the worker idles it loads the next job's copy (a spare), off that job's path; once.
+    cache.load_spare()
+    cache.load_spare()
+    assert len(cache.spares) == 1 and cache.namespace_loads == 2
+    third = wire.load_job(str(folder / "job-3.azpj"), cache, data)
+    assert third.module.seen == [] and cache.namespace_loads == 2 and not cache.spares
+    assert values(third, range(3), [5, 6, 7]) == [1, 2, 3] and again.module.seen == [5, 6]
 
     numbers = make("x * K", "K = 3\nname = 'k'\npair = (1, 'a')\n")
     data = (numbers / "job.azpj").read_bytes()
