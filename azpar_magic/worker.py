@@ -1534,7 +1534,7 @@ def _namespace_for(envelope_path: str, envelope: dict, ns_data, ns_path: str) ->
     return namespace
 
 
-SPARE_MAX = 32 << 20  # the largest namespace pickle (out-of-band arrays included) a worker loads a spare copy of
+SPARE_MAX = 8 << 20  # the largest namespace pickle (out-of-band arrays included) a worker loads a spare copy of
 
 
 # ---------------------------------------------------------------------------------------
