@@ -1049,10 +1049,21 @@ def namespace_is_changeable(values) -> bool:
     return any(not _unchangeable(value) for value in values)
 
 
-def _unchangeable(value: object) -> bool:
-    if type(value) in (tuple, frozenset):
+def _unchangeable(value: object, depth: int = 1) -> bool:
+    kind = type(value)
+    if kind in (tuple, frozenset):
         return all(type(part) in _UNCHANGEABLE[:7] for part in value)
-    return isinstance(value, _UNCHANGEABLE) or type(value) is types.BuiltinFunctionType
+    if kind is types.FunctionType:  # its defaults and closure are its state (``def add(x, seen=[])``)
+        if not depth:
+            return True
+        held = [*(value.__defaults__ or ()), *(value.__kwdefaults__ or {}).values()]
+        for cell in value.__closure__ or ():
+            try:
+                held.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                continue
+        return all(_unchangeable(part, depth - 1) for part in held)
+    return isinstance(value, _UNCHANGEABLE) or kind is types.BuiltinFunctionType
 
 
 class LoadedJob:

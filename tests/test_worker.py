@@ -357,6 +357,7 @@ def test_a_new_job_gets_a_fresh_copy_of_a_namespace_an_earlier_job_could_have_ch
     assert third.module.seen == [] and cache.namespace_loads == 2 and not cache.spares
     assert values(third, range(3), [5, 6, 7]) == [1, 2, 3] and again.module.seen == [5, 6]
 
+    assert wire.namespace_is_changeable([lambda x, seen=[]: x]) and not wire.namespace_is_changeable([lambda x, k=3: x])
     numbers = make("x * K", "K = 3\nname = 'k'\npair = (1, 'a')\n")
     data = (numbers / "job.azpj").read_bytes()
     cache = wire.JobCache()
