@@ -137,7 +137,8 @@ def test_an_iterator_of_the_notebooks_the_body_advances_is_warned_of_when_tasks_
                 in run.stderr), run.stderr
         assert run.stderr.count("warning") == 1
         both = run_cell("%%azpar -q --chunk-size 1 -o out for x in range(2):\n(next(batches), next(ids))")
-        assert "`batches` (list_iterator), `ids` (itertools.count)" in both.stderr, both.stderr
+        assert "`batches` (list_iterator), `ids` (itertools.count), iterators: the job's 2 tasks" in both.stderr, both.stderr
+        assert "own copy of each, starting where the notebook's are now" in both.stderr
         one_task = run_cell("%%azpar -q --chunk-size 4 -o out for x in range(4):\nnext(ids)")
         assert one_task.success and "warning" not in one_task.stderr, one_task.stderr
         assert ip.user_ns["out"] == [0, 1, 2, 3]  # one copy, continued as the loop would

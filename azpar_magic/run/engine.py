@@ -102,12 +102,13 @@ def shared_iterator_warnings(cap: capture_mod.Capture, tasks: int) -> list[str]:
     would."""
     if not cap.iterators or tasks < 2:
         return []
-    listed = ", ".join(cap.iterators)
+    listed, one = ", ".join(cap.iterators), len(cap.iterators) == 1
     return [
-        f"the loop body uses {listed}, an iterator: the job's {tasks} tasks run on workers that each take values "
-        "from their own copy of it, starting where the notebook's is now, so iterations on different workers get "
-        "the same values, where a loop run here takes each once (and the notebook's iterator does not move). Give "
-        "each iteration its values through the loop header instead (for i, x in enumerate(xs), "
+        f"the loop body uses {listed}, {'an iterator' if one else 'iterators'}: the job's {tasks} tasks run on "
+        f"workers that each take values from their own copy of {'it' if one else 'each'}, starting where the "
+        f"notebook's {'is' if one else 'are'} now, so iterations on different workers get the same values, where a "
+        f"loop run here takes each once (and the notebook's {'iterator does' if one else 'iterators do'} not move). "
+        "Give each iteration its values through the loop header instead (for i, x in enumerate(xs), "
         "for batch, x in zip(batches, xs))"
     ]
 
