@@ -3245,9 +3245,14 @@ class _Inbox:
         if idle is not None:
             with self._lock:
                 quiet = not self._waiting and not self._pending(0)
+                if quiet:
+                    self._busy = False
             if quiet:  # nothing yet: the worker idles once none comes for IDLE_AFTER (a job's next tasks come sooner)
-                self._busy = False
-                if not self._pending(self.IDLE_AFTER):
+                deadline = time.monotonic() + self.IDLE_AFTER
+                while time.monotonic() < deadline:  # (in steps: the helper may have read a message meanwhile)
+                    if self._waiting or self._pending(0.01):
+                        break
+                else:
                     idle()
         with self._lock:
             if not self._waiting:
