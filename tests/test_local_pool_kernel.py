@@ -86,7 +86,12 @@ def start_long_tasks(kernel: Kernel, folder: Path) -> tuple[list[int], list[int]
     children they started, the workers' pids)."""
     kernel.ok(f"FOLDER = {str(folder)!r}")
     kernel.ok(LONG_TASK)
-    assert wait_for(lambda: len(list(folder.glob("pids-*"))) == 2, 60), "the tasks did not start"
+
+    def written() -> bool:  # (a file is made empty, then written: read it once it holds both pids)
+        files = list(folder.glob("pids-*"))
+        return len(files) == 2 and all(len(f.read_text().split()) == 2 for f in files)
+
+    assert wait_for(written, 60), "the tasks did not start"
     files = list(folder.glob("pids-*"))
     return [int(p) for f in files for p in f.read_text().split()], [int(f.read_text().split()[0]) for f in files]
 
