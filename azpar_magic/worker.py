@@ -1039,7 +1039,8 @@ class LoadedNamespace:
         return self.served == envelope_path or not self.changeable
 
 
-_UNCHANGEABLE = (int, float, complex, str, bytes, bool, type(None), range, types.FunctionType, type, types.ModuleType)
+_UNCHANGEABLE_PARTS = _ATOMS | {complex}  # what a tuple or frozenset may hold and stay unchangeable
+_UNCHANGEABLE = (*_UNCHANGEABLE_PARTS, range, types.FunctionType, type, types.ModuleType)
 
 
 def namespace_is_changeable(values) -> bool:
@@ -1052,7 +1053,7 @@ def namespace_is_changeable(values) -> bool:
 def _unchangeable(value: object, depth: int = 1) -> bool:
     kind = type(value)
     if kind in (tuple, frozenset):
-        return all(type(part) in _UNCHANGEABLE[:7] for part in value)
+        return all(type(part) in _UNCHANGEABLE_PARTS for part in value)
     if kind is types.FunctionType:  # its defaults and closure are its state (``def add(x, seen=[])``)
         if not depth:
             return True
@@ -1486,12 +1487,8 @@ def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> Loaded
         job = cache.envelopes[data]
         if not job.namespace.fresh_for(envelope_path):  # its checks passed: only the namespace is loaded again
             old, key = job.namespace, job.namespace_key
-            namespace = cache.spare(key, envelope_path)
-            if namespace is None:
-                info = job.envelope["namespace"]
-                ns_path = os.path.join(os.path.dirname(os.path.abspath(envelope_path)), info["file"])
-                namespace = _namespace_for(envelope_path, job.envelope, read_namespace(ns_path), ns_path)
-                cache.namespace_loads += 1
+            ns_path = os.path.join(os.path.dirname(os.path.abspath(envelope_path)), job.envelope["namespace"]["file"])
+            namespace = _fresh_namespace(cache, key, envelope_path, job.envelope, ns_path)
             job = LoadedJob(job.envelope, namespace)
             job.namespace_key = key
             cache.replace(key, old, namespace)
@@ -1517,16 +1514,9 @@ def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> Loaded
     )
     old = namespace = cache.namespaces.get(ns_key) if cache is not None else None
     if namespace is None or not namespace.fresh_for(envelope_path):
-        spare = cache.spare(ns_key, envelope_path) if cache is not None and namespace is not None else None
-        if spare is not None:
-            namespace = spare
-        else:
-            ns_data = read_namespace(ns_path)
-            if not checked:
-                verify_namespace(ns_data, ns_path, info["sha256"])
-            namespace = _namespace_for(envelope_path, envelope, ns_data, ns_path)
-            if cache is not None:
-                cache.namespace_loads += 1
+        namespace = _fresh_namespace(
+            cache, ns_key, envelope_path, envelope, ns_path, None if checked else info["sha256"]
+        )
         if cache is not None:
             cache.replace(ns_key, old, namespace)
     job = LoadedJob(envelope, namespace)
@@ -1537,11 +1527,21 @@ def _load_job(envelope_path: str, cache: JobCache | None, data: bytes) -> Loaded
     return job
 
 
-def _namespace_for(envelope_path: str, envelope: dict, ns_data, ns_path: str) -> LoadedNamespace:
-    """The namespace of ``envelope`` loaded from ``ns_data`` (the file ``ns_path``), for the job at
-    ``envelope_path`` first."""
+def _fresh_namespace(
+    cache: JobCache | None, key: str, envelope_path: str, envelope: dict, ns_path: str, digest: str | None = None
+) -> LoadedNamespace:
+    """A copy of ``envelope``'s namespace no job has used, for the job at ``envelope_path``: the spare the worker
+    loaded while idle, else one loaded from ``ns_path`` now (checked against ``digest`` when given)."""
+    namespace = cache.spare(key, envelope_path) if cache is not None else None
+    if namespace is not None:
+        return namespace
+    ns_data = read_namespace(ns_path)
+    if digest is not None:
+        verify_namespace(ns_data, ns_path, digest)
     namespace = LoadedNamespace(envelope, ns_data, os.path.dirname(os.path.abspath(envelope_path)))
     namespace.served, namespace.origin = envelope_path, (envelope, ns_path)
+    if cache is not None:
+        cache.namespace_loads += 1
     return namespace
 
 
@@ -3297,11 +3297,8 @@ class _Inbox:
 
     def _read(self, block: bool) -> None:
         """Read what the pipe holds (lock held; ``block``: wait for at least a byte)."""
-        if not block:
-            import select
-
-            if not select.select([self._fd], [], [], 0)[0]:
-                return
+        if not block and not self._pending(0):
+            return
         try:
             data = os.read(self._fd, 1 << 16)
         except OSError:

@@ -870,14 +870,13 @@ class LocalBackend(BaseBackend):
         if apart:
             message[wire.ITEMS_APART] = True
         first = job_id not in w.told
-        shipped = job.spec.envelope["namespace"]
-        if (first or job_id not in w.holds) and shipped.get("changeable", True):
+        namespace = job.spec.envelope["namespace"]
+        if (first or job_id not in w.holds) and namespace.get("changeable", True):
             # The worker loads the job (again): it loads a namespace again when another job's iterations may
             # have changed its copy, and lets go of the jobs it loaded over that copy (worker.JobCache.replace),
             # whose next tasks here then go with the envelope file.
-            shipped = shipped["sha256"]
             for other in [j for j in w.holds if j != job_id and j in self._jobs]:
-                if self._jobs[other].spec.envelope["namespace"]["sha256"] == shipped:
+                if self._jobs[other].spec.envelope["namespace"]["sha256"] == namespace["sha256"]:
                     del w.holds[other]
         if first:
             w.told.add(job_id)

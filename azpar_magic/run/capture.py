@@ -575,7 +575,7 @@ def _unimportable_module_reason(module: types.ModuleType) -> str | None:
         return None
     path = getattr(module, "__file__", None)
     if isinstance(path, str) and path.endswith(".py"):
-        if os.path.realpath(path).startswith(_interpreter_prefixes()) or not os.path.isfile(path):
+        if _installed_place(os.path.realpath(path), _interpreter_prefixes()) or not os.path.isfile(path):
             return None
         if name.isidentifier():
             _UNREGISTERED_FILES[name] = path
@@ -1179,7 +1179,7 @@ def _module_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | N
     path = getattr(module, "__file__", None)
     if module is None and name in _UNREGISTERED_FILES:  # (the notebook's own module_from_spec)
         path = os.path.realpath(_UNREGISTERED_FILES[name])
-        return None if path.startswith(prefixes) else path
+        return None if _installed_place(path, prefixes) else path
     if module is None:
         candidates = [os.path.join(folder, name + ".py"), os.path.join(folder, name, "__init__.py")]
         path = next((c for c in candidates if os.path.isfile(c)), None)
