@@ -31,9 +31,9 @@ _FN = "__azpar_fn__"  # the function, when it has no name of its own in __main__
 
 
 def map(
-    func: Callable[[Any], Any],
+    func: Callable[..., Any],
     iterable: Iterable[Any],
-    *,
+    *iterables: Iterable[Any],
     errors: str = "stop",
     retries: int = 2,  # noqa: A001
     timeout: float | None = None,
@@ -52,7 +52,9 @@ def map(
 ) -> list | Job:
     """``[func(x) for x in iterable]``, each call an iteration of one azpar job, on the local
     pool or on Azure Batch: the list of values in input order, or with ``wait=False`` the Job
-    at once (``job.result()``, ``job.as_completed()``, ``await job``).
+    at once (``job.result()``, ``job.as_completed()``, ``await job``). Given several iterables,
+    ``func`` takes one argument from each, ``[func(x, y) for x, y in zip(xs, ys)]``, stopping at the
+    shortest, as the built-in ``map`` and ``Executor.map`` call it.
 
     Options are the cell's, as keywords: ``errors`` (stop raises IterationError with the
     failing index, item and remote traceback; remove drops failed calls; pass puts the
@@ -64,7 +66,9 @@ def map(
     is submitted. Ctrl-C while waiting cancels the job. ``cache=True`` is the cell's ``--cache``: a call
     whose function, captured names and argument are unchanged reuses its stored value.
     What the calls print is kept, not shown: ``job.output(i)``, ``job.logs()``."""
-    return _submit(func, iterable, False, locals())
+    if iterables:  # each call's arguments, one from each iterable: starmap's items
+        return _submit(func, zip(iterable, *iterables), True, locals(), "map")
+    return _submit(func, iterable, False, locals(), "map")
 
 
 def starmap(
@@ -89,14 +93,15 @@ def starmap(
 ) -> list | Job:
     """``[func(*args) for args in iterable]`` as one azpar job (see ``map``): each item is
     a tuple (any iterable) of positional arguments, as ``itertools.starmap`` takes them."""
-    return _submit(func, iterable, True, locals())
+    return _submit(func, iterable, True, locals(), "starmap")
 
 
-def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any]) -> list | Job:
-    """Check everything, submit one job, then wait for it or hand it back."""
+def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any], called: str) -> list | Job:
+    """Check everything, submit one job, then wait for it or hand it back (``called``: the function the
+    user called, as errors name it)."""
     if not callable(func):
         raise TypeError(
-            f"azpar_magic.{'starmap' if star else 'map'} takes a function (any callable) first, not "
+            f"azpar_magic.{called} takes a function (any callable) first, not "
             f"{type(func).__name__} {func!r}. Nothing was submitted."
         )
     options = JobOptions(

@@ -245,6 +245,32 @@ def nested_rerun(n):
 """
 
 
+@pytest.mark.timeout(60)
+def test_map_over_several_iterables_calls_with_one_argument_from_each(ip, run_cell, clean_shell):  # noqa: F811
+    """``map(f, xs, ys)``, as the built-in map, ``Executor.map``, dask's and ipyparallel's take it, was a
+    TypeError (map takes 2 positional arguments): each call now takes one argument from each iterable,
+    stopping at the shortest, with map's options and errors, also inside a task."""
+    import itertools
+
+    setup = run_cell("def weighted(x, w, bias=0):\n    return x * w + bias\n")
+    assert setup.success, setup.error
+    weighted = ip.user_ns["weighted"]
+    assert azpar_magic.map(weighted, [1, 2, 3], [10, 20, 30, 40]) == [10, 40, 90]
+    assert azpar_magic.map(weighted, range(3), itertools.repeat(2), [5, 5, 5], chunk_size=1) == [5, 7, 9]
+    assert azpar_magic.map(lambda a, b: a / b, [1, 2], [0, 4], errors="pass")[1] == 0.5
+    job = azpar_magic.map(pow, iter([2, 3]), (x for x in [3, 2]), wait=False)
+    assert job.result() == [8, 9] and job.items == [(2, 3), (3, 2)], job.items
+    with pytest.raises(azpar_magic.IterationError) as info:
+        azpar_magic.map(weighted, [1], ["a", None])
+    assert info.value.error_type.endswith("TypeError") and info.value.item_repr == "(1, 'a')", info.value
+    with pytest.raises(TypeError, match="^azpar_magic.map takes a function"):
+        azpar_magic.map(3, [1], [2])
+    inner = run_cell("def pairs(n):\n    import azpar_magic\n    return azpar_magic.map(divmod, range(n), [2] * n)\n")
+    assert inner.success, inner.error
+    assert azpar_magic.map(ip.user_ns["pairs"], [3]) == [[(0, 0), (0, 1), (1, 0)]]
+
+
+@pytest.mark.timeout(60)
 def test_map_called_by_an_iteration_runs_its_calls_there(ip, run_cell, clean_shell):  # noqa: F811
     """A function that calls azpar_magic.map, mapped itself: each nested call started a local pool inside
     the worker (a process per CPU, on cores the outer job already fills) and stored a job of its own
