@@ -174,9 +174,10 @@ def attach(job_id: str | None = None) -> Job:
     return session.find_job(job_id)
 
 
-def collect(job_id: str | None = None, timeout: float | None = None) -> Any:
-    """Wait for job ``job_id`` and return its combined result (``attach(job_id).result()``)."""
-    return attach(job_id).result(timeout)
+def collect(job_id: str | None = None, timeout: float | None = None, *, errors: str | None = None) -> Any:
+    """Wait for job ``job_id`` and return its combined result (``attach(job_id).result()``); ``errors``
+    ("remove" or "pass") combines what finished under that policy, also for a failed, cancelled or lost job."""
+    return attach(job_id).result(timeout, errors=errors)
 
 
 def logs(job_id: str | None = None, i: int | None = None) -> str:

@@ -77,8 +77,8 @@ class IterationError(AzparError):
         others = f"; {self.failed_count - 1} other iteration(s) failed too" if self.failed_count > 1 else ""
         return (
             f"iteration {self.index} (item {self.item_repr}) {what}: {self.error_message}"
-            f"{where}{others}. Finished results stay in the job handle: %azpar collect {self.job_id} "
-            "or azpar_magic.jobs()[-1].partial_results()"
+            f"{where}{others}. The finished results are kept: `%azpar collect {self.job_id} --errors remove` "
+            "binds them"
         )
 
     def _render_traceback_(self) -> list[str]:

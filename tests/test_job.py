@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from azpar_magic.errors import IterationError, JobCancelled, JobLost, RemoteException
+from azpar_magic.errors import CombineError, IterationError, JobCancelled, JobLost, RemoteException
 from azpar_magic.jobs import (
     CANCELLED,
     DONE,
@@ -226,6 +226,43 @@ def test_result_of_a_cancelled_or_lost_job_raises_and_keeps_finished_values():
     with pytest.raises(JobLost):
         lost.result()
     assert job.partial_results() == {0: "kept"} and job.missing_indices() == [1]
+
+
+def test_result_under_another_errors_policy_combines_what_finished_whatever_the_state():
+    """A failed (stop), cancelled or lost job raised at every result(): what finished was reachable only as
+    partial_results()'s dict, never combined as the cell would have bound it. ``errors`` combines it."""
+    failed = make_job(["a", "b", "c", "d"], combine="sum", gather=("g",))
+    failed.add_task("1", [0, 1])
+    failed.add_task("2", [2, 3])
+    finish(failed, "1", [0, 1], [1, 10], {1: user_failure(1)})
+    failed.record_task_failed("2", cancelled)
+    end(failed)
+    with pytest.raises(IterationError):
+        failed.result()
+    assert failed.result(errors="remove") == 1
+    with pytest.raises(CombineError):  # a sum over the stand-in exceptions fails as the cell's would
+        failed.result(errors="pass")
+    stopped = make_job(["a", "b", "c"])
+    stopped.add_task("1", [0])
+    stopped.add_task("2", [1, 2])
+    finish(stopped, "1", [0], ["kept"])
+    stopped.record_task_failed("2", cancelled)
+    end(stopped, cancelled_by_user=True)
+    assert stopped.result(errors="remove") == ["kept"]
+    passed = stopped.result(errors="pass")
+    assert passed[0] == "kept" and all(isinstance(v, JobCancelled) for v in passed[1:]), passed
+    with pytest.raises(JobCancelled):  # the job's own policy is unchanged
+        stopped.result()
+    lost = make_job(range(3))
+    lost.add_task("1", [0])
+    lost.add_task("2", [1, 2])
+    finish(lost, "1", [0], [5])
+    lost.finish(LOST)
+    assert lost.result(errors="remove") == [5]
+    never = lost.result(errors="pass")[2]
+    assert isinstance(never, JobCancelled) and "did not run" in str(never), never
+    with pytest.raises(ValueError, match="errors must be one of remove, pass, not 'stop'"):
+        lost.result(errors="stop")
 
 
 @pytest.mark.parametrize("index", [3, -1, "0", True])

@@ -204,12 +204,18 @@ def _check_cancelled(kernel: Kernel, reply: Reply, interrupted: float) -> str:
     match = re.search(rf"azpar: job ({_JOB_ID.pattern}) cancelled; (\d+) of 40 iterations had finished",
                       reply.stderr)
     assert match, reply.describe()
-    assert "partial_results()" in reply.stderr
+    advice = f"`%azpar collect {match.group(1)} --errors remove` binds their values"
+    assert advice in reply.stderr, reply.describe()
     assert returned - interrupted < 5, f"the cell returned {returned - interrupted:.1f} s after the interrupt"
     job_id = match.group(1)
     assert kernel.value("__import__('azpar_magic').jobs()[-1].id") == repr(job_id)
     assert kernel.value("__import__('azpar_magic').jobs()[-1].state") == "'cancelled'"
     assert kernel.value("'never' in globals()") == "False"
+    # The advice works: the finished values, bound in order (the cancelled job's own policy raised instead).
+    kernel.ok(f"%azpar collect {job_id} --errors remove -o cancelled_kept")
+    assert kernel.value("len(cancelled_kept)") == match.group(2)
+    assert kernel.value("cancelled_kept == sorted(cancelled_kept)") == "True"
+    kernel.ok("del cancelled_kept")
     return job_id
 
 
@@ -336,9 +342,13 @@ y''')
         assert "magics.py" not in text and "interactiveshell.py" not in text, text
     assert "iteration 2" in error["evalue"] and "'c'" in error["evalue"]
     assert kernel.value("'never_bound' in globals()") == "False"
-    # The iterations that finished stay readable from the job handle.
+    # The iterations that finished stay readable from the job handle, and the error's advice binds them.
     partial = kernel.value("__import__('azpar_magic').jobs()[-1].partial_results()")
     assert "2:" not in partial
+    advice = re.search(r"`(%azpar collect \S+ --errors remove)` binds them", error["evalue"])
+    assert advice, error["evalue"]
+    kernel.ok(advice.group(1) + " -o finished_only")
+    assert kernel.value("finished_only") == repr(list(eval(partial).values()))
 
 
 @pytest.mark.timeout(120)

@@ -253,14 +253,40 @@ def test_a_misspelt_command_option_is_answered_with_the_option_meant(run_cell):
 
 
 def test_collect_reads_its_words_as_the_other_commands_do(run_cell):
-    assert str(run_cell("%azpar collect a b").error) == "usage: %azpar collect [JOB] [-o NAME]"
+    assert str(run_cell("%azpar collect a b").error) == "usage: %azpar collect [JOB] [-o NAME] [--errors remove|pass]"
     assert str(run_cell("%azpar collect -o").error) == ("-o needs a variable name; "
-                                                         "usage: %azpar collect [JOB] [-o NAME]")
+                                                         "usage: %azpar collect [JOB] [-o NAME] [--errors remove|pass]")
     # What was given is named: "(not a keyword)" was said of xs[0] too.
     assert str(run_cell("%azpar collect -o xs[0] somejob").error) == (
-        "-o needs a variable name, got 'xs[0]'. Usage: %azpar collect [JOB] [-o NAME]")
+        "-o needs a variable name, got 'xs[0]'. Usage: %azpar collect [JOB] [-o NAME] [--errors remove|pass]")
     assert str(run_cell("%azpar collect -o for somejob").error) == (
-        "-o needs a variable name, got 'for' (a Python keyword). Usage: %azpar collect [JOB] [-o NAME]")
+        "-o needs a variable name, got 'for' (a Python keyword). Usage: %azpar collect [JOB] [-o NAME] [--errors remove|pass]")
+
+
+def test_collect_errors_binds_what_a_failed_job_finished_as_the_error_advises(ip, run_cell):
+    """A failed cell said its finished results were in ``%azpar collect JOB``, which raised the same error again.
+    The error now names ``%azpar collect JOB --errors remove``, which binds them (and the gathered names) in
+    order; ``--errors pass`` puts the exceptions in their places."""
+    failed = run_cell("%%azpar -o never_bound_c --gather tag_c --chunk-size 1 for x in range(4):\n"
+                      "tag_c = f't{x}'\nif x == 2:\n    raise ValueError('no two')\nx * 10\n")
+    assert isinstance(failed.error, azpar_magic.IterationError), failed.error
+    job_id = failed.error.job_id
+    advice = f"`%azpar collect {job_id} --errors remove` binds them"
+    assert advice in str(failed.error), failed.error
+    again = run_cell(f"%azpar collect {job_id}")
+    assert isinstance(again.error, azpar_magic.IterationError), "the job's own policy still raises"
+    kept = run_cell(f"%azpar collect {job_id} --errors remove -o kept_c")
+    assert kept.success, kept.error
+    assert ip.user_ns["kept_c"] == [0, 10, 30] and ip.user_ns["tag_c"] == ["t0", "t1", "t3"]
+    assert "never_bound_c" not in ip.user_ns
+    passed = run_cell(f"%azpar collect {job_id} --errors pass -o passed_c")
+    assert passed.success, passed.error
+    assert ip.user_ns["passed_c"][3] == 30 and isinstance(ip.user_ns["passed_c"][2], ValueError)
+    usage = "%azpar collect [JOB] [-o NAME] [--errors remove|pass]"
+    assert str(run_cell(f"%azpar collect {job_id} --errors stop").error) == (
+        f"--errors takes remove or pass here, not 'stop'; usage: {usage}")
+    assert str(run_cell(f"%azpar collect {job_id} --errors").error).endswith(usage)
+    assert azpar_magic.collect(job_id, errors="remove") == [0, 10, 30]
 
 
 def test_a_negative_number_is_a_word_not_an_option(run_cell):

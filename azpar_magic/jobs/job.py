@@ -603,13 +603,24 @@ class Job:
         with self._lock:
             return dict(self._outputs)
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None, *, errors: str | None = None) -> Any:
         """Wait, then return the combined result under the job's error policy. With
         ``--errors stop`` a failure raises IterationError (finished values stay readable). The
         built-in ``--combine`` modes give a new list (dict, sum) at each call; a callable's result
-        is made once and given each time."""
+        is made once and given each time.
+
+        ``errors`` combines under another policy, once the job has ended, whatever its state: "remove"
+        keeps the iterations that finished, "pass" puts an exception in the place of each other one (its
+        failure, or JobCancelled for one that never ran). What a failed, cancelled or lost job finished is
+        then one combined value, as the cell would have bound it under that policy."""
+        if errors is not None and errors not in merge.RESULT_POLICIES:
+            raise ValueError(f"errors must be one of {', '.join(merge.RESULT_POLICIES)}, not {errors!r}")
         if not self.wait(timeout):
             raise TimeoutError(f"job {self.id} is still running after {timeout} s")
+        if errors is not None:
+            with self._lock:
+                items, values = merge.select(self._values, self.items, self._stand_ins(), errors)
+            return merge.combine(values, items, self.options.combine)
         with self._lock:
             if self._merged is not None:
                 ok, value = self._merged
@@ -628,12 +639,13 @@ class Job:
             raise value
         return value
 
-    def gathered(self) -> dict[str, list]:
-        """``--gather`` variables: name -> list of per-iteration values (policy applied)."""
+    def gathered(self, errors: str | None = None) -> dict[str, list]:
+        """``--gather`` variables: name -> list of per-iteration values (policy applied: the job's, or
+        ``errors`` as ``result`` takes it)."""
         self.wait()
         with self._lock:
-            failed = {i: f.as_exception() for i, f in self._failures.items()}
-            if self.options.errors == "remove":
+            failed = self._stand_ins() if errors else {i: f.as_exception() for i, f in self._failures.items()}
+            if (errors or self.options.errors) == "remove":
                 return {name: [v for i, v in enumerate(col) if i not in failed] for name, col in self._gathered.items()}
             return {name: list(col) for name, col in self._gathered.items()}
 
@@ -643,15 +655,16 @@ class Job:
             raise JobLost(
                 f"job {self.id} was lost: the process running it ended first (a kernel restart or "
                 f"crash). {done} of {len(self.items)} iterations had finished and are kept: "
-                f"job.partial_results(). `%azpar rerun {self.id} --failed` (azpar_magic.rerun) "
-                "runs the others and merges them in order."
+                f"job.partial_results() (`%azpar collect {self.id} --errors remove` binds them). "
+                f"`%azpar rerun {self.id} --failed` (azpar_magic.rerun) runs the others and merges them in order."
             )
         if self.state == CANCELLED:
             done = sum(1 for s in self._status if s == _ITER_OK)
             why = f" ({self.stop_reason})" if self.stop_reason else ""
             raise JobCancelled(
                 f"job {self.id} was cancelled{why} after {done} of {len(self.items)} iterations "
-                "finished; their values are in job.partial_results()"
+                f"finished; their values are in job.partial_results() (`%azpar collect {self.id} --errors remove` "
+                "binds them)"
             )
         failed = dict(self._failures)
         first = self.first_failure()
@@ -660,6 +673,17 @@ class Job:
         stand_ins = {i: f.as_exception() for i, f in failed.items()}
         items, values = merge.select(self._values, self.items, stand_ins, self.options.errors)
         return merge.combine(values, items, self.options.combine)
+
+    def _stand_ins(self) -> dict[int, BaseException]:
+        """Each iteration without a value, and the exception standing in for it (lock held): its failure's,
+        or JobCancelled for one that never ran (a job stopped early, cancelled or lost)."""
+        return {
+            i: self._failures[i].as_exception()
+            if i in self._failures
+            else JobCancelled(f"iteration {i} of job {self.id} did not run: the job ended first ({self.state})")
+            for i, status in enumerate(self._status)
+            if status != _ITER_OK
+        }
 
     def _iteration_error(self, failure: Failure) -> IterationError:
         """The error ``--errors stop`` raises for ``failure`` (lock held): result() and

@@ -19,6 +19,7 @@ from .text import short_repr
 
 COMBINE_MODES = ("list", "dict", "sum", "concat")
 ERROR_POLICIES = ("stop", "remove", "pass")
+RESULT_POLICIES = ("remove", "pass")  # what an ended job's result may be combined under again (Job.result)
 
 
 def check_dict_keys(items: Sequence[Any]) -> None:

@@ -14,14 +14,24 @@ from .display import live_view, show_files, show_outputs
 from .usage import usage_errors
 
 
-def finish_run(shell: Any, job: Job, output: str, gather: tuple[str, ...], quiet: bool, *, files: bool = True) -> None:
+def finish_run(
+    shell: Any,
+    job: Job,
+    output: str,
+    gather: tuple[str, ...],
+    quiet: bool,
+    *,
+    files: bool = True,
+    errors: str | None = None,
+) -> None:
     """Wait for ``job`` (Ctrl-C cancels it), replay its output, report its --outputs (unless ``files`` is false)
-    and bind its result to ``output`` (and the ``gather`` names) in the shell's namespace."""
+    and bind its result to ``output`` (and the ``gather`` names) in the shell's namespace (under the ``errors``
+    policy when given: ``Job.result``)."""
     wait(shell, job, quiet)
     show_outputs(job)
     if files:
         show_files(job, quiet)
-    inject(shell, job, output, gather)
+    inject(shell, job, output, gather, errors)
 
 
 def wait(shell: Any, job: Job, quiet: bool) -> None:
@@ -47,28 +57,29 @@ def wait(shell: Any, job: Job, quiet: bool) -> None:
         snap = job.snapshot()
         print(
             f"azpar: job {job.id} cancelled; {snap.items_succeeded} of {snap.items_total} "
-            f"iterations had finished: their values are in azpar_magic.jobs()[-1].partial_results().",
+            f"iterations had finished: `%azpar collect {job.id} --errors remove` binds their values.",
             file=sys.stderr,
         )
         raise
     progress.close()
 
 
-def inject(shell: Any, job: Job, output: str, gather: tuple[str, ...]) -> None:
-    """Bind the ended job's result (and gathered names); a failed iteration raises as itself. What the
-    combining warns of (keys overwritten) is one ``azpar: warning:`` line, as the magic's other warnings."""
+def inject(shell: Any, job: Job, output: str, gather: tuple[str, ...], errors: str | None = None) -> None:
+    """Bind the ended job's result (and gathered names), under ``errors`` when given; a failed iteration raises
+    as itself. What the combining warns of (keys overwritten) is one ``azpar: warning:`` line, as the magic's
+    other warnings."""
     with (
         usage_errors(
             Exception,
             lambda exc: (
                 f"The results of job {job.id} could not be combined: {exc}. The "
-                "per-iteration values stay in azpar_magic.jobs()[-1].partial_results()."
+                f'per-iteration values stay in azpar_magic.attach("{job.id}").partial_results().'
             ),
         ),
         warnings.catch_warnings(record=True) as caught,
     ):
         warnings.simplefilter("always", CombineWarning)
-        value = job.result()
+        value = job.result(errors=errors)
     for warning in caught:
         if issubclass(warning.category, CombineWarning):
             print(f"azpar: warning: {warning.message}", file=sys.stderr)
@@ -76,7 +87,7 @@ def inject(shell: Any, job: Job, output: str, gather: tuple[str, ...]) -> None:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     shell.user_ns[output] = value
     if gather:
-        shell.user_ns.update(job.gathered())
+        shell.user_ns.update(job.gathered(errors))
 
 
 def inject_when_done(shell: Any, job: Job, output: str, gather: tuple[str, ...]) -> None:
@@ -109,5 +120,6 @@ def lost_message(job: Job) -> str:
     return (
         f"job {job.id} was lost: the kernel running it ended first. {succeeded} of {len(job.items)} iterations "
         f"had finished and are kept; `%azpar rerun {job.id} --failed` runs the other "
-        f"{len(job.items) - succeeded} and binds the whole result in order."
+        f"{len(job.items) - succeeded} and binds the whole result in order, `%azpar collect {job.id} --errors "
+        "remove` binds the finished ones."
     )

@@ -48,8 +48,9 @@ COMMANDS: tuple[Command, ...] = (  # in the order %azpar help lists them
     Command(
         "collect",
         jobs.collect,
-        "%azpar collect [JOB] [-o NAME]",
-        "wait for a job (this kernel's or a stored one) and bind its result",
+        "%azpar collect [JOB] [-o NAME] [--errors remove|pass]",
+        "wait for a job (this kernel's or a stored one) and bind its result (--errors: what finished, under that "
+        "policy, also of a failed, cancelled or lost job)",
     ),
     Command(
         "jobs",

@@ -12,6 +12,7 @@ from IPython.display import display
 from ... import api, session
 from ...errors import ConfigError, DebugError, StoreError
 from ...jobs import LOST
+from ...jobs.merge import RESULT_POLICIES
 from ...run.request import FLAG_SPELLING
 from ...ui.text import format_snapshot
 from ..context import DEFAULT_OUTPUT, MagicContext, Pending, find_job
@@ -25,18 +26,24 @@ JOBS_SHOWN = 30  # rows of %azpar jobs without --all
 
 
 def collect(context: MagicContext, words: list[str], usage: str) -> None:
-    """Wait for a job of this kernel or of the store and bind its result (a --no-wait cell's name by default)."""
-    read = read_words(words, usage, output=True)
+    """Wait for a job of this kernel or of the store and bind its result (a --no-wait cell's name by default).
+    ``--errors remove|pass`` binds it under that policy whatever the job's: what a failed, cancelled or lost job
+    finished, which its own policy (stop) raised for instead."""
+    read = read_words(words, usage, output=True, options=("--errors",))
     if len(read.rest) > 1:
         raise UsageError(usage)
+    errors = read.option("--errors")
+    if errors is not None and unquote(errors) not in RESULT_POLICIES:
+        raise UsageError(f"--errors takes {' or '.join(RESULT_POLICIES)} here, not {errors!r}; {usage}")
+    errors = None if errors is None else unquote(errors)
     output = read.output
     job = find_job(read.rest[0] if read.rest else None)
     pending = context.pending.get(job.id, Pending(job.options.output_name or DEFAULT_OUTPUT, job.options.gather, False))
-    if job.state == LOST:
+    if job.state == LOST and errors is None:
         raise UsageError(lost_message(job))
     name = output or pending.output or DEFAULT_OUTPUT
     _warn_shadowing(context, name, pending.gather)
-    finish_run(context.shell, job, name, pending.gather, pending.quiet)
+    finish_run(context.shell, job, name, pending.gather, pending.quiet, errors=errors)
 
 
 def _warn_shadowing(context: MagicContext, name: str, gather: tuple[str, ...]) -> None:
