@@ -78,7 +78,7 @@ class IterationError(AzparError):
         return (
             f"iteration {self.index} (item {self.item_repr}) {what}: {self.error_message}"
             f"{where}{others}. The finished results are kept: `%azpar collect {self.job_id} --errors remove` "
-            "binds them"
+            f"binds them (azpar_magic.collect('{self.job_id}', errors='remove') returns them)"
         )
 
     def _render_traceback_(self) -> list[str]:
