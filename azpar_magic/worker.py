@@ -3415,13 +3415,16 @@ class _ProcessState:
         raw = getattr(os.environ, "_data", None)
         return raw != self.raw_environ if raw is not None and self.raw_environ else dict(os.environ) != self.environ
 
-    def restore(self) -> None:
+    def restore_environ(self) -> None:
         if self._environ_changed():
             zone = os.environ.get("TZ")
             os.environ.clear()
             os.environ.update(self.environ)
             if zone != os.environ.get("TZ") and hasattr(time, "tzset"):
                 time.tzset()  # a body's os.environ["TZ"] = ... and time.tzset(): local time as it was
+
+    def restore(self) -> None:
+        self.restore_environ()
         # The notebooks' own modules stay importable: a job loaded earlier (or the same cell's
         # envelope, loaded once) put their folders first and will not put them there again.
         if sys.path != self.path:
@@ -3454,6 +3457,17 @@ class _ProcessState:
         socket = sys.modules.get("socket")
         if socket is not None and socket.getdefaulttimeout() is not None:  # socket.setdefaulttimeout(1)
             socket.setdefaulttimeout(None)
+
+
+def apply_environ_changes(changes: dict) -> None:
+    """The kernel's environment variables set or removed since this local worker started (the pool's
+    ``KernelEnvironment``), for the job's tasks here: the next job's first task puts the worker's own back."""
+    zone = os.environ.get("TZ")
+    os.environ.update(changes.get("set") or {})
+    for name in changes.get("unset") or ():
+        os.environ.pop(name, None)
+    if zone != os.environ.get("TZ") and hasattr(time, "tzset"):
+        time.tzset()
 
 
 def _current_umask() -> int:
@@ -3511,6 +3525,7 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
     cache = JobCache()
     inbox = _Inbox(fd_in, send)
     baseline, jobs_seen = _ProcessState(), dict[str, None]()
+    environ_job, environ_changed = None, False  # the job whose variables the environment holds; changed ones?
     send({"op": "ready", "pid": os.getpid(), "gives_back": inbox.gives_back})
     while True:
         message = inbox.next(cache.load_spare)
@@ -3521,7 +3536,8 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
         taken = time.perf_counter()
         reply: dict = {"op": "result", "task": message["task"]}
         try:
-            if message["envelope"] not in jobs_seen:  # a job's first task here
+            first = message["envelope"] not in jobs_seen  # a job's first task here
+            if first:
                 baseline.restore()
                 jobs_seen[message["envelope"]] = None
                 if len(jobs_seen) > 64:  # (jobs running side by side are far fewer)
@@ -3529,6 +3545,13 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
             if message.get("cwd"):
                 os.chdir(message["cwd"])
             job = load_job(message["envelope"], cache, message.get("envelope_data"))
+            changes = job.envelope.get("environ")
+            if first or (message["envelope"] != environ_job and (changes or environ_changed)):
+                if not first:  # jobs interleaving here: each runs with its own kernel's variables
+                    baseline.restore_environ()
+                if changes:
+                    apply_environ_changes(changes)
+            environ_job, environ_changed = message["envelope"], bool(changes)
             items = load_items(message["items_codec"], message["items"], job)
             try:
                 reply["result"] = Runner(job, slots, exact=bool(message.get("exact_progress"))).run(

@@ -579,6 +579,33 @@ def test_a_task_goes_without_its_envelope_only_where_the_worker_still_holds_the_
     assert staged_envelopes(b) == []
 
 
+def test_jobs_interleaving_on_a_worker_each_see_the_variables_their_kernel_had(backend, monkeypatch):
+    """A job carries the kernel's environment variables changed since the pool started (KernelEnvironment);
+    its worker applies them at the job's first task. A job whose task comes back after another job's ran on
+    that worker (a retry, a task given back) runs with its own again, not with the other job's."""
+    monkeypatch.delenv("AZPAR_T_INTERLEAVED", raising=False)
+    b = backend(1)
+    body = "import os\nos.environ.get('AZPAR_T_INTERLEAVED')"
+
+    def ran(sink: Sink) -> list:
+        return [values(e) for e in finished_all(sink, 1) if e.kind == "finished"]
+
+    first, second = Sink(), Sink()
+    spec_a, tasks_a = job(body, 1, [range(0, 1)], job_id="job-a")
+    b.submit(spec_a, tasks_a, first)
+    assert ran(first) == [[None]]
+    monkeypatch.setenv("AZPAR_T_INTERLEAVED", "set for b")
+    spec_b, tasks_b = job(body, 1, [range(0, 1)], job_id="job-b")
+    b.submit(spec_b, tasks_b, second)
+    assert ran(second) == [["set for b"]]
+    b.resubmit("job-a", tasks_a[0])
+    assert ran(first) == [[None]], "job a ran with job b's variables"
+    b.resubmit("job-b", tasks_b[0])
+    assert ran(second) == [["set for b"]]
+    for job_id in ("job-a", "job-b"):
+        b.finish(job_id)
+
+
 def test_a_job_that_failed_to_load_fails_its_tasks_sent_without_the_envelope_alike(backend):
     # Tasks held ahead go without the envelope and without its file: the worker loads the job from
     # the first one. When that load fails, the others fail with the same words, not with a missing file.

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .. import config, platforms, worker as wire
 from ..jobs import NodeInfo
@@ -170,6 +171,7 @@ class LocalBackend(BaseBackend):
         self._ids = itertools.count(1)
         self._stage = ""
         self._program = WORKER_SCRIPT  # what workers run (worker_program, looked up as the pool starts)
+        self._environ = KernelEnvironment()  # what workers start with, and what a job's kernel changed since
         self._platform = platforms.current()
         self._selector: platforms.Mailbox | None = None  # what the dispatcher waits on, while it runs
         self._thread: threading.Thread | None = None
@@ -219,6 +221,9 @@ class LocalBackend(BaseBackend):
         # envelope names the file: a package of 300 modules (3 MB) was serialised into every job's
         # envelope and written to every worker, ~25 ms of each cell using it (issue 16).
         envelope, modules_name = wire.modules_apart(envelope)
+        changes = self._environ.changes()
+        if changes is not None:  # the kernel's variables set or removed since the workers started: this job's
+            envelope = {**envelope, "environ": changes}
         packed = wire.pack(wire.ENVELOPE_MAGIC, envelope)
         # The envelope file is written only once a task goes without its bytes (_task_message):
         # a job of one task per worker, a short cell's, never needs it (issue 16, c).
@@ -446,7 +451,7 @@ class LocalBackend(BaseBackend):
         log = open(os.path.join(self._stage, f"{wid}.log"), "ab")
         command = [sys.executable, "-u", self._program, "--serve", "--parent", str(os.getpid()), "--beat", beat_path]
         try:
-            started = platforms.start_worker(command, worker_environment(), log, self._platform)
+            started = platforms.start_worker(command, self._environ.base(), log, self._platform)
         finally:
             log.close()
         worker = _Worker(wid, started.proc, started.send_fd, started.recv_fd, beat=wire.open_beat_file(beat_path))
@@ -1053,6 +1058,49 @@ def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
         for k, v in environ.items()
         if k not in secrets and k not in _SERVER_SECRETS and not k.startswith(_HUB_PREFIXES)
     }
+
+
+class KernelEnvironment:
+    """The kernel's environment variables as the pool's workers see them. Each worker starts with the one the
+    pool first saw (``base``: a worker started later, or again after a crash, gets the same), and a job
+    submitted once the kernel's differs carries the difference (``changes``), which its worker applies for
+    the job's tasks and puts back for the next job. A variable the notebook set after the first cell
+    (``os.environ["API_KEY"] = ...``, ``%env OMP_NUM_THREADS=1``) was never seen by the workers: a body
+    reading it got None where the loop run in the kernel got the value, and the same notebook behaved
+    otherwise when the pool started after the setting. The secrets ``worker_environment`` leaves out stay
+    out. Nothing of this reaches the job store or Azure nodes (they have their own environment)."""
+
+    def __init__(self) -> None:
+        self._base: dict[str, str] | None = None
+        self._base_raw: dict | None = None  # the kernel's raw environment when the base was taken
+        self._seen_raw: dict | None = None  # ... when ``_changes`` was computed
+        self._changes: dict | None = None
+
+    def base(self) -> dict[str, str]:
+        if self._base is None:
+            self._base_raw, self._base = dict(_raw_environ()), worker_environment()
+        return self._base
+
+    def changes(self) -> dict[str, Any] | None:
+        """``{"set": {name: value}, "unset": [name]}`` against the base, or None when there is none: most
+        cells, which pay one comparison of the raw environment (~1 us)."""
+        base = self.base()
+        raw = _raw_environ()
+        if raw == self._base_raw:
+            return None
+        if raw != self._seen_raw:
+            now = worker_environment()
+            changed = {k: v for k, v in now.items() if base.get(k) != v}
+            gone = sorted(k for k in base if k not in now)
+            self._seen_raw, self._changes = dict(raw), ({"set": changed, "unset": gone} if changed or gone else None)
+        return self._changes
+
+
+def _raw_environ() -> Mapping:
+    """The process's environment as the OS holds it (POSIX: ``os.environ._data``, bytes, compared at C speed;
+    not a copy), for telling whether it changed."""
+    raw = getattr(os.environ, "_data", None)
+    return raw if isinstance(raw, dict) else dict(os.environ)
 
 
 # ---------------------------------------------------------------------- staging folders

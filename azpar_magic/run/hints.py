@@ -83,9 +83,9 @@ _ENVIRON_LOOKUP = re.compile(r'File "(?:<frozen os>|[^"]*[/\\]os\.py)", line \d+
 
 def environment_hint(failure: Failure) -> Failure:
     """An iteration's ``os.environ[NAME]`` failed for a variable this kernel has: the workers'
-    environment is not the kernel's (local workers have the kernel's as it was when the pool started,
-    nodes never see it), so a variable set in the notebook later (``os.environ['KEY'] = ...``) is not
-    there. Say so and how to pass the value, beside the KeyError."""
+    environment is not wholly the kernel's (Azure nodes never see it; local workers see it but for
+    azpar's secrets and the hub's tokens), so a variable set in the notebook is not there. Say so and
+    how to pass the value, beside the KeyError."""
     if failure.kind != "user" or failure.error_type.rsplit(".", 1)[-1] != "KeyError":
         return failure
     if not _ENVIRON_LOOKUP.search(failure.traceback or ""):
@@ -96,9 +96,9 @@ def environment_hint(failure: Failure) -> Failure:
         return failure
     return dataclasses.replace(
         failure,
-        message=f"{failure.message} ({name} is set in this kernel, but iterations do not see the kernel's environment: "
-        "the local pool's workers keep the one they started with, and Azure nodes have their own. Read it in the "
-        f"notebook (value = os.environ[{name!r}]) and use that variable in the body)",
+        message=f"{failure.message} ({name} is set in this kernel, but iterations do not see it: Azure nodes have "
+        "an environment of their own, and the local pool's workers are not given azpar's secrets nor the hub's "
+        f"tokens. Read it in the notebook (value = os.environ[{name!r}]) and use that variable in the body)",
     )
 
 
