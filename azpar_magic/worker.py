@@ -1077,6 +1077,7 @@ class LoadedJob:
         self.gather = list(envelope.get("gather") or [])
         self.seed = envelope.get("seed")
         self.logging = envelope.get("logging")  # the notebook's logging set-up (capture.logging_setup)
+        self.warnings = envelope.get("warnings")  # its warning filters and numpy's errors (capture.warnings_setup)
         self.namespace = namespace
         self.namespace_key = ""  # its key in JobCache.namespaces (set by _load_job)
         self.module, self.base, self.shipped_ids = namespace.module, namespace.base, namespace.shipped_ids
@@ -1146,6 +1147,76 @@ def _follow_logging(setup: dict | None) -> None:
         levels[name] = logger.level
         logger.setLevel(level)
     _LOGGING[0] = (setup, handler, root_level, levels)
+
+
+# The notebook's warning set-up this process follows now (capture.warnings_setup), or None: the worker's own.
+_WARNINGS: list = [None]
+_NUMPY_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}  # numpy's defaults
+
+
+def _follow_warnings(setup: dict) -> None:
+    """Run the iterations under the notebook's warning filters and numpy's error handling, as the sequential
+    loop runs (``capture.warnings_setup``). A filter whose category this process cannot import is left out."""
+    import warnings
+
+    filters = []
+    for action, message, category, module, lineno in setup.get("filters") or ():
+        kind = _warning_category(category)
+        if kind is not None:
+            filters.append((action, _pattern(message, True), kind, _pattern(module, False), lineno))
+    warnings.filters[:] = filters
+    warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
+    errors = setup.get("numpy_errors")
+    numpy = sys.modules.get("numpy")
+    if errors is not None:
+        try:
+            import numpy
+        except ImportError:
+            numpy = None
+    if numpy is not None and numpy.geterr() != (errors or _NUMPY_ERRORS):
+        numpy.seterr(**(errors or _NUMPY_ERRORS))
+    _WARNINGS[0] = setup
+
+
+def _pattern(given, message: bool):
+    if given is None or isinstance(given, str):
+        return given
+    return _LazyPattern(given["re"], given.get("flags", 2 if message else 0))  # (2: re.IGNORECASE)
+
+
+class _LazyPattern:
+    """A filter's regular expression, compiled when a warning is first matched against it: the interpreter's
+    filters need only a ``match`` method, and importing ``re`` for the kernel's filters (IPython has one) cost
+    every task on a node its start-up share (issue 16, j) though most tasks warn of nothing."""
+
+    __slots__ = ("pattern", "flags", "_compiled")
+
+    def __init__(self, pattern: str, flags: int) -> None:
+        self.pattern, self.flags, self._compiled = pattern, flags, None
+
+    def match(self, text: str):
+        if self._compiled is None:
+            import re
+
+            self._compiled = re.compile(self.pattern, self.flags)
+        return self._compiled.match(text)
+
+    def __repr__(self) -> str:
+        return f"re.compile({self.pattern!r}, {self.flags})"
+
+
+def _warning_category(path: str):
+    """The warning class ``module:qualname`` names, imported when need be; None when it cannot be."""
+    module_name, _, qualname = path.partition(":")
+    try:
+        if module_name not in sys.modules:
+            __import__(module_name)
+        found = sys.modules[module_name]
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:
+        return None
+    return found if isinstance(found, type) and issubclass(found, Warning) else None
 
 
 def _recorded_stream_handler(logging: types.ModuleType, setup: dict):
@@ -2417,6 +2488,8 @@ class Runner:
         sys.stdout, sys.stderr = _STDOUT, _STDERR
         if job.logging is not None or _LOGGING[0] is not None:
             _follow_logging(job.logging)
+        if job.warnings is not None and _WARNINGS[0] != job.warnings:
+            _follow_warnings(job.warnings)
         started = time.perf_counter()
 
         def fail(index: int, exc: BaseException) -> None:
@@ -3434,6 +3507,7 @@ class _ProcessState:
         if self.warnings.filters != self.filters:
             self.warnings.filters[:] = self.filters
             self.warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
+            _WARNINGS[0] = None  # the next job's set-up is followed afresh
         _fresh_random_states()
         decimal = sys.modules.get("decimal")
         if decimal is not None:  # precision and rounding a body set with getcontext().prec = ...
@@ -3441,6 +3515,7 @@ class _ProcessState:
         numpy = sys.modules.get("numpy")
         if numpy is not None and numpy.geterr() != _NUMPY_ERRORS:  # np.seterr(all="raise")
             numpy.seterr(**_NUMPY_ERRORS)
+            _WARNINGS[0] = None
         self._restore_interpreter()
 
     def _restore_interpreter(self) -> None:
@@ -3475,9 +3550,6 @@ def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-_NUMPY_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}  # numpy's defaults
 
 
 def _fresh_random_states() -> None:

@@ -289,6 +289,55 @@ def test_collect_errors_binds_what_a_failed_job_finished_as_the_error_advises(ip
     assert azpar_magic.collect(job_id, errors="remove") == [0, 10, 30]
 
 
+def test_iterations_follow_the_notebooks_warning_filters_and_numpy_errors(ip, run_cell):
+    """The workers followed their own warning filters: a notebook that ran ``warnings.filterwarnings("ignore")``
+    (or ``np.seterr(all="ignore")``) got every iteration's warnings printed, and one that made them errors
+    (``simplefilter("error")``, ``np.seterr(divide="raise")``) got prints where its loop raised. A filter on a
+    library's category the worker had not imported yet is followed too."""
+    import warnings
+
+    import numpy as np
+
+    body = "import warnings, numpy as np\nwarnings.warn('careful r25')\nnp.log(np.zeros(1))[0]\n"
+    cell = f"%%azpar -o warned_r25 --errors pass --chunk-size 1 for x in range(3):\n{body}"
+    errors = np.geterr()
+    with warnings.catch_warnings():
+        try:
+            loud = run_cell(cell)
+            assert loud.success, loud.error
+            assert "UserWarning: careful r25" in loud.stderr and "RuntimeWarning: divide by zero" in loud.stderr
+            warnings.filterwarnings("ignore")
+            np.seterr(all="ignore")
+            quiet = run_cell(cell)
+            assert quiet.success, quiet.error
+            assert "careful r25" not in quiet.stderr and "divide by zero" not in quiet.stderr, quiet.stderr
+            assert ip.user_ns["warned_r25"] == [-np.inf] * 3
+            warnings.simplefilter("error", UserWarning)
+            strict = run_cell(cell)
+            assert [type(v).__name__ for v in ip.user_ns["warned_r25"]] == ["UserWarning"] * 3, strict.stderr
+            warnings.resetwarnings()
+            warnings.filterwarnings("ignore", category=UserWarning)
+            np.seterr(divide="raise")
+            assert run_cell(cell).success
+            assert [type(v).__name__ for v in ip.user_ns["warned_r25"]] == ["FloatingPointError"] * 3
+            np.seterr(**errors)
+            warnings.resetwarnings()
+            warnings.filterwarnings("ignore", category=pd_warning_path())
+            library = run_cell("%%azpar -o lib_r25 for x in range(2):\nimport warnings, pandas\n"
+                               "warnings.warn('slow r25', pandas.errors.PerformanceWarning)\nx\n")
+            assert library.success and "slow r25" not in library.stderr, library.stderr
+        finally:
+            np.seterr(**errors)
+    again = run_cell(cell)  # the notebook's filters as they were: the warnings are printed again
+    assert "UserWarning: careful r25" in again.stderr and "RuntimeWarning: divide by zero" in again.stderr
+
+
+def pd_warning_path():
+    import pandas
+
+    return pandas.errors.PerformanceWarning
+
+
 def test_a_negative_number_is_a_word_not_an_option(run_cell):
     """%azpar logs JOB -1 and %azpar pool resize -1 2 reach their own checks."""
     assert "no job 'somejob'" in str(run_cell("%azpar logs somejob -1").error)

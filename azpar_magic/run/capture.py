@@ -110,6 +110,8 @@ class Capture:
     changeable: bool = True
     # The kernel's logging set-up the iterations' log records follow (``logging_setup``), or None.
     logging: dict | None = None
+    # The kernel's warning filters and numpy's error handling the iterations follow (``warnings_setup``).
+    warning_setup: dict | None = None
     # A digest of local_modules (``modules_digest``), "" when there are none: the local pool stages them
     # once per digest, and workers key their loaded copy by it, instead of carrying them in every job.
     local_modules_sha256: str = ""
@@ -1434,6 +1436,7 @@ def capture(
         iterators=_shipped_iterators(chosen),
         changeable=wire.namespace_is_changeable(chosen.values()),
         logging=logging_setup(chosen),
+        warning_setup=warnings_setup(),
     )
 
 
@@ -1487,6 +1490,62 @@ def logging_setup(chosen: Mapping[str, object]) -> dict | None:
             stream="stdout" if handler.stream is sys.stdout else "stderr",
         )
     return setup
+
+
+# The kernel's own packages: their warning filters (IPython's completer, the kernel's event loop) are about the
+# kernel, and importing them on a worker to rebuild a filter would cost a worker hundreds of milliseconds.
+_KERNEL_PACKAGES = frozenset(
+    {"IPython", "ipykernel", "ipywidgets", "jupyter_client", "jupyter_core", "traitlets", "tornado", "zmq", "comm"}
+    | {"debugpy", "azpar_magic"}
+)
+_NUMPY_DEFAULT_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}
+_FILTERS_SEEN: list = [None, None]  # (the kernel's warnings.filters as a tuple, their portable form)
+
+
+def warnings_setup() -> dict:
+    """The kernel's warning filters (``warnings.filterwarnings("ignore")``, ``simplefilter("error", ...)``)
+    and numpy's floating-point error handling (``np.seterr(all="ignore")``), which the sequential loop
+    follows: the workers followed their own, so a notebook that silenced warnings got every iteration's
+    printed, and one that made them errors got prints. Filters are given as plain data (each category by
+    its module and name, rebuilt on the worker; the kernel's own packages' filters left out) and made once
+    per change of ``warnings.filters`` (a tuple comparison a cell otherwise)."""
+    import warnings
+
+    key = tuple(warnings.filters)
+    if key != _FILTERS_SEEN[0]:
+        filters = []
+        for action, message, category, module, lineno in key:
+            where = getattr(category, "__module__", "builtins") or "builtins"
+            if where.partition(".")[0] in _KERNEL_PACKAGES:
+                continue
+            filters.append(
+                [
+                    action,
+                    _portable_pattern(message),
+                    f"{where}:{category.__qualname__}",
+                    _portable_pattern(module),
+                    lineno,
+                ]
+            )
+        _FILTERS_SEEN[:] = [key, filters]
+    setup: dict = {"filters": _FILTERS_SEEN[1]}
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        try:
+            errors = numpy.geterr()
+        except Exception:  # a numpy that is half imported, or a stand-in module
+            errors = _NUMPY_DEFAULT_ERRORS
+        if errors != _NUMPY_DEFAULT_ERRORS:
+            setup["numpy_errors"] = dict(errors)
+    return setup
+
+
+def _portable_pattern(pattern: Any) -> Any:
+    """A filter's message or module as JSON: None, a string (matched whole, as Python's own default filters
+    hold them), or ``{"re": ..., "flags": ...}`` for a compiled pattern (what ``filterwarnings`` makes)."""
+    if pattern is None or isinstance(pattern, str):
+        return pattern
+    return {"re": pattern.pattern, "flags": int(pattern.flags)}
 
 
 @functools.lru_cache(maxsize=64)
@@ -1655,6 +1714,7 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         ),
         "sources": {**cap.sources, CELL_FILENAME: cell.source},
         **({"logging": cap.logging} if cap.logging else {}),
+        **({"warnings": cap.warning_setup} if cap.warning_setup else {}),
     }
 
 
