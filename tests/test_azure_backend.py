@@ -593,3 +593,29 @@ def test_a_module_loaded_from_a_file_without_registering_it_reaches_the_nodes(az
     finally:
         for name in ("spec", "rules", "scored"):
             ip.user_ns.pop(name, None)
+
+
+def test_the_nodes_follow_the_notebooks_warning_filters_and_numpy_errors(azure, ip, run_cell, batch):
+    # The nodes' workers followed their own filters: a notebook that silenced warnings got every iteration's
+    # printed, one that made them errors got prints where its loop raised. Filters travel in the envelope.
+    import warnings
+
+    import numpy as np
+
+    cell = ("%%azpar -o node_warned --errors pass --chunk-size 2 for x in range(4):\n"
+            "import warnings, numpy as np\nwarnings.warn('careful on a node')\nnp.log(np.zeros(1))[0]")
+    errors = np.geterr()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore")
+            np.seterr(all="ignore")
+            quiet = run_cell(cell)
+            assert quiet.success, quiet.error
+            assert "careful on a node" not in quiet.stderr and "divide by zero" not in quiet.stderr, quiet.stderr
+            assert ip.user_ns["node_warned"] == [-np.inf] * 4
+            warnings.simplefilter("error", UserWarning)
+            assert run_cell(cell).success
+            assert [type(v).__name__ for v in ip.user_ns["node_warned"]] == ["UserWarning"] * 4
+    finally:
+        np.seterr(**errors)
+        ip.user_ns.pop("node_warned", None)
