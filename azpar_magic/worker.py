@@ -1077,7 +1077,7 @@ class LoadedJob:
         self.gather = list(envelope.get("gather") or [])
         self.seed = envelope.get("seed")
         self.logging = envelope.get("logging")  # the notebook's logging set-up (capture.logging_setup)
-        self.warnings = envelope.get("warnings")  # its warning filters and numpy's errors (capture.warnings_setup)
+        self.settings = envelope.get("settings")  # its warning filters, ... (capture.interpreter_settings)
         self.namespace = namespace
         self.namespace_key = ""  # its key in JobCache.namespaces (set by _load_job)
         self.module, self.base, self.shipped_ids = namespace.module, namespace.base, namespace.shipped_ids
@@ -1149,24 +1149,33 @@ def _follow_logging(setup: dict | None) -> None:
     _LOGGING[0] = (setup, handler, root_level, levels)
 
 
-# The notebook's warning set-up this process follows now (capture.warnings_setup), or None: the worker's own.
-_WARNINGS: list = [None]
+# The notebook's settings this process follows now (capture.interpreter_settings), or None: the worker's own.
+_SETTINGS: list = [None]
+_FILTERS_MADE: list = [None, []]  # the filters last given, as data, and as the interpreter's
+_STARTED_RECURSION_LIMIT = sys.getrecursionlimit()
+_STARTED_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
 _NUMPY_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}  # numpy's defaults
 
 
-def _follow_warnings(setup: dict) -> None:
-    """Run the iterations under the notebook's warning filters and numpy's error handling, as the sequential
-    loop runs (``capture.warnings_setup``). A filter whose category this process cannot import is left out."""
+def _follow_settings(settings: dict) -> None:
+    """Run the iterations under the notebook's warning filters, numpy's error handling, ``decimal``'s context,
+    recursion limit and integer string limit, as the sequential loop runs (``capture.interpreter_settings``).
+    What the last job's settings changed and this job's leave out goes back to the worker's own. A filter
+    whose category this process cannot import is left out."""
     import warnings
 
-    filters = []
-    for action, message, category, module, lineno in setup.get("filters") or ():
-        kind = _warning_category(category)
-        if kind is not None:
-            filters.append((action, _pattern(message, True), kind, _pattern(module, False), lineno))
-    warnings.filters[:] = filters
+    previous = _SETTINGS[0] or {}
+    given = settings.get("filters") or []
+    if given != _FILTERS_MADE[0]:  # (the same filters, job after job: made once)
+        made = []
+        for action, message, category, module, lineno in given:
+            kind = _warning_category(category)
+            if kind is not None:
+                made.append((action, _pattern(message, True), kind, _pattern(module, False), lineno))
+        _FILTERS_MADE[:] = [given, made]
+    warnings.filters[:] = _FILTERS_MADE[1]
     warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
-    errors = setup.get("numpy_errors")
+    errors = settings.get("numpy_errors")
     numpy = sys.modules.get("numpy")
     if errors is not None:
         try:
@@ -1175,7 +1184,23 @@ def _follow_warnings(setup: dict) -> None:
             numpy = None
     if numpy is not None and numpy.geterr() != (errors or _NUMPY_ERRORS):
         numpy.seterr(**(errors or _NUMPY_ERRORS))
-    _WARNINGS[0] = setup
+    context = settings.get("decimal")
+    if context is not None or previous.get("decimal") is not None:
+        import decimal
+
+        if context is None:
+            decimal.setcontext(decimal.Context())
+        else:
+            traps = [getattr(decimal, name) for name in context["traps"] if hasattr(decimal, name)]
+            fields = {k: v for k, v in context.items() if k != "traps"}
+            decimal.setcontext(decimal.Context(**fields, traps=traps, flags=[]))
+    limit = settings.get("recursion_limit")
+    if limit is not None or previous.get("recursion_limit") is not None:
+        sys.setrecursionlimit(limit or _STARTED_RECURSION_LIMIT)
+    digits = settings.get("int_max_str_digits")
+    if (digits is not None or previous.get("int_max_str_digits") is not None) and _STARTED_INT_DIGITS:
+        sys.set_int_max_str_digits(_STARTED_INT_DIGITS if digits is None else digits)
+    _SETTINGS[0] = settings
 
 
 def _pattern(given, message: bool):
@@ -2488,8 +2513,8 @@ class Runner:
         sys.stdout, sys.stderr = _STDOUT, _STDERR
         if job.logging is not None or _LOGGING[0] is not None:
             _follow_logging(job.logging)
-        if job.warnings is not None and _WARNINGS[0] != job.warnings:
-            _follow_warnings(job.warnings)
+        if job.settings is not None and _SETTINGS[0] != job.settings:
+            _follow_settings(job.settings)
         started = time.perf_counter()
 
         def fail(index: int, exc: BaseException) -> None:
@@ -3497,6 +3522,7 @@ class _ProcessState:
                 time.tzset()  # a body's os.environ["TZ"] = ... and time.tzset(): local time as it was
 
     def restore(self) -> None:
+        _SETTINGS[0] = None  # what this puts back, the job's settings (_follow_settings) then set afresh
         self.restore_environ()
         # The notebooks' own modules stay importable: a job loaded earlier (or the same cell's
         # envelope, loaded once) put their folders first and will not put them there again.
@@ -3507,7 +3533,6 @@ class _ProcessState:
         if self.warnings.filters != self.filters:
             self.warnings.filters[:] = self.filters
             self.warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
-            _WARNINGS[0] = None  # the next job's set-up is followed afresh
         _fresh_random_states()
         decimal = sys.modules.get("decimal")
         if decimal is not None:  # precision and rounding a body set with getcontext().prec = ...
@@ -3515,13 +3540,14 @@ class _ProcessState:
         numpy = sys.modules.get("numpy")
         if numpy is not None and numpy.geterr() != _NUMPY_ERRORS:  # np.seterr(all="raise")
             numpy.seterr(**_NUMPY_ERRORS)
-            _WARNINGS[0] = None
         self._restore_interpreter()
 
     def _restore_interpreter(self) -> None:
         """The interpreter's settings a body may have changed (a few microseconds a job and worker)."""
         if sys.getrecursionlimit() != self.recursion_limit:
             sys.setrecursionlimit(self.recursion_limit)
+        if _STARTED_INT_DIGITS and sys.get_int_max_str_digits() != _STARTED_INT_DIGITS:
+            sys.set_int_max_str_digits(_STARTED_INT_DIGITS)
         if gc.isenabled() != self.gc_enabled:  # gc.disable(): later cells' cycles never freed
             (gc.enable if self.gc_enabled else gc.disable)()
         if gc.get_threshold() != self.gc_thresholds:

@@ -332,6 +332,37 @@ def test_iterations_follow_the_notebooks_warning_filters_and_numpy_errors(ip, ru
     assert "UserWarning: careful r25" in again.stderr and "RuntimeWarning: divide by zero" in again.stderr
 
 
+def test_iterations_follow_the_notebooks_decimal_context_recursion_limit_and_int_digits(ip, run_cell):
+    """``decimal.getcontext().prec = 50``, ``sys.setrecursionlimit(5000)`` and ``sys.set_int_max_str_digits(0)`` in
+    the notebook changed the sequential loop's results (more digits; a deep recursion that works; a long
+    integer printed), while the workers kept Python's defaults: 28 digits silently, a RecursionError, a
+    ValueError. The next cell, with the notebook's settings back, gets the defaults again."""
+    import decimal
+    import sys
+
+    body = ("import decimal, sys\n"
+            "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n"
+            "(str(decimal.Decimal(1) / decimal.Decimal(7)), depth(3000), len(str(10 ** 5000)), x)\n")
+    cell = f"%%azpar -o settled_r25 --errors pass --chunk-size 1 for x in range(2):\n{body}"
+    limit, digits = sys.getrecursionlimit(), sys.get_int_max_str_digits()
+    context = decimal.getcontext().copy()
+    try:
+        decimal.getcontext().prec = 50
+        sys.setrecursionlimit(10_000)
+        sys.set_int_max_str_digits(0)
+        run = run_cell(cell)
+        assert run.success, run.error
+        expected = str(decimal.Decimal(1) / decimal.Decimal(7))
+        assert len(expected) == 52 and ip.user_ns["settled_r25"] == [(expected, 3000, 5001, 0), (expected, 3000, 5001, 1)]
+    finally:
+        decimal.setcontext(context)
+        sys.setrecursionlimit(limit)
+        sys.set_int_max_str_digits(digits)
+    assert run_cell(cell).success
+    kinds = [type(v).__name__ for v in ip.user_ns["settled_r25"]]
+    assert kinds == ["RecursionError", "RecursionError"] or kinds == ["ValueError", "ValueError"], kinds
+
+
 def pd_warning_path():
     import pandas
 

@@ -110,8 +110,8 @@ class Capture:
     changeable: bool = True
     # The kernel's logging set-up the iterations' log records follow (``logging_setup``), or None.
     logging: dict | None = None
-    # The kernel's warning filters and numpy's error handling the iterations follow (``warnings_setup``).
-    warning_setup: dict | None = None
+    # The kernel's settings the iterations follow (``interpreter_settings``): warning filters, numpy's errors, ...
+    settings: dict | None = None
     # A digest of local_modules (``modules_digest``), "" when there are none: the local pool stages them
     # once per digest, and workers key their loaded copy by it, instead of carrying them in every job.
     local_modules_sha256: str = ""
@@ -1436,7 +1436,7 @@ def capture(
         iterators=_shipped_iterators(chosen),
         changeable=wire.namespace_is_changeable(chosen.values()),
         logging=logging_setup(chosen),
-        warning_setup=warnings_setup(),
+        settings=interpreter_settings(),
     )
 
 
@@ -1502,13 +1502,20 @@ _NUMPY_DEFAULT_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "i
 _FILTERS_SEEN: list = [None, None]  # (the kernel's warnings.filters as a tuple, their portable form)
 
 
-def warnings_setup() -> dict:
-    """The kernel's warning filters (``warnings.filterwarnings("ignore")``, ``simplefilter("error", ...)``)
-    and numpy's floating-point error handling (``np.seterr(all="ignore")``), which the sequential loop
-    follows: the workers followed their own, so a notebook that silenced warnings got every iteration's
-    printed, and one that made them errors got prints. Filters are given as plain data (each category by
-    its module and name, rebuilt on the worker; the kernel's own packages' filters left out) and made once
-    per change of ``warnings.filters`` (a tuple comparison a cell otherwise)."""
+def interpreter_settings() -> dict:
+    """The kernel's settings that change what the loop's iterations do, which the sequential loop follows and
+    the workers did not (they followed their own):
+
+    - warning filters (``warnings.filterwarnings("ignore")``, ``simplefilter("error")``): a notebook that
+      silenced warnings got every iteration's printed, one that made them errors got prints;
+    - numpy's floating-point error handling (``np.seterr(all="ignore")``, ``divide="raise"``);
+    - ``decimal``'s context (``getcontext().prec = 50``): other digits, silently;
+    - the recursion limit (``sys.setrecursionlimit(10_000)``): a RecursionError on the workers only;
+    - the integer string conversion limit (``sys.set_int_max_str_digits(0)``): a ValueError there only.
+
+    Filters are given as plain data (each category by its module and name, rebuilt on the worker; the kernel's
+    own packages' filters left out) and made once per change of ``warnings.filters`` (a tuple comparison a cell
+    otherwise); the others only when they differ from Python's defaults."""
     import warnings
 
     key = tuple(warnings.filters)
@@ -1518,17 +1525,10 @@ def warnings_setup() -> dict:
             where = getattr(category, "__module__", "builtins") or "builtins"
             if where.partition(".")[0] in _KERNEL_PACKAGES:
                 continue
-            filters.append(
-                [
-                    action,
-                    _portable_pattern(message),
-                    f"{where}:{category.__qualname__}",
-                    _portable_pattern(module),
-                    lineno,
-                ]
-            )
+            kind = f"{where}:{category.__qualname__}"
+            filters.append([action, _portable_pattern(message), kind, _portable_pattern(module), lineno])
         _FILTERS_SEEN[:] = [key, filters]
-    setup: dict = {"filters": _FILTERS_SEEN[1]}
+    settings: dict = {"filters": _FILTERS_SEEN[1]}
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         try:
@@ -1536,8 +1536,34 @@ def warnings_setup() -> dict:
         except Exception:  # a numpy that is half imported, or a stand-in module
             errors = _NUMPY_DEFAULT_ERRORS
         if errors != _NUMPY_DEFAULT_ERRORS:
-            setup["numpy_errors"] = dict(errors)
-    return setup
+            settings["numpy_errors"] = dict(errors)
+    decimal = sys.modules.get("decimal")
+    if decimal is not None:
+        context = _decimal_settings(decimal.getcontext())
+        if context != _decimal_settings(decimal.Context()):
+            settings["decimal"] = context
+    if sys.getrecursionlimit() != _DEFAULT_RECURSION_LIMIT:
+        settings["recursion_limit"] = sys.getrecursionlimit()
+    digits = getattr(sys, "get_int_max_str_digits", None)  # Python 3.11+ (and 3.10.7+)
+    if digits is not None and digits() != _DEFAULT_INT_DIGITS:
+        settings["int_max_str_digits"] = digits()
+    return settings
+
+
+_DEFAULT_RECURSION_LIMIT = 1000  # Python's, which a worker starts with
+_DEFAULT_INT_DIGITS = 4300  # sys.int_info.default_max_str_digits
+
+
+def _decimal_settings(context: Any) -> dict:
+    return {
+        "prec": context.prec,
+        "rounding": context.rounding,
+        "Emin": context.Emin,
+        "Emax": context.Emax,
+        "capitals": context.capitals,
+        "clamp": context.clamp,
+        "traps": sorted(signal.__name__ for signal, on in context.traps.items() if on),
+    }
 
 
 def _portable_pattern(pattern: Any) -> Any:
@@ -1714,7 +1740,7 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         ),
         "sources": {**cap.sources, CELL_FILENAME: cell.source},
         **({"logging": cap.logging} if cap.logging else {}),
-        **({"warnings": cap.warning_setup} if cap.warning_setup else {}),
+        **({"settings": cap.settings} if cap.settings else {}),
     }
 
 
