@@ -1160,8 +1160,7 @@ _NUMPY_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid":
 def _follow_settings(settings: dict) -> None:
     """Run the iterations under the notebook's warning filters, numpy's error handling, ``decimal``'s context,
     recursion limit and integer string limit, as the sequential loop runs (``capture.interpreter_settings``).
-    What the last job's settings changed and this job's leave out goes back to the worker's own. A filter
-    whose category this process cannot import is left out."""
+    What the last job's settings changed and this job's leave out goes back to the worker's own."""
     import warnings
 
     previous = _SETTINGS[0] or {}
@@ -1169,9 +1168,7 @@ def _follow_settings(settings: dict) -> None:
     if given != _FILTERS_MADE[0]:  # (the same filters, job after job: made once)
         made = []
         for action, message, category, module, lineno in given:
-            kind = _warning_category(category)
-            if kind is not None:
-                made.append((action, _pattern(message, True), kind, _pattern(module, False), lineno))
+            made.append((action, _pattern(message, True), _warning_category(category), _pattern(module, False), lineno))
         _FILTERS_MADE[:] = [given, made]
     warnings.filters[:] = _FILTERS_MADE[1]
     warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
@@ -1231,17 +1228,47 @@ class _LazyPattern:
 
 
 def _warning_category(path: str):
-    """The warning class ``module:qualname`` names, imported when need be; None when it cannot be."""
+    """The warning class ``module:qualname`` names, or, when its module is not imported here yet, a
+    ``_LazyCategory`` standing in for it: importing a library for a filter (numpy adds one for its RankWarning)
+    cost every worker that library's import, whether the body used it or not."""
     module_name, _, qualname = path.partition(":")
-    try:
-        if module_name not in sys.modules:
-            __import__(module_name)
-        found = sys.modules[module_name]
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except Exception:
-        return None
-    return found if isinstance(found, type) and issubclass(found, Warning) else None
+    if module_name in sys.modules:
+        found = _LazyCategory(module_name, qualname).resolve()
+        if found is not None:
+            return found
+    return _LazyCategory(module_name, qualname)
+
+
+class _LazyCategory:
+    """A filter's category whose module this process has not imported: no warning of it can be raised before
+    the module is, so it matches nothing until then, and the class itself once it is (the interpreter asks
+    ``issubclass(category, filter_category)``, which calls ``__subclasscheck__`` here)."""
+
+    __slots__ = ("module", "qualname", "_found")
+
+    def __init__(self, module: str, qualname: str) -> None:
+        self.module, self.qualname, self._found = module, qualname, None
+
+    def resolve(self):
+        if self._found is None:
+            module = sys.modules.get(self.module)
+            if module is None:
+                return None  # not imported yet: looked for again at the next warning
+            found = module
+            try:
+                for part in self.qualname.split("."):
+                    found = getattr(found, part)
+            except AttributeError:
+                found = None
+            self._found = found if isinstance(found, type) and issubclass(found, Warning) else False
+        return self._found or None
+
+    def __subclasscheck__(self, category) -> bool:
+        found = self.resolve()
+        return found is not None and issubclass(category, found)
+
+    def __repr__(self) -> str:
+        return f"<warning category {self.module}.{self.qualname}>"
 
 
 def _recorded_stream_handler(logging: types.ModuleType, setup: dict):
