@@ -1197,7 +1197,78 @@ def _follow_settings(settings: dict) -> None:
     digits = settings.get("int_max_str_digits")
     if (digits is not None or previous.get("int_max_str_digits") is not None) and _STARTED_INT_DIGITS:
         sys.set_int_max_str_digits(_STARTED_INT_DIGITS if digits is None else digits)
+    if settings.get("figures"):
+        _draw_figures_here()
     _SETTINGS[0] = settings
+
+
+# matplotlib figures, for a notebook that shows them inline (capture.interpreter_settings' "figures"): the
+# worker's pyplot draws with a backend of its own, whose show() puts each open figure, as a PNG, in the output
+# of the iteration running, and a task's end does the same with the figures its iterations left open, as a
+# notebook's cell end does. The kernel's inline backend (its MPLBACKEND, inherited) printed Figure(640x480).
+FIGURES_BACKEND = "azpar_figures_backend"
+_FIGURES: list = [False]  # whether a job asked for them here
+
+
+def _draw_figures_here() -> None:
+    backend = f"module://{FIGURES_BACKEND}"
+    if not _FIGURES[0]:
+        sys.meta_path.append(_FiguresBackendFinder())
+    _FIGURES[0] = True
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is None:
+        os.environ["MPLBACKEND"] = backend  # (put back with the environment at the next job, set again here)
+        return
+    params = matplotlib.rcParams
+    current = params._get_backend_or_none() if hasattr(params, "_get_backend_or_none") else None
+    if current != backend:
+        try:
+            matplotlib.use(backend)
+        except Exception:  # a matplotlib too old for module backends: figures are not drawn here
+            _FIGURES[0] = False
+
+
+class _FiguresBackendFinder:
+    """Makes the backend module when matplotlib imports it (it reads the module's attributes once, then): Agg's
+    canvas, and a show() of our own. No file: the worker is one script."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != FIGURES_BACKEND:
+            return None
+        from importlib.machinery import ModuleSpec
+
+        return ModuleSpec(name, self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        module.FigureCanvas = FigureCanvasAgg
+        module.show = _show_figures
+
+
+def _show_figures(*_args, **_kwargs) -> None:
+    """``plt.show()`` in a body: the open figures, in the running iteration's output."""
+    sink = _STDOUT._sink
+    if sink is not None:
+        _flush_figures(sink.add)
+
+
+def _flush_figures(add) -> None:
+    """Each open figure as a display (a PNG and its text), then closed, as the notebook's inline backend does."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return
+    try:
+        figures = [manager.canvas.figure for manager in pyplot._pylab_helpers.Gcf.get_all_fig_managers()]
+    except Exception:
+        return
+    for figure in figures:
+        add("display", mime_bundle(figure))
+    if figures:
+        pyplot.close("all")
 
 
 def _pattern(given, message: bool):
@@ -1734,7 +1805,9 @@ class _OutputSink:
         self.recorders: dict[int, _Recorder] = {}
 
     def add(self, kind: str, data) -> None:
-        index = self.running() if self.running is not None else self.progress[0]
+        self.add_to(self.running() if self.running is not None else self.progress[0], kind, data)
+
+    def add_to(self, index: int, kind: str, data) -> None:
         recorder = self.recorders.get(index)
         if recorder is None:
             recorder = self.recorders[index] = _Recorder()
@@ -2599,6 +2672,8 @@ class Runner:
                     gathered.append({name: namespace.get(name) for name in gather})
         finally:
             _RUNNING[0] = None
+            if _FIGURES[0] and indices:  # what the task's iterations left open, shown as a cell's end shows it
+                _flush_figures(functools.partial(sink.add_to, indices[-1] if counted else progress[0]))
             _STDOUT._sink = _STDERR._sink = None
             sys.stdout, sys.stderr = saved[0], saved[1]
             if files is not None:

@@ -9,6 +9,7 @@ configuration leaks in: cells run on the local pool.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -319,6 +320,26 @@ print(f"after {i}")''')
     for i in range(3):
         expected += [f"before {i}", f"<display> <b>{i}</b>", f"after {i}"]
     assert run.transcript() == expected
+
+
+@pytest.mark.timeout(120)
+def test_matplotlib_figures_of_iterations_are_shown_as_the_notebook_shows_them(kernel):
+    """``plt.show()`` in a body printed ``Figure(640x480)`` (the kernel's inline backend, inherited by the
+    workers, had no notebook there) and figures a body left open were never shown. A worker now draws with a
+    backend of its own when the notebook shows figures inline: show() puts each open figure, a PNG, in the
+    iteration's output where it was called, and a task's end shows what its iterations left open."""
+    pytest.importorskip("matplotlib")
+    kernel.ok("import matplotlib.pyplot as plt")
+    run = kernel.ok("%%azpar -q --chunk-size 1 -o shown for i in range(2):\n"
+                    "print(f'before {i}')\nplt.plot([0, i])\nplt.show()\nprint(f'after {i}')\ni")
+    figure = "<display> <Figure size 640x480 with 1 Axes>"
+    assert run.transcript() == ["before 0", figure, "after 0", "before 1", figure, "after 1"], run.transcript()
+    pictures = [m["content"]["data"] for m in run.messages if m["msg_type"] == "display_data"]
+    assert len(pictures) == 2 and all(base64.b64decode(p["image/png"])[:4] == b"\x89PNG" for p in pictures)
+    left = kernel.ok("%%azpar -q --chunk-size 2 -o left for i in range(4):\n"
+                     "fig, ax = plt.subplots()\nax.bar([0], [i])\nfig.number")
+    assert sum(m["msg_type"] == "display_data" for m in left.messages) == 4, left.transcript()
+    assert "Figure(640x480)" not in run.stdout + left.stdout
 
 
 @pytest.mark.timeout(120)

@@ -1511,7 +1511,9 @@ def interpreter_settings() -> dict:
     - numpy's floating-point error handling (``np.seterr(all="ignore")``, ``divide="raise"``);
     - ``decimal``'s context (``getcontext().prec = 50``): other digits, silently;
     - the recursion limit (``sys.setrecursionlimit(10_000)``): a RecursionError on the workers only;
-    - the integer string conversion limit (``sys.set_int_max_str_digits(0)``): a ValueError there only.
+    - the integer string conversion limit (``sys.set_int_max_str_digits(0)``): a ValueError there only;
+    - whether the notebook shows matplotlib figures inline (``figures``): ``plt.show()`` in a body printed
+      ``Figure(640x480)``, and figures a body left open were never shown.
 
     Filters are given as plain data (each category by its module and name, rebuilt on the worker; the kernel's
     own packages' filters left out) and made once per change of ``warnings.filters`` (a tuple comparison a cell
@@ -1547,7 +1549,28 @@ def interpreter_settings() -> dict:
     digits = getattr(sys, "get_int_max_str_digits", None)  # Python 3.11+ (and 3.10.7+)
     if digits is not None and digits() != _DEFAULT_INT_DIGITS:
         settings["int_max_str_digits"] = digits()
+    if _shows_figures_inline():
+        settings["figures"] = True
     return settings
+
+
+_INLINE_BACKENDS = ("inline", "ipympl", "widget", "nbagg")  # matplotlib backends that draw into the notebook
+
+
+def _shows_figures_inline() -> bool:
+    """Whether matplotlib draws into this notebook: its backend, once imported (read without resolving an
+    automatic one, which would import a GUI toolkit), else the MPLBACKEND ipykernel sets for it."""
+    backend = os.environ.get("MPLBACKEND", "")
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is not None:
+        params = getattr(matplotlib, "rcParams", None)
+        try:
+            chosen = params._get_backend_or_none() if hasattr(params, "_get_backend_or_none") else None
+        except Exception:
+            chosen = None
+        backend = chosen or backend
+    backend = backend.lower()
+    return any(name in backend for name in _INLINE_BACKENDS)
 
 
 _DEFAULT_RECURSION_LIMIT = 1000  # Python's, which a worker starts with
