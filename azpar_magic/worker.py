@@ -1207,6 +1207,7 @@ def _follow_settings(settings: dict) -> None:
 # of the iteration running, and a task's end does the same with the figures its iterations left open, as a
 # notebook's cell end does. The kernel's inline backend (its MPLBACKEND, inherited) printed Figure(640x480).
 FIGURES_BACKEND = "azpar_figures_backend"
+_BASELINE: list = [None]  # the serving worker's _ProcessState
 _FIGURES: list = [False]  # whether a job asked for them here
 
 
@@ -1217,7 +1218,10 @@ def _draw_figures_here() -> None:
     _FIGURES[0] = True
     matplotlib = sys.modules.get("matplotlib")
     if matplotlib is None:
-        os.environ["MPLBACKEND"] = backend  # (put back with the environment at the next job, set again here)
+        if os.environ.get("MPLBACKEND") != backend:
+            os.environ["MPLBACKEND"] = backend
+            if _BASELINE[0] is not None:  # the worker's own now: not put back (and set again) at every job
+                _BASELINE[0].keep_environ("MPLBACKEND", backend)
         return
     params = matplotlib.rcParams
     current = params._get_backend_or_none() if hasattr(params, "_get_backend_or_none") else None
@@ -3615,6 +3619,12 @@ class _ProcessState:
         raw = getattr(os.environ, "_data", None)
         return raw != self.raw_environ if raw is not None and self.raw_environ else dict(os.environ) != self.environ
 
+    def keep_environ(self, name: str, value: str) -> None:
+        """Make ``name=value`` part of the environment this worker puts back at each job."""
+        self.environ[name] = value
+        if self.raw_environ:
+            self.raw_environ[os.environ.encodekey(name)] = os.environ.encodevalue(value)  # type: ignore[attr-defined]
+
     def restore_environ(self) -> None:
         if self._environ_changed():
             zone = os.environ.get("TZ")
@@ -3725,6 +3735,7 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
     cache = JobCache()
     inbox = _Inbox(fd_in, send)
     baseline, jobs_seen = _ProcessState(), dict[str, None]()
+    _BASELINE[0] = baseline
     environ_job, environ_changed = None, False  # the job whose variables the environment holds; changed ones?
     send({"op": "ready", "pid": os.getpid(), "gives_back": inbox.gives_back})
     while True:
