@@ -332,6 +332,23 @@ def test_seeded_values_are_reused_only_for_the_same_seed():
     assert other.from_cache == 0
 
 
+def test_values_are_reused_only_under_the_same_decimal_context():
+    """The iterations follow the notebook's decimal context (capture.interpreter_settings): a value computed with
+    28 digits was reused after ``getcontext().prec = 50``. The context is in the key when it is not the default."""
+    import decimal
+
+    ns = _ns(D=decimal.Decimal, xs=[1, 3, 7])
+    first, values = _run(ns, body="D(1) / D(x)", cache=True)
+    with decimal.localcontext() as context:
+        context.prec = 50
+        job, longer = _run(ns, body="D(1) / D(x)", cache=True)
+        assert _ran(job) == [0, 1, 2] and len(str(longer[2])) == 52, longer
+        again, same = _run(ns, body="D(1) / D(x)", cache=True)
+        assert _ran(again) == [] and same == longer
+    back, shorter = _run(ns, body="D(1) / D(x)", cache=True)
+    assert _ran(back) == [] and shorter == values and len(str(values[2])) == 30
+
+
 def test_gathered_variables_come_back_from_the_cache():
     ns = _ns()
     body = "y = x * 10\nx"

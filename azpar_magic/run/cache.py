@@ -5,7 +5,8 @@ body source, a digest of the CONTENT of the captured namespace (and of the noteb
 modules its code comes from, and the versions of the packages it names), the item's content
 digest, the files ``--inputs`` gives it (each one's path, size and modification time: a file
 edited since is a miss), and the options that change one iteration's value (``--seed`` with i,
-since the iteration's stream is spawned from both; ``--gather`` names). Options that only shape the
+since the iteration's stream is spawned from both; ``--gather`` names), and the notebook's ``decimal`` context
+when it is not Python's default (the iterations follow it: capture.interpreter_settings). Options that only shape the
 whole result (``--combine``, ``--errors``, ``--chunk-size``) are not in it, nor is the
 iterable's expression: the same item through the same body gives the same value whatever
 list it came from.
@@ -248,6 +249,10 @@ def iteration_keys(
         repr(options.seed).encode(),
         sys.version.split()[0].encode(),
     ):
+        common.update(len(part).to_bytes(8, "big") + part)
+    decimal = capture_mod.interpreter_settings().get("decimal")
+    if decimal is not None:  # the notebook's own precision and rounding: other digits (in the key only then)
+        part = repr(sorted(decimal.items())).encode()
         common.update(len(part).to_bytes(8, "big") + part)
     seeded = options.seed is not None
     keys: list[bytes | None] = []
