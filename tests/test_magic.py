@@ -651,6 +651,32 @@ def test_a_body_deleting_a_notebook_variable_deletes_its_own_copy(ip, run_cell):
     ip.user_ns.pop("doomed")
 
 
+def test_a_module_the_body_imports_from_a_folder_the_notebook_added_to_sys_path_reaches_the_workers(
+    ip, run_cell, tmp_path
+):
+    """``sys.path.insert(0, "../src")`` in the notebook, ``import helpers`` in the body only (the notebook never
+    imported it): only modules the kernel had imported were looked for there, so every iteration failed with
+    ModuleNotFoundError where the loop run in the notebook imported it. A package there, and the module the
+    first one imports, travel too; an installed module the body imports still goes by name."""
+    src = tmp_path / "src"
+    (src / "azpar_body_pkg").mkdir(parents=True)
+    (src / "azpar_body_only.py").write_text("import azpar_body_dep\ndef scale(v):\n    return azpar_body_dep.K * v\n")
+    (src / "azpar_body_dep.py").write_text("K = 13\n")
+    (src / "azpar_body_pkg" / "__init__.py").write_text("from .inner import twice\n")
+    (src / "azpar_body_pkg" / "inner.py").write_text("def twice(v):\n    return 2 * v\n")
+    setup = run_cell(f"import sys\nsys.path.insert(0, {str(src)!r})")
+    assert setup.success, setup.error
+    try:
+        run = run_cell("%%azpar -q -o body_imported for x in range(3):\n"
+                       "import azpar_body_only, azpar_body_pkg, json\n"
+                       "(azpar_body_only.scale(x), azpar_body_pkg.twice(x), json.dumps(x))")
+        assert run.success, run.error
+        assert ip.user_ns["body_imported"] == [(0, 0, "0"), (13, 2, "1"), (26, 4, "2")]
+        assert "azpar_body_only" not in __import__("sys").modules, "the capture imported the module itself"
+    finally:
+        run_cell(f"sys.path.remove({str(src)!r})")
+
+
 def test_a_module_imported_through_a_folder_the_notebook_added_to_sys_path_reaches_the_workers(
     ip, run_cell, tmp_path
 ):

@@ -1185,6 +1185,8 @@ def _module_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | N
     if module is None:
         candidates = [os.path.join(folder, name + ".py"), os.path.join(folder, name, "__init__.py")]
         path = next((c for c in candidates if os.path.isfile(c)), None)
+        if path is None:  # not beside the notebook: where the kernel's import would find it
+            return _found_on_user_path(name, prefixes)
     if not path:
         return None
     path = os.path.realpath(path)  # (one per module the cell uses: most are under the prefixes)
@@ -1196,6 +1198,26 @@ def _module_source(name: str, folder: str, prefixes: tuple[str, ...]) -> str | N
     # folder of the user's, and not an installed distribution (one kept beside the notebook is a
     # package to install, as it was).
     return path if module is not None and _on_user_path(name, path, prefixes) else None
+
+
+def _found_on_user_path(name: str, prefixes: tuple[str, ...]) -> str | None:
+    """The file of a module the kernel has not imported (the body imports it itself) when the kernel's
+    ``sys.path`` finds it in a folder of the user's (``sys.path.insert(0, "../src")``), without importing it.
+    A body's ``import helpers`` of such a module failed on every worker with ModuleNotFoundError, where the
+    loop run in the notebook imported it. The path finder's caches of the folders make it ~10 us."""
+    from importlib.machinery import PathFinder
+
+    try:
+        spec = PathFinder.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    if not isinstance(origin, str) or not origin.endswith(".py"):
+        return None
+    path = os.path.realpath(origin)
+    if path.startswith(prefixes) or _installed_place(path, prefixes):
+        return None
+    return path if _on_user_path(name, path, prefixes) else None
 
 
 def _on_user_path(name: str, path: str, prefixes: tuple[str, ...]) -> bool:
