@@ -1173,14 +1173,11 @@ def _follow_settings(settings: dict) -> None:
     warnings.filters[:] = _FILTERS_MADE[1]
     warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
     errors = settings.get("numpy_errors")
-    numpy = sys.modules.get("numpy")
-    if errors is not None:
-        try:
-            import numpy
-        except ImportError:
-            numpy = None
+    numpy = sys.modules.get("numpy")  # (never imported for this: a task imports it when it uses it)
     if numpy is not None and numpy.geterr() != (errors or _NUMPY_ERRORS):
         numpy.seterr(**(errors or _NUMPY_ERRORS))
+    if errors is not None and numpy is None:  # set as a task's own import of numpy ends
+        _NUMPY_SETTINGS_WATCH.install()
     context = settings.get("decimal")
     if context is not None or previous.get("decimal") is not None:
         import decimal
@@ -1990,6 +1987,10 @@ def _numpy_imported(numpy: types.ModuleType) -> None:
 
 
 _NUMPY_WATCH = _AfterImport("numpy", _numpy_imported)  # installed for a seeded task, removed when it ends
+# Installed when a job gives numpy's error handling before this process imported numpy (_follow_settings).
+_NUMPY_SETTINGS_WATCH = _AfterImport(
+    "numpy", lambda numpy: numpy.seterr(**((_SETTINGS[0] or {}).get("numpy_errors") or numpy.geterr()))
+)
 _LINECACHE_WATCH = _AfterImport("linecache", lambda _linecache: _show_sources(_SOURCES))
 
 

@@ -305,8 +305,14 @@ def test_nothing_outside_a_backend_decides_by_its_name_or_probes_its_members():
     )
 
 
+# Libraries the worker imports only when a task's own code already uses them, never for itself: matplotlib's
+# Agg canvas, in the figures backend module matplotlib itself imports (worker._FiguresBackendFinder).
+WORKER_IMPORTS_WHEN_THE_TASK_DOES = {"matplotlib"}
+
+
 def test_the_worker_imports_only_the_standard_library_and_dill():
     allowed = set(sys.stdlib_module_names) | {"__future__", "dill", PACKAGE}  # the package: the next line
+    allowed |= WORKER_IMPORTS_WHEN_THE_TASK_DOES
     others = [
         f"{PACKAGE}.worker:{line}: {name}"
         for name, line in _external_imports_of(f"{PACKAGE}.worker")

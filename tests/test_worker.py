@@ -666,7 +666,8 @@ def test_the_notebooks_filters_import_nothing_until_a_warning_meets_them(tmp_pat
     """The kernel's warning filters travel with a job (capture.interpreter_settings). numpy adds a filter for its
     RankWarning when imported, so rebuilding each category by importing its module cost every worker numpy's
     import, and a message pattern cost ``re``'s, whatever the body used. A category whose module is not imported
-    yet stands in until it is, then matches as the class; a pattern is compiled when a warning meets it."""
+    yet stands in until it is, then matches as the class; a pattern is compiled when a warning meets it. numpy's
+    error handling is set when the task's own import of numpy ends, not by importing it."""
     script = tmp_path / "worker.py"
     shutil.copy(wire.__file__, script)
     (tmp_path / "azpar_lazy_library.py").write_text("class Noisy(UserWarning):\n    pass\n")
@@ -678,7 +679,7 @@ worker._follow_settings({"filters": [
     ["error", None, "azpar_lazy_library:Noisy", None, 0],
     ["error", None, "builtins:RuntimeWarning", {"re": "never", "flags": 32}, 0],
     ["ignore", None, "numpy.exceptions:RankWarning", None, 0],
-]})
+], "numpy_errors": {"divide": "raise", "over": "warn", "under": "ignore", "invalid": "warn"}})
 before = ("azpar_lazy_library" in sys.modules, "numpy" in sys.modules, "re" in sys.modules)
 warnings.warn("Quiet please")                      # matched by the pattern: ignored
 import azpar_lazy_library
@@ -688,11 +689,13 @@ try:
 except azpar_lazy_library.Noisy:
     raised = True
 warnings.warn("shown", RuntimeWarning)             # the module pattern does not match: shown
-print(before, raised, "numpy" in sys.modules)
+imported = "numpy" in sys.modules
+import numpy                                        # the task's own import: numpy's errors set as it ends
+print(before, raised, imported, numpy.geterr()["divide"])
 """
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path)}
     done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n{probe}"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "(False, False, False) True False", done.stdout
+    assert done.stdout.strip() == "(False, False, False) True False raise", done.stdout
     assert "Quiet please" not in done.stderr and "RuntimeWarning: shown" in done.stderr, done.stderr
