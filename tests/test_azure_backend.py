@@ -619,3 +619,21 @@ def test_the_nodes_follow_the_notebooks_warning_filters_and_numpy_errors(azure, 
     finally:
         np.seterr(**errors)
         ip.user_ns.pop("node_warned", None)
+
+
+def test_figures_a_node_shows_come_back_as_pictures(azure, ip, run_cell, batch, monkeypatch):
+    # A notebook that shows matplotlib figures inline (ipykernel sets MPLBACKEND so): plt.show() on a node shows
+    # the open figures where it was called, as PNGs, in the iteration's output, which the cell replays.
+    pytest.importorskip("matplotlib")
+    from tests.wheels import wheel_folder
+
+    wheel_folder("matplotlib")  # the profile's find-links folder: the nodes install it as the kernel's version
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    run = run_cell("%%azpar -q -o node_figures --chunk-size 1 for x in range(2):\n"
+                   "import matplotlib.pyplot as plt\nplt.plot([0, x])\nplt.show()\nx")
+    assert run.success, run.error
+    assert ip.user_ns.pop("node_figures") == [0, 1]
+    pictures = [o.data for o in run.outputs if "image/png" in o.data]
+    assert len(pictures) == 2, [o.data.keys() for o in run.outputs]
+    assert all(base64.b64decode(p["image/png"])[:4] == b"\x89PNG" for p in pictures)
+    assert "Figure(640x480)" not in run.stdout
