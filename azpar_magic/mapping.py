@@ -21,7 +21,7 @@ from . import session
 from .errors import SubmitError
 from .jobs import Job, JobOptions
 from .jobs.job import FUNCTION_ITEM, FUNCTION_ITEMS, FUNCTION_LOOP
-from .jobs.text import short_repr
+from .jobs.text import DURATION_FORMS, parse_duration, short_repr
 from .run.engine import validate_options
 from .run.parsing import checked_requirements, is_variable_name, parse_cell
 from .run.request import API_SPELLING, RunRequest
@@ -36,7 +36,7 @@ def map(
     *iterables: Iterable[Any],
     errors: str = "stop",
     retries: int = 2,  # noqa: A001
-    timeout: float | None = None,
+    timeout: float | str | None = None,
     chunk_size: int | None = None,
     seed: int | None = None,
     workers: int | None = None,
@@ -67,6 +67,13 @@ def map(
     whose function, captured names and argument are unchanged reuses its stored value.
     What the calls print is kept, not shown: ``job.output(i)``, ``job.logs()``."""
     if iterables:  # each call's arguments, one from each iterable: starmap's items
+        for position, each in enumerate((iterable, *iterables), start=1):
+            try:
+                iter(each)
+            except TypeError as exc:  # as map(f, 5) says it, not zip's bare TypeError
+                raise ValueError(
+                    f"Iterating over iterable {position} given to map raised TypeError: {exc}. Nothing was submitted."
+                ) from None
         return _submit(func, zip(iterable, *iterables), True, locals(), "map")
     return _submit(func, iterable, False, locals(), "map")
 
@@ -77,7 +84,7 @@ def starmap(
     *,
     errors: str = "stop",
     retries: int = 2,
-    timeout: float | None = None,
+    timeout: float | str | None = None,
     chunk_size: int | None = None,
     seed: int | None = None,
     workers: int | None = None,
@@ -107,7 +114,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
     options = JobOptions(
         errors=given["errors"],
         retries=given["retries"],
-        timeout=given["timeout"],
+        timeout=timeout_argument(given["timeout"]),
         chunk_size=given["chunk_size"],
         seed=given["seed"],
         name=given["name"],
@@ -255,6 +262,20 @@ def rerun_problem(job_id: str, source: str, namespace: Mapping[str, Any]) -> str
         "(or starmap) again with it, on the items whose indices job.missing_indices() gives. Nothing was "
         "submitted."
     )
+
+
+def timeout_argument(value: Any) -> Any:
+    """The API's ``timeout`` in seconds: a number as given (the engine checks its range), or a string the magic's
+    ``--timeout`` takes (``"10m"``, ``"1.5h"``), which ``timeout="10m"`` refused though the cell took it."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"timeout must be a number of seconds, or a string with a unit ({DURATION_FORMS}), not {value!r}. "
+            "Nothing was submitted."
+        ) from None
 
 
 def check_workers(workers: Any) -> None:

@@ -407,7 +407,9 @@ def test_bad_option_values(ip, run_cell, guard, options, fragments):
     pytest.param({"timeout": 3_000_000}, id="timeout_huge"),
     pytest.param({"timeout": float("inf")}, id="timeout_inf"),
     pytest.param({"timeout": float("nan")}, id="timeout_nan"),
-    pytest.param({"timeout": "5"}, id="timeout_str"),
+    pytest.param({"timeout": "5 minutes"}, id="timeout_str"),
+    pytest.param({"timeout": "0s"}, id="timeout_str_0"),
+    pytest.param({"timeout": "8d"}, id="timeout_str_huge"),
     pytest.param({"chunk_size": 2.0}, id="chunk_size_float"),
     pytest.param({"seed": -1}, id="seed_negative"),
     pytest.param({"seed": 2**64}, id="seed_huge"),
@@ -424,6 +426,17 @@ def test_python_api_refuses_bad_option_values(guard, options):
         if job is not None:
             job.cancel()
             job.wait(1)
+
+
+def test_python_api_takes_the_timeout_forms_the_magic_takes(guard):
+    """``--timeout 10m`` worked in a cell while ``run(..., timeout="10m")`` and ``map(..., timeout="10m")`` were
+    refused: the API reads the same forms (jobs.text.parse_duration)."""
+    job = azpar_magic.run("for x in range(2)", "x", {}, timeout="10m")
+    assert job.result() == [0, 1] and job.options.timeout == 600
+    mapped = azpar_magic.map(abs, [-1], timeout="1.5h", wait=False)
+    assert mapped.result() == [1] and mapped.options.timeout == 5400
+    with pytest.raises(ValueError, match=r"^timeout must be a number of seconds, or a string with a unit \(90s"):
+        azpar_magic.map(abs, [-1], timeout="soon")
 
 
 @pytest.mark.parametrize(("loop", "body", "error", "said"), [

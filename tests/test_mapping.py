@@ -265,6 +265,8 @@ def test_map_over_several_iterables_calls_with_one_argument_from_each(ip, run_ce
     assert info.value.error_type.endswith("TypeError") and info.value.item_repr == "(1, 'a')", info.value
     with pytest.raises(TypeError, match="^azpar_magic.map takes a function"):
         azpar_magic.map(3, [1], [2])
+    with pytest.raises(ValueError, match="^Iterating over iterable 2 given to map raised TypeError: 'int' object"):
+        azpar_magic.map(weighted, [1], 5)
     inner = run_cell("def pairs(n):\n    import azpar_magic\n    return azpar_magic.map(divmod, range(n), [2] * n)\n")
     assert inner.success, inner.error
     assert azpar_magic.map(ip.user_ns["pairs"], [3]) == [[(0, 0), (0, 1), (1, 0)]]

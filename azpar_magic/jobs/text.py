@@ -6,7 +6,10 @@ text line or a backend writes them; the forms live here, below all of those.
 
 from __future__ import annotations
 
-__all__ = ["format_duration", "short_repr"]
+__all__ = ["format_duration", "parse_duration", "short_repr", "DURATION_FORMS"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_FORMS = "90s, 10m, 1.5h, 2d"  # what parse_duration takes, as messages name it
 
 
 def short_repr(obj: object, limit: int = 80) -> str:
@@ -26,3 +29,11 @@ def format_duration(seconds: float | None) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``1.5h`` or ``2d`` (ValueError otherwise): the magic's ``--timeout``
+    and the Python API's ``timeout="10m"`` read the same forms."""
+    word = text.strip().lower()
+    scale = _UNITS.get(word[-1:], None) if word else None
+    return float(word[:-1] if scale else word) * (scale or 1)

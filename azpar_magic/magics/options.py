@@ -16,6 +16,7 @@ from .. import session
 from ..backends.base import Backend
 from ..errors import CellError, SubmitError, did_you_mean
 from ..jobs import JobOptions, merge
+from ..jobs.text import DURATION_FORMS, parse_duration
 from ..run.engine import validate_options
 from ..run.parsing import checked_requirements, is_variable_name
 from ..run.request import FLAG_SPELLING
@@ -157,22 +158,17 @@ def _number(flag: str, text: str | None, kind: type) -> Any:
         raise UsageError(f"{flag} must be {whole}, got {text!r}. Nothing was submitted.") from None
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _duration(flag: str, text: str | None) -> float | None:
     """A duration in seconds from ``90``, ``90s``, ``10m``, ``1.5h`` or ``2d``; None when not given; a
     UsageError naming the flag and the forms it takes (``10m`` read as an error, with no word of the
     unit, made users guess)."""
     if text is None:
         return None
-    word = text.strip().lower()
-    scale = _UNITS.get(word[-1:], None) if word else None
     try:
-        return float(word[:-1] if scale else word) * (scale or 1)
+        return parse_duration(text)
     except ValueError:
         raise UsageError(
-            f"{flag} must be a number of seconds, or a number with a unit (90s, 10m, 1.5h, 2d), got {text!r}. "
+            f"{flag} must be a number of seconds, or a number with a unit ({DURATION_FORMS}), got {text!r}. "
             "Nothing was submitted."
         ) from None
 
