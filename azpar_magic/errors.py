@@ -60,12 +60,14 @@ class IterationError(AzparError):
         job_id: str,
         failed_count: int = 1,
         infrastructure: bool = False,
+        finished_count: int | None = None,
     ):
         self.index, self.item_repr = index, item_repr
         self.error_type, self.error_message = error_type, message
         self.remote_traceback = RemoteTraceback(traceback)
         self.line, self.job_id = line, job_id
         self.failed_count, self.infrastructure = failed_count, infrastructure
+        self.finished_count = finished_count  # iterations with a value (None: not known)
         super().__init__(self._summary())
 
     def _summary(self) -> str:
@@ -75,11 +77,13 @@ class IterationError(AzparError):
         # nothing, its worker died or timed out around it.
         what = f"could not run ({short})" if self.infrastructure else f"raised {short}"
         others = f"; {self.failed_count - 1} other iteration(s) failed too" if self.failed_count > 1 else ""
-        return (
-            f"iteration {self.index} (item {self.item_repr}) {what}: {self.error_message}"
-            f"{where}{others}. The finished results are kept: `%azpar collect {self.job_id} --errors remove` "
-            f"binds them (azpar_magic.collect('{self.job_id}', errors='remove') returns them)"
+        kept = (
+            f" The finished results are kept: `%azpar collect {self.job_id} --errors remove` binds them "
+            f"(azpar_magic.collect('{self.job_id}', errors='remove') returns them)"
+            if self.finished_count != 0  # (no iteration finished: nothing to point at)
+            else ""
         )
+        return f"iteration {self.index} (item {self.item_repr}) {what}: {self.error_message}{where}{others}.{kept}"
 
     def _render_traceback_(self) -> list[str]:
         lines = [f"azpar: {self._summary()}", ""]

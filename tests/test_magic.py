@@ -287,6 +287,8 @@ def test_collect_errors_binds_what_a_failed_job_finished_as_the_error_advises(ip
         f"--errors takes remove or pass here, not 'stop'; usage: {usage}")
     assert str(run_cell(f"%azpar collect {job_id} --errors").error).endswith(usage)
     assert azpar_magic.collect(job_id, errors="remove") == [0, 10, 30]
+    none = run_cell("%%azpar -o never_bound_c for x in range(2):\nraise ValueError('all fail')")
+    assert "all fail" in str(none.error) and "finished results" not in str(none.error), "none finished: no advice"
 
 
 def test_iterations_follow_the_notebooks_warning_filters_and_numpy_errors(ip, run_cell):

@@ -700,6 +700,7 @@ class Job:
             job_id=self.id,
             failed_count=sum(1 for f in self._failures.values() if f.kind != "cancelled"),
             infrastructure=failure.kind != "user",
+            finished_count=self._status.count(_ITER_OK),
         )
 
     # ------------------------------------------------------------------ as they arrive
