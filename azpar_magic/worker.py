@@ -1267,7 +1267,11 @@ def _flush_figures(add) -> None:
     except Exception:
         return
     for figure in figures:
-        add("display", mime_bundle(figure))
+        try:
+            bundle = mime_bundle(figure)
+        except Exception as exc:  # a figure that cannot be drawn must not fail the task
+            bundle = {"text/plain": f"{figure!r} (it could not be drawn: {type(exc).__name__}: {exc})"}
+        add("display", bundle)
     if figures:
         pyplot.close("all")
 

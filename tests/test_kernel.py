@@ -340,6 +340,11 @@ def test_matplotlib_figures_of_iterations_are_shown_as_the_notebook_shows_them(k
                      "fig, ax = plt.subplots()\nax.bar([0], [i])\nfig.number")
     assert sum(m["msg_type"] == "display_data" for m in left.messages) == 4, left.transcript()
     assert "Figure(640x480)" not in run.stdout + left.stdout
+    # A figure that cannot be drawn (a broken mathtext title) is named, as the notebook's formatter names it,
+    # and its iteration's value stands.
+    broken = kernel.ok("%%azpar -q -o drawn for i in range(1):\nplt.plot([0, 1])\nplt.title(r'$\\frac{$')\ni")
+    assert "could not be drawn: ValueError" in broken.transcript()[0], broken.transcript()
+    assert kernel.value("drawn") == "[0]"
 
 
 @pytest.mark.timeout(120)

@@ -1209,7 +1209,7 @@ def _found_on_user_path(name: str, prefixes: tuple[str, ...]) -> str | None:
 
     try:
         spec = PathFinder.find_spec(name)
-    except (ImportError, ValueError):
+    except Exception:  # an odd sys.path entry, an unreadable folder: what the import would meet, not the capture's
         return None
     origin = getattr(spec, "origin", None)
     if not isinstance(origin, str) or not origin.endswith(".py"):
