@@ -1164,10 +1164,10 @@ def _follow_settings(settings: dict) -> None:
     import warnings
 
     previous = _SETTINGS[0] or {}
-    given = settings.get("filters") or []
+    given = settings.get("filters") or "[]"  # (a JSON string: compared, not read, job after job)
     if given != _FILTERS_MADE[0]:  # (the same filters, job after job: made once)
         made = []
-        for action, message, category, module, lineno in given:
+        for action, message, category, module, lineno in json_loads(given):  # type: ignore[union-attr]
             made.append((action, _pattern(message, True), _warning_category(category), _pattern(module, False), lineno))
         _FILTERS_MADE[:] = [given, made]
     warnings.filters[:] = _FILTERS_MADE[1]

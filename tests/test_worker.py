@@ -674,12 +674,12 @@ def test_the_notebooks_filters_import_nothing_until_a_warning_meets_them(tmp_pat
     probe = """
 import sys, warnings
 import worker
-worker._follow_settings({"filters": [
+worker._follow_settings({"filters": worker.json_dumps([
     ["ignore", {"re": "quiet.*", "flags": 34}, "builtins:UserWarning", None, 0],
     ["error", None, "azpar_lazy_library:Noisy", None, 0],
     ["error", None, "builtins:RuntimeWarning", {"re": "never", "flags": 32}, 0],
     ["ignore", None, "numpy.exceptions:RankWarning", None, 0],
-], "numpy_errors": {"divide": "raise", "over": "warn", "under": "ignore", "invalid": "warn"}})
+]), "numpy_errors": {"divide": "raise", "over": "warn", "under": "ignore", "invalid": "warn"}})
 before = ("azpar_lazy_library" in sys.modules, "numpy" in sys.modules, "re" in sys.modules)
 warnings.warn("Quiet please")                      # matched by the pattern: ignored
 import azpar_lazy_library
