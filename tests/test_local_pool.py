@@ -584,6 +584,9 @@ def test_the_workers_see_the_notebooks_environment_variables_as_the_cell_runs(ip
     monkeypatch.setenv("AZPAR_T_GONE_LATER", "at start")
     assert run_cell(f"%%azpar -q --workers 2 --chunk-size 1 -o got for i in range(4):\n{read}").success
     assert ip.user_ns["got"] == [(None, "at start")] * 4, "the next job starts from the workers' own again"
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "the hub's token")  # a hub's variable set later stays out too
+    hub = run_cell("%%azpar -q --workers 2 -o got for i in range(2):\nimport os\nos.environ.get('JUPYTERHUB_API_TOKEN')")
+    assert hub.success and ip.user_ns["got"] == [None, None], hub.error
     monkeypatch.setenv("AZPAR_BATCH_KEY", "a secret")
     run = run_cell("%%azpar -q --workers 2 -o got for i in range(2):\nimport os\nos.environ['AZPAR_BATCH_KEY']")
     assert not run.success
