@@ -1565,9 +1565,14 @@ def interpreter_settings() -> dict:
             settings["numpy_errors"] = dict(errors)
     decimal = sys.modules.get("decimal")
     if decimal is not None:
-        context = _decimal_settings(decimal.getcontext())
-        if context != _decimal_settings(decimal.Context()):
-            settings["decimal"] = context
+        global _DEFAULT_DECIMAL
+        if not _DEFAULT_DECIMAL[0]:
+            _DEFAULT_DECIMAL = _default_decimal()
+        context = decimal.getcontext()
+        if _decimal_fields(context) != _DEFAULT_DECIMAL[0] or [context.traps[s] for s in _DEFAULT_DECIMAL[1]] != [
+            _DEFAULT_DECIMAL[1][s] for s in _DEFAULT_DECIMAL[1]
+        ]:  # (~1 us; the whole context made and compared as dicts was ~4 us a cell)
+            settings["decimal"] = _decimal_settings(context)
     if sys.getrecursionlimit() != _DEFAULT_RECURSION_LIMIT:
         settings["recursion_limit"] = sys.getrecursionlimit()
     digits = getattr(sys, "get_int_max_str_digits", None)  # Python 3.11+ (and 3.10.7+)
@@ -1599,6 +1604,20 @@ def _shows_figures_inline() -> bool:
 
 _DEFAULT_RECURSION_LIMIT = 1000  # Python's, which a worker starts with
 _DEFAULT_INT_DIGITS = 4300  # sys.int_info.default_max_str_digits
+
+
+def _decimal_fields(context: Any) -> tuple:
+    return (context.prec, context.rounding, context.Emin, context.Emax, context.capitals, context.clamp)
+
+
+def _default_decimal() -> tuple[tuple, dict]:
+    import decimal
+
+    default = decimal.Context()
+    return _decimal_fields(default), dict(default.traps)
+
+
+_DEFAULT_DECIMAL: tuple = ((), {})  # set at the first cell whose kernel has decimal imported (below)
 
 
 def _decimal_settings(context: Any) -> dict:
