@@ -1154,7 +1154,8 @@ _SETTINGS: list = [None]
 _FILTERS_MADE: list = [None, []]  # the filters last given, as data, and as the interpreter's
 _STARTED_RECURSION_LIMIT = sys.getrecursionlimit()
 _STARTED_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
-_NUMPY_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}  # numpy's defaults
+# numpy's defaults (the kernel's capture compares its own with them)
+NUMPY_DEFAULT_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}
 
 
 def _follow_settings(settings: dict) -> None:
@@ -1168,14 +1169,14 @@ def _follow_settings(settings: dict) -> None:
     if given != _FILTERS_MADE[0]:  # (the same filters, job after job: made once)
         made = []
         for action, message, category, module, lineno in json_loads(given):  # type: ignore[union-attr]
-            made.append((action, _pattern(message, True), _warning_category(category), _pattern(module, False), lineno))
+            made.append((action, _pattern(message), _warning_category(category), _pattern(module), lineno))
         _FILTERS_MADE[:] = [given, made]
     warnings.filters[:] = _FILTERS_MADE[1]
     warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
     errors = settings.get("numpy_errors")
     numpy = sys.modules.get("numpy")  # (never imported for this: a task imports it when it uses it)
-    if numpy is not None and numpy.geterr() != (errors or _NUMPY_ERRORS):
-        numpy.seterr(**(errors or _NUMPY_ERRORS))
+    if numpy is not None and numpy.geterr() != (errors or NUMPY_DEFAULT_ERRORS):
+        numpy.seterr(**(errors or NUMPY_DEFAULT_ERRORS))
     if errors is not None and numpy is None:  # set as a task's own import of numpy ends
         _NUMPY_SETTINGS_WATCH.install()
     context = settings.get("decimal")
@@ -1276,10 +1277,10 @@ def _flush_figures(add) -> None:
         pyplot.close("all")
 
 
-def _pattern(given, message: bool):
+def _pattern(given):
     if given is None or isinstance(given, str):
         return given
-    return _LazyPattern(given["re"], given.get("flags", 2 if message else 0))  # (2: re.IGNORECASE)
+    return _LazyPattern(given["re"], given["flags"])
 
 
 class _LazyPattern:
@@ -3635,8 +3636,7 @@ class _ProcessState:
             zone = os.environ.get("TZ")
             os.environ.clear()
             os.environ.update(self.environ)
-            if zone != os.environ.get("TZ") and hasattr(time, "tzset"):
-                time.tzset()  # a body's os.environ["TZ"] = ... and time.tzset(): local time as it was
+            _zone_changed_from(zone)  # a body's os.environ["TZ"] = ... and time.tzset(): local time as it was
 
     def restore(self) -> None:
         _SETTINGS[0] = None  # what this puts back, the job's settings (_follow_settings) then set afresh
@@ -3655,8 +3655,8 @@ class _ProcessState:
         if decimal is not None:  # precision and rounding a body set with getcontext().prec = ...
             decimal.setcontext(decimal.Context())
         numpy = sys.modules.get("numpy")
-        if numpy is not None and numpy.geterr() != _NUMPY_ERRORS:  # np.seterr(all="raise")
-            numpy.seterr(**_NUMPY_ERRORS)
+        if numpy is not None and numpy.geterr() != NUMPY_DEFAULT_ERRORS:  # np.seterr(all="raise")
+            numpy.seterr(**NUMPY_DEFAULT_ERRORS)
         self._restore_interpreter()
 
     def _restore_interpreter(self) -> None:
@@ -3684,6 +3684,11 @@ def apply_environ_changes(changes: dict) -> None:
     os.environ.update(changes.get("set") or {})
     for name in changes.get("unset") or ():
         os.environ.pop(name, None)
+    _zone_changed_from(zone)
+
+
+def _zone_changed_from(zone: str | None) -> None:
+    """Local time follows ``TZ`` again when the environment's changed it from ``zone``."""
     if zone != os.environ.get("TZ") and hasattr(time, "tzset"):
         time.tzset()
 

@@ -1215,7 +1215,7 @@ def _found_on_user_path(name: str, prefixes: tuple[str, ...]) -> str | None:
     if not isinstance(origin, str) or not origin.endswith(".py"):
         return None
     path = os.path.realpath(origin)
-    if path.startswith(prefixes) or _installed_place(path, prefixes):
+    if _installed_place(path, prefixes):
         return None
     return path if _on_user_path(name, path, prefixes) else None
 
@@ -1520,7 +1520,6 @@ _KERNEL_PACKAGES = frozenset(
     {"IPython", "ipykernel", "ipywidgets", "jupyter_client", "jupyter_core", "traitlets", "tornado", "zmq", "comm"}
     | {"debugpy", "azpar_magic"}
 )
-_NUMPY_DEFAULT_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}
 _FILTERS_SEEN: list = [None, None]  # (the kernel's warnings.filters as a tuple, their portable form)
 
 
@@ -1560,18 +1559,13 @@ def interpreter_settings() -> dict:
         try:
             errors = numpy.geterr()
         except Exception:  # a numpy that is half imported, or a stand-in module
-            errors = _NUMPY_DEFAULT_ERRORS
-        if errors != _NUMPY_DEFAULT_ERRORS:
+            errors = wire.NUMPY_DEFAULT_ERRORS
+        if errors != wire.NUMPY_DEFAULT_ERRORS:
             settings["numpy_errors"] = dict(errors)
     decimal = sys.modules.get("decimal")
     if decimal is not None:
-        global _DEFAULT_DECIMAL
-        if not _DEFAULT_DECIMAL[0]:
-            _DEFAULT_DECIMAL = _default_decimal()
         context = decimal.getcontext()
-        if _decimal_fields(context) != _DEFAULT_DECIMAL[0] or [context.traps[s] for s in _DEFAULT_DECIMAL[1]] != [
-            _DEFAULT_DECIMAL[1][s] for s in _DEFAULT_DECIMAL[1]
-        ]:  # (~1 us; the whole context made and compared as dicts was ~4 us a cell)
+        if _decimal_key(context) != _default_decimal_key():  # (~1 us; as two dicts it was ~4 us a cell)
             settings["decimal"] = _decimal_settings(context)
     if sys.getrecursionlimit() != _DEFAULT_RECURSION_LIMIT:
         settings["recursion_limit"] = sys.getrecursionlimit()
@@ -1606,28 +1600,24 @@ _DEFAULT_RECURSION_LIMIT = 1000  # Python's, which a worker starts with
 _DEFAULT_INT_DIGITS = 4300  # sys.int_info.default_max_str_digits
 
 
-def _decimal_fields(context: Any) -> tuple:
-    return (context.prec, context.rounding, context.Emin, context.Emax, context.capitals, context.clamp)
+_DECIMAL_FIELDS = ("prec", "rounding", "Emin", "Emax", "capitals", "clamp")
 
 
-def _default_decimal() -> tuple[tuple, dict]:
+def _decimal_key(context: Any) -> tuple:
+    """What of a decimal context the iterations follow, comparable: its fields and which traps are on."""
+    return tuple(getattr(context, name) for name in _DECIMAL_FIELDS), tuple(context.traps.values())
+
+
+@functools.cache
+def _default_decimal_key() -> tuple:
     import decimal
 
-    default = decimal.Context()
-    return _decimal_fields(default), dict(default.traps)
-
-
-_DEFAULT_DECIMAL: tuple = ((), {})  # set at the first cell whose kernel has decimal imported (below)
+    return _decimal_key(decimal.Context())
 
 
 def _decimal_settings(context: Any) -> dict:
     return {
-        "prec": context.prec,
-        "rounding": context.rounding,
-        "Emin": context.Emin,
-        "Emax": context.Emax,
-        "capitals": context.capitals,
-        "clamp": context.clamp,
+        **{name: getattr(context, name) for name in _DECIMAL_FIELDS},
         "traps": sorted(signal.__name__ for signal, on in context.traps.items() if on),
     }
 
