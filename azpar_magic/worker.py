@@ -684,7 +684,7 @@ def _dill_pickler() -> type:
     """The dill pickler class, made on first use (it subclasses dill's, see :func:`_dill`)."""
 
     class _DillPickler(_dill().Pickler):
-        def __init__(self, file, hook, main, by_reference, buffer_callback=None):
+        def __init__(self, file, hook, main, by_reference, buffer_callback=None, made=None):
             super().__init__(
                 file, protocol=PICKLE_PROTOCOL, recurse=False, byref=False, buffer_callback=buffer_callback
             )
@@ -692,12 +692,44 @@ def _dill_pickler() -> type:
             self._main = main
             self._by_reference = by_reference
             self._out_of_band = buffer_callback is not None
+            self._made = made  # (file name, bindings): see IterationMade
+            self._receivers_globals: _ReceiversGlobals | None = None
+
+        def _save_made_function(self, obj: types.FunctionType, bound: dict) -> None:
+            """A function the iteration defined that reads names it bound (see :class:`IterationMade`):
+            its globals on the receiving side are a copy of that side's ``__main__`` namespace,
+            updated with ``bound``. dill's own reduction, with its post-processing, so a function that
+            reads itself or is in its own closure loads as dill's do."""
+            dill_ = _dill()._dill
+            if self._receivers_globals is None:  # one per value: its functions share their globals
+                self._receivers_globals = _ReceiversGlobals(self._main.__dict__)
+            globs = self._receivers_globals
+            names = {"__qualname__": obj.__qualname__, "__module__": obj.__module__, "__doc__": obj.__doc__}
+            if obj.__annotations__:
+                names["__annotations__"] = obj.__annotations__
+            made = (obj.__code__, globs, obj.__name__, obj.__defaults__, obj.__closure__, obj.__dict__ or None)
+            dill_._save_with_postproc(
+                self,
+                (dill_._create_function, (*made, obj.__kwdefaults__), (None, names)),
+                obj=obj,
+                postproc_list=[(dill_._setitems, (globs, bound))] if bound else [],
+            )
 
         def save(self, obj, save_persistent_id=True):
             # (the Enum recipes are this module's own objects, not a package the user's code needs)
             if self._hook is not None and type(obj) not in _RECIPES:
                 self._hook(obj)
             if id(obj) not in self.memo:
+                if (
+                    self._made is not None
+                    and type(obj) is types.FunctionType
+                    and obj.__globals__ is self._main.__dict__
+                    and obj.__code__.co_filename == self._made[0]
+                ):
+                    bindings = self._made[1]
+                    bound = {name: bindings[name] for name in _names_read(obj.__code__) if name in bindings}
+                    if bound:  # else the kernel's namespace, live, as any function of __main__ has
+                        return self._save_made_function(obj, bound)
                 if isinstance(obj, types.ModuleType) and obj is not self._main and obj.__name__ != "__main__":
                     return self.save_reduce(*_module_reduce(obj), obj=obj)
                 if _is_plain_array(obj):
@@ -721,6 +753,71 @@ def _dill_pickler() -> type:
             return super().save(obj, save_persistent_id)
 
     return _DillPickler
+
+
+class _ReceiversGlobals:
+    """Stands, in a value's pickle, for the globals of the functions an iteration defined: a copy
+    of the receiving side's ``__main__`` namespace (the kernel's), made as the value loads."""
+
+    def __init__(self, main_namespace: dict):
+        self.main_namespace = main_namespace
+
+    def __reduce__(self):
+        return dict, (self.main_namespace,)  # dill pickles the namespace as a reference to __main__'s
+
+
+def _names_read(code: types.CodeType) -> set[str]:
+    """The global (and attribute) names a function's code and the code nested in it name."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_read(const)
+    return names
+
+
+class IterationMade:
+    """What an iteration run as module code bound, kept for the functions it defined.
+
+    The body's assignments are globals of the worker's namespace, so a function or class the body
+    defines reads them from there (``lambda y: y + x`` over the loop's ``x``). The namespace is put
+    back for the next iteration, and such a function pickled by reference to ``__main__`` loaded in
+    the kernel reading the kernel's names: a NameError when called, or silently the notebook's own
+    ``x``. Each iteration's own bindings (what differs from the loaded namespace) are kept here, and
+    its values are pickled with them (:func:`dumps`'s ``made``): the functions it defined read them,
+    and read the rest of what they name (the notebook's functions, modules, data) from the kernel, as
+    they did. Only the names those functions read are kept (:func:`names_functions_read`), so an
+    iteration's other intermediates are freed at its end, as before.
+    """
+
+    def __init__(self, filename: str, base: dict, names: frozenset[str]):
+        self.filename = filename
+        self.base = base
+        self.names = names
+        self.bindings: dict[int, dict] = {}  # iteration index -> what it bound
+
+    def keep(self, index: int, namespace: dict) -> None:
+        base, missing = self.base, _MISSING
+        self.bindings[index] = {
+            k: namespace[k] for k in self.names if k in namespace and base.get(k, missing) is not namespace[k]
+        }
+
+    def made(self, index: int) -> tuple[str, dict] | None:
+        bindings = self.bindings.get(index)
+        return None if bindings is None else (self.filename, bindings)
+
+
+_MISSING = object()
+_COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
+
+
+def names_functions_read(code: types.CodeType) -> frozenset[str]:
+    """The names read by the functions, lambdas and classes module code defines (comprehensions
+    aside: they run where they are written); empty when it defines none."""
+    names: set[str] = set()
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType) and const.co_name not in _COMPREHENSIONS:
+            names |= _names_read(const)
+    return frozenset(names)
 
 
 class _MainSwapped:
@@ -762,6 +859,7 @@ def dumps(
     by_reference=None,
     out_of_band: bool = False,
     maybe_plain: bool = True,
+    made: tuple[str, dict] | None = None,
 ) -> tuple[str, bytes]:
     """Serialise ``obj``; return (codec, bytes) where codec is "pickle" or "dill".
 
@@ -775,6 +873,8 @@ def dumps(
     page-aligned (:func:`frame_out_of_band`), so a worker maps them from the file instead of
     copying them out of the pickle: loading a namespace then costs the same at 1 MB and 1 GB.
     ``maybe_plain=False``: the caller already found that ``obj`` is not plain data.
+    ``made``: (the body's file name, what its iteration bound), for a value of an iteration run as
+    module code: the functions it defined travel with what they read of it (:class:`IterationMade`).
     """
     plain = plain_pickle(obj) if maybe_plain else None
     if plain is not None:
@@ -804,7 +904,7 @@ def dumps(
             pass
         buffers.clear()
         buf = io.BytesIO()
-        _dill_pickler()(buf, hook, main, by_reference, callback).dump(obj)
+        _dill_pickler()(buf, hook, main, by_reference, callback, made).dump(obj)
         return "dill", frame_out_of_band(buf.getbuffer(), buffers) if buffers else buf.getvalue()
 
 
@@ -1104,6 +1204,8 @@ class LoadedJob:
                 names["co_qualname"] = "<module>"
             fcode = fcode.replace(**names)
             self.function = types.FunctionType(fcode, self.module.__dict__, FUNCTION_NAME)
+        # Module mode, where functions the body defines read its assignments as globals (IterationMade).
+        self.functions_read = names_functions_read(self.code) if self.function is None else frozenset()
         sources = envelope.get("sources") or {}
         _SOURCES.update(sources)
         _show_sources(sources)
@@ -2557,6 +2659,10 @@ def iteration_files(envelope: dict, task_spec: dict | None) -> IterationFiles | 
     return IterationFiles(job_spec, task_spec or {})
 
 
+class _EachOnItsOwn(Exception):
+    """Raised in :meth:`Runner._encode_list` to pickle the values one by one."""
+
+
 class Runner:
     """Runs iterations of a loaded job and builds the result record of a task."""
 
@@ -2577,8 +2683,8 @@ class Runner:
         # same name, so results refer to them by name and unpickle as the user's own class.
         return id(obj) in self.job.shipped_ids
 
-    def _dump(self, obj: object) -> tuple[str, bytes]:
-        return dumps(obj, main=self.job.module, by_reference=self._by_reference)
+    def _dump(self, obj: object, made: tuple[str, dict] | None = None) -> tuple[str, bytes]:
+        return dumps(obj, main=self.job.module, by_reference=self._by_reference, made=made)
 
     def _error_record(self, exc: BaseException) -> dict:
         try:
@@ -2610,6 +2716,7 @@ class Runner:
         gathered: list = []
         plain = function is not None and seed is None and files is None and not gather
         counted = plain and not self.exact
+        made = IterationMade(job.filename, base, job.functions_read) if job.functions_read else None
 
         def running() -> int:  # the iteration running now, in a counted loop: one value per iteration ended
             done = len(values)
@@ -2666,6 +2773,8 @@ class Runner:
                         namespace[ITEM_NAME] = item
                         exec(code, namespace)
                         append(namespace[VALUE_NAME])
+                        if made is not None:
+                            made.keep(index, namespace)
                 except BaseException as exc:  # SystemExit from user code is a user error too
                     fail(index, exc)
                 if files is not None:
@@ -2701,17 +2810,21 @@ class Runner:
         return {
             "indices": travelling(indices),
             "files": files.report() if files is not None else None,
-            "values": self._encode_list(values, indices, failed, "value"),
-            "gathered": self._encode_list(gathered, indices, failed, "gathered variable") if gather else None,
+            "values": self._encode_list(values, indices, failed, "value", made),
+            "gathered": self._encode_list(gathered, indices, failed, "gathered variable", made) if gather else None,
             "failed": failed,
             "outputs": {i: r.finish() for i, r in sink.recorders.items()},
             "seconds": time.perf_counter() - started,
         }
 
-    def _encode_list(self, values: list, indices: Sequence[int], failed: dict, what: str):
+    def _encode_list(
+        self, values: list, indices: Sequence[int], failed: dict, what: str, made: IterationMade | None = None
+    ):
         """One blob for the whole list when possible (fast to load); else one per entry so
         that a single unserialisable value fails only its own iteration. Plain values are
-        pickled here, without going through ``dumps`` (two calls fewer for each task)."""
+        pickled here, without going through ``dumps`` (two calls fewer for each task).
+        ``made``: what each iteration bound, when the body defines functions; values that are not
+        plain data are then pickled one by one, each with its own iteration's bindings."""
         try:  # (a MemoryError too: then each value on its own, see below)
             plain = plain_pickle(values)
             if plain is None:
@@ -2721,6 +2834,8 @@ class Runner:
                 plain = standard[0] if standard is not None else None
             if plain is not None:
                 return ["all", "pickle", plain]
+            if made is not None:
+                raise _EachOnItsOwn
             # (arrays laid out after the pickle: not grown into the pickler's buffer, and aligned where loaded)
             return [
                 "all",
@@ -2733,7 +2848,7 @@ class Runner:
         encoded = []
         for index, value in zip(indices, values):
             try:
-                encoded.append(self._dump(value))
+                encoded.append(self._dump(value, made.made(index) if made is not None else None))
             except Exception as exc:
                 encoded.append(None)
                 if index not in failed:

@@ -637,3 +637,15 @@ def test_figures_a_node_shows_come_back_as_pictures(azure, ip, run_cell, batch, 
     assert len(pictures) == 2, [o.data.keys() for o in run.outputs]
     assert all(base64.b64decode(p["image/png"])[:4] == b"\x89PNG" for p in pictures)
     assert "Figure(640x480)" not in run.stdout
+
+
+def test_a_function_the_body_defines_comes_back_from_a_node_reading_its_own_iteration(azure, ip, run_cell, batch):
+    # A lambda over the loop's variable, returned from a node, read the notebook's x (or none) when called.
+    ip.user_ns.update(x=1000, offset=5)
+    try:
+        run = run_cell("%%azpar -q -o node_fs --chunk-size 2 for x in range(3):\nlambda y: y + x + offset")
+        assert run.success, run.error
+        assert [f(10) for f in ip.user_ns["node_fs"]] == [15, 16, 17]
+    finally:
+        for name in ("x", "offset", "node_fs"):
+            ip.user_ns.pop(name, None)

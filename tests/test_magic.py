@@ -696,3 +696,46 @@ def test_a_module_imported_through_a_folder_the_notebook_added_to_sys_path_reach
     finally:
         run_cell(f"sys.path.remove({str(src)!r})\ndel azpar_added_mod")
         __import__("sys").modules.pop("azpar_added_mod", None)
+
+
+def test_functions_and_classes_the_body_defines_read_their_own_iterations_names_in_the_notebook(ip, run_cell):
+    """A lambda, function or class the body defines reads the iteration's names as globals (the body runs
+    as module code, as a cell does). Returned to the notebook, they read the notebook's names instead: a
+    NameError when called, or silently the notebook's own ``x``. Each now reads what its own iteration
+    bound (each iteration starts from its own copy of the namespace), and the notebook's functions,
+    modules and data as before; the notebook's own names are left alone."""
+    import math
+
+    ip.user_ns.update(x=1000, model={"k": -1}, offset=5)
+    run_cell("import math")
+    try:
+        run = run_cell("%%azpar -q -o fs for x in range(3):\nlambda y: y + x + offset + math.floor(0.5)")
+        assert run.success, run.error
+        assert [f(10) for f in ip.user_ns["fs"]] == [15, 16, 17]
+
+        body = (
+            "%%azpar -q -o gs --chunk-size 2 for x in range(5):\n"
+            "model = {'k': x * 100}\n"
+            "def predict(v):\n    return model['k'] + v\n"
+            "class Scorer:\n    def score(self):\n        return predict(x)\n"
+            "def fact(n):\n    return 1 if n <= 1 else n * fact(n - 1)\n"
+            "(predict, Scorer(), fact)"
+        )
+        run = run_cell(body)
+        assert run.success, run.error
+        assert [(p(1), s.score(), f(x)) for x, (p, s, f) in enumerate(ip.user_ns["gs"])] == [
+            (100 * x + 1, 100 * x + x, math.factorial(x)) for x in range(5)
+        ]
+        assert (ip.user_ns["x"], ip.user_ns["model"]) == (1000, {"k": -1})
+
+        # --gather of functions the body made; one reading only the notebook's names reads them live, as before
+        run = run_cell(
+            "%%azpar -q -o out --gather g,h for x in range(2):\ng = lambda: (x, offset)\nh = lambda: offset\nx"
+        )
+        assert run.success, run.error
+        ip.user_ns["offset"] = 6
+        assert [g() for g in ip.user_ns["g"]] == [(0, 5), (1, 5)]
+        assert [h() for h in ip.user_ns["h"]] == [6, 6]
+    finally:
+        for name in ("x", "model", "offset", "math", "fs", "gs", "out", "g", "h"):
+            ip.user_ns.pop(name, None)
