@@ -182,7 +182,8 @@ def collect(job_id: str | None = None, timeout: float | None = None, *, errors: 
 
 def logs(job_id: str | None = None, i: int | None = None) -> str:
     """What iteration ``i`` of the job printed, and its traceback if it failed (every
-    iteration that printed or failed when ``i`` is None), also after its kernel ended. Reads
+    iteration that printed or failed when ``i`` is None; -1 is the last, as in a list), also
+    after its kernel ended. Reads
     the store's logs without decoding any value, so it works whatever this kernel defines."""
     try:
         job = session.find_job(job_id, stored=False)

@@ -114,12 +114,13 @@ def prepare(job: str | None, index: int) -> Reproduction:
             "deleted), so its namespace and items cannot be read back"
         ) from None
     total = int(manifest.get("items", 0))
-    if not isinstance(index, int) or not 0 <= index < total:
+    if isinstance(index, bool) or not isinstance(index, int) or not -total <= index < total:
         raise DebugError(
             f"job {job_id} has {total} iteration{'s' * (total != 1)}"
-            + (f" (0 to {total - 1})" if total else "")
+            + (f" (0 to {total - 1}, -1 the last)" if total else "")
             + f"; there is no iteration {index}"
         )
+    index %= total  # counted from the end when negative, as a list's
     envelope, namespace = jobstore.stored_envelope(job_id)
     if envelope is None:
         raise DebugError(

@@ -73,6 +73,7 @@ def test_no_pdb_raises_the_jobs_exception_with_its_namespace(ip, run_cell, job_s
     assert (body.tb_frame.f_globals | body.tb_frame.f_locals)["y"] == 6
     # A succeeded iteration reruns here too, with the old f and scale: 10 / (2 - 3) + 4.
     assert ip.run_line_magic("azpar", f"debug {job_id} 2 --no-pdb") == -6.0
+    assert ip.run_line_magic("azpar", f"debug {job_id} -4 --no-pdb") == -6.0  # from the end, as a list's
     # The notebook's own names are untouched.
     assert ip.user_ns["scale"] == 1000 and ip.user_ns["f"](3) == 0
 
@@ -101,7 +102,8 @@ def test_pdb_opens_ipythons_post_mortem_on_the_failing_frame(ip, run_cell, job_s
 
 def test_bad_debug_requests_are_usage_errors(ip, run_cell, job_store):
     job_id = _failing_job(ip, run_cell)
-    for line, fragment in ((f"debug {job_id} 6", "has 6 iterations (0 to 5); there is no iteration 6"),
+    for line, fragment in ((f"debug {job_id} 6", "has 6 iterations (0 to 5, -1 the last); there is no iteration 6"),
+                           (f"debug {job_id} -7", "there is no iteration -7"),
                            (f"debug {job_id} x", "ITERATION is an iteration number"),
                            (f"debug {job_id} 1 2", "usage: %azpar debug [JOB [ITERATION]] [--no-pdb]"),
                            (f"debug {job_id} 1 --pdb", "usage: %azpar debug"),

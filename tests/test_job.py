@@ -265,7 +265,7 @@ def test_result_under_another_errors_policy_combines_what_finished_whatever_the_
         lost.result(errors="stop")
 
 
-@pytest.mark.parametrize("index", [3, -1, "0", True])
+@pytest.mark.parametrize("index", [3, -4, "0", True])
 def test_output_and_logs_refuse_an_iteration_the_job_does_not_have(index):
     """output(99) gave "" (and output("0") too) where logs(99) said there is no such iteration."""
     job = make_job(range(3))
@@ -273,8 +273,17 @@ def test_output_and_logs_refuse_an_iteration_the_job_does_not_have(index):
     job.record_values("1", range(0, 3), ["a", "b", "c"], {}, {0: [("stdout", "hello\n")]}, None)
     assert job.output(0) == "hello\n" and job.output(1) == ""  # the guard: real iterations read
     for read in (job.output, job.logs):
-        with pytest.raises(IndexError, match=rf"has iterations 0 to 2; there is no iteration {index!r}"):
+        with pytest.raises(IndexError, match=rf"has iterations 0 to 2 \(-1 is the last\); there is no iteration {index!r}"):
             read(index)
+
+
+def test_output_and_logs_count_a_negative_iteration_from_the_end_as_a_list_does():
+    """``logs(JOB, -1)`` was refused ("no iteration -1") where a Python user means the last one."""
+    job = make_job(range(3))
+    job.add_task("1", range(0, 3))
+    job.record_values("1", range(0, 3), ["a", "b", "c"], {}, {2: [("stdout", "last\n")], 0: [("stdout", "first\n")]}, None)
+    assert job.output(-1) == "last\n" and job.output(-3) == "first\n"
+    assert job.logs(-1) == job.logs(2) and "--- iteration 2 (item 2): succeeded ---" in job.logs(-1)
 
 
 # ----------------------------------------------------------------------------- as_completed

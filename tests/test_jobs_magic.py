@@ -144,6 +144,7 @@ def test_commands_refuse_bad_input_before_doing_anything(ip, run_cell, job_store
     _usage_error(run_cell("%azpar logs a b c"), "usage: %azpar logs [JOB [ITERATION]]")
     _usage_error(run_cell(f"%azpar logs {job_id} first"), "ITERATION is an iteration number", "'first'")
     _usage_error(run_cell(f"%azpar logs {job_id} 2"), "iterations 0 to 1", "no iteration 2")
+    _usage_error(run_cell(f"%azpar logs {job_id} -3"), "iterations 0 to 1 (-1 is the last)", "no iteration -3")
     _usage_error(run_cell("%azpar logs azpar-nope"), "no job 'azpar-nope'", job_id)
     _usage_error(run_cell("%azpar attach a b"), "usage: %azpar attach JOB [-o NAME]")
     _usage_error(run_cell("%azpar delete"), "usage: %azpar delete JOB")
@@ -175,6 +176,10 @@ def test_logs_without_a_job_shows_the_latest_and_a_bare_number_says_to_name_the_
     assert shown.stdout == run_cell(f"%azpar logs {job_id}").stdout
     _usage_error(run_cell("%azpar logs 2"), "too short", "give the job first: %azpar logs JOB 2")
     assert "second 2" in run_cell(f"%azpar logs {job_id} 2").stdout
+    # -1 is the last iteration, as in a list (it was "no iteration -1")
+    last = run_cell(f"%azpar logs {job_id} -1")
+    assert last.success, last.error
+    assert "second 2" in last.stdout and "second 1" not in last.stdout, last.stdout
 
 
 def test_cancel_reports_cancelled_iterations_and_tasks_as_cancelled(ip, run_cell, job_store):

@@ -538,9 +538,7 @@ class Job:
         iteration); past the cap the text ends with a note saying how much was dropped.
         IndexError for an iteration the job does not have, as ``logs`` (it gave "")."""
         with self._lock:
-            if index is not None:
-                self._check_iteration(index)
-            indices = [index] if index is not None else sorted({*self._outputs, *self._base_outputs})
+            indices = [self._iteration(index)] if index is not None else sorted({*self._outputs, *self._base_outputs})
             parts = []
             for i in indices:
                 for kind, data in self._outputs.get(i) or self._base_outputs.get(i, []):
@@ -548,11 +546,15 @@ class Job:
                         parts.append(data)
             return "".join(parts)
 
-    def _check_iteration(self, index: object) -> None:
-        """IndexError unless ``index`` is one of this job's iterations (lock held)."""
+    def _iteration(self, index: object) -> int:
+        """``index`` as one of this job's iterations, counted from the end when negative, as a list's
+        (-1 the last); IndexError for any other (lock held)."""
         n = len(self._status)
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
-            raise IndexError(f"job {self.id} has iterations 0 to {n - 1}; there is no iteration {index!r}")
+        if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
+            raise IndexError(
+                f"job {self.id} has iterations 0 to {n - 1} (-1 is the last); there is no iteration {index!r}"
+            )
+        return index % n
 
     def logs(self, index: int | None = None) -> str:
         """What iteration ``index`` left behind, as text: its state, everything it printed
@@ -561,8 +563,7 @@ class Job:
         in order. The same text whether the job is in memory or read back from the store."""
         with self._lock:
             if index is not None:
-                self._check_iteration(index)
-                indices = [index]
+                indices = [self._iteration(index)]
             else:
                 indices = sorted({*self._outputs, *self._base_outputs, *self._failures})
             blocks = []

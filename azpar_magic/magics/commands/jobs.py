@@ -241,4 +241,6 @@ def _iteration(word: str, usage: str) -> int:
     try:
         return int(word)
     except ValueError:
-        raise UsageError(f"ITERATION is an iteration number (0, 1, ...), not {word!r}; {usage}") from None
+        raise UsageError(
+            f"ITERATION is an iteration number (0, 1, ..., or -1 for the last), not {word!r}; {usage}"
+        ) from None
