@@ -1300,6 +1300,58 @@ def _follow_settings(settings: dict) -> None:
     if settings.get("figures"):
         _draw_figures_here()
     _SETTINGS[0] = settings
+    options = settings.get("pandas")
+    if options is not None or previous.get("pandas") is not None:
+        if "pandas._config.config" in sys.modules:
+            follow_pandas_options(options)
+        elif options is not None:  # set as a task's own import of pandas ends
+            _PANDAS_SETTINGS_WATCH.install()
+
+
+_PANDAS_DEFAULTS: list = [None]  # pandas' option values as it registers them, nested as it keeps them
+
+
+def follow_pandas_options(options: dict | None) -> None:
+    """Give pandas' options the notebook's values (``capture.pandas_options``: a value, or its pickle), and
+    every other option pandas' default: what a body or an earlier job set goes. Nothing is imported; a job
+    where nothing differs costs one comparison of pandas' nested option dicts (~2 us). An option this pandas
+    does not have, or refuses, is left as it is."""
+    config = sys.modules.get("pandas._config.config")
+    if config is None:
+        return
+    try:
+        registered, values = config._registered_options, config._global_config
+        if _PANDAS_DEFAULTS[0] is None:
+            defaults: dict = {}
+            for key, option in registered.items():
+                *path, last = key.split(".")
+                place = defaults
+                for part in path:
+                    place = place.setdefault(part, {})
+                place[last] = option.defval
+            _PANDAS_DEFAULTS[0] = defaults
+        if not options and values == _PANDAS_DEFAULTS[0]:
+            return
+    except Exception:  # noqa: BLE001 - another layout of pandas' registry
+        return
+    import warnings
+
+    wanted = options or {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (a deprecated option warns when set)
+        for key, option in registered.items():
+            value = wanted.get(key, option.defval)
+            try:
+                if isinstance(value, dict):
+                    value = pickle.loads(binascii.a2b_base64(value["pickle"]))
+                now = values
+                for part in key.split("."):
+                    now = now[part]
+                if now is value or now == value:
+                    continue
+                config.set_option(key, value)
+            except Exception:  # noqa: BLE001
+                continue
 
 
 # matplotlib figures, for a notebook that shows them inline (capture.interpreter_settings' "figures"): the
@@ -2097,6 +2149,9 @@ _NUMPY_WATCH = _AfterImport("numpy", _numpy_imported)  # installed for a seeded 
 # Installed when a job gives numpy's error handling before this process imported numpy (_follow_settings).
 _NUMPY_SETTINGS_WATCH = _AfterImport(
     "numpy", lambda numpy: numpy.seterr(**((_SETTINGS[0] or {}).get("numpy_errors") or numpy.geterr()))
+)
+_PANDAS_SETTINGS_WATCH = _AfterImport(
+    "pandas", lambda _pandas: follow_pandas_options((_SETTINGS[0] or {}).get("pandas"))
 )
 _LINECACHE_WATCH = _AfterImport("linecache", lambda _linecache: _show_sources(_SOURCES))
 
@@ -3772,6 +3827,7 @@ class _ProcessState:
         numpy = sys.modules.get("numpy")
         if numpy is not None and numpy.geterr() != NUMPY_DEFAULT_ERRORS:  # np.seterr(all="raise")
             numpy.seterr(**NUMPY_DEFAULT_ERRORS)
+        follow_pandas_options(None)  # pd.set_option(...) by a body: pandas' defaults again
         self._restore_interpreter()
 
     def _restore_interpreter(self) -> None:

@@ -349,6 +349,27 @@ def test_values_are_reused_only_under_the_same_decimal_context():
     assert _ran(back) == [] and shorter == values and len(str(values[2])) == 30
 
 
+def test_values_are_reused_only_under_the_same_pandas_options():
+    """The iterations follow the notebook's pandas options (capture.interpreter_settings): a string column's
+    dtype computed under one ``future.infer_string`` was reused under the other. Set options are in the key."""
+    import warnings
+
+    pd = pytest.importorskip("pandas")
+    ns = _ns(pd=pd, xs=[1, 2])
+    body = "str(pd.Series(['a']).dtype)"
+    _, default = _run(ns, body=body, cache=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (pandas 3 deprecates the option)
+        pd.set_option("future.infer_string", not pd.get_option("future.infer_string"))
+        try:
+            job, flipped = _run(ns, body=body, cache=True)
+            assert _ran(job) == [0, 1] and flipped != default, flipped
+        finally:
+            pd.reset_option("future.infer_string")
+    back, same = _run(ns, body=body, cache=True)
+    assert _ran(back) == [] and same == default
+
+
 def test_gathered_variables_come_back_from_the_cache():
     ns = _ns()
     body = "y = x * 10\nx"

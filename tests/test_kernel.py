@@ -310,6 +310,22 @@ def test_log_records_show_as_the_notebooks_logging_shows_them(fresh_kernel):
 
 
 @pytest.mark.timeout(120)
+def test_a_body_prints_a_frame_as_the_notebooks_own_loop_prints_it(kernel):
+    """pandas shows at most 20 columns in a Jupyter kernel and 0 (the terminal's width) in a plain process, and a
+    notebook's ``pd.set_option("display.precision", 2)`` was not followed: the workers printed a frame otherwise
+    than the sequential loop. They now print it the notebook's way, its defaults and its options alike."""
+    pytest.importorskip("pandas")
+    kernel.ok("import pandas as pd\nwide = pd.DataFrame({f'c{i}': [i + 0.123456] for i in range(30)})")
+    for setting in ("", "pd.set_option('display.precision', 2)"):
+        kernel.ok(setting or "pass")
+        sequential = kernel.ok("for i in range(2):\n    print(wide.assign(i=i))")
+        assert "..." in sequential.stdout  # (the guard: the notebook's frame is cut)
+        run = kernel.ok("%%azpar -q --chunk-size 1 for i in range(2):\nprint(wide.assign(i=i))")
+        assert run.stdout == sequential.stdout, (run.stdout, sequential.stdout)
+    kernel.ok("pd.reset_option('display.precision')")
+
+
+@pytest.mark.timeout(120)
 def test_rich_display_output_is_shown_in_order_with_prints(kernel):
     run = kernel.ok('''%%azpar -q --chunk-size 1 for i in range(3):
 from IPython.display import HTML

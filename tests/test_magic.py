@@ -739,3 +739,44 @@ def test_functions_and_classes_the_body_defines_read_their_own_iterations_names_
     finally:
         for name in ("x", "model", "offset", "math", "fs", "gs", "out", "g", "h"):
             ip.user_ns.pop(name, None)
+
+
+def test_iterations_follow_the_notebooks_pandas_options(ip, run_cell):
+    """``pd.set_option("display.max_columns", None)``, a ``display.float_format`` and the ``future.*`` options in
+    the notebook changed what the sequential loop printed and computed, while the workers kept pandas' defaults:
+    a body printing a frame printed it truncated, with six decimals; a string column got the other dtype. The
+    next cell, with the notebook's options back, gets the defaults again, also after a body set one itself."""
+    import warnings
+
+    pd = pytest.importorskip("pandas")
+    run_cell("import pandas as pd")
+    ip.user_ns["wide"] = pd.DataFrame({f"c{i}": [i + 0.123456] for i in range(30)})
+    body = "print(wide)\nstr(pd.Series(['a']).dtype), x"
+    cell = f"%%azpar -q -o pandas_seen --chunk-size 1 for x in range(2):\n{body}"
+    default_dtype = str(pd.Series(["a"]).dtype)
+    try:
+        pd.set_option("display.max_columns", None)
+        pd.set_option("display.float_format", "{:.1f}".format)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (pandas 3 deprecates the option it flips)
+            pd.set_option("future.infer_string", not pd.get_option("future.infer_string"))
+        flipped = str(pd.Series(["a"]).dtype)
+        assert flipped != default_dtype  # (the guard: the option changes the dtype here)
+        run = run_cell(cell)
+        assert run.success, run.error
+        assert ip.user_ns["pandas_seen"] == [(flipped, 0), (flipped, 1)]
+        assert run.stdout.count("c29") == 2 and "..." not in run.stdout and "29.1" in run.stdout, run.stdout
+    finally:
+        pd.reset_option("display.max_columns")
+        pd.reset_option("display.float_format")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pd.reset_option("future.infer_string")
+    # a body's own setting, on both workers: gone at the next job
+    assert run_cell("%%azpar -q --chunk-size 1 for x in range(4):\npd.set_option('display.precision', 2)").success
+    run = run_cell(cell)
+    assert run.success, run.error
+    assert ip.user_ns["pandas_seen"] == [(default_dtype, 0), (default_dtype, 1)]
+    assert "..." in run.stdout and "29.123456" in run.stdout and "29.12 " not in run.stdout, run.stdout
+    for name in ("pd", "wide", "pandas_seen"):
+        ip.user_ns.pop(name, None)

@@ -5,8 +5,9 @@ body source, a digest of the CONTENT of the captured namespace (and of the noteb
 modules its code comes from, and the versions of the packages it names), the item's content
 digest, the files ``--inputs`` gives it (each one's path, size and modification time: a file
 edited since is a miss), and the options that change one iteration's value (``--seed`` with i,
-since the iteration's stream is spawned from both; ``--gather`` names), and the notebook's ``decimal`` context
-when it is not Python's default (the iterations follow it: capture.interpreter_settings). Options that only shape the
+since the iteration's stream is spawned from both; ``--gather`` names), and the notebook's ``decimal``
+context and pandas options when they are not the defaults (the iterations follow them:
+capture.interpreter_settings). Options that only shape the
 whole result (``--combine``, ``--errors``, ``--chunk-size``) are not in it, nor is the
 iterable's expression: the same item through the same body gives the same value whatever
 list it came from.
@@ -250,10 +251,13 @@ def iteration_keys(
         sys.version.split()[0].encode(),
     ):
         common.update(len(part).to_bytes(8, "big") + part)
-    decimal = capture_mod.interpreter_settings().get("decimal")
-    if decimal is not None:  # the notebook's own precision and rounding: other digits (in the key only then)
-        part = repr(sorted(decimal.items())).encode()
-        common.update(len(part).to_bytes(8, "big") + part)
+    settings = capture_mod.interpreter_settings()
+    # The notebook's own decimal precision and rounding (other digits), and its pandas options (other dtypes,
+    # other values), in the key only when set.
+    for name, tag in (("decimal", ""), ("pandas", "pandas:")):
+        if settings.get(name) is not None:
+            part = f"{tag}{sorted(settings[name].items())!r}".encode()
+            common.update(len(part).to_bytes(8, "big") + part)
     seeded = options.seed is not None
     keys: list[bytes | None] = []
     for i, item in enumerate(items):

@@ -10,6 +10,7 @@ behind them are recorded so the worker can refuse a mismatched environment up fr
 from __future__ import annotations
 
 import ast
+import base64
 import builtins
 import dis
 import functools
@@ -19,6 +20,7 @@ import inspect
 import io
 import itertools
 import os
+import pickle
 import platform
 import re
 import socket
@@ -1534,7 +1536,10 @@ def interpreter_settings() -> dict:
     - the recursion limit (``sys.setrecursionlimit(10_000)``): a RecursionError on the workers only;
     - the integer string conversion limit (``sys.set_int_max_str_digits(0)``): a ValueError there only;
     - whether the notebook shows matplotlib figures inline (``figures``): ``plt.show()`` in a body printed
-      ``Figure(640x480)``, and figures a body left open were never shown.
+      ``Figure(640x480)``, and figures a body left open were never shown;
+    - pandas' options, once the notebook has imported pandas (``pd.set_option("display.max_columns", None)``,
+      ``pd.options.future.infer_string = False``): a body printing a frame printed it the workers' way, and
+      the ``future.*``, ``mode.*`` and ``compute.*`` options change values (:func:`pandas_options`).
 
     Filters are given as plain data in one JSON string (each category by its module and name, rebuilt on the
     worker; the kernel's own packages' filters left out) made once per change of ``warnings.filters`` (a tuple
@@ -1574,7 +1579,70 @@ def interpreter_settings() -> dict:
         settings["int_max_str_digits"] = digits()
     if _shows_figures_inline():
         settings["figures"] = True
+    pandas_config = sys.modules.get("pandas._config.config")  # (never imported for this)
+    if pandas_config is not None:
+        options = pandas_options(pandas_config)
+        if options:
+            settings["pandas"] = options
     return settings
+
+
+_PANDAS_SEEN: list = [None, {}]  # (a copy of pandas' option values, the options of them that differ from defaults)
+
+
+def pandas_options(config: types.ModuleType) -> dict:
+    """The pandas options whose values differ from the defaults a worker's pandas has, by full key: JSON
+    values as they are, another (a ``display.float_format`` such as ``"{:.2f}".format``) as
+    ``{"pickle": base64}`` when the C pickler takes it, else left out. Read from pandas' own registry
+    (``pandas._config.config``), made once per change of its values: a cell where none changed pays one
+    comparison of its nested dicts (~2 us). A pandas that keeps its options otherwise gives none."""
+    try:
+        values = config._global_config
+        if values == _PANDAS_SEEN[0]:
+            return _PANDAS_SEEN[1]
+        options: dict = {}
+        for key, registered in config._registered_options.items():
+            value = _option_value(values, key)
+            default = _WORKERS_OWN_DEFAULTS.get(key, registered.defval)
+            if value is _NO_OPTION or value is default or _equal(value, default):
+                continue
+            if value is None or type(value) in (bool, int, float, str):
+                options[key] = value
+            else:
+                try:
+                    options[key] = {"pickle": base64.b64encode(pickle.dumps(value)).decode()}
+                except Exception:  # noqa: BLE001 - a notebook function as formatter: not followed
+                    continue
+        _PANDAS_SEEN[:] = [_copy_options(values), options]
+        return options
+    except Exception:  # noqa: BLE001 - another layout of pandas' registry: its options are not followed
+        return {}
+
+
+_NO_OPTION = object()
+# Defaults pandas chooses by where it runs: in a Jupyter kernel display.max_columns is 20, in a plain process
+# (a worker) 0, so a notebook's own default travels too.
+_WORKERS_OWN_DEFAULTS = {"display.max_columns": 0}
+
+
+def _option_value(values: dict, key: str) -> object:
+    *path, last = key.split(".")
+    for part in path:
+        values = values.get(part)  # type: ignore[assignment]
+        if not isinstance(values, dict):
+            return _NO_OPTION
+    return values.get(last, _NO_OPTION)
+
+
+def _equal(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - a value whose comparison raises differs
+        return False
+
+
+def _copy_options(values: dict) -> dict:
+    return {k: _copy_options(v) if isinstance(v, dict) else v for k, v in values.items()}
 
 
 _INLINE_BACKENDS = ("inline", "ipympl", "widget", "nbagg")  # matplotlib backends that draw into the notebook
