@@ -1258,6 +1258,38 @@ _STARTED_RECURSION_LIMIT = sys.getrecursionlimit()
 _STARTED_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
 # numpy's defaults (the kernel's capture compares its own with them)
 NUMPY_DEFAULT_ERRORS = {"divide": "warn", "over": "warn", "under": "ignore", "invalid": "warn"}
+# np.get_printoptions() as numpy starts, 1.x and 2.x alike (2.1+ adds override_repr)
+NUMPY_DEFAULT_PRINT = {
+    "edgeitems": 3,
+    "threshold": 1000,
+    "floatmode": "maxprec",
+    "precision": 8,
+    "suppress": False,
+    "linewidth": 75,
+    "nanstr": "nan",
+    "infstr": "inf",
+    "sign": "-",
+    "formatter": None,
+    "legacy": False,
+    "override_repr": None,
+}
+
+
+def follow_numpy_settings(numpy: types.ModuleType, settings: dict | None) -> None:
+    """Give numpy the notebook's error handling and print options (``capture.interpreter_settings``), and its
+    defaults for what the notebook left as they were: what a body or an earlier job set goes."""
+    settings = settings or {}
+    errors = settings.get("numpy_errors") or NUMPY_DEFAULT_ERRORS
+    if numpy.geterr() != errors:
+        numpy.seterr(**errors)
+    now = numpy.get_printoptions()
+    wanted = {key: value for key, value in NUMPY_DEFAULT_PRINT.items() if key in now}
+    wanted.update((key, value) for key, value in (settings.get("numpy_print") or {}).items() if key in now)
+    if now != wanted:
+        try:
+            numpy.set_printoptions(**wanted)
+        except Exception:  # noqa: BLE001 - a value this numpy refuses: its own options stand
+            pass
 
 
 def _follow_settings(settings: dict) -> None:
@@ -1275,11 +1307,10 @@ def _follow_settings(settings: dict) -> None:
         _FILTERS_MADE[:] = [given, made]
     warnings.filters[:] = _FILTERS_MADE[1]
     warnings._filters_mutated()  # the modules' registries of warnings already shown are stale
-    errors = settings.get("numpy_errors")
     numpy = sys.modules.get("numpy")  # (never imported for this: a task imports it when it uses it)
-    if numpy is not None and numpy.geterr() != (errors or NUMPY_DEFAULT_ERRORS):
-        numpy.seterr(**(errors or NUMPY_DEFAULT_ERRORS))
-    if errors is not None and numpy is None:  # set as a task's own import of numpy ends
+    if numpy is not None:
+        follow_numpy_settings(numpy, settings)
+    elif "numpy_errors" in settings or "numpy_print" in settings:  # set as a task's own import of numpy ends
         _NUMPY_SETTINGS_WATCH.install()
     context = settings.get("decimal")
     if context is not None or previous.get("decimal") is not None:
@@ -2147,9 +2178,7 @@ def _numpy_imported(numpy: types.ModuleType) -> None:
 
 _NUMPY_WATCH = _AfterImport("numpy", _numpy_imported)  # installed for a seeded task, removed when it ends
 # Installed when a job gives numpy's error handling before this process imported numpy (_follow_settings).
-_NUMPY_SETTINGS_WATCH = _AfterImport(
-    "numpy", lambda numpy: numpy.seterr(**((_SETTINGS[0] or {}).get("numpy_errors") or numpy.geterr()))
-)
+_NUMPY_SETTINGS_WATCH = _AfterImport("numpy", lambda numpy: follow_numpy_settings(numpy, _SETTINGS[0]))
 _PANDAS_SETTINGS_WATCH = _AfterImport(
     "pandas", lambda _pandas: follow_pandas_options((_SETTINGS[0] or {}).get("pandas"))
 )
@@ -3825,8 +3854,8 @@ class _ProcessState:
         if decimal is not None:  # precision and rounding a body set with getcontext().prec = ...
             decimal.setcontext(decimal.Context())
         numpy = sys.modules.get("numpy")
-        if numpy is not None and numpy.geterr() != NUMPY_DEFAULT_ERRORS:  # np.seterr(all="raise")
-            numpy.seterr(**NUMPY_DEFAULT_ERRORS)
+        if numpy is not None:  # np.seterr(all="raise"), np.set_printoptions(precision=3) by a body
+            follow_numpy_settings(numpy, None)
         follow_pandas_options(None)  # pd.set_option(...) by a body: pandas' defaults again
         self._restore_interpreter()
 

@@ -780,3 +780,28 @@ def test_iterations_follow_the_notebooks_pandas_options(ip, run_cell):
     assert "..." in run.stdout and "29.123456" in run.stdout and "29.12 " not in run.stdout, run.stdout
     for name in ("pd", "wide", "pandas_seen"):
         ip.user_ns.pop(name, None)
+
+
+def test_iterations_follow_the_notebooks_numpy_print_options(ip, run_cell):
+    """``np.set_printoptions(precision=3, suppress=True)`` in the notebook changed how the sequential loop printed
+    arrays; the workers printed them with numpy's defaults. The next cell, with the notebook's options back, gets
+    the defaults again, also after a body set them itself."""
+    np = pytest.importorskip("numpy")
+    ip.user_ns["arr"] = np.array([1 / 3, 1e-9, 2 / 3])
+    cell = "%%azpar -q -o printed_with --chunk-size 1 for x in range(2):\nprint(arr)\nnp.get_printoptions()['precision']"
+    run_cell("import numpy as np")
+    options = np.get_printoptions()
+    try:
+        np.set_printoptions(precision=3, suppress=True)
+        run = run_cell(cell)
+        assert run.success, run.error
+        assert run.stdout == f"{ip.user_ns['arr']}\n" * 2 == "[0.333 0.    0.667]\n" * 2, run.stdout
+        assert ip.user_ns["printed_with"] == [3, 3]
+    finally:
+        np.set_printoptions(**options)
+    assert run_cell("%%azpar -q --chunk-size 1 for x in range(4):\nnp.set_printoptions(precision=2)").success
+    run = run_cell(cell)
+    assert run.success, run.error
+    assert run.stdout == f"{ip.user_ns['arr']}\n" * 2 and "e-09" in run.stdout and "3.33e-01" not in run.stdout
+    for name in ("np", "arr", "printed_with"):
+        ip.user_ns.pop(name, None)

@@ -1531,7 +1531,8 @@ def interpreter_settings() -> dict:
 
     - warning filters (``warnings.filterwarnings("ignore")``, ``simplefilter("error")``): a notebook that
       silenced warnings got every iteration's printed, one that made them errors got prints;
-    - numpy's floating-point error handling (``np.seterr(all="ignore")``, ``divide="raise"``);
+    - numpy's floating-point error handling (``np.seterr(all="ignore")``, ``divide="raise"``) and its print
+      options (``np.set_printoptions(precision=3, suppress=True)``: a body printing an array printed it otherwise);
     - ``decimal``'s context (``getcontext().prec = 50``): other digits, silently;
     - the recursion limit (``sys.setrecursionlimit(10_000)``): a RecursionError on the workers only;
     - the integer string conversion limit (``sys.set_int_max_str_digits(0)``): a ValueError there only;
@@ -1567,6 +1568,9 @@ def interpreter_settings() -> dict:
             errors = wire.NUMPY_DEFAULT_ERRORS
         if errors != wire.NUMPY_DEFAULT_ERRORS:
             settings["numpy_errors"] = dict(errors)
+        printing = _numpy_print_options(numpy)
+        if printing:
+            settings["numpy_print"] = printing
     decimal = sys.modules.get("decimal")
     if decimal is not None:
         context = decimal.getcontext()
@@ -1585,6 +1589,23 @@ def interpreter_settings() -> dict:
         if options:
             settings["pandas"] = options
     return settings
+
+
+def _numpy_print_options(numpy: types.ModuleType) -> dict:
+    """numpy's print options that differ from its defaults (``np.set_printoptions(precision=3, suppress=True)``),
+    those that travel as JSON (a ``formatter`` or ``override_repr`` function is not followed). ~0.5 us a cell."""
+    try:
+        now = numpy.get_printoptions()
+    except Exception:  # noqa: BLE001 - a numpy that is half imported, or a stand-in module
+        return {}
+    defaults = wire.NUMPY_DEFAULT_PRINT
+    if now == defaults:
+        return {}
+    return {
+        key: value
+        for key, value in now.items()
+        if key in defaults and value != defaults[key] and (value is None or type(value) in (bool, int, float, str))
+    }
 
 
 _PANDAS_SEEN: list = [None, {}]  # (a copy of pandas' option values, the options of them that differ from defaults)
