@@ -649,3 +649,20 @@ def test_a_function_the_body_defines_comes_back_from_a_node_reading_its_own_iter
     finally:
         for name in ("x", "offset", "node_fs"):
             ip.user_ns.pop(name, None)
+
+
+def test_the_nodes_follow_the_notebooks_numpy_print_options(azure, ip, run_cell, batch):
+    # np.set_printoptions(precision=3) in the notebook: a node printed arrays with numpy's defaults.
+    import numpy as np
+    from tests.wheels import wheel_folder
+
+    wheel_folder("numpy")  # the profile's find-links folder: the nodes install it as the kernel's version
+
+    options = np.get_printoptions()
+    try:
+        np.set_printoptions(precision=3, suppress=True)
+        run = run_cell("%%azpar -q --chunk-size 1 for x in range(2):\nimport numpy as np\nprint(np.array([1 / 3, 1e-9]))")
+        assert run.success, run.error
+        assert run.stdout == "[0.333 0.   ]\n" * 2, run.stdout
+    finally:
+        np.set_printoptions(**options)
