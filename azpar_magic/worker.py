@@ -693,26 +693,27 @@ def _dill_pickler() -> type:
             self._by_reference = by_reference
             self._out_of_band = buffer_callback is not None
             self._made = made  # (file name, bindings): see IterationMade
-            self._receivers_globals: _ReceiversGlobals | None = None
 
-        def _save_made_function(self, obj: types.FunctionType, bound: dict) -> None:
-            """A function the iteration defined that reads names it bound (see :class:`IterationMade`):
-            its globals on the receiving side are a copy of that side's ``__main__`` namespace,
-            updated with ``bound``. dill's own reduction, with its post-processing, so a function that
-            reads itself or is in its own closure loads as dill's do."""
+        def _save_made_function(self, obj: types.FunctionType, names: set[str], bound: dict) -> None:
+            """A function the iteration defined that reads names it bound (see :class:`IterationMade`): its
+            globals on the receiving side are the other ``names`` it reads, as that side's ``__main__`` has
+            them when the value loads (:func:`_names_from_main`), and ``bound``. Only what it reads: such a
+            function sent on again (the items of a later cell) carries no more. dill's own reduction, with
+            its post-processing, so a function that reads itself or is in its own closure loads as dill's
+            do."""
             dill_ = _dill()._dill
-            if self._receivers_globals is None:  # one per value: its functions share their globals
-                self._receivers_globals = _ReceiversGlobals(self._main.__dict__)
-            globs = self._receivers_globals
-            names = {"__qualname__": obj.__qualname__, "__module__": obj.__module__, "__doc__": obj.__doc__}
+            # (__name__, which every __main__ has, keeps the dict from being empty as the function is made:
+            # dill's _create_function would make it another, and set the bound names in the first)
+            globs = _names_from_main(self._main.__dict__, ["__name__", *sorted(names.difference(bound))])
+            state = {"__qualname__": obj.__qualname__, "__module__": obj.__module__, "__doc__": obj.__doc__}
             if obj.__annotations__:
-                names["__annotations__"] = obj.__annotations__
+                state["__annotations__"] = obj.__annotations__
             made = (obj.__code__, globs, obj.__name__, obj.__defaults__, obj.__closure__, obj.__dict__ or None)
             dill_._save_with_postproc(
                 self,
-                (dill_._create_function, (*made, obj.__kwdefaults__), (None, names)),
+                (dill_._create_function, (*made, obj.__kwdefaults__), (None, state)),
                 obj=obj,
-                postproc_list=[(dill_._setitems, (globs, bound))] if bound else [],
+                postproc_list=[(dill_._setitems, (globs, bound))],
             )
 
         def save(self, obj, save_persistent_id=True):
@@ -726,10 +727,10 @@ def _dill_pickler() -> type:
                     and obj.__globals__ is self._main.__dict__
                     and obj.__code__.co_filename == self._made[0]
                 ):
-                    bindings = self._made[1]
-                    bound = {name: bindings[name] for name in _names_read(obj.__code__) if name in bindings}
+                    bindings, names = self._made[1], _names_read(obj.__code__)
+                    bound = {name: bindings[name] for name in names if name in bindings}
                     if bound:  # else the kernel's namespace, live, as any function of __main__ has
-                        return self._save_made_function(obj, bound)
+                        return self._save_made_function(obj, names, bound)
                 if isinstance(obj, types.ModuleType) and obj is not self._main and obj.__name__ != "__main__":
                     return self.save_reduce(*_module_reduce(obj), obj=obj)
                 if _is_plain_array(obj):
@@ -755,15 +756,24 @@ def _dill_pickler() -> type:
     return _DillPickler
 
 
-class _ReceiversGlobals:
-    """Stands, in a value's pickle, for the globals of the functions an iteration defined: a copy
-    of the receiving side's ``__main__`` namespace (the kernel's), made as the value loads."""
+class _AtLoad:
+    """Stands, in a pickle, for ``call(*args)`` made as the pickle loads (its ``args`` may stand for calls too)."""
 
-    def __init__(self, main_namespace: dict):
-        self.main_namespace = main_namespace
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
 
     def __reduce__(self):
-        return dict, (self.main_namespace,)  # dill pickles the namespace as a reference to __main__'s
+        return self.call, self.args
+
+
+def _names_from_main(main_namespace: dict, names: list[str]) -> _AtLoad:
+    """Stands for ``{name: main[name] for name in names if name in main}`` over the ``__main__`` namespace of
+    the side that loads the pickle (dill pickles ``main_namespace`` as a reference to it), made of built-in
+    calls only, so it loads wherever dill does: a name the kernel no longer has is left out (a NameError when
+    read, as for any global)."""
+    present = _AtLoad(list, _AtLoad(filter, _AtLoad(getattr, main_namespace, "__contains__"), names))
+    values = _AtLoad(map, _AtLoad(getattr, main_namespace, "__getitem__"), present)
+    return _AtLoad(dict, _AtLoad(zip, present, values))
 
 
 def _names_read(code: types.CodeType) -> set[str]:
@@ -784,8 +794,8 @@ class IterationMade:
     the kernel reading the kernel's names: a NameError when called, or silently the notebook's own
     ``x``. Each iteration's own bindings (what differs from the loaded namespace) are kept here, and
     its values are pickled with them (:func:`dumps`'s ``made``): the functions it defined read them,
-    and read the rest of what they name (the notebook's functions, modules, data) from the kernel, as
-    they did. Only the names those functions read are kept (:func:`names_functions_read`), so an
+    and the rest of what they name (the notebook's functions, modules, data) as the kernel has it when
+    the value comes back. Only the names those functions read are kept (:func:`names_functions_read`), so an
     iteration's other intermediates are freed at its end, as before.
     """
 

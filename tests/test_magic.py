@@ -712,6 +712,10 @@ def test_functions_and_classes_the_body_defines_read_their_own_iterations_names_
         run = run_cell("%%azpar -q -o fs for x in range(3):\nlambda y: y + x + offset + math.floor(0.5)")
         assert run.success, run.error
         assert [f(10) for f in ip.user_ns["fs"]] == [15, 16, 17]
+        # ... and carry only what they read: they can be the items of another cell (not the whole notebook)
+        run = run_cell("%%azpar -q -o again for f in fs:\nf(10)")
+        assert run.success, run.error
+        assert ip.user_ns["again"] == [15, 16, 17]
 
         body = (
             "%%azpar -q -o gs --chunk-size 2 for x in range(5):\n"
@@ -737,7 +741,7 @@ def test_functions_and_classes_the_body_defines_read_their_own_iterations_names_
         assert [g() for g in ip.user_ns["g"]] == [(0, 5), (1, 5)]
         assert [h() for h in ip.user_ns["h"]] == [6, 6]
     finally:
-        for name in ("x", "model", "offset", "math", "fs", "gs", "out", "g", "h"):
+        for name in ("x", "model", "offset", "math", "fs", "gs", "out", "g", "h", "again"):
             ip.user_ns.pop(name, None)
 
 
