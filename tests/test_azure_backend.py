@@ -654,6 +654,7 @@ def test_a_function_the_body_defines_comes_back_from_a_node_reading_its_own_iter
 def test_the_nodes_follow_the_notebooks_numpy_print_options(azure, ip, run_cell, batch):
     # np.set_printoptions(precision=3) in the notebook: a node printed arrays with numpy's defaults.
     import numpy as np
+
     from tests.wheels import wheel_folder
 
     wheel_folder("numpy")  # the profile's find-links folder: the nodes install it as the kernel's version
