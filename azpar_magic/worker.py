@@ -1341,12 +1341,12 @@ def _follow_settings(settings: dict) -> None:
     if settings.get("figures"):
         _draw_figures_here()
     _SETTINGS[0] = settings
-    options = settings.get("pandas")
-    if options is not None or previous.get("pandas") is not None:
-        if "pandas._config.config" in sys.modules:
-            follow_pandas_options(options)
-        elif options is not None:  # set as a task's own import of pandas ends
-            _PANDAS_SETTINGS_WATCH.install()
+    # (here, not in _ProcessState.restore, which precedes this at a job's first task: a notebook's options are
+    # then compared with what the worker has, not put back to pandas' defaults and set again at every job)
+    if "pandas._config.config" in sys.modules:  # what a body or an earlier job set goes
+        follow_pandas_options(settings.get("pandas"))
+    elif settings.get("pandas") is not None:  # set as a task's own import of pandas ends
+        _PANDAS_SETTINGS_WATCH.install()
 
 
 _PANDAS_DEFAULTS: list = [None]  # pandas' option values as it registers them, nested as it keeps them
@@ -2778,7 +2778,10 @@ class Runner:
         return id(obj) in self.job.shipped_ids
 
     def _dump(self, obj: object, made: tuple[str, dict] | None = None) -> tuple[str, bytes]:
-        return dumps(obj, main=self.job.module, by_reference=self._by_reference, made=made)
+        # (a value pickled with its iteration's bindings keeps its arrays out of band, as the whole list's would)
+        return dumps(
+            obj, main=self.job.module, by_reference=self._by_reference, made=made, out_of_band=made is not None
+        )
 
     def _error_record(self, exc: BaseException) -> dict:
         try:
@@ -3866,7 +3869,6 @@ class _ProcessState:
         numpy = sys.modules.get("numpy")
         if numpy is not None:  # np.seterr(all="raise"), np.set_printoptions(precision=3) by a body
             follow_numpy_settings(numpy, None)
-        follow_pandas_options(None)  # pd.set_option(...) by a body: pandas' defaults again
         self._restore_interpreter()
 
     def _restore_interpreter(self) -> None:

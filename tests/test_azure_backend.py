@@ -15,7 +15,7 @@ import pytest
 
 import azpar_magic
 from azpar_magic.backends.azure import commands, files
-from tests.wheels import node_pip_options, shared_folder, tiny_wheel
+from tests.wheels import node_pip_options, shared_folder, tiny_wheel, wheel_folder
 
 from .azure_support import azure_profile, sas_status, wait_until
 
@@ -529,6 +529,7 @@ def test_numpy_items_itertuples_rows_and_repeated_failures_travel_to_the_nodes(a
     # the values come back packed as well. Failures at one place are formatted once a task, each its own.
     np = pytest.importorskip("numpy")
     pd = pytest.importorskip("pandas")
+    wheel_folder("numpy", "pandas")  # the profile's find-links folder (on a fresh machine no earlier test made them)
     ip.user_ns.update(np=np, xs=np.linspace(0, 1, 20), M=np.arange(60.0).reshape(20, 3),
                       df=pd.DataFrame({"a": range(20), "b": range(20)}))
     run = run_cell("%%azpar -q -o got --chunk-size 10 for x, row in zip(xs, M):\n(type(x).__name__, np.sqrt(x), row.sum())")
@@ -556,6 +557,8 @@ def test_timestamps_paths_and_partials_of_notebook_functions_travel_to_the_nodes
     pd = pytest.importorskip("pandas")
     import functools
     import pathlib
+
+    wheel_folder("pandas")
 
     ip.user_ns.update(pd=pd, stamps=pd.date_range("2020-01-01", periods=12, freq="h", tz="UTC"),
                       paths=[pathlib.Path(f"data/day{i}.csv") for i in range(12)])
@@ -600,6 +603,8 @@ def test_the_nodes_follow_the_notebooks_warning_filters_and_numpy_errors(azure, 
     # printed, one that made them errors got prints where its loop raised. Filters travel in the envelope.
     import warnings
 
+    wheel_folder("numpy")
+
     import numpy as np
 
     cell = ("%%azpar -o node_warned --errors pass --chunk-size 2 for x in range(4):\n"
@@ -625,8 +630,6 @@ def test_figures_a_node_shows_come_back_as_pictures(azure, ip, run_cell, batch, 
     # A notebook that shows matplotlib figures inline (ipykernel sets MPLBACKEND so): plt.show() on a node shows
     # the open figures where it was called, as PNGs, in the iteration's output, which the cell replays.
     pytest.importorskip("matplotlib")
-    from tests.wheels import wheel_folder
-
     wheel_folder("matplotlib")  # the profile's find-links folder: the nodes install it as the kernel's version
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     run = run_cell("%%azpar -q -o node_figures --chunk-size 1 for x in range(2):\n"
@@ -655,8 +658,6 @@ def test_the_nodes_follow_the_notebooks_numpy_print_options(azure, ip, run_cell,
     # np.set_printoptions(precision=3) in the notebook: a node printed arrays with numpy's defaults.
     import numpy as np
 
-    from tests.wheels import wheel_folder
-
     wheel_folder("numpy")  # the profile's find-links folder: the nodes install it as the kernel's version
 
     options = np.get_printoptions()
@@ -667,3 +668,27 @@ def test_the_nodes_follow_the_notebooks_numpy_print_options(azure, ip, run_cell,
         assert run.stdout == "[0.333 0.   ]\n" * 2, run.stdout
     finally:
         np.set_printoptions(**options)
+
+
+def test_azpar_objects_the_loop_needs_are_refused_before_anything_is_submitted(azure, ip, run_cell, batch):
+    # An earlier cell's failed iterations kept with --errors pass are azpar_magic's exceptions; a body reading that
+    # list (or a loop over it) sent them to nodes that have no azpar_magic: every task failed with "the captured
+    # namespace could not be loaded on this node: No module named 'azpar_magic'", an environment mismatch.
+    from azpar_magic.errors import InfrastructureError
+
+    ip.user_ns["kept"] = [1, InfrastructureError("iteration 1 could not run")]
+    jobs_before = len(batch.requests_for("Jobs_CreateJob"))
+    try:
+        for cell, holder in (("%%azpar -q -o r for i in range(2):\nlen(kept) + i", "`kept`"),
+                             ("%%azpar -q -o r for v in kept:\nstr(v)", "the items")):
+            run = run_cell(cell)
+            assert not run.success, cell
+            message = str(run.error)
+            assert f"The loop needs {holder}," in message and "azpar_magic's own objects" in message, message
+            assert "Nothing was submitted" in message
+        assert len(batch.requests_for("Jobs_CreateJob")) == jobs_before
+        ip.user_ns["kept"] = [1, 2]  # the guard: the same cells run once the list holds plain values
+        assert run_cell("%%azpar -q -o r for v in kept:\nstr(v)").success and ip.user_ns["r"] == ["1", "2"]
+    finally:
+        ip.user_ns.pop("kept", None)
+        ip.user_ns.pop("r", None)

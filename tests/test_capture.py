@@ -36,6 +36,32 @@ def test_free_names_respect_binding_order():
     assert capture.free_names(tree, ["x"]) == {"a", "b", "c", "w", "q"}
 
 
+@pytest.mark.parametrize("body, free", [
+    # with: the target and what the block binds are sure (the notebook's rows and fh stayed in the capture)
+    ("with open(p) as fh:\n    rows = fh.read()\nlen(rows)", {"open", "p", "len"}),
+    ("with np.errstate(all='ignore'), open(p) as (fh):\n    r = fh\nr", {"np", "open", "p"}),
+    # ... unless it may swallow the block's exception, and a block's reads still count
+    ("with suppress(KeyError):\n    v = d[k]\nv", {"suppress", "KeyError", "d", "k", "v"}),
+    ("with cm:\n    a = b\na", {"cm", "b"}),
+    # if: what both branches bind, or the branch that does not end the iteration
+    ("if c:\n    w = 1\nelse:\n    w = 2\nw", {"c"}),
+    ("if c:\n    w = 1\nw", {"c", "w"}),
+    ("if not c:\n    continue\nelse:\n    w = 1\nw", {"c"}),
+    ("if c:\n    raise ValueError\nw = 1\nw", {"c", "ValueError"}),
+    # try: the body then else, or each handler that carries on; finally always
+    ("try:\n    df = load(p)\nexcept OSError:\n    df = None\ndf", {"load", "p", "OSError"}),
+    ("try:\n    df = load(p)\nexcept OSError as e:\n    print(e)\ndf", {"load", "p", "OSError", "print", "df"}),
+    ("try:\n    df = load(p)\nexcept OSError:\n    continue\ndf", {"load", "p", "OSError"}),
+    ("try:\n    a = 1\nexcept E as e:\n    b = 2\nelse:\n    b = 3\nfinally:\n    c = 4\n(b, c, e)", {"E", "e"}),
+    # loops may run no time; their target is theirs, and what a pass binds is read by the next one only
+    ("for i in r:\n    last = i\nlast", {"r", "last"}),
+    ("for i in r:\n    if i:\n        use(prev)\n    prev = i", {"r", "use", "prev"}),
+    ("while n > 0:\n    n = step(n)", {"n", "step"}),
+])
+def test_free_names_follow_what_with_if_and_try_blocks_surely_bind(body, free):
+    assert capture.free_names(parse_cell("for x in xs", body).body_tree, ["x"]) == free
+
+
 def test_nested_scopes_read_globals_but_not_their_locals():
     tree = parse_cell("for x in xs", "def f(p):\n    k = p\n    return k + g\nf(x) + (lambda t: t + h)(1)").body_tree
     assert capture.free_names(tree, ["x"]) == {"g", "h"}

@@ -732,6 +732,11 @@ def test_functions_and_classes_the_body_defines_read_their_own_iterations_names_
         ]
         assert (ip.user_ns["x"], ip.user_ns["model"]) == (1000, {"k": -1})
 
+        # a large array beside such a function comes back whole (its buffer travels out of band)
+        run = run_cell("%%azpar -q -o arrays for x in range(2):\nimport numpy as np\n(lambda: x, np.full(200_000, x))")
+        assert run.success, run.error
+        assert [(f(), a.shape, int(a.sum())) for f, a in ip.user_ns["arrays"]] == [(0, (200_000,), 0), (1, (200_000,), 200_000)]
+
         # --gather of functions the body made; one reading only the notebook's names reads them live, as before
         run = run_cell(
             "%%azpar -q -o out --gather g,h for x in range(2):\ng = lambda: (x, offset)\nh = lambda: offset\nx"
@@ -741,7 +746,7 @@ def test_functions_and_classes_the_body_defines_read_their_own_iterations_names_
         assert [g() for g in ip.user_ns["g"]] == [(0, 5), (1, 5)]
         assert [h() for h in ip.user_ns["h"]] == [6, 6]
     finally:
-        for name in ("x", "model", "offset", "math", "fs", "gs", "out", "g", "h", "again"):
+        for name in ("x", "model", "offset", "math", "fs", "gs", "out", "g", "h", "again", "arrays"):
             ip.user_ns.pop(name, None)
 
 
@@ -809,3 +814,30 @@ def test_iterations_follow_the_notebooks_numpy_print_options(ip, run_cell):
     assert run.stdout == f"{ip.user_ns['arr']}\n" * 2 and "e-09" in run.stdout and "3.33e-01" not in run.stdout
     for name in ("np", "arr", "printed_with"):
         ip.user_ns.pop(name, None)
+
+
+def test_a_name_the_body_binds_in_a_with_or_try_block_is_not_taken_from_the_notebook(ip, run_cell, tmp_path):
+    """``with open(path) as fh: rows = ...`` then ``len(rows)``: the body never reads the notebook's ``rows``,
+    but only top-level assignments counted as binding, so the notebook's ``rows`` went with every job (a large
+    frame shipped for nothing) or, unpicklable, refused the cell. Names ``with``, ``if`` and ``try`` blocks bind
+    on every way through them now count, in order."""
+    import threading
+
+    path = tmp_path / "lines.txt"
+    path.write_text("a\nb\nc\n")
+    ip.user_ns.update(rows=threading.Lock(), fh=threading.Lock(), parsed=threading.Lock(), lines_path=str(path))
+    try:
+        run = run_cell("%%azpar -q -o counted for i in range(2):\n"
+                       "with open(lines_path) as fh:\n    rows = fh.read().split()\n"
+                       "try:\n    parsed = int(rows[0])\nexcept ValueError:\n    parsed = None\n"
+                       "(len(rows) + i, parsed)")
+        assert run.success, run.error
+        assert ip.user_ns["counted"] == [(3, None), (4, None)]
+        assert azpar_magic.jobs()[-1].capture.names == ("lines_path",)
+        # a block that may swallow its exception binds nothing sure: the notebook's name is needed, and said so
+        refused = run_cell("%%azpar -q -o counted for i in range(2):\n"
+                           "from contextlib import suppress\nwith suppress(OSError):\n    rows = open(lines_path).read()\nrows")
+        assert not refused.success and "`rows`" in str(refused.error), refused.error
+    finally:
+        for name in ("rows", "fh", "parsed", "lines_path", "counted"):
+            ip.user_ns.pop(name, None)

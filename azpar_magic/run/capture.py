@@ -124,6 +124,10 @@ class Capture:
     # built in place beside the notebook), as {module: file}: found in this machine's folders only
     # (compiled_modules), which the local pool's workers add to their sys.path.
     compiled_modules: dict[str, str] = field(default_factory=dict)
+    # Where azpar_magic's own objects travel (an earlier cell's failed iterations kept with --errors pass, a Job):
+    # the names holding them, "the items" for the loop's items. Azure's nodes do not have azpar_magic
+    # (engine.own_objects_message).
+    own_objects: tuple[str, ...] = ()
 
     def without_data(self) -> Capture:
         """What was shipped, without the namespace bytes: what a job keeps. The bytes are
@@ -238,12 +242,82 @@ def _unconditional_bindings(stmt: ast.stmt) -> set[str]:
 
 def free_names(tree: ast.Module, target_names: Iterable[str]) -> set[str]:
     """Names the body reads before (or without) binding them itself, minus the loop target."""
-    bound = set(target_names)
+    return _flow(tree.body, set(target_names))[0]
+
+
+def _flow(statements: list[ast.stmt], bound: set[str]) -> tuple[set[str], set[str]]:
+    """(the names ``statements`` read before they are surely bound, the names surely bound after them),
+    from ``bound`` on. What ``with``, ``if`` and ``try`` blocks bind on every way through them counts, in
+    order: ``with open(path) as fh: rows = ...`` then ``len(rows)`` reads neither from the notebook, where
+    the notebook's ``rows`` was shipped with every job (or refused, unpicklable). Loops may run no time:
+    what they bind is not sure."""
     needed: set[str] = set()
-    for stmt in tree.body:
-        needed |= _scope_reads(stmt) - bound
-        bound |= _unconditional_bindings(stmt)
-    return needed
+    bound = set(bound)
+    for stmt in statements:
+        if isinstance(stmt, (ast.With, ast.AsyncWith)):
+            for item in stmt.items:
+                needed |= _scope_reads(item.context_expr) - bound
+                if item.optional_vars is not None:
+                    needed |= _scope_reads(item.optional_vars) - bound  # (an attribute or item target reads)
+                    bound |= _stored_names([item.optional_vars])
+            inner_needed, inner_bound = _flow(stmt.body, bound)
+            needed |= inner_needed
+            if not _may_suppress(stmt):  # (else the block may end at any statement, the rest carried on)
+                bound = inner_bound
+        elif isinstance(stmt, ast.If):
+            needed |= _scope_reads(stmt.test) - bound
+            body_needed, body_bound = _flow(stmt.body, bound)
+            else_needed, else_bound = _flow(stmt.orelse, bound)
+            needed |= body_needed | else_needed
+            ways = [
+                b for block, b in ((stmt.body, body_bound), (stmt.orelse, else_bound)) if not _ends_the_iteration(block)
+            ]
+            bound = set.intersection(*ways) if ways else bound  # (``else: continue``: the other way is the only one)
+        elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+            body_needed, body_bound = _flow(stmt.body, bound)
+            else_needed, else_bound = _flow(stmt.orelse, body_bound)
+            needed |= body_needed | else_needed
+            ways = [else_bound]
+            for handler in stmt.handlers:  # (it may start from any statement of the body: from ``bound``)
+                if handler.type is not None:
+                    needed |= _scope_reads(handler.type) - bound
+                own = {handler.name} if handler.name else set()
+                handler_needed, handler_bound = _flow(handler.body, bound | own)
+                needed |= handler_needed
+                if not _ends_the_iteration(handler.body):
+                    ways.append(handler_bound - own)  # (Python deletes ``except E as e``'s name at its end)
+            final_needed, final_bound = _flow(stmt.finalbody, bound)
+            needed |= final_needed
+            bound = set.intersection(*ways) | final_bound
+        elif isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)):  # (nothing sure after: it may run no time)
+            header = stmt.test if isinstance(stmt, ast.While) else ast.Tuple([stmt.iter, stmt.target], ast.Load())
+            needed |= _scope_reads(header) - bound
+            own = set() if isinstance(stmt, ast.While) else _stored_names([stmt.target])
+            needed |= _flow(stmt.body, bound | own)[0] | _flow(stmt.orelse, bound)[0]
+        else:
+            needed |= _scope_reads(stmt) - bound
+            bound |= _unconditional_bindings(stmt)
+    return needed, bound
+
+
+# Context managers that may swallow the exception of their block (``contextlib.suppress``, pytest's
+# ``raises``, unittest's ``assertRaises``): after them, what the block binds is not sure.
+_SUPPRESSING = frozenset({"suppress", "raises", "assertRaises", "assertRaisesRegex", "ExitStack", "AsyncExitStack"})
+
+
+def _may_suppress(stmt: ast.With | ast.AsyncWith) -> bool:
+    for item in stmt.items:
+        call = item.context_expr.func if isinstance(item.context_expr, ast.Call) else item.context_expr
+        name = call.id if isinstance(call, ast.Name) else call.attr if isinstance(call, ast.Attribute) else None
+        if name is None or name in _SUPPRESSING:
+            return True
+    return False
+
+
+def _ends_the_iteration(block: list[ast.stmt]) -> bool:
+    """A block (a handler, a branch) that raises or goes on to the next item: no statement after its ``try``
+    or ``if`` runs from it."""
+    return bool(block) and isinstance(block[-1], (ast.Raise, ast.Continue, ast.Break, ast.Return))
 
 
 # Names whose use means the body inspects or changes its own scope.
@@ -681,6 +755,25 @@ def reach_inside(
         reach._name_in_namespace(obj)  # (a function as well as a class: the items may name it)
         reach.visit(obj)
     return reach
+
+
+def _own_objects(chosen: Mapping[str, object], modules: set[str], item_kinds: set[str]) -> tuple[str, ...]:
+    """The chosen names whose objects are azpar_magic's own, and "the items" when the items are (only looked
+    at when the pickle named an azpar_magic module: each such name pickled again alone, on that path only)."""
+    ours = "azpar_magic"
+    found = []
+    if any(m.partition(".")[0] == ours for m in modules):
+        for name, value in chosen.items():
+            inspector = _Inspector()
+            try:
+                wire.dumps(value, hook=inspector)
+            except Exception:  # noqa: BLE001 - it pickled as part of the namespace; alone it is not the one
+                continue
+            if any(m.partition(".")[0] == ours for m in inspector.modules):
+                found.append(f"`{name}`")
+    if any(m.partition(".")[0] == ours for m in item_kinds):
+        found.append("the items")
+    return tuple(found)
 
 
 def serialize(namespace: dict[str, object]) -> tuple[str, bytes, set[str]]:
@@ -1431,7 +1524,8 @@ def capture(
         if no_export
         else ()
     )
-    modules = used_modules | reach.modules | body_imports | (set(items_from) if plain else item_modules(items))
+    item_kinds = set(items_from) if plain else item_modules(items)
+    modules = used_modules | reach.modules | body_imports | item_kinds
     folder = folder or os.getcwd()
     local = local_module_files(modules, folder)
     local_tops = {path.split("/")[0].removesuffix(".py") for path in local}
@@ -1451,6 +1545,7 @@ def capture(
         local_modules_sha256=modules_digest(local) if local else "",
         submodules=tuple(sorted(submodules_reached(body_chains, namespace) | reach.submodules)),
         compiled_modules=compiled_modules(modules),
+        own_objects=_own_objects(chosen, used_modules | reach.modules, item_kinds),
         sources=reach.sources,
         warnings=((_DYNAMIC_LOOKUP_WARNING,) if dynamic else ())
         + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ())

@@ -66,6 +66,17 @@ def unshipped_warnings(cap: capture_mod.Capture, spelling: Mapping[str, str]) ->
     ]
 
 
+def own_objects_message(holders: Sequence[str], backend: str) -> str:
+    """Why a loop whose namespace or items hold azpar_magic's own objects cannot run on ``backend``'s nodes."""
+    return (
+        f"The loop needs {' and '.join(holders)}, which hold{'s' * (len(holders) == 1 and holders[0] != 'the items')} "
+        f"azpar_magic's own objects (the errors an earlier cell kept for its failed iterations with --errors pass, "
+        f"a Job), and the {backend} nodes do not have azpar_magic: the whole job would fail there. Leave them out "
+        "first (`[v for v in values if not isinstance(v, Exception)]`), or pass --no-export NAME if the body does "
+        "not really use it. Nothing was submitted."
+    )
+
+
 def compiled_modules_message(compiled: Mapping[str, str], backend: str) -> str:
     """Why a cell using compiled modules of the user's own cannot run where files are remote."""
     listed = ", ".join(f"{name} ({path})" for name, path in sorted(compiled.items()))
@@ -777,6 +788,8 @@ class Engine:
                 raise SubmitError(str(exc)) from None
             if cap.compiled_modules and self.backend.files_are_remote:
                 raise SubmitError(compiled_modules_message(cap.compiled_modules, self.backend.name))
+            if cap.own_objects and self.backend.files_are_remote:
+                raise SubmitError(own_objects_message(cap.own_objects, self.backend.name))
             for text in (
                 *cap.warnings,
                 *unshipped_warnings(cap, request.spelling),
