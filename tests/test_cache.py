@@ -351,7 +351,8 @@ def test_values_are_reused_only_under_the_same_decimal_context():
 
 def test_values_are_reused_only_under_the_same_pandas_options():
     """The iterations follow the notebook's pandas options (capture.interpreter_settings): a string column's
-    dtype computed under one ``future.infer_string`` was reused under the other. Set options are in the key."""
+    dtype computed under one ``future.infer_string`` was reused under the other. Set options that change values
+    are in the key; display options are not."""
     import warnings
 
     pd = pytest.importorskip("pandas")
@@ -368,6 +369,12 @@ def test_values_are_reused_only_under_the_same_pandas_options():
             pd.reset_option("future.infer_string")
     back, same = _run(ns, body=body, cache=True)
     assert _ran(back) == [] and same == default
+    pd.set_option("display.max_rows", 5)  # how frames print is not in the key
+    try:
+        shown, same = _run(ns, body=body, cache=True)
+        assert _ran(shown) == [] and same == default
+    finally:
+        pd.reset_option("display.max_rows")
 
 
 def test_gathered_variables_come_back_from_the_cache():

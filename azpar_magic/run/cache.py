@@ -202,6 +202,9 @@ def content_digest(obj: object, modules: set[str] | None = None) -> bytes:
     return hashlib.blake2b(buf.getvalue(), digest_size=_DIGEST).digest()
 
 
+_PRESENTATION = ("display.", "styler.", "plotting.")  # pandas options that change only how values look
+
+
 def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
     """The content digest of what capture would ship for this cell: the chosen names (as
     ``capture.capture`` chooses them), the source of the notebook-folder modules they and the
@@ -252,11 +255,12 @@ def iteration_keys(
     ):
         common.update(len(part).to_bytes(8, "big") + part)
     settings = capture_mod.interpreter_settings()
-    # The notebook's own decimal precision and rounding (other digits), and its pandas options (other dtypes,
-    # other values), in the key only when set.
-    for name, tag in (("decimal", ""), ("pandas", "pandas:")):
-        if settings.get(name) is not None:
-            part = f"{tag}{sorted(settings[name].items())!r}".encode()
+    # The notebook's own decimal precision and rounding (other digits), and its pandas options that change values
+    # (future.*, mode.*, compute.*: other dtypes, other results; not how frames print), in the key only when set.
+    pandas = {k: v for k, v in (settings.get("pandas") or {}).items() if not k.startswith(_PRESENTATION)}
+    for tag, chosen in (("", settings.get("decimal")), ("pandas:", pandas or None)):
+        if chosen is not None:
+            part = f"{tag}{sorted(chosen.items())!r}".encode()
             common.update(len(part).to_bytes(8, "big") + part)
     seeded = options.seed is not None
     keys: list[bytes | None] = []

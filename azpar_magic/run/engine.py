@@ -70,10 +70,10 @@ def own_objects_message(holders: Sequence[str], backend: str) -> str:
     """Why a loop whose namespace or items hold azpar_magic's own objects cannot run on ``backend``'s nodes."""
     return (
         f"The loop needs {' and '.join(holders)}, which hold{'s' * (len(holders) == 1 and holders[0] != 'the items')} "
-        f"azpar_magic's own objects (the errors an earlier cell kept for its failed iterations with --errors pass, "
-        f"a Job), and the {backend} nodes do not have azpar_magic: the whole job would fail there. Leave them out "
-        "first (`[v for v in values if not isinstance(v, Exception)]`), or pass --no-export NAME if the body does "
-        "not really use it. Nothing was submitted."
+        "azpar_magic's own objects or code (the errors an earlier cell kept for its failed iterations with --errors "
+        f"pass, a Job, a function calling azpar_magic), and the {backend} nodes do not have azpar_magic: every task "
+        "would fail there. Leave those objects out first (`[v for v in values if not isinstance(v, Exception)]`), "
+        "or pass --no-export NAME if the body does not really use it. Nothing was submitted."
     )
 
 
