@@ -727,7 +727,7 @@ def _dill_pickler() -> type:
                     and obj.__globals__ is self._main.__dict__
                     and obj.__code__.co_filename == self._made[0]
                 ):
-                    bindings, names = self._made[1], _names_read(obj.__code__)
+                    bindings, names = self._made[1], names_read(obj.__code__)
                     bound = {name: bindings[name] for name in names if name in bindings}
                     if bound:  # else the kernel's namespace, live, as any function of __main__ has
                         return self._save_made_function(obj, names, bound)
@@ -776,12 +776,13 @@ def _names_from_main(main_namespace: dict, names: list[str]) -> _AtLoad:
     return _AtLoad(dict, _AtLoad(zip, present, values))
 
 
-def _names_read(code: types.CodeType) -> set[str]:
-    """The global (and attribute) names a function's code and the code nested in it name."""
+def names_read(code: types.CodeType) -> set[str]:
+    """The names a code object and the code nested in it (functions, comprehensions) may read as globals
+    (attribute names among them: ``co_names`` holds both)."""
     names = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= _names_read(const)
+            names |= names_read(const)
     return names
 
 
@@ -826,7 +827,7 @@ def names_functions_read(code: types.CodeType) -> frozenset[str]:
     names: set[str] = set()
     for const in code.co_consts:
         if isinstance(const, types.CodeType) and const.co_name not in _COMPREHENSIONS:
-            names |= _names_read(const)
+            names |= names_read(const)
     return frozenset(names)
 
 

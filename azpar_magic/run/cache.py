@@ -115,15 +115,6 @@ def _set_order(value: object) -> tuple[str, str]:
     return type(value).__qualname__, repr(value)
 
 
-def _global_names(code: types.CodeType) -> set[str]:
-    """The names a code object and the code nested in it (functions, comprehensions) may read as globals."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
-
-
 class _ContentPickler(dill.Pickler):
     """dill, for what the C pickler cannot digest, with notebook functions as their content:
     code by content, the globals they read sorted by name (dill's own ``recurse`` collects them
@@ -140,7 +131,7 @@ class _ContentPickler(dill.Pickler):
             return str, (f"<recursive {fn.__qualname__}>",)
         self._saving.add(id(fn))
         scope = fn.__globals__
-        reads = [(name, scope[name]) for name in sorted(_global_names(fn.__code__)) if name in scope]
+        reads = [(name, scope[name]) for name in sorted(wire.names_read(fn.__code__)) if name in scope]
         cells = tuple(cell.cell_contents if _cell_full(cell) else "<empty cell>" for cell in fn.__closure__ or ())
         state = sorted(fn.__dict__.items(), key=lambda kv: kv[0])
         return tuple, (
