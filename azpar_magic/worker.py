@@ -1353,6 +1353,16 @@ def _follow_settings(settings: dict) -> None:
 _PANDAS_DEFAULTS: list = [None]  # pandas' option values as it registers them, nested as it keeps them
 
 
+def pandas_option(values: dict, key: str, missing: object) -> object:
+    """Option ``key`` ("display.max_columns") in pandas' nested dicts of option values, or ``missing``."""
+    *path, last = key.split(".")
+    for part in path:
+        values = values.get(part)  # type: ignore[assignment]
+        if not isinstance(values, dict):
+            return missing
+    return values.get(last, missing)
+
+
 def follow_pandas_options(options: dict | None) -> None:
     """Give pandas' options the notebook's values (``capture.pandas_options``: a value, or its pickle), and
     every other option pandas' default: what a body or an earlier job set goes. Nothing is imported; a job
@@ -1386,9 +1396,7 @@ def follow_pandas_options(options: dict | None) -> None:
             try:
                 if isinstance(value, dict):
                     value = pickle.loads(binascii.a2b_base64(value["pickle"]))
-                now = values
-                for part in key.split("."):
-                    now = now[part]
+                now = pandas_option(values, key, _MISSING)
                 if now is value or now == value:
                     continue
                 config.set_option(key, value)
@@ -2754,10 +2762,6 @@ def iteration_files(envelope: dict, task_spec: dict | None) -> IterationFiles | 
     return IterationFiles(job_spec, task_spec or {})
 
 
-class _EachOnItsOwn(Exception):
-    """Raised in :meth:`Runner._encode_list` to pickle the values one by one."""
-
-
 class Runner:
     """Runs iterations of a loaded job and builds the result record of a task."""
 
@@ -2932,15 +2936,18 @@ class Runner:
                 plain = standard[0] if standard is not None else None
             if plain is not None:
                 return ["all", "pickle", plain]
-            if made is not None:
-                raise _EachOnItsOwn
-            # (arrays laid out after the pickle: not grown into the pickler's buffer, and aligned where loaded)
-            return [
-                "all",
-                *dumps(
-                    values, main=self.job.module, by_reference=self._by_reference, maybe_plain=False, out_of_band=True
-                ),
-            ]
+            if made is None:  # (else each value with its own iteration's bindings, below)
+                # (arrays laid out after the pickle: not grown into the pickler's buffer, and aligned where loaded)
+                return [
+                    "all",
+                    *dumps(
+                        values,
+                        main=self.job.module,
+                        by_reference=self._by_reference,
+                        maybe_plain=False,
+                        out_of_band=True,
+                    ),
+                ]
         except Exception:
             pass
         encoded = []

@@ -760,18 +760,21 @@ def reach_inside(
 def _own_objects(chosen: Mapping[str, object], modules: set[str], item_kinds: set[str]) -> tuple[str, ...]:
     """The chosen names whose objects are azpar_magic's own, and "the items" when the items are (only looked
     at when the pickle named an azpar_magic module: each such name pickled again alone, on that path only)."""
-    ours = "azpar_magic"
+
+    def ours(names: Iterable[str]) -> bool:
+        return any(m.partition(".")[0] == "azpar_magic" for m in names)
+
     found = []
-    if any(m.partition(".")[0] == ours for m in modules):
+    if ours(modules):
         for name, value in chosen.items():
             inspector = _Inspector()
             try:
                 wire.dumps(value, hook=inspector)
             except Exception:  # noqa: BLE001 - it pickled as part of the namespace; alone it is not the one
                 continue
-            if any(m.partition(".")[0] == ours for m in inspector.modules):
+            if ours(inspector.modules):
                 found.append(f"`{name}`")
-    if any(m.partition(".")[0] == ours for m in item_kinds):
+    if ours(item_kinds):
         found.append("the items")
     return tuple(found)
 
@@ -1718,7 +1721,7 @@ def pandas_options(config: types.ModuleType) -> dict:
             return _PANDAS_SEEN[1]
         options: dict = {}
         for key, registered in config._registered_options.items():
-            value = _option_value(values, key)
+            value = wire.pandas_option(values, key, _NO_OPTION)
             default = _WORKERS_OWN_DEFAULTS.get(key, registered.defval)
             if value is _NO_OPTION or value is default or _equal(value, default):
                 continue
@@ -1739,15 +1742,6 @@ _NO_OPTION = object()
 # Defaults pandas chooses by where it runs: in a Jupyter kernel display.max_columns is 20, in a plain process
 # (a worker) 0, so a notebook's own default travels too.
 _WORKERS_OWN_DEFAULTS = {"display.max_columns": 0}
-
-
-def _option_value(values: dict, key: str) -> object:
-    *path, last = key.split(".")
-    for part in path:
-        values = values.get(part)  # type: ignore[assignment]
-        if not isinstance(values, dict):
-            return _NO_OPTION
-    return values.get(last, _NO_OPTION)
 
 
 def _equal(a: object, b: object) -> bool:
