@@ -266,9 +266,11 @@ def test_collect_reads_its_words_as_the_other_commands_do(run_cell):
 def test_collect_errors_binds_what_a_failed_job_finished_as_the_error_advises(ip, run_cell):
     """A failed cell said its finished results were in ``%azpar collect JOB``, which raised the same error again.
     The error now names ``%azpar collect JOB --errors remove``, which binds them (and the gathered names) in
-    order; ``--errors pass`` puts the exceptions in their places."""
+    order; ``--errors pass`` puts the exceptions in their places. The last iteration fails: under the job's
+    ``--errors stop`` the iterations after a failure may be cancelled before they run (a race this test lost in CI),
+    while the ones before it always finish."""
     failed = run_cell("%%azpar -o never_bound_c --gather tag_c --chunk-size 1 for x in range(4):\n"
-                      "tag_c = f't{x}'\nif x == 2:\n    raise ValueError('no two')\nx * 10\n")
+                      "tag_c = f't{x}'\nif x == 3:\n    raise ValueError('no three')\nx * 10\n")
     assert isinstance(failed.error, azpar_magic.IterationError), failed.error
     job_id = failed.error.job_id
     advice = f"`%azpar collect {job_id} --errors remove` binds them"
@@ -277,16 +279,16 @@ def test_collect_errors_binds_what_a_failed_job_finished_as_the_error_advises(ip
     assert isinstance(again.error, azpar_magic.IterationError), "the job's own policy still raises"
     kept = run_cell(f"%azpar collect {job_id} --errors remove -o kept_c")
     assert kept.success, kept.error
-    assert ip.user_ns["kept_c"] == [0, 10, 30] and ip.user_ns["tag_c"] == ["t0", "t1", "t3"]
+    assert ip.user_ns["kept_c"] == [0, 10, 20] and ip.user_ns["tag_c"] == ["t0", "t1", "t2"]
     assert "never_bound_c" not in ip.user_ns
     passed = run_cell(f"%azpar collect {job_id} --errors pass -o passed_c")
     assert passed.success, passed.error
-    assert ip.user_ns["passed_c"][3] == 30 and isinstance(ip.user_ns["passed_c"][2], ValueError)
+    assert ip.user_ns["passed_c"][2] == 20 and isinstance(ip.user_ns["passed_c"][3], ValueError)
     usage = "%azpar collect [JOB] [-o NAME] [--errors remove|pass]"
     assert str(run_cell(f"%azpar collect {job_id} --errors stop").error) == (
         f"--errors takes remove or pass here, not 'stop'; usage: {usage}")
     assert str(run_cell(f"%azpar collect {job_id} --errors").error).endswith(usage)
-    assert azpar_magic.collect(job_id, errors="remove") == [0, 10, 30]
+    assert azpar_magic.collect(job_id, errors="remove") == [0, 10, 20]
     none = run_cell("%%azpar -o never_bound_c for x in range(2):\nraise ValueError('all fail')")
     assert "all fail" in str(none.error) and "finished results" not in str(none.error), "none finished: no advice"
 
