@@ -194,9 +194,19 @@ def test_allowed_in_nested_scopes_and_loops(body):
     parse_cell("for x in xs", body)
 
 
-def test_magics_in_body_get_a_hint():
+@pytest.mark.parametrize("body", ["%time x", "  !ls", "files = !ls {x}", "a, b = %sx ls", "t = %time f(x)"])
+def test_magics_in_body_get_a_hint(body):
+    """IPython rewrites a magic or shell escape, alone or assigned (``files = !ls``); the assigned ones got a bare
+    "invalid syntax"."""
     with pytest.raises(CellError, match="magics and shell escapes"):
-        parse_cell("for x in xs", "%time x")
+        parse_cell("for x in xs", "y = 1\n" + body)
+
+
+@pytest.mark.parametrize("body", ["x =+ 1 +", "if x != :\n    pass", "print(x) !"])
+def test_other_syntax_errors_get_no_magic_hint(body):
+    with pytest.raises(CellError) as info:
+        parse_cell("for x in xs", body)
+    assert "Syntax error" in str(info.value) and "magics" not in str(info.value)
 
 
 def test_empty_body_is_refused():

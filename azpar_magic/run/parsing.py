@@ -343,6 +343,10 @@ def build_function_code(target: ast.expr, body: ast.Module, line_offset: int, fu
         return b""
 
 
+# A line IPython would have rewritten: a magic or shell escape, alone or assigned (`files = !ls`, `t = %time f()`).
+_IPYTHON_SYNTAX = re.compile(r"\s*(?:[A-Za-z_][\w.,\s]*=\s*)?[%!]")
+
+
 @functools.lru_cache(maxsize=64)
 def parse_cell(line: str, body: str, future: int = 0) -> ParsedCell:
     """Validate the magic line and body; raise CellError with a user-facing message.
@@ -362,7 +366,7 @@ def parse_cell(line: str, body: str, future: int = 0) -> ParsedCell:
     except SyntaxError as exc:
         where = f"line {exc.lineno + line_offset}" if exc.lineno else "the body"
         hint = ""
-        if exc.text and exc.text.lstrip().startswith(("%", "!")):
+        if exc.text and _IPYTHON_SYNTAX.match(exc.text):
             hint = " IPython magics and shell escapes (% and !) cannot run inside a %%azpar body."
         raise CellError(f"Syntax error at {where} of the cell: {exc.msg}.{hint} Nothing was submitted.") from None
     check_body(tree, line_offset)
