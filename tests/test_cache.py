@@ -377,6 +377,29 @@ def test_values_are_reused_only_under_the_same_pandas_options():
         pd.reset_option("display.max_rows")
 
 
+def test_values_are_reused_only_under_the_same_environment_variables_the_code_reads(monkeypatch):
+    """The local pool's workers follow the kernel's environment variables: a body reading ``os.environ["SCALE"]``
+    (or a notebook function doing so) gave another value once the notebook set the variable, and ``--cache``
+    reused the old one. The variables the code reads by name are in the key; the others are not."""
+    monkeypatch.setenv("AZPAR_TEST_SCALE", "3")
+    ns = _ns(xs=[1, 2])
+    body = "import os\nx * int(os.environ['AZPAR_TEST_SCALE'])"
+    _, first = _run(ns, body=body, cache=True)
+    assert first == [3, 6]
+    monkeypatch.setenv("AZPAR_TEST_OTHER", "1")  # a variable the body does not read: the values are reused
+    again, same = _run(ns, body=body, cache=True)
+    assert _ran(again) == [] and same == first
+    monkeypatch.setenv("AZPAR_TEST_SCALE", "5")
+    job, scaled = _run(ns, body=body, cache=True)
+    assert _ran(job) == [0, 1] and scaled == [5, 10], scaled
+    exec("import os\ndef scale(v):\n    return v * int(os.getenv('AZPAR_TEST_SCALE', '1'))", ns)
+    _, through_function = _run(ns, body="scale(x)", cache=True)
+    assert through_function == [5, 10]
+    monkeypatch.delenv("AZPAR_TEST_SCALE")
+    unset, plain = _run(ns, body="scale(x)", cache=True)
+    assert _ran(unset) == [0, 1] and plain == [1, 2], plain
+
+
 def test_gathered_variables_come_back_from_the_cache():
     ns = _ns()
     body = "y = x * 10\nx"

@@ -7,7 +7,8 @@ digest, the files ``--inputs`` gives it (each one's path, size and modification 
 edited since is a miss), and the options that change one iteration's value (``--seed`` with i,
 since the iteration's stream is spawned from both; ``--gather`` names), and the notebook's ``decimal``
 context and pandas options when they are not the defaults (the iterations follow them:
-capture.interpreter_settings). Options that only shape the
+capture.interpreter_settings), and the kernel's environment variables the code reads by name
+(``environment_reads``). Options that only shape the
 whole result (``--combine``, ``--errors``, ``--chunk-size``) are not in it, nor is the
 iterable's expression: the same item through the same body gives the same value whatever
 list it came from.
@@ -28,12 +29,16 @@ kernel sees every value, and indexes the job's keys.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import io
+import os
 import pickle
+import re
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,7 +225,58 @@ def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
     versions = capture_mod.distributions_for(modules)  # numpy 1 -> 2 may change a value
     # The modules by their digest (their paths and texts): repr of a package's whole source was every cell's.
     shipped = capture_mod.modules_digest(local) if local else ""
-    return hashlib.blake2b(digest + repr((shipped, sorted(versions.items()))).encode(), digest_size=_DIGEST).digest()
+    parts = (shipped, sorted(versions.items()))
+    environ = environment_reads(cell.body, chosen.values())
+    if environ:  # (a tuple of three only then: the keys of code that reads no variable are as before)
+        parts += (environ,)
+    return hashlib.blake2b(digest + repr(parts).encode(), digest_size=_DIGEST).digest()
+
+
+# How code reads the environment: os.environ[...], os.environ.get(...), os.getenv(...), "X" in os.environ.
+_ENVIRON_READERS = frozenset({"environ", "environb", "getenv", "getenvb"})
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def environment_reads(body: str, values: Iterable[object]) -> list[tuple[str, str | None]]:
+    """The kernel's environment variables the body, or a notebook function it is given, reads by name, with
+    their values now (None: unset). The local pool's workers follow the kernel's variables, so a body reading
+    ``os.environ["SCALE"]`` gave another value once the notebook set it, and ``--cache`` reused the old one.
+    A variable counts when the code reads the environment (``environ``, ``getenv``) and names it in a string
+    constant; a name built at run time (``f"DIR_{x}"``) is not seen."""
+    names = set(_body_environment_names(body))
+    for value in values:
+        code = getattr(value, "__code__", None)
+        if isinstance(code, types.CodeType):
+            names.update(_code_environment_names(code))
+    return [(name, os.environ.get(name)) for name in sorted(names)]
+
+
+@functools.lru_cache(maxsize=64)
+def _body_environment_names(body: str) -> tuple[str, ...]:
+    try:
+        tree = ast.parse(body)
+    except SyntaxError:  # (parsing.parse_cell checked it; a body IPython rewrote is not reparsed here)
+        return ()
+    reads, names = False, set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in _ENVIRON_READERS:
+            reads = True
+        elif isinstance(node, ast.Name) and node.id in _ENVIRON_READERS:
+            reads = True
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _VARIABLE_NAME.match(node.value):
+            names.add(node.value)
+    return tuple(sorted(names)) if reads else ()
+
+
+def _code_environment_names(code: types.CodeType) -> set[str]:
+    """The names a function's code reads from the environment (its nested functions' too)."""
+    nested = [const for const in code.co_consts if isinstance(const, types.CodeType)]
+    names: set[str] = set()
+    for inner in nested:
+        names |= _code_environment_names(inner)
+    if _ENVIRON_READERS.intersection(code.co_names):
+        names.update(c for c in code.co_consts if isinstance(c, str) and _VARIABLE_NAME.match(c))
+    return names
 
 
 def iteration_keys(
