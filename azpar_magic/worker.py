@@ -1243,7 +1243,7 @@ def _follow_logging(setup: dict | None) -> None:
         _, handler, root_level, levels = current
         if handler is not None:
             logging.root.removeHandler(handler)
-            logging.root.setLevel(root_level)
+        logging.root.setLevel(root_level)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         _LOGGING[0] = None
@@ -1254,6 +1254,8 @@ def _follow_logging(setup: dict | None) -> None:
         handler = _recorded_stream_handler(logging, setup)
         logging.root.addHandler(handler)
         logging.root.setLevel(setup["level"])
+    elif "root_level" in setup:  # the notebook's root level without a handler of its own
+        logging.root.setLevel(setup["root_level"])
     levels = {}
     for name, level in setup["levels"].items():
         logger = logging.getLogger(name)
@@ -2017,6 +2019,10 @@ class _OutputSink:
     def add(self, kind: str, data) -> None:
         self.add_to(self.running() if self.running is not None else self.progress[0], kind, data)
 
+    def clear(self) -> None:
+        """IPython's ``clear_output()`` in an iteration: what it has shown so far is dropped."""
+        self.recorders.pop(self.running() if self.running is not None else self.progress[0], None)
+
     def add_to(self, index: int, kind: str, data) -> None:
         recorder = self.recorders.get(index)
         if recorder is None:
@@ -2202,6 +2208,43 @@ _PANDAS_SETTINGS_WATCH = _AfterImport(
     "pandas", lambda _pandas: follow_pandas_options((_SETTINGS[0] or {}).get("pandas"))
 )
 _LINECACHE_WATCH = _AfterImport("linecache", lambda _linecache: _show_sources(_SOURCES))
+
+
+def _ipython_display_imported(module: types.ModuleType) -> None:
+    """IPython's ``display()``, run where no IPython shell is, prints each object's text, and ``clear_output()``
+    prints a terminal's erase-line codes: a body that ran ``from IPython.display import display`` (or a notebook
+    that had, its ``display`` captured) showed ``<IPython.core.display.HTML object>`` and a frame as text where
+    the notebook's own loop showed them rendered. In a task they now give the iteration's output a display, as
+    the ``display`` builtin does here (``_display``); ``clear_output()`` clears what the iteration has shown so
+    far (the iterations run side by side: each keeps its own last output). Outside a task, IPython's own."""
+    shown, cleared = getattr(module, "display", None), getattr(module, "clear_output", None)
+    if callable(shown):
+
+        def display(*objs, raw: bool = False, **kwargs):
+            sink = _STDOUT._sink
+            if sink is None:
+                return shown(*objs, raw=raw, **kwargs)
+            for obj in objs:
+                sink.add("display", dict(obj) if raw and isinstance(obj, dict) else mime_bundle(obj))
+            return None
+
+        functools.update_wrapper(display, shown)
+        module.display = display
+    if callable(cleared):
+
+        def clear_output(wait: bool = False):
+            sink = _STDOUT._sink
+            if sink is None:
+                return cleared(wait)
+            sink.clear()
+            return None
+
+        functools.update_wrapper(clear_output, cleared)
+        module.clear_output = clear_output
+
+
+# Installed as a worker starts (main): IPython's display functions are in this module since IPython 7.23.
+_IPYTHON_DISPLAY_WATCH = _AfterImport("IPython.core.display_functions", _ipython_display_imported)
 
 
 class _FreshEntropy:
@@ -3840,6 +3883,9 @@ class _ProcessState:
         self.gc_enabled, self.gc_thresholds = gc.isenabled(), gc.get_threshold()
         self.switch_interval = sys.getswitchinterval()
         self.umask = _current_umask()
+        logging = sys.modules.get("logging")  # (the worker does not import it; a sitecustomize may have)
+        self.root_handlers = list(logging.root.handlers) if logging is not None else []
+        self.root_level = logging.root.level if logging is not None else 30  # logging.WARNING
 
     def _environ_changed(self) -> bool:
         raw = getattr(os.environ, "_data", None)
@@ -3877,7 +3923,28 @@ class _ProcessState:
         numpy = sys.modules.get("numpy")
         if numpy is not None:  # np.seterr(all="raise"), np.set_printoptions(precision=3) by a body
             follow_numpy_settings(numpy, None)
+        logging = sys.modules.get("logging")
+        if logging is not None:
+            self._restore_logging(logging)
         self._restore_interpreter()
+
+    def _restore_logging(self, logging: types.ModuleType) -> None:
+        """A body's ``logging.basicConfig(...)``, or a module-level ``logging.info(...)``, which calls it, left a
+        handler on this worker's root logger: a later cell's records were written in that body's format, and a
+        notebook that configured no logging saw them formatted there and bare elsewhere. The root logger is put
+        back as it was when the worker started; the notebook's own set-up (``_follow_logging``) is made afresh."""
+        if _LOGGING[0] is not None:
+            _follow_logging(None)
+        root = logging.root
+        if root.handlers != self.root_handlers:
+            for handler in [h for h in root.handlers if h not in self.root_handlers]:
+                root.removeHandler(handler)
+                try:
+                    handler.close()  # a FileHandler's file; a StreamHandler leaves its stream open
+                except Exception:
+                    pass
+        if root.level != self.root_level:
+            root.setLevel(self.root_level)
 
     def _restore_interpreter(self) -> None:
         """The interpreter's settings a body may have changed (a few microseconds a job and worker)."""
@@ -4016,6 +4083,8 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--serve"] or (len(argv) == 2 and not argv[0].startswith("-")):  # a worker, tasks to run
+        _IPYTHON_DISPLAY_WATCH.install()
     if argv[:1] == ["--serve"]:
         os.environ[IN_TASK_VARIABLE] = "1"  # read by the package's map, should an iteration call it
         portable = "--stdio" in argv

@@ -608,6 +608,9 @@ def test_the_logging_set_up_shipped_is_one_the_workers_can_rebuild(monkeypatch):
     monkeypatch.setattr(logging.root, "handlers", [])
     monkeypatch.setattr(logging.root, "level", logging.WARNING)
     assert logging_setup({}) is None
+    logging.root.level = logging.INFO  # getLogger().setLevel(INFO) and no handler: the level alone travels
+    assert logging_setup({}) == {"levels": {}, "root_level": logging.INFO}
+    logging.root.level = logging.WARNING
     logging.root.addHandler(logging.FileHandler(__import__("os").devnull))  # a file: nothing a node could write to
     assert logging_setup({}) is None
 

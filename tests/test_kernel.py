@@ -310,6 +310,24 @@ def test_log_records_show_as_the_notebooks_logging_shows_them(fresh_kernel):
 
 
 @pytest.mark.timeout(120)
+def test_the_root_loggers_level_alone_travels_and_a_bodys_basic_config_stays_in_its_job(fresh_kernel):
+    """A notebook with no logging handler that set the root logger's level (``getLogger().setLevel(INFO)``) printed
+    ``logging.info(...)`` records in its own loop (the call makes basicConfig's handler): the workers dropped them.
+    And that call left its handler on the worker, so a later cell's records came formatted from that worker and
+    bare from the others, where the notebook prints them bare."""
+    kernel = fresh_kernel
+    kernel.ok("import logging\nlogging.getLogger().setLevel(logging.INFO)")
+    run = kernel.ok("%%azpar -q --chunk-size 1 -o at for i in range(4):\nimport time\ntime.sleep(0.3)\n"
+                    "logging.info('at %s', i)\ni")
+    assert run.stderr == "".join(f"INFO:root:at {i}\n" for i in range(4)), run.stderr
+    assert kernel.value("logging.root.handlers") == "[]"  # (the guard: the notebook has no handler)
+    kernel.ok("logging.getLogger().setLevel(logging.WARNING)")
+    bare = kernel.ok("%%azpar -q --chunk-size 1 -o at for i in range(4):\n"
+                     "logging.getLogger('nb').warning('bare %s', i)\ni")
+    assert bare.stderr == "".join(f"bare {i}\n" for i in range(4)), bare.stderr
+
+
+@pytest.mark.timeout(120)
 def test_a_body_prints_a_frame_as_the_notebooks_own_loop_prints_it(kernel):
     """pandas shows at most 20 columns in a Jupyter kernel and 0 (the terminal's width) in a plain process, and a
     notebook's ``pd.set_option("display.precision", 2)`` was not followed: the workers printed a frame otherwise
@@ -336,6 +354,28 @@ print(f"after {i}")''')
     for i in range(3):
         expected += [f"before {i}", f"<display> <b>{i}</b>", f"after {i}"]
     assert run.transcript() == expected
+
+
+@pytest.mark.timeout(120)
+def test_ipythons_own_display_and_clear_output_in_a_body_show_as_the_notebook_shows_them(kernel):
+    """``from IPython.display import display`` (in the body, or in the notebook with ``display`` captured) gave the
+    workers IPython's display for a process with no shell, which prints text: ``<IPython.core.display.HTML
+    object>`` where the notebook's loop showed bold text, and ``clear_output()`` printed erase-line codes. They
+    are now displays, and ``clear_output()`` clears what its iteration showed so far."""
+    run = kernel.ok('%%azpar -q --chunk-size 1 for i in range(2):\n'
+                    'from IPython.display import display, HTML\n'
+                    'import IPython.display as ipd\n'
+                    'display(HTML(f"<b>{i}</b>"), raw=False)\n'
+                    'ipd.display({"text/html": f"<i>{i}</i>", "text/plain": "raw"}, raw=True)')
+    assert run.transcript() == ["<display> <b>0</b>", "<display> <i>0</i>", "<display> <b>1</b>",
+                                "<display> <i>1</i>"], run.transcript()
+    assert "IPython.core.display.HTML object" not in run.stdout
+    kernel.ok("from IPython.display import display as shown_by_ipython, HTML as Html, clear_output as wipe")
+    run = kernel.ok('%%azpar -q --chunk-size 1 -o wiped for i in range(2):\n'
+                    'print(f"working on {i}")\nshown_by_ipython(Html("<p>draft</p>"))\nwipe(wait=True)\n'
+                    'shown_by_ipython(Html(f"<p>done {i}</p>"))\ni')
+    assert run.transcript() == ["<display> <p>done 0</p>", "<display> <p>done 1</p>"], run.transcript()
+    assert "\x1b" not in run.stdout and kernel.value("wiped") == "[0, 1]"
 
 
 @pytest.mark.timeout(120)

@@ -1574,7 +1574,9 @@ def logging_setup(chosen: Mapping[str, object]) -> dict | None:
     the format of its first stream handler (what the notebook prints), and the levels set on the
     loggers the body is given (and, with that handler, on any other logger but azpar's). A handler
     writing to a file is not copied: a node has no such file; nor is a formatter of its own class
-    (its records are written in basicConfig's default format)."""
+    (its records are written in basicConfig's default format). With no handler, the root logger's level
+    alone still counts: ``logging.getLogger().setLevel(INFO)``, then ``logging.info(...)`` in the loop, which
+    makes basicConfig's handler in the notebook and on the worker alike, printed in the notebook only."""
     logging = sys.modules.get("logging")
     if logging is None:
         return None
@@ -1587,9 +1589,12 @@ def logging_setup(chosen: Mapping[str, object]) -> dict | None:
         (h for h in logging.root.handlers if type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)),
         None,
     )
-    if handler is None and not levels:
+    root_level = logging.root.level
+    if handler is None and not levels and root_level == logging.WARNING:
         return None
     setup: dict = {"levels": levels}
+    if handler is None and root_level != logging.WARNING:
+        setup["root_level"] = root_level
     if handler is not None:  # then the levels the notebook set on any logger (`urllib3` quietened) count too
         for name, logger in list(logging.Logger.manager.loggerDict.items()):
             if isinstance(logger, logging.Logger) and logger.level and not name.startswith(_OWN_LOGGERS):
