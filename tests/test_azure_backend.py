@@ -670,6 +670,18 @@ def test_the_nodes_follow_the_notebooks_numpy_print_options(azure, ip, run_cell,
         np.set_printoptions(**options)
 
 
+def test_ipythons_own_display_on_a_node_is_the_iterations_display(azure, ip, run_cell, batch):
+    # `from IPython.display import display, HTML` in a body: IPython's display, with no shell on the node, printed
+    # "<IPython.core.display.HTML object>" where the notebook's loop showed the HTML.
+    wheel_folder("ipython")  # the nodes install the kernel's IPython, which the body imports
+    run = run_cell("%%azpar -q --chunk-size 1 for x in range(2):\nfrom IPython.display import display, HTML\n"
+                   "display(HTML(f'<b>{x}</b>'))")
+    assert run.success, run.error
+    shown = [output.data.get("text/html") for output in run.outputs]
+    assert shown == ["<b>0</b>", "<b>1</b>"], (shown, run.stdout)
+    assert "IPython.core.display.HTML object" not in run.stdout
+
+
 def test_azpar_objects_the_loop_needs_are_refused_before_anything_is_submitted(azure, ip, run_cell, batch):
     # An earlier cell's failed iterations kept with --errors pass are azpar_magic's exceptions; a body reading that
     # list (or a loop over it) sent them to nodes that have no azpar_magic: every task failed with "the captured
