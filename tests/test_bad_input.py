@@ -345,6 +345,11 @@ def test_unknown_option(run_cell, guard):
     ("--retries lots", ["--retries", "lots"]),
     ("--timeout 0", ["--timeout", "0"]),
     ("--timeout -5", ["--timeout"]),
+    # a dashed value argparse took for an option ("expected one argument"): the option's own check says what is wrong
+    ("--timeout -5s", ["--timeout", "above 0", "not -5.0"]),
+    ("--timeout -1m", ["--timeout", "above 0", "not -60.0"]),
+    ("--gather 1x", ["--gather", "'1x' is not", "does not start with a digit"]),
+    ("--gather 1x,if", ["--gather", "'1x', 'if' are not", "nor is it a Python keyword"]),
     ("--combine NOT_CALLABLE", ["--combine", "NOT_CALLABLE", "callable", "int"]),
     ("--combine no_such_function", ["--combine", "no_such_function", "NameError"]),
     ("--errors ignore", ["--errors", "ignore"]),

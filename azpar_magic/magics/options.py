@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import copy
+import keyword
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -70,7 +71,7 @@ def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Names
             f"the %%azpar options could not be read: {exc} (a quote is not closed?): {text!r}. Nothing was submitted."
         ),
     ):
-        words = [unquote(word) for word in arg_split(text, strict=True)]
+        words = _values_taken_as_typed(parser, [unquote(word) for word in arg_split(text, strict=True)])
     try:
         parsed = parser.parse_args(words)
     except UsageError as exc:
@@ -102,6 +103,25 @@ def _parse_options(parser: argparse.ArgumentParser, text: str) -> argparse.Names
             f"would, silently: give it{several}. Nothing was submitted."
         )
     return parsed
+
+
+def _values_taken_as_typed(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
+    """A long option's value that starts with a dash and is no option (``--timeout -5s``, ``--combine -sum``):
+    argparse reads any such word but a plain negative number as an option, and said "expected one argument",
+    where the option's own check names what is wrong with the value. It is given as ``--flag=value``."""
+    known = parser._option_string_actions
+    valued = {flag for flag, action in known.items() if flag.startswith("--") and action.nargs is None}
+    out, i = [], 0
+    while i < len(words):
+        word = words[i]
+        following = words[i + 1] if i + 1 < len(words) else ""
+        if word in valued and following[:1] == "-" and following[:2] != "--" and following not in known:
+            out.append(f"{word}={following}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
 
 
 def _given_twice(parser: argparse.ArgumentParser, words: list[str]) -> list[tuple[str, str]]:
@@ -139,10 +159,16 @@ def names(value: str | None, flag: str) -> tuple[str, ...]:
     found = tuple(n.strip() for n in value.split(",") if n.strip())
     bad = [n for n in found if not is_variable_name(n)]
     if bad:
+        keywords = sum(keyword.iskeyword(n) for n in bad)
+        why = (
+            "a Python keyword cannot be a variable"
+            if keywords == len(bad)
+            else "a variable's name is letters, digits and underscores, and does not start with a digit"
+            + (", nor is it a Python keyword" if keywords else "")
+        )
         raise UsageError(
             f"{flag} takes comma-separated variable names; {', '.join(map(repr, bad))} "
-            f"{'is' if len(bad) == 1 else 'are'} not (a Python keyword cannot be a variable). "
-            "Nothing was submitted."
+            f"{'is' if len(bad) == 1 else 'are'} not ({why}). Nothing was submitted."
         )
     return found
 
