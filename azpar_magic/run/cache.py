@@ -225,7 +225,7 @@ def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
     versions = capture_mod.distributions_for(modules)  # numpy 1 -> 2 may change a value
     # The modules by their digest (their paths and texts): repr of a package's whole source was every cell's.
     shipped = capture_mod.modules_digest(local) if local else ""
-    parts = (shipped, sorted(versions.items()))
+    parts: tuple = (shipped, sorted(versions.items()))
     environ = environment_reads(cell.body, chosen.values())
     if environ:  # (a tuple of three only then: the keys of code that reads no variable are as before)
         parts += (environ,)
