@@ -345,6 +345,22 @@ def test_notebook_change_warnings_name_plain_notebook_data_the_body_changes(body
     assert warning.startswith(f"the loop body changes {', '.join(named)} ({which}): ")
 
 
+@pytest.mark.parametrize("body", ["frame = frame[frame.a == x]\nlen(frame)", "total = total + x\ntotal"])
+def test_a_body_that_rebinds_a_notebook_name_and_gives_a_value_is_told_where_iterations_start(body):
+    """``df = df[df.k == x]`` then ``len(df)``: the value already is the last expression, and the warning's advice
+    said to make it so. What differs from a loop in one process is where each iteration starts."""
+    pandas = pytest.importorskip("pandas")
+    namespace = {"frame": pandas.DataFrame({"a": [1]}), "total": 0}
+    (warning,) = notebook_change_warnings(parse_cell("for x in xs", body), namespace, ())
+    name = body.split()[0]
+    assert warning.startswith(f"the loop body rebinds {name} (a notebook variable) from its own value: each "
+                              f"iteration starts from the notebook's {name}, where a loop in one process"), warning
+    assert "last expression" not in warning
+    changed = notebook_change_warnings(parse_cell("for x in xs", "frame['b'] = x\nframe = frame[frame.a == x]\n1"),
+                                       namespace, ())
+    assert changed[0].startswith("the loop body changes frame") and "last expression" in changed[0]
+
+
 def test_a_gathered_name_is_not_a_lost_change():
     cell = parse_cell("for x in xs", "total += x")
     assert notebook_change_warnings(cell, {"total": 0}, ("total",)) == []

@@ -655,10 +655,24 @@ def notebook_change_warnings(
         return []
     listed = ", ".join(names)
     which = "a notebook variable" if len(names) == 1 else "notebook variables"
+    if _gives_a_value(cell) and not set(names) & set(_changed_names(cell.body_tree)):
+        # `df = df[df.k == x]` then `len(df)`: the value is already the last expression, so that advice did not
+        # fit; what differs from one process is where each iteration starts.
+        return [
+            f"the loop body rebinds {listed} ({which}) from its own value: each iteration starts from the "
+            f"notebook's {listed}, where a loop in one process starts from what the previous iteration left, and "
+            f"the notebook's {listed} will not change. If each iteration's own was meant, a new name for the "
+            "result says so (and silences this warning)"
+        ]
     return [
         f"the loop body changes {listed} ({which}): each iteration changes its own copy on a worker, and "
         f"the notebook's {listed} will not change. Make the value the body's last expression instead: {advice}"
     ]
+
+
+def _gives_a_value(cell: ParsedCell) -> bool:
+    """Whether the body ends with an expression (its value is the iteration's)."""
+    return bool(cell.body_tree.body) and isinstance(cell.body_tree.body[-1], ast.Expr)
 
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
