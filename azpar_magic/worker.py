@@ -2015,6 +2015,7 @@ class _OutputSink:
         self.progress = progress
         self.running = running  # the runner's count of the iteration running now, where it keeps one
         self.recorders: dict[int, _Recorder] = {}
+        self.displays: dict[str, list[dict]] = {}  # display_id -> the bundles shown with it (_update_display)
 
     def add(self, kind: str, data) -> None:
         self.add_to(self.running() if self.running is not None else self.progress[0], kind, data)
@@ -2062,13 +2063,55 @@ class _Stream(io.TextIOBase):
 _STDOUT, _STDERR = _Stream("stdout"), _Stream("stderr")
 
 
-def _display(*objs, **_kw) -> None:
-    """IPython's ``display`` in a task: each object's rich representations, as the running
-    iteration's output."""
+def _display(*objs, raw: bool = False, display_id=None, **_kw):
+    """IPython's ``display`` in a task: each object's rich representations (or, ``raw``, the MIME bundle given),
+    as the running iteration's output. With ``display_id`` it returns a handle, as IPython does: a progress
+    display updated with ``handle.update(...)`` in a loop failed on None."""
     sink = _STDOUT._sink
-    if sink is not None:
-        for obj in objs:
-            sink.add("display", mime_bundle(obj))
+    if sink is None:
+        return None
+    bundles = []
+    for obj in objs:
+        bundle = dict(obj) if raw and isinstance(obj, dict) else mime_bundle(obj)
+        sink.add("display", bundle)
+        bundles.append(bundle)
+    if display_id is None or display_id is False:
+        return None
+    if display_id is True:
+        display_id = binascii.hexlify(os.urandom(16)).decode()
+    sink.displays.setdefault(display_id, []).extend(bundles)
+    return _DisplayHandle(display_id)
+
+
+def _update_display(obj, *, display_id, raw: bool = False, **_kw) -> None:
+    """IPython's ``update_display`` in a task: the displays shown with ``display_id`` show ``obj`` instead, where
+    they are in the iteration's output (the notebook updates them in place)."""
+    sink = _STDOUT._sink
+    shown = sink.displays.get(display_id) if sink is not None else None
+    if shown:
+        new = dict(obj) if raw and isinstance(obj, dict) else mime_bundle(obj)
+        for bundle in shown:  # the recorded events hold these dicts until the task's end
+            bundle.clear()
+            bundle.update(new)
+
+
+class _DisplayHandle:
+    """What ``display(..., display_id=...)`` returns in a task, as IPython's DisplayHandle."""
+
+    def __init__(self, display_id: str) -> None:
+        self.display_id = display_id
+
+    def __repr__(self) -> str:
+        return f"<DisplayHandle display_id={self.display_id}>"
+
+    def __reduce__(self):  # returned as a value: its text (it updates nothing once its task has ended)
+        return str, (repr(self),)
+
+    def display(self, obj, **kwargs) -> None:
+        _display(obj, display_id=self.display_id, **kwargs)
+
+    def update(self, obj, **kwargs) -> None:
+        _update_display(obj, display_id=self.display_id, **kwargs)
 
 
 _MIME_METHODS = (
@@ -2215,21 +2258,25 @@ def _ipython_display_imported(module: types.ModuleType) -> None:
     prints a terminal's erase-line codes: a body that ran ``from IPython.display import display`` (or a notebook
     that had, its ``display`` captured) showed ``<IPython.core.display.HTML object>`` and a frame as text where
     the notebook's own loop showed them rendered. In a task they now give the iteration's output a display, as
-    the ``display`` builtin does here (``_display``); ``clear_output()`` clears what the iteration has shown so
-    far (the iterations run side by side: each keeps its own last output). Outside a task, IPython's own."""
+    the ``display`` builtin does here (``_display``, with handles that ``update_display`` updates);
+    ``clear_output()`` clears what the iteration has shown so far (the iterations run side by side: each keeps its
+    own last output). Outside a task, IPython's own."""
     shown, cleared = getattr(module, "display", None), getattr(module, "clear_output", None)
+    updated = getattr(module, "update_display", None)
     if callable(shown):
 
-        def display(*objs, raw: bool = False, **kwargs):
-            sink = _STDOUT._sink
-            if sink is None:
-                return shown(*objs, raw=raw, **kwargs)
-            for obj in objs:
-                sink.add("display", dict(obj) if raw and isinstance(obj, dict) else mime_bundle(obj))
-            return None
+        def display(*objs, **kwargs):
+            return _display(*objs, **kwargs) if _STDOUT._sink is not None else shown(*objs, **kwargs)
 
         functools.update_wrapper(display, shown)
         module.display = display
+    if callable(updated):
+
+        def update_display(obj, **kwargs):
+            return _update_display(obj, **kwargs) if _STDOUT._sink is not None else updated(obj, **kwargs)
+
+        functools.update_wrapper(update_display, updated)
+        module.update_display = update_display
     if callable(cleared):
 
         def clear_output(wait: bool = False):

@@ -376,6 +376,16 @@ def test_ipythons_own_display_and_clear_output_in_a_body_show_as_the_notebook_sh
                     'shown_by_ipython(Html(f"<p>done {i}</p>"))\ni')
     assert run.transcript() == ["<display> <p>done 0</p>", "<display> <p>done 1</p>"], run.transcript()
     assert "\x1b" not in run.stdout and kernel.value("wiped") == "[0, 1]"
+    # A display kept by its id and updated (a progress line): None came back, and `.update` failed.
+    run = kernel.ok('%%azpar -q --chunk-size 1 -o kept for i in range(2):\n'
+                    'handle = display(f"step 0 of {i}", display_id=True)\nprint(f"between {i}")\n'
+                    'handle.update(f"step 1 of {i}")\n'
+                    'from IPython.display import display as ipython_display, update_display\n'
+                    'ipython_display(f"other {i}", display_id=f"d{i}")\nupdate_display(f"last {i}", display_id=f"d{i}")\n'
+                    'type(handle).__name__')
+    assert run.transcript() == ["<display> 'step 1 of 0'", "between 0", "<display> 'last 0'",
+                                "<display> 'step 1 of 1'", "between 1", "<display> 'last 1'"], run.transcript()
+    assert kernel.value("kept") == "['_DisplayHandle', '_DisplayHandle']"
 
 
 @pytest.mark.timeout(120)
