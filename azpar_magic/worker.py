@@ -692,7 +692,7 @@ def _dill_pickler() -> type:
             self._main = main
             self._by_reference = by_reference
             self._out_of_band = buffer_callback is not None
-            self._made = made  # (file name, bindings): see IterationMade
+            self._made = made  # (file name, bindings, IterationMade): see IterationMade.made
 
         def _save_made_function(self, obj: types.FunctionType, names: set[str], bound: dict) -> None:
             """A function the iteration defined that reads names it bound (see :class:`IterationMade`): its
@@ -720,6 +720,8 @@ def _dill_pickler() -> type:
             # (the Enum recipes are this module's own objects, not a package the user's code needs)
             if self._hook is not None and type(obj) not in _RECIPES:
                 self._hook(obj)
+            if type(obj) is types.CodeType and self._made is not None and obj.co_filename == self._made[0]:
+                obj = self._made[2].renamed(obj)  # the cell's own file name, once the code leaves its task
             if id(obj) not in self.memo:
                 if (
                     self._made is not None
@@ -800,11 +802,20 @@ class IterationMade:
     iteration's other intermediates are freed at its end, as before.
     """
 
-    def __init__(self, filename: str, base: dict, names: frozenset[str]):
+    def __init__(self, filename: str, base: dict, names: frozenset[str], source: str = ""):
         self.filename = filename
         self.base = base
         self.names = names
         self.bindings: dict[int, dict] = {}  # iteration index -> what it bound
+        self.shown_as = made_code_filename(source)
+        self._renamed: dict[int, tuple] = {}  # id(code) -> (code, its copy named shown_as)
+
+    def renamed(self, code: types.CodeType) -> types.CodeType:
+        """``code`` under this cell's own file name (:func:`made_code_filename`), one copy per code object."""
+        known = self._renamed.get(id(code))
+        if known is None:
+            known = self._renamed[id(code)] = (code, code.replace(co_filename=self.shown_as))
+        return known[1]
 
     def keep(self, index: int, namespace: dict) -> None:
         base, missing = self.base, _MISSING
@@ -812,13 +823,25 @@ class IterationMade:
             k: namespace[k] for k in self.names if k in namespace and base.get(k, missing) is not namespace[k]
         }
 
-    def made(self, index: int) -> tuple[str, dict] | None:
-        bindings = self.bindings.get(index)
-        return None if bindings is None else (self.filename, bindings)
+    def made(self, index: int) -> tuple[str, dict, IterationMade]:
+        return self.filename, self.bindings.get(index) or {}, self
+
+
+def made_code_filename(source: str) -> str:
+    """The file name of the code of functions and classes a cell's body made, once they have left their task
+    (``<azpar cell 1a2b3c4d>``, after the cell's source): the kernel gives linecache that cell's source under
+    it (capture.show_made_code), so a traceback through such a function called in the notebook shows its
+    lines, not "Could not get source", and a later cell's worker does not take its lines for its own cell's."""
+    return f"<azpar cell {binascii.crc32(source.encode()):08x}>"
 
 
 _MISSING = object()
 _COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
+
+
+def _defines_code(code: types.CodeType) -> bool:
+    """Whether code defines functions, lambdas or classes (comprehensions aside)."""
+    return any(isinstance(c, types.CodeType) and c.co_name not in _COMPREHENSIONS for c in code.co_consts)
 
 
 def names_functions_read(code: types.CodeType) -> frozenset[str]:
@@ -870,7 +893,7 @@ def dumps(
     by_reference=None,
     out_of_band: bool = False,
     maybe_plain: bool = True,
-    made: tuple[str, dict] | None = None,
+    made: tuple[str, dict, IterationMade] | None = None,
 ) -> tuple[str, bytes]:
     """Serialise ``obj``; return (codec, bytes) where codec is "pickle" or "dill".
 
@@ -884,8 +907,9 @@ def dumps(
     page-aligned (:func:`frame_out_of_band`), so a worker maps them from the file instead of
     copying them out of the pickle: loading a namespace then costs the same at 1 MB and 1 GB.
     ``maybe_plain=False``: the caller already found that ``obj`` is not plain data.
-    ``made``: (the body's file name, what its iteration bound), for a value of an iteration run as
-    module code: the functions it defined travel with what they read of it (:class:`IterationMade`).
+    ``made``: (the body's file name, what its iteration bound, the IterationMade), for a value of an iteration
+    whose body defines functions or classes: those functions travel with what they read of it, under the cell's
+    own file name (:class:`IterationMade`).
     """
     plain = plain_pickle(obj) if maybe_plain else None
     if plain is not None:
@@ -1217,6 +1241,8 @@ class LoadedJob:
             self.function = types.FunctionType(fcode, self.module.__dict__, FUNCTION_NAME)
         # Module mode, where functions the body defines read its assignments as globals (IterationMade).
         self.functions_read = names_functions_read(self.code) if self.function is None else frozenset()
+        # Any mode: functions and classes the body defines get the cell's own file name as they leave (IterationMade)
+        self.defines_code = _defines_code(self.code if self.function is None else self.function.__code__)
         sources = envelope.get("sources") or {}
         _SOURCES.update(sources)
         _show_sources(sources)
@@ -2872,7 +2898,7 @@ class Runner:
         # same name, so results refer to them by name and unpickle as the user's own class.
         return id(obj) in self.job.shipped_ids
 
-    def _dump(self, obj: object, made: tuple[str, dict] | None = None) -> tuple[str, bytes]:
+    def _dump(self, obj: object, made: tuple[str, dict, IterationMade] | None = None) -> tuple[str, bytes]:
         # (a value pickled with its iteration's bindings keeps its arrays out of band, as the whole list's would)
         return dumps(
             obj, main=self.job.module, by_reference=self._by_reference, made=made, out_of_band=made is not None
@@ -2908,7 +2934,12 @@ class Runner:
         gathered: list = []
         plain = function is not None and seed is None and files is None and not gather
         counted = plain and not self.exact
-        made = IterationMade(job.filename, base, job.functions_read) if job.functions_read else None
+        made = (
+            IterationMade(job.filename, base, job.functions_read, job.envelope.get("source") or "")
+            if job.defines_code
+            else None
+        )
+        keep = made.keep if made is not None and made.names else None
 
         def running() -> int:  # the iteration running now, in a counted loop: one value per iteration ended
             done = len(values)
@@ -2965,8 +2996,8 @@ class Runner:
                         namespace[ITEM_NAME] = item
                         exec(code, namespace)
                         append(namespace[VALUE_NAME])
-                        if made is not None:
-                            made.keep(index, namespace)
+                        if keep is not None:
+                            keep(index, namespace)
                 except BaseException as exc:  # SystemExit from user code is a user error too
                     fail(index, exc)
                 if files is not None:
@@ -3026,7 +3057,7 @@ class Runner:
                 plain = standard[0] if standard is not None else None
             if plain is not None:
                 return ["all", "pickle", plain]
-            if made is None:  # (else each value with its own iteration's bindings, below)
+            if made is None or not made.names:  # (else each value with its own iteration's bindings, below)
                 # (arrays laid out after the pickle: not grown into the pickler's buffer, and aligned where loaded)
                 return [
                     "all",
@@ -3036,6 +3067,7 @@ class Runner:
                         by_reference=self._by_reference,
                         maybe_plain=False,
                         out_of_band=True,
+                        made=(made.filename, {}, made) if made is not None else None,
                     ),
                 ]
         except Exception:

@@ -752,6 +752,30 @@ def test_functions_and_classes_the_body_defines_read_their_own_iterations_names_
             ip.user_ns.pop(name, None)
 
 
+@pytest.mark.parametrize("line", ["", "--chunk-size 2 "])
+def test_functions_the_body_defines_show_their_source_in_the_notebook_and_in_a_later_cell(ip, run_cell, line):
+    """Every cell's code was in the file ``<azpar cell>``: a function the body returned that raised when called in
+    the notebook showed "Could not get source" (the kernel's linecache had no such file), and the same function
+    raising in a later cell's iteration was said to fail at that later cell's line (the worker's linecache had
+    the later cell under that name). The code of functions that leave their task is in a file of their own
+    cell's, whose source the kernel's linecache has."""
+    import inspect
+    import traceback
+
+    run = run_cell(f"%%azpar -q {line}-o made_fs for x in range(3):\ndef f(y):\n    return y / x\n"
+                   "def g(v):\n    return v / (v - 1)\nhelper = lambda: 1\n(f, g)")
+    assert run.success, run.error
+    f, g = ip.user_ns["made_fs"][0]
+    with pytest.raises(ZeroDivisionError) as info:
+        f(1)
+    text = "".join(traceback.format_exception(info.value))
+    assert "return y / x" in text and "<azpar cell " in text, text
+    assert inspect.getsource(g) == "def g(v):\n    return v / (v - 1)\n"
+    later = run_cell("%%azpar -q -o never_bound_m for pair in made_fs:\npair[1](1)")
+    assert isinstance(later.error, azpar_magic.IterationError), later.error
+    assert "(cell line 2)" in str(later.error) and "cell line 3" not in str(later.error), later.error
+
+
 def test_iterations_follow_the_notebooks_pandas_options(ip, run_cell):
     """``pd.set_option("display.max_columns", None)``, a ``display.float_format`` and the ``future.*`` options in
     the notebook changed what the sequential loop printed and computed, while the workers kept pandas' defaults:

@@ -19,6 +19,7 @@ import importlib.metadata
 import inspect
 import io
 import itertools
+import linecache
 import os
 import pickle
 import platform
@@ -1947,8 +1948,24 @@ def _history_warning(names: list[str]) -> str:
     )
 
 
+def show_made_code(cell: ParsedCell) -> None:
+    """The cell's source in the kernel's linecache under the file name the workers give the code of the
+    functions and classes its body makes (``worker.made_code_filename``): such a function, returned and called
+    in the notebook, showed "Could not get source" in its traceback. Only for a body that defines any."""
+    if _defines_code(cell):
+        name, text = wire.made_code_filename(cell.source), cell.source
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+
+
+@functools.lru_cache(maxsize=64)
+def _defines_code(cell: ParsedCell) -> bool:
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+    return any(isinstance(node, kinds) for node in ast.walk(cell.body_tree))
+
+
 def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (), seed: int | None = None) -> dict:
     """The job-level header the worker checks before it touches the namespace bytes."""
+    show_made_code(cell)
     return {
         "format": wire.FORMAT_VERSION,
         "python": platform.python_version(),
