@@ -2089,13 +2089,16 @@ class _Stream(io.TextIOBase):
 _STDOUT, _STDERR = _Stream("stdout"), _Stream("stderr")
 
 
-def _display(*objs, raw: bool = False, display_id=None, **_kw):
+def _display(*objs, raw: bool = False, display_id=None, clear: bool = False, **_kw):
     """IPython's ``display`` in a task: each object's rich representations (or, ``raw``, the MIME bundle given),
-    as the running iteration's output. With ``display_id`` it returns a handle, as IPython does: a progress
-    display updated with ``handle.update(...)`` in a loop failed on None."""
+    as the running iteration's output (``clear``: after clearing what it showed so far). With ``display_id`` it
+    returns a handle, as IPython does: a progress display updated with ``handle.update(...)`` in a loop failed
+    on None."""
     sink = _STDOUT._sink
     if sink is None:
         return None
+    if clear:
+        sink.clear()
     bundles = []
     for obj in objs:
         bundle = dict(obj) if raw and isinstance(obj, dict) else mime_bundle(obj)

@@ -373,8 +373,8 @@ def test_ipythons_own_display_and_clear_output_in_a_body_show_as_the_notebook_sh
     kernel.ok("from IPython.display import display as shown_by_ipython, HTML as Html, clear_output as wipe")
     run = kernel.ok('%%azpar -q --chunk-size 1 -o wiped for i in range(2):\n'
                     'print(f"working on {i}")\nshown_by_ipython(Html("<p>draft</p>"))\nwipe(wait=True)\n'
-                    'shown_by_ipython(Html(f"<p>done {i}</p>"))\ni')
-    assert run.transcript() == ["<display> <p>done 0</p>", "<display> <p>done 1</p>"], run.transcript()
+                    'shown_by_ipython(Html(f"<p>done {i}</p>"))\nshown_by_ipython(Html(f"<p>final {i}</p>"), clear=True)\ni')
+    assert run.transcript() == ["<display> <p>final 0</p>", "<display> <p>final 1</p>"], run.transcript()
     assert "\x1b" not in run.stdout and kernel.value("wiped") == "[0, 1]"
     # A display kept by its id and updated (a progress line): None came back, and `.update` failed.
     run = kernel.ok('%%azpar -q --chunk-size 1 -o kept for i in range(2):\n'
