@@ -186,7 +186,8 @@ def test_a_helper_module_edited_since_its_import_is_named_and_runs_as_it_is_now(
 def test_a_body_that_rebuilds_a_notebook_frame_from_itself_warns(ip, run_cell):
     """`df = pd.concat([df, row])`, the pandas way to grow a frame in a loop, and `best = max(best, x)`:
     in one process each iteration builds on the last; in parallel each starts from the notebook's value
-    and the notebook's never changes. The cell said nothing; it now warns as for `total += x`."""
+    and the notebook's never changes. The cell said nothing; it now warns. The body's value is already its
+    last expression, so the warning says where each iteration starts, not to make it so."""
     pandas = pytest.importorskip("pandas")
     ip.run_cell("import pandas as pd\ndf = pd.DataFrame({'x': []})\nbest = 0")
     run = run_cell("%%azpar -q -o r for x in range(3):\ndf = pd.concat([df, pd.DataFrame({'x': [x]})])\n"
@@ -196,7 +197,8 @@ def test_a_body_that_rebuilds_a_notebook_frame_from_itself_warns(ip, run_cell):
     assert isinstance(ip.user_ns["df"], pandas.DataFrame)
     warning = _azpar_lines(run.stderr)
     assert len(warning) == 1, run.stderr
-    assert "changes df, best (notebook variables)" in warning[0] and "will not change" in warning[0], warning
+    assert "rebinds df, best (notebook variables) from its own value" in warning[0], warning
+    assert "will not change" in warning[0] and "last expression" not in warning[0], warning
 
 
 @pytest.mark.timeout(60)
