@@ -48,6 +48,7 @@ from .. import config, jobstore, worker as wire
 from ..jobs import Job
 from ..jobstore import cache as index
 from . import capture as capture_mod
+from .parsing import ParsedCell
 from .request import RunRequest
 
 __all__ = ["FORMAT_TAG", "content_digest", "namespace_digest", "iteration_keys", "Plan", "plan", "max_bytes"]
@@ -226,7 +227,7 @@ def namespace_digest(request: RunRequest, items: Sequence[Any]) -> bytes:
     # The modules by their digest (their paths and texts): repr of a package's whole source was every cell's.
     shipped = capture_mod.modules_digest(local) if local else ""
     parts: tuple = (shipped, sorted(versions.items()))
-    environ = environment_reads(cell.body, chosen.values())
+    environ = environment_reads(cell, chosen.values())
     if environ:  # (a tuple of three only then: the keys of code that reads no variable are as before)
         parts += (environ,)
     return hashlib.blake2b(digest + repr(parts).encode(), digest_size=_DIGEST).digest()
@@ -237,13 +238,13 @@ _ENVIRON_READERS = frozenset({"environ", "environb", "getenv", "getenvb"})
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def environment_reads(body: str, values: Iterable[object]) -> list[tuple[str, str | None]]:
+def environment_reads(cell: ParsedCell, values: Iterable[object]) -> list[tuple[str, str | None]]:
     """The kernel's environment variables the body, or a notebook function it is given, reads by name, with
     their values now (None: unset). The local pool's workers follow the kernel's variables, so a body reading
     ``os.environ["SCALE"]`` gave another value once the notebook set it, and ``--cache`` reused the old one.
     A variable counts when the code reads the environment (``environ``, ``getenv``) and names it in a string
     constant; a name built at run time (``f"DIR_{x}"``) is not seen."""
-    names = set(_body_environment_names(body))
+    names = set(_body_environment_names(cell))
     for value in values:
         code = getattr(value, "__code__", None)
         if isinstance(code, types.CodeType):
@@ -252,13 +253,10 @@ def environment_reads(body: str, values: Iterable[object]) -> list[tuple[str, st
 
 
 @functools.lru_cache(maxsize=64)
-def _body_environment_names(body: str) -> tuple[str, ...]:
-    try:
-        tree = ast.parse(body)
-    except SyntaxError:  # (parsing.parse_cell checked it; a body IPython rewrote is not reparsed here)
-        return ()
+def _body_environment_names(cell: ParsedCell) -> tuple[str, ...]:
+    """(Once per cell: parse_cell gives a cell run again the same ParsedCell.)"""
     reads, names = False, set()
-    for node in ast.walk(tree):
+    for node in ast.walk(cell.body_tree):
         if isinstance(node, ast.Attribute) and node.attr in _ENVIRON_READERS:
             reads = True
         elif isinstance(node, ast.Name) and node.id in _ENVIRON_READERS:

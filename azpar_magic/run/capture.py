@@ -1965,7 +1965,6 @@ def _defines_code(cell: ParsedCell) -> bool:
 
 def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (), seed: int | None = None) -> dict:
     """The job-level header the worker checks before it touches the namespace bytes."""
-    show_made_code(cell)
     return {
         "format": wire.FORMAT_VERSION,
         "python": platform.python_version(),
