@@ -839,18 +839,21 @@ _MISSING = object()
 _COMPREHENSIONS = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
 
 
+def _definitions(code: types.CodeType) -> list[types.CodeType]:
+    """The code of the functions, lambdas and classes code defines (comprehensions aside: they run where they
+    are written)."""
+    return [c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name not in _COMPREHENSIONS]
+
+
 def _defines_code(code: types.CodeType) -> bool:
-    """Whether code defines functions, lambdas or classes (comprehensions aside)."""
-    return any(isinstance(c, types.CodeType) and c.co_name not in _COMPREHENSIONS for c in code.co_consts)
+    return bool(_definitions(code))
 
 
 def names_functions_read(code: types.CodeType) -> frozenset[str]:
-    """The names read by the functions, lambdas and classes module code defines (comprehensions
-    aside: they run where they are written); empty when it defines none."""
+    """The names read by the functions, lambdas and classes module code defines; empty when it defines none."""
     names: set[str] = set()
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType) and const.co_name not in _COMPREHENSIONS:
-            names |= names_read(const)
+    for definition in _definitions(code):
+        names |= names_read(definition)
     return frozenset(names)
 
 
@@ -2098,12 +2101,10 @@ def _display(*objs, raw: bool = False, display_id=None, clear: bool = False, **_
     if sink is None:
         return None
     if clear:
-        sink.clear()
-    bundles = []
-    for obj in objs:
-        bundle = dict(obj) if raw and isinstance(obj, dict) else mime_bundle(obj)
+        _clear_output()
+    bundles = [_bundle(obj, raw) for obj in objs]
+    for bundle in bundles:
         sink.add("display", bundle)
-        bundles.append(bundle)
     if display_id is None or display_id is False:
         return None
     if display_id is True:
@@ -2118,10 +2119,22 @@ def _update_display(obj, *, display_id, raw: bool = False, **_kw) -> None:
     sink = _STDOUT._sink
     shown = sink.displays.get(display_id) if sink is not None else None
     if shown:
-        new = dict(obj) if raw and isinstance(obj, dict) else mime_bundle(obj)
+        new = _bundle(obj, raw)
         for bundle in shown:  # the recorded events hold these dicts until the task's end
             bundle.clear()
             bundle.update(new)
+
+
+def _bundle(obj, raw: bool) -> dict:
+    """What ``display(obj)`` shows: ``raw``, the MIME bundle given; else the object's representations."""
+    return dict(obj) if raw and isinstance(obj, dict) else mime_bundle(obj)
+
+
+def _clear_output(wait: bool = False) -> None:
+    """IPython's ``clear_output`` in a task: what the running iteration has shown so far is dropped."""
+    sink = _STDOUT._sink
+    if sink is not None:
+        sink.clear()
 
 
 class _DisplayHandle:
@@ -2290,33 +2303,19 @@ def _ipython_display_imported(module: types.ModuleType) -> None:
     the ``display`` builtin does here (``_display``, with handles that ``update_display`` updates);
     ``clear_output()`` clears what the iteration has shown so far (the iterations run side by side: each keeps its
     own last output). Outside a task, IPython's own."""
-    shown, cleared = getattr(module, "display", None), getattr(module, "clear_output", None)
-    updated = getattr(module, "update_display", None)
-    if callable(shown):
+    for name, ours in (("display", _display), ("update_display", _update_display), ("clear_output", _clear_output)):
+        theirs = getattr(module, name, None)
+        if callable(theirs):
+            setattr(module, name, _while_a_task_runs(ours, theirs))
 
-        def display(*objs, **kwargs):
-            return _display(*objs, **kwargs) if _STDOUT._sink is not None else shown(*objs, **kwargs)
 
-        functools.update_wrapper(display, shown)
-        module.display = display
-    if callable(updated):
+def _while_a_task_runs(ours, theirs):
+    """``ours`` while a task's output is recorded here, else ``theirs``, under ``theirs``'s name and doc."""
 
-        def update_display(obj, **kwargs):
-            return _update_display(obj, **kwargs) if _STDOUT._sink is not None else updated(obj, **kwargs)
+    def either(*args, **kwargs):
+        return (ours if _STDOUT._sink is not None else theirs)(*args, **kwargs)
 
-        functools.update_wrapper(update_display, updated)
-        module.update_display = update_display
-    if callable(cleared):
-
-        def clear_output(wait: bool = False):
-            sink = _STDOUT._sink
-            if sink is None:
-                return cleared(wait)
-            sink.clear()
-            return None
-
-        functools.update_wrapper(clear_output, cleared)
-        module.clear_output = clear_output
+    return functools.update_wrapper(either, theirs)
 
 
 # Installed as a worker starts (main): IPython's display functions are in this module since IPython 7.23.
