@@ -97,6 +97,16 @@ def _tasks_completed(batch_client, job_id: str) -> int:
     return batch_client.get_job_task_counts(job_id).task_counts.completed
 
 
+def _how_it_ended(job_id: str, batch_client) -> str:
+    """What a test that failed on a job's end state needs to know: the job's stored failures and
+    what Batch says of each task."""
+    job = store.load_job(job_id, values=False)
+    failures = "; ".join(f"{i}: {f.error_type}: {f.message[:200]}" for i, f in sorted(job.failures.items()))
+    tasks = ", ".join(f"{t.id} {str(t.state).rsplit('.', 1)[-1]} exit {getattr(t.execution_info, 'exit_code', None)}"
+                      for t in batch_client.list_tasks(job_id))
+    return f"failures: {failures or 'none'}; Batch's tasks: {tasks}"
+
+
 def _job_exists(batch_client, job_id: str) -> bool:
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -209,7 +219,8 @@ def test_cancel_after_a_restart_terminates_the_batch_job_and_keeps_finished_resu
         _wait_for(lambda: _manifest(job_id)["state"] == "cancelled", 60, "the job did not end as cancelled")
     except AssertionError as exc:
         raise AssertionError(f"{exc}: its manifest says {_manifest(job_id)['state']!r}; the quick iterations were "
-                             f"done {quick:.1f} s after the submission, the cancel {cancelled:.1f} s") from None
+                             f"done {quick:.1f} s after the submission, the cancel {cancelled:.1f} s; "
+                             f"{_how_it_ended(job_id, batch_client)}") from None
     assert batch.requests_for("Jobs_TerminateJob")
     assert str(batch_client.get_job(job_id).state).lower().rsplit(".", 1)[-1] in ("terminating", "completed")
     summary = store.summary(job_id)
@@ -370,6 +381,31 @@ def test_a_kernel_exit_during_a_poll_records_no_failure_and_attach_gets_every_va
         again = azpar_magic.attach(job.id)
         assert again is not job and again.result(60) == [0, 10, 20, 30]
         _wait_for(lambda: _manifest(job.id)["state"] == "succeeded", 10, "the final state was not stored")
+
+
+def test_tasks_that_finish_while_python_exits_are_not_recorded_as_failed(kernel, job_store, batch, batch_client):
+    """Python's exit first stops the thread pools (concurrent.futures refuses new work and joins its
+    threads), then waits for the process's other threads, and only then runs atexit, where the
+    backend closes. A task that finished in between could not have its result read, and that
+    failure was recorded for every task left: the job stored as ended while Batch ran on, so the
+    next kernel's attach and cancel found nothing to follow (CI caught it once: a cancelled job
+    stored as done). A thread of the notebook's own that ends a few seconds after the kernel holds
+    that stretch open here."""
+    kernel.ok("scale = 3\nfixed = True")
+    kernel.ok("%%azpar -q -o warm for x in range(2):\nx")  # the pool is up: the tasks below finish quickly
+    body = "import time\ntime.sleep(1.5)\nx * scale + 1"  # they finish after the exit has begun
+    job_id = _job_id(kernel.ok(f"%%azpar --no-wait -q -o vals for x in range(4):\n{body}"))
+    kernel.ok("import threading, time\n"
+              "def _outlive_the_kernel():\n"
+              "    while threading.main_thread().is_alive():\n"
+              "        time.sleep(0.02)\n"
+              "    time.sleep(4)\n"
+              "threading.Thread(target=_outlive_the_kernel).start()")
+    _restart(kernel)
+    summary = store.summary(job_id)
+    assert summary.failed == 0 and summary.state in ("running", "succeeded"), _how_it_ended(job_id, batch_client)
+    kernel.ok(f"%azpar collect {job_id} -o vals", timeout=120)
+    assert kernel.value("vals") == repr([x * 3 + 1 for x in range(4)])
 
 
 def test_a_second_kernel_waiting_on_a_job_takes_it_over_when_the_first_exits(start_kernel, job_store, batch):

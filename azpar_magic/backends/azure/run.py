@@ -19,6 +19,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -185,6 +186,41 @@ def nodes_still_fresh(listed_at: float, nodes: Sequence[Any], runs: Iterable[Azu
     return all(run.changed_at < listed_at for run in following)
 
 
+_FOLLOWED: weakref.WeakSet[AzureRun] = weakref.WeakSet()  # the runs this process follows
+_exit_hook = threading.Lock()  # held while the hook below is installed, once per process
+_exit_hooked = False
+
+
+def _followed_until_the_exit_begins(run: AzureRun) -> None:
+    """Close ``run`` to events as soon as Python's exit begins, not only at atexit.
+
+    Python's exit first runs threading's exit hooks, where concurrent.futures stops taking work
+    and joins its threads; it then waits for the process's other non-daemon threads, and only
+    then runs atexit, where the session closes the backend (``close``). A follower that saw a
+    task finish in that stretch could not start its download, and the failure was recorded for
+    every task left: the job stored as ended while Batch ran on, its finished values lost, and
+    the next kernel's attach or cancel had nothing left to follow. Hooks run in the reverse order
+    of registration, and this one is registered after concurrent.futures' own (imported with this
+    module), so it runs first. ``threading._register_atexit`` is private (concurrent.futures' own
+    hook, Python 3.9+); without it, atexit's close is what there is."""
+    global _exit_hooked
+    with _exit_hook:
+        _FOLLOWED.add(run)
+        register = getattr(threading, "_register_atexit", None)
+        if _exit_hooked or register is None:
+            return
+        try:
+            register(_detach_all)
+        except RuntimeError:  # the exit has begun: atexit's close comes next
+            return
+        _exit_hooked = True
+
+
+def _detach_all() -> None:
+    for run in list(_FOLLOWED):
+        run.detach()
+
+
 class AzureRun:
     """Stages one job, adds its tasks and reports their events."""
 
@@ -229,6 +265,7 @@ class AzureRun:
         self._closed = False
         self._terminating: Any = None  # the terminate poller of a cancelled job
         self._downloads = ThreadPoolExecutor(8, thread_name_prefix="azpar-results")
+        _followed_until_the_exit_begins(self)
         self.calls: dict[str, int] = {}
         self.data = files.RunData(context, spec, self.expiry, self._count)  # --inputs/--outputs; inert without
         self._silent: dict[str, tuple[float, float, str]] = {}  # service -> (since: wall, monotonic; last error)
@@ -1353,6 +1390,13 @@ class AzureRun:
             self._emit(TaskEvent(self.job_id, task_id, "failed", error=why, failure_kind=kind))
         self._stop.set()
 
+    def detach(self) -> None:
+        """No event reaches the job from now on, and the follower and the adder stop; what the run
+        holds stays open (``close`` shuts it). Called as the process's exit begins."""
+        with self._lock:
+            self._closed = True
+        self._stop.set()
+
     def close(self) -> None:
         """Stop following the job. At a kernel's exit the Batch job runs on for whoever attaches, so
         from here on no event reaches the job: a poll or download still in flight fails once the
@@ -1360,9 +1404,7 @@ class AzureRun:
         failed in the job store, and the job as ended (the next kernel's attach would then take
         neither the results nor the cancel). Tasks without a final record are followed again by
         the kernel that attaches."""
-        with self._lock:
-            self._closed = True
-        self._stop.set()
+        self.detach()
         self.spot.close()  # the pool's size from before a spot fallback
         if self._terminating is not None:
             try:
