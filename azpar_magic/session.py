@@ -16,6 +16,7 @@ from .backends.base import Backend, backend_entry, create_backend
 from .backends.cpus import usable_cpus
 from .errors import ConfigError, StoreError
 from .jobs import Job
+from .run.capture import show_cell_source
 from .run.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -347,6 +348,8 @@ def find_job(job_id: str | None, *, stored: bool = True) -> Job:
                 f"no job {job_id!r} in this session or in the job store {jobstore.store_root()} (known: {shown}{more})"
             ) from None
     job = jobstore.load_job(found, take_over=_take_over_followed)
+    if job.source:  # tracebacks through functions its body made, called in this kernel, show their lines
+        show_cell_source(job.source)
     if job.reattach:  # its kernel is gone but its backend ran on (Azure): this process follows it now
         return _reattach(job)
     if job.done:

@@ -1953,8 +1953,15 @@ def show_made_code(cell: ParsedCell) -> None:
     functions and classes its body makes (``worker.made_code_filename``): such a function, returned and called
     in the notebook, showed "Could not get source" in its traceback. Only for a body that defines any."""
     if _defines_code(cell):
-        name, text = wire.made_code_filename(cell.source), cell.source
-        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+        show_cell_source(cell.source)
+
+
+def show_cell_source(source: str) -> None:
+    """``source`` (a whole cell, magic line included) in this process's linecache under the file name of the
+    code its body made (``show_made_code``); also for a job read back from the store (``collect``, ``attach``
+    in a new kernel), whose cell this kernel never ran."""
+    name = wire.made_code_filename(source)
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
 
 
 @functools.lru_cache(maxsize=64)

@@ -833,12 +833,12 @@ class Engine:
         )
         if cached is not None:
             cached.record(job, recorder)
+        capture_mod.show_made_code(request.cell)  # the kernel's tracebacks through functions the body returns
         if not tasks:
             job.finish(job.final_state())
             recorder.finish()
             return job
         job.add_tasks(zip(tasks, map(operator.attrgetter("indices"), tasks.values())))
-        capture_mod.show_made_code(request.cell)  # the kernel's tracebacks through functions the body returns
         envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
         # %azpar debug runs an iteration again with this envelope and namespace (debugging.py):
         # the store keeps the bytes unless the backend staged them where they outlive the kernel.
