@@ -282,6 +282,27 @@ def test_missing_module_hint_names_the_kernels_distribution_only():
         assert missing_module_hint(untouched) is untouched
 
 
+def test_made_code_lines_fill_only_frames_the_worker_had_no_line_for():
+    """A frame in a function an earlier cell made gets its line from this kernel's linecache; a frame that has
+    its line, one of a cell this kernel does not know, and a traceback of this cell's alone stay as they are."""
+    from azpar_magic import worker
+    from azpar_magic.jobs import Failure
+    from azpar_magic.run.capture import show_cell_source
+    from azpar_magic.run.hints import made_code_lines
+
+    earlier = "%%azpar -o fs for k in ks:\ndef f(v):\n    return v / k\nf"
+    show_cell_source(earlier)
+    name, unknown = worker.made_code_filename(earlier), worker.made_code_filename(earlier + " ")
+    text = ('Traceback (most recent call last):\n  File "<azpar cell>", line 2, in <module>\n    g(1)\n'
+            f'  File "{name}", line 3, in f\n  File "{unknown}", line 3, in f\nZeroDivisionError: division by zero\n')
+    failure = Failure(0, "builtins.ZeroDivisionError", "division by zero", traceback=text)
+    filled = made_code_lines(failure).traceback
+    assert filled == text.replace(f'line 3, in f\n  File "{unknown}"', f'line 3, in f\n    return v / k\n  File "{unknown}"')
+    assert made_code_lines(made_code_lines(failure)).traceback == filled  # a line already there is not added again
+    own = Failure(0, "builtins.ValueError", "no", traceback=text.split(f'  File "{name}"')[0] + "ValueError: no\n")
+    assert made_code_lines(own) is own
+
+
 def test_missing_module_hint_sees_a_package_installed_after_a_first_failure(tmp_path, monkeypatch):
     """The user installs the module into the kernel after the nodes first failed on it: the next
     failure names it (the answer was kept for the session before)."""

@@ -774,6 +774,9 @@ def test_functions_the_body_defines_show_their_source_in_the_notebook_and_in_a_l
     later = run_cell("%%azpar -q -o never_bound_m for pair in made_fs:\npair[1](1)")
     assert isinstance(later.error, azpar_magic.IterationError), later.error
     assert "(cell line 2)" in str(later.error) and "cell line 3" not in str(later.error), later.error
+    # The later job's workers have only the later cell's source: the kernel gives the remote traceback the
+    # line of the earlier cell's function.
+    assert "in g\n    return v / (v - 1)\n" in later.error.remote_traceback, later.error.remote_traceback
 
 
 def test_functions_from_the_cache_or_the_store_show_their_source_in_a_new_kernel(ip, run_cell, monkeypatch):

@@ -3,13 +3,16 @@
 A cell that runs on the local pool may fail on Azure nodes for reasons the worker cannot see: a
 file beside the notebook the node does not have, a module the kernel has that no captured code
 names (so the node did not install it), an environment variable set in the notebook. The kernel
-can tell, by looking at its own folder, distributions and environment, and names the fix.
+can tell, by looking at its own folder, distributions and environment, and names the fix. It also
+has the source of earlier cells, which a worker running a later cell's job does not: the remote
+traceback's frames in functions those cells made get their lines here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import linecache
 import os
 import re
 import sys
@@ -18,7 +21,7 @@ from ..errors import DataError
 from ..jobs import Failure
 from . import capture as capture_mod, data as data_mod
 
-__all__ = ["FilesSeen", "explain", "missing_file_hint", "environment_hint", "missing_module_hint"]
+__all__ = ["FilesSeen", "explain", "missing_file_hint", "environment_hint", "missing_module_hint", "made_code_lines"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +44,33 @@ def explain(failure: Failure, files: FilesSeen | None, installs: bool) -> Failur
         failure = missing_file_hint(failure, files)
     if installs:
         failure = missing_module_hint(failure)
-    return environment_hint(failure)
+    return made_code_lines(environment_hint(failure))
+
+
+# A traceback frame in code an earlier cell's body made (worker.made_code_filename); its source line, when the
+# worker had it, follows on a line indented by four spaces.
+_MADE_CODE_FRAME = re.compile(r'  File "(<azpar cell [0-9a-f]{8}>)", line (\d+), in ')
+
+
+def made_code_lines(failure: Failure) -> Failure:
+    """``failure`` with the source lines of its traceback's frames in functions an earlier cell's body made
+    (returned by that cell, passed to this one): the worker of this job has only this cell's source, so those
+    frames came without a line, where the notebook's own loop shows it. This kernel's linecache has the earlier
+    cell's source (capture.show_cell_source)."""
+    text = failure.traceback
+    if not text or "<azpar cell " not in text:
+        return failure
+    lines = text.splitlines(True)
+    shown: list[str] = []
+    for i, line in enumerate(lines):
+        shown.append(line)
+        frame = _MADE_CODE_FRAME.match(line)
+        if frame is None or (i + 1 < len(lines) and lines[i + 1].startswith("    ")):
+            continue
+        source = linecache.getline(frame.group(1), int(frame.group(2))).strip()
+        if source:
+            shown.append(f"    {source}\n")
+    return failure if len(shown) == len(lines) else dataclasses.replace(failure, traceback="".join(shown))
 
 
 def missing_file_hint(failure: Failure, files: FilesSeen) -> Failure:
