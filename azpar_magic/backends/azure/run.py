@@ -187,7 +187,7 @@ def nodes_still_fresh(listed_at: float, nodes: Sequence[Any], runs: Iterable[Azu
 
 
 _FOLLOWED: weakref.WeakSet[AzureRun] = weakref.WeakSet()  # the runs this process follows
-_exit_hook = threading.Lock()  # held while the hook below is installed, once per process
+_exit_hook_lock = threading.Lock()  # guards _FOLLOWED and the one installation of the hook below
 _exit_hooked = False
 
 
@@ -204,7 +204,7 @@ def _followed_until_the_exit_begins(run: AzureRun) -> None:
     module), so it runs first. ``threading._register_atexit`` is private (concurrent.futures' own
     hook, Python 3.9+); without it, atexit's close is what there is."""
     global _exit_hooked
-    with _exit_hook:
+    with _exit_hook_lock:
         _FOLLOWED.add(run)
         register = getattr(threading, "_register_atexit", None)
         if _exit_hooked or register is None:
@@ -217,7 +217,9 @@ def _followed_until_the_exit_begins(run: AzureRun) -> None:
 
 
 def _detach_all() -> None:
-    for run in list(_FOLLOWED):
+    with _exit_hook_lock:
+        runs = list(_FOLLOWED)
+    for run in runs:
         run.detach()
 
 
