@@ -391,7 +391,7 @@ def test_tasks_that_finish_while_python_exits_are_not_recorded_as_failed(kernel,
     next kernel's attach and cancel found nothing to follow (CI caught it once: a cancelled job
     stored as done). A thread of the notebook's own that ends a few seconds after the kernel holds
     that stretch open here."""
-    kernel.ok("scale = 3\nfixed = True")
+    kernel.ok("scale = 3")
     kernel.ok("%%azpar -q -o warm for x in range(2):\nx")  # the pool is up: the tasks below finish quickly
     body = "import time\ntime.sleep(1.5)\nx * scale + 1"  # they finish after the exit has begun
     job_id = _job_id(kernel.ok(f"%%azpar --no-wait -q -o vals for x in range(4):\n{body}"))

@@ -790,21 +790,25 @@ def test_functions_from_the_cache_or_the_store_show_their_source_in_a_new_kernel
     from azpar_magic import session
 
     body = "def h(v):\n    return v / x\nh"
-    first = run_cell(f"%%azpar -q --cache -o cached_h for x in range(2):\n{body}")
-    assert first.success, first.error
-    name = ip.user_ns["cached_h"][0].__code__.co_filename
-    job_id = session.find_job(None).id
-    linecache.cache.pop(name)  # a new kernel
-    again = run_cell(f"%%azpar -q --cache -o cached_h for x in range(2):\n{body}")
-    assert again.success and session.find_job(None).from_cache == 2, again.error
-    assert inspect.getsource(ip.user_ns["cached_h"][1]) == "def h(v):\n    return v / x\n"
-    linecache.cache.pop(name)
-    monkeypatch.setattr(session, "_jobs", {})  # the new kernel knows the job from the store only
-    collected = run_cell(f"%azpar collect {job_id} -o stored_h")
-    assert collected.success, collected.error
-    with pytest.raises(ZeroDivisionError) as info:
-        ip.user_ns["stored_h"][0](1)
-    assert "return v / x" in "".join(traceback.format_exception(info.value))
+    try:
+        first = run_cell(f"%%azpar -q --cache -o cached_h for x in range(2):\n{body}")
+        assert first.success, first.error
+        name = ip.user_ns["cached_h"][0].__code__.co_filename
+        job_id = session.find_job(None).id
+        linecache.cache.pop(name)  # a new kernel
+        again = run_cell(f"%%azpar -q --cache -o cached_h for x in range(2):\n{body}")
+        assert again.success and session.find_job(None).from_cache == 2, again.error
+        assert inspect.getsource(ip.user_ns["cached_h"][1]) == "def h(v):\n    return v / x\n"
+        linecache.cache.pop(name)
+        monkeypatch.setattr(session, "_jobs", {})  # the new kernel knows the job from the store only
+        collected = run_cell(f"%azpar collect {job_id} -o stored_h")
+        assert collected.success, collected.error
+        with pytest.raises(ZeroDivisionError) as info:
+            ip.user_ns["stored_h"][0](1)
+        assert "return v / x" in "".join(traceback.format_exception(info.value))
+    finally:
+        for name in ("cached_h", "stored_h"):
+            ip.user_ns.pop(name, None)
 
 
 def test_iterations_follow_the_notebooks_pandas_options(ip, run_cell):
