@@ -13,6 +13,7 @@ job's tasks backs them up (``_Sweeps``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -187,40 +188,35 @@ def nodes_still_fresh(listed_at: float, nodes: Sequence[Any], runs: Iterable[Azu
 
 
 _FOLLOWED: weakref.WeakSet[AzureRun] = weakref.WeakSet()  # the runs this process follows
-_exit_hook_lock = threading.Lock()  # guards _FOLLOWED and the one installation of the hook below
-_exit_hooked = False
+_followed_lock = threading.Lock()
 
 
 def _followed_until_the_exit_begins(run: AzureRun) -> None:
-    """Close ``run`` to events as soon as Python's exit begins, not only at atexit.
+    """Close ``run`` to events as soon as Python's exit begins, not only at atexit (``_detach_all``)."""
+    with _followed_lock:
+        _FOLLOWED.add(run)
 
-    Python's exit first runs threading's exit hooks, where concurrent.futures stops taking work
+
+def _detach_all() -> None:
+    """Python's exit first runs threading's exit hooks, where concurrent.futures stops taking work
     and joins its threads; it then waits for the process's other non-daemon threads, and only
     then runs atexit, where the session closes the backend (``close``). A follower that saw a
     task finish in that stretch could not start its download, and the failure was recorded for
     every task left: the job stored as ended while Batch ran on, its finished values lost, and
-    the next kernel's attach or cancel had nothing left to follow. Hooks run in the reverse order
-    of registration, and this one is registered after concurrent.futures' own (imported with this
-    module), so it runs first. ``threading._register_atexit`` is private (concurrent.futures' own
-    hook, Python 3.9+); without it, atexit's close is what there is."""
-    global _exit_hooked
-    with _exit_hook_lock:
-        _FOLLOWED.add(run)
-        register = getattr(threading, "_register_atexit", None)
-        if _exit_hooked or register is None:
-            return
-        try:
-            register(_detach_all)
-        except RuntimeError:  # the exit has begun: atexit's close comes next
-            return
-        _exit_hooked = True
-
-
-def _detach_all() -> None:
-    with _exit_hook_lock:
+    the next kernel's attach or cancel had nothing left to follow. So every run is detached in
+    threading's exit hooks, before concurrent.futures' own: hooks run in the reverse order of
+    registration, and this one is registered below, after this module's import of
+    ThreadPoolExecutor registered concurrent.futures'. ``threading._register_atexit`` is private
+    (concurrent.futures' own hook, Python 3.9+); without it, atexit's close is what there is."""
+    with _followed_lock:
         runs = list(_FOLLOWED)
     for run in runs:
         run.detach()
+
+
+if hasattr(threading, "_register_atexit"):
+    with contextlib.suppress(RuntimeError):  # imported while the exit runs: atexit's close comes next
+        threading._register_atexit(_detach_all)
 
 
 class AzureRun:
