@@ -15,7 +15,7 @@ from . import jobstore, mapping, session
 from .errors import CellError, SubmitError
 from .jobs import FINAL_STATES, Job, JobOptions
 from .jobstore import JobSummary
-from .run.parsing import ParsedCell, future_flags, parse_cell, split_header
+from .run.parsing import ParsedCell, future_flags, parse_cell, parse_source, split_header
 from .run.request import API_SPELLING, RunRequest
 
 __all__ = [
@@ -319,10 +319,8 @@ def rerun_with(
     problem = mapping.rerun_problem(base.id, base.source, namespace)  # a map job's lambda cannot be found again
     if problem:
         raise ValueError(problem)
-    first_line, _, body = base.source.partition("\n")
-    line = first_line[len("%%azpar") :] if first_line.startswith("%%azpar") else first_line
     try:
-        cell = parse_cell(line, body, future_flags(namespace))
+        cell = parse_source(base.source, future_flags(namespace))
     except CellError as exc:
         raise ValueError(f"the cell of job {base.id} cannot be parsed again: {exc}") from None
     options = dataclasses.replace(base.options, output_name=output_name or base.options.output_name)

@@ -207,6 +207,38 @@ def test_line_magic_commands(ip, run_cell):
         ip.run_line_magic("azpar", "frobnicate")
 
 
+def test_a_loop_on_one_line_runs_as_the_line_magic_and_reruns(ip, run_cell):
+    """What IPython says of a %%azpar cell with nothing below its line ("Did you mean the line magic %azpar?") now
+    works: ``%azpar [options] for x in xs: STATEMENT`` runs as a cell with that body, binds -o, shows its line in
+    a remote traceback, and reruns. It said "unknown %azpar command '-o'"."""
+    try:
+        empty = run_cell("%%azpar -o one for x in range(3): x * 3")
+        assert "Did you mean the line magic %azpar" in str(empty.error)  # IPython's, before the magic is called
+        run = run_cell("%azpar -q -o one for x in range(3): x * 3")
+        assert run.success, run.error
+        assert ip.user_ns["one"] == [0, 3, 6]
+        assert run_cell("%azpar -q --combine sum for i, (a, b) in enumerate([(1, 2), (3, 4)]): a * b + i").success
+        assert ip.user_ns["azpar_result"] == 15
+        ip.user_ns["bad"] = {2}
+        failed = run_cell("%azpar -q -o one for x in range(4): y = 1 / (x - 2) if x in bad else x; y")
+        assert "iteration 2 (item 2) raised ZeroDivisionError" in str(failed.error)
+        assert "(cell line 1)" in str(failed.error)
+        shown = failed.error.remote_traceback
+        line = "%azpar -q -o one for x in range(4): y = 1 / (x - 2) if x in bad else x; y\n"
+        assert line in shown, shown
+        marks = shown.split(line, 1)[1].splitlines()[0]
+        assert marks.strip("~^ ") == "" and line.index("1 / (x - 2)") <= marks.index("^") - 4 < line.index(" if"), shown
+        ip.user_ns["bad"] = set()
+        assert run_cell("%azpar rerun -q").success  # the job's source, one line, parsed again
+        assert ip.user_ns["one"] == [0, 1, 2, 3]
+        for line, said in (("-q", "%azpar -o squares for x in range(10): x * x"),
+                           ("for x in range(2):", "has no body"), ("frob", "unknown %azpar command 'frob'")):
+            assert said in str(run_cell(f"%azpar {line}").error)
+    finally:
+        for name in ("one", "bad", "azpar_result"):
+            ip.user_ns.pop(name, None)
+
+
 def test_help_and_command_messages_read_the_command_table(ip, run_cell, monkeypatch):
     """One table of %azpar commands: an entry added to it is dispatched with its usage line, listed by
     %azpar help and named by the messages for a missing or unknown command; one taken out is gone from all."""

@@ -13,6 +13,8 @@ from azpar_magic.run.parsing import (
     is_variable_name,
     notebook_change_warnings,
     parse_cell,
+    parse_one_line,
+    parse_source,
     split_header,
     split_requirements,
 )
@@ -65,6 +67,59 @@ def test_a_statement_after_the_headers_colon_is_named_with_where_the_body_goes(l
         parse_cell(line, "x")
     assert said in str(caught.value) and "lines below the magic line" in str(caught.value)
     assert parse_cell("for x in d[1:3]:", "x").iterable_source == "d[1:3]"
+
+
+@pytest.mark.parametrize(("line", "options", "body", "iterable", "item", "value"), [
+    (" -o r for x in xs: x * 3", "-o r", "x * 3", "xs", 2, 6),
+    ("for x in d[1:3]: y = x + 1; y * 2  # note", "", "y = x + 1; y * 2  # note", "d[1:3]", 1, 4),
+    ("--combine sum for k, v in {1: 2}.items(): k * v", "--combine sum", "k * v", "{1: 2}.items()", (3, 4), 12),
+    ("for é in 'àb': é.upper()", "", "é.upper()", "'àb'", "à", "À"),
+])
+def test_a_loop_on_one_line_keeps_its_body_on_line_1_with_its_columns(line, options, body, iterable, item, value):
+    """``%azpar [options] for x in xs: STATEMENT``: IPython sends a %%azpar cell with nothing below its line to the
+    line magic, which said "unknown %azpar command '-o'". The body is the text after the loop's own colon (not a
+    slice's or a dict's), run on line 1 of the source ``%azpar LINE``, with the columns it has there: a traceback's
+    marks fall under the body, also after non-ASCII text."""
+    cell = parse_one_line(line)
+    assert (cell.options, cell.body, cell.iterable_source) == (options, body, iterable)
+    assert cell.source == f"%azpar {line.strip()}"
+    again = parse_source(cell.source)  # what a rerun parses
+    assert (again.source, again.code, again.function_code) == (cell.source, cell.code, cell.function_code)
+    assert run_code(cell, item)["__azpar_value__"] == value
+    start = len(cell.source.encode()) - len(body.encode())
+    code = marshal.loads(cell.code)
+    columns = [p[2] for p in code.co_positions() if p[0] == 1 and p[2]]  # the runner's own are at column 0
+    assert columns and min(columns) == start
+
+
+def test_a_loop_on_one_line_marks_the_failing_expression():
+    cell = parse_one_line("-o r for x in range(4): 1 / (x - 2)")
+    try:
+        run_code(cell, 2)
+    except ZeroDivisionError as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+    assert (frame.filename, frame.lineno) == (CELL_FILENAME, 1)
+    assert cell.source[frame.colno : frame.end_colno] == "1 / (x - 2)"
+
+
+@pytest.mark.parametrize(("line", "said"), [
+    ("for x in range(2):", "has no body. On one line, put the statement after the colon"),
+    ("for x in range(2)", "has no body"),
+    ("-o r for x in", "is not valid Python"),
+    ("-q", "The %azpar line needs a loop header: %azpar [options] for TARGET in ITERABLE, for example "
+           "`%azpar -o squares for x in range(10): x * x`"),
+    ("for x in range(2): break", "Line 1 of the cell: `break`"),
+])
+def test_a_loop_on_one_line_without_a_body_or_header_is_refused_in_the_line_magics_terms(line, said):
+    with pytest.raises(CellError) as caught:
+        parse_one_line(line)
+    assert said in str(caught.value)
+
+
+def test_a_cells_source_is_parsed_again_as_the_cell():
+    cell = parse_cell("-o r for x in xs:", "y = x\ny")
+    again = parse_source(cell.source)
+    assert (again.source, again.code, again.options) == (cell.source, cell.code, cell.options)
 
 
 @pytest.mark.parametrize(("line", "said"), [

@@ -13,7 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from .. import session
 from ..errors import CellError, SubmitError
 from ..jobs import merge
-from ..run.parsing import future_flags, parse_cell
+from ..run.parsing import future_flags, parse_cell, parse_one_line
 from ..run.request import FLAG_SPELLING, RunRequest
 from .context import DEFAULT_OUTPUT, MagicContext, Pending
 from .display import follow
@@ -183,11 +183,14 @@ def azpar_cell(self: Any, line: str, cell: str) -> Any:
     return run_cell(self.context, line, cell)
 
 
-def run_cell(context: MagicContext, line: str, cell: str) -> Any:
-    """Parse the cell, submit its job and, unless --no-wait, finish it (returns None); with --no-wait, the job."""
+def run_cell(context: MagicContext, line: str, cell: str | None) -> Any:
+    """Parse the cell, submit its job and, unless --no-wait, finish it (returns None); with --no-wait, the job.
+    ``cell`` None: the line magic's one-line loop (``%azpar -o r for x in xs: f(x)``), which binds as a cell does
+    (a ``for`` statement has no value, and a line of ``[None, None, ...]`` for ``print(x)`` would be noise)."""
     shell = context.shell
     with usage_errors(CellError):
-        parsed = parse_cell(line, cell, future_flags(shell.user_ns))
+        future = future_flags(shell.user_ns)
+        parsed = parse_one_line(line, future) if cell is None else parse_cell(line, cell, future)
     args = parse_options(azpar_cell.parser, parsed.options)
     args.quiet = args.quiet or context.quiet  # %config AzparMagics.quiet
     options = job_options(args, shell.user_ns)

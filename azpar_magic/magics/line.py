@@ -174,12 +174,19 @@ def help_text(topic: str | None = None) -> str:
     table = commands()
     if topic is not None and topic in table:
         return table[topic].help_line()
-    return "\n".join(command.help_line() for command in table.values())
+    return "\n".join([ONE_LINE_LOOP, *(command.help_line() for command in table.values())])
+
+
+ONE_LINE_LOOP = (
+    "%azpar [options] for TARGET in ITERABLE: STATEMENT   a loop written on one line, run as a %%azpar cell with "
+    "that body (same options; binds -o NAME, default azpar_result)"
+)
 
 
 def missing_command() -> str:
     return (
-        f"usage: %azpar COMMAND [ARGS], with COMMAND one of {', '.join(commands())}; %azpar help lists what each does"
+        f"usage: %azpar COMMAND [ARGS], with COMMAND one of {', '.join(commands())}; %azpar help lists what each does "
+        "(or `%azpar [options] for x in xs: STATEMENT`, a loop on one line)"
     )
 
 
@@ -196,6 +203,8 @@ def run_line(context: MagicContext, line: str) -> Any:
         print(help_text(words[1] if len(words) > 1 else None))
         return None
     command = commands().get(words[0])
+    if command is None and (words[0] == "for" or words[0].startswith("-")):
+        return cell.run_cell(context, line, None)  # a loop on one line: %azpar [options] for x in xs: f(x)
     if command is None:
         raise UsageError(unknown_command(words[0]))
     return command.handler(context, words[1:], f"usage: {command.usage}")
@@ -293,7 +302,8 @@ class AzparMagics(Magics):
     @cast(Marker, line_magic("azpar"))
     @no_var_expand  # job ids, paths and FIELD=VALUE as typed (see azpar_cell)
     def azpar_line(self, line: str) -> Any:
-        """Manage azpar jobs and pools: ``%azpar COMMAND [ARGS]``.
+        """Manage azpar jobs and pools: ``%azpar COMMAND [ARGS]``; or run a loop written on one line,
+        ``%azpar [options] for TARGET in ITERABLE: STATEMENT``, as a ``%%azpar`` cell with that body.
 
         JOB is a job id (or its last characters) or a job's --name (the newest job of that name);
         the latest job when omitted. Each command

@@ -26,6 +26,7 @@ from ..errors import CellError
 from ..worker import FUNCTION_NAME, ITEM_NAME, VALUE_NAME
 
 CELL_FILENAME = "<azpar cell>"
+LINE_FORM = "%azpar"  # the one-line loop's magic (``parse_one_line``), as its job's source starts
 _ONCE_NAME = "__azpar_once__"
 
 
@@ -52,7 +53,7 @@ class ParsedCell:
         return base64.b64encode(self.function_code).decode()
 
 
-def split_header(line: str) -> tuple[str, str]:
+def split_header(line: str, magic: str = "%%azpar") -> tuple[str, str]:
     """Split the magic line into (options, ``for ...`` clause) at the first ``for`` token
     outside quotes and brackets (an unquoted ``--combine lambda r: [v for v in r]`` is then
     refused as options needing quotes, not as a broken loop header); options may not
@@ -69,7 +70,7 @@ def split_header(line: str) -> tuple[str, str]:
                 "Nothing was submitted."
             ) from None
         raise CellError(
-            f"The %%azpar line could not be read: {why}. Expected: %%azpar [options] for TARGET in ITERABLE. "
+            f"The {magic} line could not be read: {why}. Expected: {magic} [options] for TARGET in ITERABLE. "
             "Nothing was submitted."
         ) from None
     depth = 0
@@ -81,9 +82,10 @@ def split_header(line: str) -> tuple[str, str]:
         elif tok.type == tokenize.NAME and tok.string == "for" and depth == 0:
             col = tok.start[1]
             return line[:col].strip(), line[col:].strip()
+    example = "-o squares for x in range(10)" + (": x * x" if magic == LINE_FORM else "")
     raise CellError(
-        "The %%azpar line needs a loop header: %%azpar [options] for TARGET in ITERABLE, "
-        f"for example `%%azpar -o squares for x in range(10)`. Got: {line.strip()!r}."
+        f"The {magic} line needs a loop header: {magic} [options] for TARGET in ITERABLE, "
+        f"for example `{magic} {example}`. Got: {line.strip()!r}."
     )
 
 
@@ -99,7 +101,8 @@ def parse_for_clause(clause: str) -> tuple[ast.expr, ast.expr, str, str]:
         if inline is not None:
             raise CellError(
                 f"The loop header {clause!r} has a statement after its colon ({inline!r}): in %%azpar the loop "
-                "body goes on the lines below the magic line, as in a `for` block. Nothing was submitted."
+                "body goes on the lines below the magic line, as in a `for` block (the line magic, `%azpar "
+                "[options] for TARGET in ITERABLE: STATEMENT`, runs a loop written on one line). Nothing was submitted."
             ) from None
         raise CellError(
             f"The loop header {clause!r} is not valid Python: {exc.msg}. Expected "
@@ -360,7 +363,71 @@ def parse_cell(line: str, body: str, future: int = 0) -> ParsedCell:
         raise CellError("The %%azpar cell has no body: write the loop body on the lines after the %%azpar line.")
     source = f"%%azpar {line.strip()}\n{body}"
     body = _without_leading_indent(body)
-    line_offset = 1  # the magic line is line 1 of the cell
+    # the magic line is line 1 of the cell
+    return _parsed(options, target, target_src, iterable_src, body, source, 1, 0, future)
+
+
+@functools.lru_cache(maxsize=64)
+def parse_one_line(line: str, future: int = 0) -> ParsedCell:
+    """``%azpar [options] for TARGET in ITERABLE: STATEMENT``, Python's one-line loop as a line magic. IPython
+    refuses a ``%%azpar`` cell with nothing below its line, and tells the user to try the line magic: that
+    said "unknown %azpar command '-o'". The body is the text after the header's colon, on line 1 of the job's
+    source (``%azpar LINE``), with its columns where they are on that line, so a traceback marks the right
+    characters."""
+    options, clause = split_header(line, LINE_FORM)
+    header, body = _split_inline_body(clause)
+    target, _, target_src, iterable_src = parse_for_clause(header)
+    if not body.strip():
+        raise CellError(
+            f"The loop {clause!r} has no body. On one line, put the statement after the colon, as in Python: "
+            "`%azpar -o squares for x in range(10): x * x`. For a longer body, use the cell magic: "
+            "`%%azpar -o squares for x in range(10):` on the first line of a cell, and the body on the lines below. "
+            "Nothing was submitted."
+        )
+    source = f"{LINE_FORM} {line.strip()}"
+    shift = len(source.encode()) - len(body.encode())  # the body ends the line; columns count UTF-8 bytes
+    return _parsed(options, target, target_src, iterable_src, body, source, 0, shift, future)
+
+
+def parse_source(source: str, future: int = 0) -> ParsedCell:
+    """A job's source parsed again (``rerun``): a ``%%azpar`` cell, a one-line ``%azpar`` loop, or a loop
+    header (``run()``'s) with its body below."""
+    first_line, _, body = source.partition("\n")
+    if first_line.startswith(f"{LINE_FORM} ") and not body:
+        return parse_one_line(first_line[len(LINE_FORM) :], future)
+    line = first_line[len("%%azpar") :] if first_line.startswith("%%azpar") else first_line
+    return parse_cell(line, body, future)
+
+
+def _split_inline_body(clause: str) -> tuple[str, str]:
+    """(``for TARGET in ITERABLE``, the text after its colon), both as written; the body is "" when the clause
+    has no colon, or nothing after it."""
+    text = clause.strip()
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        inline = None
+    else:
+        loop = tree.body[0] if len(tree.body) == 1 else None
+        inline = loop.body[0].col_offset if isinstance(loop, ast.For) and loop.body[0].lineno == 1 else None
+    if inline is None:  # no statement after the colon (or not a loop: parse_for_clause says why)
+        return text, ""
+    raw = text.encode()
+    return raw[:inline].decode().rstrip(), raw[inline:].decode()
+
+
+def _parsed(
+    options: str,
+    target: ast.expr,
+    target_src: str,
+    iterable_src: str,
+    body: str,
+    source: str,
+    line_offset: int,
+    column_shift: int,
+    future: int,
+) -> ParsedCell:
+    """The body checked and compiled, on the lines (and, for a one-line loop, the columns) of ``source``."""
     try:
         tree = ast.parse(body, filename=CELL_FILENAME)
     except SyntaxError as exc:
@@ -369,6 +436,11 @@ def parse_cell(line: str, body: str, future: int = 0) -> ParsedCell:
         if exc.text and _IPYTHON_SYNTAX.match(exc.text):
             hint = " IPython magics and shell escapes (% and !) cannot run inside a %%azpar body."
         raise CellError(f"Syntax error at {where} of the cell: {exc.msg}.{hint} Nothing was submitted.") from None
+    if column_shift:
+        for node in ast.walk(tree):
+            if "col_offset" in node._attributes:
+                node.col_offset += column_shift
+                node.end_col_offset = (node.end_col_offset or 0) + column_shift
     check_body(tree, line_offset)
     code = build_runner_code(target, tree, line_offset, future)
     function_code = build_function_code(target, tree, line_offset, future)
