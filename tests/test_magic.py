@@ -1,5 +1,7 @@
 """The magic through IPython's InteractiveShell: what a user types, what they get."""
 
+import sys
+
 import pytest
 
 import azpar_magic
@@ -226,8 +228,9 @@ def test_a_loop_on_one_line_runs_as_the_line_magic_and_reruns(ip, run_cell):
         shown = failed.error.remote_traceback
         line = "%azpar -q -o one for x in range(4): y = 1 / (x - 2) if x in bad else x; y\n"
         assert line in shown, shown
-        marks = shown.split(line, 1)[1].splitlines()[0]
-        assert marks.strip("~^ ") == "" and line.index("1 / (x - 2)") <= marks.index("^") - 4 < line.index(" if"), shown
+        if sys.version_info >= (3, 11):  # the failing part is marked (Python 3.10 marks nothing)
+            marks = shown.split(line, 1)[1].splitlines()[0]
+            assert marks.strip("~^ ") == "" and line.index("1 / (x - 2)") <= marks.index("^") - 4 < line.index(" if")
         ip.user_ns["bad"] = set()
         assert run_cell("%azpar rerun -q").success  # the job's source, one line, parsed again
         assert ip.user_ns["one"] == [0, 1, 2, 3]

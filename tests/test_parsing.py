@@ -1,6 +1,8 @@
 """Unit tests of parsing.py: header split, body checks, runner code semantics."""
 
+import ast
 import marshal
+import sys
 import traceback
 
 import pytest
@@ -87,9 +89,10 @@ def test_a_loop_on_one_line_keeps_its_body_on_line_1_with_its_columns(line, opti
     assert (again.source, again.code, again.function_code) == (cell.source, cell.code, cell.function_code)
     assert run_code(cell, item)["__azpar_value__"] == value
     start = len(cell.source.encode()) - len(body.encode())
-    code = marshal.loads(cell.code)
-    columns = [p[2] for p in code.co_positions() if p[0] == 1 and p[2]]  # the runner's own are at column 0
-    assert columns and min(columns) == start
+    assert min(n.col_offset for n in ast.walk(cell.body_tree) if hasattr(n, "col_offset")) == start
+    if sys.version_info >= (3, 11):  # what a traceback marks (Python 3.10 marks nothing)
+        columns = [p[2] for p in marshal.loads(cell.code).co_positions() if p[0] == 1 and p[2]]  # runner's: 0
+        assert columns and min(columns) == start
 
 
 def test_a_loop_on_one_line_marks_the_failing_expression():
@@ -99,7 +102,8 @@ def test_a_loop_on_one_line_marks_the_failing_expression():
     except ZeroDivisionError as exc:
         frame = traceback.extract_tb(exc.__traceback__)[-1]
     assert (frame.filename, frame.lineno) == (CELL_FILENAME, 1)
-    assert cell.source[frame.colno : frame.end_colno] == "1 / (x - 2)"
+    if sys.version_info >= (3, 11):
+        assert cell.source[frame.colno : frame.end_colno] == "1 / (x - 2)"
 
 
 @pytest.mark.parametrize(("line", "said"), [
