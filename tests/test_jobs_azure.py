@@ -408,6 +408,42 @@ def test_tasks_that_finish_while_python_exits_are_not_recorded_as_failed(kernel,
     assert kernel.value("vals") == repr([x * 3 + 1 for x in range(4)])
 
 
+def test_a_scripts_thread_waiting_on_a_job_gets_its_values_after_the_main_thread_ends(tmp_path, job_store, batch,
+                                                                                     azurite):
+    """A script submits a job and leaves a thread of its own waiting for the result; its main thread then
+    ends. Python's exit stops the thread pools and waits for that thread before atexit closes the backend:
+    the job must go on being followed meanwhile. The thread got every task as failed ("cannot schedule new
+    futures after interpreter shutdown"); after the exit began to detach the runs, it waited forever."""
+    import subprocess
+    import sys
+    import textwrap
+
+    env = _isolated_env(tmp_path)
+    env[store.STORE_ENV] = str(job_store)
+    env.update(write_profile_file(Path(env["XDG_CONFIG_HOME"]) / "azpar" / "config.toml", batch, azurite, "test"))
+    script = tmp_path / "waits.py"
+    script.write_text(textwrap.dedent("""
+        import threading
+        import azpar_magic
+        from azpar_magic import session
+
+        session.use("test")
+        scale = 3
+        job = azpar_magic.run("for x in range(4)", "import time\\ntime.sleep(0.5)\\nx * scale + 1")
+        print("submitted", job.id, flush=True)
+        threading.Thread(target=lambda: print("values", job.result(), flush=True)).start()
+    """))
+    try:
+        done = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=150)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the script never ended: its thread still waits for the job. Its output: {exc.stdout!r}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "values [1, 4, 7, 10]" in done.stdout, (done.stdout, done.stderr[-3000:])
+    job_id = done.stdout.split("submitted ", 1)[1].split()[0]
+    assert store.summary(job_id).state == "succeeded"
+
+
 def test_a_second_kernel_waiting_on_a_job_takes_it_over_when_the_first_exits(start_kernel, job_store, batch):
     """Kernel B waits (``%azpar collect``) for a job kernel A runs; A exits while the Batch job runs
     on. B's wait must not last forever: B takes the job over and gets every value."""

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -47,6 +46,7 @@ from ...run.data import INPUTS_DIR, DataPlan, has_dot_dot, outputs_plan, path_be
 from ..base import JobSpec, TaskSpec
 from . import blobs, commands, storage
 from .context import AzureContext
+from .threads import ThreadPool
 
 logger = logging.getLogger(__name__)
 IN_DIR = "azpar-in"  # resource files land here (prep task folder: shared; task folder: per iteration)
@@ -151,7 +151,7 @@ class RunData:
         # another so that only one file's blocks are in memory.
         small = [p for p, f in local.items() if f.size <= blobs.BLOCK_SIZE]
         large = [p for p, f in local.items() if f.size > blobs.BLOCK_SIZE]
-        with ThreadPoolExecutor(8, thread_name_prefix="azpar-inputs") as pool:
+        with ThreadPool(8, thread_name_prefix="azpar-inputs") as pool:
             done = list(pool.map(lambda path: (path, *blobs.upload_file_once(st, cache, path)), small))
         shown = self.options.get("transfer_progress")  # the cell's progress line
         for path in large:
@@ -213,7 +213,7 @@ class RunData:
         side, eight at a time); from then on prep_resource_files is one container resource file."""
         st = self.context.staging
         st.ensure_container(self.in_container)
-        with ThreadPoolExecutor(8, thread_name_prefix="azpar-pack") as pool:
+        with ThreadPool(8, thread_name_prefix="azpar-pack") as pool:
             list(pool.map(lambda pair: self._copy(pair[1], f"{IN_DIR}/{pair[0]}"), self.shared))
         self.packed_url = st.container_sas_url(self.in_container, "rl", self.expiry)
 

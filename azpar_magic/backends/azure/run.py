@@ -13,16 +13,13 @@ job's tasks backs them up (``_Sweeps``).
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import json
 import logging
 import secrets
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +40,7 @@ from .context import AzureContext
 from .pool import container_settings, environment_settings, state_name, status as pool_status
 from .spot import SpotFallback
 from .submission import PendingTask, TaskAdder, wire_json
+from .threads import ThreadPool, refused_by_the_exit
 
 logger = logging.getLogger(__name__)
 INLINE_LIMIT = 6_000  # task inputs up to this many bytes travel in the task definition
@@ -187,38 +185,6 @@ def nodes_still_fresh(listed_at: float, nodes: Sequence[Any], runs: Iterable[Azu
     return all(run.changed_at < listed_at for run in following)
 
 
-_FOLLOWED: weakref.WeakSet[AzureRun] = weakref.WeakSet()  # the runs this process follows
-_followed_lock = threading.Lock()
-
-
-def _followed_until_the_exit_begins(run: AzureRun) -> None:
-    """Close ``run`` to events as soon as Python's exit begins, not only at atexit (``_detach_all``)."""
-    with _followed_lock:
-        _FOLLOWED.add(run)
-
-
-def _detach_all() -> None:
-    """Python's exit first runs threading's exit hooks, where concurrent.futures stops taking work
-    and joins its threads; it then waits for the process's other non-daemon threads, and only
-    then runs atexit, where the session closes the backend (``close``). A follower that saw a
-    task finish in that stretch could not start its download, and the failure was recorded for
-    every task left: the job stored as ended while Batch ran on, its finished values lost, and
-    the next kernel's attach or cancel had nothing left to follow. So every run is detached in
-    threading's exit hooks, before concurrent.futures' own: hooks run in the reverse order of
-    registration, and this one is registered below, after this module's import of
-    ThreadPoolExecutor registered concurrent.futures'. ``threading._register_atexit`` is private
-    (concurrent.futures' own hook, Python 3.9+); without it, atexit's close is what there is."""
-    with _followed_lock:
-        runs = list(_FOLLOWED)
-    for run in runs:
-        run.detach()
-
-
-if hasattr(threading, "_register_atexit"):
-    with contextlib.suppress(RuntimeError):  # imported while the exit runs: atexit's close comes next
-        threading._register_atexit(_detach_all)
-
-
 class AzureRun:
     """Stages one job, adds its tasks and reports their events."""
 
@@ -262,8 +228,9 @@ class AzureRun:
         # on without it, so nothing its threads still do may end a task here: see close().
         self._closed = False
         self._terminating: Any = None  # the terminate poller of a cancelled job
-        self._downloads = ThreadPoolExecutor(8, thread_name_prefix="azpar-results")
-        _followed_until_the_exit_begins(self)
+        # Its calls run on the follower itself once Python's exit has begun (threads.py): a thread still
+        # waiting on the job then gets its results.
+        self._downloads = ThreadPool(8, thread_name_prefix="azpar-results")
         self.calls: dict[str, int] = {}
         self.data = files.RunData(context, spec, self.expiry, self._count)  # --inputs/--outputs; inert without
         self._silent: dict[str, tuple[float, float, str]] = {}  # service -> (since: wall, monotonic; last error)
@@ -657,6 +624,9 @@ class AzureRun:
         try:
             target()
         except Exception as exc:  # never leave the cell waiting forever: fail what is left
+            if refused_by_the_exit(exc):  # not the job's failure: whoever attaches follows it on
+                self.detach()
+                return
             self._fail_remaining(f"the Azure backend lost track of the job: {type(exc).__name__}: {exc}")
 
     def _submit(self) -> None:
@@ -902,6 +872,9 @@ class AzureRun:
             else:
                 self._handle_completed(task)
         except Exception as exc:
+            if refused_by_the_exit(exc):  # a pool of the SDK's (a large result) as Python exits: see _guard
+                self.detach()
+                return
             self._emit(
                 TaskEvent(
                     self.job_id,
@@ -1390,7 +1363,8 @@ class AzureRun:
 
     def detach(self) -> None:
         """No event reaches the job from now on, and the follower and the adder stop; what the run
-        holds stays open (``close`` shuts it). Called as the process's exit begins."""
+        holds stays open (``close`` shuts it). Also when Python's exit keeps a result from being read
+        (``threads.refused_by_the_exit``): the job is not failed for it, and whoever attaches reads it."""
         with self._lock:
             self._closed = True
         self._stop.set()

@@ -39,7 +39,6 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +54,7 @@ from azure.storage.blob import (
 
 from ... import identity
 from . import retry
+from .threads import ThreadPool
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Staging:
         self.created_here: set[str] = set()  # containers this object made (not found): a failed staging removes these
         self._delegation: tuple[dt.datetime, Any] | None = None
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="azpar-blob")
+        self._pool = ThreadPool(max_concurrency, thread_name_prefix="azpar-blob")
 
     # ------------------------------------------------------------------ containers
 

@@ -19,13 +19,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
 from . import retry
+from .threads import ThreadPool
 
 MAX_TASKS_PER_CALL = 100
 MAX_BODY_BYTES = 1_000_000
@@ -119,7 +119,7 @@ class TaskAdder:
         """Add ``tasks`` (an iterator is consumed as it is built: each group goes out once complete).
         ``prepare(group)`` runs before a group's first call (uploading its large inputs); if it or
         building a definition fails, no further group is sent and the error is raised."""
-        with ThreadPoolExecutor(self.in_flight, thread_name_prefix="azpar-add") as pool:
+        with ThreadPool(self.in_flight, thread_name_prefix="azpar-add") as pool:
             futures = []
             try:
                 for group in cut(tasks):
