@@ -408,12 +408,14 @@ def test_tasks_that_finish_while_python_exits_are_not_recorded_as_failed(kernel,
     assert kernel.value("vals") == repr([x * 3 + 1 for x in range(4)])
 
 
+@pytest.mark.parametrize("size", [0, 12 << 20], ids=["small", "large"])
 def test_a_scripts_thread_waiting_on_a_job_gets_its_values_after_the_main_thread_ends(tmp_path, job_store, batch,
-                                                                                     azurite):
+                                                                                     azurite, size):
     """A script submits a job and leaves a thread of its own waiting for the result; its main thread then
     ends. Python's exit stops the thread pools and waits for that thread before atexit closes the backend:
     the job must go on being followed meanwhile. The thread got every task as failed ("cannot schedule new
-    futures after interpreter shutdown"); after the exit began to detach the runs, it waited forever."""
+    futures after interpreter shutdown"); after the exit began to detach the runs, it waited forever. A
+    result of more than two ranges (4 MB each) is read by a pool of the SDK's own, which the exit stops too."""
     import subprocess
     import sys
     import textwrap
@@ -429,19 +431,24 @@ def test_a_scripts_thread_waiting_on_a_job_gets_its_values_after_the_main_thread
 
         session.use("test")
         scale = 3
-        job = azpar_magic.run("for x in range(4)", "import time\\ntime.sleep(0.5)\\nx * scale + 1")
+        # random bytes: no compression makes them small; a file of them comes back through --outputs
+        body = ("import os, time\\ntime.sleep(0.5)\\nopen(f'out-{x}.bin', 'wb').write(os.urandom(SIZE))\\n"
+                "(x * scale + 1, os.urandom(SIZE))")
+        job = azpar_magic.run("for x in range(4)", body, outputs="out-*.bin")
         print("submitted", job.id, flush=True)
-        threading.Thread(target=lambda: print("values", job.result(), flush=True)).start()
-    """))
+        threading.Thread(target=lambda: print("values", [(v, len(b)) for v, b in job.result()], flush=True)).start()
+    """).replace("SIZE", str(size)))
     try:
         done = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
                               timeout=150)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the script never ended: its thread still waits for the job. Its output: {exc.stdout!r}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "values [1, 4, 7, 10]" in done.stdout, (done.stdout, done.stderr[-3000:])
+    assert f"values {[(x * 3 + 1, size) for x in range(4)]}" in done.stdout, (done.stdout, done.stderr[-3000:])
     job_id = done.stdout.split("submitted ", 1)[1].split()[0]
     assert store.summary(job_id).state == "succeeded"
+    came_back = sorted((p.name, p.stat().st_size) for p in (tmp_path / "azpar_outputs" / job_id).rglob("*.bin"))
+    assert came_back == [(f"out-{x}.bin", size) for x in range(4)]
 
 
 def test_a_second_kernel_waiting_on_a_job_takes_it_over_when_the_first_exits(start_kernel, job_store, batch):

@@ -37,6 +37,7 @@ from ...errors import DataError, TransferError
 from ...run.data import path_below
 from . import retry
 from .storage import BLOCK_SIZE, Staging
+from .threads import refused_by_the_exit
 
 logger = logging.getLogger(__name__)
 BLOCKS_IN_FLIGHT = 4  # blocks sent or read concurrently (the SDK's max_concurrency; memory ~ a few blocks)
@@ -255,11 +256,15 @@ def download_file(staging: Staging, container: str, name: str, path: str, *, pro
     try:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            downloader = staging.service.get_blob_client(container, name).download_blob(
-                max_concurrency=BLOCKS_IN_FLIGHT, progress_hook=progress
-            )
-            with open(tmp, "wb") as fh:
-                size = downloader.readinto(fh)
+            client = staging.service.get_blob_client(container, name)
+            try:
+                with open(tmp, "wb") as fh:
+                    size = client.download_blob(max_concurrency=BLOCKS_IN_FLIGHT, progress_hook=progress).readinto(fh)
+            except RuntimeError as exc:  # the SDK's pool, stopped by Python's exit (threads.py)
+                if not refused_by_the_exit(exc):
+                    raise
+                with open(tmp, "wb") as fh:  # again from the start, one range at a time, in this thread
+                    size = client.download_blob(progress_hook=progress).readinto(fh)
             if progress and size == 0:
                 progress(0, 0)
             os.replace(tmp, path)

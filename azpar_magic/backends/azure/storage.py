@@ -54,7 +54,7 @@ from azure.storage.blob import (
 
 from ... import identity
 from . import retry
-from .threads import ThreadPool
+from .threads import ThreadPool, refused_by_the_exit
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +247,14 @@ class Staging:
 
     def download(self, container: str, name: str) -> bytes | None:
         """The blob's bytes, or None when it does not exist."""
+        client = self.service.get_blob_client(container, name)
         try:
-            data = self.service.get_blob_client(container, name).download_blob(max_concurrency=4).readall()
+            try:
+                data = client.download_blob(max_concurrency=4).readall()
+            except RuntimeError as exc:  # the SDK's pool for a large blob, stopped by Python's exit (threads.py)
+                if not refused_by_the_exit(exc):
+                    raise
+                data = client.download_blob().readall()  # one range at a time, in this thread
         except ResourceNotFoundError:
             self.stats.add("get_blob_missing")
             return None
