@@ -363,8 +363,8 @@ def parse_cell(line: str, body: str, future: int = 0) -> ParsedCell:
         raise CellError("The %%azpar cell has no body: write the loop body on the lines after the %%azpar line.")
     source = f"%%azpar {line.strip()}\n{body}"
     body = _without_leading_indent(body)
-    # the magic line is line 1 of the cell
-    return _parsed(options, target, target_src, iterable_src, body, source, 1, 0, future)
+    # The body's first line is the cell's line 2: the magic line is line 1.
+    return _parsed(options, target, target_src, iterable_src, body, source, line_offset=1, future=future)
 
 
 @functools.lru_cache(maxsize=64)
@@ -386,7 +386,9 @@ def parse_one_line(line: str, future: int = 0) -> ParsedCell:
         )
     source = f"{LINE_FORM} {line.strip()}"
     shift = len(source.encode()) - len(body.encode())  # the body ends the line; columns count UTF-8 bytes
-    return _parsed(options, target, target_src, iterable_src, body, source, 0, shift, future)
+    return _parsed(
+        options, target, target_src, iterable_src, body, source, line_offset=0, column_shift=shift, future=future
+    )
 
 
 def parse_source(source: str, future: int = 0) -> ParsedCell:
@@ -423,8 +425,9 @@ def _parsed(
     iterable_src: str,
     body: str,
     source: str,
+    *,
     line_offset: int,
-    column_shift: int,
+    column_shift: int = 0,
     future: int,
 ) -> ParsedCell:
     """The body checked and compiled, on the lines (and, for a one-line loop, the columns) of ``source``."""
