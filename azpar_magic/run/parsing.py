@@ -97,8 +97,8 @@ def parse_for_clause(clause: str) -> tuple[ast.expr, ast.expr, str, str]:
     try:
         tree = ast.parse(text + ":\n    pass\n")
     except SyntaxError as exc:
-        inline = _inline_body(clause)
-        if inline is not None:
+        _, inline = _split_inline_body(clause)  # Python's one-line loop: `for x in xs: y = f(x)`
+        if inline:
             raise CellError(
                 f"The loop header {clause!r} has a statement after its colon ({inline!r}): in %%azpar the loop "
                 "body goes on the lines below the magic line, as in a `for` block (the line magic, `%azpar "
@@ -131,18 +131,6 @@ def _refuse_assigning_into_objects(target: ast.expr) -> None:
                 "processes of their own, so a loop target must be a name or names (`for k in ...`, `for i, "
                 "(a, b) in ...`). Loop over a name and use it in the body instead. Nothing was submitted."
             )
-
-
-def _inline_body(clause: str) -> str | None:
-    """The statement written after the header's colon (``for x in xs: y = f(x)``, Python's one-line
-    loop), or None when the clause is not such a loop: its error then says the header is not valid."""
-    try:
-        tree = ast.parse(clause.strip())
-    except SyntaxError:
-        return None
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.For) or tree.body[0].orelse:
-        return None
-    return "; ".join(ast.unparse(stmt) for stmt in tree.body[0].body)
 
 
 def _names_bound_by(target: ast.expr) -> tuple[str, ...]:
