@@ -259,7 +259,7 @@ def test_map_over_several_iterables_calls_with_one_argument_from_each(ip, run_ce
     assert azpar_magic.map(weighted, range(3), itertools.repeat(2), [5, 5, 5], chunk_size=1) == [5, 7, 9]
     assert azpar_magic.map(lambda a, b: a / b, [1, 2], [0, 4], errors="pass")[1] == 0.5
     job = azpar_magic.map(pow, iter([2, 3]), (x for x in [3, 2]), wait=False)
-    assert job.result() == [8, 9] and list(job.items) == [(2, 3), (3, 2)], job.items  # a tuple once settled
+    assert job.result() == [8, 9] and job.items == ((2, 3), (3, 2)), job.items
     with pytest.raises(azpar_magic.IterationError) as info:
         azpar_magic.map(weighted, [1], ["a", None])
     assert info.value.error_type.endswith("TypeError") and info.value.item_repr == "(1, 'a')", info.value

@@ -385,6 +385,21 @@ def test_a_settled_job_written_to_again_takes_the_values_and_a_callable_combine_
 
 
 @pytest.mark.timeout(120)
+def test_a_jobs_items_are_a_tuple_from_submission_to_after_the_store_settled_it():
+    """``job.items`` was a list while the job ran and became a tuple when the store's writer settled
+    it, on that thread, after ``result()`` had returned: ``job.items == [...]`` was true or false by
+    a race (a CI run failed on it). It is one tuple throughout now, whatever the iterable was."""
+    running = _submit("for x in [3, 1, 2]", "import time\ntime.sleep(0.3)\nx")
+    assert running.items == (3, 1, 2) and not running.snapshot().final
+    first = running.items
+    assert running.result(timeout=60) == [3, 1, 2] and jobstore.flush()
+    assert running.items is first and running._values.__class__ is tuple  # settled, items untouched
+    made = _submit("for x in (y * 2 for y in range(3))", "x")
+    assert made.items == (0, 2, 4) and made.result(timeout=60) == [0, 2, 4]
+    assert Job("azpar-items", [1, 2], JobOptions(), backend_name="test").items == (1, 2)
+
+
+@pytest.mark.timeout(120)
 def test_the_iterations_bound_keeps_the_newest_job_however_big(monkeypatch):
     monkeypatch.setattr(session, "KEPT_ITERATIONS", 5)
     older = _submit("for x in range(4)", "x")

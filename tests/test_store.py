@@ -118,7 +118,7 @@ def test_a_stored_job_rebuilds_values_failures_output_and_gathered(job_store):
     assert "ValueError: no multiples of three: 3" in loaded.failures[3].traceback
     assert loaded.output(4) == job.output(4) == "value 4\n"
     assert loaded.logs() == job.logs()
-    assert loaded.items == list(range(8))
+    assert loaded.items == tuple(range(8))
     assert loaded.snapshot().items_done == 8 and loaded.snapshot().tasks_total == 3
 
 

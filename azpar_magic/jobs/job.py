@@ -105,7 +105,7 @@ class Job:
     def __init__(
         self,
         job_id: str,
-        items: list,
+        items: Sequence[Any],
         options: JobOptions,
         *,
         backend_name: str,
@@ -117,7 +117,10 @@ class Job:
         cancel: Callable[[], None] | None = None,
     ):
         self.id = job_id
-        self.items: Sequence[Any] = items  # a tuple once the job is settled (settle)
+        # A tuple from the start: the items a job ran over do not change, and a type that changed
+        # when the store's writer settled the job (as it once did) made ``job.items == [...]`` true
+        # or false depending on a race with that thread. A tuple also keeps the collector off it.
+        self.items: tuple = items if type(items) is tuple else tuple(items)
         self.options = options
         self.backend_name, self.pool, self.vm_size, self.source = backend_name, pool, vm_size, source
         self.size_label = size_label  # the views' name for vm_size (the backend's Views.size_label)
@@ -405,8 +408,8 @@ class Job:
         return job_end_state(cancelled=cancelled, any_failure=any_failure, errors=self.options.errors)
 
     def settle(self) -> None:
-        """The job ended and the job store holds it (the store's writer calls this): its items, values
-        and gathered variables are kept as tuples from now on. The garbage collector walks every list
+        """The job ended and the job store holds it (the store's writer calls this): its values and
+        gathered variables are kept as tuples from now on (its items always are). The garbage collector walks every list
         the kernel holds at each of its passes, element by element, and the session keeps the last
         50 jobs (``session.KEPT_JOBS``): a full collection in a kernel that had run cells of 10,000
         values took ~16 ms, ~13 of them in those jobs' lists (issue 16). A tuple holding only numbers,
@@ -416,8 +419,6 @@ class Job:
             if self.state not in FINAL_STATES or type(self._values) is tuple:
                 return
             self._values = tuple(self._values)
-            if type(self.items) is list:
-                self.items = tuple(self.items)
             self._gathered = {name: tuple(column) for name, column in self._gathered.items()}
 
     def _writable(self) -> tuple[list, dict[str, list]]:
