@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORE_TESTS="tests/test_parsing.py tests/test_capture.py tests/test_worker.py tests/test_merge.py tests/test_magic.py
-  tests/test_environment.py tests/test_mapping.py tests/test_notebook_types.py"
+  tests/test_environment.py tests/test_mapping.py tests/test_notebook_types.py tests/test_bad_input.py"
 status=0
 for minor in 3.10 3.11 3.12 3.13; do
   py=""

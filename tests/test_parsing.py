@@ -39,9 +39,18 @@ def run_code(cell, item, namespace=None):
     ("--combine lambda rows: [r for r in rows] for x in xs", "--combine lambda rows: [r for r in rows]",
      "for x in xs"),  # unquoted: the options are refused by the option parser, with a hint to quote
     ("for x in [y for y in ys]", "", "for x in [y for y in ys]"),
+    # Python 3.12+ tokenizes a line with a bracket closed before it opened as one left open: it was
+    # told it "ends inside an open bracket" there, and "not valid Python" on 3.10 and 3.11
+    (")) for x in ((", "))", "for x in (("),
 ])
 def test_split_header(line, options, clause):
     assert split_header(line) == (options, clause)
+
+
+@pytest.mark.parametrize("line", ["-o r for x in [1,", "for x in (1, ')'", "for x in {'a': [1,"])
+def test_a_header_left_inside_an_open_bracket_says_so(line):
+    with pytest.raises(CellError, match="ends inside an open bracket"):
+        split_header(line)
 
 
 @pytest.mark.parametrize("line", ["", "-o out", "x in xs", "-o out while True"])

@@ -58,21 +58,26 @@ def split_header(line: str, magic: str = "%%azpar") -> tuple[str, str]:
     outside quotes and brackets (an unquoted ``--combine lambda r: [v for v in r]`` is then
     refused as options needing quotes, not as a broken loop header); options may not
     contain a bare word ``for``."""
+    tokens: list[tokenize.TokenInfo] = []
     try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(line).readline))
+        tokens.extend(tokenize.generate_tokens(io.StringIO(line).readline))
     except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
         why = exc.args[0] if exc.args else str(exc)
-        if "multi-line statement" in str(why):  # "for x in [1," and the rest on the next lines
+        # "for x in [1," and the rest on the next lines. Python 3.12+ also says so of a line that
+        # closes a bracket it never opened (`))) for (((`), which 3.10 and 3.11 tokenize whole: that
+        # one is read on from the tokens had so far, and its loop header is refused as not Python.
+        if "multi-line statement" in str(why) and not _closes_unopened(tokens):
             raise CellError(
                 f"The %%azpar line ends inside an open bracket: {line.strip()!r}. IPython gives a cell magic "
                 "only its first line (the next lines are the body), so the loop header must fit on it: make "
                 "the iterable in the notebook first (`xs = [...]`), then `%%azpar for x in xs:`. "
                 "Nothing was submitted."
             ) from None
-        raise CellError(
-            f"The {magic} line could not be read: {why}. Expected: {magic} [options] for TARGET in ITERABLE. "
-            "Nothing was submitted."
-        ) from None
+        if "multi-line statement" not in str(why):
+            raise CellError(
+                f"The {magic} line could not be read: {why}. Expected: {magic} [options] for TARGET in "
+                "ITERABLE. Nothing was submitted."
+            ) from None
     depth = 0
     for tok in tokens:
         if tok.type == tokenize.OP and tok.string in ("(", "[", "{"):
@@ -87,6 +92,19 @@ def split_header(line: str, magic: str = "%%azpar") -> tuple[str, str]:
         f"The {magic} line needs a loop header: {magic} [options] for TARGET in ITERABLE, "
         f"for example `{magic} {example}`. Got: {line.strip()!r}."
     )
+
+
+def _closes_unopened(tokens: list[tokenize.TokenInfo]) -> bool:
+    """Whether the tokens close a bracket that none before them opened."""
+    depth = 0
+    for tok in tokens:
+        if tok.type == tokenize.OP and tok.string in ("(", "[", "{"):
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in (")", "]", "}"):
+            if depth == 0:
+                return True
+            depth -= 1
+    return False
 
 
 def parse_for_clause(clause: str) -> tuple[ast.expr, ast.expr, str, str]:
