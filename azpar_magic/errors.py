@@ -47,7 +47,16 @@ class RemoteTraceback(str):
 
 
 class IterationError(AzparError):
-    """One iteration failed (with ``--errors stop``): index, item and remote traceback."""
+    """One iteration failed (with ``--errors stop``): index, item and remote traceback.
+
+    Raised through ``iteration_error``: when the iteration's exception was rebuilt here, the error
+    is also an instance of that exception's class, with its ``args`` and attributes, and
+    ``exception`` is the exception itself. So ``except KeyError`` or ``except MyError`` around
+    ``azpar_magic.map(...)``, ``job.result()`` or a line magic catches it, as it catches what
+    concurrent.futures, joblib and dask raise again. Test it with ``isinstance``: the class is
+    made for each failure."""
+
+    exception: BaseException | None = None
 
     def __init__(
         self,
@@ -68,7 +77,27 @@ class IterationError(AzparError):
         self.line, self.job_id = line, job_id
         self.failed_count, self.infrastructure = failed_count, infrastructure
         self.finished_count = finished_count  # iterations with a value (None: not known)
-        super().__init__(self._summary())
+        # Not super(): in a class made with the iteration's exception class, that would call its
+        # __init__, whose arguments are its own.
+        Exception.__init__(self, self._summary())
+
+    def __str__(self) -> str:
+        return self._summary()  # (``args`` are the iteration's exception's, when it is one of its class)
+
+    def __repr__(self) -> str:
+        return f"IterationError({self._summary()!r})"
+
+    def __reduce__(self) -> tuple:
+        # Pickles as a plain IterationError (the class made for a failure is not importable).
+        fields = (self.error_type, self.error_message, str(self.remote_traceback), self.line, self.job_id)
+        return IterationError, (
+            self.index,
+            self.item_repr,
+            *fields,
+            self.failed_count,
+            self.infrastructure,
+            self.finished_count,
+        )
 
     def _summary(self) -> str:
         where = f" (cell line {self.line})" if self.line else ""
@@ -91,6 +120,57 @@ class IterationError(AzparError):
             lines.append("Remote traceback:")
             lines.extend(self.remote_traceback.rstrip("\n").splitlines())
         return lines
+
+
+class WorkerTraceback(Exception):
+    """The traceback a worker formatted for a failed iteration, as the ``__cause__`` of its
+    IterationError: a plain Python traceback (a script's, a test runner's) prints it above the
+    error, as concurrent.futures does for a process pool's failures. IPython shows the error's
+    ``_render_traceback_`` instead, which holds the same text."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]).rstrip("\n") if self.args else ""
+
+
+# Exceptions that the error raised for them must not also be: ours say something else, and a
+# StopIteration raised out of a generator's frame turns into a RuntimeError.
+_NOT_MIXED = (AzparError, UsageProblem, ServiceError, StopIteration, StopAsyncIteration)
+_OSERROR_FIELDS = ("errno", "strerror", "filename", "filename2")  # C members, not in __dict__
+
+
+def iteration_error(exception: BaseException | None = None, **fields) -> IterationError:
+    """The IterationError for a failed iteration (``fields`` as IterationError takes them).
+
+    ``exception``, the iteration's exception rebuilt here (None when it could not be, or when the
+    iteration raised nothing: its worker died): for an ``Exception`` of the user's or the standard
+    library's, the error is made of a class deriving from both IterationError and its class, and
+    carries its ``args`` and attributes. A class that cannot be derived from or built that way
+    (a C type that forbids it, a ``__new__`` or ``__init_subclass__`` of its own that refuses) gives
+    a plain IterationError: the same message and traceback, ``except IterationError`` only."""
+    error: IterationError | None = None
+    if isinstance(exception, Exception) and not isinstance(exception, _NOT_MIXED):
+        try:
+            both: type[IterationError] = type(
+                "IterationError",
+                (IterationError, type(exception)),
+                {"__module__": __name__, "__qualname__": "IterationError", "__doc__": IterationError.__doc__},
+            )
+            error = both.__new__(both)  # (no __init__ of its class: see IterationError.__init__)
+            IterationError.__init__(error, **fields)
+            error.args = exception.args
+            for name, value in vars(exception).items():
+                error.__dict__.setdefault(name, value)
+            if isinstance(exception, OSError):
+                for name in _OSERROR_FIELDS:
+                    setattr(error, name, getattr(exception, name))
+        except Exception:
+            error = None
+    if error is None:
+        error = IterationError(**fields)
+    error.exception = exception
+    if fields.get("traceback"):
+        error.__cause__ = WorkerTraceback(fields["traceback"])
+    return error
 
 
 class RemoteException(AzparError):

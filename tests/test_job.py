@@ -212,6 +212,33 @@ def test_result_under_each_errors_policy():
     assert passed[0::2] == [1, 3] and isinstance(passed[1], RemoteException)
 
 
+def test_the_iteration_error_is_of_the_exceptions_class_and_pickles_as_a_plain_one():
+    """The error for an iteration's rebuilt exception is also of its class (with its args), one for
+    an exception of ours or none is a plain IterationError, and each pickles and reads as one (the
+    class made for a failure cannot be looked up by name)."""
+    import pickle
+
+    from azpar_magic.errors import WorkerTraceback, iteration_error
+
+    fields = dict(index=1, item_repr="'b'", error_type="KeyError", message="'b'", traceback="Traceback:\nKeyError\n",
+                  line=2, job_id="azpar-j")
+    error = iteration_error(KeyError("b"), **fields)
+    assert isinstance(error, KeyError) and isinstance(error, IterationError) and error.args == ("b",)
+    assert str(error).startswith("iteration 1 (item 'b') raised KeyError: 'b' (cell line 2).")
+    assert repr(error) == f"IterationError({str(error)!r})" and isinstance(error.__cause__, WorkerTraceback)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is IterationError and str(again) == str(error) and again.remote_traceback == "Traceback:\nKeyError\n"
+    for plain in (None, JobCancelled("ours"), StopIteration()):
+        assert type(iteration_error(plain, **fields)) is IterationError
+    job = make_job(["x", "y"])
+    job.add_task("1", range(0, 2))
+    finish(job, "1", range(0, 2), [1, None], {1: Failure(1, "ValueError", "v", "tb", 2, exc=ValueError("v"))})
+    end(job)
+    with pytest.raises(ValueError) as raised:
+        job.result()
+    assert raised.value.index == 1 and raised.value.exception.args == ("v",)
+
+
 def test_result_of_a_cancelled_or_lost_job_raises_and_keeps_finished_values():
     job = make_job(range(2))
     job.add_task("1", [0])

@@ -245,6 +245,28 @@ def test_a_loop_on_one_line_runs_as_the_line_magic_and_reruns(ip, run_cell):
             ip.user_ns.pop(name, None)
 
 
+def test_a_notebooks_except_clause_catches_a_failed_iteration_by_its_own_class(ip, run_cell):
+    """``try: %azpar ... except MyError:`` in a notebook cell: the class the notebook defined catches the
+    iteration's failure (it raised IterationError only), with its attributes; a cell of its own that fails
+    still shows the remote traceback alone, not the cause it chains for plain Python tracebacks."""
+    try:
+        setup = run_cell("class Refused(Exception):\n    def __init__(self, code):\n        super().__init__(code)\n"
+                         "        self.code = code\n\ndef check(x):\n    if x == 2:\n        raise Refused(40 + x)\n"
+                         "    return x\n")
+        assert setup.success, setup.error
+        caught = run_cell("try:\n    %azpar -q -o kept for x in range(3): check(x)\nexcept Refused as exc:\n"
+                          "    caught = (exc.code, exc.index, type(exc.exception).__name__)\n")
+        assert caught.success, caught.error
+        assert ip.user_ns["caught"] == (42, 2, "Refused")
+        failed = run_cell("%%azpar -q -o kept for x in range(3):\ncheck(x)")
+        assert isinstance(failed.error, ip.user_ns["Refused"]) and failed.error.code == 42
+        text = failed.stdout + failed.stderr  # what IPython showed for it
+        assert text.count("raise Refused(40 + x)") == 1 and "direct cause" not in text, text
+    finally:
+        for name in ("Refused", "check", "caught", "kept"):
+            ip.user_ns.pop(name, None)
+
+
 def test_help_and_command_messages_read_the_command_table(ip, run_cell, monkeypatch):
     """One table of %azpar commands: an entry added to it is dispatched with its usage line, listed by
     %azpar help and named by the messages for a missing or unknown command; one taken out is gone from all."""

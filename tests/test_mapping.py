@@ -217,6 +217,85 @@ def test_map_errors_policy_and_the_failure(ip, run_cell, clean_shell):  # noqa: 
 
 
 
+
+FAILING_SCRIPT = """
+import azpar_magic
+
+class Refused(Exception):
+    def __init__(self, code, why):  # arguments of its own: the error cannot be made by calling it
+        super().__init__(code, why)
+        self.code = code
+
+class Sealed(Exception):
+    def __init_subclass__(cls, **kwargs):
+        raise TypeError("no subclasses")
+
+def check(x):
+    if x == 2:
+        raise Refused(7, "two is refused")
+    return x
+
+def sealed(x):
+    raise Sealed("sealed")
+
+if __name__ == "__main__":
+    try:
+        azpar_magic.map(check, [1, 2, 3])
+    except Refused as exc:
+        print("Refused", exc.code, exc.args, exc.index, isinstance(exc, azpar_magic.IterationError),
+              exc.exception.args)
+    try:
+        azpar_magic.map(lambda k: {"a": 1}[k], ["a", "b"])
+    except KeyError as exc:
+        print("KeyError", exc.args)
+    try:
+        azpar_magic.map(lambda p: open(p).read(), ["/nonexistent-azpar/x.csv"])
+    except FileNotFoundError as exc:
+        print("FileNotFoundError", exc.errno, exc.filename, exc.strerror)
+    try:
+        azpar_magic.map(sealed, [1])
+    except Sealed:
+        print("Sealed caught")
+    except azpar_magic.IterationError as exc:
+        print("IterationError", type(exc.exception).__name__)
+    job = azpar_magic.map(check, [2], wait=False)
+    for caught in (job.result, lambda: next(iter(job.as_completed()))):
+        try:
+            caught()
+        except Refused as exc:
+            print("again", exc.code)
+    azpar_magic.map(check, [1, 2])
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_iteration_is_caught_by_its_exception_class_and_a_script_prints_the_remote_traceback(tmp_path):
+    """``except KeyError`` (or the script's own class) around ``map`` or ``job.result()`` did not catch a
+    failed iteration, as it does around concurrent.futures, joblib and dask: the error is now also an
+    instance of the iteration's exception class, with its args and attributes (the C members of an
+    OSError too); a class that refuses subclasses gives a plain IterationError. And a script that
+    did not catch it printed one line about the iteration and none of its remote traceback: the
+    traceback is the error's cause now, printed above it."""
+    (tmp_path / "script.py").write_text(FAILING_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AZPAR_") or k == "AZPAR_JOB_STORE"}
+    env["PYTHONPATH"] = str(Path(azpar_magic.__file__).parents[1])
+    done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=80)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout.splitlines() == [
+        "Refused 7 (7, 'two is refused') 1 True (7, 'two is refused')",
+        "KeyError ('b',)",
+        "FileNotFoundError 2 /nonexistent-azpar/x.csv No such file or directory",
+        "IterationError Sealed",
+        "again 7",
+        "again 7",
+    ], done.stderr
+    remote, _, local = done.stderr.partition("The above exception was the direct cause of the following exception")
+    assert 'raise Refused(7, "two is refused")' in remote and "Refused: (7, 'two is refused')" in remote, remote
+    assert local.rstrip().splitlines()[-1].startswith(
+        "azpar_magic.errors.IterationError: iteration 1 (item 2) raised Refused: (7, 'two is refused')."), local
+
+
 NESTED = """
 def tenfold(v):
     return 10 * v

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
-from ..errors import IterationError, JobCancelled, JobLost
+from ..errors import IterationError, JobCancelled, JobLost, iteration_error
 from . import merge
 from .cost import CostEstimate, CostMeter
 from .snapshot import Failure, FailureView, JobOptions, JobSnapshot, NodeInfo, TaskState
@@ -692,7 +692,8 @@ class Job:
         as_completed() raise the same one. A function's job (``azpar_magic.map``) names no cell
         line: its cell is the one-line call ``map`` wrote, and "cell line 2" named nothing the user
         wrote (the remote traceback shows where in the function it raised)."""
-        return IterationError(
+        return iteration_error(
+            failure.exc if failure.kind == "user" else None,
             index=failure.index,
             item_repr=short_repr(self.items[failure.index]),
             error_type=failure.error_type,
