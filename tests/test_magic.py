@@ -267,6 +267,34 @@ def test_a_notebooks_except_clause_catches_a_failed_iteration_by_its_own_class(i
             ip.user_ns.pop(name, None)
 
 
+def test_a_tqdm_bar_around_the_iterable_moves_as_iterations_end(ip, run_cell):
+    """``for x in tqdm(xs)``, as a notebook's loop is often written: listing the items through the bar
+    filled it before anything ran. The items are taken from what the bar wraps, and the bar moves as
+    iterations end on the workers (failed ones too), gets a total when it wraps a generator, and is
+    closed when the job ends."""
+    import io
+
+    from tqdm import tqdm
+
+    try:
+        shown = io.StringIO()
+        bar = tqdm(range(4), file=shown, mininterval=0, ascii=True)
+        job = azpar_magic.run("for x in bar", "import time\ntime.sleep(0.4)\nx * 2", {"bar": bar})
+        assert bar.n == 0 and not job.done  # nothing has run yet
+        assert job.result(timeout=60) == [0, 2, 4, 6]
+        assert bar.n == 4 and bar.disable, "moved to the end and closed"
+        counts = [int(part.split("/")[0].rsplit(" ", 1)[-1]) for part in shown.getvalue().split("|") if "/4 [" in part]
+        assert counts[0] == 0 and counts[-1] == 4 and counts == sorted(counts) and len(set(counts)) >= 3, shown.getvalue()
+        ip.user_ns.update(tqdm=tqdm, shown=io.StringIO())
+        run = run_cell("%%azpar -q -o moved --errors pass for x in tqdm((i for i in range(3)), file=shown, mininterval=0):"
+                       "\n1 / (x - 1)")
+        assert run.success, run.error
+        assert ip.user_ns["moved"][::2] == [-1.0, 1.0] and "3/3" in ip.user_ns["shown"].getvalue()
+    finally:
+        for name in ("tqdm", "shown", "moved"):
+            ip.user_ns.pop(name, None)
+
+
 def test_help_and_command_messages_read_the_command_table(ip, run_cell, monkeypatch):
     """One table of %azpar commands: an entry added to it is dispatched with its usage line, listed by
     %azpar help and named by the messages for a missing or unknown command; one taken out is gone from all."""

@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast
 from .. import config, identity, jobstore, worker as wire
 from ..backends.base import Backend, JobSpec, TaskEvent, TaskSpec
 from ..errors import CaptureError, CombineError, ConfigError, DataError, StoreError, SubmitError
-from ..jobs import TASK_FINAL, Failure, Job, JobOptions, merge
+from ..jobs import TASK_FINAL, Failure, Job, JobOptions, merge, progress_bar
 from ..jobs.cost import CostMeter, money
 from ..jobs.results import decode_each, failure_from_record
 from ..jobs.states import task_failure_kind
@@ -176,7 +176,11 @@ _TAKE = 1 << 16  # items taken per step: C-level iteration never checks for Ctrl
 
 
 def materialize(
-    cell: ParsedCell, namespace: Mapping[str, Any], max_items: int = MAX_ITEMS, warnings: list[str] | None = None
+    cell: ParsedCell,
+    namespace: Mapping[str, Any],
+    max_items: int = MAX_ITEMS,
+    warnings: list[str] | None = None,
+    bars: list[Any] | None = None,
 ) -> list:
     """Evaluate the iterable once in the namespace and take all its items, at most
     ``max_items`` of them: an endless or huge iterable (``itertools.count()``) is refused
@@ -185,7 +189,11 @@ def materialize(
 
     An iterator with no items left (a generator or ``zip`` kept in a variable, which the cell's
     first run used up) adds a warning to ``warnings``: rerunning a cell is what notebooks are
-    for, and its empty result otherwise looks like a loop that ran."""
+    for, and its empty result otherwise looks like a loop that ran.
+
+    An iterable wrapped in a tqdm bar (``for x in tqdm(xs)``) is listed from what the bar wraps, and
+    the bar goes into ``bars``, for the job to move as iterations end (jobs.progress_bar): listed
+    through the bar, it filled before anything ran."""
     try:
         scope = namespace if isinstance(namespace, dict) else dict(namespace)
         iterable = eval(_iterable_code(cell.iterable_source), scope)
@@ -194,7 +202,10 @@ def materialize(
             f"The iterable `{cell.iterable_source}` could not be evaluated: "
             f"{type(exc).__name__}: {exc}. Nothing was submitted."
         ) from None
+    iterable, bar = progress_bar.unwrap(iterable)
     _refuse_if_too_long(cell, _known_length(iterable), max_items)
+    if bar is not None and bars is not None:
+        bars.append(bar)
     if type(iterable) in (list, tuple, range):  # a copy at C speed, short enough not to need Ctrl-C
         return list(iterable)
     items: list = []
@@ -660,14 +671,15 @@ class Engine:
         self._lock = threading.Lock()
         self.jobs: dict[str, Job] = {}
 
-    def prepare(self, request: RunRequest) -> list:
-        """The checks that can fail on bad input, before anything is submitted."""
+    def prepare(self, request: RunRequest, bars: list[Any] | None = None) -> list:
+        """The checks that can fail on bad input, before anything is submitted (``bars``: see
+        materialize)."""
         validate_options(request.options, request.spelling)
         notes: list[str] = []
         items = (
             request.items
             if request.items is not None
-            else materialize(request.cell, request.namespace, request.max_items or _max_items_setting(), notes)
+            else materialize(request.cell, request.namespace, request.max_items or _max_items_setting(), notes, bars)
         )
         for text in notes:
             print(f"azpar: warning: {text}", file=sys.stderr)
@@ -684,7 +696,8 @@ class Engine:
         """Check, capture and cut everything first; only then create and start the job, so
         bad input leaves nothing behind."""
         options = request.options
-        items = self.prepare(request)
+        bars: list[Any] = []  # a tqdm bar the iterable came in: moved by the job (jobs.progress_bar)
+        items = self.prepare(request, bars)
         jobstore.wait_for_room()  # the store far behind with earlier jobs' large items: wait for it first
         if request.base is None:  # a fresh run (a cell, run, map); a rerun's cell was warned of when it first ran
             for text in body_warnings(request):
@@ -812,6 +825,8 @@ class Engine:
             cancel=lambda: self.cancel(job_id),
         )
         job.health = lambda: self._unanswered(job_id)  # a service not answering: the views say so
+        for bar in bars:
+            progress_bar.follow(job, bar, len(items))
         self._meter(job)
         self.jobs[job_id] = job
         job.files = data_mod.FilesReport(data_plan) if data_plan is not None else None
