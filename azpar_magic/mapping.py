@@ -19,7 +19,7 @@ from typing import Any
 
 from . import session
 from .errors import SubmitError
-from .jobs import Job, JobOptions
+from .jobs import Job, JobOptions, progress_bar
 from .jobs.job import FUNCTION_ITEM, FUNCTION_ITEMS, FUNCTION_LOOP
 from .jobs.text import DURATION_FORMS, parse_duration, short_repr
 from .run.engine import validate_options
@@ -146,14 +146,17 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         backend_options={"packages": packages, "merge": "client", "keep": bool(given["keep"])},
         max_items=settings["max_items"],
     )
+    bars: list[Any] = []  # a tqdm bar starmap's iterable came in (submit finds map's itself)
     try:
         if star:  # taken once here, as submit would take it, so that each item is checked first
-            items = engine.prepare(request)
+            items = engine.prepare(request, bars)
             _check_argument_tuples(items)
             request = replace(request, items=items)
         job = engine.submit(request)
     except SubmitError as exc:
         raise ValueError(str(exc).replace(f"`{FUNCTION_ITEMS}`", "the iterable given to map")) from None
+    for bar in bars:
+        progress_bar.follow(job, bar, len(job.items))
     session.remember(job)
     if not given["wait"]:
         return job

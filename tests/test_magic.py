@@ -290,6 +290,10 @@ def test_a_tqdm_bar_around_the_iterable_moves_as_iterations_end(ip, run_cell):
                        "\n1 / (x - 1)")
         assert run.success, run.error
         assert ip.user_ns["moved"][::2] == [-1.0, 1.0] and "3/3" in ip.user_ns["shown"].getvalue()
+        for call in (azpar_magic.map, azpar_magic.starmap):  # map's iterable, and starmap's checked first
+            pairs = tqdm([(2, 3), (3, 2)], file=io.StringIO(), mininterval=0)
+            assert call(pow if call is azpar_magic.starmap else sum, pairs) in ([8, 9], [5, 5])
+            assert pairs.n == 2 and pairs.disable, call
     finally:
         for name in ("tqdm", "shown", "moved"):
             ip.user_ns.pop(name, None)
