@@ -409,12 +409,13 @@ class Job:
 
     def settle(self) -> None:
         """The job ended and the job store holds it (the store's writer calls this): its values and
-        gathered variables are kept as tuples from now on (its items always are). The garbage collector walks every list
-        the kernel holds at each of its passes, element by element, and the session keeps the last
-        50 jobs (``session.KEPT_JOBS``): a full collection in a kernel that had run cells of 10,000
-        values took ~16 ms, ~13 of them in those jobs' lists (issue 16). A tuple holding only numbers,
-        strings and the like is dropped from the collector's watch the first time it looks at it.
-        A late delivery turns them back into lists (``_writable``)."""
+        gathered variables are kept as tuples from now on (its items always are). The garbage
+        collector walks every list the kernel holds at each of its passes, element by element, and
+        the session keeps the last 50 jobs (``session.KEPT_JOBS``): a full collection in a kernel
+        that had run cells of 10,000 values took ~16 ms, ~13 of them in those jobs' lists (issue
+        16). A tuple holding only numbers, strings and the like is dropped from the collector's
+        watch the first time it looks at it. A late delivery turns them back into lists
+        (``_writable``)."""
         with self._lock:
             if self.state not in FINAL_STATES or type(self._values) is tuple:
                 return
