@@ -167,6 +167,11 @@ def test_failures_keep_job_logs_and_partial_results(azure, ip, run_cell, batch, 
     assert "logs/2/stdout.txt" in listed and "logs/2/stderr.txt" in listed
     assert sorted(b.name for b in logs.list_blobs(name_starts_with="results/")) == \
         [f"results/{i}.azpr" for i in range(1, 7)]
+    # The exception a node sent back is rebuilt here: the notebook's `except ValueError` catches the failure.
+    caught = run_cell("try:\n    %azpar -q -o stopped for x in range(3): int('7x' if x == 1 else '7')\nexcept ValueError as exc:\n"
+                      "    caught = (exc.index, exc.args, type(exc.exception).__name__)\n")
+    assert caught.success, caught.error
+    assert ip.user_ns.pop("caught") == (1, ("invalid literal for int() with base 10: '7x'",), "ValueError")
 
 
 def test_merge_cloud_downloads_one_merged_blob(azure, ip, run_cell, batch):
