@@ -332,7 +332,7 @@ def rerun_with(
         tuple(manifest.get("export") or ()),
         tuple(manifest.get("no_export") or ()),
         spelling=spelling or dict(API_SPELLING),
-        items=list(base.items),  # (a settled job's are a tuple: Job.settle)
+        items=list(base.items),  # (a job keeps a tuple; the engine cuts tasks' items from a list)
         indices=todo,
         base=base,
     )

@@ -50,7 +50,7 @@ def select(
         return list(items), [failed.get(i, v) if i in failed else v for i, v in enumerate(values)]
     if failed:
         raise ValueError("select() with policy 'stop' must not be given failures")
-    return items, list(values)  # the items are only read (a settled job's are a tuple: Job.settle)
+    return items, list(values)  # the items are only read (a job keeps them as a tuple)
 
 
 def _concat(values: list[Any], items: Sequence[Any]) -> Any:
