@@ -15,6 +15,7 @@ defines it: a failed iteration is shown as the remote traceback pointing into th
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterable
 
 # ---------------------------------------------------------------------------------------
@@ -132,10 +133,12 @@ class WorkerTraceback(Exception):
         return "\n" + str(self.args[0]).rstrip("\n") if self.args else ""
 
 
-# Exceptions that the error raised for them must not also be: ours say something else, and a
-# StopIteration raised out of a generator's frame turns into a RuntimeError.
-_NOT_MIXED = (AzparError, UsageProblem, ServiceError, StopIteration, StopAsyncIteration)
-_OSERROR_FIELDS = ("errno", "strerror", "filename", "filename2")  # C members, not in __dict__
+# Exceptions that the error raised for them must not also be. Ours say something else. A StopIteration
+# raised out of a generator's frame turns into a RuntimeError. A TimeoutError is what ``result(timeout)``
+# raises for a job still running: a loop waiting on it would wait forever on a failed one. IPython shows a
+# SyntaxError from its own fields (file, line, offset), not ``_render_traceback_``.
+_NOT_MIXED = (AzparError, UsageProblem, ServiceError, StopIteration, StopAsyncIteration, TimeoutError, SyntaxError)
+_FIELDS = (types.MemberDescriptorType, types.GetSetDescriptorType)  # a C type's fields, or __slots__
 
 
 def iteration_error(exception: BaseException | None = None, **fields) -> IterationError:
@@ -144,9 +147,10 @@ def iteration_error(exception: BaseException | None = None, **fields) -> Iterati
     ``exception``, the iteration's exception rebuilt here (None when it could not be, or when the
     iteration raised nothing: its worker died): for an ``Exception`` of the user's or the standard
     library's, the error is made of a class deriving from both IterationError and its class, and
-    carries its ``args`` and attributes. A class that cannot be derived from or built that way
-    (a C type that forbids it, a ``__new__`` or ``__init_subclass__`` of its own that refuses) gives
-    a plain IterationError: the same message and traceback, ``except IterationError`` only."""
+    carries its ``args`` and attributes. The kinds ``_NOT_MIXED`` names, and a class that cannot be
+    derived from or built that way (a C type that forbids it, a ``__new__`` or ``__init_subclass__``
+    of its own that refuses), give a plain IterationError: the same message and traceback,
+    ``except IterationError`` only."""
     error: IterationError | None = None
     if isinstance(exception, Exception) and not isinstance(exception, _NOT_MIXED):
         try:
@@ -160,9 +164,7 @@ def iteration_error(exception: BaseException | None = None, **fields) -> Iterati
             error.args = exception.args
             for name, value in vars(exception).items():
                 error.__dict__.setdefault(name, value)
-            if isinstance(exception, OSError):
-                for name in _OSERROR_FIELDS:
-                    setattr(error, name, getattr(exception, name))
+            _copy_fields(exception, error)
         except Exception:
             error = None
     if error is None:
@@ -171,6 +173,21 @@ def iteration_error(exception: BaseException | None = None, **fields) -> Iterati
     if fields.get("traceback"):
         error.__cause__ = WorkerTraceback(fields["traceback"])
     return error
+
+
+def _copy_fields(source: BaseException, target: BaseException) -> None:
+    """The fields that are not in ``__dict__``: an OSError's ``errno`` and ``filename``, a KeyError's
+    none, an AttributeError's ``name``, a UnicodeDecodeError's ``start``, a class's ``__slots__``."""
+    for cls in type(source).__mro__:
+        if cls in (BaseException, object):
+            continue
+        for name, field in vars(cls).items():
+            if name.startswith("__") or not isinstance(field, _FIELDS):
+                continue
+            try:
+                setattr(target, name, getattr(source, name))
+            except (AttributeError, TypeError, ValueError):  # read-only, or unset in the source
+                pass
 
 
 class RemoteException(AzparError):

@@ -228,8 +228,16 @@ def test_the_iteration_error_is_of_the_exceptions_class_and_pickles_as_a_plain_o
     assert repr(error) == f"IterationError({str(error)!r})" and isinstance(error.__cause__, WorkerTraceback)
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is IterationError and str(again) == str(error) and again.remote_traceback == "Traceback:\nKeyError\n"
-    for plain in (None, JobCancelled("ours"), StopIteration()):
+    # a TimeoutError is result(timeout)'s "still running"; IPython shows a SyntaxError from its own fields
+    for plain in (None, JobCancelled("ours"), StopIteration(), TimeoutError("slow"), SyntaxError("bad")):
         assert type(iteration_error(plain, **fields)) is IterationError
+    missing = iteration_error(AttributeError("no a", name="a", obj=3), **fields)  # fields outside __dict__
+    assert isinstance(missing, AttributeError) and (missing.name, missing.obj) == ("a", 3)
+    try:
+        b"\xff".decode()
+    except UnicodeDecodeError as exc:
+        undecoded = iteration_error(exc, **fields)
+    assert (undecoded.encoding, undecoded.start, undecoded.end, undecoded.object) == ("utf-8", 0, 1, b"\xff")
     job = make_job(["x", "y"])
     job.add_task("1", range(0, 2))
     finish(job, "1", range(0, 2), [1, None], {1: Failure(1, "ValueError", "v", "tb", 2, exc=ValueError("v"))})
