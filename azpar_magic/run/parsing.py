@@ -61,32 +61,27 @@ def split_header(line: str, magic: str = "%%azpar") -> tuple[str, str]:
     tokens: list[tokenize.TokenInfo] = []
     try:
         tokens.extend(tokenize.generate_tokens(io.StringIO(line).readline))
+        why = None
     except (tokenize.TokenError, SyntaxError, IndentationError) as exc:
-        why = exc.args[0] if exc.args else str(exc)
-        # "for x in [1," and the rest on the next lines. Python 3.12+ also says so of a line that
-        # closes a bracket it never opened (`))) for (((`), which 3.10 and 3.11 tokenize whole: that
-        # one is read on from the tokens had so far, and its loop header is refused as not Python.
-        if "multi-line statement" in str(why) and not _closes_unopened(tokens):
-            raise CellError(
-                f"The %%azpar line ends inside an open bracket: {line.strip()!r}. IPython gives a cell magic "
-                "only its first line (the next lines are the body), so the loop header must fit on it: make "
-                "the iterable in the notebook first (`xs = [...]`), then `%%azpar for x in xs:`. "
-                "Nothing was submitted."
-            ) from None
-        if "multi-line statement" not in str(why):
-            raise CellError(
-                f"The {magic} line could not be read: {why}. Expected: {magic} [options] for TARGET in "
-                "ITERABLE. Nothing was submitted."
-            ) from None
-    depth = 0
-    for tok in tokens:
-        if tok.type == tokenize.OP and tok.string in ("(", "[", "{"):
-            depth += 1
-        elif tok.type == tokenize.OP and tok.string in (")", "]", "}"):
-            depth = max(0, depth - 1)
-        elif tok.type == tokenize.NAME and tok.string == "for" and depth == 0:
-            col = tok.start[1]
-            return line[:col].strip(), line[col:].strip()
+        why = str(exc.args[0] if exc.args else exc)
+    loop_at, closes_unopened = _top_level_for(tokens)
+    if why is not None and "multi-line statement" not in why:
+        raise CellError(
+            f"The {magic} line could not be read: {why}. Expected: {magic} [options] for TARGET in "
+            "ITERABLE. Nothing was submitted."
+        )
+    # "for x in [1," and the rest on the next lines. Python 3.12+ also says so of a line that closes a
+    # bracket it never opened (`))) for (((`), which 3.10 and 3.11 tokenize whole: that one is read on
+    # from the tokens had so far, and its loop header is refused as not Python.
+    if why is not None and not closes_unopened:
+        raise CellError(
+            f"The %%azpar line ends inside an open bracket: {line.strip()!r}. IPython gives a cell magic "
+            "only its first line (the next lines are the body), so the loop header must fit on it: make "
+            "the iterable in the notebook first (`xs = [...]`), then `%%azpar for x in xs:`. "
+            "Nothing was submitted."
+        )
+    if loop_at is not None:
+        return line[:loop_at].strip(), line[loop_at:].strip()
     example = "-o squares for x in range(10)" + (": x * x" if magic == LINE_FORM else "")
     raise CellError(
         f"The {magic} line needs a loop header: {magic} [options] for TARGET in ITERABLE, "
@@ -94,17 +89,19 @@ def split_header(line: str, magic: str = "%%azpar") -> tuple[str, str]:
     )
 
 
-def _closes_unopened(tokens: list[tokenize.TokenInfo]) -> bool:
-    """Whether the tokens close a bracket that none before them opened."""
-    depth = 0
+def _top_level_for(tokens: list[tokenize.TokenInfo]) -> tuple[int | None, bool]:
+    """The column of the first ``for`` outside brackets (None: there is none), and whether the tokens
+    close a bracket that none before them opened (such a closer counts as closing nothing)."""
+    depth, loop_at, closes_unopened = 0, None, False
     for tok in tokens:
         if tok.type == tokenize.OP and tok.string in ("(", "[", "{"):
             depth += 1
         elif tok.type == tokenize.OP and tok.string in (")", "]", "}"):
-            if depth == 0:
-                return True
-            depth -= 1
-    return False
+            closes_unopened = closes_unopened or depth == 0
+            depth = max(0, depth - 1)
+        elif tok.type == tokenize.NAME and tok.string == "for" and depth == 0 and loop_at is None:
+            loop_at = tok.start[1]
+    return loop_at, closes_unopened
 
 
 def parse_for_clause(clause: str) -> tuple[ast.expr, ast.expr, str, str]:
