@@ -156,7 +156,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
     except SubmitError as exc:
         raise ValueError(str(exc).replace(f"`{FUNCTION_ITEMS}`", "the iterable given to map")) from None
     for bar in bars:
-        progress_bar.follow(job, bar, len(job.items))
+        progress_bar.follow(job, bar)
     session.remember(job)
     if not given["wait"]:
         return job

@@ -33,11 +33,11 @@ def unwrap(iterable: Any) -> tuple[Any, Any | None]:
     return iterable.iterable, iterable
 
 
-def follow(job: Job, bar: Any, total: int) -> None:
+def follow(job: Job, bar: Any) -> None:
     """Move ``bar`` by the job's iterations as they end (succeeded or failed; not those cancelled),
     from whichever thread records them, and close it when the job ends. A bar over an iterable of
     unknown length (a generator) gets the job's number of iterations as its total."""
-    follower = _Follower(bar, total)
+    follower = _Follower(bar, len(job.items))
     job.listeners.append(follower)
     follower(job)  # (a job whose values all came from --cache may have ended already)
 

@@ -826,7 +826,7 @@ class Engine:
         )
         job.health = lambda: self._unanswered(job_id)  # a service not answering: the views say so
         for bar in bars:
-            progress_bar.follow(job, bar, len(items))
+            progress_bar.follow(job, bar)
         self._meter(job)
         self.jobs[job_id] = job
         job.files = data_mod.FilesReport(data_plan) if data_plan is not None else None
