@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata as md
+import json
 import os
 import platform
 import shutil
@@ -189,6 +190,76 @@ def test_packages_overrides_the_kernels_version(batch, azurite, ip, run_cell, tm
             run = run_cell("%%azpar -q --packages azpar-ovr-pkg==2.0 -o r for x in range(2):\nazpar_ovr_pkg.VALUE + x")
             assert run.success, run.error
         assert ip.user_ns["r"] == [2, 3]
+
+
+def test_a_range_the_images_version_does_not_meet_is_installed_and_one_it_meets_is_not(
+        batch, azurite, ip, run_cell, tmp_path, monkeypatch):
+    """An image with azpar-rng-pkg 1.0 baked into its Python (the service's image_wheels, as a
+    data-science image or a user's container holds its own packages). ``--packages 'azpar-rng-pkg>=2'``
+    must install 2.0 from the index: the image's 1.0 does not meet it (the node installer once
+    compared ``==`` only and took any installed version for a range). ``>=1,<2`` is met by the
+    image: nothing is installed and the tasks import the image's 1.0. ``!=1.0`` is not met."""
+    with _kernel_package(tmp_path, monkeypatch, "azpar-rng-pkg", "1.5", 15, "azpar-rng-index-") as (_, index):
+        tiny_wheel(index, "azpar-rng-pkg", "2.0", 2)
+        image = tmp_path / "image"
+        image.mkdir()
+        batch.image_wheels = (tiny_wheel(image, "azpar-rng-pkg", "1.0", 1),)
+        ip.run_cell("import azpar_rng_pkg")
+        with azure_profile(tmp_path / "config", batch, azurite, dedicated_nodes=1,
+                           pip_options=node_pip_options(extra_find_links=index)):
+            body = " -o r for x in range(2):\nazpar_rng_pkg.VALUE * 10 + x"
+            run = run_cell("%%azpar -q --packages 'azpar-rng-pkg>=2'" + body)
+            assert run.success, run.error
+            assert ip.user_ns["r"] == [20, 21]  # 2.0 from the index, not the image's 1.0
+            before = set(_installs(batch))
+            run = run_cell("%%azpar -q --packages 'azpar-rng-pkg>=1,<2'" + body)
+            assert run.success, run.error
+            assert ip.user_ns["r"] == [10, 11]  # the image's 1.0 meets it
+            met = [p for p in _installs(batch) if p not in before]
+            assert len(met) == 1 and not any(met[0].glob("azpar_rng_pkg*")), met  # and nothing was installed
+            run = run_cell("%%azpar -q --packages 'azpar-rng-pkg!=1.0'" + body)
+            assert run.success, run.error
+            assert ip.user_ns["r"] == [20, 21]
+
+
+@pytest.mark.parametrize("requirement, met", [
+    ("azpar-ins-a", True),
+    ("azpar-ins-a>=1,<2", True),
+    ("azpar_ins_a~=1.0", True),  # names compare normalised
+    ("azpar-ins-a==1.*", True),
+    ("azpar-ins-a==1.0.0", True),  # PEP 440: 1.0 and 1.0.0 are one version
+    ('azpar-ins-a<1; python_version < "3"', True),  # not for this node: pip would skip it too
+    ("azpar-ins-a[fast]", True),  # the extra's requirement (azpar-ins-b>=1) is met
+    ("azpar-ins-a>=2", False),
+    ("azpar-ins-a!=1.0", False),
+    ("azpar-ins-a[strict]", False),  # the extra asks azpar-ins-b>=2; 1.5 is there
+    ("azpar-ins-missing", False),
+    ("azpar-ins-a @ file:///nonexistent/azpar_ins_a-1.0-py3-none-any.whl", False),  # a URL goes to pip
+    ("azpar_ins_a-1.0-py3-none-any.whl", False),  # a wheel file too
+])
+def test_the_node_installer_leaves_to_pip_exactly_what_the_nodes_python_does_not_meet(requirement, met, tmp_path):
+    """The installer job preparation and the start task run (commands._INSTALLER), on the bare node
+    Python, its target holding azpar-ins-a 1.0 (extras ``fast``: azpar-ins-b>=1, ``strict``:
+    azpar-ins-b>=2) and azpar-ins-b 1.5. What it takes as met installs nothing; anything else goes to
+    pip, which fails here (no index), so the exit status says which way it went."""
+    from .batch_emulator.nodes import bare_python_bin
+
+    target = tmp_path / "target"
+    for name, version, requires in [("azpar_ins_a", "1.0", ['azpar-ins-b>=1; extra == "fast"',
+                                                              'azpar-ins-b>=2; extra == "strict"']),
+                                    ("azpar_ins_b", "1.5", [])]:
+        info = target / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n"
+            + "".join(f"Provides-Extra: {e}\n" for e in ("fast", "strict") if requires)
+            + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    done = subprocess.run([str(bare_python_bin() / "python"), "-", str(target), json.dumps(["--no-index"]), requirement],
+                          input=commands._INSTALLER, capture_output=True, text=True, env=PIP_ENV, timeout=120)
+    if met:
+        assert done.returncode == 0 and "azpar: installed nothing (all present)" in done.stdout, done
+    else:
+        assert done.returncode != 0 and "nothing (all present)" not in done.stdout, done
 
 
 def test_a_pinned_version_the_index_lacks_is_refused_before_any_task(batch, azurite, ip, run_cell, tmp_path,

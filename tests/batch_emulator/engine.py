@@ -376,7 +376,8 @@ class Engine:
         _own_dirs(user, home)
         os.chmod(home, 0o700)
         other = getattr(self.svc, "node_python", None)  # another interpreter's prefix: a node image of another Python
-        python_dir = str(nodes.bare_python_bin(other)) if getattr(self.svc, "bare_nodes", True) else None
+        baked = tuple(getattr(self.svc, "image_wheels", ()))  # an image with packages baked in
+        python_dir = str(nodes.bare_python_bin(other, baked)) if getattr(self.svc, "bare_nodes", True) else None
         admin = user is None and getattr(self.svc, "node_users", True)
         return build_environment(self._batch_vars(pool, node, task_dir, job, task_id, admin), settings, home,
                                  python_dir)

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,23 +92,27 @@ def cache_root() -> Path:
     return root
 
 
-def bare_python_bin(prefix: Path | None = None) -> Path:
+def bare_python_bin(prefix: Path | None = None, baked: Sequence[Path] = ()) -> Path:
     """The ``bin`` folder of a bare interpreter of this Python's version (``python``,
     ``python3``, ``pythonX.Y`` and pip's scripts), built on first use. ``prefix``: the install
     prefix of ANOTHER interpreter to copy instead (a node whose image has another Python than the
-    kernel's, ``svc.node_python``; e.g. a pyenv version)."""
+    kernel's, ``svc.node_python``; e.g. a pyenv version). ``baked``: wheel files installed into
+    the copy's own site-packages (an image with packages baked in, ``svc.image_wheels``); a copy of
+    its own, named by the wheels' contents, so the plain bare copy stays bare."""
     base = Path(prefix or sys.base_prefix).resolve()
     info = _interpreter(base) if prefix is not None else (
         "%d.%d.%d" % sys.version_info[:3],
         str(Path(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable).resolve()))
     version, exe = info
     key = f"python-{version}-{hashlib.sha256(str(base).encode()).hexdigest()[:12]}"
+    if baked:
+        key += "-image-" + hashlib.sha256(b"".join(Path(w).read_bytes() for w in sorted(baked))).hexdigest()[:12]
     with _lock:
         if key in _bare_cache:
             return _bare_cache[key]
         target = cache_root() / key
         if not (target / ".complete").exists():
-            _build_bare(base, target, version, Path(exe))
+            _build_bare(base, target, version, Path(exe), baked)
         _bare_cache[key] = target / "bin"
         return target / "bin"
 
@@ -122,11 +127,11 @@ def _interpreter(base: Path) -> tuple[str, str]:
     return done.stdout.strip(), str(exe.resolve())
 
 
-def _build_bare(base: Path, target: Path, version: str, exe: Path) -> None:
+def _build_bare(base: Path, target: Path, version: str, exe: Path, baked: Sequence[Path] = ()) -> None:
     tmp = target.with_name(f"{target.name}.tmp.{os.getpid()}.{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _populate(base, tmp, version, exe)
+        _populate(base, tmp, version, exe, baked)
         os.rename(tmp, target)
     except OSError:
         if not (target / ".complete").exists():  # not a parallel session that won the rename
@@ -135,9 +140,9 @@ def _build_bare(base: Path, target: Path, version: str, exe: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _populate(base: Path, tmp: Path, version: str, exe: Path) -> None:
+def _populate(base: Path, tmp: Path, version: str, exe: Path, baked: Sequence[Path] = ()) -> None:
     """The interpreter, its shared library, the standard library minus site-packages and tests,
-    then pip from ensurepip; ``.complete`` last."""
+    then pip from ensurepip, then the ``baked`` wheels (offline, no dependencies); ``.complete`` last."""
     ver = "python" + ".".join(version.split(".")[:2])
     (tmp / "bin").mkdir(parents=True, mode=0o755)
     (tmp / "lib").mkdir(mode=0o755)
@@ -160,6 +165,12 @@ def _populate(base: Path, tmp: Path, version: str, exe: Path) -> None:
                           capture_output=True, text=True, umask=0o022)
     if done.returncode:
         raise RuntimeError(f"ensurepip failed for the bare node Python:\n{done.stderr[-2000:]}")
+    if baked:
+        done = subprocess.run([str(tmp / "bin" / ver), "-m", "pip", "install", "--no-index", "--no-deps",
+                               "--disable-pip-version-check", *map(str, baked)],
+                              env={**env, "PIP_CONFIG_FILE": os.devnull}, capture_output=True, text=True, umask=0o022)
+        if done.returncode:
+            raise RuntimeError(f"installing the image's wheels into the node Python failed:\n{done.stderr[-2000:]}")
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
     (tmp / ".complete").write_text(version)
 

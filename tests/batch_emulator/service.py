@@ -92,6 +92,9 @@ class BatchEmulator:
         # The prefix of another interpreter whose bare copy nodes run instead of the kernel's (an
         # image with another Python, nodes.bare_python_bin); None: the kernel's version. reset(): None.
         self.node_python: Path | None = None
+        # Wheels baked into the nodes' Python, as in an image with packages of its own (its site-packages,
+        # seen by every command; nodes.bare_python_bin). reset(): none.
+        self.image_wheels: tuple[Path, ...] = ()
         # EnablePoolAutoScale at most once per 30 s per pool (REST spec); tests shorten it or call
         # pass_enable_autoscale_window() instead of sleeping. reset(): 30 s.
         self.enable_autoscale_window = ENABLE_AUTOSCALE_WINDOW
@@ -181,6 +184,7 @@ class BatchEmulator:
             self.strict_command_lines = True
             self.node_users = self.bare_nodes = True
             self.node_python = None
+            self.image_wheels = ()
             self.enable_autoscale_window = ENABLE_AUTOSCALE_WINDOW
         self.faults.clear()
         self.auth.clear_roles()

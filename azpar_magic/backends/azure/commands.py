@@ -76,24 +76,63 @@ RUN_SCRIPT = (
     f"&& exec /bin/sh {SCRIPT_FILE}'"
 )
 
-# Installs the requirements that are missing or at another version into a target folder,
-# and nothing when all are present (an image with the packages baked in needs no index).
+# Installs the requirements the node's Python does not meet into a target folder, and nothing when
+# all are met (an image with the packages baked in needs no index). "Met" is PEP 440's: the installed
+# version is inside the requirement's specifiers (``x>=1,<2``, ``~=``, ``!=``, ``==1.*``), the extras'
+# own requirements are met too, and one whose marker excludes this node counts as met (pip skips it as
+# well). pip's own copy of ``packaging`` reads them (every node that installs has pip); without it only
+# a plain ``name==version`` is taken as met when installed, anything else goes to pip. A requirement that
+# is not a name with specifiers (a wheel file, a URL), or whose metadata cannot be read, goes to pip.
 # A failed install exits with pip's status, leaving pip's message last in stderr.
 # argv: target, JSON list of pip options, requirements...
-_INSTALLER = (
-    "import sys,re,json,subprocess,importlib.metadata as m\n"
-    "t=sys.argv[1];o=json.loads(sys.argv[2]);sys.path.insert(0,t);need=[]\n"
-    "for r in sys.argv[3:]:\n"
-    " n=re.split(r'[<>=!~;\\[ ]',r,maxsplit=1)[0];v=r.split('==',1)[1].strip() if '==' in r else None\n"
-    " try:h=m.version(n)\n"
-    " except Exception:h=None\n"
-    " if h is None or (v and h!=v):need.append(r)\n"
-    "if need:\n"
-    " r=subprocess.call([sys.executable,'-m','pip','install','--quiet','--no-warn-script-location','--target',t,*o,"
-    "*need])\n"
-    " if r:sys.exit(r)\n"  # pip's own message ends stderr (read by the client), no traceback after it
-    "print('azpar: installed',' '.join(need) if need else 'nothing (all present)')\n"
-)
+_INSTALLER = """\
+import sys, re, json, subprocess, importlib.metadata as m
+t = sys.argv[1]; o = json.loads(sys.argv[2]); sys.path.insert(0, t)
+try:
+    from pip._vendor.packaging.requirements import Requirement as R
+except Exception:
+    R = None
+def have(name):
+    try:
+        return m.version(name)
+    except Exception:
+        return None
+def met(q, seen=()):
+    if q.name.lower() in seen:
+        return True
+    if q.url:
+        return False
+    h = have(q.name)
+    if h is None or not q.specifier.contains(h, prereleases=True):
+        return False
+    for e in q.extras:
+        for d in m.requires(q.name) or ():
+            d = R(d)
+            if d.marker is not None and "extra" in str(d.marker) and d.marker.evaluate({"extra": e}):
+                d.marker = None
+                if not met(d, (*seen, q.name.lower())):
+                    return False
+    return True
+def needed(r):
+    if R is None:
+        n, _, v = r.partition("==")
+        return not (v and re.fullmatch(r"[A-Za-z0-9._-]+", n) and have(n) == v)
+    try:
+        q = R(r)
+    except Exception:
+        return True
+    try:
+        return not ((q.marker is not None and not q.marker.evaluate()) or met(q))
+    except Exception:
+        return True
+need = [r for r in sys.argv[3:] if needed(r)]
+if need:
+    c = subprocess.call([sys.executable, "-m", "pip", "install", "--quiet", "--no-warn-script-location",
+                         "--target", t, *o, *need])
+    if c:
+        sys.exit(c)
+print("azpar: installed", " ".join(need) if need else "nothing (all present)")
+"""
 
 
 @dataclass(frozen=True)
