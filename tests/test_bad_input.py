@@ -368,6 +368,9 @@ def test_unknown_option(run_cell, guard):
     ("-o first -o second", ["-o is given twice", "-o first and -o second"]),
     ("--retries 1 --retries=3", ["--retries is given twice", "--retries 1 and --retries 3"]),
     ("--export a --export b", ["--export is given twice", "comma-separated (--export a,b)"]),
+    # argparse takes a unique prefix of a long option for it: the last value won silently
+    ("--combine sum --comb list", ["--combine is given twice", "--combine sum and --combine list"]),
+    ("--chunk-size 1 --chunk=2", ["--chunk-size is given twice", "--chunk-size 1 and --chunk-size 2"]),
     ("--timeout 8d", ["--timeout", "604800", "691200"]),
     ("--timeout m", ["--timeout", "'m'"]),
     ("--retries 1000", ["--retries", "100", "1000"]),

@@ -135,6 +135,7 @@ def _given_twice(parser: argparse.ArgumentParser, words: list[str]) -> list[tupl
         for flag in action.option_strings
     }
     valued = {flag for action in parser._actions if action.nargs != 0 for flag in action.option_strings}
+    long_flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
     uses: dict[str, list[tuple[str, str]]] = {}
     i = 0
     while i < len(words):
@@ -144,6 +145,10 @@ def _given_twice(parser: argparse.ArgumentParser, words: list[str]) -> list[tupl
             flag, value = word.split("=", 1)
         elif not word.startswith("--") and word[:2] in valued and len(word) > 2:
             flag, value = word[:2], word[2:]
+        if flag.startswith("--") and flag not in valued and flag not in single:
+            # argparse takes a unique prefix of a long option for it (``--comb`` is ``--combine``)
+            whole = [f for f in long_flags if f.startswith(flag)] if len(flag) > 2 else []
+            flag = whole[0] if len(whole) == 1 else flag
         if flag in valued and value is None and i + 1 < len(words):
             value, i = words[i + 1], i + 1  # (a value such as --inputs -o.txt is not read as an option)
         if flag in single:
