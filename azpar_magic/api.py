@@ -53,14 +53,21 @@ def run(
     outputs: Iterable[str] | str = (),
     outputs_to: str | None = None,
     cache: bool = False,
+    profile: str | None = None,
+    packages: Iterable[str] | str = (),
+    keep: bool = False,
+    max_cost: float | None = None,
+    name: str | None = None,
 ) -> Job:
     """Start the loop ``loop`` (``"for x in xs"``) with ``body`` and return its Job at once.
 
     ``namespace`` defaults to the caller's globals; ``job.result()`` waits and returns the
     combined value exactly as ``%%azpar`` would bind it. Options mean what the magic's do
     (``inputs``/``outputs``/``outputs_to``: ``--inputs``/``--outputs``/``--outputs-to``; the
-    outputs' locations are in ``job.files``; ``cache``: ``--cache``). ``gather``, ``export``,
-    ``no_export``, ``inputs`` and ``outputs`` take a list of names or patterns, or one as a string.
+    outputs' locations are in ``job.files``; ``cache``: ``--cache``; ``profile``, ``packages``,
+    ``keep`` and ``max_cost``: the Azure options, as ``map`` takes them; ``name``: ``--name``).
+    ``gather``, ``export``, ``no_export``, ``inputs``, ``outputs`` and ``packages`` take a list of
+    names, patterns or requirements, or one as a string.
     """
     if namespace is None:
         namespace = sys._getframe(1).f_globals
@@ -87,9 +94,23 @@ def run(
         outputs=outputs,
         outputs_to=outputs_to,
         cache=bool(cache),
+        max_cost=max_cost,
+        name=name,
     )
-    engine, settings = session.engine_and_settings(backend, workers)
-    request = RunRequest(cell, namespace, options, export, no_export, max_items=settings["max_items"])
+    requirements = mapping.requirements_argument(packages)
+    try:
+        engine, settings = session.engine_and_settings(backend, workers, profile)
+    except ValueError as exc:  # config.ConfigError is a ValueError
+        raise ValueError(f"{exc}. Nothing was submitted.") from None
+    request = RunRequest(
+        cell,
+        namespace,
+        options,
+        export,
+        no_export,
+        backend_options={"packages": requirements, "merge": "client", "keep": bool(keep)},
+        max_items=settings["max_items"],
+    )
     try:
         job = engine.submit(request)
     except SubmitError as exc:

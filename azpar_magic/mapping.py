@@ -49,6 +49,7 @@ def map(
     name: str | None = None,
     wait: bool = True,
     cache: bool = False,
+    max_cost: float | None = None,
 ) -> list | Job:
     """``[func(x) for x in iterable]``, each call an iteration of one azpar job, on the local
     pool or on Azure Batch: the list of values in input order, or with ``wait=False`` the Job
@@ -59,8 +60,8 @@ def map(
     Options are the cell's, as keywords: ``errors`` (stop raises IterationError with the
     failing index, item and remote traceback; remove drops failed calls; pass puts the
     exception in their place), ``retries``, ``timeout``, ``chunk_size``, ``seed``,
-    ``workers``, ``backend``, ``profile``, ``packages`` (Azure), ``keep`` (Azure), ``export``,
-    ``no_export`` and ``name`` (``--name``: commands such as ``%azpar logs NAME`` accept it);
+    ``workers``, ``backend``, ``profile``, ``packages`` (Azure), ``keep`` (Azure), ``max_cost`` (Azure:
+    ``--max-cost``), ``export``, ``no_export`` and ``name`` (``--name``: commands such as ``%azpar logs NAME`` accept it);
     ``packages``, ``export`` and ``no_export`` take a list, or one entry as a string.
     Bad values raise ValueError (TypeError for a ``func`` that is not callable) before anything
     is submitted. Ctrl-C while waiting cancels the job. ``cache=True`` is the cell's ``--cache``: a call
@@ -97,6 +98,7 @@ def starmap(
     name: str | None = None,
     wait: bool = True,
     cache: bool = False,
+    max_cost: float | None = None,
 ) -> list | Job:
     """``[func(*args) for args in iterable]`` as one azpar job (see ``map``): each item is
     a tuple (any iterable) of positional arguments, as ``itertools.starmap`` takes them."""
@@ -119,6 +121,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         seed=given["seed"],
         name=given["name"],
         cache=bool(given["cache"]),
+        max_cost=given["max_cost"],
     )
     try:
         validate_options(options, API_SPELLING)
@@ -128,7 +131,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
             said if said.endswith("Nothing was submitted.") else f"{said} Nothing was submitted."
         ) from None
     check_workers(given["workers"])
-    packages = _requirements(given["packages"])
+    packages = requirements_argument(given["packages"])
     if _in_task():
         return _in_this_task(func, iterable, star, given)
     try:
@@ -319,7 +322,7 @@ def names_argument(value: Iterable[str] | str | None, option: str, *, paths: boo
     return entries
 
 
-def _requirements(packages: Iterable[str] | str) -> list[str]:
+def requirements_argument(packages: Iterable[str] | str) -> list[str]:
     """``packages`` as pip requirements, checked as --packages checks them."""
     if isinstance(packages, str):
         packages = [packages]

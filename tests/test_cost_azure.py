@@ -100,6 +100,30 @@ def test_the_cap_cancels_the_job_and_keeps_finished_results(priced, ip, run_cell
     assert not run.success or "cancelled" in (run.stderr + run.stdout)
 
 
+@pytest.mark.parametrize("how", ["run", "map"])
+def test_the_cap_from_python_cancels_the_job_and_keeps_finished_results(how, priced, ip, run_cell):
+    """``max_cost=`` of ``azpar_magic.run`` and ``map`` is the cell's ``--max-cost`` (they had no way to
+    say it: a script's job ran on past any cap but the profile's)."""
+    assert run_cell("%%azpar -q -o warm for x in range(2):\nx").success  # the pool is up (as above)
+    if how == "run":
+        job = azpar_magic.run("for x in range(6)", "import time\nif x >= 2:\n    time.sleep(60)\nx", {}, max_cost=6,
+                              name="capped")
+    else:
+        ip.run_cell("def sleep_from_two(x):\n    import time\n    if x >= 2:\n        time.sleep(60)\n    return x")
+        job = azpar_magic.map(ip.user_ns["sleep_from_two"], range(6), max_cost=6, name="capped", wait=False)
+    assert job.wait(60), "the cap did not stop the job"
+    assert job.state == CANCELLED and job.options.name == "capped"
+    assert job.partial_results() == {0: 0, 1: 1}
+    with pytest.raises(azpar_magic.JobCancelled, match=r"passed its cap of \$6\.00"):
+        job.result()
+    for bad in (0, -1, "lots", float("nan")):
+        with pytest.raises(ValueError, match="max_cost must be a positive amount"):
+            if how == "run":
+                azpar_magic.run("for x in range(2)", "x", {}, max_cost=bad)
+            else:
+                azpar_magic.map(abs, range(2), max_cost=bad)
+
+
 def test_max_cost_must_be_a_positive_number(priced, run_cell):
     for bad in ("0", "-1", "lots", "nan"):
         run = run_cell(f"%%azpar --max-cost {bad} for x in range(2):\nx")
