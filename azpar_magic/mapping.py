@@ -61,7 +61,8 @@ def map(
     failing index, item and remote traceback; remove drops failed calls; pass puts the
     exception in their place), ``retries``, ``timeout``, ``chunk_size``, ``seed``,
     ``workers``, ``backend``, ``profile``, ``packages`` (Azure), ``keep`` (Azure), ``max_cost`` (Azure:
-    ``--max-cost``), ``export``, ``no_export`` and ``name`` (``--name``: commands such as ``%azpar logs NAME`` accept it);
+    ``--max-cost``), ``export``, ``no_export`` and ``name`` (``--name``: commands such as
+    ``%azpar logs NAME`` accept it);
     ``packages``, ``export`` and ``no_export`` take a list, or one entry as a string.
     Bad values raise ValueError (TypeError for a ``func`` that is not callable) before anything
     is submitted. Ctrl-C while waiting cancels the job. ``cache=True`` is the cell's ``--cache``: a call
