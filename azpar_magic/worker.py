@@ -2880,6 +2880,128 @@ def iteration_files(envelope: dict, task_spec: dict | None) -> IterationFiles | 
     return IterationFiles(job_spec, task_spec or {})
 
 
+TIMEOUT_ERROR = "azpar_magic.TaskTimeoutError"  # error type names the kernel reads (not imports)
+NOT_RUN_ERROR = "azpar_magic.JobCancelled"
+
+
+class TaskTimeout(BaseException):
+    """Raised in the iteration that is running when its task reaches --timeout (not an Exception, so a
+    body's ``except Exception`` does not swallow it)."""
+
+
+class TaskTimer:
+    """A task's --timeout, kept here where its iterations run: at the deadline the iteration running is
+    stopped (SIGALRM, which only the main thread gets; POSIX only) and the task's result holds the values
+    of the iterations that ended before it. The kernel (or Batch) kills the process only when that did not
+    happen (code that never returns to Python, or that swallows the exception): a kill loses every value
+    the task had, and a task of 100 iterations whose last one hangs had 99.
+
+    The alarm raises only while an iteration's own code runs (``inside``): between iterations, in this
+    module's bookkeeping, it is noted (``passed``) and the loop stops before the next iteration."""
+
+    def __init__(self, deadline: float, limit: float | None):
+        import _signal
+
+        self.limit = limit
+        self.inside = [False]
+        self.passed = False
+        self.traceback = ""  # where the iteration was stopped (where), and its line of the cell
+        self.line: int | None = None
+        self._signal = _signal
+        self._before = _signal.signal(_signal.SIGALRM, self._alarm)
+        _signal.setitimer(_signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001))
+
+    @classmethod
+    def start(cls, deadline: float | None, limit: float | None = None) -> TaskTimer | None:
+        """The timer of a task with a deadline, or None: no deadline, no SIGALRM here (Windows), or not
+        the main thread (only it gets signals; then the kill stops the task, as before)."""
+        if deadline is None:
+            return None
+        try:
+            import _signal
+            import threading
+
+            if not hasattr(_signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+                return None
+            return cls(deadline, limit)
+        except (ImportError, OSError, ValueError):
+            return None
+
+    def _alarm(self, signum, frame) -> None:
+        self.passed = True
+        if self.inside[0]:
+            self.inside[0] = False
+            raise TaskTimeout("the task reached its --timeout")
+
+    def where(self, exc: TaskTimeout, filename: str) -> None:
+        """Keep where the iteration was stopped: its frames from the cell's on, without this class's."""
+        import traceback
+
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+            tb = tb.tb_next
+        frames = []
+        while tb is not None and tb.tb_frame.f_code is not TaskTimer._alarm.__code__:
+            frames.append((tb.tb_frame, tb.tb_lineno))
+            tb = tb.tb_next
+        cell = [line for frame, line in frames if frame.f_code.co_filename == filename]
+        self.line = cell[-1] if cell else None
+        where = f"{self.limit:g} s" if self.limit is not None else "limit"
+        self.traceback = (
+            "Traceback (most recent call last):\n"
+            + "".join(traceback.StackSummary.extract(iter(frames)).format())
+            + f"{TIMEOUT_ERROR}: stopped here, at the task's --timeout of {where}\n"
+        )
+
+    def stop(self) -> None:
+        self._signal.setitimer(self._signal.ITIMER_REAL, 0)
+        self._signal.signal(self._signal.SIGALRM, self._before)
+        self.inside[0] = False
+
+    def fill_in(
+        self, indices: Sequence[int], values: list, gathered: list | None, failed: dict, stopped_at: int | None
+    ) -> None:
+        """The task stopped at its --timeout: the iteration running failed with a TaskTimeoutError (what
+        the kernel's kill reported, with the lines it was on), the ones after it never ran (cancelled,
+        saying why), and every list gets an entry per iteration."""
+        where = f"{self.limit:g} s" if self.limit is not None else "limit"
+        if stopped_at is not None:
+            before = len(values)
+            chunk = (
+                f" (its task, iterations {indices[0]}-{indices[-1]}, was stopped there; the {before} "
+                f"iteration{'s' if before != 1 else ''} before it {'are' if before != 1 else 'is'} kept)"
+                if len(indices) > 1
+                else " and was stopped"
+            )
+            failed[stopped_at] = {
+                "type": TIMEOUT_ERROR,
+                "message": f"iteration {stopped_at} was still running when its task reached the --timeout of "
+                f"{where}{chunk}",
+                "traceback": self.traceback,
+                "line": self.line,
+                "exc": None,
+                "kind": "infrastructure",
+            }
+            values.append(None)
+        why = (
+            f"not run: iteration {stopped_at} of the same task ran past --timeout"
+            if stopped_at is not None
+            else f"not run: its task reached the --timeout of {where} before it started"
+        )
+        for index in indices[len(values) :]:
+            failed[index] = {
+                "type": NOT_RUN_ERROR,
+                "message": why,
+                "traceback": "",
+                "line": None,
+                "exc": None,
+                "kind": "cancelled",
+            }
+        values.extend([None] * (len(indices) - len(values)))
+        if gathered is not None:
+            gathered.extend([{}] * (len(indices) - len(gathered)))
+
+
 class Runner:
     """Runs iterations of a loaded job and builds the result record of a task."""
 
@@ -2893,6 +3015,7 @@ class Runner:
         # after a minute, not within half a second.
         self.progress = progress if progress is not None else memoryview(bytearray(8)).cast("q")
         self.exact = exact
+        self.stopped = False  # its last task was stopped at its --timeout: the process exits after it (serve)
         self._tracebacks: dict = {}  # the frames' text of this task's failures so far (_format_user_traceback)
 
     def _by_reference(self, obj: object) -> bool:
@@ -2919,9 +3042,19 @@ class Runner:
             "exc": exc_blob,
         }
 
-    def run(self, indices: Sequence[int], items: list, files: IterationFiles | None = None) -> dict:
+    def run(
+        self,
+        indices: Sequence[int],
+        items: list,
+        files: IterationFiles | None = None,
+        deadline: float | None = None,
+        limit: float | None = None,
+    ) -> dict:
         """Run each (index, item) and return a result dict (plain data and bytes only);
-        ``files``: run each iteration in its own folder with its inputs and outputs.
+        ``files``: run each iteration in its own folder with its inputs and outputs; ``deadline``
+        (``time.monotonic()``): when the task reaches its --timeout of ``limit`` seconds, at which the
+        iteration running is stopped (:class:`TaskTimer`) and the result holds what ended before it,
+        where a kill lost it all.
 
         This loop is the per-iteration overhead of every trivial loop, so it allocates
         nothing per iteration unless the iteration prints, fails or gathers."""
@@ -2936,6 +3069,9 @@ class Runner:
         gathered: list = []
         plain = function is not None and seed is None and files is None and not gather
         counted = plain and not self.exact
+        timer = TaskTimer.start(deadline, limit)
+        inside = timer.inside if timer is not None else [False]  # True while an iteration's own code runs
+        stopped_at: int | None = None  # the iteration the --timeout stopped
         made = (
             IterationMade(job.filename, base, job.functions_read, job.envelope.get("source") or "")
             if job.defines_code
@@ -2972,18 +3108,39 @@ class Runner:
                 rest = map(function, items)
                 while True:
                     try:
+                        inside[0] = True  # (nothing of ours runs between the calls)
                         values.extend(rest)  # keeps the values before a failure; `rest` goes on after it
+                        inside[0] = False
+                        break
+                    except TaskTimeout as exc:
+                        stopped_at = running()
+                        timer.where(exc, job.filename)  # type: ignore[union-attr]
                         break
                     except BaseException as exc:  # SystemExit from user code is a user error too
+                        inside[0] = False
                         fail(running(), exc)
+                        if timer is not None and timer.passed:  # it passed while the failure was recorded
+                            break
             elif plain:
                 for index, item in zip(indices, items):
                     progress[0] = index
                     try:
-                        append(function(item))
+                        inside[0] = True
+                        value = function(item)
+                        inside[0] = False
+                        append(value)
+                    except TaskTimeout as exc:
+                        stopped_at = index
+                        timer.where(exc, job.filename)  # type: ignore[union-attr]
+                        break
                     except BaseException as exc:  # SystemExit from user code is a user error too
+                        inside[0] = False
                         fail(index, exc)
+                    if timer is not None and timer.passed:  # it passed between two iterations
+                        break
             for index, item in () if plain else zip(indices, items):
+                if timer is not None and timer.passed:
+                    break
                 progress[0] = index
                 if seed is not None:
                     _seed_iteration(seed, index)
@@ -2991,16 +3148,28 @@ class Runner:
                     files.enter(index)
                 try:
                     if function is not None:
-                        append(function(item))
+                        inside[0] = True
+                        value = function(item)
+                        inside[0] = False
+                        append(value)
                     else:
                         clear()
                         update(base)
                         namespace[ITEM_NAME] = item
+                        inside[0] = True
                         exec(code, namespace)
+                        inside[0] = False
                         append(namespace[VALUE_NAME])
                         if keep is not None:
                             keep(index, namespace)
+                except TaskTimeout as exc:
+                    stopped_at = index
+                    timer.where(exc, job.filename)  # type: ignore[union-attr]
+                    if files is not None:
+                        files.leave(index, True)  # what it wrote so far comes back, as a failed iteration's
+                    break
                 except BaseException as exc:  # SystemExit from user code is a user error too
+                    inside[0] = False
                     fail(index, exc)
                 if files is not None:
                     problem = files.leave(index, index in failed)
@@ -3015,6 +3184,8 @@ class Runner:
                 if gather:
                     gathered.append({name: namespace.get(name) for name in gather})
         finally:
+            if timer is not None:
+                timer.stop()
             _RUNNING[0] = None
             if _FIGURES[0] and indices:  # what the task's iterations left open, shown as a cell's end shows it
                 _flush_figures(functools.partial(sink.add_to, indices[-1] if counted else progress[0]))
@@ -3032,6 +3203,9 @@ class Runner:
                 _end_seeded_iterations()
             clear()
             update(base)
+        if timer is not None and (stopped_at is not None or len(values) < len(indices)):
+            timer.fill_in(indices, values, gathered if gather else None, failed, stopped_at)
+            self.stopped = True
         return {
             "indices": travelling(indices),
             "files": files.report() if files is not None else None,
@@ -3175,6 +3349,7 @@ def _folder_names() -> set[str]:
 
 def run_task_file(task_path: str, result_path: str, cache: JobCache | None = None) -> int:
     """Run one task from a task-input file and write its result file; return the exit code."""
+    since = time.monotonic()  # its --timeout counts from here (TaskTimer); Batch's own limit is later (GRACE)
     try:
         header, body = unpack(TASK_MAGIC, _read_task_input(task_path))
         envelope_path = header["envelope"]
@@ -3185,13 +3360,17 @@ def run_task_file(task_path: str, result_path: str, cache: JobCache | None = Non
         items = load_items(header["items_codec"], body, job)
         files = iteration_files(job.envelope, header.get("data"))
         before = None if files is not None else _folder_names()
-        result = Runner(job).run(header["indices"], items, files)
+        limit = job.envelope.get("timeout")
+        runner = Runner(job)
+        result = runner.run(header["indices"], items, files, since + limit if limit else None, limit)
         result["task"] = header.get("task")
         if before is not None:
             left = sorted(_folder_names() - before - {os.path.basename(result_path)})
             if left:
                 result["left_files"] = left[:LEFT_FILES_SHOWN]
         write_result(result_path, result)
+        if runner.stopped:  # what the iteration stopped at --timeout started ends with it, as Batch's limit ended it
+            _end_what_the_task_started()
         return EXIT_OK
     except EnvironmentMismatch as exc:
         write_result(result_path, {"task": None, "environment_error": str(exc)})
@@ -3655,6 +3834,19 @@ def _end_process_group() -> None:
     except (OSError, ValueError, AttributeError, RuntimeError):
         pass
     os._exit(EXIT_INTERNAL)
+
+
+def _end_what_the_task_started() -> None:
+    """Kill the processes this one started (a task stopped at its --timeout: they would run on, where the
+    kill of the whole task ended them), by parent pid from /proc; the local pool also ends the worker's
+    process group when it exits, for systems without /proc."""
+    import signal
+
+    for child in _descendants(os.getpid()):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _descendants(pid: int) -> list[int]:
@@ -4123,6 +4315,7 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
                 print(f"azpar worker: the kernel's messages could not be read ({message['why']})", file=sys.stderr)
             return EXIT_OK
         taken = time.perf_counter()
+        since = time.monotonic()  # its --timeout counts from here (TaskTimer), as the pool's kill does from its start
         reply: dict = {"op": "result", "task": message["task"]}
         try:
             first = message["envelope"] not in jobs_seen  # a job's first task here
@@ -4143,13 +4336,21 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
             environ_job, environ_changed = message["envelope"], bool(changes)
             items = load_items(message["items_codec"], message["items"], job)
             try:
-                reply["result"] = Runner(job, slots, exact=bool(message.get("exact_progress"))).run(
-                    message["indices"], items, iteration_files(job.envelope, message.get("data"))
+                limit = job.envelope.get("timeout")
+                runner = Runner(job, slots, exact=bool(message.get("exact_progress")))
+                reply["result"] = runner.run(
+                    message["indices"],
+                    items,
+                    iteration_files(job.envelope, message.get("data")),
+                    since + limit if limit else None,
+                    limit,
                 )
             finally:
                 if slots is not None:
                     slots[0] = -1
             reply["result"]["worker"] = {"pid": os.getpid(), "namespace_loads": cache.namespace_loads}
+            if runner.stopped:
+                reply["exiting"] = True  # the pool takes back the tasks it holds ahead and starts another worker
         except EnvironmentMismatch as exc:
             reply.update(error=str(exc), exit_code=EXIT_ENVIRONMENT)
         except BadInput as exc:
@@ -4160,6 +4361,12 @@ def serve(fd_in: int, fd_out: int, parent: int | None = None, beat: str | None =
             )
         reply["ran"] = time.perf_counter() - taken  # the task's time here, loading its job included: its core time
         send_reply(reply)
+        if reply.get("exiting"):
+            # An iteration stopped at --timeout may have left this process half way (a lock a library held,
+            # an import cut short), and what it started still runs: both end here, as the kill ended them.
+            writer.flush()
+            _end_what_the_task_started()
+            return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -215,7 +215,9 @@ def test_sys_exit_in_the_body_is_a_user_error_never_retried(ip, run_cell, tmp_pa
 
 
 @pytest.mark.timeout(120)
-def test_endless_loop_is_killed_by_timeout_and_the_pool_still_serves(ip, run_cell, tmp_path, clean_ns):
+def test_endless_loop_is_stopped_by_timeout_and_the_pool_still_serves(ip, run_cell, tmp_path, clean_ns):
+    """The worker stops the endless iteration at the --timeout itself, sends the task's result, and ends
+    (an iteration cut short may leave a process half way); the pool replaces it and serves the next cell."""
     body = _body(tmp_path, "while x == 1:", "    pass", "x - 1")
     started = time.monotonic()
     run = run_cell(f"%%azpar -q --timeout 1 --chunk-size 1 -o tmo for x in range(4)\n{body}")
@@ -225,6 +227,27 @@ def test_endless_loop_is_killed_by_timeout_and_the_pool_still_serves(ip, run_cel
     assert err.index == 1 and err.infrastructure
     assert "Timeout" in err.error_type and "--timeout of 1 s" in err.error_message
     assert 1.0 <= elapsed < 20, elapsed
+    looping_pid = int((tmp_path / "pid-1").read_text())
+    assert wait_for(lambda: not pid_alive(looping_pid), 10), "the stopped worker is still running"
+    assert wait_for(_pool_is_whole, 10)
+    _assert_next_cell_works(ip, run_cell)
+
+
+@pytest.mark.timeout(120)
+def test_an_iteration_that_swallows_the_stop_is_killed_a_grace_after_the_timeout(ip, run_cell, tmp_path, clean_ns,
+                                                                                monkeypatch):
+    """``except BaseException`` around the loop swallows the stop at --timeout: the pool kills the worker a
+    grace later (here 1 s), and replaces it."""
+    monkeypatch.setattr("azpar_magic.backends.local.timeout_grace", lambda limit: 1.0)
+    body = _body(tmp_path, "while x == 1:", "    try:", "        time.sleep(0.01)", "    except BaseException:",
+                 "        pass", "x - 1")
+    started = time.monotonic()
+    run = run_cell(f"%%azpar -q --timeout 1 --chunk-size 1 -o tmo for x in range(4)\n{body}")
+    elapsed = time.monotonic() - started
+    err = run.error
+    assert isinstance(err, azpar_magic.IterationError) and err.index == 1 and err.infrastructure, repr(err)
+    assert "did not stop there: it was killed 1 s later" in err.error_message, err.error_message
+    assert 2.0 <= elapsed < 20, elapsed
     looping_pid = int((tmp_path / "pid-1").read_text())
     assert wait_for(lambda: not pid_alive(looping_pid), 10), "the looping worker is still running"
     assert wait_for(_pool_is_whole, 10)
@@ -248,17 +271,20 @@ def test_timeout_under_errors_pass_reports_the_iteration(ip, run_cell, tmp_path,
 def test_timeout_in_a_chunk_names_the_iteration_that_was_running_under_every_errors_mode(
         ip, run_cell, tmp_path, clean_ns, errors):
     """--chunk-size 3: iterations 3, 4, 5 share a task and 4 never ends. The failure is
-    iteration 4's, under the same name and message whatever --errors says; 3 and 5 were lost
-    with the killed task, not failed, and say so."""
+    iteration 4's, under the same name and message whatever --errors says, with the cell line it
+    was stopped on; 3 ended before it and its value is kept (the whole task was once killed and 3
+    lost with it); 5 never ran, and says why."""
     body = _body(tmp_path, "while x == 4:", "    time.sleep(0.01)", "x * 3")
     run, job = run_cell_job(run_cell, f"%%azpar -q --timeout 2 --chunk-size 3 --errors {errors} -o tmo "
                                       f"for x in range(6)\n{body}")
     failure = job.failures[4]
     assert failure.error_type == "azpar_magic.TaskTimeoutError", failure
     assert failure.message == ("iteration 4 was still running when its task reached the --timeout of 2 s "
-                               "(its task, iterations 3-5, was killed)"), failure.message
-    for lost in (3, 5):
-        assert job.failures[lost].kind == "cancelled" and "iteration 4" in job.failures[lost].message
+                               "(its task, iterations 3-5, was stopped there; the 1 iteration before it is kept)"), \
+        failure.message
+    assert failure.line is not None and "time.sleep(0.01)" in failure.traceback, failure
+    assert 3 not in job.failures and job.partial_results()[3] == 9
+    assert job.failures[5].kind == "cancelled" and "iteration 4" in job.failures[5].message
     if errors == "stop":
         err = run.error
         assert isinstance(err, azpar_magic.IterationError) and err.index == 4, repr(err)
@@ -268,11 +294,11 @@ def test_timeout_in_a_chunk_names_the_iteration_that_was_running_under_every_err
     assert run.success, run.error
     values = ip.user_ns["tmo"]
     if errors == "pass":
-        assert values[:3] == [0, 3, 6]
+        assert values[:4] == [0, 3, 6, 9]
         assert type(values[4]) is azpar_magic.TaskTimeoutError and str(values[4]) == failure.message
         assert isinstance(values[4], azpar_magic.InfrastructureError) and isinstance(values[4], TimeoutError)
     else:
-        assert values == [0, 3, 6]
+        assert values == [0, 3, 6, 9]
 
 
 # ------------------------------------------------------------------ a million iterations

@@ -62,7 +62,8 @@ def job(body: str, n: int, chunks: Sequence[range], *, job_id: str = "job-1", ti
     for number, indices in enumerate(chunks, start=1):
         codec, data = capture.serialize_items(items[indices.start:indices.stop], cap.names, namespace, indices[0])
         tasks.append(TaskSpec(str(number), indices, codec, data))
-    return JobSpec(job_id, capture.envelope_header(cell, cap), cap.data, timeout=timeout, cwd=os.getcwd()), tasks
+    envelope = capture.envelope_header(cell, cap, timeout=timeout)
+    return JobSpec(job_id, envelope, cap.data, timeout=timeout, cwd=os.getcwd()), tasks
 
 
 def values(event: TaskEvent) -> list:
@@ -236,14 +237,39 @@ def test_a_worker_killed_by_a_signal_says_what_that_signal_most_often_means(back
     assert f"died with signal {number} ({signal_name}: {meaning}" in failed.error, failed.error
 
 
-def test_a_task_past_its_timeout_is_killed_and_names_the_iteration_that_was_running(backend):
+def test_a_task_past_its_timeout_stops_there_and_keeps_what_ended_before(backend):
+    """The worker stops the iteration running at the --timeout itself: the task ends with iteration 0's
+    value, iteration 1 failed with a TaskTimeoutError naming it, and 2 never ran. The worker lives on."""
     b = backend(1)
-    spec, tasks = job("import time\nif x == 1:\n    time.sleep(60)", 3, [range(0, 3)], timeout=1.0)
+    spec, tasks = job("import time\nif x == 1:\n    time.sleep(60)\nx * 10", 3, [range(0, 3)], timeout=1.0)
+    sink = Sink()
+    began = time.monotonic()
+    b.submit(spec, tasks, sink)
+    (ended,) = [e for e in sink.until(lambda e: e.kind != "started") if e.kind != "started"]
+    assert time.monotonic() - began < 5  # at the --timeout, not at the kill's grace
+    assert ended.kind == "finished", ended
+    failed = ended.result["failed"]
+    assert failed[1]["type"] == "azpar_magic.TaskTimeoutError" and failed[1]["kind"] == "infrastructure"
+    assert failed[1]["message"].startswith("iteration 1 was still running when its task reached the --timeout of 1 s")
+    assert "time.sleep(60)" in failed[1]["traceback"] and failed[1]["line"] == 4, failed[1]  # the cell's line
+    assert failed[2]["kind"] == "cancelled" and "not run" in failed[2]["message"] and 0 not in failed
+    assert values(ended)[0] == 0
+    assert ended.result["worker"]["pid"] and "exiting" not in ended.result  # (the reply says it, not the result)
+
+
+def test_a_task_that_does_not_stop_at_its_timeout_is_killed_a_grace_later(backend, monkeypatch):
+    """A body that swallows the stop (``except BaseException``) runs on: the pool kills the task a grace
+    after its --timeout, naming the iteration that was running, as before the worker kept the limit."""
+    monkeypatch.setattr("azpar_magic.backends.local.timeout_grace", lambda limit: 0.5)
+    b = backend(1)
+    body = "import time\nif x == 1:\n    try:\n        time.sleep(60)\n    except BaseException:\n        time.sleep(60)"
+    spec, tasks = job(body, 3, [range(0, 3)], timeout=1.0)
     sink = Sink()
     b.submit(spec, tasks, sink)
-    started, failed = sink.take(2)
+    (failed,) = [e for e in sink.until(lambda e: e.kind != "started") if e.kind != "started"]
     assert (failed.kind, failed.failure_kind, failed.iteration, failed.retryable) == ("failed", "timeout", 1, False)
     assert "iteration 1 was still running when its task reached the --timeout of 1 s" in failed.error
+    assert "did not stop there" in failed.error, failed.error
 
 
 # --------------------------------------------------------------------------- tasks sent ahead (issue 16)

@@ -69,6 +69,15 @@ class TaskEvent:
 EventSink = Callable[[TaskEvent], None]
 
 
+def timeout_grace(timeout: float) -> float:
+    """How long after its --timeout a task is killed. The worker stops the iteration running at the
+    --timeout itself and sends what ended before it (worker.TaskTimer); the kill is for a task that did
+    not stop (code that never returns to Python, or that swallows the exception), and it loses every value
+    the task had. The grace lets the stopped task's values reach the kernel: 5 s, and a twentieth of a
+    long limit (an hour's task has 3 minutes), for a task whose values take long to send."""
+    return 5.0 + timeout / 20
+
+
 def deliver(sink: EventSink, events: Sequence[TaskEvent]) -> None:
     """Hand several events of one job to its sink, in order. A sink with a ``many`` method (the
     engine's) takes them at once: one notification of the job's waiters and views, and one look

@@ -5,8 +5,9 @@ length-prefixed pickles over a private pipe pair (the task's own prints never to
 How the pipes reach a worker, how it is killed and how --inputs are linked depend on the
 system (``platforms``: the fast path on Linux and macOS, the portable one on Windows).
 Workers are separate sessions, so the kernel's Ctrl-C reaches only the kernel, which then
-cancels explicitly. A worker that dies, hangs past its task's timeout or runs a cancelled
-task is killed and replaced; its task is reported for the engine to retry or fail.
+cancels explicitly. A worker stops a task at its --timeout itself, sends what ended before it
+and exits (worker.TaskTimer); one that dies, does not stop within a grace of its timeout, or
+runs a cancelled task is killed and replaced; its task is reported for the engine to retry or fail.
 
 Workers start as tasks need them (never more than the pool's size, never more than the
 work queued), get the kernel's environment without its secrets, beat a heartbeat into a
@@ -40,7 +41,7 @@ from typing import Any
 from .. import config, platforms, worker as wire
 from ..jobs import NodeInfo
 from ..jobs.text import format_duration
-from .base import BaseBackend, EventSink, JobSpec, TaskEvent, TaskSpec, deliver
+from .base import BaseBackend, EventSink, JobSpec, TaskEvent, TaskSpec, deliver, timeout_grace
 from .cpus import usable_cpus
 
 WORKER_SCRIPT = os.path.abspath(wire.__file__)
@@ -81,6 +82,9 @@ _LOST_SHOWN = 8  # lost workers kept in the node list so the panel can show what
 _MAX_WAIT = 5.0  # longest dispatcher sleep: any --timeout, however large, stays a valid select() timeout
 STALL_AFTER = 60.0  # seconds without a heartbeat, or on one iteration, before views say so
 STAGE_PREFIX = "azpar-local-"
+# Workers stop a task at its --timeout themselves (worker.TaskTimer, SIGALRM), so the kill waits a grace
+# for the values that ended; on Windows they cannot, and the kill comes at the --timeout, as it did.
+_WORKERS_STOP_AT_TIMEOUT = hasattr(signal, "setitimer")
 # A busy worker is sent its next tasks ahead, so that each starts the moment the one before ends
 # instead of a round trip to the kernel later (issue 16: with --chunk-size 1 that round trip was
 # most of a trivial task, and on two cores the kernel's threads often answered a millisecond
@@ -604,7 +608,9 @@ class LocalBackend(BaseBackend):
             (job_id, task), w.task, w.deadline = w.task, None, None
             if "result" not in message:  # its job may not have loaded there: not surely held (_note_sent)
                 w.holds.pop(job_id, None)
-            if w.ahead and not w.returning:  # the next one started as this one ended
+            if message.get("exiting"):  # stopped at --timeout, it ends: what it holds ahead goes back (_on_death)
+                w.ending = "stopped"
+            elif w.ahead and not w.returning:  # the next one started as this one ended
                 began.append(self._begin(w))
             job = self._jobs.get(job_id)
         event = self._ended_event(w, job_id, task, message)
@@ -694,6 +700,9 @@ class LocalBackend(BaseBackend):
                 running is not None and self._is_cancelled(running[0], running[1].task_id)
             )
             closed = self._closed
+        stopped = w.ending == "stopped" and running is None  # it ended itself after a task stopped at --timeout
+        if stopped:  # its process group (before it is reaped, its id is not reused): what that task started,
+            self._kill(w)  # where the worker could not find it itself
         try:
             code = w.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -704,8 +713,16 @@ class LocalBackend(BaseBackend):
             return
         self._tell_cancelled(dropped, jobs)
         with self._lock:
-            self._lost.append(NodeInfo(w.id, "lost", running[1].task_id if running else None))
-            logger.info("local %s ended (exit code %s) during task %s; replaced", w.id, code, self._lost[-1].task)
+            if not stopped:  # (nothing was lost: views need not show it)
+                self._lost.append(NodeInfo(w.id, "lost", running[1].task_id if running else None))
+            logger.info(
+                "local %s ended (exit code %s)%s; replaced",
+                w.id,
+                code,
+                " after a task stopped at --timeout"
+                if stopped
+                else f" during task {running[1].task_id if running else None}",
+            )
             # Not past the pool's size: a submit on another thread may have grown it meanwhile.
             if self._selector is not None and len(self._workers) < self.size:
                 self._spawn()
@@ -915,7 +932,11 @@ class LocalBackend(BaseBackend):
         counts from here. One cancelled meanwhile ends the worker, as a running one would."""
         job_id, task = w.task = w.ahead.popleft()
         job = self._jobs.get(job_id)
-        w.deadline = time.monotonic() + job.spec.timeout if job is not None and job.spec.timeout else None
+        w.deadline = (
+            time.monotonic() + job.spec.timeout + (timeout_grace(job.spec.timeout) if _WORKERS_STOP_AT_TIMEOUT else 0)
+            if job is not None and job.spec.timeout
+            else None
+        )
         if w.deadline is not None and not math.isfinite(w.deadline):
             w.deadline = None  # --timeout inf: no limit
         if self._is_cancelled(job_id, task.task_id) and not w.ending:
@@ -996,12 +1017,20 @@ def _write_all(fd: int, pieces: list) -> None:
 def _timeout_message(limit: float | None, task: TaskSpec, running: int | None) -> str:
     """A --timeout failure names the iteration that was running, not the task's first."""
     where = f"{limit:g} s" if limit is not None else "limit"
+    if not _WORKERS_STOP_AT_TIMEOUT:  # killed at the limit itself
+        chunk = (
+            f" (its task, iterations {task.indices[0]}-{task.indices[-1]}, was killed)" if len(task.indices) > 1 else ""
+        )
+        if running is None:
+            return f"the task ran longer than its --timeout of {where} and was killed"
+        return f"iteration {running} was still running when its task reached the --timeout of {where}{chunk}"
+    late = f"{timeout_grace(limit):g} s" if limit is not None else "a while"
     if running is None:
-        return f"the task ran longer than its --timeout of {where} and was killed"
+        return f"the task ran longer than its --timeout of {where} and was killed {late} later"
     chunk = (
-        f" (its task, iterations {task.indices[0]}-{task.indices[-1]}, was killed)"
+        f" (its task, iterations {task.indices[0]}-{task.indices[-1]}, did not stop there and was killed {late} later)"
         if len(task.indices) > 1
-        else " and was killed"
+        else f" and did not stop there: it was killed {late} later"
     )
     return f"iteration {running} was still running when its task reached the --timeout of {where}{chunk}"
 

@@ -58,6 +58,8 @@ def failures_note(snap: JobSnapshot) -> str:
     the values), and a cell that fails fast is the one that ends before the progress line appears."""
     what = "were left out of the result" if snap.errors == "remove" else "stand in the result as their exceptions"
     failed = f"{snap.items_failed} of {snap.items_total} iterations failed"
+    if snap.items_cancelled:  # never ran (a task stopped at --timeout): missing from the result too
+        failed += f" and {snap.items_cancelled} did not run"
     return (
         f"azpar: warning: {failed} (--errors {snap.errors}: they {what}); `%azpar debug` runs the first "
         f"one again here:\n{format_failures(snap)}"

@@ -20,6 +20,7 @@ import inspect
 import io
 import itertools
 import linecache
+import math
 import os
 import pickle
 import platform
@@ -1970,8 +1971,16 @@ def _defines_code(cell: ParsedCell) -> bool:
     return any(isinstance(node, kinds) for node in ast.walk(cell.body_tree))
 
 
-def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (), seed: int | None = None) -> dict:
-    """The job-level header the worker checks before it touches the namespace bytes."""
+def envelope_header(
+    cell: ParsedCell,
+    cap: Capture,
+    *,
+    gather: Iterable[str] = (),
+    seed: int | None = None,
+    timeout: float | None = None,
+) -> dict:
+    """The job-level header the worker checks before it touches the namespace bytes. ``timeout``: the
+    --timeout, which the worker keeps itself (worker.TaskTimer), so a task stopped there keeps what ended."""
     return {
         "format": wire.FORMAT_VERSION,
         "python": platform.python_version(),
@@ -2003,6 +2012,7 @@ def envelope_header(cell: ParsedCell, cap: Capture, *, gather: Iterable[str] = (
         "sources": {**cap.sources, CELL_FILENAME: cell.source},
         **({"logging": cap.logging} if cap.logging else {}),
         **({"settings": cap.settings} if cap.settings else {}),
+        **({"timeout": float(timeout)} if timeout is not None and math.isfinite(timeout) else {}),
     }
 
 

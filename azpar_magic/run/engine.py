@@ -854,7 +854,9 @@ class Engine:
             recorder.finish()
             return job
         job.add_tasks(zip(tasks, map(operator.attrgetter("indices"), tasks.values())))
-        envelope = capture_mod.envelope_header(request.cell, cap, gather=options.gather, seed=options.seed)
+        envelope = capture_mod.envelope_header(
+            request.cell, cap, gather=options.gather, seed=options.seed, timeout=options.timeout
+        )
         # %azpar debug runs an iteration again with this envelope and namespace (debugging.py):
         # the store keeps the bytes unless the backend staged them where they outlive the kernel.
         outlives = (recorder.manifest.get("backend_info") or {}).get("outlives_kernel")

@@ -34,7 +34,7 @@ from azure.core.exceptions import (
 
 from ... import jobstore, worker as wire
 from ...errors import AzureServiceError, RequirementError
-from ..base import EventSink, JobSpec, TaskEvent, TaskSpec
+from ..base import EventSink, JobSpec, TaskEvent, TaskSpec, timeout_grace
 from . import commands, errors, files, storage
 from .context import AzureContext
 from .pool import container_settings, environment_settings, state_name, status as pool_status
@@ -520,7 +520,13 @@ class AzureRun:
         if self._template is None:
             constraints = models.BatchTaskConstraints(
                 max_task_retry_count=self.spec.retries,
-                max_wall_clock_time=dt.timedelta(seconds=self.spec.timeout) if self.spec.timeout else None,
+                # The worker stops the task at --timeout itself and sends what ended (worker.TaskTimer);
+                # Batch kills only a task that did not stop, a grace later.
+                max_wall_clock_time=(
+                    dt.timedelta(seconds=self.spec.timeout + timeout_grace(self.spec.timeout))
+                    if self.spec.timeout
+                    else None
+                ),
             )
             shared = models.BatchTaskCreateOptions(
                 id="",
@@ -915,7 +921,8 @@ class AzureRun:
                     "failed",
                     node=node,
                     failure_kind="timeout",
-                    error=f"the task ran longer than its --timeout of {self.spec.timeout:g} s and was stopped",
+                    error=f"the task ran longer than its --timeout of {self.spec.timeout:g} s and did not stop there: "
+                    f"Batch ended it {timeout_grace(self.spec.timeout):g} s later",
                 )
             )
             return
