@@ -74,8 +74,9 @@ def timeout_grace(timeout: float) -> float:
     --timeout itself and sends what ended before it (worker.TaskTimer); the kill is for a task that did
     not stop (code that never returns to Python, or that swallows the exception), and it loses every value
     the task had. The grace lets the stopped task's values reach the kernel: 5 s, and a twentieth of a
-    long limit (an hour's task has 3 minutes), for a task whose values take long to send."""
-    return 5.0 + timeout / 20
+    long limit (an hour's task has 3 minutes), for a task whose values take long to send; at most 10
+    minutes, so a week's limit is not a week and 8 hours."""
+    return min(5.0 + timeout / 20, 600.0)
 
 
 def deliver(sink: EventSink, events: Sequence[TaskEvent]) -> None:
