@@ -715,3 +715,24 @@ def test_a_results_logs_repeat_small_exceptions_but_not_large_ones():
         assert all(rec["message"] == "m" and rec["traceback"] == "tb" for rec in logged["failures"].values())
         assert ("exc" in logged["failures"][0]) == repeated
         assert len(data) < 2 * len(large[1])
+
+
+def test_every_option_of_a_job_survives_the_manifest():
+    """A job read back in a new kernel (``%azpar rerun``, ``collect``) has the options it ran with: each
+    field of JobOptions given a value other than its default comes back equal (``max_cost`` and ``cache``
+    were left out of the manifest, so a rerun in a new kernel ran uncapped)."""
+    import dataclasses
+
+    from azpar_magic.jobs.job import JobOptions
+
+    given = {
+        "combine": "sum", "errors": "pass", "gather": ("a", "b"), "retries": 5, "timeout": 90.0, "chunk_size": 7,
+        "seed": 11, "output_name": "out", "inputs": ("parts/part-{i}.csv",), "outputs": ("*.png",),
+        "outputs_to": "elsewhere", "name": "sweep-2", "cache": True, "max_cost": 12.5,
+    }
+    fields = {f.name: f for f in dataclasses.fields(JobOptions)}
+    assert set(given) == set(fields), set(fields) ^ set(given)  # a new option is added here too
+    for name, value in given.items():
+        assert value != fields[name].default, name
+    options = JobOptions(**given)
+    assert store.options_from_json(json.loads(json.dumps(store.options_to_json(options)))) == options

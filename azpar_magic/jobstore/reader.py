@@ -62,6 +62,8 @@ def options_from_json(data: Mapping[str, Any]) -> JobOptions:
         outputs=tuple(data.get("outputs") or ()),
         outputs_to=data.get("outputs_to"),
         name=data.get("name"),
+        cache=bool(data.get("cache", False)),
+        max_cost=data.get("max_cost"),
     )
 
 

@@ -579,6 +579,8 @@ def options_to_json(options: JobOptions) -> dict:
         "outputs": list(options.outputs),
         "outputs_to": options.outputs_to,
         "name": options.name,
+        "cache": options.cache,
+        "max_cost": options.max_cost,
     }
 
 
