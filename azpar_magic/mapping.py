@@ -20,14 +20,14 @@ from typing import Any
 from . import session
 from .errors import SubmitError
 from .jobs import Job, JobOptions, progress_bar
-from .jobs.job import FUNCTION_ITEM, FUNCTION_ITEMS, FUNCTION_LOOP
+from .jobs.job import FUNCTION_ITEM, FUNCTION_ITEMS, FUNCTION_LOOP, NAMELESS_FUNCTION
 from .jobs.text import DURATION_FORMS, parse_duration, short_repr
 from .run.engine import validate_options
 from .run.parsing import checked_requirements, is_variable_name, parse_cell
 from .run.request import API_SPELLING, RunRequest
 from .worker import IN_TASK_VARIABLE
 
-_FN = "__azpar_fn__"  # the function, when it has no name of its own in __main__ (a lambda, a closure)
+_FN = NAMELESS_FUNCTION  # the function, when it has no name of its own in __main__ (a lambda, a closure)
 
 
 def map(

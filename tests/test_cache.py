@@ -418,6 +418,9 @@ def test_a_job_that_took_values_from_the_cache_loads_whole_from_the_store():
     jobstore.flush()
     loaded = jobstore.load_job(job.id)
     assert loaded.result() == values and loaded.from_cache == 19
+    # The same tasks as the job that ran: the reused values' record is not a task (it was one more, "cache")
+    assert sorted(loaded.tasks) == sorted(job.tasks) and _ran(loaded) == _ran(job) == [5], (loaded.tasks, job.tasks)
+    assert loaded.snapshot().tasks_total == job.snapshot().tasks_total
 
 
 def test_a_job_that_did_not_end_counts_its_reused_iterations_once():

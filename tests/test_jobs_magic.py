@@ -64,6 +64,25 @@ def test_jobs_table_lists_the_store(ip, run_cell, job_store, monkeypatch):
     _usage_error(run_cell("%azpar jobs everything"), "usage: %azpar jobs [--all]")
 
 
+def test_map_jobs_are_listed_by_their_call_not_by_the_cell_map_makes(ip, run_cell, job_store, monkeypatch):
+    """``%azpar jobs`` and the panel's snapshot name a map job by the call (``azpar_magic.map(simulate, ...)``):
+    they showed ``%%azpar for __azpar_item__ in __azpar_items__``, a cell the user never wrote."""
+    monkeypatch.setattr(session, "_jobs", {})
+    assert run_cell("def simulate(x):\n    return x + 1").success
+    assert run_cell("import azpar_magic\nazpar_magic.map(simulate, range(3))").success
+    named = azpar_magic.jobs()[-1]
+    assert run_cell("azpar_magic.starmap(divmod, [(7, 2)])\nazpar_magic.map(lambda v: v, [1])").success
+    starred, nameless = azpar_magic.jobs()[-2:]
+    assert named.snapshot().source_first_line == "azpar_magic.map(simulate, ...)"
+    assert starred.snapshot().source_first_line == "azpar_magic.starmap(<function>, ...)"
+    assert nameless.snapshot().source_first_line == "azpar_magic.map(<function>, ...)"
+    session.forget(named.id)  # listed from the store alone
+    listed = run_cell("%azpar jobs").stdout
+    assert "__azpar" not in listed, listed
+    assert re.search(rf"{named.id} .* azpar_magic\.map\(simulate, \.\.\.\)$", listed, re.M), listed
+    assert re.search(rf"{starred.id} .* azpar_magic\.starmap\(<function>, \.\.\.\)$", listed, re.M), listed
+
+
 def test_collect_and_attach_a_job_this_session_no_longer_holds(ip, run_cell, job_store):
     job_id = _run_job(run_cell, "%%azpar -q -o kept for x in range(5):\nprint('it', x)\nx * 11")
     ip.user_ns.pop("kept")

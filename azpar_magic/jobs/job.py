@@ -97,6 +97,20 @@ def register_views(*, text: Callable[[JobSnapshot], str], html: Callable[[JobSna
 FUNCTION_ITEM = "__azpar_item__"  # the loop target: a name no function reads as a global
 FUNCTION_ITEMS = "__azpar_items__"
 FUNCTION_LOOP = f"for {FUNCTION_ITEM} in {FUNCTION_ITEMS}"
+NAMELESS_FUNCTION = "__azpar_fn__"  # what map's cell calls a function without a name of its own in __main__
+
+
+def cell_title(source: str) -> str:
+    """A job's cell as views name it (``%azpar jobs``, the panel): its first line, or for a job of
+    ``map``/``starmap``, whose cell no notebook has, the call (``map(simulate, ...)``) rather than the
+    synthetic ``%%azpar for __azpar_item__ in __azpar_items__``."""
+    first, _, body = source.partition("\n")
+    if not first.endswith(FUNCTION_LOOP):
+        return first
+    name, star, _ = body.partition("(")
+    starred = body[len(name) + 1 :].startswith("*")
+    called = "starmap" if starred else "map"
+    return f"azpar_magic.{called}({name if star and name != NAMELESS_FUNCTION else '<function>'}, ...)"
 
 
 class Job:
@@ -807,7 +821,7 @@ class Job:
             eta=eta,
             throughput=throughput,
             failures=views,
-            source_first_line=self.source.splitlines()[0] if self.source else "",
+            source_first_line=cell_title(self.source) if self.source else "",
             name=self.options.name or "",
             errors=self.options.errors,
             stalled=stalled,

@@ -112,6 +112,7 @@ from .reader import (
 )
 from .records import (
     RECORD,
+    REUSED_TASK,
     create_private,
     from_runs,
     indices_header,
@@ -139,6 +140,7 @@ from .writer import (
 )
 
 __all__ = [
+    "REUSED_TASK",
     "StoreError",
     # layout
     "FILE_MAGIC",

@@ -24,6 +24,7 @@ from .. import worker as wire
 from ..errors import StoreError, did_you_mean
 from ..jobs import FINAL_STATES, LOST, PENDING, RUNNING, Failure, Job, JobOptions, TaskStep
 from ..jobs.cost import CostEstimate, column_text
+from ..jobs.job import cell_title
 from ..jobs.results import decode_list, failure_from_record
 from ..jobs.states import ending_step, stored_state
 from .layout import (
@@ -42,7 +43,7 @@ from .layout import (
     valid_id,
 )
 from .owner import creator, owner_alive, reattachable
-from .records import from_runs, indices_of, iter_records, read_file, read_manifest, walk
+from .records import REUSED_TASK, from_runs, indices_of, iter_records, read_file, read_manifest, walk
 from .writer import flush
 
 FOLLOW_INTERVAL = 0.3  # seconds between looks at a job another process is running
@@ -189,7 +190,7 @@ class JobSummary:
     def of(cls, job: Job) -> JobSummary:
         """The row of a job this process holds: its live state and counts."""
         succeeded, failed, cancelled = job.counts()
-        first = job.source.splitlines()[0] if job.source else ""
+        first = cell_title(job.source) if job.source else ""
         return cls(
             job.id,
             job.created,
@@ -270,7 +271,7 @@ def summary(job_id: str) -> JobSummary:
         failed,
         cancelled,
         manifest.get("items", 0),
-        source.splitlines()[0] if source else "",
+        cell_title(source) if source else "",
         manifest.get("creator", ""),
         manifest.get("rerun_of"),
         where,
@@ -519,7 +520,7 @@ def _replay(job: Job, data: bytes | memoryview | mmap.mmap, start: int, *, value
                 gathered,
                 base=base,
             )
-        if not base and header.get("t") is not None and header["t"] not in job.tasks:
+        if not base and header.get("t") not in (None, REUSED_TASK) and header["t"] not in job.tasks:
             job.restore_task(header["t"], indices, _task_step(kind, header))
     return offset
 

@@ -19,6 +19,8 @@ from .. import worker as wire
 from ..errors import StoreError
 from .layout import FILE_MAGIC, MANIFEST, job_folder
 
+REUSED_TASK = "cache"  # the record of the values --cache reused: not a task that ran (run/cache.py)
+
 RECORD = struct.Struct(">IQ")  # header length, body length
 # One encoder each, made once: json.dumps with any option builds a new encoder per call, and a
 # job writes a header per task (a third of the job store's time for short jobs, issue 16).

@@ -358,7 +358,7 @@ class Plan:
             if job.options.gather:
                 gathered = wire.dumps([self.reused[i][1] or {} for i in indices])
             recorder.task_result(
-                "cache",
+                jobstore.REUSED_TASK,
                 indices,
                 {
                     "indices": indices,
