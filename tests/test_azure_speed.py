@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 import azpar_magic
+from azpar_magic.backends.base import timeout_grace
 from azpar_magic.backends.azure import run as azure_run
 from azpar_magic.backends.azure.submission import PendingTask, TaskAdder, wire_json
 
@@ -159,7 +160,9 @@ def _old_definition(run, task):
         output_files=outputs,
         constraints=models.BatchTaskConstraints(
             max_task_retry_count=run.spec.retries,
-            max_wall_clock_time=dt.timedelta(seconds=run.spec.timeout) if run.spec.timeout else None,
+            # (the --timeout and the grace the worker has to stop the task itself: base.timeout_grace)
+            max_wall_clock_time=dt.timedelta(seconds=run.spec.timeout + timeout_grace(run.spec.timeout))
+            if run.spec.timeout else None,
         ),
         container_settings=container_settings(run.profile),
         exit_conditions=run._exit_conditions(),
