@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import pytest
 
 import azpar_magic
-from azpar_magic.backends.base import timeout_grace
 from azpar_magic.backends.azure import run as azure_run
 from azpar_magic.backends.azure.submission import PendingTask, TaskAdder, wire_json
+from azpar_magic.backends.base import timeout_grace
 
 
 class _RecordingClient:
