@@ -98,10 +98,7 @@ def run(
         name=name,
     )
     requirements = mapping.requirements_argument(packages)
-    try:
-        engine, settings = session.engine_and_settings(backend, workers, profile)
-    except ValueError as exc:  # config.ConfigError is a ValueError
-        raise ValueError(f"{exc}. Nothing was submitted.") from None
+    engine, settings = mapping.engine_and_settings(backend, workers, profile)
     request = RunRequest(
         cell,
         namespace,

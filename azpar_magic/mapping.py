@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from . import session
+from . import config, session
 from .errors import SubmitError
 from .jobs import Job, JobOptions, progress_bar
 from .jobs.job import FUNCTION_ITEM, FUNCTION_ITEMS, FUNCTION_LOOP, NAMELESS_FUNCTION
 from .jobs.text import DURATION_FORMS, parse_duration, short_repr
-from .run.engine import validate_options
+from .run.engine import Engine, validate_options
 from .run.parsing import checked_requirements, is_variable_name, parse_cell
 from .run.request import API_SPELLING, RunRequest
 from .worker import IN_TASK_VARIABLE
@@ -135,10 +135,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
     packages = requirements_argument(given["packages"])
     if _in_task():
         return _in_this_task(func, iterable, star, given)
-    try:
-        engine, settings = session.engine_and_settings(given["backend"], given["workers"], given["profile"])
-    except ValueError as exc:  # config.ConfigError is a ValueError
-        raise ValueError(f"{exc}. Nothing was submitted.") from None
+    engine, settings = engine_and_settings(given["backend"], given["workers"], given["profile"])
     namespace, name = _namespace(func, iterable)
     cell = parse_cell(FUNCTION_LOOP, f"{name}({'*' if star else ''}{FUNCTION_ITEM})")
     request = RunRequest(
@@ -321,6 +318,17 @@ def names_argument(value: Iterable[str] | str | None, option: str, *, paths: boo
                 "Nothing was submitted."
             )
     return entries
+
+
+def engine_and_settings(
+    backend: str | None, workers: int | None, profile: str | None
+) -> tuple[Engine, config.Settings]:
+    """``session.engine_and_settings`` for a call of the Python API: a profile that does not exist or
+    cannot be read is a ValueError saying nothing was submitted."""
+    try:
+        return session.engine_and_settings(backend, workers, profile)
+    except ValueError as exc:  # config.ConfigError is a ValueError
+        raise ValueError(f"{exc}. Nothing was submitted.") from None
 
 
 def requirements_argument(packages: Iterable[str] | str) -> list[str]:

@@ -2902,7 +2902,7 @@ class TaskTimer:
     def __init__(self, deadline: float, limit: float | None):
         import _signal
 
-        self.limit = limit
+        self.limit = f"{limit:g} s" if limit is not None else "limit"  # as the messages say it
         self.inside = [False]
         self.passed = False
         self.traceback = ""  # where the iteration was stopped (where), and its line of the cell
@@ -2946,11 +2946,10 @@ class TaskTimer:
             tb = tb.tb_next
         cell = [line for frame, line in frames if frame.f_code.co_filename == filename]
         self.line = cell[-1] if cell else None
-        where = f"{self.limit:g} s" if self.limit is not None else "limit"
         self.traceback = (
             "Traceback (most recent call last):\n"
             + "".join(traceback.StackSummary.extract(iter(frames)).format())
-            + f"{TIMEOUT_ERROR}: stopped here, at the task's --timeout of {where}\n"
+            + f"{TIMEOUT_ERROR}: stopped here, at the task's --timeout of {self.limit}\n"
         )
 
     def stop(self) -> None:
@@ -2964,7 +2963,6 @@ class TaskTimer:
         """The task stopped at its --timeout: the iteration running failed with a TaskTimeoutError (what
         the kernel's kill reported, with the lines it was on), the ones after it never ran (cancelled,
         saying why), and every list gets an entry per iteration."""
-        where = f"{self.limit:g} s" if self.limit is not None else "limit"
         if stopped_at is not None:
             before = len(values)
             chunk = (
@@ -2976,7 +2974,7 @@ class TaskTimer:
             failed[stopped_at] = {
                 "type": TIMEOUT_ERROR,
                 "message": f"iteration {stopped_at} was still running when its task reached the --timeout of "
-                f"{where}{chunk}",
+                f"{self.limit}{chunk}",
                 "traceback": self.traceback,
                 "line": self.line,
                 "exc": None,
@@ -2986,7 +2984,7 @@ class TaskTimer:
         why = (
             f"not run: iteration {stopped_at} of the same task ran past --timeout"
             if stopped_at is not None
-            else f"not run: its task reached the --timeout of {where} before it started"
+            else f"not run: its task reached the --timeout of {self.limit} before it started"
         )
         for index in indices[len(values) :]:
             failed[index] = {

@@ -100,17 +100,16 @@ FUNCTION_LOOP = f"for {FUNCTION_ITEM} in {FUNCTION_ITEMS}"
 NAMELESS_FUNCTION = "__azpar_fn__"  # what map's cell calls a function without a name of its own in __main__
 
 
-def cell_title(source: str) -> str:
+def cell_title(source: str | None) -> str:
     """A job's cell as views name it (``%azpar jobs``, the panel): its first line, or for a job of
     ``map``/``starmap``, whose cell no notebook has, the call (``map(simulate, ...)``) rather than the
     synthetic ``%%azpar for __azpar_item__ in __azpar_items__``."""
-    first, _, body = source.partition("\n")
+    first, body = ((source or "").splitlines() + ["", ""])[:2]
     if not first.endswith(FUNCTION_LOOP):
         return first
-    name, star, _ = body.partition("(")
-    starred = body[len(name) + 1 :].startswith("*")
-    called = "starmap" if starred else "map"
-    return f"azpar_magic.{called}({name if star and name != NAMELESS_FUNCTION else '<function>'}, ...)"
+    name, paren, arguments = body.partition("(")
+    called = "starmap" if arguments.startswith("*") else "map"
+    return f"azpar_magic.{called}({name if paren and name != NAMELESS_FUNCTION else '<function>'}, ...)"
 
 
 class Job:
@@ -821,7 +820,7 @@ class Job:
             eta=eta,
             throughput=throughput,
             failures=views,
-            source_first_line=cell_title(self.source) if self.source else "",
+            source_first_line=cell_title(self.source),
             name=self.options.name or "",
             errors=self.options.errors,
             stalled=stalled,

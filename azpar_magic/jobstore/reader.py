@@ -190,7 +190,7 @@ class JobSummary:
     def of(cls, job: Job) -> JobSummary:
         """The row of a job this process holds: its live state and counts."""
         succeeded, failed, cancelled = job.counts()
-        first = cell_title(job.source) if job.source else ""
+        first = cell_title(job.source)
         return cls(
             job.id,
             job.created,
@@ -271,7 +271,7 @@ def summary(job_id: str) -> JobSummary:
         failed,
         cancelled,
         manifest.get("items", 0),
-        cell_title(source) if source else "",
+        cell_title(source),
         manifest.get("creator", ""),
         manifest.get("rerun_of"),
         where,
