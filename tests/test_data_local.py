@@ -199,6 +199,38 @@ def test_a_file_name_with_braces_is_given_with_doubled_braces(ip, run_cell, fold
     assert ip.user_ns["r"] == ["braced\n", "braced\n"]
 
 
+def test_an_outputs_placeholder_is_refused_with_the_glob_that_takes_each_iterations_files(ip, run_cell, folder):
+    """--inputs formats {i} per iteration, so users wrote --outputs 'out/o{i}.txt' too: the workers matched
+    it as written, nothing came back, and the files each iteration wrote were removed with its working
+    directory, with one warning. It is refused now, naming the glob that brings them back."""
+    message = _refused(
+        ip, run_cell, folder,
+        "%%azpar -o r --inputs 'parts/part-{i}.csv' --outputs 'out/o{i:02d}.txt' for i in range(2):\n"
+        "import os\nos.makedirs('out', exist_ok=True)\nopen(f'out/o{i:02d}.txt', 'w').write(str(i))\ni",
+        "--outputs 'out/o{i:02d}.txt' holds {i}", "--outputs 'out/o*.txt'", "Nothing was submitted.",
+    )
+    assert message.count("Nothing was submitted") == 1, message
+    _refused(ip, run_cell, folder, "%%azpar -o r --outputs '*.{png,csv}' for i in range(2):\ni",
+             "braces are not glob syntax here", "--outputs '*.png' --outputs '*.csv'")
+    with pytest.raises(ValueError, match=r"--outputs 'o\{i\}\.txt' holds \{i\}"):
+        azpar_magic.run("for i in range(2)", "i", {}, outputs="o{i}.txt")
+    assert not (folder / "azpar_outputs").exists()
+    # The glob it names brings each iteration's own file back.
+    run = run_cell("%%azpar -q -o r --outputs 'out/o*.txt' for i in range(2):\n"
+                   "import os\nos.makedirs('out', exist_ok=True)\nopen(f'out/o{i:02d}.txt', 'w').write(str(i))\ni")
+    assert run.success, run.error
+    assert [(_job_root(folder) / str(i) / "out" / f"o{i:02d}.txt").read_text() for i in range(2)] == ["0", "1"]
+
+
+def test_an_output_file_name_with_braces_is_given_with_doubled_braces(ip, run_cell, folder):
+    """`{{` and `}}` stand for literal braces in every spec, as the README says: --outputs took them as
+    written and looked for a file named `a{{b}}.txt`."""
+    run = run_cell("%%azpar -o r --outputs 'a{{b}}.txt' for i in range(2):\nopen('a{b}.txt', 'w').write(str(i))\ni")
+    assert run.success, run.error
+    assert "matched no file" not in run.stderr, run.stderr
+    assert [(_job_root(folder) / str(i) / "a{b}.txt").read_text() for i in range(2)] == ["0", "1"]
+
+
 @pytest.mark.parametrize("options, fragment", [
     ("--inputs az://data/parts", "az:// inputs need the Azure backend"),
     ("--outputs x.png --outputs-to az://results/run", "az:// destinations need the Azure backend"),

@@ -22,7 +22,8 @@ Semantics (also in the README):
   those under ``inputs/``, never through a link leading out of it: such links are reported,
   and what they point to is left alone) come back to ``<dest>/<job id>/<iteration>/<path>``, where ``dest`` is
   ``azpar_outputs`` beside the notebook unless ``--outputs-to`` names another folder or an
-  ``az://container/prefix``.
+  ``az://container/prefix``. An output pattern takes no placeholder: the working directory is the
+  iteration's own, so a glob already takes only its files.
 """
 
 from __future__ import annotations
@@ -321,18 +322,53 @@ def _check_unique(files: list[LocalFile], where: str) -> list[LocalFile]:
 # --------------------------------------------------------------------------- the plan
 
 
-def check_output_pattern(pattern: str) -> None:
+def output_pattern(pattern: str) -> str:
+    """An ``--outputs`` pattern as the workers match it, its ``{{`` and ``}}`` read as literal braces, as
+    in every spec; refused when it leads out of an iteration's working directory, into its inputs, or
+    holds a ``{name}`` placeholder. (``--inputs`` formats placeholders per iteration, so users wrote
+    ``--outputs 'out/o{i}.txt'`` too: the workers matched it as written, found nothing, and the files the
+    body wrote stayed in its working directory, removed with it. Each iteration has a working directory
+    of its own, so a glob takes only its own files already.)"""
     norm = pattern.replace("\\", "/")
     if not norm or norm.startswith("/") or ".." in norm.split("/") or norm.startswith(BLOB_SCHEME):
         raise DataError(
             f"--outputs {pattern!r} must be a relative path or glob inside the iteration's working "
-            "directory (like *.png or results/*.csv); --outputs-to says where outputs go."
+            "directory (like *.png or results/*.csv); --outputs-to says where outputs go. Nothing was submitted."
         )
     if norm.split("/")[0] == INPUTS_DIR:
         raise DataError(
             f"--outputs {pattern!r} points into {INPUTS_DIR}/, where inputs appear: outputs are the "
-            "files the body writes."
+            "files the body writes. Nothing was submitted."
         )
+    try:
+        fields = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        raise DataError(
+            f"--outputs {pattern!r} has unbalanced braces ({exc}); write {{{{ and }}}} for literal braces. "
+            "Nothing was submitted."
+        ) from None
+    named = [name for _literal, name, _spec, _conv in fields if name is not None]
+    if not named:
+        return literal_spec(pattern)
+
+    def written(field_as) -> str:  # the pattern again, each field replaced by field_as(its name)
+        return "".join(
+            literal.replace("{", "{{").replace("}", "}}") + (field_as(name) if name is not None else "")
+            for literal, name, _spec, _conv in fields
+        )
+
+    if len(named) == 1 and "," in named[0]:  # a shell's *.{png,jpg}: not glob syntax in Python either
+        each = " ".join(f"--outputs {written(lambda _n, c=choice: c)!r}" for choice in named[0].split(","))
+        raise DataError(
+            f"--outputs {pattern!r}: braces are not glob syntax here (a shell's alternatives); give --outputs "
+            f"once for each: {each}. Write {{{{ and }}}} for literal braces. Nothing was submitted."
+        )
+    raise DataError(
+        f"--outputs {pattern!r} holds {', '.join('{' + n + '}' for n in named)}, but --outputs takes a glob, "
+        "not a per-iteration name: each iteration runs in a working directory of its own, and what matches "
+        "there comes back under its own iteration's folder, so a glob takes each iteration's own files: "
+        f"--outputs {written(lambda _n: '*')!r}. Write {{{{ and }}}} for literal braces. Nothing was submitted."
+    )
 
 
 def resolve_dest(outputs_to: str | None, folder: str) -> str:
@@ -349,7 +385,7 @@ def resolve_dest(outputs_to: str | None, folder: str) -> str:
 def outputs_plan(options: Mapping[str, Any], folder: str, job_id: str) -> DataPlan | None:
     """The outputs part of a stored job's plan, rebuilt from its manifest's options (a
     backend following the job after a kernel restart still brings its outputs back)."""
-    outputs = tuple(options.get("outputs") or ())
+    outputs = tuple(map(literal_spec, options.get("outputs") or ()))
     if not outputs:
         return None
     return DataPlan(outputs=outputs, dest=resolve_dest(options.get("outputs_to"), folder), job_id=job_id)
@@ -371,9 +407,7 @@ def plan(
     """Check and resolve the specs for ``items`` (only ``indices`` when given): every local
     path exists, placeholders are loop target names, per-iteration specs format for every
     item. Raises DataError naming the spec (and the iteration) at the first problem."""
-    result = DataPlan(outputs=tuple(outputs))
-    for pattern in outputs:
-        check_output_pattern(pattern)
+    result = DataPlan(outputs=tuple(map(output_pattern, outputs)))
     result.dest = resolve_dest(outputs_to, folder)
     if result.dest_is_blob and not blobs_ok:
         raise DataError(
