@@ -284,6 +284,32 @@ def test_a_rerun_of_failed_iterations_gets_their_inputs_again(ip, run_cell, fold
     assert again.read_text() == (folder / "parts" / "part-2.csv").read_text()
 
 
+@pytest.mark.parametrize("base", ["this kernel's", "read back from the store"])
+def test_a_rerun_says_where_the_outputs_of_the_iterations_it_kept_are(ip, run_cell, folder, base):
+    """A rerun printed no --outputs line at all, and its job.files knew only what the rerun made: the kept
+    iterations' files, in the first job's folder, were not named anywhere. The base job is this kernel's,
+    or one a new kernel reads back from the store (its folder is listed then)."""
+    ip.user_ns["flaky"] = {2, 3}
+    run = run_cell("%%azpar -q -o r --errors pass --outputs 'o*.txt' for i in range(4):\n"
+                   "if i in flaky:\n    raise RuntimeError('flaky')\nopen(f'o{i}.txt', 'w').write(str(i))\ni")
+    assert run.success, run.error
+    first = azpar_magic.jobs()[-1]
+    if base != "this kernel's":
+        azpar_magic.session.forget(first.id)
+    ip.user_ns["flaky"] = set()
+    rerun = run_cell(f"%azpar rerun {first.id} --failed")
+    assert rerun.success, rerun.error
+    job = azpar_magic.jobs()[-1]
+    outputs = folder / "azpar_outputs"
+    assert (f"azpar: outputs of 2 iterations in {outputs / job.id}; 2 kept iterations have theirs in "
+            f"{outputs / first.id}") in rerun.stdout, rerun.stdout
+    assert [job.files.files(i) for i in range(4)] == [
+        [str(outputs / first.id / "0" / "o0.txt")], [str(outputs / first.id / "1" / "o1.txt")],
+        [str(outputs / job.id / "2" / "o2.txt")], [str(outputs / job.id / "3" / "o3.txt")],
+    ]
+    assert [Path(job.files.files(i)[0]).read_text() for i in range(4)] == ["0", "1", "2", "3"]
+
+
 def test_an_input_folder_with_a_link_cycle_is_walked_once(tmp_path):
     from azpar_magic.run.data import resolve_local
 

@@ -170,6 +170,10 @@ def show_files(job: Job, quiet: bool) -> None:
         return
     for line in report.warnings():
         print(f"azpar: warning: {line}", file=sys.stderr)
-    count = len(report.produced)
-    if count and not quiet:  # (none came back: the warnings above say so, and the folder was never made)
-        print(f"azpar: outputs of {count} iteration{'s' if count != 1 else ''} in {report.location}")
+    count, kept = len(report.produced), len(report.kept.keys() - report.produced.keys())
+    if quiet or not (count or kept):  # (none came back: the warnings above say so, and the folder was never made)
+        return
+    made = f"outputs of {count} iteration{'s' if count != 1 else ''} in {report.location}" if count else ""
+    # A rerun's kept iterations: their files stay where the earlier job put them.
+    earlier = f"{kept} kept iteration{'s' if kept != 1 else ''} have theirs in {report.kept_location}" if kept else ""
+    print(f"azpar: {'; '.join(filter(None, (made, earlier)))}")

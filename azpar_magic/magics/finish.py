@@ -21,16 +21,14 @@ def finish_run(
     gather: tuple[str, ...],
     quiet: bool,
     *,
-    files: bool = True,
     errors: str | None = None,
 ) -> None:
-    """Wait for ``job`` (Ctrl-C cancels it), replay its output, report its --outputs (unless ``files`` is false)
-    and bind its result to ``output`` (and the ``gather`` names) in the shell's namespace (under the ``errors``
-    policy when given: ``Job.result``)."""
+    """Wait for ``job`` (Ctrl-C cancels it), replay its output, report its --outputs and bind its result to
+    ``output`` (and the ``gather`` names) in the shell's namespace (under the ``errors`` policy when given:
+    ``Job.result``)."""
     wait(shell, job, quiet)
     show_outputs(job)
-    if files:
-        show_files(job, quiet)
+    show_files(job, quiet)
     inject(shell, job, output, gather, errors)
 
 

@@ -530,6 +530,9 @@ class FilesReport:
     def __init__(self, data_plan: DataPlan):
         self.plan = data_plan
         self.produced: dict[int, list[str]] = {}
+        # A rerun's kept iterations: their outputs stay in the earlier job's folder (adopt).
+        self.kept: dict[int, list[str]] = {}
+        self.kept_location = ""
         self.unmatched: dict[str, list[int]] = {}
         self.skipped: dict[str, tuple[str, list[int]]] = {}  # link rel -> (where it points, iterations)
         self._lock = threading.Lock()
@@ -553,14 +556,38 @@ class FilesReport:
                     if int(index) not in seen:
                         seen.append(int(index))
 
+    def adopt(self, base: FilesReport | None, base_id: str, indices: Sequence[int]) -> None:
+        """The iterations ``indices`` that a rerun (``%azpar rerun --failed``) keeps from job ``base_id``:
+        their outputs stay in that job's folder, where ``files`` finds them and the cell's line names
+        them. ``base``: that job's report when this process ran it; else its folder is listed (on this
+        machine: an ``az://`` destination's blobs are only named). A rerun's report held only what the
+        rerun made, so ``files(i)`` of a kept iteration was [] and the cell did not say where they were."""
+        base_plan = DataPlan(outputs=self.plan.outputs, dest=self.plan.dest, job_id=base_id)
+        kept: dict[int, list[str]] = {}
+        for index in indices:
+            if base is not None:
+                paths = base.files(index)
+            elif base_plan.dest_is_blob:
+                paths = []
+            else:
+                top = base_plan.local_dest(index)
+                paths = _walk(top) if os.path.isdir(top) else []
+            if paths:
+                kept[index] = paths
+        with self._lock:
+            self.kept.update(kept)
+            self.kept_location = base.location if base is not None else _location(base_plan)
+
     @property
     def location(self) -> str:
-        return f"{self.plan.dest}/{self.plan.job_id}" if self.plan.dest_is_blob else self.plan.local_dest()
+        return _location(self.plan)
 
     def files(self, index: int) -> list[str]:
         """Where iteration ``index``'s outputs are (local paths, or az:// paths)."""
         with self._lock:
             rels = list(self.produced.get(index, ()))
+            if not rels and index in self.kept:
+                return list(self.kept[index])
         if self.plan.dest_is_blob:
             return [f"{self.plan.dest}/{self.plan.job_id}/{index}/{rel}" for rel in rels]
         return [os.path.join(self.plan.local_dest(index), rel) for rel in rels]
@@ -593,6 +620,11 @@ class FilesReport:
             f"iteration's working directory: {shown}{more}. Outputs are files inside it; what the links point "
             "to was left untouched (write the files themselves, or copy them in, to bring them back)."
         )
+
+
+def _location(found: DataPlan) -> str:
+    """The folder (or ``az://`` prefix) where the job of ``found`` puts its outputs."""
+    return f"{found.dest}/{found.job_id}" if found.dest_is_blob else found.local_dest()
 
 
 SKIPPED_KEY = "\0skipped"  # FilesReport._warned: the skipped-links line was shown

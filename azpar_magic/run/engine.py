@@ -832,8 +832,11 @@ class Engine:
         job.files = data_mod.FilesReport(data_plan) if data_plan is not None else None
         if base is not None:
             computed = set(todo if todo is not None else range(len(items)))
-            job.adopt(base, [i for i in range(len(items)) if i not in computed])
+            kept = [i for i in range(len(items)) if i not in computed]
+            job.adopt(base, kept)
             job.rerun_of = request.base.id if request.base is not None else None
+            if job.files is not None and job.rerun_of is not None:  # the kept iterations' outputs: where they are
+                job.files.adopt(getattr(base, "files", None), job.rerun_of, kept)
         job.from_cache = cached.count if cached is not None else 0
         recorder = jobstore.start_recording(
             job,

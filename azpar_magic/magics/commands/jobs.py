@@ -181,7 +181,7 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
         context.pending[job.id] = Pending(name, job.options.gather, quiet)
         follow(context.shell, job, quiet)
         return job
-    finish_run(context.shell, job, name, job.options.gather, quiet, files=False)  # as before: no --outputs line
+    finish_run(context.shell, job, name, job.options.gather, quiet)
     return None
 
 
