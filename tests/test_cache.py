@@ -297,6 +297,52 @@ def test_the_data_plan_is_built_once_when_nothing_is_reused(tmp_path, monkeypatc
     assert out == [0, 1, 7] and calls == [None, [2]]
 
 
+def test_reused_iterations_bring_their_outputs_into_the_new_jobs_folder(ip, run_cell, tmp_path, monkeypatch):
+    """--cache --outputs: the files a reused iteration wrote were left in the earlier job's folder, named
+    nowhere, so the new job's folder lacked them. They are linked into it now, and the line counts them.
+    An earlier run that did not bring these patterns back (no --outputs, another pattern), or whose folder
+    is gone, cannot stand for them: its iterations run again and write their files."""
+    import os
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    body = "open(f'o{x}.txt', 'w').write(str(x))\nx"
+
+    def cell(xs, options="--outputs 'o*.txt'"):
+        ip.user_ns["xs"] = xs
+        run = run_cell(f"%%azpar --cache -o out --workers 2 {options} for x in xs:\n{body}")
+        assert run.success, run.error
+        assert ip.user_ns["out"] == xs
+        return azpar_magic.jobs()[-1], run.stdout
+
+    first, _ = cell([1, 2, 3])
+    second, said = cell([1, 2, 4])
+    assert second.from_cache == 2 and _ran(second) == [2]
+    outputs = tmp_path / "azpar_outputs"
+    assert f"outputs of 3 iterations (2 from the cache) in {outputs / second.id}" in said, said
+    assert [second.files.files(i) for i in range(3)] == [
+        [str(outputs / second.id / str(i) / f"o{x}.txt")] for i, x in enumerate([1, 2, 4])
+    ]
+    reused = outputs / second.id / "0" / "o1.txt"
+    assert reused.read_text() == "1"
+    assert os.stat(reused).st_ino == os.stat(outputs / first.id / "0" / "o1.txt").st_ino  # a link, not a copy
+    # Another pattern than the earlier run's: every iteration runs again.
+    third, _ = cell([1, 2, 4], "--outputs 'o*.txt' --outputs '*.csv'")
+    assert third.from_cache == 0 and _ran(third) == [0, 1, 2]
+    # A first run without --outputs brought no files back: nothing of it is reused with them.
+    cell([7], "")
+    with_files, _ = cell([7])
+    assert with_files.from_cache == 0 and (outputs / with_files.id / "0" / "o7.txt").read_text() == "7"
+    # The earlier folders gone (the user cleared azpar_outputs): the iterations run again, and write them.
+    shutil.rmtree(outputs)
+    again, _ = cell([1, 2, 4])
+    assert again.from_cache == 0 and _ran(again) == [0, 1, 2]
+    assert sorted(p.name for p in (outputs / again.id).glob("*/*")) == ["o1.txt", "o2.txt", "o4.txt"]
+    # Without --outputs the values are reused as before, whatever became of the files.
+    plain, _ = cell([1, 2, 4], "")
+    assert plain.from_cache == 3
+
+
 def test_failed_iterations_are_never_reused():
     ns = _ns()
     body = "if x % 7 == 3:\n    raise ValueError(x)\nx"

@@ -173,7 +173,8 @@ def show_files(job: Job, quiet: bool) -> None:
     count, kept = len(report.produced), len(report.kept.keys() - report.produced.keys())
     if quiet or not (count or kept):  # (none came back: the warnings above say so, and the folder was never made)
         return
-    made = f"outputs of {count} iteration{'s' if count != 1 else ''} in {report.location}" if count else ""
+    cached = f" ({report.from_cache} from the cache)" if report.from_cache else ""
+    made = f"outputs of {count} iteration{'s' if count != 1 else ''}{cached} in {report.location}" if count else ""
     # A rerun's kept iterations: their files stay where the earlier job put them.
     earlier = f"{kept} kept iteration{'s' if kept != 1 else ''} have theirs in {report.kept_location}" if kept else ""
     print(f"azpar: {'; '.join(filter(None, (made, earlier)))}")

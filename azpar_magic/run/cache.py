@@ -47,7 +47,7 @@ import dill
 from .. import config, jobstore, worker as wire
 from ..jobs import Job
 from ..jobstore import cache as index
-from . import capture as capture_mod
+from . import capture as capture_mod, data as data_mod
 from .parsing import ParsedCell
 from .request import RunRequest
 
@@ -341,6 +341,8 @@ class Plan:
     todo: list[int]
     holder: Job | None = None
     reused: dict[int, tuple[Any, dict[str, Any] | None]] = field(default_factory=dict)
+    # With --outputs: each reused iteration's earlier job's outputs plan and its index there (data.FilesReport.reuse).
+    outputs_from: dict[int, tuple[data_mod.DataPlan, int]] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -382,6 +384,7 @@ def plan(request: RunRequest, items: list, files: Sequence[bytes | None] | None 
     found = index.lookup([keys[i] for i in keyed])  # type: ignore[misc]
     candidates = {keyed[position]: where for position, where in found.items()}
     reused: dict[int, tuple[Any, dict[str, Any] | None]] = {}
+    outputs_from: dict[int, tuple[data_mod.DataPlan, int]] = {}
     gather = tuple(request.options.gather)
     tried: set[str] = set()
     while True:  # the newest job holding each key first; where it failed (or is unloadable), the next
@@ -396,6 +399,11 @@ def plan(request: RunRequest, items: list, files: Sequence[bytes | None] | None 
             break
         job_id, pairs = max(by_job.items(), key=lambda kv: len(kv[1]))
         tried.add(job_id)
+        earlier = None
+        if request.options.outputs:
+            earlier = _earlier_outputs(job_id, request.options.outputs, request.options.outputs_to)
+            if earlier is None:  # its files are not there to bring back: the iterations run again
+                continue
         try:
             values = index.stored_values(job_id, {j for _, j in pairs}, gather)
         except (OSError, ValueError, jobstore.StoreError, KeyError):
@@ -403,6 +411,8 @@ def plan(request: RunRequest, items: list, files: Sequence[bytes | None] | None 
         for i, j in pairs:
             if j in values:
                 reused[i] = values[j]
+                if earlier is not None:
+                    outputs_from[i] = (earlier, j)
     todo = [i for i in range(len(items)) if i not in reused]
     holder = None
     if reused:
@@ -412,4 +422,23 @@ def plan(request: RunRequest, items: list, files: Sequence[bytes | None] | None 
             {name: [(reused[i][1] or {}).get(name) for i in ordered] for name in gather} if gather else None
         )
         holder.restore(ordered, [reused[i][0] for i in ordered], {}, {}, gathered)
-    return Plan(keys, todo, holder, reused)
+    return Plan(keys, todo, holder, reused, outputs_from)
+
+
+def _earlier_outputs(job_id: str, outputs: Sequence[str], outputs_to: str | None) -> data_mod.DataPlan | None:
+    """Where job ``job_id`` put its ``--outputs``, when they can stand for this run's (``outputs`` to
+    ``outputs_to``): it brought back every one of these patterns, into a folder on this machine that is
+    still there, and this run's go to a folder too (the files are linked across, data.FilesReport.reuse).
+    Else None, and its values are not reused: a value without the files its iteration wrote left this
+    run's outputs folder short of them (a first run without --outputs, or whose folder was deleted, gave
+    later runs no files at all; blobs are not copied across)."""
+    if (outputs_to or "").startswith(data_mod.BLOB_SCHEME):
+        return None
+    try:
+        manifest = jobstore.read_manifest(job_id)
+    except (KeyError, OSError, jobstore.StoreError):
+        return None
+    found = data_mod.outputs_plan(manifest.get("options") or {}, manifest.get("cwd") or "", job_id)
+    if found is None or found.dest_is_blob or not set(map(data_mod.literal_spec, outputs)) <= set(found.outputs):
+        return None
+    return found if os.path.isdir(found.local_dest()) else None

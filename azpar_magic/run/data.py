@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import string
 import threading
 from collections.abc import Mapping, Sequence
@@ -533,6 +534,7 @@ class FilesReport:
         # A rerun's kept iterations: their outputs stay in the earlier job's folder (adopt).
         self.kept: dict[int, list[str]] = {}
         self.kept_location = ""
+        self.from_cache = 0  # iterations whose files --cache linked in from an earlier job (reuse)
         self.unmatched: dict[str, list[int]] = {}
         self.skipped: dict[str, tuple[str, list[int]]] = {}  # link rel -> (where it points, iterations)
         self._lock = threading.Lock()
@@ -577,6 +579,27 @@ class FilesReport:
         with self._lock:
             self.kept.update(kept)
             self.kept_location = base.location if base is not None else _location(base_plan)
+
+    def reuse(self, earlier: Mapping[int, tuple[DataPlan, int]]) -> None:
+        """``--cache``: the files of each reused iteration ``i`` (``earlier[i]``: the job it came from,
+        and its index there) are linked into this job's folder, as if it had made them, so the folder
+        holds every iteration's, as the job's records hold every value. (They were in the earlier jobs'
+        folders, named nowhere.) A hard link costs no space and outlives the earlier folder; a copy
+        where links cannot be made. Both folders are on this machine (cache._earlier_outputs)."""
+        for index, (found, before) in sorted(earlier.items()):
+            top = found.local_dest(before)
+            rels = [os.path.relpath(path, top) for path in _walk(top)] if os.path.isdir(top) else []
+            for rel in rels:
+                target = os.path.join(self.plan.local_dest(index), rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                try:
+                    os.link(os.path.join(top, rel), target)
+                except OSError:
+                    shutil.copy2(os.path.join(top, rel), target)
+            with self._lock:
+                if rels:
+                    self.produced[index] = rels
+                self.from_cache += 1 if rels else 0
 
     @property
     def location(self) -> str:
