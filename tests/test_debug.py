@@ -108,7 +108,10 @@ def test_bad_debug_requests_are_usage_errors(ip, run_cell, job_store):
                            (f"debug {job_id} 1 2", "usage: %azpar debug [JOB [ITERATION]] [--no-pdb]"),
                            (f"debug {job_id} 1 --pdb", "usage: %azpar debug"),
                            ("debug azpar-nobody-20200101-000000-000000000000 1", "no job"),
-                           ("debug no-such-name 1", "no job 'no-such-name'")):
+                           ("debug no-such-name 1", "no job 'no-such-name'"),
+                           # An iteration alone was read as a job and said only that: it names the fix now.
+                           ("debug 3", "give the job first: %azpar debug JOB 3"),
+                           ("debug -1 --no-pdb", "give the job first: %azpar debug JOB -1")):
         with pytest.raises(UsageError) as caught:
             ip.run_line_magic("azpar", line)
         assert fragment in str(caught.value), (line, str(caught.value))

@@ -194,6 +194,7 @@ def test_logs_without_a_job_shows_the_latest_and_a_bare_number_says_to_name_the_
     assert "second 2" in shown.stdout and "first" not in shown.stdout, shown.stdout
     assert shown.stdout == run_cell(f"%azpar logs {job_id}").stdout
     _usage_error(run_cell("%azpar logs 2"), "too short", "give the job first: %azpar logs JOB 2")
+    _usage_error(run_cell("%azpar logs -1"), "too short", "give the job first: %azpar logs JOB -1")
     assert "second 2" in run_cell(f"%azpar logs {job_id} 2").stdout
     # -1 is the last iteration, as in a list (it was "no iteration -1")
     last = run_cell(f"%azpar logs {job_id} -1")

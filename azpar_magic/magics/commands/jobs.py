@@ -3,7 +3,10 @@ rerun, debug one iteration here, and delete them from the job store."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -120,15 +123,23 @@ def logs(context: MagicContext, words: list[str], usage: str) -> None:
     index = None
     if len(words) == 2:
         index = _iteration(words[1], usage)
-    with usage_errors(LOOKUP + (IndexError,)):
-        try:
-            text = api.logs(words[0] if words else None, index)  # no JOB: the latest, as cancel and collect
-        except KeyError as exc:
-            if len(words) == 1 and words[0].isdigit():  # `%azpar logs 3` meant iteration 3, of which job?
-                hint = f"for iteration {words[0]} of the latest job, give the job first: %azpar logs JOB {words[0]}"
-                raise KeyError(f"{exc.args[0] if exc.args else exc}; {hint}") from None
-            raise
+    with usage_errors(LOOKUP + (IndexError,)), _iteration_given_alone(words, "logs", KeyError):
+        text = api.logs(words[0] if words else None, index)  # no JOB: the latest, as cancel and collect
     sys.stdout.write(text)
+
+
+@contextlib.contextmanager
+def _iteration_given_alone(words: list[str], command: str, error: type[Exception]) -> Iterator[None]:
+    """``%azpar logs 3`` or ``%azpar debug -1`` meant an iteration, and was read as a job: the ``error``
+    saying no job has that name also says how to name the iteration (the job first)."""
+    try:
+        yield
+    except error as exc:
+        if len(words) != 1 or not re.fullmatch(r"-?\d+", words[0]):
+            raise
+        said = exc.args[0] if exc.args else str(exc)
+        hint = f"for iteration {words[0]} of the latest job, give the job first: %azpar {command} JOB {words[0]}"
+        raise error(f"{said}; {hint}") from None
 
 
 def cancel(context: MagicContext, words: list[str], usage: str) -> None:
@@ -200,7 +211,8 @@ def debug(context: MagicContext, words: list[str], usage: str) -> Any:
         if len(rest) == 2:
             job, index = rest[0], _iteration(rest[1], usage)
         else:  # the job's first failure (the latest job's without JOB), as %debug takes the last exception
-            job, index = debugging.first_failure(rest[0] if rest else None)
+            with _iteration_given_alone(rest, "debug", DebugError):
+                job, index = debugging.first_failure(rest[0] if rest else None)
             print(f"azpar: iteration {index} of job {job}, its first failure", file=sys.stderr)
         reproduction = debugging.prepare(job, index)
     for note in reproduction.notes:
