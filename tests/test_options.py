@@ -157,6 +157,29 @@ def test_a_body_that_changes_notebook_variables_warns_and_the_notebook_keeps_the
 
 
 @pytest.mark.timeout(60)
+def test_a_body_declaring_a_global_warns_that_the_notebooks_will_not_change(ip, run_cell):
+    """`global best` in the body (or in a function it defines) says "set the notebook's best", which a loop
+    run here does; each iteration set its worker's, and the cell said nothing while the notebook kept its old
+    value. --gather brings the name back, so a gathered name is not warned of."""
+    ip.run_cell("best = -1")
+    run = run_cell("%%azpar -q -o r for x in range(3):\nglobal best\nbest = x\nx")
+    assert run.success, run.error
+    assert ip.user_ns["r"] == [0, 1, 2] and ip.user_ns["best"] == -1
+    (warning,) = _azpar_lines(run.stderr)
+    assert "declares global best: an iteration sets best on its worker" in warning, warning
+    assert "--gather best binds each iteration's best as a list" in warning, warning
+    inner = run_cell("%%azpar -q -o r for x in range(3):\ndef bump():\n    global calls\n    calls = x\nbump()\nx")
+    assert inner.success, inner.error
+    (warning,) = _azpar_lines(inner.stderr)
+    assert "declares global calls" in warning, warning
+    reads = run_cell("%%azpar -q -o r for x in range(3):\nglobal best\nbest + x")  # read only: nothing lost
+    assert reads.success and not _azpar_lines(reads.stderr), reads.stderr
+    gathered = run_cell("%%azpar -q -o r --gather best for x in range(3):\nglobal best\nbest = x * 10\nx")
+    assert gathered.success and not _azpar_lines(gathered.stderr), gathered.stderr
+    assert ip.user_ns["best"] == [0, 10, 20]
+
+
+@pytest.mark.timeout(60)
 def test_a_helper_module_edited_since_its_import_is_named_and_runs_as_it_is_now(ip, run_cell, tmp_path, monkeypatch):
     """A helper beside the notebook, edited and not reloaded: the workers ran the new file and the
     notebook the old code, so the cell's values differed from the same loop run here, in silence."""

@@ -45,10 +45,13 @@ def body_warnings(request: RunRequest) -> list[str]:
     said by every path that runs a cell, the magic's and the API's alike."""
     cell_spelled = request.spelling.get("gather", "gather").startswith("--")
     gather = request.options.gather
-    return parsing.body_warnings(request.cell, gather, request.spelling.get("gather", "gather")) + (
-        parsing.notebook_change_warnings(
+    gather_flag = request.spelling.get("gather", "gather")
+    return (
+        parsing.body_warnings(request.cell, gather, gather_flag)
+        + parsing.notebook_change_warnings(
             request.cell, request.namespace, gather, parsing.CELL_ADVICE if cell_spelled else parsing.API_ADVICE
         )
+        + parsing.global_warnings(request.cell, gather, gather_flag)
     )
 
 

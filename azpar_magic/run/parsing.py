@@ -727,7 +727,7 @@ def notebook_change_warnings(
     sets, numbers, strings, numpy and pandas objects): setting a module's attribute configures
     the worker, and an object of another kind may hold its state elsewhere."""
     lost = _changes(cell)
-    gather = set(gather) if lost else ()
+    gather = set(gather) | set(_declared_global(cell)) if lost else ()  # (global_warnings names those)
     names = [n for n in lost if n not in gather and n in namespace and _plain_data(namespace[n])]
     if not names:
         return []
@@ -746,6 +746,44 @@ def notebook_change_warnings(
         f"the loop body changes {listed} ({which}): each iteration changes its own copy on a worker, and "
         f"the notebook's {listed} will not change. Make the value the body's last expression instead: {advice}"
     ]
+
+
+def global_warnings(cell: ParsedCell, gather: Iterable[str], gather_flag: str = "--gather") -> list[str]:
+    """A one-line warning when the body, or a function it defines, declares ``global NAME``: the
+    declaration says "change the notebook's NAME", which a loop in one process does, but an iteration
+    changes its worker's globals, and the notebook's NAME never changes. Silent before: the cell ended
+    well and the notebook's value was the old one. A gathered name comes back, so it is not named."""
+    declared = _declared_global(cell)
+    if not declared:
+        return []
+    gathered = set(gather)
+    names = [name for name in declared if name not in gathered]
+    if not names:
+        return []
+    listed = ", ".join(names)
+    return [
+        f"the loop body declares global {listed}: an iteration sets {listed} on its worker, and the notebook's "
+        f"{listed} will not change as in a loop run here. {gather_flag} {names[0]} binds each iteration's "
+        f"{names[0]} as a list, or make the value the body's last expression"
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def _declared_global(cell: ParsedCell) -> tuple[str, ...]:
+    """The names ``global`` statements of the body (or of functions it defines) declare and that the body
+    binds somewhere (a global only read changes nothing), in order; read once per cell, as ``_changes``."""
+    declared: dict[str, None] = {}
+    bound: set[str] = set()
+    for node in ast.walk(cell.body_tree):
+        if isinstance(node, ast.Global):
+            declared.update(dict.fromkeys(node.names))
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return tuple(name for name in declared if name in bound)
 
 
 def _gives_a_value(cell: ParsedCell) -> bool:
