@@ -445,6 +445,10 @@ def test_python_api_takes_the_timeout_forms_the_magic_takes(guard):
     assert mapped.result() == [1] and mapped.options.timeout == 5400
     with pytest.raises(ValueError, match=r"^timeout must be a number of seconds, or a string with a unit \(90s"):
         azpar_magic.map(abs, [-1], timeout="soon")
+    for muddled in ("30m1h", "1h1h", "1:75:00"):  # units out of order or twice, a clock's 75 minutes
+        with pytest.raises(ValueError, match="1h30m, 1:30:00"):
+            azpar_magic.map(abs, [-1], timeout=muddled)
+    assert azpar_magic.map(abs, [-1], timeout="1h30m", wait=False).options.timeout == 5400
 
 
 @pytest.mark.parametrize(("loop", "body", "error", "said"), [

@@ -55,9 +55,14 @@ def test_every_option_accepts_a_quoted_value(ip, run_cell):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("typed, seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400), ("2D", 172800)])
+@pytest.mark.parametrize("typed, seconds", [
+    ("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400), ("2D", 172800),
+    # Units together and a clock's time were refused ("must be a number ... with a unit"): users write both.
+    ("1h30m", 5400), ("'2m 30s'", 150), ("1d2h", 93600), ("1:30:00", 5400), ("30:00", 1800),
+])
 def test_timeout_takes_a_duration_with_a_unit(run_cell, typed, seconds):
-    """``--timeout 10m`` was refused as not a number; a duration with a unit is what users write."""
+    """``--timeout 10m`` was refused as not a number; a duration with a unit is what users write, and so are
+    ``1h30m`` and a clock's ``1:30:00`` (Slurm's --time)."""
     run, job = run_cell_job(run_cell, f"%%azpar -q -o r --timeout {typed} for x in range(2):\nx")
     assert run.success, run.error
     assert job.options.timeout == seconds

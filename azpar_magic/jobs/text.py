@@ -6,10 +6,17 @@ text line or a backend writes them; the forms live here, below all of those.
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["format_duration", "parse_duration", "short_repr", "DURATION_FORMS"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-DURATION_FORMS = "90s, 10m, 1.5h, 2d"  # what parse_duration takes, as messages name it
+DURATION_FORMS = "90s, 10m, 1.5h, 2d, 1h30m, 1:30:00"  # what parse_duration takes, as messages name it
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_COMPOUND = re.compile(rf"(?:\s*{_NUMBER}\s*[dhms])+\s*")
+_COMPOUND_PART = re.compile(rf"({_NUMBER})\s*([dhms])")
+_NUMBER_ONLY = re.compile(r"[\d.e+-]*")  # what float() reads itself
+_CLOCK = re.compile(rf"(?:(\d+):)?(\d+):({_NUMBER})")
 
 
 def short_repr(obj: object, limit: int = 80) -> str:
@@ -32,8 +39,23 @@ def format_duration(seconds: float | None) -> str:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``10m``, ``1.5h`` or ``2d`` (ValueError otherwise): the magic's ``--timeout``
-    and the Python API's ``timeout="10m"`` read the same forms."""
+    """Seconds from ``90``, ``90s``, ``10m``, ``1.5h`` or ``2d``, units together from the largest (``1h30m``,
+    ``2m 30s``), or a clock's ``1:30:00`` or ``30:00`` (hours, minutes and seconds, as Slurm's ``--time`` writes
+    them) (ValueError otherwise): the magic's ``--timeout`` and the Python API's ``timeout="10m"`` read the
+    same forms. (``1h30m`` was refused, though a user writing durations by hand writes it so.)"""
     word = text.strip().lower()
-    scale = _UNITS.get(word[-1:], None) if word else None
-    return float(word[:-1] if scale else word) * (scale or 1)
+    if word[:1] in "+-" and word[1:2].isdigit() and not _NUMBER_ONLY.fullmatch(word[1:]):  # -5s: said out of range
+        return (-1 if word[0] == "-" else 1) * parse_duration(word[1:])
+    clock = _CLOCK.fullmatch(word)
+    if clock:
+        hours, minutes, seconds = clock.groups()
+        if (hours is not None and int(minutes) >= 60) or float(seconds) >= 60:
+            raise ValueError(f"{text!r} is not a clock's hours:minutes:seconds")
+        return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+    if _COMPOUND.fullmatch(word):
+        parts = _COMPOUND_PART.findall(word)
+        units = [unit for _, unit in parts]
+        if units != sorted(set(units), key=lambda unit: -_UNITS[unit]):  # 30m1h, 1h1h: not what was meant
+            raise ValueError(f"{text!r} gives its units twice or out of order (days, hours, minutes, seconds)")
+        return sum(float(number) * _UNITS[unit] for number, unit in parts)
+    return float(word)

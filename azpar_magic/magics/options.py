@@ -190,7 +190,7 @@ def _number(flag: str, text: str | None, kind: type) -> Any:
 
 
 def _duration(flag: str, text: str | None) -> float | None:
-    """A duration in seconds from ``90``, ``90s``, ``10m``, ``1.5h`` or ``2d``; None when not given; a
+    """A duration in seconds (jobs.text.parse_duration: ``90``, ``10m``, ``1h30m``, ``1:30:00``); None when not given; a
     UsageError naming the flag and the forms it takes (``10m`` read as an error, with no word of the
     unit, made users guess)."""
     if text is None:
