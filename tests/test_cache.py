@@ -343,6 +343,39 @@ def test_reused_iterations_bring_their_outputs_into_the_new_jobs_folder(ip, run_
     assert plain.from_cache == 3
 
 
+def test_outputs_the_cache_cannot_bring_are_said_once_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A unit test of data.FilesReport.reuse: a file that can be neither linked nor copied into the new job's
+    folder (a full disk, a read-only folder) was an OSError out of the engine's submit, after the job was made;
+    it is one warning naming where the files stay, and the iterations that could be brought are."""
+    import os
+    import shutil
+
+    from azpar_magic.run import data as data_mod
+
+    dest = str(tmp_path / "azpar_outputs")
+    for index, name in ((0, "a.txt"), (1, "b.txt")):
+        os.makedirs(os.path.join(dest, "old", str(index)))
+        (tmp_path / "azpar_outputs" / "old" / str(index) / name).write_text(name)
+    earlier = data_mod.DataPlan(outputs=("*.txt",), dest=dest, job_id="old")
+    report = data_mod.FilesReport(data_mod.DataPlan(outputs=("*.txt",), dest=dest, job_id="new"))
+
+    def refuse(source, target, *args, **kwargs):
+        if source.endswith("b.txt"):
+            raise OSError(28, "No space left on device")
+        return real_copy(source, target)
+
+    real_copy = shutil.copy2
+    monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(18, "Invalid cross-device link")))
+    monkeypatch.setattr(shutil, "copy2", refuse)
+    report.reuse({0: (earlier, 0), 1: (earlier, 1)})
+    assert report.files(0) == [os.path.join(dest, "new", "0", "a.txt")] and report.from_cache == 1
+    assert report.files(1) == []
+    (line,) = report.warnings()
+    assert line.startswith(f"--cache could not bring the outputs of 1 reused iteration (1) into {dest}/new"), line
+    assert "No space left on device" in line and os.path.join(dest, "old", "1") in line
+    assert report.warnings() == []  # said once
+
+
 def test_failed_iterations_are_never_reused():
     ns = _ns()
     body = "if x % 7 == 3:\n    raise ValueError(x)\nx"

@@ -535,6 +535,7 @@ class FilesReport:
         self.kept: dict[int, list[str]] = {}
         self.kept_location = ""
         self.from_cache = 0  # iterations whose files --cache linked in from an earlier job (reuse)
+        self.not_reused: dict[int, str] = {}  # ... and those it could not: where their files are, and why
         self.unmatched: dict[str, list[int]] = {}
         self.skipped: dict[str, tuple[str, list[int]]] = {}  # link rel -> (where it points, iterations)
         self._lock = threading.Lock()
@@ -588,14 +589,19 @@ class FilesReport:
         where links cannot be made. Both folders are on this machine (cache._earlier_outputs)."""
         for index, (found, before) in sorted(earlier.items()):
             top = found.local_dest(before)
-            rels = [os.path.relpath(path, top) for path in _walk(top)] if os.path.isdir(top) else []
-            for rel in rels:
-                target = os.path.join(self.plan.local_dest(index), rel)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                try:
-                    os.link(os.path.join(top, rel), target)
-                except OSError:
-                    shutil.copy2(os.path.join(top, rel), target)
+            try:
+                rels = [os.path.relpath(path, top) for path in _walk(top)] if os.path.isdir(top) else []
+                for rel in rels:
+                    target = os.path.join(self.plan.local_dest(index), rel)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    try:
+                        os.link(os.path.join(top, rel), target)
+                    except OSError:
+                        shutil.copy2(os.path.join(top, rel), target)
+            except OSError as exc:  # the value is the job's all the same: said once, with where the files are
+                with self._lock:
+                    self.not_reused[index] = f"{top}: {exc}"
+                continue
             with self._lock:
                 if rels:
                     self.produced[index] = rels
@@ -626,6 +632,14 @@ class FilesReport:
                     continue
                 self._warned.add(pattern)
                 lines.append(f"--outputs {pattern!r} matched no file in {len(indices)} {_iterations(indices)}")
+            if self.not_reused and not (new_only and NOT_REUSED_KEY in self._warned):
+                self._warned.add(NOT_REUSED_KEY)
+                first = next(iter(self.not_reused.values()))
+                lines.append(
+                    f"--cache could not bring the outputs of {len(self.not_reused)} reused "
+                    f"{_iterations(list(self.not_reused))} into {self.location}; they stay in the earlier jobs' "
+                    f"folders ({first})"
+                )
             if self.skipped and not (new_only and SKIPPED_KEY in self._warned):
                 self._warned.add(SKIPPED_KEY)
                 lines.append(self._skipped_line())
@@ -651,6 +665,7 @@ def _location(found: DataPlan) -> str:
 
 
 SKIPPED_KEY = "\0skipped"  # FilesReport._warned: the skipped-links line was shown
+NOT_REUSED_KEY = "\0not reused"  # ... and the line on outputs --cache could not bring
 SKIPPED_SHOWN = 5  # links named in that line
 
 
