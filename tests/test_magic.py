@@ -299,6 +299,33 @@ def test_a_tqdm_bar_around_the_iterable_moves_as_iterations_end(ip, run_cell):
             ip.user_ns.pop(name, None)
 
 
+def test_a_tqdm_bar_inside_enumerate_or_zip_moves_as_iterations_end(ip, run_cell):
+    """``for i, x in enumerate(tqdm(xs))``, the common way to number a loop's items: enumerate hid the bar, so
+    listing the items through it filled it before anything ran (the README said to put the bar outside). The
+    wrapper is made again around what the bar wraps (its start, and zip's strict, kept), and the bar moves."""
+    import io
+
+    from IPython.core.error import UsageError
+    from tqdm import tqdm
+
+    bar = tqdm([10, 20, 30], file=io.StringIO(), mininterval=0)
+    job = azpar_magic.run("for i, x in enumerate(bar, 1)", "import time\ntime.sleep(0.3)\n(i, x)", {"bar": bar})
+    assert bar.n == 0 and not job.done  # nothing has run yet, and the bar has not filled
+    assert job.result(timeout=60) == [(1, 10), (2, 20), (3, 30)]
+    assert bar.n == 3 and bar.disable, "moved to the end and closed"
+    try:
+        ip.user_ns.update(tqdm=tqdm, shown=io.StringIO(), names="abc")
+        run = run_cell("%%azpar -q -o pairs for x, name in zip(tqdm(range(3), file=shown, mininterval=0), names, "
+                       "strict=True):\nf'{name}{x}'")
+        assert run.success, run.error
+        assert ip.user_ns["pairs"] == ["a0", "b1", "c2"] and "3/3" in ip.user_ns["shown"].getvalue()
+        uneven = run_cell("%%azpar -q -o pairs for x, name in zip(tqdm(range(4), file=shown), names, strict=True):\nx")
+        assert isinstance(uneven.error, UsageError) and "zip()" in str(uneven.error), uneven.error  # strict kept
+    finally:
+        for name in ("tqdm", "shown", "pairs", "names"):
+            ip.user_ns.pop(name, None)
+
+
 def test_help_and_command_messages_read_the_command_table(ip, run_cell, monkeypatch):
     """One table of %azpar commands: an entry added to it is dispatched with its usage line, listed by
     %azpar help and named by the messages for a missing or unknown command; one taken out is gone from all."""

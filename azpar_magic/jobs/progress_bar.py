@@ -9,6 +9,7 @@ tqdm is the notebook's, not a dependency of ours.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -21,16 +22,60 @@ _PLAIN = frozenset({list, tuple, range, dict})  # the common iterables, told apa
 
 def unwrap(iterable: Any) -> tuple[Any, Any | None]:
     """``(what the bar wraps, the bar)`` for a tqdm bar (or a subclass of one), else
-    ``(iterable, None)``."""
+    ``(iterable, None)``. A bar inside ``enumerate``, ``zip``, ``map`` or ``filter`` (``for i, x in
+    enumerate(tqdm(xs))``, the common way to number a loop's items) is found too, and the wrapper made
+    again around what the bar wraps: listed through the bar, it filled before anything ran."""
     if type(iterable) in _PLAIN:
         return iterable, None
-    if not any((getattr(cls, "__module__", "") or "").partition(".")[0] == "tqdm" for cls in type(iterable).__mro__):
-        return iterable, None
-    if getattr(iterable, "iterable", None) is None or not all(
-        callable(getattr(iterable, m, None)) for m in _BAR_METHODS
-    ):
+    if type(iterable) in _WRAPPERS:
+        return _unwrap_inside(iterable)
+    if not _is_bar(iterable):
         return iterable, None
     return iterable.iterable, iterable
+
+
+def _is_bar(obj: Any) -> bool:
+    if not any((getattr(cls, "__module__", "") or "").partition(".")[0] == "tqdm" for cls in type(obj).__mro__):
+        return False
+    return getattr(obj, "iterable", None) is not None and all(callable(getattr(obj, m, None)) for m in _BAR_METHODS)
+
+
+# The built-in wrappers a loop's iterable is commonly made of; each gives what it wraps by __reduce__
+# (``enumerate``: its iterator and next count; ``zip``: its iterators, and strict as its state).
+_WRAPPERS = frozenset({enumerate, zip, map, filter})
+
+
+def _unwrap_inside(wrapper: Any) -> tuple[Any, Any | None]:
+    """``wrapper`` made again with a bar's own iterable where it holds the bar's iterator, not yet
+    started (``iter(bar)``: a generator of the bar's ``__iter__``, whose frame holds the bar), and the
+    bar; else ``(wrapper, None)``, untouched. Wrappers inside wrappers are looked through too."""
+    try:
+        reduced = wrapper.__reduce__()
+    except Exception:
+        return wrapper, None
+    kind, args = reduced[0], list(reduced[1])
+    strict = len(reduced) > 2 and bool(reduced[2])  # zip(..., strict=True) keeps it as its state
+    for position, arg in enumerate(args):
+        if type(arg) in _WRAPPERS:
+            inner, bar = _unwrap_inside(arg)
+        else:
+            bar = _bar_of(arg)
+            inner = iter(bar.iterable) if bar is not None else arg
+        if bar is not None:
+            args[position] = inner
+            return (zip(*args, strict=strict) if kind is zip else kind(*args)), bar
+    return wrapper, None
+
+
+def _bar_of(iterator: Any) -> Any | None:
+    """The bar whose ``__iter__`` made the generator ``iterator``, when nothing was taken through it yet;
+    else None."""
+    if not inspect.isgenerator(iterator) or iterator.gi_code.co_name != "__iter__":
+        return None
+    if inspect.getgeneratorstate(iterator) != inspect.GEN_CREATED:
+        return None
+    bar = iterator.gi_frame.f_locals.get("self")
+    return bar if bar is not None and _is_bar(bar) else None
 
 
 def follow(job: Job, bar: Any) -> None:

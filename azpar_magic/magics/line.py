@@ -56,7 +56,7 @@ COMMANDS: tuple[Command, ...] = (  # in the order %azpar help lists them
         "jobs",
         jobs.jobs,
         "%azpar jobs [--all] [--state S] [--name PATTERN] [--since DATE]",
-        "the job store's jobs, every kernel's: id, name, when, backend, state, done/failed[/cancelled]/total, "
+        "the job store's jobs, every kernel's: id, name, when, backend, state, done/failed/total (cancelled), "
         "cell (the latest 30 unless --all); S: running, succeeded, done, failed, cancelled, lost (several with "
         "commas); PATTERN: a glob ('sweep-*'); DATE: 2026-12-01, today, yesterday, Nd, Nh or Nm (the last N days, "
         "hours, minutes)",

@@ -73,10 +73,7 @@ def jobs(context: MagicContext, words: list[str], usage: str) -> None:
     shown = rows if read.flags else rows[-JOBS_SHOWN:]
     named = any(r.name for r in shown)
     costed = any(r.cost for r in shown)  # a cost column once a billed (Azure) job is listed
-    # Iterations a cancel or --errors stop kept from running: without them "0/2/4" left two unaccounted for.
-    stopped = any(r.cancelled for r in shown)
-    counts = "done/failed/cancelled/total" if stopped else "done/failed/total"
-    table = [("id",) + ("name",) * named + ("when", "backend", "state", counts) + ("cost",) * costed]
+    table = [("id",) + ("name",) * named + ("when", "backend", "state", "done/failed/total") + ("cost",) * costed]
     table[0] += ("cell",)
     for r in shown:
         state = r.state + (f" ({r.where})" if r.where and r.state not in ("lost",) else "")
@@ -84,11 +81,12 @@ def jobs(context: MagicContext, words: list[str], usage: str) -> None:
         table.append(
             (r.id,)
             + (r.name,) * named
+            # Iterations a cancel or --errors stop kept from running: "0/2/4" left two unaccounted for.
             + (
                 r.when,
                 r.backend,
                 state,
-                "/".join(map(str, (r.succeeded, r.failed, *(r.cancelled,) * stopped, r.total))),
+                f"{r.succeeded}/{r.failed}/{r.total}" + (f" ({r.cancelled} cancelled)" if r.cancelled else ""),
             )
             + (r.cost,) * costed
             + (cell,)
