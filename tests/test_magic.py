@@ -566,6 +566,25 @@ def test_binding_a_result_over_a_builtins_name_is_said_once(ip, run_cell):
     assert run_cell("%%azpar -q -o total for x in range(3):\nx").stderr == ""
 
 
+def test_binding_a_result_over_a_notebook_function_class_or_module_is_said(ip, run_cell):
+    """``-o helper`` where ``def helper`` is the function the body calls: the result replaced it in silence,
+    and the next cell calling helper() failed with "'list' object is not callable" on every iteration. An
+    option's word does not read as the assignment it is, as for a builtin's name."""
+    ip.run_cell("import json\ndef helper(v):\n    return v * 3\nclass Point:\n    pass")
+    try:
+        run = run_cell("%%azpar -q -o helper --gather json,Point for x in range(2):\nPoint = json = x\nhelper(x)")
+        assert run.success and ip.user_ns["helper"] == [0, 3], run.error
+        assert "-o helper binds the result over the notebook's function helper: later cells using helper get " \
+               "the result instead" in run.stderr, run.stderr
+        assert "--gather json binds the result over the notebook's module json" in run.stderr, run.stderr
+        assert "--gather Point binds the result over the notebook's class Point" in run.stderr, run.stderr
+        again = run_cell("%%azpar -q -o helper for x in range(2):\nx")  # a list now: nothing to say
+        assert again.success and again.stderr == "", again.stderr
+    finally:
+        for name in ("helper", "json", "Point"):
+            ip.user_ns.pop(name, None)
+
+
 def test_the_commands_that_bind_a_result_warn_of_a_builtins_name_as_the_cell_does(ip, run_cell):
     """``%azpar collect -o max``, ``%azpar attach JOB -o min`` and a rerun of a cell whose -o was a
     builtin's name (deleted since) bound over the builtin without the cell's word."""

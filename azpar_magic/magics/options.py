@@ -8,6 +8,7 @@ import argparse
 import builtins
 import copy
 import keyword
+import types
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -263,14 +264,26 @@ def job_options(args: argparse.Namespace, namespace: dict[str, Any]) -> JobOptio
 
 def shadow_warnings(output: str, gather: tuple[str, ...], namespace: dict[str, Any]) -> list[str]:
     """The names the cell binds (-o, --gather) that hide one of Python's builtins the notebook has not
-    rebound itself (``-o print``, ``--gather max``): the cell's ``print = ...`` would read as one, but an
+    rebound itself (``-o print``, ``--gather max``), or a function, class or module of the notebook's
+    (``-o helper`` over ``def helper``, ``-o np``): the cell's ``print = ...`` would read as one, but an
     option's word does not, and every later cell calling it gets the result instead."""
-    return [
-        f"azpar: warning: {flag} {name} binds the result to `{name}`, the name of Python's builtin {name}(): "
-        f"later cells calling {name}() get the result instead (`del {name}` brings the builtin back)"
-        for flag, name in [("-o", output), *(("--gather", g) for g in gather)]
-        if name in _BUILTINS and name not in namespace and not name.startswith("_")
-    ]
+    notes = []
+    for flag, name in [("-o", output), *(("--gather", g) for g in gather)]:
+        if name in _BUILTINS and name not in namespace and not name.startswith("_"):
+            notes.append(
+                f"azpar: warning: {flag} {name} binds the result to `{name}`, the name of Python's builtin "
+                f"{name}(): later cells calling {name}() get the result instead (`del {name}` brings the builtin "
+                "back)"
+            )
+        elif isinstance(value := namespace.get(name), (types.FunctionType, type, types.ModuleType)):
+            what = (
+                "class" if isinstance(value, type) else "module" if isinstance(value, types.ModuleType) else "function"
+            )
+            notes.append(
+                f"azpar: warning: {flag} {name} binds the result over the notebook's {what} {name}: later cells "
+                f"using {name} get the result instead (run the cell that defines it again to bring it back)"
+            )
+    return notes
 
 
 _BUILTINS = frozenset(n for n, v in vars(builtins).items() if callable(v))
