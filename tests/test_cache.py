@@ -353,9 +353,9 @@ def test_outputs_the_cache_cannot_bring_are_said_once_and_the_run_goes_on(tmp_pa
     from azpar_magic.run import data as data_mod
 
     dest = str(tmp_path / "azpar_outputs")
-    for index, name in ((0, "a.txt"), (1, "b.txt")):
-        os.makedirs(os.path.join(dest, "old", str(index)))
-        (tmp_path / "azpar_outputs" / "old" / str(index) / name).write_text(name)
+    for position, name in ((0, "a.txt"), (1, "b.txt")):
+        os.makedirs(os.path.join(dest, "old", str(position)))
+        (tmp_path / "azpar_outputs" / "old" / str(position) / name).write_text(name)
     earlier = data_mod.DataPlan(outputs=("*.txt",), dest=dest, job_id="old")
     report = data_mod.FilesReport(data_mod.DataPlan(outputs=("*.txt",), dest=dest, job_id="new"))
 

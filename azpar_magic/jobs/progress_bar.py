@@ -72,9 +72,10 @@ def _bar_of(iterator: Any) -> Any | None:
     else None."""
     if not inspect.isgenerator(iterator) or iterator.gi_code.co_name != "__iter__":
         return None
-    if inspect.getgeneratorstate(iterator) != inspect.GEN_CREATED:
+    frame = iterator.gi_frame
+    if frame is None or inspect.getgeneratorstate(iterator) != inspect.GEN_CREATED:
         return None
-    bar = iterator.gi_frame.f_locals.get("self")
+    bar = frame.f_locals.get("self")
     return bar if bar is not None and _is_bar(bar) else None
 
 
