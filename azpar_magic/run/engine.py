@@ -659,9 +659,13 @@ class _Run:
         job = self.job
         if job.done or job.tasks_final < len(job.tasks):
             return
-        job.finish(job.final_state(cancelled=self.engine.cancelled(job.id)))
-        self.recorder.finish()
+        state = job.final_state(cancelled=self.engine.cancelled(job.id))
+        # The backend lets go of the job before its waiters wake: the local pool removes the iterations'
+        # working folders (under the outputs folder, with --inputs/--outputs) here, and a script that
+        # cleared azpar_outputs as the cell returned met them half removed (a few microseconds otherwise).
         self.engine.forget(job.id)
+        job.finish(state)
+        self.recorder.finish()
 
 
 class Engine:
