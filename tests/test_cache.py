@@ -334,10 +334,7 @@ def test_reused_iterations_bring_their_outputs_into_the_new_jobs_folder(ip, run_
     with_files, _ = cell([7])
     assert with_files.from_cache == 0 and (outputs / with_files.id / "0" / "o7.txt").read_text() == "7"
     # The earlier folders gone (the user cleared azpar_outputs): the iterations run again, and write them.
-    deadline = time.monotonic() + 10  # the pool removes the iterations' working folders there after the job
-    while list(outputs.glob(".azpar-work-*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    shutil.rmtree(outputs)
+    shutil.rmtree(outputs)  # (the pool's working folder there is gone already: it raced this rmtree once)
     again, _ = cell([1, 2, 4])
     assert again.from_cache == 0 and _ran(again) == [0, 1, 2]
     assert sorted(p.name for p in (outputs / again.id).glob("*/*")) == ["o1.txt", "o2.txt", "o4.txt"]
