@@ -444,15 +444,25 @@ class Job:
             self._gathered = {name: list(column) for name, column in self._gathered.items()}
         return cast(list, self._values), cast(dict[str, list], self._gathered)
 
-    def finish(self, state: str) -> None:
+    def finish(self, state: str, *, wake: bool = True) -> None:
+        """End the job in ``state``. ``wake=False``: its waiters and listeners are told later, by ``wake``,
+        once the engine has done what must come before a cell goes on (the backend's clean-up)."""
         with self._lock:
             if self.state in FINAL_STATES:
                 return
             self.state = state
             self._finished = time.monotonic()
-            self._end.notify_all()
+            if wake:
+                self._end.notify_all()
         if self.meter is not None:
             self.meter.stop()
+        if wake:
+            self._notify()
+
+    def wake(self) -> None:
+        """Tell the job's waiters and listeners that it ended (after ``finish(state, wake=False)``)."""
+        with self._lock:
+            self._end.notify_all()
         self._notify()
 
     @contextlib.contextmanager

@@ -659,13 +659,14 @@ class _Run:
         job = self.job
         if job.done or job.tasks_final < len(job.tasks):
             return
-        state = job.final_state(cancelled=self.engine.cancelled(job.id))
-        # The backend lets go of the job before its waiters wake: the local pool removes the iterations'
-        # working folders (under the outputs folder, with --inputs/--outputs) here, and a script that
-        # cleared azpar_outputs as the cell returned met them half removed (a few microseconds otherwise).
-        self.engine.forget(job.id)
-        job.finish(state)
+        job.finish(job.final_state(cancelled=self.engine.cancelled(job.id)), wake=False)
         self.recorder.finish()
+        # The backend lets go of the job (its state final, its end record queued: Azure's clean-up copies the
+        # final manifest) before the waiters wake: the local pool removes the job's working folder under the
+        # outputs folder (--inputs/--outputs) here, which a script clearing azpar_outputs as the cell
+        # returned met half removed. (A waiter's 0.2 s poll of job.done may still end meanwhile.)
+        self.engine.forget(job.id)
+        job.wake()
 
 
 class Engine:
