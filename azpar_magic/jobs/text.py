@@ -15,7 +15,6 @@ DURATION_FORMS = "90s, 10m, 1.5h, 2d, 1h30m, 1:30:00"  # what parse_duration tak
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _COMPOUND = re.compile(rf"(?:\s*{_NUMBER}\s*[dhms])+\s*")
 _COMPOUND_PART = re.compile(rf"({_NUMBER})\s*([dhms])")
-_NUMBER_ONLY = re.compile(r"[\d.e+-]*")  # what float() reads itself
 _CLOCK = re.compile(rf"(?:(\d+):)?(\d+):({_NUMBER})")
 
 
@@ -44,18 +43,19 @@ def parse_duration(text: str) -> float:
     them) (ValueError otherwise): the magic's ``--timeout`` and the Python API's ``timeout="10m"`` read the
     same forms. (``1h30m`` was refused, though a user writing durations by hand writes it so.)"""
     word = text.strip().lower()
-    if word[:1] in "+-" and word[1:2].isdigit() and not _NUMBER_ONLY.fullmatch(word[1:]):  # -5s: said out of range
-        return (-1 if word[0] == "-" else 1) * parse_duration(word[1:])
-    clock = _CLOCK.fullmatch(word)
+    sign, unsigned = (
+        (-1, word[1:]) if word[:1] == "-" else (1, word[1:] if word[:1] == "+" else word)
+    )  # -5s: out of range
+    clock = _CLOCK.fullmatch(unsigned)
     if clock:
         hours, minutes, seconds = clock.groups()
         if (hours is not None and int(minutes) >= 60) or float(seconds) >= 60:
             raise ValueError(f"{text!r} is not a clock's hours:minutes:seconds")
-        return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
-    if _COMPOUND.fullmatch(word):
-        parts = _COMPOUND_PART.findall(word)
+        return sign * (int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds))
+    if _COMPOUND.fullmatch(unsigned):
+        parts = _COMPOUND_PART.findall(unsigned)
         units = [unit for _, unit in parts]
         if units != sorted(set(units), key=lambda unit: -_UNITS[unit]):  # 30m1h, 1h1h: not what was meant
             raise ValueError(f"{text!r} gives its units twice or out of order (days, hours, minutes, seconds)")
-        return sum(float(number) * _UNITS[unit] for number, unit in parts)
+        return sign * sum(float(number) * _UNITS[unit] for number, unit in parts)
     return float(word)

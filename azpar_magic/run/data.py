@@ -579,7 +579,7 @@ class FilesReport:
                 kept[index] = paths
         with self._lock:
             self.kept.update(kept)
-            self.kept_location = base.location if base is not None else _location(base_plan)
+            self.kept_location = _location(base_plan)
 
     def reuse(self, earlier: Mapping[int, tuple[DataPlan, int]]) -> None:
         """``--cache``: the files of each reused iteration ``i`` (``earlier[i]``: the job it came from,

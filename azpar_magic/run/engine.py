@@ -844,7 +844,7 @@ class Engine:
             job.adopt(base, kept)
             job.rerun_of = request.base.id if request.base is not None else None
             if job.files is not None and job.rerun_of is not None:  # the kept iterations' outputs: where they are
-                job.files.adopt(getattr(base, "files", None), job.rerun_of, kept)
+                job.files.adopt(base.files, job.rerun_of, kept)
             if job.files is not None and cached is not None:  # the reused iterations' outputs, linked in
                 job.files.reuse(cached.outputs_from)
         job.from_cache = cached.count if cached is not None else 0
