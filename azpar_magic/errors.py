@@ -15,6 +15,7 @@ defines it: a failed iteration is shown as the remote traceback pointing into th
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Iterable
 
@@ -152,7 +153,7 @@ def iteration_error(exception: BaseException | None = None, **fields) -> Iterati
     of its own that refuses), give a plain IterationError: the same message and traceback,
     ``except IterationError`` only."""
     error: IterationError | None = None
-    if isinstance(exception, Exception) and not isinstance(exception, _NOT_MIXED):
+    if isinstance(exception, Exception) and not isinstance(exception, _NOT_MIXED) and not _quits_a_debugger(exception):
         try:
             both: type[IterationError] = type(
                 "IterationError",
@@ -173,6 +174,14 @@ def iteration_error(exception: BaseException | None = None, **fields) -> Iterati
     if fields.get("traceback"):
         error.__cause__ = WorkerTraceback(fields["traceback"])
     return error
+
+
+def _quits_a_debugger(exception: BaseException) -> bool:
+    """A debugger's BdbQuit (a body's breakpoint() on a worker): IPython runs a cell that raises one
+    as a debugger quit by the user, and shows nothing, so an error of its class would fail the cell
+    in silence. bdb is looked up, not imported: an exception of its class was rebuilt only if it is loaded."""
+    bdb = sys.modules.get("bdb")
+    return bdb is not None and isinstance(exception, bdb.BdbQuit)
 
 
 def _copy_fields(source: BaseException, target: BaseException) -> None:

@@ -2538,7 +2538,22 @@ def _worker_process_hint(exc: BaseException) -> str:
             f" (the body runs in a plain Python process on the workers, not in IPython: {exc.name} is not "
             "there; compute what it gives in the notebook and use the value)"
         )
+    bdb = sys.modules.get("bdb")  # (loaded by whatever started a debugger)
+    if bdb is not None and isinstance(exc, bdb.BdbQuit):
+        return (
+            " (the body stopped at a debugger, breakpoint() or pdb.set_trace(), which quits at once on a "
+            "worker: nobody can type at it there. `%azpar debug` runs this iteration in the notebook, "
+            "where it stops at that line)"
+        )
     return ""
+
+
+def _with_hint(message: str, hint: str) -> str:
+    """An error's message with a hint in brackets after it, or the hint alone (unbracketed) when the
+    exception said nothing (a debugger's BdbQuit has no message)."""
+    if message or not hint:
+        return message + hint
+    return hint.strip().removeprefix("(").removesuffix(")")
 
 
 INPUTS_DIR = "inputs"  # where an iteration finds its --inputs, in its working directory
@@ -3034,7 +3049,7 @@ class Runner:
             exc_blob = None
         return {
             "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "message": str(exc) + _uncaptured_name_hint(exc, self.job.filename) + _worker_process_hint(exc),
+            "message": _with_hint(str(exc) + _uncaptured_name_hint(exc, self.job.filename), _worker_process_hint(exc)),
             "traceback": _format_user_traceback(exc, self.job.filename, self._tracebacks),
             "line": _cell_line(exc, self.job.filename),
             "exc": exc_blob,

@@ -100,6 +100,33 @@ def test_pdb_opens_ipythons_post_mortem_on_the_failing_frame(ip, run_cell, job_s
     assert "<azpar cell>(3)<module>()" in text and "----> 3 z = f(x)" in text, text
 
 
+@pytest.mark.parametrize("stop", ["breakpoint()", "import pdb; pdb.set_trace()"])
+def test_a_breakpoint_in_the_body_fails_the_cell_aloud_and_debug_stops_there(ip, run_cell, job_store, monkeypatch, stop):
+    """A user debugging a loop leaves breakpoint() in the body and runs it through %%azpar. On a worker
+    the debugger meets an empty standard input and quits (bdb.BdbQuit); the kernel raised an error of
+    that class, and IPython runs a cell ending in BdbQuit as a debugger the user quit: the cell failed
+    showing nothing at all, no result bound. It says what happened now, and `%azpar debug` stops at
+    that line in the notebook, as the error tells."""
+    run = run_cell(f"%%azpar -q -o stopped for x in range(1, 3):\ny = x * 7\n{stop}\ny")
+    shown = run.stdout + run.stderr + "".join(str(o.data) for o in run.outputs)
+    assert isinstance(run.error, azpar_magic.IterationError), run.error
+    assert "azpar: iteration 0 (item 1) raised BdbQuit: the body stopped at a debugger" in shown, shown
+    assert "`%azpar debug` runs this iteration in the notebook, where it stops at that line" in shown, shown
+    assert "stopped" not in ip.user_ns
+    import pdb
+
+    def set_trace(*, header=None):  # Python's own, which a kernel has: pytest replaces it in its process
+        pdb.Pdb().set_trace(sys._getframe().f_back)
+
+    monkeypatch.setattr(pdb, "set_trace", set_trace)
+    monkeypatch.setattr(sys, "breakpointhook", sys.__breakpointhook__)  # (calls pdb.set_trace)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("p y + 1000\nc\n"))  # what the user types at (Pdb)
+    debugged = run_cell("%azpar debug")
+    assert debugged.success, debugged.error
+    assert "1007" in debugged.stdout, debugged.stdout  # stopped in iteration 0 (item 1), y = 7
+    assert "ran here without an exception" in debugged.stdout, debugged.stdout
+
+
 def test_bad_debug_requests_are_usage_errors(ip, run_cell, job_store):
     job_id = _failing_job(ip, run_cell)
     for line, fragment in ((f"debug {job_id} 6", "has 6 iterations (0 to 5, -1 the last); there is no iteration 6"),
