@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import session
+from . import identity, session
 from .errors import ConfigError, DataError, StorageError
 from .run.data import BLOB_SCHEME, blob_path
 
@@ -30,6 +30,12 @@ ProgressHook = Callable[[str, int, int], None]  # (blob name, bytes done, bytes 
 class Entry:
     path: str  # az://container[/blob]
     size: int | None  # bytes; None for a container
+
+
+class Listing(list):
+    """What ``ls`` found, with ``hidden``: how many containers of other hub users it left out."""
+
+    hidden: int = 0
 
 
 def _staging(profile: str | None):
@@ -62,16 +68,30 @@ def _split(path: str, what: str) -> tuple[str, str]:
         raise StorageError(str(exc)) from None
 
 
-def ls(path: str = "", *, profile: str | None = None) -> list[Entry]:
+def ls(path: str = "", *, profile: str | None = None) -> Listing:
     """The account's containers (no path), or the blobs whose names start with PATH in
-    ``az://CONTAINER/PATH`` (every blob of the container without PATH)."""
+    ``az://CONTAINER/PATH`` (every blob of the container without PATH).
+
+    Under JupyterHub the containers azpar made for other hub users (their jobs' ``azpar-SLUG-...``)
+    are left out of the account's list, and counted in ``hidden``: users sharing one account would
+    otherwise read each other's job names and times. Naming one still lists it, where the
+    credential may read it (access is Azure's to grant, docs/jupyterhub.md)."""
     from .backends.azure import blobs
 
     staging = _staging(profile)
     if not path or path == BLOB_SCHEME:
-        return [Entry(f"{BLOB_SCHEME}{name}", None) for name in blobs.list_containers(staging)]
+        me = identity.slug() if identity.hub_user() else None
+        listing = Listing()
+        for name, owner in blobs.list_containers(staging):
+            if me is not None and owner is not None and owner != me:
+                listing.hidden += 1
+            else:
+                listing.append(Entry(f"{BLOB_SCHEME}{name}", None))
+        return listing
     container, prefix = _split(path, "ls")
-    return [Entry(f"{BLOB_SCHEME}{container}/{b.name}", b.size) for b in blobs.list_blobs(staging, container, prefix)]
+    return Listing(
+        Entry(f"{BLOB_SCHEME}{container}/{b.name}", b.size) for b in blobs.list_blobs(staging, container, prefix)
+    )
 
 
 def get(source: str, target: str, *, profile: str | None = None, progress: ProgressHook | None = None) -> list[str]:

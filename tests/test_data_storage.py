@@ -4,6 +4,7 @@ profile as a user has one; and what they say without one."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 
 import pytest
@@ -49,6 +50,38 @@ def test_put_ls_get_rm_through_the_magic(azure, ip, tmp_path, blob_service):
     assert list(blob_service.get_container_client(box).list_blobs()) == []
     with pytest.raises(UsageError, match="does not exist"):
         ip.run_line_magic("azpar", f"storage get az://{box}/run1 again")
+
+
+def test_under_a_hub_the_account_listing_leaves_out_other_users_containers(azure, ip, blob_service, monkeypatch):
+    """Hub users sharing one account listed every container of it: the other users' job containers
+    (`azpar-SLUG-DATE-...-in`) named who ran what and when. A hub user's list now has their own
+    containers and those azpar did not make (datasets), and says how many it left out; a named
+    container of another user's is still listed (access is Azure's to refuse), and outside a hub
+    every container is listed as before."""
+    from azpar_magic import identity
+
+    tag = uuid.uuid4().hex[:8]
+    mine, theirs, shared = f"azpar-{identity.slug('alice')}-{tag}-in", f"azpar-bob-{tag}-in", f"datasets{tag}"
+    blob_service.create_container(mine, metadata={"azpar_user": identity.slug("alice")})
+    blob_service.create_container(theirs, metadata={"azpar_user": "bob"})
+    blob_service.create_container(shared)
+    blob_service.get_container_client(theirs).upload_blob("r.bin", b"bob's")
+    try:
+        monkeypatch.setenv("JUPYTERHUB_USER", "alice")
+        listing = _magic(ip, "storage ls")
+        assert f"az://{mine}\n" in listing and f"az://{shared}\n" in listing, listing
+        assert theirs not in listing, listing
+        assert re.search(r"azpar: \d+ containers? of other hub users not listed", listing), listing
+        entries = azpar_magic.storage.ls()
+        assert entries.hidden >= 1 and f"az://{theirs}" not in {e.path for e in entries}
+        assert f"az://{theirs}/r.bin" in _magic(ip, f"storage ls az://{theirs}")
+        monkeypatch.delenv("JUPYTERHUB_USER")
+        listing = _magic(ip, "storage ls")
+        assert all(f"az://{name}\n" in listing for name in (mine, theirs, shared)), listing
+        assert "not listed" not in listing
+    finally:
+        for name in (mine, theirs, shared):
+            blob_service.delete_container(name)
 
 
 def test_large_transfers_report_progress_and_arrive_whole(azure, ip, tmp_path):

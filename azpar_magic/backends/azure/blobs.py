@@ -326,9 +326,17 @@ def list_blobs(staging: Staging, container: str, prefix: str = "") -> list[BlobI
         return []
 
 
-def list_containers(staging: Staging) -> list[str]:
+def list_containers(staging: Staging) -> list[tuple[str, str | None]]:
+    """Every container of the account, each with the user its metadata names (``azpar_user``, set on
+    the containers azpar makes; None on any other)."""
     staging.stats.add("list_containers")
-    return _once("listing containers", lambda: [c.name for c in staging.service.list_containers()])
+    return _once(
+        "listing containers",
+        lambda: [
+            (c.name, (c.metadata or {}).get("azpar_user"))
+            for c in staging.service.list_containers(include_metadata=True)
+        ],
+    )
 
 
 def delete_blob(staging: Staging, container: str, name: str) -> bool:

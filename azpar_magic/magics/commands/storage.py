@@ -45,6 +45,11 @@ def storage(context: MagicContext, words: list[str], usage: str) -> None:
                     print(f"{size:>10}  {entry.path}")
                 if not entries:
                     print("azpar: nothing there")
+                if entries.hidden:
+                    print(
+                        f"azpar: {entries.hidden} container{'s' if entries.hidden != 1 else ''} of other hub "
+                        "users not listed"
+                    )
             elif action == "get":
                 written = blobs.get(args[0], args[1], profile=profile, progress=progress)
                 progress.close()
