@@ -189,6 +189,8 @@ def test_needed_unpicklable_object_is_named(run_cell, guard, unshippable, body, 
     message = _usage_error(run, f"`{name}`", type_name, "Nothing was submitted")
     # ...and why: something about the process owning it.
     assert any(word in message for word in ("process", "copied", "handle")), message
+    # ...and, when the body never names it, which of the notebook's functions reads it.
+    assert ("; `uses_lock` reads it)" in message) == body.startswith("uses_lock"), message
     guard.assert_nothing_submitted()
 
 

@@ -803,13 +803,36 @@ def serialize_inspected(namespace: dict[str, object]) -> tuple[str, bytes, _Insp
         except Exception as exc:
             reason = (str(exc) if isinstance(exc, CaptureError) else f"{type(exc).__name__}: {exc}").rstrip(".")
             reason += _culprit_words(culprit_path(name, value, lambda part: not _ships(part, _Inspector())), reason)
+            readers = _functions_reading(name, namespace)
+            by = f"; {_listed(readers)} read{'s' if len(readers) == 1 else ''} it" if readers else ""
             raise CaptureError(
                 f"The loop body needs the variable `{name}` ({type(value).__module__}."
-                f"{type(value).__qualname__}), which cannot be sent to the workers: {reason}. "
+                f"{type(value).__qualname__}{by}), which cannot be sent to the workers: {reason}. "
                 f"Create it inside the loop body instead, or pass --no-export {name} if the body "
                 "does not really use it. Nothing was submitted."
             ) from None
     raise CaptureError("The namespace could not be serialised (no single variable is at fault).")
+
+
+def _functions_reading(name: str, namespace: dict[str, object]) -> list[str]:
+    """The notebook functions of ``namespace`` whose code reads the global ``name`` (in nested code
+    too), as ``helper`` reading a connection: the error then says why a body that never names it needs it."""
+    found = []
+    for key, value in namespace.items():
+        code = getattr(value, "__code__", None)
+        if isinstance(value, types.FunctionType) and code is not None and _code_reads(code, name):
+            found.append(f"`{key}`" if key == value.__name__ else f"`{key}` ({value.__name__})")
+    return found
+
+
+def _code_reads(code: types.CodeType, name: str) -> bool:
+    return name in code.co_names or any(
+        isinstance(const, types.CodeType) and _code_reads(const, name) for const in code.co_consts
+    )
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _ships(value: object, hook: Callable[[object], None], **options: Any) -> bool:
