@@ -826,9 +826,12 @@ def _functions_reading(name: str, namespace: dict[str, object]) -> list[str]:
 
 
 def _code_reads(code: types.CodeType, name: str) -> bool:
-    return name in code.co_names or any(
-        isinstance(const, types.CodeType) and _code_reads(const, name) for const in code.co_consts
-    )
+    """Whether ``code`` loads the global ``name`` (an attribute of that name is in co_names too)."""
+    if name in code.co_names and any(
+        ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval == name for ins in dis.get_instructions(code)
+    ):
+        return True
+    return any(isinstance(const, types.CodeType) and _code_reads(const, name) for const in code.co_consts)
 
 
 def _listed(names: list[str]) -> str:
