@@ -286,6 +286,40 @@ def test_what_a_worker_lacks_is_said_beside_its_error(run_cell, guard, body, hin
         assert hint in message, message
 
 
+@pytest.mark.timeout(60)
+def test_a_name_nothing_defines_is_said_before_the_run(ip, run_cell, guard, capsys):
+    """`for x in xs: mylib.f(x)` after `import mylib` failed (a module not on the path), or with `np` for
+    `numpy`, was submitted and failed with NameError on every worker: on Azure minutes later. It is said
+    before the run; names the body binds anywhere (in one branch, in a loop), builtins, the notebook's
+    names, and bodies that may bind names unseen (`import *`, `globals()`) are not named."""
+    said = "which is not defined in the notebook (nor a builtin): each iteration that reaches it fails with NameError"
+    run = run_cell(f"%%azpar -q --errors pass -o {AZ_OUT} for x in range(2)\nnp_typo.sqrt(x)")
+    assert run.success, run.error
+    assert f"azpar: warning: the loop body reads `np_typo`, {said}" in run.stderr, run.stderr
+    assert all(isinstance(v, NameError) for v in ip.user_ns[AZ_OUT]), ip.user_ns[AZ_OUT]
+    run = run_cell(f"%%azpar -q --errors pass -o {AZ_OUT} for x in range(2)\nfirst_typo(x) + second_typo")
+    assert "reads `first_typo` and `second_typo`, which are not defined in the notebook (nor builtins)" in run.stderr
+    assert "Define or import them in a cell first" in run.stderr, run.stderr
+    setup = run_cell("defined_here = 3")
+    assert setup.success
+    quiet_bodies = (
+        "for k in range(x + 1):\n    last = k\nlast",  # bound in a loop only
+        "if x:\n    y = 1\nelse:\n    pass\ny if x else None",  # bound in one branch
+        "def g(v):\n    return v + defined_here\ng(x)",
+        "[i * 2 for i in range(x)] + [len(str(x))]",
+        "from math import *\nsqrt(x)",
+        "globals()['made'] = x\nmade",
+        "try:\n    maybe\nexcept NameError:\n    maybe = None\nmaybe",
+    )
+    for body in quiet_bodies:
+        run = run_cell(f"%%azpar -q --errors pass -o {AZ_OUT} for x in range(2)\n{body}")
+        assert run.success, (body, run.error)
+        assert "not defined in the notebook" not in run.stderr, (body, run.stderr)
+    capsys.readouterr()
+    assert isinstance(azpar_magic.run("for x in range(1)", "helper_typo(x)", {}, errors="pass").result()[0], NameError)
+    assert "the loop body reads `helper_typo`, which is not defined" in capsys.readouterr().err
+
+
 def test_unpicklable_item_is_a_usage_error(run_cell, guard):
     run = run_cell("%%azpar -o r for g in [iter([1]), (i for i in range(3))]\ng")
     _usage_error(run, "item 1", "generator")

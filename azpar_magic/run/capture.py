@@ -1580,7 +1580,8 @@ def capture(
         sources=reach.sources,
         warnings=((_DYNAMIC_LOOKUP_WARNING,) if dynamic else ())
         + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ())
-        + ((_history_warning(history),) if (history := _history_reads(free, namespace)) else ()),
+        + ((_history_warning(history),) if (history := _history_reads(free, namespace)) else ())
+        + ((_undefined_warning(undefined),) if (undefined := _undefined_reads(cell, free, namespace)) else ()),
         unshipped=unshipped,
         random_states=_random_state_holders(chosen, random_kinds),
         iterators=_shipped_iterators(chosen),
@@ -1963,6 +1964,64 @@ def _history_reads(free: Iterable[str], namespace: Mapping[str, object]) -> list
 _NOT_HISTORY = frozenset({"exit", "quit", "get_ipython", "display", "__builtins__", "__builtin__"}) | {
     n for n in IPYTHON_NAMES if n.startswith("__") and n.endswith("__")
 }  # the workers have their own, or the worker's hint names them (worker._worker_process_hint)
+
+
+_BUILTIN_NAMES = frozenset(vars(builtins))
+
+
+def _undefined_reads(cell: ParsedCell, free: Iterable[str], namespace: Mapping[str, object]) -> list[str]:
+    """The names the body reads that nothing defines: not the notebook, not Python's builtins, and not the
+    body itself anywhere (a name it binds in one branch or a loop only is not counted), as a misspelt name
+    or a module imported in the notebook under another name (`np` for `numpy`). Each iteration reaching one
+    fails with NameError: on Azure, minutes later, once nodes have started. A body that imports ``*`` or
+    reaches names through ``globals()`` may bind any name, so nothing is said of it."""
+    candidates = [n for n in free if n not in namespace and n not in _BUILTIN_NAMES and not is_ipython_name(n)]
+    if not candidates:
+        return []
+    binds, opaque = _bound_anywhere(cell.body_tree)
+    return [] if opaque else sorted(n for n in candidates if n not in binds)
+
+
+@functools.lru_cache(maxsize=64)
+def _bound_anywhere(tree: ast.Module) -> tuple[frozenset[str], bool]:
+    """(every name the body binds anywhere, in any scope; whether it may bind names its code does not
+    spell: ``from m import *``, ``globals()``, ``exec``)."""
+    names: set[str] = set()
+    opaque = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    opaque = True
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _BINDING_CALLS:
+            opaque = True
+    return frozenset(names), opaque
+
+
+_BINDING_CALLS = frozenset({"globals", "vars", "locals", "exec", "eval", "setattr", "__import__"})
+
+
+def _undefined_warning(names: list[str]) -> str:
+    listed = " and ".join(f"`{n}`" for n in names) if len(names) <= 2 else ", ".join(f"`{n}`" for n in names)
+    one = len(names) == 1
+    return (
+        f"the loop body reads {listed}, which {'is' if one else 'are'} not defined in the notebook (nor "
+        f"{'a builtin' if one else 'builtins'}): each iteration that reaches {'it' if one else 'them'} fails with "
+        f"NameError on the workers. Define or import {'it' if one else 'them'} in a cell first"
+    )
 
 
 def _history_warning(names: list[str]) -> str:
