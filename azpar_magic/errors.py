@@ -114,7 +114,8 @@ class IterationError(AzparError):
             if self.finished_count != 0  # (no iteration finished: nothing to point at)
             else ""
         )
-        return f"iteration {self.index} (item {self.item_repr}) {what}: {self.error_message}{where}{others}.{kept}"
+        said = f": {self.error_message}" if self.error_message else ""  # (`raise KeyboardInterrupt` says nothing)
+        return f"iteration {self.index} (item {self.item_repr}) {what}{said}{where}{others}.{kept}"
 
     def _render_traceback_(self) -> list[str]:
         lines = [f"azpar: {self._summary()}", ""]

@@ -228,9 +228,15 @@ def test_the_iteration_error_is_of_the_exceptions_class_and_pickles_as_a_plain_o
     assert repr(error) == f"IterationError({str(error)!r})" and isinstance(error.__cause__, WorkerTraceback)
     again = pickle.loads(pickle.dumps(error))
     assert type(again) is IterationError and str(again) == str(error) and again.remote_traceback == "Traceback:\nKeyError\n"
-    # a TimeoutError is result(timeout)'s "still running"; IPython shows a SyntaxError from its own fields
-    for plain in (None, JobCancelled("ours"), StopIteration(), TimeoutError("slow"), SyntaxError("bad")):
+    # a TimeoutError is result(timeout)'s "still running"; IPython shows a SyntaxError from its own fields;
+    # IPython shows nothing for a cell ending in a debugger's BdbQuit (a body's breakpoint() on a worker)
+    import bdb
+
+    for plain in (None, JobCancelled("ours"), StopIteration(), TimeoutError("slow"), SyntaxError("bad"), bdb.BdbQuit()):
         assert type(iteration_error(plain, **fields)) is IterationError
+    # an exception with nothing to say ("raised KeyboardInterrupt:  (cell line 2)" before)
+    bare = iteration_error(None, **{**fields, "error_type": "KeyboardInterrupt", "message": ""})
+    assert str(bare).startswith("iteration 1 (item 'b') raised KeyboardInterrupt (cell line 2)."), str(bare)
     missing = iteration_error(AttributeError("no a", name="a", obj=3), **fields)  # fields outside __dict__
     assert isinstance(missing, AttributeError) and (missing.name, missing.obj) == ("a", 3)
     try:

@@ -2006,11 +2006,14 @@ def _bound_anywhere(tree: ast.Module) -> tuple[frozenset[str], bool]:
             names.add(node.name)
         elif isinstance(node, ast.MatchMapping) and node.rest:
             names.add(node.rest)
+        elif type(node).__name__ in _TYPE_PARAMS:  # def f[T](...), class Box[T] (3.12)
+            names.add(node.name)  # type: ignore[attr-defined]
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _BINDING_CALLS:
             opaque = True
     return frozenset(names), opaque
 
 
+_TYPE_PARAMS = frozenset({"TypeVar", "ParamSpec", "TypeVarTuple"})  # ast's, from Python 3.12
 _BINDING_CALLS = frozenset({"globals", "vars", "locals", "exec", "eval", "setattr", "__import__"})
 
 
