@@ -194,6 +194,18 @@ def test_needed_unpicklable_object_is_named(run_cell, guard, unshippable, body, 
     guard.assert_nothing_submitted()
 
 
+def test_a_script_is_told_the_fix_in_keywords_not_flags(ip, guard, unshippable):
+    """azpar_magic.map and run told a script to "pass --no-export lock", a flag it has no way to give."""
+    with pytest.raises(ValueError) as raised:
+        azpar_magic.map(ip.user_ns["uses_lock"], [1])
+    message = str(raised.value)
+    assert "`uses_lock` reads it" in message and "pass no_export='lock' if" in message, message
+    assert "--no-export" not in message, message
+    with pytest.raises(ValueError, match=r"^export names nope, which the namespace does not define"):
+        azpar_magic.run("for x in range(2)", "x", {}, export="nope")
+    guard.assert_nothing_submitted()
+
+
 def test_the_part_that_cannot_be_sent_is_named_where_the_body_reaches_it(run_cell, guard, unshippable):
     """A notebook object holding a lock named only the object and the lock's type: a model or a client
     with many attributes left the user to search. The path is spelt as the body would reach it, for

@@ -17,6 +17,7 @@ import mmap
 import operator
 import os
 import pickle
+import re
 import secrets
 import sys
 import threading
@@ -67,6 +68,18 @@ def unshipped_warnings(cap: capture_mod.Capture, spelling: Mapping[str, str]) ->
         f"{spelling.get('no_export', 'no_export')} {listed}: the loop body (or a function it calls) reads {listed}, "
         f"which the workers will not have: an iteration that reads {them} fails with NameError"
     ]
+
+
+_NAMES_FLAG = re.compile(r"\b(pass|or) --(no-export|export) (NAME|[A-Za-z_]\w*)")
+
+
+def in_callers_words(text: str, spelling: Mapping[str, str]) -> str:
+    """``text`` (capture's, which names the magic's flags) as the caller would write the fix: a script calling
+    ``azpar_magic.map`` or ``run`` was told to "pass --no-export conn", which is no keyword it has."""
+    if spelling.get("no_export", "--no-export").startswith("--"):
+        return text
+    text = _NAMES_FLAG.sub(lambda m: f"{m[1]} {m[2].replace('-', '_')}={m[3]!r}", text)
+    return text.replace("--export names ", "export names ", 1)
 
 
 def own_objects_message(holders: Sequence[str], backend: str) -> str:
@@ -806,13 +819,15 @@ class Engine:
                         request.cell.iterable_source,
                     )
             except CaptureError as exc:
-                raise SubmitError(str(exc)) from None
+                raise SubmitError(in_callers_words(str(exc), request.spelling)) from None
             if cap.compiled_modules and self.backend.files_are_remote:
                 raise SubmitError(compiled_modules_message(cap.compiled_modules, self.backend.name))
             if cap.own_objects and self.backend.files_are_remote:
-                raise SubmitError(own_objects_message(cap.own_objects, self.backend.name))
+                raise SubmitError(
+                    in_callers_words(own_objects_message(cap.own_objects, self.backend.name), request.spelling)
+                )
             for text in (
-                *cap.warnings,
+                *(in_callers_words(text, request.spelling) for text in cap.warnings),
                 *unshipped_warnings(cap, request.spelling),
                 *random_state_warnings(cap, len(tasks), request.spelling),
                 *shared_iterator_warnings(cap, len(tasks)),
