@@ -3944,6 +3944,21 @@ def _binary_mode(fd: int) -> None:
         msvcrt.setmode(fd, os.O_BINARY)
 
 
+def no_standard_input() -> None:
+    """A node's task reads its standard input from the null device, as a pool worker does: whatever the
+    node agent leaves there (a closed descriptor, where ``input()`` raised "lost sys.stdin" and a debugger
+    a RuntimeError; a pipe nobody writes to, where they waited until --timeout), an iteration then meets
+    the end of an empty input, which the error for ``input()`` and ``breakpoint()`` explains."""
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return
+    if null != 0:
+        os.dup2(null, 0)
+        os.close(null)
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+
+
 def stdio_channel() -> tuple[int, int]:
     """The portable transport (Windows has no descriptor passing): the kernel's pipes are this
     process's stdin and stdout. They are moved to descriptors of their own and stdin/stdout
@@ -4413,6 +4428,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if len(argv) == 2 and not argv[0].startswith("-"):
         os.environ[IN_TASK_VARIABLE] = "1"  # (a node's task, as --serve above)
+        no_standard_input()
         try:
             return run_task_file(argv[0], argv[1])
         except Exception:

@@ -65,6 +65,33 @@ def test_runs_a_task_from_files(stage):
     assert result["outputs"][0] == [["stdout", "hi 1\n"]]
 
 
+@pytest.mark.parametrize("stdin", ["closed", "a pipe nobody writes to"])
+def test_a_tasks_input_and_debugger_meet_an_empty_input_whatever_the_node_gives(stage, stdin):
+    """How a node agent starts a task's process, and what its standard input is, is not documented: with it
+    closed, input() failed with "lost sys.stdin" and breakpoint() with a RuntimeError; with a pipe nobody
+    writes to, both waited until the task's --timeout. The task reads the null device, as a pool worker
+    does: input() and the debugger meet the end of an empty input, and their errors say why."""
+    make, _ = stage
+    folder = make("if x == 1:\n    input('v? ')\nelse:\n    breakpoint()\nx", items=(1, 2))
+    node = folder / "node"
+    argv = [sys.executable, "-I", str(node / "worker.py"), str(folder / "task-1.azpt"), str(folder / "out.azpr")]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.path.dirname(os.path.dirname(wire._dill().__file__))}
+    if stdin == "closed":
+        proc = subprocess.run(["sh", "-c", 'exec "$@" 0<&-', "sh", *argv], cwd=node, env=env, timeout=60,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        with subprocess.Popen(argv, cwd=node, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) as proc:
+            try:
+                proc.wait(timeout=30)
+            finally:
+                proc.kill()
+    assert proc.returncode == wire.EXIT_OK
+    failed = read(folder / "out.azpr")["failed"]
+    assert failed[0]["type"] == "builtins.EOFError" and "an iteration has no standard input" in failed[0]["message"]
+    assert failed[1]["type"] == "bdb.BdbQuit" and "`%azpar debug` runs this iteration" in failed[1]["message"]
+
+
 def test_user_exception_is_a_result_not_an_exit_code(stage):
     make, run = stage
     folder = make("1 / (x - 2)")
