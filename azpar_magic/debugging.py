@@ -25,8 +25,10 @@ debugger (IPython's own post-mortem, as ``%debug`` does) on what ``run`` returns
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,7 +244,12 @@ def _load(job_id: str, envelope: dict, namespace: bytes) -> wire.LoadedJob:
 
 def run(reproduction: Reproduction) -> Outcome:
     """Run the iteration here; its exception is returned, not raised, with the traceback
-    from this frame on (the caller decides: raise it, or open the debugger on it)."""
+    from this frame on (the caller decides: raise it, or open the debugger on it).
+
+    The kernel's Ctrl-C handler is put back afterwards: a ``breakpoint()`` in the body, left with ``c``,
+    leaves pdb's own handler installed (pdb restores it only when it stops again), and the kernel's next
+    interrupt then opened a debugger prompt where the user expected a KeyboardInterrupt."""
+    sigint = _sigint_handler()
     try:
         value = wire.run_here(reproduction.loaded, reproduction.index, reproduction.item)
     except BaseException as exc:  # noqa: BLE001 - the body's own exception, whatever it is
@@ -252,4 +259,13 @@ def run(reproduction: Reproduction) -> Outcome:
     finally:
         if reproduction.kernel_imports is not None:
             reproduction.kernel_imports.restore()
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
     return Outcome(value=value)
+
+
+def _sigint_handler() -> Any:
+    """The SIGINT handler to put back, or None where it cannot be (not the main thread, or not Python's)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.getsignal(signal.SIGINT)  # (None: installed from C, which Python cannot put back)

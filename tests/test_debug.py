@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import sys
 import traceback
 
@@ -121,8 +122,11 @@ def test_a_breakpoint_in_the_body_fails_the_cell_aloud_and_debug_stops_there(ip,
     monkeypatch.setattr(pdb, "set_trace", set_trace)
     monkeypatch.setattr(sys, "breakpointhook", sys.__breakpointhook__)  # (calls pdb.set_trace)
     monkeypatch.setattr(sys, "stdin", io.StringIO("p y + 1000\nc\n"))  # what the user types at (Pdb)
+    before = signal.getsignal(signal.SIGINT)
     debugged = run_cell("%azpar debug")
     assert debugged.success, debugged.error
+    # pdb's `c` left its own Ctrl-C handler installed: the kernel's next interrupt opened a debugger prompt
+    assert signal.getsignal(signal.SIGINT) is before
     assert "1007" in debugged.stdout, debugged.stdout  # stopped in iteration 0 (item 1), y = 7
     assert "ran here without an exception" in debugged.stdout, debugged.stdout
 
