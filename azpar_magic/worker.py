@@ -2543,7 +2543,7 @@ def _worker_process_hint(exc: BaseException) -> str:
         return (
             " (the body stopped at a debugger, breakpoint() or pdb.set_trace(), which quits at once on a "
             "worker: nobody can type at it there. `%azpar debug` runs this iteration in the notebook, "
-            "where it stops at that line)"
+            "where that line stops as it would in a cell)"
         )
     return ""
 

@@ -112,7 +112,7 @@ def test_a_breakpoint_in_the_body_fails_the_cell_aloud_and_debug_stops_there(ip,
     shown = run.stdout + run.stderr + "".join(str(o.data) for o in run.outputs)
     assert isinstance(run.error, azpar_magic.IterationError), run.error
     assert "azpar: iteration 0 (item 1) raised BdbQuit: the body stopped at a debugger" in shown, shown
-    assert "`%azpar debug` runs this iteration in the notebook, where it stops at that line" in shown, shown
+    assert "`%azpar debug` runs this iteration in the notebook, where that line stops as it would in a cell" in shown, shown
     assert "stopped" not in ip.user_ns
     import pdb
 

@@ -88,6 +88,31 @@ def test_local_job_debugged_after_a_kernel_restart(tmp_path, job_store):
         _stop(kernel)
 
 
+@pytest.mark.timeout(180)
+def test_a_debugger_left_in_the_body_in_a_real_kernel(tmp_path, job_store):
+    """A user debugging a loop adds a debugger call and runs the cell through %%azpar in a notebook. The
+    cell failed showing nothing (IPython takes a BdbQuit for a debugger the user quit, and so does the
+    kernel's reply); it says what happened now, and `%azpar debug` stops at that line through the
+    frontend's stdin, as the same call in a cell does. (A kernel's breakpoint() goes to debugpy, which
+    stops only while the frontend's debugger is on: the same in a cell and in `%azpar debug`.)"""
+    kernel = _start(tmp_path, _env(tmp_path, job_store))
+    try:
+        for stop in ("breakpoint()", "import pdb; pdb.set_trace()"):
+            reply = kernel.run(f"%%azpar -q -o stopped for x in range(1, 3):\ny = x * 7\n{stop}\ny")
+            said = _ANSI.sub("", _error_text(reply) + reply.stdout + reply.stderr)
+            assert reply.status == "error", reply.describe()
+            assert "raised BdbQuit: the body stopped at a debugger" in said, said
+            assert "`%azpar debug` runs this iteration in the notebook" in said, said
+            assert kernel.value("'stopped' in globals()") == "False"
+        reply, prompts = _debug_session(kernel, "%azpar debug", ["p y + 1000", "c"])
+        shown = _ANSI.sub("", reply.stdout)
+        assert reply.status == "ok", reply.describe()
+        assert len(prompts) == 2 and all("ipdb>" in p for p in prompts), prompts
+        assert "1007" in shown and "ran here without an exception" in shown, shown
+    finally:
+        _stop(kernel)
+
+
 @pytest.mark.azure
 @pytest.mark.timeout(300)
 def test_azure_job_debugged_after_a_kernel_restart(tmp_path, job_store, batch, azurite):
