@@ -451,3 +451,21 @@ def test_the_eta_counts_down_between_two_ends_instead_of_growing_with_the_clock(
         finish(job, str(i), [i], [i])
     end(job)
     assert job.snapshot().eta is None
+
+
+def test_waiters_return_when_the_engine_wakes_them_not_when_the_state_turns_final():
+    """The engine ends a job in two steps (its state final, the backend's clean-up, then the wake), so a cell
+    returns only once the local pool has removed the job's working folder. A waiter's poll (the magic waits
+    0.1 s at a time) that came back in between saw the final state and returned early: a CI run's
+    test_the_working_folders_are_gone_when_the_cell_returns listed the folder still there."""
+    job = make_job(range(2))
+    job.add_task("1", range(0, 2))
+    job.finish("succeeded", wake=False)
+    assert job.done  # (what a poll of job.done sees: the state)
+    began = time.monotonic()
+    assert job.wait(0.3) is False and time.monotonic() - began >= 0.25
+    woke = threading.Timer(0.2, job.wake)
+    woke.start()
+    began = time.monotonic()
+    assert job.wait(5) is True and 0.15 <= time.monotonic() - began < 4
+    assert job.wait(0) is True

@@ -158,6 +158,7 @@ class Job:
         self.created = time.time()
         self._started = time.monotonic()
         self._finished: float | None = None
+        self._settling = False  # ended, its waiters not told yet (finish(wake=False) until wake)
         self._progressed: float | None = None  # when an iteration last got its outcome here (the ETA's clock)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # any change: what as_completed() waits on
@@ -452,6 +453,7 @@ class Job:
                 return
             self.state = state
             self._finished = time.monotonic()
+            self._settling = not wake
             if wake:
                 self._end.notify_all()
         if self.meter is not None:
@@ -462,6 +464,7 @@ class Job:
     def wake(self) -> None:
         """Tell the job's waiters and listeners that it ended (after ``finish(state, wake=False)``)."""
         with self._lock:
+            self._settling = False
             self._end.notify_all()
         self._notify()
 
@@ -498,11 +501,14 @@ class Job:
         return self.state in FINAL_STATES
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job ends (or ``timeout`` seconds pass); return whether it ended."""
+        """Block until the job ends (or ``timeout`` seconds pass); return whether it ended. A job ended
+        with ``finish(state, wake=False)`` has ended for its waiters at ``wake``: a poll that came back in
+        between (the magic waits 0.1 s at a time) returned while the local pool still removed the job's
+        working folder, which a script clearing azpar_outputs as the cell returned then met."""
         timeout = timeout_seconds(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._end:
-            while not self.done:
+            while not self.done or self._settling:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -755,9 +761,9 @@ class Job:
     async def _result_async(self) -> Any:
         wake = _Wakeup(self)
         try:
-            while not self.done:
+            while not self.done or self._settling:
                 wake.event.clear()  # cleared before the check: a notification after it sets it again
-                if self.done:
+                if self.done and not self._settling:
                     break
                 await wake.event.wait()
         finally:

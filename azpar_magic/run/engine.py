@@ -673,13 +673,15 @@ class _Run:
         if job.done or job.tasks_final < len(job.tasks):
             return
         job.finish(job.final_state(cancelled=self.engine.cancelled(job.id)), wake=False)
-        self.recorder.finish()
-        # The backend lets go of the job (its state final, its end record queued: Azure's clean-up copies the
-        # final manifest) before the waiters wake: the local pool removes the job's working folder under the
-        # outputs folder (--inputs/--outputs) here, which a script clearing azpar_outputs as the cell
-        # returned met half removed. (A waiter's 0.2 s poll of job.done may still end meanwhile.)
-        self.engine.forget(job.id)
-        job.wake()
+        try:
+            self.recorder.finish()
+            # The backend lets go of the job (its state final, its end record queued: Azure's clean-up copies
+            # the final manifest) before the waiters wake: the local pool removes the job's working folder under
+            # the outputs folder (--inputs/--outputs) here, which a script clearing azpar_outputs as the cell
+            # returned met half removed. (Job.wait waits for the wake; only a poll of job.done sees the end first.)
+            self.engine.forget(job.id)
+        finally:
+            job.wake()
 
 
 class Engine:
