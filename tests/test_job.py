@@ -460,12 +460,18 @@ def test_waiters_return_when_the_engine_wakes_them_not_when_the_state_turns_fina
     test_the_working_folders_are_gone_when_the_cell_returns listed the folder still there."""
     job = make_job(range(2))
     job.add_task("1", range(0, 2))
-    job.finish("succeeded", wake=False)
+    finish(job, "1", range(0, 2), [10, 11])
+    job.finish(job.final_state(), wake=False)
     assert job.done  # (what a poll of job.done sees: the state)
     began = time.monotonic()
     assert job.wait(0.3) is False and time.monotonic() - began >= 0.25
+    stream = job.as_completed(timeout=0.3)  # a script's loop ends at the wake too
+    assert [next(stream), next(stream)] == [(0, 10), (1, 11)]
+    with pytest.raises(TimeoutError):
+        next(stream)
     woke = threading.Timer(0.2, job.wake)
     woke.start()
     began = time.monotonic()
     assert job.wait(5) is True and 0.15 <= time.monotonic() - began < 4
     assert job.wait(0) is True
+    assert list(job.as_completed()) == [(0, 10), (1, 11)] and job.result() == [10, 11]

@@ -960,7 +960,7 @@ class AsCompleted:
                 # remove: skipped, as result() drops it; stop: an iteration stopped early never ran
             if pairs:
                 self._ready.append(iter(pairs))
-        if self._error is None and self._entry == len(arrivals) and job.done:
+        if self._error is None and self._entry == len(arrivals) and job.done and not job._settling:
             self._final = True
         return bool(self._ready) or self._error is not None or self._final
 
