@@ -3949,14 +3949,12 @@ def no_standard_input() -> None:
     node agent leaves there (a closed descriptor, where ``input()`` raised "lost sys.stdin" and a debugger
     a RuntimeError; a pipe nobody writes to, where they waited until --timeout), an iteration then meets
     the end of an empty input, which the error for ``input()`` and ``breakpoint()`` explains."""
-    try:
-        null = os.open(os.devnull, os.O_RDONLY)
-    except OSError:
-        return
+    null = os.open(os.devnull, os.O_RDONLY)
     if null != 0:
         os.dup2(null, 0)
         os.close(null)
-    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    if sys.stdin is None:  # (descriptor 0 was closed at start; an open one's wrapper now reads the null device)
+        sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
 
 
 def stdio_channel() -> tuple[int, int]:
@@ -3965,9 +3963,7 @@ def stdio_channel() -> tuple[int, int]:
     become the null device/stderr (the worker's log), so nothing a task prints or reads, even
     from C code or a child process, touches them."""
     fd_in, fd_out = os.dup(0), os.dup(1)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    no_standard_input()
     os.dup2(2, 1)
     for fd in (fd_in, fd_out):
         _binary_mode(fd)
@@ -4428,7 +4424,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if len(argv) == 2 and not argv[0].startswith("-"):
         os.environ[IN_TASK_VARIABLE] = "1"  # (a node's task, as --serve above)
-        no_standard_input()
+        try:
+            no_standard_input()
+        except OSError:  # no null device to open: the task runs with what it was given
+            pass
         try:
             return run_task_file(argv[0], argv[1])
         except Exception:

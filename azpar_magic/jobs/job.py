@@ -500,6 +500,11 @@ class Job:
     def done(self) -> bool:
         return self.state in FINAL_STATES
 
+    @property
+    def _over(self) -> bool:
+        """Ended for its waiters: final, and woken (see ``wait``)."""
+        return self.state in FINAL_STATES and not self._settling
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job ends (or ``timeout`` seconds pass); return whether it ended. A job ended
         with ``finish(state, wake=False)`` has ended for its waiters at ``wake``: a poll that came back in
@@ -508,7 +513,7 @@ class Job:
         timeout = timeout_seconds(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._end:
-            while not self.done or self._settling:
+            while not self._over:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -761,9 +766,9 @@ class Job:
     async def _result_async(self) -> Any:
         wake = _Wakeup(self)
         try:
-            while not self.done or self._settling:
+            while not self._over:
                 wake.event.clear()  # cleared before the check: a notification after it sets it again
-                if self.done and not self._settling:
+                if self._over:
                     break
                 await wake.event.wait()
         finally:
@@ -960,7 +965,7 @@ class AsCompleted:
                 # remove: skipped, as result() drops it; stop: an iteration stopped early never ran
             if pairs:
                 self._ready.append(iter(pairs))
-        if self._error is None and self._entry == len(arrivals) and job.done and not job._settling:
+        if self._error is None and self._entry == len(arrivals) and job._over:
             self._final = True
         return bool(self._ready) or self._error is not None or self._final
 

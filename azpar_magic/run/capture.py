@@ -159,9 +159,10 @@ def _is_ipython_builtin(name: str, value: object) -> bool:
 # --------------------------------------------------------------------------- free names
 
 
-def _stored_names(nodes: Iterable[ast.AST]) -> set[str]:
+def _stored_names(nodes: Iterable[ast.AST], nested: bool = False) -> set[str]:
     """Names a scope binds (assignments, loop targets, imports, defs, and ``del``, which makes a name
-    local to a function as an assignment does), not looking into the nested scopes it contains."""
+    local to a function as an assignment does), not looking into the nested scopes it contains;
+    ``nested``: those of every scope inside too, with their parameters and type parameters."""
     found: set[str] = set()
     stack = list(nodes)
     while stack:
@@ -170,7 +171,12 @@ def _stored_names(nodes: Iterable[ast.AST]) -> set[str]:
             found.add(node.id)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             found.add(node.name)
-            continue
+            if not nested:
+                continue
+        elif nested and isinstance(node, ast.arg):
+            found.add(node.arg)
+        elif nested and type(node).__name__ in _TYPE_PARAMS:  # def f[T](...), class Box[T] (3.12)
+            found.add(node.name)  # type: ignore[attr-defined]
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             found |= {(a.asname or a.name).split(".")[0] for a in node.names}
         elif isinstance(node, ast.ExceptHandler) and node.name:
@@ -179,13 +185,14 @@ def _stored_names(nodes: Iterable[ast.AST]) -> set[str]:
             found.add(node.name)
         elif isinstance(node, ast.MatchMapping) and node.rest:
             found.add(node.rest)
-        elif isinstance(node, (ast.Lambda, *_COMPREHENSIONS)):
+        elif not nested and isinstance(node, (ast.Lambda, *_COMPREHENSIONS)):
             continue
         stack.extend(ast.iter_child_nodes(node))
     return found
 
 
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_TYPE_PARAMS = frozenset({"TypeVar", "ParamSpec", "TypeVarTuple"})  # ast's, from Python 3.12
 
 
 def _scope_reads(node: ast.AST, local: frozenset[str] = frozenset()) -> set[str]:
@@ -820,18 +827,9 @@ def _functions_reading(name: str, namespace: dict[str, object]) -> list[str]:
     found = []
     for key, value in namespace.items():
         code = getattr(value, "__code__", None)
-        if isinstance(value, types.FunctionType) and code is not None and _code_reads(code, name):
+        if isinstance(value, types.FunctionType) and code is not None and name in _code_globals(code)[0]:
             found.append(f"`{key}`" if key == value.__name__ else f"`{key}` ({value.__name__})")
     return found
-
-
-def _code_reads(code: types.CodeType, name: str) -> bool:
-    """Whether ``code`` loads the global ``name`` (an attribute of that name is in co_names too)."""
-    if name in code.co_names and any(
-        ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.argval == name for ins in dis.get_instructions(code)
-    ):
-        return True
-    return any(isinstance(const, types.CodeType) and _code_reads(const, name) for const in code.co_consts)
 
 
 def _listed(names: list[str]) -> str:
@@ -1986,34 +1984,14 @@ def _undefined_reads(cell: ParsedCell, free: Iterable[str], namespace: Mapping[s
 def _bound_anywhere(tree: ast.Module) -> tuple[frozenset[str], bool]:
     """(every name the body binds anywhere, in any scope; whether it may bind names its code does not
     spell: ``from m import *``, ``globals()``, ``exec``)."""
-    names: set[str] = set()
-    opaque = False
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            names.add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for alias in node.names:
-                if alias.name == "*":
-                    opaque = True
-                names.add(alias.asname or alias.name.split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            names.add(node.rest)
-        elif type(node).__name__ in _TYPE_PARAMS:  # def f[T](...), class Box[T] (3.12)
-            names.add(node.name)  # type: ignore[attr-defined]
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _BINDING_CALLS:
-            opaque = True
-    return frozenset(names), opaque
+    opaque = any(
+        (isinstance(node, ast.ImportFrom) and any(alias.name == "*" for alias in node.names))
+        or (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _BINDING_CALLS)
+        for node in ast.walk(tree)
+    )
+    return frozenset(_stored_names(tree.body, nested=True)), opaque
 
 
-_TYPE_PARAMS = frozenset({"TypeVar", "ParamSpec", "TypeVarTuple"})  # ast's, from Python 3.12
 _BINDING_CALLS = frozenset({"globals", "vars", "locals", "exec", "eval", "setattr", "__import__"})
 
 
