@@ -145,6 +145,7 @@ def _submit(func: Callable, iterable: Iterable, star: bool, given: dict[str, Any
         names_argument(given["export"], "export"),
         names_argument(given["no_export"], "no_export"),
         backend_options={"packages": packages, "merge": "client", "keep": bool(given["keep"])},
+        spelling=dict(API_SPELLING, body=f"the function given to {called}"),
         max_items=settings["max_items"],
     )
     bars: list[Any] = []  # a tqdm bar starmap's iterable came in (submit finds map's itself)

@@ -201,6 +201,9 @@ def test_a_script_is_told_the_fix_in_keywords_not_flags(ip, guard, unshippable):
     message = str(raised.value)
     assert "`uses_lock` reads it" in message and "pass no_export='lock' if" in message, message
     assert "--no-export" not in message, message
+    # map's caller wrote a function, not a loop body: the message speaks of that function
+    assert message.startswith("The function given to map needs the variable `lock`"), message
+    assert "Create it inside the function given to map instead" in message and "loop body" not in message, message
     with pytest.raises(ValueError, match=r"^export names nope, which the namespace does not define"):
         azpar_magic.run("for x in range(2)", "x", {}, export="nope")
     guard.assert_nothing_submitted()
@@ -277,6 +280,7 @@ def test_no_export_of_a_name_the_body_reads_is_warned_of_before_the_run(ip, run_
     assert ip.user_ns[AZ_OUT] == [1, 1]
     capsys.readouterr()
     assert isinstance(azpar_magic.map(ip.user_ns["count"], [1], errors="pass", no_export="nums")[0], NameError)
+    said = said.replace("the loop body", "the function given to map")  # (map's caller wrote no loop body)
     assert f"azpar: warning: no_export nums: {said}" in capsys.readouterr().err
 
 
@@ -322,6 +326,8 @@ def test_a_name_nothing_defines_is_said_before_the_run(ip, run_cell, guard, caps
         "from math import *\nsqrt(x)",
         "globals()['made'] = x\nmade",
         "try:\n    maybe\nexcept NameError:\n    maybe = None\nmaybe",
+        "try:\n    use = maybe\nexcept NameError:\n    use = None\nuse",  # asks whether it exists
+        "try:\n    use = maybe\nexcept (KeyError, Exception):\n    use = None\nuse",
     )
     for body in quiet_bodies:
         run = run_cell(f"%%azpar -q --errors pass -o {AZ_OUT} for x in range(2)\n{body}")
@@ -330,6 +336,41 @@ def test_a_name_nothing_defines_is_said_before_the_run(ip, run_cell, guard, caps
     capsys.readouterr()
     assert isinstance(azpar_magic.run("for x in range(1)", "helper_typo(x)", {}, errors="pass").result()[0], NameError)
     assert "the loop body reads `helper_typo`, which is not defined" in capsys.readouterr().err
+
+
+def test_a_name_a_notebook_function_reads_and_nothing_defines_is_said_before_the_run(ip, run_cell, guard, capsys):
+    """`def g(x): return np.sqrt(x)` in a notebook that imported `numpy`, called by the body (or given to
+    map), failed with NameError on every worker, as the body's own misspelt name did before it was said.
+    Not said: a global another function assigns, one the body binds, a read the function guards."""
+    setup = run_cell(
+        "import math\n"
+        "def uses_typo(x):\n    return mth.sqrt(x) + other_typo\n"
+        "def sets_cache(x):\n    global CACHED_HERE\n    CACHED_HERE = x\n    return x\n"
+        "def reads_cache(x):\n    return CACHED_HERE + x\n"
+        "def asks_first(x):\n    try:\n        return x + maybe_there\n    except NameError:\n        return x\n"
+        "def reads_body_name(x):\n    return x + set_by_body\n"
+        "typo_lambda = lambda v: v + lambda_typo\n"
+    )
+    assert setup.success, setup.error
+    run = run_cell(f"%%azpar -q --errors pass -o {AZ_OUT} for x in range(2)\nuses_typo(x)")
+    assert run.success, run.error
+    assert "azpar: warning: `uses_typo` reads `mth` and `other_typo`: not defined in the notebook (nor builtins), " \
+        "so each call that reaches them fails with NameError on the workers" in run.stderr, run.stderr
+    assert all(isinstance(v, NameError) for v in ip.user_ns[AZ_OUT]), ip.user_ns[AZ_OUT]
+    quiet = {
+        "sets_cache(x)\nreads_cache(x)": [0, 2],
+        "asks_first(x)": [0, 1],
+        "set_by_body = 1\nreads_body_name(x)": [1, 2],
+    }
+    for body, values in quiet.items():
+        run = run_cell(f"%%azpar -q --errors pass -o {AZ_OUT} for x in range(2)\n{body}")
+        assert run.success, (body, run.error)
+        assert "not defined in the notebook" not in run.stderr, (body, run.stderr)
+        assert ip.user_ns[AZ_OUT] == values, (body, ip.user_ns[AZ_OUT])
+    capsys.readouterr()
+    values = azpar_magic.map(ip.user_ns["typo_lambda"], range(2), errors="pass")
+    assert all(isinstance(v, NameError) for v in values), values
+    assert "azpar: warning: a lambda reads `lambda_typo`: not defined" in capsys.readouterr().err
 
 
 def test_unpicklable_item_is_a_usage_error(run_cell, guard):

@@ -146,8 +146,11 @@ def test_an_iterator_of_the_notebooks_the_body_advances_is_warned_of_when_tasks_
         assert ip.user_ns["out"] == [0, 1, 2, 3]  # one copy, continued as the loop would
         repeat = run_cell("%%azpar -q --chunk-size 1 -o out for x in range(3):\nnext(fives) + x")
         assert repeat.success and "warning" not in repeat.stderr and ip.user_ns["out"] == [5, 6, 7]
+        api = run_cell("import azpar_magic\n_ = azpar_magic.map(lambda x: next(ids), range(2), chunk_size=1)")
+        assert "the function given to map uses `ids` (itertools.count), an iterator" in api.stderr, api.stderr
+        assert "through the iterables instead" in api.stderr and "loop header" not in api.stderr, api.stderr
     finally:
-        for name in ("itertools", "ids", "batches", "fives"):
+        for name in ("itertools", "ids", "batches", "fives", "_"):
             ip.user_ns.pop(name, None)
 
 

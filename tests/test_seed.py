@@ -113,7 +113,8 @@ def test_a_generator_made_in_the_notebook_is_warned_of_when_tasks_would_repeat_i
         own = run_cell("%%azpar -q --chunk-size 1 -o out for i in range(4):\nfloat(np.random.default_rng().random())")
         assert own.success and "warning" not in own.stderr, own.stderr
         api = run_cell("import azpar_magic\n_ = azpar_magic.map(lambda i: float(rng.random()), range(4), chunk_size=1)")
-        assert "`rng` (a numpy.random.Generator)" in api.stderr and "with seed N" in api.stderr, api.stderr
+        assert "the function given to map uses `rng` (a numpy.random.Generator)" in api.stderr, api.stderr
+        assert "inside the function instead" in api.stderr and "with seed=N" in api.stderr, api.stderr
     finally:
         for name in ("rng", "r2", "Sim", "sim", "out", "_"):
             ip.user_ns.pop(name, None)

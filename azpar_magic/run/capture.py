@@ -27,6 +27,7 @@ import platform
 import re
 import socket
 import sys
+import textwrap
 import threading
 import time
 import tokenize
@@ -499,6 +500,10 @@ class _Reach:
         self.sources: dict[str, str] = {}
         self.walked: set[int] = set()  # ids of the objects visited
         self._files_looked_at: set[str] = set()  # code files looked at for sources
+        # Notebook functions' reads of globals that nothing defines ({function: names}), and the code of every
+        # notebook function reached (one that assigns a global, `global cache; cache = ...`, defines it for another).
+        self.undefined_reads: dict[str, set[str]] = {}
+        self.notebook_code: dict[int, types.CodeType] = {}  # (by id: 10,000 closures share one code object)
 
     def _is_notebook(self, obj: object) -> bool:
         return getattr(obj, "__module__", None) == "__main__"
@@ -570,13 +575,16 @@ class _Reach:
         if chains:
             self.submodules |= submodules_reached(chains, fn.__globals__)
         if fn.__globals__ is self.namespace or fn.__globals__ is self.main_dict:
+            self.notebook_code[id(fn.__code__)] = fn.__code__
+            undefined = False
             for name in names:
-                if (
-                    name in self.namespace
-                    and not is_ipython_name(name)
-                    and not _is_ipython_builtin(name, self.namespace[name])
-                ):
-                    self.names.add(name)
+                if name in self.namespace:
+                    if not is_ipython_name(name) and not _is_ipython_builtin(name, self.namespace[name]):
+                        self.names.add(name)
+                elif name not in fn.__globals__ and name not in _BUILTIN_NAMES and not is_ipython_name(name):
+                    undefined = True
+            if undefined:  # (rare: only then is the code read again, for what it loads and assigns as globals)
+                self._note_undefined(fn)
         filename = fn.__code__.co_filename
         if filename not in self._files_looked_at:  # (once a file: a stat each of 10,000 closures cost ~8 ms)
             self._files_looked_at.add(filename)
@@ -592,6 +600,33 @@ class _Reach:
                 pass
         for default in (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()):
             self.visit(default, depth + 1)
+
+    def _note_undefined(self, fn: types.FunctionType) -> None:
+        loads, _, opaque = _global_uses(fn.__code__)
+        defined = (self.namespace, fn.__globals__, _BUILTIN_NAMES)
+        found = {n for n in loads if not any(n in names for names in defined) and not is_ipython_name(n)}
+        if found and not opaque and (found := found - _guarded_reads_of(fn)):
+            self.undefined_reads.setdefault(fn.__qualname__, set()).update(found)
+
+
+@functools.lru_cache(maxsize=256)
+def _global_uses(code: types.CodeType) -> tuple[frozenset[str], frozenset[str], bool]:
+    """(the names a function's code, nested code included, loads as globals; those it assigns or deletes as
+    globals; whether it may reach globals its code does not spell: ``globals()``, ``exec``). Only LOAD_GLOBAL
+    counts: a class body's LOAD_NAME may read a name the class itself bound."""
+    loads: set[str] = set()
+    stores: set[str] = set()
+    for ins in dis.get_instructions(code):
+        if ins.opname == "LOAD_GLOBAL":
+            loads.add(str(ins.argval))
+        elif ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+            stores.add(str(ins.argval))
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            inner_loads, inner_stores, _ = _global_uses(const)
+            loads |= inner_loads
+            stores |= inner_stores
+    return frozenset(loads), frozenset(stores), bool(loads & _BINDING_CALLS)
 
 
 def resolve_names(
@@ -1579,7 +1614,8 @@ def capture(
         warnings=((_DYNAMIC_LOOKUP_WARNING,) if dynamic else ())
         + ((_stale_module_warning(stale),) if (stale := stale_local_modules(local)) else ())
         + ((_history_warning(history),) if (history := _history_reads(free, namespace)) else ())
-        + ((_undefined_warning(undefined),) if (undefined := _undefined_reads(cell, free, namespace)) else ()),
+        + ((_undefined_warning(undefined),) if (undefined := _undefined_reads(cell, free, namespace)) else ())
+        + ((_undefined_in_functions_warning(found),) if (found := _undefined_in_functions(cell, reach)) else ()),
         unshipped=unshipped,
         random_states=_random_state_holders(chosen, random_kinds),
         iterators=_shipped_iterators(chosen),
@@ -1976,23 +2012,53 @@ def _undefined_reads(cell: ParsedCell, free: Iterable[str], namespace: Mapping[s
     candidates = [n for n in free if n not in namespace and n not in _BUILTIN_NAMES and not is_ipython_name(n)]
     if not candidates:
         return []
-    binds, opaque = _bound_anywhere(cell.body_tree)
-    return [] if opaque else sorted(n for n in candidates if n not in binds)
+    binds, opaque, guarded = _bound_anywhere(cell.body_tree)
+    return [] if opaque else sorted(n for n in candidates if n not in binds and n not in guarded)
 
 
 @functools.lru_cache(maxsize=64)
-def _bound_anywhere(tree: ast.Module) -> tuple[frozenset[str], bool]:
+def _bound_anywhere(tree: ast.Module) -> tuple[frozenset[str], bool, frozenset[str]]:
     """(every name the body binds anywhere, in any scope; whether it may bind names its code does not
-    spell: ``from m import *``, ``globals()``, ``exec``)."""
+    spell: ``from m import *``, ``globals()``, ``exec``; the names it reads only where a NameError is caught:
+    ``try: use = maybe`` / ``except NameError: use = None`` asks whether the name exists, as a notebook may)."""
     opaque = any(
         (isinstance(node, ast.ImportFrom) and any(alias.name == "*" for alias in node.names))
         or (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _BINDING_CALLS)
         for node in ast.walk(tree)
     )
-    return frozenset(_stored_names(tree.body, nested=True)), opaque
+    return frozenset(_stored_names(tree.body, nested=True)), opaque, _guarded_reads(tree)
+
+
+def _guarded_reads(tree: ast.AST) -> frozenset[str]:
+    """The names ``tree`` reads inside a ``try`` whose handlers catch a NameError (by name, as Exception or
+    BaseException, or bare)."""
+    return frozenset(
+        node.id
+        for block in ast.walk(tree)
+        if isinstance(block, _TRY_KINDS) and any(map(_catches_name_error, block.handlers))
+        for statement in block.body
+        for node in ast.walk(statement)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+    )
+
+
+def _guarded_reads_of(fn: types.FunctionType) -> frozenset[str]:
+    """:func:`_guarded_reads` of a notebook function's source (IPython keeps each cell's in linecache); none
+    when the source cannot be had or parsed alone (a lambda in the middle of a longer expression)."""
+    try:
+        return _guarded_reads(ast.parse(textwrap.dedent(inspect.getsource(fn))))
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return frozenset()
 
 
 _BINDING_CALLS = frozenset({"globals", "vars", "locals", "exec", "eval", "setattr", "__import__"})
+_TRY_KINDS = (ast.Try, *((ast.TryStar,) if hasattr(ast, "TryStar") else ()))
+_CATCHES_NAME_ERROR = frozenset({"NameError", "Exception", "BaseException"})  # (and a bare except)
+
+
+def _catches_name_error(handler: ast.ExceptHandler) -> bool:
+    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else (handler.type,)
+    return any(kind is None or (isinstance(kind, ast.Name) and kind.id in _CATCHES_NAME_ERROR) for kind in kinds)
 
 
 def _undefined_warning(names: list[str]) -> str:
@@ -2002,6 +2068,38 @@ def _undefined_warning(names: list[str]) -> str:
         f"the loop body reads {listed}, which {'is' if one else 'are'} not defined in the notebook (nor "
         f"{'a builtin' if one else 'builtins'}): each iteration that reaches {'it' if one else 'them'} fails with "
         f"NameError on the workers. Define or import {'it' if one else 'them'} in a cell first"
+    )
+
+
+def _undefined_in_functions(cell: ParsedCell, reach: _Reach) -> dict[str, list[str]]:
+    """The globals the notebook functions the body reaches read and nothing defines ({function: names}):
+    `def g(x): return np.sqrt(x)` in a notebook that imported `numpy` fails on every worker as the body's own
+    misspelt name does. Not those the body or a reached function assigns as globals (a body's top-level names
+    are the functions' globals on the workers), nor any when the body may bind names unseen."""
+    if not reach.undefined_reads:
+        return {}
+    binds, opaque, _ = _bound_anywhere(cell.body_tree)
+    if opaque:
+        return {}
+    stored = {name for code in reach.notebook_code.values() for name in _global_uses(code)[1]}
+    found = {
+        function: sorted(n for n in names if n not in binds and n not in stored)
+        for function, names in sorted(reach.undefined_reads.items())
+    }
+    return {function: names for function, names in found.items() if names}
+
+
+def _undefined_in_functions_warning(found: dict[str, list[str]]) -> str:
+    said = "; ".join(
+        f"{'a lambda' if function.endswith('<lambda>') else f'`{function}`'} reads "
+        + " and ".join(f"`{n}`" for n in names)
+        for function, names in found.items()
+    )
+    many = sum(map(len, found.values())) > 1
+    return (
+        f"{said}: not defined in the notebook (nor {'builtins' if many else 'a builtin'}), so each call that reaches "
+        f"{'them' if many else 'it'} fails with NameError on the workers. Define or import {'them' if many else 'it'} "
+        "in a cell first"
     )
 
 

@@ -75,7 +75,13 @@ _NAMES_FLAG = re.compile(r"\b(pass|or) --(no-export|export) (NAME|[A-Za-z_]\w*)"
 
 def in_callers_words(text: str, spelling: Mapping[str, str]) -> str:
     """``text`` (capture's, which names the magic's flags) as the caller would write the fix: a script calling
-    ``azpar_magic.map`` or ``run`` was told to "pass --no-export conn", which is no keyword it has."""
+    ``azpar_magic.map`` or ``run`` was told to "pass --no-export conn", which is no keyword it has. A caller
+    whose "body" is a function (``spelling["body"]``: map's) is told of that function, not of a loop body it
+    never wrote."""
+    if body := spelling.get("body"):
+        text = text.replace("The loop body", body[:1].upper() + body[1:]).replace("the loop body", body)
+        text = text.replace("if the body does not", f"if {body} does not")
+        text = text.replace("in the body instead", "inside the function instead")
     if spelling.get("no_export", "--no-export").startswith("--"):
         return text
     text = _NAMES_FLAG.sub(lambda m: f"{m[1]} {m[2].replace('-', '_')}={m[3]!r}", text)
@@ -112,16 +118,17 @@ def random_state_warnings(cap: capture_mod.Capture, tasks: int, spelling: Mappin
     if not cap.random_states or tasks < 2:
         return []
     seed = spelling.get("seed", "seed")
+    seed_n = f"{seed} N" if seed.startswith("--") else f"{seed}=N"
     return [
         f"the loop body uses {', '.join(cap.random_states)}: the job's {tasks} tasks run on workers that each "
         "start from their own copy of the generator's state, so iterations on different workers draw the same "
         "numbers (which ones depends on where tasks run), where a loop run here would continue one stream. "
-        f"Make the generator in the body instead (np.random.default_rng(), with {seed} N for reproducible streams "
+        f"Make the generator in the body instead (np.random.default_rng(), with {seed_n} for reproducible streams "
         "per iteration), or seed it from the item (np.random.default_rng([SEED, i]))"
     ]
 
 
-def shared_iterator_warnings(cap: capture_mod.Capture, tasks: int) -> list[str]:
+def shared_iterator_warnings(cap: capture_mod.Capture, tasks: int, spelling: Mapping[str, str]) -> list[str]:
     """An iterator of the notebook's the body advances (``next(ids)`` over ``ids = itertools.count()``)
     travels at its current position: each worker takes values from its own copy, so iterations on
     different workers get the same ones, where a loop run here takes each once. Silent otherwise: a
@@ -130,13 +137,18 @@ def shared_iterator_warnings(cap: capture_mod.Capture, tasks: int) -> list[str]:
     if not cap.iterators or tasks < 2:
         return []
     listed, one = ", ".join(cap.iterators), len(cap.iterators) == 1
+    fix = (
+        "Give each call its values through the iterables instead (map(f, range(len(xs)), xs) passes each its index)"
+        if "body" in spelling
+        else "Give each iteration its values through the loop header instead (for i, x in enumerate(xs), "
+        "for batch, x in zip(batches, xs))"
+    )
     return [
         f"the loop body uses {listed}, {'an iterator' if one else 'iterators'}: the job's {tasks} tasks run on "
         f"workers that each take values from their own copy of {'it' if one else 'each'}, starting where the "
         f"notebook's {'is' if one else 'are'} now, so iterations on different workers get the same values, where a "
         f"loop run here takes each once (and the notebook's {'iterator does' if one else 'iterators do'} not move). "
-        "Give each iteration its values through the loop header instead (for i, x in enumerate(xs), "
-        "for batch, x in zip(batches, xs))"
+        + fix
     ]
 
 
@@ -829,13 +841,13 @@ class Engine:
                     in_callers_words(own_objects_message(cap.own_objects, self.backend.name), request.spelling)
                 )
             for text in (
-                *(in_callers_words(text, request.spelling) for text in cap.warnings),
+                *cap.warnings,
                 *unshipped_warnings(cap, request.spelling),
                 *random_state_warnings(cap, len(tasks), request.spelling),
-                *shared_iterator_warnings(cap, len(tasks)),
+                *shared_iterator_warnings(cap, len(tasks), request.spelling),
                 *slow_items,
             ):  # said before anything is submitted
-                print(f"azpar: warning: {text}", file=sys.stderr)
+                print(f"azpar: warning: {in_callers_words(text, request.spelling)}", file=sys.stderr)
         pool, vm_size = self.backend.pool_info()
         job = Job(
             job_id,
