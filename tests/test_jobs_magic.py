@@ -147,11 +147,15 @@ def test_rerun_failed_binds_the_whole_result(ip, run_cell, job_store):
     assert rerun.success, rerun.error
     assert ip.user_ns["fixed"] == [0, 2, 4, 6, 8, 10]
     assert "runs the 2 failed or missing iterations" in rerun.stdout and "keeps its 4 finished ones" in rerun.stdout
-    # Nothing failed or missing now: it says so instead of "runs the 0 failed or missing iterations".
+    # Nothing failed or missing now: it says so instead of "runs the 0 failed or missing iterations", and binds
+    # the job's values without making a job that holds them again (each such rerun added one to %azpar jobs).
+    jobs_before = len(azpar_magic.jobs())
     again = run_cell(f"%azpar rerun {azpar_magic.jobs()[-1].id}")
     assert again.success, again.error
     assert "has no failed or missing iterations, so nothing runs again" in again.stdout, again.stdout
     assert "runs the 0" not in again.stdout and ip.user_ns["fixed"] == [0, 2, 4, 6, 8, 10]
+    assert run_cell("%azpar rerun -o whole").success and ip.user_ns["whole"] == [0, 2, 4, 6, 8, 10]
+    assert len(azpar_magic.jobs()) == jobs_before, azpar_magic.jobs()
     # --no-wait hands back the job; collect binds it under -o.
     handle = run_cell(f"%azpar rerun {job_id} --all -o again --no-wait -q")
     assert handle.success and isinstance(ip.last_execution_result.result, azpar_magic.Job)

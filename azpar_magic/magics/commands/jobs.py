@@ -175,17 +175,14 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
         usage_errors(RuntimeError, "The rerun could not be started: {}. Nothing was submitted."),
         usage_errors(LOOKUP + (ValueError,)),
     ):
-        job = api.rerun_with(
-            read.rest[0] if read.rest else None, "--all" not in given, context.shell.user_ns, read.output, FLAG_SPELLING
-        )
+        base = find_job(read.rest[0] if read.rest else None)
+        if "--all" not in given and base.done and not base.missing_indices():
+            _bind_whole(context, base, read.output, quiet)
+            return None
+        job = api.rerun_with(base.id, "--all" not in given, context.shell.user_ns, read.output, FLAG_SPELLING)
     session.remember(job)
     count = sum(len(t.indices) for t in job.tasks.values())
-    if not quiet and not count and "--all" not in given:
-        print(
-            f"azpar: job {job.rerun_of} has no failed or missing iterations, so nothing runs again: job {job.id} "
-            f"holds its {len(job.items)} values (%azpar rerun {job.rerun_of} --all runs every iteration again)"
-        )
-    elif not quiet:
+    if not quiet:
         what = "failed or missing " if "--all" not in given else ""
         kept = f" and keeps its {len(job.items) - count} finished ones" if "--all" not in given else ""
         print(
@@ -200,6 +197,20 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
         return job
     finish_run(context.shell, job, name, job.options.gather, quiet)
     return None
+
+
+def _bind_whole(context: MagicContext, base: Any, output: str | None, quiet: bool) -> None:
+    """``%azpar rerun`` of a job that has every value: nothing runs, its result is bound as a rerun's would be.
+    A new job holding the same values was made instead, one more in `%azpar jobs` for each such rerun (a
+    rerun of the latest job met it every time)."""
+    name = output or base.options.output_name or DEFAULT_OUTPUT
+    if not quiet:
+        print(
+            f"azpar: job {base.id} has no failed or missing iterations, so nothing runs again: its "
+            f"{len(base.items)} values are bound to {name} (%azpar rerun {base.id} --all runs every iteration again)"
+        )
+    _warn_shadowing(context, name, base.options.gather)
+    finish_run(context.shell, base, name, base.options.gather, quiet)
 
 
 def debug(context: MagicContext, words: list[str], usage: str) -> Any:
