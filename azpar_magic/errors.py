@@ -72,6 +72,7 @@ class IterationError(AzparError):
         failed_count: int = 1,
         infrastructure: bool = False,
         finished_count: int | None = None,
+        not_run_count: int | None = None,
     ):
         self.index, self.item_repr = index, item_repr
         self.error_type, self.error_message = error_type, message
@@ -79,6 +80,7 @@ class IterationError(AzparError):
         self.line, self.job_id = line, job_id
         self.failed_count, self.infrastructure = failed_count, infrastructure
         self.finished_count = finished_count  # iterations with a value (None: not known)
+        self.not_run_count = not_run_count  # iterations the job's stop left unrun (None: not known yet)
         # Not super(): in a class made with the iteration's exception class, that would call its
         # __init__, whose arguments are its own.
         Exception.__init__(self, self._summary())
@@ -99,6 +101,7 @@ class IterationError(AzparError):
             self.failed_count,
             self.infrastructure,
             self.finished_count,
+            self.not_run_count,
         )
 
     def _summary(self) -> str:
@@ -108,6 +111,8 @@ class IterationError(AzparError):
         # nothing, its worker died or timed out around it.
         what = f"could not run ({short})" if self.infrastructure else f"raised {short}"
         others = f"; {self.failed_count - 1} other iteration(s) failed too" if self.failed_count > 1 else ""
+        if self.not_run_count:  # (else "did the rest run?" had no answer but the job's counts)
+            others += f"; {self.not_run_count} did not run: the job stopped at the first failure"
         kept = (
             f" The finished results are kept: `%azpar collect {self.job_id} --errors remove` binds them "
             f"(azpar_magic.collect('{self.job_id}', errors='remove') returns them)"

@@ -384,6 +384,38 @@ def test_as_completed_under_stop_raises_the_error_result_raises_when_the_failure
     assert raised.value.index == 0
 
 
+def test_the_error_says_how_many_iterations_the_stop_left_unrun():
+    """Under ``--errors stop`` the job stops at a failure and cancels what had not run; the error said how many
+    others failed, and nothing of those that never ran ("did the rest run?"). Not said while the job still runs
+    (as_completed raises as the failure arrives, before the stop), nor when every iteration ran."""
+    import pickle
+
+    job = make_job(range(6))
+    for task_id in "012345":
+        job.add_task(task_id, [int(task_id)])
+    finish(job, "0", [0], [None], {0: user_failure(0)})
+    stream = job.as_completed()
+    with pytest.raises(IterationError) as early:
+        next(stream)
+    assert "did not run" not in str(early.value), early.value
+    finish(job, "1", [1], ["b"])
+    finish(job, "2", [2], [None], {2: user_failure(2)})
+    job.record_values("3", [3, 4, 5], [None] * 3, {i: cancelled(i) for i in (3, 4, 5)}, {}, None)
+    end(job)
+    with pytest.raises(IterationError) as raised:
+        job.result()
+    said = "; 1 other iteration(s) failed too; 3 did not run: the job stopped at the first failure. The finished"
+    assert said in str(raised.value), raised.value
+    assert str(pickle.loads(pickle.dumps(raised.value))) == str(raised.value)
+    whole = make_job(range(2))
+    whole.add_task("0", [0, 1])
+    finish(whole, "0", [0, 1], [None, "b"], {0: user_failure(0)})
+    end(whole)
+    with pytest.raises(IterationError) as all_ran:
+        whole.result()
+    assert "did not run" not in str(all_ran.value), all_ran.value
+
+
 # ----------------------------------------------------------------------------- what the job store replays
 
 

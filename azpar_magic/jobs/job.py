@@ -727,6 +727,8 @@ class Job:
         as_completed() raise the same one. A function's job (``azpar_magic.map``) names no cell
         line: its cell is the one-line call ``map`` wrote, and "cell line 2" named nothing the user
         wrote (the remote traceback shows where in the function it raised)."""
+        failed = sum(1 for f in self._failures.values() if f.kind != "cancelled")
+        finished = self._status.count(_ITER_OK)
         return iteration_error(
             failure.exc if failure.kind == "user" else None,
             index=failure.index,
@@ -736,9 +738,11 @@ class Job:
             traceback=failure.traceback,
             line=None if self.source.partition("\n")[0].endswith(FUNCTION_LOOP) else failure.line,
             job_id=self.id,
-            failed_count=sum(1 for f in self._failures.values() if f.kind != "cancelled"),
+            failed_count=failed,
             infrastructure=failure.kind != "user",
-            finished_count=self._status.count(_ITER_OK),
+            finished_count=finished,
+            # (only once the job has ended: as_completed raises it as the failure arrives, before the stop)
+            not_run_count=len(self.items) - finished - failed if self.done else None,
         )
 
     # ------------------------------------------------------------------ as they arrive
