@@ -155,6 +155,8 @@ def test_rerun_failed_binds_the_whole_result(ip, run_cell, job_store):
     assert "has no failed or missing iterations, so nothing runs again" in again.stdout, again.stdout
     assert "runs the 0" not in again.stdout and ip.user_ns["fixed"] == [0, 2, 4, 6, 8, 10]
     assert run_cell("%azpar rerun -o whole").success and ip.user_ns["whole"] == [0, 2, 4, 6, 8, 10]
+    assert run_cell("%azpar rerun -o whole_now --no-wait -q").success and ip.user_ns["whole_now"] == ip.user_ns["whole"]
+    assert ip.last_execution_result.result is azpar_magic.jobs()[-1]
     assert len(azpar_magic.jobs()) == jobs_before, azpar_magic.jobs()
     # --no-wait hands back the job; collect binds it under -o.
     handle = run_cell(f"%azpar rerun {job_id} --all -o again --no-wait -q")

@@ -178,7 +178,7 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
         base = find_job(read.rest[0] if read.rest else None)
         if "--all" not in given and base.done and not base.missing_indices():
             _bind_whole(context, base, read.output, quiet)
-            return None
+            return base if "--no-wait" in given else None  # (--no-wait hands back the job the values are in)
         job = api.rerun_with(base.id, "--all" not in given, context.shell.user_ns, read.output, FLAG_SPELLING)
     session.remember(job)
     count = sum(len(t.indices) for t in job.tasks.values())
