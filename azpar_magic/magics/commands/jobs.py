@@ -176,10 +176,12 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
         usage_errors(LOOKUP + (ValueError,)),
     ):
         base = find_job(read.rest[0] if read.rest else None)
-        if "--all" not in given and base.done and not base.missing_indices():
-            _bind_whole(context, base, read.output, quiet)
-            return base if "--no-wait" in given else None  # (--no-wait hands back the job the values are in)
-        job = api.rerun_with(base.id, "--all" not in given, context.shell.user_ns, read.output, FLAG_SPELLING)
+        whole = "--all" not in given and base.done and not base.missing_indices()
+        if not whole:
+            job = api.rerun_with(base.id, "--all" not in given, context.shell.user_ns, read.output, FLAG_SPELLING)
+    if whole:  # (binding is outside the block above: a merge's own ValueError is no usage error)
+        _bind_whole(context, base, read.output, quiet)
+        return base if "--no-wait" in given else None  # (--no-wait hands back the job the values are in)
     session.remember(job)
     count = sum(len(t.indices) for t in job.tasks.values())
     if not quiet:
