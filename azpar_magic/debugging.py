@@ -255,13 +255,26 @@ def run(reproduction: Reproduction) -> Outcome:
     except BaseException as exc:  # noqa: BLE001 - the body's own exception, whatever it is
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return Outcome(exception=exc)
+        return Outcome(exception=exc.with_traceback(_from_the_body(exc.__traceback__)))
     finally:
         if reproduction.kernel_imports is not None:
             reproduction.kernel_imports.restore()
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)
     return Outcome(value=value)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _from_the_body(tb: Any) -> Any:
+    """``tb`` from the first frame that is not azpar's (the body's, or the mapped function's call): the traceback
+    shown, and the frames the debugger's `up` walks, began with this module's and the worker's, which say nothing
+    of the user's code. Kept whole when every frame is azpar's."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+        first = first.tb_next
+    return first if first is not None else tb
 
 
 def _sigint_handler() -> Any:

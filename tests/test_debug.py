@@ -7,6 +7,7 @@ test_debug_kernel.py. An Azure job on the test Batch service and Azurite: at the
 from __future__ import annotations
 
 import io
+import os
 import re
 import signal
 import sys
@@ -68,6 +69,14 @@ def test_no_pdb_raises_the_jobs_exception_with_its_namespace(ip, run_cell, job_s
     assert isinstance(run.error, ZeroDivisionError), run.error
     # The cell's line that called f, as the worker's traceback named it (line 3 of the body).
     assert _cell_lines(run.error.__traceback__) == [failure.line] == [3]
+    # azpar's own frames are left out of what IPython shows (its dispatch frames are hidden; the debugging
+    # module's and the worker's are not in the traceback): the first frame after IPython's is the body's.
+    shown = [t.tb_frame for t in _walk(run.error.__traceback__) if "__tracebackhide__" not in t.tb_frame.f_locals]
+    package = os.path.dirname(azpar_magic.__file__)
+    assert not [f.f_code.co_filename for f in shown if f.f_code.co_filename.startswith(package)], shown
+    after_ipython = [f for f in shown if "IPython" not in f.f_code.co_filename and "<ipython-input" not in
+                     f.f_code.co_filename and not f.f_code.co_filename.startswith("<ipython")]
+    assert after_ipython[0].f_code.co_filename == CELL_FILENAME, [f.f_code.co_filename for f in shown]
     # The frame of the body saw the job's values: x is the item, y used the old scale.
     body = [t for t in _walk(run.error.__traceback__) if t.tb_frame.f_code.co_filename == CELL_FILENAME][0]
     assert (body.tb_frame.f_globals | body.tb_frame.f_locals)["x"] == 3

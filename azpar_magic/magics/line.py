@@ -196,6 +196,7 @@ def unknown_command(name: str) -> str:
 
 def run_line(context: MagicContext, line: str) -> Any:
     """Dispatch ``%azpar COMMAND ARGS`` to the command's handler with its usage line."""
+    __tracebackhide__ = True  # noqa: F841 - a dispatch frame: `%azpar debug --no-pdb` shows the body's frames
     words = line.split()
     if not words:
         raise UsageError(missing_command())
@@ -309,4 +310,5 @@ class AzparMagics(Magics):
         the latest job when omitted. Each command
         says more with ``%azpar help COMMAND``.
         """
+        __tracebackhide__ = True  # noqa: F841 - as run_line's
         return run_line(self.context, line)
