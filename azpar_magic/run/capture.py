@@ -35,7 +35,7 @@ import types
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import dill
 
@@ -414,19 +414,32 @@ def imported_modules(tree: ast.AST) -> set[str]:
 # ------------------------------------------------------------- what captured code reaches
 
 
+class _CodeGlobals(NamedTuple):
+    """What a code object and those nested in it do with globals (``_code_globals``)."""
+
+    names: frozenset[str]  # loaded, as globals or (a class body's) by name
+    modules: frozenset[str]  # imported
+    chains: frozenset[tuple[str, ...]]  # attribute chains read from a global: ``xml.dom.minidom``, ("xml", "dom", ...)
+    global_loads: frozenset[str]  # loaded as globals only (a class body's LOAD_NAME may read what the class bound)
+    global_stores: frozenset[str]  # assigned or deleted as globals (`global cache; cache = ...`)
+
+
 @functools.lru_cache(maxsize=4096)
-def _code_globals(code: types.CodeType) -> tuple[frozenset[str], frozenset[str], frozenset[tuple[str, ...]]]:
-    """(global names loaded, modules imported, attribute chains read from a global: ``xml.dom.minidom``
-    as ("xml", "dom", "minidom")) by a code object and those nested in it. Kept per code object: 10,000
-    closures one notebook function made share their code, and reading it took ~20 us each time."""
+def _code_globals(code: types.CodeType) -> _CodeGlobals:
+    """What ``code`` and the code nested in it load, import and assign as globals. Kept per code object:
+    10,000 closures one notebook function made share their code, and reading it took ~20 us each time."""
     names: set[str] = set()
     mods: set[str] = set()
     chains: set[tuple[str, ...]] = set()
+    loads: set[str] = set()
+    stores: set[str] = set()
     chain: list[str] = []
     for ins in dis.get_instructions(code):
         if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
             name = ins.argval if isinstance(ins.argval, str) else str(ins.argval)
             names.add(name)
+            if ins.opname == "LOAD_GLOBAL":
+                loads.add(name)
             if len(chain) > 1:
                 chains.add(tuple(chain))
             chain = [name]
@@ -441,15 +454,19 @@ def _code_globals(code: types.CodeType) -> tuple[frozenset[str], frozenset[str],
         chain = []
         if ins.opname == "IMPORT_NAME":
             mods.add(ins.argval)
+        elif ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+            stores.add(str(ins.argval))
     if len(chain) > 1:
         chains.add(tuple(chain))
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            n, m, c = _code_globals(const)
-            names |= n
-            mods |= m
-            chains |= c
-    return frozenset(names), frozenset(mods), frozenset(chains)
+            inner = _code_globals(const)
+            names |= inner.names
+            mods |= inner.modules
+            chains |= inner.chains
+            loads |= inner.global_loads
+            stores |= inner.global_stores
+    return _CodeGlobals(frozenset(names), frozenset(mods), frozenset(chains), frozenset(loads), frozenset(stores))
 
 
 def attribute_chains(tree: ast.AST) -> set[tuple[str, ...]]:
@@ -569,7 +586,7 @@ class _Reach:
                 self.modules.add(cls.__module__ or "")
 
     def _visit_function(self, fn: types.FunctionType, depth: int) -> None:
-        names, mods, chains = _code_globals(fn.__code__)
+        names, mods, chains, _, _ = _code_globals(fn.__code__)
         self.modules |= mods
         self.global_reads |= names
         if chains:
@@ -581,7 +598,7 @@ class _Reach:
                 if name in self.namespace:
                     if not is_ipython_name(name) and not _is_ipython_builtin(name, self.namespace[name]):
                         self.names.add(name)
-                elif name not in fn.__globals__ and name not in _BUILTIN_NAMES and not is_ipython_name(name):
+                elif _defined_nowhere(name, fn.__globals__):
                     undefined = True
             if undefined:  # (rare: only then is the code read again, for what it loads and assigns as globals)
                 self._note_undefined(fn)
@@ -602,31 +619,12 @@ class _Reach:
             self.visit(default, depth + 1)
 
     def _note_undefined(self, fn: types.FunctionType) -> None:
-        loads, _, opaque = _global_uses(fn.__code__)
-        defined = (self.namespace, fn.__globals__, _BUILTIN_NAMES)
-        found = {n for n in loads if not any(n in names for names in defined) and not is_ipython_name(n)}
-        if found and not opaque and (found := found - _guarded_reads_of(fn)):
+        """The globals ``fn`` loads that nothing defines, unless it may reach globals its code does not spell
+        (``globals()``, ``exec``) or reads them inside a ``try`` that catches NameError."""
+        loads = _code_globals(fn.__code__).global_loads
+        found = {n for n in loads if _defined_nowhere(n, self.namespace, fn.__globals__)}
+        if found and not loads & _BINDING_CALLS and (found := found - _guarded_reads_of(fn)):
             self.undefined_reads.setdefault(fn.__qualname__, set()).update(found)
-
-
-@functools.lru_cache(maxsize=256)
-def _global_uses(code: types.CodeType) -> tuple[frozenset[str], frozenset[str], bool]:
-    """(the names a function's code, nested code included, loads as globals; those it assigns or deletes as
-    globals; whether it may reach globals its code does not spell: ``globals()``, ``exec``). Only LOAD_GLOBAL
-    counts: a class body's LOAD_NAME may read a name the class itself bound."""
-    loads: set[str] = set()
-    stores: set[str] = set()
-    for ins in dis.get_instructions(code):
-        if ins.opname == "LOAD_GLOBAL":
-            loads.add(str(ins.argval))
-        elif ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
-            stores.add(str(ins.argval))
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            inner_loads, inner_stores, _ = _global_uses(const)
-            loads |= inner_loads
-            stores |= inner_stores
-    return frozenset(loads), frozenset(stores), bool(loads & _BINDING_CALLS)
 
 
 def resolve_names(
@@ -2003,13 +2001,19 @@ _NOT_HISTORY = frozenset({"exit", "quit", "get_ipython", "display", "__builtins_
 _BUILTIN_NAMES = frozenset(vars(builtins))
 
 
+def _defined_nowhere(name: str, *scopes: Mapping[str, object]) -> bool:
+    """Whether reading ``name`` is a NameError on the workers: in none of ``scopes``, not a builtin, and not one
+    of IPython's names (which the history warning or the worker's hint speaks of)."""
+    return name not in _BUILTIN_NAMES and not any(name in scope for scope in scopes) and not is_ipython_name(name)
+
+
 def _undefined_reads(cell: ParsedCell, free: Iterable[str], namespace: Mapping[str, object]) -> list[str]:
     """The names the body reads that nothing defines: not the notebook, not Python's builtins, and not the
     body itself anywhere (a name it binds in one branch or a loop only is not counted), as a misspelt name
     or a module imported in the notebook under another name (`np` for `numpy`). Each iteration reaching one
     fails with NameError: on Azure, minutes later, once nodes have started. A body that imports ``*`` or
     reaches names through ``globals()`` may bind any name, so nothing is said of it."""
-    candidates = [n for n in free if n not in namespace and n not in _BUILTIN_NAMES and not is_ipython_name(n)]
+    candidates = [n for n in free if _defined_nowhere(n, namespace)]
     if not candidates:
         return []
     binds, opaque, guarded = _bound_anywhere(cell.body_tree)
@@ -2081,7 +2085,7 @@ def _undefined_in_functions(cell: ParsedCell, reach: _Reach) -> dict[str, list[s
     binds, opaque, _ = _bound_anywhere(cell.body_tree)
     if opaque:
         return {}
-    stored = {name for code in reach.notebook_code.values() for name in _global_uses(code)[1]}
+    stored = {name for code in reach.notebook_code.values() for name in _code_globals(code).global_stores}
     found = {
         function: sorted(n for n in names if n not in binds and n not in stored)
         for function, names in sorted(reach.undefined_reads.items())
