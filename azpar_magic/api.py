@@ -312,14 +312,14 @@ def rerun(
 
 
 def rerun_with(
-    job_id: str | None,
+    job_id: str | Job | None,
     failed: bool,
     namespace: Mapping[str, Any],
     output_name: str | None,
     spelling: dict[str, str] | None = None,
 ) -> Job:
     mapping.refuse_in_task("azpar_magic.rerun")
-    base = session.find_job(job_id)
+    base = job_id if isinstance(job_id, Job) else session.find_job(job_id)  # (the magic has found it already)
     if not base.done:
         raise ValueError(f"job {base.id} is still {base.state}; wait for it to end (or cancel it) before a rerun")
     todo = base.missing_indices() if failed else list(range(len(base.items)))

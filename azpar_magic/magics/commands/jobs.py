@@ -14,7 +14,7 @@ from IPython.display import display
 
 from ... import api, session
 from ...errors import ConfigError, DebugError, StoreError
-from ...jobs import LOST
+from ...jobs import LOST, Job
 from ...jobs.merge import RESULT_POLICIES
 from ...run.request import FLAG_SPELLING
 from ...ui.text import format_snapshot
@@ -178,7 +178,7 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
         base = find_job(read.rest[0] if read.rest else None)
         whole = "--all" not in given and base.done and not base.missing_indices()
         if not whole:
-            job = api.rerun_with(base.id, "--all" not in given, context.shell.user_ns, read.output, FLAG_SPELLING)
+            job = api.rerun_with(base, "--all" not in given, context.shell.user_ns, read.output, FLAG_SPELLING)
     if whole:  # (binding is outside the block above: a merge's own ValueError is no usage error)
         _bind_whole(context, base, read.output, quiet)
         return base if "--no-wait" in given else None  # (--no-wait hands back the job the values are in)
@@ -201,7 +201,7 @@ def rerun(context: MagicContext, words: list[str], usage: str) -> Any:
     return None
 
 
-def _bind_whole(context: MagicContext, base: Any, output: str | None, quiet: bool) -> None:
+def _bind_whole(context: MagicContext, base: Job, output: str | None, quiet: bool) -> None:
     """``%azpar rerun`` of a job that has every value: nothing runs, its result is bound as a rerun's would be.
     A new job holding the same values was made instead, one more in `%azpar jobs` for each such rerun (a
     rerun of the latest job met it every time)."""
